@@ -1,0 +1,71 @@
+"""Every use of jax's unstable extension APIs, in one place.
+
+`jax.extend` and `jax.interpreters.*` change between releases; keeping them behind this
+module makes a jax upgrade one file's change. Supported: jax 0.6 through 0.11.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+from jax.interpreters import ad, batching, mlir
+
+try:
+    from jax.extend.core import Primitive
+except ImportError:  # pragma: no cover - very old jax
+    from jax.core import Primitive
+
+from jax._src import dispatch
+
+Zero = ad.Zero
+is_undefined_primal = ad.is_undefined_primal
+not_mapped = None  # batching.not_mapped: an operand without the mapped axis
+
+
+def instantiate(tangent):
+    """A tangent as an array (symbolic zeros made concrete)."""
+    return ad.instantiate_zeros(tangent)
+
+
+def define_primitive(name: str, *, multiple_results: bool = False) -> Primitive:
+    """A new primitive whose eager calls run through its compiled lowering."""
+    prim = Primitive(name)
+    prim.multiple_results = multiple_results
+    prim.def_impl(partial(dispatch.apply_primitive, prim))
+    return prim
+
+
+def register_default_lowering(prim, impl, *, multiple_results: bool = False) -> None:
+    """Lower `prim` on every platform by tracing the pure-JAX function `impl`."""
+    mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=multiple_results))
+
+
+def register_platform_lowering(prim, impl, platform: str, *, multiple_results=False) -> None:
+    """Lower `prim` on `platform` (e.g. "cuda") by tracing `impl` (which may call FFI)."""
+    mlir.register_lowering(
+        prim, mlir.lower_fun(impl, multiple_results=multiple_results), platform=platform)
+
+
+def register_jvp(prim, rule) -> None:
+    """`rule(primals, tangents, **params) -> (primal_out, tangent_out)`."""
+    ad.primitive_jvps[prim] = rule
+
+
+def register_transpose(prim, rule) -> None:
+    """`rule(cotangent, *operands, **params) -> per-operand cotangents (None if defined)`."""
+    ad.primitive_transposes[prim] = rule
+
+
+def register_batching(prim, rule) -> None:
+    """`rule(args, dims, **params) -> (out, out_dim)`."""
+    batching.primitive_batchers[prim] = rule
+
+
+def ffi_call(target: str, result, **kwargs):
+    """`jax.ffi.ffi_call` (all supported jax versions have `jax.ffi`)."""
+    return jax.ffi.ffi_call(target, result, **kwargs)
+
+
+def register_ffi_target(name: str, capsule, platform: str = "CUDA") -> None:
+    jax.ffi.register_ffi_target(name, capsule, platform=platform)

@@ -1,0 +1,182 @@
+"""`Layout`: which blocks of a block-sparse matrix exist, and the metadata kernels need.
+
+A block-sparse matrix with layout `L` (a boolean mask `[R, C]` of block rows x block
+columns, block size `bs`) is stored as its nonzero blocks, an array `[nnz, bs, bs]`, in
+row-major order of the mask's nonzeros (the order of `np.argwhere(mask)`); a block's *id*
+is its position in that order. A mask `[H, R, C]` holds one mask per attention head.
+
+Everything the kernels need is derived here once, on the host, as int32 numpy arrays and
+cached on the (immutable) layout. The ops pass them to the kernels as device operands of
+the custom call, so a different layout of the same shape never needs another kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import NamedTuple
+
+import numpy as np
+
+
+class BlockLists(NamedTuple):
+    """Compressed lists of a layout's blocks along one axis (CSR by rows, CSC by columns).
+
+    For output line `i` (a block row, or a block column), its blocks are the entries
+    `ptr[i] <= e < ptr[i + 1]`: `idx[e]` is the block's index on the other axis and
+    `blk[e]` its id in storage. `order` lists the lines longest first, the order in
+    which a kernel should schedule them so that long lines do not finish last.
+    """
+
+    ptr: np.ndarray  # int32 [lines + 1]
+    idx: np.ndarray  # int32 [max(nnz, 1)]
+    blk: np.ndarray  # int32 [max(nnz, 1)]
+    order: np.ndarray  # int32 [lines]
+
+
+class Layout:
+    """An immutable, hashable block-sparsity pattern.
+
+    Args:
+      mask: boolean array `[R, C]` (block rows x block columns) or `[H, R, C]` (one mask
+        per attention head). Any array whose nonzeros mark the kept blocks.
+      block_size: edge of the square blocks, in elements.
+
+    Layouts compare and hash by content, so they can be static arguments of `jax.jit`.
+    """
+
+    __slots__ = ("_mask", "_block_size", "_key", "_hash", "__dict__")
+
+    def __init__(self, mask, block_size: int):
+        mask = np.array(mask, copy=True)
+        if mask.ndim not in (2, 3):
+            raise ValueError(
+                f"Layout: mask must be [R, C] or [H, R, C]; got shape {mask.shape}")
+        if mask.dtype != np.bool_:
+            mask = mask != 0
+        if not isinstance(block_size, (int, np.integer)) or block_size <= 0:
+            raise ValueError(f"Layout: block_size must be a positive int; got {block_size!r}")
+        mask.setflags(write=False)
+        object.__setattr__(self, "_mask", mask)
+        object.__setattr__(self, "_block_size", int(block_size))
+        key = (mask.shape, int(block_size), hashlib.sha1(np.packbits(mask)).hexdigest())
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Layout is immutable")
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return (isinstance(other, Layout) and self._key == other._key
+                and np.array_equal(self._mask, other._mask))
+
+    def __repr__(self):
+        heads = f"heads={self.num_heads}, " if self._mask.ndim == 3 else ""
+        return (f"Layout({heads}blocks={self._mask.shape[-2:]}, block_size={self._block_size}, "
+                f"nnz={self.nnz}, density={self.density:.3f})")
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def mask(self) -> np.ndarray:
+        """The boolean mask, `[R, C]` or `[H, R, C]` (read-only)."""
+        return self._mask
+
+    @property
+    def block_size(self) -> int:
+        return self._block_size
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The matrix shape in elements, `(R * bs, C * bs)`."""
+        r, c = self._mask.shape[-2:]
+        return (r * self._block_size, c * self._block_size)
+
+    @property
+    def num_heads(self) -> int:
+        """Number of per-head masks (1 for a 2-D mask)."""
+        return self._mask.shape[0] if self._mask.ndim == 3 else 1
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored blocks (over all heads for a 3-D mask)."""
+        return int(np.count_nonzero(self._mask))
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(self._mask.size, 1)
+
+    @property
+    def T(self) -> "Layout":
+        """The transposed layout (block rows and columns swapped)."""
+        return Layout(np.swapaxes(self._mask, -1, -2), self._block_size)
+
+    # ------------------------------------------------------------------- metadata
+    def _require_2d(self, what):
+        if self._mask.ndim != 2:
+            raise ValueError(f"{what} needs a 2-D layout; this one has {self.num_heads} heads")
+
+    @functools.cached_property
+    def coords(self) -> np.ndarray:
+        """int32 `[max(nnz, 1), 2]`: (block row, block column) of each stored block."""
+        self._require_2d("Layout.coords")
+        out = np.argwhere(self._mask).astype(np.int32)
+        return out if len(out) else np.zeros((1, 2), np.int32)
+
+    @functools.cached_property
+    def rows(self) -> BlockLists:
+        """Blocks listed by block row (CSR); `blk` is simply `0..nnz-1`."""
+        self._require_2d("Layout.rows")
+        return _block_lists(self._mask)
+
+    @functools.cached_property
+    def cols(self) -> BlockLists:
+        """Blocks listed by block column (CSC), with each block's id in row-major storage.
+
+        This is how `W.T` is read without a copy: the same value buffer, another order.
+        """
+        self._require_2d("Layout.cols")
+        return _block_lists(self._mask.T, ids=_ids(self._mask).T)
+
+    def lists(self, by: str) -> BlockLists:
+        """`self.rows` for `by="row"`, `self.cols` for `by="col"`."""
+        return {"row": self.rows, "col": self.cols}[by]
+
+    # ---------------------------------------------------------------------- output
+    def plot(self, path) -> None:
+        """Write a PNG picture of the mask to `path` (heads side by side)."""
+        from ._png import write_png
+
+        masks = self._mask if self._mask.ndim == 3 else self._mask[None]
+        gap = np.zeros((masks.shape[1], 1), bool)
+        tiles = []
+        for m in masks:
+            tiles += [m, gap]
+        image = np.concatenate(tiles[:-1], axis=1)
+        scale = max(1, 512 // max(image.shape))
+        pixels = np.where(image, 0, 255).astype(np.uint8)
+        write_png(path, np.kron(pixels, np.ones((scale, scale), np.uint8)))
+
+
+def _ids(mask: np.ndarray) -> np.ndarray:
+    """int32 array shaped like `mask`: each stored block's id, -1 where there is none."""
+    ids = np.full(mask.shape, -1, np.int32)
+    ids[mask] = np.arange(np.count_nonzero(mask), dtype=np.int32)
+    return ids
+
+
+def _block_lists(mask: np.ndarray, ids: np.ndarray | None = None) -> BlockLists:
+    """CSR lists of the nonzeros of a 2-D `mask`, with block ids from `ids`."""
+    if ids is None:
+        ids = _ids(mask)
+    counts = mask.sum(axis=1).astype(np.int32)
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    rows, cols = np.nonzero(mask)
+    idx = cols.astype(np.int32)
+    blk = ids[rows, cols].astype(np.int32)
+    if len(idx) == 0:  # keep every operand non-empty
+        idx = blk = np.zeros(1, np.int32)
+    order = np.argsort(-counts, kind="stable").astype(np.int32)
+    return BlockLists(ptr, idx, blk, order)

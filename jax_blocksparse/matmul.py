@@ -1,0 +1,187 @@
+"""Public block-sparse matmul ops: `matmul`, `sdd`, `dsd`, `dds`.
+
+Each checks its arguments at trace time (raising `ValueError` that names the argument),
+folds leading batch dimensions, and binds the primitives of `matmul_primitives`.
+
+Leading dimensions `...`: the two operands' leading dimensions must be equal, or one of
+them has none (it is then shared by every batch entry). Supported: dtypes float32,
+float16, bfloat16 (both operands the same); block sizes 16, 32, 64, 128.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from .layout import Layout
+from .matmul_primitives import canonical_precision, dds_p, dsd_p, sdd_p
+
+DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16)
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def _check_layout(op, layout):
+    if not isinstance(layout, Layout):
+        raise ValueError(f"{op}: layout must be a jax_blocksparse.Layout; got {type(layout).__name__}")
+    if layout.mask.ndim != 2:
+        raise ValueError(f"{op}: layout must be 2-D ([R, C]); got mask of shape {layout.mask.shape}")
+    if layout.block_size not in BLOCK_SIZES:
+        raise ValueError(f"{op}: layout.block_size must be one of {BLOCK_SIZES}; "
+                         f"got {layout.block_size}")
+
+
+def _check_dtypes(op, **arrays):
+    names = list(arrays)
+    for name, x in arrays.items():
+        if not any(x.dtype == d for d in DTYPES):
+            raise ValueError(f"{op}: {name} has dtype {x.dtype}; supported: float32, "
+                             "float16, bfloat16")
+    first, second = names
+    if arrays[first].dtype != arrays[second].dtype:
+        raise ValueError(f"{op}: {first} ({arrays[first].dtype}) and {second} "
+                         f"({arrays[second].dtype}) must have the same dtype")
+
+
+def _check_dense(op, name, x, expect_rows, expect_cols, trans):
+    """`x` must be `[..., rows, cols]` (`[..., cols, rows]` when `trans`); None = any size."""
+    if x.ndim < 2:
+        raise ValueError(f"{op}: {name} must have at least 2 dimensions; got shape {x.shape}")
+    rows, cols = x.shape[-2:]
+    if trans:
+        rows, cols = cols, rows
+    for what, got, want in (("rows", rows, expect_rows), ("columns", cols, expect_cols)):
+        if want is not None and got != want:
+            t = " (after transposition)" if trans else ""
+            raise ValueError(f"{op}: {name} has {got} {what}{t}; the layout needs {want} "
+                             f"(shape {x.shape})")
+
+
+def _check_blocks(op, name, x, layout):
+    bs, nnz = layout.block_size, layout.nnz
+    if x.ndim < 3 or x.shape[-2:] != (bs, bs):
+        raise ValueError(f"{op}: {name} must be [..., nnz, {bs}, {bs}] (blocks of the layout); "
+                         f"got shape {x.shape}")
+    if x.shape[-3] != nnz:
+        raise ValueError(f"{op}: {name} has {x.shape[-3]} blocks; the layout has {nnz}")
+
+
+def _fold(op, x, base_x, name_x, y, base_y, name_y):
+    """Flatten matching leading dims of two operands into one batch axis `G`.
+
+    Returns the reshaped operands and the leading shape of the result."""
+    lead_x, lead_y = x.shape[:x.ndim - base_x], y.shape[:y.ndim - base_y]
+    if lead_x and lead_y and lead_x != lead_y:
+        raise ValueError(f"{op}: leading dimensions of {name_x} {lead_x} and {name_y} {lead_y} "
+                         "must be equal, or one of them empty")
+    lead = lead_x or lead_y
+
+    def flat(z, lead_z, base):
+        return z.reshape((math.prod(lead_z),) + z.shape[z.ndim - base:]) if lead_z else z
+    return flat(x, lead_x, base_x), flat(y, lead_y, base_y), lead
+
+
+def _unfold(out, lead, base):
+    return out.reshape(lead + out.shape[out.ndim - base:]) if lead else out
+
+
+def sdd(a, b, layout: Layout, *, trans_a: bool = False, trans_b: bool = False,
+        precision=None):
+    """Dense @ dense, computed only at the layout's blocks.
+
+    Args:
+      a: `[..., M, K]` (`[..., K, M]` if `trans_a`).
+      b: `[..., K, N]` (`[..., N, K]` if `trans_b`).
+      layout: 2-D layout over `(M, N)`.
+    Returns:
+      blocks `[..., nnz, bs, bs]` of `op(a) @ op(b)`, in `a`'s dtype.
+    """
+    _check_layout("sdd", layout)
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    _check_dtypes("sdd", a=a, b=b)
+    m, n = layout.shape
+    _check_dense("sdd", "a", a, m, None, trans_a)
+    _check_dense("sdd", "b", b, None, n, trans_b)
+    k_a = a.shape[-2] if trans_a else a.shape[-1]
+    k_b = b.shape[-1] if trans_b else b.shape[-2]
+    if k_a != k_b:
+        raise ValueError(f"sdd: inner sizes differ: a gives {k_a}, b gives {k_b}")
+    a, b, lead = _fold("sdd", a, 2, "a", b, 2, "b")
+    out = sdd_p.bind(a, b, layout=layout, trans_a=bool(trans_a), trans_b=bool(trans_b),
+                     precision=canonical_precision(precision))
+    return _unfold(out, lead, 3)
+
+
+def dsd(s, b, layout: Layout, *, trans_s: bool = False, trans_b: bool = False,
+        precision=None):
+    """Sparse @ dense.
+
+    Args:
+      s: blocks `[..., nnz, bs, bs]` of `S` over `layout` (`S` is `[P, Q]` in elements).
+      b: `[..., K, N]` (`[..., N, K]` if `trans_b`), with `K = Q` (`P` if `trans_s`).
+      layout: 2-D layout of `S`.
+    Returns:
+      `op(S) @ op(b)`: `[..., M, N]` with `M = P` (`Q` if `trans_s`), in `s`'s dtype.
+    """
+    _check_layout("dsd", layout)
+    s, b = jnp.asarray(s), jnp.asarray(b)
+    _check_dtypes("dsd", s=s, b=b)
+    _check_blocks("dsd", "s", s, layout)
+    p, q = layout.shape
+    _check_dense("dsd", "b", b, p if trans_s else q, None, trans_b)
+    s, b, lead = _fold("dsd", s, 3, "s", b, 2, "b")
+    out = dsd_p.bind(s, b, layout=layout, trans_s=bool(trans_s), trans_b=bool(trans_b),
+                     precision=canonical_precision(precision))
+    return _unfold(out, lead, 2)
+
+
+def dds(a, w, layout: Layout, *, trans_a: bool = False, trans_w: bool = False,
+        precision=None):
+    """Dense @ sparse.
+
+    Args:
+      a: `[..., M, K]` (`[..., K, M]` if `trans_a`).
+      w: blocks `[..., nnz, bs, bs]` of `W` over `layout` (`W` is `[P, Q]`), with
+        `K = P` (`Q` if `trans_w`).
+      layout: 2-D layout of `W`.
+    Returns:
+      `op(a) @ op(W)`: `[..., M, N]` with `N = Q` (`P` if `trans_w`), in `a`'s dtype.
+    """
+    _check_layout("dds", layout)
+    a, w = jnp.asarray(a), jnp.asarray(w)
+    _check_dtypes("dds", a=a, w=w)
+    _check_blocks("dds", "w", w, layout)
+    p, q = layout.shape
+    _check_dense("dds", "a", a, None, q if trans_w else p, trans_a)
+    a, w, lead = _fold("dds", a, 2, "a", w, 3, "w")
+    out = dds_p.bind(a, w, layout=layout, trans_a=bool(trans_a), trans_w=bool(trans_w),
+                     precision=canonical_precision(precision))
+    return _unfold(out, lead, 2)
+
+
+def matmul(x, w, layout: Layout, *, precision=None):
+    """`x @ W` for a block-sparse weight `W [C, K]`, the layer's forward product.
+
+    Args:
+      x: `[..., C]` dense activations (any number of leading dimensions).
+      w: blocks `[nnz, bs, bs]` of `W` over `layout`, a 2-D layout over `(C, K)`.
+      layout: the weight's layout.
+      precision: as in `jnp.matmul` (float32 inputs: `HIGHEST` asks for full float32).
+    Returns:
+      `[..., K]` in `x`'s dtype.
+    """
+    _check_layout("matmul", layout)
+    x, w = jnp.asarray(x), jnp.asarray(w)
+    _check_dtypes("matmul", x=x, w=w)
+    _check_blocks("matmul", "w", w, layout)
+    if w.ndim != 3:
+        raise ValueError(f"matmul: w must be [nnz, bs, bs]; got shape {w.shape} "
+                         "(use dds for batched weights)")
+    c, k = layout.shape
+    if x.ndim < 1 or x.shape[-1] != c:
+        raise ValueError(f"matmul: x must be [..., {c}] for this layout; got shape {x.shape}")
+    rows = x.reshape((-1, c))
+    out = dds_p.bind(rows, w, layout=layout, trans_a=False, trans_w=False,
+                     precision=canonical_precision(precision))
+    return out.reshape(x.shape[:-1] + (k,))
+

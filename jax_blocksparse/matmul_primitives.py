@@ -1,0 +1,301 @@
+"""The block-sparse matmul family as JAX primitives: `sdd`, `dsd`, `dds`.
+
+With `op(x, t) = x.T if t else x` and `L` the static layout:
+
+| primitive | operands                  | computes                           | result        |
+|-----------|---------------------------|------------------------------------|---------------|
+| `sdd_p`   | a dense, b dense          | `(op(a) @ op(b))` at L's blocks     | blocks        |
+| `dsd_p`   | s blocks over L, b dense  | `op(S) @ op(b)`                    | dense         |
+| `dds_p`   | a dense, w blocks over L  | `op(a) @ op(W)`                    | dense         |
+
+Canonical shapes: a dense operand is `[rows, cols]` or `[G, rows, cols]`; a block operand is
+`[nnz, bs, bs]` or `[G, nnz, bs, bs]`. An operand without the leading `G` is shared by
+every batch entry; the result has `G` when any operand has it. Accumulation is float32,
+the result has the operands' dtype. `precision` has `jnp.matmul`'s meaning.
+
+Each primitive is bilinear, so its JVP is `op(ȧ, b) + op(a, ḃ)` and its transpose with
+respect to either operand is another member of the family (the table in `_TRANSPOSES`),
+which makes the family closed under differentiation to any order.
+
+Every platform lowers through the pure-JAX reference implementation below (gathers and
+batched matmuls; it doubles as the tests' oracle). `_cuda.py` registers the CUDA kernels.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import _jax_internals as jint
+from .conversions import to_dense
+from .layout import Layout
+
+DENSE_RANK = 2
+BLOCKS_RANK = 3
+
+
+def _op(x, transpose: bool):
+    return jnp.swapaxes(x, -1, -2) if transpose else x
+
+
+def _dense_dims(shape, transpose):
+    rows, cols = shape[-2:]
+    return (cols, rows) if transpose else (rows, cols)
+
+
+def _batch(*pairs):
+    """The shared batch size `G` of operands `(shape, base_rank)`, or None if none has one."""
+    sizes = {shape[0] for shape, rank in pairs if len(shape) == rank + 1}
+    if len(sizes) > 1:
+        raise ValueError(f"operands have different batch sizes {sorted(sizes)}")
+    return sizes.pop() if sizes else None
+
+
+def _with_batch(g, shape):
+    return shape if g is None else (g,) + tuple(shape)
+
+
+# ------------------------------------------------------------------ shape rules
+def sdd_shape(a_shape, b_shape, *, layout: Layout, trans_a, trans_b):
+    m, k = _dense_dims(a_shape, trans_a)
+    k2, n = _dense_dims(b_shape, trans_b)
+    if k != k2 or (m, n) != layout.shape:
+        raise ValueError(f"sdd: op(a) {(m, k)} @ op(b) {(k2, n)} does not give the "
+                         f"layout's shape {layout.shape}")
+    g = _batch((a_shape, DENSE_RANK), (b_shape, DENSE_RANK))
+    bs = layout.block_size
+    return _with_batch(g, (layout.nnz, bs, bs))
+
+
+def _sparse_dims(s_shape, layout, trans):
+    bs = layout.block_size
+    if tuple(s_shape[-3:]) != (layout.nnz, bs, bs):
+        raise ValueError(f"blocks must be [..., {layout.nnz}, {bs}, {bs}]; got {s_shape}")
+    p, q = layout.shape
+    return (q, p) if trans else (p, q)
+
+
+def dsd_shape(s_shape, b_shape, *, layout: Layout, trans_s, trans_b):
+    m, k = _sparse_dims(s_shape, layout, trans_s)
+    k2, n = _dense_dims(b_shape, trans_b)
+    if k != k2:
+        raise ValueError(f"dsd: op(S) {(m, k)} @ op(b) {(k2, n)}: inner sizes differ")
+    g = _batch((s_shape, BLOCKS_RANK), (b_shape, DENSE_RANK))
+    return _with_batch(g, (m, n))
+
+
+def dds_shape(a_shape, w_shape, *, layout: Layout, trans_a, trans_w):
+    m, k = _dense_dims(a_shape, trans_a)
+    k2, n = _sparse_dims(w_shape, layout, trans_w)
+    if k != k2:
+        raise ValueError(f"dds: op(a) {(m, k)} @ op(W) {(k2, n)}: inner sizes differ")
+    g = _batch((a_shape, DENSE_RANK), (w_shape, BLOCKS_RANK))
+    return _with_batch(g, (m, n))
+
+
+# ------------------------------------------------------- reference implementations
+def _matmul(x, y, precision):
+    out = jnp.matmul(x, y, precision=precision, preferred_element_type=jnp.float32)
+    return out.astype(x.dtype)
+
+
+def sdd_reference(a, b, *, layout, trans_a, trans_b, precision):
+    """`op(a) @ op(b)` at the layout's blocks: gathers of block rows/columns and one
+    batched matmul over the nonzero blocks (never the dense product)."""
+    bs, nnz = layout.block_size, layout.nnz
+    coords = jnp.asarray(layout.coords[:nnz])
+    a, b = _op(a, trans_a), _op(b, trans_b)  # [.., M, K], [.., K, N]
+    a_rows = a.reshape(a.shape[:-2] + (-1, bs, a.shape[-1]))  # [.., R, bs, K]
+    b_cols = jnp.swapaxes(b.reshape(b.shape[:-1] + (-1, bs)), -3, -2)  # [.., C, K, bs]
+    lhs = jnp.take(a_rows, coords[:, 0], axis=-3)  # [.., nnz, bs, K]
+    rhs = jnp.take(b_cols, coords[:, 1], axis=-3)  # [.., nnz, K, bs]
+    return _matmul(lhs, rhs, precision)
+
+
+def dsd_reference(s, b, *, layout, trans_s, trans_b, precision):
+    """`op(S) @ op(b)` with S scattered into its dense form."""
+    return _matmul(_op(to_dense(s, layout), trans_s), _op(b, trans_b), precision)
+
+
+def dds_reference(a, w, *, layout, trans_a, trans_w, precision):
+    """`op(a) @ op(W)` with W scattered into its dense form."""
+    return _matmul(_op(a, trans_a), _op(to_dense(w, layout), trans_w), precision)
+
+
+# --------------------------------------------------------------------- primitives
+sdd_p = jint.define_primitive("blocksparse_sdd")
+dsd_p = jint.define_primitive("blocksparse_dsd")
+dds_p = jint.define_primitive("blocksparse_dds")
+
+_SHAPES = {sdd_p: sdd_shape, dsd_p: dsd_shape, dds_p: dds_shape}
+_REFERENCES = {sdd_p: sdd_reference, dsd_p: dsd_reference, dds_p: dds_reference}
+_BASE_RANKS = {  # unbatched rank of (first operand, second operand, result)
+    sdd_p: (DENSE_RANK, DENSE_RANK, BLOCKS_RANK),
+    dsd_p: (BLOCKS_RANK, DENSE_RANK, DENSE_RANK),
+    dds_p: (DENSE_RANK, BLOCKS_RANK, DENSE_RANK),
+}
+
+
+def _shape_params(params):
+    return {k: v for k, v in params.items() if k != "precision"}
+
+
+def _abstract_eval(prim):
+    def rule(x, y, **params):
+        if x.dtype != y.dtype:
+            raise ValueError(f"{prim.name}: operand dtypes differ ({x.dtype}, {y.dtype})")
+        shape = _SHAPES[prim](x.shape, y.shape, **_shape_params(params))
+        return x.update(shape=shape, dtype=x.dtype, weak_type=False)
+    return rule
+
+
+def _bilinear_jvp(prim):
+    def rule(primals, tangents, **params):
+        x, y = primals
+        dx, dy = tangents
+        out = prim.bind(x, y, **params)
+        terms = []
+        if type(dx) is not jint.Zero:
+            terms.append(prim.bind(dx, y, **params))
+        if type(dy) is not jint.Zero:
+            terms.append(prim.bind(x, dy, **params))
+        tangent = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        return out, tangent
+    return rule
+
+
+# The transpose table (DESIGN.md §2), one row per (primitive, operand). Each entry maps
+# (cotangent ct, the other operand o, flags) to the cotangent of that operand.
+def _sdd_ct_a(ct, b, p):
+    if not p["trans_a"]:
+        return dsd_p.bind(ct, b, layout=p["layout"], trans_s=False, trans_b=not p["trans_b"],
+                          precision=p["precision"])
+    return dds_p.bind(b, ct, layout=p["layout"], trans_a=p["trans_b"], trans_w=True,
+                      precision=p["precision"])
+
+
+def _sdd_ct_b(ct, a, p):
+    if not p["trans_b"]:
+        return dds_p.bind(a, ct, layout=p["layout"], trans_a=not p["trans_a"], trans_w=False,
+                          precision=p["precision"])
+    return dsd_p.bind(ct, a, layout=p["layout"], trans_s=True, trans_b=p["trans_a"],
+                      precision=p["precision"])
+
+
+def _dsd_ct_s(ct, b, p):
+    if not p["trans_s"]:
+        return sdd_p.bind(ct, b, layout=p["layout"], trans_a=False, trans_b=not p["trans_b"],
+                          precision=p["precision"])
+    return sdd_p.bind(b, ct, layout=p["layout"], trans_a=p["trans_b"], trans_b=True,
+                      precision=p["precision"])
+
+
+def _dsd_ct_b(ct, s, p):
+    if not p["trans_b"]:
+        return dsd_p.bind(s, ct, layout=p["layout"], trans_s=not p["trans_s"], trans_b=False,
+                          precision=p["precision"])
+    return dds_p.bind(ct, s, layout=p["layout"], trans_a=True, trans_w=p["trans_s"],
+                      precision=p["precision"])
+
+
+def _dds_ct_a(ct, w, p):
+    if not p["trans_a"]:
+        return dds_p.bind(ct, w, layout=p["layout"], trans_a=False, trans_w=not p["trans_w"],
+                          precision=p["precision"])
+    return dsd_p.bind(w, ct, layout=p["layout"], trans_s=p["trans_w"], trans_b=True,
+                      precision=p["precision"])
+
+
+def _dds_ct_w(ct, a, p):
+    if not p["trans_w"]:
+        return sdd_p.bind(a, ct, layout=p["layout"], trans_a=not p["trans_a"], trans_b=False,
+                          precision=p["precision"])
+    return sdd_p.bind(ct, a, layout=p["layout"], trans_a=True, trans_b=p["trans_a"],
+                      precision=p["precision"])
+
+
+_TRANSPOSES = {sdd_p: (_sdd_ct_a, _sdd_ct_b), dsd_p: (_dsd_ct_s, _dsd_ct_b),
+               dds_p: (_dds_ct_a, _dds_ct_w)}
+
+
+def _transpose(prim):
+    first_rule, second_rule = _TRANSPOSES[prim]
+    first_rank, second_rank, _ = _BASE_RANKS[prim]
+
+    def rule(ct, x, y, **params):
+        undefined_x = jint.is_undefined_primal(x)
+        if undefined_x == jint.is_undefined_primal(y):
+            raise NotImplementedError(f"{prim.name} is bilinear: transpose needs one constant")
+        target, other = (x, y) if undefined_x else (y, x)
+        if type(ct) is jint.Zero:
+            cotangent = jint.Zero(target.aval)
+        else:
+            cotangent = (first_rule if undefined_x else second_rule)(ct, other, params)
+            base = first_rank if undefined_x else second_rank
+            if len(target.aval.shape) == base and cotangent.ndim == base + 1:
+                cotangent = cotangent.sum(axis=0)  # the operand was shared by the batch
+            cotangent = cotangent.astype(target.aval.dtype)
+        return (cotangent, None) if undefined_x else (None, cotangent)
+    return rule
+
+
+def _batching(prim):
+    """vmap: fold the mapped axis into the batch axis `G` (see the module docstring)."""
+    ranks = _BASE_RANKS[prim]
+
+    def rule(args, dims, **params):
+        size = next(a.shape[d] for a, d in zip(args, dims) if d is not jint.not_mapped)
+        had_g = {a.shape[0] for a, d, rank in zip(args, dims, ranks)
+                 if (a.ndim - (d is not jint.not_mapped)) == rank + 1}
+        g = had_g.pop() if had_g else None
+        # dds with only a dense, untransposed `a` mapped: fold into its rows instead
+        if (prim is dds_p and g is None and dims[1] is jint.not_mapped
+                and not params["trans_a"]):
+            a = jnp.moveaxis(args[0], dims[0], 0)
+            out = prim.bind(a.reshape((-1, a.shape[-1])), args[1], **params)
+            return out.reshape(a.shape[:-1] + out.shape[-1:]), 0
+        new_args = []
+        for a, d, rank in zip(args, dims, ranks):
+            if d is jint.not_mapped:
+                if a.ndim == rank + 1:  # has G but not the new axis: broadcast it
+                    a = jnp.broadcast_to(a[None], (size,) + a.shape)
+                    a = a.reshape((size * g,) + a.shape[2:])
+            else:
+                a = jnp.moveaxis(a, d, 0)
+                if g is not None:
+                    if a.ndim == rank + 1:  # the new axis only: broadcast over G
+                        a = jnp.broadcast_to(a[:, None], (size, g) + a.shape[1:])
+                    a = a.reshape((size * g,) + a.shape[2:])
+            new_args.append(a)
+        out = prim.bind(*new_args, **params)
+        if g is not None:
+            out = out.reshape((size, g) + out.shape[1:])
+        return out, 0
+    return rule
+
+
+for _prim in (sdd_p, dsd_p, dds_p):
+    _prim.def_abstract_eval(_abstract_eval(_prim))
+    jint.register_default_lowering(_prim, _REFERENCES[_prim])
+    jint.register_jvp(_prim, _bilinear_jvp(_prim))
+    jint.register_transpose(_prim, _transpose(_prim))
+    jint.register_batching(_prim, _batching(_prim))
+
+
+def canonical_precision(precision):
+    """`None` or a `jax.lax.Precision` from what `jnp.matmul` accepts (a pair must agree)."""
+    if precision is None:
+        return None
+    if isinstance(precision, (tuple, list)):
+        first, second = (canonical_precision(p) for p in precision)
+        if first != second:
+            raise ValueError(f"precision: a pair must name one precision; got {precision}")
+        return first
+    if isinstance(precision, jax.lax.Precision):
+        return precision
+    try:
+        return jax.lax.Precision(precision)  # "default", "high", "highest", "fastest", ...
+    except ValueError:
+        raise ValueError(f"precision: expected None, a jax.lax.Precision or its name; "
+                         f"got {precision!r}") from None
+
