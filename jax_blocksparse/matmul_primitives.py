@@ -95,7 +95,9 @@ def dds_shape(a_shape, w_shape, *, layout: Layout, trans_a, trans_w):
 
 # ------------------------------------------------------- reference implementations
 def _matmul(x, y, precision):
-    out = jnp.matmul(x, y, precision=precision, preferred_element_type=jnp.float32)
+    """Batched matmul accumulating in at least float32, result in the operands' dtype."""
+    accumulate = jnp.promote_types(x.dtype, jnp.float32)
+    out = jnp.matmul(x, y, precision=precision, preferred_element_type=accumulate)
     return out.astype(x.dtype)
 
 
