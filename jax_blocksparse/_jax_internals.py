@@ -62,6 +62,19 @@ def register_batching(prim, rule) -> None:
     batching.primitive_batchers[prim] = rule
 
 
+def match_varying_axes(*args):
+    """Inside `shard_map`, give all operands the union of their varying manual axes (jax's
+    own binary primitives do this), so that the transpose of an operand that was
+    replicated sums its cotangent over the axes. Outside `shard_map`, returns `args`."""
+    from jax._src import core
+
+    for name in ("auto_insert_reshard", "standard_insert_pvary"):  # jax >= 0.10, < 0.10
+        insert = getattr(core, name, None)
+        if insert is not None:
+            return tuple(insert(*args))
+    return args
+
+
 def ffi_call(target: str, result, **kwargs):
     """`jax.ffi.ffi_call` (all supported jax versions have `jax.ffi`)."""
     return jax.ffi.ffi_call(target, result, **kwargs)

@@ -15,7 +15,7 @@ import math
 import jax.numpy as jnp
 
 from .layout import Layout
-from .matmul_primitives import canonical_precision, dds_p, dsd_p, sdd_p
+from .matmul_primitives import bind, canonical_precision, dds_p, dsd_p, sdd_p
 
 DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16)
 BLOCK_SIZES = (16, 32, 64, 128)
@@ -107,7 +107,7 @@ def sdd(a, b, layout: Layout, *, trans_a: bool = False, trans_b: bool = False,
     if k_a != k_b:
         raise ValueError(f"sdd: inner sizes differ: a gives {k_a}, b gives {k_b}")
     a, b, lead = _fold("sdd", a, 2, "a", b, 2, "b")
-    out = sdd_p.bind(a, b, layout=layout, trans_a=bool(trans_a), trans_b=bool(trans_b),
+    out = bind(sdd_p, a, b, layout=layout, trans_a=bool(trans_a), trans_b=bool(trans_b),
                      precision=canonical_precision(precision))
     return _unfold(out, lead, 3)
 
@@ -130,7 +130,7 @@ def dsd(s, b, layout: Layout, *, trans_s: bool = False, trans_b: bool = False,
     p, q = layout.shape
     _check_dense("dsd", "b", b, p if trans_s else q, None, trans_b)
     s, b, lead = _fold("dsd", s, 3, "s", b, 2, "b")
-    out = dsd_p.bind(s, b, layout=layout, trans_s=bool(trans_s), trans_b=bool(trans_b),
+    out = bind(dsd_p, s, b, layout=layout, trans_s=bool(trans_s), trans_b=bool(trans_b),
                      precision=canonical_precision(precision))
     return _unfold(out, lead, 2)
 
@@ -154,7 +154,7 @@ def dds(a, w, layout: Layout, *, trans_a: bool = False, trans_w: bool = False,
     p, q = layout.shape
     _check_dense("dds", "a", a, None, q if trans_w else p, trans_a)
     a, w, lead = _fold("dds", a, 2, "a", w, 3, "w")
-    out = dds_p.bind(a, w, layout=layout, trans_a=bool(trans_a), trans_w=bool(trans_w),
+    out = bind(dds_p, a, w, layout=layout, trans_a=bool(trans_a), trans_w=bool(trans_w),
                      precision=canonical_precision(precision))
     return _unfold(out, lead, 2)
 
@@ -181,7 +181,7 @@ def matmul(x, w, layout: Layout, *, precision=None):
     if x.ndim < 1 or x.shape[-1] != c:
         raise ValueError(f"matmul: x must be [..., {c}] for this layout; got shape {x.shape}")
     rows = x.reshape((-1, c))
-    out = dds_p.bind(rows, w, layout=layout, trans_a=False, trans_w=False,
+    out = bind(dds_p, rows, w, layout=layout, trans_a=False, trans_w=False,
                      precision=canonical_precision(precision))
     return out.reshape(x.shape[:-1] + (k,))
 

@@ -55,6 +55,12 @@ def _with_batch(g, shape):
     return shape if g is None else (g,) + tuple(shape)
 
 
+def bind(prim, x, y, **params):
+    """Bind one of the family's primitives (operands first made shard_map-consistent)."""
+    x, y = jint.match_varying_axes(x, y)
+    return prim.bind(x, y, **params)
+
+
 # ------------------------------------------------------------------ shape rules
 def sdd_shape(a_shape, b_shape, *, layout: Layout, trans_a, trans_b):
     m, k = _dense_dims(a_shape, trans_a)
@@ -155,65 +161,58 @@ def _bilinear_jvp(prim):
     def rule(primals, tangents, **params):
         x, y = primals
         dx, dy = tangents
-        out = prim.bind(x, y, **params)
+        out = bind(prim, x, y, **params)
         terms = []
         if type(dx) is not jint.Zero:
-            terms.append(prim.bind(dx, y, **params))
+            terms.append(bind(prim, dx, y, **params))
         if type(dy) is not jint.Zero:
-            terms.append(prim.bind(x, dy, **params))
+            terms.append(bind(prim, x, dy, **params))
         tangent = terms[0] if len(terms) == 1 else terms[0] + terms[1]
         return out, tangent
     return rule
 
 
 # The transpose table (DESIGN.md §2), one row per (primitive, operand). Each entry maps
-# (cotangent ct, the other operand o, flags) to the cotangent of that operand.
+# (cotangent ct, the other operand, params p) to the cotangent of that operand.
+def _again(prim, x, y, p, **flags):
+    """Bind `prim` with the layout and precision of the primitive being transposed."""
+    return bind(prim, x, y, layout=p["layout"], precision=p["precision"], **flags)
+
+
 def _sdd_ct_a(ct, b, p):
     if not p["trans_a"]:
-        return dsd_p.bind(ct, b, layout=p["layout"], trans_s=False, trans_b=not p["trans_b"],
-                          precision=p["precision"])
-    return dds_p.bind(b, ct, layout=p["layout"], trans_a=p["trans_b"], trans_w=True,
-                      precision=p["precision"])
+        return _again(dsd_p, ct, b, p, trans_s=False, trans_b=not p["trans_b"])
+    return _again(dds_p, b, ct, p, trans_a=p["trans_b"], trans_w=True)
 
 
 def _sdd_ct_b(ct, a, p):
     if not p["trans_b"]:
-        return dds_p.bind(a, ct, layout=p["layout"], trans_a=not p["trans_a"], trans_w=False,
-                          precision=p["precision"])
-    return dsd_p.bind(ct, a, layout=p["layout"], trans_s=True, trans_b=p["trans_a"],
-                      precision=p["precision"])
+        return _again(dds_p, a, ct, p, trans_a=not p["trans_a"], trans_w=False)
+    return _again(dsd_p, ct, a, p, trans_s=True, trans_b=p["trans_a"])
 
 
 def _dsd_ct_s(ct, b, p):
     if not p["trans_s"]:
-        return sdd_p.bind(ct, b, layout=p["layout"], trans_a=False, trans_b=not p["trans_b"],
-                          precision=p["precision"])
-    return sdd_p.bind(b, ct, layout=p["layout"], trans_a=p["trans_b"], trans_b=True,
-                      precision=p["precision"])
+        return _again(sdd_p, ct, b, p, trans_a=False, trans_b=not p["trans_b"])
+    return _again(sdd_p, b, ct, p, trans_a=p["trans_b"], trans_b=True)
 
 
 def _dsd_ct_b(ct, s, p):
     if not p["trans_b"]:
-        return dsd_p.bind(s, ct, layout=p["layout"], trans_s=not p["trans_s"], trans_b=False,
-                          precision=p["precision"])
-    return dds_p.bind(ct, s, layout=p["layout"], trans_a=True, trans_w=p["trans_s"],
-                      precision=p["precision"])
+        return _again(dsd_p, s, ct, p, trans_s=not p["trans_s"], trans_b=False)
+    return _again(dds_p, ct, s, p, trans_a=True, trans_w=p["trans_s"])
 
 
 def _dds_ct_a(ct, w, p):
     if not p["trans_a"]:
-        return dds_p.bind(ct, w, layout=p["layout"], trans_a=False, trans_w=not p["trans_w"],
-                          precision=p["precision"])
-    return dsd_p.bind(w, ct, layout=p["layout"], trans_s=p["trans_w"], trans_b=True,
-                      precision=p["precision"])
+        return _again(dds_p, ct, w, p, trans_a=False, trans_w=not p["trans_w"])
+    return _again(dsd_p, w, ct, p, trans_s=p["trans_w"], trans_b=True)
 
 
 def _dds_ct_w(ct, a, p):
     if not p["trans_w"]:
-        return sdd_p.bind(a, ct, layout=p["layout"], trans_a=not p["trans_a"], trans_b=False,
-                          precision=p["precision"])
-    return sdd_p.bind(ct, a, layout=p["layout"], trans_a=True, trans_b=p["trans_a"],
-                      precision=p["precision"])
+        return _again(sdd_p, a, ct, p, trans_a=not p["trans_a"], trans_b=False)
+    return _again(sdd_p, ct, a, p, trans_a=True, trans_b=p["trans_a"])
 
 
 _TRANSPOSES = {sdd_p: (_sdd_ct_a, _sdd_ct_b), dsd_p: (_dsd_ct_s, _dsd_ct_b),
@@ -254,7 +253,7 @@ def _batching(prim):
         if (prim is dds_p and g is None and dims[1] is jint.not_mapped
                 and not params["trans_a"]):
             a = jnp.moveaxis(args[0], dims[0], 0)
-            out = prim.bind(a.reshape((-1, a.shape[-1])), args[1], **params)
+            out = bind(prim, a.reshape((-1, a.shape[-1])), args[1], **params)
             return out.reshape(a.shape[:-1] + out.shape[-1:]), 0
         new_args = []
         for a, d, rank in zip(args, dims, ranks):
@@ -269,7 +268,7 @@ def _batching(prim):
                         a = jnp.broadcast_to(a[:, None], (size, g) + a.shape[1:])
                     a = a.reshape((size * g,) + a.shape[2:])
             new_args.append(a)
-        out = prim.bind(*new_args, **params)
+        out = bind(prim, *new_args, **params)
         if g is not None:
             out = out.reshape((size, g) + out.shape[1:])
         return out, 0
