@@ -6,11 +6,13 @@ through XLA FFI custom calls; on every other platform, the same functions run as
 
 from . import layouts
 from ._cuda import cuda_available
+from .attention import attention
 from .conversions import from_dense, to_dense
 from .layout import Layout
 from .matmul import BLOCK_SIZES, DTYPES, dds, dsd, matmul, sdd
+from .softmax import softmax
 
 __version__ = "0.1.0"
 
 __all__ = ["Layout", "layouts", "to_dense", "from_dense", "matmul", "sdd", "dsd", "dds",
-           "cuda_available", "BLOCK_SIZES", "DTYPES"]
+           "attention", "softmax", "cuda_available", "BLOCK_SIZES", "DTYPES"]

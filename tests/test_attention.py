@@ -1,0 +1,246 @@
+"""Block-sparse attention against a dense masked float64 reference: values, gradients, jvp,
+GQA, Tq != Tk, kv_lengths, empty rows, every attention layout generator. Runs on the CPU
+and, marked `gpu`, on an NVIDIA GPU (the fused kernels)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jax_blocksparse as jbs
+from jax_blocksparse.attention import attention_p
+from test_matmul import PLATFORMS, float64_enabled, poison, rel_err
+
+TOL = {jnp.float32: 1e-5, jnp.float16: 5e-3, jnp.bfloat16: 3e-2}
+GRAD_TOL = {jnp.float32: 1e-4, jnp.float16: 1e-2, jnp.bfloat16: 5e-2}
+
+
+@pytest.fixture(params=PLATFORMS)
+def platform(request):
+    with jax.default_device(jax.devices(request.param)[0]):
+        yield request.param
+
+
+def dense_reference(q, k, v, layout, causal, scale, kv_lengths):
+    """Dense masked softmax attention, written the obvious way (call under float64)."""
+    b, tq, hq, d = q.shape
+    tk, hkv = k.shape[1], k.shape[2]
+    bs = layout.block_size
+    mask = layout.mask if layout.mask.ndim == 3 else layout.mask[None]
+    allowed = np.kron(mask, np.ones((bs, bs), bool))[None]  # [1, Hm, Tq, Tk]
+    i, j = np.arange(tq)[:, None], np.arange(tk)[None, :]
+    if causal:
+        allowed = allowed & (j <= i + tk - tq)
+    allowed = allowed & (np.arange(tk)[None, None, None, :] <
+                         np.asarray(kv_lengths)[:, None, None, None])
+    kk = jnp.repeat(k, hq // hkv, axis=2)
+    vv = jnp.repeat(v, hq // hkv, axis=2)
+    s = jnp.einsum("bihd,bjhd->bhij", q, kk) * scale
+    s = jnp.where(allowed, s, -jnp.inf)
+    m = jnp.max(s, -1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0)
+    p = jnp.where(allowed, jnp.exp(s - m), 0)
+    l = p.sum(-1, keepdims=True)
+    o = jnp.einsum("bhij,bjhd->bihd", p / jnp.where(l > 0, l, 1), vv)
+    return o
+
+
+CASES = {
+    # name: (B, Tq, Tk, Hq, Hkv, D, bs, layout maker, causal, kv_lengths)
+    "mha_local_causal": (2, 256, 256, 2, 2, 64, 64,
+                         lambda: jbs.layouts.local(256, 64, 100), True, None),
+    "gqa2_random_empty_rows": (1, 256, 256, 4, 2, 128, 64, lambda: jbs.Layout(
+        np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 0]], bool), 64), False,
+        None),
+    "gqa8_causal_bs128": (1, 256, 256, 8, 1, 64, 128,
+                          lambda: jbs.layouts.causal(256, 128), True, None),
+    "tq_ne_tk_per_head": (2, 128, 384, 2, 1, 64, 64, lambda: jbs.Layout(
+        np.random.default_rng(1).random((2, 2, 6)) < 0.7, 64), True, None),
+    "kv_lengths_bigbird": (2, 256, 256, 2, 2, 64, 64,
+                           lambda: jbs.layouts.bigbird(256, 64, num_random=1, window=1,
+                                                       num_global=1), False, [200, 77]),
+}
+
+
+def make_inputs(case, dtype, seed=0):
+    b, tq, tk, hq, hkv, d, _, _, _, kv = case
+    rng = np.random.default_rng(seed)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype)
+    kv = None if kv is None else jnp.asarray(kv, jnp.int32)
+    return arr(b, tq, hq, d), arr(b, tk, hkv, d), arr(b, tk, hkv, d), kv
+
+
+def check_case(platform, name, dtype):
+    case = CASES[name]
+    b, tq, tk, hq, hkv, d, bs, make_layout, causal, _ = case
+    layout = make_layout()
+    q, k, v, kv = make_inputs(case, dtype, seed=len(name))
+    scale = 1 / np.sqrt(d)
+    f = lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal, kv_lengths=kv)
+    cot = jnp.asarray(np.random.default_rng(5).standard_normal(q.shape), dtype)
+    poison(platform)
+    out, vjp = jax.vjp(jax.jit(f), q, k, v)
+    grads = jax.jit(vjp)(cot)
+    kv_np = np.full(b, tk) if kv is None else np.asarray(kv)
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
+        ref = functools.partial(dense_reference, layout=layout, causal=causal, scale=scale,
+                                kv_lengths=kv_np)
+        want, ref_vjp = jax.vjp(ref, up(q), up(k), up(v))
+        want_grads = ref_vjp(up(cot))
+        want, want_grads = np.asarray(want), [np.asarray(g) for g in want_grads]
+    assert out.dtype == dtype and out.shape == q.shape
+    assert rel_err(out, want) < TOL[dtype], "output"
+    for g, w, name_ in zip(grads, want_grads, "qkv"):
+        assert g.dtype == dtype
+        assert rel_err(g, w) < GRAD_TOL[dtype], f"d{name_}"
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_values_and_gradients(platform, name, dtype):
+    check_case(platform, name, dtype)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_values_and_gradients_float32(name):
+    check_case("cpu", name, jnp.float32)
+
+
+@pytest.mark.parametrize("generator", ["causal", "local", "strided", "fixed", "bigbird",
+                                       "longformer"])
+def test_every_attention_layout_generator(platform, generator):
+    t, bs = 512, 64
+    make = {
+        "causal": lambda: jbs.layouts.causal(t, bs),
+        "local": lambda: jbs.layouts.local(t, bs, 130),
+        "strided": lambda: jbs.layouts.strided(t, bs, 128),
+        "fixed": lambda: jbs.layouts.fixed(t, bs, 128),
+        "bigbird": lambda: jbs.layouts.bigbird(t, bs),
+        "longformer": lambda: jbs.layouts.longformer(t, bs, 64),
+    }[generator]
+    causal = generator in ("causal", "local", "strided", "fixed")
+    CASES_GEN = (1, t, t, 2, 1, 64, bs, make, causal, None)
+    CASES[f"gen_{generator}"] = CASES_GEN
+    try:
+        check_case(platform, f"gen_{generator}", jnp.bfloat16)
+    finally:
+        del CASES[f"gen_{generator}"]
+
+
+def test_row_without_keys_gives_zero_output_and_zero_gradients(platform):
+    layout = jbs.Layout(np.array([[1, 0], [0, 0]], bool), 64)  # query block 1: no keys
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, 128, 2, 64)), jnp.bfloat16)
+               for _ in range(3))
+    poison(platform)
+    (o, lse), vjp = jax.vjp(
+        jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, return_lse=True)), q, k, v)
+    assert np.all(np.asarray(o[:, 64:], np.float32) == 0)
+    assert np.all(np.isneginf(np.asarray(lse[:, :, 64:])))
+    dq, dk, dv = vjp((jnp.ones_like(o), jnp.ones_like(lse)))
+    assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in (dq, dk, dv))
+    assert np.all(np.asarray(dq[:, 64:], np.float32) == 0)
+
+
+def test_kv_lengths_zero_row(platform):
+    rng = np.random.default_rng(1)
+    layout = jbs.layouts.local(128, 64, 64, causal=False)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 128, 1, 64)), jnp.float16) for _ in range(3))
+    poison(platform)
+    o = jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, kv_lengths=jnp.array([0, 128])))(
+        q, k, v)
+    assert np.all(np.asarray(o[0], np.float32) == 0)
+    assert np.all(np.isfinite(np.asarray(o[1], np.float32)))
+
+
+def test_jvp_against_finite_differences():
+    """Forward mode (the tangent primitive) in float64 on the reference path."""
+    case = CASES["tq_ne_tk_per_head"]
+    layout = case[7]()
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        q, k, v, _ = make_inputs(case, jnp.float64)
+        f = lambda q, k, v: attention_p.bind(q, k, v, jnp.full((2,), 384, jnp.int32),
+                                             layout=layout, causal=True, scale=0.125)
+        check_grads(f, (q, k, v), order=1, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6)
+
+
+def test_jvp_float32_matches_reference(platform):
+    case = CASES["gqa2_random_empty_rows"]
+    layout = case[7]()
+    q, k, v, _ = make_inputs(case, jnp.float32)
+    f = lambda q, k, v: jbs.attention(q, k, v, layout)
+    tangents = make_inputs(case, jnp.float32, seed=9)[:3]
+    out, tan = jax.jit(lambda p, t: jax.jvp(f, p, t))((q, k, v), tangents)
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        up = lambda x: jnp.asarray(np.asarray(x), jnp.float64)
+        ref = functools.partial(dense_reference, layout=layout, causal=False,
+                                scale=1 / np.sqrt(128), kv_lengths=np.array([256]))
+        _, want = jax.jvp(ref, tuple(map(up, (q, k, v))), tuple(map(up, tangents)))
+        want = np.asarray(want)
+    assert rel_err(tan, want) < 1e-4
+
+
+def test_grad_runs_the_backward_primitive_not_the_tangent():
+    layout = jbs.layouts.causal(128, 64)
+    q = jnp.ones((1, 128, 1, 64))
+    jaxpr = str(jax.make_jaxpr(jax.grad(
+        lambda q: jbs.attention(q, q, q, layout, causal=True).sum()))(q))
+    assert "blocksparse_attention_bwd" in jaxpr
+    assert "blocksparse_attention_tangent" not in jaxpr
+
+
+def test_vmap_jit_checkpoint(platform):
+    case = CASES["mha_local_causal"]
+    layout = case[7]()
+    q, k, v, _ = make_inputs(case, jnp.float32)
+    f = lambda q, k, v: jbs.attention(q, k, v, layout, causal=True)
+    stacked = jnp.stack([q, 2 * q])
+    got = jax.jit(jax.vmap(f, in_axes=(0, None, None)))(stacked, k, v)
+    np.testing.assert_allclose(got[1], f(2 * q, k, v), rtol=2e-5, atol=2e-5)
+    g1 = jax.grad(lambda q: jax.checkpoint(f)(q, k, v).sum())(q)
+    g2 = jax.grad(lambda q: f(q, k, v).sum())(q)
+    np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_composes_with_sdd_and_dsd_into_attention(platform):
+    rng = np.random.default_rng(3)
+    t, d = 256, 64
+    layout = jbs.layouts.local(t, 64, 100)
+    q, k, v = (jnp.asarray(rng.standard_normal((t, d)), jnp.float32) for _ in range(3))
+    hp = dict(precision="highest")
+
+    def unfused(q, k, v):
+        s = jbs.sdd(q, k, layout, trans_b=True, **hp)
+        return jbs.dsd(jbs.softmax(s, layout, scale=d ** -0.5, causal=True), v, layout, **hp)
+
+    fused = lambda q, k, v: jbs.attention(q[None, :, None], k[None, :, None], v[None, :, None],
+                                          layout, causal=True)[0, :, 0]
+    np.testing.assert_allclose(jax.jit(unfused)(q, k, v), fused(q, k, v), rtol=1e-4, atol=1e-5)
+    g1 = jax.grad(lambda q: unfused(q, k, v).sum())(q)
+    g2 = jax.grad(lambda q: fused(q, k, v).sum())(q)
+    np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input():
+    layout = jbs.layouts.causal(128, 64)
+    q = jnp.ones((1, 128, 4, 64))
+    k = jnp.ones((1, 128, 2, 64))
+    cases = [
+        (lambda: jbs.attention(q, jnp.ones((1, 128, 3, 64)), jnp.ones((1, 128, 3, 64)), layout),
+         "multiple"),
+        (lambda: jbs.attention(q[..., :32], k[..., :32], k[..., :32], layout), "head dim"),
+        (lambda: jbs.attention(q, k, k, jbs.layouts.causal(256, 64)), "layout covers"),
+        (lambda: jbs.attention(q, k, k, jbs.layouts.causal(128, 32)), "block_size"),
+        (lambda: jbs.attention(q, k, k.astype(jnp.float16), layout), "share a dtype"),
+        (lambda: jbs.attention(q, k, k, layout, kv_lengths=jnp.ones((2,), jnp.int32)),
+         "kv_lengths"),
+        (lambda: jbs.attention(q, k, k, jbs.Layout(np.ones((3, 2, 2), bool), 64)), "head masks"),
+        (lambda: jbs.attention(q[0], k, k, layout), r"q must be \[B, T, H, D\]"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            jax.jit(call)()
