@@ -1,0 +1,87 @@
+"""The math behind the Flax modules (linen `nn.py` and `nnx.py` share it): initializers,
+the dense, conv and attention layer computations on explicit parameters."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .attention import attention
+from .layout import Layout
+from .matmul import matmul
+
+# std of a unit normal truncated to [-2, 2] is 0.8796...: divide by it to keep the variance
+_TRUNCATED_STD = 0.87962566103423978
+
+
+def true_fan_in(layout: Layout) -> np.ndarray:
+    """float `[K]`: for each output column, the number of inputs that feed it."""
+    return np.repeat(layout.mask.sum(axis=0) * layout.block_size, layout.block_size)
+
+
+def fan_in_init(layout: Layout, scale: float = 1.0, taps: int = 1):
+    """Initializer for blocks `[..., nnz, bs, bs]`: truncated normal with variance
+    `scale / fan_in`, where fan_in is the true fan-in of the block's column (times the
+    number of conv taps), not the dense input size."""
+    cols = np.nonzero(layout.mask)[1]
+    fan = layout.mask.sum(axis=0)[cols].astype(np.float32) * layout.block_size * taps
+    std = np.sqrt(scale / np.maximum(fan, 1)) / _TRUNCATED_STD  # [nnz]
+
+    def init(key, shape, dtype=jnp.float32):
+        values = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
+        return (values * jnp.asarray(std)[:, None, None]).astype(dtype)
+    return init
+
+
+def dense(x, kernel, bias, layout, dtype, precision):
+    """`x @ W (+ bias)` with `x [..., C]`, kernel blocks of W over layout `(C, K)`."""
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    y = matmul(x, kernel, layout, precision=precision)
+    return y if bias is None else y + bias.astype(dtype)
+
+
+def conv_layout(layout: Layout, taps: int) -> Layout:
+    """The layout of the im2col weight `[taps * Cin, Cout]`: `layout` repeated per tap, so
+    that block `t * nnz + e` is block `e` of tap `t` (the kernel's storage order)."""
+    return Layout(np.tile(layout.mask, (taps, 1)), layout.block_size)
+
+
+def conv(x, kernel, bias, layout, strides, padding, dtype, precision):
+    """Channel-block-sparse 2-D convolution, NHWC.
+
+    x `[N, H, W, Cin]`, kernel `[kh, kw, nnz, bs, bs]` (one layout over `(Cin, Cout)`
+    shared by every tap). The taps become one block-sparse matmul over `kh*kw*Cin` inputs:
+    one kernel launch, the taps summed inside it.
+    """
+    kh, kw = kernel.shape[:2]
+    x = x.astype(dtype)
+    patches = jax.lax.conv_general_dilated_patches(
+        x, (kh, kw), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, ho, wo, _ = patches.shape
+    cin = x.shape[-1]
+    # patches' features are ordered (Cin, kh, kw); the weight's rows are (kh, kw, Cin)
+    patches = patches.reshape(n, ho, wo, cin, kh * kw).swapaxes(-1, -2)
+    patches = patches.reshape(n, ho, wo, kh * kw * cin)
+    weight = kernel.reshape((-1,) + kernel.shape[-2:]).astype(dtype)
+    y = matmul(patches, weight, conv_layout(layout, kh * kw), precision=precision)
+    return y if bias is None else y + bias.astype(dtype)
+
+
+def split_heads(x, heads):
+    return x.reshape(x.shape[:-1] + (heads, x.shape[-1] // heads))
+
+
+def check_attention_features(num_heads, num_kv_heads, qkv_features):
+    if qkv_features % num_heads:
+        raise ValueError(f"qkv_features ({qkv_features}) must be divisible by num_heads "
+                         f"({num_heads})")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads "
+                         f"({num_kv_heads})")
+
+
+def attend(q, k, v, layout, causal, kv_lengths, dtype):
+    """q `[B, T, H, D]`, k/v `[B, S, Hkv, D]` -> `[B, T, H, D]` through `attention`."""
+    return attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), layout,
+                     causal=causal, kv_lengths=kv_lengths)

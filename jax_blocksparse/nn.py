@@ -1,0 +1,141 @@
+"""Flax linen modules: `BlockSparseDense`, `BlockSparseMultiHeadAttention`, `BlockSparseConv`.
+
+They follow the conventions of `flax.linen.Dense`, `MultiHeadDotProductAttention` and
+`Conv` (parameter names, shapes of the dense parts, `dtype`/`param_dtype`/`precision`);
+the block-sparse parameters are stored as their blocks `[nnz, bs, bs]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from . import _layers
+from .layout import Layout
+
+Initializer = Callable[..., Any]
+
+
+def _compute_dtype(dtype, x, param_dtype):
+    return dtype if dtype is not None else jnp.promote_types(x.dtype, param_dtype)
+
+
+class BlockSparseDense(nn.Module):
+    """`y = x @ W + b` with a block-sparse `W [C, K]` over `layout`.
+
+    Params: `kernel [nnz, bs, bs]` (W's blocks), `bias [K]`. The default `kernel_init` is a
+    truncated normal scaled by each output column's true fan-in (the inputs that feed it).
+    Input `[..., C]` -> output `[..., K]`.
+    """
+
+    layout: Layout
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Initializer | None = None
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        bs, nnz = self.layout.block_size, self.layout.nnz
+        init = self.kernel_init or _layers.fan_in_init(self.layout)
+        kernel = self.param("kernel", init, (nnz, bs, bs), self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.layout.shape[1],), self.param_dtype)
+                if self.use_bias else None)
+        dtype = _compute_dtype(self.dtype, x, self.param_dtype)
+        return _layers.dense(x, kernel, bias, self.layout, dtype, self.precision)
+
+
+class BlockSparseConv(nn.Module):
+    """2-D convolution (NHWC) whose `(Cin, Cout)` connectivity is one block-sparse layout
+    shared by every tap, as in OpenAI blocksparse's conv.
+
+    Params: `kernel [kh, kw, nnz, bs, bs]`, `bias [Cout]`. All taps run as one
+    block-sparse matmul (one kernel launch). Input `[N, H, W, Cin]` -> `[N, H', W', Cout]`.
+    """
+
+    layout: Layout
+    kernel_size: Sequence[int] = (3, 3)
+    strides: Sequence[int] = (1, 1)
+    padding: str | Sequence[tuple[int, int]] = "SAME"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Initializer | None = None
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        kh, kw = self.kernel_size
+        bs, nnz = self.layout.block_size, self.layout.nnz
+        init = self.kernel_init or _layers.fan_in_init(self.layout, taps=kh * kw)
+        kernel = self.param("kernel", init, (kh, kw, nnz, bs, bs), self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.layout.shape[1],), self.param_dtype)
+                if self.use_bias else None)
+        dtype = _compute_dtype(self.dtype, x, self.param_dtype)
+        return _layers.conv(x, kernel, bias, self.layout, tuple(self.strides), self.padding,
+                            dtype, self.precision)
+
+
+class BlockSparseMultiHeadAttention(nn.Module):
+    """Multi-head (grouped-query) attention over a block-sparse layout.
+
+    Follows `flax.linen.MultiHeadDotProductAttention`: projections `query`, `key`, `value`
+    (`DenseGeneral` kernels `[features, heads, head_dim]`) and `out` (`[heads, head_dim,
+    out_features]`). Give `q_layout` / `kv_layout` (over `(features, heads * head_dim)`)
+    or `out_layout` (over `(qkv_features, out_features)`) to make those projections
+    block-sparse too (`BlockSparseDense` submodules under the same names).
+    `layout`: the attention layout, mask `[1 or num_heads, T/bs, S/bs]`.
+    `__call__(inputs_q [B, T, F], inputs_k=None, inputs_v=None, *, kv_lengths=None)`.
+    No attention dropout.
+    """
+
+    num_heads: int
+    layout: Layout
+    causal: bool = False
+    num_kv_heads: int | None = None
+    qkv_features: int | None = None
+    out_features: int | None = None
+    q_layout: Layout | None = None
+    kv_layout: Layout | None = None
+    out_layout: Layout | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+    use_bias: bool = True
+
+    def _project(self, x, heads, head_dim, block_layout, name):
+        common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                      precision=self.precision, bias_init=self.bias_init, name=name)
+        if block_layout is not None:
+            return _layers.split_heads(BlockSparseDense(block_layout, **common)(x), heads)
+        return nn.DenseGeneral((heads, head_dim), axis=-1, kernel_init=self.kernel_init,
+                               **common)(x)
+
+    @nn.compact
+    def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, kv_lengths=None):
+        inputs_k = inputs_q if inputs_k is None else inputs_k
+        inputs_v = inputs_k if inputs_v is None else inputs_v
+        features = inputs_q.shape[-1]
+        qkv_features = self.qkv_features or features
+        kv_heads = self.num_kv_heads or self.num_heads
+        _layers.check_attention_features(self.num_heads, kv_heads, qkv_features)
+        head_dim = qkv_features // self.num_heads
+        q = self._project(inputs_q, self.num_heads, head_dim, self.q_layout, "query")
+        k = self._project(inputs_k, kv_heads, head_dim, self.kv_layout, "key")
+        v = self._project(inputs_v, kv_heads, head_dim, self.kv_layout, "value")
+        dtype = _compute_dtype(self.dtype, inputs_q, self.param_dtype)
+        x = _layers.attend(q, k, v, self.layout, self.causal, kv_lengths, dtype)
+        out_features = self.out_features or features
+        common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                      precision=self.precision, bias_init=self.bias_init, name="out")
+        if self.out_layout is not None:
+            return BlockSparseDense(self.out_layout, **common)(x.reshape(x.shape[:-2] + (-1,)))
+        return nn.DenseGeneral(out_features, axis=(-2, -1), kernel_init=self.kernel_init,
+                               **common)(x)

@@ -1,0 +1,117 @@
+"""Flax NNX modules: `BlockSparseLinear`, `BlockSparseMultiHeadAttention`,
+`BlockSparseConv`, with the semantics of the linen modules in `jax_blocksparse.nn`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax.numpy as jnp
+from flax import nnx
+
+from . import _layers
+from .layout import Layout
+
+Initializer = Callable[..., Any]
+
+
+def _value(variable):
+    """A variable's array (`get_value` in new flax, `.value` before it)."""
+    if variable is None:
+        return None
+    return variable.get_value() if hasattr(variable, "get_value") else variable.value
+
+
+def _compute_dtype(dtype, x, param_dtype):
+    return dtype if dtype is not None else jnp.promote_types(x.dtype, param_dtype)
+
+
+class BlockSparseLinear(nnx.Module):
+    """`y = x @ W + b`, `W [C, K]` block-sparse over `layout`; params `kernel [nnz, bs, bs]`,
+    `bias [K]`. Input `[..., C]` -> `[..., K]`."""
+
+    def __init__(self, layout: Layout, *, use_bias: bool = True, dtype=None,
+                 param_dtype=jnp.float32, precision=None, kernel_init: Initializer | None = None,
+                 bias_init: Initializer = nnx.initializers.zeros, rngs: nnx.Rngs):
+        bs, nnz = layout.block_size, layout.nnz
+        init = kernel_init or _layers.fan_in_init(layout)
+        self.layout, self.dtype, self.param_dtype, self.precision = layout, dtype, param_dtype, precision
+        self.kernel = nnx.Param(init(rngs.params(), (nnz, bs, bs), param_dtype))
+        self.bias = (nnx.Param(bias_init(rngs.params(), (layout.shape[1],), param_dtype))
+                     if use_bias else None)
+
+    def __call__(self, x):
+        dtype = _compute_dtype(self.dtype, x, self.param_dtype)
+        return _layers.dense(x, _value(self.kernel), _value(self.bias), self.layout, dtype, self.precision)
+
+
+class BlockSparseConv(nnx.Module):
+    """NHWC convolution with one block-sparse `(Cin, Cout)` layout shared by every tap;
+    params `kernel [kh, kw, nnz, bs, bs]`, `bias [Cout]`."""
+
+    def __init__(self, layout: Layout, kernel_size: Sequence[int] = (3, 3), *,
+                 strides: Sequence[int] = (1, 1), padding="SAME", use_bias: bool = True,
+                 dtype=None, param_dtype=jnp.float32, precision=None,
+                 kernel_init: Initializer | None = None,
+                 bias_init: Initializer = nnx.initializers.zeros, rngs: nnx.Rngs):
+        kh, kw = kernel_size
+        bs, nnz = layout.block_size, layout.nnz
+        init = kernel_init or _layers.fan_in_init(layout, taps=kh * kw)
+        self.layout, self.strides, self.padding = layout, tuple(strides), padding
+        self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
+        self.kernel = nnx.Param(init(rngs.params(), (kh, kw, nnz, bs, bs), param_dtype))
+        self.bias = (nnx.Param(bias_init(rngs.params(), (layout.shape[1],), param_dtype))
+                     if use_bias else None)
+
+    def __call__(self, x):
+        dtype = _compute_dtype(self.dtype, x, self.param_dtype)
+        return _layers.conv(x, _value(self.kernel), _value(self.bias), self.layout, self.strides,
+                            self.padding, dtype, self.precision)
+
+
+class BlockSparseMultiHeadAttention(nnx.Module):
+    """Multi-head (grouped-query) attention over a block-sparse `layout`, following
+    `nnx.MultiHeadAttention` (projections `query`, `key`, `value`, `out`); `q_layout`,
+    `kv_layout`, `out_layout` make those projections block-sparse."""
+
+    def __init__(self, num_heads: int, in_features: int, layout: Layout, *,
+                 causal: bool = False, num_kv_heads: int | None = None,
+                 qkv_features: int | None = None, out_features: int | None = None,
+                 q_layout: Layout | None = None, kv_layout: Layout | None = None,
+                 out_layout: Layout | None = None, dtype=None, param_dtype=jnp.float32,
+                 precision=None, kernel_init: Initializer = nnx.initializers.lecun_normal(),
+                 bias_init: Initializer = nnx.initializers.zeros, use_bias: bool = True,
+                 rngs: nnx.Rngs):
+        qkv_features = qkv_features or in_features
+        out_features = out_features or in_features
+        kv_heads = num_kv_heads or num_heads
+        _layers.check_attention_features(num_heads, kv_heads, qkv_features)
+        head_dim = qkv_features // num_heads
+        self.num_heads, self.kv_heads, self.layout, self.causal = num_heads, kv_heads, layout, causal
+        self.dtype, self.param_dtype = dtype, param_dtype
+        common = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                      precision=precision, bias_init=bias_init, rngs=rngs)
+
+        def projection(heads, block_layout):
+            if block_layout is not None:
+                return BlockSparseLinear(block_layout, **common)
+            return nnx.LinearGeneral(in_features, (heads, head_dim), axis=-1,
+                                     kernel_init=kernel_init, **common)
+
+        self.query = projection(num_heads, q_layout)
+        self.key = projection(kv_heads, kv_layout)
+        self.value = projection(kv_heads, kv_layout)
+        self.out = (BlockSparseLinear(out_layout, **common) if out_layout is not None else
+                    nnx.LinearGeneral((num_heads, head_dim), out_features, axis=(-2, -1),
+                                      kernel_init=kernel_init, **common))
+        self.flat_out = out_layout is not None
+
+    def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, kv_lengths=None):
+        inputs_k = inputs_q if inputs_k is None else inputs_k
+        inputs_v = inputs_k if inputs_v is None else inputs_v
+        heads = lambda x, n: x if x.ndim == 4 else _layers.split_heads(x, n)
+        q = heads(self.query(inputs_q), self.num_heads)
+        k = heads(self.key(inputs_k), self.kv_heads)
+        v = heads(self.value(inputs_v), self.kv_heads)
+        dtype = _compute_dtype(self.dtype, inputs_q, self.param_dtype)
+        x = _layers.attend(q, k, v, self.layout, self.causal, kv_lengths, dtype)
+        return self.out(x.reshape(x.shape[:-2] + (-1,)) if self.flat_out else x)

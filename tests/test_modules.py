@@ -1,0 +1,164 @@
+"""Flax modules (linen and NNX): init/apply/grad against the ops they are built from, the
+flax conventions they follow, and an orbax save/restore."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen
+from flax import nnx
+
+import jax_blocksparse as jbs
+from jax_blocksparse import nn as bnn
+from jax_blocksparse import nnx as bnnx
+from test_matmul import PLATFORMS, rel_err
+
+
+@pytest.fixture(params=PLATFORMS)
+def platform(request):
+    with jax.default_device(jax.devices(request.param)[0]):
+        yield request.param
+
+
+def assign(variable, value):
+    """Set an nnx variable (`set_value` in new flax, `.value` before it)."""
+    if hasattr(variable, "set_value"):
+        variable.set_value(value)
+    else:
+        variable.value = value
+
+
+def read(variable):
+    return variable.get_value() if hasattr(variable, "get_value") else variable.value
+
+
+def normal(seed, shape, dtype=jnp.float32):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def test_dense_linen_and_nnx(platform):
+    layout = jbs.layouts.barabasi_albert(256, 256, 32, 0.3, seed=0)
+    x = normal(0, (3, 5, 256))
+    module = bnn.BlockSparseDense(layout, precision="highest")
+    params = module.init(jax.random.key(0), x)["params"]
+    assert params["kernel"].shape == (layout.nnz, 32, 32) and params["bias"].shape == (256,)
+    bias = normal(1, (256,))
+    params = {"kernel": params["kernel"], "bias": bias}
+    want = jbs.matmul(x, params["kernel"], layout, precision="highest") + bias
+    got = module.apply({"params": params}, x)
+    assert rel_err(got, np.asarray(want, np.float64)) < 1e-6
+    grads = jax.grad(lambda p: module.apply({"params": p}, x).sum())(params)
+    np.testing.assert_allclose(grads["bias"], np.full(256, 15.0), rtol=1e-6)
+    dense_grad = np.asarray(x).reshape(15, 256).T @ np.ones((15, 256))
+    assert rel_err(grads["kernel"], jbs.from_dense(dense_grad, layout)) < 1e-5
+
+    linear = bnnx.BlockSparseLinear(layout, precision="highest", rngs=nnx.Rngs(0))
+    assign(linear.kernel, params["kernel"])
+    assign(linear.bias, bias)
+    assert rel_err(linear(x), np.asarray(want, np.float64)) < 1e-6
+    grads = nnx.grad(lambda m: m(x).sum())(linear)
+    assert rel_err(read(grads.kernel), jbs.from_dense(dense_grad, layout)) < 1e-5
+
+
+def test_kernel_init_scales_by_true_fan_in():
+    mask = np.zeros((16, 4), bool)
+    mask[:, 0] = True  # column block 0: fan-in 16 * 32 = 512
+    mask[:2, 1] = True  # column block 1: fan-in 64
+    mask[0, 2:] = True  # columns 2, 3: fan-in 32
+    layout = jbs.Layout(mask, 32)
+    kernel = bnn.BlockSparseDense(layout).init(jax.random.key(0), jnp.ones((1, 512)))[
+        "params"]["kernel"]
+    cols = np.nonzero(mask)[1]
+    for col, fan in [(0, 512), (1, 64), (2, 32)]:
+        std = float(np.std(np.asarray(kernel)[cols == col]))
+        assert abs(std * np.sqrt(fan) - 1) < 0.1, (col, std)
+
+
+@pytest.mark.parametrize("padding,strides", [("SAME", (1, 1)), ("VALID", (2, 2))])
+def test_conv_matches_dense_convolution(platform, padding, strides):
+    layout = jbs.layouts.random(64, 96, 16, 0.5, seed=1)
+    x = normal(2, (2, 9, 9, 64))
+    module = bnn.BlockSparseConv(layout, kernel_size=(3, 3), strides=strides, padding=padding,
+                                 precision="highest")
+    params = module.init(jax.random.key(0), x)["params"]
+    kernel = params["kernel"]
+    assert kernel.shape == (3, 3, layout.nnz, 16, 16)
+    dense_kernel = jbs.to_dense(kernel, layout)  # [3, 3, 64, 96]
+    want = jax.lax.conv_general_dilated(x, dense_kernel, strides, padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        precision="highest") + params["bias"]
+    got = module.apply({"params": params}, x)
+    assert rel_err(got, np.asarray(want, np.float64)) < 1e-5
+    conv = bnnx.BlockSparseConv(layout, (3, 3), strides=strides, padding=padding,
+                                precision="highest", rngs=nnx.Rngs(0))
+    assign(conv.kernel, kernel)
+    assert rel_err(conv(x), np.asarray(want, np.float64)) < 1e-5
+    g = jax.grad(lambda k: module.apply({"params": {"kernel": k, "bias": params["bias"]}},
+                                        x).sum())(kernel)
+    g_dense = jax.grad(lambda k: jax.lax.conv_general_dilated(
+        x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision="highest").sum())(dense_kernel)
+    assert rel_err(g, np.asarray(jbs.from_dense(g_dense, layout), np.float64)) < 1e-5
+
+
+def test_attention_matches_flax_mha_with_the_layout_as_mask(platform):
+    """Same parameter tree as linen.MultiHeadDotProductAttention; same output when flax is
+    given the layout (and causality) as its mask."""
+    t, features, heads = 128, 32, 4
+    layout = jbs.layouts.local(t, 64, 70)
+    x = normal(3, (2, t, features))
+    ours = bnn.BlockSparseMultiHeadAttention(num_heads=heads, layout=layout, causal=True,
+                                            qkv_features=256)
+    params = ours.init(jax.random.key(0), x)
+    theirs = linen.MultiHeadDotProductAttention(num_heads=heads, qkv_features=256,
+                                                precision="highest")
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, theirs.init(jax.random.key(0), x))
+    mask = np.kron(layout.mask, np.ones((64, 64), bool)) & np.tri(t, dtype=bool)
+    want = theirs.apply(params, x, mask=jnp.asarray(mask)[None, None])
+    got = ours.apply(params, x)
+    assert rel_err(got, np.asarray(want, np.float64)) < 1e-4
+
+
+def test_attention_gqa_sparse_projections_linen_and_nnx(platform):
+    t, features = 128, 128
+    layout = jbs.layouts.causal(t, 64)
+    proj = jbs.layouts.random(128, 256, 32, 0.5, seed=0)
+    kv_proj = jbs.layouts.random(128, 128, 32, 0.5, seed=1)
+    out_proj = jbs.layouts.random(256, 128, 32, 0.5, seed=2)
+    x = normal(4, (2, t, features))
+    kw = dict(causal=True, num_kv_heads=2, qkv_features=256, q_layout=proj,
+              kv_layout=kv_proj, out_layout=out_proj)
+    module = bnn.BlockSparseMultiHeadAttention(num_heads=4, layout=layout, **kw)
+    params = module.init(jax.random.key(0), x)
+    assert params["params"]["query"]["kernel"].shape == (proj.nnz, 32, 32)
+    out = module.apply(params, x)
+    p = params["params"]
+    dense = lambda name, lay, y: bnn.BlockSparseDense(lay).apply({"params": p[name]}, y)
+    q = dense("query", proj, x).reshape(2, t, 4, 64)
+    k = dense("key", kv_proj, x).reshape(2, t, 2, 64)
+    v = dense("value", kv_proj, x).reshape(2, t, 2, 64)
+    o = jbs.attention(q, k, v, layout, causal=True).reshape(2, t, 256)
+    assert rel_err(out, np.asarray(dense("out", out_proj, o), np.float64)) < 1e-5
+    g = jax.grad(lambda p: module.apply(p, x).sum())(params)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(g))
+
+    m = bnnx.BlockSparseMultiHeadAttention(4, features, layout, rngs=nnx.Rngs(0), **kw)
+    for name in ("query", "key", "value", "out"):
+        assign(getattr(m, name).kernel, p[name]["kernel"])
+        assign(getattr(m, name).bias, p[name]["bias"])
+    assert rel_err(m(x), np.asarray(out, np.float64)) < 1e-5
+
+
+def test_orbax_save_and_restore(tmp_path):
+    import orbax.checkpoint as ocp
+
+    layout = jbs.layouts.random(64, 64, 16, 0.5, seed=0)
+    model = bnn.BlockSparseDense(layout)
+    x = normal(5, (4, 64))
+    params = model.init(jax.random.key(1), x)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "ckpt", params)
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore(tmp_path / "ckpt", jax.tree.map(jnp.zeros_like, params))
+    np.testing.assert_array_equal(model.apply(restored, x), model.apply(params, x))
