@@ -1,0 +1,270 @@
+"""A byte-level Sparse Transformer language model, trained by a jit-compiled optax loop.
+
+Block-sparse attention (the Sparse Transformer `fixed` or `strided` layout, Child et al.
+2019) and block-sparse MLPs, from `jax_blocksparse.nn`. `--dense` trains the same model
+with dense layers and `jax.nn.dot_product_attention` (cuDNN on a GPU) instead.
+
+Data: `--data FILE` (any text, e.g. enwik8); by default a corpus built offline from the
+installed Python standard library's `.py` sources, split 90/10 into train and validation.
+Prints a progress bar with loss and bits per byte, validates every `--eval-every` steps,
+keeps orbax checkpoints in `--ckpt-dir` (a rerun resumes from the latest), and writes a
+loss-curve PNG at the end.
+
+    python examples/sparse_transformer_lm.py                 # small CPU configuration
+    python examples/sparse_transformer_lm.py --compare       # step time, sparse vs dense
+    # GPU, sequence length 8192 (see README):
+    python examples/sparse_transformer_lm.py --seq-len 8192 --block-size 128 --d-model 1024 \
+        --heads 8 --layers 6 --batch 4 --stride 1024 --steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import sysconfig
+import time
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jax_blocksparse as jbs
+from jax_blocksparse import nn as bnn
+
+
+# ---------------------------------------------------------------------------- data
+def load_corpus(path: str | None, limit: int) -> np.ndarray:
+    """uint8 bytes of `path`, or of the standard library's .py files (sorted, deterministic)."""
+    if path:
+        with open(path, "rb") as f:
+            return np.frombuffer(f.read(limit), np.uint8)
+    root = sysconfig.get_paths()["stdlib"]
+    chunks, total = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "test", "tests"))
+        for name in sorted(filenames):
+            if name.endswith(".py") and total < limit:
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    chunks.append(f.read())
+                total += len(chunks[-1])
+    return np.frombuffer(b"".join(chunks)[:limit], np.uint8)
+
+
+def batches(data: np.ndarray, batch: int, seq_len: int, seed: int):
+    """Endless random windows `[batch, seq_len + 1]` of the byte stream."""
+    rng = np.random.default_rng(seed)
+    while True:
+        starts = rng.integers(0, len(data) - seq_len - 1, size=batch)
+        yield np.stack([data[s:s + seq_len + 1] for s in starts]).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- model
+class Block(nn.Module):
+    config: argparse.Namespace
+    attention_layout: jbs.Layout | None
+    mlp_layouts: tuple | None
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        h = nn.LayerNorm(dtype=x.dtype)(x)
+        if self.attention_layout is None:  # dense: cuDNN / XLA attention
+            q, k, v = (nn.DenseGeneral((c.heads, c.d_model // c.heads), dtype=x.dtype,
+                                       name=n)(h) for n in ("query", "key", "value"))
+            a = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+            h = nn.DenseGeneral(c.d_model, axis=(-2, -1), dtype=x.dtype, name="out")(a)
+        else:
+            h = bnn.BlockSparseMultiHeadAttention(c.heads, self.attention_layout, causal=True,
+                                                  dtype=x.dtype)(h)
+        x = x + h
+        h = nn.LayerNorm(dtype=x.dtype)(x)
+        if self.mlp_layouts is None:
+            h = nn.Dense(4 * c.d_model, dtype=x.dtype)(h)
+            h = nn.Dense(c.d_model, dtype=x.dtype)(nn.gelu(h))
+        else:
+            up, down = self.mlp_layouts
+            h = bnn.BlockSparseDense(up, dtype=x.dtype)(h)
+            h = bnn.BlockSparseDense(down, dtype=x.dtype)(nn.gelu(h))
+        return x + h
+
+
+class LanguageModel(nn.Module):
+    config: argparse.Namespace
+    attention_layout: jbs.Layout | None
+    mlp_layouts: tuple | None
+
+    @nn.compact
+    def __call__(self, tokens):
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        x = nn.Embed(256, c.d_model)(tokens).astype(dtype)
+        x = x + self.param("positions", nn.initializers.normal(0.02),
+                           (c.seq_len, c.d_model)).astype(dtype)
+        for _ in range(c.layers):
+            x = Block(c, self.attention_layout, self.mlp_layouts)(x)
+        return nn.Dense(256, dtype=jnp.float32)(nn.LayerNorm()(x))
+
+
+def build_model(c, dense: bool):
+    if dense:
+        return LanguageModel(c, None, None)
+    attention = getattr(jbs.layouts, c.attention)(c.seq_len, c.block_size, c.stride)
+    mlp_bs = min(c.block_size, c.d_model // 4, 64)
+    up = jbs.layouts.random(c.d_model, 4 * c.d_model, mlp_bs, c.mlp_density, seed=1)
+    down = jbs.layouts.random(4 * c.d_model, c.d_model, mlp_bs, c.mlp_density, seed=2)
+    return LanguageModel(c, attention, (up, down))
+
+
+# ------------------------------------------------------------------------ training
+def make_functions(model, optimizer):
+    def loss_fn(params, tokens):
+        logits = model.apply({"params": params}, tokens[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+    @jax.jit
+    def train_step(state, tokens):
+        params, opt_state, step = state
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, step + 1), loss
+
+    return train_step, jax.jit(loss_fn)
+
+
+def init_state(model, optimizer, c):
+    params = model.init(jax.random.key(c.seed), jnp.zeros((1, c.seq_len), jnp.int32))["params"]
+    return params, optimizer.init(params), jnp.zeros((), jnp.int32)
+
+
+def time_steps(train_step, state, data, c, steps=5):
+    stream = batches(data, c.batch, c.seq_len, c.seed)
+    state, loss = train_step(state, next(stream))
+    loss.block_until_ready()
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, loss = train_step(state, next(stream))
+    loss.block_until_ready()
+    return (time.perf_counter() - start) / steps
+
+
+def progress(step, total, loss, rate, width=30):
+    done = int(width * step / total)
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{total} loss {loss:.4f} "
+                     f"bpb {loss / math.log(2):.3f} {rate:.1f} step/s ")
+    sys.stderr.flush()
+
+
+def plot_curves(path, train, val):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install '.[examples]'): no loss curve")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train), label="train", alpha=0.7)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per byte")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"loss curve: {path}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, help="a text file (default: stdlib sources)")
+    p.add_argument("--data-limit", type=int, default=4_000_000, help="bytes to read")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--attention", choices=["fixed", "strided"], default="fixed")
+    p.add_argument("--stride", type=int, default=128, help="layout stride, in tokens")
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--mlp-density", type=float, default=0.5)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-batches", type=int, default=8)
+    p.add_argument("--ckpt-dir", default="runs/sparse_transformer_lm")
+    p.add_argument("--no-checkpoint", action="store_true")
+    p.add_argument("--plot", default=None, help="loss-curve PNG (default in --ckpt-dir)")
+    p.add_argument("--dense", action="store_true", help="dense layers, cuDNN/XLA attention")
+    p.add_argument("--compare", action="store_true", help="time a step, sparse vs dense")
+    p.add_argument("--seed", type=int, default=0)
+    c = p.parse_args()
+
+    data = load_corpus(c.data, c.data_limit)
+    split = int(0.9 * len(data))
+    train_data, val_data = data[:split], data[split:]
+    print(f"data: {len(train_data):,} train / {len(val_data):,} validation bytes; "
+          f"backend {jax.default_backend()}, CUDA kernels {jbs.cuda_available()}")
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+        optax.warmup_cosine_decay_schedule(0.0, c.lr, min(100, c.steps // 10 + 1), c.steps),
+        weight_decay=0.01))
+
+    if c.compare:
+        for dense in (False, True):
+            model = build_model(c, dense)
+            train_step, _ = make_functions(model, optimizer)
+            seconds = time_steps(train_step, init_state(model, optimizer, c), train_data, c)
+            print(f"{'dense ' if dense else 'sparse'} step: {seconds * 1e3:9.2f} ms")
+        return
+
+    model = build_model(c, c.dense)
+    if not c.dense:
+        print(f"attention layout: {model.attention_layout}")
+    train_step, eval_loss = make_functions(model, optimizer)
+    state = init_state(model, optimizer, c)
+    n_params = sum(x.size for x in jax.tree.leaves(state[0]))
+    print(f"model: {n_params:,} parameters")
+
+    manager = None
+    if not c.no_checkpoint:
+        import orbax.checkpoint as ocp
+        manager = ocp.CheckpointManager(os.path.abspath(c.ckpt_dir),
+                                        options=ocp.CheckpointManagerOptions(max_to_keep=2))
+        if manager.latest_step() is not None:
+            state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
+            print(f"resumed from step {int(state[2])}")
+
+    val_stream = batches(val_data, c.batch, c.seq_len, seed=12345)
+    val_set = [next(val_stream) for _ in range(c.eval_batches)]
+    stream = batches(train_data, c.batch, c.seq_len, c.seed + int(state[2]))
+    train_curve, val_curve = [], []
+    start, first_step = time.perf_counter(), int(state[2])
+    for step in range(first_step + 1, c.steps + 1):
+        state, loss = train_step(state, next(stream))
+        if step % 10 == 0 or step == c.steps:
+            loss = float(loss)
+            train_curve.append((step, loss / math.log(2)))
+            progress(step, c.steps, loss, (step - first_step) / (time.perf_counter() - start))
+        if step % c.eval_every == 0 or step == c.steps:
+            val = float(np.mean([eval_loss(state[0], b) for b in val_set])) / math.log(2)
+            val_curve.append((step, val))
+            sys.stderr.write("\n")
+            print(f"step {step}: validation {val:.3f} bits per byte")
+            if manager is not None:
+                import orbax.checkpoint as ocp
+                manager.save(step, args=ocp.args.StandardSave(state))
+    if manager is not None:
+        manager.wait_until_finished()
+    if train_curve:
+        os.makedirs(c.ckpt_dir, exist_ok=True)
+        plot_curves(c.plot or os.path.join(c.ckpt_dir, "loss.png"), train_curve, val_curve)
+
+
+if __name__ == "__main__":
+    main()
