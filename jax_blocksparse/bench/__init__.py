@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m jax_blocksparse.bench [--full] [--only matmul|attention]`."""

@@ -1,0 +1,131 @@
+"""Benchmark of block-sparse attention against `jax.nn.dot_product_attention` (cuDNN on a
+GPU, dense and causal) and dense XLA attention with the layout as a mask.
+
+Useful TFLOP/s count `4 * B * Hq * D` per allowed (query, key) pair in the forward (x3.5
+for forward + backward); executed TFLOP/s count every pair of every visited block. Speedup
+is the wall time of cuDNN's causal attention on the same shape over ours.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_blocksparse as jbs
+from jax_blocksparse.attention_metadata import attention_metadata
+from .timing import median_ms
+
+QUICK = dict(seq_lens=[8192], head_dims=[128], layouts=["local", "causal"], batch=2, heads=16)
+FULL = dict(seq_lens=[1024, 2048, 4096, 8192, 16384], head_dims=[64, 128],
+            layouts=["local", "strided", "bigbird", "causal"], batch=2, heads=16)
+HEADER = (f"{'layout':>8} {'S':>6} {'D':>4} {'dens':>5} {'pass':>8} {'ms':>9} {'useful TF':>9} "
+          f"{'exec TF':>8} {'cuDNN ms':>9} {'speedup':>7}")
+
+
+def make_layout(kind, seq_len, bs):
+    """The benchmark's layouts (block 128) and whether they are causal."""
+    return {
+        "local": (lambda: jbs.layouts.local(seq_len, bs, 1024), True),
+        "strided": (lambda: jbs.layouts.strided(seq_len, bs, 1024), True),
+        "bigbird": (lambda: jbs.layouts.bigbird(seq_len, bs), False),
+        "causal": (lambda: jbs.layouts.causal(seq_len, bs), True),
+    }[kind]
+
+
+def pair_counts(layout, causal, seq_len):
+    """(allowed (i, j) pairs, pairs in visited blocks) of one head."""
+    meta = attention_metadata(layout, causal, seq_len, seq_len)
+    bs = layout.block_size
+    kind = meta.kind[0]
+    executed = int((kind > 0).sum()) * bs * bs
+    allowed = int((kind == 2).sum()) * bs * bs
+    if causal:
+        i = np.arange(bs)[:, None]
+        for r, c in np.argwhere(kind == 1):
+            allowed += int(((c * bs + i.T) <= (r * bs + i)).sum())
+    else:
+        allowed += int((kind == 1).sum()) * bs * bs
+    return allowed, executed
+
+
+def _xla_masked(q, k, v, layout, causal, allowed, reps):
+    """Dense XLA attention with the layout as an element mask: what a JAX user writes
+    today for a sparse pattern (it computes every score)."""
+    b, s, h, d = q.shape
+    bs = layout.block_size
+    mask = np.kron(layout.mask, np.ones((bs, bs), bool))
+    if causal:
+        mask &= np.tri(s, dtype=bool)
+    mask = jnp.asarray(mask)[None, None]
+    try:
+        f = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                                                 implementation="xla"))
+        ms = median_ms(f, q, k, v, reps=reps)
+    except Exception as e:  # out of memory at long sequences
+        print(f"{'xla masked':>15} {s:>6} {d:>4} failed: {type(e).__name__}")
+        return []
+    tflops = 4 * b * h * d * allowed / ms / 1e9
+    print(f"{'xla masked':>15} {s:>6} {d:>4} {allowed / s / s:5.3f} {'fwd':>8} {ms:9.3f} "
+          f"{tflops:9.1f}")
+    return [dict(layout="xla_masked", seq_len=s, head_dim=d, density=allowed / s / s,
+                 op="fwd", ms=ms, tflops=tflops)]
+
+
+def run(seq_lens, head_dims, layouts, batch, heads, reps=5, block_size=128):
+    print(f"attention: jax {jax.__version__} on {jax.devices()[0].device_kind}; CUDA kernels: "
+          f"{jbs.cuda_available()}; B={batch} H={heads} bf16 block {block_size}")
+    print(HEADER)
+    print("-" * len(HEADER))
+    rows = []
+    rng = np.random.default_rng(0)
+    for s in seq_lens:
+        for d in head_dims:
+            q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d), np.float32),
+                                   jnp.bfloat16) for _ in range(3))
+
+            def fwd_bwd(f):
+                return jax.jit(jax.grad(lambda q, k, v: f(q, k, v).astype(jnp.float32).sum(),
+                                        argnums=(0, 1, 2)))
+
+            cudnn = {}
+            for causal in (False, True):
+                try:
+                    f = lambda q, k, v, c=causal: jax.nn.dot_product_attention(
+                        q, k, v, is_causal=c, implementation="cudnn")
+                    cudnn[causal, "fwd"] = median_ms(jax.jit(f), q, k, v, reps=reps)
+                    cudnn[causal, "fwd+bwd"] = median_ms(fwd_bwd(f), q, k, v, reps=reps)
+                except Exception as e:  # no cuDNN (CPU) or unsupported shape
+                    print(f"cuDNN attention unavailable: {type(e).__name__}: {str(e)[:80]}")
+                    break
+            full_pairs = s * s
+            for name, ms in cudnn.items():
+                pairs = full_pairs if not name[0] else s * (s + 1) // 2
+                flops = 4 * batch * heads * d * pairs * (3.5 if name[1] == "fwd+bwd" else 1)
+                print(f"{'cuDNN' + (' causal' if name[0] else ''):>15} {s:>6} {d:>4} "
+                      f"{pairs / full_pairs:5.3f} {name[1]:>8} {ms:9.3f} "
+                      f"{flops / ms / 1e9:9.1f}")
+                rows.append(dict(layout="cudnn" + ("_causal" if name[0] else ""), seq_len=s,
+                                 head_dim=d, density=pairs / full_pairs, op=name[1], ms=ms,
+                                 tflops=flops / ms / 1e9))
+            for kind in layouts:
+                make, causal = make_layout(kind, s, block_size)
+                layout = make()
+                allowed, executed = pair_counts(layout, causal, s)
+                f = lambda q, k, v, lay=layout, c=causal: jbs.attention(q, k, v, lay, causal=c)
+                rows += _xla_masked(q, k, v, layout, causal, allowed, reps)
+                for op, fn in (("fwd", jax.jit(f)), ("fwd+bwd", fwd_bwd(f))):
+                    ms = median_ms(fn, q, k, v, reps=reps)
+                    mult = 4 * batch * heads * d * (3.5 if op == "fwd+bwd" else 1)
+                    base = cudnn.get((causal, op))
+                    row = dict(layout=kind, seq_len=s, head_dim=d,
+                               density=allowed / full_pairs, op=op, ms=ms,
+                               tflops=mult * allowed / ms / 1e9,
+                               executed_tflops=mult * executed / ms / 1e9,
+                               speedup=(base / ms) if base else None)
+                    rows.append(row)
+                    print(f"{kind:>8} {s:>6} {d:>4} {row['density']:5.3f} {op:>8} {ms:9.3f} "
+                          f"{row['tflops']:9.1f} {row['executed_tflops']:8.1f} "
+                          f"{base if base else float('nan'):9.3f} "
+                          f"{row['speedup'] if base else float('nan'):7.2f}", flush=True)
+    return rows
