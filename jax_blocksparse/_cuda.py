@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_internals as jint
+from . import attention as att
 from . import matmul_primitives as mp
+from .attention_metadata import attention_metadata
 
 try:
     from . import _jax_blocksparse_cuda as _ext
@@ -70,11 +72,58 @@ def _dds_cuda(a, w, *, layout, trans_a, trans_w, precision):
                 trans_a=trans_a, trans_w=trans_w, precision=_precision_attr(precision))
 
 
+ATTENTION_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def _attention_attrs(layout, causal, scale):
+    return dict(block_size=np.int32(layout.block_size), causal=causal, scale=np.float32(scale))
+
+
+def _metadata_operands(lists):
+    return [jnp.asarray(x) for x in lists]
+
+
+def _check_attention_dtype(q):
+    if not any(q.dtype == d for d in ATTENTION_DTYPES):
+        raise ValueError(f"attention on a GPU: the fused kernels take bfloat16 or float16; "
+                         f"got {q.dtype} (cast q, k, v, or set JAX_BLOCKSPARSE_DISABLE_CUDA=1)")
+
+
+def _attention_forward_cuda(q, k, v, kv_lengths, *, layout, causal, scale):
+    _check_attention_dtype(q)
+    b, tq, hq, _ = q.shape
+    meta = attention_metadata(layout, causal, tq, k.shape[1])
+    out = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32))
+    call = jint.ffi_call("jax_blocksparse_attention_fwd", out)
+    o, lse = call(q, k, v, kv_lengths, *_metadata_operands(meta.by_query),
+                  **_attention_attrs(layout, causal, scale))
+    return o, lse
+
+
+def _attention_backward_cuda(q, k, v, o, lse, d_o, d_lse, kv_lengths, *, layout, causal, scale):
+    _check_attention_dtype(q)
+    b, tq, hq, _ = q.shape
+    meta = attention_metadata(layout, causal, tq, k.shape[1])
+    out = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v)) + (
+        jax.ShapeDtypeStruct((b, hq, tq), jnp.float32),)  # delta: workspace
+    call = jint.ffi_call("jax_blocksparse_attention_bwd", out)
+    dq, dk, dv, _ = call(q, k, v, o, lse, d_o, d_lse, kv_lengths,
+                         *_metadata_operands(meta.by_query), *_metadata_operands(meta.by_key),
+                         **_attention_attrs(layout, causal, scale))
+    return dq, dk, dv
+
+
 def _register():
-    for name, capsule in _ext.registrations().items():
+    targets = _ext.registrations()
+    for name, capsule in targets.items():
         jint.register_ffi_target(name, capsule, platform="CUDA")
     for prim, impl in ((mp.sdd_p, _sdd_cuda), (mp.dsd_p, _dsd_cuda), (mp.dds_p, _dds_cuda)):
         jint.register_platform_lowering(prim, impl, "cuda")
+    if "jax_blocksparse_attention_fwd" in targets:
+        jint.register_platform_lowering(att.attention_p, _attention_forward_cuda, "cuda",
+                                        multiple_results=True)
+        jint.register_platform_lowering(att.attention_bwd_p, _attention_backward_cuda, "cuda",
+                                        multiple_results=True)
 
 
 if cuda_available():
