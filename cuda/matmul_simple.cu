@@ -1,10 +1,11 @@
-// First, simple CUDA kernels for the matmul family: one thread per output element, float32
-// accumulation in a fixed order (deterministic). They prove the FFI path end to end and are
-// the portable baseline; the tensor-core kernels replace them where they apply.
+// Simple CUDA kernels for the matmul family: one thread per output element, float32
+// accumulation in a fixed order (deterministic). The portable baseline: matmul_tc.cu runs
+// them for exact float32 (precision=HIGHEST), for block sizes the tensor-core kernels do
+// not cover, and when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 (A/B checks).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "matmul.h"
+#include "matmul_simple.h"
 
 namespace jax_blocksparse {
 namespace {
@@ -115,13 +116,13 @@ template <typename T> struct DdsLaunch {
 
 }  // namespace
 
-cudaError_t LaunchSdd(DType dtype, const SddParams& p, cudaStream_t stream) {
+cudaError_t LaunchSddSimple(DType dtype, const SddParams& p, cudaStream_t stream) {
   return Dispatch<SddLaunch>(dtype, p, p.batch * p.nnz * p.block_size * p.block_size, stream);
 }
-cudaError_t LaunchDsd(DType dtype, const DsdParams& p, cudaStream_t stream) {
+cudaError_t LaunchDsdSimple(DType dtype, const DsdParams& p, cudaStream_t stream) {
   return Dispatch<DsdLaunch>(dtype, p, p.batch * p.m * p.n, stream);
 }
-cudaError_t LaunchDds(DType dtype, const DdsParams& p, cudaStream_t stream) {
+cudaError_t LaunchDdsSimple(DType dtype, const DdsParams& p, cudaStream_t stream) {
   return Dispatch<DdsLaunch>(dtype, p, p.batch * p.m * p.n, stream);
 }
 

@@ -1,0 +1,8 @@
+// Tensor-core kernels of the matmul family for __nv_bfloat16 (see tc_tile.cuh).
+#include "matmul_tc_impl.cuh"
+
+namespace jax_blocksparse {
+namespace tc {
+template cudaError_t LaunchTc<__nv_bfloat16>(const TcArgs&, int, cudaStream_t);
+}  // namespace tc
+}  // namespace jax_blocksparse

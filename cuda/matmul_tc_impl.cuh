@@ -1,0 +1,66 @@
+// Tile configurations per block size and the launcher of the tensor-core kernel; included
+// by one translation unit per dtype (matmul_tc_{bf16,f16,f32}.cu) so that the CUDA build
+// compiles them in parallel.
+#pragma once
+
+#include <atomic>
+
+#include "tc_tile.cuh"
+
+namespace jax_blocksparse {
+namespace tc {
+
+// DS mode (dds, dsd): BM = 128 rows of the dense dimension x one line (BN = bs).
+// Small blocks stage several blocks per K step (BK = 64); bs = 128 walks a block in
+// four steps of 32.
+using Ds16 = Config<16, 128, 16, 64, 4, 1, 3>;
+using Ds32 = Config<32, 128, 32, 64, 4, 1, 3>;
+using Ds64 = Config<64, 128, 64, 64, 4, 2, 3>;
+using Ds128 = Config<128, 128, 128, 32, 2, 4, 4>;
+// SDD mode: one bs x bs block per CTA, dense K in steps of BK. bs = 128 shares Ds128.
+using Sdd16 = Config<16, 16, 16, 64, 1, 1, 3>;
+using Sdd32 = Config<32, 32, 32, 64, 2, 2, 3>;
+using Sdd64 = Config<64, 64, 64, 64, 4, 2, 3>;
+
+inline unsigned Clamp(int64_t x, int64_t hi) { return unsigned(x < hi ? x : hi); }
+
+template <typename T, class C>
+cudaError_t Run(TcArgs args, cudaStream_t stream) {
+  constexpr int kSmem = C::template SmemBytes<T>();
+  // Raise the dynamic smem limit once per device (no per-call device queries).
+  static std::atomic<uint64_t> configured{0};
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(configured.load(std::memory_order_acquire) & bit)) {
+    err = cudaFuncSetAttribute(TcKernel<T, C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               kSmem);
+    if (err != cudaSuccess) return err;
+    configured.fetch_or(bit, std::memory_order_acq_rel);
+  }
+  dim3 grid;
+  if (args.sdd) {
+    grid = dim3(Clamp(args.nnz, 0x7fffffff), 1, Clamp(args.batch, 65535));
+  } else {
+    args.m_tiles = (args.M + C::BM - 1) / C::BM;
+    grid = dim3(Clamp(args.lines, 0x7fffffff), Clamp(args.m_tiles, 65535),
+                Clamp(args.batch, 65535));
+  }
+  TcKernel<T, C><<<grid, C::kThreads, kSmem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchTc(const TcArgs& args, int block_size, cudaStream_t stream) {
+  switch (block_size) {
+    case 16: return args.sdd ? Run<T, Sdd16>(args, stream) : Run<T, Ds16>(args, stream);
+    case 32: return args.sdd ? Run<T, Sdd32>(args, stream) : Run<T, Ds32>(args, stream);
+    case 64: return args.sdd ? Run<T, Sdd64>(args, stream) : Run<T, Ds64>(args, stream);
+    case 128: return Run<T, Ds128>(args, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace tc
+}  // namespace jax_blocksparse
