@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from . import _layers
 from .layout import Layout
@@ -20,6 +21,18 @@ Initializer = Callable[..., Any]
 
 def _compute_dtype(dtype, x, param_dtype):
     return dtype if dtype is not None else jnp.promote_types(x.dtype, param_dtype)
+
+
+def _block_params(module, taps_shape=()):
+    """`kernel [*taps_shape, nnz, bs, bs]` and `bias [K]` (or None) of a block-sparse layer,
+    the default init scaled by the true fan-in."""
+    layout = module.layout
+    bs, taps = layout.block_size, int(np.prod(taps_shape))
+    init = module.kernel_init or _layers.fan_in_init(layout, taps=taps)
+    kernel = module.param("kernel", init, (*taps_shape, layout.nnz, bs, bs), module.param_dtype)
+    bias = (module.param("bias", module.bias_init, (layout.shape[1],), module.param_dtype)
+            if module.use_bias else None)
+    return kernel, bias
 
 
 class BlockSparseDense(nn.Module):
@@ -40,11 +53,7 @@ class BlockSparseDense(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        bs, nnz = self.layout.block_size, self.layout.nnz
-        init = self.kernel_init or _layers.fan_in_init(self.layout)
-        kernel = self.param("kernel", init, (nnz, bs, bs), self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (self.layout.shape[1],), self.param_dtype)
-                if self.use_bias else None)
+        kernel, bias = _block_params(self)
         dtype = _compute_dtype(self.dtype, x, self.param_dtype)
         return _layers.dense(x, kernel, bias, self.layout, dtype, self.precision)
 
@@ -70,12 +79,7 @@ class BlockSparseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kh, kw = self.kernel_size
-        bs, nnz = self.layout.block_size, self.layout.nnz
-        init = self.kernel_init or _layers.fan_in_init(self.layout, taps=kh * kw)
-        kernel = self.param("kernel", init, (kh, kw, nnz, bs, bs), self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (self.layout.shape[1],), self.param_dtype)
-                if self.use_bias else None)
+        kernel, bias = _block_params(self, tuple(self.kernel_size))
         dtype = _compute_dtype(self.dtype, x, self.param_dtype)
         return _layers.conv(x, kernel, bias, self.layout, tuple(self.strides), self.padding,
                             dtype, self.precision)
