@@ -1,6 +1,7 @@
 // The nanobind module: hands the FFI handlers to Python as capsules, by target name.
 #include <nanobind/nanobind.h>
 
+#include "ffi_attention.h"
 #include "ffi_matmul.h"
 
 namespace nb = nanobind;
@@ -19,6 +20,8 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
     targets["jax_blocksparse_sdd"] = Capsule(JaxBlocksparseSdd);
     targets["jax_blocksparse_dsd"] = Capsule(JaxBlocksparseDsd);
     targets["jax_blocksparse_dds"] = Capsule(JaxBlocksparseDds);
+    targets["jax_blocksparse_attention_fwd"] = Capsule(JaxBlocksparseAttentionFwd);
+    targets["jax_blocksparse_attention_bwd"] = Capsule(JaxBlocksparseAttentionBwd);
     return targets;
   });
   m.attr("cuda_architectures") = JBS_CUDA_ARCHITECTURES;

@@ -1,0 +1,69 @@
+// Launchers of fused block-sparse attention (forward, backward). Host-callable, plain C++.
+//
+// Semantics (jax_blocksparse/attention.py): q [B, Tq, Hq, D], k and v [B, Tk, Hkv, D],
+// row-major (head dim contiguous, then heads, then tokens). Query head h reads kv head
+// h / (Hq / Hkv). Query i of head h attends to key j iff: block (i / bs, j / bs) is listed
+// for h's mask head; when causal, j <= i + (Tk - Tq); and j < kv_lengths[b]. Scores are
+// scale * q.k, softmax over the allowed keys, o = P v; lse = log(sum exp(scores)) in
+// float32 ([B, Hq, Tq]); a row with no allowed key has o = 0 and lse = -inf, and passes zero
+// gradients (never NaN).
+//
+// Metadata (jax_blocksparse/attention_metadata.py), int32, Hm = 1 (shared) or Hq mask heads:
+//  - by query block: counts [Hm, Rq], partial [Hm, Rq], lists [Hm, Rq, max_k], order [Hm, Rq].
+//    lists[hm, r, 0:counts] are the key blocks of query block r; the first `partial` of
+//    them need element masking (causal diagonal), the rest are full. Blocks fully masked by
+//    causality are not listed. `order[hm]` lists query blocks longest first. kv_lengths is
+//    dynamic: a kernel skips blocks starting at or past kv_lengths[b] and masks the block
+//    that contains it element-wise.
+//  - by key block (for dK/dV): the same four arrays over [Hm, Rk, max_q], listing for each
+//    key block its query blocks (partial first).
+// Deterministic: no float atomics; dK/dV of a kv head sum over its query-head group inside
+// one CTA in a fixed order.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "matmul.h"  // DType
+
+namespace jax_blocksparse {
+
+struct BlockListsView {  // one direction of the attention metadata
+  const int32_t *counts, *partial, *lists, *order;
+  int32_t lines;  // Rq (by query block) or Rk (by key block)
+  int32_t max_len;  // last dimension of `lists`
+};
+
+struct AttentionShape {
+  int32_t batch, tq, tk, hq, hkv, head_dim, block_size, mask_heads;
+  float scale;
+  bool causal;
+};
+
+struct AttentionForwardParams {
+  AttentionShape shape;
+  const void *q, *k, *v;
+  const int32_t* kv_lengths;  // [B]
+  BlockListsView by_query;
+  void* o;     // [B, Tq, Hq, D], q's dtype
+  float* lse;  // [B, Hq, Tq]
+};
+
+struct AttentionBackwardParams {
+  AttentionShape shape;
+  const void *q, *k, *v, *o, *d_o;
+  const float* lse;    // [B, Hq, Tq]
+  const float* d_lse;  // [B, Hq, Tq]: cotangent of lse (zeros when unused)
+  const int32_t* kv_lengths;
+  BlockListsView by_query, by_key;
+  void *dq, *dk, *dv;  // q's, k's, v's shapes and dtype
+  float* delta;        // workspace [B, Hq, Tq]: rowsum(dO * O) - d_lse
+};
+
+cudaError_t LaunchAttentionForward(DType dtype, const AttentionForwardParams& p,
+                                   cudaStream_t stream);
+cudaError_t LaunchAttentionBackward(DType dtype, const AttentionBackwardParams& p,
+                                    cudaStream_t stream);
+
+}  // namespace jax_blocksparse
