@@ -72,7 +72,9 @@ def _dds_cuda(a, w, *, layout, trans_a, trans_w, precision):
                 trans_a=trans_a, trans_w=trans_w, precision=_precision_attr(precision))
 
 
-ATTENTION_DTYPES = (jnp.bfloat16, jnp.float16)
+# The fused attention kernels take bfloat16 and float16; float32 attention runs the
+# pure-JAX implementation on the GPU too (documented in the README).
+FUSED_ATTENTION_DTYPES = (jnp.bfloat16, jnp.float16)
 
 
 def _attention_attrs(layout, causal, scale):
@@ -83,14 +85,14 @@ def _metadata_operands(lists):
     return [jnp.asarray(x) for x in lists]
 
 
-def _check_attention_dtype(q):
-    if not any(q.dtype == d for d in ATTENTION_DTYPES):
-        raise ValueError(f"attention on a GPU: the fused kernels take bfloat16 or float16; "
-                         f"got {q.dtype} (cast q, k, v, or set JAX_BLOCKSPARSE_DISABLE_CUDA=1)")
+def _fused(dtype):
+    return any(dtype == d for d in FUSED_ATTENTION_DTYPES)
 
 
 def _attention_forward_cuda(q, k, v, kv_lengths, *, layout, causal, scale):
-    _check_attention_dtype(q)
+    if not _fused(q.dtype):
+        return att.attention_reference(q, k, v, kv_lengths, layout=layout, causal=causal,
+                                       scale=scale)
     b, tq, hq, _ = q.shape
     meta = attention_metadata(layout, causal, tq, k.shape[1])
     out = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32))
@@ -101,7 +103,9 @@ def _attention_forward_cuda(q, k, v, kv_lengths, *, layout, causal, scale):
 
 
 def _attention_backward_cuda(q, k, v, o, lse, d_o, d_lse, kv_lengths, *, layout, causal, scale):
-    _check_attention_dtype(q)
+    if not _fused(q.dtype):
+        return att.backward_reference(q, k, v, o, lse, d_o, d_lse, kv_lengths, layout=layout,
+                                      causal=causal, scale=scale)
     b, tq, hq, _ = q.shape
     meta = attention_metadata(layout, causal, tq, k.shape[1])
     out = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v)) + (

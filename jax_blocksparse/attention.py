@@ -82,13 +82,13 @@ def attention_reference(q, k, v, kv_lengths, *, layout, causal, scale):
     return o, lse.reshape(b, hq, tq)
 
 
-def _tangent_reference(q, k, v, o, lse, kv_lengths, dq, dk, dv, **params):
+def tangent_reference(q, k, v, o, lse, kv_lengths, dq, dk, dv, **params):
     del o, lse
     forward = lambda q, k, v: attention_reference(q, k, v, kv_lengths, **params)
     return jax.jvp(forward, (q, k, v), (dq, dk, dv))[1]
 
 
-def _backward_reference(q, k, v, o, lse, d_o, d_lse, kv_lengths, **params):
+def backward_reference(q, k, v, o, lse, d_o, d_lse, kv_lengths, **params):
     del o, lse
     forward = lambda q, k, v: attention_reference(q, k, v, kv_lengths, **params)
     return jax.vjp(forward, q, k, v)[1]((d_o, d_lse))
@@ -116,8 +116,8 @@ attention_bwd_p.def_abstract_eval(
         x.update(shape=x.shape, dtype=x.dtype, weak_type=False) for x in (q, k, v)))
 
 jint.register_default_lowering(attention_p, attention_reference, multiple_results=True)
-jint.register_default_lowering(attention_tangent_p, _tangent_reference, multiple_results=True)
-jint.register_default_lowering(attention_bwd_p, _backward_reference, multiple_results=True)
+jint.register_default_lowering(attention_tangent_p, tangent_reference, multiple_results=True)
+jint.register_default_lowering(attention_bwd_p, backward_reference, multiple_results=True)
 
 
 def _bind(prim, *args, **params):
