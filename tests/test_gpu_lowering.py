@@ -51,3 +51,14 @@ def test_deterministic_bitwise():
         again = [np.asarray(g.astype(jnp.float32)) for g in grad(x, w)]
         for a, b in zip(first, again):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.gpu
+def test_attention_forward_and_grad_use_the_fused_kernels():
+    layout = jbs.layouts.local(512, 128, 200)
+    q = jnp.ones((1, 512, 2, 64), jnp.bfloat16)
+    f = lambda q: jbs.attention(q, q, q, layout, causal=True)
+    assert "jax_blocksparse_attention_fwd" in _compiled_text(f, q)
+    grad_text = _compiled_text(jax.grad(lambda q: f(q).astype(jnp.float32).sum()), q)
+    assert "jax_blocksparse_attention_bwd" in grad_text
+    assert " dot(" not in grad_text
