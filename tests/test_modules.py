@@ -108,7 +108,7 @@ def test_attention_matches_flax_mha_with_the_layout_as_mask(platform):
     layout = jbs.layouts.local(t, 64, 70)
     x = normal(3, (2, t, features))
     ours = bnn.BlockSparseMultiHeadAttention(num_heads=heads, layout=layout, causal=True,
-                                            qkv_features=256)
+                                            qkv_features=256, precision="highest")
     params = ours.init(jax.random.key(0), x)
     theirs = linen.MultiHeadDotProductAttention(num_heads=heads, qkv_features=256,
                                                 precision="highest")
