@@ -53,6 +53,11 @@ bool Empty(const AttentionShape& s) { return s.batch == 0 || s.hq == 0; }
 
 }  // namespace
 
+const char* AttentionKernelName(bool backward) {
+  if (backward) return "fa2_backward(delta, dq 64-row, dk/dv per kv head)";
+  return attn::ForwardVariant() == 1 ? "fa2_forward(128-row CTA)" : "fa2_forward(64-row CTA)";
+}
+
 cudaError_t LaunchAttentionForward(DType dtype, const AttentionForwardParams& p,
                                    cudaStream_t stream) {
   if (!Supported(p.shape)) return cudaErrorInvalidValue;

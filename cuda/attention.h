@@ -66,4 +66,7 @@ cudaError_t LaunchAttentionForward(DType dtype, const AttentionForwardParams& p,
 cudaError_t LaunchAttentionBackward(DType dtype, const AttentionBackwardParams& p,
                                     cudaStream_t stream);
 
+// The kernels a launch runs, for JAX_BLOCKSPARSE_DEBUG.
+const char* AttentionKernelName(bool backward);
+
 }  // namespace jax_blocksparse

@@ -4,6 +4,8 @@
 #include <string>
 
 #include "../cuda/attention.h"
+#include "debug.h"
+#include "ffi_common.h"
 #include "ffi_attention.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -21,20 +23,11 @@ ffi::Error Invalid(const std::string& what) {
   return ffi::Error::InvalidArgument("jax_blocksparse attention: " + what);
 }
 
-ffi::ErrorOr<DType> ToDType(ffi::DataType type) {
-  switch (type) {
-    case ffi::DataType::F16: return DType::kF16;
-    case ffi::DataType::BF16: return DType::kBF16;
-    default:
-      return ffi::Unexpected(ffi::Error::InvalidArgument(
-          "jax_blocksparse attention: the fused kernels take float16 or bfloat16 only"));
-  }
-}
-
-ffi::Error Check(cudaError_t err, const char* op) {
-  if (err == cudaSuccess) return ffi::Error::Success();
-  return ffi::Error::Internal(std::string("jax_blocksparse ") + op + ": " +
-                              cudaGetErrorString(err));
+std::string Describe(const char* op, DType dtype, const AttentionShape& s, const AnyBuffer& q,
+                     const AnyBuffer& k) {
+  return std::string(op) + " q" + ShapeText(q.dimensions()) + " k" + ShapeText(k.dimensions()) +
+         " " + DTypeName(dtype) + " bs=" + std::to_string(s.block_size) +
+         " mask_heads=" + std::to_string(s.mask_heads) + (s.causal ? " causal" : "");
 }
 
 // Shapes of q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D] and the attributes.
@@ -94,7 +87,7 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
                    Buffer<S32> kv_lengths, Buffer<S32> q_counts, Buffer<S32> q_partial,
                    Buffer<S32> q_lists, Buffer<S32> q_order, Result<AnyBuffer> o,
                    Result<Buffer<F32>> lse, int32_t block_size, bool causal, float scale) {
-  auto dtype = ToDType(q.element_type());
+  auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   auto shape = Shape(q, k, v, q_counts, block_size, causal, scale);
   if (shape.has_error()) return shape.error();
@@ -109,7 +102,10 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
     return Invalid("query metadata must have Tq / block_size lines");
   p.o = o->untyped_data();
   p.lse = lse->typed_data();
-  return Check(LaunchAttentionForward(*dtype, p, stream), "attention forward");
+  LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) : "");
+  const cudaError_t err = LaunchAttentionForward(*dtype, p, stream);
+  log.Done(AttentionKernelName(/*backward=*/false));
+  return CheckLaunch(err, "attention forward");
 }
 
 ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, AnyBuffer o,
@@ -119,7 +115,7 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
                    Buffer<S32> k_lists, Buffer<S32> k_order, Result<AnyBuffer> dq,
                    Result<AnyBuffer> dk, Result<AnyBuffer> dv, Result<Buffer<F32>> delta,
                    int32_t block_size, bool causal, float scale) {
-  auto dtype = ToDType(q.element_type());
+  auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   auto shape = Shape(q, k, v, q_counts, block_size, causal, scale);
   if (shape.has_error()) return shape.error();
@@ -145,7 +141,10 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   p.dk = dk->untyped_data();
   p.dv = dv->untyped_data();
   p.delta = delta->typed_data();
-  return Check(LaunchAttentionBackward(*dtype, p, stream), "attention backward");
+  LaunchLog log(stream, DebugLevel() ? Describe("attention_bwd", *dtype, p.shape, q, k) : "");
+  const cudaError_t err = LaunchAttentionBackward(*dtype, p, stream);
+  log.Done(AttentionKernelName(/*backward=*/true));
+  return CheckLaunch(err, "attention backward");
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "../cuda/matmul.h"
+#include "ffi_common.h"
 #include "ffi_matmul.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -15,17 +16,6 @@ using ffi::S32;
 
 namespace jax_blocksparse {
 namespace {
-
-ffi::ErrorOr<DType> ToDType(ffi::DataType type) {
-  switch (type) {
-    case ffi::DataType::F32: return DType::kF32;
-    case ffi::DataType::F16: return DType::kF16;
-    case ffi::DataType::BF16: return DType::kBF16;
-    default:
-      return ffi::Unexpected(ffi::Error::InvalidArgument(
-          "jax_blocksparse: unsupported dtype (float32, float16, bfloat16 only)"));
-  }
-}
 
 // A dense operand [G?, rows, cols]: its batch stride (0 when it has no batch axis).
 int64_t DenseBatchStride(const AnyBuffer& x) {
@@ -52,12 +42,6 @@ int64_t OutBatch(const AnyBuffer& out, size_t unbatched_rank) {
   return d.size() > unbatched_rank ? d[0] : 1;
 }
 
-ffi::Error Check(cudaError_t err, const char* op) {
-  if (err == cudaSuccess) return ffi::Error::Success();
-  return ffi::Error::Internal(std::string("jax_blocksparse ") + op + ": " +
-                              cudaGetErrorString(err));
-}
-
 ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> coords,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_a, bool trans_b,
                    int32_t precision) {
@@ -80,7 +64,7 @@ ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> co
   p.trans_a = trans_a;
   p.trans_b = trans_b;
   p.full_fp32 = precision == 1;
-  return Check(LaunchSdd(*dtype, p, stream), "sdd");
+  return CheckLaunch(LaunchSdd(*dtype, p, stream), "sdd");
 }
 
 ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> ptr,
@@ -109,7 +93,7 @@ ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> pt
   p.trans_s = trans_s;
   p.trans_b = trans_b;
   p.full_fp32 = precision == 1;
-  return Check(LaunchDsd(*dtype, p, stream), "dsd");
+  return CheckLaunch(LaunchDsd(*dtype, p, stream), "dsd");
 }
 
 ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> ptr,
@@ -138,7 +122,7 @@ ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> pt
   p.trans_a = trans_a;
   p.trans_w = trans_w;
   p.full_fp32 = precision == 1;
-  return Check(LaunchDds(*dtype, p, stream), "dds");
+  return CheckLaunch(LaunchDds(*dtype, p, stream), "dds");
 }
 
 }  // namespace

@@ -1,0 +1,64 @@
+// Kernel visibility, like tinygrad's DEBUG: JAX_BLOCKSPARSE_DEBUG=1 prints one line per
+// kernel launch to stderr (op, shapes, dtype, block size, nnz, kernel variant); =2 also
+// times each launch with CUDA events (a host synchronization: for debugging only; a launch
+// captured into a CUDA graph is reported as such, untimed).
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <cuda_runtime_api.h>
+
+namespace jax_blocksparse {
+
+inline int DebugLevel() {
+  static const int level = [] {
+    const char* value = std::getenv("JAX_BLOCKSPARSE_DEBUG");
+    return value ? std::atoi(value) : 0;
+  }();
+  return level;
+}
+
+// Wraps one launch: construct before it, call Done() after it with the variant launched.
+class LaunchLog {
+ public:
+  LaunchLog(cudaStream_t stream, std::string what) : stream_(stream), what_(std::move(what)) {
+    if (DebugLevel() >= 2 && !Capturing()) {
+      cudaEventCreate(&start_);
+      cudaEventCreate(&stop_);
+      cudaEventRecord(start_, stream_);
+    }
+  }
+
+  void Done(const char* variant) {
+    if (DebugLevel() < 1) return;
+    std::string timing;
+    if (start_ != nullptr) {
+      cudaEventRecord(stop_, stream_);
+      cudaEventSynchronize(stop_);
+      float ms = 0.f;
+      cudaEventElapsedTime(&ms, start_, stop_);
+      timing = "  " + std::to_string(ms) + " ms";
+      cudaEventDestroy(start_);
+      cudaEventDestroy(stop_);
+    } else if (DebugLevel() >= 2) {
+      timing = "  (captured in a CUDA graph: not timed)";
+    }
+    std::fprintf(stderr, "[jax_blocksparse] %s  kernel=%s%s\n", what_.c_str(), variant,
+                 timing.c_str());
+  }
+
+ private:
+  bool Capturing() const {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    cudaStreamIsCapturing(stream_, &status);
+    return status != cudaStreamCaptureStatusNone;
+  }
+
+  cudaStream_t stream_;
+  std::string what_;
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+};
+
+}  // namespace jax_blocksparse
