@@ -24,7 +24,9 @@ SCRIPT = textwrap.dedent("""
 
 
 def run(**env):
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=dict(os.environ, **env),
+    # the test process already holds most of the GPU's memory: allocate on demand
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", **env)
+    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
