@@ -9,7 +9,8 @@ f32 default = TF32, f32 precision=HIGHEST) and block size against a float64 nump
 reference on fresh random inputs (relative Frobenius error), with odd shapes (tails,
 misaligned leading dimensions), layouts with empty block rows and columns, a single block,
 all blocks, no blocks, batched operands (both or one of them), and bitwise determinism over
-two runs. Timing: dds/dsd/sdd at 8192^3 with density 0.1 in bf16 next to the dense matmul.
+two runs. Timing: dds, its dx (ddsT: trans_w), dsd and sdd at 8192^3 with density 0.1 in bf16 next
+to the dense matmul; --compare adds the same with the Hopper wgmma path off (mma.sync).
 """
 
 from __future__ import annotations
@@ -170,6 +171,13 @@ def correctness(quick):
         mask = random_mask(rng, 12, 10, 0.6)
         check(rng, results, f"{op} ta=0 tb=0 {dt} bs=64 big", op, 64, False, False, dt, mask,
               1000)
+    # large, both 16-bit types, every transposition: several row tiles with a tail, long
+    # lines / a long K with a tail, aligned rows (the Hopper wgmma path at block sizes 64/128)
+    for op, (ta, tb), dt, bs in itertools.product(ops, tr, ("bf16", "f16"),
+                                                  (64, 128)):
+        mask = random_mask(rng, 10, 9, 0.5)
+        check(rng, results, f"{op} ta={ta:d} tb={tb:d} {dt} bs={bs} big-aligned", op, bs, ta,
+              tb, dt, mask, 1000)
     # zero-size dense dims
     for op in ("dds", "dsd", "sdd"):
         mask = random_mask(rng, 3, 2)
@@ -212,7 +220,7 @@ def bench(fn, args, reps=20, rounds=5):
     return float(np.median(ts))
 
 
-def timing(sizes=(32, 64, 128), n=8192, ops=("dds", "dsd", "sdd"), reps=20, rounds=5):
+def timing(sizes=(32, 64, 128), n=8192, ops=("dds", "ddsT", "dsd", "sdd"), reps=20, rounds=5):
     rng = np.random.default_rng(1)
     dtype = jnp.bfloat16
     x = jnp.asarray(rng.standard_normal((n, n)).astype(np.float32)).astype(dtype)
@@ -229,13 +237,15 @@ def timing(sizes=(32, 64, 128), n=8192, ops=("dds", "dsd", "sdd"), reps=20, roun
                             ).astype(dtype)
             if op == "dds":
                 fn, args = jax.jit(lambda a, w: jbs.dds(a, w, layout)), (x, w)
+            elif op == "ddsT":  # the dx of dds: dy @ W^T
+                fn, args = jax.jit(lambda a, w: jbs.dds(a, w, layout, trans_w=True)), (x, w)
             elif op == "dsd":
                 fn, args = jax.jit(lambda s, b: jbs.dsd(s, b, layout)), (w, y)
             else:
                 fn, args = jax.jit(lambda a, b: jbs.sdd(a, b, layout)), (x, y)
             t = bench(fn, args, reps, rounds)
             flops = 2 * n * layout.nnz * bs * bs
-            print(f"{op} bs={bs:3d} nnz={layout.nnz:6d}: {t * 1e3:8.3f} ms "
+            print(f"{op:4} bs={bs:3d} nnz={layout.nnz:6d}: {t * 1e3:8.3f} ms "
                   f"{flops / t / 1e12:7.1f} TFLOP/s  ({flops / t / 1e12 / (2 * n ** 3 / td / 1e12) * 100:5.1f}% of dense rate, "
                   f"{td / t:5.2f}x faster than dense)", flush=True)
 
@@ -248,7 +258,13 @@ def main():
     ap.add_argument("--naive", action="store_true",
                     help="time the simple kernels (run in a subprocess with the env switch)")
     ap.add_argument("--sizes", default="32,64,128")
-    ap.add_argument("--ops", default="dds,dsd,sdd")
+    ap.add_argument("--ops", default="dds,ddsT,dsd,sdd")
+    ap.add_argument("--time-only", action="store_true",
+                    help="only the timing table (sizes/ops as given), e.g. in a subprocess")
+    ap.add_argument("--compare", action="store_true",
+                    help="also time the ops at bs 64/128 with the Hopper wgmma path off "
+                         "(JAX_BLOCKSPARSE_NO_WGMMA=1: the mma.sync kernels)")
+    ap.add_argument("--no-naive", action="store_true", help="skip the simple-kernel timing")
     ap.add_argument("--profile", action="store_true",
                     help="one call of each op at 8192^3 (bs from --sizes), for ncu")
     args = ap.parse_args()
@@ -261,16 +277,26 @@ def main():
         timing(tuple(int(s) for s in args.sizes.split(",")), ops=tuple(args.ops.split(",")),
                reps=2, rounds=3)
         return
-    results = [] if args.no_check else correctness(args.quick)
-    if not args.no_time:
+    if args.time_only:
         timing(tuple(int(s) for s in args.sizes.split(",")), ops=tuple(args.ops.split(",")))
-        env = dict(os.environ, JAX_BLOCKSPARSE_SIMPLE_KERNELS="1",
-                   XLA_PYTHON_CLIENT_PREALLOCATE="false")
-        print("\n-- simple (naive) kernels, for comparison --", flush=True)
-        subprocess.run([sys.executable, __file__, "--naive", "--sizes", "64", "--ops", "dds"],
-                       env=env, check=False)
+        return
+    results = [] if args.no_check else correctness(args.quick)
     if results:
         summary(results)
+    if not args.no_time:
+        timing(tuple(int(s) for s in args.sizes.split(",")), ops=tuple(args.ops.split(",")))
+        if args.compare:
+            env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+                       JAX_BLOCKSPARSE_NO_WGMMA="1")
+            print("\n-- mma.sync kernels (wgmma off): JAX_BLOCKSPARSE_NO_WGMMA=1 --", flush=True)
+            subprocess.run([sys.executable, __file__, "--time-only", "--sizes", "64,128"],
+                           env=env, check=False)
+        if not args.no_naive:
+            env = dict(os.environ, JAX_BLOCKSPARSE_SIMPLE_KERNELS="1",
+                       XLA_PYTHON_CLIENT_PREALLOCATE="false")
+            print("\n-- simple (naive) kernels, for comparison --", flush=True)
+            subprocess.run([sys.executable, __file__, "--naive", "--sizes", "64", "--ops",
+                            "dds"], env=env, check=False)
 
 
 if __name__ == "__main__":

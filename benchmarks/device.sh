@@ -22,7 +22,11 @@ for stage in "$@"; do
     matmul) python3 "$repo/benchmarks/matmul.py" 2>&1 | tee "$out/matmul.log"
             python3 "$repo/benchmarks/matmul.py" --layout barabasi_albert --block-sizes 64,128 \
               2>&1 | tee -a "$out/matmul.log" ;;
-    matmul_full) python3 "$repo/benchmarks/matmul.py" --full 2>&1 | tee "$out/matmul_full.log" ;;
+    matmul_full) python3 "$repo/benchmarks/matmul.py" --full --reps 4 2>&1 \
+                   | tee "$out/matmul_full.log" ;;
+    attention_full) python3 "$repo/benchmarks/attention.py" --full 2>&1 \
+                      | tee "$out/attention_full.log" ;;
+    bench) python3 -m jax_blocksparse.bench --chart "$out/bench.png" 2>&1 | tee "$out/bench.log" ;;
     attention) python3 "$repo/benchmarks/attention.py" 2>&1 | tee "$out/attention.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     lm) python3 "$repo/examples/sparse_transformer_lm.py" --compare --seq-len 8192 \

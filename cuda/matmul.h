@@ -62,4 +62,8 @@ cudaError_t LaunchSdd(DType dtype, const SddParams& p, cudaStream_t stream);
 cudaError_t LaunchDsd(DType dtype, const DsdParams& p, cudaStream_t stream);
 cudaError_t LaunchDds(DType dtype, const DdsParams& p, cudaStream_t stream);
 
+// The kernel variant the last Launch* on this thread ran ("wgmma", "mma.sync", "simple",
+// ...), for JAX_BLOCKSPARSE_DEBUG.
+const char* LastMatmulKernelName();
+
 }  // namespace jax_blocksparse

@@ -1,6 +1,9 @@
 // The launchers of matmul.h: map each op onto the tensor-core tile kernel (tc_tile.cuh), or
 // onto the simple kernels (matmul_simple.cu) for exact float32 (precision=HIGHEST), block
-// sizes other than 16/32/64/128, or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1.
+// sizes other than 16/32/64/128, or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1. On an sm_90
+// device with sm_90a code built, dds and dsd in bf16/f16 at block sizes 64/128 with 16-byte
+// aligned operand rows run the wgmma kernel instead (matmul_wgmma_impl.cuh; switched off
+// by JAX_BLOCKSPARSE_NO_WGMMA=1).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -8,12 +11,16 @@
 #include <cstring>
 
 #include "matmul_simple.h"
+#include "matmul_wgmma.h"
 #include "tc_tile.cuh"
 
 namespace jax_blocksparse {
 namespace {
 
 using tc::TcArgs;
+
+// The kernel the last launch on this thread ran, for JAX_BLOCKSPARSE_DEBUG.
+thread_local const char* last_kernel = "none";
 
 bool ForceSimple() {
   static const bool force = [] {
@@ -34,20 +41,47 @@ bool Vec(const void* base, int64_t ld, int64_t batch_stride, DType d) {
          batch_stride % per16 == 0;
 }
 
+bool NoWgmma() {
+  static const bool off = [] {
+    const char* v = std::getenv("JAX_BLOCKSPARSE_NO_WGMMA");
+    return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+  }();
+  return off;
+}
+
 cudaError_t Dispatch(DType dtype, const TcArgs& t, int bs, cudaStream_t stream) {
   switch (dtype) {
-    case DType::kBF16: return tc::LaunchTc<__nv_bfloat16>(t, bs, stream);
-    case DType::kF16: return tc::LaunchTc<__half>(t, bs, stream);
-    case DType::kF32: return tc::LaunchTc<float>(t, bs, stream);
+    case DType::kBF16:
+      if (!NoWgmma() && wg::WgmmaUsable<__nv_bfloat16>(t, bs)) {
+        last_kernel = "wgmma";
+        return wg::LaunchWgmma<__nv_bfloat16>(t, bs, stream);
+      }
+      last_kernel = "mma.sync";
+      return tc::LaunchTc<__nv_bfloat16>(t, bs, stream);
+    case DType::kF16:
+      if (!NoWgmma() && wg::WgmmaUsable<__half>(t, bs)) {
+        last_kernel = "wgmma";
+        return wg::LaunchWgmma<__half>(t, bs, stream);
+      }
+      last_kernel = "mma.sync";
+      return tc::LaunchTc<__half>(t, bs, stream);
+    case DType::kF32:
+      last_kernel = "mma.sync(tf32)";
+      return tc::LaunchTc<float>(t, bs, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 }  // namespace
 
+const char* LastMatmulKernelName() { return last_kernel; }
+
 cudaError_t LaunchSdd(DType dtype, const SddParams& p, cudaStream_t stream) {
-  if ((dtype == DType::kF32 && p.full_fp32) || !TcBlockSize(p.block_size) || ForceSimple())
+  if ((dtype == DType::kF32 && p.full_fp32) || !TcBlockSize(p.block_size) || ForceSimple()) {
+    last_kernel = "simple";
     return LaunchSddSimple(dtype, p, stream);
+  }
+  last_kernel = "none(empty)";
   if (p.batch == 0 || p.nnz == 0) return cudaSuccess;
   const int64_t bs = p.block_size;
   TcArgs t{};
@@ -77,9 +111,12 @@ cudaError_t LaunchSdd(DType dtype, const SddParams& p, cudaStream_t stream) {
 // Y = op(S) @ op(B) runs as Y^T = op(B)^T @ op(S)^T: a dds whose dense operand is op(B)^T
 // ([n, k]) and whose blocks are read as op(S)^T, with the tile stored transposed.
 cudaError_t LaunchDsd(DType dtype, const DsdParams& p, cudaStream_t stream) {
-  if ((dtype == DType::kF32 && p.full_fp32) || !TcBlockSize(p.block_size) || ForceSimple())
+  if ((dtype == DType::kF32 && p.full_fp32) || !TcBlockSize(p.block_size) || ForceSimple()) {
+    last_kernel = "simple";
     return LaunchDsdSimple(dtype, p, stream);
+  }
   const int64_t bs = p.block_size, lines = p.m / bs;
+  last_kernel = "none(empty)";
   if (p.batch == 0 || p.n == 0 || lines == 0) return cudaSuccess;
   TcArgs t{};
   t.sdd = false;
@@ -109,9 +146,12 @@ cudaError_t LaunchDsd(DType dtype, const DsdParams& p, cudaStream_t stream) {
 }
 
 cudaError_t LaunchDds(DType dtype, const DdsParams& p, cudaStream_t stream) {
-  if ((dtype == DType::kF32 && p.full_fp32) || !TcBlockSize(p.block_size) || ForceSimple())
+  if ((dtype == DType::kF32 && p.full_fp32) || !TcBlockSize(p.block_size) || ForceSimple()) {
+    last_kernel = "simple";
     return LaunchDdsSimple(dtype, p, stream);
+  }
   const int64_t bs = p.block_size, lines = p.n / bs;
+  last_kernel = "none(empty)";
   if (p.batch == 0 || p.m == 0 || lines == 0) return cudaSuccess;
   TcArgs t{};
   t.sdd = false;

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "../cuda/matmul.h"
+#include "debug.h"
 #include "ffi_common.h"
 #include "ffi_matmul.h"
 #include "xla/ffi/api/ffi.h"
@@ -42,6 +43,24 @@ int64_t OutBatch(const AnyBuffer& out, size_t unbatched_rank) {
   return d.size() > unbatched_rank ? d[0] : 1;
 }
 
+// Runs `launch` under the debug launch log (JAX_BLOCKSPARSE_DEBUG).
+template <typename Launch>
+ffi::Error Logged(cudaStream_t stream, const char* op, DType dtype, const AnyBuffer& x,
+                  const AnyBuffer& y, const AnyBuffer& out, int32_t block_size, bool t1,
+                  bool t2, int32_t nnz, Launch launch) {
+  std::string what;
+  if (DebugLevel()) {
+    what = std::string(op) + " " + ShapeText(x.dimensions()) + (t1 ? "^T" : "") + " @ " +
+           ShapeText(y.dimensions()) + (t2 ? "^T" : "") + " -> " +
+           ShapeText(out.dimensions()) + " " + DTypeName(dtype) +
+           " bs=" + std::to_string(block_size) + " nnz=" + std::to_string(nnz);
+  }
+  LaunchLog log(stream, what);
+  const cudaError_t err = launch();
+  log.Done(LastMatmulKernelName());
+  return CheckLaunch(err, op);
+}
+
 ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> coords,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_a, bool trans_b,
                    int32_t precision) {
@@ -64,7 +83,8 @@ ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> co
   p.trans_a = trans_a;
   p.trans_b = trans_b;
   p.full_fp32 = precision == 1;
-  return CheckLaunch(LaunchSdd(*dtype, p, stream), "sdd");
+  return Logged(stream, "sdd", *dtype, a, b, *out, block_size, trans_a, trans_b, p.nnz,
+                [&] { return LaunchSdd(*dtype, p, stream); });
 }
 
 ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> ptr,
@@ -93,7 +113,8 @@ ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> pt
   p.trans_s = trans_s;
   p.trans_b = trans_b;
   p.full_fp32 = precision == 1;
-  return CheckLaunch(LaunchDsd(*dtype, p, stream), "dsd");
+  return Logged(stream, "dsd", *dtype, s, b, *out, block_size, trans_s, trans_b, p.nnz,
+                [&] { return LaunchDsd(*dtype, p, stream); });
 }
 
 ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> ptr,
@@ -122,7 +143,8 @@ ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> pt
   p.trans_a = trans_a;
   p.trans_w = trans_w;
   p.full_fp32 = precision == 1;
-  return CheckLaunch(LaunchDds(*dtype, p, stream), "dds");
+  return Logged(stream, "dds", *dtype, a, w, *out, block_size, trans_a, trans_w, p.nnz,
+                [&] { return LaunchDds(*dtype, p, stream); });
 }
 
 }  // namespace

@@ -1,0 +1,410 @@
+// Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose; see the DS
+// mode in tc_tile.cuh for the mapping) on warpgroup MMAs (wgmma.mma_async), for 16-bit
+// types and block sizes 64 / 128. Included by one translation unit per dtype
+// (matmul_wgmma_{bf16,f16}.cu).
+//
+// The CTA owns an output tile of BM = 64*NWG rows of the dense dimension x one line (BN =
+// bs columns); warpgroup w computes rows [64w, 64w+64) with one m64nBSk16 wgmma per 16 of
+// K, accumulators (float32) in registers. The K loop walks the line's blocks in steps of
+// 64 (a block of 128 takes two steps): per step, the A tile (BM x 64 of op(A), at the
+// block's row of A) and the B tile (64 x bs of op(block)) are copied by all threads with
+// 16-byte cp.async into a STAGES-deep shared-memory ring, in the swizzled line layout of
+// wgmma.cuh; each operand keeps the orientation it has in global memory (K-major or
+// M/N-major, chosen by the transpose flags, template parameters here) and the wgmma's
+// transpose bits read it as stored.
+//
+// Pipeline, per step s: wait for this thread's copies of step s, fence them to the async
+// proxy, barrier; issue the step's wgmmas (one commit group); then the copies of step
+// s + STAGES - 2 into the slot last read by step s - 2 (free: every warpgroup waited for it
+// before the barrier); then wait until at most one wgmma group (step s) is in flight. So
+// one group of MMAs overlaps the barrier, the copies and the metadata loads; block ids are
+// read one step ahead of their use.
+//
+// The epilogue stages the tile in shared memory in the output's orientation and writes
+// every element with coalesced 16-byte stores (zeros for empty lines); no atomics, each
+// output element is summed by one thread in a fixed order (deterministic).
+#pragma once
+
+#include <atomic>
+
+#include "matmul_wgmma.h"
+#include "wgmma.cuh"
+
+namespace jax_blocksparse {
+namespace wg {
+
+using tc::TcArgs;
+
+constexpr int kBK = 64;     // K step: one 128-byte line of 16-bit elements
+constexpr int kLine = 128;  // bytes per smem line
+
+// BS: block size (= N of the wgmma); NWG: consumer warpgroups (BM = 64 * NWG); STAGES:
+// depth of the ring; MINB: CTAs per SM for the register allocation; SDD: SDD mode (one
+// bs x bs output block per CTA, BM = BS, the dense K in steps of 64, masked tail).
+template <int BS_, int NWG_, int STAGES_, int MINB_, bool SDD_ = false>
+struct Cfg {
+  static constexpr int BS = BS_, NWG = NWG_, BM = 64 * NWG_, NT = 128 * NWG_;
+  static constexpr int STAGES = STAGES_, MINB = MINB_;
+  static constexpr bool SDD = SDD_;
+  static_assert(!SDD || BM == BS, "SDD: the tile is one block");
+  static constexpr int KSUB = BS / kBK;  // K steps per block
+  static constexpr int A_BYTES = BM * kLine, B_BYTES = BS * kLine;  // one stage
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+  static constexpr int RING = STAGES * STAGE_BYTES;
+  static constexpr int EPI =
+      2 * (BM * (BS + 8) > BS * (BM + 8) ? BM * (BS + 8) : BS * (BM + 8));
+  static constexpr int SMEM = (RING > EPI ? RING : EPI) + 1024;  // + 1024-byte alignment
+  static_assert(BS == 64 || BS == 128, "block size");
+  static_assert(STAGES >= 3, "one wgmma group stays in flight: 3 stages at least");
+};
+
+// Geometry of one thread's copies of an operand tile with EXT (the M or N extent) x kBK
+// elements, MN-major (MN contiguous in global memory) or K-major: 16-byte chunks along the
+// contiguous axis, CPR per global row; chunk i of the thread is global row r0 + i*RSTEP,
+// chunk column cc. In smem it goes to line (MN ? slab*kBK + k : row); RSTEP is a multiple
+// of 8, so all of a thread's chunks share one swizzle phase and lie i*RSTEP lines apart.
+template <int EXT, int NT, bool MN>
+struct Copies {
+  static constexpr int CPR = MN ? EXT / 8 : kBK / 8;
+  static constexpr int RSTEP = NT / CPR;
+  static constexpr int CH = EXT * kBK / 8 / NT;
+  static_assert(CH >= 1 && CH * NT * 8 == EXT * kBK, "chunks per thread");
+  static_assert(RSTEP % 8 == 0, "swizzle phase");
+  int r0, cc;
+  uint32_t dst0;  // byte offset of chunk 0 in the tile
+  __device__ __forceinline__ explicit Copies(int tid) {
+    r0 = tid / CPR;
+    cc = tid % CPR;
+    const int line0 = MN ? (cc / 8) * kBK + r0 : r0;
+    dst0 = uint32_t(line0 * kLine + (((cc & 7) ^ (r0 & 7)) << 4));
+  }
+};
+
+template <typename T> struct alignas(4) Pair { T x, y; };
+
+template <typename T, class C, bool TA, bool TB>
+__device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, int64_t mt,
+                                     unsigned char* smem) {
+  constexpr int BS = C::BS, BM = C::BM, NT = C::NT, STAGES = C::STAGES, KSUB = C::KSUB;
+  constexpr bool kAMn = TA;   // A stored M-major (imm-trans-a = 1)
+  constexpr bool kBMn = !TB;  // op(block) stored N-major (imm-trans-b = 1)
+  using CA = Copies<BM, NT, kAMn>;
+  using CB = Copies<BS, NT, kBMn>;
+
+  const int tid = threadIdx.x;
+  const T* a = static_cast<const T*>(p.a) + g * p.a_bstride;
+  const T* b = static_cast<const T*>(p.b) + g * p.b_bstride;
+  const uint32_t ring = tc::SmemAddr(smem);
+
+  int64_t row0, col0;  // first row of the tile in op(A); first column in the output
+  int steps, e0 = 0;
+  int64_t rows_left;  // rows of the tile inside the output (DS: masked tail)
+  if constexpr (C::SDD) {
+    row0 = int64_t(p.coords[2 * unit]) * BS;
+    col0 = int64_t(p.coords[2 * unit + 1]) * BS;
+    steps = int((p.K + kBK - 1) / kBK);
+    rows_left = BM;
+  } else {
+    const int line = p.order[unit];
+    e0 = p.ptr[line];
+    steps = (p.ptr[line + 1] - e0) * KSUB;
+    row0 = mt * BM;
+    col0 = int64_t(line) * BS;
+    rows_left = p.M - row0;  // >= 1
+  }
+  const int rows_valid = rows_left < BM ? int(rows_left) : BM;
+
+  // ---- copies
+  const CA ca(tid);
+  const CB cb(tid);
+  const int64_t lda = p.lda;
+  // A: chunk i at a_base + i*RSTEP*lda + (step offset: k, or k*lda when M-major)
+  const T* a_base = kAMn ? a + ca.r0 * lda + row0 + ca.cc * 8 : a + (row0 + ca.r0) * lda + ca.cc * 8;
+  const int64_t a_istride = int64_t(CA::RSTEP) * lda;
+  // valid bytes: M-major, the chunk's 8 rows of M (same for all i); K-major, per i
+  int a_bytes_mn = 16;
+  int a_rows = 0;  // K-major: chunk i valid iff i*RSTEP < a_rows
+  if (kAMn) {
+    const int64_t left = rows_left - ca.cc * 8;
+    a_bytes_mn = left <= 0 ? 0 : (left < 8 ? int(left) * 2 : 16);
+  } else {
+    const int64_t left = rows_left - ca.r0;
+    a_rows = left <= 0 ? 0 : (left > BM ? BM : int(left));
+  }
+  // B: DS, chunk i at b + blk*BS*BS + r0*BS + cc*8 + i*RSTEP*BS + (kin, or kin*BS when
+  // N-major); SDD, at b_base + i*RSTEP*ldb + (k, or k*ldb when N-major)
+  const int b_off0 = cb.r0 * BS + cb.cc * 8;
+  const int64_t ldb = p.ldb;
+  const T* b_base = kBMn ? b + cb.r0 * ldb + col0 + cb.cc * 8 : b + (col0 + cb.r0) * ldb + cb.cc * 8;
+  const int64_t b_istride = int64_t(CB::RSTEP) * ldb;
+
+  // SDD: copies of K step s, the tail masked (zero filled): along K-major rows by bytes,
+  // MN-major rows (k) whole.
+  auto issue_sdd = [&](int s) {
+    const int64_t k0 = int64_t(s) * kBK, kl = p.K - k0;  // kl >= 1
+    const uint32_t st = ring + uint32_t((s % STAGES) * C::STAGE_BYTES);
+    auto kbytes = [](int64_t left) { return left <= 0 ? 0 : (left < 8 ? int(left) * 2 : 16); };
+    const T* as = a_base + (kAMn ? k0 * lda : k0);
+    const int nka = kbytes(kl - ca.cc * 8);
+#pragma unroll
+    for (int i = 0; i < CA::CH; ++i) {
+      const int n = kAMn ? (ca.r0 + i * CA::RSTEP < kl ? 16 : 0) : nka;
+      tc::CpAsync16(st + ca.dst0 + i * CA::RSTEP * kLine, n > 0 ? as + i * a_istride : a, n);
+    }
+    const T* bs_ = b_base + (kBMn ? k0 * ldb : k0);
+    const int nkb = kbytes(kl - cb.cc * 8);
+#pragma unroll
+    for (int i = 0; i < CB::CH; ++i) {
+      const int n = kBMn ? (cb.r0 + i * CB::RSTEP < kl ? 16 : 0) : nkb;
+      tc::CpAsync16(st + C::A_BYTES + cb.dst0 + i * CB::RSTEP * kLine,
+                    n > 0 ? bs_ + i * b_istride : b, n);
+    }
+  };
+
+  auto issue = [&](int s, int idx, int blk) {
+    if constexpr (C::SDD) {
+      issue_sdd(s);
+    } else {
+      const int kin = (s % KSUB) * kBK;
+      const int64_t ka = int64_t(idx) * BS + kin;
+      const uint32_t st = ring + uint32_t((s % STAGES) * C::STAGE_BYTES);
+      const T* as = a_base + (kAMn ? ka * lda : ka);
+#pragma unroll
+      for (int i = 0; i < CA::CH; ++i) {
+        const int n = kAMn ? a_bytes_mn : (i * CA::RSTEP < a_rows ? 16 : 0);
+        tc::CpAsync16(st + ca.dst0 + i * CA::RSTEP * kLine, n > 0 ? as + i * a_istride : a, n);
+      }
+      const T* bsrc = b + int64_t(blk) * (BS * BS) + b_off0 + (kBMn ? kin * BS : kin);
+#pragma unroll
+      for (int i = 0; i < CB::CH; ++i)
+        tc::CpAsync16(st + C::A_BYTES + cb.dst0 + i * CB::RSTEP * kLine,
+                      bsrc + i * CB::RSTEP * BS, 16);
+    }
+  };
+  auto meta = [&](int s, int& idx, int& blk) {
+    if (!C::SDD && s < steps) {
+      const int e = e0 + s / KSUB;
+      idx = __ldg(p.idx + e);
+      blk = __ldg(p.blk + e);
+    }
+  };
+
+  // ---- MMA operands: descriptors of stage 0, k16 slice 0 of this warpgroup
+  const int wgi = tid / 128;
+  constexpr uint32_t kSbo = 1024;
+  constexpr uint32_t kALbo = kAMn ? kBK * kLine : 16, kBLbo = kBMn ? kBK * kLine : 16;
+  constexpr uint32_t kAkk = kAMn ? 16 * kLine : 32, kBkk = kBMn ? 16 * kLine : 32;
+  const uint64_t da0 = Desc(ring + uint32_t(wgi * 64 * kLine), kALbo, kSbo);
+  const uint64_t db0 = Desc(ring + C::A_BYTES, kBLbo, kSbo);
+
+  float acc[BS / 2];
+#pragma unroll
+  for (int i = 0; i < BS / 2; ++i) acc[i] = 0.f;
+
+  // ---- the pipeline
+  int m_idx = 0, m_blk = 0;
+#pragma unroll
+  for (int s = 0; s < STAGES - 2; ++s) {
+    if (s < steps) {
+      meta(s, m_idx, m_blk);
+      issue(s, m_idx, m_blk);
+    }
+    tc::CpAsyncCommit();
+  }
+  meta(STAGES - 2, m_idx, m_blk);
+  for (int s = 0; s < steps; ++s) {
+    tc::CpAsyncWait<STAGES - 3>();
+    FenceProxyAsync();
+    __syncthreads();
+    {
+      const uint64_t so = uint64_t(((s % STAGES) * C::STAGE_BYTES) >> 4);
+#pragma unroll
+      for (int i = 0; i < BS / 2; ++i) FenceOperand(acc[i]);
+      Fence();
+#pragma unroll
+      for (int kk = 0; kk < kBK / 16; ++kk)
+        Mma<T, BS, kAMn ? 1 : 0, kBMn ? 1 : 0>(acc, da0 + so + ((kk * kAkk) >> 4),
+                                                db0 + so + ((kk * kBkk) >> 4));
+      Commit();
+    }
+    const int nx = s + STAGES - 2;
+    if (nx < steps) {
+      issue(nx, m_idx, m_blk);
+      meta(nx + 1, m_idx, m_blk);
+    }
+    tc::CpAsyncCommit();
+    Wait<1>();
+#pragma unroll
+    for (int i = 0; i < BS / 2; ++i) FenceOperand(acc[i]);
+  }
+  Wait<0>();
+#pragma unroll
+  for (int i = 0; i < BS / 2; ++i) FenceOperand(acc[i]);
+  tc::CpAsyncWait<0>();
+  __syncthreads();  // the ring is reused below
+
+  // ---- epilogue: tile -> smem (in the output's orientation) -> global
+  T* os = reinterpret_cast<T*>(smem);
+  const int o_pitch = p.o_trans ? BM + 8 : BS + 8;
+  {
+    const int lane = tid & 31, w4 = (tid >> 5) & 3;
+    const int rb = wgi * 64 + w4 * 16 + (lane >> 2), cb2 = 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < BS / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = rb + 8 * h, c = 8 * j + cb2;
+        const T v0 = tc::FromF<T>(acc[4 * j + 2 * h]), v1 = tc::FromF<T>(acc[4 * j + 2 * h + 1]);
+        if (p.o_trans) {
+          os[c * o_pitch + r] = v0;
+          os[(c + 1) * o_pitch + r] = v1;
+        } else {  // one 4-byte store (c even)
+          *reinterpret_cast<Pair<T>*>(os + r * o_pitch + c) = Pair<T>{v0, v1};
+        }
+      }
+  }
+  __syncthreads();
+  T* out = static_cast<T*>(p.out) + g * p.o_bstride;
+  if constexpr (C::SDD) out += unit * int64_t(BS * BS);
+  else out += p.o_trans ? col0 * p.ldo + row0 : row0 * p.ldo + col0;
+  constexpr int VEC = 8, OCH = BM * BS / VEC;
+  for (int id = tid; id < OCH; id += NT) {
+    int i, j, n;
+    if (p.o_trans) {  // smem rows are output rows (tile columns), chunks along tile rows
+      i = id / (BM / VEC);
+      j = (id % (BM / VEC)) * VEC;
+      const int left = rows_valid - j;
+      n = left <= 0 ? 0 : (left < VEC ? left : VEC);
+    } else {
+      i = id / (BS / VEC);
+      j = (id % (BS / VEC)) * VEC;
+      n = i < rows_valid ? VEC : 0;
+    }
+    const T* src = os + i * o_pitch + j;
+    T* dst = out + i * p.ldo + j;
+    if (n == VEC && p.o_vec) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+      for (int v = 0; v < n; ++v) dst[v] = src[v];
+    }
+  }
+}
+
+template <typename T, class C, bool TA, bool TB>
+__global__ void __launch_bounds__(C::NT, C::MINB) WgKernel(const TcArgs p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // the swizzle atoms need 1024-byte alignment of the shared-space address
+  const uint32_t base = tc::SmemAddr(smem_raw);
+  unsigned char* smem = smem_raw + ((1024u - (base & 1023u)) & 1023u);
+  // x: the line (in `order`, longest first); y: the row tile (consecutive CTAs share it,
+  // so the dense operand's panel is read from DRAM about once).
+  if constexpr (C::SDD) {
+    for (int64_t g = blockIdx.z; g < p.batch; g += gridDim.z)
+      for (int64_t e = blockIdx.x; e < p.nnz; e += gridDim.x) {
+        Tile<T, C, TA, TB>(p, g, e, 0, smem);
+        __syncthreads();
+      }
+  } else {
+    for (int64_t g = blockIdx.z; g < p.batch; g += gridDim.z)
+      for (int64_t mt = blockIdx.y; mt < p.m_tiles; mt += gridDim.y)
+        for (int64_t l = blockIdx.x; l < p.lines; l += gridDim.x) {
+          Tile<T, C, TA, TB>(p, g, l, mt, smem);
+          __syncthreads();
+        }
+  }
+#else
+  __trap();  // built without sm_90a code: WgmmaUsable() never lets this run
+#endif
+}
+
+// Configurations per block size.
+using Wg64 = Cfg<64, 4, 5, 1>;
+using Wg128 = Cfg<128, 4, 4, 1>;
+// SDD mode: one bs x bs output block per CTA (BM = bs), the dense K in steps of 64.
+using Sdd64 = Cfg<64, 1, 4, 3, true>;
+using Sdd128 = Cfg<128, 2, 4, 1, true>;
+
+inline unsigned Clamp(int64_t x, int64_t hi) { return unsigned(x < hi ? x : hi); }
+
+template <typename T, class C, bool TA, bool TB>
+cudaError_t Run(TcArgs args, cudaStream_t stream) {
+  // Raise the dynamic smem limit once per device (no per-call device queries).
+  static std::atomic<uint64_t> configured{0};
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(configured.load(std::memory_order_acquire) & bit)) {
+    err = cudaFuncSetAttribute(WgKernel<T, C, TA, TB>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+    if (err != cudaSuccess) return err;
+    configured.fetch_or(bit, std::memory_order_acq_rel);
+  }
+  dim3 grid;
+  if constexpr (C::SDD) {
+    grid = dim3(Clamp(args.nnz, 0x7fffffff), 1, Clamp(args.batch, 65535));
+  } else {
+    args.m_tiles = (args.M + C::BM - 1) / C::BM;
+    grid = dim3(Clamp(args.lines, 0x7fffffff), Clamp(args.m_tiles, 65535),
+                Clamp(args.batch, 65535));
+  }
+  WgKernel<T, C, TA, TB><<<grid, C::NT, C::SMEM, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <typename T, class C>
+cudaError_t RunTrans(const TcArgs& args, cudaStream_t stream) {
+  if (args.ta)
+    return args.tb ? Run<T, C, true, true>(args, stream) : Run<T, C, true, false>(args, stream);
+  return args.tb ? Run<T, C, false, true>(args, stream) : Run<T, C, false, false>(args, stream);
+}
+
+template <typename T>
+cudaError_t LaunchWgmma(const TcArgs& args, int block_size, cudaStream_t stream) {
+  switch (block_size) {
+    case 64:
+      return args.sdd ? RunTrans<T, Sdd64>(args, stream) : RunTrans<T, Wg64>(args, stream);
+    case 128:
+      return args.sdd ? RunTrans<T, Sdd128>(args, stream) : RunTrans<T, Wg128>(args, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// Per device: 0 unknown, 1 usable, 2 not. An sm_90 device, and the kernel's code for it
+// built for sm_90 (the build's "90a"; a plain sm_80 build runs sm_80 code there).
+template <typename T>
+bool DeviceOk() {
+  static std::atomic<uint8_t> state[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  std::atomic<uint8_t>& st = state[dev & 63];
+  uint8_t v = st.load(std::memory_order_acquire);
+  if (v == 0) {
+    int major = 0, minor = 0;
+    cudaFuncAttributes attr{};
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+        major == 9 && minor == 0 &&
+        cudaFuncGetAttributes(&attr, WgKernel<T, Wg64, false, false>) == cudaSuccess &&
+        attr.binaryVersion == 90;
+    if (!ok) (void)cudaGetLastError();  // clear a sticky-free error from the queries
+    v = ok ? 1 : 2;
+    st.store(v, std::memory_order_release);
+  }
+  return v == 1;
+}
+
+template <typename T>
+bool WgmmaUsable(const TcArgs& args, int block_size) {
+#ifndef JBS_WGMMA_BUILT  // CMake: the architectures include 90a
+  return false;
+#endif
+  if ((block_size != 64 && block_size != 128) || !args.a_vec || !args.b_vec)
+    return false;
+  return DeviceOk<T>();
+}
+
+}  // namespace wg
+}  // namespace jax_blocksparse
