@@ -20,6 +20,8 @@
 
 #include <cstdint>
 
+#include "ptx.cuh"
+
 namespace jax_blocksparse {
 namespace attn {
 
@@ -45,28 +47,12 @@ struct Args {
 };
 
 // ---------------------------------------------------------------- PTX helpers
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void Commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void Wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void Ldsm4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void Ldsm4T(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
+using ptx::CpAsync16;
+using ptx::CpAsyncCommit;
+using ptx::CpAsyncWait;
+using ptx::Ldsm4;
+using ptx::Ldsm4T;
+using ptx::SmemAddr;
 
 template <typename T> struct Ops;
 template <> struct Ops<__nv_bfloat16> {
@@ -253,16 +239,16 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
   };
 
   LoadTile<D, LD, BM, NT>(sQ, gq, qstride, BM, tid);
-  Commit();
+  CpAsyncCommit();
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (!ld.Done()) {
       load_kv(s);
       ld.Next();
     }
-    Commit();
+    CpAsyncCommit();
   }
-  Wait<STAGES - 1>();
+  CpAsyncWait<STAGES - 1>();
   __syncthreads();
 
   uint32_t qf[D / 16][4];
@@ -281,8 +267,8 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
       load_kv((it + STAGES - 1) % STAGES);
       ld.Next();
     }
-    Commit();
-    Wait<STAGES - 1>();
+    CpAsyncCommit();
+    CpAsyncWait<STAGES - 1>();
     __syncthreads();
     const T* sk = sKV + (it % STAGES) * 2 * kKT * LD;
     const T* sv = sk + kKT * LD;
@@ -355,7 +341,7 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
     __syncthreads();
     cc.Next();
   }
-  Wait<0>();
+  CpAsyncWait<0>();
 
   l0 = QuadSum(l0);
   l1 = QuadSum(l1);
@@ -453,14 +439,14 @@ __global__ void __launch_bounds__(128, 2) DqKernel(const Args a) {
 
   LoadTile<D, LD, BM, NT>(sQ, static_cast<const T*>(a.q) + qoff, qstride, BM, tid);
   LoadTile<D, LD, BM, NT>(sdO, static_cast<const T*>(a.d_o) + qoff, qstride, BM, tid);
-  Commit();
+  CpAsyncCommit();
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (!ld.Done()) {
       load_kv(s);
       ld.Next();
     }
-    Commit();
+    CpAsyncCommit();
   }
 
   const int row0 = q0 + warp * 16 + (lane >> 2);
@@ -478,8 +464,8 @@ __global__ void __launch_bounds__(128, 2) DqKernel(const Args a) {
       load_kv((it + STAGES - 1) % STAGES);
       ld.Next();
     }
-    Commit();
-    Wait<STAGES - 1>();
+    CpAsyncCommit();
+    CpAsyncWait<STAGES - 1>();
     __syncthreads();
     const T* sk = sKV + (it % STAGES) * 2 * kKT * LD;
     const T* sv = sk + kKT * LD;
@@ -540,7 +526,7 @@ __global__ void __launch_bounds__(128, 2) DqKernel(const Args a) {
     __syncthreads();
     cc.Next();
   }
-  Wait<0>();
+  CpAsyncWait<0>();
   __syncthreads();  // sQ rows are read by their own warp only, but the Q load may be pending
   StoreRows<D, LD>(acc, a.scale, a.scale, sQ + warp * 16 * LD,
                    static_cast<T*>(a.dq) + qoff + int64_t(warp) * 16 * qstride, qstride, lane);
@@ -658,14 +644,14 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
 
   LoadTile<D, LD, kKT, NT>(sK, static_cast<const T*>(a.k) + koff, kstride, kvlen - k0, tid);
   LoadTile<D, LD, kKT, NT>(sV, static_cast<const T*>(a.v) + koff, kstride, kvlen - k0, tid);
-  Commit();
+  CpAsyncCommit();
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (!ld.Done()) {
       load_q(s);
       ld.Next();
     }
-    Commit();
+    CpAsyncCommit();
   }
 
   float dk[D / 8][4], dv[D / 8][4];
@@ -682,8 +668,8 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
       load_q((it + STAGES - 1) % STAGES);
       ld.Next();
     }
-    Commit();
-    Wait<STAGES - 1>();
+    CpAsyncCommit();
+    CpAsyncWait<STAGES - 1>();
     __syncthreads();
     const T* sq = sQO + (it % STAGES) * STAGE;
     const T* sdo = sq + BQ * LD;
@@ -777,7 +763,7 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
     __syncthreads();
     cc.Next();
   }
-  Wait<0>();
+  CpAsyncWait<0>();
   __syncthreads();
   T* gdk = static_cast<T*>(a.dk) + koff + int64_t(warp) * 16 * kstride;
   T* gdv = static_cast<T*>(a.dv) + koff + int64_t(warp) * 16 * kstride;

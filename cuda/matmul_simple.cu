@@ -6,24 +6,18 @@
 #include <cuda_fp16.h>
 
 #include "matmul_simple.h"
+#include "ptx.cuh"
 
 namespace jax_blocksparse {
 namespace {
 
-__device__ inline float ToFloat(float x) { return x; }
-__device__ inline float ToFloat(__half x) { return __half2float(x); }
-__device__ inline float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ inline T FromFloat(float x);
-template <> __device__ inline float FromFloat<float>(float x) { return x; }
-template <> __device__ inline __half FromFloat<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ inline __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
+using ptx::FromF;
+using ptx::ToF;
 
 // Element (row, col) of op(X), X row-major with `ld` elements per stored row.
 template <typename T>
 __device__ inline float At(const T* x, int64_t row, int64_t col, int64_t ld, bool trans) {
-  return ToFloat(trans ? x[col * ld + row] : x[row * ld + col]);
+  return ToF(trans ? x[col * ld + row] : x[row * ld + col]);
 }
 
 template <typename T>
@@ -42,7 +36,7 @@ __global__ void SddSimple(SddParams p) {
     float acc = 0.f;
     for (int64_t kk = 0; kk < p.k; ++kk)
       acc += At(a, row, kk, a_cols, p.trans_a) * At(b, kk, col, b_cols, p.trans_b);
-    static_cast<T*>(p.out)[t] = FromFloat<T>(acc);
+    static_cast<T*>(p.out)[t] = FromF<T>(acc);
   }
 }
 
@@ -62,7 +56,7 @@ __global__ void DsdSimple(DsdParams p) {
       for (int64_t u = 0; u < bs; ++u)
         acc += At(block, r, u, bs, p.trans_s) * At(b, k0 + u, col, b_cols, p.trans_b);
     }
-    static_cast<T*>(p.out)[t] = FromFloat<T>(acc);
+    static_cast<T*>(p.out)[t] = FromF<T>(acc);
   }
 }
 
@@ -82,7 +76,7 @@ __global__ void DdsSimple(DdsParams p) {
       for (int64_t u = 0; u < bs; ++u)
         acc += At(a, row, k0 + u, a_cols, p.trans_a) * At(block, u, c, bs, p.trans_w);
     }
-    static_cast<T*>(p.out)[t] = FromFloat<T>(acc);
+    static_cast<T*>(p.out)[t] = FromF<T>(acc);
   }
 }
 

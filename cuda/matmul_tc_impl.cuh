@@ -5,6 +5,8 @@
 
 #include <atomic>
 
+#include "launch_util.h"
+
 #include "tc_tile.cuh"
 
 namespace jax_blocksparse {
@@ -22,23 +24,13 @@ using Sdd16 = Config<16, 16, 16, 64, 1, 1, 3>;
 using Sdd32 = Config<32, 32, 32, 64, 2, 2, 3>;
 using Sdd64 = Config<64, 64, 64, 64, 4, 2, 3>;
 
-inline unsigned Clamp(int64_t x, int64_t hi) { return unsigned(x < hi ? x : hi); }
-
 template <typename T, class C>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
   constexpr int kSmem = C::template SmemBytes<T>();
-  // Raise the dynamic smem limit once per device (no per-call device queries).
-  static std::atomic<uint64_t> configured{0};
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
+  static std::atomic<uint64_t> configured{0};  // dynamic smem limit raised, per device
+  const void* kernel = reinterpret_cast<const void*>(TcKernel<T, C>);
+  cudaError_t err = AllowDynamicSmem(configured, kernel, kSmem);
   if (err != cudaSuccess) return err;
-  const uint64_t bit = uint64_t(1) << (dev & 63);
-  if (!(configured.load(std::memory_order_acquire) & bit)) {
-    err = cudaFuncSetAttribute(TcKernel<T, C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               kSmem);
-    if (err != cudaSuccess) return err;
-    configured.fetch_or(bit, std::memory_order_acq_rel);
-  }
   dim3 grid;
   if (args.sdd) {
     grid = dim3(Clamp(args.nnz, 0x7fffffff), 1, Clamp(args.batch, 65535));

@@ -27,6 +27,8 @@
 
 #include <atomic>
 
+#include "launch_util.h"
+
 #include "matmul_wgmma.h"
 #include "wgmma.cuh"
 
@@ -325,22 +327,12 @@ using Wg128 = Cfg<128, 4, 4, 1>;
 using Sdd64 = Cfg<64, 1, 4, 3, true>;
 using Sdd128 = Cfg<128, 2, 4, 1, true>;
 
-inline unsigned Clamp(int64_t x, int64_t hi) { return unsigned(x < hi ? x : hi); }
-
 template <typename T, class C, bool TA, bool TB>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
-  // Raise the dynamic smem limit once per device (no per-call device queries).
-  static std::atomic<uint64_t> configured{0};
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
+  static std::atomic<uint64_t> configured{0};  // dynamic smem limit raised, per device
+  const void* kernel = reinterpret_cast<const void*>(WgKernel<T, C, TA, TB>);
+  cudaError_t err = AllowDynamicSmem(configured, kernel, C::SMEM);
   if (err != cudaSuccess) return err;
-  const uint64_t bit = uint64_t(1) << (dev & 63);
-  if (!(configured.load(std::memory_order_acquire) & bit)) {
-    err = cudaFuncSetAttribute(WgKernel<T, C, TA, TB>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
-    if (err != cudaSuccess) return err;
-    configured.fetch_or(bit, std::memory_order_acq_rel);
-  }
   dim3 grid;
   if constexpr (C::SDD) {
     grid = dim3(Clamp(args.nnz, 0x7fffffff), 1, Clamp(args.batch, 65535));
