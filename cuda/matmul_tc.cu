@@ -49,7 +49,21 @@ bool NoWgmma() {
   return off;
 }
 
-cudaError_t Dispatch(DType dtype, const TcArgs& t, int bs, cudaStream_t stream) {
+// The output lines of dsd/dds: their block lists and the launch order.
+template <typename Params>
+void SetLines(TcArgs& t, const Params& p, int64_t lines) {
+  t.lines = lines;
+  t.ptr = p.ptr;
+  t.idx = p.idx;
+  t.blk = p.blk;
+  t.order = p.order;
+  t.batch = p.batch;
+}
+
+cudaError_t Dispatch(DType dtype, TcArgs t, int bs, cudaStream_t stream) {
+  t.a_vec = Vec(t.a, t.lda, t.a_bstride, dtype);
+  t.b_vec = Vec(t.b, t.ldb, t.b_bstride, dtype);
+  t.o_vec = Vec(t.out, t.ldo, t.o_bstride, dtype);
   switch (dtype) {
     case DType::kBF16:
       if (!NoWgmma() && wg::WgmmaUsable<__nv_bfloat16>(t, bs)) {
@@ -102,9 +116,6 @@ cudaError_t LaunchSdd(DType dtype, const SddParams& p, cudaStream_t stream) {
   t.coords = p.coords;
   t.nnz = p.nnz;
   t.batch = p.batch;
-  t.a_vec = Vec(t.a, t.lda, t.a_bstride, dtype);
-  t.b_vec = Vec(t.b, t.ldb, t.b_bstride, dtype);
-  t.o_vec = Vec(t.out, t.ldo, t.o_bstride, dtype);
   return Dispatch(dtype, t, p.block_size, stream);
 }
 
@@ -133,15 +144,7 @@ cudaError_t LaunchDsd(DType dtype, const DsdParams& p, cudaStream_t stream) {
   t.o_bstride = p.m * p.n;
   t.o_trans = true;
   t.M = p.n;
-  t.lines = lines;
-  t.ptr = p.ptr;
-  t.idx = p.idx;
-  t.blk = p.blk;
-  t.order = p.order;
-  t.batch = p.batch;
-  t.a_vec = Vec(t.a, t.lda, t.a_bstride, dtype);
-  t.b_vec = Vec(t.b, t.ldb, t.b_bstride, dtype);
-  t.o_vec = Vec(t.out, t.ldo, t.o_bstride, dtype);
+  SetLines(t, p, lines);
   return Dispatch(dtype, t, p.block_size, stream);
 }
 
@@ -168,15 +171,7 @@ cudaError_t LaunchDds(DType dtype, const DdsParams& p, cudaStream_t stream) {
   t.o_bstride = p.m * p.n;
   t.o_trans = false;
   t.M = p.m;
-  t.lines = lines;
-  t.ptr = p.ptr;
-  t.idx = p.idx;
-  t.blk = p.blk;
-  t.order = p.order;
-  t.batch = p.batch;
-  t.a_vec = Vec(t.a, t.lda, t.a_bstride, dtype);
-  t.b_vec = Vec(t.b, t.ldb, t.b_bstride, dtype);
-  t.o_vec = Vec(t.out, t.ldo, t.o_bstride, dtype);
+  SetLines(t, p, lines);
   return Dispatch(dtype, t, p.block_size, stream);
 }
 
