@@ -42,9 +42,9 @@ def _out_type(shape_rule, x, y, params):
     return jax.ShapeDtypeStruct(shape, x.dtype)
 
 
-def _lists_operands(lists):
-    return [jnp.asarray(lists.ptr), jnp.asarray(lists.idx), jnp.asarray(lists.blk),
-            jnp.asarray(lists.order)]
+def _operands(lists):
+    """A metadata NamedTuple of int32 numpy arrays as custom-call operands, in field order."""
+    return [jnp.asarray(x) for x in lists]
 
 
 def _sdd_cuda(a, b, *, layout, trans_a, trans_b, precision):
@@ -59,7 +59,7 @@ def _dsd_cuda(s, b, *, layout, trans_s, trans_b, precision):
     # rows of op(S): rows of S, or its columns when transposed
     lists = layout.lists("col" if trans_s else "row")
     call = jint.ffi_call("jax_blocksparse_dsd", out)
-    return call(s, b, *_lists_operands(lists), block_size=np.int32(layout.block_size),
+    return call(s, b, *_operands(lists), block_size=np.int32(layout.block_size),
                 trans_s=trans_s, trans_b=trans_b, precision=_precision_attr(precision))
 
 
@@ -68,7 +68,7 @@ def _dds_cuda(a, w, *, layout, trans_a, trans_w, precision):
     # columns of op(W): columns of W, or its rows when transposed
     lists = layout.lists("row" if trans_w else "col")
     call = jint.ffi_call("jax_blocksparse_dds", out)
-    return call(a, w, *_lists_operands(lists), block_size=np.int32(layout.block_size),
+    return call(a, w, *_operands(lists), block_size=np.int32(layout.block_size),
                 trans_a=trans_a, trans_w=trans_w, precision=_precision_attr(precision))
 
 
@@ -79,10 +79,6 @@ FUSED_ATTENTION_DTYPES = (jnp.bfloat16, jnp.float16)
 
 def _attention_attrs(layout, causal, scale):
     return dict(block_size=np.int32(layout.block_size), causal=causal, scale=np.float32(scale))
-
-
-def _metadata_operands(lists):
-    return [jnp.asarray(x) for x in lists]
 
 
 def _fused(dtype):
@@ -97,7 +93,7 @@ def _attention_forward_cuda(q, k, v, kv_lengths, *, layout, causal, scale):
     meta = attention_metadata(layout, causal, tq, k.shape[1])
     out = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32))
     call = jint.ffi_call("jax_blocksparse_attention_fwd", out)
-    o, lse = call(q, k, v, kv_lengths, *_metadata_operands(meta.by_query),
+    o, lse = call(q, k, v, kv_lengths, *_operands(meta.by_query),
                   **_attention_attrs(layout, causal, scale))
     return o, lse
 
@@ -112,7 +108,7 @@ def _attention_backward_cuda(q, k, v, o, lse, d_o, d_lse, kv_lengths, *, layout,
         jax.ShapeDtypeStruct((b, hq, tq), jnp.float32),)  # delta: workspace
     call = jint.ffi_call("jax_blocksparse_attention_bwd", out)
     dq, dk, dv, _ = call(q, k, v, o, lse, d_o, d_lse, kv_lengths,
-                         *_metadata_operands(meta.by_query), *_metadata_operands(meta.by_key),
+                         *_operands(meta.by_query), *_operands(meta.by_key),
                          **_attention_attrs(layout, causal, scale))
     return dq, dk, dv
 

@@ -15,11 +15,6 @@ from .matmul import matmul
 _TRUNCATED_STD = 0.87962566103423978
 
 
-def true_fan_in(layout: Layout) -> np.ndarray:
-    """float `[K]`: for each output column, the number of inputs that feed it."""
-    return np.repeat(layout.mask.sum(axis=0) * layout.block_size, layout.block_size)
-
-
 def fan_in_init(layout: Layout, scale: float = 1.0, taps: int = 1):
     """Initializer for blocks `[..., nnz, bs, bs]`: truncated normal with variance
     `scale / fan_in`, where fan_in is the true fan-in of the block's column (times the

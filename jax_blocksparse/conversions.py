@@ -5,14 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .layout import Layout
-
-
-def _check_2d(layout, name):
-    if not isinstance(layout, Layout):
-        raise ValueError(f"{name}: layout must be a jax_blocksparse.Layout; got {type(layout)}")
-    if layout.mask.ndim != 2:
-        raise ValueError(f"{name}: layout must be 2-D ([R, C]); got mask {layout.mask.shape}")
+from .layout import Layout, check_matrix_layout
 
 
 def to_dense(blocks, layout: Layout):
@@ -24,7 +17,7 @@ def to_dense(blocks, layout: Layout):
     Returns:
       `[..., R*bs, C*bs]`, same dtype as `blocks`.
     """
-    _check_2d(layout, "to_dense")
+    check_matrix_layout("to_dense", layout)
     bs, nnz = layout.block_size, layout.nnz
     blocks = jnp.asarray(blocks)
     if blocks.shape[-3:] != (nnz, bs, bs):
@@ -51,7 +44,7 @@ def from_dense(x, layout: Layout):
     Returns:
       `[..., nnz, bs, bs]`, same dtype as `x`.
     """
-    _check_2d(layout, "from_dense")
+    check_matrix_layout("from_dense", layout)
     x = jnp.asarray(x)
     if x.ndim < 2 or x.shape[-2:] != layout.shape:
         raise ValueError(f"from_dense: x must be [..., {layout.shape[0]}, {layout.shape[1]}] "

@@ -189,6 +189,16 @@ class Layout:
         write_png(path, np.kron(pixels, np.ones((scale, scale), np.uint8)))
 
 
+def check_matrix_layout(op: str, layout) -> None:
+    """Raise `ValueError` naming `op` unless `layout` is a 2-D (`[R, C]`) `Layout`."""
+    if not isinstance(layout, Layout):
+        raise ValueError(f"{op}: layout must be a jax_blocksparse.Layout; "
+                         f"got {type(layout).__name__}")
+    if layout.mask.ndim != 2:
+        raise ValueError(f"{op}: layout must be 2-D ([R, C]); got mask of shape "
+                         f"{layout.mask.shape}")
+
+
 def _ids(mask: np.ndarray) -> np.ndarray:
     """int32 array shaped like `mask`: each stored block's id, -1 where there is none."""
     ids = np.full(mask.shape, -1, np.int32)

@@ -14,7 +14,7 @@ import math
 
 import jax.numpy as jnp
 
-from .layout import Layout
+from .layout import Layout, check_matrix_layout
 from .matmul_primitives import bind, canonical_precision, dds_p, dsd_p, sdd_p
 
 DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16)
@@ -22,10 +22,7 @@ BLOCK_SIZES = (16, 32, 64, 128)
 
 
 def _check_layout(op, layout):
-    if not isinstance(layout, Layout):
-        raise ValueError(f"{op}: layout must be a jax_blocksparse.Layout; got {type(layout).__name__}")
-    if layout.mask.ndim != 2:
-        raise ValueError(f"{op}: layout must be 2-D ([R, C]); got mask of shape {layout.mask.shape}")
+    check_matrix_layout(op, layout)
     if layout.block_size not in BLOCK_SIZES:
         raise ValueError(f"{op}: layout.block_size must be one of {BLOCK_SIZES}; "
                          f"got {layout.block_size}")

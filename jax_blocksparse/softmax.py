@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .layout import Layout
+from .layout import Layout, check_matrix_layout
 
 
 def softmax(blocks, layout: Layout, *, scale: float = 1.0, causal: bool = False):
@@ -26,8 +26,7 @@ def softmax(blocks, layout: Layout, *, scale: float = 1.0, causal: bool = False)
       blocks `[..., nnz, bs, bs]` in `blocks`' dtype, computed in float32. A row with no
       entry gives zeros.
     """
-    if not isinstance(layout, Layout) or layout.mask.ndim != 2:
-        raise ValueError("softmax: layout must be a 2-D jax_blocksparse.Layout")
+    check_matrix_layout("softmax", layout)
     blocks = jnp.asarray(blocks)
     bs, nnz = layout.block_size, layout.nnz
     if blocks.ndim < 3 or blocks.shape[-3:] != (nnz, bs, bs):
