@@ -62,3 +62,22 @@ def test_attention_forward_and_grad_use_the_fused_kernels():
     grad_text = _compiled_text(jax.grad(lambda q: f(q).astype(jnp.float32).sum()), q)
     assert "jax_blocksparse_attention_bwd" in grad_text
     assert " dot(" not in grad_text
+
+
+@pytest.mark.skipif(not jbs.cuda_available(), reason="the CUDA extension is not built")
+def test_cuda_lowering_without_a_gpu():
+    """Lowering for the "cuda" platform works on any machine: each op becomes its custom
+    call with the data operands followed by the layout's int32 metadata."""
+    layout = jbs.layouts.random(64, 128, 32, 0.5)
+    f = jax.jit(lambda x, w: jbs.matmul(x, w, layout))
+    text = f.trace(jnp.ones((8, 64), jnp.bfloat16), jnp.ones((layout.nnz, 32, 32), jnp.bfloat16)
+                   ).lower(lowering_platforms=("cuda",)).as_text()
+    calls = [line for line in text.splitlines() if "custom_call" in line]
+    assert len(calls) == 1 and "@jax_blocksparse_dds(" in calls[0]
+    assert calls[0].split("(", 1)[1].split(")")[0].count("%") == 2 + 4  # a, w, ptr/idx/blk/order
+    att = jbs.layouts.local(256, 64, 100)
+    g = jax.jit(jax.grad(lambda q: jbs.attention(q, q, q, att, causal=True).astype(
+        jnp.float32).sum()))
+    text = g.trace(jnp.ones((1, 256, 2, 64), jnp.bfloat16)).lower(
+        lowering_platforms=("cuda",)).as_text()
+    assert "@jax_blocksparse_attention_fwd(" in text and "@jax_blocksparse_attention_bwd(" in text
