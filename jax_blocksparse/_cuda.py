@@ -1,14 +1,24 @@
 """The CUDA path: load the compiled extension, register its FFI targets, and lower the
 primitives to them on the "cuda" platform.
 
-The layout's metadata (block lists, coordinates) become int32 constant operands of the
-custom call; the kernels never depend on the layout itself. Set
-`JAX_BLOCKSPARSE_DISABLE_CUDA=1` before importing to force the pure-JAX path (A/B checks).
+Each primitive lowers through `jax.ffi.ffi_lowering`: the custom call's operands are the
+primitive's operands followed by the layout's int32 metadata (block lists, coordinates) as
+constants, its results are the primitive's `ctx.avals_out`. The kernels never depend on the
+layout itself. Which attention calls the fused kernels take is decided by one table,
+`FUSED_ATTENTION`; every other call lowers to the pure-JAX implementation, on a GPU too.
+
+The Python side's environment switches are read once, into `SWITCHES`:
+`JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
+`JAX_BLOCKSPARSE_DEBUG=1` also prints, when a program is compiled, each attention call that
+runs the pure-JAX implementation on a GPU (the kernels' own launch lines come from C++).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +34,40 @@ try:
 except ImportError:  # built without nvcc, or a source checkout
     _ext = None
 
-_DISABLED = os.environ.get("JAX_BLOCKSPARSE_DISABLE_CUDA", "0") not in ("", "0")
+
+class Switches(NamedTuple):
+    """The environment switches of the Python side, read once when the package loads."""
+    disable_cuda: bool
+    debug: int
 
 
+def _read_switches() -> Switches:
+    def number(name):
+        value = os.environ.get(name, "0").strip() or "0"
+        return int(value) if value.isdigit() else 1
+    return Switches(disable_cuda=number("JAX_BLOCKSPARSE_DISABLE_CUDA") != 0,
+                    debug=number("JAX_BLOCKSPARSE_DEBUG"))
+
+
+SWITCHES = _read_switches()
+
+
+def cuda_built() -> bool:
+    """Whether the compiled CUDA extension is present and enabled (its lowerings are then
+    registered for the "cuda" platform, whether or not this machine has a GPU)."""
+    return _ext is not None and not SWITCHES.disable_cuda
+
+
+@functools.lru_cache(maxsize=None)
 def cuda_available() -> bool:
-    """Whether the compiled CUDA kernels are registered (they run on CUDA devices)."""
-    return _ext is not None and not _DISABLED
+    """Whether the CUDA kernels run here: the extension is built and enabled, **and** jax
+    sees a CUDA device. (Asks jax for its CUDA devices on the first call.)"""
+    if not cuda_built():
+        return False
+    try:
+        return len(jax.devices("cuda")) > 0
+    except RuntimeError:  # no CUDA backend
+        return False
 
 
 def _precision_attr(precision) -> np.int32:
@@ -37,78 +75,101 @@ def _precision_attr(precision) -> np.int32:
     return np.int32(precision == jax.lax.Precision.HIGHEST)
 
 
-def _out_type(shape_rule, x, y, params):
-    shape = shape_rule(x.shape, y.shape, **mp._shape_params(params))
-    return jax.ShapeDtypeStruct(shape, x.dtype)
+def _ffi(target, ctx, operands, metadata, *, avals_out=None, **attributes):
+    """The custom call `target` on `operands` (the primitive's, as in `ctx.avals_in`) and
+    the int32 numpy arrays `metadata` as constants; results typed as `avals_out`
+    (default: the primitive's `ctx.avals_out`)."""
+    template = ctx.avals_in[0]
+    metadata = [np.ascontiguousarray(m, np.int32) for m in metadata]
+    meta_avals = [template.update(shape=m.shape, dtype=np.dtype(np.int32), weak_type=False)
+                  for m in metadata]
+    ctx = ctx.replace(avals_in=[*ctx.avals_in, *meta_avals],
+                      avals_out=ctx.avals_out if avals_out is None else avals_out)
+    constants = [jint.ir_constant(m) for m in metadata]
+    return jax.ffi.ffi_lowering(target)(ctx, *operands, *constants, **attributes)
 
 
-def _operands(lists):
-    """A metadata NamedTuple of int32 numpy arrays as custom-call operands, in field order."""
-    return [jnp.asarray(x) for x in lists]
+# ------------------------------------------------------------------- matmul family
+def _sdd_lowering(ctx, a, b, *, layout, trans_a, trans_b, precision):
+    return _ffi("jax_blocksparse_sdd", ctx, (a, b), [layout.coords],
+                block_size=np.int32(layout.block_size), trans_a=trans_a, trans_b=trans_b,
+                precision=_precision_attr(precision))
 
 
-def _sdd_cuda(a, b, *, layout, trans_a, trans_b, precision):
-    out = _out_type(mp.sdd_shape, a, b, dict(layout=layout, trans_a=trans_a, trans_b=trans_b))
-    call = jint.ffi_call("jax_blocksparse_sdd", out)
-    return call(a, b, jnp.asarray(layout.coords), block_size=np.int32(layout.block_size),
-                trans_a=trans_a, trans_b=trans_b, precision=_precision_attr(precision))
+def _dsd_lowering(ctx, s, b, *, layout, trans_s, trans_b, precision):
+    lists = layout.lists("col" if trans_s else "row")  # rows of op(S)
+    return _ffi("jax_blocksparse_dsd", ctx, (s, b), lists,
+                block_size=np.int32(layout.block_size), trans_s=trans_s, trans_b=trans_b,
+                precision=_precision_attr(precision))
 
 
-def _dsd_cuda(s, b, *, layout, trans_s, trans_b, precision):
-    out = _out_type(mp.dsd_shape, s, b, dict(layout=layout, trans_s=trans_s, trans_b=trans_b))
-    # rows of op(S): rows of S, or its columns when transposed
-    lists = layout.lists("col" if trans_s else "row")
-    call = jint.ffi_call("jax_blocksparse_dsd", out)
-    return call(s, b, *_operands(lists), block_size=np.int32(layout.block_size),
-                trans_s=trans_s, trans_b=trans_b, precision=_precision_attr(precision))
+def _dds_lowering(ctx, a, w, *, layout, trans_a, trans_w, precision):
+    lists = layout.lists("row" if trans_w else "col")  # columns of op(W)
+    return _ffi("jax_blocksparse_dds", ctx, (a, w), lists,
+                block_size=np.int32(layout.block_size), trans_a=trans_a, trans_w=trans_w,
+                precision=_precision_attr(precision))
 
 
-def _dds_cuda(a, w, *, layout, trans_a, trans_w, precision):
-    out = _out_type(mp.dds_shape, a, w, dict(layout=layout, trans_a=trans_a, trans_w=trans_w))
-    # columns of op(W): columns of W, or its rows when transposed
-    lists = layout.lists("row" if trans_w else "col")
-    call = jint.ffi_call("jax_blocksparse_dds", out)
-    return call(a, w, *_operands(lists), block_size=np.int32(layout.block_size),
-                trans_a=trans_a, trans_w=trans_w, precision=_precision_attr(precision))
+# ------------------------------------------------------------------------ attention
+# The one table of what the fused attention kernels take (the FFI handler checks the same
+# combinations); any other call runs the pure-JAX implementation, on a GPU too.
+FUSED_ATTENTION = {
+    "dtypes": (jnp.bfloat16, jnp.float16),
+    "head_dims": (64, 128),
+    "block_sizes": (64, 128),
+}
 
 
-# The fused attention kernels take bfloat16 and float16; float32 attention runs the
-# pure-JAX implementation on the GPU too (documented in the README).
-FUSED_ATTENTION_DTYPES = (jnp.bfloat16, jnp.float16)
+def fused_attention_unsupported(dtype, head_dim: int, block_size: int) -> str | None:
+    """Why the fused kernels cannot run this call (None when they can)."""
+    if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
+        return f"dtype {jnp.dtype(dtype).name}"
+    if head_dim not in FUSED_ATTENTION["head_dims"]:
+        return f"head dim {head_dim}"
+    if block_size not in FUSED_ATTENTION["block_sizes"]:
+        return f"block size {block_size}"
+    return None
+
+
+def _use_fused(phase, q_aval, layout) -> bool:
+    """Whether this attention call runs the fused kernels; prints why not under DEBUG."""
+    why = fused_attention_unsupported(q_aval.dtype, q_aval.shape[-1], layout.block_size)
+    if why is not None and SWITCHES.debug:
+        print(f"[jax_blocksparse] {phase} q{list(q_aval.shape)} bs={layout.block_size}: "
+              f"pure-JAX path (no fused kernel for {why})", file=sys.stderr, flush=True)
+    return why is None
 
 
 def _attention_attrs(layout, causal, scale):
     return dict(block_size=np.int32(layout.block_size), causal=causal, scale=np.float32(scale))
 
 
-def _fused(dtype):
-    return any(dtype == d for d in FUSED_ATTENTION_DTYPES)
+_forward_reference = jint.lower_fun(att.attention_reference, multiple_results=True)
+_backward_reference = jint.lower_fun(att.backward_reference, multiple_results=True)
 
 
-def _attention_forward_cuda(q, k, v, kv_lengths, *, layout, causal, scale):
-    if not _fused(q.dtype):
-        return att.attention_reference(q, k, v, kv_lengths, layout=layout, causal=causal,
-                                       scale=scale)
-    b, tq, hq, _ = q.shape
-    meta = attention_metadata(layout, causal, tq, k.shape[1])
-    out = (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32))
-    call = jint.ffi_call("jax_blocksparse_attention_fwd", out)
-    o, lse = call(q, k, v, kv_lengths, *_operands(meta.by_query),
-                  **_attention_attrs(layout, causal, scale))
-    return o, lse
+def _attention_forward_lowering(ctx, q, k, v, kv_lengths, *, layout, causal, scale):
+    if not _use_fused("attention_fwd", ctx.avals_in[0], layout):
+        return _forward_reference(ctx, q, k, v, kv_lengths, layout=layout, causal=causal,
+                                  scale=scale)
+    q_aval, k_aval = ctx.avals_in[:2]
+    meta = attention_metadata(layout, causal, q_aval.shape[1], k_aval.shape[1])
+    return _ffi("jax_blocksparse_attention_fwd", ctx, (q, k, v, kv_lengths), meta.by_query,
+                **_attention_attrs(layout, causal, scale))
 
 
-def _attention_backward_cuda(q, k, v, o, lse, d_o, d_lse, kv_lengths, *, layout, causal, scale):
-    if not _fused(q.dtype):
-        return att.backward_reference(q, k, v, o, lse, d_o, d_lse, kv_lengths, layout=layout,
-                                      causal=causal, scale=scale)
-    b, tq, hq, _ = q.shape
-    meta = attention_metadata(layout, causal, tq, k.shape[1])
-    out = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v)) + (
-        jax.ShapeDtypeStruct((b, hq, tq), jnp.float32),)  # delta: workspace
-    call = jint.ffi_call("jax_blocksparse_attention_bwd", out)
-    dq, dk, dv, _ = call(q, k, v, o, lse, d_o, d_lse, kv_lengths,
-                         *_operands(meta.by_query), *_operands(meta.by_key),
+def _attention_backward_lowering(ctx, q, k, v, o, lse, d_o, d_lse, kv_lengths, *, layout,
+                                 causal, scale):
+    if not _use_fused("attention_bwd", ctx.avals_in[0], layout):
+        return _backward_reference(ctx, q, k, v, o, lse, d_o, d_lse, kv_lengths,
+                                   layout=layout, causal=causal, scale=scale)
+    q_aval, k_aval, _, _, lse_aval = ctx.avals_in[:5]
+    meta = attention_metadata(layout, causal, q_aval.shape[1], k_aval.shape[1])
+    delta = lse_aval.update(shape=lse_aval.shape, dtype=np.dtype(np.float32))  # workspace
+    dq, dk, dv, _ = _ffi("jax_blocksparse_attention_bwd", ctx,
+                         (q, k, v, o, lse, d_o, d_lse, kv_lengths),
+                         [*meta.by_query, *meta.by_key],
+                         avals_out=[*ctx.avals_out, delta],
                          **_attention_attrs(layout, causal, scale))
     return dq, dk, dv
 
@@ -117,14 +178,13 @@ def _register():
     targets = _ext.registrations()
     for name, capsule in targets.items():
         jint.register_ffi_target(name, capsule, platform="CUDA")
-    for prim, impl in ((mp.sdd_p, _sdd_cuda), (mp.dsd_p, _dsd_cuda), (mp.dds_p, _dds_cuda)):
-        jint.register_platform_lowering(prim, impl, "cuda")
+    for prim, rule in ((mp.sdd_p, _sdd_lowering), (mp.dsd_p, _dsd_lowering),
+                       (mp.dds_p, _dds_lowering)):
+        jint.register_lowering_rule(prim, rule, "cuda")
     if "jax_blocksparse_attention_fwd" in targets:
-        jint.register_platform_lowering(att.attention_p, _attention_forward_cuda, "cuda",
-                                        multiple_results=True)
-        jint.register_platform_lowering(att.attention_bwd_p, _attention_backward_cuda, "cuda",
-                                        multiple_results=True)
+        jint.register_lowering_rule(att.attention_p, _attention_forward_lowering, "cuda")
+        jint.register_lowering_rule(att.attention_bwd_p, _attention_backward_lowering, "cuda")
 
 
-if cuda_available():
+if cuda_built():
     _register()

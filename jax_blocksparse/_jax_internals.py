@@ -36,15 +36,24 @@ def define_primitive(name: str, *, multiple_results: bool = False) -> Primitive:
     return prim
 
 
+def lower_fun(impl, *, multiple_results: bool = False):
+    """A lowering rule `(ctx, *args, **params)` that traces the pure-JAX function `impl`."""
+    return mlir.lower_fun(impl, multiple_results=multiple_results)
+
+
 def register_default_lowering(prim, impl, *, multiple_results: bool = False) -> None:
     """Lower `prim` on every platform by tracing the pure-JAX function `impl`."""
-    mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=multiple_results))
+    mlir.register_lowering(prim, lower_fun(impl, multiple_results=multiple_results))
 
 
-def register_platform_lowering(prim, impl, platform: str, *, multiple_results=False) -> None:
-    """Lower `prim` on `platform` (e.g. "cuda") by tracing `impl` (which may call FFI)."""
-    mlir.register_lowering(
-        prim, mlir.lower_fun(impl, multiple_results=multiple_results), platform=platform)
+def register_lowering_rule(prim, rule, platform: str) -> None:
+    """Lower `prim` on `platform` (e.g. "cuda") with `rule(ctx, *args, **params)`."""
+    mlir.register_lowering(prim, rule, platform=platform)
+
+
+def ir_constant(array):
+    """An MLIR constant holding the numpy `array` (inside a lowering rule)."""
+    return mlir.ir_constant(array)
 
 
 def register_jvp(prim, rule) -> None:
@@ -73,11 +82,6 @@ def match_varying_axes(*args):
         if insert is not None:
             return tuple(insert(*args))
     return args
-
-
-def ffi_call(target: str, result, **kwargs):
-    """`jax.ffi.ffi_call` (all supported jax versions have `jax.ffi`)."""
-    return jax.ffi.ffi_call(target, result, **kwargs)
 
 
 def register_ffi_target(name: str, capsule, platform: str = "CUDA") -> None:

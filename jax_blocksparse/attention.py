@@ -23,12 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_internals as jint
+from ._checks import static_bool, static_float
 from .attention_metadata import attention_metadata
 from .layout import Layout
 
 DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
-BLOCK_SIZES = (64, 128)
-HEAD_DIMS = (64, 128)
 
 
 def _lse_dtype(dtype):
@@ -147,8 +146,37 @@ def _tangent_transpose(cts, q, k, v, o, lse, kv_lengths, dq, dk, dv, **params):
                          for g, x in zip(grads, (dq, dk, dv))]
 
 
+def _reference_jvp(prim, reference, array_positions):
+    """A JVP rule for `prim` whose tangent is the JVP of its pure-JAX `reference`.
+
+    `array_positions` are the operands the reference depends on (`o` and `lse` are
+    functions of q, k, v that the reference recomputes, and `kv_lengths` is an integer);
+    the primal output still comes from `prim` (the fused kernels on a GPU). This makes the
+    tangent and backward primitives differentiable to any order: second and higher
+    derivatives of `attention` run on the pure-JAX path on every platform."""
+    def rule(primals, tangents, **params):
+        out = _bind(prim, *primals, **params)
+
+        def reference_of(*arrays):
+            full = list(primals)
+            for i, x in zip(array_positions, arrays):
+                full[i] = x
+            return reference(*full, **params)
+        arrays = [primals[i] for i in array_positions]
+        dots = [jint.instantiate(tangents[i]) for i in array_positions]
+        _, out_dot = jax.jvp(reference_of, arrays, dots)
+        return out, list(out_dot)
+    return rule
+
+
 jint.register_jvp(attention_p, _attention_jvp)
 jint.register_transpose(attention_tangent_p, _tangent_transpose)
+# attention_tangent_p(q, k, v, o, lse, kv_lengths, dq, dk, dv), depends on q, k, v, dq, dk, dv
+jint.register_jvp(attention_tangent_p,
+                  _reference_jvp(attention_tangent_p, tangent_reference, (0, 1, 2, 6, 7, 8)))
+# attention_bwd_p(q, k, v, o, lse, d_o, d_lse, kv_lengths), depends on q, k, v, d_o, d_lse
+jint.register_jvp(attention_bwd_p,
+                  _reference_jvp(attention_bwd_p, backward_reference, (0, 1, 2, 5, 6)))
 
 
 def _fold_batch(prim):
@@ -188,14 +216,9 @@ def _check(q, k, v, layout, kv_lengths):
     hkv = k.shape[2]
     if hq % hkv:
         raise ValueError(f"attention: q's heads ({hq}) must be a multiple of k's ({hkv})")
-    if d not in HEAD_DIMS:
-        raise ValueError(f"attention: head dim {d} not supported; supported: {HEAD_DIMS}")
     if not isinstance(layout, Layout):
         raise ValueError(f"attention: layout must be a jax_blocksparse.Layout; "
                          f"got {type(layout).__name__}")
-    if layout.block_size not in BLOCK_SIZES:
-        raise ValueError(f"attention: layout.block_size must be one of {BLOCK_SIZES}; "
-                         f"got {layout.block_size}")
     heads = layout.mask.shape[0] if layout.mask.ndim == 3 else 1
     if heads not in (1, hq):
         raise ValueError(f"attention: layout has {heads} head masks; expected 1 or Hq={hq}")
@@ -215,12 +238,16 @@ def attention(q, k, v, layout: Layout, *, causal: bool = False, scale: float | N
 
     Args:
       q: `[B, Tq, Hq, D]`; k, v: `[B, Tk, Hkv, D]`, `Hq` a multiple of `Hkv`. dtypes
-        bfloat16, float16 or float32 (all the same); `D` in (64, 128).
-      layout: mask `[1 or Hq, Tq/bs, Tk/bs]` (or `[Tq/bs, Tk/bs]`), block size 64 or 128.
+        bfloat16, float16 or float32 (all the same); any head dim `D`.
+      layout: mask `[1 or Hq, Tq/bs, Tk/bs]` (or `[Tq/bs, Tk/bs]`), any block size. On an
+        NVIDIA GPU, bfloat16/float16 with `D` in (64, 128) and block size 64 or 128 run the
+        fused kernels; every other combination runs the pure-JAX implementation
+        (`JAX_BLOCKSPARSE_DEBUG` says so when the program is compiled).
         Query i of head h attends to key j iff block `(i // bs, j // bs)` is in h's mask,
         and, when `causal`, `j <= i + (Tk - Tq)` (bottom-right aligned), and, when
         `kv_lengths` is given, `j < kv_lengths[b]`.
-      scale: score scale, default `1 / sqrt(D)`.
+      causal: a Python bool (static).
+      scale: score scale, a Python number (static), default `1 / sqrt(D)`.
       kv_lengths: optional int `[B]`, the number of valid keys of each batch entry.
       return_lse: also return the float32 log-sum-exp `[B, Hq, Tq]`.
     Returns:
@@ -231,10 +258,12 @@ def attention(q, k, v, layout: Layout, *, causal: bool = False, scale: float | N
     if kv_lengths is not None:
         kv_lengths = jnp.asarray(kv_lengths)
     _check(q, k, v, layout, kv_lengths)
+    causal = static_bool("attention", "causal", causal)
+    return_lse = static_bool("attention", "return_lse", return_lse)
     b, _, _, d = q.shape
+    scale = 1.0 / math.sqrt(d) if scale is None else static_float("attention", "scale", scale)
     if kv_lengths is None:
         kv_lengths = jnp.full((b,), k.shape[1], jnp.int32)
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     o, lse = _bind(attention_p, q, k, v, kv_lengths.astype(jnp.int32), layout=layout,
-                   causal=bool(causal), scale=scale)
+                   causal=causal, scale=scale)
     return (o, lse) if return_lse else o

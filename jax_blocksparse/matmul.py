@@ -14,6 +14,7 @@ import math
 
 import jax.numpy as jnp
 
+from ._checks import static_bool
 from .layout import Layout, check_matrix_layout
 from .matmul_primitives import bind, canonical_precision, dds_p, dsd_p, sdd_p
 
@@ -90,10 +91,18 @@ def sdd(a, b, layout: Layout, *, trans_a: bool = False, trans_b: bool = False,
       a: `[..., M, K]` (`[..., K, M]` if `trans_a`).
       b: `[..., K, N]` (`[..., N, K]` if `trans_b`).
       layout: 2-D layout over `(M, N)`.
+      trans_a, trans_b: Python bools (static): read `a` / `b` transposed.
+      precision: as in `jnp.matmul`: `None`/`"default"` (float32 inputs may use TF32 on
+        a GPU) or `"highest"` (full float32).
+    Supported: dtypes float32, float16, bfloat16 (both operands the same; float32
+    accumulation, result in the operands' dtype); block sizes 16, 32, 64, 128.
+    Raises `ValueError` at trace time, naming the argument, for anything else.
     Returns:
       blocks `[..., nnz, bs, bs]` of `op(a) @ op(b)`, in `a`'s dtype.
     """
     _check_layout("sdd", layout)
+    trans_a = static_bool("sdd", "trans_a", trans_a)
+    trans_b = static_bool("sdd", "trans_b", trans_b)
     a, b = jnp.asarray(a), jnp.asarray(b)
     _check_dtypes("sdd", a=a, b=b)
     m, n = layout.shape
@@ -104,7 +113,7 @@ def sdd(a, b, layout: Layout, *, trans_a: bool = False, trans_b: bool = False,
     if k_a != k_b:
         raise ValueError(f"sdd: inner sizes differ: a gives {k_a}, b gives {k_b}")
     a, b, lead = _fold("sdd", a, 2, "a", b, 2, "b")
-    out = bind(sdd_p, a, b, layout=layout, trans_a=bool(trans_a), trans_b=bool(trans_b),
+    out = bind(sdd_p, a, b, layout=layout, trans_a=trans_a, trans_b=trans_b,
                      precision=canonical_precision(precision))
     return _unfold(out, lead, 3)
 
@@ -117,17 +126,25 @@ def dsd(s, b, layout: Layout, *, trans_s: bool = False, trans_b: bool = False,
       s: blocks `[..., nnz, bs, bs]` of `S` over `layout` (`S` is `[P, Q]` in elements).
       b: `[..., K, N]` (`[..., N, K]` if `trans_b`), with `K = Q` (`P` if `trans_s`).
       layout: 2-D layout of `S`.
+      trans_s, trans_b: Python bools (static): read `S` / `b` transposed.
+      precision: as in `jnp.matmul`: `None`/`"default"` (float32 inputs may use TF32 on
+        a GPU) or `"highest"` (full float32).
+    Supported: dtypes float32, float16, bfloat16 (both operands the same; float32
+    accumulation, result in the operands' dtype); block sizes 16, 32, 64, 128.
+    Raises `ValueError` at trace time, naming the argument, for anything else.
     Returns:
       `op(S) @ op(b)`: `[..., M, N]` with `M = P` (`Q` if `trans_s`), in `s`'s dtype.
     """
     _check_layout("dsd", layout)
+    trans_s = static_bool("dsd", "trans_s", trans_s)
+    trans_b = static_bool("dsd", "trans_b", trans_b)
     s, b = jnp.asarray(s), jnp.asarray(b)
     _check_dtypes("dsd", s=s, b=b)
     _check_blocks("dsd", "s", s, layout)
     p, q = layout.shape
     _check_dense("dsd", "b", b, p if trans_s else q, None, trans_b)
     s, b, lead = _fold("dsd", s, 3, "s", b, 2, "b")
-    out = bind(dsd_p, s, b, layout=layout, trans_s=bool(trans_s), trans_b=bool(trans_b),
+    out = bind(dsd_p, s, b, layout=layout, trans_s=trans_s, trans_b=trans_b,
                      precision=canonical_precision(precision))
     return _unfold(out, lead, 2)
 
@@ -141,17 +158,25 @@ def dds(a, w, layout: Layout, *, trans_a: bool = False, trans_w: bool = False,
       w: blocks `[..., nnz, bs, bs]` of `W` over `layout` (`W` is `[P, Q]`), with
         `K = P` (`Q` if `trans_w`).
       layout: 2-D layout of `W`.
+      trans_a, trans_w: Python bools (static): read `a` / `W` transposed.
+      precision: as in `jnp.matmul`: `None`/`"default"` (float32 inputs may use TF32 on
+        a GPU) or `"highest"` (full float32).
+    Supported: dtypes float32, float16, bfloat16 (both operands the same; float32
+    accumulation, result in the operands' dtype); block sizes 16, 32, 64, 128.
+    Raises `ValueError` at trace time, naming the argument, for anything else.
     Returns:
       `op(a) @ op(W)`: `[..., M, N]` with `N = Q` (`P` if `trans_w`), in `a`'s dtype.
     """
     _check_layout("dds", layout)
+    trans_a = static_bool("dds", "trans_a", trans_a)
+    trans_w = static_bool("dds", "trans_w", trans_w)
     a, w = jnp.asarray(a), jnp.asarray(w)
     _check_dtypes("dds", a=a, w=w)
     _check_blocks("dds", "w", w, layout)
     p, q = layout.shape
     _check_dense("dds", "a", a, None, q if trans_w else p, trans_a)
     a, w, lead = _fold("dds", a, 2, "a", w, 3, "w")
-    out = bind(dds_p, a, w, layout=layout, trans_a=bool(trans_a), trans_w=bool(trans_w),
+    out = bind(dds_p, a, w, layout=layout, trans_a=trans_a, trans_w=trans_w,
                      precision=canonical_precision(precision))
     return _unfold(out, lead, 2)
 
@@ -164,6 +189,8 @@ def matmul(x, w, layout: Layout, *, precision=None):
       w: blocks `[nnz, bs, bs]` of `W` over `layout`, a 2-D layout over `(C, K)`.
       layout: the weight's layout.
       precision: as in `jnp.matmul` (float32 inputs: `HIGHEST` asks for full float32).
+    Supported: dtypes float32, float16, bfloat16 (x and w the same); block sizes 16, 32,
+    64, 128. Raises `ValueError` at trace time, naming the argument, for anything else.
     Returns:
       `[..., K]` in `x`'s dtype.
     """

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 
 from . import _jax_internals as jint
-from .conversions import to_dense
 from .layout import Layout
 
 DENSE_RANK = 2
@@ -100,11 +99,35 @@ def dds_shape(a_shape, w_shape, *, layout: Layout, trans_a, trans_w):
 
 
 # ------------------------------------------------------- reference implementations
+# Each works on the nonzero blocks only (gathers, one batched product over the blocks, and
+# a segment sum into the output's block lines), so its cost grows with `nnz`, and a value
+# reaches only the outputs that the layout connects it to, as in the kernels.
+def _accumulator(dtype):
+    """float32, or float64 for float64 operands."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def _matmul(x, y, precision):
-    """Batched matmul accumulating in at least float32, result in the operands' dtype."""
-    accumulate = jnp.promote_types(x.dtype, jnp.float32)
-    out = jnp.matmul(x, y, precision=precision, preferred_element_type=accumulate)
-    return out.astype(x.dtype)
+    """Batched matmul in the accumulator dtype (the operands are upcast first: XLA's CPU
+    backend has no bf16 x bf16 -> f32 dot for every batch layout)."""
+    acc = _accumulator(x.dtype)
+    return jnp.matmul(x.astype(acc), y.astype(acc), precision=precision)
+
+
+def _oriented_blocks(blocks, layout, transpose):
+    """The blocks of `op(S)` for `S` stored over `layout`: (blocks, block row ids, block
+    column ids), each block transposed and the coordinates swapped when `transpose`."""
+    coords = layout.coords[:layout.nnz]
+    rows, cols = jnp.asarray(coords[:, 0]), jnp.asarray(coords[:, 1])
+    if transpose:
+        return jnp.swapaxes(blocks, -1, -2), cols, rows
+    return blocks, rows, cols
+
+
+def _sum_into_lines(products, line_ids, lines):
+    """Sum `products [..., nnz, p, q]` into `[..., lines, p, q]` by `line_ids [nnz]`."""
+    summed = jax.ops.segment_sum(jnp.moveaxis(products, -3, 0), line_ids, num_segments=lines)
+    return jnp.moveaxis(summed, 0, -3)
 
 
 def sdd_reference(a, b, *, layout, trans_a, trans_b, precision):
@@ -117,17 +140,34 @@ def sdd_reference(a, b, *, layout, trans_a, trans_b, precision):
     b_cols = jnp.swapaxes(b.reshape(b.shape[:-1] + (-1, bs)), -3, -2)  # [.., C, K, bs]
     lhs = jnp.take(a_rows, coords[:, 0], axis=-3)  # [.., nnz, bs, K]
     rhs = jnp.take(b_cols, coords[:, 1], axis=-3)  # [.., nnz, K, bs]
-    return _matmul(lhs, rhs, precision)
+    return _matmul(lhs, rhs, precision).astype(a.dtype)
 
 
 def dsd_reference(s, b, *, layout, trans_s, trans_b, precision):
-    """`op(S) @ op(b)` with S scattered into its dense form."""
-    return _matmul(_op(to_dense(s, layout), trans_s), _op(b, trans_b), precision)
+    """`op(S) @ op(b)`: each block of `op(S)` times the block row of `op(b)` it reads,
+    summed into the output's block rows."""
+    bs = layout.block_size
+    blocks, out_rows, in_rows = _oriented_blocks(s, layout, trans_s)
+    b = _op(b, trans_b)  # [.., K, N]
+    b_rows = b.reshape(b.shape[:-2] + (-1, bs, b.shape[-1]))  # [.., K/bs, bs, N]
+    products = _matmul(blocks, jnp.take(b_rows, in_rows, axis=-3), precision)  # [.., nnz, bs, N]
+    m = layout.shape[1] if trans_s else layout.shape[0]
+    out = _sum_into_lines(products, out_rows, m // bs)  # [.., M/bs, bs, N]
+    return out.reshape(out.shape[:-3] + (m, b.shape[-1])).astype(s.dtype)
 
 
 def dds_reference(a, w, *, layout, trans_a, trans_w, precision):
-    """`op(a) @ op(W)` with W scattered into its dense form."""
-    return _matmul(_op(a, trans_a), _op(to_dense(w, layout), trans_w), precision)
+    """`op(a) @ op(W)`: the block column of `op(a)` each block of `op(W)` reads, times the
+    block, summed into the output's block columns."""
+    bs = layout.block_size
+    blocks, in_cols, out_cols = _oriented_blocks(w, layout, trans_w)
+    a = _op(a, trans_a)  # [.., M, K]
+    a_cols = jnp.moveaxis(a.reshape(a.shape[:-1] + (-1, bs)), -2, -3)  # [.., K/bs, M, bs]
+    products = _matmul(jnp.take(a_cols, in_cols, axis=-3), blocks, precision)  # [.., nnz, M, bs]
+    n = layout.shape[0] if trans_w else layout.shape[1]
+    out = _sum_into_lines(products, out_cols, n // bs)  # [.., N/bs, M, bs]
+    out = jnp.moveaxis(out, -3, -2)  # [.., M, N/bs, bs]
+    return out.reshape(out.shape[:-2] + (n,)).astype(a.dtype)
 
 
 # --------------------------------------------------------------------- primitives
@@ -241,37 +281,44 @@ def _transpose(prim):
 
 
 def _batching(prim):
-    """vmap: fold the mapped axis into the batch axis `G` (see the module docstring)."""
+    """vmap over any operands, at any axis, with or without their own batch axis `G`.
+
+    Each mapped operand's axis moves to the front. Without a `G` anywhere, the vmapped axis
+    becomes `G` (unmapped operands stay shared). With one, the vmapped axis and `G` fold
+    into one batch axis of `size * G` entries; an operand lacking one of the two is
+    broadcast over it, except an operand with neither, which stays shared."""
     ranks = _BASE_RANKS[prim]
 
     def rule(args, dims, **params):
-        size = next(a.shape[d] for a, d in zip(args, dims) if d is not jint.not_mapped)
-        had_g = {a.shape[0] for a, d, rank in zip(args, dims, ranks)
-                 if (a.ndim - (d is not jint.not_mapped)) == rank + 1}
-        g = had_g.pop() if had_g else None
-        # dds with only a dense, untransposed `a` mapped: fold into its rows instead
-        if (prim is dds_p and g is None and dims[1] is jint.not_mapped
-                and not params["trans_a"]):
-            a = jnp.moveaxis(args[0], dims[0], 0)
-            out = bind(prim, a.reshape((-1, a.shape[-1])), args[1], **params)
-            return out.reshape(a.shape[:-1] + out.shape[-1:]), 0
-        new_args = []
-        for a, d, rank in zip(args, dims, ranks):
-            if d is jint.not_mapped:
-                if a.ndim == rank + 1:  # has G but not the new axis: broadcast it
-                    a = jnp.broadcast_to(a[None], (size,) + a.shape)
-                    a = a.reshape((size * g,) + a.shape[2:])
-            else:
-                a = jnp.moveaxis(a, d, 0)
-                if g is not None:
-                    if a.ndim == rank + 1:  # the new axis only: broadcast over G
-                        a = jnp.broadcast_to(a[:, None], (size, g) + a.shape[1:])
-                    a = a.reshape((size * g,) + a.shape[2:])
-            new_args.append(a)
-        out = bind(prim, *new_args, **params)
-        if g is not None:
-            out = out.reshape((size, g) + out.shape[1:])
-        return out, 0
+        args = [a if d is jint.not_mapped else jnp.moveaxis(a, d, 0)
+                for a, d in zip(args, dims)]
+        mapped = [d is not jint.not_mapped for d in dims]
+        size = next(a.shape[0] for a, m in zip(args, mapped) if m)
+        has_g = [a.ndim - m == rank + 1 for a, m, rank in zip(args, mapped, ranks)]
+        g_sizes = {a.shape[int(m)] for a, m, h in zip(args, mapped, has_g) if h}
+        if len(g_sizes) > 1:
+            raise ValueError(f"{prim.name}: operands have different batch sizes "
+                             f"{sorted(g_sizes)}")
+        if not g_sizes:
+            # dds with only a dense, untransposed `a` mapped: fold into its rows instead
+            if prim is dds_p and mapped == [True, False] and not params["trans_a"]:
+                a = args[0]
+                out = bind(prim, a.reshape((-1, a.shape[-1])), args[1], **params)
+                return out.reshape(a.shape[:-1] + out.shape[-1:]), 0
+            return bind(prim, *args, **params), 0
+        g = g_sizes.pop()
+        folded = []
+        for a, m, h in zip(args, mapped, has_g):
+            if m or h:
+                if not m:
+                    a = a[None]
+                if not h:
+                    a = a[:, None]
+                a = jnp.broadcast_to(a, (size, g) + a.shape[2:])
+                a = a.reshape((size * g,) + a.shape[2:])
+            folded.append(a)
+        out = bind(prim, *folded, **params)
+        return out.reshape((size, g) + out.shape[1:]), 0
     return rule
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import static_bool, static_float
 from .layout import Layout, check_matrix_layout
 
 
@@ -18,15 +19,18 @@ def softmax(blocks, layout: Layout, *, scale: float = 1.0, causal: bool = False)
     """Softmax of `scale * S` along each row of `S`, over the entries the layout stores.
 
     Args:
-      blocks: `[..., nnz, bs, bs]`, the blocks of `S` over `layout` (2-D, `[R, C]`).
-      scale: multiplies the scores before the softmax.
-      causal: also mask entries with `j > i + (C - R) * bs` (bottom-right aligned, as in
+      blocks: `[..., nnz, bs, bs]`, the blocks of `S` over `layout` (2-D, `[R, C]`);
+        float32, float16 or bfloat16; any block size.
+      scale: multiplies the scores before the softmax (a Python number, static).
+      causal: (a Python bool, static) also mask entries with `j > i + (C - R) * bs` (bottom-right aligned, as in
         `attention`).
     Returns:
       blocks `[..., nnz, bs, bs]` in `blocks`' dtype, computed in float32. A row with no
       entry gives zeros.
     """
     check_matrix_layout("softmax", layout)
+    scale = static_float("softmax", "scale", scale)
+    causal = static_bool("softmax", "causal", causal)
     blocks = jnp.asarray(blocks)
     bs, nnz = layout.block_size, layout.nnz
     if blocks.ndim < 3 or blocks.shape[-3:] != (nnz, bs, bs):

@@ -232,9 +232,11 @@ def test_bad_input():
     cases = [
         (lambda: jbs.attention(q, jnp.ones((1, 128, 3, 64)), jnp.ones((1, 128, 3, 64)), layout),
          "multiple"),
-        (lambda: jbs.attention(q[..., :32], k[..., :32], k[..., :32], layout), "head dim"),
         (lambda: jbs.attention(q, k, k, jbs.layouts.causal(256, 64)), "layout covers"),
-        (lambda: jbs.attention(q, k, k, jbs.layouts.causal(128, 32)), "block_size"),
+        (lambda: jbs.attention(q, k, k, layout, causal=jnp.bool_(True)), "causal must be"),
+        (lambda: jbs.attention(q, k, k, layout, scale=jnp.float32(0.1)), "scale must be"),
+        (lambda: jbs.attention(q, k, k, layout, scale=float("nan")), "scale must be finite"),
+        (lambda: jbs.attention(q, k, k, layout, causal="yes"), "causal must be"),
         (lambda: jbs.attention(q, k, k.astype(jnp.float16), layout), "share a dtype"),
         (lambda: jbs.attention(q, k, k, layout, kv_lengths=jnp.ones((2,), jnp.int32)),
          "kv_lengths"),
@@ -244,3 +246,45 @@ def test_bad_input():
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             jax.jit(call)()
+
+
+def test_traced_causal_and_scale_are_refused_by_name():
+    layout = jbs.layouts.causal(128, 64)
+    q = jnp.ones((1, 128, 1, 64))
+    with pytest.raises(ValueError, match="attention: scale must be a Python number"):
+        jax.jit(lambda q, s: jbs.attention(q, q, q, layout, scale=s))(q, 0.5)
+    with pytest.raises(ValueError, match="attention: causal must be a Python bool"):
+        jax.jit(lambda q, c: jbs.attention(q, q, q, layout, causal=c))(q, True)
+
+
+HEAD_DIM_CASES = [(16, 16, jnp.float32), (32, 32, jnp.bfloat16), (80, 16, jnp.float16),
+                  (96, 64, jnp.bfloat16), (256, 32, jnp.float32), (8, 128, jnp.float16),
+                  (64, 32, jnp.bfloat16)]
+
+
+@pytest.mark.parametrize("head_dim,bs,dtype", HEAD_DIM_CASES,
+                         ids=lambda x: jnp.dtype(x).name if not isinstance(x, int) else str(x))
+def test_any_head_dim_and_block_size(platform, head_dim, bs, dtype):
+    """Head dims and block sizes without a fused kernel run the pure-JAX path (on a GPU
+    too), values and gradients, GQA and causal."""
+    t = 128
+    layout = jbs.Layout(np.tril(np.random.default_rng(bs).random((t // bs, t // bs)) < 0.6)
+                        | np.eye(t // bs, dtype=bool), bs)
+    rng = np.random.default_rng(head_dim)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype)
+    q, k, v = arr(1, t, 2, head_dim), arr(1, t, 1, head_dim), arr(1, t, 1, head_dim)
+    cot = arr(1, t, 2, head_dim)
+    f = lambda q, k, v: jbs.attention(q, k, v, layout, causal=True)
+    poison(platform)
+    out, vjp = jax.vjp(jax.jit(f), q, k, v)
+    grads = vjp(cot)
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
+        ref = functools.partial(dense_reference, layout=layout, causal=True,
+                                scale=head_dim ** -0.5, kv_lengths=np.array([t]))
+        want, ref_vjp = jax.vjp(ref, up(q), up(k), up(v))
+        want_grads = ref_vjp(up(cot))
+    assert out.shape == q.shape and out.dtype == dtype
+    assert rel_err(out, np.asarray(want)) < TOL[dtype]
+    for g, w in zip(grads, want_grads):
+        assert rel_err(g, np.asarray(w)) < GRAD_TOL[dtype]

@@ -360,3 +360,104 @@ def test_errors_raise_at_trace_time():
     with pytest.raises(ValueError, match="blocks"):
         jax.eval_shape(lambda w: jbs.matmul(jnp.ones((2, 64)), w, layout),
                        jax.ShapeDtypeStruct((layout.nnz + 1, 32, 32), jnp.float32))
+
+
+# ------------------------------------------------- half precision on every platform
+BATCH_COMBINATIONS = {"none": ((), ()), "first": ((3,), ()), "second": ((), (3,)),
+                      "both": ((2,), (2,))}
+
+
+@pytest.mark.parametrize("lead", sorted(BATCH_COMBINATIONS))
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("op", ["sdd", "dsd", "dds"])
+def test_half_precision_every_batch_combination_eager_and_jit(platform, op, dtype, lead):
+    """float16/bfloat16 with one operand shared and the other batched (the CPU once had
+    no bf16 x bf16 -> f32 dot for it), eager and jitted, values and gradients."""
+    rng = np.random.default_rng(211)
+    layout = jbs.layouts.random(128, 96, 32, 0.5, seed=3)
+    lead_x, lead_y = BATCH_COMBINATIONS[lead]
+    fn, (x, y), _ = make_case(op, (True, False), dtype, layout, rng, free=8)
+    x, y = random(rng, lead_x + x.shape, dtype), random(rng, lead_y + y.shape, dtype)
+    ref = {"sdd": sdd64, "dsd": dsd64, "dds": dds64}[op](x, y, layout, True, False)
+    for call in (fn, jax.jit(fn)):
+        poison(platform)
+        got = call(x, y)
+        assert got.dtype == dtype
+        assert rel_err(got, ref) < TOLERANCE[dtype]
+    cot = random(rng, ref.shape, dtype)
+    loss = lambda x, y: jnp.vdot(fn(x, y).astype(jnp.float32), cot.astype(jnp.float32))
+    for grad in (jax.grad(loss, argnums=(0, 1)), jax.jit(jax.grad(loss, argnums=(0, 1)))):
+        poison(platform)
+        gx, gy = grad(x, y)
+        assert gx.dtype == dtype and gy.dtype == dtype
+        with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+            up = lambda z: jnp.asarray(np.asarray(z.astype(jnp.float32)), jnp.float64)
+            _, vjp = jax.vjp(lambda x, y: jnp.vdot(
+                _dense_family(op, x, y, layout), up(cot)), up(x), up(y))
+            want = vjp(jnp.float64(1.0))
+        assert rel_err(gx, np.asarray(want[0])) < TOLERANCE[dtype]
+        assert rel_err(gy, np.asarray(want[1])) < TOLERANCE[dtype]
+
+
+def _dense_family(op, x, y, layout):
+    """The family's ops (first operand transposed) written densely in jnp (float64)."""
+    bs = layout.block_size
+    keep = jnp.asarray(np.kron(layout.mask, np.ones((bs, bs))))
+    t = lambda z: jnp.swapaxes(z, -1, -2)
+    if op == "sdd":
+        return jbs.from_dense(jnp.matmul(t(x), y) * keep, layout)
+    if op == "dsd":
+        return jnp.matmul(t(jbs.to_dense(x, layout)), y)
+    return jnp.matmul(t(x), jbs.to_dense(y, layout))
+
+
+# --------------------------------------------- the pure-JAX path works on blocks only
+@pytest.mark.parametrize("op", ["matmul", "dsd", "dds_transposed"])
+def test_values_reach_only_the_outputs_the_layout_connects(platform, op):
+    """A NaN in one block line of the dense operand reaches exactly the outputs that
+    the layout connects to it, as in the kernels (no dense weight is ever formed)."""
+    rng = np.random.default_rng(223)
+    layout = jbs.layouts.random(128, 192, 32, 0.3, seed=5)
+    mask = layout.mask
+    w = random(rng, (layout.nnz, 32, 32), jnp.float32)
+    if op == "matmul":  # x @ W: x's columns 0:32 feed W's block row 0
+        x = random(rng, (6, 128), jnp.float32).at[:, 0:32].set(jnp.nan)
+        out, reached = jbs.matmul(x, w, layout), mask[0]
+        out_lines = np.isnan(np.asarray(out)).reshape(6, -1, 32).any(axis=(0, 2))
+    elif op == "dsd":  # S @ b: b's rows 0:32 feed S's block column 0
+        b = random(rng, (192, 5), jnp.float32).at[0:32].set(jnp.nan)
+        out, reached = jbs.dsd(w, b, layout), mask[:, 0]
+        out_lines = np.isnan(np.asarray(out)).reshape(-1, 32, 5).any(axis=(1, 2))
+    else:  # a @ W.T: a's columns 0:32 feed W's block column 0
+        a = random(rng, (4, 192), jnp.float32).at[:, 0:32].set(jnp.nan)
+        out, reached = jbs.dds(a, w, layout, trans_w=True), mask[:, 0]
+        out_lines = np.isnan(np.asarray(out)).reshape(4, -1, 32).any(axis=(0, 2))
+    assert 0 < reached.sum() < len(reached)
+    np.testing.assert_array_equal(out_lines, reached)
+
+
+def test_pure_jax_path_never_forms_the_dense_weight():
+    """The compiled CPU program holds no array of the dense weight's shape."""
+    layout = jbs.layouts.random(256, 384, 32, 0.1, seed=6)
+    x = jnp.ones((8, 256))
+    w = jnp.ones((layout.nnz, 32, 32))
+    programs = [
+        jax.jit(lambda x, w: jbs.matmul(x, w, layout)).lower(x, w).as_text(),
+        jax.jit(jax.grad(lambda x, w: jbs.matmul(x, w, layout).sum(), argnums=(0, 1))
+                ).lower(x, w).as_text(),
+        jax.jit(lambda w, b: jbs.dsd(w, b, layout)).lower(w, jnp.ones((384, 8))).as_text(),
+    ]
+    for text in programs:
+        assert "256x384x" not in text and "384x256x" not in text
+
+
+def test_transposition_flags_must_be_static_bools():
+    layout = jbs.layouts.random(64, 64, 16, 0.5, seed=7)
+    a = jnp.ones((64, 64))
+    w = jnp.ones((layout.nnz, 16, 16))
+    with pytest.raises(ValueError, match="sdd: trans_a must be a Python bool"):
+        jbs.sdd(a, a, layout, trans_a=1)
+    with pytest.raises(ValueError, match="dsd: trans_b must be a Python bool"):
+        jbs.dsd(w, a, layout, trans_b="yes")
+    with pytest.raises(ValueError, match="dds: trans_w must be a Python bool"):
+        jax.jit(lambda t: jbs.dds(a, w, layout, trans_w=t))(True)
