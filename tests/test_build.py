@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import jax
 import pytest
 
 import jax_blocksparse as jbs
@@ -14,6 +15,17 @@ from jax_blocksparse import _cuda
                     reason="CUDA path disabled by the environment")
 def test_cuda_extension_is_built_and_registered():
     assert _cuda._ext is not None, "nvcc is present but the CUDA extension was not built"
-    assert jbs.cuda_available()
+    assert jbs.cuda_built()
     targets = set(_cuda._ext.registrations())
     assert {"jax_blocksparse_sdd", "jax_blocksparse_dsd", "jax_blocksparse_dds"} <= targets
+
+
+def test_cuda_available_means_the_kernels_can_run_here():
+    """`cuda_available()`: built (and enabled) *and* a CUDA device visible."""
+    try:
+        has_cuda_device = bool(jax.devices("cuda"))
+    except RuntimeError:
+        has_cuda_device = False
+    assert jbs.cuda_available() == (jbs.cuda_built() and has_cuda_device)
+    if not has_cuda_device:
+        assert not jbs.cuda_available()

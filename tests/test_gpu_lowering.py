@@ -1,5 +1,7 @@
 """On a GPU the primitives lower to this package's CUDA custom calls, never to a dense dot."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,7 +66,12 @@ def test_attention_forward_and_grad_use_the_fused_kernels():
     assert " dot(" not in grad_text
 
 
-@pytest.mark.skipif(not jbs.cuda_available(), reason="the CUDA extension is not built")
+def cuda_text(fn, *args):
+    """The program of `jax.jit(fn)(*args)` lowered for the "cuda" platform (any machine)."""
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+@pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
 def test_cuda_lowering_without_a_gpu():
     """Lowering for the "cuda" platform works on any machine: each op becomes its custom
     call with the data operands followed by the layout's int32 metadata."""
@@ -81,3 +88,39 @@ def test_cuda_lowering_without_a_gpu():
     text = g.trace(jnp.ones((1, 256, 2, 64), jnp.bfloat16)).lower(
         lowering_platforms=("cuda",)).as_text()
     assert "@jax_blocksparse_attention_fwd(" in text and "@jax_blocksparse_attention_bwd(" in text
+
+
+@pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
+def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
+    """float32, head dim 96 and block size 32 have no fused kernel: on a GPU they run the
+    pure-JAX implementation, and JAX_BLOCKSPARSE_DEBUG says so when compiling."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, jax_blocksparse as jbs
+        from test_gpu_lowering import cuda_text
+        for dtype, d, bs in [(jnp.float32, 64, 64), (jnp.bfloat16, 96, 64),
+                             (jnp.bfloat16, 64, 32), (jnp.bfloat16, 64, 64)]:
+            layout = jbs.layouts.local(256, bs, 100)
+            q = jnp.ones((1, 256, 2, d), dtype)
+            loss = lambda q: jbs.attention(q, q, q, layout, causal=True).astype(
+                jnp.float32).sum()
+            text = cuda_text(jax.grad(loss), q)
+            print(dtype.__name__, d, bs, "@jax_blocksparse_attention_fwd(" in text,
+                  "@jax_blocksparse_attention_bwd(" in text)
+    """)
+    env = dict(os.environ, JAX_BLOCKSPARSE_DEBUG="1",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
+                                           os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.split("\n")
+    assert lines[:4] == ["float32 64 64 False False", "bfloat16 96 64 False False",
+                         "bfloat16 64 32 False False", "bfloat16 64 64 True True"], lines
+    err = result.stderr
+    assert "attention_fwd q[1, 256, 2, 64] bs=64: pure-JAX path (no fused kernel for dtype " \
+           "float32)" in err
+    assert "no fused kernel for head dim 96" in err
+    assert "no fused kernel for block size 32" in err
