@@ -203,3 +203,21 @@ def test_attention_hessians(platform):
     for h in got:
         assert h.shape == q.shape * 2
         assert rel_err(h, want) < 1e-4
+
+
+def test_attention_vmap_any_axes_and_nested(platform):
+    rng = np.random.default_rng(137)
+    layout = jbs.layouts.causal(128, 64)
+    q = random(rng, (2, 3, 1, 128, 2, 64), jnp.bfloat16)  # vmapped twice at axes 0, 1
+    k = random(rng, (1, 128, 2, 3, 64), jnp.bfloat16)  # vmapped at axis 3 (inner vmap)
+    v = random(rng, (1, 128, 2, 64), jnp.bfloat16)  # unmapped
+    lengths = jnp.array([[100], [77]], jnp.int32)  # vmapped at axis 0 (outer vmap)
+    f = lambda q, k, n: jbs.attention(q, k, v, layout, causal=True, kv_lengths=n)
+    poison(platform)
+    got = jax.jit(jax.vmap(jax.vmap(f, in_axes=(0, 3, None)), in_axes=(0, None, 0)))(
+        q, k, lengths)
+    assert got.shape == (2, 3, 1, 128, 2, 64)
+    for i in range(2):
+        for j in range(3):
+            want = f(q[i, j], k[:, :, :, j], lengths[i])
+            assert rel_err(got[i, j], np.asarray(want.astype(jnp.float32), np.float64)) < 1e-2
