@@ -2,10 +2,15 @@
 
 On an NVIDIA GPU (with the compiled extension) the ops run this package's CUDA kernels
 through XLA FFI custom calls; on every other platform, the same functions run as pure JAX.
+
+The Flax modules, `jax_blocksparse.nn` (linen) and `jax_blocksparse.nnx`, load on first
+use (`jbs.nn.BlockSparseDense`), so that importing this package does not import flax.
 """
 
+import importlib
+
 from . import layouts
-from ._cuda import cuda_available
+from ._cuda import cuda_available, cuda_built
 from .attention import attention
 from .conversions import from_dense, to_dense
 from .layout import Layout
@@ -15,4 +20,17 @@ from .softmax import softmax
 __version__ = "0.1.0"
 
 __all__ = ["Layout", "layouts", "to_dense", "from_dense", "matmul", "sdd", "dsd", "dds",
-           "attention", "softmax", "cuda_available", "BLOCK_SIZES", "DTYPES"]
+           "attention", "softmax", "cuda_available", "cuda_built", "BLOCK_SIZES", "DTYPES"]
+
+_LAZY_SUBMODULES = ("nn", "nnx", "bench")
+
+
+def __getattr__(name):
+    """Import the submodules that need optional dependencies (flax) on first access."""
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

@@ -27,7 +27,7 @@ import numpy as np
 from . import _jax_internals as jint
 from . import attention as att
 from . import matmul_primitives as mp
-from .attention_metadata import attention_metadata
+from .attention_metadata import AttentionLists
 
 try:
     from . import _jax_blocksparse_cuda as _ext
@@ -75,16 +75,14 @@ def _precision_attr(precision) -> np.int32:
     return np.int32(precision == jax.lax.Precision.HIGHEST)
 
 
-def _ffi(target, ctx, operands, metadata, *, avals_out=None, **attributes):
+def _ffi(target, ctx, operands, metadata, **attributes):
     """The custom call `target` on `operands` (the primitive's, as in `ctx.avals_in`) and
-    the int32 numpy arrays `metadata` as constants; results typed as `avals_out`
-    (default: the primitive's `ctx.avals_out`)."""
+    the int32 numpy arrays `metadata` as constants; results typed as `ctx.avals_out`."""
     template = ctx.avals_in[0]
     metadata = [np.ascontiguousarray(m, np.int32) for m in metadata]
     meta_avals = [template.update(shape=m.shape, dtype=np.dtype(np.int32), weak_type=False)
                   for m in metadata]
-    ctx = ctx.replace(avals_in=[*ctx.avals_in, *meta_avals],
-                      avals_out=ctx.avals_out if avals_out is None else avals_out)
+    ctx = ctx.replace(avals_in=[*ctx.avals_in, *meta_avals])
     constants = [jint.ir_constant(m) for m in metadata]
     return jax.ffi.ffi_lowering(target)(ctx, *operands, *constants, **attributes)
 
@@ -120,7 +118,8 @@ FUSED_ATTENTION = {
 }
 
 
-def fused_attention_unsupported(dtype, head_dim: int, block_size: int) -> str | None:
+def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, tk: int,
+                                segments: bool, mask_batch: int) -> str | None:
     """Why the fused kernels cannot run this call (None when they can)."""
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
@@ -128,49 +127,72 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int) -> str | 
         return f"head dim {head_dim}"
     if block_size not in FUSED_ATTENTION["block_sizes"]:
         return f"block size {block_size}"
+    if tq % block_size or tk % block_size:
+        return f"lengths ({tq}, {tk}) that are not multiples of the block size"
+    if segments:
+        return "segment ids"
+    if mask_batch != 1:
+        return "a mask per batch entry"
     return None
 
 
-def _use_fused(phase, q_aval, layout) -> bool:
+def _fused_attention(phase, ctx, floats, params) -> bool:
     """Whether this attention call runs the fused kernels; prints why not under DEBUG."""
-    why = fused_attention_unsupported(q_aval.dtype, q_aval.shape[-1], layout.block_size)
+    q_aval, k_aval = ctx.avals_in[:2]
+    by_query_counts = ctx.avals_in[floats + 3]
+    bs = params["block_size"]
+    why = fused_attention_unsupported(q_aval.dtype, q_aval.shape[-1], bs, q_aval.shape[1],
+                                      k_aval.shape[1], params["segments"],
+                                      by_query_counts.shape[0])
     if why is not None and SWITCHES.debug:
-        print(f"[jax_blocksparse] {phase} q{list(q_aval.shape)} bs={layout.block_size}: "
+        print(f"[jax_blocksparse] {phase} q{list(q_aval.shape)} bs={bs}: "
               f"pure-JAX path (no fused kernel for {why})", file=sys.stderr, flush=True)
     return why is None
 
 
-def _attention_attrs(layout, causal, scale):
-    return dict(block_size=np.int32(layout.block_size), causal=causal, scale=np.float32(scale))
+def _kernel_operands(ctx, floats, operands):
+    """The operands of the attention custom calls: the float operands, `kv_lengths`, then
+    the block lists with their leading batch axis (1 here) dropped. Returns (operands,
+    their avals)."""
+    avals = list(ctx.avals_in)
+    out, out_avals = list(operands[:floats + 1]), avals[:floats + 1]
+    for value, aval in zip(operands[floats + 3:], avals[floats + 3:]):
+        dropped = aval.update(shape=aval.shape[1:])
+        out.append(jint.reshape(ctx, value, dropped))
+        out_avals.append(dropped)
+    return out, out_avals
+
+
+def _attention_attrs(params):
+    return dict(block_size=np.int32(params["block_size"]), causal=params["causal"],
+                scale=np.float32(params["scale"]))
 
 
 _forward_reference = jint.lower_fun(att.attention_reference, multiple_results=True)
 _backward_reference = jint.lower_fun(att.backward_reference, multiple_results=True)
 
 
-def _attention_forward_lowering(ctx, q, k, v, kv_lengths, *, layout, causal, scale):
-    if not _use_fused("attention_fwd", ctx.avals_in[0], layout):
-        return _forward_reference(ctx, q, k, v, kv_lengths, layout=layout, causal=causal,
-                                  scale=scale)
-    q_aval, k_aval = ctx.avals_in[:2]
-    meta = attention_metadata(layout, causal, q_aval.shape[1], k_aval.shape[1])
-    return _ffi("jax_blocksparse_attention_fwd", ctx, (q, k, v, kv_lengths), meta.by_query,
-                **_attention_attrs(layout, causal, scale))
+def _attention_forward_lowering(ctx, *operands, **params):
+    floats = att.FLOAT_OPERANDS[att.attention_p]
+    if not _fused_attention("attention_fwd", ctx, floats, params):
+        return _forward_reference(ctx, *operands, **params)
+    values, avals = _kernel_operands(ctx, floats, operands)
+    used = len(values) - len(AttentionLists._fields)  # the by-key lists are the backward's
+    ctx = ctx.replace(avals_in=avals[:used])
+    return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
+        ctx, *values[:used], **_attention_attrs(params))
 
 
-def _attention_backward_lowering(ctx, q, k, v, o, lse, d_o, d_lse, kv_lengths, *, layout,
-                                 causal, scale):
-    if not _use_fused("attention_bwd", ctx.avals_in[0], layout):
-        return _backward_reference(ctx, q, k, v, o, lse, d_o, d_lse, kv_lengths,
-                                   layout=layout, causal=causal, scale=scale)
-    q_aval, k_aval, _, _, lse_aval = ctx.avals_in[:5]
-    meta = attention_metadata(layout, causal, q_aval.shape[1], k_aval.shape[1])
+def _attention_backward_lowering(ctx, *operands, **params):
+    floats = att.FLOAT_OPERANDS[att.attention_bwd_p]
+    if not _fused_attention("attention_bwd", ctx, floats, params):
+        return _backward_reference(ctx, *operands, **params)
+    values, avals = _kernel_operands(ctx, floats, operands)
+    lse_aval = ctx.avals_in[4]
     delta = lse_aval.update(shape=lse_aval.shape, dtype=np.dtype(np.float32))  # workspace
-    dq, dk, dv, _ = _ffi("jax_blocksparse_attention_bwd", ctx,
-                         (q, k, v, o, lse, d_o, d_lse, kv_lengths),
-                         [*meta.by_query, *meta.by_key],
-                         avals_out=[*ctx.avals_out, delta],
-                         **_attention_attrs(layout, causal, scale))
+    ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, delta])
+    dq, dk, dv, _ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
+        ctx, *values, **_attention_attrs(params))
     return dq, dk, dv
 
 

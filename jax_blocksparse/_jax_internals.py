@@ -51,6 +51,12 @@ def register_lowering_rule(prim, rule, platform: str) -> None:
     mlir.register_lowering(prim, rule, platform=platform)
 
 
+def reshape(ctx, value, aval_out):
+    """Reshape the MLIR `value` to `aval_out`'s shape (inside a lowering rule)."""
+    from jax._src.interpreters import mlir as mlir_internal
+    return mlir_internal.reshape(ctx, value, aval_out)
+
+
 def ir_constant(array):
     """An MLIR constant holding the numpy `array` (inside a lowering rule)."""
     return mlir.ir_constant(array)

@@ -42,6 +42,32 @@ def conv_layout(layout: Layout, taps: int) -> Layout:
     return Layout(np.tile(layout.mask, (taps, 1)), layout.block_size)
 
 
+def _pair(name, value):
+    """An int `n` as `(n, n)`; a sequence of two positive ints as a tuple; else ValueError."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                  and v > 0 for v in value):
+        raise ValueError(f"BlockSparseConv: {name} must be a positive int or two of them "
+                         f"(a 2-D convolution); got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def conv_window(kernel_size, strides, padding):
+    """The conv arguments in the form `conv` takes, as `(kernel_size, strides, padding)`.
+
+    `kernel_size` and `strides`: an int `n` (meaning `(n, n)`) or two ints. `padding`:
+    a string (`"SAME"`, `"VALID"`, ...), an int `p` (meaning `((p, p), (p, p))`), or two
+    `(low, high)` pairs.
+    """
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        padding = ((int(padding),) * 2,) * 2
+    elif not isinstance(padding, str):
+        padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+    return _pair("kernel_size", kernel_size), _pair("strides", strides), padding
+
+
 def conv(x, kernel, bias, layout, strides, padding, dtype, precision):
     """Channel-block-sparse 2-D convolution, NHWC.
 
@@ -64,6 +90,7 @@ def conv(x, kernel, bias, layout, strides, padding, dtype, precision):
 
 
 def split_heads(x, heads):
+    """`[..., heads * D]` -> `[..., heads, D]`."""
     return x.reshape(x.shape[:-1] + (heads, x.shape[-1] // heads))
 
 

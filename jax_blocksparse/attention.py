@@ -1,17 +1,24 @@
-"""Fused block-sparse attention: `attention(q, k, v, layout, causal=, scale=, kv_lengths=)`.
+"""Fused block-sparse attention: `attention(q, k, v, mask, causal=, scale=, kv_lengths=,
+q_segment_ids=, kv_segment_ids=)`.
 
-Three primitives (DESIGN.md §3), no `custom_vjp`:
-  - `attention_p(q, k, v, kv_lengths) -> (o, lse)`: the forward; saves the float32
-    log-sum-exp of every query row.
-  - `attention_tangent_p(q, k, v, o, lse, kv_lengths, q̇, k̇, v̇) -> (ȯ, lsė)`: the JVP's
-    tangent, linear in `q̇, k̇, v̇`. With `S = scale·QKᵀ` masked and `P = exp(S − lse)`:
+Three primitives (DESIGN.md §3), no `custom_vjp`. Each takes its float operands followed by
+the same integer *context* operands, `(kv_lengths, q_segment_ids, kv_segment_ids, *by_query,
+*by_key)` (`by_query`, `by_key`: the four arrays of `AttentionLists`, with a leading batch
+axis of 1 or B): the kernels read the block lists from operands, so a static `Layout`
+(lists computed on the host) and a traced `BlockMask` (lists computed inside `jit`) share
+every primitive and kernel.
+  - `attention_p(q, k, v, *ctx) -> (o, lse)`: the forward; saves the float32 log-sum-exp
+    of every query row.
+  - `attention_tangent_p(q, k, v, o, lse, q̇, k̇, v̇, *ctx) -> (ȯ, lsė)`: the JVP's tangent,
+    linear in `q̇, k̇, v̇`. With `S = scale·QKᵀ` masked and `P = exp(S − lse)`:
     `lsė = rowsum(P ∘ Ṡ)`, `ȯ = (P ∘ (Ṡ − lsė)) V + P V̇`.
-  - `attention_bwd_p(q, k, v, o, lse, dO, dlse, kv_lengths) -> (dq, dk, dv)`: the transpose
-    of the tangent, i.e. the fused backward. `jax.grad` runs only this one.
+  - `attention_bwd_p(q, k, v, o, lse, dO, dlse, *ctx) -> (dq, dk, dv)`: the transpose of the
+    tangent, i.e. the fused backward. `jax.grad` runs only this one.
+The tangent and backward primitives have JVP rules of their own (the JVP of the pure-JAX
+implementation), so attention is differentiable to any order.
 The pure-JAX lowering (a block-gathered implementation: each query block attends to its
 listed key blocks only, never the dense score matrix) serves every platform; on CUDA the
-forward and backward lower to the fused kernels. The tangent lowers through the pure-JAX
-implementation everywhere (it is only used by `jax.jvp`, never by `jax.grad`).
+forward and backward lower to the fused kernels where `_cuda.FUSED_ATTENTION` has them.
 """
 
 from __future__ import annotations
@@ -24,10 +31,13 @@ import numpy as np
 
 from . import _jax_internals as jint
 from ._checks import static_bool, static_float
-from .attention_metadata import attention_metadata
+from .attention_metadata import AttentionLists, attention_metadata, device_metadata
+from .block_mask import BlockMask
 from .layout import Layout
 
-DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
+DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)  # float64 needs jax_enable_x64
+CONTEXT = ("kv_lengths", "q_segment_ids", "kv_segment_ids") + tuple(
+    f"{side}_{field}" for side in ("by_query", "by_key") for field in AttentionLists._fields)
 
 
 def _lse_dtype(dtype):
@@ -35,38 +45,51 @@ def _lse_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def _pad_to(x, length, axis):
+    """`x` zero-padded along `axis` to `length`."""
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, length - x.shape[axis])
+    return jnp.pad(x, pad)
+
+
 # --------------------------------------------------------------- reference (pure JAX)
-def attention_reference(q, k, v, kv_lengths, *, layout, causal, scale):
+def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments):
     """Block-gathered attention. Returns `(o [B, Tq, Hq, D] in q's dtype, lse [B, Hq, Tq]
     float32)`. Rows with no allowed key give `o = 0`, `lse = -inf`, zero gradients."""
+    kv_lengths, q_seg, kv_seg = ctx[:3]
+    counts, _, lists, _ = ctx[3:7]  # by query: [Bm, Hm, Rq], [Bm, Hm, Rq, W]
     b, tq, hq, d = q.shape
     tk, hkv = k.shape[1], k.shape[2]
-    bs = layout.block_size
-    rq, rk = tq // bs, tk // bs
-    meta = attention_metadata(layout, causal, tq, tk).by_query
-    hm, _, width = meta.lists.shape
-    slots = jnp.asarray(np.maximum(meta.lists, 0))  # [Hm, Rq, W]
-    valid = jnp.asarray(np.arange(width) < meta.counts[..., None])  # [Hm, Rq, W]
+    bs = block_size
+    bm, hm, rq, width = lists.shape
+    rk = -(-tk // bs)
+    slots = jnp.broadcast_to(jnp.maximum(lists, 0), (bm, hq, rq, width))
+    valid = jnp.broadcast_to(jnp.arange(width) < counts[..., None], (bm, hq, rq, width))
 
     f32 = lambda x: x.astype(_lse_dtype(x.dtype))  # float32 (float64 stays float64)
-    qh = f32(q).transpose(0, 2, 1, 3).reshape(b, hq, rq, bs, d)
+    qh = _pad_to(f32(q), rq * bs, 1).transpose(0, 2, 1, 3).reshape(b, hq, rq, bs, d)
     group = hq // hkv
 
     def by_query_head(x):  # [B, Tk, Hkv, D] -> [B, Hq, Rk, bs, D]
-        x = jnp.repeat(f32(x).transpose(0, 2, 1, 3), group, axis=1)
+        x = jnp.repeat(_pad_to(f32(x), rk * bs, 1).transpose(0, 2, 1, 3), group, axis=1)
         return x.reshape(b, hq, rk, bs, d)
 
-    gather = jnp.broadcast_to(slots, (hq, rq, width)).reshape(1, hq, rq * width, 1, 1)
+    gather = slots.reshape(bm, hq, rq * width, 1, 1)
     kg = jnp.take_along_axis(by_query_head(k), gather, axis=2).reshape(b, hq, rq, width, bs, d)
     vg = jnp.take_along_axis(by_query_head(v), gather, axis=2).reshape(b, hq, rq, width, bs, d)
     s = jnp.einsum("bhrid,bhrwjd->bhriwj", qh, kg, precision="highest") * scale
 
     i_abs = (jnp.arange(rq)[:, None] * bs + jnp.arange(bs))[:, :, None, None]  # [Rq,bs,1,1]
-    j_abs = (slots[:, :, None, :, None] * bs + jnp.arange(bs))  # [Hm, Rq, 1, W, bs]
-    allowed = jnp.broadcast_to(valid[:, :, None, :, None], j_abs.shape)
+    j_abs = slots[:, :, :, None, :, None] * bs + jnp.arange(bs)  # [Bm, Hq, Rq, 1, W, bs]
+    allowed = valid[:, :, :, None, :, None] & (j_abs < tk)
     if causal:
         allowed = allowed & (j_abs <= i_abs + (tk - tq))
-    allowed = allowed[None] & (j_abs[None] < kv_lengths[:, None, None, None, None, None])
+    allowed = allowed & (j_abs < kv_lengths[:, None, None, None, None, None])
+    if segments:
+        q_ids = _pad_to(q_seg, rq * bs, 1).reshape(-1, 1, rq, bs, 1, 1)
+        kv_ids = _pad_to(kv_seg, rk * bs, 1).reshape(-1, 1, rk, bs)
+        kv_ids = jnp.take_along_axis(kv_ids, slots.reshape(bm, hq, rq * width, 1), axis=2)
+        allowed = allowed & (q_ids == kv_ids.reshape(-1, hq, rq, 1, width, bs))
     s = jnp.where(allowed, s, -jnp.inf)
 
     m = s.max(axis=(-2, -1), keepdims=True)
@@ -77,19 +100,19 @@ def attention_reference(q, k, v, kv_lengths, *, layout, causal, scale):
     l_safe = jnp.where(nonempty, l, 1.0)
     o = jnp.einsum("bhriwj,bhrwjd->bhrid", p / l_safe, vg, precision="highest")
     lse = jnp.where(nonempty, m + jnp.log(l_safe), -jnp.inf)
-    o = o.reshape(b, hq, tq, d).transpose(0, 2, 1, 3).astype(q.dtype)
-    return o, lse.reshape(b, hq, tq)
+    o = o.reshape(b, hq, rq * bs, d)[:, :, :tq].transpose(0, 2, 1, 3).astype(q.dtype)
+    return o, lse.reshape(b, hq, rq * bs)[:, :, :tq]
 
 
-def tangent_reference(q, k, v, o, lse, kv_lengths, dq, dk, dv, **params):
+def tangent_reference(q, k, v, o, lse, dq, dk, dv, *ctx, **params):
     del o, lse
-    forward = lambda q, k, v: attention_reference(q, k, v, kv_lengths, **params)
+    forward = lambda q, k, v: attention_reference(q, k, v, *ctx, **params)
     return jax.jvp(forward, (q, k, v), (dq, dk, dv))[1]
 
 
-def backward_reference(q, k, v, o, lse, d_o, d_lse, kv_lengths, **params):
+def backward_reference(q, k, v, o, lse, d_o, d_lse, *ctx, **params):
     del o, lse
-    forward = lambda q, k, v: attention_reference(q, k, v, kv_lengths, **params)
+    forward = lambda q, k, v: attention_reference(q, k, v, *ctx, **params)
     return jax.vjp(forward, q, k, v)[1]((d_o, d_lse))
 
 
@@ -98,6 +121,8 @@ attention_p = jint.define_primitive("blocksparse_attention", multiple_results=Tr
 attention_tangent_p = jint.define_primitive("blocksparse_attention_tangent",
                                             multiple_results=True)
 attention_bwd_p = jint.define_primitive("blocksparse_attention_bwd", multiple_results=True)
+# how many float operands come before the context operands
+FLOAT_OPERANDS = {attention_p: 3, attention_tangent_p: 8, attention_bwd_p: 7}
 
 
 def _out_avals(q, k, v):
@@ -107,12 +132,10 @@ def _out_avals(q, k, v):
     return o, lse
 
 
-attention_p.def_abstract_eval(lambda q, k, v, kv_lengths, **_: _out_avals(q, k, v))
-attention_tangent_p.def_abstract_eval(
-    lambda q, k, v, o, lse, kv_lengths, dq, dk, dv, **_: _out_avals(q, k, v))
-attention_bwd_p.def_abstract_eval(
-    lambda q, k, v, o, lse, d_o, d_lse, kv_lengths, **_: tuple(
-        x.update(shape=x.shape, dtype=x.dtype, weak_type=False) for x in (q, k, v)))
+attention_p.def_abstract_eval(lambda q, k, v, *ctx, **_: _out_avals(q, k, v))
+attention_tangent_p.def_abstract_eval(lambda q, k, v, *rest, **_: _out_avals(q, k, v))
+attention_bwd_p.def_abstract_eval(lambda q, k, v, *rest, **_: tuple(
+    x.update(shape=x.shape, dtype=x.dtype, weak_type=False) for x in (q, k, v)))
 
 jint.register_default_lowering(attention_p, attention_reference, multiple_results=True)
 jint.register_default_lowering(attention_tangent_p, tangent_reference, multiple_results=True)
@@ -124,15 +147,15 @@ def _bind(prim, *args, **params):
 
 
 def _attention_jvp(primals, tangents, **params):
-    q, k, v, kv_lengths = primals
-    o, lse = _bind(attention_p, q, k, v, kv_lengths, **params)
+    q, k, v, *ctx = primals
+    o, lse = _bind(attention_p, q, k, v, *ctx, **params)
     dq, dk, dv = (jint.instantiate(t) for t in tangents[:3])
-    d_o, d_lse = _bind(attention_tangent_p, q, k, v, o, lse, kv_lengths, dq, dk, dv, **params)
+    d_o, d_lse = _bind(attention_tangent_p, q, k, v, o, lse, dq, dk, dv, *ctx, **params)
     return (o, lse), (d_o, d_lse)
 
 
-def _tangent_transpose(cts, q, k, v, o, lse, kv_lengths, dq, dk, dv, **params):
-    for x in (q, k, v, o, lse, kv_lengths):
+def _tangent_transpose(cts, q, k, v, o, lse, dq, dk, dv, *ctx, **params):
+    for x in (q, k, v, o, lse, *ctx):
         if jint.is_undefined_primal(x):
             raise NotImplementedError("attention's tangent is linear in (dq, dk, dv) only")
     ct_o, ct_lse = cts
@@ -141,16 +164,16 @@ def _tangent_transpose(cts, q, k, v, o, lse, kv_lengths, dq, dk, dv, **params):
     else:
         ct_o = jnp.zeros(o.shape, o.dtype) if type(ct_o) is jint.Zero else ct_o
         ct_lse = jnp.zeros(lse.shape, lse.dtype) if type(ct_lse) is jint.Zero else ct_lse
-        grads = _bind(attention_bwd_p, q, k, v, o, lse, ct_o, ct_lse, kv_lengths, **params)
-    return [None] * 6 + [g if jint.is_undefined_primal(x) else None
-                         for g, x in zip(grads, (dq, dk, dv))]
+        grads = _bind(attention_bwd_p, q, k, v, o, lse, ct_o, ct_lse, *ctx, **params)
+    return [None] * 5 + [g if jint.is_undefined_primal(x) else None
+                         for g, x in zip(grads, (dq, dk, dv))] + [None] * len(ctx)
 
 
 def _reference_jvp(prim, reference, array_positions):
     """A JVP rule for `prim` whose tangent is the JVP of its pure-JAX `reference`.
 
-    `array_positions` are the operands the reference depends on (`o` and `lse` are
-    functions of q, k, v that the reference recomputes, and `kv_lengths` is an integer);
+    `array_positions` are the float operands the reference depends on (`o` and `lse` are
+    functions of q, k, v that the reference recomputes; the context operands are integers);
     the primal output still comes from `prim` (the fused kernels on a GPU). This makes the
     tangent and backward primitives differentiable to any order: second and higher
     derivatives of `attention` run on the pure-JAX path on every platform."""
@@ -171,25 +194,36 @@ def _reference_jvp(prim, reference, array_positions):
 
 jint.register_jvp(attention_p, _attention_jvp)
 jint.register_transpose(attention_tangent_p, _tangent_transpose)
-# attention_tangent_p(q, k, v, o, lse, kv_lengths, dq, dk, dv), depends on q, k, v, dq, dk, dv
+# attention_tangent_p(q, k, v, o, lse, dq, dk, dv, *ctx): depends on q, k, v, dq, dk, dv
 jint.register_jvp(attention_tangent_p,
-                  _reference_jvp(attention_tangent_p, tangent_reference, (0, 1, 2, 6, 7, 8)))
-# attention_bwd_p(q, k, v, o, lse, d_o, d_lse, kv_lengths), depends on q, k, v, d_o, d_lse
+                  _reference_jvp(attention_tangent_p, tangent_reference, (0, 1, 2, 5, 6, 7)))
+# attention_bwd_p(q, k, v, o, lse, d_o, d_lse, *ctx): depends on q, k, v, d_o, d_lse
 jint.register_jvp(attention_bwd_p,
                   _reference_jvp(attention_bwd_p, backward_reference, (0, 1, 2, 5, 6)))
 
 
 def _fold_batch(prim):
-    """vmap: every operand has a leading batch axis B; fold the mapped axis into it."""
+    """vmap: fold the mapped axis into the leading batch axis B of every operand. Context
+    operands whose leading axis is 1 (shared by the batch: a static layout's lists, absent
+    segment ids) stay shared unless they are mapped themselves."""
+    floats = FLOAT_OPERANDS[prim]
+
     def rule(args, dims, **params):
-        size = next(a.shape[d] for a, d in zip(args, dims) if d is not jint.not_mapped)
+        args = [a if d is jint.not_mapped else jnp.moveaxis(a, d, 0)
+                for a, d in zip(args, dims)]
+        size = next(a.shape[0] for a, d in zip(args, dims) if d is not jint.not_mapped)
+        batch = args[0].shape[0 if dims[0] is jint.not_mapped else 1]
         folded = []
-        for a, d in zip(args, dims):
-            a = (jnp.broadcast_to(a[None], (size,) + a.shape) if d is jint.not_mapped
-                 else jnp.moveaxis(a, d, 0))
-            folded.append(a.reshape((-1,) + a.shape[2:]))
+        for i, (a, d) in enumerate(zip(args, dims)):
+            if d is jint.not_mapped:
+                if i >= floats and a.shape[0] == 1:  # shared by the batch: stays shared
+                    folded.append(a)
+                    continue
+                a = a[None]
+            a = jnp.broadcast_to(a, (size, batch) + a.shape[2:])
+            folded.append(a.reshape((size * batch,) + a.shape[2:]))
         outs = prim.bind(*folded, **params)
-        return [o.reshape((size, -1) + o.shape[1:]) for o in outs], [0] * len(outs)
+        return [o.reshape((size, batch) + o.shape[1:]) for o in outs], [0] * len(outs)
     return rule
 
 
@@ -198,13 +232,15 @@ for _prim in (attention_p, attention_tangent_p, attention_bwd_p):
 
 
 # ------------------------------------------------------------------------ public op
-def _check(q, k, v, layout, kv_lengths):
+def _check(q, k, v, mask, kv_lengths):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"attention: {name} must be [B, T, H, D]; got shape {x.shape}")
         if not any(x.dtype == d for d in DTYPES):
             raise ValueError(f"attention: {name} has dtype {x.dtype}; supported: bfloat16, "
-                             "float16, float32")
+                             "float16, float32, float64")
+        if 0 in x.shape:
+            raise ValueError(f"attention: {name} has an empty axis: {x.shape}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"attention: q, k, v must share a dtype; got {q.dtype}, {k.dtype}, "
                          f"{v.dtype}")
@@ -216,54 +252,116 @@ def _check(q, k, v, layout, kv_lengths):
     hkv = k.shape[2]
     if hq % hkv:
         raise ValueError(f"attention: q's heads ({hq}) must be a multiple of k's ({hkv})")
-    if not isinstance(layout, Layout):
-        raise ValueError(f"attention: layout must be a jax_blocksparse.Layout; "
-                         f"got {type(layout).__name__}")
-    heads = layout.mask.shape[0] if layout.mask.ndim == 3 else 1
+    if isinstance(mask, Layout):
+        heads = mask.mask.shape[0] if mask.mask.ndim == 3 else 1
+        batches, blocks, what = 1, mask.mask.shape[-2:], "layout"
+    elif isinstance(mask, BlockMask):
+        batches, heads, *blocks = mask.shape
+        what = "BlockMask"
+    else:
+        raise ValueError(f"attention: mask must be a jax_blocksparse.Layout or BlockMask; "
+                         f"got {type(mask).__name__}")
     if heads not in (1, hq):
-        raise ValueError(f"attention: layout has {heads} head masks; expected 1 or Hq={hq}")
-    want = (tq, k.shape[1])
-    if layout.shape != want:
-        raise ValueError(f"attention: layout covers {layout.shape} (queries, keys) but q and k "
-                         f"give {want}; Tq and Tk must be the layout's blocks x block_size")
+        raise ValueError(f"attention: {what} has {heads} head masks; expected 1 or Hq={hq}")
+    if batches not in (1, b):
+        raise ValueError(f"attention: {what} has {batches} batch masks; expected 1 or B={b}")
+    bs = mask.block_size
+    want = (-(-tq // bs), -(-k.shape[1] // bs))
+    if tuple(blocks) != want:
+        raise ValueError(f"attention: {what} has {tuple(blocks)} blocks of {bs} but q and k "
+                         f"need {want} (ceil(Tq/bs), ceil(Tk/bs)) for Tq={tq}, "
+                         f"Tk={k.shape[1]}")
     if kv_lengths is not None:
         if kv_lengths.shape != (b,) or not jnp.issubdtype(kv_lengths.dtype, jnp.integer):
             raise ValueError(f"attention: kv_lengths must be an integer array [B={b}]; got "
                              f"{kv_lengths.dtype}{list(kv_lengths.shape)}")
 
 
-def attention(q, k, v, layout: Layout, *, causal: bool = False, scale: float | None = None,
-              kv_lengths=None, return_lse: bool = False):
+def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
+    """The int32 `(q ids [B, Tq], kv ids [B, Tk])`, or shared placeholders `[1, 1]` when
+    there are none; and whether there are."""
+    if q_segment_ids is None:
+        if kv_segment_ids is not None:
+            raise ValueError("attention: kv_segment_ids needs q_segment_ids too")
+        none = jnp.zeros((1, 1), jnp.int32)
+        return none, none, False
+    if kv_segment_ids is None:
+        if tq != tk:
+            raise ValueError(f"attention: q_segment_ids alone serve the keys only when "
+                             f"Tq == Tk (got {tq}, {tk}); pass kv_segment_ids")
+        kv_segment_ids = q_segment_ids
+    ids = []
+    for name, x, t in (("q_segment_ids", q_segment_ids, tq),
+                       ("kv_segment_ids", kv_segment_ids, tk)):
+        x = jnp.asarray(x)
+        if x.shape != (b, t) or not jnp.issubdtype(x.dtype, jnp.integer):
+            raise ValueError(f"attention: {name} must be an integer array [B={b}, {t}]; got "
+                             f"{x.dtype}{list(x.shape)}")
+        ids.append(x.astype(jnp.int32))
+    return ids[0], ids[1], True
+
+
+def _context(mask, causal, tq, tk):
+    """The block lists of `mask` as context operands (leading batch axis 1 or B), and the
+    bool `[Bm, Hm, Rq]` of query blocks whose lists overflowed (None for a Layout)."""
+    if isinstance(mask, Layout):
+        meta = attention_metadata(mask, causal, tq, tk)
+        arrays = [jnp.asarray(x[None]) for x in (*meta.by_query, *meta.by_key)]
+        return arrays, None
+    meta, overflow = device_metadata(mask.mask, mask.block_size, causal, tq, tk,
+                                     mask.max_blocks)
+    return [*meta.by_query, *meta.by_key], overflow
+
+
+def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None,
+              kv_lengths=None, q_segment_ids=None, kv_segment_ids=None,
+              return_lse: bool = False):
     """Block-sparse (multi-head, grouped-query) attention.
 
     Args:
       q: `[B, Tq, Hq, D]`; k, v: `[B, Tk, Hkv, D]`, `Hq` a multiple of `Hkv`. dtypes
-        bfloat16, float16 or float32 (all the same); any head dim `D`.
-      layout: mask `[1 or Hq, Tq/bs, Tk/bs]` (or `[Tq/bs, Tk/bs]`), any block size. On an
-        NVIDIA GPU, bfloat16/float16 with `D` in (64, 128) and block size 64 or 128 run the
-        fused kernels; every other combination runs the pure-JAX implementation
-        (`JAX_BLOCKSPARSE_DEBUG` says so when the program is compiled).
-        Query i of head h attends to key j iff block `(i // bs, j // bs)` is in h's mask,
+        bfloat16, float16, float32 or float64 (all the same); any head dim `D`; any
+        lengths.
+      mask: a static `Layout` with mask `[1 or Hq, Rq, Rk]` (or `[Rq, Rk]`), or a
+        `BlockMask` `[1 or B, 1 or Hq, Rq, Rk]` (data, e.g. computed in the same `jit`),
+        with `Rq = ceil(Tq / bs)`, `Rk = ceil(Tk / bs)`, any block size `bs`.
+        Query i of head h attends to key j iff block `(i // bs, j // bs)` is in the mask,
         and, when `causal`, `j <= i + (Tk - Tq)` (bottom-right aligned), and, when
-        `kv_lengths` is given, `j < kv_lengths[b]`.
+        `kv_lengths` is given, `j < kv_lengths[b]`, and, with segment ids, iff
+        `q_segment_ids[b, i] == kv_segment_ids[b, j]`.
       causal: a Python bool (static).
       scale: score scale, a Python number (static), default `1 / sqrt(D)`.
       kv_lengths: optional int `[B]`, the number of valid keys of each batch entry.
-      return_lse: also return the float32 log-sum-exp `[B, Hq, Tq]`.
+      q_segment_ids: optional int `[B, Tq]`: the document of each query (packed
+        sequences). kv_segment_ids: optional int `[B, Tk]`; defaults to `q_segment_ids`
+        when Tq == Tk.
+      return_lse: also return the log-sum-exp `[B, Hq, Tq]` (float32; float64 for float64).
     Returns:
       `[B, Tq, Hq, D]` in q's dtype (and the lse). A row with no key to attend to
-      outputs 0 (lse `-inf`) and passes zero gradients.
+      outputs 0 (lse `-inf`) and passes zero gradients. The rows of a query block whose
+      `BlockMask` row lists more than `max_blocks` key blocks are NaN.
+    On an NVIDIA GPU, bfloat16/float16 with `D` in (64, 128), block size 64 or 128, lengths
+    that are multiples of the block size, a static `Layout` and no segment ids run the fused
+    kernels; every other call runs the pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1`
+    says so when the program is compiled).
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:
         kv_lengths = jnp.asarray(kv_lengths)
-    _check(q, k, v, layout, kv_lengths)
+    _check(q, k, v, mask, kv_lengths)
     causal = static_bool("attention", "causal", causal)
     return_lse = static_bool("attention", "return_lse", return_lse)
-    b, _, _, d = q.shape
+    b, tq, _, d = q.shape
+    tk = k.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else static_float("attention", "scale", scale)
+    q_ids, kv_ids, segments = _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk)
     if kv_lengths is None:
-        kv_lengths = jnp.full((b,), k.shape[1], jnp.int32)
-    o, lse = _bind(attention_p, q, k, v, kv_lengths.astype(jnp.int32), layout=layout,
-                   causal=causal, scale=scale)
+        kv_lengths = jnp.full((b,), tk, jnp.int32)
+    lists, overflow = _context(mask, causal, tq, tk)
+    o, lse = _bind(attention_p, q, k, v, kv_lengths.astype(jnp.int32), q_ids, kv_ids, *lists,
+                   block_size=mask.block_size, causal=causal, scale=scale, segments=segments)
+    if overflow is not None:  # never a silently truncated row
+        rows = jnp.repeat(overflow, mask.block_size, axis=-1)[..., :tq]  # [Bm, Hm, Tq]
+        lse = jnp.where(rows, jnp.nan, lse)
+        o = jnp.where(jnp.swapaxes(rows, 1, 2)[..., None], jnp.nan, o)
     return (o, lse) if return_lse else o

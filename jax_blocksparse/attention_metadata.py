@@ -1,14 +1,20 @@
-"""Host-side metadata of block-sparse attention: which key blocks each query block visits.
+"""The metadata of block-sparse attention: which key blocks each query block visits.
 
-For a layout mask `[Hm, Rq, Rk]` (Hm = 1 shared or one per query head), block size `bs`,
-and optional causality (query i sees key j iff j <= i + offset, offset = Tk - Tq, the
-bottom-right alignment that KV-cache decoding needs), each block is:
-  - dropped when causality masks all of its pairs,
-  - *partial* when causality masks some of its pairs (it needs an element mask),
+For a block mask `[..., Rq, Rk]` (leading axes: a batch axis `B or 1` and a head axis
+`Hq or 1`), block size `bs` and sequence lengths `Tq`, `Tk` (`Rq = ceil(Tq / bs)`,
+`Rk = ceil(Tk / bs)`), each listed block is
+  - dropped when causality masks all of its pairs (query i sees key j iff
+    `j <= i + offset`, offset = Tk - Tq: the bottom-right alignment of KV-cache decoding),
+  - *partial* when some of its pairs need an element mask (the causal diagonal, or keys
+    past `Tk` in the last block column),
   - *full* otherwise.
-Lists keep partial blocks first, then full ones, each group in ascending order. The same
-lists by key block (its query blocks) serve the dK/dV pass of the backward. `order` lists
-the lines of each mask head longest first. All arrays are int32 (see cuda/attention.h).
+Lists keep partial blocks first, then full ones, each group in ascending order, padded with
+-1 to a fixed width. The same lists by key block (its query blocks) serve the dK/dV pass of
+the backward. `order` lists the lines of each mask head longest first. All int32.
+
+One implementation serves both sources: a static `Layout` computes it once on the host with
+numpy (`attention_metadata`, cached; leading axis `Hm`), and a traced `BlockMask` computes
+it inside `jit` with jax.numpy (`device_metadata`; leading axes `Bm, Hm`).
 """
 
 from __future__ import annotations
@@ -16,58 +22,78 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
 from .layout import Layout
 
 
 class AttentionLists(NamedTuple):
-    counts: np.ndarray   # [Hm, lines]
-    partial: np.ndarray  # [Hm, lines]
-    lists: np.ndarray    # [Hm, lines, max(longest, 1)], padded with -1
-    order: np.ndarray    # [Hm, lines]
+    counts: np.ndarray   # [..., lines]: listed blocks (at most the width)
+    partial: np.ndarray  # [..., lines]: of which partial (listed first)
+    lists: np.ndarray    # [..., lines, width], padded with -1
+    order: np.ndarray    # [..., lines]: lines longest first
 
 
 class AttentionMetadata(NamedTuple):
     by_query: AttentionLists
     by_key: AttentionLists
-    kind: np.ndarray  # int8 [Hm, Rq, Rk]: 0 absent or dropped, 1 partial, 2 full
+    kind: np.ndarray  # int8 [..., Rq, Rk]: 0 absent or dropped, 1 partial, 2 full
 
 
-def block_kinds(mask: np.ndarray, block_size: int, causal: bool, offset: int) -> np.ndarray:
-    """int8 `[Hm, Rq, Rk]`: 0 not visited, 1 partial (element mask), 2 full."""
-    kind = np.where(mask, 2, 0).astype(np.int8)
+def block_kinds(xp, mask, block_size: int, causal: bool, tq: int, tk: int):
+    """int8 `[..., Rq, Rk]`: 0 not visited, 1 partial (element mask), 2 full."""
+    rq, rk = mask.shape[-2:]
+    kind = xp.where(mask, 2, 0).astype(np.int8)
+    c = np.arange(rk)[None, :]
+    first_j, last_j = c * block_size, np.minimum((c + 1) * block_size, tk) - 1
+    partial = np.broadcast_to(last_j - first_j + 1 < block_size, (rq, rk))  # cut by Tk
     if causal:
-        rq, rk = mask.shape[-2:]
         r = np.arange(rq)[:, None]
-        c = np.arange(rk)[None, :]
-        first_i, last_i = r * block_size, (r + 1) * block_size - 1
-        first_j, last_j = c * block_size, (c + 1) * block_size - 1
+        first_i, last_i = r * block_size, np.minimum((r + 1) * block_size, tq) - 1
+        offset = tk - tq
         dropped = first_j > last_i + offset
-        full = last_j <= first_i + offset
-        kind = np.where(dropped, 0, np.where(full, kind, np.minimum(kind, 1))).astype(np.int8)
-    return kind
+        kind = xp.where(dropped, 0, kind).astype(np.int8)
+        partial = partial | (last_j > first_i + offset)
+    return xp.where(partial, xp.minimum(kind, 1), kind).astype(np.int8)
 
 
-def _lists(kind: np.ndarray) -> AttentionLists:
-    """Lists along the last axis of `kind [Hm, lines, other]`, partial first."""
-    hm, lines, _ = kind.shape
-    counts = (kind > 0).sum(-1).astype(np.int32)
-    partial = (kind == 1).sum(-1).astype(np.int32)
-    width = max(int(counts.max(initial=0)), 1)
-    lists = np.full((hm, lines, width), -1, np.int32)
-    for h in range(hm):
-        for line in range(lines):
-            row = kind[h, line]
-            entries = np.concatenate([np.flatnonzero(row == 1), np.flatnonzero(row == 2)])
-            lists[h, line, :len(entries)] = entries
-    order = np.argsort(-counts, axis=1, kind="stable").astype(np.int32)
+def block_lists(xp, kind, width: int) -> AttentionLists:
+    """Lists along the last axis of `kind [..., lines, other]`, partial first, `width`
+    entries each (a line with more listed blocks keeps its first `width`; `counts` then
+    says `width`: the caller detects that from the mask)."""
+    other = kind.shape[-1]
+    lines = kind.shape[-2]
+    group = xp.where(kind == 1, 0, xp.where(kind == 2, 1, 2))
+    key = group * other + np.arange(other)  # unique keys: partial, full, absent; ascending
+    entries = xp.argsort(key, axis=-1)[..., :width].astype(np.int32)
+    listed = (kind > 0).sum(-1).astype(np.int32)
+    counts = xp.minimum(listed, width).astype(np.int32)
+    partial = xp.minimum((kind == 1).sum(-1), counts).astype(np.int32)
+    lists = xp.where(np.arange(width) < counts[..., None], entries, -1).astype(np.int32)
+    order = xp.argsort(-counts * lines + np.arange(lines), axis=-1).astype(np.int32)
     return AttentionLists(counts, partial, lists, order)
 
 
 @functools.lru_cache(maxsize=64)
 def attention_metadata(layout: Layout, causal: bool, tq: int, tk: int) -> AttentionMetadata:
-    """The metadata of `layout` (mask `[Hm, Tq/bs, Tk/bs]` or `[Tq/bs, Tk/bs]`)."""
+    """Host metadata of a static `layout` (mask `[Hm, Rq, Rk]` or `[Rq, Rk]`); arrays with a
+    leading axis `Hm`, lists as wide as the longest line."""
     mask = layout.mask if layout.mask.ndim == 3 else layout.mask[None]
-    kind = block_kinds(mask, layout.block_size, causal, tk - tq)
-    return AttentionMetadata(_lists(kind), _lists(np.swapaxes(kind, 1, 2)), kind)
+    kind = block_kinds(np, mask, layout.block_size, causal, tq, tk)
+    widths = [max(int((k > 0).sum(-1).max(initial=0)), 1)
+              for k in (kind, np.swapaxes(kind, -1, -2))]
+    return AttentionMetadata(block_lists(np, kind, widths[0]),
+                             block_lists(np, np.swapaxes(kind, -1, -2), widths[1]), kind)
+
+
+def device_metadata(mask, block_size: int, causal: bool, tq: int, tk: int,
+                    capacity: int) -> tuple[AttentionMetadata, jnp.ndarray]:
+    """Metadata of a block mask `[Bm, Hm, Rq, Rk]` (a jax array, e.g. traced), computed with
+    jax.numpy: query lists `capacity` wide, key lists `Rq` wide. Also returns the bool
+    `[Bm, Hm, Rq]` of query blocks that list more than `capacity` key blocks."""
+    kind = block_kinds(jnp, mask, block_size, causal, tq, tk)
+    by_query = block_lists(jnp, kind, capacity)
+    overflow = (kind > 0).sum(-1) > capacity
+    by_key = block_lists(jnp, jnp.swapaxes(kind, -1, -2), mask.shape[-2])
+    return AttentionMetadata(by_query, by_key, kind), overflow

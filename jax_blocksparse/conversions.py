@@ -22,7 +22,8 @@ def to_dense(blocks, layout: Layout):
     blocks = jnp.asarray(blocks)
     if blocks.shape[-3:] != (nnz, bs, bs):
         raise ValueError(
-            f"to_dense: blocks must be [..., {nnz}, {bs}, {bs}] for this layout; got {blocks.shape}")
+            f"to_dense: blocks must be [..., {nnz}, {bs}, {bs}] for this layout; "
+            f"got {blocks.shape}")
     lead = blocks.shape[:-3]
     r, c = layout.mask.shape
     # position of every (block row, block column) in `blocks`, with a zero block appended

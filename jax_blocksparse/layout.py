@@ -16,6 +16,7 @@ import functools
 import hashlib
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 
@@ -38,24 +39,21 @@ class Layout:
     """An immutable, hashable block-sparsity pattern.
 
     Args:
-      mask: boolean array `[R, C]` (block rows x block columns) or `[H, R, C]` (one mask
-        per attention head). Any array whose nonzeros mark the kept blocks.
-      block_size: edge of the square blocks, in elements.
+      mask: array `[R, C]` (block rows x block columns) or `[H, R, C]` (one mask per
+        attention head), every dimension at least 1: bool, or integers / real floats that
+        are all 0 or 1 (1 marks a kept block). Anything else raises `ValueError`.
+      block_size: edge of the square blocks, in elements: a positive int (not a bool).
 
     Layouts compare and hash by content, so they can be static arguments of `jax.jit`.
+    A `Layout` is also a pytree with no leaves (all of it is static tree metadata), so it
+    may be passed to a jitted function as an ordinary argument too.
     """
 
     __slots__ = ("_mask", "_block_size", "_key", "_hash", "__dict__")
 
     def __init__(self, mask, block_size: int):
-        mask = np.array(mask, copy=True)
-        if mask.ndim not in (2, 3):
-            raise ValueError(
-                f"Layout: mask must be [R, C] or [H, R, C]; got shape {mask.shape}")
-        if mask.dtype != np.bool_:
-            mask = mask != 0
-        if not isinstance(block_size, (int, np.integer)) or block_size <= 0:
-            raise ValueError(f"Layout: block_size must be a positive int; got {block_size!r}")
+        check_int("Layout", "block_size", block_size)
+        mask = _boolean_mask(mask)
         mask.setflags(write=False)
         object.__setattr__(self, "_mask", mask)
         object.__setattr__(self, "_block_size", int(block_size))
@@ -86,6 +84,7 @@ class Layout:
 
     @property
     def block_size(self) -> int:
+        """Edge of the square blocks, in elements."""
         return self._block_size
 
     @property
@@ -106,6 +105,7 @@ class Layout:
 
     @property
     def density(self) -> float:
+        """Fraction of the mask's blocks that are kept (over all heads), in [0, 1]."""
         return self.nnz / max(self._mask.size, 1)
 
     @property
@@ -175,18 +175,96 @@ class Layout:
 
     # ---------------------------------------------------------------------- output
     def plot(self, path) -> None:
-        """Write a PNG picture of the mask to `path` (heads side by side)."""
+        """Write a grayscale PNG picture of the mask to `path`: kept blocks black, others
+        white, the heads of a 3-D mask side by side with a 1-pixel gray column between them.
+
+        The picture is at most 1024 pixels a side: each axis of a big mask is downsampled
+        by OR-pooling (a pixel is black when any block it covers is kept, so no kept block
+        disappears); small masks are scaled up to about 512 pixels, and a very thin mask
+        (e.g. 4 x 4096) is stretched along its short axis to at least 64 pixels.
+        """
         from ._png import write_png
 
-        masks = self._mask if self._mask.ndim == 3 else self._mask[None]
-        gap = np.zeros((masks.shape[1], 1), bool)
-        tiles = []
-        for m in masks:
-            tiles += [m, gap]
-        image = np.concatenate(tiles[:-1], axis=1)
-        scale = max(1, 512 // max(image.shape))
-        pixels = np.where(image, 0, 255).astype(np.uint8)
-        write_png(path, np.kron(pixels, np.ones((scale, scale), np.uint8)))
+        write_png(path, mask_picture(self._mask))
+
+
+PLOT_MAX, PLOT_TARGET, PLOT_MIN = 1024, 512, 64  # pixels a side: cap, scale target, minimum
+PLOT_SEPARATOR = 128  # the gray of the column between heads
+
+
+def _or_pool(mask: np.ndarray, axis: int, factor: int) -> np.ndarray:
+    """`mask` with groups of `factor` lines along `axis` merged by OR (the last may be short)."""
+    if factor == 1:
+        return mask
+    n = mask.shape[axis]
+    pad = [(0, 0)] * mask.ndim
+    pad[axis] = (0, -n % factor)
+    mask = np.pad(mask, pad)
+    shape = mask.shape[:axis] + (mask.shape[axis] // factor, factor) + mask.shape[axis + 1:]
+    return mask.reshape(shape).any(axis=axis + 1)
+
+
+def mask_picture(mask: np.ndarray) -> np.ndarray:
+    """uint8 pixels `[height, width]` of a boolean mask `[R, C]` or `[H, R, C]` (0 black:
+    kept; 255 white; `PLOT_SEPARATOR` gray: the 1-pixel column between heads); the
+    sizes as `Layout.plot` describes them."""
+    masks = mask if mask.ndim == 3 else mask[None]
+    heads = masks.shape[0]
+    col_budget = max(1, (PLOT_MAX - (heads - 1)) // heads)  # pixels per head
+    need = (-(-masks.shape[1] // PLOT_MAX), -(-masks.shape[2] // col_budget))
+    for axis, factor in zip((1, 2), need):  # the same factor on both axes where it fits
+        factor = max(factor, min(max(need), masks.shape[axis] // PLOT_MIN))
+        masks = _or_pool(masks, axis, factor)
+    rows, cols = masks.shape[1], heads * masks.shape[2]
+    scale = max(1, PLOT_TARGET // max(rows, cols))
+    row_scale = max(scale, -(-PLOT_MIN // rows))
+    col_scale = max(scale, -(-PLOT_MIN // cols))
+    block = np.ones((row_scale, col_scale), np.uint8)
+    separator = np.full((rows * row_scale, 1), PLOT_SEPARATOR, np.uint8)
+    tiles = []
+    for m in masks:
+        tiles += [np.kron(np.where(m, 0, 255).astype(np.uint8), block), separator]
+    return np.concatenate(tiles[:-1], axis=1)
+
+
+def check_int(where: str, name: str, value, minimum: int = 1) -> int:
+    """`value` as an int; `ValueError` naming `where` and `name` unless it is a Python or
+    numpy integer (a bool is not one) `>= minimum`."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or value < minimum):
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{where}: {name} must be {kind}; got {value!r}")
+    return int(value)
+
+
+def _boolean_mask(mask) -> np.ndarray:
+    """`mask` as a new boolean numpy array, `[R, C]` or `[H, R, C]`, no dimension 0.
+
+    Accepts bool, and integer or real floating arrays whose entries are all 0 or 1;
+    raises `ValueError` for other dtypes (strings, objects, complex), other values
+    (2, 0.5, NaN) and empty masks.
+    """
+    try:
+        mask = np.array(mask, copy=True)
+    except (TypeError, ValueError) as e:  # ragged nested lists
+        raise ValueError(f"Layout: mask must be an array of 0/1 or bool; got {e}") from None
+    if mask.ndim not in (2, 3):
+        raise ValueError(
+            f"Layout: mask must be [R, C] or [H, R, C]; got shape {mask.shape}")
+    if 0 in mask.shape:
+        raise ValueError(f"Layout: mask must have at least one block along every dimension "
+                         f"(no empty layouts); got shape {mask.shape}")
+    if mask.dtype == np.bool_:
+        return mask
+    if mask.dtype.kind not in "iuf":
+        raise ValueError(f"Layout: mask must be bool, or integers / real floats that are all 0 "
+                         f"or 1; got dtype {mask.dtype}")
+    zero, one = mask == 0, mask == 1
+    if not np.all(zero | one):
+        bad = mask[~(zero | one)].flat[0]
+        raise ValueError(f"Layout: mask entries must be 0 or 1 (or bool); got {bad.item()!r} "
+                         f"(pass `mask != 0` to keep every nonzero)")
+    return one
 
 
 def check_matrix_layout(op: str, layout) -> None:
@@ -219,3 +297,9 @@ def _block_lists(mask: np.ndarray, ids: np.ndarray | None = None) -> BlockLists:
         idx = blk = np.zeros(1, np.int32)
     order = np.argsort(-counts, kind="stable").astype(np.int32)
     return BlockLists(ptr, idx, blk, order)
+
+
+# A Layout is a pytree with no leaves: the whole layout is the (hashable) tree metadata, so
+# `jax.jit(f)(x, layout)` works with the layout as an ordinary argument (it is static).
+jax.tree_util.register_pytree_node(Layout, lambda layout: ((), layout),
+                                   lambda layout, _: layout)

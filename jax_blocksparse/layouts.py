@@ -11,34 +11,58 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import Layout
+from .layout import Layout, check_int
 
 
-def _blocks(size: int, block_size: int, name: str) -> int:
-    if size <= 0 or size % block_size:
-        raise ValueError(f"{name}={size} must be a positive multiple of block_size={block_size}")
+def _int(where: str, name: str, value, minimum: int) -> int:
+    """`value` as an int, or `ValueError` naming `layouts.<where>` and `name` unless it is
+    an integer (not a bool) `>= minimum`."""
+    return check_int(f"layouts.{where}", name, value, minimum)
+
+
+def _fraction(where: str, name: str, value, allow_zero: bool) -> float:
+    """`value` as a float, or `ValueError` unless it is a real number in (0, 1]
+    (`[0, 1]` when `allow_zero`)."""
+    ok = (isinstance(value, (int, float, np.integer, np.floating))
+          and not isinstance(value, (bool, np.bool_))
+          and (0.0 <= value if allow_zero else 0.0 < value) and value <= 1.0)
+    if not ok:
+        raise ValueError(f"layouts.{where}: {name} must be a number in "
+                         f"{'[0, 1]' if allow_zero else '(0, 1]'}; got {value!r}")
+    return float(value)
+
+
+def _blocks(where: str, name: str, size, block_size) -> int:
+    """Number of blocks along a dimension of `size` elements (checked: a positive
+    multiple of a positive `block_size`)."""
+    _int(where, "block_size", block_size, 1)
+    size = _int(where, name, size, 1)
+    if size % block_size:
+        raise ValueError(f"layouts.{where}: {name}={size} must be a positive multiple of "
+                         f"block_size={block_size}")
     return size // block_size
 
 
-def _grid(seq_len: int, block_size: int):
+def _grid(where: str, seq_len, block_size):
     """Block row and column indices `[n, 1]`, `[1, n]` of a square attention mask."""
-    n = _blocks(seq_len, block_size, "seq_len")
+    n = _blocks(where, "seq_len", seq_len, block_size)
     r = np.arange(n)[:, None]
     return r, r.T
 
 
 # ------------------------------------------------------------------------ weights
 def dense(rows: int, cols: int, block_size: int) -> Layout:
-    """Every block present: `[rows/bs, cols/bs]` all True."""
-    shape = (_blocks(rows, block_size, "rows"), _blocks(cols, block_size, "cols"))
+    """Every block present: mask `[rows/bs, cols/bs]` all True."""
+    shape = (_blocks("dense", "rows", rows, block_size),
+             _blocks("dense", "cols", cols, block_size))
     return Layout(np.ones(shape, bool), block_size)
 
 
 def random(rows: int, cols: int, block_size: int, density: float, seed: int = 0) -> Layout:
-    """Exactly `round(density * R * C)` blocks (at least one), chosen uniformly."""
-    if not 0.0 < density <= 1.0:
-        raise ValueError(f"density must be in (0, 1]; got {density}")
-    r, c = _blocks(rows, block_size, "rows"), _blocks(cols, block_size, "cols")
+    """Exactly `round(density * R * C)` blocks (at least one), chosen uniformly;
+    mask `[rows/bs, cols/bs]`, `density` in (0, 1]."""
+    r, c = _blocks("random", "rows", rows, block_size), _blocks("random", "cols", cols, block_size)
+    density = _fraction("random", "density", density, allow_zero=False)
     count = max(1, int(round(density * r * c)))
     chosen = np.random.default_rng(seed).choice(r * c, size=count, replace=False)
     mask = np.zeros(r * c, bool)
@@ -46,9 +70,10 @@ def random(rows: int, cols: int, block_size: int, density: float, seed: int = 0)
     return Layout(mask.reshape(r, c), block_size)
 
 
-def _square_graph(rows, cols, block_size):
-    r, c = _blocks(rows, block_size, "rows"), _blocks(cols, block_size, "cols")
-    return r, c, max(r, c)
+def _square_graph(where, rows, cols, block_size, density):
+    """Blocks `(R, C)`, the graph's node count `max(R, C)` and the checked density."""
+    r, c = _blocks(where, "rows", rows, block_size), _blocks(where, "cols", cols, block_size)
+    return r, c, max(r, c), _fraction(where, "density", density, allow_zero=False)
 
 
 def barabasi_albert(rows: int, cols: int, block_size: int, density: float = 0.1,
@@ -58,8 +83,9 @@ def barabasi_albert(rows: int, cols: int, block_size: int, density: float = 0.1,
     The graph has `n = max(R, C)` nodes; each new node links to `m ≈ density * n / 2`
     existing nodes chosen with probability proportional to their degree, so a few nodes
     (rows) collect very many blocks. The adjacency (with its diagonal) is cropped to `[R, C]`.
+    `density` in (0, 1].
     """
-    r, c, n = _square_graph(rows, cols, block_size)
+    r, c, n, density = _square_graph("barabasi_albert", rows, cols, block_size, density)
     m = int(np.clip(round(density * n / 2), 1, max(n - 1, 1)))
     rng = np.random.default_rng(seed)
     adj = np.eye(n, dtype=bool)
@@ -79,8 +105,9 @@ def watts_strogatz(rows: int, cols: int, block_size: int, density: float = 0.1,
                    rewire: float = 0.2, seed: int = 0) -> Layout:
     """Small-world pattern: a ring lattice of `k ≈ density * n` neighbours per node, each
     edge rewired to a random node with probability `rewire`; symmetric, with its diagonal,
-    cropped to `[R, C]`."""
-    r, c, n = _square_graph(rows, cols, block_size)
+    cropped to `[R, C]`. `density` in (0, 1], `rewire` in [0, 1]."""
+    r, c, n, density = _square_graph("watts_strogatz", rows, cols, block_size, density)
+    rewire = _fraction("watts_strogatz", "rewire", rewire, allow_zero=True)
     half = max(1, int(round(density * n / 2)))
     rng = np.random.default_rng(seed)
     adj = np.eye(n, dtype=bool)
@@ -95,8 +122,9 @@ def watts_strogatz(rows: int, cols: int, block_size: int, density: float = 0.1,
 
 # ---------------------------------------------------------------------- attention
 def causal(seq_len: int, block_size: int) -> Layout:
-    """Lower-triangular blocks (the diagonal included): plain causal attention."""
-    r, c = _grid(seq_len, block_size)
+    """Lower-triangular blocks (the diagonal included): plain causal attention; mask
+    `[seq_len/bs, seq_len/bs]`."""
+    r, c = _grid("causal", seq_len, block_size)
     return Layout(c <= r, block_size)
 
 
@@ -104,18 +132,23 @@ def local(seq_len: int, block_size: int, window: int, causal: bool = True) -> La
     """Sliding-window attention, `window` in tokens.
 
     A block is kept when any of its (query i, key j) pairs lies within the window:
-    `0 <= i - j < window` when `causal`, else `|i - j| < window`.
+    `0 <= i - j < window` when `causal`, else `|i - j| < window`. Mask
+    `[seq_len/bs, seq_len/bs]`.
     """
-    if window <= 0:
-        raise ValueError(f"window must be positive; got {window}")
-    r, c = _grid(seq_len, block_size)
+    return Layout(_local("local", seq_len, block_size, window, causal), block_size)
+
+
+def _local(where, seq_len, block_size, window, causal) -> np.ndarray:
+    """The boolean mask of `local` (arguments checked for the generator `where`)."""
+    r, c = _grid(where, seq_len, block_size)
+    window = _int(where, "window", window, 1)
     lo = (r - c - 1) * block_size + 1  # smallest i - j over the block's pairs
     hi = (r - c + 1) * block_size - 1  # largest
     if causal:
         keep = (hi >= 0) & (lo <= window - 1)
     else:
         keep = (hi > -window) & (lo < window)
-    return Layout(keep, block_size)
+    return keep
 
 
 def strided(seq_len: int, block_size: int, stride: int, causal: bool = True) -> Layout:
@@ -123,9 +156,11 @@ def strided(seq_len: int, block_size: int, stride: int, causal: bool = True) -> 
 
     Query i attends to the previous `stride` tokens (`0 <= i - j < stride`) and to every
     token j with `(i - j) mod stride == 0`; with `causal=False`, in both directions.
+    `stride` in tokens (a positive int); mask `[seq_len/bs, seq_len/bs]`.
     """
-    base = local(seq_len, block_size, stride, causal).mask
-    r, c = _grid(seq_len, block_size)
+    stride = _int("strided", "stride", stride, 1)
+    base = _local("strided", seq_len, block_size, stride, causal)
+    r, c = _grid("strided", seq_len, block_size)
     # (i - j) mod stride == 0 for some pair: the difference of block starts, shifted by
     # at most bs - 1 either way, hits a multiple of stride.
     d = ((r - c) * block_size) % stride
@@ -142,11 +177,15 @@ def fixed(seq_len: int, block_size: int, stride: int, summary: int | None = None
     Query i attends to the tokens of its own chunk of `stride` tokens
     (`j // stride == i // stride`) and to the last `summary` tokens of every chunk
     (`j mod stride >= stride - summary`, default one block); causal keeps `j <= i`.
+    `stride` and `summary` in tokens, positive ints, `summary <= stride`; mask
+    `[seq_len/bs, seq_len/bs]`.
     """
-    summary = block_size if summary is None else summary
-    if not 0 < summary <= stride:
-        raise ValueError(f"summary must be in (0, stride={stride}]; got {summary}")
-    r, c = _grid(seq_len, block_size)
+    r, c = _grid("fixed", seq_len, block_size)
+    stride = _int("fixed", "stride", stride, 1)
+    summary = _int("fixed", "summary", block_size if summary is None else summary, 1)
+    if summary > stride:
+        raise ValueError(f"layouts.fixed: summary must be in (0, stride={stride}]; "
+                         f"got {summary}")
     first_i, last_i = r * block_size, (r + 1) * block_size - 1
     first_j, last_j = c * block_size, (c + 1) * block_size - 1
     # same chunk: chunk ranges of the two blocks overlap
@@ -163,8 +202,13 @@ def fixed(seq_len: int, block_size: int, stride: int, summary: int | None = None
 def bigbird(seq_len: int, block_size: int, num_random: int = 3, window: int = 3,
             num_global: int = 2, seed: int = 0) -> Layout:
     """BigBird: `num_global` global block rows/columns, a band of `window` blocks around
-    the diagonal, and `num_random` random key blocks per query block (non-causal)."""
-    r, c = _grid(seq_len, block_size)
+    the diagonal, and `num_random` random key blocks per query block (non-causal).
+    Counts in blocks: `num_random`, `num_global` ints >= 0, `window` a positive int.
+    Mask `[seq_len/bs, seq_len/bs]`."""
+    r, c = _grid("bigbird", seq_len, block_size)
+    num_random = _int("bigbird", "num_random", num_random, 0)
+    window = _int("bigbird", "window", window, 1)
+    num_global = _int("bigbird", "num_global", num_global, 0)
     n = r.shape[0]
     keep = np.abs(r - c) <= window // 2
     keep[:num_global, :] = keep[:, :num_global] = True
@@ -176,7 +220,9 @@ def bigbird(seq_len: int, block_size: int, num_random: int = 3, window: int = 3,
 
 def longformer(seq_len: int, block_size: int, window: int, num_global: int = 1) -> Layout:
     """Longformer: a non-causal sliding window of `window` tokens each side plus
-    `num_global` global block rows and columns."""
-    keep = local(seq_len, block_size, window, causal=False).mask.copy()
+    `num_global` global block rows and columns (an int >= 0). Mask
+    `[seq_len/bs, seq_len/bs]`."""
+    keep = _local("longformer", seq_len, block_size, window, causal=False)
+    num_global = _int("longformer", "num_global", num_global, 0)
     keep[:num_global, :] = keep[:, :num_global] = True
     return Layout(keep, block_size)

@@ -136,8 +136,9 @@ def sdd_reference(a, b, *, layout, trans_a, trans_b, precision):
     bs, nnz = layout.block_size, layout.nnz
     coords = jnp.asarray(layout.coords[:nnz])
     a, b = _op(a, trans_a), _op(b, trans_b)  # [.., M, K], [.., K, N]
-    a_rows = a.reshape(a.shape[:-2] + (-1, bs, a.shape[-1]))  # [.., R, bs, K]
-    b_cols = jnp.swapaxes(b.reshape(b.shape[:-1] + (-1, bs)), -3, -2)  # [.., C, K, bs]
+    r, c = layout.mask.shape  # explicit sizes: K (or a batch) may be 0
+    a_rows = a.reshape(a.shape[:-2] + (r, bs, a.shape[-1]))  # [.., R, bs, K]
+    b_cols = jnp.swapaxes(b.reshape(b.shape[:-1] + (c, bs)), -3, -2)  # [.., C, K, bs]
     lhs = jnp.take(a_rows, coords[:, 0], axis=-3)  # [.., nnz, bs, K]
     rhs = jnp.take(b_cols, coords[:, 1], axis=-3)  # [.., nnz, K, bs]
     return _matmul(lhs, rhs, precision).astype(a.dtype)
@@ -149,7 +150,7 @@ def dsd_reference(s, b, *, layout, trans_s, trans_b, precision):
     bs = layout.block_size
     blocks, out_rows, in_rows = _oriented_blocks(s, layout, trans_s)
     b = _op(b, trans_b)  # [.., K, N]
-    b_rows = b.reshape(b.shape[:-2] + (-1, bs, b.shape[-1]))  # [.., K/bs, bs, N]
+    b_rows = b.reshape(b.shape[:-2] + (b.shape[-2] // bs, bs, b.shape[-1]))  # [.., K/bs,bs,N]
     products = _matmul(blocks, jnp.take(b_rows, in_rows, axis=-3), precision)  # [.., nnz, bs, N]
     m = layout.shape[1] if trans_s else layout.shape[0]
     out = _sum_into_lines(products, out_rows, m // bs)  # [.., M/bs, bs, N]
@@ -162,7 +163,8 @@ def dds_reference(a, w, *, layout, trans_a, trans_w, precision):
     bs = layout.block_size
     blocks, in_cols, out_cols = _oriented_blocks(w, layout, trans_w)
     a = _op(a, trans_a)  # [.., M, K]
-    a_cols = jnp.moveaxis(a.reshape(a.shape[:-1] + (-1, bs)), -2, -3)  # [.., K/bs, M, bs]
+    a_cols = a.reshape(a.shape[:-1] + (a.shape[-1] // bs, bs))  # [.., M, K/bs, bs]
+    a_cols = jnp.moveaxis(a_cols, -2, -3)  # [.., K/bs, M, bs]
     products = _matmul(jnp.take(a_cols, in_cols, axis=-3), blocks, precision)  # [.., nnz, M, bs]
     n = layout.shape[0] if trans_w else layout.shape[1]
     out = _sum_into_lines(products, out_cols, n // bs)  # [.., N/bs, M, bs]

@@ -64,12 +64,14 @@ class BlockSparseConv(nn.Module):
 
     Params: `kernel [kh, kw, nnz, bs, bs]`, `bias [Cout]`. All taps run as one
     block-sparse matmul (one kernel launch). Input `[N, H, W, Cin]` -> `[N, H', W', Cout]`.
+    `kernel_size` and `strides`: an int `n` (meaning `(n, n)`: the module is 2-D only) or
+    two ints; `padding`: `"SAME"`, `"VALID"`, an int or two `(low, high)` pairs.
     """
 
     layout: Layout
-    kernel_size: Sequence[int] = (3, 3)
-    strides: Sequence[int] = (1, 1)
-    padding: str | Sequence[tuple[int, int]] = "SAME"
+    kernel_size: int | Sequence[int] = (3, 3)
+    strides: int | Sequence[int] = (1, 1)
+    padding: str | int | Sequence[tuple[int, int]] = "SAME"
     use_bias: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
@@ -79,10 +81,12 @@ class BlockSparseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel, bias = _block_params(self, tuple(self.kernel_size))
+        kernel_size, strides, padding = _layers.conv_window(self.kernel_size, self.strides,
+                                                            self.padding)
+        kernel, bias = _block_params(self, kernel_size)
         dtype = _compute_dtype(self.dtype, x, self.param_dtype)
-        return _layers.conv(x, kernel, bias, self.layout, tuple(self.strides), self.padding,
-                            dtype, self.precision)
+        return _layers.conv(x, kernel, bias, self.layout, strides, padding, dtype,
+                            self.precision)
 
 
 class BlockSparseMultiHeadAttention(nn.Module):

@@ -46,17 +46,20 @@ class BlockSparseLinear(nnx.Module):
 
 class BlockSparseConv(nnx.Module):
     """NHWC convolution with one block-sparse `(Cin, Cout)` layout shared by every tap;
-    params `kernel [kh, kw, nnz, bs, bs]`, `bias [Cout]`."""
+    params `kernel [kh, kw, nnz, bs, bs]`, `bias [Cout]`. Input `[N, H, W, Cin]` ->
+    `[N, H', W', Cout]`. `kernel_size` and `strides`: an int `n` (meaning `(n, n)`: the
+    module is 2-D only) or two ints; `padding`: `"SAME"`, `"VALID"`, an int or two
+    `(low, high)` pairs."""
 
-    def __init__(self, layout: Layout, kernel_size: Sequence[int] = (3, 3), *,
-                 strides: Sequence[int] = (1, 1), padding="SAME", use_bias: bool = True,
+    def __init__(self, layout: Layout, kernel_size: int | Sequence[int] = (3, 3), *,
+                 strides: int | Sequence[int] = (1, 1), padding="SAME", use_bias: bool = True,
                  dtype=None, param_dtype=jnp.float32, precision=None,
                  kernel_init: Initializer | None = None,
                  bias_init: Initializer = nnx.initializers.zeros, rngs: nnx.Rngs):
-        kh, kw = kernel_size
+        (kh, kw), strides, padding = _layers.conv_window(kernel_size, strides, padding)
         bs, nnz = layout.block_size, layout.nnz
         init = kernel_init or _layers.fan_in_init(layout, taps=kh * kw)
-        self.layout, self.strides, self.padding = layout, tuple(strides), padding
+        self.layout, self.strides, self.padding = layout, strides, padding
         self.dtype, self.param_dtype, self.precision = dtype, param_dtype, precision
         self.kernel = nnx.Param(init(rngs.params(), (kh, kw, nnz, bs, bs), param_dtype))
         self.bias = (nnx.Param(bias_init(rngs.params(), (layout.shape[1],), param_dtype))

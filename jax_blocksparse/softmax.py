@@ -22,8 +22,8 @@ def softmax(blocks, layout: Layout, *, scale: float = 1.0, causal: bool = False)
       blocks: `[..., nnz, bs, bs]`, the blocks of `S` over `layout` (2-D, `[R, C]`);
         float32, float16 or bfloat16; any block size.
       scale: multiplies the scores before the softmax (a Python number, static).
-      causal: (a Python bool, static) also mask entries with `j > i + (C - R) * bs` (bottom-right aligned, as in
-        `attention`).
+      causal: (a Python bool, static) also mask entries with `j > i + (C - R) * bs`
+        (bottom-right aligned, as in `attention`).
     Returns:
       blocks `[..., nnz, bs, bs]` in `blocks`' dtype, computed in float32. A row with no
       entry gives zeros.

@@ -1,4 +1,9 @@
-"""The tests' oracle: float64 numpy, written the obvious way (dense, masked)."""
+"""The tests' oracle: float64 numpy, written the obvious way (dense, masked); and the
+helpers that run a check in a fresh process and read its kernel launch log."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import jax.numpy as jnp
@@ -60,3 +65,132 @@ TOLERANCE_HIGHEST = 1e-5
 def random(rng, shape, dtype):
     """Fresh standard-normal values in `dtype` (never zeros)."""
     return jnp.asarray(rng.standard_normal(shape), jnp.float32).astype(dtype)
+
+
+REFERENCES = {"sdd": sdd64, "dsd": dsd64, "dds": dds64}
+# which of an op's two arguments are block-sparse
+SPARSE_ARGS = {"sdd": (False, False), "dsd": (True, False), "dds": (False, True)}
+
+# The matmul family's numeric variants: dtype, precision and the relative error allowed.
+# On a GPU: bf16/f16 run the tensor-core kernels (wgmma or mma.sync), f32 the TF32 ones,
+# f32 with precision=HIGHEST the exact-float32 simple kernels.
+VARIANTS = {
+    "bf16": (jnp.bfloat16, None, TOLERANCE[jnp.bfloat16]),
+    "f16": (jnp.float16, None, TOLERANCE[jnp.float16]),
+    "f32": (jnp.float32, None, TOLERANCE[jnp.float32]),
+    "f32hi": (jnp.float32, "highest", TOLERANCE_HIGHEST),
+}
+
+
+def grads64(kind, args, layout, trans, cot):
+    """float64 gradients of `vdot(kind(*args), cot)` for both (unbatched) arguments of
+    sdd/dsd/dds: with X1 = op(arg1), X2 = op(arg2) dense and C the dense cotangent,
+    dX1 = C @ X2^T and dX2 = X1^T @ C, taken back to each argument's form."""
+    sparse = SPARSE_ARGS[kind]
+    x1, x2 = (op(to_dense64(a, layout) if s else f64(a), t)
+              for a, s, t in zip(args, sparse, trans))
+    c = to_dense64(cot, layout) if kind == "sdd" else f64(cot)
+    grads = (c @ x2.T, x1.T @ c)
+    return [from_dense64(op(g, t), layout) if s else op(g, t)
+            for g, s, t in zip(grads, sparse, trans)]
+
+
+# ------------------------------------------------------------------------------ attention
+ATTENTION_TOLERANCE = {jnp.float16: 6e-3, jnp.bfloat16: 3e-2}  # o, dq, dk, dv (relative)
+LSE_TOLERANCE = 1e-2  # absolute, on the finite entries
+
+
+def attention_mask64(layout, causal, tq, tk, kv_lengths):
+    """bool `[B, Hm, Tq, Tk]`: which keys each query may attend to."""
+    mask = layout.mask if layout.mask.ndim == 3 else layout.mask[None]
+    bs = layout.block_size
+    allowed = np.kron(mask, np.ones((bs, bs), bool))[None]
+    i, j = np.arange(tq)[:, None], np.arange(tk)[None, :]
+    if causal:
+        allowed = allowed & (j <= i + (tk - tq))
+    return allowed & (j < np.asarray(kv_lengths)[:, None, None, None])
+
+
+def attention64(q, k, v, allowed, scale, do, dlse):
+    """Dense masked attention and its gradients in float64: q `[B, Tq, Hq, D]`, k/v
+    `[B, Tk, Hkv, D]`, `allowed` from `attention_mask64`, cotangents `do` (of o) and
+    `dlse` (of lse `[B, Hq, Tq]`). Returns o, lse, dq, dk, dv; a row without keys has
+    o = 0, lse = -inf and zero gradients."""
+    q, k, v, do, dlse = (f64(x) for x in (q, k, v, do, dlse))
+    hq, hkv = q.shape[2], k.shape[2]
+    g = hq // hkv
+    heads = lambda x: x.transpose(0, 2, 1, 3)  # [B, T, H, D] <-> [B, H, T, D]
+    qh, doh = heads(q), heads(do)
+    kh, vh = heads(np.repeat(k, g, axis=2)), heads(np.repeat(v, g, axis=2))
+    s = qh @ kh.transpose(0, 1, 3, 2) * scale
+    allowed = np.broadcast_to(allowed, s.shape)
+    any_key = allowed.any(-1, keepdims=True)
+    m = np.where(any_key, np.max(np.where(allowed, s, -np.inf), -1, keepdims=True), 0.0)
+    e = np.where(allowed, np.exp(np.where(allowed, s, 0.0) - m), 0.0)
+    total = np.where(any_key, e.sum(-1, keepdims=True), 1.0)
+    p = e / total
+    lse = np.where(any_key, np.log(total) + m, -np.inf)[..., 0]
+    o = p @ vh
+    dp = doh @ vh.transpose(0, 1, 3, 2)
+    delta = (doh * o).sum(-1, keepdims=True) - np.where(any_key, dlse[..., None], 0.0)
+    ds = p * (dp - delta)
+    dq = ds @ kh * scale
+    dk = ds.transpose(0, 1, 3, 2) @ qh * scale
+    dv = p.transpose(0, 1, 3, 2) @ doh
+    b, _, tk, d = dk.shape
+    dk, dv = (x.reshape(b, hkv, g, tk, d).sum(2) for x in (dk, dv))
+    return heads(o), lse, heads(dq), heads(dk), heads(dv)
+
+
+def lse_err(got, want):
+    """Largest absolute error of a log-sum-exp on its finite entries; -inf must match."""
+    got, want = f64(got), np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert not np.any(np.isnan(got)), "NaN in the lse"
+    assert np.array_equal(np.isneginf(got), np.isneginf(want)), "rows without keys differ"
+    finite = np.isfinite(want)
+    return float(np.max(np.abs(got[finite] - want[finite]), initial=0.0))
+
+
+# ------------------------------------------------------------------- kernels in a subprocess
+# The kernel switches (JAX_BLOCKSPARSE_*) are read when the package loads: a check under
+# one runs in a fresh Python process.
+SWITCHES_OFF = {f"JAX_BLOCKSPARSE_{name}": "0" for name in (
+    "DISABLE_CUDA", "SIMPLE_KERNELS", "NO_WGMMA", "ATTN_FWD_VARIANT")}
+
+
+def run_python(code, **env):
+    """Runs `code` in a fresh Python that imports the test modules (this folder on its
+    path) and allocates GPU memory on demand (this process may hold most of it), with the
+    kernel switches off but those in `env`. Fails the calling test unless it exits 0;
+    returns the CompletedProcess."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+               **dict(SWITCHES_OFF, **env))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
+    return result
+
+
+CASE_MARK = "=== case "
+
+
+def mark_case(label):
+    """Starts a case's stretch of stderr (see `kernels_by_case`)."""
+    print(CASE_MARK + label, file=sys.stderr, flush=True)
+
+
+def kernels_by_case(stderr):
+    """{case label: [(op, kernel)]} from a run with JAX_BLOCKSPARSE_DEBUG set: the launch
+    lines `[jax_blocksparse] <op> <shapes ...>  kernel=<name>[  <timing>]` that follow
+    each `mark_case` line."""
+    cases, current = {}, None
+    for line in stderr.splitlines():
+        if line.startswith(CASE_MARK):
+            current = cases.setdefault(line[len(CASE_MARK):], [])
+        elif line.startswith("[jax_blocksparse] ") and "kernel=" in line:
+            assert current is not None, f"a launch before the first case: {line}"
+            current.append((line.split()[1], line.split("kernel=", 1)[1].strip()))
+    return cases

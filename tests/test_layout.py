@@ -1,5 +1,8 @@
 """Layout: properties, hashing, metadata, the generators, plotting, conversions."""
 
+import struct
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,8 +58,114 @@ def test_3d_masks():
 def test_bad_layouts():
     with pytest.raises(ValueError, match="mask"):
         jbs.Layout(np.ones(3), 16)
-    with pytest.raises(ValueError, match="block_size"):
-        jbs.Layout(np.ones((2, 2)), 0)
+    for block_size in (0, -16, True, np.bool_(True), 16.0, "16", None):
+        with pytest.raises(ValueError, match="block_size must be a positive int"):
+            jbs.Layout(np.ones((2, 2)), block_size)
+    assert jbs.Layout(np.ones((2, 2)), np.int64(16)).block_size == 16
+
+
+@pytest.mark.parametrize("mask, match", [
+    (np.array([["a", "b"]]), "dtype"),
+    (np.array([[1 + 1j, 0]]), "dtype complex"),
+    (np.array([[object(), object()]]), "dtype object"),
+    (np.array([[np.nan, 1.0]]), "0 or 1"),
+    (np.array([[np.inf, 0.0]]), "0 or 1"),
+    (np.array([[2, 0]]), "0 or 1"),
+    (np.array([[0.5, 1.0]]), "0 or 1"),
+    ([[1, 0], [1]], "mask"),
+    (np.zeros((0, 3), bool), "at least one block"),
+    (np.zeros((3, 0)), "at least one block"),
+    (np.zeros((0, 2, 2), bool), "at least one block"),
+])
+def test_masks_that_are_not_boolean_like_or_empty_are_refused(mask, match):
+    with pytest.raises(ValueError, match=match):
+        jbs.Layout(mask, 16)
+
+
+def test_boolean_like_masks_are_accepted():
+    expected = np.array([[True, False], [False, True]])
+    for mask in (expected, np.eye(2), np.eye(2, dtype=np.int8), np.eye(2, dtype=np.uint32),
+                 np.eye(2, dtype=np.float16), [[1, 0], [0, 1]], [[True, False], [False, True]],
+                 jnp.eye(2)):
+        layout = jbs.Layout(mask, 16)
+        assert layout.mask.dtype == np.bool_
+        np.testing.assert_array_equal(layout.mask, expected)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: layouts.random(128, 128, 0, 0.5), "random: block_size"),
+    (lambda: layouts.random(128, 128, -16, 0.5), "random: block_size"),
+    (lambda: layouts.random(128, 128, True, 0.5), "random: block_size"),
+    (lambda: layouts.random(128, 128, 16.0, 0.5), "random: block_size"),
+    (lambda: layouts.random(128, 100, 16, 0.5), "random: cols=100 must be a positive multiple"),
+    (lambda: layouts.random(0, 128, 16, 0.5), "random: rows must be a positive int"),
+    (lambda: layouts.random(128.0, 128, 16, 0.5), "random: rows must be a positive int"),
+    (lambda: layouts.random(128, 128, 16, 0), r"random: density .* \(0, 1\]"),
+    (lambda: layouts.random(128, 128, 16, 1.5), "random: density"),
+    (lambda: layouts.random(128, 128, 16, float("nan")), "random: density"),
+    (lambda: layouts.dense(-32, 64, 16), "dense: rows"),
+    (lambda: layouts.dense(64, 24, 16), "dense: cols=24"),
+    (lambda: layouts.barabasi_albert(128, 128, 16, 0), "barabasi_albert: density"),
+    (lambda: layouts.barabasi_albert(128, 128, 0), "barabasi_albert: block_size"),
+    (lambda: layouts.watts_strogatz(128, 128, 16, -0.1), "watts_strogatz: density"),
+    (lambda: layouts.watts_strogatz(128, 128, 16, rewire=-1), r"rewire .* \[0, 1\]"),
+    (lambda: layouts.watts_strogatz(128, 128, 16, rewire=1.5), "watts_strogatz: rewire"),
+    (lambda: layouts.causal(128, 0), "causal: block_size"),
+    (lambda: layouts.causal(100, 16), "causal: seq_len=100 must be a positive multiple"),
+    (lambda: layouts.local(128, 16, 0), "local: window must be a positive int"),
+    (lambda: layouts.local(128, 16, 2.5), "local: window"),
+    (lambda: layouts.strided(128, 16, 0), "strided: stride must be a positive int"),
+    (lambda: layouts.strided(128, 0, 64), "strided: block_size"),
+    (lambda: layouts.fixed(128, 16, 0), "fixed: stride must be a positive int"),
+    (lambda: layouts.fixed(128, 16, 64, summary=0), "fixed: summary"),
+    (lambda: layouts.fixed(128, 16, 64, summary=65), r"fixed: summary must be in \(0, stride"),
+    (lambda: layouts.fixed(0, 16, 64), "fixed: seq_len"),
+    (lambda: layouts.bigbird(128, 16, num_random=-1), "bigbird: num_random must be an int >= 0"),
+    (lambda: layouts.bigbird(128, 16, window=0), "bigbird: window must be a positive int"),
+    (lambda: layouts.bigbird(128, 16, num_global=-1), "bigbird: num_global"),
+    (lambda: layouts.bigbird(128, 0), "bigbird: block_size"),
+    (lambda: layouts.longformer(128, 16, 32, num_global=-1), "longformer: num_global"),
+    (lambda: layouts.longformer(128, 16, 0), "longformer: window"),
+])
+def test_generators_validate_their_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_generators_accept_edge_values():
+    assert layouts.bigbird(128, 16, num_random=0, num_global=0, window=1).nnz == 8
+    assert layouts.longformer(128, 16, 16, num_global=0) == layouts.local(128, 16, 16, False)
+    assert layouts.watts_strogatz(128, 128, 16, 0.25, rewire=0).density > 0
+    assert layouts.random(32, 32, 16, 1).nnz == 4
+    assert layouts.fixed(128, 16, 64, summary=64).nnz > 0
+
+
+def test_layout_is_an_ordinary_jit_argument():
+    """A Layout is a pytree without leaves: jit treats it as static without static_argnums."""
+    layout = layouts.random(64, 64, 16, 0.5, seed=1)
+    assert jax.tree.leaves(layout) == []
+    assert jax.tree.unflatten(jax.tree.structure(layout), []) is layout
+    x = jnp.arange(128, dtype=jnp.float32).reshape(2, 64)
+    w = jnp.ones((layout.nnz, 16, 16))
+    f = jax.jit(lambda x, layout: jbs.matmul(x, w, layout))
+    np.testing.assert_allclose(f(x, layout), jbs.matmul(x, w, layout))
+    np.testing.assert_allclose(f(x, jbs.Layout(np.array(layout.mask), 16)),
+                               jbs.matmul(x, w, layout))
+    other = layouts.random(64, 64, 16, 0.5, seed=2)
+    np.testing.assert_allclose(f(x, other), jbs.matmul(x, w[:other.nnz], other))
+    g = jax.jit(jax.grad(lambda x, layout: jbs.matmul(x, w, layout).sum()))
+    np.testing.assert_allclose(g(x, layout), jax.grad(lambda x: jbs.matmul(x, w, layout).sum())(x))
+
+
+def test_layout_is_an_ordinary_jit_argument_of_attention():
+    q = jax.random.normal(jax.random.key(0), (1, 128, 2, 64))
+    layout = jbs.Layout(np.array([[1, 0], [1, 1]], bool), 64)
+    f = jax.jit(lambda q, layout: jbs.attention(q, q, q, layout, causal=True))
+    np.testing.assert_allclose(f(q, layout), jbs.attention(q, q, q, layout, causal=True),
+                               rtol=1e-6, atol=1e-6)
+    local = jbs.Layout(np.array([[1, 0], [0, 1]], bool), 64)
+    np.testing.assert_allclose(f(q, local), jbs.attention(q, q, q, local, causal=True),
+                               rtol=1e-6, atol=1e-6)
 
 
 @settings(max_examples=40, deadline=None)
@@ -155,13 +264,59 @@ def test_causal_strided_fixed_bigbird_longformer():
     assert lf.mask[0].all() and lf.mask[:, 0].all()
 
 
+def read_png(path):
+    """(width, height) from the IHDR chunk, and the pixels `[height, width]` of an 8-bit
+    grayscale PNG written with filter 0 (as `_png.write_png` writes them)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height, depth, color = struct.unpack(">IIBB", data[16:26])
+    assert (depth, color) == (8, 0)  # 8-bit grayscale
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, width + 1)
+    assert not rows[:, 0].any()  # filter 0 on every row
+    return (width, height), rows[:, 1:]
+
+
 def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "layout.png"
-    layouts.bigbird(512, 64).plot(path)
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 100
-    jbs.Layout(np.ones((2, 4, 4), bool), 16).plot(tmp_path / "heads.png")
-    assert (tmp_path / "heads.png").stat().st_size > 100
+    layout = layouts.bigbird(512, 64)
+    layout.plot(path)
+    (width, height), pixels = read_png(path)
+    assert width == height == 512 and set(np.unique(pixels)) == {0, 255}
+    np.testing.assert_array_equal(pixels[::64, ::64] == 0, layout.mask)
+
+
+def test_plot_separates_heads_with_a_gray_column(tmp_path):
+    mask = np.zeros((3, 4, 5), bool)
+    mask[0, 0, 0] = mask[1, 3, 4] = mask[2] = True
+    jbs.Layout(mask, 16).plot(tmp_path / "heads.png")
+    (width, height), pixels = read_png(tmp_path / "heads.png")
+    gray = np.flatnonzero((pixels == 128).all(axis=0))
+    assert len(gray) == 2 and (pixels == 128).sum() == 2 * height  # two 1-pixel columns
+    tile = (width - 2) // 3
+    assert list(gray) == [tile, 2 * tile + 1] and height == 4 * tile // 5
+    heads = np.split(pixels, gray, axis=1)
+    assert heads[0][0, 0] == 0 and heads[0][-1, -1] == 255
+    assert heads[1][:, 0].min() == 128  # each later head starts with its separator
+    assert heads[1][-1, -1] == 0 and heads[1][0, 1] == 255
+    assert (heads[2][:, 1:] == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 2000), (2000, 2), (4, 4096), (4096, 4), (3000, 3000),
+                                   (2, 1500, 1500)])
+def test_plot_of_thin_and_big_masks_is_readable_and_keeps_every_block(tmp_path, shape):
+    mask = np.zeros(shape, bool)
+    mask[..., -1, -1] = mask[..., 0, 1] = True  # isolated blocks: OR-pooling must keep them
+    jbs.Layout(mask, 16).plot(tmp_path / "thin.png")
+    (width, height), pixels = read_png(tmp_path / "thin.png")
+    assert 64 <= width <= 1024 and 64 <= height <= 1024
+    assert pixels[-1, -1] == 0 and pixels[0].min() == 0
+    assert (pixels == 0).mean() < 0.1  # mostly white: a kept block stays small
 
 
 def test_work_list_covers_every_block_once_longest_first():

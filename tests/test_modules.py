@@ -1,6 +1,10 @@
 """Flax modules (linen and NNX): init/apply/grad against the ops they are built from, the
 flax conventions they follow, and an orbax save/restore."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,6 +103,46 @@ def test_conv_matches_dense_convolution(platform, padding, strides):
         x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
         precision="highest").sum())(dense_kernel)
     assert rel_err(g, np.asarray(jbs.from_dense(g_dense, layout), np.float64)) < 1e-5
+
+
+def test_conv_kernel_size_and_strides_may_be_ints():
+    """`kernel_size=3` means `(3, 3)` (the modules are 2-D only), `strides=2` `(2, 2)`,
+    `padding=1` `((1, 1), (1, 1))`, in linen and NNX."""
+    layout = jbs.layouts.random(32, 32, 16, 0.5, seed=1)
+    x = normal(6, (1, 7, 7, 32))
+    ints = bnn.BlockSparseConv(layout, kernel_size=3, strides=2, padding=1)
+    pairs = bnn.BlockSparseConv(layout, kernel_size=(3, 3), strides=(2, 2),
+                                padding=((1, 1), (1, 1)))
+    params = ints.init(jax.random.key(0), x)
+    assert params["params"]["kernel"].shape == (3, 3, layout.nnz, 16, 16)
+    np.testing.assert_array_equal(ints.apply(params, x), pairs.apply(params, x))
+    assert ints.apply(params, x).shape == (1, 4, 4, 32)
+    conv = bnnx.BlockSparseConv(layout, 3, strides=2, padding=1, rngs=nnx.Rngs(0))
+    assert read(conv.kernel).shape == (3, 3, layout.nnz, 16, 16)
+    assign(conv.kernel, params["params"]["kernel"])
+    np.testing.assert_array_equal(conv(x), pairs.apply(params, x))
+    assert bnnx.BlockSparseConv(layout, kernel_size=1, rngs=nnx.Rngs(0))(x).shape == x.shape
+    with pytest.raises(ValueError, match="kernel_size must be a positive int or two"):
+        bnn.BlockSparseConv(layout, kernel_size=(3, 3, 3)).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="strides"):
+        bnnx.BlockSparseConv(layout, 3, strides=0, rngs=nnx.Rngs(0))
+
+
+def test_flax_submodules_load_lazily(tmp_path):
+    """`import jax_blocksparse` does not import flax; `jbs.nn` and `jbs.nnx` load on use."""
+    code = ("import sys; import jax_blocksparse as jbs; assert 'flax' not in sys.modules; "
+            "assert 'nn' in dir(jbs); print(jbs.nn.BlockSparseDense.__name__, "
+            "jbs.nnx.BlockSparseLinear.__name__, 'flax' in sys.modules)")
+    root = os.path.dirname(os.path.dirname(jbs.__file__))  # where this jax_blocksparse is
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["BlockSparseDense", "BlockSparseLinear", "True"]
+    assert jbs.nn is bnn and jbs.nnx is bnnx
+    with pytest.raises(AttributeError, match="no attribute 'not_a_module'"):
+        jbs.not_a_module
 
 
 def test_attention_matches_flax_mha_with_the_layout_as_mask(platform):

@@ -1,46 +1,50 @@
 """Property tests: any small layout (empty rows, columns, whole matrix), any free size,
-any transposition, against the float64 reference."""
+any transposition, batched or not, against the float64 reference. On the CPU float32 at
+precision=HIGHEST; on a GPU every dtype variant (bf16, f16, f32 as TF32, f32 HIGHEST) at
+every block size, with free sizes of 1 to 300 (rows that fit no tile or vector width)."""
 
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from hypothesis import given, settings
+import pytest
+from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 import jax_blocksparse as jbs
-from reference import TOLERANCE_HIGHEST, dds64, dsd64, rel_err, sdd64
+from reference import VARIANTS, rel_err
+from test_matmul import make_case, run
 
 masks = st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(0, 2**31 - 1),
                   st.floats(0.0, 1.0)).map(
     lambda t: np.random.default_rng(t[2]).random((t[0], t[1])) < t[3])
+cases = dict(mask=masks, op=st.sampled_from(["sdd", "dsd", "dds"]), t1=st.booleans(),
+             t2=st.booleans(), lead=st.sampled_from([(), (2,)]),
+             rng_seed=st.integers(0, 2**31 - 1))
 
 
-@settings(max_examples=30, deadline=None)
-@given(mask=masks, bs=st.sampled_from([16, 32]), free=st.integers(1, 40),
-       op=st.sampled_from(["sdd", "dsd", "dds"]), t1=st.booleans(), t2=st.booleans(),
-       seed=st.integers(0, 2**31 - 1))
-def test_ops_match_reference(mask, bs, free, op, t1, t2, seed):
+def check(platform, variant, mask, bs, free, op, t1, t2, lead, rng_seed):
     layout = jbs.Layout(mask, bs)
-    rng = np.random.default_rng(seed)
-    p, q = layout.shape
+    dtype, precision, tol = VARIANTS[variant]
+    with jax.default_device(jax.devices(platform)[0]):
+        fn, args, ref = make_case(op, (t1, t2), dtype, layout, np.random.default_rng(rng_seed),
+                                  lead=lead, free=free)
+        out = run(platform, functools.partial(fn, precision=precision), *args)
+    assert out.dtype == dtype
+    assert rel_err(out, ref) < tol
 
-    def arr(*shape):
-        return jnp.asarray(rng.standard_normal(shape), jnp.float32)
 
-    def dense(rows, cols, t):
-        return arr(cols, rows) if t else arr(rows, cols)
+@seed(20261123)
+@settings(max_examples=30, deadline=None, database=None)
+@given(bs=st.sampled_from([16, 32]), free=st.integers(1, 40), **cases)
+def test_ops_match_reference(bs, free, **case):
+    check("cpu", "f32hi", bs=bs, free=free, **case)
 
-    blocks = arr(layout.nnz, bs, bs)
-    if op == "sdd":
-        args, ref = (dense(p, free, t1), dense(free, q, t2)), sdd64
-        fn = functools.partial(jbs.sdd, trans_a=t1, trans_b=t2)
-    elif op == "dsd":
-        args, ref = (blocks, dense(p if t1 else q, free, t2)), dsd64
-        fn = functools.partial(jbs.dsd, trans_s=t1, trans_b=t2)
-    else:
-        args, ref = (dense(free, q if t2 else p, t1), blocks), dds64
-        fn = functools.partial(jbs.dds, trans_a=t1, trans_w=t2)
-    out = jax.jit(functools.partial(fn, layout=layout, precision="highest"))(*args)
-    assert rel_err(out, ref(*args, layout, t1, t2)) < TOLERANCE_HIGHEST
+
+@pytest.mark.gpu
+@seed(20261124)
+@settings(max_examples=60, deadline=None, database=None)
+@given(variant=st.sampled_from(sorted(VARIANTS)), bs=st.sampled_from([16, 32, 64, 128]),
+       free=st.integers(1, 300), **cases)
+def test_ops_match_reference_gpu(variant, bs, free, **case):
+    check("gpu", variant, bs=bs, free=free, **case)

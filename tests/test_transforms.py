@@ -12,7 +12,6 @@ import pytest
 from jax.test_util import check_grads
 
 import jax_blocksparse as jbs
-from jax_blocksparse.attention import attention_p
 from reference import random, rel_err
 from test_attention import dense_reference
 from test_matmul import PLATFORMS, float64_enabled, poison
@@ -147,8 +146,8 @@ def test_attention_check_grads_order_3_float64():
         rng = np.random.default_rng(113)
         q, k, v = (x.astype(jnp.float64) for x in _attention_args(rng))
         lengths = jnp.array([27], jnp.int32)
-        f = lambda q, k, v: attention_p.bind(q, k, v, lengths, layout=ATT_LAYOUT, causal=True,
-                                             scale=0.3)
+        f = lambda q, k, v: jbs.attention(q, k, v, ATT_LAYOUT, causal=True, scale=0.3,
+                                          kv_lengths=lengths, return_lse=True)
         check_grads(f, (q, k, v), order=3, modes=["fwd", "rev"], atol=1e-6, rtol=1e-6)
 
 

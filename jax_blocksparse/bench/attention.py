@@ -17,6 +17,9 @@ from jax_blocksparse.attention_metadata import attention_metadata
 from .timing import median_ms
 
 QUICK = dict(seq_lens=[8192], head_dims=[128], layouts=["local", "causal"], batch=2, heads=16)
+# Without a GPU (the pure-JAX path on the CPU): small enough to finish in seconds.
+QUICK_CPU = dict(seq_lens=[2048], head_dims=[64], layouts=["local", "causal"], batch=1,
+                 heads=1, reps=1, dtype="float32")
 FULL = dict(seq_lens=[1024, 2048, 4096, 8192, 16384], head_dims=[64, 128],
             layouts=["local", "strided", "bigbird", "causal"], batch=2, heads=16)
 HEADER = (f"{'layout':>8} {'S':>6} {'D':>4} {'dens':>5} {'pass':>8} {'ms':>9} {'useful TF':>9} "
@@ -67,14 +70,20 @@ def _xla_masked(q, k, v, layout, causal, allowed, reps):
         return []
     tflops = 4 * b * h * d * allowed / ms / 1e9
     print(f"{'xla masked':>15} {s:>6} {d:>4} {allowed / s / s:5.3f} {'fwd':>8} {ms:9.3f} "
-          f"{tflops:9.1f}")
+          f"{tflops:9.3g}")
     return [dict(layout="xla_masked", seq_len=s, head_dim=d, density=allowed / s / s,
                  op="fwd", ms=ms, tflops=tflops)]
 
 
-def run(seq_lens, head_dims, layouts, batch, heads, reps=5, block_size=128):
+def run(seq_lens, head_dims, layouts, batch, heads, reps=5, block_size=128,
+        dtype="bfloat16"):
+    """Time forward and forward+backward of `attention` (`q, k, v [batch, S, heads, D]`
+    of `dtype`) for every (sequence length S, head dim D, layout kind of `make_layout`),
+    next to cuDNN (where available) and dense XLA attention with the layout as a mask;
+    print one row per measurement and return the rows as dicts (`layout, seq_len,
+    head_dim, density, op, ms, tflops`, and for ours `executed_tflops, speedup`)."""
     print(f"attention: jax {jax.__version__} on {jax.devices()[0].device_kind}; CUDA kernels: "
-          f"{jbs.cuda_available()}; B={batch} H={heads} bf16 block {block_size}")
+          f"{jbs.cuda_available()}; B={batch} H={heads} {dtype} block {block_size}")
     print(HEADER)
     print("-" * len(HEADER))
     rows = []
@@ -82,7 +91,7 @@ def run(seq_lens, head_dims, layouts, batch, heads, reps=5, block_size=128):
     for s in seq_lens:
         for d in head_dims:
             q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d), np.float32),
-                                   jnp.bfloat16) for _ in range(3))
+                                   dtype) for _ in range(3))
 
             def fwd_bwd(f):
                 return jax.jit(jax.grad(lambda q, k, v: f(q, k, v).astype(jnp.float32).sum(),
@@ -104,7 +113,7 @@ def run(seq_lens, head_dims, layouts, batch, heads, reps=5, block_size=128):
                 flops = 4 * batch * heads * d * pairs * (3.5 if name[1] == "fwd+bwd" else 1)
                 print(f"{'cuDNN' + (' causal' if name[0] else ''):>15} {s:>6} {d:>4} "
                       f"{pairs / full_pairs:5.3f} {name[1]:>8} {ms:9.3f} "
-                      f"{flops / ms / 1e9:9.1f}")
+                      f"{flops / ms / 1e9:9.3g}")
                 rows.append(dict(layout="cudnn" + ("_causal" if name[0] else ""), seq_len=s,
                                  head_dim=d, density=pairs / full_pairs, op=name[1], ms=ms,
                                  tflops=flops / ms / 1e9))
@@ -125,7 +134,7 @@ def run(seq_lens, head_dims, layouts, batch, heads, reps=5, block_size=128):
                                speedup=(base / ms) if base else None)
                     rows.append(row)
                     print(f"{kind:>8} {s:>6} {d:>4} {row['density']:5.3f} {op:>8} {ms:9.3f} "
-                          f"{row['tflops']:9.1f} {row['executed_tflops']:8.1f} "
+                          f"{row['tflops']:9.3g} {row['executed_tflops']:8.3g} "
                           f"{base if base else float('nan'):9.3f} "
                           f"{row['speedup'] if base else float('nan'):7.2f}", flush=True)
     return rows

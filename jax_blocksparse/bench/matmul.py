@@ -16,9 +16,13 @@ import numpy as np
 import jax_blocksparse as jbs
 from .timing import median_ms
 
-SHAPES = {"8192": (8192, 8192, 8192), "4096x1024": (4096, 1024, 4096)}
+SHAPES = {"8192": (8192, 8192, 8192), "4096x1024": (4096, 1024, 4096),
+          "1024": (1024, 1024, 1024)}
 QUICK = dict(dtypes=["bfloat16"], block_sizes=[16, 32, 64, 128], densities=[0.1],
              shapes=["8192"])
+# Without a GPU (the pure-JAX path on the CPU): small enough to finish in seconds.
+QUICK_CPU = dict(dtypes=["float32"], block_sizes=[32, 64], densities=[0.1], shapes=["1024"],
+                 reps=1)
 FULL = dict(dtypes=["bfloat16", "float16", "float32"], block_sizes=[16, 32, 64, 128],
             densities=[0.02, 0.05, 0.1, 0.25, 0.5], shapes=["8192", "4096x1024"])
 HEADER = (f"{'shape':>10} {'dtype':>8} {'bs':>4} {'dens':>5} {'pass':>4} {'ms':>9} "
@@ -30,7 +34,10 @@ def make_layout(kind, c, k, bs, density, seed):
 
 
 def run(dtypes, block_sizes, densities, shapes, layout_kind="random", reps=10):
-    """Print one row per measurement; return the rows as dicts."""
+    """Time the forward, dx and dW passes for every (shape name in `SHAPES`, dtype name,
+    block size, density); print one row per measurement and return the rows as dicts
+    (`shape, dtype, bs, density, layout, op, ms, tflops, dense_ms, dense_tflops, speedup`).
+    `reps` calls are timed back to back (see `median_ms`)."""
     print(f"matmul: jax {jax.__version__} on {jax.devices()[0].device_kind}; CUDA kernels: "
           f"{jbs.cuda_available()}; layout {layout_kind}")
     print(HEADER)
@@ -74,6 +81,6 @@ def run(dtypes, block_sizes, densities, shapes, layout_kind="random", reps=10):
                                    speedup=dense_ms[name] / ms)
                         rows.append(row)
                         print(f"{shape:>10} {dtype_name:>8} {bs:>4} {row['density']:5.3f} "
-                              f"{name:>4} {ms:9.3f} {row['tflops']:8.1f} {row['dense_ms']:9.3f} "
-                              f"{row['dense_tflops']:8.1f} {row['speedup']:7.2f}", flush=True)
+                              f"{name:>4} {ms:9.3f} {row['tflops']:8.3g} {row['dense_ms']:9.3f} "
+                              f"{row['dense_tflops']:8.3g} {row['speedup']:7.2f}", flush=True)
     return rows

@@ -1,0 +1,85 @@
+"""`BlockMask`: a block mask that is data (a jax array, possibly traced), not a static
+`Layout`.
+
+Data-dependent sparse attention (MoBA, NSA, top-k block selection) chooses the key blocks of
+each query block inside the training step; a `BlockMask` carries that choice into
+`attention`. It is a pytree: its mask array is a leaf, while the block size and the list
+capacity are static, so a jitted function that takes one as an argument compiles once per
+shape and reuses the program for every new mask of that shape. `attention` derives the
+block lists from it on the device (`attention_metadata.device_metadata`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@jax.tree_util.register_pytree_node_class
+class BlockMask:
+    """A block mask `[Bm, Hm, Rq, Rk]` (`Bm` 1 or the batch, `Hm` 1 or the query heads).
+
+    Build one with `BlockMask.from_mask`. Attributes: `mask` (bool jax array, a pytree
+    leaf), `block_size` and `max_blocks` (static).
+    """
+
+    def __init__(self, mask, block_size: int, max_blocks: int):
+        self.mask = mask
+        self.block_size = block_size
+        self.max_blocks = max_blocks
+
+    @classmethod
+    def from_mask(cls, mask, block_size: int, *, max_blocks: int | None = None) -> "BlockMask":
+        """A `BlockMask` from a boolean block mask.
+
+        Args:
+          mask: bool (or 0/1 numeric) `[Rq, Rk]`, `[H or 1, Rq, Rk]` or
+            `[B or 1, H or 1, Rq, Rk]`: block `(r, c)` is attended when true. May be traced.
+          block_size: edge of the blocks in elements (a positive Python int).
+          max_blocks: how many key blocks a query block may list (static; default `Rk`).
+            Attention's cost on the pure-JAX path grows with it. A query block whose mask
+            row lists more gets NaN outputs, never a silently truncated row.
+        Returns:
+          a `BlockMask` whose `mask` is bool `[Bm, Hm, Rq, Rk]`.
+        """
+        if isinstance(block_size, (bool, np.bool_)) or not isinstance(
+                block_size, (int, np.integer)) or block_size <= 0:
+            raise ValueError(f"BlockMask.from_mask: block_size must be a positive int; got "
+                             f"{block_size!r}")
+        mask = jnp.asarray(mask)
+        if mask.ndim not in (2, 3, 4):
+            raise ValueError(f"BlockMask.from_mask: mask must be [Rq, Rk], [H, Rq, Rk] or "
+                             f"[B, H, Rq, Rk]; got shape {mask.shape}")
+        if not (mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.integer)
+                or jnp.issubdtype(mask.dtype, jnp.floating)):
+            raise ValueError(f"BlockMask.from_mask: mask must be boolean or 0/1 numbers; got "
+                             f"dtype {mask.dtype}")
+        if 0 in mask.shape:
+            raise ValueError(f"BlockMask.from_mask: mask has an empty axis: {mask.shape}")
+        mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+        mask = mask if mask.dtype == jnp.bool_ else mask != 0
+        rk = mask.shape[-1]
+        if max_blocks is None:
+            max_blocks = rk
+        if isinstance(max_blocks, (bool, np.bool_)) or not isinstance(
+                max_blocks, (int, np.integer)) or max_blocks <= 0:
+            raise ValueError(f"BlockMask.from_mask: max_blocks must be a positive int; got "
+                             f"{max_blocks!r}")
+        return cls(mask, int(block_size), int(min(max_blocks, rk)))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """`(Bm, Hm, Rq, Rk)`."""
+        return tuple(self.mask.shape)
+
+    def __repr__(self):
+        return (f"BlockMask(shape={self.shape}, block_size={self.block_size}, "
+                f"max_blocks={self.max_blocks})")
+
+    def tree_flatten(self):
+        return (self.mask,), (self.block_size, self.max_blocks)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0], *aux)
