@@ -12,6 +12,7 @@ import importlib
 from . import layouts
 from ._cuda import cuda_available, cuda_built
 from .attention import attention
+from .block_mask import BlockMask
 from .conversions import from_dense, to_dense
 from .layout import Layout
 from .matmul import BLOCK_SIZES, DTYPES, dds, dsd, matmul, sdd
@@ -19,7 +20,7 @@ from .softmax import softmax
 
 __version__ = "0.1.0"
 
-__all__ = ["Layout", "layouts", "to_dense", "from_dense", "matmul", "sdd", "dsd", "dds",
+__all__ = ["Layout", "BlockMask", "layouts", "to_dense", "from_dense", "matmul", "sdd", "dsd", "dds",
            "attention", "softmax", "cuda_available", "cuda_built", "BLOCK_SIZES", "DTYPES"]
 
 _LAZY_SUBMODULES = ("nn", "nnx", "bench")
