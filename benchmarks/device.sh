@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build for sm_90a, then the stages named as arguments.
-#   bash benchmarks/device.sh test matmul attention peers lm
+#   bash benchmarks/device.sh test matmul attention peers lm sanitize
 # Logs go to $OUT (the device tool's output folder) or /tmp/out. peers.py (the shared peer
 # baselines) is read from _device/peers.py, a git-ignored copy carried with the call.
 set -o pipefail
@@ -14,6 +14,62 @@ if ! python3 -m pip install --no-build-isolation --no-deps -v . > "$out/build.lo
 fi
 echo "build: $(( $(date +%s) - start )) s"
 cd /tmp  # import the installed package, not the checkout
+
+# compute-sanitizer's memcheck, racecheck and synccheck (SANITIZE_TOOLS to pick) over
+# benchmarks/sanitize_workload.py, on this package's kernels only (their mangled names all
+# hold the namespace jax_blocksparse; XLA's own kernels run unchecked). The workload runs
+# once per kernel-selecting environment. One summary line per tool; full logs in
+# $out/sanitize_<tool>.log. Needs a machine where compute-sanitizer runs (the H100s on
+# Firecracker; gVisor refuses it).
+sanitize() {
+  local cs tool run envset log status=0
+  cs=$(command -v compute-sanitizer ||
+       ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  if [ -z "$cs" ]; then echo "sanitize: compute-sanitizer not found"; return 1; fi
+  local runs=("- matmul attention" "JAX_BLOCKSPARSE_NO_WGMMA=1 matmul"
+              "JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 matmul"
+              "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention")
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
+    log="$out/sanitize_$tool.log"
+    : > "$log"
+    local failed=0
+    for run in "${runs[@]}"; do
+      set -- $run
+      envset=$1
+      shift
+      [ "$envset" = - ] && envset=JAX_BLOCKSPARSE_DEBUG=1
+      echo "### $tool: $envset sanitize_workload.py $*" >> "$log"
+      env XLA_PYTHON_CLIENT_ALLOCATOR=platform XLA_FLAGS=--xla_gpu_autotune_level=0 \
+          JAX_BLOCKSPARSE_DEBUG=1 "$envset" \
+          "$cs" --tool "$tool" --kernel-name kns=jax_blocksparse --error-exitcode 1 \
+          python3 "$repo/benchmarks/sanitize_workload.py" "$@" >> "$log" 2>&1 ||
+        failed=$((failed + 1))
+    done
+    [ "$failed" = 0 ] || status=1
+    # "ERROR SUMMARY: N errors"; racecheck: "RACECHECK SUMMARY: N hazards displayed (E errors,
+    # W warnings)"; launches: the JAX_BLOCKSPARSE_DEBUG lines of the kernels that ran
+    python3 - "$log" "$tool" "$failed" "${#runs[@]}" <<'PY'
+import re, sys
+text = open(sys.argv[1], errors="replace").read()
+tool, failed, runs = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+errors = sum(int(n) for n in re.findall(r"ERROR SUMMARY: (\d+) error", text))
+hazards = re.findall(r"RACECHECK SUMMARY: (\d+) hazards? displayed "
+                     r"\((\d+) errors?, (\d+) warnings?\)", text)
+summaries = len(re.findall(r"(ERROR|RACECHECK) SUMMARY", text))
+kernels = sorted(set(re.findall(r"^\[jax_blocksparse\] (\w+) .*kernel=(.*)$", text, re.M)))
+launches = len(re.findall(r"^\[jax_blocksparse\] .*kernel=", text, re.M))
+line = f"{tool}: {errors} errors"
+if hazards:
+    total = [sum(int(h[i]) for h in hazards) for i in range(3)]
+    line = f"{tool}: {total[0]} hazards ({total[1]} errors, {total[2]} warnings)"
+line += (f"; {runs - failed}/{runs} runs exited 0, {summaries} summaries; {launches} launches of "
+         f"{len(kernels)} (op, kernel): " + ", ".join(f"{op} {k}" for op, k in kernels))
+print(line)
+PY
+  done
+  return $status
+}
+
 for stage in "$@"; do
   echo "=== $stage ($(date +%T))"
   case $stage in
@@ -32,6 +88,7 @@ for stage in "$@"; do
     lm) python3 "$repo/examples/sparse_transformer_lm.py" --compare --seq-len 8192 \
           --block-size 64 --stride 512 --d-model 1024 --heads 8 --layers 6 --batch 4 \
           --dtype bfloat16 2>&1 | tee "$out/lm.log" ;;
+    sanitize) sanitize ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

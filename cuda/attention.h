@@ -61,12 +61,32 @@ struct AttentionBackwardParams {
   float* delta;        // workspace [B, Hq, Tq]: rowsum(dO * O) - d_lse
 };
 
-cudaError_t LaunchAttentionForward(DType dtype, const AttentionForwardParams& p,
-                                   cudaStream_t stream);
-cudaError_t LaunchAttentionBackward(DType dtype, const AttentionBackwardParams& p,
-                                    cudaStream_t stream);
+namespace attn {
+struct Args;  // the kernels' arguments (attention_kernels.cuh)
+}
 
-// The kernels a launch runs, for JAX_BLOCKSPARSE_DEBUG.
-const char* AttentionKernelName(bool backward);
+// One row of the attention dispatch table (attention.cu): the kernels of one phase for
+// (dtype, head dim, block size) and, forward only, the value of the switch
+// JAX_BLOCKSPARSE_ATTN_FWD_VARIANT; the launcher and the name JAX_BLOCKSPARSE_DEBUG prints.
+struct AttentionKernel {
+  DType dtype;
+  int32_t head_dim, block_size;
+  bool backward;
+  int32_t fwd_variant;  // forward rows: the switch's value they serve (backward rows: 0)
+  const char* name;
+  cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
+};
+
+// The table's row for this call (the switch read once per process), or nullptr when the
+// table has none: the FFI handler reports the combination.
+const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
+                                           bool backward);
+
+// Run `kernel` (FindAttentionKernel's row for p's dtype and shape); cudaErrorInvalidValue
+// for shapes the kernels do not take.
+cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const AttentionForwardParams& p,
+                                   cudaStream_t stream);
+cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
+                                    const AttentionBackwardParams& p, cudaStream_t stream);
 
 }  // namespace jax_blocksparse

@@ -1,16 +1,11 @@
-// Fused attention kernels instantiated for __half (one file per dtype: parallel builds).
+// Fused attention kernels instantiated for __half (one file per dtype: parallel
+// builds); the dispatch table (attention.cu) names these launchers.
 #include "attention_kernels.cuh"
 
 namespace jax_blocksparse {
 namespace attn {
 
-cudaError_t ForwardF16(const Args& a, int head_dim, cudaStream_t stream) {
-  return head_dim == 64 ? RunForward<__half, 64>(a, stream) : RunForward<__half, 128>(a, stream);
-}
-
-cudaError_t BackwardF16(const Args& a, int head_dim, cudaStream_t stream) {
-  return head_dim == 64 ? RunBackward<__half, 64>(a, stream) : RunBackward<__half, 128>(a, stream);
-}
+JBS_ATTENTION_LAUNCHERS(template, __half)
 
 }  // namespace attn
 }  // namespace jax_blocksparse

@@ -140,11 +140,13 @@ __device__ __forceinline__ void LoadBT(uint32_t (&b)[4], const T* s, int k0, int
 
 // Write a warp's 16 rows x D float accumulators (n8 fragments) times `mul[row]` as T into
 // its 16 smem rows, then copy them to global rows (stride gstride) with 16-byte stores.
+// Those smem rows must be read by this warp only (its own Q / K / V rows).
 template <int D, int LD, typename T>
 __device__ __forceinline__ void StoreRows(const float (&acc)[D / 8][4], float mul0, float mul1,
                                           T* s, T* g, int64_t gstride, int lane) {
   using O = Ops<T>;
   const int gr = lane >> 2, tc = (lane & 3) * 2;
+  __syncwarp();  // WAR: other lanes' ldmatrix of these rows (forward: Q, when no key tile ran)
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) {
     *reinterpret_cast<uint32_t*>(s + gr * LD + n * 8 + tc) = O::Pack(acc[n][0] * mul0, acc[n][1] * mul0);
@@ -790,19 +792,6 @@ cudaError_t LaunchForwardTile(const Args& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// Forward tile choice. Default: 64-row CTAs (4 warps, 2 stages, ~87 KB smem at D = 128:
-// two CTAs per SM) for both block sizes (a 128 block is two CTAs). 1: 128-row CTAs (8 warps,
-// 3 stages, one CTA per SM) for block size 128 -- measured 3% slower on the H100 benchmark
-// (local causal window 1024, bf16, D = 128: 0.680 vs 0.661 ms), kept as a developer
-// override for timing: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 (read once per process).
-int ForwardVariant();
-
-template <typename T, int D>
-cudaError_t RunForward(const Args& a, cudaStream_t stream) {
-  if (ForwardVariant() == 1 && a.bs == 128) return LaunchForwardTile<T, D, 128, 3>(a, stream);
-  return LaunchForwardTile<T, D, 64, 2>(a, stream);
-}
-
 template <typename T, int D>
 cudaError_t RunBackward(const Args& a, cudaStream_t stream) {
   const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
@@ -836,6 +825,17 @@ cudaError_t RunBackward(const Args& a, cudaStream_t stream) {
   }
   return cudaSuccess;
 }
+
+// The launchers the dispatch table (attention.cu) names: declared `extern template` there,
+// instantiated in attention_<dtype>.cu (one translation unit per dtype: parallel builds).
+// Forward tiles <T, D, BM, STAGES>: 64 rows, 2 stages; 128 rows, 3 stages.
+#define JBS_ATTENTION_LAUNCHERS(PREFIX, T)                                        \
+  PREFIX cudaError_t LaunchForwardTile<T, 64, 64, 2>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardTile<T, 64, 128, 3>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardTile<T, 128, 64, 2>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardTile<T, 128, 128, 3>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t RunBackward<T, 64>(const Args&, cudaStream_t);               \
+  PREFIX cudaError_t RunBackward<T, 128>(const Args&, cudaStream_t);
 
 }  // namespace attn
 }  // namespace jax_blocksparse

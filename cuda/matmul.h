@@ -57,13 +57,46 @@ struct DdsParams {
   bool trans_a, trans_w, full_fp32;
 };
 
-// Each returns the launch's error (cudaGetLastError() after every launch).
-cudaError_t LaunchSdd(DType dtype, const SddParams& p, cudaStream_t stream);
-cudaError_t LaunchDsd(DType dtype, const DsdParams& p, cudaStream_t stream);
-cudaError_t LaunchDds(DType dtype, const DdsParams& p, cudaStream_t stream);
+namespace tc {
+struct TcArgs;  // the tensor-core kernels' arguments (tc_tile.cuh)
+}
 
-// The kernel variant the last Launch* on this thread ran ("wgmma", "mma.sync", "simple",
-// ...), for JAX_BLOCKSPARSE_DEBUG.
-const char* LastMatmulKernelName();
+// One row of the matmul family's dispatch table (matmul_tc.cu): (dtype, block size, path,
+// tile-kernel mode, transposes) -> launcher and the name JAX_BLOCKSPARSE_DEBUG prints. The
+// mode is SDD (sdd) or DS (dds, and dsd run as a transposed dds); the transposes are those
+// of the tile kernel's operands (dsd's are flipped), compiled into the wgmma kernels and
+// runtime flags of the mma.sync kernels.
+enum class MatmulPath {
+  kSimple,   // exact float32 (precision=HIGHEST), or JAX_BLOCKSPARSE_SIMPLE_KERNELS=1
+  kMmaSync,  // tensor cores (TF32 for float32), sm_80+
+  kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
+             // unless JAX_BLOCKSPARSE_NO_WGMMA=1
+  kNone,     // an empty output on the tensor-core paths: nothing to launch
+};
+struct MatmulKernel {
+  DType dtype;
+  int32_t block_size;
+  MatmulPath path;
+  int8_t sdd;     // 1: SDD mode, 0: DS mode, -1: either (simple rows: one kernel per op)
+  int8_t ta, tb;  // the tile kernel's transposes; -1: either (runtime flags)
+  const char* name;
+  // kMmaSync, kWgmma: the launcher; kSimple: nullptr (the op's simple kernel); kNone: nullptr
+  cudaError_t (*launch)(tc::TcArgs args, cudaStream_t stream);
+  // kWgmma: whether this call can run it (device, build, alignment); else nullptr
+  bool (*usable)(const tc::TcArgs& args, int block_size);
+};
+
+// The row that runs this call (the path chosen from the precision, the switches read once
+// per process, the device and the operands' alignment), or nullptr when the table has no
+// row for (dtype, block size): the FFI handler reports the combination.
+const MatmulKernel* SelectSdd(DType dtype, const SddParams& p);
+const MatmulKernel* SelectDsd(DType dtype, const DsdParams& p);
+const MatmulKernel* SelectDds(DType dtype, const DdsParams& p);
+
+// Run `kernel` (what Select* returned for these parameters); each returns the launch's
+// error (cudaGetLastError() after every launch).
+cudaError_t LaunchSdd(const MatmulKernel& kernel, const SddParams& p, cudaStream_t stream);
+cudaError_t LaunchDsd(const MatmulKernel& kernel, const DsdParams& p, cudaStream_t stream);
+cudaError_t LaunchDds(const MatmulKernel& kernel, const DdsParams& p, cudaStream_t stream);
 
 }  // namespace jax_blocksparse

@@ -1,7 +1,7 @@
 // Simple CUDA kernels for the matmul family: one thread per output element, float32
-// accumulation in a fixed order (deterministic). The portable baseline: matmul_tc.cu runs
-// them for exact float32 (precision=HIGHEST), for block sizes the tensor-core kernels do
-// not cover, and when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 (A/B checks).
+// accumulation in a fixed order (deterministic). The portable baseline: the dispatch table
+// (matmul_tc.cu) runs them for exact float32 (precision=HIGHEST) and when
+// JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 (A/B checks), at the block sizes it lists.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

@@ -1,36 +1,94 @@
-// The launchers of matmul.h: map each op onto the tensor-core tile kernel (tc_tile.cuh), or
-// onto the simple kernels (matmul_simple.cu) for exact float32 (precision=HIGHEST), block
-// sizes other than 16/32/64/128, or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1. On an sm_90
-// device with sm_90a code built, dds and dsd in bf16/f16 at block sizes 64/128 with 16-byte
-// aligned operand rows run the wgmma kernel instead (matmul_wgmma_impl.cuh; switched off
-// by JAX_BLOCKSPARSE_NO_WGMMA=1).
+// The launchers of matmul.h and the family's dispatch table. Each op runs on the tensor-core
+// tile kernel (tc_tile.cuh), or on the simple kernels (matmul_simple.cu) for exact float32
+// (precision=HIGHEST) or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1. On an sm_90 device with
+// sm_90a code built, bf16/f16 at block sizes 64/128 with 16-byte aligned operand rows run
+// the wgmma kernel instead (matmul_wgmma_impl.cuh; switched off by JAX_BLOCKSPARSE_NO_WGMMA=1).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "matmul_simple.h"
-#include "matmul_wgmma.h"
-#include "tc_tile.cuh"
+#include "matmul_tc_impl.cuh"
+#include "matmul_wgmma_impl.cuh"
+#include "switches.h"
 
 namespace jax_blocksparse {
+namespace tc {
+JBS_TC_LAUNCHERS(extern template, float)
+JBS_TC_LAUNCHERS(extern template, __half)
+JBS_TC_LAUNCHERS(extern template, __nv_bfloat16)
+}  // namespace tc
+namespace wg {
+JBS_WGMMA_LAUNCHERS(extern template, __half)
+JBS_WGMMA_LAUNCHERS(extern template, __nv_bfloat16)
+}  // namespace wg
+
 namespace {
 
 using tc::TcArgs;
 
-// The kernel the last launch on this thread ran, for JAX_BLOCKSPARSE_DEBUG.
-thread_local const char* last_kernel = "none";
+#define JBS_SIMPLE_ROWS(DT)                                                            \
+  {DT, 16, MatmulPath::kSimple, -1, -1, -1, "simple", nullptr, nullptr},               \
+      {DT, 32, MatmulPath::kSimple, -1, -1, -1, "simple", nullptr, nullptr},           \
+      {DT, 64, MatmulPath::kSimple, -1, -1, -1, "simple", nullptr, nullptr},           \
+      {DT, 128, MatmulPath::kSimple, -1, -1, -1, "simple", nullptr, nullptr}
+#define JBS_MMA_ROW(DT, T, BS, SDD, C, NAME) \
+  {DT, BS, MatmulPath::kMmaSync, SDD, -1, -1, NAME, tc::Run<T, tc::C>, nullptr}
+#define JBS_MMA_ROWS(DT, T, NAME)                                                  \
+  JBS_MMA_ROW(DT, T, 16, 1, Sdd16, NAME), JBS_MMA_ROW(DT, T, 32, 1, Sdd32, NAME),  \
+      JBS_MMA_ROW(DT, T, 64, 1, Sdd64, NAME), JBS_MMA_ROW(DT, T, 128, 1, Ds128, NAME), \
+      JBS_MMA_ROW(DT, T, 16, 0, Ds16, NAME), JBS_MMA_ROW(DT, T, 32, 0, Ds32, NAME),    \
+      JBS_MMA_ROW(DT, T, 64, 0, Ds64, NAME), JBS_MMA_ROW(DT, T, 128, 0, Ds128, NAME)
+#define JBS_WG_ROW(DT, T, BS, SDD, C, TA, TB)                                          \
+  {DT, BS, MatmulPath::kWgmma, SDD, TA, TB, "wgmma", wg::Run<T, wg::C, TA != 0, TB != 0>, \
+   wg::WgmmaUsable<T>}
+#define JBS_WG_TRANS_ROWS(DT, T, BS, SDD, C)                                   \
+  JBS_WG_ROW(DT, T, BS, SDD, C, 0, 0), JBS_WG_ROW(DT, T, BS, SDD, C, 0, 1),    \
+      JBS_WG_ROW(DT, T, BS, SDD, C, 1, 0), JBS_WG_ROW(DT, T, BS, SDD, C, 1, 1)
+#define JBS_WG_ROWS(DT, T)                                                          \
+  JBS_WG_TRANS_ROWS(DT, T, 64, 1, Sdd64), JBS_WG_TRANS_ROWS(DT, T, 128, 1, Sdd128), \
+      JBS_WG_TRANS_ROWS(DT, T, 64, 0, Wg64), JBS_WG_TRANS_ROWS(DT, T, 128, 0, Wg128)
 
-bool ForceSimple() {
-  static const bool force = [] {
-    const char* v = std::getenv("JAX_BLOCKSPARSE_SIMPLE_KERNELS");
-    return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
-  }();
-  return force;
+// (dtype, block size, path, mode, transposes) -> launcher, name. Every (dtype, block size)
+// listed has kSimple and kMmaSync rows; kWgmma rows where the wgmma kernels exist.
+const MatmulKernel kMatmulKernels[] = {
+    JBS_SIMPLE_ROWS(DType::kF32),
+    JBS_SIMPLE_ROWS(DType::kF16),
+    JBS_SIMPLE_ROWS(DType::kBF16),
+    JBS_MMA_ROWS(DType::kF32, float, "mma.sync(tf32)"),
+    JBS_MMA_ROWS(DType::kF16, __half, "mma.sync"),
+    JBS_MMA_ROWS(DType::kBF16, __nv_bfloat16, "mma.sync"),
+    JBS_WG_ROWS(DType::kF16, __half),
+    JBS_WG_ROWS(DType::kBF16, __nv_bfloat16),
+};
+#undef JBS_SIMPLE_ROWS
+#undef JBS_MMA_ROW
+#undef JBS_MMA_ROWS
+#undef JBS_WG_ROW
+#undef JBS_WG_TRANS_ROWS
+#undef JBS_WG_ROWS
+
+// An empty output on the tensor-core paths: nothing runs.
+const MatmulKernel kNothing = {DType::kF32, 0, MatmulPath::kNone, -1, -1, -1, "none(empty)",
+                               nullptr, nullptr};
+
+bool Listed(DType dtype, int block_size) {
+  for (const MatmulKernel& k : kMatmulKernels)
+    if (k.dtype == dtype && k.block_size == block_size) return true;
+  return false;
 }
 
-bool TcBlockSize(int bs) { return bs == 16 || bs == 32 || bs == 64 || bs == 128; }
+// Whether row k serves a tile-kernel launch `t` (a row's -1 matches either value).
+bool Serves(const MatmulKernel& k, const TcArgs& t) {
+  return (k.sdd < 0 || k.sdd == int(t.sdd)) && (k.ta < 0 || k.ta == int(t.ta)) &&
+         (k.tb < 0 || k.tb == int(t.tb));
+}
+
+const MatmulKernel* Find(DType dtype, int block_size, MatmulPath path, const TcArgs& t) {
+  for (const MatmulKernel& k : kMatmulKernels)
+    if (k.dtype == dtype && k.block_size == block_size && k.path == path && Serves(k, t))
+      return &k;
+  return nullptr;
+}
 
 int ElemBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
 
@@ -41,12 +99,11 @@ bool Vec(const void* base, int64_t ld, int64_t batch_stride, DType d) {
          batch_stride % per16 == 0;
 }
 
-bool NoWgmma() {
-  static const bool off = [] {
-    const char* v = std::getenv("JAX_BLOCKSPARSE_NO_WGMMA");
-    return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
-  }();
-  return off;
+TcArgs Aligned(DType dtype, TcArgs t) {
+  t.a_vec = Vec(t.a, t.lda, t.a_bstride, dtype);
+  t.b_vec = Vec(t.b, t.ldb, t.b_bstride, dtype);
+  t.o_vec = Vec(t.out, t.ldo, t.o_bstride, dtype);
+  return t;
 }
 
 // The output lines of dsd/dds: their block lists and the launch order.
@@ -60,43 +117,11 @@ void SetLines(TcArgs& t, const Params& p, int64_t lines) {
   t.batch = p.batch;
 }
 
-cudaError_t Dispatch(DType dtype, TcArgs t, int bs, cudaStream_t stream) {
-  t.a_vec = Vec(t.a, t.lda, t.a_bstride, dtype);
-  t.b_vec = Vec(t.b, t.ldb, t.b_bstride, dtype);
-  t.o_vec = Vec(t.out, t.ldo, t.o_bstride, dtype);
-  switch (dtype) {
-    case DType::kBF16:
-      if (!NoWgmma() && wg::WgmmaUsable<__nv_bfloat16>(t, bs)) {
-        last_kernel = "wgmma";
-        return wg::LaunchWgmma<__nv_bfloat16>(t, bs, stream);
-      }
-      last_kernel = "mma.sync";
-      return tc::LaunchTc<__nv_bfloat16>(t, bs, stream);
-    case DType::kF16:
-      if (!NoWgmma() && wg::WgmmaUsable<__half>(t, bs)) {
-        last_kernel = "wgmma";
-        return wg::LaunchWgmma<__half>(t, bs, stream);
-      }
-      last_kernel = "mma.sync";
-      return tc::LaunchTc<__half>(t, bs, stream);
-    case DType::kF32:
-      last_kernel = "mma.sync(tf32)";
-      return tc::LaunchTc<float>(t, bs, stream);
-  }
-  return cudaErrorInvalidValue;
-}
+bool Empty(const SddParams& p) { return p.batch == 0 || p.nnz == 0; }
+bool Empty(const DsdParams& p) { return p.batch == 0 || p.n == 0 || p.m / p.block_size == 0; }
+bool Empty(const DdsParams& p) { return p.batch == 0 || p.m == 0 || p.n / p.block_size == 0; }
 
-}  // namespace
-
-const char* LastMatmulKernelName() { return last_kernel; }
-
-cudaError_t LaunchSdd(DType dtype, const SddParams& p, cudaStream_t stream) {
-  if ((dtype == DType::kF32 && p.full_fp32) || !TcBlockSize(p.block_size) || ForceSimple()) {
-    last_kernel = "simple";
-    return LaunchSddSimple(dtype, p, stream);
-  }
-  last_kernel = "none(empty)";
-  if (p.batch == 0 || p.nnz == 0) return cudaSuccess;
+TcArgs Args(const SddParams& p) {
   const int64_t bs = p.block_size;
   TcArgs t{};
   t.sdd = true;
@@ -116,19 +141,13 @@ cudaError_t LaunchSdd(DType dtype, const SddParams& p, cudaStream_t stream) {
   t.coords = p.coords;
   t.nnz = p.nnz;
   t.batch = p.batch;
-  return Dispatch(dtype, t, p.block_size, stream);
+  return t;
 }
 
 // Y = op(S) @ op(B) runs as Y^T = op(B)^T @ op(S)^T: a dds whose dense operand is op(B)^T
 // ([n, k]) and whose blocks are read as op(S)^T, with the tile stored transposed.
-cudaError_t LaunchDsd(DType dtype, const DsdParams& p, cudaStream_t stream) {
-  if ((dtype == DType::kF32 && p.full_fp32) || !TcBlockSize(p.block_size) || ForceSimple()) {
-    last_kernel = "simple";
-    return LaunchDsdSimple(dtype, p, stream);
-  }
-  const int64_t bs = p.block_size, lines = p.m / bs;
-  last_kernel = "none(empty)";
-  if (p.batch == 0 || p.n == 0 || lines == 0) return cudaSuccess;
+TcArgs Args(const DsdParams& p) {
+  const int64_t bs = p.block_size;
   TcArgs t{};
   t.sdd = false;
   t.a = p.b;
@@ -144,18 +163,12 @@ cudaError_t LaunchDsd(DType dtype, const DsdParams& p, cudaStream_t stream) {
   t.o_bstride = p.m * p.n;
   t.o_trans = true;
   t.M = p.n;
-  SetLines(t, p, lines);
-  return Dispatch(dtype, t, p.block_size, stream);
+  SetLines(t, p, p.m / bs);
+  return t;
 }
 
-cudaError_t LaunchDds(DType dtype, const DdsParams& p, cudaStream_t stream) {
-  if ((dtype == DType::kF32 && p.full_fp32) || !TcBlockSize(p.block_size) || ForceSimple()) {
-    last_kernel = "simple";
-    return LaunchDdsSimple(dtype, p, stream);
-  }
-  const int64_t bs = p.block_size, lines = p.n / bs;
-  last_kernel = "none(empty)";
-  if (p.batch == 0 || p.m == 0 || lines == 0) return cudaSuccess;
+TcArgs Args(const DdsParams& p) {
+  const int64_t bs = p.block_size;
   TcArgs t{};
   t.sdd = false;
   t.a = p.a;
@@ -171,8 +184,56 @@ cudaError_t LaunchDds(DType dtype, const DdsParams& p, cudaStream_t stream) {
   t.o_bstride = p.m * p.n;
   t.o_trans = false;
   t.M = p.m;
-  SetLines(t, p, lines);
-  return Dispatch(dtype, t, p.block_size, stream);
+  SetLines(t, p, p.n / bs);
+  return t;
+}
+
+// The path: simple for exact float32 or when switched on; nothing for an empty output;
+// wgmma where its row exists, it is not switched off and usable here; else mma.sync.
+template <typename Params>
+const MatmulKernel* Select(DType dtype, const Params& p) {
+  const int bs = p.block_size;
+  if (!Listed(dtype, bs)) return nullptr;
+  const Switches& sw = GetSwitches();
+  if ((dtype == DType::kF32 && p.full_fp32) || sw.simple_kernels)
+    return Find(dtype, bs, MatmulPath::kSimple, TcArgs{});
+  if (Empty(p)) return &kNothing;
+  const TcArgs t = Aligned(dtype, Args(p));
+  const MatmulKernel* wgmma = sw.no_wgmma ? nullptr : Find(dtype, bs, MatmulPath::kWgmma, t);
+  if (wgmma != nullptr && wgmma->usable(t, bs)) return wgmma;
+  return Find(dtype, bs, MatmulPath::kMmaSync, t);
+}
+
+template <typename Params>
+cudaError_t Launch(const MatmulKernel& k, const Params& p, cudaStream_t stream,
+                   cudaError_t (*simple)(DType, const Params&, cudaStream_t)) {
+  switch (k.path) {
+    case MatmulPath::kNone: return cudaSuccess;
+    case MatmulPath::kSimple: return simple(k.dtype, p, stream);
+    case MatmulPath::kMmaSync:
+    case MatmulPath::kWgmma: {
+      const TcArgs t = Aligned(k.dtype, Args(p));
+      if (k.block_size != p.block_size || !Serves(k, t)) return cudaErrorInvalidValue;
+      return k.launch(t, stream);
+    }
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+const MatmulKernel* SelectSdd(DType dtype, const SddParams& p) { return Select(dtype, p); }
+const MatmulKernel* SelectDsd(DType dtype, const DsdParams& p) { return Select(dtype, p); }
+const MatmulKernel* SelectDds(DType dtype, const DdsParams& p) { return Select(dtype, p); }
+
+cudaError_t LaunchSdd(const MatmulKernel& kernel, const SddParams& p, cudaStream_t stream) {
+  return Launch(kernel, p, stream, LaunchSddSimple);
+}
+cudaError_t LaunchDsd(const MatmulKernel& kernel, const DsdParams& p, cudaStream_t stream) {
+  return Launch(kernel, p, stream, LaunchDsdSimple);
+}
+cudaError_t LaunchDds(const MatmulKernel& kernel, const DdsParams& p, cudaStream_t stream) {
+  return Launch(kernel, p, stream, LaunchDdsSimple);
 }
 
 }  // namespace jax_blocksparse

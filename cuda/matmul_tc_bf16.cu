@@ -3,6 +3,6 @@
 
 namespace jax_blocksparse {
 namespace tc {
-template cudaError_t LaunchTc<__nv_bfloat16>(const TcArgs&, int, cudaStream_t);
+JBS_TC_LAUNCHERS(template, __nv_bfloat16)
 }  // namespace tc
 }  // namespace jax_blocksparse

@@ -3,6 +3,6 @@
 
 namespace jax_blocksparse {
 namespace tc {
-template cudaError_t LaunchTc<float>(const TcArgs&, int, cudaStream_t);
+JBS_TC_LAUNCHERS(template, float)
 }  // namespace tc
 }  // namespace jax_blocksparse

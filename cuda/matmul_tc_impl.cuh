@@ -1,6 +1,6 @@
-// Tile configurations per block size and the launcher of the tensor-core kernel; included
-// by one translation unit per dtype (matmul_tc_{bf16,f16,f32}.cu) so that the CUDA build
-// compiles them in parallel.
+// Tile configurations per block size and the launcher of the tensor-core kernel; its
+// instantiations live in one translation unit per dtype (matmul_tc_{bf16,f16,f32}.cu) so
+// that the CUDA build compiles them in parallel.
 #pragma once
 
 #include <atomic>
@@ -43,16 +43,16 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T>
-cudaError_t LaunchTc(const TcArgs& args, int block_size, cudaStream_t stream) {
-  switch (block_size) {
-    case 16: return args.sdd ? Run<T, Sdd16>(args, stream) : Run<T, Ds16>(args, stream);
-    case 32: return args.sdd ? Run<T, Sdd32>(args, stream) : Run<T, Ds32>(args, stream);
-    case 64: return args.sdd ? Run<T, Sdd64>(args, stream) : Run<T, Ds64>(args, stream);
-    case 128: return Run<T, Ds128>(args, stream);
-    default: return cudaErrorInvalidValue;
-  }
-}
+// The launchers the dispatch table (matmul_tc.cu) names: declared `extern template` there,
+// instantiated in matmul_tc_<dtype>.cu. Block size 128 runs Ds128 in both modes.
+#define JBS_TC_LAUNCHERS(PREFIX, T)                          \
+  PREFIX cudaError_t Run<T, Sdd16>(TcArgs, cudaStream_t);    \
+  PREFIX cudaError_t Run<T, Sdd32>(TcArgs, cudaStream_t);    \
+  PREFIX cudaError_t Run<T, Sdd64>(TcArgs, cudaStream_t);    \
+  PREFIX cudaError_t Run<T, Ds16>(TcArgs, cudaStream_t);     \
+  PREFIX cudaError_t Run<T, Ds32>(TcArgs, cudaStream_t);     \
+  PREFIX cudaError_t Run<T, Ds64>(TcArgs, cudaStream_t);     \
+  PREFIX cudaError_t Run<T, Ds128>(TcArgs, cudaStream_t);
 
 }  // namespace tc
 }  // namespace jax_blocksparse

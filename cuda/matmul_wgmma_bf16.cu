@@ -3,7 +3,6 @@
 
 namespace jax_blocksparse {
 namespace wg {
-template bool WgmmaUsable<__nv_bfloat16>(const tc::TcArgs&, int);
-template cudaError_t LaunchWgmma<__nv_bfloat16>(const tc::TcArgs&, int, cudaStream_t);
+JBS_WGMMA_LAUNCHERS(template, __nv_bfloat16)
 }  // namespace wg
 }  // namespace jax_blocksparse

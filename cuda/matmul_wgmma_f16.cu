@@ -3,7 +3,6 @@
 
 namespace jax_blocksparse {
 namespace wg {
-template bool WgmmaUsable<__half>(const tc::TcArgs&, int);
-template cudaError_t LaunchWgmma<__half>(const tc::TcArgs&, int, cudaStream_t);
+JBS_WGMMA_LAUNCHERS(template, __half)
 }  // namespace wg
 }  // namespace jax_blocksparse

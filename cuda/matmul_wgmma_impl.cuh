@@ -1,7 +1,7 @@
 // Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose; see the DS
 // mode in tc_tile.cuh for the mapping) on warpgroup MMAs (wgmma.mma_async), for 16-bit
-// types and block sizes 64 / 128. Included by one translation unit per dtype
-// (matmul_wgmma_{bf16,f16}.cu).
+// types and block sizes 64 / 128. Instantiated in one translation unit per dtype
+// (matmul_wgmma_{bf16,f16}.cu); the dispatch table (matmul_tc.cu) names the launchers.
 //
 // The CTA owns an output tile of BM = 64*NWG rows of the dense dimension x one line (BN =
 // bs columns); warpgroup w computes rows [64w, 64w+64) with one m64nBSk16 wgmma per 16 of
@@ -29,7 +29,7 @@
 
 #include "launch_util.h"
 
-#include "matmul_wgmma.h"
+#include "tc_tile.cuh"
 #include "wgmma.cuh"
 
 namespace jax_blocksparse {
@@ -265,31 +265,7 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
         }
       }
   }
-  __syncthreads();
-  T* out = static_cast<T*>(p.out) + g * p.o_bstride;
-  if constexpr (C::SDD) out += unit * int64_t(BS * BS);
-  else out += p.o_trans ? col0 * p.ldo + row0 : row0 * p.ldo + col0;
-  constexpr int VEC = 8, OCH = BM * BS / VEC;
-  for (int id = tid; id < OCH; id += NT) {
-    int i, j, n;
-    if (p.o_trans) {  // smem rows are output rows (tile columns), chunks along tile rows
-      i = id / (BM / VEC);
-      j = (id % (BM / VEC)) * VEC;
-      const int left = rows_valid - j;
-      n = left <= 0 ? 0 : (left < VEC ? left : VEC);
-    } else {
-      i = id / (BS / VEC);
-      j = (id % (BS / VEC)) * VEC;
-      n = i < rows_valid ? VEC : 0;
-    }
-    const T* src = os + i * o_pitch + j;
-    T* dst = out + i * p.ldo + j;
-    if (n == VEC && p.o_vec) {
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-      for (int v = 0; v < n; ++v) dst[v] = src[v];
-    }
-  }
+  tc::StoreTile<T, BM, BS, NT>(p, os, o_pitch, C::SDD, g, unit, row0, col0, rows_valid, tid);
 }
 
 template <typename T, class C, bool TA, bool TB>
@@ -345,24 +321,6 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T, class C>
-cudaError_t RunTrans(const TcArgs& args, cudaStream_t stream) {
-  if (args.ta)
-    return args.tb ? Run<T, C, true, true>(args, stream) : Run<T, C, true, false>(args, stream);
-  return args.tb ? Run<T, C, false, true>(args, stream) : Run<T, C, false, false>(args, stream);
-}
-
-template <typename T>
-cudaError_t LaunchWgmma(const TcArgs& args, int block_size, cudaStream_t stream) {
-  switch (block_size) {
-    case 64:
-      return args.sdd ? RunTrans<T, Sdd64>(args, stream) : RunTrans<T, Wg64>(args, stream);
-    case 128:
-      return args.sdd ? RunTrans<T, Sdd128>(args, stream) : RunTrans<T, Wg128>(args, stream);
-    default: return cudaErrorInvalidValue;
-  }
-}
-
 // Per device: 0 unknown, 1 usable, 2 not. An sm_90 device, and the kernel's code for it
 // built for sm_90 (the build's "90a"; a plain sm_80 build runs sm_80 code there).
 template <typename T>
@@ -388,6 +346,9 @@ bool DeviceOk() {
   return v == 1;
 }
 
+// Whether the wgmma kernels can run `args` on the current device: block size 64 or 128,
+// 16-byte aligned operand rows, an sm_90 device and kernels built for sm_90a. Checked once
+// per device (cached); no stream work.
 template <typename T>
 bool WgmmaUsable(const TcArgs& args, int block_size) {
 #ifndef JBS_WGMMA_BUILT  // CMake: the architectures include 90a
@@ -397,6 +358,21 @@ bool WgmmaUsable(const TcArgs& args, int block_size) {
     return false;
   return DeviceOk<T>();
 }
+
+// The launchers (one per configuration and transposition: `Run<T, C, TA, TB>`) and the
+// check the dispatch table (matmul_tc.cu) names: declared `extern template` there,
+// instantiated in matmul_wgmma_<dtype>.cu.
+#define JBS_WGMMA_CFG_LAUNCHERS(PREFIX, T, C)                          \
+  PREFIX cudaError_t Run<T, C, false, false>(TcArgs, cudaStream_t);    \
+  PREFIX cudaError_t Run<T, C, false, true>(TcArgs, cudaStream_t);     \
+  PREFIX cudaError_t Run<T, C, true, false>(TcArgs, cudaStream_t);     \
+  PREFIX cudaError_t Run<T, C, true, true>(TcArgs, cudaStream_t);
+#define JBS_WGMMA_LAUNCHERS(PREFIX, T)                       \
+  JBS_WGMMA_CFG_LAUNCHERS(PREFIX, T, Wg64)                   \
+  JBS_WGMMA_CFG_LAUNCHERS(PREFIX, T, Wg128)                  \
+  JBS_WGMMA_CFG_LAUNCHERS(PREFIX, T, Sdd64)                  \
+  JBS_WGMMA_CFG_LAUNCHERS(PREFIX, T, Sdd128)                 \
+  PREFIX bool WgmmaUsable<T>(const TcArgs&, int);
 
 }  // namespace wg
 }  // namespace jax_blocksparse

@@ -176,6 +176,44 @@ struct Config {
   }
 };
 
+// --------------------------------------------------------------------- epilogue
+// Second half of the epilogue (shared with the wgmma kernel): the BM x BN tile that all
+// warps staged in smem `os` (rows of o_pitch elements, in the output's orientation: BN rows
+// of BM when p.o_trans) goes to its place in the output with coalesced 16-byte stores
+// (element stores at the masked tail or for unaligned rows). sdd: SDD mode (the tile is
+// output block `unit`); else the tile's first row / column are row0 / col0 and rows_valid
+// (1..BM) of its rows lie inside the output.
+template <typename T, int BM, int BN, int NT>
+__device__ __forceinline__ void StoreTile(const TcArgs& p, const T* os, int o_pitch, bool sdd,
+                                          int64_t g, int64_t unit, int64_t row0, int64_t col0,
+                                          int rows_valid, int tid) {
+  __syncthreads();  // RAW: the tile was staged by every warp
+  T* out = static_cast<T*>(p.out) + g * p.o_bstride;
+  if (sdd) out += unit * int64_t(BM * BN);
+  else out += p.o_trans ? col0 * p.ldo + row0 : row0 * p.ldo + col0;
+  constexpr int VEC = 16 / int(sizeof(T)), OCH = BM * BN / VEC;  // output chunks
+  for (int id = tid; id < OCH; id += NT) {
+    int i, j, n;
+    if (p.o_trans) {  // smem rows are output rows (tile columns), chunks along tile rows
+      i = id / (BM / VEC);
+      j = (id % (BM / VEC)) * VEC;
+      const int left = rows_valid - j;
+      n = left <= 0 ? 0 : (left < VEC ? left : VEC);
+    } else {
+      i = id / (BN / VEC);
+      j = (id % (BN / VEC)) * VEC;
+      n = i < rows_valid ? VEC : 0;
+    }
+    const T* src = os + i * o_pitch + j;
+    T* dst = out + i * p.ldo + j;
+    if (n == VEC && p.o_vec) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+      for (int v = 0; v < n; ++v) dst[v] = src[v];
+    }
+  }
+}
+
 // --------------------------------------------------------------------- the tile
 template <typename T, class C>
 __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, int64_t mt,
@@ -459,31 +497,7 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
           }
         }
   }
-  __syncthreads();
-  T* out = static_cast<T*>(p.out) + g * p.o_bstride;
-  if (p.sdd) out += unit * int64_t(BS * BS);
-  else out += p.o_trans ? col0 * p.ldo + row0 : row0 * p.ldo + col0;
-  constexpr int OCH = BM * BN / VEC;  // output chunks
-  for (int id = tid; id < OCH; id += NT) {
-    int i, j, n;
-    if (p.o_trans) {  // smem rows are output rows (tile columns), chunks along tile rows
-      i = id / (BM / VEC);
-      j = (id % (BM / VEC)) * VEC;
-      const int64_t left = rows_valid - j;
-      n = left <= 0 ? 0 : (left < VEC ? int(left) : VEC);
-    } else {
-      i = id / (BN / VEC);
-      j = (id % (BN / VEC)) * VEC;
-      n = i < rows_valid ? VEC : 0;
-    }
-    const T* src = os + i * o_pitch + j;
-    T* dst = out + i * p.ldo + j;
-    if (n == VEC && p.o_vec) {
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-      for (int v = 0; v < n; ++v) dst[v] = src[v];
-    }
-  }
+  StoreTile<T, BM, BN, NT>(p, os, o_pitch, p.sdd, g, unit, row0, col0, int(rows_valid), tid);
 }
 
 template <typename T, class C>
@@ -507,10 +521,6 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) TcKernel(const TcA
         }
   }
 }
-
-// Launches TcKernel<T, Config for (block size, mode)>; defined in matmul_tc_<dtype>.cu.
-template <typename T>
-cudaError_t LaunchTc(const TcArgs& args, int block_size, cudaStream_t stream);
 
 }  // namespace tc
 }  // namespace jax_blocksparse

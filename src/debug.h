@@ -5,20 +5,15 @@
 #pragma once
 
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
 #include <cuda_runtime_api.h>
 
+#include "../cuda/switches.h"
+
 namespace jax_blocksparse {
 
-inline int DebugLevel() {
-  static const int level = [] {
-    const char* value = std::getenv("JAX_BLOCKSPARSE_DEBUG");
-    return value ? std::atoi(value) : 0;
-  }();
-  return level;
-}
+inline int DebugLevel() { return GetSwitches().debug; }
 
 // Wraps one launch: construct before it, call Done() after it with the variant launched.
 class LaunchLog {

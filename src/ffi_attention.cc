@@ -30,10 +30,12 @@ std::string Describe(const char* op, DType dtype, const AttentionShape& s, const
          " mask_heads=" + std::to_string(s.mask_heads) + (s.causal ? " causal" : "");
 }
 
-// Shapes of q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D] and the attributes.
-ffi::ErrorOr<AttentionShape> Shape(const AnyBuffer& q, const AnyBuffer& k, const AnyBuffer& v,
+// Shapes of q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D] and the attributes; *kernel: the
+// dispatch table's row for (dtype, head dim, block size, phase), validated here, once.
+ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& q,
+                                   const AnyBuffer& k, const AnyBuffer& v,
                                    const Buffer<S32>& q_counts, int32_t block_size, bool causal,
-                                   float scale) {
+                                   float scale, const AttentionKernel** kernel) {
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
     return ffi::Unexpected(Invalid("q, k, v must be [B, T, H, D]"));
@@ -56,10 +58,12 @@ ffi::ErrorOr<AttentionShape> Shape(const AnyBuffer& q, const AnyBuffer& k, const
   auto cd = q_counts.dimensions();
   if (cd.size() != 2) return ffi::Unexpected(Invalid("metadata counts must be [Hm, lines]"));
   s.mask_heads = int32_t(cd[0]);
-  if (s.head_dim != 64 && s.head_dim != 128)
-    return ffi::Unexpected(Invalid("head dimension must be 64 or 128"));
-  if (block_size != 64 && block_size != 128)
-    return ffi::Unexpected(Invalid("block size must be 64 or 128"));
+  *kernel = FindAttentionKernel(dtype, s.head_dim, block_size, backward);
+  if (*kernel == nullptr)
+    return ffi::Unexpected(Invalid(std::string("no ") + (backward ? "backward" : "forward") +
+                                   " kernel for " + DTypeName(dtype) + " head_dim=" +
+                                   std::to_string(s.head_dim) + " block_size=" +
+                                   std::to_string(block_size) + " in the dispatch table"));
   if (s.tq % block_size != 0 || s.tk % block_size != 0)
     return ffi::Unexpected(Invalid("sequence lengths must be multiples of the block size"));
   if (s.hkv == 0 || s.hq % s.hkv != 0)
@@ -89,7 +93,9 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
                    Result<Buffer<F32>> lse, int32_t block_size, bool causal, float scale) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
-  auto shape = Shape(q, k, v, q_counts, block_size, causal, scale);
+  const AttentionKernel* kernel = nullptr;
+  auto shape = Shape(*dtype, /*backward=*/false, q, k, v, q_counts, block_size, causal, scale,
+                     &kernel);
   if (shape.has_error()) return shape.error();
   AttentionForwardParams p{};
   p.shape = *shape;
@@ -103,8 +109,8 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   p.o = o->untyped_data();
   p.lse = lse->typed_data();
   LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) : "");
-  const cudaError_t err = LaunchAttentionForward(*dtype, p, stream);
-  log.Done(AttentionKernelName(/*backward=*/false));
+  const cudaError_t err = LaunchAttentionForward(*kernel, p, stream);
+  log.Done(kernel->name);
   return CheckLaunch(err, "attention forward");
 }
 
@@ -117,7 +123,9 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
                    int32_t block_size, bool causal, float scale) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
-  auto shape = Shape(q, k, v, q_counts, block_size, causal, scale);
+  const AttentionKernel* kernel = nullptr;
+  auto shape = Shape(*dtype, /*backward=*/true, q, k, v, q_counts, block_size, causal, scale,
+                     &kernel);
   if (shape.has_error()) return shape.error();
   if (o.element_type() != q.element_type() || d_o.element_type() != q.element_type())
     return Invalid("o and d_o must have q's dtype");
@@ -142,8 +150,8 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   p.dv = dv->untyped_data();
   p.delta = delta->typed_data();
   LaunchLog log(stream, DebugLevel() ? Describe("attention_bwd", *dtype, p.shape, q, k) : "");
-  const cudaError_t err = LaunchAttentionBackward(*dtype, p, stream);
-  log.Done(AttentionKernelName(/*backward=*/true));
+  const cudaError_t err = LaunchAttentionBackward(*kernel, p, stream);
+  log.Done(kernel->name);
   return CheckLaunch(err, "attention backward");
 }
 

@@ -43,21 +43,28 @@ int64_t OutBatch(const AnyBuffer& out, size_t unbatched_rank) {
   return d.size() > unbatched_rank ? d[0] : 1;
 }
 
-// Runs `launch` under the debug launch log (JAX_BLOCKSPARSE_DEBUG).
-template <typename Launch>
-ffi::Error Logged(cudaStream_t stream, const char* op, DType dtype, const AnyBuffer& x,
-                  const AnyBuffer& y, const AnyBuffer& out, int32_t block_size, bool t1,
-                  bool t2, int32_t nnz, Launch launch) {
+// Selects the op's kernel from the dispatch table (an explicit error for a combination it
+// does not list), then runs it under the debug launch log (JAX_BLOCKSPARSE_DEBUG).
+template <typename Params>
+ffi::Error Run(cudaStream_t stream, const char* op, DType dtype, const Params& p,
+               const AnyBuffer& x, const AnyBuffer& y, const AnyBuffer& out, bool t1, bool t2,
+               const MatmulKernel* (*select)(DType, const Params&),
+               cudaError_t (*launch)(const MatmulKernel&, const Params&, cudaStream_t)) {
+  const MatmulKernel* kernel = select(dtype, p);
+  if (kernel == nullptr)
+    return ffi::Error::InvalidArgument(std::string("jax_blocksparse ") + op + ": no kernel for " +
+                                       DTypeName(dtype) + " block_size=" +
+                                       std::to_string(p.block_size) + " in the dispatch table");
   std::string what;
   if (DebugLevel()) {
     what = std::string(op) + " " + ShapeText(x.dimensions()) + (t1 ? "^T" : "") + " @ " +
            ShapeText(y.dimensions()) + (t2 ? "^T" : "") + " -> " +
            ShapeText(out.dimensions()) + " " + DTypeName(dtype) +
-           " bs=" + std::to_string(block_size) + " nnz=" + std::to_string(nnz);
+           " bs=" + std::to_string(p.block_size) + " nnz=" + std::to_string(p.nnz);
   }
   LaunchLog log(stream, what);
-  const cudaError_t err = launch();
-  log.Done(LastMatmulKernelName());
+  const cudaError_t err = launch(*kernel, p, stream);
+  log.Done(kernel->name);
   return CheckLaunch(err, op);
 }
 
@@ -83,8 +90,7 @@ ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> co
   p.trans_a = trans_a;
   p.trans_b = trans_b;
   p.full_fp32 = precision == 1;
-  return Logged(stream, "sdd", *dtype, a, b, *out, block_size, trans_a, trans_b, p.nnz,
-                [&] { return LaunchSdd(*dtype, p, stream); });
+  return Run(stream, "sdd", *dtype, p, a, b, *out, trans_a, trans_b, SelectSdd, LaunchSdd);
 }
 
 ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> ptr,
@@ -113,8 +119,7 @@ ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> pt
   p.trans_s = trans_s;
   p.trans_b = trans_b;
   p.full_fp32 = precision == 1;
-  return Logged(stream, "dsd", *dtype, s, b, *out, block_size, trans_s, trans_b, p.nnz,
-                [&] { return LaunchDsd(*dtype, p, stream); });
+  return Run(stream, "dsd", *dtype, p, s, b, *out, trans_s, trans_b, SelectDsd, LaunchDsd);
 }
 
 ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> ptr,
@@ -143,8 +148,7 @@ ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> pt
   p.trans_a = trans_a;
   p.trans_w = trans_w;
   p.full_fp32 = precision == 1;
-  return Logged(stream, "dds", *dtype, a, w, *out, block_size, trans_a, trans_w, p.nnz,
-                [&] { return LaunchDds(*dtype, p, stream); });
+  return Run(stream, "dds", *dtype, p, a, w, *out, trans_a, trans_w, SelectDds, LaunchDds);
 }
 
 }  // namespace

@@ -1,0 +1,146 @@
+"""A small workload that launches every CUDA kernel variant of jax_blocksparse at least
+once, for compute-sanitizer (benchmarks/device.sh, stage `sanitize`).
+
+    python sanitize_workload.py matmul     # sdd/dsd/dds: every dtype, block size, transposition
+    python sanitize_workload.py attention  # fused forward and backward
+
+Which kernel runs is also chosen by the environment (read once per process), so device.sh
+runs the script several times: as it is (wgmma at bs 64/128 on an H100, mma.sync elsewhere,
+simple kernels for float32 precision=HIGHEST), with JAX_BLOCKSPARSE_NO_WGMMA=1 (mma.sync at
+64/128), JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 (the simple kernels everywhere) and
+JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 (the 128-row attention forward at block size 128).
+Sizes are small: each sanitizer tool should finish in a couple of minutes. Values are not
+checked here (the tests do that); every result is waited for, so a kernel fault surfaces.
+"""
+
+import argparse
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_blocksparse as jbs
+
+DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
+RNG = np.random.default_rng(0)
+
+
+def array(shape, dtype):
+    """Random host data converted on the host (no XLA kernel to sanitize for it)."""
+    return jnp.asarray(RNG.standard_normal(shape).astype(np.float32).astype(dtype))
+
+
+def mask(rows, cols, density=0.5, empty_line=True):
+    """A random block mask with at least one block; one empty column and row when asked
+    (empty output lines: zero-length K loops)."""
+    m = RNG.random((rows, cols)) < density
+    if empty_line and rows > 1 and cols > 1:
+        m[:, -1] = False
+        m[-1, :] = False
+    m[0, 0] = True
+    return m
+
+
+def run(fn, *args):
+    jax.block_until_ready(fn(*args))
+
+
+def matmul_cases(dtype_name, bs, ta, tb, *, m=96, unaligned=False, batch=None,
+                 precision=None):
+    """sdd, dsd and dds once each at (dtype, block size, transposes)."""
+    dt = DTYPES[dtype_name]
+    lay = jbs.Layout(mask(3, 2), bs)  # W / S over [3 bs, 2 bs]
+    p, q = lay.shape
+    dense = m + 3 if unaligned else m  # an odd dense size: unaligned rows, masked tails
+    lead = () if batch is None else (batch,)
+    nnz_shape = lead + (lay.nnz, bs, bs)
+    # sdd: op(a) [P, K] @ op(b) [K, Q] at the layout's blocks
+    a = array(lead + ((dense, p) if ta else (p, dense)), dt)
+    b = array(lead + ((q, dense) if tb else (dense, q)), dt)
+    run(lambda a, b: jbs.sdd(a, b, lay, trans_a=ta, trans_b=tb, precision=precision), a, b)
+    # dsd: op(S) @ op(b), op(S) [P, Q] (or [Q, P])
+    s = array(nnz_shape, dt)
+    k = p if ta else q
+    b = array(lead + ((dense, k) if tb else (k, dense)), dt)
+    run(lambda s, b: jbs.dsd(s, b, lay, trans_s=ta, trans_b=tb, precision=precision), s, b)
+    # dds: op(a) [M, K] @ op(W), op(W) [P, Q] (or [Q, P])
+    k = q if tb else p
+    a = array(lead + ((k, dense) if ta else (dense, k)), dt)
+    w = array(nnz_shape, dt)
+    run(lambda a, w: jbs.dds(a, w, lay, trans_a=ta, trans_w=tb, precision=precision), a, w)
+
+
+def matmul_workload():
+    transposes = list(itertools.product((False, True), repeat=2))
+    for dtype_name, bs, (ta, tb) in itertools.product(DTYPES, (16, 32, 64, 128), transposes):
+        matmul_cases(dtype_name, bs, ta, tb)  # aligned: wgmma at bs 64/128 (bf16/f16, sm_90a)
+        matmul_cases(dtype_name, bs, ta, tb, unaligned=True)  # mma.sync, element copies
+    for bs in (16, 32, 64, 128):  # exact float32: the simple kernels
+        matmul_cases("f32", bs, False, True, precision=jax.lax.Precision.HIGHEST)
+        matmul_cases("f32", bs, True, False, precision=jax.lax.Precision.HIGHEST,
+                     unaligned=True)
+    for dtype_name, bs in itertools.product(("bf16", "f16"), (16, 64, 128)):  # a batch axis
+        matmul_cases(dtype_name, bs, False, False, batch=2)
+        matmul_cases(dtype_name, bs, True, True, batch=2, unaligned=True)
+    # the public layer op and its gradient (dds forward, sdd + dds^T backward)
+    lay = jbs.layouts.random(256, 384, 64, 0.3, seed=1)
+    x = array((2, 40, 256), jnp.bfloat16)
+    w = array((lay.nnz, 64, 64), jnp.bfloat16)
+    loss = lambda x, w: jnp.sum(jbs.matmul(x, w, lay).astype(jnp.float32))
+    run(jax.grad(loss, argnums=(0, 1)), x, w)
+
+
+def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_head=False,
+                    kv_lengths=None):
+    """Forward and backward once at (dtype, head dim, block size, causal, ...)."""
+    rq, rk = tq // bs, tk // bs
+    heads = hq if per_head else 1
+    m = RNG.random((heads, rq, rk)) < 0.6
+    m[:, :, 0] = True
+    if rq > 1:
+        m[:, -1, :] = False  # an empty query block row: the forward's key loop runs 0 times
+    lay = jbs.Layout(m, bs)
+    b = 2
+    q = array((b, tq, hq, d), dtype)
+    k = array((b, tk, hkv, d), dtype)
+    v = array((b, tk, hkv, d), dtype)
+    lens = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
+
+    def loss(q, k, v):
+        o = jbs.attention(q, k, v, lay, causal=causal, kv_lengths=lens)
+        return jnp.sum(o.astype(jnp.float32))
+
+    run(lambda q, k, v: jbs.attention(q, k, v, lay, causal=causal, kv_lengths=lens), q, k, v)
+    run(jax.grad(loss, argnums=(0, 1, 2)), q, k, v)
+
+
+def attention_workload():
+    for dtype, d, bs, causal in itertools.product((jnp.bfloat16, jnp.float16), (64, 128),
+                                                  (64, 128), (False, True)):
+        attention_cases(dtype, d, bs, causal)
+    for dtype, d, bs in itertools.product((jnp.bfloat16, jnp.float16), (64, 128), (64, 128)):
+        # per-head masks, multi-query, Tq < Tk (bottom-right causal), kv_lengths cutting a
+        # block, and an empty batch entry (kv_lengths 0)
+        attention_cases(dtype, d, bs, True, hq=4, hkv=1, tq=128, tk=384, per_head=True,
+                        kv_lengths=[300, 0])
+        attention_cases(dtype, d, bs, False, hq=2, hkv=2, kv_lengths=[bs + 5, 256])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parts = {"matmul": matmul_workload, "attention": attention_workload}
+    parser.add_argument("parts", nargs="*", default=list(parts), help=" ".join(parts))
+    args = parser.parse_args()
+    unknown = set(args.parts) - set(parts)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {list(parts)}")
+    print(f"jax {jax.__version__}, devices {jax.devices()}, CUDA kernels "
+          f"{'on' if jbs.cuda_available() else 'OFF'}", flush=True)
+    for part in args.parts:
+        parts[part]()
+        print(f"{part}: done", flush=True)
+
+
+if __name__ == "__main__":
+    main()

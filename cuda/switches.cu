@@ -1,0 +1,33 @@
+// GetSwitches (switches.h): the environment, read once.
+#include "switches.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace jax_blocksparse {
+namespace {
+
+bool Flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+}
+
+Switches Read() {
+  Switches s{};
+  const char* debug = std::getenv("JAX_BLOCKSPARSE_DEBUG");
+  s.debug = debug != nullptr ? std::atoi(debug) : 0;
+  s.simple_kernels = Flag("JAX_BLOCKSPARSE_SIMPLE_KERNELS");
+  s.no_wgmma = Flag("JAX_BLOCKSPARSE_NO_WGMMA");
+  const char* variant = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT");
+  s.attn_fwd_variant = variant != nullptr && variant[0] == '1' ? 1 : 0;
+  return s;
+}
+
+}  // namespace
+
+const Switches& GetSwitches() {
+  static const Switches switches = Read();
+  return switches;
+}
+
+}  // namespace jax_blocksparse

@@ -1,0 +1,21 @@
+// The environment switches of the C++ side, read once per process into one struct (the
+// Python side reads its own, jax_blocksparse/_cuda.py). Plain C++: the FFI handlers use it.
+//   JAX_BLOCKSPARSE_DEBUG=1 one line per kernel launch on stderr; =2 also times each launch
+//   JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 the simple matmul kernels instead of the tensor-core ones
+//   JAX_BLOCKSPARSE_NO_WGMMA=1 the mma.sync matmul kernels instead of the Hopper wgmma ones
+//   JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 the 128-row attention forward at block size 128
+#pragma once
+
+namespace jax_blocksparse {
+
+struct Switches {
+  int debug;              // the value as an integer (atoi); 0 when unset
+  bool simple_kernels;    // set to anything but "" or "0"
+  bool no_wgmma;          // set to anything but "" or "0"
+  int attn_fwd_variant;   // 1 when the value starts with '1', else 0
+};
+
+// The switches, read from the environment on the first call (thread-safe, then constant).
+const Switches& GetSwitches();
+
+}  // namespace jax_blocksparse
