@@ -97,13 +97,16 @@ class BlockSparseMultiHeadAttention(nn.Module):
     out_features]`). Give `q_layout` / `kv_layout` (over `(features, heads * head_dim)`)
     or `out_layout` (over `(qkv_features, out_features)`) to make those projections
     block-sparse too (`BlockSparseDense` submodules under the same names).
-    `layout`: the attention layout, mask `[1 or num_heads, T/bs, S/bs]`.
-    `__call__(inputs_q [B, T, F], inputs_k=None, inputs_v=None, *, kv_lengths=None)`.
-    No attention dropout.
+    `layout`: the attention layout, mask `[1 or num_heads, T/bs, S/bs]` (None: every call
+    gives a `block_mask`).
+    `__call__(inputs_q [B, T, F], inputs_k=None, inputs_v=None, *, kv_lengths=None,
+    segment_ids=None, kv_segment_ids=None, block_mask=None)`: `segment_ids` int `[B, T]`
+    (packed documents; `kv_segment_ids [B, S]` default to them), `block_mask` a
+    `jax_blocksparse.BlockMask` that replaces `layout` for this call. No attention dropout.
     """
 
     num_heads: int
-    layout: Layout
+    layout: Layout | None
     causal: bool = False
     num_kv_heads: int | None = None
     qkv_features: int | None = None
@@ -127,7 +130,8 @@ class BlockSparseMultiHeadAttention(nn.Module):
                                **common)(x)
 
     @nn.compact
-    def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, kv_lengths=None):
+    def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, kv_lengths=None,
+                 segment_ids=None, kv_segment_ids=None, block_mask=None):
         inputs_k = inputs_q if inputs_k is None else inputs_k
         inputs_v = inputs_k if inputs_v is None else inputs_v
         features = inputs_q.shape[-1]
@@ -139,7 +143,9 @@ class BlockSparseMultiHeadAttention(nn.Module):
         k = self._project(inputs_k, kv_heads, head_dim, self.kv_layout, "key")
         v = self._project(inputs_v, kv_heads, head_dim, self.kv_layout, "value")
         dtype = _compute_dtype(self.dtype, inputs_q, self.param_dtype)
-        x = _layers.attend(q, k, v, self.layout, self.causal, kv_lengths, dtype)
+        x = _layers.attend(q, k, v, self.layout, block_mask, self.causal, dtype,
+                           kv_lengths=kv_lengths, q_segment_ids=segment_ids,
+                           kv_segment_ids=kv_segment_ids)
         out_features = self.out_features or features
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                       precision=self.precision, bias_init=self.bias_init, name="out")

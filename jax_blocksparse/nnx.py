@@ -74,7 +74,10 @@ class BlockSparseConv(nnx.Module):
 class BlockSparseMultiHeadAttention(nnx.Module):
     """Multi-head (grouped-query) attention over a block-sparse `layout`, following
     `nnx.MultiHeadAttention` (projections `query`, `key`, `value`, `out`); `q_layout`,
-    `kv_layout`, `out_layout` make those projections block-sparse."""
+    `kv_layout`, `out_layout` make those projections block-sparse. `layout` may be None
+    when every call gives a `block_mask`. `__call__` takes `kv_lengths`, `segment_ids`
+    (`[B, T]`, packed documents), `kv_segment_ids` and `block_mask` (a `BlockMask` that
+    replaces `layout` for that call), as the linen module does."""
 
     def __init__(self, num_heads: int, in_features: int, layout: Layout, *,
                  causal: bool = False, num_kv_heads: int | None = None,
@@ -108,7 +111,8 @@ class BlockSparseMultiHeadAttention(nnx.Module):
                                       kernel_init=kernel_init, **common))
         self.flat_out = out_layout is not None
 
-    def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, kv_lengths=None):
+    def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, kv_lengths=None,
+                 segment_ids=None, kv_segment_ids=None, block_mask=None):
         inputs_k = inputs_q if inputs_k is None else inputs_k
         inputs_v = inputs_k if inputs_v is None else inputs_v
         heads = lambda x, n: x if x.ndim == 4 else _layers.split_heads(x, n)
@@ -116,5 +120,7 @@ class BlockSparseMultiHeadAttention(nnx.Module):
         k = heads(self.key(inputs_k), self.kv_heads)
         v = heads(self.value(inputs_v), self.kv_heads)
         dtype = _compute_dtype(self.dtype, inputs_q, self.param_dtype)
-        x = _layers.attend(q, k, v, self.layout, self.causal, kv_lengths, dtype)
+        x = _layers.attend(q, k, v, self.layout, block_mask, self.causal, dtype,
+                           kv_lengths=kv_lengths, q_segment_ids=segment_ids,
+                           kv_segment_ids=kv_segment_ids)
         return self.out(x.reshape(x.shape[:-2] + (-1,)) if self.flat_out else x)

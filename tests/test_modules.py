@@ -206,3 +206,45 @@ def test_orbax_save_and_restore(tmp_path):
         checkpointer.wait_until_finished()
         restored = checkpointer.restore(tmp_path / "ckpt", jax.tree.map(jnp.zeros_like, params))
     np.testing.assert_array_equal(model.apply(restored, x), model.apply(params, x))
+
+
+def test_attention_modules_take_segment_ids_and_a_block_mask_at_call_time(platform):
+    """linen and NNX: `segment_ids` and a call-time `block_mask` reach `attention`."""
+    t, features, heads = 128, 64, 2
+    layout = jbs.layouts.causal(t, 64)
+    x = normal(5, (2, t, features))
+    ids = jnp.asarray(np.repeat([[0, 1, 2, 3], [0, 0, 1, 1]], 32, axis=1), jnp.int32)
+    block_mask = jbs.BlockMask.from_mask(np.array([[[[1, 0], [0, 1]]]], bool), 64)
+    module = bnn.BlockSparseMultiHeadAttention(num_heads=heads, layout=layout, causal=True,
+                                              precision="highest")
+    params = module.init(jax.random.key(0), x)
+    p = params["params"]
+    project = lambda name, y: jnp.einsum("btf,fhd->bthd", y, p[name]["kernel"],
+                                         precision="highest") + p[name]["bias"]
+    q, k, v = (project(n, x) for n in ("query", "key", "value"))
+
+    def expected(**kwargs):
+        o = jbs.attention(q, k, v, kwargs.pop("mask", layout), causal=True, **kwargs)
+        return jnp.einsum("bthd,hdf->btf", o, p["out"]["kernel"],
+                          precision="highest") + p["out"]["bias"]
+
+    got_ids = module.apply(params, x, segment_ids=ids)
+    want_ids = expected(q_segment_ids=ids)
+    assert rel_err(got_ids, np.asarray(want_ids, np.float64)) < 1e-5
+    assert rel_err(module.apply(params, x), np.asarray(want_ids, np.float64)) > 1e-2
+    got_mask = module.apply(params, x, block_mask=block_mask)
+    assert rel_err(got_mask, np.asarray(expected(mask=block_mask), np.float64)) < 1e-5
+    no_layout = bnn.BlockSparseMultiHeadAttention(num_heads=heads, layout=None, causal=True,
+                                                 precision="highest")
+    assert rel_err(no_layout.apply(params, x, block_mask=block_mask),
+                   np.asarray(got_mask, np.float64)) < 1e-6
+    with pytest.raises(ValueError, match="give it a layout, or a block_mask"):
+        no_layout.apply(params, x)
+
+    m = bnnx.BlockSparseMultiHeadAttention(heads, features, layout, causal=True,
+                                           precision="highest", rngs=nnx.Rngs(0))
+    for name in ("query", "key", "value", "out"):
+        assign(getattr(m, name).kernel, p[name]["kernel"])
+        assign(getattr(m, name).bias, p[name]["bias"])
+    assert rel_err(m(x, segment_ids=ids), np.asarray(want_ids, np.float64)) < 1e-5
+    assert rel_err(m(x, block_mask=block_mask), np.asarray(got_mask, np.float64)) < 1e-5
