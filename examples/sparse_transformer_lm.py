@@ -14,6 +14,8 @@ continues from the latest checkpoint instead (raise `--steps` to train further).
     python examples/sparse_transformer_lm.py                 # small CPU configuration
     python examples/sparse_transformer_lm.py --resume --steps 400   # 200 steps more
     python examples/sparse_transformer_lm.py --compare       # step time, sparse vs dense
+    python examples/sparse_transformer_lm.py --packed        # attention within each document
+    python examples/sparse_transformer_lm.py --attention moba   # blocks chosen from the data
     # GPU, sequence length 8192; the fixed layout skips 90.6% of the score matrix (README):
     python examples/sparse_transformer_lm.py --seq-len 8192 --block-size 64 --stride 512 \
         --d-model 1024 --heads 8 --layers 6 --batch 4 --dtype bfloat16 --steps 2000
@@ -40,11 +42,12 @@ from jax_blocksparse import nn as bnn
 
 
 # ---------------------------------------------------------------------------- data
-def load_corpus(path: str | None, limit: int) -> np.ndarray:
-    """uint8 bytes of `path`, or of the standard library's .py files (sorted, deterministic)."""
+def load_corpus(path: str | None, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 bytes of `path`, or of the standard library's .py files (sorted, deterministic),
+    and the offsets at which its documents start (each file is one; `path` is one)."""
     if path:
         with open(path, "rb") as f:
-            return np.frombuffer(f.read(limit), np.uint8)
+            return np.frombuffer(f.read(limit), np.uint8), np.zeros(1, np.int64)
     root = sysconfig.get_paths()["stdlib"]
     chunks, total = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
@@ -54,35 +57,75 @@ def load_corpus(path: str | None, limit: int) -> np.ndarray:
                 with open(os.path.join(dirpath, name), "rb") as f:
                     chunks.append(f.read())
                 total += len(chunks[-1])
-    return np.frombuffer(b"".join(chunks)[:limit], np.uint8)
+    starts = np.cumsum([0] + [len(chunk) for chunk in chunks[:-1]])
+    return np.frombuffer(b"".join(chunks)[:limit], np.uint8), starts
 
 
-def batches(data: np.ndarray, batch: int, seq_len: int, seed: int):
-    """Endless random windows `[batch, seq_len + 1]` of the byte stream."""
+def batches(data: np.ndarray, doc_starts: np.ndarray, batch: int, seq_len: int, seed: int,
+            packed: bool = False):
+    """Endless `(tokens, segment ids)`: random windows `[batch, seq_len + 1]` of the byte
+    stream, several documents packed in each. With `packed`, the ids `[batch, seq_len + 1]`
+    number the documents within each window, so that attention stays inside a document;
+    otherwise the ids are None (attention crosses document boundaries)."""
     rng = np.random.default_rng(seed)
     while True:
         starts = rng.integers(0, len(data) - seq_len - 1, size=batch)
-        yield np.stack([data[s:s + seq_len + 1] for s in starts]).astype(np.int32)
+        positions = starts[:, None] + np.arange(seq_len + 1)
+        tokens = data[positions].astype(np.int32)
+        if not packed:
+            yield tokens, None
+            continue
+        docs = np.searchsorted(doc_starts, positions, side="right")
+        yield tokens, (docs - docs[:, :1]).astype(np.int32)
 
 
 # --------------------------------------------------------------------------- model
+def moba_block_mask(q, k, block_size: int, top_k: int):
+    """MoBA-style data-dependent block selection (Lu et al. 2025): each query block keeps
+    the `top_k` earlier key blocks whose mean-pooled keys score highest against its queries,
+    and always its own block. q `[B, T, H, D]`, k `[B, T, Hkv, D]` -> bool `[B, H, R, R]`.
+    The selection is discrete: no gradient flows through it."""
+    q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
+    b, t, h, d = q.shape
+    r = t // block_size
+    pooled = k.reshape(b, r, block_size, k.shape[2], d).mean(2)
+    pooled = jnp.repeat(pooled, h // k.shape[2], axis=2)  # [B, R, H, D]
+    gate = jnp.einsum("bthd,bchd->bhtc", q.astype(jnp.float32), pooled.astype(jnp.float32))
+    gate = gate.reshape(b, h, r, block_size, r).mean(3)  # [B, H, R, R]
+    earlier = np.tril(np.ones((r, r), bool), -1)
+    gate = jnp.where(earlier, gate, -jnp.inf)
+    _, chosen = jax.lax.top_k(gate, min(top_k, r))  # [B, H, R, top_k]
+    picked = jax.nn.one_hot(chosen, r, dtype=bool).any(-2)
+    return (picked & earlier) | np.eye(r, dtype=bool)
+
+
 class Block(nn.Module):
     config: argparse.Namespace
     attention_layout: jbs.Layout | None
     mlp_layouts: tuple | None
+    moba_top_k: int = 0  # > 0: MoBA-style blocks chosen from the data in each step
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, segment_ids=None):
         c = self.config
         h = nn.LayerNorm(dtype=x.dtype)(x)
-        if self.attention_layout is None:  # dense: cuDNN / XLA attention
+        if self.moba_top_k:  # the block mask is computed from this step's queries and keys
             q, k, v = (nn.DenseGeneral((c.heads, c.d_model // c.heads), dtype=x.dtype,
                                        name=n)(h) for n in ("query", "key", "value"))
-            a = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+            mask = jbs.BlockMask.from_mask(moba_block_mask(q, k, c.block_size, self.moba_top_k),
+                                           c.block_size, max_blocks=self.moba_top_k + 1)
+            a = jbs.attention(q, k, v, mask, causal=True, q_segment_ids=segment_ids)
+            h = nn.DenseGeneral(c.d_model, axis=(-2, -1), dtype=x.dtype, name="out")(a)
+        elif self.attention_layout is None:  # dense: cuDNN / XLA attention
+            q, k, v = (nn.DenseGeneral((c.heads, c.d_model // c.heads), dtype=x.dtype,
+                                       name=n)(h) for n in ("query", "key", "value"))
+            mask = (None if segment_ids is None else
+                    segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+            a = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
             h = nn.DenseGeneral(c.d_model, axis=(-2, -1), dtype=x.dtype, name="out")(a)
         else:
             h = bnn.BlockSparseMultiHeadAttention(c.heads, self.attention_layout, causal=True,
-                                                  dtype=x.dtype)(h)
+                                                  dtype=x.dtype)(h, segment_ids=segment_ids)
         x = x + h
         h = nn.LayerNorm(dtype=x.dtype)(x)
         if self.mlp_layouts is None:
@@ -99,39 +142,45 @@ class LanguageModel(nn.Module):
     config: argparse.Namespace
     attention_layout: jbs.Layout | None
     mlp_layouts: tuple | None
+    moba_top_k: int = 0
 
     @nn.compact
-    def __call__(self, tokens):
+    def __call__(self, tokens, segment_ids=None):
         c = self.config
         dtype = jnp.dtype(c.dtype)
         x = nn.Embed(256, c.d_model)(tokens).astype(dtype)
         x = x + self.param("positions", nn.initializers.normal(0.02),
                            (c.seq_len, c.d_model)).astype(dtype)
         for _ in range(c.layers):
-            x = Block(c, self.attention_layout, self.mlp_layouts)(x)
+            x = Block(c, self.attention_layout, self.mlp_layouts, self.moba_top_k)(
+                x, segment_ids)
         return nn.Dense(256, dtype=jnp.float32)(nn.LayerNorm()(x))
 
 
 def build_model(c, dense: bool):
     if dense:
         return LanguageModel(c, None, None)
-    attention = getattr(jbs.layouts, c.attention)(c.seq_len, c.block_size, c.stride)
     mlp_bs = min(c.block_size, c.d_model // 4, 64)
     up = jbs.layouts.random(c.d_model, 4 * c.d_model, mlp_bs, c.mlp_density, seed=1)
     down = jbs.layouts.random(4 * c.d_model, c.d_model, mlp_bs, c.mlp_density, seed=2)
+    if c.attention == "moba":
+        return LanguageModel(c, None, (up, down), moba_top_k=c.moba_top_k)
+    attention = getattr(jbs.layouts, c.attention)(c.seq_len, c.block_size, c.stride)
     return LanguageModel(c, attention, (up, down))
 
 
 # ------------------------------------------------------------------------ training
 def make_functions(model, optimizer):
-    def loss_fn(params, tokens):
-        logits = model.apply({"params": params}, tokens[:, :-1])
+    def loss_fn(params, batch):
+        tokens, ids = batch
+        logits = model.apply({"params": params}, tokens[:, :-1],
+                             None if ids is None else ids[:, :-1])
         return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
     @jax.jit
-    def train_step(state, tokens):
+    def train_step(state, batch):
         params, opt_state, step = state
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state, step + 1), loss
 
@@ -143,8 +192,8 @@ def init_state(model, optimizer, c):
     return params, optimizer.init(params), jnp.zeros((), jnp.int32)
 
 
-def time_steps(train_step, state, data, c, steps=5):
-    stream = batches(data, c.batch, c.seq_len, c.seed)
+def time_steps(train_step, state, data, doc_starts, c, steps=5):
+    stream = batches(data, doc_starts, c.batch, c.seq_len, c.seed, c.packed)
     state, loss = train_step(state, next(stream))
     loss.block_until_ready()
     start = time.perf_counter()
@@ -220,7 +269,10 @@ def main():
     p.add_argument("--data-limit", type=int, default=4_000_000, help="bytes to read")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--attention", choices=["fixed", "strided"], default="fixed")
+    p.add_argument("--attention", choices=["fixed", "strided", "moba"], default="fixed",
+                   help="a Sparse Transformer layout, or MoBA: blocks chosen from the data")
+    p.add_argument("--moba-top-k", type=int, default=2,
+                   help="--attention moba: earlier key blocks each query block keeps")
     p.add_argument("--stride", type=int, default=128, help="layout stride, in tokens")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--heads", type=int, default=2)
@@ -240,17 +292,24 @@ def main():
     p.add_argument("--plot", default=None, help="loss-curve PNG (default in --ckpt-dir)")
     p.add_argument("--dense", action="store_true", help="dense layers, cuDNN/XLA attention")
     p.add_argument("--compare", action="store_true", help="time a step, sparse vs dense")
+    p.add_argument("--packed", action="store_true",
+                   help="attention stays inside each document of the packed windows "
+                        "(segment ids; the dense model gets the same mask)")
     p.add_argument("--seed", type=int, default=0)
     c = p.parse_args()
     if c.resume and c.no_checkpoint:
         p.error("--resume needs the checkpoints: drop --no-checkpoint")
 
-    data = load_corpus(c.data, c.data_limit)
+    data, doc_starts = load_corpus(c.data, c.data_limit)
     split = int(0.9 * len(data))
     train_data, val_data = data[:split], data[split:]
+    train_starts = doc_starts[doc_starts < split]
+    val_starts = np.concatenate([[0], doc_starts[doc_starts > split] - split])
     kernels = ("CUDA kernels" if jbs.cuda_available() else
                "pure-JAX path (no CUDA kernels: no CUDA device or extension)")
-    print(f"data: {len(train_data):,} train / {len(val_data):,} validation bytes; "
+    packing = ", packed: attention within each" if c.packed else ""
+    print(f"data: {len(train_data):,} train / {len(val_data):,} validation bytes "
+          f"({len(doc_starts):,} documents{packing}); "
           f"backend {jax.default_backend()}; block-sparse ops run on the {kernels}")
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
         optax.warmup_cosine_decay_schedule(0.0, c.lr, min(100, c.steps // 10 + 1), c.steps),
@@ -260,12 +319,16 @@ def main():
         for dense in (False, True):
             model = build_model(c, dense)
             train_step, _ = make_functions(model, optimizer)
-            seconds = time_steps(train_step, init_state(model, optimizer, c), train_data, c)
+            seconds = time_steps(train_step, init_state(model, optimizer, c), train_data,
+                                 train_starts, c)
             print(f"{'dense ' if dense else 'sparse'} step: {seconds * 1e3:9.2f} ms")
         return
 
     model = build_model(c, c.dense)
-    if not c.dense:
+    if model.moba_top_k:
+        print(f"attention: MoBA, each query block attends its own and its top "
+              f"{model.moba_top_k} earlier key blocks, chosen every step from the data")
+    elif not c.dense:
         print(f"attention layout: {model.attention_layout}")
     train_step, eval_loss = make_functions(model, optimizer)
     state = init_state(model, optimizer, c)
@@ -282,9 +345,10 @@ def main():
             return
         print(f"training from step {int(state[2])} to step {c.steps}")
 
-    val_stream = batches(val_data, c.batch, c.seq_len, seed=12345)
+    val_stream = batches(val_data, val_starts, c.batch, c.seq_len, 12345, c.packed)
     val_set = [next(val_stream) for _ in range(c.eval_batches)]
-    stream = batches(train_data, c.batch, c.seq_len, c.seed + int(state[2]))
+    stream = batches(train_data, train_starts, c.batch, c.seq_len, c.seed + int(state[2]),
+                     c.packed)
     train_curve, val_curve = [], []
     start, first_step = time.perf_counter(), int(state[2])
     for step in range(first_step + 1, c.steps + 1):
