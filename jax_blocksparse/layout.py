@@ -144,35 +144,6 @@ class Layout:
         """`self.rows` for `by="row"`, `self.cols` for `by="col"`."""
         return {"row": self.rows, "col": self.cols}[by]
 
-    def work_list(self, by: str, max_blocks: int) -> np.ndarray:
-        """A load-balanced work list over the lines of `self.lists(by)`.
-
-        Each line (block row or column) is cut into segments of at most `max_blocks`
-        blocks, so that a power-law layout's few long lines become many CTA-sized pieces.
-        Returns int32 `[segments, 3]` rows `(line, first entry, count)`, longest first
-        (ties in line order); empty lines get one segment of count 0, so that their
-        output is still written. A kernel that splits a line writes per-segment partial
-        sums and reduces them in segment order: deterministic, no atomics.
-        """
-        if max_blocks < 1:
-            raise ValueError(f"max_blocks must be >= 1; got {max_blocks}")
-        cache = self.__dict__.setdefault("_work_lists", {})
-        if (by, max_blocks) not in cache:
-            cache[by, max_blocks] = self._segments(self.lists(by), max_blocks)
-        return cache[by, max_blocks]
-
-    @staticmethod
-    def _segments(lists: BlockLists, max_blocks: int) -> np.ndarray:
-        counts = np.diff(lists.ptr)
-        items = []
-        for line, (start, count) in enumerate(zip(lists.ptr[:-1], counts)):
-            pieces = max(1, -(-int(count) // max_blocks))
-            for p in range(pieces):
-                first = start + p * max_blocks
-                items.append((line, first, min(max_blocks, start + count - first)))
-        work = np.array(items, np.int32).reshape(-1, 3)
-        return work[np.argsort(-work[:, 2], kind="stable")]
-
     # ---------------------------------------------------------------------- output
     def plot(self, path) -> None:
         """Write a grayscale PNG picture of the mask to `path`: kept blocks black, others

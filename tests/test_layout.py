@@ -317,17 +317,3 @@ def test_plot_of_thin_and_big_masks_is_readable_and_keeps_every_block(tmp_path, 
     assert 64 <= width <= 1024 and 64 <= height <= 1024
     assert pixels[-1, -1] == 0 and pixels[0].min() == 0
     assert (pixels == 0).mean() < 0.1  # mostly white: a kept block stays small
-
-
-def test_work_list_covers_every_block_once_longest_first():
-    layout = layouts.barabasi_albert(2048, 2048, 16, 0.05, seed=3)
-    for by in ("row", "col"):
-        lists = layout.lists(by)
-        work = layout.work_list(by, 8)
-        assert work.dtype == np.int32 and work.shape[1] == 3
-        assert np.all(np.diff(work[:, 2]) <= 0) and work[:, 2].max() <= 8
-        covered = np.concatenate([np.arange(f, f + c) for _, f, c in work])
-        np.testing.assert_array_equal(np.sort(covered), np.arange(layout.nnz))
-        for line, first, count in work:  # each segment lies inside its line
-            assert lists.ptr[line] <= first and first + count <= lists.ptr[line + 1]
-        assert set(work[:, 0]) == set(range(len(lists.ptr) - 1))  # every line, empty too
