@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 
 import jax_blocksparse as jbs
-from test_matmul import PLATFORMS, float64_enabled, poison, rel_err
-
-TOL = {jnp.float32: 1e-5, jnp.float16: 5e-3, jnp.bfloat16: 3e-2}
-GRAD_TOL = {jnp.float32: 1e-4, jnp.float16: 1e-2, jnp.bfloat16: 5e-2}
-
-
-@pytest.fixture(params=PLATFORMS)
-def platform(request):
-    with jax.default_device(jax.devices(request.param)[0]):
-        yield request.param
+from test_attention import GRAD_TOL, TOL, platform  # noqa: F401 (the platform fixture)
+from test_matmul import float64_enabled, poison, rel_err
 
 
 def allowed_pairs(block_mask, bs, tq, tk, causal, kv_lengths, q_ids=None, kv_ids=None):
