@@ -119,7 +119,8 @@ FUSED_ATTENTION = {
 
 
 def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, tk: int,
-                                segments: bool, mask_batch: int) -> str | None:
+                                segments: bool, positioned: bool,
+                                mask_batch: int) -> str | None:
     """Why the fused kernels cannot run this call (None when they can)."""
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
@@ -131,6 +132,8 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
         return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     if segments:
         return "segment ids"
+    if positioned:
+        return "q_offset"
     if mask_batch != 1:
         return "a mask per batch entry"
     return None
@@ -139,11 +142,11 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
 def _fused_attention(phase, ctx, floats, params) -> bool:
     """Whether this attention call runs the fused kernels; prints why not under DEBUG."""
     q_aval, k_aval = ctx.avals_in[:2]
-    by_query_counts = ctx.avals_in[floats + 3]
+    by_query_counts = ctx.avals_in[floats + att.LISTS]
     bs = params["block_size"]
     why = fused_attention_unsupported(q_aval.dtype, q_aval.shape[-1], bs, q_aval.shape[1],
                                       k_aval.shape[1], params["segments"],
-                                      by_query_counts.shape[0])
+                                      params["positioned"], by_query_counts.shape[0])
     if why is not None and SWITCHES.debug:
         print(f"[jax_blocksparse] {phase} q{list(q_aval.shape)} bs={bs}: "
               f"pure-JAX path (no fused kernel for {why})", file=sys.stderr, flush=True)
@@ -156,7 +159,7 @@ def _kernel_operands(ctx, floats, operands):
     their avals)."""
     avals = list(ctx.avals_in)
     out, out_avals = list(operands[:floats + 1]), avals[:floats + 1]
-    for value, aval in zip(operands[floats + 3:], avals[floats + 3:]):
+    for value, aval in zip(operands[floats + att.LISTS:], avals[floats + att.LISTS:]):
         dropped = aval.update(shape=aval.shape[1:])
         out.append(jint.reshape(ctx, value, dropped))
         out_avals.append(dropped)

@@ -2,9 +2,10 @@
 q_segment_ids=, kv_segment_ids=)`.
 
 Three primitives (DESIGN.md §3), no `custom_vjp`. Each takes its float operands followed by
-the same integer *context* operands, `(kv_lengths, q_segment_ids, kv_segment_ids, *by_query,
-*by_key)` (`by_query`, `by_key`: the four arrays of `AttentionLists`, with a leading batch
-axis of 1 or B): the kernels read the block lists from operands, so a static `Layout`
+the same integer *context* operands, `(kv_lengths, q_positions, q_segment_ids,
+kv_segment_ids, *by_query, *by_key)` (`q_positions [B or 1]`: the causal position of query
+0; `by_query`, `by_key`: the four arrays of `AttentionLists`, with a leading batch axis of 1
+or B; query block `r` of the operands uses line `r` of the lists): the kernels read the block lists from operands, so a static `Layout`
 (lists computed on the host) and a traced `BlockMask` (lists computed inside `jit`) share
 every primitive and kernel.
   - `attention_p(q, k, v, *ctx) -> (o, lse)`: the forward; saves the float32 log-sum-exp
@@ -36,8 +37,9 @@ from .block_mask import BlockMask
 from .layout import Layout
 
 DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)  # float64 needs jax_enable_x64
-CONTEXT = ("kv_lengths", "q_segment_ids", "kv_segment_ids") + tuple(
+CONTEXT = ("kv_lengths", "q_positions", "q_segment_ids", "kv_segment_ids") + tuple(
     f"{side}_{field}" for side in ("by_query", "by_key") for field in AttentionLists._fields)
+LISTS = CONTEXT.index("by_query_counts")  # where the block lists start in the context
 
 
 def _lse_dtype(dtype):
@@ -53,11 +55,13 @@ def _pad_to(x, length, axis):
 
 
 # --------------------------------------------------------------- reference (pure JAX)
-def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments):
+def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments, positioned):
     """Block-gathered attention. Returns `(o [B, Tq, Hq, D] in q's dtype, lse [B, Hq, Tq]
-    float32)`. Rows with no allowed key give `o = 0`, `lse = -inf`, zero gradients."""
-    kv_lengths, q_seg, kv_seg = ctx[:3]
-    counts, _, lists, _ = ctx[3:7]  # by query: [Bm, Hm, Rq], [Bm, Hm, Rq, W]
+    float32)`. Rows with no allowed key give `o = 0`, `lse = -inf`, zero gradients.
+    Query i attends key j only if `j <= q_positions[b] + i` when `causal`."""
+    del positioned  # the kernels' business: the positions are operands here
+    kv_lengths, q_positions, q_seg, kv_seg = ctx[:LISTS]
+    counts, _, lists, _ = ctx[LISTS:LISTS + 4]  # by query: [Bm, Hm, Rq], [Bm, Hm, Rq, W]
     b, tq, hq, d = q.shape
     tk, hkv = k.shape[1], k.shape[2]
     bs = block_size
@@ -83,7 +87,7 @@ def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments):
     j_abs = slots[:, :, :, None, :, None] * bs + jnp.arange(bs)  # [Bm, Hq, Rq, 1, W, bs]
     allowed = valid[:, :, :, None, :, None] & (j_abs < tk)
     if causal:
-        allowed = allowed & (j_abs <= i_abs + (tk - tq))
+        allowed = allowed & (j_abs <= i_abs + q_positions[:, None, None, None, None, None])
     allowed = allowed & (j_abs < kv_lengths[:, None, None, None, None, None])
     if segments:
         q_ids = _pad_to(q_seg, rq * bs, 1).reshape(-1, 1, rq, bs, 1, 1)
@@ -232,7 +236,7 @@ for _prim in (attention_p, attention_tangent_p, attention_bwd_p):
 
 
 # ------------------------------------------------------------------------ public op
-def _check(q, k, v, mask, kv_lengths):
+def _check(q, k, v, mask, kv_lengths, positioned):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"attention: {name} must be [B, T, H, D]; got shape {x.shape}")
@@ -267,7 +271,10 @@ def _check(q, k, v, mask, kv_lengths):
         raise ValueError(f"attention: {what} has {batches} batch masks; expected 1 or B={b}")
     bs = mask.block_size
     want = (-(-tq // bs), -(-k.shape[1] // bs))
-    if tuple(blocks) != want:
+    if positioned and blocks[1] != want[1]:  # rows: positions, any number
+        raise ValueError(f"attention: {what} has {blocks[1]} key blocks of {bs} but k needs "
+                         f"{want[1]} (ceil(Tk/bs)) for Tk={k.shape[1]}")
+    if not positioned and tuple(blocks) != want:
         raise ValueError(f"attention: {what} has {tuple(blocks)} blocks of {bs} but q and k "
                          f"need {want} (ceil(Tq/bs), ceil(Tk/bs)) for Tq={tq}, "
                          f"Tk={k.shape[1]}")
@@ -301,20 +308,52 @@ def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
     return ids[0], ids[1], True
 
 
-def _context(mask, causal, tq, tk):
+def _context(mask, causal, tq, tk, offset=None):
     """The block lists of `mask` as context operands (leading batch axis 1 or B), and the
     bool `[Bm, Hm, Rq]` of query blocks whose lists overflowed (None for a Layout)."""
     if isinstance(mask, Layout):
-        meta = attention_metadata(mask, causal, tq, tk)
+        meta = attention_metadata(mask, causal, tq, tk, offset)
         arrays = [jnp.asarray(x[None]) for x in (*meta.by_query, *meta.by_key)]
         return arrays, None
     meta, overflow = device_metadata(mask.mask, mask.block_size, causal, tq, tk,
-                                     mask.max_blocks)
+                                     mask.max_blocks, offset)
     return [*meta.by_query, *meta.by_key], overflow
 
 
+def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows):
+    """Queries placed at positions `q_offset[b] + i` of a mask with `rows` block rows.
+
+    The queries of batch entry b move into a zero-padded buffer at slot `q_offset[b] % bs`,
+    so that its block m is the mask's block row `q_offset[b] // bs + m`; the query lists are
+    gathered per batch entry for those rows. Returns the padded q and ids, the lists, the
+    overflow flags of the rows, `q_positions [B]` (position of slot 0), the slots of the
+    queries `[B, Tq]` and whether each query lies inside the mask `[B, Tq]`."""
+    b, tq = q.shape[:2]
+    span = -(-(bs - 1 + tq) // bs)  # block rows that Tq queries can touch
+    first_row, shift = q_offset // bs, q_offset % bs
+    row = first_row[:, None] + jnp.arange(span)  # [B, span]
+    inside = (row >= 0) & (row < rows)
+    take = lambda x: jnp.take_along_axis(
+        jnp.broadcast_to(x, (b,) + x.shape[1:]),
+        jnp.clip(row, 0, rows - 1).reshape((b, 1, span) + (1,) * (x.ndim - 3)), axis=2)
+    counts, partial, lists_, order = lists[:4]
+    by_query = [jnp.where(inside[:, None], take(counts), 0),
+                jnp.where(inside[:, None], take(partial), 0), take(lists_),
+                jnp.broadcast_to(jnp.arange(span, dtype=jnp.int32), (b, order.shape[1], span))]
+    place = jax.vmap(lambda x, s: jax.lax.dynamic_update_slice_in_dim(
+        jnp.zeros((span * bs,) + x.shape[1:], x.dtype), x, s, axis=0))
+    q_pad = place(q, shift)
+    ids_pad = q_ids if q_ids.shape[1] == 1 else place(q_ids, shift)
+    if overflow is not None:
+        overflow = take(overflow[..., None])[..., 0]
+    slots = shift[:, None] + jnp.arange(tq)
+    positions = q_offset[:, None] + jnp.arange(tq)
+    return (q_pad, ids_pad, by_query + list(lists[4:]), overflow, first_row * bs, slots,
+            (positions >= 0) & (positions < rows * bs))
+
+
 def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None,
-              kv_lengths=None, q_segment_ids=None, kv_segment_ids=None,
+              kv_lengths=None, q_segment_ids=None, kv_segment_ids=None, q_offset=None,
               return_lse: bool = False):
     """Block-sparse (multi-head, grouped-query) attention.
 
@@ -335,6 +374,12 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
       q_segment_ids: optional int `[B, Tq]`: the document of each query (packed
         sequences). kv_segment_ids: optional int `[B, Tk]`; defaults to `q_segment_ids`
         when Tq == Tk.
+      q_offset: optional int, or int `[B]`: query i of batch entry b sits at position
+        `p = q_offset[b] + i` of the mask's query axis (any number of block rows): it uses
+        mask row `p // bs` and, when `causal`, attends keys `j <= p`. Decoding a token per
+        sequence is `attention(q[:, None], k_cache, v_cache, layout, causal=True,
+        q_offset=lengths - 1, kv_lengths=lengths)`. A query whose position lies outside
+        the mask's rows outputs NaN.
       return_lse: also return the log-sum-exp `[B, Hq, Tq]` (float32; float64 for float64).
     Returns:
       `[B, Tq, Hq, D]` in q's dtype (and the lse). A row with no key to attend to
@@ -348,7 +393,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:
         kv_lengths = jnp.asarray(kv_lengths)
-    _check(q, k, v, mask, kv_lengths)
+    positioned = q_offset is not None
+    _check(q, k, v, mask, kv_lengths, positioned)
     causal = static_bool("attention", "causal", causal)
     return_lse = static_bool("attention", "return_lse", return_lse)
     b, tq, _, d = q.shape
@@ -357,11 +403,41 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     q_ids, kv_ids, segments = _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk)
     if kv_lengths is None:
         kv_lengths = jnp.full((b,), tk, jnp.int32)
-    lists, overflow = _context(mask, causal, tq, tk)
-    o, lse = _bind(attention_p, q, k, v, kv_lengths.astype(jnp.int32), q_ids, kv_ids, *lists,
-                   block_size=mask.block_size, causal=causal, scale=scale, segments=segments)
-    if overflow is not None:  # never a silently truncated row
-        rows = jnp.repeat(overflow, mask.block_size, axis=-1)[..., :tq]  # [Bm, Hm, Tq]
-        lse = jnp.where(rows, jnp.nan, lse)
-        o = jnp.where(jnp.swapaxes(rows, 1, 2)[..., None], jnp.nan, o)
+    bs = mask.block_size
+    if not positioned:
+        lists, overflow = _context(mask, causal, tq, tk)
+        q_positions = jnp.full((1,), tk - tq, jnp.int32)  # bottom-right aligned
+        q_in, ids_in = q, q_ids
+    else:
+        offset = _q_offset(q_offset, b)
+        rows = mask.shape[-2] if isinstance(mask, BlockMask) else mask.mask.shape[-2]
+        lists, overflow = _context(mask, causal, rows * bs, tk, offset=0)
+        q_in, ids_in, lists, overflow, q_positions, slots, inside = _positioned(
+            q, q_ids, lists, overflow, offset, bs, rows)
+    o, lse = _bind(attention_p, q_in, k, v, kv_lengths.astype(jnp.int32), q_positions,
+                   ids_in, kv_ids, *lists, block_size=bs, causal=causal, scale=scale,
+                   segments=segments, positioned=positioned)
+    bad = None  # [B or 1, H or 1, Tq]: rows that are NaN, never silently wrong
+    if overflow is not None:
+        bad = jnp.repeat(overflow, bs, axis=-1)  # [Bm, Hm, rows of the operands]
+    if positioned:
+        o = jnp.take_along_axis(o, slots[:, :, None, None], axis=1)
+        lse = jnp.take_along_axis(lse, slots[:, None, :], axis=2)
+        if bad is not None:
+            bad = jnp.take_along_axis(jnp.broadcast_to(bad, (b,) + bad.shape[1:]),
+                                      slots[:, None, :], axis=2)
+        bad = ~inside[:, None, :] if bad is None else bad | ~inside[:, None, :]
+    if bad is not None:
+        bad = bad[..., :tq]
+        lse = jnp.where(bad, jnp.nan, lse)
+        o = jnp.where(jnp.swapaxes(bad, 1, 2)[..., None], jnp.nan, o)
     return (o, lse) if return_lse else o
+
+
+def _q_offset(q_offset, b):
+    """`q_offset` as int32 `[B]` (an int or a scalar serves every batch entry)."""
+    q_offset = jnp.asarray(q_offset)
+    if not jnp.issubdtype(q_offset.dtype, jnp.integer) or q_offset.shape not in ((), (b,)):
+        raise ValueError(f"attention: q_offset must be an int or an integer array [B={b}]; "
+                         f"got {q_offset.dtype}{list(q_offset.shape)}")
+    return jnp.broadcast_to(q_offset.astype(jnp.int32), (b,))

@@ -41,8 +41,10 @@ class AttentionMetadata(NamedTuple):
     kind: np.ndarray  # int8 [..., Rq, Rk]: 0 absent or dropped, 1 partial, 2 full
 
 
-def block_kinds(xp, mask, block_size: int, causal: bool, tq: int, tk: int):
-    """int8 `[..., Rq, Rk]`: 0 not visited, 1 partial (element mask), 2 full."""
+def block_kinds(xp, mask, block_size: int, causal: bool, tq: int, tk: int,
+                offset: int | None = None):
+    """int8 `[..., Rq, Rk]`: 0 not visited, 1 partial (element mask), 2 full. Causal:
+    query i sees key j iff `j <= i + offset` (default `Tk - Tq`)."""
     rq, rk = mask.shape[-2:]
     kind = xp.where(mask, 2, 0).astype(np.int8)
     c = np.arange(rk)[None, :]
@@ -51,7 +53,7 @@ def block_kinds(xp, mask, block_size: int, causal: bool, tq: int, tk: int):
     if causal:
         r = np.arange(rq)[:, None]
         first_i, last_i = r * block_size, np.minimum((r + 1) * block_size, tq) - 1
-        offset = tk - tq
+        offset = tk - tq if offset is None else offset
         dropped = first_j > last_i + offset
         kind = xp.where(dropped, 0, kind).astype(np.int8)
         partial = partial | (last_j > first_i + offset)
@@ -76,23 +78,24 @@ def block_lists(xp, kind, width: int) -> AttentionLists:
 
 
 @functools.lru_cache(maxsize=64)
-def attention_metadata(layout: Layout, causal: bool, tq: int, tk: int) -> AttentionMetadata:
+def attention_metadata(layout: Layout, causal: bool, tq: int, tk: int,
+                       offset: int | None = None) -> AttentionMetadata:
     """Host metadata of a static `layout` (mask `[Hm, Rq, Rk]` or `[Rq, Rk]`); arrays with a
     leading axis `Hm`, lists as wide as the longest line."""
     mask = layout.mask if layout.mask.ndim == 3 else layout.mask[None]
-    kind = block_kinds(np, mask, layout.block_size, causal, tq, tk)
+    kind = block_kinds(np, mask, layout.block_size, causal, tq, tk, offset)
     widths = [max(int((k > 0).sum(-1).max(initial=0)), 1)
               for k in (kind, np.swapaxes(kind, -1, -2))]
     return AttentionMetadata(block_lists(np, kind, widths[0]),
                              block_lists(np, np.swapaxes(kind, -1, -2), widths[1]), kind)
 
 
-def device_metadata(mask, block_size: int, causal: bool, tq: int, tk: int,
-                    capacity: int) -> tuple[AttentionMetadata, jnp.ndarray]:
+def device_metadata(mask, block_size: int, causal: bool, tq: int, tk: int, capacity: int,
+                    offset: int | None = None) -> tuple[AttentionMetadata, jnp.ndarray]:
     """Metadata of a block mask `[Bm, Hm, Rq, Rk]` (a jax array, e.g. traced), computed with
     jax.numpy: query lists `capacity` wide, key lists `Rq` wide. Also returns the bool
     `[Bm, Hm, Rq]` of query blocks that list more than `capacity` key blocks."""
-    kind = block_kinds(jnp, mask, block_size, causal, tq, tk)
+    kind = block_kinds(jnp, mask, block_size, causal, tq, tk, offset)
     by_query = block_lists(jnp, kind, capacity)
     overflow = (kind > 0).sum(-1) > capacity
     by_key = block_lists(jnp, jnp.swapaxes(kind, -1, -2), mask.shape[-2])

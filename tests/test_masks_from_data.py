@@ -248,3 +248,66 @@ def test_lengths_not_multiples_of_the_block_size(platform, tq, tk):
                                       kv_lengths=jnp.asarray(lengths))
     check(platform, f, (q, k, v), allowed_pairs(mask, bs, tq, tk, True, lengths), jnp.float32,
           16 ** -0.5)
+
+
+# -------------------------------------------------------- query positions (q_offset)
+@pytest.mark.parametrize("mask_kind", ["local", "dense_causal", "block_mask_per_batch"])
+def test_decoding_with_q_offset_equals_the_rows_of_full_attention(platform, mask_kind):
+    """One token (and a chunk of three) per sequence at different positions per batch
+    entry, against a KV cache longer than every sequence: equal to the rows of attention
+    over the whole sequence (float32), GQA."""
+    rng = np.random.default_rng(337)
+    b, t, hq, hkv, d, bs = 3, 200, 4, 2, 16, 32  # t is not a multiple of bs
+    r = -(-t // bs)
+    if mask_kind == "local":
+        mask = jbs.Layout(jbs.layouts.local(r * bs, bs, 80).mask, bs)
+    elif mask_kind == "dense_causal":
+        mask = jbs.Layout(np.tril(np.ones((r, r), bool)), bs)
+    else:
+        blocks = (np.random.default_rng(3).random((b, 1, r, r)) < 0.6) | np.eye(r, dtype=bool)
+        mask = jbs.BlockMask.from_mask(blocks, bs)
+    q, k, v = inputs(rng, b, t, t, hq, hkv, d, jnp.float32)
+    full = jax.jit(lambda q, k, v: jbs.attention(q, k, v, mask, causal=True))(q, k, v)
+    lengths = jnp.array([37, 200, 121], jnp.int32)
+
+    @jax.jit
+    def decode(q_new, lengths):
+        return jbs.attention(q_new, k, v, mask, causal=True, q_offset=lengths - q_new.shape[1],
+                             kv_lengths=lengths)
+
+    poison(platform)
+    for step in range(2):  # token by token: the positions move
+        n = lengths - step
+        q_tok = jnp.take_along_axis(q, (n - 1)[:, None, None, None], axis=1)  # [B, 1, H, D]
+        got = decode(q_tok, n)
+        want = jnp.take_along_axis(full, (n - 1)[:, None, None, None], axis=1)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+    rows = lambda x: jnp.stack([jnp.take_along_axis(x, (lengths - 3 + i)[:, None, None, None],
+                                                     axis=1)[:, 0] for i in range(3)], axis=1)
+    got = decode(rows(q), lengths)  # a chunk of 3 tokens per sequence (speculative decoding)
+    want = rows(full)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
+
+
+def test_q_offset_values_gradients_and_out_of_range(platform):
+    """A chunk of queries placed mid-sequence (bfloat16) against the dense reference,
+    values and gradients; positions outside the mask's rows are NaN."""
+    rng = np.random.default_rng(347)
+    b, tq, tk, d, bs = 2, 40, 160, 64, 32
+    layout = jbs.layouts.local(tk, bs, 70)  # 5 x 5 blocks: positions 0..159
+    q, k, v = inputs(rng, b, tq, tk, 2, 1, d, jnp.bfloat16)
+    offsets = np.array([13, 100])
+    lengths = np.array([tk, 150])
+    f = lambda q, k, v: jbs.attention(q, k, v, layout, causal=True, kv_lengths=lengths,
+                                      q_offset=jnp.asarray(offsets))
+    positions = offsets[:, None] + np.arange(tq)  # [B, Tq]
+    i, j = positions[:, None, :, None], np.arange(tk)[None, None, None, :]
+    allowed = (layout.mask[positions // bs][:, None, :, :].repeat(bs, -1)[..., :tk]
+               & (j <= i) & (j < lengths[:, None, None, None]))
+    check(platform, f, (q, k, v), allowed, jnp.bfloat16, d ** -0.5)
+    out = jbs.attention(q, k, v, layout, causal=True, q_offset=jnp.asarray([-2, 130]))
+    nan_rows = np.isnan(np.asarray(out, np.float32)).all(axis=(2, 3))
+    np.testing.assert_array_equal(nan_rows[0], np.arange(tq) < 2)
+    np.testing.assert_array_equal(nan_rows[1], np.arange(tq) >= 30)
+    with pytest.raises(ValueError, match="q_offset must be an int or an integer array"):
+        jbs.attention(q, k, v, layout, q_offset=jnp.zeros((3,), jnp.int32))
