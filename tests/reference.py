@@ -164,12 +164,15 @@ def run_python(code, **env):
     path) and allocates GPU memory on demand (this process may hold most of it), with the
     kernel switches off but those in `env`. Fails the calling test unless it exits 0;
     returns the CompletedProcess."""
+    import jax_blocksparse
+
     here = os.path.dirname(os.path.abspath(__file__))
-    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    package_root = os.path.dirname(os.path.dirname(jax_blocksparse.__file__))  # under test
+    path = os.pathsep.join(p for p in (package_root, here, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONPATH=path, XLA_PYTHON_CLIENT_PREALLOCATE="false",
                **dict(SWITCHES_OFF, **env))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                            text=True, timeout=600)
+                            text=True, timeout=600, cwd=here)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
     return result
 

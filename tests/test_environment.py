@@ -9,6 +9,8 @@ import textwrap
 
 import pytest
 
+import jax_blocksparse as jbs
+
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, jax_blocksparse as jbs
     layout = jbs.layouts.local(256, 64, 100)
@@ -25,9 +27,11 @@ SCRIPT = textwrap.dedent("""
 
 def run(**env):
     # the test process already holds most of the GPU's memory: allocate on demand
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", **env)
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env,
-                            capture_output=True, text=True, timeout=300)
+    package_root = os.path.dirname(os.path.dirname(jbs.__file__))  # the package under test
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONPATH=os.pathsep.join(
+        [package_root, os.environ.get("PYTHONPATH", "")]), **env)
+    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=os.path.dirname(__file__))
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -115,11 +115,11 @@ def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
             print(dtype.__name__, d, bs, "@jax_blocksparse_attention_fwd(" in text,
                   "@jax_blocksparse_attention_bwd(" in text)
     """)
-    env = dict(os.environ, JAX_BLOCKSPARSE_DEBUG="1",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
-                                           os.environ.get("PYTHONPATH", "")]))
+    package_root = os.path.dirname(os.path.dirname(jbs.__file__))  # the package under test
+    env = dict(os.environ, JAX_BLOCKSPARSE_DEBUG="1", PYTHONPATH=os.pathsep.join(
+        [package_root, os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, cwd=os.path.dirname(__file__))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.split("\n")
     assert lines[:4] == ["float32 64 64 False False", "bfloat16 96 64 False False",
