@@ -20,8 +20,8 @@ from .softmax import softmax
 
 __version__ = "0.1.0"
 
-__all__ = ["Layout", "BlockMask", "layouts", "to_dense", "from_dense", "matmul", "sdd", "dsd", "dds",
-           "attention", "softmax", "cuda_available", "cuda_built", "BLOCK_SIZES", "DTYPES"]
+__all__ = ["Layout", "BlockMask", "layouts", "to_dense", "from_dense", "matmul", "sdd", "dsd",
+           "dds", "attention", "softmax", "cuda_available", "cuda_built", "BLOCK_SIZES", "DTYPES"]
 
 _LAZY_SUBMODULES = ("nn", "nnx", "bench")
 

@@ -5,9 +5,9 @@ Three primitives (DESIGN.md §3), no `custom_vjp`. Each takes its float operands
 the same integer *context* operands, `(kv_lengths, q_positions, q_segment_ids,
 kv_segment_ids, *by_query, *by_key)` (`q_positions [B or 1]`: the causal position of query
 0; `by_query`, `by_key`: the four arrays of `AttentionLists`, with a leading batch axis of 1
-or B; query block `r` of the operands uses line `r` of the lists): the kernels read the block lists from operands, so a static `Layout`
-(lists computed on the host) and a traced `BlockMask` (lists computed inside `jit`) share
-every primitive and kernel.
+or B; query block `r` of the operands uses line `r` of the lists): the kernels read the
+block lists from operands, so a static `Layout` (lists computed on the host) and a traced
+`BlockMask` (lists computed inside `jit`) share every primitive and kernel.
   - `attention_p(q, k, v, *ctx) -> (o, lse)`: the forward; saves the float32 log-sum-exp
     of every query row.
   - `attention_tangent_p(q, k, v, o, lse, q̇, k̇, v̇, *ctx) -> (ȯ, lsė)`: the JVP's tangent,

@@ -34,14 +34,16 @@ class BlockSparseLinear(nnx.Module):
                  bias_init: Initializer = nnx.initializers.zeros, rngs: nnx.Rngs):
         bs, nnz = layout.block_size, layout.nnz
         init = kernel_init or _layers.fan_in_init(layout)
-        self.layout, self.dtype, self.param_dtype, self.precision = layout, dtype, param_dtype, precision
+        self.layout, self.dtype = layout, dtype
+        self.param_dtype, self.precision = param_dtype, precision
         self.kernel = nnx.Param(init(rngs.params(), (nnz, bs, bs), param_dtype))
         self.bias = (nnx.Param(bias_init(rngs.params(), (layout.shape[1],), param_dtype))
                      if use_bias else None)
 
     def __call__(self, x):
         dtype = _compute_dtype(self.dtype, x, self.param_dtype)
-        return _layers.dense(x, _value(self.kernel), _value(self.bias), self.layout, dtype, self.precision)
+        return _layers.dense(x, _value(self.kernel), _value(self.bias), self.layout, dtype,
+                             self.precision)
 
 
 class BlockSparseConv(nnx.Module):
@@ -92,7 +94,8 @@ class BlockSparseMultiHeadAttention(nnx.Module):
         kv_heads = num_kv_heads or num_heads
         _layers.check_attention_features(num_heads, kv_heads, qkv_features)
         head_dim = qkv_features // num_heads
-        self.num_heads, self.kv_heads, self.layout, self.causal = num_heads, kv_heads, layout, causal
+        self.num_heads, self.kv_heads = num_heads, kv_heads
+        self.layout, self.causal = layout, causal
         self.dtype, self.param_dtype = dtype, param_dtype
         common = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
                       precision=precision, bias_init=bias_init, rngs=rngs)
