@@ -263,7 +263,8 @@ def resume(manager, state, c):
     return state
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
+    """The example's command-line flags (also read by `examples/generate.py`)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="a text file (default: stdlib sources)")
     p.add_argument("--data-limit", type=int, default=4_000_000, help="bytes to read")
@@ -296,6 +297,11 @@ def main():
                    help="attention stays inside each document of the packed windows "
                         "(segment ids; the dense model gets the same mask)")
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main():
+    p = build_parser()
     c = p.parse_args()
     if c.resume and c.no_checkpoint:
         p.error("--resume needs the checkpoints: drop --no-checkpoint")
