@@ -207,10 +207,11 @@ jint.register_jvp(attention_bwd_p,
 
 
 def _fold_batch(prim):
-    """vmap: fold the mapped axis into the leading batch axis B of every operand. Context
-    operands whose leading axis is 1 (shared by the batch: a static layout's lists, absent
-    segment ids) stay shared unless they are mapped themselves."""
-    floats = FLOAT_OPERANDS[prim]
+    """vmap: fold the mapped axis into the leading batch axis B of every operand. The float
+    operands and `kv_lengths` always carry B (the kernels read `kv_lengths[b]`); the other
+    context operands whose leading axis is 1 (shared by the batch: a static layout's lists,
+    absent segment ids, the default query position) stay shared unless they are mapped."""
+    per_batch = FLOAT_OPERANDS[prim] + 1  # ... and kv_lengths, the first context operand
 
     def rule(args, dims, **params):
         args = [a if d is jint.not_mapped else jnp.moveaxis(a, d, 0)
@@ -220,7 +221,7 @@ def _fold_batch(prim):
         folded = []
         for i, (a, d) in enumerate(zip(args, dims)):
             if d is jint.not_mapped:
-                if i >= floats and a.shape[0] == 1:  # shared by the batch: stays shared
+                if i >= per_batch and a.shape[0] == 1:  # shared by the batch: stays shared
                     folded.append(a)
                     continue
                 a = a[None]
@@ -386,9 +387,10 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
       outputs 0 (lse `-inf`) and passes zero gradients. The rows of a query block whose
       `BlockMask` row lists more than `max_blocks` key blocks are NaN.
     On an NVIDIA GPU, bfloat16/float16 with `D` in (64, 128), block size 64 or 128, lengths
-    that are multiples of the block size, a static `Layout` and no segment ids run the fused
-    kernels; every other call runs the pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1`
-    says so when the program is compiled).
+    that are multiples of the block size, a mask shared by the batch (a `Layout`, or a
+    `BlockMask` with `Bm = 1`), no segment ids and no `q_offset` run the fused kernels (the
+    table `_cuda.fused_attention_unsupported`); every other call runs the pure-JAX
+    implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is compiled).
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:

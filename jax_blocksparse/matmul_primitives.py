@@ -102,16 +102,11 @@ def dds_shape(a_shape, w_shape, *, layout: Layout, trans_a, trans_w):
 # Each works on the nonzero blocks only (gathers, one batched product over the blocks, and
 # a segment sum into the output's block lines), so its cost grows with `nnz`, and a value
 # reaches only the outputs that the layout connects it to, as in the kernels.
-def _accumulator(dtype):
-    """float32, or float64 for float64 operands."""
-    return jnp.promote_types(dtype, jnp.float32)
-
-
 def _matmul(x, y, precision):
-    """Batched matmul in the accumulator dtype (the operands are upcast first: XLA's CPU
-    backend has no bf16 x bf16 -> f32 dot for every batch layout)."""
-    acc = _accumulator(x.dtype)
-    return jnp.matmul(x.astype(acc), y.astype(acc), precision=precision)
+    """Batched matmul in float32 (float64 for float64 operands), the operands upcast first:
+    XLA's CPU backend has no bf16 x bf16 -> f32 dot for every batch layout."""
+    accumulate = jnp.promote_types(x.dtype, jnp.float32)
+    return jnp.matmul(x.astype(accumulate), y.astype(accumulate), precision=precision)
 
 
 def _oriented_blocks(blocks, layout, transpose):

@@ -34,8 +34,9 @@ std::string Describe(const char* op, DType dtype, const AttentionShape& s, const
 // dispatch table's row for (dtype, head dim, block size, phase), validated here, once.
 ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& q,
                                    const AnyBuffer& k, const AnyBuffer& v,
-                                   const Buffer<S32>& q_counts, int32_t block_size, bool causal,
-                                   float scale, const AttentionKernel** kernel) {
+                                   const Buffer<S32>& kv_lengths, const Buffer<S32>& q_counts,
+                                   int32_t block_size, bool causal, float scale,
+                                   const AttentionKernel** kernel) {
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
     return ffi::Unexpected(Invalid("q, k, v must be [B, T, H, D]"));
@@ -45,6 +46,8 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
     return ffi::Unexpected(Invalid("q, k, v dtypes differ"));
   if (kd[0] != qd[0] || kd[3] != qd[3])
     return ffi::Unexpected(Invalid("q and k differ in batch or head dimension"));
+  if (kv_lengths.dimensions().size() != 1 || kv_lengths.dimensions()[0] != qd[0])
+    return ffi::Unexpected(Invalid("kv_lengths must be [B], one length per batch entry"));
   AttentionShape s{};
   s.batch = int32_t(qd[0]);
   s.tq = int32_t(qd[1]);
@@ -94,8 +97,8 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
-  auto shape = Shape(*dtype, /*backward=*/false, q, k, v, q_counts, block_size, causal, scale,
-                     &kernel);
+  auto shape = Shape(*dtype, /*backward=*/false, q, k, v, kv_lengths, q_counts, block_size,
+                     causal, scale, &kernel);
   if (shape.has_error()) return shape.error();
   AttentionForwardParams p{};
   p.shape = *shape;
@@ -124,8 +127,8 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
-  auto shape = Shape(*dtype, /*backward=*/true, q, k, v, q_counts, block_size, causal, scale,
-                     &kernel);
+  auto shape = Shape(*dtype, /*backward=*/true, q, k, v, kv_lengths, q_counts, block_size,
+                     causal, scale, &kernel);
   if (shape.has_error()) return shape.error();
   if (o.element_type() != q.element_type() || d_o.element_type() != q.element_type())
     return Invalid("o and d_o must have q's dtype");

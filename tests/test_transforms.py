@@ -220,3 +220,16 @@ def test_attention_vmap_any_axes_and_nested(platform):
         for j in range(3):
             want = f(q[i, j], k[:, :, :, j], lengths[i])
             assert rel_err(got[i, j], np.asarray(want.astype(jnp.float32), np.float64)) < 1e-2
+
+
+def test_attention_vmap_keeps_one_kv_length_per_batch_entry():
+    """vmap over q of a batch of one with kv_lengths unmapped: the primitive still gets one
+    length per (folded) batch entry, as the kernels read `kv_lengths[b]`."""
+    layout = jbs.layouts.causal(128, 64)
+    q = jnp.ones((3, 1, 128, 2, 64), jnp.bfloat16)  # vmapped: 3 x B=1
+    k = jnp.ones((1, 128, 2, 64), jnp.bfloat16)
+    f = lambda q: jbs.attention(q, k, k, layout, causal=True, kv_lengths=jnp.array([100]))
+    jaxpr = jax.make_jaxpr(jax.vmap(f))(q).jaxpr
+    (eqn,) = [e for e in jaxpr.eqns if e.primitive.name == "blocksparse_attention"]
+    assert eqn.invars[0].aval.shape[0] == 3
+    assert eqn.invars[3].aval.shape == (3,)  # kv_lengths
