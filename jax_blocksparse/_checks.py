@@ -1,4 +1,5 @@
-"""Checks of the static (compile-time) arguments the public ops share."""
+"""Checks of the static (compile-time) arguments shared by the public API: bools, numbers
+and positive integers, each `ValueError` naming the call and the argument."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def static_float(op: str, name: str, value) -> float:
     if not math.isfinite(float(value)):
         raise ValueError(f"{op}: {name} must be finite; got {value}")
     return float(value)
+
+
+def check_int(where: str, name: str, value, minimum: int = 1) -> int:
+    """`value` as an int; `ValueError` naming `where` and `name` unless it is a Python or
+    numpy integer (a bool is not one) `>= minimum`."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or value < minimum):
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{where}: {name} must be {kind}; got {value!r}")
+    return int(value)

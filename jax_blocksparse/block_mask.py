@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from ._checks import check_int
 
 
 @jax.tree_util.register_pytree_node_class
@@ -43,10 +44,7 @@ class BlockMask:
         Returns:
           a `BlockMask` whose `mask` is bool `[Bm, Hm, Rq, Rk]`.
         """
-        if isinstance(block_size, (bool, np.bool_)) or not isinstance(
-                block_size, (int, np.integer)) or block_size <= 0:
-            raise ValueError(f"BlockMask.from_mask: block_size must be a positive int; got "
-                             f"{block_size!r}")
+        block_size = check_int("BlockMask.from_mask", "block_size", block_size)
         mask = jnp.asarray(mask)
         if mask.ndim not in (2, 3, 4):
             raise ValueError(f"BlockMask.from_mask: mask must be [Rq, Rk], [H, Rq, Rk] or "
@@ -60,13 +58,9 @@ class BlockMask:
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
         mask = mask if mask.dtype == jnp.bool_ else mask != 0
         rk = mask.shape[-1]
-        if max_blocks is None:
-            max_blocks = rk
-        if isinstance(max_blocks, (bool, np.bool_)) or not isinstance(
-                max_blocks, (int, np.integer)) or max_blocks <= 0:
-            raise ValueError(f"BlockMask.from_mask: max_blocks must be a positive int; got "
-                             f"{max_blocks!r}")
-        return cls(mask, int(block_size), int(min(max_blocks, rk)))
+        if max_blocks is not None:
+            max_blocks = check_int("BlockMask.from_mask", "max_blocks", max_blocks)
+        return cls(mask, block_size, rk if max_blocks is None else min(max_blocks, rk))
 
     @property
     def shape(self) -> tuple[int, int, int, int]:

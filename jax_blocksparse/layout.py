@@ -19,6 +19,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from ._checks import check_int
+
 
 class BlockLists(NamedTuple):
     """Compressed lists of a layout's blocks along one axis (CSR by rows, CSC by columns).
@@ -196,16 +198,6 @@ def mask_picture(mask: np.ndarray) -> np.ndarray:
     for m in masks:
         tiles += [np.kron(np.where(m, 0, 255).astype(np.uint8), block), separator]
     return np.concatenate(tiles[:-1], axis=1)
-
-
-def check_int(where: str, name: str, value, minimum: int = 1) -> int:
-    """`value` as an int; `ValueError` naming `where` and `name` unless it is a Python or
-    numpy integer (a bool is not one) `>= minimum`."""
-    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
-            or value < minimum):
-        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"{where}: {name} must be {kind}; got {value!r}")
-    return int(value)
 
 
 def _boolean_mask(mask) -> np.ndarray:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import Layout, check_int
+from ._checks import check_int
+from .layout import Layout
 
 
 def _int(where: str, name: str, value, minimum: int) -> int:
