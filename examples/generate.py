@@ -29,7 +29,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import jax_blocksparse as jbs
 
@@ -67,18 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------- parameters
-def _optimizer_like_training():
-    """An optimizer whose state has the structure of `sparse_transformer_lm.main`'s
-    (clipping, then AdamW on a schedule): the checkpoints hold `(params, opt_state, step)`.
-    The numbers do not matter; only the parameters are used."""
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
-        optax.warmup_cosine_decay_schedule(0.0, 1e-3, 1, 2), weight_decay=0.01))
-
-
 def load_params(model, c, ckpt_dir: str):
     """`(params, step)`: the parameters of the latest checkpoint in `ckpt_dir` and its step,
     or freshly initialized ones and None (saying so) when there is no checkpoint."""
-    optimizer = _optimizer_like_training()
+    # the checkpoints hold `(params, opt_state, step)` with the training optimizer's state
+    # (its structure, not its numbers, matters: only the parameters are used)
+    optimizer = lm.make_optimizer(argparse.Namespace(lr=1e-3, steps=2))
     state = lm.init_state(model, optimizer, c)
     path = os.path.abspath(ckpt_dir)
     step = None

@@ -187,6 +187,13 @@ def make_functions(model, optimizer):
     return train_step, jax.jit(loss_fn)
 
 
+def make_optimizer(c):
+    """Gradient clipping, then AdamW on a warm-up + cosine schedule (`c.lr`, `c.steps`)."""
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+        optax.warmup_cosine_decay_schedule(0.0, c.lr, min(100, c.steps // 10 + 1), c.steps),
+        weight_decay=0.01))
+
+
 def init_state(model, optimizer, c):
     params = model.init(jax.random.key(c.seed), jnp.zeros((1, c.seq_len), jnp.int32))["params"]
     return params, optimizer.init(params), jnp.zeros((), jnp.int32)
@@ -317,9 +324,7 @@ def main():
     print(f"data: {len(train_data):,} train / {len(val_data):,} validation bytes "
           f"({len(doc_starts):,} documents{packing}); "
           f"backend {jax.default_backend()}; block-sparse ops run on the {kernels}")
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
-        optax.warmup_cosine_decay_schedule(0.0, c.lr, min(100, c.steps // 10 + 1), c.steps),
-        weight_decay=0.01))
+    optimizer = make_optimizer(c)
 
     if c.compare:
         for dense in (False, True):
