@@ -3,6 +3,7 @@ once, for compute-sanitizer (benchmarks/device.sh, stage `sanitize`).
 
     python sanitize_workload.py matmul     # sdd/dsd/dds: every dtype, block size, transposition
     python sanitize_workload.py attention  # fused forward and backward
+    python sanitize_workload.py decode     # the decode kernel: head dims, GQA, paged, splits
 
 Which kernel runs is also chosen by the environment (read once per process), so device.sh
 runs the script several times: as it is (wgmma at bs 64/128 on an H100, mma.sync elsewhere,
@@ -127,9 +128,44 @@ def attention_workload():
         attention_cases(dtype, d, bs, False, hq=2, hkv=2, kv_lengths=[bs + 5, 256])
 
 
+def decode_cases(dtype, d, bs, tq, *, hq=4, hkv=2, per_head=False, paged=False, tk=None,
+                 lengths=None):
+    """The decode kernel once at (dtype, head dim, block size, Tq, ...): queries at
+    per-batch positions ending at each length (the last chunk across a block row)."""
+    tk = tk or 5 * bs
+    r = -(-tk // bs)
+    m = RNG.random((hq if per_head else 1, r, r)) < 0.6
+    m[:, :, 0] = True
+    lay = jbs.Layout(m, bs)
+    b = 2
+    lengths = jnp.asarray(lengths or [tk, 2 * bs + tq // 2 + 1], jnp.int32)
+    q = array((b, tq, hq, d), dtype)
+    k = array((b, tk, hkv, d), dtype)
+    v = array((b, tk, hkv, d), dtype)
+    extra = {}
+    if paged:  # 16-key pages, reversed: pages out of order
+        pages = tk // 16
+        k, v = (x.reshape(b * pages, 16, hkv, d)[::-1] for x in (k, v))
+        extra["page_table"] = jnp.asarray(
+            (b * pages - 1 - np.arange(b * pages)).reshape(b, pages), jnp.int32)
+    run(lambda q, k, v: jbs.attention(q, k, v, lay, causal=True, q_offset=lengths - tq,
+                                      kv_lengths=lengths, **extra), q, k, v)
+
+
+def decode_workload():
+    from jax_blocksparse import _cuda
+    _cuda.DECODE["min_blocks_per_split"] = 1  # several splits per row: the combine runs
+    for dtype, d in itertools.product((jnp.bfloat16, jnp.float16), (64, 96, 128, 256)):
+        decode_cases(dtype, d, 64, 1, hq=8, hkv=1)  # a GQA group of 8 in one CTA
+        decode_cases(dtype, d, 16, 3, per_head=True, paged=True)  # rows across a block row
+    decode_cases(jnp.bfloat16, 128, 32, 16, hq=8, hkv=2)  # Tq 16: 4 x 16 rows, 4 chunks
+    decode_cases(jnp.bfloat16, 64, 16, 1, tk=1100 * 16, lengths=[1100 * 16, 9000])  # 2 splits
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parts = {"matmul": matmul_workload, "attention": attention_workload}
+    parts = {"matmul": matmul_workload, "attention": attention_workload,
+             "decode": decode_workload}
     parser.add_argument("parts", nargs="*", default=list(parts), help=" ".join(parts))
     args = parser.parse_args()
     unknown = set(args.parts) - set(parts)

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _jax_internals as jint
 from . import attention as att
+from . import attention_decode as dec
 from . import matmul_primitives as mp
 from .attention_metadata import AttentionLists
 
@@ -199,6 +200,71 @@ def _attention_backward_lowering(ctx, *operands, **params):
     return dq, dk, dv
 
 
+# The decode kernel (cuda/attention_decode.cu): short queries against a KV cache.
+DECODE = {
+    "dtypes": (jnp.bfloat16, jnp.float16),
+    "head_dims": (64, 96, 128, 256),
+    "tile_keys": 16,  # block sizes and page sizes: multiples of this
+    "split_capacity": 1024,  # listed blocks one split holds (cuda: kDecodeSplitCapacity)
+    "target_ctas": 4 * 132,  # CTAs to aim for: four per SM of an H100 (best in a sweep)
+    "min_blocks_per_split": 8,  # splits of fewer blocks cost more than they overlap
+    "max_splits": 128,
+}
+
+
+def decode_unsupported(dtype, head_dim: int, block_size: int,
+                       page_size: int | None) -> str | None:
+    """Why the decode kernel cannot run this call (None when it can)."""
+    if not any(dtype == d for d in DECODE["dtypes"]):
+        return f"dtype {jnp.dtype(dtype).name}"
+    if head_dim not in DECODE["head_dims"]:
+        return f"head dim {head_dim}"
+    if block_size % DECODE["tile_keys"]:
+        return f"block size {block_size} (not a multiple of {DECODE['tile_keys']})"
+    if page_size is not None and page_size % DECODE["tile_keys"]:
+        return f"page size {page_size} (not a multiple of {DECODE['tile_keys']})"
+    return None
+
+
+def decode_splits(batch: int, hq: int, hkv: int, mask_heads: int, tq: int, width: int) -> int:
+    """How many CTAs share one row's key blocks (split-KV): about one wave of CTAs, at
+    least `min_blocks_per_split` of the row's (at most `width`) blocks per split, and at most
+    `split_capacity` blocks per split. Measured on the H100: benchmarks/RESULTS.md."""
+    group = hq // hkv
+    per_cta = group if mask_heads == 1 else 1  # query heads of a CTA
+    chunks = -(-per_cta * tq // 16)
+    ctas = max(batch * hkv * (group // per_cta) * chunks, 1)
+    splits = min(DECODE["target_ctas"] // ctas, width // DECODE["min_blocks_per_split"],
+                 DECODE["max_splits"])
+    return max(splits, -(-width // DECODE["split_capacity"]), 1)
+
+
+_decode_reference = jint.lower_fun(dec.decode_reference, multiple_results=True)
+
+
+def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged):
+    params = dict(block_size=block_size, causal=causal, scale=scale, paged=paged)
+    q_aval, k_aval = ctx.avals_in[:2]
+    why = decode_unsupported(q_aval.dtype, q_aval.shape[-1], block_size,
+                             k_aval.shape[1] if paged else None)
+    if why is not None:
+        if SWITCHES.debug:
+            print(f"[jax_blocksparse] attention_decode q{list(q_aval.shape)} bs={block_size}: "
+                  f"pure-JAX path (no decode kernel for {why})", file=sys.stderr, flush=True)
+        return _decode_reference(ctx, *operands, **params)
+    b, tq, hq, d = q_aval.shape
+    _, mask_heads, _, width = ctx.avals_in[7].shape
+    splits = decode_splits(b, hq, k_aval.shape[2], mask_heads, tq, width)
+    f32 = np.dtype(np.float32)
+    workspace = [q_aval.update(shape=(b, hq, tq, splits, d), dtype=f32, weak_type=False),
+                 q_aval.update(shape=(b, hq, tq, splits), dtype=f32, weak_type=False)]
+    ctx = ctx.replace(avals_out=[*ctx.avals_out, *workspace])
+    o, lse, _, _ = jax.ffi.ffi_lowering("jax_blocksparse_attention_decode")(
+        ctx, *operands, block_size=np.int32(block_size), causal=causal,
+        scale=np.float32(scale), paged=paged)
+    return o, lse
+
+
 def _register():
     targets = _ext.registrations()
     for name, capsule in targets.items():
@@ -209,6 +275,8 @@ def _register():
     if "jax_blocksparse_attention_fwd" in targets:
         jint.register_lowering_rule(att.attention_p, _attention_forward_lowering, "cuda")
         jint.register_lowering_rule(att.attention_bwd_p, _attention_backward_lowering, "cuda")
+    if "jax_blocksparse_attention_decode" in targets:
+        jint.register_lowering_rule(dec.attention_decode_p, _attention_decode_lowering, "cuda")
 
 
 if cuda_built():

@@ -36,6 +36,8 @@ from .attention_metadata import AttentionLists, attention_metadata, device_metad
 from .block_mask import BlockMask
 from .layout import Layout
 
+DECODE_MAX_QUERIES = 16  # queries per sequence that take the decode primitive
+
 DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)  # float64 needs jax_enable_x64
 CONTEXT = ("kv_lengths", "q_positions", "q_segment_ids", "kv_segment_ids") + tuple(
     f"{side}_{field}" for side in ("by_query", "by_key") for field in AttentionLists._fields)
@@ -45,6 +47,13 @@ LISTS = CONTEXT.index("by_query_counts")  # where the block lists start in the c
 def _lse_dtype(dtype):
     """The dtype of the softmax statistics: float32, or float64 for float64 inputs."""
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def paged_keys(x, page_table):
+    """The contiguous `[B, pages_per_seq * page_size, Hkv, D]` view of a page pool
+    `x [P, page_size, Hkv, D]` through `page_table [B, pages_per_seq]` (a gather)."""
+    b, pages = page_table.shape
+    return x[page_table].reshape((b, pages * x.shape[1]) + x.shape[2:])
 
 
 def _pad_to(x, length, axis):
@@ -355,7 +364,7 @@ def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows):
 
 def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None,
               kv_lengths=None, q_segment_ids=None, kv_segment_ids=None, q_offset=None,
-              return_lse: bool = False):
+              page_table=None, return_lse: bool = False):
     """Block-sparse (multi-head, grouped-query) attention.
 
     Args:
@@ -381,31 +390,54 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         sequence is `attention(q[:, None], k_cache, v_cache, layout, causal=True,
         q_offset=lengths - 1, kv_lengths=lengths)`. A query whose position lies outside
         the mask's rows outputs NaN.
+      page_table: optional int `[B, pages_per_seq]`: k and v are then page pools
+        `[P, page_size, Hkv, D]` (a paged KV cache, as serving engines keep it): key j of
+        batch entry b is `k[page_table[b, j // page_size], j % page_size]`, and
+        `Tk = pages_per_seq * page_size`. Pages may be shared and in any order.
       return_lse: also return the log-sum-exp `[B, Hq, Tq]` (float32; float64 for float64).
     Returns:
       `[B, Tq, Hq, D]` in q's dtype (and the lse). A row with no key to attend to
       outputs 0 (lse `-inf`) and passes zero gradients. The rows of a query block whose
       `BlockMask` row lists more than `max_blocks` key blocks are NaN.
-    On an NVIDIA GPU, bfloat16/float16 with `D` in (64, 128), block size 64 or 128, lengths
-    that are multiples of the block size, a mask shared by the batch (a `Layout`, or a
-    `BlockMask` with `Bm = 1`), no segment ids and no `q_offset` run the fused kernels (the
-    table `_cuda.fused_attention_unsupported`); every other call runs the pure-JAX
-    implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is compiled).
+    Short queries (`Tq <= 16`, no segment ids: decoding with a KV cache, one or a few
+    tokens per sequence) run the decode primitive (`attention_decode.py`): on an NVIDIA GPU,
+    bfloat16/float16 with `D` in (64, 96, 128, 256), a block size and page size that are
+    multiples of 16 run the split-KV decode kernel (`_cuda.decode_unsupported`), with any
+    mask, `q_offset`, `kv_lengths` and paged cache. Longer queries: bfloat16/float16 with
+    `D` in (64, 128), block size 64 or 128, lengths that are multiples of the block size,
+    a mask shared by the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids
+    and no `q_offset` run the fused kernels (`_cuda.fused_attention_unsupported`; a paged
+    cache is gathered first). Every other call runs the pure-JAX implementation
+    (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is compiled).
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:
         kv_lengths = jnp.asarray(kv_lengths)
     positioned = q_offset is not None
-    _check(q, k, v, mask, kv_lengths, positioned)
+    paged = page_table is not None
+    if paged:
+        page_table = _check_pages(q, k, v, page_table)
+        keys = jax.ShapeDtypeStruct((q.shape[0], page_table.shape[1] * k.shape[1]) +
+                                    k.shape[2:], k.dtype)
+        _check(q, keys, keys, mask, kv_lengths, positioned)
+    else:
+        _check(q, k, v, mask, kv_lengths, positioned)
     causal = static_bool("attention", "causal", causal)
     return_lse = static_bool("attention", "return_lse", return_lse)
     b, tq, _, d = q.shape
-    tk = k.shape[1]
+    tk = page_table.shape[1] * k.shape[1] if paged else k.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else static_float("attention", "scale", scale)
     q_ids, kv_ids, segments = _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk)
     if kv_lengths is None:
         kv_lengths = jnp.full((b,), tk, jnp.int32)
+    kv_lengths = kv_lengths.astype(jnp.int32)
     bs = mask.block_size
+    if tq <= DECODE_MAX_QUERIES and not segments:
+        o, lse = _decode(q, k, v, mask, kv_lengths, q_offset, page_table, causal=causal,
+                         scale=scale)
+        return (o, lse) if return_lse else o
+    if paged:  # the fused kernels read contiguous caches: gather the pages
+        k, v = paged_keys(k, page_table), paged_keys(v, page_table)
     if not positioned:
         lists, overflow = _context(mask, causal, tq, tk)
         q_positions = jnp.full((1,), tk - tq, jnp.int32)  # bottom-right aligned
@@ -416,7 +448,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         lists, overflow = _context(mask, causal, rows * bs, tk, offset=0)
         q_in, ids_in, lists, overflow, q_positions, slots, inside = _positioned(
             q, q_ids, lists, overflow, offset, bs, rows)
-    o, lse = _bind(attention_p, q_in, k, v, kv_lengths.astype(jnp.int32), q_positions,
+    o, lse = _bind(attention_p, q_in, k, v, kv_lengths, q_positions,
                    ids_in, kv_ids, *lists, block_size=bs, causal=causal, scale=scale,
                    segments=segments, positioned=positioned)
     bad = None  # [B or 1, H or 1, Tq]: rows that are NaN, never silently wrong
@@ -443,3 +475,50 @@ def _q_offset(q_offset, b):
         raise ValueError(f"attention: q_offset must be an int or an integer array [B={b}]; "
                          f"got {q_offset.dtype}{list(q_offset.shape)}")
     return jnp.broadcast_to(q_offset.astype(jnp.int32), (b,))
+
+
+def _check_pages(q, k, v, page_table):
+    """Validate a paged cache (pools `[P, page_size, Hkv, D]`); the table as int32."""
+    b, d = q.shape[0], q.shape[3]
+    page_table = jnp.asarray(page_table)
+    if page_table.ndim != 2 or page_table.shape[0] != b or page_table.shape[1] == 0 or \
+            not jnp.issubdtype(page_table.dtype, jnp.integer):
+        raise ValueError(f"attention: page_table must be an integer array [B={b}, "
+                         f"pages_per_seq]; got {page_table.dtype}{list(page_table.shape)}")
+    for name, x in (("k", k), ("v", v)):
+        if x.ndim != 4 or x.shape[3] != d or 0 in x.shape:
+            raise ValueError(f"attention: with page_table, {name} must be a page pool "
+                             f"[P, page_size, Hkv, D={d}]; got shape {x.shape}")
+    return page_table.astype(jnp.int32)
+
+
+def _decode(q, k, v, mask, kv_lengths, q_offset, page_table, *, causal, scale):
+    """Short queries through the decode primitive: the mask rows of the queries, their
+    causal positions, and NaN for rows outside the mask or whose `BlockMask` row
+    overflowed. Returns (o, lse)."""
+    from .attention_decode import decode  # the decode module builds on this one's rules
+
+    b, tq = q.shape[:2]
+    tk = page_table.shape[1] * k.shape[1] if page_table is not None else k.shape[1]
+    bs = mask.block_size
+    rows = mask.shape[-2] if isinstance(mask, BlockMask) else mask.mask.shape[-2]
+    if q_offset is None:  # query i on mask row i // bs, causal bottom-right aligned
+        lists, overflow = _context(mask, causal, tq, tk)
+        q_rows = jnp.zeros((b,), jnp.int32)
+        q_positions = jnp.full((b,), tk - tq, jnp.int32)
+    else:
+        lists, overflow = _context(mask, causal, rows * bs, tk, offset=0)
+        q_rows = q_positions = _q_offset(q_offset, b)
+    counts, _, block_lists, _ = lists[:4]
+    paged = page_table is not None
+    table = page_table if paged else jnp.zeros((1, 1), jnp.int32)
+    o, lse = decode(q, k, v, kv_lengths, q_rows, q_positions, counts, block_lists, table,
+                    block_size=bs, causal=causal, scale=scale, paged=paged)
+    row = (q_rows[:, None] + jnp.arange(tq)) // bs  # [B, Tq]
+    bad = ((row < 0) | (row >= rows))[:, None, :]  # [B, 1, Tq]
+    if overflow is not None:  # [Bm, Hm, R] -> [B, Hm, Tq]
+        overflow = jnp.broadcast_to(overflow, (b,) + overflow.shape[1:])
+        bad = bad | jnp.take_along_axis(overflow, jnp.clip(row, 0, rows - 1)[:, None], axis=2)
+    lse = jnp.where(bad, jnp.nan, lse)
+    o = jnp.where(jnp.swapaxes(bad, 1, 2)[..., None], jnp.nan, o)
+    return o, lse

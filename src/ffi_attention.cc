@@ -4,6 +4,7 @@
 #include <string>
 
 #include "../cuda/attention.h"
+#include "../cuda/attention_decode.h"
 #include "debug.h"
 #include "ffi_common.h"
 #include "ffi_attention.h"
@@ -158,6 +159,90 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   return CheckLaunch(err, "attention backward");
 }
 
+// Decode: q [B, Tq, Hq, D]; k, v [B, Tk, Hkv, D], or page pools [P, page_size, Hkv, D] with
+// page_table [B, pages_per_seq] when `paged` (else a [1, 1] placeholder); q_rows,
+// q_positions, kv_lengths [B]; counts [Bm, Hm, R], lists [Bm, Hm, R, W]. Results o, lse
+// and the split workspace part_o [B, Hq, Tq, S, D], part_lse [B, Hq, Tq, S] (S: splits).
+ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
+                      Buffer<S32> kv_lengths, Buffer<S32> q_rows, Buffer<S32> q_positions,
+                      Buffer<S32> counts, Buffer<S32> lists, Buffer<S32> page_table,
+                      Result<AnyBuffer> o, Result<Buffer<F32>> lse,
+                      Result<Buffer<F32>> part_o, Result<Buffer<F32>> part_lse,
+                      int32_t block_size, bool causal, float scale, bool paged) {
+  auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
+  if (dtype.has_error()) return dtype.error();
+  auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
+    return Invalid("decode: q, k, v must have 4 dimensions");
+  for (int i = 0; i < 4; ++i)
+    if (kd[i] != vd[i]) return Invalid("decode: k and v shapes differ");
+  if (k.element_type() != q.element_type() || v.element_type() != q.element_type())
+    return Invalid("decode: q, k, v dtypes differ");
+  AttentionDecodeParams p{};
+  p.batch = int32_t(qd[0]);
+  p.tq = int32_t(qd[1]);
+  p.hq = int32_t(qd[2]);
+  p.head_dim = int32_t(qd[3]);
+  p.hkv = int32_t(kd[2]);
+  if (kd[3] != qd[3]) return Invalid("decode: q and k differ in head dimension");
+  auto pt = page_table.dimensions();
+  if (paged) {
+    if (pt.size() != 2 || pt[0] != qd[0])
+      return Invalid("decode: page_table must be [B, pages_per_seq]");
+    p.page_size = int32_t(kd[1]);
+    p.pages_per_seq = int32_t(pt[1]);
+    p.tk = p.page_size * p.pages_per_seq;
+  } else {
+    if (kd[0] != qd[0]) return Invalid("decode: q and k differ in batch");
+    p.tk = p.page_size = int32_t(kd[1]);
+    p.pages_per_seq = 1;
+  }
+  for (const Buffer<S32>* x : {&kv_lengths, &q_rows, &q_positions})
+    if (x->dimensions().size() != 1 || x->dimensions()[0] != qd[0])
+      return Invalid("decode: kv_lengths, q_rows and q_positions must be [B]");
+  auto cd = counts.dimensions(), ld = lists.dimensions();
+  if (cd.size() != 3 || ld.size() != 4 || ld[0] != cd[0] || ld[1] != cd[1] || ld[2] != cd[2])
+    return Invalid("decode: counts must be [Bm, Hm, R] and lists [Bm, Hm, R, W]");
+  p.mask_batch = int32_t(cd[0]);
+  p.mask_heads = int32_t(cd[1]);
+  p.rows = int32_t(cd[2]);
+  p.width = int32_t(ld[3]);
+  auto wd = part_lse->dimensions();
+  if (wd.size() != 4) return Invalid("decode: part_lse must be [B, Hq, Tq, splits]");
+  p.splits = int32_t(wd[3]);
+  p.block_size = block_size;
+  p.scale = scale;
+  p.causal = causal;
+  if (paged) p.page_table = page_table.typed_data();
+  if (const char* why = AttentionDecodeUnsupported(p)) return Invalid(std::string("decode: ") + why);
+  const AttentionDecodeKernel* kernel = FindAttentionDecodeKernel(*dtype, p.head_dim);
+  if (kernel == nullptr)
+    return Invalid(std::string("decode: no kernel for ") + DTypeName(*dtype) +
+                   " head_dim=" + std::to_string(p.head_dim) + " in the dispatch table");
+  p.q = q.untyped_data();
+  p.k = k.untyped_data();
+  p.v = v.untyped_data();
+  p.kv_lengths = kv_lengths.typed_data();
+  p.q_rows = q_rows.typed_data();
+  p.q_positions = q_positions.typed_data();
+  p.counts = counts.typed_data();
+  p.lists = lists.typed_data();
+  p.o = o->untyped_data();
+  p.lse = lse->typed_data();
+  p.part_o = part_o->typed_data();
+  p.part_lse = part_lse->typed_data();
+  if (p.batch == 0 || p.hq == 0) return ffi::Error::Success();
+  LaunchLog log(stream, DebugLevel() ? "attention_decode q" + ShapeText(qd) + " k" +
+                                           ShapeText(kd) + " " + DTypeName(*dtype) +
+                                           " bs=" + std::to_string(block_size) +
+                                           (paged ? " paged" : "") + (causal ? " causal" : "") +
+                                           " splits=" + std::to_string(p.splits)
+                                     : "");
+  const cudaError_t err = kernel->launch(p, stream);
+  log.Done(kernel->name);
+  return CheckLaunch(err, "attention decode");
+}
+
 }  // namespace
 }  // namespace jax_blocksparse
 
@@ -206,4 +291,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<AnyBuffer>()     // dv
         .Ret<Buffer<F32>>()   // delta (workspace)
             JBS_ATTENTION_ATTRS,
+    {ffi::Traits::kCmdBufferCompatible});
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JaxBlocksparseAttentionDecode, jax_blocksparse::DecodeImpl,
+    ffi::Ffi::Bind()
+        .Ctx<ffi::PlatformStream<cudaStream_t>>()
+        .Arg<AnyBuffer>()     // q
+        .Arg<AnyBuffer>()     // k (or k pages)
+        .Arg<AnyBuffer>()     // v (or v pages)
+        .Arg<Buffer<S32>>()   // kv_lengths
+        .Arg<Buffer<S32>>()   // q_rows
+        .Arg<Buffer<S32>>()   // q_positions
+        .Arg<Buffer<S32>>()   // counts
+        .Arg<Buffer<S32>>()   // lists
+        .Arg<Buffer<S32>>()   // page_table
+        .Ret<AnyBuffer>()     // o
+        .Ret<Buffer<F32>>()   // lse
+        .Ret<Buffer<F32>>()   // part_o (workspace)
+        .Ret<Buffer<F32>>()   // part_lse (workspace)
+            JBS_ATTENTION_ATTRS.Attr<bool>("paged"),
     {ffi::Traits::kCmdBufferCompatible});

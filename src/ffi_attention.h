@@ -6,4 +6,5 @@
 extern "C" {
 XLA_FFI_Error* JaxBlocksparseAttentionFwd(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* JaxBlocksparseAttentionBwd(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* JaxBlocksparseAttentionDecode(XLA_FFI_CallFrame* call_frame);
 }

@@ -22,6 +22,7 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
     targets["jax_blocksparse_dds"] = Capsule(JaxBlocksparseDds);
     targets["jax_blocksparse_attention_fwd"] = Capsule(JaxBlocksparseAttentionFwd);
     targets["jax_blocksparse_attention_bwd"] = Capsule(JaxBlocksparseAttentionBwd);
+    targets["jax_blocksparse_attention_decode"] = Capsule(JaxBlocksparseAttentionDecode);
     return targets;
   });
   m.attr("cuda_architectures") = JBS_CUDA_ARCHITECTURES;

@@ -1,0 +1,180 @@
+"""Decode attention bandwidth: one query token per sequence against a KV cache.
+
+Decoding reads the visible part of the KV cache once per token and does little arithmetic
+on it, so its speed is a memory bandwidth. Each row prints the median time of a call
+(`jax_blocksparse/bench/timing.py`), the bytes of K and V the call must read, their rate
+(TB/s) and that rate as a share of the device-to-device copy rate of a buffer the size of
+the dense K+V cache (the issue's target: ours at 80% of the copy or more). Rows: the copy
+(read + write counted); ours (`jbs.attention(q, k, v, layout, causal=True,
+q_offset=lengths - 1, kv_lengths=lengths)`) on the dense causal layout with a contiguous
+cache and with a paged one (shuffled pages), and on a local (sliding window) layout, which
+reads only the key blocks its last mask row lists; `jax.nn.dot_product_attention` (cuDNN,
+XLA) on the dense cache. Before timing, each attention row is checked against a float32
+reference of batch entry 0, two heads (`rel err`; bf16: expect < 2e-2).
+
+    bash benchmarks/device.sh decode        # on the GPU machine: bf16 B=8 Hq=64 Hkv=8 D=128
+                                            # T=32768, block 128, page 64, window 4096
+    python benchmarks/decode.py --quick     # tiny sizes, seconds (automatic without a GPU)
+"""
+
+import argparse
+import shlex
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_blocksparse as jbs
+from jax_blocksparse.bench.timing import median_ms
+
+FULL = dict(batch=8, q_heads=64, kv_heads=8, head_dim=128, seq_len=32768, block_size=128,
+            window=4096, page_size=64, reps=10)
+QUICK = dict(batch=2, q_heads=4, kv_heads=2, head_dim=64, seq_len=1024, block_size=64,
+             window=256, page_size=64, reps=2)
+HEADER = (f"{'':34} {'ms':>9} {'GB read':>8} {'TB/s':>6} {'% of copy':>9} {'rel err':>8}")
+
+
+def loop_ms(call, sync, reps, runs=5):
+    """`median_ms`'s protocol (warm-up, then the median over `runs` of the mean time of
+    `reps` back-to-back calls) for a call that is not a jitted JAX function."""
+    call()
+    sync()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(reps):
+            call()
+        sync()
+        times.append((time.perf_counter() - start) / reps * 1e3)
+    return float(np.median(times))
+
+
+def copy_ms(nbytes, reps):
+    """(method, ms) of a device-to-device copy of `nbytes`. torch's `dst.copy_(src)` (a
+    cudaMemcpyAsync, the usual reference) when torch sees a GPU; else a jitted
+    `dynamic_update_slice` of the whole buffer into a donated one, which XLA must carry out
+    as a copy into the donated buffer (a jitted `x.copy()` may be forwarded as x itself)."""
+    try:
+        import torch
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if cuda:  # after JAX took its share of the GPU memory: torch uses what is left
+        src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        ms = loop_ms(lambda: dst.copy_(src), torch.cuda.synchronize, reps)
+        del src, dst
+        torch.cuda.empty_cache()
+        return "torch copy_", ms
+    f = jax.jit(lambda dst, src: jax.lax.dynamic_update_slice(dst, src, (0,)),
+                donate_argnums=0)
+    src = jnp.ones((nbytes,), jnp.uint8)
+    state = [jnp.zeros_like(src)]
+
+    def call():
+        state[0] = f(state[0], src)
+    return "XLA dynamic_update_slice", loop_ms(call, lambda: state[0].block_until_ready(), reps)
+
+
+def keys_read(layout, lengths):
+    """Keys that decoding the token at position `n - 1` of each sequence (n in `lengths`)
+    must read: those of the key blocks listed in that position's mask row, before n."""
+    mask = layout.mask.reshape(-1, *layout.mask.shape[-2:]).any(0)
+    bs = layout.block_size
+    return sum(int(np.clip(n - np.flatnonzero(mask[(n - 1) // bs]) * bs, 0, bs).sum())
+               for n in lengths)
+
+
+def rel_err(out, q, k_seq, v_seq, allowed):
+    """Relative error of `out[0, 0, h]` for two heads h against float32 attention of query
+    `q[0, 0, h]` over the keys `k_seq, v_seq [T, Hkv, D]` of batch entry 0 where `allowed`."""
+    heads = np.array([0, q.shape[2] - 1])
+    kv = heads // (q.shape[2] // k_seq.shape[1])
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    s = jnp.einsum("hd,thd->ht", f32(q[0, 0, heads]), f32(k_seq[:, kv]), precision="highest")
+    p = jax.nn.softmax(jnp.where(allowed, s / np.sqrt(q.shape[-1]), -jnp.inf), axis=-1)
+    ref = jnp.einsum("ht,thd->hd", p, f32(v_seq[:, kv]), precision="highest")
+    return float(jnp.linalg.norm(f32(out[0, 0, heads]) - ref) / jnp.linalg.norm(ref))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (default without a GPU)")
+    parser.add_argument("--reps", type=int, help="back-to-back calls per timing")
+    parser.add_argument("--block-size", type=int)
+    args = parser.parse_args()
+    gpu = jax.default_backend() == "gpu"
+    cfg = dict(QUICK if args.quick or not gpu else FULL)
+    cfg.update({k: v for k, v in (("reps", args.reps), ("block_size", args.block_size)) if v})
+    b, hq, hkv, d, t = (cfg[k] for k in ("batch", "q_heads", "kv_heads", "head_dim", "seq_len"))
+    bs, ps, reps = cfg["block_size"], cfg["page_size"], cfg["reps"]
+    dtype = jnp.bfloat16
+    print(f"decode: jax {jax.__version__} on {jax.devices()[0].device_kind}; CUDA kernels: "
+          f"{jbs.cuda_available()}")
+    print("command:", shlex.join([sys.executable] + sys.argv))
+
+    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(kq, (b, 1, hq, d), dtype)
+    k = jax.random.normal(kk, (b, t, hkv, d), dtype)
+    v = jax.random.normal(kv, (b, t, hkv, d), dtype)
+    lengths = np.full(b, t, np.int32)
+    token_bytes = 2 * hkv * d * jnp.dtype(dtype).itemsize  # one key and one value
+    dense_bytes = b * t * token_bytes
+    # The paged cache: pools of the same pages in shuffled order, page_table [B, T / ps].
+    perm = np.random.default_rng(0).permutation(b * t // ps)
+    page_table = jnp.asarray(perm.reshape(b, t // ps), jnp.int32)
+    k_pool, v_pool = (x.reshape(-1, ps, hkv, d)[np.argsort(perm)] for x in (k, v))
+    print(f"bf16 B={b} Hq={hq} Hkv={hkv} D={d}, one query token, cache T={t} (lengths {t}), "
+          f"block {bs}, page {ps}, window {cfg['window']}; K+V {dense_bytes / 1e9:.3f} GB; "
+          f"reps {reps}")
+    print(HEADER)
+    print("-" * len(HEADER))
+
+    method, ms = copy_ms(dense_bytes, reps)
+    copy_tbs = 2 * dense_bytes / ms / 1e9
+
+    def show(name, ms, nbytes, err=None, note=""):
+        tbs = nbytes / ms / 1e9
+        err = "" if err is None else f"{err:8.1e}"
+        print(f"{name:34} {ms:9.4f} {nbytes / 1e9:8.4f} {tbs:6.3f} {100 * tbs / copy_tbs:9.1f} "
+              f"{err:>8} {note}", flush=True)
+
+    show("d2d copy, read+write", ms, 2 * dense_bytes, note=method)
+
+    j = np.arange(t)
+    n0 = int(lengths[0])
+
+    def ours(name, layout, k, v, k_seq, v_seq, **paged):
+        f = jax.jit(lambda q, k, v, n, paged: jbs.attention(
+            q, k, v, layout, causal=True, q_offset=n - 1, kv_lengths=n, **paged))
+        n = jnp.asarray(lengths)
+        allowed = (j < n0) & layout.mask[(n0 - 1) // bs, j // bs]
+        err = rel_err(f(q, k, v, n, paged), q, k_seq, v_seq, allowed)
+        nbytes = keys_read(layout, lengths) * token_bytes
+        note = "" if nbytes == dense_bytes else f"{nbytes / dense_bytes:.1%} of the dense bytes"
+        show(name, median_ms(f, q, k, v, n, paged, reps=reps), nbytes, err, note)
+
+    causal = jbs.layouts.causal(t, bs)
+    ours("ours, dense causal", causal, k, v, k[0], v[0])
+    ours(f"ours, dense causal, paged ({ps})", causal, k_pool, v_pool,
+         k_pool[page_table[0]].reshape(t, hkv, d), v_pool[page_table[0]].reshape(t, hkv, d),
+         page_table=page_table)
+    ours(f"ours, local window {cfg['window']}", jbs.layouts.local(t, bs, cfg["window"]),
+         k, v, k[0], v[0])
+
+    for impl in ("cudnn", "xla"):
+        name = f"jax.nn.dot_product_attention {impl}"
+        try:
+            f = jax.jit(lambda q, k, v, impl=impl: jax.nn.dot_product_attention(
+                q, k, v, is_causal=False, implementation=impl))
+            err = rel_err(f(q, k, v), q, k[0], v[0], j < n0)
+            show(name, median_ms(f, q, k, v, reps=reps), dense_bytes, err)
+        except Exception as e:  # cuDNN absent (CPU) or the shape unsupported
+            line = (str(e).strip().splitlines() or [""])[0]
+            print(f"{name:34} failed: {type(e).__name__}: {line[:120]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+// Launcher of the decode attention kernel: a few queries per sequence (Tq <= 16) against a
+// long KV cache, contiguous or paged. Host-callable, plain C++.
+//
+// Semantics (jax_blocksparse/attention.py, `attention_decode_p`): q [B, Tq, Hq, D]; k and v
+// [B, Tk, Hkv, D] (contiguous), or page pools [P, page_size, Hkv, D] with page_table
+// [B, pages_per_seq] (key j of sequence b is row j % page_size of page page_table[b, j /
+// page_size]; Tk = pages_per_seq * page_size). Query i of batch entry b uses the mask row
+// floor((q_rows[b] + i) / bs) (none outside [0, R): o = 0, lse = -inf) and attends key j iff
+// j's block is listed in that row (lists [Bm, Hm, R, W], counts [Bm, Hm, R], Bm 1 or B,
+// Hm 1 or Hq), j < kv_lengths[b] and, when causal, j <= q_positions[b] + i.
+//
+// Work split (FlashDecoding): one CTA per (batch entry, kv head, head group, mask-row part,
+// row chunk, split). Its rows are the queries of one mask row times the query heads that
+// share the kv head (all of them when the mask is shared by the heads: K and V are read
+// once per group), at most 16; it walks one `splits`-th of the row's listed blocks, four
+// warps taking 16-key tiles in turn, each from its own cp.async ring. A second kernel
+// combines the splits' partial results through their log-sum-exp in a fixed order: the
+// output is bitwise deterministic (no atomics).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "matmul.h"  // DType
+
+namespace jax_blocksparse {
+
+constexpr int kDecodeMaxQueries = 16;    // Tq bound of the decode kernel
+constexpr int kDecodeTileKeys = 16;      // block sizes and page sizes: multiples of this
+constexpr int kDecodeSplitCapacity = 1024;  // listed blocks one split can hold
+
+struct AttentionDecodeParams {
+  const void *q, *k, *v;
+  const int32_t *kv_lengths, *q_rows, *q_positions;  // [B]
+  const int32_t *counts, *lists;                     // [Bm, Hm, R], [Bm, Hm, R, W]
+  const int32_t* page_table;                         // [B, pages_per_seq]; nullptr: contiguous
+  void* o;                                           // [B, Tq, Hq, D], q's dtype
+  float* lse;                                        // [B, Hq, Tq]
+  float *part_o, *part_lse;  // workspace [B, Hq, Tq, splits, D], [B, Hq, Tq, splits]
+  int32_t batch, tq, tk, hq, hkv, head_dim, block_size;
+  int32_t mask_batch, mask_heads, rows, width;  // Bm, Hm, R, W
+  int32_t page_size, pages_per_seq;             // contiguous: Tk, 1
+  int32_t splits;
+  float scale;
+  bool causal;
+};
+
+// One row of the decode dispatch table: (dtype, head dim) -> launcher and debug name.
+struct AttentionDecodeKernel {
+  DType dtype;
+  int32_t head_dim;
+  const char* name;
+  cudaError_t (*launch)(const AttentionDecodeParams& p, cudaStream_t stream);
+};
+
+// The table's row, or nullptr when there is none (the FFI handler reports it).
+const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, int head_dim);
+
+// Why the decode kernel cannot take p (nullptr when it can).
+const char* AttentionDecodeUnsupported(const AttentionDecodeParams& p);
+
+}  // namespace jax_blocksparse

@@ -1,0 +1,149 @@
+"""Decode attention: a few queries per sequence (`Tq <= 16`) against a long
+KV cache, contiguous or paged.
+
+One primitive, `attention_decode_p(q, k, v, kv_lengths, q_rows, q_positions, counts,
+lists, page_table) -> (o, lse)`:
+  - q `[B, Tq, Hq, D]`; k, v `[B, Tk, Hkv, D]`, or, when `paged`, page pools
+    `[P, page_size, Hkv, D]` with `page_table` int32 `[B, pages_per_seq]` (key j of batch
+    entry b is row `j % page_size` of page `page_table[b, j // page_size]`;
+    `Tk = pages_per_seq * page_size`); without pages `page_table` is a `[1, 1]` placeholder.
+  - query i of batch entry b uses mask row `(q_rows[b] + i) // bs` of the block lists
+    (`counts [Bm, Hm, R]`, `lists [Bm, Hm, R, W]`, Bm 1 or B, Hm 1 or Hq; a row outside
+    `[0, R)` attends nothing) and attends key j iff j's block is listed there,
+    `j < kv_lengths[b]` and, when `causal`, `j <= q_positions[b] + i`.
+  - o `[B, Tq, Hq, D]` in q's dtype, lse `[B, Hq, Tq]` float32 (float64 for float64); a row
+    with no key: o = 0, lse = -inf.
+The pure-JAX lowering gathers each query's listed key blocks (cost grows with the listed
+blocks, never with the cache length); on CUDA the decode kernel runs where
+`_cuda.decode_unsupported` allows (split-KV, a deterministic log-sum-exp combine, the query
+heads of a kv head in one CTA). Differentiable to any order: the JVP's tangent is the JVP of
+the pure-JAX implementation (inference runs the kernel; `jax.grad` works on every path).
+`attention.attention` routes calls with `Tq <= DECODE_MAX_QUERIES` here.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import _jax_internals as jint
+from .attention import _bind, _lse_dtype, _reference_jvp, paged_keys
+
+def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table, *,
+                     block_size, causal, scale, paged):
+    """The decode primitive in pure JAX: each query gathers the key blocks its mask row
+    lists (`[B, Hm, Tq, W * bs]` keys), then a masked softmax."""
+    if paged:
+        k, v = paged_keys(k, page_table), paged_keys(v, page_table)
+    b, tq, hq, d = q.shape
+    tk, hkv = k.shape[1], k.shape[2]
+    bm, hm, rows, width = lists.shape
+    bs = block_size
+    group = hq // hkv
+    row = (q_rows[:, None] + jnp.arange(tq)) // bs  # [B, Tq]
+    inside = (row >= 0) & (row < rows)
+    at_row = lambda x: jnp.take_along_axis(  # [Bm, Hm, R, ...] -> [B, Hm, Tq, ...]
+        jnp.broadcast_to(x, (b,) + x.shape[1:]),
+        jnp.clip(row, 0, rows - 1).reshape((b, 1, tq) + (1,) * (x.ndim - 3)), axis=2)
+    count = jnp.where(inside[:, None], at_row(counts), 0)  # [B, Hm, Tq]
+    blocks = at_row(lists)  # [B, Hm, Tq, W]
+    keys = (jnp.maximum(blocks, 0)[..., None] * bs + jnp.arange(bs)).reshape(b, hm, tq, -1)
+    listed = jnp.repeat(jnp.arange(width)[None, None, None] < count[..., None], bs, axis=-1)
+    allowed = listed & (keys < jnp.minimum(kv_lengths, tk)[:, None, None, None])
+    if causal:
+        allowed &= keys <= (q_positions[:, None] + jnp.arange(tq))[:, None, :, None]
+    keys = jnp.minimum(keys, tk - 1)  # [B, Hm, Tq, N]
+
+    f32 = lambda x: x.astype(_lse_dtype(x.dtype))
+    batch = jnp.arange(b)[:, None, None, None]
+    if hm == 1:  # keys shared by the query heads: gather per kv head
+        heads = jnp.arange(hkv)[None, :, None, None]
+        kg, vg = (f32(x)[batch, keys, heads] for x in (k, v))  # [B, Hkv, Tq, N, D]
+        qg = f32(q).reshape(b, tq, hkv, group, d)
+        s = jnp.einsum("bihgd,bhind->bhgin", qg, kg, precision="highest") * scale
+        allowed = allowed[:, :, None]  # [B, 1, 1, Tq, N]
+    else:  # a mask per query head: gather per query head
+        heads = (jnp.arange(hq) // group)[None, :, None, None]
+        kg, vg = (f32(x)[batch, keys, heads] for x in (k, v))  # [B, Hq, Tq, N, D]
+        kg, vg = (x.reshape(b, hkv, group, tq, -1, d) for x in (kg, vg))
+        qg = f32(q).reshape(b, tq, hkv, group, d)
+        s = jnp.einsum("bihgd,bhgind->bhgin", qg, kg, precision="highest") * scale
+        allowed = allowed.reshape(b, hkv, group, tq, -1)
+    s = jnp.where(allowed, s, -jnp.inf)
+    m = s.max(axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    p = jnp.where(allowed, jnp.exp(s - m), 0.0)
+    l = p.sum(axis=-1, keepdims=True)
+    nonempty = l > 0
+    l_safe = jnp.where(nonempty, l, 1.0)
+    spec = "bhgin,bhind->bhgid" if hm == 1 else "bhgin,bhgind->bhgid"
+    o = jnp.einsum(spec, p / l_safe, vg, precision="highest")  # [B, Hkv, G, Tq, D]
+    lse = jnp.where(nonempty, m + jnp.log(l_safe), -jnp.inf)[..., 0]  # [B, Hkv, G, Tq]
+    o = o.reshape(b, hq, tq, d).transpose(0, 2, 1, 3).astype(q.dtype)
+    return o, lse.reshape(b, hq, tq)
+
+
+attention_decode_p = jint.define_primitive("blocksparse_attention_decode",
+                                           multiple_results=True)
+
+
+def _abstract_eval(q, k, v, *ctx, **_):
+    b, tq, hq, _ = q.shape
+    o = q.update(shape=q.shape, dtype=q.dtype, weak_type=False)
+    lse = q.update(shape=(b, hq, tq), dtype=_lse_dtype(q.dtype), weak_type=False)
+    return o, lse
+
+
+attention_decode_p.def_abstract_eval(_abstract_eval)
+jint.register_default_lowering(attention_decode_p, decode_reference, multiple_results=True)
+jint.register_jvp(attention_decode_p,
+                  _reference_jvp(attention_decode_p, decode_reference, (0, 1, 2)))
+
+
+def _fold_batch(args, dims, *, paged, **params):
+    """vmap: fold the mapped axis into B. q, the [B] context operands and the page table
+    carry B; contiguous k, v carry B; page pools fold their mapped axis into the pages
+    (the page table then points into the folded pool); lists shared by the batch stay
+    shared unless mapped."""
+    q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table = (
+        a if d is jint.not_mapped else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims))
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not jint.not_mapped)
+    mapped = [d is not jint.not_mapped for d in dims]
+    batch = q.shape[1 if mapped[0] else 0]
+
+    def fold_b(a, is_mapped, may_share=False):  # [B, ...] (or [1, ...] when may_share)
+        if may_share and not is_mapped and a.shape[0] == 1:
+            return a  # shared by the batch: stays shared
+        a = a if is_mapped else a[None]
+        a = jnp.broadcast_to(a, (size, batch) + a.shape[2:])
+        return a.reshape((size * batch,) + a.shape[2:])
+
+    q, kv_lengths, q_rows, q_positions = (
+        fold_b(a, m) for a, m in zip((q, kv_lengths, q_rows, q_positions),
+                                     (mapped[0], *mapped[3:6])))
+    counts, lists = (fold_b(a, m, may_share=True) for a, m in zip((counts, lists), mapped[6:8]))
+    if not paged:
+        k, v = fold_b(k, mapped[1]), fold_b(v, mapped[2])
+    else:
+        table = fold_b(page_table, mapped[8])
+        if mapped[1] or mapped[2]:  # a pool per mapped index: offset the table into their fold
+            pages = k.shape[1] if mapped[1] else k.shape[0]
+            k, v = (jnp.broadcast_to(x if m else x[None], (size,) + x.shape[int(m):])
+                    .reshape((size * pages,) + x.shape[1 + int(m):])
+                    for x, m in ((k, mapped[1]), (v, mapped[2])))
+            offset = jnp.repeat(jnp.arange(size, dtype=table.dtype) * pages, batch)
+            table = table + offset[:, None]
+        page_table = table
+    o, lse = attention_decode_p.bind(q, k, v, kv_lengths, q_rows, q_positions, counts, lists,
+                                     page_table, paged=paged, **params)
+    return ([o.reshape((size, batch) + o.shape[1:]), lse.reshape((size, batch) + lse.shape[1:])],
+            [0, 0])
+
+
+jint.register_batching(attention_decode_p, _fold_batch)
+
+
+def decode(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table, **params):
+    """Bind `attention_decode_p` (operands as in the module docstring)."""
+    return _bind(attention_decode_p, q, k, v, kv_lengths, q_rows, q_positions, counts, lists,
+                 page_table, **params)

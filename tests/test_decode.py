@@ -1,0 +1,232 @@
+"""Decode attention (Tq <= 16 queries per sequence against a KV cache): the decode primitive
+(pure JAX on the CPU, the split-KV kernel on a GPU) against a dense float64 reference, over
+contiguous and paged caches, GQA, masks shared, per head and per batch entry, query chunks
+that straddle block rows, lengths that are not multiples of the block size, a cache longer
+than one split holds; values, gradients, vmap, determinism, and the custom call it lowers to.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_blocksparse as jbs
+from test_attention import GRAD_TOL, TOL, platform  # noqa: F401 (the platform fixture)
+from test_masks_from_data import dense_attention
+from test_matmul import float64_enabled, poison, rel_err
+
+
+def block_mask(kind, rng, b, hq, r):
+    """bool `[Bm, Hm, R, R]` of one kind, and the mask argument for attention."""
+    if kind == "local":
+        m = jbs.layouts.local(r * 16, 16, 3 * 16).mask[None, None]  # 3-block window
+    elif kind == "dense":
+        m = np.tril(np.ones((r, r), bool))[None, None]
+    elif kind == "per_head":  # head 0 has empty rows
+        m = (rng.random((1, hq, r, r)) < 0.5) | np.eye(r, dtype=bool)
+        m[0, 0, 1::2] = False
+    else:  # per batch entry
+        m = (rng.random((b, 1, r, r)) < 0.5) | np.eye(r, dtype=bool)
+    return m
+
+
+def as_mask(m, bs, per_batch):
+    if per_batch:
+        return jbs.BlockMask.from_mask(m, bs)
+    return jbs.Layout(m[0], bs)
+
+
+def allowed_at(m, bs, positions, tk, lengths, causal=True):
+    """bool `[B, Hm, Tq, Tk]` of queries at `positions [B, Tq]` (rows inside the mask)."""
+    b = positions.shape[0]
+    rows = positions // bs
+    per_b = [m[i if m.shape[0] > 1 else 0][:, rows[i]].repeat(bs, -1)[..., :tk]
+             for i in range(b)]
+    allowed = np.stack(per_b)  # [B, Hm, Tq, Tk]
+    j = np.arange(tk)
+    allowed &= j < lengths[:, None, None, None]
+    if causal:
+        allowed &= j <= positions[:, None, :, None]
+    return allowed
+
+
+def to_pages(rng, x, page_size, spare=3):
+    """A page pool holding the cache `x [B, Tk, H, D]` in shuffled pages, and the table."""
+    b, tk = x.shape[:2]
+    per_seq = tk // page_size
+    order = rng.permutation(b * per_seq + spare)[:b * per_seq]
+    pool = jnp.asarray(rng.standard_normal((b * per_seq + spare, page_size) + x.shape[2:]),
+                       x.dtype)  # spare pages hold noise: never read
+    pool = pool.at[order].set(x.reshape((b * per_seq, page_size) + x.shape[2:]))
+    return pool, jnp.asarray(order.reshape(b, per_seq), jnp.int32)
+
+
+CASES = [  # dtype, head dim, block size, Tq, Hq, Hkv, mask kind, paged
+    (jnp.bfloat16, 128, 128, 1, 8, 1, "local", False),
+    (jnp.float16, 64, 64, 3, 4, 2, "dense", True),
+    (jnp.bfloat16, 256, 16, 16, 2, 2, "per_head", False),
+    (jnp.bfloat16, 96, 32, 5, 6, 3, "per_batch", True),
+    (jnp.float16, 128, 64, 1, 16, 2, "dense", False),
+    (jnp.bfloat16, 64, 16, 7, 8, 2, "local", False),
+    (jnp.float32, 64, 32, 2, 4, 2, "dense", True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(
+    [jnp.dtype(c[0]).name, f"d{c[1]}", f"bs{c[2]}", f"tq{c[3]}", f"g{c[4] // c[5]}", c[6]] +
+    (["paged"] if c[7] else [])))
+def test_decode_matches_the_dense_reference(platform, case, monkeypatch):
+    """Values and gradients: queries at per-batch positions (ending at each sequence's
+    length, one chunk straddling a block row), kv_lengths, Tk not a multiple of bs. On a
+    GPU each row's blocks are split over several CTAs (one block per split allowed)."""
+    monkeypatch.setitem(jbs._cuda.DECODE, "min_blocks_per_split", 1)
+    dtype, d, bs, tq, hq, hkv, kind, paged = case
+    rng = np.random.default_rng(d + bs + tq)
+    b, r = 3, 6
+    tk = r * bs - (bs // 2 if not paged else 0)  # paged: whole pages
+    page = 16 if bs == 16 else bs // 2
+    m = block_mask(kind, rng, b, hq, r)
+    mask = as_mask(m, bs, kind == "per_batch")
+    lengths = np.array([tk, tq + 2, 2 * bs + tq // 2 + 1])  # the last: a chunk across rows
+    positions = (lengths - tq)[:, None] + np.arange(tq)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype)
+    q, k, v = arr(b, tq, hq, d), arr(b, tk, hkv, d), arr(b, tk, hkv, d)
+    allowed = allowed_at(m, bs, positions, tk, lengths)
+    if paged:
+        kp, table = to_pages(rng, k, page)
+        vp = jnp.zeros_like(kp).at[table.reshape(-1)].set(v.reshape((-1, page, hkv, d)))
+        f = lambda q, kp, vp: jbs.attention(q, kp, vp, mask, causal=True, page_table=table,
+                                            q_offset=lengths - tq, kv_lengths=lengths)
+        args = (q, kp, vp)
+        contiguous = lambda q, kp, vp: (q, kp[table].reshape(k.shape),
+                                        vp[table].reshape(v.shape))
+    else:
+        f = lambda q, k, v: jbs.attention(q, k, v, mask, causal=True, q_offset=lengths - tq,
+                                          kv_lengths=lengths)
+        args = (q, k, v)
+        contiguous = lambda *a: a
+    cot = arr(b, tq, hq, d)
+    poison(platform)
+    out, vjp = jax.vjp(jax.jit(f), *args)
+    grads = jax.jit(vjp)(cot)
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
+        ref = lambda *a: dense_attention(*contiguous(*a), allowed, d ** -0.5)
+        want, ref_vjp = jax.vjp(ref, *map(up, args))
+        want_grads = ref_vjp(up(cot))
+    assert out.dtype == dtype and out.shape == q.shape
+    assert rel_err(out, np.asarray(want)) < TOL[dtype], "output"
+    for g, w, name in zip(grads, want_grads, "qkv"):
+        assert rel_err(g, np.asarray(w)) < GRAD_TOL[dtype], f"d{name}"
+
+
+def test_long_cache_several_splits_and_determinism(platform):
+    """A cache whose row lists more blocks than one split holds (1024): every block is
+    read once, and the result is bitwise the same run to run."""
+    rng = np.random.default_rng(5)
+    b, hq, hkv, d, bs, tk = 2, 4, 1, 64, 16, 1100 * 16 + 5
+    r = -(-tk // bs)
+    layout = jbs.Layout(np.ones((r, r), bool), bs)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(jnp.bfloat16)
+    q, k, v = arr(b, 1, hq, d), arr(b, tk, hkv, d), arr(b, tk, hkv, d)
+    lengths = np.array([tk, tk - 3000])
+    f = jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, causal=True,
+                                              q_offset=lengths - 1, kv_lengths=lengths))
+    poison(platform)
+    out = f(q, k, v)
+    allowed = allowed_at(layout.mask[None, None], bs, (lengths - 1)[:, None], tk, lengths)
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
+        want = dense_attention(up(q), up(k), up(v), allowed, d ** -0.5)
+    assert rel_err(out, np.asarray(want)) < TOL[jnp.bfloat16]
+    again = f(q, k, v)
+    np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)),
+                                  np.asarray(again.astype(jnp.float32)))
+
+
+def test_decode_token_by_token_equals_full_attention_paged(platform):
+    """Generation: each step's token, attending a paged cache, equals the row of full
+    attention over the whole sequence (float32, GQA, a local window)."""
+    rng = np.random.default_rng(11)
+    b, t, hq, hkv, d, bs, page = 2, 96, 4, 2, 32, 16, 16
+    layout = jbs.layouts.local(t, bs, 40)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+    q, k, v = arr(b, t, hq, d), arr(b, t, hkv, d), arr(b, t, hkv, d)
+    full = jbs.attention(q, k, v, layout, causal=True)
+    kp, table = to_pages(rng, k, page)
+    vp = jnp.zeros_like(kp).at[table.reshape(-1)].set(v.reshape((-1, page, hkv, d)))
+    step = jax.jit(lambda q1, n: jbs.attention(q1, kp, vp, layout, causal=True, q_offset=n - 1,
+                                               kv_lengths=n, page_table=table))
+    poison(platform)
+    for n in ([1, 5], [40, 96], [63, 64]):
+        n = jnp.asarray(n, jnp.int32)
+        q1 = jnp.take_along_axis(q, (n - 1)[:, None, None, None], axis=1)
+        want = jnp.take_along_axis(full, (n - 1)[:, None, None, None], axis=1)
+        np.testing.assert_allclose(np.asarray(step(q1, n)), np.asarray(want), rtol=2e-5,
+                                   atol=2e-5)
+
+
+def test_vmap_over_queries_and_page_pools(platform):
+    """vmap of paged decoding over the queries and over one page pool per mapped index
+    equals the loop."""
+    rng = np.random.default_rng(13)
+    b, t, hq, hkv, d, bs, page = 2, 64, 4, 2, 64, 32, 16
+    layout = jbs.layouts.local(t, bs, 40)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(jnp.bfloat16)
+    qs, pools_k, pools_v = arr(3, b, 1, hq, d), arr(3, 10, page, hkv, d), arr(3, 10, page, hkv, d)
+    table = jnp.asarray(rng.permutation(10)[:8].reshape(b, 4), jnp.int32)
+    n = jnp.asarray([64, 30], jnp.int32)
+    f = lambda q, kp, vp: jbs.attention(q, kp, vp, layout, causal=True, q_offset=n - 1,
+                                        kv_lengths=n, page_table=table)
+    poison(platform)
+    got = jax.jit(jax.vmap(f))(qs, pools_k, pools_v)
+    shared = jax.jit(jax.vmap(f, in_axes=(0, None, None)))(qs, pools_k[0], pools_v[0])
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(got[i], np.float32),
+                                      np.asarray(f(qs[i], pools_k[i], pools_v[i]), np.float32))
+        np.testing.assert_array_equal(np.asarray(shared[i], np.float32),
+                                      np.asarray(f(qs[i], pools_k[0], pools_v[0]), np.float32))
+
+
+def test_paged_long_queries_and_errors():
+    """Long queries over a paged cache gather the pages (equal to the contiguous call); a bad
+    page table or pool is refused at trace time, naming the argument."""
+    rng = np.random.default_rng(17)
+    b, t, h, d, bs, page = 2, 64, 2, 16, 32, 16
+    layout = jbs.layouts.local(t, bs, 40)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+    q, k, v = arr(b, t, h, d), arr(b, t, h, d), arr(b, t, h, d)
+    kp, table = to_pages(rng, k, page)
+    vp = jnp.zeros_like(kp).at[table.reshape(-1)].set(v.reshape((-1, page, h, d)))
+    np.testing.assert_allclose(
+        np.asarray(jbs.attention(q, kp, vp, layout, causal=True, page_table=table)),
+        np.asarray(jbs.attention(q, k, v, layout, causal=True)), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="page_table must be an integer array"):
+        jbs.attention(q[:, :1], kp, vp, layout, q_offset=3, page_table=table[:1])
+    with pytest.raises(ValueError, match="page_table must be an integer array"):
+        jbs.attention(q[:, :1], kp, vp, layout, q_offset=3, page_table=table.astype(float))
+    with pytest.raises(ValueError, match="k must be a page pool"):
+        jbs.attention(q[:, :1], kp[..., :8], vp, layout, q_offset=3, page_table=table)
+
+
+@pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
+def test_short_queries_lower_to_the_decode_kernel():
+    """For "cuda", one token per sequence (contiguous or paged) lowers to the decode custom
+    call, with its split workspace; float32 lowers to pure JAX."""
+    layout = jbs.layouts.local(4096, 128, 1024)
+    q = jnp.ones((8, 1, 64, 128), jnp.bfloat16)
+    k = jnp.ones((8, 4096, 8, 128), jnp.bfloat16)
+    n = jnp.full((8,), 4096, jnp.int32)
+    lower = lambda f, *a: jax.jit(f).trace(*a).lower(lowering_platforms=("cuda",)).as_text()
+    text = lower(lambda q, k: jbs.attention(q, k, k, layout, causal=True, q_offset=n - 1,
+                                            kv_lengths=n), q, k)
+    assert "@jax_blocksparse_attention_decode(" in text
+    assert "@jax_blocksparse_attention_fwd(" not in text
+    pools = jnp.ones((300, 64, 8, 128), jnp.bfloat16)
+    table = jnp.zeros((8, 64), jnp.int32)
+    text = lower(lambda q, p: jbs.attention(q, p, p, layout, causal=True, q_offset=n - 1,
+                                            kv_lengths=n, page_table=table), q, pools)
+    assert "@jax_blocksparse_attention_decode(" in text
+    text = lower(lambda q, k: jbs.attention(q, k, k, layout, causal=True, q_offset=n - 1),
+                 q.astype(jnp.float32), k.astype(jnp.float32))
+    assert "custom_call" not in text
