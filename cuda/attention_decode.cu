@@ -208,20 +208,10 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
         s[nn][e] = masked ? -INFINITY : s[nn][e] * sl2;
       }
     }
-    float mx0 = fmaxf(m0, fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])));
-    float mx1 = fmaxf(m1, fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3])));
-    mx0 = QuadMax(mx0);
-    mx1 = QuadMax(mx1);
-    const float mu0 = mx0 == -INFINITY ? 0.f : mx0, mu1 = mx1 == -INFINITY ? 0.f : mx1;
-    const float c0 = Exp2(m0 - mu0), c1 = Exp2(m1 - mu1);
-    m0 = mx0;
-    m1 = mx1;
-    l0 *= c0;
-    l1 *= c1;
-#pragma unroll
-    for (int d = 0; d < D / 8; ++d) {
-      acc[d][0] *= c0; acc[d][1] *= c0; acc[d][2] *= c1; acc[d][3] *= c1;
-    }
+    float mu0, mu1;
+    OnlineSoftmaxStep<D>(fmaxf(m0, fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]))),
+                         fmaxf(m1, fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))),
+                         m0, m1, l0, l1, acc, mu0, mu1);
     uint32_t pf[4];
 #pragma unroll
     for (int nn = 0; nn < 2; ++nn) {

@@ -104,6 +104,29 @@ __device__ __forceinline__ float QuadSum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// One online-softmax step of a warp's two rows (lane / 4 and lane / 4 + 8): mx0, mx1 are
+// this lane's maxima of the new (log2-domain) scores and the running maxima m0, m1. Folds
+// them into m0, m1 over the quad, rescales the running sums l and the accumulators, and
+// returns in mu0, mu1 the offsets for P = 2^(s - mu) (0 for a row still empty: never NaN).
+template <int D>
+__device__ __forceinline__ void OnlineSoftmaxStep(float mx0, float mx1, float& m0, float& m1,
+                                                  float& l0, float& l1, float (&acc)[D / 8][4],
+                                                  float& mu0, float& mu1) {
+  mx0 = QuadMax(mx0);
+  mx1 = QuadMax(mx1);
+  mu0 = mx0 == -INFINITY ? 0.f : mx0;
+  mu1 = mx1 == -INFINITY ? 0.f : mx1;
+  const float c0 = Exp2(m0 - mu0), c1 = Exp2(m1 - mu1);
+  m0 = mx0;
+  m1 = mx1;
+  l0 *= c0;
+  l1 *= c1;
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    acc[n][0] *= c0; acc[n][1] *= c0; acc[n][2] *= c1; acc[n][3] *= c1;
+  }
+}
+
 // Copy `rows` x D elements (global row stride `gstride` elements) into smem rows of LD
 // elements; rows >= valid_rows are zero filled.
 template <int D, int LD, int ROWS, int NT, typename T>
@@ -308,18 +331,8 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
       mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
       mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
     }
-    mx0 = QuadMax(mx0);
-    mx1 = QuadMax(mx1);
-    const float mu0 = mx0 == -INFINITY ? 0.f : mx0, mu1 = mx1 == -INFINITY ? 0.f : mx1;
-    const float c0 = Exp2(m0 - mu0), c1 = Exp2(m1 - mu1);
-    m0 = mx0;
-    m1 = mx1;
-    l0 *= c0;
-    l1 *= c1;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      acc[n][0] *= c0; acc[n][1] *= c0; acc[n][2] *= c1; acc[n][3] *= c1;
-    }
+    float mu0, mu1;
+    OnlineSoftmaxStep<D>(mx0, mx1, m0, m1, l0, l1, acc, mu0, mu1);
     uint32_t pf[kKT / 16][4];
 #pragma unroll
     for (int n = 0; n < kKT / 8; ++n) {

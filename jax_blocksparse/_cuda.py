@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_internals as jint
+from . import _partitioning
 from . import attention as att
 from . import attention_decode as dec
 from . import matmul_primitives as mp
@@ -269,14 +270,17 @@ def _register():
     targets = _ext.registrations()
     for name, capsule in targets.items():
         jint.register_ffi_target(name, capsule, platform="CUDA")
+    local = _partitioning.LOCAL  # the kernels lower each primitive's per-device twin
     for prim, rule in ((mp.sdd_p, _sdd_lowering), (mp.dsd_p, _dsd_lowering),
                        (mp.dds_p, _dds_lowering)):
-        jint.register_lowering_rule(prim, rule, "cuda")
+        jint.register_lowering_rule(local[prim], rule, "cuda")
     if "jax_blocksparse_attention_fwd" in targets:
-        jint.register_lowering_rule(att.attention_p, _attention_forward_lowering, "cuda")
-        jint.register_lowering_rule(att.attention_bwd_p, _attention_backward_lowering, "cuda")
+        jint.register_lowering_rule(local[att.attention_p], _attention_forward_lowering, "cuda")
+        jint.register_lowering_rule(local[att.attention_bwd_p], _attention_backward_lowering,
+                                    "cuda")
     if "jax_blocksparse_attention_decode" in targets:
-        jint.register_lowering_rule(dec.attention_decode_p, _attention_decode_lowering, "cuda")
+        jint.register_lowering_rule(local[dec.attention_decode_p], _attention_decode_lowering,
+                                    "cuda")
 
 
 if cuda_built():

@@ -46,8 +46,9 @@ def register_default_lowering(prim, impl, *, multiple_results: bool = False) -> 
     mlir.register_lowering(prim, lower_fun(impl, multiple_results=multiple_results))
 
 
-def register_lowering_rule(prim, rule, platform: str) -> None:
-    """Lower `prim` on `platform` (e.g. "cuda") with `rule(ctx, *args, **params)`."""
+def register_lowering_rule(prim, rule, platform: str | None) -> None:
+    """Lower `prim` on `platform` (e.g. "cuda"; None: every platform) with
+    `rule(ctx, *args, **params)`."""
     mlir.register_lowering(prim, rule, platform=platform)
 
 
@@ -92,3 +93,25 @@ def match_varying_axes(*args):
 
 def register_ffi_target(name: str, capsule, platform: str = "CUDA") -> None:
     jax.ffi.register_ffi_target(name, capsule, platform=platform)
+
+
+def partitioned_lowering(ctx) -> bool:
+    """Whether this lowering runs under SPMD partitioning over several devices (a `jit`
+    with shardings over a mesh), rather than on one device or inside a `shard_map` whose
+    axes are all manual."""
+    from jax._src import sharding_impls
+    context = ctx.module_context.axis_context
+    if isinstance(context, sharding_impls.ShardingContext):
+        return context.num_devices > 1
+    if isinstance(context, sharding_impls.SPMDAxisContext):
+        return set(context.manual_axes) != set(context.mesh.axis_names)
+    return False
+
+
+def require_devices_during_lowering(prim) -> None:
+    """Lower `prim` with the device assignment known (its lowering may partition through
+    `custom_partitioning`, which needs it)."""
+    from jax._src import dispatch
+    registry = getattr(dispatch, "prim_requires_devices_during_lowering", None)
+    if registry is not None:  # (jax 0.10, 0.11)
+        registry.add(prim)

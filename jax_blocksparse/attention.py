@@ -20,6 +20,8 @@ implementation), so attention is differentiable to any order.
 The pure-JAX lowering (a block-gathered implementation: each query block attends to its
 listed key blocks only, never the dense score matrix) serves every platform; on CUDA the
 forward and backward lower to the fused kernels where `_cuda.FUSED_ATTENTION` has them.
+Under a sharded `jit` each primitive runs on each device's shards of batch entries and
+heads (`_partitioning`, the factors below).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _jax_internals as jint
+from . import _partitioning
 from ._checks import static_bool, static_float
 from .attention_metadata import AttentionLists, attention_metadata, device_metadata
 from .block_mask import BlockMask
@@ -145,14 +148,61 @@ def _out_avals(q, k, v):
     return o, lse
 
 
-attention_p.def_abstract_eval(lambda q, k, v, *ctx, **_: _out_avals(q, k, v))
-attention_tangent_p.def_abstract_eval(lambda q, k, v, *rest, **_: _out_avals(q, k, v))
-attention_bwd_p.def_abstract_eval(lambda q, k, v, *rest, **_: tuple(
-    x.update(shape=x.shape, dtype=x.dtype, weak_type=False) for x in (q, k, v)))
+_ABSTRACT = {
+    attention_p: lambda q, k, v, *ctx, **_: _out_avals(q, k, v),
+    attention_tangent_p: lambda q, k, v, *rest, **_: _out_avals(q, k, v),
+    attention_bwd_p: lambda q, k, v, *rest, **_: tuple(
+        x.update(shape=x.shape, dtype=x.dtype, weak_type=False) for x in (q, k, v)),
+}
+_REFERENCES = {attention_p: attention_reference, attention_tangent_p: tangent_reference,
+               attention_bwd_p: backward_reference}
 
-jint.register_default_lowering(attention_p, attention_reference, multiple_results=True)
-jint.register_default_lowering(attention_tangent_p, tangent_reference, multiple_results=True)
-jint.register_default_lowering(attention_bwd_p, backward_reference, multiple_results=True)
+# Sharding factors (`_partitioning`): batch entries `b` and kv heads `h` may be sharded
+# (query heads are `(h, g)`: a kv head's group stays together); positions, the head dim
+# and the block lists' rows stay whole. A context operand with a leading axis of 1 (shared
+# by the batch) or a placeholder is replicated.
+Q_DIMS, KV_DIMS, LSE_DIMS = ("b", "tq", ("h", "g"), "d"), ("b", "tk", "h", "d"), (
+    "b", ("h", "g"), "tq")
+_FLOAT_DIMS = {
+    attention_p: ([Q_DIMS, KV_DIMS, KV_DIMS], [Q_DIMS, LSE_DIMS]),
+    attention_tangent_p: ([Q_DIMS, KV_DIMS, KV_DIMS, Q_DIMS, LSE_DIMS, Q_DIMS, KV_DIMS,
+                           KV_DIMS], [Q_DIMS, LSE_DIMS]),
+    attention_bwd_p: ([Q_DIMS, KV_DIMS, KV_DIMS, Q_DIMS, LSE_DIMS, Q_DIMS, LSE_DIMS],
+                      [Q_DIMS, KV_DIMS, KV_DIMS]),
+}
+
+
+def context_dims(name, aval, batch, heads, index):
+    """The factors of one context operand: its leading axis is `b` when it carries the
+    batch, its head axis `(h, g)` when it has a list per query head."""
+    lead = "b" if aval.shape[0] == batch else f"x{index}_0"
+    if name in ("kv_lengths", "q_positions", "q_rows"):
+        return (lead,)
+    if name.endswith("segment_ids"):
+        t = "tq" if name.startswith("q") else "tk"
+        return (lead, t if aval.shape[1] > 1 else f"x{index}_1")
+    head = ("h", "g") if aval.shape[1] == heads else f"x{index}_1"
+    line = "rq" if "by_query" in name or name in ("counts", "lists") else "rk"
+    rest = (f"w{index}",) if aval.ndim == 4 else ()
+    return (lead, head, line) + rest
+
+
+def _factors(prim):
+    def factors(avals_in, avals_out, **params):
+        floats, results = _FLOAT_DIMS[prim]
+        b, _, hq, _ = avals_in[0].shape
+        ctx = [context_dims(name, aval, b, hq, i) for i, (name, aval) in
+               enumerate(zip(CONTEXT, avals_in[len(floats):]))]
+        return _partitioning.factors_of(floats + ctx, results, {"b", "h"}, avals_in,
+                                        avals_out)
+    return factors
+
+
+for _prim in (attention_p, attention_tangent_p, attention_bwd_p):
+    _prim.def_abstract_eval(_ABSTRACT[_prim])
+    _partitioning.register_partitioned_lowering(
+        _prim, _partitioning.make_local(_prim, _ABSTRACT[_prim], _REFERENCES[_prim]),
+        _factors(_prim))
 
 
 def _bind(prim, *args, **params):

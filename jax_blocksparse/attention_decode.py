@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from . import _jax_internals as jint
-from .attention import _bind, _lse_dtype, _reference_jvp, paged_keys
+from . import _partitioning
+from .attention import (KV_DIMS, LSE_DIMS, Q_DIMS, _bind, _lse_dtype, _reference_jvp,
+                        context_dims, paged_keys)
 
 def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table, *,
                      block_size, causal, scale, paged):
@@ -94,8 +96,29 @@ def _abstract_eval(q, k, v, *ctx, **_):
     return o, lse
 
 
+DECODE_OPERANDS = ("q", "k", "v", "kv_lengths", "q_rows", "q_positions", "counts", "lists",
+                   "page_table")
+
+
+def _factors(avals_in, avals_out, *, paged, **params):
+    """Sharding factors: batch entries and kv heads (`attention.context_dims`); a page
+    pool is shared by the batch (pages stay whole on every device)."""
+    b, _, hq, _ = avals_in[0].shape
+    kv = ("pages", "page_rows", "h", "d") if paged else KV_DIMS
+    dims = [Q_DIMS, kv, kv] + [context_dims(name, aval, b, hq, i) for i, (name, aval) in
+                               enumerate(zip(DECODE_OPERANDS[3:8], avals_in[3:8]))]
+    table = avals_in[8]
+    dims.append(("b", "tables") if paged else ("x_table", "y_table"))
+    if table.shape[0] != b:
+        dims[-1] = ("x_table", "y_table")
+    return _partitioning.factors_of(dims, [Q_DIMS, LSE_DIMS], {"b", "h"}, avals_in,
+                                    avals_out)
+
+
 attention_decode_p.def_abstract_eval(_abstract_eval)
-jint.register_default_lowering(attention_decode_p, decode_reference, multiple_results=True)
+_partitioning.register_partitioned_lowering(
+    attention_decode_p,
+    _partitioning.make_local(attention_decode_p, _abstract_eval, decode_reference), _factors)
 jint.register_jvp(attention_decode_p,
                   _reference_jvp(attention_decode_p, decode_reference, (0, 1, 2)))
 

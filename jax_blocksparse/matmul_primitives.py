@@ -19,6 +19,8 @@ which makes the family closed under differentiation to any order.
 
 Every platform lowers through the pure-JAX reference implementation below (gathers and
 batched matmuls; it doubles as the tests' oracle). `_cuda.py` registers the CUDA kernels.
+Both are the lowerings of each primitive's local twin, which `_partitioning` wraps in the
+sharding rules (`_factors`) so that a sharded `jit` runs it on each device's shards.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _jax_internals as jint
+from . import _partitioning
 from .layout import Layout
 
 DENSE_RANK = 2
@@ -319,9 +322,36 @@ def _batching(prim):
     return rule
 
 
+def _factors(prim):
+    """The sharding factors (`_partitioning`): a leading `g` and the dense operands' free
+    rows/columns may be sharded (data parallel; `sdd`'s inner dimension `k` too, summed
+    afterwards: the weight gradient), the layout's dimensions and the blocks may not."""
+    def factors(avals_in, avals_out, **params):
+        x, y = avals_in
+        lead = lambda aval, rank: ("g",) if aval.ndim > rank else ()
+        blocks = ("z", "r", "c")
+        if prim is sdd_p:  # op(a) [P, K] @ op(b) [K, Q] -> blocks
+            ta, tb = params["trans_a"], params["trans_b"]
+            dims = [lead(x, 2) + (("k", "p") if ta else ("p", "k")),
+                    lead(y, 2) + (("q", "k") if tb else ("k", "q"))]
+            out, shardable = lead(avals_out[0], 3) + blocks, {"g", "k"}
+        elif prim is dsd_p:  # op(S) [M, K] @ op(b) [K, N]
+            dims = [lead(x, 3) + blocks,
+                    lead(y, 2) + (("n", "k") if params["trans_b"] else ("k", "n"))]
+            out, shardable = lead(avals_out[0], 2) + ("m", "n"), {"g", "n"}
+        else:  # dds: op(a) [M, K] @ op(W) [K, N]
+            dims = [lead(x, 2) + (("k", "m") if params["trans_a"] else ("m", "k")),
+                    lead(y, 3) + blocks]
+            out, shardable = lead(avals_out[0], 2) + ("m", "n"), {"g", "m"}
+        return _partitioning.factors_of(dims, [out], shardable, avals_in, avals_out)
+    return factors
+
+
 for _prim in (sdd_p, dsd_p, dds_p):
     _prim.def_abstract_eval(_abstract_eval(_prim))
-    jint.register_default_lowering(_prim, _REFERENCES[_prim])
+    _partitioning.register_partitioned_lowering(
+        _prim, _partitioning.make_local(_prim, _abstract_eval(_prim), _REFERENCES[_prim]),
+        _factors(_prim))
     jint.register_jvp(_prim, _bilinear_jvp(_prim))
     jint.register_transpose(_prim, _transpose(_prim))
     jint.register_batching(_prim, _batching(_prim))

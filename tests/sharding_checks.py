@@ -1,0 +1,177 @@
+"""Sharding checks, run by test_sharding.py in a fresh process with 8 devices (on a CPU:
+`XLA_FLAGS=--xla_force_host_platform_device_count=8`). Each check compares a sharded
+`jit` (or `shard_map`) with the same function on one device, values and gradients, and
+counts the collectives in the compiled program."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import jax_blocksparse as jbs
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
+               "collective-permute")
+
+
+def mesh(shape=(4, 2), names=("data", "model")):
+    return Mesh(np.array(jax.devices()[:int(np.prod(shape))]).reshape(shape), names)
+
+
+def collectives(fn, *args):
+    """{collective: how many} in the compiled program of `jax.jit(fn)(*args)`; checks that
+    the program partitions through this package's rules (not XLA's own view of the
+    pure-JAX lowering)."""
+    lowered = jax.jit(fn).lower(*args)
+    assert "CustomSPMDPartitioning" in lowered.as_text(), "no custom partitioning"
+    text = lowered.compile().as_text()
+    return {c: len(re.findall(r" " + c + r"(-start)?\(", text)) for c in COLLECTIVES}
+
+
+def put(x, m, *spec):
+    return jax.device_put(x, NamedSharding(m, P(*spec)))
+
+
+def close(got, want, tol=1e-5):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
+    assert err < tol, err
+
+
+def same(fn, args, sharded_args):
+    """fn's values and gradients, sharded and not, agree; returns the sharded result."""
+    grad = jax.jit(jax.value_and_grad(fn, argnums=tuple(range(len(args)))))
+    (v1, g1), (v8, g8) = grad(*args), grad(*sharded_args)
+    close(v8, v1)
+    for a, b in zip(g8, g1):
+        close(a, b)
+    return grad
+
+
+def arr(rng, *shape):
+    return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+
+def check_matmul_data_parallel():
+    """matmul (dds), dsd and sdd with the dense operand sharded on its rows (batch) and the
+    blocks replicated: no all-gather; the weight gradient is one all-reduce."""
+    m = mesh((8,), ("data",))
+    rng = np.random.default_rng(0)
+    layout = jbs.layouts.random(64, 96, 16, 0.4, seed=0)
+    x, w = arr(rng, 16, 8, 64), arr(rng, layout.nnz, 16, 16)
+    loss = lambda x, w: jnp.sum(jnp.sin(jbs.matmul(x, w, layout)))
+    grad = same(loss, (x, w), (put(x, m, "data"), put(w, m)))
+    counts = collectives(grad, put(x, m, "data"), put(w, m))
+    assert counts["all-gather"] == 0 and counts["all-to-all"] == 0, counts
+    assert counts["all-reduce"] == 1, counts  # dW (with the loss's sum, fused)
+    # dsd: S @ b with b [K, N] sharded on its columns N
+    s, b = arr(rng, layout.nnz, 16, 16), arr(rng, 96, 64)
+    f = lambda s, b: jnp.sum(jnp.sin(jbs.dsd(s, b, layout)))
+    grad = same(f, (s, b), (put(s, m), put(b, m, None, "data")))
+    assert collectives(grad, put(s, m), put(b, m, None, "data"))["all-gather"] == 0
+    # sdd: a [P, K] @ b [K, Q] with the inner dimension K sharded: one reduction
+    a, b = arr(rng, 64, 128), arr(rng, 128, 96)
+    f = lambda a, b: jnp.sum(jnp.sin(jbs.sdd(a, b, layout)))
+    sharded = (put(a, m, None, "data"), put(b, m, "data"))
+    same(f, (a, b), sharded)
+    counts = collectives(lambda a, b: jbs.sdd(a, b, layout), *sharded)
+    assert counts["all-gather"] == 0 and counts["all-reduce"] == 1, counts
+
+
+def check_attention_batch_and_heads():
+    """attention sharded over batch (data) and kv heads (model), with kv_lengths, segment
+    ids and a BlockMask per batch entry: values and gradients; no all-gather."""
+    m = mesh()
+    rng = np.random.default_rng(1)
+    b, t, hq, hkv, d, bs = 4, 128, 8, 4, 16, 32
+    q, k, v = arr(rng, b, t, hq, d), arr(rng, b, t, hkv, d), arr(rng, b, t, hkv, d)
+    lengths = jnp.asarray([128, 100, 77, 5], jnp.int32)
+    ids = jnp.asarray(np.cumsum(rng.random((b, t)) < 0.05, axis=1), jnp.int32)
+    blocks = (rng.random((b, 1, t // bs, t // bs)) < 0.6) | np.eye(t // bs, dtype=bool)
+    masks = {"layout": jbs.layouts.local(t, bs, 64), "block_mask": jbs.BlockMask.from_mask(
+        jnp.asarray(blocks), bs)}
+    spec = ("data", None, "model")
+    for name, mask in masks.items():
+        def loss(q, k, v, lengths, ids, mask=mask):
+            o = jbs.attention(q, k, v, mask, causal=True, kv_lengths=lengths,
+                              q_segment_ids=ids)
+            return jnp.sum(jnp.sin(o))
+        f = lambda q, k, v: loss(q, k, v, put(lengths, m, "data"), put(ids, m, "data"))
+        grad = same(f, (q, k, v), tuple(put(x, m, *spec) for x in (q, k, v)))
+        counts = collectives(grad, *(put(x, m, *spec) for x in (q, k, v)))
+        assert counts["all-gather"] == 0 and counts["all-to-all"] == 0, (name, counts)
+
+
+def check_decode():
+    """Decoding one token per sequence, contiguous and paged caches, sharded over batch
+    and kv heads: equal to one device, no collective."""
+    m = mesh()
+    rng = np.random.default_rng(2)
+    b, t, hq, hkv, d, bs, page = 4, 128, 8, 4, 16, 32, 16
+    layout = jbs.layouts.local(t, bs, 64)
+    q, k, v = arr(rng, b, 1, hq, d), arr(rng, b, t, hkv, d), arr(rng, b, t, hkv, d)
+    n = jnp.asarray([128, 64, 30, 1], jnp.int32)
+    spec = ("data", None, "model")
+    f = lambda q, k, v: jbs.attention(q, k, v, layout, causal=True, q_offset=n - 1,
+                                      kv_lengths=n)
+    sharded = tuple(put(x, m, *spec) for x in (q, k, v))
+    close(jax.jit(f)(*sharded), jax.jit(f)(q, k, v))
+    assert not any(collectives(f, *sharded).values())
+    table = jnp.asarray(rng.permutation(b * t // page).reshape(b, -1), jnp.int32)
+    pools = [jnp.zeros((b * t // page, page, hkv, d)).at[table.reshape(-1)].set(
+        x.reshape(-1, page, hkv, d)) for x in (k, v)]
+    g = lambda q, kp, vp, table: jbs.attention(q, kp, vp, layout, causal=True,
+                                               q_offset=n - 1, kv_lengths=n,
+                                               page_table=table)
+    args = (put(q, m, *spec), put(pools[0], m, None, None, "model"),
+            put(pools[1], m, None, None, "model"), put(table, m, "data"))
+    close(jax.jit(g)(*args), f(q, k, v))
+    assert collectives(g, *args)["all-gather"] == 0
+
+
+def check_shard_map():
+    """Every primitive inside shard_map, gradients of replicated inputs included."""
+    m = mesh((8,), ("data",))
+    rng = np.random.default_rng(3)
+    layout = jbs.layouts.random(64, 96, 16, 0.4, seed=0)
+    x, w = arr(rng, 16, 8, 64), arr(rng, layout.nnz, 16, 16)
+
+    def local_loss(x, w):
+        y = jbs.matmul(x, w, layout)
+        blocks = jbs.sdd(x.reshape(-1, 64).T, y.reshape(-1, 96), layout)  # dW-like
+        z = jbs.dsd(blocks, y.reshape(-1, 96).T, layout)
+        return jax.lax.psum(jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(z)), "data")
+
+    mapped = jax.shard_map(local_loss, mesh=m, in_specs=(P("data"), P()), out_specs=P())
+    want = lambda x, w: sum(local_loss_one(x[i:i + 2], w) for i in range(0, 16, 2))
+
+    def local_loss_one(x, w):
+        y = jbs.matmul(x, w, layout)
+        blocks = jbs.sdd(x.reshape(-1, 64).T, y.reshape(-1, 96), layout)
+        z = jbs.dsd(blocks, y.reshape(-1, 96).T, layout)
+        return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(z))
+    got_v, got_g = jax.jit(jax.value_and_grad(mapped, argnums=(0, 1)))(x, w)
+    want_v, want_g = jax.jit(jax.value_and_grad(want, argnums=(0, 1)))(x, w)
+    close(got_v, want_v)
+    for a, b in zip(got_g, want_g):
+        close(a, b)
+    # attention and decode
+    rng = np.random.default_rng(4)
+    q, k = arr(rng, 8, 64, 4, 16), arr(rng, 8, 64, 2, 16)
+    lay = jbs.layouts.local(64, 16, 32)
+    att = lambda q, k: jnp.sum(jnp.sin(jbs.attention(q, k, k, lay, causal=True)))
+    mapped = jax.shard_map(lambda q, k: jax.lax.psum(att(q, k), "data"), mesh=m,
+                           in_specs=(P("data"), P("data")), out_specs=P())
+    got = jax.jit(jax.value_and_grad(mapped, argnums=(0, 1)))(q, k)
+    want = jax.jit(jax.value_and_grad(att, argnums=(0, 1)))(q, k)
+    close(got[0], want[0])
+    for a, b in zip(got[1], want[1]):
+        close(a, b)
+    n = jnp.full((8,), 40, jnp.int32)
+    dec = lambda q, k, n: jbs.attention(q[:, :1], k, k, lay, causal=True, q_offset=n - 1,
+                                        kv_lengths=n)
+    mapped = jax.shard_map(dec, mesh=m, in_specs=(P("data"), P("data"), P("data")),
+                           out_specs=P("data"))
+    close(jax.jit(mapped)(q, k, n), dec(q, k, n))
