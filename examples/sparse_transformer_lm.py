@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
 import jax_blocksparse as jbs
 from jax_blocksparse import nn as bnn
 
@@ -104,6 +106,7 @@ class Block(nn.Module):
     attention_layout: jbs.Layout | None
     mlp_layouts: tuple | None
     moba_top_k: int = 0  # > 0: MoBA-style blocks chosen from the data in each step
+    mesh: Mesh | None = None  # tensor parallel over its "model" axis (the sparse MLP)
 
     @nn.compact
     def __call__(self, x, segment_ids=None):
@@ -133,8 +136,12 @@ class Block(nn.Module):
             h = nn.Dense(c.d_model, dtype=x.dtype)(nn.gelu(h))
         else:
             up, down = self.mlp_layouts
-            h = bnn.BlockSparseDense(up, dtype=x.dtype)(h)
-            h = bnn.BlockSparseDense(down, dtype=x.dtype)(nn.gelu(h))
+            tp = self.mesh is not None
+            split = dict(mesh=self.mesh, axis="model") if tp else {}
+            h = bnn.BlockSparseDense(up, dtype=x.dtype, parallel="columns" if tp else None,
+                                     **split)(h)
+            h = bnn.BlockSparseDense(down, dtype=x.dtype, parallel="rows" if tp else None,
+                                     **split)(nn.gelu(h))
         return x + h
 
 
@@ -143,6 +150,7 @@ class LanguageModel(nn.Module):
     attention_layout: jbs.Layout | None
     mlp_layouts: tuple | None
     moba_top_k: int = 0
+    mesh: Mesh | None = None
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None):
@@ -152,21 +160,51 @@ class LanguageModel(nn.Module):
         x = x + self.param("positions", nn.initializers.normal(0.02),
                            (c.seq_len, c.d_model)).astype(dtype)
         for _ in range(c.layers):
-            x = Block(c, self.attention_layout, self.mlp_layouts, self.moba_top_k)(
-                x, segment_ids)
+            x = Block(c, self.attention_layout, self.mlp_layouts, self.moba_top_k,
+                      self.mesh)(x, segment_ids)
         return nn.Dense(256, dtype=jnp.float32)(nn.LayerNorm()(x))
 
 
-def build_model(c, dense: bool):
+def build_model(c, dense: bool, mesh=None):
+    """The sparse (or dense) model; with a `mesh`, its sparse MLPs are tensor parallel
+    over the mesh's "model" axis (Megatron's column-then-row split)."""
     if dense:
         return LanguageModel(c, None, None)
     mlp_bs = min(c.block_size, c.d_model // 4, 64)
     up = jbs.layouts.random(c.d_model, 4 * c.d_model, mlp_bs, c.mlp_density, seed=1)
     down = jbs.layouts.random(4 * c.d_model, c.d_model, mlp_bs, c.mlp_density, seed=2)
     if c.attention == "moba":
-        return LanguageModel(c, None, (up, down), moba_top_k=c.moba_top_k)
+        return LanguageModel(c, None, (up, down), moba_top_k=c.moba_top_k, mesh=mesh)
     attention = getattr(jbs.layouts, c.attention)(c.seq_len, c.block_size, c.stride)
-    return LanguageModel(c, attention, (up, down))
+    return LanguageModel(c, attention, (up, down), mesh=mesh)
+
+
+def make_mesh(spec: str | None) -> Mesh | None:
+    """`--mesh DxT`: D-way data parallel ("data") times T-way tensor parallel ("model")."""
+    if spec is None:
+        return None
+    data, model = (int(n) for n in spec.lower().split("x"))
+    devices = jax.devices()
+    if data * model > len(devices):
+        raise SystemExit(f"--mesh {spec} needs {data * model} devices; jax sees {len(devices)}")
+    return Mesh(np.array(devices[:data * model]).reshape(data, model), ("data", "model"))
+
+
+def place(tree, mesh):
+    """Data parallel: arrays with a leading batch axis sharded over "data"."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, P("data")))
+
+
+def place_state(state, mesh):
+    """Parameters and optimizer state replicated, but the tensor-parallel slabs
+    `[T, max_nnz, bs, bs]` of the sparse MLPs, sharded over "model"."""
+    if mesh is None:
+        return state
+    t = mesh.shape["model"]
+    spec = lambda x: P("model") if x.ndim == 4 and x.shape[0] == t and t > 1 else P()
+    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, spec(x))), state)
 
 
 # ------------------------------------------------------------------------ training
@@ -304,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention stays inside each document of the packed windows "
                         "(segment ids; the dense model gets the same mask)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mesh", default=None, metavar="DxT",
+                   help="data x tensor parallel over D*T devices, e.g. 4x2 (on a CPU: "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=8)")
     return p
 
 
@@ -335,14 +376,17 @@ def main():
             print(f"{'dense ' if dense else 'sparse'} step: {seconds * 1e3:9.2f} ms")
         return
 
-    model = build_model(c, c.dense)
+    mesh = make_mesh(c.mesh)
+    model = build_model(c, c.dense, mesh)
+    if mesh is not None:
+        print(f"mesh: {dict(mesh.shape)} (batch over 'data', the sparse MLPs over 'model')")
     if model.moba_top_k:
         print(f"attention: MoBA, each query block attends its own and its top "
               f"{model.moba_top_k} earlier key blocks, chosen every step from the data")
     elif not c.dense:
         print(f"attention layout: {model.attention_layout}")
     train_step, eval_loss = make_functions(model, optimizer)
-    state = init_state(model, optimizer, c)
+    state = place_state(init_state(model, optimizer, c), mesh)
     n_params = sum(x.size for x in jax.tree.leaves(state[0]))
     print(f"model: {n_params:,} parameters")
 
@@ -363,13 +407,14 @@ def main():
     train_curve, val_curve = [], []
     start, first_step = time.perf_counter(), int(state[2])
     for step in range(first_step + 1, c.steps + 1):
-        state, loss = train_step(state, next(stream))
+        state, loss = train_step(state, place(next(stream), mesh))
         if step % 10 == 0 or step == c.steps:
             loss = float(loss)
             train_curve.append((step, loss / math.log(2)))
             progress(step, c.steps, loss, (step - first_step) / (time.perf_counter() - start))
         if step % c.eval_every == 0 or step == c.steps:
-            val = float(np.mean([eval_loss(state[0], b) for b in val_set])) / math.log(2)
+            val = float(np.mean([eval_loss(state[0], place(b, mesh))
+                                 for b in val_set])) / math.log(2)
             val_curve.append((step, val))
             sys.stderr.write("\n")
             print(f"step {step}: validation {val:.3f} bits per byte")

@@ -9,7 +9,7 @@ use (`jbs.nn.BlockSparseDense`), so that importing this package does not import 
 
 import importlib
 
-from . import layouts
+from . import layouts, tensor_parallel
 from ._cuda import cuda_available, cuda_built
 from .attention import attention
 from .block_mask import BlockMask
@@ -20,7 +20,7 @@ from .softmax import softmax
 
 __version__ = "0.1.0"
 
-__all__ = ["Layout", "BlockMask", "layouts", "to_dense", "from_dense", "matmul", "sdd", "dsd",
+__all__ = ["Layout", "BlockMask", "layouts", "tensor_parallel", "to_dense", "from_dense", "matmul", "sdd", "dsd",
            "dds", "attention", "softmax", "cuda_available", "cuda_built", "BLOCK_SIZES", "DTYPES"]
 
 _LAZY_SUBMODULES = ("nn", "nnx", "bench")

@@ -3,10 +3,13 @@ the dense, conv and attention layer computations on explicit parameters."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import tensor_parallel
 from .attention import attention
 from .layout import Layout
 from .matmul import matmul
@@ -33,6 +36,32 @@ def dense(x, kernel, bias, layout, dtype, precision):
     """`x @ W (+ bias)` with `x [..., C]`, kernel blocks of W over layout `(C, K)`."""
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     y = matmul(x, kernel, layout, precision=precision)
+    return y if bias is None else y + bias.astype(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _split(layout: Layout, n: int, by: str):
+    return tensor_parallel.split_layout(layout, n, by)
+
+
+def split_for(layout: Layout, mesh, axis: str, by: str):
+    """`layout` split over the `axis` of `mesh` (cached), with the modules' checks."""
+    if mesh is None or axis not in mesh.shape:
+        raise ValueError(f"parallel={by!r} needs a mesh with an axis {axis!r}; got {mesh}")
+    return _split(layout, mesh.shape[axis], by)
+
+
+def parallel_dense(x, slabs, bias, split, mesh, axis, dtype, precision):
+    """`x @ W (+ bias)` with W split over `axis` (`tensor_parallel.parallel_matmul` in a
+    `shard_map` manual over that axis only: the others stay automatic)."""
+    from jax.sharding import PartitionSpec as P
+    x, slabs = x.astype(dtype), slabs.astype(dtype)
+    features = P(*(None,) * (x.ndim - 1), axis)
+    x_spec, out_spec = (P(), features) if split.by == "columns" else (features, P())
+    f = jax.shard_map(
+        lambda x, s: tensor_parallel.parallel_matmul(x, s, split, axis, precision),
+        mesh=mesh, in_specs=(x_spec, P(axis)), out_specs=out_spec, axis_names={axis})
+    y = f(x, slabs)
     return y if bias is None else y + bias.astype(dtype)
 
 

@@ -61,7 +61,12 @@ def factors_of(operand_dims, result_dims, shardable, avals_in, avals_out) -> Fac
                 missing = [f for f in names if f not in sizes]
                 if len(missing) == 1:
                     sizes[missing[0]] = n // max(math.prod(known), 1)
-    return Factors(operands, results, frozenset(shardable), sizes)
+
+    def squeeze(dims):  # a compound dimension keeps its factors of size > 1 (Shardy's rule)
+        return tuple(tuple(n for n in names if sizes[n] > 1) or names[:1]
+                     if len(names) > 1 else names for names in dims)
+    return Factors([squeeze(d) for d in operands], [squeeze(d) for d in results],
+                   frozenset(shardable), sizes)
 
 
 def _axes_of(entry):
@@ -158,6 +163,31 @@ def partitioned_call(local, f: Factors, params: dict, multiple_results: bool) ->
     cp.def_partition(partition, infer_sharding_from_operands=infer,
                      propagate_user_sharding=None, sharding_rule=text, **kwargs)
     return cp
+
+
+def result_aval(like, shape, dtype):
+    """An aval of `shape` and `dtype` on `like`'s mesh, not sharded (`with_shardings` then
+    shards it as the operands imply)."""
+    sharding = getattr(like, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        return like.update(shape=shape, dtype=dtype, weak_type=False,
+                           sharding=NamedSharding(sharding.mesh, PartitionSpec()))
+    return like.update(shape=shape, dtype=dtype, weak_type=False)
+
+
+def with_shardings(factors: Callable, avals_in, avals_out, **params) -> list:
+    """`avals_out` with the shardings that explicitly sharded operands imply (JAX's
+    explicit sharding mode: a mesh with `AxisType.Explicit` axes, whose avals name their
+    axes), by the same factors as the partitioning; unchanged when no operand names one."""
+    specs = [getattr(getattr(a, "sharding", None), "spec", None) for a in avals_in]
+    if not any(spec is not None and any(e is not None for e in spec) for spec in specs):
+        return list(avals_out)
+    mesh = next(a.sharding.mesh for a, spec in zip(avals_in, specs)
+                if spec is not None and any(e is not None for e in spec))
+    f = factors(avals_in, avals_out, **params)
+    assigned = _assign(f, mesh, [spec or PartitionSpec() for spec in specs])
+    return [aval.update(sharding=NamedSharding(mesh, _spec(dims, assigned)))
+            for aval, dims in zip(avals_out, f.results)]
 
 
 LOCAL = {}  # primitive -> its local twin, which carries the platform lowerings

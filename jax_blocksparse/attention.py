@@ -143,17 +143,23 @@ FLOAT_OPERANDS = {attention_p: 3, attention_tangent_p: 8, attention_bwd_p: 7}
 
 def _out_avals(q, k, v):
     b, tq, hq, _ = q.shape
-    o = q.update(shape=q.shape, dtype=q.dtype, weak_type=False)
-    lse = q.update(shape=(b, hq, tq), dtype=_lse_dtype(q.dtype), weak_type=False)
-    return o, lse
+    return (_partitioning.result_aval(q, q.shape, q.dtype),
+            _partitioning.result_aval(q, (b, hq, tq), _lse_dtype(q.dtype)))
 
 
-_ABSTRACT = {
-    attention_p: lambda q, k, v, *ctx, **_: _out_avals(q, k, v),
-    attention_tangent_p: lambda q, k, v, *rest, **_: _out_avals(q, k, v),
-    attention_bwd_p: lambda q, k, v, *rest, **_: tuple(
-        x.update(shape=x.shape, dtype=x.dtype, weak_type=False) for x in (q, k, v)),
-}
+def _abstract(prim):
+    """The abstract eval of `prim`, with the shardings of explicitly sharded operands."""
+    def rule(q, k, v, *rest, **params):
+        if prim is attention_bwd_p:
+            out = [_partitioning.result_aval(x, x.shape, x.dtype) for x in (q, k, v)]
+        else:
+            out = _out_avals(q, k, v)
+        return tuple(_partitioning.with_shardings(_factors(prim), (q, k, v, *rest), out,
+                                                  **params))
+    return rule
+
+
+_ABSTRACT = {p: _abstract(p) for p in (attention_p, attention_tangent_p, attention_bwd_p)}
 _REFERENCES = {attention_p: attention_reference, attention_tangent_p: tangent_reference,
                attention_bwd_p: backward_reference}
 

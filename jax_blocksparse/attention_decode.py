@@ -89,11 +89,11 @@ attention_decode_p = jint.define_primitive("blocksparse_attention_decode",
                                            multiple_results=True)
 
 
-def _abstract_eval(q, k, v, *ctx, **_):
+def _abstract_eval(q, k, v, *ctx, **params):
     b, tq, hq, _ = q.shape
-    o = q.update(shape=q.shape, dtype=q.dtype, weak_type=False)
-    lse = q.update(shape=(b, hq, tq), dtype=_lse_dtype(q.dtype), weak_type=False)
-    return o, lse
+    o = _partitioning.result_aval(q, q.shape, q.dtype)
+    lse = _partitioning.result_aval(q, (b, hq, tq), _lse_dtype(q.dtype))
+    return tuple(_partitioning.with_shardings(_factors, (q, k, v, *ctx), [o, lse], **params))
 
 
 DECODE_OPERANDS = ("q", "k", "v", "kv_lengths", "q_rows", "q_positions", "counts", "lists",

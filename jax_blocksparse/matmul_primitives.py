@@ -193,7 +193,8 @@ def _abstract_eval(prim):
         if x.dtype != y.dtype:
             raise ValueError(f"{prim.name}: operand dtypes differ ({x.dtype}, {y.dtype})")
         shape = _SHAPES[prim](x.shape, y.shape, **_shape_params(params))
-        return x.update(shape=shape, dtype=x.dtype, weak_type=False)
+        out = _partitioning.result_aval(x, shape, x.dtype)
+        return _partitioning.with_shardings(_factors(prim), (x, y), [out], **params)[0]
     return rule
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _layers
+from . import tensor_parallel as tp
 from .layout import Layout
 
 Initializer = Callable[..., Any]
@@ -41,6 +42,12 @@ class BlockSparseDense(nn.Module):
     Params: `kernel [nnz, bs, bs]` (W's blocks), `bias [K]`. The default `kernel_init` is a
     truncated normal scaled by each output column's true fan-in (the inputs that feed it).
     Input `[..., C]` -> output `[..., K]`.
+
+    Tensor parallelism (`jax_blocksparse.tensor_parallel`): with `parallel="columns"` or
+    `"rows"`, `mesh` and its axis `axis` (n devices), W is split by block columns or rows;
+    `kernel` is then the devices' slabs `[n, max_nnz, bs, bs]` (shard its leading axis over
+    `axis`) and each device multiplies its own part (rows: the partial outputs are summed).
+    The input and output stay `[..., C]` and `[..., K]`.
     """
 
     layout: Layout
@@ -50,12 +57,27 @@ class BlockSparseDense(nn.Module):
     precision: Any = None
     kernel_init: Initializer | None = None
     bias_init: Initializer = nn.initializers.zeros
+    parallel: str | None = None  # None, "columns" or "rows"
+    mesh: Any = None  # a jax.sharding.Mesh, with `parallel`
+    axis: str = "model"
 
     @nn.compact
     def __call__(self, x):
-        kernel, bias = _block_params(self)
         dtype = _compute_dtype(self.dtype, x, self.param_dtype)
-        return _layers.dense(x, kernel, bias, self.layout, dtype, self.precision)
+        if self.parallel is None:
+            kernel, bias = _block_params(self)
+            return _layers.dense(x, kernel, bias, self.layout, dtype, self.precision)
+        split = _layers.split_for(self.layout, self.mesh, self.axis, self.parallel)
+        whole = self.kernel_init or _layers.fan_in_init(self.layout)
+        init = lambda key, shape, dt: tp.split_blocks(whole(key, (self.layout.nnz,) + shape[2:],
+                                                            dt), split)
+        kernel = self.param("kernel", init, (len(split.parts), split.max_nnz,
+                                             self.layout.block_size, self.layout.block_size),
+                            self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.layout.shape[1],), self.param_dtype)
+                if self.use_bias else None)
+        return _layers.parallel_dense(x, kernel, bias, split, self.mesh, self.axis, dtype,
+                                      self.precision)
 
 
 class BlockSparseConv(nn.Module):

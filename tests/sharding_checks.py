@@ -175,3 +175,111 @@ def check_shard_map():
     mapped = jax.shard_map(dec, mesh=m, in_specs=(P("data"), P("data"), P("data")),
                            out_specs=P("data"))
     close(jax.jit(mapped)(q, k, n), dec(q, k, n))
+
+
+def check_tensor_parallel():
+    """Column- and row-parallel block-sparse matmuls over the `model` axis (and data over
+    `data`) equal the matmul on one device, values and gradients; split/merge of the
+    blocks round-trips."""
+    from jax_blocksparse.tensor_parallel import (merge_blocks, parallel_matmul,
+                                                 split_blocks, split_layout)
+    m = mesh()
+    rng = np.random.default_rng(5)
+    mask = rng.random((8, 12)) < 0.3
+    mask[:, 4:6] = False  # a device's columns with no block at all (column split, n=2: no)
+    layout = jbs.Layout(mask, 16)
+    x, w = arr(rng, 8, 6, 128), arr(rng, layout.nnz, 16, 16)
+    want = lambda x, w: jnp.sum(jnp.sin(jbs.matmul(x, w, layout)))
+    for by, x_spec, out_spec in (("columns", P("data"), P("data", None, "model")),
+                                 ("rows", P("data", None, "model"), P("data"))):
+        split = split_layout(layout, 2, by)
+        np.testing.assert_array_equal(np.asarray(merge_blocks(split_blocks(w, split), split)),
+                                      np.asarray(w))
+        f = jax.shard_map(lambda x, s, split=split: parallel_matmul(x, s, split, "model"),
+                          mesh=m, in_specs=(x_spec, P("model")), out_specs=out_spec)
+        got = lambda x, w, f=f, split=split: jnp.sum(jnp.sin(f(x, split_blocks(w, split))))
+        gv, gg = jax.jit(jax.value_and_grad(got, argnums=(0, 1)))(x, w)
+        wv, wg = jax.jit(jax.value_and_grad(want, argnums=(0, 1)))(x, w)
+        close(gv, wv)
+        for a, b in zip(gg, wg):
+            close(a, b)
+    empty = split_layout(jbs.Layout(np.eye(4, dtype=bool) & (np.arange(4) < 2), 16), 2,
+                         "columns")
+    assert empty.parts[1].nnz == 0
+    f = jax.shard_map(lambda x, s: parallel_matmul(x, s, empty, "model"), mesh=m,
+                      in_specs=(P(), P("model")), out_specs=P(None, "model"))
+    x = arr(rng, 3, 64)
+    w = arr(rng, empty.layout.nnz, 16, 16)
+    close(jax.jit(f)(x, split_blocks(w, empty)), jbs.matmul(x, w, empty.layout))
+
+
+def check_parallel_dense_module():
+    """linen BlockSparseDense with parallel="columns" then "rows" (Megatron's MLP pair),
+    data over `data`: equal to the same weights in unsplit layers, values and gradients."""
+    import flax.linen as nn
+
+    from jax_blocksparse.tensor_parallel import merge_blocks
+    m = mesh()
+    rng = np.random.default_rng(6)
+    up = jbs.Layout(rng.random((4, 8)) < 0.4, 16)
+    down = jbs.Layout(rng.random((8, 4)) < 0.4, 16)
+
+    class Mlp(nn.Module):
+        parallel: bool
+
+        @nn.compact
+        def __call__(self, x):
+            kw = dict(mesh=m, axis="model") if self.parallel else {}
+            h = jbs.nn.BlockSparseDense(up, parallel="columns" if self.parallel else None,
+                                        name="up", **kw)(x)
+            return jbs.nn.BlockSparseDense(down, parallel="rows" if self.parallel else None,
+                                           name="down", **kw)(jax.nn.gelu(h))
+
+    x = arr(rng, 8, 5, 64)
+    params = Mlp(True).init(jax.random.key(0), x)
+    split = jbs._layers.split_for
+    plain = jax.tree.map(lambda a: a, params)
+    for name, layout, by in (("up", up, "columns"), ("down", down, "rows")):
+        plain["params"][name]["kernel"] = merge_blocks(params["params"][name]["kernel"],
+                                                       split(layout, m, "model", by))
+    loss = lambda p, x, parallel: jnp.sum(jnp.sin(Mlp(parallel).apply(p, x)))
+    got = jax.jit(jax.value_and_grad(lambda p, x: loss(p, x, True)))(
+        params, put(x, m, "data"))
+    want = jax.jit(jax.value_and_grad(lambda p, x: loss(p, x, False)))(plain, x)
+    close(got[0], want[0])
+    for name, layout, by in (("up", up, "columns"), ("down", down, "rows")):
+        g = got[1]["params"][name]
+        close(merge_blocks(g["kernel"], split(layout, m, "model", by)),
+              want[1]["params"][name]["kernel"])
+        close(g["bias"], want[1]["params"][name]["bias"])
+
+
+def check_explicit_sharding_mode():
+    """A mesh of `AxisType.Explicit` axes (JAX's explicit sharding mode): the outputs carry
+    the shardings their operands imply (batch and heads), values and gradients equal."""
+    from jax.sharding import AxisType
+    m = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    rng = np.random.default_rng(7)
+    layout = jbs.layouts.random(64, 96, 16, 0.4, seed=0)
+    x, w = arr(rng, 16, 8, 64), arr(rng, layout.nnz, 16, 16)
+    q = arr(rng, 4, 64, 4, 16)
+    att = jbs.layouts.local(64, 16, 32)
+    n = jnp.full((4,), 40, jnp.int32)
+    mm = lambda x, w: jnp.sum(jnp.sin(jbs.matmul(x, w, layout)))
+    at = lambda q: jnp.sum(jnp.sin(jbs.attention(q, q, q, att, causal=True)))
+    dec = lambda q: jbs.attention(q[:, :1], q, q, att, causal=True, q_offset=n - 1,
+                                  kv_lengths=n)
+    want = [jax.jit(jax.value_and_grad(mm, argnums=(0, 1)))(x, w),
+            jax.jit(jax.value_and_grad(at))(q), jax.jit(dec)(q)]
+    with jax.set_mesh(m):
+        xs, ws = put(x, m, "data"), put(w, m)
+        qs = put(q, m, "data", None, "model")
+        y = jax.jit(lambda x, w: jbs.matmul(x, w, layout))(xs, ws)
+        assert y.sharding.spec == P("data", None, None), y.sharding.spec
+        got = [jax.jit(jax.value_and_grad(mm, argnums=(0, 1)))(xs, ws),
+               jax.jit(jax.value_and_grad(at))(qs), jax.jit(dec)(qs)]
+        o = jax.jit(lambda q: jbs.attention(q, q, q, att, causal=True))(qs)
+        assert o.sharding.spec == P("data", None, "model", None), o.sharding.spec
+        assert got[2].sharding.spec == P("data", None, "model", None), got[2].sharding.spec
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        close(a, b)

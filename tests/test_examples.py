@@ -14,18 +14,19 @@ TINY = ["--seq-len", "128", "--d-model", "64", "--heads", "1", "--layers", "1", 
         "--eval-batches", "1", "--data-limit", "200000"]
 
 
-def launch(script, *args, cwd):
-    """The completed `python examples/<script> args`, run in `cwd` with this jax_blocksparse."""
+def launch(script, *args, cwd, env=None):
+    """The completed `python examples/<script> args`, run in `cwd` with this jax_blocksparse
+    (and the environment variables `env`)."""
     root = os.path.dirname(os.path.dirname(jbs.__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join(
         [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     return subprocess.run([sys.executable, os.path.join(EXAMPLES, script), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=600, env=env)
 
 
-def run(script, *args, cwd):
+def run(script, *args, cwd, env=None):
     """stdout of a successful `launch`."""
-    result = launch(script, *args, cwd=cwd)
+    result = launch(script, *args, cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -67,6 +68,21 @@ def test_language_model_packed_documents(tmp_path):
     assert "packed: attention within each" in out and "step 2: validation" in out
     out = run("sparse_transformer_lm.py", *TINY, "--packed", "--compare", cwd=tmp_path)
     assert "sparse step" in out and "dense  step" in out
+
+
+def test_language_model_data_and_tensor_parallel_mesh(tmp_path):
+    """--mesh 4x2 on 8 CPU devices (batch over "data", the sparse MLPs split over "model",
+    packed documents): the same losses as one device, and the sharded checkpoint saves."""
+    args = (*TINY, "--batch", "8", "--heads", "2", "--packed", "--steps", "3",
+            "--eval-every", "3")
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    one = run("sparse_transformer_lm.py", *args, "--no-checkpoint", cwd=tmp_path, env=env)
+    mesh = run("sparse_transformer_lm.py", *args, "--mesh", "4x2", "--ckpt-dir",
+               str(tmp_path / "run"), cwd=tmp_path, env=env)
+    assert "mesh: {'data': 4, 'model': 2}" in mesh
+    validation = [line for line in one.splitlines() if "step 3: validation" in line]
+    assert validation and validation[0] in mesh  # 3 decimals: equal to one device
+    assert (tmp_path / "run" / "3").exists()
 
 
 def test_language_model_resume_needs_checkpoints(tmp_path):
