@@ -51,6 +51,18 @@ def split_for(layout: Layout, mesh, axis: str, by: str):
     return _split(layout, mesh.shape[axis], by)
 
 
+def slab_init(split, kernel_init=None):
+    """Initializer of the tensor-parallel slabs `[n, max_nnz, bs, bs]`: the whole layout's
+    blocks, initialized as the unsplit layer's (`kernel_init`, default the fan-in init),
+    split by `tensor_parallel.split_blocks` (the padding is zero)."""
+    whole = kernel_init or fan_in_init(split.layout)
+
+    def init(key, shape, dtype=jnp.float32):
+        blocks = whole(key, (split.layout.nnz,) + tuple(shape[2:]), dtype)
+        return tensor_parallel.split_blocks(blocks, split)
+    return init
+
+
 def parallel_dense(x, slabs, bias, split, mesh, axis, dtype, precision):
     """`x @ W (+ bias)` with W split over `axis` (`tensor_parallel.parallel_matmul` in a
     `shard_map` manual over that axis only: the others stay automatic)."""

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _layers
-from . import tensor_parallel as tp
 from .layout import Layout
 
 Initializer = Callable[..., Any]
@@ -68,12 +67,9 @@ class BlockSparseDense(nn.Module):
             kernel, bias = _block_params(self)
             return _layers.dense(x, kernel, bias, self.layout, dtype, self.precision)
         split = _layers.split_for(self.layout, self.mesh, self.axis, self.parallel)
-        whole = self.kernel_init or _layers.fan_in_init(self.layout)
-        init = lambda key, shape, dt: tp.split_blocks(whole(key, (self.layout.nnz,) + shape[2:],
-                                                            dt), split)
-        kernel = self.param("kernel", init, (len(split.parts), split.max_nnz,
-                                             self.layout.block_size, self.layout.block_size),
-                            self.param_dtype)
+        bs = self.layout.block_size
+        kernel = self.param("kernel", _layers.slab_init(split, self.kernel_init),
+                            (len(split.parts), split.max_nnz, bs, bs), self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.layout.shape[1],), self.param_dtype)
                 if self.use_bias else None)
         return _layers.parallel_dense(x, kernel, bias, split, self.mesh, self.axis, dtype,

@@ -27,21 +27,41 @@ def _compute_dtype(dtype, x, param_dtype):
 
 class BlockSparseLinear(nnx.Module):
     """`y = x @ W + b`, `W [C, K]` block-sparse over `layout`; params `kernel [nnz, bs, bs]`,
-    `bias [K]`. Input `[..., C]` -> `[..., K]`."""
+    `bias [K]`. Input `[..., C]` -> `[..., K]`. Tensor parallelism as in linen's
+    `BlockSparseDense`: `parallel="columns"` or `"rows"` with `mesh` and `axis` makes
+    `kernel` the devices' slabs `[n, max_nnz, bs, bs]`."""
 
     def __init__(self, layout: Layout, *, use_bias: bool = True, dtype=None,
                  param_dtype=jnp.float32, precision=None, kernel_init: Initializer | None = None,
-                 bias_init: Initializer = nnx.initializers.zeros, rngs: nnx.Rngs):
+                 bias_init: Initializer = nnx.initializers.zeros, parallel: str | None = None,
+                 mesh=None, axis: str = "model", rngs: nnx.Rngs):
         bs, nnz = layout.block_size, layout.nnz
-        init = kernel_init or _layers.fan_in_init(layout)
         self.layout, self.dtype = layout, dtype
         self.param_dtype, self.precision = param_dtype, precision
-        self.kernel = nnx.Param(init(rngs.params(), (nnz, bs, bs), param_dtype))
+        self.parallel, self.mesh, self.axis = parallel, mesh, axis
+        if parallel is None:
+            init = kernel_init or _layers.fan_in_init(layout)
+            self.kernel = nnx.Param(init(rngs.params(), (nnz, bs, bs), param_dtype))
+        else:
+            split = self.split
+            shape = (len(split.parts), split.max_nnz, bs, bs)
+            self.kernel = nnx.Param(_layers.slab_init(split, kernel_init)(
+                rngs.params(), shape, param_dtype))
         self.bias = (nnx.Param(bias_init(rngs.params(), (layout.shape[1],), param_dtype))
                      if use_bias else None)
 
+    @property
+    def split(self):
+        """The `tensor_parallel.SplitLayout` of a parallel layer (cached), else None."""
+        if self.parallel is None:
+            return None
+        return _layers.split_for(self.layout, self.mesh, self.axis, self.parallel)
+
     def __call__(self, x):
         dtype = _compute_dtype(self.dtype, x, self.param_dtype)
+        if self.parallel is not None:
+            return _layers.parallel_dense(x, _value(self.kernel), _value(self.bias), self.split,
+                                          self.mesh, self.axis, dtype, self.precision)
         return _layers.dense(x, _value(self.kernel), _value(self.bias), self.layout, dtype,
                              self.precision)
 

@@ -283,3 +283,24 @@ def check_explicit_sharding_mode():
         assert got[2].sharding.spec == P("data", None, "model", None), got[2].sharding.spec
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         close(a, b)
+
+
+def check_parallel_linear_nnx():
+    """NNX BlockSparseLinear with parallel="columns": equal to the unsplit module with the
+    same seed (the slabs split the same initial blocks), values and gradients."""
+    from flax import nnx
+
+    from jax_blocksparse.tensor_parallel import merge_blocks
+    m = mesh()
+    rng = np.random.default_rng(8)
+    layout = jbs.Layout(rng.random((4, 8)) < 0.4, 16)
+    x = arr(rng, 8, 64)
+    par = jbs.nnx.BlockSparseLinear(layout, parallel="columns", mesh=m, axis="model",
+                                    rngs=nnx.Rngs(0))
+    one = jbs.nnx.BlockSparseLinear(layout, rngs=nnx.Rngs(0))
+    close(merge_blocks(par.kernel.value, par.split), one.kernel.value)
+    loss = lambda module, x: jnp.sum(jnp.sin(module(x)))
+    got = nnx.value_and_grad(loss)(par, put(x, m, "data"))
+    want = nnx.value_and_grad(loss)(one, x)
+    close(got[0], want[0])
+    close(merge_blocks(got[1].kernel.value, par.split), want[1].kernel.value)
