@@ -29,21 +29,19 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _jax_internals as jint
 
-Dims = tuple  # of factor tuples, one per dimension of an array
-
-
 class Factors(NamedTuple):
-    operands: list  # [Dims]: one per operand
-    results: list  # [Dims]: one per result
+    operands: list  # per operand: a tuple of factor-name tuples, one per dimension
+    results: list  # the same per result
     shardable: frozenset  # factor names that may be sharded
     sizes: dict  # factor name -> size
 
 
 def factors_of(operand_dims, result_dims, shardable, avals_in, avals_out) -> Factors:
-    """`Factors` from the dimension descriptions (a dimension: a factor name, or a tuple of
-    names for a compound one) and the avals, which give each plain factor its size (a
-    compound dimension's minor factors must appear alone elsewhere, or be given in
-    `shardable`'s sizes by the caller through a dimension of their own)."""
+    """`Factors` of a primitive from one description per operand and result (a dimension
+    is a factor name, or a tuple of names for a compound one, major first) and the avals.
+    A factor's size comes from a dimension where it stands alone; a compound dimension
+    with one factor of unknown size gives it (its size divided by the others'). Factors of
+    size 1 are dropped from compound dimensions (Shardy refuses them there)."""
     norm = lambda dims: tuple((d,) if isinstance(d, str) else tuple(d) for d in dims)
     operands = [norm(d) for d in operand_dims]
     results = [norm(d) for d in result_dims]
