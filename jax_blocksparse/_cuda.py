@@ -206,6 +206,7 @@ DECODE = {
     "dtypes": (jnp.bfloat16, jnp.float16),
     "head_dims": (64, 96, 128, 256),
     "tile_keys": 16,  # block sizes and page sizes: multiples of this
+    "rows_per_cta": 16,  # (query, head) rows of a CTA (cuda: kRows)
     "split_capacity": 1024,  # listed blocks one split holds (cuda: kDecodeSplitCapacity)
     "target_ctas": 4 * 132,  # CTAs to aim for: four per SM of an H100 (best in a sweep)
     "min_blocks_per_split": 8,  # splits of fewer blocks cost more than they overlap
@@ -233,7 +234,7 @@ def decode_splits(batch: int, hq: int, hkv: int, mask_heads: int, tq: int, width
     `split_capacity` blocks per split. Measured on the H100: benchmarks/RESULTS.md."""
     group = hq // hkv
     per_cta = group if mask_heads == 1 else 1  # query heads of a CTA
-    chunks = -(-per_cta * tq // 16)
+    chunks = -(-per_cta * tq // DECODE["rows_per_cta"])
     ctas = max(batch * hkv * (group // per_cta) * chunks, 1)
     splits = min(DECODE["target_ctas"] // ctas, width // DECODE["min_blocks_per_split"],
                  DECODE["max_splits"])

@@ -134,8 +134,7 @@ def partitioned_call(local, f: Factors, params: dict, multiple_results: bool) ->
         return tuple(out) if multiple_results else out
 
     cp = custom_partitioning(call)
-    contracted = {n for dims in f.operands for names in dims for n in names} - {
-        n for dims in f.results for names in dims for n in names}
+    text, kwargs = _rule(f)
 
     def shardings(mesh, arg_shapes):
         assigned = _assign(f, mesh, _specs_of(arg_shapes))
@@ -148,7 +147,8 @@ def partitioned_call(local, f: Factors, params: dict, multiple_results: bool) ->
 
     def partition(mesh, arg_shapes, result_shape):
         assigned, args, results = shardings(mesh, arg_shapes)
-        reduce_axes = tuple(a for n in sorted(contracted) for a in assigned.get(n, ()))
+        reduce_axes = tuple(a for n in kwargs["reduction_factors"]
+                            for a in assigned.get(n, ()))
 
         def lower(*shards):
             out = call(*shards)
@@ -157,7 +157,6 @@ def partitioned_call(local, f: Factors, params: dict, multiple_results: bool) ->
             return out
         return mesh, lower, results, args
 
-    text, kwargs = _rule(f)
     cp.def_partition(partition, infer_sharding_from_operands=infer,
                      propagate_user_sharding=None, sharding_rule=text, **kwargs)
     return cp
@@ -177,13 +176,14 @@ def with_shardings(factors: Callable, avals_in, avals_out, **params) -> list:
     """`avals_out` with the shardings that explicitly sharded operands imply (JAX's
     explicit sharding mode: a mesh with `AxisType.Explicit` axes, whose avals name their
     axes), by the same factors as the partitioning; unchanged when no operand names one."""
-    specs = [getattr(getattr(a, "sharding", None), "spec", None) for a in avals_in]
-    if not any(spec is not None and any(e is not None for e in spec) for spec in specs):
+    specs = [getattr(getattr(a, "sharding", None), "spec", None) or PartitionSpec()
+             for a in avals_in]
+    named = [a for a, spec in zip(avals_in, specs) if any(e is not None for e in spec)]
+    if not named:
         return list(avals_out)
-    mesh = next(a.sharding.mesh for a, spec in zip(avals_in, specs)
-                if spec is not None and any(e is not None for e in spec))
+    mesh = named[0].sharding.mesh
     f = factors(avals_in, avals_out, **params)
-    assigned = _assign(f, mesh, [spec or PartitionSpec() for spec in specs])
+    assigned = _assign(f, mesh, specs)
     return [aval.update(sharding=NamedSharding(mesh, _spec(dims, assigned)))
             for aval, dims in zip(avals_out, f.results)]
 
@@ -191,22 +191,19 @@ def with_shardings(factors: Callable, avals_in, avals_out, **params) -> list:
 LOCAL = {}  # primitive -> its local twin, which carries the platform lowerings
 
 
-def make_local(prim, abstract_eval, reference) -> object:
-    """The local twin of `prim` (its abstract eval, the pure-JAX `reference` as its default
-    lowering; `_cuda.py` adds the CUDA lowerings to it); `prim` itself then lowers through
-    `custom_partitioning` with the factors `factors(avals_in, avals_out, **params)`."""
+def define_partitioned(prim, abstract_eval, reference, factors: Callable) -> None:
+    """Give `prim` its abstract eval and a local twin (`LOCAL[prim]`: the same abstract
+    eval, the pure-JAX `reference` as its default lowering; `_cuda.py` adds the CUDA
+    lowerings to it). `prim` lowers, on every platform, through `partitioned_call(local,
+    ...)` with the factors `factors(avals_in, avals_out, **params)` when the program is
+    partitioned over several devices, and as its twin otherwise."""
+    prim.def_abstract_eval(abstract_eval)
     local = jint.define_primitive(prim.name + "_local",
                                   multiple_results=prim.multiple_results)
     local.def_abstract_eval(abstract_eval)
     jint.register_default_lowering(local, reference,
                                    multiple_results=prim.multiple_results)
     LOCAL[prim] = local
-    return local
-
-
-def register_partitioned_lowering(prim, local, factors: Callable) -> None:
-    """Lower `prim` on every platform through `partitioned_call(local, ...)` when the
-    program is partitioned over several devices; as `local` otherwise."""
     direct = jint.lower_fun(lambda *args, **params: local.bind(*args, **params),
                             multiple_results=prim.multiple_results)
 

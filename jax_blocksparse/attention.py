@@ -159,7 +159,6 @@ def _abstract(prim):
     return rule
 
 
-_ABSTRACT = {p: _abstract(p) for p in (attention_p, attention_tangent_p, attention_bwd_p)}
 _REFERENCES = {attention_p: attention_reference, attention_tangent_p: tangent_reference,
                attention_bwd_p: backward_reference}
 
@@ -205,10 +204,8 @@ def _factors(prim):
 
 
 for _prim in (attention_p, attention_tangent_p, attention_bwd_p):
-    _prim.def_abstract_eval(_ABSTRACT[_prim])
-    _partitioning.register_partitioned_lowering(
-        _prim, _partitioning.make_local(_prim, _ABSTRACT[_prim], _REFERENCES[_prim]),
-        _factors(_prim))
+    _partitioning.define_partitioned(_prim, _abstract(_prim), _REFERENCES[_prim],
+                                     _factors(_prim))
 
 
 def _bind(prim, *args, **params):
@@ -489,7 +486,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     kv_lengths = kv_lengths.astype(jnp.int32)
     bs = mask.block_size
     if tq <= DECODE_MAX_QUERIES and not segments:
-        o, lse = _decode(q, k, v, mask, kv_lengths, q_offset, page_table, causal=causal,
+        o, lse = _decode(q, k, v, mask, kv_lengths, q_offset, page_table, tk, causal=causal,
                          scale=scale)
         return (o, lse) if return_lse else o
     if paged:  # the fused kernels read contiguous caches: gather the pages
@@ -500,7 +497,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         q_in, ids_in = q, q_ids
     else:
         offset = _q_offset(q_offset, b)
-        rows = mask.shape[-2] if isinstance(mask, BlockMask) else mask.mask.shape[-2]
+        rows = _mask_rows(mask)
         lists, overflow = _context(mask, causal, rows * bs, tk, offset=0)
         q_in, ids_in, lists, overflow, q_positions, slots, inside = _positioned(
             q, q_ids, lists, overflow, offset, bs, rows)
@@ -548,16 +545,20 @@ def _check_pages(q, k, v, page_table):
     return page_table.astype(jnp.int32)
 
 
-def _decode(q, k, v, mask, kv_lengths, q_offset, page_table, *, causal, scale):
-    """Short queries through the decode primitive: the mask rows of the queries, their
-    causal positions, and NaN for rows outside the mask or whose `BlockMask` row
-    overflowed. Returns (o, lse)."""
+def _mask_rows(mask) -> int:
+    """The number of block rows of a `Layout` or `BlockMask`."""
+    return mask.shape[-2] if isinstance(mask, BlockMask) else mask.mask.shape[-2]
+
+
+def _decode(q, k, v, mask, kv_lengths, q_offset, page_table, tk, *, causal, scale):
+    """Short queries through the decode primitive (keys `Tk = tk`): the mask rows of the
+    queries, their causal positions, and NaN for rows outside the mask or whose
+    `BlockMask` row overflowed. Returns (o, lse)."""
     from .attention_decode import decode  # the decode module builds on this one's rules
 
     b, tq = q.shape[:2]
-    tk = page_table.shape[1] * k.shape[1] if page_table is not None else k.shape[1]
     bs = mask.block_size
-    rows = mask.shape[-2] if isinstance(mask, BlockMask) else mask.mask.shape[-2]
+    rows = _mask_rows(mask)
     if q_offset is None:  # query i on mask row i // bs, causal bottom-right aligned
         lists, overflow = _context(mask, causal, tq, tk)
         q_rows = jnp.zeros((b,), jnp.int32)

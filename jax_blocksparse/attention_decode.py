@@ -107,18 +107,14 @@ def _factors(avals_in, avals_out, *, paged, **params):
     kv = ("pages", "page_rows", "h", "d") if paged else KV_DIMS
     dims = [Q_DIMS, kv, kv] + [context_dims(name, aval, b, hq, i) for i, (name, aval) in
                                enumerate(zip(DECODE_OPERANDS[3:8], avals_in[3:8]))]
-    table = avals_in[8]
-    dims.append(("b", "tables") if paged else ("x_table", "y_table"))
-    if table.shape[0] != b:
-        dims[-1] = ("x_table", "y_table")
+    per_batch_table = paged and avals_in[8].shape[0] == b  # else a [1, 1] placeholder
+    dims.append(("b", "tables") if per_batch_table else ("x_table", "y_table"))
     return _partitioning.factors_of(dims, [Q_DIMS, LSE_DIMS], {"b", "h"}, avals_in,
                                     avals_out)
 
 
-attention_decode_p.def_abstract_eval(_abstract_eval)
-_partitioning.register_partitioned_lowering(
-    attention_decode_p,
-    _partitioning.make_local(attention_decode_p, _abstract_eval, decode_reference), _factors)
+_partitioning.define_partitioned(attention_decode_p, _abstract_eval, decode_reference,
+                                 _factors)
 jint.register_jvp(attention_decode_p,
                   _reference_jvp(attention_decode_p, decode_reference, (0, 1, 2)))
 

@@ -349,10 +349,8 @@ def _factors(prim):
 
 
 for _prim in (sdd_p, dsd_p, dds_p):
-    _prim.def_abstract_eval(_abstract_eval(_prim))
-    _partitioning.register_partitioned_lowering(
-        _prim, _partitioning.make_local(_prim, _abstract_eval(_prim), _REFERENCES[_prim]),
-        _factors(_prim))
+    _partitioning.define_partitioned(_prim, _abstract_eval(_prim), _REFERENCES[_prim],
+                                     _factors(_prim))
     jint.register_jvp(_prim, _bilinear_jvp(_prim))
     jint.register_transpose(_prim, _transpose(_prim))
     jint.register_batching(_prim, _batching(_prim))

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .layout import Layout
+from .layout import Layout, _ids
 from .matmul import matmul
 
 
@@ -59,8 +59,7 @@ def split_layout(layout: Layout, n: int, by: str = "columns") -> SplitLayout:
     if mask.shape[axis] % n:
         raise ValueError(f"split_layout: {mask.shape[axis]} block {by} do not split into {n} "
                          f"equal parts")
-    ids = np.full(mask.shape, -1, np.int64)
-    ids[mask] = np.arange(layout.nnz)
+    ids = _ids(mask)  # each block's index in the layout's storage order
     width = mask.shape[axis] // n
     parts, index = [], []
     for i in range(n):

@@ -138,20 +138,15 @@ def check_shard_map():
     layout = jbs.layouts.random(64, 96, 16, 0.4, seed=0)
     x, w = arr(rng, 16, 8, 64), arr(rng, layout.nnz, 16, 16)
 
-    def local_loss(x, w):
+    def local_loss(x, w):  # the loss of one device's rows
         y = jbs.matmul(x, w, layout)
         blocks = jbs.sdd(x.reshape(-1, 64).T, y.reshape(-1, 96), layout)  # dW-like
         z = jbs.dsd(blocks, y.reshape(-1, 96).T, layout)
-        return jax.lax.psum(jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(z)), "data")
-
-    mapped = jax.shard_map(local_loss, mesh=m, in_specs=(P("data"), P()), out_specs=P())
-    want = lambda x, w: sum(local_loss_one(x[i:i + 2], w) for i in range(0, 16, 2))
-
-    def local_loss_one(x, w):
-        y = jbs.matmul(x, w, layout)
-        blocks = jbs.sdd(x.reshape(-1, 64).T, y.reshape(-1, 96), layout)
-        z = jbs.dsd(blocks, y.reshape(-1, 96).T, layout)
         return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(z))
+
+    mapped = jax.shard_map(lambda x, w: jax.lax.psum(local_loss(x, w), "data"), mesh=m,
+                           in_specs=(P("data"), P()), out_specs=P())
+    want = lambda x, w: sum(local_loss(x[i:i + 2], w) for i in range(0, 16, 2))
     got_v, got_g = jax.jit(jax.value_and_grad(mapped, argnums=(0, 1)))(x, w)
     want_v, want_g = jax.jit(jax.value_and_grad(want, argnums=(0, 1)))(x, w)
     close(got_v, want_v)
