@@ -26,6 +26,7 @@ heads (`_partitioning`, the factors below).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -599,23 +600,44 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     if paged:
         page_table, bad_pages = _checked_pages(page_table, k.shape, lists, offset, tq, bs,
                                                kv_lengths)
+    context = (lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids)
+    static = (("rows", rows), ("tk", tk), ("block_size", bs), ("causal", causal),
+              ("scale", scale), ("segments", segments))
     if tq <= DECODE_MAX_QUERIES and not segments:
-        o, lse = _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, tk,
-                         block_size=bs, causal=causal, scale=scale)
+        o, lse = _short_queries(q, k, v, context, static)
     else:
-        o, lse = _prefill(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table,
-                          q_ids, kv_ids, tk, block_size=bs, causal=causal, scale=scale,
-                          segments=segments)
+        o, lse = _prefill(q, k, v, *context, **dict(static))
     if bad_pages is not None:
         lse = jnp.where(bad_pages[:, None, None], jnp.nan, lse)
         o = jnp.where(bad_pages[:, None, None, None], jnp.nan, o)
     return (o, lse) if return_lse else o
 
 
-def _prefill(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, q_ids, kv_ids,
-             tk, *, block_size, causal, scale, segments):
-    """Longer queries through `attention_p`; NaN for rows outside the mask or whose
-    `BlockMask` row overflowed. Returns (o, lse)."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _short_queries(q, k, v, context, static):
+    """Short queries: the decode primitive computes the values; their derivatives are those
+    of the same call through `attention_p` (`_prefill`), whose backward is the fused one or
+    the deterministic pure-JAX one (the decode primitive's own JVP would transpose into
+    scatter-adds over the cache). `context` and `static` as `_prefill` takes them."""
+    lists, overflow, kv_lengths, offset, page_table, _, _ = context
+    static = dict(static)
+    del static["segments"]
+    return _decode(q, k, v, lists, overflow, static.pop("rows"), kv_lengths, offset,
+                   page_table, **static)
+
+
+@_short_queries.defjvp
+def _short_queries_jvp(static, primals, tangents):
+    q, k, v, context = primals
+    prefill = lambda q, k, v: _prefill(q, k, v, *context, **dict(static))
+    return _short_queries(q, k, v, context, static), jax.jvp(prefill, (q, k, v),
+                                                             tuple(tangents[:3]))[1]
+
+
+def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, *, rows,
+             tk, block_size, causal, scale, segments):
+    """Queries through `attention_p`; NaN for rows outside the mask or whose `BlockMask` row
+    overflowed. Returns (o, lse)."""
     b, tq = q.shape[:2]
     bs = block_size
     positioned = offset is not None
@@ -709,7 +731,7 @@ def _mask_rows(mask) -> int:
     return mask.shape[-2] if isinstance(mask, BlockMask) else mask.mask.shape[-2]
 
 
-def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, tk, *,
+def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, *, tk,
             block_size, causal, scale):
     """Short queries through the decode primitive (keys `Tk = tk`; `lists` the mask's
     query lists): the mask rows of the queries, their causal positions, and NaN for rows
