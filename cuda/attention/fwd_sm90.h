@@ -1,0 +1,23 @@
+// The Hopper (sm_90a) attention forward in the FlashAttention-3 design (fwd_sm90.cu):
+// launchers named by the dispatch table (attention.cu) as forward variant 2.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+namespace jax_blocksparse {
+namespace attn {
+
+struct Args;
+
+// The forward of attention.h's semantics for block size 128 and head dim D (128), T
+// __nv_bfloat16 or __half. cudaErrorNotSupported on a device that is not sm_90 (or a
+// build without sm_90a code), cudaErrorInvalidValue for operands TMA cannot address
+// (not 16-byte aligned).
+template <typename T, int D>
+cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
+
+#define JBS_ATTENTION_SM90_LAUNCHERS(PREFIX, T) \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128>(const Args&, cudaStream_t);
+
+}  // namespace attn
+}  // namespace jax_blocksparse
