@@ -124,6 +124,11 @@ __device__ __forceinline__ void NamedBarrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// Arrive at named barrier `id` without waiting (the producer side of a sync/arrive pair).
+__device__ __forceinline__ void NamedArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Warpgroup register reallocation (sm_90a): every warp of the warpgroup executes the same
 // one. The kernel needs a register cap at entry (__launch_bounds__(threads, 1)).
 template <int N> __device__ __forceinline__ void RegDealloc() {

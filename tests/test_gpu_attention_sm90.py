@@ -1,5 +1,6 @@
 """The Hopper attention forward in the FlashAttention-3 design (cuda/attention/fwd_sm90.cu),
-forced by JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=2, on an sm_90 GPU: o and lse against the
+forced by JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=2 (consumer warpgroups ping-ponged; every case)
+or 3 (without the ping-pong; a subset), on an sm_90 GPU: o and lse against the
 float64 reference on fresh random inputs (fixed seeds), bf16 and f16, head dim 128, block
 size 128, over causal and non-causal local / strided / random / dense layouts with empty
 query rows and a single block, GQA (8 query heads on 2), per-head masks, a traced
@@ -25,7 +26,7 @@ from test_matmul import poison
 
 pytestmark = pytest.mark.gpu
 
-FA3 = "fa3_forward"
+FA3 = {"2": "fa3_forward(wgmma, tma, ws, pingpong)", "3": "fa3_forward(wgmma, tma, ws)"}
 DTYPES = {"bf16": jnp.bfloat16, "f16": jnp.float16}
 BS, D = 128, 128
 
@@ -150,20 +151,26 @@ def sm90():
     return getattr(jax.devices()[0], "compute_capability", None) == "9.0"
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_fa3_forward(name):
+VARIANT3_CASES = ["local_causal", "random_empty_rows", "gqa4_per_head_causal",
+                  "tq_gt_tk_causal", "kv_lengths", "traced_kv_lengths"]
+
+
+@pytest.mark.parametrize("variant,name", [("2", n) for n in CASES] +
+                         [("3", n) for n in VARIANT3_CASES])
+def test_fa3_forward(variant, name):
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
     cases = [(name, "bf16"), (name, "f16")]
     stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_cases({cases!r})",
-                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="2").stderr
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
     logs = kernels_by_case(stderr)
     for case in cases:
         launches = logs.get(" ".join(case), [])
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
         assert forward and any(op == "attention_bwd" for op, _ in launches), (case, launches)
         for kernel in forward:
-            assert kernel.startswith(FA3), (case, kernel)
+            assert kernel == FA3[variant], (case, kernel)
 
 
 def test_fa3_falls_back_elsewhere():

@@ -72,6 +72,7 @@ constexpr int kLine = 128;                 // bytes per swizzled smem line (64 e
 // named barriers (0 is __syncthreads)
 [[maybe_unused]] constexpr int kBarZeroV = 1;     // the two consumer warpgroups around the V tail zeroing
 [[maybe_unused]] constexpr int kBarEpilogue = 2;  // + consumer index: one consumer warpgroup
+[[maybe_unused]] constexpr int kBarTurn = 4;  // + consumer index: its turn to issue (ping-pong)
 
 template <int D, int STAGES>
 struct Smem {
@@ -103,7 +104,7 @@ struct Tiles {
   __device__ __forceinline__ bool Done() const { return e >= n; }
 };
 
-template <typename T, int D, int STAGES>
+template <typename T, int D, int STAGES, bool PINGPONG>
 __global__ void __launch_bounds__(kThreads, 1)
     FwdKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
               const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -298,13 +299,34 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int i = 0; i < 4; ++i) p[kk][i] = Ops<T>::Pack(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
     };
 
+    // Ping-pong: the two consumer warpgroups take turns to issue their wgmmas (named
+    // barrier kBarTurn + cw: synced by its owner, arrived at by the other one after its
+    // issue), so one's softmax runs while the other's products do. Warpgroup 0 goes first
+    // (warpgroup 1 arrives once up front); both have the same n + 1 issue points (n
+    // tiles), and warpgroup 1 skips the arrive after its last: the arrivals match the syncs.
+    // Nothing inside a turn waits for the other warpgroup (the V tail zeroing and its
+    // barrier come before the turn).
+    auto turn_begin = [&]() {
+      if constexpr (PINGPONG) tma::NamedBarrier(kBarTurn + cw, kConsumers);
+    };
+    auto turn_end = [&](bool last) {
+      if constexpr (PINGPONG) {
+        if (!(last && cw == 1)) tma::NamedArrive(kBarTurn + (1 - cw), kConsumers);
+      }
+    };
+
     Tiles cur = tiles;
     tma::MbarWait(bar_q, 0);  // also before the epilogue reuses the Q buffer
     if (!cur.Done()) {
+      if constexpr (PINGPONG) {
+        if (cw == 1) tma::NamedArrive(kBarTurn, kConsumers);
+      }
       // first tile: S, softmax, P (O is still zero)
       int start = cur.Start(cur.e);
       tma::MbarWait(full_k(0), 0);
+      turn_begin();
       issue_qk(0);
+      turn_end(false);
       wg::Wait<0>();
 #pragma unroll
       for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
@@ -321,10 +343,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint32_t ph = (it / STAGES) & 1;
         start = cur.Start(cur.e);
         tma::MbarWait(full_k(st), ph);
-        issue_qk(st);
         tma::MbarWait(full_v(pst), pph);
         if (pstart + kBN > kvlen) zero_v_tail(pst, kvlen - pstart);
+        turn_begin();
+        issue_qk(st);
         issue_pv(pst);
+        turn_end(false);
         wg::Wait<1>();  // S of this tile
 #pragma unroll
         for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
@@ -346,7 +370,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       tma::MbarWait(full_v(pst), pph);
       if (pstart + kBN > kvlen) zero_v_tail(pst, kvlen - pstart);
+      turn_begin();
       issue_pv(pst);
+      turn_end(true);
       wg::Wait<0>();
 #pragma unroll
       for (int i = 0; i < 64; ++i) wg::FenceOperand(o[i]);
@@ -409,7 +435,7 @@ bool DeviceOk() {
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
         major == 9 && minor == 0 &&
-        cudaFuncGetAttributes(&attr, FwdKernel<T, D, kStages>) == cudaSuccess &&
+        cudaFuncGetAttributes(&attr, FwdKernel<T, D, kStages, true>) == cudaSuccess &&
         attr.binaryVersion == 90 && tma::GetEncodeTiled() != nullptr;
     if (!ok) (void)cudaGetLastError();
     v = ok ? 1 : 2;
@@ -421,7 +447,7 @@ bool DeviceOk() {
 
 }  // namespace sm90
 
-template <typename T, int D>
+template <typename T, int D, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90;
   static_assert(D == 128, "head dim 128");
@@ -448,7 +474,7 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
 
   constexpr int smem = Smem<D, kStages>::kBytes;
   static std::atomic<uint64_t> configured{0};
-  auto kern = FwdKernel<T, D, kStages>;
+  auto kern = sm90::FwdKernel<T, D, kStages, PINGPONG>;
   err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
   if (err != cudaSuccess) return err;
   if (a.by_query.lines > 65535) return cudaErrorInvalidValue;
