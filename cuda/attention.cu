@@ -31,14 +31,14 @@ namespace {
   {DT, D, 128, false, 1, "fa2_forward(128-row CTA)", attn::LaunchForwardTile<T, D, 128, 3>}
 // Variants 2 and 3: the Hopper forward in the FlashAttention-3 design
 // (attention/fwd_sm90.cu: TMA, mbarrier ring, producer warp + 2 consumer warpgroups,
-// wgmma), sm_90a only (its launcher refuses any other device), head dim 128 and block size
-// 128 for now; 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare
+// wgmma), sm_90a only (its launcher refuses any other device), head dims 64 / 128 and block
+// size 128 for now; 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare
 // and as a fallback). The other combinations run variant 0 (FindAttentionKernel). Not the
 // default until measured.
-#define JBS_FWD_SM90_ROWS(DT, T)                                                       \
-  {DT, 128, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                   \
-   attn::LaunchForwardSm90<T, 128, true>},                                             \
-  {DT, 128, 128, false, 3, "fa3_forward(wgmma, tma, ws)", attn::LaunchForwardSm90<T, 128, false>}
+#define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
+  {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
+   attn::LaunchForwardSm90<T, D, true>},                                               \
+  {DT, D, 128, false, 3, "fa3_forward(wgmma, tma, ws)", attn::LaunchForwardSm90<T, D, false>}
 #define JBS_BWD_NAME "fa2_backward(delta, dq 64-row, dk/dv per kv head)"
 #define JBS_BWD_ROWS(DT, T, D)                                      \
   {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>},      \
@@ -48,7 +48,8 @@ namespace {
 const AttentionKernel kAttentionKernels[] = {
     JBS_FWD_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_FWD_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_FWD_ROWS(DType::kF16, __half, 64),         JBS_FWD_ROWS(DType::kF16, __half, 128),
-    JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16), JBS_FWD_SM90_ROWS(DType::kF16, __half),
+    JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 128),
+    JBS_FWD_SM90_ROWS(DType::kF16, __half, 64),         JBS_FWD_SM90_ROWS(DType::kF16, __half, 128),
     JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_ROWS(DType::kF16, __half, 64),         JBS_BWD_ROWS(DType::kF16, __half, 128),
 };

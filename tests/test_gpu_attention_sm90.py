@@ -2,7 +2,7 @@
 forced by JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=2 (consumer warpgroups ping-ponged; every case)
 or 3 (without the ping-pong; a subset), on an sm_90 GPU: o and lse against the
 float64 reference on fresh random inputs (fixed seeds), bf16 and f16, head dim 128, block
-size 128, over causal and non-causal local / strided / random / dense layouts with empty
+size 128 (and head dim 64 on a few cases), over causal and non-causal local / strided / random / dense layouts with empty
 query rows and a single block, GQA (8 query heads on 2), per-head masks, a traced
 BlockMask, Tq != Tk with causality (rows without keys), kv_lengths that are not multiples
 of the block (0 included) with NaN planted in k and v past them (the outputs must stay
@@ -10,8 +10,8 @@ finite and bitwise equal to the clean run); every result bitwise equal over two 
 
 Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1 and the test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
-forward fails), and that the backward (still the FA2 kernels) runs after it. Other head
-dims and block sizes are not implemented by variant 2 yet (they run the default forward).
+forward fails), and that the backward (still the FA2 kernels) runs after it. Block size 64
+is not implemented by variants 2 / 3 yet: it runs the default forward (checked too).
 """
 
 import jax
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.gpu
 
 FA3 = {"2": "fa3_forward(wgmma, tma, ws, pingpong)", "3": "fa3_forward(wgmma, tma, ws)"}
 DTYPES = {"bf16": jnp.bfloat16, "f16": jnp.float16}
-BS, D = 128, 128
+BS = 128
 
 
 def random_mask(seed, shape, density, empty_row=True):
@@ -48,7 +48,8 @@ def one_block(rows, cols, r, c):
 
 CASES = {
     # name: (block mask (numpy, [Rq, Rk] or [Hq, Rq, Rk]), causal, B, Tq, Tk, Hq, Hkv,
-    #        kv_lengths, traced (a BlockMask built inside jit instead of a static Layout))
+    #        kv_lengths, traced (a BlockMask built inside jit instead of a static Layout)[,
+    #        head dim: 128 unless given])
     "local_causal": (lambda: jbs.layouts.local(2048, BS, 512).mask, True,
                      2, 2048, 2048, 4, 4, None, False),
     "strided_causal": (lambda: jbs.layouts.strided(2048, BS, 512).mask, True,
@@ -80,12 +81,21 @@ CASES = {
                                2, 1024, 1024, 4, 2, None, True),
     "traced_kv_lengths": (lambda: random_mask(18, (8, 8), 0.6), False,
                           2, 1024, 1024, 4, 4, [700, 1024], True),
+    "d64_local_causal": (lambda: jbs.layouts.local(2048, BS, 512).mask, True,
+                         2, 2048, 2048, 4, 4, None, False, 64),
+    "d64_random_empty_rows": (lambda: random_mask(19, (8, 8), 0.5), False,
+                              2, 1024, 1024, 4, 2, None, False, 64),
+    "d64_tq_gt_tk_causal": (lambda: np.ones((16, 8), bool), True,
+                            2, 2048, 1024, 4, 2, None, False, 64),
+    "d64_gqa4_per_head_kv_lengths": (lambda: random_mask(20, (8, 8, 8), 0.6, False), True,
+                                     3, 1024, 1024, 8, 2, [1024, 333, 0], False, 64),
 }
 
 
 def build(name, dtype):
     """(jitted forward + backward, its inputs, kv_lengths, the float64 o and lse)."""
-    make_mask, causal, b, tq, tk, hq, hkv, kv, traced = CASES[name]
+    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, *d = CASES[name]
+    D = d[0] if d else 128
     block_mask = make_mask()
     layout = jbs.Layout(block_mask, BS)
     kv = np.full(b, tk) if kv is None else np.asarray(kv)
@@ -152,7 +162,8 @@ def sm90():
 
 
 VARIANT3_CASES = ["local_causal", "random_empty_rows", "gqa4_per_head_causal",
-                  "tq_gt_tk_causal", "kv_lengths", "traced_kv_lengths"]
+                  "tq_gt_tk_causal", "kv_lengths", "traced_kv_lengths", "d64_local_causal",
+                  "d64_gqa4_per_head_kv_lengths"]
 
 
 @pytest.mark.parametrize("variant,name", [("2", n) for n in CASES] +
@@ -174,10 +185,10 @@ def test_fa3_forward(variant, name):
 
 
 def test_fa3_falls_back_elsewhere():
-    """Variant 2 at a head dim / block size it does not implement (64 / 64) runs the
-    default forward, correctly."""
+    """Variant 2 at a block size it does not implement (64) runs the default forward,
+    correctly."""
     code = ("import test_gpu_attention as t; "
-            "t.run_cases([('local_causal_bs64_d64', 'f16'), ('gqa2_local_causal_bs128_d64', 'bf16')])")
+            "t.run_cases([('local_causal_bs64_d64', 'f16'), ('per_head_causal_bs64_d128', 'bf16')])")
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
                         JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="2").stderr
     for case, launches in kernels_by_case(stderr).items():

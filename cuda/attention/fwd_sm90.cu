@@ -76,7 +76,7 @@ constexpr int kLine = 128;                 // bytes per swizzled smem line (64 e
 
 template <int D, int STAGES>
 struct Smem {
-  static_assert(D == 128, "head dim 128 (two 64-column slabs)");
+  static_assert(D == 64 || D == 128, "head dim 64 or 128 (one or two 64-column slabs)");
   static constexpr int kTile = 128 * D * 2;  // bytes of a 128-row tile (Q, K or V)
   static constexpr int kBars = (1 + 2 * STAGES) * kTile;  // offset of the mbarriers
   static constexpr int kNumBars = 1 + 4 * STAGES;
@@ -199,10 +199,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int i0 = q0 + rl;                // its query index
     const float sl2 = a.scale_log2;
 
-    float o[64], s[64];
+    float o[D / 2], s[64];
     uint32_t p[8][4];
 #pragma unroll
-    for (int i = 0; i < 64; ++i) o[i] = s[i] = 0.f;
+    for (int i = 0; i < 64; ++i) s[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
     // descriptors: Q rows of this warpgroup, K and V of stage 0 (a stage adds 2 kTile)
@@ -229,14 +231,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto issue_pv = [&](int st) {
       const uint64_t so = uint64_t((st * 2 * kTile) >> 4);
 #pragma unroll
-      for (int i = 0; i < 64; ++i) wg::FenceOperand(o[i]);
+      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
       wg::Fence();
 #pragma unroll
       for (int kk = 0; kk < kBN / 16; ++kk)
-        wg::MmaRS128<T, 1>(o, p[kk], dv + so + uint64_t((kk * 16 * kLine) >> 4));
+        wg::MmaRS<T, D, 1>(o, p[kk], dv + so + uint64_t((kk * 16 * kLine) >> 4));
       wg::Commit();
 #pragma unroll
-      for (int i = 0; i < 64; ++i) wg::FenceOperand(o[i]);
+      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
     };
     // The cut tile (keys [start, start + 128) contain kv_lengths): zero the V rows of keys
     // >= kvlen in stage st, shared by both consumer warpgroups (each waited for the slot).
@@ -357,10 +359,10 @@ __global__ void __launch_bounds__(kThreads, 1)
                 c0, c1);
         wg::Wait<0>();  // PV of the previous tile
 #pragma unroll
-        for (int i = 0; i < 64; ++i) wg::FenceOperand(o[i]);
+        for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
         tma::MbarArrive(empty_v(pst));
 #pragma unroll
-        for (int j = 0; j < 16; ++j) {
+        for (int j = 0; j < D / 8; ++j) {
           o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
         }
         pack_p();
@@ -375,7 +377,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       turn_end(true);
       wg::Wait<0>();
 #pragma unroll
-      for (int i = 0; i < 64; ++i) wg::FenceOperand(o[i]);
+      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
       tma::MbarArrive(empty_v(pst));
     }
 
@@ -414,7 +416,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-constexpr int kStages = 2;
+// ring depth: 160 KB of smem at D = 128 (one CTA per SM), 112 KB at D = 64
+template <int D> constexpr int kStages = D == 128 ? 2 : 3;
 
 // Per device: 0 unknown, 1 usable, 2 not: an sm_90 device running this kernel's sm_90a
 // code (a build without 90a would run nothing useful there).
@@ -435,7 +438,7 @@ bool DeviceOk() {
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
         major == 9 && minor == 0 &&
-        cudaFuncGetAttributes(&attr, FwdKernel<T, D, kStages, true>) == cudaSuccess &&
+        cudaFuncGetAttributes(&attr, FwdKernel<T, D, kStages<D>, true>) == cudaSuccess &&
         attr.binaryVersion == 90 && tma::GetEncodeTiled() != nullptr;
     if (!ok) (void)cudaGetLastError();
     v = ok ? 1 : 2;
@@ -450,7 +453,6 @@ bool DeviceOk() {
 template <typename T, int D, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90;
-  static_assert(D == 128, "head dim 128");
   if (a.bs != kBM) return cudaErrorInvalidValue;
   if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
   if (a.tk == 0) return LaunchForwardTile<T, D, 64, 2>(a, stream);  // no key: o = 0, lse = -inf
@@ -472,9 +474,9 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   if (err == cudaSuccess) err = tma::EncodeTiled3d(&to, kBf16, a.out_o, qdims, qstr, box_out);
   if (err != cudaSuccess) return err;
 
-  constexpr int smem = Smem<D, kStages>::kBytes;
+  constexpr int smem = Smem<D, kStages<D>>::kBytes;
   static std::atomic<uint64_t> configured{0};
-  auto kern = sm90::FwdKernel<T, D, kStages, PINGPONG>;
+  auto kern = sm90::FwdKernel<T, D, kStages<D>, PINGPONG>;
   err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
   if (err != cudaSuccess) return err;
   if (a.by_query.lines > 65535) return cudaErrorInvalidValue;

@@ -9,7 +9,7 @@ namespace attn {
 
 struct Args;
 
-// The forward of attention.h's semantics for block size 128 and head dim D (128), T
+// The forward of attention.h's semantics for block size 128 and head dim D (64, 128), T
 // __nv_bfloat16 or __half. cudaErrorNotSupported on a device that is not sm_90 (or a
 // build without sm_90a code), cudaErrorInvalidValue for operands TMA cannot address
 // (not 16-byte aligned). PINGPONG: the two consumer warpgroups take turns issuing their
@@ -18,6 +18,8 @@ template <typename T, int D, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
 
 #define JBS_ATTENTION_SM90_LAUNCHERS(PREFIX, T)                                   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, true>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, false>(const Args&, cudaStream_t); \
   PREFIX cudaError_t LaunchForwardSm90<T, 128, true>(const Args&, cudaStream_t); \
   PREFIX cudaError_t LaunchForwardSm90<T, 128, false>(const Args&, cudaStream_t);
 
