@@ -9,10 +9,24 @@ forward and forward+backward, next to cuDNN (dense causal, and its own 1024-toke
 window, each credited with its own allowed pairs). JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 times
 the alternative forward tile (cuda/attention_kernels.cuh). The correctness checks that
 lived here are in the test suite: tests/test_gpu_attention.py (run with `pytest -m gpu`).
+
+Forward variants side by side (the switch is read once per process: one subprocess each):
+
+    python3 benchmarks/dev_attention.py --fwd-variants 0,2,3
+
+times the forward alone under each value of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (2: the
+Hopper FA3-design kernel, cuda/attention/fwd_sm90.cu; 3: the same without ping-pong) on the issue-18 layouts (local W1024,
+strided 1024, fixed 1024, bigbird, causal; B=2 H=16 S=8192 D=128 block 128 bf16), then a
+table of useful TFLOP/s and the ratio of each variant to the first; `--fwd-only` is that
+timing in this process (the variant it gets from the environment), plus cuDNN dense causal.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -144,8 +158,86 @@ def run_timing(rng):
             print(f"cudnn {label}: unavailable ({type(e).__name__}: {str(e)[:200]})")
 
 
+FWD_LAYOUTS = {  # issue 18's patterns: (layout, causal)
+    "local": (lambda s, bs: layouts.local(s, bs, 1024), True),
+    "strided": (lambda s, bs: layouts.strided(s, bs, 1024), True),
+    "fixed": (lambda s, bs: layouts.fixed(s, bs, 1024), True),
+    "bigbird": (lambda s, bs: layouts.bigbird(s, bs), False),
+    "causal": (lambda s, bs: layouts.causal(s, bs), True),
+}
+
+
+def run_forward(rng, names, cudnn=True):
+    """Forward alone on each layout: one line `fwd <layout> <ms> <useful TFLOP/s>` each."""
+    B, H, S, D, bs = 2, 16, 8192, 128, 128
+    dtype = jnp.bfloat16
+    scale = 1.0 / np.sqrt(D)
+    shape = (B, S, H, D)
+    rnd = lambda: jnp.asarray(rng.standard_normal(shape).astype(np.float32)).astype(dtype)
+    q, k, v = rnd(), rnd(), rnd()
+    kv = jnp.full((B,), S, jnp.int32)
+    variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "0") or "0"
+    for name in names:
+        make, causal = FWD_LAYOUTS[name]
+        layout = make(S, bs)
+        meta, fwd, _, _ = make_fns(layout, causal, scale, shape, shape, dtype)
+        pairs = useful_pairs(meta, bs, S, S, H) * B
+        t = bench(fwd, q, k, v, kv)
+        print(f"fwd {name} variant={variant} {t*1e3:.3f} ms "
+              f"{4*D*pairs/t/1e12:.1f} TFLOP/s useful", flush=True)
+    if cudnn:
+        f = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, implementation="cudnn"))
+        try:
+            t = bench(f, q, k, v)
+            print(f"fwd cudnn_dense_causal {t*1e3:.3f} ms "
+                  f"{4*D*B*H*S*(S+1)//2/t/1e12:.1f} TFLOP/s", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"cudnn dense causal: unavailable ({type(e).__name__}: {str(e)[:200]})")
+
+
+def compare_variants(variants, names):
+    """Runs `--fwd-only` under each forward variant (a subprocess each: the switch is read
+    once per process) and prints the TFLOP/s side by side."""
+    results = {}
+    for i, var in enumerate(variants):
+        env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=var)
+        env.pop("JAX_BLOCKSPARSE_DEBUG", None)
+        cmd = [sys.executable, os.path.abspath(__file__), "--fwd-only", "--layouts",
+               ",".join(names)] + ([] if i == 0 else ["--no-cudnn"])
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        sys.stdout.write(r.stdout)
+        if r.returncode != 0:
+            print(f"variant {var} failed (exit {r.returncode}):\n{r.stderr[-3000:]}", flush=True)
+        for line in r.stdout.splitlines():
+            w = line.split()
+            if len(w) >= 6 and w[0] == "fwd" and w[2].startswith("variant="):
+                results[(var, w[1])] = float(w[5])
+    print(f"{'layout':>8} " + " ".join(f"{'v' + v + ' TF':>9}" for v in variants) +
+          "".join(f" {'v' + v + '/v' + variants[0]:>8}" for v in variants[1:]))
+    for name in names:
+        row = [results.get((v, name)) for v in variants]
+        cells = " ".join(f"{x:9.1f}" if x else f"{'-':>9}" for x in row)
+        ratios = "".join(f" {x / row[0]:8.2f}" if x and row[0] else f" {'-':>8}"
+                         for x in row[1:])
+        print(f"{name:>8} {cells}{ratios}", flush=True)
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fwd-variants", help="e.g. 0,2: the forward under each variant")
+    parser.add_argument("--fwd-only", action="store_true")
+    parser.add_argument("--layouts", default=",".join(FWD_LAYOUTS))
+    parser.add_argument("--no-cudnn", action="store_true")
+    args = parser.parse_args()
+    names = args.layouts.split(",")
+    if args.fwd_variants:
+        compare_variants(args.fwd_variants.split(","), names)
+        return
     print(jax.devices(), flush=True)
+    if args.fwd_only:
+        run_forward(np.random.default_rng(0), names, cudnn=not args.no_cudnn)
+        return
     run_timing(np.random.default_rng(0))
 
 

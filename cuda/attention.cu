@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "attention/fwd_sm90.h"
 #include "attention_kernels.cuh"
 #include "switches.h"
 
@@ -12,6 +13,8 @@ namespace jax_blocksparse {
 namespace attn {
 JBS_ATTENTION_LAUNCHERS(extern template, __nv_bfloat16)
 JBS_ATTENTION_LAUNCHERS(extern template, __half)
+JBS_ATTENTION_SM90_LAUNCHERS(extern template, __nv_bfloat16)
+JBS_ATTENTION_SM90_LAUNCHERS(extern template, __half)
 }  // namespace attn
 
 namespace {
@@ -26,6 +29,16 @@ namespace {
   {DT, D, 64, false, 1, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>},   \
   {DT, D, 128, false, 0, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>},  \
   {DT, D, 128, false, 1, "fa2_forward(128-row CTA)", attn::LaunchForwardTile<T, D, 128, 3>}
+// Variants 2 and 3: the Hopper forward in the FlashAttention-3 design
+// (attention/fwd_sm90.cu: TMA, mbarrier ring, producer warp + 2 consumer warpgroups,
+// wgmma), sm_90a only (its launcher refuses any other device), head dims 64 / 128 and block
+// size 128 for now; 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare
+// and as a fallback). The other combinations run variant 0 (FindAttentionKernel). Not the
+// default until measured.
+#define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
+  {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
+   attn::LaunchForwardSm90<T, D, true>},                                               \
+  {DT, D, 128, false, 3, "fa3_forward(wgmma, tma, ws)", attn::LaunchForwardSm90<T, D, false>}
 #define JBS_BWD_NAME "fa2_backward(delta, dq 64-row, dk/dv per kv head)"
 #define JBS_BWD_ROWS(DT, T, D)                                      \
   {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>},      \
@@ -35,10 +48,13 @@ namespace {
 const AttentionKernel kAttentionKernels[] = {
     JBS_FWD_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_FWD_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_FWD_ROWS(DType::kF16, __half, 64),         JBS_FWD_ROWS(DType::kF16, __half, 128),
+    JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 128),
+    JBS_FWD_SM90_ROWS(DType::kF16, __half, 64),         JBS_FWD_SM90_ROWS(DType::kF16, __half, 128),
     JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_ROWS(DType::kF16, __half, 64),         JBS_BWD_ROWS(DType::kF16, __half, 128),
 };
 #undef JBS_FWD_ROWS
+#undef JBS_FWD_SM90_ROWS
 #undef JBS_BWD_ROWS
 #undef JBS_BWD_NAME
 
@@ -80,10 +96,12 @@ bool Empty(const AttentionShape& s) { return s.batch == 0 || s.hq == 0; }
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward) {
   const int variant = backward ? 0 : GetSwitches().attn_fwd_variant;
-  for (const AttentionKernel& k : kAttentionKernels)
-    if (k.dtype == dtype && k.head_dim == head_dim && k.block_size == block_size &&
-        k.backward == backward && k.fwd_variant == variant)
-      return &k;
+  // the switch's row, else (a variant that leaves this combination out) the default's
+  for (const int v : {variant, 0})
+    for (const AttentionKernel& k : kAttentionKernels)
+      if (k.dtype == dtype && k.head_dim == head_dim && k.block_size == block_size &&
+          k.backward == backward && k.fwd_variant == v)
+        return &k;
   return nullptr;
 }
 

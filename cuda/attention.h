@@ -77,8 +77,9 @@ struct AttentionKernel {
   cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
 };
 
-// The table's row for this call (the switch read once per process), or nullptr when the
-// table has none: the FFI handler reports the combination.
+// The table's row for this call (the switch read once per process; a switch value whose
+// rows leave this combination out gets the default's row), or nullptr when the table has
+// none: the FFI handler reports the combination.
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward);
 

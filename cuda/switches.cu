@@ -19,7 +19,8 @@ Switches Read() {
   s.simple_kernels = Flag("JAX_BLOCKSPARSE_SIMPLE_KERNELS");
   s.no_wgmma = Flag("JAX_BLOCKSPARSE_NO_WGMMA");
   const char* variant = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT");
-  s.attn_fwd_variant = variant != nullptr && variant[0] == '1' ? 1 : 0;
+  s.attn_fwd_variant =
+      variant != nullptr && variant[0] >= '1' && variant[0] <= '3' ? variant[0] - '0' : 0;
   return s;
 }
 

@@ -1,0 +1,492 @@
+// Attention forward for Hopper (sm_90a) in the FlashAttention-3 design: TMA loads into an
+// mbarrier ring, a producer warp and two consumer warpgroups (warp specialization with
+// register reallocation), wgmma for both products, the output stored through shared
+// memory by TMA. Semantics and metadata: attention.h; the FA2 forward (FwdKernel in
+// attention_kernels.cuh) is the functional spec this kernel follows.
+//
+// Scope (step 1 of issue 18): block size 128, head dim 128, bf16 / f16; static or traced
+// block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head masks.
+//
+// CTA: one query block (128 rows) of one (batch, head); 384 threads = 3 warpgroups.
+//  * Warpgroup 0, the producer, gives registers back (setmaxnreg 24); its thread 0 issues
+//    every TMA load: the Q tile once, then for each listed key block (128 keys: one tile)
+//    the K tile and the V tile into a STAGES-deep ring. Each slot has a "full" mbarrier
+//    (arrive.expect_tx by the producer, completed by the copy's bytes) and an "empty" one
+//    (arrived by all 256 consumer threads once their wgmmas have read the slot).
+//  * Warpgroups 1 and 2, the consumers (setmaxnreg 240), own query rows [0, 64) and
+//    [64, 128) of the tile. Per key tile: S = Q K^T by wgmma m64n128k16 with both operands
+//    in shared memory (K-major), online softmax in registers (log2 domain, exp2), then
+//    O += P V by wgmma with P from registers (the accumulator layout of S is the A-fragment
+//    layout of P: no shuffles) and V in shared memory (N-major). Overlap inside a
+//    warpgroup: the QK^T of tile n is issued before the PV of tile n - 1, so the tensor
+//    cores work on both while the warpgroup waits only for S_n, runs softmax(S_n), then
+//    waits for PV_{n-1} and rescales O.
+//  * Shared memory: Q (32 KB) + STAGES x (K, V) (64 KB each) in the 128-byte swizzled
+//    line layout of wgmma.cuh (a 128 x 128 tile is two 64-column slabs of 128 lines), the
+//    layout TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. STAGES = 2: 160 KB, one CTA/SM.
+//  * Element masks (causal diagonal, kv_lengths) only on the `partial` entries and the
+//    tile that contains kv_lengths[b]; tiles starting at or past kv_lengths[b] (or past
+//    the causal limit of the tile's last row) are skipped by producer and consumers alike.
+//  * Keys past kv_lengths inside the cut tile: their scores are set to -inf (NaN or not),
+//    and their V rows are overwritten with zeros in shared memory by the 256 consumer
+//    threads (then fence.proxy.async and a named barrier) before the PV that reads them,
+//    so NaN/Inf there cannot reach O through 0 * NaN. (A per-batch TMA extent would need
+//    kv_lengths on the host.)
+//  * Epilogue: each consumer warpgroup writes its normalized 64 x 128 rows into its own
+//    rows of the Q buffer (same swizzle: conflict-free) and one thread stores them with a
+//    TMA store; lse (float32) from registers. Rows with no allowed key: o = 0, lse = -inf.
+//
+// Grid: x = (batch, head), y = position in `order` (longest lines first, x fastest), as
+// the FA2 forward. Every output element is written once, sums run in a fixed order: the
+// results are bitwise deterministic.
+#include "fwd_sm90.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "../attention_kernels.cuh"
+#include "../launch_util.h"
+#include "../tma.cuh"
+#include "../wgmma.cuh"
+
+namespace jax_blocksparse {
+namespace attn {
+
+// The FA2 launcher (attention_<dtype>.cu) takes the calls with no key at all (Tk = 0: no
+// tensor map of K / V can be encoded).
+JBS_ATTENTION_LAUNCHERS(extern template, __nv_bfloat16)
+JBS_ATTENTION_LAUNCHERS(extern template, __half)
+
+namespace sm90 {
+
+constexpr int kBM = 128;       // query rows per CTA (= the block size)
+constexpr int kBN = 128;       // keys per tile (= the block size: one list entry)
+constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+[[maybe_unused]] constexpr int kConsumers = 256;
+constexpr int kLine = 128;                 // bytes per swizzled smem line (64 elements)
+[[maybe_unused]] constexpr int kSlabBytes = 128 * kLine;    // 128 rows x 64 columns
+[[maybe_unused]] constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+// named barriers (0 is __syncthreads)
+[[maybe_unused]] constexpr int kBarZeroV = 1;     // the two consumer warpgroups around the V tail zeroing
+[[maybe_unused]] constexpr int kBarEpilogue = 2;  // + consumer index: one consumer warpgroup
+[[maybe_unused]] constexpr int kBarTurn = 4;  // + consumer index: its turn to issue (ping-pong)
+
+template <int D, int STAGES>
+struct Smem {
+  static_assert(D == 64 || D == 128, "head dim 64 or 128 (one or two 64-column slabs)");
+  static constexpr int kTile = 128 * D * 2;  // bytes of a 128-row tile (Q, K or V)
+  static constexpr int kBars = (1 + 2 * STAGES) * kTile;  // offset of the mbarriers
+  static constexpr int kNumBars = 1 + 4 * STAGES;
+  static constexpr int kBytes = kBars + 8 * kNumBars + 1024;  // + 1024-byte alignment
+};
+
+// The list entries of one query block that survive kv_lengths and causality, in order.
+struct Tiles {
+  const int32_t* list;
+  int n, npart, kvlen, qlast_off;  // qlast_off: last query of the tile + (Tk - Tq)
+  bool causal;
+  int e;  // current entry, n when done
+  __device__ __forceinline__ int Start(int i) const { return __ldg(list + i) * kBN; }
+  __device__ __forceinline__ bool Valid(int i) const {
+    const int s = Start(i);
+    return s < kvlen && (!causal || s <= qlast_off);
+  }
+  __device__ __forceinline__ void Skip() {
+    while (e < n && !Valid(e)) ++e;
+  }
+  __device__ __forceinline__ void Next() {
+    ++e;
+    Skip();
+  }
+  __device__ __forceinline__ bool Done() const { return e >= n; }
+};
+
+template <typename T, int D, int STAGES, bool PINGPONG>
+__global__ void __launch_bounds__(kThreads, 1)
+    FwdKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
+              const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
+              const __grid_constant__ CUtensorMap tm_o) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = Smem<D, STAGES>;
+  constexpr int kTile = S::kTile;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t raw = ptx::SmemAddr(smem_raw);
+  const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
+  unsigned char* smem = smem_raw + pad;  // 1024-byte aligned: the swizzle atoms
+  const uint32_t base = raw + pad;
+  const uint32_t sQ = base;
+  // stage st: K at base + (1 + 2 st) kTile, V at base + (2 + 2 st) kTile
+  const uint32_t bars = base + S::kBars;
+  const uint32_t bar_q = bars;
+  auto full_k = [&](int st) { return bars + 8u * (1 + st); };
+  auto full_v = [&](int st) { return bars + 8u * (1 + STAGES + st); };
+  auto empty_k = [&](int st) { return bars + 8u * (1 + 2 * STAGES + st); };
+  auto empty_v = [&](int st) { return bars + 8u * (1 + 3 * STAGES + st); };
+
+  const int tid = threadIdx.x, wgi = tid / 128;
+  const int bh = blockIdx.x, b = bh / a.hq, h = bh % a.hq;
+  const Lists& L = a.by_query;
+  const int hm = a.hm == 1 ? 0 : h;
+  const int r = __ldg(L.order + hm * L.lines + blockIdx.y);
+  const int line = hm * L.lines + r;
+  const int q0 = r * kBM;
+  const int hk = h / a.group;
+  const int off = a.tk - a.tq;
+  int kvlen = __ldg(a.kv_lengths + b);
+  kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
+
+  Tiles tiles;
+  tiles.list = L.lists + int64_t(line) * L.max_len;
+  tiles.n = __ldg(L.counts + line);
+  tiles.npart = __ldg(L.partial + line);
+  tiles.kvlen = kvlen;
+  tiles.qlast_off = q0 + kBM - 1 + off;
+  tiles.causal = a.causal;
+  tiles.e = 0;
+  tiles.Skip();
+
+  if (tid == 0) {
+    tma::MbarInit(bar_q, 1);
+#pragma unroll
+    for (int st = 0; st < STAGES; ++st) {
+      tma::MbarInit(full_k(st), 1);
+      tma::MbarInit(full_v(st), 1);
+      tma::MbarInit(empty_k(st), kConsumers);
+      tma::MbarInit(empty_v(st), kConsumers);
+    }
+    tma::FenceMbarInit();
+  }
+  __syncthreads();
+
+  if (wgi == 0) {
+    // ------------------------------------------------------------- producer
+    tma::RegDealloc<kProducerRegs>();
+    if (tid == 0) {
+      tma::PrefetchMap(&tm_q);
+      tma::PrefetchMap(&tm_k);
+      tma::PrefetchMap(&tm_v);
+      const int qrow = b * a.tq + q0, krow = b * a.tk;
+      tma::MbarArriveExpectTx(bar_q, kTile);
+#pragma unroll
+      for (int sl = 0; sl < D / 64; ++sl)
+        tma::Load3d(sQ + sl * kSlabBytes, &tm_q, sl * 64, h, qrow, bar_q);
+      for (int it = 0; !tiles.Done(); ++it, tiles.Next()) {
+        const int st = it % STAGES;
+        const uint32_t ph = (it / STAGES) & 1;
+        const int k0 = krow + tiles.Start(tiles.e);
+        const uint32_t sk = base + uint32_t((1 + 2 * st) * kTile), sv = sk + kTile;
+        tma::MbarWait(empty_k(st), ph ^ 1);
+        tma::MbarArriveExpectTx(full_k(st), kTile);
+#pragma unroll
+        for (int sl = 0; sl < D / 64; ++sl)
+          tma::Load3d(sk + sl * kSlabBytes, &tm_k, sl * 64, hk, k0, full_k(st));
+        tma::MbarWait(empty_v(st), ph ^ 1);
+        tma::MbarArriveExpectTx(full_v(st), kTile);
+#pragma unroll
+        for (int sl = 0; sl < D / 64; ++sl)
+          tma::Load3d(sv + sl * kSlabBytes, &tm_v, sl * 64, hk, k0, full_v(st));
+      }
+    }
+  } else {
+    // ------------------------------------------------------------- consumers
+    tma::RegAlloc<kConsumerRegs>();
+    const int cw = wgi - 1, ctid = tid - 128;
+    const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+    const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
+    const int i0 = q0 + rl;                // its query index
+    const float sl2 = a.scale_log2;
+
+    float o[D / 2], s[64];
+    uint32_t p[8][4];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) s[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+    // descriptors: Q rows of this warpgroup, K and V of stage 0 (a stage adds 2 kTile)
+    const uint64_t dq = wg::Desc(sQ + uint32_t(cw * 64 * kLine), 16, 1024);
+    const uint64_t dk = wg::Desc(base + kTile, 16, 1024);
+    const uint64_t dv = wg::Desc(base + 2 * kTile, kSlabBytes, 1024);
+
+    // S = Q K^T of stage st (one commit group)
+    auto issue_qk = [&](int st) {
+      const uint64_t so = uint64_t((st * 2 * kTile) >> 4);
+#pragma unroll
+      for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
+      wg::Fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint64_t ko = uint64_t(((kk / 4) * kSlabBytes + (kk % 4) * 32) >> 4);
+        wg::MmaSS128<T>(s, dq + ko, dk + so + ko, kk > 0 ? 1 : 0);
+      }
+      wg::Commit();
+#pragma unroll
+      for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
+    };
+    // O += P V of stage st (one commit group)
+    auto issue_pv = [&](int st) {
+      const uint64_t so = uint64_t((st * 2 * kTile) >> 4);
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+      wg::Fence();
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk)
+        wg::MmaRS<T, D, 1>(o, p[kk], dv + so + uint64_t((kk * 16 * kLine) >> 4));
+      wg::Commit();
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+    };
+    // The cut tile (keys [start, start + 128) contain kv_lengths): zero the V rows of keys
+    // >= kvlen in stage st, shared by both consumer warpgroups (each waited for the slot).
+    auto zero_v_tail = [&](int st, int valid) {
+      unsigned char* sv = smem + (2 + 2 * st) * kTile;
+      const int chunks = (kBN - valid) * 8;  // 16-byte chunks per slab
+      for (int c = ctid; c < (D / 64) * chunks; c += kConsumers) {
+        const int sl = c / chunks, rem = c - sl * chunks;
+        *reinterpret_cast<uint4*>(sv + sl * kSlabBytes + (valid + rem / 8) * kLine +
+                                  (rem % 8) * 16) = make_uint4(0, 0, 0, 0);
+      }
+      tma::FenceProxyAsync();
+      tma::NamedBarrier(kBarZeroV, kConsumers);
+    };
+    // Online softmax of S (this tile: keys from `start`): masks (when `masked`), folds
+    // the maxima into m0 / m1, rescales l0 / l1, leaves P = 2^(S - m) in s (float) and
+    // the factor of the old accumulators in c0 / c1.
+    auto softmax = [&](int start, bool masked, bool causal_part, float& c0, float& c1) {
+      if (masked) {
+        const int j0 = start + 2 * t;
+#pragma unroll
+        for (int j = 0; j < kBN / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int kj = j0 + 8 * j + (e & 1), qi = i0 + (e >> 1) * 8;
+            if (kj >= kvlen || (causal_part && kj > qi + off)) s[4 * j + e] = -INFINITY;
+          }
+      }
+      float mx0 = m0, mx1 = m1;
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        s[4 * j] *= sl2; s[4 * j + 1] *= sl2; s[4 * j + 2] *= sl2; s[4 * j + 3] *= sl2;
+        mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+      }
+      mx0 = QuadMax(mx0);
+      mx1 = QuadMax(mx1);
+      const float mu0 = mx0 == -INFINITY ? 0.f : mx0, mu1 = mx1 == -INFINITY ? 0.f : mx1;
+      c0 = Exp2(m0 - mu0);
+      c1 = Exp2(m1 - mu1);
+      m0 = mx0;
+      m1 = mx1;
+      float r0 = 0.f, r1 = 0.f;
+#pragma unroll
+      for (int j = 0; j < kBN / 8; ++j) {
+        s[4 * j] = Exp2(s[4 * j] - mu0);
+        s[4 * j + 1] = Exp2(s[4 * j + 1] - mu0);
+        s[4 * j + 2] = Exp2(s[4 * j + 2] - mu1);
+        s[4 * j + 3] = Exp2(s[4 * j + 3] - mu1);
+        r0 += s[4 * j] + s[4 * j + 1];
+        r1 += s[4 * j + 2] + s[4 * j + 3];
+      }
+      l0 = l0 * c0 + r0;
+      l1 = l1 * c1 + r1;
+    };
+    auto pack_p = [&]() {
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) p[kk][i] = Ops<T>::Pack(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+    };
+
+    // Ping-pong: the two consumer warpgroups take turns to issue their wgmmas (named
+    // barrier kBarTurn + cw: synced by its owner, arrived at by the other one after its
+    // issue), so one's softmax runs while the other's products do. Warpgroup 0 goes first
+    // (warpgroup 1 arrives once up front); both have the same n + 1 issue points (n
+    // tiles), and warpgroup 1 skips the arrive after its last: the arrivals match the syncs.
+    // Nothing inside a turn waits for the other warpgroup (the V tail zeroing and its
+    // barrier come before the turn).
+    auto turn_begin = [&]() {
+      if constexpr (PINGPONG) tma::NamedBarrier(kBarTurn + cw, kConsumers);
+    };
+    auto turn_end = [&](bool last) {
+      if constexpr (PINGPONG) {
+        if (!(last && cw == 1)) tma::NamedArrive(kBarTurn + (1 - cw), kConsumers);
+      }
+    };
+
+    Tiles cur = tiles;
+    tma::MbarWait(bar_q, 0);  // also before the epilogue reuses the Q buffer
+    if (!cur.Done()) {
+      if constexpr (PINGPONG) {
+        if (cw == 1) tma::NamedArrive(kBarTurn, kConsumers);
+      }
+      // first tile: S, softmax, P (O is still zero)
+      int start = cur.Start(cur.e);
+      tma::MbarWait(full_k(0), 0);
+      turn_begin();
+      issue_qk(0);
+      turn_end(false);
+      wg::Wait<0>();
+#pragma unroll
+      for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
+      tma::MbarArrive(empty_k(0));
+      float c0, c1;
+      softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
+              c0, c1);
+      pack_p();
+      int pst = 0, pstart = start;  // the tile whose PV is pending
+      uint32_t pph = 0;
+      cur.Next();
+      for (int it = 1; !cur.Done(); ++it, cur.Next()) {
+        const int st = it % STAGES;
+        const uint32_t ph = (it / STAGES) & 1;
+        start = cur.Start(cur.e);
+        tma::MbarWait(full_k(st), ph);
+        tma::MbarWait(full_v(pst), pph);
+        if (pstart + kBN > kvlen) zero_v_tail(pst, kvlen - pstart);
+        turn_begin();
+        issue_qk(st);
+        issue_pv(pst);
+        turn_end(false);
+        wg::Wait<1>();  // S of this tile
+#pragma unroll
+        for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
+        tma::MbarArrive(empty_k(st));
+        softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
+                c0, c1);
+        wg::Wait<0>();  // PV of the previous tile
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+        tma::MbarArrive(empty_v(pst));
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
+        }
+        pack_p();
+        pst = st;
+        pph = ph;
+        pstart = start;
+      }
+      tma::MbarWait(full_v(pst), pph);
+      if (pstart + kBN > kvlen) zero_v_tail(pst, kvlen - pstart);
+      turn_begin();
+      issue_pv(pst);
+      turn_end(true);
+      wg::Wait<0>();
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+      tma::MbarArrive(empty_v(pst));
+    }
+
+    // ---- epilogue: O / l -> this warpgroup's rows of the Q buffer -> TMA store; lse
+    l0 = QuadSum(l0);
+    l1 = QuadSum(l1);
+    const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = rl + 8 * hh;
+        const float inv = hh ? inv1 : inv0;
+        const int byte = (j / 8) * kSlabBytes + row * kLine + (((j % 8) ^ (row & 7)) << 4) + 4 * t;
+        *reinterpret_cast<uint32_t*>(smem + byte) =
+            Ops<T>::Pack(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+      }
+    tma::FenceProxyAsync();
+    tma::NamedBarrier(kBarEpilogue + cw, 128);
+    if ((ctid & 127) == 0) {
+#pragma unroll
+      for (int sl = 0; sl < D / 64; ++sl)
+        tma::Store3d(&tm_o, sl * 64, h, b * a.tq + q0 + cw * 64,
+                     sQ + uint32_t(sl * kSlabBytes + cw * 64 * kLine));
+      tma::StoreCommit();
+    }
+    if (t == 0) {
+      float* gl = a.out_lse + (int64_t(b) * a.hq + h) * a.tq;
+      gl[i0] = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
+      gl[i0 + 8] = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
+    }
+    if ((ctid & 127) == 0) tma::StoreWaitRead();
+  }
+#else
+  __trap();  // built without sm_90a code: DeviceOk never lets this run
+#endif
+}
+
+// ring depth: 160 KB of smem at D = 128 (one CTA per SM), 112 KB at D = 64
+template <int D> constexpr int kStages = D == 128 ? 2 : 3;
+
+// Per device: 0 unknown, 1 usable, 2 not: an sm_90 device running this kernel's sm_90a
+// code (a build without 90a would run nothing useful there).
+template <typename T, int D>
+bool DeviceOk() {
+#ifndef JBS_WGMMA_BUILT  // CMake: the architectures include 90a
+  return false;
+#else
+  static std::atomic<uint8_t> state[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  std::atomic<uint8_t>& st = state[dev & 63];
+  uint8_t v = st.load(std::memory_order_acquire);
+  if (v == 0) {
+    int major = 0, minor = 0;
+    cudaFuncAttributes attr{};
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+        major == 9 && minor == 0 &&
+        cudaFuncGetAttributes(&attr, FwdKernel<T, D, kStages<D>, true>) == cudaSuccess &&
+        attr.binaryVersion == 90 && tma::GetEncodeTiled() != nullptr;
+    if (!ok) (void)cudaGetLastError();
+    v = ok ? 1 : 2;
+    st.store(v, std::memory_order_release);
+  }
+  return v == 1;
+#endif
+}
+
+}  // namespace sm90
+
+template <typename T, int D, bool PINGPONG>
+cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
+  using namespace sm90;
+  if (a.bs != kBM) return cudaErrorInvalidValue;
+  if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
+  if (a.tk == 0) return LaunchForwardTile<T, D, 64, 2>(a, stream);  // no key: o = 0, lse = -inf
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.out_o))
+    return cudaErrorInvalidValue;
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  const uint64_t e = sizeof(T);
+  CUtensorMap tq{}, tk{}, tv{}, to{};
+  const uint64_t qdims[3] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.batch) * a.tq};
+  const uint64_t qstr[2] = {D * e, uint64_t(a.hq) * D * e};
+  const uint64_t kdims[3] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.batch) * a.tk};
+  const uint64_t kstr[2] = {D * e, uint64_t(a.hkv) * D * e};
+  const uint32_t box_in[3] = {64, 1, uint32_t(kBM)};
+  const uint32_t box_out[3] = {64, 1, uint32_t(kBM / 2)};
+  cudaError_t err = tma::EncodeTiled3d(&tq, kBf16, a.q, qdims, qstr, box_in);
+  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tk, kBf16, a.k, kdims, kstr, box_in);
+  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tv, kBf16, a.v, kdims, kstr, box_in);
+  if (err == cudaSuccess) err = tma::EncodeTiled3d(&to, kBf16, a.out_o, qdims, qstr, box_out);
+  if (err != cudaSuccess) return err;
+
+  constexpr int smem = Smem<D, kStages<D>>::kBytes;
+  static std::atomic<uint64_t> configured{0};
+  auto kern = sm90::FwdKernel<T, D, kStages<D>, PINGPONG>;
+  err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
+  if (err != cudaSuccess) return err;
+  if (a.by_query.lines > 65535) return cudaErrorInvalidValue;
+  const dim3 grid(unsigned(a.batch * a.hq), unsigned(a.by_query.lines));
+  kern<<<grid, kThreads, smem, stream>>>(a, tq, tk, tv, to);
+  return cudaGetLastError();
+}
+
+JBS_ATTENTION_SM90_LAUNCHERS(template, __nv_bfloat16)
+JBS_ATTENTION_SM90_LAUNCHERS(template, __half)
+
+}  // namespace attn
+}  // namespace jax_blocksparse

@@ -1,0 +1,27 @@
+// The Hopper (sm_90a) attention forward in the FlashAttention-3 design (fwd_sm90.cu):
+// launchers named by the dispatch table (attention.cu) as forward variant 2.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+namespace jax_blocksparse {
+namespace attn {
+
+struct Args;
+
+// The forward of attention.h's semantics for block size 128 and head dim D (64, 128), T
+// __nv_bfloat16 or __half. cudaErrorNotSupported on a device that is not sm_90 (or a
+// build without sm_90a code), cudaErrorInvalidValue for operands TMA cannot address
+// (not 16-byte aligned). PINGPONG: the two consumer warpgroups take turns issuing their
+// matrix products (one's softmax overlaps the other's wgmmas).
+template <typename T, int D, bool PINGPONG>
+cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
+
+#define JBS_ATTENTION_SM90_LAUNCHERS(PREFIX, T)                                   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, true>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, false>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, true>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, false>(const Args&, cudaStream_t);
+
+}  // namespace attn
+}  // namespace jax_blocksparse

@@ -1,0 +1,186 @@
+// Hopper building blocks shared by the sm_90a kernels (attention forward today; the matmul
+// kernels can use them too): mbarriers, the bulk tensor copy engine (TMA) in both
+// directions, named barriers, warpgroup register reallocation, and the host-side encoding
+// of tensor maps.
+//
+// Device wrappers compile to nothing outside the sm_90 device passes (__CUDA_ARCH__ < 900
+// or host), so the header can be included by translation units built for several
+// architectures; the callers guard the kernels that use them (sm_90a only).
+//
+// Host side: cuTensorMapEncodeTiled is reached through cudaGetDriverEntryPointByVersion
+// (the runtime's handle on the driver): the package never links libcuda. Only the types and
+// enums of <cuda.h> are used.
+#pragma once
+
+#include <cuda.h>  // CUtensorMap and its enums (types only; no libcuda symbol is linked)
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cstdint>
+
+namespace jax_blocksparse {
+namespace tma {
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define JBS_SM90_DEVICE 1
+#endif
+
+// ------------------------------------------------------------------ mbarriers
+__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+// Makes mbarrier.init visible to the other threads and to the async proxy (TMA); follow it
+// with a CTA barrier.
+__device__ __forceinline__ void FenceMbarInit() {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// Arrive once and add `bytes` to the transaction count the current phase waits for.
+__device__ __forceinline__ void MbarArriveExpectTx(uint32_t bar, uint32_t bytes) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void MbarArrive(uint32_t bar) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// Wait until the phase of parity `parity` has completed (a fresh barrier: parity 1 passes
+// at once, parity 0 waits for the first phase).
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+#ifdef JBS_SM90_DEVICE
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+
+// ------------------------------------------------------------------ TMA
+// Copy the 3-d box at (c0, c1, c2) (innermost first) of `map` into shared memory at `dst`;
+// completion adds the box's bytes to `bar`'s transaction count. Out-of-bounds elements are
+// zero filled.
+__device__ __forceinline__ void Load3d(uint32_t dst, const CUtensorMap* map, int c0, int c1,
+                                       int c2, uint32_t bar) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+#endif
+}
+// Copy shared memory at `src` into the 3-d box at (c0, c1, c2) of `map` (a bulk group of
+// this thread; out-of-bounds elements are not written). The writing threads must have
+// issued FenceProxyAsync before the barrier that precedes this.
+__device__ __forceinline__ void Store3d(const CUtensorMap* map, int c0, int c1, int c2,
+                                        uint32_t src) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile(
+      "cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%1, %2, %3}], [%4];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(c0), "r"(c1), "r"(c2), "r"(src)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void StoreCommit() {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// Wait until this thread's bulk stores have read their shared memory (it may be reused or
+// the CTA may exit).
+__device__ __forceinline__ void StoreWaitRead() {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void PrefetchMap(const CUtensorMap* map) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+#endif
+}
+
+// Generic-proxy shared-memory writes before async-proxy reads (wgmma, TMA store).
+__device__ __forceinline__ void FenceProxyAsync() {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// ------------------------------------------------------------------ CTA-level
+// Named barrier `id` (1..15; 0 is __syncthreads) over `threads` (a multiple of 32).
+__device__ __forceinline__ void NamedBarrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Arrive at named barrier `id` without waiting (the producer side of a sync/arrive pair).
+__device__ __forceinline__ void NamedArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Warpgroup register reallocation (sm_90a): every warp of the warpgroup executes the same
+// one. The kernel needs a register cap at entry (__launch_bounds__(threads, 1)).
+template <int N> __device__ __forceinline__ void RegDealloc() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N> __device__ __forceinline__ void RegAlloc() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+// ------------------------------------------------------------------ host
+using EncodeTiledFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                   const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                   const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled from the driver (looked up once; nullptr when unavailable).
+inline EncodeTiledFn GetEncodeTiled() {
+  static const EncodeTiledFn fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      p = nullptr;
+    }
+    return reinterpret_cast<EncodeTiledFn>(p);
+  }();
+  return fn;
+}
+
+// A 3-d tiled map of 16-bit elements (dims innermost first, strides in bytes of dims 1 and
+// 2), box `box`, 128-byte swizzle (box[0] * 2 must be 128 bytes), zero fill.
+inline cudaError_t EncodeTiled3d(CUtensorMap* map, bool bf16, const void* base,
+                                 const uint64_t (&dims)[3], const uint64_t (&strides)[2],
+                                 const uint32_t (&box)[3]) {
+  const EncodeTiledFn fn = GetEncodeTiled();
+  if (fn == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t gd[3] = {dims[0], dims[1], dims[2]};
+  const cuuint64_t gs[2] = {strides[0], strides[1]};
+  const cuuint32_t bx[3] = {box[0], box[1], box[2]};
+  const cuuint32_t es[3] = {1, 1, 1};
+  const CUresult r = fn(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                        3, const_cast<void*>(base), gd, gs, bx, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+}  // namespace tma
+}  // namespace jax_blocksparse

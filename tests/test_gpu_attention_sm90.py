@@ -1,0 +1,196 @@
+"""The Hopper attention forward in the FlashAttention-3 design (cuda/attention/fwd_sm90.cu),
+forced by JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=2 (consumer warpgroups ping-ponged; every case)
+or 3 (without the ping-pong; a subset), on an sm_90 GPU: o and lse against the
+float64 reference on fresh random inputs (fixed seeds), bf16 and f16, head dim 128, block
+size 128 (and head dim 64 on a few cases), over causal and non-causal local / strided / random / dense layouts with empty
+query rows and a single block, GQA (8 query heads on 2), per-head masks, a traced
+BlockMask, Tq != Tk with causality (rows without keys), kv_lengths that are not multiples
+of the block (0 included) with NaN planted in k and v past them (the outputs must stay
+finite and bitwise equal to the clean run); every result bitwise equal over two runs.
+
+Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1 and the test asserts that the
+debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
+forward fails), and that the backward (still the FA2 kernels) runs after it. Block size 64
+is not implemented by variants 2 / 3 yet: it runs the default forward (checked too).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_blocksparse as jbs
+from reference import (ATTENTION_TOLERANCE, LSE_TOLERANCE, attention64, attention_mask64, f64,
+                       kernels_by_case, lse_err, mark_case, random, rel_err, run_python)
+from test_matmul import poison
+
+pytestmark = pytest.mark.gpu
+
+FA3 = {"2": "fa3_forward(wgmma, tma, ws, pingpong)", "3": "fa3_forward(wgmma, tma, ws)"}
+DTYPES = {"bf16": jnp.bfloat16, "f16": jnp.float16}
+BS = 128
+
+
+def random_mask(seed, shape, density, empty_row=True):
+    """A random block mask; with `empty_row`, one query block row (per head) is empty."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < density
+    if empty_row:
+        mask[..., rng.integers(shape[-2]), :] = False
+    return mask
+
+
+def one_block(rows, cols, r, c):
+    mask = np.zeros((rows, cols), bool)
+    mask[r, c] = True
+    return mask
+
+
+CASES = {
+    # name: (block mask (numpy, [Rq, Rk] or [Hq, Rq, Rk]), causal, B, Tq, Tk, Hq, Hkv,
+    #        kv_lengths, traced (a BlockMask built inside jit instead of a static Layout)[,
+    #        head dim: 128 unless given])
+    "local_causal": (lambda: jbs.layouts.local(2048, BS, 512).mask, True,
+                     2, 2048, 2048, 4, 4, None, False),
+    "strided_causal": (lambda: jbs.layouts.strided(2048, BS, 512).mask, True,
+                       2, 2048, 2048, 4, 4, None, False),
+    "dense_noncausal": (lambda: np.ones((8, 8), bool), False, 2, 1024, 1024, 4, 4, None, False),
+    "random_empty_rows": (lambda: random_mask(11, (8, 8), 0.4), False,
+                          2, 1024, 1024, 4, 4, None, False),
+    "random_empty_rows_causal": (lambda: random_mask(12, (8, 8), 0.6), True,
+                                 2, 1024, 1024, 4, 4, None, False),
+    "single_block": (lambda: one_block(8, 8, 5, 2), False, 2, 1024, 1024, 2, 2, None, False),
+    "single_block_diagonal": (lambda: one_block(8, 8, 3, 3), True,
+                              2, 1024, 1024, 2, 1, None, False),
+    "one_block_sequence": (lambda: np.ones((1, 1), bool), True, 2, 128, 128, 2, 1, None, False),
+    "gqa4_local_causal": (lambda: jbs.layouts.local(1024, BS, 384).mask, True,
+                          2, 1024, 1024, 8, 2, None, False),
+    "gqa4_per_head_causal": (lambda: random_mask(13, (8, 8, 8), 0.5), True,
+                             2, 1024, 1024, 8, 2, None, False),
+    "per_head_noncausal": (lambda: random_mask(14, (4, 8, 8), 0.5), False,
+                           2, 1024, 1024, 4, 4, None, False),
+    "tq_lt_tk_causal": (lambda: np.ones((8, 16), bool), True, 2, 1024, 2048, 4, 4, None, False),
+    "tq_gt_tk_causal": (lambda: np.ones((16, 8), bool), True, 2, 2048, 1024, 4, 2, None, False),
+    "kv_lengths": (lambda: random_mask(15, (8, 8), 0.7, False), False,
+                   3, 1024, 1024, 4, 2, [1000, 77, 0], False),
+    "kv_lengths_causal": (lambda: jbs.layouts.local(1024, BS, 512).mask, True,
+                          2, 1024, 1024, 4, 4, [1024, 555], False),
+    "kv_lengths_tq_lt_tk_per_head": (lambda: random_mask(16, (4, 8, 16), 0.6, False), True,
+                                     2, 1024, 2048, 4, 4, [1900, 1283], False),
+    "traced_causal_per_head": (lambda: random_mask(17, (4, 8, 8), 0.5), True,
+                               2, 1024, 1024, 4, 2, None, True),
+    "traced_kv_lengths": (lambda: random_mask(18, (8, 8), 0.6), False,
+                          2, 1024, 1024, 4, 4, [700, 1024], True),
+    "d64_local_causal": (lambda: jbs.layouts.local(2048, BS, 512).mask, True,
+                         2, 2048, 2048, 4, 4, None, False, 64),
+    "d64_random_empty_rows": (lambda: random_mask(19, (8, 8), 0.5), False,
+                              2, 1024, 1024, 4, 2, None, False, 64),
+    "d64_tq_gt_tk_causal": (lambda: np.ones((16, 8), bool), True,
+                            2, 2048, 1024, 4, 2, None, False, 64),
+    "d64_gqa4_per_head_kv_lengths": (lambda: random_mask(20, (8, 8, 8), 0.6, False), True,
+                                     3, 1024, 1024, 8, 2, [1024, 333, 0], False, 64),
+}
+
+
+def build(name, dtype):
+    """(jitted forward + backward, its inputs, kv_lengths, the float64 o and lse)."""
+    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, *d = CASES[name]
+    D = d[0] if d else 128
+    block_mask = make_mask()
+    layout = jbs.Layout(block_mask, BS)
+    kv = np.full(b, tk) if kv is None else np.asarray(kv)
+    rng = np.random.default_rng([list(CASES).index(name), 90])
+    q, do = random(rng, (b, tq, hq, D), dtype), random(rng, (b, tq, hq, D), dtype)
+    k, v = random(rng, (b, tk, hkv, D), dtype), random(rng, (b, tk, hkv, D), dtype)
+
+    def f(q, k, v, do, kv_lengths, mask):
+        m = jbs.BlockMask.from_mask(mask, BS) if traced else layout
+
+        def fwd(q, k, v):
+            return jbs.attention(q, k, v, m, causal=causal, kv_lengths=kv_lengths,
+                                 return_lse=True)
+        (o, lse), vjp = jax.vjp(fwd, q, k, v)
+        dq, _, _ = vjp((do, jnp.zeros_like(lse)))  # the backward runs after the forward
+        return o, lse, dq
+
+    allowed = attention_mask64(layout, causal, tq, tk, kv)
+    zeros = np.zeros((b, hq, tq), np.float32)
+    want_o, want_lse = attention64(q, k, v, allowed, 1 / np.sqrt(D), do, zeros)[:2]
+    args = (q, k, v, do, jnp.asarray(kv, jnp.int32), jnp.asarray(block_mask))
+    return jax.jit(f), args, kv, (want_o, want_lse)
+
+
+def plant_nan(x, kv):
+    """x [B, T, H, D] with NaN at every key position at or past kv[b]."""
+    x = np.array(x)
+    for b, n in enumerate(kv):
+        x[b, n:] = np.nan
+    return jnp.asarray(x)
+
+
+def check(name, dtype, platform):
+    f, args, kv, (want_o, want_lse) = build(name, dtype)
+    poison(platform)
+    o, lse, dq = f(*args)
+    assert o.dtype == dtype and lse.dtype == jnp.float32
+    assert rel_err(o, want_o) < ATTENTION_TOLERANCE[dtype], "o"
+    assert lse_err(lse, want_lse) < LSE_TOLERANCE, "lse"
+    assert np.all(f64(o)[want_o == 0] == 0), "o: not zero where no key contributes"
+    assert np.all(np.isfinite(f64(o))), "o: not finite"
+    o2, lse2, _ = f(*args)
+    np.testing.assert_array_equal(f64(o2), f64(o), err_msg="o: not deterministic")
+    np.testing.assert_array_equal(f64(lse2), f64(lse), err_msg="lse: not deterministic")
+    if np.any(kv < args[1].shape[1]):  # NaN past kv_lengths changes nothing
+        q, k, v, *rest = args
+        o3, lse3, _ = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
+        assert np.all(np.isfinite(f64(o3))), "o: NaN past kv_lengths leaked"
+        np.testing.assert_array_equal(f64(o3), f64(o), err_msg="o: NaN past kv_lengths")
+        np.testing.assert_array_equal(f64(lse3), f64(lse), err_msg="lse: NaN past kv_lengths")
+
+
+def run_cases(cases):
+    """Checks each (case name, dtype name) after a `mark_case` line on stderr (called in a
+    subprocess with the variant forced)."""
+    platform = jax.devices()[0].platform
+    for name, dtype in cases:
+        mark_case(name + " " + dtype)
+        check(name, DTYPES[dtype], platform)
+
+
+def sm90():
+    return getattr(jax.devices()[0], "compute_capability", None) == "9.0"
+
+
+VARIANT3_CASES = ["local_causal", "random_empty_rows", "gqa4_per_head_causal",
+                  "tq_gt_tk_causal", "kv_lengths", "traced_kv_lengths", "d64_local_causal",
+                  "d64_gqa4_per_head_kv_lengths"]
+
+
+@pytest.mark.parametrize("variant,name", [("2", n) for n in CASES] +
+                         [("3", n) for n in VARIANT3_CASES])
+def test_fa3_forward(variant, name):
+    if not sm90():
+        pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, "bf16"), (name, "f16")]
+    stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_cases({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
+    logs = kernels_by_case(stderr)
+    for case in cases:
+        launches = logs.get(" ".join(case), [])
+        forward = [kernel for op, kernel in launches if op == "attention_fwd"]
+        assert forward and any(op == "attention_bwd" for op, _ in launches), (case, launches)
+        for kernel in forward:
+            assert kernel == FA3[variant], (case, kernel)
+
+
+def test_fa3_falls_back_elsewhere():
+    """Variant 2 at a block size it does not implement (64) runs the default forward,
+    correctly."""
+    code = ("import test_gpu_attention as t; "
+            "t.run_cases([('local_causal_bs64_d64', 'f16'), ('per_head_causal_bs64_d128', 'bf16')])")
+    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="2").stderr
+    for case, launches in kernels_by_case(stderr).items():
+        forward = [kernel for op, kernel in launches if op == "attention_fwd"]
+        assert forward and all(k.startswith("fa2_forward") for k in forward), (case, launches)
