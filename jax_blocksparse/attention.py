@@ -36,7 +36,8 @@ import numpy as np
 from . import _jax_internals as jint
 from . import _partitioning
 from ._checks import static_bool, static_float
-from .attention_metadata import AttentionLists, attention_metadata, device_metadata
+from .attention_metadata import (AttentionLists, attention_metadata, block_lists,
+                                 device_metadata, document_kinds)
 from .block_mask import BlockMask
 from .layout import Layout
 
@@ -460,16 +461,28 @@ def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
     return ids[0], ids[1], True
 
 
-def _context(mask, causal, tq, tk, offset=None):
+def _context(mask, causal, tq, tk, offset=None, documents=None):
     """The block lists of `mask` as context operands (leading batch axis 1 or B), and the
-    bool `[Bm, Hm, Rq]` of query blocks whose lists overflowed (None for a Layout)."""
+    bool `[Bm, Hm, Rq]` of query blocks whose lists overflowed (None for a Layout). With
+    `documents = (q_ids, kv_ids)` the lists are per batch entry and skip the block pairs
+    of different documents (`attention_metadata.document_kinds`)."""
     if isinstance(mask, Layout):
         meta = attention_metadata(mask, causal, tq, tk, offset)
-        arrays = [jnp.asarray(x[None]) for x in (*meta.by_query, *meta.by_key)]
-        return arrays, None
-    meta, overflow = device_metadata(mask.mask, mask.block_size, causal, tq, tk,
-                                     mask.max_blocks, offset)
-    return [*meta.by_query, *meta.by_key], overflow
+        overflow = None
+        if documents is None:
+            return [jnp.asarray(x[None]) for x in (*meta.by_query, *meta.by_key)], overflow
+        kind = meta.kind[None]
+        widths = [x.lists.shape[-1] for x in (meta.by_query, meta.by_key)]
+    else:
+        meta, overflow = device_metadata(mask.mask, mask.block_size, causal, tq, tk,
+                                         mask.max_blocks, offset)
+        if documents is None:
+            return [*meta.by_query, *meta.by_key], overflow
+        kind = meta.kind
+        widths = [x.lists.shape[-1] for x in (meta.by_query, meta.by_key)]
+    kind = document_kinds(kind, *documents, mask.block_size)
+    return [*block_lists(jnp, kind, widths[0]),
+            *block_lists(jnp, jnp.swapaxes(kind, -1, -2), widths[1])], overflow
 
 
 def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows):
@@ -592,8 +605,9 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         lse = jnp.zeros((0, q.shape[2], tq), _lse_dtype(q.dtype))
         return (o, lse) if return_lse else o
     rows = _mask_rows(mask)
-    if offset is None:
-        lists, overflow = _context(mask, causal, tq, tk)
+    if offset is None:  # with segment ids: lists per batch entry, by document
+        lists, overflow = _context(mask, causal, tq, tk,
+                                   documents=(q_ids, kv_ids) if segments else None)
     else:
         lists, overflow = _context(mask, causal, rows * bs, tk, offset=0)
     bad_pages = None  # [B]: batch entries that need a page outside the pools

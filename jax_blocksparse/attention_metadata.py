@@ -60,6 +60,29 @@ def block_kinds(xp, mask, block_size: int, causal: bool, tq: int, tk: int,
     return xp.where(partial, xp.minimum(kind, 1), kind).astype(np.int8)
 
 
+def document_kinds(kind, q_ids, kv_ids, block_size: int):
+    """Block kinds `[Bm, Hm, Rq, Rk]` refined by documents (packed sequences), inside `jit`.
+
+    `q_ids [B, Tq]`, `kv_ids [B, Tk]` are the segment ids (queries attend keys of their own
+    document only). A (query block, key block) pair whose id ranges do not intersect is
+    dropped; a pair whose two sides hold one and the same id keeps its kind (full stays
+    full); every other listed pair becomes partial (the kernels compare ids element-wise
+    there). Returns int8 `[B, Hm, Rq, Rk]`."""
+    rq, rk = kind.shape[-2:]
+
+    def ranges(ids, blocks):  # per block: (min, max) id; padding repeats the last id
+        ids = jnp.pad(ids, ((0, 0), (0, blocks * block_size - ids.shape[1])), mode="edge")
+        ids = ids.reshape(ids.shape[0], blocks, block_size)
+        return ids.min(-1), ids.max(-1)
+    (q_lo, q_hi), (k_lo, k_hi) = ranges(q_ids, rq), ranges(kv_ids, rk)
+    meet = (q_lo[:, :, None] <= k_hi[:, None, :]) & (k_lo[:, None, :] <= q_hi[:, :, None])
+    same = ((q_lo == q_hi)[:, :, None] & (k_lo == k_hi)[:, None, :]
+            & (q_lo[:, :, None] == k_lo[:, None, :]))
+    meet, same = meet[:, None], same[:, None]  # [B, 1, Rq, Rk]
+    kind = jnp.asarray(kind)
+    return jnp.where(meet, jnp.where(same, kind, jnp.minimum(kind, 1)), 0).astype(jnp.int8)
+
+
 def block_lists(xp, kind, width: int) -> AttentionLists:
     """Lists along the last axis of `kind [..., lines, other]`, partial first, `width`
     entries each (a line with more listed blocks keeps its first `width`; `counts` then
