@@ -198,6 +198,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
     const int i0 = q0 + rl;                // its query index
     const float sl2 = a.scale_log2;
+    const bool pos_scale = sl2 > 0.f;
+    const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
 
     float o[D / 2], s[64];
     uint32_t p[8][4];
@@ -257,6 +259,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the maxima into m0 / m1, rescales l0 / l1, leaves P = 2^(S - m) in s (float) and
     // the factor of the old accumulators in c0 / c1.
     auto softmax = [&](int start, bool masked, bool causal_part, float& c0, float& c1) {
+      // scores in the log2 domain: scaled here unless the scale is positive (then the
+      // maxima of the raw scores times the scale, and P = 2^(s * scale - m): one FFMA);
+      // masks after scaling (a -inf score stays -inf for any scale)
+      if (!pos_scale) {
+#pragma unroll
+        for (int i = 0; i < 64; ++i) s[i] *= sl2;
+      }
       if (masked) {
         const int j0 = start + 2 * t;
 #pragma unroll
@@ -267,15 +276,14 @@ __global__ void __launch_bounds__(kThreads, 1)
             if (kj >= kvlen || (causal_part && kj > qi + off)) s[4 * j + e] = -INFINITY;
           }
       }
-      float mx0 = m0, mx1 = m1;
+      float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
       for (int j = 0; j < kBN / 8; ++j) {
-        s[4 * j] *= sl2; s[4 * j + 1] *= sl2; s[4 * j + 2] *= sl2; s[4 * j + 3] *= sl2;
         mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
         mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
       }
-      mx0 = QuadMax(mx0);
-      mx1 = QuadMax(mx1);
+      mx0 = fmaxf(m0, QuadMax(mx0) * sl2_max);
+      mx1 = fmaxf(m1, QuadMax(mx1) * sl2_max);
       const float mu0 = mx0 == -INFINITY ? 0.f : mx0, mu1 = mx1 == -INFINITY ? 0.f : mx1;
       c0 = Exp2(m0 - mu0);
       c1 = Exp2(m1 - mu1);
@@ -284,10 +292,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       float r0 = 0.f, r1 = 0.f;
 #pragma unroll
       for (int j = 0; j < kBN / 8; ++j) {
-        s[4 * j] = Exp2(s[4 * j] - mu0);
-        s[4 * j + 1] = Exp2(s[4 * j + 1] - mu0);
-        s[4 * j + 2] = Exp2(s[4 * j + 2] - mu1);
-        s[4 * j + 3] = Exp2(s[4 * j + 3] - mu1);
+        s[4 * j] = Exp2(fmaf(s[4 * j], sl2_max, -mu0));
+        s[4 * j + 1] = Exp2(fmaf(s[4 * j + 1], sl2_max, -mu0));
+        s[4 * j + 2] = Exp2(fmaf(s[4 * j + 2], sl2_max, -mu1));
+        s[4 * j + 3] = Exp2(fmaf(s[4 * j + 3], sl2_max, -mu1));
         r0 += s[4 * j] + s[4 * j + 1];
         r1 += s[4 * j + 2] + s[4 * j + 3];
       }
