@@ -18,9 +18,9 @@
 //    in shared memory (K-major), online softmax in registers (log2 domain, exp2), then
 //    O += P V by wgmma with P from registers (the accumulator layout of S is the A-fragment
 //    layout of P: no shuffles) and V in shared memory (N-major). Overlap inside a
-//    warpgroup: the QK^T of tile n is issued before the PV of tile n - 1, so the tensor
-//    cores work on both while the warpgroup waits only for S_n, runs softmax(S_n), then
-//    waits for PV_{n-1} and rescales O.
+//    warpgroup: the QK^T of tile n is issued together with the PV of tile n - 1; the
+//    warpgroup waits only for S_n and runs softmax(S_n) while PV_{n-1} runs, and waits for
+//    PV_{n-1} at the top of the next iteration (then rescales O and packs P_n).
 //  * Shared memory: Q (32 KB) + STAGES x (K, V) (64 KB each) in the 128-byte swizzled
 //    line layout of wgmma.cuh (a 128 x 128 tile is two 64-column slabs of 128 lines), the
 //    layout TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. STAGES = 2: 160 KB, one CTA/SM.
@@ -344,14 +344,32 @@ __global__ void __launch_bounds__(kThreads, 1)
       float c0, c1;
       softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
               c0, c1);
-      pack_p();
-      int pst = 0, pstart = start;  // the tile whose PV is pending
+      // Loop invariant at the top of iteration it: s holds P of tile it - 1 (float, not yet
+      // multiplied by V), c0 / c1 its rescale factors; the PV of tile it - 2 may be in
+      // flight (reading V stage vst). The wait for that PV comes first in the body: ptxas
+      // schedules a wgmma wait early in its basic block (it was seen hoisted above the
+      // softmax when placed after it), and at the top of the loop nothing precedes it.
+      int pst = 0, pstart = start;  // tile it - 1: its stage, phase, first key
       uint32_t pph = 0;
+      bool v_busy = false;  // a PV in flight reads V stage vst
+      int vst = 0;
+      auto retire_pv = [&]() {  // the PV in flight is done; O *= c; P to registers
+        wg::Wait<0>();
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+        if (v_busy) tma::MbarArrive(empty_v(vst));
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
+        }
+        pack_p();
+      };
       cur.Next();
       for (int it = 1; !cur.Done(); ++it, cur.Next()) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
         start = cur.Start(cur.e);
+        retire_pv();
         tma::MbarWait(full_k(st), ph);
         tma::MbarWait(full_v(pst), pph);
         if (pstart + kBN > kvlen) zero_v_tail(pst, kvlen - pstart);
@@ -359,25 +377,19 @@ __global__ void __launch_bounds__(kThreads, 1)
         issue_qk(st);
         issue_pv(pst);
         turn_end(false);
-        wg::Wait<1>();  // S of this tile
+        v_busy = true;
+        vst = pst;
+        wg::Wait<1>();  // S of this tile (the PV of the last one may still run)
 #pragma unroll
         for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
         tma::MbarArrive(empty_k(st));
         softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
                 c0, c1);
-        wg::Wait<0>();  // PV of the previous tile
-#pragma unroll
-        for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
-        tma::MbarArrive(empty_v(pst));
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
-        }
-        pack_p();
         pst = st;
         pph = ph;
         pstart = start;
       }
+      retire_pv();
       tma::MbarWait(full_v(pst), pph);
       if (pstart + kBN > kvlen) zero_v_tail(pst, kvlen - pstart);
       turn_begin();
