@@ -1,13 +1,13 @@
 """The Hopper attention forward in the FlashAttention-3 design (cuda/attention/fwd_sm90.cu),
 forced by JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=2 (consumer warpgroups ping-ponged; every case)
-or 3 (without the ping-pong; a subset), on an sm_90 GPU: o and lse against the
-float64 reference on fresh random inputs (fixed seeds), bf16 and f16, head dim 128, block
-size 128 (and head dim 64 on a few cases), over causal and non-causal local / strided / random / dense layouts with empty
-query rows and a single block, GQA (8 query heads on 2), scales other than 1/sqrt(D)
-(negative too), per-head masks, a traced
-BlockMask, Tq != Tk with causality (rows without keys), kv_lengths that are not multiples
-of the block (0 included) with NaN planted in k and v past them (the outputs must stay
-finite and bitwise equal to the clean run); every result bitwise equal over two runs.
+or 3 (without the ping-pong; a subset), on an sm_90 GPU: o and lse against the float64
+reference on fresh random inputs (fixed seeds), bf16 and f16, block size 128, head dim 128
+(64 on a few cases), over causal and non-causal local / strided / random / dense layouts
+with empty query rows and a single block, GQA (8 query heads on 2), scales other than
+1/sqrt(D) (negative too), per-head masks, a traced BlockMask, Tq != Tk with causality
+(rows without keys), kv_lengths that are not multiples of the block (0 included) with NaN
+planted in k and v past them (the outputs must stay finite and bitwise equal to the clean
+run); every result bitwise equal over two runs.
 
 Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1 and the test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
@@ -194,8 +194,8 @@ def test_fa3_forward(variant, name):
 def test_fa3_falls_back_elsewhere():
     """Variant 2 at a block size it does not implement (64) runs the default forward,
     correctly."""
-    code = ("import test_gpu_attention as t; "
-            "t.run_cases([('local_causal_bs64_d64', 'f16'), ('per_head_causal_bs64_d128', 'bf16')])")
+    cases = [("local_causal_bs64_d64", "f16"), ("per_head_causal_bs64_d128", "bf16")]
+    code = f"import test_gpu_attention as t; t.run_cases({cases!r})"
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
                         JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="2").stderr
     for case, launches in kernels_by_case(stderr).items():
