@@ -4,8 +4,9 @@
 // memory by TMA. Semantics and metadata: attention.h; the FA2 forward (FwdKernel in
 // attention_kernels.cuh) is the functional spec this kernel follows.
 //
-// Scope (step 1 of issue 18): block size 128, head dim 128, bf16 / f16; static or traced
-// block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head masks.
+// Scope (step 1 of issue 18): block size 128, head dims 64 and 128, bf16 / f16; static or
+// traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
+// masks, any scale. Variant 2 of the dispatch table is PINGPONG = true, variant 3 false.
 //
 // CTA: one query block (128 rows) of one (batch, head); 384 threads = 3 warpgroups.
 //  * Warpgroup 0, the producer, gives registers back (setmaxnreg 24); its thread 0 issues
@@ -17,13 +18,16 @@
 //    [64, 128) of the tile. Per key tile: S = Q K^T by wgmma m64n128k16 with both operands
 //    in shared memory (K-major), online softmax in registers (log2 domain, exp2), then
 //    O += P V by wgmma with P from registers (the accumulator layout of S is the A-fragment
-//    layout of P: no shuffles) and V in shared memory (N-major). Overlap inside a
+//    layout of P: no shuffles) and V in shared memory (N-major). With PINGPONG the two
+//    warpgroups take turns issuing their products (named barriers), so one's softmax
+//    overlaps the other's wgmmas. Overlap inside a
 //    warpgroup: the QK^T of tile n is issued together with the PV of tile n - 1; the
 //    warpgroup waits only for S_n and runs softmax(S_n) while PV_{n-1} runs, and waits for
 //    PV_{n-1} at the top of the next iteration (then rescales O and packs P_n).
-//  * Shared memory: Q (32 KB) + STAGES x (K, V) (64 KB each) in the 128-byte swizzled
-//    line layout of wgmma.cuh (a 128 x 128 tile is two 64-column slabs of 128 lines), the
-//    layout TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. STAGES = 2: 160 KB, one CTA/SM.
+//  * Shared memory: Q + STAGES x (K, V), 128-row tiles in the 128-byte swizzled line
+//    layout of wgmma.cuh (a 128 x D tile is D / 64 column slabs of 128 lines), the layout
+//    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128: 2 stages, 160 KB; D = 64: 3
+//    stages, 112 KB; one CTA per SM.
 //  * Element masks (causal diagonal, kv_lengths) only on the `partial` entries and the
 //    tile that contains kv_lengths[b]; tiles starting at or past kv_lengths[b] (or past
 //    the causal limit of the tile's last row) are skipped by producer and consumers alike.
@@ -32,7 +36,7 @@
 //    threads (then fence.proxy.async and a named barrier) before the PV that reads them,
 //    so NaN/Inf there cannot reach O through 0 * NaN. (A per-batch TMA extent would need
 //    kv_lengths on the host.)
-//  * Epilogue: each consumer warpgroup writes its normalized 64 x 128 rows into its own
+//  * Epilogue: each consumer warpgroup writes its normalized 64 x D rows into its own
 //    rows of the Q buffer (same swizzle: conflict-free) and one thread stores them with a
 //    TMA store; lse (float32) from registers. Rows with no allowed key: o = 0, lse = -inf.
 //
