@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build for sm_90a, then the stages named as arguments.
-#   bash benchmarks/device.sh test matmul attention peers lm sanitize
+#   bash benchmarks/device.sh test matmul attention peers patterns lm sanitize
 #   (attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3)
 # The sanitizer tools can run side by side after one build:
 #   bash benchmarks/device.sh && for t in memcheck racecheck synccheck; do
@@ -106,6 +106,10 @@ for stage in "$@"; do
                           | tee "$out/attention_variants.log" ;;
     decode) python3 "$repo/benchmarks/decode.py" 2>&1 | tee "$out/decode.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
+    # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
+    # "--backward --variants 0,2"
+    patterns) python3 "$repo/benchmarks/attention_patterns.py" --peers "$repo/_device/peers.py" \
+                ${PATTERN_ARGS:---backward} 2>&1 | tee "$out/patterns.log" ;;
     lm) python3 "$repo/examples/sparse_transformer_lm.py" --compare --seq-len 8192 \
           --block-size 64 --stride 512 --d-model 1024 --heads 8 --layers 6 --batch 4 \
           --dtype bfloat16 2>&1 | tee "$out/lm.log" ;;

@@ -160,6 +160,27 @@ def decode_workload():
         decode_cases(dtype, d, 16, 3, per_head=True, paged=True)  # rows across a block row
     decode_cases(jnp.bfloat16, 128, 32, 16, hq=8, hkv=2)  # Tq 16: 4 x 16 rows, 4 chunks
     decode_cases(jnp.bfloat16, 64, 16, 1, tk=1100 * 16, lengths=[1100 * 16, 9000])  # 2 splits
+    padded_page_tables()
+
+
+def padded_page_tables():
+    """Page tables as serving engines pad them (the hardening issue's case: bf16, D 128,
+    page 64): -1 and `P + 1000` past each sequence (never read), and one needed entry out
+    of range (that batch entry's rows NaN): no read outside the pools, decode and prefill."""
+    b, tk, page, hkv, d = 2, 1024, 64, 2, 128
+    pages = tk // page
+    pool_k, pool_v = (array((b * pages, page, hkv, d), jnp.bfloat16) for _ in range(2))
+    table = np.arange(b * pages, dtype=np.int32).reshape(b, pages)
+    lengths = jnp.asarray([300, 700], jnp.int32)
+    lay = jbs.layouts.local(tk, 64, 512)
+    for tq in (1, 40):
+        q = array((b, tq, 2 * hkv, d), jnp.bfloat16)
+        for bad in ((0, 5, -1), (1, 12, b * pages + 1000), (1, 2, -5)):  # the last needed
+            t = table.copy()
+            t[bad[0], bad[1]:] = bad[2]
+            run(lambda q, k, v: jbs.attention(q, k, v, lay, causal=True, q_offset=lengths - tq,
+                                              kv_lengths=lengths, page_table=jnp.asarray(t)),
+                q, pool_k, pool_v)
 
 
 def main():

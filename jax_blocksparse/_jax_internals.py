@@ -41,11 +41,6 @@ def lower_fun(impl, *, multiple_results: bool = False):
     return mlir.lower_fun(impl, multiple_results=multiple_results)
 
 
-def register_default_lowering(prim, impl, *, multiple_results: bool = False) -> None:
-    """Lower `prim` on every platform by tracing the pure-JAX function `impl`."""
-    mlir.register_lowering(prim, lower_fun(impl, multiple_results=multiple_results))
-
-
 def register_lowering_rule(prim, rule, platform: str | None) -> None:
     """Lower `prim` on `platform` (e.g. "cuda"; None: every platform) with
     `rule(ctx, *args, **params)`."""

@@ -27,6 +27,7 @@ import jax
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
+from . import _debug
 from . import _jax_internals as jint
 
 class Factors(NamedTuple):
@@ -201,8 +202,12 @@ def define_partitioned(prim, abstract_eval, reference, factors: Callable) -> Non
     local = jint.define_primitive(prim.name + "_local",
                                   multiple_results=prim.multiple_results)
     local.def_abstract_eval(abstract_eval)
-    jint.register_default_lowering(local, reference,
-                                   multiple_results=prim.multiple_results)
+    pure = jint.lower_fun(reference, multiple_results=prim.multiple_results)
+
+    def default(ctx, *args, **params):  # every platform without a kernel lowering
+        _debug.pure_path(_debug.op_name(prim.name), ctx.avals_in, _debug.default_reason(ctx))
+        return pure(ctx, *args, **params)
+    jint.register_lowering_rule(local, default, None)
     LOCAL[prim] = local
     direct = jint.lower_fun(lambda *args, **params: local.bind(*args, **params),
                             multiple_results=prim.multiple_results)

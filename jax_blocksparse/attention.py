@@ -26,6 +26,7 @@ heads (`_partitioning`, the factors below).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -67,11 +68,15 @@ def _pad_to(x, length, axis):
 
 
 # --------------------------------------------------------------- reference (pure JAX)
-def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments, positioned):
-    """Block-gathered attention. Returns `(o [B, Tq, Hq, D] in q's dtype, lse [B, Hq, Tq]
-    float32)`. Rows with no allowed key give `o = 0`, `lse = -inf`, zero gradients.
-    Query i attends key j only if `j <= q_positions[b] + i` when `causal`."""
-    del positioned  # the kernels' business: the positions are operands here
+def _gathered_scores(q, k, v, ctx, *, block_size, causal, scale, segments):
+    """The pieces of the block-gathered implementation: each query block `r` gathers the
+    key blocks its list names (`W` of them, `bs` keys each).
+
+    Returns `(qh [B, Hq, Rq, bs, D], kg, vg [B, Hq, Rq, W, bs, D], s [B, Hq, Rq, bs, W, bs],
+    allowed)` in float32 (float64 for float64): `s` the scaled scores, `-inf` where query i
+    may not attend key j, `allowed` the bool mask of that. A gathered key that no query of
+    the call attends (unlisted slot, past `Tk` or `kv_lengths[b]`) is zero-filled on load,
+    so garbage there (a serving cache's NaN) never reaches arithmetic."""
     kv_lengths, q_positions, q_seg, kv_seg = ctx[:LISTS]
     counts, _, lists, _ = ctx[LISTS:LISTS + 4]  # by query: [Bm, Hm, Rq], [Bm, Hm, Rq, W]
     b, tq, hq, d = q.shape
@@ -90,34 +95,60 @@ def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments, posi
         x = jnp.repeat(_pad_to(f32(x), rk * bs, 1).transpose(0, 2, 1, 3), group, axis=1)
         return x.reshape(b, hq, rk, bs, d)
 
+    j_abs = slots[..., None] * bs + jnp.arange(bs)  # [Bm, Hq, Rq, W, bs]
+    needed = (valid[..., None] & (j_abs < tk)
+              & (j_abs < kv_lengths[:, None, None, None, None]))  # [B, Hq, Rq, W, bs]
     gather = slots.reshape(bm, hq, rq * width, 1, 1)
-    kg = jnp.take_along_axis(by_query_head(k), gather, axis=2).reshape(b, hq, rq, width, bs, d)
-    vg = jnp.take_along_axis(by_query_head(v), gather, axis=2).reshape(b, hq, rq, width, bs, d)
+
+    def gathered(x):  # [B, Hq, Rq, W, bs, D], zero where no query needs the key
+        x = jnp.take_along_axis(by_query_head(x), gather, axis=2)
+        return jnp.where(needed[..., None], x.reshape(b, hq, rq, width, bs, d), 0)
+    kg, vg = gathered(k), gathered(v)
     s = jnp.einsum("bhrid,bhrwjd->bhriwj", qh, kg, precision="highest") * scale
 
     i_abs = (jnp.arange(rq)[:, None] * bs + jnp.arange(bs))[:, :, None, None]  # [Rq,bs,1,1]
-    j_abs = slots[:, :, :, None, :, None] * bs + jnp.arange(bs)  # [Bm, Hq, Rq, 1, W, bs]
-    allowed = valid[:, :, :, None, :, None] & (j_abs < tk)
+    allowed = needed[:, :, :, None]  # [B, Hq, Rq, 1, W, bs]
     if causal:
-        allowed = allowed & (j_abs <= i_abs + q_positions[:, None, None, None, None, None])
-    allowed = allowed & (j_abs < kv_lengths[:, None, None, None, None, None])
+        allowed = allowed & (j_abs[:, :, :, None] <=
+                             i_abs + q_positions[:, None, None, None, None, None])
     if segments:
         q_ids = _pad_to(q_seg, rq * bs, 1).reshape(-1, 1, rq, bs, 1, 1)
         kv_ids = _pad_to(kv_seg, rk * bs, 1).reshape(-1, 1, rk, bs)
         kv_ids = jnp.take_along_axis(kv_ids, slots.reshape(bm, hq, rq * width, 1), axis=2)
         allowed = allowed & (q_ids == kv_ids.reshape(-1, hq, rq, 1, width, bs))
-    s = jnp.where(allowed, s, -jnp.inf)
+    return qh, kg, vg, jnp.where(allowed, s, -jnp.inf), allowed
 
+
+def _softmax(s, allowed):
+    """`(P, lse)` of masked scores `s [B, Hq, Rq, bs, W, bs]` over each row's `(W, bs)`:
+    rows with no allowed key have `P = 0`, `lse = -inf`."""
     m = s.max(axis=(-2, -1), keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.where(allowed, jnp.exp(s - m), 0.0)
     l = p.sum(axis=(-2, -1), keepdims=True)
     nonempty = l > 0
     l_safe = jnp.where(nonempty, l, 1.0)
-    o = jnp.einsum("bhriwj,bhrwjd->bhrid", p / l_safe, vg, precision="highest")
-    lse = jnp.where(nonempty, m + jnp.log(l_safe), -jnp.inf)
-    o = o.reshape(b, hq, rq * bs, d)[:, :, :tq].transpose(0, 2, 1, 3).astype(q.dtype)
-    return o, lse.reshape(b, hq, rq * bs)[:, :, :tq]
+    return p / l_safe, jnp.where(nonempty, m + jnp.log(l_safe), -jnp.inf)[..., 0, 0]
+
+
+def _rows_out(x, tq):
+    """`[B, Hq, Rq, bs, D]` -> `[B, Tq, Hq, D]`."""
+    b, hq, rq, bs, d = x.shape
+    return x.reshape(b, hq, rq * bs, d)[:, :, :tq].transpose(0, 2, 1, 3)
+
+
+def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments, positioned):
+    """Block-gathered attention. Returns `(o [B, Tq, Hq, D] in q's dtype, lse [B, Hq, Tq]
+    float32)`. Rows with no allowed key give `o = 0`, `lse = -inf`, zero gradients.
+    Query i attends key j only if `j <= q_positions[b] + i` when `causal`."""
+    del positioned  # the kernels' business: the positions are operands here
+    _, _, vg, s, allowed = _gathered_scores(q, k, v, ctx, block_size=block_size,
+                                            causal=causal, scale=scale, segments=segments)
+    p, lse = _softmax(s, allowed)
+    o = jnp.einsum("bhriwj,bhrwjd->bhrid", p, vg, precision="highest")
+    b, hq, rq, bs = lse.shape
+    tq = q.shape[1]
+    return _rows_out(o, tq).astype(q.dtype), lse.reshape(b, hq, rq * bs)[:, :, :tq]
 
 
 def tangent_reference(q, k, v, o, lse, dq, dk, dv, *ctx, **params):
@@ -126,10 +157,68 @@ def tangent_reference(q, k, v, o, lse, dq, dk, dv, *ctx, **params):
     return jax.jvp(forward, (q, k, v), (dq, dk, dv))[1]
 
 
+def _key_block_slots(lists, counts, rk, width_k):
+    """For each key block `c`, the `(query block r, slot w)` pairs whose lists name it, as
+    flat indices `r * W + w` into the gathered `[Rq, W]` axis: `[Bm, Hm, Rk, width_k]` in
+    ascending `r`, and whether each is real. These are the transposed lists of the kernels'
+    dK/dV pass, derived from the query lists themselves (so they agree with the forward's
+    gathers, q_offset's shifted rows included) by one sort: no scatter."""
+    bm, hm, rq, width = lists.shape
+    n = rq * width
+    col = jnp.where(jnp.arange(width) < counts[..., None], lists, rk).reshape(bm, hm, n)
+    order = jnp.argsort(col, axis=-1, stable=True)  # by key block, then by r
+    sorted_col = jnp.take_along_axis(col, order, axis=-1)
+    find = lambda side: jax.vmap(jax.vmap(
+        lambda s: jnp.searchsorted(s, jnp.arange(rk, dtype=s.dtype), side=side)))(sorted_col)
+    first, end = find("left"), find("right")  # [Bm, Hm, Rk]
+    at = first[..., None] + jnp.arange(width_k)  # [Bm, Hm, Rk, Wk]
+    flat = jnp.take_along_axis(order, jnp.minimum(at, n - 1).reshape(bm, hm, -1), axis=-1)
+    real = at < end[..., None]
+    return jnp.where(real, flat.reshape(at.shape), 0), real
+
+
 def backward_reference(q, k, v, o, lse, d_o, d_lse, *ctx, **params):
+    """The VJP of `attention_reference`, deterministic on every platform: dQ sums over each
+    query block's listed key blocks, dK and dV over each key block's listed query blocks
+    (gathers and fixed-order sums, never a scatter-add, whose order XLA leaves to atomics on
+    GPUs). P is recomputed from q and k (`o` and `lse` are not read, so the JVP of this
+    function is that of the true gradient). With `dP = dO Vᵀ`, `delta = rowsum(P ∘ dP)`:
+    `dS = P ∘ (dP − delta + dlse)`, `dQ = scale·dS K`, `dK = scale·dSᵀ Q`, `dV = Pᵀ dO`
+    (FlashAttention-2, Dao 2023, Algorithm 2, with the lse cotangent added)."""
     del o, lse
-    forward = lambda q, k, v: attention_reference(q, k, v, *ctx, **params)
-    return jax.vjp(forward, q, k, v)[1]((d_o, d_lse))
+    scale, bs = params["scale"], params["block_size"]
+    qh, kg, vg, s, allowed = _gathered_scores(
+        q, k, v, ctx, block_size=bs, causal=params["causal"], scale=scale,
+        segments=params["segments"])
+    p, _ = _softmax(s, allowed)
+    b, tq, hq, d = q.shape
+    tk, hkv = k.shape[1], k.shape[2]
+    rq, width = s.shape[2], s.shape[4]
+    rk = -(-tk // bs)
+    f32 = lambda x: x.astype(qh.dtype)
+    do = _pad_to(f32(d_o), rq * bs, 1).transpose(0, 2, 1, 3).reshape(b, hq, rq, bs, d)
+    dlse = _pad_to(f32(d_lse), rq * bs, 2).reshape(b, hq, rq, bs, 1, 1)
+    dp = jnp.einsum("bhrid,bhrwjd->bhriwj", do, vg, precision="highest")
+    delta = (p * dp).sum(axis=(-2, -1), keepdims=True)
+    ds = p * (dp - delta + dlse) * scale
+    dq = jnp.einsum("bhriwj,bhrwjd->bhrid", ds, kg, precision="highest")
+    dkg = jnp.einsum("bhriwj,bhrid->bhrwjd", ds, qh, precision="highest")
+    dvg = jnp.einsum("bhriwj,bhrid->bhrwjd", p, do, precision="highest")
+
+    counts, lists = ctx[LISTS], ctx[LISTS + 2]
+    width_k = min(rq, ctx[LISTS + 6].shape[-1])  # a key block's listings: <= its key list
+    flat, real = _key_block_slots(lists, counts, rk, width_k)  # [Bm, Hm, Rk, Wk]
+    flat = jnp.broadcast_to(flat, (flat.shape[0], hq) + flat.shape[2:])
+    real = jnp.broadcast_to(real, flat.shape)
+
+    def by_key_block(x):  # [B, Hq, Rq, W, bs, D] -> [B, Tk, Hkv, D], a fixed-order sum
+        x = jnp.take_along_axis(x.reshape(b, hq, rq * width, bs * d),
+                                flat.reshape(flat.shape[:2] + (rk * width_k, 1)), axis=2)
+        x = jnp.where(real.reshape(real.shape[:2] + (rk * width_k, 1)), x, 0)
+        x = x.reshape(b, hkv, hq // hkv, rk, width_k, bs, d).sum(axis=(2, 4))
+        return x.reshape(b, hkv, rk * bs, d)[:, :, :tk].transpose(0, 2, 1, 3)
+    return (_rows_out(dq, tq).astype(q.dtype), by_key_block(dkg).astype(k.dtype),
+            by_key_block(dvg).astype(v.dtype))
 
 
 # ------------------------------------------------------------------------ primitives
@@ -306,7 +395,7 @@ def _check(q, k, v, mask, kv_lengths, positioned):
         if not any(x.dtype == d for d in DTYPES):
             raise ValueError(f"attention: {name} has dtype {x.dtype}; supported: bfloat16, "
                              "float16, float32, float64")
-        if 0 in x.shape:
+        if 0 in x.shape[1:]:  # an empty batch is fine: the result is empty
             raise ValueError(f"attention: {name} has an empty axis: {x.shape}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"attention: q, k, v must share a dtype; got {q.dtype}, {k.dtype}, "
@@ -434,6 +523,12 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
       causal: a Python bool (static).
       scale: score scale, a Python number (static), default `1 / sqrt(D)`.
       kv_lengths: optional int `[B]`, the number of valid keys of each batch entry.
+        Keys that no query of the call attends (at or past `kv_lengths[b]`, in blocks or
+        pages the call does not list, after the causal position of the call's last query)
+        are never read into arithmetic, on every path: garbage there (a serving cache's
+        NaN or inf) reaches no output or gradient. A key that some queries of a tile
+        attend and others may not (the causal diagonal, two documents in one block) is
+        read: a non-finite value there may reach the other queries of that tile.
       q_segment_ids: optional int `[B, Tq]`: the document of each query (packed
         sequences). kv_segment_ids: optional int `[B, Tk]`; defaults to `q_segment_ids`
         when Tq == Tk.
@@ -446,7 +541,11 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
       page_table: optional int `[B, pages_per_seq]`: k and v are then page pools
         `[P, page_size, Hkv, D]` (a paged KV cache, as serving engines keep it): key j of
         batch entry b is `k[page_table[b, j // page_size], j % page_size]`, and
-        `Tk = pages_per_seq * page_size`. Pages may be shared and in any order.
+        `Tk = pages_per_seq * page_size`. Pages may be shared and in any order. Entries
+        the call does not need (pages wholly past `kv_lengths[b]` or holding no listed
+        key) are never read, whatever they hold (`-1` padding is fine); an entry outside
+        `[0, P)` that the call needs makes the rows of that batch entry NaN, never a read
+        outside the pools.
       return_lse: also return the log-sum-exp `[B, Hq, Tq]` (float32; float64 for float64).
     Returns:
       `[B, Tq, Hq, D]` in q's dtype (and the lse). A row with no key to attend to
@@ -484,21 +583,70 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     if kv_lengths is None:
         kv_lengths = jnp.full((b,), tk, jnp.int32)
     kv_lengths = kv_lengths.astype(jnp.int32)
+    offset = None if q_offset is None else _q_offset(q_offset, b)
+    if causal:  # keys after the last query's position: no query of the call attends them
+        kv_lengths = jnp.minimum(kv_lengths, tk if offset is None else offset + tq)
     bs = mask.block_size
-    if tq <= DECODE_MAX_QUERIES and not segments:
-        o, lse = _decode(q, k, v, mask, kv_lengths, q_offset, page_table, tk, causal=causal,
-                         scale=scale)
+    if b == 0:  # an empty batch: the empty result
+        o = jnp.zeros(q.shape, q.dtype)
+        lse = jnp.zeros((0, q.shape[2], tq), _lse_dtype(q.dtype))
         return (o, lse) if return_lse else o
-    if paged:  # the fused kernels read contiguous caches: gather the pages
+    rows = _mask_rows(mask)
+    if offset is None:
+        lists, overflow = _context(mask, causal, tq, tk)
+    else:
+        lists, overflow = _context(mask, causal, rows * bs, tk, offset=0)
+    bad_pages = None  # [B]: batch entries that need a page outside the pools
+    if paged:
+        page_table, bad_pages = _checked_pages(page_table, k.shape, lists, offset, tq, bs,
+                                               kv_lengths)
+    context = (lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids)
+    static = (("rows", rows), ("tk", tk), ("block_size", bs), ("causal", causal),
+              ("scale", scale), ("segments", segments))
+    if tq <= DECODE_MAX_QUERIES and not segments:
+        o, lse = _short_queries(q, k, v, context, static)
+    else:
+        o, lse = _prefill(q, k, v, *context, **dict(static))
+    if bad_pages is not None:
+        lse = jnp.where(bad_pages[:, None, None], jnp.nan, lse)
+        o = jnp.where(bad_pages[:, None, None, None], jnp.nan, o)
+    return (o, lse) if return_lse else o
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _short_queries(q, k, v, context, static):
+    """Short queries: the decode primitive computes the values; their derivatives are those
+    of the same call through `attention_p` (`_prefill`), whose backward is the fused one or
+    the deterministic pure-JAX one (the decode primitive's own JVP would transpose into
+    scatter-adds over the cache). `context` and `static` as `_prefill` takes them."""
+    lists, overflow, kv_lengths, offset, page_table, _, _ = context
+    static = dict(static)
+    del static["segments"]
+    return _decode(q, k, v, lists, overflow, static.pop("rows"), kv_lengths, offset,
+                   page_table, **static)
+
+
+@_short_queries.defjvp
+def _short_queries_jvp(static, primals, tangents):
+    q, k, v, context = primals
+    prefill = lambda q, k, v: _prefill(q, k, v, *context, **dict(static))
+    return _short_queries(q, k, v, context, static), jax.jvp(prefill, (q, k, v),
+                                                             tuple(tangents[:3]))[1]
+
+
+def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, *, rows,
+             tk, block_size, causal, scale, segments):
+    """Queries through `attention_p`; NaN for rows outside the mask or whose `BlockMask` row
+    overflowed. Returns (o, lse)."""
+    b, tq = q.shape[:2]
+    bs = block_size
+    positioned = offset is not None
+    if page_table is not None:  # the fused kernels read contiguous caches: gather the pages
         k, v = paged_keys(k, page_table), paged_keys(v, page_table)
     if not positioned:
-        lists, overflow = _context(mask, causal, tq, tk)
         q_positions = jnp.full((1,), tk - tq, jnp.int32)  # bottom-right aligned
         q_in, ids_in = q, q_ids
     else:
-        offset = _q_offset(q_offset, b)
-        rows = _mask_rows(mask)
-        lists, overflow = _context(mask, causal, rows * bs, tk, offset=0)
         q_in, ids_in, lists, overflow, q_positions, slots, inside = _positioned(
             q, q_ids, lists, overflow, offset, bs, rows)
     o, lse = _bind(attention_p, q_in, k, v, kv_lengths, q_positions,
@@ -518,7 +666,40 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         bad = bad[..., :tq]
         lse = jnp.where(bad, jnp.nan, lse)
         o = jnp.where(jnp.swapaxes(bad, 1, 2)[..., None], jnp.nan, o)
-    return (o, lse) if return_lse else o
+    return o, lse
+
+
+def _checked_pages(page_table, pool_shape, lists, offset, tq, bs, kv_lengths):
+    """A page table safe to read, and the bool `[B]` of batch entries that need a page id
+    outside the pools (`pool_shape`: `[P, page_size, ...]`).
+
+    A page is needed when it holds a key that some query of the call may attend: in a key
+    block listed by a mask row of the call's queries, before `kv_lengths[b]` (which the
+    caller has already cut at the last query's causal position). Ids of pages the call does
+    not need are never read, whatever they hold (serving engines pad tables with -1); an
+    out-of-range id that is needed makes that batch entry's rows NaN, never a read outside
+    the pools. Out-of-range ids become page 0 in the table the kernels read."""
+    b, pages_per_seq = page_table.shape
+    pool_pages, page_size = pool_shape[:2]
+    tk = pages_per_seq * page_size
+    rk = -(-tk // bs)
+    counts, _, block_lists, _ = lists[:4]  # [Bm, Hm, R], [Bm, Hm, R, W]
+    rows, width = block_lists.shape[2:]
+    first = jnp.zeros((b,), jnp.int32) if offset is None else offset
+    span = -(-(bs - 1 + tq) // bs)  # mask rows the queries can touch
+    row = first[:, None] // bs + jnp.arange(span)  # [B, span]
+    take = lambda x: jnp.take_along_axis(
+        jnp.broadcast_to(x, (b,) + x.shape[1:]),
+        jnp.clip(row, 0, rows - 1).reshape((b, 1, span) + (1,) * (x.ndim - 3)), axis=2)
+    listed = (((row >= 0) & (row < rows))[:, None, :, None]
+              & (jnp.arange(width) < take(counts)[..., None]))  # [B, Hm, span, W]
+    block = jnp.where(listed, take(block_lists), rk)  # unlisted slots: a dropped column
+    used = jnp.zeros((b, rk + 1), jnp.bool_).at[
+        jnp.arange(b)[:, None, None, None], block].set(True)[:, :rk]  # [B, Rk]
+    keys = jnp.repeat(used, bs, axis=1)[:, :tk] & (jnp.arange(tk) < kv_lengths[:, None])
+    needed = keys.reshape(b, pages_per_seq, page_size).any(axis=-1)
+    in_pools = (page_table >= 0) & (page_table < pool_pages)
+    return jnp.where(in_pools, page_table, 0), (needed & ~in_pools).any(axis=1)
 
 
 def _q_offset(q_offset, b):
@@ -550,22 +731,20 @@ def _mask_rows(mask) -> int:
     return mask.shape[-2] if isinstance(mask, BlockMask) else mask.mask.shape[-2]
 
 
-def _decode(q, k, v, mask, kv_lengths, q_offset, page_table, tk, *, causal, scale):
-    """Short queries through the decode primitive (keys `Tk = tk`): the mask rows of the
-    queries, their causal positions, and NaN for rows outside the mask or whose
-    `BlockMask` row overflowed. Returns (o, lse)."""
+def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, *, tk,
+            block_size, causal, scale):
+    """Short queries through the decode primitive (keys `Tk = tk`; `lists` the mask's
+    query lists): the mask rows of the queries, their causal positions, and NaN for rows
+    outside the mask or whose `BlockMask` row overflowed. Returns (o, lse)."""
     from .attention_decode import decode  # the decode module builds on this one's rules
 
     b, tq = q.shape[:2]
-    bs = mask.block_size
-    rows = _mask_rows(mask)
-    if q_offset is None:  # query i on mask row i // bs, causal bottom-right aligned
-        lists, overflow = _context(mask, causal, tq, tk)
+    bs = block_size
+    if offset is None:  # query i on mask row i // bs, causal bottom-right aligned
         q_rows = jnp.zeros((b,), jnp.int32)
         q_positions = jnp.full((b,), tk - tq, jnp.int32)
     else:
-        lists, overflow = _context(mask, causal, rows * bs, tk, offset=0)
-        q_rows = q_positions = _q_offset(q_offset, b)
+        q_rows = q_positions = offset
     counts, _, block_lists, _ = lists[:4]
     paged = page_table is not None
     table = page_table if paged else jnp.zeros((1, 1), jnp.int32)

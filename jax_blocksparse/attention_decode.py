@@ -58,15 +58,18 @@ def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, pa
 
     f32 = lambda x: x.astype(_lse_dtype(x.dtype))
     batch = jnp.arange(b)[:, None, None, None]
+    # keys the query may not attend are zero-filled on load: garbage there (a serving
+    # cache's NaN past kv_lengths) never reaches arithmetic
+    load = lambda x, heads: jnp.where(allowed[..., None], f32(x)[batch, keys, heads], 0)
     if hm == 1:  # keys shared by the query heads: gather per kv head
         heads = jnp.arange(hkv)[None, :, None, None]
-        kg, vg = (f32(x)[batch, keys, heads] for x in (k, v))  # [B, Hkv, Tq, N, D]
+        kg, vg = (load(x, heads) for x in (k, v))  # [B, Hkv, Tq, N, D]
         qg = f32(q).reshape(b, tq, hkv, group, d)
         s = jnp.einsum("bihgd,bhind->bhgin", qg, kg, precision="highest") * scale
         allowed = allowed[:, :, None]  # [B, 1, 1, Tq, N]
     else:  # a mask per query head: gather per query head
         heads = (jnp.arange(hq) // group)[None, :, None, None]
-        kg, vg = (f32(x)[batch, keys, heads] for x in (k, v))  # [B, Hq, Tq, N, D]
+        kg, vg = (load(x, heads) for x in (k, v))  # [B, Hq, Tq, N, D]
         kg, vg = (x.reshape(b, hkv, group, tq, -1, d) for x in (kg, vg))
         qg = f32(q).reshape(b, tq, hkv, group, d)
         s = jnp.einsum("bihgd,bhgind->bhgin", qg, kg, precision="highest") * scale

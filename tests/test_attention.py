@@ -288,3 +288,18 @@ def test_any_head_dim_and_block_size(platform, head_dim, bs, dtype):
     assert rel_err(out, np.asarray(want)) < TOL[dtype]
     for g, w in zip(grads, want_grads):
         assert rel_err(g, np.asarray(w)) < GRAD_TOL[dtype]
+
+
+@pytest.mark.parametrize("tq", [1, 128], ids=["decode", "prefill"])
+def test_empty_batch_gives_the_empty_result(tq):
+    """A zero-size batch returns empty results and gradients, as the matmul family does."""
+    layout = jbs.layouts.causal(128, 64)
+    q = jnp.ones((0, tq, 4, 64), jnp.bfloat16)
+    k = jnp.ones((0, 128, 2, 64), jnp.bfloat16)
+    f = jax.jit(lambda q, k: jbs.attention(q, k, k, layout, causal=True, return_lse=True,
+                                           q_offset=None if tq > 1 else 127))
+    o, lse = f(q, k)
+    assert o.shape == q.shape and o.dtype == q.dtype
+    assert lse.shape == (0, 4, tq) and lse.dtype == jnp.float32
+    dq, dk = jax.grad(lambda q, k: f(q, k)[0].astype(jnp.float32).sum(), argnums=(0, 1))(q, k)
+    assert dq.shape == q.shape and dk.shape == k.shape

@@ -50,3 +50,14 @@ def test_disable_cuda_forces_the_pure_jax_path():
     assert "cuda_available False" in result.stdout
     assert result.stdout.strip().endswith("False")  # no custom call in the program
     assert "[jax_blocksparse]" not in result.stderr
+
+
+@pytest.mark.parametrize("level", ["1", "2"])
+def test_debug_names_the_pure_jax_path_on_every_platform(level):
+    """Without the kernels (a CPU, or CUDA disabled on a GPU) the switch still says which
+    path each op ran, and why, when the program is compiled."""
+    err = run(JAX_BLOCKSPARSE_DEBUG=level, JAX_BLOCKSPARSE_DISABLE_CUDA="1").stderr
+    for op in ("attention", "dds"):
+        lines = [line for line in err.splitlines()
+                 if line.startswith(f"[jax_blocksparse] {op} ")]
+        assert lines and all("pure-JAX path (" in line for line in lines), err[-2000:]

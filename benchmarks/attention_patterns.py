@@ -1,0 +1,249 @@
+"""Attention on the six patterns of the Hopper attention issues, beside FlexAttention on
+identical masks and cuDNN's causal attention, in one run.
+
+    python benchmarks/attention_patterns.py --peers _device/peers.py [--backward]
+        [--variants 0,2] [--quick]
+
+Patterns (B=2, H=16, bf16, block 128, our layout generators): local(1024), strided(1024),
+fixed(512) causal, bigbird, causal, and packed documents (the causal layout plus segment
+ids: documents of 512-4096 tokens) at S 8192 and D 128; local and packed also at S 16384
+and 32768, causal also at D 64 and 256. Useful TFLOP/s count `4·B·H·D` per allowed (i, j)
+pair, counted exactly on the host (the same count for every system), ×3.5 for forward +
+backward. The block masks (with `NAME_docs` document ids) are written to one npz per head
+dim and `peers.py masks FILE.npz` runs FlexAttention on them in a subprocess; cuDNN is
+`jax.nn.dot_product_attention(..., is_causal=True, implementation="cudnn")` on the same
+tensors (it ignores the sparsity and the documents: for the packed rows compare wall time).
+`--variants 0,2` times our forward once per value of `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT`
+(a fresh process each: the switch is read once). Calls without a fused kernel run the
+pure-JAX path; those longer than `--max-pure-seq` are skipped (said in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_blocksparse as jbs
+from jax_blocksparse import _cuda
+from jax_blocksparse.bench.timing import median_ms
+
+BS = 128
+
+
+def documents(seq_len, seed=0):
+    """int32 `[S]` document ids of packed sequences: lengths uniform in [512, 4096]."""
+    rng = np.random.default_rng(seed)
+    lengths = []
+    while sum(lengths) < seq_len:
+        lengths.append(int(rng.integers(512, 4097)))
+    return np.repeat(np.arange(len(lengths)), lengths)[:seq_len].astype(np.int32)
+
+
+def patterns(quick):
+    """(name, S, D, layout, causal, document ids or None) of every row."""
+    s0 = 1024 if quick else 8192
+    make = {
+        "local": lambda s: (jbs.layouts.local(s, BS, 1024), True),
+        "strided": lambda s: (jbs.layouts.strided(s, BS, 1024), True),
+        "fixed": lambda s: (jbs.layouts.fixed(s, BS, 512), True),
+        "bigbird": lambda s: (jbs.layouts.bigbird(s, BS, seed=1), False),
+        "causal": lambda s: (jbs.layouts.causal(s, BS), True),
+        "packed": lambda s: (jbs.layouts.causal(s, BS), True),
+    }
+    rows = [(name, s0, 128) for name in make]
+    if not quick:
+        rows += [(name, s, 128) for s in (16384, 32768) for name in ("local", "packed")]
+        rows += [("causal", s0, d) for d in (64, 256)]
+    return [(name, s, d, *make[name](s), documents(s) if name == "packed" else None)
+            for name, s, d in rows]
+
+
+def allowed_pairs(layout, causal, docs):
+    """Allowed (i, j) pairs of one head, counted on the host in 1024-row chunks."""
+    mask, s = layout.mask, layout.shape[0]
+    j = np.arange(s)[None]
+    pairs = 0
+    for r0 in range(0, s, 1024):
+        i = np.arange(r0, min(r0 + 1024, s))[:, None]
+        ok = mask[i // BS, j // BS]
+        if causal:
+            ok &= j <= i
+        if docs is not None:
+            ok &= docs[i] == docs[j]
+        pairs += int(ok.sum())
+    return pairs
+
+
+def key(name, s, d):
+    return f"{name}_S{s}_D{d}"
+
+
+def time_pass(f, q, k, v, backward):
+    """Median ms of the forward, or of forward + backward (a vjp with a fixed cotangent)."""
+    if not backward:
+        return median_ms(jax.jit(f), q, k, v)
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), q.dtype)
+    step = jax.jit(lambda q, k, v: jax.vjp(f, q, k, v)[1](cot))
+    return median_ms(step, q, k, v)
+
+
+def measure_ours(rows, batch, heads, backward, max_pure_seq):
+    """{key: {"fwd": ms, "fwd+bwd": ms} or {"skipped": why}} of our attention."""
+    out = {}
+    for name, s, d, layout, causal, docs in rows:
+        why = _cuda.fused_attention_unsupported(jnp.bfloat16, d, BS, s, s, docs is not None,
+                                                False, 1)
+        if not jbs.cuda_available():
+            why = why or "no GPU"
+        if why and s > max_pure_seq:
+            out[key(name, s, d)] = {"skipped": f"pure-JAX path ({why}) above {max_pure_seq}"}
+            continue
+        rng = np.random.default_rng(s + d)
+        q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d)), jnp.bfloat16)
+                   for _ in range(3))
+        ids = None if docs is None else jnp.broadcast_to(jnp.asarray(docs), (batch, s))
+        f = lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal, q_segment_ids=ids)
+        entry = {"path": why and f"pure-JAX ({why})" or "fused"}
+        for passes in ((False, True) if backward else (False,)):
+            try:
+                entry["fwd+bwd" if passes else "fwd"] = time_pass(f, q, k, v, passes)
+            except Exception as e:  # out of memory on the pure-JAX path
+                entry["fwd+bwd" if passes else "fwd"] = None
+                entry["error"] = f"{type(e).__name__}: {str(e)[:60]}"
+        out[key(name, s, d)] = entry
+        print(f"  ours {key(name, s, d)}: {entry}", file=sys.stderr, flush=True)
+    return out
+
+
+def measure_cudnn(rows, batch, heads, backward):
+    """{(S, D): {"fwd": ms, "fwd+bwd": ms}} of cuDNN's dense causal attention."""
+    out = {}
+    for s, d in sorted({(s, d) for _, s, d, *_ in rows}):
+        rng = np.random.default_rng(s + d)
+        q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d)), jnp.bfloat16)
+                   for _ in range(3))
+        f = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                                         implementation="cudnn")
+        entry = {}
+        for passes in ((False, True) if backward else (False,)):
+            try:
+                entry["fwd+bwd" if passes else "fwd"] = time_pass(f, q, k, v, passes)
+            except Exception as e:  # no cuDNN here (a CPU)
+                entry["error"] = f"{type(e).__name__}"
+        out[(s, d)] = entry
+    return out
+
+
+FLEX_LINE = re.compile(r"^torch FlexAttention \(compiled\)\s+(\S+) B\d+ H\d+ Tq\d+ Tk\d+ D\d+ "
+                       r"(fwd\+bwd|fwd)\s+([\d.]+) ms")
+
+
+def measure_flex(rows, peers, batch, heads, folder):
+    """{key: {"fwd": ms, "fwd+bwd": ms}} of FlexAttention on the same block masks."""
+    out = {}
+    for d in sorted({d for _, _, d, *_ in rows}):
+        masks = {"B": np.int32(batch), "H": np.int32(heads), "D": np.int32(d)}
+        for name, s, dd, layout, causal, docs in rows:
+            if dd != d:
+                continue
+            label = key(name, s, d) + ("_causal" if causal else "")
+            masks[label] = layout.mask
+            if docs is not None:
+                masks[label + "_docs"] = docs
+        path = os.path.join(folder, f"attention_masks_D{d}.npz")
+        np.savez(path, **masks)
+        run = subprocess.run([sys.executable, peers, "masks", path], capture_output=True,
+                             text=True)
+        sys.stderr.write(run.stdout[-4000:] + run.stderr[-2000:])
+        for line in run.stdout.splitlines():
+            m = FLEX_LINE.match(line)
+            if m:
+                out.setdefault(m.group(1).removesuffix("_causal"), {})[m.group(2)] = \
+                    float(m.group(3))
+    return out
+
+
+def ours_per_variant(args, rows):
+    """{variant: ours} with each forward variant in a fresh process (or this one)."""
+    if not args.variants:
+        return {"": measure_ours(rows, args.batch, args.heads, args.backward,
+                                 args.max_pure_seq)}
+    result = {}
+    for variant in args.variants.split(","):
+        with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+            cmd = [sys.executable, __file__, "--ours-json", fh.name,
+                   *(["--backward"] if args.backward else []), *(["--quick"] if args.quick
+                                                                 else []),
+                   "--batch", str(args.batch), "--heads", str(args.heads),
+                   "--max-pure-seq", str(args.max_pure_seq)]
+            env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant)
+            subprocess.run(cmd, env=env, check=True)
+            result[f"v{variant} "] = json.load(open(fh.name))
+    return result
+
+
+def table(rows, ours, flex, cudnn, batch, heads, backward):
+    passes = ("fwd", "fwd+bwd") if backward else ("fwd",)
+    tf = lambda ms, flops: f"{flops / ms / 1e9:7.1f}" if ms else "      -"
+    head = f"{'pattern':>8} {'S':>6} {'D':>4} {'pairs':>6} {'pass':>7} "
+    head += "".join(f"{v + 'ours TF':>12} {'x flex':>7} " for v in ours)
+    print(head + f"{'flex TF':>8} {'cuDNN TF':>9} {'ours/cuDNN time':>15}")
+    for name, s, d, layout, causal, docs in rows:
+        pairs = allowed_pairs(layout, causal, docs)
+        k = key(name, s, d)
+        for p in passes:
+            useful = 4 * batch * heads * d * pairs * (3.5 if p == "fwd+bwd" else 1)
+            fl = flex.get(k, {}).get(p)
+            cu = cudnn.get((s, d), {}).get(p)
+            line = f"{name:>8} {s:>6} {d:>4} {pairs / s / s:6.3f} {p:>7} "
+            first = None
+            for mine in ours.values():
+                e = mine.get(k, {})
+                ms = e.get(p)
+                first = first or ms
+                ratio = f"{fl / ms:7.2f}" if ms and fl else "      -"
+                line += f"{tf(ms, useful):>12} {ratio} "
+            line += f"{tf(fl, useful):>8} {tf(cu, useful):>9} "
+            line += f"{cu / first:15.2f}" if cu and first else f"{'-':>15}"
+            notes = [e.get("skipped") or e.get("error") for e in
+                     (m.get(k, {}) for m in ours.values())]
+            print(line + "".join(f"  {n}" for n in notes if n))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peers", help="peers.py (FlexAttention on the same masks)")
+    parser.add_argument("--backward", action="store_true", help="also forward + backward")
+    parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values")
+    parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--max-pure-seq", type=int, default=8192)
+    parser.add_argument("--ours-json", help=argparse.SUPPRESS)  # a variant's child process
+    args = parser.parse_args()
+    rows = patterns(args.quick)
+    if args.ours_json:
+        ours = measure_ours(rows, args.batch, args.heads, args.backward, args.max_pure_seq)
+        json.dump(ours, open(args.ours_json, "w"))
+        return
+    print(f"devices: {jax.devices()}; B={args.batch} H={args.heads} bf16 block {BS}")
+    ours = ours_per_variant(args, rows)
+    cudnn = measure_cudnn(rows, args.batch, args.heads, args.backward)
+    flex = {}
+    if args.peers:
+        flex = measure_flex(rows, args.peers, args.batch, args.heads,
+                            os.environ.get("OUT") or tempfile.mkdtemp())
+    table(rows, ours, flex, cudnn, args.batch, args.heads, args.backward)
+
+
+if __name__ == "__main__":
+    main()
