@@ -15,10 +15,11 @@ Forward variants side by side (the switch is read once per process: one subproce
     python3 benchmarks/dev_attention.py --fwd-variants 0,2,3
 
 times the forward alone under each value of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (2: the
-Hopper FA3-design kernel, cuda/attention/fwd_sm90.cu; 3: the same without ping-pong) on the issue-18 layouts (local W1024,
-strided 1024, fixed 1024, bigbird, causal; B=2 H=16 S=8192 D=128 block 128 bf16), then a
-table of useful TFLOP/s and the ratio of each variant to the first; `--fwd-only` is that
-timing in this process (the variant it gets from the environment), plus cuDNN dense causal.
+Hopper FA3-design kernel, cuda/attention/fwd_sm90.cu; 3: the same without ping-pong) on
+the issue-18 layouts (local W1024, strided 1024, fixed 1024, bigbird, causal; B=2 H=16
+S=8192 D=128 block 128 bf16), then a table of useful TFLOP/s and the ratio of each variant
+to the first; `--fwd-only` is that timing in this process (the variant it gets from the
+environment), plus cuDNN dense causal.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """The Hopper attention forward in the FlashAttention-3 design (cuda/attention/fwd_sm90.cu),
 forced by JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=2 (consumer warpgroups ping-ponged; every case)
-or 3 (without the ping-pong; a subset), on an sm_90 GPU: o and lse against the
-float64 reference on fresh random inputs (fixed seeds), bf16 and f16, head dim 128, block
-size 128 (and head dim 64 on a few cases), over causal and non-causal local / strided / random / dense layouts with empty
-query rows and a single block, GQA (8 query heads on 2), per-head masks, a traced
-BlockMask, Tq != Tk with causality (rows without keys), kv_lengths that are not multiples
-of the block (0 included) with NaN planted in k and v past them (the outputs must stay
-finite and bitwise equal to the clean run); every result bitwise equal over two runs.
+or 3 (without the ping-pong; a subset), on an sm_90 GPU: o and lse against the float64
+reference on fresh random inputs (fixed seeds), bf16 and f16, block size 128, head dim 128
+(64 on a few cases), over causal and non-causal local / strided / random / dense layouts
+with empty query rows and a single block, GQA (8 query heads on 2), scales other than
+1/sqrt(D) (negative too), per-head masks, a traced BlockMask, Tq != Tk with causality
+(rows without keys), kv_lengths that are not multiples of the block (0 included) with NaN
+planted in k and v past them (the outputs must stay finite and bitwise equal to the clean
+run); every result bitwise equal over two runs.
 
 Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1 and the test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
@@ -89,13 +90,19 @@ CASES = {
                             2, 2048, 1024, 4, 2, None, False, 64),
     "d64_gqa4_per_head_kv_lengths": (lambda: random_mask(20, (8, 8, 8), 0.6, False), True,
                                      3, 1024, 1024, 8, 2, [1024, 333, 0], False, 64),
+    "scale_0.3_causal": (lambda: jbs.layouts.local(1024, BS, 512).mask, True,
+                         2, 1024, 1024, 4, 4, None, False),
+    "negative_scale_causal_kv_lengths": (lambda: jbs.layouts.local(1024, BS, 512).mask, True,
+                                         2, 1024, 1024, 4, 4, [1024, 600], False),
 }
+SCALES = {"scale_0.3_causal": 0.3, "negative_scale_causal_kv_lengths": -0.06}  # else 1/sqrt(D)
 
 
 def build(name, dtype):
     """(jitted forward + backward, its inputs, kv_lengths, the float64 o and lse)."""
     make_mask, causal, b, tq, tk, hq, hkv, kv, traced, *d = CASES[name]
     D = d[0] if d else 128
+    scale = SCALES.get(name, 1 / np.sqrt(D))
     block_mask = make_mask()
     layout = jbs.Layout(block_mask, BS)
     kv = np.full(b, tk) if kv is None else np.asarray(kv)
@@ -107,15 +114,15 @@ def build(name, dtype):
         m = jbs.BlockMask.from_mask(mask, BS) if traced else layout
 
         def fwd(q, k, v):
-            return jbs.attention(q, k, v, m, causal=causal, kv_lengths=kv_lengths,
-                                 return_lse=True)
+            return jbs.attention(q, k, v, m, causal=causal, scale=float(scale),
+                                 kv_lengths=kv_lengths, return_lse=True)
         (o, lse), vjp = jax.vjp(fwd, q, k, v)
         dq, _, _ = vjp((do, jnp.zeros_like(lse)))  # the backward runs after the forward
         return o, lse, dq
 
     allowed = attention_mask64(layout, causal, tq, tk, kv)
     zeros = np.zeros((b, hq, tq), np.float32)
-    want_o, want_lse = attention64(q, k, v, allowed, 1 / np.sqrt(D), do, zeros)[:2]
+    want_o, want_lse = attention64(q, k, v, allowed, scale, do, zeros)[:2]
     args = (q, k, v, do, jnp.asarray(kv, jnp.int32), jnp.asarray(block_mask))
     return jax.jit(f), args, kv, (want_o, want_lse)
 
@@ -187,8 +194,8 @@ def test_fa3_forward(variant, name):
 def test_fa3_falls_back_elsewhere():
     """Variant 2 at a block size it does not implement (64) runs the default forward,
     correctly."""
-    code = ("import test_gpu_attention as t; "
-            "t.run_cases([('local_causal_bs64_d64', 'f16'), ('per_head_causal_bs64_d128', 'bf16')])")
+    cases = [("local_causal_bs64_d64", "f16"), ("per_head_causal_bs64_d128", "bf16")]
+    code = f"import test_gpu_attention as t; t.run_cases({cases!r})"
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
                         JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="2").stderr
     for case, launches in kernels_by_case(stderr).items():

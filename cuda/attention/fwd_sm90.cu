@@ -4,8 +4,9 @@
 // memory by TMA. Semantics and metadata: attention.h; the FA2 forward (FwdKernel in
 // attention_kernels.cuh) is the functional spec this kernel follows.
 //
-// Scope (step 1 of issue 18): block size 128, head dim 128, bf16 / f16; static or traced
-// block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head masks.
+// Scope (step 1 of issue 18): block size 128, head dims 64 and 128, bf16 / f16; static or
+// traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
+// masks, any scale. Variant 2 of the dispatch table is PINGPONG = true, variant 3 false.
 //
 // CTA: one query block (128 rows) of one (batch, head); 384 threads = 3 warpgroups.
 //  * Warpgroup 0, the producer, gives registers back (setmaxnreg 24); its thread 0 issues
@@ -17,13 +18,16 @@
 //    [64, 128) of the tile. Per key tile: S = Q K^T by wgmma m64n128k16 with both operands
 //    in shared memory (K-major), online softmax in registers (log2 domain, exp2), then
 //    O += P V by wgmma with P from registers (the accumulator layout of S is the A-fragment
-//    layout of P: no shuffles) and V in shared memory (N-major). Overlap inside a
-//    warpgroup: the QK^T of tile n is issued before the PV of tile n - 1, so the tensor
-//    cores work on both while the warpgroup waits only for S_n, runs softmax(S_n), then
-//    waits for PV_{n-1} and rescales O.
-//  * Shared memory: Q (32 KB) + STAGES x (K, V) (64 KB each) in the 128-byte swizzled
-//    line layout of wgmma.cuh (a 128 x 128 tile is two 64-column slabs of 128 lines), the
-//    layout TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. STAGES = 2: 160 KB, one CTA/SM.
+//    layout of P: no shuffles) and V in shared memory (N-major). With PINGPONG the two
+//    warpgroups take turns issuing their products (named barriers), so one's softmax
+//    overlaps the other's wgmmas. Overlap inside a
+//    warpgroup: the QK^T of tile n is issued together with the PV of tile n - 1; the
+//    warpgroup waits only for S_n and runs softmax(S_n) while PV_{n-1} runs, and waits for
+//    PV_{n-1} at the top of the next iteration (then rescales O and packs P_n).
+//  * Shared memory: Q + STAGES x (K, V), 128-row tiles in the 128-byte swizzled line
+//    layout of wgmma.cuh (a 128 x D tile is D / 64 column slabs of 128 lines), the layout
+//    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128: 2 stages, 160 KB; D = 64: 3
+//    stages, 112 KB; one CTA per SM.
 //  * Element masks (causal diagonal, kv_lengths) only on the `partial` entries and the
 //    tile that contains kv_lengths[b]; tiles starting at or past kv_lengths[b] (or past
 //    the causal limit of the tile's last row) are skipped by producer and consumers alike.
@@ -32,7 +36,7 @@
 //    threads (then fence.proxy.async and a named barrier) before the PV that reads them,
 //    so NaN/Inf there cannot reach O through 0 * NaN. (A per-batch TMA extent would need
 //    kv_lengths on the host.)
-//  * Epilogue: each consumer warpgroup writes its normalized 64 x 128 rows into its own
+//  * Epilogue: each consumer warpgroup writes its normalized 64 x D rows into its own
 //    rows of the Q buffer (same swizzle: conflict-free) and one thread stores them with a
 //    TMA store; lse (float32) from registers. Rows with no allowed key: o = 0, lse = -inf.
 //
@@ -198,6 +202,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
     const int i0 = q0 + rl;                // its query index
     const float sl2 = a.scale_log2;
+    const bool pos_scale = sl2 > 0.f;
+    const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
 
     float o[D / 2], s[64];
     uint32_t p[8][4];
@@ -257,6 +263,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the maxima into m0 / m1, rescales l0 / l1, leaves P = 2^(S - m) in s (float) and
     // the factor of the old accumulators in c0 / c1.
     auto softmax = [&](int start, bool masked, bool causal_part, float& c0, float& c1) {
+      // scores in the log2 domain: scaled here unless the scale is positive (then the
+      // maxima of the raw scores times the scale, and P = 2^(s * scale - m): one FFMA);
+      // masks after scaling (a -inf score stays -inf for any scale)
+      if (!pos_scale) {
+#pragma unroll
+        for (int i = 0; i < 64; ++i) s[i] *= sl2;
+      }
       if (masked) {
         const int j0 = start + 2 * t;
 #pragma unroll
@@ -267,15 +280,14 @@ __global__ void __launch_bounds__(kThreads, 1)
             if (kj >= kvlen || (causal_part && kj > qi + off)) s[4 * j + e] = -INFINITY;
           }
       }
-      float mx0 = m0, mx1 = m1;
+      float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
       for (int j = 0; j < kBN / 8; ++j) {
-        s[4 * j] *= sl2; s[4 * j + 1] *= sl2; s[4 * j + 2] *= sl2; s[4 * j + 3] *= sl2;
         mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
         mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
       }
-      mx0 = QuadMax(mx0);
-      mx1 = QuadMax(mx1);
+      mx0 = fmaxf(m0, QuadMax(mx0) * sl2_max);
+      mx1 = fmaxf(m1, QuadMax(mx1) * sl2_max);
       const float mu0 = mx0 == -INFINITY ? 0.f : mx0, mu1 = mx1 == -INFINITY ? 0.f : mx1;
       c0 = Exp2(m0 - mu0);
       c1 = Exp2(m1 - mu1);
@@ -284,10 +296,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       float r0 = 0.f, r1 = 0.f;
 #pragma unroll
       for (int j = 0; j < kBN / 8; ++j) {
-        s[4 * j] = Exp2(s[4 * j] - mu0);
-        s[4 * j + 1] = Exp2(s[4 * j + 1] - mu0);
-        s[4 * j + 2] = Exp2(s[4 * j + 2] - mu1);
-        s[4 * j + 3] = Exp2(s[4 * j + 3] - mu1);
+        s[4 * j] = Exp2(fmaf(s[4 * j], sl2_max, -mu0));
+        s[4 * j + 1] = Exp2(fmaf(s[4 * j + 1], sl2_max, -mu0));
+        s[4 * j + 2] = Exp2(fmaf(s[4 * j + 2], sl2_max, -mu1));
+        s[4 * j + 3] = Exp2(fmaf(s[4 * j + 3], sl2_max, -mu1));
         r0 += s[4 * j] + s[4 * j + 1];
         r1 += s[4 * j + 2] + s[4 * j + 3];
       }
@@ -336,14 +348,32 @@ __global__ void __launch_bounds__(kThreads, 1)
       float c0, c1;
       softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
               c0, c1);
-      pack_p();
-      int pst = 0, pstart = start;  // the tile whose PV is pending
+      // Loop invariant at the top of iteration it: s holds P of tile it - 1 (float, not yet
+      // multiplied by V), c0 / c1 its rescale factors; the PV of tile it - 2 may be in
+      // flight (reading V stage vst). The wait for that PV comes first in the body: ptxas
+      // schedules a wgmma wait early in its basic block (it was seen hoisted above the
+      // softmax when placed after it), and at the top of the loop nothing precedes it.
+      int pst = 0, pstart = start;  // tile it - 1: its stage, phase, first key
       uint32_t pph = 0;
+      bool v_busy = false;  // a PV in flight reads V stage vst
+      int vst = 0;
+      auto retire_pv = [&]() {  // the PV in flight is done; O *= c; P to registers
+        wg::Wait<0>();
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+        if (v_busy) tma::MbarArrive(empty_v(vst));
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
+        }
+        pack_p();
+      };
       cur.Next();
       for (int it = 1; !cur.Done(); ++it, cur.Next()) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
         start = cur.Start(cur.e);
+        retire_pv();
         tma::MbarWait(full_k(st), ph);
         tma::MbarWait(full_v(pst), pph);
         if (pstart + kBN > kvlen) zero_v_tail(pst, kvlen - pstart);
@@ -351,25 +381,19 @@ __global__ void __launch_bounds__(kThreads, 1)
         issue_qk(st);
         issue_pv(pst);
         turn_end(false);
-        wg::Wait<1>();  // S of this tile
+        v_busy = true;
+        vst = pst;
+        wg::Wait<1>();  // S of this tile (the PV of the last one may still run)
 #pragma unroll
         for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
         tma::MbarArrive(empty_k(st));
         softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
                 c0, c1);
-        wg::Wait<0>();  // PV of the previous tile
-#pragma unroll
-        for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
-        tma::MbarArrive(empty_v(pst));
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
-        }
-        pack_p();
         pst = st;
         pph = ph;
         pstart = start;
       }
+      retire_pv();
       tma::MbarWait(full_v(pst), pph);
       if (pstart + kBN > kvlen) zero_v_tail(pst, kvlen - pstart);
       turn_begin();
