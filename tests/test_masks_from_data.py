@@ -91,6 +91,23 @@ def test_segment_ids_packed_documents(platform, causal, dtype):
     check(platform, f, (q, k, v), allowed, dtype, d ** -0.5)
 
 
+def test_document_block_kinds():
+    """Block pairs whose documents cannot meet are dropped from the lists, pairs inside one
+    document keep their kind (full stays full), the rest become partial; per batch entry."""
+    from jax_blocksparse.attention_metadata import attention_metadata, document_kinds
+    bs, t = 16, 64  # 4 blocks; batch 0: documents [0..23], [24..63]; batch 1: one document
+    ids = jnp.asarray(np.stack([np.repeat([0, 1], [24, 40]), np.zeros(t)]), jnp.int32)
+    kind = attention_metadata(jbs.layouts.causal(t, bs), True, t, t).kind[None]
+    got = np.asarray(document_kinds(kind, ids, ids, bs))
+    assert got.shape == (2, 1, 4, 4)
+    np.testing.assert_array_equal(got[1], kind[0])  # one document: unchanged
+    want = np.array([[1, 0, 0, 0],    # block 0 holds document 0 only: its diagonal stays
+                     [1, 1, 0, 0],    # block 1 holds both: every listed pair partial
+                     [0, 1, 1, 0],    # block 2 holds document 1 only: block 0 dropped
+                     [0, 1, 2, 1]])   # (3, 2): one same document, full stays full
+    np.testing.assert_array_equal(got[0, 0], want)
+
+
 def test_segment_ids_for_queries_and_keys_of_different_lengths(platform):
     """A query chunk at the end of its keys (Tq < Tk) with its own and the keys' ids."""
     rng = np.random.default_rng(303)
