@@ -46,7 +46,8 @@ class Layout:
         are all 0 or 1 (1 marks a kept block). Anything else raises `ValueError`.
       block_size: edge of the square blocks, in elements: a positive int (not a bool).
 
-    Layouts compare and hash by content, so they can be static arguments of `jax.jit`.
+    Layouts compare and hash by content, so they can be static arguments of `jax.jit`;
+    `copy.copy`, `copy.deepcopy` and `pickle` give an equal layout with the same hash.
     A `Layout` is also a pytree with no leaves (all of it is static tree metadata), so it
     may be passed to a jitted function as an ordinary argument too.
     """
@@ -65,6 +66,9 @@ class Layout:
 
     def __setattr__(self, name, value):
         raise AttributeError("Layout is immutable")
+
+    def __reduce__(self):  # copy, deepcopy and pickle rebuild it from its mask
+        return Layout, (self._mask, self._block_size)
 
     def __hash__(self):
         return self._hash

@@ -248,3 +248,36 @@ def test_attention_modules_take_segment_ids_and_a_block_mask_at_call_time(platfo
         assign(getattr(m, name).bias, p[name]["bias"])
     assert rel_err(m(x, segment_ids=ids), np.asarray(want_ids, np.float64)) < 1e-5
     assert rel_err(m(x, block_mask=block_mask), np.asarray(got_mask, np.float64)) < 1e-5
+
+
+def test_modules_holding_a_layout_copy_and_pickle():
+    """`copy.deepcopy` of an NNX model (EMA or teacher copies) and pickling a linen module."""
+    import copy
+    import pickle
+
+    layout = jbs.layouts.random(64, 64, 16, 0.5, seed=2)
+    x = normal(7, (3, 64))
+    linear = bnnx.BlockSparseLinear(layout, rngs=nnx.Rngs(0))
+    twin = copy.deepcopy(linear)
+    assert twin.layout == linear.layout and hash(twin.layout) == hash(linear.layout)
+    np.testing.assert_array_equal(twin(x), linear(x))
+    module = bnn.BlockSparseDense(layout)
+    params = module.init(jax.random.key(0), x)
+    restored = pickle.loads(pickle.dumps(module))
+    assert restored.layout == layout
+    np.testing.assert_array_equal(restored.apply(params, x), module.apply(params, x))
+
+
+def test_modules_name_their_bad_arguments():
+    layout = jbs.layouts.random(32, 32, 16, 0.5, seed=1)
+    with pytest.raises(ValueError, match=r"BlockSparseConv: x must be \[N, H, W, 32\]"):
+        bnn.BlockSparseConv(layout).init(jax.random.key(0), normal(0, (7, 7, 32)))
+    conv = bnnx.BlockSparseConv(layout, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"BlockSparseConv: x must be \[N, H, W, 32\]"):
+        conv(normal(0, (1, 7, 7, 16)))
+    with pytest.raises(ValueError, match="parallel must be None, 'columns' or 'rows'; "
+                                         "got 'diagonal'"):
+        bnnx.BlockSparseLinear(layout, parallel="diagonal", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="parallel must be None, 'columns' or 'rows'"):
+        bnn.BlockSparseDense(layout, parallel="diagonal").init(jax.random.key(0),
+                                                              normal(0, (2, 32)))
