@@ -96,6 +96,22 @@ def test_cuda_lowering_without_a_gpu():
 
 
 @pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
+def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
+    """The matmul kernels take float32, float16 and bfloat16: float64 (x64 on) lowers to
+    the pure-JAX implementation for "cuda" too, forward and backward; float32 does not."""
+    from test_matmul import float64_enabled
+
+    layout = jbs.layouts.random(64, 128, 32, 0.5)
+    loss = lambda x, w: jbs.matmul(x, w, layout).sum()
+    with float64_enabled():
+        for dtype, kernels in ((jnp.float64, False), (jnp.float32, True)):
+            args = (jnp.ones((8, 64), dtype), jnp.ones((layout.nnz, 32, 32), dtype))
+            text = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(*args).lower(
+                lowering_platforms=("cuda",)).as_text()
+            assert ("@jax_blocksparse_" in text) == kernels, dtype
+
+
+@pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
 def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
     """float32, head dim 96 and block size 32 have no fused kernel: on a GPU they run the
     pure-JAX implementation, and JAX_BLOCKSPARSE_DEBUG says so when compiling."""
