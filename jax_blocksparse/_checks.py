@@ -1,11 +1,17 @@
-"""Checks of the static (compile-time) arguments shared by the public API: bools, numbers
-and positive integers, each `ValueError` naming the call and the argument."""
+"""Checks shared by the public API: the static (compile-time) arguments (bools, numbers and
+positive integers) and the dtypes of the arrays, each `ValueError` naming the call and the
+argument."""
 
 from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
+
+# The dtypes of every op's floating operands (float64 needs `jax_enable_x64`; it runs on the
+# pure-JAX path, on a GPU too).
+DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16, jnp.float64)
 
 
 def static_bool(op: str, name: str, value) -> bool:
@@ -36,3 +42,10 @@ def check_int(where: str, name: str, value, minimum: int = 1) -> int:
         kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{where}: {name} must be {kind}; got {value!r}")
     return int(value)
+
+
+def check_dtype(op: str, name: str, x) -> None:
+    """`ValueError` naming `op` and `name` unless the array `x` has one of `DTYPES`."""
+    if not any(x.dtype == d for d in DTYPES):
+        raise ValueError(f"{op}: {name} has dtype {x.dtype}; supported: float32, float16, "
+                         "bfloat16, float64")

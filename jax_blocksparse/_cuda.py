@@ -4,8 +4,9 @@ primitives to them on the "cuda" platform.
 Each primitive lowers through `jax.ffi.ffi_lowering`: the custom call's operands are the
 primitive's operands followed by the layout's int32 metadata (block lists, coordinates) as
 constants, its results are the primitive's `ctx.avals_out`. The kernels never depend on the
-layout itself. Which attention calls the fused kernels take is decided by one table,
-`FUSED_ATTENTION`; every other call lowers to the pure-JAX implementation, on a GPU too.
+layout itself. Which calls the kernels take is decided by tables (`MATMUL_DTYPES`,
+`FUSED_ATTENTION`, `DECODE`); every other call lowers to the pure-JAX implementation, on a
+GPU too (float64, for one).
 
 The Python side's environment switches are read once, into `SWITCHES`:
 `JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
@@ -108,6 +109,22 @@ def _dds_lowering(ctx, a, w, *, layout, trans_a, trans_w, precision):
     return _ffi("jax_blocksparse_dds", ctx, (a, w), lists,
                 block_size=np.int32(layout.block_size), trans_a=trans_a, trans_w=trans_w,
                 precision=_precision_attr(precision))
+
+
+# The dtypes the matmul kernels take; any other (float64) lowers to the pure-JAX
+# implementation, on a GPU too.
+MATMUL_DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16)
+
+
+def _matmul_lowering(prim, kernel_rule):
+    """`kernel_rule` for the dtypes in `MATMUL_DTYPES`, the pure-JAX lowering otherwise."""
+    reference = jint.lower_fun(mp._REFERENCES[prim])
+
+    def rule(ctx, x, y, **params):
+        if any(ctx.avals_in[0].dtype == d for d in MATMUL_DTYPES):
+            return kernel_rule(ctx, x, y, **params)
+        return reference(ctx, x, y, **params)
+    return rule
 
 
 # ------------------------------------------------------------------------ attention
@@ -274,7 +291,7 @@ def _register():
     local = _partitioning.LOCAL  # the kernels lower each primitive's per-device twin
     for prim, rule in ((mp.sdd_p, _sdd_lowering), (mp.dsd_p, _dsd_lowering),
                        (mp.dds_p, _dds_lowering)):
-        jint.register_lowering_rule(local[prim], rule, "cuda")
+        jint.register_lowering_rule(local[prim], _matmul_lowering(prim, rule), "cuda")
     if "jax_blocksparse_attention_fwd" in targets:
         jint.register_lowering_rule(local[att.attention_p], _attention_forward_lowering, "cuda")
         jint.register_lowering_rule(local[att.attention_bwd_p], _attention_backward_lowering,

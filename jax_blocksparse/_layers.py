@@ -46,6 +46,8 @@ def _split(layout: Layout, n: int, by: str):
 
 def split_for(layout: Layout, mesh, axis: str, by: str):
     """`layout` split over the `axis` of `mesh` (cached), with the modules' checks."""
+    if by not in ("columns", "rows"):
+        raise ValueError(f"parallel must be None, 'columns' or 'rows'; got {by!r}")
     if mesh is None or axis not in mesh.shape:
         raise ValueError(f"parallel={by!r} needs a mesh with an axis {axis!r}; got {mesh}")
     return _split(layout, mesh.shape[axis], by)
@@ -117,11 +119,14 @@ def conv(x, kernel, bias, layout, strides, padding, dtype, precision):
     one kernel launch, the taps summed inside it.
     """
     kh, kw = kernel.shape[:2]
+    cin = layout.shape[0]
+    if x.ndim != 4 or x.shape[-1] != cin:
+        raise ValueError(f"BlockSparseConv: x must be [N, H, W, {cin}] (NHWC, the layout's "
+                         f"Cin = {cin}); got shape {x.shape}")
     x = x.astype(dtype)
     patches = jax.lax.conv_general_dilated_patches(
         x, (kh, kw), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     n, ho, wo, _ = patches.shape
-    cin = x.shape[-1]
     # patches' features are ordered (Cin, kh, kw); the weight's rows are (kh, kw, Cin)
     patches = patches.reshape(n, ho, wo, cin, kh * kw).swapaxes(-1, -2)
     patches = patches.reshape(n, ho, wo, kh * kw * cin)

@@ -564,6 +564,13 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
       `[B, Tq, Hq, D]` in q's dtype (and the lse). A row with no key to attend to
       outputs 0 (lse `-inf`) and passes zero gradients. The rows of a query block whose
       `BlockMask` row lists more than `max_blocks` key blocks are NaN.
+    Raises:
+      ValueError: at trace time, naming the argument: q, k, v not `[B, T, H, D]`, not of
+        one dtype of those above, or of shapes that do not fit together (k and v, `B`,
+        `D`, `Hq` not a multiple of `Hkv`); a mask that is not a `Layout` or `BlockMask`,
+        or whose heads, batch or blocks do not fit q and k; `kv_lengths`, segment ids,
+        `q_offset` or `page_table` that are not integer arrays of the shapes above; a
+        `causal` that is not a Python bool, a `scale` that is not a finite Python number.
     Short queries (`Tq <= 16`, no segment ids: decoding with a KV cache, one or a few
     tokens per sequence) run the decode primitive (`attention_decode.py`): on an NVIDIA GPU,
     bfloat16/float16 with `D` in (64, 96, 128, 256), a block size and page size that are

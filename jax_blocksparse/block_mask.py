@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._checks import check_int
+from .layout import zero_one_mask
 
 
 @jax.tree_util.register_pytree_node_class
@@ -35,14 +37,20 @@ class BlockMask:
         """A `BlockMask` from a boolean block mask.
 
         Args:
-          mask: bool (or 0/1 numeric) `[Rq, Rk]`, `[H or 1, Rq, Rk]` or
-            `[B or 1, H or 1, Rq, Rk]`: block `(r, c)` is attended when true. May be traced.
+          mask: `[Rq, Rk]`, `[H or 1, Rq, Rk]` or `[B or 1, H or 1, Rq, Rk]`: block
+            `(r, c)` is attended when true. bool (may be traced), or, as for `Layout`,
+            integers / real floats that are all 0 or 1 (concrete: a traced mask must be
+            bool, e.g. `mask != 0`).
           block_size: edge of the blocks in elements (a positive Python int).
           max_blocks: how many key blocks a query block may list (static; default `Rk`).
             Attention's cost on the pure-JAX path grows with it. A query block whose mask
             row lists more gets NaN outputs, never a silently truncated row.
         Returns:
           a `BlockMask` whose `mask` is bool `[Bm, Hm, Rq, Rk]`.
+        Raises:
+          ValueError: naming the argument, for a `block_size` or `max_blocks` that is not
+            a positive int, a mask of another rank, with an empty axis, of another dtype,
+            with a value other than 0 and 1, or traced and not bool.
         """
         block_size = check_int("BlockMask.from_mask", "block_size", block_size)
         mask = jnp.asarray(mask)
@@ -55,8 +63,15 @@ class BlockMask:
                              f"dtype {mask.dtype}")
         if 0 in mask.shape:
             raise ValueError(f"BlockMask.from_mask: mask has an empty axis: {mask.shape}")
+        if mask.dtype != jnp.bool_:
+            try:
+                values = np.asarray(mask)
+            except jax.errors.TracerArrayConversionError:
+                raise ValueError(f"BlockMask.from_mask: a traced mask must be bool (0/1 numbers "
+                                 f"are checked on the host); got {mask.dtype} (pass "
+                                 f"`mask != 0`)") from None
+            mask = jnp.asarray(zero_one_mask("BlockMask.from_mask", values))
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-        mask = mask if mask.dtype == jnp.bool_ else mask != 0
         rk = mask.shape[-1]
         if max_blocks is not None:
             max_blocks = check_int("BlockMask.from_mask", "max_blocks", max_blocks)

@@ -12,10 +12,13 @@ def to_dense(blocks, layout: Layout):
     """Scatter blocks into a dense matrix (zeros where the layout has no block).
 
     Args:
-      blocks: `[..., nnz, bs, bs]`, the stored blocks in row-major mask order.
+      blocks: `[..., nnz, bs, bs]`, the stored blocks in row-major mask order; any dtype.
       layout: a 2-D `Layout` with mask `[R, C]`.
     Returns:
       `[..., R*bs, C*bs]`, same dtype as `blocks`.
+    Raises:
+      ValueError: at trace time, for a `layout` that is not a 2-D `Layout`, or `blocks`
+        of another shape.
     """
     check_matrix_layout("to_dense", layout)
     bs, nnz = layout.block_size, layout.nnz
@@ -40,10 +43,13 @@ def from_dense(x, layout: Layout):
     """Gather the blocks of a dense matrix at the layout's nonzero blocks.
 
     Args:
-      x: `[..., R*bs, C*bs]`.
+      x: `[..., R*bs, C*bs]`; any dtype.
       layout: a 2-D `Layout` with mask `[R, C]`.
     Returns:
       `[..., nnz, bs, bs]`, same dtype as `x`.
+    Raises:
+      ValueError: at trace time, for a `layout` that is not a 2-D `Layout`, or `x` of
+        another shape.
     """
     check_matrix_layout("from_dense", layout)
     x = jnp.asarray(x)

@@ -46,7 +46,8 @@ class Layout:
         are all 0 or 1 (1 marks a kept block). Anything else raises `ValueError`.
       block_size: edge of the square blocks, in elements: a positive int (not a bool).
 
-    Layouts compare and hash by content, so they can be static arguments of `jax.jit`.
+    Layouts compare and hash by content, so they can be static arguments of `jax.jit`;
+    `copy.copy`, `copy.deepcopy` and `pickle` give an equal layout with the same hash.
     A `Layout` is also a pytree with no leaves (all of it is static tree metadata), so it
     may be passed to a jitted function as an ordinary argument too.
     """
@@ -65,6 +66,9 @@ class Layout:
 
     def __setattr__(self, name, value):
         raise AttributeError("Layout is immutable")
+
+    def __reduce__(self):  # copy, deepcopy and pickle rebuild it from its mask
+        return Layout, (self._mask, self._block_size)
 
     def __hash__(self):
         return self._hash
@@ -222,10 +226,16 @@ def _boolean_mask(mask) -> np.ndarray:
     if mask.dtype.kind not in "iuf":
         raise ValueError(f"Layout: mask must be bool, or integers / real floats that are all 0 "
                          f"or 1; got dtype {mask.dtype}")
+    return zero_one_mask("Layout", mask)
+
+
+def zero_one_mask(op: str, mask: np.ndarray) -> np.ndarray:
+    """The numeric numpy `mask` as bool, `ValueError` naming `op` unless every entry is 0
+    or 1: the one rule of `Layout` and `BlockMask.from_mask` (0.5 or 2 is not a block)."""
     zero, one = mask == 0, mask == 1
     if not np.all(zero | one):
         bad = mask[~(zero | one)].flat[0]
-        raise ValueError(f"Layout: mask entries must be 0 or 1 (or bool); got {bad.item()!r} "
+        raise ValueError(f"{op}: mask entries must be 0 or 1 (or bool); got {bad.item()!r} "
                          f"(pass `mask != 0` to keep every nonzero)")
     return one
 

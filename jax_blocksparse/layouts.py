@@ -53,7 +53,12 @@ def _grid(where: str, seq_len, block_size):
 
 # ------------------------------------------------------------------------ weights
 def dense(rows: int, cols: int, block_size: int) -> Layout:
-    """Every block present: mask `[rows/bs, cols/bs]` all True."""
+    """Every block present: mask `[rows/bs, cols/bs]` all True.
+
+    Raises:
+      ValueError: naming the argument, for `rows` or `cols` not a positive multiple of a
+        positive int `block_size`.
+    """
     shape = (_blocks("dense", "rows", rows, block_size),
              _blocks("dense", "cols", cols, block_size))
     return Layout(np.ones(shape, bool), block_size)
@@ -61,7 +66,12 @@ def dense(rows: int, cols: int, block_size: int) -> Layout:
 
 def random(rows: int, cols: int, block_size: int, density: float, seed: int = 0) -> Layout:
     """Exactly `round(density * R * C)` blocks (at least one), chosen uniformly;
-    mask `[rows/bs, cols/bs]`, `density` in (0, 1]."""
+    mask `[rows/bs, cols/bs]`, `density` in (0, 1].
+
+    Raises:
+      ValueError: naming the argument, for `rows` or `cols` not a positive multiple of a
+        positive int `block_size`, `density` not a number in (0, 1].
+    """
     r, c = _blocks("random", "rows", rows, block_size), _blocks("random", "cols", cols, block_size)
     density = _fraction("random", "density", density, allow_zero=False)
     count = max(1, int(round(density * r * c)))
@@ -85,6 +95,10 @@ def barabasi_albert(rows: int, cols: int, block_size: int, density: float = 0.1,
     existing nodes chosen with probability proportional to their degree, so a few nodes
     (rows) collect very many blocks. The adjacency (with its diagonal) is cropped to `[R, C]`.
     `density` in (0, 1].
+
+    Raises:
+      ValueError: naming the argument, for `rows` or `cols` not a positive multiple of a
+        positive int `block_size`, `density` not a number in (0, 1].
     """
     r, c, n, density = _square_graph("barabasi_albert", rows, cols, block_size, density)
     m = int(np.clip(round(density * n / 2), 1, max(n - 1, 1)))
@@ -106,7 +120,12 @@ def watts_strogatz(rows: int, cols: int, block_size: int, density: float = 0.1,
                    rewire: float = 0.2, seed: int = 0) -> Layout:
     """Small-world pattern: a ring lattice of `k ≈ density * n` neighbours per node, each
     edge rewired to a random node with probability `rewire`; symmetric, with its diagonal,
-    cropped to `[R, C]`. `density` in (0, 1], `rewire` in [0, 1]."""
+    cropped to `[R, C]`. `density` in (0, 1], `rewire` in [0, 1].
+
+    Raises:
+      ValueError: naming the argument, for `rows` or `cols` not a positive multiple of a
+        positive int `block_size`, `density` not in (0, 1], `rewire` not in [0, 1].
+    """
     r, c, n, density = _square_graph("watts_strogatz", rows, cols, block_size, density)
     rewire = _fraction("watts_strogatz", "rewire", rewire, allow_zero=True)
     half = max(1, int(round(density * n / 2)))
@@ -124,7 +143,12 @@ def watts_strogatz(rows: int, cols: int, block_size: int, density: float = 0.1,
 # ---------------------------------------------------------------------- attention
 def causal(seq_len: int, block_size: int) -> Layout:
     """Lower-triangular blocks (the diagonal included): plain causal attention; mask
-    `[seq_len/bs, seq_len/bs]`."""
+    `[seq_len/bs, seq_len/bs]`.
+
+    Raises:
+      ValueError: naming the argument, for `seq_len` not a positive multiple of a
+        positive int `block_size`.
+    """
     r, c = _grid("causal", seq_len, block_size)
     return Layout(c <= r, block_size)
 
@@ -135,6 +159,10 @@ def local(seq_len: int, block_size: int, window: int, causal: bool = True) -> La
     A block is kept when any of its (query i, key j) pairs lies within the window:
     `0 <= i - j < window` when `causal`, else `|i - j| < window`. Mask
     `[seq_len/bs, seq_len/bs]`.
+
+    Raises:
+      ValueError: naming the argument, for `seq_len` not a positive multiple of a
+        positive int `block_size`, `window` not a positive int.
     """
     return Layout(_local("local", seq_len, block_size, window, causal), block_size)
 
@@ -158,6 +186,10 @@ def strided(seq_len: int, block_size: int, stride: int, causal: bool = True) -> 
     Query i attends to the previous `stride` tokens (`0 <= i - j < stride`) and to every
     token j with `(i - j) mod stride == 0`; with `causal=False`, in both directions.
     `stride` in tokens (a positive int); mask `[seq_len/bs, seq_len/bs]`.
+
+    Raises:
+      ValueError: naming the argument, for `seq_len` not a positive multiple of a
+        positive int `block_size`, `stride` not a positive int.
     """
     stride = _int("strided", "stride", stride, 1)
     base = _local("strided", seq_len, block_size, stride, causal)
@@ -180,6 +212,11 @@ def fixed(seq_len: int, block_size: int, stride: int, summary: int | None = None
     (`j mod stride >= stride - summary`, default one block); causal keeps `j <= i`.
     `stride` and `summary` in tokens, positive ints, `summary <= stride`; mask
     `[seq_len/bs, seq_len/bs]`.
+
+    Raises:
+      ValueError: naming the argument, for `seq_len` not a positive multiple of a
+        positive int `block_size`, `stride` or `summary` not a positive int, `summary >
+        stride`.
     """
     r, c = _grid("fixed", seq_len, block_size)
     stride = _int("fixed", "stride", stride, 1)
@@ -205,7 +242,13 @@ def bigbird(seq_len: int, block_size: int, num_random: int = 3, window: int = 3,
     """BigBird: `num_global` global block rows/columns, a band of `window` blocks around
     the diagonal, and `num_random` random key blocks per query block (non-causal).
     Counts in blocks: `num_random`, `num_global` ints >= 0, `window` a positive int.
-    Mask `[seq_len/bs, seq_len/bs]`."""
+    Mask `[seq_len/bs, seq_len/bs]`.
+
+    Raises:
+      ValueError: naming the argument, for `seq_len` not a positive multiple of a
+        positive int `block_size`, `window` not a positive int, `num_random` or
+        `num_global` not an int >= 0.
+    """
     r, c = _grid("bigbird", seq_len, block_size)
     num_random = _int("bigbird", "num_random", num_random, 0)
     window = _int("bigbird", "window", window, 1)
@@ -222,7 +265,13 @@ def bigbird(seq_len: int, block_size: int, num_random: int = 3, window: int = 3,
 def longformer(seq_len: int, block_size: int, window: int, num_global: int = 1) -> Layout:
     """Longformer: a non-causal sliding window of `window` tokens each side plus
     `num_global` global block rows and columns (an int >= 0). Mask
-    `[seq_len/bs, seq_len/bs]`."""
+    `[seq_len/bs, seq_len/bs]`.
+
+    Raises:
+      ValueError: naming the argument, for `seq_len` not a positive multiple of a
+        positive int `block_size`, `window` not a positive int, `num_global` not an int
+        >= 0.
+    """
     keep = _local("longformer", seq_len, block_size, window, causal=False)
     num_global = _int("longformer", "num_global", num_global, 0)
     keep[:num_global, :] = keep[:, :num_global] = True

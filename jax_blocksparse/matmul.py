@@ -5,7 +5,8 @@ folds leading batch dimensions, and binds the primitives of `matmul_primitives`.
 
 Leading dimensions `...`: the two operands' leading dimensions must be equal, or one of
 them has none (it is then shared by every batch entry). Supported: dtypes float32,
-float16, bfloat16 (both operands the same); block sizes 16, 32, 64, 128.
+float16, bfloat16, float64 (`DTYPES`; both operands the same; float64 needs
+`jax_enable_x64` and runs on the pure-JAX path, on a GPU too); block sizes 16, 32, 64, 128.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import math
 
 import jax.numpy as jnp
 
-from ._checks import static_bool
+from ._checks import DTYPES, check_dtype, static_bool
 from .layout import Layout, check_matrix_layout
 from .matmul_primitives import bind, canonical_precision, dds_p, dsd_p, sdd_p
 
-DTYPES = (jnp.float32, jnp.float16, jnp.bfloat16)
 BLOCK_SIZES = (16, 32, 64, 128)
 
 
@@ -32,9 +32,7 @@ def _check_layout(op, layout):
 def _check_dtypes(op, **arrays):
     names = list(arrays)
     for name, x in arrays.items():
-        if not any(x.dtype == d for d in DTYPES):
-            raise ValueError(f"{op}: {name} has dtype {x.dtype}; supported: float32, "
-                             "float16, bfloat16")
+        check_dtype(op, name, x)
     first, second = names
     if arrays[first].dtype != arrays[second].dtype:
         raise ValueError(f"{op}: {first} ({arrays[first].dtype}) and {second} "
@@ -94,8 +92,9 @@ def sdd(a, b, layout: Layout, *, trans_a: bool = False, trans_b: bool = False,
       trans_a, trans_b: Python bools (static): read `a` / `b` transposed.
       precision: as in `jnp.matmul`: `None`/`"default"` (float32 inputs may use TF32 on
         a GPU) or `"highest"` (full float32).
-    Supported: dtypes float32, float16, bfloat16 (both operands the same; float32
-    accumulation, result in the operands' dtype); block sizes 16, 32, 64, 128.
+    Supported: dtypes float32, float16, bfloat16, float64 (both operands the same;
+    float32 accumulation, float64 for float64, which runs on the pure-JAX path on a GPU
+    too; result in the operands' dtype); block sizes 16, 32, 64, 128.
     Raises `ValueError` at trace time, naming the argument, for anything else.
     Returns:
       blocks `[..., nnz, bs, bs]` of `op(a) @ op(b)`, in `a`'s dtype.
@@ -129,8 +128,9 @@ def dsd(s, b, layout: Layout, *, trans_s: bool = False, trans_b: bool = False,
       trans_s, trans_b: Python bools (static): read `S` / `b` transposed.
       precision: as in `jnp.matmul`: `None`/`"default"` (float32 inputs may use TF32 on
         a GPU) or `"highest"` (full float32).
-    Supported: dtypes float32, float16, bfloat16 (both operands the same; float32
-    accumulation, result in the operands' dtype); block sizes 16, 32, 64, 128.
+    Supported: dtypes float32, float16, bfloat16, float64 (both operands the same;
+    float32 accumulation, float64 for float64, which runs on the pure-JAX path on a GPU
+    too; result in the operands' dtype); block sizes 16, 32, 64, 128.
     Raises `ValueError` at trace time, naming the argument, for anything else.
     Returns:
       `op(S) @ op(b)`: `[..., M, N]` with `M = P` (`Q` if `trans_s`), in `s`'s dtype.
@@ -161,8 +161,9 @@ def dds(a, w, layout: Layout, *, trans_a: bool = False, trans_w: bool = False,
       trans_a, trans_w: Python bools (static): read `a` / `W` transposed.
       precision: as in `jnp.matmul`: `None`/`"default"` (float32 inputs may use TF32 on
         a GPU) or `"highest"` (full float32).
-    Supported: dtypes float32, float16, bfloat16 (both operands the same; float32
-    accumulation, result in the operands' dtype); block sizes 16, 32, 64, 128.
+    Supported: dtypes float32, float16, bfloat16, float64 (both operands the same;
+    float32 accumulation, float64 for float64, which runs on the pure-JAX path on a GPU
+    too; result in the operands' dtype); block sizes 16, 32, 64, 128.
     Raises `ValueError` at trace time, naming the argument, for anything else.
     Returns:
       `op(a) @ op(W)`: `[..., M, N]` with `N = Q` (`P` if `trans_w`), in `a`'s dtype.
@@ -189,8 +190,9 @@ def matmul(x, w, layout: Layout, *, precision=None):
       w: blocks `[nnz, bs, bs]` of `W` over `layout`, a 2-D layout over `(C, K)`.
       layout: the weight's layout.
       precision: as in `jnp.matmul` (float32 inputs: `HIGHEST` asks for full float32).
-    Supported: dtypes float32, float16, bfloat16 (x and w the same); block sizes 16, 32,
-    64, 128. Raises `ValueError` at trace time, naming the argument, for anything else.
+    Supported: dtypes float32, float16, bfloat16, float64 (x and w the same; float64
+    runs on the pure-JAX path, on a GPU too); block sizes 16, 32, 64, 128. Raises
+    `ValueError` at trace time, naming the argument, for anything else.
     Returns:
       `[..., K]` in `x`'s dtype.
     """

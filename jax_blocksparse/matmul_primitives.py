@@ -10,15 +10,16 @@ With `op(x, t) = x.T if t else x` and `L` the static layout:
 
 Canonical shapes: a dense operand is `[rows, cols]` or `[G, rows, cols]`; a block operand is
 `[nnz, bs, bs]` or `[G, nnz, bs, bs]`. An operand without the leading `G` is shared by
-every batch entry; the result has `G` when any operand has it. Accumulation is float32,
-the result has the operands' dtype. `precision` has `jnp.matmul`'s meaning.
+every batch entry; the result has `G` when any operand has it. Accumulation is float32
+(float64 for float64 operands), the result has the operands' dtype. `precision` has `jnp.matmul`'s meaning.
 
 Each primitive is bilinear, so its JVP is `op(ȧ, b) + op(a, ḃ)` and its transpose with
 respect to either operand is another member of the family (the table in `_TRANSPOSES`),
 which makes the family closed under differentiation to any order.
 
 Every platform lowers through the pure-JAX reference implementation below (gathers and
-batched matmuls; it doubles as the tests' oracle). `_cuda.py` registers the CUDA kernels.
+batched matmuls; it doubles as the tests' oracle). `_cuda.py` registers the CUDA kernels
+(for float32, float16 and bfloat16; float64 keeps this implementation on a GPU too).
 Both are the lowerings of each primitive's local twin, which `_partitioning` wraps in the
 sharding rules (`_factors`) so that a sharded `jit` runs it on each device's shards.
 """

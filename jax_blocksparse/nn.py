@@ -46,7 +46,8 @@ class BlockSparseDense(nn.Module):
     `"rows"`, `mesh` and its axis `axis` (n devices), W is split by block columns or rows;
     `kernel` is then the devices' slabs `[n, max_nnz, bs, bs]` (shard its leading axis over
     `axis`) and each device multiplies its own part (rows: the partial outputs are summed).
-    The input and output stay `[..., C]` and `[..., K]`.
+    The input and output stay `[..., C]` and `[..., K]`. Another `parallel`, or a `mesh`
+    without the axis `axis`, raises `ValueError`.
     """
 
     layout: Layout
@@ -83,7 +84,8 @@ class BlockSparseConv(nn.Module):
     Params: `kernel [kh, kw, nnz, bs, bs]`, `bias [Cout]`. All taps run as one
     block-sparse matmul (one kernel launch). Input `[N, H, W, Cin]` -> `[N, H', W', Cout]`.
     `kernel_size` and `strides`: an int `n` (meaning `(n, n)`: the module is 2-D only) or
-    two ints; `padding`: `"SAME"`, `"VALID"`, an int or two `(low, high)` pairs.
+    two ints; `padding`: `"SAME"`, `"VALID"`, an int or two `(low, high)` pairs. An input
+    that is not `[N, H, W, Cin]` raises `ValueError` naming `x`.
     """
 
     layout: Layout

@@ -29,7 +29,8 @@ class BlockSparseLinear(nnx.Module):
     """`y = x @ W + b`, `W [C, K]` block-sparse over `layout`; params `kernel [nnz, bs, bs]`,
     `bias [K]`. Input `[..., C]` -> `[..., K]`. Tensor parallelism as in linen's
     `BlockSparseDense`: `parallel="columns"` or `"rows"` with `mesh` and `axis` makes
-    `kernel` the devices' slabs `[n, max_nnz, bs, bs]`."""
+    `kernel` the devices' slabs `[n, max_nnz, bs, bs]`; another `parallel`, or a `mesh`
+    without the axis `axis`, raises `ValueError`."""
 
     def __init__(self, layout: Layout, *, use_bias: bool = True, dtype=None,
                  param_dtype=jnp.float32, precision=None, kernel_init: Initializer | None = None,
@@ -71,7 +72,7 @@ class BlockSparseConv(nnx.Module):
     params `kernel [kh, kw, nnz, bs, bs]`, `bias [Cout]`. Input `[N, H, W, Cin]` ->
     `[N, H', W', Cout]`. `kernel_size` and `strides`: an int `n` (meaning `(n, n)`: the
     module is 2-D only) or two ints; `padding`: `"SAME"`, `"VALID"`, an int or two
-    `(low, high)` pairs."""
+    `(low, high)` pairs. An input that is not `[N, H, W, Cin]` raises `ValueError`."""
 
     def __init__(self, layout: Layout, kernel_size: int | Sequence[int] = (3, 3), *,
                  strides: int | Sequence[int] = (1, 1), padding="SAME", use_bias: bool = True,

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import static_bool, static_float
+from ._checks import check_dtype, static_bool, static_float
 from .layout import Layout, check_matrix_layout
 
 
@@ -20,13 +20,18 @@ def softmax(blocks, layout: Layout, *, scale: float = 1.0, causal: bool = False)
 
     Args:
       blocks: `[..., nnz, bs, bs]`, the blocks of `S` over `layout` (2-D, `[R, C]`);
-        float32, float16 or bfloat16; any block size.
+        float32, float16, bfloat16 or float64; any block size.
+      layout: a 2-D `Layout`.
       scale: multiplies the scores before the softmax (a Python number, static).
       causal: (a Python bool, static) also mask entries with `j > i + (C - R) * bs`
         (bottom-right aligned, as in `attention`).
     Returns:
-      blocks `[..., nnz, bs, bs]` in `blocks`' dtype, computed in float32. A row with no
-      entry gives zeros.
+      blocks `[..., nnz, bs, bs]` in `blocks`' dtype, computed in float32 (float64 for
+      float64). A row with no entry gives zeros.
+    Raises:
+      ValueError: at trace time, naming the argument: a layout that is not a 2-D `Layout`,
+        blocks of another shape or dtype (integers and bools too), a `scale` that is not a
+        finite Python number, a `causal` that is not a Python bool.
     """
     check_matrix_layout("softmax", layout)
     scale = static_float("softmax", "scale", scale)
@@ -35,9 +40,11 @@ def softmax(blocks, layout: Layout, *, scale: float = 1.0, causal: bool = False)
     bs, nnz = layout.block_size, layout.nnz
     if blocks.ndim < 3 or blocks.shape[-3:] != (nnz, bs, bs):
         raise ValueError(f"softmax: blocks must be [..., {nnz}, {bs}, {bs}]; got {blocks.shape}")
+    check_dtype("softmax", "blocks", blocks)
     rows, cols = np.nonzero(layout.mask)
     r_count, c_count = layout.mask.shape
-    x = jnp.moveaxis(blocks.astype(jnp.float32) * scale, -3, 0)  # [nnz, ..., bs, bs]
+    compute = jnp.promote_types(blocks.dtype, jnp.float32)  # float64 stays float64
+    x = jnp.moveaxis(blocks.astype(compute) * scale, -3, 0)  # [nnz, ..., bs, bs]
     shape = (nnz,) + (1,) * (x.ndim - 3) + (bs, bs)
     if causal:
         i = rows[:, None, None] * bs + np.arange(bs)[:, None]

@@ -46,6 +46,10 @@ def dds64(a, w, layout, trans_a=False, trans_w=False):
 
 
 def f64(x):
+    """`x` as float64 numpy: float64 exactly, other dtypes through float32."""
+    x = np.asarray(x)
+    if x.dtype == np.float64:
+        return x
     return np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64)
 
 

@@ -11,6 +11,7 @@ import pytest
 from jax.test_util import check_grads
 
 import jax_blocksparse as jbs
+from reference import attention64, attention_mask64, from_dense64, lse_err, to_dense64
 from test_matmul import PLATFORMS, float64_enabled, poison, rel_err
 
 TOL = {jnp.float32: 1e-5, jnp.float16: 5e-3, jnp.bfloat16: 3e-2}
@@ -222,6 +223,70 @@ def test_softmax_composes_with_sdd_and_dsd_into_attention(platform):
     g1 = jax.grad(lambda q: unfused(q, k, v).sum())(q)
     g2 = jax.grad(lambda q: fused(q, k, v).sum())(q)
     np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-5)
+
+
+def softmax64(blocks, layout, scale, causal, cot):
+    """float64 numpy block softmax and its gradient for the cotangent `cot` (both blocks)."""
+    r, c = layout.mask.shape
+    bs = layout.block_size
+    allowed = to_dense64(np.ones((layout.nnz, bs, bs)), layout) > 0
+    if causal:
+        i, j = np.arange(r * bs)[:, None], np.arange(c * bs)[None, :]
+        allowed &= j <= i + (c - r) * bs
+    s = np.where(allowed, to_dense64(blocks, layout) * scale, -np.inf)
+    m = np.max(s, -1, keepdims=True)
+    e = np.where(allowed, np.exp(s - np.where(np.isfinite(m), m, 0.0)), 0.0)
+    p = e / np.maximum(e.sum(-1, keepdims=True), 1e-300)
+    dp = to_dense64(cot, layout)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
+    return from_dense64(p, layout), from_dense64(ds, layout)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_float64_softmax_attention_and_conversions(causal):
+    """With x64 on, softmax, attention, to_dense and from_dense compute float64 in float64:
+    values and gradients against float64 numpy, to float64 rounding."""
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        rng = np.random.default_rng(71)
+        normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float64)
+        layout = jbs.Layout(rng.random((3, 4)) < 0.6, 16)
+        blocks, cot = normal(layout.nnz, 16, 16), normal(layout.nnz, 16, 16)
+        f = lambda x: jbs.softmax(x, layout, scale=0.7, causal=causal)
+        out, vjp = jax.vjp(jax.jit(f), blocks)
+        want, want_grad = softmax64(blocks, layout, 0.7, causal, cot)
+        assert out.dtype == jnp.float64 and rel_err(out, want) < 1e-13
+        assert rel_err(vjp(cot)[0], want_grad) < 1e-13
+
+        dense, vjp = jax.vjp(lambda x: jbs.to_dense(x, layout), blocks)
+        np.testing.assert_array_equal(dense, to_dense64(blocks, layout))
+        x = normal(48, 64)
+        np.testing.assert_array_equal(vjp(x)[0], from_dense64(x, layout))
+        gathered, vjp = jax.vjp(lambda x: jbs.from_dense(x, layout), x)
+        np.testing.assert_array_equal(gathered, from_dense64(x, layout))
+        np.testing.assert_array_equal(vjp(blocks)[0], to_dense64(blocks, layout))
+
+        att = jbs.layouts.local(96, 32, 40, causal=causal)
+        q, k, v = normal(2, 96, 4, 16), normal(2, 80, 2, 16), normal(2, 80, 2, 16)
+        k, v = jnp.pad(k, ((0, 0), (0, 16), (0, 0), (0, 0))), jnp.pad(v, ((0, 0), (0, 16),
+                                                                        (0, 0), (0, 0)))
+        lengths = np.array([96, 70])
+        do, dlse = normal(2, 96, 4, 16), normal(2, 4, 96)
+        g = lambda q, k, v: jbs.attention(q, k, v, att, causal=causal, scale=0.3,
+                                          kv_lengths=lengths, return_lse=True)
+        (o, lse), vjp = jax.vjp(jax.jit(g), q, k, v)
+        allowed = attention_mask64(att, causal, 96, 96, lengths)
+        want = attention64(q, k, v, allowed, 0.3, do, dlse)
+        assert o.dtype == lse.dtype == jnp.float64
+        assert rel_err(o, want[0]) < 1e-13 and lse_err(lse, want[1]) < 1e-12
+        for got, w in zip(vjp((do, dlse)), want[2:]):
+            assert got.dtype == jnp.float64 and rel_err(got, w) < 1e-12
+
+
+def test_softmax_refuses_integer_and_bool_blocks():
+    layout = jbs.layouts.causal(64, 32)
+    for dtype in (jnp.int32, jnp.bool_, jnp.uint8):
+        with pytest.raises(ValueError, match=f"softmax: blocks has dtype {jnp.dtype(dtype)}"):
+            jax.jit(lambda x: jbs.softmax(x, layout))(jnp.ones((layout.nnz, 32, 32), dtype))
 
 
 def test_bad_input():

@@ -95,6 +95,47 @@ def test_cuda_lowering_without_a_gpu():
     assert "tensor<1x4x3xi32>" in text  # lists [Hm, Rq, width]: the batch axis dropped
 
 
+def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
+    """The matmul kernels take float32, float16 and bfloat16: the "cuda" lowering of the
+    family (`_cuda._matmul_lowering`) sends float64 (x64 on) to the pure-JAX
+    implementation, forward and backward, and float32 to the kernel rule. Checked on any
+    machine in a fresh process, with a kernel rule that records its calls."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp
+        jax.config.update("jax_enable_x64", True)
+        import jax_blocksparse as jbs
+        from jax_blocksparse import _cuda, _jax_internals as jint, matmul_primitives as mp
+        from jax_blocksparse._partitioning import LOCAL
+        calls = []
+        def kernel_rule(prim):
+            def rule(ctx, x, y, **params):
+                calls.append((prim.name, str(ctx.avals_in[0].dtype)))
+                return jint.lower_fun(mp._REFERENCES[prim])(ctx, x, y, **params)
+            return rule
+        for prim in (mp.sdd_p, mp.dsd_p, mp.dds_p):
+            jint.register_lowering_rule(LOCAL[prim],
+                                        _cuda._matmul_lowering(prim, kernel_rule(prim)), "cuda")
+        layout = jbs.layouts.random(64, 128, 32, 0.5)
+        loss = lambda x, w: jbs.matmul(x, w, layout).sum()
+        for dtype in (jnp.float64, jnp.float32):
+            args = (jnp.ones((8, 64), dtype), jnp.ones((layout.nnz, 32, 32), dtype))
+            jax.jit(jax.grad(loss, argnums=(0, 1))).trace(*args).lower(
+                lowering_platforms=("cuda",))
+        print(sorted(set(calls)))
+    """)
+    package_root = os.path.dirname(os.path.dirname(jbs.__file__))  # the package under test
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package_root, os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[-2] == str([("blocksparse_dds", "float32"),
+                                                 ("blocksparse_sdd", "float32")])
+
+
 @pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
 def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
     """float32, head dim 96 and block size 32 have no fused kernel: on a GPU they run the

@@ -1,5 +1,7 @@
 """Layout: properties, hashing, metadata, the generators, plotting, conversions."""
 
+import copy
+import pickle
 import struct
 import zlib
 
@@ -36,6 +38,18 @@ def test_hash_and_equality_by_content():
     assert a != jbs.Layout(np.eye(3), 32)
     assert a != jbs.Layout(np.ones((3, 3)), 16)
     assert len({a, b}) == 1
+
+
+@pytest.mark.parametrize("mask", [np.random.default_rng(3).random((3, 5)) < 0.5,
+                                  np.random.default_rng(4).random((2, 3, 4)) < 0.5])
+def test_copy_deepcopy_and_pickle_give_an_equal_layout(mask):
+    layout = jbs.Layout(mask, 32)
+    if mask.ndim == 2:
+        layout.rows  # a cached property computed before the copy
+    for twin in (copy.copy(layout), copy.deepcopy(layout), pickle.loads(pickle.dumps(layout))):
+        assert twin == layout and hash(twin) == hash(layout)
+        np.testing.assert_array_equal(twin.mask, mask)
+        assert twin.block_size == 32 and not twin.mask.flags.writeable
 
 
 def test_layout_is_a_static_argument():

@@ -250,6 +250,27 @@ def test_block_mask_vmap_and_errors(platform):
         jbs.attention(q, k, v, masks[0])
 
 
+def test_block_mask_and_layout_share_one_rule_for_numeric_masks():
+    """bool, or numbers that are all 0 or 1: `0.5` and `2` are refused by both (a traced
+    mask must be bool, since its values cannot be checked)."""
+    ones = np.array([[1, 0], [1, 1]])
+    for numbers in (ones, ones.astype(np.float32), jnp.asarray(ones, jnp.int8)):
+        got = jbs.BlockMask.from_mask(numbers, 64).mask
+        assert got.dtype == jnp.bool_ and got.shape == (1, 1, 2, 2)
+        np.testing.assert_array_equal(got[0, 0], ones == 1)
+        np.testing.assert_array_equal(jbs.Layout(np.asarray(numbers), 64).mask, ones == 1)
+    for bad in (0.5, 2, -1):
+        mask = np.array([[1.0, 0.0], [bad, 1.0]])
+        with pytest.raises(ValueError, match=r"BlockMask.from_mask: mask entries must be 0 or 1"):
+            jbs.BlockMask.from_mask(mask, 64)
+        with pytest.raises(ValueError, match=r"Layout: mask entries must be 0 or 1"):
+            jbs.Layout(mask, 64)
+    with pytest.raises(ValueError, match="BlockMask.from_mask: a traced mask must be bool"):
+        jax.jit(lambda m: jbs.BlockMask.from_mask(m, 64).mask)(jnp.asarray(ones))
+    traced = jax.jit(lambda m: jbs.BlockMask.from_mask(m != 0, 64).mask)(jnp.asarray(ones))
+    np.testing.assert_array_equal(traced[0, 0], ones == 1)
+
+
 # ----------------------------------------------- lengths not multiples of the block size
 @pytest.mark.parametrize("tq,tk", [(1, 200), (37, 37), (100, 333), (64, 65)])
 def test_lengths_not_multiples_of_the_block_size(platform, tq, tk):

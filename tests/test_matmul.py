@@ -14,8 +14,8 @@ import pytest
 from jax.test_util import check_grads
 
 import jax_blocksparse as jbs
-from reference import (TOLERANCE, TOLERANCE_HIGHEST, dds64, dsd64, random, rel_err, sdd64,
-                       to_dense64)
+from reference import (REFERENCES, TOLERANCE, TOLERANCE_HIGHEST, dds64, dsd64, grads64,
+                       random, rel_err, sdd64, to_dense64)
 
 PLATFORMS = ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)]
 DTYPES = [jnp.float32, jnp.float16, jnp.bfloat16]
@@ -215,7 +215,7 @@ def test_family_check_grads(platform, op, trans):
 @pytest.mark.parametrize("op", ["sdd", "dsd", "dds"])
 def test_family_check_grads_float64(op, trans):
     """The JVP/transpose rules to second order, tightly, in float64 on the reference path
-    (the primitives themselves accept float64; the public ops and kernels do not)."""
+    (the primitives themselves, below the public ops)."""
     from jax_blocksparse import matmul_primitives as mp
 
     with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
@@ -229,6 +229,34 @@ def test_family_check_grads_float64(op, trans):
         f = lambda x, y: prim.bind(x, y, layout=layout, precision=None,
                                    **dict(zip(flags, trans)))
         check_grads(f, args, order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("trans", TRANSPOSES, ids=lambda t: "".join("TN"[not x] for x in t))
+@pytest.mark.parametrize("op", ["sdd", "dsd", "dds", "matmul"])
+def test_float64_values_and_gradients(op, trans):
+    """With x64 on, every op of the family computes float64 in float64 (the pure-JAX path,
+    which a GPU runs too): values and gradients equal the float64 numpy reference to
+    float64 rounding (float32 anywhere on the way would be ~1e-7 off)."""
+    if op == "matmul" and trans != (False, False):
+        pytest.skip("matmul has no transposition flags")
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        rng = np.random.default_rng(47)
+        layout = odd_layout(16)
+        kind = "dds" if op == "matmul" else op
+        fn, args, _ = make_case(kind, trans, jnp.float64, layout, rng, free=8)
+        args = [a + jnp.asarray(rng.standard_normal(a.shape), jnp.float64) * 1e-3
+                for a in args]  # values no float32 holds
+        if op == "matmul":
+            fn = lambda x, w: jbs.matmul(x, w, layout)
+        assert all(a.dtype == jnp.float64 for a in args) and jbs.DTYPES[-1] == jnp.float64
+        out = jax.jit(fn)(*args)
+        assert out.dtype == jnp.float64
+        want = REFERENCES[kind](*args, layout, *trans)
+        assert rel_err(out, want) < 1e-13
+        cot = jnp.asarray(rng.standard_normal(out.shape), jnp.float64)
+        grads = jax.jit(jax.grad(lambda x, y: jnp.vdot(fn(x, y), cot), argnums=(0, 1)))(*args)
+        for got, want in zip(grads, grads64(kind, args, layout, trans, cot)):
+            assert got.dtype == jnp.float64 and rel_err(got, want) < 1e-13
 
 
 @pytest.mark.parametrize("trans", TRANSPOSES, ids=lambda t: "".join("TN"[not x] for x in t))

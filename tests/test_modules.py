@@ -248,3 +248,70 @@ def test_attention_modules_take_segment_ids_and_a_block_mask_at_call_time(platfo
         assign(getattr(m, name).bias, p[name]["bias"])
     assert rel_err(m(x, segment_ids=ids), np.asarray(want_ids, np.float64)) < 1e-5
     assert rel_err(m(x, block_mask=block_mask), np.asarray(got_mask, np.float64)) < 1e-5
+
+
+def test_modules_holding_a_layout_copy_and_pickle():
+    """`copy.deepcopy` of an NNX model (EMA or teacher copies) and pickling a linen module."""
+    import copy
+    import pickle
+
+    layout = jbs.layouts.random(64, 64, 16, 0.5, seed=2)
+    x = normal(7, (3, 64))
+    linear = bnnx.BlockSparseLinear(layout, rngs=nnx.Rngs(0))
+    twin = copy.deepcopy(linear)
+    assert twin.layout == linear.layout and hash(twin.layout) == hash(linear.layout)
+    np.testing.assert_array_equal(twin(x), linear(x))
+    module = bnn.BlockSparseDense(layout)
+    params = module.init(jax.random.key(0), x)
+    restored = pickle.loads(pickle.dumps(module))
+    assert restored.layout == layout
+    np.testing.assert_array_equal(restored.apply(params, x), module.apply(params, x))
+
+
+def test_modules_name_their_bad_arguments():
+    layout = jbs.layouts.random(32, 32, 16, 0.5, seed=1)
+    with pytest.raises(ValueError, match=r"BlockSparseConv: x must be \[N, H, W, 32\]"):
+        bnn.BlockSparseConv(layout).init(jax.random.key(0), normal(0, (7, 7, 32)))
+    conv = bnnx.BlockSparseConv(layout, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"BlockSparseConv: x must be \[N, H, W, 32\]"):
+        conv(normal(0, (1, 7, 7, 16)))
+    with pytest.raises(ValueError, match="parallel must be None, 'columns' or 'rows'; "
+                                         "got 'diagonal'"):
+        bnnx.BlockSparseLinear(layout, parallel="diagonal", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="parallel must be None, 'columns' or 'rows'"):
+        bnn.BlockSparseDense(layout, parallel="diagonal").init(jax.random.key(0),
+                                                              normal(0, (2, 32)))
+
+
+def test_modules_run_float64_with_x64():
+    """linen and NNX layers take float64 inputs and parameters (x64 on) and compute in
+    float64: values and kernel gradients against float64 numpy."""
+    from reference import from_dense64, to_dense64
+    from test_matmul import float64_enabled
+
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        layout = jbs.layouts.random(64, 96, 16, 0.5, seed=3)
+        x = normal(8, (3, 64), jnp.float64)
+        module = bnn.BlockSparseDense(layout, param_dtype=jnp.float64)
+        params = module.init(jax.random.key(0), x)["params"]
+        kernel = params["kernel"] + normal(9, params["kernel"].shape, jnp.float64)
+        params = {"kernel": kernel, "bias": normal(10, (96,), jnp.float64)}
+        got = module.apply({"params": params}, x)
+        want = np.asarray(x) @ to_dense64(kernel, layout) + np.asarray(params["bias"])
+        assert got.dtype == jnp.float64 and rel_err(got, want) < 1e-13
+        grad = jax.grad(lambda k: module.apply({"params": {**params, "kernel": k}}, x).sum())(
+            kernel)
+        want_grad = from_dense64(np.asarray(x).T @ np.ones((3, 96)), layout)
+        assert grad.dtype == jnp.float64 and rel_err(grad, want_grad) < 1e-13
+        linear = bnnx.BlockSparseLinear(layout, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+        assign(linear.kernel, kernel)
+        assign(linear.bias, params["bias"])
+        assert rel_err(linear(x), want) < 1e-13
+        images = normal(11, (2, 5, 5, 64), jnp.float64)
+        conv = bnnx.BlockSparseConv(layout, 3, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+        taps = read(conv.kernel) + normal(12, read(conv.kernel).shape, jnp.float64)
+        assign(conv.kernel, taps)
+        want = jax.lax.conv_general_dilated(images, jbs.to_dense(taps, layout), (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        got = conv(images)
+        assert got.dtype == jnp.float64 and rel_err(got, np.asarray(want)) < 1e-13

@@ -3,7 +3,9 @@ GPU, dense and causal) and dense XLA attention with the layout as a mask.
 
 Useful TFLOP/s count `4 * B * Hq * D` per allowed (query, key) pair in the forward (x3.5
 for forward + backward); executed TFLOP/s count every pair of every visited block. Speedup
-is the wall time of cuDNN's causal attention on the same shape over ours.
+is the wall time of the baseline on the same shape and pass over ours: cuDNN's attention
+(causal when ours is), or where there is no cuDNN (no GPU) dense XLA attention with the
+layout as a mask (column `vs`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ QUICK_CPU = dict(seq_lens=[2048], head_dims=[64], layouts=["local", "causal"], b
 FULL = dict(seq_lens=[1024, 2048, 4096, 8192, 16384], head_dims=[64, 128],
             layouts=["local", "strided", "bigbird", "causal"], batch=2, heads=16)
 HEADER = (f"{'layout':>8} {'S':>6} {'D':>4} {'dens':>5} {'pass':>8} {'ms':>9} {'useful TF':>9} "
-          f"{'exec TF':>8} {'cuDNN ms':>9} {'speedup':>7}")
+          f"{'exec TF':>8} {'base ms':>9} {'speedup':>7} {'vs':>5}")
 
 
 def make_layout(kind, seq_len, bs):
@@ -52,27 +54,35 @@ def pair_counts(layout, causal, seq_len):
     return allowed, executed
 
 
+def _fwd_bwd(f):
+    return jax.jit(jax.grad(lambda q, k, v: f(q, k, v).astype(jnp.float32).sum(),
+                            argnums=(0, 1, 2)))
+
+
 def _xla_masked(q, k, v, layout, causal, allowed, reps):
-    """Dense XLA attention with the layout as an element mask: what a JAX user writes
-    today for a sparse pattern (it computes every score)."""
+    """Dense XLA attention with the layout as an element mask (forward, and forward +
+    backward): what a JAX user writes today for a sparse pattern (it computes every
+    score). Returns its rows."""
     b, s, h, d = q.shape
     bs = layout.block_size
     mask = np.kron(layout.mask, np.ones((bs, bs), bool))
     if causal:
         mask &= np.tri(s, dtype=bool)
     mask = jnp.asarray(mask)[None, None]
-    try:
-        f = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                                                 implementation="xla"))
-        ms = median_ms(f, q, k, v, reps=reps)
-    except Exception as e:  # out of memory at long sequences
-        print(f"{'xla masked':>15} {s:>6} {d:>4} failed: {type(e).__name__}")
-        return []
-    tflops = 4 * b * h * d * allowed / ms / 1e9
-    print(f"{'xla masked':>15} {s:>6} {d:>4} {allowed / s / s:5.3f} {'fwd':>8} {ms:9.3f} "
-          f"{tflops:9.3g}")
-    return [dict(layout="xla_masked", seq_len=s, head_dim=d, density=allowed / s / s,
-                 op="fwd", ms=ms, tflops=tflops)]
+    f = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    rows = []
+    for op, fn in (("fwd", jax.jit(f)), ("fwd+bwd", _fwd_bwd(f))):
+        try:
+            ms = median_ms(fn, q, k, v, reps=reps)
+        except Exception as e:  # out of memory at long sequences
+            print(f"{'xla masked':>15} {s:>6} {d:>4} {op} failed: {type(e).__name__}")
+            break
+        tflops = 4 * b * h * d * allowed * (3.5 if op == "fwd+bwd" else 1) / ms / 1e9
+        print(f"{'xla masked':>15} {s:>6} {d:>4} {allowed / s / s:5.3f} {op:>8} {ms:9.3f} "
+              f"{tflops:9.3g}")
+        rows.append(dict(layout="xla_masked", seq_len=s, head_dim=d, density=allowed / s / s,
+                         op=op, ms=ms, tflops=tflops))
+    return rows
 
 
 def run(seq_lens, head_dims, layouts, batch, heads, reps=5, block_size=128,
@@ -81,7 +91,8 @@ def run(seq_lens, head_dims, layouts, batch, heads, reps=5, block_size=128,
     of `dtype`) for every (sequence length S, head dim D, layout kind of `make_layout`),
     next to cuDNN (where available) and dense XLA attention with the layout as a mask;
     print one row per measurement and return the rows as dicts (`layout, seq_len,
-    head_dim, density, op, ms, tflops`, and for ours `executed_tflops, speedup`)."""
+    head_dim, density, op, ms, tflops`, and for ours `executed_tflops, speedup` and
+    `baseline`: "cudnn", "xla", or None where neither was measured)."""
     print(f"attention: jax {jax.__version__} on {jax.devices()[0].device_kind}; CUDA kernels: "
           f"{jbs.cuda_available()}; B={batch} H={heads} {dtype} block {block_size}")
     print(HEADER)
@@ -93,20 +104,19 @@ def run(seq_lens, head_dims, layouts, batch, heads, reps=5, block_size=128,
             q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d), np.float32),
                                    dtype) for _ in range(3))
 
-            def fwd_bwd(f):
-                return jax.jit(jax.grad(lambda q, k, v: f(q, k, v).astype(jnp.float32).sum(),
-                                        argnums=(0, 1, 2)))
-
             cudnn = {}
-            for causal in (False, True):
+            for causal in (False, True) if jax.default_backend() == "gpu" else ():
                 try:
                     f = lambda q, k, v, c=causal: jax.nn.dot_product_attention(
                         q, k, v, is_causal=c, implementation="cudnn")
                     cudnn[causal, "fwd"] = median_ms(jax.jit(f), q, k, v, reps=reps)
-                    cudnn[causal, "fwd+bwd"] = median_ms(fwd_bwd(f), q, k, v, reps=reps)
-                except Exception as e:  # no cuDNN (CPU) or unsupported shape
+                    cudnn[causal, "fwd+bwd"] = median_ms(_fwd_bwd(f), q, k, v, reps=reps)
+                except Exception as e:  # an unsupported shape
                     print(f"cuDNN attention unavailable: {type(e).__name__}: {str(e)[:80]}")
                     break
+            if not cudnn and s == seq_lens[0] and d == head_dims[0]:
+                print("no cuDNN attention here: speedups are over dense XLA attention with "
+                      "the layout as a mask")
             full_pairs = s * s
             for name, ms in cudnn.items():
                 pairs = full_pairs if not name[0] else s * (s + 1) // 2
@@ -122,19 +132,25 @@ def run(seq_lens, head_dims, layouts, batch, heads, reps=5, block_size=128,
                 layout = make()
                 allowed, executed = pair_counts(layout, causal, s)
                 f = lambda q, k, v, lay=layout, c=causal: jbs.attention(q, k, v, lay, causal=c)
-                rows += _xla_masked(q, k, v, layout, causal, allowed, reps)
-                for op, fn in (("fwd", jax.jit(f)), ("fwd+bwd", fwd_bwd(f))):
+                xla = _xla_masked(q, k, v, layout, causal, allowed, reps)
+                rows += xla
+                xla = {r["op"]: r["ms"] for r in xla}
+                for op, fn in (("fwd", jax.jit(f)), ("fwd+bwd", _fwd_bwd(f))):
                     ms = median_ms(fn, q, k, v, reps=reps)
                     mult = 4 * batch * heads * d * (3.5 if op == "fwd+bwd" else 1)
-                    base = cudnn.get((causal, op))
+                    baseline = ("cudnn" if (causal, op) in cudnn else "xla" if op in xla
+                                else None)
+                    base = cudnn.get((causal, op), xla.get(op))
                     row = dict(layout=kind, seq_len=s, head_dim=d,
                                density=allowed / full_pairs, op=op, ms=ms,
                                tflops=mult * allowed / ms / 1e9,
                                executed_tflops=mult * executed / ms / 1e9,
-                               speedup=(base / ms) if base else None)
+                               speedup=(base / ms) if base else None, baseline=baseline)
                     rows.append(row)
+                    compared = (f"{base:9.3f} {row['speedup']:7.2f} "
+                                f"{'cuDNN' if baseline == 'cudnn' else 'XLA':>5}"
+                                if base else f"{'-':>9} {'-':>7}")
                     print(f"{kind:>8} {s:>6} {d:>4} {row['density']:5.3f} {op:>8} {ms:9.3f} "
-                          f"{row['tflops']:9.3g} {row['executed_tflops']:8.3g} "
-                          f"{base if base else float('nan'):9.3f} "
-                          f"{row['speedup'] if base else float('nan'):7.2f}", flush=True)
+                          f"{row['tflops']:9.3g} {row['executed_tflops']:8.3g} {compared}",
+                          flush=True)
     return rows
