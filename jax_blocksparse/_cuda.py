@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _debug
 from . import _jax_internals as jint
 from . import _partitioning
 from . import attention as att
@@ -121,8 +122,10 @@ def _matmul_lowering(prim, kernel_rule):
     reference = jint.lower_fun(mp._REFERENCES[prim])
 
     def rule(ctx, x, y, **params):
-        if any(ctx.avals_in[0].dtype == d for d in MATMUL_DTYPES):
+        dtype = ctx.avals_in[0].dtype
+        if any(dtype == d for d in MATMUL_DTYPES):
             return kernel_rule(ctx, x, y, **params)
+        _debug.pure_path(_debug.op_name(prim.name), ctx.avals_in, f"no kernel for dtype {dtype}")
         return reference(ctx, x, y, **params)
     return rule
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _jax_internals as jint
 from . import _partitioning
-from ._checks import static_bool, static_float
+from ._checks import DTYPES, static_bool, static_float
 from .attention_metadata import (AttentionLists, attention_metadata, block_lists,
                                  device_metadata, document_kinds)
 from .block_mask import BlockMask
@@ -43,7 +43,6 @@ from .layout import Layout
 
 DECODE_MAX_QUERIES = 16  # queries per sequence that take the decode primitive
 
-DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64)  # float64 needs jax_enable_x64
 CONTEXT = ("kv_lengths", "q_positions", "q_segment_ids", "kv_segment_ids") + tuple(
     f"{side}_{field}" for side in ("by_query", "by_key") for field in AttentionLists._fields)
 LISTS = CONTEXT.index("by_query_counts")  # where the block lists start in the context
