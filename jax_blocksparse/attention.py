@@ -574,7 +574,9 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     tokens per sequence) run the decode primitive (`attention_decode.py`): on an NVIDIA GPU,
     bfloat16/float16 with `D` in (64, 96, 128, 256), a block size and page size that are
     multiples of 16 run the split-KV decode kernel (`_cuda.decode_unsupported`), with any
-    mask, `q_offset`, `kv_lengths` and paged cache. Longer queries: bfloat16/float16 with
+    mask, `q_offset`, `kv_lengths` and paged cache; their derivatives are those of the same
+    call through the longer queries' primitive (its backward: fused, or the deterministic
+    pure-JAX one). Longer queries: bfloat16/float16 with
     `D` in (64, 128), block size 64 or 128, lengths that are multiples of the block size,
     a mask shared by the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids
     and no `q_offset` run the fused kernels (`_cuda.fused_attention_unsupported`; a paged
