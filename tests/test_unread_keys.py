@@ -120,7 +120,12 @@ def test_paged_cache_with_garbage_and_padded_tables(platform, tq):
     lengths = jnp.asarray([100, 200], jnp.int32)  # pages 4 and 7 partly filled
     layout = jbs.layouts.local(tk, bs, 128)
     offset = lengths - tq
+    cot = arr(rng, q.shape, jnp.bfloat16)
+    loss = lambda q, k, v, t: (jbs.attention(q, k, v, layout, causal=True, q_offset=offset,
+                                             kv_lengths=lengths, page_table=t)
+                               .astype(jnp.float32) * cot).sum()
     clean = jbs.attention(q, k, v, layout, causal=True, q_offset=offset, kv_lengths=lengths)
+    clean_dq = jax.grad(loss)(q, k, v, None)
     past = np.arange(tk)[None] >= np.asarray(lengths)[:, None]
     kp = kp.at[table].set(spoil(k, past, np.nan).reshape(kp[table].shape))
     vp = vp.at[table].set(spoil(v, past, np.nan).reshape(vp[table].shape))
@@ -132,6 +137,9 @@ def test_paged_cache_with_garbage_and_padded_tables(platform, tq):
             q, kp, vp, layout, causal=True, q_offset=offset, kv_lengths=lengths,
             page_table=t))(q, kp, vp, padded)
         np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(clean, np.float32))
+        dq = np.asarray(jax.jit(jax.grad(loss))(q, kp, vp, padded), np.float32)
+        assert np.isfinite(dq).all()
+        np.testing.assert_allclose(dq, np.asarray(clean_dq, np.float32), rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("tq", [1, 33], ids=["decode", "prefill"])
