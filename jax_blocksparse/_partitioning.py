@@ -5,8 +5,10 @@ around a *local* primitive that carries `p`'s platform lowerings (the pure-JAX r
 the CUDA custom calls). The partitioner then runs the local primitive on each device's
 shards instead of gathering the operands (the custom calls alone would be replicated by
 XLA). `p` keeps its JVP, transpose and batching rules: differentiation and `vmap` happen
-before lowering. Inside `shard_map` (every mesh axis manual) and on one device the local
-primitive is lowered directly.
+before lowering. Inside `shard_map` and on one device the local primitive is lowered
+directly: on each device's shards when every mesh axis is manual; whole over the automatic
+axes of a partially manual one (XLA rejects `custom_partitioning` there), which the
+tensor-parallel layers therefore avoid (`_layers.parallel_dense`).
 
 A primitive describes its dimensions by *factors* (`Factors`): each operand and result
 dimension is a tuple of factor names (a compound dimension lists its factors, major

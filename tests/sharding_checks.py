@@ -208,13 +208,45 @@ def check_tensor_parallel():
     close(jax.jit(f)(x, split_blocks(w, empty)), jbs.matmul(x, w, empty.layout))
 
 
+def check_partially_manual_shard_map():
+    """parallel_matmul in a shard_map manual over `model` only (`data` automatic), on
+    meshes (1, 2) and (4, 2), with Shardy and with GSPMD: values and gradients equal to
+    one device (the primitives lower without custom_partitioning there)."""
+    from jax_blocksparse.tensor_parallel import parallel_matmul, split_blocks, split_layout
+    rng = np.random.default_rng(9)
+    layout = jbs.Layout(rng.random((4, 8)) < 0.5, 16)
+    x, w = arr(rng, 8, 64), arr(rng, layout.nnz, 16, 16)
+    want = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(jbs.matmul(x, w, layout))),
+                                      argnums=(0, 1)))(x, w)
+    for shardy in (True, False):
+        jax.config.update("jax_use_shardy_partitioner", shardy)
+        for shape in ((1, 2), (4, 2)):
+            m = mesh(shape)
+            for by, x_spec, out_spec in (("columns", P(), P(None, "model")),
+                                         ("rows", P(None, "model"), P())):
+                split = split_layout(layout, 2, by)
+                f = jax.shard_map(lambda x, s, split=split: parallel_matmul(x, s, split, "model"),
+                                  mesh=m, in_specs=(x_spec, P("model")), out_specs=out_spec,
+                                  axis_names={"model"})
+                loss = lambda x, w, f=f, split=split: jnp.sum(jnp.sin(f(x, split_blocks(w, split))))
+                got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(put(x, m, "data"), w)
+                for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                    close(a, b)
+    jax.config.update("jax_use_shardy_partitioner", True)
+
+
 def check_parallel_dense_module():
     """linen BlockSparseDense with parallel="columns" then "rows" (Megatron's MLP pair),
-    data over `data`: equal to the same weights in unsplit layers, values and gradients."""
+    data over `data`, on meshes (4, 2), (2, 1) and (1, 2): equal to the same weights in
+    unsplit layers, values and gradients."""
+    for shape in ((4, 2), (2, 1), (1, 2)):
+        _parallel_dense_module(mesh(shape))
+
+
+def _parallel_dense_module(m):
     import flax.linen as nn
 
     from jax_blocksparse.tensor_parallel import merge_blocks
-    m = mesh()
     rng = np.random.default_rng(6)
     up = jbs.Layout(rng.random((4, 8)) < 0.4, 16)
     down = jbs.Layout(rng.random((8, 4)) < 0.4, 16)

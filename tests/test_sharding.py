@@ -9,7 +9,8 @@ import pytest
 from reference import run_python
 
 CHECKS = ["check_matmul_data_parallel", "check_attention_batch_and_heads", "check_decode",
-          "check_shard_map", "check_tensor_parallel", "check_parallel_dense_module",
+          "check_shard_map", "check_tensor_parallel", "check_partially_manual_shard_map",
+          "check_parallel_dense_module",
           "check_explicit_sharding_mode", "check_parallel_linear_nnx"]
 
 
