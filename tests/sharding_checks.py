@@ -331,3 +331,87 @@ def check_parallel_linear_nnx():
     want = nnx.value_and_grad(loss)(one, x)
     close(got[0], want[0])
     close(merge_blocks(got[1].kernel.value, par.split), want[1].kernel.value)
+
+
+def _explicit_cases(fn, args, cases, argnums):
+    """`fn`'s value and gradients (w.r.t. `argnums`) on an Explicit (4, 2) mesh, with the
+    arguments sharded as each case says (`{name: {arg index: spec}}`, the others
+    replicated), equal to one device; each gradient carries its argument's sharding."""
+    from jax.sharding import AxisType
+    m = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    grad = jax.jit(jax.value_and_grad(fn, argnums=argnums))
+    want = grad(*args)
+    failed = []
+    with jax.set_mesh(m):
+        for name, specs in cases.items():
+            sharded = [put(a, m, *specs.get(i, ())) for i, a in enumerate(args)]
+            try:
+                value, grads = grad(*sharded)
+                close(value, want[0])
+                for i, a, b in zip(argnums, grads, want[1]):
+                    close(a, b)
+                    assert a.sharding.is_equivalent_to(sharded[i].sharding, a.ndim), (
+                        i, a.sharding.spec)
+            except Exception as e:  # every case's outcome, then fail
+                failed.append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+    assert not failed, "\n".join(failed)
+
+
+def check_explicit_matmul_grads():
+    """dds (matmul), sdd and dsd on an Explicit mesh, each dimension of each operand
+    sharded in turn (batch, rows, features, the block axis, the blocks' rows and columns,
+    sdd's inner dimension): values and gradients equal to one device."""
+    rng = np.random.default_rng(10)
+    mask = np.zeros((4, 6), bool)
+    mask.flat[rng.permutation(24)[:16]] = True  # 16 blocks: the block axis splits 4 ways
+    layout = jbs.Layout(mask, 16)
+    x, w = arr(rng, 8, 8, 64), arr(rng, 16, 16, 16)
+    sin = lambda y: jnp.sum(jnp.sin(y))
+    _explicit_cases(lambda x, w: sin(jbs.matmul(x, w, layout)), (x, w), {
+        "batch": {0: ("data",)}, "sequence": {0: (None, "data")},
+        "features": {0: (None, None, "model")}, "blocks": {1: ("data",)},
+        "block rows": {1: (None, "model")}, "block columns": {1: (None, None, "model")},
+        "batch and blocks": {0: ("data",), 1: ("model",)}}, (0, 1))
+    a, b = arr(rng, 64, 128), arr(rng, 128, 96)
+    _explicit_cases(lambda a, b: sin(jbs.sdd(a, b, layout)), (a, b), {
+        "rows": {0: ("data",)}, "inner": {0: (None, "data"), 1: ("data",)},
+        "inner of a": {0: (None, "model")}, "columns": {1: (None, "model")}}, (0, 1))
+    s, b = arr(rng, 16, 16, 16), arr(rng, 96, 64)
+    _explicit_cases(lambda s, b: sin(jbs.dsd(s, b, layout)), (s, b), {
+        "blocks": {0: ("data",)}, "block rows": {0: (None, "model")},
+        "inner": {1: ("data",)}, "columns": {1: (None, "model")}}, (0, 1))
+
+
+def check_explicit_attention_grads():
+    """attention (the fused primitives' operands), decode (Tq = 1 with q_offset and
+    kv_lengths) and paged decode on an Explicit mesh, batch, sequence, heads and head dim
+    sharded in turn: values and gradients equal to one device."""
+    rng = np.random.default_rng(11)
+    b, t, hq, hkv, d = 4, 64, 4, 2, 16
+    q, k, v = arr(rng, b, t, hq, d), arr(rng, b, t, hkv, d), arr(rng, b, t, hkv, d)
+    layout = jbs.layouts.local(t, 16, 32)
+    sin = lambda y: jnp.sum(jnp.sin(y))
+    each = lambda *spec: {i: spec for i in range(3)}
+    dims = {"batch": each("data"), "sequence": each(None, "data"),
+            "heads": each(None, None, "model"), "head dim": each(None, None, None, "model"),
+            "batch and heads": each("data", None, "model")}
+    _explicit_cases(lambda q, k, v: sin(jbs.attention(q, k, v, layout, causal=True)),
+                    (q, k, v), dims, (0, 1, 2))
+    n = jnp.asarray([64, 40, 17, 1], jnp.int32)
+    dec = lambda q, k, v: sin(jbs.attention(q, k, v, layout, causal=True, q_offset=n - 1,
+                                            kv_lengths=n))
+    _explicit_cases(dec, (q[:, :1], k, v), dict(dims, sequence={1: (None, "data"),
+                                                                2: (None, "data")}),
+                    (0, 1, 2))
+    page = 8
+    table = jnp.asarray(rng.permutation(b * t // page).reshape(b, -1), jnp.int32)
+    pools = [jnp.zeros((b * t // page, page, hkv, d)).at[table.reshape(-1)].set(
+        x.reshape(-1, page, hkv, d)) for x in (k, v)]
+    paged = lambda q, kp, vp: sin(jbs.attention(q, kp, vp, layout, causal=True,
+                                                q_offset=n - 1, kv_lengths=n,
+                                                page_table=table))
+    _explicit_cases(paged, (q[:, :1], *pools), {
+        "batch": {0: ("data",)}, "pages": {1: ("data",), 2: ("data",)},
+        "page rows": {1: (None, "data"), 2: (None, "data")},
+        "heads": each(None, None, "model"), "head dim": each(None, None, None, "model")},
+        (0, 1, 2))
