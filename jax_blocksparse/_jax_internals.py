@@ -117,3 +117,15 @@ def require_devices_during_lowering(prim) -> None:
     registry = getattr(dispatch, "prim_requires_devices_during_lowering", None)
     if registry is not None:  # (jax 0.10, 0.11)
         registry.add(prim)
+
+
+def explicit_axes(mesh) -> tuple:
+    """The names of `mesh`'s axes of type Explicit (JAX's explicit sharding mode)."""
+    from jax.sharding import AxisType
+    return tuple(a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit)
+
+
+def abstract_mesh():
+    """The mesh of the current context (`jax.set_mesh`), or None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh is None or mesh.empty else mesh

@@ -190,6 +190,30 @@ def with_shardings(factors: Callable, avals_in, avals_out, **params) -> list:
             for aval, dims in zip(avals_out, f.results)]
 
 
+def like_primal(x, aval):
+    """`x` (a cotangent or tangent) with the sharding of its primal's `aval` in JAX's
+    explicit sharding mode, where transposition requires it (the rules' own outputs are
+    sharded only on the factors they partition, e.g. a weight gradient comes replicated,
+    its weight sharded on the block axis); `x` itself otherwise."""
+    want = getattr(aval, "sharding", None)
+    if not isinstance(want, NamedSharding) or not jint.explicit_axes(want.mesh):
+        return x
+    if jax.typeof(x).sharding.is_equivalent_to(want, len(aval.shape)):
+        return x
+    return jax.sharding.reshard(x, want.spec)
+
+
+def auto_mode(fn, like):
+    """`fn` run with the mesh's Explicit axes made Auto (XLA then places its intermediates:
+    the pure-JAX references index and contract sharded arrays, which explicit mode refuses
+    without an output sharding for each), its results resharded as the arrays `like`;
+    `fn` itself outside explicit mode."""
+    mesh = jint.abstract_mesh()
+    if mesh is None or not jint.explicit_axes(mesh):
+        return fn
+    return jax.sharding.auto_axes(fn, out_sharding=[jax.typeof(x).sharding for x in like])
+
+
 LOCAL = {}  # primitive -> its local twin, which carries the platform lowerings
 
 

@@ -231,8 +231,8 @@ def _tangent_transpose(cts, q, k, v, o, lse, dq, dk, dv, *ctx, **params):
         ct_o = jnp.zeros(o.shape, o.dtype) if type(ct_o) is jint.Zero else ct_o
         ct_lse = jnp.zeros(lse.shape, lse.dtype) if type(ct_lse) is jint.Zero else ct_lse
         grads = _bind(attention_bwd_p, q, k, v, o, lse, ct_o, ct_lse, *ctx, **params)
-    return [None] * 5 + [g if jint.is_undefined_primal(x) else None
-                         for g, x in zip(grads, (dq, dk, dv))] + [None] * len(ctx)
+    return [None] * 5 + [_partitioning.like_primal(g, x.aval) if jint.is_undefined_primal(x)
+                         else None for g, x in zip(grads, (dq, dk, dv))] + [None] * len(ctx)
 
 
 def _reference_jvp(prim, reference, array_positions):
@@ -242,19 +242,21 @@ def _reference_jvp(prim, reference, array_positions):
     functions of q, k, v that the reference recomputes; the context operands are integers);
     the primal output still comes from `prim` (the fused kernels on a GPU). This makes the
     tangent and backward primitives differentiable to any order: second and higher
-    derivatives of `attention` run on the pure-JAX path on every platform."""
+    derivatives of `attention` run on the pure-JAX path on every platform. In explicit
+    sharding mode the reference runs with the mesh axes Auto (`_partitioning.auto_mode`)."""
     def rule(primals, tangents, **params):
         out = _bind(prim, *primals, **params)
 
-        def reference_of(*arrays):
-            full = list(primals)
-            for i, x in zip(array_positions, arrays):
-                full[i] = x
-            return reference(*full, **params)
-        arrays = [primals[i] for i in array_positions]
+        def tangent(primals, dots):
+            def reference_of(*arrays):
+                full = list(primals)
+                for i, x in zip(array_positions, arrays):
+                    full[i] = x
+                return reference(*full, **params)
+            arrays = [primals[i] for i in array_positions]
+            return list(jax.jvp(reference_of, arrays, dots)[1])
         dots = [jint.instantiate(tangents[i]) for i in array_positions]
-        _, out_dot = jax.jvp(reference_of, arrays, dots)
-        return out, list(out_dot)
+        return out, _partitioning.auto_mode(tangent, out)(list(primals), dots)
     return rule
 
 

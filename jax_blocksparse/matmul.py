@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from . import _jax_internals as jint
 from ._checks import static_bool
 from .layout import Layout, check_matrix_layout
 from .matmul_primitives import bind, canonical_precision, dds_p, dsd_p, sdd_p
@@ -204,8 +207,28 @@ def matmul(x, w, layout: Layout, *, precision=None):
     c, k = layout.shape
     if x.ndim < 1 or x.shape[-1] != c:
         raise ValueError(f"matmul: x must be [..., {c}] for this layout; got shape {x.shape}")
-    rows = x.reshape((-1, c))
+    rows = _rows(x)
     out = bind(dds_p, rows, w, layout=layout, trans_a=False, trans_w=False,
                      precision=canonical_precision(precision))
     return out.reshape(x.shape[:-1] + (k,))
 
+
+def _rows(x):
+    """`x [..., C]` as dds's dense operand: its rows `[M, C]`; but, where x is explicitly
+    sharded on a leading dimension after the first (explicit sharding mode refuses to
+    merge it), `[B, T, C]` itself (dds's batch `G = B`, the weight shared) or, at other
+    ranks, x resharded to keep only its first and last dimensions' shardings."""
+    sharding = jax.typeof(x).sharding
+    spec = tuple(sharding.spec) if isinstance(sharding, NamedSharding) else ()
+    explicit = set(jint.explicit_axes(sharding.mesh)) if spec else set()
+    if not any(explicit & set(_axes(e)) for e in spec[1:x.ndim - 1]):
+        return x.reshape((-1, x.shape[-1]))
+    if x.ndim == 3:
+        return x
+    spec = spec + (None,) * (x.ndim - len(spec))
+    x = jax.sharding.reshard(x, P(spec[0], *(None,) * (x.ndim - 2), spec[-1]))
+    return x.reshape((-1, x.shape[-1]))
+
+
+def _axes(entry):
+    return () if entry is None else tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
