@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _jax_internals as jint
 from . import tensor_parallel
 from .attention import attention
 from .layout import Layout
@@ -71,7 +72,7 @@ def parallel_dense(x, slabs, bias, split, mesh, axis, dtype, precision):
     `custom_partitioning` in a partially manual region, which XLA's partitioners reject).
     The other axes split `x`'s leading (batch) dimension, data parallel, when their size
     divides it; otherwise each of their devices computes the whole batch."""
-    from jax.sharding import PartitionSpec as P
+    from jax.sharding import NamedSharding, PartitionSpec as P
     x, slabs = x.astype(dtype), slabs.astype(dtype)
     others = tuple(a for a in mesh.axis_names if a != axis)
     batch = (others if len(others) > 1 else others[0]) if (
@@ -80,6 +81,9 @@ def parallel_dense(x, slabs, bias, split, mesh, axis, dtype, precision):
     spec = lambda last: P(*((batch,) + (None,) * (x.ndim - 2) if x.ndim > 1 else ()), last)
     x_spec, out_spec = ((spec(None), spec(axis)) if split.by == "columns" else
                         (spec(axis), spec(None)))
+    if jint.explicit_axes(mesh):  # explicit sharding mode: shard_map takes them as placed
+        x, slabs = (jax.sharding.reshard(a, NamedSharding(mesh, spec))
+                    for a, spec in ((x, x_spec), (slabs, P(axis))))
     f = jax.shard_map(
         lambda x, s: tensor_parallel.parallel_matmul(x, s, split, axis, precision),
         mesh=mesh, in_specs=(x_spec, P(axis)), out_specs=out_spec)

@@ -237,10 +237,14 @@ def check_partially_manual_shard_map():
 
 def check_parallel_dense_module():
     """linen BlockSparseDense with parallel="columns" then "rows" (Megatron's MLP pair),
-    data over `data`, on meshes (4, 2), (2, 1) and (1, 2): equal to the same weights in
-    unsplit layers, values and gradients."""
+    data over `data`, on meshes (4, 2), (2, 1) and (1, 2), and (4, 2) of Explicit axes:
+    equal to the same weights in unsplit layers, values and gradients."""
+    from jax.sharding import AxisType
     for shape in ((4, 2), (2, 1), (1, 2)):
         _parallel_dense_module(mesh(shape))
+    explicit = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(explicit):
+        _parallel_dense_module(explicit)
 
 
 def _parallel_dense_module(m):
