@@ -124,8 +124,3 @@ def explicit_axes(mesh) -> tuple:
     from jax.sharding import AxisType
     return tuple(a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit)
 
-
-def abstract_mesh():
-    """The mesh of the current context (`jax.set_mesh`), or None."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return None if mesh is None or mesh.empty else mesh

@@ -200,7 +200,7 @@ def like_primal(x, aval):
         return x
     if jax.typeof(x).sharding.is_equivalent_to(want, len(aval.shape)):
         return x
-    return jax.sharding.reshard(x, want.spec)
+    return jax.sharding.reshard(x, want)
 
 
 def auto_mode(fn, like):
@@ -208,10 +208,10 @@ def auto_mode(fn, like):
     the pure-JAX references index and contract sharded arrays, which explicit mode refuses
     without an output sharding for each), its results resharded as the arrays `like`;
     `fn` itself outside explicit mode."""
-    mesh = jint.abstract_mesh()
-    if mesh is None or not jint.explicit_axes(mesh):
+    shardings = [jax.typeof(x).sharding for x in like]
+    if not any(isinstance(s, NamedSharding) and jint.explicit_axes(s.mesh) for s in shardings):
         return fn
-    return jax.sharding.auto_axes(fn, out_sharding=[jax.typeof(x).sharding for x in like])
+    return jax.sharding.auto_axes(fn, out_sharding=shardings)
 
 
 LOCAL = {}  # primitive -> its local twin, which carries the platform lowerings

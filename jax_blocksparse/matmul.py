@@ -226,7 +226,8 @@ def _rows(x):
     if x.ndim == 3:
         return x
     spec = spec + (None,) * (x.ndim - len(spec))
-    x = jax.sharding.reshard(x, P(spec[0], *(None,) * (x.ndim - 2), spec[-1]))
+    x = jax.sharding.reshard(x, NamedSharding(sharding.mesh,
+                                              P(spec[0], *(None,) * (x.ndim - 2), spec[-1])))
     return x.reshape((-1, x.shape[-1]))
 
 

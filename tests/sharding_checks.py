@@ -337,16 +337,19 @@ def check_parallel_linear_nnx():
     close(merge_blocks(got[1].kernel.value, par.split), want[1].kernel.value)
 
 
-def _explicit_cases(fn, args, cases, argnums):
+def _explicit_cases(fn, args, cases, argnums, context=True):
     """`fn`'s value and gradients (w.r.t. `argnums`) on an Explicit (4, 2) mesh, with the
     arguments sharded as each case says (`{name: {arg index: spec}}`, the others
-    replicated), equal to one device; each gradient carries its argument's sharding."""
+    replicated), equal to one device; each gradient carries its argument's sharding.
+    `context`: under `jax.set_mesh` (else jit finds the mesh in the arguments)."""
+    import contextlib
+
     from jax.sharding import AxisType
     m = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     grad = jax.jit(jax.value_and_grad(fn, argnums=argnums))
     want = grad(*args)
     failed = []
-    with jax.set_mesh(m):
+    with jax.set_mesh(m) if context else contextlib.nullcontext():
         for name, specs in cases.items():
             sharded = [put(a, m, *specs.get(i, ())) for i, a in enumerate(args)]
             try:
@@ -376,10 +379,14 @@ def check_explicit_matmul_grads():
         "features": {0: (None, None, "model")}, "blocks": {1: ("data",)},
         "block rows": {1: (None, "model")}, "block columns": {1: (None, None, "model")},
         "batch and blocks": {0: ("data",), 1: ("model",)}}, (0, 1))
+    x4 = x.reshape(2, 4, 8, 64)
+    _explicit_cases(lambda x, w: sin(jbs.matmul(x, w, layout)), (x4, w), {
+        "inner dimensions": {0: (None, "model", "data")}}, (0, 1), context=False)
     a, b = arr(rng, 64, 128), arr(rng, 128, 96)
     _explicit_cases(lambda a, b: sin(jbs.sdd(a, b, layout)), (a, b), {
         "rows": {0: ("data",)}, "inner": {0: (None, "data"), 1: ("data",)},
-        "inner of a": {0: (None, "model")}, "columns": {1: (None, "model")}}, (0, 1))
+        "inner of a": {0: (None, "model")}, "columns": {1: (None, "model")}}, (0, 1),
+        context=False)
     s, b = arr(rng, 16, 16, 16), arr(rng, 96, 64)
     _explicit_cases(lambda s, b: sin(jbs.dsd(s, b, layout)), (s, b), {
         "blocks": {0: ("data",)}, "block rows": {0: (None, "model")},
@@ -423,4 +430,4 @@ def check_explicit_attention_grads():
         "batch": {0: ("data",)}, "pages": {1: ("data",), 2: ("data",)},
         "page rows": {1: (None, "data"), 2: (None, "data")},
         "heads": each(None, None, "model"), "head dim": each(None, None, None, "model")},
-        (0, 1, 2))
+        (0, 1, 2), context=False)
