@@ -28,7 +28,8 @@ def throughput(c, mesh, data, starts, steps):
     train_step, _ = lm.make_functions(model, optimizer)
     state = lm.place_state(lm.init_state(model, optimizer, c), mesh)
     stream = lm.batches(data, starts, c.batch, c.seq_len, c.seed)
-    placed = [lm.place(next(stream), mesh) for _ in range(steps + 2)]
+    placed = [jax.device_put(next(stream)) if mesh is None else lm.place(next(stream), mesh)
+              for _ in range(steps + 2)]
     state, first = train_step(state, placed[0])
     state, loss = train_step(state, placed[1])
     loss.block_until_ready()
