@@ -191,10 +191,10 @@ def with_shardings(factors: Callable, avals_in, avals_out, **params) -> list:
 
 
 def like_primal(x, aval):
-    """`x` (a cotangent or tangent) with the sharding of its primal's `aval` in JAX's
-    explicit sharding mode, where transposition requires it (the rules' own outputs are
-    sharded only on the factors they partition, e.g. a weight gradient comes replicated,
-    its weight sharded on the block axis); `x` itself otherwise."""
+    """The cotangent `x` with the sharding of its primal's `aval` in JAX's explicit
+    sharding mode, where transposition requires it (the rules' own outputs are sharded
+    only on the factors they partition: e.g. a weight's gradient comes replicated, the
+    weight sharded on its block axis); `x` itself otherwise."""
     want = getattr(aval, "sharding", None)
     if not isinstance(want, NamedSharding) or not jint.explicit_axes(want.mesh):
         return x

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from . import _jax_internals as jint
 from ._checks import static_bool
 from .layout import Layout, check_matrix_layout
 from .matmul_primitives import bind, canonical_precision, dds_p, dsd_p, sdd_p
@@ -218,18 +217,13 @@ def _rows(x):
     sharded on a leading dimension after the first (explicit sharding mode refuses to
     merge it), `[B, T, C]` itself (dds's batch `G = B`, the weight shared) or, at other
     ranks, x resharded to keep only its first and last dimensions' shardings."""
-    sharding = jax.typeof(x).sharding
+    sharding = jax.typeof(x).sharding  # an aval's spec names its Explicit axes only
     spec = tuple(sharding.spec) if isinstance(sharding, NamedSharding) else ()
-    explicit = set(jint.explicit_axes(sharding.mesh)) if spec else set()
-    if not any(explicit & set(_axes(e)) for e in spec[1:x.ndim - 1]):
+    spec = spec + (None,) * (x.ndim - len(spec))
+    if all(e is None for e in spec[1:-1]):
         return x.reshape((-1, x.shape[-1]))
     if x.ndim == 3:
         return x
-    spec = spec + (None,) * (x.ndim - len(spec))
-    x = jax.sharding.reshard(x, NamedSharding(sharding.mesh,
-                                              P(spec[0], *(None,) * (x.ndim - 2), spec[-1])))
+    keep = P(spec[0], *(None,) * (x.ndim - 2), spec[-1])
+    x = jax.sharding.reshard(x, NamedSharding(sharding.mesh, keep))
     return x.reshape((-1, x.shape[-1]))
-
-
-def _axes(entry):
-    return () if entry is None else tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
