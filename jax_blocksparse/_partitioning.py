@@ -205,13 +205,26 @@ def like_primal(x, aval):
 
 def auto_mode(fn, like):
     """`fn` run with the mesh's Explicit axes made Auto (XLA then places its intermediates:
-    the pure-JAX references index and contract sharded arrays, which explicit mode refuses
-    without an output sharding for each), its results resharded as the arrays `like`;
+    pure-JAX code that indexes or contracts sharded arrays, e.g. the references, which
+    explicit mode refuses without an output sharding for each), its results resharded as
+    the arrays `like` (a pytree of the results' structure; a leaf may be a sharding);
     `fn` itself outside explicit mode."""
-    shardings = [jax.typeof(x).sharding for x in like]
-    if not any(isinstance(s, NamedSharding) and jint.explicit_axes(s.mesh) for s in shardings):
+    shardings = jax.tree.map(
+        lambda x: x if isinstance(x, jax.sharding.Sharding) else jax.typeof(x).sharding, like)
+    if not any(isinstance(s, NamedSharding) and jint.explicit_axes(s.mesh)
+               for s in jax.tree.leaves(shardings)):
         return fn
     return jax.sharding.auto_axes(fn, out_sharding=shardings)
+
+
+def unsharded(x, dim):
+    """`x`'s sharding as a NamedSharding but replicated along `dim`, or None."""
+    sharding = jax.typeof(x).sharding
+    if not isinstance(sharding, NamedSharding):
+        return None
+    spec = list(sharding.spec) + [None] * (x.ndim - len(sharding.spec))
+    spec[dim] = None
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
 
 LOCAL = {}  # primitive -> its local twin, which carries the platform lowerings

@@ -405,10 +405,12 @@ def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows):
     by_query = [jnp.where(inside[:, None], take(counts), 0),
                 jnp.where(inside[:, None], take(partial), 0), take(lists_),
                 jnp.broadcast_to(jnp.arange(span, dtype=jnp.int32), (b, order.shape[1], span))]
-    place = jax.vmap(lambda x, s: jax.lax.dynamic_update_slice_in_dim(
-        jnp.zeros((span * bs,) + x.shape[1:], x.dtype), x, s, axis=0))
-    q_pad = place(q, shift)
-    ids_pad = q_ids if q_ids.shape[1] == 1 else place(q_ids, shift)
+    def place(x):  # explicit sharding mode: as x is sharded but on its positions
+        pad = lambda x, s: jax.lax.dynamic_update_slice_in_dim(
+            jnp.zeros((span * bs,) + x.shape[1:], x.dtype), x, s, axis=0)
+        return _partitioning.auto_mode(jax.vmap(pad), _partitioning.unsharded(x, 1))(x, shift)
+    q_pad = place(q)
+    ids_pad = q_ids if q_ids.shape[1] == 1 else place(q_ids)
     if overflow is not None:
         overflow = take(overflow[..., None])[..., 0]
     slots = shift[:, None] + jnp.arange(tq)
@@ -510,8 +512,9 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     if overflow is not None:
         bad = jnp.repeat(overflow, bs, axis=-1)  # [Bm, Hm, rows of the operands]
     if positioned:
-        o = jnp.take_along_axis(o, slots[:, :, None, None], axis=1)
-        lse = jnp.take_along_axis(lse, slots[:, None, :], axis=2)
+        o, lse = _partitioning.auto_mode(lambda o, lse, slots: (
+            jnp.take_along_axis(o, slots[:, :, None, None], axis=1),
+            jnp.take_along_axis(lse, slots[:, None, :], axis=2)), (o, lse))(o, lse, slots)
         if bad is not None:
             bad = jnp.take_along_axis(jnp.broadcast_to(bad, (b,) + bad.shape[1:]),
                                       slots[:, None, :], axis=2)

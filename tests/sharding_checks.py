@@ -394,9 +394,10 @@ def check_explicit_matmul_grads():
 
 
 def check_explicit_attention_grads():
-    """attention (the fused primitives' operands), decode (Tq = 1 with q_offset and
-    kv_lengths) and paged decode on an Explicit mesh, batch, sequence, heads and head dim
-    sharded in turn: values and gradients equal to one device."""
+    """attention (the fused primitives' operands; with a BlockMask, kv_lengths and segment
+    ids; at q_offset; second order), decode (Tq = 1 with q_offset and kv_lengths) and
+    paged decode on an Explicit mesh, batch, sequence, heads and head dim sharded in turn:
+    values and gradients equal to one device."""
     rng = np.random.default_rng(11)
     b, t, hq, hkv, d = 4, 64, 4, 2, 16
     q, k, v = arr(rng, b, t, hq, d), arr(rng, b, t, hkv, d), arr(rng, b, t, hkv, d)
@@ -408,6 +409,19 @@ def check_explicit_attention_grads():
             "batch and heads": each("data", None, "model")}
     _explicit_cases(lambda q, k, v: sin(jbs.attention(q, k, v, layout, causal=True)),
                     (q, k, v), dims, (0, 1, 2))
+    # a BlockMask per batch entry, kv_lengths and segment ids; queries at q_offset
+    lengths = jnp.asarray([64, 50, 33, 5], jnp.int32)
+    ids = jnp.asarray(np.cumsum(rng.random((b, t)) < 0.05, axis=1), jnp.int32)
+    blocks = (rng.random((b, 1, t // 16, t // 16)) < 0.6) | np.eye(t // 16, dtype=bool)
+    mask = jbs.BlockMask.from_mask(jnp.asarray(blocks), 16)
+    masked = lambda q, k, v: sin(jbs.attention(q, k, v, mask, causal=True, kv_lengths=lengths,
+                                               q_segment_ids=ids))
+    _explicit_cases(masked, (q, k, v), {n: dims[n] for n in ("batch", "sequence")}, (0, 1, 2))
+    offset = jnp.asarray([0, 8, 16, 32], jnp.int32)
+    shifted = lambda q, k, v: sin(jbs.attention(q[:, :32], k, v, layout, causal=True,
+                                                q_offset=offset))
+    _explicit_cases(shifted, (q, k, v), {n: dims[n] for n in ("batch", "sequence", "heads")},
+                    (0, 1, 2))
     # second order (the tangent and backward primitives' JVP: the pure-JAX reference)
     grad_norm = lambda q, k, v: jnp.sum(jax.grad(
         lambda q: sin(jbs.attention(q, k, v, layout, causal=True)))(q) ** 2)
