@@ -75,12 +75,13 @@ def parallel_dense(x, slabs, bias, split, mesh, axis, dtype, precision):
     from jax.sharding import NamedSharding, PartitionSpec as P
     x, slabs = x.astype(dtype), slabs.astype(dtype)
     others = tuple(a for a in mesh.axis_names if a != axis)
-    batch = (others if len(others) > 1 else others[0]) if (
-        x.ndim > 1 and others and x.shape[0] % math.prod(mesh.shape[a] for a in others) == 0
-    ) else None
-    spec = lambda last: P(*((batch,) + (None,) * (x.ndim - 2) if x.ndim > 1 else ()), last)
-    x_spec, out_spec = ((spec(None), spec(axis)) if split.by == "columns" else
-                        (spec(axis), spec(None)))
+    batch = None
+    if x.ndim > 1 and others and x.shape[0] % math.prod(mesh.shape[a] for a in others) == 0:
+        batch = others if len(others) > 1 else others[0]
+    lead = (batch,) + (None,) * (x.ndim - 2) if x.ndim > 1 else ()
+    whole, split_features = P(*lead, None), P(*lead, axis)
+    x_spec, out_spec = ((whole, split_features) if split.by == "columns" else
+                        (split_features, whole))
     if jint.explicit_axes(mesh):  # explicit sharding mode: shard_map takes them as placed
         x, slabs = (jax.sharding.reshard(a, NamedSharding(mesh, spec))
                     for a, spec in ((x, x_spec), (slabs, P(axis))))
