@@ -2,6 +2,7 @@
 # One call on the GPU machine: build for sm_90a, then the stages named as arguments.
 #   bash benchmarks/device.sh test matmul attention peers patterns lm sanitize
 #   (attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3)
+# On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build:
 #   bash benchmarks/device.sh && for t in memcheck racecheck synccheck; do
 #     SKIP_BUILD=1 SANITIZE_TOOLS=$t bash benchmarks/device.sh sanitize & done; wait
@@ -113,6 +114,7 @@ for stage in "$@"; do
     lm) python3 "$repo/examples/sparse_transformer_lm.py" --compare --seq-len 8192 \
           --block-size 64 --stride 512 --d-model 1024 --heads 8 --layers 6 --batch 4 \
           --dtype bfloat16 2>&1 | tee "$out/lm.log" ;;
+    multi_gpu) python3 "$repo/benchmarks/multi_gpu.py" 2>&1 | tee "$out/multi_gpu.log" ;;
     sanitize) sanitize ;;
     *) echo "unknown stage $stage" ;;
   esac

@@ -92,14 +92,16 @@ def register_ffi_target(name: str, capsule, platform: str = "CUDA") -> None:
 
 def partitioned_lowering(ctx) -> bool:
     """Whether this lowering runs under SPMD partitioning over several devices (a `jit`
-    with shardings over a mesh), rather than on one device or inside a `shard_map` whose
-    axes are all manual."""
+    with shardings over a mesh), rather than on one device or inside a `shard_map`. Inside
+    a `shard_map` manual over only some axes this is False too: `custom_partitioning`
+    there fails in XLA's partitioners (Shardy and GSPMD) or in jax, so the primitives
+    lower whole and XLA partitions them over the automatic axes as it can."""
     from jax._src import sharding_impls
     context = ctx.module_context.axis_context
     if isinstance(context, sharding_impls.ShardingContext):
         return context.num_devices > 1
     if isinstance(context, sharding_impls.SPMDAxisContext):
-        return set(context.manual_axes) != set(context.mesh.axis_names)
+        return not context.manual_axes and context.mesh.size > 1
     return False
 
 
@@ -110,3 +112,10 @@ def require_devices_during_lowering(prim) -> None:
     registry = getattr(dispatch, "prim_requires_devices_during_lowering", None)
     if registry is not None:  # (jax 0.10, 0.11)
         registry.add(prim)
+
+
+def explicit_axes(mesh) -> tuple:
+    """The names of `mesh`'s axes of type Explicit (JAX's explicit sharding mode)."""
+    from jax.sharding import AxisType
+    return tuple(a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit)
+

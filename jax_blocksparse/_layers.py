@@ -4,11 +4,13 @@ the dense, conv and attention layer computations on explicit parameters."""
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _jax_internals as jint
 from . import tensor_parallel
 from .attention import attention
 from .layout import Layout
@@ -66,15 +68,28 @@ def slab_init(split, kernel_init=None):
 
 
 def parallel_dense(x, slabs, bias, split, mesh, axis, dtype, precision):
-    """`x @ W (+ bias)` with W split over `axis` (`tensor_parallel.parallel_matmul` in a
-    `shard_map` manual over that axis only: the others stay automatic)."""
-    from jax.sharding import PartitionSpec as P
+    """`x @ W (+ bias)` with W split over `axis`: `tensor_parallel.parallel_matmul` in a
+    `shard_map` manual over every axis of `mesh`, so that the primitives inside run on
+    each device's shards directly (a `shard_map` manual over `axis` only would nest their
+    `custom_partitioning` in a partially manual region, which XLA's partitioners reject).
+    The other axes split `x`'s leading (batch) dimension, data parallel, when their size
+    divides it; otherwise each of their devices computes the whole batch."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
     x, slabs = x.astype(dtype), slabs.astype(dtype)
-    features = P(*(None,) * (x.ndim - 1), axis)
-    x_spec, out_spec = (P(), features) if split.by == "columns" else (features, P())
+    others = tuple(a for a in mesh.axis_names if a != axis)
+    batch = None
+    if x.ndim > 1 and others and x.shape[0] % math.prod(mesh.shape[a] for a in others) == 0:
+        batch = others if len(others) > 1 else others[0]
+    lead = (batch,) + (None,) * (x.ndim - 2) if x.ndim > 1 else ()
+    whole, split_features = P(*lead, None), P(*lead, axis)
+    x_spec, out_spec = ((whole, split_features) if split.by == "columns" else
+                        (split_features, whole))
+    if jint.explicit_axes(mesh):  # explicit sharding mode: shard_map takes them as placed
+        x, slabs = (jax.sharding.reshard(a, NamedSharding(mesh, spec))
+                    for a, spec in ((x, x_spec), (slabs, P(axis))))
     f = jax.shard_map(
         lambda x, s: tensor_parallel.parallel_matmul(x, s, split, axis, precision),
-        mesh=mesh, in_specs=(x_spec, P(axis)), out_specs=out_spec, axis_names={axis})
+        mesh=mesh, in_specs=(x_spec, P(axis)), out_specs=out_spec)
     y = f(x, slabs)
     return y if bias is None else y + bias.astype(dtype)
 

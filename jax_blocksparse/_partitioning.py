@@ -5,8 +5,10 @@ around a *local* primitive that carries `p`'s platform lowerings (the pure-JAX r
 the CUDA custom calls). The partitioner then runs the local primitive on each device's
 shards instead of gathering the operands (the custom calls alone would be replicated by
 XLA). `p` keeps its JVP, transpose and batching rules: differentiation and `vmap` happen
-before lowering. Inside `shard_map` (every mesh axis manual) and on one device the local
-primitive is lowered directly.
+before lowering. Inside `shard_map` and on one device the local primitive is lowered
+directly: on each device's shards when every mesh axis is manual; whole over the automatic
+axes of a partially manual one (XLA rejects `custom_partitioning` there), which the
+tensor-parallel layers therefore avoid (`_layers.parallel_dense`).
 
 A primitive describes its dimensions by *factors* (`Factors`): each operand and result
 dimension is a tuple of factor names (a compound dimension lists its factors, major
@@ -187,6 +189,43 @@ def with_shardings(factors: Callable, avals_in, avals_out, **params) -> list:
     assigned = _assign(f, mesh, specs)
     return [aval.update(sharding=NamedSharding(mesh, _spec(dims, assigned)))
             for aval, dims in zip(avals_out, f.results)]
+
+
+def like_primal(x, aval):
+    """The cotangent `x` with the sharding of its primal's `aval` in JAX's explicit
+    sharding mode, where transposition requires it (the rules' own outputs are sharded
+    only on the factors they partition: e.g. a weight's gradient comes replicated, the
+    weight sharded on its block axis); `x` itself otherwise."""
+    want = getattr(aval, "sharding", None)
+    if not isinstance(want, NamedSharding) or not jint.explicit_axes(want.mesh):
+        return x
+    if jax.typeof(x).sharding.is_equivalent_to(want, len(aval.shape)):
+        return x
+    return jax.sharding.reshard(x, want)
+
+
+def auto_mode(fn, like):
+    """`fn` run with the mesh's Explicit axes made Auto (XLA then places its intermediates:
+    pure-JAX code that indexes or contracts sharded arrays, e.g. the references, which
+    explicit mode refuses without an output sharding for each), its results resharded as
+    the arrays `like` (a pytree of the results' structure; a leaf may be a sharding);
+    `fn` itself outside explicit mode."""
+    shardings = jax.tree.map(
+        lambda x: x if isinstance(x, jax.sharding.Sharding) else jax.typeof(x).sharding, like)
+    if not any(isinstance(s, NamedSharding) and jint.explicit_axes(s.mesh)
+               for s in jax.tree.leaves(shardings)):
+        return fn
+    return jax.sharding.auto_axes(fn, out_sharding=shardings)
+
+
+def unsharded(x, dim):
+    """`x`'s sharding as a NamedSharding but replicated along `dim`, or None."""
+    sharding = jax.typeof(x).sharding
+    if not isinstance(sharding, NamedSharding):
+        return None
+    spec = list(sharding.spec) + [None] * (x.ndim - len(sharding.spec))
+    spec[dim] = None
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
 
 LOCAL = {}  # primitive -> its local twin, which carries the platform lowerings

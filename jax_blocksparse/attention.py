@@ -320,8 +320,8 @@ def _tangent_transpose(cts, q, k, v, o, lse, dq, dk, dv, *ctx, **params):
         ct_o = jnp.zeros(o.shape, o.dtype) if type(ct_o) is jint.Zero else ct_o
         ct_lse = jnp.zeros(lse.shape, lse.dtype) if type(ct_lse) is jint.Zero else ct_lse
         grads = _bind(attention_bwd_p, q, k, v, o, lse, ct_o, ct_lse, *ctx, **params)
-    return [None] * 5 + [g if jint.is_undefined_primal(x) else None
-                         for g, x in zip(grads, (dq, dk, dv))] + [None] * len(ctx)
+    return [None] * 5 + [_partitioning.like_primal(g, x.aval) if jint.is_undefined_primal(x)
+                         else None for g, x in zip(grads, (dq, dk, dv))] + [None] * len(ctx)
 
 
 def _reference_jvp(prim, reference, array_positions):
@@ -331,19 +331,21 @@ def _reference_jvp(prim, reference, array_positions):
     functions of q, k, v that the reference recomputes; the context operands are integers);
     the primal output still comes from `prim` (the fused kernels on a GPU). This makes the
     tangent and backward primitives differentiable to any order: second and higher
-    derivatives of `attention` run on the pure-JAX path on every platform."""
+    derivatives of `attention` run on the pure-JAX path on every platform. In explicit
+    sharding mode the reference runs with the mesh axes Auto (`_partitioning.auto_mode`)."""
     def rule(primals, tangents, **params):
         out = _bind(prim, *primals, **params)
 
-        def reference_of(*arrays):
-            full = list(primals)
-            for i, x in zip(array_positions, arrays):
-                full[i] = x
-            return reference(*full, **params)
-        arrays = [primals[i] for i in array_positions]
+        def tangent(primals, dots):
+            def reference_of(*arrays):
+                full = list(primals)
+                for i, x in zip(array_positions, arrays):
+                    full[i] = x
+                return reference(*full, **params)
+            arrays = [primals[i] for i in array_positions]
+            return list(jax.jvp(reference_of, arrays, dots)[1])
         dots = [jint.instantiate(tangents[i]) for i in array_positions]
-        _, out_dot = jax.jvp(reference_of, arrays, dots)
-        return out, list(out_dot)
+        return out, _partitioning.auto_mode(tangent, out)(list(primals), dots)
     return rule
 
 
@@ -504,10 +506,12 @@ def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows):
     by_query = [jnp.where(inside[:, None], take(counts), 0),
                 jnp.where(inside[:, None], take(partial), 0), take(lists_),
                 jnp.broadcast_to(jnp.arange(span, dtype=jnp.int32), (b, order.shape[1], span))]
-    place = jax.vmap(lambda x, s: jax.lax.dynamic_update_slice_in_dim(
-        jnp.zeros((span * bs,) + x.shape[1:], x.dtype), x, s, axis=0))
-    q_pad = place(q, shift)
-    ids_pad = q_ids if q_ids.shape[1] == 1 else place(q_ids, shift)
+    def place(x):  # explicit sharding mode: as x is sharded but on its positions
+        pad = lambda x, s: jax.lax.dynamic_update_slice_in_dim(
+            jnp.zeros((span * bs,) + x.shape[1:], x.dtype), x, s, axis=0)
+        return _partitioning.auto_mode(jax.vmap(pad), _partitioning.unsharded(x, 1))(x, shift)
+    q_pad = place(q)
+    ids_pad = q_ids if q_ids.shape[1] == 1 else place(q_ids)
     if overflow is not None:
         overflow = take(overflow[..., None])[..., 0]
     slots = shift[:, None] + jnp.arange(tq)
@@ -678,8 +682,9 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
     if overflow is not None:
         bad = jnp.repeat(overflow, bs, axis=-1)  # [Bm, Hm, rows of the operands]
     if positioned:
-        o = jnp.take_along_axis(o, slots[:, :, None, None], axis=1)
-        lse = jnp.take_along_axis(lse, slots[:, None, :], axis=2)
+        o, lse = _partitioning.auto_mode(lambda o, lse, slots: (
+            jnp.take_along_axis(o, slots[:, :, None, None], axis=1),
+            jnp.take_along_axis(lse, slots[:, None, :], axis=2)), (o, lse))(o, lse, slots)
         if bad is not None:
             bad = jnp.take_along_axis(jnp.broadcast_to(bad, (b,) + bad.shape[1:]),
                                       slots[:, None, :], axis=2)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ._checks import DTYPES, check_dtype, static_bool
 from .layout import Layout, check_matrix_layout
@@ -206,8 +208,24 @@ def matmul(x, w, layout: Layout, *, precision=None):
     c, k = layout.shape
     if x.ndim < 1 or x.shape[-1] != c:
         raise ValueError(f"matmul: x must be [..., {c}] for this layout; got shape {x.shape}")
-    rows = x.reshape((-1, c))
+    rows = _rows(x)
     out = bind(dds_p, rows, w, layout=layout, trans_a=False, trans_w=False,
                      precision=canonical_precision(precision))
     return out.reshape(x.shape[:-1] + (k,))
 
+
+def _rows(x):
+    """`x [..., C]` as dds's dense operand: its rows `[M, C]`; but, where x is explicitly
+    sharded on a leading dimension after the first (explicit sharding mode refuses to
+    merge it), `[B, T, C]` itself (dds's batch `G = B`, the weight shared) or, at other
+    ranks, x resharded to keep only its first and last dimensions' shardings."""
+    sharding = jax.typeof(x).sharding  # an aval's spec names its Explicit axes only
+    spec = tuple(sharding.spec) if isinstance(sharding, NamedSharding) else ()
+    spec = spec + (None,) * (x.ndim - len(spec))
+    if all(e is None for e in spec[1:-1]):
+        return x.reshape((-1, x.shape[-1]))
+    if x.ndim == 3:
+        return x
+    keep = P(spec[0], *(None,) * (x.ndim - 2), spec[-1])
+    x = jax.sharding.reshard(x, NamedSharding(sharding.mesh, keep))
+    return x.reshape((-1, x.shape[-1]))

@@ -277,7 +277,8 @@ def _transpose(prim):
             base = first_rank if undefined_x else second_rank
             if len(target.aval.shape) == base and cotangent.ndim == base + 1:
                 cotangent = cotangent.sum(axis=0)  # the operand was shared by the batch
-            cotangent = cotangent.astype(target.aval.dtype)
+            cotangent = _partitioning.like_primal(cotangent.astype(target.aval.dtype),
+                                                  target.aval)
         return (cotangent, None) if undefined_x else (None, cotangent)
     return rule
 

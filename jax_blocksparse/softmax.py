@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _partitioning
 from ._checks import check_dtype, static_bool, static_float
 from .layout import Layout, check_matrix_layout
 
@@ -43,21 +44,24 @@ def softmax(blocks, layout: Layout, *, scale: float = 1.0, causal: bool = False)
     check_dtype("softmax", "blocks", blocks)
     rows, cols = np.nonzero(layout.mask)
     r_count, c_count = layout.mask.shape
-    compute = jnp.promote_types(blocks.dtype, jnp.float32)  # float64 stays float64
-    x = jnp.moveaxis(blocks.astype(compute) * scale, -3, 0)  # [nnz, ..., bs, bs]
-    shape = (nnz,) + (1,) * (x.ndim - 3) + (bs, bs)
-    if causal:
-        i = rows[:, None, None] * bs + np.arange(bs)[:, None]
-        j = cols[:, None, None] * bs + np.arange(bs)[None, :]
-        allowed = jnp.asarray((j <= i + (c_count - r_count) * bs).reshape(shape))
-    else:
-        allowed = jnp.ones(shape, bool)
-    x = jnp.where(allowed, x, -jnp.inf)
-    segments = jnp.asarray(rows)
-    row_max = jax.ops.segment_max(x.max(-1), segments, num_segments=r_count)  # [R, ..., bs]
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    e = jnp.where(allowed, jnp.exp(x - row_max[segments][..., None]), 0.0)
-    total = jax.ops.segment_sum(e.sum(-1), segments, num_segments=r_count)
-    total = jnp.where(total > 0, total, 1.0)
-    out = e / total[segments][..., None]
-    return jnp.moveaxis(out, 0, -3).astype(blocks.dtype)
+
+    def row_softmax(blocks):  # explicit sharding mode: in auto_mode, sharded as blocks
+        compute = jnp.promote_types(blocks.dtype, jnp.float32)  # float64 stays float64
+        x = jnp.moveaxis(blocks.astype(compute) * scale, -3, 0)  # [nnz, ..., bs, bs]
+        shape = (nnz,) + (1,) * (x.ndim - 3) + (bs, bs)
+        if causal:
+            i = rows[:, None, None] * bs + np.arange(bs)[:, None]
+            j = cols[:, None, None] * bs + np.arange(bs)[None, :]
+            allowed = jnp.asarray((j <= i + (c_count - r_count) * bs).reshape(shape))
+        else:
+            allowed = jnp.ones(shape, bool)
+        x = jnp.where(allowed, x, -jnp.inf)
+        segments = jnp.asarray(rows)
+        row_max = jax.ops.segment_max(x.max(-1), segments, num_segments=r_count)  # [R, ..., bs]
+        row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+        e = jnp.where(allowed, jnp.exp(x - row_max[segments][..., None]), 0.0)
+        total = jax.ops.segment_sum(e.sum(-1), segments, num_segments=r_count)
+        total = jnp.where(total > 0, total, 1.0)
+        out = e / total[segments][..., None]
+        return jnp.moveaxis(out, 0, -3).astype(blocks.dtype)
+    return _partitioning.auto_mode(row_softmax, blocks)(blocks)

@@ -97,7 +97,9 @@ def parallel_matmul(x, slab, split: SplitLayout, axis_name: str, precision=None)
     Column-parallel: `x [..., C]` (the whole input) -> `[..., K / n]`, this device's output
     features. Row-parallel: `x [..., C / n]` (this device's input features) ->
     `[..., K]`, summed over the axis. `slab`: this device's `[1, max_nnz, bs, bs]` (or
-    `[max_nnz, bs, bs]`) from `split_blocks`."""
+    `[max_nnz, bs, bs]`) from `split_blocks`. Best in a `shard_map` manual over every mesh
+    axis (as `_layers.parallel_dense` does); in one manual over only some axes the matmul
+    runs whole over the automatic ones."""
     slab = slab.reshape(slab.shape[-3:])
     out_features = split.parts[0].mask.shape[1] * split.layout.block_size
 

@@ -208,13 +208,49 @@ def check_tensor_parallel():
     close(jax.jit(f)(x, split_blocks(w, empty)), jbs.matmul(x, w, empty.layout))
 
 
+def check_partially_manual_shard_map():
+    """parallel_matmul in a shard_map manual over `model` only (`data` automatic), on
+    meshes (1, 2) and (4, 2), with Shardy and with GSPMD: values and gradients equal to
+    one device (the primitives lower without custom_partitioning there)."""
+    from jax_blocksparse.tensor_parallel import parallel_matmul, split_blocks, split_layout
+    rng = np.random.default_rng(9)
+    layout = jbs.Layout(rng.random((4, 8)) < 0.5, 16)
+    x, w = arr(rng, 8, 64), arr(rng, layout.nnz, 16, 16)
+    want = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(jbs.matmul(x, w, layout))),
+                                      argnums=(0, 1)))(x, w)
+    for shardy in (True, False):
+        jax.config.update("jax_use_shardy_partitioner", shardy)
+        for shape in ((1, 2), (4, 2)):
+            m = mesh(shape)
+            for by, x_spec, out_spec in (("columns", P(), P(None, "model")),
+                                         ("rows", P(None, "model"), P())):
+                split = split_layout(layout, 2, by)
+                f = jax.shard_map(lambda x, s, split=split: parallel_matmul(x, s, split, "model"),
+                                  mesh=m, in_specs=(x_spec, P("model")), out_specs=out_spec,
+                                  axis_names={"model"})
+                loss = lambda x, w, f=f, split=split: jnp.sum(jnp.sin(f(x, split_blocks(w, split))))
+                got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(put(x, m, "data"), w)
+                for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                    close(a, b)
+    jax.config.update("jax_use_shardy_partitioner", True)
+
+
 def check_parallel_dense_module():
     """linen BlockSparseDense with parallel="columns" then "rows" (Megatron's MLP pair),
-    data over `data`: equal to the same weights in unsplit layers, values and gradients."""
+    data over `data`, on meshes (4, 2), (2, 1) and (1, 2), and (4, 2) of Explicit axes:
+    equal to the same weights in unsplit layers, values and gradients."""
+    from jax.sharding import AxisType
+    for shape in ((4, 2), (2, 1), (1, 2)):
+        _parallel_dense_module(mesh(shape))
+    explicit = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(explicit):
+        _parallel_dense_module(explicit)
+
+
+def _parallel_dense_module(m):
     import flax.linen as nn
 
     from jax_blocksparse.tensor_parallel import merge_blocks
-    m = mesh()
     rng = np.random.default_rng(6)
     up = jbs.Layout(rng.random((4, 8)) < 0.4, 16)
     down = jbs.Layout(rng.random((8, 4)) < 0.4, 16)
@@ -299,3 +335,123 @@ def check_parallel_linear_nnx():
     want = nnx.value_and_grad(loss)(one, x)
     close(got[0], want[0])
     close(merge_blocks(got[1].kernel.value, par.split), want[1].kernel.value)
+
+
+def _explicit_cases(fn, args, cases, argnums, context=True, tol=1e-5):
+    """`fn`'s value and gradients (w.r.t. `argnums`) on an Explicit (4, 2) mesh, with the
+    arguments sharded as each case says (`{name: {arg index: spec}}`, the others
+    replicated), equal to one device; each gradient carries its argument's sharding.
+    `context`: under `jax.set_mesh` (else jit finds the mesh in the arguments)."""
+    import contextlib
+
+    from jax.sharding import AxisType
+    m = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    grad = jax.jit(jax.value_and_grad(fn, argnums=argnums))
+    want = grad(*args)
+    failed = []
+    with jax.set_mesh(m) if context else contextlib.nullcontext():
+        for name, specs in cases.items():
+            sharded = [put(a, m, *specs.get(i, ())) for i, a in enumerate(args)]
+            try:
+                value, grads = grad(*sharded)
+                close(value, want[0], 1e-4)  # a sum of sines: cancellation
+                for i, a, b in zip(argnums, grads, want[1]):
+                    close(a, b, tol)
+                    assert a.sharding.is_equivalent_to(sharded[i].sharding, a.ndim), (
+                        i, a.sharding.spec)
+            except Exception as e:  # every case's outcome, then fail
+                failed.append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+    assert not failed, "\n".join(failed)
+
+
+def check_explicit_matmul_grads():
+    """dds (matmul), sdd, dsd and softmax on an Explicit mesh, each dimension of each
+    operand sharded in turn (batch, rows, features, the block axis, the blocks' rows and
+    columns, sdd's inner dimension): values and gradients equal to one device."""
+    rng = np.random.default_rng(10)
+    mask = np.zeros((4, 6), bool)
+    mask.flat[rng.permutation(24)[:16]] = True  # 16 blocks: the block axis splits 4 ways
+    layout = jbs.Layout(mask, 16)
+    x, w = arr(rng, 8, 8, 64), arr(rng, 16, 16, 16)
+    sin = lambda y: jnp.sum(jnp.sin(y))
+    _explicit_cases(lambda x, w: sin(jbs.matmul(x, w, layout)), (x, w), {
+        "batch": {0: ("data",)}, "sequence": {0: (None, "data")},
+        "features": {0: (None, None, "model")}, "blocks": {1: ("data",)},
+        "block rows": {1: (None, "model")}, "block columns": {1: (None, None, "model")},
+        "batch and blocks": {0: ("data",), 1: ("model",)}}, (0, 1))
+    x4 = x.reshape(2, 4, 8, 64)
+    _explicit_cases(lambda x, w: sin(jbs.matmul(x, w, layout)), (x4, w), {
+        "inner dimensions": {0: (None, "model", "data")}}, (0, 1), context=False)
+    a, b = arr(rng, 64, 128), arr(rng, 128, 96)
+    _explicit_cases(lambda a, b: sin(jbs.sdd(a, b, layout)), (a, b), {
+        "rows": {0: ("data",)}, "inner": {0: (None, "data"), 1: ("data",)},
+        "inner of a": {0: (None, "model")}, "columns": {1: (None, "model")}}, (0, 1),
+        context=False)
+    s, b = arr(rng, 16, 16, 16), arr(rng, 96, 64)
+    _explicit_cases(lambda s, b: sin(jbs.dsd(s, b, layout)), (s, b), {
+        "blocks": {0: ("data",)}, "block rows": {0: (None, "model")},
+        "inner": {1: ("data",)}, "columns": {1: (None, "model")}}, (0, 1))
+    # batched operands (dds's G), read transposed; the block-sparse softmax
+    square = jbs.Layout(np.tril(np.ones((4, 4), bool)), 16)  # 10 blocks
+    a, w = arr(rng, 4, 64, 64), arr(rng, 4, square.nnz, 16, 16)
+    _explicit_cases(lambda a, w: sin(jbs.dds(a, w, square, trans_a=True, trans_w=True)),
+                    (a, w), {"batch": {0: ("data",), 1: ("data",)},
+                             "batch and rows": {0: ("data", None, "model"), 1: ("data",)}},
+                    (0, 1))
+    _explicit_cases(lambda w: sin(jbs.softmax(w, square, scale=0.5, causal=True)), (w,),
+                    {"batch": {0: ("data",)}, "blocks": {0: (None, "model")}}, (0,),
+                    tol=1e-3)  # tiny gradients (a softmax's sum to zero): rounding
+
+
+def check_explicit_attention_grads():
+    """attention (the fused primitives' operands; with a BlockMask, kv_lengths and segment
+    ids; at q_offset; second order), decode (Tq = 1 with q_offset and kv_lengths) and
+    paged decode on an Explicit mesh, batch, sequence, heads and head dim sharded in turn:
+    values and gradients equal to one device."""
+    rng = np.random.default_rng(11)
+    b, t, hq, hkv, d = 4, 64, 4, 2, 16
+    q, k, v = arr(rng, b, t, hq, d), arr(rng, b, t, hkv, d), arr(rng, b, t, hkv, d)
+    layout = jbs.layouts.local(t, 16, 32)
+    sin = lambda y: jnp.sum(jnp.sin(y))
+    each = lambda *spec: {i: spec for i in range(3)}
+    dims = {"batch": each("data"), "sequence": each(None, "data"),
+            "heads": each(None, None, "model"), "head dim": each(None, None, None, "model"),
+            "batch and heads": each("data", None, "model")}
+    _explicit_cases(lambda q, k, v: sin(jbs.attention(q, k, v, layout, causal=True)),
+                    (q, k, v), dims, (0, 1, 2))
+    # a BlockMask per batch entry, kv_lengths and segment ids; queries at q_offset
+    lengths = jnp.asarray([64, 50, 33, 5], jnp.int32)
+    ids = jnp.asarray(np.cumsum(rng.random((b, t)) < 0.05, axis=1), jnp.int32)
+    blocks = (rng.random((b, 1, t // 16, t // 16)) < 0.6) | np.eye(t // 16, dtype=bool)
+    mask = jbs.BlockMask.from_mask(jnp.asarray(blocks), 16)
+    masked = lambda q, k, v: sin(jbs.attention(q, k, v, mask, causal=True, kv_lengths=lengths,
+                                               q_segment_ids=ids))
+    _explicit_cases(masked, (q, k, v), {n: dims[n] for n in ("batch", "sequence")}, (0, 1, 2))
+    offset = jnp.asarray([0, 8, 16, 32], jnp.int32)
+    shifted = lambda q, k, v: sin(jbs.attention(q[:, :32], k, v, layout, causal=True,
+                                                q_offset=offset))
+    _explicit_cases(shifted, (q, k, v), {n: dims[n] for n in ("batch", "sequence", "heads")},
+                    (0, 1, 2))
+    # second order (the tangent and backward primitives' JVP: the pure-JAX reference)
+    grad_norm = lambda q, k, v: jnp.sum(jax.grad(
+        lambda q: sin(jbs.attention(q, k, v, layout, causal=True)))(q) ** 2)
+    _explicit_cases(grad_norm, (q, k, v), {"sequence": dims["sequence"],
+                                           "batch and heads": dims["batch and heads"]}, (0,))
+    n = jnp.asarray([64, 40, 17, 1], jnp.int32)
+    dec = lambda q, k, v: sin(jbs.attention(q, k, v, layout, causal=True, q_offset=n - 1,
+                                            kv_lengths=n))
+    _explicit_cases(dec, (q[:, :1], k, v), dict(dims, sequence={1: (None, "data"),
+                                                                2: (None, "data")}),
+                    (0, 1, 2))
+    page = 8
+    table = jnp.asarray(rng.permutation(b * t // page).reshape(b, -1), jnp.int32)
+    pools = [jnp.zeros((b * t // page, page, hkv, d)).at[table.reshape(-1)].set(
+        x.reshape(-1, page, hkv, d)) for x in (k, v)]
+    paged = lambda q, kp, vp: sin(jbs.attention(q, kp, vp, layout, causal=True,
+                                                q_offset=n - 1, kv_lengths=n,
+                                                page_table=table))
+    _explicit_cases(paged, (q[:, :1], *pools), {
+        "batch": {0: ("data",)}, "pages": {1: ("data",), 2: ("data",)},
+        "page rows": {1: (None, "data"), 2: (None, "data")},
+        "heads": each(None, None, "model"), "head dim": each(None, None, None, "model")},
+        (0, 1, 2), context=False)

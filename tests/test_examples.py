@@ -71,17 +71,22 @@ def test_language_model_packed_documents(tmp_path):
 
 
 def test_language_model_data_and_tensor_parallel_mesh(tmp_path):
-    """--mesh 4x2 on 8 CPU devices (batch over "data", the sparse MLPs split over "model",
-    packed documents): the same losses as one device, and the sharded checkpoint saves."""
+    """--mesh 4x2, 2x1 and 1x2 on 8 CPU devices (batch over "data", the sparse MLPs split
+    over "model", packed documents): the same losses as one device, and the sharded
+    checkpoint saves."""
     args = (*TINY, "--batch", "8", "--heads", "2", "--packed", "--steps", "3",
             "--eval-every", "3")
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     one = run("sparse_transformer_lm.py", *args, "--no-checkpoint", cwd=tmp_path, env=env)
-    mesh = run("sparse_transformer_lm.py", *args, "--mesh", "4x2", "--ckpt-dir",
-               str(tmp_path / "run"), cwd=tmp_path, env=env)
-    assert "mesh: {'data': 4, 'model': 2}" in mesh
     validation = [line for line in one.splitlines() if "step 3: validation" in line]
-    assert validation and validation[0] in mesh  # 3 decimals: equal to one device
+    assert validation
+    for shape in ("4x2", "2x1", "1x2"):
+        data, model = shape.split("x")
+        keep = ("--ckpt-dir", str(tmp_path / "run")) if shape == "4x2" else ("--no-checkpoint",)
+        mesh = run("sparse_transformer_lm.py", *args, "--mesh", shape, *keep, cwd=tmp_path,
+                   env=env)
+        assert f"mesh: {{'data': {data}, 'model': {model}}}" in mesh
+        assert validation[0] in mesh, shape  # 3 decimals: equal to one device
     assert (tmp_path / "run" / "3").exists()
 
 

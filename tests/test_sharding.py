@@ -9,8 +9,10 @@ import pytest
 from reference import run_python
 
 CHECKS = ["check_matmul_data_parallel", "check_attention_batch_and_heads", "check_decode",
-          "check_shard_map", "check_tensor_parallel", "check_parallel_dense_module",
-          "check_explicit_sharding_mode", "check_parallel_linear_nnx"]
+          "check_shard_map", "check_tensor_parallel", "check_partially_manual_shard_map",
+          "check_parallel_dense_module",
+          "check_explicit_sharding_mode", "check_explicit_matmul_grads",
+          "check_explicit_attention_grads", "check_parallel_linear_nnx"]
 
 
 @pytest.mark.parametrize("check", CHECKS)
