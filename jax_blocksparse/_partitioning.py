@@ -218,13 +218,15 @@ def auto_mode(fn, like):
     return jax.sharding.auto_axes(fn, out_sharding=shardings)
 
 
-def unsharded(x, dim):
-    """`x`'s sharding as a NamedSharding but replicated along `dim`, or None."""
+def unsharded(x, dims):
+    """`x`'s sharding as a NamedSharding but replicated along `dims` (an int or a tuple),
+    or None."""
     sharding = jax.typeof(x).sharding
     if not isinstance(sharding, NamedSharding):
         return None
     spec = list(sharding.spec) + [None] * (x.ndim - len(sharding.spec))
-    spec[dim] = None
+    for dim in (dims,) if isinstance(dims, int) else dims:
+        spec[dim] = None
     return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
 

@@ -668,7 +668,10 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
     bs = block_size
     positioned = offset is not None
     if page_table is not None:  # the fused kernels read contiguous caches: gather the pages
-        k, v = paged_keys(k, page_table), paged_keys(v, page_table)
+        like = _partitioning.unsharded(k, (0, 1))  # explicit mode: heads and dims as the pool
+        k, v = _partitioning.auto_mode(lambda k, v: (paged_keys(k, page_table),
+                                                     paged_keys(v, page_table)),
+                                       (like, like))(k, v)
     if not positioned:
         q_positions = jnp.full((1,), tk - tq, jnp.int32)  # bottom-right aligned
         q_in, ids_in = q, q_ids
