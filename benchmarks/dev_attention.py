@@ -23,11 +23,12 @@ environment), plus cuDNN dense causal.
 
 Backward variants side by side:
 
-    python3 benchmarks/dev_attention.py --bwd-variants 0,2
+    python3 benchmarks/dev_attention.py --bwd-variants 0,2,3
 
 times forward+backward (and the backward alone) on the same layouts under each value of
 JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (2: the Hopper FA3-design backward,
-cuda/attention/bwd_sm90.cu), one subprocess each, then a table of useful TFLOP/s (backward
+cuda/attention/bwd_sm90.cu; 3: the same without the overlap inside a warpgroup), one
+subprocess each, then a table of useful TFLOP/s (backward
 = 2.5 x the forward's FLOPs, forward+backward 3.5 x) and the ratio of each variant to the
 first. The forward is the one JAX_BLOCKSPARSE_ATTN_FWD_VARIANT picks (default 0; set it to
 2 for both Hopper kernels); `--bwd-only` is that timing in this process.

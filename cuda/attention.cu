@@ -46,13 +46,16 @@ namespace {
 #define JBS_BWD_ROWS(DT, T, D)                                      \
   {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>},      \
   {DT, D, 128, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>}
-// Backward variant 2 (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2; the table's variant column): the
-// Hopper backward in the FlashAttention-3 design (attention/bwd_sm90.cu: delta, then a dQ
-// kernel over by_query and a dK/dV kernel over by_key, TMA, mbarrier ring, producer warp +
-// 2 consumer warpgroups, wgmma), sm_90a only, head dims 64 / 128, block size 128. Not the
-// default until measured.
-#define JBS_BWD_SM90_ROWS(DT, T, D) \
-  {DT, D, 128, true, 2, "fa3_backward(wgmma, tma, ws)", attn::RunBackwardSm90<T, D>}
+// Backward variants 2 and 3 (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT; the table's variant column):
+// the Hopper backward in the FlashAttention-3 design (attention/bwd_sm90.cu: delta, then a
+// dQ kernel over by_query and a dK/dV kernel over by_key, TMA, mbarrier ring, producer warp
+// + 2 consumer warpgroups, wgmma), sm_90a only, head dims 64 / 128, block size 128; 2 with
+// the products overlapping the elementwise work inside each warpgroup, 3 without (kept to
+// compare and as a fallback). Not the default until measured.
+#define JBS_BWD_SM90_ROWS(DT, T, D)                                                 \
+  {DT, D, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap)",                    \
+   attn::RunBackwardSm90<T, D, true>},                                              \
+  {DT, D, 128, true, 3, "fa3_backward(wgmma, tma, ws)", attn::RunBackwardSm90<T, D, false>}
 
 // (dtype, head dim, block size, phase, forward variant) -> launcher, name.
 const AttentionKernel kAttentionKernels[] = {

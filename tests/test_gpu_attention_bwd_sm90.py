@@ -1,5 +1,6 @@
 """The Hopper attention backward in the FlashAttention-3 design (cuda/attention/bwd_sm90.cu),
-forced by JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 on an sm_90 GPU: dq, dk, dv (and o, lse) against
+forced by JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 (products overlapping the elementwise work
+inside each warpgroup; every case) or 3 (without the overlap; a subset) on an sm_90 GPU: dq, dk, dv (and o, lse) against
 the float64 reference on fresh random inputs (fixed seeds), with cotangents of both o and
 the returned lse, bf16 and f16, block size 128, head dim 128 (64 on a few cases), over
 causal and non-causal local / strided / random / dense layouts with empty query rows and
@@ -10,7 +11,7 @@ in k and v past them (every gradient must stay finite and bitwise equal to the c
 dk, dv rows past kv_lengths are 0); every result bitwise equal over two runs.
 
 Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1, and the test asserts that the
-debug line of every backward launch names the fa3 backward kernel (a silent fallback to the
+debug line of every backward launch names the variant's fa3 backward kernel (a silent fallback to the
 FA2 backward fails). One test also forces the FA3-design forward (variant 2) with it. Block
 size 64 is not implemented by the variant: it runs the default backward (checked too).
 """
@@ -27,7 +28,7 @@ from test_matmul import poison
 
 pytestmark = pytest.mark.gpu
 
-FA3_BWD = "fa3_backward(wgmma, tma, ws)"
+FA3_BWD = {"2": "fa3_backward(wgmma, tma, ws, overlap)", "3": "fa3_backward(wgmma, tma, ws)"}
 DTYPES = {"bf16": jnp.bfloat16, "f16": jnp.float16}
 BS = 128
 
@@ -186,25 +187,32 @@ def sm90():
     return getattr(jax.devices()[0], "compute_capability", None) == "9.0"
 
 
-def assert_backward_is_fa3(stderr, cases):
+def assert_backward_is_fa3(stderr, cases, variant):
     logs = kernels_by_case(stderr)
     for case in cases:
         launches = logs.get(" ".join(case), [])
         backward = [kernel for op, kernel in launches if op == "attention_bwd"]
         assert backward, (case, launches)
         for kernel in backward:
-            assert kernel == FA3_BWD, (case, kernel)
+            assert kernel == FA3_BWD[variant], (case, kernel)
     return logs
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_fa3_backward(name):
+VARIANT3_CASES = ["local_causal", "random_empty_rows_cols", "gqa4_per_head_causal",
+                  "tq_gt_tk_causal", "kv_lengths", "kv_lengths_gqa4_per_head_causal",
+                  "traced_kv_lengths", "d64_local_causal", "d64_gqa4_per_head_kv_lengths"]
+
+
+@pytest.mark.parametrize("variant,name", [("2", n) for n in CASES] +
+                         [("3", n) for n in VARIANT3_CASES])
+def test_fa3_backward(variant, name):
     if not sm90():
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
     cases = [(name, "bf16"), (name, "f16")]
     stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r})",
-                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2").stderr
-    assert_backward_is_fa3(stderr, cases)
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
+    assert_backward_is_fa3(stderr, cases, variant)
 
 
 def test_fa3_backward_with_fa3_forward():
@@ -216,7 +224,7 @@ def test_fa3_backward_with_fa3_forward():
     stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r})",
                         JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2",
                         JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="2").stderr
-    logs = assert_backward_is_fa3(stderr, cases)
+    logs = assert_backward_is_fa3(stderr, cases, "2")
     for case in cases:
         forward = [k for op, k in logs[" ".join(case)] if op == "attention_fwd"]
         assert forward and all(k.startswith("fa3_forward") for k in forward), (case, forward)

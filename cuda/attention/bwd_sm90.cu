@@ -168,7 +168,7 @@ struct KeyTiles {
   __device__ __forceinline__ bool Done() const { return e >= n; }
 };
 
-template <typename T, int D, int STAGES>
+template <typename T, int D, int STAGES, bool PIPE>
 __global__ void __launch_bounds__(kThreads, 1)
     DqKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
              const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_k,
@@ -268,6 +268,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     KeyTiles cur = tiles;
     if (!cur.Done()) tma::MbarWait(bar_q, 0);
+    int pend = -1;  // PIPE: the stage whose dQ product may still be in flight (not released)
     for (int it = 0; !cur.Done(); ++it, cur.Next()) {
       const int st = it % STAGES;
       const uint32_t ph = (it / STAGES) & 1;
@@ -302,20 +303,36 @@ __global__ void __launch_bounds__(kThreads, 1)
         wg::Fence();
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(s, dQ + KSlice(kk), dK + KSlice(kk), kk > 0);
+        if constexpr (PIPE) wg::Commit();  // S, then dP: P is computed while dP runs
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(dp, dO + KSlice(kk), dV + KSlice(kk), kk > 0);
         wg::Commit();
-        wg::Wait<0>();
-        FenceAcc(s);
+        if constexpr (PIPE) {
+          wg::Wait<1>();  // S done, and the dQ product before it (issued earlier)
+          FenceAcc(s);
+          if (pend >= 0) {  // that product has read its K: release the stage
+            tma::MbarArrive(empty(pend));
+            pend = -1;
+          }
+        } else {
+          wg::Wait<0>();
+          FenceAcc(s);
+        }
+        // P (into s)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            s[4 * j + e] = Exp2(fmaf(s[4 * j + e], sl2, -((e >> 1) ? lse1 : lse0)));
+        if constexpr (PIPE) wg::Wait<0>();  // dP done
         FenceAcc(dp);
-        // P and dS (into dp)
+        // dS (into dp)
 #pragma unroll
         for (int j = 0; j < 8; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int hi = e >> 1;
-            const float p = Exp2(fmaf(s[4 * j + e], sl2, -(hi ? lse1 : lse0)));
-            float ds = p * (dp[4 * j + e] - (hi ? dl1 : dl0));
+            float ds = s[4 * j + e] * (dp[4 * j + e] - (hi ? dl1 : dl0));
             if (masked) {
               const int kj = kh0 + 8 * j + 2 * t + (e & 1), qi = hi ? i1 : i0;
               if (kj >= kvlen || (causal_part && kj > qi + off)) ds = 0.f;
@@ -330,10 +347,21 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dq, fa[kk], dKn + NSlice(kk));
         wg::Commit();
-        wg::Wait<0>();
-        FenceAcc(dq);
+        if constexpr (!PIPE) {
+          wg::Wait<0>();
+          FenceAcc(dq);
+        }
       }
-      tma::MbarArrive(empty(st));
+      if constexpr (PIPE) {
+        pend = st;  // released once its last dQ product is done (next S wait, or the end)
+      } else {
+        tma::MbarArrive(empty(st));
+      }
+    }
+    if constexpr (PIPE) {
+      wg::Wait<0>();
+      FenceAcc(dq);
+      if (pend >= 0) tma::MbarArrive(empty(pend));
     }
     const int64_t qstride = int64_t(a.hq) * D;
     T* g0 = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + i0) * qstride + int64_t(h) * D;
@@ -357,7 +385,7 @@ struct DkvSmem {
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
 };
 
-template <typename T, int D, int STAGES>
+template <typename T, int D, int STAGES, bool PIPE>
 __global__ void __launch_bounds__(kThreads, 1)
     DkvKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
               const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_k,
@@ -481,41 +509,65 @@ __global__ void __launch_bounds__(kThreads, 1)
         wg::Fence();
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(s, dK + KSlice(kk), dq_ + KSlice(kk), kk > 0);
+        if constexpr (PIPE) wg::Commit();  // S^T, then dP^T: P^T is computed while dP^T runs
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(dp, dV + KSlice(kk), do_ + KSlice(kk), kk > 0);
         wg::Commit();
-        wg::Wait<0>();
+        if constexpr (PIPE) {
+          wg::Wait<1>();
+        } else {
+          wg::Wait<0>();
+        }
         FenceAcc(s);
-        FenceAcc(dp);
       }
-      // P^T (into s) and dS^T (into dp): columns are queries s0 + 8j + 2t (+1)
+      // P^T (into s), then dS^T (into dp): columns are queries s0 + 8j + 2t (+1)
       const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
+      auto keep = [&](int j, int e) {
+        const int qi = s0 + 8 * j + 2 * t + (e & 1), kj = (e >> 1) ? key1 : key0;
+        return !(kj >= kvlen || (causal_part && kj > qi + off));
+      };
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
-        const float2 dq = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
-        const float l2[2] = {Lse2(lq.x), Lse2(lq.y)}, dl[2] = {dq.x, dq.y};
+        const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
-          float ds = p * (dp[4 * j + e] - dl[e & 1]);
-          if (masked) {
-            const int qi = s0 + 8 * j + 2 * t + (e & 1), kj = (e >> 1) ? key1 : key0;
-            if (kj >= kvlen || (causal_part && kj > qi + off)) p = ds = 0.f;
-          }
+          if (masked && !keep(j, e)) p = 0.f;
           s[4 * j + e] = p;
-          dp[4 * j + e] = ds;
         }
       }
       uint32_t pa[4][4], da[4][4];
       PackA<T>(pa, s);
-      PackA<T>(da, dp);
       const uint64_t don = wg::Desc(sdo, kSlab, 1024), dqn = wg::Desc(sq, kSlab, 1024);
-      FenceAcc(dv);
-      FenceAcc(dk);
-      wg::Fence();
+      if constexpr (PIPE) {  // dV += P^T dO runs while dS^T is computed
+        FenceAcc(dv);
+        wg::Fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+        wg::Commit();
+        wg::Wait<1>();  // dP^T done (the dV product may still run)
+      }
+      FenceAcc(dp);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 dq = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
+        const float dl[2] = {dq.x, dq.y};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float ds = s[4 * j + e] * (dp[4 * j + e] - dl[e & 1]);
+          if (masked && !keep(j, e)) ds = 0.f;
+          dp[4 * j + e] = ds;
+        }
+      }
+      PackA<T>(da, dp);
+      FenceAcc(dk);
+      if constexpr (!PIPE) FenceAcc(dv);
+      wg::Fence();
+      if constexpr (!PIPE) {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+      }
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dk, da[kk], dqn + NSlice(kk));
       wg::Commit();
@@ -542,7 +594,7 @@ template <int D> constexpr int kDqStages = D == 128 ? 2 : 3;
 template <int D> constexpr int kDkvStages = D == 128 ? 3 : 4;
 
 // Per device: 0 unknown, 1 usable, 2 not (as the forward's DeviceOk).
-template <typename T, int D>
+template <typename T, int D, bool PIPE>
 bool DeviceOk() {
 #ifndef JBS_WGMMA_BUILT  // CMake: the architectures include 90a
   return false;
@@ -559,7 +611,7 @@ bool DeviceOk() {
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
         major == 9 && minor == 0 &&
-        cudaFuncGetAttributes(&attr, DkvKernel<T, D, kDkvStages<D>>) == cudaSuccess &&
+        cudaFuncGetAttributes(&attr, DkvKernel<T, D, kDkvStages<D>, PIPE>) == cudaSuccess &&
         attr.binaryVersion == 90 && tma::GetEncodeTiled() != nullptr;
     if (!ok) (void)cudaGetLastError();
     v = ok ? 1 : 2;
@@ -571,11 +623,11 @@ bool DeviceOk() {
 
 }  // namespace sm90bwd
 
-template <typename T, int D>
+template <typename T, int D, bool PIPE>
 cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90bwd;
   if (a.bs != kBS) return cudaErrorInvalidValue;
-  if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
+  if (!DeviceOk<T, D, PIPE>()) return cudaErrorNotSupported;
   if (a.tq == 0 || a.tk == 0) return RunBackward<T, D>(a, stream);  // no tensor map
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.lse) ||
@@ -605,7 +657,7 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
   {
     constexpr int smem = DqSmem<D, kDqStages<D>>::kBytes;
     static std::atomic<uint64_t> configured{0};
-    auto kern = sm90bwd::DqKernel<T, D, kDqStages<D>>;
+    auto kern = sm90bwd::DqKernel<T, D, kDqStages<D>, PIPE>;
     err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
     const dim3 grid(unsigned(a.batch * a.hq), unsigned(a.by_query.lines));
@@ -616,7 +668,7 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
   {
     constexpr int smem = DkvSmem<D, kDkvStages<D>>::kBytes;
     static std::atomic<uint64_t> configured{0};
-    auto kern = sm90bwd::DkvKernel<T, D, kDkvStages<D>>;
+    auto kern = sm90bwd::DkvKernel<T, D, kDkvStages<D>, PIPE>;
     err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
     const dim3 grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines));
