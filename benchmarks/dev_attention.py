@@ -20,6 +20,18 @@ the issue-18 layouts (local W1024, strided 1024, fixed 1024, bigbird, causal; B=
 S=8192 D=128 block 128 bf16), then a table of useful TFLOP/s and the ratio of each variant
 to the first; `--fwd-only` is that timing in this process (the variant it gets from the
 environment), plus cuDNN dense causal.
+
+Backward variants side by side:
+
+    python3 benchmarks/dev_attention.py --bwd-variants 0,2,3
+
+times forward+backward (and the backward alone) on the same layouts under each value of
+JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (2: the Hopper FA3-design backward,
+cuda/attention/bwd_sm90.cu; 3: the same without the overlap inside a warpgroup), one
+subprocess each, then a table of useful TFLOP/s (backward
+= 2.5 x the forward's FLOPs, forward+backward 3.5 x) and the ratio of each variant to the
+first. The forward is the one JAX_BLOCKSPARSE_ATTN_FWD_VARIANT picks (default 0; set it to
+2 for both Hopper kernels); `--bwd-only` is that timing in this process.
 """
 
 from __future__ import annotations
@@ -197,6 +209,62 @@ def run_forward(rng, names, cudnn=True):
             print(f"cudnn dense causal: unavailable ({type(e).__name__}: {str(e)[:200]})")
 
 
+def run_backward(rng, names):
+    """Forward+backward and the backward alone on each layout: one line
+    `bwd <layout> variant=<v> fwd+bwd <ms> <TFLOP/s> bwd <ms> <TFLOP/s>` each (useful
+    TFLOP/s: backward 2.5 x the forward's 4 D FLOPs per allowed pair, forward+backward
+    3.5 x), a cotangent on lse too."""
+    B, H, S, D, bs = 2, 16, 8192, 128, 128
+    dtype = jnp.bfloat16
+    scale = 1.0 / np.sqrt(D)
+    shape = (B, S, H, D)
+    rnd = lambda: jnp.asarray(rng.standard_normal(shape).astype(np.float32)).astype(dtype)
+    q, k, v, do = rnd(), rnd(), rnd(), rnd()
+    dlse = jnp.asarray(rng.standard_normal((B, H, S)).astype(np.float32))
+    kv = jnp.full((B,), S, jnp.int32)
+    variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT", "0") or "0"
+    for name in names:
+        make, causal = FWD_LAYOUTS[name]
+        layout = make(S, bs)
+        meta, fwd, bwd, fwd_bwd = make_fns(layout, causal, scale, shape, shape, dtype)
+        fl = 4 * D * useful_pairs(meta, bs, S, S, H) * B
+        t_fb = bench(fwd_bwd, q, k, v, do, dlse, kv)
+        o, lse = fwd(q, k, v, kv)
+        t_b = bench(bwd, q, k, v, o, lse, do, dlse, kv)
+        print(f"bwd {name} variant={variant} fwd+bwd {t_fb*1e3:.3f} ms "
+              f"{3.5*fl/t_fb/1e12:.1f} TFLOP/s bwd {t_b*1e3:.3f} ms {2.5*fl/t_b/1e12:.1f} "
+              "TFLOP/s useful", flush=True)
+
+
+def compare_bwd_variants(variants, names):
+    """Runs `--bwd-only` under each backward variant (a subprocess each) and prints the
+    useful TFLOP/s of forward+backward and of the backward alone side by side."""
+    results = {}
+    for var in variants:
+        env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=var)
+        env.pop("JAX_BLOCKSPARSE_DEBUG", None)
+        cmd = [sys.executable, os.path.abspath(__file__), "--bwd-only", "--layouts",
+               ",".join(names)]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        sys.stdout.write(r.stdout)
+        if r.returncode != 0:
+            print(f"bwd variant {var} failed (exit {r.returncode}):\n{r.stderr[-3000:]}",
+                  flush=True)
+        for line in r.stdout.splitlines():
+            w = line.split()
+            if len(w) >= 13 and w[0] == "bwd" and w[2].startswith("variant="):
+                results[(var, w[1])] = (float(w[6]), float(w[11]))
+    for i, what in enumerate(("fwd+bwd", "bwd")):
+        print(f"{what + ' TF':>12} " + " ".join(f"{'v' + v:>8}" for v in variants) +
+              "".join(f" {'v' + v + '/v' + variants[0]:>8}" for v in variants[1:]))
+        for name in names:
+            row = [results.get((v, name), (None, None))[i] for v in variants]
+            cells = " ".join(f"{x:8.1f}" if x else f"{'-':>8}" for x in row)
+            ratios = "".join(f" {x / row[0]:8.2f}" if x and row[0] else f" {'-':>8}"
+                             for x in row[1:])
+            print(f"{name:>12} {cells}{ratios}", flush=True)
+
+
 def compare_variants(variants, names):
     """Runs `--fwd-only` under each forward variant (a subprocess each: the switch is read
     once per process) and prints the TFLOP/s side by side."""
@@ -228,6 +296,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fwd-variants", help="e.g. 0,2: the forward under each variant")
     parser.add_argument("--fwd-only", action="store_true")
+    parser.add_argument("--bwd-variants", help="e.g. 0,2: forward+backward under each "
+                        "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT")
+    parser.add_argument("--bwd-only", action="store_true")
     parser.add_argument("--layouts", default=",".join(FWD_LAYOUTS))
     parser.add_argument("--no-cudnn", action="store_true")
     args = parser.parse_args()
@@ -235,9 +306,15 @@ def main():
     if args.fwd_variants:
         compare_variants(args.fwd_variants.split(","), names)
         return
+    if args.bwd_variants:
+        compare_bwd_variants(args.bwd_variants.split(","), names)
+        return
     print(jax.devices(), flush=True)
     if args.fwd_only:
         run_forward(np.random.default_rng(0), names, cudnn=not args.no_cudnn)
+        return
+    if args.bwd_only:
+        run_backward(np.random.default_rng(0), names)
         return
     run_timing(np.random.default_rng(0))
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build for sm_90a, then the stages named as arguments.
 #   bash benchmarks/device.sh test matmul attention peers patterns lm sanitize
-#   (attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3)
+#   (attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
+#    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 3)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build:
 #   bash benchmarks/device.sh && for t in memcheck racecheck synccheck; do
@@ -105,6 +106,10 @@ for stage in "$@"; do
     # the forward under variants 0 (FA2, default), 2 and 3 (Hopper FA3 design), side by side
     attention_variants) python3 "$repo/benchmarks/dev_attention.py" --fwd-variants 0,2,3 2>&1 \
                           | tee "$out/attention_variants.log" ;;
+    # forward+backward (and the backward alone) under backward variants 0 (FA2, default), 2
+    # and 3 (Hopper FA3 design); the forward: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (default 0)
+    attention_bwd_variants) python3 "$repo/benchmarks/dev_attention.py" --bwd-variants 0,2,3 \
+                              2>&1 | tee "$out/attention_bwd_variants.log" ;;
     decode) python3 "$repo/benchmarks/decode.py" 2>&1 | tee "$out/decode.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.

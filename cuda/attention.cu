@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "attention/bwd_sm90.h"
 #include "attention/fwd_sm90.h"
 #include "attention_kernels.cuh"
 #include "switches.h"
@@ -15,6 +16,8 @@ JBS_ATTENTION_LAUNCHERS(extern template, __nv_bfloat16)
 JBS_ATTENTION_LAUNCHERS(extern template, __half)
 JBS_ATTENTION_SM90_LAUNCHERS(extern template, __nv_bfloat16)
 JBS_ATTENTION_SM90_LAUNCHERS(extern template, __half)
+JBS_ATTENTION_BWD_SM90_LAUNCHERS(extern template, __nv_bfloat16)
+JBS_ATTENTION_BWD_SM90_LAUNCHERS(extern template, __half)
 }  // namespace attn
 
 namespace {
@@ -43,6 +46,16 @@ namespace {
 #define JBS_BWD_ROWS(DT, T, D)                                      \
   {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>},      \
   {DT, D, 128, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>}
+// Backward variants 2 and 3 (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT; the table's variant column):
+// the Hopper backward in the FlashAttention-3 design (attention/bwd_sm90.cu: delta, then a
+// dQ kernel over by_query and a dK/dV kernel over by_key, TMA, mbarrier ring, producer warp
+// + 2 consumer warpgroups, wgmma), sm_90a only, head dims 64 / 128, block size 128; 2 with
+// the products overlapping the elementwise work inside each warpgroup, 3 without (kept to
+// compare and as a fallback). Not the default until measured.
+#define JBS_BWD_SM90_ROWS(DT, T, D)                                                 \
+  {DT, D, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap)",                    \
+   attn::RunBackwardSm90<T, D, true>},                                              \
+  {DT, D, 128, true, 3, "fa3_backward(wgmma, tma, ws)", attn::RunBackwardSm90<T, D, false>}
 
 // (dtype, head dim, block size, phase, forward variant) -> launcher, name.
 const AttentionKernel kAttentionKernels[] = {
@@ -52,10 +65,14 @@ const AttentionKernel kAttentionKernels[] = {
     JBS_FWD_SM90_ROWS(DType::kF16, __half, 64),         JBS_FWD_SM90_ROWS(DType::kF16, __half, 128),
     JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_ROWS(DType::kF16, __half, 64),         JBS_BWD_ROWS(DType::kF16, __half, 128),
+    JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64),
+    JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 128),
+    JBS_BWD_SM90_ROWS(DType::kF16, __half, 64), JBS_BWD_SM90_ROWS(DType::kF16, __half, 128),
 };
 #undef JBS_FWD_ROWS
 #undef JBS_FWD_SM90_ROWS
 #undef JBS_BWD_ROWS
+#undef JBS_BWD_SM90_ROWS
 #undef JBS_BWD_NAME
 
 // Shapes the kernels take, beyond the table's head dim and block size.
@@ -95,7 +112,8 @@ bool Empty(const AttentionShape& s) { return s.batch == 0 || s.hq == 0; }
 
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward) {
-  const int variant = backward ? 0 : GetSwitches().attn_fwd_variant;
+  const int variant =
+      backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
   // the switch's row, else (a variant that leaves this combination out) the default's
   for (const int v : {variant, 0})
     for (const AttentionKernel& k : kAttentionKernels)

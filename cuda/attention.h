@@ -72,7 +72,7 @@ struct AttentionKernel {
   DType dtype;
   int32_t head_dim, block_size;
   bool backward;
-  int32_t fwd_variant;  // forward rows: the switch's value they serve (backward rows: 0)
+  int32_t fwd_variant;  // the switch's value the row serves (backward rows: ..._BWD_VARIANT)
   const char* name;
   cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
 };

@@ -6,6 +6,9 @@
 //   JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 the 128-row attention forward at block size 128;
 //     =2 the Hopper FA3-design forward (sm_90a; bf16/f16, head dim 128, block size 128;
 //     other combinations run the default), =3 the same without the ping-pong
+//   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 the Hopper FA3-design backward (sm_90a; bf16/f16,
+//     head dims 64 / 128, block size 128; other combinations run the default), =3 the same
+//     without the overlap of products and elementwise work inside a warpgroup
 #pragma once
 
 namespace jax_blocksparse {
@@ -15,6 +18,7 @@ struct Switches {
   bool simple_kernels;    // set to anything but "" or "0"
   bool no_wgmma;          // set to anything but "" or "0"
   int attn_fwd_variant;   // 1, 2 or 3 when the value starts with that digit, else 0
+  int attn_bwd_variant;   // 2 or 3 when the value starts with that digit, else 0
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

@@ -160,7 +160,8 @@ def lse_err(got, want):
 # The kernel switches (JAX_BLOCKSPARSE_*) are read when the package loads: a check under
 # one runs in a fresh Python process.
 SWITCHES_OFF = {f"JAX_BLOCKSPARSE_{name}": "0" for name in (
-    "DISABLE_CUDA", "SIMPLE_KERNELS", "NO_WGMMA", "ATTN_FWD_VARIANT")}
+    "DISABLE_CUDA", "SIMPLE_KERNELS", "NO_WGMMA", "ATTN_FWD_VARIANT",
+    "ATTN_BWD_VARIANT")}
 
 
 def run_python(code, **env):

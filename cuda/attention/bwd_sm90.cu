@@ -1,0 +1,686 @@
+// Attention backward for Hopper (sm_90a) in the FlashAttention-3 design: TMA loads into an
+// mbarrier ring, a producer warp and two consumer warpgroups (warp specialization with
+// register reallocation), wgmma for every product. Semantics and metadata: attention.h;
+// the FA2 backward (DeltaKernel, DqKernel, DkvKernel, RunBackward in attention_kernels.cuh)
+// is the functional spec, and the Hopper forward (fwd_sm90.cu) the model of the machinery.
+//
+// Scope (step 1 of issue 19): block size 128, head dims 64 and 128, bf16 / f16; static or
+// traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
+// masks, any scale. Backward variant 2 of the dispatch table.
+//
+// Three kernels, in stream order:
+//  1. DeltaKernel (the FA2 one): delta = rowsum(dO * O) - d_lse, float32 [B, Hq, Tq].
+//  2. DqKernel: one CTA per (batch, query head, 128-query block), walking the block's key
+//     blocks (by_query lists, `order`: longest first). 384 threads: warpgroup 0 the
+//     producer (setmaxnreg 24; its thread 0 issues the TMA loads: Q and dO once, then each
+//     listed 128-key tile's K and V into a STAGES-deep ring with full / empty mbarriers);
+//     warpgroups 1 and 2 the consumers (setmaxnreg 240), owning query rows [0, 64) and
+//     [64, 128). Per key tile, per 64-key half: S = Q K^T and dP = dO V^T (wgmma m64n64k16,
+//     both operands in shared memory, K-major), P = 2^(S scale log2e - lse log2e) from the
+//     saved lse, dS = P (dP - delta) in registers, dQ += dS K (wgmma m64nDk16, dS from
+//     registers: the accumulator layout of S is the A-fragment layout; K N-major in shared
+//     memory). dQ = scale * sum, stored once from registers.
+//  3. DkvKernel: one CTA per (batch, kv head, 128-key block), walking, for each query head
+//     of the kv head's group in turn (h = hk * group + gi), the key block's listed query
+//     blocks (by_key lists: the transposed lists, partial entries first) in 64-query
+//     tiles. The producer loads K and V once, then streams per step the Q and dO tiles
+//     (TMA) and the tile's lse and delta rows (bulk copies) into the ring. Consumer
+//     warpgroup c owns key rows [64 c, 64 c + 64): S^T = K Q^T and dP^T = V dO^T (SS,
+//     m64n64k16), P^T, dS^T = P^T (dP^T - delta), dV += P^T dO and dK += dS^T Q (RS,
+//     m64nDk16, dO and Q N-major). dK, dV accumulate in registers over the whole group:
+//     no atomics across heads. dK = scale * sum.
+//
+// Shared memory: every operand tile is a sequence of 64-row tiles of D / 64 slabs of 64
+// lines (128 bytes, 128-byte swizzle: the layout TMA writes with SWIZZLE_128B and
+// wgmma.cuh describes), so a 64-row tile is one m64 A operand, one n64 B operand, or a
+// k-extent of 64 of an N-major B operand (slab stride 8192 = LBO).
+//
+// Masks: element masks (causal diagonal, kv_lengths) only on `partial` entries and on the
+// key tile that contains kv_lengths[b]; tiles starting at or past kv_lengths[b] (or past the
+// causal limit) are skipped. Masked elements get P = 0 and dS = 0 by selection (never a
+// product with NaN). Keys past kv_lengths inside the cut tile are read by TMA (NaN may be
+// there): in the dQ kernel their K rows are overwritten with zeros in shared memory before
+// the dS K product reads them (dS is 0 there, but 0 * NaN is NaN); their V rows only reach
+// dP, whose masked elements are not used. In the dK/dV kernel they are the CTA's own key
+// rows: their S^T, dP^T rows are masked, so their dK, dV rows are 0; a key block starting
+// at or past kv_lengths[b] loads nothing and stores zeros.
+//
+// Determinism: every output element is written by one CTA, sums run in a fixed order
+// (list order, group order): results are bitwise identical run to run.
+#include "bwd_sm90.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "../attention_kernels.cuh"
+#include "../launch_util.h"
+#include "../tma.cuh"
+#include "../wgmma.cuh"
+
+namespace jax_blocksparse {
+namespace attn {
+
+// The FA2 backward takes the calls TMA cannot (Tq = 0 or Tk = 0).
+JBS_ATTENTION_LAUNCHERS(extern template, __nv_bfloat16)
+JBS_ATTENTION_LAUNCHERS(extern template, __half)
+
+namespace sm90bwd {
+
+constexpr int kBS = 128;       // block size: query rows of a dQ CTA, keys of a dK/dV CTA
+constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+[[maybe_unused]] constexpr int kConsumers = 256;
+constexpr int kLine = 128;             // bytes per swizzled smem line (64 elements)
+constexpr int kSlab = 64 * kLine;      // 64 rows x 64 columns
+[[maybe_unused]] constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+[[maybe_unused]] constexpr int kBarZeroK = 1;  // named barrier: both consumers, K tail zeroing
+
+template <int D> struct T64 {  // a 64-row tile: D / 64 slabs
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static constexpr int kBytes = 64 * D * 2;
+};
+
+// Descriptor offsets (16-byte units) of k16 slice kk: K-major operand (slices along the
+// line, then the next slab) and N-major operand (16 lines further).
+__device__ __forceinline__ uint64_t KSlice(int kk) {
+  return uint64_t(((kk / 4) * kSlab + (kk % 4) * 32) >> 4);
+}
+__device__ __forceinline__ uint64_t NSlice(int kk) { return uint64_t((kk * 16 * kLine) >> 4); }
+
+// 1-d bulk copy global -> shared (16-byte multiple, 16-byte aligned), completing on `bar`.
+__device__ __forceinline__ void LoadBulk(uint32_t dst, const void* src, uint32_t bytes,
+                                         uint32_t bar) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+#endif
+}
+
+// One 64-row tile (rows row .. row + 63 of head `head`) by TMA into `dst`.
+template <int D>
+__device__ __forceinline__ void LoadTile64(uint32_t dst, const CUtensorMap* map, int head, int row,
+                                           uint32_t bar) {
+#pragma unroll
+  for (int sl = 0; sl < D / 64; ++sl) tma::Load3d(dst + sl * kSlab, map, sl * 64, head, row, bar);
+}
+
+// Store a warpgroup's 64 x D float accumulators (times mul) as T rows: this thread's rows
+// row0 (acc[4j], acc[4j + 1]) and row0 + 8 (acc[4j + 2, 3]), columns 8j + 2t.
+template <typename T, int D>
+__device__ __forceinline__ void StoreAcc(const float (&acc)[D / 2], float mul, T* g0, T* g1, int t) {
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    *reinterpret_cast<uint32_t*>(g0 + 8 * j + 2 * t) = Ops<T>::Pack(acc[4 * j] * mul, acc[4 * j + 1] * mul);
+    *reinterpret_cast<uint32_t*>(g1 + 8 * j + 2 * t) =
+        Ops<T>::Pack(acc[4 * j + 2] * mul, acc[4 * j + 3] * mul);
+  }
+}
+
+// A warpgroup's 64 x 64 float tile as four k16 A fragments (16-bit pairs).
+template <typename T>
+__device__ __forceinline__ void PackA(uint32_t (&f)[4][4], const float (&x)[32]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) f[kk][i] = Ops<T>::Pack(x[8 * kk + 2 * i], x[8 * kk + 2 * i + 1]);
+}
+
+template <int N>
+__device__ __forceinline__ void FenceAcc(float (&x)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) wg::FenceOperand(x[i]);
+}
+
+// ============================================================== dQ
+template <int D, int STAGES>
+struct DqSmem {
+  static constexpr int kT = T64<D>::kBytes;
+  // Q: 2 x 64-row tiles at 0, dO at 2 kT; stage st: K at (4 + 4 st) kT (2 tiles), V + 2 kT
+  static constexpr int kKV = 4 * kT;
+  static constexpr int kBars = (4 + 4 * STAGES) * kT;
+  static constexpr int kNumBars = 1 + 2 * STAGES;
+  static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
+};
+
+// The key tiles of one query block that survive kv_lengths and causality (as the forward).
+struct KeyTiles {
+  const int32_t* list;
+  int n, npart, kvlen, qlast_off;  // qlast_off: last query of the block + (Tk - Tq)
+  bool causal;
+  int e;
+  __device__ __forceinline__ int Start(int i) const { return __ldg(list + i) * kBS; }
+  __device__ __forceinline__ bool Valid(int i) const {
+    const int s = Start(i);
+    return s < kvlen && (!causal || s <= qlast_off);
+  }
+  __device__ __forceinline__ void Skip() {
+    while (e < n && !Valid(e)) ++e;
+  }
+  __device__ __forceinline__ void Next() {
+    ++e;
+    Skip();
+  }
+  __device__ __forceinline__ bool Done() const { return e >= n; }
+};
+
+template <typename T, int D, int STAGES, bool PIPE>
+__global__ void __launch_bounds__(kThreads, 1)
+    DqKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
+             const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_k,
+             const __grid_constant__ CUtensorMap tm_v) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = DqSmem<D, STAGES>;
+  constexpr int kT = S::kT;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t raw = ptx::SmemAddr(smem_raw);
+  const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
+  unsigned char* smem = smem_raw + pad;
+  const uint32_t base = raw + pad;
+  const uint32_t bars = base + S::kBars;
+  const uint32_t bar_q = bars;
+  auto full = [&](int st) { return bars + 8u * (1 + st); };
+  auto empty = [&](int st) { return bars + 8u * (1 + STAGES + st); };
+  auto kv_off = [&](int st) { return S::kKV + st * 4 * kT; };  // K of stage st (bytes)
+
+  const int tid = threadIdx.x, wgi = tid / 128;
+  const int bh = blockIdx.x, b = bh / a.hq, h = bh % a.hq;
+  const Lists& L = a.by_query;
+  const int hm = a.hm == 1 ? 0 : h;
+  const int r = __ldg(L.order + hm * L.lines + blockIdx.y);
+  const int line = hm * L.lines + r;
+  const int q0 = r * kBS;
+  const int hk = h / a.group;
+  const int off = a.tk - a.tq;
+  int kvlen = __ldg(a.kv_lengths + b);
+  kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
+
+  KeyTiles tiles;
+  tiles.list = L.lists + int64_t(line) * L.max_len;
+  tiles.n = __ldg(L.counts + line);
+  tiles.npart = __ldg(L.partial + line);
+  tiles.kvlen = kvlen;
+  tiles.qlast_off = q0 + kBS - 1 + off;
+  tiles.causal = a.causal;
+  tiles.e = 0;
+  tiles.Skip();
+
+  if (tid == 0) {
+    tma::MbarInit(bar_q, 1);
+#pragma unroll
+    for (int st = 0; st < STAGES; ++st) {
+      tma::MbarInit(full(st), 1);
+      tma::MbarInit(empty(st), kConsumers);
+    }
+    tma::FenceMbarInit();
+  }
+  __syncthreads();
+
+  if (wgi == 0) {
+    // ------------------------------------------------------------- producer
+    tma::RegDealloc<kProducerRegs>();
+    if (tid == 0 && !tiles.Done()) {
+      tma::PrefetchMap(&tm_q);
+      tma::PrefetchMap(&tm_do);
+      tma::PrefetchMap(&tm_k);
+      tma::PrefetchMap(&tm_v);
+      const int qrow = b * a.tq + q0, krow = b * a.tk;
+      tma::MbarArriveExpectTx(bar_q, 4 * kT);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        LoadTile64<D>(base + hh * kT, &tm_q, h, qrow + 64 * hh, bar_q);
+        LoadTile64<D>(base + (2 + hh) * kT, &tm_do, h, qrow + 64 * hh, bar_q);
+      }
+      for (int it = 0; !tiles.Done(); ++it, tiles.Next()) {
+        const int st = it % STAGES;
+        const uint32_t ph = (it / STAGES) & 1;
+        const int k0 = krow + tiles.Start(tiles.e);
+        const uint32_t sk = base + kv_off(st);
+        tma::MbarWait(empty(st), ph ^ 1);
+        tma::MbarArriveExpectTx(full(st), 4 * kT);
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          LoadTile64<D>(sk + hh * kT, &tm_k, hk, k0 + 64 * hh, full(st));
+          LoadTile64<D>(sk + (2 + hh) * kT, &tm_v, hk, k0 + 64 * hh, full(st));
+        }
+      }
+    }
+  } else {
+    // ------------------------------------------------------------- consumers
+    tma::RegAlloc<kConsumerRegs>();
+    const int cw = wgi - 1, ctid = tid - 128;
+    const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+    const int i0 = q0 + cw * 64 + w4 * 16 + g, i1 = i0 + 8;  // this thread's query rows
+    const int64_t lrow = (int64_t(b) * a.hq + h) * a.tq;
+    const float lse0 = Lse2(a.lse[lrow + i0]), lse1 = Lse2(a.lse[lrow + i1]);
+    const float dl0 = a.delta[lrow + i0], dl1 = a.delta[lrow + i1];
+    const float sl2 = a.scale_log2;
+
+    float dq[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
+    const uint64_t dQ = wg::Desc(base + cw * kT, 16, 1024);
+    const uint64_t dO = wg::Desc(base + (2 + cw) * kT, 16, 1024);
+
+    KeyTiles cur = tiles;
+    if (!cur.Done()) tma::MbarWait(bar_q, 0);
+    int pend = -1;  // PIPE: the stage whose dQ product may still be in flight (not released)
+    for (int it = 0; !cur.Done(); ++it, cur.Next()) {
+      const int st = it % STAGES;
+      const uint32_t ph = (it / STAGES) & 1;
+      const int start = cur.Start(cur.e);
+      const bool cut = start + kBS > kvlen;
+      const bool masked = cur.e < cur.npart || cut;
+      const bool causal_part = a.causal && cur.e < cur.npart;
+      const uint32_t sk = base + kv_off(st), sv = sk + 2 * kT;
+      tma::MbarWait(full(st), ph);
+      if (cut) {  // zero the K rows of keys >= kvlen (both warpgroups, then a barrier)
+        const int valid = kvlen - start;
+        unsigned char* pk = smem + kv_off(st);
+        const int chunks = (kBS - valid) * 8;  // 16-byte chunks per slab column
+        for (int c = ctid; c < (D / 64) * chunks; c += kConsumers) {
+          const int sl = c / chunks, rem = c - sl * chunks;
+          const int row = valid + rem / 8;
+          *reinterpret_cast<uint4*>(pk + (row / 64) * kT + sl * kSlab + (row % 64) * kLine +
+                                    (rem % 8) * 16) = make_uint4(0, 0, 0, 0);
+        }
+        tma::FenceProxyAsync();
+        tma::NamedBarrier(kBarZeroK, kConsumers);
+      }
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int kh0 = start + 64 * hh;
+        if (kh0 >= kvlen) break;  // the whole half is past kv_lengths (uniform)
+        float s[32], dp[32];
+        const uint64_t dK = wg::Desc(sk + hh * kT, 16, 1024);
+        const uint64_t dV = wg::Desc(sv + hh * kT, 16, 1024);
+        FenceAcc(s);
+        FenceAcc(dp);
+        wg::Fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(s, dQ + KSlice(kk), dK + KSlice(kk), kk > 0);
+        if constexpr (PIPE) wg::Commit();  // S, then dP: P is computed while dP runs
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(dp, dO + KSlice(kk), dV + KSlice(kk), kk > 0);
+        wg::Commit();
+        if constexpr (PIPE) {
+          wg::Wait<1>();  // S done, and the dQ product before it (issued earlier)
+          FenceAcc(s);
+          if (pend >= 0) {  // that product has read its K: release the stage
+            tma::MbarArrive(empty(pend));
+            pend = -1;
+          }
+        } else {
+          wg::Wait<0>();
+          FenceAcc(s);
+        }
+        // P (into s)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            s[4 * j + e] = Exp2(fmaf(s[4 * j + e], sl2, -((e >> 1) ? lse1 : lse0)));
+        if constexpr (PIPE) wg::Wait<0>();  // dP done
+        FenceAcc(dp);
+        // dS (into dp)
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int hi = e >> 1;
+            float ds = s[4 * j + e] * (dp[4 * j + e] - (hi ? dl1 : dl0));
+            if (masked) {
+              const int kj = kh0 + 8 * j + 2 * t + (e & 1), qi = hi ? i1 : i0;
+              if (kj >= kvlen || (causal_part && kj > qi + off)) ds = 0.f;
+            }
+            dp[4 * j + e] = ds;
+          }
+        uint32_t fa[4][4];
+        PackA<T>(fa, dp);
+        const uint64_t dKn = wg::Desc(sk + hh * kT, kSlab, 1024);
+        FenceAcc(dq);
+        wg::Fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dq, fa[kk], dKn + NSlice(kk));
+        wg::Commit();
+        if constexpr (!PIPE) {
+          wg::Wait<0>();
+          FenceAcc(dq);
+        }
+      }
+      if constexpr (PIPE) {
+        pend = st;  // released once its last dQ product is done (next S wait, or the end)
+      } else {
+        tma::MbarArrive(empty(st));
+      }
+    }
+    if constexpr (PIPE) {
+      wg::Wait<0>();
+      FenceAcc(dq);
+      if (pend >= 0) tma::MbarArrive(empty(pend));
+    }
+    const int64_t qstride = int64_t(a.hq) * D;
+    T* g0 = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + i0) * qstride + int64_t(h) * D;
+    StoreAcc<T, D>(dq, a.scale, g0, g0 + 8 * qstride, t);
+  }
+#else
+  __trap();  // built without sm_90a code: DeviceOk never lets this run
+#endif
+}
+
+// ============================================================== dK, dV
+template <int D, int STAGES>
+struct DkvSmem {
+  static constexpr int kT = T64<D>::kBytes;
+  // K: 2 tiles at 0, V at 2 kT; stage st: Q at (4 + 2 st) kT, dO + kT; lse, delta rows
+  // (64 floats each) at kLD + 512 st
+  static constexpr int kQ = 4 * kT;
+  static constexpr int kLD = (4 + 2 * STAGES) * kT;
+  static constexpr int kBars = kLD + 512 * STAGES;
+  static constexpr int kNumBars = 1 + 2 * STAGES;
+  static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
+};
+
+template <typename T, int D, int STAGES, bool PIPE>
+__global__ void __launch_bounds__(kThreads, 1)
+    DkvKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
+              const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_k,
+              const __grid_constant__ CUtensorMap tm_v) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = DkvSmem<D, STAGES>;
+  constexpr int kT = S::kT;
+  constexpr int BQ = 64;  // queries per step
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t raw = ptx::SmemAddr(smem_raw);
+  const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
+  unsigned char* smem = smem_raw + pad;
+  const uint32_t base = raw + pad;
+  const uint32_t bars = base + S::kBars;
+  const uint32_t bar_kv = bars;
+  auto full = [&](int st) { return bars + 8u * (1 + st); };
+  auto empty = [&](int st) { return bars + 8u * (1 + STAGES + st); };
+
+  const int tid = threadIdx.x, wgi = tid / 128;
+  const int bh = blockIdx.x, b = bh / a.hkv, hk = bh % a.hkv;
+  const Lists& L = a.by_key;
+  const int h_first = hk * a.group;
+  const int hm0 = a.hm == 1 ? 0 : h_first;
+  const int rk = __ldg(L.order + hm0 * L.lines + blockIdx.y);
+  const int k0 = rk * kBS;
+  const int off = a.tk - a.tq;
+  int kvlen = __ldg(a.kv_lengths + b);
+  kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
+
+  QueryCursor<BQ> qc;
+  qc.counts = L.counts;
+  qc.partial = L.partial;
+  qc.lists = L.lists;
+  qc.lines = L.lines;
+  qc.max_len = L.max_len;
+  qc.rk = rk;
+  qc.hm_base = hm0;
+  qc.hm_step = a.hm == 1 ? 0 : 1;
+  qc.qh = kBS / BQ;
+  qc.bs = kBS;
+  qc.group = k0 < kvlen ? a.group : 0;  // a key block past kv_lengths gets no gradient
+  qc.first_key_minus_off = k0 - off;
+  qc.causal = a.causal;
+  if (qc.group > 0) {
+    qc.Begin();
+  } else {
+    qc.gi = 0;
+  }
+
+  if (tid == 0) {
+    tma::MbarInit(bar_kv, 1);
+#pragma unroll
+    for (int st = 0; st < STAGES; ++st) {
+      tma::MbarInit(full(st), 1);
+      tma::MbarInit(empty(st), kConsumers);
+    }
+    tma::FenceMbarInit();
+  }
+  __syncthreads();
+
+  if (wgi == 0) {
+    // ------------------------------------------------------------- producer
+    tma::RegDealloc<kProducerRegs>();
+    if (tid == 0 && !qc.Done()) {
+      tma::PrefetchMap(&tm_q);
+      tma::PrefetchMap(&tm_do);
+      tma::PrefetchMap(&tm_k);
+      tma::PrefetchMap(&tm_v);
+      const int krow = b * a.tk + k0;
+      tma::MbarArriveExpectTx(bar_kv, 4 * kT);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        LoadTile64<D>(base + hh * kT, &tm_k, hk, krow + 64 * hh, bar_kv);
+        LoadTile64<D>(base + (2 + hh) * kT, &tm_v, hk, krow + 64 * hh, bar_kv);
+      }
+      for (int it = 0; !qc.Done(); ++it, qc.Next()) {
+        const int st = it % STAGES;
+        const uint32_t ph = (it / STAGES) & 1;
+        const int h = h_first + qc.gi;
+        const int s0 = qc.Start(qc.t);
+        const uint32_t sq = base + S::kQ + st * 2 * kT;
+        const int64_t li = (int64_t(b) * a.hq + h) * a.tq + s0;
+        tma::MbarWait(empty(st), ph ^ 1);
+        tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
+        LoadTile64<D>(sq, &tm_q, h, b * a.tq + s0, full(st));
+        LoadTile64<D>(sq + kT, &tm_do, h, b * a.tq + s0, full(st));
+        LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
+        LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
+      }
+    }
+  } else {
+    // ------------------------------------------------------------- consumers
+    tma::RegAlloc<kConsumerRegs>();
+    const int cw = wgi - 1;
+    const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+    const int key0 = k0 + cw * 64 + w4 * 16 + g, key1 = key0 + 8;  // this thread's key rows
+    const float sl2 = a.scale_log2;
+    const bool cut = k0 + kBS > kvlen;
+
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+    const uint64_t dK = wg::Desc(base + cw * kT, 16, 1024);
+    const uint64_t dV = wg::Desc(base + (2 + cw) * kT, 16, 1024);
+
+    QueryCursor<BQ> cur = qc;
+    if (!cur.Done()) tma::MbarWait(bar_kv, 0);
+    for (int it = 0; !cur.Done(); ++it, cur.Next()) {
+      const int st = it % STAGES;
+      const uint32_t ph = (it / STAGES) & 1;
+      const int s0 = cur.Start(cur.t);
+      const bool masked = cur.Partial() || cut;
+      const bool causal_part = a.causal && cur.Partial();
+      const uint32_t sq = base + S::kQ + st * 2 * kT, sdo = sq + kT;
+      tma::MbarWait(full(st), ph);
+      float s[32], dp[32];
+      {
+        const uint64_t dq_ = wg::Desc(sq, 16, 1024), do_ = wg::Desc(sdo, 16, 1024);
+        FenceAcc(s);
+        FenceAcc(dp);
+        wg::Fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(s, dK + KSlice(kk), dq_ + KSlice(kk), kk > 0);
+        if constexpr (PIPE) wg::Commit();  // S^T, then dP^T: P^T is computed while dP^T runs
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(dp, dV + KSlice(kk), do_ + KSlice(kk), kk > 0);
+        wg::Commit();
+        if constexpr (PIPE) {
+          wg::Wait<1>();
+        } else {
+          wg::Wait<0>();
+        }
+        FenceAcc(s);
+      }
+      // P^T (into s), then dS^T (into dp): columns are queries s0 + 8j + 2t (+1)
+      const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
+      auto keep = [&](int j, int e) {
+        const int qi = s0 + 8 * j + 2 * t + (e & 1), kj = (e >> 1) ? key1 : key0;
+        return !(kj >= kvlen || (causal_part && kj > qi + off));
+      };
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
+        const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
+          if (masked && !keep(j, e)) p = 0.f;
+          s[4 * j + e] = p;
+        }
+      }
+      uint32_t pa[4][4], da[4][4];
+      PackA<T>(pa, s);
+      const uint64_t don = wg::Desc(sdo, kSlab, 1024), dqn = wg::Desc(sq, kSlab, 1024);
+      if constexpr (PIPE) {  // dV += P^T dO runs while dS^T is computed
+        FenceAcc(dv);
+        wg::Fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+        wg::Commit();
+        wg::Wait<1>();  // dP^T done (the dV product may still run)
+      }
+      FenceAcc(dp);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 dq = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
+        const float dl[2] = {dq.x, dq.y};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float ds = s[4 * j + e] * (dp[4 * j + e] - dl[e & 1]);
+          if (masked && !keep(j, e)) ds = 0.f;
+          dp[4 * j + e] = ds;
+        }
+      }
+      PackA<T>(da, dp);
+      FenceAcc(dk);
+      if constexpr (!PIPE) FenceAcc(dv);
+      wg::Fence();
+      if constexpr (!PIPE) {
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+      }
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dk, da[kk], dqn + NSlice(kk));
+      wg::Commit();
+      wg::Wait<0>();
+      FenceAcc(dv);
+      FenceAcc(dk);
+      tma::MbarArrive(empty(st));
+    }
+    const int64_t kstride = int64_t(a.hkv) * D;
+    const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
+    T* gk = static_cast<T*>(a.dk) + ko;
+    T* gv = static_cast<T*>(a.dv) + ko;
+    StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t);
+    StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t);
+  }
+#else
+  __trap();  // built without sm_90a code: DeviceOk never lets this run
+#endif
+}
+
+// ring depths: dQ 2 stages of K + V (192 KB of smem at D = 128), dK/dV 3 stages of Q + dO
+// (162 KB at D = 128); one CTA per SM
+template <int D> constexpr int kDqStages = D == 128 ? 2 : 3;
+template <int D> constexpr int kDkvStages = D == 128 ? 3 : 4;
+
+// Per device: 0 unknown, 1 usable, 2 not (as the forward's DeviceOk).
+template <typename T, int D, bool PIPE>
+bool DeviceOk() {
+#ifndef JBS_WGMMA_BUILT  // CMake: the architectures include 90a
+  return false;
+#else
+  static std::atomic<uint8_t> state[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  std::atomic<uint8_t>& st = state[dev & 63];
+  uint8_t v = st.load(std::memory_order_acquire);
+  if (v == 0) {
+    int major = 0, minor = 0;
+    cudaFuncAttributes attr{};
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+        major == 9 && minor == 0 &&
+        cudaFuncGetAttributes(&attr, DkvKernel<T, D, kDkvStages<D>, PIPE>) == cudaSuccess &&
+        attr.binaryVersion == 90 && tma::GetEncodeTiled() != nullptr;
+    if (!ok) (void)cudaGetLastError();
+    v = ok ? 1 : 2;
+    st.store(v, std::memory_order_release);
+  }
+  return v == 1;
+#endif
+}
+
+}  // namespace sm90bwd
+
+template <typename T, int D, bool PIPE>
+cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
+  using namespace sm90bwd;
+  if (a.bs != kBS) return cudaErrorInvalidValue;
+  if (!DeviceOk<T, D, PIPE>()) return cudaErrorNotSupported;
+  if (a.tq == 0 || a.tk == 0) return RunBackward<T, D>(a, stream);  // no tensor map
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.lse) ||
+      !aligned(a.delta))
+    return cudaErrorInvalidValue;
+  if (a.by_query.lines > 65535 || a.by_key.lines > 65535) return cudaErrorInvalidValue;
+
+  const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
+  DeltaKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  const uint64_t e = sizeof(T);
+  CUtensorMap tq{}, tdo{}, tk{}, tv{};
+  const uint64_t qdims[3] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.batch) * a.tq};
+  const uint64_t qstr[2] = {D * e, uint64_t(a.hq) * D * e};
+  const uint64_t kdims[3] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.batch) * a.tk};
+  const uint64_t kstr[2] = {D * e, uint64_t(a.hkv) * D * e};
+  const uint32_t box[3] = {64, 1, 64};
+  err = tma::EncodeTiled3d(&tq, kBf16, a.q, qdims, qstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tdo, kBf16, a.d_o, qdims, qstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tk, kBf16, a.k, kdims, kstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tv, kBf16, a.v, kdims, kstr, box);
+  if (err != cudaSuccess) return err;
+
+  {
+    constexpr int smem = DqSmem<D, kDqStages<D>>::kBytes;
+    static std::atomic<uint64_t> configured{0};
+    auto kern = sm90bwd::DqKernel<T, D, kDqStages<D>, PIPE>;
+    err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
+    if (err != cudaSuccess) return err;
+    const dim3 grid(unsigned(a.batch * a.hq), unsigned(a.by_query.lines));
+    kern<<<grid, kThreads, smem, stream>>>(a, tq, tdo, tk, tv);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  {
+    constexpr int smem = DkvSmem<D, kDkvStages<D>>::kBytes;
+    static std::atomic<uint64_t> configured{0};
+    auto kern = sm90bwd::DkvKernel<T, D, kDkvStages<D>, PIPE>;
+    err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
+    if (err != cudaSuccess) return err;
+    const dim3 grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines));
+    kern<<<grid, kThreads, smem, stream>>>(a, tq, tdo, tk, tv);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+JBS_ATTENTION_BWD_SM90_LAUNCHERS(template, __nv_bfloat16)
+JBS_ATTENTION_BWD_SM90_LAUNCHERS(template, __half)
+
+}  // namespace attn
+}  // namespace jax_blocksparse

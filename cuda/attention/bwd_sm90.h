@@ -1,0 +1,30 @@
+// The Hopper (sm_90a) attention backward in the FlashAttention-3 design (bwd_sm90.cu):
+// launchers named by the dispatch table (attention.cu) as backward variant 2.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+namespace jax_blocksparse {
+namespace attn {
+
+struct Args;
+
+// The backward of attention.h's semantics (delta, dQ, dK, dV) for block size 128 and head
+// dim D (64, 128), T __nv_bfloat16 or __half. cudaErrorNotSupported on a device that is not
+// sm_90 (or a build without sm_90a code), cudaErrorInvalidValue for operands TMA cannot
+// address (not 16-byte aligned). Tq = 0 or Tk = 0 runs the FA2 backward (no tensor map).
+// PIPE: inside a consumer warpgroup the products overlap the elementwise work (P while dP
+// runs, dS while dV += P^T dO runs, dQ += dS K while the next S runs); without it each
+// step waits for all its products (the straight version, kept to compare and as a
+// fallback).
+template <typename T, int D, bool PIPE>
+cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream);
+
+#define JBS_ATTENTION_BWD_SM90_LAUNCHERS(PREFIX, T)                           \
+  PREFIX cudaError_t RunBackwardSm90<T, 64, true>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t RunBackwardSm90<T, 64, false>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t RunBackwardSm90<T, 128, true>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t RunBackwardSm90<T, 128, false>(const Args&, cudaStream_t);
+
+}  // namespace attn
+}  // namespace jax_blocksparse

@@ -1,0 +1,242 @@
+"""The Hopper attention backward in the FlashAttention-3 design (cuda/attention/bwd_sm90.cu),
+forced by JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 (products overlapping the elementwise work
+inside each warpgroup; every case) or 3 (without the overlap; a subset) on an sm_90 GPU: dq, dk, dv (and o, lse) against
+the float64 reference on fresh random inputs (fixed seeds), with cotangents of both o and
+the returned lse, bf16 and f16, block size 128, head dim 128 (64 on a few cases), over
+causal and non-causal local / strided / random / dense layouts with empty query rows and
+empty key columns, a single block, GQA (8 query heads on 2), per-head masks, a traced
+BlockMask, scales other than 1/sqrt(D) (negative too), Tq != Tk with causality (rows
+without keys), kv_lengths that are not multiples of the block (0 included) with NaN planted
+in k and v past them (every gradient must stay finite and bitwise equal to the clean run;
+dk, dv rows past kv_lengths are 0); every result bitwise equal over two runs.
+
+Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1, and the test asserts that the
+debug line of every backward launch names the variant's fa3 backward kernel (a silent fallback to the
+FA2 backward fails). One test also forces the FA3-design forward (variant 2) with it. Block
+size 64 is not implemented by the variant: it runs the default backward (checked too).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_blocksparse as jbs
+from reference import (ATTENTION_TOLERANCE, LSE_TOLERANCE, attention64, attention_mask64, f64,
+                       kernels_by_case, lse_err, mark_case, random, rel_err, run_python)
+from test_matmul import poison
+
+pytestmark = pytest.mark.gpu
+
+FA3_BWD = {"2": "fa3_backward(wgmma, tma, ws, overlap)", "3": "fa3_backward(wgmma, tma, ws)"}
+DTYPES = {"bf16": jnp.bfloat16, "f16": jnp.float16}
+BS = 128
+
+
+def random_mask(seed, shape, density, empty_row=True, empty_col=True):
+    """A random block mask; with `empty_row` / `empty_col`, one query block row / one key
+    block column (per head) is empty."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < density
+    if empty_row:
+        mask[..., rng.integers(shape[-2]), :] = False
+    if empty_col:
+        mask[..., :, rng.integers(shape[-1])] = False
+    return mask
+
+
+def one_block(rows, cols, r, c):
+    mask = np.zeros((rows, cols), bool)
+    mask[r, c] = True
+    return mask
+
+
+CASES = {
+    # name: (block mask (numpy, [Rq, Rk] or [Hq, Rq, Rk]), causal, B, Tq, Tk, Hq, Hkv,
+    #        kv_lengths, traced (a BlockMask built inside jit instead of a static Layout)[,
+    #        head dim: 128 unless given])
+    "local_causal": (lambda: jbs.layouts.local(2048, BS, 512).mask, True,
+                     2, 2048, 2048, 4, 4, None, False),
+    "strided_causal": (lambda: jbs.layouts.strided(2048, BS, 512).mask, True,
+                       2, 2048, 2048, 4, 4, None, False),
+    "dense_noncausal": (lambda: np.ones((8, 8), bool), False, 2, 1024, 1024, 4, 4, None, False),
+    "random_empty_rows_cols": (lambda: random_mask(21, (8, 8), 0.4), False,
+                               2, 1024, 1024, 4, 4, None, False),
+    "random_empty_rows_cols_causal": (lambda: random_mask(22, (8, 8), 0.6), True,
+                                      2, 1024, 1024, 4, 4, None, False),
+    "single_block": (lambda: one_block(8, 8, 5, 2), False, 2, 1024, 1024, 2, 2, None, False),
+    "single_block_diagonal": (lambda: one_block(8, 8, 3, 3), True,
+                              2, 1024, 1024, 2, 1, None, False),
+    "one_block_sequence": (lambda: np.ones((1, 1), bool), True, 2, 128, 128, 2, 1, None, False),
+    "gqa4_local_causal": (lambda: jbs.layouts.local(1024, BS, 384).mask, True,
+                          2, 1024, 1024, 8, 2, None, False),
+    "gqa4_per_head_causal": (lambda: random_mask(23, (8, 8, 8), 0.5), True,
+                             2, 1024, 1024, 8, 2, None, False),
+    "gqa4_per_head_noncausal": (lambda: random_mask(24, (8, 8, 8), 0.4), False,
+                                1, 1024, 1024, 8, 2, None, False),
+    "per_head_noncausal": (lambda: random_mask(25, (4, 8, 8), 0.5), False,
+                           2, 1024, 1024, 4, 4, None, False),
+    "tq_lt_tk_causal": (lambda: np.ones((8, 16), bool), True, 2, 1024, 2048, 4, 4, None, False),
+    "tq_gt_tk_causal": (lambda: np.ones((16, 8), bool), True, 2, 2048, 1024, 4, 2, None, False),
+    "kv_lengths": (lambda: random_mask(26, (8, 8), 0.7, False, False), False,
+                   3, 1024, 1024, 4, 2, [1000, 77, 0], False),
+    "kv_lengths_causal": (lambda: jbs.layouts.local(1024, BS, 512).mask, True,
+                          2, 1024, 1024, 4, 4, [1024, 555], False),
+    "kv_lengths_gqa4_per_head_causal": (lambda: random_mask(27, (8, 8, 8), 0.6, False, False),
+                                        True, 2, 1024, 1024, 8, 2, [901, 250], False),
+    "kv_lengths_tq_lt_tk_per_head": (lambda: random_mask(28, (4, 8, 16), 0.6, False), True,
+                                     2, 1024, 2048, 4, 4, [1900, 1283], False),
+    "traced_causal_per_head": (lambda: random_mask(29, (4, 8, 8), 0.5), True,
+                               2, 1024, 1024, 4, 2, None, True),
+    "traced_kv_lengths": (lambda: random_mask(30, (8, 8), 0.6), False,
+                          2, 1024, 1024, 4, 4, [700, 1024], True),
+    "d64_local_causal": (lambda: jbs.layouts.local(2048, BS, 512).mask, True,
+                         2, 2048, 2048, 4, 4, None, False, 64),
+    "d64_random_empty_rows_cols": (lambda: random_mask(31, (8, 8), 0.5), False,
+                                   2, 1024, 1024, 4, 2, None, False, 64),
+    "d64_tq_gt_tk_causal": (lambda: np.ones((16, 8), bool), True,
+                            2, 2048, 1024, 4, 2, None, False, 64),
+    "d64_gqa4_per_head_kv_lengths": (lambda: random_mask(32, (8, 8, 8), 0.6, False), True,
+                                     3, 1024, 1024, 8, 2, [1024, 333, 0], False, 64),
+    "scale_0.3_causal": (lambda: jbs.layouts.local(1024, BS, 512).mask, True,
+                         2, 1024, 1024, 4, 4, None, False),
+    "negative_scale_causal_kv_lengths": (lambda: jbs.layouts.local(1024, BS, 512).mask, True,
+                                         2, 1024, 1024, 4, 4, [1024, 600], False),
+}
+SCALES = {"scale_0.3_causal": 0.3, "negative_scale_causal_kv_lengths": -0.06}  # else 1/sqrt(D)
+NAMES = ("o", "lse", "dq", "dk", "dv")
+
+
+def build(name, dtype):
+    """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse, dq, dk, dv)."""
+    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, *d = CASES[name]
+    D = d[0] if d else 128
+    scale = SCALES.get(name, 1 / np.sqrt(D))
+    block_mask = make_mask()
+    layout = jbs.Layout(block_mask, BS)
+    kv = np.full(b, tk) if kv is None else np.asarray(kv)
+    rng = np.random.default_rng([list(CASES).index(name), 91])
+    q, do = random(rng, (b, tq, hq, D), dtype), random(rng, (b, tq, hq, D), dtype)
+    k, v = random(rng, (b, tk, hkv, D), dtype), random(rng, (b, tk, hkv, D), dtype)
+    dlse = random(rng, (b, hq, tq), jnp.float32)  # a cotangent on the returned lse
+
+    def f(q, k, v, do, dlse, kv_lengths, mask):
+        m = jbs.BlockMask.from_mask(mask, BS) if traced else layout
+
+        def fwd(q, k, v):
+            return jbs.attention(q, k, v, m, causal=causal, scale=float(scale),
+                                 kv_lengths=kv_lengths, return_lse=True)
+        (o, lse), vjp = jax.vjp(fwd, q, k, v)
+        return (o, lse, *vjp((do, dlse)))
+
+    allowed = attention_mask64(layout, causal, tq, tk, kv)
+    want = attention64(q, k, v, allowed, scale, do, dlse)
+    args = (q, k, v, do, dlse, jnp.asarray(kv, jnp.int32), jnp.asarray(block_mask))
+    return jax.jit(f), args, kv, want
+
+
+def plant_nan(x, kv):
+    """x [B, T, H, D] with NaN at every key position at or past kv[b]."""
+    x = np.array(x)
+    for b, n in enumerate(kv):
+        x[b, n:] = np.nan
+    return jnp.asarray(x)
+
+
+def check(name, dtype, platform):
+    f, args, kv, want = build(name, dtype)
+    poison(platform)
+    got = f(*args)
+    for what, g, w in zip(NAMES, got, want):
+        if what == "lse":
+            assert g.dtype == jnp.float32
+            assert lse_err(g, w) < LSE_TOLERANCE, what
+            continue
+        assert g.dtype == dtype, what
+        assert np.all(np.isfinite(f64(g))), f"{what}: not finite"
+        err = rel_err(g, w)
+        assert err < ATTENTION_TOLERANCE[dtype], (what, err)
+        assert np.all(f64(g)[w == 0] == 0), f"{what}: not zero where nothing contributes"
+    poison(platform)
+    again = f(*args)
+    for what, g, a in zip(NAMES, got, again):
+        np.testing.assert_array_equal(f64(a), f64(g), err_msg=f"{what}: not deterministic")
+    tk = args[1].shape[1]
+    for what, g in zip(("dk", "dv"), got[3:]):  # rows past kv_lengths: exactly 0
+        for b, n in enumerate(kv):
+            assert np.all(f64(g)[b, n:] == 0), f"{what}: rows past kv_lengths[{b}] not 0"
+    if np.any(kv < tk):  # NaN past kv_lengths changes nothing
+        q, k, v, *rest = args
+        poison(platform)
+        nan = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
+        for what, g, n in zip(NAMES, got, nan):
+            assert not np.any(np.isnan(f64(n))), f"{what}: NaN past kv_lengths leaked"
+            np.testing.assert_array_equal(f64(n), f64(g), err_msg=f"{what}: NaN past kv_lengths")
+
+
+def run_cases(cases):
+    """Checks each (case name, dtype name) after a `mark_case` line on stderr (called in a
+    subprocess with the variant forced)."""
+    platform = jax.devices()[0].platform
+    for name, dtype in cases:
+        mark_case(name + " " + dtype)
+        check(name, DTYPES[dtype], platform)
+
+
+def sm90():
+    return getattr(jax.devices()[0], "compute_capability", None) == "9.0"
+
+
+def assert_backward_is_fa3(stderr, cases, variant):
+    logs = kernels_by_case(stderr)
+    for case in cases:
+        launches = logs.get(" ".join(case), [])
+        backward = [kernel for op, kernel in launches if op == "attention_bwd"]
+        assert backward, (case, launches)
+        for kernel in backward:
+            assert kernel == FA3_BWD[variant], (case, kernel)
+    return logs
+
+
+VARIANT3_CASES = ["local_causal", "random_empty_rows_cols", "gqa4_per_head_causal",
+                  "tq_gt_tk_causal", "kv_lengths", "kv_lengths_gqa4_per_head_causal",
+                  "traced_kv_lengths", "d64_local_causal", "d64_gqa4_per_head_kv_lengths"]
+
+
+@pytest.mark.parametrize("variant,name", [("2", n) for n in CASES] +
+                         [("3", n) for n in VARIANT3_CASES])
+def test_fa3_backward(variant, name):
+    if not sm90():
+        pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, "bf16"), (name, "f16")]
+    stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
+    assert_backward_is_fa3(stderr, cases, variant)
+
+
+def test_fa3_backward_with_fa3_forward():
+    """Both Hopper kernels forced: the forward variant 2 and the backward variant 2."""
+    if not sm90():
+        pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
+    cases = [("local_causal", "bf16"), ("kv_lengths_gqa4_per_head_causal", "f16"),
+             ("d64_gqa4_per_head_kv_lengths", "bf16")]
+    stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2",
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="2").stderr
+    logs = assert_backward_is_fa3(stderr, cases, "2")
+    for case in cases:
+        forward = [k for op, k in logs[" ".join(case)] if op == "attention_fwd"]
+        assert forward and all(k.startswith("fa3_forward") for k in forward), (case, forward)
+
+
+def test_fa3_backward_falls_back_elsewhere():
+    """Variant 2 at a block size it does not implement (64) runs the default backward,
+    correctly."""
+    cases = [("local_causal_bs64_d64", "f16"), ("per_head_causal_bs64_d128", "bf16")]
+    code = f"import test_gpu_attention as t; t.run_cases({cases!r})"
+    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2").stderr
+    for case, launches in kernels_by_case(stderr).items():
+        backward = [kernel for op, kernel in launches if op == "attention_bwd"]
+        assert backward and all(k.startswith("fa2_backward") for k in backward), (case, launches)
