@@ -2,12 +2,12 @@
 identical masks and cuDNN's causal attention, in one run.
 
     python benchmarks/attention_patterns.py --peers _device/peers.py [--backward]
-        [--variants 0,2] [--quick]
+        [--variants 0,2] [--extended] [--quick]
 
 Patterns (B=2, H=16, bf16, block 128, our layout generators): local(1024), strided(1024),
 fixed(512) causal, bigbird, causal, and packed documents (the causal layout plus segment
-ids: documents of 512-4096 tokens) at S 8192 and D 128; local and packed also at S 16384
-and 32768, causal also at D 64 and 256. Useful TFLOP/s count `4·B·H·D` per allowed (i, j)
+ids: documents of 512-4096 tokens) at S 8192 and D 128; with `--extended`, local and packed
+also at S 16384 and 32768, causal also at D 64 and 256. Useful TFLOP/s count `4·B·H·D` per allowed (i, j)
 pair, counted exactly on the host (the same count for every system), ×3.5 for forward +
 backward. The block masks (with `NAME_docs` document ids) are written to one npz per head
 dim and `peers.py masks FILE.npz` runs FlexAttention on them in a subprocess; cuDNN is
@@ -48,7 +48,7 @@ def documents(seq_len, seed=0):
     return np.repeat(np.arange(len(lengths)), lengths)[:seq_len].astype(np.int32)
 
 
-def patterns(quick):
+def patterns(quick, extended):
     """(name, S, D, layout, causal, document ids or None) of every row."""
     s0 = 1024 if quick else 8192
     make = {
@@ -60,7 +60,7 @@ def patterns(quick):
         "packed": lambda s: (jbs.layouts.causal(s, BS), True),
     }
     rows = [(name, s0, 128) for name in make]
-    if not quick:
+    if extended and not quick:
         rows += [(name, s, 128) for s in (16384, 32768) for name in ("local", "packed")]
         rows += [("causal", s0, d) for d in (64, 256)]
     return [(name, s, d, *make[name](s), documents(s) if name == "packed" else None)
@@ -181,8 +181,9 @@ def ours_per_variant(args, rows):
     for variant in args.variants.split(","):
         with tempfile.NamedTemporaryFile(suffix=".json") as fh:
             cmd = [sys.executable, __file__, "--ours-json", fh.name,
-                   *(["--backward"] if args.backward else []), *(["--quick"] if args.quick
-                                                                 else []),
+                   *(["--backward"] if args.backward else []),
+                   *(["--quick"] if args.quick else []),
+                   *(["--extended"] if args.extended else []),
                    "--batch", str(args.batch), "--heads", str(args.heads),
                    "--max-pure-seq", str(args.max_pure_seq)]
             env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant)
@@ -224,13 +225,15 @@ def main():
     parser.add_argument("--peers", help="peers.py (FlexAttention on the same masks)")
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
     parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values")
+    parser.add_argument("--extended", action="store_true",
+                        help="also S 16384 and 32768 (local, packed), D 64 and 256 (causal)")
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--max-pure-seq", type=int, default=8192)
     parser.add_argument("--ours-json", help=argparse.SUPPRESS)  # a variant's child process
     args = parser.parse_args()
-    rows = patterns(args.quick)
+    rows = patterns(args.quick, args.extended)
     if args.ours_json:
         ours = measure_ours(rows, args.batch, args.heads, args.backward, args.max_pure_seq)
         json.dump(ours, open(args.ours_json, "w"))
