@@ -177,7 +177,7 @@ def run_forward(rng, names, cudnn=True):
     rnd = lambda: jnp.asarray(rng.standard_normal(shape).astype(np.float32)).astype(dtype)
     q, k, v = rnd(), rnd(), rnd()
     kv = jnp.full((B,), S, jnp.int32)
-    variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "0") or "0"
+    variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "") or "default"
     for name in names:
         make, causal = FWD_LAYOUTS[name]
         layout = make(S, bs)

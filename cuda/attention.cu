@@ -33,8 +33,9 @@ namespace {
 // (attention/fwd_sm90.cu: TMA, mbarrier ring, producer warp + 2 consumer warpgroups,
 // wgmma), sm_90a only (its launcher refuses any other device), head dims 64 / 128 and block
 // size 128 for now; 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare
-// and as a fallback). The other combinations run variant 0 (FindAttentionKernel). Not the
-// default until measured.
+// and as a fallback). Variant 2 is the default on an sm_90 device running sm_90a code
+// (FindAttentionKernel: 2.1-2.3x the FA2 forward on the H200, benchmarks/RESULTS.md); the
+// combinations it leaves out run variant 0, as everything does on other devices.
 #define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
   {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
    attn::LaunchForwardSm90<T, D, true>},                                               \
@@ -95,7 +96,9 @@ bool Empty(const AttentionShape& s) { return s.batch == 0 || s.hq == 0; }
 
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward) {
-  const int variant = backward ? 0 : GetSwitches().attn_fwd_variant;
+  int variant = backward ? 0 : GetSwitches().attn_fwd_variant;
+  // default (switch unset): by the device's architecture, cached per device
+  if (variant < 0) variant = attn::Sm90ForwardAvailable() ? 2 : 0;
   // the switch's row, else (a variant that leaves this combination out) the default's
   for (const int v : {variant, 0})
     for (const AttentionKernel& k : kAttentionKernels)

@@ -77,9 +77,11 @@ struct AttentionKernel {
   cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
 };
 
-// The table's row for this call (the switch read once per process; a switch value whose
-// rows leave this combination out gets the default's row), or nullptr when the table has
-// none: the FFI handler reports the combination.
+// The table's row for this call, or nullptr when the table has none: the FFI handler
+// reports the combination. Forward: the row of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (read once
+// per process) when set, else of the default by architecture (variant 2, the FA3-design
+// forward, on an sm_90 device running sm_90a code, queried once per device; variant 0, the
+// FA2 forward, elsewhere); a variant whose rows leave this combination out gets variant 0's.
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward);
 

@@ -1,6 +1,7 @@
 """The Hopper attention forward in the FlashAttention-3 design (cuda/attention/fwd_sm90.cu),
-forced by JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=2 (consumer warpgroups ping-ponged; every case)
-or 3 (without the ping-pong; a subset), on an sm_90 GPU: o and lse against the float64
+the default forward on an sm_90 GPU (JAX_BLOCKSPARSE_ATTN_FWD_VARIANT unset: variant 2,
+consumer warpgroups ping-ponged; every case), also forced by the switch (=2, a subset; =3,
+without the ping-pong, a subset): o and lse against the float64
 reference on fresh random inputs (fixed seeds), bf16 and f16, block size 128, head dim 128
 (64 on a few cases), over causal and non-causal local / strided / random / dense layouts
 with empty query rows and a single block, GQA (8 query heads on 2), scales other than
@@ -12,7 +13,7 @@ run); every result bitwise equal over two runs.
 Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1 and the test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
 forward fails), and that the backward (still the FA2 kernels) runs after it. Block size 64
-is not implemented by variants 2 / 3 yet: it runs the default forward (checked too).
+is not implemented by variants 2 / 3 yet: it runs the FA2 forward (checked too).
 """
 
 import jax
@@ -27,7 +28,8 @@ from test_matmul import poison
 
 pytestmark = pytest.mark.gpu
 
-FA3 = {"2": "fa3_forward(wgmma, tma, ws, pingpong)", "3": "fa3_forward(wgmma, tma, ws)"}
+FA3 = {"": "fa3_forward(wgmma, tma, ws, pingpong)", "2": "fa3_forward(wgmma, tma, ws, pingpong)",
+       "3": "fa3_forward(wgmma, tma, ws)"}  # "": the switch unset (the default)
 DTYPES = {"bf16": jnp.bfloat16, "f16": jnp.float16}
 BS = 128
 
@@ -173,7 +175,11 @@ VARIANT3_CASES = ["local_causal", "random_empty_rows", "gqa4_per_head_causal",
                   "d64_gqa4_per_head_kv_lengths"]
 
 
-@pytest.mark.parametrize("variant,name", [("2", n) for n in CASES] +
+VARIANT2_CASES = ["local_causal", "kv_lengths", "d64_tq_gt_tk_causal"]
+
+
+@pytest.mark.parametrize("variant,name", [("", n) for n in CASES] +
+                         [("2", n) for n in VARIANT2_CASES] +
                          [("3", n) for n in VARIANT3_CASES])
 def test_fa3_forward(variant, name):
     if not sm90():
@@ -191,13 +197,14 @@ def test_fa3_forward(variant, name):
             assert kernel == FA3[variant], (case, kernel)
 
 
-def test_fa3_falls_back_elsewhere():
-    """Variant 2 at a block size it does not implement (64) runs the default forward,
-    correctly."""
+@pytest.mark.parametrize("variant", ["", "2"])
+def test_fa3_falls_back_elsewhere(variant):
+    """The default forward and variant 2 at a block size the FA3-design forward does not
+    implement (64) run the FA2 forward, correctly."""
     cases = [("local_causal_bs64_d64", "f16"), ("per_head_causal_bs64_d128", "bf16")]
     code = f"import test_gpu_attention as t; t.run_cases({cases!r})"
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
-                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="2").stderr
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
     for case, launches in kernels_by_case(stderr).items():
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
         assert forward and all(k.startswith("fa2_forward") for k in forward), (case, launches)

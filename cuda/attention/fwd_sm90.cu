@@ -474,6 +474,8 @@ bool DeviceOk() {
 
 }  // namespace sm90
 
+bool Sm90ForwardAvailable() { return sm90::DeviceOk<__nv_bfloat16, 128>(); }
+
 template <typename T, int D, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90;
@@ -481,8 +483,9 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
   if (a.tk == 0) return LaunchForwardTile<T, D, 64, 2>(a, stream);  // no key: o = 0, lse = -inf
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  // operands TMA cannot address (XLA's buffers are aligned: not seen) run the FA2 forward
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.out_o))
-    return cudaErrorInvalidValue;
+    return LaunchForwardTile<T, D, 64, 2>(a, stream);
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
   CUtensorMap tq{}, tk{}, tv{}, to{};
