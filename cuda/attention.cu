@@ -30,16 +30,23 @@ namespace {
   {DT, D, 128, false, 0, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>},  \
   {DT, D, 128, false, 1, "fa2_forward(128-row CTA)", attn::LaunchForwardTile<T, D, 128, 3>}
 // Variants 2 and 3: the Hopper forward in the FlashAttention-3 design
-// (attention/fwd_sm90.cu: TMA, mbarrier ring, producer warp + 2 consumer warpgroups,
-// wgmma), sm_90a only (its launcher refuses any other device), head dims 64 / 128 and block
-// size 128 for now; 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare
-// and as a fallback). Variant 2 is the default on an sm_90 device running sm_90a code
-// (FindAttentionKernel: 2.1-2.3x the FA2 forward on the H200, benchmarks/RESULTS.md); the
-// combinations it leaves out run variant 0, as everything does on other devices.
+// (attention/fwd_sm90.cu: TMA, mbarrier ring, producer warp + consumer warpgroups, wgmma),
+// sm_90a only (its launcher refuses any other device), head dims 64 / 128. Block size 128:
+// 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare and as a
+// fallback). Block size 64: one kernel for both (64-row CTAs with one consumer warpgroup,
+// two CTAs per SM: nothing to ping-pong inside a CTA). Variant 2 is the default on an
+// sm_90 device running sm_90a code (FindAttentionKernel: 2.1-2.3x the FA2 forward on the
+// H200 at block 128, benchmarks/RESULTS.md); the combinations it leaves out run variant 0,
+// as everything does on other devices.
 #define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
   {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
-   attn::LaunchForwardSm90<T, D, true>},                                               \
-  {DT, D, 128, false, 3, "fa3_forward(wgmma, tma, ws)", attn::LaunchForwardSm90<T, D, false>}
+   attn::LaunchForwardSm90<T, D, 128, true>},                                          \
+  {DT, D, 128, false, 3, "fa3_forward(wgmma, tma, ws)",                               \
+   attn::LaunchForwardSm90<T, D, 128, false>},                                         \
+  {DT, D, 64, false, 2, "fa3_forward(wgmma, tma, ws, 64-row CTA)",                    \
+   attn::LaunchForwardSm90<T, D, 64, false>},                                          \
+  {DT, D, 64, false, 3, "fa3_forward(wgmma, tma, ws, 64-row CTA)",                    \
+   attn::LaunchForwardSm90<T, D, 64, false>}
 #define JBS_BWD_NAME "fa2_backward(delta, dq 64-row, dk/dv per kv head)"
 #define JBS_BWD_ROWS(DT, T, D)                                      \
   {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>},      \

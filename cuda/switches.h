@@ -8,7 +8,8 @@
 //     on an sm_90 device running sm_90a code, for the shapes it covers; the FA2 forward
 //     elsewhere). =0 the FA2 forward (64-row CTAs) even on Hopper, for A/B timing; =1 the
 //     FA2 forward with 128-row CTAs at block size 128; =2 the FA3-design forward (sm_90a
-//     only: an error elsewhere); =3 the same without the ping-pong. Combinations a variant
+//     only: an error elsewhere); =3 the same without the ping-pong (block 128; block 64
+//     has one kernel for 2 and 3). Combinations a variant
 //     leaves out run the FA2 forward (variant 0).
 #pragma once
 

@@ -2,8 +2,8 @@
 the default forward on an sm_90 GPU (JAX_BLOCKSPARSE_ATTN_FWD_VARIANT unset: variant 2,
 consumer warpgroups ping-ponged; every case), also forced by the switch (=2, a subset; =3,
 without the ping-pong, a subset): o and lse against the float64
-reference on fresh random inputs (fixed seeds), bf16 and f16, block size 128, head dim 128
-(64 on a few cases), over causal and non-causal local / strided / random / dense layouts
+reference on fresh random inputs (fixed seeds), bf16 and f16, block sizes 128 and 64, head
+dims 128 and 64, over causal and non-causal local / strided / random / dense layouts
 with empty query rows and a single block, GQA (8 query heads on 2), scales other than
 1/sqrt(D) (negative too), per-head masks, a traced BlockMask, Tq != Tk with causality
 (rows without keys), kv_lengths that are not multiples of the block (0 included) with NaN
@@ -13,7 +13,8 @@ run); every result bitwise equal over two runs.
 Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1 and the test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
 forward fails), and that the backward (still the FA2 kernels) runs after it. Block size 64
-is not implemented by variants 2 / 3 yet: it runs the FA2 forward (checked too).
+(cases "bs64_*": 64-row CTAs, one kernel for variants 2 and 3) too; variant 0 forces the
+FA2 forward (checked too).
 """
 
 import jax
@@ -97,7 +98,36 @@ CASES = {
     "negative_scale_causal_kv_lengths": (lambda: jbs.layouts.local(1024, BS, 512).mask, True,
                                          2, 1024, 1024, 4, 4, [1024, 600], False),
 }
-SCALES = {"scale_0.3_causal": 0.3, "negative_scale_causal_kv_lengths": -0.06}  # else 1/sqrt(D)
+# Block size 64 (64-row CTAs, one consumer warpgroup): the names start with "bs64_".
+BS64 = 64
+CASES.update({
+    "bs64_local_causal": (lambda: jbs.layouts.local(1024, BS64, 256).mask, True,
+                          2, 1024, 1024, 4, 4, None, False),
+    "bs64_random_empty_rows": (lambda: random_mask(21, (16, 16), 0.4), False,
+                               2, 1024, 1024, 4, 2, None, False),
+    "bs64_gqa4_per_head_causal_kv_lengths": (lambda: random_mask(22, (8, 16, 16), 0.5, False),
+                                             True, 3, 1024, 1024, 8, 2, [1024, 333, 0], False),
+    "bs64_tq_gt_tk_causal": (lambda: np.ones((16, 8), bool), True,
+                             2, 1024, 512, 4, 2, None, False),
+    "bs64_traced_kv_lengths": (lambda: random_mask(23, (16, 16), 0.6), False,
+                               2, 1024, 1024, 4, 4, [700, 1024], True),
+    "bs64_one_block_sequence": (lambda: np.ones((1, 1), bool), True,
+                                2, 64, 64, 2, 1, None, False),
+    "bs64_d64_local_causal": (lambda: jbs.layouts.local(1024, BS64, 256).mask, True,
+                              2, 1024, 1024, 4, 4, None, False, 64),
+    "bs64_d64_per_head_kv_lengths": (lambda: random_mask(24, (4, 16, 16), 0.6, False), False,
+                                     2, 1024, 1024, 4, 2, [1000, 77], False, 64),
+    "bs64_d64_tq_lt_tk_causal": (lambda: np.ones((8, 16), bool), True,
+                                 2, 512, 1024, 4, 4, None, False, 64),
+    "bs64_negative_scale_causal_kv_lengths": (lambda: jbs.layouts.local(1024, BS64, 256).mask,
+                                              True, 2, 1024, 1024, 4, 4, [1024, 600], False),
+})
+SCALES = {"scale_0.3_causal": 0.3, "negative_scale_causal_kv_lengths": -0.06,
+          "bs64_negative_scale_causal_kv_lengths": -0.06}  # else 1/sqrt(D)
+
+
+def block_size(name):
+    return BS64 if name.startswith("bs64_") else BS
 
 
 def build(name, dtype):
@@ -105,15 +135,16 @@ def build(name, dtype):
     make_mask, causal, b, tq, tk, hq, hkv, kv, traced, *d = CASES[name]
     D = d[0] if d else 128
     scale = SCALES.get(name, 1 / np.sqrt(D))
+    bs = block_size(name)
     block_mask = make_mask()
-    layout = jbs.Layout(block_mask, BS)
+    layout = jbs.Layout(block_mask, bs)
     kv = np.full(b, tk) if kv is None else np.asarray(kv)
     rng = np.random.default_rng([list(CASES).index(name), 90])
     q, do = random(rng, (b, tq, hq, D), dtype), random(rng, (b, tq, hq, D), dtype)
     k, v = random(rng, (b, tk, hkv, D), dtype), random(rng, (b, tk, hkv, D), dtype)
 
     def f(q, k, v, do, kv_lengths, mask):
-        m = jbs.BlockMask.from_mask(mask, BS) if traced else layout
+        m = jbs.BlockMask.from_mask(mask, bs) if traced else layout
 
         def fwd(q, k, v):
             return jbs.attention(q, k, v, m, causal=causal, scale=float(scale),
@@ -172,10 +203,11 @@ def sm90():
 
 VARIANT3_CASES = ["local_causal", "random_empty_rows", "gqa4_per_head_causal",
                   "tq_gt_tk_causal", "kv_lengths", "traced_kv_lengths", "d64_local_causal",
-                  "d64_gqa4_per_head_kv_lengths"]
+                  "d64_gqa4_per_head_kv_lengths", "bs64_local_causal"]
+FA3_BS64 = "fa3_forward(wgmma, tma, ws, 64-row CTA)"  # variants 2 and 3 (and the default)
 
 
-VARIANT2_CASES = ["local_causal", "kv_lengths", "d64_tq_gt_tk_causal"]
+VARIANT2_CASES = ["local_causal", "kv_lengths", "d64_tq_gt_tk_causal", "bs64_local_causal"]
 
 
 @pytest.mark.parametrize("variant,name", [("", n) for n in CASES] +
@@ -193,18 +225,21 @@ def test_fa3_forward(variant, name):
         launches = logs.get(" ".join(case), [])
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
         assert forward and any(op == "attention_bwd" for op, _ in launches), (case, launches)
+        want = FA3_BS64 if block_size(name) == BS64 else FA3[variant]
         for kernel in forward:
-            assert kernel == FA3[variant], (case, kernel)
+            assert kernel == want, (case, kernel)
 
 
-@pytest.mark.parametrize("variant", ["", "2"])
-def test_fa3_falls_back_elsewhere(variant):
-    """The default forward and variant 2 at a block size the FA3-design forward does not
-    implement (64) run the FA2 forward, correctly."""
-    cases = [("local_causal_bs64_d64", "f16"), ("per_head_causal_bs64_d128", "bf16")]
+def test_fa2_forward_forced():
+    """JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 runs the FA2 forward on Hopper too (block sizes
+    64 and 128), correctly."""
+    cases = [("local_causal_bs64_d64", "f16"), ("per_head_causal_bs64_d128", "bf16"),
+             ("gqa2_local_causal_bs128_d64", "bf16")]
     code = f"import test_gpu_attention as t; t.run_cases({cases!r})"
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
-                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
-    for case, launches in kernels_by_case(stderr).items():
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="0").stderr
+    logs = kernels_by_case(stderr)
+    for case in cases:
+        launches = logs.get(" ".join(case), [])
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
-        assert forward and all(k.startswith("fa2_forward") for k in forward), (case, launches)
+        assert forward and all(k == "fa2_forward(64-row CTA)" for k in forward), (case, launches)
