@@ -40,13 +40,13 @@ namespace {
 // as everything does on other devices.
 #define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
   {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
-   attn::LaunchForwardSm90<T, D, 128, true>},                                          \
+   attn::LaunchForwardSm90<T, D, 128, true>, true},                                    \
   {DT, D, 128, false, 3, "fa3_forward(wgmma, tma, ws)",                               \
-   attn::LaunchForwardSm90<T, D, 128, false>},                                         \
+   attn::LaunchForwardSm90<T, D, 128, false>, true},                                   \
   {DT, D, 64, false, 2, "fa3_forward(wgmma, tma, ws, 64-row CTA)",                    \
-   attn::LaunchForwardSm90<T, D, 64, false>},                                          \
+   attn::LaunchForwardSm90<T, D, 64, false>, true},                                    \
   {DT, D, 64, false, 3, "fa3_forward(wgmma, tma, ws, 64-row CTA)",                    \
-   attn::LaunchForwardSm90<T, D, 64, false>}
+   attn::LaunchForwardSm90<T, D, 64, false>, true}
 #define JBS_BWD_NAME "fa2_backward(delta, dq 64-row, dk/dv per kv head)"
 #define JBS_BWD_ROWS(DT, T, D)                                      \
   {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>},      \
@@ -69,7 +69,8 @@ const AttentionKernel kAttentionKernels[] = {
 // Shapes the kernels take, beyond the table's head dim and block size.
 bool Supported(const AttentionShape& s) {
   return s.tq % s.block_size == 0 && s.tk % s.block_size == 0 && s.hkv > 0 &&
-         s.hq % s.hkv == 0 && (s.mask_heads == 1 || s.mask_heads == s.hq);
+         s.hq % s.hkv == 0 && (s.mask_heads == 1 || s.mask_heads == s.hq) &&
+         (s.mask_batch == 1 || s.mask_batch == s.batch);
 }
 
 // The row is the one for this shape, and the shape one the kernels take.
@@ -94,6 +95,7 @@ attn::Args Common(const AttentionShape& s) {
   a.scale = s.scale;
   a.scale_log2 = s.scale * attn::kLog2e;
   a.causal = s.causal;
+  a.mb = s.mask_batch;
   return a;
 }
 
@@ -118,6 +120,11 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
 cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const AttentionForwardParams& p,
                                    cudaStream_t stream) {
   if (kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
+  // lists per batch entry and segment ids: the FA3-design forward only (the FA2 one would
+  // ignore them); the Python routing sends such calls elsewhere when it does not run
+  if ((p.shape.mask_batch != 1 || p.q_segment_ids != nullptr) && !kernel.documents)
+    return cudaErrorNotSupported;
+  if ((p.q_segment_ids == nullptr) != (p.kv_segment_ids == nullptr)) return cudaErrorInvalidValue;
   if (Empty(p.shape) || p.shape.tq == 0) return cudaSuccess;
   attn::Args a = Common(p.shape);
   a.q = p.q;
@@ -125,6 +132,8 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   a.v = p.v;
   a.kv_lengths = p.kv_lengths;
   a.by_query = ToLists(p.by_query);
+  a.q_ids = p.q_segment_ids;
+  a.kv_ids = p.kv_segment_ids;
   a.out_o = p.o;
   a.out_lse = p.lse;
   if (a.by_query.lines != p.shape.tq / p.shape.block_size) return cudaErrorInvalidValue;
@@ -133,7 +142,8 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
 
 cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
                                     const AttentionBackwardParams& p, cudaStream_t stream) {
-  if (!kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
+  if (!kernel.backward || !Matches(kernel, p.shape) || p.shape.mask_batch != 1)
+    return cudaErrorInvalidValue;
   if (Empty(p.shape)) return cudaSuccess;
   attn::Args a = Common(p.shape);
   a.q = p.q;

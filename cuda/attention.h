@@ -12,11 +12,17 @@
 //  - by query block: counts [Hm, Rq], partial [Hm, Rq], lists [Hm, Rq, max_k], order [Hm, Rq].
 //    lists[hm, r, 0:counts] are the key blocks of query block r; the first `partial` of
 //    them need element masking (causal diagonal), the rest are full. Blocks fully masked by
-//    causality are not listed. `order[hm]` lists query blocks longest first. kv_lengths is
+//    causality are not listed. `order[hm]` lists query blocks longest first. The forward
+//    also takes lists per batch entry ([Bm, Hm, ...] with Bm = 1 or B; the FA3-design
+//    forward only: AttentionKernel::documents). kv_lengths is
 //    dynamic: a kernel skips blocks starting at or past kv_lengths[b] and masks the block
 //    that contains it element-wise.
 //  - by key block (for dK/dV): the same four arrays over [Hm, Rk, max_q], listing for each
 //    key block its query blocks (partial first).
+// Segment ids (forward, AttentionKernel::documents): q_segment_ids [B, Tq], kv_segment_ids
+// [B, Tk] int32; on the partial entries query i attends key j only if their ids are equal
+// (the lists skip block pairs of different documents and mark mixed ones partial:
+// attention_metadata.document_kinds; full entries are of one same document).
 // Deterministic: no float atomics; dK/dV of a kv head sum over its query-head group inside
 // one CTA in a fixed order.
 #pragma once
@@ -37,6 +43,7 @@ struct BlockListsView {  // one direction of the attention metadata
 
 struct AttentionShape {
   int32_t batch, tq, tk, hq, hkv, head_dim, block_size, mask_heads;
+  int32_t mask_batch;  // leading axis of the lists: 1 (shared by the batch) or B (forward)
   float scale;
   bool causal;
 };
@@ -45,7 +52,8 @@ struct AttentionForwardParams {
   AttentionShape shape;
   const void *q, *k, *v;
   const int32_t* kv_lengths;  // [B]
-  BlockListsView by_query;
+  BlockListsView by_query;    // lines of [mask_batch, Hm] (lines: Rq per (b, hm))
+  const int32_t *q_segment_ids, *kv_segment_ids;  // [B, Tq], [B, Tk], or both null
   void* o;     // [B, Tq, Hq, D], q's dtype
   float* lse;  // [B, Hq, Tq]
 };
@@ -75,6 +83,7 @@ struct AttentionKernel {
   int32_t fwd_variant;  // forward rows: the switch's value they serve (backward rows: 0)
   const char* name;
   cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
+  bool documents = false;  // forward: takes lists per batch entry and segment ids
 };
 
 // The table's row for this call, or nullptr when the table has none: the FFI handler

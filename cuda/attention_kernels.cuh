@@ -44,6 +44,10 @@ struct Args {
   int batch, tq, tk, hq, hkv, group, bs, hm;
   float scale, scale_log2;
   bool causal;
+  // the FA3-design forward only (AttentionKernel::documents): lists per batch entry when
+  // mb == B (else mb = 1), segment ids [B, Tq] / [B, Tk] or null
+  int mb;
+  const int32_t *q_ids, *kv_ids;
 };
 
 // ---------------------------------------------------------------- PTX helpers

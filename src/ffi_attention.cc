@@ -28,7 +28,9 @@ std::string Describe(const char* op, DType dtype, const AttentionShape& s, const
                      const AnyBuffer& k) {
   return std::string(op) + " q" + ShapeText(q.dimensions()) + " k" + ShapeText(k.dimensions()) +
          " " + DTypeName(dtype) + " bs=" + std::to_string(s.block_size) +
-         " mask_heads=" + std::to_string(s.mask_heads) + (s.causal ? " causal" : "");
+         " mask_heads=" + std::to_string(s.mask_heads) +
+         (s.mask_batch != 1 ? " mask_batch=" + std::to_string(s.mask_batch) : "") +
+         (s.causal ? " causal" : "");
 }
 
 // Shapes of q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D] and the attributes; *kernel: the
@@ -59,9 +61,15 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   s.block_size = block_size;
   s.scale = scale;
   s.causal = causal;
+  // counts [Hm, lines], or (forward) [Bm, Hm, lines] with Bm = 1 or B
   auto cd = q_counts.dimensions();
-  if (cd.size() != 2) return ffi::Unexpected(Invalid("metadata counts must be [Hm, lines]"));
-  s.mask_heads = int32_t(cd[0]);
+  if (cd.size() != 2 && !(cd.size() == 3 && !backward))
+    return ffi::Unexpected(Invalid(backward ? "metadata counts must be [Hm, lines]"
+                                            : "metadata counts must be [Bm, Hm, lines]"));
+  s.mask_batch = cd.size() == 3 ? int32_t(cd[0]) : 1;
+  s.mask_heads = int32_t(cd[cd.size() - 2]);
+  if (s.mask_batch != 1 && s.mask_batch != s.batch)
+    return ffi::Unexpected(Invalid("the lists' batch axis must be 1 or B"));
   *kernel = FindAttentionKernel(dtype, s.head_dim, block_size, backward);
   if (*kernel == nullptr)
     return ffi::Unexpected(Invalid(std::string("no ") + (backward ? "backward" : "forward") +
@@ -85,16 +93,17 @@ BlockListsView View(const Buffer<S32>& counts, const Buffer<S32>& partial,
   v.lists = lists.typed_data();
   v.order = order.typed_data();
   auto cd = counts.dimensions();
-  v.lines = int32_t(cd[1]);
+  v.lines = int32_t(cd[cd.size() - 1]);
   auto ld = lists.dimensions();
-  v.max_len = ld.size() == 3 ? int32_t(ld[2]) : 0;
+  v.max_len = ld.size() == cd.size() + 1 ? int32_t(ld[ld.size() - 1]) : 0;
   return v;
 }
 
 ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
                    Buffer<S32> kv_lengths, Buffer<S32> q_counts, Buffer<S32> q_partial,
-                   Buffer<S32> q_lists, Buffer<S32> q_order, Result<AnyBuffer> o,
-                   Result<Buffer<F32>> lse, int32_t block_size, bool causal, float scale) {
+                   Buffer<S32> q_lists, Buffer<S32> q_order, Buffer<S32> q_segment_ids,
+                   Buffer<S32> kv_segment_ids, Result<AnyBuffer> o, Result<Buffer<F32>> lse,
+                   int32_t block_size, bool causal, float scale, bool segments) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
@@ -110,9 +119,22 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   p.by_query = View(q_counts, q_partial, q_lists, q_order);
   if (p.by_query.lines != p.shape.tq / block_size)
     return Invalid("query metadata must have Tq / block_size lines");
+  if (segments) {
+    auto qs = q_segment_ids.dimensions(), ks = kv_segment_ids.dimensions();
+    if (qs.size() != 2 || qs[0] != p.shape.batch || qs[1] != p.shape.tq || ks.size() != 2 ||
+        ks[0] != p.shape.batch || ks[1] != p.shape.tk)
+      return Invalid("segment ids must be [B, Tq] and [B, Tk]");
+    p.q_segment_ids = q_segment_ids.typed_data();
+    p.kv_segment_ids = kv_segment_ids.typed_data();
+  }
+  if ((p.shape.mask_batch != 1 || segments) && !kernel->documents)
+    return Invalid(std::string("lists per batch entry and segment ids need the FA3-design "
+                               "forward (sm_90a); the forward here is ") + kernel->name);
   p.o = o->untyped_data();
   p.lse = lse->typed_data();
-  LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) : "");
+  LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) +
+                                           (segments ? " segments" : "")
+                                     : "");
   const cudaError_t err = LaunchAttentionForward(*kernel, p, stream);
   log.Done(kernel->name);
   return CheckLaunch(err, "attention forward");
@@ -261,9 +283,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<Buffer<S32>>()   // q_partial
         .Arg<Buffer<S32>>()   // q_lists
         .Arg<Buffer<S32>>()   // q_order
+        .Arg<Buffer<S32>>()   // q_segment_ids [B, Tq] ([1, 1] unused without segments)
+        .Arg<Buffer<S32>>()   // kv_segment_ids [B, Tk] (the same)
         .Ret<AnyBuffer>()     // o
         .Ret<Buffer<F32>>()   // lse
-            JBS_ATTENTION_ATTRS,
+            JBS_ATTENTION_ATTRS.Attr<bool>("segments"),
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(

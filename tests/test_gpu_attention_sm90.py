@@ -243,3 +243,122 @@ def test_fa2_forward_forced():
         launches = logs.get(" ".join(case), [])
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
         assert forward and all(k == "fa2_forward(64-row CTA)" for k in forward), (case, launches)
+
+
+# ------------------------------------------- segment ids, masks per batch entry (forward)
+# name: (block mask (numpy [Rq, Rk], [Hm, Rq, Rk], or [B, Hm, Rq, Rk]: a BlockMask per batch
+#        entry, traced), causal, B, Tq, Tk, Hq, Hkv, kv_lengths, traced, head dim, block
+#        size, segment ids: "packed" (random document lengths packed back to back, the same
+#        for queries and keys), "tail" (the queries are the last Tq keys, Tq < Tk), None)
+DOC_CASES = {
+    "docs_local_causal": (lambda: jbs.layouts.local(2048, 128, 1024).mask, True,
+                          2, 2048, 2048, 4, 2, None, False, 128, 128, "packed"),
+    "docs_dense_kv_lengths": (lambda: np.ones((8, 8), bool), False,
+                              3, 1024, 1024, 4, 4, [1024, 700, 0], False, 128, 128, "packed"),
+    "docs_traced_per_head_causal": (lambda: random_mask(31, (4, 8, 8), 0.6), True,
+                                    2, 1024, 1024, 4, 2, [1024, 900], True, 128, 128, "packed"),
+    "docs_tq_lt_tk_causal": (lambda: np.ones((8, 16), bool), True,
+                             2, 1024, 2048, 4, 4, None, False, 128, 128, "tail"),
+    "docs_bs64_d64_causal_kv_lengths": (lambda: jbs.layouts.local(1024, 64, 512).mask, True,
+                                        2, 1024, 1024, 4, 2, [1024, 555], False, 64, 64,
+                                        "packed"),
+    "docs_bs64_traced_noncausal": (lambda: random_mask(32, (16, 16), 0.5), False,
+                                   2, 1024, 1024, 4, 4, None, True, 128, 64, "packed"),
+    "per_batch_mask_causal_kv_lengths": (lambda: random_mask(33, (2, 1, 8, 8), 0.6), True,
+                                         2, 1024, 1024, 4, 2, [1024, 800], True, 128, 128,
+                                         None),
+    "per_batch_per_head_mask_bs64": (lambda: random_mask(34, (2, 4, 16, 16), 0.5), False,
+                                     2, 1024, 1024, 4, 4, None, True, 64, 64, None),
+    "docs_per_batch_mask_d64": (lambda: random_mask(35, (3, 1, 8, 8), 0.7, False), True,
+                                3, 1024, 1024, 4, 4, [1024, 1000, 300], True, 64, 128,
+                                "packed"),
+}
+
+
+def build_docs(name, dtype):
+    """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse and dq)."""
+    from test_masks_from_data import allowed_pairs, packed_ids
+    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, D, bs, ids = DOC_CASES[name]
+    scale = 1 / np.sqrt(D)
+    block_mask = make_mask()
+    kv = np.full(b, tk) if kv is None else np.asarray(kv)
+    rng = np.random.default_rng([list(DOC_CASES).index(name), 91])
+    q, do = random(rng, (b, tq, hq, D), dtype), random(rng, (b, tq, hq, D), dtype)
+    k, v = random(rng, (b, tk, hkv, D), dtype), random(rng, (b, tk, hkv, D), dtype)
+    q_ids = kv_ids = None
+    if ids is not None:
+        kv_ids = np.asarray(packed_ids(rng, b, tk, bs // 3, 5 * bs))
+        q_ids = kv_ids[:, tk - tq:]
+    layout = None if traced else jbs.Layout(block_mask, bs)
+
+    def f(q, k, v, do, kv_lengths, mask, q_ids, kv_ids):
+        m = jbs.BlockMask.from_mask(mask, bs) if traced else layout
+
+        def fwd(q, k, v):
+            return jbs.attention(q, k, v, m, causal=causal, scale=float(scale),
+                                 kv_lengths=kv_lengths, q_segment_ids=q_ids,
+                                 kv_segment_ids=kv_ids, return_lse=True)
+        (o, lse), vjp = jax.vjp(fwd, q, k, v)
+        dq, _, _ = vjp((do, jnp.zeros_like(lse)))  # the pure-JAX backward (segment ids)
+        return o, lse, dq
+
+    allowed = allowed_pairs(block_mask, bs, tq, tk, causal, kv, q_ids, kv_ids)
+    zeros = np.zeros((b, hq, tq), np.float32)
+    want_o, want_lse, want_dq = attention64(q, k, v, allowed, scale, do, zeros)[:3]
+    as_ids = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
+    args = (q, k, v, do, jnp.asarray(kv, jnp.int32), jnp.asarray(block_mask), as_ids(q_ids),
+            as_ids(kv_ids))
+    return jax.jit(f), args, kv, (want_o, want_lse, want_dq)
+
+
+def check_docs(name, dtype, platform):
+    f, args, kv, (want_o, want_lse, want_dq) = build_docs(name, dtype)
+    poison(platform)
+    o, lse, dq = f(*args)
+    assert rel_err(o, want_o) < ATTENTION_TOLERANCE[dtype], "o"
+    assert lse_err(lse, want_lse) < LSE_TOLERANCE, "lse"
+    assert rel_err(dq, want_dq) < ATTENTION_TOLERANCE[dtype], "dq"
+    assert np.all(f64(o)[want_o == 0] == 0), "o: not zero where no key contributes"
+    assert np.all(np.isfinite(f64(o))), "o: not finite"
+    o2, lse2, _ = f(*args)
+    np.testing.assert_array_equal(f64(o2), f64(o), err_msg="o: not deterministic")
+    np.testing.assert_array_equal(f64(lse2), f64(lse), err_msg="lse: not deterministic")
+    if np.any(kv < args[1].shape[1]):  # NaN past kv_lengths changes nothing
+        q, k, v, *rest = args
+        o3, lse3, _ = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
+        np.testing.assert_array_equal(f64(o3), f64(o), err_msg="o: NaN past kv_lengths")
+        np.testing.assert_array_equal(f64(lse3), f64(lse), err_msg="lse: NaN past kv_lengths")
+
+
+def run_doc_cases(cases):
+    platform = jax.devices()[0].platform
+    for name, dtype in cases:
+        mark_case(name + " " + dtype)
+        check_docs(name, DTYPES[dtype], platform)
+
+
+@pytest.mark.parametrize("variant,name", [("", n) for n in DOC_CASES] +
+                         [("3", "docs_local_causal"), ("0", "docs_local_causal"),
+                          ("0", "per_batch_mask_causal_kv_lengths")])
+def test_fa3_forward_documents(variant, name):
+    """Segment ids and masks per batch entry: the FA3-design forward takes them (default and
+    variant 3; the backward runs the pure-JAX path: no fused backward launch); with the FA2
+    forward forced (0) the forward runs the pure-JAX path too. Values, lse and dq against
+    the float64 reference either way."""
+    if not sm90():
+        pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, "bf16"), (name, "f16")]
+    stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_doc_cases({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
+    logs = kernels_by_case(stderr)
+    bs = DOC_CASES[name][10]
+    want = FA3_BS64 if bs == BS64 else FA3[variant if variant != "0" else ""]
+    for case in cases:
+        launches = logs.get(" ".join(case), [])
+        assert not any(op == "attention_bwd" for op, _ in launches), (case, launches)
+        forward = [kernel for op, kernel in launches if op == "attention_fwd"]
+        if variant == "0":
+            assert not forward, (case, launches)
+        else:
+            assert forward and all(k == want for k in forward), (case, launches)

@@ -36,6 +36,9 @@
 //    layout of wgmma.cuh (a 128 x D tile is D / 64 column slabs of 128 lines), the layout
 //    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128: 2 stages, 160 KB; D = 64: 3
 //    stages, 112 KB; one CTA per SM.
+//  * Lists per batch entry (a.mb == B: segment ids, a BlockMask with Bm = B) or shared.
+//    Segment ids: the partial entries also mask pairs of different documents (the lists
+//    mark every block pair that mixes documents partial; full entries are one document).
 //  * Element masks (causal diagonal, kv_lengths) only on the `partial` entries and the
 //    tile that contains kv_lengths[b]; tiles starting at or past kv_lengths[b] (or past
 //    the causal limit of the tile's last row) are skipped by producer and consumers alike.
@@ -157,8 +160,10 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
   const int bh = blockIdx.x, b = bh / a.hq, h = bh % a.hq;
   const Lists& L = a.by_query;
   const int hm = a.hm == 1 ? 0 : h;
-  const int r = __ldg(L.order + hm * L.lines + blockIdx.y);
-  const int line = hm * L.lines + r;
+  const int bm = a.mb == 1 ? 0 : b;  // lists per batch entry (segment ids) or shared
+  const int64_t lines0 = (int64_t(bm) * a.hm + hm) * L.lines;
+  const int r = __ldg(L.order + lines0 + blockIdx.y);
+  const int64_t line = lines0 + r;
   const int q0 = r * kBM;
   const int hk = h / a.group;
   const int off = a.tk - a.tq;
@@ -166,7 +171,7 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
   kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
 
   Tiles<kBN> tiles;
-  tiles.list = L.lists + int64_t(line) * L.max_len;
+  tiles.list = L.lists + line * L.max_len;
   tiles.n = __ldg(L.counts + line);
   tiles.npart = __ldg(L.partial + line);
   tiles.kvlen = kvlen;
@@ -295,13 +300,29 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       }
       if (masked) {
         const int j0 = start + 2 * t;
+        // segment ids (none: every id 0), loaded here (L1 hits after the first partial
+        // tile) rather than kept in registers across the loop (168 at 384 threads)
+        const bool segs = a.kv_ids != nullptr;
+        int qid0 = 0, qid1 = 0;
+        if (segs) {
+          qid0 = __ldg(a.q_ids + int64_t(b) * a.tq + i0);
+          qid1 = __ldg(a.q_ids + int64_t(b) * a.tq + i0 + 8);
+        }
 #pragma unroll
-        for (int j = 0; j < kBN / 8; ++j)
+        for (int j = 0; j < kBN / 8; ++j) {
+          int kid0 = 0, kid1 = 0;  // documents of keys j0 + 8j, + 1 (all 0 without ids)
+          if (segs) {
+            kid0 = __ldg(a.kv_ids + int64_t(b) * a.tk + j0 + 8 * j);
+            kid1 = __ldg(a.kv_ids + int64_t(b) * a.tk + j0 + 8 * j + 1);
+          }
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int kj = j0 + 8 * j + (e & 1), qi = i0 + (e >> 1) * 8;
-            if (kj >= kvlen || (causal_part && kj > qi + off)) s[4 * j + e] = -INFINITY;
+            const bool other_doc = ((e & 1) ? kid1 : kid0) != ((e >> 1) ? qid1 : qid0);
+            if (kj >= kvlen || (causal_part && kj > qi + off) || other_doc)
+              s[4 * j + e] = -INFINITY;
           }
+        }
       }
       float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -509,9 +530,12 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
   if (a.tk == 0) return LaunchForwardTile<T, D, 64, 2>(a, stream);  // no key: o = 0, lse = -inf
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  // operands TMA cannot address (XLA's buffers are aligned: not seen) run the FA2 forward
-  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.out_o))
+  // operands TMA cannot address (XLA's buffers are aligned: not seen) run the FA2 forward,
+  // which takes neither lists per batch entry nor segment ids
+  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.out_o)) {
+    if (a.mb != 1 || a.q_ids != nullptr) return cudaErrorInvalidValue;
     return LaunchForwardTile<T, D, 64, 2>(a, stream);
+  }
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
   CUtensorMap tq{}, tk{}, tv{}, to{};
