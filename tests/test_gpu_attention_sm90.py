@@ -10,7 +10,12 @@ with empty query rows and a single block, GQA (8 query heads on 2), scales other
 planted in k and v past them (the outputs must stay finite and bitwise equal to the clean
 run); every result bitwise equal over two runs.
 
-Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1 and the test asserts that the
+Then segment ids (packed documents) and masks per batch entry (a traced BlockMask with
+Bm = B), which the FA3-design forward takes (the backward runs the pure-JAX path: dq is
+checked too), and the FA2 forward forced at negative scales.
+
+The cases run in subprocesses (a few per subprocess) with JAX_BLOCKSPARSE_DEBUG=1 and the
+test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
 forward fails), and that the backward (still the FA2 kernels) runs after it. Block size 64
 (cases "bs64_*": 64-row CTAs, one kernel for variants 2 and 3) too; variant 0 forces the
@@ -226,13 +231,24 @@ def expected_forward(variant, name):
     return FA3_BS64 if bs64 else FA3[variant]
 
 
-@pytest.mark.parametrize("variant,name", [("", n) for n in CASES] +
-                         [("2", n) for n in VARIANT2_CASES] +
-                         [("3", n) for n in VARIANT3_CASES] + FA2_CASES)
-def test_fa3_forward(variant, name):
+def chunks(names, n):
+    """`names` in tuples of n: the cases one subprocess runs (each costs a process start)."""
+    names = list(names)
+    return [tuple(names[i:i + n]) for i in range(0, len(names), n)]
+
+
+def case_id(value):
+    return "+".join(value) if isinstance(value, tuple) else (value or "default")
+
+
+@pytest.mark.parametrize("variant,names", [("", c) for c in chunks(CASES, 4)] +
+                         [("2", tuple(VARIANT2_CASES))] +
+                         [("3", c) for c in chunks(VARIANT3_CASES, 5)] +
+                         [(v, (n,)) for v, n in FA2_CASES], ids=case_id)
+def test_fa3_forward(variant, names):
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
-    cases = [(name, "bf16"), (name, "f16")]
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
     stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_cases({cases!r})",
                         JAX_BLOCKSPARSE_DEBUG="1",
                         JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
@@ -241,7 +257,7 @@ def test_fa3_forward(variant, name):
         launches = logs.get(" ".join(case), [])
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
         assert forward and any(op == "attention_bwd" for op, _ in launches), (case, launches)
-        want = expected_forward(variant, name)
+        want = expected_forward(variant, case[0])
         for kernel in forward:
             assert kernel == want, (case, kernel)
 
@@ -353,24 +369,25 @@ def run_doc_cases(cases):
         check_docs(name, DTYPES[dtype], platform)
 
 
-@pytest.mark.parametrize("variant,name", [("", n) for n in DOC_CASES] +
-                         [("3", "docs_local_causal"), ("0", "docs_local_causal"),
-                          ("0", "per_batch_mask_causal_kv_lengths")])
-def test_fa3_forward_documents(variant, name):
+@pytest.mark.parametrize("variant,names", [("", c) for c in chunks(DOC_CASES, 3)] +
+                         [("3", ("docs_local_causal",)),
+                          ("0", ("docs_local_causal", "per_batch_mask_causal_kv_lengths"))],
+                         ids=case_id)
+def test_fa3_forward_documents(variant, names):
     """Segment ids and masks per batch entry: the FA3-design forward takes them (default and
     variant 3; the backward runs the pure-JAX path: no fused backward launch); with the FA2
     forward forced (0) the forward runs the pure-JAX path too. Values, lse and dq against
     the float64 reference either way."""
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
-    cases = [(name, "bf16"), (name, "f16")]
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
     stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_doc_cases({cases!r})",
                         JAX_BLOCKSPARSE_DEBUG="1",
                         JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
     logs = kernels_by_case(stderr)
-    bs = DOC_CASES[name][10]
-    want = FA3_BS64 if bs == BS64 else FA3[variant if variant != "0" else ""]
     for case in cases:
+        bs = DOC_CASES[case[0]][10]
+        want = FA3_BS64 if bs == BS64 else FA3[variant if variant != "0" else ""]
         launches = logs.get(" ".join(case), [])
         assert not any(op == "attention_bwd" for op, _ in launches), (case, launches)
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
