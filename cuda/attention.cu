@@ -66,16 +66,18 @@ const AttentionKernel kAttentionKernels[] = {
 #undef JBS_BWD_ROWS
 #undef JBS_BWD_NAME
 
-// Shapes the kernels take, beyond the table's head dim and block size.
-bool Supported(const AttentionShape& s) {
-  return s.tq % s.block_size == 0 && s.tk % s.block_size == 0 && s.hkv > 0 &&
+// Shapes the kernels take, beyond the table's head dim and block size (`tails`: Tq and Tk
+// need not be multiples of the block size, the FA3-design forward).
+bool Supported(const AttentionShape& s, bool tails) {
+  return (tails || (s.tq % s.block_size == 0 && s.tk % s.block_size == 0)) && s.hkv > 0 &&
          s.hq % s.hkv == 0 && (s.mask_heads == 1 || s.mask_heads == s.hq) &&
          (s.mask_batch == 1 || s.mask_batch == s.batch);
 }
 
 // The row is the one for this shape, and the shape one the kernels take.
 bool Matches(const AttentionKernel& k, const AttentionShape& s) {
-  return k.head_dim == s.head_dim && k.block_size == s.block_size && Supported(s);
+  return k.head_dim == s.head_dim && k.block_size == s.block_size &&
+         Supported(s, k.documents && !k.backward);
 }
 
 attn::Lists ToLists(const BlockListsView& v) {
@@ -136,7 +138,8 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   a.kv_ids = p.kv_segment_ids;
   a.out_o = p.o;
   a.out_lse = p.lse;
-  if (a.by_query.lines != p.shape.tq / p.shape.block_size) return cudaErrorInvalidValue;
+  const int bs = p.shape.block_size;
+  if (a.by_query.lines != (p.shape.tq + bs - 1) / bs) return cudaErrorInvalidValue;
   return kernel.launch(a, stream);
 }
 

@@ -53,7 +53,8 @@ struct AttentionForwardParams {
   const void *q, *k, *v;
   const int32_t* kv_lengths;  // [B]
   BlockListsView by_query;    // lines of [mask_batch, Hm] (lines: Rq per (b, hm))
-  const int32_t *q_segment_ids, *kv_segment_ids;  // [B, Tq], [B, Tk], or both null
+  // [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs] (padded to whole tiles), or both null
+  const int32_t *q_segment_ids, *kv_segment_ids;
   void* o;     // [B, Tq, Hq, D], q's dtype
   float* lse;  // [B, Hq, Tq]
 };
@@ -83,7 +84,9 @@ struct AttentionKernel {
   int32_t fwd_variant;  // forward rows: the switch's value they serve (backward rows: 0)
   const char* name;
   cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
-  bool documents = false;  // forward: takes lists per batch entry and segment ids
+  // forward: takes lists per batch entry, segment ids, and Tq, Tk that are not multiples
+  // of the block size (partial last tiles; the lists then have ceil(Tq / bs) lines)
+  bool documents = false;
 };
 
 // The table's row for this call, or nullptr when the table has none: the FFI handler

@@ -145,17 +145,19 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
                                 segments: bool, positioned: bool, mask_batch: int, *,
                                 forward: bool = False) -> str | None:
     """Why the fused kernels cannot run this call (None when they can): the backward
-    (`forward=False`) and the FA2 forward take neither segment ids nor a mask per batch
-    entry; the FA3-design forward (`sm90_forward()`, with `forward=True`) takes both."""
+    (`forward=False`) and the FA2 forward take neither segment ids, nor a mask per batch
+    entry, nor lengths that are not multiples of the block size; the FA3-design forward
+    (`sm90_forward()`, with `forward=True`) takes all three (partial last tiles; with at
+    least one key)."""
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if head_dim not in FUSED_ATTENTION["head_dims"]:
         return f"head dim {head_dim}"
     if block_size not in FUSED_ATTENTION["block_sizes"]:
         return f"block size {block_size}"
-    if tq % block_size or tk % block_size:
-        return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     documents = forward and sm90_forward()
+    if (tq % block_size or tk % block_size) and (not documents or tk == 0):
+        return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     if segments and not documents:
         return "segment ids"
     if positioned:
@@ -205,18 +207,34 @@ _backward_reference = jint.lower_fun(att.backward_reference, multiple_results=Tr
 def _attention_forward_lowering(ctx, *operands, **params):
     """The forward's custom call: q, k, v, kv_lengths, the by-query lists with their
     leading batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
-    (placeholders `[1, 1]` without them: attribute `segments`)."""
+    zero-padded to whole tiles (placeholders `[1, 1]` without them: attribute
+    `segments`)."""
     floats = att.FLOAT_OPERANDS[att.attention_p]
     if not _fused_attention("attention_fwd", ctx, floats, params):
         return _forward_reference(ctx, *operands, **params)
     lists = floats + att.LISTS
     seg = floats + att.CONTEXT.index("q_segment_ids")
-    pick = [*range(floats + 1), *range(lists, lists + len(AttentionLists._fields)),
-            seg, seg + 1]
-    ctx = ctx.replace(avals_in=[ctx.avals_in[i] for i in pick])
+    pick = [*range(floats + 1), *range(lists, lists + len(AttentionLists._fields))]
+    values, avals = [operands[i] for i in pick], [ctx.avals_in[i] for i in pick]
+    bs = params["block_size"]
+    for i in (seg, seg + 1):  # segment ids padded to whole tiles (the kernel reads them so)
+        value, aval = operands[i], ctx.avals_in[i]
+        if params["segments"] and aval.shape[1] % bs:
+            value, aval = _pad_columns(ctx, value, aval, -(-aval.shape[1] // bs) * bs)
+        values.append(value)
+        avals.append(aval)
+    ctx = ctx.replace(avals_in=avals)
     return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
-        ctx, *[operands[i] for i in pick], **_attention_attrs(params),
-        segments=bool(params["segments"]))
+        ctx, *values, **_attention_attrs(params), segments=bool(params["segments"]))
+
+
+def _pad_columns(ctx, value, aval, width):
+    """`value` ([N, T] int32) zero-padded to [N, width] inside a lowering: (value, aval)."""
+    out = aval.update(shape=(aval.shape[0], width))
+    sub = ctx.replace(avals_in=[aval], avals_out=[out])
+    pad = jint.lower_fun(lambda x: jnp.pad(x, ((0, 0), (0, width - x.shape[1]))),
+                         multiple_results=False)
+    return pad(sub, value)[0], out
 
 
 def _attention_backward_lowering(ctx, *operands, **params):

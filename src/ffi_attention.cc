@@ -76,8 +76,9 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
                                    " kernel for " + DTypeName(dtype) + " head_dim=" +
                                    std::to_string(s.head_dim) + " block_size=" +
                                    std::to_string(block_size) + " in the dispatch table"));
-  if (s.tq % block_size != 0 || s.tk % block_size != 0)
-    return ffi::Unexpected(Invalid("sequence lengths must be multiples of the block size"));
+  if ((s.tq % block_size != 0 || s.tk % block_size != 0) && !(!backward && (*kernel)->documents))
+    return ffi::Unexpected(Invalid(std::string("sequence lengths must be multiples of the block "
+                                               "size (the kernel here: ") + (*kernel)->name + ")"));
   if (s.hkv == 0 || s.hq % s.hkv != 0)
     return ffi::Unexpected(Invalid("query heads must be a multiple of kv heads"));
   if (s.mask_heads != 1 && s.mask_heads != s.hq)
@@ -117,13 +118,16 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   p.v = v.untyped_data();
   p.kv_lengths = kv_lengths.typed_data();
   p.by_query = View(q_counts, q_partial, q_lists, q_order);
-  if (p.by_query.lines != p.shape.tq / block_size)
-    return Invalid("query metadata must have Tq / block_size lines");
+  if (p.by_query.lines != (p.shape.tq + block_size - 1) / block_size)
+    return Invalid("query metadata must have ceil(Tq / block_size) lines");
   if (segments) {
+    // padded to whole tiles: [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs]
     auto qs = q_segment_ids.dimensions(), ks = kv_segment_ids.dimensions();
-    if (qs.size() != 2 || qs[0] != p.shape.batch || qs[1] != p.shape.tq || ks.size() != 2 ||
-        ks[0] != p.shape.batch || ks[1] != p.shape.tk)
-      return Invalid("segment ids must be [B, Tq] and [B, Tk]");
+    const int64_t tq_pad = (p.shape.tq + block_size - 1) / block_size * int64_t(block_size);
+    const int64_t tk_pad = (p.shape.tk + block_size - 1) / block_size * int64_t(block_size);
+    if (qs.size() != 2 || qs[0] != p.shape.batch || qs[1] != tq_pad || ks.size() != 2 ||
+        ks[0] != p.shape.batch || ks[1] != tk_pad)
+      return Invalid("segment ids must be [B, ceil(Tq / bs) * bs] and [B, ceil(Tk / bs) * bs]");
     p.q_segment_ids = q_segment_ids.typed_data();
     p.kv_segment_ids = kv_segment_ids.typed_data();
   }

@@ -10,9 +10,10 @@ with empty query rows and a single block, GQA (8 query heads on 2), scales other
 planted in k and v past them (the outputs must stay finite and bitwise equal to the clean
 run); every result bitwise equal over two runs.
 
-Then segment ids (packed documents) and masks per batch entry (a traced BlockMask with
-Bm = B), which the FA3-design forward takes (the backward runs the pure-JAX path: dq is
-checked too), and the FA2 forward forced at negative scales.
+Then segment ids (packed documents), masks per batch entry (a traced BlockMask with
+Bm = B) and Tq, Tk that are not multiples of the block size (partial last tiles), which the
+FA3-design forward takes (the backward runs the pure-JAX path: dq is checked too; with the
+FA2 forward forced, the forward too), and the FA2 forward forced at negative scales.
 
 The cases run in subprocesses (a few per subprocess) with JAX_BLOCKSPARSE_DEBUG=1 and the
 test asserts that the
@@ -304,6 +305,18 @@ DOC_CASES = {
     "docs_per_batch_mask_d64": (lambda: random_mask(35, (3, 1, 8, 8), 0.7, False), True,
                                 3, 1024, 1024, 4, 4, [1024, 1000, 300], True, 64, 128,
                                 "packed"),
+    # Tq, Tk not multiples of the block size (partial last tiles: the FA3-design forward
+    # only; the backward runs the pure-JAX path)
+    "tail_causal_tq_lt_tk": (lambda: np.ones((8, 9), bool), True,
+                             2, 1000, 1100, 4, 2, None, False, 128, 128, None),
+    "tail_docs_kv_lengths": (lambda: random_mask(41, (8, 8), 0.7, False), False,
+                             2, 1000, 1000, 4, 4, [1000, 517], False, 128, 128, "packed"),
+    "tail_bs64_d64_traced_causal": (lambda: random_mask(42, (16, 16), 0.6), True,
+                                    2, 1000, 1000, 4, 4, None, True, 64, 64, None),
+    "tail_short_queries_docs": (lambda: np.ones((1, 4), bool), True,
+                                2, 50, 400, 4, 4, None, False, 128, 128, "tail"),
+    "tail_bs64_gqa4_per_head_docs": (lambda: random_mask(43, (8, 16, 16), 0.5, False), True,
+                                     2, 999, 999, 8, 2, [999, 300], False, 128, 64, "packed"),
 }
 
 
@@ -371,7 +384,8 @@ def run_doc_cases(cases):
 
 @pytest.mark.parametrize("variant,names", [("", c) for c in chunks(DOC_CASES, 3)] +
                          [("3", ("docs_local_causal",)),
-                          ("0", ("docs_local_causal", "per_batch_mask_causal_kv_lengths"))],
+                          ("0", ("docs_local_causal", "per_batch_mask_causal_kv_lengths",
+                                 "tail_causal_tq_lt_tk"))],
                          ids=case_id)
 def test_fa3_forward_documents(variant, names):
     """Segment ids and masks per batch entry: the FA3-design forward takes them (default and

@@ -6,7 +6,8 @@
 //
 // Scope (issue 18): block sizes 128 and 64, head dims 64 and 128, bf16 / f16; static or
 // traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
-// masks, any scale. Variant 2 of the dispatch table (the default on sm_90) is PINGPONG =
+// masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of the block
+// size (partial last tiles), any scale. Variant 2 of the dispatch table (the default on sm_90) is PINGPONG =
 // true at block 128, variant 3 false; at block 64 both run the one kernel below.
 //
 // Block 64 (Geom<64>): the same code with one consumer warpgroup: a CTA is one 64-row
@@ -32,6 +33,11 @@
 //    warpgroup: the QK^T of tile n is issued together with the PV of tile n - 1; the
 //    warpgroup waits only for S_n and runs softmax(S_n) while PV_{n-1} runs, and waits for
 //    PV_{n-1} at the top of the next iteration (then rescales O and packs P_n).
+//  * Tensor maps: 4-d [B, T, H, D] (boxes of 64 columns x 1 head x BS rows x 1 batch
+//    entry): rows past T in a partial last tile are zero filled by the loads (keys there
+//    are past kv_lengths: masked) and dropped by the output's store; lse rows past Tq are
+//    not written. Segment ids come padded to whole tiles (the Python lowering) so that
+//    their loads need no bounds checks (which cost spills at 168 registers).
 //  * Shared memory: Q + STAGES x (K, V), 128-row tiles in the 128-byte swizzled line
 //    layout of wgmma.cuh (a 128 x D tile is D / 64 column slabs of 128 lines), the layout
 //    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128: 2 stages, 160 KB; D = 64: 3
@@ -200,26 +206,27 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       tma::PrefetchMap(&tm_q);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
-      const int qrow = b * a.tq + q0, krow = b * a.tk;
-      tma::MbarArriveExpectTx(bar_q, kTile);
+      // 4-d maps [B, T, H, D]: rows past T (a partial last tile) are zero filled here and
+      // dropped by the output's store
+      tma::MbarArriveExpectTx(bar_q, kTile);  // a box's full bytes, zero-filled part too
 #pragma unroll
       for (int sl = 0; sl < D / 64; ++sl)
-        tma::Load3d(sQ + sl * kSlabBytes, &tm_q, sl * 64, h, qrow, bar_q);
+        tma::Load4d(sQ + sl * kSlabBytes, &tm_q, sl * 64, h, q0, b, bar_q);
       for (int it = 0; !tiles.Done(); ++it, tiles.Next()) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
-        const int k0 = krow + tiles.Start(tiles.e);
+        const int kstart = tiles.Start(tiles.e);
         const uint32_t sk = base + uint32_t((1 + 2 * st) * kTile), sv = sk + kTile;
         tma::MbarWait(empty_k(st), ph ^ 1);
         tma::MbarArriveExpectTx(full_k(st), kTile);
 #pragma unroll
         for (int sl = 0; sl < D / 64; ++sl)
-          tma::Load3d(sk + sl * kSlabBytes, &tm_k, sl * 64, hk, k0, full_k(st));
+          tma::Load4d(sk + sl * kSlabBytes, &tm_k, sl * 64, hk, kstart, b, full_k(st));
         tma::MbarWait(empty_v(st), ph ^ 1);
         tma::MbarArriveExpectTx(full_v(st), kTile);
 #pragma unroll
         for (int sl = 0; sl < D / 64; ++sl)
-          tma::Load3d(sv + sl * kSlabBytes, &tm_v, sl * 64, hk, k0, full_v(st));
+          tma::Load4d(sv + sl * kSlabBytes, &tm_v, sl * 64, hk, kstart, b, full_v(st));
       }
     }
   } else {
@@ -305,15 +312,19 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
         const bool segs = a.kv_ids != nullptr;
         int qid0 = 0, qid1 = 0;
         if (segs) {
-          qid0 = __ldg(a.q_ids + int64_t(b) * a.tq + i0);
-          qid1 = __ldg(a.q_ids + int64_t(b) * a.tq + i0 + 8);
+          // ids padded to whole tiles ([B, ceil(T / bs) * bs], the Python lowering): rows
+          // past Tq are not stored, keys past Tk are past kv_lengths (masked); no bounds
+          // checks here (they cost spills at 168 registers)
+          qid0 = __ldg(a.q_ids + int64_t(b) * ((a.tq + kBM - 1) / kBM * kBM) + i0);
+          qid1 = __ldg(a.q_ids + int64_t(b) * ((a.tq + kBM - 1) / kBM * kBM) + i0 + 8);
         }
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
           int kid0 = 0, kid1 = 0;  // documents of keys j0 + 8j, + 1 (all 0 without ids)
           if (segs) {
-            kid0 = __ldg(a.kv_ids + int64_t(b) * a.tk + j0 + 8 * j);
-            kid1 = __ldg(a.kv_ids + int64_t(b) * a.tk + j0 + 8 * j + 1);
+            const int64_t krow_ids = int64_t(b) * ((a.tk + kBN - 1) / kBN * kBN);
+            kid0 = __ldg(a.kv_ids + krow_ids + j0 + 8 * j);
+            kid1 = __ldg(a.kv_ids + krow_ids + j0 + 8 * j + 1);
           }
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
@@ -467,15 +478,18 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
     tma::NamedBarrier(kBarEpilogue + cw, 128);
     if ((ctid & 127) == 0) {
 #pragma unroll
-      for (int sl = 0; sl < D / 64; ++sl)
-        tma::Store3d(&tm_o, sl * 64, h, b * a.tq + q0 + cw * 64,
+      for (int sl = 0; sl < D / 64; ++sl)  // rows past Tq are dropped
+        tma::Store4d(&tm_o, sl * 64, h, q0 + cw * 64, b,
                      sQ + uint32_t(sl * kSlabBytes + cw * 64 * kLine));
       tma::StoreCommit();
     }
     if (t == 0) {
       float* gl = a.out_lse + (int64_t(b) * a.hq + h) * a.tq;
-      gl[i0] = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
-      gl[i0 + 8] = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
+      const float lse0 = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
+      const float lse1 = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
+      const int lim = a.tq - i0;  // rows past Tq (a partial last tile) are not written
+      if (lim > 0) gl[i0] = lse0;
+      if (lim > 8) gl[i0 + 8] = lse1;
     }
     if ((ctid & 127) == 0) tma::StoreWaitRead();
   }
@@ -528,27 +542,35 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using G = Geom<BS>;
   if (a.bs != BS) return cudaErrorInvalidValue;
   if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
-  if (a.tk == 0) return LaunchForwardTile<T, D, 64, 2>(a, stream);  // no key: o = 0, lse = -inf
+  // partial last tiles (Tq or Tk not a multiple of the block): 4-d tensor maps
+  const bool rows4d = a.tq % BS != 0 || a.tk % BS != 0;
+  // what the FA2 forward takes: lists shared by the batch, no segment ids, whole tiles
+  const bool fa2_ok = a.mb == 1 && a.q_ids == nullptr && !rows4d;
+  if (a.tk == 0) {  // no key: o = 0, lse = -inf
+    if (!fa2_ok) return cudaErrorInvalidValue;  // the Python routing never sends these
+    return LaunchForwardTile<T, D, 64, 2>(a, stream);
+  }
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  // operands TMA cannot address (XLA's buffers are aligned: not seen) run the FA2 forward,
-  // which takes neither lists per batch entry nor segment ids
+  // operands TMA cannot address (XLA's buffers are aligned: not seen) run the FA2 forward
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.out_o)) {
-    if (a.mb != 1 || a.q_ids != nullptr) return cudaErrorInvalidValue;
+    if (!fa2_ok) return cudaErrorInvalidValue;
     return LaunchForwardTile<T, D, 64, 2>(a, stream);
   }
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
   CUtensorMap tq{}, tk{}, tv{}, to{};
-  const uint64_t qdims[3] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.batch) * a.tq};
-  const uint64_t qstr[2] = {D * e, uint64_t(a.hq) * D * e};
-  const uint64_t kdims[3] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.batch) * a.tk};
-  const uint64_t kstr[2] = {D * e, uint64_t(a.hkv) * D * e};
-  const uint32_t box_in[3] = {64, 1, uint32_t(BS)};
-  const uint32_t box_out[3] = {64, 1, 64};  // one consumer warpgroup's rows
-  cudaError_t err = tma::EncodeTiled3d(&tq, kBf16, a.q, qdims, qstr, box_in);
-  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tk, kBf16, a.k, kdims, kstr, box_in);
-  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tv, kBf16, a.v, kdims, kstr, box_in);
-  if (err == cudaSuccess) err = tma::EncodeTiled3d(&to, kBf16, a.out_o, qdims, qstr, box_out);
+  // [B, T, H, D]: dims D, H, T, B (innermost first); boxes of 64 columns (one swizzled
+  // slab), one head, BS rows (64: one consumer warpgroup's rows for the output), one batch
+  // entry. Rows past T: zero filled by loads, dropped by stores (partial last tiles).
+  const uint64_t qd4[4] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.tq), uint64_t(a.batch)};
+  const uint64_t qs4[3] = {D * e, uint64_t(a.hq) * D * e, uint64_t(a.tq) * a.hq * D * e};
+  const uint64_t kd4[4] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.tk), uint64_t(a.batch)};
+  const uint64_t ks4[3] = {D * e, uint64_t(a.hkv) * D * e, uint64_t(a.tk) * a.hkv * D * e};
+  const uint32_t box_in[4] = {64, 1, uint32_t(BS), 1}, box_out[4] = {64, 1, 64, 1};
+  cudaError_t err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qd4, qs4, box_in);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, a.k, kd4, ks4, box_in);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, a.v, kd4, ks4, box_in);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&to, kBf16, a.out_o, qd4, qs4, box_out);
   if (err != cudaSuccess) return err;
 
   constexpr int smem = Smem<D, kStages<D, BS>, BS>::kBytes;
