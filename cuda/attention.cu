@@ -124,7 +124,8 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   if (kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
   // lists per batch entry and segment ids: the FA3-design forward only (the FA2 one would
   // ignore them); the Python routing sends such calls elsewhere when it does not run
-  if ((p.shape.mask_batch != 1 || p.q_segment_ids != nullptr) && !kernel.documents)
+  if ((p.shape.mask_batch != 1 || p.q_segment_ids != nullptr || p.q_positions != nullptr) &&
+      !kernel.documents)
     return cudaErrorNotSupported;
   if ((p.q_segment_ids == nullptr) != (p.kv_segment_ids == nullptr)) return cudaErrorInvalidValue;
   if (Empty(p.shape) || p.shape.tq == 0) return cudaSuccess;
@@ -136,6 +137,9 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   a.by_query = ToLists(p.by_query);
   a.q_ids = p.q_segment_ids;
   a.kv_ids = p.kv_segment_ids;
+  a.q_pos = p.q_positions;
+  a.qp_batch = p.q_positions_batch;
+  if (a.q_pos != nullptr && a.qp_batch != 1 && a.qp_batch != a.batch) return cudaErrorInvalidValue;
   a.out_o = p.o;
   a.out_lse = p.lse;
   const int bs = p.shape.block_size;

@@ -55,6 +55,10 @@ struct AttentionForwardParams {
   BlockListsView by_query;    // lines of [mask_batch, Hm] (lines: Rq per (b, hm))
   // [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs] (padded to whole tiles), or both null
   const int32_t *q_segment_ids, *kv_segment_ids;
+  // q_offset (AttentionKernel::documents): causal position of query row 0 per batch entry
+  // ([q_positions_batch] = [1] or [B]); null: Tk - Tq (bottom-right aligned)
+  const int32_t* q_positions;
+  int32_t q_positions_batch;
   void* o;     // [B, Tq, Hq, D], q's dtype
   float* lse;  // [B, Hq, Tq]
 };
@@ -84,8 +88,9 @@ struct AttentionKernel {
   int32_t fwd_variant;  // forward rows: the switch's value they serve (backward rows: 0)
   const char* name;
   cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
-  // forward: takes lists per batch entry, segment ids, and Tq, Tk that are not multiples
-  // of the block size (partial last tiles; the lists then have ceil(Tq / bs) lines)
+  // forward: takes lists per batch entry, segment ids, Tq, Tk that are not multiples of
+  // the block size (partial last tiles; the lists then have ceil(Tq / bs) lines) and query
+  // positions (q_offset)
   bool documents = false;
 };
 

@@ -48,6 +48,8 @@ struct Args {
   // mb == B (else mb = 1), segment ids [B, Tq] / [B, Tk] or null
   int mb;
   const int32_t *q_ids, *kv_ids;
+  const int32_t* q_pos;  // [qp_batch]: causal position of query row 0 (null: Tk - Tq)
+  int qp_batch;          // 1 or B
 };
 
 // ---------------------------------------------------------------- PTX helpers

@@ -146,9 +146,9 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
                                 forward: bool = False) -> str | None:
     """Why the fused kernels cannot run this call (None when they can): the backward
     (`forward=False`) and the FA2 forward take neither segment ids, nor a mask per batch
-    entry, nor lengths that are not multiples of the block size; the FA3-design forward
-    (`sm90_forward()`, with `forward=True`) takes all three (partial last tiles; with at
-    least one key)."""
+    entry, nor lengths that are not multiples of the block size, nor `q_offset`; the
+    FA3-design forward (`sm90_forward()`, with `forward=True`) takes all four (partial
+    last tiles: with at least one key)."""
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if head_dim not in FUSED_ATTENTION["head_dims"]:
@@ -160,7 +160,7 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
         return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     if segments and not documents:
         return "segment ids"
-    if positioned:
+    if positioned and not documents:
         return "q_offset"
     if mask_batch != 1 and not documents:
         return "a mask per batch entry"
@@ -205,7 +205,8 @@ _backward_reference = jint.lower_fun(att.backward_reference, multiple_results=Tr
 
 
 def _attention_forward_lowering(ctx, *operands, **params):
-    """The forward's custom call: q, k, v, kv_lengths, the by-query lists with their
+    """The forward's custom call: q, k, v, kv_lengths, q_positions (`[1]` or `[B]`, read
+    with the attribute `positioned`: q_offset), the by-query lists with their
     leading batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
     zero-padded to whole tiles (placeholders `[1, 1]` without them: attribute
     `segments`)."""
@@ -214,7 +215,7 @@ def _attention_forward_lowering(ctx, *operands, **params):
         return _forward_reference(ctx, *operands, **params)
     lists = floats + att.LISTS
     seg = floats + att.CONTEXT.index("q_segment_ids")
-    pick = [*range(floats + 1), *range(lists, lists + len(AttentionLists._fields))]
+    pick = [*range(floats + 2), *range(lists, lists + len(AttentionLists._fields))]
     values, avals = [operands[i] for i in pick], [ctx.avals_in[i] for i in pick]
     bs = params["block_size"]
     for i in (seg, seg + 1):  # segment ids padded to whole tiles (the kernel reads them so)
@@ -225,7 +226,8 @@ def _attention_forward_lowering(ctx, *operands, **params):
         avals.append(aval)
     ctx = ctx.replace(avals_in=avals)
     return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
-        ctx, *values, **_attention_attrs(params), segments=bool(params["segments"]))
+        ctx, *values, **_attention_attrs(params), segments=bool(params["segments"]),
+        positioned=bool(params["positioned"]))
 
 
 def _pad_columns(ctx, value, aval, width):

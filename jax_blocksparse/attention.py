@@ -576,10 +576,11 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     mask, `q_offset`, `kv_lengths` and paged cache. Longer queries: bfloat16/float16 with
     `D` in (64, 128), block size 64 or 128 and no `q_offset` run the fused kernels
     (`_cuda.fused_attention_unsupported`; a paged cache is gathered first): on Hopper
-    (sm_90) the forward with segment ids, any mask (a `BlockMask` with `Bm = B` too) and
-    any lengths; the backward, and elsewhere the forward, with a mask shared by the batch
-    (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids and lengths that are
-    multiples of the block size. The forward and backward decide separately. Every other call runs the pure-JAX
+    (sm_90) the forward with segment ids, any mask (a `BlockMask` with `Bm = B` too), any
+    lengths and `q_offset`; the backward, and elsewhere the forward, with a mask shared by
+    the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids, lengths that
+    are multiples of the block size and no `q_offset`. The forward and backward decide
+    separately. Every other call runs the pure-JAX
     implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is compiled).
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)

@@ -101,10 +101,12 @@ BlockListsView View(const Buffer<S32>& counts, const Buffer<S32>& partial,
 }
 
 ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
-                   Buffer<S32> kv_lengths, Buffer<S32> q_counts, Buffer<S32> q_partial,
+                   Buffer<S32> kv_lengths, Buffer<S32> q_positions, Buffer<S32> q_counts,
+                   Buffer<S32> q_partial,
                    Buffer<S32> q_lists, Buffer<S32> q_order, Buffer<S32> q_segment_ids,
                    Buffer<S32> kv_segment_ids, Result<AnyBuffer> o, Result<Buffer<F32>> lse,
-                   int32_t block_size, bool causal, float scale, bool segments) {
+                   int32_t block_size, bool causal, float scale, bool segments,
+                   bool positioned) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
@@ -131,9 +133,17 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
     p.q_segment_ids = q_segment_ids.typed_data();
     p.kv_segment_ids = kv_segment_ids.typed_data();
   }
-  if ((p.shape.mask_batch != 1 || segments) && !kernel->documents)
-    return Invalid(std::string("lists per batch entry and segment ids need the FA3-design "
-                               "forward (sm_90a); the forward here is ") + kernel->name);
+  if (positioned) {  // q_offset: q_positions [1] or [B]
+    auto pd = q_positions.dimensions();
+    if (pd.size() != 1 || (pd[0] != 1 && pd[0] != p.shape.batch))
+      return Invalid("q_positions must be [1] or [B]");
+    p.q_positions = q_positions.typed_data();
+    p.q_positions_batch = int32_t(pd[0]);
+  }
+  if ((p.shape.mask_batch != 1 || segments || positioned) && !kernel->documents)
+    return Invalid(std::string("lists per batch entry, segment ids and q_offset need the "
+                               "FA3-design forward (sm_90a); the forward here is ") +
+                   kernel->name);
   p.o = o->untyped_data();
   p.lse = lse->typed_data();
   LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) +
@@ -283,6 +293,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<AnyBuffer>()     // k
         .Arg<AnyBuffer>()     // v
         .Arg<Buffer<S32>>()   // kv_lengths
+        .Arg<Buffer<S32>>()   // q_positions [1] or [B] (read with `positioned` only)
         .Arg<Buffer<S32>>()   // q_counts
         .Arg<Buffer<S32>>()   // q_partial
         .Arg<Buffer<S32>>()   // q_lists
@@ -291,7 +302,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<Buffer<S32>>()   // kv_segment_ids [B, Tk] (the same)
         .Ret<AnyBuffer>()     // o
         .Ret<Buffer<F32>>()   // lse
-            JBS_ATTENTION_ATTRS.Attr<bool>("segments"),
+            JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned"),
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(

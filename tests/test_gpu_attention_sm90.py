@@ -11,7 +11,8 @@ planted in k and v past them (the outputs must stay finite and bitwise equal to 
 run); every result bitwise equal over two runs.
 
 Then segment ids (packed documents), masks per batch entry (a traced BlockMask with
-Bm = B) and Tq, Tk that are not multiples of the block size (partial last tiles), which the
+Bm = B), Tq, Tk that are not multiples of the block size (partial last tiles) and q_offset
+(chunked prefill, per batch entry), which the
 FA3-design forward takes (the backward runs the pure-JAX path: dq is checked too; with the
 FA2 forward forced, the forward too), and the FA2 forward forced at negative scales.
 
@@ -317,13 +318,24 @@ DOC_CASES = {
                                 2, 50, 400, 4, 4, None, False, 128, 128, "tail"),
     "tail_bs64_gqa4_per_head_docs": (lambda: random_mask(43, (8, 16, 16), 0.5, False), True,
                                      2, 999, 999, 8, 2, [999, 300], False, 128, 64, "packed"),
+    # q_offset (a 13th entry: the offsets [B]): query i of batch entry b at position
+    # q_offset[b] + i of the mask's rows (chunked prefill); "offset" ids: the queries' ids
+    # are those of the keys at their positions
+    "qoff_causal_chunk": (lambda: np.tril(np.ones((16, 16), bool)), True,
+                          2, 300, 2048, 4, 2, [1300, 2048], False, 128, 128, None, [1000, 1748]),
+    "qoff_bs64_docs": (lambda: jbs.layouts.local(1024, 64, 512).mask, True,
+                       2, 200, 1024, 4, 4, [300, 1024], False, 64, 64, "offset", [100, 824]),
+    "qoff_traced_per_head_d128_bs64": (lambda: random_mask(44, (4, 16, 16), 0.6, False), True,
+                                       2, 130, 1024, 4, 2, [630, 1000], True, 128, 64, None,
+                                       [500, 870]),
 }
 
 
 def build_docs(name, dtype):
     """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse and dq)."""
     from test_masks_from_data import allowed_pairs, packed_ids
-    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, D, bs, ids = DOC_CASES[name]
+    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, D, bs, ids, *offsets = DOC_CASES[name]
+    offsets = np.asarray(offsets[0]) if offsets else None
     scale = 1 / np.sqrt(D)
     block_mask = make_mask()
     kv = np.full(b, tk) if kv is None else np.asarray(kv)
@@ -333,7 +345,8 @@ def build_docs(name, dtype):
     q_ids = kv_ids = None
     if ids is not None:
         kv_ids = np.asarray(packed_ids(rng, b, tk, bs // 3, 5 * bs))
-        q_ids = kv_ids[:, tk - tq:]
+        q_ids = (kv_ids[:, tk - tq:] if offsets is None else
+                 np.stack([kv_ids[i, o:o + tq] for i, o in enumerate(offsets)]))
     layout = None if traced else jbs.Layout(block_mask, bs)
 
     def f(q, k, v, do, kv_lengths, mask, q_ids, kv_ids):
@@ -342,12 +355,24 @@ def build_docs(name, dtype):
         def fwd(q, k, v):
             return jbs.attention(q, k, v, m, causal=causal, scale=float(scale),
                                  kv_lengths=kv_lengths, q_segment_ids=q_ids,
-                                 kv_segment_ids=kv_ids, return_lse=True)
+                                 kv_segment_ids=kv_ids, return_lse=True,
+                                 q_offset=None if offsets is None else jnp.asarray(offsets))
         (o, lse), vjp = jax.vjp(fwd, q, k, v)
         dq, _, _ = vjp((do, jnp.zeros_like(lse)))  # the pure-JAX backward (segment ids)
         return o, lse, dq
 
-    allowed = allowed_pairs(block_mask, bs, tq, tk, causal, kv, q_ids, kv_ids)
+    if offsets is None:
+        allowed = allowed_pairs(block_mask, bs, tq, tk, causal, kv, q_ids, kv_ids)
+    else:  # the rows of the mask's full query axis at the queries' positions
+        rows = np.shape(block_mask)[-2] * bs
+        full = allowed_pairs(block_mask, bs, rows, tk, False, kv)
+        full = np.broadcast_to(full, (b,) + full.shape[1:])
+        pos = offsets[:, None] + np.arange(tq)  # [B, Tq]
+        allowed = np.stack([full[i][:, pos[i]] for i in range(b)])
+        if causal:
+            allowed = allowed & (np.arange(tk) <= pos[:, None, :, None])
+        if q_ids is not None:
+            allowed = allowed & (q_ids[:, None, :, None] == kv_ids[:, None, None, :])
     zeros = np.zeros((b, hq, tq), np.float32)
     want_o, want_lse, want_dq = attention64(q, k, v, allowed, scale, do, zeros)[:3]
     as_ids = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
@@ -385,7 +410,7 @@ def run_doc_cases(cases):
 @pytest.mark.parametrize("variant,names", [("", c) for c in chunks(DOC_CASES, 3)] +
                          [("3", ("docs_local_causal",)),
                           ("0", ("docs_local_causal", "per_batch_mask_causal_kv_lengths",
-                                 "tail_causal_tq_lt_tk"))],
+                                 "tail_causal_tq_lt_tk", "qoff_bs64_docs"))],
                          ids=case_id)
 def test_fa3_forward_documents(variant, names):
     """Segment ids and masks per batch entry: the FA3-design forward takes them (default and

@@ -7,7 +7,8 @@
 // Scope (issue 18): block sizes 128 and 64, head dims 64 and 128, bf16 / f16; static or
 // traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
 // masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of the block
-// size (partial last tiles), any scale. Variant 2 of the dispatch table (the default on sm_90) is PINGPONG =
+// size (partial last tiles), query positions per batch entry (q_offset: the causal offset
+// of query row 0 is read from a.q_pos instead of Tk - Tq), any scale. Variant 2 of the dispatch table (the default on sm_90) is PINGPONG =
 // true at block 128, variant 3 false; at block 64 both run the one kernel below.
 //
 // Block 64 (Geom<64>): the same code with one consumer warpgroup: a CTA is one 64-row
@@ -172,7 +173,9 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
   const int64_t line = lines0 + r;
   const int q0 = r * kBM;
   const int hk = h / a.group;
-  const int off = a.tk - a.tq;
+  // causal position of query row 0 (bottom-right aligned: Tk - Tq; with q_offset, per
+  // batch entry: the Python side's q_positions)
+  const int off = a.q_pos != nullptr ? __ldg(a.q_pos + (a.qp_batch == 1 ? 0 : b)) : a.tk - a.tq;
   int kvlen = __ldg(a.kv_lengths + b);
   kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
 
@@ -544,8 +547,9 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
   // partial last tiles (Tq or Tk not a multiple of the block): 4-d tensor maps
   const bool rows4d = a.tq % BS != 0 || a.tk % BS != 0;
-  // what the FA2 forward takes: lists shared by the batch, no segment ids, whole tiles
-  const bool fa2_ok = a.mb == 1 && a.q_ids == nullptr && !rows4d;
+  // what the FA2 forward takes: lists shared by the batch, no segment ids, whole tiles, no
+  // query positions
+  const bool fa2_ok = a.mb == 1 && a.q_ids == nullptr && a.q_pos == nullptr && !rows4d;
   if (a.tk == 0) {  // no key: o = 0, lse = -inf
     if (!fa2_ok) return cudaErrorInvalidValue;  // the Python routing never sends these
     return LaunchForwardTile<T, D, 64, 2>(a, stream);
