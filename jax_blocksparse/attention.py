@@ -574,7 +574,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     bfloat16/float16 with `D` in (64, 96, 128, 256), a block size and page size that are
     multiples of 16 run the split-KV decode kernel (`_cuda.decode_unsupported`), with any
     mask, `q_offset`, `kv_lengths` and paged cache. Longer queries: bfloat16/float16 with
-    `D` in (64, 128), block size 64 or 128 and no `q_offset` run the fused kernels
+    `D` in (64, 128) and block size 64 or 128 run the fused kernels
     (`_cuda.fused_attention_unsupported`; a paged cache is gathered first): on Hopper
     (sm_90) the forward with segment ids, any mask (a `BlockMask` with `Bm = B` too), any
     lengths and `q_offset`; the backward, and elsewhere the forward, with a mask shared by
