@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build for sm_90a, then the stages named as arguments.
 #   bash benchmarks/device.sh test matmul attention peers patterns lm sanitize
-#   (attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3)
+#   (attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
+#   attention_variants64: 0 and 2 at block size 64)
 # The sanitizer tools can run side by side after one build:
 #   bash benchmarks/device.sh && for t in memcheck racecheck synccheck; do
 #     SKIP_BUILD=1 SANITIZE_TOOLS=$t bash benchmarks/device.sh sanitize & done; wait
@@ -105,6 +106,9 @@ for stage in "$@"; do
     # the forward under variants 0 (FA2, default), 2 and 3 (Hopper FA3 design), side by side
     attention_variants) python3 "$repo/benchmarks/dev_attention.py" --fwd-variants 0,2,3 2>&1 \
                           | tee "$out/attention_variants.log" ;;
+    # the same at block size 64 (variants 2 and 3 run one kernel there)
+    attention_variants64) python3 "$repo/benchmarks/dev_attention.py" --fwd-variants 0,2 \
+                            --block-size 64 2>&1 | tee "$out/attention_variants64.log" ;;
     decode) python3 "$repo/benchmarks/decode.py" 2>&1 | tee "$out/decode.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.

@@ -90,9 +90,11 @@ def test_cuda_lowering_without_a_gpu():
     assert "@jax_blocksparse_attention_fwd(" in text and "@jax_blocksparse_attention_bwd(" in text
     operands = {line.split("@")[1].split("(")[0]: line.split("(", 1)[1].split(")")[0].count("%")
                 for line in text.splitlines() if "custom_call" in line}
-    # q, k, v, kv_lengths, by-query lists (4); the backward adds o, lse, dO, dlse, by-key (4)
-    assert operands == {"jax_blocksparse_attention_fwd": 8, "jax_blocksparse_attention_bwd": 16}
-    assert "tensor<1x4x3xi32>" in text  # lists [Hm, Rq, width]: the batch axis dropped
+    # forward: q, k, v, kv_lengths, q_positions, by-query lists (4) with their batch axis,
+    # segment ids (2); backward: q, k, v, o, lse, dO, dlse, kv_lengths, both lists (8)
+    assert operands == {"jax_blocksparse_attention_fwd": 11, "jax_blocksparse_attention_bwd": 16}
+    assert "tensor<1x4x3xi32>" in text  # the backward's lists [Hm, Rq, width]: batch dropped
+    assert "tensor<1x1x4x3xi32>" in text  # the forward's [Bm, Hm, Rq, width]
 
 
 @pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
