@@ -243,9 +243,10 @@ def case_id(value):
     return "+".join(value) if isinstance(value, tuple) else (value or "default")
 
 
-@pytest.mark.parametrize("variant,names", [("", c) for c in chunks(CASES, 4)] +
-                         [("2", tuple(VARIANT2_CASES))] +
-                         [("3", c) for c in chunks(VARIANT3_CASES, 5)] +
+# Two or three cases per subprocess: device.sh runs pytest with --timeout 300 per test.
+@pytest.mark.parametrize("variant,names", [("", c) for c in chunks(CASES, 2)] +
+                         [("2", c) for c in chunks(VARIANT2_CASES, 2)] +
+                         [("3", c) for c in chunks(VARIANT3_CASES, 3)] +
                          [(v, (n,)) for v, n in FA2_CASES], ids=case_id)
 def test_fa3_forward(variant, names):
     if not sm90():
@@ -407,10 +408,10 @@ def run_doc_cases(cases):
         check_docs(name, DTYPES[dtype], platform)
 
 
-@pytest.mark.parametrize("variant,names", [("", c) for c in chunks(DOC_CASES, 3)] +
+@pytest.mark.parametrize("variant,names", [("", c) for c in chunks(DOC_CASES, 2)] +
                          [("3", ("docs_local_causal",)),
-                          ("0", ("docs_local_causal", "per_batch_mask_causal_kv_lengths",
-                                 "tail_causal_tq_lt_tk", "qoff_bs64_docs"))],
+                          ("0", ("docs_local_causal", "per_batch_mask_causal_kv_lengths")),
+                          ("0", ("tail_causal_tq_lt_tk", "qoff_bs64_docs"))],
                          ids=case_id)
 def test_fa3_forward_documents(variant, names):
     """Segment ids and masks per batch entry: the FA3-design forward takes them (default and
