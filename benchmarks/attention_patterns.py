@@ -101,10 +101,13 @@ def measure_ours(rows, batch, heads, backward, max_pure_seq):
     out = {}
     for name, s, d, layout, causal, docs in rows:
         why = _cuda.fused_attention_unsupported(jnp.bfloat16, d, BS, s, s, docs is not None,
-                                                False, 1)
+                                                False, 1)  # the backward's
+        why_fwd = _cuda.fused_attention_unsupported(jnp.bfloat16, d, BS, s, s,
+                                                    docs is not None, False, 1, forward=True)
         if not jbs.cuda_available():
             why = why or "no GPU"
-        if why and s > max_pure_seq:
+            why_fwd = why_fwd or "no GPU"
+        if why_fwd and s > max_pure_seq:
             out[key(name, s, d)] = {"skipped": f"pure-JAX path ({why}) above {max_pure_seq}"}
             continue
         rng = np.random.default_rng(s + d)
@@ -112,8 +115,12 @@ def measure_ours(rows, batch, heads, backward, max_pure_seq):
                    for _ in range(3))
         ids = None if docs is None else jnp.broadcast_to(jnp.asarray(docs), (batch, s))
         f = lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal, q_segment_ids=ids)
-        entry = {"path": why and f"pure-JAX ({why})" or "fused"}
+        entry = {"path": why_fwd and f"pure-JAX ({why_fwd})" or
+                 (f"fused forward, pure-JAX backward ({why})" if why else "fused")}
         for passes in ((False, True) if backward else (False,)):
+            if passes and why and s > max_pure_seq:  # the backward would run pure-JAX
+                entry["fwd+bwd"] = None
+                continue
             try:
                 entry["fwd+bwd" if passes else "fwd"] = time_pass(f, q, k, v, passes)
             except Exception as e:  # out of memory on the pure-JAX path

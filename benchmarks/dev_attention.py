@@ -75,9 +75,13 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct(k_shape, dtype),
          jax.ShapeDtypeStruct(k_shape, dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32)))
 
+    # the forward also takes q_positions [1] and segment ids (placeholders: attributes off)
+    qpos, ids = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1), jnp.int32)
+    fwd_attrs = dict(attrs, segments=False, positioned=False)
+
     @jax.jit
     def fwd(q, k, v, kvl):
-        return fwd_call(q, k, v, kvl, *qops, **attrs)
+        return fwd_call(q, k, v, kvl, qpos, *qops, ids, ids, **fwd_attrs)
 
     @jax.jit
     def bwd(q, k, v, o, lse, do, dlse, kvl):
@@ -86,7 +90,7 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
 
     @jax.jit
     def fwd_bwd(q, k, v, do, dlse, kvl):
-        o, lse = fwd_call(q, k, v, kvl, *qops, **attrs)
+        o, lse = fwd_call(q, k, v, kvl, qpos, *qops, ids, ids, **fwd_attrs)
         dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, *qops, *kops, **attrs)
         return o, lse, dq, dk, dv
 
@@ -180,16 +184,16 @@ FWD_LAYOUTS = {  # issue 18's patterns: (layout, causal)
 }
 
 
-def run_forward(rng, names, cudnn=True):
+def run_forward(rng, names, cudnn=True, bs=128):
     """Forward alone on each layout: one line `fwd <layout> <ms> <useful TFLOP/s>` each."""
-    B, H, S, D, bs = 2, 16, 8192, 128, 128
+    B, H, S, D = 2, 16, 8192, 128
     dtype = jnp.bfloat16
     scale = 1.0 / np.sqrt(D)
     shape = (B, S, H, D)
     rnd = lambda: jnp.asarray(rng.standard_normal(shape).astype(np.float32)).astype(dtype)
     q, k, v = rnd(), rnd(), rnd()
     kv = jnp.full((B,), S, jnp.int32)
-    variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "0") or "0"
+    variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "") or "default"
     for name in names:
         make, causal = FWD_LAYOUTS[name]
         layout = make(S, bs)
@@ -266,6 +270,9 @@ def compare_bwd_variants(variants, names):
 
 
 def compare_variants(variants, names):
+
+
+def compare_variants(variants, names, bs=128):
     """Runs `--fwd-only` under each forward variant (a subprocess each: the switch is read
     once per process) and prints the TFLOP/s side by side."""
     results = {}
@@ -273,7 +280,7 @@ def compare_variants(variants, names):
         env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=var)
         env.pop("JAX_BLOCKSPARSE_DEBUG", None)
         cmd = [sys.executable, os.path.abspath(__file__), "--fwd-only", "--layouts",
-               ",".join(names)] + ([] if i == 0 else ["--no-cudnn"])
+               ",".join(names), "--block-size", str(bs)] + ([] if i == 0 else ["--no-cudnn"])
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         sys.stdout.write(r.stdout)
         if r.returncode != 0:
@@ -301,17 +308,20 @@ def main():
     parser.add_argument("--bwd-only", action="store_true")
     parser.add_argument("--layouts", default=",".join(FWD_LAYOUTS))
     parser.add_argument("--no-cudnn", action="store_true")
+    parser.add_argument("--block-size", type=int, default=128,
+                        help="block size of the --fwd-only / --fwd-variants layouts (64, 128)")
     args = parser.parse_args()
     names = args.layouts.split(",")
     if args.fwd_variants:
-        compare_variants(args.fwd_variants.split(","), names)
+        compare_variants(args.fwd_variants.split(","), names, args.block_size)
         return
     if args.bwd_variants:
         compare_bwd_variants(args.bwd_variants.split(","), names)
         return
     print(jax.devices(), flush=True)
     if args.fwd_only:
-        run_forward(np.random.default_rng(0), names, cudnn=not args.no_cudnn)
+        run_forward(np.random.default_rng(0), names, cudnn=not args.no_cudnn,
+                    bs=args.block_size)
         return
     if args.bwd_only:
         run_backward(np.random.default_rng(0), names)

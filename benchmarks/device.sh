@@ -2,7 +2,8 @@
 # One call on the GPU machine: build for sm_90a, then the stages named as arguments.
 #   bash benchmarks/device.sh test matmul attention peers patterns lm sanitize
 #   (attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
-#    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 3)
+#    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 3;
+#    attention_variants64: 0 and 2 at block size 64)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build:
 #   bash benchmarks/device.sh && for t in memcheck racecheck synccheck; do
@@ -36,7 +37,8 @@ sanitize() {
   if [ -z "$cs" ]; then echo "sanitize: compute-sanitizer not found"; return 1; fi
   local runs=("- matmul attention decode" "JAX_BLOCKSPARSE_NO_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 matmul"
-              "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention")
+              "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
+              "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention")
   # SANITIZE_RUNS="- decode;JAX_BLOCKSPARSE_NO_WGMMA=1 matmul": other runs, ';' between
   [ -n "$SANITIZE_RUNS" ] && IFS=';' read -ra runs <<< "$SANITIZE_RUNS"
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
@@ -110,6 +112,9 @@ for stage in "$@"; do
     # and 3 (Hopper FA3 design); the forward: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (default 0)
     attention_bwd_variants) python3 "$repo/benchmarks/dev_attention.py" --bwd-variants 0,2,3 \
                               2>&1 | tee "$out/attention_bwd_variants.log" ;;
+    # the same at block size 64 (variants 2 and 3 run one kernel there)
+    attention_variants64) python3 "$repo/benchmarks/dev_attention.py" --fwd-variants 0,2 \
+                            --block-size 64 2>&1 | tee "$out/attention_variants64.log" ;;
     decode) python3 "$repo/benchmarks/decode.py" 2>&1 | tee "$out/decode.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.

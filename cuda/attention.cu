@@ -33,15 +33,23 @@ namespace {
   {DT, D, 128, false, 0, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>},  \
   {DT, D, 128, false, 1, "fa2_forward(128-row CTA)", attn::LaunchForwardTile<T, D, 128, 3>}
 // Variants 2 and 3: the Hopper forward in the FlashAttention-3 design
-// (attention/fwd_sm90.cu: TMA, mbarrier ring, producer warp + 2 consumer warpgroups,
-// wgmma), sm_90a only (its launcher refuses any other device), head dims 64 / 128 and block
-// size 128 for now; 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare
-// and as a fallback). The other combinations run variant 0 (FindAttentionKernel). Not the
-// default until measured.
+// (attention/fwd_sm90.cu: TMA, mbarrier ring, producer warp + consumer warpgroups, wgmma),
+// sm_90a only (its launcher refuses any other device), head dims 64 / 128. Block size 128:
+// 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare and as a
+// fallback). Block size 64: one kernel for both (64-row CTAs with one consumer warpgroup,
+// two CTAs per SM: nothing to ping-pong inside a CTA). Variant 2 is the default on an
+// sm_90 device running sm_90a code (FindAttentionKernel: 2.1-2.3x the FA2 forward on the
+// H200 at block 128, benchmarks/RESULTS.md); the combinations it leaves out run variant 0,
+// as everything does on other devices.
 #define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
   {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
-   attn::LaunchForwardSm90<T, D, true>},                                               \
-  {DT, D, 128, false, 3, "fa3_forward(wgmma, tma, ws)", attn::LaunchForwardSm90<T, D, false>}
+   attn::LaunchForwardSm90<T, D, 128, true>, true},                                    \
+  {DT, D, 128, false, 3, "fa3_forward(wgmma, tma, ws)",                               \
+   attn::LaunchForwardSm90<T, D, 128, false>, true},                                   \
+  {DT, D, 64, false, 2, "fa3_forward(wgmma, tma, ws, 64-row CTA)",                    \
+   attn::LaunchForwardSm90<T, D, 64, false>, true},                                    \
+  {DT, D, 64, false, 3, "fa3_forward(wgmma, tma, ws, 64-row CTA)",                    \
+   attn::LaunchForwardSm90<T, D, 64, false>, true}
 #define JBS_BWD_NAME "fa2_backward(delta, dq 64-row, dk/dv per kv head)"
 #define JBS_BWD_ROWS(DT, T, D)                                      \
   {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>},      \
@@ -75,15 +83,18 @@ const AttentionKernel kAttentionKernels[] = {
 #undef JBS_BWD_SM90_ROWS
 #undef JBS_BWD_NAME
 
-// Shapes the kernels take, beyond the table's head dim and block size.
-bool Supported(const AttentionShape& s) {
-  return s.tq % s.block_size == 0 && s.tk % s.block_size == 0 && s.hkv > 0 &&
-         s.hq % s.hkv == 0 && (s.mask_heads == 1 || s.mask_heads == s.hq);
+// Shapes the kernels take, beyond the table's head dim and block size (`tails`: Tq and Tk
+// need not be multiples of the block size, the FA3-design forward).
+bool Supported(const AttentionShape& s, bool tails) {
+  return (tails || (s.tq % s.block_size == 0 && s.tk % s.block_size == 0)) && s.hkv > 0 &&
+         s.hq % s.hkv == 0 && (s.mask_heads == 1 || s.mask_heads == s.hq) &&
+         (s.mask_batch == 1 || s.mask_batch == s.batch);
 }
 
 // The row is the one for this shape, and the shape one the kernels take.
 bool Matches(const AttentionKernel& k, const AttentionShape& s) {
-  return k.head_dim == s.head_dim && k.block_size == s.block_size && Supported(s);
+  return k.head_dim == s.head_dim && k.block_size == s.block_size &&
+         Supported(s, k.documents && !k.backward);
 }
 
 attn::Lists ToLists(const BlockListsView& v) {
@@ -103,6 +114,7 @@ attn::Args Common(const AttentionShape& s) {
   a.scale = s.scale;
   a.scale_log2 = s.scale * attn::kLog2e;
   a.causal = s.causal;
+  a.mb = s.mask_batch;
   return a;
 }
 
@@ -112,8 +124,9 @@ bool Empty(const AttentionShape& s) { return s.batch == 0 || s.hq == 0; }
 
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward) {
-  const int variant =
-      backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
+  int variant = backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
+  // forward default (switch unset): by the device's architecture, cached per device
+  if (!backward && variant < 0) variant = attn::Sm90ForwardAvailable() ? 2 : 0;
   // the switch's row, else (a variant that leaves this combination out) the default's
   for (const int v : {variant, 0})
     for (const AttentionKernel& k : kAttentionKernels)
@@ -126,6 +139,12 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
 cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const AttentionForwardParams& p,
                                    cudaStream_t stream) {
   if (kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
+  // lists per batch entry and segment ids: the FA3-design forward only (the FA2 one would
+  // ignore them); the Python routing sends such calls elsewhere when it does not run
+  if ((p.shape.mask_batch != 1 || p.q_segment_ids != nullptr || p.q_positions != nullptr) &&
+      !kernel.documents)
+    return cudaErrorNotSupported;
+  if ((p.q_segment_ids == nullptr) != (p.kv_segment_ids == nullptr)) return cudaErrorInvalidValue;
   if (Empty(p.shape) || p.shape.tq == 0) return cudaSuccess;
   attn::Args a = Common(p.shape);
   a.q = p.q;
@@ -133,15 +152,22 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   a.v = p.v;
   a.kv_lengths = p.kv_lengths;
   a.by_query = ToLists(p.by_query);
+  a.q_ids = p.q_segment_ids;
+  a.kv_ids = p.kv_segment_ids;
+  a.q_pos = p.q_positions;
+  a.qp_batch = p.q_positions_batch;
+  if (a.q_pos != nullptr && a.qp_batch != 1 && a.qp_batch != a.batch) return cudaErrorInvalidValue;
   a.out_o = p.o;
   a.out_lse = p.lse;
-  if (a.by_query.lines != p.shape.tq / p.shape.block_size) return cudaErrorInvalidValue;
+  const int bs = p.shape.block_size;
+  if (a.by_query.lines != (p.shape.tq + bs - 1) / bs) return cudaErrorInvalidValue;
   return kernel.launch(a, stream);
 }
 
 cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
                                     const AttentionBackwardParams& p, cudaStream_t stream) {
-  if (!kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
+  if (!kernel.backward || !Matches(kernel, p.shape) || p.shape.mask_batch != 1)
+    return cudaErrorInvalidValue;
   if (Empty(p.shape)) return cudaSuccess;
   attn::Args a = Common(p.shape);
   a.q = p.q;

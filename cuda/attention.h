@@ -12,11 +12,17 @@
 //  - by query block: counts [Hm, Rq], partial [Hm, Rq], lists [Hm, Rq, max_k], order [Hm, Rq].
 //    lists[hm, r, 0:counts] are the key blocks of query block r; the first `partial` of
 //    them need element masking (causal diagonal), the rest are full. Blocks fully masked by
-//    causality are not listed. `order[hm]` lists query blocks longest first. kv_lengths is
+//    causality are not listed. `order[hm]` lists query blocks longest first. The forward
+//    also takes lists per batch entry ([Bm, Hm, ...] with Bm = 1 or B; the FA3-design
+//    forward only: AttentionKernel::documents). kv_lengths is
 //    dynamic: a kernel skips blocks starting at or past kv_lengths[b] and masks the block
 //    that contains it element-wise.
 //  - by key block (for dK/dV): the same four arrays over [Hm, Rk, max_q], listing for each
 //    key block its query blocks (partial first).
+// Segment ids (forward, AttentionKernel::documents): q_segment_ids [B, Tq], kv_segment_ids
+// [B, Tk] int32; on the partial entries query i attends key j only if their ids are equal
+// (the lists skip block pairs of different documents and mark mixed ones partial:
+// attention_metadata.document_kinds; full entries are of one same document).
 // Deterministic: no float atomics; dK/dV of a kv head sum over its query-head group inside
 // one CTA in a fixed order.
 #pragma once
@@ -37,6 +43,7 @@ struct BlockListsView {  // one direction of the attention metadata
 
 struct AttentionShape {
   int32_t batch, tq, tk, hq, hkv, head_dim, block_size, mask_heads;
+  int32_t mask_batch;  // leading axis of the lists: 1 (shared by the batch) or B (forward)
   float scale;
   bool causal;
 };
@@ -45,7 +52,13 @@ struct AttentionForwardParams {
   AttentionShape shape;
   const void *q, *k, *v;
   const int32_t* kv_lengths;  // [B]
-  BlockListsView by_query;
+  BlockListsView by_query;    // lines of [mask_batch, Hm] (lines: Rq per (b, hm))
+  // [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs] (padded to whole tiles), or both null
+  const int32_t *q_segment_ids, *kv_segment_ids;
+  // q_offset (AttentionKernel::documents): causal position of query row 0 per batch entry
+  // ([q_positions_batch] = [1] or [B]); null: Tk - Tq (bottom-right aligned)
+  const int32_t* q_positions;
+  int32_t q_positions_batch;
   void* o;     // [B, Tq, Hq, D], q's dtype
   float* lse;  // [B, Hq, Tq]
 };
@@ -75,11 +88,17 @@ struct AttentionKernel {
   int32_t fwd_variant;  // the switch's value the row serves (backward rows: ..._BWD_VARIANT)
   const char* name;
   cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
+  // forward: takes lists per batch entry, segment ids, Tq, Tk that are not multiples of
+  // the block size (partial last tiles; the lists then have ceil(Tq / bs) lines) and query
+  // positions (q_offset)
+  bool documents = false;
 };
 
-// The table's row for this call (the switch read once per process; a switch value whose
-// rows leave this combination out gets the default's row), or nullptr when the table has
-// none: the FFI handler reports the combination.
+// The table's row for this call, or nullptr when the table has none: the FFI handler
+// reports the combination. Forward: the row of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (read once
+// per process) when set, else of the default by architecture (variant 2, the FA3-design
+// forward, on an sm_90 device running sm_90a code, queried once per device; variant 0, the
+// FA2 forward, elsewhere); a variant whose rows leave this combination out gets variant 0's.
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward);
 

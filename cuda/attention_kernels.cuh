@@ -44,6 +44,12 @@ struct Args {
   int batch, tq, tk, hq, hkv, group, bs, hm;
   float scale, scale_log2;
   bool causal;
+  // the FA3-design forward only (AttentionKernel::documents): lists per batch entry when
+  // mb == B (else mb = 1), segment ids [B, Tq] / [B, Tk] or null
+  int mb;
+  const int32_t *q_ids, *kv_ids;
+  const int32_t* q_pos;  // [qp_batch]: causal position of query row 0 (null: Tk - Tq)
+  int qp_batch;          // 1 or B
 };
 
 // ---------------------------------------------------------------- PTX helpers
@@ -311,6 +317,12 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
         O::Mma(s[2 * np + 1], qf[kk], bf[2], bf[3]);
       }
     }
+    // scores to the log2 domain, then the masks (a -inf score stays -inf for any scale: a
+    // negative scale after masking would turn it into +inf)
+#pragma unroll
+    for (int n = 0; n < kKT / 8; ++n) {
+      s[n][0] *= sl2; s[n][1] *= sl2; s[n][2] *= sl2; s[n][3] *= sl2;
+    }
     if (cc.Masked()) {
       const int k0 = cc.Start(cc.t) + (lane & 3) * 2;
       const bool causal = a.causal && cc.t / cc.kh < cc.npart;
@@ -327,7 +339,6 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
     float mx0 = m0, mx1 = m1;
 #pragma unroll
     for (int n = 0; n < kKT / 8; ++n) {
-      s[n][0] *= sl2; s[n][1] *= sl2; s[n][2] *= sl2; s[n][3] *= sl2;
       mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
       mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
     }

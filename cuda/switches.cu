@@ -20,7 +20,7 @@ Switches Read() {
   s.no_wgmma = Flag("JAX_BLOCKSPARSE_NO_WGMMA");
   const char* variant = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT");
   s.attn_fwd_variant =
-      variant != nullptr && variant[0] >= '1' && variant[0] <= '3' ? variant[0] - '0' : 0;
+      variant != nullptr && variant[0] >= '0' && variant[0] <= '3' ? variant[0] - '0' : -1;
   const char* bwd_variant = std::getenv("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT");
   s.attn_bwd_variant =
       bwd_variant != nullptr && bwd_variant[0] >= '2' && bwd_variant[0] <= '3' ? bwd_variant[0] - '0'

@@ -3,9 +3,14 @@
 //   JAX_BLOCKSPARSE_DEBUG=1 one line per kernel launch on stderr; =2 also times each launch
 //   JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 the simple matmul kernels instead of the tensor-core ones
 //   JAX_BLOCKSPARSE_NO_WGMMA=1 the mma.sync matmul kernels instead of the Hopper wgmma ones
-//   JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 the 128-row attention forward at block size 128;
-//     =2 the Hopper FA3-design forward (sm_90a; bf16/f16, head dim 128, block size 128;
-//     other combinations run the default), =3 the same without the ping-pong
+//   JAX_BLOCKSPARSE_ATTN_FWD_VARIANT: developer overrides of the attention forward (unset
+//     or "": the default by architecture, attention.cu: the FA3-design forward with ping-pong
+//     on an sm_90 device running sm_90a code, for the shapes it covers; the FA2 forward
+//     elsewhere). =0 the FA2 forward (64-row CTAs) even on Hopper, for A/B timing; =1 the
+//     FA2 forward with 128-row CTAs at block size 128; =2 the FA3-design forward (sm_90a
+//     only: an error elsewhere); =3 the same without the ping-pong (block 128; block 64
+//     has one kernel for 2 and 3). Combinations a variant
+//     leaves out run the FA2 forward (variant 0).
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 the Hopper FA3-design backward (sm_90a; bf16/f16,
 //     head dims 64 / 128, block size 128; other combinations run the default), =3 the same
 //     without the overlap of products and elementwise work inside a warpgroup
@@ -17,7 +22,7 @@ struct Switches {
   int debug;              // the value as an integer (atoi); 0 when unset
   bool simple_kernels;    // set to anything but "" or "0"
   bool no_wgmma;          // set to anything but "" or "0"
-  int attn_fwd_variant;   // 1, 2 or 3 when the value starts with that digit, else 0
+  int attn_fwd_variant;   // 0..3 when the value starts with that digit, else -1 (default)
   int attn_bwd_variant;   // 2 or 3 when the value starts with that digit, else 0
 };
 

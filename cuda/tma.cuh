@@ -93,6 +93,27 @@ __device__ __forceinline__ void Store3d(const CUtensorMap* map, int c0, int c1, 
       : "memory");
 #endif
 }
+// The same for 4-d boxes at (c0, c1, c2, c3).
+__device__ __forceinline__ void Load4d(uint32_t dst, const CUtensorMap* map, int c0, int c1,
+                                       int c2, int c3, uint32_t bar) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void Store4d(const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                        uint32_t src) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(src)
+      : "memory");
+#endif
+}
 __device__ __forceinline__ void StoreCommit() {
 #ifdef JBS_SM90_DEVICE
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
@@ -164,22 +185,35 @@ inline EncodeTiledFn GetEncodeTiled() {
   return fn;
 }
 
-// A 3-d tiled map of 16-bit elements (dims innermost first, strides in bytes of dims 1 and
-// 2), box `box`, 128-byte swizzle (box[0] * 2 must be 128 bytes), zero fill.
-inline cudaError_t EncodeTiled3d(CUtensorMap* map, bool bf16, const void* base,
-                                 const uint64_t (&dims)[3], const uint64_t (&strides)[2],
-                                 const uint32_t (&box)[3]) {
+
+// An N-d tiled map of 16-bit elements (N = 3, 4; dims innermost first, strides in bytes of
+// dims 1..N-1), box `box`, 128-byte swizzle (box[0] * 2 must be 128 bytes), zero fill.
+template <int N>
+inline cudaError_t EncodeTiled(CUtensorMap* map, bool bf16, const void* base,
+                               const uint64_t (&dims)[N], const uint64_t (&strides)[N - 1],
+                               const uint32_t (&box)[N]) {
   const EncodeTiledFn fn = GetEncodeTiled();
   if (fn == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t gd[3] = {dims[0], dims[1], dims[2]};
-  const cuuint64_t gs[2] = {strides[0], strides[1]};
-  const cuuint32_t bx[3] = {box[0], box[1], box[2]};
-  const cuuint32_t es[3] = {1, 1, 1};
+  cuuint64_t gd[N], gs[N - 1];
+  cuuint32_t bx[N], es[N];
+  for (int i = 0; i < N; ++i) {
+    gd[i] = dims[i];
+    bx[i] = box[i];
+    es[i] = 1;
+    if (i < N - 1) gs[i] = strides[i];
+  }
   const CUresult r = fn(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                        3, const_cast<void*>(base), gd, gs, bx, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        N, const_cast<void*>(base), gd, gs, bx, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// A 3-d tiled map (EncodeTiled<3>).
+inline cudaError_t EncodeTiled3d(CUtensorMap* map, bool bf16, const void* base,
+                                 const uint64_t (&dims)[3], const uint64_t (&strides)[2],
+                                 const uint32_t (&box)[3]) {
+  return EncodeTiled<3>(map, bf16, base, dims, strides, box);
 }
 
 }  // namespace tma

@@ -11,7 +11,10 @@ GPU too (float64, for one).
 The Python side's environment switches are read once, into `SWITCHES`:
 `JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
 `JAX_BLOCKSPARSE_DEBUG=1` also prints, when a program is compiled, each attention call that
-runs the pure-JAX implementation on a GPU (the kernels' own launch lines come from C++).
+runs the pure-JAX implementation on a GPU (the kernels' own launch lines come from C++);
+`JAX_BLOCKSPARSE_ATTN_FWD_VARIANT` (the C++ side's forward override, cuda/switches.h) is
+read here too: the forward takes segment ids and lists per batch entry only where the
+FA3-design forward runs (`sm90_forward`).
 """
 
 from __future__ import annotations
@@ -43,14 +46,18 @@ class Switches(NamedTuple):
     """The environment switches of the Python side, read once when the package loads."""
     disable_cuda: bool
     debug: int
+    attn_fwd_variant: int  # -1: unset (the default by architecture), else 0..3
 
 
 def _read_switches() -> Switches:
     def number(name):
         value = os.environ.get(name, "0").strip() or "0"
         return int(value) if value.isdigit() else 1
+    variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "")
     return Switches(disable_cuda=number("JAX_BLOCKSPARSE_DISABLE_CUDA") != 0,
-                    debug=number("JAX_BLOCKSPARSE_DEBUG"))
+                    debug=number("JAX_BLOCKSPARSE_DEBUG"),
+                    attn_fwd_variant=int(variant[0]) if variant[:1] in ("0", "1", "2", "3")
+                    else -1)  # as cuda/switches.cu reads it
 
 
 SWITCHES = _read_switches()
@@ -72,6 +79,20 @@ def cuda_available() -> bool:
         return len(jax.devices("cuda")) > 0
     except RuntimeError:  # no CUDA backend
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def sm90_forward() -> bool:
+    """Whether the attention forward runs the FA3-design kernel (cuda/attention/fwd_sm90.cu)
+    here, as the C++ dispatch decides (attention.cu, FindAttentionKernel): the extension
+    has sm_90a code, the first CUDA device is an sm_90 one (asked once, then cached), and
+    JAX_BLOCKSPARSE_ATTN_FWD_VARIANT does not force the FA2 forward (0 or 1). That kernel
+    also takes segment ids and lists per batch entry."""
+    if not cuda_available() or SWITCHES.attn_fwd_variant in (0, 1):
+        return False
+    if "90a" not in str(getattr(_ext, "cuda_architectures", "")).split(","):
+        return False
+    return getattr(jax.devices("cuda")[0], "compute_capability", None) == "9.0"
 
 
 def _precision_attr(precision) -> np.int32:
@@ -141,22 +162,27 @@ FUSED_ATTENTION = {
 
 
 def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, tk: int,
-                                segments: bool, positioned: bool,
-                                mask_batch: int) -> str | None:
-    """Why the fused kernels cannot run this call (None when they can)."""
+                                segments: bool, positioned: bool, mask_batch: int, *,
+                                forward: bool = False) -> str | None:
+    """Why the fused kernels cannot run this call (None when they can): the backward
+    (`forward=False`) and the FA2 forward take neither segment ids, nor a mask per batch
+    entry, nor lengths that are not multiples of the block size, nor `q_offset`; the
+    FA3-design forward (`sm90_forward()`, with `forward=True`) takes all four (partial
+    last tiles: with at least one key)."""
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if head_dim not in FUSED_ATTENTION["head_dims"]:
         return f"head dim {head_dim}"
     if block_size not in FUSED_ATTENTION["block_sizes"]:
         return f"block size {block_size}"
-    if tq % block_size or tk % block_size:
+    documents = forward and sm90_forward()
+    if (tq % block_size or tk % block_size) and (not documents or tk == 0):
         return f"lengths ({tq}, {tk}) that are not multiples of the block size"
-    if segments:
+    if segments and not documents:
         return "segment ids"
-    if positioned:
+    if positioned and not documents:
         return "q_offset"
-    if mask_batch != 1:
+    if mask_batch != 1 and not documents:
         return "a mask per batch entry"
     return None
 
@@ -168,7 +194,8 @@ def _fused_attention(phase, ctx, floats, params) -> bool:
     bs = params["block_size"]
     why = fused_attention_unsupported(q_aval.dtype, q_aval.shape[-1], bs, q_aval.shape[1],
                                       k_aval.shape[1], params["segments"],
-                                      params["positioned"], by_query_counts.shape[0])
+                                      params["positioned"], by_query_counts.shape[0],
+                                      forward=phase == "attention_fwd")
     if why is not None and SWITCHES.debug:
         print(f"[jax_blocksparse] {phase} q{list(q_aval.shape)} bs={bs}: "
               f"pure-JAX path (no fused kernel for {why})", file=sys.stderr, flush=True)
@@ -176,9 +203,9 @@ def _fused_attention(phase, ctx, floats, params) -> bool:
 
 
 def _kernel_operands(ctx, floats, operands):
-    """The operands of the attention custom calls: the float operands, `kv_lengths`, then
-    the block lists with their leading batch axis (1 here) dropped. Returns (operands,
-    their avals)."""
+    """The operands of the backward's custom call: the float operands, `kv_lengths`, then
+    the block lists with their leading batch axis (1 here: the backward takes no lists per
+    batch entry) dropped. Returns (operands, their avals)."""
     avals = list(ctx.avals_in)
     out, out_avals = list(operands[:floats + 1]), avals[:floats + 1]
     for value, aval in zip(operands[floats + att.LISTS:], avals[floats + att.LISTS:]):
@@ -198,14 +225,38 @@ _backward_reference = jint.lower_fun(att.backward_reference, multiple_results=Tr
 
 
 def _attention_forward_lowering(ctx, *operands, **params):
+    """The forward's custom call: q, k, v, kv_lengths, q_positions (`[1]` or `[B]`, read
+    with the attribute `positioned`: q_offset), the by-query lists with their
+    leading batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
+    zero-padded to whole tiles (placeholders `[1, 1]` without them: attribute
+    `segments`)."""
     floats = att.FLOAT_OPERANDS[att.attention_p]
     if not _fused_attention("attention_fwd", ctx, floats, params):
         return _forward_reference(ctx, *operands, **params)
-    values, avals = _kernel_operands(ctx, floats, operands)
-    used = len(values) - len(AttentionLists._fields)  # the by-key lists are the backward's
-    ctx = ctx.replace(avals_in=avals[:used])
+    lists = floats + att.LISTS
+    seg = floats + att.CONTEXT.index("q_segment_ids")
+    pick = [*range(floats + 2), *range(lists, lists + len(AttentionLists._fields))]
+    values, avals = [operands[i] for i in pick], [ctx.avals_in[i] for i in pick]
+    bs = params["block_size"]
+    for i in (seg, seg + 1):  # segment ids padded to whole tiles (the kernel reads them so)
+        value, aval = operands[i], ctx.avals_in[i]
+        if params["segments"] and aval.shape[1] % bs:
+            value, aval = _pad_columns(ctx, value, aval, -(-aval.shape[1] // bs) * bs)
+        values.append(value)
+        avals.append(aval)
+    ctx = ctx.replace(avals_in=avals)
     return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
-        ctx, *values[:used], **_attention_attrs(params))
+        ctx, *values, **_attention_attrs(params), segments=bool(params["segments"]),
+        positioned=bool(params["positioned"]))
+
+
+def _pad_columns(ctx, value, aval, width):
+    """`value` ([N, T] int32) zero-padded to [N, width] inside a lowering: (value, aval)."""
+    out = aval.update(shape=(aval.shape[0], width))
+    sub = ctx.replace(avals_in=[aval], avals_out=[out])
+    pad = jint.lower_fun(lambda x: jnp.pad(x, ((0, 0), (0, width - x.shape[1]))),
+                         multiple_results=False)
+    return pad(sub, value)[0], out
 
 
 def _attention_backward_lowering(ctx, *operands, **params):

@@ -363,8 +363,12 @@ def _fold_batch(prim):
     """vmap: fold the mapped axis into the leading batch axis B of every operand. The float
     operands and `kv_lengths` always carry B (the kernels read `kv_lengths[b]`); the other
     context operands whose leading axis is 1 (shared by the batch: a static layout's lists,
-    absent segment ids, the default query position) stay shared unless they are mapped."""
+    absent segment ids, the default query position) stay shared unless they are mapped;
+    segment ids that are present always carry B (the fused forward reads them per batch
+    entry)."""
     per_batch = FLOAT_OPERANDS[prim] + 1  # ... and kv_lengths, the first context operand
+    segment_ids = {FLOAT_OPERANDS[prim] + CONTEXT.index(n)
+                   for n in ("q_segment_ids", "kv_segment_ids")}
 
     def rule(args, dims, **params):
         args = [a if d is jint.not_mapped else jnp.moveaxis(a, d, 0)
@@ -374,7 +378,8 @@ def _fold_batch(prim):
         folded = []
         for i, (a, d) in enumerate(zip(args, dims)):
             if d is jint.not_mapped:
-                if i >= per_batch and a.shape[0] == 1:  # shared by the batch: stays shared
+                if (i >= per_batch and a.shape[0] == 1 and  # shared by the batch: stays shared
+                        not (params["segments"] and i in segment_ids)):
                     folded.append(a)
                     continue
                 a = a[None]
@@ -581,11 +586,14 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     mask, `q_offset`, `kv_lengths` and paged cache; their derivatives are those of the same
     call through the longer queries' primitive (its backward: fused, or the deterministic
     pure-JAX one). Longer queries: bfloat16/float16 with
-    `D` in (64, 128), block size 64 or 128, lengths that are multiples of the block size,
-    a mask shared by the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids
-    and no `q_offset` run the fused kernels (`_cuda.fused_attention_unsupported`; a paged
-    cache is gathered first). Every other call runs the pure-JAX implementation
-    (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is compiled).
+    `D` in (64, 128) and block size 64 or 128 run the fused kernels
+    (`_cuda.fused_attention_unsupported`; a paged cache is gathered first): on Hopper
+    (sm_90) the forward with segment ids, any mask (a `BlockMask` with `Bm = B` too), any
+    lengths and `q_offset`; the backward, and elsewhere the forward, with a mask shared by
+    the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids, lengths that
+    are multiples of the block size and no `q_offset`. The forward and backward decide
+    separately. Every other call runs the pure-JAX
+    implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is compiled).
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:

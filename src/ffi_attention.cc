@@ -28,7 +28,9 @@ std::string Describe(const char* op, DType dtype, const AttentionShape& s, const
                      const AnyBuffer& k) {
   return std::string(op) + " q" + ShapeText(q.dimensions()) + " k" + ShapeText(k.dimensions()) +
          " " + DTypeName(dtype) + " bs=" + std::to_string(s.block_size) +
-         " mask_heads=" + std::to_string(s.mask_heads) + (s.causal ? " causal" : "");
+         " mask_heads=" + std::to_string(s.mask_heads) +
+         (s.mask_batch != 1 ? " mask_batch=" + std::to_string(s.mask_batch) : "") +
+         (s.causal ? " causal" : "");
 }
 
 // Shapes of q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D] and the attributes; *kernel: the
@@ -59,17 +61,24 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   s.block_size = block_size;
   s.scale = scale;
   s.causal = causal;
+  // counts [Hm, lines], or (forward) [Bm, Hm, lines] with Bm = 1 or B
   auto cd = q_counts.dimensions();
-  if (cd.size() != 2) return ffi::Unexpected(Invalid("metadata counts must be [Hm, lines]"));
-  s.mask_heads = int32_t(cd[0]);
+  if (cd.size() != 2 && !(cd.size() == 3 && !backward))
+    return ffi::Unexpected(Invalid(backward ? "metadata counts must be [Hm, lines]"
+                                            : "metadata counts must be [Bm, Hm, lines]"));
+  s.mask_batch = cd.size() == 3 ? int32_t(cd[0]) : 1;
+  s.mask_heads = int32_t(cd[cd.size() - 2]);
+  if (s.mask_batch != 1 && s.mask_batch != s.batch)
+    return ffi::Unexpected(Invalid("the lists' batch axis must be 1 or B"));
   *kernel = FindAttentionKernel(dtype, s.head_dim, block_size, backward);
   if (*kernel == nullptr)
     return ffi::Unexpected(Invalid(std::string("no ") + (backward ? "backward" : "forward") +
                                    " kernel for " + DTypeName(dtype) + " head_dim=" +
                                    std::to_string(s.head_dim) + " block_size=" +
                                    std::to_string(block_size) + " in the dispatch table"));
-  if (s.tq % block_size != 0 || s.tk % block_size != 0)
-    return ffi::Unexpected(Invalid("sequence lengths must be multiples of the block size"));
+  if ((s.tq % block_size != 0 || s.tk % block_size != 0) && !(!backward && (*kernel)->documents))
+    return ffi::Unexpected(Invalid(std::string("sequence lengths must be multiples of the block "
+                                               "size (the kernel here: ") + (*kernel)->name + ")"));
   if (s.hkv == 0 || s.hq % s.hkv != 0)
     return ffi::Unexpected(Invalid("query heads must be a multiple of kv heads"));
   if (s.mask_heads != 1 && s.mask_heads != s.hq)
@@ -85,16 +94,19 @@ BlockListsView View(const Buffer<S32>& counts, const Buffer<S32>& partial,
   v.lists = lists.typed_data();
   v.order = order.typed_data();
   auto cd = counts.dimensions();
-  v.lines = int32_t(cd[1]);
+  v.lines = int32_t(cd[cd.size() - 1]);
   auto ld = lists.dimensions();
-  v.max_len = ld.size() == 3 ? int32_t(ld[2]) : 0;
+  v.max_len = ld.size() == cd.size() + 1 ? int32_t(ld[ld.size() - 1]) : 0;
   return v;
 }
 
 ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
-                   Buffer<S32> kv_lengths, Buffer<S32> q_counts, Buffer<S32> q_partial,
-                   Buffer<S32> q_lists, Buffer<S32> q_order, Result<AnyBuffer> o,
-                   Result<Buffer<F32>> lse, int32_t block_size, bool causal, float scale) {
+                   Buffer<S32> kv_lengths, Buffer<S32> q_positions, Buffer<S32> q_counts,
+                   Buffer<S32> q_partial,
+                   Buffer<S32> q_lists, Buffer<S32> q_order, Buffer<S32> q_segment_ids,
+                   Buffer<S32> kv_segment_ids, Result<AnyBuffer> o, Result<Buffer<F32>> lse,
+                   int32_t block_size, bool causal, float scale, bool segments,
+                   bool positioned) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
@@ -108,11 +120,35 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   p.v = v.untyped_data();
   p.kv_lengths = kv_lengths.typed_data();
   p.by_query = View(q_counts, q_partial, q_lists, q_order);
-  if (p.by_query.lines != p.shape.tq / block_size)
-    return Invalid("query metadata must have Tq / block_size lines");
+  if (p.by_query.lines != (p.shape.tq + block_size - 1) / block_size)
+    return Invalid("query metadata must have ceil(Tq / block_size) lines");
+  if (segments) {
+    // padded to whole tiles: [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs]
+    auto qs = q_segment_ids.dimensions(), ks = kv_segment_ids.dimensions();
+    const int64_t tq_pad = (p.shape.tq + block_size - 1) / block_size * int64_t(block_size);
+    const int64_t tk_pad = (p.shape.tk + block_size - 1) / block_size * int64_t(block_size);
+    if (qs.size() != 2 || qs[0] != p.shape.batch || qs[1] != tq_pad || ks.size() != 2 ||
+        ks[0] != p.shape.batch || ks[1] != tk_pad)
+      return Invalid("segment ids must be [B, ceil(Tq / bs) * bs] and [B, ceil(Tk / bs) * bs]");
+    p.q_segment_ids = q_segment_ids.typed_data();
+    p.kv_segment_ids = kv_segment_ids.typed_data();
+  }
+  if (positioned) {  // q_offset: q_positions [1] or [B]
+    auto pd = q_positions.dimensions();
+    if (pd.size() != 1 || (pd[0] != 1 && pd[0] != p.shape.batch))
+      return Invalid("q_positions must be [1] or [B]");
+    p.q_positions = q_positions.typed_data();
+    p.q_positions_batch = int32_t(pd[0]);
+  }
+  if ((p.shape.mask_batch != 1 || segments || positioned) && !kernel->documents)
+    return Invalid(std::string("lists per batch entry, segment ids and q_offset need the "
+                               "FA3-design forward (sm_90a); the forward here is ") +
+                   kernel->name);
   p.o = o->untyped_data();
   p.lse = lse->typed_data();
-  LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) : "");
+  LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) +
+                                           (segments ? " segments" : "")
+                                     : "");
   const cudaError_t err = LaunchAttentionForward(*kernel, p, stream);
   log.Done(kernel->name);
   return CheckLaunch(err, "attention forward");
@@ -257,13 +293,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<AnyBuffer>()     // k
         .Arg<AnyBuffer>()     // v
         .Arg<Buffer<S32>>()   // kv_lengths
+        .Arg<Buffer<S32>>()   // q_positions [1] or [B] (read with `positioned` only)
         .Arg<Buffer<S32>>()   // q_counts
         .Arg<Buffer<S32>>()   // q_partial
         .Arg<Buffer<S32>>()   // q_lists
         .Arg<Buffer<S32>>()   // q_order
+        .Arg<Buffer<S32>>()   // q_segment_ids [B, Tq] ([1, 1] unused without segments)
+        .Arg<Buffer<S32>>()   // kv_segment_ids [B, Tk] (the same)
         .Ret<AnyBuffer>()     // o
         .Ret<Buffer<F32>>()   // lse
-            JBS_ATTENTION_ATTRS,
+            JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned"),
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(

@@ -159,9 +159,10 @@ def lse_err(got, want):
 # ------------------------------------------------------------------- kernels in a subprocess
 # The kernel switches (JAX_BLOCKSPARSE_*) are read when the package loads: a check under
 # one runs in a fresh Python process.
+# ATTN_FWD_VARIANT "" is its default (by architecture); "0" would force the FA2 forward.
 SWITCHES_OFF = {f"JAX_BLOCKSPARSE_{name}": "0" for name in (
-    "DISABLE_CUDA", "SIMPLE_KERNELS", "NO_WGMMA", "ATTN_FWD_VARIANT",
-    "ATTN_BWD_VARIANT")}
+    "DISABLE_CUDA", "SIMPLE_KERNELS", "NO_WGMMA", "ATTN_BWD_VARIANT")}
+SWITCHES_OFF["JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"] = ""
 
 
 def run_python(code, **env):

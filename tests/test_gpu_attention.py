@@ -2,7 +2,9 @@
 (with cotangents of both o and lse) on fresh random inputs, over local causal layouts,
 random masks with empty query rows, per-head masks, GQA 2 and 8, Tq != Tk with causality,
 kv_lengths shorter than Tk (0 included); bitwise equal over two runs; exact zeros where
-no key (or no query) contributes. Then the 128-row forward forced by its switch."""
+no key (or no query) contributes (the forward is the default one: on an sm_90 GPU the
+FA3-design forward at block size 128). Then the forward chosen by each value of its
+switch."""
 
 import jax
 import jax.numpy as jnp
@@ -117,19 +119,30 @@ def run_cases(cases):
         check(name, DTYPES[dtype], platform)
 
 
-@pytest.mark.parametrize("variant", ["0", "1"])
+def sm90():
+    return getattr(jax.devices()[0], "compute_capability", None) == "9.0"
+
+
+FA3_DEFAULT = "fa3_forward(wgmma, tma, ws, pingpong)"
+
+
+@pytest.mark.parametrize("variant", ["", "0", "1"])
 def test_forward_variant_switch(variant):
-    """JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 runs the 128-row forward at block size 128
-    (default: 64-row CTAs), correctly, both dtypes and head dims."""
+    """The forward each value of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT runs at block size 128,
+    correctly, both dtypes and head dims: unset, the FA3-design forward with ping-pong on
+    an sm_90 GPU (the FA2 forward with 64-row CTAs elsewhere); 0, the FA2 forward with
+    64-row CTAs (on Hopper too); 1, the FA2 forward with 128-row CTAs."""
     cases = [("local_causal_bs128_d128", "bf16"), ("gqa2_local_causal_bs128_d64", "f16"),
              ("tq_gt_tk_causal_bs128_d64", "bf16"),
              ("tq_lt_tk_causal_kv_lengths_per_head_bs128_d128", "f16")]
     stderr = run_python(f"import test_gpu_attention as t; t.run_cases({cases!r})",
                         JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
+    want = {"": FA3_DEFAULT if sm90() else "fa2_forward(64-row CTA)",
+            "0": "fa2_forward(64-row CTA)", "1": "fa2_forward(128-row CTA)"}[variant]
     logs = kernels_by_case(stderr)
     for name, dtype in cases:
         launches = logs.get(name + " " + dtype, [])
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
         assert forward and any(op == "attention_bwd" for op, _ in launches), (name, launches)
         for kernel in forward:
-            assert ("128-row" in kernel) == (variant == "1"), (name, kernel)
+            assert kernel == want, (name, kernel)

@@ -1,18 +1,27 @@
 """The Hopper attention forward in the FlashAttention-3 design (cuda/attention/fwd_sm90.cu),
-forced by JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=2 (consumer warpgroups ping-ponged; every case)
-or 3 (without the ping-pong; a subset), on an sm_90 GPU: o and lse against the float64
-reference on fresh random inputs (fixed seeds), bf16 and f16, block size 128, head dim 128
-(64 on a few cases), over causal and non-causal local / strided / random / dense layouts
+the default forward on an sm_90 GPU (JAX_BLOCKSPARSE_ATTN_FWD_VARIANT unset: variant 2,
+consumer warpgroups ping-ponged; every case), also forced by the switch (=2, a subset; =3,
+without the ping-pong, a subset): o and lse against the float64
+reference on fresh random inputs (fixed seeds), bf16 and f16, block sizes 128 and 64, head
+dims 128 and 64, over causal and non-causal local / strided / random / dense layouts
 with empty query rows and a single block, GQA (8 query heads on 2), scales other than
 1/sqrt(D) (negative too), per-head masks, a traced BlockMask, Tq != Tk with causality
 (rows without keys), kv_lengths that are not multiples of the block (0 included) with NaN
 planted in k and v past them (the outputs must stay finite and bitwise equal to the clean
 run); every result bitwise equal over two runs.
 
-Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1 and the test asserts that the
+Then segment ids (packed documents), masks per batch entry (a traced BlockMask with
+Bm = B), Tq, Tk that are not multiples of the block size (partial last tiles) and q_offset
+(chunked prefill, per batch entry), which the
+FA3-design forward takes (the backward runs the pure-JAX path: dq is checked too; with the
+FA2 forward forced, the forward too), and the FA2 forward forced at negative scales.
+
+The cases run in subprocesses (a few per subprocess) with JAX_BLOCKSPARSE_DEBUG=1 and the
+test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
 forward fails), and that the backward (still the FA2 kernels) runs after it. Block size 64
-is not implemented by variants 2 / 3 yet: it runs the default forward (checked too).
+(cases "bs64_*": 64-row CTAs, one kernel for variants 2 and 3) too; variant 0 forces the
+FA2 forward (checked too).
 """
 
 import jax
@@ -27,7 +36,8 @@ from test_matmul import poison
 
 pytestmark = pytest.mark.gpu
 
-FA3 = {"2": "fa3_forward(wgmma, tma, ws, pingpong)", "3": "fa3_forward(wgmma, tma, ws)"}
+FA3 = {"": "fa3_forward(wgmma, tma, ws, pingpong)", "2": "fa3_forward(wgmma, tma, ws, pingpong)",
+       "3": "fa3_forward(wgmma, tma, ws)"}  # "": the switch unset (the default)
 DTYPES = {"bf16": jnp.bfloat16, "f16": jnp.float16}
 BS = 128
 
@@ -95,7 +105,36 @@ CASES = {
     "negative_scale_causal_kv_lengths": (lambda: jbs.layouts.local(1024, BS, 512).mask, True,
                                          2, 1024, 1024, 4, 4, [1024, 600], False),
 }
-SCALES = {"scale_0.3_causal": 0.3, "negative_scale_causal_kv_lengths": -0.06}  # else 1/sqrt(D)
+# Block size 64 (64-row CTAs, one consumer warpgroup): the names start with "bs64_".
+BS64 = 64
+CASES.update({
+    "bs64_local_causal": (lambda: jbs.layouts.local(1024, BS64, 256).mask, True,
+                          2, 1024, 1024, 4, 4, None, False),
+    "bs64_random_empty_rows": (lambda: random_mask(21, (16, 16), 0.4), False,
+                               2, 1024, 1024, 4, 2, None, False),
+    "bs64_gqa4_per_head_causal_kv_lengths": (lambda: random_mask(22, (8, 16, 16), 0.5, False),
+                                             True, 3, 1024, 1024, 8, 2, [1024, 333, 0], False),
+    "bs64_tq_gt_tk_causal": (lambda: np.ones((16, 8), bool), True,
+                             2, 1024, 512, 4, 2, None, False),
+    "bs64_traced_kv_lengths": (lambda: random_mask(23, (16, 16), 0.6), False,
+                               2, 1024, 1024, 4, 4, [700, 1024], True),
+    "bs64_one_block_sequence": (lambda: np.ones((1, 1), bool), True,
+                                2, 64, 64, 2, 1, None, False),
+    "bs64_d64_local_causal": (lambda: jbs.layouts.local(1024, BS64, 256).mask, True,
+                              2, 1024, 1024, 4, 4, None, False, 64),
+    "bs64_d64_per_head_kv_lengths": (lambda: random_mask(24, (4, 16, 16), 0.6, False), False,
+                                     2, 1024, 1024, 4, 2, [1000, 77], False, 64),
+    "bs64_d64_tq_lt_tk_causal": (lambda: np.ones((8, 16), bool), True,
+                                 2, 512, 1024, 4, 4, None, False, 64),
+    "bs64_negative_scale_causal_kv_lengths": (lambda: jbs.layouts.local(1024, BS64, 256).mask,
+                                              True, 2, 1024, 1024, 4, 4, [1024, 600], False),
+})
+SCALES = {"scale_0.3_causal": 0.3, "negative_scale_causal_kv_lengths": -0.06,
+          "bs64_negative_scale_causal_kv_lengths": -0.06}  # else 1/sqrt(D)
+
+
+def block_size(name):
+    return BS64 if name.startswith("bs64_") else BS
 
 
 def build(name, dtype):
@@ -103,15 +142,16 @@ def build(name, dtype):
     make_mask, causal, b, tq, tk, hq, hkv, kv, traced, *d = CASES[name]
     D = d[0] if d else 128
     scale = SCALES.get(name, 1 / np.sqrt(D))
+    bs = block_size(name)
     block_mask = make_mask()
-    layout = jbs.Layout(block_mask, BS)
+    layout = jbs.Layout(block_mask, bs)
     kv = np.full(b, tk) if kv is None else np.asarray(kv)
     rng = np.random.default_rng([list(CASES).index(name), 90])
     q, do = random(rng, (b, tq, hq, D), dtype), random(rng, (b, tq, hq, D), dtype)
     k, v = random(rng, (b, tk, hkv, D), dtype), random(rng, (b, tk, hkv, D), dtype)
 
     def f(q, k, v, do, kv_lengths, mask):
-        m = jbs.BlockMask.from_mask(mask, BS) if traced else layout
+        m = jbs.BlockMask.from_mask(mask, bs) if traced else layout
 
         def fwd(q, k, v):
             return jbs.attention(q, k, v, m, causal=causal, scale=float(scale),
@@ -170,15 +210,48 @@ def sm90():
 
 VARIANT3_CASES = ["local_causal", "random_empty_rows", "gqa4_per_head_causal",
                   "tq_gt_tk_causal", "kv_lengths", "traced_kv_lengths", "d64_local_causal",
-                  "d64_gqa4_per_head_kv_lengths"]
+                  "d64_gqa4_per_head_kv_lengths", "bs64_local_causal"]
+FA3_BS64 = "fa3_forward(wgmma, tma, ws, 64-row CTA)"  # variants 2 and 3 (and the default)
 
 
-@pytest.mark.parametrize("variant,name", [("2", n) for n in CASES] +
-                         [("3", n) for n in VARIANT3_CASES])
-def test_fa3_forward(variant, name):
+VARIANT2_CASES = ["local_causal", "kv_lengths", "d64_tq_gt_tk_causal", "bs64_local_causal"]
+
+
+# The FA2 forward forced (0: 64-row CTAs, 1: 128-row CTAs at block 128) on the cases of
+# negative scales (it masked before scaling: -inf scores became +inf, NaN outputs).
+FA2_CASES = [("0", "negative_scale_causal_kv_lengths"), ("1", "negative_scale_causal_kv_lengths"),
+             ("0", "bs64_negative_scale_causal_kv_lengths")]
+
+
+def expected_forward(variant, name):
+    """The forward kernel's name JAX_BLOCKSPARSE_DEBUG prints for this case and variant."""
+    bs64 = block_size(name) == BS64
+    if variant == "0" or (variant == "1" and bs64):
+        return "fa2_forward(64-row CTA)"
+    if variant == "1":
+        return "fa2_forward(128-row CTA)"
+    return FA3_BS64 if bs64 else FA3[variant]
+
+
+def chunks(names, n):
+    """`names` in tuples of n: the cases one subprocess runs (each costs a process start)."""
+    names = list(names)
+    return [tuple(names[i:i + n]) for i in range(0, len(names), n)]
+
+
+def case_id(value):
+    return "+".join(value) if isinstance(value, tuple) else (value or "default")
+
+
+# Two or three cases per subprocess: device.sh runs pytest with --timeout 300 per test.
+@pytest.mark.parametrize("variant,names", [("", c) for c in chunks(CASES, 2)] +
+                         [("2", c) for c in chunks(VARIANT2_CASES, 2)] +
+                         [("3", c) for c in chunks(VARIANT3_CASES, 3)] +
+                         [(v, (n,)) for v, n in FA2_CASES], ids=case_id)
+def test_fa3_forward(variant, names):
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
-    cases = [(name, "bf16"), (name, "f16")]
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
     stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_cases({cases!r})",
                         JAX_BLOCKSPARSE_DEBUG="1",
                         JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
@@ -187,17 +260,178 @@ def test_fa3_forward(variant, name):
         launches = logs.get(" ".join(case), [])
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
         assert forward and any(op == "attention_bwd" for op, _ in launches), (case, launches)
+        want = expected_forward(variant, case[0])
         for kernel in forward:
-            assert kernel == FA3[variant], (case, kernel)
+            assert kernel == want, (case, kernel)
 
 
-def test_fa3_falls_back_elsewhere():
-    """Variant 2 at a block size it does not implement (64) runs the default forward,
-    correctly."""
-    cases = [("local_causal_bs64_d64", "f16"), ("per_head_causal_bs64_d128", "bf16")]
+def test_fa2_forward_forced():
+    """JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 runs the FA2 forward on Hopper too (block sizes
+    64 and 128), correctly."""
+    cases = [("local_causal_bs64_d64", "f16"), ("per_head_causal_bs64_d128", "bf16"),
+             ("gqa2_local_causal_bs128_d64", "bf16")]
     code = f"import test_gpu_attention as t; t.run_cases({cases!r})"
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
-                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="2").stderr
-    for case, launches in kernels_by_case(stderr).items():
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="0").stderr
+    logs = kernels_by_case(stderr)
+    for case in cases:
+        launches = logs.get(" ".join(case), [])
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
-        assert forward and all(k.startswith("fa2_forward") for k in forward), (case, launches)
+        assert forward and all(k == "fa2_forward(64-row CTA)" for k in forward), (case, launches)
+
+
+# ------------------------------------------- segment ids, masks per batch entry (forward)
+# name: (block mask (numpy [Rq, Rk], [Hm, Rq, Rk], or [B, Hm, Rq, Rk]: a BlockMask per batch
+#        entry, traced), causal, B, Tq, Tk, Hq, Hkv, kv_lengths, traced, head dim, block
+#        size, segment ids: "packed" (random document lengths packed back to back, the same
+#        for queries and keys), "tail" (the queries are the last Tq keys, Tq < Tk), None)
+DOC_CASES = {
+    "docs_local_causal": (lambda: jbs.layouts.local(2048, 128, 1024).mask, True,
+                          2, 2048, 2048, 4, 2, None, False, 128, 128, "packed"),
+    "docs_dense_kv_lengths": (lambda: np.ones((8, 8), bool), False,
+                              3, 1024, 1024, 4, 4, [1024, 700, 0], False, 128, 128, "packed"),
+    "docs_traced_per_head_causal": (lambda: random_mask(31, (4, 8, 8), 0.6), True,
+                                    2, 1024, 1024, 4, 2, [1024, 900], True, 128, 128, "packed"),
+    "docs_tq_lt_tk_causal": (lambda: np.ones((8, 16), bool), True,
+                             2, 1024, 2048, 4, 4, None, False, 128, 128, "tail"),
+    "docs_bs64_d64_causal_kv_lengths": (lambda: jbs.layouts.local(1024, 64, 512).mask, True,
+                                        2, 1024, 1024, 4, 2, [1024, 555], False, 64, 64,
+                                        "packed"),
+    "docs_bs64_traced_noncausal": (lambda: random_mask(32, (16, 16), 0.5), False,
+                                   2, 1024, 1024, 4, 4, None, True, 128, 64, "packed"),
+    "per_batch_mask_causal_kv_lengths": (lambda: random_mask(33, (2, 1, 8, 8), 0.6), True,
+                                         2, 1024, 1024, 4, 2, [1024, 800], True, 128, 128,
+                                         None),
+    "per_batch_per_head_mask_bs64": (lambda: random_mask(34, (2, 4, 16, 16), 0.5), False,
+                                     2, 1024, 1024, 4, 4, None, True, 64, 64, None),
+    "docs_per_batch_mask_d64": (lambda: random_mask(35, (3, 1, 8, 8), 0.7, False), True,
+                                3, 1024, 1024, 4, 4, [1024, 1000, 300], True, 64, 128,
+                                "packed"),
+    # Tq, Tk not multiples of the block size (partial last tiles: the FA3-design forward
+    # only; the backward runs the pure-JAX path)
+    "tail_causal_tq_lt_tk": (lambda: np.ones((8, 9), bool), True,
+                             2, 1000, 1100, 4, 2, None, False, 128, 128, None),
+    "tail_docs_kv_lengths": (lambda: random_mask(41, (8, 8), 0.7, False), False,
+                             2, 1000, 1000, 4, 4, [1000, 517], False, 128, 128, "packed"),
+    "tail_bs64_d64_traced_causal": (lambda: random_mask(42, (16, 16), 0.6), True,
+                                    2, 1000, 1000, 4, 4, None, True, 64, 64, None),
+    "tail_short_queries_docs": (lambda: np.ones((1, 4), bool), True,
+                                2, 50, 400, 4, 4, None, False, 128, 128, "tail"),
+    "tail_bs64_gqa4_per_head_docs": (lambda: random_mask(43, (8, 16, 16), 0.5, False), True,
+                                     2, 999, 999, 8, 2, [999, 300], False, 128, 64, "packed"),
+    # q_offset (a 13th entry: the offsets [B]): query i of batch entry b at position
+    # q_offset[b] + i of the mask's rows (chunked prefill); "offset" ids: the queries' ids
+    # are those of the keys at their positions
+    "qoff_causal_chunk": (lambda: np.tril(np.ones((16, 16), bool)), True,
+                          2, 300, 2048, 4, 2, [1300, 2048], False, 128, 128, None, [1000, 1748]),
+    "qoff_bs64_docs": (lambda: jbs.layouts.local(1024, 64, 512).mask, True,
+                       2, 200, 1024, 4, 4, [300, 1024], False, 64, 64, "offset", [100, 824]),
+    "qoff_traced_per_head_d128_bs64": (lambda: random_mask(44, (4, 16, 16), 0.6, False), True,
+                                       2, 130, 1024, 4, 2, [630, 1000], True, 128, 64, None,
+                                       [500, 870]),
+}
+
+
+def build_docs(name, dtype):
+    """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse and dq)."""
+    from test_masks_from_data import allowed_pairs, packed_ids
+    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, D, bs, ids, *offsets = DOC_CASES[name]
+    offsets = np.asarray(offsets[0]) if offsets else None
+    scale = 1 / np.sqrt(D)
+    block_mask = make_mask()
+    kv = np.full(b, tk) if kv is None else np.asarray(kv)
+    rng = np.random.default_rng([list(DOC_CASES).index(name), 91])
+    q, do = random(rng, (b, tq, hq, D), dtype), random(rng, (b, tq, hq, D), dtype)
+    k, v = random(rng, (b, tk, hkv, D), dtype), random(rng, (b, tk, hkv, D), dtype)
+    q_ids = kv_ids = None
+    if ids is not None:
+        kv_ids = np.asarray(packed_ids(rng, b, tk, bs // 3, 5 * bs))
+        q_ids = (kv_ids[:, tk - tq:] if offsets is None else
+                 np.stack([kv_ids[i, o:o + tq] for i, o in enumerate(offsets)]))
+    layout = None if traced else jbs.Layout(block_mask, bs)
+
+    def f(q, k, v, do, kv_lengths, mask, q_ids, kv_ids):
+        m = jbs.BlockMask.from_mask(mask, bs) if traced else layout
+
+        def fwd(q, k, v):
+            return jbs.attention(q, k, v, m, causal=causal, scale=float(scale),
+                                 kv_lengths=kv_lengths, q_segment_ids=q_ids,
+                                 kv_segment_ids=kv_ids, return_lse=True,
+                                 q_offset=None if offsets is None else jnp.asarray(offsets))
+        (o, lse), vjp = jax.vjp(fwd, q, k, v)
+        dq, _, _ = vjp((do, jnp.zeros_like(lse)))  # the pure-JAX backward (segment ids)
+        return o, lse, dq
+
+    if offsets is None:
+        allowed = allowed_pairs(block_mask, bs, tq, tk, causal, kv, q_ids, kv_ids)
+    else:  # the rows of the mask's full query axis at the queries' positions
+        rows = np.shape(block_mask)[-2] * bs
+        full = allowed_pairs(block_mask, bs, rows, tk, False, kv)
+        full = np.broadcast_to(full, (b,) + full.shape[1:])
+        pos = offsets[:, None] + np.arange(tq)  # [B, Tq]
+        allowed = np.stack([full[i][:, pos[i]] for i in range(b)])
+        if causal:
+            allowed = allowed & (np.arange(tk) <= pos[:, None, :, None])
+        if q_ids is not None:
+            allowed = allowed & (q_ids[:, None, :, None] == kv_ids[:, None, None, :])
+    zeros = np.zeros((b, hq, tq), np.float32)
+    want_o, want_lse, want_dq = attention64(q, k, v, allowed, scale, do, zeros)[:3]
+    as_ids = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
+    args = (q, k, v, do, jnp.asarray(kv, jnp.int32), jnp.asarray(block_mask), as_ids(q_ids),
+            as_ids(kv_ids))
+    return jax.jit(f), args, kv, (want_o, want_lse, want_dq)
+
+
+def check_docs(name, dtype, platform):
+    f, args, kv, (want_o, want_lse, want_dq) = build_docs(name, dtype)
+    poison(platform)
+    o, lse, dq = f(*args)
+    assert rel_err(o, want_o) < ATTENTION_TOLERANCE[dtype], "o"
+    assert lse_err(lse, want_lse) < LSE_TOLERANCE, "lse"
+    assert rel_err(dq, want_dq) < ATTENTION_TOLERANCE[dtype], "dq"
+    assert np.all(f64(o)[want_o == 0] == 0), "o: not zero where no key contributes"
+    assert np.all(np.isfinite(f64(o))), "o: not finite"
+    o2, lse2, _ = f(*args)
+    np.testing.assert_array_equal(f64(o2), f64(o), err_msg="o: not deterministic")
+    np.testing.assert_array_equal(f64(lse2), f64(lse), err_msg="lse: not deterministic")
+    if np.any(kv < args[1].shape[1]):  # NaN past kv_lengths changes nothing
+        q, k, v, *rest = args
+        o3, lse3, _ = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
+        np.testing.assert_array_equal(f64(o3), f64(o), err_msg="o: NaN past kv_lengths")
+        np.testing.assert_array_equal(f64(lse3), f64(lse), err_msg="lse: NaN past kv_lengths")
+
+
+def run_doc_cases(cases):
+    platform = jax.devices()[0].platform
+    for name, dtype in cases:
+        mark_case(name + " " + dtype)
+        check_docs(name, DTYPES[dtype], platform)
+
+
+@pytest.mark.parametrize("variant,names", [("", c) for c in chunks(DOC_CASES, 2)] +
+                         [("3", ("docs_local_causal",)),
+                          ("0", ("docs_local_causal", "per_batch_mask_causal_kv_lengths")),
+                          ("0", ("tail_causal_tq_lt_tk", "qoff_bs64_docs"))],
+                         ids=case_id)
+def test_fa3_forward_documents(variant, names):
+    """Segment ids and masks per batch entry: the FA3-design forward takes them (default and
+    variant 3; the backward runs the pure-JAX path: no fused backward launch); with the FA2
+    forward forced (0) the forward runs the pure-JAX path too. Values, lse and dq against
+    the float64 reference either way."""
+    if not sm90():
+        pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_doc_cases({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
+    logs = kernels_by_case(stderr)
+    for case in cases:
+        bs = DOC_CASES[case[0]][10]
+        want = FA3_BS64 if bs == BS64 else FA3[variant if variant != "0" else ""]
+        launches = logs.get(" ".join(case), [])
+        assert not any(op == "attention_bwd" for op, _ in launches), (case, launches)
+        forward = [kernel for op, kernel in launches if op == "attention_fwd"]
+        if variant == "0":
+            assert not forward, (case, launches)
+        else:
+            assert forward and all(k == want for k in forward), (case, launches)

@@ -90,9 +90,11 @@ def test_cuda_lowering_without_a_gpu():
     assert "@jax_blocksparse_attention_fwd(" in text and "@jax_blocksparse_attention_bwd(" in text
     operands = {line.split("@")[1].split("(")[0]: line.split("(", 1)[1].split(")")[0].count("%")
                 for line in text.splitlines() if "custom_call" in line}
-    # q, k, v, kv_lengths, by-query lists (4); the backward adds o, lse, dO, dlse, by-key (4)
-    assert operands == {"jax_blocksparse_attention_fwd": 8, "jax_blocksparse_attention_bwd": 16}
-    assert "tensor<1x4x3xi32>" in text  # lists [Hm, Rq, width]: the batch axis dropped
+    # forward: q, k, v, kv_lengths, q_positions, by-query lists (4) with their batch axis,
+    # segment ids (2); backward: q, k, v, o, lse, dO, dlse, kv_lengths, both lists (8)
+    assert operands == {"jax_blocksparse_attention_fwd": 11, "jax_blocksparse_attention_bwd": 16}
+    assert "tensor<1x4x3xi32>" in text  # the backward's lists [Hm, Rq, width]: batch dropped
+    assert "tensor<1x1x4x3xi32>" in text  # the forward's [Bm, Hm, Rq, width]
 
 
 def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
@@ -170,3 +172,57 @@ def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
            "float32)" in err
     assert "no fused kernel for head dim 96" in err
     assert "no fused kernel for block size 32" in err
+
+
+def test_hopper_forward_routing_and_operands(monkeypatch):
+    """Where the FA3-design forward runs (`_cuda.sm90_forward()`, faked here), the forward
+    of calls with segment ids, a mask per batch entry, lengths that are not multiples of
+    the block size or q_offset lowers to the fused forward (ids padded to whole tiles,
+    lists with their batch axis, q_positions) while the backward keeps the pure-JAX path;
+    elsewhere both refuse them. Lowered for "cuda" on any machine (the lowering rules are
+    registered here when the extension is not built)."""
+    import re
+    import sys
+    from jax_blocksparse import _cuda, _partitioning
+    from jax_blocksparse import _jax_internals as jint
+    att = sys.modules["jax_blocksparse.attention"]
+    why = lambda **kw: _cuda.fused_attention_unsupported(
+        jnp.bfloat16, 128, 128, kw.get("tq", 1024), kw.get("tk", 1024),
+        kw.get("segments", False), kw.get("positioned", False), kw.get("mb", 1),
+        forward=kw.get("forward", False))
+    monkeypatch.setattr(_cuda, "sm90_forward", lambda: False)
+    assert why(segments=True, forward=True) == "segment ids"
+    assert why(mb=2, forward=True) == "a mask per batch entry"
+    assert "multiples" in why(tq=1000, forward=True)
+    assert why(positioned=True, forward=True) == "q_offset"
+    monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
+    for kw in ({"segments": True}, {"mb": 2}, {"tq": 1000, "tk": 1100}, {"positioned": True}):
+        assert why(forward=True, **kw) is None, kw
+        assert why(forward=False, **kw) is not None, kw  # the backward
+    assert "multiples" in why(tq=1000, tk=0, forward=True)  # no key at all
+    if not jbs.cuda_built():
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
+                                    _cuda._attention_forward_lowering, "cuda")
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_bwd_p],
+                                    _cuda._attention_backward_lowering, "cuda")
+    b, tq, tk, bs = 2, 1000, 1100, 128
+    q = jnp.zeros((b, tq, 4, 128), jnp.bfloat16)
+    k = jnp.zeros((b, tk, 2, 128), jnp.bfloat16)
+    ids_q, ids_k = jnp.zeros((b, tq), jnp.int32), jnp.zeros((b, tk), jnp.int32)
+    layout = jbs.Layout(np.ones((8, 9), bool), bs)
+    loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True, q_segment_ids=ids_q,
+                                      kv_segment_ids=ids_k).astype(jnp.float32).sum()
+    text = cuda_text(jax.grad(loss), q, k)
+    assert "@jax_blocksparse_attention_bwd(" not in text
+    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
+    types = re.sub(r"\s+", " ", call).split(" : (")[-1]
+    assert ("tensor<2xi32>, tensor<1xi32>, tensor<2x1x8xi32>, tensor<2x1x8xi32>, "
+            "tensor<2x1x8x9xi32>, tensor<2x1x8xi32>, tensor<2x1024xi32>, tensor<2x1152xi32>"
+            in types), types
+    assert "segments = true" in call and "positioned = false" in call
+    off = jnp.asarray([100, 300], jnp.int32)
+    text = cuda_text(lambda q, k: jbs.attention(
+        q[:, :200], k, k, jbs.Layout(np.tril(np.ones((9, 9), bool)), bs), causal=True,
+        q_offset=off), q, k)
+    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
+    assert "positioned = true" in call and "tensor<2x384x4x128xbf16>" in call

@@ -302,10 +302,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         FenceAcc(dp);
         wg::Fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(s, dQ + KSlice(kk), dK + KSlice(kk), kk > 0);
+        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS<T, 64>(s, dQ + KSlice(kk), dK + KSlice(kk), kk > 0);
         if constexpr (PIPE) wg::Commit();  // S, then dP: P is computed while dP runs
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(dp, dO + KSlice(kk), dV + KSlice(kk), kk > 0);
+        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS<T, 64>(dp, dO + KSlice(kk), dV + KSlice(kk), kk > 0);
         wg::Commit();
         if constexpr (PIPE) {
           wg::Wait<1>();  // S done, and the dQ product before it (issued earlier)
@@ -508,10 +508,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         FenceAcc(dp);
         wg::Fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(s, dK + KSlice(kk), dq_ + KSlice(kk), kk > 0);
+        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS<T, 64>(s, dK + KSlice(kk), dq_ + KSlice(kk), kk > 0);
         if constexpr (PIPE) wg::Commit();  // S^T, then dP^T: P^T is computed while dP^T runs
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS64<T>(dp, dV + KSlice(kk), do_ + KSlice(kk), kk > 0);
+        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS<T, 64>(dp, dV + KSlice(kk), do_ + KSlice(kk), kk > 0);
         wg::Commit();
         if constexpr (PIPE) {
           wg::Wait<1>();

@@ -4,9 +4,19 @@
 // memory by TMA. Semantics and metadata: attention.h; the FA2 forward (FwdKernel in
 // attention_kernels.cuh) is the functional spec this kernel follows.
 //
-// Scope (step 1 of issue 18): block size 128, head dims 64 and 128, bf16 / f16; static or
+// Scope (issue 18): block sizes 128 and 64, head dims 64 and 128, bf16 / f16; static or
 // traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
-// masks, any scale. Variant 2 of the dispatch table is PINGPONG = true, variant 3 false.
+// masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of the block
+// size (partial last tiles), query positions per batch entry (q_offset: the causal offset
+// of query row 0 is read from a.q_pos instead of Tk - Tq), any scale. Variant 2 of the dispatch table (the default on sm_90) is PINGPONG =
+// true at block 128, variant 3 false; at block 64 both run the one kernel below.
+//
+// Block 64 (Geom<64>): the same code with one consumer warpgroup: a CTA is one 64-row
+// query block, 256 threads, each list entry one 64-key tile (wgmma m64n64k16 for S, PV
+// with k = 64), 2 CTAs per SM (launch bounds (256, 2): 128 registers at launch, producer
+// 24 / consumer 232 after reallocation; smem 80 KB at D = 128 with 2 stages, 72 KB at D = 64
+// with 4); no ping-pong inside a CTA (the two CTAs of an SM overlap instead). The text
+// below describes block 128.
 //
 // CTA: one query block (128 rows) of one (batch, head); 384 threads = 3 warpgroups.
 //  * Warpgroup 0, the producer, gives registers back (setmaxnreg 24); its thread 0 issues
@@ -24,10 +34,18 @@
 //    warpgroup: the QK^T of tile n is issued together with the PV of tile n - 1; the
 //    warpgroup waits only for S_n and runs softmax(S_n) while PV_{n-1} runs, and waits for
 //    PV_{n-1} at the top of the next iteration (then rescales O and packs P_n).
+//  * Tensor maps: 4-d [B, T, H, D] (boxes of 64 columns x 1 head x BS rows x 1 batch
+//    entry): rows past T in a partial last tile are zero filled by the loads (keys there
+//    are past kv_lengths: masked) and dropped by the output's store; lse rows past Tq are
+//    not written. Segment ids come padded to whole tiles (the Python lowering) so that
+//    their loads need no bounds checks (which cost spills at 168 registers).
 //  * Shared memory: Q + STAGES x (K, V), 128-row tiles in the 128-byte swizzled line
 //    layout of wgmma.cuh (a 128 x D tile is D / 64 column slabs of 128 lines), the layout
 //    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128: 2 stages, 160 KB; D = 64: 3
 //    stages, 112 KB; one CTA per SM.
+//  * Lists per batch entry (a.mb == B: segment ids, a BlockMask with Bm = B) or shared.
+//    Segment ids: the partial entries also mask pairs of different documents (the lists
+//    mark every block pair that mixes documents partial; full entries are one document).
 //  * Element masks (causal diagonal, kv_lengths) only on the `partial` entries and the
 //    tile that contains kv_lengths[b]; tiles starting at or past kv_lengths[b] (or past
 //    the causal limit of the tile's last row) are skipped by producer and consumers alike.
@@ -66,28 +84,39 @@ JBS_ATTENTION_LAUNCHERS(extern template, __half)
 
 namespace sm90 {
 
-constexpr int kBM = 128;       // query rows per CTA (= the block size)
-constexpr int kBN = 128;       // keys per tile (= the block size: one list entry)
-constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
-[[maybe_unused]] constexpr int kConsumers = 256;
-constexpr int kLine = 128;                 // bytes per swizzled smem line (64 elements)
-[[maybe_unused]] constexpr int kSlabBytes = 128 * kLine;    // 128 rows x 64 columns
-[[maybe_unused]] constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+// Per block size BS (128 or 64): query rows per CTA and keys per tile (one list entry)
+// are both BS; BS / 64 consumer warpgroups (64 query rows each) after the producer one.
+template <int BS>
+struct Geom {
+  static_assert(BS == 64 || BS == 128, "block size 64 or 128");
+  static constexpr int kBM = BS, kBN = BS;
+  static constexpr int kNC = BS / 64;              // consumer warpgroups
+  static constexpr int kConsumers = 128 * kNC;
+  static constexpr int kThreads = 128 + kConsumers;
+  static constexpr int kSlabBytes = BS * 128;      // BS rows (lines) x 64 columns
+  static constexpr int kMinBlocks = BS == 64 ? 2 : 1;  // CTAs per SM
+  // register reallocation: 128 * (producer + consumers) per consumer warpgroup fits the
+  // launch's per-thread budget (65536 / (kThreads * kMinBlocks): 168 at 384 threads, 128 at
+  // 256 threads x 2 CTAs)
+  static constexpr int kProducerRegs = 24, kConsumerRegs = BS == 64 ? 232 : 240;
+};
+[[maybe_unused]] constexpr int kLine = 128;  // bytes per swizzled smem line (64 elements)
 // named barriers (0 is __syncthreads)
 [[maybe_unused]] constexpr int kBarZeroV = 1;     // the two consumer warpgroups around the V tail zeroing
 [[maybe_unused]] constexpr int kBarEpilogue = 2;  // + consumer index: one consumer warpgroup
 [[maybe_unused]] constexpr int kBarTurn = 4;  // + consumer index: its turn to issue (ping-pong)
 
-template <int D, int STAGES>
+template <int D, int STAGES, int BS>
 struct Smem {
   static_assert(D == 64 || D == 128, "head dim 64 or 128 (one or two 64-column slabs)");
-  static constexpr int kTile = 128 * D * 2;  // bytes of a 128-row tile (Q, K or V)
+  static constexpr int kTile = BS * D * 2;  // bytes of a BS-row tile (Q, K or V)
   static constexpr int kBars = (1 + 2 * STAGES) * kTile;  // offset of the mbarriers
   static constexpr int kNumBars = 1 + 4 * STAGES;
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;  // + 1024-byte alignment
 };
 
 // The list entries of one query block that survive kv_lengths and causality, in order.
+template <int kBN>
 struct Tiles {
   const int32_t* list;
   int n, npart, kvlen, qlast_off;  // qlast_off: last query of the tile + (Tk - Tq)
@@ -108,14 +137,18 @@ struct Tiles {
   __device__ __forceinline__ bool Done() const { return e >= n; }
 };
 
-template <typename T, int D, int STAGES, bool PINGPONG>
-__global__ void __launch_bounds__(kThreads, 1)
+template <typename T, int D, int BS, int STAGES, bool PINGPONG>
+__global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
     FwdKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
               const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
               const __grid_constant__ CUtensorMap tm_o) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using S = Smem<D, STAGES>;
+  using S = Smem<D, STAGES, BS>;
+  using G = Geom<BS>;
   constexpr int kTile = S::kTile;
+  constexpr int kBM = G::kBM, kBN = G::kBN, kConsumers = G::kConsumers;
+  constexpr int kSlabBytes = G::kSlabBytes;
+  constexpr bool kPing = PINGPONG && G::kNC == 2;  // ping-pong needs two consumer warpgroups
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t raw = ptx::SmemAddr(smem_raw);
   const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
@@ -134,16 +167,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int bh = blockIdx.x, b = bh / a.hq, h = bh % a.hq;
   const Lists& L = a.by_query;
   const int hm = a.hm == 1 ? 0 : h;
-  const int r = __ldg(L.order + hm * L.lines + blockIdx.y);
-  const int line = hm * L.lines + r;
+  const int bm = a.mb == 1 ? 0 : b;  // lists per batch entry (segment ids) or shared
+  const int64_t lines0 = (int64_t(bm) * a.hm + hm) * L.lines;
+  const int r = __ldg(L.order + lines0 + blockIdx.y);
+  const int64_t line = lines0 + r;
   const int q0 = r * kBM;
   const int hk = h / a.group;
-  const int off = a.tk - a.tq;
+  // causal position of query row 0 (bottom-right aligned: Tk - Tq; with q_offset, per
+  // batch entry: the Python side's q_positions)
+  const int off = a.q_pos != nullptr ? __ldg(a.q_pos + (a.qp_batch == 1 ? 0 : b)) : a.tk - a.tq;
   int kvlen = __ldg(a.kv_lengths + b);
   kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
 
-  Tiles tiles;
-  tiles.list = L.lists + int64_t(line) * L.max_len;
+  Tiles<kBN> tiles;
+  tiles.list = L.lists + line * L.max_len;
   tiles.n = __ldg(L.counts + line);
   tiles.npart = __ldg(L.partial + line);
   tiles.kvlen = kvlen;
@@ -167,36 +204,37 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (wgi == 0) {
     // ------------------------------------------------------------- producer
-    tma::RegDealloc<kProducerRegs>();
+    tma::RegDealloc<G::kProducerRegs>();
     if (tid == 0) {
       tma::PrefetchMap(&tm_q);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
-      const int qrow = b * a.tq + q0, krow = b * a.tk;
-      tma::MbarArriveExpectTx(bar_q, kTile);
+      // 4-d maps [B, T, H, D]: rows past T (a partial last tile) are zero filled here and
+      // dropped by the output's store
+      tma::MbarArriveExpectTx(bar_q, kTile);  // a box's full bytes, zero-filled part too
 #pragma unroll
       for (int sl = 0; sl < D / 64; ++sl)
-        tma::Load3d(sQ + sl * kSlabBytes, &tm_q, sl * 64, h, qrow, bar_q);
+        tma::Load4d(sQ + sl * kSlabBytes, &tm_q, sl * 64, h, q0, b, bar_q);
       for (int it = 0; !tiles.Done(); ++it, tiles.Next()) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
-        const int k0 = krow + tiles.Start(tiles.e);
+        const int kstart = tiles.Start(tiles.e);
         const uint32_t sk = base + uint32_t((1 + 2 * st) * kTile), sv = sk + kTile;
         tma::MbarWait(empty_k(st), ph ^ 1);
         tma::MbarArriveExpectTx(full_k(st), kTile);
 #pragma unroll
         for (int sl = 0; sl < D / 64; ++sl)
-          tma::Load3d(sk + sl * kSlabBytes, &tm_k, sl * 64, hk, k0, full_k(st));
+          tma::Load4d(sk + sl * kSlabBytes, &tm_k, sl * 64, hk, kstart, b, full_k(st));
         tma::MbarWait(empty_v(st), ph ^ 1);
         tma::MbarArriveExpectTx(full_v(st), kTile);
 #pragma unroll
         for (int sl = 0; sl < D / 64; ++sl)
-          tma::Load3d(sv + sl * kSlabBytes, &tm_v, sl * 64, hk, k0, full_v(st));
+          tma::Load4d(sv + sl * kSlabBytes, &tm_v, sl * 64, hk, kstart, b, full_v(st));
       }
     }
   } else {
     // ------------------------------------------------------------- consumers
-    tma::RegAlloc<kConsumerRegs>();
+    tma::RegAlloc<G::kConsumerRegs>();
     const int cw = wgi - 1, ctid = tid - 128;
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
@@ -205,10 +243,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool pos_scale = sl2 > 0.f;
     const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
 
-    float o[D / 2], s[64];
-    uint32_t p[8][4];
+    float o[D / 2], s[kBN / 2];
+    uint32_t p[kBN / 16][4];
 #pragma unroll
-    for (int i = 0; i < 64; ++i) s[i] = 0.f;
+    for (int i = 0; i < kBN / 2; ++i) s[i] = 0.f;
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
@@ -222,16 +260,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto issue_qk = [&](int st) {
       const uint64_t so = uint64_t((st * 2 * kTile) >> 4);
 #pragma unroll
-      for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
+      for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
       wg::Fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint64_t ko = uint64_t(((kk / 4) * kSlabBytes + (kk % 4) * 32) >> 4);
-        wg::MmaSS128<T>(s, dq + ko, dk + so + ko, kk > 0 ? 1 : 0);
+        wg::MmaSS<T, kBN>(s, dq + ko, dk + so + ko, kk > 0 ? 1 : 0);
       }
       wg::Commit();
 #pragma unroll
-      for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
+      for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
     };
     // O += P V of stage st (one commit group)
     auto issue_pv = [&](int st) {
@@ -246,8 +284,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
     };
-    // The cut tile (keys [start, start + 128) contain kv_lengths): zero the V rows of keys
-    // >= kvlen in stage st, shared by both consumer warpgroups (each waited for the slot).
+    // The cut tile (keys [start, start + kBN) contain kv_lengths): zero the V rows of keys
+    // >= kvlen in stage st, shared by the consumer warpgroups (each waited for the slot).
     auto zero_v_tail = [&](int st, int valid) {
       unsigned char* sv = smem + (2 + 2 * st) * kTile;
       const int chunks = (kBN - valid) * 8;  // 16-byte chunks per slab
@@ -268,17 +306,37 @@ __global__ void __launch_bounds__(kThreads, 1)
       // masks after scaling (a -inf score stays -inf for any scale)
       if (!pos_scale) {
 #pragma unroll
-        for (int i = 0; i < 64; ++i) s[i] *= sl2;
+        for (int i = 0; i < kBN / 2; ++i) s[i] *= sl2;
       }
       if (masked) {
         const int j0 = start + 2 * t;
+        // segment ids (none: every id 0), loaded here (L1 hits after the first partial
+        // tile) rather than kept in registers across the loop (168 at 384 threads)
+        const bool segs = a.kv_ids != nullptr;
+        int qid0 = 0, qid1 = 0;
+        if (segs) {
+          // ids padded to whole tiles ([B, ceil(T / bs) * bs], the Python lowering): rows
+          // past Tq are not stored, keys past Tk are past kv_lengths (masked); no bounds
+          // checks here (they cost spills at 168 registers)
+          qid0 = __ldg(a.q_ids + int64_t(b) * ((a.tq + kBM - 1) / kBM * kBM) + i0);
+          qid1 = __ldg(a.q_ids + int64_t(b) * ((a.tq + kBM - 1) / kBM * kBM) + i0 + 8);
+        }
 #pragma unroll
-        for (int j = 0; j < kBN / 8; ++j)
+        for (int j = 0; j < kBN / 8; ++j) {
+          int kid0 = 0, kid1 = 0;  // documents of keys j0 + 8j, + 1 (all 0 without ids)
+          if (segs) {
+            const int64_t krow_ids = int64_t(b) * ((a.tk + kBN - 1) / kBN * kBN);
+            kid0 = __ldg(a.kv_ids + krow_ids + j0 + 8 * j);
+            kid1 = __ldg(a.kv_ids + krow_ids + j0 + 8 * j + 1);
+          }
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int kj = j0 + 8 * j + (e & 1), qi = i0 + (e >> 1) * 8;
-            if (kj >= kvlen || (causal_part && kj > qi + off)) s[4 * j + e] = -INFINITY;
+            const bool other_doc = ((e & 1) ? kid1 : kid0) != ((e >> 1) ? qid1 : qid0);
+            if (kj >= kvlen || (causal_part && kj > qi + off) || other_doc)
+              s[4 * j + e] = -INFINITY;
           }
+        }
       }
       float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -321,18 +379,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Nothing inside a turn waits for the other warpgroup (the V tail zeroing and its
     // barrier come before the turn).
     auto turn_begin = [&]() {
-      if constexpr (PINGPONG) tma::NamedBarrier(kBarTurn + cw, kConsumers);
+      if constexpr (kPing) tma::NamedBarrier(kBarTurn + cw, kConsumers);
     };
     auto turn_end = [&](bool last) {
-      if constexpr (PINGPONG) {
+      if constexpr (kPing) {
         if (!(last && cw == 1)) tma::NamedArrive(kBarTurn + (1 - cw), kConsumers);
       }
     };
 
-    Tiles cur = tiles;
+    Tiles<kBN> cur = tiles;
     tma::MbarWait(bar_q, 0);  // also before the epilogue reuses the Q buffer
     if (!cur.Done()) {
-      if constexpr (PINGPONG) {
+      if constexpr (kPing) {
         if (cw == 1) tma::NamedArrive(kBarTurn, kConsumers);
       }
       // first tile: S, softmax, P (O is still zero)
@@ -343,7 +401,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       turn_end(false);
       wg::Wait<0>();
 #pragma unroll
-      for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
+      for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
       tma::MbarArrive(empty_k(0));
       float c0, c1;
       softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
@@ -385,7 +443,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         vst = pst;
         wg::Wait<1>();  // S of this tile (the PV of the last one may still run)
 #pragma unroll
-        for (int i = 0; i < 64; ++i) wg::FenceOperand(s[i]);
+        for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
         tma::MbarArrive(empty_k(st));
         softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
                 c0, c1);
@@ -423,15 +481,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     tma::NamedBarrier(kBarEpilogue + cw, 128);
     if ((ctid & 127) == 0) {
 #pragma unroll
-      for (int sl = 0; sl < D / 64; ++sl)
-        tma::Store3d(&tm_o, sl * 64, h, b * a.tq + q0 + cw * 64,
+      for (int sl = 0; sl < D / 64; ++sl)  // rows past Tq are dropped
+        tma::Store4d(&tm_o, sl * 64, h, q0 + cw * 64, b,
                      sQ + uint32_t(sl * kSlabBytes + cw * 64 * kLine));
       tma::StoreCommit();
     }
     if (t == 0) {
       float* gl = a.out_lse + (int64_t(b) * a.hq + h) * a.tq;
-      gl[i0] = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
-      gl[i0 + 8] = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
+      const float lse0 = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
+      const float lse1 = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
+      const int lim = a.tq - i0;  // rows past Tq (a partial last tile) are not written
+      if (lim > 0) gl[i0] = lse0;
+      if (lim > 8) gl[i0 + 8] = lse1;
     }
     if ((ctid & 127) == 0) tma::StoreWaitRead();
   }
@@ -440,8 +501,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// ring depth: 160 KB of smem at D = 128 (one CTA per SM), 112 KB at D = 64
-template <int D> constexpr int kStages = D == 128 ? 2 : 3;
+// ring depth. Block 128 (one CTA per SM): 160 KB of smem at D = 128, 112 KB at D = 64.
+// Block 64 (two CTAs per SM, at most 113 KB each): 80 KB at D = 128 (3 stages would need
+// 104 bytes more than fit beside the 1024-byte alignment pad), 72 KB at D = 64.
+template <int D, int BS> constexpr int kStages = BS == 128 ? (D == 128 ? 2 : 3) : (D == 128 ? 2 : 4);
 
 // Per device: 0 unknown, 1 usable, 2 not: an sm_90 device running this kernel's sm_90a
 // code (a build without 90a would run nothing useful there).
@@ -462,7 +525,7 @@ bool DeviceOk() {
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
         major == 9 && minor == 0 &&
-        cudaFuncGetAttributes(&attr, FwdKernel<T, D, kStages<D>, true>) == cudaSuccess &&
+        cudaFuncGetAttributes(&attr, FwdKernel<T, D, 128, kStages<D, 128>, true>) == cudaSuccess &&
         attr.binaryVersion == 90 && tma::GetEncodeTiled() != nullptr;
     if (!ok) (void)cudaGetLastError();
     v = ok ? 1 : 2;
@@ -474,38 +537,55 @@ bool DeviceOk() {
 
 }  // namespace sm90
 
-template <typename T, int D, bool PINGPONG>
+bool Sm90ForwardAvailable() { return sm90::DeviceOk<__nv_bfloat16, 128>(); }
+
+template <typename T, int D, int BS, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90;
-  if (a.bs != kBM) return cudaErrorInvalidValue;
+  using G = Geom<BS>;
+  if (a.bs != BS) return cudaErrorInvalidValue;
   if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
-  if (a.tk == 0) return LaunchForwardTile<T, D, 64, 2>(a, stream);  // no key: o = 0, lse = -inf
+  // partial last tiles (Tq or Tk not a multiple of the block): 4-d tensor maps
+  const bool rows4d = a.tq % BS != 0 || a.tk % BS != 0;
+  // what the FA2 forward takes: lists shared by the batch, no segment ids, whole tiles, no
+  // query positions
+  const bool fa2_ok = a.mb == 1 && a.q_ids == nullptr && a.q_pos == nullptr && !rows4d;
+  if (a.tk == 0) {  // no key: o = 0, lse = -inf
+    if (!fa2_ok) return cudaErrorInvalidValue;  // the Python routing never sends these
+    return LaunchForwardTile<T, D, 64, 2>(a, stream);
+  }
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.out_o))
-    return cudaErrorInvalidValue;
+  // operands TMA cannot address (XLA's buffers are aligned: not seen) run the FA2 forward
+  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.out_o)) {
+    if (!fa2_ok) return cudaErrorInvalidValue;
+    return LaunchForwardTile<T, D, 64, 2>(a, stream);
+  }
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
   CUtensorMap tq{}, tk{}, tv{}, to{};
-  const uint64_t qdims[3] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.batch) * a.tq};
-  const uint64_t qstr[2] = {D * e, uint64_t(a.hq) * D * e};
-  const uint64_t kdims[3] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.batch) * a.tk};
-  const uint64_t kstr[2] = {D * e, uint64_t(a.hkv) * D * e};
-  const uint32_t box_in[3] = {64, 1, uint32_t(kBM)};
-  const uint32_t box_out[3] = {64, 1, uint32_t(kBM / 2)};
-  cudaError_t err = tma::EncodeTiled3d(&tq, kBf16, a.q, qdims, qstr, box_in);
-  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tk, kBf16, a.k, kdims, kstr, box_in);
-  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tv, kBf16, a.v, kdims, kstr, box_in);
-  if (err == cudaSuccess) err = tma::EncodeTiled3d(&to, kBf16, a.out_o, qdims, qstr, box_out);
+  // [B, T, H, D]: dims D, H, T, B (innermost first); boxes of 64 columns (one swizzled
+  // slab), one head, BS rows (64: one consumer warpgroup's rows for the output), one batch
+  // entry. Rows past T: zero filled by loads, dropped by stores (partial last tiles).
+  const uint64_t qd4[4] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.tq), uint64_t(a.batch)};
+  const uint64_t qs4[3] = {D * e, uint64_t(a.hq) * D * e, uint64_t(a.tq) * a.hq * D * e};
+  const uint64_t kd4[4] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.tk), uint64_t(a.batch)};
+  const uint64_t ks4[3] = {D * e, uint64_t(a.hkv) * D * e, uint64_t(a.tk) * a.hkv * D * e};
+  const uint32_t box_in[4] = {64, 1, uint32_t(BS), 1}, box_out[4] = {64, 1, 64, 1};
+  cudaError_t err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qd4, qs4, box_in);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, a.k, kd4, ks4, box_in);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, a.v, kd4, ks4, box_in);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&to, kBf16, a.out_o, qd4, qs4, box_out);
   if (err != cudaSuccess) return err;
 
-  constexpr int smem = Smem<D, kStages<D>>::kBytes;
+  constexpr int smem = Smem<D, kStages<D, BS>, BS>::kBytes;
+  static_assert(BS == 128 || 2 * (smem + 1024) <= 228 * 1024, "two CTAs per SM at block 64");
   static std::atomic<uint64_t> configured{0};
-  auto kern = sm90::FwdKernel<T, D, kStages<D>, PINGPONG>;
+  auto kern = sm90::FwdKernel<T, D, BS, kStages<D, BS>, PINGPONG>;
   err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
   if (err != cudaSuccess) return err;
   if (a.by_query.lines > 65535) return cudaErrorInvalidValue;
   const dim3 grid(unsigned(a.batch * a.hq), unsigned(a.by_query.lines));
-  kern<<<grid, kThreads, smem, stream>>>(a, tq, tk, tv, to);
+  kern<<<grid, G::kThreads, smem, stream>>>(a, tq, tk, tv, to);
   return cudaGetLastError();
 }
 

@@ -9,19 +9,27 @@ namespace attn {
 
 struct Args;
 
-// The forward of attention.h's semantics for block size 128 and head dim D (64, 128), T
-// __nv_bfloat16 or __half. cudaErrorNotSupported on a device that is not sm_90 (or a
-// build without sm_90a code), cudaErrorInvalidValue for operands TMA cannot address
-// (not 16-byte aligned). PINGPONG: the two consumer warpgroups take turns issuing their
-// matrix products (one's softmax overlaps the other's wgmmas).
-template <typename T, int D, bool PINGPONG>
+// The forward of attention.h's semantics for block size BS (128: 128-row CTAs, two
+// consumer warpgroups; 64: 64-row CTAs, one consumer warpgroup, two CTAs per SM) and head
+// dim D (64, 128), T __nv_bfloat16 or __half. cudaErrorNotSupported on a device that is not
+// sm_90 (or a build without sm_90a code); operands TMA cannot address (not 16-byte aligned)
+// run the FA2 forward. PINGPONG (block 128 only): the two consumer warpgroups take turns
+// issuing their matrix products (one's softmax overlaps the other's wgmmas).
+template <typename T, int D, int BS, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
 
-#define JBS_ATTENTION_SM90_LAUNCHERS(PREFIX, T)                                   \
-  PREFIX cudaError_t LaunchForwardSm90<T, 64, true>(const Args&, cudaStream_t);  \
-  PREFIX cudaError_t LaunchForwardSm90<T, 64, false>(const Args&, cudaStream_t); \
-  PREFIX cudaError_t LaunchForwardSm90<T, 128, true>(const Args&, cudaStream_t); \
-  PREFIX cudaError_t LaunchForwardSm90<T, 128, false>(const Args&, cudaStream_t);
+// Whether the current device runs this forward: an sm_90 device and a build with sm_90a
+// code (and the driver's tensor-map encoder). Queried once per device, then cached: the
+// dispatch (attention.cu) asks on every call.
+bool Sm90ForwardAvailable();
+
+#define JBS_ATTENTION_SM90_LAUNCHERS(PREFIX, T)                                        \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, 128, true>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, 128, false>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, 128, true>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, 128, false>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, 64, false>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, 64, false>(const Args&, cudaStream_t);
 
 }  // namespace attn
 }  // namespace jax_blocksparse
