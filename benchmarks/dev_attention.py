@@ -269,9 +269,6 @@ def compare_bwd_variants(variants, names):
             print(f"{name:>12} {cells}{ratios}", flush=True)
 
 
-def compare_variants(variants, names):
-
-
 def compare_variants(variants, names, bs=128):
     """Runs `--fwd-only` under each forward variant (a subprocess each: the switch is read
     once per process) and prints the TFLOP/s side by side."""
