@@ -32,6 +32,7 @@ import pytest
 import jax_blocksparse as jbs
 from reference import (ATTENTION_TOLERANCE, LSE_TOLERANCE, attention64, attention_mask64, f64,
                        kernels_by_case, lse_err, mark_case, random, rel_err, run_python)
+from test_gpu_attention import random_mask
 from test_matmul import poison
 
 pytestmark = pytest.mark.gpu
@@ -40,15 +41,6 @@ FA3 = {"": "fa3_forward(wgmma, tma, ws, pingpong)", "2": "fa3_forward(wgmma, tma
        "3": "fa3_forward(wgmma, tma, ws)"}  # "": the switch unset (the default)
 DTYPES = {"bf16": jnp.bfloat16, "f16": jnp.float16}
 BS = 128
-
-
-def random_mask(seed, shape, density, empty_row=True):
-    """A random block mask; with `empty_row`, one query block row (per head) is empty."""
-    rng = np.random.default_rng(seed)
-    mask = rng.random(shape) < density
-    if empty_row:
-        mask[..., rng.integers(shape[-2]), :] = False
-    return mask
 
 
 def one_block(rows, cols, r, c):
