@@ -10,18 +10,17 @@ GPU too (float64, for one).
 
 The Python side's environment switches are read once, into `SWITCHES`:
 `JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
-`JAX_BLOCKSPARSE_DEBUG=1` also prints, when a program is compiled, each attention call that
-runs the pure-JAX implementation on a GPU (the kernels' own launch lines come from C++);
 `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT` (the C++ side's forward override, cuda/switches.h) is
 read here too: the forward takes segment ids and lists per batch entry only where the
-FA3-design forward runs (`sm90_forward`).
+FA3-design forward runs (`sm90_forward`). Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
+call that a kernel could have taken but that lowers to the pure-JAX implementation says why
+when the program is compiled (the kernels' own launch lines come from C++).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import sys
 from typing import NamedTuple
 
 import jax
@@ -45,7 +44,6 @@ except ImportError:  # built without nvcc, or a source checkout
 class Switches(NamedTuple):
     """The environment switches of the Python side, read once when the package loads."""
     disable_cuda: bool
-    debug: int
     attn_fwd_variant: int  # -1: unset (the default by architecture), else 0..3
 
 
@@ -55,7 +53,6 @@ def _read_switches() -> Switches:
         return int(value) if value.isdigit() else 1
     variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "")
     return Switches(disable_cuda=number("JAX_BLOCKSPARSE_DISABLE_CUDA") != 0,
-                    debug=number("JAX_BLOCKSPARSE_DEBUG"),
                     attn_fwd_variant=int(variant[0]) if variant[:1] in ("0", "1", "2", "3")
                     else -1)  # as cuda/switches.cu reads it
 
@@ -146,7 +143,7 @@ def _matmul_lowering(prim, kernel_rule):
         dtype = ctx.avals_in[0].dtype
         if any(dtype == d for d in MATMUL_DTYPES):
             return kernel_rule(ctx, x, y, **params)
-        _debug.pure_path(_debug.op_name(prim.name), ctx.avals_in, f"no kernel for dtype {dtype}")
+        _debug.pure_path(_debug.call(prim.name, ctx.avals_in), f"no kernel for dtype {dtype}")
         return reference(ctx, x, y, **params)
     return rule
 
@@ -200,9 +197,8 @@ def _fused_attention(phase, ctx, floats, params) -> bool:
                                       k_aval.shape[1], params["segments"],
                                       params["positioned"], by_query_counts.shape[0],
                                       forward=phase == "attention_fwd")
-    if why is not None and SWITCHES.debug:
-        print(f"[jax_blocksparse] {phase} q{list(q_aval.shape)} bs={bs}: "
-              f"pure-JAX path (no fused kernel for {why})", file=sys.stderr, flush=True)
+    if why is not None:
+        _debug.pure_path(f"{phase} q{list(q_aval.shape)} bs={bs}", f"no fused kernel for {why}")
     return why is None
 
 
@@ -325,9 +321,8 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged)
     why = decode_unsupported(q_aval.dtype, q_aval.shape[-1], block_size,
                              k_aval.shape[1] if paged else None)
     if why is not None:
-        if SWITCHES.debug:
-            print(f"[jax_blocksparse] attention_decode q{list(q_aval.shape)} bs={block_size}: "
-                  f"pure-JAX path (no decode kernel for {why})", file=sys.stderr, flush=True)
+        _debug.pure_path(f"attention_decode q{list(q_aval.shape)} bs={block_size}",
+                         f"no decode kernel for {why}")
         return _decode_reference(ctx, *operands, **params)
     b, tq, hq, d = q_aval.shape
     _, mask_heads, _, width = ctx.avals_in[7].shape

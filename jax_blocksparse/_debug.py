@@ -22,19 +22,18 @@ def _level() -> int:
 LEVEL = _level()
 
 
-def op_name(prim_name: str) -> str:
-    """`blocksparse_attention_local` -> `attention`: the op as the launch lines name it."""
-    return prim_name.removeprefix("blocksparse_").removesuffix("_local")
+def call(prim_name: str, avals) -> str:
+    """A primitive's call as the lines name it: `blocksparse_dds_local` on its float
+    operands' `avals` -> `dds float32[8, 64] float32[4, 32, 32]` (not the metadata)."""
+    op = prim_name.removeprefix("blocksparse_").removesuffix("_local")
+    return " ".join([op] + [f"{a.dtype}{list(a.shape)}" for a in avals
+                            if jnp.issubdtype(a.dtype, jnp.floating)])
 
 
-def pure_path(op: str, avals, why: str) -> None:
-    """Under the switch, say that `op` (its float operands' `avals`) runs the pure-JAX
-    path."""
+def pure_path(what: str, why: str) -> None:
+    """Under the switch, say that the call `what` runs the pure-JAX path, and why."""
     if LEVEL:
-        shapes = " ".join(f"{a.dtype}{list(a.shape)}" for a in avals
-                          if jnp.issubdtype(a.dtype, jnp.floating))  # not the metadata
-        print(f"[jax_blocksparse] {op} {shapes}: pure-JAX path ({why})", file=sys.stderr,
-              flush=True)
+        print(f"[jax_blocksparse] {what}: pure-JAX path ({why})", file=sys.stderr, flush=True)
 
 
 def default_reason(ctx) -> str:

@@ -246,7 +246,7 @@ def define_partitioned(prim, abstract_eval, reference, factors: Callable) -> Non
     pure = jint.lower_fun(reference, multiple_results=prim.multiple_results)
 
     def default(ctx, *args, **params):  # every platform without a kernel lowering
-        _debug.pure_path(_debug.op_name(prim.name), ctx.avals_in, _debug.default_reason(ctx))
+        _debug.pure_path(_debug.call(prim.name, ctx.avals_in), _debug.default_reason(ctx))
         return pure(ctx, *args, **params)
     jint.register_lowering_rule(local, default, None)
     LOCAL[prim] = local

@@ -31,7 +31,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import _jax_internals as jint
 from . import _partitioning
@@ -65,6 +64,22 @@ def _pad_to(x, length, axis):
     pad = [(0, 0)] * x.ndim
     pad[axis] = (0, length - x.shape[axis])
     return jnp.pad(x, pad)
+
+
+def _at_rows(x, row):
+    """`x [Bm, Hm, R, ...]` (Bm 1 or B) at the block rows `row [B, n]`, clipped into
+    `[0, R)`: `[B, Hm, n, ...]`."""
+    b, n = row.shape
+    return jnp.take_along_axis(
+        jnp.broadcast_to(x, (b,) + x.shape[1:]),
+        jnp.clip(row, 0, x.shape[2] - 1).reshape((b, 1, n) + (1,) * (x.ndim - 3)), axis=2)
+
+
+def _nan_rows(o, lse, bad):
+    """`o [B, Tq, H, D]` and `lse [B, H, Tq]` with NaN in the rows where `bad` (bool
+    `[B or 1, H or 1, Tq]`) holds: never a silently wrong row."""
+    return (jnp.where(jnp.swapaxes(bad, 1, 2)[..., None], jnp.nan, o),
+            jnp.where(bad, jnp.nan, lse))
 
 
 # --------------------------------------------------------------- reference (pure JAX)
@@ -472,20 +487,17 @@ def _context(mask, causal, tq, tk, offset=None, documents=None):
     bool `[Bm, Hm, Rq]` of query blocks whose lists overflowed (None for a Layout). With
     `documents = (q_ids, kv_ids)` the lists are per batch entry and skip the block pairs
     of different documents (`attention_metadata.document_kinds`)."""
-    if isinstance(mask, Layout):
-        meta = attention_metadata(mask, causal, tq, tk, offset)
-        overflow = None
-        if documents is None:
-            return [jnp.asarray(x[None]) for x in (*meta.by_query, *meta.by_key)], overflow
+    if isinstance(mask, Layout):  # host lists, with a leading batch axis of 1
+        meta, overflow = attention_metadata(mask, causal, tq, tk, offset), None
         kind = meta.kind[None]
-        widths = [x.lists.shape[-1] for x in (meta.by_query, meta.by_key)]
+        arrays = [jnp.asarray(x[None]) for x in (*meta.by_query, *meta.by_key)]
     else:
         meta, overflow = device_metadata(mask.mask, mask.block_size, causal, tq, tk,
                                          mask.max_blocks, offset)
-        if documents is None:
-            return [*meta.by_query, *meta.by_key], overflow
-        kind = meta.kind
-        widths = [x.lists.shape[-1] for x in (meta.by_query, meta.by_key)]
+        kind, arrays = meta.kind, [*meta.by_query, *meta.by_key]
+    if documents is None:
+        return arrays, overflow
+    widths = [x.lists.shape[-1] for x in (meta.by_query, meta.by_key)]
     kind = document_kinds(kind, *documents, mask.block_size)
     return [*block_lists(jnp, kind, widths[0]),
             *block_lists(jnp, jnp.swapaxes(kind, -1, -2), widths[1])], overflow
@@ -504,12 +516,9 @@ def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows):
     first_row, shift = q_offset // bs, q_offset % bs
     row = first_row[:, None] + jnp.arange(span)  # [B, span]
     inside = (row >= 0) & (row < rows)
-    take = lambda x: jnp.take_along_axis(
-        jnp.broadcast_to(x, (b,) + x.shape[1:]),
-        jnp.clip(row, 0, rows - 1).reshape((b, 1, span) + (1,) * (x.ndim - 3)), axis=2)
     counts, partial, lists_, order = lists[:4]
-    by_query = [jnp.where(inside[:, None], take(counts), 0),
-                jnp.where(inside[:, None], take(partial), 0), take(lists_),
+    by_query = [jnp.where(inside[:, None], _at_rows(counts, row), 0),
+                jnp.where(inside[:, None], _at_rows(partial, row), 0), _at_rows(lists_, row),
                 jnp.broadcast_to(jnp.arange(span, dtype=jnp.int32), (b, order.shape[1], span))]
     def place(x):  # explicit sharding mode: as x is sharded but on its positions
         pad = lambda x, s: jax.lax.dynamic_update_slice_in_dim(
@@ -518,7 +527,7 @@ def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows):
     q_pad = place(q)
     ids_pad = q_ids if q_ids.shape[1] == 1 else place(q_ids)
     if overflow is not None:
-        overflow = take(overflow[..., None])[..., 0]
+        overflow = _at_rows(overflow, row)
     slots = shift[:, None] + jnp.arange(tq)
     positions = q_offset[:, None] + jnp.arange(tq)
     return (q_pad, ids_pad, by_query + list(lists[4:]), overflow, first_row * bs, slots,
@@ -589,11 +598,12 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     `D` in (64, 128) and block size 64 or 128 run the fused kernels
     (`_cuda.fused_attention_unsupported`; a paged cache is gathered first): on Hopper
     (sm_90) the forward with segment ids, any mask (a `BlockMask` with `Bm = B` too), any
-    lengths and `q_offset` (not yet `q_offset` with segment ids); the backward, and elsewhere the forward, with a mask shared by
-    the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids, lengths that
-    are multiples of the block size and no `q_offset`. The forward and backward decide
-    separately. Every other call runs the pure-JAX
-    implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is compiled).
+    lengths and `q_offset` (not yet `q_offset` with segment ids); the backward, and
+    elsewhere the forward, with a mask shared by the batch (a `Layout`, or a `BlockMask`
+    with `Bm = 1`), no segment ids, lengths that are multiples of the block size and no
+    `q_offset`. The forward and backward decide separately. Every other call runs the
+    pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is
+    compiled).
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:
@@ -642,8 +652,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     else:
         o, lse = _prefill(q, k, v, *context, **dict(static))
     if bad_pages is not None:
-        lse = jnp.where(bad_pages[:, None, None], jnp.nan, lse)
-        o = jnp.where(bad_pages[:, None, None, None], jnp.nan, o)
+        o, lse = _nan_rows(o, lse, bad_pages[:, None, None])
     return (o, lse) if return_lse else o
 
 
@@ -701,9 +710,7 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
                                       slots[:, None, :], axis=2)
         bad = ~inside[:, None, :] if bad is None else bad | ~inside[:, None, :]
     if bad is not None:
-        bad = bad[..., :tq]
-        lse = jnp.where(bad, jnp.nan, lse)
-        o = jnp.where(jnp.swapaxes(bad, 1, 2)[..., None], jnp.nan, o)
+        o, lse = _nan_rows(o, lse, bad[..., :tq])
     return o, lse
 
 
@@ -726,12 +733,9 @@ def _checked_pages(page_table, pool_shape, lists, offset, tq, bs, kv_lengths):
     first = jnp.zeros((b,), jnp.int32) if offset is None else offset
     span = -(-(bs - 1 + tq) // bs)  # mask rows the queries can touch
     row = first[:, None] // bs + jnp.arange(span)  # [B, span]
-    take = lambda x: jnp.take_along_axis(
-        jnp.broadcast_to(x, (b,) + x.shape[1:]),
-        jnp.clip(row, 0, rows - 1).reshape((b, 1, span) + (1,) * (x.ndim - 3)), axis=2)
     listed = (((row >= 0) & (row < rows))[:, None, :, None]
-              & (jnp.arange(width) < take(counts)[..., None]))  # [B, Hm, span, W]
-    block = jnp.where(listed, take(block_lists), rk)  # unlisted slots: a dropped column
+              & (jnp.arange(width) < _at_rows(counts, row)[..., None]))  # [B, Hm, span, W]
+    block = jnp.where(listed, _at_rows(block_lists, row), rk)  # unlisted: a dropped column
     used = jnp.zeros((b, rk + 1), jnp.bool_).at[
         jnp.arange(b)[:, None, None, None], block].set(True)[:, :rk]  # [B, Rk]
     keys = jnp.repeat(used, bs, axis=1)[:, :tk] & (jnp.arange(tk) < kv_lengths[:, None])
@@ -791,8 +795,5 @@ def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, *, t
     row = (q_rows[:, None] + jnp.arange(tq)) // bs  # [B, Tq]
     bad = ((row < 0) | (row >= rows))[:, None, :]  # [B, 1, Tq]
     if overflow is not None:  # [Bm, Hm, R] -> [B, Hm, Tq]
-        overflow = jnp.broadcast_to(overflow, (b,) + overflow.shape[1:])
-        bad = bad | jnp.take_along_axis(overflow, jnp.clip(row, 0, rows - 1)[:, None], axis=2)
-    lse = jnp.where(bad, jnp.nan, lse)
-    o = jnp.where(jnp.swapaxes(bad, 1, 2)[..., None], jnp.nan, o)
-    return o, lse
+        bad = bad | _at_rows(overflow, row)
+    return _nan_rows(o, lse, bad)

@@ -23,13 +23,12 @@ the pure-JAX implementation (inference runs the kernel; `jax.grad` works on ever
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from . import _jax_internals as jint
 from . import _partitioning
-from .attention import (KV_DIMS, LSE_DIMS, Q_DIMS, _bind, _lse_dtype, _reference_jvp,
-                        context_dims, paged_keys)
+from .attention import (KV_DIMS, LSE_DIMS, Q_DIMS, _at_rows, _bind, _lse_dtype,
+                        _reference_jvp, context_dims, paged_keys)
 
 def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table, *,
                      block_size, causal, scale, paged):
@@ -44,11 +43,8 @@ def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, pa
     group = hq // hkv
     row = (q_rows[:, None] + jnp.arange(tq)) // bs  # [B, Tq]
     inside = (row >= 0) & (row < rows)
-    at_row = lambda x: jnp.take_along_axis(  # [Bm, Hm, R, ...] -> [B, Hm, Tq, ...]
-        jnp.broadcast_to(x, (b,) + x.shape[1:]),
-        jnp.clip(row, 0, rows - 1).reshape((b, 1, tq) + (1,) * (x.ndim - 3)), axis=2)
-    count = jnp.where(inside[:, None], at_row(counts), 0)  # [B, Hm, Tq]
-    blocks = at_row(lists)  # [B, Hm, Tq, W]
+    count = jnp.where(inside[:, None], _at_rows(counts, row), 0)  # [B, Hm, Tq]
+    blocks = _at_rows(lists, row)  # [B, Hm, Tq, W]
     keys = (jnp.maximum(blocks, 0)[..., None] * bs + jnp.arange(bs)).reshape(b, hm, tq, -1)
     listed = jnp.repeat(jnp.arange(width)[None, None, None] < count[..., None], bs, axis=-1)
     allowed = listed & (keys < jnp.minimum(kv_lengths, tk)[:, None, None, None])
