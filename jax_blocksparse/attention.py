@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from . import _jax_internals as jint
 from . import _partitioning
-from ._checks import DTYPES, static_bool, static_float
+from ._checks import check_dtype, static_bool, static_float
 from .attention_metadata import (AttentionLists, attention_metadata, block_lists,
                                  device_metadata, document_kinds)
 from .block_mask import BlockMask
@@ -414,9 +414,7 @@ def _check(q, k, v, mask, kv_lengths, positioned):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"attention: {name} must be [B, T, H, D]; got shape {x.shape}")
-        if not any(x.dtype == d for d in DTYPES):
-            raise ValueError(f"attention: {name} has dtype {x.dtype}; supported: bfloat16, "
-                             "float16, float32, float64")
+        check_dtype("attention", name, x)
         if 0 in x.shape[1:]:  # an empty batch is fine: the result is empty
             raise ValueError(f"attention: {name} has an empty axis: {x.shape}")
     if not (q.dtype == k.dtype == v.dtype):
