@@ -179,10 +179,6 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
         return "segment ids"
     if positioned and not documents:
         return "q_offset"
-    if positioned and segments:
-        # measured wrong on the H200 (RESULTS.md, 2026-12-02): q_offset's lists are not
-        # refined by documents, so the kernel's full entries skip the id comparison
-        return "q_offset with segment ids"
     if mask_batch != 1 and not documents:
         return "a mask per batch entry"
     return None

@@ -693,6 +693,8 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
     else:
         q_in, ids_in, lists, overflow, q_positions, slots, inside = _positioned(
             q, q_ids, lists, overflow, offset, bs, rows)
+        if segments:  # lists not refined by documents: every entry compares ids
+            lists = [lists[0], lists[0], *lists[2:]]  # partial = counts
     o, lse = _bind(attention_p, q_in, k, v, kv_lengths, q_positions,
                    ids_in, kv_ids, *lists, block_size=bs, causal=causal, scale=scale,
                    segments=segments, positioned=positioned)
