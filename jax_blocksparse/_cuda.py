@@ -33,7 +33,7 @@ from . import _partitioning
 from . import attention as att
 from . import attention_decode as dec
 from . import matmul_primitives as mp
-from .attention_metadata import AttentionLists
+from .attention_metadata import FINE_BLOCKS, TILE, AttentionLists
 
 try:
     from . import _jax_blocksparse_cuda as _ext
@@ -155,6 +155,9 @@ FUSED_ATTENTION = {
     "dtypes": (jnp.bfloat16, jnp.float16),
     "head_dims": (64, 128),
     "block_sizes": (64, 128),
+    # the FA3-design forward only: on its 128 x 128 tiles, each covering several mask
+    # blocks whose bits join the element predicate (attention_metadata.tile_lists)
+    "tiled_block_sizes": FINE_BLOCKS,
 }
 
 
@@ -163,16 +166,18 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
                                 forward: bool = False) -> str | None:
     """Why the fused kernels cannot run this call (None when they can): the backward
     (`forward=False`) and the FA2 forward take neither segment ids, nor a mask per batch
-    entry, nor lengths that are not multiples of the block size, nor `q_offset`; the
-    FA3-design forward (`sm90_forward()`, with `forward=True`) takes all four (partial
-    last tiles: with at least one key)."""
+    entry, nor lengths that are not multiples of the block size, nor `q_offset`, nor block
+    sizes 16 and 32; the FA3-design forward (`sm90_forward()`, with `forward=True`) takes
+    all five (partial last tiles: with at least one key; block sizes 16 and 32 on its
+    128 x 128 tiles)."""
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if head_dim not in FUSED_ATTENTION["head_dims"]:
         return f"head dim {head_dim}"
-    if block_size not in FUSED_ATTENTION["block_sizes"]:
-        return f"block size {block_size}"
     documents = forward and sm90_forward()
+    if block_size not in FUSED_ATTENTION["block_sizes"] and not (
+            documents and block_size in FUSED_ATTENTION["tiled_block_sizes"]):
+        return f"block size {block_size}"
     if (tq % block_size or tk % block_size) and (not documents or tk == 0):
         return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     if segments and not documents:
@@ -200,11 +205,12 @@ def _fused_attention(phase, ctx, floats, params) -> bool:
 
 def _kernel_operands(ctx, floats, operands):
     """The operands of the backward's custom call: the float operands, `kv_lengths`, then
-    the block lists with their leading batch axis (1 here: the backward takes no lists per
-    batch entry) dropped. Returns (operands, their avals)."""
+    the block lists (by query, by key) with their leading batch axis (1 here: the backward
+    takes no lists per batch entry) dropped. Returns (operands, their avals)."""
     avals = list(ctx.avals_in)
     out, out_avals = list(operands[:floats + 1]), avals[:floats + 1]
-    for value, aval in zip(operands[floats + att.LISTS:], avals[floats + att.LISTS:]):
+    lists = slice(floats + att.LISTS, floats + att.TILES)
+    for value, aval in zip(operands[lists], avals[lists]):
         dropped = aval.update(shape=aval.shape[1:])
         out.append(jint.reshape(ctx, value, dropped))
         out_avals.append(dropped)
@@ -225,25 +231,35 @@ def _attention_forward_lowering(ctx, *operands, **params):
     with the attribute `positioned`: q_offset), the by-query lists with their
     leading batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
     zero-padded to whole tiles (placeholders `[1, 1]` without them: attribute
-    `segments`)."""
+    `segments`), the tiles' bits `[Bm, Hm, lines, 2 width]`. A mask of block size 16 or 32
+    (attribute `mask_block`) runs on 128 x 128 tiles (attribute `block_size` 128): its
+    lists are the tile lists (`att.TILES`), the bits those of the mask blocks of each
+    listed tile; for other block sizes `mask_block == block_size` and the bits are a
+    placeholder."""
     floats = att.FLOAT_OPERANDS[att.attention_p]
     if not _fused_attention("attention_fwd", ctx, floats, params):
         return _forward_reference(ctx, *operands, **params)
-    lists = floats + att.LISTS
+    mask_block = params["block_size"]
+    tiled = mask_block in FINE_BLOCKS
+    bs = TILE if tiled else mask_block  # the kernel's tile
+    lists = floats + (att.TILES if tiled else att.LISTS)
     seg = floats + att.CONTEXT.index("q_segment_ids")
     pick = [*range(floats + 2), *range(lists, lists + len(AttentionLists._fields))]
     values, avals = [operands[i] for i in pick], [ctx.avals_in[i] for i in pick]
-    bs = params["block_size"]
     for i in (seg, seg + 1):  # segment ids padded to whole tiles (the kernel reads them so)
         value, aval = operands[i], ctx.avals_in[i]
         if params["segments"] and aval.shape[1] % bs:
             value, aval = _pad_columns(ctx, value, aval, -(-aval.shape[1] // bs) * bs)
         values.append(value)
         avals.append(aval)
+    bits = floats + att.CONTEXT.index("tile_bits")
+    values.append(operands[bits])
+    avals.append(ctx.avals_in[bits])
     ctx = ctx.replace(avals_in=avals)
     return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
-        ctx, *values, **_attention_attrs(params), segments=bool(params["segments"]),
-        positioned=bool(params["positioned"]))
+        ctx, *values, **_attention_attrs(dict(params, block_size=bs)),
+        segments=bool(params["segments"]), positioned=bool(params["positioned"]),
+        mask_block=np.int32(mask_block))
 
 
 def _pad_columns(ctx, value, aval, width):

@@ -35,16 +35,22 @@ import jax.numpy as jnp
 from . import _jax_internals as jint
 from . import _partitioning
 from ._checks import check_dtype, static_bool, static_float
-from .attention_metadata import (AttentionLists, attention_metadata, block_lists,
-                                 device_metadata, document_kinds)
+from .attention_metadata import (FINE_BLOCKS, TILE, AttentionLists, TileLists,
+                                 attention_metadata, block_lists, device_metadata,
+                                 document_kinds, tile_lists, tile_metadata)
 from .block_mask import BlockMask
 from .layout import Layout
 
 DECODE_MAX_QUERIES = 16  # queries per sequence that take the decode primitive
 
 CONTEXT = ("kv_lengths", "q_positions", "q_segment_ids", "kv_segment_ids") + tuple(
-    f"{side}_{field}" for side in ("by_query", "by_key") for field in AttentionLists._fields)
+    f"{side}_{field}" for side in ("by_query", "by_key") for field in AttentionLists._fields
+) + tuple(f"tile_{field}" for field in AttentionLists._fields) + ("tile_bits",)
 LISTS = CONTEXT.index("by_query_counts")  # where the block lists start in the context
+# where the tile lists start (`TileLists`, by query tile: the four lists, then the bits):
+# masks of block size 16 or 32 on the Hopper forward's 128-row tiles; placeholders
+# (`_tile_context`) for other block sizes
+TILES = CONTEXT.index("tile_counts")
 
 
 def _lse_dtype(dtype):
@@ -291,7 +297,8 @@ def context_dims(name, aval, batch, heads, index):
         t = "tq" if name.startswith("q") else "tk"
         return (lead, t if aval.shape[1] > 1 else f"x{index}_1")
     head = ("h", "g") if aval.shape[1] == heads else f"x{index}_1"
-    line = "rq" if "by_query" in name or name in ("counts", "lists") else "rk"
+    line = ("rt" if name.startswith("tile_") else
+            "rq" if "by_query" in name or name in ("counts", "lists") else "rk")
     rest = (f"w{index}",) if aval.ndim == 4 else ()
     return (lead, head, line) + rest
 
@@ -481,10 +488,11 @@ def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
 
 
 def _context(mask, causal, tq, tk, offset=None, documents=None):
-    """The block lists of `mask` as context operands (leading batch axis 1 or B), and the
-    bool `[Bm, Hm, Rq]` of query blocks whose lists overflowed (None for a Layout). With
-    `documents = (q_ids, kv_ids)` the lists are per batch entry and skip the block pairs
-    of different documents (`attention_metadata.document_kinds`)."""
+    """The block lists of `mask` as context operands (leading batch axis 1 or B), the
+    bool `[Bm, Hm, Rq]` of query blocks whose lists overflowed (None for a Layout), and the
+    int8 block kinds `[Bm, Hm, Rq, Rk]` the lists list (numpy for a Layout without
+    documents). With `documents = (q_ids, kv_ids)` the lists are per batch entry and skip
+    the block pairs of different documents (`attention_metadata.document_kinds`)."""
     if isinstance(mask, Layout):  # host lists, with a leading batch axis of 1
         meta, overflow = attention_metadata(mask, causal, tq, tk, offset), None
         kind = meta.kind[None]
@@ -494,21 +502,49 @@ def _context(mask, causal, tq, tk, offset=None, documents=None):
                                          mask.max_blocks, offset)
         kind, arrays = meta.kind, [*meta.by_query, *meta.by_key]
     if documents is None:
-        return arrays, overflow
+        return arrays, overflow, kind
     widths = [x.lists.shape[-1] for x in (meta.by_query, meta.by_key)]
     kind = document_kinds(kind, *documents, mask.block_size)
     return [*block_lists(jnp, kind, widths[0]),
-            *block_lists(jnp, jnp.swapaxes(kind, -1, -2), widths[1])], overflow
+            *block_lists(jnp, jnp.swapaxes(kind, -1, -2), widths[1])], overflow, kind
 
 
-def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows):
+def _tile_context(tiles, overflow, block_size, width, all_partial):
+    """The tile operands of `attention_p` (`CONTEXT[TILES:]`): the lists of the 128 x 128
+    tiles that the Hopper forward runs a fine mask (block size 16 or 32) on, and their bits
+    (`attention_metadata.tile_lists`). `tiles`: a `TileLists` (a static layout's, from the
+    host), or the fine block kinds `[Bm, Hm, R, Rk]` (tiled here, inside jit; `overflow`:
+    their rows whose lists overflowed, NaN in the output, claim no tile, so that a tile
+    row lists at most `128 / bs * width` tiles, `width` the fine lists' width), or None
+    (other block sizes: `[1, 1, 1(, 1 or 2)]` placeholders that nothing reads).
+    `all_partial`: every entry partial (q_offset with segment ids, as the fine lists)."""
+    if tiles is None:
+        zero = jnp.zeros((1, 1, 1), jnp.int32)
+        return [zero, zero, jnp.full((1, 1, 1, 1), -1, jnp.int32), zero,
+                jnp.zeros((1, 1, 1, 2), jnp.int32)]
+    if not isinstance(tiles, TileLists):
+        kind = tiles
+        if overflow is not None:
+            kind = jnp.where(overflow[..., None], 0, kind)
+        f = TILE // block_size
+        tiles = tile_lists(jnp, kind, block_size, min(-(-kind.shape[-1] // f), f * width))
+    lists = list(tiles.lists)
+    if all_partial:
+        lists[1] = lists[0]
+    return [*lists, tiles.bits]
+
+
+def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows, kind=None):
     """Queries placed at positions `q_offset[b] + i` of a mask with `rows` block rows.
 
     The queries of batch entry b move into a zero-padded buffer at slot `q_offset[b] % bs`,
     so that its block m is the mask's block row `q_offset[b] // bs + m`; the query lists are
     gathered per batch entry for those rows. Returns the padded q and ids, the lists, the
     overflow flags of the rows, `q_positions [B]` (position of slot 0), the slots of the
-    queries `[B, Tq]` and whether each query lies inside the mask `[B, Tq]`."""
+    queries `[B, Tq]`, whether each query lies inside the mask `[B, Tq]`, and the block
+    kinds `kind [Bm, Hm, rows, Rk]` (fine masks: None otherwise) at those rows (`[B, Hm,
+    span, Rk]`, none for rows outside the mask): a 128-row tile of the buffer then covers
+    `128 / bs` of its blocks, and q_positions stays the position of slot 0."""
     b, tq = q.shape[:2]
     span = -(-(bs - 1 + tq) // bs)  # block rows that Tq queries can touch
     first_row, shift = q_offset // bs, q_offset % bs
@@ -528,8 +564,10 @@ def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows):
         overflow = _at_rows(overflow, row)
     slots = shift[:, None] + jnp.arange(tq)
     positions = q_offset[:, None] + jnp.arange(tq)
+    if kind is not None:
+        kind = jnp.where(inside[:, None, :, None], _at_rows(kind, row), 0).astype(jnp.int8)
     return (q_pad, ids_pad, by_query + list(lists[4:]), overflow, first_row * bs, slots,
-            (positions >= 0) & (positions < rows * bs))
+            (positions >= 0) & (positions < rows * bs), kind)
 
 
 def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None,
@@ -634,15 +672,23 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         return (o, lse) if return_lse else o
     rows = _mask_rows(mask)
     if offset is None:  # with segment ids: lists per batch entry, by document
-        lists, overflow = _context(mask, causal, tq, tk,
-                                   documents=(q_ids, kv_ids) if segments else None)
+        lists, overflow, kind = _context(mask, causal, tq, tk,
+                                         documents=(q_ids, kv_ids) if segments else None)
     else:
-        lists, overflow = _context(mask, causal, rows * bs, tk, offset=0)
+        lists, overflow, kind = _context(mask, causal, rows * bs, tk, offset=0)
+    tiles = None  # fine masks (block sizes 16, 32): their 128 x 128 tiles (_tile_context)
+    if bs in FINE_BLOCKS:
+        if isinstance(mask, Layout) and offset is None and not segments:  # host, cached
+            host = tile_metadata(mask, causal, tq, tk)
+            tiles = TileLists(AttentionLists(*(jnp.asarray(x[None]) for x in host.lists)),
+                              jnp.asarray(host.bits[None]))
+        else:  # the kinds, tiled inside jit (after the rows of q_offset are gathered)
+            tiles = kind
     bad_pages = None  # [B]: batch entries that need a page outside the pools
     if paged:
         page_table, bad_pages = _checked_pages(page_table, k.shape, lists, offset, tq, bs,
                                                kv_lengths)
-    context = (lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids)
+    context = (lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, tiles)
     static = (("rows", rows), ("tk", tk), ("block_size", bs), ("causal", causal),
               ("scale", scale), ("segments", segments))
     if tq <= DECODE_MAX_QUERIES and not segments:
@@ -660,7 +706,7 @@ def _short_queries(q, k, v, context, static):
     of the same call through `attention_p` (`_prefill`), whose backward is the fused one or
     the deterministic pure-JAX one (the decode primitive's own JVP would transpose into
     scatter-adds over the cache). `context` and `static` as `_prefill` takes them."""
-    lists, overflow, kv_lengths, offset, page_table, _, _ = context
+    lists, overflow, kv_lengths, offset, page_table, _, _, _ = context
     static = dict(static)
     del static["segments"]
     return _decode(q, k, v, lists, overflow, static.pop("rows"), kv_lengths, offset,
@@ -675,10 +721,11 @@ def _short_queries_jvp(static, primals, tangents):
                                                              tuple(tangents[:3]))[1]
 
 
-def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, *, rows,
-             tk, block_size, causal, scale, segments):
+def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, tiles,
+             *, rows, tk, block_size, causal, scale, segments):
     """Queries through `attention_p`; NaN for rows outside the mask or whose `BlockMask` row
-    overflowed. Returns (o, lse)."""
+    overflowed. `tiles`: None, or the tile lists of a fine mask (`TileLists`), or its block
+    kinds `[Bm, Hm, R, Rk]` to tile here (`_tile_context`). Returns (o, lse)."""
     b, tq = q.shape[:2]
     bs = block_size
     positioned = offset is not None
@@ -691,13 +738,15 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
         q_positions = jnp.full((1,), tk - tq, jnp.int32)  # bottom-right aligned
         q_in, ids_in = q, q_ids
     else:
-        q_in, ids_in, lists, overflow, q_positions, slots, inside = _positioned(
-            q, q_ids, lists, overflow, offset, bs, rows)
+        q_in, ids_in, lists, overflow, q_positions, slots, inside, tiles = _positioned(
+            q, q_ids, lists, overflow, offset, bs, rows, tiles)
         if segments:  # lists not refined by documents: every entry compares ids
             lists = [lists[0], lists[0], *lists[2:]]  # partial = counts
+    tile_ops = _tile_context(tiles, overflow, bs, lists[2].shape[-1],
+                             all_partial=positioned and segments)
     o, lse = _bind(attention_p, q_in, k, v, kv_lengths, q_positions,
-                   ids_in, kv_ids, *lists, block_size=bs, causal=causal, scale=scale,
-                   segments=segments, positioned=positioned)
+                   ids_in, kv_ids, *lists, *tile_ops, block_size=bs, causal=causal,
+                   scale=scale, segments=segments, positioned=positioned)
     bad = None  # [B or 1, H or 1, Tq]: rows that are NaN, never silently wrong
     if overflow is not None:
         bad = jnp.repeat(overflow, bs, axis=-1)  # [Bm, Hm, rows of the operands]

@@ -15,6 +15,12 @@ the backward. `order` lists the lines of each mask head longest first. All int32
 One implementation serves both sources: a static `Layout` computes it once on the host with
 numpy (`attention_metadata`, cached; leading axis `Hm`), and a traced `BlockMask` computes
 it inside `jit` with jax.numpy (`device_metadata`; leading axes `Bm, Hm`).
+
+Masks of block size 16 or 32 run on the Hopper forward's 128 x 128 tiles (`tile_lists`):
+a tile covers `(128 / bs)^2` mask blocks; it is listed when one of them is visited, full
+when all of them are full, else partial, and each listed tile carries the bits of its
+visited blocks (`TileLists.bits`), which the kernel joins to the element predicate of its
+partial tiles.
 """
 
 from __future__ import annotations
@@ -33,6 +39,16 @@ class AttentionLists(NamedTuple):
     partial: np.ndarray  # [..., lines]: of which partial (listed first)
     lists: np.ndarray    # [..., lines, width], padded with -1
     order: np.ndarray    # [..., lines]: lines longest first
+
+
+class TileLists(NamedTuple):
+    """A fine mask (block size 16 or 32) on `TILE x TILE` tiles: the tiles' lists, and per
+    list entry the bits of the mask blocks it covers that are visited: bit `s * f + t`
+    (`f = TILE / bs`) for mask block `(s, t)` of the tile, in a 64-bit word stored as two
+    int32 (low word first). A list entry e of line r sits at `bits[..., r, 2e:2e + 2]`;
+    padding entries have no bits. Full tiles have every bit set."""
+    lists: AttentionLists  # [..., ceil(Tq / TILE)(, width)]
+    bits: np.ndarray       # int32 [..., ceil(Tq / TILE), 2 * width]
 
 
 class AttentionMetadata(NamedTuple):
@@ -83,6 +99,42 @@ def document_kinds(kind, q_ids, kv_ids, block_size: int):
     return jnp.where(meet, jnp.where(same, kind, jnp.minimum(kind, 1)), 0).astype(jnp.int8)
 
 
+TILE = 128  # the Hopper forward's tile (query rows and keys) for fine masks
+FINE_BLOCKS = (16, 32)  # the block sizes that run on TILE x TILE tiles
+# 2**i as int32 (bit 31 is the sign bit): sums of distinct ones are the bit words
+_BIT_WEIGHTS = (np.uint32(1) << np.arange(32, dtype=np.uint32)).view(np.int32)
+
+
+def tile_lists(xp, kind, block_size: int, width: int | None = None) -> TileLists:
+    """The lists of the `TILE x TILE` tiles over fine block kinds `kind [..., Rq, Rk]` (0
+    not visited, 1 partial, 2 full: after causality, documents, positions), `block_size`
+    in `FINE_BLOCKS`: a tile is listed when one of its blocks is visited, full (2) when
+    all of them are full (blocks past the mask's edges are not), else partial (1). `width`:
+    the lists' width (default, numpy only: the longest line's). Allowed pairs are those of
+    the fine kinds exactly: a pair of a listed tile is allowed iff its block's bit is set
+    and the element predicate (causal, kv_lengths, documents) holds, which every pair of a
+    full fine block passes."""
+    f = TILE // block_size
+    *lead, rq, rk = kind.shape
+    rqc, rkc = -(-rq // f), -(-rk // f)
+    kind = xp.pad(kind, [(0, 0)] * len(lead) + [(0, rqc * f - rq), (0, rkc * f - rk)])
+    blocks = xp.moveaxis(kind.reshape(*lead, rqc, f, rkc, f), -3, -2)  # [..., rqc, rkc, f, f]
+    blocks = blocks.reshape(*lead, rqc, rkc, f * f)  # bit s * f + t: block (s, t)
+    visited = blocks > 0
+    coarse = xp.where(visited.any(-1), xp.where((blocks == 2).all(-1), 2, 1), 0)
+    coarse = coarse.astype(np.int8)
+    words = xp.pad(visited, [(0, 0)] * (len(lead) + 2) + [(0, 64 - f * f)])
+    words = xp.where(words.reshape(*lead, rqc, rkc, 2, 32), _BIT_WEIGHTS, 0)
+    words = words.sum(-1, dtype=np.int32)  # [..., rqc, rkc, 2]: exact (distinct bits)
+    if width is None:
+        width = max(int((coarse > 0).sum(-1).max(initial=0)), 1)
+    lists = block_lists(xp, coarse, width)
+    at = xp.maximum(lists.lists, 0)[..., None]  # [..., rqc, width, 1]
+    bits = xp.take_along_axis(words, at, axis=-2)  # [..., rqc, width, 2]
+    bits = xp.where((lists.lists >= 0)[..., None], bits, 0).astype(np.int32)
+    return TileLists(lists, bits.reshape(*lead, rqc, 2 * width))
+
+
 def block_lists(xp, kind, width: int) -> AttentionLists:
     """Lists along the last axis of `kind [..., lines, other]`, partial first, `width`
     entries each (a line with more listed blocks keeps its first `width`; `counts` then
@@ -111,6 +163,15 @@ def attention_metadata(layout: Layout, causal: bool, tq: int, tk: int,
               for k in (kind, np.swapaxes(kind, -1, -2))]
     return AttentionMetadata(block_lists(np, kind, widths[0]),
                              block_lists(np, np.swapaxes(kind, -1, -2), widths[1]), kind)
+
+
+@functools.lru_cache(maxsize=64)
+def tile_metadata(layout: Layout, causal: bool, tq: int, tk: int,
+                  offset: int | None = None) -> TileLists:
+    """Host tile lists (`tile_lists`) of a static `layout` of block size 16 or 32, leading
+    axis `Hm`, from the same kinds as `attention_metadata`'s."""
+    kind = attention_metadata(layout, causal, tq, tk, offset).kind
+    return tile_lists(np, kind, layout.block_size)
 
 
 def device_metadata(mask, block_size: int, causal: bool, tq: int, tk: int, capacity: int,
