@@ -141,9 +141,13 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   if (kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
   // lists per batch entry and segment ids: the FA3-design forward only (the FA2 one would
   // ignore them); the Python routing sends such calls elsewhere when it does not run
-  if ((p.shape.mask_batch != 1 || p.q_segment_ids != nullptr || p.q_positions != nullptr) &&
+  if ((p.shape.mask_batch != 1 || p.q_segment_ids != nullptr || p.q_positions != nullptr ||
+       p.mask_bits != nullptr) &&
       !kernel.documents)
     return cudaErrorNotSupported;
+  if (p.mask_bits != nullptr &&
+      (p.shape.block_size != 128 || (p.mask_block != 16 && p.mask_block != 32)))
+    return cudaErrorInvalidValue;
   if ((p.q_segment_ids == nullptr) != (p.kv_segment_ids == nullptr)) return cudaErrorInvalidValue;
   if (Empty(p.shape) || p.shape.tq == 0) return cudaSuccess;
   attn::Args a = Common(p.shape);
@@ -160,6 +164,10 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   a.out_o = p.o;
   a.out_lse = p.lse;
   const int bs = p.shape.block_size;
+  a.mask_bits = p.mask_bits;
+  const int mask_block = p.mask_bits != nullptr ? p.mask_block : bs;
+  a.mask_lg = 0;
+  while ((2 << a.mask_lg) <= mask_block) ++a.mask_lg;  // log2 (a power of two here)
   if (a.by_query.lines != (p.shape.tq + bs - 1) / bs) return cudaErrorInvalidValue;
   return kernel.launch(a, stream);
 }

@@ -19,6 +19,15 @@
 //    that contains it element-wise.
 //  - by key block (for dK/dV): the same four arrays over [Hm, Rk, max_q], listing for each
 //    key block its query blocks (partial first).
+// Masks of block size 16 or 32 (forward, AttentionKernel::documents, block size 128): the
+// lists are those of 128 x 128 tiles (jax_blocksparse/attention_metadata.py, tile_lists),
+// shape.block_size is 128, and each list entry has a 64-bit word of the mask blocks
+// (mask_block x mask_block) of its tile that are visited: bit s * f + t for the block in
+// row s, column t of the tile (f = 128 / mask_block). A tile is listed when one of its
+// blocks is visited, full when all are full; on partial entries query i attends key j
+// only if the bit of block ((i % 128) / mask_block, (j % 128) / mask_block) is set (with
+// the other element terms). Keys of a partial tile whose block column no row visits are
+// kept out of P V (their V rows are zeroed in shared memory, as past kv_lengths).
 // Segment ids (forward, AttentionKernel::documents): q_segment_ids [B, Tq], kv_segment_ids
 // [B, Tk] int32; on the partial entries query i attends key j only if their ids are equal
 // (the lists skip block pairs of different documents and mark mixed ones partial:
@@ -59,6 +68,11 @@ struct AttentionForwardParams {
   // ([q_positions_batch] = [1] or [B]); null: Tk - Tq (bottom-right aligned)
   const int32_t* q_positions;
   int32_t q_positions_batch;
+  // a mask of block size mask_block (16 or 32) on 128 x 128 tiles (shape.block_size 128):
+  // [mask_batch, Hm, lines, max_len] words, bit (i % 128 / mask_block) * (128 / mask_block)
+  // + j % 128 / mask_block of entry (line, e) (see above); null otherwise
+  const uint64_t* mask_bits;
+  int32_t mask_block;
   void* o;     // [B, Tq, Hq, D], q's dtype
   float* lse;  // [B, Hq, Tq]
 };
@@ -89,8 +103,8 @@ struct AttentionKernel {
   const char* name;
   cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
   // forward: takes lists per batch entry, segment ids, Tq, Tk that are not multiples of
-  // the block size (partial last tiles; the lists then have ceil(Tq / bs) lines) and query
-  // positions (q_offset)
+  // the block size (partial last tiles; the lists then have ceil(Tq / bs) lines), query
+  // positions (q_offset) and (block size 128) masks of block size 16 / 32 (mask_bits)
   bool documents = false;
 };
 

@@ -104,9 +104,9 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
                    Buffer<S32> kv_lengths, Buffer<S32> q_positions, Buffer<S32> q_counts,
                    Buffer<S32> q_partial,
                    Buffer<S32> q_lists, Buffer<S32> q_order, Buffer<S32> q_segment_ids,
-                   Buffer<S32> kv_segment_ids, Result<AnyBuffer> o, Result<Buffer<F32>> lse,
-                   int32_t block_size, bool causal, float scale, bool segments,
-                   bool positioned) {
+                   Buffer<S32> kv_segment_ids, Buffer<S32> tile_bits, Result<AnyBuffer> o,
+                   Result<Buffer<F32>> lse, int32_t block_size, bool causal, float scale,
+                   bool segments, bool positioned, int32_t mask_block) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
@@ -140,14 +140,29 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
     p.q_positions = q_positions.typed_data();
     p.q_positions_batch = int32_t(pd[0]);
   }
-  if ((p.shape.mask_batch != 1 || segments || positioned) && !kernel->documents)
-    return Invalid(std::string("lists per batch entry, segment ids and q_offset need the "
-                               "FA3-design forward (sm_90a); the forward here is ") +
+  const bool tiled = mask_block != block_size;  // a mask of block size 16 / 32 on 128 tiles
+  if (tiled) {
+    if (block_size != 128 || (mask_block != 16 && mask_block != 32))
+      return Invalid("mask_block must be 16 or 32 on tiles of 128 (block_size)");
+    auto bd = tile_bits.dimensions(), ld = q_lists.dimensions();
+    if (bd.size() != 4 || ld.size() != 4 || bd[0] != ld[0] || bd[1] != ld[1] ||
+        bd[2] != ld[2] || bd[3] != 2 * ld[3])
+      return Invalid("tile bits must be [Bm, Hm, lines, 2 * width] beside the lists");
+    // int32 pairs, low word first: one little-endian 64-bit word per list entry
+    p.mask_bits = reinterpret_cast<const uint64_t*>(tile_bits.typed_data());
+    p.mask_block = mask_block;
+  }
+  if ((p.shape.mask_batch != 1 || segments || positioned || tiled) && !kernel->documents)
+    return Invalid(std::string("lists per batch entry, segment ids, q_offset and block sizes "
+                               "16 / 32 need the FA3-design forward (sm_90a); the forward "
+                               "here is ") +
                    kernel->name);
   p.o = o->untyped_data();
   p.lse = lse->typed_data();
   LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) +
-                                           (segments ? " segments" : "")
+                                           (segments ? " segments" : "") +
+                                           (tiled ? " mask_bs=" + std::to_string(mask_block)
+                                                  : "")
                                      : "");
   const cudaError_t err = LaunchAttentionForward(*kernel, p, stream);
   log.Done(kernel->name);
@@ -300,9 +315,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<Buffer<S32>>()   // q_order
         .Arg<Buffer<S32>>()   // q_segment_ids [B, Tq] ([1, 1] unused without segments)
         .Arg<Buffer<S32>>()   // kv_segment_ids [B, Tk] (the same)
+        .Arg<Buffer<S32>>()   // tile_bits [Bm, Hm, lines, 2 width] (read when mask_block !=
+                              // block_size; else a placeholder)
         .Ret<AnyBuffer>()     // o
         .Ret<Buffer<F32>>()   // lse
-            JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned"),
+            JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned")
+                .Attr<int32_t>("mask_block"),
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(

@@ -8,7 +8,8 @@
 // traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
 // masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of the block
 // size (partial last tiles), query positions per batch entry (q_offset: the causal offset
-// of query row 0 is read from a.q_pos instead of Tk - Tq), any scale. Variant 2 of the dispatch table (the default on sm_90) is PINGPONG =
+// of query row 0 is read from a.q_pos instead of Tk - Tq), any scale; masks of block size
+// 16 and 32 on the block-128 kernel (below: "Fine masks"). Variant 2 of the dispatch table (the default on sm_90) is PINGPONG =
 // true at block 128, variant 3 false; at block 64 both run the one kernel below.
 //
 // Block 64 (Geom<64>): the same code with one consumer warpgroup: a CTA is one 64-row
@@ -54,6 +55,16 @@
 //    threads (then fence.proxy.async and a named barrier) before the PV that reads them,
 //    so NaN/Inf there cannot reach O through 0 * NaN. (A per-batch TMA extent would need
 //    kv_lengths on the host.)
+//  * Fine masks (a.mask_bits; block size 2^a.mask_lg = 16 or 32, attention.h): the lists
+//    are those of 128 x 128 tiles, each partial entry with a 64-bit word of the mask blocks
+//    of its tile that are visited (attention_metadata.tile_lists). The softmax of a partial
+//    entry reads the word's row of its thread's rows (one block row: rows rl, rl + 8) and
+//    sets the scores of unvisited blocks to -inf with the other element terms (`cols`:
+//    one bit per 8 keys, computed before the loop). Keys in block columns that no row of
+//    the tile visits are never attended: their V rows are zeroed in shared memory like
+//    the kv_lengths tail (zero_v), so NaN there cannot reach O. The words are re-read
+//    from global memory (L1) where used, never held across the loop (168 registers;
+//    holding them spilled): the previous tile's entry rides in bit 1+ of `pph`.
 //  * Epilogue: each consumer warpgroup writes its normalized 64 x D rows into its own
 //    rows of the Q buffer (same swizzle: conflict-free) and one thread stores them with a
 //    TMA store; lse (float32) from registers. Rows with no allowed key: o = 0, lse = -inf.
@@ -136,6 +147,16 @@ struct Tiles {
   }
   __device__ __forceinline__ bool Done() const { return e >= n; }
 };
+
+// Masks of block size 2^lg (16, 32) on these tiles: the block columns (bit t: keys
+// [t << lg, (t + 1) << lg) of the tile) that no row of an entry's bit word w visits (w
+// holds f = kBN >> lg rows of f bits; w = ~0: none).
+template <int kBN>
+__device__ __forceinline__ uint32_t EmptyColumns(uint64_t w, int lg) {
+  const int f = kBN >> lg;
+  for (int sh = 32; sh >= f; sh >>= 1) w |= w >> sh;  // the rows OR-ed into bits [0, f)
+  return ~uint32_t(w) & ((1u << f) - 1u);
+}
 
 template <typename T, int D, int BS, int STAGES, bool PINGPONG>
 __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
@@ -242,6 +263,22 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
     const float sl2 = a.scale_log2;
     const bool pos_scale = sl2 > 0.f;
     const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
+    Tiles<kBN> cur = tiles;  // the entry in work
+    // A mask of block size 16 / 32 on these tiles (a.mask_bits): the word of the mask
+    // blocks that partial entry e visits joins the element predicate; every other entry
+    // has ~0 (without one, a.mask_lg = log2(kBN): one block per tile, bit 0). Read where
+    // used, not kept in registers (168 at 384 threads): bits [32 half, 32 half + 32).
+    auto mask_half = [&](int e, int half) -> uint32_t {
+      return a.mask_bits != nullptr && e < cur.npart
+                 ? __ldg(reinterpret_cast<const uint32_t*>(a.mask_bits + (cur.list - L.lists) +
+                                                           e) + half)
+                 : ~0u;
+    };
+    // the mask block columns of entry e that no row visits (EmptyColumns), 0 without bits
+    auto empty_columns = [&](int e) -> uint32_t {
+      if (a.mask_bits == nullptr) return 0u;
+      return EmptyColumns<kBN>(uint64_t(mask_half(e, 1)) << 32 | mask_half(e, 0), a.mask_lg);
+    };
 
     float o[D / 2], s[kBN / 2];
     uint32_t p[kBN / 16][4];
@@ -284,22 +321,26 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
     };
-    // The cut tile (keys [start, start + kBN) contain kv_lengths): zero the V rows of keys
-    // >= kvlen in stage st, shared by the consumer warpgroups (each waited for the slot).
-    auto zero_v_tail = [&](int st, int valid) {
+    // Zero the V rows of stage st that no query of the tile attends: keys >= kvlen (the
+    // cut tile: keys [start, start + kBN) contain kv_lengths; valid = kvlen - start) and
+    // the mask blocks' columns in `empty` (EmptyColumns), shared by the consumer
+    // warpgroups (each waited for the slot).
+    auto zero_v = [&](int st, int valid, uint32_t empty) {
       unsigned char* sv = smem + (2 + 2 * st) * kTile;
-      const int chunks = (kBN - valid) * 8;  // 16-byte chunks per slab
+      const int first = empty != 0 ? 0 : valid;  // rows before it are kept
+      const int chunks = (kBN - first) * 8;  // 16-byte chunks per slab
       for (int c = ctid; c < (D / 64) * chunks; c += kConsumers) {
-        const int sl = c / chunks, rem = c - sl * chunks;
-        *reinterpret_cast<uint4*>(sv + sl * kSlabBytes + (valid + rem / 8) * kLine +
-                                  (rem % 8) * 16) = make_uint4(0, 0, 0, 0);
+        const int sl = c / chunks, row = first + (c - sl * chunks) / 8;
+        if (row >= valid || ((empty >> (row >> a.mask_lg)) & 1u))
+          *reinterpret_cast<uint4*>(sv + sl * kSlabBytes + row * kLine + (c % 8) * 16) =
+              make_uint4(0, 0, 0, 0);
       }
       tma::FenceProxyAsync();
       tma::NamedBarrier(kBarZeroV, kConsumers);
     };
-    // Online softmax of S (this tile: keys from `start`): masks (when `masked`), folds
-    // the maxima into m0 / m1, rescales l0 / l1, leaves P = 2^(S - m) in s (float) and
-    // the factor of the old accumulators in c0 / c1.
+    // Online softmax of S (this tile, entry cur.e: keys from `start`): masks (when
+    // `masked`), folds the maxima into m0 / m1, rescales l0 / l1, leaves P = 2^(S - m) in
+    // s (float) and the factor of the old accumulators in c0 / c1.
     auto softmax = [&](int start, bool masked, bool causal_part, float& c0, float& c1) {
       // scores in the log2 domain: scaled here unless the scale is positive (then the
       // maxima of the raw scores times the scale, and P = 2^(s * scale - m): one FFMA);
@@ -321,6 +362,16 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
           qid0 = __ldg(a.q_ids + int64_t(b) * ((a.tq + kBM - 1) / kBM * kBM) + i0);
           qid1 = __ldg(a.q_ids + int64_t(b) * ((a.tq + kBM - 1) / kBM * kBM) + i0 + 8);
         }
+        // the mask block row of rows rl, rl + 8 (one: blocks of 16 or more rows): bit j of
+        // `cols` says whether it visits keys 8j + [0, 8) (one block column)
+        uint32_t cols = ~0u;
+        if (a.mask_bits != nullptr && cur.e < cur.npart) {
+          const int bit0 = (rl >> a.mask_lg) * (kBN >> a.mask_lg);
+          const uint32_t wrow = mask_half(cur.e, bit0 >> 5) >> (bit0 & 31);
+          cols = 0u;
+#pragma unroll
+          for (int j = 0; j < kBN / 8; ++j) cols |= ((wrow >> ((8 * j) >> a.mask_lg)) & 1u) << j;
+        }
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
           int kid0 = 0, kid1 = 0;  // documents of keys j0 + 8j, + 1 (all 0 without ids)
@@ -333,7 +384,8 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
           for (int e = 0; e < 4; ++e) {
             const int kj = j0 + 8 * j + (e & 1), qi = i0 + (e >> 1) * 8;
             const bool other_doc = ((e & 1) ? kid1 : kid0) != ((e >> 1) ? qid1 : qid0);
-            if (kj >= kvlen || (causal_part && kj > qi + off) || other_doc)
+            const bool unvisited = !((cols >> j) & 1u);
+            if (kj >= kvlen || (causal_part && kj > qi + off) || other_doc || unvisited)
               s[4 * j + e] = -INFINITY;
           }
         }
@@ -387,7 +439,6 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       }
     };
 
-    Tiles<kBN> cur = tiles;
     tma::MbarWait(bar_q, 0);  // also before the epilogue reuses the Q buffer
     if (!cur.Done()) {
       if constexpr (kPing) {
@@ -411,8 +462,10 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       // flight (reading V stage vst). The wait for that PV comes first in the body: ptxas
       // schedules a wgmma wait early in its basic block (it was seen hoisted above the
       // softmax when placed after it), and at the top of the loop nothing precedes it.
-      int pst = 0, pstart = start;  // tile it - 1: its stage, phase, first key
-      uint32_t pph = 0;
+      // tile it - 1: its stage, first key, and (one register: 168 at 384 threads) its
+      // phase in bit 0, its entry from bit 1 on
+      int pst = 0, pstart = start;
+      uint32_t pph = uint32_t(cur.e) << 1;
       bool v_busy = false;  // a PV in flight reads V stage vst
       int vst = 0;
       auto retire_pv = [&]() {  // the PV in flight is done; O *= c; P to registers
@@ -433,8 +486,9 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
         start = cur.Start(cur.e);
         retire_pv();
         tma::MbarWait(full_k(st), ph);
-        tma::MbarWait(full_v(pst), pph);
-        if (pstart + kBN > kvlen) zero_v_tail(pst, kvlen - pstart);
+        const uint32_t pempty = empty_columns(int(pph >> 1));
+        tma::MbarWait(full_v(pst), pph & 1u);
+        if (pstart + kBN > kvlen || pempty != 0) zero_v(pst, kvlen - pstart, pempty);
         turn_begin();
         issue_qk(st);
         issue_pv(pst);
@@ -448,12 +502,13 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
         softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
                 c0, c1);
         pst = st;
-        pph = ph;
+        pph = ph | uint32_t(cur.e) << 1;
         pstart = start;
       }
       retire_pv();
-      tma::MbarWait(full_v(pst), pph);
-      if (pstart + kBN > kvlen) zero_v_tail(pst, kvlen - pstart);
+      const uint32_t pempty = empty_columns(int(pph >> 1));
+      tma::MbarWait(full_v(pst), pph & 1u);
+      if (pstart + kBN > kvlen || pempty != 0) zero_v(pst, kvlen - pstart, pempty);
       turn_begin();
       issue_pv(pst);
       turn_end(true);
@@ -544,12 +599,18 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90;
   using G = Geom<BS>;
   if (a.bs != BS) return cudaErrorInvalidValue;
+  // the mask's block: 16 or 32 with bits (block 128 only), else the tile's (the kernel's
+  // predicate shifts by it)
+  if (a.mask_bits != nullptr ? BS != 128 || (a.mask_lg != 4 && a.mask_lg != 5)
+                             : (1 << a.mask_lg) != BS)
+    return cudaErrorInvalidValue;
   if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
   // partial last tiles (Tq or Tk not a multiple of the block): 4-d tensor maps
   const bool rows4d = a.tq % BS != 0 || a.tk % BS != 0;
   // what the FA2 forward takes: lists shared by the batch, no segment ids, whole tiles, no
   // query positions
-  const bool fa2_ok = a.mb == 1 && a.q_ids == nullptr && a.q_pos == nullptr && !rows4d;
+  const bool fa2_ok =
+      a.mb == 1 && a.q_ids == nullptr && a.q_pos == nullptr && !rows4d && a.mask_bits == nullptr;
   if (a.tk == 0) {  // no key: o = 0, lse = -inf
     if (!fa2_ok) return cudaErrorInvalidValue;  // the Python routing never sends these
     return LaunchForwardTile<T, D, 64, 2>(a, stream);
