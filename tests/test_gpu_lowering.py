@@ -141,7 +141,7 @@ def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
 
 @pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
 def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
-    """float32, head dim 96 and block size 32 have no fused kernel: on a GPU they run the
+    """float32, head dim 96 and block size 8 have no fused kernel: on a GPU they run the
     pure-JAX implementation, and JAX_BLOCKSPARSE_DEBUG says so when compiling."""
     import subprocess
     import sys
@@ -150,7 +150,7 @@ def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
         import jax, jax.numpy as jnp, jax_blocksparse as jbs
         from test_gpu_lowering import cuda_text
         for dtype, d, bs in [(jnp.float32, 64, 64), (jnp.bfloat16, 96, 64),
-                             (jnp.bfloat16, 64, 32), (jnp.bfloat16, 64, 64)]:
+                             (jnp.bfloat16, 64, 8), (jnp.bfloat16, 64, 64)]:
             layout = jbs.layouts.local(256, bs, 100)
             q = jnp.ones((1, 256, 2, d), dtype)
             loss = lambda q: jbs.attention(q, q, q, layout, causal=True).astype(
@@ -167,12 +167,12 @@ def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.split("\n")
     assert lines[:4] == ["float32 64 64 False False", "bfloat16 96 64 False False",
-                         "bfloat16 64 32 False False", "bfloat16 64 64 True True"], lines
+                         "bfloat16 64 8 False False", "bfloat16 64 64 True True"], lines
     err = result.stderr
     assert "attention_fwd q[1, 256, 2, 64] bs=64: pure-JAX path (no fused kernel for dtype " \
            "float32)" in err
     assert "no fused kernel for head dim 96" in err
-    assert "no fused kernel for block size 32" in err
+    assert "no fused kernel for block size 8" in err
 
 
 def test_hopper_forward_routing_and_operands(monkeypatch):
@@ -188,7 +188,7 @@ def test_hopper_forward_routing_and_operands(monkeypatch):
     from jax_blocksparse import _jax_internals as jint
     att = sys.modules["jax_blocksparse.attention"]
     why = lambda **kw: _cuda.fused_attention_unsupported(
-        jnp.bfloat16, 128, 128, kw.get("tq", 1024), kw.get("tk", 1024),
+        jnp.bfloat16, 128, kw.get("bs", 128), kw.get("tq", 1024), kw.get("tk", 1024),
         kw.get("segments", False), kw.get("positioned", False), kw.get("mb", 1),
         forward=kw.get("forward", False))
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: False)
@@ -196,12 +196,15 @@ def test_hopper_forward_routing_and_operands(monkeypatch):
     assert why(mb=2, forward=True) == "a mask per batch entry"
     assert "multiples" in why(tq=1000, forward=True)
     assert why(positioned=True, forward=True) == "q_offset"
+    assert why(bs=16, forward=True) == "block size 16"  # the FA2 forward: 64 and 128 only
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
-    for kw in ({"segments": True}, {"mb": 2}, {"tq": 1000, "tk": 1100}, {"positioned": True}):
+    for kw in ({"segments": True}, {"mb": 2}, {"tq": 1000, "tk": 1100}, {"positioned": True},
+               {"bs": 16}, {"bs": 32, "tq": 1000, "segments": True}):
         assert why(forward=True, **kw) is None, kw
         assert why(forward=False, **kw) is not None, kw  # the backward
     assert "multiples" in why(tq=1000, tk=0, forward=True)  # no key at all
     assert why(positioned=True, segments=True, forward=True) is None  # every entry partial
+    assert why(bs=8, forward=True) == "block size 8"
     if not jbs.cuda_built():
         jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
                                     _cuda._attention_forward_lowering, "cuda")
@@ -228,3 +231,15 @@ def test_hopper_forward_routing_and_operands(monkeypatch):
         q_offset=off), q, k)
     (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
     assert "positioned = true" in call and "tensor<2x384x4x128xbf16>" in call
+    # block size 16: the tile lists of 128 x 128 tiles (8 lines for Tq = 1000) and their
+    # bits [Bm, Hm, lines, 2 width] last; block_size 128, mask_block 16; pure-JAX backward
+    fine = jbs.Layout(np.tril(np.ones((63, 69), bool), 6), 16)
+    loss = lambda q, k: jbs.attention(q, k, k, fine, causal=True).astype(jnp.float32).sum()
+    text = cuda_text(jax.grad(loss), q, k)
+    assert "@jax_blocksparse_attention_bwd(" not in text
+    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
+    assert "block_size = 128 : i32" in call and "mask_block = 16 : i32" in call, call
+    types = re.sub(r"\s+", " ", call).split(" : (")[-1]
+    assert ("tensor<2xi32>, tensor<1xi32>, tensor<1x1x8xi32>, tensor<1x1x8xi32>, "
+            "tensor<1x1x8x9xi32>, tensor<1x1x8xi32>, tensor<1x1xi32>, tensor<1x1xi32>, "
+            "tensor<1x1x8x18xi32>" in types), types
