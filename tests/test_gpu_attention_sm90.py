@@ -324,15 +324,20 @@ DOC_CASES = {
 }
 
 
+def doc_case(name):
+    """The entry of a DOC_CASES or FINE_CASES case."""
+    return DOC_CASES[name] if name in DOC_CASES else FINE_CASES[name]
+
+
 def build_docs(name, dtype):
     """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse and dq)."""
     from test_masks_from_data import allowed_pairs, packed_ids
-    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, D, bs, ids, *offsets = DOC_CASES[name]
+    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, D, bs, ids, *offsets = doc_case(name)
     offsets = np.asarray(offsets[0]) if offsets else None
     scale = 1 / np.sqrt(D)
     block_mask = make_mask()
     kv = np.full(b, tk) if kv is None else np.asarray(kv)
-    rng = np.random.default_rng([list(DOC_CASES).index(name), 91])
+    rng = np.random.default_rng([list({**DOC_CASES, **FINE_CASES}).index(name), 91])
     q, do = random(rng, (b, tq, hq, D), dtype), random(rng, (b, tq, hq, D), dtype)
     k, v = random(rng, (b, tk, hkv, D), dtype), random(rng, (b, tk, hkv, D), dtype)
     q_ids = kv_ids = None
@@ -391,6 +396,7 @@ def check_docs(name, dtype, platform):
         o3, lse3, _ = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
         np.testing.assert_array_equal(f64(o3), f64(o), err_msg="o: NaN past kv_lengths")
         np.testing.assert_array_equal(f64(lse3), f64(lse), err_msg="lse: NaN past kv_lengths")
+    return f, args, o, lse
 
 
 def run_doc_cases(cases):
@@ -427,3 +433,105 @@ def test_fa3_forward_documents(variant, names):
             assert not forward, (case, launches)
         else:
             assert forward and all(k == want for k in forward), (case, launches)
+
+
+# ------------------------------------------- block sizes 16 and 32 (forward, 128 x 128 tiles)
+def fine_mask(seed, shape, density, empty_every=5):
+    """A random block mask whose every `empty_every`-th key block column (from a random
+    first one) is empty for every row: keys that no query attends, inside tiles that other
+    columns list (the kernel zeroes their V rows; NaN planted there must change nothing)."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < density
+    mask[..., rng.integers(empty_every)::empty_every] = False
+    mask[..., rng.integers(shape[-2]), :] = False  # an empty query block row
+    return mask
+
+
+# The format of DOC_CASES; the block size (11th entry) 16 or 32: the FA3-design forward at
+# block 128 on tiles of (128 / bs)^2 mask blocks (attention_metadata.tile_lists).
+FINE_CASES = {
+    "fine16_local_causal_gqa": (lambda: jbs.layouts.local(2048, 16, 256).mask, True,
+                                2, 2048, 2048, 4, 2, None, False, 128, 16, None),
+    "fine32_random_kv_lengths": (lambda: fine_mask(51, (32, 32), 0.4), False,
+                                 3, 1024, 1024, 4, 4, [1024, 700, 0], False, 128, 32, None),
+    "fine16_d64_traced_per_head_causal": (lambda: fine_mask(52, (4, 64, 64), 0.3), True,
+                                          2, 1024, 1024, 4, 2, [1024, 900], True, 64, 16,
+                                          None),
+    "fine32_per_batch_traced_gqa4": (lambda: fine_mask(53, (2, 1, 32, 32), 0.3), True,
+                                     2, 1024, 1024, 8, 2, [1000, 640], True, 128, 32, None),
+    "fine32_dense_full_tiles": (lambda: np.ones((32, 32), bool), False,
+                                2, 1024, 1024, 4, 4, None, False, 128, 32, None),
+    "fine16_docs_causal": (lambda: jbs.layouts.local(1024, 16, 256).mask, True,
+                           2, 1024, 1024, 4, 2, None, False, 128, 16, "packed"),
+    "fine32_tail_d64_docs_kv_lengths": (lambda: fine_mask(54, (32, 35), 0.4), True,
+                                        2, 1000, 1100, 4, 4, [1100, 517], False, 64, 32,
+                                        "tail"),
+    "fine16_tail_d64_traced_tq1000": (lambda: fine_mask(55, (63, 63), 0.3), True,
+                                      2, 1000, 1000, 4, 2, None, True, 64, 16, None),
+    "fine16_qoff_causal": (lambda: np.tril(np.ones((128, 128), bool)), True,
+                           2, 300, 2048, 4, 2, [1300, 2048], False, 128, 16, None, [1000, 1748]),
+    "fine32_qoff_traced_docs": (lambda: jbs.layouts.local(1024, 32, 256).mask, True,
+                                2, 200, 1024, 4, 4, [300, 1024], True, 128, 32, "offset",
+                                [100, 824]),
+}
+
+
+def unread_keys(name):
+    """bool `[B, Tk, Hkv]`: keys in block columns that no row of any query head of their kv
+    head's group lists (`FINE_CASES`' mask; never read into arithmetic)."""
+    make_mask, _, b, _, tk, hq, hkv, *_, bs = doc_case(name)[:11]
+    mask = np.asarray(make_mask(), bool)
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)  # [Bm, Hm, R, Rk]
+    mask = np.broadcast_to(mask, (b, hq) + mask.shape[2:])
+    listed = mask.any(axis=2).reshape(b, hkv, hq // hkv, -1).any(axis=2)  # [B, Hkv, Rk]
+    return ~np.repeat(listed, bs, axis=-1)[:, :, :tk].transpose(0, 2, 1)
+
+
+def check_fine(name, dtype, platform):
+    """check_docs, then NaN in K and V at keys no query attends (the unlisted block columns,
+    inside listed tiles, and past kv_lengths): the output bitwise unchanged."""
+    f, args, o, lse = check_docs(name, dtype, platform)
+    q, k, v, do, kv_lengths, *rest = args
+    unread = unread_keys(name) | (np.arange(k.shape[1])[None, :, None] >=
+                                  np.asarray(kv_lengths)[:, None, None])
+    if not unread.any():
+        return
+    plant = lambda x: jnp.where(jnp.asarray(unread)[..., None], jnp.nan, x)
+    o4, lse4, _ = f(q, plant(k), plant(v), do, kv_lengths, *rest)
+    np.testing.assert_array_equal(f64(o4), f64(o), err_msg="o: NaN in unread keys")
+    np.testing.assert_array_equal(f64(lse4), f64(lse), err_msg="lse: NaN in unread keys")
+
+
+def run_fine_cases(cases):
+    platform = jax.devices()[0].platform
+    for name, dtype in cases:
+        mark_case(name + " " + dtype)
+        check_fine(name, DTYPES[dtype], platform)
+
+
+@pytest.mark.parametrize("variant,names", [("", c) for c in chunks(FINE_CASES, 2)] +
+                         [("3", ("fine16_local_causal_gqa", "fine32_random_kv_lengths")),
+                          ("0", ("fine16_docs_causal",))], ids=case_id)
+def test_fa3_forward_block_sizes_16_32(variant, names):
+    """Block sizes 16 and 32: the FA3-design forward (block 128 kernel, mask_bs in its
+    debug line) takes them by default and with variant 3; the backward runs the pure-JAX
+    path; with the FA2 forward forced (0) the forward too. Values, lse and dq against the
+    float64 reference; NaN at unread keys changes nothing."""
+    if not sm90():
+        pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_fine_cases({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant).stderr
+    logs = kernels_by_case(stderr)
+    for case in cases:
+        launches = logs.get(" ".join(case), [])
+        assert not any(op == "attention_bwd" for op, _ in launches), (case, launches)
+        forward = [kernel for op, kernel in launches if op == "attention_fwd"]
+        if variant == "0":
+            assert not forward, (case, launches)
+        else:
+            assert forward and all(k == FA3[variant] for k in forward), (case, launches)
+    if variant != "0":
+        for name in names:
+            assert f"mask_bs={doc_case(name)[10]}" in stderr, name
