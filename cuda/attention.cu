@@ -40,7 +40,9 @@ namespace {
 // two CTAs per SM: nothing to ping-pong inside a CTA). Variant 2 is the default on an
 // sm_90 device running sm_90a code (FindAttentionKernel: 2.1-2.3x the FA2 forward on the
 // H200 at block 128, benchmarks/RESULTS.md); the combinations it leaves out run variant 0,
-// as everything does on other devices.
+// as everything does on other devices. Masks of block size 16 and 32 come as lists of
+// 128 x 128 tiles with bits (AttentionForwardParams::mask_bits): the block-128 rows run
+// them, and only those (documents) rows.
 #define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
   {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
    attn::LaunchForwardSm90<T, D, 128, true>, true},                                    \

@@ -15,6 +15,10 @@ block lists from operands, so a static `Layout` (lists computed on the host) and
     `lsė = rowsum(P ∘ Ṡ)`, `ȯ = (P ∘ (Ṡ − lsė)) V + P V̇`.
   - `attention_bwd_p(q, k, v, o, lse, dO, dlse, *ctx) -> (dq, dk, dv)`: the transpose of the
     tangent, i.e. the fused backward. `jax.grad` runs only this one.
+The context ends with the tile lists (`tile_*`, `TILES`: `attention_metadata.tile_lists`):
+for a mask of block size 16 or 32, the lists of the 128 x 128 tiles that the Hopper forward
+runs it on, with the bits of the mask blocks each listed tile covers (placeholders for
+other block sizes); only that forward's lowering reads them.
 The tangent and backward primitives have JVP rules of their own (the JVP of the pure-JAX
 implementation), so attention is differentiable to any order.
 The pure-JAX lowering (a block-gathered implementation: each query block attends to its
@@ -634,10 +638,13 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     `D` in (64, 128) and block size 64 or 128 run the fused kernels
     (`_cuda.fused_attention_unsupported`; a paged cache is gathered first): on Hopper
     (sm_90) the forward with segment ids, any mask (a `BlockMask` with `Bm = B` too), any
-    lengths and `q_offset` (not yet `q_offset` with segment ids); the backward, and
-    elsewhere the forward, with a mask shared by the batch (a `Layout`, or a `BlockMask`
-    with `Bm = 1`), no segment ids, lengths that are multiples of the block size and no
-    `q_offset`. The forward and backward decide separately. Every other call runs the
+    lengths and `q_offset`, and block sizes 16 and 32 too (the block-128 kernel on
+    128 x 128 tiles: a tile with some listed block is read whole, its unlisted blocks
+    masked element-wise; keys of block columns that no query row of the tile lists are
+    kept out of the output, as above); the backward, and elsewhere the forward, with block
+    size 64 or 128, a mask shared by the batch (a `Layout`, or a `BlockMask` with `Bm =
+    1`), no segment ids, lengths that are multiples of the block size and no `q_offset`.
+    The forward and backward decide separately. Every other call runs the
     pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is
     compiled).
     """
