@@ -635,7 +635,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     mask, `q_offset`, `kv_lengths` and paged cache; their derivatives are those of the same
     call through the longer queries' primitive (its backward: fused, or the deterministic
     pure-JAX one). Longer queries: bfloat16/float16 with
-    `D` in (64, 128) and block size 64 or 128 run the fused kernels
+    `D` in (64, 128) and block size 64 or 128 (16, 32: below) run the fused kernels
     (`_cuda.fused_attention_unsupported`; a paged cache is gathered first): on Hopper
     (sm_90) the forward with segment ids, any mask (a `BlockMask` with `Bm = B` too), any
     lengths and `q_offset`, and block sizes 16 and 32 too (the block-128 kernel on
