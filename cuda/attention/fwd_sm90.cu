@@ -60,7 +60,7 @@
 //    of its tile that are visited (attention_metadata.tile_lists). The softmax of a partial
 //    entry reads the word's row of its thread's rows (one block row: rows rl, rl + 8) and
 //    sets the scores of unvisited blocks to -inf with the other element terms (`cols`:
-//    one bit per 8 keys, computed before the loop). Keys in block columns that no row of
+//    one bit per 8 keys, SpreadBits of the row before the loop; block 128 only: kFine). Keys in block columns that no row of
 //    the tile visits are never attended: their V rows are zeroed in shared memory like
 //    the kv_lengths tail (zero_v), so NaN there cannot reach O. The words are re-read
 //    from global memory (L1) where used, never held across the loop (168 registers;
@@ -156,6 +156,22 @@ __device__ __forceinline__ uint32_t EmptyColumns(uint64_t w, int lg) {
   const int f = kBN >> lg;
   for (int sh = 32; sh >= f; sh >>= 1) w |= w >> sh;  // the rows OR-ed into bits [0, f)
   return ~uint32_t(w) & ((1u << f) - 1u);
+}
+
+// Bits [0, 128 >> lg) of x, each repeated (1 << lg) / 8 times: bit j of the result is bit
+// (8 j) >> lg of x (lg 4: 8 bits -> 16, each twice; lg 5: 4 bits -> 16, each 4 times).
+__device__ __forceinline__ uint32_t SpreadBits(uint32_t x, int lg) {
+  if (lg == 4) {
+    x &= 0xffu;
+    x = (x | x << 4) & 0x0f0fu;
+    x = (x | x << 2) & 0x3333u;
+    x = (x | x << 1) & 0x5555u;
+    return x | x << 1;
+  }
+  x &= 0xfu;
+  x = (x | x << 6) & 0x0303u;
+  x = (x | x << 3) & 0x1111u;
+  return x * 0xfu;
 }
 
 template <typename T, int D, int BS, int STAGES, bool PINGPONG>
@@ -268,15 +284,16 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
     // blocks that partial entry e visits joins the element predicate; every other entry
     // has ~0 (without one, a.mask_lg = log2(kBN): one block per tile, bit 0). Read where
     // used, not kept in registers (168 at 384 threads): bits [32 half, 32 half + 32).
+    constexpr bool kFine = BS == 128;  // the launcher takes mask bits at block 128 only
     auto mask_half = [&](int e, int half) -> uint32_t {
-      return a.mask_bits != nullptr && e < cur.npart
+      return kFine && a.mask_bits != nullptr && e < cur.npart
                  ? __ldg(reinterpret_cast<const uint32_t*>(a.mask_bits + (cur.list - L.lists) +
                                                            e) + half)
                  : ~0u;
     };
     // the mask block columns of entry e that no row visits (EmptyColumns), 0 without bits
     auto empty_columns = [&](int e) -> uint32_t {
-      if (a.mask_bits == nullptr) return 0u;
+      if (!kFine || a.mask_bits == nullptr) return 0u;
       return EmptyColumns<kBN>(uint64_t(mask_half(e, 1)) << 32 | mask_half(e, 0), a.mask_lg);
     };
 
@@ -365,12 +382,10 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
         // the mask block row of rows rl, rl + 8 (one: blocks of 16 or more rows): bit j of
         // `cols` says whether it visits keys 8j + [0, 8) (one block column)
         uint32_t cols = ~0u;
-        if (a.mask_bits != nullptr && cur.e < cur.npart) {
+        if (kFine && a.mask_bits != nullptr && cur.e < cur.npart) {
           const int bit0 = (rl >> a.mask_lg) * (kBN >> a.mask_lg);
           const uint32_t wrow = mask_half(cur.e, bit0 >> 5) >> (bit0 & 31);
-          cols = 0u;
-#pragma unroll
-          for (int j = 0; j < kBN / 8; ++j) cols |= ((wrow >> ((8 * j) >> a.mask_lg)) & 1u) << j;
+          cols = SpreadBits(wrow, a.mask_lg);
         }
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
