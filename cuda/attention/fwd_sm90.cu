@@ -60,11 +60,12 @@
 //    of its tile that are visited (attention_metadata.tile_lists). The softmax of a partial
 //    entry reads the word's row of its thread's rows (one block row: rows rl, rl + 8) and
 //    sets the scores of unvisited blocks to -inf with the other element terms (`cols`:
-//    one bit per 8 keys, SpreadBits of the row before the loop; block 128 only: kFine). Keys in block columns that no row of
-//    the tile visits are never attended: their V rows are zeroed in shared memory like
-//    the kv_lengths tail (zero_v), so NaN there cannot reach O. The words are re-read
-//    from global memory (L1) where used, never held across the loop (168 registers;
-//    holding them spilled): the previous tile's entry rides in bit 1+ of `pph`.
+//    one bit per 8 keys, SpreadBits of the row before the loop; compiled at block 128
+//    only: kFine). Keys in block columns that no row of the tile visits are never
+//    attended: their V rows are zeroed in shared memory like the kv_lengths tail
+//    (zero_v), so NaN there cannot reach O. The words are re-read from global memory (L1)
+//    where used, never held across the loop (168 registers; holding them spilled): the
+//    previous tile's entry rides in bits 1 and up of `pph`.
 //  * Epilogue: each consumer warpgroup writes its normalized 64 x D rows into its own
 //    rows of the Q buffer (same swizzle: conflict-free) and one thread stores them with a
 //    TMA store; lse (float32) from registers. Rows with no allowed key: o = 0, lse = -inf.
