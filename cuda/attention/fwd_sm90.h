@@ -13,7 +13,8 @@ struct Args;
 // consumer warpgroups; 64: 64-row CTAs, one consumer warpgroup, two CTAs per SM) and head
 // dim D (64, 128), T __nv_bfloat16 or __half. cudaErrorNotSupported on a device that is not
 // sm_90 (or a build without sm_90a code); operands TMA cannot address (not 16-byte aligned)
-// run the FA2 forward. PINGPONG (block 128 only): the two consumer warpgroups take turns
+// run the FA2 forward. BS 128 also runs masks of block size 16 / 32 on its tiles
+// (Args::mask_bits: the bits of each partial tile's mask blocks). PINGPONG (block 128 only): the two consumer warpgroups take turns
 // issuing their matrix products (one's softmax overlaps the other's wgmmas).
 template <typename T, int D, int BS, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
