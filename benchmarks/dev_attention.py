@@ -19,7 +19,8 @@ Hopper FA3-design kernel, cuda/attention/fwd_sm90.cu; 3: the same without ping-p
 the issue-18 layouts (local W1024, strided 1024, fixed 1024, bigbird, causal; B=2 H=16
 S=8192 D=128 block 128 bf16), then a table of useful TFLOP/s and the ratio of each variant
 to the first; `--fwd-only` is that timing in this process (the variant it gets from the
-environment), plus cuDNN dense causal.
+environment), plus cuDNN dense causal. `--block-size 16` or `32` times masks of those
+block sizes (the Hopper forward runs them on 128 x 128 tiles: variants 2 and 3).
 
 Backward variants side by side:
 
@@ -49,7 +50,8 @@ import jax.numpy as jnp
 
 import jax_blocksparse  # noqa: F401  (registers the FFI targets)
 from jax_blocksparse import layouts
-from jax_blocksparse.attention_metadata import attention_metadata
+from jax_blocksparse.attention_metadata import (FINE_BLOCKS, TILE, attention_metadata,
+                                                tile_metadata)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -61,12 +63,20 @@ def _meta_ops(meta):
 
 
 def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
+    """Block sizes 16 and 32: the forward takes the lists of 128 x 128 tiles and their
+    bits (the Hopper forward only; the backward takes none)."""
     b, tq, hq, d = q_shape
     tk = k_shape[1]
     meta = attention_metadata(layout, causal, tq, tk)
     qops, kops = _meta_ops(meta)
     attrs = dict(block_size=np.int32(layout.block_size), causal=bool(causal),
                  scale=np.float32(scale))
+    fwd_qops, bits = qops, jnp.zeros((1, 1, 1, 2), jnp.int32)  # bits: a placeholder
+    fwd_block = layout.block_size
+    if layout.block_size in FINE_BLOCKS:
+        tiles = tile_metadata(layout, causal, tq, tk)
+        fwd_qops = [jnp.asarray(x) for x in tiles.lists]
+        bits, fwd_block = jnp.asarray(tiles.bits), TILE
     fwd_call = jax.ffi.ffi_call(
         "jax_blocksparse_attention_fwd",
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32)))
@@ -77,11 +87,12 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
 
     # the forward also takes q_positions [1] and segment ids (placeholders: attributes off)
     qpos, ids = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1), jnp.int32)
-    fwd_attrs = dict(attrs, segments=False, positioned=False)
+    fwd_attrs = dict(attrs, block_size=np.int32(fwd_block), segments=False, positioned=False,
+                     mask_block=np.int32(layout.block_size))
 
     @jax.jit
     def fwd(q, k, v, kvl):
-        return fwd_call(q, k, v, kvl, qpos, *qops, ids, ids, **fwd_attrs)
+        return fwd_call(q, k, v, kvl, qpos, *fwd_qops, ids, ids, bits, **fwd_attrs)
 
     @jax.jit
     def bwd(q, k, v, o, lse, do, dlse, kvl):
@@ -90,7 +101,7 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
 
     @jax.jit
     def fwd_bwd(q, k, v, do, dlse, kvl):
-        o, lse = fwd_call(q, k, v, kvl, qpos, *qops, ids, ids, **fwd_attrs)
+        o, lse = fwd_call(q, k, v, kvl, qpos, *fwd_qops, ids, ids, bits, **fwd_attrs)
         dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, *qops, *kops, **attrs)
         return o, lse, dq, dk, dv
 
@@ -306,7 +317,8 @@ def main():
     parser.add_argument("--layouts", default=",".join(FWD_LAYOUTS))
     parser.add_argument("--no-cudnn", action="store_true")
     parser.add_argument("--block-size", type=int, default=128,
-                        help="block size of the --fwd-only / --fwd-variants layouts (64, 128)")
+                        help="block size of the --fwd-only / --fwd-variants layouts (64, 128; "
+                        "16, 32: the Hopper forward only, variants 2 and 3)")
     args = parser.parse_args()
     names = args.layouts.split(",")
     if args.fwd_variants:

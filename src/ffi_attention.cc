@@ -144,10 +144,11 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   if (tiled) {
     if (block_size != 128 || (mask_block != 16 && mask_block != 32))
       return Invalid("mask_block must be 16 or 32 on tiles of 128 (block_size)");
+    // [(Bm,) Hm, lines, 2 * width]: the lists' shape, two int32 per entry
     auto bd = tile_bits.dimensions(), ld = q_lists.dimensions();
-    if (bd.size() != 4 || ld.size() != 4 || bd[0] != ld[0] || bd[1] != ld[1] ||
-        bd[2] != ld[2] || bd[3] != 2 * ld[3])
-      return Invalid("tile bits must be [Bm, Hm, lines, 2 * width] beside the lists");
+    bool fits = bd.size() == ld.size() && bd.size() >= 3 && bd.back() == 2 * ld.back();
+    for (size_t i = 0; fits && i + 1 < bd.size(); ++i) fits = bd[i] == ld[i];
+    if (!fits) return Invalid("tile bits must be [Bm, Hm, lines, 2 * width] beside the lists");
     // int32 pairs, low word first: one little-endian 64-bit word per list entry
     p.mask_bits = reinterpret_cast<const uint64_t*>(tile_bits.typed_data());
     p.mask_block = mask_block;
