@@ -118,7 +118,7 @@ for stage in "$@"; do
     decode) python3 "$repo/benchmarks/decode.py" 2>&1 | tee "$out/decode.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
-    # "--backward --variants 0,2"
+    # "--backward --variants 0,2 --metadata"
     patterns) python3 "$repo/benchmarks/attention_patterns.py" --peers "$repo/_device/peers.py" \
                 ${PATTERN_ARGS:---backward} 2>&1 | tee "$out/patterns.log" ;;
     lm) python3 "$repo/examples/sparse_transformer_lm.py" --compare --seq-len 8192 \
