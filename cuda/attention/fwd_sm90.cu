@@ -4,19 +4,41 @@
 // memory by TMA. Semantics and metadata: attention.h; the FA2 forward (FwdKernel in
 // attention_kernels.cuh) is the functional spec this kernel follows.
 //
-// Scope (issue 18): block sizes 128 and 64, head dims 64 and 128, bf16 / f16; static or
-// traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
-// masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of the block
-// size (partial last tiles), query positions per batch entry (q_offset: the causal offset
-// of query row 0 is read from a.q_pos instead of Tk - Tq), any scale. Variant 2 of the dispatch table (the default on sm_90) is PINGPONG =
-// true at block 128, variant 3 false; at block 64 both run the one kernel below.
+// Scope (issue 18): block sizes 128 and 64, head dims 64, 96, 128 and 256, bf16 / f16;
+// static or traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or
+// per-head masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of
+// the block size (partial last tiles), query positions per batch entry (q_offset: the
+// causal offset of query row 0 is read from a.q_pos instead of Tk - Tq), any scale.
+// Variant 2 of the dispatch table (the default on sm_90) is PINGPONG = true at block 128,
+// variant 3 false; at block 64 both run the one kernel below.
 //
-// Block 64 (Geom<64>): the same code with one consumer warpgroup: a CTA is one 64-row
+// Block 64 (Geom<64, D>): the same code with one consumer warpgroup: a CTA is one 64-row
 // query block, 256 threads, each list entry one 64-key tile (wgmma m64n64k16 for S, PV
 // with k = 64), 2 CTAs per SM (launch bounds (256, 2): 128 registers at launch, producer
-// 24 / consumer 232 after reallocation; smem 80 KB at D = 128 with 2 stages, 72 KB at D = 64
-// with 4); no ping-pong inside a CTA (the two CTAs of an SM overlap instead). The text
-// below describes block 128.
+// 24 / consumer 232 after reallocation; smem 80 KB at D = 128 and 96 with 2 stages, 72 KB
+// at D = 64 with 4); no ping-pong inside a CTA (the two CTAs of an SM overlap instead).
+// D = 256 runs one CTA per SM (below). The text further below describes block 128.
+//
+// Head dim 96: shared memory holds two 64-column slabs per tile, as at D = 128; the tensor
+// maps have 96 columns, so the second slab's box (columns 64..127) is zero filled past
+// column 96 by the loads and the output's store drops those columns. QK^T runs D / 16 = 6
+// k16 slices (the zero columns are not read); PV runs N = 128 (O keeps 64 accumulators per
+// thread, the last 16 of them stay 0): 33% more PV work than an exact N = 96, for one
+// smem layout and descriptor scheme shared with D = 128 (no 64-byte swizzle, no partial
+// swizzle atom in the MN-major V operand: an N = 96 or N = 32 B operand in the 128-byte
+// swizzle is not a canonical wgmma layout). Smem and registers as D = 128.
+// Head dim 256: O is 64 x 256 per consumer warpgroup, 128 fp32 per thread; S of a 128-key
+// tile (64 more) and P (32) beside it would not fit 240 registers, and 128-key K and V
+// tiles (64 KB each) beside Q (64 KB) allow no second stage. So the key tile is 64 keys
+// (Smem::kBN): a list entry of 128 keys is two pipeline steps (Tiles: n and npart count
+// tiles), S = 32, P = 16 registers, QK^T 16 k16 slices of m64n64k16, PV m64n256k16 (one
+// per k16 slice, V's four 64-column slabs via the descriptor's LBO). Block 128: Q 64 KB +
+// 2 stages x (K 32 KB + V 32 KB) = 192 KB, registers 24 / 240 / 240 at 168 per thread at
+// launch (ptxas uses the raised limit after setmaxnreg: registers up to R237 in the
+// SASS). Block 64: 64-key tiles are the blocks; ptxas compiles the m64n256k16 only with at
+// least 158 registers at launch, so one CTA per SM (launch bounds (256, 1): 240 at launch)
+// with 2 stages, 160 KB. Element masks, skips and the V tail zeroing work per tile,
+// unchanged (a tile past kv_lengths or the causal limit is skipped like an entry).
 //
 // CTA: one query block (128 rows) of one (batch, head); 384 threads = 3 warpgroups.
 //  * Warpgroup 0, the producer, gives registers back (setmaxnreg 24); its thread 0 issues
@@ -41,8 +63,8 @@
 //    their loads need no bounds checks (which cost spills at 168 registers).
 //  * Shared memory: Q + STAGES x (K, V), 128-row tiles in the 128-byte swizzled line
 //    layout of wgmma.cuh (a 128 x D tile is D / 64 column slabs of 128 lines), the layout
-//    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128: 2 stages, 160 KB; D = 64: 3
-//    stages, 112 KB; one CTA per SM.
+//    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128 (and 96): 2 stages, 160 KB; D = 64:
+//    3 stages, 112 KB; D = 256: 2 stages of 64-row K, V tiles, 192 KB; one CTA per SM.
 //  * Lists per batch entry (a.mb == B: segment ids, a BlockMask with Bm = B) or shared.
 //    Segment ids: the partial entries also mask pairs of different documents (the lists
 //    mark every block pair that mixes documents partial; full entries are one document).
