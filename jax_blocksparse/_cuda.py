@@ -12,9 +12,10 @@ The Python side's environment switches are read once, into `SWITCHES`:
 `JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
 `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT` (the C++ side's forward override, cuda/switches.h) is
 read here too: the forward takes segment ids, lists per batch entry and head dims 96 and
-256 only where the FA3-design forward runs (`sm90_forward`). Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
-call that a kernel could have taken but that lowers to the pure-JAX implementation says why
-when the program is compiled (the kernels' own launch lines come from C++).
+256 only where the FA3-design forward runs (`sm90_forward`). Under
+`JAX_BLOCKSPARSE_DEBUG` (`_debug`), each call that a kernel could have taken but that
+lowers to the pure-JAX implementation says why when the program is compiled (the
+kernels' own launch lines come from C++).
 """
 
 from __future__ import annotations

@@ -474,8 +474,9 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
 #pragma unroll
         for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
         if (v_busy) tma::MbarArrive(empty_v(vst));
+        // all of them: skipping D = 96's zero columns made ptxas serialize the wgmmas
 #pragma unroll
-        for (int j = 0; j < kDS / 8; ++j) {  // (all: skipping D = 96's zero columns serializes the wgmmas)
+        for (int j = 0; j < kDS / 8; ++j) {
           o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
         }
         pack_p();

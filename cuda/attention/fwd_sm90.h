@@ -14,8 +14,9 @@ struct Args;
 // dim D (64, 96, 128, 256: 96 and 256 have no FA2 forward), T __nv_bfloat16 or __half.
 // cudaErrorNotSupported on a device that is not sm_90 (or a build without sm_90a code);
 // operands TMA cannot address (not 16-byte aligned) run the FA2 forward (D 64, 128;
-// cudaErrorInvalidValue at D 96, 256). PINGPONG (block 128 only): the two consumer warpgroups take turns
-// issuing their matrix products (one's softmax overlaps the other's wgmmas).
+// cudaErrorInvalidValue at D 96, 256). PINGPONG (block 128 only): the two consumer
+// warpgroups take turns issuing their matrix products (one's softmax overlaps the other's
+// wgmmas). Tk = 0: o = 0, lse = -inf (the FA2 forward's launcher at D 64, 128).
 template <typename T, int D, int BS, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
 
