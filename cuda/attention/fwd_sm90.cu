@@ -36,8 +36,8 @@
 // 2 stages x (K 32 KB + V 32 KB) = 192 KB, registers 24 / 240 / 240 at 168 per thread at
 // launch (ptxas uses the raised limit after setmaxnreg: registers up to R237 in the
 // SASS). Block 64: 64-key tiles are the blocks; ptxas compiles the m64n256k16 only with at
-// least 158 registers at launch, so one CTA per SM (launch bounds (256, 1): 240 at launch)
-// with 2 stages, 160 KB. Element masks, skips and the V tail zeroing work per tile,
+// least 158 registers at launch, so one CTA per SM (launch bounds (256, 1)) with 2 stages,
+// 160 KB, and no register reallocation (252 registers per thread from the launch on). Element masks, skips and the V tail zeroing work per tile,
 // unchanged (a tile past kv_lengths or the causal limit is skipped like an entry).
 //
 // CTA: one query block (128 rows) of one (batch, head); 384 threads = 3 warpgroups.
@@ -121,8 +121,11 @@ struct Geom {
   static constexpr int kMinBlocks = BS == 64 && D != 256 ? 2 : 1;
   // register reallocation: 128 * (producer + consumers) per consumer warpgroup fits the
   // launch's per-thread budget (65536 / (kThreads * kMinBlocks): 168 at 384 threads, 128 at
-  // 256 threads x 2 CTAs, 255 at 256 threads x 1)
+  // 256 threads x 2 CTAs)
   static constexpr int kProducerRegs = 24, kConsumerRegs = kMinBlocks == 2 ? 232 : 240;
+  // none when one CTA of 256 threads has the register file to itself (block 64, D = 256:
+  // every thread may have 255 registers from the launch on)
+  static constexpr bool kRealloc = kThreads * kMinBlocks * 255 > 65536;
 };
 [[maybe_unused]] constexpr int kLine = 128;  // bytes per swizzled smem line (64 elements)
 // named barriers (0 is __syncthreads)
@@ -254,7 +257,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
 
   if (wgi == 0) {
     // ------------------------------------------------------------- producer
-    tma::RegDealloc<G::kProducerRegs>();
+    if constexpr (G::kRealloc) tma::RegDealloc<G::kProducerRegs>();
     if (tid == 0) {
       tma::PrefetchMap(&tm_q);
       tma::PrefetchMap(&tm_k);
@@ -285,7 +288,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
     }
   } else {
     // ------------------------------------------------------------- consumers
-    tma::RegAlloc<G::kConsumerRegs>();
+    if constexpr (G::kRealloc) tma::RegAlloc<G::kConsumerRegs>();
     const int cw = wgi - 1, ctid = tid - 128;
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
