@@ -21,7 +21,8 @@ FA2 forward forced, the forward too), and the FA2 forward forced at negative sca
 The cases run in subprocesses (a few per subprocess) with JAX_BLOCKSPARSE_DEBUG=1 and the
 test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
-forward fails), and that the backward (still the FA2 kernels) runs after it. Block size 64
+forward fails), and that the backward (still the FA2 kernels) runs after it (head dims 64
+and 128; at 96 and 256 no fused backward launches). Block size 64
 (cases "bs64_*": 64-row CTAs, one kernel for variants 2 and 3) too; variant 0 forces the
 FA2 forward (checked too).
 """
