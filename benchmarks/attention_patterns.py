@@ -7,7 +7,8 @@ identical masks and cuDNN's causal attention, in one run.
 Patterns (B=2, H=16, bf16, block 128, our layout generators): local(1024), strided(1024),
 fixed(512) causal, bigbird, causal, and packed documents (the causal layout plus segment
 ids: documents of 512-4096 tokens) at S 8192 and D 128; with `--extended`, local and packed
-also at S 16384 and 32768, causal also at D 64 and 256. Useful TFLOP/s count `4·B·H·D` per allowed (i, j)
+also at S 16384 and 32768, causal also at D 64, 96 and 256 (96 and 256: the fused forward on
+Hopper, the pure-JAX backward). Useful TFLOP/s count `4·B·H·D` per allowed (i, j)
 pair, counted exactly on the host (the same count for every system), ×3.5 for forward +
 backward. The block masks (with `NAME_docs` document ids) are written to one npz per head
 dim and `peers.py masks FILE.npz` runs FlexAttention on them in a subprocess; cuDNN is
@@ -67,7 +68,7 @@ def patterns(quick, extended):
     rows = [(name, s0, 128) for name in make]
     if extended and not quick:
         rows += [(name, s, 128) for s in (16384, 32768) for name in ("local", "packed")]
-        rows += [("causal", s0, d) for d in (64, 256)]
+        rows += [("causal", s0, d) for d in (64, 96, 256)]
     return [(name, s, d, *make[name](s), documents(s) if name == "packed" else None)
             for name, s, d in rows]
 
@@ -265,7 +266,7 @@ def main():
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
     parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values")
     parser.add_argument("--extended", action="store_true",
-                        help="also S 16384 and 32768 (local, packed), D 64 and 256 (causal)")
+                        help="also S 16384 and 32768 (local, packed), D 64, 96, 256 (causal)")
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")
     parser.add_argument("--metadata", action="store_true",
                         help="also the traced BlockMask against the Layout, and list building")

@@ -17,9 +17,10 @@ Forward variants side by side (the switch is read once per process: one subproce
 times the forward alone under each value of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (2: the
 Hopper FA3-design kernel, cuda/attention/fwd_sm90.cu; 3: the same without ping-pong) on
 the issue-18 layouts (local W1024, strided 1024, fixed 1024, bigbird, causal; B=2 H=16
-S=8192 D=128 block 128 bf16), then a table of useful TFLOP/s and the ratio of each variant
-to the first; `--fwd-only` is that timing in this process (the variant it gets from the
-environment), plus cuDNN dense causal.
+S=8192 D=128 block 128 bf16; `--head-dim 96` or `256` for the Hopper forward's other head
+dims, with variants 2 and 3 only), then a table of useful TFLOP/s and the ratio of each
+variant to the first; `--fwd-only` is that timing in this process (the variant it gets
+from the environment), plus cuDNN dense causal.
 
 Backward variants side by side:
 
@@ -184,9 +185,9 @@ FWD_LAYOUTS = {  # issue 18's patterns: (layout, causal)
 }
 
 
-def run_forward(rng, names, cudnn=True, bs=128):
+def run_forward(rng, names, cudnn=True, bs=128, D=128):
     """Forward alone on each layout: one line `fwd <layout> <ms> <useful TFLOP/s>` each."""
-    B, H, S, D = 2, 16, 8192, 128
+    B, H, S = 2, 16, 8192
     dtype = jnp.bfloat16
     scale = 1.0 / np.sqrt(D)
     shape = (B, S, H, D)
@@ -269,7 +270,7 @@ def compare_bwd_variants(variants, names):
             print(f"{name:>12} {cells}{ratios}", flush=True)
 
 
-def compare_variants(variants, names, bs=128):
+def compare_variants(variants, names, bs=128, d=128):
     """Runs `--fwd-only` under each forward variant (a subprocess each: the switch is read
     once per process) and prints the TFLOP/s side by side."""
     results = {}
@@ -277,7 +278,8 @@ def compare_variants(variants, names, bs=128):
         env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=var)
         env.pop("JAX_BLOCKSPARSE_DEBUG", None)
         cmd = [sys.executable, os.path.abspath(__file__), "--fwd-only", "--layouts",
-               ",".join(names), "--block-size", str(bs)] + ([] if i == 0 else ["--no-cudnn"])
+               ",".join(names), "--block-size", str(bs), "--head-dim", str(d)] + (
+                   [] if i == 0 else ["--no-cudnn"])
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         sys.stdout.write(r.stdout)
         if r.returncode != 0:
@@ -307,10 +309,13 @@ def main():
     parser.add_argument("--no-cudnn", action="store_true")
     parser.add_argument("--block-size", type=int, default=128,
                         help="block size of the --fwd-only / --fwd-variants layouts (64, 128)")
+    parser.add_argument("--head-dim", type=int, default=128,
+                        help="head dim of --fwd-only / --fwd-variants (64, 128; 96 and 256: "
+                        "variants 2 and 3 only, the Hopper forward)")
     args = parser.parse_args()
     names = args.layouts.split(",")
     if args.fwd_variants:
-        compare_variants(args.fwd_variants.split(","), names, args.block_size)
+        compare_variants(args.fwd_variants.split(","), names, args.block_size, args.head_dim)
         return
     if args.bwd_variants:
         compare_bwd_variants(args.bwd_variants.split(","), names)
@@ -318,7 +323,7 @@ def main():
     print(jax.devices(), flush=True)
     if args.fwd_only:
         run_forward(np.random.default_rng(0), names, cudnn=not args.no_cudnn,
-                    bs=args.block_size)
+                    bs=args.block_size, D=args.head_dim)
         return
     if args.bwd_only:
         run_backward(np.random.default_rng(0), names)

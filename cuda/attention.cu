@@ -34,13 +34,16 @@ namespace {
   {DT, D, 128, false, 1, "fa2_forward(128-row CTA)", attn::LaunchForwardTile<T, D, 128, 3>}
 // Variants 2 and 3: the Hopper forward in the FlashAttention-3 design
 // (attention/fwd_sm90.cu: TMA, mbarrier ring, producer warp + consumer warpgroups, wgmma),
-// sm_90a only (its launcher refuses any other device), head dims 64 / 128. Block size 128:
+// sm_90a only (its launcher refuses any other device), head dims 64, 96, 128, 256 (96 and
+// 256 have no FA2 forward, so no variant 0 row: FindAttentionKernel finds nothing for them
+// on other devices or with variant 0 / 1 forced, where the Python routing sends them to the
+// pure-JAX path; nor backward rows: their backward runs the pure-JAX path). Block size 128:
 // 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare and as a
 // fallback). Block size 64: one kernel for both (64-row CTAs with one consumer warpgroup,
-// two CTAs per SM: nothing to ping-pong inside a CTA). Variant 2 is the default on an
-// sm_90 device running sm_90a code (FindAttentionKernel: 2.1-2.3x the FA2 forward on the
-// H200 at block 128, benchmarks/RESULTS.md); the combinations it leaves out run variant 0,
-// as everything does on other devices.
+// two CTAs per SM, one at D = 256: nothing to ping-pong inside a CTA). Variant 2 is the
+// default on an sm_90 device running sm_90a code (FindAttentionKernel: 2.1-2.3x the FA2
+// forward on the H200 at block 128, benchmarks/RESULTS.md); the combinations it leaves out
+// run variant 0, as everything does on other devices.
 #define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
   {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
    attn::LaunchForwardSm90<T, D, 128, true>, true},                                    \
@@ -71,6 +74,9 @@ const AttentionKernel kAttentionKernels[] = {
     JBS_FWD_ROWS(DType::kF16, __half, 64),         JBS_FWD_ROWS(DType::kF16, __half, 128),
     JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_FWD_SM90_ROWS(DType::kF16, __half, 64),         JBS_FWD_SM90_ROWS(DType::kF16, __half, 128),
+    JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 96),
+    JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 256),
+    JBS_FWD_SM90_ROWS(DType::kF16, __half, 96), JBS_FWD_SM90_ROWS(DType::kF16, __half, 256),
     JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_ROWS(DType::kF16, __half, 64),         JBS_BWD_ROWS(DType::kF16, __half, 128),
     JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64),

@@ -99,6 +99,8 @@ struct AttentionKernel {
 // per process) when set, else of the default by architecture (variant 2, the FA3-design
 // forward, on an sm_90 device running sm_90a code, queried once per device; variant 0, the
 // FA2 forward, elsewhere); a variant whose rows leave this combination out gets variant 0's.
+// Head dims: 64 and 128 in every phase and variant; 96 and 256 in forward variants 2 and 3
+// only (the FA3-design forward: nullptr elsewhere).
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward);
 

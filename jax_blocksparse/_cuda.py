@@ -11,10 +11,11 @@ GPU too (float64, for one).
 The Python side's environment switches are read once, into `SWITCHES`:
 `JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
 `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT` (the C++ side's forward override, cuda/switches.h) is
-read here too: the forward takes segment ids and lists per batch entry only where the
-FA3-design forward runs (`sm90_forward`). Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
-call that a kernel could have taken but that lowers to the pure-JAX implementation says why
-when the program is compiled (the kernels' own launch lines come from C++).
+read here too: the forward takes segment ids, lists per batch entry and head dims 96 and
+256 only where the FA3-design forward runs (`sm90_forward`). Under
+`JAX_BLOCKSPARSE_DEBUG` (`_debug`), each call that a kernel could have taken but that
+lowers to the pure-JAX implementation says why when the program is compiled (the
+kernels' own launch lines come from C++).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def sm90_forward() -> bool:
     here, as the C++ dispatch decides (attention.cu, FindAttentionKernel): the extension
     has sm_90a code, the first CUDA device is an sm_90 one (asked once, then cached), and
     JAX_BLOCKSPARSE_ATTN_FWD_VARIANT does not force the FA2 forward (0 or 1). That kernel
-    also takes segment ids and lists per batch entry."""
+    also takes segment ids, lists per batch entry and head dims 96 and 256."""
     if not cuda_available() or SWITCHES.attn_fwd_variant in (0, 1):
         return False
     if "90a" not in str(getattr(_ext, "cuda_architectures", "")).split(","):
@@ -150,10 +151,13 @@ def _matmul_lowering(prim, kernel_rule):
 
 # ------------------------------------------------------------------------ attention
 # The one table of what the fused attention kernels take (the FFI handler checks the same
-# combinations); any other call runs the pure-JAX implementation, on a GPU too.
+# combinations: cuda/attention.cu's dispatch table); any other call runs the pure-JAX
+# implementation, on a GPU too. Head dims by kernel family: the FA3-design forward
+# ("sm90_forward", where `sm90_forward()`), the FA2 forward ("forward") and the backward.
 FUSED_ATTENTION = {
     "dtypes": (jnp.bfloat16, jnp.float16),
-    "head_dims": (64, 128),
+    "head_dims": {"sm90_forward": (64, 96, 128, 256), "forward": (64, 128),
+                  "backward": (64, 128)},
     "block_sizes": (64, 128),
 }
 
@@ -163,16 +167,17 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
                                 forward: bool = False) -> str | None:
     """Why the fused kernels cannot run this call (None when they can): the backward
     (`forward=False`) and the FA2 forward take neither segment ids, nor a mask per batch
-    entry, nor lengths that are not multiples of the block size, nor `q_offset`; the
-    FA3-design forward (`sm90_forward()`, with `forward=True`) takes all four (partial
-    last tiles: with at least one key)."""
+    entry, nor lengths that are not multiples of the block size, nor `q_offset`, nor head
+    dims 96 and 256; the FA3-design forward (`sm90_forward()`, with `forward=True`) takes
+    all five (partial last tiles: with at least one key)."""
+    documents = forward and sm90_forward()
+    family = "sm90_forward" if documents else "forward" if forward else "backward"
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
-    if head_dim not in FUSED_ATTENTION["head_dims"]:
+    if head_dim not in FUSED_ATTENTION["head_dims"][family]:
         return f"head dim {head_dim}"
     if block_size not in FUSED_ATTENTION["block_sizes"]:
         return f"block size {block_size}"
-    documents = forward and sm90_forward()
     if (tq % block_size or tk % block_size) and (not documents or tk == 0):
         return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     if segments and not documents:

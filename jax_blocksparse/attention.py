@@ -595,7 +595,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     pure-JAX one). Longer queries: bfloat16/float16 with
     `D` in (64, 128) and block size 64 or 128 run the fused kernels
     (`_cuda.fused_attention_unsupported`; a paged cache is gathered first): on Hopper
-    (sm_90) the forward with segment ids, any mask (a `BlockMask` with `Bm = B` too), any
+    (sm_90) the forward also at `D` 96 and 256, and with segment ids, any mask (a `BlockMask` with `Bm = B` too), any
     lengths and `q_offset` (not yet `q_offset` with segment ids); the backward, and
     elsewhere the forward, with a mask shared by the batch (a `Layout`, or a `BlockMask`
     with `Bm = 1`), no segment ids, lengths that are multiples of the block size and no

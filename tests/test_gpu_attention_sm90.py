@@ -3,7 +3,9 @@ the default forward on an sm_90 GPU (JAX_BLOCKSPARSE_ATTN_FWD_VARIANT unset: var
 consumer warpgroups ping-ponged; every case), also forced by the switch (=2, a subset; =3,
 without the ping-pong, a subset): o and lse against the float64
 reference on fresh random inputs (fixed seeds), bf16 and f16, block sizes 128 and 64, head
-dims 128 and 64, over causal and non-causal local / strided / random / dense layouts
+dims 128 and 64, and 96 and 256 (the FA3-design forward's only: their backward runs the
+pure-JAX path, and with the FA2 forward forced their forward too; cases "d96_*",
+"d256_*"), over causal and non-causal local / strided / random / dense layouts
 with empty query rows and a single block, GQA (8 query heads on 2), scales other than
 1/sqrt(D) (negative too), per-head masks, a traced BlockMask, Tq != Tk with causality
 (rows without keys), kv_lengths that are not multiples of the block (0 included) with NaN
@@ -19,7 +21,8 @@ FA2 forward forced, the forward too), and the FA2 forward forced at negative sca
 The cases run in subprocesses (a few per subprocess) with JAX_BLOCKSPARSE_DEBUG=1 and the
 test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
-forward fails), and that the backward (still the FA2 kernels) runs after it. Block size 64
+forward fails), and that the backward (still the FA2 kernels) runs after it (head dims 64
+and 128; at 96 and 256 no fused backward launches). Block size 64
 (cases "bs64_*": 64-row CTAs, one kernel for variants 2 and 3) too; variant 0 forces the
 FA2 forward (checked too).
 """
@@ -34,6 +37,8 @@ from reference import (ATTENTION_TOLERANCE, LSE_TOLERANCE, attention64, attentio
                        kernels_by_case, lse_err, mark_case, random, rel_err, run_python)
 from test_gpu_attention import random_mask
 from test_matmul import poison
+
+from jax_blocksparse._cuda import FUSED_ATTENTION
 
 pytestmark = pytest.mark.gpu
 
@@ -121,6 +126,32 @@ CASES.update({
     "bs64_negative_scale_causal_kv_lengths": (lambda: jbs.layouts.local(1024, BS64, 256).mask,
                                               True, 2, 1024, 1024, 4, 4, [1024, 600], False),
 })
+# Head dims 96 (two 64-column slabs in shared memory, the last 32 columns zero) and 256
+# (64-key tiles: two per 128-key block), the FA3-design forward's only.
+CASES.update({
+    "d96_local_causal": (lambda: jbs.layouts.local(1024, BS, 384).mask, True,
+                         2, 1024, 1024, 4, 2, None, False, 96),
+    "d96_per_head_kv_lengths": (lambda: random_mask(51, (4, 8, 8), 0.6, False), False,
+                                3, 1024, 1024, 4, 4, [1000, 77, 0], False, 96),
+    "d96_traced_tq_gt_tk_causal": (lambda: random_mask(52, (8, 4), 0.7), True,
+                                   2, 1024, 512, 4, 2, [512, 300], True, 96),
+    "d256_local_causal": (lambda: jbs.layouts.local(1024, BS, 384).mask, True,
+                          2, 1024, 1024, 4, 2, None, False, 256),
+    "d256_traced_per_head_causal_kv_lengths": (lambda: random_mask(53, (4, 8, 8), 0.6), True,
+                                               2, 1024, 1024, 4, 4, [700, 1024], True, 256),
+    "d256_random_empty_rows_tq_lt_tk": (lambda: random_mask(54, (4, 8), 0.4), False,
+                                        2, 512, 1024, 4, 4, [1024, 333], False, 256),
+    "bs64_d96_gqa4_per_head_causal_kv_lengths": (lambda: random_mask(55, (8, 16, 16), 0.5,
+                                                                     False),
+                                                 True, 3, 1024, 1024, 8, 2, [1024, 333, 0],
+                                                 False, 96),
+    "bs64_d96_traced_noncausal": (lambda: random_mask(56, (16, 16), 0.5), False,
+                                  2, 1024, 1024, 4, 4, [1024, 901], True, 96),
+    "bs64_d256_local_causal": (lambda: jbs.layouts.local(1024, BS64, 256).mask, True,
+                               2, 1024, 1024, 4, 2, None, False, 256),
+    "bs64_d256_per_head_kv_lengths": (lambda: random_mask(57, (4, 16, 16), 0.6, False), False,
+                                      2, 1024, 1024, 4, 4, [1000, 77], False, 256),
+})
 SCALES = {"scale_0.3_causal": 0.3, "negative_scale_causal_kv_lengths": -0.06,
           "bs64_negative_scale_causal_kv_lengths": -0.06}  # else 1/sqrt(D)
 
@@ -129,10 +160,20 @@ def block_size(name):
     return BS64 if name.startswith("bs64_") else BS
 
 
+def head_dim(name):
+    case = CASES[name]
+    return case[9] if len(case) > 9 else 128
+
+
+def fused_backward(d):
+    """Whether the backward at head dim d runs the fused kernels (else the pure-JAX path)."""
+    return d in FUSED_ATTENTION["head_dims"]["backward"]
+
+
 def build(name, dtype):
     """(jitted forward + backward, its inputs, kv_lengths, the float64 o and lse)."""
-    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, *d = CASES[name]
-    D = d[0] if d else 128
+    make_mask, causal, b, tq, tk, hq, hkv, kv, traced = CASES[name][:9]
+    D = head_dim(name)
     scale = SCALES.get(name, 1 / np.sqrt(D))
     bs = block_size(name)
     block_mask = make_mask()
@@ -202,22 +243,29 @@ def sm90():
 
 VARIANT3_CASES = ["local_causal", "random_empty_rows", "gqa4_per_head_causal",
                   "tq_gt_tk_causal", "kv_lengths", "traced_kv_lengths", "d64_local_causal",
-                  "d64_gqa4_per_head_kv_lengths", "bs64_local_causal"]
+                  "d64_gqa4_per_head_kv_lengths", "bs64_local_causal", "d96_local_causal",
+                  "d256_traced_per_head_causal_kv_lengths", "bs64_d256_local_causal"]
 FA3_BS64 = "fa3_forward(wgmma, tma, ws, 64-row CTA)"  # variants 2 and 3 (and the default)
 
 
-VARIANT2_CASES = ["local_causal", "kv_lengths", "d64_tq_gt_tk_causal", "bs64_local_causal"]
+VARIANT2_CASES = ["local_causal", "kv_lengths", "d64_tq_gt_tk_causal", "bs64_local_causal",
+                  "d256_local_causal", "bs64_d96_traced_noncausal"]
 
 
 # The FA2 forward forced (0: 64-row CTAs, 1: 128-row CTAs at block 128) on the cases of
-# negative scales (it masked before scaling: -inf scores became +inf, NaN outputs).
+# negative scales (it masked before scaling: -inf scores became +inf, NaN outputs), and on
+# head dims it lacks (96, 256: the pure-JAX forward then).
 FA2_CASES = [("0", "negative_scale_causal_kv_lengths"), ("1", "negative_scale_causal_kv_lengths"),
-             ("0", "bs64_negative_scale_causal_kv_lengths")]
+             ("0", "bs64_negative_scale_causal_kv_lengths"), ("0", "d96_local_causal"),
+             ("1", "bs64_d256_local_causal")]
 
 
 def expected_forward(variant, name):
-    """The forward kernel's name JAX_BLOCKSPARSE_DEBUG prints for this case and variant."""
+    """The forward kernel's name JAX_BLOCKSPARSE_DEBUG prints for this case and variant
+    (None: no fused forward, the pure-JAX path)."""
     bs64 = block_size(name) == BS64
+    if variant in ("0", "1") and not fused_backward(head_dim(name)):
+        return None  # the FA2 forward has the backward's head dims
     if variant == "0" or (variant == "1" and bs64):
         return "fa2_forward(64-row CTA)"
     if variant == "1":
@@ -251,8 +299,10 @@ def test_fa3_forward(variant, names):
     for case in cases:
         launches = logs.get(" ".join(case), [])
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
-        assert forward and any(op == "attention_bwd" for op, _ in launches), (case, launches)
+        backward = any(op == "attention_bwd" for op, _ in launches)
+        assert backward == fused_backward(head_dim(case[0])), (case, launches)
         want = expected_forward(variant, case[0])
+        assert bool(forward) == (want is not None), (case, launches)
         for kernel in forward:
             assert kernel == want, (case, kernel)
 
@@ -321,6 +371,24 @@ DOC_CASES = {
     "qoff_traced_per_head_d128_bs64": (lambda: random_mask(44, (4, 16, 16), 0.6, False), True,
                                        2, 130, 1024, 4, 2, [630, 1000], True, 128, 64, None,
                                        [500, 870]),
+    # head dims 96 and 256 (the FA3-design forward's only)
+    "docs_d96_causal_kv_lengths": (lambda: jbs.layouts.local(1024, 128, 512).mask, True,
+                                   2, 1024, 1024, 4, 2, [1024, 555], False, 96, 128, "packed"),
+    "docs_d256_bs64_traced_per_head": (lambda: random_mask(61, (4, 16, 16), 0.6), True,
+                                       2, 1024, 1024, 4, 4, [1024, 900], True, 256, 64,
+                                       "packed"),
+    "per_batch_mask_d256_causal": (lambda: random_mask(62, (2, 1, 8, 8), 0.6), True,
+                                   2, 1024, 1024, 4, 2, [1024, 800], True, 256, 128, None),
+    "tail_d96_bs64_traced_causal": (lambda: random_mask(63, (16, 16), 0.6), True,
+                                    2, 1000, 1000, 4, 4, None, True, 96, 64, None),
+    "tail_d256_docs_kv_lengths": (lambda: random_mask(64, (8, 8), 0.7, False), False,
+                                  2, 1000, 1000, 4, 2, [1000, 517], False, 256, 128, "packed"),
+    "qoff_d96_causal_chunk": (lambda: np.tril(np.ones((16, 16), bool)), True,
+                              2, 300, 2048, 4, 2, [1300, 2048], False, 96, 128, None,
+                              [1000, 1748]),
+    "qoff_d256_bs64_docs": (lambda: jbs.layouts.local(1024, 64, 512).mask, True,
+                            2, 200, 1024, 4, 4, [300, 1024], False, 256, 64, "offset",
+                            [100, 824]),
 }
 
 
@@ -401,8 +469,9 @@ def run_doc_cases(cases):
 
 
 @pytest.mark.parametrize("variant,names", [("", c) for c in chunks(DOC_CASES, 2)] +
-                         [("3", ("docs_local_causal",)),
+                         [("3", ("docs_local_causal", "tail_d256_docs_kv_lengths")),
                           ("0", ("docs_local_causal", "per_batch_mask_causal_kv_lengths")),
+                          ("0", ("qoff_d96_causal_chunk",)),
                           ("0", ("tail_causal_tq_lt_tk", "qoff_bs64_docs"))],
                          ids=case_id)
 def test_fa3_forward_documents(variant, names):

@@ -140,14 +140,17 @@ def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
 
 @pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
 def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
-    """float32, head dim 96 and block size 32 have no fused kernel: on a GPU they run the
-    pure-JAX implementation, and JAX_BLOCKSPARSE_DEBUG says so when compiling."""
+    """float32, head dim 96 (but the FA3-design forward's, on Hopper) and block size 32 have
+    no fused kernel: on a GPU they run the pure-JAX implementation, and
+    JAX_BLOCKSPARSE_DEBUG says so when compiling."""
     import subprocess
     import sys
     import textwrap
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, jax_blocksparse as jbs
+        from jax_blocksparse import _cuda
         from test_gpu_lowering import cuda_text
+        print(_cuda.sm90_forward())
         for dtype, d, bs in [(jnp.float32, 64, 64), (jnp.bfloat16, 96, 64),
                              (jnp.bfloat16, 64, 32), (jnp.bfloat16, 64, 64)]:
             layout = jbs.layouts.local(256, bs, 100)
@@ -164,30 +167,32 @@ def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, timeout=300, cwd=os.path.dirname(__file__))
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.split("\n")
-    assert lines[:4] == ["float32 64 64 False False", "bfloat16 96 64 False False",
+    sm90, *lines = result.stdout.split("\n")
+    assert lines[:4] == ["float32 64 64 False False", f"bfloat16 96 64 {sm90} False",
                          "bfloat16 64 32 False False", "bfloat16 64 64 True True"], lines
     err = result.stderr
     assert "attention_fwd q[1, 256, 2, 64] bs=64: pure-JAX path (no fused kernel for dtype " \
            "float32)" in err
-    assert "no fused kernel for head dim 96" in err
+    assert "attention_bwd q[1, 256, 2, 96] bs=64: pure-JAX path (no fused kernel for head " \
+           "dim 96)" in err
+    assert ("attention_fwd q[1, 256, 2, 96]" in err) == (sm90 == "False")
     assert "no fused kernel for block size 32" in err
 
 
 def test_hopper_forward_routing_and_operands(monkeypatch):
     """Where the FA3-design forward runs (`_cuda.sm90_forward()`, faked here), the forward
     of calls with segment ids, a mask per batch entry, lengths that are not multiples of
-    the block size or q_offset lowers to the fused forward (ids padded to whole tiles,
-    lists with their batch axis, q_positions) while the backward keeps the pure-JAX path;
-    elsewhere both refuse them. Lowered for "cuda" on any machine (the lowering rules are
-    registered here when the extension is not built)."""
+    the block size, q_offset or head dims 96 and 256 lowers to the fused forward (ids
+    padded to whole tiles, lists with their batch axis, q_positions) while the backward
+    keeps the pure-JAX path; elsewhere both refuse them. Lowered for "cuda" on any machine
+    (the lowering rules are registered here when the extension is not built)."""
     import re
     import sys
     from jax_blocksparse import _cuda, _partitioning
     from jax_blocksparse import _jax_internals as jint
     att = sys.modules["jax_blocksparse.attention"]
     why = lambda **kw: _cuda.fused_attention_unsupported(
-        jnp.bfloat16, 128, 128, kw.get("tq", 1024), kw.get("tk", 1024),
+        jnp.bfloat16, kw.get("d", 128), 128, kw.get("tq", 1024), kw.get("tk", 1024),
         kw.get("segments", False), kw.get("positioned", False), kw.get("mb", 1),
         forward=kw.get("forward", False))
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: False)
@@ -195,10 +200,15 @@ def test_hopper_forward_routing_and_operands(monkeypatch):
     assert why(mb=2, forward=True) == "a mask per batch entry"
     assert "multiples" in why(tq=1000, forward=True)
     assert why(positioned=True, forward=True) == "q_offset"
+    for d in (96, 256):  # the FA3-design forward's only
+        assert why(d=d, forward=True) == why(d=d) == f"head dim {d}"
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
-    for kw in ({"segments": True}, {"mb": 2}, {"tq": 1000, "tk": 1100}, {"positioned": True}):
+    for kw in ({"segments": True}, {"mb": 2}, {"tq": 1000, "tk": 1100}, {"positioned": True},
+               {"d": 96}, {"d": 256}, {"d": 96, "tq": 1000, "segments": True}):
         assert why(forward=True, **kw) is None, kw
         assert why(forward=False, **kw) is not None, kw  # the backward
+    assert why(d=96) == "head dim 96" and why(d=256) == "head dim 256"
+    assert why(d=80, forward=True) == "head dim 80"
     assert "multiples" in why(tq=1000, tk=0, forward=True)  # no key at all
     assert why(positioned=True, segments=True, forward=True) is None  # every entry partial
     if not jbs.cuda_built():
@@ -227,3 +237,9 @@ def test_hopper_forward_routing_and_operands(monkeypatch):
         q_offset=off), q, k)
     (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
     assert "positioned = true" in call and "tensor<2x384x4x128xbf16>" in call
+    for d in (96, 256):  # the fused forward, the pure-JAX backward
+        q = jnp.zeros((1, 256, 2, d), jnp.float16)
+        text = cuda_text(jax.grad(lambda q: jbs.attention(
+            q, q, q, jbs.layouts.local(256, 64, 100), causal=True).astype(jnp.float32).sum()), q)
+        assert "@jax_blocksparse_attention_fwd(" in text and f"tensor<1x256x2x{d}xf16>" in text
+        assert "@jax_blocksparse_attention_bwd(" not in text

@@ -4,19 +4,41 @@
 // memory by TMA. Semantics and metadata: attention.h; the FA2 forward (FwdKernel in
 // attention_kernels.cuh) is the functional spec this kernel follows.
 //
-// Scope (issue 18): block sizes 128 and 64, head dims 64 and 128, bf16 / f16; static or
-// traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
-// masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of the block
-// size (partial last tiles), query positions per batch entry (q_offset: the causal offset
-// of query row 0 is read from a.q_pos instead of Tk - Tq), any scale. Variant 2 of the dispatch table (the default on sm_90) is PINGPONG =
-// true at block 128, variant 3 false; at block 64 both run the one kernel below.
+// Scope (issue 18): block sizes 128 and 64, head dims 64, 96, 128 and 256, bf16 / f16;
+// static or traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or
+// per-head masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of
+// the block size (partial last tiles), query positions per batch entry (q_offset: the
+// causal offset of query row 0 is read from a.q_pos instead of Tk - Tq), any scale.
+// Variant 2 of the dispatch table (the default on sm_90) is PINGPONG = true at block 128,
+// variant 3 false; at block 64 both run the one kernel below.
 //
-// Block 64 (Geom<64>): the same code with one consumer warpgroup: a CTA is one 64-row
+// Block 64 (Geom<64, D>): the same code with one consumer warpgroup: a CTA is one 64-row
 // query block, 256 threads, each list entry one 64-key tile (wgmma m64n64k16 for S, PV
 // with k = 64), 2 CTAs per SM (launch bounds (256, 2): 128 registers at launch, producer
-// 24 / consumer 232 after reallocation; smem 80 KB at D = 128 with 2 stages, 72 KB at D = 64
-// with 4); no ping-pong inside a CTA (the two CTAs of an SM overlap instead). The text
-// below describes block 128.
+// 24 / consumer 232 after reallocation; smem 80 KB at D = 128 and 96 with 2 stages, 72 KB
+// at D = 64 with 4); no ping-pong inside a CTA (the two CTAs of an SM overlap instead).
+// D = 256 runs one CTA per SM (below). The text further below describes block 128.
+//
+// Head dim 96: shared memory holds two 64-column slabs per tile, as at D = 128; the tensor
+// maps have 96 columns, so the second slab's box (columns 64..127) is zero filled past
+// column 96 by the loads and the output's store drops those columns. QK^T runs D / 16 = 6
+// k16 slices (the zero columns are not read); PV runs N = 128 (O keeps 64 accumulators per
+// thread, the last 16 of them stay 0): 33% more PV work than an exact N = 96, for one
+// smem layout and descriptor scheme shared with D = 128 (no 64-byte swizzle, no partial
+// swizzle atom in the MN-major V operand: an N = 96 or N = 32 B operand in the 128-byte
+// swizzle is not a canonical wgmma layout). Smem and registers as D = 128.
+// Head dim 256: O is 64 x 256 per consumer warpgroup, 128 fp32 per thread; S of a 128-key
+// tile (64 more) and P (32) beside it would not fit 240 registers, and 128-key K and V
+// tiles (64 KB each) beside Q (64 KB) allow no second stage. So the key tile is 64 keys
+// (Smem::kBN): a list entry of 128 keys is two pipeline steps (Tiles: n and npart count
+// tiles), S = 32, P = 16 registers, QK^T 16 k16 slices of m64n64k16, PV m64n256k16 (one
+// per k16 slice, V's four 64-column slabs via the descriptor's LBO). Block 128: Q 64 KB +
+// 2 stages x (K 32 KB + V 32 KB) = 192 KB, registers 24 / 240 / 240 at 168 per thread at
+// launch (ptxas uses the raised limit after setmaxnreg: registers up to R237 in the
+// SASS). Block 64: 64-key tiles are the blocks; ptxas compiles the m64n256k16 only with at
+// least 158 registers at launch, so one CTA per SM (launch bounds (256, 1)) with 2 stages,
+// 160 KB, and no register reallocation (252 registers per thread from the launch on). Element masks, skips and the V tail zeroing work per tile,
+// unchanged (a tile past kv_lengths or the causal limit is skipped like an entry).
 //
 // CTA: one query block (128 rows) of one (batch, head); 384 threads = 3 warpgroups.
 //  * Warpgroup 0, the producer, gives registers back (setmaxnreg 24); its thread 0 issues
@@ -41,8 +63,8 @@
 //    their loads need no bounds checks (which cost spills at 168 registers).
 //  * Shared memory: Q + STAGES x (K, V), 128-row tiles in the 128-byte swizzled line
 //    layout of wgmma.cuh (a 128 x D tile is D / 64 column slabs of 128 lines), the layout
-//    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128: 2 stages, 160 KB; D = 64: 3
-//    stages, 112 KB; one CTA per SM.
+//    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128 (and 96): 2 stages, 160 KB; D = 64:
+//    3 stages, 112 KB; D = 256: 2 stages of 64-row K, V tiles, 192 KB; one CTA per SM.
 //  * Lists per batch entry (a.mb == B: segment ids, a BlockMask with Bm = B) or shared.
 //    Segment ids: the partial entries also mask pairs of different documents (the lists
 //    mark every block pair that mixes documents partial; full entries are one document).
@@ -84,21 +106,26 @@ JBS_ATTENTION_LAUNCHERS(extern template, __half)
 
 namespace sm90 {
 
-// Per block size BS (128 or 64): query rows per CTA and keys per tile (one list entry)
-// are both BS; BS / 64 consumer warpgroups (64 query rows each) after the producer one.
-template <int BS>
+// Per block size BS (128 or 64) and head dim D: query rows per CTA are BS; BS / 64
+// consumer warpgroups (64 query rows each) after the producer one.
+template <int BS, int D>
 struct Geom {
   static_assert(BS == 64 || BS == 128, "block size 64 or 128");
-  static constexpr int kBM = BS, kBN = BS;
+  static constexpr int kBM = BS;
   static constexpr int kNC = BS / 64;              // consumer warpgroups
   static constexpr int kConsumers = 128 * kNC;
   static constexpr int kThreads = 128 + kConsumers;
-  static constexpr int kSlabBytes = BS * 128;      // BS rows (lines) x 64 columns
-  static constexpr int kMinBlocks = BS == 64 ? 2 : 1;  // CTAs per SM
+  // CTAs per SM: block 64 at D = 256 takes one (ptxas compiles the m64n256k16 of its PV,
+  // 128 accumulators, only with at least 158 registers at launch: 2 CTAs of 256 threads
+  // leave 128)
+  static constexpr int kMinBlocks = BS == 64 && D != 256 ? 2 : 1;
   // register reallocation: 128 * (producer + consumers) per consumer warpgroup fits the
   // launch's per-thread budget (65536 / (kThreads * kMinBlocks): 168 at 384 threads, 128 at
   // 256 threads x 2 CTAs)
-  static constexpr int kProducerRegs = 24, kConsumerRegs = BS == 64 ? 232 : 240;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = kMinBlocks == 2 ? 232 : 240;
+  // none when one CTA of 256 threads has the register file to itself (block 64, D = 256:
+  // every thread may have 255 registers from the launch on)
+  static constexpr bool kRealloc = kThreads * kMinBlocks * 255 > 65536;
 };
 [[maybe_unused]] constexpr int kLine = 128;  // bytes per swizzled smem line (64 elements)
 // named barriers (0 is __syncthreads)
@@ -106,29 +133,54 @@ struct Geom {
 [[maybe_unused]] constexpr int kBarEpilogue = 2;  // + consumer index: one consumer warpgroup
 [[maybe_unused]] constexpr int kBarTurn = 4;  // + consumer index: its turn to issue (ping-pong)
 
+// Per head dim D and block size BS: the shared-memory layout (Q, then STAGES x (K, V),
+// then the mbarriers) and the key tile (keys per pipeline step).
 template <int D, int STAGES, int BS>
 struct Smem {
-  static_assert(D == 64 || D == 128, "head dim 64 or 128 (one or two 64-column slabs)");
-  static constexpr int kTile = BS * D * 2;  // bytes of a BS-row tile (Q, K or V)
-  static constexpr int kBars = (1 + 2 * STAGES) * kTile;  // offset of the mbarriers
+  static_assert(D == 64 || D == 96 || D == 128 || D == 256, "head dim 64, 96, 128 or 256");
+  // columns in shared memory: whole 64-column slabs (D = 96: two, the last 32 columns zero
+  // filled by the loads: out of the tensor maps' bounds)
+  static constexpr int kDS = (D + 63) / 64 * 64;
+  static constexpr int kSlabs = kDS / 64;
+  // keys per tile: a list entry (BS keys) is kSub tiles (D = 256: 64-key tiles, S and P
+  // in 32 + 16 registers beside O's 128)
+  static constexpr int kBN = D == 256 ? 64 : BS;
+  static constexpr int kSub = BS / kBN;
+  static constexpr int kQSlab = BS * kLine, kKVSlab = kBN * kLine;  // bytes of a slab
+  static constexpr int kQTile = kSlabs * kQSlab, kKVTile = kSlabs * kKVSlab;
+  static constexpr int kBars = kQTile + 2 * STAGES * kKVTile;  // offset of the mbarriers
   static constexpr int kNumBars = 1 + 4 * STAGES;
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;  // + 1024-byte alignment
 };
 
-// The list entries of one query block that survive kv_lengths and causality, in order.
-template <int kBN>
+// threadIdx.x, read again (volatile: not merged with the first read), for indices better
+// recomputed than kept in a register across a loop
+__device__ __forceinline__ int FreshTid() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+  return t;
+}
+
+// The key tiles of one query block's list entries (kSub tiles of kBN keys per entry) that
+// survive kv_lengths and causality, in order. Tile e is tile e % kSub of entry e / kSub.
+template <int BS, int kBN>
 struct Tiles {
+  static constexpr int kSub = BS / kBN;
   const int32_t* list;
-  int n, npart, kvlen, qlast_off;  // qlast_off: last query of the tile + (Tk - Tq)
+  // n, npart: in tiles (e < npart: a partial entry's tile, element masks); qlast_off: the
+  // last query of the CTA + (Tk - Tq)
+  int n, npart, kvlen, qlast_off;
   bool causal;
-  int e;  // current entry, n when done
-  __device__ __forceinline__ int Start(int i) const { return __ldg(list + i) * kBN; }
-  __device__ __forceinline__ bool Valid(int i) const {
-    const int s = Start(i);
+  int e;  // current tile, n when done
+  __device__ __forceinline__ int Start() const {
+    return __ldg(list + e / kSub) * BS + (e % kSub) * kBN;
+  }
+  __device__ __forceinline__ bool Valid() const {
+    const int s = Start();
     return s < kvlen && (!causal || s <= qlast_off);
   }
   __device__ __forceinline__ void Skip() {
-    while (e < n && !Valid(e)) ++e;
+    while (e < n && !Valid()) ++e;
   }
   __device__ __forceinline__ void Next() {
     ++e;
@@ -138,16 +190,17 @@ struct Tiles {
 };
 
 template <typename T, int D, int BS, int STAGES, bool PINGPONG>
-__global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
+__global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks)
     FwdKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
               const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
               const __grid_constant__ CUtensorMap tm_o) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Smem<D, STAGES, BS>;
-  using G = Geom<BS>;
-  constexpr int kTile = S::kTile;
-  constexpr int kBM = G::kBM, kBN = G::kBN, kConsumers = G::kConsumers;
-  constexpr int kSlabBytes = G::kSlabBytes;
+  using G = Geom<BS, D>;
+  constexpr int kBM = G::kBM, kBN = S::kBN, kConsumers = G::kConsumers;
+  constexpr int kDS = S::kDS, kSlabs = S::kSlabs;
+  constexpr int kQSlab = S::kQSlab, kKVSlab = S::kKVSlab;
+  constexpr int kQTile = S::kQTile, kKVTile = S::kKVTile;
   constexpr bool kPing = PINGPONG && G::kNC == 2;  // ping-pong needs two consumer warpgroups
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t raw = ptx::SmemAddr(smem_raw);
@@ -155,7 +208,7 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
   unsigned char* smem = smem_raw + pad;  // 1024-byte aligned: the swizzle atoms
   const uint32_t base = raw + pad;
   const uint32_t sQ = base;
-  // stage st: K at base + (1 + 2 st) kTile, V at base + (2 + 2 st) kTile
+  // stage st: K at base + kQTile + 2 st kKVTile, V kKVTile further
   const uint32_t bars = base + S::kBars;
   const uint32_t bar_q = bars;
   auto full_k = [&](int st) { return bars + 8u * (1 + st); };
@@ -179,10 +232,10 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
   int kvlen = __ldg(a.kv_lengths + b);
   kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
 
-  Tiles<kBN> tiles;
+  Tiles<BS, kBN> tiles;
   tiles.list = L.lists + line * L.max_len;
-  tiles.n = __ldg(L.counts + line);
-  tiles.npart = __ldg(L.partial + line);
+  tiles.n = __ldg(L.counts + line) * tiles.kSub;
+  tiles.npart = __ldg(L.partial + line) * tiles.kSub;
   tiles.kvlen = kvlen;
   tiles.qlast_off = q0 + kBM - 1 + off;
   tiles.causal = a.causal;
@@ -204,37 +257,38 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
 
   if (wgi == 0) {
     // ------------------------------------------------------------- producer
-    tma::RegDealloc<G::kProducerRegs>();
+    if constexpr (G::kRealloc) tma::RegDealloc<G::kProducerRegs>();
     if (tid == 0) {
       tma::PrefetchMap(&tm_q);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
       // 4-d maps [B, T, H, D]: rows past T (a partial last tile) are zero filled here and
       // dropped by the output's store
-      tma::MbarArriveExpectTx(bar_q, kTile);  // a box's full bytes, zero-filled part too
+      // a box's full bytes, zero-filled part too (rows past T, columns past D = 96)
+      tma::MbarArriveExpectTx(bar_q, kQTile);
 #pragma unroll
-      for (int sl = 0; sl < D / 64; ++sl)
-        tma::Load4d(sQ + sl * kSlabBytes, &tm_q, sl * 64, h, q0, b, bar_q);
+      for (int sl = 0; sl < kSlabs; ++sl)
+        tma::Load4d(sQ + sl * kQSlab, &tm_q, sl * 64, h, q0, b, bar_q);
       for (int it = 0; !tiles.Done(); ++it, tiles.Next()) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
-        const int kstart = tiles.Start(tiles.e);
-        const uint32_t sk = base + uint32_t((1 + 2 * st) * kTile), sv = sk + kTile;
+        const int kstart = tiles.Start();
+        const uint32_t sk = base + uint32_t(kQTile + 2 * st * kKVTile), sv = sk + kKVTile;
         tma::MbarWait(empty_k(st), ph ^ 1);
-        tma::MbarArriveExpectTx(full_k(st), kTile);
+        tma::MbarArriveExpectTx(full_k(st), kKVTile);
 #pragma unroll
-        for (int sl = 0; sl < D / 64; ++sl)
-          tma::Load4d(sk + sl * kSlabBytes, &tm_k, sl * 64, hk, kstart, b, full_k(st));
+        for (int sl = 0; sl < kSlabs; ++sl)
+          tma::Load4d(sk + sl * kKVSlab, &tm_k, sl * 64, hk, kstart, b, full_k(st));
         tma::MbarWait(empty_v(st), ph ^ 1);
-        tma::MbarArriveExpectTx(full_v(st), kTile);
+        tma::MbarArriveExpectTx(full_v(st), kKVTile);
 #pragma unroll
-        for (int sl = 0; sl < D / 64; ++sl)
-          tma::Load4d(sv + sl * kSlabBytes, &tm_v, sl * 64, hk, kstart, b, full_v(st));
+        for (int sl = 0; sl < kSlabs; ++sl)
+          tma::Load4d(sv + sl * kKVSlab, &tm_v, sl * 64, hk, kstart, b, full_v(st));
       }
     }
   } else {
     // ------------------------------------------------------------- consumers
-    tma::RegAlloc<G::kConsumerRegs>();
+    if constexpr (G::kRealloc) tma::RegAlloc<G::kConsumerRegs>();
     const int cw = wgi - 1, ctid = tid - 128;
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
@@ -243,55 +297,58 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
     const bool pos_scale = sl2 > 0.f;
     const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
 
-    float o[D / 2], s[kBN / 2];
+    // o: kDS columns (D = 96: 128, the last 32 stay zero: V's columns there are)
+    float o[kDS / 2], s[kBN / 2];
     uint32_t p[kBN / 16][4];
 #pragma unroll
     for (int i = 0; i < kBN / 2; ++i) s[i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    for (int i = 0; i < kDS / 2; ++i) o[i] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
-    // descriptors: Q rows of this warpgroup, K and V of stage 0 (a stage adds 2 kTile)
+    // descriptors: Q rows of this warpgroup, K and V of stage 0 (a stage adds 2 kKVTile)
     const uint64_t dq = wg::Desc(sQ + uint32_t(cw * 64 * kLine), 16, 1024);
-    const uint64_t dk = wg::Desc(base + kTile, 16, 1024);
-    const uint64_t dv = wg::Desc(base + 2 * kTile, kSlabBytes, 1024);
+    const uint64_t dk = wg::Desc(base + kQTile, 16, 1024);
+    const uint64_t dv = wg::Desc(base + kQTile + kKVTile, kKVSlab, 1024);
 
-    // S = Q K^T of stage st (one commit group)
+    // S = Q K^T of stage st (one commit group); D / 16 k16 slices (D = 96: 6, the zero
+    // columns are not read)
     auto issue_qk = [&](int st) {
-      const uint64_t so = uint64_t((st * 2 * kTile) >> 4);
+      const uint64_t so = uint64_t((st * 2 * kKVTile) >> 4);
 #pragma unroll
       for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
       wg::Fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        const uint64_t ko = uint64_t(((kk / 4) * kSlabBytes + (kk % 4) * 32) >> 4);
-        wg::MmaSS<T, kBN>(s, dq + ko, dk + so + ko, kk > 0 ? 1 : 0);
+        const uint64_t qo = uint64_t(((kk / 4) * kQSlab + (kk % 4) * 32) >> 4);
+        const uint64_t ko = uint64_t(((kk / 4) * kKVSlab + (kk % 4) * 32) >> 4);
+        wg::MmaSS<T, kBN>(s, dq + qo, dk + so + ko, kk > 0 ? 1 : 0);
       }
       wg::Commit();
 #pragma unroll
       for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
     };
-    // O += P V of stage st (one commit group)
+    // O += P V of stage st (one commit group; N = kDS: one wgmma per k16 slice)
     auto issue_pv = [&](int st) {
-      const uint64_t so = uint64_t((st * 2 * kTile) >> 4);
+      const uint64_t so = uint64_t((st * 2 * kKVTile) >> 4);
 #pragma unroll
-      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+      for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
       wg::Fence();
 #pragma unroll
       for (int kk = 0; kk < kBN / 16; ++kk)
-        wg::MmaRS<T, D, 1>(o, p[kk], dv + so + uint64_t((kk * 16 * kLine) >> 4));
+        wg::MmaRS<T, kDS, 1>(o, p[kk], dv + so + uint64_t((kk * 16 * kLine) >> 4));
       wg::Commit();
 #pragma unroll
-      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+      for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
     };
     // The cut tile (keys [start, start + kBN) contain kv_lengths): zero the V rows of keys
     // >= kvlen in stage st, shared by the consumer warpgroups (each waited for the slot).
     auto zero_v_tail = [&](int st, int valid) {
-      unsigned char* sv = smem + (2 + 2 * st) * kTile;
+      unsigned char* sv = smem + kQTile + (2 * st + 1) * kKVTile;
       const int chunks = (kBN - valid) * 8;  // 16-byte chunks per slab
-      for (int c = ctid; c < (D / 64) * chunks; c += kConsumers) {
+      for (int c = ctid; c < kSlabs * chunks; c += kConsumers) {
         const int sl = c / chunks, rem = c - sl * chunks;
-        *reinterpret_cast<uint4*>(sv + sl * kSlabBytes + (valid + rem / 8) * kLine +
+        *reinterpret_cast<uint4*>(sv + sl * kKVSlab + (valid + rem / 8) * kLine +
                                   (rem % 8) * 16) = make_uint4(0, 0, 0, 0);
       }
       tma::FenceProxyAsync();
@@ -318,14 +375,14 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
           // ids padded to whole tiles ([B, ceil(T / bs) * bs], the Python lowering): rows
           // past Tq are not stored, keys past Tk are past kv_lengths (masked); no bounds
           // checks here (they cost spills at 168 registers)
-          qid0 = __ldg(a.q_ids + int64_t(b) * ((a.tq + kBM - 1) / kBM * kBM) + i0);
-          qid1 = __ldg(a.q_ids + int64_t(b) * ((a.tq + kBM - 1) / kBM * kBM) + i0 + 8);
+          qid0 = __ldg(a.q_ids + int64_t(b) * ((a.tq + BS - 1) / BS * BS) + i0);
+          qid1 = __ldg(a.q_ids + int64_t(b) * ((a.tq + BS - 1) / BS * BS) + i0 + 8);
         }
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
           int kid0 = 0, kid1 = 0;  // documents of keys j0 + 8j, + 1 (all 0 without ids)
-          if (segs) {
-            const int64_t krow_ids = int64_t(b) * ((a.tk + kBN - 1) / kBN * kBN);
+          if (segs) {  // (padded to whole blocks, not key tiles)
+            const int64_t krow_ids = int64_t(b) * ((a.tk + BS - 1) / BS * BS);
             kid0 = __ldg(a.kv_ids + krow_ids + j0 + 8 * j);
             kid1 = __ldg(a.kv_ids + krow_ids + j0 + 8 * j + 1);
           }
@@ -387,14 +444,14 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       }
     };
 
-    Tiles<kBN> cur = tiles;
+    Tiles<BS, kBN> cur = tiles;
     tma::MbarWait(bar_q, 0);  // also before the epilogue reuses the Q buffer
     if (!cur.Done()) {
       if constexpr (kPing) {
         if (cw == 1) tma::NamedArrive(kBarTurn, kConsumers);
       }
       // first tile: S, softmax, P (O is still zero)
-      int start = cur.Start(cur.e);
+      int start = cur.Start();
       tma::MbarWait(full_k(0), 0);
       turn_begin();
       issue_qk(0);
@@ -418,10 +475,11 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       auto retire_pv = [&]() {  // the PV in flight is done; O *= c; P to registers
         wg::Wait<0>();
 #pragma unroll
-        for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+        for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
         if (v_busy) tma::MbarArrive(empty_v(vst));
+        // all of them: skipping D = 96's zero columns made ptxas serialize the wgmmas
 #pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
+        for (int j = 0; j < kDS / 8; ++j) {
           o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
         }
         pack_p();
@@ -430,7 +488,7 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       for (int it = 1; !cur.Done(); ++it, cur.Next()) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
-        start = cur.Start(cur.e);
+        start = cur.Start();
         retire_pv();
         tma::MbarWait(full_k(st), ph);
         tma::MbarWait(full_v(pst), pph);
@@ -459,11 +517,15 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       turn_end(true);
       wg::Wait<0>();
 #pragma unroll
-      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+      for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
       tma::MbarArrive(empty_v(pst));
     }
 
     // ---- epilogue: O / l -> this warpgroup's rows of the Q buffer -> TMA store; lse
+    // this thread's rows; at D = 96 again from a fresh read of the thread index (kept live
+    // across the loop they spilled with ping-pong; at D = 256 the fresh read spills)
+    const int ecw = (D == 96 ? FreshTid() : tid) / 128 - 1;
+    const int erl = ecw * 64 + w4 * 16 + g, ei0 = q0 + erl;
     l0 = QuadSum(l0);
     l1 = QuadSum(l1);
     const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
@@ -471,28 +533,28 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
     for (int j = 0; j < D / 8; ++j)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const int row = rl + 8 * hh;
+        const int row = erl + 8 * hh;
         const float inv = hh ? inv1 : inv0;
-        const int byte = (j / 8) * kSlabBytes + row * kLine + (((j % 8) ^ (row & 7)) << 4) + 4 * t;
+        const int byte = (j / 8) * kQSlab + row * kLine + (((j % 8) ^ (row & 7)) << 4) + 4 * t;
         *reinterpret_cast<uint32_t*>(smem + byte) =
             Ops<T>::Pack(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
       }
     tma::FenceProxyAsync();
-    tma::NamedBarrier(kBarEpilogue + cw, 128);
+    tma::NamedBarrier(kBarEpilogue + ecw, 128);
     if ((ctid & 127) == 0) {
 #pragma unroll
-      for (int sl = 0; sl < D / 64; ++sl)  // rows past Tq are dropped
-        tma::Store4d(&tm_o, sl * 64, h, q0 + cw * 64, b,
-                     sQ + uint32_t(sl * kSlabBytes + cw * 64 * kLine));
+      for (int sl = 0; sl < kSlabs; ++sl)  // rows past Tq (columns past D = 96) are dropped
+        tma::Store4d(&tm_o, sl * 64, h, q0 + ecw * 64, b,
+                     sQ + uint32_t(sl * kQSlab + ecw * 64 * kLine));
       tma::StoreCommit();
     }
     if (t == 0) {
       float* gl = a.out_lse + (int64_t(b) * a.hq + h) * a.tq;
       const float lse0 = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
       const float lse1 = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
-      const int lim = a.tq - i0;  // rows past Tq (a partial last tile) are not written
-      if (lim > 0) gl[i0] = lse0;
-      if (lim > 8) gl[i0 + 8] = lse1;
+      const int lim = a.tq - ei0;  // rows past Tq (a partial last tile) are not written
+      if (lim > 0) gl[ei0] = lse0;
+      if (lim > 8) gl[ei0 + 8] = lse1;
     }
     if ((ctid & 127) == 0) tma::StoreWaitRead();
   }
@@ -501,10 +563,21 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
 #endif
 }
 
-// ring depth. Block 128 (one CTA per SM): 160 KB of smem at D = 128, 112 KB at D = 64.
-// Block 64 (two CTAs per SM, at most 113 KB each): 80 KB at D = 128 (3 stages would need
-// 104 bytes more than fit beside the 1024-byte alignment pad), 72 KB at D = 64.
-template <int D, int BS> constexpr int kStages = BS == 128 ? (D == 128 ? 2 : 3) : (D == 128 ? 2 : 4);
+// ring depth. Block 128 (one CTA per SM): 160 KB of smem at D = 128 and 96, 112 KB at
+// D = 64, 192 KB at D = 256 (Q 64 KB + 2 stages of 64-key K and V tiles, 32 KB each).
+// Block 64 (two CTAs per SM, at most 113 KB each): 80 KB at D = 128 and 96 (3 stages would
+// need 104 bytes more than fit beside the 1024-byte alignment pad), 72 KB at D = 64; D = 256
+// (one CTA per SM, Geom): 160 KB.
+template <int D, int BS>
+constexpr int kStages = D == 64 ? (BS == 128 ? 3 : 4) : 2;
+
+// No key at all (Tk = 0) at the head dims the FA2 forward lacks: o = 0, lse = -inf.
+__global__ void EmptyKernel(uint16_t* o, int64_t n_o, float* lse, int64_t n_lse) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_o; i += stride) o[i] = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_lse; i += stride)
+    lse[i] = -INFINITY;
+}
 
 // Per device: 0 unknown, 1 usable, 2 not: an sm_90 device running this kernel's sm_90a
 // code (a build without 90a would run nothing useful there).
@@ -542,7 +615,7 @@ bool Sm90ForwardAvailable() { return sm90::DeviceOk<__nv_bfloat16, 128>(); }
 template <typename T, int D, int BS, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90;
-  using G = Geom<BS>;
+  using G = Geom<BS, D>;
   if (a.bs != BS) return cudaErrorInvalidValue;
   if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
   // partial last tiles (Tq or Tk not a multiple of the block): 4-d tensor maps
@@ -550,35 +623,49 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   // what the FA2 forward takes: lists shared by the batch, no segment ids, whole tiles, no
   // query positions
   const bool fa2_ok = a.mb == 1 && a.q_ids == nullptr && a.q_pos == nullptr && !rows4d;
+  constexpr bool kFa2 = D == 64 || D == 128;  // the head dims of the FA2 forward
   if (a.tk == 0) {  // no key: o = 0, lse = -inf
-    if (!fa2_ok) return cudaErrorInvalidValue;  // the Python routing never sends these
-    return LaunchForwardTile<T, D, 64, 2>(a, stream);
+    if constexpr (kFa2) {
+      if (!fa2_ok) return cudaErrorInvalidValue;  // the Python routing never sends these
+      return LaunchForwardTile<T, D, 64, 2>(a, stream);
+    } else {
+      const int64_t n_lse = int64_t(a.batch) * a.hq * a.tq, n_o = n_lse * D;
+      const int64_t blocks = (n_o + 255) / 256;
+      EmptyKernel<<<unsigned(blocks < 1024 ? blocks : 1024), 256, 0, stream>>>(
+          static_cast<uint16_t*>(a.out_o), n_o, a.out_lse, n_lse);
+      return cudaGetLastError();
+    }
   }
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   // operands TMA cannot address (XLA's buffers are aligned: not seen) run the FA2 forward
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.out_o)) {
-    if (!fa2_ok) return cudaErrorInvalidValue;
-    return LaunchForwardTile<T, D, 64, 2>(a, stream);
+    if (!fa2_ok || !kFa2) return cudaErrorInvalidValue;
+    if constexpr (kFa2) return LaunchForwardTile<T, D, 64, 2>(a, stream);
   }
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
   CUtensorMap tq{}, tk{}, tv{}, to{};
   // [B, T, H, D]: dims D, H, T, B (innermost first); boxes of 64 columns (one swizzled
-  // slab), one head, BS rows (64: one consumer warpgroup's rows for the output), one batch
-  // entry. Rows past T: zero filled by loads, dropped by stores (partial last tiles).
+  // slab), one head, BS rows for Q (64: one consumer warpgroup's rows for the output; the
+  // key tile's rows for K and V), one batch entry. Rows past T: zero filled by loads,
+  // dropped by stores (partial last tiles); so are the columns past D = 96 of the second
+  // slab.
   const uint64_t qd4[4] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.tq), uint64_t(a.batch)};
   const uint64_t qs4[3] = {D * e, uint64_t(a.hq) * D * e, uint64_t(a.tq) * a.hq * D * e};
   const uint64_t kd4[4] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.tk), uint64_t(a.batch)};
   const uint64_t ks4[3] = {D * e, uint64_t(a.hkv) * D * e, uint64_t(a.tk) * a.hkv * D * e};
-  const uint32_t box_in[4] = {64, 1, uint32_t(BS), 1}, box_out[4] = {64, 1, 64, 1};
-  cudaError_t err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qd4, qs4, box_in);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, a.k, kd4, ks4, box_in);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, a.v, kd4, ks4, box_in);
+  constexpr int kBN = Smem<D, kStages<D, BS>, BS>::kBN;
+  const uint32_t box_q[4] = {64, 1, uint32_t(BS), 1}, box_kv[4] = {64, 1, uint32_t(kBN), 1};
+  const uint32_t box_out[4] = {64, 1, 64, 1};
+  cudaError_t err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qd4, qs4, box_q);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, a.k, kd4, ks4, box_kv);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, a.v, kd4, ks4, box_kv);
   if (err == cudaSuccess) err = tma::EncodeTiled<4>(&to, kBf16, a.out_o, qd4, qs4, box_out);
   if (err != cudaSuccess) return err;
 
   constexpr int smem = Smem<D, kStages<D, BS>, BS>::kBytes;
-  static_assert(BS == 128 || 2 * (smem + 1024) <= 228 * 1024, "two CTAs per SM at block 64");
+  static_assert(smem <= 227 * 1024, "shared memory of one CTA");
+  static_assert(G::kMinBlocks == 1 || 2 * (smem + 1024) <= 228 * 1024, "two CTAs per SM");
   static std::atomic<uint64_t> configured{0};
   auto kern = sm90::FwdKernel<T, D, BS, kStages<D, BS>, PINGPONG>;
   err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
