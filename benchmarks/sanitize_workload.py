@@ -93,7 +93,8 @@ def matmul_workload():
     run(jax.grad(loss, argnums=(0, 1)), x, w)
 
 
-HEAD_DIMS = (64, 128)  # of the fused attention kernels
+HEAD_DIMS = (64, 128)  # of the fused attention kernels (forward and backward)
+FORWARD_HEAD_DIMS = (96, 256)  # of the FA3-design forward only
 BLOCK_SIZES = (64, 128)
 
 
@@ -135,9 +136,14 @@ def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_he
 
 
 def attention_workload():
-    for dtype, d, bs, causal in itertools.product((jnp.bfloat16, jnp.float16), HEAD_DIMS,
-                                                  BLOCK_SIZES, (False, True)):
+    for dtype, d, bs, causal in itertools.product((jnp.bfloat16, jnp.float16),
+                                                  HEAD_DIMS + FORWARD_HEAD_DIMS, BLOCK_SIZES,
+                                                  (False, True)):
         attention_cases(dtype, d, bs, causal)
+    for dtype, d, bs in itertools.product((jnp.bfloat16, jnp.float16), FORWARD_HEAD_DIMS,
+                                          BLOCK_SIZES):
+        attention_cases(dtype, d, bs, True, tq=250, tk=250, documents=True, per_head=True,
+                        kv_lengths=[200, 250])
     for dtype, d, bs in itertools.product((jnp.bfloat16, jnp.float16), HEAD_DIMS, BLOCK_SIZES):
         # per-head masks, multi-query, Tq < Tk (bottom-right causal), kv_lengths cutting a
         # block, and an empty batch entry (kv_lengths 0)
