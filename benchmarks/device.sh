@@ -115,6 +115,11 @@ for stage in "$@"; do
     # the same at block size 64 (variants 2 and 3 run one kernel there)
     attention_variants64) python3 "$repo/benchmarks/dev_attention.py" --fwd-variants 0,2 \
                             --block-size 64 2>&1 | tee "$out/attention_variants64.log" ;;
+    # each Hopper attention test case in its own process with a time limit (which one
+    # hangs): CASES_MATCH="d96,d256" CASES_TIMEOUT=30 CASES_DTYPES=bf16
+    cases) python3 "$repo/benchmarks/dev_cases.py" --match "${CASES_MATCH:-}" \
+             --timeout "${CASES_TIMEOUT:-40}" --dtypes "${CASES_DTYPES:-bf16}" 2>&1 \
+             | tee -a "$out/cases.log" ;;
     decode) python3 "$repo/benchmarks/decode.py" 2>&1 | tee "$out/decode.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
