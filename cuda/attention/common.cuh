@@ -12,11 +12,14 @@
 namespace jax_blocksparse {
 namespace attn {
 
-// First line of (batch entry b, mask head hm) in one direction of the lists: lists per
+// Index of (batch entry b, mask head hm) among the [mb, hm] groups of lines: lists per
 // batch entry (a.mb == B: segment ids, a BlockMask with Bm = B) or shared (a.mb == 1).
+__device__ __forceinline__ int MaskHead(const Args& a, int b, int hm) {
+  return (a.mb == 1 ? 0 : b) * a.hm + hm;
+}
+// Its first line in one direction of the lists.
 __device__ __forceinline__ int64_t FirstLine(const Args& a, const Lists& L, int b, int hm) {
-  const int bm = a.mb == 1 ? 0 : b;
-  return (int64_t(bm) * a.hm + hm) * L.lines;
+  return int64_t(MaskHead(a, b, hm)) * L.lines;
 }
 
 // Causal position of query row 0 of batch entry b: q_offset's q_positions when given,
