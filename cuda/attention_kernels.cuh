@@ -575,6 +575,7 @@ struct QueryCursor {
   const int32_t *counts, *partial, *lists;
   int lines, max_len, rk, hm_base, hm_step;  // mask head of group member gi: base + gi*step
   int qh, bs, group, first_key_minus_off;    // causal: a tile is useful iff qlast >= this
+  int q_end;  // Tq: tiles starting at or past it (a partial last block's) are skipped
   bool causal;
   int gi, t, n, npart;
   const int32_t* list;
@@ -595,7 +596,8 @@ struct QueryCursor {
         Enter();
         continue;
       }
-      if (!causal || Start(t) + BQ - 1 >= first_key_minus_off) return;
+      const int s = Start(t);
+      if (s < q_end && (!causal || s + BQ - 1 >= first_key_minus_off)) return;
       ++t;
     }
   }
@@ -654,6 +656,7 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
   ld.bs = a.bs;
   ld.group = k0 < kvlen ? a.group : 0;  // a tile past kv_lengths gets no gradient
   ld.first_key_minus_off = k0 - off;
+  ld.q_end = a.tq;
   ld.causal = a.causal;
   if (ld.group > 0) {
     ld.Begin();

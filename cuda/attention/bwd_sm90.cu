@@ -4,12 +4,19 @@
 // the FA2 backward (DeltaKernel, DqKernel, DkvKernel, RunBackward in attention_kernels.cuh)
 // is the functional spec, and the Hopper forward (fwd_sm90.cu) the model of the machinery.
 //
-// Scope (step 1 of issue 19): block size 128, head dims 64 and 128, bf16 / f16; static or
-// traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
-// masks, any scale. Backward variant 2 of the dispatch table.
+// Scope (issue 19): block size 128, head dims 64 and 128, bf16 / f16; static or traced
+// block lists, causal, kv_lengths, GQA, shared or per-head masks, any scale, and every mask
+// source of the Hopper forward (fwd_sm90.cu; AttentionKernel::documents): lists per batch
+// entry (a.mb == B, both directions: segment ids, a BlockMask with Bm = B), segment ids
+// (compared on the partial entries), query positions per batch entry (q_offset: the causal
+// position of query row 0 is read from a.q_pos instead of Tk - Tq), Tq and Tk that are not
+// multiples of the block size (partial last tiles). Backward variants 2 and 3 of the
+// dispatch table.
 //
 // Three kernels, in stream order:
-//  1. DeltaKernel (the FA2 one): delta = rowsum(dO * O) - d_lse, float32 [B, Hq, Tq].
+//  1. StatsKernel: per query row, lse in the log2 domain and delta = rowsum(dO * O) -
+//     d_lse, float32, into the workspace [B, Hq, 2, Tqp] (Tqp: Tq rounded up to whole
+//     blocks); rows past Tq get lse +inf (P = 0) and delta 0.
 //  2. DqKernel: one CTA per (batch, query head, 128-query block), walking the block's key
 //     blocks (by_query lists, `order`: longest first). 384 threads: warpgroup 0 the
 //     producer (setmaxnreg 24; its thread 0 issues the TMA loads: Q and dO once, then each
@@ -17,14 +24,14 @@
 //     warpgroups 1 and 2 the consumers (setmaxnreg 240), owning query rows [0, 64) and
 //     [64, 128). Per key tile, per 64-key half: S = Q K^T and dP = dO V^T (wgmma m64n64k16,
 //     both operands in shared memory, K-major), P = 2^(S scale log2e - lse log2e) from the
-//     saved lse, dS = P (dP - delta) in registers, dQ += dS K (wgmma m64nDk16, dS from
+//     workspace, dS = P (dP - delta) in registers, dQ += dS K (wgmma m64nDk16, dS from
 //     registers: the accumulator layout of S is the A-fragment layout; K N-major in shared
 //     memory). dQ = scale * sum, stored once from registers.
 //  3. DkvKernel: one CTA per (batch, kv head, 128-key block), walking, for each query head
 //     of the kv head's group in turn (h = hk * group + gi), the key block's listed query
 //     blocks (by_key lists: the transposed lists, partial entries first) in 64-query
 //     tiles. The producer loads K and V once, then streams per step the Q and dO tiles
-//     (TMA) and the tile's lse and delta rows (bulk copies) into the ring. Consumer
+//     (TMA) and the tile's workspace rows of lse and delta (bulk copies) into the ring. Consumer
 //     warpgroup c owns key rows [64 c, 64 c + 64): S^T = K Q^T and dP^T = V dO^T (SS,
 //     m64n64k16), P^T, dS^T = P^T (dP^T - delta), dV += P^T dO and dK += dS^T Q (RS,
 //     m64nDk16, dO and Q N-major). dK, dV accumulate in registers over the whole group:
@@ -35,10 +42,21 @@
 // wgmma.cuh describes), so a 64-row tile is one m64 A operand, one n64 B operand, or a
 // k-extent of 64 of an N-major B operand (slab stride 8192 = LBO).
 //
-// Masks: element masks (causal diagonal, kv_lengths) only on `partial` entries and on the
-// key tile that contains kv_lengths[b]; tiles starting at or past kv_lengths[b] (or past the
-// causal limit) are skipped. Masked elements get P = 0 and dS = 0 by selection (never a
-// product with NaN). Keys past kv_lengths inside the cut tile are read by TMA (NaN may be
+// Masks: one element predicate (common.cuh, Allowed: kv_lengths, the causal diagonal at the
+// query's position, equal segment ids) only on `partial` entries and on the key tile that
+// contains kv_lengths[b]; tiles starting at or past kv_lengths[b] (or past the causal
+// limit) are skipped. Masked elements get P = 0 and dS = 0 by selection (never a product
+// with NaN). Segment ids come padded to whole tiles (the Python lowering) and are loaded
+// on the partial entries only (L1 hits), as in the forward.
+//
+// Partial last tiles: 4-d tensor maps [B, T, H, D] zero fill rows past Tq or Tk. In the dQ
+// kernel query rows past Tq are row-local (a 64-row half wholly past Tq is not even
+// loaded) and not stored; in the dK/dV kernel their zero Q and dO rows meet lse +inf and
+// delta 0 from the padded workspace (P = 0, dS = 0: they add nothing to dK, dV), and
+// 64-query tiles wholly past Tq are skipped. Keys past Tk are past kv_lengths (masked, K
+// rows zeroed in the dQ kernel as below); dK, dV rows past Tk are not stored.
+//
+// NaN past kv_lengths: keys past kv_lengths inside the cut tile are read by TMA (NaN may be
 // there): in the dQ kernel their K rows are overwritten with zeros in shared memory before
 // the dS K product reads them (dS is 0 there, but 0 * NaN is NaN); their V rows only reach
 // dP, whose masked elements are not used. In the dK/dV kernel they are the CTA's own key
@@ -243,9 +261,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::PrefetchMap(&tm_do);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
-      tma::MbarArriveExpectTx(bar_q, 4 * kT);  // a box's full bytes, zero-filled part too
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
+      // a box's full bytes, zero-filled part too; a 64-row half wholly past Tq is not
+      // loaded (its rows are row-local garbage that is never stored)
+      const int halves = q0 + 64 < a.tq ? 2 : 1;
+      tma::MbarArriveExpectTx(bar_q, 2 * halves * kT);
+      for (int hh = 0; hh < halves; ++hh) {
         LoadTile64<D>(base + hh * kT, &tm_q, h, q0 + 64 * hh, b, bar_q);
         LoadTile64<D>(base + (2 + hh) * kT, &tm_do, h, q0 + 64 * hh, b, bar_q);
       }
@@ -488,6 +508,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   qc.bs = kBS;
   qc.group = k0 < kvlen ? a.group : 0;  // a key block past kv_lengths gets no gradient
   qc.first_key_minus_off = k0 - off;
+  qc.q_end = a.tq;  // the second 64-query tile of a partial last block may hold no query
   qc.causal = a.causal;
   if (qc.group > 0) {
     qc.Begin();
