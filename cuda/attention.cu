@@ -138,7 +138,8 @@ cudaError_t CheckDocuments(const AttentionKernel& kernel, const AttentionShape& 
   return cudaSuccess;
 }
 
-void Documents(const AttentionDocuments& d, attn::Args& a) {
+// The mask sources into the kernel arguments.
+void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
   a.q_ids = d.q_segment_ids;
   a.kv_ids = d.kv_segment_ids;
   a.q_pos = d.q_positions;
@@ -168,7 +169,7 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   if (err != cudaSuccess) return err;
   if (Empty(p.shape) || p.shape.tq == 0) return cudaSuccess;
   attn::Args a = Common(p.shape);
-  Documents(p.documents, a);
+  CopyDocuments(p.documents, a);
   a.q = p.q;
   a.k = p.k;
   a.v = p.v;
@@ -188,7 +189,7 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   if (err != cudaSuccess) return err;
   if (Empty(p.shape)) return cudaSuccess;
   attn::Args a = Common(p.shape);
-  Documents(p.documents, a);
+  CopyDocuments(p.documents, a);
   a.q = p.q;
   a.k = p.k;
   a.v = p.v;
@@ -204,7 +205,8 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   a.dv = p.dv;
   a.delta = p.delta;
   const int bs = p.shape.block_size;
-  if (a.by_query.lines != (p.shape.tq + bs - 1) / bs || a.by_key.lines != (p.shape.tk + bs - 1) / bs)
+  if (a.by_query.lines != (p.shape.tq + bs - 1) / bs ||
+      a.by_key.lines != (p.shape.tk + bs - 1) / bs)
     return cudaErrorInvalidValue;
   return kernel.launch(a, stream);
 }
