@@ -49,9 +49,9 @@
 // with NaN). Segment ids come padded to whole tiles (the Python lowering) and are loaded
 // on the partial entries only (L1 hits), as in the forward.
 //
-// Partial last tiles: 4-d tensor maps [B, T, H, D] zero fill rows past Tq or Tk. In the dQ
-// kernel query rows past Tq are row-local (a 64-row half wholly past Tq is not even
-// loaded) and not stored; in the dK/dV kernel their zero Q and dO rows meet lse +inf and
+// Partial last tiles: 4-d tensor maps [B, T, H, D] zero fill rows past Tq or Tk; a 64-row
+// half of a tile wholly past them is not loaded (Halves). In the dQ kernel query rows past
+// Tq are row-local and not stored; in the dK/dV kernel their zero Q and dO rows meet lse +inf and
 // delta 0 from the padded workspace (P = 0, dS = 0: they add nothing to dK, dV), and
 // 64-query tiles wholly past Tq are skipped. Keys past Tk are past kv_lengths (masked, K
 // rows zeroed in the dQ kernel as below); dK, dV rows past Tk are not stored.
@@ -129,6 +129,12 @@ __device__ __forceinline__ void LoadTile64(uint32_t dst, const CUtensorMap* map,
   for (int sl = 0; sl < D / 64; ++sl)
     tma::Load4d(dst + sl * kSlab, map, sl * 64, head, row, b, bar);
 }
+
+// The 64-row halves of a 128-row tile starting at `row` that hold rows before `end` (Tq or
+// Tk): a half wholly past the end is not loaded (its shared memory keeps stale values):
+// its rows are never stored and reach no other row's result (S, dP, dS are row-local,
+// its keys are past kv_lengths: masked by selection, K zeroed in the dQ kernel).
+__device__ __forceinline__ int Halves(int row, int end) { return row + 64 < end ? 2 : 1; }
 
 // Store a warpgroup's 64 x D float accumulators (times mul) as T rows: this thread's rows
 // row0 (acc[4j], acc[4j + 1]; at g0, when ok0) and row0 + 8 (acc[4j + 2, 3]; at g1, when
@@ -261,9 +267,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::PrefetchMap(&tm_do);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
-      // a box's full bytes, zero-filled part too; a 64-row half wholly past Tq is not
-      // loaded (its rows are row-local garbage that is never stored)
-      const int halves = q0 + 64 < a.tq ? 2 : 1;
+      const int halves = Halves(q0, a.tq);  // a box's full bytes, zero-filled part too
       tma::MbarArriveExpectTx(bar_q, 2 * halves * kT);
       for (int hh = 0; hh < halves; ++hh) {
         LoadTile64<D>(base + hh * kT, &tm_q, h, q0 + 64 * hh, b, bar_q);
@@ -275,9 +279,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int k0 = tiles.Start(tiles.e);
         const uint32_t sk = base + kv_off(st);
         tma::MbarWait(empty(st), ph ^ 1);
-        tma::MbarArriveExpectTx(full(st), 4 * kT);
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
+        const int halves = Halves(k0, a.tk);
+        tma::MbarArriveExpectTx(full(st), 2 * halves * kT);
+        for (int hh = 0; hh < halves; ++hh) {
           LoadTile64<D>(sk + hh * kT, &tm_k, hk, k0 + 64 * hh, b, full(st));
           LoadTile64<D>(sk + (2 + hh) * kT, &tm_v, hk, k0 + 64 * hh, b, full(st));
         }
@@ -535,9 +539,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::PrefetchMap(&tm_do);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
-      tma::MbarArriveExpectTx(bar_kv, 4 * kT);  // rows past Tk: zero filled
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
+      const int halves = Halves(k0, a.tk);  // rows past Tk: zero filled
+      tma::MbarArriveExpectTx(bar_kv, 2 * halves * kT);
+      for (int hh = 0; hh < halves; ++hh) {
         LoadTile64<D>(base + hh * kT, &tm_k, hk, k0 + 64 * hh, b, bar_kv);
         LoadTile64<D>(base + (2 + hh) * kT, &tm_v, hk, k0 + 64 * hh, b, bar_kv);
       }
