@@ -41,10 +41,11 @@ __device__ __forceinline__ const int32_t* PaddedIds(const int32_t* ids, int b, i
 }
 
 // The element predicate of a partial entry: query i (at causal position i + off, document
-// qid) may attend key j (document kid). Without segment ids both ids are 0.
+// qid) may attend key j (document kid). Without segment ids both ids are 0. Bitwise, not
+// short-circuit: predicates, no branches, in the unrolled element loops.
 __device__ __forceinline__ bool Allowed(int i, int j, int kvlen, bool causal, int off, int qid,
                                         int kid) {
-  return j < kvlen && !(causal && j > i + off) && qid == kid;
+  return (j < kvlen) & !(causal & (j > i + off)) & (qid == kid);
 }
 
 // The list entries of one query block that survive kv_lengths and causality, in order
