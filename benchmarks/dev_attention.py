@@ -71,12 +71,14 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
     fwd_call = jax.ffi.ffi_call(
         "jax_blocksparse_attention_fwd",
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32)))
-    bwd_call = jax.ffi.ffi_call(
+    tq_pad = -(-tq // layout.block_size) * layout.block_size
+    bwd_call = jax.ffi.ffi_call(  # results dq, dk, dv and the workspace (cuda/attention.h)
         "jax_blocksparse_attention_bwd",
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct(k_shape, dtype),
-         jax.ShapeDtypeStruct(k_shape, dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32)))
+         jax.ShapeDtypeStruct(k_shape, dtype),
+         jax.ShapeDtypeStruct((b, hq, 2, tq_pad), jnp.float32)))
 
-    # the forward also takes q_positions [1] and segment ids (placeholders: attributes off)
+    # both also take q_positions [1] and segment ids (placeholders: attributes off)
     qpos, ids = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1), jnp.int32)
     fwd_attrs = dict(attrs, segments=False, positioned=False)
 
@@ -86,13 +88,15 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
 
     @jax.jit
     def bwd(q, k, v, o, lse, do, dlse, kvl):
-        dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, *qops, *kops, **attrs)
+        dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
+                                 **fwd_attrs)
         return dq, dk, dv
 
     @jax.jit
     def fwd_bwd(q, k, v, do, dlse, kvl):
         o, lse = fwd_call(q, k, v, kvl, qpos, *qops, ids, ids, **fwd_attrs)
-        dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, *qops, *kops, **attrs)
+        dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
+                                 **fwd_attrs)
         return o, lse, dq, dk, dv
 
     return meta, fwd, bwd, fwd_bwd

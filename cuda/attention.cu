@@ -62,11 +62,14 @@ namespace {
 // dQ kernel over by_query and a dK/dV kernel over by_key, TMA, mbarrier ring, producer warp
 // + 2 consumer warpgroups, wgmma), sm_90a only, head dims 64 / 128, block size 128; 2 with
 // the products overlapping the elementwise work inside each warpgroup, 3 without (kept to
-// compare and as a fallback). Not the default until measured.
+// compare and as a fallback). Like the Hopper forward they take every mask source
+// (documents: lists per batch entry, segment ids, partial last tiles, q_offset). Not the
+// default until measured.
 #define JBS_BWD_SM90_ROWS(DT, T, D)                                                 \
   {DT, D, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap)",                    \
-   attn::RunBackwardSm90<T, D, true>},                                              \
-  {DT, D, 128, true, 3, "fa3_backward(wgmma, tma, ws)", attn::RunBackwardSm90<T, D, false>}
+   attn::RunBackwardSm90<T, D, true>, true},                                        \
+  {DT, D, 128, true, 3, "fa3_backward(wgmma, tma, ws)",                             \
+   attn::RunBackwardSm90<T, D, false>, true}
 
 // (dtype, head dim, block size, phase, forward variant) -> launcher, name.
 const AttentionKernel kAttentionKernels[] = {
@@ -90,7 +93,7 @@ const AttentionKernel kAttentionKernels[] = {
 #undef JBS_BWD_NAME
 
 // Shapes the kernels take, beyond the table's head dim and block size (`tails`: Tq and Tk
-// need not be multiples of the block size, the FA3-design forward).
+// need not be multiples of the block size, the FA3-design kernels).
 bool Supported(const AttentionShape& s, bool tails) {
   return (tails || (s.tq % s.block_size == 0 && s.tk % s.block_size == 0)) && s.hkv > 0 &&
          s.hq % s.hkv == 0 && (s.mask_heads == 1 || s.mask_heads == s.hq) &&
@@ -100,7 +103,7 @@ bool Supported(const AttentionShape& s, bool tails) {
 // The row is the one for this shape, and the shape one the kernels take.
 bool Matches(const AttentionKernel& k, const AttentionShape& s) {
   return k.head_dim == s.head_dim && k.block_size == s.block_size &&
-         Supported(s, k.documents && !k.backward);
+         Supported(s, k.documents);
 }
 
 attn::Lists ToLists(const BlockListsView& v) {
@@ -126,6 +129,29 @@ attn::Args Common(const AttentionShape& s) {
 
 bool Empty(const AttentionShape& s) { return s.batch == 0 || s.hq == 0; }
 
+// The mask sources beyond the shared lists (lists per batch entry, segment ids, q_offset):
+// cudaErrorNotSupported for a kernel that does not take them (the FA2 ones would ignore
+// them; the Python routing sends such calls elsewhere when they do not run),
+// cudaErrorInvalidValue for inconsistent ones.
+cudaError_t CheckDocuments(const AttentionKernel& kernel, const AttentionShape& s,
+                         const AttentionDocuments& d) {
+  if ((s.mask_batch != 1 || d.q_segment_ids != nullptr || d.q_positions != nullptr) &&
+      !kernel.documents)
+    return cudaErrorNotSupported;
+  if ((d.q_segment_ids == nullptr) != (d.kv_segment_ids == nullptr)) return cudaErrorInvalidValue;
+  if (d.q_positions != nullptr && d.q_positions_batch != 1 && d.q_positions_batch != s.batch)
+    return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+// The mask sources into the kernel arguments.
+void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
+  a.q_ids = d.q_segment_ids;
+  a.kv_ids = d.kv_segment_ids;
+  a.q_pos = d.q_positions;
+  a.qp_batch = d.q_positions_batch;
+}
+
 }  // namespace
 
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
@@ -145,24 +171,16 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
 cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const AttentionForwardParams& p,
                                    cudaStream_t stream) {
   if (kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
-  // lists per batch entry and segment ids: the FA3-design forward only (the FA2 one would
-  // ignore them); the Python routing sends such calls elsewhere when it does not run
-  if ((p.shape.mask_batch != 1 || p.q_segment_ids != nullptr || p.q_positions != nullptr) &&
-      !kernel.documents)
-    return cudaErrorNotSupported;
-  if ((p.q_segment_ids == nullptr) != (p.kv_segment_ids == nullptr)) return cudaErrorInvalidValue;
+  const cudaError_t err = CheckDocuments(kernel, p.shape, p.documents);
+  if (err != cudaSuccess) return err;
   if (Empty(p.shape) || p.shape.tq == 0) return cudaSuccess;
   attn::Args a = Common(p.shape);
+  CopyDocuments(p.documents, a);
   a.q = p.q;
   a.k = p.k;
   a.v = p.v;
   a.kv_lengths = p.kv_lengths;
   a.by_query = ToLists(p.by_query);
-  a.q_ids = p.q_segment_ids;
-  a.kv_ids = p.kv_segment_ids;
-  a.q_pos = p.q_positions;
-  a.qp_batch = p.q_positions_batch;
-  if (a.q_pos != nullptr && a.qp_batch != 1 && a.qp_batch != a.batch) return cudaErrorInvalidValue;
   a.out_o = p.o;
   a.out_lse = p.lse;
   const int bs = p.shape.block_size;
@@ -172,10 +190,12 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
 
 cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
                                     const AttentionBackwardParams& p, cudaStream_t stream) {
-  if (!kernel.backward || !Matches(kernel, p.shape) || p.shape.mask_batch != 1)
-    return cudaErrorInvalidValue;
+  if (!kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
+  const cudaError_t err = CheckDocuments(kernel, p.shape, p.documents);
+  if (err != cudaSuccess) return err;
   if (Empty(p.shape)) return cudaSuccess;
   attn::Args a = Common(p.shape);
+  CopyDocuments(p.documents, a);
   a.q = p.q;
   a.k = p.k;
   a.v = p.v;
@@ -190,8 +210,9 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   a.dk = p.dk;
   a.dv = p.dv;
   a.delta = p.delta;
-  if (a.by_query.lines != p.shape.tq / p.shape.block_size ||
-      a.by_key.lines != p.shape.tk / p.shape.block_size)
+  const int bs = p.shape.block_size;
+  if (a.by_query.lines != (p.shape.tq + bs - 1) / bs ||
+      a.by_key.lines != (p.shape.tk + bs - 1) / bs)
     return cudaErrorInvalidValue;
   return kernel.launch(a, stream);
 }

@@ -12,17 +12,22 @@
 //  - by query block: counts [Hm, Rq], partial [Hm, Rq], lists [Hm, Rq, max_k], order [Hm, Rq].
 //    lists[hm, r, 0:counts] are the key blocks of query block r; the first `partial` of
 //    them need element masking (causal diagonal), the rest are full. Blocks fully masked by
-//    causality are not listed. `order[hm]` lists query blocks longest first. The forward
-//    also takes lists per batch entry ([Bm, Hm, ...] with Bm = 1 or B; the FA3-design
-//    forward only: AttentionKernel::documents). kv_lengths is
-//    dynamic: a kernel skips blocks starting at or past kv_lengths[b] and masks the block
-//    that contains it element-wise.
+//    causality are not listed. `order[hm]` lists query blocks longest first. The
+//    FA3-design kernels (forward and backward: AttentionKernel::documents) also take lists
+//    per batch entry ([Bm, Hm, ...] with Bm = 1 or B, the same Bm for both directions).
+//    kv_lengths is dynamic: a kernel skips blocks starting at or past kv_lengths[b] and
+//    masks the block that contains it element-wise.
 //  - by key block (for dK/dV): the same four arrays over [Hm, Rk, max_q], listing for each
-//    key block its query blocks (partial first).
-// Segment ids (forward, AttentionKernel::documents): q_segment_ids [B, Tq], kv_segment_ids
-// [B, Tk] int32; on the partial entries query i attends key j only if their ids are equal
-// (the lists skip block pairs of different documents and mark mixed ones partial:
+//    key block its query blocks (partial first), consistent with the by-query lists (the
+//    same partial entries).
+// Lines: ceil(Tq / bs) by query, ceil(Tk / bs) by key (partial last tiles:
+// AttentionKernel::documents only; the other kernels take multiples of the block size).
+// Segment ids (AttentionKernel::documents): q_segment_ids [B, Tq], kv_segment_ids [B, Tk]
+// int32; on the partial entries query i attends key j only if their ids are equal (the
+// lists skip block pairs of different documents and mark mixed ones partial:
 // attention_metadata.document_kinds; full entries are of one same document).
+// q_offset (AttentionKernel::documents): the causal position of query row 0 per batch entry
+// replaces Tk - Tq.
 // Deterministic: no float atomics; dK/dV of a kv head sum over its query-head group inside
 // one CTA in a fixed order.
 #pragma once
@@ -43,9 +48,19 @@ struct BlockListsView {  // one direction of the attention metadata
 
 struct AttentionShape {
   int32_t batch, tq, tk, hq, hkv, head_dim, block_size, mask_heads;
-  int32_t mask_batch;  // leading axis of the lists: 1 (shared by the batch) or B (forward)
+  int32_t mask_batch;  // leading axis of the lists: 1 (shared by the batch) or B
   float scale;
   bool causal;
+};
+
+// The mask sources beyond the lists shared by the batch (AttentionKernel::documents).
+struct AttentionDocuments {
+  // [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs] (padded to whole tiles), or both null
+  const int32_t *q_segment_ids, *kv_segment_ids;
+  // q_offset: causal position of query row 0 per batch entry ([q_positions_batch] = [1]
+  // or [B]); null: Tk - Tq (bottom-right aligned)
+  const int32_t* q_positions;
+  int32_t q_positions_batch;
 };
 
 struct AttentionForwardParams {
@@ -53,12 +68,7 @@ struct AttentionForwardParams {
   const void *q, *k, *v;
   const int32_t* kv_lengths;  // [B]
   BlockListsView by_query;    // lines of [mask_batch, Hm] (lines: Rq per (b, hm))
-  // [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs] (padded to whole tiles), or both null
-  const int32_t *q_segment_ids, *kv_segment_ids;
-  // q_offset (AttentionKernel::documents): causal position of query row 0 per batch entry
-  // ([q_positions_batch] = [1] or [B]); null: Tk - Tq (bottom-right aligned)
-  const int32_t* q_positions;
-  int32_t q_positions_batch;
+  AttentionDocuments documents;
   void* o;     // [B, Tq, Hq, D], q's dtype
   float* lse;  // [B, Hq, Tq]
 };
@@ -69,10 +79,19 @@ struct AttentionBackwardParams {
   const float* lse;    // [B, Hq, Tq]
   const float* d_lse;  // [B, Hq, Tq]: cotangent of lse (zeros when unused)
   const int32_t* kv_lengths;
-  BlockListsView by_query, by_key;
+  BlockListsView by_query, by_key;  // lines of [mask_batch, Hm] each
+  AttentionDocuments documents;
   void *dq, *dk, *dv;  // q's, k's, v's shapes and dtype
-  float* delta;        // workspace [B, Hq, Tq]: rowsum(dO * O) - d_lse
+  // workspace of BackwardWorkspaceRows(Tq, bs) floats per (b, h): the FA2 backward's
+  // delta [B, Hq, Tq] = rowsum(dO * O) - d_lse, the Hopper backward's lse (log2 domain)
+  // and delta rows padded to whole tiles [B, Hq, 2, ceil(Tq / bs) * bs]
+  float* delta;
 };
+
+// Floats of the backward's workspace per (batch entry, query head).
+constexpr int64_t BackwardWorkspaceRows(int64_t tq, int64_t block_size) {
+  return 2 * ((tq + block_size - 1) / block_size * block_size);
+}
 
 namespace attn {
 struct Args;  // the kernels' arguments (attention_kernels.cuh)
@@ -88,9 +107,9 @@ struct AttentionKernel {
   int32_t fwd_variant;  // the switch's value the row serves (backward rows: ..._BWD_VARIANT)
   const char* name;
   cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
-  // forward: takes lists per batch entry, segment ids, Tq, Tk that are not multiples of
-  // the block size (partial last tiles; the lists then have ceil(Tq / bs) lines) and query
-  // positions (q_offset)
+  // takes lists per batch entry, segment ids, Tq, Tk that are not multiples of the block
+  // size (partial last tiles; the lists then have ceil(T / bs) lines) and query positions
+  // (q_offset): the FA3-design forward and backward
   bool documents = false;
 };
 

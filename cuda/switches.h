@@ -12,8 +12,10 @@
 //     has one kernel for 2 and 3). Combinations a variant
 //     leaves out run the FA2 forward (variant 0).
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 the Hopper FA3-design backward (sm_90a; bf16/f16,
-//     head dims 64 / 128, block size 128; other combinations run the default), =3 the same
-//     without the overlap of products and elementwise work inside a warpgroup
+//     head dims 64 / 128, block size 128, every mask source of the Hopper forward; other
+//     combinations run the default), =3 the same without the overlap of products and
+//     elementwise work inside a warpgroup. The Python side reads it too
+//     (_cuda.sm90_backward: where those mask sources may run fused)
 #pragma once
 
 namespace jax_blocksparse {

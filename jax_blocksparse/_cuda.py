@@ -10,12 +10,13 @@ GPU too (float64, for one).
 
 The Python side's environment switches are read once, into `SWITCHES`:
 `JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
-`JAX_BLOCKSPARSE_ATTN_FWD_VARIANT` (the C++ side's forward override, cuda/switches.h) is
-read here too: the forward takes segment ids, lists per batch entry and head dims 96 and
-256 only where the FA3-design forward runs (`sm90_forward`). Under
-`JAX_BLOCKSPARSE_DEBUG` (`_debug`), each call that a kernel could have taken but that
-lowers to the pure-JAX implementation says why when the program is compiled (the
-kernels' own launch lines come from C++).
+`JAX_BLOCKSPARSE_ATTN_FWD_VARIANT` and `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (the C++ side's
+overrides, cuda/switches.h) are read here too: the forward and the backward take segment
+ids, lists per batch entry, partial last tiles and q_offset only where the FA3-design
+kernels run (`sm90_forward`, `sm90_backward`); head dims 96 and 256 only the FA3-design
+forward. Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
+call that a kernel could have taken but that lowers to the pure-JAX implementation says why
+when the program is compiled (the kernels' own launch lines come from C++).
 """
 
 from __future__ import annotations
@@ -46,16 +47,26 @@ class Switches(NamedTuple):
     """The environment switches of the Python side, read once when the package loads."""
     disable_cuda: bool
     attn_fwd_variant: int  # -1: unset (the default by architecture), else 0..3
+    attn_bwd_variant: int  # -1: unset (the default), else 0..3 (2, 3: the Hopper backward)
+
+
+# The backward variant on an sm_90 device when JAX_BLOCKSPARSE_ATTN_BWD_VARIANT is unset:
+# 0 (the FA2 backward), as cuda/switches.cu and attention.cu decide today; 2 once the C++
+# default is the Hopper backward there.
+SM90_BACKWARD_DEFAULT = 0
 
 
 def _read_switches() -> Switches:
     def number(name):
         value = os.environ.get(name, "0").strip() or "0"
         return int(value) if value.isdigit() else 1
-    variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "")
+
+    def variant(name):  # the leading digit 0..3, else -1 (as cuda/switches.cu reads them)
+        value = os.environ.get(name, "")
+        return int(value[0]) if value[:1] in ("0", "1", "2", "3") else -1
     return Switches(disable_cuda=number("JAX_BLOCKSPARSE_DISABLE_CUDA") != 0,
-                    attn_fwd_variant=int(variant[0]) if variant[:1] in ("0", "1", "2", "3")
-                    else -1)  # as cuda/switches.cu reads it
+                    attn_fwd_variant=variant("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"),
+                    attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"))
 
 
 SWITCHES = _read_switches()
@@ -80,17 +91,33 @@ def cuda_available() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def sm90_forward() -> bool:
-    """Whether the attention forward runs the FA3-design kernel (cuda/attention/fwd_sm90.cu)
-    here, as the C++ dispatch decides (attention.cu, FindAttentionKernel): the extension
-    has sm_90a code, the first CUDA device is an sm_90 one (asked once, then cached), and
-    JAX_BLOCKSPARSE_ATTN_FWD_VARIANT does not force the FA2 forward (0 or 1). That kernel
-    also takes segment ids, lists per batch entry and head dims 96 and 256."""
-    if not cuda_available() or SWITCHES.attn_fwd_variant in (0, 1):
+def _sm90a_device() -> bool:
+    """Whether the FA3-design kernels can run here: the kernels run here, the extension has
+    sm_90a code and the first CUDA device is an sm_90 one (asked once, then cached)."""
+    if not cuda_available():
         return False
     if "90a" not in str(getattr(_ext, "cuda_architectures", "")).split(","):
         return False
     return getattr(jax.devices("cuda")[0], "compute_capability", None) == "9.0"
+
+
+def sm90_forward() -> bool:
+    """Whether the attention forward runs the FA3-design kernel (cuda/attention/fwd_sm90.cu)
+    here, as the C++ dispatch decides (attention.cu, FindAttentionKernel): an sm_90a
+    device (`_sm90a_device`) and JAX_BLOCKSPARSE_ATTN_FWD_VARIANT does not force the FA2
+    forward (0 or 1). That kernel also takes segment ids, lists per batch entry, partial
+    last tiles and q_offset."""
+    return SWITCHES.attn_fwd_variant not in (0, 1) and _sm90a_device()
+
+
+def sm90_backward() -> bool:
+    """Whether the attention backward at block size 128 runs the FA3-design kernels
+    (cuda/attention/bwd_sm90.cu) here, as the C++ dispatch decides: an sm_90a device and
+    backward variant 2 or 3 (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT, else
+    `SM90_BACKWARD_DEFAULT`). Those kernels also take segment ids, lists per batch entry,
+    partial last tiles and q_offset; block size 64 runs the FA2 backward."""
+    variant = SWITCHES.attn_bwd_variant
+    return (SM90_BACKWARD_DEFAULT if variant < 0 else variant) in (2, 3) and _sm90a_device()
 
 
 def _precision_attr(precision) -> np.int32:
@@ -165,13 +192,14 @@ FUSED_ATTENTION = {
 def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, tk: int,
                                 segments: bool, positioned: bool, mask_batch: int, *,
                                 forward: bool = False) -> str | None:
-    """Why the fused kernels cannot run this call (None when they can): the backward
-    (`forward=False`) and the FA2 forward take neither segment ids, nor a mask per batch
-    entry, nor lengths that are not multiples of the block size, nor `q_offset`, nor head
-    dims 96 and 256; the FA3-design forward (`sm90_forward()`, with `forward=True`) takes
-    all five (partial last tiles: with at least one key)."""
-    documents = forward and sm90_forward()
-    family = "sm90_forward" if documents else "forward" if forward else "backward"
+    """Why the fused kernels cannot run this call (None when they can): the FA2 forward and
+    backward take neither segment ids, nor a mask per batch entry, nor lengths that are
+    not multiples of the block size, nor `q_offset`; the FA3-design kernels take all four
+    (partial last tiles: with at least one key): the forward where `sm90_forward()`
+    (`forward=True`), the backward at block size 128 where `sm90_backward()`. Head dims 96
+    and 256: the FA3-design forward only."""
+    documents = sm90_forward() if forward else block_size == 128 and sm90_backward()
+    family = "sm90_forward" if forward and documents else "forward" if forward else "backward"
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if head_dim not in FUSED_ATTENTION["head_dims"][family]:
@@ -203,22 +231,31 @@ def _fused_attention(phase, ctx, floats, params) -> bool:
     return why is None
 
 
-def _kernel_operands(ctx, floats, operands):
-    """The operands of the backward's custom call: the float operands, `kv_lengths`, then
-    the block lists with their leading batch axis (1 here: the backward takes no lists per
-    batch entry) dropped. Returns (operands, their avals)."""
-    avals = list(ctx.avals_in)
-    out, out_avals = list(operands[:floats + 1]), avals[:floats + 1]
-    for value, aval in zip(operands[floats + att.LISTS:], avals[floats + att.LISTS:]):
-        dropped = aval.update(shape=aval.shape[1:])
-        out.append(jint.reshape(ctx, value, dropped))
-        out_avals.append(dropped)
-    return out, out_avals
+def _kernel_operands(ctx, floats, operands, directions, params):
+    """The operands of an attention custom call and their avals: the float operands,
+    `kv_lengths`, `q_positions` (`[1]` or `[B]`, read with the attribute `positioned`:
+    q_offset), the block lists of `directions` (1: by query, 2: both) with their leading
+    batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
+    zero-padded to whole tiles (the kernels read them so; placeholders `[1, 1]` without
+    them: attribute `segments`)."""
+    lists = floats + att.LISTS
+    seg = floats + att.CONTEXT.index("q_segment_ids")
+    pick = [*range(floats + 2), *range(lists, lists + directions * len(AttentionLists._fields))]
+    values, avals = [operands[i] for i in pick], [ctx.avals_in[i] for i in pick]
+    bs = params["block_size"]
+    for i in (seg, seg + 1):
+        value, aval = operands[i], ctx.avals_in[i]
+        if params["segments"] and aval.shape[1] % bs:
+            value, aval = _pad_columns(ctx, value, aval, -(-aval.shape[1] // bs) * bs)
+        values.append(value)
+        avals.append(aval)
+    return values, avals
 
 
 def _attention_attrs(params):
     return dict(block_size=np.int32(params["block_size"]), causal=params["causal"],
-                scale=np.float32(params["scale"]))
+                scale=np.float32(params["scale"]), segments=bool(params["segments"]),
+                positioned=bool(params["positioned"]))
 
 
 _forward_reference = jint.lower_fun(att.attention_reference, multiple_results=True)
@@ -226,29 +263,14 @@ _backward_reference = jint.lower_fun(att.backward_reference, multiple_results=Tr
 
 
 def _attention_forward_lowering(ctx, *operands, **params):
-    """The forward's custom call: q, k, v, kv_lengths, q_positions (`[1]` or `[B]`, read
-    with the attribute `positioned`: q_offset), the by-query lists with their
-    leading batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
-    zero-padded to whole tiles (placeholders `[1, 1]` without them: attribute
-    `segments`)."""
+    """The forward's custom call: `_kernel_operands` with the by-query lists."""
     floats = att.FLOAT_OPERANDS[att.attention_p]
     if not _fused_attention("attention_fwd", ctx, floats, params):
         return _forward_reference(ctx, *operands, **params)
-    lists = floats + att.LISTS
-    seg = floats + att.CONTEXT.index("q_segment_ids")
-    pick = [*range(floats + 2), *range(lists, lists + len(AttentionLists._fields))]
-    values, avals = [operands[i] for i in pick], [ctx.avals_in[i] for i in pick]
-    bs = params["block_size"]
-    for i in (seg, seg + 1):  # segment ids padded to whole tiles (the kernel reads them so)
-        value, aval = operands[i], ctx.avals_in[i]
-        if params["segments"] and aval.shape[1] % bs:
-            value, aval = _pad_columns(ctx, value, aval, -(-aval.shape[1] // bs) * bs)
-        values.append(value)
-        avals.append(aval)
+    values, avals = _kernel_operands(ctx, floats, operands, 1, params)
     ctx = ctx.replace(avals_in=avals)
     return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
-        ctx, *values, **_attention_attrs(params), segments=bool(params["segments"]),
-        positioned=bool(params["positioned"]))
+        ctx, *values, **_attention_attrs(params))
 
 
 def _pad_columns(ctx, value, aval, width):
@@ -261,13 +283,19 @@ def _pad_columns(ctx, value, aval, width):
 
 
 def _attention_backward_lowering(ctx, *operands, **params):
+    """The backward's custom call: `_kernel_operands` with both directions of the lists;
+    results dq, dk, dv and a float32 workspace `[B, Hq, 2, ceil(Tq / bs) * bs]`
+    (cuda/attention.h: the FA2 backward's delta, the Hopper backward's lse and delta rows
+    padded to whole tiles)."""
     floats = att.FLOAT_OPERANDS[att.attention_bwd_p]
     if not _fused_attention("attention_bwd", ctx, floats, params):
         return _backward_reference(ctx, *operands, **params)
-    values, avals = _kernel_operands(ctx, floats, operands)
-    lse_aval = ctx.avals_in[4]
-    delta = lse_aval.update(shape=lse_aval.shape, dtype=np.dtype(np.float32))  # workspace
-    ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, delta])
+    values, avals = _kernel_operands(ctx, floats, operands, 2, params)
+    b, hq, tq = ctx.avals_in[4].shape  # lse
+    bs = params["block_size"]
+    workspace = ctx.avals_in[4].update(shape=(b, hq, 2, -(-tq // bs) * bs),
+                                       dtype=np.dtype(np.float32), weak_type=False)
+    ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, workspace])
     dq, dk, dv, _ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
         ctx, *values, **_attention_attrs(params))
     return dq, dk, dv

@@ -61,11 +61,10 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   s.block_size = block_size;
   s.scale = scale;
   s.causal = causal;
-  // counts [Hm, lines], or (forward) [Bm, Hm, lines] with Bm = 1 or B
+  // counts [Hm, lines] or [Bm, Hm, lines] with Bm = 1 or B
   auto cd = q_counts.dimensions();
-  if (cd.size() != 2 && !(cd.size() == 3 && !backward))
-    return ffi::Unexpected(Invalid(backward ? "metadata counts must be [Hm, lines]"
-                                            : "metadata counts must be [Bm, Hm, lines]"));
+  if (cd.size() != 2 && cd.size() != 3)
+    return ffi::Unexpected(Invalid("metadata counts must be [Bm, Hm, lines]"));
   s.mask_batch = cd.size() == 3 ? int32_t(cd[0]) : 1;
   s.mask_heads = int32_t(cd[cd.size() - 2]);
   if (s.mask_batch != 1 && s.mask_batch != s.batch)
@@ -76,7 +75,7 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
                                    " kernel for " + DTypeName(dtype) + " head_dim=" +
                                    std::to_string(s.head_dim) + " block_size=" +
                                    std::to_string(block_size) + " in the dispatch table"));
-  if ((s.tq % block_size != 0 || s.tk % block_size != 0) && !(!backward && (*kernel)->documents))
+  if ((s.tq % block_size != 0 || s.tk % block_size != 0) && !(*kernel)->documents)
     return ffi::Unexpected(Invalid(std::string("sequence lengths must be multiples of the block "
                                                "size (the kernel here: ") + (*kernel)->name + ")"));
   if (s.hkv == 0 || s.hq % s.hkv != 0)
@@ -84,6 +83,41 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   if (s.mask_heads != 1 && s.mask_heads != s.hq)
     return ffi::Unexpected(Invalid("mask heads must be 1 or the number of query heads"));
   return s;
+}
+
+// The mask sources beyond the lists (AttentionDocuments): segment ids when `segments`
+// (padded to whole tiles: [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs]), q_positions
+// ([1] or [B]) when `positioned`; only for a kernel that takes them (with lists per batch
+// entry too).
+ffi::ErrorOr<AttentionDocuments> Documents(const AttentionKernel& kernel, const AttentionShape& s,
+                                           const Buffer<S32>& q_positions,
+                                           const Buffer<S32>& q_segment_ids,
+                                           const Buffer<S32>& kv_segment_ids, bool segments,
+                                           bool positioned) {
+  AttentionDocuments d{};
+  if (segments) {
+    auto qs = q_segment_ids.dimensions(), ks = kv_segment_ids.dimensions();
+    const int64_t bs = s.block_size;
+    const int64_t tq_pad = (s.tq + bs - 1) / bs * bs, tk_pad = (s.tk + bs - 1) / bs * bs;
+    if (qs.size() != 2 || qs[0] != s.batch || qs[1] != tq_pad || ks.size() != 2 ||
+        ks[0] != s.batch || ks[1] != tk_pad)
+      return ffi::Unexpected(
+          Invalid("segment ids must be [B, ceil(Tq / bs) * bs] and [B, ceil(Tk / bs) * bs]"));
+    d.q_segment_ids = q_segment_ids.typed_data();
+    d.kv_segment_ids = kv_segment_ids.typed_data();
+  }
+  if (positioned) {  // q_offset: q_positions [1] or [B]
+    auto pd = q_positions.dimensions();
+    if (pd.size() != 1 || (pd[0] != 1 && pd[0] != s.batch))
+      return ffi::Unexpected(Invalid("q_positions must be [1] or [B]"));
+    d.q_positions = q_positions.typed_data();
+    d.q_positions_batch = int32_t(pd[0]);
+  }
+  if ((s.mask_batch != 1 || segments || positioned) && !kernel.documents)
+    return ffi::Unexpected(Invalid(std::string("lists per batch entry, segment ids and q_offset "
+                                               "need the FA3-design kernels (sm_90a); the "
+                                               "kernel here is ") + kernel.name));
+  return d;
 }
 
 BlockListsView View(const Buffer<S32>& counts, const Buffer<S32>& partial,
@@ -122,28 +156,10 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   p.by_query = View(q_counts, q_partial, q_lists, q_order);
   if (p.by_query.lines != (p.shape.tq + block_size - 1) / block_size)
     return Invalid("query metadata must have ceil(Tq / block_size) lines");
-  if (segments) {
-    // padded to whole tiles: [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs]
-    auto qs = q_segment_ids.dimensions(), ks = kv_segment_ids.dimensions();
-    const int64_t tq_pad = (p.shape.tq + block_size - 1) / block_size * int64_t(block_size);
-    const int64_t tk_pad = (p.shape.tk + block_size - 1) / block_size * int64_t(block_size);
-    if (qs.size() != 2 || qs[0] != p.shape.batch || qs[1] != tq_pad || ks.size() != 2 ||
-        ks[0] != p.shape.batch || ks[1] != tk_pad)
-      return Invalid("segment ids must be [B, ceil(Tq / bs) * bs] and [B, ceil(Tk / bs) * bs]");
-    p.q_segment_ids = q_segment_ids.typed_data();
-    p.kv_segment_ids = kv_segment_ids.typed_data();
-  }
-  if (positioned) {  // q_offset: q_positions [1] or [B]
-    auto pd = q_positions.dimensions();
-    if (pd.size() != 1 || (pd[0] != 1 && pd[0] != p.shape.batch))
-      return Invalid("q_positions must be [1] or [B]");
-    p.q_positions = q_positions.typed_data();
-    p.q_positions_batch = int32_t(pd[0]);
-  }
-  if ((p.shape.mask_batch != 1 || segments || positioned) && !kernel->documents)
-    return Invalid(std::string("lists per batch entry, segment ids and q_offset need the "
-                               "FA3-design forward (sm_90a); the forward here is ") +
-                   kernel->name);
+  auto documents = Documents(*kernel, p.shape, q_positions, q_segment_ids, kv_segment_ids,
+                             segments, positioned);
+  if (documents.has_error()) return documents.error();
+  p.documents = *documents;
   p.o = o->untyped_data();
   p.lse = lse->typed_data();
   LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) +
@@ -156,11 +172,13 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
 
 ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, AnyBuffer o,
                    Buffer<F32> lse, AnyBuffer d_o, Buffer<F32> d_lse, Buffer<S32> kv_lengths,
-                   Buffer<S32> q_counts, Buffer<S32> q_partial, Buffer<S32> q_lists,
-                   Buffer<S32> q_order, Buffer<S32> k_counts, Buffer<S32> k_partial,
-                   Buffer<S32> k_lists, Buffer<S32> k_order, Result<AnyBuffer> dq,
-                   Result<AnyBuffer> dk, Result<AnyBuffer> dv, Result<Buffer<F32>> delta,
-                   int32_t block_size, bool causal, float scale) {
+                   Buffer<S32> q_positions, Buffer<S32> q_counts, Buffer<S32> q_partial,
+                   Buffer<S32> q_lists, Buffer<S32> q_order, Buffer<S32> k_counts,
+                   Buffer<S32> k_partial, Buffer<S32> k_lists, Buffer<S32> k_order,
+                   Buffer<S32> q_segment_ids, Buffer<S32> kv_segment_ids,
+                   Result<AnyBuffer> dq, Result<AnyBuffer> dk, Result<AnyBuffer> dv,
+                   Result<Buffer<F32>> delta, int32_t block_size, bool causal, float scale,
+                   bool segments, bool positioned) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
@@ -181,15 +199,27 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   p.kv_lengths = kv_lengths.typed_data();
   p.by_query = View(q_counts, q_partial, q_lists, q_order);
   p.by_key = View(k_counts, k_partial, k_lists, k_order);
-  if (p.by_query.lines != p.shape.tq / block_size || p.by_key.lines != p.shape.tk / block_size)
-    return Invalid("metadata must have Tq / block_size and Tk / block_size lines");
-  if (k_counts.dimensions()[0] != p.shape.mask_heads)
-    return Invalid("by-query and by-key metadata differ in mask heads");
+  if (p.by_query.lines != (p.shape.tq + block_size - 1) / block_size ||
+      p.by_key.lines != (p.shape.tk + block_size - 1) / block_size)
+    return Invalid("metadata must have ceil(Tq / block_size) and ceil(Tk / block_size) lines");
+  auto qd = q_counts.dimensions(), kd = k_counts.dimensions();
+  if (kd.size() != qd.size() || kd[kd.size() - 2] != p.shape.mask_heads ||
+      (kd.size() == 3 && kd[0] != qd[0]))
+    return Invalid("by-query and by-key metadata differ in batch entries or mask heads");
+  auto documents = Documents(*kernel, p.shape, q_positions, q_segment_ids, kv_segment_ids,
+                             segments, positioned);
+  if (documents.has_error()) return documents.error();
+  p.documents = *documents;
+  if (int64_t(delta->element_count()) !=
+      int64_t(p.shape.batch) * p.shape.hq * BackwardWorkspaceRows(p.shape.tq, block_size))
+    return Invalid("the workspace must be [B, Hq, 2, ceil(Tq / block_size) * block_size]");
   p.dq = dq->untyped_data();
   p.dk = dk->untyped_data();
   p.dv = dv->untyped_data();
   p.delta = delta->typed_data();
-  LaunchLog log(stream, DebugLevel() ? Describe("attention_bwd", *dtype, p.shape, q, k) : "");
+  LaunchLog log(stream, DebugLevel() ? Describe("attention_bwd", *dtype, p.shape, q, k) +
+                                           (segments ? " segments" : "")
+                                     : "");
   const cudaError_t err = LaunchAttentionBackward(*kernel, p, stream);
   log.Done(kernel->name);
   return CheckLaunch(err, "attention backward");
@@ -317,19 +347,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<AnyBuffer>()     // d_o
         .Arg<Buffer<F32>>()   // d_lse
         .Arg<Buffer<S32>>()   // kv_lengths
-        .Arg<Buffer<S32>>()   // q_counts
+        .Arg<Buffer<S32>>()   // q_positions [1] or [B] (read with `positioned` only)
+        .Arg<Buffer<S32>>()   // q_counts [Bm, Hm, Rq]
         .Arg<Buffer<S32>>()   // q_partial
         .Arg<Buffer<S32>>()   // q_lists
         .Arg<Buffer<S32>>()   // q_order
-        .Arg<Buffer<S32>>()   // k_counts
+        .Arg<Buffer<S32>>()   // k_counts [Bm, Hm, Rk]
         .Arg<Buffer<S32>>()   // k_partial
         .Arg<Buffer<S32>>()   // k_lists
         .Arg<Buffer<S32>>()   // k_order
+        .Arg<Buffer<S32>>()   // q_segment_ids (as the forward's)
+        .Arg<Buffer<S32>>()   // kv_segment_ids
         .Ret<AnyBuffer>()     // dq
         .Ret<AnyBuffer>()     // dk
         .Ret<AnyBuffer>()     // dv
-        .Ret<Buffer<F32>>()   // delta (workspace)
-            JBS_ATTENTION_ATTRS,
+        .Ret<Buffer<F32>>()   // workspace [B, Hq, 2, ceil(Tq / bs) * bs] (attention.h)
+            JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned"),
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(

@@ -10,10 +10,18 @@ without keys), kv_lengths that are not multiples of the block (0 included) with 
 in k and v past them (every gradient must stay finite and bitwise equal to the clean run;
 dk, dv rows past kv_lengths are 0); every result bitwise equal over two runs.
 
+Then every mask source of the Hopper forward (the block-128 `DOC_CASES` of
+test_gpu_attention_sm90.py, checked by its `check_docs`): packed documents (segment ids,
+causal layouts), masks per batch entry (a traced BlockMask with Bm = B), Tq, Tk that are
+not multiples of the block size (partial last tiles: 1000, 1100, 50, ...), q_offset with
+and without segment ids, kv_lengths with NaN planted past them, GQA, head dims 64 and 128:
+dq, dk, dv against the float64 reference, bitwise equal run to run and with the NaN.
+
 Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1, and the test asserts that the
 debug line of every backward launch names the variant's fa3 backward kernel (a silent fallback to the
 FA2 backward fails). One test also forces the FA3-design forward (variant 2) with it. Block
-size 64 is not implemented by the variant: it runs the default backward (checked too).
+size 64 is not implemented by the variant: it runs the default backward (checked too), and
+the pure-JAX backward for the mask sources the FA2 backward does not take.
 """
 
 import jax
@@ -24,6 +32,7 @@ import pytest
 import jax_blocksparse as jbs
 from reference import (ATTENTION_TOLERANCE, LSE_TOLERANCE, attention64, attention_mask64, f64,
                        kernels_by_case, lse_err, mark_case, random, rel_err, run_python)
+from test_gpu_attention_sm90 import DOC_CASES, case_id, chunks
 from test_matmul import poison
 
 pytestmark = pytest.mark.gpu
@@ -240,3 +249,43 @@ def test_fa3_backward_falls_back_elsewhere():
     for case, launches in kernels_by_case(stderr).items():
         backward = [kernel for op, kernel in launches if op == "attention_bwd"]
         assert backward and all(k.startswith("fa2_backward") for k in backward), (case, launches)
+
+
+# ------------------------------------ mask sources: the Hopper forward's document cases
+DOC_CASES_BS128 = [name for name, case in DOC_CASES.items() if case[10] == BS]
+DOC_CASES_BS64 = [name for name, case in DOC_CASES.items() if case[10] != BS]
+
+
+def run_docs(variant, names):
+    """Runs test_gpu_attention_sm90.check_docs on `names` (bf16 and f16) in a subprocess
+    with the backward variant forced; returns the cases and their stderr."""
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_doc_cases({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
+    return cases, stderr
+
+
+@pytest.mark.parametrize("variant,names", [("2", c) for c in chunks(DOC_CASES_BS128, 2)] +
+                         [("3", ("docs_local_causal", "tail_docs_kv_lengths")),
+                          ("3", ("qoff_docs_gqa4_d64", "per_batch_mask_causal_kv_lengths"))],
+                         ids=case_id)
+def test_fa3_backward_documents(variant, names):
+    """Segment ids, masks per batch entry, partial last tiles, q_offset (with and without
+    ids): the Hopper backward takes them (every backward launch is the fa3 one); dq, dk,
+    dv against the float64 reference, deterministic, NaN past kv_lengths unread."""
+    if not sm90():
+        pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
+    cases, stderr = run_docs(variant, names)
+    assert_backward_is_fa3(stderr, cases, variant)
+
+
+@pytest.mark.parametrize("names", chunks(DOC_CASES_BS64, 3), ids=case_id)
+def test_fa3_backward_documents_bs64_pure(names):
+    """Block size 64 with those mask sources under variant 2: the backward runs the
+    pure-JAX path (no fused backward launch: the FA2 one does not take them), correctly."""
+    if not sm90():
+        pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
+    cases, stderr = run_docs("2", names)
+    for case, launches in kernels_by_case(stderr).items():
+        assert not any(op == "attention_bwd" for op, _ in launches), (case, launches)

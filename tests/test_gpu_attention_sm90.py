@@ -14,9 +14,11 @@ run); every result bitwise equal over two runs.
 
 Then segment ids (packed documents), masks per batch entry (a traced BlockMask with
 Bm = B), Tq, Tk that are not multiples of the block size (partial last tiles) and q_offset
-(chunked prefill, per batch entry), which the
-FA3-design forward takes (the backward runs the pure-JAX path: dq is checked too; with the
-FA2 forward forced, the forward too), and the FA2 forward forced at negative scales.
+(chunked prefill, per batch entry, with or without segment ids), which the
+FA3-design forward takes (the default backward runs the pure-JAX path: dq, dk, dv are
+checked too; with the FA2 forward forced, the forward too; the Hopper backward's run of
+the same cases: test_gpu_attention_bwd_sm90.py), and the FA2 forward forced at negative
+scales.
 
 The cases run in subprocesses (a few per subprocess) with JAX_BLOCKSPARSE_DEBUG=1 and the
 test asserts that the
@@ -389,11 +391,19 @@ DOC_CASES = {
     "qoff_d256_bs64_docs": (lambda: jbs.layouts.local(1024, 64, 512).mask, True,
                             2, 200, 1024, 4, 4, [300, 1024], False, 256, 64, "offset",
                             [100, 824]),
+    "qoff_docs_gqa4_d64": (lambda: jbs.layouts.local(2048, 128, 1024).mask, True,
+                           2, 300, 2048, 8, 2, [1300, 2048], False, 64, 128, "offset",
+                           [1000, 1748]),
+    "qoff_traced_per_batch_noncausal": (lambda: random_mask(45, (2, 1, 8, 8), 0.6, False),
+                                        False, 2, 200, 1024, 4, 4, [900, 1024], True, 128,
+                                        128, None, [128, 700]),
 }
+NAMES = ("o", "lse", "dq", "dk", "dv")
 
 
 def build_docs(name, dtype):
-    """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse and dq)."""
+    """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse, dq, dk,
+    dv)."""
     from test_masks_from_data import allowed_pairs, packed_ids
     make_mask, causal, b, tq, tk, hq, hkv, kv, traced, D, bs, ids, *offsets = DOC_CASES[name]
     offsets = np.asarray(offsets[0]) if offsets else None
@@ -419,8 +429,7 @@ def build_docs(name, dtype):
                                  kv_segment_ids=kv_ids, return_lse=True,
                                  q_offset=None if offsets is None else jnp.asarray(offsets))
         (o, lse), vjp = jax.vjp(fwd, q, k, v)
-        dq, _, _ = vjp((do, jnp.zeros_like(lse)))  # the pure-JAX backward (segment ids)
-        return o, lse, dq
+        return (o, lse, *vjp((do, jnp.zeros_like(lse))))
 
     if offsets is None:
         allowed = allowed_pairs(block_mask, bs, tq, tk, causal, kv, q_ids, kv_ids)
@@ -435,30 +444,39 @@ def build_docs(name, dtype):
         if q_ids is not None:
             allowed = allowed & (q_ids[:, None, :, None] == kv_ids[:, None, None, :])
     zeros = np.zeros((b, hq, tq), np.float32)
-    want_o, want_lse, want_dq = attention64(q, k, v, allowed, scale, do, zeros)[:3]
+    want = attention64(q, k, v, allowed, scale, do, zeros)
     as_ids = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
     args = (q, k, v, do, jnp.asarray(kv, jnp.int32), jnp.asarray(block_mask), as_ids(q_ids),
             as_ids(kv_ids))
-    return jax.jit(f), args, kv, (want_o, want_lse, want_dq)
+    return jax.jit(f), args, kv, want
 
 
 def check_docs(name, dtype, platform):
-    f, args, kv, (want_o, want_lse, want_dq) = build_docs(name, dtype)
+    """o, lse, dq, dk, dv against the float64 reference; dk, dv rows past kv_lengths 0;
+    every result bitwise equal over two runs and with NaN planted past kv_lengths."""
+    f, args, kv, want = build_docs(name, dtype)
     poison(platform)
-    o, lse, dq = f(*args)
-    assert rel_err(o, want_o) < ATTENTION_TOLERANCE[dtype], "o"
-    assert lse_err(lse, want_lse) < LSE_TOLERANCE, "lse"
-    assert rel_err(dq, want_dq) < ATTENTION_TOLERANCE[dtype], "dq"
-    assert np.all(f64(o)[want_o == 0] == 0), "o: not zero where no key contributes"
-    assert np.all(np.isfinite(f64(o))), "o: not finite"
-    o2, lse2, _ = f(*args)
-    np.testing.assert_array_equal(f64(o2), f64(o), err_msg="o: not deterministic")
-    np.testing.assert_array_equal(f64(lse2), f64(lse), err_msg="lse: not deterministic")
+    got = f(*args)
+    for what, g, w in zip(NAMES, got, want):
+        if what == "lse":
+            assert lse_err(g, w) < LSE_TOLERANCE, what
+            continue
+        assert np.all(np.isfinite(f64(g))), f"{what}: not finite"
+        assert rel_err(g, w) < ATTENTION_TOLERANCE[dtype], (what, rel_err(g, w))
+        assert np.all(f64(g)[w == 0] == 0), f"{what}: not zero where nothing contributes"
+    for what, g in zip(("dk", "dv"), got[3:]):
+        for b, n in enumerate(kv):
+            assert np.all(f64(g)[b, n:] == 0), f"{what}: rows past kv_lengths[{b}] not 0"
+    poison(platform)
+    again = f(*args)
+    for what, g, a in zip(NAMES, got, again):
+        np.testing.assert_array_equal(f64(a), f64(g), err_msg=f"{what}: not deterministic")
     if np.any(kv < args[1].shape[1]):  # NaN past kv_lengths changes nothing
         q, k, v, *rest = args
-        o3, lse3, _ = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
-        np.testing.assert_array_equal(f64(o3), f64(o), err_msg="o: NaN past kv_lengths")
-        np.testing.assert_array_equal(f64(lse3), f64(lse), err_msg="lse: NaN past kv_lengths")
+        poison(platform)
+        nan = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
+        for what, g, n in zip(NAMES, got, nan):
+            np.testing.assert_array_equal(f64(n), f64(g), err_msg=f"{what}: NaN past kv_lengths")
 
 
 def run_doc_cases(cases):
@@ -476,9 +494,9 @@ def run_doc_cases(cases):
                          ids=case_id)
 def test_fa3_forward_documents(variant, names):
     """Segment ids and masks per batch entry: the FA3-design forward takes them (default and
-    variant 3; the backward runs the pure-JAX path: no fused backward launch); with the FA2
-    forward forced (0) the forward runs the pure-JAX path too. Values, lse and dq against
-    the float64 reference either way."""
+    variant 3; the default backward runs the pure-JAX path: no fused backward launch); with
+    the FA2 forward forced (0) the forward runs the pure-JAX path too. Values, lse and
+    gradients against the float64 reference either way."""
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
     cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]

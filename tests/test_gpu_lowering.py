@@ -91,10 +91,11 @@ def test_cuda_lowering_without_a_gpu():
     operands = {line.split("@")[1].split("(")[0]: line.split("(", 1)[1].split(")")[0].count("%")
                 for line in text.splitlines() if "custom_call" in line}
     # forward: q, k, v, kv_lengths, q_positions, by-query lists (4) with their batch axis,
-    # segment ids (2); backward: q, k, v, o, lse, dO, dlse, kv_lengths, both lists (8)
-    assert operands == {"jax_blocksparse_attention_fwd": 11, "jax_blocksparse_attention_bwd": 16}
-    assert "tensor<1x4x3xi32>" in text  # the backward's lists [Hm, Rq, width]: batch dropped
-    assert "tensor<1x1x4x3xi32>" in text  # the forward's [Bm, Hm, Rq, width]
+    # segment ids (2); backward: q, k, v, o, lse, dO, dlse, kv_lengths, q_positions, both
+    # lists (8) with their batch axis, segment ids (2)
+    assert operands == {"jax_blocksparse_attention_fwd": 11, "jax_blocksparse_attention_bwd": 19}
+    calls = [line for line in text.splitlines() if "custom_call" in line]
+    assert all("tensor<1x1x4x3xi32>" in call for call in calls)  # lists [Bm, Hm, Rq, width]
 
 
 def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
@@ -179,38 +180,58 @@ def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
     assert "no fused kernel for block size 32" in err
 
 
-def test_hopper_forward_routing_and_operands(monkeypatch):
-    """Where the FA3-design forward runs (`_cuda.sm90_forward()`, faked here), the forward
-    of calls with segment ids, a mask per batch entry, lengths that are not multiples of
-    the block size, q_offset or head dims 96 and 256 lowers to the fused forward (ids
-    padded to whole tiles, lists with their batch axis, q_positions) while the backward
-    keeps the pure-JAX path; elsewhere both refuse them. Lowered for "cuda" on any machine
-    (the lowering rules are registered here when the extension is not built)."""
+def _bwd_operand_types(text):
+    """The operand types of the one backward custom call in `text`, from kv_lengths on."""
     import re
+    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_bwd(" in line]
+    return call, ", ".join(re.sub(r"\s+", " ", call).split(" : (")[-1].split(", ")[7:])
+
+
+def test_hopper_routing_and_operands(monkeypatch):
+    """Where the FA3-design kernels run (`_cuda.sm90_forward()`, `_cuda.sm90_backward()`,
+    faked here), calls with segment ids, a mask per batch entry, lengths that are not
+    multiples of the block size or q_offset lower to the fused forward and, at block size
+    128, the fused backward (ids padded to whole tiles, lists with their batch axis in both
+    directions, q_positions, the workspace padded to whole tiles); where the Hopper
+    backward does not run (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT unset or 0, another GPU) or at
+    block size 64, the backward of those calls takes the pure-JAX path. Lowered for "cuda"
+    on any machine (the lowering rules are registered here when the extension is not
+    built)."""
     import sys
     from jax_blocksparse import _cuda, _partitioning
     from jax_blocksparse import _jax_internals as jint
     att = sys.modules["jax_blocksparse.attention"]
     why = lambda **kw: _cuda.fused_attention_unsupported(
-        jnp.bfloat16, kw.get("d", 128), 128, kw.get("tq", 1024), kw.get("tk", 1024),
+        jnp.bfloat16, kw.get("d", 128), kw.get("bs", 128), kw.get("tq", 1024), kw.get("tk", 1024),
         kw.get("segments", False), kw.get("positioned", False), kw.get("mb", 1),
         forward=kw.get("forward", False))
+    sources = ({"segments": True}, {"mb": 2}, {"tq": 1000, "tk": 1100}, {"positioned": True},
+               {"positioned": True, "segments": True})
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: False)
-    assert why(segments=True, forward=True) == "segment ids"
-    assert why(mb=2, forward=True) == "a mask per batch entry"
-    assert "multiples" in why(tq=1000, forward=True)
-    assert why(positioned=True, forward=True) == "q_offset"
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: False)
+    for forward in (True, False):
+        assert why(segments=True, forward=forward) == "segment ids"
+        assert why(mb=2, forward=forward) == "a mask per batch entry"
+        assert "multiples" in why(tq=1000, forward=forward)
+        assert why(positioned=True, forward=forward) == "q_offset"
+    monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
+    for kw in sources:  # the Hopper forward; the FA2 backward
+        assert why(forward=True, **kw) is None, kw
+        assert why(forward=False, **kw) is not None, kw
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
+    for kw in sources:  # the Hopper backward, at block size 128 only
+        assert why(forward=False, **kw) is None, kw
+        assert why(forward=False, bs=64, **kw) is not None, kw
+    for forward in (True, False):
+        assert "multiples" in why(tq=1000, tk=0, forward=forward)  # no key at all
+    monkeypatch.setattr(_cuda, "sm90_forward", lambda: False)
     for d in (96, 256):  # the FA3-design forward's only
         assert why(d=d, forward=True) == why(d=d) == f"head dim {d}"
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
-    for kw in ({"segments": True}, {"mb": 2}, {"tq": 1000, "tk": 1100}, {"positioned": True},
-               {"d": 96}, {"d": 256}, {"d": 96, "tq": 1000, "segments": True}):
+    for kw in ({"d": 96}, {"d": 256}, {"d": 96, "tq": 1000, "segments": True}):
         assert why(forward=True, **kw) is None, kw
-        assert why(forward=False, **kw) is not None, kw  # the backward
-    assert why(d=96) == "head dim 96" and why(d=256) == "head dim 256"
+        assert why(forward=False, **kw) == f"head dim {kw['d']}", kw  # the backward
     assert why(d=80, forward=True) == "head dim 80"
-    assert "multiples" in why(tq=1000, tk=0, forward=True)  # no key at all
-    assert why(positioned=True, segments=True, forward=True) is None  # every entry partial
     if not jbs.cuda_built():
         jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
                                     _cuda._attention_forward_lowering, "cuda")
@@ -224,19 +245,34 @@ def test_hopper_forward_routing_and_operands(monkeypatch):
     loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True, q_segment_ids=ids_q,
                                       kv_segment_ids=ids_k).astype(jnp.float32).sum()
     text = cuda_text(jax.grad(loss), q, k)
-    assert "@jax_blocksparse_attention_bwd(" not in text
-    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
-    types = re.sub(r"\s+", " ", call).split(" : (")[-1]
-    assert ("tensor<2xi32>, tensor<1xi32>, tensor<2x1x8xi32>, tensor<2x1x8xi32>, "
-            "tensor<2x1x8x9xi32>, tensor<2x1x8xi32>, tensor<2x1024xi32>, tensor<2x1152xi32>"
-            in types), types
+    call, types = _bwd_operand_types(text)
+    # kv_lengths, q_positions, by query [B, Hm, Rq(, W)], by key [B, Hm, Rk(, W)], ids
+    assert types.startswith(
+        "tensor<2xi32>, tensor<1xi32>, tensor<2x1x8xi32>, tensor<2x1x8xi32>, "
+        "tensor<2x1x8x9xi32>, tensor<2x1x8xi32>, tensor<2x1x9xi32>, tensor<2x1x9xi32>, "
+        "tensor<2x1x9x8xi32>, tensor<2x1x9xi32>, tensor<2x1024xi32>, tensor<2x1152xi32>)"), types
     assert "segments = true" in call and "positioned = false" in call
+    assert "tensor<2x4x2x1024xf32>" in call  # the workspace: lse, delta rows of whole tiles
+    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
+    assert "segments = true" in call and "tensor<2x1152xi32>" in call
     off = jnp.asarray([100, 300], jnp.int32)
-    text = cuda_text(lambda q, k: jbs.attention(
+    chunk = lambda q, k: jbs.attention(
         q[:, :200], k, k, jbs.Layout(np.tril(np.ones((9, 9), bool)), bs), causal=True,
-        q_offset=off), q, k)
+        q_offset=off, q_segment_ids=ids_q[:, :200], kv_segment_ids=ids_k)
+    text = cuda_text(jax.grad(lambda q, k: chunk(q, k).astype(jnp.float32).sum()), q, k)
     (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
     assert "positioned = true" in call and "tensor<2x384x4x128xbf16>" in call
+    call, types = _bwd_operand_types(text)
+    # the positioned query blocks (3 per batch entry) and their by-key lists, per batch entry
+    assert "positioned = true" in call and "segments = true" in call
+    assert ("tensor<2x1x3xi32>, tensor<2x1x3xi32>, tensor<2x1x3x9xi32>, tensor<2x1x3xi32>, "
+            "tensor<2x1x9xi32>, tensor<2x1x9xi32>, tensor<2x1x9x3xi32>, tensor<2x1x9xi32>"
+            in types), types
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: False)  # e.g. BWD_VARIANT=0
+    text = cuda_text(jax.grad(loss), q, k)
+    assert "@jax_blocksparse_attention_bwd(" not in text
+    assert "@jax_blocksparse_attention_fwd(" in text
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
     for d in (96, 256):  # the fused forward, the pure-JAX backward
         q = jnp.zeros((1, 256, 2, d), jnp.float16)
         text = cuda_text(jax.grad(lambda q: jbs.attention(

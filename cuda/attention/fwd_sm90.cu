@@ -95,6 +95,7 @@
 #include "../launch_util.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
+#include "common.cuh"
 
 namespace jax_blocksparse {
 namespace attn {
@@ -161,34 +162,6 @@ __device__ __forceinline__ int FreshTid() {
   return t;
 }
 
-// The key tiles of one query block's list entries (kSub tiles of kBN keys per entry) that
-// survive kv_lengths and causality, in order. Tile e is tile e % kSub of entry e / kSub.
-template <int BS, int kBN>
-struct Tiles {
-  static constexpr int kSub = BS / kBN;
-  const int32_t* list;
-  // n, npart: in tiles (e < npart: a partial entry's tile, element masks); qlast_off: the
-  // last query of the CTA + (Tk - Tq)
-  int n, npart, kvlen, qlast_off;
-  bool causal;
-  int e;  // current tile, n when done
-  __device__ __forceinline__ int Start() const {
-    return __ldg(list + e / kSub) * BS + (e % kSub) * kBN;
-  }
-  __device__ __forceinline__ bool Valid() const {
-    const int s = Start();
-    return s < kvlen && (!causal || s <= qlast_off);
-  }
-  __device__ __forceinline__ void Skip() {
-    while (e < n && !Valid()) ++e;
-  }
-  __device__ __forceinline__ void Next() {
-    ++e;
-    Skip();
-  }
-  __device__ __forceinline__ bool Done() const { return e >= n; }
-};
-
 template <typename T, int D, int BS, int STAGES, bool PINGPONG>
 __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks)
     FwdKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
@@ -220,27 +193,15 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
   const int bh = blockIdx.x, b = bh / a.hq, h = bh % a.hq;
   const Lists& L = a.by_query;
   const int hm = a.hm == 1 ? 0 : h;
-  const int bm = a.mb == 1 ? 0 : b;  // lists per batch entry (segment ids) or shared
-  const int64_t lines0 = (int64_t(bm) * a.hm + hm) * L.lines;
+  const int64_t lines0 = FirstLine(a, L, b, hm);  // lists per batch entry or shared
   const int r = __ldg(L.order + lines0 + blockIdx.y);
-  const int64_t line = lines0 + r;
   const int q0 = r * kBM;
   const int hk = h / a.group;
-  // causal position of query row 0 (bottom-right aligned: Tk - Tq; with q_offset, per
-  // batch entry: the Python side's q_positions)
-  const int off = a.q_pos != nullptr ? __ldg(a.q_pos + (a.qp_batch == 1 ? 0 : b)) : a.tk - a.tq;
-  int kvlen = __ldg(a.kv_lengths + b);
-  kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
+  const int off = QueryOffset(a, b);  // causal position of query row 0
+  const int kvlen = KvLength(a, b);
 
-  Tiles<BS, kBN> tiles;
-  tiles.list = L.lists + line * L.max_len;
-  tiles.n = __ldg(L.counts + line) * tiles.kSub;
-  tiles.npart = __ldg(L.partial + line) * tiles.kSub;
-  tiles.kvlen = kvlen;
-  tiles.qlast_off = q0 + kBM - 1 + off;
-  tiles.causal = a.causal;
-  tiles.e = 0;
-  tiles.Skip();
+  KeyTiles<BS, kBN> tiles;
+  tiles.Begin(L, lines0 + r, kvlen, q0 + kBM - 1 + off, a.causal);
 
   if (tid == 0) {
     tma::MbarInit(bar_q, 1);
@@ -372,25 +333,25 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         const bool segs = a.kv_ids != nullptr;
         int qid0 = 0, qid1 = 0;
         if (segs) {
-          // ids padded to whole tiles ([B, ceil(T / bs) * bs], the Python lowering): rows
-          // past Tq are not stored, keys past Tk are past kv_lengths (masked); no bounds
-          // checks here (they cost spills at 168 registers)
-          qid0 = __ldg(a.q_ids + int64_t(b) * ((a.tq + BS - 1) / BS * BS) + i0);
-          qid1 = __ldg(a.q_ids + int64_t(b) * ((a.tq + BS - 1) / BS * BS) + i0 + 8);
+          // ids padded to whole tiles: rows past Tq are not stored, keys past Tk are past
+          // kv_lengths (masked); no bounds checks here (they cost spills at 168 registers)
+          const int32_t* qids = PaddedIds(a.q_ids, b, a.tq, BS);
+          qid0 = __ldg(qids + i0);
+          qid1 = __ldg(qids + i0 + 8);
         }
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
           int kid0 = 0, kid1 = 0;  // documents of keys j0 + 8j, + 1 (all 0 without ids)
           if (segs) {  // (padded to whole blocks, not key tiles)
-            const int64_t krow_ids = int64_t(b) * ((a.tk + BS - 1) / BS * BS);
-            kid0 = __ldg(a.kv_ids + krow_ids + j0 + 8 * j);
-            kid1 = __ldg(a.kv_ids + krow_ids + j0 + 8 * j + 1);
+            const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, BS);
+            kid0 = __ldg(kids + j0 + 8 * j);
+            kid1 = __ldg(kids + j0 + 8 * j + 1);
           }
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int kj = j0 + 8 * j + (e & 1), qi = i0 + (e >> 1) * 8;
-            const bool other_doc = ((e & 1) ? kid1 : kid0) != ((e >> 1) ? qid1 : qid0);
-            if (kj >= kvlen || (causal_part && kj > qi + off) || other_doc)
+            if (!Allowed(qi, kj, kvlen, causal_part, off, (e >> 1) ? qid1 : qid0,
+                         (e & 1) ? kid1 : kid0))
               s[4 * j + e] = -INFINITY;
           }
         }
@@ -444,7 +405,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       }
     };
 
-    Tiles<BS, kBN> cur = tiles;
+    KeyTiles<BS, kBN> cur = tiles;
     tma::MbarWait(bar_q, 0);  // also before the epilogue reuses the Q buffer
     if (!cur.Done()) {
       if constexpr (kPing) {
