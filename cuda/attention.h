@@ -72,6 +72,10 @@ struct AttentionBackwardParams {
   BlockListsView by_query, by_key;
   void *dq, *dk, *dv;  // q's, k's, v's shapes and dtype
   float* delta;        // workspace [B, Hq, Tq]: rowsum(dO * O) - d_lse
+  // workspaces of the rows with AttentionKernel::dq_workspace (backward variant 4), else
+  // null: float32 [B, Hq, Tq, D] and int32 [B, Hq, Tq / 64] (the launcher zeroes both)
+  float* dq_accum;
+  int32_t* dq_semaphores;
 };
 
 namespace attn {
@@ -92,6 +96,10 @@ struct AttentionKernel {
   // the block size (partial last tiles; the lists then have ceil(Tq / bs) lines) and query
   // positions (q_offset)
   bool documents = false;
+  // backward: the launcher needs the dq_accum and dq_semaphores workspaces
+  // (AttentionBackwardParams) and takes nothing beyond the scope of the backward's
+  // FA3-design kernels (no lists per batch entry, segment ids, q_offset, partial tiles)
+  bool dq_workspace = false;
 };
 
 // The table's row for this call, or nullptr when the table has none: the FFI handler
