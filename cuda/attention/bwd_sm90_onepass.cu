@@ -19,8 +19,9 @@
 //     a STAGES-deep ring with full / empty mbarriers), its warp 1 is the dQ writer (below);
 //     warpgroups 1 and 2 the consumers (setmaxnreg 240), owning key rows [64 c, 64 c + 64).
 //     The CTA walks, for each query head of the kv head's group in turn, the key block's
-//     listed query blocks (by_key lists) in 64-query steps, ascending within each list
-//     order (QueryCursor, as the dK/dV kernel of variant 2). Per step, consumer c:
+//     listed query blocks (by_key lists) in 64-query steps, in the lists' order
+//     (QueryCursor, as the dK/dV kernel of variant 2: partial entries first). Per step,
+//     consumer c:
 //       S^T = K_c Q^T, dP^T = V_c dO^T      (SS, m64n64k16, K-major operands)
 //       P^T = 2^(S^T scale log2e - lse log2e), masked
 //       dV_c += P^T dO                      (RS, m64nDk16, dO N-major)
@@ -211,6 +212,7 @@ __device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
 }
 
 // ------------------------------------------------------------ the kernel
+
 template <int D, int STAGES, int DQB>
 struct Smem {
   static constexpr int kT = 64 * D * 2;  // a 64-row tile: D / 64 slabs
@@ -221,7 +223,8 @@ struct Smem {
   static constexpr int kDs = (4 + 2 * STAGES) * kT;  // dS buffer s at kDs + s kDsBytes / 2
   static constexpr int kDq = kDs + kDsBytes;         // dQ buffer s at kDq + s kDqBytes
   static constexpr int kLD = kDq + DQB * kDqBytes;   // lse, delta rows of stage st: + 512 st
-  static constexpr int kBars = kLD + 512 * STAGES;
+  static constexpr int kMeta = kLD + 512 * STAGES;   // DQB x (query head, first query)
+  static constexpr int kBars = kMeta + 8 * DQB;
   // kv, full[STAGES], empty[STAGES], dq_full[DQB], dq_empty[DQB]
   static constexpr int kNumBars = 1 + 2 * STAGES + 2 * DQB;
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
@@ -245,6 +248,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
   unsigned char* smem = smem_raw + pad;
   const uint32_t base = raw + pad;
+  int2* meta = reinterpret_cast<int2*>(smem + S::kMeta);
   const uint32_t bars = base + S::kBars;
   const uint32_t bar_kv = bars;
   auto full = [&](int st) { return bars + 8u * (1 + st); };
@@ -329,14 +333,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
         LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
       }
-    } else if (warp == 1) {
+    } else if (warp == 1 && !qc.Done()) {
       // --------------------------------------------------------- dQ writer
       const int lane = tid & 31;
       const int kv_blocks = (kvlen + kBS - 1) / kBS;  // blocks starting before kv_lengths
-      const int qtiles = a.tq / kBQ;
-      for (int it = 0; !qc.Done(); ++it, qc.Next()) {
-        const int h = h_first + qc.gi;
-        const int s0 = qc.Start(qc.t);
+      for (int it = 0;; ++it) {
+        const int s = it % DQB;
+        tma::MbarWait(dq_full(s), (it / DQB) & 1);
+        const int h = reinterpret_cast<volatile int*>(meta + s)[0];
+        const int s0 = reinterpret_cast<volatile int*>(meta + s)[1];
+        if (h < 0) break;
         // rank: the key blocks n' > rk that add into this 64-query tile (header comment)
         int lim = kv_blocks;
         if (a.causal) {
@@ -344,21 +350,22 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int cl = c < 0 ? 0 : c / kBS + 1;
           lim = cl < lim ? cl : lim;
         }
-        const int hm = a.hm == 1 ? 0 : h;
-        const int64_t line = int64_t(hm) * a.by_query.lines + s0 / kBS;
+        // 32-bit index arithmetic: this warp runs in 24 registers
+        const unsigned line = unsigned(a.hm == 1 ? 0 : h) * unsigned(a.by_query.lines) +
+                              unsigned(s0 / kBS);
         const int cnt = __ldg(a.by_query.counts + line);
-        const int32_t* lst = a.by_query.lists + line * a.by_query.max_len;
+        const int32_t* lst = a.by_query.lists + size_t(line) * unsigned(a.by_query.max_len);
         int mine = 0;
+#pragma unroll 1
         for (int e = lane; e < cnt; e += 32) {
           const int n2 = __ldg(lst + e);
           mine += (n2 > rk && n2 < lim) ? 1 : 0;
         }
         const int rank = __reduce_add_sync(0xffffffffu, mine);
         if (lane == 0) {
-          const int s = it % DQB;
-          int32_t* sem = a.dq_sem + (int64_t(b) * a.hq + h) * qtiles + s0 / kBQ;
-          float* dst = a.dq_accum + ((int64_t(b) * a.hq + h) * a.tq + s0) * D;
-          tma::MbarWait(dq_full(s), (it / DQB) & 1);
+          const unsigned bh_q = unsigned(b) * unsigned(a.hq) + unsigned(h);
+          int32_t* sem = a.dq_sem + (bh_q * unsigned(a.tq / kBQ) + unsigned(s0 / kBQ));
+          float* dst = a.dq_accum + size_t(bh_q * unsigned(a.tq) + unsigned(s0)) * D;
           while (LoadAcquireGpu(sem) != rank) {
           }
           FenceProxyAsyncGlobal();  // the acquire before the async-proxy reduction
@@ -403,7 +410,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma::NamedBarrier(kBarZeroK, kConsumers);
       }
     }
-    for (int it = 0; !cur.Done(); ++it, cur.Next()) {
+    int it = 0;
+    for (; !cur.Done(); ++it, cur.Next()) {
       const int st = it % STAGES;
       const uint32_t ph = (it / STAGES) & 1;
       const int s0 = cur.Start(cur.t);
@@ -492,6 +500,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool writes = kNW == 2 || cw == (it & 1);
       const int wcol = kNW == 2 ? cw : 0;  // 64-column slab of dQ this consumer computes
       float dq[32];
+      wg::Wait<1>();  // dV += P^T dO done: P^T's fragments are free before dq is live
       if (writes) {
 #pragma unroll
         for (int i = 0; i < 32; ++i) dq[i] = 0.f;
@@ -520,7 +529,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int i4 = 0; i4 < 8; ++i4)
           buf[(i4 * kNW + wcol) * 128 + ct] =
               make_float4(dq[4 * i4], dq[4 * i4 + 1], dq[4 * i4 + 2], dq[4 * i4 + 3]);
+        if (ct == 0) meta[sb] = make_int2(h_first + cur.gi, s0);
         tma::FenceProxyAsync();  // generic writes before the bulk reduction reads them
+        tma::MbarArrive(dq_full(sb));
+      }
+    }
+    {  // the writer's last buffer: no step (-1)
+      if (kNW == 2 || cw == (it & 1)) {
+        const int sb = it % DQB;
+        tma::MbarWait(dq_empty(sb), ((it / DQB) & 1) ^ 1);
+        if (ct == 0) meta[sb] = make_int2(-1, -1);
         tma::MbarArrive(dq_full(sb));
       }
     }
