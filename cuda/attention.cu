@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include "attention/bwd_sm90.h"
+#include "attention/bwd_sm90_onepass.h"
 #include "attention/fwd_sm90.h"
 #include "attention_kernels.cuh"
 #include "switches.h"
@@ -18,6 +19,8 @@ JBS_ATTENTION_SM90_LAUNCHERS(extern template, __nv_bfloat16)
 JBS_ATTENTION_SM90_LAUNCHERS(extern template, __half)
 JBS_ATTENTION_BWD_SM90_LAUNCHERS(extern template, __nv_bfloat16)
 JBS_ATTENTION_BWD_SM90_LAUNCHERS(extern template, __half)
+JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(extern template, __nv_bfloat16)
+JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(extern template, __half)
 }  // namespace attn
 
 namespace {
@@ -64,6 +67,14 @@ namespace {
   {DT, D, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap)",                    \
    attn::RunBackwardSm90<T, D, true>},                                              \
   {DT, D, 128, true, 3, "fa3_backward(wgmma, tma, ws)", attn::RunBackwardSm90<T, D, false>}
+// Backward variant 4: the one-pass Hopper backward (attention/bwd_sm90_onepass.cu: one
+// kernel over by_key computing dK, dV and dS K per block pair, 5 products instead of 7; dQ
+// summed in a float32 workspace in a fixed order under per-tile semaphores: deterministic),
+// sm_90a only, head dims 64 / 128, block size 128. Needs the dq_accum / dq_semaphores
+// workspaces (dq_workspace). Not the default until measured.
+#define JBS_BWD_SM90_ONEPASS_ROWS(DT, T, D)                                             \
+  {DT, D, 128, true, 4, "fa3_backward(one pass, deterministic dq)",                    \
+   attn::RunBackwardSm90OnePass<T, D>, false, true}
 
 // (dtype, head dim, block size, phase, forward variant) -> launcher, name.
 const AttentionKernel kAttentionKernels[] = {
@@ -76,11 +87,16 @@ const AttentionKernel kAttentionKernels[] = {
     JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64),
     JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_SM90_ROWS(DType::kF16, __half, 64), JBS_BWD_SM90_ROWS(DType::kF16, __half, 128),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kBF16, __nv_bfloat16, 64),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kBF16, __nv_bfloat16, 128),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kF16, __half, 64),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kF16, __half, 128),
 };
 #undef JBS_FWD_ROWS
 #undef JBS_FWD_SM90_ROWS
 #undef JBS_BWD_ROWS
 #undef JBS_BWD_SM90_ROWS
+#undef JBS_BWD_SM90_ONEPASS_ROWS
 #undef JBS_BWD_NAME
 
 // Shapes the kernels take, beyond the table's head dim and block size (`tails`: Tq and Tk
@@ -166,6 +182,16 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
 
 cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
                                     const AttentionBackwardParams& p, cudaStream_t stream) {
+  // the one-pass backward (variant 4) takes neither lists per batch entry nor lengths that
+  // are not multiples of the block size (nor segment ids or q_offset, which the backward
+  // does not take yet): refused, never ignored; the Python routing sends them elsewhere
+  if (kernel.dq_workspace &&
+      (p.shape.mask_batch != 1 || p.shape.tq % p.shape.block_size != 0 ||
+       p.shape.tk % p.shape.block_size != 0))
+    return cudaErrorNotSupported;
+  if (kernel.dq_workspace && !Empty(p.shape) &&
+      (p.dq_accum == nullptr || p.dq_semaphores == nullptr))
+    return cudaErrorInvalidValue;
   if (!kernel.backward || !Matches(kernel, p.shape) || p.shape.mask_batch != 1)
     return cudaErrorInvalidValue;
   if (Empty(p.shape)) return cudaSuccess;
@@ -184,6 +210,8 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   a.dk = p.dk;
   a.dv = p.dv;
   a.delta = p.delta;
+  a.dq_accum = p.dq_accum;
+  a.dq_sem = p.dq_semaphores;
   if (a.by_query.lines != p.shape.tq / p.shape.block_size ||
       a.by_key.lines != p.shape.tk / p.shape.block_size)
     return cudaErrorInvalidValue;

@@ -13,7 +13,9 @@
 //     leaves out run the FA2 forward (variant 0).
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 the Hopper FA3-design backward (sm_90a; bf16/f16,
 //     head dims 64 / 128, block size 128; other combinations run the default), =3 the same
-//     without the overlap of products and elementwise work inside a warpgroup
+//     without the overlap of products and elementwise work inside a warpgroup, =4 the
+//     one-pass Hopper backward (attention/bwd_sm90_onepass.cu: same scope as 2; dQ summed
+//     in a float32 workspace in a fixed order)
 #pragma once
 
 namespace jax_blocksparse {
@@ -23,7 +25,7 @@ struct Switches {
   bool simple_kernels;    // set to anything but "" or "0"
   bool no_wgmma;          // set to anything but "" or "0"
   int attn_fwd_variant;   // 0..3 when the value starts with that digit, else -1 (default)
-  int attn_bwd_variant;   // 2 or 3 when the value starts with that digit, else 0
+  int attn_bwd_variant;   // 2, 3 or 4 when the value starts with that digit, else 0
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

@@ -12,7 +12,9 @@ The Python side's environment switches are read once, into `SWITCHES`:
 `JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
 `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT` (the C++ side's forward override, cuda/switches.h) is
 read here too: the forward takes segment ids and lists per batch entry only where the
-FA3-design forward runs (`sm90_forward`). Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
+FA3-design forward runs (`sm90_forward`); so is `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT`: under 4
+(`onepass_backward`) the backward's custom call gets the one-pass kernel's two workspaces.
+Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
 call that a kernel could have taken but that lowers to the pure-JAX implementation says why
 when the program is compiled (the kernels' own launch lines come from C++).
 """
@@ -45,6 +47,7 @@ class Switches(NamedTuple):
     """The environment switches of the Python side, read once when the package loads."""
     disable_cuda: bool
     attn_fwd_variant: int  # -1: unset (the default by architecture), else 0..3
+    attn_bwd_variant: int  # 2, 3 or 4 when set to one of them, else 0 (the default)
 
 
 def _read_switches() -> Switches:
@@ -52,9 +55,12 @@ def _read_switches() -> Switches:
         value = os.environ.get(name, "0").strip() or "0"
         return int(value) if value.isdigit() else 1
     variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "")
+    bwd_variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT", "")
     return Switches(disable_cuda=number("JAX_BLOCKSPARSE_DISABLE_CUDA") != 0,
                     attn_fwd_variant=int(variant[0]) if variant[:1] in ("0", "1", "2", "3")
-                    else -1)  # as cuda/switches.cu reads it
+                    else -1,  # as cuda/switches.cu reads it
+                    attn_bwd_variant=int(bwd_variant[0]) if bwd_variant[:1] in ("2", "3", "4")
+                    else 0)
 
 
 SWITCHES = _read_switches()
@@ -90,6 +96,17 @@ def sm90_forward() -> bool:
     if "90a" not in str(getattr(_ext, "cuda_architectures", "")).split(","):
         return False
     return getattr(jax.devices("cuda")[0], "compute_capability", None) == "9.0"
+
+
+def onepass_backward(dtype, head_dim: int, block_size: int) -> bool:
+    """Whether the attention backward's custom call runs backward variant 4, the one-pass
+    Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
+    (attention.cu, FindAttentionKernel: the variant's rows are bf16 / f16, head dims 64 and
+    128, block size 128; other combinations run the default backward): it then needs the
+    workspaces `dq_accum` and `dq_semaphores`. Opt-in (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4);
+    it takes no call beyond the backward's scope (`fused_attention_unsupported`)."""
+    return (SWITCHES.attn_bwd_variant == 4 and block_size == 128 and head_dim in (64, 128)
+            and any(dtype == d for d in (jnp.bfloat16, jnp.float16)))
 
 
 def _precision_attr(precision) -> np.int32:
@@ -165,7 +182,8 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     (`forward=False`) and the FA2 forward take neither segment ids, nor a mask per batch
     entry, nor lengths that are not multiples of the block size, nor `q_offset`; the
     FA3-design forward (`sm90_forward()`, with `forward=True`) takes all four (partial
-    last tiles: with at least one key)."""
+    last tiles: with at least one key). (When the backward takes them, backward variant
+    4, `onepass_backward`, must still be sent elsewhere: its launcher refuses them.)"""
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if head_dim not in FUSED_ATTENTION["head_dims"]:
@@ -260,10 +278,19 @@ def _attention_backward_lowering(ctx, *operands, **params):
     if not _fused_attention("attention_bwd", ctx, floats, params):
         return _backward_reference(ctx, *operands, **params)
     values, avals = _kernel_operands(ctx, floats, operands)
-    lse_aval = ctx.avals_in[4]
-    delta = lse_aval.update(shape=lse_aval.shape, dtype=np.dtype(np.float32))  # workspace
-    ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, delta])
-    dq, dk, dv, _ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
+    q_aval, lse_aval = ctx.avals_in[0], ctx.avals_in[4]
+    f32, i32 = np.dtype(np.float32), np.dtype(np.int32)
+    delta = lse_aval.update(shape=lse_aval.shape, dtype=f32)  # workspace
+    # the one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h), else [0]:
+    # dq_accum float32 [B, Hq, Tq, D], dq_semaphores int32 [B, Hq, Tq / 64]
+    b, tq, hq, d = q_aval.shape
+    onepass = onepass_backward(q_aval.dtype, d, params["block_size"])
+    dq_accum = q_aval.update(shape=(b, hq, tq, d) if onepass else (0,), dtype=f32,
+                             weak_type=False)
+    dq_sem = q_aval.update(shape=(b, hq, tq // 64) if onepass else (0,), dtype=i32,
+                           weak_type=False)
+    ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, delta, dq_accum, dq_sem])
+    dq, dk, dv, *_ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
         ctx, *values, **_attention_attrs(params))
     return dq, dk, dv
 

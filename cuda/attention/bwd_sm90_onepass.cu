@@ -237,7 +237,8 @@ template <int D> constexpr int kDqBuffers = 2;
 template <typename T, int D, int STAGES, int DQB>
 __global__ void __launch_bounds__(kThreads, 1)
     OnePassKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
-                  const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_k,
+                  const __grid_constant__ CUtensorMap tm_do,
+                  const __grid_constant__ CUtensorMap tm_k,
                   const __grid_constant__ CUtensorMap tm_v) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Smem<D, STAGES, DQB>;
@@ -402,7 +403,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int i = ct; i < 64 * (D / 8); i += 128) {  // 16-byte chunks of this half
           const int r = cw * 64 + i / (D / 8), c = i % (D / 8);
           if (r >= first) {
-            unsigned char* p = smem + (r / 64) * kT + (c / 8) * kSlab + (r % 64) * kLine + (c % 8) * 16;
+            unsigned char* p =
+                smem + (r / 64) * kT + (c / 8) * kSlab + (r % 64) * kLine + (c % 8) * 16;
             *reinterpret_cast<uint4*>(p) = make_uint4(0u, 0u, 0u, 0u);
           }
         }
@@ -426,10 +428,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         FenceAcc(dp);
         wg::Fence();
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS<T, 64>(s, dK + KSlice(kk), dq_ + KSlice(kk), kk > 0);
+        for (int kk = 0; kk < D / 16; ++kk)
+          wg::MmaSS<T, 64>(s, dK + KSlice(kk), dq_ + KSlice(kk), kk > 0);
         wg::Commit();  // S^T, then dP^T: P^T is computed while dP^T runs
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) wg::MmaSS<T, 64>(dp, dV + KSlice(kk), do_ + KSlice(kk), kk > 0);
+        for (int kk = 0; kk < D / 16; ++kk)
+          wg::MmaSS<T, 64>(dp, dV + KSlice(kk), do_ + KSlice(kk), kk > 0);
         wg::Commit();
         wg::Wait<1>();
         FenceAcc(s);
@@ -628,8 +632,8 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   if (a.batch * a.hkv > 65535) return cudaErrorInvalidValue;
 
   const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
-  cudaError_t err = cudaMemsetAsync(
-      a.dq_accum, 0, size_t(OnePassDqAccumElements(a.batch, a.hq, a.tq, D)) * sizeof(float), stream);
+  const size_t accum_bytes = size_t(OnePassDqAccumElements(a.batch, a.hq, a.tq, D)) * 4;
+  cudaError_t err = cudaMemsetAsync(a.dq_accum, 0, accum_bytes, stream);
   if (err == cudaSuccess)
     err = cudaMemsetAsync(a.dq_sem, 0,
                           size_t(OnePassSemaphoreElements(a.batch, a.hq, a.tq)) * sizeof(int32_t),
