@@ -227,3 +227,37 @@ def test_hopper_forward_routing_and_operands(monkeypatch):
         q_offset=off), q, k)
     (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
     assert "positioned = true" in call and "tensor<2x384x4x128xbf16>" in call
+
+
+@pytest.mark.parametrize("variant", [0, 4])
+def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, variant):
+    """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 (faked here) the backward's custom call
+    gets the one-pass kernel's workspaces, dq_accum float32 [B, Hq, Tq, D] and
+    dq_semaphores int32 [B, Hq, Tq / 64], after delta; otherwise (and at block size 64,
+    which variant 4 leaves to the default backward) both are [0]. Lowered for "cuda" on
+    any machine."""
+    import re
+    import sys
+    from jax_blocksparse import _cuda, _partitioning
+    from jax_blocksparse import _jax_internals as jint
+    att = sys.modules["jax_blocksparse.attention"]
+    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=variant))
+    if not jbs.cuda_built():
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
+                                    _cuda._attention_forward_lowering, "cuda")
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_bwd_p],
+                                    _cuda._attention_backward_lowering, "cuda")
+    for bs, d in ((128, 128), (128, 64), (64, 64)):
+        q = jnp.zeros((2, 512, 4, d), jnp.bfloat16)
+        k = jnp.zeros((2, 512, 2, d), jnp.bfloat16)
+        layout = jbs.layouts.local(512, bs, 200)
+        loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True).astype(
+            jnp.float32).sum()
+        text = cuda_text(jax.grad(loss), q, k)
+        (call,) = [line for line in text.splitlines()
+                   if "@jax_blocksparse_attention_bwd(" in line]
+        results = re.sub(r"\s+", " ", call).split(" -> ")[-1]
+        onepass = variant == 4 and bs == 128
+        want = (f"tensor<2x4x512xf32>, tensor<2x4x512x{d}xf32>, tensor<2x4x8xi32>" if onepass
+                else "tensor<2x4x512xf32>, tensor<0xf32>, tensor<0xi32>")
+        assert want in results, (bs, d, results)
