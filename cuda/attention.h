@@ -23,8 +23,10 @@
 // [B, Tk] int32; on the partial entries query i attends key j only if their ids are equal
 // (the lists skip block pairs of different documents and mark mixed ones partial:
 // attention_metadata.document_kinds; full entries are of one same document).
-// Deterministic: no float atomics; dK/dV of a kv head sum over its query-head group inside
-// one CTA in a fixed order.
+// Deterministic: no float atomics whose order depends on timing; dK/dV of a kv head sum over
+// its query-head group inside one CTA in a fixed order. (The one-pass backward, variant 4,
+// adds dQ partial sums of several CTAs into a float32 workspace in a fixed order under
+// semaphores: attention/bwd_sm90_onepass.cu.)
 #pragma once
 
 #include <cstdint>
