@@ -182,8 +182,8 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     (`forward=False`) and the FA2 forward take neither segment ids, nor a mask per batch
     entry, nor lengths that are not multiples of the block size, nor `q_offset`; the
     FA3-design forward (`sm90_forward()`, with `forward=True`) takes all four (partial
-    last tiles: with at least one key). (When the backward takes them, backward variant
-    4, `onepass_backward`, must still be sent elsewhere: its launcher refuses them.)"""
+    last tiles: with at least one key). Backward variant 4 (`onepass_backward`) takes none
+    of them even where the backward does: its launcher refuses them."""
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if head_dim not in FUSED_ATTENTION["head_dims"]:
@@ -191,6 +191,11 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     if block_size not in FUSED_ATTENTION["block_sizes"]:
         return f"block size {block_size}"
     documents = forward and sm90_forward()
+    if (not forward and onepass_backward(dtype, head_dim, block_size)
+            and (segments or positioned or mask_batch != 1 or tq % block_size
+                 or tk % block_size)):  # its launcher refuses them (cudaErrorNotSupported)
+        return ("segment ids, q_offset, a mask per batch entry or partial tiles under "
+                "backward variant 4")
     if (tq % block_size or tk % block_size) and (not documents or tk == 0):
         return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     if segments and not documents:

@@ -242,6 +242,12 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, variant):
     from jax_blocksparse import _jax_internals as jint
     att = sys.modules["jax_blocksparse.attention"]
     monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=variant))
+    for kw in ({"segments": True}, {"positioned": True}, {"mask_batch": 2},
+               {"tq": 1000, "tk": 1100}):
+        args = dict(dtype=jnp.bfloat16, head_dim=128, block_size=128, tq=1024, tk=1024,
+                    segments=False, positioned=False, mask_batch=1)
+        why = _cuda.fused_attention_unsupported(**dict(args, **kw))
+        assert why is not None and ("variant 4" in why) == (variant == 4), (kw, why)
     if not jbs.cuda_built():
         jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
                                     _cuda._attention_forward_lowering, "cuda")
