@@ -75,7 +75,7 @@ struct AttentionBackwardParams {
   void *dq, *dk, *dv;  // q's, k's, v's shapes and dtype
   float* delta;        // workspace [B, Hq, Tq]: rowsum(dO * O) - d_lse
   // workspaces of the rows with AttentionKernel::dq_workspace (backward variant 4), else
-  // null: float32 [B, Hq, Tq, D] and int32 [B, Hq, Tq / 64] (the launcher zeroes both)
+  // null: float32 [B, Hq, Tq, D] and int32 [B, Hq, Tq / 64] (the launcher zeroes the semaphores)
   float* dq_accum;
   int32_t* dq_semaphores;
 };

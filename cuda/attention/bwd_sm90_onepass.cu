@@ -12,7 +12,7 @@
 //
 // Four launches, in stream order:
 //  1. DeltaKernel (the FA2 one): delta = rowsum(dO * O) - d_lse, float32 [B, Hq, Tq]; and
-//     cudaMemsetAsync of the two workspaces (dq_accum, the semaphores).
+//     cudaMemsetAsync of the semaphores (dq_accum is not zeroed: below).
 //  2. OnePassKernel: one CTA per (batch, kv head, 128-key block n). 384 threads: warpgroup
 //     0 the producer (setmaxnreg 24): its thread 0 issues the TMA loads (K_n, V_n once;
 //     then per step the 64-query tiles of Q and dO and the tile's lse and delta rows into
@@ -39,11 +39,13 @@
 //     their accumulator registers (float4 per thread, conflict free); lane 0 of the writer
 //     warp waits for its turn on the step's semaphore, adds the buffer to dq_accum with one
 //     bulk reduction (cp.reduce.async.bulk .add.f32, contiguous bytes: dq_accum keeps
-//     each 64-row tile in the same register order, so no tensor map is needed), waits for
+//     each 64-row tile in the same register order, so no tensor map is needed; the first
+//     adder of a tile, rank 0, stores with a bulk copy instead), waits for
 //     its completion, releases the semaphore (+1) and frees the buffer. Bulk reduction
 //     from one thread rather than red.global.add from 256 threads: the consumers never
 //     wait for the semaphore (only for a free buffer), and one completion wait per step.
-//  4. DqConvertKernel: dQ = scale * dq_accum (undoing the register order), q's dtype.
+//  4. DqConvertKernel: dQ = scale * dq_accum (undoing the register order), q's dtype; 0 for
+//     a tile whose semaphore is still 0 (no key block added into it: never written).
 //
 // Determinism (bitwise identical results run to run): every dq_accum element receives, in
 // each step touching it, exactly one float add, and the adds into one 64-query tile
@@ -151,10 +153,12 @@ __device__ __forceinline__ void LoadTile64(uint32_t dst, const CUtensorMap* map,
 // Store a warpgroup's 64 x D float accumulators (times mul) as T rows: this thread's rows
 // row0 (acc[4j], acc[4j + 1]) and row0 + 8 (acc[4j + 2, 3]), columns 8j + 2t.
 template <typename T, int D>
-__device__ __forceinline__ void StoreAcc(const float (&acc)[D / 2], float mul, T* g0, T* g1, int t) {
+__device__ __forceinline__ void StoreAcc(const float (&acc)[D / 2], float mul, T* g0, T* g1,
+                                         int t) {
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) {
-    *reinterpret_cast<uint32_t*>(g0 + 8 * j + 2 * t) = Ops<T>::Pack(acc[4 * j] * mul, acc[4 * j + 1] * mul);
+    *reinterpret_cast<uint32_t*>(g0 + 8 * j + 2 * t) =
+        Ops<T>::Pack(acc[4 * j] * mul, acc[4 * j + 1] * mul);
     *reinterpret_cast<uint32_t*>(g1 + 8 * j + 2 * t) =
         Ops<T>::Pack(acc[4 * j + 2] * mul, acc[4 * j + 3] * mul);
   }
@@ -183,6 +187,14 @@ __device__ __forceinline__ void BulkReduceAddF32(float* dst, uint32_t src, uint3
   asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(
                    dst),
                "r"(src), "r"(bytes)
+               : "memory");
+#endif
+}
+// dst[0 .. bytes) = src (shared -> global, one bulk copy of this thread's bulk group).
+__device__ __forceinline__ void BulkStore(void* dst, uint32_t src, uint32_t bytes) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+               "r"(bytes)
                : "memory");
 #endif
 }
@@ -370,7 +382,11 @@ __global__ void __launch_bounds__(kThreads, 1)
           while (LoadAcquireGpu(sem) != rank) {
           }
           FenceProxyAsyncGlobal();  // the acquire before the async-proxy reduction
-          BulkReduceAddF32(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
+          if (rank == 0) {  // the first adder stores: dq_accum needs no zeroing
+            BulkStore(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
+          } else {
+            BulkReduceAddF32(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
+          }
           tma::StoreCommit();
           BulkWaitAll();
           FenceProxyAsyncGlobal();  // the reduction's writes before the release
@@ -578,7 +594,8 @@ __global__ void DqConvertKernel(const Args a) {
     const int64_t bhq = tile / qtiles;
     const int h = int(bhq % a.hq), b = int(bhq / a.hq);
     const int row = qt * kBQ + 16 * w4 + g, col = 64 * w + 8 * i4 + 2 * t;
-    const float4 x = src[f];
+    // a tile no key block added into (semaphore still 0) was never written: dQ = 0 there
+    const float4 x = __ldg(a.dq_sem + tile) != 0 ? src[f] : make_float4(0.f, 0.f, 0.f, 0.f);
     const int64_t qstride = int64_t(a.hq) * D;
     T* out = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + row) * qstride + int64_t(h) * D + col;
     *reinterpret_cast<uint32_t*>(out) = Ops<T>::Pack(x.x * a.scale, x.y * a.scale);
@@ -632,12 +649,10 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   if (a.batch * a.hkv > 65535) return cudaErrorInvalidValue;
 
   const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
-  const size_t accum_bytes = size_t(OnePassDqAccumElements(a.batch, a.hq, a.tq, D)) * 4;
-  cudaError_t err = cudaMemsetAsync(a.dq_accum, 0, accum_bytes, stream);
-  if (err == cudaSuccess)
-    err = cudaMemsetAsync(a.dq_sem, 0,
-                          size_t(OnePassSemaphoreElements(a.batch, a.hq, a.tq)) * sizeof(int32_t),
-                          stream);
+  // dq_accum needs no zeroing: each tile's first adder stores (DqConvertKernel reads only
+  // the tiles whose semaphore moved)
+  cudaError_t err = cudaMemsetAsync(
+      a.dq_sem, 0, size_t(OnePassSemaphoreElements(a.batch, a.hq, a.tq)) * sizeof(int32_t), stream);
   if (err != cudaSuccess) return err;
   DeltaKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
   err = cudaGetLastError();

@@ -16,10 +16,11 @@ struct Args;
 // dim D (64, 128), T __nv_bfloat16 or __half, in one pass over the by-key lists: dQ is
 // summed in the float32 workspace a.dq_accum ([B, Hq, Tq, D] elements, layout private to
 // the kernel) in a fixed order guarded by the int32 semaphores a.dq_sem ([B, Hq, Tq / 64]);
-// both are zeroed here (cudaMemsetAsync) before use. cudaErrorNotSupported on a device that
-// is not sm_90 (or a build without sm_90a code), cudaErrorInvalidValue for operands TMA
-// cannot address (not 16-byte aligned) or missing workspaces. Tq = 0 or Tk = 0 runs the
-// FA2 backward (no tensor map).
+// the semaphores are zeroed here (cudaMemsetAsync), dq_accum needs no zeroing (each tile's
+// first adder stores). cudaErrorNotSupported on a device that is not sm_90 (or a build
+// without sm_90a code) and for calls beyond the scope (lists per batch entry, Tq or Tk not
+// multiples of 128), cudaErrorInvalidValue for operands TMA cannot address (not 16-byte
+// aligned) or missing workspaces. Tq = 0 or Tk = 0 runs the FA2 backward (no tensor map).
 template <typename T, int D>
 cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream);
 
