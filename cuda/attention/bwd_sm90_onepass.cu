@@ -36,12 +36,14 @@
 //     consumer (step % 2) computes all 64 columns (the other one goes on).
 //  3. The dQ writer: per step, the consumers store the float32 dQ partial (64 x D) into a
 //     shared-memory buffer (DQB of them, mbarriers dq_full / dq_empty) in the order of
-//     their accumulator registers (float4 per thread, conflict free); lane 0 of the writer
-//     warp waits for its turn on the step's semaphore, adds the buffer to dq_accum with one
-//     bulk reduction (cp.reduce.async.bulk .add.f32, contiguous bytes: dq_accum keeps
-//     each 64-row tile in the same register order, so no tensor map is needed; the first
-//     adder of a tile, rank 0, stores with a bulk copy instead), waits for
-//     its completion, releases the semaphore (+1) and frees the buffer. Bulk reduction
+//     their accumulator registers (float4 per thread, conflict free). The writer warp
+//     learns the step's (query head, query tile) from the producer as the step's loads are
+//     issued (a ring of kMetaSlots), counts its rank and, lane 0, waits for its turn on the
+//     step's semaphore while the consumers compute; then, the partial in, adds it to
+//     dq_accum with one bulk reduction (cp.reduce.async.bulk .add.f32, contiguous bytes:
+//     dq_accum keeps each 64-row tile in the same register order, so no tensor map is
+//     needed; the first adder of a tile, rank 0, stores with a bulk copy instead), waits
+//     for its completion, releases the semaphore (+1) and frees the buffer. Bulk reduction
 //     from one thread rather than red.global.add from 256 threads: the consumers never
 //     wait for the semaphore (only for a free buffer), and one completion wait per step.
 //  4. DqConvertKernel: dQ = scale * dq_accum (undoing the register order), q's dtype; 0 for
@@ -224,6 +226,17 @@ __device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
 }
 
 // ------------------------------------------------------------ the kernel
+// The producer tells the dQ writer each step's (query head, first query) through a ring of
+// kMetaSlots in shared memory (mbarriers meta_full, one arrival), as it issues the step's
+// loads: the writer works out its rank and waits for its turn on the semaphore while the
+// consumers compute the step, and needs no cursor of its own (it runs in the producer
+// warpgroup's 24 registers). After the last step the producer writes (-1, -1). A slot is
+// free again: the producer writes step i's once it holds stage i % STAGES, i.e. once the
+// consumers have finished step i - STAGES and so passed the dQ buffer of step
+// i - STAGES - 1, which the writer released after finishing step i - STAGES - 1 - DQB:
+// the slot's previous step, i - kMetaSlots, is older if kMetaSlots > STAGES + DQB + 1
+// (the final (-1, -1), written after the wait for step N - 1, by the same count).
+constexpr int kMetaSlots = 8;
 
 template <int D, int STAGES, int DQB>
 struct Smem {
@@ -235,10 +248,11 @@ struct Smem {
   static constexpr int kDs = (4 + 2 * STAGES) * kT;  // dS buffer s at kDs + s kDsBytes / 2
   static constexpr int kDq = kDs + kDsBytes;         // dQ buffer s at kDq + s kDqBytes
   static constexpr int kLD = kDq + DQB * kDqBytes;   // lse, delta rows of stage st: + 512 st
-  static constexpr int kMeta = kLD + 512 * STAGES;   // DQB x (query head, first query)
-  static constexpr int kBars = kMeta + 8 * DQB;
-  // kv, full[STAGES], empty[STAGES], dq_full[DQB], dq_empty[DQB]
-  static constexpr int kNumBars = 1 + 2 * STAGES + 2 * DQB;
+  static constexpr int kMeta = kLD + 512 * STAGES;   // kMetaSlots x (query head, first query)
+  static constexpr int kBars = kMeta + 8 * kMetaSlots;
+  // kv, full[STAGES], empty[STAGES], dq_full[DQB], dq_empty[DQB], meta_full[kMetaSlots]
+  static constexpr int kNumBars = 1 + 2 * STAGES + 2 * DQB + kMetaSlots;
+  static_assert(kMetaSlots > STAGES + DQB + 1, "the meta ring");
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
   static_assert(kBytes <= 227 * 1024, "shared memory");
 };
@@ -268,6 +282,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto empty = [&](int st) { return bars + 8u * (1 + STAGES + st); };
   auto dq_full = [&](int s) { return bars + 8u * (1 + 2 * STAGES + s); };
   auto dq_empty = [&](int s) { return bars + 8u * (1 + 2 * STAGES + DQB + s); };
+  auto meta_full = [&](int s) { return bars + 8u * (1 + 2 * STAGES + 2 * DQB + s); };
 
   const int tid = threadIdx.x, wgi = tid / 128;
   const int bh = blockIdx.y, b = bh / a.hkv, hk = bh % a.hkv;
@@ -312,6 +327,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::MbarInit(dq_full(s), 128 * kNW);
       tma::MbarInit(dq_empty(s), 1);
     }
+#pragma unroll
+    for (int s = 0; s < kMetaSlots; ++s) tma::MbarInit(meta_full(s), 1);
     tma::FenceMbarInit();
   }
   __syncthreads();
@@ -332,7 +349,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         LoadTile64<D>(base + hh * kT, &tm_k, hk, krow + 64 * hh, bar_kv);
         LoadTile64<D>(base + (2 + hh) * kT, &tm_v, hk, krow + 64 * hh, bar_kv);
       }
-      for (int it = 0; !qc.Done(); ++it, qc.Next()) {
+      int it = 0;
+      for (; !qc.Done(); ++it, qc.Next()) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
         const int h = h_first + qc.gi;
@@ -340,21 +358,25 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint32_t sq = base + S::kQ + st * 2 * kT;
         const int64_t li = (int64_t(b) * a.hq + h) * a.tq + s0;
         tma::MbarWait(empty(st), ph ^ 1);
+        meta[it % kMetaSlots] = make_int2(h, s0);
+        tma::MbarArrive(meta_full(it % kMetaSlots));
         tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
         LoadTile64<D>(sq, &tm_q, h, b * a.tq + s0, full(st));
         LoadTile64<D>(sq + kT, &tm_do, h, b * a.tq + s0, full(st));
         LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
         LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
       }
+      meta[it % kMetaSlots] = make_int2(-1, -1);  // no more steps
+      tma::MbarArrive(meta_full(it % kMetaSlots));
     } else if (warp == 1 && !qc.Done()) {
       // --------------------------------------------------------- dQ writer
       const int lane = tid & 31;
       const int kv_blocks = (kvlen + kBS - 1) / kBS;  // blocks starting before kv_lengths
       for (int it = 0;; ++it) {
-        const int s = it % DQB;
-        tma::MbarWait(dq_full(s), (it / DQB) & 1);
-        const int h = reinterpret_cast<volatile int*>(meta + s)[0];
-        const int s0 = reinterpret_cast<volatile int*>(meta + s)[1];
+        const int s = it % DQB, ms = it % kMetaSlots;
+        tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
+        const int h = reinterpret_cast<volatile int*>(meta + ms)[0];
+        const int s0 = reinterpret_cast<volatile int*>(meta + ms)[1];
         if (h < 0) break;
         // rank: the key blocks n' > rk that add into this 64-query tile (header comment)
         int lim = kv_blocks;
@@ -379,8 +401,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           const unsigned bh_q = unsigned(b) * unsigned(a.hq) + unsigned(h);
           int32_t* sem = a.dq_sem + (bh_q * unsigned(a.tq / kBQ) + unsigned(s0 / kBQ));
           float* dst = a.dq_accum + size_t(bh_q * unsigned(a.tq) + unsigned(s0)) * D;
-          while (LoadAcquireGpu(sem) != rank) {
+          while (LoadAcquireGpu(sem) != rank) {  // our turn (while the consumers compute)
           }
+          tma::MbarWait(dq_full(s), (it / DQB) & 1);  // the consumers' partial is in
           FenceProxyAsyncGlobal();  // the acquire before the async-proxy reduction
           if (rank == 0) {  // the first adder stores: dq_accum needs no zeroing
             BulkStore(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
@@ -428,8 +451,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma::NamedBarrier(kBarZeroK, kConsumers);
       }
     }
-    int it = 0;
-    for (; !cur.Done(); ++it, cur.Next()) {
+    for (int it = 0; !cur.Done(); ++it, cur.Next()) {
       const int st = it % STAGES;
       const uint32_t ph = (it / STAGES) & 1;
       const int s0 = cur.Start(cur.t);
@@ -549,16 +571,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int i4 = 0; i4 < 8; ++i4)
           buf[(i4 * kNW + wcol) * 128 + ct] =
               make_float4(dq[4 * i4], dq[4 * i4 + 1], dq[4 * i4 + 2], dq[4 * i4 + 3]);
-        if (ct == 0) meta[sb] = make_int2(h_first + cur.gi, s0);
         tma::FenceProxyAsync();  // generic writes before the bulk reduction reads them
-        tma::MbarArrive(dq_full(sb));
-      }
-    }
-    {  // the writer's last buffer: no step (-1)
-      if (kNW == 2 || cw == (it & 1)) {
-        const int sb = it % DQB;
-        tma::MbarWait(dq_empty(sb), ((it / DQB) & 1) ^ 1);
-        if (ct == 0) meta[sb] = make_int2(-1, -1);
         tma::MbarArrive(dq_full(sb));
       }
     }
