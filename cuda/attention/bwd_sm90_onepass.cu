@@ -401,7 +401,12 @@ __global__ void __launch_bounds__(kThreads, 1)
           const unsigned bh_q = unsigned(b) * unsigned(a.hq) + unsigned(h);
           int32_t* sem = a.dq_sem + (bh_q * unsigned(a.tq / kBQ) + unsigned(s0 / kBQ));
           float* dst = a.dq_accum + size_t(bh_q * unsigned(a.tq) + unsigned(s0)) * D;
-          while (LoadAcquireGpu(sem) != rank) {  // our turn (while the consumers compute)
+          // our turn (while the consumers compute). By-query and by-key lists that disagree
+          // (not transposes of one mask) could make a rank that never comes: trap after
+          // ~10 s rather than hang.
+          const long long t0 = clock64();
+          while (LoadAcquireGpu(sem) != rank) {
+            if (clock64() - t0 > (20LL << 30)) __trap();
           }
           tma::MbarWait(dq_full(s), (it / DQB) & 1);  // the consumers' partial is in
           FenceProxyAsyncGlobal();  // the acquire before the async-proxy reduction
