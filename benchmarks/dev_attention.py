@@ -24,12 +24,13 @@ from the environment), plus cuDNN dense causal.
 
 Backward variants side by side:
 
-    python3 benchmarks/dev_attention.py --bwd-variants 0,2,3
+    python3 benchmarks/dev_attention.py --bwd-variants 0,2,4
 
 times forward+backward (and the backward alone) on the same layouts under each value of
 JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (2: the Hopper FA3-design backward,
-cuda/attention/bwd_sm90.cu; 3: the same without the overlap inside a warpgroup), one
-subprocess each, then a table of useful TFLOP/s (backward
+cuda/attention/bwd_sm90.cu; 3: the same without the overlap inside a warpgroup; 4: the
+one-pass Hopper backward with its deterministic dQ sums, cuda/attention/bwd_sm90_onepass.cu),
+one subprocess each, then a table of useful TFLOP/s (backward
 = 2.5 x the forward's FLOPs, forward+backward 3.5 x) and the ratio of each variant to the
 first. The forward is the one JAX_BLOCKSPARSE_ATTN_FWD_VARIANT picks (default 0; set it to
 2 for both Hopper kernels); `--bwd-only` is that timing in this process.
@@ -306,7 +307,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fwd-variants", help="e.g. 0,2: the forward under each variant")
     parser.add_argument("--fwd-only", action="store_true")
-    parser.add_argument("--bwd-variants", help="e.g. 0,2: forward+backward under each "
+    parser.add_argument("--bwd-variants", help="e.g. 0,2,4: forward+backward under each "
                         "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT")
     parser.add_argument("--bwd-only", action="store_true")
     parser.add_argument("--layouts", default=",".join(FWD_LAYOUTS))

@@ -2,7 +2,7 @@
 # One call on the GPU machine: build for sm_90a, then the stages named as arguments.
 #   bash benchmarks/device.sh test matmul attention peers patterns lm sanitize
 #   (attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
-#    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 3;
+#    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build:
@@ -109,8 +109,9 @@ for stage in "$@"; do
     attention_variants) python3 "$repo/benchmarks/dev_attention.py" --fwd-variants 0,2,3 2>&1 \
                           | tee "$out/attention_variants.log" ;;
     # forward+backward (and the backward alone) under backward variants 0 (FA2, default), 2
-    # and 3 (Hopper FA3 design); the forward: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (default 0)
-    attention_bwd_variants) python3 "$repo/benchmarks/dev_attention.py" --bwd-variants 0,2,3 \
+    # (Hopper FA3 design, two kernels) and 4 (one pass, deterministic dQ sums); the forward:
+    # JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (default 0)
+    attention_bwd_variants) python3 "$repo/benchmarks/dev_attention.py" --bwd-variants 0,2,4 \
                               2>&1 | tee "$out/attention_bwd_variants.log" ;;
     # the same at block size 64 (variants 2 and 3 run one kernel there)
     attention_variants64) python3 "$repo/benchmarks/dev_attention.py" --fwd-variants 0,2 \

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include "attention/bwd_sm90.h"
+#include "attention/bwd_sm90_onepass.h"
 #include "attention/fwd_sm90.h"
 #include "attention_kernels.cuh"
 #include "switches.h"
@@ -18,6 +19,8 @@ JBS_ATTENTION_SM90_LAUNCHERS(extern template, __nv_bfloat16)
 JBS_ATTENTION_SM90_LAUNCHERS(extern template, __half)
 JBS_ATTENTION_BWD_SM90_LAUNCHERS(extern template, __nv_bfloat16)
 JBS_ATTENTION_BWD_SM90_LAUNCHERS(extern template, __half)
+JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(extern template, __nv_bfloat16)
+JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(extern template, __half)
 }  // namespace attn
 
 namespace {
@@ -70,6 +73,14 @@ namespace {
    attn::RunBackwardSm90<T, D, true>, true},                                        \
   {DT, D, 128, true, 3, "fa3_backward(wgmma, tma, ws)",                             \
    attn::RunBackwardSm90<T, D, false>, true}
+// Backward variant 4: the one-pass Hopper backward (attention/bwd_sm90_onepass.cu: one
+// kernel over by_key computing dK, dV and dS K per block pair, 5 products instead of 7; dQ
+// summed in a float32 workspace in a fixed order under per-tile semaphores: deterministic),
+// sm_90a only, head dims 64 / 128, block size 128. Needs the dq_accum / dq_semaphores
+// workspaces (dq_workspace). Not the default until measured.
+#define JBS_BWD_SM90_ONEPASS_ROWS(DT, T, D)                                             \
+  {DT, D, 128, true, 4, "fa3_backward(one pass, deterministic dq)",                    \
+   attn::RunBackwardSm90OnePass<T, D>, false, true}
 
 // (dtype, head dim, block size, phase, forward variant) -> launcher, name.
 const AttentionKernel kAttentionKernels[] = {
@@ -85,11 +96,16 @@ const AttentionKernel kAttentionKernels[] = {
     JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64),
     JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_SM90_ROWS(DType::kF16, __half, 64), JBS_BWD_SM90_ROWS(DType::kF16, __half, 128),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kBF16, __nv_bfloat16, 64),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kBF16, __nv_bfloat16, 128),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kF16, __half, 64),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kF16, __half, 128),
 };
 #undef JBS_FWD_ROWS
 #undef JBS_FWD_SM90_ROWS
 #undef JBS_BWD_ROWS
 #undef JBS_BWD_SM90_ROWS
+#undef JBS_BWD_SM90_ONEPASS_ROWS
 #undef JBS_BWD_NAME
 
 // Shapes the kernels take, beyond the table's head dim and block size (`tails`: Tq and Tk
@@ -154,11 +170,17 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 
 }  // namespace
 
+// The backward variant on an sm_90 device when JAX_BLOCKSPARSE_ATTN_BWD_VARIANT is unset
+// (jax_blocksparse/_cuda.py: SM90_BACKWARD_DEFAULT, the same value).
+constexpr int kSm90BackwardDefault = 0;
+
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward) {
   int variant = backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
   // forward default (switch unset): by the device's architecture, cached per device
-  if (!backward && variant < 0) variant = attn::Sm90ForwardAvailable() ? 2 : 0;
+  // backward default: kSm90BackwardDefault on an sm_90 device, else 0
+  if (variant < 0)
+    variant = !attn::Sm90ForwardAvailable() ? 0 : backward ? kSm90BackwardDefault : 2;
   // the switch's row, else (a variant that leaves this combination out) the default's
   for (const int v : {variant, 0})
     for (const AttentionKernel& k : kAttentionKernels)
@@ -193,6 +215,15 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   if (!kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
   const cudaError_t err = CheckDocuments(kernel, p.shape, p.documents);
   if (err != cudaSuccess) return err;
+  // the one-pass backward (variant 4) takes no partial tiles either (its rows are not
+  // `documents`: no lists per batch entry, segment ids or q_offset): refused, never ignored;
+  // the Python routing sends them elsewhere
+  if (kernel.dq_workspace &&
+      (p.shape.tq % p.shape.block_size != 0 || p.shape.tk % p.shape.block_size != 0))
+    return cudaErrorNotSupported;
+  if (kernel.dq_workspace && !Empty(p.shape) &&
+      (p.dq_accum == nullptr || p.dq_semaphores == nullptr))
+    return cudaErrorInvalidValue;
   if (Empty(p.shape)) return cudaSuccess;
   attn::Args a = Common(p.shape);
   CopyDocuments(p.documents, a);
@@ -210,6 +241,8 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   a.dk = p.dk;
   a.dv = p.dv;
   a.delta = p.delta;
+  a.dq_accum = p.dq_accum;
+  a.dq_sem = p.dq_semaphores;
   const int bs = p.shape.block_size;
   if (a.by_query.lines != (p.shape.tq + bs - 1) / bs ||
       a.by_key.lines != (p.shape.tk + bs - 1) / bs)

@@ -28,8 +28,10 @@
 // attention_metadata.document_kinds; full entries are of one same document).
 // q_offset (AttentionKernel::documents): the causal position of query row 0 per batch entry
 // replaces Tk - Tq.
-// Deterministic: no float atomics; dK/dV of a kv head sum over its query-head group inside
-// one CTA in a fixed order.
+// Deterministic: no float atomics whose order depends on timing; dK/dV of a kv head sum over
+// its query-head group inside one CTA in a fixed order. (The one-pass backward, variant 4,
+// adds dQ partial sums of several CTAs into a float32 workspace in a fixed order under
+// semaphores: attention/bwd_sm90_onepass.cu.)
 #pragma once
 
 #include <cstdint>
@@ -86,6 +88,10 @@ struct AttentionBackwardParams {
   // delta [B, Hq, Tq] = rowsum(dO * O) - d_lse, the Hopper backward's lse (log2 domain)
   // and delta rows padded to whole tiles [B, Hq, 2, ceil(Tq / bs) * bs]
   float* delta;
+  // workspaces of the rows with AttentionKernel::dq_workspace (backward variant 4), else
+  // null: float32 [B, Hq, Tq, D] and int32 [B, Hq, Tq / 64] (the launcher zeroes the semaphores)
+  float* dq_accum;
+  int32_t* dq_semaphores;
 };
 
 // Floats of the backward's workspace per (batch entry, query head).
@@ -111,6 +117,10 @@ struct AttentionKernel {
   // size (partial last tiles; the lists then have ceil(T / bs) lines) and query positions
   // (q_offset): the FA3-design forward and backward
   bool documents = false;
+  // backward: the launcher needs the dq_accum and dq_semaphores workspaces
+  // (AttentionBackwardParams) and takes nothing beyond the scope of the backward's
+  // FA3-design kernels (no lists per batch entry, segment ids, q_offset, partial tiles)
+  bool dq_workspace = false;
 };
 
 // The table's row for this call, or nullptr when the table has none: the FFI handler

@@ -52,6 +52,10 @@ struct Args {
   const int32_t *q_ids, *kv_ids;
   const int32_t* q_pos;  // [qp_batch]: causal position of query row 0 (null: Tk - Tq)
   int qp_batch;          // 1 or B
+  // the one-pass backward only (AttentionKernel::dq_workspace): float32 dQ sums and int32
+  // semaphores (attention/bwd_sm90_onepass.h), else null
+  float* dq_accum;
+  int32_t* dq_sem;
 };
 
 // ---------------------------------------------------------------- PTX helpers

@@ -14,7 +14,8 @@ The Python side's environment switches are read once, into `SWITCHES`:
 overrides, cuda/switches.h) are read here too: the forward and the backward take segment
 ids, lists per batch entry, partial last tiles and q_offset only where the FA3-design
 kernels run (`sm90_forward`, `sm90_backward`); head dims 96 and 256 only the FA3-design
-forward. Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
+forward; under 4 (`onepass_backward`) the backward's custom call gets the one-pass
+kernel's two workspaces. Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
 call that a kernel could have taken but that lowers to the pure-JAX implementation says why
 when the program is compiled (the kernels' own launch lines come from C++).
 """
@@ -47,7 +48,7 @@ class Switches(NamedTuple):
     """The environment switches of the Python side, read once when the package loads."""
     disable_cuda: bool
     attn_fwd_variant: int  # -1: unset (the default by architecture), else 0..3
-    attn_bwd_variant: int  # -1: unset (the default), else 0..3 (2, 3: the Hopper backward)
+    attn_bwd_variant: int  # -1: unset (the default), else 0..4 (2, 3, 4: the Hopper backward)
 
 
 # The backward variant on an sm_90 device when JAX_BLOCKSPARSE_ATTN_BWD_VARIANT is unset:
@@ -61,9 +62,9 @@ def _read_switches() -> Switches:
         value = os.environ.get(name, "0").strip() or "0"
         return int(value) if value.isdigit() else 1
 
-    def variant(name):  # the leading digit 0..3, else -1 (as cuda/switches.cu reads them)
+    def variant(name):  # the leading digit 0..4, else -1 (as cuda/switches.cu reads them)
         value = os.environ.get(name, "")
-        return int(value[0]) if value[:1] in ("0", "1", "2", "3") else -1
+        return int(value[0]) if value[:1] in ("0", "1", "2", "3", "4") else -1
     return Switches(disable_cuda=number("JAX_BLOCKSPARSE_DISABLE_CUDA") != 0,
                     attn_fwd_variant=variant("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"),
                     attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"))
@@ -118,6 +119,17 @@ def sm90_backward() -> bool:
     partial last tiles and q_offset; block size 64 runs the FA2 backward."""
     variant = SWITCHES.attn_bwd_variant
     return (SM90_BACKWARD_DEFAULT if variant < 0 else variant) in (2, 3) and _sm90a_device()
+
+
+def onepass_backward(dtype, head_dim: int, block_size: int) -> bool:
+    """Whether the attention backward's custom call runs backward variant 4, the one-pass
+    Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
+    (attention.cu, FindAttentionKernel: the variant's rows are bf16 / f16, head dims 64 and
+    128, block size 128; other combinations run the default backward): it then needs the
+    workspaces `dq_accum` and `dq_semaphores`. Opt-in (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4);
+    it takes no call beyond the backward's scope (`fused_attention_unsupported`)."""
+    return (SWITCHES.attn_bwd_variant == 4 and block_size == 128 and head_dim in (64, 128)
+            and any(dtype == d for d in (jnp.bfloat16, jnp.float16)))
 
 
 def _precision_attr(precision) -> np.int32:
@@ -197,7 +209,8 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     not multiples of the block size, nor `q_offset`; the FA3-design kernels take all four
     (partial last tiles: with at least one key): the forward where `sm90_forward()`
     (`forward=True`), the backward at block size 128 where `sm90_backward()`. Head dims 96
-    and 256: the FA3-design forward only."""
+    and 256: the FA3-design forward only. Backward variant 4 (`onepass_backward`) takes none
+    of the four: its launcher refuses them."""
     documents = sm90_forward() if forward else block_size == 128 and sm90_backward()
     family = "sm90_forward" if forward and documents else "forward" if forward else "backward"
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
@@ -206,6 +219,11 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
         return f"head dim {head_dim}"
     if block_size not in FUSED_ATTENTION["block_sizes"]:
         return f"block size {block_size}"
+    if (not forward and onepass_backward(dtype, head_dim, block_size)
+            and (segments or positioned or mask_batch != 1 or tq % block_size
+                 or tk % block_size)):  # its launcher refuses them (cudaErrorNotSupported)
+        return ("segment ids, q_offset, a mask per batch entry or partial tiles under "
+                "backward variant 4")
     if (tq % block_size or tk % block_size) and (not documents or tk == 0):
         return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     if segments and not documents:
@@ -295,8 +313,17 @@ def _attention_backward_lowering(ctx, *operands, **params):
     bs = params["block_size"]
     workspace = ctx.avals_in[4].update(shape=(b, hq, 2, -(-tq // bs) * bs),
                                        dtype=np.dtype(np.float32), weak_type=False)
-    ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, workspace])
-    dq, dk, dv, _ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
+    # the one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h), else [0]:
+    # dq_accum float32 [B, Hq, Tq, D], dq_semaphores int32 [B, Hq, Tq / 64]
+    q_aval = ctx.avals_in[0]
+    d = q_aval.shape[-1]
+    onepass = onepass_backward(q_aval.dtype, d, bs)
+    dq_accum = q_aval.update(shape=(b, hq, tq, d) if onepass else (0,),
+                             dtype=np.dtype(np.float32), weak_type=False)
+    dq_sem = q_aval.update(shape=(b, hq, tq // 64) if onepass else (0,),
+                           dtype=np.dtype(np.int32), weak_type=False)
+    ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, workspace, dq_accum, dq_sem])
+    dq, dk, dv, *_ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
         ctx, *values, **_attention_attrs(params))
     return dq, dk, dv
 

@@ -177,7 +177,8 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
                    Buffer<S32> k_partial, Buffer<S32> k_lists, Buffer<S32> k_order,
                    Buffer<S32> q_segment_ids, Buffer<S32> kv_segment_ids,
                    Result<AnyBuffer> dq, Result<AnyBuffer> dk, Result<AnyBuffer> dv,
-                   Result<Buffer<F32>> delta, int32_t block_size, bool causal, float scale,
+                   Result<Buffer<F32>> delta, Result<Buffer<F32>> dq_accum,
+                   Result<Buffer<S32>> dq_semaphores, int32_t block_size, bool causal, float scale,
                    bool segments, bool positioned) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
@@ -217,6 +218,19 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   p.dk = dk->untyped_data();
   p.dv = dv->untyped_data();
   p.delta = delta->typed_data();
+  // the one-pass backward's workspaces (jax_blocksparse/_cuda.py declares them [0] for the
+  // other kernels): float32 [B, Hq, Tq, D], int32 [B, Hq, Tq / 64]
+  if (kernel->dq_workspace) {
+    const AttentionShape& s = p.shape;
+    if (int64_t(dq_accum->element_count()) != int64_t(s.batch) * s.hq * s.tq * s.head_dim ||
+        int64_t(dq_semaphores->element_count()) != int64_t(s.batch) * s.hq * (s.tq / 64))
+      return Invalid(std::string("the backward here (") + kernel->name +
+                     ") needs the dq_accum [B, Hq, Tq, D] and dq_semaphores [B, Hq, Tq / 64] "
+                     "workspaces (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT read differently by the "
+                     "Python side?)");
+    p.dq_accum = dq_accum->typed_data();
+    p.dq_semaphores = dq_semaphores->typed_data();
+  }
   LaunchLog log(stream, DebugLevel() ? Describe("attention_bwd", *dtype, p.shape, q, k) +
                                            (segments ? " segments" : "")
                                      : "");
@@ -362,6 +376,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<AnyBuffer>()     // dk
         .Ret<AnyBuffer>()     // dv
         .Ret<Buffer<F32>>()   // workspace [B, Hq, 2, ceil(Tq / bs) * bs] (attention.h)
+        .Ret<Buffer<F32>>()   // dq_accum (workspace of backward variant 4, else [0])
+        .Ret<Buffer<S32>>()   // dq_semaphores (the same)
             JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned"),
     {ffi::Traits::kCmdBufferCompatible});
 

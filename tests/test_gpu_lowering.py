@@ -279,3 +279,43 @@ def test_hopper_routing_and_operands(monkeypatch):
             q, q, q, jbs.layouts.local(256, 64, 100), causal=True).astype(jnp.float32).sum()), q)
         assert "@jax_blocksparse_attention_fwd(" in text and f"tensor<1x256x2x{d}xf16>" in text
         assert "@jax_blocksparse_attention_bwd(" not in text
+
+
+@pytest.mark.parametrize("variant", [0, 4])
+def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, variant):
+    """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 (faked here) the backward's custom call
+    gets the one-pass kernel's workspaces, dq_accum float32 [B, Hq, Tq, D] and
+    dq_semaphores int32 [B, Hq, Tq / 64], after delta; otherwise (and at block size 64,
+    which variant 4 leaves to the default backward) both are [0]. Lowered for "cuda" on
+    any machine."""
+    import re
+    import sys
+    from jax_blocksparse import _cuda, _partitioning
+    from jax_blocksparse import _jax_internals as jint
+    att = sys.modules["jax_blocksparse.attention"]
+    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=variant))
+    for kw in ({"segments": True}, {"positioned": True}, {"mask_batch": 2},
+               {"tq": 1000, "tk": 1100}):
+        args = dict(dtype=jnp.bfloat16, head_dim=128, block_size=128, tq=1024, tk=1024,
+                    segments=False, positioned=False, mask_batch=1)
+        why = _cuda.fused_attention_unsupported(**dict(args, **kw))
+        assert why is not None and ("variant 4" in why) == (variant == 4), (kw, why)
+    if not jbs.cuda_built():
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
+                                    _cuda._attention_forward_lowering, "cuda")
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_bwd_p],
+                                    _cuda._attention_backward_lowering, "cuda")
+    for bs, d in ((128, 128), (128, 64), (64, 64)):
+        q = jnp.zeros((2, 512, 4, d), jnp.bfloat16)
+        k = jnp.zeros((2, 512, 2, d), jnp.bfloat16)
+        layout = jbs.layouts.local(512, bs, 200)
+        loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True).astype(
+            jnp.float32).sum()
+        text = cuda_text(jax.grad(loss), q, k)
+        (call,) = [line for line in text.splitlines()
+                   if "@jax_blocksparse_attention_bwd(" in line]
+        results = re.sub(r"\s+", " ", call).split(" -> ")[-1]
+        onepass = variant == 4 and bs == 128
+        want = (f"tensor<2x4x2x512xf32>, tensor<2x4x512x{d}xf32>, tensor<2x4x8xi32>" if onepass
+                else "tensor<2x4x2x512xf32>, tensor<0xf32>, tensor<0xi32>")
+        assert want in results, (bs, d, results)
