@@ -2,12 +2,13 @@
 identical masks and cuDNN's causal attention, in one run.
 
     python benchmarks/attention_patterns.py --peers _device/peers.py [--backward]
-        [--variants 0,2] [--extended] [--quick]
+        [--variants 0,2] [--extended] [--quick] [--metadata]
 
 Patterns (B=2, H=16, bf16, block 128, our layout generators): local(1024), strided(1024),
 fixed(512) causal, bigbird, causal, and packed documents (the causal layout plus segment
 ids: documents of 512-4096 tokens) at S 8192 and D 128; with `--extended`, local and packed
-also at S 16384 and 32768, causal also at D 64 and 256. Useful TFLOP/s count `4·B·H·D` per allowed (i, j)
+also at S 16384 and 32768, causal also at D 64, 96 and 256 (96 and 256: the fused forward on
+Hopper, the pure-JAX backward). Useful TFLOP/s count `4·B·H·D` per allowed (i, j)
 pair, counted exactly on the host (the same count for every system), ×3.5 for forward +
 backward. The block masks (with `NAME_docs` document ids) are written to one npz per head
 dim and `peers.py masks FILE.npz` runs FlexAttention on them in a subprocess; cuDNN is
@@ -16,6 +17,10 @@ tensors (it ignores the sparsity and the documents: for the packed rows compare 
 `--variants 0,2` times our forward once per value of `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT`
 (a fresh process each: the switch is read once). Calls without a fused kernel run the
 pure-JAX path; those longer than `--max-pure-seq` are skipped (said in the table).
+`--metadata` adds a table of the metadata cost: each pattern's forward with the same block
+mask as a traced `BlockMask` (an argument of the jitted call, its lists built on the device,
+`max_blocks` the layout's longest row) beside the static `Layout`, and the construction of
+those lists (with the packed row's document refinement) alone.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 
 import jax_blocksparse as jbs
 from jax_blocksparse import _cuda
+from jax_blocksparse.attention import _context
 from jax_blocksparse.bench.timing import median_ms
 
 BS = 128
@@ -62,7 +68,7 @@ def patterns(quick, extended):
     rows = [(name, s0, 128) for name in make]
     if extended and not quick:
         rows += [(name, s, 128) for s in (16384, 32768) for name in ("local", "packed")]
-        rows += [("causal", s0, d) for d in (64, 256)]
+        rows += [("causal", s0, d) for d in (64, 96, 256)]
     return [(name, s, d, *make[name](s), documents(s) if name == "packed" else None)
             for name, s, d in rows]
 
@@ -129,6 +135,33 @@ def measure_ours(rows, batch, heads, backward, max_pure_seq):
         out[key(name, s, d)] = entry
         print(f"  ours {key(name, s, d)}: {entry}", file=sys.stderr, flush=True)
     return out
+
+
+def measure_metadata(rows, batch, heads):
+    """Print, per pattern, the forward with a static `Layout` and with the same mask as a
+    traced `BlockMask`, and the traced lists' construction alone (median ms)."""
+    print(f"{'pattern':>8} {'S':>6} {'Layout ms':>10} {'BlockMask ms':>13} {'ratio':>6} "
+          f"{'lists ms':>9} {'lists share':>11}")
+    for name, s, d, layout, causal, docs in rows:
+        rng = np.random.default_rng(s + d)
+        q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d)), jnp.bfloat16)
+                   for _ in range(3))
+        ids = None if docs is None else jnp.broadcast_to(jnp.asarray(docs), (batch, s))
+        width = int(layout.mask.sum(-1).max())
+        traced = lambda m: jbs.BlockMask.from_mask(m, BS, max_blocks=width)
+        static = jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal,
+                                                       q_segment_ids=ids))
+        dynamic = jax.jit(lambda q, k, v, m: jbs.attention(q, k, v, traced(m), causal=causal,
+                                                           q_segment_ids=ids))
+        lists = jax.jit(lambda m: _context(traced(m), causal, s, s,
+                                           documents=None if ids is None else (ids, ids)))
+        mask = jnp.asarray(layout.mask)
+        t_static = median_ms(static, q, k, v)
+        t_dynamic = median_ms(dynamic, q, k, v, mask)
+        t_lists = median_ms(lists, mask)
+        print(f"{name:>8} {s:>6} {t_static:10.3f} {t_dynamic:13.3f} "
+              f"{t_dynamic / t_static:6.3f} {t_lists:9.3f} {t_lists / t_dynamic:10.1%}",
+              flush=True)
 
 
 def measure_cudnn(rows, batch, heads, backward):
@@ -233,8 +266,10 @@ def main():
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
     parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values")
     parser.add_argument("--extended", action="store_true",
-                        help="also S 16384 and 32768 (local, packed), D 64 and 256 (causal)")
+                        help="also S 16384 and 32768 (local, packed), D 64, 96, 256 (causal)")
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")
+    parser.add_argument("--metadata", action="store_true",
+                        help="also the traced BlockMask against the Layout, and list building")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--max-pure-seq", type=int, default=8192)
@@ -253,6 +288,8 @@ def main():
         flex = measure_flex(rows, args.peers, args.batch, args.heads,
                             os.environ.get("OUT") or tempfile.mkdtemp())
     table(rows, ours, flex, cudnn, args.batch, args.heads, args.backward)
+    if args.metadata:
+        measure_metadata(rows, args.batch, args.heads)
 
 
 if __name__ == "__main__":

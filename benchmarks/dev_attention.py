@@ -17,19 +17,22 @@ Forward variants side by side (the switch is read once per process: one subproce
 times the forward alone under each value of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (2: the
 Hopper FA3-design kernel, cuda/attention/fwd_sm90.cu; 3: the same without ping-pong) on
 the issue-18 layouts (local W1024, strided 1024, fixed 1024, bigbird, causal; B=2 H=16
-S=8192 D=128 block 128 bf16), then a table of useful TFLOP/s and the ratio of each variant
-to the first; `--fwd-only` is that timing in this process (the variant it gets from the
-environment), plus cuDNN dense causal. `--block-size 16` or `32` times masks of those
-block sizes (the Hopper forward runs them on 128 x 128 tiles: variants 2 and 3).
+S=8192 D=128 block 128 bf16; `--head-dim 96` or `256` for the Hopper forward's other head
+dims, with variants 2 and 3 only), then a table of useful TFLOP/s and the ratio of each
+variant to the first; `--fwd-only` is that timing in this process (the variant it gets
+from the environment), plus cuDNN dense causal. `--block-size 16` or `32` times masks of
+those block sizes (the Hopper forward runs them on 128 x 128 tiles: variants 2 and 3, any
+of its head dims).
 
 Backward variants side by side:
 
-    python3 benchmarks/dev_attention.py --bwd-variants 0,2,3
+    python3 benchmarks/dev_attention.py --bwd-variants 0,2,4
 
 times forward+backward (and the backward alone) on the same layouts under each value of
 JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (2: the Hopper FA3-design backward,
-cuda/attention/bwd_sm90.cu; 3: the same without the overlap inside a warpgroup), one
-subprocess each, then a table of useful TFLOP/s (backward
+cuda/attention/bwd_sm90.cu; 3: the same without the overlap inside a warpgroup; 4: the
+one-pass Hopper backward with its deterministic dQ sums, cuda/attention/bwd_sm90_onepass.cu),
+one subprocess each, then a table of useful TFLOP/s (backward
 = 2.5 x the forward's FLOPs, forward+backward 3.5 x) and the ratio of each variant to the
 first. The forward is the one JAX_BLOCKSPARSE_ATTN_FWD_VARIANT picks (default 0; set it to
 2 for both Hopper kernels); `--bwd-only` is that timing in this process.
@@ -80,14 +83,17 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
     fwd_call = jax.ffi.ffi_call(
         "jax_blocksparse_attention_fwd",
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32)))
-    bwd_call = jax.ffi.ffi_call(
+    tq_pad = -(-tq // layout.block_size) * layout.block_size
+    bwd_call = jax.ffi.ffi_call(  # results dq, dk, dv and the workspace (cuda/attention.h)
         "jax_blocksparse_attention_bwd",
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct(k_shape, dtype),
-         jax.ShapeDtypeStruct(k_shape, dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32)))
+         jax.ShapeDtypeStruct(k_shape, dtype),
+         jax.ShapeDtypeStruct((b, hq, 2, tq_pad), jnp.float32)))
 
-    # the forward also takes q_positions [1] and segment ids (placeholders: attributes off)
+    # both also take q_positions [1] and segment ids (placeholders: attributes off)
     qpos, ids = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1), jnp.int32)
-    fwd_attrs = dict(attrs, block_size=np.int32(fwd_block), segments=False, positioned=False,
+    bwd_attrs = dict(attrs, segments=False, positioned=False)  # the ordinary lists only
+    fwd_attrs = dict(bwd_attrs, block_size=np.int32(fwd_block),
                      mask_block=np.int32(layout.block_size))
 
     @jax.jit
@@ -96,13 +102,15 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
 
     @jax.jit
     def bwd(q, k, v, o, lse, do, dlse, kvl):
-        dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, *qops, *kops, **attrs)
+        dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
+                                 **bwd_attrs)
         return dq, dk, dv
 
     @jax.jit
     def fwd_bwd(q, k, v, do, dlse, kvl):
         o, lse = fwd_call(q, k, v, kvl, qpos, *fwd_qops, ids, ids, bits, **fwd_attrs)
-        dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, *qops, *kops, **attrs)
+        dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
+                                 **bwd_attrs)
         return o, lse, dq, dk, dv
 
     return meta, fwd, bwd, fwd_bwd
@@ -195,9 +203,9 @@ FWD_LAYOUTS = {  # issue 18's patterns: (layout, causal)
 }
 
 
-def run_forward(rng, names, cudnn=True, bs=128):
+def run_forward(rng, names, cudnn=True, bs=128, D=128):
     """Forward alone on each layout: one line `fwd <layout> <ms> <useful TFLOP/s>` each."""
-    B, H, S, D = 2, 16, 8192, 128
+    B, H, S = 2, 16, 8192
     dtype = jnp.bfloat16
     scale = 1.0 / np.sqrt(D)
     shape = (B, S, H, D)
@@ -280,7 +288,7 @@ def compare_bwd_variants(variants, names):
             print(f"{name:>12} {cells}{ratios}", flush=True)
 
 
-def compare_variants(variants, names, bs=128):
+def compare_variants(variants, names, bs=128, d=128):
     """Runs `--fwd-only` under each forward variant (a subprocess each: the switch is read
     once per process) and prints the TFLOP/s side by side."""
     results = {}
@@ -288,7 +296,8 @@ def compare_variants(variants, names, bs=128):
         env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=var)
         env.pop("JAX_BLOCKSPARSE_DEBUG", None)
         cmd = [sys.executable, os.path.abspath(__file__), "--fwd-only", "--layouts",
-               ",".join(names), "--block-size", str(bs)] + ([] if i == 0 else ["--no-cudnn"])
+               ",".join(names), "--block-size", str(bs), "--head-dim", str(d)] + (
+                   [] if i == 0 else ["--no-cudnn"])
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         sys.stdout.write(r.stdout)
         if r.returncode != 0:
@@ -311,7 +320,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fwd-variants", help="e.g. 0,2: the forward under each variant")
     parser.add_argument("--fwd-only", action="store_true")
-    parser.add_argument("--bwd-variants", help="e.g. 0,2: forward+backward under each "
+    parser.add_argument("--bwd-variants", help="e.g. 0,2,4: forward+backward under each "
                         "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT")
     parser.add_argument("--bwd-only", action="store_true")
     parser.add_argument("--layouts", default=",".join(FWD_LAYOUTS))
@@ -319,10 +328,13 @@ def main():
     parser.add_argument("--block-size", type=int, default=128,
                         help="block size of the --fwd-only / --fwd-variants layouts (64, 128; "
                         "16, 32: the Hopper forward only, variants 2 and 3)")
+    parser.add_argument("--head-dim", type=int, default=128,
+                        help="head dim of --fwd-only / --fwd-variants (64, 128; 96 and 256: "
+                        "variants 2 and 3 only, the Hopper forward)")
     args = parser.parse_args()
     names = args.layouts.split(",")
     if args.fwd_variants:
-        compare_variants(args.fwd_variants.split(","), names, args.block_size)
+        compare_variants(args.fwd_variants.split(","), names, args.block_size, args.head_dim)
         return
     if args.bwd_variants:
         compare_bwd_variants(args.bwd_variants.split(","), names)
@@ -330,7 +342,7 @@ def main():
     print(jax.devices(), flush=True)
     if args.fwd_only:
         run_forward(np.random.default_rng(0), names, cudnn=not args.no_cudnn,
-                    bs=args.block_size)
+                    bs=args.block_size, D=args.head_dim)
         return
     if args.bwd_only:
         run_backward(np.random.default_rng(0), names)

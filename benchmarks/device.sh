@@ -2,7 +2,7 @@
 # One call on the GPU machine: build for sm_90a, then the stages named as arguments.
 #   bash benchmarks/device.sh test matmul attention peers patterns lm sanitize
 #   (attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
-#    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 3;
+#    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build:
@@ -109,16 +109,22 @@ for stage in "$@"; do
     attention_variants) python3 "$repo/benchmarks/dev_attention.py" --fwd-variants 0,2,3 2>&1 \
                           | tee "$out/attention_variants.log" ;;
     # forward+backward (and the backward alone) under backward variants 0 (FA2, default), 2
-    # and 3 (Hopper FA3 design); the forward: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (default 0)
-    attention_bwd_variants) python3 "$repo/benchmarks/dev_attention.py" --bwd-variants 0,2,3 \
+    # (Hopper FA3 design, two kernels) and 4 (one pass, deterministic dQ sums); the forward:
+    # JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (default 0)
+    attention_bwd_variants) python3 "$repo/benchmarks/dev_attention.py" --bwd-variants 0,2,4 \
                               2>&1 | tee "$out/attention_bwd_variants.log" ;;
     # the same at block size 64 (variants 2 and 3 run one kernel there)
     attention_variants64) python3 "$repo/benchmarks/dev_attention.py" --fwd-variants 0,2 \
                             --block-size 64 2>&1 | tee "$out/attention_variants64.log" ;;
+    # each Hopper attention test case in its own process with a time limit (which one
+    # hangs): CASES_MATCH="d96,d256" CASES_TIMEOUT=30 CASES_DTYPES=bf16
+    cases) python3 "$repo/benchmarks/dev_cases.py" --match "${CASES_MATCH:-}" \
+             --timeout "${CASES_TIMEOUT:-40}" --dtypes "${CASES_DTYPES:-bf16}" 2>&1 \
+             | tee -a "$out/cases.log" ;;
     decode) python3 "$repo/benchmarks/decode.py" 2>&1 | tee "$out/decode.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
-    # "--backward --variants 0,2"
+    # "--backward --variants 0,2 --metadata"
     patterns) python3 "$repo/benchmarks/attention_patterns.py" --peers "$repo/_device/peers.py" \
                 ${PATTERN_ARGS:---backward} 2>&1 | tee "$out/patterns.log" ;;
     lm) python3 "$repo/examples/sparse_transformer_lm.py" --compare --seq-len 8192 \

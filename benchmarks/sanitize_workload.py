@@ -93,40 +93,70 @@ def matmul_workload():
     run(jax.grad(loss, argnums=(0, 1)), x, w)
 
 
+HEAD_DIMS = (64, 128)  # of the fused attention kernels (forward and backward)
+FORWARD_HEAD_DIMS = (96, 256)  # of the FA3-design forward only
+BLOCK_SIZES = (64, 128)
+
+
 def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_head=False,
-                    kv_lengths=None):
-    """Forward and backward once at (dtype, head dim, block size, causal, ...)."""
-    rq, rk = tq // bs, tk // bs
-    heads = hq if per_head else 1
-    m = RNG.random((heads, rq, rk)) < 0.6
-    m[:, :, 0] = True
-    if rq > 1:
-        m[:, -1, :] = False  # an empty query block row: the forward's key loop runs 0 times
-    lay = jbs.Layout(m, bs)
+                    kv_lengths=None, documents=False, per_batch=False, q_offset=None):
+    """Forward and backward once at (dtype, head dim, block size, causal, ...): `documents`
+    packed segment ids, `per_batch` a `BlockMask` per batch entry, `q_offset` the queries'
+    positions `[B]` (the mask's rows then cover the keys), Tq / Tk any lengths."""
     b = 2
+    rq, rk = -(-(tk if q_offset is not None else tq) // bs), -(-tk // bs)
+    m = RNG.random((b if per_batch else 1, hq if per_head else 1, rq, rk)) < 0.6
+    m[..., 0] = True
+    if rq > 1 and q_offset is None:
+        m[..., -1, :] = False  # an empty query block row: the forward's key loop runs 0 times
+    mask = jbs.BlockMask.from_mask(jnp.asarray(m), bs) if per_batch else jbs.Layout(m[0], bs)
     q = array((b, tq, hq, d), dtype)
     k = array((b, tk, hkv, d), dtype)
     v = array((b, tk, hkv, d), dtype)
     lens = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
+    q_ids = kv_ids = offset = None
+    if q_offset is not None:
+        offset = jnp.asarray(q_offset, jnp.int32)
+    if documents:  # documents of 20-150 tokens
+        lengths = RNG.integers(20, 151, size=(b, tk))
+        kv_ids = np.stack([np.repeat(np.arange(tk), row)[:tk] for row in lengths])
+        q_ids = (kv_ids[:, tk - tq:] if q_offset is None else
+                 np.stack([kv_ids[i, o:o + tq] for i, o in enumerate(q_offset)]))
+        q_ids, kv_ids = jnp.asarray(q_ids, jnp.int32), jnp.asarray(kv_ids, jnp.int32)
+
+    def attend(q, k, v):
+        return jbs.attention(q, k, v, mask, causal=causal, kv_lengths=lens,
+                             q_segment_ids=q_ids, kv_segment_ids=kv_ids, q_offset=offset)
 
     def loss(q, k, v):
-        o = jbs.attention(q, k, v, lay, causal=causal, kv_lengths=lens)
-        return jnp.sum(o.astype(jnp.float32))
+        return jnp.sum(attend(q, k, v).astype(jnp.float32))
 
-    run(lambda q, k, v: jbs.attention(q, k, v, lay, causal=causal, kv_lengths=lens), q, k, v)
+    run(attend, q, k, v)
     run(jax.grad(loss, argnums=(0, 1, 2)), q, k, v)
 
 
 def attention_workload():
-    for dtype, d, bs, causal in itertools.product((jnp.bfloat16, jnp.float16), (64, 128),
-                                                  (64, 128), (False, True)):
+    for dtype, d, bs, causal in itertools.product((jnp.bfloat16, jnp.float16),
+                                                  HEAD_DIMS + FORWARD_HEAD_DIMS, BLOCK_SIZES,
+                                                  (False, True)):
         attention_cases(dtype, d, bs, causal)
-    for dtype, d, bs in itertools.product((jnp.bfloat16, jnp.float16), (64, 128), (64, 128)):
+    for dtype, d, bs in itertools.product((jnp.bfloat16, jnp.float16), FORWARD_HEAD_DIMS,
+                                          BLOCK_SIZES):
+        attention_cases(dtype, d, bs, True, tq=250, tk=250, documents=True, per_head=True,
+                        kv_lengths=[200, 250])
+    for dtype, d, bs in itertools.product((jnp.bfloat16, jnp.float16), HEAD_DIMS, BLOCK_SIZES):
         # per-head masks, multi-query, Tq < Tk (bottom-right causal), kv_lengths cutting a
         # block, and an empty batch entry (kv_lengths 0)
         attention_cases(dtype, d, bs, True, hq=4, hkv=1, tq=128, tk=384, per_head=True,
                         kv_lengths=[300, 0])
         attention_cases(dtype, d, bs, False, hq=2, hkv=2, kv_lengths=[bs + 5, 256])
+        # packed documents with partial last tiles; a mask per batch entry; q_offset with
+        # documents (the FA3-design kernels' mask sources)
+        attention_cases(dtype, d, bs, True, tq=250, tk=250, documents=True,
+                        kv_lengths=[200, 250])
+        attention_cases(dtype, d, bs, True, tq=200, tk=300, per_batch=True, per_head=True)
+        attention_cases(dtype, d, bs, True, tq=100, tk=256, documents=True, q_offset=[10, 140],
+                        kv_lengths=[150, 256])
 
 
 def decode_cases(dtype, d, bs, tq, *, hq=4, hkv=2, per_head=False, paged=False, tk=None,

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include "attention/bwd_sm90.h"
+#include "attention/bwd_sm90_onepass.h"
 #include "attention/fwd_sm90.h"
 #include "attention_kernels.cuh"
 #include "switches.h"
@@ -18,6 +19,8 @@ JBS_ATTENTION_SM90_LAUNCHERS(extern template, __nv_bfloat16)
 JBS_ATTENTION_SM90_LAUNCHERS(extern template, __half)
 JBS_ATTENTION_BWD_SM90_LAUNCHERS(extern template, __nv_bfloat16)
 JBS_ATTENTION_BWD_SM90_LAUNCHERS(extern template, __half)
+JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(extern template, __nv_bfloat16)
+JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(extern template, __half)
 }  // namespace attn
 
 namespace {
@@ -34,15 +37,18 @@ namespace {
   {DT, D, 128, false, 1, "fa2_forward(128-row CTA)", attn::LaunchForwardTile<T, D, 128, 3>}
 // Variants 2 and 3: the Hopper forward in the FlashAttention-3 design
 // (attention/fwd_sm90.cu: TMA, mbarrier ring, producer warp + consumer warpgroups, wgmma),
-// sm_90a only (its launcher refuses any other device), head dims 64 / 128. Block size 128:
+// sm_90a only (its launcher refuses any other device), head dims 64, 96, 128, 256 (96 and
+// 256 have no FA2 forward, so no variant 0 row: FindAttentionKernel finds nothing for them
+// on other devices or with variant 0 / 1 forced, where the Python routing sends them to the
+// pure-JAX path; nor backward rows: their backward runs the pure-JAX path). Block size 128:
 // 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare and as a
 // fallback). Block size 64: one kernel for both (64-row CTAs with one consumer warpgroup,
-// two CTAs per SM: nothing to ping-pong inside a CTA). Variant 2 is the default on an
-// sm_90 device running sm_90a code (FindAttentionKernel: 2.1-2.3x the FA2 forward on the
-// H200 at block 128, benchmarks/RESULTS.md); the combinations it leaves out run variant 0,
-// as everything does on other devices. Masks of block size 16 and 32 come as lists of
-// 128 x 128 tiles with bits (AttentionForwardParams::mask_bits): the block-128 rows run
-// them, and only those (documents) rows.
+// two CTAs per SM, one at D = 256: nothing to ping-pong inside a CTA). Variant 2 is the
+// default on an sm_90 device running sm_90a code (FindAttentionKernel: 2.1-2.3x the FA2
+// forward on the H200 at block 128, benchmarks/RESULTS.md); the combinations it leaves out
+// run variant 0, as everything does on other devices. Masks of block size 16 and 32 come
+// as lists of 128 x 128 tiles with bits (AttentionForwardParams::mask_bits): the block-128
+// rows run them (every head dim), and only those (documents) rows.
 #define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
   {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
    attn::LaunchForwardSm90<T, D, 128, true>, true},                                    \
@@ -61,11 +67,22 @@ namespace {
 // dQ kernel over by_query and a dK/dV kernel over by_key, TMA, mbarrier ring, producer warp
 // + 2 consumer warpgroups, wgmma), sm_90a only, head dims 64 / 128, block size 128; 2 with
 // the products overlapping the elementwise work inside each warpgroup, 3 without (kept to
-// compare and as a fallback). Not the default until measured.
+// compare and as a fallback). Like the Hopper forward they take every mask source
+// (documents: lists per batch entry, segment ids, partial last tiles, q_offset). Not the
+// default until measured.
 #define JBS_BWD_SM90_ROWS(DT, T, D)                                                 \
   {DT, D, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap)",                    \
-   attn::RunBackwardSm90<T, D, true>},                                              \
-  {DT, D, 128, true, 3, "fa3_backward(wgmma, tma, ws)", attn::RunBackwardSm90<T, D, false>}
+   attn::RunBackwardSm90<T, D, true>, true},                                        \
+  {DT, D, 128, true, 3, "fa3_backward(wgmma, tma, ws)",                             \
+   attn::RunBackwardSm90<T, D, false>, true}
+// Backward variant 4: the one-pass Hopper backward (attention/bwd_sm90_onepass.cu: one
+// kernel over by_key computing dK, dV and dS K per block pair, 5 products instead of 7; dQ
+// summed in a float32 workspace in a fixed order under per-tile semaphores: deterministic),
+// sm_90a only, head dims 64 / 128, block size 128. Needs the dq_accum / dq_semaphores
+// workspaces (dq_workspace). Not the default until measured.
+#define JBS_BWD_SM90_ONEPASS_ROWS(DT, T, D)                                             \
+  {DT, D, 128, true, 4, "fa3_backward(one pass, deterministic dq)",                    \
+   attn::RunBackwardSm90OnePass<T, D>, false, true}
 
 // (dtype, head dim, block size, phase, forward variant) -> launcher, name.
 const AttentionKernel kAttentionKernels[] = {
@@ -73,20 +90,28 @@ const AttentionKernel kAttentionKernels[] = {
     JBS_FWD_ROWS(DType::kF16, __half, 64),         JBS_FWD_ROWS(DType::kF16, __half, 128),
     JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_FWD_SM90_ROWS(DType::kF16, __half, 64),         JBS_FWD_SM90_ROWS(DType::kF16, __half, 128),
+    JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 96),
+    JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 256),
+    JBS_FWD_SM90_ROWS(DType::kF16, __half, 96), JBS_FWD_SM90_ROWS(DType::kF16, __half, 256),
     JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_ROWS(DType::kF16, __half, 64),         JBS_BWD_ROWS(DType::kF16, __half, 128),
     JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64),
     JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_SM90_ROWS(DType::kF16, __half, 64), JBS_BWD_SM90_ROWS(DType::kF16, __half, 128),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kBF16, __nv_bfloat16, 64),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kBF16, __nv_bfloat16, 128),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kF16, __half, 64),
+    JBS_BWD_SM90_ONEPASS_ROWS(DType::kF16, __half, 128),
 };
 #undef JBS_FWD_ROWS
 #undef JBS_FWD_SM90_ROWS
 #undef JBS_BWD_ROWS
 #undef JBS_BWD_SM90_ROWS
+#undef JBS_BWD_SM90_ONEPASS_ROWS
 #undef JBS_BWD_NAME
 
 // Shapes the kernels take, beyond the table's head dim and block size (`tails`: Tq and Tk
-// need not be multiples of the block size, the FA3-design forward).
+// need not be multiples of the block size, the FA3-design kernels).
 bool Supported(const AttentionShape& s, bool tails) {
   return (tails || (s.tq % s.block_size == 0 && s.tk % s.block_size == 0)) && s.hkv > 0 &&
          s.hq % s.hkv == 0 && (s.mask_heads == 1 || s.mask_heads == s.hq) &&
@@ -96,7 +121,7 @@ bool Supported(const AttentionShape& s, bool tails) {
 // The row is the one for this shape, and the shape one the kernels take.
 bool Matches(const AttentionKernel& k, const AttentionShape& s) {
   return k.head_dim == s.head_dim && k.block_size == s.block_size &&
-         Supported(s, k.documents && !k.backward);
+         Supported(s, k.documents);
 }
 
 attn::Lists ToLists(const BlockListsView& v) {
@@ -122,13 +147,42 @@ attn::Args Common(const AttentionShape& s) {
 
 bool Empty(const AttentionShape& s) { return s.batch == 0 || s.hq == 0; }
 
+// The mask sources beyond the shared lists (lists per batch entry, segment ids, q_offset):
+// cudaErrorNotSupported for a kernel that does not take them (the FA2 ones would ignore
+// them; the Python routing sends such calls elsewhere when they do not run),
+// cudaErrorInvalidValue for inconsistent ones.
+cudaError_t CheckDocuments(const AttentionKernel& kernel, const AttentionShape& s,
+                         const AttentionDocuments& d) {
+  if ((s.mask_batch != 1 || d.q_segment_ids != nullptr || d.q_positions != nullptr) &&
+      !kernel.documents)
+    return cudaErrorNotSupported;
+  if ((d.q_segment_ids == nullptr) != (d.kv_segment_ids == nullptr)) return cudaErrorInvalidValue;
+  if (d.q_positions != nullptr && d.q_positions_batch != 1 && d.q_positions_batch != s.batch)
+    return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+// The mask sources into the kernel arguments.
+void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
+  a.q_ids = d.q_segment_ids;
+  a.kv_ids = d.kv_segment_ids;
+  a.q_pos = d.q_positions;
+  a.qp_batch = d.q_positions_batch;
+}
+
 }  // namespace
+
+// The backward variant on an sm_90 device when JAX_BLOCKSPARSE_ATTN_BWD_VARIANT is unset
+// (jax_blocksparse/_cuda.py: SM90_BACKWARD_DEFAULT, the same value).
+constexpr int kSm90BackwardDefault = 0;
 
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward) {
   int variant = backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
   // forward default (switch unset): by the device's architecture, cached per device
-  if (!backward && variant < 0) variant = attn::Sm90ForwardAvailable() ? 2 : 0;
+  // backward default: kSm90BackwardDefault on an sm_90 device, else 0
+  if (variant < 0)
+    variant = !attn::Sm90ForwardAvailable() ? 0 : backward ? kSm90BackwardDefault : 2;
   // the switch's row, else (a variant that leaves this combination out) the default's
   for (const int v : {variant, 0})
     for (const AttentionKernel& k : kAttentionKernels)
@@ -141,28 +195,22 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
 cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const AttentionForwardParams& p,
                                    cudaStream_t stream) {
   if (kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
-  // lists per batch entry and segment ids: the FA3-design forward only (the FA2 one would
-  // ignore them); the Python routing sends such calls elsewhere when it does not run
-  if ((p.shape.mask_batch != 1 || p.q_segment_ids != nullptr || p.q_positions != nullptr ||
-       p.mask_bits != nullptr) &&
-      !kernel.documents)
-    return cudaErrorNotSupported;
+  const cudaError_t err = CheckDocuments(kernel, p.shape, p.documents);
+  if (err != cudaSuccess) return err;
+  // a fine mask (block size 16 / 32 on 128 x 128 tiles): the FA3-design forward only (the
+  // FA2 one would ignore the bits), at block size 128
+  if (p.mask_bits != nullptr && !kernel.documents) return cudaErrorNotSupported;
   if (p.mask_bits != nullptr &&
       (p.shape.block_size != 128 || (p.mask_block != 16 && p.mask_block != 32)))
     return cudaErrorInvalidValue;
-  if ((p.q_segment_ids == nullptr) != (p.kv_segment_ids == nullptr)) return cudaErrorInvalidValue;
   if (Empty(p.shape) || p.shape.tq == 0) return cudaSuccess;
   attn::Args a = Common(p.shape);
+  CopyDocuments(p.documents, a);
   a.q = p.q;
   a.k = p.k;
   a.v = p.v;
   a.kv_lengths = p.kv_lengths;
   a.by_query = ToLists(p.by_query);
-  a.q_ids = p.q_segment_ids;
-  a.kv_ids = p.kv_segment_ids;
-  a.q_pos = p.q_positions;
-  a.qp_batch = p.q_positions_batch;
-  if (a.q_pos != nullptr && a.qp_batch != 1 && a.qp_batch != a.batch) return cudaErrorInvalidValue;
   a.out_o = p.o;
   a.out_lse = p.lse;
   const int bs = p.shape.block_size;
@@ -176,10 +224,21 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
 
 cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
                                     const AttentionBackwardParams& p, cudaStream_t stream) {
-  if (!kernel.backward || !Matches(kernel, p.shape) || p.shape.mask_batch != 1)
+  if (!kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
+  const cudaError_t err = CheckDocuments(kernel, p.shape, p.documents);
+  if (err != cudaSuccess) return err;
+  // the one-pass backward (variant 4) takes no partial tiles either (its rows are not
+  // `documents`: no lists per batch entry, segment ids or q_offset): refused, never ignored;
+  // the Python routing sends them elsewhere
+  if (kernel.dq_workspace &&
+      (p.shape.tq % p.shape.block_size != 0 || p.shape.tk % p.shape.block_size != 0))
+    return cudaErrorNotSupported;
+  if (kernel.dq_workspace && !Empty(p.shape) &&
+      (p.dq_accum == nullptr || p.dq_semaphores == nullptr))
     return cudaErrorInvalidValue;
   if (Empty(p.shape)) return cudaSuccess;
   attn::Args a = Common(p.shape);
+  CopyDocuments(p.documents, a);
   a.q = p.q;
   a.k = p.k;
   a.v = p.v;
@@ -194,8 +253,11 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   a.dk = p.dk;
   a.dv = p.dv;
   a.delta = p.delta;
-  if (a.by_query.lines != p.shape.tq / p.shape.block_size ||
-      a.by_key.lines != p.shape.tk / p.shape.block_size)
+  a.dq_accum = p.dq_accum;
+  a.dq_sem = p.dq_semaphores;
+  const int bs = p.shape.block_size;
+  if (a.by_query.lines != (p.shape.tq + bs - 1) / bs ||
+      a.by_key.lines != (p.shape.tk + bs - 1) / bs)
     return cudaErrorInvalidValue;
   return kernel.launch(a, stream);
 }

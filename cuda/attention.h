@@ -12,28 +12,36 @@
 //  - by query block: counts [Hm, Rq], partial [Hm, Rq], lists [Hm, Rq, max_k], order [Hm, Rq].
 //    lists[hm, r, 0:counts] are the key blocks of query block r; the first `partial` of
 //    them need element masking (causal diagonal), the rest are full. Blocks fully masked by
-//    causality are not listed. `order[hm]` lists query blocks longest first. The forward
-//    also takes lists per batch entry ([Bm, Hm, ...] with Bm = 1 or B; the FA3-design
-//    forward only: AttentionKernel::documents). kv_lengths is
-//    dynamic: a kernel skips blocks starting at or past kv_lengths[b] and masks the block
-//    that contains it element-wise.
+//    causality are not listed. `order[hm]` lists query blocks longest first. The
+//    FA3-design kernels (forward and backward: AttentionKernel::documents) also take lists
+//    per batch entry ([Bm, Hm, ...] with Bm = 1 or B, the same Bm for both directions).
+//    kv_lengths is dynamic: a kernel skips blocks starting at or past kv_lengths[b] and
+//    masks the block that contains it element-wise.
 //  - by key block (for dK/dV): the same four arrays over [Hm, Rk, max_q], listing for each
-//    key block its query blocks (partial first).
-// Masks of block size 16 or 32 (forward, AttentionKernel::documents, block size 128): the
-// lists are those of 128 x 128 tiles (jax_blocksparse/attention_metadata.py, tile_lists),
-// shape.block_size is 128, and each list entry has a 64-bit word of the mask blocks
-// (mask_block x mask_block) of its tile that are visited: bit s * f + t for the block in
-// row s, column t of the tile (f = 128 / mask_block). A tile is listed when one of its
-// blocks is visited, full when all are full; on partial entries query i attends key j
-// only if the bit of block ((i % 128) / mask_block, (j % 128) / mask_block) is set (with
-// the other element terms). Keys of a partial tile whose block column no row visits are
-// kept out of P V (their V rows are zeroed in shared memory, as past kv_lengths).
-// Segment ids (forward, AttentionKernel::documents): q_segment_ids [B, Tq], kv_segment_ids
-// [B, Tk] int32; on the partial entries query i attends key j only if their ids are equal
-// (the lists skip block pairs of different documents and mark mixed ones partial:
+//    key block its query blocks (partial first), consistent with the by-query lists (the
+//    same partial entries).
+// Lines: ceil(Tq / bs) by query, ceil(Tk / bs) by key (partial last tiles:
+// AttentionKernel::documents only; the other kernels take multiples of the block size).
+// Masks of block size 16 or 32 (the forward's AttentionKernel::documents rows, block size
+// 128, every head dim): the lists are those of 128 x 128 tiles
+// (jax_blocksparse/attention_metadata.py, tile_lists), shape.block_size is 128, and each
+// list entry has a 64-bit word of the mask blocks (mask_block x mask_block) of its tile
+// that are visited: bit s * f + t for the block in row s, column t of the tile
+// (f = 128 / mask_block). A tile is listed when one of its blocks is visited, full when
+// all are full; on partial entries query i attends key j only if the bit of block
+// ((i % 128) / mask_block, (j % 128) / mask_block) is set (with the other element terms).
+// Keys of a partial tile whose block column no row visits are kept out of P V (their V
+// rows are zeroed in shared memory, as past kv_lengths). The backward takes no such mask.
+// Segment ids (AttentionKernel::documents): q_segment_ids [B, Tq], kv_segment_ids [B, Tk]
+// int32; on the partial entries query i attends key j only if their ids are equal (the
+// lists skip block pairs of different documents and mark mixed ones partial:
 // attention_metadata.document_kinds; full entries are of one same document).
-// Deterministic: no float atomics; dK/dV of a kv head sum over its query-head group inside
-// one CTA in a fixed order.
+// q_offset (AttentionKernel::documents): the causal position of query row 0 per batch entry
+// replaces Tk - Tq.
+// Deterministic: no float atomics whose order depends on timing; dK/dV of a kv head sum over
+// its query-head group inside one CTA in a fixed order. (The one-pass backward, variant 4,
+// adds dQ partial sums of several CTAs into a float32 workspace in a fixed order under
+// semaphores: attention/bwd_sm90_onepass.cu.)
 #pragma once
 
 #include <cstdint>
@@ -52,9 +60,19 @@ struct BlockListsView {  // one direction of the attention metadata
 
 struct AttentionShape {
   int32_t batch, tq, tk, hq, hkv, head_dim, block_size, mask_heads;
-  int32_t mask_batch;  // leading axis of the lists: 1 (shared by the batch) or B (forward)
+  int32_t mask_batch;  // leading axis of the lists: 1 (shared by the batch) or B
   float scale;
   bool causal;
+};
+
+// The mask sources beyond the lists shared by the batch (AttentionKernel::documents).
+struct AttentionDocuments {
+  // [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs] (padded to whole tiles), or both null
+  const int32_t *q_segment_ids, *kv_segment_ids;
+  // q_offset: causal position of query row 0 per batch entry ([q_positions_batch] = [1]
+  // or [B]); null: Tk - Tq (bottom-right aligned)
+  const int32_t* q_positions;
+  int32_t q_positions_batch;
 };
 
 struct AttentionForwardParams {
@@ -62,12 +80,7 @@ struct AttentionForwardParams {
   const void *q, *k, *v;
   const int32_t* kv_lengths;  // [B]
   BlockListsView by_query;    // lines of [mask_batch, Hm] (lines: Rq per (b, hm))
-  // [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs] (padded to whole tiles), or both null
-  const int32_t *q_segment_ids, *kv_segment_ids;
-  // q_offset (AttentionKernel::documents): causal position of query row 0 per batch entry
-  // ([q_positions_batch] = [1] or [B]); null: Tk - Tq (bottom-right aligned)
-  const int32_t* q_positions;
-  int32_t q_positions_batch;
+  AttentionDocuments documents;
   // a mask of block size mask_block (16 or 32) on 128 x 128 tiles (shape.block_size 128):
   // [mask_batch, Hm, lines, max_len] words, bit (i % 128 / mask_block) * (128 / mask_block)
   // + j % 128 / mask_block of entry (line, e) (see above); null otherwise
@@ -83,10 +96,23 @@ struct AttentionBackwardParams {
   const float* lse;    // [B, Hq, Tq]
   const float* d_lse;  // [B, Hq, Tq]: cotangent of lse (zeros when unused)
   const int32_t* kv_lengths;
-  BlockListsView by_query, by_key;
+  BlockListsView by_query, by_key;  // lines of [mask_batch, Hm] each
+  AttentionDocuments documents;
   void *dq, *dk, *dv;  // q's, k's, v's shapes and dtype
-  float* delta;        // workspace [B, Hq, Tq]: rowsum(dO * O) - d_lse
+  // workspace of BackwardWorkspaceRows(Tq, bs) floats per (b, h): the FA2 backward's
+  // delta [B, Hq, Tq] = rowsum(dO * O) - d_lse, the Hopper backward's lse (log2 domain)
+  // and delta rows padded to whole tiles [B, Hq, 2, ceil(Tq / bs) * bs]
+  float* delta;
+  // workspaces of the rows with AttentionKernel::dq_workspace (backward variant 4), else
+  // null: float32 [B, Hq, Tq, D] and int32 [B, Hq, Tq / 64] (the launcher zeroes the semaphores)
+  float* dq_accum;
+  int32_t* dq_semaphores;
 };
+
+// Floats of the backward's workspace per (batch entry, query head).
+constexpr int64_t BackwardWorkspaceRows(int64_t tq, int64_t block_size) {
+  return 2 * ((tq + block_size - 1) / block_size * block_size);
+}
 
 namespace attn {
 struct Args;  // the kernels' arguments (attention_kernels.cuh)
@@ -102,10 +128,15 @@ struct AttentionKernel {
   int32_t fwd_variant;  // the switch's value the row serves (backward rows: ..._BWD_VARIANT)
   const char* name;
   cudaError_t (*launch)(const attn::Args& args, cudaStream_t stream);
-  // forward: takes lists per batch entry, segment ids, Tq, Tk that are not multiples of
-  // the block size (partial last tiles; the lists then have ceil(Tq / bs) lines), query
-  // positions (q_offset) and (block size 128) masks of block size 16 / 32 (mask_bits)
+  // takes lists per batch entry, segment ids, Tq, Tk that are not multiples of the block
+  // size (partial last tiles; the lists then have ceil(T / bs) lines) and query positions
+  // (q_offset): the FA3-design forward and backward; forward rows of block size 128 also
+  // masks of block size 16 / 32 (AttentionForwardParams::mask_bits)
   bool documents = false;
+  // backward: the launcher needs the dq_accum and dq_semaphores workspaces
+  // (AttentionBackwardParams) and takes nothing beyond the scope of the backward's
+  // FA3-design kernels (no lists per batch entry, segment ids, q_offset, partial tiles)
+  bool dq_workspace = false;
 };
 
 // The table's row for this call, or nullptr when the table has none: the FFI handler
@@ -113,6 +144,8 @@ struct AttentionKernel {
 // per process) when set, else of the default by architecture (variant 2, the FA3-design
 // forward, on an sm_90 device running sm_90a code, queried once per device; variant 0, the
 // FA2 forward, elsewhere); a variant whose rows leave this combination out gets variant 0's.
+// Head dims: 64 and 128 in every phase and variant; 96 and 256 in forward variants 2 and 3
+// only (the FA3-design forward: nullptr elsewhere).
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward);
 

@@ -40,12 +40,14 @@ struct Args {
   const int32_t* kv_lengths;
   Lists by_query, by_key;
   void *out_o, *dq, *dk, *dv;
+  // the backward's workspace: [B, Hq, Tq] delta (the FA2 backward); the Hopper backward
+  // keeps [B, Hq, 2, ceil(Tq / bs) * bs] there (bwd_sm90.cu, StatsKernel)
   float *out_lse, *delta;
   int batch, tq, tk, hq, hkv, group, bs, hm;
   float scale, scale_log2;
   bool causal;
-  // the FA3-design forward only (AttentionKernel::documents): lists per batch entry when
-  // mb == B (else mb = 1), segment ids [B, Tq] / [B, Tk] or null
+  // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when
+  // mb == B (else mb = 1), segment ids [B, Tq] / [B, Tk] (padded to whole tiles) or null
   int mb;
   const int32_t *q_ids, *kv_ids;
   const int32_t* q_pos;  // [qp_batch]: causal position of query row 0 (null: Tk - Tq)
@@ -54,6 +56,10 @@ struct Args {
   // bits of its mask blocks (AttentionForwardParams::mask_bits), or null
   const uint64_t* mask_bits;
   int mask_lg;
+  // the one-pass backward only (AttentionKernel::dq_workspace): float32 dQ sums and int32
+  // semaphores (attention/bwd_sm90_onepass.h), else null
+  float* dq_accum;
+  int32_t* dq_sem;
 };
 
 // ---------------------------------------------------------------- PTX helpers
@@ -386,17 +392,10 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
   }
 }
 
-// delta[b, h, i] = rowsum(dO * O) - d_lse; one warp per row.
+// rowsum(dO * O) of row `row` of [B, Tq, Hq] over one warp (every lane gets the sum).
 template <typename T, int D>
-__global__ void DeltaKernel(const Args a) {
+__device__ __forceinline__ float RowDot(const Args& a, int64_t row, int lane) {
   using O = Ops<T>;
-  const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
-  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  const int h = int(row % a.hq);
-  const int64_t bi = row / a.hq;
-  const int i = int(bi % a.tq), b = int(bi / a.tq);
   const uint32_t* po = reinterpret_cast<const uint32_t*>(static_cast<const T*>(a.o) + row * D);
   const uint32_t* pd = reinterpret_cast<const uint32_t*>(static_cast<const T*>(a.d_o) + row * D);
   float sum = 0.f;
@@ -407,6 +406,20 @@ __global__ void DeltaKernel(const Args a) {
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  return sum;
+}
+
+// delta[b, h, i] = rowsum(dO * O) - d_lse; one warp per row.
+template <typename T, int D>
+__global__ void DeltaKernel(const Args a) {
+  const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const int h = int(row % a.hq);
+  const int64_t bi = row / a.hq;
+  const int i = int(bi % a.tq), b = int(bi / a.tq);
+  const float sum = RowDot<T, D>(a, row, lane);
   if (lane == 0) {
     const int64_t li = (int64_t(b) * a.hq + h) * a.tq + i;
     a.delta[li] = sum - a.d_lse[li];
@@ -570,6 +583,7 @@ struct QueryCursor {
   const int32_t *counts, *partial, *lists;
   int lines, max_len, rk, hm_base, hm_step;  // mask head of group member gi: base + gi*step
   int qh, bs, group, first_key_minus_off;    // causal: a tile is useful iff qlast >= this
+  int q_end;  // Tq: tiles starting at or past it (a partial last block's) are skipped
   bool causal;
   int gi, t, n, npart;
   const int32_t* list;
@@ -590,7 +604,8 @@ struct QueryCursor {
         Enter();
         continue;
       }
-      if (!causal || Start(t) + BQ - 1 >= first_key_minus_off) return;
+      const int s = Start(t);
+      if (s < q_end && (!causal || s + BQ - 1 >= first_key_minus_off)) return;
       ++t;
     }
   }
@@ -649,6 +664,7 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
   ld.bs = a.bs;
   ld.group = k0 < kvlen ? a.group : 0;  // a tile past kv_lengths gets no gradient
   ld.first_key_minus_off = k0 - off;
+  ld.q_end = a.tq;
   ld.causal = a.causal;
   if (ld.group > 0) {
     ld.Begin();

@@ -23,8 +23,8 @@ Switches Read() {
       variant != nullptr && variant[0] >= '0' && variant[0] <= '3' ? variant[0] - '0' : -1;
   const char* bwd_variant = std::getenv("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT");
   s.attn_bwd_variant =
-      bwd_variant != nullptr && bwd_variant[0] >= '2' && bwd_variant[0] <= '3' ? bwd_variant[0] - '0'
-                                                                               : 0;
+      bwd_variant != nullptr && bwd_variant[0] >= '0' && bwd_variant[0] <= '4' ? bwd_variant[0] - '0'
+                                                                               : -1;
   return s;
 }
 

@@ -12,8 +12,12 @@
 //     has one kernel for 2 and 3). Combinations a variant
 //     leaves out run the FA2 forward (variant 0).
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 the Hopper FA3-design backward (sm_90a; bf16/f16,
-//     head dims 64 / 128, block size 128; other combinations run the default), =3 the same
-//     without the overlap of products and elementwise work inside a warpgroup
+//     head dims 64 / 128, block size 128, every mask source of the Hopper forward; other
+//     combinations run the default), =3 the same without the overlap of products and
+//     elementwise work inside a warpgroup. The Python side reads it too
+//     (_cuda.sm90_backward: where those mask sources may run fused), =4 the
+//     one-pass Hopper backward (attention/bwd_sm90_onepass.cu: head dims 64 / 128, block
+//     size 128, no other mask source; dQ summed in a float32 workspace in a fixed order)
 #pragma once
 
 namespace jax_blocksparse {
@@ -23,7 +27,7 @@ struct Switches {
   bool simple_kernels;    // set to anything but "" or "0"
   bool no_wgmma;          // set to anything but "" or "0"
   int attn_fwd_variant;   // 0..3 when the value starts with that digit, else -1 (default)
-  int attn_bwd_variant;   // 2 or 3 when the value starts with that digit, else 0
+  int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

@@ -10,9 +10,12 @@ GPU too (float64, for one).
 
 The Python side's environment switches are read once, into `SWITCHES`:
 `JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
-`JAX_BLOCKSPARSE_ATTN_FWD_VARIANT` (the C++ side's forward override, cuda/switches.h) is
-read here too: the forward takes segment ids and lists per batch entry only where the
-FA3-design forward runs (`sm90_forward`). Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
+`JAX_BLOCKSPARSE_ATTN_FWD_VARIANT` and `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (the C++ side's
+overrides, cuda/switches.h) are read here too: the forward and the backward take segment
+ids, lists per batch entry, partial last tiles and q_offset only where the FA3-design
+kernels run (`sm90_forward`, `sm90_backward`); head dims 96 and 256 only the FA3-design
+forward; under 4 (`onepass_backward`) the backward's custom call gets the one-pass
+kernel's two workspaces. Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
 call that a kernel could have taken but that lowers to the pure-JAX implementation says why
 when the program is compiled (the kernels' own launch lines come from C++).
 """
@@ -45,16 +48,26 @@ class Switches(NamedTuple):
     """The environment switches of the Python side, read once when the package loads."""
     disable_cuda: bool
     attn_fwd_variant: int  # -1: unset (the default by architecture), else 0..3
+    attn_bwd_variant: int  # -1: unset (the default), else 0..4 (2, 3, 4: the Hopper backward)
+
+
+# The backward variant on an sm_90 device when JAX_BLOCKSPARSE_ATTN_BWD_VARIANT is unset:
+# 0 (the FA2 backward), as cuda/switches.cu and attention.cu decide today; 2 once the C++
+# default is the Hopper backward there.
+SM90_BACKWARD_DEFAULT = 0
 
 
 def _read_switches() -> Switches:
     def number(name):
         value = os.environ.get(name, "0").strip() or "0"
         return int(value) if value.isdigit() else 1
-    variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "")
+
+    def variant(name):  # the leading digit 0..4, else -1 (as cuda/switches.cu reads them)
+        value = os.environ.get(name, "")
+        return int(value[0]) if value[:1] in ("0", "1", "2", "3", "4") else -1
     return Switches(disable_cuda=number("JAX_BLOCKSPARSE_DISABLE_CUDA") != 0,
-                    attn_fwd_variant=int(variant[0]) if variant[:1] in ("0", "1", "2", "3")
-                    else -1)  # as cuda/switches.cu reads it
+                    attn_fwd_variant=variant("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"),
+                    attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"))
 
 
 SWITCHES = _read_switches()
@@ -79,17 +92,44 @@ def cuda_available() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def sm90_forward() -> bool:
-    """Whether the attention forward runs the FA3-design kernel (cuda/attention/fwd_sm90.cu)
-    here, as the C++ dispatch decides (attention.cu, FindAttentionKernel): the extension
-    has sm_90a code, the first CUDA device is an sm_90 one (asked once, then cached), and
-    JAX_BLOCKSPARSE_ATTN_FWD_VARIANT does not force the FA2 forward (0 or 1). That kernel
-    also takes segment ids and lists per batch entry."""
-    if not cuda_available() or SWITCHES.attn_fwd_variant in (0, 1):
+def _sm90a_device() -> bool:
+    """Whether the FA3-design kernels can run here: the kernels run here, the extension has
+    sm_90a code and the first CUDA device is an sm_90 one (asked once, then cached)."""
+    if not cuda_available():
         return False
     if "90a" not in str(getattr(_ext, "cuda_architectures", "")).split(","):
         return False
     return getattr(jax.devices("cuda")[0], "compute_capability", None) == "9.0"
+
+
+def sm90_forward() -> bool:
+    """Whether the attention forward runs the FA3-design kernel (cuda/attention/fwd_sm90.cu)
+    here, as the C++ dispatch decides (attention.cu, FindAttentionKernel): an sm_90a
+    device (`_sm90a_device`) and JAX_BLOCKSPARSE_ATTN_FWD_VARIANT does not force the FA2
+    forward (0 or 1). That kernel also takes segment ids, lists per batch entry, partial
+    last tiles and q_offset."""
+    return SWITCHES.attn_fwd_variant not in (0, 1) and _sm90a_device()
+
+
+def sm90_backward() -> bool:
+    """Whether the attention backward at block size 128 runs the FA3-design kernels
+    (cuda/attention/bwd_sm90.cu) here, as the C++ dispatch decides: an sm_90a device and
+    backward variant 2 or 3 (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT, else
+    `SM90_BACKWARD_DEFAULT`). Those kernels also take segment ids, lists per batch entry,
+    partial last tiles and q_offset; block size 64 runs the FA2 backward."""
+    variant = SWITCHES.attn_bwd_variant
+    return (SM90_BACKWARD_DEFAULT if variant < 0 else variant) in (2, 3) and _sm90a_device()
+
+
+def onepass_backward(dtype, head_dim: int, block_size: int) -> bool:
+    """Whether the attention backward's custom call runs backward variant 4, the one-pass
+    Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
+    (attention.cu, FindAttentionKernel: the variant's rows are bf16 / f16, head dims 64 and
+    128, block size 128; other combinations run the default backward): it then needs the
+    workspaces `dq_accum` and `dq_semaphores`. Opt-in (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4);
+    it takes no call beyond the backward's scope (`fused_attention_unsupported`)."""
+    return (SWITCHES.attn_bwd_variant == 4 and block_size == 128 and head_dim in (64, 128)
+            and any(dtype == d for d in (jnp.bfloat16, jnp.float16)))
 
 
 def _precision_attr(precision) -> np.int32:
@@ -150,10 +190,13 @@ def _matmul_lowering(prim, kernel_rule):
 
 # ------------------------------------------------------------------------ attention
 # The one table of what the fused attention kernels take (the FFI handler checks the same
-# combinations); any other call runs the pure-JAX implementation, on a GPU too.
+# combinations: cuda/attention.cu's dispatch table); any other call runs the pure-JAX
+# implementation, on a GPU too. Head dims by kernel family: the FA3-design forward
+# ("sm90_forward", where `sm90_forward()`), the FA2 forward ("forward") and the backward.
 FUSED_ATTENTION = {
     "dtypes": (jnp.bfloat16, jnp.float16),
-    "head_dims": (64, 128),
+    "head_dims": {"sm90_forward": (64, 96, 128, 256), "forward": (64, 128),
+                  "backward": (64, 128)},
     "block_sizes": (64, 128),
     # the FA3-design forward only: on its 128 x 128 tiles, each covering several mask
     # blocks whose bits join the element predicate (attention_metadata.tile_lists)
@@ -164,20 +207,29 @@ FUSED_ATTENTION = {
 def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, tk: int,
                                 segments: bool, positioned: bool, mask_batch: int, *,
                                 forward: bool = False) -> str | None:
-    """Why the fused kernels cannot run this call (None when they can): the backward
-    (`forward=False`) and the FA2 forward take neither segment ids, nor a mask per batch
-    entry, nor lengths that are not multiples of the block size, nor `q_offset`, nor block
-    sizes 16 and 32; the FA3-design forward (`sm90_forward()`, with `forward=True`) takes
-    all five (partial last tiles: with at least one key; block sizes 16 and 32 on its
-    128 x 128 tiles)."""
+    """Why the fused kernels cannot run this call (None when they can): the FA2 forward and
+    backward take neither segment ids, nor a mask per batch entry, nor lengths that are
+    not multiples of the block size, nor `q_offset`, nor block sizes 16 and 32; the
+    FA3-design kernels take the first four (partial last tiles: with at least one key):
+    the forward where `sm90_forward()` (`forward=True`), the backward at block size 128
+    where `sm90_backward()`; block sizes 16 and 32 (on 128 x 128 tiles) only the
+    FA3-design forward, at each of its head dims. Head dims 96 and 256: the FA3-design
+    forward only. Backward variant 4 (`onepass_backward`) takes none of the first four: its
+    launcher refuses them."""
+    documents = sm90_forward() if forward else block_size == 128 and sm90_backward()
+    family = "sm90_forward" if forward and documents else "forward" if forward else "backward"
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
-    if head_dim not in FUSED_ATTENTION["head_dims"]:
+    if head_dim not in FUSED_ATTENTION["head_dims"][family]:
         return f"head dim {head_dim}"
-    documents = forward and sm90_forward()
     if block_size not in FUSED_ATTENTION["block_sizes"] and not (
-            documents and block_size in FUSED_ATTENTION["tiled_block_sizes"]):
+            family == "sm90_forward" and block_size in FUSED_ATTENTION["tiled_block_sizes"]):
         return f"block size {block_size}"
+    if (not forward and onepass_backward(dtype, head_dim, block_size)
+            and (segments or positioned or mask_batch != 1 or tq % block_size
+                 or tk % block_size)):  # its launcher refuses them (cudaErrorNotSupported)
+        return ("segment ids, q_offset, a mask per batch entry or partial tiles under "
+                "backward variant 4")
     if (tq % block_size or tk % block_size) and (not documents or tk == 0):
         return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     if segments and not documents:
@@ -203,23 +255,33 @@ def _fused_attention(phase, ctx, floats, params) -> bool:
     return why is None
 
 
-def _kernel_operands(ctx, floats, operands):
-    """The operands of the backward's custom call: the float operands, `kv_lengths`, then
-    the block lists (by query, by key) with their leading batch axis (1 here: the backward
-    takes no lists per batch entry) dropped. Returns (operands, their avals)."""
-    avals = list(ctx.avals_in)
-    out, out_avals = list(operands[:floats + 1]), avals[:floats + 1]
-    lists = slice(floats + att.LISTS, floats + att.TILES)
-    for value, aval in zip(operands[lists], avals[lists]):
-        dropped = aval.update(shape=aval.shape[1:])
-        out.append(jint.reshape(ctx, value, dropped))
-        out_avals.append(dropped)
-    return out, out_avals
+def _kernel_operands(ctx, floats, operands, directions, params, *, tiled=False):
+    """The operands of an attention custom call and their avals: the float operands,
+    `kv_lengths`, `q_positions` (`[1]` or `[B]`, read with the attribute `positioned`:
+    q_offset), the block lists of `directions` (1: by query, 2: both) with their leading
+    batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
+    zero-padded to whole tiles (the kernels read them so; placeholders `[1, 1]` without
+    them: attribute `segments`). `tiled` (the forward of a mask of block size 16 or 32):
+    the tile lists (`att.TILES`, 128 x 128 tiles; ids padded to whole tiles of 128) in
+    place of the by-query lists; the backward takes the ordinary lists only."""
+    lists = floats + (att.TILES if tiled else att.LISTS)
+    seg = floats + att.CONTEXT.index("q_segment_ids")
+    pick = [*range(floats + 2), *range(lists, lists + directions * len(AttentionLists._fields))]
+    values, avals = [operands[i] for i in pick], [ctx.avals_in[i] for i in pick]
+    bs = TILE if tiled else params["block_size"]  # the kernel's tile
+    for i in (seg, seg + 1):
+        value, aval = operands[i], ctx.avals_in[i]
+        if params["segments"] and aval.shape[1] % bs:
+            value, aval = _pad_columns(ctx, value, aval, -(-aval.shape[1] // bs) * bs)
+        values.append(value)
+        avals.append(aval)
+    return values, avals
 
 
 def _attention_attrs(params):
     return dict(block_size=np.int32(params["block_size"]), causal=params["causal"],
-                scale=np.float32(params["scale"]))
+                scale=np.float32(params["scale"]), segments=bool(params["segments"]),
+                positioned=bool(params["positioned"]))
 
 
 _forward_reference = jint.lower_fun(att.attention_reference, multiple_results=True)
@@ -227,38 +289,24 @@ _backward_reference = jint.lower_fun(att.backward_reference, multiple_results=Tr
 
 
 def _attention_forward_lowering(ctx, *operands, **params):
-    """The forward's custom call: q, k, v, kv_lengths, q_positions (`[1]` or `[B]`, read
-    with the attribute `positioned`: q_offset), the by-query lists with their
-    leading batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
-    zero-padded to whole tiles (placeholders `[1, 1]` without them: attribute
-    `segments`), the tiles' bits `[Bm, Hm, lines, 2 width]`. A mask of block size 16 or 32
-    (attribute `mask_block`) runs on 128 x 128 tiles (attribute `block_size` 128): its
-    lists are the tile lists (`att.TILES`), the bits those of the mask blocks of each
-    listed tile; for other block sizes `mask_block == block_size` and the bits are a
-    placeholder."""
+    """The forward's custom call: `_kernel_operands` with the by-query lists, then the
+    tiles' bits `[Bm, Hm, lines, 2 width]`. A mask of block size 16 or 32 (attribute
+    `mask_block`) runs on 128 x 128 tiles (attribute `block_size` 128): its lists are the
+    tile lists (`att.TILES`), the bits those of the mask blocks of each listed tile; for
+    other block sizes `mask_block == block_size` and the bits are a placeholder."""
     floats = att.FLOAT_OPERANDS[att.attention_p]
     if not _fused_attention("attention_fwd", ctx, floats, params):
         return _forward_reference(ctx, *operands, **params)
     mask_block = params["block_size"]
     tiled = mask_block in FINE_BLOCKS
-    bs = TILE if tiled else mask_block  # the kernel's tile
-    lists = floats + (att.TILES if tiled else att.LISTS)
-    seg = floats + att.CONTEXT.index("q_segment_ids")
-    pick = [*range(floats + 2), *range(lists, lists + len(AttentionLists._fields))]
-    values, avals = [operands[i] for i in pick], [ctx.avals_in[i] for i in pick]
-    for i in (seg, seg + 1):  # segment ids padded to whole tiles (the kernel reads them so)
-        value, aval = operands[i], ctx.avals_in[i]
-        if params["segments"] and aval.shape[1] % bs:
-            value, aval = _pad_columns(ctx, value, aval, -(-aval.shape[1] // bs) * bs)
-        values.append(value)
-        avals.append(aval)
+    values, avals = _kernel_operands(ctx, floats, operands, 1, params, tiled=tiled)
     bits = floats + att.CONTEXT.index("tile_bits")
     values.append(operands[bits])
     avals.append(ctx.avals_in[bits])
     ctx = ctx.replace(avals_in=avals)
+    bs = TILE if tiled else mask_block  # the kernel's tile
     return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
         ctx, *values, **_attention_attrs(dict(params, block_size=bs)),
-        segments=bool(params["segments"]), positioned=bool(params["positioned"]),
         mask_block=np.int32(mask_block))
 
 
@@ -272,14 +320,29 @@ def _pad_columns(ctx, value, aval, width):
 
 
 def _attention_backward_lowering(ctx, *operands, **params):
+    """The backward's custom call: `_kernel_operands` with both directions of the lists;
+    results dq, dk, dv and a float32 workspace `[B, Hq, 2, ceil(Tq / bs) * bs]`
+    (cuda/attention.h: the FA2 backward's delta, the Hopper backward's lse and delta rows
+    padded to whole tiles)."""
     floats = att.FLOAT_OPERANDS[att.attention_bwd_p]
     if not _fused_attention("attention_bwd", ctx, floats, params):
         return _backward_reference(ctx, *operands, **params)
-    values, avals = _kernel_operands(ctx, floats, operands)
-    lse_aval = ctx.avals_in[4]
-    delta = lse_aval.update(shape=lse_aval.shape, dtype=np.dtype(np.float32))  # workspace
-    ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, delta])
-    dq, dk, dv, _ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
+    values, avals = _kernel_operands(ctx, floats, operands, 2, params)
+    b, hq, tq = ctx.avals_in[4].shape  # lse
+    bs = params["block_size"]
+    workspace = ctx.avals_in[4].update(shape=(b, hq, 2, -(-tq // bs) * bs),
+                                       dtype=np.dtype(np.float32), weak_type=False)
+    # the one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h), else [0]:
+    # dq_accum float32 [B, Hq, Tq, D], dq_semaphores int32 [B, Hq, Tq / 64]
+    q_aval = ctx.avals_in[0]
+    d = q_aval.shape[-1]
+    onepass = onepass_backward(q_aval.dtype, d, bs)
+    dq_accum = q_aval.update(shape=(b, hq, tq, d) if onepass else (0,),
+                             dtype=np.dtype(np.float32), weak_type=False)
+    dq_sem = q_aval.update(shape=(b, hq, tq // 64) if onepass else (0,),
+                           dtype=np.dtype(np.int32), weak_type=False)
+    ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, workspace, dq_accum, dq_sem])
+    dq, dk, dv, *_ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
         ctx, *values, **_attention_attrs(params))
     return dq, dk, dv
 

@@ -543,12 +543,12 @@ def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows, kind=None):
 
     The queries of batch entry b move into a zero-padded buffer at slot `q_offset[b] % bs`,
     so that its block m is the mask's block row `q_offset[b] // bs + m`; the query lists are
-    gathered per batch entry for those rows. Returns the padded q and ids, the lists, the
-    overflow flags of the rows, `q_positions [B]` (position of slot 0), the slots of the
-    queries `[B, Tq]`, whether each query lies inside the mask `[B, Tq]`, and the block
-    kinds `kind [Bm, Hm, rows, Rk]` (fine masks: None otherwise) at those rows (`[B, Hm,
-    span, Rk]`, none for rows outside the mask): a 128-row tile of the buffer then covers
-    `128 / bs` of its blocks, and q_positions stays the position of slot 0."""
+    gathered per batch entry for those rows. Returns the padded q and ids, the by-query
+    lists, the overflow flags of the rows, `q_positions [B]` (position of slot 0), the slots
+    of the queries `[B, Tq]`, whether each query lies inside the mask `[B, Tq]`, and the
+    block kinds `kind [Bm, Hm, rows, Rk]` (fine masks: None otherwise) at those rows (`[B,
+    Hm, span, Rk]`, none for rows outside the mask): a 128-row tile of the buffer then
+    covers `128 / bs` of its blocks, and q_positions stays the position of slot 0."""
     b, tq = q.shape[:2]
     span = -(-(bs - 1 + tq) // bs)  # block rows that Tq queries can touch
     first_row, shift = q_offset // bs, q_offset % bs
@@ -570,8 +570,21 @@ def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows, kind=None):
     positions = q_offset[:, None] + jnp.arange(tq)
     if kind is not None:
         kind = jnp.where(inside[:, None, :, None], _at_rows(kind, row), 0).astype(jnp.int8)
-    return (q_pad, ids_pad, by_query + list(lists[4:]), overflow, first_row * bs, slots,
+    return (q_pad, ids_pad, by_query, overflow, first_row * bs, slots,
             (positions >= 0) & (positions < rows * bs), kind)
+
+
+def _key_lists(by_query, rk, width):
+    """The by-key lists (`[Bm, Hm, Rk, ...]`, `width` wide) of the by-query lists
+    `by_query` (`[Bm, Hm, R, ...]`): for each of the `rk` key blocks the query blocks whose
+    lists name it, partial where those have it partial (the same entries, seen from the
+    keys), built inside `jit` by a comparison and a max: no scatter."""
+    counts, partial, lists, _ = by_query
+    slot = jnp.arange(lists.shape[-1])
+    kinds = jnp.where(slot < partial[..., None], 1, jnp.where(slot < counts[..., None], 2, 0))
+    named = lists[..., None] == jnp.arange(rk)  # [Bm, Hm, R, W, Rk] (padding -1: none)
+    kind = jnp.where(named, kinds[..., None], 0).max(axis=-2).astype(jnp.int8)
+    return block_lists(jnp, jnp.swapaxes(kind, -1, -2), width)
 
 
 def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None,
@@ -637,14 +650,18 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     pure-JAX one). Longer queries: bfloat16/float16 with
     `D` in (64, 128) and block size 64 or 128 (16, 32: below) run the fused kernels
     (`_cuda.fused_attention_unsupported`; a paged cache is gathered first): on Hopper
-    (sm_90) the forward with segment ids, any mask (a `BlockMask` with `Bm = B` too), any
-    lengths and `q_offset`, and block sizes 16 and 32 too (the block-128 kernel on
+    (sm_90) the forward also at `D` 96 and 256, and with segment ids, any mask (a
+    `BlockMask` with `Bm = B` too), any lengths and `q_offset` (with or without segment
+    ids), and block sizes 16 and 32 too, at every head dim above (the block-128 kernel on
     128 x 128 tiles: a tile with some listed block is read whole, its unlisted blocks
     masked element-wise; keys of block columns that no query row of the tile lists are
-    kept out of the output, as above); the backward, and elsewhere the forward, with block
-    size 64 or 128, a mask shared by the batch (a `Layout`, or a `BlockMask` with `Bm =
-    1`), no segment ids, lengths that are multiples of the block size and no `q_offset`.
-    The forward and backward decide separately. Every other call runs the
+    kept out of the output, as above); so does the backward at block size 128 where the
+    Hopper backward runs (`_cuda.sm90_backward`: today when
+    `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2` or `3`), without block sizes 16 and 32 (no fused
+    backward: the pure-JAX one); the other backwards, and elsewhere the forward, with block
+    size 64 or 128, a mask shared by the batch (a `Layout`, or a `BlockMask` with
+    `Bm = 1`), no segment ids, lengths that are multiples of the block size and no
+    `q_offset`. The forward and backward decide separately. Every other call runs the
     pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is
     compiled).
     """
@@ -745,10 +762,14 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
         q_positions = jnp.full((1,), tk - tq, jnp.int32)  # bottom-right aligned
         q_in, ids_in = q, q_ids
     else:
-        q_in, ids_in, lists, overflow, q_positions, slots, inside, tiles = _positioned(
+        key_width = min(-(-(bs - 1 + tq) // bs), lists[4 + 2].shape[-1])
+        q_in, ids_in, by_query, overflow, q_positions, slots, inside, tiles = _positioned(
             q, q_ids, lists, overflow, offset, bs, rows, tiles)
         if segments:  # lists not refined by documents: every entry compares ids
-            lists = [lists[0], lists[0], *lists[2:]]  # partial = counts
+            by_query = [by_query[0], by_query[0], *by_query[2:]]  # partial = counts
+        # the by-key lists of the positioned query blocks, per batch entry (the fused
+        # backward's dK/dV pass): with segment ids every entry partial too, as by query
+        lists = [*by_query, *_key_lists(by_query, -(-tk // bs), key_width)]
     tile_ops = _tile_context(tiles, overflow, bs, lists[2].shape[-1],
                              all_partial=positioned and segments)
     o, lse = _bind(attention_p, q_in, k, v, kv_lengths, q_positions,

@@ -61,11 +61,10 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   s.block_size = block_size;
   s.scale = scale;
   s.causal = causal;
-  // counts [Hm, lines], or (forward) [Bm, Hm, lines] with Bm = 1 or B
+  // counts [Hm, lines] or [Bm, Hm, lines] with Bm = 1 or B
   auto cd = q_counts.dimensions();
-  if (cd.size() != 2 && !(cd.size() == 3 && !backward))
-    return ffi::Unexpected(Invalid(backward ? "metadata counts must be [Hm, lines]"
-                                            : "metadata counts must be [Bm, Hm, lines]"));
+  if (cd.size() != 2 && cd.size() != 3)
+    return ffi::Unexpected(Invalid("metadata counts must be [Bm, Hm, lines]"));
   s.mask_batch = cd.size() == 3 ? int32_t(cd[0]) : 1;
   s.mask_heads = int32_t(cd[cd.size() - 2]);
   if (s.mask_batch != 1 && s.mask_batch != s.batch)
@@ -76,7 +75,7 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
                                    " kernel for " + DTypeName(dtype) + " head_dim=" +
                                    std::to_string(s.head_dim) + " block_size=" +
                                    std::to_string(block_size) + " in the dispatch table"));
-  if ((s.tq % block_size != 0 || s.tk % block_size != 0) && !(!backward && (*kernel)->documents))
+  if ((s.tq % block_size != 0 || s.tk % block_size != 0) && !(*kernel)->documents)
     return ffi::Unexpected(Invalid(std::string("sequence lengths must be multiples of the block "
                                                "size (the kernel here: ") + (*kernel)->name + ")"));
   if (s.hkv == 0 || s.hq % s.hkv != 0)
@@ -84,6 +83,41 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   if (s.mask_heads != 1 && s.mask_heads != s.hq)
     return ffi::Unexpected(Invalid("mask heads must be 1 or the number of query heads"));
   return s;
+}
+
+// The mask sources beyond the lists (AttentionDocuments): segment ids when `segments`
+// (padded to whole tiles: [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs]), q_positions
+// ([1] or [B]) when `positioned`; only for a kernel that takes them (with lists per batch
+// entry too).
+ffi::ErrorOr<AttentionDocuments> Documents(const AttentionKernel& kernel, const AttentionShape& s,
+                                           const Buffer<S32>& q_positions,
+                                           const Buffer<S32>& q_segment_ids,
+                                           const Buffer<S32>& kv_segment_ids, bool segments,
+                                           bool positioned) {
+  AttentionDocuments d{};
+  if (segments) {
+    auto qs = q_segment_ids.dimensions(), ks = kv_segment_ids.dimensions();
+    const int64_t bs = s.block_size;
+    const int64_t tq_pad = (s.tq + bs - 1) / bs * bs, tk_pad = (s.tk + bs - 1) / bs * bs;
+    if (qs.size() != 2 || qs[0] != s.batch || qs[1] != tq_pad || ks.size() != 2 ||
+        ks[0] != s.batch || ks[1] != tk_pad)
+      return ffi::Unexpected(
+          Invalid("segment ids must be [B, ceil(Tq / bs) * bs] and [B, ceil(Tk / bs) * bs]"));
+    d.q_segment_ids = q_segment_ids.typed_data();
+    d.kv_segment_ids = kv_segment_ids.typed_data();
+  }
+  if (positioned) {  // q_offset: q_positions [1] or [B]
+    auto pd = q_positions.dimensions();
+    if (pd.size() != 1 || (pd[0] != 1 && pd[0] != s.batch))
+      return ffi::Unexpected(Invalid("q_positions must be [1] or [B]"));
+    d.q_positions = q_positions.typed_data();
+    d.q_positions_batch = int32_t(pd[0]);
+  }
+  if ((s.mask_batch != 1 || segments || positioned) && !kernel.documents)
+    return ffi::Unexpected(Invalid(std::string("lists per batch entry, segment ids and q_offset "
+                                               "need the FA3-design kernels (sm_90a); the "
+                                               "kernel here is ") + kernel.name));
+  return d;
 }
 
 BlockListsView View(const Buffer<S32>& counts, const Buffer<S32>& partial,
@@ -122,24 +156,10 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   p.by_query = View(q_counts, q_partial, q_lists, q_order);
   if (p.by_query.lines != (p.shape.tq + block_size - 1) / block_size)
     return Invalid("query metadata must have ceil(Tq / block_size) lines");
-  if (segments) {
-    // padded to whole tiles: [B, ceil(Tq / bs) * bs], [B, ceil(Tk / bs) * bs]
-    auto qs = q_segment_ids.dimensions(), ks = kv_segment_ids.dimensions();
-    const int64_t tq_pad = (p.shape.tq + block_size - 1) / block_size * int64_t(block_size);
-    const int64_t tk_pad = (p.shape.tk + block_size - 1) / block_size * int64_t(block_size);
-    if (qs.size() != 2 || qs[0] != p.shape.batch || qs[1] != tq_pad || ks.size() != 2 ||
-        ks[0] != p.shape.batch || ks[1] != tk_pad)
-      return Invalid("segment ids must be [B, ceil(Tq / bs) * bs] and [B, ceil(Tk / bs) * bs]");
-    p.q_segment_ids = q_segment_ids.typed_data();
-    p.kv_segment_ids = kv_segment_ids.typed_data();
-  }
-  if (positioned) {  // q_offset: q_positions [1] or [B]
-    auto pd = q_positions.dimensions();
-    if (pd.size() != 1 || (pd[0] != 1 && pd[0] != p.shape.batch))
-      return Invalid("q_positions must be [1] or [B]");
-    p.q_positions = q_positions.typed_data();
-    p.q_positions_batch = int32_t(pd[0]);
-  }
+  auto documents = Documents(*kernel, p.shape, q_positions, q_segment_ids, kv_segment_ids,
+                             segments, positioned);
+  if (documents.has_error()) return documents.error();
+  p.documents = *documents;
   const bool tiled = mask_block != block_size;  // a mask of block size 16 / 32 on 128 tiles
   if (tiled) {
     if (block_size != 128 || (mask_block != 16 && mask_block != 32))
@@ -149,15 +169,14 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
     bool fits = bd.size() == ld.size() && bd.size() >= 3 && bd.back() == 2 * ld.back();
     for (size_t i = 0; fits && i + 1 < bd.size(); ++i) fits = bd[i] == ld[i];
     if (!fits) return Invalid("tile bits must be [Bm, Hm, lines, 2 * width] beside the lists");
+    if (!kernel->documents)
+      return Invalid(std::string("block sizes 16 / 32 need the FA3-design forward (sm_90a); "
+                                 "the forward here is ") +
+                     kernel->name);
     // int32 pairs, low word first: one little-endian 64-bit word per list entry
     p.mask_bits = reinterpret_cast<const uint64_t*>(tile_bits.typed_data());
     p.mask_block = mask_block;
   }
-  if ((p.shape.mask_batch != 1 || segments || positioned || tiled) && !kernel->documents)
-    return Invalid(std::string("lists per batch entry, segment ids, q_offset and block sizes "
-                               "16 / 32 need the FA3-design forward (sm_90a); the forward "
-                               "here is ") +
-                   kernel->name);
   p.o = o->untyped_data();
   p.lse = lse->typed_data();
   LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) +
@@ -172,11 +191,14 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
 
 ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, AnyBuffer o,
                    Buffer<F32> lse, AnyBuffer d_o, Buffer<F32> d_lse, Buffer<S32> kv_lengths,
-                   Buffer<S32> q_counts, Buffer<S32> q_partial, Buffer<S32> q_lists,
-                   Buffer<S32> q_order, Buffer<S32> k_counts, Buffer<S32> k_partial,
-                   Buffer<S32> k_lists, Buffer<S32> k_order, Result<AnyBuffer> dq,
-                   Result<AnyBuffer> dk, Result<AnyBuffer> dv, Result<Buffer<F32>> delta,
-                   int32_t block_size, bool causal, float scale) {
+                   Buffer<S32> q_positions, Buffer<S32> q_counts, Buffer<S32> q_partial,
+                   Buffer<S32> q_lists, Buffer<S32> q_order, Buffer<S32> k_counts,
+                   Buffer<S32> k_partial, Buffer<S32> k_lists, Buffer<S32> k_order,
+                   Buffer<S32> q_segment_ids, Buffer<S32> kv_segment_ids,
+                   Result<AnyBuffer> dq, Result<AnyBuffer> dk, Result<AnyBuffer> dv,
+                   Result<Buffer<F32>> delta, Result<Buffer<F32>> dq_accum,
+                   Result<Buffer<S32>> dq_semaphores, int32_t block_size, bool causal, float scale,
+                   bool segments, bool positioned) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
@@ -197,15 +219,40 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   p.kv_lengths = kv_lengths.typed_data();
   p.by_query = View(q_counts, q_partial, q_lists, q_order);
   p.by_key = View(k_counts, k_partial, k_lists, k_order);
-  if (p.by_query.lines != p.shape.tq / block_size || p.by_key.lines != p.shape.tk / block_size)
-    return Invalid("metadata must have Tq / block_size and Tk / block_size lines");
-  if (k_counts.dimensions()[0] != p.shape.mask_heads)
-    return Invalid("by-query and by-key metadata differ in mask heads");
+  if (p.by_query.lines != (p.shape.tq + block_size - 1) / block_size ||
+      p.by_key.lines != (p.shape.tk + block_size - 1) / block_size)
+    return Invalid("metadata must have ceil(Tq / block_size) and ceil(Tk / block_size) lines");
+  auto qd = q_counts.dimensions(), kd = k_counts.dimensions();
+  if (kd.size() != qd.size() || kd[kd.size() - 2] != p.shape.mask_heads ||
+      (kd.size() == 3 && kd[0] != qd[0]))
+    return Invalid("by-query and by-key metadata differ in batch entries or mask heads");
+  auto documents = Documents(*kernel, p.shape, q_positions, q_segment_ids, kv_segment_ids,
+                             segments, positioned);
+  if (documents.has_error()) return documents.error();
+  p.documents = *documents;
+  if (int64_t(delta->element_count()) !=
+      int64_t(p.shape.batch) * p.shape.hq * BackwardWorkspaceRows(p.shape.tq, block_size))
+    return Invalid("the workspace must be [B, Hq, 2, ceil(Tq / block_size) * block_size]");
   p.dq = dq->untyped_data();
   p.dk = dk->untyped_data();
   p.dv = dv->untyped_data();
   p.delta = delta->typed_data();
-  LaunchLog log(stream, DebugLevel() ? Describe("attention_bwd", *dtype, p.shape, q, k) : "");
+  // the one-pass backward's workspaces (jax_blocksparse/_cuda.py declares them [0] for the
+  // other kernels): float32 [B, Hq, Tq, D], int32 [B, Hq, Tq / 64]
+  if (kernel->dq_workspace) {
+    const AttentionShape& s = p.shape;
+    if (int64_t(dq_accum->element_count()) != int64_t(s.batch) * s.hq * s.tq * s.head_dim ||
+        int64_t(dq_semaphores->element_count()) != int64_t(s.batch) * s.hq * (s.tq / 64))
+      return Invalid(std::string("the backward here (") + kernel->name +
+                     ") needs the dq_accum [B, Hq, Tq, D] and dq_semaphores [B, Hq, Tq / 64] "
+                     "workspaces (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT read differently by the "
+                     "Python side?)");
+    p.dq_accum = dq_accum->typed_data();
+    p.dq_semaphores = dq_semaphores->typed_data();
+  }
+  LaunchLog log(stream, DebugLevel() ? Describe("attention_bwd", *dtype, p.shape, q, k) +
+                                           (segments ? " segments" : "")
+                                     : "");
   const cudaError_t err = LaunchAttentionBackward(*kernel, p, stream);
   log.Done(kernel->name);
   return CheckLaunch(err, "attention backward");
@@ -336,19 +383,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<AnyBuffer>()     // d_o
         .Arg<Buffer<F32>>()   // d_lse
         .Arg<Buffer<S32>>()   // kv_lengths
-        .Arg<Buffer<S32>>()   // q_counts
+        .Arg<Buffer<S32>>()   // q_positions [1] or [B] (read with `positioned` only)
+        .Arg<Buffer<S32>>()   // q_counts [Bm, Hm, Rq]
         .Arg<Buffer<S32>>()   // q_partial
         .Arg<Buffer<S32>>()   // q_lists
         .Arg<Buffer<S32>>()   // q_order
-        .Arg<Buffer<S32>>()   // k_counts
+        .Arg<Buffer<S32>>()   // k_counts [Bm, Hm, Rk]
         .Arg<Buffer<S32>>()   // k_partial
         .Arg<Buffer<S32>>()   // k_lists
         .Arg<Buffer<S32>>()   // k_order
+        .Arg<Buffer<S32>>()   // q_segment_ids (as the forward's)
+        .Arg<Buffer<S32>>()   // kv_segment_ids
         .Ret<AnyBuffer>()     // dq
         .Ret<AnyBuffer>()     // dk
         .Ret<AnyBuffer>()     // dv
-        .Ret<Buffer<F32>>()   // delta (workspace)
-            JBS_ATTENTION_ATTRS,
+        .Ret<Buffer<F32>>()   // workspace [B, Hq, 2, ceil(Tq / bs) * bs] (attention.h)
+        .Ret<Buffer<F32>>()   // dq_accum (workspace of backward variant 4, else [0])
+        .Ret<Buffer<S32>>()   // dq_semaphores (the same)
+            JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned"),
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(

@@ -1,6 +1,9 @@
 """The Hopper attention backward in the FlashAttention-3 design (cuda/attention/bwd_sm90.cu),
 forced by JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 (products overlapping the elementwise work
-inside each warpgroup; every case) or 3 (without the overlap; a subset) on an sm_90 GPU: dq, dk, dv (and o, lse) against
+inside each warpgroup; every case) or 3 (without the overlap; a subset), and the one-pass
+backward (cuda/attention/bwd_sm90_onepass.cu) forced by 4 (every case; dQ summed across
+CTAs under semaphores, so determinism is also checked over several runs of larger cases)
+on an sm_90 GPU: dq, dk, dv (and o, lse) against
 the float64 reference on fresh random inputs (fixed seeds), with cotangents of both o and
 the returned lse, bf16 and f16, block size 128, head dim 128 (64 on a few cases), over
 causal and non-causal local / strided / random / dense layouts with empty query rows and
@@ -10,10 +13,18 @@ without keys), kv_lengths that are not multiples of the block (0 included) with 
 in k and v past them (every gradient must stay finite and bitwise equal to the clean run;
 dk, dv rows past kv_lengths are 0); every result bitwise equal over two runs.
 
+Then every mask source of the Hopper forward (the block-128 `DOC_CASES` of
+test_gpu_attention_sm90.py, checked by its `check_docs`): packed documents (segment ids,
+causal layouts), masks per batch entry (a traced BlockMask with Bm = B), Tq, Tk that are
+not multiples of the block size (partial last tiles: 1000, 1100, 50, ...), q_offset with
+and without segment ids, kv_lengths with NaN planted past them, GQA, head dims 64 and 128:
+dq, dk, dv against the float64 reference, bitwise equal run to run and with the NaN.
+
 Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1, and the test asserts that the
 debug line of every backward launch names the variant's fa3 backward kernel (a silent fallback to the
 FA2 backward fails). One test also forces the FA3-design forward (variant 2) with it. Block
-size 64 is not implemented by the variant: it runs the default backward (checked too).
+size 64 is not implemented by the variant: it runs the default backward (checked too), and
+the pure-JAX backward for the mask sources the FA2 backward does not take.
 """
 
 import jax
@@ -24,11 +35,13 @@ import pytest
 import jax_blocksparse as jbs
 from reference import (ATTENTION_TOLERANCE, LSE_TOLERANCE, attention64, attention_mask64, f64,
                        kernels_by_case, lse_err, mark_case, random, rel_err, run_python)
+from test_gpu_attention_sm90 import DOC_CASES, case_id, chunks
 from test_matmul import poison
 
 pytestmark = pytest.mark.gpu
 
-FA3_BWD = {"2": "fa3_backward(wgmma, tma, ws, overlap)", "3": "fa3_backward(wgmma, tma, ws)"}
+FA3_BWD = {"2": "fa3_backward(wgmma, tma, ws, overlap)", "3": "fa3_backward(wgmma, tma, ws)",
+           "4": "fa3_backward(one pass, deterministic dq)"}
 DTYPES = {"bf16": jnp.bfloat16, "f16": jnp.float16}
 BS = 128
 
@@ -204,7 +217,7 @@ VARIANT3_CASES = ["local_causal", "random_empty_rows_cols", "gqa4_per_head_causa
 
 
 @pytest.mark.parametrize("variant,name", [("2", n) for n in CASES] +
-                         [("3", n) for n in VARIANT3_CASES])
+                         [("3", n) for n in VARIANT3_CASES] + [("4", n) for n in CASES])
 def test_fa3_backward(variant, name):
     if not sm90():
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
@@ -215,28 +228,116 @@ def test_fa3_backward(variant, name):
     assert_backward_is_fa3(stderr, cases, variant)
 
 
-def test_fa3_backward_with_fa3_forward():
-    """Both Hopper kernels forced: the forward variant 2 and the backward variant 2."""
+@pytest.mark.parametrize("variant", ["2", "4"])
+def test_fa3_backward_with_fa3_forward(variant):
+    """Both Hopper kernels forced: the forward variant 2 and the backward variant 2 (or 4)."""
     if not sm90():
         pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
     cases = [("local_causal", "bf16"), ("kv_lengths_gqa4_per_head_causal", "f16"),
              ("d64_gqa4_per_head_kv_lengths", "bf16")]
     stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r})",
-                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant,
                         JAX_BLOCKSPARSE_ATTN_FWD_VARIANT="2").stderr
-    logs = assert_backward_is_fa3(stderr, cases, "2")
+    logs = assert_backward_is_fa3(stderr, cases, variant)
     for case in cases:
         forward = [k for op, k in logs[" ".join(case)] if op == "attention_fwd"]
         assert forward and all(k.startswith("fa3_forward") for k in forward), (case, forward)
 
 
-def test_fa3_backward_falls_back_elsewhere():
-    """Variant 2 at a block size it does not implement (64) runs the default backward,
-    correctly."""
+@pytest.mark.parametrize("variant", ["2", "4"])
+def test_fa3_backward_falls_back_elsewhere(variant):
+    """Variant 2 (or 4) at a block size it does not implement (64) runs the default
+    backward, correctly."""
     cases = [("local_causal_bs64_d64", "f16"), ("per_head_causal_bs64_d128", "bf16")]
     code = f"import test_gpu_attention as t; t.run_cases({cases!r})"
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
-                        JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2").stderr
+                        JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
     for case, launches in kernels_by_case(stderr).items():
         backward = [kernel for op, kernel in launches if op == "attention_bwd"]
         assert backward and all(k.startswith("fa2_backward") for k in backward), (case, launches)
+
+
+# ------------------------------------ mask sources: the Hopper forward's document cases
+DOC_CASES_BS128 = [name for name, case in DOC_CASES.items() if case[10] == BS]
+DOC_CASES_BS64 = [name for name, case in DOC_CASES.items() if case[10] != BS]
+
+
+def run_docs(variant, names):
+    """Runs test_gpu_attention_sm90.check_docs on `names` (bf16 and f16) in a subprocess
+    with the backward variant forced; returns the cases and their stderr."""
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_doc_cases({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
+    return cases, stderr
+
+
+@pytest.mark.parametrize("variant,names", [("2", c) for c in chunks(DOC_CASES_BS128, 2)] +
+                         [("3", ("docs_local_causal", "tail_docs_kv_lengths")),
+                          ("3", ("qoff_docs_gqa4_d64", "per_batch_mask_causal_kv_lengths"))],
+                         ids=case_id)
+def test_fa3_backward_documents(variant, names):
+    """Segment ids, masks per batch entry, partial last tiles, q_offset (with and without
+    ids): the Hopper backward takes them (every backward launch is the fa3 one); dq, dk,
+    dv against the float64 reference, deterministic, NaN past kv_lengths unread."""
+    if not sm90():
+        pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
+    cases, stderr = run_docs(variant, names)
+    assert_backward_is_fa3(stderr, cases, variant)
+
+
+@pytest.mark.parametrize("names", chunks(DOC_CASES_BS64, 3), ids=case_id)
+def test_fa3_backward_documents_bs64_pure(names):
+    """Block size 64 with those mask sources under variant 2: the backward runs the
+    pure-JAX path (no fused backward launch: the FA2 one does not take them), correctly."""
+    if not sm90():
+        pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
+    cases, stderr = run_docs("2", names)
+    for case, launches in kernels_by_case(stderr).items():
+        assert not any(op == "attention_bwd" for op, _ in launches), (case, launches)
+
+
+# Cases with many key blocks adding into each query tile (the one-pass backward's dQ sums
+# across CTAs): every run bitwise equal to the first.
+REPEAT_CASES = {
+    # name: (block mask, causal, B, Tq, Tk, Hq, Hkv, head dim)
+    "dense_4096_gqa4": (np.ones((32, 32), bool), False, 2, 4096, 4096, 8, 2, 128),
+    "causal_4096": (np.ones((32, 32), bool), True, 2, 4096, 4096, 4, 4, 128),
+    "random_4096_per_head_d64": (random_mask(33, (4, 32, 32), 0.5, False, False), True,
+                                 1, 4096, 4096, 4, 4, 64),
+}
+
+
+def run_repeats(names, runs):
+    """Runs each case's forward + backward `runs` times; asserts every run's dq, dk, dv
+    bitwise equal to the first (called in a subprocess with the variant forced)."""
+    for name in names:
+        mark_case(name)
+        mask, causal, b, tq, tk, hq, hkv, d = REPEAT_CASES[name]
+        layout = jbs.Layout(mask, BS)
+        rng = np.random.default_rng([sorted(REPEAT_CASES).index(name), 92])
+        q, do = (random(rng, (b, tq, hq, d), jnp.bfloat16) for _ in range(2))
+        k, v = (random(rng, (b, tk, hkv, d), jnp.bfloat16) for _ in range(2))
+
+        @jax.jit
+        def grads(q, k, v, do):
+            _, vjp = jax.vjp(lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal),
+                             q, k, v)
+            return vjp(do)
+        first = [f64(x) for x in grads(q, k, v, do)]
+        for _ in range(runs - 1):
+            for what, g, f in zip(("dq", "dk", "dv"), grads(q, k, v, do), first):
+                np.testing.assert_array_equal(f64(g), f,
+                                              err_msg=f"{name} {what}: not deterministic")
+
+
+def test_onepass_backward_deterministic_over_runs():
+    if not sm90():
+        pytest.skip("the one-pass backward needs an sm_90 GPU (H100 / H200)")
+    names = list(REPEAT_CASES)
+    stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_repeats({names!r}, 6)",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="4").stderr
+    logs = kernels_by_case(stderr)
+    for name in names:
+        backward = [kernel for op, kernel in logs.get(name, []) if op == "attention_bwd"]
+        assert backward and all(k == FA3_BWD["4"] for k in backward), (name, backward)

@@ -3,7 +3,9 @@ the default forward on an sm_90 GPU (JAX_BLOCKSPARSE_ATTN_FWD_VARIANT unset: var
 consumer warpgroups ping-ponged; every case), also forced by the switch (=2, a subset; =3,
 without the ping-pong, a subset): o and lse against the float64
 reference on fresh random inputs (fixed seeds), bf16 and f16, block sizes 128 and 64, head
-dims 128 and 64, over causal and non-causal local / strided / random / dense layouts
+dims 128 and 64, and 96 and 256 (the FA3-design forward's only: their backward runs the
+pure-JAX path, and with the FA2 forward forced their forward too; cases "d96_*",
+"d256_*"), over causal and non-causal local / strided / random / dense layouts
 with empty query rows and a single block, GQA (8 query heads on 2), scales other than
 1/sqrt(D) (negative too), per-head masks, a traced BlockMask, Tq != Tk with causality
 (rows without keys), kv_lengths that are not multiples of the block (0 included) with NaN
@@ -12,14 +14,17 @@ run); every result bitwise equal over two runs.
 
 Then segment ids (packed documents), masks per batch entry (a traced BlockMask with
 Bm = B), Tq, Tk that are not multiples of the block size (partial last tiles) and q_offset
-(chunked prefill, per batch entry), which the
-FA3-design forward takes (the backward runs the pure-JAX path: dq is checked too; with the
-FA2 forward forced, the forward too), and the FA2 forward forced at negative scales.
+(chunked prefill, per batch entry, with or without segment ids), which the
+FA3-design forward takes (the default backward runs the pure-JAX path: dq, dk, dv are
+checked too; with the FA2 forward forced, the forward too; the Hopper backward's run of
+the same cases: test_gpu_attention_bwd_sm90.py), and the FA2 forward forced at negative
+scales.
 
 The cases run in subprocesses (a few per subprocess) with JAX_BLOCKSPARSE_DEBUG=1 and the
 test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
-forward fails), and that the backward (still the FA2 kernels) runs after it. Block size 64
+forward fails), and that the backward (still the FA2 kernels) runs after it (head dims 64
+and 128; at 96 and 256 no fused backward launches). Block size 64
 (cases "bs64_*": 64-row CTAs, one kernel for variants 2 and 3) too; variant 0 forces the
 FA2 forward (checked too).
 """
@@ -34,6 +39,8 @@ from reference import (ATTENTION_TOLERANCE, LSE_TOLERANCE, attention64, attentio
                        kernels_by_case, lse_err, mark_case, random, rel_err, run_python)
 from test_gpu_attention import random_mask
 from test_matmul import poison
+
+from jax_blocksparse._cuda import FUSED_ATTENTION
 
 pytestmark = pytest.mark.gpu
 
@@ -121,6 +128,32 @@ CASES.update({
     "bs64_negative_scale_causal_kv_lengths": (lambda: jbs.layouts.local(1024, BS64, 256).mask,
                                               True, 2, 1024, 1024, 4, 4, [1024, 600], False),
 })
+# Head dims 96 (two 64-column slabs in shared memory, the last 32 columns zero) and 256
+# (64-key tiles: two per 128-key block), the FA3-design forward's only.
+CASES.update({
+    "d96_local_causal": (lambda: jbs.layouts.local(1024, BS, 384).mask, True,
+                         2, 1024, 1024, 4, 2, None, False, 96),
+    "d96_per_head_kv_lengths": (lambda: random_mask(51, (4, 8, 8), 0.6, False), False,
+                                3, 1024, 1024, 4, 4, [1000, 77, 0], False, 96),
+    "d96_traced_tq_gt_tk_causal": (lambda: random_mask(52, (8, 4), 0.7), True,
+                                   2, 1024, 512, 4, 2, [512, 300], True, 96),
+    "d256_local_causal": (lambda: jbs.layouts.local(1024, BS, 384).mask, True,
+                          2, 1024, 1024, 4, 2, None, False, 256),
+    "d256_traced_per_head_causal_kv_lengths": (lambda: random_mask(53, (4, 8, 8), 0.6), True,
+                                               2, 1024, 1024, 4, 4, [700, 1024], True, 256),
+    "d256_random_empty_rows_tq_lt_tk": (lambda: random_mask(54, (4, 8), 0.4), False,
+                                        2, 512, 1024, 4, 4, [1024, 333], False, 256),
+    "bs64_d96_gqa4_per_head_causal_kv_lengths": (lambda: random_mask(55, (8, 16, 16), 0.5,
+                                                                     False),
+                                                 True, 3, 1024, 1024, 8, 2, [1024, 333, 0],
+                                                 False, 96),
+    "bs64_d96_traced_noncausal": (lambda: random_mask(56, (16, 16), 0.5), False,
+                                  2, 1024, 1024, 4, 4, [1024, 901], True, 96),
+    "bs64_d256_local_causal": (lambda: jbs.layouts.local(1024, BS64, 256).mask, True,
+                               2, 1024, 1024, 4, 2, None, False, 256),
+    "bs64_d256_per_head_kv_lengths": (lambda: random_mask(57, (4, 16, 16), 0.6, False), False,
+                                      2, 1024, 1024, 4, 4, [1000, 77], False, 256),
+})
 SCALES = {"scale_0.3_causal": 0.3, "negative_scale_causal_kv_lengths": -0.06,
           "bs64_negative_scale_causal_kv_lengths": -0.06}  # else 1/sqrt(D)
 
@@ -129,10 +162,20 @@ def block_size(name):
     return BS64 if name.startswith("bs64_") else BS
 
 
+def head_dim(name):
+    case = CASES[name]
+    return case[9] if len(case) > 9 else 128
+
+
+def fused_backward(d):
+    """Whether the backward at head dim d runs the fused kernels (else the pure-JAX path)."""
+    return d in FUSED_ATTENTION["head_dims"]["backward"]
+
+
 def build(name, dtype):
     """(jitted forward + backward, its inputs, kv_lengths, the float64 o and lse)."""
-    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, *d = CASES[name]
-    D = d[0] if d else 128
+    make_mask, causal, b, tq, tk, hq, hkv, kv, traced = CASES[name][:9]
+    D = head_dim(name)
     scale = SCALES.get(name, 1 / np.sqrt(D))
     bs = block_size(name)
     block_mask = make_mask()
@@ -202,22 +245,29 @@ def sm90():
 
 VARIANT3_CASES = ["local_causal", "random_empty_rows", "gqa4_per_head_causal",
                   "tq_gt_tk_causal", "kv_lengths", "traced_kv_lengths", "d64_local_causal",
-                  "d64_gqa4_per_head_kv_lengths", "bs64_local_causal"]
+                  "d64_gqa4_per_head_kv_lengths", "bs64_local_causal", "d96_local_causal",
+                  "d256_traced_per_head_causal_kv_lengths", "bs64_d256_local_causal"]
 FA3_BS64 = "fa3_forward(wgmma, tma, ws, 64-row CTA)"  # variants 2 and 3 (and the default)
 
 
-VARIANT2_CASES = ["local_causal", "kv_lengths", "d64_tq_gt_tk_causal", "bs64_local_causal"]
+VARIANT2_CASES = ["local_causal", "kv_lengths", "d64_tq_gt_tk_causal", "bs64_local_causal",
+                  "d256_local_causal", "bs64_d96_traced_noncausal"]
 
 
 # The FA2 forward forced (0: 64-row CTAs, 1: 128-row CTAs at block 128) on the cases of
-# negative scales (it masked before scaling: -inf scores became +inf, NaN outputs).
+# negative scales (it masked before scaling: -inf scores became +inf, NaN outputs), and on
+# head dims it lacks (96, 256: the pure-JAX forward then).
 FA2_CASES = [("0", "negative_scale_causal_kv_lengths"), ("1", "negative_scale_causal_kv_lengths"),
-             ("0", "bs64_negative_scale_causal_kv_lengths")]
+             ("0", "bs64_negative_scale_causal_kv_lengths"), ("0", "d96_local_causal"),
+             ("1", "bs64_d256_local_causal")]
 
 
 def expected_forward(variant, name):
-    """The forward kernel's name JAX_BLOCKSPARSE_DEBUG prints for this case and variant."""
+    """The forward kernel's name JAX_BLOCKSPARSE_DEBUG prints for this case and variant
+    (None: no fused forward, the pure-JAX path)."""
     bs64 = block_size(name) == BS64
+    if variant in ("0", "1") and not fused_backward(head_dim(name)):
+        return None  # the FA2 forward has the backward's head dims
     if variant == "0" or (variant == "1" and bs64):
         return "fa2_forward(64-row CTA)"
     if variant == "1":
@@ -251,8 +301,10 @@ def test_fa3_forward(variant, names):
     for case in cases:
         launches = logs.get(" ".join(case), [])
         forward = [kernel for op, kernel in launches if op == "attention_fwd"]
-        assert forward and any(op == "attention_bwd" for op, _ in launches), (case, launches)
+        backward = any(op == "attention_bwd" for op, _ in launches)
+        assert backward == fused_backward(head_dim(case[0])), (case, launches)
         want = expected_forward(variant, case[0])
+        assert bool(forward) == (want is not None), (case, launches)
         for kernel in forward:
             assert kernel == want, (case, kernel)
 
@@ -321,7 +373,32 @@ DOC_CASES = {
     "qoff_traced_per_head_d128_bs64": (lambda: random_mask(44, (4, 16, 16), 0.6, False), True,
                                        2, 130, 1024, 4, 2, [630, 1000], True, 128, 64, None,
                                        [500, 870]),
+    # head dims 96 and 256 (the FA3-design forward's only)
+    "docs_d96_causal_kv_lengths": (lambda: jbs.layouts.local(1024, 128, 512).mask, True,
+                                   2, 1024, 1024, 4, 2, [1024, 555], False, 96, 128, "packed"),
+    "docs_d256_bs64_traced_per_head": (lambda: random_mask(61, (4, 16, 16), 0.6), True,
+                                       2, 1024, 1024, 4, 4, [1024, 900], True, 256, 64,
+                                       "packed"),
+    "per_batch_mask_d256_causal": (lambda: random_mask(62, (2, 1, 8, 8), 0.6), True,
+                                   2, 1024, 1024, 4, 2, [1024, 800], True, 256, 128, None),
+    "tail_d96_bs64_traced_causal": (lambda: random_mask(63, (16, 16), 0.6), True,
+                                    2, 1000, 1000, 4, 4, None, True, 96, 64, None),
+    "tail_d256_docs_kv_lengths": (lambda: random_mask(64, (8, 8), 0.7, False), False,
+                                  2, 1000, 1000, 4, 2, [1000, 517], False, 256, 128, "packed"),
+    "qoff_d96_causal_chunk": (lambda: np.tril(np.ones((16, 16), bool)), True,
+                              2, 300, 2048, 4, 2, [1300, 2048], False, 96, 128, None,
+                              [1000, 1748]),
+    "qoff_d256_bs64_docs": (lambda: jbs.layouts.local(1024, 64, 512).mask, True,
+                            2, 200, 1024, 4, 4, [300, 1024], False, 256, 64, "offset",
+                            [100, 824]),
+    "qoff_docs_gqa4_d64": (lambda: jbs.layouts.local(2048, 128, 1024).mask, True,
+                           2, 300, 2048, 8, 2, [1300, 2048], False, 64, 128, "offset",
+                           [1000, 1748]),
+    "qoff_traced_per_batch_noncausal": (lambda: random_mask(45, (2, 1, 8, 8), 0.6, False),
+                                        False, 2, 200, 1024, 4, 4, [900, 1024], True, 128,
+                                        128, None, [128, 700]),
 }
+NAMES = ("o", "lse", "dq", "dk", "dv")
 
 
 def doc_case(name):
@@ -330,7 +407,8 @@ def doc_case(name):
 
 
 def build_docs(name, dtype):
-    """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse and dq)."""
+    """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse, dq, dk,
+    dv)."""
     from test_masks_from_data import allowed_pairs, packed_ids
     make_mask, causal, b, tq, tk, hq, hkv, kv, traced, D, bs, ids, *offsets = doc_case(name)
     offsets = np.asarray(offsets[0]) if offsets else None
@@ -356,8 +434,7 @@ def build_docs(name, dtype):
                                  kv_segment_ids=kv_ids, return_lse=True,
                                  q_offset=None if offsets is None else jnp.asarray(offsets))
         (o, lse), vjp = jax.vjp(fwd, q, k, v)
-        dq, _, _ = vjp((do, jnp.zeros_like(lse)))  # the pure-JAX backward (segment ids)
-        return o, lse, dq
+        return (o, lse, *vjp((do, jnp.zeros_like(lse))))
 
     if offsets is None:
         allowed = allowed_pairs(block_mask, bs, tq, tk, causal, kv, q_ids, kv_ids)
@@ -372,31 +449,45 @@ def build_docs(name, dtype):
         if q_ids is not None:
             allowed = allowed & (q_ids[:, None, :, None] == kv_ids[:, None, None, :])
     zeros = np.zeros((b, hq, tq), np.float32)
-    want_o, want_lse, want_dq = attention64(q, k, v, allowed, scale, do, zeros)[:3]
+    want = attention64(q, k, v, allowed, scale, do, zeros)
     as_ids = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
     args = (q, k, v, do, jnp.asarray(kv, jnp.int32), jnp.asarray(block_mask), as_ids(q_ids),
             as_ids(kv_ids))
-    return jax.jit(f), args, kv, (want_o, want_lse, want_dq)
+    return jax.jit(f), args, kv, want
 
 
 def check_docs(name, dtype, platform):
-    f, args, kv, (want_o, want_lse, want_dq) = build_docs(name, dtype)
+    """o, lse, dq, dk, dv against the float64 reference; dk, dv rows past kv_lengths 0;
+    every result bitwise equal over two runs and with NaN planted past kv_lengths. Returns
+    (the jitted function, its inputs, its results)."""
+    f, args, kv, want = build_docs(name, dtype)
     poison(platform)
-    o, lse, dq = f(*args)
-    assert rel_err(o, want_o) < ATTENTION_TOLERANCE[dtype], "o"
-    assert lse_err(lse, want_lse) < LSE_TOLERANCE, "lse"
-    assert rel_err(dq, want_dq) < ATTENTION_TOLERANCE[dtype], "dq"
-    assert np.all(f64(o)[want_o == 0] == 0), "o: not zero where no key contributes"
-    assert np.all(np.isfinite(f64(o))), "o: not finite"
-    o2, lse2, _ = f(*args)
-    np.testing.assert_array_equal(f64(o2), f64(o), err_msg="o: not deterministic")
-    np.testing.assert_array_equal(f64(lse2), f64(lse), err_msg="lse: not deterministic")
+    got = f(*args)
+    # where nothing contributes: o and dq of rows with no allowed key (o exactly 0 in float64),
+    # dk and dv of keys no query attends (dv exactly 0). Not `want == 0` for the gradients: a
+    # query with one allowed key has dS = P (dP - delta) = 0 in exact arithmetic only.
+    unattended = {"o": want[0] == 0, "dq": want[0] == 0, "dk": want[4] == 0, "dv": want[4] == 0}
+    for what, g, w in zip(NAMES, got, want):
+        if what == "lse":
+            assert lse_err(g, w) < LSE_TOLERANCE, what
+            continue
+        assert np.all(np.isfinite(f64(g))), f"{what}: not finite"
+        assert rel_err(g, w) < ATTENTION_TOLERANCE[dtype], (what, rel_err(g, w))
+        assert np.all(f64(g)[unattended[what]] == 0), f"{what}: not zero where nothing contributes"
+    for what, g in zip(("dk", "dv"), got[3:]):
+        for b, n in enumerate(kv):
+            assert np.all(f64(g)[b, n:] == 0), f"{what}: rows past kv_lengths[{b}] not 0"
+    poison(platform)
+    again = f(*args)
+    for what, g, a in zip(NAMES, got, again):
+        np.testing.assert_array_equal(f64(a), f64(g), err_msg=f"{what}: not deterministic")
     if np.any(kv < args[1].shape[1]):  # NaN past kv_lengths changes nothing
         q, k, v, *rest = args
-        o3, lse3, _ = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
-        np.testing.assert_array_equal(f64(o3), f64(o), err_msg="o: NaN past kv_lengths")
-        np.testing.assert_array_equal(f64(lse3), f64(lse), err_msg="lse: NaN past kv_lengths")
-    return f, args, o, lse
+        poison(platform)
+        nan = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
+        for what, g, n in zip(NAMES, got, nan):
+            np.testing.assert_array_equal(f64(n), f64(g), err_msg=f"{what}: NaN past kv_lengths")
+    return f, args, got
 
 
 def run_doc_cases(cases):
@@ -407,15 +498,16 @@ def run_doc_cases(cases):
 
 
 @pytest.mark.parametrize("variant,names", [("", c) for c in chunks(DOC_CASES, 2)] +
-                         [("3", ("docs_local_causal",)),
+                         [("3", ("docs_local_causal", "tail_d256_docs_kv_lengths")),
                           ("0", ("docs_local_causal", "per_batch_mask_causal_kv_lengths")),
+                          ("0", ("qoff_d96_causal_chunk",)),
                           ("0", ("tail_causal_tq_lt_tk", "qoff_bs64_docs"))],
                          ids=case_id)
 def test_fa3_forward_documents(variant, names):
     """Segment ids and masks per batch entry: the FA3-design forward takes them (default and
-    variant 3; the backward runs the pure-JAX path: no fused backward launch); with the FA2
-    forward forced (0) the forward runs the pure-JAX path too. Values, lse and dq against
-    the float64 reference either way."""
+    variant 3; the default backward runs the pure-JAX path: no fused backward launch); with
+    the FA2 forward forced (0) the forward runs the pure-JAX path too. Values, lse and
+    gradients against the float64 reference either way."""
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
     cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
@@ -473,6 +565,17 @@ FINE_CASES = {
     "fine32_qoff_traced_docs": (lambda: jbs.layouts.local(1024, 32, 256).mask, True,
                                 2, 200, 1024, 4, 4, [300, 1024], True, 128, 32, "offset",
                                 [100, 824]),
+    # head dims 96 and 256 (D 256: each 128-key tile runs as two 64-key sub-tiles, the
+    # bits' columns those of the 128-key tile)
+    "fine16_d256_causal_kv_lengths": (lambda: fine_mask(56, (64, 64), 0.35), True,
+                                      2, 1024, 1024, 4, 2, [1024, 777], False, 256, 16, None),
+    "fine32_d96_traced_docs": (lambda: fine_mask(57, (32, 32), 0.4), False,
+                               2, 1000, 1000, 4, 4, [1000, 600], True, 96, 32, "packed"),
+    "fine32_d256_tail_traced_docs": (lambda: fine_mask(58, (32, 35), 0.4), True,
+                                     2, 1000, 1100, 4, 4, [1100, 517], True, 256, 32, "tail"),
+    "fine16_d256_qoff_docs": (lambda: jbs.layouts.local(1024, 16, 256).mask, True,
+                              2, 200, 1024, 4, 2, [300, 1024], False, 256, 16, "offset",
+                              [100, 824]),
 }
 
 
@@ -490,14 +593,16 @@ def unread_keys(name):
 def check_fine(name, dtype, platform):
     """check_docs, then NaN in K and V at keys no query attends (the unlisted block columns,
     inside listed tiles, and past kv_lengths): the output bitwise unchanged."""
-    f, args, o, lse = check_docs(name, dtype, platform)
+    f, args, got = check_docs(name, dtype, platform)
+    o, lse = got[:2]
     q, k, v, do, kv_lengths, *rest = args
     unread = unread_keys(name) | (np.arange(k.shape[1])[None, :, None] >=
                                   np.asarray(kv_lengths)[:, None, None])
     if not unread.any():
         return
     plant = lambda x: jnp.where(jnp.asarray(unread)[..., None], jnp.nan, x)
-    o4, lse4, _ = f(q, plant(k), plant(v), do, kv_lengths, *rest)
+    poison(platform)
+    o4, lse4, *_ = f(q, plant(k), plant(v), do, kv_lengths, *rest)
     np.testing.assert_array_equal(f64(o4), f64(o), err_msg="o: NaN in unread keys")
     np.testing.assert_array_equal(f64(lse4), f64(lse), err_msg="lse: NaN in unread keys")
 

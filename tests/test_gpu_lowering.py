@@ -92,10 +92,10 @@ def test_cuda_lowering_without_a_gpu():
                 for line in text.splitlines() if "custom_call" in line}
     # forward: q, k, v, kv_lengths, q_positions, by-query lists (4) with their batch axis,
     # segment ids (2), the tiles' bits (a placeholder here); backward: q, k, v, o, lse, dO,
-    # dlse, kv_lengths, both lists (8)
-    assert operands == {"jax_blocksparse_attention_fwd": 12, "jax_blocksparse_attention_bwd": 16}
-    assert "tensor<1x4x3xi32>" in text  # the backward's lists [Hm, Rq, width]: batch dropped
-    assert "tensor<1x1x4x3xi32>" in text  # the forward's [Bm, Hm, Rq, width]
+    # dlse, kv_lengths, q_positions, both lists (8) with their batch axis, segment ids (2)
+    assert operands == {"jax_blocksparse_attention_fwd": 12, "jax_blocksparse_attention_bwd": 19}
+    calls = [line for line in text.splitlines() if "custom_call" in line]
+    assert all("tensor<1x1x4x3xi32>" in call for call in calls)  # lists [Bm, Hm, Rq, width]
 
 
 def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
@@ -141,14 +141,17 @@ def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
 
 @pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
 def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
-    """float32, head dim 96 and block size 8 have no fused kernel: on a GPU they run the
-    pure-JAX implementation, and JAX_BLOCKSPARSE_DEBUG says so when compiling."""
+    """float32, head dim 96 (but the FA3-design forward's, on Hopper) and block size 8 have
+    no fused kernel: on a GPU they run the pure-JAX implementation, and
+    JAX_BLOCKSPARSE_DEBUG says so when compiling."""
     import subprocess
     import sys
     import textwrap
     script = textwrap.dedent("""
         import jax, jax.numpy as jnp, jax_blocksparse as jbs
+        from jax_blocksparse import _cuda
         from test_gpu_lowering import cuda_text
+        print(_cuda.sm90_forward())
         for dtype, d, bs in [(jnp.float32, 64, 64), (jnp.bfloat16, 96, 64),
                              (jnp.bfloat16, 64, 8), (jnp.bfloat16, 64, 64)]:
             layout = jbs.layouts.local(256, bs, 100)
@@ -165,46 +168,83 @@ def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                             text=True, timeout=300, cwd=os.path.dirname(__file__))
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.split("\n")
-    assert lines[:4] == ["float32 64 64 False False", "bfloat16 96 64 False False",
+    sm90, *lines = result.stdout.split("\n")
+    assert lines[:4] == ["float32 64 64 False False", f"bfloat16 96 64 {sm90} False",
                          "bfloat16 64 8 False False", "bfloat16 64 64 True True"], lines
     err = result.stderr
     assert "attention_fwd q[1, 256, 2, 64] bs=64: pure-JAX path (no fused kernel for dtype " \
            "float32)" in err
-    assert "no fused kernel for head dim 96" in err
+    assert "attention_bwd q[1, 256, 2, 96] bs=64: pure-JAX path (no fused kernel for head " \
+           "dim 96)" in err
+    assert ("attention_fwd q[1, 256, 2, 96]" in err) == (sm90 == "False")
     assert "no fused kernel for block size 8" in err
 
 
-def test_hopper_forward_routing_and_operands(monkeypatch):
-    """Where the FA3-design forward runs (`_cuda.sm90_forward()`, faked here), the forward
-    of calls with segment ids, a mask per batch entry, lengths that are not multiples of
-    the block size or q_offset lowers to the fused forward (ids padded to whole tiles,
-    lists with their batch axis, q_positions) while the backward keeps the pure-JAX path;
-    elsewhere both refuse them. Lowered for "cuda" on any machine (the lowering rules are
-    registered here when the extension is not built)."""
+def _bwd_operand_types(text):
+    """The operand types of the one backward custom call in `text`, from kv_lengths on."""
+    import re
+    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_bwd(" in line]
+    return call, ", ".join(re.sub(r"\s+", " ", call).split(" : (")[-1].split(", ")[7:])
+
+
+def test_hopper_routing_and_operands(monkeypatch):
+    """Where the FA3-design kernels run (`_cuda.sm90_forward()`, `_cuda.sm90_backward()`,
+    faked here), calls with segment ids, a mask per batch entry, lengths that are not
+    multiples of the block size or q_offset lower to the fused forward and, at block size
+    128, the fused backward (ids padded to whole tiles, lists with their batch axis in both
+    directions, q_positions, the workspace padded to whole tiles); where the Hopper
+    backward does not run (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT unset or 0, another GPU) or at
+    block size 64, the backward of those calls takes the pure-JAX path. Block sizes 16 and
+    32 run the Hopper forward only (tile lists, bits, `mask_block`; head dims 96 and 256
+    too), never a fused backward. Lowered for "cuda" on any machine (the lowering rules
+    are registered here when the extension is not built)."""
     import re
     import sys
     from jax_blocksparse import _cuda, _partitioning
     from jax_blocksparse import _jax_internals as jint
     att = sys.modules["jax_blocksparse.attention"]
     why = lambda **kw: _cuda.fused_attention_unsupported(
-        jnp.bfloat16, 128, kw.get("bs", 128), kw.get("tq", 1024), kw.get("tk", 1024),
+        jnp.bfloat16, kw.get("d", 128), kw.get("bs", 128), kw.get("tq", 1024), kw.get("tk", 1024),
         kw.get("segments", False), kw.get("positioned", False), kw.get("mb", 1),
         forward=kw.get("forward", False))
+    sources = ({"segments": True}, {"mb": 2}, {"tq": 1000, "tk": 1100}, {"positioned": True},
+               {"positioned": True, "segments": True})
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: False)
-    assert why(segments=True, forward=True) == "segment ids"
-    assert why(mb=2, forward=True) == "a mask per batch entry"
-    assert "multiples" in why(tq=1000, forward=True)
-    assert why(positioned=True, forward=True) == "q_offset"
-    assert why(bs=16, forward=True) == "block size 16"  # the FA2 forward: 64 and 128 only
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: False)
+    for forward in (True, False):
+        assert why(segments=True, forward=forward) == "segment ids"
+        assert why(mb=2, forward=forward) == "a mask per batch entry"
+        assert "multiples" in why(tq=1000, forward=forward)
+        assert why(positioned=True, forward=forward) == "q_offset"
+        assert why(bs=16, forward=forward) == "block size 16"  # FA2: 64 and 128 only
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
-    for kw in ({"segments": True}, {"mb": 2}, {"tq": 1000, "tk": 1100}, {"positioned": True},
-               {"bs": 16}, {"bs": 32, "tq": 1000, "segments": True}):
+    for kw in sources:  # the Hopper forward; the FA2 backward
         assert why(forward=True, **kw) is None, kw
-        assert why(forward=False, **kw) is not None, kw  # the backward
-    assert "multiples" in why(tq=1000, tk=0, forward=True)  # no key at all
-    assert why(positioned=True, segments=True, forward=True) is None  # every entry partial
+        assert why(forward=False, **kw) is not None, kw
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
+    for kw in sources:  # the Hopper backward, at block size 128 only
+        assert why(forward=False, **kw) is None, kw
+        assert why(forward=False, bs=64, **kw) is not None, kw
+    for forward in (True, False):
+        assert "multiples" in why(tq=1000, tk=0, forward=forward)  # no key at all
+    # block sizes 16 and 32: the Hopper forward only (its 128 x 128 tiles), at every head
+    # dim of its table; never a backward (the Hopper one included)
+    for kw in ({"bs": 16}, {"bs": 32, "tq": 1000, "segments": True},
+               {"bs": 16, "positioned": True, "segments": True}, {"bs": 32, "d": 96},
+               {"bs": 16, "d": 256}, {"bs": 32, "d": 256, "tq": 1000, "tk": 1100}):
+        assert why(forward=True, **kw) is None, kw
+        assert why(forward=False, **kw) is not None, kw
+    assert why(bs=16, forward=False) == "block size 16"
     assert why(bs=8, forward=True) == "block size 8"
+    monkeypatch.setattr(_cuda, "sm90_forward", lambda: False)
+    for d in (96, 256):  # the FA3-design forward's only
+        assert why(d=d, forward=True) == why(d=d) == f"head dim {d}"
+    assert why(bs=32, forward=True) == "block size 32"
+    monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
+    for kw in ({"d": 96}, {"d": 256}, {"d": 96, "tq": 1000, "segments": True}):
+        assert why(forward=True, **kw) is None, kw
+        assert why(forward=False, **kw) == f"head dim {kw['d']}", kw  # the backward
+    assert why(d=80, forward=True) == "head dim 80"
     if not jbs.cuda_built():
         jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
                                     _cuda._attention_forward_lowering, "cuda")
@@ -218,21 +258,37 @@ def test_hopper_forward_routing_and_operands(monkeypatch):
     loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True, q_segment_ids=ids_q,
                                       kv_segment_ids=ids_k).astype(jnp.float32).sum()
     text = cuda_text(jax.grad(loss), q, k)
-    assert "@jax_blocksparse_attention_bwd(" not in text
-    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
-    types = re.sub(r"\s+", " ", call).split(" : (")[-1]
-    assert ("tensor<2xi32>, tensor<1xi32>, tensor<2x1x8xi32>, tensor<2x1x8xi32>, "
-            "tensor<2x1x8x9xi32>, tensor<2x1x8xi32>, tensor<2x1024xi32>, tensor<2x1152xi32>"
-            in types), types
+    call, types = _bwd_operand_types(text)
+    # kv_lengths, q_positions, by query [B, Hm, Rq(, W)], by key [B, Hm, Rk(, W)], ids
+    assert types.startswith(
+        "tensor<2xi32>, tensor<1xi32>, tensor<2x1x8xi32>, tensor<2x1x8xi32>, "
+        "tensor<2x1x8x9xi32>, tensor<2x1x8xi32>, tensor<2x1x9xi32>, tensor<2x1x9xi32>, "
+        "tensor<2x1x9x8xi32>, tensor<2x1x9xi32>, tensor<2x1024xi32>, tensor<2x1152xi32>)"), types
     assert "segments = true" in call and "positioned = false" in call
+    assert "tensor<2x4x2x1024xf32>" in call  # the workspace: lse, delta rows of whole tiles
+    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
+    assert "segments = true" in call and "tensor<2x1152xi32>" in call
     off = jnp.asarray([100, 300], jnp.int32)
-    text = cuda_text(lambda q, k: jbs.attention(
+    chunk = lambda q, k: jbs.attention(
         q[:, :200], k, k, jbs.Layout(np.tril(np.ones((9, 9), bool)), bs), causal=True,
-        q_offset=off), q, k)
+        q_offset=off, q_segment_ids=ids_q[:, :200], kv_segment_ids=ids_k)
+    text = cuda_text(jax.grad(lambda q, k: chunk(q, k).astype(jnp.float32).sum()), q, k)
     (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
     assert "positioned = true" in call and "tensor<2x384x4x128xbf16>" in call
+    call, types = _bwd_operand_types(text)
+    # the positioned query blocks (3 per batch entry) and their by-key lists, per batch entry
+    assert "positioned = true" in call and "segments = true" in call
+    assert ("tensor<2x1x3xi32>, tensor<2x1x3xi32>, tensor<2x1x3x9xi32>, tensor<2x1x3xi32>, "
+            "tensor<2x1x9xi32>, tensor<2x1x9xi32>, tensor<2x1x9x3xi32>, tensor<2x1x9xi32>"
+            in types), types
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: False)  # e.g. BWD_VARIANT=0
+    text = cuda_text(jax.grad(loss), q, k)
+    assert "@jax_blocksparse_attention_bwd(" not in text
+    assert "@jax_blocksparse_attention_fwd(" in text
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
     # block size 16: the tile lists of 128 x 128 tiles (8 lines for Tq = 1000) and their
-    # bits [Bm, Hm, lines, 2 width] last; block_size 128, mask_block 16; pure-JAX backward
+    # bits [Bm, Hm, lines, 2 width] last; block_size 128, mask_block 16; the pure-JAX
+    # backward (the Hopper backward takes no fine mask: only the ordinary lists)
     fine = jbs.Layout(np.tril(np.ones((63, 69), bool), 6), 16)
     loss = lambda q, k: jbs.attention(q, k, k, fine, causal=True).astype(jnp.float32).sum()
     text = cuda_text(jax.grad(loss), q, k)
@@ -243,3 +299,52 @@ def test_hopper_forward_routing_and_operands(monkeypatch):
     assert ("tensor<2xi32>, tensor<1xi32>, tensor<1x1x8xi32>, tensor<1x1x8xi32>, "
             "tensor<1x1x8x9xi32>, tensor<1x1x8xi32>, tensor<1x1xi32>, tensor<1x1xi32>, "
             "tensor<1x1x8x18xi32>" in types), types
+    for d in (96, 256):  # the fused forward, the pure-JAX backward; fine masks too
+        q = jnp.zeros((1, 256, 2, d), jnp.float16)
+        for layout, mask_block in ((jbs.layouts.local(256, 64, 100), 64),
+                                   (jbs.layouts.local(256, 32, 100), 32)):
+            text = cuda_text(jax.grad(lambda q: jbs.attention(
+                q, q, q, layout, causal=True).astype(jnp.float32).sum()), q)
+            assert "@jax_blocksparse_attention_fwd(" in text and f"tensor<1x256x2x{d}xf16>" in text
+            assert f"mask_block = {mask_block} : i32" in text
+            assert "@jax_blocksparse_attention_bwd(" not in text
+
+
+@pytest.mark.parametrize("variant", [0, 4])
+def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, variant):
+    """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 (faked here) the backward's custom call
+    gets the one-pass kernel's workspaces, dq_accum float32 [B, Hq, Tq, D] and
+    dq_semaphores int32 [B, Hq, Tq / 64], after delta; otherwise (and at block size 64,
+    which variant 4 leaves to the default backward) both are [0]. Lowered for "cuda" on
+    any machine."""
+    import re
+    import sys
+    from jax_blocksparse import _cuda, _partitioning
+    from jax_blocksparse import _jax_internals as jint
+    att = sys.modules["jax_blocksparse.attention"]
+    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=variant))
+    for kw in ({"segments": True}, {"positioned": True}, {"mask_batch": 2},
+               {"tq": 1000, "tk": 1100}):
+        args = dict(dtype=jnp.bfloat16, head_dim=128, block_size=128, tq=1024, tk=1024,
+                    segments=False, positioned=False, mask_batch=1)
+        why = _cuda.fused_attention_unsupported(**dict(args, **kw))
+        assert why is not None and ("variant 4" in why) == (variant == 4), (kw, why)
+    if not jbs.cuda_built():
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
+                                    _cuda._attention_forward_lowering, "cuda")
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_bwd_p],
+                                    _cuda._attention_backward_lowering, "cuda")
+    for bs, d in ((128, 128), (128, 64), (64, 64)):
+        q = jnp.zeros((2, 512, 4, d), jnp.bfloat16)
+        k = jnp.zeros((2, 512, 2, d), jnp.bfloat16)
+        layout = jbs.layouts.local(512, bs, 200)
+        loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True).astype(
+            jnp.float32).sum()
+        text = cuda_text(jax.grad(loss), q, k)
+        (call,) = [line for line in text.splitlines()
+                   if "@jax_blocksparse_attention_bwd(" in line]
+        results = re.sub(r"\s+", " ", call).split(" -> ")[-1]
+        onepass = variant == 4 and bs == 128
+        want = (f"tensor<2x4x2x512xf32>, tensor<2x4x512x{d}xf32>, tensor<2x4x8xi32>" if onepass
+                else "tensor<2x4x2x512xf32>, tensor<0xf32>, tensor<0xi32>")
+        assert want in results, (bs, d, results)

@@ -349,3 +349,19 @@ def test_q_offset_values_gradients_and_out_of_range(platform):
     np.testing.assert_array_equal(nan_rows[1], np.arange(tq) >= 30)
     with pytest.raises(ValueError, match="q_offset must be an int or an integer array"):
         jbs.attention(q, k, v, layout, q_offset=jnp.zeros((3,), jnp.int32))
+
+
+def test_key_lists_transpose_the_query_lists():
+    """The by-key lists that q_offset builds from the positioned query lists (for the fused
+    backward's dK/dV pass, per batch entry) are the lists of the transposed block kinds:
+    the same entries, partial where the query lists have them partial."""
+    from jax_blocksparse.attention import _key_lists
+    from jax_blocksparse.attention_metadata import block_lists
+    rng = np.random.default_rng(5)
+    kind = rng.integers(0, 3, (2, 3, 5, 7)).astype(np.int8)  # [B, Hm, R, Rk]: 0, 1, 2
+    kind[0, 1, 2] = 0  # an empty query block
+    kind[1, :, :, 4] = 0  # an empty key block
+    by_query = block_lists(np, kind, 7)
+    got = _key_lists([jnp.asarray(x) for x in by_query], 7, 5)
+    for g, w in zip(got, block_lists(np, np.swapaxes(kind, -1, -2), 5)):
+        np.testing.assert_array_equal(np.asarray(g), w)

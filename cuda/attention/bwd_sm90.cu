@@ -4,12 +4,19 @@
 // the FA2 backward (DeltaKernel, DqKernel, DkvKernel, RunBackward in attention_kernels.cuh)
 // is the functional spec, and the Hopper forward (fwd_sm90.cu) the model of the machinery.
 //
-// Scope (step 1 of issue 19): block size 128, head dims 64 and 128, bf16 / f16; static or
-// traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
-// masks, any scale. Backward variant 2 of the dispatch table.
+// Scope (issue 19): block size 128, head dims 64 and 128, bf16 / f16; static or traced
+// block lists, causal, kv_lengths, GQA, shared or per-head masks, any scale, and every mask
+// source of the Hopper forward (fwd_sm90.cu; AttentionKernel::documents): lists per batch
+// entry (a.mb == B, both directions: segment ids, a BlockMask with Bm = B), segment ids
+// (compared on the partial entries), query positions per batch entry (q_offset: the causal
+// position of query row 0 is read from a.q_pos instead of Tk - Tq), Tq and Tk that are not
+// multiples of the block size (partial last tiles). Backward variants 2 and 3 of the
+// dispatch table.
 //
 // Three kernels, in stream order:
-//  1. DeltaKernel (the FA2 one): delta = rowsum(dO * O) - d_lse, float32 [B, Hq, Tq].
+//  1. StatsKernel: per query row, lse in the log2 domain and delta = rowsum(dO * O) -
+//     d_lse, float32, into the workspace [B, Hq, 2, Tqp] (Tqp: Tq rounded up to whole
+//     blocks); rows past Tq get lse +inf (P = 0) and delta 0.
 //  2. DqKernel: one CTA per (batch, query head, 128-query block), walking the block's key
 //     blocks (by_query lists, `order`: longest first). 384 threads: warpgroup 0 the
 //     producer (setmaxnreg 24; its thread 0 issues the TMA loads: Q and dO once, then each
@@ -17,14 +24,14 @@
 //     warpgroups 1 and 2 the consumers (setmaxnreg 240), owning query rows [0, 64) and
 //     [64, 128). Per key tile, per 64-key half: S = Q K^T and dP = dO V^T (wgmma m64n64k16,
 //     both operands in shared memory, K-major), P = 2^(S scale log2e - lse log2e) from the
-//     saved lse, dS = P (dP - delta) in registers, dQ += dS K (wgmma m64nDk16, dS from
+//     workspace, dS = P (dP - delta) in registers, dQ += dS K (wgmma m64nDk16, dS from
 //     registers: the accumulator layout of S is the A-fragment layout; K N-major in shared
 //     memory). dQ = scale * sum, stored once from registers.
 //  3. DkvKernel: one CTA per (batch, kv head, 128-key block), walking, for each query head
 //     of the kv head's group in turn (h = hk * group + gi), the key block's listed query
 //     blocks (by_key lists: the transposed lists, partial entries first) in 64-query
 //     tiles. The producer loads K and V once, then streams per step the Q and dO tiles
-//     (TMA) and the tile's lse and delta rows (bulk copies) into the ring. Consumer
+//     (TMA) and the tile's workspace rows of lse and delta (bulk copies) into the ring. Consumer
 //     warpgroup c owns key rows [64 c, 64 c + 64): S^T = K Q^T and dP^T = V dO^T (SS,
 //     m64n64k16), P^T, dS^T = P^T (dP^T - delta), dV += P^T dO and dK += dS^T Q (RS,
 //     m64nDk16, dO and Q N-major). dK, dV accumulate in registers over the whole group:
@@ -35,10 +42,21 @@
 // wgmma.cuh describes), so a 64-row tile is one m64 A operand, one n64 B operand, or a
 // k-extent of 64 of an N-major B operand (slab stride 8192 = LBO).
 //
-// Masks: element masks (causal diagonal, kv_lengths) only on `partial` entries and on the
-// key tile that contains kv_lengths[b]; tiles starting at or past kv_lengths[b] (or past the
-// causal limit) are skipped. Masked elements get P = 0 and dS = 0 by selection (never a
-// product with NaN). Keys past kv_lengths inside the cut tile are read by TMA (NaN may be
+// Masks: one element predicate (common.cuh, Allowed: kv_lengths, the causal diagonal at the
+// query's position, equal segment ids) only on `partial` entries and on the key tile that
+// contains kv_lengths[b]; tiles starting at or past kv_lengths[b] (or past the causal
+// limit) are skipped. Masked elements get P = 0 and dS = 0 by selection (never a product
+// with NaN). Segment ids come padded to whole tiles (the Python lowering) and are loaded
+// on the partial entries only (L1 hits), as in the forward.
+//
+// Partial last tiles: 4-d tensor maps [B, T, H, D] zero fill rows past Tq or Tk; a 64-row
+// half of a tile wholly past them is not loaded (Halves). In the dQ kernel query rows past
+// Tq are row-local and not stored; in the dK/dV kernel their zero Q and dO rows meet lse +inf and
+// delta 0 from the padded workspace (P = 0, dS = 0: they add nothing to dK, dV), and
+// 64-query tiles wholly past Tq are skipped. Keys past Tk are past kv_lengths (masked, K
+// rows zeroed in the dQ kernel as below); dK, dV rows past Tk are not stored.
+//
+// NaN past kv_lengths: keys past kv_lengths inside the cut tile are read by TMA (NaN may be
 // there): in the dQ kernel their K rows are overwritten with zeros in shared memory before
 // the dS K product reads them (dS is 0 there, but 0 * NaN is NaN); their V rows only reach
 // dP, whose masked elements are not used. In the dK/dV kernel they are the CTA's own key
@@ -59,6 +77,7 @@
 #include "../launch_util.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
+#include "common.cuh"
 
 namespace jax_blocksparse {
 namespace attn {
@@ -101,23 +120,73 @@ __device__ __forceinline__ void LoadBulk(uint32_t dst, const void* src, uint32_t
 #endif
 }
 
-// One 64-row tile (rows row .. row + 63 of head `head`) by TMA into `dst`.
+// One 64-row tile (rows row .. row + 63 of head `head`, batch entry b; 4-d maps
+// [B, T, H, D]: rows past T are zero filled) by TMA into `dst`.
 template <int D>
 __device__ __forceinline__ void LoadTile64(uint32_t dst, const CUtensorMap* map, int head, int row,
-                                           uint32_t bar) {
+                                           int b, uint32_t bar) {
 #pragma unroll
-  for (int sl = 0; sl < D / 64; ++sl) tma::Load3d(dst + sl * kSlab, map, sl * 64, head, row, bar);
+  for (int sl = 0; sl < D / 64; ++sl)
+    tma::Load4d(dst + sl * kSlab, map, sl * 64, head, row, b, bar);
 }
 
+// The 64-row halves of a 128-row tile starting at `row` that hold rows before `end` (Tq or
+// Tk): a half wholly past the end is not loaded (its shared memory keeps stale values):
+// its rows are never stored and reach no other row's result (S, dP, dS are row-local,
+// its keys are past kv_lengths: masked by selection, K zeroed in the dQ kernel).
+__device__ __forceinline__ int Halves(int row, int end) { return row + 64 < end ? 2 : 1; }
+
 // Store a warpgroup's 64 x D float accumulators (times mul) as T rows: this thread's rows
-// row0 (acc[4j], acc[4j + 1]) and row0 + 8 (acc[4j + 2, 3]), columns 8j + 2t.
+// row0 (acc[4j], acc[4j + 1]; at g0, when ok0) and row0 + 8 (acc[4j + 2, 3]; at g1, when
+// ok1: rows past the end of a partial last tile are not stored), columns 8j + 2t.
 template <typename T, int D>
-__device__ __forceinline__ void StoreAcc(const float (&acc)[D / 2], float mul, T* g0, T* g1, int t) {
+__device__ __forceinline__ void StoreAcc(const float (&acc)[D / 2], float mul, T* g0, T* g1, int t,
+                                         bool ok0, bool ok1) {
 #pragma unroll
   for (int j = 0; j < D / 8; ++j) {
-    *reinterpret_cast<uint32_t*>(g0 + 8 * j + 2 * t) = Ops<T>::Pack(acc[4 * j] * mul, acc[4 * j + 1] * mul);
-    *reinterpret_cast<uint32_t*>(g1 + 8 * j + 2 * t) =
-        Ops<T>::Pack(acc[4 * j + 2] * mul, acc[4 * j + 3] * mul);
+    if (ok0)
+      *reinterpret_cast<uint32_t*>(g0 + 8 * j + 2 * t) =
+          Ops<T>::Pack(acc[4 * j] * mul, acc[4 * j + 1] * mul);
+    if (ok1)
+      *reinterpret_cast<uint32_t*>(g1 + 8 * j + 2 * t) =
+          Ops<T>::Pack(acc[4 * j + 2] * mul, acc[4 * j + 3] * mul);
+  }
+}
+
+// Tq rounded up to whole blocks: the rows of the statistics workspace (StatsKernel).
+__host__ __device__ __forceinline__ int PaddedRows(int tq) { return (tq + kBS - 1) / kBS * kBS; }
+
+// The statistics of (batch entry b, query head h) in the workspace a.delta
+// ([B, Hq, 2, PaddedRows(Tq)]): lse in the log2 domain, then (+ PaddedRows(Tq)) delta.
+__device__ __forceinline__ const float* Stats(const Args& a, int b, int h) {
+  return a.delta + (int64_t(b) * a.hq + h) * 2 * PaddedRows(a.tq);
+}
+
+// The per-row statistics of the dQ and dK/dV kernels, one warp per row (b, i, h) of
+// [B, PaddedRows(Tq), Hq]: lse in the log2 domain (Lse2: +inf for a row with no key) and
+// delta = rowsum(dO * O) - d_lse; rows past Tq (a partial last tile) get +inf and 0, so
+// that P = 0 and dS = 0 there (their Q and dO rows are zero filled). Whole padded rows let
+// the dK/dV kernel's bulk copies (64 floats) and the dQ kernel's loads skip bounds checks.
+template <typename T, int D>
+__global__ void StatsKernel(const Args a) {
+  const int tqp = PaddedRows(a.tq);
+  const int64_t rows = int64_t(a.batch) * tqp * a.hq;
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const int h = int(row % a.hq);
+  const int64_t bi = row / a.hq;
+  const int i = int(bi % tqp), b = int(bi / tqp);
+  float lse2 = INFINITY, delta = 0.f;
+  if (i < a.tq) {
+    const int64_t li = (int64_t(b) * a.hq + h) * a.tq + i;
+    delta = RowDot<T, D>(a, (int64_t(b) * a.tq + i) * a.hq + h, lane) - a.d_lse[li];
+    lse2 = Lse2(a.lse[li]);
+  }
+  if (lane == 0) {
+    float* st = a.delta + (int64_t(b) * a.hq + h) * 2 * tqp;
+    st[i] = lse2;
+    st[tqp + i] = delta;
   }
 }
 
@@ -147,27 +216,6 @@ struct DqSmem {
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
 };
 
-// The key tiles of one query block that survive kv_lengths and causality (as the forward).
-struct KeyTiles {
-  const int32_t* list;
-  int n, npart, kvlen, qlast_off;  // qlast_off: last query of the block + (Tk - Tq)
-  bool causal;
-  int e;
-  __device__ __forceinline__ int Start(int i) const { return __ldg(list + i) * kBS; }
-  __device__ __forceinline__ bool Valid(int i) const {
-    const int s = Start(i);
-    return s < kvlen && (!causal || s <= qlast_off);
-  }
-  __device__ __forceinline__ void Skip() {
-    while (e < n && !Valid(e)) ++e;
-  }
-  __device__ __forceinline__ void Next() {
-    ++e;
-    Skip();
-  }
-  __device__ __forceinline__ bool Done() const { return e >= n; }
-};
-
 template <typename T, int D, int STAGES, bool PIPE>
 __global__ void __launch_bounds__(kThreads, 1)
     DqKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
@@ -190,24 +238,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tid = threadIdx.x, wgi = tid / 128;
   const int bh = blockIdx.x, b = bh / a.hq, h = bh % a.hq;
   const Lists& L = a.by_query;
-  const int hm = a.hm == 1 ? 0 : h;
-  const int r = __ldg(L.order + hm * L.lines + blockIdx.y);
-  const int line = hm * L.lines + r;
+  const int64_t lines0 = FirstLine(a, L, b, a.hm == 1 ? 0 : h);
+  const int r = __ldg(L.order + lines0 + blockIdx.y);
   const int q0 = r * kBS;
   const int hk = h / a.group;
-  const int off = a.tk - a.tq;
-  int kvlen = __ldg(a.kv_lengths + b);
-  kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
+  const int off = QueryOffset(a, b);  // causal position of query row 0
+  const int kvlen = KvLength(a, b);
 
-  KeyTiles tiles;
-  tiles.list = L.lists + int64_t(line) * L.max_len;
-  tiles.n = __ldg(L.counts + line);
-  tiles.npart = __ldg(L.partial + line);
-  tiles.kvlen = kvlen;
-  tiles.qlast_off = q0 + kBS - 1 + off;
-  tiles.causal = a.causal;
-  tiles.e = 0;
-  tiles.Skip();
+  KeyTiles<kBS> tiles;
+  tiles.Begin(L, lines0 + r, kvlen, q0 + kBS - 1 + off, a.causal);
 
   if (tid == 0) {
     tma::MbarInit(bar_q, 1);
@@ -228,24 +267,23 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::PrefetchMap(&tm_do);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
-      const int qrow = b * a.tq + q0, krow = b * a.tk;
-      tma::MbarArriveExpectTx(bar_q, 4 * kT);
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        LoadTile64<D>(base + hh * kT, &tm_q, h, qrow + 64 * hh, bar_q);
-        LoadTile64<D>(base + (2 + hh) * kT, &tm_do, h, qrow + 64 * hh, bar_q);
+      const int halves = Halves(q0, a.tq);  // a box's full bytes, zero-filled part too
+      tma::MbarArriveExpectTx(bar_q, 2 * halves * kT);
+      for (int hh = 0; hh < halves; ++hh) {
+        LoadTile64<D>(base + hh * kT, &tm_q, h, q0 + 64 * hh, b, bar_q);
+        LoadTile64<D>(base + (2 + hh) * kT, &tm_do, h, q0 + 64 * hh, b, bar_q);
       }
       for (int it = 0; !tiles.Done(); ++it, tiles.Next()) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
-        const int k0 = krow + tiles.Start(tiles.e);
+        const int k0 = tiles.Start();
         const uint32_t sk = base + kv_off(st);
         tma::MbarWait(empty(st), ph ^ 1);
-        tma::MbarArriveExpectTx(full(st), 4 * kT);
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          LoadTile64<D>(sk + hh * kT, &tm_k, hk, k0 + 64 * hh, full(st));
-          LoadTile64<D>(sk + (2 + hh) * kT, &tm_v, hk, k0 + 64 * hh, full(st));
+        const int halves = Halves(k0, a.tk);
+        tma::MbarArriveExpectTx(full(st), 2 * halves * kT);
+        for (int hh = 0; hh < halves; ++hh) {
+          LoadTile64<D>(sk + hh * kT, &tm_k, hk, k0 + 64 * hh, b, full(st));
+          LoadTile64<D>(sk + (2 + hh) * kT, &tm_v, hk, k0 + 64 * hh, b, full(st));
         }
       }
     }
@@ -255,10 +293,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int cw = wgi - 1, ctid = tid - 128;
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
     const int i0 = q0 + cw * 64 + w4 * 16 + g, i1 = i0 + 8;  // this thread's query rows
-    const int64_t lrow = (int64_t(b) * a.hq + h) * a.tq;
-    const float lse0 = Lse2(a.lse[lrow + i0]), lse1 = Lse2(a.lse[lrow + i1]);
-    const float dl0 = a.delta[lrow + i0], dl1 = a.delta[lrow + i1];
+    const float* stats = Stats(a, b, h);  // padded rows: i0, i1 past Tq are in range
+    const float lse0 = stats[i0], lse1 = stats[i1];
+    const float dl0 = stats[PaddedRows(a.tq) + i0], dl1 = stats[PaddedRows(a.tq) + i1];
     const float sl2 = a.scale_log2;
+    const bool segs = a.kv_ids != nullptr;
 
     float dq[D / 2];
 #pragma unroll
@@ -266,13 +305,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint64_t dQ = wg::Desc(base + cw * kT, 16, 1024);
     const uint64_t dO = wg::Desc(base + (2 + cw) * kT, 16, 1024);
 
-    KeyTiles cur = tiles;
+    KeyTiles<kBS> cur = tiles;
     if (!cur.Done()) tma::MbarWait(bar_q, 0);
     int pend = -1;  // PIPE: the stage whose dQ product may still be in flight (not released)
     for (int it = 0; !cur.Done(); ++it, cur.Next()) {
       const int st = it % STAGES;
       const uint32_t ph = (it / STAGES) & 1;
-      const int start = cur.Start(cur.e);
+      const int start = cur.Start();
       const bool cut = start + kBS > kvlen;
       const bool masked = cur.e < cur.npart || cut;
       const bool causal_part = a.causal && cur.e < cur.npart;
@@ -326,19 +365,34 @@ __global__ void __launch_bounds__(kThreads, 1)
             s[4 * j + e] = Exp2(fmaf(s[4 * j + e], sl2, -((e >> 1) ? lse1 : lse0)));
         if constexpr (PIPE) wg::Wait<0>();  // dP done
         FenceAcc(dp);
-        // dS (into dp)
+        // dS (into dp); on partial entries 0 where the pair is not allowed (by selection:
+        // dP may be NaN there, from V rows past kv_lengths). Segment ids (none: all 0) are
+        // loaded here (L1 hits after the first partial tile; ids padded to whole tiles)
+        // rather than kept in registers across the loop.
+        int qid0 = 0, qid1 = 0;
+        if (masked && segs) {
+          const int32_t* qids = PaddedIds(a.q_ids, b, a.tq, kBS);
+          qid0 = __ldg(qids + i0);
+          qid1 = __ldg(qids + i1);
+        }
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < 8; ++j) {
+          int kid0 = 0, kid1 = 0;  // documents of keys kh0 + 8j + 2t, + 1
+          if (masked && segs) {
+            const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, kBS) + kh0 + 8 * j + 2 * t;
+            kid0 = __ldg(kids);
+            kid1 = __ldg(kids + 1);
+          }
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int hi = e >> 1;
             float ds = s[4 * j + e] * (dp[4 * j + e] - (hi ? dl1 : dl0));
-            if (masked) {
-              const int kj = kh0 + 8 * j + 2 * t + (e & 1), qi = hi ? i1 : i0;
-              if (kj >= kvlen || (causal_part && kj > qi + off)) ds = 0.f;
-            }
+            if (masked && !Allowed(hi ? i1 : i0, kh0 + 8 * j + 2 * t + (e & 1), kvlen,
+                                   causal_part, off, hi ? qid1 : qid0, (e & 1) ? kid1 : kid0))
+              ds = 0.f;
             dp[4 * j + e] = ds;
           }
+        }
         uint32_t fa[4][4];
         PackA<T>(fa, dp);
         const uint64_t dKn = wg::Desc(sk + hh * kT, kSlab, 1024);
@@ -365,7 +419,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const int64_t qstride = int64_t(a.hq) * D;
     T* g0 = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + i0) * qstride + int64_t(h) * D;
-    StoreAcc<T, D>(dq, a.scale, g0, g0 + 8 * qstride, t);
+    StoreAcc<T, D>(dq, a.scale, g0, g0 + 8 * qstride, t, i0 < a.tq, i1 < a.tq);
   }
 #else
   __trap();  // built without sm_90a code: DeviceOk never lets this run
@@ -373,6 +427,37 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // ============================================================== dK, dV
+// The element predicate (common.cuh, Allowed) over a thread's 8 x 4 elements of a dK/dV
+// step on a partial entry: bit 4j + e for key row key0 + 8 (e >> 1) and query
+// s0 + 8j + 2t + (e & 1). Computed once per step (P^T and dS^T both use it); the ids
+// (padded to whole tiles: no bounds checks) are loaded here, L1 hits after the first step.
+__device__ __forceinline__ uint32_t AllowedBits(const Args& a, int b, int s0, int key0, int kvlen,
+                                                bool causal, int off, bool segs, int t) {
+  int kid[2] = {0, 0};
+  const int32_t* qids = nullptr;
+  if (segs) {
+    const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, kBS);
+    kid[0] = __ldg(kids + key0);
+    kid[1] = __ldg(kids + key0 + 8);
+    qids = PaddedIds(a.q_ids, b, a.tq, kBS) + s0 + 2 * t;
+  }
+  uint32_t bits = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    int qid[2] = {0, 0};
+    if (segs) {
+      qid[0] = __ldg(qids + 8 * j);
+      qid[1] = __ldg(qids + 8 * j + 1);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (Allowed(s0 + 8 * j + 2 * t + (e & 1), key0 + 8 * (e >> 1), kvlen, causal, off,
+                  qid[e & 1], kid[e >> 1]))
+        bits |= 1u << (4 * j + e);
+  }
+  return bits;
+}
+
 template <int D, int STAGES>
 struct DkvSmem {
   static constexpr int kT = T64<D>::kBytes;
@@ -408,12 +493,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int bh = blockIdx.x, b = bh / a.hkv, hk = bh % a.hkv;
   const Lists& L = a.by_key;
   const int h_first = hk * a.group;
-  const int hm0 = a.hm == 1 ? 0 : h_first;
-  const int rk = __ldg(L.order + hm0 * L.lines + blockIdx.y);
+  const int mh0 = MaskHead(a, b, a.hm == 1 ? 0 : h_first);  // lines of the group's first head
+  const int rk = __ldg(L.order + int64_t(mh0) * L.lines + blockIdx.y);
   const int k0 = rk * kBS;
-  const int off = a.tk - a.tq;
-  int kvlen = __ldg(a.kv_lengths + b);
-  kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
+  const int off = QueryOffset(a, b);  // causal position of query row 0
+  const int kvlen = KvLength(a, b);
 
   QueryCursor<BQ> qc;
   qc.counts = L.counts;
@@ -422,12 +506,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   qc.lines = L.lines;
   qc.max_len = L.max_len;
   qc.rk = rk;
-  qc.hm_base = hm0;
+  qc.hm_base = mh0;
   qc.hm_step = a.hm == 1 ? 0 : 1;
   qc.qh = kBS / BQ;
   qc.bs = kBS;
   qc.group = k0 < kvlen ? a.group : 0;  // a key block past kv_lengths gets no gradient
   qc.first_key_minus_off = k0 - off;
+  qc.q_end = a.tq;  // the second 64-query tile of a partial last block may hold no query
   qc.causal = a.causal;
   if (qc.group > 0) {
     qc.Begin();
@@ -454,12 +539,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::PrefetchMap(&tm_do);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
-      const int krow = b * a.tk + k0;
-      tma::MbarArriveExpectTx(bar_kv, 4 * kT);
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        LoadTile64<D>(base + hh * kT, &tm_k, hk, krow + 64 * hh, bar_kv);
-        LoadTile64<D>(base + (2 + hh) * kT, &tm_v, hk, krow + 64 * hh, bar_kv);
+      const int halves = Halves(k0, a.tk);  // rows past Tk: zero filled
+      tma::MbarArriveExpectTx(bar_kv, 2 * halves * kT);
+      for (int hh = 0; hh < halves; ++hh) {
+        LoadTile64<D>(base + hh * kT, &tm_k, hk, k0 + 64 * hh, b, bar_kv);
+        LoadTile64<D>(base + (2 + hh) * kT, &tm_v, hk, k0 + 64 * hh, b, bar_kv);
       }
       for (int it = 0; !qc.Done(); ++it, qc.Next()) {
         const int st = it % STAGES;
@@ -467,13 +551,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int h = h_first + qc.gi;
         const int s0 = qc.Start(qc.t);
         const uint32_t sq = base + S::kQ + st * 2 * kT;
-        const int64_t li = (int64_t(b) * a.hq + h) * a.tq + s0;
+        const float* stats = Stats(a, b, h) + s0;  // padded rows: 64 in range, 16-byte aligned
         tma::MbarWait(empty(st), ph ^ 1);
         tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
-        LoadTile64<D>(sq, &tm_q, h, b * a.tq + s0, full(st));
-        LoadTile64<D>(sq + kT, &tm_do, h, b * a.tq + s0, full(st));
-        LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
-        LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
+        LoadTile64<D>(sq, &tm_q, h, s0, b, full(st));
+        LoadTile64<D>(sq + kT, &tm_do, h, s0, b, full(st));
+        LoadBulk(base + S::kLD + 512 * st, stats, 256, full(st));
+        LoadBulk(base + S::kLD + 512 * st + 256, stats + PaddedRows(a.tq), 256, full(st));
       }
     }
   } else {
@@ -484,6 +568,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int key0 = k0 + cw * 64 + w4 * 16 + g, key1 = key0 + 8;  // this thread's key rows
     const float sl2 = a.scale_log2;
     const bool cut = k0 + kBS > kvlen;
+    const bool segs = a.kv_ids != nullptr;
 
     float dk[D / 2], dv[D / 2];
 #pragma unroll
@@ -522,18 +607,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       // P^T (into s), then dS^T (into dp): columns are queries s0 + 8j + 2t (+1)
       const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
-      auto keep = [&](int j, int e) {
-        const int qi = s0 + 8 * j + 2 * t + (e & 1), kj = (e >> 1) ? key1 : key0;
-        return !(kj >= kvlen || (causal_part && kj > qi + off));
-      };
+      const uint32_t allow = masked ? AllowedBits(a, b, s0, key0, kvlen, causal_part, off, segs, t)
+                                    : ~0u;
+      auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
-        const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
+        const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);  // log2 domain
+        const float l2[2] = {lq.x, lq.y};
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
-          if (masked && !keep(j, e)) p = 0.f;
+          if (!keep(j, e)) p = 0.f;
           s[4 * j + e] = p;
         }
       }
@@ -556,7 +640,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float ds = s[4 * j + e] * (dp[4 * j + e] - dl[e & 1]);
-          if (masked && !keep(j, e)) ds = 0.f;
+          if (!keep(j, e)) ds = 0.f;
           dp[4 * j + e] = ds;
         }
       }
@@ -580,8 +664,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
     T* gk = static_cast<T*>(a.dk) + ko;
     T* gv = static_cast<T*>(a.dv) + ko;
-    StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t);
-    StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t);
+    StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t, key0 < a.tk, key1 < a.tk);
+    StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t, key0 < a.tk, key1 < a.tk);
   }
 #else
   __trap();  // built without sm_90a code: DeviceOk never lets this run
@@ -628,30 +712,36 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90bwd;
   if (a.bs != kBS) return cudaErrorInvalidValue;
   if (!DeviceOk<T, D, PIPE>()) return cudaErrorNotSupported;
-  if (a.tq == 0 || a.tk == 0) return RunBackward<T, D>(a, stream);  // no tensor map
+  if (a.tq == 0 || a.tk == 0) {  // no tensor map: the FA2 backward, for what it takes
+    const bool fa2_ok = a.mb == 1 && a.q_ids == nullptr && a.q_pos == nullptr &&
+                        a.tq % kBS == 0 && a.tk % kBS == 0;
+    return fa2_ok ? RunBackward<T, D>(a, stream) : cudaErrorInvalidValue;
+  }
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.lse) ||
-      !aligned(a.delta))
+  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.delta))
     return cudaErrorInvalidValue;
   if (a.by_query.lines > 65535 || a.by_key.lines > 65535) return cudaErrorInvalidValue;
 
-  const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
-  DeltaKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
+  const int64_t rows = int64_t(a.batch) * PaddedRows(a.tq) * a.hq;
+  StatsKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
   CUtensorMap tq{}, tdo{}, tk{}, tv{};
-  const uint64_t qdims[3] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.batch) * a.tq};
-  const uint64_t qstr[2] = {D * e, uint64_t(a.hq) * D * e};
-  const uint64_t kdims[3] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.batch) * a.tk};
-  const uint64_t kstr[2] = {D * e, uint64_t(a.hkv) * D * e};
-  const uint32_t box[3] = {64, 1, 64};
-  err = tma::EncodeTiled3d(&tq, kBf16, a.q, qdims, qstr, box);
-  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tdo, kBf16, a.d_o, qdims, qstr, box);
-  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tk, kBf16, a.k, kdims, kstr, box);
-  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tv, kBf16, a.v, kdims, kstr, box);
+  // [B, T, H, D]: dims D, H, T, B (innermost first); boxes of 64 columns (one swizzled
+  // slab), one head, 64 rows, one batch entry. Rows past T (partial last tiles) are zero
+  // filled.
+  const uint64_t qdims[4] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.tq), uint64_t(a.batch)};
+  const uint64_t qstr[3] = {D * e, uint64_t(a.hq) * D * e, uint64_t(a.tq) * a.hq * D * e};
+  const uint64_t kdims[4] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.tk), uint64_t(a.batch)};
+  const uint64_t kstr[3] = {D * e, uint64_t(a.hkv) * D * e, uint64_t(a.tk) * a.hkv * D * e};
+  const uint32_t box[4] = {64, 1, 64, 1};
+  err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qdims, qstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tdo, kBf16, a.d_o, qdims, qstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, a.k, kdims, kstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, a.v, kdims, kstr, box);
   if (err != cudaSuccess) return err;
 
   {

@@ -4,20 +4,42 @@
 // memory by TMA. Semantics and metadata: attention.h; the FA2 forward (FwdKernel in
 // attention_kernels.cuh) is the functional spec this kernel follows.
 //
-// Scope (issue 18): block sizes 128 and 64, head dims 64 and 128, bf16 / f16; static or
-// traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
-// masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of the block
-// size (partial last tiles), query positions per batch entry (q_offset: the causal offset
-// of query row 0 is read from a.q_pos instead of Tk - Tq), any scale; masks of block size
-// 16 and 32 on the block-128 kernel (below: "Fine masks"). Variant 2 of the dispatch table (the default on sm_90) is PINGPONG =
-// true at block 128, variant 3 false; at block 64 both run the one kernel below.
+// Scope (issue 18): block sizes 128 and 64, head dims 64, 96, 128 and 256, bf16 / f16;
+// static or traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or
+// per-head masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of
+// the block size (partial last tiles), query positions per batch entry (q_offset: the
+// causal offset of query row 0 is read from a.q_pos instead of Tk - Tq), any scale; masks
+// of block size 16 and 32 on the block-128 kernel, every head dim (below: "Fine masks").
+// Variant 2 of the dispatch table (the default on sm_90) is PINGPONG = true at block 128,
+// variant 3 false; at block 64 both run the one kernel below.
 //
-// Block 64 (Geom<64>): the same code with one consumer warpgroup: a CTA is one 64-row
+// Block 64 (Geom<64, D>): the same code with one consumer warpgroup: a CTA is one 64-row
 // query block, 256 threads, each list entry one 64-key tile (wgmma m64n64k16 for S, PV
 // with k = 64), 2 CTAs per SM (launch bounds (256, 2): 128 registers at launch, producer
-// 24 / consumer 232 after reallocation; smem 80 KB at D = 128 with 2 stages, 72 KB at D = 64
-// with 4); no ping-pong inside a CTA (the two CTAs of an SM overlap instead). The text
-// below describes block 128.
+// 24 / consumer 232 after reallocation; smem 80 KB at D = 128 and 96 with 2 stages, 72 KB
+// at D = 64 with 4); no ping-pong inside a CTA (the two CTAs of an SM overlap instead).
+// D = 256 runs one CTA per SM (below). The text further below describes block 128.
+//
+// Head dim 96: shared memory holds two 64-column slabs per tile, as at D = 128; the tensor
+// maps have 96 columns, so the second slab's box (columns 64..127) is zero filled past
+// column 96 by the loads and the output's store drops those columns. QK^T runs D / 16 = 6
+// k16 slices (the zero columns are not read); PV runs N = 128 (O keeps 64 accumulators per
+// thread, the last 16 of them stay 0): 33% more PV work than an exact N = 96, for one
+// smem layout and descriptor scheme shared with D = 128 (no 64-byte swizzle, no partial
+// swizzle atom in the MN-major V operand: an N = 96 or N = 32 B operand in the 128-byte
+// swizzle is not a canonical wgmma layout). Smem and registers as D = 128.
+// Head dim 256: O is 64 x 256 per consumer warpgroup, 128 fp32 per thread; S of a 128-key
+// tile (64 more) and P (32) beside it would not fit 240 registers, and 128-key K and V
+// tiles (64 KB each) beside Q (64 KB) allow no second stage. So the key tile is 64 keys
+// (Smem::kBN): a list entry of 128 keys is two pipeline steps (Tiles: n and npart count
+// tiles), S = 32, P = 16 registers, QK^T 16 k16 slices of m64n64k16, PV m64n256k16 (one
+// per k16 slice, V's four 64-column slabs via the descriptor's LBO). Block 128: Q 64 KB +
+// 2 stages x (K 32 KB + V 32 KB) = 192 KB, registers 24 / 240 / 240 at 168 per thread at
+// launch (ptxas uses the raised limit after setmaxnreg: registers up to R237 in the
+// SASS). Block 64: 64-key tiles are the blocks; ptxas compiles the m64n256k16 only with at
+// least 158 registers at launch, so one CTA per SM (launch bounds (256, 1)) with 2 stages,
+// 160 KB, and no register reallocation (252 registers per thread from the launch on). Element masks, skips and the V tail zeroing work per tile,
+// unchanged (a tile past kv_lengths or the causal limit is skipped like an entry).
 //
 // CTA: one query block (128 rows) of one (batch, head); 384 threads = 3 warpgroups.
 //  * Warpgroup 0, the producer, gives registers back (setmaxnreg 24); its thread 0 issues
@@ -42,8 +64,8 @@
 //    their loads need no bounds checks (which cost spills at 168 registers).
 //  * Shared memory: Q + STAGES x (K, V), 128-row tiles in the 128-byte swizzled line
 //    layout of wgmma.cuh (a 128 x D tile is D / 64 column slabs of 128 lines), the layout
-//    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128: 2 stages, 160 KB; D = 64: 3
-//    stages, 112 KB; one CTA per SM.
+//    TMA writes with CU_TENSOR_MAP_SWIZZLE_128B. D = 128 (and 96): 2 stages, 160 KB; D = 64:
+//    3 stages, 112 KB; D = 256: 2 stages of 64-row K, V tiles, 192 KB; one CTA per SM.
 //  * Lists per batch entry (a.mb == B: segment ids, a BlockMask with Bm = B) or shared.
 //    Segment ids: the partial entries also mask pairs of different documents (the lists
 //    mark every block pair that mixes documents partial; full entries are one document).
@@ -57,15 +79,19 @@
 //    kv_lengths on the host.)
 //  * Fine masks (a.mask_bits; block size 2^a.mask_lg = 16 or 32, attention.h): the lists
 //    are those of 128 x 128 tiles, each partial entry with a 64-bit word of the mask blocks
-//    of its tile that are visited (attention_metadata.tile_lists). The softmax of a partial
-//    entry reads the word's row of its thread's rows (one block row: rows rl, rl + 8) and
-//    sets the scores of unvisited blocks to -inf with the other element terms (`cols`:
-//    one bit per 8 keys, SpreadBits of the row before the loop; compiled at block 128
-//    only: kFine). Keys in block columns that no row of the tile visits are never
-//    attended: their V rows are zeroed in shared memory like the kv_lengths tail
-//    (zero_v), so NaN there cannot reach O. The words are re-read from global memory (L1)
-//    where used, never held across the loop (168 registers; holding them spilled): the
-//    previous tile's entry rides in bits 1 and up of `pph`.
+//    of its tile that are visited (attention_metadata.tile_lists; layout: common.cuh). The
+//    softmax of a partial entry reads the word's row of its thread's rows (one block row:
+//    rows rl, rl + 8) and sets the scores of unvisited blocks to -inf next to the one
+//    element predicate (common.cuh's Unvisited after Allowed: one bit per 8 keys,
+//    SpreadBits of the row; folded into Allowed's expression it spilled; compiled at block
+//    128 only: kFine). At D = 256 a 128-key entry is two 64-key
+//    tiles: the word is the entry's (tile e / kSub), the key's column the one within the
+//    128-key entry (the row's bits shifted by the sub-tile's 8-key groups). Keys in block
+//    columns that no row of the entry visits are never attended: their V rows are zeroed
+//    in shared memory together with the kv_lengths tail (zero_v, one pass), so NaN there
+//    cannot reach O. The words are re-read from global memory (L1) where used, never held
+//    across the loop (holding them spilled at 168 registers): the previous tile's index
+//    rides in bits 1 and up of `pph`.
 //  * Epilogue: each consumer warpgroup writes its normalized 64 x D rows into its own
 //    rows of the Q buffer (same swizzle: conflict-free) and one thread stores them with a
 //    TMA store; lse (float32) from registers. Rows with no allowed key: o = 0, lse = -inf.
@@ -85,6 +111,7 @@
 #include "../launch_util.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
+#include "common.cuh"
 
 namespace jax_blocksparse {
 namespace attn {
@@ -96,21 +123,26 @@ JBS_ATTENTION_LAUNCHERS(extern template, __half)
 
 namespace sm90 {
 
-// Per block size BS (128 or 64): query rows per CTA and keys per tile (one list entry)
-// are both BS; BS / 64 consumer warpgroups (64 query rows each) after the producer one.
-template <int BS>
+// Per block size BS (128 or 64) and head dim D: query rows per CTA are BS; BS / 64
+// consumer warpgroups (64 query rows each) after the producer one.
+template <int BS, int D>
 struct Geom {
   static_assert(BS == 64 || BS == 128, "block size 64 or 128");
-  static constexpr int kBM = BS, kBN = BS;
+  static constexpr int kBM = BS;
   static constexpr int kNC = BS / 64;              // consumer warpgroups
   static constexpr int kConsumers = 128 * kNC;
   static constexpr int kThreads = 128 + kConsumers;
-  static constexpr int kSlabBytes = BS * 128;      // BS rows (lines) x 64 columns
-  static constexpr int kMinBlocks = BS == 64 ? 2 : 1;  // CTAs per SM
+  // CTAs per SM: block 64 at D = 256 takes one (ptxas compiles the m64n256k16 of its PV,
+  // 128 accumulators, only with at least 158 registers at launch: 2 CTAs of 256 threads
+  // leave 128)
+  static constexpr int kMinBlocks = BS == 64 && D != 256 ? 2 : 1;
   // register reallocation: 128 * (producer + consumers) per consumer warpgroup fits the
   // launch's per-thread budget (65536 / (kThreads * kMinBlocks): 168 at 384 threads, 128 at
   // 256 threads x 2 CTAs)
-  static constexpr int kProducerRegs = 24, kConsumerRegs = BS == 64 ? 232 : 240;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = kMinBlocks == 2 ? 232 : 240;
+  // none when one CTA of 256 threads has the register file to itself (block 64, D = 256:
+  // every thread may have 255 registers from the launch on)
+  static constexpr bool kRealloc = kThreads * kMinBlocks * 255 > 65536;
 };
 [[maybe_unused]] constexpr int kLine = 128;  // bytes per swizzled smem line (64 elements)
 // named barriers (0 is __syncthreads)
@@ -118,74 +150,46 @@ struct Geom {
 [[maybe_unused]] constexpr int kBarEpilogue = 2;  // + consumer index: one consumer warpgroup
 [[maybe_unused]] constexpr int kBarTurn = 4;  // + consumer index: its turn to issue (ping-pong)
 
+// Per head dim D and block size BS: the shared-memory layout (Q, then STAGES x (K, V),
+// then the mbarriers) and the key tile (keys per pipeline step).
 template <int D, int STAGES, int BS>
 struct Smem {
-  static_assert(D == 64 || D == 128, "head dim 64 or 128 (one or two 64-column slabs)");
-  static constexpr int kTile = BS * D * 2;  // bytes of a BS-row tile (Q, K or V)
-  static constexpr int kBars = (1 + 2 * STAGES) * kTile;  // offset of the mbarriers
+  static_assert(D == 64 || D == 96 || D == 128 || D == 256, "head dim 64, 96, 128 or 256");
+  // columns in shared memory: whole 64-column slabs (D = 96: two, the last 32 columns zero
+  // filled by the loads: out of the tensor maps' bounds)
+  static constexpr int kDS = (D + 63) / 64 * 64;
+  static constexpr int kSlabs = kDS / 64;
+  // keys per tile: a list entry (BS keys) is kSub tiles (D = 256: 64-key tiles, S and P
+  // in 32 + 16 registers beside O's 128)
+  static constexpr int kBN = D == 256 ? 64 : BS;
+  static constexpr int kSub = BS / kBN;
+  static constexpr int kQSlab = BS * kLine, kKVSlab = kBN * kLine;  // bytes of a slab
+  static constexpr int kQTile = kSlabs * kQSlab, kKVTile = kSlabs * kKVSlab;
+  static constexpr int kBars = kQTile + 2 * STAGES * kKVTile;  // offset of the mbarriers
   static constexpr int kNumBars = 1 + 4 * STAGES;
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;  // + 1024-byte alignment
 };
 
-// The list entries of one query block that survive kv_lengths and causality, in order.
-template <int kBN>
-struct Tiles {
-  const int32_t* list;
-  int n, npart, kvlen, qlast_off;  // qlast_off: last query of the tile + (Tk - Tq)
-  bool causal;
-  int e;  // current entry, n when done
-  __device__ __forceinline__ int Start(int i) const { return __ldg(list + i) * kBN; }
-  __device__ __forceinline__ bool Valid(int i) const {
-    const int s = Start(i);
-    return s < kvlen && (!causal || s <= qlast_off);
-  }
-  __device__ __forceinline__ void Skip() {
-    while (e < n && !Valid(e)) ++e;
-  }
-  __device__ __forceinline__ void Next() {
-    ++e;
-    Skip();
-  }
-  __device__ __forceinline__ bool Done() const { return e >= n; }
-};
-
-// Masks of block size 2^lg (16, 32) on these tiles: the block columns (bit t: keys
-// [t << lg, (t + 1) << lg) of the tile) that no row of an entry's bit word w visits (w
-// holds f = kBN >> lg rows of f bits; w = ~0: none).
-template <int kBN>
-__device__ __forceinline__ uint32_t EmptyColumns(uint64_t w, int lg) {
-  const int f = kBN >> lg;
-  for (int sh = 32; sh >= f; sh >>= 1) w |= w >> sh;  // the rows OR-ed into bits [0, f)
-  return ~uint32_t(w) & ((1u << f) - 1u);
-}
-
-// Bits [0, 128 >> lg) of x, each repeated (1 << lg) / 8 times: bit j of the result is bit
-// (8 j) >> lg of x (lg 4: 8 bits -> 16, each twice; lg 5: 4 bits -> 16, each 4 times).
-__device__ __forceinline__ uint32_t SpreadBits(uint32_t x, int lg) {
-  if (lg == 4) {
-    x &= 0xffu;
-    x = (x | x << 4) & 0x0f0fu;
-    x = (x | x << 2) & 0x3333u;
-    x = (x | x << 1) & 0x5555u;
-    return x | x << 1;
-  }
-  x &= 0xfu;
-  x = (x | x << 6) & 0x0303u;
-  x = (x | x << 3) & 0x1111u;
-  return x * 0xfu;
+// threadIdx.x, read again (volatile: not merged with the first read), for indices better
+// recomputed than kept in a register across a loop
+__device__ __forceinline__ int FreshTid() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;\n" : "=r"(t));
+  return t;
 }
 
 template <typename T, int D, int BS, int STAGES, bool PINGPONG>
-__global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
+__global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks)
     FwdKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
               const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
               const __grid_constant__ CUtensorMap tm_o) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Smem<D, STAGES, BS>;
-  using G = Geom<BS>;
-  constexpr int kTile = S::kTile;
-  constexpr int kBM = G::kBM, kBN = G::kBN, kConsumers = G::kConsumers;
-  constexpr int kSlabBytes = G::kSlabBytes;
+  using G = Geom<BS, D>;
+  constexpr int kBM = G::kBM, kBN = S::kBN, kConsumers = G::kConsumers;
+  constexpr int kDS = S::kDS, kSlabs = S::kSlabs;
+  constexpr int kQSlab = S::kQSlab, kKVSlab = S::kKVSlab;
+  constexpr int kQTile = S::kQTile, kKVTile = S::kKVTile;
   constexpr bool kPing = PINGPONG && G::kNC == 2;  // ping-pong needs two consumer warpgroups
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t raw = ptx::SmemAddr(smem_raw);
@@ -193,7 +197,7 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
   unsigned char* smem = smem_raw + pad;  // 1024-byte aligned: the swizzle atoms
   const uint32_t base = raw + pad;
   const uint32_t sQ = base;
-  // stage st: K at base + (1 + 2 st) kTile, V at base + (2 + 2 st) kTile
+  // stage st: K at base + kQTile + 2 st kKVTile, V kKVTile further
   const uint32_t bars = base + S::kBars;
   const uint32_t bar_q = bars;
   auto full_k = [&](int st) { return bars + 8u * (1 + st); };
@@ -205,27 +209,15 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
   const int bh = blockIdx.x, b = bh / a.hq, h = bh % a.hq;
   const Lists& L = a.by_query;
   const int hm = a.hm == 1 ? 0 : h;
-  const int bm = a.mb == 1 ? 0 : b;  // lists per batch entry (segment ids) or shared
-  const int64_t lines0 = (int64_t(bm) * a.hm + hm) * L.lines;
+  const int64_t lines0 = FirstLine(a, L, b, hm);  // lists per batch entry or shared
   const int r = __ldg(L.order + lines0 + blockIdx.y);
-  const int64_t line = lines0 + r;
   const int q0 = r * kBM;
   const int hk = h / a.group;
-  // causal position of query row 0 (bottom-right aligned: Tk - Tq; with q_offset, per
-  // batch entry: the Python side's q_positions)
-  const int off = a.q_pos != nullptr ? __ldg(a.q_pos + (a.qp_batch == 1 ? 0 : b)) : a.tk - a.tq;
-  int kvlen = __ldg(a.kv_lengths + b);
-  kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
+  const int off = QueryOffset(a, b);  // causal position of query row 0
+  const int kvlen = KvLength(a, b);
 
-  Tiles<kBN> tiles;
-  tiles.list = L.lists + line * L.max_len;
-  tiles.n = __ldg(L.counts + line);
-  tiles.npart = __ldg(L.partial + line);
-  tiles.kvlen = kvlen;
-  tiles.qlast_off = q0 + kBM - 1 + off;
-  tiles.causal = a.causal;
-  tiles.e = 0;
-  tiles.Skip();
+  KeyTiles<BS, kBN> tiles;
+  tiles.Begin(L, lines0 + r, kvlen, q0 + kBM - 1 + off, a.causal);
 
   if (tid == 0) {
     tma::MbarInit(bar_q, 1);
@@ -242,37 +234,38 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
 
   if (wgi == 0) {
     // ------------------------------------------------------------- producer
-    tma::RegDealloc<G::kProducerRegs>();
+    if constexpr (G::kRealloc) tma::RegDealloc<G::kProducerRegs>();
     if (tid == 0) {
       tma::PrefetchMap(&tm_q);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
       // 4-d maps [B, T, H, D]: rows past T (a partial last tile) are zero filled here and
       // dropped by the output's store
-      tma::MbarArriveExpectTx(bar_q, kTile);  // a box's full bytes, zero-filled part too
+      // a box's full bytes, zero-filled part too (rows past T, columns past D = 96)
+      tma::MbarArriveExpectTx(bar_q, kQTile);
 #pragma unroll
-      for (int sl = 0; sl < D / 64; ++sl)
-        tma::Load4d(sQ + sl * kSlabBytes, &tm_q, sl * 64, h, q0, b, bar_q);
+      for (int sl = 0; sl < kSlabs; ++sl)
+        tma::Load4d(sQ + sl * kQSlab, &tm_q, sl * 64, h, q0, b, bar_q);
       for (int it = 0; !tiles.Done(); ++it, tiles.Next()) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
-        const int kstart = tiles.Start(tiles.e);
-        const uint32_t sk = base + uint32_t((1 + 2 * st) * kTile), sv = sk + kTile;
+        const int kstart = tiles.Start();
+        const uint32_t sk = base + uint32_t(kQTile + 2 * st * kKVTile), sv = sk + kKVTile;
         tma::MbarWait(empty_k(st), ph ^ 1);
-        tma::MbarArriveExpectTx(full_k(st), kTile);
+        tma::MbarArriveExpectTx(full_k(st), kKVTile);
 #pragma unroll
-        for (int sl = 0; sl < D / 64; ++sl)
-          tma::Load4d(sk + sl * kSlabBytes, &tm_k, sl * 64, hk, kstart, b, full_k(st));
+        for (int sl = 0; sl < kSlabs; ++sl)
+          tma::Load4d(sk + sl * kKVSlab, &tm_k, sl * 64, hk, kstart, b, full_k(st));
         tma::MbarWait(empty_v(st), ph ^ 1);
-        tma::MbarArriveExpectTx(full_v(st), kTile);
+        tma::MbarArriveExpectTx(full_v(st), kKVTile);
 #pragma unroll
-        for (int sl = 0; sl < D / 64; ++sl)
-          tma::Load4d(sv + sl * kSlabBytes, &tm_v, sl * 64, hk, kstart, b, full_v(st));
+        for (int sl = 0; sl < kSlabs; ++sl)
+          tma::Load4d(sv + sl * kKVSlab, &tm_v, sl * 64, hk, kstart, b, full_v(st));
       }
     }
   } else {
     // ------------------------------------------------------------- consumers
-    tma::RegAlloc<G::kConsumerRegs>();
+    if constexpr (G::kRealloc) tma::RegAlloc<G::kConsumerRegs>();
     const int cw = wgi - 1, ctid = tid - 128;
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
@@ -280,85 +273,95 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
     const float sl2 = a.scale_log2;
     const bool pos_scale = sl2 > 0.f;
     const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
-    Tiles<kBN> cur = tiles;  // the entry in work
+    KeyTiles<BS, kBN> cur = tiles;  // the tile in work
     // A mask of block size 16 / 32 on these tiles (a.mask_bits): the word of the mask
-    // blocks that partial entry e visits joins the element predicate; every other entry
-    // has ~0 (without one, a.mask_lg = log2(kBN): one block per tile, bit 0). Read where
-    // used, not kept in registers (168 at 384 threads): bits [32 half, 32 half + 32).
+    // blocks that partial entry visits joins the element predicate; every other entry
+    // has ~0 (without one, a.mask_lg = log2(BS): one block per entry). Tile e is of entry
+    // e / kSub. Read where used, not kept in registers (168 at 384 threads): bits
+    // [32 half, 32 half + 32).
     constexpr bool kFine = BS == 128;  // the launcher takes mask bits at block 128 only
+    constexpr int kSub = S::kSub;
     auto mask_half = [&](int e, int half) -> uint32_t {
       return kFine && a.mask_bits != nullptr && e < cur.npart
                  ? __ldg(reinterpret_cast<const uint32_t*>(a.mask_bits + (cur.list - L.lists) +
-                                                           e) + half)
+                                                           e / kSub) + half)
                  : ~0u;
     };
-    // the mask block columns of entry e that no row visits (EmptyColumns), 0 without bits
+    // the mask block columns of tile e (bit c: its keys [c << lg, (c + 1) << lg)) that no
+    // row of its entry visits (EmptyColumns of the entry, the tile's part), 0 without bits
     auto empty_columns = [&](int e) -> uint32_t {
       if (!kFine || a.mask_bits == nullptr) return 0u;
-      return EmptyColumns<kBN>(uint64_t(mask_half(e, 1)) << 32 | mask_half(e, 0), a.mask_lg);
+      const int lg = a.mask_lg, per_tile = kBN >> lg;
+      const uint32_t empty =
+          EmptyColumns(uint64_t(mask_half(e, 1)) << 32 | mask_half(e, 0), lg);
+      if constexpr (kSub == 1) return empty;
+      return (empty >> ((e % kSub) * per_tile)) & ((1u << per_tile) - 1u);
     };
 
-    float o[D / 2], s[kBN / 2];
+    // o: kDS columns (D = 96: 128, the last 32 stay zero: V's columns there are)
+    float o[kDS / 2], s[kBN / 2];
     uint32_t p[kBN / 16][4];
 #pragma unroll
     for (int i = 0; i < kBN / 2; ++i) s[i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    for (int i = 0; i < kDS / 2; ++i) o[i] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
-    // descriptors: Q rows of this warpgroup, K and V of stage 0 (a stage adds 2 kTile)
+    // descriptors: Q rows of this warpgroup, K and V of stage 0 (a stage adds 2 kKVTile)
     const uint64_t dq = wg::Desc(sQ + uint32_t(cw * 64 * kLine), 16, 1024);
-    const uint64_t dk = wg::Desc(base + kTile, 16, 1024);
-    const uint64_t dv = wg::Desc(base + 2 * kTile, kSlabBytes, 1024);
+    const uint64_t dk = wg::Desc(base + kQTile, 16, 1024);
+    const uint64_t dv = wg::Desc(base + kQTile + kKVTile, kKVSlab, 1024);
 
-    // S = Q K^T of stage st (one commit group)
+    // S = Q K^T of stage st (one commit group); D / 16 k16 slices (D = 96: 6, the zero
+    // columns are not read)
     auto issue_qk = [&](int st) {
-      const uint64_t so = uint64_t((st * 2 * kTile) >> 4);
+      const uint64_t so = uint64_t((st * 2 * kKVTile) >> 4);
 #pragma unroll
       for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
       wg::Fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        const uint64_t ko = uint64_t(((kk / 4) * kSlabBytes + (kk % 4) * 32) >> 4);
-        wg::MmaSS<T, kBN>(s, dq + ko, dk + so + ko, kk > 0 ? 1 : 0);
+        const uint64_t qo = uint64_t(((kk / 4) * kQSlab + (kk % 4) * 32) >> 4);
+        const uint64_t ko = uint64_t(((kk / 4) * kKVSlab + (kk % 4) * 32) >> 4);
+        wg::MmaSS<T, kBN>(s, dq + qo, dk + so + ko, kk > 0 ? 1 : 0);
       }
       wg::Commit();
 #pragma unroll
       for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
     };
-    // O += P V of stage st (one commit group)
+    // O += P V of stage st (one commit group; N = kDS: one wgmma per k16 slice)
     auto issue_pv = [&](int st) {
-      const uint64_t so = uint64_t((st * 2 * kTile) >> 4);
+      const uint64_t so = uint64_t((st * 2 * kKVTile) >> 4);
 #pragma unroll
-      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+      for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
       wg::Fence();
 #pragma unroll
       for (int kk = 0; kk < kBN / 16; ++kk)
-        wg::MmaRS<T, D, 1>(o, p[kk], dv + so + uint64_t((kk * 16 * kLine) >> 4));
+        wg::MmaRS<T, kDS, 1>(o, p[kk], dv + so + uint64_t((kk * 16 * kLine) >> 4));
       wg::Commit();
 #pragma unroll
-      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+      for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
     };
     // Zero the V rows of stage st that no query of the tile attends: keys >= kvlen (the
     // cut tile: keys [start, start + kBN) contain kv_lengths; valid = kvlen - start) and
-    // the mask blocks' columns in `empty` (EmptyColumns), shared by the consumer
+    // the mask blocks' columns in `empty` (empty_columns), shared by the consumer
     // warpgroups (each waited for the slot).
     auto zero_v = [&](int st, int valid, uint32_t empty) {
-      unsigned char* sv = smem + (2 + 2 * st) * kTile;
-      const int first = empty != 0 ? 0 : valid;  // rows before it are kept
-      const int chunks = (kBN - first) * 8;  // 16-byte chunks per slab
-      for (int c = ctid; c < (D / 64) * chunks; c += kConsumers) {
-        const int sl = c / chunks, row = first + (c - sl * chunks) / 8;
-        if (row >= valid || ((empty >> (row >> a.mask_lg)) & 1u))
-          *reinterpret_cast<uint4*>(sv + sl * kSlabBytes + row * kLine + (c % 8) * 16) =
+      unsigned char* sv = smem + kQTile + (2 * st + 1) * kKVTile;
+      const int first = kFine && empty != 0 ? 0 : valid;  // rows before it are kept
+      const int chunks = (kBN - first) * 8;               // 16-byte chunks per slab
+      for (int c = ctid; c < kSlabs * chunks; c += kConsumers) {
+        const int sl = c / chunks, rem = c - sl * chunks, row = first + rem / 8;
+        if (!kFine || row >= valid || ((empty >> (row >> a.mask_lg)) & 1u))
+          *reinterpret_cast<uint4*>(sv + sl * kKVSlab + row * kLine + (rem % 8) * 16) =
               make_uint4(0, 0, 0, 0);
       }
       tma::FenceProxyAsync();
       tma::NamedBarrier(kBarZeroV, kConsumers);
     };
-    // Online softmax of S (this tile, entry cur.e: keys from `start`): masks (when
-    // `masked`), folds the maxima into m0 / m1, rescales l0 / l1, leaves P = 2^(S - m) in
-    // s (float) and the factor of the old accumulators in c0 / c1.
+    // Online softmax of S (this tile, cur.e: keys from `start`): masks (when `masked`), folds
+    // the maxima into m0 / m1, rescales l0 / l1, leaves P = 2^(S - m) in s (float) and
+    // the factor of the old accumulators in c0 / c1.
     auto softmax = [&](int start, bool masked, bool causal_part, float& c0, float& c1) {
       // scores in the log2 domain: scaled here unless the scale is positive (then the
       // maxima of the raw scores times the scale, and P = 2^(s * scale - m): one FFMA);
@@ -374,37 +377,41 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
         const bool segs = a.kv_ids != nullptr;
         int qid0 = 0, qid1 = 0;
         if (segs) {
-          // ids padded to whole tiles ([B, ceil(T / bs) * bs], the Python lowering): rows
-          // past Tq are not stored, keys past Tk are past kv_lengths (masked); no bounds
-          // checks here (they cost spills at 168 registers)
-          qid0 = __ldg(a.q_ids + int64_t(b) * ((a.tq + kBM - 1) / kBM * kBM) + i0);
-          qid1 = __ldg(a.q_ids + int64_t(b) * ((a.tq + kBM - 1) / kBM * kBM) + i0 + 8);
+          // ids padded to whole tiles: rows past Tq are not stored, keys past Tk are past
+          // kv_lengths (masked); no bounds checks here (they cost spills at 168 registers)
+          const int32_t* qids = PaddedIds(a.q_ids, b, a.tq, BS);
+          qid0 = __ldg(qids + i0);
+          qid1 = __ldg(qids + i0 + 8);
         }
         // the mask block row of rows rl, rl + 8 (one: blocks of 16 or more rows): bit j of
-        // `cols` says whether it visits keys 8j + [0, 8) (one block column)
+        // `cols` says whether it visits keys 8j + [0, 8) of this tile (its entry's groups
+        // from the sub-tile's first: columns within the 128-key entry)
         uint32_t cols = ~0u;
         if (kFine && a.mask_bits != nullptr && cur.e < cur.npart) {
-          const int bit0 = (rl >> a.mask_lg) * (kBN >> a.mask_lg);
+          // rl >> 4 = the consumer warp (tid >> 5) - 4, from a fresh read of the thread
+          // index (rl kept live here spilled at D = 256)
+          const int bit0 = (((FreshTid() >> 5) - 4) >> (a.mask_lg - 4)) * (BS >> a.mask_lg);
           const uint32_t wrow = mask_half(cur.e, bit0 >> 5) >> (bit0 & 31);
           cols = SpreadBits(wrow, a.mask_lg);
+          if constexpr (kSub > 1) cols >>= (cur.e % kSub) * (kBN / 8);
         }
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
           int kid0 = 0, kid1 = 0;  // documents of keys j0 + 8j, + 1 (all 0 without ids)
-          if (segs) {
-            const int64_t krow_ids = int64_t(b) * ((a.tk + kBN - 1) / kBN * kBN);
-            kid0 = __ldg(a.kv_ids + krow_ids + j0 + 8 * j);
-            kid1 = __ldg(a.kv_ids + krow_ids + j0 + 8 * j + 1);
+          if (segs) {  // (padded to whole blocks, not key tiles)
+            const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, BS);
+            kid0 = __ldg(kids + j0 + 8 * j);
+            kid1 = __ldg(kids + j0 + 8 * j + 1);
           }
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int kj = j0 + 8 * j + (e & 1), qi = i0 + (e >> 1) * 8;
-            const bool other_doc = ((e & 1) ? kid1 : kid0) != ((e >> 1) ? qid1 : qid0);
-            const bool unvisited = !((cols >> j) & 1u);
-            if (kj >= kvlen || (causal_part && kj > qi + off) || other_doc || unvisited)
+            if (!Allowed(qi, kj, kvlen, causal_part, off, (e >> 1) ? qid1 : qid0,
+                         (e & 1) ? kid1 : kid0))
               s[4 * j + e] = -INFINITY;
           }
         }
+        Unvisited<kBN / 8>(s, cols);  // the fine masks' term, next to Allowed
       }
       float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -461,7 +468,7 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
         if (cw == 1) tma::NamedArrive(kBarTurn, kConsumers);
       }
       // first tile: S, softmax, P (O is still zero)
-      int start = cur.Start(cur.e);
+      int start = cur.Start();
       tma::MbarWait(full_k(0), 0);
       turn_begin();
       issue_qk(0);
@@ -479,18 +486,19 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       // schedules a wgmma wait early in its basic block (it was seen hoisted above the
       // softmax when placed after it), and at the top of the loop nothing precedes it.
       // tile it - 1: its stage, first key, and (one register: 168 at 384 threads) its
-      // phase in bit 0, its entry from bit 1 on
+      // phase in bit 0, its index cur.e from bit 1 on
       int pst = 0, pstart = start;
-      uint32_t pph = uint32_t(cur.e) << 1;
+      uint32_t pph = kFine ? uint32_t(cur.e) << 1 : 0u;
       bool v_busy = false;  // a PV in flight reads V stage vst
       int vst = 0;
       auto retire_pv = [&]() {  // the PV in flight is done; O *= c; P to registers
         wg::Wait<0>();
 #pragma unroll
-        for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+        for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
         if (v_busy) tma::MbarArrive(empty_v(vst));
+        // all of them: skipping D = 96's zero columns made ptxas serialize the wgmmas
 #pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
+        for (int j = 0; j < kDS / 8; ++j) {
           o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
         }
         pack_p();
@@ -499,7 +507,7 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       for (int it = 1; !cur.Done(); ++it, cur.Next()) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
-        start = cur.Start(cur.e);
+        start = cur.Start();
         retire_pv();
         tma::MbarWait(full_k(st), ph);
         const uint32_t pempty = empty_columns(int(pph >> 1));
@@ -518,7 +526,7 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
         softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
                 c0, c1);
         pst = st;
-        pph = ph | uint32_t(cur.e) << 1;
+        pph = kFine ? ph | uint32_t(cur.e) << 1 : ph;
         pstart = start;
       }
       retire_pv();
@@ -530,11 +538,15 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
       turn_end(true);
       wg::Wait<0>();
 #pragma unroll
-      for (int i = 0; i < D / 2; ++i) wg::FenceOperand(o[i]);
+      for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
       tma::MbarArrive(empty_v(pst));
     }
 
     // ---- epilogue: O / l -> this warpgroup's rows of the Q buffer -> TMA store; lse
+    // this thread's rows; at D = 96 again from a fresh read of the thread index (kept live
+    // across the loop they spilled with ping-pong; at D = 256 the fresh read spills)
+    const int ecw = (D == 96 ? FreshTid() : tid) / 128 - 1;
+    const int erl = ecw * 64 + w4 * 16 + g, ei0 = q0 + erl;
     l0 = QuadSum(l0);
     l1 = QuadSum(l1);
     const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
@@ -542,28 +554,28 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
     for (int j = 0; j < D / 8; ++j)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const int row = rl + 8 * hh;
+        const int row = erl + 8 * hh;
         const float inv = hh ? inv1 : inv0;
-        const int byte = (j / 8) * kSlabBytes + row * kLine + (((j % 8) ^ (row & 7)) << 4) + 4 * t;
+        const int byte = (j / 8) * kQSlab + row * kLine + (((j % 8) ^ (row & 7)) << 4) + 4 * t;
         *reinterpret_cast<uint32_t*>(smem + byte) =
             Ops<T>::Pack(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
       }
     tma::FenceProxyAsync();
-    tma::NamedBarrier(kBarEpilogue + cw, 128);
+    tma::NamedBarrier(kBarEpilogue + ecw, 128);
     if ((ctid & 127) == 0) {
 #pragma unroll
-      for (int sl = 0; sl < D / 64; ++sl)  // rows past Tq are dropped
-        tma::Store4d(&tm_o, sl * 64, h, q0 + cw * 64, b,
-                     sQ + uint32_t(sl * kSlabBytes + cw * 64 * kLine));
+      for (int sl = 0; sl < kSlabs; ++sl)  // rows past Tq (columns past D = 96) are dropped
+        tma::Store4d(&tm_o, sl * 64, h, q0 + ecw * 64, b,
+                     sQ + uint32_t(sl * kQSlab + ecw * 64 * kLine));
       tma::StoreCommit();
     }
     if (t == 0) {
       float* gl = a.out_lse + (int64_t(b) * a.hq + h) * a.tq;
       const float lse0 = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
       const float lse1 = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
-      const int lim = a.tq - i0;  // rows past Tq (a partial last tile) are not written
-      if (lim > 0) gl[i0] = lse0;
-      if (lim > 8) gl[i0 + 8] = lse1;
+      const int lim = a.tq - ei0;  // rows past Tq (a partial last tile) are not written
+      if (lim > 0) gl[ei0] = lse0;
+      if (lim > 8) gl[ei0 + 8] = lse1;
     }
     if ((ctid & 127) == 0) tma::StoreWaitRead();
   }
@@ -572,10 +584,21 @@ __global__ void __launch_bounds__(Geom<BS>::kThreads, Geom<BS>::kMinBlocks)
 #endif
 }
 
-// ring depth. Block 128 (one CTA per SM): 160 KB of smem at D = 128, 112 KB at D = 64.
-// Block 64 (two CTAs per SM, at most 113 KB each): 80 KB at D = 128 (3 stages would need
-// 104 bytes more than fit beside the 1024-byte alignment pad), 72 KB at D = 64.
-template <int D, int BS> constexpr int kStages = BS == 128 ? (D == 128 ? 2 : 3) : (D == 128 ? 2 : 4);
+// ring depth. Block 128 (one CTA per SM): 160 KB of smem at D = 128 and 96, 112 KB at
+// D = 64, 192 KB at D = 256 (Q 64 KB + 2 stages of 64-key K and V tiles, 32 KB each).
+// Block 64 (two CTAs per SM, at most 113 KB each): 80 KB at D = 128 and 96 (3 stages would
+// need 104 bytes more than fit beside the 1024-byte alignment pad), 72 KB at D = 64; D = 256
+// (one CTA per SM, Geom): 160 KB.
+template <int D, int BS>
+constexpr int kStages = D == 64 ? (BS == 128 ? 3 : 4) : 2;
+
+// No key at all (Tk = 0) at the head dims the FA2 forward lacks: o = 0, lse = -inf.
+__global__ void EmptyKernel(uint16_t* o, int64_t n_o, float* lse, int64_t n_lse) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_o; i += stride) o[i] = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_lse; i += stride)
+    lse[i] = -INFINITY;
+}
 
 // Per device: 0 unknown, 1 usable, 2 not: an sm_90 device running this kernel's sm_90a
 // code (a build without 90a would run nothing useful there).
@@ -613,10 +636,10 @@ bool Sm90ForwardAvailable() { return sm90::DeviceOk<__nv_bfloat16, 128>(); }
 template <typename T, int D, int BS, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90;
-  using G = Geom<BS>;
+  using G = Geom<BS, D>;
   if (a.bs != BS) return cudaErrorInvalidValue;
-  // the mask's block: 16 or 32 with bits (block 128 only), else the tile's (the kernel's
-  // predicate shifts by it)
+  // the mask's block: 16 or 32 with bits (block 128 only, any head dim), else the list
+  // entry's (the kernel's predicate shifts by it)
   if (a.mask_bits != nullptr ? BS != 128 || (a.mask_lg != 4 && a.mask_lg != 5)
                              : (1 << a.mask_lg) != BS)
     return cudaErrorInvalidValue;
@@ -624,38 +647,52 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   // partial last tiles (Tq or Tk not a multiple of the block): 4-d tensor maps
   const bool rows4d = a.tq % BS != 0 || a.tk % BS != 0;
   // what the FA2 forward takes: lists shared by the batch, no segment ids, whole tiles, no
-  // query positions
+  // query positions, no fine mask
   const bool fa2_ok =
       a.mb == 1 && a.q_ids == nullptr && a.q_pos == nullptr && !rows4d && a.mask_bits == nullptr;
+  constexpr bool kFa2 = D == 64 || D == 128;  // the head dims of the FA2 forward
   if (a.tk == 0) {  // no key: o = 0, lse = -inf
-    if (!fa2_ok) return cudaErrorInvalidValue;  // the Python routing never sends these
-    return LaunchForwardTile<T, D, 64, 2>(a, stream);
+    if constexpr (kFa2) {
+      if (!fa2_ok) return cudaErrorInvalidValue;  // the Python routing never sends these
+      return LaunchForwardTile<T, D, 64, 2>(a, stream);
+    } else {
+      const int64_t n_lse = int64_t(a.batch) * a.hq * a.tq, n_o = n_lse * D;
+      const int64_t blocks = (n_o + 255) / 256;
+      EmptyKernel<<<unsigned(blocks < 1024 ? blocks : 1024), 256, 0, stream>>>(
+          static_cast<uint16_t*>(a.out_o), n_o, a.out_lse, n_lse);
+      return cudaGetLastError();
+    }
   }
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   // operands TMA cannot address (XLA's buffers are aligned: not seen) run the FA2 forward
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.out_o)) {
-    if (!fa2_ok) return cudaErrorInvalidValue;
-    return LaunchForwardTile<T, D, 64, 2>(a, stream);
+    if (!fa2_ok || !kFa2) return cudaErrorInvalidValue;
+    if constexpr (kFa2) return LaunchForwardTile<T, D, 64, 2>(a, stream);
   }
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
   CUtensorMap tq{}, tk{}, tv{}, to{};
   // [B, T, H, D]: dims D, H, T, B (innermost first); boxes of 64 columns (one swizzled
-  // slab), one head, BS rows (64: one consumer warpgroup's rows for the output), one batch
-  // entry. Rows past T: zero filled by loads, dropped by stores (partial last tiles).
+  // slab), one head, BS rows for Q (64: one consumer warpgroup's rows for the output; the
+  // key tile's rows for K and V), one batch entry. Rows past T: zero filled by loads,
+  // dropped by stores (partial last tiles); so are the columns past D = 96 of the second
+  // slab.
   const uint64_t qd4[4] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.tq), uint64_t(a.batch)};
   const uint64_t qs4[3] = {D * e, uint64_t(a.hq) * D * e, uint64_t(a.tq) * a.hq * D * e};
   const uint64_t kd4[4] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.tk), uint64_t(a.batch)};
   const uint64_t ks4[3] = {D * e, uint64_t(a.hkv) * D * e, uint64_t(a.tk) * a.hkv * D * e};
-  const uint32_t box_in[4] = {64, 1, uint32_t(BS), 1}, box_out[4] = {64, 1, 64, 1};
-  cudaError_t err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qd4, qs4, box_in);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, a.k, kd4, ks4, box_in);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, a.v, kd4, ks4, box_in);
+  constexpr int kBN = Smem<D, kStages<D, BS>, BS>::kBN;
+  const uint32_t box_q[4] = {64, 1, uint32_t(BS), 1}, box_kv[4] = {64, 1, uint32_t(kBN), 1};
+  const uint32_t box_out[4] = {64, 1, 64, 1};
+  cudaError_t err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qd4, qs4, box_q);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, a.k, kd4, ks4, box_kv);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, a.v, kd4, ks4, box_kv);
   if (err == cudaSuccess) err = tma::EncodeTiled<4>(&to, kBf16, a.out_o, qd4, qs4, box_out);
   if (err != cudaSuccess) return err;
 
   constexpr int smem = Smem<D, kStages<D, BS>, BS>::kBytes;
-  static_assert(BS == 128 || 2 * (smem + 1024) <= 228 * 1024, "two CTAs per SM at block 64");
+  static_assert(smem <= 227 * 1024, "shared memory of one CTA");
+  static_assert(G::kMinBlocks == 1 || 2 * (smem + 1024) <= 228 * 1024, "two CTAs per SM");
   static std::atomic<uint64_t> configured{0};
   auto kern = sm90::FwdKernel<T, D, BS, kStages<D, BS>, PINGPONG>;
   err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);

@@ -11,11 +11,14 @@ struct Args;
 
 // The forward of attention.h's semantics for block size BS (128: 128-row CTAs, two
 // consumer warpgroups; 64: 64-row CTAs, one consumer warpgroup, two CTAs per SM) and head
-// dim D (64, 128), T __nv_bfloat16 or __half. cudaErrorNotSupported on a device that is not
-// sm_90 (or a build without sm_90a code); operands TMA cannot address (not 16-byte aligned)
-// run the FA2 forward. BS 128 also runs masks of block size 16 / 32 on its tiles
-// (Args::mask_bits: the bits of each partial tile's mask blocks). PINGPONG (block 128 only): the two consumer warpgroups take turns
-// issuing their matrix products (one's softmax overlaps the other's wgmmas).
+// dim D (64, 96, 128, 256: 96 and 256 have no FA2 forward), T __nv_bfloat16 or __half.
+// cudaErrorNotSupported on a device that is not sm_90 (or a build without sm_90a code);
+// operands TMA cannot address (not 16-byte aligned) run the FA2 forward (D 64, 128;
+// cudaErrorInvalidValue at D 96, 256). PINGPONG (block 128 only): the two consumer
+// warpgroups take turns issuing their matrix products (one's softmax overlaps the other's
+// wgmmas). Tk = 0: o = 0, lse = -inf (the FA2 forward's launcher at D 64, 128). BS 128
+// also runs masks of block size 16 / 32 on its tiles (Args::mask_bits: the bits of each
+// partial entry's mask blocks), at every head dim (D 256: on its 64-key sub-tiles).
 template <typename T, int D, int BS, bool PINGPONG>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
 
@@ -30,7 +33,13 @@ bool Sm90ForwardAvailable();
   PREFIX cudaError_t LaunchForwardSm90<T, 128, 128, true>(const Args&, cudaStream_t); \
   PREFIX cudaError_t LaunchForwardSm90<T, 128, 128, false>(const Args&, cudaStream_t); \
   PREFIX cudaError_t LaunchForwardSm90<T, 64, 64, false>(const Args&, cudaStream_t);   \
-  PREFIX cudaError_t LaunchForwardSm90<T, 128, 64, false>(const Args&, cudaStream_t);
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, 64, false>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 96, 128, true>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 96, 128, false>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 96, 64, false>(const Args&, cudaStream_t);    \
+  PREFIX cudaError_t LaunchForwardSm90<T, 256, 128, true>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 256, 128, false>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t LaunchForwardSm90<T, 256, 64, false>(const Args&, cudaStream_t);
 
 }  // namespace attn
 }  // namespace jax_blocksparse

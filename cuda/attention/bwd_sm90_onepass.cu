@@ -1,0 +1,718 @@
+// Attention backward for Hopper (sm_90a) in one pass, the FlashAttention-3 backward design
+// made block-sparse and deterministic (issue 19, item 1): backward variant 4 of the
+// dispatch table. Semantics and metadata: attention.h; bwd_sm90.cu (variant 2: a dQ kernel
+// and a dK/dV kernel, 7 products per block pair) is the model of the machinery, and the
+// FA2 backward (attention_kernels.cuh) the functional spec.
+//
+// Scope: block size 128, head dims 64 and 128, bf16 / f16; static or traced block lists
+// shared by the batch, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
+// masks, any scale, a cotangent on lse (in delta). Tq and Tk multiples of 128. Nothing else
+// (lists per batch entry, segment ids, q_offset, partial tiles): attention.cu refuses those
+// for this row (cudaErrorNotSupported) and the Python routing never sends them.
+//
+// Four launches, in stream order:
+//  1. DeltaKernel (the FA2 one): delta = rowsum(dO * O) - d_lse, float32 [B, Hq, Tq]; and
+//     cudaMemsetAsync of the semaphores (dq_accum is not zeroed: below).
+//  2. OnePassKernel: one CTA per (batch, kv head, 128-key block n). 384 threads: warpgroup
+//     0 the producer (setmaxnreg 24): its thread 0 issues the TMA loads (K_n, V_n once;
+//     then per step the 64-query tiles of Q and dO and the tile's lse and delta rows into
+//     a STAGES-deep ring with full / empty mbarriers), its warp 1 is the dQ writer (below);
+//     warpgroups 1 and 2 the consumers (setmaxnreg 240), owning key rows [64 c, 64 c + 64).
+//     The CTA walks, for each query head of the kv head's group in turn, the key block's
+//     listed query blocks (by_key lists) in 64-query steps, in the lists' order
+//     (QueryCursor, as the dK/dV kernel of variant 2: partial entries first). Per step,
+//     consumer c:
+//       S^T = K_c Q^T, dP^T = V_c dO^T      (SS, m64n64k16, K-major operands)
+//       P^T = 2^(S^T scale log2e - lse log2e), masked
+//       dV_c += P^T dO                      (RS, m64nDk16, dO N-major)
+//       dS^T = P^T (dP^T - delta), masked
+//       dK_c += dS^T Q                      (RS, m64nDk16, Q N-major)
+//       dS^T -> shared memory (bf16 / f16: 128 keys x 64 queries, both halves), barrier
+//       dQ partial = dS K_n                 (SS, m64n64k16 over the 128 keys: A = dS^T
+//                                            read M-major, B = K N-major)
+//     That is 5 products per block pair (variant 2: 7). dK, dV accumulate in registers
+//     over the whole group (no atomics across heads). The dQ product is split over the
+//     consumers by columns at D = 128 (consumer c: columns [64 c, 64 c + 64)); at D = 64
+//     consumer (step % 2) computes all 64 columns (the other one goes on).
+//  3. The dQ writer: per step, the consumers store the float32 dQ partial (64 x D) into a
+//     shared-memory buffer (DQB of them, mbarriers dq_full / dq_empty) in the order of
+//     their accumulator registers (float4 per thread, conflict free). The writer warp
+//     learns the step's (query head, query tile) from the producer as the step's loads are
+//     issued (a ring of kMetaSlots), counts its rank and, lane 0, waits for its turn on the
+//     step's semaphore while the consumers compute; then, the partial in, adds it to
+//     dq_accum with one bulk reduction (cp.reduce.async.bulk .add.f32, contiguous bytes:
+//     dq_accum keeps each 64-row tile in the same register order, so no tensor map is
+//     needed; the first adder of a tile, rank 0, stores with a bulk copy instead), waits
+//     for its completion, releases the semaphore (+1) and frees the buffer. Bulk reduction
+//     from one thread rather than red.global.add from 256 threads: the consumers never
+//     wait for the semaphore (only for a free buffer), and one completion wait per step.
+//  4. DqConvertKernel: dQ = scale * dq_accum (undoing the register order), q's dtype; 0 for
+//     a tile whose semaphore is still 0 (no key block added into it: never written).
+//
+// Determinism (bitwise identical results run to run): every dq_accum element receives, in
+// each step touching it, exactly one float add, and the adds into one 64-query tile
+// (b, h, qt) happen in a fixed order: descending key block n. The semaphore sem[b, h, qt]
+// (zeroed each call) counts the adds done; the CTA of key block n adds when it equals
+// rank(n) = the number of key blocks n' > n that add into this tile: the entries n' of the
+// by_query list of (mask head of h, query block qt / 2) with n < n' < lim, where lim
+// excludes the key blocks that start at or past kv_lengths[b] and, when causal, those that
+// causality masks for the whole tile (n' 128 > last query + Tk - Tq): exactly the blocks
+// whose CTAs do not skip the step (QueryCursor's rule), so every counted block adds once.
+// The writer spins with ld.acquire.gpu; after the reduction completes (wait_group 0) it
+// orders it before the release with fence.proxy.async.global and increments with
+// red.release.gpu; the next waiter fences the async proxy after its acquire.
+//
+// Deadlock freedom: a CTA only ever waits for CTAs of the same (batch, kv head) with a
+// larger key block. The grid is (Rk, B * Hkv) with blockIdx.x = Rk - 1 - n: those CTAs
+// have smaller linear block indices, and the hardware dispatches CTAs in increasing linear
+// index (the assumption FlashAttention-3's deterministic backward rests on too). Take the
+// unfinished CTA with the smallest linear index: it is resident (every CTA before it has
+// finished, so a slot was free for it), every CTA it can wait for has finished and so has
+// made each increment it will ever make: all its waits succeed, it finishes. By induction
+// every CTA finishes. Inside a CTA nothing else waits on other CTAs (the ring and the dQ
+// buffers are local).
+// Why descending n with ascending query steps: for causal masks key block n's first query
+// block is n itself, whose earlier adders (n' > n) do not exist: no CTA waits at its first
+// step, and in steady state block n's turn at query block m comes after block n + 1 (which
+// reached m one block earlier). Ascending n would make block n wait for block n - 1 at
+// every step (a lag growing with n). This is FlashAttention-3's order for causal
+// ("shortest processing time first": short key blocks launch first).
+//
+// Masks: as variant 2's dK/dV kernel (element masks on partial entries and on the key
+// block cut by kv_lengths; masked elements get P = 0 and dS = 0 by selection). The dS K
+// product reads all 128 K rows of the block: rows past kv_lengths (NaN may be there) are
+// overwritten with zeros in shared memory before any product (dS is 0 there, 0 * NaN is
+// NaN). A key block starting at or past kv_lengths[b] loads nothing, adds nothing and
+// stores zero dK, dV.
+//
+// Shared memory (1024-aligned): K (2 64-row tiles), V (2), STAGES x (Q tile, dO tile), 2 dS
+// buffers (128 lines of 64 queries: double-buffered so one barrier per step orders them),
+// DQB dQ buffers (64 x D float32), STAGES x (lse, delta) rows, mbarriers. D = 128: 2
+// stages, 2 dQ buffers: 226 KB; D = 64: 3 stages, 2 dQ buffers: 147 KB. One CTA per SM.
+//
+// Helpers copied from bwd_sm90.cu (private there; to move to a shared header at the merge):
+// KSlice, NSlice, LoadBulk, LoadTile64, StoreAcc, PackA, FenceAcc.
+#include "bwd_sm90_onepass.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "../attention_kernels.cuh"
+#include "../launch_util.h"
+#include "../tma.cuh"
+#include "../wgmma.cuh"
+
+namespace jax_blocksparse {
+namespace attn {
+
+// The FA2 backward takes the calls TMA cannot (Tq = 0 or Tk = 0).
+JBS_ATTENTION_LAUNCHERS(extern template, __nv_bfloat16)
+JBS_ATTENTION_LAUNCHERS(extern template, __half)
+
+namespace sm90onepass {
+
+constexpr int kBS = 128;       // keys of a CTA, queries of a block
+constexpr int kBQ = 64;        // queries per step
+constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+[[maybe_unused]] constexpr int kConsumers = 256;
+constexpr int kLine = 128;         // bytes per swizzled smem line (64 elements)
+constexpr int kSlab = 64 * kLine;  // 64 rows x 64 columns
+[[maybe_unused]] constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+[[maybe_unused]] constexpr int kBarStep = 1;   // named barrier: both consumers, dS written
+[[maybe_unused]] constexpr int kBarZeroK = 2;  // named barrier: both consumers, K tail zeroed
+
+// ------------------------------------------------------------ copied from bwd_sm90.cu
+// Descriptor offsets (16-byte units) of k16 slice kk: K-major operand (slices along the
+// line, then the next slab) and N-major operand (16 lines further).
+__device__ __forceinline__ uint64_t KSlice(int kk) {
+  return uint64_t(((kk / 4) * kSlab + (kk % 4) * 32) >> 4);
+}
+__device__ __forceinline__ uint64_t NSlice(int kk) { return uint64_t((kk * 16 * kLine) >> 4); }
+
+// 1-d bulk copy global -> shared (16-byte multiple, 16-byte aligned), completing on `bar`.
+__device__ __forceinline__ void LoadBulk(uint32_t dst, const void* src, uint32_t bytes,
+                                         uint32_t bar) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+#endif
+}
+
+// One 64-row tile (rows row .. row + 63 of head `head`) by TMA into `dst`.
+template <int D>
+__device__ __forceinline__ void LoadTile64(uint32_t dst, const CUtensorMap* map, int head, int row,
+                                           uint32_t bar) {
+#pragma unroll
+  for (int sl = 0; sl < D / 64; ++sl) tma::Load3d(dst + sl * kSlab, map, sl * 64, head, row, bar);
+}
+
+// Store a warpgroup's 64 x D float accumulators (times mul) as T rows: this thread's rows
+// row0 (acc[4j], acc[4j + 1]) and row0 + 8 (acc[4j + 2, 3]), columns 8j + 2t.
+template <typename T, int D>
+__device__ __forceinline__ void StoreAcc(const float (&acc)[D / 2], float mul, T* g0, T* g1,
+                                         int t) {
+#pragma unroll
+  for (int j = 0; j < D / 8; ++j) {
+    *reinterpret_cast<uint32_t*>(g0 + 8 * j + 2 * t) =
+        Ops<T>::Pack(acc[4 * j] * mul, acc[4 * j + 1] * mul);
+    *reinterpret_cast<uint32_t*>(g1 + 8 * j + 2 * t) =
+        Ops<T>::Pack(acc[4 * j + 2] * mul, acc[4 * j + 3] * mul);
+  }
+}
+
+// A warpgroup's 64 x 64 float tile as four k16 A fragments (16-bit pairs).
+template <typename T>
+__device__ __forceinline__ void PackA(uint32_t (&f)[4][4], const float (&x)[32]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) f[kk][i] = Ops<T>::Pack(x[8 * kk + 2 * i], x[8 * kk + 2 * i + 1]);
+}
+
+template <int N>
+__device__ __forceinline__ void FenceAcc(float (&x)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) wg::FenceOperand(x[i]);
+}
+
+// ------------------------------------------------------------ new PTX wrappers
+// dst[0 .. bytes) += src (float32, shared -> global, one bulk reduction of this thread's
+// bulk group; 16-byte aligned, 16-byte multiple).
+__device__ __forceinline__ void BulkReduceAddF32(float* dst, uint32_t src, uint32_t bytes) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(
+                   dst),
+               "r"(src), "r"(bytes)
+               : "memory");
+#endif
+}
+// dst[0 .. bytes) = src (shared -> global, one bulk copy of this thread's bulk group).
+__device__ __forceinline__ void BulkStore(void* dst, uint32_t src, uint32_t bytes) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+               "r"(bytes)
+               : "memory");
+#endif
+}
+// Wait until this thread's bulk groups have completed (writes done, not only reads).
+__device__ __forceinline__ void BulkWaitAll() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+#endif
+}
+// Orders this thread's global accesses between the generic and the async proxy.
+__device__ __forceinline__ void FenceProxyAsyncGlobal() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ int LoadAcquireGpu(const int32_t* p) {
+  int v = 0;
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+#endif
+  return v;
+}
+__device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+#endif
+}
+
+// ------------------------------------------------------------ the kernel
+// The producer tells the dQ writer each step's (query head, first query) through a ring of
+// kMetaSlots in shared memory (mbarriers meta_full, one arrival), as it issues the step's
+// loads: the writer works out its rank and waits for its turn on the semaphore while the
+// consumers compute the step, and needs no cursor of its own (it runs in the producer
+// warpgroup's 24 registers). After the last step the producer writes (-1, -1). A slot is
+// free again: the producer writes step i's once it holds stage i % STAGES, i.e. once the
+// consumers have finished step i - STAGES and so passed the dQ buffer of step
+// i - STAGES - 1, which the writer released after finishing step i - STAGES - 1 - DQB:
+// the slot's previous step, i - kMetaSlots, is older if kMetaSlots > STAGES + DQB + 1
+// (the final (-1, -1), written after the wait for step N - 1, by the same count).
+constexpr int kMetaSlots = 8;
+
+template <int D, int STAGES, int DQB>
+struct Smem {
+  static constexpr int kT = 64 * D * 2;  // a 64-row tile: D / 64 slabs
+  static constexpr int kDsBytes = 2 * kBS * kLine;  // 128 key lines of 64 queries
+  static constexpr int kDqBytes = kBQ * D * 4;       // 64 x D float32
+  // K: 2 tiles at 0, V at 2 kT; stage st: Q at (4 + 2 st) kT, dO + kT
+  static constexpr int kQ = 4 * kT;
+  static constexpr int kDs = (4 + 2 * STAGES) * kT;  // dS buffer s at kDs + s kDsBytes / 2
+  static constexpr int kDq = kDs + kDsBytes;         // dQ buffer s at kDq + s kDqBytes
+  static constexpr int kLD = kDq + DQB * kDqBytes;   // lse, delta rows of stage st: + 512 st
+  static constexpr int kMeta = kLD + 512 * STAGES;   // kMetaSlots x (query head, first query)
+  static constexpr int kBars = kMeta + 8 * kMetaSlots;
+  // kv, full[STAGES], empty[STAGES], dq_full[DQB], dq_empty[DQB], meta_full[kMetaSlots]
+  static constexpr int kNumBars = 1 + 2 * STAGES + 2 * DQB + kMetaSlots;
+  static_assert(kMetaSlots > STAGES + DQB + 1, "the meta ring");
+  static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
+  static_assert(kBytes <= 227 * 1024, "shared memory");
+};
+
+template <int D> constexpr int kStages = D == 128 ? 2 : 3;
+template <int D> constexpr int kDqBuffers = 2;
+
+template <typename T, int D, int STAGES, int DQB>
+__global__ void __launch_bounds__(kThreads, 1)
+    OnePassKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
+                  const __grid_constant__ CUtensorMap tm_do,
+                  const __grid_constant__ CUtensorMap tm_k,
+                  const __grid_constant__ CUtensorMap tm_v) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using S = Smem<D, STAGES, DQB>;
+  constexpr int kT = S::kT;
+  constexpr int kNW = D / 64;  // consumers that write a step's dQ partial
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t raw = ptx::SmemAddr(smem_raw);
+  const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
+  unsigned char* smem = smem_raw + pad;
+  const uint32_t base = raw + pad;
+  int2* meta = reinterpret_cast<int2*>(smem + S::kMeta);
+  const uint32_t bars = base + S::kBars;
+  const uint32_t bar_kv = bars;
+  auto full = [&](int st) { return bars + 8u * (1 + st); };
+  auto empty = [&](int st) { return bars + 8u * (1 + STAGES + st); };
+  auto dq_full = [&](int s) { return bars + 8u * (1 + 2 * STAGES + s); };
+  auto dq_empty = [&](int s) { return bars + 8u * (1 + 2 * STAGES + DQB + s); };
+  auto meta_full = [&](int s) { return bars + 8u * (1 + 2 * STAGES + 2 * DQB + s); };
+
+  const int tid = threadIdx.x, wgi = tid / 128;
+  const int bh = blockIdx.y, b = bh / a.hkv, hk = bh % a.hkv;
+  const Lists& L = a.by_key;
+  const int h_first = hk * a.group;
+  const int hm0 = a.hm == 1 ? 0 : h_first;
+  const int rk = L.lines - 1 - int(blockIdx.x);  // descending key blocks (header comment)
+  const int k0 = rk * kBS;
+  const int off = a.tk - a.tq;
+  int kvlen = __ldg(a.kv_lengths + b);
+  kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
+
+  QueryCursor<kBQ> qc;
+  qc.counts = L.counts;
+  qc.partial = L.partial;
+  qc.lists = L.lists;
+  qc.lines = L.lines;
+  qc.max_len = L.max_len;
+  qc.rk = rk;
+  qc.hm_base = hm0;
+  qc.hm_step = a.hm == 1 ? 0 : 1;
+  qc.qh = kBS / kBQ;
+  qc.bs = kBS;
+  qc.group = k0 < kvlen ? a.group : 0;  // a key block past kv_lengths gets no gradient
+  qc.first_key_minus_off = k0 - off;
+  qc.causal = a.causal;
+  if (qc.group > 0) {
+    qc.Begin();
+  } else {
+    qc.gi = 0;
+  }
+
+  if (tid == 0) {
+    tma::MbarInit(bar_kv, 1);
+#pragma unroll
+    for (int st = 0; st < STAGES; ++st) {
+      tma::MbarInit(full(st), 1);
+      tma::MbarInit(empty(st), kConsumers);
+    }
+#pragma unroll
+    for (int s = 0; s < DQB; ++s) {
+      tma::MbarInit(dq_full(s), 128 * kNW);
+      tma::MbarInit(dq_empty(s), 1);
+    }
+#pragma unroll
+    for (int s = 0; s < kMetaSlots; ++s) tma::MbarInit(meta_full(s), 1);
+    tma::FenceMbarInit();
+  }
+  __syncthreads();
+
+  if (wgi == 0) {
+    tma::RegDealloc<kProducerRegs>();
+    const int warp = tid / 32;
+    if (tid == 0 && !qc.Done()) {
+      // --------------------------------------------------------- producer (TMA)
+      tma::PrefetchMap(&tm_q);
+      tma::PrefetchMap(&tm_do);
+      tma::PrefetchMap(&tm_k);
+      tma::PrefetchMap(&tm_v);
+      const int krow = b * a.tk + k0;
+      tma::MbarArriveExpectTx(bar_kv, 4 * kT);
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        LoadTile64<D>(base + hh * kT, &tm_k, hk, krow + 64 * hh, bar_kv);
+        LoadTile64<D>(base + (2 + hh) * kT, &tm_v, hk, krow + 64 * hh, bar_kv);
+      }
+      int it = 0;
+      for (; !qc.Done(); ++it, qc.Next()) {
+        const int st = it % STAGES;
+        const uint32_t ph = (it / STAGES) & 1;
+        const int h = h_first + qc.gi;
+        const int s0 = qc.Start(qc.t);
+        const uint32_t sq = base + S::kQ + st * 2 * kT;
+        const int64_t li = (int64_t(b) * a.hq + h) * a.tq + s0;
+        tma::MbarWait(empty(st), ph ^ 1);
+        meta[it % kMetaSlots] = make_int2(h, s0);
+        tma::MbarArrive(meta_full(it % kMetaSlots));
+        tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
+        LoadTile64<D>(sq, &tm_q, h, b * a.tq + s0, full(st));
+        LoadTile64<D>(sq + kT, &tm_do, h, b * a.tq + s0, full(st));
+        LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
+        LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
+      }
+      meta[it % kMetaSlots] = make_int2(-1, -1);  // no more steps
+      tma::MbarArrive(meta_full(it % kMetaSlots));
+    } else if (warp == 1 && !qc.Done()) {
+      // --------------------------------------------------------- dQ writer
+      const int lane = tid & 31;
+      const int kv_blocks = (kvlen + kBS - 1) / kBS;  // blocks starting before kv_lengths
+      for (int it = 0;; ++it) {
+        const int s = it % DQB, ms = it % kMetaSlots;
+        tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
+        const int h = reinterpret_cast<volatile int*>(meta + ms)[0];
+        const int s0 = reinterpret_cast<volatile int*>(meta + ms)[1];
+        if (h < 0) break;
+        // rank: the key blocks n' > rk that add into this 64-query tile (header comment)
+        int lim = kv_blocks;
+        if (a.causal) {
+          const int c = s0 + kBQ - 1 + off;  // keys up to c are causally visible
+          const int cl = c < 0 ? 0 : c / kBS + 1;
+          lim = cl < lim ? cl : lim;
+        }
+        // 32-bit index arithmetic: this warp runs in 24 registers
+        const unsigned line = unsigned(a.hm == 1 ? 0 : h) * unsigned(a.by_query.lines) +
+                              unsigned(s0 / kBS);
+        const int cnt = __ldg(a.by_query.counts + line);
+        const int32_t* lst = a.by_query.lists + size_t(line) * unsigned(a.by_query.max_len);
+        int mine = 0;
+#pragma unroll 1
+        for (int e = lane; e < cnt; e += 32) {
+          const int n2 = __ldg(lst + e);
+          mine += (n2 > rk && n2 < lim) ? 1 : 0;
+        }
+        const int rank = __reduce_add_sync(0xffffffffu, mine);
+        if (lane == 0) {
+          const unsigned bh_q = unsigned(b) * unsigned(a.hq) + unsigned(h);
+          int32_t* sem = a.dq_sem + (bh_q * unsigned(a.tq / kBQ) + unsigned(s0 / kBQ));
+          float* dst = a.dq_accum + size_t(bh_q * unsigned(a.tq) + unsigned(s0)) * D;
+          // our turn (while the consumers compute). By-query and by-key lists that disagree
+          // (not transposes of one mask) could make a rank that never comes: trap after
+          // ~10 s rather than hang.
+          const long long t0 = clock64();
+          while (LoadAcquireGpu(sem) != rank) {
+            if (clock64() - t0 > (20LL << 30)) __trap();
+          }
+          tma::MbarWait(dq_full(s), (it / DQB) & 1);  // the consumers' partial is in
+          FenceProxyAsyncGlobal();  // the acquire before the async-proxy reduction
+          if (rank == 0) {  // the first adder stores: dq_accum needs no zeroing
+            BulkStore(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
+          } else {
+            BulkReduceAddF32(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
+          }
+          tma::StoreCommit();
+          BulkWaitAll();
+          FenceProxyAsyncGlobal();  // the reduction's writes before the release
+          AddReleaseGpu(sem, 1);
+          tma::MbarArrive(dq_empty(s));
+        }
+        __syncwarp();
+      }
+    }
+  } else {
+    // ------------------------------------------------------------- consumers
+    tma::RegAlloc<kConsumerRegs>();
+    const int cw = wgi - 1, ct = tid - 128 * wgi;  // consumer, thread in its warpgroup
+    const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
+    const int key0 = k0 + cw * 64 + w4 * 16 + g, key1 = key0 + 8;  // this thread's key rows
+    const float sl2 = a.scale_log2;
+    const bool cut = k0 + kBS > kvlen;
+
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+    const uint64_t dK = wg::Desc(base + cw * kT, 16, 1024);
+    const uint64_t dV = wg::Desc(base + (2 + cw) * kT, 16, 1024);
+
+    QueryCursor<kBQ> cur = qc;
+    if (!cur.Done()) {
+      tma::MbarWait(bar_kv, 0);
+      if (cut) {  // K rows past kv_lengths -> 0 (the dS K product reads every row)
+        const int first = kvlen - k0;  // first row to clear, 0 < first < 128
+        for (int i = ct; i < 64 * (D / 8); i += 128) {  // 16-byte chunks of this half
+          const int r = cw * 64 + i / (D / 8), c = i % (D / 8);
+          if (r >= first) {
+            unsigned char* p =
+                smem + (r / 64) * kT + (c / 8) * kSlab + (r % 64) * kLine + (c % 8) * 16;
+            *reinterpret_cast<uint4*>(p) = make_uint4(0u, 0u, 0u, 0u);
+          }
+        }
+        tma::FenceProxyAsync();
+        tma::NamedBarrier(kBarZeroK, kConsumers);
+      }
+    }
+    for (int it = 0; !cur.Done(); ++it, cur.Next()) {
+      const int st = it % STAGES;
+      const uint32_t ph = (it / STAGES) & 1;
+      const int s0 = cur.Start(cur.t);
+      const bool masked = cur.Partial() || cut;
+      const bool causal_part = a.causal && cur.Partial();
+      const uint32_t sq = base + S::kQ + st * 2 * kT, sdo = sq + kT;
+      tma::MbarWait(full(st), ph);
+      float s[32], dp[32];
+      {
+        const uint64_t dq_ = wg::Desc(sq, 16, 1024), do_ = wg::Desc(sdo, 16, 1024);
+        FenceAcc(s);
+        FenceAcc(dp);
+        wg::Fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+          wg::MmaSS<T, 64>(s, dK + KSlice(kk), dq_ + KSlice(kk), kk > 0);
+        wg::Commit();  // S^T, then dP^T: P^T is computed while dP^T runs
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+          wg::MmaSS<T, 64>(dp, dV + KSlice(kk), do_ + KSlice(kk), kk > 0);
+        wg::Commit();
+        wg::Wait<1>();
+        FenceAcc(s);
+      }
+      // P^T (into s), then dS^T (into dp): columns are queries s0 + 8j + 2t (+1)
+      const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
+      auto keep = [&](int j, int e) {
+        const int qi = s0 + 8 * j + 2 * t + (e & 1), kj = (e >> 1) ? key1 : key0;
+        return !(kj >= kvlen || (causal_part && kj > qi + off));
+      };
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
+        const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
+          if (masked && !keep(j, e)) p = 0.f;
+          s[4 * j + e] = p;
+        }
+      }
+      uint32_t pa[4][4], da[4][4];
+      PackA<T>(pa, s);
+      const uint64_t don = wg::Desc(sdo, kSlab, 1024), dqn = wg::Desc(sq, kSlab, 1024);
+      FenceAcc(dv);
+      wg::Fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+      wg::Commit();  // dV += P^T dO runs while dS^T is computed
+      wg::Wait<1>();  // dP^T done
+      FenceAcc(dp);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 dl = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
+        const float dlt[2] = {dl.x, dl.y};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float ds = s[4 * j + e] * (dp[4 * j + e] - dlt[e & 1]);
+          if (masked && !keep(j, e)) ds = 0.f;
+          dp[4 * j + e] = ds;
+        }
+      }
+      PackA<T>(da, dp);
+      FenceAcc(dk);
+      wg::Fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dk, da[kk], dqn + NSlice(kk));
+      wg::Commit();  // dK += dS^T Q runs while dS^T goes to shared memory
+      // dS^T -> buffer it % 2: line = key row (64 cw + r), 64 queries per line, swizzled.
+      // da[kk][i]: row 16 w4 + g + 8 (i & 1), columns 16 kk + 8 (i >> 1) + 2t (+1).
+      const uint32_t sds = base + S::kDs + (it & 1) * (S::kDsBytes / 2);
+      {
+        unsigned char* p = smem + S::kDs + (it & 1) * (S::kDsBytes / 2);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int line = cw * 64 + w4 * 16 + g + 8 * (i & 1);
+            const int chunk = 2 * kk + (i >> 1);
+            *reinterpret_cast<uint32_t*>(p + line * kLine + ((chunk ^ (line & 7)) << 4) + 4 * t) =
+                da[kk][i];
+          }
+      }
+      tma::FenceProxyAsync();
+      tma::NamedBarrier(kBarStep, kConsumers);  // both halves of dS^T written
+      // dQ partial = dS K_n over the 128 keys: A = dS^T (M-major: 64 queries per line), B =
+      // K (N-major), k16 slice kk = keys 16 kk .. 16 kk + 15 (K tile kk / 4).
+      const bool writes = kNW == 2 || cw == (it & 1);
+      const int wcol = kNW == 2 ? cw : 0;  // 64-column slab of dQ this consumer computes
+      float dq[32];
+      wg::Wait<1>();  // dV += P^T dO done: P^T's fragments are free before dq is live
+      if (writes) {
+#pragma unroll
+        for (int i = 0; i < 32; ++i) dq[i] = 0.f;
+        FenceAcc(dq);
+        wg::Fence();
+        const uint64_t dsa = wg::Desc(sds, kSlab, 1024);
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk) {
+          const uint64_t kb = wg::Desc(base + (kk / 4) * kT + wcol * kSlab, kSlab, 1024);
+          wg::Mma<T, 64, 1, 1>(dq, dsa + NSlice(kk), kb + NSlice(kk % 4));
+        }
+        wg::Commit();
+      }
+      wg::Wait<0>();
+      FenceAcc(dv);
+      FenceAcc(dk);
+      tma::MbarArrive(empty(st));  // Q, dO, lse, delta of this stage are consumed
+      if (writes) {
+        FenceAcc(dq);
+        const int sb = it % DQB;
+        tma::MbarWait(dq_empty(sb), ((it / DQB) & 1) ^ 1);
+        // float4 i4 of this thread (accumulators 4 i4 .. 4 i4 + 3) at
+        // ((i4 kNW + wcol) 128 + ct) float4s: the order DqConvertKernel undoes
+        float4* buf = reinterpret_cast<float4*>(smem + S::kDq + sb * S::kDqBytes);
+#pragma unroll
+        for (int i4 = 0; i4 < 8; ++i4)
+          buf[(i4 * kNW + wcol) * 128 + ct] =
+              make_float4(dq[4 * i4], dq[4 * i4 + 1], dq[4 * i4 + 2], dq[4 * i4 + 3]);
+        tma::FenceProxyAsync();  // generic writes before the bulk reduction reads them
+        tma::MbarArrive(dq_full(sb));
+      }
+    }
+    const int64_t kstride = int64_t(a.hkv) * D;
+    const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
+    T* gk = static_cast<T*>(a.dk) + ko;
+    T* gv = static_cast<T*>(a.dv) + ko;
+    StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t);
+    StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t);
+  }
+#else
+  __trap();  // built without sm_90a code: DeviceOk never lets this run
+#endif
+}
+
+// dQ = scale * dq_accum in q's dtype: one thread per float4 of dq_accum. A 64-row tile
+// (b, h, qt) holds 16 D float4s; float4 f of the tile is accumulators 4 i4 .. 4 i4 + 3 of
+// thread ct of the consumer computing column slab w, f = (i4 kNW + w) 128 + ct: rows
+// 16 w4 + g (+ 8), columns 64 w + 8 i4 + 2t (+ 1) (the wgmma accumulator layout).
+template <typename T, int D>
+__global__ void DqConvertKernel(const Args a) {
+  constexpr int kNW = D / 64;
+  const int64_t total = int64_t(a.batch) * a.hq * a.tq * (D / 4);
+  const int qtiles = a.tq / kBQ;
+  const float4* src = reinterpret_cast<const float4*>(a.dq_accum);
+  for (int64_t f = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; f < total;
+       f += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t tile = f / (16 * D);
+    const int r = int(f % (16 * D));
+    const int ct = r % 128, w = (r / 128) % kNW, i4 = r / (128 * kNW);
+    const int lane = ct & 31, w4 = ct >> 5, g = lane >> 2, t = lane & 3;
+    const int qt = int(tile % qtiles);
+    const int64_t bhq = tile / qtiles;
+    const int h = int(bhq % a.hq), b = int(bhq / a.hq);
+    const int row = qt * kBQ + 16 * w4 + g, col = 64 * w + 8 * i4 + 2 * t;
+    // a tile no key block added into (semaphore still 0) was never written: dQ = 0 there
+    const float4 x = __ldg(a.dq_sem + tile) != 0 ? src[f] : make_float4(0.f, 0.f, 0.f, 0.f);
+    const int64_t qstride = int64_t(a.hq) * D;
+    T* out = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + row) * qstride + int64_t(h) * D + col;
+    *reinterpret_cast<uint32_t*>(out) = Ops<T>::Pack(x.x * a.scale, x.y * a.scale);
+    *reinterpret_cast<uint32_t*>(out + 8 * qstride) = Ops<T>::Pack(x.z * a.scale, x.w * a.scale);
+  }
+}
+
+// Per device: 0 unknown, 1 usable, 2 not (as the forward's DeviceOk).
+template <typename T, int D>
+bool DeviceOk() {
+#ifndef JBS_WGMMA_BUILT  // CMake: the architectures include 90a
+  return false;
+#else
+  static std::atomic<uint8_t> state[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  std::atomic<uint8_t>& st = state[dev & 63];
+  uint8_t v = st.load(std::memory_order_acquire);
+  if (v == 0) {
+    int major = 0, minor = 0;
+    cudaFuncAttributes attr{};
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+        major == 9 && minor == 0 &&
+        cudaFuncGetAttributes(&attr, OnePassKernel<T, D, kStages<D>, kDqBuffers<D>>) ==
+            cudaSuccess &&
+        attr.binaryVersion == 90 && tma::GetEncodeTiled() != nullptr;
+    if (!ok) (void)cudaGetLastError();
+    v = ok ? 1 : 2;
+    st.store(v, std::memory_order_release);
+  }
+  return v == 1;
+#endif
+}
+
+}  // namespace sm90onepass
+
+template <typename T, int D>
+cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
+  using namespace sm90onepass;
+  if (a.bs != kBS || a.mb != 1 || a.tq % kBS != 0 || a.tk % kBS != 0)
+    return cudaErrorNotSupported;
+  if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
+  if (a.tq == 0 || a.tk == 0) return RunBackward<T, D>(a, stream);  // no tensor map
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if (a.dq_accum == nullptr || a.dq_sem == nullptr) return cudaErrorInvalidValue;
+  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.lse) ||
+      !aligned(a.delta) || !aligned(a.dq_accum))
+    return cudaErrorInvalidValue;
+  if (a.batch * a.hkv > 65535) return cudaErrorInvalidValue;
+
+  const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
+  // dq_accum needs no zeroing: each tile's first adder stores (DqConvertKernel reads only
+  // the tiles whose semaphore moved)
+  cudaError_t err = cudaMemsetAsync(
+      a.dq_sem, 0, size_t(OnePassSemaphoreElements(a.batch, a.hq, a.tq)) * sizeof(int32_t), stream);
+  if (err != cudaSuccess) return err;
+  DeltaKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  const uint64_t e = sizeof(T);
+  CUtensorMap tq{}, tdo{}, tk{}, tv{};
+  const uint64_t qdims[3] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.batch) * a.tq};
+  const uint64_t qstr[2] = {D * e, uint64_t(a.hq) * D * e};
+  const uint64_t kdims[3] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.batch) * a.tk};
+  const uint64_t kstr[2] = {D * e, uint64_t(a.hkv) * D * e};
+  const uint32_t box[3] = {64, 1, 64};
+  err = tma::EncodeTiled3d(&tq, kBf16, a.q, qdims, qstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tdo, kBf16, a.d_o, qdims, qstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tk, kBf16, a.k, kdims, kstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled3d(&tv, kBf16, a.v, kdims, kstr, box);
+  if (err != cudaSuccess) return err;
+
+  {
+    constexpr int smem = Smem<D, kStages<D>, kDqBuffers<D>>::kBytes;
+    static std::atomic<uint64_t> configured{0};
+    auto kern = OnePassKernel<T, D, kStages<D>, kDqBuffers<D>>;
+    err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
+    if (err != cudaSuccess) return err;
+    // x = Rk - 1 - key block (fastest): see the deadlock argument in the header comment
+    const dim3 grid(unsigned(a.by_key.lines), unsigned(a.batch * a.hkv));
+    kern<<<grid, kThreads, smem, stream>>>(a, tq, tdo, tk, tv);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  if (rows > 0) {
+    const int64_t f4 = rows * (D / 4);
+    const unsigned blocks = Clamp((f4 + 255) / 256, 65535LL * 16);
+    DqConvertKernel<T, D><<<blocks, 256, 0, stream>>>(a);
+    err = cudaGetLastError();
+  }
+  return err;
+}
+
+JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(template, __nv_bfloat16)
+JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(template, __half)
+
+}  // namespace attn
+}  // namespace jax_blocksparse

@@ -1,0 +1,142 @@
+// The mask sources of the Hopper attention kernels (fwd_sm90.cu, bwd_sm90.cu), defined once:
+// where a (batch, mask head)'s block lists start, the causal position of query row 0, the
+// clamped kv length, the segment ids padded to whole tiles, the one element predicate of
+// the partial entries (and next to it the fine masks' block bits: the forward at block
+// 128), and the cursor over a query block's key tiles. Semantics: attention.h (DESIGN.md
+// §7, "one predicate, many sources").
+#pragma once
+
+#include <cstdint>
+
+#include "../attention_kernels.cuh"
+
+namespace jax_blocksparse {
+namespace attn {
+
+// Index of (batch entry b, mask head hm) among the [mb, hm] groups of lines: lists per
+// batch entry (a.mb == B: segment ids, a BlockMask with Bm = B) or shared (a.mb == 1).
+__device__ __forceinline__ int MaskHead(const Args& a, int b, int hm) {
+  return (a.mb == 1 ? 0 : b) * a.hm + hm;
+}
+// Its first line in one direction of the lists.
+__device__ __forceinline__ int64_t FirstLine(const Args& a, const Lists& L, int b, int hm) {
+  return int64_t(MaskHead(a, b, hm)) * L.lines;
+}
+
+// Causal position of query row 0 of batch entry b: q_offset's q_positions when given,
+// else Tk - Tq (bottom-right aligned).
+__device__ __forceinline__ int QueryOffset(const Args& a, int b) {
+  return a.q_pos != nullptr ? __ldg(a.q_pos + (a.qp_batch == 1 ? 0 : b)) : a.tk - a.tq;
+}
+
+// kv_lengths[b] clamped into [0, Tk].
+__device__ __forceinline__ int KvLength(const Args& a, int b) {
+  const int n = __ldg(a.kv_lengths + b);
+  return n < 0 ? 0 : (n > a.tk ? a.tk : n);
+}
+
+// Row b of segment ids padded to whole tiles of `bs` ([B, ceil(t / bs) * bs], the Python
+// lowering): loads of a partial last tile need no bounds checks.
+__device__ __forceinline__ const int32_t* PaddedIds(const int32_t* ids, int b, int t, int bs) {
+  return ids + int64_t(b) * ((t + bs - 1) / bs * bs);
+}
+
+// The element predicate of a partial entry: query i (at causal position i + off, document
+// qid) may attend key j (document kid). Without segment ids both ids are 0. Bitwise, not
+// short-circuit: predicates, no branches, in the unrolled element loops.
+__device__ __forceinline__ bool Allowed(int i, int j, int kvlen, bool causal, int off, int qid,
+                                        int kid) {
+  return (j < kvlen) & !(causal & (j > i + off)) & (qid == kid);
+}
+
+// Fine masks: a mask of block size 2^lg (16, 32) on 128 x 128 list entries (the forward
+// at block 128, Args::mask_bits). Each partial entry has a 64-bit word w of f = 128 >> lg
+// rows of f bits (bit r * f + c: mask block (r, c) of the entry is visited); every other
+// entry visits all its blocks. The columns are those of the 128-key entry, also where the
+// kernel walks it in 64-key sub-tiles (D = 256): key j of the entry is in column
+// (j % 128) >> lg.
+//
+// The block columns (bit c: keys [c << lg, (c + 1) << lg) of the entry) that no row of w
+// visits (w = ~0: none).
+__device__ __forceinline__ uint32_t EmptyColumns(uint64_t w, int lg) {
+  const int f = 128 >> lg;
+  for (int sh = 32; sh >= f; sh >>= 1) w |= w >> sh;  // the rows OR-ed into bits [0, f)
+  return ~uint32_t(w) & ((1u << f) - 1u);
+}
+
+// Bits [0, 128 >> lg) of x (one row of w, shifted down), each repeated (1 << lg) / 8
+// times: bit j of the result is bit (8 j) >> lg of x, whether the row visits the entry's
+// keys [8 j, 8 j + 8) (lg 4: 8 bits -> 16, each twice; lg 5: 4 bits -> 16, each 4 times).
+__device__ __forceinline__ uint32_t SpreadBits(uint32_t x, int lg) {
+  if (lg == 4) {
+    x &= 0xffu;
+    x = (x | x << 4) & 0x0f0fu;
+    x = (x | x << 2) & 0x3333u;
+    x = (x | x << 1) & 0x5555u;
+    return x | x << 1;
+  }
+  x &= 0xfu;
+  x = (x | x << 6) & 0x0303u;
+  x = (x | x << 3) & 0x1111u;
+  return x * 0xfu;
+}
+
+// The fine masks' term of the element predicate, applied next to Allowed on a partial
+// entry (kept out of Allowed's expression: folded in, the Hopper forward spilled at 168
+// registers): the scores of the 8-key groups j whose bit of `groups` (SpreadBits of the
+// row's word bits, shifted to the tile's first group) is clear become -inf. s: one
+// thread's scores of an m64nN wgmma accumulator, 4 per 8-key group (rows r, r + 8 x keys
+// 2t, 2t + 1 of the group), kGroups = N / 8.
+template <int kGroups>
+__device__ __forceinline__ void Unvisited(float* s, uint32_t groups) {
+#pragma unroll
+  for (int j = 0; j < kGroups; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (!((groups >> j) & 1u)) s[4 * j + e] = -INFINITY;
+}
+
+// The key tiles of one query block's list entries that survive kv_lengths and causality,
+// in order: kSub = BS / kBN tiles of kBN keys per entry of BS keys (the forward at D = 256
+// walks 64-key tiles of 128-key entries; otherwise one tile per entry). Tile e is tile
+// e % kSub of entry e / kSub.
+template <int BS, int kBN = BS>
+struct KeyTiles {
+  static constexpr int kSub = BS / kBN;
+  const int32_t* list;
+  // n, npart: in tiles (e < npart: a partial entry's tile, element masks); qlast_off: the
+  // causal position of the block's last query
+  int n, npart, kvlen, qlast_off;
+  bool causal;
+  int e;  // current tile, n when done
+  __device__ __forceinline__ int Start() const {
+    return __ldg(list + e / kSub) * BS + (e % kSub) * kBN;
+  }
+  __device__ __forceinline__ bool Valid() const {
+    const int s = Start();
+    return s < kvlen && (!causal || s <= qlast_off);
+  }
+  __device__ __forceinline__ void Skip() {
+    while (e < n && !Valid()) ++e;
+  }
+  __device__ __forceinline__ void Next() {
+    ++e;
+    Skip();
+  }
+  __device__ __forceinline__ bool Done() const { return e >= n; }
+  // the cursor at the first surviving tile of line `line` (query block q0 .. q0 + kBM - 1)
+  __device__ __forceinline__ void Begin(const Lists& L, int64_t line, int kvlen_, int qlast,
+                                        bool causal_) {
+    list = L.lists + line * L.max_len;
+    n = __ldg(L.counts + line) * kSub;
+    npart = __ldg(L.partial + line) * kSub;
+    kvlen = kvlen_;
+    qlast_off = qlast;
+    causal = causal_;
+    e = 0;
+    Skip();
+  }
+};
+
+}  // namespace attn
+}  // namespace jax_blocksparse
