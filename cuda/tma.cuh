@@ -216,5 +216,17 @@ inline cudaError_t EncodeTiled3d(CUtensorMap* map, bool bf16, const void* base,
   return EncodeTiled<3>(map, bf16, base, dims, strides, box);
 }
 
+// 1-d bulk copy global -> shared (16-byte multiple, 16-byte aligned), completing on `bar`.
+__device__ __forceinline__ void LoadBulk(uint32_t dst, const void* src, uint32_t bytes,
+                                         uint32_t bar) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+#endif
+}
+
 }  // namespace tma
 }  // namespace jax_blocksparse
