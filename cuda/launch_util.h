@@ -38,4 +38,30 @@ inline cudaError_t PreferSharedMemory(std::atomic<uint64_t>& configured, const v
   return err;
 }
 
+// Whether `kernel` runs on the current device as Hopper code: an sm_90 device and the
+// kernel's code for it built for sm_90 (the build's "90a"; a plain sm_80 build runs sm_80
+// code there), and, where `needs_tma`, the driver's tensor-map encoder (`encoder_found`).
+// Asked once per device, then read from `state` (the caller's static, one per kernel:
+// 0 unknown, 1 usable, 2 not).
+inline bool UsableAsSm90(std::atomic<uint8_t> (&state)[64], const void* kernel,
+                         bool encoder_found = true) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  std::atomic<uint8_t>& st = state[dev & 63];
+  uint8_t v = st.load(std::memory_order_acquire);
+  if (v == 0) {
+    int major = 0, minor = 0;
+    cudaFuncAttributes attr{};
+    const bool ok =
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+        major == 9 && minor == 0 && cudaFuncGetAttributes(&attr, kernel) == cudaSuccess &&
+        attr.binaryVersion == 90 && encoder_found;
+    if (!ok) (void)cudaGetLastError();  // clear a sticky-free error from the queries
+    v = ok ? 1 : 2;
+    st.store(v, std::memory_order_release);
+  }
+  return v == 1;
+}
+
 }  // namespace jax_blocksparse

@@ -326,24 +326,8 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
 template <typename T>
 bool DeviceOk() {
   static std::atomic<uint8_t> state[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  std::atomic<uint8_t>& st = state[dev & 63];
-  uint8_t v = st.load(std::memory_order_acquire);
-  if (v == 0) {
-    int major = 0, minor = 0;
-    cudaFuncAttributes attr{};
-    const bool ok =
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-        major == 9 && minor == 0 &&
-        cudaFuncGetAttributes(&attr, WgKernel<T, Wg64, false, false>) == cudaSuccess &&
-        attr.binaryVersion == 90;
-    if (!ok) (void)cudaGetLastError();  // clear a sticky-free error from the queries
-    v = ok ? 1 : 2;
-    st.store(v, std::memory_order_release);
-  }
-  return v == 1;
+  const void* kernel = reinterpret_cast<const void*>(WgKernel<T, Wg64, false, false>);
+  return UsableAsSm90(state, kernel);
 }
 
 // Whether the wgmma kernels can run `args` on the current device: block size 64 or 128,

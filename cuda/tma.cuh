@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>  // printf (JBS_MBAR_TIMEOUT_PRINT debug builds)
 
 namespace jax_blocksparse {
 namespace tma {
@@ -52,9 +53,32 @@ __device__ __forceinline__ void MbarArrive(uint32_t bar) {
 }
 // Wait until the phase of parity `parity` has completed (a fresh barrier: parity 1 passes
 // at once, parity 0 waits for the first phase).
+// Debug builds (-DJBS_MBAR_TIMEOUT=<seconds>, e.g. CMAKE_ARGS="-DCMAKE_CUDA_FLAGS=
+// -DJBS_MBAR_TIMEOUT=5"): a wait that lasts longer traps (the launch fails: a hung
+// pipeline becomes an error); with -DJBS_MBAR_TIMEOUT_PRINT too it first prints the block,
+// thread, barrier (shared address) and parity. The clock is read once per 4096 failed
+// tries. Off by default (the default build's code is unchanged).
+#ifdef JBS_MBAR_TIMEOUT
+// out of line (inlined, the trap path made ptxas spill and serialize the wgmmas: C7512)
+static __device__ __noinline__ void MbarTimeout(uint32_t bar, uint32_t parity) {
+#ifdef JBS_MBAR_TIMEOUT_PRINT
+  printf("[jbs] mbarrier wait timeout: block (%d, %d) thread %d bar 0x%x parity %u\n",
+         int(blockIdx.x), int(blockIdx.y), int(threadIdx.x), bar & 0xFFFFFFu, parity);
+#endif
+  __trap();
+}
+__device__ __forceinline__ uint32_t GlobalTimerSeconds() {  // ~seconds (2^30 ns)
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return uint32_t(t >> 30);
+}
+#endif
 __device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
 #ifdef JBS_SM90_DEVICE
   uint32_t done = 0;
+#ifdef JBS_MBAR_TIMEOUT
+  uint32_t tries = 0, t0 = 0;
+#endif
   do {
     asm volatile(
         "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
@@ -62,6 +86,13 @@ __device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
         : "=r"(done)
         : "r"(bar), "r"(parity)
         : "memory");
+#ifdef JBS_MBAR_TIMEOUT
+    if (!done && (++tries & 4095u) == 0) {
+      const uint32_t now = GlobalTimerSeconds();
+      if (tries == 4096u) t0 = now;
+      else if (now - t0 > uint32_t(JBS_MBAR_TIMEOUT)) MbarTimeout(bar, parity);
+    }
+#endif
   } while (!done);
 #endif
 }
@@ -214,6 +245,18 @@ inline cudaError_t EncodeTiled3d(CUtensorMap* map, bool bf16, const void* base,
                                  const uint64_t (&dims)[3], const uint64_t (&strides)[2],
                                  const uint32_t (&box)[3]) {
   return EncodeTiled<3>(map, bf16, base, dims, strides, box);
+}
+
+// 1-d bulk copy global -> shared (16-byte multiple, 16-byte aligned), completing on `bar`.
+__device__ __forceinline__ void LoadBulk(uint32_t dst, const void* src, uint32_t bytes,
+                                         uint32_t bar) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+#endif
 }
 
 }  // namespace tma

@@ -77,6 +77,7 @@
 #include "../launch_util.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
+#include "slabs.cuh"
 #include "common.cuh"
 
 namespace jax_blocksparse {
@@ -88,11 +89,11 @@ JBS_ATTENTION_LAUNCHERS(extern template, __half)
 
 namespace sm90bwd {
 
+using namespace slabs;  // kLine, kSlab, KSlice, NSlice, StoreAcc, PackA, FenceAcc
+
 constexpr int kBS = 128;       // block size: query rows of a dQ CTA, keys of a dK/dV CTA
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumers = 256;
-constexpr int kLine = 128;             // bytes per swizzled smem line (64 elements)
-constexpr int kSlab = 64 * kLine;      // 64 rows x 64 columns
 [[maybe_unused]] constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 [[maybe_unused]] constexpr int kBarZeroK = 1;  // named barrier: both consumers, K tail zeroing
 
@@ -100,25 +101,6 @@ template <int D> struct T64 {  // a 64-row tile: D / 64 slabs
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static constexpr int kBytes = 64 * D * 2;
 };
-
-// Descriptor offsets (16-byte units) of k16 slice kk: K-major operand (slices along the
-// line, then the next slab) and N-major operand (16 lines further).
-__device__ __forceinline__ uint64_t KSlice(int kk) {
-  return uint64_t(((kk / 4) * kSlab + (kk % 4) * 32) >> 4);
-}
-__device__ __forceinline__ uint64_t NSlice(int kk) { return uint64_t((kk * 16 * kLine) >> 4); }
-
-// 1-d bulk copy global -> shared (16-byte multiple, 16-byte aligned), completing on `bar`.
-__device__ __forceinline__ void LoadBulk(uint32_t dst, const void* src, uint32_t bytes,
-                                         uint32_t bar) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
-          "r"(dst),
-      "l"(src), "r"(bytes), "r"(bar)
-      : "memory");
-#endif
-}
 
 // One 64-row tile (rows row .. row + 63 of head `head`, batch entry b; 4-d maps
 // [B, T, H, D]: rows past T are zero filled) by TMA into `dst`.
@@ -135,23 +117,6 @@ __device__ __forceinline__ void LoadTile64(uint32_t dst, const CUtensorMap* map,
 // its rows are never stored and reach no other row's result (S, dP, dS are row-local,
 // its keys are past kv_lengths: masked by selection, K zeroed in the dQ kernel).
 __device__ __forceinline__ int Halves(int row, int end) { return row + 64 < end ? 2 : 1; }
-
-// Store a warpgroup's 64 x D float accumulators (times mul) as T rows: this thread's rows
-// row0 (acc[4j], acc[4j + 1]; at g0, when ok0) and row0 + 8 (acc[4j + 2, 3]; at g1, when
-// ok1: rows past the end of a partial last tile are not stored), columns 8j + 2t.
-template <typename T, int D>
-__device__ __forceinline__ void StoreAcc(const float (&acc)[D / 2], float mul, T* g0, T* g1, int t,
-                                         bool ok0, bool ok1) {
-#pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    if (ok0)
-      *reinterpret_cast<uint32_t*>(g0 + 8 * j + 2 * t) =
-          Ops<T>::Pack(acc[4 * j] * mul, acc[4 * j + 1] * mul);
-    if (ok1)
-      *reinterpret_cast<uint32_t*>(g1 + 8 * j + 2 * t) =
-          Ops<T>::Pack(acc[4 * j + 2] * mul, acc[4 * j + 3] * mul);
-  }
-}
 
 // Tq rounded up to whole blocks: the rows of the statistics workspace (StatsKernel).
 __host__ __device__ __forceinline__ int PaddedRows(int tq) { return (tq + kBS - 1) / kBS * kBS; }
@@ -188,21 +153,6 @@ __global__ void StatsKernel(const Args a) {
     st[i] = lse2;
     st[tqp + i] = delta;
   }
-}
-
-// A warpgroup's 64 x 64 float tile as four k16 A fragments (16-bit pairs).
-template <typename T>
-__device__ __forceinline__ void PackA(uint32_t (&f)[4][4], const float (&x)[32]) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) f[kk][i] = Ops<T>::Pack(x[8 * kk + 2 * i], x[8 * kk + 2 * i + 1]);
-}
-
-template <int N>
-__device__ __forceinline__ void FenceAcc(float (&x)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) wg::FenceOperand(x[i]);
 }
 
 // ============================================================== dQ
@@ -556,8 +506,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
         LoadTile64<D>(sq, &tm_q, h, s0, b, full(st));
         LoadTile64<D>(sq + kT, &tm_do, h, s0, b, full(st));
-        LoadBulk(base + S::kLD + 512 * st, stats, 256, full(st));
-        LoadBulk(base + S::kLD + 512 * st + 256, stats + PaddedRows(a.tq), 256, full(st));
+        tma::LoadBulk(base + S::kLD + 512 * st, stats, 256, full(st));
+        tma::LoadBulk(base + S::kLD + 512 * st + 256, stats + PaddedRows(a.tq), 256, full(st));
       }
     }
   } else {
@@ -684,24 +634,9 @@ bool DeviceOk() {
   return false;
 #else
   static std::atomic<uint8_t> state[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  std::atomic<uint8_t>& st = state[dev & 63];
-  uint8_t v = st.load(std::memory_order_acquire);
-  if (v == 0) {
-    int major = 0, minor = 0;
-    cudaFuncAttributes attr{};
-    const bool ok =
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-        major == 9 && minor == 0 &&
-        cudaFuncGetAttributes(&attr, DkvKernel<T, D, kDkvStages<D>, PIPE>) == cudaSuccess &&
-        attr.binaryVersion == 90 && tma::GetEncodeTiled() != nullptr;
-    if (!ok) (void)cudaGetLastError();
-    v = ok ? 1 : 2;
-    st.store(v, std::memory_order_release);
-  }
-  return v == 1;
+  const void* kernel = reinterpret_cast<const void*>(DkvKernel<T, D, kDkvStages<D>, PIPE>);
+  return UsableAsSm90(state, kernel,
+                      tma::GetEncodeTiled() != nullptr);
 #endif
 }
 

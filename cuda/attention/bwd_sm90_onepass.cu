@@ -90,8 +90,8 @@
 // DQB dQ buffers (64 x D float32), STAGES x (lse, delta) rows, mbarriers. D = 128: 2
 // stages, 2 dQ buffers: 226 KB; D = 64: 3 stages, 2 dQ buffers: 147 KB. One CTA per SM.
 //
-// Helpers copied from bwd_sm90.cu (private there; to move to a shared header at the merge):
-// KSlice, NSlice, LoadBulk, LoadTile64, StoreAcc, PackA, FenceAcc.
+// Shared with bwd_sm90.cu: slabs.cuh (tile layout, descriptor offsets, accumulator
+// helpers), tma::LoadBulk.
 #include "bwd_sm90_onepass.h"
 
 #include <cuda_bf16.h>
@@ -104,6 +104,7 @@
 #include "../launch_util.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
+#include "slabs.cuh"
 
 namespace jax_blocksparse {
 namespace attn {
@@ -114,71 +115,23 @@ JBS_ATTENTION_LAUNCHERS(extern template, __half)
 
 namespace sm90onepass {
 
+using namespace slabs;  // kLine, kSlab, KSlice, NSlice, StoreAcc, PackA, FenceAcc
+
 constexpr int kBS = 128;       // keys of a CTA, queries of a block
 constexpr int kBQ = 64;        // queries per step
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumers = 256;
-constexpr int kLine = 128;         // bytes per swizzled smem line (64 elements)
-constexpr int kSlab = 64 * kLine;  // 64 rows x 64 columns
 [[maybe_unused]] constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 [[maybe_unused]] constexpr int kBarStep = 1;   // named barrier: both consumers, dS written
 [[maybe_unused]] constexpr int kBarZeroK = 2;  // named barrier: both consumers, K tail zeroed
 
-// ------------------------------------------------------------ copied from bwd_sm90.cu
-// Descriptor offsets (16-byte units) of k16 slice kk: K-major operand (slices along the
-// line, then the next slab) and N-major operand (16 lines further).
-__device__ __forceinline__ uint64_t KSlice(int kk) {
-  return uint64_t(((kk / 4) * kSlab + (kk % 4) * 32) >> 4);
-}
-__device__ __forceinline__ uint64_t NSlice(int kk) { return uint64_t((kk * 16 * kLine) >> 4); }
-
-// 1-d bulk copy global -> shared (16-byte multiple, 16-byte aligned), completing on `bar`.
-__device__ __forceinline__ void LoadBulk(uint32_t dst, const void* src, uint32_t bytes,
-                                         uint32_t bar) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
-          "r"(dst),
-      "l"(src), "r"(bytes), "r"(bar)
-      : "memory");
-#endif
-}
-
-// One 64-row tile (rows row .. row + 63 of head `head`) by TMA into `dst`.
+// One 64-row tile (rows row .. row + 63 of head `head`; 3-d maps over [B * T, H, D]: whole
+// tiles only) by TMA into `dst`.
 template <int D>
 __device__ __forceinline__ void LoadTile64(uint32_t dst, const CUtensorMap* map, int head, int row,
                                            uint32_t bar) {
 #pragma unroll
   for (int sl = 0; sl < D / 64; ++sl) tma::Load3d(dst + sl * kSlab, map, sl * 64, head, row, bar);
-}
-
-// Store a warpgroup's 64 x D float accumulators (times mul) as T rows: this thread's rows
-// row0 (acc[4j], acc[4j + 1]) and row0 + 8 (acc[4j + 2, 3]), columns 8j + 2t.
-template <typename T, int D>
-__device__ __forceinline__ void StoreAcc(const float (&acc)[D / 2], float mul, T* g0, T* g1,
-                                         int t) {
-#pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
-    *reinterpret_cast<uint32_t*>(g0 + 8 * j + 2 * t) =
-        Ops<T>::Pack(acc[4 * j] * mul, acc[4 * j + 1] * mul);
-    *reinterpret_cast<uint32_t*>(g1 + 8 * j + 2 * t) =
-        Ops<T>::Pack(acc[4 * j + 2] * mul, acc[4 * j + 3] * mul);
-  }
-}
-
-// A warpgroup's 64 x 64 float tile as four k16 A fragments (16-bit pairs).
-template <typename T>
-__device__ __forceinline__ void PackA(uint32_t (&f)[4][4], const float (&x)[32]) {
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) f[kk][i] = Ops<T>::Pack(x[8 * kk + 2 * i], x[8 * kk + 2 * i + 1]);
-}
-
-template <int N>
-__device__ __forceinline__ void FenceAcc(float (&x)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) wg::FenceOperand(x[i]);
 }
 
 // ------------------------------------------------------------ new PTX wrappers
@@ -363,8 +316,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
         LoadTile64<D>(sq, &tm_q, h, b * a.tq + s0, full(st));
         LoadTile64<D>(sq + kT, &tm_do, h, b * a.tq + s0, full(st));
-        LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
-        LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
+        tma::LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
+        tma::LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
       }
       meta[it % kMetaSlots] = make_int2(-1, -1);  // no more steps
       tma::MbarArrive(meta_full(it % kMetaSlots));
@@ -628,25 +581,9 @@ bool DeviceOk() {
   return false;
 #else
   static std::atomic<uint8_t> state[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  std::atomic<uint8_t>& st = state[dev & 63];
-  uint8_t v = st.load(std::memory_order_acquire);
-  if (v == 0) {
-    int major = 0, minor = 0;
-    cudaFuncAttributes attr{};
-    const bool ok =
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-        major == 9 && minor == 0 &&
-        cudaFuncGetAttributes(&attr, OnePassKernel<T, D, kStages<D>, kDqBuffers<D>>) ==
-            cudaSuccess &&
-        attr.binaryVersion == 90 && tma::GetEncodeTiled() != nullptr;
-    if (!ok) (void)cudaGetLastError();
-    v = ok ? 1 : 2;
-    st.store(v, std::memory_order_release);
-  }
-  return v == 1;
+  const void* kernel = reinterpret_cast<const void*>(OnePassKernel<T, D, kStages<D>, kDqBuffers<D>>);
+  return UsableAsSm90(state, kernel,
+                      tma::GetEncodeTiled() != nullptr);
 #endif
 }
 

@@ -608,24 +608,9 @@ bool DeviceOk() {
   return false;
 #else
   static std::atomic<uint8_t> state[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  std::atomic<uint8_t>& st = state[dev & 63];
-  uint8_t v = st.load(std::memory_order_acquire);
-  if (v == 0) {
-    int major = 0, minor = 0;
-    cudaFuncAttributes attr{};
-    const bool ok =
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-        major == 9 && minor == 0 &&
-        cudaFuncGetAttributes(&attr, FwdKernel<T, D, 128, kStages<D, 128>, true>) == cudaSuccess &&
-        attr.binaryVersion == 90 && tma::GetEncodeTiled() != nullptr;
-    if (!ok) (void)cudaGetLastError();
-    v = ok ? 1 : 2;
-    st.store(v, std::memory_order_release);
-  }
-  return v == 1;
+  const void* kernel = reinterpret_cast<const void*>(FwdKernel<T, D, 128, kStages<D, 128>, true>);
+  return UsableAsSm90(state, kernel,
+                      tma::GetEncodeTiled() != nullptr);
 #endif
 }
 
