@@ -96,6 +96,7 @@ def matmul_workload():
 HEAD_DIMS = (64, 128)  # of the fused attention kernels (forward and backward)
 FORWARD_HEAD_DIMS = (96, 256)  # of the FA3-design forward only
 BLOCK_SIZES = (64, 128)
+FINE_BLOCK_SIZES = (16, 32)  # the FA3-design forward on 128-key tiles with mask bits
 
 
 def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_head=False,
@@ -140,6 +141,11 @@ def attention_workload():
                                                   HEAD_DIMS + FORWARD_HEAD_DIMS, BLOCK_SIZES,
                                                   (False, True)):
         attention_cases(dtype, d, bs, causal)
+    for dtype, d, bs in itertools.product((jnp.bfloat16, jnp.float16), HEAD_DIMS + (256,),
+                                          FINE_BLOCK_SIZES):
+        attention_cases(dtype, d, bs, True, tq=250, tk=250, documents=True,
+                        kv_lengths=[200, 250])
+        attention_cases(dtype, d, bs, False, tq=200, tk=300, per_batch=True, per_head=True)
     for dtype, d, bs in itertools.product((jnp.bfloat16, jnp.float16), FORWARD_HEAD_DIMS,
                                           BLOCK_SIZES):
         attention_cases(dtype, d, bs, True, tq=250, tk=250, documents=True, per_head=True,
