@@ -88,11 +88,9 @@ def test_layouts_and_gradients(variant, bs):
               for trans in ((False, True), (True, False))]
     for case, kernels in launched(cases, runner="test_gpu_matmul_small_wgmma.run_layout_cases",
                                   **SWITCH).items():
-        kind = case[5]
-        if kind == "empty":  # nothing to launch
-            assert all("none" in k or is_small(k) for k in kernels), (case, kernels)
-        else:
-            expect(kernels, case, hopper())
+        if case[5] == "empty":  # no blocks: zeros, from the kernel or with nothing launched
+            kernels = [k for k in kernels if "none" not in k]
+        expect(kernels, case, hopper())
 
 
 def test_no_wgmma_overrides_the_switch():
