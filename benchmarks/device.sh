@@ -38,6 +38,7 @@ sanitize() {
   if [ -z "$cs" ]; then echo "sanitize: compute-sanitizer not found"; return 1; fi
   local runs=("- matmul attention decode" "JAX_BLOCKSPARSE_NO_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 matmul"
+              "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention")
   # SANITIZE_RUNS="- decode;JAX_BLOCKSPARSE_NO_WGMMA=1 matmul": other runs, ';' between
