@@ -3,6 +3,8 @@
 // (precision=HIGHEST) or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1. On an sm_90 device with
 // sm_90a code built, bf16/f16 at block sizes 64/128 with 16-byte aligned operand rows run
 // the wgmma kernel instead (matmul_wgmma_impl.cuh; switched off by JAX_BLOCKSPARSE_NO_WGMMA=1).
+// With JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 (opt-in until measured), dds/dsd at block sizes
+// 16/32 run the grouped-lines wgmma kernel there (matmul_wgmma_small_impl.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
