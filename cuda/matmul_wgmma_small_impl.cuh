@@ -24,8 +24,8 @@
 // Expected bound (random layout, density d = 0.1; bytes moved into the SMs per useful FLOP,
 // 16-bit operands): the union of G lines holds 1-(1-d)^G of the block rows, so
 // bytes/FLOP = (1-(1-d)^G)/(G*d*bs) + 1/BM: 0.0615 at bs 16 (G = 4), 0.0375 at bs 32 (G = 2),
-// against 1/bs + 1/128 = 0.0703 / 0.0391 for one line per CTA; the MMAs do 1/(that union
-// fraction / d) useful work (29% at bs 16, 53% at bs 32). Larger groups cut the traffic
+// against 1/bs + 1/128 = 0.0703 / 0.0391 for one line per CTA; the useful fraction of the
+// MMA work is d/(1-(1-d)^G) (29% at bs 16, 53% at bs 32). Larger groups cut the traffic
 // further but waste more MMA on the zero blocks: the next step is per-line accumulators
 // (one m64n{bs}k16 wgmma per present block, the x tile shared), 256 columns per CTA.
 #pragma once
