@@ -6,7 +6,14 @@ Run on a GPU machine after `pip install .`:
 
 dds, its dx (ddsT: trans_w), dsd and sdd at 8192^3 with density 0.1 in bf16 next to the
 dense matmul; --compare adds the same with the Hopper wgmma path off (mma.sync), and the
-simple kernels are timed unless --no-naive. The correctness sweep that lived here is in
+simple kernels are timed unless --no-naive.
+
+    python3 benchmarks/dev_kernels.py --small-wgmma [--sizes 16,32] [--ops dds,ddsT,dsd]
+
+times the ops at block sizes 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 (the default:
+mma.sync) and =1 (the opt-in Hopper kernel, cuda/matmul_wgmma_small_impl.cuh), a child
+process each (with JAX_BLOCKSPARSE_DEBUG=1: its distinct launch lines, which name the
+kernels, follow its table). The correctness sweep that lived here is in
 the test suite: tests/test_gpu_kernels.py (run with `pytest -m gpu`).
 """
 
@@ -72,6 +79,22 @@ def timing(sizes=(32, 64, 128), n=8192, ops=("dds", "ddsT", "dsd", "sdd"), reps=
                   f"{td / t:5.2f}x faster than dense)", flush=True)
 
 
+def compare_small_wgmma(sizes, ops):
+    """--small-wgmma: the timing under each value of the switch, in a child process each."""
+    for value in ("0", "1"):
+        print(f"\n-- JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA={value} --", flush=True)
+        env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", JAX_BLOCKSPARSE_DEBUG="1",
+                   JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=value)
+        child = subprocess.run([sys.executable, __file__, "--time-only", "--sizes", sizes,
+                                "--ops", ops], env=env, stderr=subprocess.PIPE, text=True,
+                               check=False)
+        seen = dict.fromkeys(line for line in child.stderr.splitlines()
+                             if line.startswith("[jax_blocksparse]"))
+        print("kernels:", *seen, sep="\n  ", flush=True)
+        if child.returncode:
+            print(child.stderr[-3000:], flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--naive", action="store_true",
@@ -83,6 +106,9 @@ def main():
     ap.add_argument("--compare", action="store_true",
                     help="also time the ops at bs 64/128 with the Hopper wgmma path off "
                          "(JAX_BLOCKSPARSE_NO_WGMMA=1: the mma.sync kernels)")
+    ap.add_argument("--small-wgmma", action="store_true",
+                    help="time --ops (default dds,ddsT,dsd) at --sizes (default 16,32) under "
+                         "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 and =1, a child process each")
     ap.add_argument("--no-naive", action="store_true", help="skip the simple-kernel timing")
     ap.add_argument("--profile", action="store_true",
                     help="one call of each op at 8192^3 (bs from --sizes), for ncu")
@@ -95,6 +121,10 @@ def main():
     if args.naive:
         timing(tuple(int(s) for s in args.sizes.split(",")), ops=tuple(args.ops.split(",")),
                reps=2, rounds=3)
+        return
+    if args.small_wgmma:
+        compare_small_wgmma(args.sizes if args.sizes != "32,64,128" else "16,32",
+                            args.ops if args.ops != "dds,ddsT,dsd,sdd" else "dds,ddsT,dsd")
         return
     if args.time_only:
         timing(tuple(int(s) for s in args.sizes.split(",")), ops=tuple(args.ops.split(",")))

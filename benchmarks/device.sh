@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build for sm_90a, then the stages named as arguments.
 #   bash benchmarks/device.sh test matmul attention peers patterns lm sanitize
-#   (attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
+#   (matmul_small: bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA 0 and 1;
+#    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
@@ -37,6 +38,7 @@ sanitize() {
   if [ -z "$cs" ]; then echo "sanitize: compute-sanitizer not found"; return 1; fi
   local runs=("- matmul attention decode" "JAX_BLOCKSPARSE_NO_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 matmul"
+              "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention")
   # SANITIZE_RUNS="- decode;JAX_BLOCKSPARSE_NO_WGMMA=1 matmul": other runs, ';' between
@@ -99,6 +101,9 @@ for stage in "$@"; do
     matmul) python3 "$repo/benchmarks/matmul.py" 2>&1 | tee "$out/matmul.log"
             python3 "$repo/benchmarks/matmul.py" --layout barabasi_albert --block-sizes 64,128 \
               2>&1 | tee -a "$out/matmul.log" ;;
+    # dds, its dx and dsd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 and =1
+    matmul_small) python3 "$repo/benchmarks/dev_kernels.py" --small-wgmma 2>&1 \
+                    | tee "$out/matmul_small.log" ;;
     matmul_full) python3 "$repo/benchmarks/matmul.py" --full --reps 4 2>&1 \
                    | tee "$out/matmul_full.log" ;;
     attention_full) python3 "$repo/benchmarks/attention.py" --full 2>&1 \

@@ -71,6 +71,8 @@ enum class MatmulPath {
   kMmaSync,  // tensor cores (TF32 for float32), sm_80+
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
              // unless JAX_BLOCKSPARSE_NO_WGMMA=1
+  kWgmmaSmall,  // DS mode at bs 16/32, bf16/f16, the kWgmma conditions, and only when
+                // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 (opt-in until measured)
   kNone,     // an empty output on the tensor-core paths: nothing to launch
 };
 struct MatmulKernel {
@@ -80,9 +82,9 @@ struct MatmulKernel {
   int8_t sdd;     // 1: SDD mode, 0: DS mode, -1: either (simple rows: one kernel per op)
   int8_t ta, tb;  // the tile kernel's transposes; -1: either (runtime flags)
   const char* name;
-  // kMmaSync, kWgmma: the launcher; kSimple: nullptr (the op's simple kernel); kNone: nullptr
+  // kMmaSync, kWgmma, kWgmmaSmall: the launcher; kSimple: nullptr (the op's simple kernel); kNone: nullptr
   cudaError_t (*launch)(tc::TcArgs args, cudaStream_t stream);
-  // kWgmma: whether this call can run it (device, build, alignment); else nullptr
+  // kWgmma, kWgmmaSmall: whether this call can run it (device, build, alignment); else nullptr
   bool (*usable)(const tc::TcArgs& args, int block_size);
 };
 

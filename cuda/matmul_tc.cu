@@ -3,12 +3,15 @@
 // (precision=HIGHEST) or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1. On an sm_90 device with
 // sm_90a code built, bf16/f16 at block sizes 64/128 with 16-byte aligned operand rows run
 // the wgmma kernel instead (matmul_wgmma_impl.cuh; switched off by JAX_BLOCKSPARSE_NO_WGMMA=1).
+// With JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 (opt-in until measured), dds/dsd at block sizes
+// 16/32 run the grouped-lines wgmma kernel there (matmul_wgmma_small_impl.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "matmul_simple.h"
 #include "matmul_tc_impl.cuh"
 #include "matmul_wgmma_impl.cuh"
+#include "matmul_wgmma_small_impl.cuh"
 #include "switches.h"
 
 namespace jax_blocksparse {
@@ -21,6 +24,10 @@ namespace wg {
 JBS_WGMMA_LAUNCHERS(extern template, __half)
 JBS_WGMMA_LAUNCHERS(extern template, __nv_bfloat16)
 }  // namespace wg
+namespace wgs {
+JBS_WGS_LAUNCHERS(extern template, __half)
+JBS_WGS_LAUNCHERS(extern template, __nv_bfloat16)
+}  // namespace wgs
 
 namespace {
 
@@ -47,6 +54,15 @@ using tc::TcArgs;
 #define JBS_WG_ROWS(DT, T)                                                          \
   JBS_WG_TRANS_ROWS(DT, T, 64, 1, Sdd64), JBS_WG_TRANS_ROWS(DT, T, 128, 1, Sdd128), \
       JBS_WG_TRANS_ROWS(DT, T, 64, 0, Wg64), JBS_WG_TRANS_ROWS(DT, T, 128, 0, Wg128)
+// Opt-in (JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1): DS mode at bs 16/32, every transposition.
+#define JBS_WGS_ROW(DT, T, BS, C, TA, TB)                                             \
+  {DT, BS, MatmulPath::kWgmmaSmall, 0, TA, TB, "wgmma-small(128x64)",                 \
+   wgs::Run<T, wgs::C, TA != 0, TB != 0>, wgs::SmallUsable<T>}
+#define JBS_WGS_TRANS_ROWS(DT, T, BS, C)                                   \
+  JBS_WGS_ROW(DT, T, BS, C, 0, 0), JBS_WGS_ROW(DT, T, BS, C, 0, 1),        \
+      JBS_WGS_ROW(DT, T, BS, C, 1, 0), JBS_WGS_ROW(DT, T, BS, C, 1, 1)
+#define JBS_WGS_ROWS(DT, T) \
+  JBS_WGS_TRANS_ROWS(DT, T, 16, Small16), JBS_WGS_TRANS_ROWS(DT, T, 32, Small32)
 
 // (dtype, block size, path, mode, transposes) -> launcher, name. Every (dtype, block size)
 // listed has kSimple and kMmaSync rows; kWgmma rows where the wgmma kernels exist.
@@ -59,6 +75,8 @@ const MatmulKernel kMatmulKernels[] = {
     JBS_MMA_ROWS(DType::kBF16, __nv_bfloat16, "mma.sync"),
     JBS_WG_ROWS(DType::kF16, __half),
     JBS_WG_ROWS(DType::kBF16, __nv_bfloat16),
+    JBS_WGS_ROWS(DType::kF16, __half),
+    JBS_WGS_ROWS(DType::kBF16, __nv_bfloat16),
 };
 #undef JBS_SIMPLE_ROWS
 #undef JBS_MMA_ROW
@@ -66,6 +84,9 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WG_ROW
 #undef JBS_WG_TRANS_ROWS
 #undef JBS_WG_ROWS
+#undef JBS_WGS_ROW
+#undef JBS_WGS_TRANS_ROWS
+#undef JBS_WGS_ROWS
 
 // An empty output on the tensor-core paths: nothing runs.
 const MatmulKernel kNothing = {DType::kF32, 0, MatmulPath::kNone, -1, -1, -1, "none(empty)",
@@ -189,7 +210,8 @@ TcArgs Args(const DdsParams& p) {
 }
 
 // The path: simple for exact float32 or when switched on; nothing for an empty output;
-// wgmma where its row exists, it is not switched off and usable here; else mma.sync.
+// wgmma where its row exists, it is not switched off and usable here (at bs 16/32 only
+// when JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1); else mma.sync.
 template <typename Params>
 const MatmulKernel* Select(DType dtype, const Params& p) {
   const int bs = p.block_size;
@@ -199,6 +221,10 @@ const MatmulKernel* Select(DType dtype, const Params& p) {
     return Find(dtype, bs, MatmulPath::kSimple, TcArgs{});
   if (Empty(p)) return &kNothing;
   const TcArgs t = Aligned(dtype, Args(p));
+  if (sw.small_wgmma && !sw.no_wgmma) {
+    const MatmulKernel* small = Find(dtype, bs, MatmulPath::kWgmmaSmall, t);
+    if (small != nullptr && small->usable(t, bs)) return small;
+  }
   const MatmulKernel* wgmma = sw.no_wgmma ? nullptr : Find(dtype, bs, MatmulPath::kWgmma, t);
   if (wgmma != nullptr && wgmma->usable(t, bs)) return wgmma;
   return Find(dtype, bs, MatmulPath::kMmaSync, t);
@@ -211,7 +237,8 @@ cudaError_t Launch(const MatmulKernel& k, const Params& p, cudaStream_t stream,
     case MatmulPath::kNone: return cudaSuccess;
     case MatmulPath::kSimple: return simple(k.dtype, p, stream);
     case MatmulPath::kMmaSync:
-    case MatmulPath::kWgmma: {
+    case MatmulPath::kWgmma:
+    case MatmulPath::kWgmmaSmall: {
       const TcArgs t = Aligned(k.dtype, Args(p));
       if (k.block_size != p.block_size || !Serves(k, t)) return cudaErrorInvalidValue;
       return k.launch(t, stream);

@@ -18,6 +18,7 @@ Switches Read() {
   s.debug = debug != nullptr ? std::atoi(debug) : 0;
   s.simple_kernels = Flag("JAX_BLOCKSPARSE_SIMPLE_KERNELS");
   s.no_wgmma = Flag("JAX_BLOCKSPARSE_NO_WGMMA");
+  s.small_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA");
   const char* variant = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT");
   s.attn_fwd_variant =
       variant != nullptr && variant[0] >= '0' && variant[0] <= '3' ? variant[0] - '0' : -1;

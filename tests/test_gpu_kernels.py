@@ -165,10 +165,12 @@ def run_cases(cases):
               grads=False, platform=platform)
 
 
-def launched(cases, **env):
-    """{case: [kernel names of its launches]}, each case run and checked in a fresh process
-    with JAX_BLOCKSPARSE_DEBUG=1 and `env`."""
-    stderr = run_python(f"import test_gpu_kernels as t; t.run_cases({cases!r})",
+def launched(cases, runner="test_gpu_kernels.run_cases", **env):
+    """{case: [kernel names of its launches of op case[0]]}, each case run and checked in a
+    fresh process by `runner` (module.function, given the cases) with
+    JAX_BLOCKSPARSE_DEBUG=1 and `env`."""
+    module, function = runner.rsplit(".", 1)
+    stderr = run_python(f"import {module} as t; t.{function}({cases!r})",
                         JAX_BLOCKSPARSE_DEBUG="1", **env).stderr
     logs = kernels_by_case(stderr)
     out = {}

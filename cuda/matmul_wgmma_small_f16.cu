@@ -1,0 +1,9 @@
+// Hopper wgmma kernel of the DS-mode ops at block sizes 16/32 for __half (see
+// matmul_wgmma_small_impl.cuh).
+#include "matmul_wgmma_small_impl.cuh"
+
+namespace jax_blocksparse {
+namespace wgs {
+JBS_WGS_LAUNCHERS(template, __half)
+}  // namespace wgs
+}  // namespace jax_blocksparse

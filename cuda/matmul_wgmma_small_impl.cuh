@@ -1,0 +1,374 @@
+// Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose) at block
+// sizes 16 and 32, on warpgroup MMAs; opt-in (JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1, see
+// switches.h) until it is measured. Instantiated per dtype in matmul_wgmma_small_{bf16,f16}.cu.
+//
+// Why a different tiling from the bs 64/128 kernel (matmul_wgmma_impl.cuh): there a CTA owns
+// one line (bs output columns), so each element of the dense operand loaded is used bs times;
+// at bs 16/32 that load rate bounds the kernel (benchmarks/RESULTS.md, issue 20). Here a CTA
+// owns BM = 128 rows x BN = 64 output columns: a GROUP of G = 64/bs consecutive lines. Its K
+// loop walks the union of the block rows those lines list (merged in order from their sorted
+// idx lists, the same merge in every thread), R = 64/bs union rows per step of 64: the A
+// tile (128 x 64 of op(A)) gathers the R rows' bs-wide slices, and the B tile (64 x 64) holds
+// for each (union row, line) the line's block there, or zeros where the line has none (the
+// cp.async zero fill: no global traffic for absent blocks). One m64n64k16 wgmma per 16 of K
+// per warpgroup, as the bs-64 kernel; the shared-memory layouts and descriptors are those of
+// wgmma.cuh (128-byte swizzled lines). A step past the end of the union is zero filled in
+// both operands (uninitialized shared memory could hold NaN).
+//
+// The pipeline is that of the bs-64 kernel (cp.async ring of STAGES, one wgmma group in
+// flight, one commit group per step); the number of steps is only known when the merge runs
+// out, so the loop runs while steps have been issued. Epilogue: the tile staged in shared
+// memory, then 16-byte stores of the group's valid columns (a last group may be partial);
+// each output element is summed by one thread in a fixed order (deterministic).
+//
+// Expected bound (random layout, density d = 0.1; bytes moved into the SMs per useful FLOP,
+// 16-bit operands): the union of G lines holds 1-(1-d)^G of the block rows, so
+// bytes/FLOP = (1-(1-d)^G)/(G*d*bs) + 1/BM: 0.0615 at bs 16 (G = 4), 0.0375 at bs 32 (G = 2),
+// against 1/bs + 1/128 = 0.0703 / 0.0391 for one line per CTA; the useful fraction of the
+// MMA work is d/(1-(1-d)^G) (29% at bs 16, 53% at bs 32). Larger groups cut the traffic
+// further but waste more MMA on the zero blocks: the next step is per-line accumulators
+// (one m64n{bs}k16 wgmma per present block, the x tile shared), 256 columns per CTA.
+#pragma once
+
+#include <atomic>
+#include <climits>
+
+#include "launch_util.h"
+
+#include "tc_tile.cuh"
+#include "wgmma.cuh"
+
+namespace jax_blocksparse {
+namespace wgs {
+
+using tc::TcArgs;
+
+constexpr int kBK = 64;     // K step: one 128-byte line of 16-bit elements
+constexpr int kLine = 128;  // bytes per smem line
+constexpr int kBM = 128, kBN = 64, kNT = 256;  // two consumer warpgroups
+
+template <int BS_, int STAGES_, int MINB_>
+struct Cfg {
+  static constexpr int BS = BS_, G = kBN / BS_, R = kBK / BS_;
+  static constexpr int STAGES = STAGES_, MINB = MINB_;
+  static constexpr int A_BYTES = kBM * kLine, B_BYTES = kBN * kLine;
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+  static constexpr int RING = STAGES * STAGE_BYTES;
+  static constexpr int EPI = 2 * (kBM * (kBN + 8) > kBN * (kBM + 8) ? kBM * (kBN + 8)
+                                                                    : kBN * (kBM + 8));
+  static constexpr int SMEM = (RING > EPI ? RING : EPI) + 1024;  // + 1024-byte alignment
+  static_assert(BS == 16 || BS == 32, "block size");
+  static_assert(STAGES >= 3, "one wgmma group stays in flight: 3 stages at least");
+};
+
+using Small16 = Cfg<16, 4, 2>;
+using Small32 = Cfg<32, 4, 2>;
+
+// One thread's chunk geometry (as wg::Copies): an EXT x kBK tile, MN-major or K-major; 16-byte
+// chunks, CPR per stored row; chunk i is stored row r0 + i*RSTEP, chunk column cc.
+template <int EXT, bool MN>
+struct Geo {
+  static constexpr int CPR = MN ? EXT / 8 : kBK / 8;
+  static constexpr int RSTEP = kNT / CPR;
+  static constexpr int CH = EXT * kBK / 8 / kNT;
+  static_assert(CH >= 1 && CH * kNT * 8 == EXT * kBK, "chunks per thread");
+  static_assert(RSTEP % 8 == 0, "swizzle phase");
+  int r0, cc;
+  uint32_t dst0;
+  __device__ __forceinline__ explicit Geo(int tid) {
+    r0 = tid / CPR;
+    cc = tid % CPR;
+    const int line0 = MN ? (cc / 8) * kBK + r0 : r0;
+    dst0 = uint32_t(line0 * kLine + (((cc & 7) ^ (r0 & 7)) << 4));
+  }
+};
+
+template <typename T> struct alignas(4) Pair { T x, y; };
+
+// The merge of the group's G sorted lists: heads, ends and the idx at each head (INT_MAX
+// past the end). Every thread runs it identically.
+template <int G>
+struct Merge {
+  int h[G], end[G], hv[G];
+  __device__ __forceinline__ bool Done() const {
+    int m = INT_MAX;
+#pragma unroll
+    for (int j = 0; j < G; ++j) m = min(m, hv[j]);
+    return m == INT_MAX;
+  }
+  // The next union row: its block row (-1 past the end) and, for each of the NB columns
+  // want[c] (lines 0..G-1 of the group), that line's block there (-1: none). Picked inside
+  // the loop, so no array is indexed at run time (which would go to local memory).
+  template <int NB>
+  __device__ __forceinline__ void Next(const TcArgs& p, int& row, const int (&want)[NB],
+                                       int (&got)[NB]) {
+    int m = INT_MAX;
+#pragma unroll
+    for (int j = 0; j < G; ++j) m = min(m, hv[j]);
+    row = m == INT_MAX ? -1 : m;
+#pragma unroll
+    for (int c = 0; c < NB; ++c) got[c] = -1;
+#pragma unroll
+    for (int j = 0; j < G; ++j) {
+      if (m != INT_MAX && hv[j] == m) {
+        const int blk = __ldg(p.blk + h[j]);
+#pragma unroll
+        for (int c = 0; c < NB; ++c) got[c] = want[c] == j ? blk : got[c];
+        ++h[j];
+        hv[j] = h[j] < end[j] ? __ldg(p.idx + h[j]) : INT_MAX;
+      }
+    }
+  }
+};
+
+template <typename T, class C, bool TA, bool TB>
+__device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, int64_t mt,
+                                     unsigned char* smem) {
+  constexpr int BS = C::BS, G = C::G, R = C::R, STAGES = C::STAGES;
+  constexpr bool kAMn = TA;   // A stored M-major (imm-trans-a = 1)
+  constexpr bool kBMn = !TB;  // op(block) stored N-major (imm-trans-b = 1)
+  using GA = Geo<kBM, kAMn>;
+  using GB = Geo<kBN, kBMn>;
+
+  const int tid = threadIdx.x;
+  const T* a = static_cast<const T*>(p.a) + g * p.a_bstride;
+  const T* b = static_cast<const T*>(p.b) + g * p.b_bstride;
+  const uint32_t ring = tc::SmemAddr(smem);
+
+  const int64_t line0 = group * G;
+  const int lines_here = p.lines - line0 < G ? int(p.lines - line0) : G;  // >= 1
+  const int64_t row0 = mt * kBM, col0 = line0 * BS;
+  const int64_t rows_left = p.M - row0;  // >= 1
+  const int rows_valid = rows_left < kBM ? int(rows_left) : kBM;
+
+  Merge<G> mg;
+#pragma unroll
+  for (int j = 0; j < G; ++j) {
+    if (j < lines_here) {
+      mg.h[j] = __ldg(p.ptr + line0 + j);
+      mg.end[j] = __ldg(p.ptr + line0 + j + 1);
+    } else {
+      mg.h[j] = mg.end[j] = 0;
+    }
+    mg.hv[j] = mg.h[j] < mg.end[j] ? __ldg(p.idx + mg.h[j]) : INT_MAX;
+  }
+
+  const GA ga(tid);
+  const GB gb(tid);
+  const int64_t lda = p.lda;
+  // A, K-major: chunk i is row row0 + r0 + i*RSTEP, k = cc*8 (one union slot for all i).
+  // A, M-major: chunk i is k = r0 + i*RSTEP (slot by i), rows row0 + cc*8 .. +8.
+  int a_bytes_mn = 16, a_rows = 0;
+  if (kAMn) {
+    const int64_t left = rows_left - ga.cc * 8;
+    a_bytes_mn = left <= 0 ? 0 : (left < 8 ? int(left) * 2 : 16);
+  } else {
+    const int64_t left = rows_left - ga.r0;
+    a_rows = left <= 0 ? 0 : (left > kBM ? kBM : int(left));
+  }
+
+  // Per chunk: its k in the step (union slot k / BS) and, for B, its column (line n / BS).
+  auto a_k = [&](int i) { return kAMn ? ga.r0 + i * GA::RSTEP : ga.cc * 8; };
+  auto b_k = [&](int i) { return kBMn ? gb.r0 + i * GB::RSTEP : gb.cc * 8; };
+  auto b_n = [&](int i) { return kBMn ? gb.cc * 8 : gb.r0 + i * GB::RSTEP; };
+
+  // Copies of one step: the next R union rows (zeros past the end) into slot `slot`. Each
+  // union row is merged in turn and kept only where one of this thread's chunks needs it.
+  auto issue = [&](int slot) {
+    int a_row[GA::CH], b_blk[GB::CH], want[GB::CH];
+#pragma unroll
+    for (int i = 0; i < GB::CH; ++i) want[i] = b_n(i) / BS;
+#pragma unroll
+    for (int u = 0; u < R; ++u) {
+      int row, got[GB::CH];
+      mg.Next(p, row, want, got);
+#pragma unroll
+      for (int i = 0; i < GA::CH; ++i)
+        if (u == 0 || a_k(i) / BS == u) a_row[i] = row;
+#pragma unroll
+      for (int i = 0; i < GB::CH; ++i)
+        if (u == 0 || b_k(i) / BS == u) b_blk[i] = got[i];
+    }
+    const uint32_t st = ring + uint32_t(slot * C::STAGE_BYTES);
+#pragma unroll
+    for (int i = 0; i < GA::CH; ++i) {
+      const int k = a_k(i), ur = a_row[i];
+      const int64_t ka = int64_t(ur) * BS + k % BS;
+      int n;
+      const T* src;
+      if (kAMn) {
+        n = ur >= 0 ? a_bytes_mn : 0;
+        src = a + ka * lda + row0 + ga.cc * 8;
+      } else {
+        n = ur >= 0 && i * GA::RSTEP < a_rows ? 16 : 0;
+        src = a + (row0 + ga.r0 + i * GA::RSTEP) * lda + ka;
+      }
+      tc::CpAsync16(st + ga.dst0 + i * GA::RSTEP * kLine, n > 0 ? src : a, n);
+    }
+#pragma unroll
+    for (int i = 0; i < GB::CH; ++i) {
+      // N-major: stored row = k, chunk column = n/8; K-major: stored row = n, column = k/8
+      const int k = b_k(i), nn = b_n(i), bk = b_blk[i];
+      const T* src = b + int64_t(bk) * (BS * BS) +
+                     (kBMn ? (k % BS) * BS + nn % BS : (nn % BS) * BS + k % BS);
+      tc::CpAsync16(st + C::A_BYTES + gb.dst0 + i * GB::RSTEP * kLine, bk >= 0 ? src : b,
+                    bk >= 0 ? 16 : 0);
+    }
+  };
+
+  // ---- MMA operands: descriptors of stage 0, k16 slice 0 of this warpgroup
+  const int wgi = tid / 128;
+  constexpr uint32_t kSbo = 1024;
+  constexpr uint32_t kALbo = kAMn ? kBK * kLine : 16, kBLbo = kBMn ? kBK * kLine : 16;
+  constexpr uint32_t kAkk = kAMn ? 16 * kLine : 32, kBkk = kBMn ? 16 * kLine : 32;
+  const uint64_t da0 = wg::Desc(ring + uint32_t(wgi * 64 * kLine), kALbo, kSbo);
+  const uint64_t db0 = wg::Desc(ring + C::A_BYTES, kBLbo, kSbo);
+
+  float acc[kBN / 2];
+#pragma unroll
+  for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.f;
+
+  // ---- the pipeline: `issued` steps copied so far, a step issued while the merge has rows;
+  // steps -(STAGES - 2)..-1 only copy (the prologue). One call site of `issue` (inlined).
+  int issued = 0;
+  for (int s = -(STAGES - 2); s < issued; ++s) {
+    if (s >= 0) {
+      tc::CpAsyncWait<STAGES - 3>();
+      wg::FenceProxyAsync();
+      __syncthreads();
+      const uint64_t so = uint64_t(((s % STAGES) * C::STAGE_BYTES) >> 4);
+#pragma unroll
+      for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(acc[i]);
+      wg::Fence();
+#pragma unroll
+      for (int kk = 0; kk < kBK / 16; ++kk)
+        wg::Mma<T, kBN, kAMn ? 1 : 0, kBMn ? 1 : 0>(acc, da0 + so + ((kk * kAkk) >> 4),
+                                                     db0 + so + ((kk * kBkk) >> 4));
+      wg::Commit();
+    }
+    // step s + STAGES - 2 (== issued while the merge has rows) into the slot step s - 2 read
+    if (!mg.Done()) issue(issued++ % STAGES);
+    tc::CpAsyncCommit();
+    if (s >= 0) {
+      wg::Wait<1>();
+#pragma unroll
+      for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(acc[i]);
+    }
+  }
+  wg::Wait<0>();
+#pragma unroll
+  for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(acc[i]);
+  tc::CpAsyncWait<0>();
+  __syncthreads();  // the ring is reused below
+
+  // ---- epilogue: tile -> smem (in the output's orientation) -> the valid columns in global
+  T* os = reinterpret_cast<T*>(smem);
+  const int o_pitch = p.o_trans ? kBM + 8 : kBN + 8;
+  {
+    const int lane = tid & 31, w4 = (tid >> 5) & 3;
+    const int rb = wgi * 64 + w4 * 16 + (lane >> 2), cb2 = 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = rb + 8 * h, c = 8 * j + cb2;
+        const T v0 = tc::FromF<T>(acc[4 * j + 2 * h]), v1 = tc::FromF<T>(acc[4 * j + 2 * h + 1]);
+        if (p.o_trans) {
+          os[c * o_pitch + r] = v0;
+          os[(c + 1) * o_pitch + r] = v1;
+        } else {
+          *reinterpret_cast<Pair<T>*>(os + r * o_pitch + c) = Pair<T>{v0, v1};
+        }
+      }
+  }
+  __syncthreads();
+  const int cols_valid = lines_here * BS;  // a multiple of 16: whole 16-byte chunks
+  T* out = static_cast<T*>(p.out) + g * p.o_bstride +
+           (p.o_trans ? col0 * p.ldo + row0 : row0 * p.ldo + col0);
+  constexpr int VEC = 8, OCH = kBM * kBN / VEC;
+  for (int id = tid; id < OCH; id += kNT) {
+    int i, j, n;
+    if (p.o_trans) {  // smem rows are output rows (tile columns), chunks along tile rows
+      i = id / (kBM / VEC);
+      j = (id % (kBM / VEC)) * VEC;
+      const int left = rows_valid - j;
+      n = i >= cols_valid || left <= 0 ? 0 : (left < VEC ? left : VEC);
+    } else {
+      i = id / (kBN / VEC);
+      j = (id % (kBN / VEC)) * VEC;
+      n = i < rows_valid && j < cols_valid ? VEC : 0;
+    }
+    const T* src = os + i * o_pitch + j;
+    T* dst = out + i * p.ldo + j;
+    if (n == VEC && p.o_vec) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+      for (int v = 0; v < n; ++v) dst[v] = src[v];
+    }
+  }
+}
+
+template <typename T, class C, bool TA, bool TB>
+__global__ void __launch_bounds__(kNT, C::MINB) WgsKernel(const TcArgs p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t base = tc::SmemAddr(smem_raw);
+  unsigned char* smem = smem_raw + ((1024u - (base & 1023u)) & 1023u);
+  // x: the group of lines; y: the row tile (consecutive CTAs share the dense panel in L2).
+  const int64_t groups = (p.lines + C::G - 1) / C::G;
+  for (int64_t g = blockIdx.z; g < p.batch; g += gridDim.z)
+    for (int64_t mt = blockIdx.y; mt < p.m_tiles; mt += gridDim.y)
+      for (int64_t l = blockIdx.x; l < groups; l += gridDim.x) {
+        Tile<T, C, TA, TB>(p, g, l, mt, smem);
+        __syncthreads();
+      }
+#else
+  __trap();  // built without sm_90a code: SmallUsable() never lets this run
+#endif
+}
+
+template <typename T, class C, bool TA, bool TB>
+cudaError_t Run(TcArgs args, cudaStream_t stream) {
+  static std::atomic<uint64_t> configured{0};  // dynamic smem limit raised, per device
+  const void* kernel = reinterpret_cast<const void*>(WgsKernel<T, C, TA, TB>);
+  cudaError_t err = AllowDynamicSmem(configured, kernel, C::SMEM);
+  if (err != cudaSuccess) return err;
+  args.m_tiles = (args.M + kBM - 1) / kBM;
+  const int64_t groups = (args.lines + C::G - 1) / C::G;
+  const dim3 grid(Clamp(groups, 0x7fffffff), Clamp(args.m_tiles, 65535),
+                  Clamp(args.batch, 65535));
+  WgsKernel<T, C, TA, TB><<<grid, kNT, C::SMEM, stream>>>(args);
+  return cudaGetLastError();
+}
+
+template <typename T>
+bool DeviceOk() {
+  static std::atomic<uint8_t> state[64];
+  const void* kernel = reinterpret_cast<const void*>(WgsKernel<T, Small16, false, false>);
+  return UsableAsSm90(state, kernel);
+}
+
+// Whether this kernel can run `args` here: block size 16 or 32, 16-byte aligned operand rows,
+// an sm_90 device and the kernels built for sm_90a (cached per device; no stream work).
+template <typename T>
+bool SmallUsable(const TcArgs& args, int block_size) {
+#ifndef JBS_WGMMA_BUILT  // CMake: the architectures include 90a
+  return false;
+#endif
+  if ((block_size != 16 && block_size != 32) || args.sdd || !args.a_vec || !args.b_vec)
+    return false;
+  return DeviceOk<T>();
+}
+
+#define JBS_WGS_CFG_LAUNCHERS(PREFIX, T, C)                          \
+  PREFIX cudaError_t Run<T, C, false, false>(TcArgs, cudaStream_t);  \
+  PREFIX cudaError_t Run<T, C, false, true>(TcArgs, cudaStream_t);   \
+  PREFIX cudaError_t Run<T, C, true, false>(TcArgs, cudaStream_t);   \
+  PREFIX cudaError_t Run<T, C, true, true>(TcArgs, cudaStream_t);
+#define JBS_WGS_LAUNCHERS(PREFIX, T)        \
+  JBS_WGS_CFG_LAUNCHERS(PREFIX, T, Small16) \
+  JBS_WGS_CFG_LAUNCHERS(PREFIX, T, Small32) \
+  PREFIX bool SmallUsable<T>(const TcArgs&, int);
+
+}  // namespace wgs
+}  // namespace jax_blocksparse
