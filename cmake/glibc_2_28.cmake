@@ -32,6 +32,7 @@ function(jbs_link_for_glibc_2_28 target)
     file(GLOB libc "${dir}/zig-cache/o/*/libc.so.6")
     file(GLOB nonshared "${dir}/zig-cache/o/*/libc_nonshared.a")
     if(failed OR NOT libc OR NOT nonshared)
+      string(STRIP "${error}" error)
       message(WARNING "jax_blocksparse: no glibc 2.28 stubs (ziglang: ${failed} ${error}); "
                       "linking against this machine's glibc (the wheel is not manylinux_2_28)")
       return()
