@@ -4,7 +4,7 @@ kernel would otherwise stall the whole pytest run).
 
     python benchmarks/dev_cases.py [--match d96,d256] [--timeout 40] [--dtypes bf16]
 
-Cases: `CASES` and `DOC_CASES` of tests/test_gpu_attention_sm90.py (values, lse and dq
+Cases: `CASES`, `DOC_CASES` and `FINE_CASES` (block sizes 16, 32) of tests/test_gpu_attention_sm90.py (values, lse and dq
 against float64, as the tests check them), run under the environment as it is.
 """
 
@@ -29,7 +29,8 @@ def main():
     patterns = [p for p in args.match.split(",") if p]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
-    for runner, table in (("run_cases", t.CASES), ("run_doc_cases", t.DOC_CASES)):
+    for runner, table in (("run_cases", t.CASES), ("run_doc_cases", t.DOC_CASES),
+                          ("run_fine_cases", t.FINE_CASES)):
         for name in table:
             if patterns and not any(p in name for p in patterns):
                 continue

@@ -230,13 +230,17 @@ def check(name, dtype, platform):
         np.testing.assert_array_equal(f64(lse3), f64(lse), err_msg="lse: NaN past kv_lengths")
 
 
-def run_cases(cases):
-    """Checks each (case name, dtype name) after a `mark_case` line on stderr (called in a
-    subprocess with the variant forced)."""
+def run_each(checker, cases):
+    """`checker(name, dtype, platform)` on each (case name, dtype name) after a `mark_case`
+    line on stderr (called in a subprocess with the variant forced)."""
     platform = jax.devices()[0].platform
     for name, dtype in cases:
         mark_case(name + " " + dtype)
-        check(name, DTYPES[dtype], platform)
+        checker(name, DTYPES[dtype], platform)
+
+
+def run_cases(cases):
+    run_each(check, cases)
 
 
 def sm90():
@@ -491,10 +495,7 @@ def check_docs(name, dtype, platform):
 
 
 def run_doc_cases(cases):
-    platform = jax.devices()[0].platform
-    for name, dtype in cases:
-        mark_case(name + " " + dtype)
-        check_docs(name, DTYPES[dtype], platform)
+    run_each(check_docs, cases)
 
 
 @pytest.mark.parametrize("variant,names", [("", c) for c in chunks(DOC_CASES, 2)] +
@@ -608,10 +609,7 @@ def check_fine(name, dtype, platform):
 
 
 def run_fine_cases(cases):
-    platform = jax.devices()[0].platform
-    for name, dtype in cases:
-        mark_case(name + " " + dtype)
-        check_fine(name, DTYPES[dtype], platform)
+    run_each(check_fine, cases)
 
 
 @pytest.mark.parametrize("variant,names", [("", c) for c in chunks(FINE_CASES, 2)] +
