@@ -2,7 +2,7 @@
 identical masks and cuDNN's causal attention, in one run.
 
     python benchmarks/attention_patterns.py --peers _device/peers.py [--backward]
-        [--variants 0,2] [--extended] [--quick] [--metadata]
+        [--variants 0,2] [--bwd-variants 2,4] [--extended] [--quick] [--metadata]
 
 Patterns (B=2, H=16, bf16, block 128, our layout generators): local(1024), strided(1024),
 fixed(512) causal, bigbird, causal, and packed documents (the causal layout plus segment
@@ -15,7 +15,8 @@ dim and `peers.py masks FILE.npz` runs FlexAttention on them in a subprocess; cu
 `jax.nn.dot_product_attention(..., is_causal=True, implementation="cudnn")` on the same
 tensors (it ignores the sparsity and the documents: for the packed rows compare wall time).
 `--variants 0,2` times our forward once per value of `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT`
-(a fresh process each: the switch is read once). Calls without a fused kernel run the
+(a fresh process each: the switch is read once); `--bwd-variants 2,4` the same for
+`JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`, `b4`). Calls without a fused kernel run the
 pure-JAX path; those longer than `--max-pure-seq` are skipped (said in the table).
 `--metadata` adds a table of the metadata cost: each pattern's forward with the same block
 mask as a traced `BlockMask` (an argument of the jitted call, its lists built on the device,
@@ -213,12 +214,17 @@ def measure_flex(rows, peers, batch, heads, folder):
 
 
 def ours_per_variant(args, rows):
-    """{variant: ours} with each forward variant in a fresh process (or this one)."""
-    if not args.variants:
+    """{label: ours} with each forward variant (`--variants`) and each backward variant
+    (`--bwd-variants`) in a fresh process (the switches are read once), or this process."""
+    runs = [("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", v, f"v{v} ")
+            for v in (args.variants or "").split(",") if v]
+    runs += [("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT", v, f"b{v} ")
+             for v in (args.bwd_variants or "").split(",") if v]
+    if not runs:
         return {"": measure_ours(rows, args.batch, args.heads, args.backward,
                                  args.max_pure_seq)}
     result = {}
-    for variant in args.variants.split(","):
+    for switch, value, label in runs:
         with tempfile.NamedTemporaryFile(suffix=".json") as fh:
             cmd = [sys.executable, __file__, "--ours-json", fh.name,
                    *(["--backward"] if args.backward else []),
@@ -226,9 +232,8 @@ def ours_per_variant(args, rows):
                    *(["--extended"] if args.extended else []),
                    "--batch", str(args.batch), "--heads", str(args.heads),
                    "--max-pure-seq", str(args.max_pure_seq)]
-            env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant)
-            subprocess.run(cmd, env=env, check=True)
-            result[f"v{variant} "] = json.load(open(fh.name))
+            subprocess.run(cmd, env=dict(os.environ, **{switch: value}), check=True)
+            result[label] = json.load(open(fh.name))
     return result
 
 
@@ -265,6 +270,8 @@ def main():
     parser.add_argument("--peers", help="peers.py (FlexAttention on the same masks)")
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
     parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values")
+    parser.add_argument("--bwd-variants",
+                        help="e.g. 2,4: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT values")
     parser.add_argument("--extended", action="store_true",
                         help="also S 16384 and 32768 (local, packed), D 64, 96, 256 (causal)")
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 
 import jax_blocksparse  # noqa: F401  (registers the FFI targets)
-from jax_blocksparse import layouts
+from jax_blocksparse import _cuda, layouts
 from jax_blocksparse.attention_metadata import (FINE_BLOCKS, TILE, attention_metadata,
                                                 tile_metadata)
 
@@ -84,11 +84,14 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
         "jax_blocksparse_attention_fwd",
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32)))
     tq_pad = -(-tq // layout.block_size) * layout.block_size
-    bwd_call = jax.ffi.ffi_call(  # results dq, dk, dv and the workspace (cuda/attention.h)
+    onepass = _cuda.onepass_backward(dtype, d, layout.block_size)  # backward variant 4
+    bwd_call = jax.ffi.ffi_call(  # results dq, dk, dv and the workspaces (cuda/attention.h)
         "jax_blocksparse_attention_bwd",
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct(k_shape, dtype),
          jax.ShapeDtypeStruct(k_shape, dtype),
-         jax.ShapeDtypeStruct((b, hq, 2, tq_pad), jnp.float32)))
+         jax.ShapeDtypeStruct((b, hq, 2, tq_pad), jnp.float32),
+         jax.ShapeDtypeStruct((b, hq, tq, d) if onepass else (0,), jnp.float32),
+         jax.ShapeDtypeStruct((b, hq, tq // 64) if onepass else (0,), jnp.int32)))
 
     # both also take q_positions [1] and segment ids (placeholders: attributes off)
     qpos, ids = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1), jnp.int32)
@@ -102,14 +105,14 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
 
     @jax.jit
     def bwd(q, k, v, o, lse, do, dlse, kvl):
-        dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
+        dq, dk, dv, *_ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
                                  **bwd_attrs)
         return dq, dk, dv
 
     @jax.jit
     def fwd_bwd(q, k, v, do, dlse, kvl):
         o, lse = fwd_call(q, k, v, kvl, qpos, *fwd_qops, ids, ids, bits, **fwd_attrs)
-        dq, dk, dv, _ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
+        dq, dk, dv, *_ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
                                  **bwd_attrs)
         return o, lse, dq, dk, dv
 
