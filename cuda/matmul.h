@@ -58,10 +58,10 @@ struct DdsParams {
 };
 
 namespace tc {
-struct TcArgs;  // the tensor-core kernels' arguments (tc_tile.cuh)
+struct TcArgs;  // the tensor-core kernels' arguments (matmul/tc_tile.cuh)
 }
 
-// One row of the matmul family's dispatch table (matmul_tc.cu): (dtype, block size, path,
+// One row of the matmul family's dispatch table (matmul/dispatch.cu): (dtype, block size, path,
 // tile-kernel mode, transposes) -> launcher and the name JAX_BLOCKSPARSE_DEBUG prints. The
 // mode is SDD (sdd) or DS (dds, and dsd run as a transposed dds); the transposes are those
 // of the tile kernel's operands (dsd's are flipped), compiled into the wgmma kernels and

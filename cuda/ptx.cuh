@@ -1,4 +1,4 @@
-// PTX wrappers and dtype conversions shared by the tensor-core kernels (tc_tile.cuh,
+// PTX wrappers and dtype conversions shared by the tensor-core kernels (matmul/tc_tile.cuh,
 // attention_kernels.cuh) and the simple kernels.
 #pragma once
 

@@ -5,7 +5,7 @@
 //   JAX_BLOCKSPARSE_NO_WGMMA=1 the mma.sync matmul kernels instead of the Hopper wgmma ones
 //   JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 opt-in, until measured: dds/dsd (the DS-mode tile
 //     kernel) at block sizes 16/32 in bf16/f16 on the Hopper wgmma kernel that groups 64/bs
-//     lines per CTA (matmul_wgmma_small_impl.cuh) instead of mma.sync, where usable (sm_90a
+//     lines per CTA (matmul/wgmma_small.cuh) instead of mma.sync, where usable (sm_90a
 //     built, an sm_90 device, 16-byte aligned operand rows); NO_WGMMA=1 overrides it
 //   JAX_BLOCKSPARSE_ATTN_FWD_VARIANT: developer overrides of the attention forward (unset
 //     or "": the default by architecture, attention.cu: the FA3-design forward with ping-pong

@@ -7,7 +7,7 @@ launch log), and the custom calls inside an XLA command buffer (a CUDA graph).
 
 A dense operand whose rows are not 16-byte aligned (a row length that is not a multiple of
 8 elements in 16 bits: the UNALIGNED sizes below) takes the tile kernels' scalar-copy path
-(cuda/tc_tile.cuh) and, at block sizes 64 and 128, the mma.sync kernel instead of wgmma.
+(cuda/matmul/tc_tile.cuh) and, at block sizes 64 and 128, the mma.sync kernel instead of wgmma.
 """
 
 import functools
@@ -34,7 +34,7 @@ UNALIGNED = {"sdd": 77, "dsd": 50, "dds": 37}
 
 def rows_aligned(op, trans, free):
     """Whether every dense operand's rows are 16-byte aligned in a 16-bit dtype (unbatched;
-    `Vec()` in cuda/matmul_tc.cu): the free size is the row length of sdd's a unless
+    `Vec()` in cuda/matmul/dispatch.cu): the free size is the row length of sdd's a unless
     transposed and of its b when transposed, of dsd's b unless transposed, of dds's a when
     transposed."""
     t1, t2 = trans

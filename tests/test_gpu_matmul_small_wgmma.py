@@ -1,5 +1,5 @@
 """The opt-in Hopper kernel of dds/dsd at block sizes 16 and 32
-(cuda/matmul_wgmma_small_impl.cuh, JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1): against the
+(cuda/matmul/wgmma_small.cuh, JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1): against the
 float64 reference (values and, on aligned sizes, both gradients; relative error; exact zeros
 where no block contributes; bitwise equal over two runs), bf16 and f16, every transposition,
 odd sizes (a free size that is not a multiple of the 128-row tile, empty block rows and

@@ -1,8 +1,8 @@
 // Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose) at block
 // sizes 16 and 32, on warpgroup MMAs; opt-in (JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1, see
-// switches.h) until it is measured. Instantiated per dtype in matmul_wgmma_small_{bf16,f16}.cu.
+// switches.h) until it is measured. Instantiated per dtype in wgmma_small_{bf16,f16}.cu.
 //
-// Why a different tiling from the bs 64/128 kernel (matmul_wgmma_impl.cuh): there a CTA owns
+// Why a different tiling from the bs 64/128 kernel (matmul/wgmma_lines.cuh): there a CTA owns
 // one line (bs output columns), so each element of the dense operand loaded is used bs times;
 // at bs 16/32 that load rate bounds the kernel (benchmarks/RESULTS.md, issue 20). Here a CTA
 // owns BM = 128 rows x BN = 64 output columns: a GROUP of G = 64/bs consecutive lines. Its K
@@ -33,10 +33,10 @@
 #include <atomic>
 #include <climits>
 
-#include "launch_util.h"
+#include "../launch_util.h"
 
 #include "tc_tile.cuh"
-#include "wgmma.cuh"
+#include "../wgmma.cuh"
 
 namespace jax_blocksparse {
 namespace wgs {

@@ -1,5 +1,5 @@
-// Hopper wgmma kernels of the DS-mode ops for __nv_bfloat16 (see matmul_wgmma_impl.cuh).
-#include "matmul_wgmma_impl.cuh"
+// Hopper wgmma kernels of the DS-mode ops for __nv_bfloat16 (see matmul/wgmma_lines.cuh).
+#include "wgmma_lines.cuh"
 
 namespace jax_blocksparse {
 namespace wg {

@@ -36,8 +36,8 @@
 
 #include <cstdint>
 
-#include "matmul.h"
-#include "ptx.cuh"
+#include "../matmul.h"
+#include "../ptx.cuh"
 
 namespace jax_blocksparse {
 namespace tc {

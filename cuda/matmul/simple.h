@@ -1,7 +1,7 @@
-// Launchers of the simple (one thread per output element) kernels, matmul_simple.cu.
+// Launchers of the simple (one thread per output element) kernels, matmul/simple.cu.
 #pragma once
 
-#include "matmul.h"
+#include "../matmul.h"
 
 namespace jax_blocksparse {
 

@@ -1,6 +1,6 @@
 // Hopper wgmma kernel of the DS-mode ops at block sizes 16/32 for __half (see
-// matmul_wgmma_small_impl.cuh).
-#include "matmul_wgmma_small_impl.cuh"
+// matmul/wgmma_small.cuh).
+#include "wgmma_small.cuh"
 
 namespace jax_blocksparse {
 namespace wgs {

@@ -1,18 +1,18 @@
 // The launchers of matmul.h and the family's dispatch table. Each op runs on the tensor-core
-// tile kernel (tc_tile.cuh), or on the simple kernels (matmul_simple.cu) for exact float32
+// tile kernel (tc_tile.cuh), or on the simple kernels (matmul/simple.cu) for exact float32
 // (precision=HIGHEST) or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1. On an sm_90 device with
 // sm_90a code built, bf16/f16 at block sizes 64/128 with 16-byte aligned operand rows run
-// the wgmma kernel instead (matmul_wgmma_impl.cuh; switched off by JAX_BLOCKSPARSE_NO_WGMMA=1).
+// the wgmma kernel instead (matmul/wgmma_lines.cuh; switched off by JAX_BLOCKSPARSE_NO_WGMMA=1).
 // With JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 (opt-in until measured), dds/dsd at block sizes
-// 16/32 run the grouped-lines wgmma kernel there (matmul_wgmma_small_impl.cuh).
+// 16/32 run the grouped-lines wgmma kernel there (matmul/wgmma_small.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "matmul_simple.h"
-#include "matmul_tc_impl.cuh"
-#include "matmul_wgmma_impl.cuh"
-#include "matmul_wgmma_small_impl.cuh"
-#include "switches.h"
+#include "simple.h"
+#include "mma_sync.cuh"
+#include "wgmma_lines.cuh"
+#include "wgmma_small.cuh"
+#include "../switches.h"
 
 namespace jax_blocksparse {
 namespace tc {

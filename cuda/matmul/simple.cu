@@ -1,12 +1,12 @@
 // Simple CUDA kernels for the matmul family: one thread per output element, float32
 // accumulation in a fixed order (deterministic). The portable baseline: the dispatch table
-// (matmul_tc.cu) runs them for exact float32 (precision=HIGHEST) and when
+// (matmul/dispatch.cu) runs them for exact float32 (precision=HIGHEST) and when
 // JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 (A/B checks), at the block sizes it lists.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "matmul_simple.h"
-#include "ptx.cuh"
+#include "simple.h"
+#include "../ptx.cuh"
 
 namespace jax_blocksparse {
 namespace {

@@ -1,5 +1,5 @@
 // Tensor-core kernels of the matmul family for float (see tc_tile.cuh).
-#include "matmul_tc_impl.cuh"
+#include "mma_sync.cuh"
 
 namespace jax_blocksparse {
 namespace tc {

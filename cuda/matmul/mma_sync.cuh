@@ -1,11 +1,11 @@
 // Tile configurations per block size and the launcher of the tensor-core kernel; its
-// instantiations live in one translation unit per dtype (matmul_tc_{bf16,f16,f32}.cu) so
+// instantiations live in one translation unit per dtype (mma_sync_{bf16,f16,f32}.cu) so
 // that the CUDA build compiles them in parallel.
 #pragma once
 
 #include <atomic>
 
-#include "launch_util.h"
+#include "../launch_util.h"
 
 #include "tc_tile.cuh"
 
@@ -43,8 +43,8 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// The launchers the dispatch table (matmul_tc.cu) names: declared `extern template` there,
-// instantiated in matmul_tc_<dtype>.cu. Block size 128 runs Ds128 in both modes.
+// The launchers the dispatch table (matmul/dispatch.cu) names: declared `extern template` there,
+// instantiated in mma_sync_<dtype>.cu. Block size 128 runs Ds128 in both modes.
 #define JBS_TC_LAUNCHERS(PREFIX, T)                          \
   PREFIX cudaError_t Run<T, Sdd16>(TcArgs, cudaStream_t);    \
   PREFIX cudaError_t Run<T, Sdd32>(TcArgs, cudaStream_t);    \
