@@ -58,21 +58,46 @@ struct DdsParams {
 };
 
 namespace tc {
-struct TcArgs;  // the tensor-core kernels' arguments (matmul/tc_tile.cuh)
-}
+// One launch of a tensor-core tile kernel (mma.sync, wgmma), built once on the host from
+// Sdd/Dsd/DdsParams by Select* (matmul/dispatch.cu); the kernels take it by value.
+struct TcArgs {
+  bool sdd;  // SDD mode; otherwise DS mode
+  // "A": op(A) is [M, K] (DS) or [m, K] (SDD); stored row-major with leading dim lda.
+  const void* a;
+  int64_t lda, a_bstride;
+  bool ta, a_vec;
+  // "B": DS: blocks [nnz, bs, bs], op(block) is [k, n]; SDD: dense op(B) [K, N].
+  const void* b;
+  int64_t ldb, b_bstride;
+  bool tb, b_vec;
+  // Output: tile element (r, c) goes to out[g*o_bstride + base + r*ldo + c], or
+  // + c*ldo + r when o_trans (dsd).
+  void* out;
+  int64_t ldo, o_bstride;
+  bool o_trans, o_vec;
+  int64_t M;       // DS: size of the dense output dimension (masked tail)
+  int64_t K;       // SDD: contracted size (masked tail)
+  int64_t m_tiles; // DS: ceil(M / BM)
+  int64_t lines;   // DS: number of lines
+  const int32_t *ptr, *idx, *blk, *order;  // DS
+  const int32_t* coords;                   // SDD
+  int64_t nnz;                             // SDD
+  int64_t batch;
+};
+}  // namespace tc
 
-// One row of the matmul family's dispatch table (matmul/dispatch.cu): (dtype, block size, path,
-// tile-kernel mode, transposes) -> launcher and the name JAX_BLOCKSPARSE_DEBUG prints. The
-// mode is SDD (sdd) or DS (dds, and dsd run as a transposed dds); the transposes are those
-// of the tile kernel's operands (dsd's are flipped), compiled into the wgmma kernels and
-// runtime flags of the mma.sync kernels.
+// One row of the matmul family's one table of variants (matmul/dispatch.cu): (dtype, block
+// size, kernel family with its architecture and switch, tile-kernel mode, transposes) ->
+// launcher and the name JAX_BLOCKSPARSE_DEBUG prints. The mode is SDD (sdd) or DS (dds, and
+// dsd run as a transposed dds); the transposes are those of the tile kernel's operands (dsd's
+// are flipped), compiled into the wgmma kernels and runtime flags of the mma.sync kernels.
 enum class MatmulPath {
-  kSimple,   // exact float32 (precision=HIGHEST), or JAX_BLOCKSPARSE_SIMPLE_KERNELS=1
-  kMmaSync,  // tensor cores (TF32 for float32), sm_80+
-  kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
-             // unless JAX_BLOCKSPARSE_NO_WGMMA=1
+  kSimple,   // exact float32 (precision=HIGHEST), or JAX_BLOCKSPARSE_SIMPLE_KERNELS=1; any GPU
   kWgmmaSmall,  // DS mode at bs 16/32, bf16/f16, the kWgmma conditions, and only when
                 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 (opt-in until measured)
+  kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
+             // unless JAX_BLOCKSPARSE_NO_WGMMA=1
+  kMmaSync,  // tensor cores (TF32 for float32), sm_80+: what runs when nothing above does
   kNone,     // an empty output on the tensor-core paths: nothing to launch
 };
 struct MatmulKernel {
@@ -88,17 +113,24 @@ struct MatmulKernel {
   bool (*usable)(const tc::TcArgs& args, int block_size);
 };
 
-// The row that runs this call (the path chosen from the precision, the switches read once
-// per process, the device and the operands' alignment), or nullptr when the table has no
-// row for (dtype, block size): the FFI handler reports the combination.
-const MatmulKernel* SelectSdd(DType dtype, const SddParams& p);
-const MatmulKernel* SelectDsd(DType dtype, const DsdParams& p);
-const MatmulKernel* SelectDds(DType dtype, const DdsParams& p);
+// What runs one call: the table's row (nullptr when the table has no row for (dtype, block
+// size): the FFI handler reports the combination) and the tile kernels' arguments, built
+// once by Select* and launched as they are.
+struct MatmulLaunch {
+  const MatmulKernel* kernel;
+  tc::TcArgs args;
+};
 
-// Run `kernel` (what Select* returned for these parameters); each returns the launch's
-// error (cudaGetLastError() after every launch).
-cudaError_t LaunchSdd(const MatmulKernel& kernel, const SddParams& p, cudaStream_t stream);
-cudaError_t LaunchDsd(const MatmulKernel& kernel, const DsdParams& p, cudaStream_t stream);
-cudaError_t LaunchDds(const MatmulKernel& kernel, const DdsParams& p, cudaStream_t stream);
+// The row that runs this call (the path chosen from the precision, the switches read once
+// per process, the device and the operands' alignment) and its arguments.
+MatmulLaunch SelectSdd(DType dtype, const SddParams& p);
+MatmulLaunch SelectDsd(DType dtype, const DsdParams& p);
+MatmulLaunch SelectDds(DType dtype, const DdsParams& p);
+
+// Run what Select* returned for these parameters (the simple kernels read `p`); each returns
+// the launch's error (cudaGetLastError() after every launch).
+cudaError_t LaunchSdd(const MatmulLaunch& run, const SddParams& p, cudaStream_t stream);
+cudaError_t LaunchDsd(const MatmulLaunch& run, const DsdParams& p, cudaStream_t stream);
+cudaError_t LaunchDds(const MatmulLaunch& run, const DdsParams& p, cudaStream_t stream);
 
 }  // namespace jax_blocksparse

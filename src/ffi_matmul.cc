@@ -43,15 +43,16 @@ int64_t OutBatch(const AnyBuffer& out, size_t unbatched_rank) {
   return d.size() > unbatched_rank ? d[0] : 1;
 }
 
-// Selects the op's kernel from the dispatch table (an explicit error for a combination it
-// does not list), then runs it under the debug launch log (JAX_BLOCKSPARSE_DEBUG).
+// Selects the op's kernel and builds its arguments once from the dispatch table (an
+// explicit error for a combination it does not list), then runs it under the debug launch
+// log (JAX_BLOCKSPARSE_DEBUG).
 template <typename Params>
 ffi::Error Run(cudaStream_t stream, const char* op, DType dtype, const Params& p,
                const AnyBuffer& x, const AnyBuffer& y, const AnyBuffer& out, bool t1, bool t2,
-               const MatmulKernel* (*select)(DType, const Params&),
-               cudaError_t (*launch)(const MatmulKernel&, const Params&, cudaStream_t)) {
-  const MatmulKernel* kernel = select(dtype, p);
-  if (kernel == nullptr)
+               MatmulLaunch (*select)(DType, const Params&),
+               cudaError_t (*launch)(const MatmulLaunch&, const Params&, cudaStream_t)) {
+  const MatmulLaunch run = select(dtype, p);
+  if (run.kernel == nullptr)
     return ffi::Error::InvalidArgument(std::string("jax_blocksparse ") + op + ": no kernel for " +
                                        DTypeName(dtype) + " block_size=" +
                                        std::to_string(p.block_size) + " in the dispatch table");
@@ -63,9 +64,36 @@ ffi::Error Run(cudaStream_t stream, const char* op, DType dtype, const Params& p
            " bs=" + std::to_string(p.block_size) + " nnz=" + std::to_string(p.nnz);
   }
   LaunchLog log(stream, what);
-  const cudaError_t err = launch(*kernel, p, stream);
-  log.Done(kernel->name);
+  const cudaError_t err = launch(run, p, stream);
+  log.Done(run.kernel->name);
   return CheckLaunch(err, op);
+}
+
+// The size of dimension `from_end` counted from the last (1: the last).
+int64_t DimFromEnd(const AnyBuffer& x, size_t from_end) {
+  auto d = x.dimensions();
+  return d[d.size() - from_end];
+}
+
+// What the three ops' parameters share: the output and its batch, the block size and the
+// precision (1: exact float32).
+template <typename Params>
+void SetOutput(Params& p, AnyBuffer& out, size_t unbatched_rank, int32_t block_size,
+               int32_t precision) {
+  p.out = out.untyped_data();
+  p.batch = OutBatch(out, unbatched_rank);
+  p.block_size = block_size;
+  p.full_fp32 = precision == 1;
+}
+
+// The block lists of dsd and dds (jax_blocksparse.layout.BlockLists).
+template <typename Params>
+void SetLists(Params& p, const Buffer<S32>& ptr, const Buffer<S32>& idx, const Buffer<S32>& blk,
+              const Buffer<S32>& order) {
+  p.ptr = ptr.typed_data();
+  p.idx = idx.typed_data();
+  p.blk = blk.typed_data();
+  p.order = order.typed_data();
 }
 
 ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> coords,
@@ -74,25 +102,22 @@ ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> co
   auto dtype = ToDType(a.element_type());
   if (dtype.has_error()) return dtype.error();
   SddParams p{};
+  SetOutput(p, *out, 3, block_size, precision);
   p.a = a.untyped_data();
   p.b = b.untyped_data();
-  p.out = out->untyped_data();
   p.coords = coords.typed_data();
-  p.batch = OutBatch(*out, 3);
   p.a_batch_stride = DenseBatchStride(a);
   p.b_batch_stride = DenseBatchStride(b);
   int64_t k_b;
   OpDims(a, trans_a, &p.m, &p.k);
   OpDims(b, trans_b, &k_b, &p.n);
-  auto od = out->dimensions();
-  p.nnz = int32_t(od[od.size() - 3]);
-  p.block_size = block_size;
+  p.nnz = int32_t(DimFromEnd(*out, 3));
   p.trans_a = trans_a;
   p.trans_b = trans_b;
-  p.full_fp32 = precision == 1;
   return Run(stream, "sdd", *dtype, p, a, b, *out, trans_a, trans_b, SelectSdd, LaunchSdd);
 }
 
+// dsd: the blocks come first, the dense operand second.
 ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> ptr,
                    Buffer<S32> idx, Buffer<S32> blk, Buffer<S32> order,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_s, bool trans_b,
@@ -100,28 +125,21 @@ ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> pt
   auto dtype = ToDType(s.element_type());
   if (dtype.has_error()) return dtype.error();
   DsdParams p{};
+  SetOutput(p, *out, 2, block_size, precision);
+  SetLists(p, ptr, idx, blk, order);
   p.s = s.untyped_data();
-  p.b = b.untyped_data();
-  p.out = out->untyped_data();
-  p.ptr = ptr.typed_data();
-  p.idx = idx.typed_data();
-  p.blk = blk.typed_data();
-  p.order = order.typed_data();
-  p.batch = OutBatch(*out, 2);
   p.s_batch_stride = BlocksBatchStride(s);
-  p.b_batch_stride = DenseBatchStride(b);
-  OpDims(b, trans_b, &p.k, &p.n);
-  auto od = out->dimensions();
-  p.m = od[od.size() - 2];
-  auto sd = s.dimensions();
-  p.nnz = int32_t(sd[sd.size() - 3]);
-  p.block_size = block_size;
   p.trans_s = trans_s;
+  p.b = b.untyped_data();
+  p.b_batch_stride = DenseBatchStride(b);
   p.trans_b = trans_b;
-  p.full_fp32 = precision == 1;
+  OpDims(b, trans_b, &p.k, &p.n);
+  p.m = DimFromEnd(*out, 2);
+  p.nnz = int32_t(DimFromEnd(s, 3));
   return Run(stream, "dsd", *dtype, p, s, b, *out, trans_s, trans_b, SelectDsd, LaunchDsd);
 }
 
+// dds: the dense operand comes first, the blocks second.
 ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> ptr,
                    Buffer<S32> idx, Buffer<S32> blk, Buffer<S32> order,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_a, bool trans_w,
@@ -129,25 +147,17 @@ ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> pt
   auto dtype = ToDType(a.element_type());
   if (dtype.has_error()) return dtype.error();
   DdsParams p{};
+  SetOutput(p, *out, 2, block_size, precision);
+  SetLists(p, ptr, idx, blk, order);
   p.a = a.untyped_data();
-  p.w = w.untyped_data();
-  p.out = out->untyped_data();
-  p.ptr = ptr.typed_data();
-  p.idx = idx.typed_data();
-  p.blk = blk.typed_data();
-  p.order = order.typed_data();
-  p.batch = OutBatch(*out, 2);
   p.a_batch_stride = DenseBatchStride(a);
-  p.w_batch_stride = BlocksBatchStride(w);
-  OpDims(a, trans_a, &p.m, &p.k);
-  auto od = out->dimensions();
-  p.n = od[od.size() - 1];
-  auto wd = w.dimensions();
-  p.nnz = int32_t(wd[wd.size() - 3]);
-  p.block_size = block_size;
   p.trans_a = trans_a;
+  p.w = w.untyped_data();
+  p.w_batch_stride = BlocksBatchStride(w);
   p.trans_w = trans_w;
-  p.full_fp32 = precision == 1;
+  OpDims(a, trans_a, &p.m, &p.k);
+  p.n = DimFromEnd(*out, 1);
+  p.nnz = int32_t(DimFromEnd(w, 3));
   return Run(stream, "dds", *dtype, p, a, w, *out, trans_a, trans_w, SelectDds, LaunchDds);
 }
 
@@ -170,28 +180,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<AnyBuffer>() JBS_COMMON_ATTRS("trans_a", "trans_b"),
     {ffi::Traits::kCmdBufferCompatible});
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    JaxBlocksparseDsd, jax_blocksparse::DsdImpl,
-    ffi::Ffi::Bind()
-        .Ctx<ffi::PlatformStream<cudaStream_t>>()
-        .Arg<AnyBuffer>()
-        .Arg<AnyBuffer>()
-        .Arg<Buffer<S32>>()
-        .Arg<Buffer<S32>>()
-        .Arg<Buffer<S32>>()
-        .Arg<Buffer<S32>>()
-        .Ret<AnyBuffer>() JBS_COMMON_ATTRS("trans_s", "trans_b"),
-    {ffi::Traits::kCmdBufferCompatible});
+// dsd and dds: two operands, the four block lists, one result.
+#define JBS_LINES_HANDLER(NAME, IMPL, FIRST, SECOND)                                     \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                        \
+      NAME, IMPL,                                                                       \
+      ffi::Ffi::Bind()                                                                  \
+          .Ctx<ffi::PlatformStream<cudaStream_t>>()                                     \
+          .Arg<AnyBuffer>()                                                             \
+          .Arg<AnyBuffer>()                                                             \
+          .Arg<Buffer<S32>>()                                                           \
+          .Arg<Buffer<S32>>()                                                           \
+          .Arg<Buffer<S32>>()                                                           \
+          .Arg<Buffer<S32>>()                                                           \
+          .Ret<AnyBuffer>() JBS_COMMON_ATTRS(FIRST, SECOND),                            \
+      {ffi::Traits::kCmdBufferCompatible});
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    JaxBlocksparseDds, jax_blocksparse::DdsImpl,
-    ffi::Ffi::Bind()
-        .Ctx<ffi::PlatformStream<cudaStream_t>>()
-        .Arg<AnyBuffer>()
-        .Arg<AnyBuffer>()
-        .Arg<Buffer<S32>>()
-        .Arg<Buffer<S32>>()
-        .Arg<Buffer<S32>>()
-        .Arg<Buffer<S32>>()
-        .Ret<AnyBuffer>() JBS_COMMON_ATTRS("trans_a", "trans_w"),
-    {ffi::Traits::kCmdBufferCompatible});
+JBS_LINES_HANDLER(JaxBlocksparseDsd, jax_blocksparse::DsdImpl, "trans_s", "trans_b")
+JBS_LINES_HANDLER(JaxBlocksparseDds, jax_blocksparse::DdsImpl, "trans_a", "trans_w")

@@ -1,18 +1,19 @@
-// The launchers of matmul.h and the family's dispatch table. Each op runs on the tensor-core
-// tile kernel (tc_tile.cuh), or on the simple kernels (matmul/simple.cu) for exact float32
-// (precision=HIGHEST) or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1. On an sm_90 device with
-// sm_90a code built, bf16/f16 at block sizes 64/128 with 16-byte aligned operand rows run
-// the wgmma kernel instead (matmul/wgmma_lines.cuh; switched off by JAX_BLOCKSPARSE_NO_WGMMA=1).
-// With JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 (opt-in until measured), dds/dsd at block sizes
-// 16/32 run the grouped-lines wgmma kernel there (matmul/wgmma_small.cuh).
+// The launchers of matmul.h and the family's one table of variants. Each op runs on the
+// tensor-core tile kernel (tc_tile.cuh, mma.sync, sm_80+), or on the simple kernels
+// (simple.cu) for exact float32 (precision=HIGHEST) or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1.
+// On an sm_90 device with sm_90a code built, bf16/f16 at block sizes 64/128 with 16-byte
+// aligned operand rows run the wgmma kernel instead (wgmma_lines.cuh; switched off by
+// JAX_BLOCKSPARSE_NO_WGMMA=1). With JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 (opt-in until
+// measured), dds/dsd at block sizes 16/32 run the grouped-lines wgmma kernel there
+// (wgmma_small.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "simple.h"
+#include "../switches.h"
 #include "mma_sync.cuh"
+#include "simple.h"
 #include "wgmma_lines.cuh"
 #include "wgmma_small.cuh"
-#include "../switches.h"
 
 namespace jax_blocksparse {
 namespace tc {
@@ -64,19 +65,22 @@ using tc::TcArgs;
 #define JBS_WGS_ROWS(DT, T) \
   JBS_WGS_TRANS_ROWS(DT, T, 16, Small16), JBS_WGS_TRANS_ROWS(DT, T, 32, Small32)
 
-// (dtype, block size, path, mode, transposes) -> launcher, name. Every (dtype, block size)
-// listed has kSimple and kMmaSync rows; kWgmma rows where the wgmma kernels exist.
+// The one table of variants: (dtype, block size, path, mode, transposes) -> launcher, name.
+// Every (dtype, block size) listed has kSimple and kMmaSync rows; kWgmma(Small) rows where
+// the wgmma kernels exist. Rows stand in order of preference: a call runs the first row
+// that serves it (dtype, block size, mode, transposes), whose path its precision and the
+// switches turn on (PathOn) and that is usable here (device, build, alignment).
 const MatmulKernel kMatmulKernels[] = {
     JBS_SIMPLE_ROWS(DType::kF32),
     JBS_SIMPLE_ROWS(DType::kF16),
     JBS_SIMPLE_ROWS(DType::kBF16),
+    JBS_WGS_ROWS(DType::kF16, __half),
+    JBS_WGS_ROWS(DType::kBF16, __nv_bfloat16),
+    JBS_WG_ROWS(DType::kF16, __half),
+    JBS_WG_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_MMA_ROWS(DType::kF32, float, "mma.sync(tf32)"),
     JBS_MMA_ROWS(DType::kF16, __half, "mma.sync"),
     JBS_MMA_ROWS(DType::kBF16, __nv_bfloat16, "mma.sync"),
-    JBS_WG_ROWS(DType::kF16, __half),
-    JBS_WG_ROWS(DType::kBF16, __nv_bfloat16),
-    JBS_WGS_ROWS(DType::kF16, __half),
-    JBS_WGS_ROWS(DType::kBF16, __nv_bfloat16),
 };
 #undef JBS_SIMPLE_ROWS
 #undef JBS_MMA_ROW
@@ -87,6 +91,20 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WGS_ROW
 #undef JBS_WGS_TRANS_ROWS
 #undef JBS_WGS_ROWS
+
+// Whether a path may run a call: the simple kernels for exact float32 or when switched on
+// (they then win: their rows come first); the wgmma kernels unless switched off, the small
+// one only when switched on; mma.sync always.
+bool PathOn(MatmulPath path, const Switches& sw, bool exact) {
+  switch (path) {
+    case MatmulPath::kSimple: return exact || sw.simple_kernels;
+    case MatmulPath::kWgmmaSmall: return sw.small_wgmma && !sw.no_wgmma;
+    case MatmulPath::kWgmma: return !sw.no_wgmma;
+    case MatmulPath::kMmaSync: return true;
+    case MatmulPath::kNone: return false;
+  }
+  return false;
+}
 
 // An empty output on the tensor-core paths: nothing runs.
 const MatmulKernel kNothing = {DType::kF32, 0, MatmulPath::kNone, -1, -1, -1, "none(empty)",
@@ -104,13 +122,6 @@ bool Serves(const MatmulKernel& k, const TcArgs& t) {
          (k.tb < 0 || k.tb == int(t.tb));
 }
 
-const MatmulKernel* Find(DType dtype, int block_size, MatmulPath path, const TcArgs& t) {
-  for (const MatmulKernel& k : kMatmulKernels)
-    if (k.dtype == dtype && k.block_size == block_size && k.path == path && Serves(k, t))
-      return &k;
-  return nullptr;
-}
-
 int ElemBytes(DType d) { return d == DType::kF32 ? 4 : 2; }
 
 // Whether 16-byte chunks of rows of a row-major operand are 16-byte aligned everywhere.
@@ -125,17 +136,6 @@ TcArgs Aligned(DType dtype, TcArgs t) {
   t.b_vec = Vec(t.b, t.ldb, t.b_bstride, dtype);
   t.o_vec = Vec(t.out, t.ldo, t.o_bstride, dtype);
   return t;
-}
-
-// The output lines of dsd/dds: their block lists and the launch order.
-template <typename Params>
-void SetLines(TcArgs& t, const Params& p, int64_t lines) {
-  t.lines = lines;
-  t.ptr = p.ptr;
-  t.idx = p.idx;
-  t.blk = p.blk;
-  t.order = p.order;
-  t.batch = p.batch;
 }
 
 bool Empty(const SddParams& p) { return p.batch == 0 || p.nnz == 0; }
@@ -165,102 +165,101 @@ TcArgs Args(const SddParams& p) {
   return t;
 }
 
-// Y = op(S) @ op(B) runs as Y^T = op(B)^T @ op(S)^T: a dds whose dense operand is op(B)^T
-// ([n, k]) and whose blocks are read as op(S)^T, with the tile stored transposed.
-TcArgs Args(const DsdParams& p) {
-  const int64_t bs = p.block_size;
+// DS mode (dsd, dds): the dense operand `a` (op(a) [M, k], leading dimension lda), the blocks
+// read as op(block), an output of p.m x p.n (stored transposed for dsd) and `lines` lines
+// of bs columns with their block lists and launch order.
+template <typename Params>
+TcArgs DsArgs(const Params& p, const void* a, bool ta, int64_t lda, int64_t a_bstride,
+              const void* blocks, bool tb, int64_t b_bstride, int64_t M, int64_t lines,
+              bool o_trans) {
   TcArgs t{};
   t.sdd = false;
-  t.a = p.b;
-  t.ta = !p.trans_b;              // B stored [k, n]: op(B)^T is its transpose
-  t.lda = p.trans_b ? p.k : p.n;
-  t.a_bstride = p.b_batch_stride;
-  t.b = p.s;
-  t.tb = !p.trans_s;
-  t.ldb = bs;
-  t.b_bstride = p.s_batch_stride;
+  t.a = a;
+  t.ta = ta;
+  t.lda = lda;
+  t.a_bstride = a_bstride;
+  t.b = blocks;
+  t.tb = tb;
+  t.ldb = p.block_size;
+  t.b_bstride = b_bstride;
   t.out = p.out;
   t.ldo = p.n;
   t.o_bstride = p.m * p.n;
-  t.o_trans = true;
-  t.M = p.n;
-  SetLines(t, p, p.m / bs);
+  t.o_trans = o_trans;
+  t.M = M;
+  t.lines = lines;
+  t.ptr = p.ptr;
+  t.idx = p.idx;
+  t.blk = p.blk;
+  t.order = p.order;
+  t.batch = p.batch;
   return t;
+}
+
+// Y = op(S) @ op(B) runs as Y^T = op(B)^T @ op(S)^T: a dds whose dense operand is op(B)^T
+// ([n, k]; B stored [k, n] makes it B's transpose) and whose blocks are read as op(S)^T,
+// with the tile stored transposed.
+TcArgs Args(const DsdParams& p) {
+  return DsArgs(p, p.b, !p.trans_b, p.trans_b ? p.k : p.n, p.b_batch_stride, p.s, !p.trans_s,
+                p.s_batch_stride, p.n, p.m / p.block_size, true);
 }
 
 TcArgs Args(const DdsParams& p) {
-  const int64_t bs = p.block_size;
-  TcArgs t{};
-  t.sdd = false;
-  t.a = p.a;
-  t.ta = p.trans_a;
-  t.lda = p.trans_a ? p.m : p.k;
-  t.a_bstride = p.a_batch_stride;
-  t.b = p.w;
-  t.tb = p.trans_w;
-  t.ldb = bs;
-  t.b_bstride = p.w_batch_stride;
-  t.out = p.out;
-  t.ldo = p.n;
-  t.o_bstride = p.m * p.n;
-  t.o_trans = false;
-  t.M = p.m;
-  SetLines(t, p, p.n / bs);
-  return t;
+  return DsArgs(p, p.a, p.trans_a, p.trans_a ? p.m : p.k, p.a_batch_stride, p.w, p.trans_w,
+                p.w_batch_stride, p.m, p.n / p.block_size, false);
 }
 
-// The path: simple for exact float32 or when switched on; nothing for an empty output;
-// wgmma where its row exists, it is not switched off and usable here (at bs 16/32 only
-// when JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1); else mma.sync.
+// The first row of the table that serves the call, is on and usable (see kMatmulKernels);
+// nothing for an empty output on the tensor-core paths.
 template <typename Params>
-const MatmulKernel* Select(DType dtype, const Params& p) {
+MatmulLaunch Select(DType dtype, const Params& p) {
+  MatmulLaunch run{};
   const int bs = p.block_size;
-  if (!Listed(dtype, bs)) return nullptr;
+  if (!Listed(dtype, bs)) return run;
   const Switches& sw = GetSwitches();
-  if ((dtype == DType::kF32 && p.full_fp32) || sw.simple_kernels)
-    return Find(dtype, bs, MatmulPath::kSimple, TcArgs{});
-  if (Empty(p)) return &kNothing;
-  const TcArgs t = Aligned(dtype, Args(p));
-  if (sw.small_wgmma && !sw.no_wgmma) {
-    const MatmulKernel* small = Find(dtype, bs, MatmulPath::kWgmmaSmall, t);
-    if (small != nullptr && small->usable(t, bs)) return small;
+  const bool exact = dtype == DType::kF32 && p.full_fp32;
+  if (!PathOn(MatmulPath::kSimple, sw, exact) && Empty(p)) {
+    run.kernel = &kNothing;
+    return run;
   }
-  const MatmulKernel* wgmma = sw.no_wgmma ? nullptr : Find(dtype, bs, MatmulPath::kWgmma, t);
-  if (wgmma != nullptr && wgmma->usable(t, bs)) return wgmma;
-  return Find(dtype, bs, MatmulPath::kMmaSync, t);
+  run.args = Aligned(dtype, Args(p));
+  for (const MatmulKernel& k : kMatmulKernels)
+    if (k.dtype == dtype && k.block_size == bs && Serves(k, run.args) &&
+        PathOn(k.path, sw, exact) && (k.usable == nullptr || k.usable(run.args, bs))) {
+      run.kernel = &k;
+      return run;
+    }
+  return run;  // not reached: every listed (dtype, block size) has its mma.sync rows
 }
 
 template <typename Params>
-cudaError_t Launch(const MatmulKernel& k, const Params& p, cudaStream_t stream,
+cudaError_t Launch(const MatmulLaunch& run, const Params& p, cudaStream_t stream,
                    cudaError_t (*simple)(DType, const Params&, cudaStream_t)) {
+  const MatmulKernel& k = *run.kernel;
   switch (k.path) {
     case MatmulPath::kNone: return cudaSuccess;
     case MatmulPath::kSimple: return simple(k.dtype, p, stream);
     case MatmulPath::kMmaSync:
     case MatmulPath::kWgmma:
-    case MatmulPath::kWgmmaSmall: {
-      const TcArgs t = Aligned(k.dtype, Args(p));
-      if (k.block_size != p.block_size || !Serves(k, t)) return cudaErrorInvalidValue;
-      return k.launch(t, stream);
-    }
+    case MatmulPath::kWgmmaSmall: return k.launch(run.args, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 }  // namespace
 
-const MatmulKernel* SelectSdd(DType dtype, const SddParams& p) { return Select(dtype, p); }
-const MatmulKernel* SelectDsd(DType dtype, const DsdParams& p) { return Select(dtype, p); }
-const MatmulKernel* SelectDds(DType dtype, const DdsParams& p) { return Select(dtype, p); }
+MatmulLaunch SelectSdd(DType dtype, const SddParams& p) { return Select(dtype, p); }
+MatmulLaunch SelectDsd(DType dtype, const DsdParams& p) { return Select(dtype, p); }
+MatmulLaunch SelectDds(DType dtype, const DdsParams& p) { return Select(dtype, p); }
 
-cudaError_t LaunchSdd(const MatmulKernel& kernel, const SddParams& p, cudaStream_t stream) {
-  return Launch(kernel, p, stream, LaunchSddSimple);
+cudaError_t LaunchSdd(const MatmulLaunch& run, const SddParams& p, cudaStream_t stream) {
+  return Launch(run, p, stream, LaunchSddSimple);
 }
-cudaError_t LaunchDsd(const MatmulKernel& kernel, const DsdParams& p, cudaStream_t stream) {
-  return Launch(kernel, p, stream, LaunchDsdSimple);
+cudaError_t LaunchDsd(const MatmulLaunch& run, const DsdParams& p, cudaStream_t stream) {
+  return Launch(run, p, stream, LaunchDsdSimple);
 }
-cudaError_t LaunchDds(const MatmulKernel& kernel, const DdsParams& p, cudaStream_t stream) {
-  return Launch(kernel, p, stream, LaunchDdsSimple);
+cudaError_t LaunchDds(const MatmulLaunch& run, const DdsParams& p, cudaStream_t stream) {
+  return Launch(run, p, stream, LaunchDdsSimple);
 }
 
 }  // namespace jax_blocksparse

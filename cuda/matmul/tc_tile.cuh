@@ -42,31 +42,7 @@
 namespace jax_blocksparse {
 namespace tc {
 
-// One launch of the tile kernel, built on the host from Sdd/Dsd/DdsParams.
-struct TcArgs {
-  bool sdd;  // SDD mode; otherwise DS mode
-  // "A": op(A) is [M, K] (DS) or [m, K] (SDD); stored row-major with leading dim lda.
-  const void* a;
-  int64_t lda, a_bstride;
-  bool ta, a_vec;
-  // "B": DS: blocks [nnz, bs, bs], op(block) is [k, n]; SDD: dense op(B) [K, N].
-  const void* b;
-  int64_t ldb, b_bstride;
-  bool tb, b_vec;
-  // Output: tile element (r, c) goes to out[g*o_bstride + base + r*ldo + c], or
-  // + c*ldo + r when o_trans (dsd).
-  void* out;
-  int64_t ldo, o_bstride;
-  bool o_trans, o_vec;
-  int64_t M;       // DS: size of the dense output dimension (masked tail)
-  int64_t K;       // SDD: contracted size (masked tail)
-  int64_t m_tiles; // DS: ceil(M / BM)
-  int64_t lines;   // DS: number of lines
-  const int32_t *ptr, *idx, *blk, *order;  // DS
-  const int32_t* coords;                   // SDD
-  int64_t nnz;                             // SDD
-  int64_t batch;
-};
+// TcArgs, one launch of the tile kernel: matmul.h.
 
 // ----------------------------------------------------------------- element traits
 template <typename T> struct Elem;
