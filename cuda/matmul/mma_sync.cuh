@@ -3,10 +3,6 @@
 // that the CUDA build compiles them in parallel.
 #pragma once
 
-#include <atomic>
-
-#include "../launch_util.h"
-
 #include "tc_tile.cuh"
 
 namespace jax_blocksparse {
@@ -26,11 +22,6 @@ using Sdd64 = Config<64, 64, 64, 64, 4, 2, 3>;
 
 template <typename T, class C>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
-  constexpr int kSmem = C::template SmemBytes<T>();
-  static std::atomic<uint64_t> configured{0};  // dynamic smem limit raised, per device
-  const void* kernel = reinterpret_cast<const void*>(TcKernel<T, C>);
-  cudaError_t err = AllowDynamicSmem(configured, kernel, kSmem);
-  if (err != cudaSuccess) return err;
   dim3 grid;
   if (args.sdd) {
     grid = dim3(Clamp(args.nnz, 0x7fffffff), 1, Clamp(args.batch, 65535));
@@ -39,8 +30,8 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
     grid = dim3(Clamp(args.lines, 0x7fffffff), Clamp(args.m_tiles, 65535),
                 Clamp(args.batch, 65535));
   }
-  TcKernel<T, C><<<grid, C::kThreads, kSmem, stream>>>(args);
-  return cudaGetLastError();
+  return LaunchTile<TcKernel<T, C>>(grid, C::kThreads, C::template SmemBytes<T>(), args,
+                                    stream);
 }
 
 // The launchers the dispatch table (matmul/dispatch.cu) names: declared `extern template` there,

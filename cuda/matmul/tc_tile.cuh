@@ -36,6 +36,9 @@
 
 #include <cstdint>
 
+#include <atomic>
+
+#include "../launch_util.h"
 #include "../matmul.h"
 #include "../ptx.cuh"
 
@@ -496,6 +499,18 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) TcKernel(const TcA
           __syncthreads();
         }
   }
+}
+
+// Launches a tile kernel (mma.sync or wgmma) with `smem` bytes of dynamic shared memory,
+// raising the kernel's limit first (once per device); returns the launch's error.
+template <void (*Kernel)(TcArgs)>
+cudaError_t LaunchTile(dim3 grid, int threads, int smem, const TcArgs& args,
+                       cudaStream_t stream) {
+  static std::atomic<uint64_t> configured{0};  // dynamic smem limit raised, per device
+  cudaError_t err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(Kernel), smem);
+  if (err != cudaSuccess) return err;
+  Kernel<<<grid, threads, smem, stream>>>(args);
+  return cudaGetLastError();
 }
 
 }  // namespace tc

@@ -25,20 +25,10 @@
 // output element is summed by one thread in a fixed order (deterministic).
 #pragma once
 
-#include <atomic>
-
-#include "../launch_util.h"
-
-#include "tc_tile.cuh"
-#include "../wgmma.cuh"
+#include "wgmma_common.cuh"
 
 namespace jax_blocksparse {
 namespace wg {
-
-using tc::TcArgs;
-
-constexpr int kBK = 64;     // K step: one 128-byte line of 16-bit elements
-constexpr int kLine = 128;  // bytes per smem line
 
 // BS: block size (= N of the wgmma); NWG: consumer warpgroups (BM = 64 * NWG); STAGES:
 // depth of the ring; MINB: CTAs per SM for the register allocation; SDD: SDD mode (one
@@ -59,30 +49,6 @@ struct Cfg {
   static_assert(BS == 64 || BS == 128, "block size");
   static_assert(STAGES >= 3, "one wgmma group stays in flight: 3 stages at least");
 };
-
-// Geometry of one thread's copies of an operand tile with EXT (the M or N extent) x kBK
-// elements, MN-major (MN contiguous in global memory) or K-major: 16-byte chunks along the
-// contiguous axis, CPR per global row; chunk i of the thread is global row r0 + i*RSTEP,
-// chunk column cc. In smem it goes to line (MN ? slab*kBK + k : row); RSTEP is a multiple
-// of 8, so all of a thread's chunks share one swizzle phase and lie i*RSTEP lines apart.
-template <int EXT, int NT, bool MN>
-struct Copies {
-  static constexpr int CPR = MN ? EXT / 8 : kBK / 8;
-  static constexpr int RSTEP = NT / CPR;
-  static constexpr int CH = EXT * kBK / 8 / NT;
-  static_assert(CH >= 1 && CH * NT * 8 == EXT * kBK, "chunks per thread");
-  static_assert(RSTEP % 8 == 0, "swizzle phase");
-  int r0, cc;
-  uint32_t dst0;  // byte offset of chunk 0 in the tile
-  __device__ __forceinline__ explicit Copies(int tid) {
-    r0 = tid / CPR;
-    cc = tid % CPR;
-    const int line0 = MN ? (cc / 8) * kBK + r0 : r0;
-    dst0 = uint32_t(line0 * kLine + (((cc & 7) ^ (r0 & 7)) << 4));
-  }
-};
-
-template <typename T> struct alignas(4) Pair { T x, y; };
 
 template <typename T, class C, bool TA, bool TB>
 __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, int64_t mt,
@@ -248,23 +214,7 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
   // ---- epilogue: tile -> smem (in the output's orientation) -> global
   T* os = reinterpret_cast<T*>(smem);
   const int o_pitch = p.o_trans ? BM + 8 : BS + 8;
-  {
-    const int lane = tid & 31, w4 = (tid >> 5) & 3;
-    const int rb = wgi * 64 + w4 * 16 + (lane >> 2), cb2 = 2 * (lane & 3);
-#pragma unroll
-    for (int j = 0; j < BS / 8; ++j)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = rb + 8 * h, c = 8 * j + cb2;
-        const T v0 = tc::FromF<T>(acc[4 * j + 2 * h]), v1 = tc::FromF<T>(acc[4 * j + 2 * h + 1]);
-        if (p.o_trans) {
-          os[c * o_pitch + r] = v0;
-          os[(c + 1) * o_pitch + r] = v1;
-        } else {  // one 4-byte store (c even)
-          *reinterpret_cast<Pair<T>*>(os + r * o_pitch + c) = Pair<T>{v0, v1};
-        }
-      }
-  }
+  JBS_WG_STAGE_ACCUMULATORS(T, BS, p, acc, os, o_pitch, wgi, tid)
   tc::StoreTile<T, BM, BS, NT>(p, os, o_pitch, C::SDD, g, unit, row0, col0, rows_valid, tid);
 }
 
@@ -305,10 +255,6 @@ using Sdd128 = Cfg<128, 2, 4, 1, true>;
 
 template <typename T, class C, bool TA, bool TB>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
-  static std::atomic<uint64_t> configured{0};  // dynamic smem limit raised, per device
-  const void* kernel = reinterpret_cast<const void*>(WgKernel<T, C, TA, TB>);
-  cudaError_t err = AllowDynamicSmem(configured, kernel, C::SMEM);
-  if (err != cudaSuccess) return err;
   dim3 grid;
   if constexpr (C::SDD) {
     grid = dim3(Clamp(args.nnz, 0x7fffffff), 1, Clamp(args.batch, 65535));
@@ -317,30 +263,16 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
     grid = dim3(Clamp(args.lines, 0x7fffffff), Clamp(args.m_tiles, 65535),
                 Clamp(args.batch, 65535));
   }
-  WgKernel<T, C, TA, TB><<<grid, C::NT, C::SMEM, stream>>>(args);
-  return cudaGetLastError();
-}
-
-// Per device: 0 unknown, 1 usable, 2 not. An sm_90 device, and the kernel's code for it
-// built for sm_90 (the build's "90a"; a plain sm_80 build runs sm_80 code there).
-template <typename T>
-bool DeviceOk() {
-  static std::atomic<uint8_t> state[64];
-  const void* kernel = reinterpret_cast<const void*>(WgKernel<T, Wg64, false, false>);
-  return UsableAsSm90(state, kernel);
+  return tc::LaunchTile<WgKernel<T, C, TA, TB>>(grid, C::NT, C::SMEM, args, stream);
 }
 
 // Whether the wgmma kernels can run `args` on the current device: block size 64 or 128,
-// 16-byte aligned operand rows, an sm_90 device and kernels built for sm_90a. Checked once
-// per device (cached); no stream work.
+// and (Sm90Usable) 16-byte aligned operand rows, an sm_90 device and kernels built for
+// sm_90a.
 template <typename T>
 bool WgmmaUsable(const TcArgs& args, int block_size) {
-#ifndef JBS_WGMMA_BUILT  // CMake: the architectures include 90a
-  return false;
-#endif
-  if ((block_size != 64 && block_size != 128) || !args.a_vec || !args.b_vec)
-    return false;
-  return DeviceOk<T>();
+  return (block_size == 64 || block_size == 128) &&
+         Sm90Usable<WgKernel<T, Wg64, false, false>>(args);
 }
 
 // The launchers (one per configuration and transposition: `Run<T, C, TA, TB>`) and the

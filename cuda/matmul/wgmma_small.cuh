@@ -30,21 +30,17 @@
 // (one m64n{bs}k16 wgmma per present block, the x tile shared), 256 columns per CTA.
 #pragma once
 
-#include <atomic>
 #include <climits>
 
-#include "../launch_util.h"
-
-#include "tc_tile.cuh"
-#include "../wgmma.cuh"
+#include "wgmma_common.cuh"
 
 namespace jax_blocksparse {
 namespace wgs {
 
 using tc::TcArgs;
+using wg::kBK;
+using wg::kLine;
 
-constexpr int kBK = 64;     // K step: one 128-byte line of 16-bit elements
-constexpr int kLine = 128;  // bytes per smem line
 constexpr int kBM = 128, kBN = 64, kNT = 256;  // two consumer warpgroups
 
 template <int BS_, int STAGES_, int MINB_>
@@ -64,26 +60,9 @@ struct Cfg {
 using Small16 = Cfg<16, 4, 2>;
 using Small32 = Cfg<32, 4, 2>;
 
-// One thread's chunk geometry (as wg::Copies): an EXT x kBK tile, MN-major or K-major; 16-byte
-// chunks, CPR per stored row; chunk i is stored row r0 + i*RSTEP, chunk column cc.
+// One thread's chunk geometry of an EXT x kBK tile copied by the kNT threads.
 template <int EXT, bool MN>
-struct Geo {
-  static constexpr int CPR = MN ? EXT / 8 : kBK / 8;
-  static constexpr int RSTEP = kNT / CPR;
-  static constexpr int CH = EXT * kBK / 8 / kNT;
-  static_assert(CH >= 1 && CH * kNT * 8 == EXT * kBK, "chunks per thread");
-  static_assert(RSTEP % 8 == 0, "swizzle phase");
-  int r0, cc;
-  uint32_t dst0;
-  __device__ __forceinline__ explicit Geo(int tid) {
-    r0 = tid / CPR;
-    cc = tid % CPR;
-    const int line0 = MN ? (cc / 8) * kBK + r0 : r0;
-    dst0 = uint32_t(line0 * kLine + (((cc & 7) ^ (r0 & 7)) << 4));
-  }
-};
-
-template <typename T> struct alignas(4) Pair { T x, y; };
+using Geo = wg::Copies<EXT, kNT, MN>;
 
 // The merge of the group's G sorted lists: heads, ends and the idx at each head (INT_MAX
 // past the end). Every thread runs it identically.
@@ -264,23 +243,9 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
   // ---- epilogue: tile -> smem (in the output's orientation) -> the valid columns in global
   T* os = reinterpret_cast<T*>(smem);
   const int o_pitch = p.o_trans ? kBM + 8 : kBN + 8;
-  {
-    const int lane = tid & 31, w4 = (tid >> 5) & 3;
-    const int rb = wgi * 64 + w4 * 16 + (lane >> 2), cb2 = 2 * (lane & 3);
-#pragma unroll
-    for (int j = 0; j < kBN / 8; ++j)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = rb + 8 * h, c = 8 * j + cb2;
-        const T v0 = tc::FromF<T>(acc[4 * j + 2 * h]), v1 = tc::FromF<T>(acc[4 * j + 2 * h + 1]);
-        if (p.o_trans) {
-          os[c * o_pitch + r] = v0;
-          os[(c + 1) * o_pitch + r] = v1;
-        } else {
-          *reinterpret_cast<Pair<T>*>(os + r * o_pitch + c) = Pair<T>{v0, v1};
-        }
-      }
-  }
+  JBS_WG_STAGE_ACCUMULATORS(T, kBN, p, acc, os, o_pitch, wgi, tid)
+  // Second half: as tc::StoreTile, but only the group's valid columns (a last group may be
+  // partial). Kept apart: StoreTile with a column mask compiles to other code here.
   __syncthreads();
   const int cols_valid = lines_here * BS;  // a multiple of 16: whole 16-byte chunks
   T* out = static_cast<T*>(p.out) + g * p.o_bstride +
@@ -329,35 +294,19 @@ __global__ void __launch_bounds__(kNT, C::MINB) WgsKernel(const TcArgs p) {
 
 template <typename T, class C, bool TA, bool TB>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
-  static std::atomic<uint64_t> configured{0};  // dynamic smem limit raised, per device
-  const void* kernel = reinterpret_cast<const void*>(WgsKernel<T, C, TA, TB>);
-  cudaError_t err = AllowDynamicSmem(configured, kernel, C::SMEM);
-  if (err != cudaSuccess) return err;
   args.m_tiles = (args.M + kBM - 1) / kBM;
   const int64_t groups = (args.lines + C::G - 1) / C::G;
   const dim3 grid(Clamp(groups, 0x7fffffff), Clamp(args.m_tiles, 65535),
                   Clamp(args.batch, 65535));
-  WgsKernel<T, C, TA, TB><<<grid, kNT, C::SMEM, stream>>>(args);
-  return cudaGetLastError();
+  return tc::LaunchTile<WgsKernel<T, C, TA, TB>>(grid, kNT, C::SMEM, args, stream);
 }
 
-template <typename T>
-bool DeviceOk() {
-  static std::atomic<uint8_t> state[64];
-  const void* kernel = reinterpret_cast<const void*>(WgsKernel<T, Small16, false, false>);
-  return UsableAsSm90(state, kernel);
-}
-
-// Whether this kernel can run `args` here: block size 16 or 32, 16-byte aligned operand rows,
-// an sm_90 device and the kernels built for sm_90a (cached per device; no stream work).
+// Whether this kernel can run `args` here: DS mode at block size 16 or 32, and (Sm90Usable)
+// 16-byte aligned operand rows, an sm_90 device and the kernels built for sm_90a.
 template <typename T>
 bool SmallUsable(const TcArgs& args, int block_size) {
-#ifndef JBS_WGMMA_BUILT  // CMake: the architectures include 90a
-  return false;
-#endif
-  if ((block_size != 16 && block_size != 32) || args.sdd || !args.a_vec || !args.b_vec)
-    return false;
-  return DeviceOk<T>();
+  return (block_size == 16 || block_size == 32) && !args.sdd &&
+         wg::Sm90Usable<WgsKernel<T, Small16, false, false>>(args);
 }
 
 #define JBS_WGS_CFG_LAUNCHERS(PREFIX, T, C)                          \
