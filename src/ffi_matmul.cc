@@ -86,16 +86,6 @@ void SetOutput(Params& p, AnyBuffer& out, size_t unbatched_rank, int32_t block_s
   p.full_fp32 = precision == 1;
 }
 
-// The block lists of dsd and dds (jax_blocksparse.layout.BlockLists).
-template <typename Params>
-void SetLists(Params& p, const Buffer<S32>& ptr, const Buffer<S32>& idx, const Buffer<S32>& blk,
-              const Buffer<S32>& order) {
-  p.ptr = ptr.typed_data();
-  p.idx = idx.typed_data();
-  p.blk = blk.typed_data();
-  p.order = order.typed_data();
-}
-
 ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> coords,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_a, bool trans_b,
                    int32_t precision) {
@@ -117,26 +107,46 @@ ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> co
   return Run(stream, "sdd", *dtype, p, a, b, *out, trans_a, trans_b, SelectSdd, LaunchSdd);
 }
 
+// dsd and dds: operands x and y (one holds the blocks), the block lists
+// (jax_blocksparse.layout.BlockLists) and an output [G?, m, n]; `operands` sets what
+// differs between the two (which operand holds the blocks, the sizes read from it).
+template <typename Params, typename Operands>
+ffi::Error LinesImpl(cudaStream_t stream, const char* op, const AnyBuffer& x,
+                     const AnyBuffer& y, const Buffer<S32>& ptr, const Buffer<S32>& idx,
+                     const Buffer<S32>& blk, const Buffer<S32>& order, AnyBuffer& out,
+                     int32_t block_size, bool t1, bool t2, int32_t precision,
+                     MatmulLaunch (*select)(DType, const Params&),
+                     cudaError_t (*launch)(const MatmulLaunch&, const Params&, cudaStream_t),
+                     Operands operands) {
+  auto dtype = ToDType(x.element_type());
+  if (dtype.has_error()) return dtype.error();
+  Params p{};
+  SetOutput(p, out, 2, block_size, precision);
+  p.ptr = ptr.typed_data();
+  p.idx = idx.typed_data();
+  p.blk = blk.typed_data();
+  p.order = order.typed_data();
+  operands(p);
+  return Run(stream, op, *dtype, p, x, y, out, t1, t2, select, launch);
+}
+
 // dsd: the blocks come first, the dense operand second.
 ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> ptr,
                    Buffer<S32> idx, Buffer<S32> blk, Buffer<S32> order,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_s, bool trans_b,
                    int32_t precision) {
-  auto dtype = ToDType(s.element_type());
-  if (dtype.has_error()) return dtype.error();
-  DsdParams p{};
-  SetOutput(p, *out, 2, block_size, precision);
-  SetLists(p, ptr, idx, blk, order);
-  p.s = s.untyped_data();
-  p.s_batch_stride = BlocksBatchStride(s);
-  p.trans_s = trans_s;
-  p.b = b.untyped_data();
-  p.b_batch_stride = DenseBatchStride(b);
-  p.trans_b = trans_b;
-  OpDims(b, trans_b, &p.k, &p.n);
-  p.m = DimFromEnd(*out, 2);
-  p.nnz = int32_t(DimFromEnd(s, 3));
-  return Run(stream, "dsd", *dtype, p, s, b, *out, trans_s, trans_b, SelectDsd, LaunchDsd);
+  return LinesImpl(stream, "dsd", s, b, ptr, idx, blk, order, *out, block_size, trans_s,
+                   trans_b, precision, SelectDsd, LaunchDsd, [&](DsdParams& p) {
+                     p.s = s.untyped_data();
+                     p.s_batch_stride = BlocksBatchStride(s);
+                     p.trans_s = trans_s;
+                     p.nnz = int32_t(DimFromEnd(s, 3));
+                     p.b = b.untyped_data();
+                     p.b_batch_stride = DenseBatchStride(b);
+                     p.trans_b = trans_b;
+                     OpDims(b, trans_b, &p.k, &p.n);
+                     p.m = DimFromEnd(*out, 2);
+                   });
 }
 
 // dds: the dense operand comes first, the blocks second.
@@ -144,21 +154,18 @@ ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> pt
                    Buffer<S32> idx, Buffer<S32> blk, Buffer<S32> order,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_a, bool trans_w,
                    int32_t precision) {
-  auto dtype = ToDType(a.element_type());
-  if (dtype.has_error()) return dtype.error();
-  DdsParams p{};
-  SetOutput(p, *out, 2, block_size, precision);
-  SetLists(p, ptr, idx, blk, order);
-  p.a = a.untyped_data();
-  p.a_batch_stride = DenseBatchStride(a);
-  p.trans_a = trans_a;
-  p.w = w.untyped_data();
-  p.w_batch_stride = BlocksBatchStride(w);
-  p.trans_w = trans_w;
-  OpDims(a, trans_a, &p.m, &p.k);
-  p.n = DimFromEnd(*out, 1);
-  p.nnz = int32_t(DimFromEnd(w, 3));
-  return Run(stream, "dds", *dtype, p, a, w, *out, trans_a, trans_w, SelectDds, LaunchDds);
+  return LinesImpl(stream, "dds", a, w, ptr, idx, blk, order, *out, block_size, trans_a,
+                   trans_w, precision, SelectDds, LaunchDds, [&](DdsParams& p) {
+                     p.a = a.untyped_data();
+                     p.a_batch_stride = DenseBatchStride(a);
+                     p.trans_a = trans_a;
+                     OpDims(a, trans_a, &p.m, &p.k);
+                     p.w = w.untyped_data();
+                     p.w_batch_stride = BlocksBatchStride(w);
+                     p.trans_w = trans_w;
+                     p.nnz = int32_t(DimFromEnd(w, 3));
+                     p.n = DimFromEnd(*out, 1);
+                   });
 }
 
 }  // namespace

@@ -82,5 +82,14 @@ bool Sm90Usable(const TcArgs& args) {
   return UsableAsSm90(state, reinterpret_cast<const void*>(Kernel));
 }
 
+// The four launchers of configuration C, one per transposition (`Run<T, C, TA, TB>` of the
+// namespace where it is expanded), declared `extern template` in the dispatch table and
+// instantiated in the per-dtype translation units.
+#define JBS_WG_TRANS_LAUNCHERS(PREFIX, T, C)                         \
+  PREFIX cudaError_t Run<T, C, false, false>(TcArgs, cudaStream_t);  \
+  PREFIX cudaError_t Run<T, C, false, true>(TcArgs, cudaStream_t);   \
+  PREFIX cudaError_t Run<T, C, true, false>(TcArgs, cudaStream_t);   \
+  PREFIX cudaError_t Run<T, C, true, true>(TcArgs, cudaStream_t);
+
 }  // namespace wg
 }  // namespace jax_blocksparse

@@ -278,16 +278,11 @@ bool WgmmaUsable(const TcArgs& args, int block_size) {
 // The launchers (one per configuration and transposition: `Run<T, C, TA, TB>`) and the
 // check the dispatch table (matmul/dispatch.cu) names: declared `extern template` there,
 // instantiated in wgmma_lines_<dtype>.cu.
-#define JBS_WGMMA_CFG_LAUNCHERS(PREFIX, T, C)                          \
-  PREFIX cudaError_t Run<T, C, false, false>(TcArgs, cudaStream_t);    \
-  PREFIX cudaError_t Run<T, C, false, true>(TcArgs, cudaStream_t);     \
-  PREFIX cudaError_t Run<T, C, true, false>(TcArgs, cudaStream_t);     \
-  PREFIX cudaError_t Run<T, C, true, true>(TcArgs, cudaStream_t);
 #define JBS_WGMMA_LAUNCHERS(PREFIX, T)                       \
-  JBS_WGMMA_CFG_LAUNCHERS(PREFIX, T, Wg64)                   \
-  JBS_WGMMA_CFG_LAUNCHERS(PREFIX, T, Wg128)                  \
-  JBS_WGMMA_CFG_LAUNCHERS(PREFIX, T, Sdd64)                  \
-  JBS_WGMMA_CFG_LAUNCHERS(PREFIX, T, Sdd128)                 \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg64)                   \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg128)                  \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd64)                  \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd128)                 \
   PREFIX bool WgmmaUsable<T>(const TcArgs&, int);
 
 }  // namespace wg

@@ -309,14 +309,10 @@ bool SmallUsable(const TcArgs& args, int block_size) {
          wg::Sm90Usable<WgsKernel<T, Small16, false, false>>(args);
 }
 
-#define JBS_WGS_CFG_LAUNCHERS(PREFIX, T, C)                          \
-  PREFIX cudaError_t Run<T, C, false, false>(TcArgs, cudaStream_t);  \
-  PREFIX cudaError_t Run<T, C, false, true>(TcArgs, cudaStream_t);   \
-  PREFIX cudaError_t Run<T, C, true, false>(TcArgs, cudaStream_t);   \
-  PREFIX cudaError_t Run<T, C, true, true>(TcArgs, cudaStream_t);
+// The launchers and the check the dispatch table names (as JBS_WGMMA_LAUNCHERS).
 #define JBS_WGS_LAUNCHERS(PREFIX, T)        \
-  JBS_WGS_CFG_LAUNCHERS(PREFIX, T, Small16) \
-  JBS_WGS_CFG_LAUNCHERS(PREFIX, T, Small32) \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Small16) \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Small32) \
   PREFIX bool SmallUsable<T>(const TcArgs&, int);
 
 }  // namespace wgs
