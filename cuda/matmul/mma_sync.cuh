@@ -34,7 +34,7 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
                                     stream);
 }
 
-// The launchers the dispatch table (matmul/dispatch.cu) names: declared `extern template` there,
+// The launchers the dispatch table (dispatch.cu) names: declared `extern template` there,
 // instantiated in mma_sync_<dtype>.cu. Block size 128 runs Ds128 in both modes.
 #define JBS_TC_LAUNCHERS(PREFIX, T)                          \
   PREFIX cudaError_t Run<T, Sdd16>(TcArgs, cudaStream_t);    \

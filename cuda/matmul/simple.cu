@@ -1,6 +1,6 @@
 // Simple CUDA kernels for the matmul family: one thread per output element, float32
 // accumulation in a fixed order (deterministic). The portable baseline: the dispatch table
-// (matmul/dispatch.cu) runs them for exact float32 (precision=HIGHEST) and when
+// (dispatch.cu) runs them for exact float32 (precision=HIGHEST) and when
 // JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 (A/B checks), at the block sizes it lists.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

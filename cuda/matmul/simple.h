@@ -1,4 +1,4 @@
-// Launchers of the simple (one thread per output element) kernels, matmul/simple.cu.
+// Launchers of the simple (one thread per output element) kernels, simple.cu.
 #pragma once
 
 #include "../matmul.h"

@@ -1,7 +1,7 @@
 // Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose; see the DS
 // mode in tc_tile.cuh for the mapping) on warpgroup MMAs (wgmma.mma_async), for 16-bit
 // types and block sizes 64 / 128. Instantiated in one translation unit per dtype
-// (wgmma_lines_{bf16,f16}.cu); the dispatch table (matmul/dispatch.cu) names the launchers.
+// (wgmma_lines_{bf16,f16}.cu); the dispatch table (dispatch.cu) names the launchers.
 //
 // The CTA owns an output tile of BM = 64*NWG rows of the dense dimension x one line (BN =
 // bs columns); warpgroup w computes rows [64w, 64w+64) with one m64nBSk16 wgmma per 16 of
@@ -276,13 +276,13 @@ bool WgmmaUsable(const TcArgs& args, int block_size) {
 }
 
 // The launchers (one per configuration and transposition: `Run<T, C, TA, TB>`) and the
-// check the dispatch table (matmul/dispatch.cu) names: declared `extern template` there,
+// check the dispatch table (dispatch.cu) names: declared `extern template` there,
 // instantiated in wgmma_lines_<dtype>.cu.
-#define JBS_WGMMA_LAUNCHERS(PREFIX, T)                       \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg64)                   \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg128)                  \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd64)                  \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd128)                 \
+#define JBS_WGMMA_LAUNCHERS(PREFIX, T)      \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg64)   \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg128)  \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd64)  \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd128) \
   PREFIX bool WgmmaUsable<T>(const TcArgs&, int);
 
 }  // namespace wg

@@ -1,4 +1,4 @@
-// Hopper wgmma kernels of the DS-mode ops for __nv_bfloat16 (see matmul/wgmma_lines.cuh).
+// Hopper wgmma kernels of the DS-mode ops for __nv_bfloat16 (see wgmma_lines.cuh).
 #include "wgmma_lines.cuh"
 
 namespace jax_blocksparse {

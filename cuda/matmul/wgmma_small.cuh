@@ -2,7 +2,7 @@
 // sizes 16 and 32, on warpgroup MMAs; opt-in (JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1, see
 // switches.h) until it is measured. Instantiated per dtype in wgmma_small_{bf16,f16}.cu.
 //
-// Why a different tiling from the bs 64/128 kernel (matmul/wgmma_lines.cuh): there a CTA owns
+// Why a different tiling from the bs 64/128 kernel (wgmma_lines.cuh): there a CTA owns
 // one line (bs output columns), so each element of the dense operand loaded is used bs times;
 // at bs 16/32 that load rate bounds the kernel (benchmarks/RESULTS.md, issue 20). Here a CTA
 // owns BM = 128 rows x BN = 64 output columns: a GROUP of G = 64/bs consecutive lines. Its K
@@ -310,7 +310,7 @@ bool SmallUsable(const TcArgs& args, int block_size) {
 }
 
 // The launchers and the check the dispatch table names (as JBS_WGMMA_LAUNCHERS).
-#define JBS_WGS_LAUNCHERS(PREFIX, T)        \
+#define JBS_WGS_LAUNCHERS(PREFIX, T)         \
   JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Small16) \
   JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Small32) \
   PREFIX bool SmallUsable<T>(const TcArgs&, int);

@@ -1,5 +1,5 @@
 // Hopper wgmma kernel of the DS-mode ops at block sizes 16/32 for __half (see
-// matmul/wgmma_small.cuh).
+// wgmma_small.cuh).
 #include "wgmma_small.cuh"
 
 namespace jax_blocksparse {
