@@ -246,14 +246,16 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
 
   const int tid = threadIdx.x, wgi = tid / 128;
   const Lists& L = a.by_query;
-  // this CTA's work items: k = 0 .. items - 1 (one without PERSISTENT: a constant trip
-  // count, the loops below fold away)
-  const int bhs = a.batch * a.hq;
-  const int items = PERSISTENT ? (bhs * L.lines - int(blockIdx.x) + int(gridDim.x) - 1) /
-                                     int(gridDim.x)
-                               : 1;
+  // this CTA's work items k = 0, 1, ... while has_item(k) (one without PERSISTENT: a
+  // constant trip count, the loops below fold away); item k is blockIdx.x + k gridDim.x,
+  // recomputed from k and the parameters where used (no registers held across the loops:
+  // D = 256 spilled)
+  auto has_item = [&](int k) {
+    return PERSISTENT ? int(blockIdx.x) + k * int(gridDim.x) < a.batch * a.hq * L.lines : k < 1;
+  };
   auto item = [&](int k) {
     if constexpr (PERSISTENT) {
+      const int bhs = a.batch * a.hq;
       const int i = int(blockIdx.x) + k * int(gridDim.x), pos = i / bhs;
       return DecodeItem<kBM>(a, pos, i - pos * bhs);
     } else {
@@ -292,7 +294,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       // kQLead K/V tiles go first (their slots free up as the consumers finish this item)
       constexpr int kQLead = PERSISTENT && QBUFS == 1 ? STAGES : 0;
       int it = 0;  // K/V tiles loaded, all items: ring stage it % STAGES, phase it / STAGES
-      for (int k = 0; k < items; ++k) {
+      for (int k = 0; has_item(k); ++k) {
         const WorkItem w = item(k);
         const int hk = w.h / a.group;
         KeyTiles<BS, kBN> tiles;
@@ -346,7 +348,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
     const bool pos_scale = sl2 > 0.f;
     const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
     int it = 0;  // K/V tiles consumed, all items (the producer's count: ring stage, phase)
-    for (int k = 0; k < items; ++k) {
+    for (int k = 0; has_item(k); ++k) {
       // ---- one work item: its rows, key tiles, Q buffer
       const WorkItem w = item(k);
       const int b = w.b, h = w.h, q0 = w.q0;
