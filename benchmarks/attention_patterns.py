@@ -15,7 +15,8 @@ dim and `peers.py masks FILE.npz` runs FlexAttention on them in a subprocess; cu
 `jax.nn.dot_product_attention(..., is_causal=True, implementation="cudnn")` on the same
 tensors (it ignores the sparsity and the documents: for the packed rows compare wall time).
 `--variants 0,2` times our forward once per value of `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT`
-(a fresh process each: the switch is read once). Calls without a fused kernel run the
+(a fresh process each: the switch is read once); a value ending in `p` (`--variants 2,2p`)
+sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), the others =0. Calls without a fused kernel run the
 pure-JAX path; those longer than `--max-pure-seq` are skipped (said in the table).
 `--metadata` adds a table of the metadata cost: each pattern's forward with the same block
 mask as a traced `BlockMask` (an argument of the jitted call, its lists built on the device,
@@ -226,7 +227,9 @@ def ours_per_variant(args, rows):
                    *(["--extended"] if args.extended else []),
                    "--batch", str(args.batch), "--heads", str(args.heads),
                    "--max-pure-seq", str(args.max_pure_seq)]
-            env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant)
+            # "2p": variant 2 with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1
+            env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=variant.removesuffix("p"),
+                       JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT="1" if variant.endswith("p") else "0")
             subprocess.run(cmd, env=env, check=True)
             result[f"v{variant} "] = json.load(open(fh.name))
     return result
@@ -264,7 +267,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", help="peers.py (FlexAttention on the same masks)")
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
-    parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values")
+    parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values "
+                        "(2p: 2 with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1)")
     parser.add_argument("--extended", action="store_true",
                         help="also S 16384 and 32768 (local, packed), D 64, 96, 256 (causal)")
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")

@@ -20,6 +20,8 @@
 //     SM, two at block 64, looping over the (batch, head, query block) items longest first,
 //     the next item's loads overlapping this one's end); the same outputs bit for bit. The
 //     combinations without a persistent row (attention.cu) run the plain kernel
+//   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n (n >= 1) the same, with at most n CTAs (tests
+//     and compute-sanitizer: many work items per CTA on small shapes)
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 the Hopper FA3-design backward (sm_90a; bf16/f16,
 //     head dims 64 / 128, block size 128, every mask source of the Hopper forward; other
 //     combinations run the default), =3 the same without the overlap of products and
@@ -37,7 +39,9 @@ struct Switches {
   bool no_wgmma;          // set to anything but "" or "0"
   bool small_wgmma;       // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA: anything but "" or "0"
   int attn_fwd_variant;   // 0..3 when the value starts with that digit, else -1 (default)
-  bool attn_fwd_persistent;  // JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT: anything but "" or "0"
+  bool attn_fwd_persistent;  // JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT: anything but "" or "0",
+                             // or JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS set
+  int attn_fwd_persistent_ctas;  // the latter's value when >= 1, else 0 (no cap)
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
 };
 

@@ -109,6 +109,7 @@
 
 #include "../attention_kernels.cuh"
 #include "../launch_util.h"
+#include "../switches.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
 #include "common.cuh"
@@ -821,12 +822,16 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   dim3 grid;
   if constexpr (PERSISTENT) {
-    // as many CTAs as run at once (kMinBlocks per SM), at most one per work item
+    // as many CTAs as run at once (kMinBlocks per SM), at most one per work item (and at
+    // most JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS: tests)
     const int64_t work = int64_t(a.batch) * a.hq * a.by_query.lines;
     if (work > INT32_MAX) return cudaErrorInvalidValue;  // int item indices
     const int sms = MultiProcessors();
     if (sms <= 0) return cudaErrorUnknown;
-    grid = dim3(Clamp(work, int64_t(sms) * G::kMinBlocks));
+    int64_t ctas = int64_t(sms) * G::kMinBlocks;
+    const int cap = GetSwitches().attn_fwd_persistent_ctas;
+    if (cap > 0 && cap < ctas) ctas = cap;
+    grid = dim3(Clamp(work, ctas));
   } else {
     if (a.by_query.lines > 65535) return cudaErrorInvalidValue;
     grid = dim3(unsigned(a.batch * a.hq), unsigned(a.by_query.lines));
