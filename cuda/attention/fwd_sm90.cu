@@ -99,6 +99,29 @@
 // Grid: x = (batch, head), y = position in `order` (longest lines first, x fastest), as
 // the FA2 forward. Every output element is written once, sums run in a fixed order: the
 // results are bitwise deterministic.
+//
+// Persistent form (PERSISTENT, opt-in: JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1; issue 18):
+// short lines (packed documents: ~12 key tiles per query block) pay the per-CTA prologue
+// (Q load, pipeline fill) and epilogue (O store) many times. The grid is one CTA per SM (two
+// at block 64, D < 256), CTA c taking the work items c, c + gridDim.x, ... of the
+// non-persistent grid's order (item i: y = i / (B Hq), x = i % (B Hq): longest first across
+// all (b, h)); static striding, no workspace. Per item the producer and the consumers run
+// the code above; between items:
+//  * the ring's stage and phase continue (one tile counter per CTA, both roles), so the
+//    producer fills stages with the next item's first K/V tiles while the consumers finish
+//    this one;
+//  * Q has two buffers (QBUFS; D = 256 at block 128 has room for one): item k uses buffer
+//    k % 2, its "full_q" barrier at phase k / 2, so the next item's Q is loaded during this
+//    item; the epilogue stages O in the item's own Q buffer (its Q is no longer read) and
+//    TMA-stores it; an "empty_q" barrier (one arrival per consumer warpgroup, by the thread
+//    that issued the store, after the store has read shared memory) gives the buffer back
+//    to the producer. That wait is deferred into the next item (after its first QK^T is
+//    issued), so the store overlaps the next item's start; with one buffer it comes at
+//    once, and the producer issues the next item's first STAGES K/V tiles before its Q;
+//  * the ping-pong turns and the V-tail barrier balance within each item (both consumer
+//    warpgroups run the same items and tiles), so they pair up across items too.
+// Each output tile is still computed by one CTA with the same code in the same order: the
+// persistent and plain kernels give the same bits.
 #include "fwd_sm90.h"
 
 #include <cuda_bf16.h>
@@ -249,8 +272,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
   const Lists& L = a.by_query;
   // this CTA's work items k = 0, 1, ... while has_item(k) (one without PERSISTENT: a
   // constant trip count, the loops below fold away); item k is blockIdx.x + k gridDim.x,
-  // recomputed from k and the parameters where used (no registers held across the loops:
-  // D = 256 spilled)
+  // the bound recomputed from the parameters (a register less held across the loops)
   auto has_item = [&](int k) {
     return PERSISTENT ? int(blockIdx.x) + k * int(gridDim.x) < a.batch * a.hq * L.lines : k < 1;
   };
@@ -707,7 +729,9 @@ template <int D, int BS>
 constexpr int kStages = D == 64 ? (BS == 128 ? 3 : 4) : 2;
 
 // Q buffers: 2 in the persistent kernel where they fit (a CTA's 227 KB; 113 KB each at two
-// CTAs per SM): every combination but D = 256 at block 128 (Q 64 KB + 2 stages x 64 KB)
+// CTAs per SM): every combination but D = 256 at block 128 (Q 64 KB + 2 stages x 64 KB).
+// Persistent smem: block 128 192 KB at D = 128, 96 and 256, 128 KB at D = 64; block 64
+// 96 KB at D = 128 and 96, 80 KB at D = 64, 192 KB at D = 256.
 template <int D, int BS, bool PERSISTENT>
 constexpr int kQBufs =
     PERSISTENT && Smem<D, kStages<D, BS>, BS, 2>::kBytes <=
