@@ -16,8 +16,9 @@ dim and `peers.py masks FILE.npz` runs FlexAttention on them in a subprocess; cu
 tensors (it ignores the sparsity and the documents: for the packed rows compare wall time).
 `--variants 0,2` times our forward once per value of `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT`
 (a fresh process each: the switch is read once); a value ending in `p` (`--variants 2,2p`)
-sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), the others =0. Calls without a fused kernel run the
-pure-JAX path; those longer than `--max-pure-seq` are skipped (said in the table).
+sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), the others
+=0. Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq`
+are skipped (said in the table).
 `--metadata` adds a table of the metadata cost: each pattern's forward with the same block
 mask as a traced `BlockMask` (an argument of the jitted call, its lists built on the device,
 `max_blocks` the layout's longest row) beside the static `Layout`, and the construction of

@@ -551,7 +551,8 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
 #pragma unroll
         for (int kk = 0; kk < kBN / 16; ++kk)
 #pragma unroll
-          for (int i = 0; i < 4; ++i) p[kk][i] = Ops<T>::Pack(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+          for (int i = 0; i < 4; ++i)
+            p[kk][i] = Ops<T>::Pack(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
       };
 
       // Ping-pong: the two consumer warpgroups take turns to issue their wgmmas (named
