@@ -51,9 +51,7 @@ namespace {
 // rows run them (every head dim), and only those (documents) rows.
 // Persistent rows (JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1, opt-in until measured): the same
 // kernels with one CTA per SM (two at block 64, D < 256) looping over the work items
-// (attention/fwd_sm90.cu), every combination of variants 2 and 3 but PERSIST_PP128: D = 256
-// has no persistent row at block 128 with ping-pong (its consumers spill there: 8 bytes),
-// so variant 2 runs the plain kernel for it.
+// (attention/fwd_sm90.cu), for every combination of variants 2 and 3.
 #define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
   {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
    attn::LaunchForwardSm90<T, D, 128, true, false>, true},                             \
@@ -63,15 +61,14 @@ namespace {
    attn::LaunchForwardSm90<T, D, 64, false, false>, true},                             \
   {DT, D, 64, false, 3, "fa3_forward(wgmma, tma, ws, 64-row CTA)",                    \
    attn::LaunchForwardSm90<T, D, 64, false, false>, true},                             \
+  {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong, persistent)",         \
+   attn::LaunchForwardSm90<T, D, 128, true, true>, true, false, true},                 \
   {DT, D, 128, false, 3, "fa3_forward(wgmma, tma, ws, persistent)",                   \
    attn::LaunchForwardSm90<T, D, 128, false, true>, true, false, true},                \
   {DT, D, 64, false, 2, "fa3_forward(wgmma, tma, ws, 64-row CTA, persistent)",        \
    attn::LaunchForwardSm90<T, D, 64, false, true>, true, false, true},                 \
   {DT, D, 64, false, 3, "fa3_forward(wgmma, tma, ws, 64-row CTA, persistent)",        \
    attn::LaunchForwardSm90<T, D, 64, false, true>, true, false, true}
-#define JBS_FWD_SM90_PERSIST_PP128(DT, T, D)                                           \
-  {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong, persistent)",         \
-   attn::LaunchForwardSm90<T, D, 128, true, true>, true, false, true}
 #define JBS_BWD_NAME "fa2_backward(delta, dq 64-row, dk/dv per kv head)"
 #define JBS_BWD_ROWS(DT, T, D)                                      \
   {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>},      \
@@ -107,12 +104,6 @@ const AttentionKernel kAttentionKernels[] = {
     JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 96),
     JBS_FWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 256),
     JBS_FWD_SM90_ROWS(DType::kF16, __half, 96), JBS_FWD_SM90_ROWS(DType::kF16, __half, 256),
-    JBS_FWD_SM90_PERSIST_PP128(DType::kBF16, __nv_bfloat16, 64),
-    JBS_FWD_SM90_PERSIST_PP128(DType::kBF16, __nv_bfloat16, 96),
-    JBS_FWD_SM90_PERSIST_PP128(DType::kBF16, __nv_bfloat16, 128),
-    JBS_FWD_SM90_PERSIST_PP128(DType::kF16, __half, 64),
-    JBS_FWD_SM90_PERSIST_PP128(DType::kF16, __half, 96),
-    JBS_FWD_SM90_PERSIST_PP128(DType::kF16, __half, 128),
     JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 64), JBS_BWD_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_ROWS(DType::kF16, __half, 64),         JBS_BWD_ROWS(DType::kF16, __half, 128),
     JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64),
@@ -125,7 +116,6 @@ const AttentionKernel kAttentionKernels[] = {
 };
 #undef JBS_FWD_ROWS
 #undef JBS_FWD_SM90_ROWS
-#undef JBS_FWD_SM90_PERSIST_PP128
 #undef JBS_BWD_ROWS
 #undef JBS_BWD_SM90_ROWS
 #undef JBS_BWD_SM90_ONEPASS_ROWS

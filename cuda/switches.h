@@ -18,8 +18,7 @@
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 opt-in, until measured: the FA3-design forward
 //     (variants 2 and 3, sm_90a) as a persistent kernel (attention/fwd_sm90.cu: one CTA per
 //     SM, two at block 64, looping over the (batch, head, query block) items longest first,
-//     the next item's loads overlapping this one's end); the same outputs bit for bit. The
-//     combinations without a persistent row (attention.cu) run the plain kernel
+//     the next item's loads overlapping this one's end); the same outputs bit for bit
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n (n >= 1) the same, with at most n CTAs (tests
 //     and compute-sanitizer: many work items per CTA on small shapes)
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 the Hopper FA3-design backward (sm_90a; bf16/f16,

@@ -645,30 +645,23 @@ def test_fa3_forward_block_sizes_16_32(variant, names):
 # the (batch, head, query block) work items; JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n
 # caps the grid at n CTAs, so that on these small shapes each CTA runs many items (the
 # mbarrier ring and the two Q buffers cross items; items without keys between others).
-# Block 128 at D = 256 with ping-pong (variant 2) has no persistent row: the plain kernel.
 FA3_PERSISTENT = {"": "fa3_forward(wgmma, tma, ws, pingpong, persistent)",
                   "3": "fa3_forward(wgmma, tma, ws, persistent)"}
 FA3_BS64_PERSISTENT = "fa3_forward(wgmma, tma, ws, 64-row CTA, persistent)"
 
 
-def expected_persistent(variant, d, bs):
+def expected_persistent(variant, bs):
     """The forward kernel's debug name with the persistent switch set (bs: the kernel's
     block size, 128 for masks of block size 16 / 32)."""
-    if bs == BS64:
-        return FA3_BS64_PERSISTENT
-    if d == 256 and variant == "":
-        return FA3[""]
-    return FA3_PERSISTENT[variant]
+    return FA3_BS64_PERSISTENT if bs == BS64 else FA3_PERSISTENT[variant]
 
 
 def case_kind(name):
-    """(checker runner, head dim, kernel block size) of a CASES, DOC_CASES or FINE_CASES
-    case."""
+    """(checker runner, kernel block size) of a CASES, DOC_CASES or FINE_CASES case."""
     if name in CASES:
-        return "run_cases", head_dim(name), block_size(name)
-    case = doc_case(name)
-    return (("run_doc_cases" if name in DOC_CASES else "run_fine_cases"), case[9],
-            BS64 if case[10] == BS64 else BS)
+        return "run_cases", block_size(name)
+    runner = "run_doc_cases" if name in DOC_CASES else "run_fine_cases"
+    return runner, BS64 if doc_case(name)[10] == BS64 else BS
 
 
 PERSISTENT_CASES = [
@@ -721,7 +714,7 @@ def test_fa3_forward_persistent(variant, ctas, names):
         f"t.{runner}({group!r})" for runner, group in runners.items())
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", **persistent_env(variant, ctas)).stderr
     assert_forward_kernels(stderr, cases,
-                           lambda name: expected_persistent(variant, *case_kind(name)[1:]))
+                           lambda name: expected_persistent(variant, case_kind(name)[1]))
 
 
 def save_forward(cases, path):
@@ -761,8 +754,8 @@ def test_fa3_forward_persistent_bitwise(tmp_path, names):
         persistent = label != "plain"
         assert_forward_kernels(
             stderr, cases,
-            lambda name: (expected_persistent("", *case_kind(name)[1:]) if persistent else
-                          FA3_BS64 if case_kind(name)[2] == BS64 else FA3[""]))
+            lambda name: (expected_persistent("", case_kind(name)[1]) if persistent else
+                          FA3_BS64 if case_kind(name)[1] == BS64 else FA3[""]))
         results[label] = dict(np.load(path))
     for label in ("persistent", "one_cta"):
         for key, value in results["plain"].items():

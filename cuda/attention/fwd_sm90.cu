@@ -377,7 +377,6 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       const int b = w.b, h = w.h, q0 = w.q0;
       const int off = QueryOffset(a, b);  // causal position of query row 0
       const int kvlen = KvLength(a, b);
-      const int i0 = q0 + rl;  // the query index of tile row rl
       const int qb = q_buf(k);
       const uint32_t sQ = base + uint32_t(qb * kQTile);
       KeyTiles<BS, kBN> cur;  // the tile in work
@@ -480,6 +479,12 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         }
         if (masked) {
           const int j0 = start + 2 * t;
+          // the query index of tile row rl; in the persistent kernel from a fresh read of
+          // the thread index (i0 kept live across the loop spilled there at D = 256)
+          const int ft = PERSISTENT ? FreshTid() : tid;
+          const int i0 = q0 + (PERSISTENT ? (ft / 128 - 1) * 64 + ((ft >> 5) & 3) * 16 +
+                                                ((ft & 31) >> 2)
+                                          : rl);
           // segment ids (none: every id 0), loaded here (L1 hits after the first partial
           // tile) rather than kept in registers across the loop (168 at 384 threads)
           const bool segs = a.kv_ids != nullptr;

@@ -21,8 +21,7 @@ struct Args;
 // partial entry's mask blocks), at every head dim (D 256: on its 64-key sub-tiles).
 // PERSISTENT: one CTA per SM (two at block 64, D < 256) looping over the (batch entry,
 // head, query block) work items, longest first, the next item's loads overlapping this
-// one's end (fwd_sm90.cu); the same outputs, bit for bit. Not at D = 256 with block 128 and
-// PINGPONG (its consumers spill: attention.cu runs the plain kernel there).
+// one's end (fwd_sm90.cu); the same outputs, bit for bit.
 template <typename T, int D, int BS, bool PINGPONG, bool PERSISTENT>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
 
@@ -53,6 +52,7 @@ bool Sm90ForwardAvailable();
   PREFIX cudaError_t LaunchForwardSm90<T, 96, 128, true, true>(const Args&, cudaStream_t);    \
   PREFIX cudaError_t LaunchForwardSm90<T, 96, 128, false, true>(const Args&, cudaStream_t);   \
   PREFIX cudaError_t LaunchForwardSm90<T, 96, 64, false, true>(const Args&, cudaStream_t);    \
+  PREFIX cudaError_t LaunchForwardSm90<T, 256, 128, true, true>(const Args&, cudaStream_t);   \
   PREFIX cudaError_t LaunchForwardSm90<T, 256, 128, false, true>(const Args&, cudaStream_t);  \
   PREFIX cudaError_t LaunchForwardSm90<T, 256, 64, false, true>(const Args&, cudaStream_t);
 
