@@ -564,7 +564,8 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       // barrier kBarTurn + cw: synced by its owner, arrived at by the other one after its
       // issue), so one's softmax runs while the other's products do. Warpgroup 0 goes first
       // (warpgroup 1 arrives once up front); both have the same n + 1 issue points (n
-      // tiles), and warpgroup 1 skips the arrive after its last: the arrivals match the syncs.
+      // tiles), and warpgroup 1 skips the arrive after its last: the arrivals match the syncs
+      // (within each work item: the persistent kernel's items pair up one after the other).
       // Nothing inside a turn waits for the other warpgroup (the V tail zeroing and its
       // barrier come before the turn).
       auto turn_begin = [&]() {
