@@ -737,8 +737,9 @@ constexpr int kStages = D == 64 ? (BS == 128 ? 3 : 4) : 2;
 
 // Q buffers: 2 in the persistent kernel where they fit (a CTA's 227 KB; 113 KB each at two
 // CTAs per SM): every combination but D = 256 at block 128 (Q 64 KB + 2 stages x 64 KB).
-// Persistent smem: block 128 192 KB at D = 128, 96 and 256, 128 KB at D = 64; block 64
-// 96 KB at D = 128 and 96, 80 KB at D = 64, 192 KB at D = 256.
+// Persistent smem (with the mbarriers and the alignment pad): block 128 193 KB at D = 128,
+// 96 and 256, 129 KB at D = 64; block 64 97 KB at D = 128 and 96, 81 KB at D = 64, 193 KB
+// at D = 256.
 template <int D, int BS, bool PERSISTENT>
 constexpr int kQBufs =
     PERSISTENT && Smem<D, kStages<D, BS>, BS, 2>::kBytes <=
