@@ -857,10 +857,11 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
     // as many CTAs as run at once (kMinBlocks per SM), at most one per work item (and at
     // most JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS: tests)
     const int64_t work = int64_t(a.batch) * a.hq * a.by_query.lines;
-    if (work > INT32_MAX) return cudaErrorInvalidValue;  // int item indices
     const int sms = MultiProcessors();
     if (sms <= 0) return cudaErrorUnknown;
     int64_t ctas = int64_t(sms) * G::kMinBlocks;
+    // int item indices (the kernel's last one reaches work - 1 + gridDim.x)
+    if (work + ctas > INT32_MAX) return cudaErrorInvalidValue;
     const int cap = GetSwitches().attn_fwd_persistent_ctas;
     if (cap > 0 && cap < ctas) ctas = cap;
     grid = dim3(Clamp(work, ctas));
