@@ -15,9 +15,11 @@ dim and `peers.py masks FILE.npz` runs FlexAttention on them in a subprocess; cu
 `jax.nn.dot_product_attention(..., is_causal=True, implementation="cudnn")` on the same
 tensors (it ignores the sparsity and the documents: for the packed rows compare wall time).
 `--variants 0,2` times our forward once per value of `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT`
-(a fresh process each: the switch is read once); `--bwd-variants 2,4` the same for
-`JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`, `b4`). Calls without a fused kernel run the
-pure-JAX path; those longer than `--max-pure-seq` are skipped (said in the table).
+(a fresh process each: the switch is read once); a value ending in `p` (`--variants 2,2p`)
+sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), the others
+=0; `--bwd-variants 2,4` the same for `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`,
+`b4`). Calls without a fused kernel run the pure-JAX path; those longer than
+`--max-pure-seq` are skipped (said in the table).
 `--metadata` adds a table of the metadata cost: each pattern's forward with the same block
 mask as a traced `BlockMask` (an argument of the jitted call, its lists built on the device,
 `max_blocks` the layout's longest row) beside the static `Layout`, and the construction of
@@ -216,15 +218,16 @@ def measure_flex(rows, peers, batch, heads, folder):
 def ours_per_variant(args, rows):
     """{label: ours} with each forward variant (`--variants`) and each backward variant
     (`--bwd-variants`) in a fresh process (the switches are read once), or this process."""
-    runs = [("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", v, f"v{v} ")
-            for v in (args.variants or "").split(",") if v]
-    runs += [("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT", v, f"b{v} ")
+    runs = [({"JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": v.removesuffix("p"),
+              "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1" if v.endswith("p") else "0"},
+             f"v{v} ") for v in (args.variants or "").split(",") if v]
+    runs += [({"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v}, f"b{v} ")
              for v in (args.bwd_variants or "").split(",") if v]
     if not runs:
         return {"": measure_ours(rows, args.batch, args.heads, args.backward,
                                  args.max_pure_seq)}
     result = {}
-    for switch, value, label in runs:
+    for switches, label in runs:
         with tempfile.NamedTemporaryFile(suffix=".json") as fh:
             cmd = [sys.executable, __file__, "--ours-json", fh.name,
                    *(["--backward"] if args.backward else []),
@@ -232,7 +235,7 @@ def ours_per_variant(args, rows):
                    *(["--extended"] if args.extended else []),
                    "--batch", str(args.batch), "--heads", str(args.heads),
                    "--max-pure-seq", str(args.max_pure_seq)]
-            subprocess.run(cmd, env=dict(os.environ, **{switch: value}), check=True)
+            subprocess.run(cmd, env=dict(os.environ, **switches), check=True)
             result[label] = json.load(open(fh.name))
     return result
 
@@ -269,7 +272,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", help="peers.py (FlexAttention on the same masks)")
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
-    parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values")
+    parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values "
+                        "(2p: 2 with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1)")
     parser.add_argument("--bwd-variants",
                         help="e.g. 2,4: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT values")
     parser.add_argument("--extended", action="store_true",

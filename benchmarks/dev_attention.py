@@ -20,7 +20,10 @@ the issue-18 layouts (local W1024, strided 1024, fixed 1024, bigbird, causal; B=
 S=8192 D=128 block 128 bf16; `--head-dim 96` or `256` for the Hopper forward's other head
 dims, with variants 2 and 3 only), then a table of useful TFLOP/s and the ratio of each
 variant to the first; `--fwd-only` is that timing in this process (the variant it gets
-from the environment), plus cuDNN dense causal. `--block-size 16` or `32` times masks of
+from the environment), plus cuDNN dense causal. `--persistent-ab` times the forward the
+same way with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=0 and =1 (the persistent form of the
+Hopper forward; the variant from the environment, default 2 on Hopper): columns p0, p1 and
+p1/p0. `--block-size 16` or `32` times masks of
 those block sizes (the Hopper forward runs them on 128 x 128 tiles: variants 2 and 3, any
 of its head dims).
 
@@ -216,6 +219,8 @@ def run_forward(rng, names, cudnn=True, bs=128, D=128):
     q, k, v = rnd(), rnd(), rnd()
     kv = jnp.full((B,), S, jnp.int32)
     variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "") or "default"
+    if os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT", "0") not in ("", "0"):
+        variant += "+persistent"
     for name in names:
         make, causal = FWD_LAYOUTS[name]
         layout = make(S, bs)
@@ -291,12 +296,14 @@ def compare_bwd_variants(variants, names):
             print(f"{name:>12} {cells}{ratios}", flush=True)
 
 
-def compare_variants(variants, names, bs=128, d=128):
-    """Runs `--fwd-only` under each forward variant (a subprocess each: the switch is read
-    once per process) and prints the TFLOP/s side by side."""
+def compare_variants(variants, names, bs=128, d=128, switch="JAX_BLOCKSPARSE_ATTN_FWD_VARIANT",
+                     label="v"):
+    """Runs `--fwd-only` under each value of a forward switch (a subprocess each: the
+    switches are read once per process) and prints the TFLOP/s side by side, with the
+    ratio of each value's to the first's; columns `label` + value."""
     results = {}
     for i, var in enumerate(variants):
-        env = dict(os.environ, JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=var)
+        env = dict(os.environ, **{switch: var})
         env.pop("JAX_BLOCKSPARSE_DEBUG", None)
         cmd = [sys.executable, os.path.abspath(__file__), "--fwd-only", "--layouts",
                ",".join(names), "--block-size", str(bs), "--head-dim", str(d)] + (
@@ -304,13 +311,13 @@ def compare_variants(variants, names, bs=128, d=128):
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         sys.stdout.write(r.stdout)
         if r.returncode != 0:
-            print(f"variant {var} failed (exit {r.returncode}):\n{r.stderr[-3000:]}", flush=True)
+            print(f"{switch}={var} failed (exit {r.returncode}):\n{r.stderr[-3000:]}", flush=True)
         for line in r.stdout.splitlines():
             w = line.split()
             if len(w) >= 6 and w[0] == "fwd" and w[2].startswith("variant="):
                 results[(var, w[1])] = float(w[5])
-    print(f"{'layout':>8} " + " ".join(f"{'v' + v + ' TF':>9}" for v in variants) +
-          "".join(f" {'v' + v + '/v' + variants[0]:>8}" for v in variants[1:]))
+    print(f"{'layout':>8} " + " ".join(f"{label + v + ' TF':>9}" for v in variants) +
+          "".join(f" {label + v + '/' + label + variants[0]:>8}" for v in variants[1:]))
     for name in names:
         row = [results.get((v, name)) for v in variants]
         cells = " ".join(f"{x:9.1f}" if x else f"{'-':>9}" for x in row)
@@ -323,6 +330,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fwd-variants", help="e.g. 0,2: the forward under each variant")
     parser.add_argument("--fwd-only", action="store_true")
+    parser.add_argument("--persistent-ab", action="store_true",
+                        help="the forward with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=0 and =1 "
+                        "(the variant from the environment: default 2 on Hopper)")
     parser.add_argument("--bwd-variants", help="e.g. 0,2,4: forward+backward under each "
                         "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT")
     parser.add_argument("--bwd-only", action="store_true")
@@ -338,6 +348,10 @@ def main():
     names = args.layouts.split(",")
     if args.fwd_variants:
         compare_variants(args.fwd_variants.split(","), names, args.block_size, args.head_dim)
+        return
+    if args.persistent_ab:
+        compare_variants(["0", "1"], names, args.block_size, args.head_dim,
+                         switch="JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT", label="p")
         return
     if args.bwd_variants:
         compare_bwd_variants(args.bwd_variants.split(","), names)

@@ -4,7 +4,8 @@
 #   (matmul_small: bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA 0 and 1;
 #    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
-#    attention_variants64: 0 and 2 at block size 64)
+#    attention_variants64: 0 and 2 at block size 64;
+#    attention_persistent: the Hopper forward with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT 0 and 1)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build:
 #   bash benchmarks/device.sh && for t in memcheck racecheck synccheck; do
@@ -40,7 +41,9 @@ sanitize() {
               "JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
-              "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention")
+              "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
+              "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"
+              "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention")
   # SANITIZE_RUNS="- decode;JAX_BLOCKSPARSE_NO_WGMMA=1 matmul": other runs, ';' between
   [ -n "$SANITIZE_RUNS" ] && IFS=';' read -ra runs <<< "$SANITIZE_RUNS"
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
@@ -121,6 +124,14 @@ for stage in "$@"; do
     # the same at block size 64 (variants 2 and 3 run one kernel there)
     attention_variants64) python3 "$repo/benchmarks/dev_attention.py" --fwd-variants 0,2 \
                             --block-size 64 2>&1 | tee "$out/attention_variants64.log" ;;
+    # the Hopper forward (variant 2 unless JAX_BLOCKSPARSE_ATTN_FWD_VARIANT says otherwise)
+    # plain and persistent (JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT 0 / 1) at block 128 and 64,
+    # then the six patterns (packed documents among them) beside cuDNN, plain and persistent
+    attention_persistent)
+      { python3 "$repo/benchmarks/dev_attention.py" --persistent-ab
+        python3 "$repo/benchmarks/dev_attention.py" --persistent-ab --block-size 64
+        python3 "$repo/benchmarks/attention_patterns.py" --variants 2,2p; } 2>&1 \
+        | tee "$out/attention_persistent.log" ;;
     # each Hopper attention test case in its own process with a time limit (which one
     # hangs): CASES_MATCH="d96,d256" CASES_TIMEOUT=30 CASES_DTYPES=bf16
     cases) python3 "$repo/benchmarks/dev_cases.py" --match "${CASES_MATCH:-}" \

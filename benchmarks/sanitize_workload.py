@@ -10,7 +10,9 @@ runs the script several times: as it is (wgmma at bs 64/128 on an H100, mma.sync
 simple kernels for float32 precision=HIGHEST), with JAX_BLOCKSPARSE_NO_WGMMA=1 (mma.sync at
 64/128), JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 (the simple kernels everywhere) and
 JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 (the 128-row attention forward at block size 128) and
-=0 (the FA2 forward where the default on an sm_90 device is the FA3-design one).
+=0 (the FA2 forward where the default on an sm_90 device is the FA3-design one), and
+JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 (the persistent FA3-design forward) and
+JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 (the same on 3 CTAs: many work items per CTA).
 Sizes are small: each sanitizer tool should finish in a couple of minutes. Values are not
 checked here (the tests do that); every result is waited for, so a kernel fault surfaces.
 """

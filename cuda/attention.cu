@@ -49,15 +49,26 @@ namespace {
 // run variant 0, as everything does on other devices. Masks of block size 16 and 32 come
 // as lists of 128 x 128 tiles with bits (AttentionForwardParams::mask_bits): the block-128
 // rows run them (every head dim), and only those (documents) rows.
+// Persistent rows (JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1, opt-in until measured): the same
+// kernels with one CTA per SM (two at block 64, D < 256) looping over the work items
+// (attention/fwd_sm90.cu), for every combination of variants 2 and 3.
 #define JBS_FWD_SM90_ROWS(DT, T, D)                                                    \
   {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong)",                     \
-   attn::LaunchForwardSm90<T, D, 128, true>, true},                                    \
+   attn::LaunchForwardSm90<T, D, 128, true, false>, true},                             \
   {DT, D, 128, false, 3, "fa3_forward(wgmma, tma, ws)",                               \
-   attn::LaunchForwardSm90<T, D, 128, false>, true},                                   \
+   attn::LaunchForwardSm90<T, D, 128, false, false>, true},                            \
   {DT, D, 64, false, 2, "fa3_forward(wgmma, tma, ws, 64-row CTA)",                    \
-   attn::LaunchForwardSm90<T, D, 64, false>, true},                                    \
+   attn::LaunchForwardSm90<T, D, 64, false, false>, true},                             \
   {DT, D, 64, false, 3, "fa3_forward(wgmma, tma, ws, 64-row CTA)",                    \
-   attn::LaunchForwardSm90<T, D, 64, false>, true}
+   attn::LaunchForwardSm90<T, D, 64, false, false>, true},                             \
+  {DT, D, 128, false, 2, "fa3_forward(wgmma, tma, ws, pingpong, persistent)",         \
+   attn::LaunchForwardSm90<T, D, 128, true, true>, true, false, true},                 \
+  {DT, D, 128, false, 3, "fa3_forward(wgmma, tma, ws, persistent)",                   \
+   attn::LaunchForwardSm90<T, D, 128, false, true>, true, false, true},                \
+  {DT, D, 64, false, 2, "fa3_forward(wgmma, tma, ws, 64-row CTA, persistent)",        \
+   attn::LaunchForwardSm90<T, D, 64, false, true>, true, false, true},                 \
+  {DT, D, 64, false, 3, "fa3_forward(wgmma, tma, ws, 64-row CTA, persistent)",        \
+   attn::LaunchForwardSm90<T, D, 64, false, true>, true, false, true}
 #define JBS_BWD_NAME "fa2_backward(delta, dq 64-row, dk/dv per kv head)"
 #define JBS_BWD_ROWS(DT, T, D)                                      \
   {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>},      \
@@ -183,12 +194,15 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
   // backward default: kSm90BackwardDefault on an sm_90 device, else 0
   if (variant < 0)
     variant = !attn::Sm90ForwardAvailable() ? 0 : backward ? kSm90BackwardDefault : 2;
-  // the switch's row, else (a variant that leaves this combination out) the default's
+  // the switch's row (its persistent one where asked for and present), else (a variant
+  // that leaves this combination out) the default's
+  const bool persistent = !backward && GetSwitches().attn_fwd_persistent;
   for (const int v : {variant, 0})
-    for (const AttentionKernel& k : kAttentionKernels)
-      if (k.dtype == dtype && k.head_dim == head_dim && k.block_size == block_size &&
-          k.backward == backward && k.fwd_variant == v)
-        return &k;
+    for (const bool p : {persistent, false})
+      for (const AttentionKernel& k : kAttentionKernels)
+        if (k.dtype == dtype && k.head_dim == head_dim && k.block_size == block_size &&
+            k.backward == backward && k.fwd_variant == v && k.persistent == p)
+          return &k;
   return nullptr;
 }
 

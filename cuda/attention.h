@@ -137,6 +137,9 @@ struct AttentionKernel {
   // (AttentionBackwardParams) and takes nothing beyond the scope of the backward's
   // FA3-design kernels (no lists per batch entry, segment ids, q_offset, partial tiles)
   bool dq_workspace = false;
+  // forward: the persistent form of its kernel (JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1:
+  // FindAttentionKernel prefers these rows, else the plain ones of the variant)
+  bool persistent = false;
 };
 
 // The table's row for this call, or nullptr when the table has none: the FFI handler
@@ -144,6 +147,8 @@ struct AttentionKernel {
 // per process) when set, else of the default by architecture (variant 2, the FA3-design
 // forward, on an sm_90 device running sm_90a code, queried once per device; variant 0, the
 // FA2 forward, elsewhere); a variant whose rows leave this combination out gets variant 0's.
+// With JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 a forward variant's persistent row where it has
+// one, else its plain row.
 // Head dims: 64 and 128 in every phase and variant; 96 and 256 in forward variants 2 and 3
 // only (the FA3-design forward: nullptr elsewhere).
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,

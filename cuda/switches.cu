@@ -22,6 +22,10 @@ Switches Read() {
   const char* variant = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT");
   s.attn_fwd_variant =
       variant != nullptr && variant[0] >= '0' && variant[0] <= '3' ? variant[0] - '0' : -1;
+  const char* ctas = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS");
+  s.attn_fwd_persistent_ctas = ctas != nullptr && std::atoi(ctas) > 0 ? std::atoi(ctas) : 0;
+  s.attn_fwd_persistent =
+      Flag("JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT") || s.attn_fwd_persistent_ctas > 0;
   const char* bwd_variant = std::getenv("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT");
   s.attn_bwd_variant =
       bwd_variant != nullptr && bwd_variant[0] >= '0' && bwd_variant[0] <= '4' ? bwd_variant[0] - '0'

@@ -15,6 +15,12 @@
 //     only: an error elsewhere); =3 the same without the ping-pong (block 128; block 64
 //     has one kernel for 2 and 3). Combinations a variant
 //     leaves out run the FA2 forward (variant 0).
+//   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 opt-in, until measured: the FA3-design forward
+//     (variants 2 and 3, sm_90a) as a persistent kernel (attention/fwd_sm90.cu: one CTA per
+//     SM, two at block 64, looping over the (batch, head, query block) items longest first,
+//     the next item's loads overlapping this one's end); the same outputs bit for bit
+//   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n (n >= 1) the same, with at most n CTAs (tests
+//     and compute-sanitizer: many work items per CTA on small shapes)
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 the Hopper FA3-design backward (sm_90a; bf16/f16,
 //     head dims 64 / 128, block size 128, every mask source of the Hopper forward; other
 //     combinations run the default), =3 the same without the overlap of products and
@@ -32,6 +38,9 @@ struct Switches {
   bool no_wgmma;          // set to anything but "" or "0"
   bool small_wgmma;       // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA: anything but "" or "0"
   int attn_fwd_variant;   // 0..3 when the value starts with that digit, else -1 (default)
+  bool attn_fwd_persistent;  // JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT: anything but "" or "0",
+                             // or JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS set
+  int attn_fwd_persistent_ctas;  // the latter's value when >= 1, else 0 (no cap)
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
 };
 

@@ -161,7 +161,8 @@ def lse_err(got, want):
 # one runs in a fresh Python process.
 # ATTN_FWD_VARIANT "" is its default (by architecture); "0" would force the FA2 forward.
 SWITCHES_OFF = {f"JAX_BLOCKSPARSE_{name}": "0" for name in (
-    "DISABLE_CUDA", "SIMPLE_KERNELS", "NO_WGMMA", "MATMUL_SMALL_WGMMA", "ATTN_BWD_VARIANT")}
+    "DISABLE_CUDA", "SIMPLE_KERNELS", "NO_WGMMA", "MATMUL_SMALL_WGMMA", "ATTN_BWD_VARIANT",
+    "ATTN_FWD_PERSISTENT", "ATTN_FWD_PERSISTENT_CTAS")}
 SWITCHES_OFF["JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"] = ""
 
 

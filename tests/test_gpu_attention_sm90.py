@@ -638,3 +638,125 @@ def test_fa3_forward_block_sizes_16_32(variant, names):
     if variant != "0":
         for name in names:
             assert f"mask_bs={doc_case(name)[10]}" in stderr, name
+
+
+# ------------------------------------------- the persistent forward (opt-in switch)
+# JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1: the same kernels as persistent CTAs looping over
+# the (batch, head, query block) work items; JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n
+# caps the grid at n CTAs, so that on these small shapes each CTA runs many items (the
+# mbarrier ring and the two Q buffers cross items; items without keys between others).
+FA3_PERSISTENT = {"": "fa3_forward(wgmma, tma, ws, pingpong, persistent)",
+                  "3": "fa3_forward(wgmma, tma, ws, persistent)"}
+FA3_BS64_PERSISTENT = "fa3_forward(wgmma, tma, ws, 64-row CTA, persistent)"
+
+
+def expected_persistent(variant, bs):
+    """The forward kernel's debug name with the persistent switch set (bs: the kernel's
+    block size, 128 for masks of block size 16 / 32)."""
+    return FA3_BS64_PERSISTENT if bs == BS64 else FA3_PERSISTENT[variant]
+
+
+def case_kind(name):
+    """(checker runner, kernel block size) of a CASES, DOC_CASES or FINE_CASES case."""
+    if name in CASES:
+        return "run_cases", block_size(name)
+    runner = "run_doc_cases" if name in DOC_CASES else "run_fine_cases"
+    return runner, BS64 if doc_case(name)[10] == BS64 else BS
+
+
+PERSISTENT_CASES = [
+    "local_causal", "random_empty_rows", "gqa4_per_head_causal", "tq_gt_tk_causal",
+    "kv_lengths_causal", "one_block_sequence", "d64_tq_gt_tk_causal", "d96_per_head_kv_lengths",
+    "d256_traced_per_head_causal_kv_lengths", "bs64_local_causal",
+    "bs64_gqa4_per_head_causal_kv_lengths", "bs64_d96_traced_noncausal", "bs64_d256_local_causal",
+    "docs_local_causal", "docs_dense_kv_lengths", "tail_docs_kv_lengths", "qoff_causal_chunk",
+    "tail_short_queries_docs", "docs_bs64_d64_causal_kv_lengths", "tail_bs64_gqa4_per_head_docs",
+    "tail_d256_docs_kv_lengths", "docs_d256_bs64_traced_per_head", "qoff_d96_causal_chunk",
+    "fine16_local_causal_gqa", "fine32_random_kv_lengths", "fine16_docs_causal",
+    "fine16_tail_d64_traced_tq1000", "fine32_d96_traced_docs", "fine32_d256_tail_traced_docs"]
+# (variant, CTA cap ("": one per SM, two at block 64), cases)
+PERSISTENT_RUNS = ([("", "", c) for c in chunks(PERSISTENT_CASES, 3)] +
+                   [("", "3", c) for c in chunks(PERSISTENT_CASES, 3)] +
+                   [("3", "2", ("local_causal", "d256_traced_per_head_causal_kv_lengths",
+                                "docs_dense_kv_lengths", "fine32_d256_tail_traced_docs"))])
+
+
+def persistent_env(variant, ctas):
+    env = {"JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1", "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": variant}
+    if ctas:
+        env["JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS"] = ctas
+    return env
+
+
+def assert_forward_kernels(stderr, cases, want_of):
+    """Every forward launch of each case names want_of(case name)."""
+    logs = kernels_by_case(stderr)
+    for case in cases:
+        launches = logs.get(" ".join(case), [])
+        forward = [kernel for op, kernel in launches if op == "attention_fwd"]
+        want = want_of(case[0])
+        assert forward and all(k == want for k in forward), (case, want, launches)
+
+
+@pytest.mark.parametrize("variant,ctas,names", PERSISTENT_RUNS,
+                         ids=case_id)
+def test_fa3_forward_persistent(variant, ctas, names):
+    """The persistent forward on the cases of every mask source (each case's checker:
+    values against the float64 reference, bitwise equal over two runs, NaN past kv_lengths
+    or in unread keys changing nothing), with the default grid and with a few CTAs."""
+    if not sm90():
+        pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    runners = {}
+    for case in cases:
+        runners.setdefault(case_kind(case[0])[0], []).append(case)
+    code = "import test_gpu_attention_sm90 as t; " + "; ".join(
+        f"t.{runner}({group!r})" for runner, group in runners.items())
+    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", **persistent_env(variant, ctas)).stderr
+    assert_forward_kernels(stderr, cases,
+                           lambda name: expected_persistent(variant, case_kind(name)[1]))
+
+
+def save_forward(cases, path):
+    """o and lse of each (case name, dtype) into the npz `path` (float64)."""
+    platform = jax.devices()[0].platform
+    out = {}
+    for name, dtype in cases:
+        mark_case(name + " " + dtype)
+        make = build if name in CASES else build_docs
+        f, args, *_ = make(name, DTYPES[dtype])
+        poison(platform)
+        o, lse = f(*args)[:2]
+        out[f"{name} {dtype} o"], out[f"{name} {dtype} lse"] = f64(o), f64(lse)
+    np.savez(path, **out)
+
+
+BITWISE_CASES = ["gqa4_per_head_causal", "d256_traced_per_head_causal_kv_lengths",
+                 "bs64_gqa4_per_head_causal_kv_lengths", "docs_dense_kv_lengths",
+                 "tail_bs64_gqa4_per_head_docs", "fine16_docs_causal"]
+
+
+@pytest.mark.parametrize("names", chunks(BITWISE_CASES, 3), ids=case_id)
+def test_fa3_forward_persistent_bitwise(tmp_path, names):
+    """o and lse of the persistent forward on one CTA, on the default grid and of the plain
+    forward: bitwise equal (each output tile is computed by one CTA, the same code, in the
+    same order, whichever CTA runs it)."""
+    if not sm90():
+        pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    runs = {"plain": {}, "persistent": persistent_env("", ""),
+            "one_cta": persistent_env("", "1")}
+    results = {}
+    for label, env in runs.items():
+        path = str(tmp_path / f"{label}.npz")
+        stderr = run_python(f"import test_gpu_attention_sm90 as t; t.save_forward({cases!r}, "
+                            f"{path!r})", JAX_BLOCKSPARSE_DEBUG="1", **env).stderr
+        persistent = label != "plain"
+        assert_forward_kernels(
+            stderr, cases,
+            lambda name: (expected_persistent("", case_kind(name)[1]) if persistent else
+                          FA3_BS64 if case_kind(name)[1] == BS64 else FA3[""]))
+        results[label] = dict(np.load(path))
+    for label in ("persistent", "one_cta"):
+        for key, value in results["plain"].items():
+            np.testing.assert_array_equal(results[label][key], value, err_msg=f"{label}: {key}")

@@ -99,6 +99,29 @@
 // Grid: x = (batch, head), y = position in `order` (longest lines first, x fastest), as
 // the FA2 forward. Every output element is written once, sums run in a fixed order: the
 // results are bitwise deterministic.
+//
+// Persistent form (PERSISTENT, opt-in: JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1; issue 18):
+// short lines (packed documents: ~12 key tiles per query block) pay the per-CTA prologue
+// (Q load, pipeline fill) and epilogue (O store) many times. The grid is one CTA per SM (two
+// at block 64, D < 256), CTA c taking the work items c, c + gridDim.x, ... of the
+// non-persistent grid's order (item i: y = i / (B Hq), x = i % (B Hq): longest first across
+// all (b, h)); static striding, no workspace. Per item the producer and the consumers run
+// the code above; between items:
+//  * the ring's stage and phase continue (one tile counter per CTA, both roles), so the
+//    producer fills stages with the next item's first K/V tiles while the consumers finish
+//    this one;
+//  * Q has two buffers (QBUFS; D = 256 at block 128 has room for one): item k uses buffer
+//    k % 2, its "full_q" barrier at phase k / 2, so the next item's Q is loaded during this
+//    item; the epilogue stages O in the item's own Q buffer (its Q is no longer read) and
+//    TMA-stores it; an "empty_q" barrier (one arrival per consumer warpgroup, by the thread
+//    that issued the store, after the store has read shared memory) gives the buffer back
+//    to the producer. That wait is deferred into the next item (after its first QK^T is
+//    issued), so the store overlaps the next item's start; with one buffer it comes at
+//    once, and the producer issues the next item's first STAGES K/V tiles before its Q;
+//  * the ping-pong turns and the V-tail barrier balance within each item (both consumer
+//    warpgroups run the same items and tiles), so they pair up across items too.
+// Each output tile is still computed by one CTA with the same code in the same order: the
+// persistent and plain kernels give the same bits.
 #include "fwd_sm90.h"
 
 #include <cuda_bf16.h>
@@ -109,6 +132,7 @@
 
 #include "../attention_kernels.cuh"
 #include "../launch_util.h"
+#include "../switches.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
 #include "common.cuh"
@@ -150,9 +174,11 @@ struct Geom {
 [[maybe_unused]] constexpr int kBarEpilogue = 2;  // + consumer index: one consumer warpgroup
 [[maybe_unused]] constexpr int kBarTurn = 4;  // + consumer index: its turn to issue (ping-pong)
 
-// Per head dim D and block size BS: the shared-memory layout (Q, then STAGES x (K, V),
-// then the mbarriers) and the key tile (keys per pipeline step).
-template <int D, int STAGES, int BS>
+// Per head dim D and block size BS: the shared-memory layout (QBUFS Q buffers, then
+// STAGES x (K, V), then the mbarriers) and the key tile (keys per pipeline step). QBUFS:
+// 1, or 2 in the persistent kernel where they fit (the next work item's Q loads while
+// this one's runs).
+template <int D, int STAGES, int BS, int QBUFS = 1>
 struct Smem {
   static_assert(D == 64 || D == 96 || D == 128 || D == 256, "head dim 64, 96, 128 or 256");
   // columns in shared memory: whole 64-column slabs (D = 96: two, the last 32 columns zero
@@ -165,8 +191,9 @@ struct Smem {
   static constexpr int kSub = BS / kBN;
   static constexpr int kQSlab = BS * kLine, kKVSlab = kBN * kLine;  // bytes of a slab
   static constexpr int kQTile = kSlabs * kQSlab, kKVTile = kSlabs * kKVSlab;
-  static constexpr int kBars = kQTile + 2 * STAGES * kKVTile;  // offset of the mbarriers
-  static constexpr int kNumBars = 1 + 4 * STAGES;
+  static constexpr int kKV = QBUFS * kQTile;                  // offset of stage 0's K tile
+  static constexpr int kBars = kKV + 2 * STAGES * kKVTile;     // offset of the mbarriers
+  static constexpr int kNumBars = 2 * QBUFS + 4 * STAGES;  // Q full / empty, K, V full / empty
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;  // + 1024-byte alignment
 };
 
@@ -178,13 +205,48 @@ __device__ __forceinline__ int FreshTid() {
   return t;
 }
 
-template <typename T, int D, int BS, int STAGES, bool PINGPONG>
+// Work items: (batch entry, head, query block), item i = position pos in `order` (the
+// lines of a (batch entry, mask head), longest first) of (b, h) = bh: pos = i / (B Hq),
+// bh = i % (B Hq) -- bh fastest, so the items go longest first across all (b, h), as the
+// non-persistent grid's (x = bh, y = pos) runs them.
+struct WorkItem {
+  int b, h;      // batch entry, query head
+  int64_t line;  // the query block's line in the lists (its row of counts, lists, ...)
+  int q0;        // its first query row
+};
+
+template <int BS>
+__device__ __forceinline__ WorkItem DecodeItem(const Args& a, int pos, int bh) {
+  const Lists& L = a.by_query;
+  WorkItem w;
+  w.b = bh / a.hq;
+  w.h = bh % a.hq;
+  const int64_t lines0 = FirstLine(a, L, w.b, a.hm == 1 ? 0 : w.h);  // per batch or shared
+  const int r = __ldg(L.order + lines0 + pos);
+  w.line = lines0 + r;
+  w.q0 = r * BS;
+  return w;
+}
+
+// PERSISTENT = false: one CTA per work item (grid x = bh, y = pos). PERSISTENT = true: a
+// grid of at most (SMs x CTAs per SM) CTAs, CTA c runs items c, c + gridDim.x, ... (static
+// striding: longest first, no workspace, a fixed assignment). The producer runs ahead into
+// the next item: its Q (into the other of QBUFS = 2 buffers; with one buffer, D = 256 at
+// block 128, after the first STAGES K/V tiles, once the consumers released the buffer) and
+// its first K/V tiles (the ring's stages and phases run on across items: one tile counter
+// `it` for the whole CTA); the consumers' O of item k goes out through Q buffer k % QBUFS
+// by TMA store, and the buffer is released to the producer (mbarrier "empty_q", one
+// arrival per consumer warpgroup) once the store has read it: at QBUFS = 2 deferred to
+// the next item's first QK^T (the store overlaps the next item's start), at QBUFS = 1 at
+// once.
+template <typename T, int D, int BS, int STAGES, bool PINGPONG, bool PERSISTENT, int QBUFS>
 __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks)
     FwdKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
               const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
               const __grid_constant__ CUtensorMap tm_o) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using S = Smem<D, STAGES, BS>;
+  static_assert(PERSISTENT || QBUFS == 1, "a second Q buffer serves the next work item");
+  using S = Smem<D, STAGES, BS, QBUFS>;
   using G = Geom<BS, D>;
   constexpr int kBM = G::kBM, kBN = S::kBN, kConsumers = G::kConsumers;
   constexpr int kDS = S::kDS, kSlabs = S::kSlabs;
@@ -196,31 +258,43 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
   const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
   unsigned char* smem = smem_raw + pad;  // 1024-byte aligned: the swizzle atoms
   const uint32_t base = raw + pad;
-  const uint32_t sQ = base;
-  // stage st: K at base + kQTile + 2 st kKVTile, V kKVTile further
+  // Q buffer qb at base + qb kQTile; stage st: K at base + S::kKV + 2 st kKVTile, V
+  // kKVTile further
   const uint32_t bars = base + S::kBars;
-  const uint32_t bar_q = bars;
-  auto full_k = [&](int st) { return bars + 8u * (1 + st); };
-  auto full_v = [&](int st) { return bars + 8u * (1 + STAGES + st); };
-  auto empty_k = [&](int st) { return bars + 8u * (1 + 2 * STAGES + st); };
-  auto empty_v = [&](int st) { return bars + 8u * (1 + 3 * STAGES + st); };
+  auto full_q = [&](int qb) { return bars + 8u * qb; };
+  auto empty_q = [&](int qb) { return bars + 8u * (QBUFS + qb); };
+  auto full_k = [&](int st) { return bars + 8u * (2 * QBUFS + st); };
+  auto full_v = [&](int st) { return bars + 8u * (2 * QBUFS + STAGES + st); };
+  auto empty_k = [&](int st) { return bars + 8u * (2 * QBUFS + 2 * STAGES + st); };
+  auto empty_v = [&](int st) { return bars + 8u * (2 * QBUFS + 3 * STAGES + st); };
 
   const int tid = threadIdx.x, wgi = tid / 128;
-  const int bh = blockIdx.x, b = bh / a.hq, h = bh % a.hq;
   const Lists& L = a.by_query;
-  const int hm = a.hm == 1 ? 0 : h;
-  const int64_t lines0 = FirstLine(a, L, b, hm);  // lists per batch entry or shared
-  const int r = __ldg(L.order + lines0 + blockIdx.y);
-  const int q0 = r * kBM;
-  const int hk = h / a.group;
-  const int off = QueryOffset(a, b);  // causal position of query row 0
-  const int kvlen = KvLength(a, b);
-
-  KeyTiles<BS, kBN> tiles;
-  tiles.Begin(L, lines0 + r, kvlen, q0 + kBM - 1 + off, a.causal);
+  // this CTA's work items k = 0, 1, ... while has_item(k) (one without PERSISTENT: a
+  // constant trip count, the loops below fold away); item k is blockIdx.x + k gridDim.x,
+  // the bound recomputed from the parameters (a register less held across the loops)
+  auto has_item = [&](int k) {
+    return PERSISTENT ? int(blockIdx.x) + k * int(gridDim.x) < a.batch * a.hq * L.lines : k < 1;
+  };
+  auto item = [&](int k) {
+    if constexpr (PERSISTENT) {
+      const int bhs = a.batch * a.hq;
+      const int i = int(blockIdx.x) + k * int(gridDim.x), pos = i / bhs;
+      return DecodeItem<kBM>(a, pos, i - pos * bhs);
+    } else {
+      return DecodeItem<kBM>(a, int(blockIdx.y), int(blockIdx.x));
+    }
+  };
+  // item k's Q buffer and the phase of its barriers
+  auto q_buf = [&](int k) { return k % QBUFS; };
+  auto q_phase = [&](int k) { return uint32_t(k / QBUFS) & 1u; };
 
   if (tid == 0) {
-    tma::MbarInit(bar_q, 1);
+#pragma unroll
+    for (int qb = 0; qb < QBUFS; ++qb) {
+      tma::MbarInit(full_q(qb), 1);
+      tma::MbarInit(empty_q(qb), G::kNC);  // the storing thread of each consumer warpgroup
+    }
 #pragma unroll
     for (int st = 0; st < STAGES; ++st) {
       tma::MbarInit(full_k(st), 1);
@@ -239,28 +313,52 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       tma::PrefetchMap(&tm_q);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
-      // 4-d maps [B, T, H, D]: rows past T (a partial last tile) are zero filled here and
-      // dropped by the output's store
-      // a box's full bytes, zero-filled part too (rows past T, columns past D = 96)
-      tma::MbarArriveExpectTx(bar_q, kQTile);
+      // With one Q buffer the next item's Q waits for this item's output store: its first
+      // kQLead K/V tiles go first (their slots free up as the consumers finish this item)
+      constexpr int kQLead = PERSISTENT && QBUFS == 1 ? STAGES : 0;
+      int it = 0;  // K/V tiles loaded, all items: ring stage it % STAGES, phase it / STAGES
+      for (int k = 0; has_item(k); ++k) {
+        const WorkItem w = item(k);
+        const int hk = w.h / a.group;
+        KeyTiles<BS, kBN> tiles;
+        tiles.Begin(L, w.line, KvLength(a, w.b), w.q0 + kBM - 1 + QueryOffset(a, w.b),
+                    a.causal);
+        // 4-d maps [B, T, H, D]: rows past T (a partial last tile) are zero filled here and
+        // dropped by the output's store; a box's full bytes count, the zero-filled part too
+        // (rows past T, columns past D = 96)
+        auto load_q = [&]() {
+          const int qb = q_buf(k);
+          if constexpr (PERSISTENT) tma::MbarWait(empty_q(qb), q_phase(k) ^ 1u);
+          tma::MbarArriveExpectTx(full_q(qb), kQTile);
 #pragma unroll
-      for (int sl = 0; sl < kSlabs; ++sl)
-        tma::Load4d(sQ + sl * kQSlab, &tm_q, sl * 64, h, q0, b, bar_q);
-      for (int it = 0; !tiles.Done(); ++it, tiles.Next()) {
-        const int st = it % STAGES;
-        const uint32_t ph = (it / STAGES) & 1;
-        const int kstart = tiles.Start();
-        const uint32_t sk = base + uint32_t(kQTile + 2 * st * kKVTile), sv = sk + kKVTile;
-        tma::MbarWait(empty_k(st), ph ^ 1);
-        tma::MbarArriveExpectTx(full_k(st), kKVTile);
+          for (int sl = 0; sl < kSlabs; ++sl)
+            tma::Load4d(base + uint32_t(qb * kQTile + sl * kQSlab), &tm_q, sl * 64, w.h, w.q0,
+                        w.b, full_q(qb));
+        };
+        if constexpr (kQLead == 0) load_q();
+        int j = 0;  // this item's tiles
+        for (; !tiles.Done(); ++it, ++j, tiles.Next()) {
+          if constexpr (kQLead > 0) {
+            if (j == kQLead) load_q();
+          }
+          const int st = it % STAGES;
+          const uint32_t ph = (it / STAGES) & 1;
+          const int kstart = tiles.Start();
+          const uint32_t sk = base + uint32_t(S::kKV + 2 * st * kKVTile), sv = sk + kKVTile;
+          tma::MbarWait(empty_k(st), ph ^ 1);
+          tma::MbarArriveExpectTx(full_k(st), kKVTile);
 #pragma unroll
-        for (int sl = 0; sl < kSlabs; ++sl)
-          tma::Load4d(sk + sl * kKVSlab, &tm_k, sl * 64, hk, kstart, b, full_k(st));
-        tma::MbarWait(empty_v(st), ph ^ 1);
-        tma::MbarArriveExpectTx(full_v(st), kKVTile);
+          for (int sl = 0; sl < kSlabs; ++sl)
+            tma::Load4d(sk + sl * kKVSlab, &tm_k, sl * 64, hk, kstart, w.b, full_k(st));
+          tma::MbarWait(empty_v(st), ph ^ 1);
+          tma::MbarArriveExpectTx(full_v(st), kKVTile);
 #pragma unroll
-        for (int sl = 0; sl < kSlabs; ++sl)
-          tma::Load4d(sv + sl * kKVSlab, &tm_v, sl * 64, hk, kstart, b, full_v(st));
+          for (int sl = 0; sl < kSlabs; ++sl)
+            tma::Load4d(sv + sl * kKVSlab, &tm_v, sl * 64, hk, kstart, w.b, full_v(st));
+        }
+        if constexpr (kQLead > 0) {
+          if (j <= kQLead) load_q();
+        }
       }
     }
   } else {
@@ -269,315 +367,360 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
     const int cw = wgi - 1, ctid = tid - 128;
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
-    const int i0 = q0 + rl;                // its query index
     const float sl2 = a.scale_log2;
     const bool pos_scale = sl2 > 0.f;
     const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
-    KeyTiles<BS, kBN> cur = tiles;  // the tile in work
-    // A mask of block size 16 / 32 on these tiles (a.mask_bits): the word of the mask
-    // blocks that partial entry visits joins the element predicate; every other entry
-    // has ~0 (without one, a.mask_lg = log2(BS): one block per entry). Tile e is of entry
-    // e / kSub. Read where used, not kept in registers (168 at 384 threads): bits
-    // [32 half, 32 half + 32).
-    constexpr bool kFine = BS == 128;  // the launcher takes mask bits at block 128 only
-    constexpr int kSub = S::kSub;
-    auto mask_half = [&](int e, int half) -> uint32_t {
-      return kFine && a.mask_bits != nullptr && e < cur.npart
-                 ? __ldg(reinterpret_cast<const uint32_t*>(a.mask_bits + (cur.list - L.lists) +
-                                                           e / kSub) + half)
-                 : ~0u;
-    };
-    // the mask block columns of tile e (bit c: its keys [c << lg, (c + 1) << lg)) that no
-    // row of its entry visits (EmptyColumns of the entry, the tile's part), 0 without bits
-    auto empty_columns = [&](int e) -> uint32_t {
-      if (!kFine || a.mask_bits == nullptr) return 0u;
-      const int lg = a.mask_lg, per_tile = kBN >> lg;
-      const uint32_t empty =
-          EmptyColumns(uint64_t(mask_half(e, 1)) << 32 | mask_half(e, 0), lg);
-      if constexpr (kSub == 1) return empty;
-      return (empty >> ((e % kSub) * per_tile)) & ((1u << per_tile) - 1u);
-    };
+    int it = 0;  // K/V tiles consumed, all items (the producer's count: ring stage, phase)
+    for (int k = 0; has_item(k); ++k) {
+      // ---- one work item: its rows, key tiles, Q buffer
+      const WorkItem w = item(k);
+      const int b = w.b, h = w.h, q0 = w.q0;
+      const int off = QueryOffset(a, b);  // causal position of query row 0
+      const int kvlen = KvLength(a, b);
+      const int qb = q_buf(k);
+      const uint32_t sQ = base + uint32_t(qb * kQTile);
+      KeyTiles<BS, kBN> cur;  // the tile in work
+      cur.Begin(L, w.line, kvlen, q0 + kBM - 1 + off, a.causal);
+      // A mask of block size 16 / 32 on these tiles (a.mask_bits): the word of the mask
+      // blocks that partial entry visits joins the element predicate; every other entry
+      // has ~0 (without one, a.mask_lg = log2(BS): one block per entry). Tile e is of entry
+      // e / kSub. Read where used, not kept in registers (168 at 384 threads): bits
+      // [32 half, 32 half + 32).
+      constexpr bool kFine = BS == 128;  // the launcher takes mask bits at block 128 only
+      constexpr int kSub = S::kSub;
+      auto mask_half = [&](int e, int half) -> uint32_t {
+        return kFine && a.mask_bits != nullptr && e < cur.npart
+                   ? __ldg(reinterpret_cast<const uint32_t*>(a.mask_bits + (cur.list - L.lists) +
+                                                             e / kSub) + half)
+                   : ~0u;
+      };
+      // the mask block columns of tile e (bit c: its keys [c << lg, (c + 1) << lg)) that no
+      // row of its entry visits (EmptyColumns of the entry, the tile's part), 0 without bits
+      auto empty_columns = [&](int e) -> uint32_t {
+        if (!kFine || a.mask_bits == nullptr) return 0u;
+        const int lg = a.mask_lg, per_tile = kBN >> lg;
+        const uint32_t empty =
+            EmptyColumns(uint64_t(mask_half(e, 1)) << 32 | mask_half(e, 0), lg);
+        if constexpr (kSub == 1) return empty;
+        return (empty >> ((e % kSub) * per_tile)) & ((1u << per_tile) - 1u);
+      };
 
-    // o: kDS columns (D = 96: 128, the last 32 stay zero: V's columns there are)
-    float o[kDS / 2], s[kBN / 2];
-    uint32_t p[kBN / 16][4];
+      // o: kDS columns (D = 96: 128, the last 32 stay zero: V's columns there are)
+      float o[kDS / 2], s[kBN / 2];
+      uint32_t p[kBN / 16][4];
 #pragma unroll
-    for (int i = 0; i < kBN / 2; ++i) s[i] = 0.f;
+      for (int i = 0; i < kBN / 2; ++i) s[i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < kDS / 2; ++i) o[i] = 0.f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+      for (int i = 0; i < kDS / 2; ++i) o[i] = 0.f;
+      float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
-    // descriptors: Q rows of this warpgroup, K and V of stage 0 (a stage adds 2 kKVTile)
-    const uint64_t dq = wg::Desc(sQ + uint32_t(cw * 64 * kLine), 16, 1024);
-    const uint64_t dk = wg::Desc(base + kQTile, 16, 1024);
-    const uint64_t dv = wg::Desc(base + kQTile + kKVTile, kKVSlab, 1024);
+      // descriptors: Q rows of this warpgroup, K and V of stage 0 (a stage adds 2 kKVTile)
+      const uint64_t dq = wg::Desc(sQ + uint32_t(cw * 64 * kLine), 16, 1024);
+      const uint64_t dk = wg::Desc(base + S::kKV, 16, 1024);
+      const uint64_t dv = wg::Desc(base + S::kKV + kKVTile, kKVSlab, 1024);
 
-    // S = Q K^T of stage st (one commit group); D / 16 k16 slices (D = 96: 6, the zero
-    // columns are not read)
-    auto issue_qk = [&](int st) {
-      const uint64_t so = uint64_t((st * 2 * kKVTile) >> 4);
+      // S = Q K^T of stage st (one commit group); D / 16 k16 slices (D = 96: 6, the zero
+      // columns are not read)
+      auto issue_qk = [&](int st) {
+        const uint64_t so = uint64_t((st * 2 * kKVTile) >> 4);
 #pragma unroll
-      for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
-      wg::Fence();
+        for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
+        wg::Fence();
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const uint64_t qo = uint64_t(((kk / 4) * kQSlab + (kk % 4) * 32) >> 4);
-        const uint64_t ko = uint64_t(((kk / 4) * kKVSlab + (kk % 4) * 32) >> 4);
-        wg::MmaSS<T, kBN>(s, dq + qo, dk + so + ko, kk > 0 ? 1 : 0);
-      }
-      wg::Commit();
-#pragma unroll
-      for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
-    };
-    // O += P V of stage st (one commit group; N = kDS: one wgmma per k16 slice)
-    auto issue_pv = [&](int st) {
-      const uint64_t so = uint64_t((st * 2 * kKVTile) >> 4);
-#pragma unroll
-      for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
-      wg::Fence();
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-        wg::MmaRS<T, kDS, 1>(o, p[kk], dv + so + uint64_t((kk * 16 * kLine) >> 4));
-      wg::Commit();
-#pragma unroll
-      for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
-    };
-    // Zero the V rows of stage st that no query of the tile attends: keys >= kvlen (the
-    // cut tile: keys [start, start + kBN) contain kv_lengths; valid = kvlen - start) and
-    // the mask blocks' columns in `empty` (empty_columns), shared by the consumer
-    // warpgroups (each waited for the slot).
-    auto zero_v = [&](int st, int valid, uint32_t empty) {
-      unsigned char* sv = smem + kQTile + (2 * st + 1) * kKVTile;
-      const int first = kFine && empty != 0 ? 0 : valid;  // rows before it are kept
-      const int chunks = (kBN - first) * 8;               // 16-byte chunks per slab
-      for (int c = ctid; c < kSlabs * chunks; c += kConsumers) {
-        const int sl = c / chunks, rem = c - sl * chunks, row = first + rem / 8;
-        if (!kFine || row >= valid || ((empty >> (row >> a.mask_lg)) & 1u))
-          *reinterpret_cast<uint4*>(sv + sl * kKVSlab + row * kLine + (rem % 8) * 16) =
-              make_uint4(0, 0, 0, 0);
-      }
-      tma::FenceProxyAsync();
-      tma::NamedBarrier(kBarZeroV, kConsumers);
-    };
-    // Online softmax of S (this tile, cur.e: keys from `start`): masks (when `masked`), folds
-    // the maxima into m0 / m1, rescales l0 / l1, leaves P = 2^(S - m) in s (float) and
-    // the factor of the old accumulators in c0 / c1.
-    auto softmax = [&](int start, bool masked, bool causal_part, float& c0, float& c1) {
-      // scores in the log2 domain: scaled here unless the scale is positive (then the
-      // maxima of the raw scores times the scale, and P = 2^(s * scale - m): one FFMA);
-      // masks after scaling (a -inf score stays -inf for any scale)
-      if (!pos_scale) {
-#pragma unroll
-        for (int i = 0; i < kBN / 2; ++i) s[i] *= sl2;
-      }
-      if (masked) {
-        const int j0 = start + 2 * t;
-        // segment ids (none: every id 0), loaded here (L1 hits after the first partial
-        // tile) rather than kept in registers across the loop (168 at 384 threads)
-        const bool segs = a.kv_ids != nullptr;
-        int qid0 = 0, qid1 = 0;
-        if (segs) {
-          // ids padded to whole tiles: rows past Tq are not stored, keys past Tk are past
-          // kv_lengths (masked); no bounds checks here (they cost spills at 168 registers)
-          const int32_t* qids = PaddedIds(a.q_ids, b, a.tq, BS);
-          qid0 = __ldg(qids + i0);
-          qid1 = __ldg(qids + i0 + 8);
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const uint64_t qo = uint64_t(((kk / 4) * kQSlab + (kk % 4) * 32) >> 4);
+          const uint64_t ko = uint64_t(((kk / 4) * kKVSlab + (kk % 4) * 32) >> 4);
+          wg::MmaSS<T, kBN>(s, dq + qo, dk + so + ko, kk > 0 ? 1 : 0);
         }
-        // the mask block row of rows rl, rl + 8 (one: blocks of 16 or more rows): bit j of
-        // `cols` says whether it visits keys 8j + [0, 8) of this tile (its entry's groups
-        // from the sub-tile's first: columns within the 128-key entry)
-        uint32_t cols = ~0u;
-        if (kFine && a.mask_bits != nullptr && cur.e < cur.npart) {
-          // rl >> 4 = the consumer warp (tid >> 5) - 4, from a fresh read of the thread
-          // index (rl kept live here spilled at D = 256)
-          const int bit0 = (((FreshTid() >> 5) - 4) >> (a.mask_lg - 4)) * (BS >> a.mask_lg);
-          const uint32_t wrow = mask_half(cur.e, bit0 >> 5) >> (bit0 & 31);
-          cols = SpreadBits(wrow, a.mask_lg);
-          if constexpr (kSub > 1) cols >>= (cur.e % kSub) * (kBN / 8);
-        }
+        wg::Commit();
 #pragma unroll
-        for (int j = 0; j < kBN / 8; ++j) {
-          int kid0 = 0, kid1 = 0;  // documents of keys j0 + 8j, + 1 (all 0 without ids)
-          if (segs) {  // (padded to whole blocks, not key tiles)
-            const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, BS);
-            kid0 = __ldg(kids + j0 + 8 * j);
-            kid1 = __ldg(kids + j0 + 8 * j + 1);
-          }
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int kj = j0 + 8 * j + (e & 1), qi = i0 + (e >> 1) * 8;
-            if (!Allowed(qi, kj, kvlen, causal_part, off, (e >> 1) ? qid1 : qid0,
-                         (e & 1) ? kid1 : kid0))
-              s[4 * j + e] = -INFINITY;
-          }
-        }
-        Unvisited<kBN / 8>(s, cols);  // the fine masks' term, next to Allowed
-      }
-      float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < kBN / 8; ++j) {
-        mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
-        mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
-      }
-      mx0 = fmaxf(m0, QuadMax(mx0) * sl2_max);
-      mx1 = fmaxf(m1, QuadMax(mx1) * sl2_max);
-      const float mu0 = mx0 == -INFINITY ? 0.f : mx0, mu1 = mx1 == -INFINITY ? 0.f : mx1;
-      c0 = Exp2(m0 - mu0);
-      c1 = Exp2(m1 - mu1);
-      m0 = mx0;
-      m1 = mx1;
-      float r0 = 0.f, r1 = 0.f;
-#pragma unroll
-      for (int j = 0; j < kBN / 8; ++j) {
-        s[4 * j] = Exp2(fmaf(s[4 * j], sl2_max, -mu0));
-        s[4 * j + 1] = Exp2(fmaf(s[4 * j + 1], sl2_max, -mu0));
-        s[4 * j + 2] = Exp2(fmaf(s[4 * j + 2], sl2_max, -mu1));
-        s[4 * j + 3] = Exp2(fmaf(s[4 * j + 3], sl2_max, -mu1));
-        r0 += s[4 * j] + s[4 * j + 1];
-        r1 += s[4 * j + 2] + s[4 * j + 3];
-      }
-      l0 = l0 * c0 + r0;
-      l1 = l1 * c1 + r1;
-    };
-    auto pack_p = [&]() {
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) p[kk][i] = Ops<T>::Pack(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
-    };
-
-    // Ping-pong: the two consumer warpgroups take turns to issue their wgmmas (named
-    // barrier kBarTurn + cw: synced by its owner, arrived at by the other one after its
-    // issue), so one's softmax runs while the other's products do. Warpgroup 0 goes first
-    // (warpgroup 1 arrives once up front); both have the same n + 1 issue points (n
-    // tiles), and warpgroup 1 skips the arrive after its last: the arrivals match the syncs.
-    // Nothing inside a turn waits for the other warpgroup (the V tail zeroing and its
-    // barrier come before the turn).
-    auto turn_begin = [&]() {
-      if constexpr (kPing) tma::NamedBarrier(kBarTurn + cw, kConsumers);
-    };
-    auto turn_end = [&](bool last) {
-      if constexpr (kPing) {
-        if (!(last && cw == 1)) tma::NamedArrive(kBarTurn + (1 - cw), kConsumers);
-      }
-    };
-
-    tma::MbarWait(bar_q, 0);  // also before the epilogue reuses the Q buffer
-    if (!cur.Done()) {
-      if constexpr (kPing) {
-        if (cw == 1) tma::NamedArrive(kBarTurn, kConsumers);
-      }
-      // first tile: S, softmax, P (O is still zero)
-      int start = cur.Start();
-      tma::MbarWait(full_k(0), 0);
-      turn_begin();
-      issue_qk(0);
-      turn_end(false);
-      wg::Wait<0>();
-#pragma unroll
-      for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
-      tma::MbarArrive(empty_k(0));
-      float c0, c1;
-      softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
-              c0, c1);
-      // Loop invariant at the top of iteration it: s holds P of tile it - 1 (float, not yet
-      // multiplied by V), c0 / c1 its rescale factors; the PV of tile it - 2 may be in
-      // flight (reading V stage vst). The wait for that PV comes first in the body: ptxas
-      // schedules a wgmma wait early in its basic block (it was seen hoisted above the
-      // softmax when placed after it), and at the top of the loop nothing precedes it.
-      // tile it - 1: its stage, first key, and (one register: 168 at 384 threads) its
-      // phase in bit 0, its index cur.e from bit 1 on
-      int pst = 0, pstart = start;
-      uint32_t pph = kFine ? uint32_t(cur.e) << 1 : 0u;
-      bool v_busy = false;  // a PV in flight reads V stage vst
-      int vst = 0;
-      auto retire_pv = [&]() {  // the PV in flight is done; O *= c; P to registers
-        wg::Wait<0>();
+        for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
+      };
+      // O += P V of stage st (one commit group; N = kDS: one wgmma per k16 slice)
+      auto issue_pv = [&](int st) {
+        const uint64_t so = uint64_t((st * 2 * kKVTile) >> 4);
 #pragma unroll
         for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
-        if (v_busy) tma::MbarArrive(empty_v(vst));
-        // all of them: skipping D = 96's zero columns made ptxas serialize the wgmmas
+        wg::Fence();
 #pragma unroll
-        for (int j = 0; j < kDS / 8; ++j) {
-          o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
-        }
-        pack_p();
+        for (int kk = 0; kk < kBN / 16; ++kk)
+          wg::MmaRS<T, kDS, 1>(o, p[kk], dv + so + uint64_t((kk * 16 * kLine) >> 4));
+        wg::Commit();
+#pragma unroll
+        for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
       };
-      cur.Next();
-      for (int it = 1; !cur.Done(); ++it, cur.Next()) {
-        const int st = it % STAGES;
-        const uint32_t ph = (it / STAGES) & 1;
-        start = cur.Start();
+      // Zero the V rows of stage st that no query of the tile attends: keys >= kvlen (the
+      // cut tile: keys [start, start + kBN) contain kv_lengths; valid = kvlen - start) and
+      // the mask blocks' columns in `empty` (empty_columns), shared by the consumer
+      // warpgroups (each waited for the slot).
+      auto zero_v = [&](int st, int valid, uint32_t empty) {
+        unsigned char* sv = smem + S::kKV + (2 * st + 1) * kKVTile;
+        const int first = kFine && empty != 0 ? 0 : valid;  // rows before it are kept
+        const int chunks = (kBN - first) * 8;               // 16-byte chunks per slab
+        for (int c = ctid; c < kSlabs * chunks; c += kConsumers) {
+          const int sl = c / chunks, rem = c - sl * chunks, row = first + rem / 8;
+          if (!kFine || row >= valid || ((empty >> (row >> a.mask_lg)) & 1u))
+            *reinterpret_cast<uint4*>(sv + sl * kKVSlab + row * kLine + (rem % 8) * 16) =
+                make_uint4(0, 0, 0, 0);
+        }
+        tma::FenceProxyAsync();
+        tma::NamedBarrier(kBarZeroV, kConsumers);
+      };
+      // Online softmax of S (this tile, cur.e: keys from `start`): masks (when `masked`), folds
+      // the maxima into m0 / m1, rescales l0 / l1, leaves P = 2^(S - m) in s (float) and
+      // the factor of the old accumulators in c0 / c1.
+      auto softmax = [&](int start, bool masked, bool causal_part, float& c0, float& c1) {
+        // scores in the log2 domain: scaled here unless the scale is positive (then the
+        // maxima of the raw scores times the scale, and P = 2^(s * scale - m): one FFMA);
+        // masks after scaling (a -inf score stays -inf for any scale)
+        if (!pos_scale) {
+#pragma unroll
+          for (int i = 0; i < kBN / 2; ++i) s[i] *= sl2;
+        }
+        if (masked) {
+          const int j0 = start + 2 * t;
+          // the query index of tile row rl; in the persistent kernel from a fresh read of
+          // the thread index (i0 kept live across the loop spilled there at D = 256)
+          const int ft = PERSISTENT ? FreshTid() : tid;
+          const int i0 = q0 + (PERSISTENT ? (ft / 128 - 1) * 64 + ((ft >> 5) & 3) * 16 +
+                                                ((ft & 31) >> 2)
+                                          : rl);
+          // segment ids (none: every id 0), loaded here (L1 hits after the first partial
+          // tile) rather than kept in registers across the loop (168 at 384 threads)
+          const bool segs = a.kv_ids != nullptr;
+          int qid0 = 0, qid1 = 0;
+          if (segs) {
+            // ids padded to whole tiles: rows past Tq are not stored, keys past Tk are past
+            // kv_lengths (masked); no bounds checks here (they cost spills at 168 registers)
+            const int32_t* qids = PaddedIds(a.q_ids, b, a.tq, BS);
+            qid0 = __ldg(qids + i0);
+            qid1 = __ldg(qids + i0 + 8);
+          }
+          // the mask block row of rows rl, rl + 8 (one: blocks of 16 or more rows): bit j of
+          // `cols` says whether it visits keys 8j + [0, 8) of this tile (its entry's groups
+          // from the sub-tile's first: columns within the 128-key entry)
+          uint32_t cols = ~0u;
+          if (kFine && a.mask_bits != nullptr && cur.e < cur.npart) {
+            // rl >> 4 = the consumer warp (tid >> 5) - 4, from a fresh read of the thread
+            // index (rl kept live here spilled at D = 256)
+            const int bit0 = (((FreshTid() >> 5) - 4) >> (a.mask_lg - 4)) * (BS >> a.mask_lg);
+            const uint32_t wrow = mask_half(cur.e, bit0 >> 5) >> (bit0 & 31);
+            cols = SpreadBits(wrow, a.mask_lg);
+            if constexpr (kSub > 1) cols >>= (cur.e % kSub) * (kBN / 8);
+          }
+#pragma unroll
+          for (int j = 0; j < kBN / 8; ++j) {
+            int kid0 = 0, kid1 = 0;  // documents of keys j0 + 8j, + 1 (all 0 without ids)
+            if (segs) {  // (padded to whole blocks, not key tiles)
+              const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, BS);
+              kid0 = __ldg(kids + j0 + 8 * j);
+              kid1 = __ldg(kids + j0 + 8 * j + 1);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int kj = j0 + 8 * j + (e & 1), qi = i0 + (e >> 1) * 8;
+              if (!Allowed(qi, kj, kvlen, causal_part, off, (e >> 1) ? qid1 : qid0,
+                           (e & 1) ? kid1 : kid0))
+                s[4 * j + e] = -INFINITY;
+            }
+          }
+          Unvisited<kBN / 8>(s, cols);  // the fine masks' term, next to Allowed
+        }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < kBN / 8; ++j) {
+          mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
+          mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+        }
+        mx0 = fmaxf(m0, QuadMax(mx0) * sl2_max);
+        mx1 = fmaxf(m1, QuadMax(mx1) * sl2_max);
+        const float mu0 = mx0 == -INFINITY ? 0.f : mx0, mu1 = mx1 == -INFINITY ? 0.f : mx1;
+        c0 = Exp2(m0 - mu0);
+        c1 = Exp2(m1 - mu1);
+        m0 = mx0;
+        m1 = mx1;
+        float r0 = 0.f, r1 = 0.f;
+#pragma unroll
+        for (int j = 0; j < kBN / 8; ++j) {
+          s[4 * j] = Exp2(fmaf(s[4 * j], sl2_max, -mu0));
+          s[4 * j + 1] = Exp2(fmaf(s[4 * j + 1], sl2_max, -mu0));
+          s[4 * j + 2] = Exp2(fmaf(s[4 * j + 2], sl2_max, -mu1));
+          s[4 * j + 3] = Exp2(fmaf(s[4 * j + 3], sl2_max, -mu1));
+          r0 += s[4 * j] + s[4 * j + 1];
+          r1 += s[4 * j + 2] + s[4 * j + 3];
+        }
+        l0 = l0 * c0 + r0;
+        l1 = l1 * c1 + r1;
+      };
+      auto pack_p = [&]() {
+#pragma unroll
+        for (int kk = 0; kk < kBN / 16; ++kk)
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            p[kk][i] = Ops<T>::Pack(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+      };
+
+      // Ping-pong: the two consumer warpgroups take turns to issue their wgmmas (named
+      // barrier kBarTurn + cw: synced by its owner, arrived at by the other one after its
+      // issue), so one's softmax runs while the other's products do. Warpgroup 0 goes first
+      // (warpgroup 1 arrives once up front); both have the same n + 1 issue points (n
+      // tiles), and warpgroup 1 skips the arrive after its last: the arrivals match the syncs
+      // (within each work item: the persistent kernel's items pair up one after the other).
+      // Nothing inside a turn waits for the other warpgroup (the V tail zeroing and its
+      // barrier come before the turn).
+      auto turn_begin = [&]() {
+        if constexpr (kPing) tma::NamedBarrier(kBarTurn + cw, kConsumers);
+      };
+      auto turn_end = [&](bool last) {
+        if constexpr (kPing) {
+          if (!(last && cw == 1)) tma::NamedArrive(kBarTurn + (1 - cw), kConsumers);
+        }
+      };
+
+      // Item k - 1's output store has read its Q buffer (QBUFS = 2: waited for here, in
+      // this item, after its first QK^T is issued): the producer may load item k + 1's Q there
+      auto release_prev_q = [&]() {
+        if constexpr (PERSISTENT && QBUFS == 2) {
+          if (k > 0 && (ctid & 127) == 0) {
+            tma::StoreWaitRead();
+            tma::MbarArrive(empty_q(q_buf(k - 1)));
+          }
+        }
+      };
+
+      tma::MbarWait(full_q(qb), q_phase(k));  // also before the epilogue reuses the Q buffer
+      if (cur.Done()) {
+        release_prev_q();
+      } else {
+        if constexpr (kPing) {
+          if (cw == 1) tma::NamedArrive(kBarTurn, kConsumers);
+        }
+        // first tile: S, softmax, P (O is still zero)
+        int start = cur.Start();
+        const int st0 = it % STAGES;
+        const uint32_t ph0 = (it / STAGES) & 1;
+        tma::MbarWait(full_k(st0), ph0);
+        turn_begin();
+        issue_qk(st0);
+        turn_end(false);
+        release_prev_q();
+        wg::Wait<0>();
+#pragma unroll
+        for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
+        tma::MbarArrive(empty_k(st0));
+        float c0, c1;
+        softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
+                c0, c1);
+        // Loop invariant at the top of iteration it: s holds P of tile it - 1 (float, not yet
+        // multiplied by V), c0 / c1 its rescale factors; the PV of tile it - 2 may be in
+        // flight (reading V stage vst). The wait for that PV comes first in the body: ptxas
+        // schedules a wgmma wait early in its basic block (it was seen hoisted above the
+        // softmax when placed after it), and at the top of the loop nothing precedes it.
+        // tile it - 1: its stage, first key, and (one register: 168 at 384 threads) its
+        // phase in bit 0, its index cur.e from bit 1 on
+        int pst = st0, pstart = start;
+        uint32_t pph = kFine ? ph0 | uint32_t(cur.e) << 1 : ph0;
+        bool v_busy = false;  // a PV in flight reads V stage vst
+        int vst = 0;
+        auto retire_pv = [&]() {  // the PV in flight is done; O *= c; P to registers
+          wg::Wait<0>();
+#pragma unroll
+          for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
+          if (v_busy) tma::MbarArrive(empty_v(vst));
+          // all of them: skipping D = 96's zero columns made ptxas serialize the wgmmas
+#pragma unroll
+          for (int j = 0; j < kDS / 8; ++j) {
+            o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
+          }
+          pack_p();
+        };
+        ++it;
+        cur.Next();
+        for (; !cur.Done(); ++it, cur.Next()) {
+          const int st = it % STAGES;
+          const uint32_t ph = (it / STAGES) & 1;
+          start = cur.Start();
+          retire_pv();
+          tma::MbarWait(full_k(st), ph);
+          const uint32_t pempty = empty_columns(int(pph >> 1));
+          tma::MbarWait(full_v(pst), pph & 1u);
+          if (pstart + kBN > kvlen || pempty != 0) zero_v(pst, kvlen - pstart, pempty);
+          turn_begin();
+          issue_qk(st);
+          issue_pv(pst);
+          turn_end(false);
+          v_busy = true;
+          vst = pst;
+          wg::Wait<1>();  // S of this tile (the PV of the last one may still run)
+#pragma unroll
+          for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
+          tma::MbarArrive(empty_k(st));
+          softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
+                  c0, c1);
+          pst = st;
+          pph = kFine ? ph | uint32_t(cur.e) << 1 : ph;
+          pstart = start;
+        }
         retire_pv();
-        tma::MbarWait(full_k(st), ph);
         const uint32_t pempty = empty_columns(int(pph >> 1));
         tma::MbarWait(full_v(pst), pph & 1u);
         if (pstart + kBN > kvlen || pempty != 0) zero_v(pst, kvlen - pstart, pempty);
         turn_begin();
-        issue_qk(st);
         issue_pv(pst);
-        turn_end(false);
-        v_busy = true;
-        vst = pst;
-        wg::Wait<1>();  // S of this tile (the PV of the last one may still run)
+        turn_end(true);
+        wg::Wait<0>();
 #pragma unroll
-        for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
-        tma::MbarArrive(empty_k(st));
-        softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
-                c0, c1);
-        pst = st;
-        pph = kFine ? ph | uint32_t(cur.e) << 1 : ph;
-        pstart = start;
+        for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
+        tma::MbarArrive(empty_v(pst));
       }
-      retire_pv();
-      const uint32_t pempty = empty_columns(int(pph >> 1));
-      tma::MbarWait(full_v(pst), pph & 1u);
-      if (pstart + kBN > kvlen || pempty != 0) zero_v(pst, kvlen - pstart, pempty);
-      turn_begin();
-      issue_pv(pst);
-      turn_end(true);
-      wg::Wait<0>();
-#pragma unroll
-      for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
-      tma::MbarArrive(empty_v(pst));
-    }
 
-    // ---- epilogue: O / l -> this warpgroup's rows of the Q buffer -> TMA store; lse
-    // this thread's rows; at D = 96 again from a fresh read of the thread index (kept live
-    // across the loop they spilled with ping-pong; at D = 256 the fresh read spills)
-    const int ecw = (D == 96 ? FreshTid() : tid) / 128 - 1;
-    const int erl = ecw * 64 + w4 * 16 + g, ei0 = q0 + erl;
-    l0 = QuadSum(l0);
-    l1 = QuadSum(l1);
-    const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+      // ---- epilogue: O / l -> this warpgroup's rows of the Q buffer -> TMA store; lse
+      // this thread's rows; at D = 96 again from a fresh read of the thread index (kept live
+      // across the loop they spilled with ping-pong; at D = 256 the fresh read spills)
+      const int ecw = (D == 96 ? FreshTid() : tid) / 128 - 1;
+      const int erl = ecw * 64 + w4 * 16 + g, ei0 = q0 + erl;
+      l0 = QuadSum(l0);
+      l1 = QuadSum(l1);
+      const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
 #pragma unroll
-    for (int j = 0; j < D / 8; ++j)
+      for (int j = 0; j < D / 8; ++j)
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int row = erl + 8 * hh;
-        const float inv = hh ? inv1 : inv0;
-        const int byte = (j / 8) * kQSlab + row * kLine + (((j % 8) ^ (row & 7)) << 4) + 4 * t;
-        *reinterpret_cast<uint32_t*>(smem + byte) =
-            Ops<T>::Pack(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+        for (int hh = 0; hh < 2; ++hh) {
+          const int row = erl + 8 * hh;
+          const float inv = hh ? inv1 : inv0;
+          const int byte = (j / 8) * kQSlab + row * kLine + (((j % 8) ^ (row & 7)) << 4) + 4 * t;
+          *reinterpret_cast<uint32_t*>(smem + qb * kQTile + byte) =
+              Ops<T>::Pack(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+        }
+      tma::FenceProxyAsync();
+      tma::NamedBarrier(kBarEpilogue + ecw, 128);
+      if ((ctid & 127) == 0) {
+#pragma unroll
+        for (int sl = 0; sl < kSlabs; ++sl)  // rows past Tq (columns past D = 96) are dropped
+          tma::Store4d(&tm_o, sl * 64, h, q0 + ecw * 64, b,
+                       sQ + uint32_t(sl * kQSlab + ecw * 64 * kLine));
+        tma::StoreCommit();
       }
-    tma::FenceProxyAsync();
-    tma::NamedBarrier(kBarEpilogue + ecw, 128);
-    if ((ctid & 127) == 0) {
-#pragma unroll
-      for (int sl = 0; sl < kSlabs; ++sl)  // rows past Tq (columns past D = 96) are dropped
-        tma::Store4d(&tm_o, sl * 64, h, q0 + ecw * 64, b,
-                     sQ + uint32_t(sl * kQSlab + ecw * 64 * kLine));
-      tma::StoreCommit();
+      if (t == 0) {
+        float* gl = a.out_lse + (int64_t(b) * a.hq + h) * a.tq;
+        const float lse0 = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
+        const float lse1 = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
+        const int lim = a.tq - ei0;  // rows past Tq (a partial last tile) are not written
+        if (lim > 0) gl[ei0] = lse0;
+        if (lim > 8) gl[ei0 + 8] = lse1;
+      }
+      if ((ctid & 127) == 0) {
+        if constexpr (!PERSISTENT) {
+          tma::StoreWaitRead();  // smem stays until the store has read it
+        } else if constexpr (QBUFS == 1) {
+          tma::StoreWaitRead();  // the next item's Q waits for this
+          tma::MbarArrive(empty_q(qb));
+        }
+      }
     }
-    if (t == 0) {
-      float* gl = a.out_lse + (int64_t(b) * a.hq + h) * a.tq;
-      const float lse0 = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
-      const float lse1 = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
-      const int lim = a.tq - ei0;  // rows past Tq (a partial last tile) are not written
-      if (lim > 0) gl[ei0] = lse0;
-      if (lim > 8) gl[ei0 + 8] = lse1;
+    if constexpr (PERSISTENT && QBUFS == 2) {
+      if ((ctid & 127) == 0) tma::StoreWaitRead();  // the last item's (not released)
     }
-    if ((ctid & 127) == 0) tma::StoreWaitRead();
   }
 #else
   __trap();  // built without sm_90a code: DeviceOk never lets this run
@@ -591,6 +734,18 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
 // (one CTA per SM, Geom): 160 KB.
 template <int D, int BS>
 constexpr int kStages = D == 64 ? (BS == 128 ? 3 : 4) : 2;
+
+// Q buffers: 2 in the persistent kernel where they fit (a CTA's 227 KB; 113 KB each at two
+// CTAs per SM): every combination but D = 256 at block 128 (Q 64 KB + 2 stages x 64 KB).
+// Persistent smem (with the mbarriers and the alignment pad): block 128 193 KB at D = 128,
+// 96 and 256, 129 KB at D = 64; block 64 97 KB at D = 128 and 96, 81 KB at D = 64, 193 KB
+// at D = 256.
+template <int D, int BS, bool PERSISTENT>
+constexpr int kQBufs =
+    PERSISTENT && Smem<D, kStages<D, BS>, BS, 2>::kBytes <=
+                      (Geom<BS, D>::kMinBlocks == 2 ? 113 * 1024 : 227 * 1024)
+        ? 2
+        : 1;
 
 // No key at all (Tk = 0) at the head dims the FA2 forward lacks: o = 0, lse = -inf.
 __global__ void EmptyKernel(uint16_t* o, int64_t n_o, float* lse, int64_t n_lse) {
@@ -608,7 +763,8 @@ bool DeviceOk() {
   return false;
 #else
   static std::atomic<uint8_t> state[64];
-  const void* kernel = reinterpret_cast<const void*>(FwdKernel<T, D, 128, kStages<D, 128>, true>);
+  const void* kernel =
+      reinterpret_cast<const void*>(FwdKernel<T, D, 128, kStages<D, 128>, true, false, 1>);
   return UsableAsSm90(state, kernel,
                       tma::GetEncodeTiled() != nullptr);
 #endif
@@ -618,7 +774,20 @@ bool DeviceOk() {
 
 bool Sm90ForwardAvailable() { return sm90::DeviceOk<__nv_bfloat16, 128>(); }
 
-template <typename T, int D, int BS, bool PINGPONG>
+// The multiprocessors of the current device, asked once per device.
+static int MultiProcessors() {
+  static std::atomic<int> count[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  int n = count[dev & 63].load(std::memory_order_acquire);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
+    count[dev & 63].store(n, std::memory_order_release);
+  }
+  return n;
+}
+
+template <typename T, int D, int BS, bool PINGPONG, bool PERSISTENT>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90;
   using G = Geom<BS, D>;
@@ -675,15 +844,31 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   if (err == cudaSuccess) err = tma::EncodeTiled<4>(&to, kBf16, a.out_o, qd4, qs4, box_out);
   if (err != cudaSuccess) return err;
 
-  constexpr int smem = Smem<D, kStages<D, BS>, BS>::kBytes;
+  constexpr int kQB = kQBufs<D, BS, PERSISTENT>;
+  constexpr int smem = Smem<D, kStages<D, BS>, BS, kQB>::kBytes;
   static_assert(smem <= 227 * 1024, "shared memory of one CTA");
   static_assert(G::kMinBlocks == 1 || 2 * (smem + 1024) <= 228 * 1024, "two CTAs per SM");
   static std::atomic<uint64_t> configured{0};
-  auto kern = sm90::FwdKernel<T, D, BS, kStages<D, BS>, PINGPONG>;
+  auto kern = sm90::FwdKernel<T, D, BS, kStages<D, BS>, PINGPONG, PERSISTENT, kQB>;
   err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
   if (err != cudaSuccess) return err;
-  if (a.by_query.lines > 65535) return cudaErrorInvalidValue;
-  const dim3 grid(unsigned(a.batch * a.hq), unsigned(a.by_query.lines));
+  dim3 grid;
+  if constexpr (PERSISTENT) {
+    // as many CTAs as run at once (kMinBlocks per SM), at most one per work item (and at
+    // most JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS: tests)
+    const int64_t work = int64_t(a.batch) * a.hq * a.by_query.lines;
+    const int sms = MultiProcessors();
+    if (sms <= 0) return cudaErrorUnknown;
+    int64_t ctas = int64_t(sms) * G::kMinBlocks;
+    // int item indices (the kernel's last one reaches work - 1 + gridDim.x)
+    if (work + ctas > INT32_MAX) return cudaErrorInvalidValue;
+    const int cap = GetSwitches().attn_fwd_persistent_ctas;
+    if (cap > 0 && cap < ctas) ctas = cap;
+    grid = dim3(Clamp(work, ctas));
+  } else {
+    if (a.by_query.lines > 65535) return cudaErrorInvalidValue;
+    grid = dim3(unsigned(a.batch * a.hq), unsigned(a.by_query.lines));
+  }
   kern<<<grid, G::kThreads, smem, stream>>>(a, tq, tk, tv, to);
   return cudaGetLastError();
 }

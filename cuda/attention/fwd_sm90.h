@@ -19,7 +19,10 @@ struct Args;
 // wgmmas). Tk = 0: o = 0, lse = -inf (the FA2 forward's launcher at D 64, 128). BS 128
 // also runs masks of block size 16 / 32 on its tiles (Args::mask_bits: the bits of each
 // partial entry's mask blocks), at every head dim (D 256: on its 64-key sub-tiles).
-template <typename T, int D, int BS, bool PINGPONG>
+// PERSISTENT: one CTA per SM (two at block 64, D < 256) looping over the (batch entry,
+// head, query block) work items, longest first, the next item's loads overlapping this
+// one's end (fwd_sm90.cu); the same outputs, bit for bit.
+template <typename T, int D, int BS, bool PINGPONG, bool PERSISTENT>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
 
 // Whether the current device runs this forward: an sm_90 device and a build with sm_90a
@@ -27,19 +30,31 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
 // dispatch (attention.cu) asks on every call.
 bool Sm90ForwardAvailable();
 
-#define JBS_ATTENTION_SM90_LAUNCHERS(PREFIX, T)                                        \
-  PREFIX cudaError_t LaunchForwardSm90<T, 64, 128, true>(const Args&, cudaStream_t);  \
-  PREFIX cudaError_t LaunchForwardSm90<T, 64, 128, false>(const Args&, cudaStream_t); \
-  PREFIX cudaError_t LaunchForwardSm90<T, 128, 128, true>(const Args&, cudaStream_t); \
-  PREFIX cudaError_t LaunchForwardSm90<T, 128, 128, false>(const Args&, cudaStream_t); \
-  PREFIX cudaError_t LaunchForwardSm90<T, 64, 64, false>(const Args&, cudaStream_t);   \
-  PREFIX cudaError_t LaunchForwardSm90<T, 128, 64, false>(const Args&, cudaStream_t);   \
-  PREFIX cudaError_t LaunchForwardSm90<T, 96, 128, true>(const Args&, cudaStream_t);   \
-  PREFIX cudaError_t LaunchForwardSm90<T, 96, 128, false>(const Args&, cudaStream_t);  \
-  PREFIX cudaError_t LaunchForwardSm90<T, 96, 64, false>(const Args&, cudaStream_t);    \
-  PREFIX cudaError_t LaunchForwardSm90<T, 256, 128, true>(const Args&, cudaStream_t);  \
-  PREFIX cudaError_t LaunchForwardSm90<T, 256, 128, false>(const Args&, cudaStream_t); \
-  PREFIX cudaError_t LaunchForwardSm90<T, 256, 64, false>(const Args&, cudaStream_t);
+#define JBS_ATTENTION_SM90_LAUNCHERS(PREFIX, T)                                               \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, 128, true, false>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, 128, false, false>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, 128, true, false>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, 128, false, false>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, 64, false, false>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, 64, false, false>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 96, 128, true, false>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 96, 128, false, false>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 96, 64, false, false>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 256, 128, true, false>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 256, 128, false, false>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t LaunchForwardSm90<T, 256, 64, false, false>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, 128, true, true>(const Args&, cudaStream_t);    \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, 128, false, true>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, 128, true, true>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, 128, false, true>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 64, 64, false, true>(const Args&, cudaStream_t);    \
+  PREFIX cudaError_t LaunchForwardSm90<T, 128, 64, false, true>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 96, 128, true, true>(const Args&, cudaStream_t);    \
+  PREFIX cudaError_t LaunchForwardSm90<T, 96, 128, false, true>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 96, 64, false, true>(const Args&, cudaStream_t);    \
+  PREFIX cudaError_t LaunchForwardSm90<T, 256, 128, true, true>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t LaunchForwardSm90<T, 256, 128, false, true>(const Args&, cudaStream_t);  \
+  PREFIX cudaError_t LaunchForwardSm90<T, 256, 64, false, true>(const Args&, cudaStream_t);
 
 }  // namespace attn
 }  // namespace jax_blocksparse
