@@ -206,7 +206,7 @@ FUSED_ATTENTION = {
 
 def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, tk: int,
                                 segments: bool, positioned: bool, mask_batch: int, *,
-                                forward: bool = False) -> str | None:
+                                forward: bool = False, softcap: float = 0.0) -> str | None:
     """Why the fused kernels cannot run this call (None when they can): the FA2 forward and
     backward take neither segment ids, nor a mask per batch entry, nor lengths that are
     not multiples of the block size, nor `q_offset`, nor block sizes 16 and 32; the
@@ -216,6 +216,8 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     FA3-design forward, at each of its head dims. Head dims 96 and 256: the FA3-design
     forward only. Backward variant 4 (`onepass_backward`) takes none of the first four: its
     launcher refuses them."""
+    if softcap:
+        return "logits_soft_cap (in the fused kernels: next)"
     documents = sm90_forward() if forward else block_size == 128 and sm90_backward()
     family = "sm90_forward" if forward and documents else "forward" if forward else "backward"
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
@@ -249,7 +251,8 @@ def _fused_attention(phase, ctx, floats, params) -> bool:
     why = fused_attention_unsupported(q_aval.dtype, q_aval.shape[-1], bs, q_aval.shape[1],
                                       k_aval.shape[1], params["segments"],
                                       params["positioned"], by_query_counts.shape[0],
-                                      forward=phase == "attention_fwd")
+                                      forward=phase == "attention_fwd",
+                                      softcap=params.get("softcap", 0.0))
     if why is not None:
         _debug.pure_path(f"{phase} q{list(q_aval.shape)} bs={bs}", f"no fused kernel for {why}")
     return why is None
@@ -361,8 +364,10 @@ DECODE = {
 
 
 def decode_unsupported(dtype, head_dim: int, block_size: int,
-                       page_size: int | None) -> str | None:
+                       page_size: int | None, softcap: float = 0.0) -> str | None:
     """Why the decode kernel cannot run this call (None when it can)."""
+    if softcap:
+        return "logits_soft_cap (in the decode kernel: next)"
     if not any(dtype == d for d in DECODE["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if head_dim not in DECODE["head_dims"]:
@@ -390,11 +395,13 @@ def decode_splits(batch: int, hq: int, hkv: int, mask_heads: int, tq: int, width
 _decode_reference = jint.lower_fun(dec.decode_reference, multiple_results=True)
 
 
-def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged):
-    params = dict(block_size=block_size, causal=causal, scale=scale, paged=paged)
+def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
+                               softcap=0.0):
+    params = dict(block_size=block_size, causal=causal, scale=scale, paged=paged,
+                  softcap=softcap)
     q_aval, k_aval = ctx.avals_in[:2]
     why = decode_unsupported(q_aval.dtype, q_aval.shape[-1], block_size,
-                             k_aval.shape[1] if paged else None)
+                             k_aval.shape[1] if paged else None, softcap)
     if why is not None:
         _debug.pure_path(f"attention_decode q{list(q_aval.shape)} bs={block_size}",
                          f"no decode kernel for {why}")
