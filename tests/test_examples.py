@@ -229,3 +229,18 @@ def test_generate_restores_the_trained_checkpoint(tmp_path):
         ckpt, cwd=tmp_path)
     out = run("generate.py", *TINY[:8], "--tokens", "3", "--ckpt-dir", ckpt, cwd=tmp_path)
     assert "restored the parameters of step 2" in out and "generated 3 tokens" in out
+
+
+def test_language_model_sinks_and_softcap(tmp_path):
+    """--sinks --softcap CAP: learned sinks and capped scores, sparse (layout and MoBA) and
+    dense (--compare)."""
+    opts = ("--sinks", "--softcap", "5", "--no-checkpoint", "--eval-every", "2")
+    out = run("sparse_transformer_lm.py", *TINY, *opts, "--steps", "2", cwd=tmp_path)
+    assert "a learned sink per head, scores soft-capped at 5" in out
+    assert "step 2: validation" in out
+    out = run("sparse_transformer_lm.py", *TINY, *opts, "--attention", "moba", "--steps", "2",
+              cwd=tmp_path)
+    assert "step 2: validation" in out
+    out = run("sparse_transformer_lm.py", *TINY, "--sinks", "--softcap", "5", "--compare",
+              cwd=tmp_path)
+    assert "sparse step" in out and "dense  step" in out
