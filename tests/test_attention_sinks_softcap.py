@@ -260,3 +260,132 @@ def test_sinks_lower_every_row_and_cap_bounds_the_scores():
                                rtol=1e-6)
     _, lse = jbs.attention(q * 1e4, k, v, layout, logits_soft_cap=3.0, return_lse=True)
     assert np.all(np.asarray(lse) <= 3.0 + np.log(32) + 1e-4)
+
+
+def test_cuda_routing_and_attributes(monkeypatch):
+    """Lowered for "cuda" (any machine): a soft cap runs the FA2 kernels (never the
+    FA3-design ones: `fused_attention_unsupported` routes as if there were no Hopper
+    kernels, the C++ dispatch picks the FA2 rows) and the decode kernel, with the attribute
+    `softcap`; sinks add no operand (they join after the kernels)."""
+    import sys
+    from jax_blocksparse import _cuda, _partitioning
+    from jax_blocksparse import _jax_internals as jint
+    att = sys.modules["jax_blocksparse.attention"]
+    dec = sys.modules["jax_blocksparse.attention_decode"]
+    monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
+    why = lambda d=128, tq=1024, segments=False, **kw: _cuda.fused_attention_unsupported(
+        jnp.bfloat16, d, 128, tq, tq, segments, False, 1, **kw)
+    for forward in (True, False):
+        assert why(forward=forward, segments=True) is None  # the Hopper kernels
+        assert why(forward=forward, segments=True, softcap=2.0) == "segment ids"
+        assert why(forward=forward, tq=1000, softcap=2.0).startswith("lengths")
+        assert why(forward=forward, softcap=2.0) is None  # FA2
+    assert why(forward=True, d=96) is None and why(forward=True, d=96, softcap=2.0)
+    assert _cuda.decode_unsupported(jnp.bfloat16, 128, 64, None, 2.0) is None
+    if not jbs.cuda_built():
+        for prim, rule in ((att.attention_p, _cuda._attention_forward_lowering),
+                           (att.attention_bwd_p, _cuda._attention_backward_lowering),
+                           (dec.attention_decode_p, _cuda._attention_decode_lowering)):
+            jint.register_lowering_rule(_partitioning.LOCAL[prim], rule, "cuda")
+    lower = lambda f, *a: jax.jit(f).trace(*a).lower(lowering_platforms=("cuda",)).as_text()
+    calls = lambda text, name: [ln for ln in text.splitlines() if f"@{name}(" in ln]
+    q = jnp.ones((2, 256, 4, 64), jnp.bfloat16)
+    k = jnp.ones((2, 256, 2, 64), jnp.bfloat16)
+    sinks = jnp.ones(4, jnp.float32)
+    layout = jbs.layouts.causal(256, 64)
+    for cap, attr in ((2.0, "softcap = 2.000000e+00 : f32"), (None, "softcap = 0.000000e+00")):
+        loss = lambda q, k, s: jbs.attention(q, k, k, layout, causal=True, sinks=s,
+                                             logits_soft_cap=cap).astype(jnp.float32).sum()
+        text = lower(jax.grad(loss, argnums=(0, 1, 2)), q, k, sinks)
+        (fwd,) = calls(text, "jax_blocksparse_attention_fwd")
+        (bwd,) = calls(text, "jax_blocksparse_attention_bwd")
+        assert attr in fwd and attr in bwd, (fwd, bwd)
+        n = jnp.full((2,), 256, jnp.int32)
+        text = lower(lambda q, k, s: jbs.attention(q, k, k, layout, causal=True, q_offset=n - 1,
+                                                   kv_lengths=n, sinks=s, logits_soft_cap=cap),
+                     q[:, :1], k, sinks)
+        (call,) = calls(text, "jax_blocksparse_attention_decode")
+        assert attr in call, call
+
+
+# --------------------------------------------------------------------- on a GPU: the kernels
+GPU_CASES = {
+    # name: B, T, Hq, Hkv, D, bs, dtype, kv_lengths, sinks, cap
+    "fa2_gqa_bs64_d64_f16": (2, 256, 4, 2, 64, 64, "f16", [256, 100], True, 4.0),
+    "fa2_bs128_d128_bf16": (1, 512, 2, 1, 128, 128, "bf16", None, True, 30.0),
+    "cap_only_bs128_d64_bf16": (2, 256, 2, 2, 64, 128, "bf16", None, False, 2.0),
+    "sinks_only_bs128_d128_bf16": (2, 256, 4, 2, 128, 128, "bf16", [256, 130], True, None),
+}
+
+
+def gpu_check(name, seed=0):
+    """One GPU case through the kernels: o, lse, dq, dk, dv, dsinks against the float64
+    reference, and decode rows (contiguous and paged) against the full rows."""
+    b, t, hq, hkv, d, bs, dtype, kv, use_sinks, cap = GPU_CASES[name]
+    dtype = {"f16": jnp.float16, "bf16": jnp.bfloat16}[dtype]
+    rng = np.random.default_rng([len(name), seed])
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype)
+    q, k, v, do = arr(b, t, hq, d) * 2, arr(b, t, hkv, d), arr(b, t, hkv, d), arr(b, t, hq, d)
+    dlse = jnp.asarray(rng.standard_normal((b, hq, t)), jnp.float32)
+    sinks = jnp.asarray(rng.standard_normal(hq) + 1, jnp.float32) if use_sinks else None
+    mask = rng.random((hq, t // bs, t // bs)) < 0.7
+    mask[:, 1] = False  # rows with no key
+    layout = jbs.Layout(mask, bs)
+    lengths = jnp.full((b,), t, jnp.int32) if kv is None else jnp.asarray(kv, jnp.int32)
+    opts = dict(causal=True, kv_lengths=lengths, logits_soft_cap=cap, return_lse=True)
+
+    def f(q, k, v, s):
+        return jbs.attention(q, k, v, layout, sinks=s, **opts)
+    poison("gpu")
+    (o, lse), vjp = jax.vjp(jax.jit(f), q, k, v, sinks)
+    grads = jax.jit(vjp)((do, dlse))
+    allowed = attention_mask64(layout, True, t, t, np.asarray(lengths))
+    want = attention64_sinks(q, k, v, allowed, 1 / np.sqrt(d), do, dlse, sinks=sinks, cap=cap)
+    assert rel_err(o, want[0]) < TOL[dtype], "o"
+    assert lse_err(lse, want[1]) < 2e-2, "lse"
+    for got, w, what in zip(grads, want[2:], ("dq", "dk", "dv", "dsinks")):
+        if w is not None:
+            assert rel_err(got, w) < GRAD_TOL[dtype], what
+    n = 2  # the last n queries through the decode kernel (contiguous, then paged)
+    page = 16
+    table = jnp.asarray(rng.permutation(b * t // page).reshape(b, t // page), jnp.int32)
+    pool = lambda x: jnp.zeros((b * t // page, page) + x.shape[2:], x.dtype).at[
+        table.reshape(-1)].set(x.reshape((b * t // page, page) + x.shape[2:]))
+    for paged in (False, True):
+        kv_ = (pool(k), pool(v)) if paged else (k, v)
+        od, lsed = jax.jit(lambda q, k, v, s: jbs.attention(
+            q, k, v, layout, sinks=s, q_offset=t - n, page_table=table if paged else None,
+            **opts))(q[:, t - n:], *kv_, sinks)
+        assert rel_err(od, want[0][:, t - n:]) < TOL[dtype], ("decode o", paged)
+        assert lse_err(lsed, want[1][:, :, t - n:]) < 2e-2, ("decode lse", paged)
+
+
+def run_gpu_cases(names):
+    from reference import mark_case
+    for name in names:
+        mark_case(name)
+        gpu_check(name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bwd_variant", ["", "2", "4"])
+def test_kernels_take_sinks_and_soft_cap(bwd_variant):
+    """On a GPU every case runs the kernels, never the pure-JAX path: a soft cap the FA2
+    forward and backward (on Hopper too, whatever JAX_BLOCKSPARSE_ATTN_BWD_VARIANT says)
+    and the decode kernel; sinks alone the default kernels (the FA3-design forward on an
+    sm_90 GPU)."""
+    from reference import kernels_by_case, run_python
+    names = list(GPU_CASES)
+    result = run_python(f"import test_attention_sinks_softcap as t; t.run_gpu_cases({names!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=bwd_variant)
+    assert "pure-JAX path" not in result.stderr, result.stderr[-3000:]
+    logs = kernels_by_case(result.stderr)
+    for name in names:
+        launches = logs.get(name, [])
+        ops = {op for op, _ in launches}
+        assert {"attention_fwd", "attention_bwd", "attention_decode"} <= ops, (name, launches)
+        if GPU_CASES[name][-1] is not None:  # a cap: the FA2 kernels only
+            for op, kernel in launches:
+                if op in ("attention_fwd", "attention_bwd"):
+                    assert kernel.startswith(("fa2_forward", "fa2_backward")), (name, kernel)
