@@ -714,7 +714,10 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     `Bm = 1`), no segment ids, lengths that are multiples of the block size and no
     `q_offset`. The forward and backward decide separately. Every other call runs the
     pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is
-    compiled).
+    compiled). Sinks run wherever the call runs (they join each row after the kernels:
+    `with_sinks`). A soft cap runs the FA2 forward and backward (on Hopper too: the
+    FA3-design kernels take no cap yet, so calls with a cap that only they would take run
+    the pure-JAX path) and the decode kernel.
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:
