@@ -220,8 +220,20 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     Hopper too), within their scope above."""
     # a soft cap: the FA2 kernels only (the C++ dispatch, FindAttentionKernel, picks their
     # rows then; the FA3-design kernels take no cap yet)
-    documents = not softcap and (sm90_forward() if forward else
-                                 block_size == 128 and sm90_backward())
+    hopper = sm90_forward() if forward else block_size == 128 and sm90_backward()
+    args = (dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch, forward)
+    why = _fused_unsupported(*args, documents=hopper and not softcap, softcap=softcap)
+    if (why is not None and softcap and hopper
+            and _fused_unsupported(*args, documents=True, softcap=0.0) is None):
+        return (f"logits_soft_cap on the Hopper {'forward' if forward else 'backward'}: next "
+                f"(the FA2 kernels take no {why})")
+    return why
+
+
+def _fused_unsupported(dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch,
+                       forward, *, documents, softcap):
+    """`fused_attention_unsupported` with `documents`: whether the FA3-design kernel of
+    the phase runs the call."""
     family = "sm90_forward" if forward and documents else "forward" if forward else "backward"
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
