@@ -1,5 +1,5 @@
 """Fused block-sparse attention: `attention(q, k, v, mask, causal=, scale=, kv_lengths=,
-q_segment_ids=, kv_segment_ids=)`.
+q_segment_ids=, kv_segment_ids=, q_offset=, page_table=, sinks=, logits_soft_cap=)`.
 
 Three primitives (DESIGN.md §3), no `custom_vjp`. Each takes its float operands followed by
 the same integer *context* operands, `(kv_lengths, q_positions, q_segment_ids,
@@ -19,6 +19,11 @@ The context ends with the tile lists (`tile_*`, `TILES`: `attention_metadata.til
 for a mask of block size 16 or 32, the lists of the 128 x 128 tiles that the Hopper forward
 runs it on, with the bits of the mask blocks each listed tile covers (placeholders for
 other block sizes); only that forward's lowering reads them.
+Each primitive also takes the static `softcap` (logit soft-capping, 0: none): the scaled
+scores are `soft_cap(S) = cap·tanh(S/cap)` before the mask, so `Ṡ` and `dS` above take the
+factor `1 − tanh²(S/cap)`. Attention sinks are no operand: they join each row after the
+primitives, exactly, from `o` and `lse` (`with_sinks`), so their gradient reaches the
+backward as the lse cotangent.
 The tangent and backward primitives have JVP rules of their own (the JVP of the pure-JAX
 implementation), so attention is differentiable to any order.
 The pure-JAX lowering (a block-gathered implementation: each query block attends to its
