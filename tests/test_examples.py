@@ -158,7 +158,8 @@ def test_generate_kv_cache_decode_equals_the_full_model():
     """prefill + decode_step (the KV-cache path: q_offset, kv_lengths, the cache written
     at each position) give the logits of the full model (model.apply) at the same
     positions: prompts of different lengths per batch entry, across block boundaries and
-    the layout's stride, two layers, two heads; and the sparse and the dense model."""
+    the layout's stride, two layers, two heads; and the sparse and the dense model, with
+    and without attention sinks and a soft cap."""
     import jax
     import jax.numpy as jnp
 
@@ -168,7 +169,8 @@ def test_generate_kv_cache_decode_equals_the_full_model():
 
 
 def _check_decode_equals_full_model(generate, jax, jnp):
-    for extra in ([], ["--dense"]):
+    sinks_cap = ["--sinks", "--softcap", "3"]  # learned sinks (perturbed: not zero), a cap
+    for extra in ([], ["--dense"], sinks_cap, ["--dense", *sinks_cap]):
         c = generate.build_parser().parse_args(
             ["--seq-len", "128", "--d-model", "64", "--heads", "2", "--layers", "2",
              "--block-size", "32", "--stride", "64", "--dtype", "float32", *extra])
