@@ -101,6 +101,8 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
     bwd_attrs = dict(attrs, segments=False, positioned=False)  # the ordinary lists only
     fwd_attrs = dict(bwd_attrs, block_size=np.int32(fwd_block),
                      mask_block=np.int32(layout.block_size))
+    no_cap = dict(softcap=np.float32(0.0))  # no logit soft cap
+    bwd_attrs, fwd_attrs = dict(bwd_attrs, **no_cap), dict(fwd_attrs, **no_cap)
 
     @jax.jit
     def fwd(q, k, v, kvl):

@@ -5,7 +5,8 @@
 #    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64;
-#    attention_persistent: the Hopper forward with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT 0 and 1)
+#    attention_persistent: the Hopper forward with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT 0 and 1;
+#    attention_sinks: the cost of sinks and a logit soft cap)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build:
 #   bash benchmarks/device.sh && for t in memcheck racecheck synccheck; do
@@ -132,6 +133,12 @@ for stage in "$@"; do
         python3 "$repo/benchmarks/dev_attention.py" --persistent-ab --block-size 64
         python3 "$repo/benchmarks/attention_patterns.py" --variants 2,2p; } 2>&1 \
         | tee "$out/attention_persistent.log" ;;
+    # the cost of attention sinks and a soft cap (issue 21): the default forward, then the
+    # FA2 forward for every row (a soft cap runs the FA2 kernels)
+    attention_sinks) { python3 "$repo/benchmarks/attention_sinks.py"
+                       JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 \
+                         python3 "$repo/benchmarks/attention_sinks.py"; } 2>&1 \
+                       | tee "$out/attention_sinks.log" ;;
     # each Hopper attention test case in its own process with a time limit (which one
     # hangs): CASES_MATCH="d96,d256" CASES_TIMEOUT=30 CASES_DTYPES=bf16
     cases) python3 "$repo/benchmarks/dev_cases.py" --match "${CASES_MATCH:-}" \

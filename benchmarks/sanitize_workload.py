@@ -102,10 +102,12 @@ FINE_BLOCK_SIZES = (16, 32)  # the FA3-design forward on 128-key tiles with mask
 
 
 def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_head=False,
-                    kv_lengths=None, documents=False, per_batch=False, q_offset=None):
+                    kv_lengths=None, documents=False, per_batch=False, q_offset=None,
+                    sinks=False, softcap=None):
     """Forward and backward once at (dtype, head dim, block size, causal, ...): `documents`
     packed segment ids, `per_batch` a `BlockMask` per batch entry, `q_offset` the queries'
-    positions `[B]` (the mask's rows then cover the keys), Tq / Tk any lengths."""
+    positions `[B]` (the mask's rows then cover the keys), Tq / Tk any lengths; `sinks`
+    random attention sinks, `softcap` a logit soft cap (the FA2 kernels)."""
     b = 2
     rq, rk = -(-(tk if q_offset is not None else tq) // bs), -(-tk // bs)
     m = RNG.random((b if per_batch else 1, hq if per_head else 1, rq, rk)) < 0.6
@@ -127,9 +129,12 @@ def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_he
                  np.stack([kv_ids[i, o:o + tq] for i, o in enumerate(q_offset)]))
         q_ids, kv_ids = jnp.asarray(q_ids, jnp.int32), jnp.asarray(kv_ids, jnp.int32)
 
+    sink_logits = array((hq,), jnp.float32) if sinks else None
+
     def attend(q, k, v):
         return jbs.attention(q, k, v, mask, causal=causal, kv_lengths=lens,
-                             q_segment_ids=q_ids, kv_segment_ids=kv_ids, q_offset=offset)
+                             q_segment_ids=q_ids, kv_segment_ids=kv_ids, q_offset=offset,
+                             sinks=sink_logits, logits_soft_cap=softcap)
 
     def loss(q, k, v):
         return jnp.sum(attend(q, k, v).astype(jnp.float32))
@@ -165,10 +170,14 @@ def attention_workload():
         attention_cases(dtype, d, bs, True, tq=200, tk=300, per_batch=True, per_head=True)
         attention_cases(dtype, d, bs, True, tq=100, tk=256, documents=True, q_offset=[10, 140],
                         kv_lengths=[150, 256])
+        # attention sinks and a logit soft cap (the FA2 kernels, on Hopper too)
+        attention_cases(dtype, d, bs, True, hq=4, hkv=2, kv_lengths=[bs + 5, 256], sinks=True,
+                        softcap=5.0)
+        attention_cases(dtype, d, bs, False, softcap=30.0)
 
 
 def decode_cases(dtype, d, bs, tq, *, hq=4, hkv=2, per_head=False, paged=False, tk=None,
-                 lengths=None):
+                 lengths=None, sinks=False, softcap=None):
     """The decode kernel once at (dtype, head dim, block size, Tq, ...): queries at
     per-batch positions ending at each length (the last chunk across a block row)."""
     tk = tk or 5 * bs
@@ -187,8 +196,11 @@ def decode_cases(dtype, d, bs, tq, *, hq=4, hkv=2, per_head=False, paged=False, 
         k, v = (x.reshape(b * pages, 16, hkv, d)[::-1] for x in (k, v))
         extra["page_table"] = jnp.asarray(
             (b * pages - 1 - np.arange(b * pages)).reshape(b, pages), jnp.int32)
+    if sinks:
+        extra["sinks"] = array((hq,), jnp.float32)
     run(lambda q, k, v: jbs.attention(q, k, v, lay, causal=True, q_offset=lengths - tq,
-                                      kv_lengths=lengths, **extra), q, k, v)
+                                      kv_lengths=lengths, logits_soft_cap=softcap, **extra),
+        q, k, v)
 
 
 def decode_workload():
@@ -197,6 +209,7 @@ def decode_workload():
     for dtype, d in itertools.product((jnp.bfloat16, jnp.float16), (64, 96, 128, 256)):
         decode_cases(dtype, d, 64, 1, hq=8, hkv=1)  # a GQA group of 8 in one CTA
         decode_cases(dtype, d, 16, 3, per_head=True, paged=True)  # rows across a block row
+        decode_cases(dtype, d, 64, 2, paged=True, sinks=True, softcap=5.0)  # issue 21
     decode_cases(jnp.bfloat16, 128, 32, 16, hq=8, hkv=2)  # Tq 16: 4 x 16 rows, 4 chunks
     decode_cases(jnp.bfloat16, 64, 16, 1, tk=1100 * 16, lengths=[1100 * 16, 9000])  # 2 splits
     padded_page_tables()

@@ -30,11 +30,16 @@ namespace {
 // (8 warps, 3 stages, one CTA per SM) for block size 128 -- measured 3% slower on the H100
 // benchmark (local causal window 1024, bf16, D = 128: 0.680 vs 0.661 ms), kept as a
 // developer override for timing: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1.
-#define JBS_FWD_ROWS(DT, T, D)                                                             \
-  {DT, D, 64, false, 0, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>},   \
-  {DT, D, 64, false, 1, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>},   \
-  {DT, D, 128, false, 0, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>},  \
-  {DT, D, 128, false, 1, "fa2_forward(128-row CTA)", attn::LaunchForwardTile<T, D, 128, 3>}
+// The FA2 rows (forward and backward) take a logit soft cap (the last field).
+#define JBS_FWD_ROWS(DT, T, D)                                                               \
+  {DT, D, 64, false, 0, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>,      \
+   false, false, false, true},                                                                \
+  {DT, D, 64, false, 1, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>,      \
+   false, false, false, true},                                                                \
+  {DT, D, 128, false, 0, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>,     \
+   false, false, false, true},                                                                \
+  {DT, D, 128, false, 1, "fa2_forward(128-row CTA)", attn::LaunchForwardTile<T, D, 128, 3>,   \
+   false, false, false, true}
 // Variants 2 and 3: the Hopper forward in the FlashAttention-3 design
 // (attention/fwd_sm90.cu: TMA, mbarrier ring, producer warp + consumer warpgroups, wgmma),
 // sm_90a only (its launcher refuses any other device), head dims 64, 96, 128, 256 (96 and
@@ -70,9 +75,9 @@ namespace {
   {DT, D, 64, false, 3, "fa3_forward(wgmma, tma, ws, 64-row CTA, persistent)",        \
    attn::LaunchForwardSm90<T, D, 64, false, true>, true, false, true}
 #define JBS_BWD_NAME "fa2_backward(delta, dq 64-row, dk/dv per kv head)"
-#define JBS_BWD_ROWS(DT, T, D)                                      \
-  {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>},      \
-  {DT, D, 128, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>}
+#define JBS_BWD_ROWS(DT, T, D)                                                             \
+  {DT, D, 64, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>, false, false, false, true},  \
+  {DT, D, 128, true, 0, JBS_BWD_NAME, attn::RunBackward<T, D>, false, false, false, true}
 // Backward variants 2 and 3 (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT; the table's variant column):
 // the Hopper backward in the FlashAttention-3 design (attention/bwd_sm90.cu: delta, then a
 // dQ kernel over by_query and a dK/dV kernel over by_key, TMA, mbarrier ring, producer warp
@@ -151,6 +156,8 @@ attn::Args Common(const AttentionShape& s) {
   a.hm = s.mask_heads;
   a.scale = s.scale;
   a.scale_log2 = s.scale * attn::kLog2e;
+  a.cap_log2 = s.softcap > 0.f ? s.softcap * attn::kLog2e : 0.f;
+  a.scale_cap = s.softcap > 0.f ? s.scale / s.softcap : 0.f;
   a.causal = s.causal;
   a.mb = s.mask_batch;
   return a;
@@ -188,7 +195,7 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 constexpr int kSm90BackwardDefault = 0;
 
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
-                                           bool backward) {
+                                           bool backward, bool softcap) {
   int variant = backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
   // forward default (switch unset): by the device's architecture, cached per device
   // backward default: kSm90BackwardDefault on an sm_90 device, else 0
@@ -201,7 +208,8 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
     for (const bool p : {persistent, false})
       for (const AttentionKernel& k : kAttentionKernels)
         if (k.dtype == dtype && k.head_dim == head_dim && k.block_size == block_size &&
-            k.backward == backward && k.fwd_variant == v && k.persistent == p)
+            k.backward == backward && k.fwd_variant == v && k.persistent == p &&
+            (k.softcap || !softcap))
           return &k;
   return nullptr;
 }
@@ -209,6 +217,8 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
 cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const AttentionForwardParams& p,
                                    cudaStream_t stream) {
   if (kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
+  if (p.shape.softcap < 0.f) return cudaErrorInvalidValue;
+  if (p.shape.softcap > 0.f && !kernel.softcap) return cudaErrorNotSupported;
   const cudaError_t err = CheckDocuments(kernel, p.shape, p.documents);
   if (err != cudaSuccess) return err;
   // a fine mask (block size 16 / 32 on 128 x 128 tiles): the FA3-design forward only (the
@@ -239,6 +249,8 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
 cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
                                     const AttentionBackwardParams& p, cudaStream_t stream) {
   if (!kernel.backward || !Matches(kernel, p.shape)) return cudaErrorInvalidValue;
+  if (p.shape.softcap < 0.f) return cudaErrorInvalidValue;
+  if (p.shape.softcap > 0.f && !kernel.softcap) return cudaErrorNotSupported;
   const cudaError_t err = CheckDocuments(kernel, p.shape, p.documents);
   if (err != cudaSuccess) return err;
   // the one-pass backward (variant 4) takes no partial tiles either (its rows are not

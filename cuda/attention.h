@@ -63,6 +63,10 @@ struct AttentionShape {
   int32_t mask_batch;  // leading axis of the lists: 1 (shared by the batch) or B
   float scale;
   bool causal;
+  // logit soft cap: the scores are cap * tanh(scale * q.k / cap) before the masks and the
+  // softmax (and dS takes the factor 1 - tanh^2); 0: none. Rows with AttentionKernel::softcap
+  // only (the FA2 forward and backward); FindAttentionKernel picks those when asked.
+  float softcap = 0.f;
 };
 
 // The mask sources beyond the lists shared by the batch (AttentionKernel::documents).
@@ -140,6 +144,8 @@ struct AttentionKernel {
   // forward: the persistent form of its kernel (JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1:
   // FindAttentionKernel prefers these rows, else the plain ones of the variant)
   bool persistent = false;
+  // takes a logit soft cap (AttentionShape::softcap): the FA2 forward and backward
+  bool softcap = false;
 };
 
 // The table's row for this call, or nullptr when the table has none: the FFI handler
@@ -151,8 +157,10 @@ struct AttentionKernel {
 // one, else its plain row.
 // Head dims: 64 and 128 in every phase and variant; 96 and 256 in forward variants 2 and 3
 // only (the FA3-design forward: nullptr elsewhere).
+// With `softcap` only rows that take a soft cap (AttentionKernel::softcap): the variant's
+// when it has one, else variant 0's (the FA2 kernels).
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
-                                           bool backward);
+                                           bool backward, bool softcap = false);
 
 // Run `kernel` (FindAttentionKernel's row for p's dtype and shape); cudaErrorInvalidValue
 // for shapes the kernels do not take.

@@ -177,6 +177,9 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   const int cpos0 = pos0 + i0 + (t0 + gr) / per_cta;
   const int cpos1 = pos0 + i0 + (t0 + gr + 8) / per_cta;
   const float sl2 = p.scale * kLog2e;
+  // a logit soft cap (p.softcap > 0): log2-domain scores cap * tanh(scale * s / cap) * log2(e)
+  const bool capped = p.softcap > 0.f;
+  const float cap_log2 = p.softcap * kLog2e, scale_cap = capped ? p.scale / p.softcap : 0.f;
   float acc[D / 8][4];
 #pragma unroll
   for (int d = 0; d < D / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.f;
@@ -205,7 +208,8 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
       for (int e = 0; e < 4; ++e) {
         const int j = k0 + nn * 8 + (e & 1);
         const bool masked = j >= limit || (p.causal && j > ((e >> 1) ? cpos1 : cpos0));
-        s[nn][e] = masked ? -INFINITY : s[nn][e] * sl2;
+        const float x = capped ? cap_log2 * Tanh(s[nn][e] * scale_cap) : s[nn][e] * sl2;
+        s[nn][e] = masked ? -INFINITY : x;
       }
     }
     float mu0, mu1;
@@ -372,6 +376,7 @@ const char* AttentionDecodeUnsupported(const AttentionDecodeParams& p) {
   if (p.splits < 1 || int64_t(p.width) > int64_t(p.splits) * kDecodeSplitCapacity)
     return "splits must be at least ceil(W / 1024)";
   if (int64_t(p.batch) * p.hq > INT_MAX / 2) return "too many (batch, head) pairs";
+  if (!(p.softcap >= 0.f)) return "the soft cap must be >= 0 (0: none)";
   return nullptr;
 }
 

@@ -44,6 +44,7 @@ struct AttentionDecodeParams {
   int32_t splits;
   float scale;
   bool causal;
+  float softcap;  // logit soft cap: scores cap * tanh(scale * q.k / cap); 0: none
 };
 
 // One row of the decode dispatch table: (dtype, head dim) -> launcher and debug name.

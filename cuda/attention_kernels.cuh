@@ -8,7 +8,10 @@
 // it, skipping tiles that start at or past kv_lengths[b] or that causality masks entirely.
 // Tiles are staged in a STAGES-deep cp.async ring (rows padded by 16 bytes: conflict-free
 // ldmatrix). Element masks (causal diagonal, kv_lengths) are applied only in partial tiles.
-// Scores are kept in the log2 domain (scale * log2(e) folded in, exp2).
+// Scores are kept in the log2 domain (scale * log2(e) folded in, exp2). With a logit soft
+// cap (Args::cap_log2 > 0, the FA2 kernels and the decode kernel) the log2-domain score is
+// cap * tanh(scale * s / cap) * log2(e), before the masks; the backward
+// multiplies dS by 1 - tanh^2 (recomputed in dQ, recovered from P in dK/dV).
 //
 // Grid: x = (batch, head), y = position in `order` (x fastest: every (batch, head) CTA of
 // the longest lines launches first). Every output element is written by exactly one CTA,
@@ -45,6 +48,8 @@ struct Args {
   float *out_lse, *delta;
   int batch, tq, tk, hq, hkv, group, bs, hm;
   float scale, scale_log2;
+  // logit soft cap (the FA2 kernels): cap * log2(e) and scale / cap, or 0 and 0 (no cap)
+  float cap_log2, scale_cap;
   bool causal;
   // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when
   // mb == B (else mb = 1), segment ids [B, Tq] / [B, Tk] (padded to whole tiles) or null
@@ -109,6 +114,11 @@ template <> struct Ops<__half> {
 __device__ __forceinline__ float Exp2(float x) {  // 2^x, -inf -> 0
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float Tanh(float x) {  // tanh, |relative error| < 2^-10.9
+  float y;
+  asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
 __device__ __forceinline__ float QuadMax(float x) {
@@ -302,6 +312,7 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
   const int row0 = q0 + warp * 16 + (lane >> 2);  // and row0 + 8
   const float sl2 = a.scale_log2;
+  const bool capped = a.cap_log2 > 0.f;
 
   for (int it = 0; !cc.Done(); ++it) {
     if (!ld.Done()) {
@@ -329,9 +340,17 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
     }
     // scores to the log2 domain, then the masks (a -inf score stays -inf for any scale: a
     // negative scale after masking would turn it into +inf)
+    if (capped) {
 #pragma unroll
-    for (int n = 0; n < kKT / 8; ++n) {
-      s[n][0] *= sl2; s[n][1] *= sl2; s[n][2] *= sl2; s[n][3] *= sl2;
+      for (int n = 0; n < kKT / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] = a.cap_log2 * Tanh(s[n][e] * a.scale_cap);
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < kKT / 8; ++n) {
+        s[n][0] *= sl2; s[n][1] *= sl2; s[n][2] *= sl2; s[n][3] *= sl2;
+      }
     }
     if (cc.Masked()) {
       const int k0 = cc.Start(cc.t) + (lane & 3) * 2;
@@ -497,6 +516,11 @@ __global__ void __launch_bounds__(128, 2) DqKernel(const Args a) {
   const float lse0 = Lse2(a.lse[lrow + row0]), lse1 = Lse2(a.lse[lrow + row0 + 8]);
   const float dl0 = a.delta[lrow + row0], dl1 = a.delta[lrow + row0 + 8];
   const float sl2 = a.scale_log2;
+  // with a soft cap the scores and dP are transformed first: then P = 2^(s - lse2) and
+  // dS = P dP' (the factors sm, de*); without: P = 2^(s sl2 - lse2), dS = P (dP - delta)
+  const bool capped = a.cap_log2 > 0.f;
+  const float sm = capped ? 1.f : sl2;
+  const float de0 = capped ? 0.f : dl0, de1 = capped ? 0.f : dl1;
 
   float acc[D / 8][4];
 #pragma unroll
@@ -538,6 +562,17 @@ __global__ void __launch_bounds__(128, 2) DqKernel(const Args a) {
     const bool masked = cc.Masked();
     const int k0 = cc.Start(cc.t) + (lane & 3) * 2;
     const bool causal = a.causal && cc.t / cc.kh < cc.npart;
+    if (capped) {  // s: the capped log2-domain scores; dp: (dP - delta) (1 - tanh^2)
+#pragma unroll
+      for (int n = 0; n < kKT / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float t = Tanh(s[n][e] * a.scale_cap);
+          s[n][e] = a.cap_log2 * t;
+          dp[n][e] = (dp[n][e] - ((e >> 1) ? dl1 : dl0)) * (1.f - t * t);
+        }
+      }
+    }
     uint32_t df[kKT / 16][4];
 #pragma unroll
     for (int n = 0; n < kKT / 8; ++n) {
@@ -545,13 +580,13 @@ __global__ void __launch_bounds__(128, 2) DqKernel(const Args a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int hi = e >> 1;
-        float p = Exp2(s[n][e] * sl2 - (hi ? lse1 : lse0));
+        float p = Exp2(s[n][e] * sm - (hi ? lse1 : lse0));
         if (masked) {
           const int j = k0 + n * 8 + (e & 1);
           const int i = row0 + hi * 8;
           if (j >= kvlen || (causal && j > i + off)) p = 0.f;
         }
-        ds[e] = p * (dp[n][e] - (hi ? dl1 : dl0));
+        ds[e] = p * (dp[n][e] - (hi ? de1 : de0));
       }
       df[n / 2][(n & 1) * 2 + 0] = O::Pack(ds[0], ds[1]);
       df[n / 2][(n & 1) * 2 + 1] = O::Pack(ds[2], ds[3]);
@@ -708,6 +743,8 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
   }
   const int key0 = k0 + warp * 16 + (lane >> 2);  // and key0 + 8
   const float sl2 = a.scale_log2;
+  const bool capped = a.cap_log2 > 0.f;
+  const float sm = capped ? 1.f : sl2, inv_cap = capped ? 1.f / a.cap_log2 : 0.f;
 
   for (int it = 0; !cc.Done(); ++it) {
     if (!ld.Done()) {
@@ -737,7 +774,14 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
         O::Mma(s[2 * np + 1], ka, bq[2], bq[3]);
       }
     }
-    // P^T
+    // P^T (a soft cap: the capped log2-domain scores first, then sm = 1)
+    if (capped) {
+#pragma unroll
+      for (int n = 0; n < BQ / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] = a.cap_log2 * Tanh(s[n][e] * a.scale_cap);
+      }
+    }
     const bool masked = cc.Partial() || k0 + kKT > kvlen;
     const bool causal = a.causal && cc.Partial();
     const int i0 = cc.Start(cc.t) + (lane & 3) * 2;
@@ -746,7 +790,7 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
       const float2 lq = *reinterpret_cast<const float2*>(sl + n * 8 + (lane & 3) * 2);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float p = Exp2(s[n][e] * sl2 - ((e & 1) ? lq.y : lq.x));
+        float p = Exp2(s[n][e] * sm - ((e & 1) ? lq.y : lq.x));
         if (masked) {
           const int i = i0 + n * 8 + (e & 1);
           const int j = key0 + (e >> 1) * 8;
@@ -795,8 +839,20 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
       for (int half = 0; half < 2; ++half) {
         const int n = 2 * j + half;
         const float2 dq = *reinterpret_cast<const float2*>(sl + BQ + n * 8 + (lane & 3) * 2);
-        da[half * 2 + 0] = O::Pack(s[n][0] * (dp[n][0] - dq.x), s[n][1] * (dp[n][1] - dq.y));
-        da[half * 2 + 1] = O::Pack(s[n][2] * (dp[n][2] - dq.x), s[n][3] * (dp[n][3] - dq.y));
+        if (capped) {  // dS^T *= 1 - t^2, t = (log2 P + lse2) / cap_log2 (0 where P = 0)
+          const float2 lq = *reinterpret_cast<const float2*>(sl + n * 8 + (lane & 3) * 2);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float pe = s[n][e];
+            const float t = pe > 0.f ? (__log2f(pe) + ((e & 1) ? lq.y : lq.x)) * inv_cap : 0.f;
+            dp[n][e] = (dp[n][e] - ((e & 1) ? dq.y : dq.x)) * (1.f - t * t);
+          }
+          da[half * 2 + 0] = O::Pack(s[n][0] * dp[n][0], s[n][1] * dp[n][1]);
+          da[half * 2 + 1] = O::Pack(s[n][2] * dp[n][2], s[n][3] * dp[n][3]);
+        } else {
+          da[half * 2 + 0] = O::Pack(s[n][0] * (dp[n][0] - dq.x), s[n][1] * (dp[n][1] - dq.y));
+          da[half * 2 + 1] = O::Pack(s[n][2] * (dp[n][2] - dq.x), s[n][3] * (dp[n][3] - dq.y));
+        }
       }
 #pragma unroll
       for (int dn = 0; dn < D / 16; ++dn) {

@@ -39,7 +39,7 @@ import sparse_transformer_lm as lm  # noqa: E402  (the training script: model an
 
 # the training flags that fix the architecture (and --seed, for fresh parameters)
 MODEL_FLAGS = ("seq_len", "block_size", "stride", "d_model", "heads", "layers", "attention",
-               "moba_top_k", "dtype", "mlp_density", "dense", "seed")
+               "moba_top_k", "dtype", "mlp_density", "dense", "sinks", "softcap", "seed")
 
 
 # --------------------------------------------------------------------------- flags
@@ -174,7 +174,8 @@ def decode_step(model, params, cache, tokens, lengths):
     layout (`q_offset=lengths - 1, kv_lengths=lengths`). The linen modules' parameters
     applied explicitly: LayerNorm, the attention's `query`/`key`/`value` (DenseGeneral
     `[features, heads, head_dim]`) and `out` (`[heads, head_dim, features]`), the
-    BlockSparseDense MLP (`jbs.matmul` over its layouts), the learned positions, the final
+    BlockSparseDense MLP (`jbs.matmul` over its layouts), the attention's learned sinks and
+    soft cap (`--sinks`, `--softcap`), the learned positions, the final
     LayerNorm and Dense. Returns `(logits [B, 256] float32, the prediction for position
     lengths[b]; the updated cache)`. Not for `--attention moba` (no cache).
     """
@@ -196,7 +197,8 @@ def decode_step(model, params, cache, tokens, lengths):
                    for name in ("query", "key", "value"))
         k_cache, v_cache = _write(k_cache, k, position), _write(v_cache, v, position)
         a = jbs.attention(q[:, None], k_cache, v_cache, layout, causal=True,
-                          q_offset=position, kv_lengths=lengths)[:, 0]  # [B, H, D]
+                          q_offset=position, kv_lengths=lengths, sinks=attn.get("sinks"),
+                          logits_soft_cap=c.softcap)[:, 0]  # [B, H, D]
         x = x + _dense(attn["out"], a, dtype, "bhd,hdf->bf")
         h = _layer_norm(block["LayerNorm_1"], x, dtype)
         if model.mlp_layouts is None:

@@ -16,6 +16,7 @@ continues from the latest checkpoint instead (raise `--steps` to train further).
     python examples/sparse_transformer_lm.py --compare       # step time, sparse vs dense
     python examples/sparse_transformer_lm.py --packed        # attention within each document
     python examples/sparse_transformer_lm.py --attention moba   # blocks chosen from the data
+    python examples/sparse_transformer_lm.py --sinks --softcap 30   # gpt-oss / Gemma 2 style
     # GPU, sequence length 8192; the fixed layout skips 90.6% of the score matrix (README):
     python examples/sparse_transformer_lm.py --seq-len 8192 --block-size 64 --stride 512 \
         --d-model 1024 --heads 8 --layers 6 --batch 4 --dtype bfloat16 --steps 2000
@@ -101,6 +102,26 @@ def moba_block_mask(q, k, block_size: int, top_k: int):
     return (picked & earlier) | np.eye(r, dtype=bool)
 
 
+def dense_attention(q, k, v, mask, sinks, cap):
+    """Dense causal attention in plain jnp, for the dense model with `--sinks` or
+    `--softcap` (`jax.nn.dot_product_attention` has neither): the scores soft-capped
+    (`cap * tanh(s / cap)`), a sink logit per head joining each row's softmax."""
+    s = jnp.einsum("bihd,bjhd->bhij", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+    if cap:
+        s = cap * jnp.tanh(s / cap)
+    t = q.shape[1]
+    allowed = jnp.tril(jnp.ones((t, t), bool)) if mask is None else mask & jnp.tril(
+        jnp.ones((t, t), bool))
+    s = jnp.where(allowed, s, -jnp.inf)
+    if sinks is not None:  # one more column: the sink, dropped after the softmax
+        sink = jnp.broadcast_to(sinks.astype(jnp.float32)[None, :, None, None],
+                                s.shape[:-1] + (1,))
+        p = jax.nn.softmax(jnp.concatenate([sink, s], axis=-1), axis=-1)[..., 1:]
+    else:
+        p = jax.nn.softmax(s, axis=-1)
+    return jnp.einsum("bhij,bjhd->bihd", p.astype(v.dtype), v)
+
+
 class Block(nn.Module):
     config: argparse.Namespace
     attention_layout: jbs.Layout | None
@@ -117,18 +138,23 @@ class Block(nn.Module):
                                        name=n)(h) for n in ("query", "key", "value"))
             mask = jbs.BlockMask.from_mask(moba_block_mask(q, k, c.block_size, self.moba_top_k),
                                            c.block_size, max_blocks=self.moba_top_k + 1)
-            a = jbs.attention(q, k, v, mask, causal=True, q_segment_ids=segment_ids)
+            a = jbs.attention(q, k, v, mask, causal=True, q_segment_ids=segment_ids,
+                              sinks=self.sinks(), logits_soft_cap=c.softcap)
             h = nn.DenseGeneral(c.d_model, axis=(-2, -1), dtype=x.dtype, name="out")(a)
         elif self.attention_layout is None:  # dense: cuDNN / XLA attention
             q, k, v = (nn.DenseGeneral((c.heads, c.d_model // c.heads), dtype=x.dtype,
                                        name=n)(h) for n in ("query", "key", "value"))
             mask = (None if segment_ids is None else
                     segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-            a = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
+            if c.sinks or c.softcap:
+                a = dense_attention(q, k, v, mask, self.sinks(), c.softcap)
+            else:
+                a = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True)
             h = nn.DenseGeneral(c.d_model, axis=(-2, -1), dtype=x.dtype, name="out")(a)
         else:
-            h = bnn.BlockSparseMultiHeadAttention(c.heads, self.attention_layout, causal=True,
-                                                  dtype=x.dtype)(h, segment_ids=segment_ids)
+            h = bnn.BlockSparseMultiHeadAttention(
+                c.heads, self.attention_layout, causal=True, dtype=x.dtype,
+                use_sinks=c.sinks, logits_soft_cap=c.softcap)(h, segment_ids=segment_ids)
         x = x + h
         h = nn.LayerNorm(dtype=x.dtype)(x)
         if self.mlp_layouts is None:
@@ -143,6 +169,12 @@ class Block(nn.Module):
             h = bnn.BlockSparseDense(down, dtype=x.dtype, parallel="rows" if tp else None,
                                      **split)(nn.gelu(h))
         return x + h
+
+    def sinks(self):
+        """With `--sinks`, the layer's learned sink logits `[heads]` (zeros at init)."""
+        if not self.config.sinks:
+            return None
+        return self.param("sinks", nn.initializers.zeros, (self.config.heads,))
 
 
 class LanguageModel(nn.Module):
@@ -341,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--packed", action="store_true",
                    help="attention stays inside each document of the packed windows "
                         "(segment ids; the dense model gets the same mask)")
+    p.add_argument("--sinks", action="store_true",
+                   help="a learned attention sink per head and layer (gpt-oss, StreamingLLM)")
+    p.add_argument("--softcap", type=float, default=None, metavar="CAP",
+                   help="soft-cap the attention scores: CAP * tanh(s / CAP) (Gemma 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mesh", default=None, metavar="DxT",
                    help="data x tensor parallel over D*T devices, e.g. 4x2 (on a CPU: "
@@ -353,6 +389,8 @@ def main():
     c = p.parse_args()
     if c.resume and c.no_checkpoint:
         p.error("--resume needs the checkpoints: drop --no-checkpoint")
+    if c.softcap is not None and not c.softcap > 0:
+        p.error(f"--softcap must be > 0; got {c.softcap}")
 
     data, doc_starts = load_corpus(c.data, c.data_limit)
     split = int(0.9 * len(data))
@@ -385,6 +423,10 @@ def main():
               f"{model.moba_top_k} earlier key blocks, chosen every step from the data")
     elif not c.dense:
         print(f"attention layout: {model.attention_layout}")
+    if c.sinks or c.softcap:
+        print("attention: " + ", ".join(
+            (["a learned sink per head"] if c.sinks else []) +
+            ([f"scores soft-capped at {c.softcap:g}"] if c.softcap else [])))
     train_step, eval_loss = make_functions(model, optimizer)
     state = place_state(init_state(model, optimizer, c), mesh)
     n_params = sum(x.size for x in jax.tree.leaves(state[0]))

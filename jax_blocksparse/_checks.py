@@ -49,3 +49,27 @@ def check_dtype(op: str, name: str, x) -> None:
     if not any(x.dtype == d for d in DTYPES):
         raise ValueError(f"{op}: {name} has dtype {x.dtype}; supported: float32, float16, "
                          "bfloat16, float64")
+
+
+def check_sinks(op: str, sinks, heads: int):
+    """Attention sinks as an array: None, or a floating array `[heads]`; anything else
+    raises `ValueError` naming `op` and `sinks`."""
+    if sinks is None:
+        return None
+    sinks = jnp.asarray(sinks)
+    if sinks.shape != (heads,) or not jnp.issubdtype(sinks.dtype, jnp.floating):
+        raise ValueError(f"{op}: sinks must be a float array [Hq={heads}] (one logit per "
+                         f"query head); got {sinks.dtype}{list(sinks.shape)}")
+    return sinks
+
+
+def check_soft_cap(op: str, cap) -> float:
+    """A logit soft cap as a float (0.0 for None: no cap); a traced, non-numeric,
+    non-finite or non-positive value raises `ValueError` naming `op` and
+    `logits_soft_cap`."""
+    if cap is None:
+        return 0.0
+    cap = static_float(op, "logits_soft_cap", cap)
+    if cap <= 0:
+        raise ValueError(f"{op}: logits_soft_cap must be > 0 (or None: no cap); got {cap}")
+    return cap

@@ -121,7 +121,7 @@ def sm90_backward() -> bool:
     return (SM90_BACKWARD_DEFAULT if variant < 0 else variant) in (2, 3) and _sm90a_device()
 
 
-def onepass_backward(dtype, head_dim: int, block_size: int) -> bool:
+def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0) -> bool:
     """Whether the attention backward's custom call runs backward variant 4, the one-pass
     Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
     (attention.cu, FindAttentionKernel: the variant's rows are bf16 / f16, head dims 64 and
@@ -129,6 +129,7 @@ def onepass_backward(dtype, head_dim: int, block_size: int) -> bool:
     workspaces `dq_accum` and `dq_semaphores`. Opt-in (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4);
     it takes no call beyond the backward's scope (`fused_attention_unsupported`)."""
     return (SWITCHES.attn_bwd_variant == 4 and block_size == 128 and head_dim in (64, 128)
+            and not softcap  # a soft cap: the FA2 backward (FindAttentionKernel)
             and any(dtype == d for d in (jnp.bfloat16, jnp.float16)))
 
 
@@ -206,7 +207,7 @@ FUSED_ATTENTION = {
 
 def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, tk: int,
                                 segments: bool, positioned: bool, mask_batch: int, *,
-                                forward: bool = False) -> str | None:
+                                forward: bool = False, softcap: float = 0.0) -> str | None:
     """Why the fused kernels cannot run this call (None when they can): the FA2 forward and
     backward take neither segment ids, nor a mask per batch entry, nor lengths that are
     not multiples of the block size, nor `q_offset`, nor block sizes 16 and 32; the
@@ -215,8 +216,24 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     where `sm90_backward()`; block sizes 16 and 32 (on 128 x 128 tiles) only the
     FA3-design forward, at each of its head dims. Head dims 96 and 256: the FA3-design
     forward only. Backward variant 4 (`onepass_backward`) takes none of the first four: its
-    launcher refuses them."""
-    documents = sm90_forward() if forward else block_size == 128 and sm90_backward()
+    launcher refuses them. A logit soft cap (`softcap > 0`) runs the FA2 kernels only (on
+    Hopper too), within their scope above."""
+    # a soft cap: the FA2 kernels only (the C++ dispatch, FindAttentionKernel, picks their
+    # rows then; the FA3-design kernels take no cap yet)
+    hopper = sm90_forward() if forward else block_size == 128 and sm90_backward()
+    args = (dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch, forward)
+    why = _fused_unsupported(*args, documents=hopper and not softcap, softcap=softcap)
+    if (why is not None and softcap and hopper
+            and _fused_unsupported(*args, documents=True, softcap=0.0) is None):
+        return (f"logits_soft_cap on the Hopper {'forward' if forward else 'backward'}: next "
+                f"(the FA2 kernels take no {why})")
+    return why
+
+
+def _fused_unsupported(dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch,
+                       forward, *, documents, softcap):
+    """`fused_attention_unsupported` with `documents`: whether the FA3-design kernel of
+    the phase runs the call."""
     family = "sm90_forward" if forward and documents else "forward" if forward else "backward"
     if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
@@ -225,7 +242,7 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     if block_size not in FUSED_ATTENTION["block_sizes"] and not (
             family == "sm90_forward" and block_size in FUSED_ATTENTION["tiled_block_sizes"]):
         return f"block size {block_size}"
-    if (not forward and onepass_backward(dtype, head_dim, block_size)
+    if (not forward and onepass_backward(dtype, head_dim, block_size, softcap)
             and (segments or positioned or mask_batch != 1 or tq % block_size
                  or tk % block_size)):  # its launcher refuses them (cudaErrorNotSupported)
         return ("segment ids, q_offset, a mask per batch entry or partial tiles under "
@@ -249,7 +266,8 @@ def _fused_attention(phase, ctx, floats, params) -> bool:
     why = fused_attention_unsupported(q_aval.dtype, q_aval.shape[-1], bs, q_aval.shape[1],
                                       k_aval.shape[1], params["segments"],
                                       params["positioned"], by_query_counts.shape[0],
-                                      forward=phase == "attention_fwd")
+                                      forward=phase == "attention_fwd",
+                                      softcap=params.get("softcap", 0.0))
     if why is not None:
         _debug.pure_path(f"{phase} q{list(q_aval.shape)} bs={bs}", f"no fused kernel for {why}")
     return why is None
@@ -284,6 +302,11 @@ def _attention_attrs(params):
                 positioned=bool(params["positioned"]))
 
 
+def _softcap_attr(params):
+    """The attribute `softcap` (float32; 0: none) of the attention custom calls."""
+    return dict(softcap=np.float32(params.get("softcap", 0.0)))
+
+
 _forward_reference = jint.lower_fun(att.attention_reference, multiple_results=True)
 _backward_reference = jint.lower_fun(att.backward_reference, multiple_results=True)
 
@@ -307,7 +330,7 @@ def _attention_forward_lowering(ctx, *operands, **params):
     bs = TILE if tiled else mask_block  # the kernel's tile
     return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
         ctx, *values, **_attention_attrs(dict(params, block_size=bs)),
-        mask_block=np.int32(mask_block))
+        mask_block=np.int32(mask_block), **_softcap_attr(params))
 
 
 def _pad_columns(ctx, value, aval, width):
@@ -336,14 +359,14 @@ def _attention_backward_lowering(ctx, *operands, **params):
     # dq_accum float32 [B, Hq, Tq, D], dq_semaphores int32 [B, Hq, Tq / 64]
     q_aval = ctx.avals_in[0]
     d = q_aval.shape[-1]
-    onepass = onepass_backward(q_aval.dtype, d, bs)
+    onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0))
     dq_accum = q_aval.update(shape=(b, hq, tq, d) if onepass else (0,),
                              dtype=np.dtype(np.float32), weak_type=False)
     dq_sem = q_aval.update(shape=(b, hq, tq // 64) if onepass else (0,),
                            dtype=np.dtype(np.int32), weak_type=False)
     ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, workspace, dq_accum, dq_sem])
     dq, dk, dv, *_ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
-        ctx, *values, **_attention_attrs(params))
+        ctx, *values, **_attention_attrs(params), **_softcap_attr(params))
     return dq, dk, dv
 
 
@@ -361,8 +384,10 @@ DECODE = {
 
 
 def decode_unsupported(dtype, head_dim: int, block_size: int,
-                       page_size: int | None) -> str | None:
-    """Why the decode kernel cannot run this call (None when it can)."""
+                       page_size: int | None, softcap: float = 0.0) -> str | None:
+    """Why the decode kernel cannot run this call (None when it can). It takes a logit
+    soft cap (`softcap > 0`) in every case it runs."""
+    del softcap
     if not any(dtype == d for d in DECODE["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if head_dim not in DECODE["head_dims"]:
@@ -390,11 +415,13 @@ def decode_splits(batch: int, hq: int, hkv: int, mask_heads: int, tq: int, width
 _decode_reference = jint.lower_fun(dec.decode_reference, multiple_results=True)
 
 
-def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged):
-    params = dict(block_size=block_size, causal=causal, scale=scale, paged=paged)
+def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
+                               softcap=0.0):
+    params = dict(block_size=block_size, causal=causal, scale=scale, paged=paged,
+                  softcap=softcap)
     q_aval, k_aval = ctx.avals_in[:2]
     why = decode_unsupported(q_aval.dtype, q_aval.shape[-1], block_size,
-                             k_aval.shape[1] if paged else None)
+                             k_aval.shape[1] if paged else None, softcap)
     if why is not None:
         _debug.pure_path(f"attention_decode q{list(q_aval.shape)} bs={block_size}",
                          f"no decode kernel for {why}")
@@ -408,7 +435,7 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged)
     ctx = ctx.replace(avals_out=[*ctx.avals_out, *workspace])
     o, lse, _, _ = jax.ffi.ffi_lowering("jax_blocksparse_attention_decode")(
         ctx, *operands, block_size=np.int32(block_size), causal=causal,
-        scale=np.float32(scale), paged=paged)
+        scale=np.float32(scale), paged=paged, softcap=np.float32(softcap))
     return o, lse
 
 

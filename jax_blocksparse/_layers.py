@@ -167,7 +167,7 @@ def check_attention_features(num_heads, num_kv_heads, qkv_features):
 def attend(q, k, v, layout, block_mask, causal, dtype, **masking):
     """q `[B, T, H, D]`, k/v `[B, S, Hkv, D]` -> `[B, T, H, D]` through `attention`, over
     the call's `block_mask` if given, else the module's `layout`. `masking`: attention's
-    `kv_lengths`, `q_segment_ids`, `kv_segment_ids`."""
+    `kv_lengths`, `q_segment_ids`, `kv_segment_ids`, `sinks`, `logits_soft_cap`."""
     mask = layout if block_mask is None else block_mask
     if mask is None:
         raise ValueError("block-sparse attention module: give it a layout, or a block_mask "

@@ -1,5 +1,5 @@
 """Fused block-sparse attention: `attention(q, k, v, mask, causal=, scale=, kv_lengths=,
-q_segment_ids=, kv_segment_ids=)`.
+q_segment_ids=, kv_segment_ids=, q_offset=, page_table=, sinks=, logits_soft_cap=)`.
 
 Three primitives (DESIGN.md §3), no `custom_vjp`. Each takes its float operands followed by
 the same integer *context* operands, `(kv_lengths, q_positions, q_segment_ids,
@@ -19,6 +19,11 @@ The context ends with the tile lists (`tile_*`, `TILES`: `attention_metadata.til
 for a mask of block size 16 or 32, the lists of the 128 x 128 tiles that the Hopper forward
 runs it on, with the bits of the mask blocks each listed tile covers (placeholders for
 other block sizes); only that forward's lowering reads them.
+Each primitive also takes the static `softcap` (logit soft-capping, 0: none): the scaled
+scores are `soft_cap(S) = cap·tanh(S/cap)` before the mask, so `Ṡ` and `dS` above take the
+factor `1 − tanh²(S/cap)`. Attention sinks are no operand: they join each row after the
+primitives, exactly, from `o` and `lse` (`with_sinks`), so their gradient reaches the
+backward as the lse cotangent.
 The tangent and backward primitives have JVP rules of their own (the JVP of the pure-JAX
 implementation), so attention is differentiable to any order.
 The pure-JAX lowering (a block-gathered implementation: each query block attends to its
@@ -38,7 +43,7 @@ import jax.numpy as jnp
 
 from . import _jax_internals as jint
 from . import _partitioning
-from ._checks import check_dtype, static_bool, static_float
+from ._checks import check_dtype, check_sinks, check_soft_cap, static_bool, static_float
 from .attention_metadata import (FINE_BLOCKS, TILE, AttentionLists, TileLists,
                                  attention_metadata, block_lists, device_metadata,
                                  document_kinds, tile_lists, tile_metadata)
@@ -92,8 +97,41 @@ def _nan_rows(o, lse, bad):
             jnp.where(bad, jnp.nan, lse))
 
 
+def soft_cap(s, cap):
+    """Logit soft-capping (Gemma 2, Team Gemma 2024): the scaled scores `s` become
+    `cap * tanh(s / cap)`; `cap = 0` leaves them as they are."""
+    return s if not cap else cap * jnp.tanh(s / cap)
+
+
+def soft_cap_slope(s_capped, allowed, cap):
+    """`d soft_cap(s) / ds = 1 - tanh²(s / cap)` from the capped scores `s_capped`
+    (0 where not `allowed`, whose capped score is -inf); 1 when `cap = 0`."""
+    if not cap:
+        return 1.0
+    t = jnp.where(allowed, s_capped, 0.0) / cap
+    return jnp.where(allowed, 1.0 - t * t, 0.0)
+
+
+def with_sinks(o, lse, sinks):
+    """Attention sinks (StreamingLLM, Xiao et al. 2023; gpt-oss) on the result of the keys
+    alone: `o [B, Tq, Hq, D]`, `lse [B, Hq, Tq]` and `sinks [Hq]` (the sink logit of each
+    query head, in the units of the scaled scores). The sink adds `exp(sinks[h])` to every
+    row's softmax denominator and nothing to its numerator, so with
+    `lse' = logaddexp(lse, sink)` the row is `o' = o * exp(lse - lse')` and its log-sum-exp
+    `lse'` (a row with no key: `o' = 0`, `lse' = sink`). Exact, and differentiable through
+    `o` and `lse` (the backward already takes the lse cotangent): with
+    `P_sink = exp(sink - lse')` and `delta = rowsum(dO' * o') - dlse'`,
+    `d sink[h] = -sum_{b, i} P_sink * delta`. Computed in float32 (float64 for float64)."""
+    f = _lse_dtype(o.dtype)
+    sink = sinks.astype(lse.dtype)[None, :, None]  # [1, Hq, 1]
+    lse_all = jnp.logaddexp(lse, sink)
+    keep = jnp.exp(lse - lse_all)  # the keys' share of the row: 0 for a row with no key
+    o = (o.astype(f) * jnp.swapaxes(keep, 1, 2)[..., None].astype(f)).astype(o.dtype)
+    return o, lse_all
+
+
 # --------------------------------------------------------------- reference (pure JAX)
-def _gathered_scores(q, k, v, ctx, *, block_size, causal, scale, segments):
+def _gathered_scores(q, k, v, ctx, *, block_size, causal, scale, segments, softcap=0.0):
     """The pieces of the block-gathered implementation: each query block `r` gathers the
     key blocks its list names (`W` of them, `bs` keys each).
 
@@ -129,7 +167,8 @@ def _gathered_scores(q, k, v, ctx, *, block_size, causal, scale, segments):
         x = jnp.take_along_axis(by_query_head(x), gather, axis=2)
         return jnp.where(needed[..., None], x.reshape(b, hq, rq, width, bs, d), 0)
     kg, vg = gathered(k), gathered(v)
-    s = jnp.einsum("bhrid,bhrwjd->bhriwj", qh, kg, precision="highest") * scale
+    s = soft_cap(jnp.einsum("bhrid,bhrwjd->bhriwj", qh, kg, precision="highest") * scale,
+                 softcap)
 
     i_abs = (jnp.arange(rq)[:, None] * bs + jnp.arange(bs))[:, :, None, None]  # [Rq,bs,1,1]
     allowed = needed[:, :, :, None]  # [B, Hq, Rq, 1, W, bs]
@@ -162,13 +201,16 @@ def _rows_out(x, tq):
     return x.reshape(b, hq, rq * bs, d)[:, :, :tq].transpose(0, 2, 1, 3)
 
 
-def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments, positioned):
+def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments, positioned,
+                        softcap=0.0):
     """Block-gathered attention. Returns `(o [B, Tq, Hq, D] in q's dtype, lse [B, Hq, Tq]
     float32)`. Rows with no allowed key give `o = 0`, `lse = -inf`, zero gradients.
-    Query i attends key j only if `j <= q_positions[b] + i` when `causal`."""
+    Query i attends key j only if `j <= q_positions[b] + i` when `causal`. `softcap`
+    (0: none): the scaled scores are `soft_cap(s, softcap)` before the mask."""
     del positioned  # the kernels' business: the positions are operands here
     _, _, vg, s, allowed = _gathered_scores(q, k, v, ctx, block_size=block_size,
-                                            causal=causal, scale=scale, segments=segments)
+                                            causal=causal, scale=scale, segments=segments,
+                                            softcap=softcap)
     p, lse = _softmax(s, allowed)
     o = jnp.einsum("bhriwj,bhrwjd->bhrid", p, vg, precision="highest")
     b, hq, rq, bs = lse.shape
@@ -209,12 +251,13 @@ def backward_reference(q, k, v, o, lse, d_o, d_lse, *ctx, **params):
     GPUs). P is recomputed from q and k (`o` and `lse` are not read, so the JVP of this
     function is that of the true gradient). With `dP = dO Vᵀ`, `delta = rowsum(P ∘ dP)`:
     `dS = P ∘ (dP − delta + dlse)`, `dQ = scale·dS K`, `dK = scale·dSᵀ Q`, `dV = Pᵀ dO`
-    (FlashAttention-2, Dao 2023, Algorithm 2, with the lse cotangent added)."""
+    (FlashAttention-2, Dao 2023, Algorithm 2, with the lse cotangent added). With a soft cap
+    `dS` takes the factor `1 - tanh²(s / cap)` of the capped scores."""
     del o, lse
-    scale, bs = params["scale"], params["block_size"]
+    scale, bs, cap = params["scale"], params["block_size"], params.get("softcap", 0.0)
     qh, kg, vg, s, allowed = _gathered_scores(
         q, k, v, ctx, block_size=bs, causal=params["causal"], scale=scale,
-        segments=params["segments"])
+        segments=params["segments"], softcap=cap)
     p, _ = _softmax(s, allowed)
     b, tq, hq, d = q.shape
     tk, hkv = k.shape[1], k.shape[2]
@@ -225,7 +268,7 @@ def backward_reference(q, k, v, o, lse, d_o, d_lse, *ctx, **params):
     dlse = _pad_to(f32(d_lse), rq * bs, 2).reshape(b, hq, rq, bs, 1, 1)
     dp = jnp.einsum("bhrid,bhrwjd->bhriwj", do, vg, precision="highest")
     delta = (p * dp).sum(axis=(-2, -1), keepdims=True)
-    ds = p * (dp - delta + dlse) * scale
+    ds = p * (dp - delta + dlse) * soft_cap_slope(s, allowed, cap) * scale
     dq = jnp.einsum("bhriwj,bhrwjd->bhrid", ds, kg, precision="highest")
     dkg = jnp.einsum("bhriwj,bhrid->bhrwjd", ds, qh, precision="highest")
     dvg = jnp.einsum("bhriwj,bhrid->bhrwjd", p, do, precision="highest")
@@ -589,7 +632,8 @@ def _key_lists(by_query, rk, width):
 
 def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None,
               kv_lengths=None, q_segment_ids=None, kv_segment_ids=None, q_offset=None,
-              page_table=None, return_lse: bool = False):
+              page_table=None, return_lse: bool = False, sinks=None,
+              logits_soft_cap: float | None = None):
     """Block-sparse (multi-head, grouped-query) attention.
 
     Args:
@@ -630,6 +674,16 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         `[0, P)` that the call needs makes the rows of that batch entry NaN, never a read
         outside the pools.
       return_lse: also return the log-sum-exp `[B, Hq, Tq]` (float32; float64 for float64).
+      sinks: optional float array `[Hq]` (any float dtype; computed in float32, float64
+        for float64 inputs): attention sinks (StreamingLLM, Xiao et al. 2023; gpt-oss),
+        one logit per query head in the units of the scaled scores. Row i of head h is
+        then `o_i = sum_j exp(s_ij) v_j / (exp(sinks[h]) + sum_j exp(s_ij))` over its
+        allowed keys and its log-sum-exp `log(exp(sinks[h]) + sum_j exp(s_ij))`; a row
+        with no allowed key outputs 0 with lse `sinks[h]`. Differentiable (gradients
+        flow to `sinks`).
+      logits_soft_cap: optional Python float `> 0` (static): logit soft-capping (Gemma 2,
+        Team Gemma 2024): the scaled scores become `cap * tanh(s / cap)` before the mask
+        and the softmax; gradients include the factor `1 - tanh²(s / cap)`.
     Returns:
       `[B, Tq, Hq, D]` in q's dtype (and the lse). A row with no key to attend to
       outputs 0 (lse `-inf`) and passes zero gradients. The rows of a query block whose
@@ -640,7 +694,9 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         `D`, `Hq` not a multiple of `Hkv`); a mask that is not a `Layout` or `BlockMask`,
         or whose heads, batch or blocks do not fit q and k; `kv_lengths`, segment ids,
         `q_offset` or `page_table` that are not integer arrays of the shapes above; a
-        `causal` that is not a Python bool, a `scale` that is not a finite Python number.
+        `causal` that is not a Python bool, a `scale` that is not a finite Python number;
+        `sinks` that is not a float array `[Hq]`; a `logits_soft_cap` that is not a
+        positive finite Python number (a traced one included).
     Short queries (`Tq <= 16`, no segment ids: decoding with a KV cache, one or a few
     tokens per sequence) run the decode primitive (`attention_decode.py`): on an NVIDIA GPU,
     bfloat16/float16 with `D` in (64, 96, 128, 256), a block size and page size that are
@@ -663,7 +719,10 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     `Bm = 1`), no segment ids, lengths that are multiples of the block size and no
     `q_offset`. The forward and backward decide separately. Every other call runs the
     pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is
-    compiled).
+    compiled). Sinks run wherever the call runs (they join each row after the kernels:
+    `with_sinks`). A soft cap runs the FA2 forward and backward (on Hopper too: the
+    FA3-design kernels take no cap yet, so calls with a cap that only they would take run
+    the pure-JAX path) and the decode kernel.
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:
@@ -683,6 +742,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     tk = page_table.shape[1] * k.shape[1] if paged else k.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else static_float("attention", "scale", scale)
     q_ids, kv_ids, segments = _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk)
+    sinks = check_sinks("attention", sinks, q.shape[2])
+    softcap = check_soft_cap("attention", logits_soft_cap)
     if kv_lengths is None:
         kv_lengths = jnp.full((b,), tk, jnp.int32)
     kv_lengths = kv_lengths.astype(jnp.int32)
@@ -714,11 +775,13 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
                                                kv_lengths)
     context = (lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, tiles)
     static = (("rows", rows), ("tk", tk), ("block_size", bs), ("causal", causal),
-              ("scale", scale), ("segments", segments))
+              ("scale", scale), ("segments", segments), ("softcap", softcap))
     if tq <= DECODE_MAX_QUERIES and not segments:
         o, lse = _short_queries(q, k, v, context, static)
     else:
         o, lse = _prefill(q, k, v, *context, **dict(static))
+    if sinks is not None:  # the sink joins each row's denominator (`with_sinks`)
+        o, lse = _partitioning.auto_mode(with_sinks, (o, lse))(o, lse, sinks)
     if bad_pages is not None:
         o, lse = _nan_rows(o, lse, bad_pages[:, None, None])
     return (o, lse) if return_lse else o
@@ -746,7 +809,7 @@ def _short_queries_jvp(static, primals, tangents):
 
 
 def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, tiles,
-             *, rows, tk, block_size, causal, scale, segments):
+             *, rows, tk, block_size, causal, scale, segments, softcap):
     """Queries through `attention_p`; NaN for rows outside the mask or whose `BlockMask` row
     overflowed. `tiles`: None, or the tile lists of a fine mask (`TileLists`), or its block
     kinds `[Bm, Hm, R, Rk]` to tile here (`_tile_context`). Returns (o, lse)."""
@@ -774,7 +837,7 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
                              all_partial=positioned and segments)
     o, lse = _bind(attention_p, q_in, k, v, kv_lengths, q_positions,
                    ids_in, kv_ids, *lists, *tile_ops, block_size=bs, causal=causal,
-                   scale=scale, segments=segments, positioned=positioned)
+                   scale=scale, segments=segments, positioned=positioned, softcap=softcap)
     bad = None  # [B or 1, H or 1, Tq]: rows that are NaN, never silently wrong
     if overflow is not None:
         bad = jnp.repeat(overflow, bs, axis=-1)  # [Bm, Hm, rows of the operands]
@@ -851,7 +914,7 @@ def _mask_rows(mask) -> int:
 
 
 def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, *, tk,
-            block_size, causal, scale):
+            block_size, causal, scale, softcap):
     """Short queries through the decode primitive (keys `Tk = tk`; `lists` the mask's
     query lists): the mask rows of the queries, their causal positions, and NaN for rows
     outside the mask or whose `BlockMask` row overflowed. Returns (o, lse)."""
@@ -868,7 +931,8 @@ def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, *, t
     paged = page_table is not None
     table = page_table if paged else jnp.zeros((1, 1), jnp.int32)
     o, lse = decode(q, k, v, kv_lengths, q_rows, q_positions, counts, block_lists, table,
-                    block_size=bs, causal=causal, scale=scale, paged=paged)
+                    block_size=bs, causal=causal, scale=scale, paged=paged,
+                    softcap=softcap)
     row = (q_rows[:, None] + jnp.arange(tq)) // bs  # [B, Tq]
     bad = ((row < 0) | (row >= rows))[:, None, :]  # [B, 1, Tq]
     if overflow is not None:  # [Bm, Hm, R] -> [B, Hm, Tq]

@@ -13,6 +13,8 @@ lists, page_table) -> (o, lse)`:
     `j < kv_lengths[b]` and, when `causal`, `j <= q_positions[b] + i`.
   - o `[B, Tq, Hq, D]` in q's dtype, lse `[B, Hq, Tq]` float32 (float64 for float64); a row
     with no key: o = 0, lse = -inf.
+  - the static `softcap` (0: none): the scaled scores become `cap * tanh(s / cap)` before
+    the mask (`attention.soft_cap`).
 The pure-JAX lowering gathers each query's listed key blocks (cost grows with the listed
 blocks, never with the cache length); on CUDA the decode kernel runs where
 `_cuda.decode_unsupported` allows (split-KV, a deterministic log-sum-exp combine, the query
@@ -28,12 +30,13 @@ import jax.numpy as jnp
 from . import _jax_internals as jint
 from . import _partitioning
 from .attention import (KV_DIMS, LSE_DIMS, Q_DIMS, _at_rows, _bind, _lse_dtype,
-                        _reference_jvp, context_dims, paged_keys)
+                        _reference_jvp, context_dims, paged_keys, soft_cap)
 
 def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table, *,
-                     block_size, causal, scale, paged):
+                     block_size, causal, scale, paged, softcap=0.0):
     """The decode primitive in pure JAX: each query gathers the key blocks its mask row
-    lists (`[B, Hm, Tq, W * bs]` keys), then a masked softmax."""
+    lists (`[B, Hm, Tq, W * bs]` keys), then a masked softmax (of the soft-capped scores
+    when `softcap`: `attention.soft_cap`)."""
     if paged:
         k, v = paged_keys(k, page_table), paged_keys(v, page_table)
     b, tq, hq, d = q.shape
@@ -70,7 +73,7 @@ def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, pa
         qg = f32(q).reshape(b, tq, hkv, group, d)
         s = jnp.einsum("bihgd,bhgind->bhgin", qg, kg, precision="highest") * scale
         allowed = allowed.reshape(b, hkv, group, tq, -1)
-    s = jnp.where(allowed, s, -jnp.inf)
+    s = jnp.where(allowed, soft_cap(s, softcap), -jnp.inf)
     m = s.max(axis=-1, keepdims=True)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.where(allowed, jnp.exp(s - m), 0.0)

@@ -123,6 +123,9 @@ class BlockSparseMultiHeadAttention(nn.Module):
     segment_ids=None, kv_segment_ids=None, block_mask=None)`: `segment_ids` int `[B, T]`
     (packed documents; `kv_segment_ids [B, S]` default to them), `block_mask` a
     `jax_blocksparse.BlockMask` that replaces `layout` for this call. No attention dropout.
+    `use_sinks`: a learned attention sink per head (param `sinks [num_heads]`, zeros at
+    init; `jax_blocksparse.attention`'s `sinks`); `logits_soft_cap`: a Python float > 0,
+    the scores become `cap * tanh(s / cap)` (attention's `logits_soft_cap`).
     """
 
     num_heads: int
@@ -140,6 +143,8 @@ class BlockSparseMultiHeadAttention(nn.Module):
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros
     use_bias: bool = True
+    use_sinks: bool = False
+    logits_soft_cap: float | None = None
 
     def _project(self, x, heads, head_dim, block_layout, name):
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -163,9 +168,12 @@ class BlockSparseMultiHeadAttention(nn.Module):
         k = self._project(inputs_k, kv_heads, head_dim, self.kv_layout, "key")
         v = self._project(inputs_v, kv_heads, head_dim, self.kv_layout, "value")
         dtype = _compute_dtype(self.dtype, inputs_q, self.param_dtype)
+        sinks = (self.param("sinks", nn.initializers.zeros, (self.num_heads,),
+                            self.param_dtype) if self.use_sinks else None)
         x = _layers.attend(q, k, v, self.layout, block_mask, self.causal, dtype,
                            kv_lengths=kv_lengths, q_segment_ids=segment_ids,
-                           kv_segment_ids=kv_segment_ids)
+                           kv_segment_ids=kv_segment_ids, sinks=sinks,
+                           logits_soft_cap=self.logits_soft_cap)
         out_features = self.out_features or features
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                       precision=self.precision, bias_init=self.bias_init, name="out")

@@ -100,7 +100,9 @@ class BlockSparseMultiHeadAttention(nnx.Module):
     `kv_layout`, `out_layout` make those projections block-sparse. `layout` may be None
     when every call gives a `block_mask`. `__call__` takes `kv_lengths`, `segment_ids`
     (`[B, T]`, packed documents), `kv_segment_ids` and `block_mask` (a `BlockMask` that
-    replaces `layout` for that call), as the linen module does."""
+    replaces `layout` for that call), as the linen module does. `use_sinks`: a learned
+    attention sink per head (`self.sinks`, an `nnx.Param [num_heads]`, zeros at init);
+    `logits_soft_cap`: a Python float > 0 (attention's `sinks` and `logits_soft_cap`)."""
 
     def __init__(self, num_heads: int, in_features: int, layout: Layout, *,
                  causal: bool = False, num_kv_heads: int | None = None,
@@ -109,6 +111,7 @@ class BlockSparseMultiHeadAttention(nnx.Module):
                  out_layout: Layout | None = None, dtype=None, param_dtype=jnp.float32,
                  precision=None, kernel_init: Initializer = nnx.initializers.lecun_normal(),
                  bias_init: Initializer = nnx.initializers.zeros, use_bias: bool = True,
+                 use_sinks: bool = False, logits_soft_cap: float | None = None,
                  rngs: nnx.Rngs):
         qkv_features = qkv_features or in_features
         out_features = out_features or in_features
@@ -134,6 +137,8 @@ class BlockSparseMultiHeadAttention(nnx.Module):
                     nnx.LinearGeneral((num_heads, head_dim), out_features, axis=(-2, -1),
                                       kernel_init=kernel_init, **common))
         self.flat_out = out_layout is not None
+        self.sinks = nnx.Param(jnp.zeros((num_heads,), param_dtype)) if use_sinks else None
+        self.logits_soft_cap = logits_soft_cap
 
     def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, kv_lengths=None,
                  segment_ids=None, kv_segment_ids=None, block_mask=None):
@@ -146,5 +151,6 @@ class BlockSparseMultiHeadAttention(nnx.Module):
         dtype = _compute_dtype(self.dtype, inputs_q, self.param_dtype)
         x = _layers.attend(q, k, v, self.layout, block_mask, self.causal, dtype,
                            kv_lengths=kv_lengths, q_segment_ids=segment_ids,
-                           kv_segment_ids=kv_segment_ids)
+                           kv_segment_ids=kv_segment_ids, sinks=_value(self.sinks),
+                           logits_soft_cap=self.logits_soft_cap)
         return self.out(x.reshape(x.shape[:-2] + (-1,)) if self.flat_out else x)

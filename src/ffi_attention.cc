@@ -30,7 +30,8 @@ std::string Describe(const char* op, DType dtype, const AttentionShape& s, const
          " " + DTypeName(dtype) + " bs=" + std::to_string(s.block_size) +
          " mask_heads=" + std::to_string(s.mask_heads) +
          (s.mask_batch != 1 ? " mask_batch=" + std::to_string(s.mask_batch) : "") +
-         (s.causal ? " causal" : "");
+         (s.causal ? " causal" : "") +
+         (s.softcap > 0.f ? " softcap=" + std::to_string(s.softcap) : "");
 }
 
 // Shapes of q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D] and the attributes; *kernel: the
@@ -39,7 +40,7 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
                                    const AnyBuffer& k, const AnyBuffer& v,
                                    const Buffer<S32>& kv_lengths, const Buffer<S32>& q_counts,
                                    int32_t block_size, bool causal, float scale,
-                                   const AttentionKernel** kernel) {
+                                   float softcap, const AttentionKernel** kernel) {
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
     return ffi::Unexpected(Invalid("q, k, v must be [B, T, H, D]"));
@@ -61,6 +62,8 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   s.block_size = block_size;
   s.scale = scale;
   s.causal = causal;
+  if (!(softcap >= 0.f)) return ffi::Unexpected(Invalid("softcap must be >= 0 (0: none)"));
+  s.softcap = softcap;
   // counts [Hm, lines] or [Bm, Hm, lines] with Bm = 1 or B
   auto cd = q_counts.dimensions();
   if (cd.size() != 2 && cd.size() != 3)
@@ -69,7 +72,8 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   s.mask_heads = int32_t(cd[cd.size() - 2]);
   if (s.mask_batch != 1 && s.mask_batch != s.batch)
     return ffi::Unexpected(Invalid("the lists' batch axis must be 1 or B"));
-  *kernel = FindAttentionKernel(dtype, s.head_dim, block_size, backward);
+  // a soft cap: the rows that take one (the FA2 kernels; never the FA3-design ones)
+  *kernel = FindAttentionKernel(dtype, s.head_dim, block_size, backward, softcap > 0.f);
   if (*kernel == nullptr)
     return ffi::Unexpected(Invalid(std::string("no ") + (backward ? "backward" : "forward") +
                                    " kernel for " + DTypeName(dtype) + " head_dim=" +
@@ -140,12 +144,12 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
                    Buffer<S32> q_lists, Buffer<S32> q_order, Buffer<S32> q_segment_ids,
                    Buffer<S32> kv_segment_ids, Buffer<S32> tile_bits, Result<AnyBuffer> o,
                    Result<Buffer<F32>> lse, int32_t block_size, bool causal, float scale,
-                   bool segments, bool positioned, int32_t mask_block) {
+                   bool segments, bool positioned, int32_t mask_block, float softcap) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
   auto shape = Shape(*dtype, /*backward=*/false, q, k, v, kv_lengths, q_counts, block_size,
-                     causal, scale, &kernel);
+                     causal, scale, softcap, &kernel);
   if (shape.has_error()) return shape.error();
   AttentionForwardParams p{};
   p.shape = *shape;
@@ -198,12 +202,12 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
                    Result<AnyBuffer> dq, Result<AnyBuffer> dk, Result<AnyBuffer> dv,
                    Result<Buffer<F32>> delta, Result<Buffer<F32>> dq_accum,
                    Result<Buffer<S32>> dq_semaphores, int32_t block_size, bool causal, float scale,
-                   bool segments, bool positioned) {
+                   bool segments, bool positioned, float softcap) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
   auto shape = Shape(*dtype, /*backward=*/true, q, k, v, kv_lengths, q_counts, block_size,
-                     causal, scale, &kernel);
+                     causal, scale, softcap, &kernel);
   if (shape.has_error()) return shape.error();
   if (o.element_type() != q.element_type() || d_o.element_type() != q.element_type())
     return Invalid("o and d_o must have q's dtype");
@@ -267,7 +271,8 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
                       Buffer<S32> counts, Buffer<S32> lists, Buffer<S32> page_table,
                       Result<AnyBuffer> o, Result<Buffer<F32>> lse,
                       Result<Buffer<F32>> part_o, Result<Buffer<F32>> part_lse,
-                      int32_t block_size, bool causal, float scale, bool paged) {
+                      int32_t block_size, bool causal, float scale, bool paged,
+                      float softcap) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
@@ -312,6 +317,7 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
   p.block_size = block_size;
   p.scale = scale;
   p.causal = causal;
+  p.softcap = softcap;
   if (paged) p.page_table = page_table.typed_data();
   if (const char* why = AttentionDecodeUnsupported(p)) return Invalid(std::string("decode: ") + why);
   const AttentionDecodeKernel* kernel = FindAttentionDecodeKernel(*dtype, p.head_dim);
@@ -335,6 +341,7 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
                                            ShapeText(kd) + " " + DTypeName(*dtype) +
                                            " bs=" + std::to_string(block_size) +
                                            (paged ? " paged" : "") + (causal ? " causal" : "") +
+                                           (softcap > 0.f ? " softcap" : "") +
                                            " splits=" + std::to_string(p.splits)
                                      : "");
   const cudaError_t err = kernel->launch(p, stream);
@@ -368,7 +375,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<AnyBuffer>()     // o
         .Ret<Buffer<F32>>()   // lse
             JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned")
-                .Attr<int32_t>("mask_block"),
+                .Attr<int32_t>("mask_block").Attr<float>("softcap"),
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -400,7 +407,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<Buffer<F32>>()   // workspace [B, Hq, 2, ceil(Tq / bs) * bs] (attention.h)
         .Ret<Buffer<F32>>()   // dq_accum (workspace of backward variant 4, else [0])
         .Ret<Buffer<S32>>()   // dq_semaphores (the same)
-            JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned"),
+            JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned")
+                .Attr<float>("softcap"),
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -420,5 +428,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<Buffer<F32>>()   // lse
         .Ret<Buffer<F32>>()   // part_o (workspace)
         .Ret<Buffer<F32>>()   // part_lse (workspace)
-            JBS_ATTENTION_ATTRS.Attr<bool>("paged"),
+            JBS_ATTENTION_ATTRS.Attr<bool>("paged").Attr<float>("softcap"),
     {ffi::Traits::kCmdBufferCompatible});

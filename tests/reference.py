@@ -146,6 +146,50 @@ def attention64(q, k, v, allowed, scale, do, dlse):
     return heads(o), lse, heads(dq), heads(dk), heads(dv)
 
 
+def attention64_sinks(q, k, v, allowed, scale, do, dlse, sinks=None, cap=None):
+    """`attention64` with attention sinks `sinks [Hq]` (or None) and a logit soft cap `cap`
+    (or None), its gradients derived by hand: returns o, lse, dq, dk, dv, dsinks (None
+    without sinks). With capped scores `s = cap·tanh(s0/cap)`, the sink's term
+    `e_sink = exp(sink − m)` in each row's denominator, `P = e / total`,
+    `P_sink = e_sink / total`, `delta = rowsum(dO ∘ O) − dlse`:
+    `dS = P ∘ (dP − delta) ∘ (1 − tanh²)`, `dsink[h] = −Σ_{b,i} P_sink · delta`."""
+    q, k, v, do, dlse = (f64(x) for x in (q, k, v, do, dlse))
+    hq, hkv = q.shape[2], k.shape[2]
+    g = hq // hkv
+    heads = lambda x: x.transpose(0, 2, 1, 3)
+    qh, doh = heads(q), heads(do)
+    kh, vh = heads(np.repeat(k, g, axis=2)), heads(np.repeat(v, g, axis=2))
+    s = qh @ kh.transpose(0, 1, 3, 2) * scale
+    slope = np.ones_like(s)
+    if cap is not None:
+        t = np.tanh(s / cap)
+        s, slope = cap * t, 1.0 - t * t
+    allowed = np.broadcast_to(allowed, s.shape)
+    sink = None if sinks is None else f64(sinks)[None, :, None, None]
+    m = np.max(np.where(allowed, s, -np.inf), -1, keepdims=True)
+    if sink is not None:
+        m = np.maximum(m, sink)
+    any_term = np.isfinite(m)
+    m = np.where(any_term, m, 0.0)
+    e = np.where(allowed, np.exp(np.where(allowed, s, 0.0) - m), 0.0)
+    e_sink = 0.0 if sink is None else np.exp(sink - m)
+    total = e.sum(-1, keepdims=True) + e_sink
+    total = np.where(any_term, total, 1.0)
+    p, p_sink = e / total, e_sink / total
+    lse = np.where(any_term, np.log(total) + m, -np.inf)[..., 0]
+    o = p @ vh
+    dp = doh @ vh.transpose(0, 1, 3, 2)
+    delta = (doh * o).sum(-1, keepdims=True) - np.where(any_term, dlse[..., None], 0.0)
+    ds = p * (dp - delta) * slope
+    dq = ds @ kh * scale
+    dk = ds.transpose(0, 1, 3, 2) @ qh * scale
+    dv = p.transpose(0, 1, 3, 2) @ doh
+    b, _, tk, d = dk.shape
+    dk, dv = (x.reshape(b, hkv, g, tk, d).sum(2) for x in (dk, dv))
+    dsinks = None if sink is None else -(p_sink * delta).sum(axis=(0, 2, 3))
+    return heads(o), lse, heads(dq), heads(dk), heads(dv), dsinks
+
+
 def lse_err(got, want):
     """Largest absolute error of a log-sum-exp on its finite entries; -inf must match."""
     got, want = f64(got), np.asarray(want, np.float64)

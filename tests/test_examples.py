@@ -158,7 +158,8 @@ def test_generate_kv_cache_decode_equals_the_full_model():
     """prefill + decode_step (the KV-cache path: q_offset, kv_lengths, the cache written
     at each position) give the logits of the full model (model.apply) at the same
     positions: prompts of different lengths per batch entry, across block boundaries and
-    the layout's stride, two layers, two heads; and the sparse and the dense model."""
+    the layout's stride, two layers, two heads; and the sparse and the dense model, with
+    and without attention sinks and a soft cap."""
     import jax
     import jax.numpy as jnp
 
@@ -168,7 +169,8 @@ def test_generate_kv_cache_decode_equals_the_full_model():
 
 
 def _check_decode_equals_full_model(generate, jax, jnp):
-    for extra in ([], ["--dense"]):
+    sinks_cap = ["--sinks", "--softcap", "3"]  # learned sinks (perturbed: not zero), a cap
+    for extra in ([], ["--dense"], sinks_cap, ["--dense", *sinks_cap]):
         c = generate.build_parser().parse_args(
             ["--seq-len", "128", "--d-model", "64", "--heads", "2", "--layers", "2",
              "--block-size", "32", "--stride", "64", "--dtype", "float32", *extra])
@@ -229,3 +231,18 @@ def test_generate_restores_the_trained_checkpoint(tmp_path):
         ckpt, cwd=tmp_path)
     out = run("generate.py", *TINY[:8], "--tokens", "3", "--ckpt-dir", ckpt, cwd=tmp_path)
     assert "restored the parameters of step 2" in out and "generated 3 tokens" in out
+
+
+def test_language_model_sinks_and_softcap(tmp_path):
+    """--sinks --softcap CAP: learned sinks and capped scores, sparse (layout and MoBA) and
+    dense (--compare)."""
+    opts = ("--sinks", "--softcap", "5", "--no-checkpoint", "--eval-every", "2")
+    out = run("sparse_transformer_lm.py", *TINY, *opts, "--steps", "2", cwd=tmp_path)
+    assert "a learned sink per head, scores soft-capped at 5" in out
+    assert "step 2: validation" in out
+    out = run("sparse_transformer_lm.py", *TINY, *opts, "--attention", "moba", "--steps", "2",
+              cwd=tmp_path)
+    assert "step 2: validation" in out
+    out = run("sparse_transformer_lm.py", *TINY, "--sinks", "--softcap", "5", "--compare",
+              cwd=tmp_path)
+    assert "sparse step" in out and "dense  step" in out

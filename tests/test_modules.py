@@ -315,3 +315,36 @@ def test_modules_run_float64_with_x64():
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         got = conv(images)
         assert got.dtype == jnp.float64 and rel_err(got, np.asarray(want)) < 1e-13
+
+
+def test_attention_modules_learn_their_sinks_under_a_soft_cap(platform):
+    """`use_sinks`: a `[num_heads]` param named "sinks", zeros at init, that gets a non-zero
+    gradient; linen and NNX give the op's output (`sinks=`, `logits_soft_cap=`)."""
+    t, features, heads = 64, 64, 4
+    layout = jbs.layouts.causal(t, 16)
+    x = normal(9, (2, t, features))
+    kw = dict(causal=True, num_kv_heads=2, use_sinks=True, logits_soft_cap=5.0)
+    module = bnn.BlockSparseMultiHeadAttention(num_heads=heads, layout=layout, **kw)
+    params = module.init(jax.random.key(0), x)
+    sinks = params["params"]["sinks"]
+    assert sinks.shape == (heads,) and np.all(np.asarray(sinks) == 0)
+    p = jax.tree.map(lambda a: a, params)
+    p["params"]["sinks"] = normal(3, (heads,))
+    g = jax.grad(lambda p: (module.apply(p, x) ** 2).sum())(p)["params"]["sinks"]
+    assert g.shape == (heads,) and np.all(np.asarray(g) != 0)
+    q, k, v = (linen.DenseGeneral((h, 16)).apply({"params": p["params"][name]}, x)
+               for name, h in (("query", heads), ("key", 2), ("value", 2)))
+    o = jbs.attention(q, k, v, layout, causal=True, sinks=p["params"]["sinks"],
+                      logits_soft_cap=5.0)
+    want = linen.DenseGeneral(features, axis=(-2, -1)).apply({"params": p["params"]["out"]}, o)
+    assert rel_err(module.apply(p, x), np.asarray(want, np.float64)) < 1e-5
+
+    m = bnnx.BlockSparseMultiHeadAttention(heads, features, layout, rngs=nnx.Rngs(0), **kw)
+    assert np.all(np.asarray(read(m.sinks)) == 0)
+    for name in ("query", "key", "value", "out"):
+        assign(getattr(m, name).kernel, p["params"][name]["kernel"])
+        assign(getattr(m, name).bias, p["params"][name]["bias"])
+    assign(m.sinks, p["params"]["sinks"])
+    assert rel_err(m(x), np.asarray(want, np.float64)) < 1e-5
+    grads = nnx.grad(lambda m: (m(x) ** 2).sum())(m)
+    assert rel_err(read(grads.sinks), np.asarray(g, np.float64)) < 1e-4

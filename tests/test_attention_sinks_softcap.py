@@ -1,0 +1,394 @@
+"""Attention sinks (`sinks=`) and logit soft-capping (`logits_soft_cap=`): values, lse and
+gradients (q, k, v, sinks) against a float64 reference whose gradients are derived by hand
+(`reference.attention64_sinks`), with GQA, causal, `kv_lengths`, segment ids, a mask per
+batch entry, rows with no key, decode rows (contiguous and paged) equal to the full
+attention's rows, second-order gradients, vmap, and the errors of bad arguments. Runs on
+the CPU and, marked `gpu`, on an NVIDIA GPU (the fused and decode kernels)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jax_blocksparse as jbs
+from reference import attention64_sinks, attention_mask64, lse_err, rel_err
+from test_matmul import PLATFORMS, float64_enabled, poison
+
+# relative errors (lse: absolute) allowed per dtype
+TOL = {jnp.float32: 2e-5, jnp.bfloat16: 3e-2, jnp.float16: 5e-3}
+GRAD_TOL = {jnp.float32: 2e-4, jnp.bfloat16: 6e-2, jnp.float16: 1.5e-2}
+LSE_TOL = {jnp.float32: 1e-4, jnp.bfloat16: 3e-2, jnp.float16: 5e-3}
+
+
+@pytest.fixture(params=PLATFORMS)
+def platform(request):
+    return request.param
+
+
+def _random_mask(rng, shape, empty_row=True):
+    mask = rng.random(shape) < 0.6
+    mask[..., 0, 0] = True
+    if empty_row:
+        mask[..., 1, :] = False  # a query block with no key block: rows with no key
+    return mask
+
+
+# name: B, Tq, Tk, Hq, Hkv, D, bs, causal, kv_lengths, segments, per-batch mask, sinks, cap
+CASES = {
+    "gqa_causal_sinks_cap": (2, 64, 64, 4, 2, 16, 16, True, None, False, False, True, 3.0),
+    "empty_rows_kv_lengths_sinks": (2, 64, 96, 2, 1, 16, 16, False, [70, 9], False, False,
+                                    True, None),
+    "segments_sinks_cap": (2, 64, 64, 4, 1, 16, 16, True, None, True, False, True, 2.0),
+    "batch_mask_sinks_cap": (2, 64, 64, 2, 2, 16, 16, False, [64, 40], False, True, True,
+                             4.0),
+    "cap_only": (1, 64, 64, 2, 1, 16, 16, True, None, False, False, False, 1.5),
+}
+
+
+def _inputs(case, dtype, seed):
+    b, tq, tk, hq, hkv, d, bs, causal, kv, segments, per_batch, use_sinks, cap = case
+    rng = np.random.default_rng(seed)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype)
+    q, k, v = arr(b, tq, hq, d), arr(b, tk, hkv, d), arr(b, tk, hkv, d)
+    q = q * 2  # sharper scores: the cap bites
+    sinks = jnp.asarray(rng.standard_normal(hq) + 1.0, jnp.float32) if use_sinks else None
+    if per_batch:
+        mask = _random_mask(rng, (b, hq, -(-tq // bs), -(-tk // bs)))
+        mask_arg = jbs.BlockMask.from_mask(jnp.asarray(mask), bs)
+        allowed = np.kron(mask, np.ones((bs, bs), bool))[:, :, :tq, :tk]
+        i, j = np.arange(tq)[:, None], np.arange(tk)[None, :]
+        if causal:
+            allowed = allowed & (j <= i + tk - tq)
+    else:
+        mask = _random_mask(rng, (hq, -(-tq // bs), -(-tk // bs)))
+        mask_arg = jbs.Layout(mask, bs)
+        allowed = attention_mask64(mask_arg, causal, tq, tk, np.full(b, tk))
+    lengths = None if kv is None else jnp.asarray(kv, jnp.int32)
+    if kv is not None:
+        allowed = allowed & (np.arange(tk) < np.asarray(kv)[:, None, None, None])
+    ids = None
+    if segments:
+        ids = np.sort(rng.integers(0, 3, (b, tq)), axis=1)
+        allowed = allowed & (ids[:, None, :, None] == ids[:, None, None, :])
+        ids = jnp.asarray(ids, jnp.int32)
+    cots = (arr(b, tq, hq, d), jnp.asarray(rng.standard_normal((b, hq, tq)), jnp.float32))
+    kwargs = dict(causal=causal, kv_lengths=lengths, q_segment_ids=ids,
+                  logits_soft_cap=cap, return_lse=True)
+    return (q, k, v, sinks), mask_arg, kwargs, allowed, cots
+
+
+def _check(platform, name, dtype):
+    case = CASES[name]
+    (q, k, v, sinks), mask, kwargs, allowed, (do, dlse) = _inputs(case, dtype, len(name))
+    cap = kwargs["logits_soft_cap"]
+    scale = 1 / np.sqrt(q.shape[-1])
+
+    def f(q, k, v, sinks):
+        return jbs.attention(q, k, v, mask, sinks=sinks, **kwargs)
+    poison(platform)
+    (o, lse), vjp = jax.vjp(jax.jit(f), q, k, v, sinks)
+    dq, dk, dv, ds = jax.jit(vjp)((do, dlse.astype(lse.dtype)))
+    want = attention64_sinks(q, k, v, allowed, scale, do, dlse, sinks=sinks, cap=cap)
+    assert o.dtype == dtype and lse.dtype == jnp.float32
+    assert rel_err(o, want[0]) < TOL[dtype], "o"
+    assert lse_err(lse, want[1]) < LSE_TOL[dtype], "lse"
+    for got, w, what in zip((dq, dk, dv), want[2:5], ("dq", "dk", "dv")):
+        assert rel_err(got, w) < GRAD_TOL[dtype], what
+    if sinks is not None:
+        assert ds.dtype == sinks.dtype
+        assert rel_err(ds, want[5]) < GRAD_TOL[dtype], "dsinks"
+        rows = ~np.asarray(allowed).any(-1)  # [B, Hm, Tq]: rows with no key
+        if rows.any():  # those output 0 with lse = sink
+            rows = np.broadcast_to(rows, lse.shape)
+            np.testing.assert_array_equal(np.asarray(o).transpose(0, 2, 1, 3)[rows], 0)
+            sink_of = np.broadcast_to(np.asarray(sinks)[None, :, None], lse.shape)
+            np.testing.assert_allclose(np.asarray(lse)[rows], sink_of[rows], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_values_lse_and_gradients_float32(name):
+    _check("cpu", name, jnp.float32)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_values_lse_and_gradients_bf16(platform, name):
+    _check(platform, name, jnp.bfloat16)
+
+
+def test_float64_is_exact():
+    """float64 in, float64 out: sinks and the cap computed in float64 match the hand-derived
+    reference to rounding."""
+    with float64_enabled():
+        case = CASES["gqa_causal_sinks_cap"]
+        (q, k, v, sinks), mask, kwargs, allowed, (do, dlse) = _inputs(case, jnp.float64, 3)
+        sinks = sinks.astype(jnp.float64)
+        f = lambda q, k, v, s: jbs.attention(q, k, v, mask, sinks=s, **kwargs)
+        (o, lse), vjp = jax.vjp(f, q, k, v, sinks)
+        grads = vjp((do, dlse.astype(jnp.float64)))
+        want = attention64_sinks(q, k, v, allowed, 1 / np.sqrt(q.shape[-1]), do, dlse,
+                                 sinks=sinks, cap=kwargs["logits_soft_cap"])
+        assert o.dtype == lse.dtype == jnp.float64
+        assert rel_err(o, want[0]) < 1e-12 and lse_err(lse, want[1]) < 1e-12
+        for got, w in zip(grads, want[2:]):
+            assert rel_err(got, w) < 1e-11
+
+
+def test_sinks_of_any_float_dtype():
+    case = CASES["gqa_causal_sinks_cap"]
+    (q, k, v, sinks), mask, kwargs, _, _ = _inputs(case, jnp.float32, 4)
+    want = jbs.attention(q, k, v, mask, sinks=sinks.astype(jnp.bfloat16).astype(jnp.float32),
+                         **kwargs)
+    got = jbs.attention(q, k, v, mask, sinks=sinks.astype(jnp.bfloat16), **kwargs)
+    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+    g = jax.grad(lambda s: jbs.attention(q, k, v, mask, sinks=s, causal=True).sum())(
+        sinks.astype(jnp.bfloat16))
+    assert g.dtype == jnp.bfloat16 and np.all(np.asarray(g, np.float32) != 0)
+
+
+def _decode_case(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    b, t, hq, hkv, d, bs, n = 2, 64, 4, 2, 16, 16, 3
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype)
+    q, k, v = arr(b, t, hq, d) * 2, arr(b, t, hkv, d), arr(b, t, hkv, d)
+    sinks = jnp.asarray(rng.standard_normal(hq), jnp.float32)
+    mask = rng.random((hq, t // bs, t // bs)) < 0.7
+    mask[:, :, 0] = True
+    return q, k, v, sinks, jbs.Layout(mask, bs), n
+
+
+@pytest.mark.parametrize("cap", [None, 2.5], ids=["sinks", "sinks_cap"])
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_decode_rows_equal_full_attention_rows(platform, paged, cap):
+    """The last queries through the decode primitive (`q_offset`, `kv_lengths`, contiguous
+    or paged cache) give the full attention's rows, lse and gradients (q, k, v, sinks)."""
+    q, k, v, sinks, layout, n = _decode_case(jnp.float32, seed=int(paged))
+    b, t = q.shape[:2]
+    opts = dict(causal=True, sinks=sinks, logits_soft_cap=cap, return_lse=True)
+    full = lambda q, k, v, s: jbs.attention(q, k, v, layout, **dict(opts, sinks=s))
+    page = 16
+    table = jnp.asarray(np.random.default_rng(7).permutation(b * t // page)
+                        .reshape(b, t // page), jnp.int32)
+    pool = lambda x: jnp.zeros((b * t // page, page) + x.shape[2:], x.dtype).at[
+        table.reshape(-1)].set(x.reshape((b * t // page, page) + x.shape[2:]))
+
+    def short(q_last, k, v, s):
+        kv = (pool(k), pool(v)) if paged else (k, v)
+        return jbs.attention(q_last, *kv, layout, q_offset=t - n,
+                             kv_lengths=jnp.full((b,), t, jnp.int32),
+                             page_table=table if paged else None, **dict(opts, sinks=s))
+    poison(platform)
+    o_full, lse_full = jax.jit(full)(q, k, v, sinks)
+    (o, lse), vjp = jax.vjp(jax.jit(short), q[:, t - n:], k, v, sinks)
+    np.testing.assert_allclose(o, o_full[:, t - n:], rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(lse, lse_full[:, :, t - n:], rtol=2e-5, atol=2e-6)
+    rng = np.random.default_rng(3)
+    do = jnp.asarray(rng.standard_normal(o.shape), jnp.float32)
+    dlse = jnp.asarray(rng.standard_normal(lse.shape), jnp.float32)
+    got = jax.jit(vjp)((do, dlse))
+    pad_o = jnp.zeros(o_full.shape).at[:, t - n:].set(do)
+    pad_lse = jnp.zeros(lse_full.shape).at[:, :, t - n:].set(dlse)
+    want = jax.vjp(full, q, k, v, sinks)[1]((pad_o, pad_lse))
+    np.testing.assert_allclose(got[0], want[0][:, t - n:], rtol=1e-4, atol=1e-5)
+    for g, w in zip(got[1:], want[1:]):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_second_order_gradients():
+    """Differentiable to second order in q, k, v and the sinks (the cap included)."""
+    with float64_enabled():
+        rng = np.random.default_rng(5)
+        arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float64)
+        q, k, v, sinks = arr(1, 32, 2, 8), arr(1, 32, 1, 8), arr(1, 32, 1, 8), arr(2)
+        layout = jbs.Layout(np.tril(np.ones((2, 2), bool)), 16)
+        f = lambda q, k, v, s: jbs.attention(q, k, v, layout, causal=True, sinks=s,
+                                             logits_soft_cap=2.0)
+        check_grads(f, (q, k, v, sinks), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
+        g = lambda q1, k, v, s: jbs.attention(q1, k, v, layout, causal=True, sinks=s,
+                                              q_offset=30, logits_soft_cap=2.0)
+        check_grads(g, (q[:, :2], k, v, sinks), order=2, modes=["fwd", "rev"], atol=1e-5,
+                    rtol=1e-5)
+
+
+def test_vmap_jit_checkpoint():
+    """vmap over q, k, v and the sinks (a set of sinks per mapped index) equals a loop."""
+    rng = np.random.default_rng(6)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+    q, k, v, sinks = arr(3, 1, 32, 2, 8), arr(3, 1, 32, 2, 8), arr(3, 1, 32, 2, 8), arr(3, 2)
+    layout = jbs.Layout(np.tril(np.ones((2, 2), bool)), 16)
+    f = lambda q, k, v, s: jbs.attention(q, k, v, layout, causal=True, sinks=s,
+                                         logits_soft_cap=5.0)
+    loss = lambda q, k, v, s: jax.vmap(jax.checkpoint(f))(q, k, v, s).sum()
+    got = jax.jit(jax.vmap(f))(q, k, v, sinks)
+    want = jnp.stack([f(q[i], k[i], v[i], sinks[i]) for i in range(3)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    ds = jax.jit(jax.grad(loss, argnums=3))(q, k, v, sinks)
+    want = jnp.stack([jax.grad(lambda s: f(q[i], k[i], v[i], s).sum())(sinks[i])
+                      for i in range(3)])
+    np.testing.assert_allclose(ds, want, rtol=1e-4, atol=1e-6)
+    # sinks shared by the mapped calls (not mapped)
+    got = jax.vmap(f, in_axes=(0, 0, 0, None))(q, k, v, sinks[0])
+    np.testing.assert_allclose(got[1], f(q[1], k[1], v[1], sinks[0]), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_sinks_and_cap_raise_naming_the_argument():
+    rng = np.random.default_rng(0)
+    q = jnp.asarray(rng.standard_normal((1, 32, 4, 8)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((1, 32, 2, 8)), jnp.float32)
+    layout = jbs.Layout(np.ones((2, 2), bool), 16)
+    for bad in (jnp.ones(2), jnp.ones((1, 4)), jnp.ones(4, jnp.int32), 1.0):
+        with pytest.raises(ValueError, match="sinks"):
+            jbs.attention(q, k, k, layout, sinks=bad)
+    for bad in (0.0, -1.0, float("inf"), "2", jnp.float32(2.0), True):
+        with pytest.raises(ValueError, match="logits_soft_cap"):
+            jbs.attention(q, k, k, layout, logits_soft_cap=bad)
+    with pytest.raises(ValueError, match="logits_soft_cap"):
+        jax.jit(lambda c: jbs.attention(q, k, k, layout, logits_soft_cap=c))(2.0)
+    with pytest.raises(ValueError, match="sinks"):  # the decode entry point too
+        jbs.attention(q[:, :1], k, k, layout, q_offset=3, sinks=jnp.ones(3))
+
+
+def test_sinks_lower_every_row_and_cap_bounds_the_scores():
+    """Sanity of the semantics: a sink only takes probability from the keys (a very
+    negative sink changes nothing), and the cap makes huge scores finite and bounded."""
+    rng = np.random.default_rng(8)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+    q, k, v = arr(1, 32, 2, 8), arr(1, 32, 2, 8), arr(1, 32, 2, 8)
+    layout = jbs.Layout(np.ones((2, 2), bool), 16)
+    plain = jbs.attention(q, k, v, layout)
+    np.testing.assert_allclose(jbs.attention(q, k, v, layout, sinks=jnp.full(2, -1e4)), plain,
+                               rtol=1e-6)
+    _, lse = jbs.attention(q * 1e4, k, v, layout, logits_soft_cap=3.0, return_lse=True)
+    assert np.all(np.asarray(lse) <= 3.0 + np.log(32) + 1e-4)
+
+
+def test_cuda_routing_and_attributes(monkeypatch):
+    """Lowered for "cuda" (any machine): a soft cap runs the FA2 kernels (never the
+    FA3-design ones: `fused_attention_unsupported` routes as if there were no Hopper
+    kernels, the C++ dispatch picks the FA2 rows) and the decode kernel, with the attribute
+    `softcap`; sinks add no operand (they join after the kernels)."""
+    import sys
+    from jax_blocksparse import _cuda, _partitioning
+    from jax_blocksparse import _jax_internals as jint
+    att = sys.modules["jax_blocksparse.attention"]
+    dec = sys.modules["jax_blocksparse.attention_decode"]
+    monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
+    why = lambda d=128, tq=1024, segments=False, **kw: _cuda.fused_attention_unsupported(
+        jnp.bfloat16, d, 128, tq, tq, segments, False, 1, **kw)
+    for forward in (True, False):
+        assert why(forward=forward, segments=True) is None  # the Hopper kernels
+        assert why(forward=forward, segments=True, softcap=2.0).startswith(
+            "logits_soft_cap on the Hopper ")  # the interim (the FA3-design kernels: next)
+        assert why(forward=forward, segments=True, softcap=2.0).endswith("no segment ids)")
+        assert "lengths" in why(forward=forward, tq=1000, softcap=2.0)
+        assert why(forward=forward, d=80, softcap=2.0) == "head dim 80"
+        assert why(forward=forward, softcap=2.0) is None  # FA2
+    assert why(forward=True, d=96) is None and why(forward=True, d=96, softcap=2.0)
+    assert _cuda.decode_unsupported(jnp.bfloat16, 128, 64, None, 2.0) is None
+    if not jbs.cuda_built():
+        for prim, rule in ((att.attention_p, _cuda._attention_forward_lowering),
+                           (att.attention_bwd_p, _cuda._attention_backward_lowering),
+                           (dec.attention_decode_p, _cuda._attention_decode_lowering)):
+            jint.register_lowering_rule(_partitioning.LOCAL[prim], rule, "cuda")
+    lower = lambda f, *a: jax.jit(f).trace(*a).lower(lowering_platforms=("cuda",)).as_text()
+    calls = lambda text, name: [ln for ln in text.splitlines() if f"@{name}(" in ln]
+    q = jnp.ones((2, 256, 4, 64), jnp.bfloat16)
+    k = jnp.ones((2, 256, 2, 64), jnp.bfloat16)
+    sinks = jnp.ones(4, jnp.float32)
+    layout = jbs.layouts.causal(256, 64)
+    for cap, attr in ((2.0, "softcap = 2.000000e+00 : f32"), (None, "softcap = 0.000000e+00")):
+        loss = lambda q, k, s: jbs.attention(q, k, k, layout, causal=True, sinks=s,
+                                             logits_soft_cap=cap).astype(jnp.float32).sum()
+        text = lower(jax.grad(loss, argnums=(0, 1, 2)), q, k, sinks)
+        (fwd,) = calls(text, "jax_blocksparse_attention_fwd")
+        (bwd,) = calls(text, "jax_blocksparse_attention_bwd")
+        assert attr in fwd and attr in bwd, (fwd, bwd)
+        n = jnp.full((2,), 256, jnp.int32)
+        text = lower(lambda q, k, s: jbs.attention(q, k, k, layout, causal=True, q_offset=n - 1,
+                                                   kv_lengths=n, sinks=s, logits_soft_cap=cap),
+                     q[:, :1], k, sinks)
+        (call,) = calls(text, "jax_blocksparse_attention_decode")
+        assert attr in call, call
+
+
+# --------------------------------------------------------------------- on a GPU: the kernels
+GPU_CASES = {
+    # name: B, T, Hq, Hkv, D, bs, dtype, kv_lengths, sinks, cap
+    "fa2_gqa_bs64_d64_f16": (2, 256, 4, 2, 64, 64, "f16", [256, 100], True, 4.0),
+    "fa2_bs128_d128_bf16": (1, 512, 2, 1, 128, 128, "bf16", None, True, 30.0),
+    "cap_only_bs128_d64_bf16": (2, 256, 2, 2, 64, 128, "bf16", None, False, 2.0),
+    "sinks_only_bs128_d128_bf16": (2, 256, 4, 2, 128, 128, "bf16", [256, 130], True, None),
+}
+
+
+def gpu_check(name, seed=0):
+    """One GPU case through the kernels: o, lse, dq, dk, dv, dsinks against the float64
+    reference, and decode rows (contiguous and paged) against the full rows."""
+    b, t, hq, hkv, d, bs, dtype, kv, use_sinks, cap = GPU_CASES[name]
+    dtype = {"f16": jnp.float16, "bf16": jnp.bfloat16}[dtype]
+    rng = np.random.default_rng([len(name), seed])
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype)
+    q, k, v, do = arr(b, t, hq, d) * 2, arr(b, t, hkv, d), arr(b, t, hkv, d), arr(b, t, hq, d)
+    dlse = jnp.asarray(rng.standard_normal((b, hq, t)), jnp.float32)
+    sinks = jnp.asarray(rng.standard_normal(hq) + 1, jnp.float32) if use_sinks else None
+    mask = rng.random((hq, t // bs, t // bs)) < 0.7
+    mask[:, 1] = False  # rows with no key
+    layout = jbs.Layout(mask, bs)
+    lengths = jnp.full((b,), t, jnp.int32) if kv is None else jnp.asarray(kv, jnp.int32)
+    opts = dict(causal=True, kv_lengths=lengths, logits_soft_cap=cap, return_lse=True)
+
+    def f(q, k, v, s):
+        return jbs.attention(q, k, v, layout, sinks=s, **opts)
+    poison("gpu")
+    (o, lse), vjp = jax.vjp(jax.jit(f), q, k, v, sinks)
+    grads = jax.jit(vjp)((do, dlse))
+    allowed = attention_mask64(layout, True, t, t, np.asarray(lengths))
+    want = attention64_sinks(q, k, v, allowed, 1 / np.sqrt(d), do, dlse, sinks=sinks, cap=cap)
+    assert rel_err(o, want[0]) < TOL[dtype], "o"
+    assert lse_err(lse, want[1]) < 2e-2, "lse"
+    for got, w, what in zip(grads, want[2:], ("dq", "dk", "dv", "dsinks")):
+        if w is not None:
+            assert rel_err(got, w) < GRAD_TOL[dtype], what
+    n = 2  # the last n queries through the decode kernel (contiguous, then paged)
+    page = 16
+    table = jnp.asarray(rng.permutation(b * t // page).reshape(b, t // page), jnp.int32)
+    pool = lambda x: jnp.zeros((b * t // page, page) + x.shape[2:], x.dtype).at[
+        table.reshape(-1)].set(x.reshape((b * t // page, page) + x.shape[2:]))
+    for paged in (False, True):
+        kv_ = (pool(k), pool(v)) if paged else (k, v)
+        od, lsed = jax.jit(lambda q, k, v, s: jbs.attention(
+            q, k, v, layout, sinks=s, q_offset=t - n, page_table=table if paged else None,
+            **opts))(q[:, t - n:], *kv_, sinks)
+        assert rel_err(od, want[0][:, t - n:]) < TOL[dtype], ("decode o", paged)
+        assert lse_err(lsed, want[1][:, :, t - n:]) < 2e-2, ("decode lse", paged)
+
+
+def run_gpu_cases(names):
+    from reference import mark_case
+    for name in names:
+        mark_case(name)
+        gpu_check(name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bwd_variant", ["", "2", "4"])
+def test_kernels_take_sinks_and_soft_cap(bwd_variant):
+    """On a GPU every case runs the kernels, never the pure-JAX path: a soft cap the FA2
+    forward and backward (on Hopper too, whatever JAX_BLOCKSPARSE_ATTN_BWD_VARIANT says)
+    and the decode kernel; sinks alone the default kernels (the FA3-design forward on an
+    sm_90 GPU)."""
+    from reference import kernels_by_case, run_python
+    names = list(GPU_CASES)
+    result = run_python(f"import test_attention_sinks_softcap as t; t.run_gpu_cases({names!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=bwd_variant)
+    assert "pure-JAX path" not in result.stderr, result.stderr[-3000:]
+    logs = kernels_by_case(result.stderr)
+    for name in names:
+        launches = logs.get(name, [])
+        ops = {op for op, _ in launches}
+        assert {"attention_fwd", "attention_bwd", "attention_decode"} <= ops, (name, launches)
+        if GPU_CASES[name][-1] is not None:  # a cap: the FA2 kernels only
+            for op, kernel in launches:
+                if op in ("attention_fwd", "attention_bwd"):
+                    assert kernel.startswith(("fa2_forward", "fa2_backward")), (name, kernel)
