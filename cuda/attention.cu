@@ -191,8 +191,12 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 }  // namespace
 
 // The backward variant on an sm_90 device when JAX_BLOCKSPARSE_ATTN_BWD_VARIANT is unset
-// (jax_blocksparse/_cuda.py: SM90_BACKWARD_DEFAULT, the same value).
-constexpr int kSm90BackwardDefault = 0;
+// (jax_blocksparse/_cuda.py: SM90_BACKWARD_DEFAULT, the same value): 2, the FA3-design
+// backward (H200, 2026-12-03, benchmarks/RESULTS.md: forward + backward 1.7-1.9x the FA2
+// backward's on the six patterns, the packed documents fused; gradients bitwise equal to
+// the FA2 backward's at S 1024 and 8192). Block size 64 and head dims 96 / 256 fall back to
+// the FA2 backward or the pure-JAX path as before.
+constexpr int kSm90BackwardDefault = 2;
 
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward, bool softcap) {

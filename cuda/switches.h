@@ -15,13 +15,14 @@
 //     only: an error elsewhere); =3 the same without the ping-pong (block 128; block 64
 //     has one kernel for 2 and 3). Combinations a variant
 //     leaves out run the FA2 forward (variant 0).
-//   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 opt-in, until measured: the FA3-design forward
+//   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 opt-in (measured no faster): the FA3-design forward
 //     (variants 2 and 3, sm_90a) as a persistent kernel (attention/fwd_sm90.cu: one CTA per
 //     SM, two at block 64, looping over the (batch, head, query block) items longest first,
 //     the next item's loads overlapping this one's end); the same outputs bit for bit
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n (n >= 1) the same, with at most n CTAs (tests
 //     and compute-sanitizer: many work items per CTA on small shapes)
-//   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 the Hopper FA3-design backward (sm_90a; bf16/f16,
+//   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0; attention.cu
+//     kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper FA3-design backward (sm_90a; bf16/f16,
 //     head dims 64 / 128, block size 128, every mask source of the Hopper forward; other
 //     combinations run the default), =3 the same without the overlap of products and
 //     elementwise work inside a warpgroup. The Python side reads it too

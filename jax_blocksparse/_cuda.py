@@ -52,9 +52,8 @@ class Switches(NamedTuple):
 
 
 # The backward variant on an sm_90 device when JAX_BLOCKSPARSE_ATTN_BWD_VARIANT is unset:
-# 0 (the FA2 backward), as cuda/switches.cu and attention.cu decide today; 2 once the C++
-# default is the Hopper backward there.
-SM90_BACKWARD_DEFAULT = 0
+# 2 (the FA3-design backward), as cuda/attention.cu decides (kSm90BackwardDefault).
+SM90_BACKWARD_DEFAULT = 2
 
 
 def _read_switches() -> Switches:
