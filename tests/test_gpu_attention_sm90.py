@@ -1,11 +1,11 @@
 """The Hopper attention forward in the FlashAttention-3 design (cuda/attention/fwd_sm90.cu),
 the default forward on an sm_90 GPU (JAX_BLOCKSPARSE_ATTN_FWD_VARIANT unset: variant 2,
 consumer warpgroups ping-ponged; every case), also forced by the switch (=2, a subset; =3,
-without the ping-pong, a subset): o and lse (and the dq of the backward that follows) against
-the float64 reference on fresh random inputs (fixed seeds), bf16 and f16, block sizes 128 and 64, head
-dims 128 and 64, and 96 and 256 (the FA3-design forward's only: their backward runs the
-pure-JAX path, and with the FA2 forward forced their forward too; cases "d96_*",
-"d256_*"), over causal and non-causal local / strided / random / dense layouts
+without the ping-pong, a subset): o and lse (and the dq of the backward that follows)
+against the float64 reference on fresh random inputs (fixed seeds), bf16 and f16, block
+sizes 128 and 64, head dims 128 and 64, and 96 and 256 (the FA3-design forward's only:
+their backward runs the pure-JAX path, and with the FA2 forward forced their forward
+too; cases "d96_*", "d256_*"), over causal and non-causal local / strided / random / dense layouts
 with empty query rows and a single block, GQA (8 query heads on 2), scales other than
 1/sqrt(D) (negative too), per-head masks, a traced BlockMask, Tq != Tk with causality
 (rows without keys), kv_lengths that are not multiples of the block (0 included) with NaN
