@@ -4,8 +4,9 @@ kernel would otherwise stall the whole pytest run).
 
     python benchmarks/dev_cases.py [--match d96,d256] [--timeout 40] [--dtypes bf16]
 
-Cases: `CASES`, `DOC_CASES` and `FINE_CASES` (block sizes 16, 32) of tests/test_gpu_attention_sm90.py (values, lse and dq
-against float64, as the tests check them), run under the environment as it is.
+Cases: `CASES`, `DOC_CASES` and `FINE_CASES` (block sizes 16, 32) of
+tests/test_gpu_attention_sm90.py (o, lse and dq against float64, as the tests check them:
+`check` and `check_docs`), run under the environment as it is.
 """
 
 import argparse

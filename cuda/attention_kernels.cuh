@@ -618,7 +618,10 @@ struct QueryCursor {
   const int32_t *counts, *partial, *lists;
   int lines, max_len, rk, hm_base, hm_step;  // mask head of group member gi: base + gi*step
   int qh, bs, group, first_key_minus_off;    // causal: a tile is useful iff qlast >= this
-  int q_end;  // Tq: tiles starting at or past it (a partial last block's) are skipped
+  // Tq: tiles starting at or past it (a partial last block's) are skipped. Every user sets
+  // every field above and this one (an unset q_end is undefined: the compiler may fold the
+  // test in Skip to false, and the cursor then walks nothing).
+  int q_end;
   bool causal;
   int gi, t, n, npart;
   const int32_t* list;

@@ -56,3 +56,35 @@ def test_empty_cuda_archs_builds_no_cuda_code(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "building without CUDA kernels" in result.stdout
     assert "CMAKE_CUDA_COMPILER" not in (tmp_path / "CMakeCache.txt").read_text()
+
+
+def test_every_query_cursor_sets_every_field():
+    """Each kernel that declares a `QueryCursor` (cuda/attention_kernels.cuh) assigns every
+    field of its configuration (those before the walking state `gi, t, n, npart, list`). A
+    field left unset is undefined in device code: after `q_end` was added, the one-pass
+    backward (bwd_sm90_onepass.cu) never set it, the compiler folded the cursor's
+    `s < q_end` to false, and every CTA walked no steps (dq, dk, dv all zero, no error)."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cuda")
+    with open(os.path.join(root, "attention_kernels.cuh")) as fh:
+        header = fh.read()
+    body = re.search(r"struct QueryCursor \{(.*?)\n  int gi, t, n, npart;", header, re.S)
+    assert body, "QueryCursor's layout changed: update this test"
+    fields = set()
+    for line in body.group(1).splitlines():
+        decl = line.split("//")[0].strip()
+        if decl.endswith(";") and "(" not in decl:
+            names = decl.rstrip(";").replace("*", " ").split(",")
+            fields |= {n.split()[-1] for n in names if n.strip()}
+    assert {"counts", "lists", "q_end", "causal", "group"} <= fields, fields
+    users = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith((".cu", ".cuh")):
+                continue
+            with open(os.path.join(folder, name)) as fh:
+                text = fh.read()
+            for var in re.findall(r"QueryCursor<\w+> (\w+);", text):
+                users += 1
+                unset = sorted(f for f in fields if not re.search(rf"\b{var}\.{f}\s*=", text))
+                assert not unset, f"{name}: QueryCursor {var} leaves {unset} unset"
+    assert users >= 3, users  # the FA2 dK/dV kernel, bwd_sm90.cu, bwd_sm90_onepass.cu

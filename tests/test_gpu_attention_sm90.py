@@ -1,11 +1,11 @@
 """The Hopper attention forward in the FlashAttention-3 design (cuda/attention/fwd_sm90.cu),
 the default forward on an sm_90 GPU (JAX_BLOCKSPARSE_ATTN_FWD_VARIANT unset: variant 2,
 consumer warpgroups ping-ponged; every case), also forced by the switch (=2, a subset; =3,
-without the ping-pong, a subset): o and lse against the float64
-reference on fresh random inputs (fixed seeds), bf16 and f16, block sizes 128 and 64, head
-dims 128 and 64, and 96 and 256 (the FA3-design forward's only: their backward runs the
-pure-JAX path, and with the FA2 forward forced their forward too; cases "d96_*",
-"d256_*"), over causal and non-causal local / strided / random / dense layouts
+without the ping-pong, a subset): o and lse (and the dq of the backward that follows)
+against the float64 reference on fresh random inputs (fixed seeds), bf16 and f16, block
+sizes 128 and 64, head dims 128 and 64, and 96 and 256 (the FA3-design forward's only:
+their backward runs the pure-JAX path, and with the FA2 forward forced their forward
+too; cases "d96_*", "d256_*"), over causal and non-causal local / strided / random / dense layouts
 with empty query rows and a single block, GQA (8 query heads on 2), scales other than
 1/sqrt(D) (negative too), per-head masks, a traced BlockMask, Tq != Tk with causality
 (rows without keys), kv_lengths that are not multiples of the block (0 included) with NaN
@@ -173,7 +173,7 @@ def fused_backward(d):
 
 
 def build(name, dtype):
-    """(jitted forward + backward, its inputs, kv_lengths, the float64 o and lse)."""
+    """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse and dq)."""
     make_mask, causal, b, tq, tk, hq, hkv, kv, traced = CASES[name][:9]
     D = head_dim(name)
     scale = SCALES.get(name, 1 / np.sqrt(D))
@@ -197,9 +197,9 @@ def build(name, dtype):
 
     allowed = attention_mask64(layout, causal, tq, tk, kv)
     zeros = np.zeros((b, hq, tq), np.float32)
-    want_o, want_lse = attention64(q, k, v, allowed, scale, do, zeros)[:2]
+    want_o, want_lse, want_dq = attention64(q, k, v, allowed, scale, do, zeros)[:3]
     args = (q, k, v, do, jnp.asarray(kv, jnp.int32), jnp.asarray(block_mask))
-    return jax.jit(f), args, kv, (want_o, want_lse)
+    return jax.jit(f), args, kv, (want_o, want_lse, want_dq)
 
 
 def plant_nan(x, kv):
@@ -211,11 +211,15 @@ def plant_nan(x, kv):
 
 
 def check(name, dtype, platform):
-    f, args, kv, (want_o, want_lse) = build(name, dtype)
+    f, args, kv, (want_o, want_lse, want_dq) = build(name, dtype)
     poison(platform)
     o, lse, dq = f(*args)
-    assert o.dtype == dtype and lse.dtype == jnp.float32
+    assert o.dtype == dtype and lse.dtype == jnp.float32 and dq.dtype == dtype
     assert rel_err(o, want_o) < ATTENTION_TOLERANCE[dtype], "o"
+    # dq too (whichever backward runs after this forward): a backward that returns zeros
+    # or garbage fails here, not only in test_gpu_attention_bwd_sm90.py
+    assert np.all(np.isfinite(f64(dq))), "dq: not finite"
+    assert rel_err(dq, want_dq) < ATTENTION_TOLERANCE[dtype], ("dq", rel_err(dq, want_dq))
     assert lse_err(lse, want_lse) < LSE_TOLERANCE, "lse"
     assert np.all(f64(o)[want_o == 0] == 0), "o: not zero where no key contributes"
     assert np.all(np.isfinite(f64(o))), "o: not finite"
@@ -224,8 +228,9 @@ def check(name, dtype, platform):
     np.testing.assert_array_equal(f64(lse2), f64(lse), err_msg="lse: not deterministic")
     if np.any(kv < args[1].shape[1]):  # NaN past kv_lengths changes nothing
         q, k, v, *rest = args
-        o3, lse3, _ = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
+        o3, lse3, dq3 = f(q, plant_nan(k, kv), plant_nan(v, kv), *rest)
         assert np.all(np.isfinite(f64(o3))), "o: NaN past kv_lengths leaked"
+        assert np.all(np.isfinite(f64(dq3))), "dq: NaN past kv_lengths leaked"
         np.testing.assert_array_equal(f64(o3), f64(o), err_msg="o: NaN past kv_lengths")
         np.testing.assert_array_equal(f64(lse3), f64(lse), err_msg="lse: NaN past kv_lengths")
 

@@ -261,6 +261,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   qc.bs = kBS;
   qc.group = k0 < kvlen ? a.group : 0;  // a key block past kv_lengths gets no gradient
   qc.first_key_minus_off = k0 - off;
+  // No 64-query tile is past Tq (a multiple of 128 here): a constant, since a.tq would
+  // cost a register (spills). It must be set: left unset (after QueryCursor gained the
+  // field) it was undefined, the compiler folded Skip's `s < q_end` to false and every CTA
+  // walked no steps (dq, dk, dv all exactly zero).
+  qc.q_end = 0x7fffffff;
   qc.causal = a.causal;
   if (qc.group > 0) {
     qc.Begin();
