@@ -99,7 +99,10 @@ PY
 for stage in "$@"; do
   echo "=== $stage ($(date +%T))"
   case $stage in
-    test) (cd "$repo/tests" && XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest -q -m gpu \
+    # TEST_VERBOSITY=-v: one line per test as it ends (a stage cut by a time limit still
+    # names its failures; -q prints them only in the summary at the end)
+    test) (cd "$repo/tests" && XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest \
+             ${TEST_VERBOSITY:--q} -m gpu \
              -n ${TEST_WORKERS:-6} --timeout 300 -rf -p no:cacheprovider ${TEST_FILES:-.}) 2>&1 \
             | tee "$out/gpu_tests.log" | tail -25 ;;
     matmul) python3 "$repo/benchmarks/matmul.py" 2>&1 | tee "$out/matmul.log"
