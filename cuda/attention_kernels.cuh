@@ -48,7 +48,8 @@ struct Args {
   float *out_lse, *delta;
   int batch, tq, tk, hq, hkv, group, bs, hm;
   float scale, scale_log2;
-  // logit soft cap (the FA2 kernels): cap * log2(e) and scale / cap, or 0 and 0 (no cap)
+  // logit soft cap (the FA2 kernels, the Hopper forward): cap * log2(e) and scale / cap, or
+  // 0 and 0 (no cap)
   float cap_log2, scale_cap;
   bool causal;
   // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when

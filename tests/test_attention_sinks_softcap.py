@@ -426,7 +426,7 @@ FWD_CASES = {
     "fwd_d96_bs64_f16": (2, 256, 256, 4, 2, 96, 64, "f16", False, True, 3.0),
     "fwd_d96_segments_bs128_bf16": (2, 384, 384, 2, 1, 96, 128, "bf16", True, False, 2.0),
     "fwd_bs32_segments_d64_bf16": (2, 256, 256, 2, 1, 64, 32, "bf16", True, False, 2.0),
-    "fwd_bs32_d128_causal_f16": (1, 384, 384, 4, 4, 128, 32, "f16", False, True, 30.0),
+    "fwd_bs32_d128_causal_f16": (1, 384, 384, 4, 4, 128, 32, "f16", False, True, 6.0),
     "fwd_partial_d256_bs128_bf16": (1, 200, 300, 2, 2, 256, 128, "bf16", False, True, 10.0),
 }
 
