@@ -107,7 +107,8 @@ def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_he
     """Forward and backward once at (dtype, head dim, block size, causal, ...): `documents`
     packed segment ids, `per_batch` a `BlockMask` per batch entry, `q_offset` the queries'
     positions `[B]` (the mask's rows then cover the keys), Tq / Tk any lengths; `sinks`
-    random attention sinks, `softcap` a logit soft cap (the FA2 kernels)."""
+    random attention sinks, `softcap` a logit soft cap (the default forward, the FA2
+    backward)."""
     b = 2
     rq, rk = -(-(tk if q_offset is not None else tq) // bs), -(-tk // bs)
     m = RNG.random((b if per_batch else 1, hq if per_head else 1, rq, rk)) < 0.6
@@ -153,6 +154,9 @@ def attention_workload():
         attention_cases(dtype, d, bs, True, tq=250, tk=250, documents=True,
                         kv_lengths=[200, 250])
         attention_cases(dtype, d, bs, False, tq=200, tk=300, per_batch=True, per_head=True)
+    # a soft cap on the FA3-design forward with documents and partial tiles (issue 21)
+    attention_cases(jnp.bfloat16, 96, 32, True, tq=250, tk=250, documents=True,
+                    kv_lengths=[200, 250], softcap=5.0)
     for dtype, d, bs in itertools.product((jnp.bfloat16, jnp.float16), FORWARD_HEAD_DIMS,
                                           BLOCK_SIZES):
         attention_cases(dtype, d, bs, True, tq=250, tk=250, documents=True, per_head=True,
@@ -170,7 +174,7 @@ def attention_workload():
         attention_cases(dtype, d, bs, True, tq=200, tk=300, per_batch=True, per_head=True)
         attention_cases(dtype, d, bs, True, tq=100, tk=256, documents=True, q_offset=[10, 140],
                         kv_lengths=[150, 256])
-        # attention sinks and a logit soft cap (the FA2 kernels, on Hopper too)
+        # attention sinks and a logit soft cap (the backward: the FA2 kernels, on Hopper too)
         attention_cases(dtype, d, bs, True, hq=4, hkv=2, kv_lengths=[bs + 5, 256], sinks=True,
                         softcap=5.0)
         attention_cases(dtype, d, bs, False, softcap=30.0)

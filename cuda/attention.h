@@ -144,7 +144,8 @@ struct AttentionKernel {
   // forward: the persistent form of its kernel (JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1:
   // FindAttentionKernel prefers these rows, else the plain ones of the variant)
   bool persistent = false;
-  // takes a logit soft cap (AttentionShape::softcap): the FA2 forward and backward
+  // takes a logit soft cap (AttentionShape::softcap): the FA2 forward and backward, the
+  // FA3-design forward (not the FA3-design backward yet)
   bool softcap = false;
 };
 

@@ -215,17 +215,18 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     where `sm90_backward()`; block sizes 16 and 32 (on 128 x 128 tiles) only the
     FA3-design forward, at each of its head dims. Head dims 96 and 256: the FA3-design
     forward only. Backward variant 4 (`onepass_backward`) takes none of the first four: its
-    launcher refuses them. A logit soft cap (`softcap > 0`) runs the FA2 kernels only (on
-    Hopper too), within their scope above."""
-    # a soft cap: the FA2 kernels only (the C++ dispatch, FindAttentionKernel, picks their
-    # rows then; the FA3-design kernels take no cap yet)
+    launcher refuses them. A logit soft cap (`softcap > 0`) runs every forward above (the
+    FA3-design forward takes it too); a capped backward runs the FA2 backward only (on
+    Hopper too), within its scope above."""
+    # a capped backward: the FA2 kernels only (the C++ dispatch, FindAttentionKernel, picks
+    # their rows then; the FA3-design backward takes no cap yet)
     hopper = sm90_forward() if forward else block_size == 128 and sm90_backward()
+    capped_backward = bool(softcap) and not forward
     args = (dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch, forward)
-    why = _fused_unsupported(*args, documents=hopper and not softcap, softcap=softcap)
-    if (why is not None and softcap and hopper
+    why = _fused_unsupported(*args, documents=hopper and not capped_backward, softcap=softcap)
+    if (why is not None and capped_backward and hopper
             and _fused_unsupported(*args, documents=True, softcap=0.0) is None):
-        return (f"logits_soft_cap on the Hopper {'forward' if forward else 'backward'}: next "
-                f"(the FA2 kernels take no {why})")
+        return f"logits_soft_cap on the Hopper backward: next (the FA2 kernels take no {why})"
     return why
 
 

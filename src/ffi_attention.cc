@@ -72,7 +72,8 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   s.mask_heads = int32_t(cd[cd.size() - 2]);
   if (s.mask_batch != 1 && s.mask_batch != s.batch)
     return ffi::Unexpected(Invalid("the lists' batch axis must be 1 or B"));
-  // a soft cap: the rows that take one (the FA2 kernels; never the FA3-design ones)
+  // a soft cap: the rows that take one (the FA2 kernels and the FA3-design forward; never
+  // the FA3-design backward)
   *kernel = FindAttentionKernel(dtype, s.head_dim, block_size, backward, softcap > 0.f);
   if (*kernel == nullptr)
     return ffi::Unexpected(Invalid(std::string("no ") + (backward ? "backward" : "forward") +

@@ -263,10 +263,13 @@ def test_sinks_lower_every_row_and_cap_bounds_the_scores():
 
 
 def test_cuda_routing_and_attributes(monkeypatch):
-    """Lowered for "cuda" (any machine): a soft cap runs the FA2 kernels (never the
-    FA3-design ones: `fused_attention_unsupported` routes as if there were no Hopper
-    kernels, the C++ dispatch picks the FA2 rows) and the decode kernel, with the attribute
-    `softcap`; sinks add no operand (they join after the kernels)."""
+    """Lowered for "cuda" (any machine): a capped forward runs wherever an uncapped one
+    does (the FA3-design forward takes the cap: segment ids, partial tiles, head dim 96,
+    block size 32 too); a capped backward runs the FA2 backward only (never the FA3-design
+    one: `fused_attention_unsupported` routes as if there were no Hopper backward, the C++
+    dispatch picks the FA2 rows), else the pure-JAX path with a reason naming the Hopper
+    backward; the decode kernel takes the cap, with the attribute `softcap`; sinks add no
+    operand (they join after the kernels)."""
     import sys
     from jax_blocksparse import _cuda, _partitioning
     from jax_blocksparse import _jax_internals as jint
@@ -274,17 +277,33 @@ def test_cuda_routing_and_attributes(monkeypatch):
     dec = sys.modules["jax_blocksparse.attention_decode"]
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
     monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
-    why = lambda d=128, tq=1024, segments=False, **kw: _cuda.fused_attention_unsupported(
-        jnp.bfloat16, d, 128, tq, tq, segments, False, 1, **kw)
-    for forward in (True, False):
-        assert why(forward=forward, segments=True) is None  # the Hopper kernels
-        assert why(forward=forward, segments=True, softcap=2.0).startswith(
-            "logits_soft_cap on the Hopper ")  # the interim (the FA3-design kernels: next)
-        assert why(forward=forward, segments=True, softcap=2.0).endswith("no segment ids)")
-        assert "lengths" in why(forward=forward, tq=1000, softcap=2.0)
-        assert why(forward=forward, d=80, softcap=2.0) == "head dim 80"
-        assert why(forward=forward, softcap=2.0) is None  # FA2
-    assert why(forward=True, d=96) is None and why(forward=True, d=96, softcap=2.0)
+    why = lambda d=128, tq=1024, segments=False, bs=128, **kw: (
+        _cuda.fused_attention_unsupported(jnp.bfloat16, d, bs, tq, tq, segments, False, 1, **kw))
+    for cap in (0.0, 2.0):  # the Hopper forward, capped or not
+        assert why(forward=True, segments=True, softcap=cap) is None
+        assert why(forward=True, tq=1000, softcap=cap) is None
+        assert why(forward=True, d=96, softcap=cap) is None
+        assert why(forward=True, d=256, segments=True, softcap=cap) is None
+        assert why(forward=True, bs=32, softcap=cap) is None
+        assert why(forward=True, bs=16, tq=1000, softcap=cap) is None
+        assert why(forward=True, softcap=cap) is None
+        assert why(forward=True, d=80, softcap=cap) == "head dim 80"
+    assert _cuda.fused_attention_unsupported(jnp.bfloat16, 128, 128, 1000, 1000, False, True,
+                                             2, forward=True, softcap=2.0) is None
+    assert why(forward=False, segments=True) is None  # the Hopper backward
+    reason = why(forward=False, segments=True, softcap=2.0)
+    assert reason.startswith("logits_soft_cap on the Hopper backward: next"), reason
+    assert reason.endswith("no segment ids)"), reason
+    assert "lengths" in why(forward=False, tq=1000, softcap=2.0)
+    assert why(forward=False, d=80, softcap=2.0) == "head dim 80"
+    assert why(forward=False, softcap=2.0) is None  # FA2
+    assert why(forward=False, d=96, softcap=2.0) == "head dim 96"  # no fused backward at 96
+    # without a Hopper forward (another GPU, or the FA2 forward forced): the FA2 forward's
+    # scope, capped or not
+    monkeypatch.setattr(_cuda, "sm90_forward", lambda: False)
+    assert why(forward=True, segments=True, softcap=2.0) == "segment ids"
+    assert why(forward=True, d=96, softcap=2.0) == "head dim 96"
+    assert why(forward=True, softcap=2.0) is None
     assert _cuda.decode_unsupported(jnp.bfloat16, 128, 64, None, 2.0) is None
     if not jbs.cuda_built():
         for prim, rule in ((att.attention_p, _cuda._attention_forward_lowering),
@@ -374,21 +393,106 @@ def run_gpu_cases(names):
 @pytest.mark.gpu
 @pytest.mark.parametrize("bwd_variant", ["", "2", "4"])
 def test_kernels_take_sinks_and_soft_cap(bwd_variant):
-    """On a GPU every case runs the kernels, never the pure-JAX path: a soft cap the FA2
-    forward and backward (on Hopper too, whatever JAX_BLOCKSPARSE_ATTN_BWD_VARIANT says)
-    and the decode kernel; sinks alone the default kernels (the FA3-design forward on an
-    sm_90 GPU)."""
+    """On a GPU every case runs the kernels, never the pure-JAX path: a soft cap the
+    default forward (the FA3-design forward on an sm_90 GPU, else the FA2 one), the FA2
+    backward (on Hopper too, whatever JAX_BLOCKSPARSE_ATTN_BWD_VARIANT says) and the decode
+    kernel; sinks alone the default kernels (the FA3-design forward on an sm_90 GPU)."""
+    from jax_blocksparse import _cuda
     from reference import kernels_by_case, run_python
     names = list(GPU_CASES)
     result = run_python(f"import test_attention_sinks_softcap as t; t.run_gpu_cases({names!r})",
                         JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=bwd_variant)
     assert "pure-JAX path" not in result.stderr, result.stderr[-3000:]
     logs = kernels_by_case(result.stderr)
+    forward = "fa3_forward" if _cuda.sm90_forward() else "fa2_forward"
     for name in names:
         launches = logs.get(name, [])
         ops = {op for op, _ in launches}
         assert {"attention_fwd", "attention_bwd", "attention_decode"} <= ops, (name, launches)
-        if GPU_CASES[name][-1] is not None:  # a cap: the FA2 kernels only
+        if GPU_CASES[name][-1] is not None:  # a cap: the default forward, the FA2 backward
             for op, kernel in launches:
-                if op in ("attention_fwd", "attention_bwd"):
-                    assert kernel.startswith(("fa2_forward", "fa2_backward")), (name, kernel)
+                if op == "attention_fwd":
+                    assert kernel.startswith(forward), (name, kernel)
+                if op == "attention_bwd":
+                    assert kernel.startswith("fa2_backward"), (name, kernel)
+
+
+# Capped forwards with what only the FA3-design forward takes (issue 21): segment ids, head
+# dims 96 and 256, block size 32 (on 128 x 128 tiles), partial last tiles. Their backward
+# runs the pure-JAX path (a capped backward: the FA2 kernels, which take none of these).
+FWD_CASES = {
+    # name: B, Tq, Tk, Hq, Hkv, D, bs, dtype, segments, causal, cap
+    "fwd_segments_d128_bs128_bf16": (2, 512, 512, 4, 2, 128, 128, "bf16", True, True, 5.0),
+    "fwd_d96_bs64_f16": (2, 256, 256, 4, 2, 96, 64, "f16", False, True, 3.0),
+    "fwd_d96_segments_bs128_bf16": (2, 384, 384, 2, 1, 96, 128, "bf16", True, False, 2.0),
+    "fwd_bs32_segments_d64_bf16": (2, 256, 256, 2, 1, 64, 32, "bf16", True, False, 2.0),
+    "fwd_bs32_d128_causal_f16": (1, 384, 384, 4, 4, 128, 32, "f16", False, True, 6.0),
+    "fwd_partial_d256_bs128_bf16": (1, 200, 300, 2, 2, 256, 128, "bf16", False, True, 10.0),
+}
+
+
+def gpu_forward_check(name, seed=0):
+    """One capped forward through the kernels: o and lse against the float64 reference,
+    and dq, dk, dv (the backward of these: the pure-JAX path)."""
+    b, tq, tk, hq, hkv, d, bs, dtype, segments, causal, cap = FWD_CASES[name]
+    dtype = {"f16": jnp.float16, "bf16": jnp.bfloat16}[dtype]
+    rng = np.random.default_rng([len(name), seed])
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype)
+    q, k, v, do = arr(b, tq, hq, d) * 2, arr(b, tk, hkv, d), arr(b, tk, hkv, d), arr(b, tq, hq, d)
+    dlse = jnp.asarray(rng.standard_normal((b, hq, tq)), jnp.float32)
+    mask = _random_mask(rng, (hq, -(-tq // bs), -(-tk // bs)))
+    layout = jbs.Layout(mask, bs)
+    allowed = np.kron(mask, np.ones((bs, bs), bool))[None, :, :tq, :tk]
+    i, j = np.arange(tq)[:, None], np.arange(tk)[None, :]
+    if causal:
+        allowed = allowed & (j <= i + tk - tq)
+    ids = None
+    if segments:  # tq == tk in these cases
+        ids = np.sort(rng.integers(0, 4, (b, tq)), axis=1)
+        allowed = allowed & (ids[:, None, :, None] == ids[:, None, None, :])
+        ids = jnp.asarray(ids, jnp.int32)
+
+    def f(q, k, v):
+        return jbs.attention(q, k, v, layout, causal=causal, q_segment_ids=ids,
+                             kv_segment_ids=ids, logits_soft_cap=cap, return_lse=True)
+    poison("gpu")
+    (o, lse), vjp = jax.vjp(jax.jit(f), q, k, v)
+    grads = jax.jit(vjp)((do, dlse))
+    want = attention64_sinks(q, k, v, allowed, 1 / np.sqrt(d), do, dlse, cap=cap)
+    assert rel_err(o, want[0]) < TOL[dtype], "o"
+    assert lse_err(lse, want[1]) < 2e-2, "lse"
+    for got, w, what in zip(grads, want[2:5], ("dq", "dk", "dv")):
+        assert rel_err(got, w) < GRAD_TOL[dtype], what
+
+
+def run_gpu_forward_cases(names):
+    from reference import mark_case
+    for name in names:
+        mark_case(name)
+        gpu_forward_check(name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("persistent", ["0", "1"])
+def test_hopper_forward_takes_soft_cap(persistent):
+    """On an sm_90 GPU a capped forward with segment ids, head dim 96 or 256, block size 32
+    or partial last tiles runs the FA3-design forward (plain, then persistent): o and lse
+    against the float64 reference; its backward the pure-JAX path, the reason naming the
+    Hopper backward where the Hopper kernels would take the call uncapped."""
+    from jax_blocksparse import _cuda
+    from reference import kernels_by_case, run_python
+    if not _cuda.sm90_forward():
+        pytest.skip("the FA3-design forward runs on an sm_90 GPU only")
+    names = list(FWD_CASES)
+    result = run_python(
+        f"import test_attention_sinks_softcap as t; t.run_gpu_forward_cases({names!r})",
+        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="",  # the default
+        JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=persistent)
+    assert "attention_fwd" not in "".join(
+        ln for ln in result.stderr.splitlines() if "pure-JAX path" in ln), result.stderr[-3000:]
+    assert "logits_soft_cap on the Hopper backward" in result.stderr  # the segments cases
+    logs = kernels_by_case(result.stderr)
+    for name in names:
+        fwd = [kernel for op, kernel in logs.get(name, []) if op == "attention_fwd"]
+        assert fwd and all(k.startswith("fa3_forward") for k in fwd), (name, fwd)
+        assert all(("persistent" in k) == (persistent == "1") for k in fwd), (name, fwd)

@@ -9,7 +9,10 @@
 // per-head masks, masks per batch entry, segment ids, Tq and Tk that are not multiples of
 // the block size (partial last tiles), query positions per batch entry (q_offset: the
 // causal offset of query row 0 is read from a.q_pos instead of Tk - Tq), any scale; masks
-// of block size 16 and 32 on the block-128 kernel, every head dim (below: "Fine masks").
+// of block size 16 and 32 on the block-128 kernel, every head dim (below: "Fine masks"),
+// a logit soft cap (issue 21: a.cap_log2 > 0, a runtime branch in the consumers' softmax:
+// cap_log2 tanh.approx(scale_cap s) on the raw S before the masks, the FA2 kernels'
+// expression, so the FA2 backward's P = 2^(that - lse log2 e) matches this forward's).
 // Variant 2 of the dispatch table (the default on sm_90) is PINGPONG = true at block 128,
 // variant 3 false; at block 64 both run the one kernel below.
 //
@@ -368,7 +371,11 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
     const float sl2 = a.scale_log2;
-    const bool pos_scale = sl2 > 0.f;
+    // a logit soft cap (a.cap_log2 > 0): the scores become cap_log2 tanh(s scale_cap)
+    // (log2 domain) before the masks, as in the FA2 kernels, whose backward recomputes P
+    // from this lse with the same expression; the raw maxima are then not used (factor 1)
+    const bool capped = a.cap_log2 > 0.f;
+    const bool pos_scale = sl2 > 0.f && !capped;
     const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
     int it = 0;  // K/V tiles consumed, all items (the producer's count: ring stage, phase)
     for (int k = 0; has_item(k); ++k) {
@@ -472,8 +479,12 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       auto softmax = [&](int start, bool masked, bool causal_part, float& c0, float& c1) {
         // scores in the log2 domain: scaled here unless the scale is positive (then the
         // maxima of the raw scores times the scale, and P = 2^(s * scale - m): one FFMA);
-        // masks after scaling (a -inf score stays -inf for any scale)
-        if (!pos_scale) {
+        // masks after scaling (a -inf score stays -inf for any scale). Soft-capped:
+        // cap_log2 tanh(s scale_cap) (tanh.approx; the masks after it)
+        if (capped) {
+#pragma unroll
+          for (int i = 0; i < kBN / 2; ++i) s[i] = a.cap_log2 * Tanh(s[i] * a.scale_cap);
+        } else if (!pos_scale) {
 #pragma unroll
           for (int i = 0; i < kBN / 2; ++i) s[i] *= sl2;
         }
