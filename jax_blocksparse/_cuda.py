@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
 from . import _debug
 from . import _jax_internals as jint
 from . import _partitioning
@@ -196,9 +195,6 @@ def _matmul_lowering(prim, kernel_rule):
 # ("sm90_forward", where `sm90_forward()`), the FA2 forward ("forward") and the backward.
 FUSED_ATTENTION = {
     "dtypes": (jnp.bfloat16, jnp.float16),
-    # fp8 KV caches (k, v; q of the dtypes above), with float32 [Hkv] scales
-    "kv_fp8_dtypes": (jnp.float8_e4m3fn, jnp.float8_e5m2),
-    "fp8_kernel": False,  # whether the built kernel reads them (cuda/attention_decode.cu)
     "head_dims": {"sm90_forward": (64, 96, 128, 256), "forward": (64, 128),
                   "backward": (64, 128)},
     "block_sizes": (64, 128),
@@ -378,7 +374,7 @@ DECODE = {
     "dtypes": (jnp.bfloat16, jnp.float16),
     # fp8 KV caches (k, v; q of the dtypes above), with float32 [Hkv] scales
     "kv_fp8_dtypes": (jnp.float8_e4m3fn, jnp.float8_e5m2),
-    "fp8_kernel": False,  # whether the built kernel reads them (cuda/attention_decode.cu)
+    "fp8_kernel": True,  # whether the built kernel reads them (cuda/attention_decode.cu)
     "head_dims": (64, 96, 128, 256),
     "tile_keys": 16,  # block sizes and page sizes: multiples of this
     "rows_per_cta": 16,  # (query, head) rows of a CTA (cuda: kRows)
@@ -445,11 +441,9 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
     f32 = np.dtype(np.float32)
     workspace = [q_aval.update(shape=(b, hq, tq, splits, d), dtype=f32, weak_type=False),
                  q_aval.update(shape=(b, hq, tq, splits), dtype=f32, weak_type=False)]
-    # the scales (the last two operands) go to the kernel with an fp8 cache only
-    n = len(dec.DECODE_OPERANDS) - (0 if _checks.is_fp8(k_aval.dtype) else 2)
-    ctx = ctx.replace(avals_in=ctx.avals_in[:n], avals_out=[*ctx.avals_out, *workspace])
+    ctx = ctx.replace(avals_out=[*ctx.avals_out, *workspace])
     o, lse, _, _ = jax.ffi.ffi_lowering("jax_blocksparse_attention_decode")(
-        ctx, *operands[:n], block_size=np.int32(block_size), causal=causal,
+        ctx, *operands, block_size=np.int32(block_size), causal=causal,
         scale=np.float32(scale), paged=paged, softcap=np.float32(softcap))
     return o, lse
 
