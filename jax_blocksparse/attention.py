@@ -734,7 +734,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         (non-positive values where they are known at trace time).
     Short queries (`Tq <= 16`, no segment ids: decoding with a KV cache, one or a few
     tokens per sequence) run the decode primitive (`attention_decode.py`): on an NVIDIA GPU,
-    bfloat16/float16 with `D` in (64, 96, 128, 256), a block size and page size that are
+    bfloat16/float16 q (k and v of its dtype, or an fp8 cache: the kernel reads the fp8
+    bytes) with `D` in (64, 96, 128, 256), a block size and page size that are
     multiples of 16 run the split-KV decode kernel (`_cuda.decode_unsupported`), with any
     mask, `q_offset`, `kv_lengths` and paged cache; their derivatives are those of the same
     call through the longer queries' primitive (its backward: fused, or the deterministic
