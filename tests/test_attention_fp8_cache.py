@@ -261,7 +261,7 @@ for fp8 in ("e4m3", "e5m2"):
         allowed = np.arange(tk) < np.asarray(n)[:, None, None, None]
         want = reference(q, k, v, ks, 0.2, allowed, 1 / np.sqrt(d))
         err = np.max(np.abs(np.asarray(o.astype(jnp.float32)) - want))
-        assert err < 2e-2, (fp8, dt, err)
+        assert err < 3e-2 * max(1.0, np.abs(want).max()), (fp8, dt, err)
 """
     result = run_python(code, JAX_BLOCKSPARSE_DEBUG="1")
     from jax_blocksparse import _cuda
