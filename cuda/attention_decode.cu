@@ -25,18 +25,22 @@ constexpr int kWarps = 4, kThreads = kWarps * 32, kRows = 16, kKeys = kDecodeTil
 
 // Ring stages per warp: about 70 KB of K/V tiles per CTA at every head dim but 256.
 template <int D> constexpr int DecodeStages() { return D <= 64 ? 4 : (D <= 128 ? 2 : 2); }
+// An fp8 cache's rings: tiles of half the bytes, so more stages keep at least the bytes in
+// flight per warp of the 2-byte kernel (within two CTAs per SM; untuned: benchmarks/decode.py).
+template <int D> constexpr int DecodeStagesFp8() { return D <= 64 ? 8 : (D <= 128 ? 3 : 2); }
 
 template <int D> struct DecodeSmem {
   static constexpr int kLd = D + 8;                  // padded tile row (conflict-free ldmatrix)
   static constexpr int kTile = kKeys * kLd;          // elements of one K (or V) tile
   static constexpr int kStages = DecodeStages<D>();
+  static constexpr int kStagesFp8 = DecodeStagesFp8<D>();
   static constexpr int kLdB = D + 16;                // an fp8 ring's tile row, in bytes
   static constexpr int kTileB = kKeys * kLdB;        // bytes of one fp8 K (or V) tile
   // the rings (and, for an fp8 cache, the warps' staging tiles in T after them)
   template <typename T, typename KV> static constexpr int RingBytes() {
     return std::is_same<T, KV>::value
                ? kWarps * kStages * 2 * kTile * int(sizeof(T))
-               : kWarps * kStages * 2 * kTileB + kWarps * 2 * kTile * int(sizeof(T));
+               : kWarps * kStagesFp8 * 2 * kTileB + kWarps * 2 * kTile * int(sizeof(T));
   }
   template <typename T, typename KV> static constexpr int Bytes() {
     return kRows * kLd * int(sizeof(T)) + RingBytes<T, KV>() +
@@ -91,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   using O = Ops<T>;
   using S = DecodeSmem<D>;
   constexpr bool kFp8 = !std::is_same<T, KV>::value;
-  constexpr int LD = S::kLd, STAGES = S::kStages, CPR = D / 8;
+  constexpr int LD = S::kLd, STAGES = kFp8 ? S::kStagesFp8 : S::kStages, CPR = D / 8;
   constexpr int LDB = S::kLdB, CPRB = D / 16;  // fp8: a row's 16-byte chunks
   constexpr int kRingBytes = S::template RingBytes<T, KV>();
   static_assert(S::kAccBytes <= kRingBytes, "the partial results must fit over the rings");
