@@ -1,14 +1,18 @@
 // The decode attention kernels (attention_decode.h): split-KV partial attention over a CTA's
 // share of the listed key blocks (mma.sync m16n8k16, 16-key tiles, one cp.async ring per
 // warp), then a fixed-order log-sum-exp combine of the splits. Memory bound by design: the
-// rows of a CTA (query heads of one kv head) share every K/V tile it reads.
+// rows of a CTA (query heads of one kv head) share every K/V tile it reads. An fp8 cache
+// (KV an fp8 type) is read as bytes into the rings and each tile converted to T into a
+// per-warp staging tile, which the mma fragments load as before.
 #include "attention_decode.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <atomic>
 #include <climits>
+#include <type_traits>
 
 #include "attention_kernels.cuh"  // Ops, fragment loads, Exp2, quad reductions
 #include "launch_util.h"
@@ -21,13 +25,25 @@ constexpr int kWarps = 4, kThreads = kWarps * 32, kRows = 16, kKeys = kDecodeTil
 
 // Ring stages per warp: about 70 KB of K/V tiles per CTA at every head dim but 256.
 template <int D> constexpr int DecodeStages() { return D <= 64 ? 4 : (D <= 128 ? 2 : 2); }
+// An fp8 cache's rings: tiles of half the bytes, so more stages keep at least the bytes in
+// flight per warp of the 2-byte kernel (within two CTAs per SM; untuned: benchmarks/decode.py).
+template <int D> constexpr int DecodeStagesFp8() { return D <= 64 ? 8 : (D <= 128 ? 3 : 2); }
 
 template <int D> struct DecodeSmem {
   static constexpr int kLd = D + 8;                  // padded tile row (conflict-free ldmatrix)
   static constexpr int kTile = kKeys * kLd;          // elements of one K (or V) tile
   static constexpr int kStages = DecodeStages<D>();
-  template <typename T> static constexpr int Bytes() {
-    return (kRows * kLd + kWarps * kStages * 2 * kTile) * int(sizeof(T)) +
+  static constexpr int kStagesFp8 = DecodeStagesFp8<D>();
+  static constexpr int kLdB = D + 16;                // an fp8 ring's tile row, in bytes
+  static constexpr int kTileB = kKeys * kLdB;        // bytes of one fp8 K (or V) tile
+  // the rings (and, for an fp8 cache, the warps' staging tiles in T after them)
+  template <typename T, typename KV> static constexpr int RingBytes() {
+    return std::is_same<T, KV>::value
+               ? kWarps * kStages * 2 * kTile * int(sizeof(T))
+               : kWarps * kStagesFp8 * 2 * kTileB + kWarps * 2 * kTile * int(sizeof(T));
+  }
+  template <typename T, typename KV> static constexpr int Bytes() {
+    return kRows * kLd * int(sizeof(T)) + RingBytes<T, KV>() +
            (kDecodeSplitCapacity + kWarps) * int(sizeof(int));
   }
   // the warps' partial results, written over the rings after the key loop
@@ -39,17 +55,56 @@ __device__ __forceinline__ int FloorDiv(int x, int y) {
   return x >= 0 ? x / y : -((-x + y - 1) / y);
 }
 
-template <typename T, int D>
+template <typename KV> struct Fp8Kind;
+template <> struct Fp8Kind<__nv_fp8_e4m3> {
+  static constexpr __nv_fp8_interpretation_t kValue = __NV_E4M3;
+};
+template <> struct Fp8Kind<__nv_fp8_e5m2> {
+  static constexpr __nv_fp8_interpretation_t kValue = __NV_E5M2;
+};
+
+// Two fp8 values (the low byte first) as a packed pair of T (exact: float16 holds every
+// e4m3 and e5m2 value, and so does bfloat16).
+template <typename T, typename KV>
+__device__ __forceinline__ uint32_t Fp8PairTo(uint32_t two) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
+      static_cast<__nv_fp8x2_storage_t>(two & 0xffffu), Fp8Kind<KV>::kValue);
+  if constexpr (std::is_same<T, __half>::value) {
+    return uint32_t(h.x) | (uint32_t(h.y) << 16);
+  } else {
+    const float2 f = __half22float2(__half2(h));
+    const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
+    return *reinterpret_cast<const uint32_t*>(&b);
+  }
+}
+
+// 16 fp8 values (16 bytes of shared memory) to 16 T at dst (32 bytes of shared memory).
+template <typename T, typename KV>
+__device__ __forceinline__ void Fp8x16To(T* dst, const unsigned char* src) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+  const uint4 lo = {Fp8PairTo<T, KV>(raw.x), Fp8PairTo<T, KV>(raw.x >> 16),
+                    Fp8PairTo<T, KV>(raw.y), Fp8PairTo<T, KV>(raw.y >> 16)};
+  const uint4 hi = {Fp8PairTo<T, KV>(raw.z), Fp8PairTo<T, KV>(raw.z >> 16),
+                    Fp8PairTo<T, KV>(raw.w), Fp8PairTo<T, KV>(raw.w >> 16)};
+  reinterpret_cast<uint4*>(dst)[0] = lo;
+  reinterpret_cast<uint4*>(dst)[1] = hi;
+}
+
+template <typename T, int D, typename KV = T>
 __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionDecodeParams p) {
   using O = Ops<T>;
   using S = DecodeSmem<D>;
-  constexpr int LD = S::kLd, STAGES = S::kStages, CPR = D / 8;
-  static_assert(S::kAccBytes <= kWarps * STAGES * 2 * S::kTile * int(sizeof(T)),
-                "the partial results must fit over the rings");
+  constexpr bool kFp8 = !std::is_same<T, KV>::value;
+  constexpr int LD = S::kLd, STAGES = kFp8 ? S::kStagesFp8 : S::kStages, CPR = D / 8;
+  constexpr int LDB = S::kLdB, CPRB = D / 16;  // fp8: a row's 16-byte chunks
+  constexpr int kRingBytes = S::template RingBytes<T, KV>();
+  static_assert(S::kAccBytes <= kRingBytes, "the partial results must fit over the rings");
+  static_assert(!kFp8 || (kKeys * CPRB) % 32 == 0, "a warp converts whole tiles");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sKV = sQ + kRows * LD;
-  int* sStarts = reinterpret_cast<int*>(sKV + kWarps * STAGES * 2 * S::kTile);
+  unsigned char* sRings = smem_raw + kRows * LD * int(sizeof(T));
+  T* sKV = reinterpret_cast<T*>(sRings);
+  int* sStarts = reinterpret_cast<int*>(sRings + kRingBytes);
   int* sCount = sStarts + kDecodeSplitCapacity;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
@@ -132,10 +187,15 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   const int tiles_per_block = p.block_size / kKeys;
   const int tiles = (hi - lo) * tiles_per_block;
   const int mine = tiles > warp ? (tiles - warp + kWarps - 1) / kWarps : 0;
-  const int64_t kstride = int64_t(p.hkv) * D;
+  const int64_t kstride = int64_t(p.hkv) * D;  // elements (bytes, for fp8) per key
   const T* gk = static_cast<const T*>(p.k) + int64_t(hk) * D;
   const T* gv = static_cast<const T*>(p.v) + int64_t(hk) * D;
+  const unsigned char* gkb = static_cast<const unsigned char*>(p.k) + int64_t(hk) * D;
+  const unsigned char* gvb = static_cast<const unsigned char*>(p.v) + int64_t(hk) * D;
   T* ring = sKV + warp * STAGES * 2 * S::kTile;
+  unsigned char* ringb = sRings + warp * STAGES * 2 * S::kTileB;  // fp8
+  T* stage = reinterpret_cast<T*>(sRings + kWarps * STAGES * 2 * S::kTileB) +
+             warp * 2 * S::kTile;  // fp8: the warp's tiles converted to T
   auto tile_start = [&](int i) {  // first key of the warp's i-th tile
     const int t = warp + i * kWarps;
     return sStarts[t / tiles_per_block] + (t % tiles_per_block) * kKeys;
@@ -150,15 +210,28 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
                 : int64_t(__ldg(p.page_table + int64_t(b) * p.pages_per_seq +
                                 s0 / p.page_size)) * p.page_size + s0 % p.page_size;
     }
-    T* sk = ring + (i % STAGES) * 2 * S::kTile;
-    T* sv = sk + S::kTile;
+    if constexpr (kFp8) {
+      unsigned char* sk = ringb + (i % STAGES) * 2 * S::kTileB;
+      unsigned char* sv = sk + S::kTileB;
 #pragma unroll
-    for (int u = 0; u < kKeys * CPR / 32; ++u) {
-      const int c = lane + u * 32, kr = c / CPR, col = (c % CPR) * 8;
-      const bool ok = kr < rows_ok;
-      const int64_t at = ok ? (row + kr) * kstride + col : 0;
-      ptx::CpAsync16(ptx::SmemAddr(sk + kr * LD + col), gk + at, ok ? 16 : 0);
-      ptx::CpAsync16(ptx::SmemAddr(sv + kr * LD + col), gv + at, ok ? 16 : 0);
+      for (int u = 0; u < kKeys * CPRB / 32; ++u) {
+        const int c = lane + u * 32, kr = c / CPRB, col = (c % CPRB) * 16;
+        const bool ok = kr < rows_ok;
+        const int64_t at = ok ? (row + kr) * kstride + col : 0;
+        ptx::CpAsync16(ptx::SmemAddr(sk + kr * LDB + col), gkb + at, ok ? 16 : 0);
+        ptx::CpAsync16(ptx::SmemAddr(sv + kr * LDB + col), gvb + at, ok ? 16 : 0);
+      }
+    } else {
+      T* sk = ring + (i % STAGES) * 2 * S::kTile;
+      T* sv = sk + S::kTile;
+#pragma unroll
+      for (int u = 0; u < kKeys * CPR / 32; ++u) {
+        const int c = lane + u * 32, kr = c / CPR, col = (c % CPR) * 8;
+        const bool ok = kr < rows_ok;
+        const int64_t at = ok ? (row + kr) * kstride + col : 0;
+        ptx::CpAsync16(ptx::SmemAddr(sk + kr * LD + col), gk + at, ok ? 16 : 0);
+        ptx::CpAsync16(ptx::SmemAddr(sv + kr * LD + col), gv + at, ok ? 16 : 0);
+      }
     }
   };
 #pragma unroll
@@ -176,10 +249,14 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   const int gr = lane >> 2, tc = (lane & 3) * 2;
   const int cpos0 = pos0 + i0 + (t0 + gr) / per_cta;
   const int cpos1 = pos0 + i0 + (t0 + gr + 8) / per_cta;
-  const float sl2 = p.scale * kLog2e;
+  // an fp8 cache's scales: k_scale in the score scale, v_scale on the split's output
+  const float k_scale = p.k_scale == nullptr ? 1.f : __ldg(p.k_scale + hk);
+  const float v_scale = p.v_scale == nullptr ? 1.f : __ldg(p.v_scale + hk);
+  const float qk_scale = p.scale * k_scale;
+  const float sl2 = qk_scale * kLog2e;
   // a logit soft cap (p.softcap > 0): log2-domain scores cap * tanh(scale * s / cap) * log2(e)
   const bool capped = p.softcap > 0.f;
-  const float cap_log2 = p.softcap * kLog2e, scale_cap = capped ? p.scale / p.softcap : 0.f;
+  const float cap_log2 = p.softcap * kLog2e, scale_cap = capped ? qk_scale / p.softcap : 0.f;
   float acc[D / 8][4];
 #pragma unroll
   for (int d = 0; d < D / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.f;
@@ -192,6 +269,18 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
     __syncwarp();  // the other lanes' copies of tile i are visible
     const T* sk = ring + (i % STAGES) * 2 * S::kTile;
     const T* sv = sk + S::kTile;
+    if constexpr (kFp8) {  // tile i's bytes to T in the warp's staging tiles
+      const unsigned char* bk = ringb + (i % STAGES) * 2 * S::kTileB;
+#pragma unroll
+      for (int u = 0; u < kKeys * CPRB / 32; ++u) {
+        const int c = lane + u * 32, kr = c / CPRB, col = (c % CPRB) * 16;
+        Fp8x16To<T, KV>(stage + kr * LD + col, bk + kr * LDB + col);
+        Fp8x16To<T, KV>(stage + S::kTile + kr * LD + col, bk + S::kTileB + kr * LDB + col);
+      }
+      __syncwarp();  // the staging tiles are complete
+      sk = stage;
+      sv = stage + S::kTile;
+    }
 
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
@@ -276,7 +365,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
     }
     const int qi = i0 + t / per_cta, h = h0 + t % per_cta;
     const int64_t prow = ((int64_t(b) * p.hq + h) * p.tq + qi) * p.splits + split;
-    p.part_o[prow * D + d] = l > 0.f ? o / l : 0.f;
+    p.part_o[prow * D + d] = l > 0.f ? o / l * v_scale : 0.f;
     if (d == 0) p.part_lse[prow] = l > 0.f ? mu + __log2f(l) : -INFINITY;
   }
 }
@@ -318,11 +407,11 @@ __global__ void __launch_bounds__(kCombineWarps * 32) DecodeCombineKernel(
   if (lane == 0) p.lse[row] = mx == -INFINITY ? -INFINITY : (mu + __log2f(l)) * kLn2;
 }
 
-template <typename T, int D>
+template <typename T, int D, typename KV = T>
 cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
   static std::atomic<uint64_t> configured{0}, carveout{0};
-  const int smem = DecodeSmem<D>::template Bytes<T>();
-  const void* kernel = (const void*)DecodePartialKernel<T, D>;
+  const int smem = DecodeSmem<D>::template Bytes<T, KV>();
+  const void* kernel = (const void*)DecodePartialKernel<T, D, KV>;
   cudaError_t err = AllowDynamicSmem(configured, kernel, smem);
   if (err == cudaSuccess) err = PreferSharedMemory(carveout, kernel);  // 3 CTAs/SM at D 128
   if (err != cudaSuccess) return err;
@@ -332,7 +421,7 @@ cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
   const int parts = p.tq > 1 ? 2 : 1;
   const dim3 grid(unsigned(int64_t(p.batch) * p.hkv * (group / per_cta)),
                   unsigned(p.splits * chunks * parts));
-  DecodePartialKernel<T, D><<<grid, kThreads, smem, stream>>>(p);
+  DecodePartialKernel<T, D, KV><<<grid, kThreads, smem, stream>>>(p);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   const int64_t rows = int64_t(p.batch) * p.hq * p.tq;
@@ -345,22 +434,29 @@ cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
 }  // namespace attn
 
 namespace {
-#define JBS_DECODE_ROWS(DT, T)                                                             \
-  {DT, 64, "decode(split-kv, 16-key warp tiles)", attn::LaunchDecode<T, 64>},              \
-  {DT, 96, "decode(split-kv, 16-key warp tiles)", attn::LaunchDecode<T, 96>},              \
-  {DT, 128, "decode(split-kv, 16-key warp tiles)", attn::LaunchDecode<T, 128>},            \
-  {DT, 256, "decode(split-kv, 16-key warp tiles)", attn::LaunchDecode<T, 256>}
-// (dtype, head dim) -> launcher, name
+#define JBS_DECODE_ROWS(DT, T, KVE, KV, NAME)                                               \
+  {DT, KVE, 64, NAME, attn::LaunchDecode<T, 64, KV>},                                       \
+  {DT, KVE, 96, NAME, attn::LaunchDecode<T, 96, KV>},                                       \
+  {DT, KVE, 128, NAME, attn::LaunchDecode<T, 128, KV>},                                     \
+  {DT, KVE, 256, NAME, attn::LaunchDecode<T, 256, KV>}
+#define JBS_DECODE_DTYPE(DT, T)                                                             \
+  JBS_DECODE_ROWS(DT, T, DecodeKv::kSame, T, "decode(split-kv, 16-key warp tiles)"),       \
+  JBS_DECODE_ROWS(DT, T, DecodeKv::kE4M3, __nv_fp8_e4m3,                                    \
+                  "decode(split-kv, 16-key warp tiles, fp8 e4m3 cache)"),                   \
+  JBS_DECODE_ROWS(DT, T, DecodeKv::kE5M2, __nv_fp8_e5m2,                                    \
+                  "decode(split-kv, 16-key warp tiles, fp8 e5m2 cache)")
+// (dtype, k/v type, head dim) -> launcher, name
 const AttentionDecodeKernel kAttentionDecodeKernels[] = {
-    JBS_DECODE_ROWS(DType::kBF16, __nv_bfloat16),
-    JBS_DECODE_ROWS(DType::kF16, __half),
+    JBS_DECODE_DTYPE(DType::kBF16, __nv_bfloat16),
+    JBS_DECODE_DTYPE(DType::kF16, __half),
 };
+#undef JBS_DECODE_DTYPE
 #undef JBS_DECODE_ROWS
 }  // namespace
 
-const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, int head_dim) {
+const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, DecodeKv kv, int head_dim) {
   for (const AttentionDecodeKernel& k : kAttentionDecodeKernels)
-    if (k.dtype == dtype && k.head_dim == head_dim) return &k;
+    if (k.dtype == dtype && k.kv == kv && k.head_dim == head_dim) return &k;
   return nullptr;
 }
 

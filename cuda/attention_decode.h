@@ -8,6 +8,11 @@
 // floor((q_rows[b] + i) / bs) (none outside [0, R): o = 0, lse = -inf) and attends key j iff
 // j's block is listed in that row (lists [Bm, Hm, R, W], counts [Bm, Hm, R], Bm 1 or B,
 // Hm 1 or Hq), j < kv_lengths[b] and, when causal, j <= q_positions[b] + i.
+// k and v are q's dtype, or an fp8 KV cache (float8_e4m3fn or float8_e5m2, both alike): key
+// j of kv head h is k[.., h, :] * k_scale[h], values likewise (float32 [Hkv] scales). The
+// kernel reads the fp8 bytes (16 per cp.async) and converts each 16-key tile to q's dtype
+// in shared memory (exact: every e4m3 and e5m2 value is a float16 and a bfloat16); the
+// scales are folded into the score scale (k) and the split's output (v).
 //
 // Work split (FlashDecoding): one CTA per (batch entry, kv head, head group, mask-row part,
 // row chunk, split). Its rows are the queries of one mask row times the query heads that
@@ -30,8 +35,12 @@ constexpr int kDecodeMaxQueries = 16;    // Tq bound of the decode kernel
 constexpr int kDecodeTileKeys = 16;      // block sizes and page sizes: multiples of this
 constexpr int kDecodeSplitCapacity = 1024;  // listed blocks one split can hold
 
+// The element type of k and v: q's, or an fp8 cache.
+enum class DecodeKv { kSame, kE4M3, kE5M2 };
+
 struct AttentionDecodeParams {
   const void *q, *k, *v;
+  const float *k_scale, *v_scale;                    // [Hkv]; nullptr: 1
   const int32_t *kv_lengths, *q_rows, *q_positions;  // [B]
   const int32_t *counts, *lists;                     // [Bm, Hm, R], [Bm, Hm, R, W]
   const int32_t* page_table;                         // [B, pages_per_seq]; nullptr: contiguous
@@ -47,16 +56,18 @@ struct AttentionDecodeParams {
   float softcap;  // logit soft cap: scores cap * tanh(scale * q.k / cap); 0: none
 };
 
-// One row of the decode dispatch table: (dtype, head dim) -> launcher and debug name.
+// One row of the decode dispatch table: (dtype, k/v type, head dim) -> launcher and debug
+// name.
 struct AttentionDecodeKernel {
   DType dtype;
+  DecodeKv kv;
   int32_t head_dim;
   const char* name;
   cudaError_t (*launch)(const AttentionDecodeParams& p, cudaStream_t stream);
 };
 
 // The table's row, or nullptr when there is none (the FFI handler reports it).
-const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, int head_dim);
+const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, DecodeKv kv, int head_dim);
 
 // Why the decode kernel cannot take p (nullptr when it can).
 const char* AttentionDecodeUnsupported(const AttentionDecodeParams& p);

@@ -16,6 +16,11 @@ kv_lengths=lengths)` under the training layout of the whole sequence. Generation
 The model flags, their defaults and choices are those of `sparse_transformer_lm.py`
 (read from its parser). `--attention moba` chooses its blocks from the whole sequence, so
 it has no KV cache here: each step reruns the model over the (padded) window.
+
+`--kv-dtype fp8` keeps the cache in float8_e4m3fn (half the bytes of bfloat16): after the
+prefill each layer's keys and values are quantized with one scale per kv head, the max
+abs over the prompt / 448 (e4m3's largest value; later tokens beyond it saturate), and
+every step attends with `jbs.attention(..., k_scale=, v_scale=)`.
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="def ", help="the text to continue (UTF-8 bytes)")
     p.add_argument("--tokens", type=int, default=200,
                    help="bytes to generate (fewer when the sequence reaches --seq-len)")
+    p.add_argument("--kv-dtype", choices=("model", "fp8"), default="model",
+                   help="the KV cache's dtype: the model's, or fp8 (float8_e4m3fn with a "
+                        "scale per kv head)")
     return p
 
 
@@ -148,10 +156,37 @@ def _dense(p, x, dtype, spec="bf,fk->bk"):
             + p["bias"].astype(dtype))
 
 
-def _write(cache, x, position):
-    """cache `[B, T, H, D]` with `x [B, H, D]` written at `position[b]` of each entry."""
+def _write(cache, x, position, scale=None):
+    """cache `[B, T, H, D]` with `x [B, H, D]` written at `position[b]` of each entry;
+    for an fp8 cache `x / scale[h]` (`scale [H]`), saturated to the fp8 range."""
+    if scale is not None:
+        x = _quantize(x, scale, cache.dtype)
     return jax.vmap(lambda c, row, p: jax.lax.dynamic_update_slice(c, row[None], (p, 0, 0)))(
         cache, x.astype(cache.dtype), position)
+
+
+FP8 = jnp.float8_e4m3fn
+
+
+def _quantize(x, scale, dtype=FP8):
+    """`x [..., H, D] / scale[h]` in float32, clipped to the range of `dtype` (fp8 has no
+    inf: out-of-range values would become NaN), in `dtype`."""
+    big = float(jnp.finfo(dtype).max)
+    y = x.astype(jnp.float32) / scale[:, None]
+    return jnp.clip(y, -big, big).astype(dtype)
+
+
+def quantize_cache(cache, dtype=FP8):
+    """A cache as `prefill` returns it, per layer `(k, v)`, in fp8: per layer
+    `(k8, v8, k_scale, v_scale)`, the scales float32 `[Hkv]`: the max abs of each kv
+    head's keys (values) / the largest fp8 value (1.0 for an all-zero head)."""
+    big = float(jnp.finfo(dtype).max)
+    out = []
+    for k, v in cache:
+        scales = [jnp.abs(x.astype(jnp.float32)).max(axis=(0, 1, 3)) / big for x in (k, v)]
+        scales = [jnp.where(s > 0, s, 1.0) for s in scales]
+        out.append((_quantize(k, scales[0], dtype), _quantize(v, scales[1], dtype), *scales))
+    return tuple(out)
 
 
 def attention_layout(model) -> jbs.Layout:
@@ -169,7 +204,8 @@ def decode_step(model, params, cache, tokens, lengths):
 
     tokens `[B]` int: the newest token of each sequence, at position `lengths[b] - 1`;
     lengths `[B]` int: the sequence lengths including it (at most `seq_len`); cache as
-    `prefill` returns it, valid below `lengths[b] - 1`. Each layer writes the token's key
+    `prefill` returns it (or `quantize_cache` of it: per layer `(k8, v8, k_scale,
+    v_scale)`, fp8), valid below `lengths[b] - 1`. Each layer writes the token's key
     and value at position `lengths[b] - 1` and attends over the cache through the training
     layout (`q_offset=lengths - 1, kv_lengths=lengths`). The linen modules' parameters
     applied explicitly: LayerNorm, the attention's `query`/`key`/`value` (DenseGeneral
@@ -189,16 +225,19 @@ def decode_step(model, params, cache, tokens, lengths):
     x = (params["Embed_0"]["embedding"][tokens].astype(dtype)
          + params["positions"][position].astype(dtype))  # [B, F]
     new_cache = []
-    for i, (k_cache, v_cache) in enumerate(cache):
+    for i, (k_cache, v_cache, *scales) in enumerate(cache):
+        k_scale, v_scale = scales or (None, None)
         block = params[f"Block_{i}"]
         attn = block.get("BlockSparseMultiHeadAttention_0", block)  # dense: in the Block
         h = _layer_norm(block["LayerNorm_0"], x, dtype)
         q, k, v = (_dense(attn[name], h, dtype, "bf,fhd->bhd")
                    for name in ("query", "key", "value"))
-        k_cache, v_cache = _write(k_cache, k, position), _write(v_cache, v, position)
+        k_cache = _write(k_cache, k, position, k_scale)
+        v_cache = _write(v_cache, v, position, v_scale)
         a = jbs.attention(q[:, None], k_cache, v_cache, layout, causal=True,
                           q_offset=position, kv_lengths=lengths, sinks=attn.get("sinks"),
-                          logits_soft_cap=c.softcap)[:, 0]  # [B, H, D]
+                          logits_soft_cap=c.softcap, k_scale=k_scale,
+                          v_scale=v_scale)[:, 0]  # [B, H, D]
         x = x + _dense(attn["out"], a, dtype, "bhd,hdf->bf")
         h = _layer_norm(block["LayerNorm_1"], x, dtype)
         if model.mlp_layouts is None:
@@ -210,13 +249,15 @@ def decode_step(model, params, cache, tokens, lengths):
             h = jbs.matmul(h, block["BlockSparseDense_1"]["kernel"].astype(dtype), down)
             h = h + block["BlockSparseDense_1"]["bias"].astype(dtype)
         x = x + h
-        new_cache.append((k_cache, v_cache))
+        new_cache.append((k_cache, v_cache, *scales))
     x = _layer_norm(params["LayerNorm_0"], x, jnp.promote_types(dtype, jnp.float32))
     return _dense(params["Dense_0"], x, jnp.float32), tuple(new_cache)
 
 
-def _greedy_prefill(model, params, window, lengths):
+def _greedy_prefill(model, params, window, lengths, kv_dtype="model"):
     logits, cache = prefill(model, params, window, lengths)
+    if kv_dtype == "fp8":
+        cache = quantize_cache(cache)
     return jnp.argmax(logits, -1).astype(jnp.int32), cache
 
 
@@ -236,12 +277,13 @@ def _greedy_full(model, params, window, lengths):
     return token, window
 
 
-def generate(model, params, prompt: bytes, tokens: int):
+def generate(model, params, prompt: bytes, tokens: int, kv_dtype: str = "model"):
     """Greedy continuation of `prompt` (bytes; its last `seq_len - 1` when longer, a
     newline when empty): at most `tokens` bytes, fewer when the sequence reaches `seq_len`.
     Returns `(generated bytes, stats)`: stats has `prompt` (the prompt length used),
     `prefill_s`, `decode_steps` and `decode_s` (the steps after a warm-up step, so
-    compilation excluded). The prefill and the decode step are each compiled once."""
+    compilation excluded). The prefill and the decode step are each compiled once.
+    `kv_dtype`: "model" (the cache in the model's dtype) or "fp8" (`quantize_cache`)."""
     t = model.config.seq_len
     prompt_tokens = np.frombuffer(prompt or b"\n", np.uint8)[-(t - 1):].astype(np.int32)
     n_prompt = len(prompt_tokens)
@@ -258,7 +300,7 @@ def generate(model, params, prompt: bytes, tokens: int):
         begin = lambda: full(params, window, lengths)
         advance = lambda state, lengths, last: full(params, state, lengths)
     else:  # the state is the KV cache
-        first = jax.jit(partial(_greedy_prefill, model))
+        first = jax.jit(partial(_greedy_prefill, model, kv_dtype=kv_dtype))
         step = jax.jit(partial(_greedy_cached, model))
         begin = lambda: first(params, window, lengths)
         advance = lambda state, lengths, last: step(params, state, last, lengths)
@@ -292,7 +334,9 @@ def main(argv=None):
           f"{c.heads} heads, {c.dtype}; backend {jax.default_backend()}")
     params, _ = load_params(model, c, c.ckpt_dir)
     prompt = c.prompt.encode()
-    text, stats = generate(model, params, prompt, c.tokens)
+    if c.kv_dtype == "fp8" and not model.moba_top_k:
+        print("KV cache: float8_e4m3fn, a scale per kv head (from the prompt's max abs)")
+    text, stats = generate(model, params, prompt, c.tokens, c.kv_dtype)
     used = prompt[-stats["prompt"]:] if prompt else b"\n"
     if stats["prompt"] < len(prompt):
         print(f"the prompt is longer than seq-len - 1: using its last {stats['prompt']} bytes")

@@ -51,6 +51,42 @@ def check_dtype(op: str, name: str, x) -> None:
                          "bfloat16, float64")
 
 
+# The dtypes of an fp8 KV cache (`attention`'s k and v, with `k_scale` and `v_scale`).
+FP8_DTYPES = (jnp.float8_e4m3fn, jnp.float8_e5m2)
+
+
+def is_fp8(dtype) -> bool:
+    """Whether `dtype` is one of `FP8_DTYPES`."""
+    return any(dtype == d for d in FP8_DTYPES)
+
+
+def check_kv_scale(op: str, name: str, scale, heads: int):
+    """The scale of an fp8 KV cache as float32 `[heads]` (ones for None): a positive finite
+    Python number, or a floating array `[heads]` (positive where its values are known at
+    trace time). Anything else raises `ValueError` naming `op` and `name`."""
+    if scale is None:
+        return jnp.ones((heads,), jnp.float32)
+    if isinstance(scale, (int, float, np.number)) and not isinstance(scale, (bool, np.bool_)):
+        value = float(scale)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{op}: {name} must be positive and finite; got {scale}")
+        return jnp.full((heads,), value, jnp.float32)
+    if not hasattr(scale, "shape") or not hasattr(scale, "dtype"):
+        raise ValueError(f"{op}: {name} must be a positive Python float or a float array "
+                         f"[Hkv={heads}]; got {type(scale).__name__}")
+    if scale.shape != (heads,) or not jnp.issubdtype(scale.dtype, jnp.floating):
+        raise ValueError(f"{op}: {name} must be a positive Python float or a float array "
+                         f"[Hkv={heads}] (one scale per kv head); got "
+                         f"{scale.dtype}{list(scale.shape)}")
+    try:  # known values (not traced): checked here
+        known = np.asarray(scale, np.float32)
+    except Exception:  # a traced array: its values are the caller's to keep positive
+        known = None
+    if known is not None and not (np.isfinite(known).all() and (known > 0).all()):
+        raise ValueError(f"{op}: {name} must be positive and finite; got {known.tolist()}")
+    return jnp.asarray(scale).astype(jnp.float32)
+
+
 def check_sinks(op: str, sinks, heads: int):
     """Attention sinks as an array: None, or a floating array `[heads]`; anything else
     raises `ValueError` naming `op` and `sinks`."""

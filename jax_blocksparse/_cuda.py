@@ -373,6 +373,9 @@ def _attention_backward_lowering(ctx, *operands, **params):
 # The decode kernel (cuda/attention_decode.cu): short queries against a KV cache.
 DECODE = {
     "dtypes": (jnp.bfloat16, jnp.float16),
+    # fp8 KV caches (k, v; q of the dtypes above), with float32 [Hkv] scales
+    "kv_fp8_dtypes": (jnp.float8_e4m3fn, jnp.float8_e5m2),
+    "fp8_kernel": True,  # whether the built kernel reads them (cuda/attention_decode.cu)
     "head_dims": (64, 96, 128, 256),
     "tile_keys": 16,  # block sizes and page sizes: multiples of this
     "rows_per_cta": 16,  # (query, head) rows of a CTA (cuda: kRows)
@@ -384,12 +387,19 @@ DECODE = {
 
 
 def decode_unsupported(dtype, head_dim: int, block_size: int,
-                       page_size: int | None, softcap: float = 0.0) -> str | None:
-    """Why the decode kernel cannot run this call (None when it can). It takes a logit
-    soft cap (`softcap > 0`) in every case it runs."""
+                       page_size: int | None, softcap: float = 0.0,
+                       kv_dtype=None) -> str | None:
+    """Why the decode kernel cannot run this call (None when it can); `dtype` is q's,
+    `kv_dtype` k's and v's (None: q's). It takes a logit soft cap (`softcap > 0`) in every
+    case it runs."""
     del softcap
     if not any(dtype == d for d in DECODE["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
+    if kv_dtype is not None and kv_dtype != dtype:
+        if not any(kv_dtype == d for d in DECODE["kv_fp8_dtypes"]):
+            return f"k, v dtype {jnp.dtype(kv_dtype).name}"
+        if not DECODE["fp8_kernel"]:
+            return "fp8 KV cache: the decode kernel reads bf16/f16 only (next)"
     if head_dim not in DECODE["head_dims"]:
         return f"head dim {head_dim}"
     if block_size % DECODE["tile_keys"]:
@@ -421,7 +431,7 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
                   softcap=softcap)
     q_aval, k_aval = ctx.avals_in[:2]
     why = decode_unsupported(q_aval.dtype, q_aval.shape[-1], block_size,
-                             k_aval.shape[1] if paged else None, softcap)
+                             k_aval.shape[1] if paged else None, softcap, k_aval.dtype)
     if why is not None:
         _debug.pure_path(f"attention_decode q{list(q_aval.shape)} bs={block_size}",
                          f"no decode kernel for {why}")

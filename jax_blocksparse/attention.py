@@ -43,7 +43,9 @@ import jax.numpy as jnp
 
 from . import _jax_internals as jint
 from . import _partitioning
-from ._checks import check_dtype, check_sinks, check_soft_cap, static_bool, static_float
+from . import _debug
+from ._checks import (check_dtype, check_kv_scale, check_sinks, check_soft_cap, is_fp8,
+                      static_bool, static_float)
 from .attention_metadata import (FINE_BLOCKS, TILE, AttentionLists, TileLists,
                                  attention_metadata, block_lists, device_metadata,
                                  document_kinds, tile_lists, tile_metadata)
@@ -464,14 +466,33 @@ for _prim in (attention_p, attention_tangent_p, attention_bwd_p):
 
 
 # ------------------------------------------------------------------------ public op
+def _check_fp8(q, k, v):
+    """Whether k and v are an fp8 KV cache (`FP8_DTYPES`); `ValueError` for fp8 q, for k
+    and v of different fp8 dtypes, or fp8 k, v with q not bfloat16, float16 or float32."""
+    if is_fp8(q.dtype):
+        raise ValueError(f"attention: q has dtype {q.dtype}: fp8 queries are not supported "
+                         "(only k and v may be fp8: a KV cache, with k_scale, v_scale)")
+    if not (is_fp8(k.dtype) or is_fp8(v.dtype)):
+        return False
+    if k.dtype != v.dtype:
+        raise ValueError(f"attention: an fp8 KV cache needs k and v of one fp8 dtype; got "
+                         f"{k.dtype}, {v.dtype}")
+    if not any(q.dtype == d for d in (jnp.bfloat16, jnp.float16, jnp.float32)):
+        raise ValueError(f"attention: with fp8 k and v, q must be bfloat16, float16 or "
+                         f"float32; got {q.dtype}")
+    return True
+
+
 def _check(q, k, v, mask, kv_lengths, positioned):
+    fp8 = _check_fp8(q, k, v)
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ValueError(f"attention: {name} must be [B, T, H, D]; got shape {x.shape}")
-        check_dtype("attention", name, x)
+        if name == "q" or not fp8:
+            check_dtype("attention", name, x)
         if 0 in x.shape[1:]:  # an empty batch is fine: the result is empty
             raise ValueError(f"attention: {name} has an empty axis: {x.shape}")
-    if not (q.dtype == k.dtype == v.dtype):
+    if not (q.dtype == k.dtype == v.dtype) and not fp8:
         raise ValueError(f"attention: q, k, v must share a dtype; got {q.dtype}, {k.dtype}, "
                          f"{v.dtype}")
     b, tq, hq, d = q.shape
@@ -633,13 +654,14 @@ def _key_lists(by_query, rk, width):
 def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None,
               kv_lengths=None, q_segment_ids=None, kv_segment_ids=None, q_offset=None,
               page_table=None, return_lse: bool = False, sinks=None,
-              logits_soft_cap: float | None = None):
+              logits_soft_cap: float | None = None, k_scale=None, v_scale=None):
     """Block-sparse (multi-head, grouped-query) attention.
 
     Args:
       q: `[B, Tq, Hq, D]`; k, v: `[B, Tk, Hkv, D]`, `Hq` a multiple of `Hkv`. dtypes
         bfloat16, float16, float32 or float64 (all the same); any head dim `D`; any
-        lengths.
+        lengths. Or an fp8 KV cache: k and v both `float8_e4m3fn` or both `float8_e5m2`
+        with q bfloat16, float16 or float32 (see `k_scale`).
       mask: a static `Layout` with mask `[1 or Hq, Rq, Rk]` (or `[Rq, Rk]`), or a
         `BlockMask` `[1 or B, 1 or Hq, Rq, Rk]` (data, e.g. computed in the same `jit`),
         with `Rq = ceil(Tq / bs)`, `Rk = ceil(Tk / bs)`, any block size `bs`.
@@ -684,6 +706,16 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
       logits_soft_cap: optional Python float `> 0` (static): logit soft-capping (Gemma 2,
         Team Gemma 2024): the scaled scores become `cap * tanh(s / cap)` before the mask
         and the softmax; gradients include the factor `1 - tanh²(s / cap)`.
+      k_scale, v_scale: the dequantization scales of an fp8 KV cache (fp8 k and v only):
+        None (1.0), a positive Python float, or a float array `[Hkv]` (one per kv head).
+        The keys are `k.astype(float32) * k_scale[h]` for kv head h, the values likewise
+        `v.astype(float32) * v_scale[h]`; the scores and the softmax are computed as for
+        float32 keys. Short queries (decode rows) take the scales inside the computation
+        (the decode kernel reads the fp8 bytes where it runs); longer queries dequantize k
+        and v to q's dtype first and run as a q-dtype call (an interim: the prefill kernels
+        read bfloat16/float16). fp8 k and v and the scales are constants to
+        differentiation (`jax.lax.stop_gradient`: zero gradients); `jax.grad` with respect
+        to q works.
     Returns:
       `[B, Tq, Hq, D]` in q's dtype (and the lse). A row with no key to attend to
       outputs 0 (lse `-inf`) and passes zero gradients. The rows of a query block whose
@@ -696,10 +728,14 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         `q_offset` or `page_table` that are not integer arrays of the shapes above; a
         `causal` that is not a Python bool, a `scale` that is not a finite Python number;
         `sinks` that is not a float array `[Hq]`; a `logits_soft_cap` that is not a
-        positive finite Python number (a traced one included).
+        positive finite Python number (a traced one included); fp8 q, k and v of
+        different fp8 dtypes, fp8 k and v with q float64; `k_scale` or `v_scale` given for
+        k, v that are not fp8, or not a positive Python float or a float array `[Hkv]`
+        (non-positive values where they are known at trace time).
     Short queries (`Tq <= 16`, no segment ids: decoding with a KV cache, one or a few
     tokens per sequence) run the decode primitive (`attention_decode.py`): on an NVIDIA GPU,
-    bfloat16/float16 with `D` in (64, 96, 128, 256), a block size and page size that are
+    bfloat16/float16 q (k and v of its dtype, or an fp8 cache: the kernel reads the fp8
+    bytes) with `D` in (64, 96, 128, 256), a block size and page size that are
     multiples of 16 run the split-KV decode kernel (`_cuda.decode_unsupported`), with any
     mask, `q_offset`, `kv_lengths` and paged cache; their derivatives are those of the same
     call through the longer queries' primitive (its backward: fused, or the deterministic
@@ -738,6 +774,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         _check(q, k, v, mask, kv_lengths, positioned)
     causal = static_bool("attention", "causal", causal)
     return_lse = static_bool("attention", "return_lse", return_lse)
+    scales = _kv_scales(q, k, k_scale, v_scale)  # float32 [Hkv] each, or None: not fp8
     b, tq, _, d = q.shape
     tk = page_table.shape[1] * k.shape[1] if paged else k.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else static_float("attention", "scale", scale)
@@ -777,9 +814,13 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     static = (("rows", rows), ("tk", tk), ("block_size", bs), ("causal", causal),
               ("scale", scale), ("segments", segments), ("softcap", softcap))
     if tq <= DECODE_MAX_QUERIES and not segments:
-        o, lse = _short_queries(q, k, v, context, static)
+        o, lse = _short_queries(q, k, v, scales, context, static)
     else:
-        o, lse = _prefill(q, k, v, *context, **dict(static))
+        if scales is not None:
+            _debug.pure_path(f"attention q{list(q.shape)} k {k.dtype}",
+                             f"fp8 KV cache: k and v dequantized to {q.dtype} before the "
+                             "attention (the prefill kernels read bf16/f16 only)")
+        o, lse = _prefill(q, k, v, *context, scales=scales, **dict(static))
     if sinks is not None:  # the sink joins each row's denominator (`with_sinks`)
         o, lse = _partitioning.auto_mode(with_sinks, (o, lse))(o, lse, sinks)
     if bad_pages is not None:
@@ -787,32 +828,63 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     return (o, lse) if return_lse else o
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _short_queries(q, k, v, context, static):
+def _kv_scales(q, k, k_scale, v_scale):
+    """The scales of an fp8 KV cache, float32 `[Hkv]` each (`check_kv_scale`), as
+    constants to differentiation; None when k and v are not fp8 (scales then raise)."""
+    if not is_fp8(k.dtype):
+        for name, x in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if x is not None:
+                raise ValueError(f"attention: {name} applies to an fp8 KV cache only; k and "
+                                 f"v have dtype {k.dtype}")
+        return None
+    hkv = k.shape[2]
+    return tuple(jax.lax.stop_gradient(check_kv_scale("attention", name, x, hkv))
+                 for name, x in (("k_scale", k_scale), ("v_scale", v_scale)))
+
+
+def _dequantized(x, scale, dtype):
+    """An fp8 cache `x [..., Hkv, D]` dequantized (`x * scale[h]` in float32) to `dtype`,
+    a constant to differentiation."""
+    x = jax.lax.stop_gradient(x)
+    return (x.astype(jnp.float32) * scale[:, None]).astype(dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _short_queries(q, k, v, scales, context, static):
     """Short queries: the decode primitive computes the values; their derivatives are those
     of the same call through `attention_p` (`_prefill`), whose backward is the fused one or
     the deterministic pure-JAX one (the decode primitive's own JVP would transpose into
-    scatter-adds over the cache). `context` and `static` as `_prefill` takes them."""
+    scatter-adds over the cache). `scales`: None, or the `(k_scale, v_scale)` of an fp8
+    cache (then only q has a derivative). `context` and `static` as `_prefill` takes
+    them."""
     lists, overflow, kv_lengths, offset, page_table, _, _, _ = context
     static = dict(static)
     del static["segments"]
+    if scales is None:
+        ones = jnp.ones((k.shape[2],), jnp.float32)
+        scales = (ones, ones)
     return _decode(q, k, v, lists, overflow, static.pop("rows"), kv_lengths, offset,
-                   page_table, **static)
+                   page_table, *scales, **static)
 
 
 @_short_queries.defjvp
 def _short_queries_jvp(static, primals, tangents):
-    q, k, v, context = primals
-    prefill = lambda q, k, v: _prefill(q, k, v, *context, **dict(static))
-    return _short_queries(q, k, v, context, static), jax.jvp(prefill, (q, k, v),
-                                                             tuple(tangents[:3]))[1]
+    q, k, v, scales, context = primals
+    out = _short_queries(q, k, v, scales, context, static)
+    if scales is None:
+        prefill = lambda q, k, v: _prefill(q, k, v, *context, **dict(static))
+        return out, jax.jvp(prefill, (q, k, v), tuple(tangents[:3]))[1]
+    prefill = lambda q: _prefill(q, k, v, *context, scales=scales, **dict(static))
+    return out, jax.jvp(prefill, (q,), (tangents[0],))[1]
 
 
 def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, tiles,
-             *, rows, tk, block_size, causal, scale, segments, softcap):
+             *, rows, tk, block_size, causal, scale, segments, softcap, scales=None):
     """Queries through `attention_p`; NaN for rows outside the mask or whose `BlockMask` row
     overflowed. `tiles`: None, or the tile lists of a fine mask (`TileLists`), or its block
-    kinds `[Bm, Hm, R, Rk]` to tile here (`_tile_context`). Returns (o, lse)."""
+    kinds `[Bm, Hm, R, Rk]` to tile here (`_tile_context`). `scales`: None, or the
+    `(k_scale, v_scale)` of an fp8 cache, which is dequantized to q's dtype here (after a
+    paged cache's gather: only the pages of the call). Returns (o, lse)."""
     b, tq = q.shape[:2]
     bs = block_size
     positioned = offset is not None
@@ -821,6 +893,8 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
         k, v = _partitioning.auto_mode(lambda k, v: (paged_keys(k, page_table),
                                                      paged_keys(v, page_table)),
                                        (like, like))(k, v)
+    if scales is not None:
+        k, v = (_dequantized(x, sc, q.dtype) for x, sc in zip((k, v), scales))
     if not positioned:
         q_positions = jnp.full((1,), tk - tq, jnp.int32)  # bottom-right aligned
         q_in, ids_in = q, q_ids
@@ -913,8 +987,8 @@ def _mask_rows(mask) -> int:
     return mask.shape[-2] if isinstance(mask, BlockMask) else mask.mask.shape[-2]
 
 
-def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, *, tk,
-            block_size, causal, scale, softcap):
+def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, k_scale,
+            v_scale, *, tk, block_size, causal, scale, softcap):
     """Short queries through the decode primitive (keys `Tk = tk`; `lists` the mask's
     query lists): the mask rows of the queries, their causal positions, and NaN for rows
     outside the mask or whose `BlockMask` row overflowed. Returns (o, lse)."""
@@ -931,7 +1005,7 @@ def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, *, t
     paged = page_table is not None
     table = page_table if paged else jnp.zeros((1, 1), jnp.int32)
     o, lse = decode(q, k, v, kv_lengths, q_rows, q_positions, counts, block_lists, table,
-                    block_size=bs, causal=causal, scale=scale, paged=paged,
+                    k_scale, v_scale, block_size=bs, causal=causal, scale=scale, paged=paged,
                     softcap=softcap)
     row = (q_rows[:, None] + jnp.arange(tq)) // bs  # [B, Tq]
     bad = ((row < 0) | (row >= rows))[:, None, :]  # [B, 1, Tq]

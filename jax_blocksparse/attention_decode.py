@@ -2,7 +2,7 @@
 KV cache, contiguous or paged.
 
 One primitive, `attention_decode_p(q, k, v, kv_lengths, q_rows, q_positions, counts,
-lists, page_table) -> (o, lse)`:
+lists, page_table, k_scale, v_scale) -> (o, lse)`:
   - q `[B, Tq, Hq, D]`; k, v `[B, Tk, Hkv, D]`, or, when `paged`, page pools
     `[P, page_size, Hkv, D]` with `page_table` int32 `[B, pages_per_seq]` (key j of batch
     entry b is row `j % page_size` of page `page_table[b, j // page_size]`;
@@ -11,6 +11,10 @@ lists, page_table) -> (o, lse)`:
     (`counts [Bm, Hm, R]`, `lists [Bm, Hm, R, W]`, Bm 1 or B, Hm 1 or Hq; a row outside
     `[0, R)` attends nothing) and attends key j iff j's block is listed there,
     `j < kv_lengths[b]` and, when `causal`, `j <= q_positions[b] + i`.
+  - k_scale, v_scale float32 `[Hkv]`: key j of kv head h is `k[..., h, :] * k_scale[h]`
+    (computed in float32), values likewise; k and v may be float8 (`float8_e4m3fn`,
+    `float8_e5m2`: an fp8 KV cache) with q bfloat16, float16 or float32; otherwise k, v
+    share q's dtype and the scales are ones.
   - o `[B, Tq, Hq, D]` in q's dtype, lse `[B, Hq, Tq]` float32 (float64 for float64); a row
     with no key: o = 0, lse = -inf.
   - the static `softcap` (0: none): the scaled scores become `cap * tanh(s / cap)` before
@@ -32,11 +36,12 @@ from . import _partitioning
 from .attention import (KV_DIMS, LSE_DIMS, Q_DIMS, _at_rows, _bind, _lse_dtype,
                         _reference_jvp, context_dims, paged_keys, soft_cap)
 
-def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table, *,
-                     block_size, causal, scale, paged, softcap=0.0):
+def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table,
+                     k_scale, v_scale, *, block_size, causal, scale, paged, softcap=0.0):
     """The decode primitive in pure JAX: each query gathers the key blocks its mask row
-    lists (`[B, Hm, Tq, W * bs]` keys), then a masked softmax (of the soft-capped scores
-    when `softcap`: `attention.soft_cap`)."""
+    lists (`[B, Hm, Tq, W * bs]` keys, dequantized: times `k_scale[h]`, `v_scale[h]` in
+    float32, float64 for float64), then a masked softmax (of the soft-capped scores when
+    `softcap`: `attention.soft_cap`)."""
     if paged:
         k, v = paged_keys(k, page_table), paged_keys(v, page_table)
     b, tq, hq, d = q.shape
@@ -55,20 +60,22 @@ def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, pa
         allowed &= keys <= (q_positions[:, None] + jnp.arange(tq))[:, None, :, None]
     keys = jnp.minimum(keys, tk - 1)  # [B, Hm, Tq, N]
 
-    f32 = lambda x: x.astype(_lse_dtype(x.dtype))
+    f = _lse_dtype(q.dtype)
+    f32 = lambda x: x.astype(f)
     batch = jnp.arange(b)[:, None, None, None]
     # keys the query may not attend are zero-filled on load: garbage there (a serving
     # cache's NaN past kv_lengths) never reaches arithmetic
-    load = lambda x, heads: jnp.where(allowed[..., None], f32(x)[batch, keys, heads], 0)
+    load = lambda x, sc, heads: jnp.where(
+        allowed[..., None], f32(x)[batch, keys, heads] * f32(sc)[heads][..., None], 0)
     if hm == 1:  # keys shared by the query heads: gather per kv head
         heads = jnp.arange(hkv)[None, :, None, None]
-        kg, vg = (load(x, heads) for x in (k, v))  # [B, Hkv, Tq, N, D]
+        kg, vg = (load(x, sc, heads) for x, sc in ((k, k_scale), (v, v_scale)))
         qg = f32(q).reshape(b, tq, hkv, group, d)
         s = jnp.einsum("bihgd,bhind->bhgin", qg, kg, precision="highest") * scale
         allowed = allowed[:, :, None]  # [B, 1, 1, Tq, N]
     else:  # a mask per query head: gather per query head
         heads = (jnp.arange(hq) // group)[None, :, None, None]
-        kg, vg = (load(x, heads) for x in (k, v))  # [B, Hq, Tq, N, D]
+        kg, vg = (load(x, sc, heads) for x, sc in ((k, k_scale), (v, v_scale)))
         kg, vg = (x.reshape(b, hkv, group, tq, -1, d) for x in (kg, vg))
         qg = f32(q).reshape(b, tq, hkv, group, d)
         s = jnp.einsum("bihgd,bhgind->bhgin", qg, kg, precision="highest") * scale
@@ -99,7 +106,7 @@ def _abstract_eval(q, k, v, *ctx, **params):
 
 
 DECODE_OPERANDS = ("q", "k", "v", "kv_lengths", "q_rows", "q_positions", "counts", "lists",
-                   "page_table")
+                   "page_table", "k_scale", "v_scale")
 
 
 def _factors(avals_in, avals_out, *, paged, **params):
@@ -111,6 +118,7 @@ def _factors(avals_in, avals_out, *, paged, **params):
                                enumerate(zip(DECODE_OPERANDS[3:8], avals_in[3:8]))]
     per_batch_table = paged and avals_in[8].shape[0] == b  # else a [1, 1] placeholder
     dims.append(("b", "tables") if per_batch_table else ("x_table", "y_table"))
+    dims += [("h",), ("h",)]  # the scales: one per kv head
     return _partitioning.factors_of(dims, [Q_DIMS, LSE_DIMS], {"b", "h"}, avals_in,
                                     avals_out)
 
@@ -125,12 +133,22 @@ def _fold_batch(args, dims, *, paged, **params):
     """vmap: fold the mapped axis into B. q, the [B] context operands and the page table
     carry B; contiguous k, v carry B; page pools fold their mapped axis into the pages
     (the page table then points into the folded pool); lists shared by the batch stay
-    shared unless mapped."""
-    q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table = (
+    shared unless mapped. Mapped scales (a scale per mapped index) are applied to k and v
+    here (dequantized to float32: the pure-JAX path), the folded call's scales ones."""
+    q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table, k_scale, v_scale = (
         a if d is jint.not_mapped else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims))
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not jint.not_mapped)
     mapped = [d is not jint.not_mapped for d in dims]
     batch = q.shape[1 if mapped[0] else 0]
+    if mapped[9] or mapped[10]:  # [size, Hkv] scales: multiply them into k and v
+        def apply(x, sc, x_mapped, sc_mapped):
+            sc = sc if sc_mapped else jnp.broadcast_to(sc, (size,) + sc.shape)
+            x = x if x_mapped else jnp.broadcast_to(x, (size,) + x.shape)
+            return x.astype(jnp.float32) * sc.astype(jnp.float32)[:, None, None, :, None]
+        k = apply(k, k_scale, mapped[1], mapped[9])
+        v = apply(v, v_scale, mapped[2], mapped[10])
+        mapped[1] = mapped[2] = True
+        k_scale = v_scale = jnp.ones(k.shape[-2], jnp.float32)
 
     def fold_b(a, is_mapped, may_share=False):  # [B, ...] (or [1, ...] when may_share)
         if may_share and not is_mapped and a.shape[0] == 1:
@@ -156,7 +174,7 @@ def _fold_batch(args, dims, *, paged, **params):
             table = table + offset[:, None]
         page_table = table
     o, lse = attention_decode_p.bind(q, k, v, kv_lengths, q_rows, q_positions, counts, lists,
-                                     page_table, paged=paged, **params)
+                                     page_table, k_scale, v_scale, paged=paged, **params)
     return ([o.reshape((size, batch) + o.shape[1:]), lse.reshape((size, batch) + lse.shape[1:])],
             [0, 0])
 
@@ -164,7 +182,8 @@ def _fold_batch(args, dims, *, paged, **params):
 jint.register_batching(attention_decode_p, _fold_batch)
 
 
-def decode(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table, **params):
+def decode(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table, k_scale,
+           v_scale, **params):
     """Bind `attention_decode_p` (operands as in the module docstring)."""
     return _bind(attention_decode_p, q, k, v, kv_lengths, q_rows, q_positions, counts, lists,
-                 page_table, **params)
+                 page_table, k_scale, v_scale, **params)

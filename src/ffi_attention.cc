@@ -267,10 +267,12 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
 // page_table [B, pages_per_seq] when `paged` (else a [1, 1] placeholder); q_rows,
 // q_positions, kv_lengths [B]; counts [Bm, Hm, R], lists [Bm, Hm, R, W]. Results o, lse
 // and the split workspace part_o [B, Hq, Tq, S, D], part_lse [B, Hq, Tq, S] (S: splits).
+// k and v are q's dtype, or an fp8 cache (F8E4M3FN or F8E5M2, both alike) dequantized by
+// k_scale, v_scale float32 [Hkv] (ones for a cache in q's dtype).
 ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
                       Buffer<S32> kv_lengths, Buffer<S32> q_rows, Buffer<S32> q_positions,
                       Buffer<S32> counts, Buffer<S32> lists, Buffer<S32> page_table,
-                      Result<AnyBuffer> o, Result<Buffer<F32>> lse,
+                      Buffer<F32> k_scale, Buffer<F32> v_scale, Result<AnyBuffer> o, Result<Buffer<F32>> lse,
                       Result<Buffer<F32>> part_o, Result<Buffer<F32>> part_lse,
                       int32_t block_size, bool causal, float scale, bool paged,
                       float softcap) {
@@ -281,8 +283,15 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
     return Invalid("decode: q, k, v must have 4 dimensions");
   for (int i = 0; i < 4; ++i)
     if (kd[i] != vd[i]) return Invalid("decode: k and v shapes differ");
-  if (k.element_type() != q.element_type() || v.element_type() != q.element_type())
-    return Invalid("decode: q, k, v dtypes differ");
+  if (v.element_type() != k.element_type()) return Invalid("decode: k and v dtypes differ");
+  DecodeKv kv = DecodeKv::kSame;
+  if (k.element_type() == ffi::DataType::F8E4M3FN) {
+    kv = DecodeKv::kE4M3;
+  } else if (k.element_type() == ffi::DataType::F8E5M2) {
+    kv = DecodeKv::kE5M2;
+  } else if (k.element_type() != q.element_type()) {
+    return Invalid("decode: k and v must be q's dtype or fp8 (e4m3fn, e5m2)");
+  }
   AttentionDecodeParams p{};
   p.batch = int32_t(qd[0]);
   p.tq = int32_t(qd[1]);
@@ -290,6 +299,9 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
   p.head_dim = int32_t(qd[3]);
   p.hkv = int32_t(kd[2]);
   if (kd[3] != qd[3]) return Invalid("decode: q and k differ in head dimension");
+  for (const Buffer<F32>* x : {&k_scale, &v_scale})
+    if (x->dimensions().size() != 1 || x->dimensions()[0] != kd[2])
+      return Invalid("decode: k_scale and v_scale must be [Hkv]");
   auto pt = page_table.dimensions();
   if (paged) {
     if (pt.size() != 2 || pt[0] != qd[0])
@@ -321,13 +333,17 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
   p.softcap = softcap;
   if (paged) p.page_table = page_table.typed_data();
   if (const char* why = AttentionDecodeUnsupported(p)) return Invalid(std::string("decode: ") + why);
-  const AttentionDecodeKernel* kernel = FindAttentionDecodeKernel(*dtype, p.head_dim);
+  const AttentionDecodeKernel* kernel = FindAttentionDecodeKernel(*dtype, kv, p.head_dim);
+  const char* kv_name = kv == DecodeKv::kE4M3 ? " fp8 e4m3 cache" :
+                        kv == DecodeKv::kE5M2 ? " fp8 e5m2 cache" : "";
   if (kernel == nullptr)
-    return Invalid(std::string("decode: no kernel for ") + DTypeName(*dtype) +
+    return Invalid(std::string("decode: no kernel for ") + DTypeName(*dtype) + kv_name +
                    " head_dim=" + std::to_string(p.head_dim) + " in the dispatch table");
   p.q = q.untyped_data();
   p.k = k.untyped_data();
   p.v = v.untyped_data();
+  p.k_scale = k_scale.typed_data();
+  p.v_scale = v_scale.typed_data();
   p.kv_lengths = kv_lengths.typed_data();
   p.q_rows = q_rows.typed_data();
   p.q_positions = q_positions.typed_data();
@@ -340,7 +356,7 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
   if (p.batch == 0 || p.hq == 0) return ffi::Error::Success();
   LaunchLog log(stream, DebugLevel() ? "attention_decode q" + ShapeText(qd) + " k" +
                                            ShapeText(kd) + " " + DTypeName(*dtype) +
-                                           " bs=" + std::to_string(block_size) +
+                                           kv_name + " bs=" + std::to_string(block_size) +
                                            (paged ? " paged" : "") + (causal ? " causal" : "") +
                                            (softcap > 0.f ? " softcap" : "") +
                                            " splits=" + std::to_string(p.splits)
@@ -425,6 +441,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<Buffer<S32>>()   // counts
         .Arg<Buffer<S32>>()   // lists
         .Arg<Buffer<S32>>()   // page_table
+        .Arg<Buffer<F32>>()   // k_scale [Hkv]
+        .Arg<Buffer<F32>>()   // v_scale [Hkv]
         .Ret<AnyBuffer>()     // o
         .Ret<Buffer<F32>>()   // lse
         .Ret<Buffer<F32>>()   // part_o (workspace)

@@ -129,6 +129,14 @@ def check_decode():
             put(pools[1], m, None, None, "model"), put(table, m, "data"))
     close(jax.jit(g)(*args), f(q, k, v))
     assert collectives(g, *args)["all-gather"] == 0
+    # an fp8 cache with a scale per kv head, sharded with the kv heads
+    k8, v8 = (x.astype(jnp.float8_e4m3fn) for x in (k, v))
+    ks = jnp.asarray(rng.uniform(0.5, 2.0, hkv), jnp.float32)
+    h = lambda q, k, v, s: jbs.attention(q, k, v, layout, causal=True, q_offset=n - 1,
+                                         kv_lengths=n, k_scale=s, v_scale=0.5)
+    args = (put(q, m, *spec), put(k8, m, *spec), put(v8, m, *spec), put(ks, m, "model"))
+    close(jax.jit(h)(*args), jax.jit(h)(q, k8, v8, ks))
+    assert not any(collectives(h, *args).values())
 
 
 def check_shard_map():
