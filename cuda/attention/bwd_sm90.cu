@@ -266,16 +266,30 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool masked = cur.e < cur.npart || cut;
       const bool causal_part = a.causal && cur.e < cur.npart;
       const uint32_t sk = base + kv_off(st), sv = sk + 2 * kT;
+      // a fine mask (a.mask_bits, block size 16 / 32): the word of a partial entry; bit j of
+      // `groups` whether this thread's rows (one mask block row) visit keys 8j + [0, 8) of
+      // the tile; `unvisited` the block columns that no row visits (their K rows are zeroed
+      // below, as past kv_lengths: dS is 0 there, but 0 * NaN is NaN)
+      uint32_t groups = ~0u, unvisited = 0u;
+      if (a.mask_bits != nullptr && cur.e < cur.npart) {
+        const uint64_t w = __ldg(a.mask_bits + (cur.list - L.lists) + cur.e);
+        const int lg = a.mask_lg;
+        const int row_block = (cw * 64 + w4 * 16 + g) >> lg;
+        groups = SpreadBits(uint32_t(w >> (row_block * (kBS >> lg))), lg);
+        unvisited = EmptyColumns(w, lg);
+      }
       tma::MbarWait(full(st), ph);
-      if (cut) {  // zero the K rows of keys >= kvlen (both warpgroups, then a barrier)
-        const int valid = kvlen - start;
+      if (cut || unvisited != 0u) {  // zero the K rows of keys >= kvlen and of empty columns
+        const int valid = kvlen - start;  // (both warpgroups, then a barrier)
+        const int first = unvisited != 0u ? 0 : valid;  // rows before it are kept
         unsigned char* pk = smem + kv_off(st);
-        const int chunks = (kBS - valid) * 8;  // 16-byte chunks per slab column
+        const int chunks = (kBS - first) * 8;  // 16-byte chunks per slab column
         for (int c = ctid; c < (D / 64) * chunks; c += kConsumers) {
           const int sl = c / chunks, rem = c - sl * chunks;
-          const int row = valid + rem / 8;
-          *reinterpret_cast<uint4*>(pk + (row / 64) * kT + sl * kSlab + (row % 64) * kLine +
-                                    (rem % 8) * 16) = make_uint4(0, 0, 0, 0);
+          const int row = first + rem / 8;
+          if (row >= valid || ((unvisited >> (row >> a.mask_lg)) & 1u))
+            *reinterpret_cast<uint4*>(pk + (row / 64) * kT + sl * kSlab + (row % 64) * kLine +
+                                      (rem % 8) * 16) = make_uint4(0, 0, 0, 0);
         }
         tma::FenceProxyAsync();
         tma::NamedBarrier(kBarZeroK, kConsumers);
@@ -325,6 +339,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           qid0 = __ldg(qids + i0);
           qid1 = __ldg(qids + i1);
         }
+        const uint32_t hgroups = groups >> (8 * hh);  // this half's 8-key groups
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           int kid0 = 0, kid1 = 0;  // documents of keys kh0 + 8j + 2t, + 1
@@ -337,8 +352,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int e = 0; e < 4; ++e) {
             const int hi = e >> 1;
             float ds = s[4 * j + e] * (dp[4 * j + e] - (hi ? dl1 : dl0));
-            if (masked && !Allowed(hi ? i1 : i0, kh0 + 8 * j + 2 * t + (e & 1), kvlen,
-                                   causal_part, off, hi ? qid1 : qid0, (e & 1) ? kid1 : kid0))
+            if (masked && (!Allowed(hi ? i1 : i0, kh0 + 8 * j + 2 * t + (e & 1), kvlen,
+                                    causal_part, off, hi ? qid1 : qid0, (e & 1) ? kid1 : kid0) ||
+                           !((hgroups >> j) & 1u)))
               ds = 0.f;
             dp[4 * j + e] = ds;
           }
@@ -557,8 +573,20 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       // P^T (into s), then dS^T (into dp): columns are queries s0 + 8j + 2t (+1)
       const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
-      const uint32_t allow = masked ? AllowedBits(a, b, s0, key0, kvlen, causal_part, off, segs, t)
-                                    : ~0u;
+      uint32_t allow = masked ? AllowedBits(a, b, s0, key0, kvlen, causal_part, off, segs, t)
+                              : ~0u;
+      // a fine mask (a.mask_bits_key, block size 16 / 32): on a partial entry, the 8-query
+      // groups of this step whose mask block row visits this thread's key column (its keys
+      // key0, key1: one block column) keep their elements
+      if (a.mask_bits_key != nullptr && cur.Partial()) {
+        const uint64_t w = __ldg(a.mask_bits_key + (cur.list - L.lists) + cur.t / cur.qh);
+        const int lg = a.mask_lg;
+        const uint32_t qg =
+            SpreadBits(ColumnBits(w, lg, (cw * 64 + w4 * 16 + g) >> lg), lg) >> ((s0 & 127) >> 3);
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          if (!((qg >> j) & 1u)) allow &= ~(0xfu << (4 * j));
+      }
       auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
@@ -656,6 +684,10 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.delta))
     return cudaErrorInvalidValue;
   if (a.by_query.lines > 65535 || a.by_key.lines > 65535) return cudaErrorInvalidValue;
+  // a fine mask: words for both directions, block size 16 or 32 on these 128 x 128 tiles
+  if ((a.mask_bits != nullptr) != (a.mask_bits_key != nullptr) ||
+      (a.mask_bits != nullptr && a.mask_lg != 4 && a.mask_lg != 5))
+    return cudaErrorInvalidValue;
 
   const int64_t rows = int64_t(a.batch) * PaddedRows(a.tq) * a.hq;
   StatsKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);

@@ -81,6 +81,18 @@ __device__ __forceinline__ uint32_t SpreadBits(uint32_t x, int lg) {
   return x * 0xfu;
 }
 
+// Bit s of the result (s < 128 >> lg): whether row s of w visits block column c (the rows
+// of one key column of the entry: the backward's dK/dV kernel, whose thread owns keys of one
+// column; SpreadBits of it gives the entry's 8-query groups that visit the column).
+__device__ __forceinline__ uint32_t ColumnBits(uint64_t w, int lg, int c) {
+  const int f = 128 >> lg;
+  uint32_t x = 0;
+#pragma unroll
+  for (int s = 0; s < 8; ++s)
+    if (s < f) x |= uint32_t((w >> (s * f + c)) & 1u) << s;
+  return x;
+}
+
 // The fine masks' term of the element predicate, applied next to Allowed on a partial
 // entry (kept out of Allowed's expression: folded in, the Hopper forward spilled at 168
 // registers): the scores of the 8-key groups j whose bit of `groups` (SpreadBits of the
