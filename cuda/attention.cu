@@ -86,7 +86,9 @@ namespace {
 // + 2 consumer warpgroups, wgmma), sm_90a only, head dims 64 / 128, block size 128; 2 with
 // the products overlapping the elementwise work inside each warpgroup, 3 without (kept to
 // compare and as a fallback). Like the Hopper forward they take every mask source
-// (documents: lists per batch entry, segment ids, partial last tiles, q_offset). Not the
+// (documents: lists per batch entry, segment ids, partial last tiles, q_offset) and masks
+// of block size 16 / 32 on 128 x 128 tiles (AttentionBackwardParams::q_mask_bits,
+// k_mask_bits). Not the
 // default until measured.
 #define JBS_BWD_SM90_ROWS(DT, T, D)                                                 \
   {DT, D, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap)",                    \

@@ -10,7 +10,8 @@
 // entry (a.mb == B, both directions: segment ids, a BlockMask with Bm = B), segment ids
 // (compared on the partial entries), query positions per batch entry (q_offset: the causal
 // position of query row 0 is read from a.q_pos instead of Tk - Tq), Tq and Tk that are not
-// multiples of the block size (partial last tiles). Backward variants 2 and 3 of the
+// multiples of the block size (partial last tiles), masks of block size 16 and 32 on these
+// 128 x 128 tiles (a.mask_bits, a.mask_bits_key: below). Backward variants 2 and 3 of the
 // dispatch table.
 //
 // Three kernels, in stream order:
@@ -48,6 +49,17 @@
 // limit) are skipped. Masked elements get P = 0 and dS = 0 by selection (never a product
 // with NaN). Segment ids come padded to whole tiles (the Python lowering) and are loaded
 // on the partial entries only (L1 hits), as in the forward.
+//
+// Fine masks (block size 2^a.mask_lg = 16 or 32, attention.h): the lists are those of the
+// 128 x 128 tiles (attention_metadata.tile_lists by query, key_tiles by key: the same
+// entries, partial flags and 64-bit words, bit s * f + t for mask block (query row s, key
+// column t), f = 128 >> lg), a.mask_bits per by_query entry and a.mask_bits_key per by_key
+// entry. On a partial entry both kernels join the word's term to the element predicate:
+// the dQ kernel's thread reads its rows' block row (SpreadBits: one bit per 8 keys), the
+// dK/dV kernel's thread its keys' block column (ColumnBits, then SpreadBits: one bit per
+// 8 queries). The dQ kernel also zeroes the K rows of block columns that no row of the
+// entry visits (EmptyColumns), with the kv_lengths tail: their dS is 0 by selection, but
+// 0 * NaN is NaN. The words are read where used (L1), never held across the loop.
 //
 // Partial last tiles: 4-d tensor maps [B, T, H, D] zero fill rows past Tq or Tk; a 64-row
 // half of a tile wholly past them is not loaded (Halves). In the dQ kernel query rows past

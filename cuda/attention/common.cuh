@@ -50,7 +50,8 @@ __device__ __forceinline__ bool Allowed(int i, int j, int kvlen, bool causal, in
 }
 
 // Fine masks: a mask of block size 2^lg (16, 32) on 128 x 128 list entries (the forward
-// at block 128, Args::mask_bits). Each partial entry has a 64-bit word w of f = 128 >> lg
+// and the backward at block 128, Args::mask_bits; the backward's by-key entries:
+// Args::mask_bits_key, the same words). Each partial entry has a 64-bit word w of f = 128 >> lg
 // rows of f bits (bit r * f + c: mask block (r, c) of the entry is visited); every other
 // entry visits all its blocks. The columns are those of the 128-key entry, also where the
 // kernel walks it in 64-key sub-tiles (D = 256): key j of the entry is in column
