@@ -12,7 +12,8 @@
 // position of query row 0 is read from a.q_pos instead of Tk - Tq), Tq and Tk that are not
 // multiples of the block size (partial last tiles), masks of block size 16 and 32 on these
 // 128 x 128 tiles (a.mask_bits, a.mask_bits_key: below). Backward variants 2 and 3 of the
-// dispatch table.
+// dispatch table. Head dim 96 is compiled (the D = 128 layout in shared memory, kDS; 96
+// columns in the tensor maps and the stores) but has no dispatch row yet: not run on a GPU.
 //
 // Three kernels, in stream order:
 //  1. StatsKernel: per query row, lse in the log2 domain and delta = rowsum(dO * O) -
@@ -109,9 +110,14 @@ constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 [[maybe_unused]] constexpr int kBarZeroK = 1;  // named barrier: both consumers, K tail zeroing
 
-template <int D> struct T64 {  // a 64-row tile: D / 64 slabs
-  static_assert(D == 64 || D == 128, "head dim 64 or 128");
-  static constexpr int kBytes = 64 * D * 2;
+// Columns in shared memory and of the dQ, dK, dV accumulators: whole 64-column slabs
+// (D = 96: two, as D = 128; the tensor maps have 96 columns, so the second slab's box is
+// zero filled past column 96 and the zero columns add nothing to S, dP; stores write 96).
+template <int D> constexpr int kDS = D == 96 ? 128 : D;
+
+template <int D> struct T64 {  // a 64-row tile: kDS / 64 slabs
+  static_assert(D == 64 || D == 96 || D == 128, "head dim 64, 96 or 128");
+  static constexpr int kBytes = 64 * kDS<D> * 2;
 };
 
 // One 64-row tile (rows row .. row + 63 of head `head`, batch entry b; 4-d maps
@@ -120,7 +126,7 @@ template <int D>
 __device__ __forceinline__ void LoadTile64(uint32_t dst, const CUtensorMap* map, int head, int row,
                                            int b, uint32_t bar) {
 #pragma unroll
-  for (int sl = 0; sl < D / 64; ++sl)
+  for (int sl = 0; sl < kDS<D> / 64; ++sl)
     tma::Load4d(dst + sl * kSlab, map, sl * 64, head, row, b, bar);
 }
 
@@ -261,9 +267,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float sl2 = a.scale_log2;
     const bool segs = a.kv_ids != nullptr;
 
-    float dq[D / 2];
+    float dq[kDS<D> / 2];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
+    for (int i = 0; i < kDS<D> / 2; ++i) dq[i] = 0.f;
     const uint64_t dQ = wg::Desc(base + cw * kT, 16, 1024);
     const uint64_t dO = wg::Desc(base + (2 + cw) * kT, 16, 1024);
 
@@ -296,7 +302,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int first = unvisited != 0u ? 0 : valid;  // rows before it are kept
         unsigned char* pk = smem + kv_off(st);
         const int chunks = (kBS - first) * 8;  // 16-byte chunks per slab column
-        for (int c = ctid; c < (D / 64) * chunks; c += kConsumers) {
+        for (int c = ctid; c < (kDS<D> / 64) * chunks; c += kConsumers) {
           const int sl = c / chunks, rem = c - sl * chunks;
           const int row = first + rem / 8;
           if (row >= valid || ((unvisited >> (row >> a.mask_lg)) & 1u))
@@ -377,7 +383,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         FenceAcc(dq);
         wg::Fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dq, fa[kk], dKn + NSlice(kk));
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, kDS<D>, 1>(dq, fa[kk], dKn + NSlice(kk));
         wg::Commit();
         if constexpr (!PIPE) {
           wg::Wait<0>();
@@ -397,7 +403,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const int64_t qstride = int64_t(a.hq) * D;
     T* g0 = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + i0) * qstride + int64_t(h) * D;
-    StoreAcc<T, D>(dq, a.scale, g0, g0 + 8 * qstride, t, i0 < a.tq, i1 < a.tq);
+    StoreAcc<T, kDS<D>, D>(dq, a.scale, g0, g0 + 8 * qstride, t, i0 < a.tq, i1 < a.tq);
   }
 #else
   __trap();  // built without sm_90a code: DeviceOk never lets this run
@@ -548,9 +554,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool cut = k0 + kBS > kvlen;
     const bool segs = a.kv_ids != nullptr;
 
-    float dk[D / 2], dv[D / 2];
+    float dk[kDS<D> / 2], dv[kDS<D> / 2];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+    for (int i = 0; i < kDS<D> / 2; ++i) dk[i] = dv[i] = 0.f;
     const uint64_t dK = wg::Desc(base + cw * kT, 16, 1024);
     const uint64_t dV = wg::Desc(base + (2 + cw) * kT, 16, 1024);
 
@@ -618,7 +624,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         FenceAcc(dv);
         wg::Fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, kDS<D>, 1>(dv, pa[kk], don + NSlice(kk));
         wg::Commit();
         wg::Wait<1>();  // dP^T done (the dV product may still run)
       }
@@ -640,10 +646,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       wg::Fence();
       if constexpr (!PIPE) {
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, kDS<D>, 1>(dv, pa[kk], don + NSlice(kk));
       }
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dk, da[kk], dqn + NSlice(kk));
+      for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, kDS<D>, 1>(dk, da[kk], dqn + NSlice(kk));
       wg::Commit();
       wg::Wait<0>();
       FenceAcc(dv);
@@ -654,8 +660,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
     T* gk = static_cast<T*>(a.dk) + ko;
     T* gv = static_cast<T*>(a.dv) + ko;
-    StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t, key0 < a.tk, key1 < a.tk);
-    StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t, key0 < a.tk, key1 < a.tk);
+    StoreAcc<T, kDS<D>, D>(dk, a.scale, gk, gk + 8 * kstride, t, key0 < a.tk, key1 < a.tk);
+    StoreAcc<T, kDS<D>, D>(dv, 1.f, gv, gv + 8 * kstride, t, key0 < a.tk, key1 < a.tk);
   }
 #else
   __trap();  // built without sm_90a code: DeviceOk never lets this run
@@ -664,8 +670,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // ring depths: dQ 2 stages of K + V (192 KB of smem at D = 128), dK/dV 3 stages of Q + dO
 // (162 KB at D = 128); one CTA per SM
-template <int D> constexpr int kDqStages = D == 128 ? 2 : 3;
-template <int D> constexpr int kDkvStages = D == 128 ? 3 : 4;
+template <int D> constexpr int kDqStages = kDS<D> == 128 ? 2 : 3;
+template <int D> constexpr int kDkvStages = kDS<D> == 128 ? 3 : 4;
 
 // Per device: 0 unknown, 1 usable, 2 not (as the forward's DeviceOk).
 template <typename T, int D, bool PIPE>
@@ -690,7 +696,11 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
   if (a.tq == 0 || a.tk == 0) {  // no tensor map: the FA2 backward, for what it takes
     const bool fa2_ok = a.mb == 1 && a.q_ids == nullptr && a.q_pos == nullptr &&
                         a.tq % kBS == 0 && a.tk % kBS == 0;
-    return fa2_ok ? RunBackward<T, D>(a, stream) : cudaErrorInvalidValue;
+    if constexpr (D == 96) {  // (none at D = 96)
+      return cudaErrorInvalidValue;
+    } else {
+      return fa2_ok ? RunBackward<T, D>(a, stream) : cudaErrorInvalidValue;
+    }
   }
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.delta))
