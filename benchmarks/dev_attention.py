@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import jax_blocksparse  # noqa: F401  (registers the FFI targets)
 from jax_blocksparse import _cuda, layouts
 from jax_blocksparse.attention_metadata import (FINE_BLOCKS, TILE, attention_metadata,
-                                                tile_metadata)
+                                                key_tiles, tile_metadata)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -69,8 +69,9 @@ def _meta_ops(meta):
 
 
 def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
-    """Block sizes 16 and 32: the forward takes the lists of 128 x 128 tiles and their
-    bits (the Hopper forward only; the backward takes none)."""
+    """Block sizes 16 and 32: the forward and the backward take the lists of 128 x 128
+    tiles and their bits (the Hopper kernels only), the backward also their transpose by
+    key tile (`key_tiles`) with its bits; other block sizes: placeholder bits."""
     b, tq, hq, d = q_shape
     tk = k_shape[1]
     meta = attention_metadata(layout, causal, tq, tk)
@@ -78,15 +79,18 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
     attrs = dict(block_size=np.int32(layout.block_size), causal=bool(causal),
                  scale=np.float32(scale))
     fwd_qops, bits = qops, jnp.zeros((1, 1, 1, 2), jnp.int32)  # bits: a placeholder
+    key_bits = bits
     fwd_block = layout.block_size
     if layout.block_size in FINE_BLOCKS:
         tiles = tile_metadata(layout, causal, tq, tk)
-        fwd_qops = [jnp.asarray(x) for x in tiles.lists]
-        bits, fwd_block = jnp.asarray(tiles.bits), TILE
+        by_key = key_tiles(np, tiles, -(-tk // TILE))
+        fwd_qops = qops = [jnp.asarray(x) for x in tiles.lists]
+        kops = [jnp.asarray(x) for x in by_key.lists]
+        bits, key_bits, fwd_block = jnp.asarray(tiles.bits), jnp.asarray(by_key.bits), TILE
     fwd_call = jax.ffi.ffi_call(
         "jax_blocksparse_attention_fwd",
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32)))
-    tq_pad = -(-tq // layout.block_size) * layout.block_size
+    tq_pad = -(-tq // fwd_block) * fwd_block
     onepass = _cuda.onepass_backward(dtype, d, layout.block_size)  # backward variant 4
     bwd_call = jax.ffi.ffi_call(  # results dq, dk, dv and the workspaces (cuda/attention.h)
         "jax_blocksparse_attention_bwd",
@@ -98,9 +102,9 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
 
     # both also take q_positions [1] and segment ids (placeholders: attributes off)
     qpos, ids = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1), jnp.int32)
-    bwd_attrs = dict(attrs, segments=False, positioned=False)  # the ordinary lists only
-    fwd_attrs = dict(bwd_attrs, block_size=np.int32(fwd_block),
+    bwd_attrs = dict(attrs, segments=False, positioned=False, block_size=np.int32(fwd_block),
                      mask_block=np.int32(layout.block_size))
+    fwd_attrs = bwd_attrs
     no_cap = dict(softcap=np.float32(0.0))  # no logit soft cap
     bwd_attrs, fwd_attrs = dict(bwd_attrs, **no_cap), dict(fwd_attrs, **no_cap)
 
@@ -111,14 +115,14 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
     @jax.jit
     def bwd(q, k, v, o, lse, do, dlse, kvl):
         dq, dk, dv, *_ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
-                                 **bwd_attrs)
+                                 bits, key_bits, **bwd_attrs)
         return dq, dk, dv
 
     @jax.jit
     def fwd_bwd(q, k, v, do, dlse, kvl):
         o, lse = fwd_call(q, k, v, kvl, qpos, *fwd_qops, ids, ids, bits, **fwd_attrs)
         dq, dk, dv, *_ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
-                                 **bwd_attrs)
+                                 bits, key_bits, **bwd_attrs)
         return o, lse, dq, dk, dv
 
     return meta, fwd, bwd, fwd_bwd

@@ -54,7 +54,9 @@ namespace {
 // forward on the H200 at block 128, benchmarks/RESULTS.md); the combinations it leaves out
 // run variant 0, as everything does on other devices. Masks of block size 16 and 32 come
 // as lists of 128 x 128 tiles with bits (AttentionForwardParams::mask_bits): the block-128
-// rows run them (every head dim), and only those (documents) rows.
+// rows run them (every head dim), and only those (documents) rows; so do the backward's
+// block-128 documents rows (variants 2 and 3, AttentionBackwardParams::q_mask_bits,
+// k_mask_bits).
 // Persistent rows (JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1, opt-in until measured): the same
 // kernels with one CTA per SM (two at block 64, D < 256) looping over the work items
 // (attention/fwd_sm90.cu), for every combination of variants 2 and 3.
@@ -87,7 +89,9 @@ namespace {
 // + 2 consumer warpgroups, wgmma), sm_90a only, head dims 64 / 128, block size 128; 2 with
 // the products overlapping the elementwise work inside each warpgroup, 3 without (kept to
 // compare and as a fallback). Like the Hopper forward they take every mask source
-// (documents: lists per batch entry, segment ids, partial last tiles, q_offset). Not the
+// (documents: lists per batch entry, segment ids, partial last tiles, q_offset) and masks
+// of block size 16 / 32 on 128 x 128 tiles (AttentionBackwardParams::q_mask_bits,
+// k_mask_bits). Not the
 // default until measured.
 #define JBS_BWD_SM90_ROWS(DT, T, D)                                                 \
   {DT, D, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap)",                    \
@@ -269,6 +273,13 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   if (kernel.dq_workspace && !Empty(p.shape) &&
       (p.dq_accum == nullptr || p.dq_semaphores == nullptr))
     return cudaErrorInvalidValue;
+  // a fine mask (block size 16 / 32 on 128 x 128 tiles): the FA3-design backward only (the
+  // others would ignore the bits), words for both directions
+  const bool fine = p.q_mask_bits != nullptr || p.k_mask_bits != nullptr;
+  if (fine && !kernel.documents) return cudaErrorNotSupported;
+  if (fine && (p.q_mask_bits == nullptr || p.k_mask_bits == nullptr ||
+               p.shape.block_size != 128 || (p.mask_block != 16 && p.mask_block != 32)))
+    return cudaErrorInvalidValue;
   if (Empty(p.shape)) return cudaSuccess;
   attn::Args a = Common(p.shape);
   CopyDocuments(p.documents, a);
@@ -289,6 +300,11 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   a.dq_accum = p.dq_accum;
   a.dq_sem = p.dq_semaphores;
   const int bs = p.shape.block_size;
+  a.mask_bits = p.q_mask_bits;
+  a.mask_bits_key = p.k_mask_bits;
+  const int mask_block = fine ? p.mask_block : bs;
+  a.mask_lg = 0;
+  while ((2 << a.mask_lg) <= mask_block) ++a.mask_lg;  // log2 (a power of two here)
   if (a.by_query.lines != (p.shape.tq + bs - 1) / bs ||
       a.by_key.lines != (p.shape.tk + bs - 1) / bs)
     return cudaErrorInvalidValue;

@@ -31,7 +31,12 @@
 // all are full; on partial entries query i attends key j only if the bit of block
 // ((i % 128) / mask_block, (j % 128) / mask_block) is set (with the other element terms).
 // Keys of a partial tile whose block column no row visits are kept out of P V (their V
-// rows are zeroed in shared memory, as past kv_lengths). The backward takes no such mask.
+// rows are zeroed in shared memory, as past kv_lengths). The backward's documents rows
+// (the FA3-design backward, variants 2 and 3) take such masks too: words for the by-query
+// and the by-key tile lists (AttentionBackwardParams::q_mask_bits, k_mask_bits), in the
+// same (query row s, key column t) convention, the by-key lists the transposed tiles with
+// the same partial entries; the dQ kernel also zeroes the K rows of block columns that no
+// row visits (dS is 0 there, but 0 * NaN is NaN).
 // Segment ids (AttentionKernel::documents): q_segment_ids [B, Tq], kv_segment_ids [B, Tk]
 // int32; on the partial entries query i attends key j only if their ids are equal (the
 // lists skip block pairs of different documents and mark mixed ones partial:
@@ -111,6 +116,12 @@ struct AttentionBackwardParams {
   // null: float32 [B, Hq, Tq, D] and int32 [B, Hq, Tq / 64] (the launcher zeroes the semaphores)
   float* dq_accum;
   int32_t* dq_semaphores;
+  // a mask of block size mask_block (16 or 32) on 128 x 128 tiles (as the forward's
+  // mask_bits): the words of the by_query entries and of the by_key entries ([mask_batch,
+  // Hm, lines, max_len] each, bits in the same (query row, key column) convention), or
+  // both null (the documents rows take them: the FA3-design backward)
+  const uint64_t *q_mask_bits, *k_mask_bits;
+  int32_t mask_block;
 };
 
 // Floats of the backward's workspace per (batch entry, query head).
@@ -135,7 +146,8 @@ struct AttentionKernel {
   // takes lists per batch entry, segment ids, Tq, Tk that are not multiples of the block
   // size (partial last tiles; the lists then have ceil(T / bs) lines) and query positions
   // (q_offset): the FA3-design forward and backward; forward rows of block size 128 also
-  // masks of block size 16 / 32 (AttentionForwardParams::mask_bits)
+  // masks of block size 16 / 32 (AttentionForwardParams::mask_bits; the backward's rows:
+  // AttentionBackwardParams::q_mask_bits, k_mask_bits)
   bool documents = false;
   // backward: the launcher needs the dq_accum and dq_semaphores workspaces
   // (AttentionBackwardParams) and takes nothing beyond the scope of the backward's

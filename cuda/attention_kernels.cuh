@@ -61,6 +61,9 @@ struct Args {
   // a mask of block size 2^mask_lg (16, 32) on bs = 128 tiles: per by_query list entry the
   // bits of its mask blocks (AttentionForwardParams::mask_bits), or null
   const uint64_t* mask_bits;
+  // the same words per by_key list entry (the Hopper backward's dK/dV kernel; bits in the
+  // same (query row, key column) convention as mask_bits), or null
+  const uint64_t* mask_bits_key;
   int mask_lg;
   // the one-pass backward only (AttentionKernel::dq_workspace): float32 dQ sums and int32
   // semaphores (attention/bwd_sm90_onepass.h), else null

@@ -36,7 +36,7 @@ from . import _partitioning
 from . import attention as att
 from . import attention_decode as dec
 from . import matmul_primitives as mp
-from .attention_metadata import FINE_BLOCKS, TILE, AttentionLists
+from .attention_metadata import FINE_BLOCKS, TILE, AttentionLists, TileLists, key_tiles
 
 try:
     from . import _jax_blocksparse_cuda as _ext
@@ -198,8 +198,9 @@ FUSED_ATTENTION = {
     "head_dims": {"sm90_forward": (64, 96, 128, 256), "forward": (64, 128),
                   "backward": (64, 128)},
     "block_sizes": (64, 128),
-    # the FA3-design forward only: on its 128 x 128 tiles, each covering several mask
-    # blocks whose bits join the element predicate (attention_metadata.tile_lists)
+    # the FA3-design forward and backward only: on their 128 x 128 tiles, each covering
+    # several mask blocks whose bits join the element predicate
+    # (attention_metadata.tile_lists; the backward's by-key lists: key_tiles)
     "tiled_block_sizes": FINE_BLOCKS,
 }
 
@@ -213,14 +214,16 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     FA3-design kernels take the first four (partial last tiles: with at least one key):
     the forward where `sm90_forward()` (`forward=True`), the backward at block size 128
     where `sm90_backward()`; block sizes 16 and 32 (on 128 x 128 tiles) only the
-    FA3-design forward, at each of its head dims. Head dims 96 and 256: the FA3-design
+    FA3-design kernels: the forward at each of its head dims, the backward (where
+    `sm90_backward()`) at its head dims. Head dims 96 and 256: the FA3-design
     forward only. Backward variant 4 (`onepass_backward`) takes none of the first four: its
     launcher refuses them. A logit soft cap (`softcap > 0`) runs every forward above (the
     FA3-design forward takes it too); a capped backward runs the FA2 backward only (on
     Hopper too), within its scope above."""
     # a capped backward: the FA2 kernels only (the C++ dispatch, FindAttentionKernel, picks
     # their rows then; the FA3-design backward takes no cap yet)
-    hopper = sm90_forward() if forward else block_size == 128 and sm90_backward()
+    hopper = (sm90_forward() if forward else
+              (block_size == 128 or block_size in FINE_BLOCKS) and sm90_backward())
     capped_backward = bool(softcap) and not forward
     args = (dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch, forward)
     why = _fused_unsupported(*args, documents=hopper and not capped_backward, softcap=softcap)
@@ -240,7 +243,8 @@ def _fused_unsupported(dtype, head_dim, block_size, tq, tk, segments, positioned
     if head_dim not in FUSED_ATTENTION["head_dims"][family]:
         return f"head dim {head_dim}"
     if block_size not in FUSED_ATTENTION["block_sizes"] and not (
-            family == "sm90_forward" and block_size in FUSED_ATTENTION["tiled_block_sizes"]):
+            (family == "sm90_forward" or (not forward and documents))
+            and block_size in FUSED_ATTENTION["tiled_block_sizes"]):
         return f"block size {block_size}"
     if (not forward and onepass_backward(dtype, head_dim, block_size, softcap)
             and (segments or positioned or mask_batch != 1 or tq % block_size
@@ -279,9 +283,9 @@ def _kernel_operands(ctx, floats, operands, directions, params, *, tiled=False):
     q_offset), the block lists of `directions` (1: by query, 2: both) with their leading
     batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
     zero-padded to whole tiles (the kernels read them so; placeholders `[1, 1]` without
-    them: attribute `segments`). `tiled` (the forward of a mask of block size 16 or 32):
-    the tile lists (`att.TILES`, 128 x 128 tiles; ids padded to whole tiles of 128) in
-    place of the by-query lists; the backward takes the ordinary lists only."""
+    them: attribute `segments`). `tiled` (a mask of block size 16 or 32): the tile lists
+    (`att.TILES`, 128 x 128 tiles; ids padded to whole tiles of 128) in place of the
+    by-query lists (the backward inserts their by-key transpose before the ids)."""
     lists = floats + (att.TILES if tiled else att.LISTS)
     seg = floats + att.CONTEXT.index("q_segment_ids")
     pick = [*range(floats + 2), *range(lists, lists + directions * len(AttentionLists._fields))]
@@ -342,17 +346,50 @@ def _pad_columns(ctx, value, aval, width):
     return pad(sub, value)[0], out
 
 
+def _key_tile_operands(ctx, values, avals, rk):
+    """The by-key tile lists and their bits (`attention_metadata.key_tiles`, `rk` key
+    tiles) of the by-query tile lists and bits `values` (five operands, `avals`), computed
+    inside the lowering: (values, avals) of the five."""
+    def transpose(counts, partial, lists, order, bits):
+        tiles = key_tiles(jnp, TileLists(AttentionLists(counts, partial, lists, order), bits), rk)
+        return [*tiles.lists, tiles.bits]
+    outs = jax.eval_shape(transpose, *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals))
+    out_avals = [avals[0].update(shape=o.shape, dtype=o.dtype, weak_type=False) for o in outs]
+    sub = ctx.replace(avals_in=list(avals), avals_out=out_avals)
+    return list(jint.lower_fun(transpose, multiple_results=True)(sub, *values)), out_avals
+
+
 def _attention_backward_lowering(ctx, *operands, **params):
-    """The backward's custom call: `_kernel_operands` with both directions of the lists;
-    results dq, dk, dv and a float32 workspace `[B, Hq, 2, ceil(Tq / bs) * bs]`
-    (cuda/attention.h: the FA2 backward's delta, the Hopper backward's lse and delta rows
-    padded to whole tiles)."""
+    """The backward's custom call: `_kernel_operands` with both directions of the lists,
+    then the bits of each direction's entries; results dq, dk, dv and a float32 workspace
+    `[B, Hq, 2, ceil(Tq / bs) * bs]` (cuda/attention.h: the FA2 backward's delta, the Hopper
+    backward's lse and delta rows padded to whole tiles). A mask of block size 16 or 32
+    (attribute `mask_block`; the Hopper backward) runs on 128 x 128 tiles (attribute
+    `block_size` 128): the by-query lists are the tile lists (`att.TILES`), the by-key ones
+    their transpose (`_key_tile_operands`), each with its bits; for other block sizes
+    `mask_block == block_size` and both bits are placeholders."""
     floats = att.FLOAT_OPERANDS[att.attention_bwd_p]
     if not _fused_attention("attention_bwd", ctx, floats, params):
         return _backward_reference(ctx, *operands, **params)
-    values, avals = _kernel_operands(ctx, floats, operands, 2, params)
+    mask_block = params["block_size"]
+    tiled = mask_block in FINE_BLOCKS
+    bits = floats + att.CONTEXT.index("tile_bits")
+    if tiled:
+        values, avals = _kernel_operands(ctx, floats, operands, 1, params, tiled=True)
+        tiles = floats + att.TILES
+        picked = [*range(tiles, tiles + len(AttentionLists._fields)), bits]
+        rk = -(-ctx.avals_in[1].shape[1] // TILE)
+        keys, key_avals = _key_tile_operands(ctx, [operands[i] for i in picked],
+                                             [ctx.avals_in[i] for i in picked], rk)
+        values[-2:-2], avals[-2:-2] = keys[:-1], key_avals[:-1]  # before the segment ids
+        values += [operands[bits], keys[-1]]
+        avals += [ctx.avals_in[bits], key_avals[-1]]
+    else:
+        values, avals = _kernel_operands(ctx, floats, operands, 2, params)
+        values += [operands[bits]] * 2  # placeholders
+        avals += [ctx.avals_in[bits]] * 2
     b, hq, tq = ctx.avals_in[4].shape  # lse
-    bs = params["block_size"]
+    bs = TILE if tiled else mask_block  # the kernel's tile
     workspace = ctx.avals_in[4].update(shape=(b, hq, 2, -(-tq // bs) * bs),
                                        dtype=np.dtype(np.float32), weak_type=False)
     # the one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h), else [0]:
@@ -366,7 +403,8 @@ def _attention_backward_lowering(ctx, *operands, **params):
                            dtype=np.dtype(np.int32), weak_type=False)
     ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, workspace, dq_accum, dq_sem])
     dq, dk, dv, *_ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
-        ctx, *values, **_attention_attrs(params), **_softcap_attr(params))
+        ctx, *values, **_attention_attrs(dict(params, block_size=bs)),
+        mask_block=np.int32(mask_block), **_softcap_attr(params))
     return dq, dk, dv
 
 

@@ -20,7 +20,8 @@ Masks of block size 16 or 32 run on the Hopper forward's 128 x 128 tiles (`tile_
 a tile covers `(128 / bs)^2` mask blocks; it is listed when one of them is visited, full
 when all of them are full, else partial, and each listed tile carries the bits of its
 visited blocks (`TileLists.bits`), which the kernel joins to the element predicate of its
-partial tiles.
+partial tiles. The Hopper backward also walks them by key tile (`key_tiles`: the transposed
+tiles, the same words and partial flags).
 """
 
 from __future__ import annotations
@@ -133,6 +134,43 @@ def tile_lists(xp, kind, block_size: int, width: int | None = None) -> TileLists
     bits = xp.take_along_axis(words, at, axis=-2)  # [..., rqc, width, 2]
     bits = xp.where((lists.lists >= 0)[..., None], bits, 0).astype(np.int32)
     return TileLists(lists, bits.reshape(*lead, rqc, 2 * width))
+
+
+def _scatter_last(xp, shape, index, values):
+    """Zeros of `shape` with `values` put at `index` along the last axis (`index` and
+    `values` of one shape; where an index repeats, one of its values)."""
+    if xp is np:
+        out = np.zeros(shape, values.dtype)
+        np.put_along_axis(out, index, values, axis=-1)
+        return out
+    return jnp.put_along_axis(jnp.zeros(shape, values.dtype), index, values, axis=-1,
+                              inplace=False)
+
+
+def key_tiles(xp, tiles: TileLists, rk: int) -> TileLists:
+    """The by-key direction of by-query tile lists `tiles` (`[..., Rq(, 2 width)]`; `rk`
+    key tiles): for key tile n its query tiles, partial first, each entry with the same
+    partial flag and the same word as the (query tile, key tile) entry by query: bits
+    `s * f + t` for the mask block in query row s, key column t of the tile, not
+    transposed, so that the dQ and the dK/dV kernels apply one predicate. Lists `Rq`
+    wide (at least 1)."""
+    counts, partial, lists, _ = tiles.lists
+    *lead, rq, width = lists.shape
+    e = np.arange(width)
+    listed = e < counts[..., None]
+    kind = xp.where(listed, xp.where(e < partial[..., None], 1, 2), 0).astype(np.int8)
+    col = xp.where(listed, lists, rk)  # unlisted entries: a dropped column rk
+    words = tiles.bits.reshape(*lead, rq, width, 2)
+    dense = [xp.swapaxes(_scatter_last(xp, (*lead, rq, rk + 1), col, x)[..., :rk], -1, -2)
+             for x in (kind, words[..., 0], words[..., 1])]  # [..., rk, rq] each
+    key_width = max(rq, 1)
+    by_key = block_lists(xp, dense[0], key_width)
+    at = xp.maximum(by_key.lists, 0)
+    bits = xp.stack([xp.take_along_axis(w, at[..., :rq], axis=-1) for w in dense[1:]], -1)
+    bits = xp.where((by_key.lists[..., :rq] >= 0)[..., None], bits, 0).astype(np.int32)
+    if key_width > rq:  # no query tile (Tq = 0): one padding entry
+        bits = xp.zeros((*lead, rk, key_width, 2), np.int32)
+    return TileLists(by_key, bits.reshape(*lead, rk, 2 * key_width))
 
 
 def block_lists(xp, kind, width: int) -> AttentionLists:

@@ -200,10 +200,11 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
                    Buffer<S32> q_lists, Buffer<S32> q_order, Buffer<S32> k_counts,
                    Buffer<S32> k_partial, Buffer<S32> k_lists, Buffer<S32> k_order,
                    Buffer<S32> q_segment_ids, Buffer<S32> kv_segment_ids,
+                   Buffer<S32> q_tile_bits, Buffer<S32> k_tile_bits,
                    Result<AnyBuffer> dq, Result<AnyBuffer> dk, Result<AnyBuffer> dv,
                    Result<Buffer<F32>> delta, Result<Buffer<F32>> dq_accum,
                    Result<Buffer<S32>> dq_semaphores, int32_t block_size, bool causal, float scale,
-                   bool segments, bool positioned, float softcap) {
+                   bool segments, bool positioned, int32_t mask_block, float softcap) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
@@ -235,6 +236,28 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
                              segments, positioned);
   if (documents.has_error()) return documents.error();
   p.documents = *documents;
+  const bool tiled = mask_block != block_size;  // a mask of block size 16 / 32 on 128 tiles
+  if (tiled) {
+    if (block_size != 128 || (mask_block != 16 && mask_block != 32))
+      return Invalid("mask_block must be 16 or 32 on tiles of 128 (block_size)");
+    // [(Bm,) Hm, lines, 2 * width] beside each direction's lists, two int32 per entry
+    auto fits = [](const Buffer<S32>& bits, const Buffer<S32>& lists) {
+      auto bd = bits.dimensions(), ld = lists.dimensions();
+      bool ok = bd.size() == ld.size() && bd.size() >= 3 && bd.back() == 2 * ld.back();
+      for (size_t i = 0; ok && i + 1 < bd.size(); ++i) ok = bd[i] == ld[i];
+      return ok;
+    };
+    if (!fits(q_tile_bits, q_lists) || !fits(k_tile_bits, k_lists))
+      return Invalid("tile bits must be [Bm, Hm, lines, 2 * width] beside each direction's lists");
+    if (!kernel->documents)
+      return Invalid(std::string("block sizes 16 / 32 need the FA3-design backward (sm_90a, "
+                                 "variant 2 or 3); the backward here is ") +
+                     kernel->name);
+    // int32 pairs, low word first: one little-endian 64-bit word per list entry
+    p.q_mask_bits = reinterpret_cast<const uint64_t*>(q_tile_bits.typed_data());
+    p.k_mask_bits = reinterpret_cast<const uint64_t*>(k_tile_bits.typed_data());
+    p.mask_block = mask_block;
+  }
   if (int64_t(delta->element_count()) !=
       int64_t(p.shape.batch) * p.shape.hq * BackwardWorkspaceRows(p.shape.tq, block_size))
     return Invalid("the workspace must be [B, Hq, 2, ceil(Tq / block_size) * block_size]");
@@ -256,7 +279,9 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
     p.dq_semaphores = dq_semaphores->typed_data();
   }
   LaunchLog log(stream, DebugLevel() ? Describe("attention_bwd", *dtype, p.shape, q, k) +
-                                           (segments ? " segments" : "")
+                                           (segments ? " segments" : "") +
+                                           (tiled ? " mask_bs=" + std::to_string(mask_block)
+                                                  : "")
                                      : "");
   const cudaError_t err = LaunchAttentionBackward(*kernel, p, stream);
   log.Done(kernel->name);
@@ -418,6 +443,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<Buffer<S32>>()   // k_order
         .Arg<Buffer<S32>>()   // q_segment_ids (as the forward's)
         .Arg<Buffer<S32>>()   // kv_segment_ids
+        .Arg<Buffer<S32>>()   // q_tile_bits [Bm, Hm, Rq, 2 width_q] (read when mask_block !=
+                              // block_size: the by-query lists' words; else a placeholder)
+        .Arg<Buffer<S32>>()   // k_tile_bits [Bm, Hm, Rk, 2 width_k] (the by-key lists')
         .Ret<AnyBuffer>()     // dq
         .Ret<AnyBuffer>()     // dk
         .Ret<AnyBuffer>()     // dv
@@ -425,7 +453,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<Buffer<F32>>()   // dq_accum (workspace of backward variant 4, else [0])
         .Ret<Buffer<S32>>()   // dq_semaphores (the same)
             JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned")
-                .Attr<float>("softcap"),
+                .Attr<int32_t>("mask_block").Attr<float>("softcap"),
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(

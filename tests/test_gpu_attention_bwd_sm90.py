@@ -25,6 +25,14 @@ debug line of every backward launch names the variant's fa3 backward kernel (a s
 FA2 backward fails). One test also forces the FA3-design forward (variant 2) with it. Block
 size 64 is not implemented by the variant: it runs the default backward (checked too), and
 the pure-JAX backward for the mask sources the FA2 backward does not take.
+
+Then masks of block size 16 and 32 (the `FINE_CASES` of test_gpu_attention_sm90.py at head
+dims 64 and 128: the Hopper backward on 128 x 128 tiles, the tile lists by query and by key
+with their bits; causal, random masks with empty rows and columns, GQA, kv_lengths,
+segment ids, partial last tiles, q_offset, traced and per-batch masks): dq, dk, dv against
+the float64 reference, deterministic, and every result (gradients too) bitwise unchanged
+with NaN planted in k and v at keys that no query attends (unlisted block columns inside
+listed tiles, keys past kv_lengths). Head dims 96 and 256 run the pure-JAX backward.
 """
 
 import jax
@@ -35,7 +43,7 @@ import pytest
 import jax_blocksparse as jbs
 from reference import (ATTENTION_TOLERANCE, LSE_TOLERANCE, attention64, attention_mask64, f64,
                        kernels_by_case, lse_err, mark_case, random, rel_err, run_python)
-from test_gpu_attention_sm90 import DOC_CASES, case_id, chunks
+from test_gpu_attention_sm90 import DOC_CASES, FINE_CASES, case_id, chunks
 from test_matmul import poison
 
 pytestmark = pytest.mark.gpu
@@ -341,3 +349,65 @@ def test_onepass_backward_deterministic_over_runs():
     for name in names:
         backward = [kernel for op, kernel in logs.get(name, []) if op == "attention_bwd"]
         assert backward and all(k == FA3_BWD["4"] for k in backward), (name, backward)
+
+
+# ------------------------------ block sizes 16 and 32: the forward's fine cases, backward too
+FINE_CASES_BWD = [name for name, case in FINE_CASES.items() if case[9] in (64, 128)]
+FINE_CASES_PURE = [name for name, case in FINE_CASES.items() if case[9] not in (64, 128)]
+
+
+def check_fine_backward(name, dtype, platform):
+    """test_gpu_attention_sm90.check_docs on a FINE_CASES case (o, lse, dq, dk, dv against
+    the float64 reference, deterministic, NaN past kv_lengths unread), then NaN in k and v
+    at the keys no query attends (`unread_keys`, and past kv_lengths): every result bitwise
+    unchanged (the dQ kernel zeroes their K rows; both kernels select P = 0, dS = 0)."""
+    import test_gpu_attention_sm90 as t
+    f, args, got = t.check_docs(name, dtype, platform)
+    q, k, v, do, kv_lengths, *rest = args
+    unread = t.unread_keys(name) | (np.arange(k.shape[1])[None, :, None] >=
+                                    np.asarray(kv_lengths)[:, None, None])
+    if not unread.any():
+        return
+    plant = lambda x: jnp.where(jnp.asarray(unread)[..., None], jnp.nan, x)
+    poison(platform)
+    nan = f(q, plant(k), plant(v), do, kv_lengths, *rest)
+    for what, g, n in zip(("o", "lse", "dq", "dk", "dv"), got, nan):
+        np.testing.assert_array_equal(f64(n), f64(g), err_msg=f"{what}: NaN in unread keys")
+
+
+def run_fine(cases):
+    import test_gpu_attention_sm90 as t
+    t.run_each(check_fine_backward, cases)
+
+
+@pytest.mark.parametrize("variant,names", [("2", c) for c in chunks(FINE_CASES_BWD, 2)] +
+                         [("3", ("fine16_local_causal_gqa", "fine32_tail_d64_docs_kv_lengths")),
+                          ("3", ("fine32_qoff_traced_docs",))], ids=case_id)
+def test_fa3_backward_block_sizes_16_32(variant, names):
+    """Block sizes 16 and 32 at head dims 64 and 128: every backward launch is the variant's
+    fa3 backward (its debug line with mask_bs); dq, dk, dv against the float64 reference;
+    NaN at unread keys changes no result."""
+    if not sm90():
+        pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_fine({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
+    assert_backward_is_fa3(stderr, cases, variant)
+    bs = {name: FINE_CASES[name][10] for name in names}
+    lines = [line for line in stderr.splitlines() if "attention_bwd" in line]
+    for name in names:  # the debug lines name the fine mask's block size
+        assert any(f"mask_bs={bs[name]}" in line for line in lines), (name, lines[:4])
+
+
+@pytest.mark.parametrize("names", chunks(FINE_CASES_PURE, 2), ids=case_id)
+def test_fine_backward_other_head_dims_pure(names):
+    """Block sizes 16 and 32 at head dims 96 and 256 under variant 2: the pure-JAX backward
+    (no fused backward launch), correctly."""
+    if not sm90():
+        pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_fine({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2").stderr
+    for case, launches in kernels_by_case(stderr).items():
+        assert not any(op == "attention_bwd" for op, _ in launches), (case, launches)

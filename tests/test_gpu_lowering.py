@@ -92,8 +92,9 @@ def test_cuda_lowering_without_a_gpu():
                 for line in text.splitlines() if "custom_call" in line}
     # forward: q, k, v, kv_lengths, q_positions, by-query lists (4) with their batch axis,
     # segment ids (2), the tiles' bits (a placeholder here); backward: q, k, v, o, lse, dO,
-    # dlse, kv_lengths, q_positions, both lists (8) with their batch axis, segment ids (2)
-    assert operands == {"jax_blocksparse_attention_fwd": 12, "jax_blocksparse_attention_bwd": 19}
+    # dlse, kv_lengths, q_positions, both lists (8) with their batch axis, segment ids (2),
+    # both directions' tile bits (placeholders here)
+    assert operands == {"jax_blocksparse_attention_fwd": 12, "jax_blocksparse_attention_bwd": 21}
     calls = [line for line in text.splitlines() if "custom_call" in line]
     assert all("tensor<1x1x4x3xi32>" in call for call in calls)  # lists [Bm, Hm, Rq, width]
 
@@ -195,9 +196,11 @@ def test_hopper_routing_and_operands(monkeypatch):
     directions, q_positions, the workspace padded to whole tiles); where the Hopper
     backward does not run (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT unset or 0, another GPU) or at
     block size 64, the backward of those calls takes the pure-JAX path. Block sizes 16 and
-    32 run the Hopper forward only (tile lists, bits, `mask_block`; head dims 96 and 256
-    too), never a fused backward. Lowered for "cuda" on any machine (the lowering rules
-    are registered here when the extension is not built)."""
+    32 run the Hopper forward (tile lists, bits, `mask_block`; head dims 96 and 256 too)
+    and, where the Hopper backward runs, head dims 64 and 128, the Hopper backward (the
+    tile lists by query and their transpose by key, each direction's bits, `mask_block`).
+    Lowered for "cuda" on any machine (the lowering rules are registered here when the
+    extension is not built)."""
     import re
     import sys
     from jax_blocksparse import _cuda, _partitioning
@@ -227,14 +230,21 @@ def test_hopper_routing_and_operands(monkeypatch):
         assert why(forward=False, bs=64, **kw) is not None, kw
     for forward in (True, False):
         assert "multiples" in why(tq=1000, tk=0, forward=forward)  # no key at all
-    # block sizes 16 and 32: the Hopper forward only (its 128 x 128 tiles), at every head
-    # dim of its table; never a backward (the Hopper one included)
+    # block sizes 16 and 32: the Hopper kernels only (their 128 x 128 tiles), the forward
+    # at every head dim of its table, the backward at 64 and 128
     for kw in ({"bs": 16}, {"bs": 32, "tq": 1000, "segments": True},
-               {"bs": 16, "positioned": True, "segments": True}, {"bs": 32, "d": 96},
-               {"bs": 16, "d": 256}, {"bs": 32, "d": 256, "tq": 1000, "tk": 1100}):
+               {"bs": 16, "positioned": True, "segments": True}, {"bs": 32, "d": 64},
+               {"bs": 32, "tq": 1000, "tk": 1100, "mb": 2}):
         assert why(forward=True, **kw) is None, kw
-        assert why(forward=False, **kw) is not None, kw
+        assert why(forward=False, **kw) is None, kw
+    for kw in ({"bs": 32, "d": 96}, {"bs": 16, "d": 256},
+               {"bs": 32, "d": 256, "tq": 1000, "tk": 1100}):
+        assert why(forward=True, **kw) is None, kw
+        assert why(forward=False, **kw) == f"head dim {kw['d']}", kw
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: False)  # the FA2 backward: none
     assert why(bs=16, forward=False) == "block size 16"
+    assert why(bs=32, forward=False, segments=True) == "block size 32"
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
     assert why(bs=8, forward=True) == "block size 8"
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: False)
     for d in (96, 256):  # the FA3-design forward's only
@@ -259,11 +269,13 @@ def test_hopper_routing_and_operands(monkeypatch):
                                       kv_segment_ids=ids_k).astype(jnp.float32).sum()
     text = cuda_text(jax.grad(loss), q, k)
     call, types = _bwd_operand_types(text)
-    # kv_lengths, q_positions, by query [B, Hm, Rq(, W)], by key [B, Hm, Rk(, W)], ids
+    # kv_lengths, q_positions, by query [B, Hm, Rq(, W)], by key [B, Hm, Rk(, W)], ids,
+    # the tile bits of both directions (placeholders: block size 128)
     assert types.startswith(
         "tensor<2xi32>, tensor<1xi32>, tensor<2x1x8xi32>, tensor<2x1x8xi32>, "
         "tensor<2x1x8x9xi32>, tensor<2x1x8xi32>, tensor<2x1x9xi32>, tensor<2x1x9xi32>, "
-        "tensor<2x1x9x8xi32>, tensor<2x1x9xi32>, tensor<2x1024xi32>, tensor<2x1152xi32>)"), types
+        "tensor<2x1x9x8xi32>, tensor<2x1x9xi32>, tensor<2x1024xi32>, tensor<2x1152xi32>, "
+        "tensor<1x1x1x2xi32>, tensor<1x1x1x2xi32>)"), types
     assert "segments = true" in call and "positioned = false" in call
     assert "tensor<2x4x2x1024xf32>" in call  # the workspace: lse, delta rows of whole tiles
     (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
@@ -287,19 +299,38 @@ def test_hopper_routing_and_operands(monkeypatch):
     assert "@jax_blocksparse_attention_fwd(" in text
     monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
     # block size 16: the tile lists of 128 x 128 tiles (8 lines for Tq = 1000) and their
-    # bits [Bm, Hm, lines, 2 width] last; block_size 128, mask_block 16; the pure-JAX
-    # backward (the Hopper backward takes no fine mask: only the ordinary lists)
+    # bits [Bm, Hm, lines, 2 width] last; block_size 128, mask_block 16; the Hopper
+    # backward with the tile lists by query, their transpose by key (9 lines of 8 query
+    # tiles), the ids, then each direction's bits; the workspace of whole 128-row tiles
     fine = jbs.Layout(np.tril(np.ones((63, 69), bool), 6), 16)
     loss = lambda q, k: jbs.attention(q, k, k, fine, causal=True).astype(jnp.float32).sum()
     text = cuda_text(jax.grad(loss), q, k)
-    assert "@jax_blocksparse_attention_bwd(" not in text
+    call, types = _bwd_operand_types(text)
+    assert "block_size = 128 : i32" in call and "mask_block = 16 : i32" in call, call
+    assert types.startswith(
+        "tensor<2xi32>, tensor<1xi32>, tensor<1x1x8xi32>, tensor<1x1x8xi32>, "
+        "tensor<1x1x8x9xi32>, tensor<1x1x8xi32>, tensor<1x1x9xi32>, tensor<1x1x9xi32>, "
+        "tensor<1x1x9x8xi32>, tensor<1x1x9xi32>, tensor<1x1xi32>, tensor<1x1xi32>, "
+        "tensor<1x1x8x18xi32>, tensor<1x1x9x16xi32>)"), types
+    assert "tensor<2x4x2x1024xf32>" in call
+    for layout in (jbs.layouts.local(1024, 64, 300), jbs.Layout(np.ones((8, 8), bool), 128)):
+        text = cuda_text(jax.grad(lambda q, k: jbs.attention(  # bits: placeholders, unread
+            q[:, :1024], k[:, :1024], k[:, :1024], layout, causal=True).astype(
+                jnp.float32).sum()), q, k)
+        if layout.block_size == 128:
+            call, types = _bwd_operand_types(text)
+            assert "tensor<1x1x1x2xi32>, tensor<1x1x1x2xi32>) -> " in types, types
+            assert "mask_block = 128 : i32" in call
+    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
+    text = cuda_text(jax.grad(loss), q, k)
     (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
     assert "block_size = 128 : i32" in call and "mask_block = 16 : i32" in call, call
     types = re.sub(r"\s+", " ", call).split(" : (")[-1]
     assert ("tensor<2xi32>, tensor<1xi32>, tensor<1x1x8xi32>, tensor<1x1x8xi32>, "
             "tensor<1x1x8x9xi32>, tensor<1x1x8xi32>, tensor<1x1xi32>, tensor<1x1xi32>, "
             "tensor<1x1x8x18xi32>" in types), types
-    for d in (96, 256):  # the fused forward, the pure-JAX backward; fine masks too
+    for d in (96, 256):  # the fused forward, the pure-JAX backward; fine masks too (head
+        # dims 96 and 256: no Hopper backward)
         q = jnp.zeros((1, 256, 2, d), jnp.float16)
         for layout, mask_block in ((jbs.layouts.local(256, 64, 100), 64),
                                    (jbs.layouts.local(256, 32, 100), 32)):

@@ -19,7 +19,7 @@ import pytest
 
 import jax_blocksparse as jbs
 from jax_blocksparse.attention_metadata import (TILE, block_kinds, document_kinds,
-                                                tile_lists)
+                                                key_tiles, tile_lists)
 from test_masks_from_data import allowed_pairs, packed_ids
 
 att = sys.modules["jax_blocksparse.attention"]  # the module (the package exports the op)
@@ -31,24 +31,27 @@ def words(bits):
     return u[..., 0::2] | (u[..., 1::2] << np.uint64(32))
 
 
-def tile_pairs(counts, partial, lists, bits, bs, predicate):
+def tile_pairs(counts, partial, lists, bits, bs, predicate, by_key=False):
     """bool `[Bm, Hm, lines * 128, cols * 128]`: the pairs the kernel attends, from the
     tile lists (`counts [Bm, Hm, lines]`, ...). `predicate` (bool `[B or 1, 1, lines * 128,
     cols * 128]`) is the element term the kernel evaluates on partial entries only (causal,
-    j < Tk, segment ids). No tile is listed twice in a line."""
+    j < Tk, segment ids). No tile is listed twice in a line. `by_key`: the lists are the
+    backward's by-key ones (`key_tiles`: a line per key tile, entries query tiles; the
+    words in the same (query row, key column) convention)."""
     counts, partial, lists = map(np.asarray, (counts, partial, lists))
     f = TILE // bs
     w = words(bits)
     bm, hm, lines = counts.shape
-    cols = predicate.shape[-1] // TILE
-    out = np.zeros((max(bm, predicate.shape[0]), hm, lines * TILE, cols * TILE), bool)
+    rows_all, cols = predicate.shape[-2] // TILE, predicate.shape[-1] // TILE
+    assert lines == (cols if by_key else rows_all)
+    out = np.zeros((max(bm, predicate.shape[0]), hm, rows_all * TILE, cols * TILE), bool)
     for b, h, r in np.ndindex(out.shape[0], hm, lines):
         line = (min(b, bm - 1), h, r)
         listed = lists[line][:counts[line]]
         assert len(set(listed.tolist())) == len(listed) and (listed >= 0).all()
-        rows = slice(r * TILE, (r + 1) * TILE)
         for e, c in enumerate(listed):
-            keys = slice(c * TILE, (c + 1) * TILE)
+            rows = slice((c if by_key else r) * TILE, ((c if by_key else r) + 1) * TILE)
+            keys = slice((r if by_key else c) * TILE, ((r if by_key else c) + 1) * TILE)
             if e < partial[line]:
                 word = int(w[line][e])
                 block = np.array([[(word >> (s * f + t)) & 1 for t in range(f)]
@@ -86,12 +89,52 @@ def check_tiles(tiles, bs, want, pred, tq, tk, needed=True):
     got = tile_pairs(*tiles.lists[:3], tiles.bits, bs, pred)
     want = np.broadcast_to(want, got.shape[:2] + want.shape[2:])
     np.testing.assert_array_equal(got[:, :, :tq, :tk], want)
+    check_key_tiles(tiles, bs, pred, got)
     counts, _, lists = map(np.asarray, tiles.lists[:3])
     for b, h, r in () if not needed else np.ndindex(got.shape[:2] + counts.shape[2:]):
         line = (min(b, counts.shape[0] - 1), h, r)
         for c in lists[line][:counts[line]]:
             assert want[b, h, r * TILE:(r + 1) * TILE, c * TILE:(c + 1) * TILE].any(), (
                 "a listed tile that no query attends", b, h, r, c)
+
+
+def entries(tiles, by_key=False):
+    """{(b, h, query tile, key tile): (partial, word)} of the listed entries."""
+    counts, partial, lists = map(np.asarray, tiles.lists[:3])
+    w = words(tiles.bits)
+    out = {}
+    for line in np.ndindex(counts.shape):
+        for e in range(counts[line]):
+            other = int(lists[line][e])
+            pair = (other, line[2]) if by_key else (line[2], other)
+            assert line[:2] + pair not in out
+            out[line[:2] + pair] = (e < partial[line], int(w[line][e]))
+    return out
+
+
+def check_key_tiles(tiles, bs, pred, got):
+    """The backward's by-key tile lists (`key_tiles`) of `tiles`: the same entries with
+    the same partial flags and words (so both backward kernels apply one predicate),
+    partial entries first in each line, the same pairs as by query (`got`); the device
+    computation is the host one."""
+    cols = pred.shape[-1] // TILE
+    keys = key_tiles(np, tiles, cols)
+    assert keys.lists.counts.shape == tiles.lists.counts.shape[:-1] + (cols,)
+    assert entries(keys, by_key=True) == entries(tiles)
+    by_key = tile_pairs(*keys.lists[:3], keys.bits, bs, pred, by_key=True)
+    np.testing.assert_array_equal(by_key, got)
+    counts, partial, lists, order = map(np.asarray, keys.lists)
+    assert (partial <= counts).all()
+    for line in np.ndindex(counts.shape):  # each group ascending, padding -1
+        part, full = lists[line][:partial[line]], lists[line][partial[line]:counts[line]]
+        assert (np.diff(part) > 0).all() and (np.diff(full) > 0).all()
+        assert (lists[line][counts[line]:] == -1).all()
+        assert sorted(order[line[:2]].tolist()) == list(range(cols))
+    device = jax.jit(lambda *x: key_tiles(jnp, tiles._replace(
+        lists=type(tiles.lists)(*x[:4]), bits=x[4]), cols))(
+            *map(jnp.asarray, (*tiles.lists, tiles.bits)))
+    for x, y in zip((*keys.lists, keys.bits), (*device.lists, device.bits)):
+        np.testing.assert_array_equal(np.asarray(y), x)
 
 
 def random_block_mask(rng, shape, density):

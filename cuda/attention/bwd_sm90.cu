@@ -10,8 +10,10 @@
 // entry (a.mb == B, both directions: segment ids, a BlockMask with Bm = B), segment ids
 // (compared on the partial entries), query positions per batch entry (q_offset: the causal
 // position of query row 0 is read from a.q_pos instead of Tk - Tq), Tq and Tk that are not
-// multiples of the block size (partial last tiles). Backward variants 2 and 3 of the
-// dispatch table.
+// multiples of the block size (partial last tiles), masks of block size 16 and 32 on these
+// 128 x 128 tiles (a.mask_bits, a.mask_bits_key: below). Backward variants 2 and 3 of the
+// dispatch table. Head dim 96 is compiled (the D = 128 layout in shared memory, kDS; 96
+// columns in the tensor maps and the stores) but has no dispatch row yet: not run on a GPU.
 //
 // Three kernels, in stream order:
 //  1. StatsKernel: per query row, lse in the log2 domain and delta = rowsum(dO * O) -
@@ -48,6 +50,17 @@
 // limit) are skipped. Masked elements get P = 0 and dS = 0 by selection (never a product
 // with NaN). Segment ids come padded to whole tiles (the Python lowering) and are loaded
 // on the partial entries only (L1 hits), as in the forward.
+//
+// Fine masks (block size 2^a.mask_lg = 16 or 32, attention.h): the lists are those of the
+// 128 x 128 tiles (attention_metadata.tile_lists by query, key_tiles by key: the same
+// entries, partial flags and 64-bit words, bit s * f + t for mask block (query row s, key
+// column t), f = 128 >> lg), a.mask_bits per by_query entry and a.mask_bits_key per by_key
+// entry. On a partial entry both kernels join the word's term to the element predicate:
+// the dQ kernel's thread reads its rows' block row (SpreadBits: one bit per 8 keys), the
+// dK/dV kernel's thread its keys' block column (ColumnBits, then SpreadBits: one bit per
+// 8 queries). The dQ kernel also zeroes the K rows of block columns that no row of the
+// entry visits (EmptyColumns), with the kv_lengths tail: their dS is 0 by selection, but
+// 0 * NaN is NaN. The words are read where used (L1), never held across the loop.
 //
 // Partial last tiles: 4-d tensor maps [B, T, H, D] zero fill rows past Tq or Tk; a 64-row
 // half of a tile wholly past them is not loaded (Halves). In the dQ kernel query rows past
@@ -97,9 +110,14 @@ constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 [[maybe_unused]] constexpr int kBarZeroK = 1;  // named barrier: both consumers, K tail zeroing
 
-template <int D> struct T64 {  // a 64-row tile: D / 64 slabs
-  static_assert(D == 64 || D == 128, "head dim 64 or 128");
-  static constexpr int kBytes = 64 * D * 2;
+// Columns in shared memory and of the dQ, dK, dV accumulators: whole 64-column slabs
+// (D = 96: two, as D = 128; the tensor maps have 96 columns, so the second slab's box is
+// zero filled past column 96 and the zero columns add nothing to S, dP; stores write 96).
+template <int D> constexpr int kDS = D == 96 ? 128 : D;
+
+template <int D> struct T64 {  // a 64-row tile: kDS / 64 slabs
+  static_assert(D == 64 || D == 96 || D == 128, "head dim 64, 96 or 128");
+  static constexpr int kBytes = 64 * kDS<D> * 2;
 };
 
 // One 64-row tile (rows row .. row + 63 of head `head`, batch entry b; 4-d maps
@@ -108,7 +126,7 @@ template <int D>
 __device__ __forceinline__ void LoadTile64(uint32_t dst, const CUtensorMap* map, int head, int row,
                                            int b, uint32_t bar) {
 #pragma unroll
-  for (int sl = 0; sl < D / 64; ++sl)
+  for (int sl = 0; sl < kDS<D> / 64; ++sl)
     tma::Load4d(dst + sl * kSlab, map, sl * 64, head, row, b, bar);
 }
 
@@ -249,9 +267,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float sl2 = a.scale_log2;
     const bool segs = a.kv_ids != nullptr;
 
-    float dq[D / 2];
+    float dq[kDS<D> / 2];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
+    for (int i = 0; i < kDS<D> / 2; ++i) dq[i] = 0.f;
     const uint64_t dQ = wg::Desc(base + cw * kT, 16, 1024);
     const uint64_t dO = wg::Desc(base + (2 + cw) * kT, 16, 1024);
 
@@ -266,16 +284,30 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool masked = cur.e < cur.npart || cut;
       const bool causal_part = a.causal && cur.e < cur.npart;
       const uint32_t sk = base + kv_off(st), sv = sk + 2 * kT;
+      // a fine mask (a.mask_bits, block size 16 / 32): the word of a partial entry; bit j of
+      // `groups` whether this thread's rows (one mask block row) visit keys 8j + [0, 8) of
+      // the tile; `unvisited` the block columns that no row visits (their K rows are zeroed
+      // below, as past kv_lengths: dS is 0 there, but 0 * NaN is NaN)
+      uint32_t groups = ~0u, unvisited = 0u;
+      if (a.mask_bits != nullptr && cur.e < cur.npart) {
+        const uint64_t w = __ldg(a.mask_bits + (cur.list - L.lists) + cur.e);
+        const int lg = a.mask_lg;
+        const int row_block = (cw * 64 + w4 * 16 + g) >> lg;
+        groups = SpreadBits(uint32_t(w >> (row_block * (kBS >> lg))), lg);
+        unvisited = EmptyColumns(w, lg);
+      }
       tma::MbarWait(full(st), ph);
-      if (cut) {  // zero the K rows of keys >= kvlen (both warpgroups, then a barrier)
-        const int valid = kvlen - start;
+      if (cut || unvisited != 0u) {  // zero the K rows of keys >= kvlen and of empty columns
+        const int valid = kvlen - start;  // (both warpgroups, then a barrier)
+        const int first = unvisited != 0u ? 0 : valid;  // rows before it are kept
         unsigned char* pk = smem + kv_off(st);
-        const int chunks = (kBS - valid) * 8;  // 16-byte chunks per slab column
-        for (int c = ctid; c < (D / 64) * chunks; c += kConsumers) {
+        const int chunks = (kBS - first) * 8;  // 16-byte chunks per slab column
+        for (int c = ctid; c < (kDS<D> / 64) * chunks; c += kConsumers) {
           const int sl = c / chunks, rem = c - sl * chunks;
-          const int row = valid + rem / 8;
-          *reinterpret_cast<uint4*>(pk + (row / 64) * kT + sl * kSlab + (row % 64) * kLine +
-                                    (rem % 8) * 16) = make_uint4(0, 0, 0, 0);
+          const int row = first + rem / 8;
+          if (row >= valid || ((unvisited >> (row >> a.mask_lg)) & 1u))
+            *reinterpret_cast<uint4*>(pk + (row / 64) * kT + sl * kSlab + (row % 64) * kLine +
+                                      (rem % 8) * 16) = make_uint4(0, 0, 0, 0);
         }
         tma::FenceProxyAsync();
         tma::NamedBarrier(kBarZeroK, kConsumers);
@@ -325,6 +357,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           qid0 = __ldg(qids + i0);
           qid1 = __ldg(qids + i1);
         }
+        const uint32_t hgroups = groups >> (8 * hh);  // this half's 8-key groups
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           int kid0 = 0, kid1 = 0;  // documents of keys kh0 + 8j + 2t, + 1
@@ -337,8 +370,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int e = 0; e < 4; ++e) {
             const int hi = e >> 1;
             float ds = s[4 * j + e] * (dp[4 * j + e] - (hi ? dl1 : dl0));
-            if (masked && !Allowed(hi ? i1 : i0, kh0 + 8 * j + 2 * t + (e & 1), kvlen,
-                                   causal_part, off, hi ? qid1 : qid0, (e & 1) ? kid1 : kid0))
+            if (masked && (!Allowed(hi ? i1 : i0, kh0 + 8 * j + 2 * t + (e & 1), kvlen,
+                                    causal_part, off, hi ? qid1 : qid0, (e & 1) ? kid1 : kid0) ||
+                           !((hgroups >> j) & 1u)))
               ds = 0.f;
             dp[4 * j + e] = ds;
           }
@@ -349,7 +383,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         FenceAcc(dq);
         wg::Fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dq, fa[kk], dKn + NSlice(kk));
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, kDS<D>, 1>(dq, fa[kk], dKn + NSlice(kk));
         wg::Commit();
         if constexpr (!PIPE) {
           wg::Wait<0>();
@@ -369,7 +403,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const int64_t qstride = int64_t(a.hq) * D;
     T* g0 = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + i0) * qstride + int64_t(h) * D;
-    StoreAcc<T, D>(dq, a.scale, g0, g0 + 8 * qstride, t, i0 < a.tq, i1 < a.tq);
+    StoreAcc<T, kDS<D>, D>(dq, a.scale, g0, g0 + 8 * qstride, t, i0 < a.tq, i1 < a.tq);
   }
 #else
   __trap();  // built without sm_90a code: DeviceOk never lets this run
@@ -520,9 +554,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool cut = k0 + kBS > kvlen;
     const bool segs = a.kv_ids != nullptr;
 
-    float dk[D / 2], dv[D / 2];
+    float dk[kDS<D> / 2], dv[kDS<D> / 2];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+    for (int i = 0; i < kDS<D> / 2; ++i) dk[i] = dv[i] = 0.f;
     const uint64_t dK = wg::Desc(base + cw * kT, 16, 1024);
     const uint64_t dV = wg::Desc(base + (2 + cw) * kT, 16, 1024);
 
@@ -557,8 +591,20 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       // P^T (into s), then dS^T (into dp): columns are queries s0 + 8j + 2t (+1)
       const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
-      const uint32_t allow = masked ? AllowedBits(a, b, s0, key0, kvlen, causal_part, off, segs, t)
-                                    : ~0u;
+      uint32_t allow = masked ? AllowedBits(a, b, s0, key0, kvlen, causal_part, off, segs, t)
+                              : ~0u;
+      // a fine mask (a.mask_bits_key, block size 16 / 32): on a partial entry, the 8-query
+      // groups of this step whose mask block row visits this thread's key column (its keys
+      // key0, key1: one block column) keep their elements
+      if (a.mask_bits_key != nullptr && cur.Partial()) {
+        const uint64_t w = __ldg(a.mask_bits_key + (cur.list - L.lists) + cur.t / cur.qh);
+        const int lg = a.mask_lg;
+        const uint32_t qg =
+            SpreadBits(ColumnBits(w, lg, (cw * 64 + w4 * 16 + g) >> lg), lg) >> ((s0 & 127) >> 3);
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          if (!((qg >> j) & 1u)) allow &= ~(0xfu << (4 * j));
+      }
       auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
@@ -578,7 +624,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         FenceAcc(dv);
         wg::Fence();
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, kDS<D>, 1>(dv, pa[kk], don + NSlice(kk));
         wg::Commit();
         wg::Wait<1>();  // dP^T done (the dV product may still run)
       }
@@ -600,10 +646,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       wg::Fence();
       if constexpr (!PIPE) {
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, kDS<D>, 1>(dv, pa[kk], don + NSlice(kk));
       }
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dk, da[kk], dqn + NSlice(kk));
+      for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, kDS<D>, 1>(dk, da[kk], dqn + NSlice(kk));
       wg::Commit();
       wg::Wait<0>();
       FenceAcc(dv);
@@ -614,8 +660,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
     T* gk = static_cast<T*>(a.dk) + ko;
     T* gv = static_cast<T*>(a.dv) + ko;
-    StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t, key0 < a.tk, key1 < a.tk);
-    StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t, key0 < a.tk, key1 < a.tk);
+    StoreAcc<T, kDS<D>, D>(dk, a.scale, gk, gk + 8 * kstride, t, key0 < a.tk, key1 < a.tk);
+    StoreAcc<T, kDS<D>, D>(dv, 1.f, gv, gv + 8 * kstride, t, key0 < a.tk, key1 < a.tk);
   }
 #else
   __trap();  // built without sm_90a code: DeviceOk never lets this run
@@ -624,8 +670,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // ring depths: dQ 2 stages of K + V (192 KB of smem at D = 128), dK/dV 3 stages of Q + dO
 // (162 KB at D = 128); one CTA per SM
-template <int D> constexpr int kDqStages = D == 128 ? 2 : 3;
-template <int D> constexpr int kDkvStages = D == 128 ? 3 : 4;
+template <int D> constexpr int kDqStages = kDS<D> == 128 ? 2 : 3;
+template <int D> constexpr int kDkvStages = kDS<D> == 128 ? 3 : 4;
 
 // Per device: 0 unknown, 1 usable, 2 not (as the forward's DeviceOk).
 template <typename T, int D, bool PIPE>
@@ -650,12 +696,20 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
   if (a.tq == 0 || a.tk == 0) {  // no tensor map: the FA2 backward, for what it takes
     const bool fa2_ok = a.mb == 1 && a.q_ids == nullptr && a.q_pos == nullptr &&
                         a.tq % kBS == 0 && a.tk % kBS == 0;
-    return fa2_ok ? RunBackward<T, D>(a, stream) : cudaErrorInvalidValue;
+    if constexpr (D == 96) {  // (none at D = 96)
+      return cudaErrorInvalidValue;
+    } else {
+      return fa2_ok ? RunBackward<T, D>(a, stream) : cudaErrorInvalidValue;
+    }
   }
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.delta))
     return cudaErrorInvalidValue;
   if (a.by_query.lines > 65535 || a.by_key.lines > 65535) return cudaErrorInvalidValue;
+  // a fine mask: words for both directions, block size 16 or 32 on these 128 x 128 tiles
+  if ((a.mask_bits != nullptr) != (a.mask_bits_key != nullptr) ||
+      (a.mask_bits != nullptr && a.mask_lg != 4 && a.mask_lg != 5))
+    return cudaErrorInvalidValue;
 
   const int64_t rows = int64_t(a.batch) * PaddedRows(a.tq) * a.hq;
   StatsKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);

@@ -24,7 +24,9 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream);
   PREFIX cudaError_t RunBackwardSm90<T, 64, true>(const Args&, cudaStream_t);   \
   PREFIX cudaError_t RunBackwardSm90<T, 64, false>(const Args&, cudaStream_t);  \
   PREFIX cudaError_t RunBackwardSm90<T, 128, true>(const Args&, cudaStream_t);  \
-  PREFIX cudaError_t RunBackwardSm90<T, 128, false>(const Args&, cudaStream_t);
+  PREFIX cudaError_t RunBackwardSm90<T, 128, false>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t RunBackwardSm90<T, 96, true>(const Args&, cudaStream_t);   \
+  PREFIX cudaError_t RunBackwardSm90<T, 96, false>(const Args&, cudaStream_t);
 
 }  // namespace attn
 }  // namespace jax_blocksparse

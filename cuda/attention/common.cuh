@@ -50,7 +50,8 @@ __device__ __forceinline__ bool Allowed(int i, int j, int kvlen, bool causal, in
 }
 
 // Fine masks: a mask of block size 2^lg (16, 32) on 128 x 128 list entries (the forward
-// at block 128, Args::mask_bits). Each partial entry has a 64-bit word w of f = 128 >> lg
+// and the backward at block 128, Args::mask_bits; the backward's by-key entries:
+// Args::mask_bits_key, the same words). Each partial entry has a 64-bit word w of f = 128 >> lg
 // rows of f bits (bit r * f + c: mask block (r, c) of the entry is visited); every other
 // entry visits all its blocks. The columns are those of the 128-key entry, also where the
 // kernel walks it in 64-key sub-tiles (D = 256): key j of the entry is in column
@@ -79,6 +80,18 @@ __device__ __forceinline__ uint32_t SpreadBits(uint32_t x, int lg) {
   x = (x | x << 6) & 0x0303u;
   x = (x | x << 3) & 0x1111u;
   return x * 0xfu;
+}
+
+// Bit s of the result (s < 128 >> lg): whether row s of w visits block column c (the rows
+// of one key column of the entry: the backward's dK/dV kernel, whose thread owns keys of one
+// column; SpreadBits of it gives the entry's 8-query groups that visit the column).
+__device__ __forceinline__ uint32_t ColumnBits(uint64_t w, int lg, int c) {
+  const int f = 128 >> lg;
+  uint32_t x = 0;
+#pragma unroll
+  for (int s = 0; s < 8; ++s)
+    if (s < f) x |= uint32_t((w >> (s * f + c)) & 1u) << s;
+  return x;
 }
 
 // The fine masks' term of the element predicate, applied next to Allowed on a partial

@@ -26,11 +26,11 @@ __device__ __forceinline__ uint64_t NSlice(int kk) { return uint64_t((kk * 16 * 
 // Store a warpgroup's 64 x D float accumulators (times mul) as T rows: this thread's rows
 // row0 (acc[4j], acc[4j + 1]; at g0, when ok0) and row0 + 8 (acc[4j + 2, 3]; at g1, when
 // ok1: rows past the end of a partial last tile are not stored), columns 8j + 2t.
-template <typename T, int D>
+template <typename T, int D, int DG = D>
 __device__ __forceinline__ void StoreAcc(const float (&acc)[D / 2], float mul, T* g0, T* g1, int t,
                                          bool ok0 = true, bool ok1 = true) {
 #pragma unroll
-  for (int j = 0; j < D / 8; ++j) {
+  for (int j = 0; j < DG / 8; ++j) {  // the first DG columns (D = 128 in smem, DG = 96)
     if (ok0)
       *reinterpret_cast<uint32_t*>(g0 + 8 * j + 2 * t) =
           Ops<T>::Pack(acc[4 * j] * mul, acc[4 * j + 1] * mul);
