@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ._checks import check_dtype, static_bool
+from ._checks import DTYPES, check_dtype, static_bool  # noqa: F401  (re-exported)
 from .layout import Layout, check_matrix_layout
 from .matmul_primitives import bind, canonical_precision, dds_p, dsd_p, sdd_p
 
