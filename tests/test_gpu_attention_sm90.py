@@ -15,7 +15,8 @@ run); every result bitwise equal over two runs.
 Then segment ids (packed documents), masks per batch entry (a traced BlockMask with
 Bm = B), Tq, Tk that are not multiples of the block size (partial last tiles) and q_offset
 (chunked prefill, per batch entry, with or without segment ids), which the
-FA3-design forward takes (the default backward runs the pure-JAX path: dq, dk, dv are
+FA3-design forward takes (the backward, forced to variant 0 here by the tests' switches,
+runs the pure-JAX path: dq, dk, dv are
 checked too; with the FA2 forward forced, the forward too; the Hopper backward's run of
 the same cases: test_gpu_attention_bwd_sm90.py), and the FA2 forward forced at negative
 scales.
@@ -511,7 +512,8 @@ def run_doc_cases(cases):
                          ids=case_id)
 def test_fa3_forward_documents(variant, names):
     """Segment ids and masks per batch entry: the FA3-design forward takes them (default and
-    variant 3; the default backward runs the pure-JAX path: no fused backward launch); with
+    variant 3; the backward, variant 0 under the tests' switches, runs the pure-JAX path: no
+    fused backward launch); with
     the FA2 forward forced (0) the forward runs the pure-JAX path too. Values, lse and
     gradients against the float64 reference either way."""
     if not sm90():
@@ -622,8 +624,8 @@ def run_fine_cases(cases):
                           ("0", ("fine16_docs_causal",))], ids=case_id)
 def test_fa3_forward_block_sizes_16_32(variant, names):
     """Block sizes 16 and 32: the FA3-design forward (block 128 kernel, mask_bs in its
-    debug line) takes them by default and with variant 3; the backward runs the pure-JAX
-    path; with the FA2 forward forced (0) the forward too. Values, lse and dq against the
+    debug line) takes them by default and with variant 3; the backward (variant 0 under the
+    tests' switches) runs the pure-JAX path; with the FA2 forward forced (0) the forward too. Values, lse and dq against the
     float64 reference; NaN at unread keys changes nothing."""
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
