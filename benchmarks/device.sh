@@ -153,9 +153,10 @@ for stage in "$@"; do
     # "--backward --variants 0,2 --metadata"
     patterns) python3 "$repo/benchmarks/attention_patterns.py" --peers "$repo/_device/peers.py" \
                 ${PATTERN_ARGS:---backward} 2>&1 | tee "$out/patterns.log" ;;
+    # the README's GPU configuration; LM_ARGS=--packed: on packed documents (issue 19)
     lm) python3 "$repo/examples/sparse_transformer_lm.py" --compare --seq-len 8192 \
           --block-size 64 --stride 512 --d-model 1024 --heads 8 --layers 6 --batch 4 \
-          --dtype bfloat16 2>&1 | tee "$out/lm.log" ;;
+          --dtype bfloat16 ${LM_ARGS:-} 2>&1 | tee "$out/lm.log" ;;
     multi_gpu) python3 "$repo/benchmarks/multi_gpu.py" 2>&1 | tee "$out/multi_gpu.log" ;;
     sanitize) sanitize ;;
     *) echo "unknown stage $stage" ;;
