@@ -425,12 +425,10 @@ DECODE = {
 
 
 def decode_unsupported(dtype, head_dim: int, block_size: int,
-                       page_size: int | None, softcap: float = 0.0,
-                       kv_dtype=None) -> str | None:
+                       page_size: int | None, kv_dtype=None) -> str | None:
     """Why the decode kernel cannot run this call (None when it can); `dtype` is q's,
-    `kv_dtype` k's and v's (None: q's). It takes a logit soft cap (`softcap > 0`) in every
-    case it runs."""
-    del softcap
+    `kv_dtype` k's and v's (None: q's). A logit soft cap changes nothing here: the kernel
+    takes one in every case it runs."""
     if not any(dtype == d for d in DECODE["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if kv_dtype is not None and kv_dtype != dtype:
@@ -469,7 +467,7 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
                   softcap=softcap)
     q_aval, k_aval = ctx.avals_in[:2]
     why = decode_unsupported(q_aval.dtype, q_aval.shape[-1], block_size,
-                             k_aval.shape[1] if paged else None, softcap, k_aval.dtype)
+                             k_aval.shape[1] if paged else None, k_aval.dtype)
     if why is not None:
         _debug.pure_path(f"attention_decode q{list(q_aval.shape)} bs={block_size}",
                          f"no decode kernel for {why}")

@@ -220,10 +220,10 @@ def test_decode_lowers_fp8_to_the_kernel():
     from jax_blocksparse import attention_decode as dec
 
     why = _cuda.decode_unsupported
-    assert why(jnp.bfloat16, 128, 64, None, 0.0, jnp.float8_e4m3fn) is None
-    assert why(jnp.float16, 64, 64, 16, 0.0, jnp.float8_e5m2) is None
-    assert why(jnp.float32, 64, 64, None, 0.0, jnp.float8_e5m2) == "dtype float32"
-    assert why(jnp.bfloat16, 64, 64, None, 0.0, jnp.float32) == "k, v dtype float32"
+    assert why(jnp.bfloat16, 128, 64, None, jnp.float8_e4m3fn) is None
+    assert why(jnp.float16, 64, 64, 16, jnp.float8_e5m2) is None
+    assert why(jnp.float32, 64, 64, None, jnp.float8_e5m2) == "dtype float32"
+    assert why(jnp.bfloat16, 64, 64, None, jnp.float32) == "k, v dtype float32"
     if not jbs.cuda_built():
         jint.register_lowering_rule(_partitioning.LOCAL[dec.attention_decode_p],
                                     _cuda._attention_decode_lowering, "cuda")

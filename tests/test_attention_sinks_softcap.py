@@ -304,7 +304,7 @@ def test_cuda_routing_and_attributes(monkeypatch):
     assert why(forward=True, segments=True, softcap=2.0) == "segment ids"
     assert why(forward=True, d=96, softcap=2.0) == "head dim 96"
     assert why(forward=True, softcap=2.0) is None
-    assert _cuda.decode_unsupported(jnp.bfloat16, 128, 64, None, 2.0) is None
+    assert _cuda.decode_unsupported(jnp.bfloat16, 128, 64, None) is None  # no cap argument: the kernel takes one
     if not jbs.cuda_built():
         for prim, rule in ((att.attention_p, _cuda._attention_forward_lowering),
                            (att.attention_bwd_p, _cuda._attention_backward_lowering),
