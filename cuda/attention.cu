@@ -91,8 +91,7 @@ namespace {
 // compare and as a fallback). Like the Hopper forward they take every mask source
 // (documents: lists per batch entry, segment ids, partial last tiles, q_offset) and masks
 // of block size 16 / 32 on 128 x 128 tiles (AttentionBackwardParams::q_mask_bits,
-// k_mask_bits). Not the
-// default until measured.
+// k_mask_bits). Variant 2 is the default on an sm_90 device (kSm90BackwardDefault).
 #define JBS_BWD_SM90_ROWS(DT, T, D)                                                 \
   {DT, D, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap)",                    \
    attn::RunBackwardSm90<T, D, true>, true},                                        \
@@ -102,7 +101,8 @@ namespace {
 // kernel over by_key computing dK, dV and dS K per block pair, 5 products instead of 7; dQ
 // summed in a float32 workspace in a fixed order under per-tile semaphores: deterministic),
 // sm_90a only, head dims 64 / 128, block size 128. Needs the dq_accum / dq_semaphores
-// workspaces (dq_workspace). Not the default until measured.
+// workspaces (dq_workspace). Opt-in until measured; the calls it leaves out (documents,
+// tile bits) run the default variant's rows (FindAttentionKernel).
 #define JBS_BWD_SM90_ONEPASS_ROWS(DT, T, D)                                             \
   {DT, D, 128, true, 4, "fa3_backward(one pass, deterministic dq)",                    \
    attn::RunBackwardSm90OnePass<T, D>, false, true}
@@ -205,16 +205,11 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 // the FA2 backward or the pure-JAX path as before.
 constexpr int kSm90BackwardDefault = 2;
 
-const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
-                                           bool backward, bool softcap) {
-  int variant = backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
-  // forward default (switch unset): by the device's architecture, cached per device
-  // backward default: kSm90BackwardDefault on an sm_90 device, else 0
-  if (variant < 0)
-    variant = !attn::Sm90ForwardAvailable() ? 0 : backward ? kSm90BackwardDefault : 2;
-  // the switch's row (its persistent one where asked for and present), else (a variant
-  // that leaves this combination out) the default's
-  const bool persistent = !backward && GetSwitches().attn_fwd_persistent;
+namespace {
+// The row of `variant` (its persistent one where asked for and present), else (a variant
+// that leaves this combination out) variant 0's.
+const AttentionKernel* FindRow(int variant, DType dtype, int head_dim, int block_size,
+                               bool backward, bool softcap, bool persistent) {
   for (const int v : {variant, 0})
     for (const bool p : {persistent, false})
       for (const AttentionKernel& k : kAttentionKernels)
@@ -223,6 +218,25 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
             (k.softcap || !softcap))
           return &k;
   return nullptr;
+}
+}  // namespace
+
+const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
+                                           bool backward, bool softcap, bool documents) {
+  // the default (switch unset), by the device's architecture (cached per device): forward
+  // variant 2, backward kSm90BackwardDefault on an sm_90 device running sm_90a code, else 0
+  const int default_variant =
+      !attn::Sm90ForwardAvailable() ? 0 : backward ? kSm90BackwardDefault : 2;
+  const int variant = backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
+  const bool persistent = !backward && GetSwitches().attn_fwd_persistent;
+  const AttentionKernel* k = FindRow(variant < 0 ? default_variant : variant, dtype, head_dim,
+                                     block_size, backward, softcap, persistent);
+  // backward variant 4 takes no documents (AttentionKernel::dq_workspace): the default
+  // Hopper backward runs those calls (jax_blocksparse/_cuda.py, onepass_backward, then
+  // declares no workspaces)
+  if (k != nullptr && k->dq_workspace && documents)
+    k = FindRow(default_variant, dtype, head_dim, block_size, backward, softcap, false);
+  return k;
 }
 
 cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const AttentionForwardParams& p,

@@ -171,9 +171,14 @@ struct AttentionKernel {
 // Head dims: 64 and 128 in every phase and variant; 96 and 256 in forward variants 2 and 3
 // only (the FA3-design forward: nullptr elsewhere).
 // With `softcap` only rows that take a soft cap (AttentionKernel::softcap): the variant's
-// when it has one, else variant 0's (the FA2 kernels).
+// when it has one, else variant 0's (the FA2 kernels). `documents`: the call needs a mask
+// source beyond the lists shared by the batch (lists per batch entry, segment ids,
+// q_offset, partial last tiles, tile bits); a row that cannot take them and runs only
+// where another can (backward variant 4: AttentionKernel::dq_workspace) gives way to the
+// default variant's.
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
-                                           bool backward, bool softcap = false);
+                                           bool backward, bool softcap = false,
+                                           bool documents = false);
 
 // Run `kernel` (FindAttentionKernel's row for p's dtype and shape); cudaErrorInvalidValue
 // for shapes the kernels do not take.

@@ -112,23 +112,29 @@ def sm90_forward() -> bool:
 
 def sm90_backward() -> bool:
     """Whether the attention backward at block size 128 runs the FA3-design kernels
-    (cuda/attention/bwd_sm90.cu) here, as the C++ dispatch decides: an sm_90a device and
-    backward variant 2 or 3 (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT, else
-    `SM90_BACKWARD_DEFAULT`). Those kernels also take segment ids, lists per batch entry,
-    partial last tiles and q_offset; block size 64 runs the FA2 backward."""
+    (cuda/attention/bwd_sm90.cu, or the one-pass bwd_sm90_onepass.cu) here, as the C++
+    dispatch decides: an sm_90a device and backward variant 2, 3 or 4
+    (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT, else `SM90_BACKWARD_DEFAULT`). Those kernels also
+    take segment ids, lists per batch entry, partial last tiles and q_offset (variant 4
+    leaves them to the default variant: `onepass_backward`); block size 64 runs the FA2
+    backward."""
     variant = SWITCHES.attn_bwd_variant
-    return (SM90_BACKWARD_DEFAULT if variant < 0 else variant) in (2, 3) and _sm90a_device()
+    return (SM90_BACKWARD_DEFAULT if variant < 0 else variant) in (2, 3, 4) and _sm90a_device()
 
 
-def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0) -> bool:
+def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,
+                     documents: bool = False) -> bool:
     """Whether the attention backward's custom call runs backward variant 4, the one-pass
     Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
     (attention.cu, FindAttentionKernel: the variant's rows are bf16 / f16, head dims 64 and
-    128, block size 128; other combinations run the default backward): it then needs the
-    workspaces `dq_accum` and `dq_semaphores`. Opt-in (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4);
-    it takes no call beyond the backward's scope (`fused_attention_unsupported`)."""
+    128, block size 128, no soft cap; other combinations run the default backward): it then
+    needs the workspaces `dq_accum` and `dq_semaphores`. Opt-in
+    (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4). `documents`: the call needs a mask source beyond
+    the variant's scope (segment ids, q_offset, lists per batch entry, partial last tiles,
+    a mask of block size 16 / 32 on 128 x 128 tiles); the dispatch gives those to
+    `SM90_BACKWARD_DEFAULT`'s kernels."""
     return (SWITCHES.attn_bwd_variant == 4 and block_size == 128 and head_dim in (64, 128)
-            and not softcap  # a soft cap: the FA2 backward (FindAttentionKernel)
+            and not softcap and not documents
             and any(dtype == d for d in (jnp.bfloat16, jnp.float16)))
 
 
@@ -216,8 +222,7 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     where `sm90_backward()`; block sizes 16 and 32 (on 128 x 128 tiles) only the
     FA3-design kernels: the forward at each of its head dims, the backward (where
     `sm90_backward()`) at its head dims. Head dims 96 and 256: the FA3-design
-    forward only. Backward variant 4 (`onepass_backward`) takes none of the first four: its
-    launcher refuses them. A logit soft cap (`softcap > 0`) runs every forward above (the
+    forward only. A logit soft cap (`softcap > 0`) runs every forward above (the
     FA3-design forward takes it too); a capped backward runs the FA2 backward only (on
     Hopper too), within its scope above."""
     # a capped backward: the FA2 kernels only (the C++ dispatch, FindAttentionKernel, picks
@@ -226,15 +231,15 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
               (block_size == 128 or block_size in FINE_BLOCKS) and sm90_backward())
     capped_backward = bool(softcap) and not forward
     args = (dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch, forward)
-    why = _fused_unsupported(*args, documents=hopper and not capped_backward, softcap=softcap)
+    why = _fused_unsupported(*args, documents=hopper and not capped_backward)
     if (why is not None and capped_backward and hopper
-            and _fused_unsupported(*args, documents=True, softcap=0.0) is None):
+            and _fused_unsupported(*args, documents=True) is None):
         return f"logits_soft_cap on the Hopper backward: next (the FA2 kernels take no {why})"
     return why
 
 
 def _fused_unsupported(dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch,
-                       forward, *, documents, softcap):
+                       forward, *, documents):
     """`fused_attention_unsupported` with `documents`: whether the FA3-design kernel of
     the phase runs the call."""
     family = "sm90_forward" if forward and documents else "forward" if forward else "backward"
@@ -246,11 +251,6 @@ def _fused_unsupported(dtype, head_dim, block_size, tq, tk, segments, positioned
             (family == "sm90_forward" or (not forward and documents))
             and block_size in FUSED_ATTENTION["tiled_block_sizes"]):
         return f"block size {block_size}"
-    if (not forward and onepass_backward(dtype, head_dim, block_size, softcap)
-            and (segments or positioned or mask_batch != 1 or tq % block_size
-                 or tk % block_size)):  # its launcher refuses them (cudaErrorNotSupported)
-        return ("segment ids, q_offset, a mask per batch entry or partial tiles under "
-                "backward variant 4")
     if (tq % block_size or tk % block_size) and (not documents or tk == 0):
         return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     if segments and not documents:
@@ -396,7 +396,10 @@ def _attention_backward_lowering(ctx, *operands, **params):
     # dq_accum float32 [B, Hq, Tq, D], dq_semaphores int32 [B, Hq, Tq / 64]
     q_aval = ctx.avals_in[0]
     d = q_aval.shape[-1]
-    onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0))
+    tk = ctx.avals_in[1].shape[1]
+    documents = (tiled or params["segments"] or params["positioned"] or tq % bs or tk % bs
+                 or ctx.avals_in[floats + att.LISTS].shape[0] != 1)  # lists per batch entry
+    onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), documents)
     dq_accum = q_aval.update(shape=(b, hq, tq, d) if onepass else (0,),
                              dtype=np.dtype(np.float32), weak_type=False)
     dq_sem = q_aval.update(shape=(b, hq, tq // 64) if onepass else (0,),

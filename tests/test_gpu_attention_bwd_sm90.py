@@ -282,16 +282,19 @@ def run_docs(variant, names):
 
 @pytest.mark.parametrize("variant,names", [("2", c) for c in chunks(DOC_CASES_BS128, 2)] +
                          [("3", ("docs_local_causal", "tail_docs_kv_lengths")),
-                          ("3", ("qoff_docs_gqa4_d64", "per_batch_mask_causal_kv_lengths"))],
+                          ("3", ("qoff_docs_gqa4_d64", "per_batch_mask_causal_kv_lengths")),
+                          ("4", ("docs_local_causal", "tail_docs_kv_lengths")),
+                          ("4", ("qoff_docs_gqa4_d64", "per_batch_mask_causal_kv_lengths"))],
                          ids=case_id)
 def test_fa3_backward_documents(variant, names):
     """Segment ids, masks per batch entry, partial last tiles, q_offset (with and without
-    ids): the Hopper backward takes them (every backward launch is the fa3 one); dq, dk,
-    dv against the float64 reference, deterministic, NaN past kv_lengths unread."""
+    ids): the Hopper backward takes them (every backward launch is the fa3 one; under
+    variant 4, which takes none of them, the default variant 2's); dq, dk, dv against the
+    float64 reference, deterministic, NaN past kv_lengths unread."""
     if not sm90():
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
     cases, stderr = run_docs(variant, names)
-    assert_backward_is_fa3(stderr, cases, variant)
+    assert_backward_is_fa3(stderr, cases, "2" if variant == "4" else variant)
 
 
 @pytest.mark.parametrize("names", chunks(DOC_CASES_BS64, 3), ids=case_id)
@@ -382,18 +385,20 @@ def run_fine(cases):
 
 @pytest.mark.parametrize("variant,names", [("2", c) for c in chunks(FINE_CASES_BWD, 2)] +
                          [("3", ("fine16_local_causal_gqa", "fine32_tail_d64_docs_kv_lengths")),
-                          ("3", ("fine32_qoff_traced_docs",))], ids=case_id)
+                          ("3", ("fine32_qoff_traced_docs",)),
+                          ("4", ("fine16_local_causal_gqa",))], ids=case_id)
 def test_fa3_backward_block_sizes_16_32(variant, names):
     """Block sizes 16 and 32 at head dims 64 and 128: every backward launch is the variant's
-    fa3 backward (its debug line with mask_bs); dq, dk, dv against the float64 reference;
-    NaN at unread keys changes no result."""
+    fa3 backward (its debug line with mask_bs; under variant 4, which takes no tile bits,
+    variant 2's); dq, dk, dv against the float64 reference; NaN at unread keys changes no
+    result."""
     if not sm90():
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
     cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
     stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_fine({cases!r})",
                         JAX_BLOCKSPARSE_DEBUG="1",
                         JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
-    assert_backward_is_fa3(stderr, cases, variant)
+    assert_backward_is_fa3(stderr, cases, "2" if variant == "4" else variant)
     bs = {name: FINE_CASES[name][10] for name in names}
     lines = [line for line in stderr.splitlines() if "attention_bwd" in line]
     for name in names:  # the debug lines name the fine mask's block size

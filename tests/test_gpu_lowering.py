@@ -343,39 +343,45 @@ def test_hopper_routing_and_operands(monkeypatch):
 
 @pytest.mark.parametrize("variant", [0, 4])
 def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, variant):
-    """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 (faked here) the backward's custom call
-    gets the one-pass kernel's workspaces, dq_accum float32 [B, Hq, Tq, D] and
-    dq_semaphores int32 [B, Hq, Tq / 64], after delta; otherwise (and at block size 64,
-    which variant 4 leaves to the default backward) both are [0]. Lowered for "cuda" on
-    any machine."""
+    """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 (faked here, on a faked sm_90a device) the
+    backward's custom call gets the one-pass kernel's workspaces, dq_accum float32
+    [B, Hq, Tq, D] and dq_semaphores int32 [B, Hq, Tq / 64], after delta; otherwise (and at
+    block size 64, and for partial tiles: calls variant 4 leaves to the default Hopper
+    backward, which takes them fused) both are [0]. Lowered for "cuda" on any machine."""
     import re
     import sys
     from jax_blocksparse import _cuda, _partitioning
     from jax_blocksparse import _jax_internals as jint
     att = sys.modules["jax_blocksparse.attention"]
     monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=variant))
+    monkeypatch.setattr(_cuda, "_sm90a_device", lambda: True)
+    for documents in (False, True):
+        assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, 0.0, documents) == (
+            variant == 4 and not documents)
     for kw in ({"segments": True}, {"positioned": True}, {"mask_batch": 2},
-               {"tq": 1000, "tk": 1100}):
+               {"tq": 1000, "tk": 1100}):  # fused under 4 (variant 2 runs them), not 0 (FA2)
         args = dict(dtype=jnp.bfloat16, head_dim=128, block_size=128, tq=1024, tk=1024,
                     segments=False, positioned=False, mask_batch=1)
         why = _cuda.fused_attention_unsupported(**dict(args, **kw))
-        assert why is not None and ("variant 4" in why) == (variant == 4), (kw, why)
+        assert (why is None) == (variant == 4), (kw, why)
     if not jbs.cuda_built():
         jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
                                     _cuda._attention_forward_lowering, "cuda")
         jint.register_lowering_rule(_partitioning.LOCAL[att.attention_bwd_p],
                                     _cuda._attention_backward_lowering, "cuda")
-    for bs, d in ((128, 128), (128, 64), (64, 64)):
-        q = jnp.zeros((2, 512, 4, d), jnp.bfloat16)
-        k = jnp.zeros((2, 512, 2, d), jnp.bfloat16)
-        layout = jbs.layouts.local(512, bs, 200)
+    partial = [(128, 64, 500)] if variant == 4 else []  # (FA2, variant 0: the pure path)
+    for bs, d, t in [(128, 128, 512), (128, 64, 512), (64, 64, 512), *partial]:
+        q = jnp.zeros((2, t, 4, d), jnp.bfloat16)
+        k = jnp.zeros((2, t, 2, d), jnp.bfloat16)
+        rows = -(-t // bs) * bs
+        layout = jbs.layouts.local(rows, bs, 200)  # t < rows: a partial last tile
         loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True).astype(
             jnp.float32).sum()
         text = cuda_text(jax.grad(loss), q, k)
         (call,) = [line for line in text.splitlines()
                    if "@jax_blocksparse_attention_bwd(" in line]
         results = re.sub(r"\s+", " ", call).split(" -> ")[-1]
-        onepass = variant == 4 and bs == 128
-        want = (f"tensor<2x4x2x512xf32>, tensor<2x4x512x{d}xf32>, tensor<2x4x8xi32>" if onepass
-                else "tensor<2x4x2x512xf32>, tensor<0xf32>, tensor<0xi32>")
-        assert want in results, (bs, d, results)
+        onepass = variant == 4 and bs == 128 and t % bs == 0
+        want = (f"tensor<2x4x2x{rows}xf32>, tensor<2x4x{t}x{d}xf32>, tensor<2x4x{t // 64}xi32>"
+                if onepass else f"tensor<2x4x2x{rows}xf32>, tensor<0xf32>, tensor<0xi32>")
+        assert want in results, (bs, d, t, results)
