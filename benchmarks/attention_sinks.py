@@ -3,10 +3,10 @@ and decode with neither, `sinks=`, `logits_soft_cap=` and both, in the same proc
 
 Each row prints the median time of a call (`jax_blocksparse/bench/timing.py`) and its
 overhead over the row without either option. Sinks join each row after the kernels (one
-elementwise pass: `attention.with_sinks`); a soft cap runs the default forward (the
-FA3-design one on an sm_90 GPU) and the FA2 backward (the FA3-design backward takes none
-yet), so on an sm_90 GPU compare the backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=0 too
-(the plain row then runs the FA2 backward as well):
+elementwise pass: `attention.with_sinks`); a soft cap runs the default forward and
+backward (the FA3-design ones on an sm_90 GPU: the cap's cost is the tanh and, in the
+backward, the derivative's factor), so every row runs the same kernels; under
+JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=0 the FA2 ones, for comparison:
 
     bash benchmarks/device.sh attention_sinks   # both, on the GPU machine
     python benchmarks/attention_sinks.py --quick   # tiny sizes, seconds (no GPU needed)

@@ -31,7 +31,8 @@ namespace {
 // benchmark (local causal window 1024, bf16, D = 128: 0.680 vs 0.661 ms), kept as a
 // developer override for timing: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1.
 // The FA2 rows (forward and backward) take a logit soft cap (the last field), as do the
-// Hopper forward's; the Hopper backward's do not yet (a capped backward runs the FA2 one).
+// Hopper forward's and the Hopper backward's (variants 2 and 3; not the one-pass variant 4:
+// a capped backward under it runs variant 0's row, FindRow).
 #define JBS_FWD_ROWS(DT, T, D)                                                               \
   {DT, D, 64, false, 0, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>,      \
    false, false, false, true},                                                                \
@@ -91,18 +92,21 @@ namespace {
 // compare and as a fallback). Like the Hopper forward they take every mask source
 // (documents: lists per batch entry, segment ids, partial last tiles, q_offset) and masks
 // of block size 16 / 32 on 128 x 128 tiles (AttentionBackwardParams::q_mask_bits,
-// k_mask_bits). Variant 2 is the default on an sm_90 device (kSm90BackwardDefault).
+// k_mask_bits). Variant 2 is the default on an sm_90 device (kSm90BackwardDefault). Both
+// take a logit soft cap (the last field; issue 21: P recomputed from the capped scores,
+// dS times 1 - tanh^2, as the FA2 backward does).
 #define JBS_BWD_SM90_ROWS(DT, T, D)                                                 \
   {DT, D, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap)",                    \
-   attn::RunBackwardSm90<T, D, true>, true},                                        \
+   attn::RunBackwardSm90<T, D, true>, true, false, false, true},                    \
   {DT, D, 128, true, 3, "fa3_backward(wgmma, tma, ws)",                             \
-   attn::RunBackwardSm90<T, D, false>, true}
+   attn::RunBackwardSm90<T, D, false>, true, false, false, true}
 // Backward variant 4: the one-pass Hopper backward (attention/bwd_sm90_onepass.cu: one
 // kernel over by_key computing dK, dV and dS K per block pair, 5 products instead of 7; dQ
 // summed in a float32 workspace in a fixed order under per-tile semaphores: deterministic),
 // sm_90a only, head dims 64 / 128, block size 128. Needs the dq_accum / dq_semaphores
 // workspaces (dq_workspace). Opt-in until measured; the calls it leaves out (documents,
-// tile bits) run the default variant's rows (FindAttentionKernel).
+// tile bits) run the default variant's rows (FindAttentionKernel). No soft cap (the last
+// field): a capped backward under variant 4 runs variant 0's row (FindRow).
 #define JBS_BWD_SM90_ONEPASS_ROWS(DT, T, D)                                             \
   {DT, D, 128, true, 4, "fa3_backward(one pass, deterministic dq)",                    \
    attn::RunBackwardSm90OnePass<T, D>, false, true}

@@ -70,7 +70,8 @@ struct AttentionShape {
   bool causal;
   // logit soft cap: the scores are cap * tanh(scale * q.k / cap) before the masks and the
   // softmax (and dS takes the factor 1 - tanh^2); 0: none. Rows with AttentionKernel::softcap
-  // only (the FA2 forward and backward); FindAttentionKernel picks those when asked.
+  // only (the FA2 and FA3-design kernels, not backward variant 4); FindAttentionKernel picks
+  // those when asked.
   float softcap = 0.f;
 };
 
@@ -157,7 +158,7 @@ struct AttentionKernel {
   // FindAttentionKernel prefers these rows, else the plain ones of the variant)
   bool persistent = false;
   // takes a logit soft cap (AttentionShape::softcap): the FA2 forward and backward, the
-  // FA3-design forward (not the FA3-design backward yet)
+  // FA3-design forward and backward (variants 2 and 3; not the one-pass variant 4)
   bool softcap = false;
 };
 

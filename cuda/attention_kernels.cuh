@@ -9,9 +9,10 @@
 // Tiles are staged in a STAGES-deep cp.async ring (rows padded by 16 bytes: conflict-free
 // ldmatrix). Element masks (causal diagonal, kv_lengths) are applied only in partial tiles.
 // Scores are kept in the log2 domain (scale * log2(e) folded in, exp2). With a logit soft
-// cap (Args::cap_log2 > 0, the FA2 kernels, the Hopper forward and the decode kernel) the
-// log2-domain score is cap * tanh(scale * s / cap) * log2(e), before the masks; the
-// backward multiplies dS by 1 - tanh^2 (recomputed in dQ, recovered from P in dK/dV).
+// cap (Args::cap_log2 > 0: the FA2 kernels, the Hopper forward and backward, the decode
+// kernel) the log2-domain score is cap * tanh(scale * s / cap) * log2(e), before the masks;
+// the backward multiplies dS by 1 - tanh^2 (the FA2 one: recomputed in dQ, recovered from P
+// in dK/dV; the Hopper one recomputes it in both, attention/bwd_sm90.cu).
 //
 // Grid: x = (batch, head), y = position in `order` (x fastest: every (batch, head) CTA of
 // the longest lines launches first). Every output element is written by exactly one CTA,
@@ -48,8 +49,8 @@ struct Args {
   float *out_lse, *delta;
   int batch, tq, tk, hq, hkv, group, bs, hm;
   float scale, scale_log2;
-  // logit soft cap (the FA2 kernels, the Hopper forward): cap * log2(e) and scale / cap, or
-  // 0 and 0 (no cap)
+  // logit soft cap (the FA2 kernels, the Hopper forward and backward): cap * log2(e) and
+  // scale / cap, or 0 and 0 (no cap)
   float cap_log2, scale_cap;
   bool causal;
   // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when

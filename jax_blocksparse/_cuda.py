@@ -127,9 +127,9 @@ def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0
     """Whether the attention backward's custom call runs backward variant 4, the one-pass
     Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
     (attention.cu, FindAttentionKernel: the variant's rows are bf16 / f16, head dims 64 and
-    128, block size 128, no soft cap; other combinations run the default backward): it then
-    needs the workspaces `dq_accum` and `dq_semaphores`. Opt-in
-    (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4). `documents`: the call needs a mask source beyond
+    128, block size 128, no soft cap: a capped call runs variant 0's rows, the FA2
+    backward, and other combinations the default backward): it then needs the workspaces
+    `dq_accum` and `dq_semaphores`. Opt-in (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4). `documents`: the call needs a mask source beyond
     the variant's scope (segment ids, q_offset, lists per batch entry, partial last tiles,
     a mask of block size 16 / 32 on 128 x 128 tiles); the dispatch gives those to
     `SM90_BACKWARD_DEFAULT`'s kernels."""
@@ -222,19 +222,21 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     where `sm90_backward()`; block sizes 16 and 32 (on 128 x 128 tiles) only the
     FA3-design kernels: the forward at each of its head dims, the backward (where
     `sm90_backward()`) at its head dims. Head dims 96 and 256: the FA3-design
-    forward only. A logit soft cap (`softcap > 0`) runs every forward above (the
-    FA3-design forward takes it too); a capped backward runs the FA2 backward only (on
-    Hopper too), within its scope above."""
-    # a capped backward: the FA2 kernels only (the C++ dispatch, FindAttentionKernel, picks
-    # their rows then; the FA3-design backward takes no cap yet)
+    forward only. A logit soft cap (`softcap > 0`) runs wherever an uncapped call does
+    (the FA3-design forward and backward take it too), except under backward variant 4:
+    the one-pass kernel takes no cap, and the C++ dispatch (FindAttentionKernel) gives a
+    capped backward the FA2 kernels there, within their scope above."""
     hopper = (sm90_forward() if forward else
               (block_size == 128 or block_size in FINE_BLOCKS) and sm90_backward())
-    capped_backward = bool(softcap) and not forward
+    # a capped backward under variant 4: the FA2 kernels (the variant's rows take no cap;
+    # the dispatch then picks variant 0's rows, not the default variant's)
+    fa2_capped = (hopper and not forward and bool(softcap)
+                  and SWITCHES.attn_bwd_variant == 4)
     args = (dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch, forward)
-    why = _fused_unsupported(*args, documents=hopper and not capped_backward)
-    if (why is not None and capped_backward and hopper
+    why = _fused_unsupported(*args, documents=hopper and not fa2_capped)
+    if (why is not None and fa2_capped
             and _fused_unsupported(*args, documents=True) is None):
-        return f"logits_soft_cap on the Hopper backward: next (the FA2 kernels take no {why})"
+        return f"logits_soft_cap under backward variant 4 (the FA2 kernels take no {why})"
     return why
 
 

@@ -756,9 +756,10 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     `q_offset`. The forward and backward decide separately. Every other call runs the
     pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is
     compiled). Sinks run wherever the call runs (they join each row after the kernels:
-    `with_sinks`). A soft cap runs every forward kernel above (the Hopper forward too), the
-    FA2 backward (on Hopper too: the FA3-design backward takes no cap yet, so capped
-    backwards that only it would take run the pure-JAX path) and the decode kernel.
+    `with_sinks`). A soft cap runs every kernel above (the Hopper forward and backward
+    too) and the decode kernel; under `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4` (the one-pass
+    backward, which takes no cap) a capped backward runs the FA2 backward, within its
+    scope, else the pure-JAX path.
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:

@@ -73,9 +73,9 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   s.mask_heads = int32_t(cd[cd.size() - 2]);
   if (s.mask_batch != 1 && s.mask_batch != s.batch)
     return ffi::Unexpected(Invalid("the lists' batch axis must be 1 or B"));
-  // a soft cap: the rows that take one (the FA2 kernels and the FA3-design forward; never
-  // the FA3-design backward); documents: segment ids, q_offset, tile bits (the caller's
-  // `documents`), lists per batch entry, partial last tiles
+  // a soft cap: the rows that take one (the FA2 kernels, the FA3-design forward and
+  // backward; not the one-pass backward, variant 4); documents: segment ids, q_offset,
+  // tile bits (the caller's `documents`), lists per batch entry, partial last tiles
   documents = documents || s.mask_batch != 1 || s.tq % block_size != 0 ||
               s.tk % block_size != 0;
   *kernel = FindAttentionKernel(dtype, s.head_dim, block_size, backward, softcap > 0.f,

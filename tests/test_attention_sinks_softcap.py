@@ -265,11 +265,11 @@ def test_sinks_lower_every_row_and_cap_bounds_the_scores():
 def test_cuda_routing_and_attributes(monkeypatch):
     """Lowered for "cuda" (any machine): a capped forward runs wherever an uncapped one
     does (the FA3-design forward takes the cap: segment ids, partial tiles, head dim 96,
-    block size 32 too); a capped backward runs the FA2 backward only (never the FA3-design
-    one: `fused_attention_unsupported` routes as if there were no Hopper backward, the C++
-    dispatch picks the FA2 rows), else the pure-JAX path with a reason naming the Hopper
-    backward; the decode kernel takes the cap, with the attribute `softcap`; sinks add no
-    operand (they join after the kernels)."""
+    block size 32 too), and so does a capped backward (the FA3-design backward takes it:
+    segment ids, partial tiles, block sizes 16 and 32), except under backward variant 4
+    (the one-pass kernel takes no cap: the FA2 backward's scope, else the pure-JAX path with
+    a reason naming the variant); the decode kernel takes the cap, with the attribute
+    `softcap`; sinks add no operand (they join after the kernels)."""
     import sys
     from jax_blocksparse import _cuda, _partitioning
     from jax_blocksparse import _jax_internals as jint
@@ -290,14 +290,26 @@ def test_cuda_routing_and_attributes(monkeypatch):
         assert why(forward=True, d=80, softcap=cap) == "head dim 80"
     assert _cuda.fused_attention_unsupported(jnp.bfloat16, 128, 128, 1000, 1000, False, True,
                                              2, forward=True, softcap=2.0) is None
-    assert why(forward=False, segments=True) is None  # the Hopper backward
+    for cap in (0.0, 2.0):  # the Hopper backward, capped or not
+        assert why(forward=False, segments=True, softcap=cap) is None
+        assert why(forward=False, tq=1000, softcap=cap) is None
+        assert why(forward=False, bs=16, tq=1000, softcap=cap) is None
+        assert why(forward=False, bs=32, segments=True, softcap=cap) is None
+        assert why(forward=False, softcap=cap) is None
+        assert why(forward=False, d=80, softcap=cap) == "head dim 80"
+        assert why(forward=False, d=96, softcap=cap) == "head dim 96"  # no fused backward at 96
+    # backward variant 4 (the one-pass kernel, no cap): a capped backward runs the FA2 one
+    switches = _cuda.SWITCHES
+    monkeypatch.setattr(_cuda, "SWITCHES", switches._replace(attn_bwd_variant=4))
+    assert why(forward=False, segments=True) is None  # uncapped: variant 2 takes it
     reason = why(forward=False, segments=True, softcap=2.0)
-    assert reason.startswith("logits_soft_cap on the Hopper backward: next"), reason
-    assert reason.endswith("no segment ids)"), reason
+    assert reason == "logits_soft_cap under backward variant 4 (the FA2 kernels take no " \
+                     "segment ids)", reason
     assert "lengths" in why(forward=False, tq=1000, softcap=2.0)
-    assert why(forward=False, d=80, softcap=2.0) == "head dim 80"
+    assert why(forward=False, bs=16, softcap=2.0).endswith("no block size 16)")
     assert why(forward=False, softcap=2.0) is None  # FA2
-    assert why(forward=False, d=96, softcap=2.0) == "head dim 96"  # no fused backward at 96
+    assert why(forward=True, segments=True, softcap=2.0) is None  # the forward: unchanged
+    monkeypatch.setattr(_cuda, "SWITCHES", switches)
     # without a Hopper forward (another GPU, or the FA2 forward forced): the FA2 forward's
     # scope, capped or not
     monkeypatch.setattr(_cuda, "sm90_forward", lambda: False)
@@ -394,9 +406,11 @@ def run_gpu_cases(names):
 @pytest.mark.parametrize("bwd_variant", ["", "2", "4"])
 def test_kernels_take_sinks_and_soft_cap(bwd_variant):
     """On a GPU every case runs the kernels, never the pure-JAX path: a soft cap the
-    default forward (the FA3-design forward on an sm_90 GPU, else the FA2 one), the FA2
-    backward (on Hopper too, whatever JAX_BLOCKSPARSE_ATTN_BWD_VARIANT says) and the decode
-    kernel; sinks alone the default kernels (the FA3-design forward on an sm_90 GPU)."""
+    default forward (the FA3-design forward on an sm_90 GPU, else the FA2 one), the
+    variant's backward (on an sm_90 GPU at block size 128 the FA3-design backward, variant
+    2, by default or forced; under 4, whose one-pass kernel takes no cap, and at block size
+    64 the FA2 backward) and the decode kernel; sinks alone the default kernels (the
+    FA3-design forward on an sm_90 GPU)."""
     from jax_blocksparse import _cuda
     from reference import kernels_by_case, run_python
     names = list(GPU_CASES)
@@ -405,21 +419,25 @@ def test_kernels_take_sinks_and_soft_cap(bwd_variant):
     assert "pure-JAX path" not in result.stderr, result.stderr[-3000:]
     logs = kernels_by_case(result.stderr)
     forward = "fa3_forward" if _cuda.sm90_forward() else "fa2_forward"
+    hopper_bwd = _cuda._sm90a_device() and bwd_variant in ("", "2")  # at block size 128
     for name in names:
         launches = logs.get(name, [])
         ops = {op for op, _ in launches}
         assert {"attention_fwd", "attention_bwd", "attention_decode"} <= ops, (name, launches)
-        if GPU_CASES[name][-1] is not None:  # a cap: the default forward, the FA2 backward
+        if GPU_CASES[name][-1] is not None:  # a cap: the default forward, the backward above
+            backward = ("fa3_backward(wgmma, tma, ws, overlap)"
+                        if hopper_bwd and GPU_CASES[name][5] == 128 else "fa2_backward")
             for op, kernel in launches:
                 if op == "attention_fwd":
                     assert kernel.startswith(forward), (name, kernel)
                 if op == "attention_bwd":
-                    assert kernel.startswith("fa2_backward"), (name, kernel)
+                    assert kernel.startswith(backward), (name, kernel)
 
 
 # Capped forwards with what only the FA3-design forward takes (issue 21): segment ids, head
-# dims 96 and 256, block size 32 (on 128 x 128 tiles), partial last tiles. Their backward
-# runs the pure-JAX path (a capped backward: the FA2 kernels, which take none of these).
+# dims 96 and 256, block sizes 16 and 32 (on 128 x 128 tiles), partial last tiles. Their
+# backward runs the FA3-design backward at head dims 64 and 128 (which takes the cap and
+# all of these), the pure-JAX path at 96 and 256 (no fused backward there).
 FWD_CASES = {
     # name: B, Tq, Tk, Hq, Hkv, D, bs, dtype, segments, causal, cap
     "fwd_segments_d128_bs128_bf16": (2, 512, 512, 4, 2, 128, 128, "bf16", True, True, 5.0),
@@ -428,12 +446,14 @@ FWD_CASES = {
     "fwd_bs32_segments_d64_bf16": (2, 256, 256, 2, 1, 64, 32, "bf16", True, False, 2.0),
     "fwd_bs32_d128_causal_f16": (1, 384, 384, 4, 4, 128, 32, "f16", False, True, 6.0),
     "fwd_partial_d256_bs128_bf16": (1, 200, 300, 2, 2, 256, 128, "bf16", False, True, 10.0),
+    "fwd_bs16_partial_d128_f16": (1, 200, 300, 2, 1, 128, 16, "f16", False, True, 4.0),
 }
 
 
 def gpu_forward_check(name, seed=0):
     """One capped forward through the kernels: o and lse against the float64 reference,
-    and dq, dk, dv (the backward of these: the pure-JAX path)."""
+    and dq, dk, dv (the backward of these: the FA3-design backward at head dims 64 and 128
+    on an sm_90 GPU, else the pure-JAX path)."""
     b, tq, tk, hq, hkv, d, bs, dtype, segments, causal, cap = FWD_CASES[name]
     dtype = {"f16": jnp.float16, "bf16": jnp.bfloat16}[dtype]
     rng = np.random.default_rng([len(name), seed])
@@ -475,10 +495,11 @@ def run_gpu_forward_cases(names):
 @pytest.mark.gpu
 @pytest.mark.parametrize("persistent", ["0", "1"])
 def test_hopper_forward_takes_soft_cap(persistent):
-    """On an sm_90 GPU a capped forward with segment ids, head dim 96 or 256, block size 32
-    or partial last tiles runs the FA3-design forward (plain, then persistent): o and lse
-    against the float64 reference; its backward the pure-JAX path, the reason naming the
-    Hopper backward where the Hopper kernels would take the call uncapped."""
+    """On an sm_90 GPU a capped forward with segment ids, head dim 96 or 256, block size 16
+    or 32 or partial last tiles runs the FA3-design forward (plain, then persistent): o and
+    lse against the float64 reference; its backward (dq, dk, dv against the reference too)
+    the default FA3-design backward at head dims 64 and 128, the pure-JAX path at 96 and
+    256."""
     from jax_blocksparse import _cuda
     from reference import kernels_by_case, run_python
     if not _cuda.sm90_forward():
@@ -490,9 +511,14 @@ def test_hopper_forward_takes_soft_cap(persistent):
         JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=persistent)
     assert "attention_fwd" not in "".join(
         ln for ln in result.stderr.splitlines() if "pure-JAX path" in ln), result.stderr[-3000:]
-    assert "logits_soft_cap on the Hopper backward" in result.stderr  # the segments cases
     logs = kernels_by_case(result.stderr)
     for name in names:
         fwd = [kernel for op, kernel in logs.get(name, []) if op == "attention_fwd"]
         assert fwd and all(k.startswith("fa3_forward") for k in fwd), (name, fwd)
         assert all(("persistent" in k) == (persistent == "1") for k in fwd), (name, fwd)
+        bwd = [kernel for op, kernel in logs.get(name, []) if op == "attention_bwd"]
+        if FWD_CASES[name][5] in (64, 128):  # the Hopper backward, capped
+            assert bwd and all(k == "fa3_backward(wgmma, tma, ws, overlap)" for k in bwd), (
+                name, bwd)
+        else:  # head dims 96, 256: the pure-JAX backward
+            assert not bwd, (name, bwd)

@@ -33,6 +33,11 @@ segment ids, partial last tiles, q_offset, traced and per-batch masks): dq, dk, 
 the float64 reference, deterministic, and every result (gradients too) bitwise unchanged
 with NaN planted in k and v at keys that no query attends (unlisted block columns inside
 listed tiles, keys past kv_lengths). Head dims 96 and 256 run the pure-JAX backward.
+
+Then a logit soft cap (issue 21) under variants 2 and 3: capped calls with segment ids,
+block size 16 with partial last tiles, block size 32 with segment ids (the `FWD_CASES` of
+test_attention_sinks_softcap.py: o, lse, dq, dk, dv against the float64 reference with
+the cap) run the variant's fa3 backward.
 """
 
 import jax
@@ -416,3 +421,25 @@ def test_fine_backward_other_head_dims_pure(names):
                         JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2").stderr
     for case, launches in kernels_by_case(stderr).items():
         assert not any(op == "attention_bwd" for op, _ in launches), (case, launches)
+
+
+# ------------------------------------------------ a logit soft cap (issue 21): both variants
+CAP_CASES = ("fwd_segments_d128_bs128_bf16", "fwd_bs16_partial_d128_f16",
+             "fwd_bs32_segments_d64_bf16")
+
+
+@pytest.mark.parametrize("variant", ["2", "3"])
+def test_fa3_backward_soft_cap(variant):
+    """A capped backward runs the variant's fa3 backward wherever an uncapped one would
+    (segment ids and causality at block size 128 and head dim 128, block size 16 with
+    partial last tiles and GQA, block size 32 with segment ids at head dim 64): P from the
+    capped scores, dS with the factor 1 - tanh^2; dq, dk, dv against the float64 reference
+    (test_attention_sinks_softcap.gpu_forward_check)."""
+    if not sm90():
+        pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
+    names = list(CAP_CASES)
+    stderr = run_python(
+        f"import test_attention_sinks_softcap as t; t.run_gpu_forward_cases({names!r})",
+        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
+    assert "pure-JAX path" not in stderr, stderr[-3000:]
+    assert_backward_is_fa3(stderr, [(name,) for name in names], variant)

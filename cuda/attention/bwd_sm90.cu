@@ -11,9 +11,10 @@
 // (compared on the partial entries), query positions per batch entry (q_offset: the causal
 // position of query row 0 is read from a.q_pos instead of Tk - Tq), Tq and Tk that are not
 // multiples of the block size (partial last tiles), masks of block size 16 and 32 on these
-// 128 x 128 tiles (a.mask_bits, a.mask_bits_key: below). Backward variants 2 and 3 of the
-// dispatch table. Head dim 96 is compiled (the D = 128 layout in shared memory, kDS; 96
-// columns in the tensor maps and the stores) but has no dispatch row yet: not run on a GPU.
+// 128 x 128 tiles (a.mask_bits, a.mask_bits_key: below), and a logit soft cap (issue 21:
+// below). Backward variants 2 and 3 of the dispatch table. Head dim 96 is compiled (the
+// D = 128 layout in shared memory, kDS; 96 columns in the tensor maps and the stores) but
+// has no dispatch row yet: not run on a GPU.
 //
 // Three kernels, in stream order:
 //  1. StatsKernel: per query row, lse in the log2 domain and delta = rowsum(dO * O) -
@@ -75,6 +76,21 @@
 // dP, whose masked elements are not used. In the dK/dV kernel they are the CTA's own key
 // rows: their S^T, dP^T rows are masked, so their dK, dV rows are 0; a key block starting
 // at or past kv_lengths[b] loads nothing and stores zeros.
+//
+// Soft cap (a.cap_log2 > 0: cap log2(e); a.scale_cap: scale / cap; a runtime branch in both
+// kernels, the uncapped code as before): the log2-domain score is cap_log2 t with
+// t = tanh.approx(s scale_cap), before the masks, the Hopper forward's expression (its
+// product rounded, as there), so P = 2^(cap_log2 t - lse log2 e) is the forward's P; the
+// score's derivative takes the factor 1 - t^2, dS = P (dP - delta) (1 - t^2) (the final
+// factor `scale` as before). t is kept where the uncapped path keeps P (the same registers):
+// the dQ kernel forms P and dP' = (dP - delta) (1 - t^2) from it once dP is done; the dK/dV
+// kernel (overlapped, variant 2) packs P^T for dV from t as it goes and recomputes it (the
+// same instructions: the same bits) for dS^T; without the overlap (variant 3) it forms P^T
+// once, with dS^T, and packs it for dV after. The FA2 backward instead recovers t from P by
+// a log2 in its dK/dV kernel; recomputing keeps t as tanh.approx gave it (the recovery adds
+// the rounding of log2 P + lse, which 1 - t^2 magnifies where |t| is near 1) for as many
+// special-function instructions per element (tanh, exp2 and, with the overlap, a second
+// exp2 here; tanh, exp2, log2 there).
 //
 // Determinism: every output element is written by one CTA, sums run in a fixed order
 // (list order, group order): results are bitwise identical run to run.
@@ -266,6 +282,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float dl0 = stats[PaddedRows(a.tq) + i0], dl1 = stats[PaddedRows(a.tq) + i1];
     const float sl2 = a.scale_log2;
     const bool segs = a.kv_ids != nullptr;
+    // a logit soft cap (a.cap_log2 > 0; a runtime branch, as in the forward): S becomes
+    // t = tanh(s scale_cap) while dP runs, then, once dP is done, P = 2^(cap_log2 t - lse)
+    // (the forward's capped log2-domain score: P matches its lse) and dP' = (dP - delta)
+    // (1 - t^2), the derivative of the cap folded in; the dS loop then subtracts no delta
+    const bool capped = a.cap_log2 > 0.f;
+    const float de0 = capped ? 0.f : dl0, de1 = capped ? 0.f : dl1;
 
     float dq[kDS<D> / 2];
 #pragma unroll
@@ -339,14 +361,27 @@ __global__ void __launch_bounds__(kThreads, 1)
           wg::Wait<0>();
           FenceAcc(s);
         }
-        // P (into s)
+        if (capped) {  // t (into s)
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+          for (int i = 0; i < 32; ++i) s[i] = Tanh(s[i] * a.scale_cap);
+        } else {  // P (into s)
 #pragma unroll
-          for (int e = 0; e < 4; ++e)
-            s[4 * j + e] = Exp2(fmaf(s[4 * j + e], sl2, -((e >> 1) ? lse1 : lse0)));
+          for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              s[4 * j + e] = Exp2(fmaf(s[4 * j + e], sl2, -((e >> 1) ? lse1 : lse0)));
+        }
         if constexpr (PIPE) wg::Wait<0>();  // dP done
         FenceAcc(dp);
+        if (capped) {  // P (into s) and dP' (into dp) from t (cap_log2 t rounded, as forward)
+#pragma unroll
+          for (int i = 0; i < 32; ++i) {
+            const float tt = s[i];
+            const bool hi = (i >> 1) & 1;  // element 4 j + e: row i1 for e = 2, 3
+            s[i] = Exp2(__fmul_rn(a.cap_log2, tt) - (hi ? lse1 : lse0));
+            dp[i] = (dp[i] - (hi ? dl1 : dl0)) * (1.f - tt * tt);
+          }
+        }
         // dS (into dp); on partial entries 0 where the pair is not allowed (by selection:
         // dP may be NaN there, from V rows past kv_lengths). Segment ids (none: all 0) are
         // loaded here (L1 hits after the first partial tile; ids padded to whole tiles)
@@ -369,7 +404,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int hi = e >> 1;
-            float ds = s[4 * j + e] * (dp[4 * j + e] - (hi ? dl1 : dl0));
+            float ds = s[4 * j + e] * (dp[4 * j + e] - (hi ? de1 : de0));
             if (masked && (!Allowed(hi ? i1 : i0, kh0 + 8 * j + 2 * t + (e & 1), kvlen,
                                     causal_part, off, hi ? qid1 : qid0, (e & 1) ? kid1 : kid0) ||
                            !((hgroups >> j) & 1u)))
@@ -553,6 +588,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float sl2 = a.scale_log2;
     const bool cut = k0 + kBS > kvlen;
     const bool segs = a.kv_ids != nullptr;
+    // a logit soft cap (a.cap_log2 > 0; a runtime branch, as in the forward): s keeps
+    // t = tanh(s scale_cap) where the uncapped path keeps P^T; P^T = 2^(cap_log2 t - lse)
+    // is formed from t for the dV product (PIPE: straight into its fragments) and for dS^T,
+    // which takes the factor 1 - t^2 (PIPE recomputes P^T there: bitwise the same).
+    const bool capped = a.cap_log2 > 0.f;
 
     float dk[kDS<D> / 2], dv[kDS<D> / 2];
 #pragma unroll
@@ -606,19 +646,49 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (!((qg >> j) & 1u)) allow &= ~(0xfu << (4 * j));
       }
       auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);  // log2 domain
-        const float l2[2] = {lq.x, lq.y};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
-          if (!keep(j, e)) p = 0.f;
-          s[4 * j + e] = p;
-        }
-      }
+      // the capped P^T from t and the row's lse (log2 domain): cap_log2 t rounded, as in the
+      // forward
+      auto capped_p = [&](float tt, float l2) { return Exp2(__fmul_rn(a.cap_log2, tt) - l2); };
       uint32_t pa[4][4], da[4][4];
-      PackA<T>(pa, s);
+      if (!capped) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);  // log2 domain
+          const float l2[2] = {lq.x, lq.y};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
+            if (!keep(j, e)) p = 0.f;
+            s[4 * j + e] = p;
+          }
+        }
+        PackA<T>(pa, s);
+      } else if constexpr (PIPE) {
+        // t (into s); P^T packed pairwise for the dV product issued next (PackA's layout:
+        // element 4j + 2u + c)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
+          const float l2[2] = {lq.x, lq.y};
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            float p[2];
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int e = 2 * u + c;
+              const float tt = Tanh(s[4 * j + e] * a.scale_cap);
+              s[4 * j + e] = tt;
+              p[c] = keep(j, e) ? capped_p(tt, l2[c]) : 0.f;
+            }
+            pa[j / 2][2 * (j % 2) + u] = Ops<T>::Pack(p[0], p[1]);
+          }
+        }
+      } else {
+        // t (into s); P^T is formed with dS^T below and packed after it (the dV product
+        // comes after dS^T here: fragments packed now would live across dS^T and spill)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) s[i] = Tanh(s[i] * a.scale_cap);
+      }
       const uint64_t don = wg::Desc(sdo, kSlab, 1024), dqn = wg::Desc(sq, kSlab, 1024);
       if constexpr (PIPE) {  // dV += P^T dO runs while dS^T is computed
         FenceAcc(dv);
@@ -629,15 +699,34 @@ __global__ void __launch_bounds__(kThreads, 1)
         wg::Wait<1>();  // dP^T done (the dV product may still run)
       }
       FenceAcc(dp);
+      if (capped) {  // dS^T = P^T (dP^T - delta) (1 - t^2), P^T (re)computed from t in s
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float2 dq = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
-        const float dl[2] = {dq.x, dq.y};
+        for (int j = 0; j < 8; ++j) {
+          const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
+          const float2 dq = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
+          const float l2[2] = {lq.x, lq.y}, dl[2] = {dq.x, dq.y};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float ds = s[4 * j + e] * (dp[4 * j + e] - dl[e & 1]);
-          if (!keep(j, e)) ds = 0.f;
-          dp[4 * j + e] = ds;
+          for (int e = 0; e < 4; ++e) {
+            const float tt = s[4 * j + e];
+            const float p = capped_p(tt, l2[e & 1]);
+            float ds = p * (dp[4 * j + e] - dl[e & 1]) * (1.f - tt * tt);
+            if (!keep(j, e)) ds = 0.f;
+            dp[4 * j + e] = ds;
+            if constexpr (!PIPE) s[4 * j + e] = keep(j, e) ? p : 0.f;  // P^T, packed below
+          }
+        }
+        if constexpr (!PIPE) PackA<T>(pa, s);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float2 dq = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
+          const float dl[2] = {dq.x, dq.y};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float ds = s[4 * j + e] * (dp[4 * j + e] - dl[e & 1]);
+            if (!keep(j, e)) ds = 0.f;
+            dp[4 * j + e] = ds;
+          }
         }
       }
       PackA<T>(da, dp);

@@ -12,7 +12,8 @@
 // of block size 16 and 32 on the block-128 kernel, every head dim (below: "Fine masks"),
 // a logit soft cap (issue 21: a.cap_log2 > 0, a runtime branch in the consumers' softmax:
 // cap_log2 tanh.approx(scale_cap s) on the raw S before the masks, the FA2 kernels'
-// expression, so the FA2 backward's P = 2^(that - lse log2 e) matches this forward's).
+// expression, so the backwards' P = 2^(that - lse log2 e), FA2 and Hopper (bwd_sm90.cu),
+// matches this forward's).
 // Variant 2 of the dispatch table (the default on sm_90) is PINGPONG = true at block 128,
 // variant 3 false; at block 64 both run the one kernel below.
 //
@@ -372,8 +373,9 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
     const float sl2 = a.scale_log2;
     // a logit soft cap (a.cap_log2 > 0): the scores become cap_log2 tanh(s scale_cap)
-    // (log2 domain) before the masks, as in the FA2 kernels, whose backward recomputes P
-    // from this lse with the same expression; the raw maxima are then not used (factor 1)
+    // (log2 domain) before the masks, as in the FA2 kernels; both backwards (FA2, Hopper)
+    // recompute P from this lse with the same expression; the raw maxima are then not used
+    // (factor 1)
     const bool capped = a.cap_log2 > 0.f;
     const bool pos_scale = sl2 > 0.f && !capped;
     const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
