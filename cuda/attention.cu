@@ -233,14 +233,15 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
       !attn::Sm90ForwardAvailable() ? 0 : backward ? kSm90BackwardDefault : 2;
   const int variant = backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
   const bool persistent = !backward && GetSwitches().attn_fwd_persistent;
-  const AttentionKernel* k = FindRow(variant < 0 ? default_variant : variant, dtype, head_dim,
-                                     block_size, backward, softcap, persistent);
-  // backward variant 4 takes no documents (AttentionKernel::dq_workspace): the default
-  // Hopper backward runs those calls (jax_blocksparse/_cuda.py, onepass_backward, then
-  // declares no workspaces)
-  if (k != nullptr && k->dq_workspace && documents)
-    k = FindRow(default_variant, dtype, head_dim, block_size, backward, softcap, false);
-  return k;
+  const int asked = variant < 0 ? default_variant : variant;
+  // backward variant 4 (AttentionKernel::dq_workspace) takes neither documents nor a soft
+  // cap: the default Hopper backward runs those calls (jax_blocksparse/_cuda.py,
+  // onepass_backward, then declares no workspaces)
+  const AttentionKernel* plain =
+      FindRow(asked, dtype, head_dim, block_size, backward, false, persistent);
+  if (plain != nullptr && plain->dq_workspace && (documents || softcap))
+    return FindRow(default_variant, dtype, head_dim, block_size, backward, softcap, false);
+  return FindRow(asked, dtype, head_dim, block_size, backward, softcap, persistent);
 }
 
 cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const AttentionForwardParams& p,

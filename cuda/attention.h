@@ -174,9 +174,9 @@ struct AttentionKernel {
 // With `softcap` only rows that take a soft cap (AttentionKernel::softcap): the variant's
 // when it has one, else variant 0's (the FA2 kernels). `documents`: the call needs a mask
 // source beyond the lists shared by the batch (lists per batch entry, segment ids,
-// q_offset, partial last tiles, tile bits); a row that cannot take them and runs only
-// where another can (backward variant 4: AttentionKernel::dq_workspace) gives way to the
-// default variant's.
+// q_offset, partial last tiles, tile bits). Backward variant 4 (AttentionKernel::
+// dq_workspace) takes neither documents nor a soft cap: such calls get the default
+// variant's row.
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward, bool softcap = false,
                                            bool documents = false);

@@ -223,21 +223,12 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     FA3-design kernels: the forward at each of its head dims, the backward (where
     `sm90_backward()`) at its head dims. Head dims 96 and 256: the FA3-design
     forward only. A logit soft cap (`softcap > 0`) runs wherever an uncapped call does
-    (the FA3-design forward and backward take it too), except under backward variant 4:
-    the one-pass kernel takes no cap, and the C++ dispatch (FindAttentionKernel) gives a
-    capped backward the FA2 kernels there, within their scope above."""
+    (the FA3-design forward and backward take it too; under backward variant 4, whose
+    one-pass kernel takes none, the default Hopper backward runs capped calls)."""
     hopper = (sm90_forward() if forward else
               (block_size == 128 or block_size in FINE_BLOCKS) and sm90_backward())
-    # a capped backward under variant 4: the FA2 kernels (the variant's rows take no cap;
-    # the dispatch then picks variant 0's rows, not the default variant's)
-    fa2_capped = (hopper and not forward and bool(softcap)
-                  and SWITCHES.attn_bwd_variant == 4)
-    args = (dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch, forward)
-    why = _fused_unsupported(*args, documents=hopper and not fa2_capped)
-    if (why is not None and fa2_capped
-            and _fused_unsupported(*args, documents=True) is None):
-        return f"logits_soft_cap under backward variant 4 (the FA2 kernels take no {why})"
-    return why
+    return _fused_unsupported(dtype, head_dim, block_size, tq, tk, segments, positioned,
+                              mask_batch, forward, documents=hopper)
 
 
 def _fused_unsupported(dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch,

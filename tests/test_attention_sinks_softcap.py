@@ -266,9 +266,8 @@ def test_cuda_routing_and_attributes(monkeypatch):
     """Lowered for "cuda" (any machine): a capped forward runs wherever an uncapped one
     does (the FA3-design forward takes the cap: segment ids, partial tiles, head dim 96,
     block size 32 too), and so does a capped backward (the FA3-design backward takes it:
-    segment ids, partial tiles, block sizes 16 and 32), except under backward variant 4
-    (the one-pass kernel takes no cap: the FA2 backward's scope, else the pure-JAX path with
-    a reason naming the variant); the decode kernel takes the cap, with the attribute
+    segment ids, partial tiles, block sizes 16 and 32; under backward variant 4, whose
+    one-pass kernel takes no cap, variant 2 runs capped calls); the decode kernel takes the cap, with the attribute
     `softcap`; sinks add no operand (they join after the kernels)."""
     import sys
     from jax_blocksparse import _cuda, _partitioning
@@ -298,17 +297,16 @@ def test_cuda_routing_and_attributes(monkeypatch):
         assert why(forward=False, softcap=cap) is None
         assert why(forward=False, d=80, softcap=cap) == "head dim 80"
         assert why(forward=False, d=96, softcap=cap) == "head dim 96"  # no fused backward at 96
-    # backward variant 4 (the one-pass kernel, no cap): a capped backward runs the FA2 one
+    # backward variant 4 (the one-pass kernel, no cap): the default Hopper backward runs
+    # capped calls, as it runs those with documents
     switches = _cuda.SWITCHES
     monkeypatch.setattr(_cuda, "SWITCHES", switches._replace(attn_bwd_variant=4))
-    assert why(forward=False, segments=True) is None  # uncapped: variant 2 takes it
-    reason = why(forward=False, segments=True, softcap=2.0)
-    assert reason == "logits_soft_cap under backward variant 4 (the FA2 kernels take no " \
-                     "segment ids)", reason
-    assert "lengths" in why(forward=False, tq=1000, softcap=2.0)
-    assert why(forward=False, bs=16, softcap=2.0).endswith("no block size 16)")
-    assert why(forward=False, softcap=2.0) is None  # FA2
-    assert why(forward=True, segments=True, softcap=2.0) is None  # the forward: unchanged
+    for cap in (0.0, 2.0):
+        assert why(forward=False, segments=True, softcap=cap) is None
+        assert why(forward=False, tq=1000, softcap=cap) is None
+        assert why(forward=False, bs=16, softcap=cap) is None
+        assert why(forward=False, softcap=cap) is None
+        assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, cap) == (cap == 0.0)
     monkeypatch.setattr(_cuda, "SWITCHES", switches)
     # without a Hopper forward (another GPU, or the FA2 forward forced): the FA2 forward's
     # scope, capped or not
@@ -408,7 +406,7 @@ def test_kernels_take_sinks_and_soft_cap(bwd_variant):
     """On a GPU every case runs the kernels, never the pure-JAX path: a soft cap the
     default forward (the FA3-design forward on an sm_90 GPU, else the FA2 one), the
     variant's backward (on an sm_90 GPU at block size 128 the FA3-design backward, variant
-    2, by default or forced; under 4, whose one-pass kernel takes no cap, and at block size
+    2, by default or forced, and under 4, whose one-pass kernel takes no cap; at block size
     64 the FA2 backward) and the decode kernel; sinks alone the default kernels (the
     FA3-design forward on an sm_90 GPU)."""
     from jax_blocksparse import _cuda
@@ -419,7 +417,7 @@ def test_kernels_take_sinks_and_soft_cap(bwd_variant):
     assert "pure-JAX path" not in result.stderr, result.stderr[-3000:]
     logs = kernels_by_case(result.stderr)
     forward = "fa3_forward" if _cuda.sm90_forward() else "fa2_forward"
-    hopper_bwd = _cuda._sm90a_device() and bwd_variant in ("", "2")  # at block size 128
+    hopper_bwd = _cuda._sm90a_device()  # at block size 128, under each variant
     for name in names:
         launches = logs.get(name, [])
         ops = {op for op, _ in launches}
