@@ -19,6 +19,7 @@ cache it reads (`rel err`; bf16: expect < 2e-2).
     bash benchmarks/device.sh decode        # on the GPU machine: bf16 B=8 Hq=64 Hkv=8 D=128
                                             # T=32768, block 128, page 64, window 4096
     python benchmarks/decode.py --quick     # tiny sizes, seconds (automatic without a GPU)
+    DECODE_ARGS=--sweep bash benchmarks/device.sh decode   # also issue 22's sweeps (`sweep`)
 """
 
 import argparse
@@ -109,6 +110,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny sizes (default without a GPU)")
     parser.add_argument("--reps", type=int, help="back-to-back calls per timing")
     parser.add_argument("--block-size", type=int)
+    parser.add_argument("--sweep", action="store_true",
+                        help="also Tq 1/4/16/64 on the decode and the forward kernels, GQA "
+                             "group sizes 1/4/8/16 and cache lengths 4k-128k (issue 22)")
     args = parser.parse_args()
     gpu = jax.default_backend() == "gpu"
     cfg = dict(QUICK if args.quick or not gpu else FULL)
@@ -199,6 +203,92 @@ def main():
         except Exception as e:  # cuDNN absent (CPU) or the shape unsupported
             line = (str(e).strip().splitlines() or [""])[0]
             print(f"{name:34} failed: {type(e).__name__}: {line[:120]}", flush=True)
+    if args.sweep:
+        sweep(cfg, copy_tbs, quick=not gpu or args.quick)
+
+
+def with_decode_limit(limit, fn):
+    """`fn()` traced with `attention.DECODE_MAX_QUERIES = limit` (the Tq up to which
+    `jbs.attention` takes the decode primitive; 0: every call the forward's)."""
+    att = sys.modules["jax_blocksparse.attention"]
+    saved, att.DECODE_MAX_QUERIES = att.DECODE_MAX_QUERIES, limit
+    try:
+        return fn()
+    finally:
+        att.DECODE_MAX_QUERIES = saved
+
+
+def sweep(cfg, copy_tbs, quick):
+    """Issue 22's sweeps, bf16, dense causal layout, contiguous cache, each sequence at
+    length T with its Tq queries at the last positions (q_offset = T - Tq):
+      - Tq 1, 4, 16, 64 through the decode kernel and through the forward kernel (the
+        crossover that sets `DECODE_MAX_QUERIES`), at the configuration above;
+      - GQA group sizes 1, 4, 8, 16 (Hkv fixed, Hq = group * Hkv), Tq 1, beside cuDNN;
+      - cache lengths 4k to 128k, Tq 1, beside cuDNN.
+    TB/s count the K/V bytes each call must read once (the dense cache up to T); `% copy`
+    is against the copy rate measured above."""
+    b, hq, hkv, d, t = (cfg[k] for k in ("batch", "q_heads", "kv_heads", "head_dim", "seq_len"))
+    bs, reps = cfg["block_size"], cfg["reps"]
+    dtype = jnp.bfloat16
+    print(f"\nsweeps: bf16 B={b} D={d} block {bs}; TB/s of the K/V bytes read, % of the copy "
+          f"rate ({copy_tbs:.3f} TB/s)")
+    print(f"{'':44} {'ms':>9} {'TB/s':>6} {'% copy':>7} {'tok/s':>10}")
+
+    def line(name, ms, nbytes, tokens):
+        tbs = nbytes / ms / 1e9
+        print(f"{name:44} {ms:9.4f} {tbs:6.3f} {100 * tbs / copy_tbs:7.1f} "
+              f"{tokens / ms * 1e3:10.0f}", flush=True)
+
+    def ours_ms(tq, hq, hkv, t, limit):
+        keys = jax.random.split(jax.random.key(tq * 1000 + hq + t), 3)
+        q = jax.random.normal(keys[0], (b, tq, hq, d), dtype)
+        k, v = (jax.random.normal(x, (b, t, hkv, d), dtype) for x in keys[1:])
+        layout = jbs.layouts.causal(t, bs)
+        n = jnp.full((b,), t, jnp.int32)
+        f = with_decode_limit(limit, lambda: jax.jit(lambda q, k, v, n: jbs.attention(
+            q, k, v, layout, causal=True, q_offset=n - tq, kv_lengths=n)).lower(
+                q, k, v, n).compile())
+        return median_ms(f, q, k, v, n, reps=reps)
+
+    def cudnn_ms(hq, hkv, t):
+        keys = jax.random.split(jax.random.key(hq + t), 3)
+        q = jax.random.normal(keys[0], (b, 1, hq, d), dtype)
+        k, v = (jax.random.normal(x, (b, t, hkv, d), dtype) for x in keys[1:])
+        try:
+            f = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+                q, k, v, implementation="cudnn"))
+            return median_ms(f, q, k, v, reps=reps)
+        except Exception as e:  # cuDNN absent (CPU) or the shape unsupported
+            return f"failed: {type(e).__name__}"
+
+    kv_bytes = lambda hkv, t: b * t * 2 * hkv * d * jnp.dtype(dtype).itemsize
+    tqs = (1, 4) if quick else (1, 4, 16, 64)
+    crossover = None
+    for tq in tqs:
+        decode = ours_ms(tq, hq, hkv, t, limit=max(tqs))
+        forward = ours_ms(tq, hq, hkv, t, limit=0)
+        line(f"Tq {tq}: decode primitive", decode, kv_bytes(hkv, t), b * tq)
+        line(f"Tq {tq}: forward primitive", forward, kv_bytes(hkv, t), b * tq)
+        if crossover is None and forward < decode:
+            crossover = tq
+    print(f"crossover: the forward primitive is faster from Tq = {crossover} on" if crossover
+          else f"crossover: the decode primitive is faster up to Tq = {max(tqs)}")
+    for group in ((1, 4) if quick else (1, 4, 8, 16)):
+        ms = ours_ms(1, group * hkv, hkv, t, limit=1)
+        line(f"group {group} (Hq {group * hkv}, Hkv {hkv}): ours", ms, kv_bytes(hkv, t), b)
+        ref = cudnn_ms(group * hkv, hkv, t)
+        if isinstance(ref, str):
+            print(f"{'':10}cuDNN {ref}")
+        else:
+            line(f"group {group}: cuDNN", ref, kv_bytes(hkv, t), b)
+    for length in ((512, 1024) if quick else (4096, 16384, 65536, 131072)):
+        ms = ours_ms(1, hq, hkv, length, limit=1)
+        line(f"cache {length}: ours", ms, kv_bytes(hkv, length), b)
+        ref = cudnn_ms(hq, hkv, length)
+        if isinstance(ref, str):
+            print(f"{'':10}cuDNN {ref}")
+        else:
+            line(f"cache {length}: cuDNN", ref, kv_bytes(hkv, length), b)
 
 
 if __name__ == "__main__":

@@ -147,7 +147,7 @@ for stage in "$@"; do
     cases) python3 "$repo/benchmarks/dev_cases.py" --match "${CASES_MATCH:-}" \
              --timeout "${CASES_TIMEOUT:-40}" --dtypes "${CASES_DTYPES:-bf16}" 2>&1 \
              | tee -a "$out/cases.log" ;;
-    decode) python3 "$repo/benchmarks/decode.py" 2>&1 | tee "$out/decode.log" ;;
+    decode) python3 "$repo/benchmarks/decode.py" ${DECODE_ARGS:-} 2>&1 | tee "$out/decode.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
     # "--backward --variants 0,2 --metadata"

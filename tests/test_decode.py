@@ -5,6 +5,8 @@ that straddle block rows, lengths that are not multiples of the block size, a ca
 than one split holds; values, gradients, vmap, determinism, and the custom call it lowers to.
 """
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +71,9 @@ CASES = [  # dtype, head dim, block size, Tq, Hq, Hkv, mask kind, paged
     (jnp.float16, 128, 64, 1, 16, 2, "dense", False),
     (jnp.bfloat16, 64, 16, 7, 8, 2, "local", False),
     (jnp.float32, 64, 32, 2, 4, 2, "dense", True),
+    # speculative / chunked queries (issue 22): 64 per sequence, routed to the decode
+    # primitive for this case (attention.DECODE_MAX_QUERIES raised)
+    (jnp.bfloat16, 128, 64, 64, 8, 2, "local", True),
 ]
 
 
@@ -81,6 +86,8 @@ def test_decode_matches_the_dense_reference(platform, case, monkeypatch):
     GPU each row's blocks are split over several CTAs (one block per split allowed)."""
     monkeypatch.setitem(jbs._cuda.DECODE, "min_blocks_per_split", 1)
     dtype, d, bs, tq, hq, hkv, kind, paged = case
+    att = sys.modules["jax_blocksparse.attention"]
+    monkeypatch.setattr(att, "DECODE_MAX_QUERIES", max(att.DECODE_MAX_QUERIES, tq))
     rng = np.random.default_rng(d + bs + tq)
     b, r = 3, 6
     tk = r * bs - (bs // 2 if not paged else 0)  # paged: whole pages
