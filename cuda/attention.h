@@ -180,6 +180,12 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
                                            bool backward, bool softcap = false,
                                            bool documents = false);
 
+// The dispatch table's rows, in order (AttentionKernelAt(i) for i < AttentionKernelCount()):
+// the nanobind module reports them (attention_kernels()) and jax_blocksparse/_cuda.py
+// derives from them which calls the fused kernels take.
+int AttentionKernelCount();
+const AttentionKernel& AttentionKernelAt(int i);
+
 // Run `kernel` (FindAttentionKernel's row for p's dtype and shape); cudaErrorInvalidValue
 // for shapes the kernels do not take.
 cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const AttentionForwardParams& p,
