@@ -34,7 +34,7 @@ import numpy as np
 from . import _debug
 from . import _jax_internals as jint
 from . import _partitioning
-from . import attention as att
+from . import attention_primitives as att
 from . import attention_decode as dec
 from . import matmul_primitives as mp
 from .attention_metadata import FINE_BLOCKS, TILE, AttentionLists, TileLists, key_tiles
