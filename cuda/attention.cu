@@ -225,6 +225,12 @@ const AttentionKernel* FindRow(int variant, DType dtype, int head_dim, int block
 }
 }  // namespace
 
+int AttentionKernelCount() {
+  return static_cast<int>(sizeof(kAttentionKernels) / sizeof(kAttentionKernels[0]));
+}
+
+const AttentionKernel& AttentionKernelAt(int i) { return kAttentionKernels[i]; }
+
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward, bool softcap, bool documents) {
   // the default (switch unset), by the device's architecture (cached per device): forward

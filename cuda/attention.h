@@ -1,6 +1,6 @@
 // Launchers of fused block-sparse attention (forward, backward). Host-callable, plain C++.
 //
-// Semantics (jax_blocksparse/attention.py): q [B, Tq, Hq, D], k and v [B, Tk, Hkv, D],
+// Semantics (jax_blocksparse/attention_primitives.py): q [B, Tq, Hq, D], k and v [B, Tk, Hkv, D],
 // row-major (head dim contiguous, then heads, then tokens). Query head h reads kv head
 // h / (Hq / Hkv). Query i of head h attends to key j iff: block (i / bs, j / bs) is listed
 // for h's mask head; when causal, j <= i + (Tk - Tq); and j < kv_lengths[b]. Scores are
@@ -180,6 +180,12 @@ struct AttentionKernel {
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward, bool softcap = false,
                                            bool documents = false);
+
+// The dispatch table's rows, in order (AttentionKernelAt(i) for i < AttentionKernelCount()):
+// the nanobind module reports them (attention_kernels()) and jax_blocksparse/_cuda.py
+// derives from them which calls the fused kernels take.
+int AttentionKernelCount();
+const AttentionKernel& AttentionKernelAt(int i);
 
 // Run `kernel` (FindAttentionKernel's row for p's dtype and shape); cudaErrorInvalidValue
 // for shapes the kernels do not take.

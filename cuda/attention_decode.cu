@@ -418,7 +418,8 @@ cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
   const int group = p.hq / p.hkv;
   const int per_cta = p.mask_heads == 1 ? group : 1;
   const int chunks = (per_cta * p.tq + kRows - 1) / kRows;
-  const int parts = p.tq > 1 ? 2 : 1;
+  // the mask rows Tq consecutive positions can touch: ceil((Tq - 1) / bs) + 1 at most
+  const int parts = p.tq > 1 ? (p.tq - 2) / p.block_size + 2 : 1;
   const dim3 grid(unsigned(int64_t(p.batch) * p.hkv * (group / per_cta)),
                   unsigned(p.splits * chunks * parts));
   DecodePartialKernel<T, D, KV><<<grid, kThreads, smem, stream>>>(p);
@@ -461,7 +462,7 @@ const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, DecodeKv kv,
 }
 
 const char* AttentionDecodeUnsupported(const AttentionDecodeParams& p) {
-  if (p.tq < 1 || p.tq > kDecodeMaxQueries) return "Tq must be 1 to 16";
+  if (p.tq < 1 || p.tq > kDecodeMaxQueries) return "Tq must be 1 to 64";
   if (p.block_size <= 0 || p.block_size % kDecodeTileKeys != 0)
     return "the block size must be a multiple of 16";
   if (p.page_table != nullptr && (p.page_size <= 0 || p.page_size % kDecodeTileKeys != 0))

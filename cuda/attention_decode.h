@@ -1,7 +1,7 @@
-// Launcher of the decode attention kernel: a few queries per sequence (Tq <= 16) against a
+// Launcher of the decode attention kernel: a few queries per sequence (Tq <= 64) against a
 // long KV cache, contiguous or paged. Host-callable, plain C++.
 //
-// Semantics (jax_blocksparse/attention.py, `attention_decode_p`): q [B, Tq, Hq, D]; k and v
+// Semantics (jax_blocksparse/attention_decode.py, `attention_decode_p`): q [B, Tq, Hq, D]; k and v
 // [B, Tk, Hkv, D] (contiguous), or page pools [P, page_size, Hkv, D] with page_table
 // [B, pages_per_seq] (key j of sequence b is row j % page_size of page page_table[b, j /
 // page_size]; Tk = pages_per_seq * page_size). Query i of batch entry b uses the mask row
@@ -31,7 +31,7 @@
 
 namespace jax_blocksparse {
 
-constexpr int kDecodeMaxQueries = 16;    // Tq bound of the decode kernel
+constexpr int kDecodeMaxQueries = 64;    // Tq bound of the decode kernel (speculative chunks)
 constexpr int kDecodeTileKeys = 16;      // block sizes and page sizes: multiples of this
 constexpr int kDecodeSplitCapacity = 1024;  // listed blocks one split can hold
 

@@ -5,16 +5,17 @@ Each primitive lowers through `jax.ffi.ffi_lowering`: the custom call's operands
 primitive's operands followed by the layout's int32 metadata (block lists, coordinates) as
 constants, its results are the primitive's `ctx.avals_out`. The kernels never depend on the
 layout itself. Which calls the kernels take is decided by tables (`MATMUL_DTYPES`,
-`FUSED_ATTENTION`, `DECODE`); every other call lowers to the pure-JAX implementation, on a
-GPU too (float64, for one).
+`DECODE`; for attention the rows of the C++ dispatch table, which the extension reports:
+`ATTENTION_KERNELS`, `attention_families`); every other call lowers to the pure-JAX
+implementation, on a GPU too (float64, for one).
 
 The Python side's environment switches are read once, into `SWITCHES`:
 `JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
 `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT` and `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (the C++ side's
 overrides, cuda/switches.h) are read here too: the forward and the backward take segment
 ids, lists per batch entry, partial last tiles and q_offset only where the FA3-design
-kernels run (`sm90_forward`, `sm90_backward`); head dims 96 and 256 only the FA3-design
-forward; under 4 (`onepass_backward`) the backward's custom call gets the one-pass
+kernels run (`sm90_forward`, `sm90_backward`), at the head dims and block sizes of their
+rows; under 4 (`onepass_backward`) the backward's custom call gets the one-pass
 kernel's two workspaces. Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
 call that a kernel could have taken but that lowers to the pure-JAX implementation says why
 when the program is compiled (the kernels' own launch lines come from C++).
@@ -33,7 +34,7 @@ import numpy as np
 from . import _debug
 from . import _jax_internals as jint
 from . import _partitioning
-from . import attention as att
+from . import attention_primitives as att
 from . import attention_decode as dec
 from . import matmul_primitives as mp
 from .attention_metadata import FINE_BLOCKS, TILE, AttentionLists, TileLists, key_tiles
@@ -51,8 +52,10 @@ class Switches(NamedTuple):
     attn_bwd_variant: int  # -1: unset (the default), else 0..4 (2, 3, 4: the Hopper backward)
 
 
-# The backward variant on an sm_90 device when JAX_BLOCKSPARSE_ATTN_BWD_VARIANT is unset:
-# 2 (the FA3-design backward), as cuda/attention.cu decides (kSm90BackwardDefault).
+# The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
+# is unset: 2 (the FA3-design kernels), as cuda/attention.cu decides (FindAttentionKernel,
+# kSm90BackwardDefault).
+SM90_FORWARD_DEFAULT = 2
 SM90_BACKWARD_DEFAULT = 2
 
 
@@ -105,37 +108,42 @@ def sm90_forward() -> bool:
     """Whether the attention forward runs the FA3-design kernel (cuda/attention/fwd_sm90.cu)
     here, as the C++ dispatch decides (attention.cu, FindAttentionKernel): an sm_90a
     device (`_sm90a_device`) and JAX_BLOCKSPARSE_ATTN_FWD_VARIANT does not force the FA2
-    forward (0 or 1). That kernel also takes segment ids, lists per batch entry, partial
-    last tiles and q_offset."""
-    return SWITCHES.attn_fwd_variant not in (0, 1) and _sm90a_device()
+    forward (a variant of the "forward" family's rows, 0 or 1, or one without rows). That
+    kernel also takes segment ids, lists per batch entry, partial last tiles and q_offset."""
+    variant = SWITCHES.attn_fwd_variant
+    return ((SM90_FORWARD_DEFAULT if variant < 0 else variant)
+            in _families()["sm90_forward"].variants and _sm90a_device())
 
 
 def sm90_backward() -> bool:
-    """Whether the attention backward at block size 128 runs the FA3-design kernels
+    """Whether the attention backward runs the FA3-design kernels
     (cuda/attention/bwd_sm90.cu, or the one-pass bwd_sm90_onepass.cu) here, as the C++
-    dispatch decides: an sm_90a device and backward variant 2, 3 or 4
+    dispatch decides: an sm_90a device and a backward variant of their rows, 2, 3 or 4
     (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT, else `SM90_BACKWARD_DEFAULT`). Those kernels also
     take segment ids, lists per batch entry, partial last tiles and q_offset (variant 4
-    leaves them to the default variant: `onepass_backward`); block size 64 runs the FA2
-    backward."""
+    leaves them to the default variant: `onepass_backward`), at the head dims and block
+    sizes of their rows (`fused_attention_unsupported`; the others run the FA2 backward)."""
     variant = SWITCHES.attn_bwd_variant
-    return (SM90_BACKWARD_DEFAULT if variant < 0 else variant) in (2, 3, 4) and _sm90a_device()
+    families = _families()
+    return ((SM90_BACKWARD_DEFAULT if variant < 0 else variant)
+            in families["sm90_backward"].variants | families["onepass_backward"].variants
+            and _sm90a_device())
 
 
 def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,
                      documents: bool = False) -> bool:
     """Whether the attention backward's custom call runs backward variant 4, the one-pass
     Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
-    (attention.cu, FindAttentionKernel: the variant's rows are bf16 / f16, head dims 64 and
-    128, block size 128, no soft cap: a capped call runs variant 0's rows, the FA2
-    backward, and other combinations the default backward): it then needs the workspaces
-    `dq_accum` and `dq_semaphores`. Opt-in (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4). `documents`: the call needs a mask source beyond
+    (attention.cu, FindAttentionKernel: where the variant has a row for the call, the
+    "onepass_backward" family of `attention_families`; those rows take no soft cap: a
+    capped call, like one with `documents`, runs `SM90_BACKWARD_DEFAULT`'s rows): it then
+    needs the workspaces `dq_accum` and `dq_semaphores`. Opt-in
+    (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4). `documents`: the call needs a mask source beyond
     the variant's scope (segment ids, q_offset, lists per batch entry, partial last tiles,
     a mask of block size 16 / 32 on 128 x 128 tiles); the dispatch gives those to
     `SM90_BACKWARD_DEFAULT`'s kernels."""
-    return (SWITCHES.attn_bwd_variant == 4 and block_size == 128 and head_dim in (64, 128)
-            and not softcap and not documents
-            and any(dtype == d for d in (jnp.bfloat16, jnp.float16)))
+    return (SWITCHES.attn_bwd_variant == 4 and not documents and _no_row(
+        _families()["onepass_backward"], dtype, head_dim, block_size, softcap) is None)
 
 
 def _precision_attr(precision) -> np.int32:
@@ -195,55 +203,121 @@ def _matmul_lowering(prim, kernel_rule):
 
 
 # ------------------------------------------------------------------------ attention
-# The one table of what the fused attention kernels take (the FFI handler checks the same
-# combinations: cuda/attention.cu's dispatch table); any other call runs the pure-JAX
-# implementation, on a GPU too. Head dims by kernel family: the FA3-design forward
-# ("sm90_forward", where `sm90_forward()`), the FA2 forward ("forward") and the backward.
-FUSED_ATTENTION = {
-    "dtypes": (jnp.bfloat16, jnp.float16),
-    "head_dims": {"sm90_forward": (64, 96, 128, 256), "forward": (64, 128),
-                  "backward": (64, 128)},
-    "block_sizes": (64, 128),
-    # the FA3-design forward and backward only: on their 128 x 128 tiles, each covering
-    # several mask blocks whose bits join the element predicate
-    # (attention_metadata.tile_lists; the backward's by-key lists: key_tiles)
-    "tiled_block_sizes": FINE_BLOCKS,
-}
+class AttentionKernel(NamedTuple):
+    """One row of the C++ attention dispatch table (cuda/attention.cu, `kAttentionKernels`;
+    the fields of cuda/attention.h's `AttentionKernel` less its launcher), as the
+    extension reports it (`attention_kernels()`). `dtype`: the jnp name; `variant`: the
+    value of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (forward rows) or ..._BWD_VARIANT (backward
+    rows) the row serves."""
+    dtype: str
+    head_dim: int
+    block_size: int
+    backward: bool
+    variant: int
+    name: str
+    documents: bool
+    dq_workspace: bool
+    persistent: bool
+    softcap: bool
+
+
+# The rows of the table the extension was built with: they decide which calls the fused
+# kernels take (`attention_families`). Empty without the extension, where no attention call
+# lowers to them (the tests that lower for "cuda" there supply the rows: tests/conftest.py,
+# `attention_kernels`).
+ATTENTION_KERNELS = (tuple(AttentionKernel(**row) for row in _ext.attention_kernels())
+                     if _ext is not None else ())
+
+
+class KernelFamily(NamedTuple):
+    """What one family of the fused attention kernels takes: the values of its rows."""
+    dtypes: frozenset  # jnp names
+    head_dims: frozenset
+    block_sizes: frozenset  # the kernels' tiles (block sizes 16 / 32 run on TILE x TILE)
+    softcap: bool  # every row of the family takes a logit soft cap
+    variants: frozenset  # the switch's values that pick the family
+
+
+FAMILIES = ("forward", "sm90_forward", "backward", "sm90_backward", "onepass_backward")
+
+
+def _family(row: AttentionKernel) -> str:
+    """The family of a row: the FA2 forward and backward ("forward", "backward"), the
+    FA3-design kernels, which take the mask sources beyond the shared lists (`documents`
+    rows: "sm90_forward", forward variants 2 and 3; "sm90_backward", backward variants 2
+    and 3), the one-pass Hopper backward (`dq_workspace` rows, backward variant 4)."""
+    if row.dq_workspace:
+        return "onepass_backward"
+    return ("sm90_" if row.documents else "") + ("backward" if row.backward else "forward")
+
+
+@functools.lru_cache(maxsize=None)
+def attention_families(rows: tuple) -> dict:
+    """Family name (`FAMILIES`) -> `KernelFamily` of the table's `rows` (`ATTENTION_KERNELS`).
+    Persistent rows repeat plain ones (FindAttentionKernel falls back to those); a family
+    without rows takes nothing."""
+    by_family = {name: [] for name in FAMILIES}
+    for row in rows:
+        if not row.persistent:
+            by_family[_family(row)].append(row)
+    return {name: KernelFamily(frozenset(r.dtype for r in family),
+                               frozenset(r.head_dim for r in family),
+                               frozenset(r.block_size for r in family),
+                               bool(family) and all(r.softcap for r in family),
+                               frozenset(r.variant for r in family))
+            for name, family in by_family.items()}
+
+
+def _families() -> dict:
+    return attention_families(ATTENTION_KERNELS)
+
+
+def _no_row(family: KernelFamily, dtype, head_dim, block_size, softcap=0.0, *,
+            tiles=False) -> str | None:
+    """Why `family` has no row for the call (None when it has). `tiles`: a family of
+    `documents` rows, whose rows of block size TILE also take block sizes 16 and 32 (on
+    TILE x TILE tiles, the bits of the mask blocks joining the element predicate)."""
+    name = jnp.dtype(dtype).name
+    if name not in family.dtypes:
+        return f"dtype {name}"
+    if head_dim not in family.head_dims:
+        return f"head dim {head_dim}"
+    if (TILE if tiles and block_size in FINE_BLOCKS else block_size) not in family.block_sizes:
+        return f"block size {block_size}"
+    if softcap and not family.softcap:
+        return "logits_soft_cap"
+    return None
 
 
 def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, tk: int,
                                 segments: bool, positioned: bool, mask_batch: int, *,
                                 forward: bool = False, softcap: float = 0.0) -> str | None:
-    """Why the fused kernels cannot run this call (None when they can): the FA2 forward and
-    backward take neither segment ids, nor a mask per batch entry, nor lengths that are
-    not multiples of the block size, nor `q_offset`, nor block sizes 16 and 32; the
-    FA3-design kernels take the first four (partial last tiles: with at least one key):
-    the forward where `sm90_forward()` (`forward=True`), the backward at block size 128
-    where `sm90_backward()`; block sizes 16 and 32 (on 128 x 128 tiles) only the
-    FA3-design kernels: the forward at each of its head dims, the backward (where
-    `sm90_backward()`) at its head dims. Head dims 96 and 256: the FA3-design
-    forward only. A logit soft cap (`softcap > 0`) runs wherever an uncapped call does
-    (the FA3-design forward and backward take it too; under backward variant 4, whose
-    one-pass kernel takes none, the default Hopper backward runs capped calls)."""
-    hopper = (sm90_forward() if forward else
-              (block_size == 128 or block_size in FINE_BLOCKS) and sm90_backward())
-    return _fused_unsupported(dtype, head_dim, block_size, tq, tk, segments, positioned,
-                              mask_batch, forward, documents=hopper)
+    """Why the fused kernels cannot run this call (None when they can), by the rows of the
+    C++ dispatch table (`attention_families`), as FindAttentionKernel picks them: the
+    FA3-design kernel of the phase where it runs (`sm90_forward()` with `forward=True`,
+    else `sm90_backward()`) and its family has the call's row, else the FA2 kernel's. The
+    FA3-design kernels take segment ids, a mask per batch entry, lengths that are not
+    multiples of the block size (with at least one key), `q_offset` and block sizes 16 and
+    32; the FA2 kernels none of these. A logit soft cap (`softcap > 0`) runs on the rows
+    that take one: where the FA3-design family's do not, the FA2 kernels run the call
+    (the C++ dispatch falls back to variant 0's rows)."""
+    families = _families()
+    phase = "forward" if forward else "backward"
+    fa2, sm90 = families[phase], families["sm90_" + phase]
+    hopper = ((sm90_forward() if forward else sm90_backward())
+              and _no_row(sm90, dtype, head_dim, block_size, tiles=True) is None)
+    documents = hopper and (not softcap or sm90.softcap)
+    sources = (block_size, tq, tk, segments, positioned, mask_batch)
+    why = (_no_row(sm90 if documents else fa2, dtype, head_dim, block_size, softcap,
+                   tiles=documents) or _unsupported_sources(*sources, documents=documents))
+    if (why is not None and hopper and not documents  # the cap alone keeps it off
+            and _unsupported_sources(*sources, documents=True) is None):
+        return f"logits_soft_cap on the Hopper {phase}: next (the FA2 kernels take no {why})"
+    return why
 
 
-def _fused_unsupported(dtype, head_dim, block_size, tq, tk, segments, positioned, mask_batch,
-                       forward, *, documents):
-    """`fused_attention_unsupported` with `documents`: whether the FA3-design kernel of
-    the phase runs the call."""
-    family = "sm90_forward" if forward and documents else "forward" if forward else "backward"
-    if not any(dtype == d for d in FUSED_ATTENTION["dtypes"]):
-        return f"dtype {jnp.dtype(dtype).name}"
-    if head_dim not in FUSED_ATTENTION["head_dims"][family]:
-        return f"head dim {head_dim}"
-    if block_size not in FUSED_ATTENTION["block_sizes"] and not (
-            (family == "sm90_forward" or (not forward and documents))
-            and block_size in FUSED_ATTENTION["tiled_block_sizes"]):
-        return f"block size {block_size}"
+def _unsupported_sources(block_size, tq, tk, segments, positioned, mask_batch, *, documents):
+    """What of the call's mask sources a kernel that takes `documents` or not cannot run."""
     if (tq % block_size or tk % block_size) and (not documents or tk == 0):
         return f"lengths ({tq}, {tk}) that are not multiples of the block size"
     if segments and not documents:
@@ -413,6 +487,9 @@ DECODE = {
     "head_dims": (64, 96, 128, 256),
     "tile_keys": 16,  # block sizes and page sizes: multiples of this
     "rows_per_cta": 16,  # (query, head) rows of a CTA (cuda: kRows)
+    # queries per sequence (cuda: kDecodeMaxQueries); `attention.DECODE_MAX_QUERIES` routes
+    # fewer here until the crossover with the forward kernel is measured (decode.py --sweep)
+    "max_queries": 64,
     "split_capacity": 1024,  # listed blocks one split holds (cuda: kDecodeSplitCapacity)
     "target_ctas": 4 * 132,  # CTAs to aim for: four per SM of an H100 (best in a sweep)
     "min_blocks_per_split": 8,  # splits of fewer blocks cost more than they overlap
@@ -421,10 +498,12 @@ DECODE = {
 
 
 def decode_unsupported(dtype, head_dim: int, block_size: int,
-                       page_size: int | None, kv_dtype=None) -> str | None:
+                       page_size: int | None, kv_dtype=None, tq: int = 1) -> str | None:
     """Why the decode kernel cannot run this call (None when it can); `dtype` is q's,
-    `kv_dtype` k's and v's (None: q's). A logit soft cap changes nothing here: the kernel
-    takes one in every case it runs."""
+    `kv_dtype` k's and v's (None: q's), `tq` the queries per sequence. A logit soft cap
+    changes nothing here: the kernel takes one in every case it runs."""
+    if tq > DECODE["max_queries"]:
+        return f"Tq {tq} (more than {DECODE['max_queries']} queries)"
     if not any(dtype == d for d in DECODE["dtypes"]):
         return f"dtype {jnp.dtype(dtype).name}"
     if kv_dtype is not None and kv_dtype != dtype:
@@ -463,7 +542,7 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
                   softcap=softcap)
     q_aval, k_aval = ctx.avals_in[:2]
     why = decode_unsupported(q_aval.dtype, q_aval.shape[-1], block_size,
-                             k_aval.shape[1] if paged else None, k_aval.dtype)
+                             k_aval.shape[1] if paged else None, k_aval.dtype, q_aval.shape[1])
     if why is not None:
         _debug.pure_path(f"attention_decode q{list(q_aval.shape)} bs={block_size}",
                          f"no decode kernel for {why}")

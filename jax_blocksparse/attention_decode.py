@@ -18,7 +18,7 @@ lists, page_table, k_scale, v_scale) -> (o, lse)`:
   - o `[B, Tq, Hq, D]` in q's dtype, lse `[B, Hq, Tq]` float32 (float64 for float64); a row
     with no key: o = 0, lse = -inf.
   - the static `softcap` (0: none): the scaled scores become `cap * tanh(s / cap)` before
-    the mask (`attention.soft_cap`).
+    the mask (`attention_primitives.soft_cap`).
 The pure-JAX lowering gathers each query's listed key blocks (cost grows with the listed
 blocks, never with the cache length); on CUDA the decode kernel runs where
 `_cuda.decode_unsupported` allows (split-KV, a deterministic log-sum-exp combine, the query
@@ -33,15 +33,15 @@ import jax.numpy as jnp
 
 from . import _jax_internals as jint
 from . import _partitioning
-from .attention import (KV_DIMS, LSE_DIMS, Q_DIMS, _at_rows, _bind, _lse_dtype,
-                        _reference_jvp, context_dims, paged_keys, soft_cap)
+from .attention_primitives import (KV_DIMS, LSE_DIMS, Q_DIMS, _at_rows, _bind, _lse_dtype,
+                                   _reference_jvp, context_dims, paged_keys, soft_cap)
 
 def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table,
                      k_scale, v_scale, *, block_size, causal, scale, paged, softcap=0.0):
     """The decode primitive in pure JAX: each query gathers the key blocks its mask row
     lists (`[B, Hm, Tq, W * bs]` keys, dequantized: times `k_scale[h]`, `v_scale[h]` in
     float32, float64 for float64), then a masked softmax (of the soft-capped scores when
-    `softcap`: `attention.soft_cap`)."""
+    `softcap`: `attention_primitives.soft_cap`)."""
     if paged:
         k, v = paged_keys(k, page_table), paged_keys(v, page_table)
     b, tq, hq, d = q.shape
@@ -110,8 +110,8 @@ DECODE_OPERANDS = ("q", "k", "v", "kv_lengths", "q_rows", "q_positions", "counts
 
 
 def _factors(avals_in, avals_out, *, paged, **params):
-    """Sharding factors: batch entries and kv heads (`attention.context_dims`); a page
-    pool is shared by the batch (pages stay whole on every device)."""
+    """Sharding factors: batch entries and kv heads (`attention_primitives.context_dims`);
+    a page pool is shared by the batch (pages stay whole on every device)."""
     b, _, hq, _ = avals_in[0].shape
     kv = ("pages", "page_rows", "h", "d") if paged else KV_DIMS
     dims = [Q_DIMS, kv, kv] + [context_dims(name, aval, b, hq, i) for i, (name, aval) in

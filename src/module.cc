@@ -1,7 +1,9 @@
 // The nanobind module: hands the FFI handlers to Python as capsules, by target name.
 #include <nanobind/nanobind.h>
 
+#include "../cuda/attention.h"
 #include "ffi_attention.h"
+#include "ffi_common.h"  // DTypeName
 #include "ffi_matmul.h"
 
 namespace nb = nanobind;
@@ -24,6 +26,28 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
     targets["jax_blocksparse_attention_bwd"] = Capsule(JaxBlocksparseAttentionBwd);
     targets["jax_blocksparse_attention_decode"] = Capsule(JaxBlocksparseAttentionDecode);
     return targets;
+  });
+  // The attention dispatch table's rows (cuda/attention.cu, AttentionKernel) less their
+  // launchers: jax_blocksparse/_cuda.py routes attention calls by them.
+  m.def("attention_kernels", []() {
+    using jax_blocksparse::AttentionKernelAt;
+    nb::list rows;
+    for (int i = 0; i < jax_blocksparse::AttentionKernelCount(); ++i) {
+      const jax_blocksparse::AttentionKernel& k = AttentionKernelAt(i);
+      nb::dict row;
+      row["dtype"] = jax_blocksparse::DTypeName(k.dtype);
+      row["head_dim"] = k.head_dim;
+      row["block_size"] = k.block_size;
+      row["backward"] = k.backward;
+      row["variant"] = k.fwd_variant;
+      row["name"] = k.name;
+      row["documents"] = k.documents;
+      row["dq_workspace"] = k.dq_workspace;
+      row["persistent"] = k.persistent;
+      row["softcap"] = k.softcap;
+      rows.append(row);
+    }
+    return rows;
   });
   m.attr("cuda_architectures") = JBS_CUDA_ARCHITECTURES;
 }

@@ -20,3 +20,48 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=why))
+
+
+def attention_kernel_rows():
+    """The rows of the C++ attention dispatch table (cuda/attention.cu, kAttentionKernels),
+    as the extension reports them (`_cuda.ATTENTION_KERNELS`), for the tests that lower
+    for "cuda" or route calls where the extension is not built (`attention_kernels`);
+    tests/test_build.py checks them against the extension's where it is."""
+    from jax_blocksparse._cuda import AttentionKernel as Row
+    rows = []
+    fa2_fwd = {(64, 0): "fa2_forward(64-row CTA)", (64, 1): "fa2_forward(64-row CTA)",
+               (128, 0): "fa2_forward(64-row CTA)", (128, 1): "fa2_forward(128-row CTA)"}
+    fa3_fwd = {(128, 2): "fa3_forward(wgmma, tma, ws, pingpong)",
+               (128, 3): "fa3_forward(wgmma, tma, ws)",
+               (64, 2): "fa3_forward(wgmma, tma, ws, 64-row CTA)",
+               (64, 3): "fa3_forward(wgmma, tma, ws, 64-row CTA)"}
+    fa2_bwd = "fa2_backward(delta, dq 64-row, dk/dv per kv head)"
+    fa3_bwd = {2: "fa3_backward(wgmma, tma, ws, overlap)", 3: "fa3_backward(wgmma, tma, ws)"}
+    onepass = "fa3_backward(one pass, deterministic dq)"
+    pairs = lambda dims: [(t, d) for t in ("bfloat16", "float16") for d in dims]
+    for t, d in pairs((64, 128)):  # JBS_FWD_ROWS
+        rows += [Row(t, d, bs, False, v, name, False, False, False, True)
+                 for (bs, v), name in fa2_fwd.items()]
+    for t, d in pairs((64, 128)) + [("bfloat16", 96), ("bfloat16", 256), ("float16", 96),
+                                    ("float16", 256)]:  # JBS_FWD_SM90_ROWS
+        rows += [Row(t, d, bs, False, v, name[:-1] + ", persistent)" if persistent else name,
+                     True, False, persistent, True)
+                 for persistent in (False, True) for (bs, v), name in fa3_fwd.items()]
+    for t, d in pairs((64, 128)):  # JBS_BWD_ROWS
+        rows += [Row(t, d, bs, True, 0, fa2_bwd, False, False, False, True) for bs in (64, 128)]
+    for t, d in pairs((64, 128)):  # JBS_BWD_SM90_ROWS
+        rows += [Row(t, d, 128, True, v, name, True, False, False, True)
+                 for v, name in fa3_bwd.items()]
+    for t, d in pairs((64, 128)):  # JBS_BWD_SM90_ONEPASS_ROWS
+        rows.append(Row(t, d, 128, True, 4, onepass, False, True, False, False))
+    return tuple(rows)
+
+
+@pytest.fixture
+def attention_kernels(monkeypatch):
+    """`_cuda.ATTENTION_KERNELS` as the extension reports them: its own where it is built,
+    else `attention_kernel_rows()`."""
+    from jax_blocksparse import _cuda
+    if _cuda._ext is None:
+        monkeypatch.setattr(_cuda, "ATTENTION_KERNELS", attention_kernel_rows())
+    return _cuda.ATTENTION_KERNELS

@@ -88,3 +88,56 @@ def test_every_query_cursor_sets_every_field():
                 unset = sorted(f for f in fields if not re.search(rf"\b{var}\.{f}\s*=", text))
                 assert not unset, f"{name}: QueryCursor {var} leaves {unset} unset"
     assert users >= 3, users  # the FA2 dK/dV kernel, bwd_sm90.cu, bwd_sm90_onepass.cu
+
+
+@pytest.mark.skipif(_cuda._ext is None, reason="the CUDA extension is not built")
+def test_attention_kernel_rows_of_the_tests_are_the_extensions():
+    """tests/conftest.py's copy of the attention dispatch table (what the tests route by
+    where the extension is not built) is the table the extension reports."""
+    from conftest import attention_kernel_rows
+    assert _cuda.ATTENTION_KERNELS == attention_kernel_rows()
+
+
+def test_attention_routing_follows_the_dispatch_table(monkeypatch, attention_kernels):
+    """The rows of the C++ attention dispatch table (the extension's where it is built)
+    decide the routing: each row's (dtype, head dim, block size) runs fused where its
+    family runs (the FA3-design families with segment ids too, the one-pass backward with
+    its workspaces), capped where the row takes a cap; a head dim without rows does not.
+    The table's own consistency, which the routing relies on: one row per (dtype, head dim,
+    block size, phase, variant, persistent) (FindAttentionKernel takes the first), each
+    family a full product of its dtypes, head dims and block sizes with one soft-cap
+    capability, and a plain row under each persistent one."""
+    import jax.numpy as jnp
+    rows = attention_kernels
+    assert rows
+    keys = [(r.dtype, r.head_dim, r.block_size, r.backward, r.variant, r.persistent)
+            for r in rows]
+    assert len(set(keys)) == len(keys)
+    assert all(k[:5] + (False,) in keys for k in keys if k[5])
+    families = _cuda.attention_families(rows)
+    for name, family in families.items():
+        plain = {(r.dtype, r.head_dim, r.block_size, r.softcap) for r in rows
+                 if not r.persistent and _cuda._family(r) == name}
+        assert plain == {(t, d, bs, family.softcap) for t in family.dtypes
+                         for d in family.head_dims for bs in family.block_sizes}, name
+    monkeypatch.setattr(_cuda, "_sm90a_device", lambda: True)
+    for r in rows:
+        if r.persistent:
+            continue
+        family = _cuda._family(r)
+        hopper = family.startswith("sm90_")
+        monkeypatch.setattr(_cuda, "sm90_forward", lambda: hopper)
+        monkeypatch.setattr(_cuda, "sm90_backward", lambda: hopper)
+        monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=r.variant))
+        dtype = jnp.dtype(r.dtype)
+        if family == "onepass_backward":
+            assert _cuda.onepass_backward(dtype, r.head_dim, r.block_size), r
+            continue
+        for cap in (0.0, 2.0) if r.softcap else (0.0,):
+            why = _cuda.fused_attention_unsupported(
+                dtype, r.head_dim, r.block_size, 1024, 1024, hopper, False, 1,
+                forward=not r.backward, softcap=cap)
+            assert why is None, (r, cap, why)
+        assert _cuda.fused_attention_unsupported(
+            dtype, 80, r.block_size, 1024, 1024, False, False, 1,
+            forward=not r.backward) == "head dim 80"

@@ -36,12 +36,12 @@ import numpy as np
 import pytest
 
 import jax_blocksparse as jbs
+from jax_blocksparse import _cuda
 from reference import (ATTENTION_TOLERANCE, LSE_TOLERANCE, attention64, attention_mask64, f64,
                        kernels_by_case, lse_err, mark_case, random, rel_err, run_python)
 from test_gpu_attention import random_mask
 from test_matmul import poison
 
-from jax_blocksparse._cuda import FUSED_ATTENTION
 
 pytestmark = pytest.mark.gpu
 
@@ -170,7 +170,7 @@ def head_dim(name):
 
 def fused_backward(d):
     """Whether the backward at head dim d runs the fused kernels (else the pure-JAX path)."""
-    return d in FUSED_ATTENTION["head_dims"]["backward"]
+    return d in _cuda.attention_families(_cuda.ATTENTION_KERNELS)["backward"].head_dims
 
 
 def build(name, dtype):

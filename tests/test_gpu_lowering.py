@@ -188,7 +188,7 @@ def _bwd_operand_types(text):
     return call, ", ".join(re.sub(r"\s+", " ", call).split(" : (")[-1].split(", ")[7:])
 
 
-def test_hopper_routing_and_operands(monkeypatch):
+def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
     """Where the FA3-design kernels run (`_cuda.sm90_forward()`, `_cuda.sm90_backward()`,
     faked here), calls with segment ids, a mask per batch entry, lengths that are not
     multiples of the block size or q_offset lower to the fused forward and, at block size
@@ -342,7 +342,7 @@ def test_hopper_routing_and_operands(monkeypatch):
 
 
 @pytest.mark.parametrize("variant", [0, 4])
-def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, variant):
+def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernels, variant):
     """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 (faked here, on a faked sm_90a device) the
     backward's custom call gets the one-pass kernel's workspaces, dq_accum float32
     [B, Hq, Tq, D] and dq_semaphores int32 [B, Hq, Tq / 64], after delta; otherwise (and at
