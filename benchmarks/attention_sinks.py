@@ -2,11 +2,12 @@
 and decode with neither, `sinks=`, `logits_soft_cap=` and both, in the same process.
 
 Each row prints the median time of a call (`jax_blocksparse/bench/timing.py`) and its
-overhead over the row without either option. Sinks join each row after the kernels (one
-elementwise pass: `attention.with_sinks`); a soft cap runs the default forward and
-backward (the FA3-design ones on an sm_90 GPU: the cap's cost is the tanh and, in the
-backward, the derivative's factor), so every row runs the same kernels; under
-JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=0 the FA2 ones, for comparison:
+overhead over the row without either option. Sinks run inside the prefill forward kernels
+(each row's online softmax starts from the sink: no pass over o) and after the decode
+kernel (one elementwise pass: `attention_primitives.with_sinks`); a soft cap runs the
+default forward and backward (the FA3-design ones on an sm_90 GPU: the cap's cost is the
+tanh and, in the backward, the derivative's factor), so every row runs the same kernels;
+under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=0 the FA2 ones, for comparison:
 
     bash benchmarks/device.sh attention_sinks   # both, on the GPU machine
     python benchmarks/attention_sinks.py --quick   # tiny sizes, seconds (no GPU needed)

@@ -273,6 +273,7 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   a.by_query = ToLists(p.by_query);
   a.out_o = p.o;
   a.out_lse = p.lse;
+  a.sinks = p.sinks;
   const int bs = p.shape.block_size;
   a.mask_bits = p.mask_bits;
   const int mask_block = p.mask_bits != nullptr ? p.mask_block : bs;

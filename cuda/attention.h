@@ -96,6 +96,12 @@ struct AttentionForwardParams {
   // + j % 128 / mask_block of entry (line, e) (see above); null otherwise
   const uint64_t* mask_bits;
   int32_t mask_block;
+  // attention sinks: float32 [Hq], one logit per query head (scaled-score units), or null.
+  // Each row's softmax denominator gets exp(sinks[h]) (the kernels start the row's online
+  // softmax from it): o = sum_j e^(s_j) v_j / (e^(sinks[h]) + sum_j e^(s_j)), lse the log
+  // of that denominator; a row with no allowed key has o = 0 and lse = sinks[h]. Every
+  // forward row takes them (the FA2 and the FA3-design forward).
+  const float* sinks;
   void* o;     // [B, Tq, Hq, D], q's dtype
   float* lse;  // [B, Hq, Tq]
 };

@@ -52,6 +52,9 @@ struct Args {
   // logit soft cap (the FA2 kernels, the Hopper forward and backward): cap * log2(e) and
   // scale / cap, or 0 and 0 (no cap)
   float cap_log2, scale_cap;
+  // attention sinks (the forwards, FA2 and Hopper): float32 [Hq], one logit per query head
+  // in the units of the scaled scores, or null (none). See SinkStart below.
+  const float* sinks;
   bool causal;
   // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when
   // mb == B (else mb = 1), segment ids [B, Tq] / [B, Tk] (padded to whole tiles) or null
@@ -133,6 +136,26 @@ __device__ __forceinline__ float QuadMax(float x) {
 __device__ __forceinline__ float QuadSum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// Attention sinks inside the forwards' online softmax (issue 21). A sink adds exp(sink_h) to
+// every row's denominator and nothing to its numerator: o = sum_j e^(s_j) v_j /
+// (e^(sink) + sum_j e^(s_j)). In the kernels' log2 domain (s2 = s log2(e)) the sink is one
+// more "key" of score sink log2(e) whose value row is 0, seen before every real key: so a
+// row starts with the running max m = sink log2(e) (not -inf), the running sum
+// l = 2^(sink log2(e) - m) = 1 and the accumulator 0; every later step rescales l by
+// 2^(m_old - m_new) as for any key, and the end is as without sinks: o = acc / l,
+// lse = (m + log2 l) ln 2 = log(e^(sink) + sum_j e^(s_j)). A row with no allowed key keeps
+// m = sink log2(e), l = 1, acc = 0: o = 0, lse = sink (what with_sinks gives). The max is
+// then finite from the start, so the "still empty" guards (m == -inf) never fire for such
+// a row. Without sinks (null) the start is -inf, 0, 0 as before. l is summed over the
+// quad at the end (QuadSum), so the 1 goes to one lane of the quad (`first`).
+__device__ __forceinline__ void SinkStart(const float* sinks, int h, bool first, float& m,
+                                          float& l) {
+  if (sinks != nullptr) {
+    m = __ldg(sinks + h) * kLog2e;
+    l = first ? 1.f : 0.f;
+  }
 }
 
 // One online-softmax step of a warp's two rows (lane / 4 and lane / 4 + 8): mx0, mx1 are
@@ -315,6 +338,8 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
 #pragma unroll
   for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  SinkStart(a.sinks, h, (lane & 3) == 0, m0, l0);  // a sink: the rows start from it
+  SinkStart(a.sinks, h, (lane & 3) == 0, m1, l1);
   const int row0 = q0 + warp * 16 + (lane >> 2);  // and row0 + 8
   const float sl2 = a.scale_log2;
   const bool capped = a.cap_log2 > 0.f;

@@ -383,8 +383,9 @@ _backward_reference = jint.lower_fun(att.backward_reference, multiple_results=Tr
 
 
 def _attention_forward_lowering(ctx, *operands, **params):
-    """The forward's custom call: `_kernel_operands` with the by-query lists, then the
-    tiles' bits `[Bm, Hm, lines, 2 width]`. A mask of block size 16 or 32 (attribute
+    """The forward's custom call: `_kernel_operands` with the by-query lists (after q, k, v
+    the operand `sinks`: float32 `[Hq]`, or `[0]` without sinks), then the tiles' bits
+    `[Bm, Hm, lines, 2 width]`. A mask of block size 16 or 32 (attribute
     `mask_block`) runs on 128 x 128 tiles (attribute `block_size` 128): its lists are the
     tile lists (`att.TILES`), the bits those of the mask blocks of each listed tile; for
     other block sizes `mask_block == block_size` and the bits are a placeholder."""
@@ -455,6 +456,8 @@ def _attention_backward_lowering(ctx, *operands, **params):
         values, avals = _kernel_operands(ctx, floats, operands, 2, params)
         values += [operands[bits]] * 2  # placeholders
         avals += [ctx.avals_in[bits]] * 2
+    sinks = att.SINKS[att.attention_bwd_p]  # not an operand of the kernel: P reads lse
+    del values[sinks], avals[sinks]
     b, hq, tq = ctx.avals_in[4].shape  # lse
     bs = TILE if tiled else mask_block  # the kernel's tile
     workspace = ctx.avals_in[4].update(shape=(b, hq, 2, -(-tq // bs) * bs),

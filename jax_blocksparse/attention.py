@@ -23,7 +23,7 @@ from .attention_metadata import (FINE_BLOCKS, TILE, AttentionLists, TileLists,
                                  attention_metadata, block_lists, device_metadata,
                                  document_kinds, tile_lists, tile_metadata)
 from .attention_primitives import (_at_rows, _bind, _lse_dtype, _nan_rows, attention_p,
-                                   paged_keys, with_sinks)
+                                   no_sinks, paged_keys, with_sinks)
 from .attention_primitives import (  # noqa: F401 (re-exported: the primitives' names)
     CONTEXT, FLOAT_OPERANDS, KV_DIMS, LISTS, LSE_DIMS, Q_DIMS, TILES, attention_bwd_p,
     attention_reference, attention_tangent_p, backward_reference, context_dims, soft_cap,
@@ -325,8 +325,9 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     `Bm = 1`), no segment ids, lengths that are multiples of the block size and no
     `q_offset`. The forward and backward decide separately. Every other call runs the
     pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is
-    compiled). Sinks run wherever the call runs (they join each row after the kernels:
-    `with_sinks`). A soft cap runs every kernel above (the Hopper forward and backward
+    compiled). Sinks run wherever the call runs: longer queries inside the forward
+    kernels' online softmax (an operand of `attention_p`), short queries after the decode
+    kernel (`with_sinks`). A soft cap runs every kernel above (the Hopper forward and backward
     too) and the decode kernel; under `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4` (the one-pass
     backward, which takes no cap) a capped backward runs the FA2 backward, within its
     scope, else the pure-JAX path.
@@ -391,8 +392,9 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
             _debug.pure_path(f"attention q{list(q.shape)} k {k.dtype}",
                              f"fp8 KV cache: k and v dequantized to {q.dtype} before the "
                              "attention (the prefill kernels read bf16/f16 only)")
-        o, lse = _prefill(q, k, v, *context, scales=scales, **dict(static))
-    if sinks is not None:  # the sink joins each row's denominator (`with_sinks`)
+        o, lse = _prefill(q, k, v, *context, scales=scales, sinks=sinks, **dict(static))
+        sinks = None  # inside the forward kernels' online softmax (attention_p's operand)
+    if sinks is not None:  # short queries: the sink joins each row after the decode kernel
         o, lse = _partitioning.auto_mode(with_sinks, (o, lse))(o, lse, sinks)
     if bad_pages is not None:
         o, lse = _nan_rows(o, lse, bad_pages[:, None, None])
@@ -450,12 +452,15 @@ def _short_queries_jvp(static, primals, tangents):
 
 
 def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, tiles,
-             *, rows, tk, block_size, causal, scale, segments, softcap, scales=None):
+             *, rows, tk, block_size, causal, scale, segments, softcap, scales=None,
+             sinks=None):
     """Queries through `attention_p`; NaN for rows outside the mask or whose `BlockMask` row
     overflowed. `tiles`: None, or the tile lists of a fine mask (`TileLists`), or its block
     kinds `[Bm, Hm, R, Rk]` to tile here (`_tile_context`). `scales`: None, or the
     `(k_scale, v_scale)` of an fp8 cache, which is dequantized to q's dtype here (after a
-    paged cache's gather: only the pages of the call). Returns (o, lse)."""
+    paged cache's gather: only the pages of the call). `sinks`: None or `[Hq]`, the
+    attention sinks, an operand of `attention_p` (the fused forwards start each row's
+    softmax from the sink). Returns (o, lse)."""
     b, tq = q.shape[:2]
     bs = block_size
     positioned = offset is not None
@@ -480,7 +485,8 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
         lists = [*by_query, *_key_lists(by_query, -(-tk // bs), key_width)]
     tile_ops = _tile_context(tiles, overflow, bs, lists[2].shape[-1],
                              all_partial=positioned and segments)
-    o, lse = _bind(attention_p, q_in, k, v, kv_lengths, q_positions,
+    sinks = no_sinks(q) if sinks is None else sinks.astype(_lse_dtype(q.dtype))
+    o, lse = _bind(attention_p, q_in, k, v, sinks, kv_lengths, q_positions,
                    ids_in, kv_ids, *lists, *tile_ops, block_size=bs, causal=causal,
                    scale=scale, segments=segments, positioned=positioned, softcap=softcap)
     bad = None  # [B or 1, H or 1, Tq]: rows that are NaN, never silently wrong

@@ -8,22 +8,28 @@ kv_segment_ids, *by_query, *by_key)` (`q_positions [B or 1]`: the causal positio
 or B; query block `r` of the operands uses line `r` of the lists): the kernels read the
 block lists from operands, so a static `Layout` (lists computed on the host) and a traced
 `BlockMask` (lists computed inside `jit`) share every primitive and kernel.
-  - `attention_p(q, k, v, *ctx) -> (o, lse)`: the forward; saves the float32 log-sum-exp
-    of every query row.
-  - `attention_tangent_p(q, k, v, o, lse, q̇, k̇, v̇, *ctx) -> (ȯ, lsė)`: the JVP's tangent,
-    linear in `q̇, k̇, v̇`. With `S = scale·QKᵀ` masked and `P = exp(S − lse)`:
+  - `attention_p(q, k, v, sinks, *ctx) -> (o, lse)`: the forward; saves the float32
+    log-sum-exp of every query row.
+  - `attention_tangent_p(q, k, v, o, lse, q̇, k̇, v̇, sinks, *ctx) -> (ȯ, lsė)`: the JVP's
+    tangent, linear in `q̇, k̇, v̇`. With `S = scale·QKᵀ` masked and `P = exp(S − lse)`:
     `lsė = rowsum(P ∘ Ṡ)`, `ȯ = (P ∘ (Ṡ − lsė)) V + P V̇`.
-  - `attention_bwd_p(q, k, v, o, lse, dO, dlse, *ctx) -> (dq, dk, dv)`: the transpose of the
-    tangent, i.e. the fused backward. `jax.grad` runs only this one.
+  - `attention_bwd_p(q, k, v, o, lse, dO, dlse, sinks, *ctx) -> (dq, dk, dv)`: the
+    transpose of the tangent, i.e. the fused backward. `jax.grad` runs only this one.
 The context ends with the tile lists (`tile_*`, `TILES`: `attention_metadata.tile_lists`):
 for a mask of block size 16 or 32, the lists of the 128 x 128 tiles that the Hopper forward
 runs it on, with the bits of the mask blocks each listed tile covers (placeholders for
 other block sizes); only that forward's lowering reads them.
 Each primitive also takes the static `softcap` (logit soft-capping, 0: none): the scaled
 scores are `soft_cap(S) = cap·tanh(S/cap)` before the mask, so `Ṡ` and `dS` above take the
-factor `1 − tanh²(S/cap)`. Attention sinks are no operand: they join each row after the
-primitives, exactly, from `o` and `lse` (`with_sinks`), so their gradient reaches the
-backward as the lse cotangent.
+factor `1 − tanh²(S/cap)`. Attention sinks are the last float operand, `sinks`: float32
+`[Hq]` (float64 for float64), or the placeholder `[0]` (`no_sinks`: none). A sink adds
+`exp(sinks[h])` to each row's softmax denominator (`with_sinks`): the fused forwards start
+each row's online softmax from it (no pass over `o` after the kernels), the references
+apply `with_sinks` to the keys' result. `lse` then includes the sink, so `P = exp(S − lse)`
+above is the sink-normalised one and the tangent and backward need no more (their
+references recompute the same P from `sinks`); the sinks' own tangent and gradient are
+computed in JAX beside them (`_sink_tangent`). The decode primitive keeps `with_sinks` as
+a pass after it.
 The tangent and backward primitives have JVP rules of their own (the JVP of the pure-JAX
 implementation), so attention is differentiable to any order.
 The pure-JAX lowering (a block-gathered implementation: each query block attends to its
@@ -112,7 +118,11 @@ def with_sinks(o, lse, sinks):
     `lse'` (a row with no key: `o' = 0`, `lse' = sink`). Exact, and differentiable through
     `o` and `lse` (the backward already takes the lse cotangent): with
     `P_sink = exp(sink - lse')` and `delta = rowsum(dO' * o') - dlse'`,
-    `d sink[h] = -sum_{b, i} P_sink * delta`. Computed in float32 (float64 for float64)."""
+    `d sink[h] = -sum_{b, i} P_sink * delta`. Computed in float32 (float64 for float64).
+    The decode path applies it after its kernel (one elementwise pass over o) and the
+    pure-JAX forward reference after its softmax; the fused prefill forwards take the sinks
+    as an operand instead and start each row's online softmax from the sink (the same
+    result, no pass over o)."""
     f = _lse_dtype(o.dtype)
     sink = sinks.astype(lse.dtype)[None, :, None]  # [1, Hq, 1]
     lse_all = jnp.logaddexp(lse, sink)
@@ -192,12 +202,24 @@ def _rows_out(x, tq):
     return x.reshape(b, hq, rq * bs, d)[:, :, :tq].transpose(0, 2, 1, 3)
 
 
-def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments, positioned,
-                        softcap=0.0):
+def _has_sinks(sinks) -> bool:
+    """Whether the `sinks` operand holds sinks (`[Hq]`), not the placeholder `[0]`."""
+    return sinks.shape[0] != 0
+
+
+def no_sinks(q):
+    """The placeholder `sinks` operand of the attention primitives (no sinks): `[0]`."""
+    return jnp.zeros((0,), _lse_dtype(q.dtype))
+
+
+def attention_reference(q, k, v, sinks, *ctx, block_size, causal, scale, segments,
+                        positioned, softcap=0.0):
     """Block-gathered attention. Returns `(o [B, Tq, Hq, D] in q's dtype, lse [B, Hq, Tq]
     float32)`. Rows with no allowed key give `o = 0`, `lse = -inf`, zero gradients.
     Query i attends key j only if `j <= q_positions[b] + i` when `causal`. `softcap`
-    (0: none): the scaled scores are `soft_cap(s, softcap)` before the mask."""
+    (0: none): the scaled scores are `soft_cap(s, softcap)` before the mask. `sinks [Hq]`
+    (or `[0]`: none) join each row by `with_sinks` after the softmax (the fused forwards
+    start each row's online softmax from the sink instead: the same result)."""
     del positioned  # the kernels' business: the positions are operands here
     _, _, vg, s, allowed = _gathered_scores(q, k, v, ctx, block_size=block_size,
                                             causal=causal, scale=scale, segments=segments,
@@ -206,12 +228,13 @@ def attention_reference(q, k, v, *ctx, block_size, causal, scale, segments, posi
     o = jnp.einsum("bhriwj,bhrwjd->bhrid", p, vg, precision="highest")
     b, hq, rq, bs = lse.shape
     tq = q.shape[1]
-    return _rows_out(o, tq).astype(q.dtype), lse.reshape(b, hq, rq * bs)[:, :, :tq]
+    o, lse = _rows_out(o, tq).astype(q.dtype), lse.reshape(b, hq, rq * bs)[:, :, :tq]
+    return with_sinks(o, lse, sinks) if _has_sinks(sinks) else (o, lse)
 
 
-def tangent_reference(q, k, v, o, lse, dq, dk, dv, *ctx, **params):
+def tangent_reference(q, k, v, o, lse, dq, dk, dv, sinks, *ctx, **params):
     del o, lse
-    forward = lambda q, k, v: attention_reference(q, k, v, *ctx, **params)
+    forward = lambda q, k, v: attention_reference(q, k, v, sinks, *ctx, **params)
     return jax.jvp(forward, (q, k, v), (dq, dk, dv))[1]
 
 
@@ -235,7 +258,7 @@ def _key_block_slots(lists, counts, rk, width_k):
     return jnp.where(real, flat.reshape(at.shape), 0), real
 
 
-def backward_reference(q, k, v, o, lse, d_o, d_lse, *ctx, **params):
+def backward_reference(q, k, v, o, lse, d_o, d_lse, sinks, *ctx, **params):
     """The VJP of `attention_reference`, deterministic on every platform: dQ sums over each
     query block's listed key blocks, dK and dV over each key block's listed query blocks
     (gathers and fixed-order sums, never a scatter-add, whose order XLA leaves to atomics on
@@ -243,13 +266,21 @@ def backward_reference(q, k, v, o, lse, d_o, d_lse, *ctx, **params):
     function is that of the true gradient). With `dP = dO Vᵀ`, `delta = rowsum(P ∘ dP)`:
     `dS = P ∘ (dP − delta + dlse)`, `dQ = scale·dS K`, `dK = scale·dSᵀ Q`, `dV = Pᵀ dO`
     (FlashAttention-2, Dao 2023, Algorithm 2, with the lse cotangent added). With a soft cap
-    `dS` takes the factor `1 - tanh²(s / cap)` of the capped scores."""
+    `dS` takes the factor `1 - tanh²(s / cap)` of the capped scores. With `sinks`, P is
+    the sink-normalised `exp(S - lse')` (`lse' = logaddexp(lse, sink)`), as the kernels
+    read it from the forward's lse; the sinks' own gradient is not a result here
+    (`_sink_tangent`)."""
     del o, lse
     scale, bs, cap = params["scale"], params["block_size"], params.get("softcap", 0.0)
     qh, kg, vg, s, allowed = _gathered_scores(
         q, k, v, ctx, block_size=bs, causal=params["causal"], scale=scale,
         segments=params["segments"], softcap=cap)
-    p, _ = _softmax(s, allowed)
+    p, lse_keys = _softmax(s, allowed)
+    if _has_sinks(sinks):  # the keys' share of each row (0 for a row with no key)
+        sink = sinks.astype(lse_keys.dtype)[None, :, None, None]
+        keep = jnp.where(jnp.isfinite(lse_keys),
+                         jnp.exp(lse_keys - jnp.logaddexp(lse_keys, sink)), 0.0)
+        p = p * keep[..., None, None]
     b, tq, hq, d = q.shape
     tk, hkv = k.shape[1], k.shape[2]
     rq, width = s.shape[2], s.shape[4]
@@ -286,7 +317,9 @@ attention_tangent_p = jint.define_primitive("blocksparse_attention_tangent",
                                             multiple_results=True)
 attention_bwd_p = jint.define_primitive("blocksparse_attention_bwd", multiple_results=True)
 # how many float operands come before the context operands
-FLOAT_OPERANDS = {attention_p: 3, attention_tangent_p: 8, attention_bwd_p: 7}
+FLOAT_OPERANDS = {attention_p: 4, attention_tangent_p: 9, attention_bwd_p: 8}
+# the `sinks` operand: the last float operand of each (`[Hq]`, or `[0]`: none)
+SINKS = {prim: n - 1 for prim, n in FLOAT_OPERANDS.items()}
 
 
 def _out_avals(q, k, v):
@@ -298,6 +331,10 @@ def _out_avals(q, k, v):
 def _abstract(prim):
     """The abstract eval of `prim`, with the shardings of explicitly sharded operands."""
     def rule(q, k, v, *rest, **params):
+        sinks = rest[SINKS[prim] - 3]
+        if sinks.ndim != 1 or sinks.shape[0] not in (0, q.shape[2]):
+            raise ValueError(f"{prim.name}: sinks must be [Hq={q.shape[2]}] or [0] (none); "
+                             f"got {sinks.dtype}{list(sinks.shape)}")
         if prim is attention_bwd_p:
             out = [_partitioning.result_aval(x, x.shape, x.dtype) for x in (q, k, v)]
         else:
@@ -316,13 +353,20 @@ _REFERENCES = {attention_p: attention_reference, attention_tangent_p: tangent_re
 # by the batch) or a placeholder is replicated.
 Q_DIMS, KV_DIMS, LSE_DIMS = ("b", "tq", ("h", "g"), "d"), ("b", "tk", "h", "d"), (
     "b", ("h", "g"), "tq")
+# `sinks [Hq]` is sharded with the query heads; its placeholder `[0]` is replicated
+# (`_sinks_dims`: the last float operand's entry below is filled in by shape)
 _FLOAT_DIMS = {
-    attention_p: ([Q_DIMS, KV_DIMS, KV_DIMS], [Q_DIMS, LSE_DIMS]),
+    attention_p: ([Q_DIMS, KV_DIMS, KV_DIMS, None], [Q_DIMS, LSE_DIMS]),
     attention_tangent_p: ([Q_DIMS, KV_DIMS, KV_DIMS, Q_DIMS, LSE_DIMS, Q_DIMS, KV_DIMS,
-                           KV_DIMS], [Q_DIMS, LSE_DIMS]),
-    attention_bwd_p: ([Q_DIMS, KV_DIMS, KV_DIMS, Q_DIMS, LSE_DIMS, Q_DIMS, LSE_DIMS],
+                           KV_DIMS, None], [Q_DIMS, LSE_DIMS]),
+    attention_bwd_p: ([Q_DIMS, KV_DIMS, KV_DIMS, Q_DIMS, LSE_DIMS, Q_DIMS, LSE_DIMS, None],
                       [Q_DIMS, KV_DIMS, KV_DIMS]),
 }
+
+
+def _sinks_dims(aval):
+    """The factors of the `sinks` operand: the query heads, or replicated (`[0]`)."""
+    return (("h", "g"),) if _has_sinks(aval) else ("sinks0",)
 
 
 def context_dims(name, aval, batch, heads, index):
@@ -344,6 +388,7 @@ def context_dims(name, aval, batch, heads, index):
 def _factors(prim):
     def factors(avals_in, avals_out, **params):
         floats, results = _FLOAT_DIMS[prim]
+        floats = floats[:-1] + [_sinks_dims(avals_in[len(floats) - 1])]
         b, _, hq, _ = avals_in[0].shape
         ctx = [context_dims(name, aval, b, hq, i) for i, (name, aval) in
                enumerate(zip(CONTEXT, avals_in[len(floats):]))]
@@ -361,16 +406,34 @@ def _bind(prim, *args, **params):
     return prim.bind(*jint.match_varying_axes(*args), **params)
 
 
+def _sink_tangent(o, lse, sinks, d_sinks, d_o, d_lse):
+    """`(ȯ, lsė)` with the sinks' tangent `d_sinks [Hq]` added. With the sink in the row,
+    `lse = logaddexp(lse_keys, sink)` and `o = sum_j exp(s_j - lse) v_j`, so with
+    `P_sink = exp(sink - lse)`: `lsė += P_sink * ṡink` and `ȯ -= o * P_sink * ṡink`.
+    Linear in `d_sinks` (o and lse are the forward's results): its transpose, JAX's, is the
+    sinks' gradient `d sink[h] = -sum_{b, i} P_sink * (rowsum(dO * o) - dlse)` (as
+    `with_sinks`'s). Computed in float32 (float64 for float64)."""
+    def add(o, lse, d_o, d_lse, sinks, d_sinks):
+        f = lse.dtype
+        w = jnp.exp(sinks.astype(f)[None, :, None] - lse) * d_sinks.astype(f)[None, :, None]
+        d_o = (d_o.astype(f) - o.astype(f) * jnp.swapaxes(w, 1, 2)[..., None]).astype(d_o.dtype)
+        return d_o, d_lse + w
+    return _partitioning.auto_mode(add, (d_o, d_lse))(o, lse, d_o, d_lse, sinks, d_sinks)
+
+
 def _attention_jvp(primals, tangents, **params):
-    q, k, v, *ctx = primals
-    o, lse = _bind(attention_p, q, k, v, *ctx, **params)
+    q, k, v, sinks, *ctx = primals
+    o, lse = _bind(attention_p, q, k, v, sinks, *ctx, **params)
     dq, dk, dv = (jint.instantiate(t) for t in tangents[:3])
-    d_o, d_lse = _bind(attention_tangent_p, q, k, v, o, lse, dq, dk, dv, *ctx, **params)
+    d_o, d_lse = _bind(attention_tangent_p, q, k, v, o, lse, dq, dk, dv, sinks, *ctx,
+                       **params)
+    if _has_sinks(sinks) and type(tangents[3]) is not jint.Zero:
+        d_o, d_lse = _sink_tangent(o, lse, sinks, tangents[3], d_o, d_lse)
     return (o, lse), (d_o, d_lse)
 
 
-def _tangent_transpose(cts, q, k, v, o, lse, dq, dk, dv, *ctx, **params):
-    for x in (q, k, v, o, lse, *ctx):
+def _tangent_transpose(cts, q, k, v, o, lse, dq, dk, dv, sinks, *ctx, **params):
+    for x in (q, k, v, o, lse, sinks, *ctx):
         if jint.is_undefined_primal(x):
             raise NotImplementedError("attention's tangent is linear in (dq, dk, dv) only")
     ct_o, ct_lse = cts
@@ -379,9 +442,11 @@ def _tangent_transpose(cts, q, k, v, o, lse, dq, dk, dv, *ctx, **params):
     else:
         ct_o = jnp.zeros(o.shape, o.dtype) if type(ct_o) is jint.Zero else ct_o
         ct_lse = jnp.zeros(lse.shape, lse.dtype) if type(ct_lse) is jint.Zero else ct_lse
-        grads = _bind(attention_bwd_p, q, k, v, o, lse, ct_o, ct_lse, *ctx, **params)
+        grads = _bind(attention_bwd_p, q, k, v, o, lse, ct_o, ct_lse, sinks, *ctx,
+                      **params)
     return [None] * 5 + [_partitioning.like_primal(g, x.aval) if jint.is_undefined_primal(x)
-                         else None for g, x in zip(grads, (dq, dk, dv))] + [None] * len(ctx)
+                         else None for g, x in zip(grads, (dq, dk, dv))] + [None] * (
+                             1 + len(ctx))
 
 
 def _reference_jvp(prim, reference, array_positions):
@@ -411,12 +476,14 @@ def _reference_jvp(prim, reference, array_positions):
 
 jint.register_jvp(attention_p, _attention_jvp)
 jint.register_transpose(attention_tangent_p, _tangent_transpose)
-# attention_tangent_p(q, k, v, o, lse, dq, dk, dv, *ctx): depends on q, k, v, dq, dk, dv
-jint.register_jvp(attention_tangent_p,
-                  _reference_jvp(attention_tangent_p, tangent_reference, (0, 1, 2, 5, 6, 7)))
-# attention_bwd_p(q, k, v, o, lse, d_o, d_lse, *ctx): depends on q, k, v, d_o, d_lse
+# attention_tangent_p(q, k, v, o, lse, dq, dk, dv, sinks, *ctx): depends on q, k, v, dq,
+# dk, dv, sinks
+jint.register_jvp(attention_tangent_p, _reference_jvp(
+    attention_tangent_p, tangent_reference, (0, 1, 2, 5, 6, 7, 8)))
+# attention_bwd_p(q, k, v, o, lse, d_o, d_lse, sinks, *ctx): depends on q, k, v, d_o,
+# d_lse, sinks
 jint.register_jvp(attention_bwd_p,
-                  _reference_jvp(attention_bwd_p, backward_reference, (0, 1, 2, 5, 6)))
+                  _reference_jvp(attention_bwd_p, backward_reference, (0, 1, 2, 5, 6, 7)))
 
 
 def _fold_batch(prim):
@@ -425,18 +492,32 @@ def _fold_batch(prim):
     context operands whose leading axis is 1 (shared by the batch: a static layout's lists,
     absent segment ids, the default query position) stay shared unless they are mapped;
     segment ids that are present always carry B (the fused forward reads them per batch
-    entry)."""
+    entry). `sinks [Hq]` has no batch axis: unmapped it stays as it is; mapped (sinks per
+    entry of the vmap: the kernels take one per head) the primitive runs once per entry
+    of the mapped axis (`lax.map`)."""
     per_batch = FLOAT_OPERANDS[prim] + 1  # ... and kv_lengths, the first context operand
+    sinks_at = SINKS[prim]
     segment_ids = {FLOAT_OPERANDS[prim] + CONTEXT.index(n)
                    for n in ("q_segment_ids", "kv_segment_ids")}
 
     def rule(args, dims, **params):
         args = [a if d is jint.not_mapped else jnp.moveaxis(a, d, 0)
                 for a, d in zip(args, dims)]
+        mapped = [d is not jint.not_mapped for d in dims]
+        if mapped[sinks_at]:  # one call per entry of the mapped axis
+            def one(xs):
+                xs = iter(xs)
+                return prim.bind(*[next(xs) if m else a for a, m in zip(args, mapped)],
+                                 **params)
+            outs = jax.lax.map(one, [a for a, m in zip(args, mapped) if m])
+            return list(outs), [0] * len(outs)
         size = next(a.shape[0] for a, d in zip(args, dims) if d is not jint.not_mapped)
         batch = args[0].shape[0 if dims[0] is jint.not_mapped else 1]
         folded = []
         for i, (a, d) in enumerate(zip(args, dims)):
+            if i == sinks_at:  # not mapped (above): per head, no batch axis
+                folded.append(a)
+                continue
             if d is jint.not_mapped:
                 if (i >= per_batch and a.shape[0] == 1 and  # shared by the batch: stays shared
                         not (params["segments"] and i in segment_ids)):

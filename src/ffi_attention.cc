@@ -145,8 +145,8 @@ BlockListsView View(const Buffer<S32>& counts, const Buffer<S32>& partial,
 }
 
 ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
-                   Buffer<S32> kv_lengths, Buffer<S32> q_positions, Buffer<S32> q_counts,
-                   Buffer<S32> q_partial,
+                   AnyBuffer sinks, Buffer<S32> kv_lengths, Buffer<S32> q_positions,
+                   Buffer<S32> q_counts, Buffer<S32> q_partial,
                    Buffer<S32> q_lists, Buffer<S32> q_order, Buffer<S32> q_segment_ids,
                    Buffer<S32> kv_segment_ids, Buffer<S32> tile_bits, Result<AnyBuffer> o,
                    Result<Buffer<F32>> lse, int32_t block_size, bool causal, float scale,
@@ -188,10 +188,19 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
     p.mask_bits = reinterpret_cast<const uint64_t*>(tile_bits.typed_data());
     p.mask_block = mask_block;
   }
+  // attention sinks: float32 [Hq] (the kernels start each row's softmax from its head's
+  // sink), or the placeholder [0]: none
+  auto sd = sinks.dimensions();
+  if (sinks.element_type() != ffi::DataType::F32 || sd.size() != 1 ||
+      (sd[0] != 0 && sd[0] != p.shape.hq))
+    return Invalid("sinks must be float32 [Hq=" + std::to_string(p.shape.hq) +
+                   "] (one logit per query head) or [0] (no sinks)");
+  p.sinks = sd[0] != 0 ? static_cast<const float*>(sinks.untyped_data()) : nullptr;
   p.o = o->untyped_data();
   p.lse = lse->typed_data();
   LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) +
                                            (segments ? " segments" : "") +
+                                           (p.sinks != nullptr ? " sinks" : "") +
                                            (tiled ? " mask_bs=" + std::to_string(mask_block)
                                                   : "")
                                      : "");
@@ -411,6 +420,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<AnyBuffer>()     // q
         .Arg<AnyBuffer>()     // k
         .Arg<AnyBuffer>()     // v
+        .Arg<AnyBuffer>()     // sinks float32 [Hq], or [0]: none (checked: FwdImpl)
         .Arg<Buffer<S32>>()   // kv_lengths
         .Arg<Buffer<S32>>()   // q_positions [1] or [B] (read with `positioned` only)
         .Arg<Buffer<S32>>()   // q_counts

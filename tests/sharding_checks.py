@@ -102,6 +102,16 @@ def check_attention_batch_and_heads():
         grad = same(f, (q, k, v), tuple(put(x, m, *spec) for x in (q, k, v)))
         counts = collectives(grad, *(put(x, m, *spec) for x in (q, k, v)))
         assert counts["all-gather"] == 0 and counts["all-to-all"] == 0, (name, counts)
+    # attention sinks [Hq] (an operand of the forward primitive): replicated, or sharded
+    # with the query heads
+    sinks = arr(rng, hq)
+    f = lambda q, k, v, s: jnp.sum(jnp.sin(jbs.attention(q, k, v, masks["layout"], causal=True,
+                                                         sinks=s)))
+    for sinks_spec in ((), ("model",)):
+        sharded = (*(put(x, m, *spec) for x in (q, k, v)), put(sinks, m, *sinks_spec))
+        grad = same(f, (q, k, v, sinks), sharded)
+        counts = collectives(grad, *sharded)
+        assert counts["all-gather"] == 0 and counts["all-to-all"] == 0, (sinks_spec, counts)
 
 
 def check_decode():
@@ -440,6 +450,12 @@ def check_explicit_attention_grads():
                                                 q_offset=offset))
     _explicit_cases(shifted, (q, k, v), {n: dims[n] for n in ("batch", "sequence", "heads")},
                     (0, 1, 2))
+    # attention sinks [Hq]: replicated, or sharded with the heads
+    sinks = arr(rng, hq)
+    with_sinks = lambda q, k, v, s: sin(jbs.attention(q, k, v, layout, causal=True, sinks=s))
+    _explicit_cases(with_sinks, (q, k, v, sinks), {
+        "batch": dims["batch"], "sequence": dims["sequence"],
+        "batch and heads": {**dims["batch and heads"], 3: ("model",)}}, (0, 1, 2, 3))
     # second order (the tangent and backward primitives' JVP: the pure-JAX reference)
     grad_norm = lambda q, k, v: jnp.sum(jax.grad(
         lambda q: sin(jbs.attention(q, k, v, layout, causal=True)))(q) ** 2)

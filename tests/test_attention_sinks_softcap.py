@@ -268,7 +268,8 @@ def test_cuda_routing_and_attributes(monkeypatch, attention_kernels):
     block size 32 too), and so does a capped backward (the FA3-design backward takes it:
     segment ids, partial tiles, block sizes 16 and 32; under backward variant 4, whose
     one-pass kernel takes no cap, variant 2 runs capped calls); the decode kernel takes the cap, with the attribute
-    `softcap`; sinks add no operand (they join after the kernels)."""
+    `softcap`; sinks are an operand of the forward's custom call
+    (`test_cuda_forward_takes_sinks_operand`), the decode kernel's join after it."""
     import sys
     from jax_blocksparse import _cuda, _partitioning
     from jax_blocksparse import _jax_internals as jint
@@ -341,6 +342,50 @@ def test_cuda_routing_and_attributes(monkeypatch, attention_kernels):
         assert attr in call, call
 
 
+def test_cuda_forward_takes_sinks_operand(monkeypatch, attention_kernels):
+    """Lowered for "cuda" (any machine): the forward's custom call takes the sinks as its
+    fourth operand, float32 `[Hq]` (the kernels start each row's softmax from them), and
+    the placeholder `[0]` without sinks, for any float dtype of `sinks`; no elementwise
+    pass over o follows it. The backward's custom call has no sinks operand (its P reads
+    the forward's lse, which includes the sink); the sinks' gradient is computed beside it
+    in JAX (an exp of the lse)."""
+    import re
+    import sys
+    from jax_blocksparse import _cuda, _partitioning
+    from jax_blocksparse import _jax_internals as jint
+    att = sys.modules["jax_blocksparse.attention"]
+    monkeypatch.setattr(_cuda, "sm90_forward", lambda: True)
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
+    if not jbs.cuda_built():
+        for prim, rule in ((att.attention_p, _cuda._attention_forward_lowering),
+                           (att.attention_bwd_p, _cuda._attention_backward_lowering)):
+            jint.register_lowering_rule(_partitioning.LOCAL[prim], rule, "cuda")
+    lower = lambda f, *a: jax.jit(f).trace(*a).lower(lowering_platforms=("cuda",)).as_text()
+
+    def operand_types(text, name):  # the operand types of the one call of `name`
+        (line,) = [ln for ln in text.splitlines() if f"@{name}(" in ln]
+        return re.search(r":\s*\(([^)]*)\)\s*->", line).group(1).split(", ")
+    q = jnp.ones((2, 256, 4, 64), jnp.bfloat16)
+    k = jnp.ones((2, 256, 2, 64), jnp.bfloat16)
+    layout = jbs.layouts.causal(256, 64)
+    fwd = lambda q, k, s: jbs.attention(q, k, k, layout, causal=True, sinks=s)
+    for sinks in (jnp.ones(4, jnp.float32), jnp.ones(4, jnp.bfloat16)):
+        types = operand_types(lower(fwd, q, k, sinks), "jax_blocksparse_attention_fwd")
+        assert types[:4] == ["tensor<2x256x4x64xbf16>", "tensor<2x256x2x64xbf16>",
+                             "tensor<2x256x2x64xbf16>", "tensor<4xf32>"], types
+    plain = operand_types(lower(lambda q, k: jbs.attention(q, k, k, layout, causal=True), q, k),
+                          "jax_blocksparse_attention_fwd")
+    assert plain[3] == "tensor<0xf32>" and len(plain) == len(types), plain
+    loss = lambda q, k, s: fwd(q, k, s).astype(jnp.float32).sum()
+    with_sinks = operand_types(lower(jax.grad(loss, argnums=(0, 1, 2)), q, k,
+                                     jnp.ones(4, jnp.float32)), "jax_blocksparse_attention_bwd")
+    without = operand_types(lower(jax.grad(lambda q, k: jbs.attention(
+        q, k, k, layout, causal=True).astype(jnp.float32).sum(), argnums=(0, 1)), q, k),
+        "jax_blocksparse_attention_bwd")
+    assert with_sinks == without, (with_sinks, without)
+    assert "tensor<4xf32>" not in with_sinks
+
+
 # --------------------------------------------------------------------- on a GPU: the kernels
 GPU_CASES = {
     # name: B, T, Hq, Hkv, D, bs, dtype, kv_lengths, sinks, cap
@@ -401,22 +446,24 @@ def run_gpu_cases(names):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("bwd_variant", ["", "2", "4"])
-def test_kernels_take_sinks_and_soft_cap(bwd_variant):
+@pytest.mark.parametrize("bwd_variant,fwd_variant", [("", ""), ("2", ""), ("4", ""), ("", "0")])
+def test_kernels_take_sinks_and_soft_cap(bwd_variant, fwd_variant):
     """On a GPU every case runs the kernels, never the pure-JAX path: a soft cap the
     default forward (the FA3-design forward on an sm_90 GPU, else the FA2 one), the
     variant's backward (on an sm_90 GPU at block size 128 the FA3-design backward, variant
     2, by default or forced, and under 4, whose one-pass kernel takes no cap; at block size
     64 the FA2 backward) and the decode kernel; sinks alone the default kernels (the
-    FA3-design forward on an sm_90 GPU)."""
+    FA3-design forward on an sm_90 GPU). Forward variant 0: the FA2 forward on every GPU
+    (its sinks and cap on an sm_90 one too)."""
     from jax_blocksparse import _cuda
     from reference import kernels_by_case, run_python
     names = list(GPU_CASES)
     result = run_python(f"import test_attention_sinks_softcap as t; t.run_gpu_cases({names!r})",
-                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=bwd_variant)
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=bwd_variant,
+                        JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=fwd_variant)
     assert "pure-JAX path" not in result.stderr, result.stderr[-3000:]
     logs = kernels_by_case(result.stderr)
-    forward = "fa3_forward" if _cuda.sm90_forward() else "fa2_forward"
+    forward = "fa3_forward" if _cuda.sm90_forward() and fwd_variant != "0" else "fa2_forward"
     hopper_bwd = _cuda._sm90a_device()  # at block size 128, under each variant
     for name in names:
         launches = logs.get(name, [])
@@ -430,6 +477,9 @@ def test_kernels_take_sinks_and_soft_cap(bwd_variant):
                     assert kernel.startswith(forward), (name, kernel)
                 if op == "attention_bwd":
                     assert kernel.startswith(backward), (name, kernel)
+        if GPU_CASES[name][-2]:  # sinks: inside the default forward (or variant 0's)
+            fwd = [kernel for op, kernel in launches if op == "attention_fwd"]
+            assert all(k.startswith(forward) for k in fwd), (name, fwd)
 
 
 # Capped forwards with what only the FA3-design forward takes (issue 21): segment ids, head
@@ -446,6 +496,10 @@ FWD_CASES = {
     "fwd_partial_d256_bs128_bf16": (1, 200, 300, 2, 2, 256, 128, "bf16", False, True, 10.0),
     "fwd_bs16_partial_d128_f16": (1, 200, 300, 2, 1, 128, 16, "f16", False, True, 4.0),
 }
+# ... and with attention sinks (inside the forward kernel's online softmax: rows with no
+# allowed key in the masks here give o = 0, lse = the sink)
+FWD_SINKS = {"fwd_segments_d128_bs128_bf16", "fwd_d96_segments_bs128_bf16",
+             "fwd_bs32_d128_causal_f16", "fwd_partial_d256_bs128_bf16"}
 
 
 def gpu_forward_check(name, seed=0):
@@ -458,6 +512,8 @@ def gpu_forward_check(name, seed=0):
     arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype)
     q, k, v, do = arr(b, tq, hq, d) * 2, arr(b, tk, hkv, d), arr(b, tk, hkv, d), arr(b, tq, hq, d)
     dlse = jnp.asarray(rng.standard_normal((b, hq, tq)), jnp.float32)
+    sinks = (jnp.asarray(rng.standard_normal(hq) + 1, jnp.float32) if name in FWD_SINKS
+             else None)
     mask = _random_mask(rng, (hq, -(-tq // bs), -(-tk // bs)))
     layout = jbs.Layout(mask, bs)
     allowed = np.kron(mask, np.ones((bs, bs), bool))[None, :, :tq, :tk]
@@ -470,17 +526,19 @@ def gpu_forward_check(name, seed=0):
         allowed = allowed & (ids[:, None, :, None] == ids[:, None, None, :])
         ids = jnp.asarray(ids, jnp.int32)
 
-    def f(q, k, v):
+    def f(q, k, v, s):
         return jbs.attention(q, k, v, layout, causal=causal, q_segment_ids=ids,
-                             kv_segment_ids=ids, logits_soft_cap=cap, return_lse=True)
+                             kv_segment_ids=ids, logits_soft_cap=cap, sinks=s,
+                             return_lse=True)
     poison("gpu")
-    (o, lse), vjp = jax.vjp(jax.jit(f), q, k, v)
+    (o, lse), vjp = jax.vjp(jax.jit(f), q, k, v, sinks)
     grads = jax.jit(vjp)((do, dlse))
-    want = attention64_sinks(q, k, v, allowed, 1 / np.sqrt(d), do, dlse, cap=cap)
+    want = attention64_sinks(q, k, v, allowed, 1 / np.sqrt(d), do, dlse, sinks=sinks, cap=cap)
     assert rel_err(o, want[0]) < TOL[dtype], "o"
     assert lse_err(lse, want[1]) < 2e-2, "lse"
-    for got, w, what in zip(grads, want[2:5], ("dq", "dk", "dv")):
-        assert rel_err(got, w) < GRAD_TOL[dtype], what
+    for got, w, what in zip(grads, want[2:], ("dq", "dk", "dv", "dsinks")):
+        if w is not None:
+            assert rel_err(got, w) < GRAD_TOL[dtype], what
 
 
 def run_gpu_forward_cases(names):
@@ -494,10 +552,10 @@ def run_gpu_forward_cases(names):
 @pytest.mark.parametrize("persistent", ["0", "1"])
 def test_hopper_forward_takes_soft_cap(persistent):
     """On an sm_90 GPU a capped forward with segment ids, head dim 96 or 256, block size 16
-    or 32 or partial last tiles runs the FA3-design forward (plain, then persistent): o and
-    lse against the float64 reference; its backward (dq, dk, dv against the reference too)
-    the default FA3-design backward at head dims 64 and 128, the pure-JAX path at 96 and
-    256."""
+    or 32 or partial last tiles runs the FA3-design forward (plain, then persistent), with
+    attention sinks in some (FWD_SINKS): o and lse against the float64 reference (dsinks
+    too); its backward (dq, dk, dv against the reference too) the default FA3-design
+    backward at head dims 64 and 128, the pure-JAX path at 96 and 256."""
     from jax_blocksparse import _cuda
     from reference import kernels_by_case, run_python
     if not _cuda.sm90_forward():

@@ -90,11 +90,11 @@ def test_cuda_lowering_without_a_gpu():
     assert "@jax_blocksparse_attention_fwd(" in text and "@jax_blocksparse_attention_bwd(" in text
     operands = {line.split("@")[1].split("(")[0]: line.split("(", 1)[1].split(")")[0].count("%")
                 for line in text.splitlines() if "custom_call" in line}
-    # forward: q, k, v, kv_lengths, q_positions, by-query lists (4) with their batch axis,
-    # segment ids (2), the tiles' bits (a placeholder here); backward: q, k, v, o, lse, dO,
-    # dlse, kv_lengths, q_positions, both lists (8) with their batch axis, segment ids (2),
-    # both directions' tile bits (placeholders here)
-    assert operands == {"jax_blocksparse_attention_fwd": 12, "jax_blocksparse_attention_bwd": 21}
+    # forward: q, k, v, sinks (a placeholder [0] here), kv_lengths, q_positions, by-query
+    # lists (4) with their batch axis, segment ids (2), the tiles' bits (a placeholder
+    # here); backward: q, k, v, o, lse, dO, dlse, kv_lengths, q_positions, both lists (8)
+    # with their batch axis, segment ids (2), both directions' tile bits (placeholders here)
+    assert operands == {"jax_blocksparse_attention_fwd": 13, "jax_blocksparse_attention_bwd": 21}
     calls = [line for line in text.splitlines() if "custom_call" in line]
     assert all("tensor<1x1x4x3xi32>" in call for call in calls)  # lists [Bm, Hm, Rq, width]
 

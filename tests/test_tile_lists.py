@@ -214,7 +214,7 @@ def primitive_operands(monkeypatch, fn):
     monkeypatch.setattr(att, "_bind", spy)
     fn()
     (args, params), = seen
-    names = ("q", "k", "v") + att.CONTEXT
+    names = ("q", "k", "v", "sinks") + att.CONTEXT
     return {n: np.asarray(a) for n, a in zip(names, args)}, params
 
 

@@ -232,4 +232,5 @@ def test_attention_vmap_keeps_one_kv_length_per_batch_entry():
     jaxpr = jax.make_jaxpr(jax.vmap(f))(q).jaxpr
     (eqn,) = [e for e in jaxpr.eqns if e.primitive.name == "blocksparse_attention"]
     assert eqn.invars[0].aval.shape[0] == 3
-    assert eqn.invars[3].aval.shape == (3,)  # kv_lengths
+    assert eqn.invars[3].aval.shape == (0,)  # sinks: the placeholder (none)
+    assert eqn.invars[4].aval.shape == (3,)  # kv_lengths

@@ -13,7 +13,10 @@
 // a logit soft cap (issue 21: a.cap_log2 > 0, a runtime branch in the consumers' softmax:
 // cap_log2 tanh.approx(scale_cap s) on the raw S before the masks, the FA2 kernels'
 // expression, so the backwards' P = 2^(that - lse log2 e), FA2 and Hopper (bwd_sm90.cu),
-// matches this forward's).
+// matches this forward's); attention sinks (issue 21: a.sinks non-null, a runtime branch
+// at each work item's start: the rows' running max and sum start from the sink's term,
+// SinkStart in attention_kernels.cuh; the backwards need nothing more, their
+// P = 2^(s - lse log2 e) with this lse is already the sink-normalised one).
 // Variant 2 of the dispatch table (the default on sm_90) is PINGPONG = true at block 128,
 // variant 3 false; at block 64 both run the one kernel below.
 //
@@ -98,7 +101,8 @@
 //    rides in bits 1 and up of `pph`.
 //  * Epilogue: each consumer warpgroup writes its normalized 64 x D rows into its own
 //    rows of the Q buffer (same swizzle: conflict-free) and one thread stores them with a
-//    TMA store; lse (float32) from registers. Rows with no allowed key: o = 0, lse = -inf.
+//    TMA store; lse (float32) from registers. Rows with no allowed key: o = 0, lse = -inf
+//    (with attention sinks: lse = the head's sink).
 //
 // Grid: x = (batch, head), y = position in `order` (longest lines first, x fastest), as
 // the FA2 forward. Every output element is written once, sums run in a fixed order: the
@@ -422,6 +426,10 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
 #pragma unroll
       for (int i = 0; i < kDS / 2; ++i) o[i] = 0.f;
       float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+      // attention sinks (a.sinks): the rows start from the sink's term (SinkStart,
+      // attention_kernels.cuh): m = sink log2(e), l = 1 on lane t == 0 of the quad
+      SinkStart(a.sinks, h, t == 0, m0, l0);
+      SinkStart(a.sinks, h, t == 0, m1, l1);
 
       // descriptors: Q rows of this warpgroup, K and V of stage 0 (a stage adds 2 kKVTile)
       const uint64_t dq = wg::Desc(sQ + uint32_t(cw * 64 * kLine), 16, 1024);
@@ -760,12 +768,14 @@ constexpr int kQBufs =
         ? 2
         : 1;
 
-// No key at all (Tk = 0) at the head dims the FA2 forward lacks: o = 0, lse = -inf.
-__global__ void EmptyKernel(uint16_t* o, int64_t n_o, float* lse, int64_t n_lse) {
+// No key at all (Tk = 0) at the head dims the FA2 forward lacks: o = 0, lse = -inf (with
+// sinks: lse = sinks[h], the sink alone in the row; lse is [B, Hq, Tq]).
+__global__ void EmptyKernel(uint16_t* o, int64_t n_o, float* lse, int64_t n_lse,
+                            const float* sinks, int hq, int tq) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_o; i += stride) o[i] = 0;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n_lse; i += stride)
-    lse[i] = -INFINITY;
+    lse[i] = sinks != nullptr ? sinks[(i / tq) % hq] : -INFINITY;
 }
 
 // Per device: 0 unknown, 1 usable, 2 not: an sm_90 device running this kernel's sm_90a
@@ -818,7 +828,7 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   const bool fa2_ok =
       a.mb == 1 && a.q_ids == nullptr && a.q_pos == nullptr && !rows4d && a.mask_bits == nullptr;
   constexpr bool kFa2 = D == 64 || D == 128;  // the head dims of the FA2 forward
-  if (a.tk == 0) {  // no key: o = 0, lse = -inf
+  if (a.tk == 0) {  // no key: o = 0, lse = -inf (with sinks: the sink)
     if constexpr (kFa2) {
       if (!fa2_ok) return cudaErrorInvalidValue;  // the Python routing never sends these
       return LaunchForwardTile<T, D, 64, 2>(a, stream);
@@ -826,7 +836,7 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
       const int64_t n_lse = int64_t(a.batch) * a.hq * a.tq, n_o = n_lse * D;
       const int64_t blocks = (n_o + 255) / 256;
       EmptyKernel<<<unsigned(blocks < 1024 ? blocks : 1024), 256, 0, stream>>>(
-          static_cast<uint16_t*>(a.out_o), n_o, a.out_lse, n_lse);
+          static_cast<uint16_t*>(a.out_o), n_o, a.out_lse, n_lse, a.sinks, a.hq, a.tq);
       return cudaGetLastError();
     }
   }
