@@ -32,7 +32,7 @@ namespace {
 // developer override for timing: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1.
 // The FA2 rows (forward and backward) take a logit soft cap (the last field), as do the
 // Hopper forward's and the Hopper backward's (variants 2 and 3; not the one-pass variant 4:
-// a capped backward under it runs variant 0's row, FindRow).
+// a capped backward under it runs the default variant's row, FindAttentionKernel).
 #define JBS_FWD_ROWS(DT, T, D)                                                               \
   {DT, D, 64, false, 0, "fa2_forward(64-row CTA)", attn::LaunchForwardTile<T, D, 64, 2>,      \
    false, false, false, true},                                                                \
@@ -106,7 +106,7 @@ namespace {
 // sm_90a only, head dims 64 / 128, block size 128. Needs the dq_accum / dq_semaphores
 // workspaces (dq_workspace). Opt-in until measured; the calls it leaves out (documents,
 // tile bits) run the default variant's rows (FindAttentionKernel). No soft cap (the last
-// field): a capped backward under variant 4 runs variant 0's row (FindRow).
+// field): a capped backward under variant 4 runs the default variant's row too.
 #define JBS_BWD_SM90_ONEPASS_ROWS(DT, T, D)                                             \
   {DT, D, 128, true, 4, "fa3_backward(one pass, deterministic dq)",                    \
    attn::RunBackwardSm90OnePass<T, D>, false, true}

@@ -329,8 +329,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     kernels' online softmax (an operand of `attention_p`), short queries after the decode
     kernel (`with_sinks`). A soft cap runs every kernel above (the Hopper forward and backward
     too) and the decode kernel; under `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4` (the one-pass
-    backward, which takes no cap) a capped backward runs the FA2 backward, within its
-    scope, else the pure-JAX path.
+    backward, which takes no cap) a capped backward runs the default Hopper backward.
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:
