@@ -40,8 +40,8 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
                                    const AnyBuffer& k, const AnyBuffer& v,
                                    const Buffer<S32>& kv_lengths, const Buffer<S32>& q_counts,
                                    int32_t block_size, bool causal, float scale,
-                                   float softcap, bool documents,
-                                   const AttentionKernel** kernel) {
+                                   float softcap, bool segments, bool positioned,
+                                   int32_t mask_block, const AttentionKernel** kernel) {
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
     return ffi::Unexpected(Invalid("q, k, v must be [B, T, H, D]"));
@@ -75,9 +75,9 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
     return ffi::Unexpected(Invalid("the lists' batch axis must be 1 or B"));
   // a soft cap: the rows that take one (the FA2 kernels, the FA3-design forward and
   // backward; not the one-pass backward, variant 4); documents: segment ids, q_offset,
-  // tile bits (the caller's `documents`), lists per batch entry, partial last tiles
-  documents = documents || s.mask_batch != 1 || s.tq % block_size != 0 ||
-              s.tk % block_size != 0;
+  // tile bits (a mask block other than the tile), lists per batch entry, partial last tiles
+  const bool documents = segments || positioned || mask_block != block_size ||
+                         s.mask_batch != 1 || s.tq % block_size != 0 || s.tk % block_size != 0;
   *kernel = FindAttentionKernel(dtype, s.head_dim, block_size, backward, softcap > 0.f,
                                 documents);
   if (*kernel == nullptr)
@@ -155,8 +155,7 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
   auto shape = Shape(*dtype, /*backward=*/false, q, k, v, kv_lengths, q_counts, block_size,
-                     causal, scale, softcap, segments || positioned || mask_block != block_size,
-                     &kernel);
+                     causal, scale, softcap, segments, positioned, mask_block, &kernel);
   if (shape.has_error()) return shape.error();
   AttentionForwardParams p{};
   p.shape = *shape;
@@ -224,8 +223,7 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
   auto shape = Shape(*dtype, /*backward=*/true, q, k, v, kv_lengths, q_counts, block_size,
-                     causal, scale, softcap, segments || positioned || mask_block != block_size,
-                     &kernel);
+                     causal, scale, softcap, segments, positioned, mask_block, &kernel);
   if (shape.has_error()) return shape.error();
   if (o.element_type() != q.element_type() || d_o.element_type() != q.element_type())
     return Invalid("o and d_o must have q's dtype");
