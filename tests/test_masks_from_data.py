@@ -354,8 +354,7 @@ def test_q_offset_values_gradients_and_out_of_range(platform):
 def test_key_lists_transpose_the_query_lists():
     """The by-key lists that q_offset builds from the positioned query lists (for the fused
     backward's dK/dV pass, per batch entry) are the lists of the transposed block kinds:
-    the same entries, partial where the query lists have them partial, in the by-key order
-    (`block_lists(..., diagonal=True)`: full entries from each key block's diagonal)."""
+    the same entries, partial where the query lists have them partial."""
     from jax_blocksparse.attention import _key_lists
     from jax_blocksparse.attention_metadata import block_lists
     rng = np.random.default_rng(5)
@@ -364,5 +363,5 @@ def test_key_lists_transpose_the_query_lists():
     kind[1, :, :, 4] = 0  # an empty key block
     by_query = block_lists(np, kind, 7)
     got = _key_lists([jnp.asarray(x) for x in by_query], 7, 5)
-    for g, w in zip(got, block_lists(np, np.swapaxes(kind, -1, -2), 5, diagonal=True)):
+    for g, w in zip(got, block_lists(np, np.swapaxes(kind, -1, -2), 5)):
         np.testing.assert_array_equal(np.asarray(g), w)
