@@ -142,9 +142,8 @@ def _context(mask, causal, tq, tk, offset=None, documents=None):
         return arrays, overflow, kind
     widths = [x.lists.shape[-1] for x in (meta.by_query, meta.by_key)]
     kind = document_kinds(kind, *documents, mask.block_size)
-    return ([*block_lists(jnp, kind, widths[0]),
-             *block_lists(jnp, jnp.swapaxes(kind, -1, -2), widths[1], diagonal=True)],
-            overflow, kind)
+    return [*block_lists(jnp, kind, widths[0]),
+            *block_lists(jnp, jnp.swapaxes(kind, -1, -2), widths[1])], overflow, kind
 
 
 def _tile_context(tiles, overflow, block_size, width, all_partial):
@@ -218,7 +217,7 @@ def _key_lists(by_query, rk, width):
     kinds = jnp.where(slot < partial[..., None], 1, jnp.where(slot < counts[..., None], 2, 0))
     named = lists[..., None] == jnp.arange(rk)  # [Bm, Hm, R, W, Rk] (padding -1: none)
     kind = jnp.where(named, kinds[..., None], 0).max(axis=-2).astype(jnp.int8)
-    return block_lists(jnp, jnp.swapaxes(kind, -1, -2), width, diagonal=True)
+    return block_lists(jnp, jnp.swapaxes(kind, -1, -2), width)
 
 
 def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None,

@@ -164,7 +164,7 @@ def key_tiles(xp, tiles: TileLists, rk: int) -> TileLists:
     dense = [xp.swapaxes(_scatter_last(xp, (*lead, rq, rk + 1), col, x)[..., :rk], -1, -2)
              for x in (kind, words[..., 0], words[..., 1])]  # [..., rk, rq] each
     key_width = max(rq, 1)
-    by_key = block_lists(xp, dense[0], key_width, diagonal=True)
+    by_key = block_lists(xp, dense[0], key_width)
     at = xp.maximum(by_key.lists, 0)
     bits = xp.stack([xp.take_along_axis(w, at[..., :rq], axis=-1) for w in dense[1:]], -1)
     bits = xp.where((by_key.lists[..., :rq] >= 0)[..., None], bits, 0).astype(np.int32)
@@ -173,24 +173,14 @@ def key_tiles(xp, tiles: TileLists, rk: int) -> TileLists:
     return TileLists(by_key, bits.reshape(*lead, rk, 2 * key_width))
 
 
-def block_lists(xp, kind, width: int, *, diagonal: bool = False) -> AttentionLists:
+def block_lists(xp, kind, width: int) -> AttentionLists:
     """Lists along the last axis of `kind [..., lines, other]`, partial first, `width`
     entries each (a line with more listed blocks keeps its first `width`; `counts` then
-    says `width`: the caller detects that from the mask). Entries ascend within the
-    partial and the full ones; with `diagonal` (the by-key lists: lines are key blocks n)
-    the full ones start at line n's diagonal, query block `n - (lines - other)` (causal
-    attention is bottom-right aligned), and wrap around to those before it. A causal line
-    keeps its order; on other masks every key block reaches the query blocks many key
-    blocks share (a bigbird layout's global ones) last, after the key block above it: the
-    one-pass backward adds their dQ in descending key order (bwd_sm90_onepass.cu)."""
+    says `width`: the caller detects that from the mask)."""
     other = kind.shape[-1]
     lines = kind.shape[-2]
     group = xp.where(kind == 1, 0, xp.where(kind == 2, 1, 2))
-    column = np.arange(other)
-    if diagonal and other:
-        start = np.arange(lines)[:, None] - (lines - other)  # each line's diagonal
-        column = xp.where(group == 1, (column - start) % other, column)
-    key = group * other + column  # unique keys: partial, full, absent; ascending
+    key = group * other + np.arange(other)  # unique keys: partial, full, absent; ascending
     entries = xp.argsort(key, axis=-1)[..., :width].astype(np.int32)
     listed = (kind > 0).sum(-1).astype(np.int32)
     counts = xp.minimum(listed, width).astype(np.int32)
@@ -210,8 +200,7 @@ def attention_metadata(layout: Layout, causal: bool, tq: int, tk: int,
     widths = [max(int((k > 0).sum(-1).max(initial=0)), 1)
               for k in (kind, np.swapaxes(kind, -1, -2))]
     return AttentionMetadata(block_lists(np, kind, widths[0]),
-                             block_lists(np, np.swapaxes(kind, -1, -2), widths[1],
-                                         diagonal=True), kind)
+                             block_lists(np, np.swapaxes(kind, -1, -2), widths[1]), kind)
 
 
 @functools.lru_cache(maxsize=64)
@@ -231,5 +220,5 @@ def device_metadata(mask, block_size: int, causal: bool, tq: int, tk: int, capac
     kind = block_kinds(jnp, mask, block_size, causal, tq, tk, offset)
     by_query = block_lists(jnp, kind, capacity)
     overflow = (kind > 0).sum(-1) > capacity
-    by_key = block_lists(jnp, jnp.swapaxes(kind, -1, -2), mask.shape[-2], diagonal=True)
+    by_key = block_lists(jnp, jnp.swapaxes(kind, -1, -2), mask.shape[-2])
     return AttentionMetadata(by_query, by_key, kind), overflow

@@ -311,29 +311,3 @@ def test_other_block_sizes_pass_placeholders(monkeypatch):
     q = jnp.zeros((1, 256, 2, 64), jnp.float32)
     ops, _ = primitive_operands(monkeypatch, lambda: jbs.attention(q, q, q, layout))
     assert ops["tile_counts"].shape == (1, 1, 1) and ops["tile_bits"].shape == (1, 1, 1, 2)
-
-
-def test_by_key_lists_start_at_the_diagonal():
-    """The by-key lists (`block_lists(..., diagonal=True)`) keep partial entries first and
-    walk the full ones from the line's diagonal, wrapping: the causal lists keep ascending
-    order; on a bigbird-like mask key block n lists its query blocks >= n first and the
-    global ones (0, 1) last (the one-pass backward's dQ order, bwd_sm90_onepass.cu). Host
-    (numpy) and device (jax.numpy) metadata agree."""
-    from jax_blocksparse.attention_metadata import attention_metadata, device_metadata
-    r, bs = 8, 128
-    rng = np.random.default_rng(5)
-    mask = (rng.random((r, r)) < 0.3) | np.eye(r, dtype=bool)
-    mask[:2] = True  # global query blocks
-    host = attention_metadata(jbs.Layout(mask, bs), False, r * bs, r * bs).by_key
-    for n in range(r):
-        listed = [int(j) for j in host.lists[0, n, :host.counts[0, n]]]
-        want = [j for j in range(n, r) if mask[j, n]] + [j for j in range(n) if mask[j, n]]
-        assert listed == want, (n, listed, want)
-    device, _ = device_metadata(jnp.asarray(mask[None, None]), bs, False, r * bs, r * bs, r)
-    width = host.lists.shape[-1]  # the device lists are Rq wide: -1 past the host's width
-    np.testing.assert_array_equal(np.asarray(device.by_key.counts)[0], host.counts)
-    np.testing.assert_array_equal(np.asarray(device.by_key.partial)[0], host.partial)
-    np.testing.assert_array_equal(np.asarray(device.by_key.lists)[0, ..., :width], host.lists)
-    causal = attention_metadata(jbs.layouts.causal(r * bs, bs), True, r * bs, r * bs).by_key
-    for n in range(r):  # the diagonal (partial) first, then ascending
-        assert list(causal.lists[0, n, :causal.counts[0, n]]) == list(range(n, r))
