@@ -491,7 +491,7 @@ DECODE = {
     "tile_keys": 16,  # block sizes and page sizes: multiples of this
     "rows_per_cta": 16,  # (query, head) rows of a CTA (cuda: kRows)
     # queries per sequence (cuda: kDecodeMaxQueries); `attention.DECODE_MAX_QUERIES` routes
-    # fewer here until the crossover with the forward kernel is measured (decode.py --sweep)
+    # fewer here, the crossover with the forward kernel measured by decode.py --sweep
     "max_queries": 64,
     "split_capacity": 1024,  # listed blocks one split holds (cuda: kDecodeSplitCapacity)
     "target_ctas": 4 * 132,  # CTAs to aim for: four per SM of an H100 (best in a sweep)

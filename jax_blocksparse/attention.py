@@ -31,7 +31,13 @@ from .attention_primitives import (  # noqa: F401 (re-exported: the primitives' 
 from .block_mask import BlockMask
 from .layout import Layout
 
-DECODE_MAX_QUERIES = 16  # queries per sequence that take the decode primitive
+# Queries per sequence that take the decode primitive: at most 12, the crossover with the
+# forward kernel measured on an H200 (benchmarks/decode.py --sweep, RESULTS.md 2026-12-03:
+# B=8 Hq=64 Hkv=8 D=128 T=32768, decode 0.34 ms at Tq 1 plus 0.12 ms a query, the forward
+# 1.70 ms at any Tq up to its 128-row tile); an fp8 cache up to the decode kernel's limit
+# (the forward kernels read bf16/f16 only: there it would be dequantized first).
+DECODE_MAX_QUERIES = 12
+DECODE_FP8_MAX_QUERIES = 64
 
 
 # ------------------------------------------------------------------------ public op
@@ -301,8 +307,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         different fp8 dtypes, fp8 k and v with q float64; `k_scale` or `v_scale` given for
         k, v that are not fp8, or not a positive Python float or a float array `[Hkv]`
         (non-positive values where they are known at trace time).
-    Short queries (`Tq <= 16`, no segment ids: decoding with a KV cache, one or a few
-    tokens per sequence) run the decode primitive (`attention_decode.py`): on an NVIDIA GPU,
+    Short queries (`Tq <= DECODE_MAX_QUERIES` = 12, with an fp8 cache up to 64; no
+    segment ids: decoding with a KV cache, one or a few tokens per sequence) run the decode primitive (`attention_decode.py`): on an NVIDIA GPU,
     bfloat16/float16 q (k and v of its dtype, or an fp8 cache: the kernel reads the fp8
     bytes) with `D` in (64, 96, 128, 256), a block size and page size that are
     multiples of 16 run the split-KV decode kernel (`_cuda.decode_unsupported`), with any
@@ -383,7 +389,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     context = (lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, tiles)
     static = (("rows", rows), ("tk", tk), ("block_size", bs), ("causal", causal),
               ("scale", scale), ("segments", segments), ("softcap", softcap))
-    if tq <= DECODE_MAX_QUERIES and not segments:
+    short = DECODE_MAX_QUERIES if scales is None else DECODE_FP8_MAX_QUERIES
+    if tq <= short and not segments:
         o, lse = _short_queries(q, k, v, scales, context, static)
     else:
         if scales is not None:

@@ -2,7 +2,7 @@
 bfloat16, float16 or float32, dequantized by `k_scale`, `v_scale` (a Python float or a
 float32 `[Hkv]` array: key = `k.astype(float32) * k_scale[h]`). Against a float64
 reference on the dequantized values: contiguous and paged caches, GQA, kv_lengths, causal
-with q_offset, decode rows (Tq <= 16) against the rows of full attention; the argument
+with q_offset, decode rows (Tq <= 64) against the rows of full attention; the argument
 errors; `jax.grad` with respect to q; on a GPU, the decode kernel's name and values.
 """
 

@@ -1,4 +1,4 @@
-"""Decode attention (Tq <= 16 queries per sequence against a KV cache): the decode primitive
+"""Decode attention (Tq <= 12 queries per sequence, 64 with an fp8 cache, against a KV cache): the decode primitive
 (pure JAX on the CPU, the split-KV kernel on a GPU) against a dense float64 reference, over
 contiguous and paged caches, GQA, masks shared, per head and per batch entry, query chunks
 that straddle block rows, lengths that are not multiples of the block size, a cache longer
