@@ -298,9 +298,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
       for (int e = 0; e < 4; ++e) {
         const int j = k0 + nn * 8 + (e & 1);
         const bool masked = j >= limit || (p.causal && j > ((e >> 1) ? cpos1 : cpos0));
-        // SoftCapTanh by the key: tiles start at multiples of 16, tc < 8 (bit 3 of j is nn)
-        const float x = capped ? cap_log2 * SoftCapTanh(s[nn][e] * scale_cap, (k0 & ~15) + nn * 8)
-                               : s[nn][e] * sl2;
+        const float x = capped ? cap_log2 * Tanh(s[nn][e] * scale_cap) : s[nn][e] * sl2;
         s[nn][e] = masked ? -INFINITY : x;
       }
     }

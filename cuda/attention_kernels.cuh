@@ -10,8 +10,7 @@
 // ldmatrix). Element masks (causal diagonal, kv_lengths) are applied only in partial tiles.
 // Scores are kept in the log2 domain (scale * log2(e) folded in, exp2). With a logit soft
 // cap (Args::cap_log2 > 0: the FA2 kernels, the Hopper forward and backward, the decode
-// kernel) the log2-domain score is cap * tanh(scale * s / cap) * log2(e), before the masks
-// (tanh: SoftCapTanh, a function of the key index: tanh.approx or softcap.cuh's TanhFma);
+// kernel) the log2-domain score is cap * tanh(scale * s / cap) * log2(e), before the masks;
 // the backward multiplies dS by 1 - tanh^2 (the FA2 one: recomputed in dQ, recovered from P
 // in dK/dV; the Hopper one recomputes it in both, attention/bwd_sm90.cu).
 //
@@ -26,7 +25,6 @@
 #include <cstdint>
 
 #include "ptx.cuh"
-#include "softcap.cuh"
 
 namespace jax_blocksparse {
 namespace attn {
@@ -130,13 +128,6 @@ __device__ __forceinline__ float Tanh(float x) {  // tanh, |relative error| < 2^
   float y;
   asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
-}
-// The soft cap's tanh of key j (softcap.cuh): TanhFma for the keys CapPoly picks (a share
-// fixed there), tanh.approx for the others; every kernel's t for a (query, key) is the same.
-// j: the key's offset in a 64-aligned tile suffices (bits 3..5 are read); callers pass it in
-// a form whose bit 3 is a compile-time constant per register (no select).
-__device__ __forceinline__ float SoftCapTanh(float x, int j) {
-  return CapPoly(j) ? TanhFma(x) : Tanh(x);
 }
 __device__ __forceinline__ float QuadMax(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -383,8 +374,7 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
 #pragma unroll
       for (int n = 0; n < kKT / 8; ++n) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e)  // keys 8 n + 2 (lane & 3) + (e & 1) of the tile
-          s[n][e] = a.cap_log2 * SoftCapTanh(s[n][e] * a.scale_cap, 8 * n);
+        for (int e = 0; e < 4; ++e) s[n][e] = a.cap_log2 * Tanh(s[n][e] * a.scale_cap);
       }
     } else {
 #pragma unroll
@@ -607,7 +597,7 @@ __global__ void __launch_bounds__(128, 2) DqKernel(const Args a) {
       for (int n = 0; n < kKT / 8; ++n) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float t = SoftCapTanh(s[n][e] * a.scale_cap, 8 * n);
+          const float t = Tanh(s[n][e] * a.scale_cap);
           s[n][e] = a.cap_log2 * t;
           dp[n][e] = (dp[n][e] - ((e >> 1) ? dl1 : dl0)) * (1.f - t * t);
         }
@@ -822,8 +812,7 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
 #pragma unroll
       for (int n = 0; n < BQ / 8; ++n) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e)  // keys as rows: key0 (+ 8)
-          s[n][e] = a.cap_log2 * SoftCapTanh(s[n][e] * a.scale_cap, 16 * warp + 8 * (e >> 1));
+        for (int e = 0; e < 4; ++e) s[n][e] = a.cap_log2 * Tanh(s[n][e] * a.scale_cap);
       }
     }
     const bool masked = cc.Partial() || k0 + kKT > kvlen;

@@ -35,7 +35,6 @@ def _random_mask(rng, shape, empty_row=True):
 
 
 # name: B, Tq, Tk, Hq, Hkv, D, bs, causal, kv_lengths, segments, per-batch mask, sinks, cap
-# (Tk >= 16: on the GPU the kernels' tanh takes both of its forms, by key bit 3: softcap.cuh)
 CASES = {
     "gqa_causal_sinks_cap": (2, 64, 64, 4, 2, 16, 16, True, None, False, False, True, 3.0),
     "empty_rows_kv_lengths_sinks": (2, 64, 96, 2, 1, 16, 16, False, [70, 9], False, False,

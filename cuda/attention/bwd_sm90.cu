@@ -79,19 +79,18 @@
 //
 // Soft cap (a.cap_log2 > 0: cap log2(e); a.scale_cap: scale / cap; a runtime branch in both
 // kernels, the uncapped code as before): the log2-domain score is cap_log2 t with
-// t = SoftCapTanh(s scale_cap) (tanh.approx or TanhFma by the key index), before the masks,
-// the Hopper forward's expression (its product rounded, as there), so
-// P = 2^(cap_log2 t - lse log2 e) is the forward's P; the
+// t = tanh.approx(s scale_cap), before the masks, the Hopper forward's expression (its
+// product rounded, as there), so P = 2^(cap_log2 t - lse log2 e) is the forward's P; the
 // score's derivative takes the factor 1 - t^2, dS = P (dP - delta) (1 - t^2) (the final
 // factor `scale` as before). t is kept where the uncapped path keeps P (the same registers):
 // the dQ kernel forms P and dP' = (dP - delta) (1 - t^2) from it once dP is done; the dK/dV
 // kernel (overlapped, variant 2) packs P^T for dV from t as it goes and recomputes it (the
 // same instructions: the same bits) for dS^T; without the overlap (variant 3) it forms P^T
 // once, with dS^T, and packs it for dV after. The FA2 backward instead recovers t from P by
-// a log2 in its dK/dV kernel; recomputing keeps t as SoftCapTanh gave it (the recovery adds
+// a log2 in its dK/dV kernel; recomputing keeps t as tanh.approx gave it (the recovery adds
 // the rounding of log2 P + lse, which 1 - t^2 magnifies where |t| is near 1) for as many
 // special-function instructions per element (tanh, exp2 and, with the overlap, a second
-// exp2 here; tanh, exp2, log2 there; the tanh on half the keys TanhFma's FMAs instead).
+// exp2 here; tanh, exp2, log2 there).
 //
 // Determinism: every output element is written by one CTA, sums run in a fixed order
 // (list order, group order): results are bitwise identical run to run.
@@ -364,8 +363,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         if (capped) {  // t (into s)
 #pragma unroll
-          for (int i = 0; i < 32; ++i)  // keys kh0 + 8 (i / 4) + 2t + (i & 1)
-            s[i] = SoftCapTanh(s[i] * a.scale_cap, 8 * (i / 4));
+          for (int i = 0; i < 32; ++i) s[i] = Tanh(s[i] * a.scale_cap);
         } else {  // P (into s)
 #pragma unroll
           for (int j = 0; j < 8; ++j)
@@ -587,7 +585,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int cw = wgi - 1;
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
     const int key0 = k0 + cw * 64 + w4 * 16 + g, key1 = key0 + 8;  // this thread's key rows
-    const int kr = w4 * 16;  // the soft cap's key offset (SoftCapTanh): key0 - g in 64-key tiles
     const float sl2 = a.scale_log2;
     const bool cut = k0 + kBS > kvlen;
     const bool segs = a.kv_ids != nullptr;
@@ -679,7 +676,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
               const int e = 2 * u + c;
-              const float tt = SoftCapTanh(s[4 * j + e] * a.scale_cap, kr + 8 * (e >> 1));
+              const float tt = Tanh(s[4 * j + e] * a.scale_cap);
               s[4 * j + e] = tt;
               p[c] = keep(j, e) ? capped_p(tt, l2[c]) : 0.f;
             }
@@ -690,8 +687,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // t (into s); P^T is formed with dS^T below and packed after it (the dV product
         // comes after dS^T here: fragments packed now would live across dS^T and spill)
 #pragma unroll
-        for (int i = 0; i < 32; ++i)  // key0 for i & 2 == 0, key1 for the others
-          s[i] = SoftCapTanh(s[i] * a.scale_cap, kr + 8 * ((i >> 1) & 1));
+        for (int i = 0; i < 32; ++i) s[i] = Tanh(s[i] * a.scale_cap);
       }
       const uint64_t don = wg::Desc(sdo, kSlab, 1024), dqn = wg::Desc(sq, kSlab, 1024);
       if constexpr (PIPE) {  // dV += P^T dO runs while dS^T is computed

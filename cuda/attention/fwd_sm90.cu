@@ -11,7 +11,7 @@
 // causal offset of query row 0 is read from a.q_pos instead of Tk - Tq), any scale; masks
 // of block size 16 and 32 on the block-128 kernel, every head dim (below: "Fine masks"),
 // a logit soft cap (issue 21: a.cap_log2 > 0, a runtime branch in the consumers' softmax:
-// cap_log2 SoftCapTanh(scale_cap s) on the raw S before the masks, the FA2 kernels'
+// cap_log2 tanh.approx(scale_cap s) on the raw S before the masks, the FA2 kernels'
 // expression, so the backwards' P = 2^(that - lse log2 e), FA2 and Hopper (bwd_sm90.cu),
 // matches this forward's); attention sinks (issue 21: a.sinks non-null, a runtime branch
 // at each work item's start: the rows' running max and sum start from the sink's term,
@@ -490,13 +490,10 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         // scores in the log2 domain: scaled here unless the scale is positive (then the
         // maxima of the raw scores times the scale, and P = 2^(s * scale - m): one FFMA);
         // masks after scaling (a -inf score stays -inf for any scale). Soft-capped:
-        // cap_log2 tanh(s scale_cap) (SoftCapTanh: tanh.approx or TanhFma by the key, the
-        // choice fixed per register: s[i] is key start + 8 (i / 4) + 2t + (i & 1); the masks
-        // after it)
+        // cap_log2 tanh(s scale_cap) (tanh.approx; the masks after it)
         if (capped) {
 #pragma unroll
-          for (int i = 0; i < kBN / 2; ++i)
-            s[i] = a.cap_log2 * SoftCapTanh(s[i] * a.scale_cap, 8 * (i / 4));
+          for (int i = 0; i < kBN / 2; ++i) s[i] = a.cap_log2 * Tanh(s[i] * a.scale_cap);
         } else if (!pos_scale) {
 #pragma unroll
           for (int i = 0; i < kBN / 2; ++i) s[i] *= sl2;
