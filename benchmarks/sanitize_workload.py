@@ -209,7 +209,7 @@ def decode_cases(dtype, d, bs, tq, *, hq=4, hkv=2, per_head=False, paged=False, 
 
 def decode_workload():
     from jax_blocksparse import _cuda
-    _cuda.DECODE["min_blocks_per_split"] = 1  # several splits per row: the last-CTA combine runs
+    _cuda.DECODE["min_blocks_per_split"] = 1  # several splits per row: the combine runs
     for dtype, d in itertools.product((jnp.bfloat16, jnp.float16), (64, 96, 128, 256)):
         decode_cases(dtype, d, 64, 1, hq=8, hkv=1)  # a GQA group of 8 in one CTA
         decode_cases(dtype, d, 16, 3, per_head=True, paged=True)  # rows across a block row

@@ -1,7 +1,6 @@
-// The decode attention kernel (attention_decode.h): split-KV partial attention over a CTA's
+// The decode attention kernels (attention_decode.h): split-KV partial attention over a CTA's
 // share of the listed key blocks (mma.sync m16n8k16, 16-key tiles, one cp.async ring per
-// warp); the last split of each row group to finish combines the splits' partial results
-// (log-sum-exp, fixed split order) in the same launch. Memory bound by design: the
+// warp), then a fixed-order log-sum-exp combine of the splits. Memory bound by design: the
 // rows of a CTA (query heads of one kv head) share every K/V tile it reads. An fp8 cache
 // (KV an fp8 type) is read as bytes into the rings and each tile converted to T into a
 // per-warp staging tile, which the mma fragments load as before.
@@ -349,9 +348,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   }
   __syncthreads();
 
-  // Combine the warps (fixed order) into this split's normalized output and log2-lse: the
-  // row's result itself when there is one split, else this split's partial result.
-  const bool single = p.splits == 1;
+  // Combine the warps (fixed order) into this split's normalized output and log2-lse.
   for (int c = tid; c < kRows * D; c += kThreads) {
     const int lr = c / D, d = c % D, t = t0 + lr;
     if (t >= nrows) continue;
@@ -367,90 +364,47 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
       o += sAcc[(w * kRows + lr) * S::kAccLd + d] * f;
     }
     const int qi = i0 + t / per_cta, h = h0 + t % per_cta;
-    const float ov = l > 0.f ? o / l * v_scale : 0.f;
-    const float lse2 = l > 0.f ? mu + __log2f(l) : -INFINITY;
-    if (single) {  // o [B, Tq, Hq, D] in T, lse [B, Hq, Tq] in natural log
-      static_cast<T*>(p.o)[((int64_t(b) * p.tq + qi) * p.hq + h) * D + d] = ptx::FromF<T>(ov);
-      if (d == 0) p.lse[(int64_t(b) * p.hq + h) * p.tq + qi] = lse2 * kLn2;
-    } else {
-      const int64_t prow = ((int64_t(b) * p.hq + h) * p.tq + qi) * p.splits + split;
-      p.part_o[prow * D + d] = ov;
-      if (d == 0) p.part_lse[prow] = lse2;
-    }
+    const int64_t prow = ((int64_t(b) * p.hq + h) * p.tq + qi) * p.splits + split;
+    p.part_o[prow * D + d] = l > 0.f ? o / l * v_scale : 0.f;
+    if (d == 0) p.part_lse[prow] = l > 0.f ? mu + __log2f(l) : -INFINITY;
   }
-  if (single) return;
+}
 
-  // Several splits: the last CTA of the group (blockIdx.x, chunk, part) to arrive combines
-  // them. Release: every thread's partial stores precede the barrier, and thread 0's
-  // fence.gpu after it (cumulative: it orders the stores the barrier made it observe) before
-  // its arrival (a relaxed atomic). Acquire: the last arriver's fence after the atomic that
-  // saw every other arrival, then the barrier, before any thread reads the partials (with
-  // ld.global.cg: they were written through other SMs' L1, so they are read from L2).
-  // The semaphore is the group's first row's entry: groups have disjoint, non-empty rows.
-  // It is not reset: the launcher zeroes the semaphores before every launch (an XLA
-  // workspace holds whatever was there before, so a reset by the previous call would not
-  // carry over).
-  __syncthreads();  // the partial stores of every thread; sCount no longer read
-  if (tid == 0) {
-    const int qi0 = i0 + t0 / per_cta, hh0 = h0 + t0 % per_cta;
-    int* sem = p.semaphores + (int64_t(b) * p.hq + hh0) * p.tq + qi0;
-    __threadfence();
-    const int last = atomicAdd(sem, 1) == p.splits - 1;
-    __threadfence();
-    sCount[0] = last;
-  }
-  __syncthreads();
-  if (sCount[0] == 0) return;  // uniform
-
-  // The last CTA: one warp per row (rows warp, warp + 4, ...; up to 4 per warp, summed
-  // together), a lane D / 32 dims: o = sum_s w_s o_s / sum_s w_s, w_s = 2^(lse_s - max),
-  // summed in split order; lse in natural log.
-  static_assert(D % 32 == 0 && kRows % kWarps == 0, "a lane combines D / 32 dims");
-  constexpr int kRowsPerWarp = kRows / kWarps, kDl = D / 32;
-  const float* plse[kRowsPerWarp];
-  const float* pout[kRowsPerWarp];
-  float mx[kRowsPerWarp], l[kRowsPerWarp], acc_o[kRowsPerWarp][kDl];
+// One warp per query row (b, h, i): o = sum_s w_s o_s / sum_s w_s, w_s = 2^(lse_s - max),
+// summed in split order by every lane (lane: D / 32 dims); lse in natural log ([B, Hq, Tq]);
+// o in q's dtype ([B, Tq, Hq, D]).
+constexpr int kCombineWarps = 4;
+template <typename T, int D>
+__global__ void __launch_bounds__(kCombineWarps * 32) DecodeCombineKernel(
+    const AttentionDecodeParams p) {
+  static_assert(D % 32 == 0, "a lane combines D / 32 dims");
+  const int lane = threadIdx.x & 31;
+  const int64_t row = int64_t(blockIdx.x) * kCombineWarps + (threadIdx.x >> 5);
+  if (row >= int64_t(p.batch) * p.hq * p.tq) return;
+  const float* lse = p.part_lse + row * p.splits;
+  const float* part = p.part_o + row * p.splits * D + lane;
+  float mx = -INFINITY;
+  for (int s = lane; s < p.splits; s += 32) mx = fmaxf(mx, lse[s]);
 #pragma unroll
-  for (int k = 0; k < kRowsPerWarp; ++k) {
-    const int t = t0 + warp + k * kWarps;
-    const int qi = i0 + t / per_cta, h = h0 + t % per_cta;
-    const int64_t row = ((int64_t(b) * p.hq + h) * p.tq + qi) * p.splits;
-    plse[k] = p.part_lse + row;
-    pout[k] = p.part_o + row * D + lane;
-    mx[k] = -INFINITY;
-    if (t < nrows)  // warp-uniform
-      for (int s = lane; s < p.splits; s += 32) mx[k] = fmaxf(mx[k], __ldcg(plse[k] + s));
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  const float mu = mx == -INFINITY ? 0.f : mx;
+  float l = 0.f, o[D / 32];
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx[k] = fmaxf(mx[k], __shfl_xor_sync(0xffffffffu, mx[k], o));
-    l[k] = 0.f;
-#pragma unroll
-    for (int j = 0; j < kDl; ++j) acc_o[k][j] = 0.f;
-  }
-#pragma unroll 2
+  for (int j = 0; j < D / 32; ++j) o[j] = 0.f;
+#pragma unroll 4
   for (int s = 0; s < p.splits; ++s) {
+    const float w = Exp2(lse[s] - mu);
+    l += w;
 #pragma unroll
-    for (int k = 0; k < kRowsPerWarp; ++k) {
-      if (t0 + warp + k * kWarps >= nrows) continue;  // warp-uniform: no row
-      const float w = Exp2(__ldcg(plse[k] + s) - (mx[k] == -INFINITY ? 0.f : mx[k]));
-      l[k] += w;
-#pragma unroll
-      for (int j = 0; j < kDl; ++j) acc_o[k][j] += w * __ldcg(pout[k] + s * D + 32 * j);
-    }
+    for (int j = 0; j < D / 32; ++j) o[j] += w * part[s * D + 32 * j];
   }
+  const int qi = int(row % p.tq), h = int((row / p.tq) % p.hq);
+  const int b = int(row / (int64_t(p.tq) * p.hq));
+  T* out = static_cast<T*>(p.o) + ((int64_t(b) * p.tq + qi) * p.hq + h) * D + lane;
+  const float inv = mx == -INFINITY ? 0.f : 1.f / l;
 #pragma unroll
-  for (int k = 0; k < kRowsPerWarp; ++k) {
-    const int t = t0 + warp + k * kWarps;
-    if (t >= nrows) continue;
-    const int qi = i0 + t / per_cta, h = h0 + t % per_cta;
-    T* out = static_cast<T*>(p.o) + ((int64_t(b) * p.tq + qi) * p.hq + h) * D + lane;
-    const float mu = mx[k] == -INFINITY ? 0.f : mx[k];
-    const float inv = mx[k] == -INFINITY ? 0.f : 1.f / l[k];
-#pragma unroll
-    for (int j = 0; j < kDl; ++j) out[32 * j] = ptx::FromF<T>(acc_o[k][j] * inv);
-    if (lane == 0)
-      p.lse[(int64_t(b) * p.hq + h) * p.tq + qi] =
-          mx[k] == -INFINITY ? -INFINITY : (mu + __log2f(l[k])) * kLn2;
-  }
+  for (int j = 0; j < D / 32; ++j) out[32 * j] = ptx::FromF<T>(o[j] * inv);
+  if (lane == 0) p.lse[row] = mx == -INFINITY ? -INFINITY : (mu + __log2f(l)) * kLn2;
 }
 
 template <typename T, int D, typename KV = T>
@@ -468,12 +422,12 @@ cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
   const int parts = p.tq > 1 ? (p.tq - 2) / p.block_size + 2 : 1;
   const dim3 grid(unsigned(int64_t(p.batch) * p.hkv * (group / per_cta)),
                   unsigned(p.splits * chunks * parts));
-  if (p.splits > 1) {  // the arrival counts start at 0 (see the kernel's combine)
-    err = cudaMemsetAsync(p.semaphores, 0,
-                          size_t(p.batch) * p.hq * p.tq * sizeof(int32_t), stream);
-    if (err != cudaSuccess) return err;
-  }
   DecodePartialKernel<T, D, KV><<<grid, kThreads, smem, stream>>>(p);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const int64_t rows = int64_t(p.batch) * p.hq * p.tq;
+  DecodeCombineKernel<T, D><<<unsigned((rows + kCombineWarps - 1) / kCombineWarps),
+                              kCombineWarps * 32, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -18,12 +18,9 @@
 // row chunk, split). Its rows are the queries of one mask row times the query heads that
 // share the kv head (all of them when the mask is shared by the heads: K and V are read
 // once per group), at most 16; it walks one `splits`-th of the row's listed blocks, four
-// warps taking 16-key tiles in turn, each from its own cp.async ring. One launch: with one
-// split the CTA writes o and lse itself; with several, each split writes its normalized
-// partial output and log2-lse to the workspace and counts itself in the semaphore of its
-// rows, and the last of them to arrive combines all the splits through their log-sum-exp
-// in the fixed order 0 .. splits - 1: the output is bitwise deterministic whichever CTA
-// comes last (the atomic only elects the combiner; no value is summed by atomics).
+// warps taking 16-key tiles in turn, each from its own cp.async ring. A second kernel
+// combines the splits' partial results through their log-sum-exp in a fixed order: the
+// output is bitwise deterministic (no atomics).
 #pragma once
 
 #include <cstdint>
@@ -50,9 +47,6 @@ struct AttentionDecodeParams {
   void* o;                                           // [B, Tq, Hq, D], q's dtype
   float* lse;                                        // [B, Hq, Tq]
   float *part_o, *part_lse;  // workspace [B, Hq, Tq, splits, D], [B, Hq, Tq, splits]
-  // workspace int32 [B, Hq, Tq]: the arrivals of a CTA group's splits, counted in the entry
-  // of the group's first row; zeroed by the launcher (cudaMemsetAsync) when splits > 1
-  int32_t* semaphores;
   int32_t batch, tq, tk, hq, hkv, head_dim, block_size;
   int32_t mask_batch, mask_heads, rows, width;  // Bm, Hm, R, W
   int32_t page_size, pages_per_seq;             // contiguous: Tk, 1

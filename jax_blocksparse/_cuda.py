@@ -554,13 +554,10 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
     _, mask_heads, _, width = ctx.avals_in[7].shape
     splits = decode_splits(b, hq, k_aval.shape[2], mask_heads, tq, width)
     f32 = np.dtype(np.float32)
-    # the splits' partial results and their arrival counts (the last split of a row group
-    # combines them in the kernel; the launcher zeroes the counts when splits > 1)
     workspace = [q_aval.update(shape=(b, hq, tq, splits, d), dtype=f32, weak_type=False),
-                 q_aval.update(shape=(b, hq, tq, splits), dtype=f32, weak_type=False),
-                 q_aval.update(shape=(b, hq, tq), dtype=np.dtype(np.int32), weak_type=False)]
+                 q_aval.update(shape=(b, hq, tq, splits), dtype=f32, weak_type=False)]
     ctx = ctx.replace(avals_out=[*ctx.avals_out, *workspace])
-    o, lse, *_ = jax.ffi.ffi_lowering("jax_blocksparse_attention_decode")(
+    o, lse, _, _ = jax.ffi.ffi_lowering("jax_blocksparse_attention_decode")(
         ctx, *operands, block_size=np.int32(block_size), causal=causal,
         scale=np.float32(scale), paged=paged, softcap=np.float32(softcap))
     return o, lse

@@ -21,10 +21,9 @@ lists, page_table, k_scale, v_scale) -> (o, lse)`:
     the mask (`attention_primitives.soft_cap`).
 The pure-JAX lowering gathers each query's listed key blocks (cost grows with the listed
 blocks, never with the cache length); on CUDA the decode kernel runs where
-`_cuda.decode_unsupported` allows (split-KV, a deterministic log-sum-exp combine by each
-row's last split in the same launch, the query heads of a kv head in one CTA).
-Differentiable to any order: the JVP's tangent is the JVP of the pure-JAX implementation
-(inference runs the kernel; `jax.grad` works on every path).
+`_cuda.decode_unsupported` allows (split-KV, a deterministic log-sum-exp combine, the query
+heads of a kv head in one CTA). Differentiable to any order: the JVP's tangent is the JVP of
+the pure-JAX implementation (inference runs the kernel; `jax.grad` works on every path).
 `attention.attention` routes calls with `Tq <= DECODE_MAX_QUERIES` here.
 """
 

@@ -305,9 +305,7 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
 // Decode: q [B, Tq, Hq, D]; k, v [B, Tk, Hkv, D], or page pools [P, page_size, Hkv, D] with
 // page_table [B, pages_per_seq] when `paged` (else a [1, 1] placeholder); q_rows,
 // q_positions, kv_lengths [B]; counts [Bm, Hm, R], lists [Bm, Hm, R, W]. Results o, lse
-// and the split workspace part_o [B, Hq, Tq, S, D], part_lse [B, Hq, Tq, S] (S: splits) and
-// semaphores int32 [B, Hq, Tq] (the splits' arrivals; the launcher zeroes them when S > 1:
-// XLA gives a workspace whatever its memory held, cuda/attention_decode.cu).
+// and the split workspace part_o [B, Hq, Tq, S, D], part_lse [B, Hq, Tq, S] (S: splits).
 // k and v are q's dtype, or an fp8 cache (F8E4M3FN or F8E5M2, both alike) dequantized by
 // k_scale, v_scale float32 [Hkv] (ones for a cache in q's dtype).
 ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
@@ -315,8 +313,7 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
                       Buffer<S32> counts, Buffer<S32> lists, Buffer<S32> page_table,
                       Buffer<F32> k_scale, Buffer<F32> v_scale, Result<AnyBuffer> o, Result<Buffer<F32>> lse,
                       Result<Buffer<F32>> part_o, Result<Buffer<F32>> part_lse,
-                      Result<Buffer<S32>> semaphores, int32_t block_size, bool causal,
-                      float scale, bool paged,
+                      int32_t block_size, bool causal, float scale, bool paged,
                       float softcap) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
@@ -369,11 +366,6 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
   auto wd = part_lse->dimensions();
   if (wd.size() != 4) return Invalid("decode: part_lse must be [B, Hq, Tq, splits]");
   p.splits = int32_t(wd[3]);
-  if (wd[0] != qd[0] || wd[1] != qd[2] || wd[2] != qd[1] ||
-      int64_t(part_o->element_count()) != int64_t(part_lse->element_count()) * qd[3])
-    return Invalid("decode: part_o must be [B, Hq, Tq, splits, D], part_lse [B, Hq, Tq, splits]");
-  if (int64_t(semaphores->element_count()) != int64_t(qd[0]) * qd[2] * qd[1])
-    return Invalid("decode: semaphores must be [B, Hq, Tq]");
   p.block_size = block_size;
   p.scale = scale;
   p.causal = causal;
@@ -400,7 +392,6 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
   p.lse = lse->typed_data();
   p.part_o = part_o->typed_data();
   p.part_lse = part_lse->typed_data();
-  p.semaphores = semaphores->typed_data();
   if (p.batch == 0 || p.hq == 0) return ffi::Error::Success();
   LaunchLog log(stream, DebugLevel() ? "attention_decode q" + ShapeText(qd) + " k" +
                                            ShapeText(kd) + " " + DTypeName(*dtype) +
@@ -499,6 +490,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<Buffer<F32>>()   // lse
         .Ret<Buffer<F32>>()   // part_o (workspace)
         .Ret<Buffer<F32>>()   // part_lse (workspace)
-        .Ret<Buffer<S32>>()   // semaphores (workspace [B, Hq, Tq])
             JBS_ATTENTION_ATTRS.Attr<bool>("paged").Attr<float>("softcap"),
     {ffi::Traits::kCmdBufferCompatible});
