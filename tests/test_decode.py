@@ -151,6 +151,47 @@ def test_long_cache_several_splits_and_determinism(platform):
                                   np.asarray(again.astype(jnp.float32)))
 
 
+@pytest.mark.parametrize("max_splits", [1, 128], ids=["one_split", "splits"])
+def test_paged_splits_lse_and_determinism(platform, max_splits, monkeypatch):
+    """A paged cache, GQA rows in two chunks (the second partly empty), a query pair across
+    a block row: o and lse against the float64 reference, one split per row or many (their
+    log-sum-exp combine, a second launch), and bitwise the same run to run (the combine's order is fixed)."""
+    monkeypatch.setitem(jbs._cuda.DECODE, "min_blocks_per_split", 1)
+    monkeypatch.setitem(jbs._cuda.DECODE, "max_splits", max_splits)
+    rng = np.random.default_rng(22)
+    b, tq, hq, hkv, d, bs, page, r = 3, 3, 12, 2, 128, 32, 32, 40
+    tk = r * bs
+    splits = jbs._cuda.decode_splits(b, hq, hkv, 1, tq, r)
+    assert splits == 1 if max_splits == 1 else splits > 8  # what the GPU run covers
+    layout = jbs.Layout(np.tril(np.ones((r, r), bool)), bs)
+    lengths = np.array([tk, 700, 33])  # the last: queries 30, 31 | 32 across block rows
+    positions = (lengths - tq)[:, None] + np.arange(tq)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(jnp.bfloat16)
+    q, k, v = arr(b, tq, hq, d), arr(b, tk, hkv, d), arr(b, tk, hkv, d)
+    kp, table = to_pages(rng, k, page)
+    vp = jnp.zeros_like(kp).at[table.reshape(-1)].set(v.reshape((-1, page, hkv, d)))
+    f = jax.jit(lambda q, kp, vp: jbs.attention(
+        q, kp, vp, layout, causal=True, page_table=table, q_offset=lengths - tq,
+        kv_lengths=lengths, return_lse=True))
+    poison(platform)
+    out, lse = f(q, kp, vp)
+    allowed = allowed_at(layout.mask[None, None], bs, positions, tk, lengths)
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
+        want = dense_attention(up(q), up(k), up(v), allowed, d ** -0.5)
+        kk = jnp.repeat(up(k), hq // hkv, axis=2)
+        s = jnp.einsum("bihd,bjhd->bhij", up(q), kk) * d ** -0.5
+        want_lse = jax.scipy.special.logsumexp(jnp.where(allowed, s, -jnp.inf), axis=-1)
+    assert out.shape == q.shape and lse.shape == (b, hq, tq)
+    assert rel_err(out, np.asarray(want)) < TOL[jnp.bfloat16], "output"
+    np.testing.assert_allclose(np.asarray(lse), np.asarray(want_lse), rtol=0, atol=1e-3)
+    poison(platform)
+    again, again_lse = f(q, kp, vp)
+    np.testing.assert_array_equal(np.asarray(out.astype(jnp.float32)),
+                                  np.asarray(again.astype(jnp.float32)))
+    np.testing.assert_array_equal(np.asarray(lse), np.asarray(again_lse))
+
+
 def test_decode_token_by_token_equals_full_attention_paged(platform):
     """Generation: each step's token, attending a paged cache, equals the row of full
     attention over the whole sequence (float32, GQA, a local window)."""
