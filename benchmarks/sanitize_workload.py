@@ -4,6 +4,11 @@ once, for compute-sanitizer (benchmarks/device.sh, stage `sanitize`).
     python sanitize_workload.py matmul     # sdd/dsd/dds: every dtype, block size, transposition
     python sanitize_workload.py attention  # fused forward and backward
     python sanitize_workload.py decode     # the decode kernel: head dims, GQA, paged, splits
+    python sanitize_workload.py attention --slice 1/3   # every third case from the second
+
+`--slice I/N` runs the cases whose index is I modulo N: a long part in several processes
+(under the sanitizer, long runs have ended in a host segfault in XLA's code at random
+points, never without it).
 
 Which kernel runs is also chosen by the environment (read once per process), so device.sh
 runs the script several times: as it is (wgmma at bs 64/128 on an H100, mma.sync elsewhere,
@@ -50,9 +55,20 @@ def run(fn, *args):
     jax.block_until_ready(fn(*args))
 
 
+SLICE = [0, 1, 0]  # --slice I/N: run cases I, I + N, ...; [2]: cases seen so far
+
+
+def taken() -> bool:
+    """Whether this case is in the slice (each case function asks once)."""
+    index, SLICE[2] = SLICE[2], SLICE[2] + 1
+    return index % SLICE[1] == SLICE[0]
+
+
 def matmul_cases(dtype_name, bs, ta, tb, *, m=96, unaligned=False, batch=None,
                  precision=None):
     """sdd, dsd and dds once each at (dtype, block size, transposes)."""
+    if not taken():
+        return
     dt = DTYPES[dtype_name]
     lay = jbs.Layout(mask(3, 2), bs)  # W / S over [3 bs, 2 bs]
     p, q = lay.shape
@@ -109,6 +125,8 @@ def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_he
     positions `[B]` (the mask's rows then cover the keys), Tq / Tk any lengths; `sinks`
     random attention sinks, `softcap` a logit soft cap (the default forward, the FA2
     backward)."""
+    if not taken():
+        return
     b = 2
     rq, rk = -(-(tk if q_offset is not None else tq) // bs), -(-tk // bs)
     m = RNG.random((b if per_batch else 1, hq if per_head else 1, rq, rk)) < 0.6
@@ -188,6 +206,8 @@ def decode_cases(dtype, d, bs, tq, *, hq=4, hkv=2, per_head=False, paged=False, 
                  lengths=None, sinks=False, softcap=None):
     """The decode kernel once at (dtype, head dim, block size, Tq, ...): queries at
     per-batch positions ending at each length (the last chunk across a block row)."""
+    if not taken():
+        return
     tk = tk or 5 * bs
     r = -(-tk // bs)
     m = RNG.random((hq if per_head else 1, r, r)) < 0.6
@@ -248,7 +268,9 @@ def main():
     parts = {"matmul": matmul_workload, "attention": attention_workload,
              "decode": decode_workload}
     parser.add_argument("parts", nargs="*", default=list(parts), help=" ".join(parts))
+    parser.add_argument("--slice", default="0/1", help="I/N: the cases I, I + N, ...")
     args = parser.parse_args()
+    SLICE[0], SLICE[1] = (int(x) for x in args.slice.split("/"))
     unknown = set(args.parts) - set(parts)
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; choose from {list(parts)}")
