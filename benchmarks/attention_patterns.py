@@ -3,6 +3,7 @@ identical masks and cuDNN's causal attention, in one run.
 
     python benchmarks/attention_patterns.py --peers _device/peers.py [--backward]
         [--variants 0,2] [--bwd-variants 2,4] [--extended] [--quick] [--metadata]
+        [--metadata-only]
 
 Patterns (B=2, H=16, bf16, block 128, our layout generators): local(1024), strided(1024),
 fixed(512) causal, bigbird, causal, and packed documents (the causal layout plus segment
@@ -281,6 +282,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")
     parser.add_argument("--metadata", action="store_true",
                         help="also the traced BlockMask against the Layout, and list building")
+    parser.add_argument("--metadata-only", action="store_true",
+                        help="only the --metadata table (no peers, no cuDNN)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--max-pure-seq", type=int, default=8192)
@@ -292,6 +295,9 @@ def main():
         json.dump(ours, open(args.ours_json, "w"))
         return
     print(f"devices: {jax.devices()}; B={args.batch} H={args.heads} bf16 block {BS}")
+    if args.metadata_only:
+        measure_metadata(rows, args.batch, args.heads)
+        return
     ours = ours_per_variant(args, rows)
     cudnn = measure_cudnn(rows, args.batch, args.heads, args.backward)
     flex = {}
