@@ -26,16 +26,24 @@ namespace {
 constexpr int kPer = 16;           // entries per lane per chunk
 constexpr int kChunk = 32 * kPer;  // entries per chunk
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int kGroup = 4;           // lines a warp loads together (lines of one chunk)
 
 struct Masks {
-  uint32_t partial, full, rest;  // bit k: entry j0 + k (rest: kinds other than 1, 2)
-  uint32_t high;                  // kinds above 2 (of rest, counted as listed by numpy)
+  uint32_t partial, full;  // bit k: entry j0 + k
+  uint32_t high;           // kinds above 2 (absent in the lists' order, listed in counts)
 };
+
+// The lane's entries of kinds other than 1 and 2 (absent, sorted after the full ones).
+__device__ __forceinline__ uint32_t Rest(const Masks& m, int64_t other, int64_t j0) {
+  const int64_t valid = other - j0;  // entries j0 + k < other
+  const uint32_t in = valid >= kPer ? 0xffffu : valid <= 0 ? 0u : (1u << valid) - 1u;
+  return in & ~(m.partial | m.full);
+}
 
 // The kinds of the lane's 16 entries from j0 (those at or past `other` are none).
 __device__ __forceinline__ Masks LoadMasks(const int8_t* row, int64_t other, int64_t j0,
                                            bool vec) {
-  Masks m{0u, 0u, 0u, 0u};
+  Masks m{0u, 0u, 0u};
   if (vec && j0 + kPer <= other) {
     const uint4 v = __ldg(reinterpret_cast<const uint4*>(row + j0));
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -44,7 +52,6 @@ __device__ __forceinline__ Masks LoadMasks(const int8_t* row, int64_t other, int
       const int8_t x = int8_t((w[k >> 2] >> (8 * (k & 3))) & 0xffu);
       m.partial |= uint32_t(x == 1) << k;
       m.full |= uint32_t(x == 2) << k;
-      m.rest |= uint32_t(x != 1 && x != 2) << k;
       m.high |= uint32_t(x > 2) << k;
     }
   } else {
@@ -54,8 +61,7 @@ __device__ __forceinline__ Masks LoadMasks(const int8_t* row, int64_t other, int
         const int8_t x = __ldg(row + j0 + k);
         m.partial |= uint32_t(x == 1) << k;
         m.full |= uint32_t(x == 2) << k;
-        m.rest |= uint32_t(x != 1 && x != 2) << k;
-        m.high |= uint32_t(x > 2) << k;
+          m.high |= uint32_t(x > 2) << k;
       }
     }
   }
@@ -73,6 +79,56 @@ __device__ __forceinline__ void Place(int32_t* out, uint32_t mask, int64_t base,
   }
 }
 
+// One line: its list in out[0, width), its count returned and its partial count stored
+// (lane 0). `first`: the masks of the line's first chunk, already loaded when it has one.
+__device__ __forceinline__ int32_t BuildLine(const int8_t* row, int32_t* out, int64_t other,
+                                             int64_t width, int64_t chunks, bool vec,
+                                             int lane, const Masks& first,
+                                             int32_t* partial_out) {
+  // Pass 1: the line's partial, full and (kinds > 2) counts.
+  int np = 0, nf = 0, npos = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const Masks m = chunks == 1 ? first : LoadMasks(row, other, c * kChunk + lane * kPer, vec);
+    np += __popc(m.partial);
+    nf += __popc(m.full);
+    npos += __popc(m.high);
+  }
+  np = __reduce_add_sync(kFull, np);
+  nf = __reduce_add_sync(kFull, nf);
+  npos = __reduce_add_sync(kFull, npos);
+  const int64_t listed = int64_t(np) + nf + npos;
+  const int64_t count = listed < width ? listed : width;
+  // Pass 2: place the entries.
+  int64_t pb = 0, fb = np, rb = int64_t(np) + nf;  // next position of each group
+  const int64_t p_end = np < count ? np : count;
+  const int64_t f_end = int64_t(np) + nf < count ? int64_t(np) + nf : count;
+  // (uniform across the warp) until every group's next entry would be past the count
+  for (int64_t c = 0; c < chunks && (pb < p_end || fb < f_end || rb < count); ++c) {
+    const int64_t j0 = c * kChunk + lane * kPer;
+    const Masks m = chunks == 1 ? first : LoadMasks(row, other, j0, vec);
+    const uint32_t rest = Rest(m, other, j0);
+    // Inclusive scan of the lanes' populations, packed 10 bits each (at most 512).
+    const uint32_t own = uint32_t(__popc(m.partial)) | uint32_t(__popc(m.full)) << 10 |
+                         uint32_t(__popc(rest)) << 20;
+    uint32_t incl = own;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const uint32_t v = __shfl_up_sync(kFull, incl, d);
+      if (lane >= d) incl += v;
+    }
+    const uint32_t excl = incl - own, total = __shfl_sync(kFull, incl, 31);
+    Place(out, m.partial, pb + (excl & 1023u), count, j0);
+    Place(out, m.full, fb + ((excl >> 10) & 1023u), count, j0);
+    Place(out, rest, rb + (excl >> 20), count, j0);
+    pb += total & 1023u;
+    fb += (total >> 10) & 1023u;
+    rb += total >> 20;
+  }
+  for (int64_t e = count + lane; e < width; e += 32) out[e] = -1;
+  if (lane == 0) *partial_out = int32_t(p_end);
+  return int32_t(count);
+}
+
 __global__ void __launch_bounds__(1024) BlockListsKernel(
     const int8_t* __restrict__ kind, int32_t* __restrict__ counts,
     int32_t* __restrict__ partial, int32_t* __restrict__ lists, int32_t* __restrict__ order,
@@ -85,56 +141,28 @@ __global__ void __launch_bounds__(1024) BlockListsKernel(
   for (int c = threadIdx.x; c <= cmax; c += blockDim.x) s_hist[c] = 0;
 
   const int64_t chunks = (other + kChunk - 1) / kChunk;
-  for (int64_t l = warp; l < lines; l += warps) {
-    const int8_t* row = kind + (n * lines + l) * other;
-    // Pass 1: the line's partial, full, rest and positive counts.
-    int np = 0, nf = 0, npos = 0;
-    Masks first{0u, 0u, 0u, 0u};
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t j0 = c * kChunk + lane * kPer;
-      const Masks m = LoadMasks(row, other, j0, vec);
-      if (c == 0) first = m;
-      np += __popc(m.partial);
-      nf += __popc(m.full);
-      npos += __popc(m.high);
-    }
-    np = __reduce_add_sync(kFull, np);
-    nf = __reduce_add_sync(kFull, nf);
-    npos = __reduce_add_sync(kFull, npos);  // kinds > 2
-    const int64_t listed = int64_t(np) + nf + npos;
-    const int64_t count = listed < width ? listed : width;
-    const int64_t part = np < count ? np : count;
-    // Pass 2: place the entries.
-    int32_t* out = lists + (n * lines + l) * width;
-    int64_t pb = 0, fb = np, rb = int64_t(np) + nf;  // next position of each group
-    const int64_t p_end = np < count ? np : count;
-    const int64_t f_end = int64_t(np) + nf < count ? int64_t(np) + nf : count;
-    // (uniform across the warp) until every group's next entry would be past the count
-    for (int64_t c = 0; c < chunks && (pb < p_end || fb < f_end || rb < count); ++c) {
-      const int64_t j0 = c * kChunk + lane * kPer;
-      const Masks m = chunks == 1 ? first : LoadMasks(row, other, j0, vec);
-      // Inclusive scan of the lanes' populations, packed 10 bits each (at most 512).
-      const uint32_t own = uint32_t(__popc(m.partial)) | uint32_t(__popc(m.full)) << 10 |
-                           uint32_t(__popc(m.rest)) << 20;
-      uint32_t incl = own;
+  // A warp takes kGroup lines at a time (warp, warp + warps, ...); lines of one chunk load
+  // their kinds first, together, so that the loads of the group are in flight at once.
+  for (int64_t l0 = warp; l0 < lines; l0 += int64_t(warps) * kGroup) {
+    Masks pre[kGroup];
 #pragma unroll
-      for (int d = 1; d < 32; d <<= 1) {
-        const uint32_t v = __shfl_up_sync(kFull, incl, d);
-        if (lane >= d) incl += v;
-      }
-      const uint32_t excl = incl - own, total = __shfl_sync(kFull, incl, 31);
-      Place(out, m.partial, pb + (excl & 1023u), count, j0);
-      Place(out, m.full, fb + ((excl >> 10) & 1023u), count, j0);
-      Place(out, m.rest, rb + (excl >> 20), count, j0);
-      pb += total & 1023u;
-      fb += (total >> 10) & 1023u;
-      rb += total >> 20;
+    for (int g = 0; g < kGroup; ++g) {
+      const int64_t l = l0 + int64_t(g) * warps;
+      pre[g] = Masks{0u, 0u, 0u};
+      if (chunks == 1 && l < lines)
+        pre[g] = LoadMasks(kind + (n * lines + l) * other, other, lane * kPer, vec);
     }
-    for (int64_t e = count + lane; e < width; e += 32) out[e] = -1;
-    if (lane == 0) {
-      counts[n * lines + l] = int32_t(count);
-      partial[n * lines + l] = int32_t(part);
-      s_counts[l] = int32_t(count);
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      const int64_t l = l0 + int64_t(g) * warps;
+      if (l >= lines) break;  // uniform across the warp
+      const int32_t count = BuildLine(kind + (n * lines + l) * other,
+                                      lists + (n * lines + l) * width, other, width, chunks,
+                                      vec, lane, pre[g], partial + n * lines + l);
+      if (lane == 0) {
+        counts[n * lines + l] = count;
+        s_counts[l] = count;
+      }
     }
   }
   __syncthreads();

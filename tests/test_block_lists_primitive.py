@@ -129,3 +129,24 @@ def test_gpu_kernel_equals_numpy_and_is_deterministic(kind, width):
     assert_same(f(x), first)  # bitwise the same on a second run
     if kind.ndim == 3 and kind.shape[0] > 1:
         assert_same(jax.jit(jax.vmap(lambda k: block_lists(jnp, k, width)))(x), want)
+
+
+def test_cuda_lowering_is_one_custom_call(monkeypatch):
+    """Lowered for "cuda" (the rule `_cuda.py` registers where the extension is built,
+    installed here for the test): one custom call on `[N, lines, other]` with `width`;
+    empty operands take the jax.numpy code (no launch)."""
+    from jax._src.interpreters import mlir
+    from jax_blocksparse import _cuda
+    from jax_blocksparse import _jax_internals as jint
+    rules = mlir._platform_specific_lowerings
+    monkeypatch.setitem(rules, "cuda", type(rules["cuda"])(rules["cuda"]))  # restored after
+    jint.register_lowering_rule(lp.block_lists_p, _cuda._block_lists_lowering, "cuda")
+    f = jax.jit(lambda k: block_lists(jnp, k, 5))
+
+    def text(kind):
+        return f.trace(kind).lower(lowering_platforms=("cuda",)).as_text()
+    got = text(np.zeros((2, 3, 8, 16), np.int8))
+    assert got.count("custom_call @jax_blocksparse_block_lists") == 1
+    assert "width = 5" in got and "tensor<6x8x16xi8>" in got
+    assert "sort" not in got
+    assert "jax_blocksparse_block_lists" not in text(np.zeros((0, 8, 16), np.int8))
