@@ -150,3 +150,12 @@ def test_cuda_lowering_is_one_custom_call(monkeypatch):
     assert "width = 5" in got and "tensor<6x8x16xi8>" in got
     assert "sort" not in got
     assert "jax_blocksparse_block_lists" not in text(np.zeros((0, 8, 16), np.int8))
+
+
+@pytest.mark.gpu
+def test_gpu_kernel_names_the_shared_memory_limit():
+    """Lines past one CTA's shared memory fail when the program runs, naming the limit."""
+    gpu = jax.devices("gpu")[0]
+    kind = jax.device_put(np.zeros((1, 70000, 1), np.int8), gpu)
+    with pytest.raises(Exception, match="shared memory"):
+        jax.block_until_ready(jax.jit(lambda k: block_lists(jnp, k, 1))(kind))
