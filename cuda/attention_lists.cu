@@ -4,7 +4,7 @@
 // allows it), each lane turning its 16 kinds into bit masks of partial (1), full (2) and
 // "other" entries. A first pass counts them (warp sums), which fixes the line's count and
 // where its full entries start; a second pass (the first's masks again when the line is one
-// chunk) scans the lanes' mask populations across the warp and writes each entry at its
+// chunk: a warp then loads the kinds of 4 lines together, to keep loads in flight) scans the lanes' mask populations across the warp and writes each entry at its
 // position: partial ones from 0, full ones after all partial ones, ascending within each
 // group, truncated at the count; the rest of the row is -1. numpy's argsort key sorts
 // kinds other than 0, 1, 2 with the absent ones but counts the positive ones as listed:
