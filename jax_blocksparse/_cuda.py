@@ -36,6 +36,7 @@ from . import _jax_internals as jint
 from . import _partitioning
 from . import attention_primitives as att
 from . import attention_decode as dec
+from . import lists_primitive as lp
 from . import matmul_primitives as mp
 from .attention_metadata import FINE_BLOCKS, TILE, AttentionLists, TileLists, key_tiles
 
@@ -563,6 +564,15 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
     return o, lse
 
 
+def _block_lists_lowering(ctx, kind, *, width):
+    """`lp.block_lists_p` on CUDA: the kernel (cuda/attention_lists.cu), but for empty
+    operands and under SPMD partitioning (the custom call has no partitioning rule) the
+    jax.numpy code, which XLA partitions."""
+    if 0 in ctx.avals_in[0].shape or jint.partitioned_lowering(ctx):
+        return lp.REFERENCE_LOWERING(ctx, kind, width=width)
+    return jax.ffi.ffi_lowering("jax_blocksparse_block_lists")(ctx, kind, width=np.int64(width))
+
+
 def _register():
     targets = _ext.registrations()
     for name, capsule in targets.items():
@@ -578,6 +588,8 @@ def _register():
     if "jax_blocksparse_attention_decode" in targets:
         jint.register_lowering_rule(local[dec.attention_decode_p], _attention_decode_lowering,
                                     "cuda")
+    if "jax_blocksparse_block_lists" in targets:
+        jint.register_lowering_rule(lp.block_lists_p, _block_lists_lowering, "cuda")
 
 
 if cuda_built():

@@ -14,7 +14,8 @@ the backward. `order` lists the lines of each mask head longest first. All int32
 
 One implementation serves both sources: a static `Layout` computes it once on the host with
 numpy (`attention_metadata`, cached; leading axis `Hm`), and a traced `BlockMask` computes
-it inside `jit` with jax.numpy (`device_metadata`; leading axes `Bm, Hm`).
+it inside `jit` with jax.numpy (`device_metadata`; leading axes `Bm, Hm`), the lists
+through one primitive (`lists_primitive`: a CUDA kernel on a GPU).
 
 Masks of block size 16 or 32 run on the Hopper forward's 128 x 128 tiles (`tile_lists`):
 a tile covers `(128 / bs)^2` mask blocks; it is listed when one of them is visited, full
@@ -32,7 +33,9 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from . import lists_primitive
 from .layout import Layout
+from .lists_primitive import block_lists_reference
 
 
 class AttentionLists(NamedTuple):
@@ -176,18 +179,12 @@ def key_tiles(xp, tiles: TileLists, rk: int) -> TileLists:
 def block_lists(xp, kind, width: int) -> AttentionLists:
     """Lists along the last axis of `kind [..., lines, other]`, partial first, `width`
     entries each (a line with more listed blocks keeps its first `width`; `counts` then
-    says `width`: the caller detects that from the mask)."""
-    other = kind.shape[-1]
-    lines = kind.shape[-2]
-    group = xp.where(kind == 1, 0, xp.where(kind == 2, 1, 2))
-    key = group * other + np.arange(other)  # unique keys: partial, full, absent; ascending
-    entries = xp.argsort(key, axis=-1)[..., :width].astype(np.int32)
-    listed = (kind > 0).sum(-1).astype(np.int32)
-    counts = xp.minimum(listed, width).astype(np.int32)
-    partial = xp.minimum((kind == 1).sum(-1), counts).astype(np.int32)
-    lists = xp.where(np.arange(width) < counts[..., None], entries, -1).astype(np.int32)
-    order = xp.argsort(-counts * lines + np.arange(lines), axis=-1).astype(np.int32)
-    return AttentionLists(counts, partial, lists, order)
+    says `width`: the caller detects that from the mask). numpy computes them on the host;
+    jax.numpy binds `lists_primitive.block_lists_p` (one CUDA kernel on a GPU, the same
+    jax.numpy code elsewhere: the same arrays bit for bit)."""
+    if xp is np:
+        return AttentionLists(*block_lists_reference(np, kind, width))
+    return AttentionLists(*lists_primitive.block_lists(kind, width))
 
 
 @functools.lru_cache(maxsize=64)

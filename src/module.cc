@@ -4,6 +4,7 @@
 #include "../cuda/attention.h"
 #include "ffi_attention.h"
 #include "ffi_common.h"  // DTypeName
+#include "ffi_lists.h"
 #include "ffi_matmul.h"
 
 namespace nb = nanobind;
@@ -25,6 +26,7 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
     targets["jax_blocksparse_attention_fwd"] = Capsule(JaxBlocksparseAttentionFwd);
     targets["jax_blocksparse_attention_bwd"] = Capsule(JaxBlocksparseAttentionBwd);
     targets["jax_blocksparse_attention_decode"] = Capsule(JaxBlocksparseAttentionDecode);
+    targets["jax_blocksparse_block_lists"] = Capsule(JaxBlocksparseBlockLists);
     return targets;
   });
   // The attention dispatch table's rows (cuda/attention.cu, AttentionKernel) less their

@@ -21,7 +21,8 @@ def test_cuda_extension_is_built_and_registered():
     assert _cuda._ext is not None, "nvcc is present but the CUDA extension was not built"
     assert jbs.cuda_built()
     targets = set(_cuda._ext.registrations())
-    assert {"jax_blocksparse_sdd", "jax_blocksparse_dsd", "jax_blocksparse_dds"} <= targets
+    assert {"jax_blocksparse_sdd", "jax_blocksparse_dsd", "jax_blocksparse_dds",
+            "jax_blocksparse_block_lists"} <= targets
 
 
 def test_cuda_available_means_the_kernels_can_run_here():
