@@ -14,6 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from . import _cuda
 from . import _partitioning
 from . import _debug
 from ._checks import (check_dtype, check_kv_scale, check_sinks, check_soft_cap, is_fp8,
@@ -37,7 +38,7 @@ from .layout import Layout
 # 1.70 ms at any Tq up to its 128-row tile); an fp8 cache up to the decode kernel's limit
 # (the forward kernels read bf16/f16 only: there it would be dequantized first).
 DECODE_MAX_QUERIES = 12
-DECODE_FP8_MAX_QUERIES = 64
+DECODE_FP8_MAX_QUERIES = _cuda.DECODE["max_queries"]
 
 
 # ------------------------------------------------------------------------ public op
@@ -308,7 +309,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         k, v that are not fp8, or not a positive Python float or a float array `[Hkv]`
         (non-positive values where they are known at trace time).
     Short queries (`Tq <= DECODE_MAX_QUERIES` = 12, with an fp8 cache up to 64; no
-    segment ids: decoding with a KV cache, one or a few tokens per sequence) run the decode primitive (`attention_decode.py`): on an NVIDIA GPU,
+    segment ids: decoding with a KV cache, one or a few tokens per sequence) run the
+    decode primitive (`attention_decode.py`): on an NVIDIA GPU,
     bfloat16/float16 q (k and v of its dtype, or an fp8 cache: the kernel reads the fp8
     bytes) with `D` in (64, 96, 128, 256), a block size and page size that are
     multiples of 16 run the split-KV decode kernel (`_cuda.decode_unsupported`), with any

@@ -35,7 +35,6 @@ import numpy as np
 
 from . import lists_primitive
 from .layout import Layout
-from .lists_primitive import block_lists_reference
 
 
 class AttentionLists(NamedTuple):
@@ -183,7 +182,7 @@ def block_lists(xp, kind, width: int) -> AttentionLists:
     jax.numpy binds `lists_primitive.block_lists_p` (one CUDA kernel on a GPU, the same
     jax.numpy code elsewhere: the same arrays bit for bit)."""
     if xp is np:
-        return AttentionLists(*block_lists_reference(np, kind, width))
+        return AttentionLists(*lists_primitive.block_lists_reference(np, kind, width))
     return AttentionLists(*lists_primitive.block_lists(kind, width))
 
 
