@@ -343,6 +343,9 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
   const int row0 = q0 + warp * 16 + (lane >> 2);  // and row0 + 8
   const float sl2 = a.scale_log2;
   const bool capped = a.cap_log2 > 0.f;
+  // a soft cap keeps t = tanh(s scale_cap) in s: the log2-domain score is t cap_log2 (taken
+  // in the maxima and the exponent's FFMA); without one the scores are scaled in place
+  const float sf = capped ? a.cap_log2 : 1.f;
 
   for (int it = 0; !cc.Done(); ++it) {
     if (!ld.Done()) {
@@ -374,7 +377,7 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
 #pragma unroll
       for (int n = 0; n < kKT / 8; ++n) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[n][e] = a.cap_log2 * Tanh(s[n][e] * a.scale_cap);
+        for (int e = 0; e < 4; ++e) s[n][e] = Tanh(s[n][e] * a.scale_cap);
       }
     } else {
 #pragma unroll
@@ -395,19 +398,21 @@ __global__ void __launch_bounds__(BM * 2, 1) FwdKernel(const Args a) {
         }
       }
     }
-    float mx0 = m0, mx1 = m1;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int n = 0; n < kKT / 8; ++n) {
       mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
       mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
     }
+    mx0 = fmaxf(m0, mx0 * sf);  // sf > 0: the maximum of the log2-domain scores
+    mx1 = fmaxf(m1, mx1 * sf);
     float mu0, mu1;
     OnlineSoftmaxStep<D>(mx0, mx1, m0, m1, l0, l1, acc, mu0, mu1);
     uint32_t pf[kKT / 16][4];
 #pragma unroll
     for (int n = 0; n < kKT / 8; ++n) {
-      const float p0 = Exp2(s[n][0] - mu0), p1 = Exp2(s[n][1] - mu0);
-      const float p2 = Exp2(s[n][2] - mu1), p3 = Exp2(s[n][3] - mu1);
+      const float p0 = Exp2(fmaf(s[n][0], sf, -mu0)), p1 = Exp2(fmaf(s[n][1], sf, -mu0));
+      const float p2 = Exp2(fmaf(s[n][2], sf, -mu1)), p3 = Exp2(fmaf(s[n][3], sf, -mu1));
       l0 += p0 + p1;
       l1 += p2 + p3;
       pf[n / 2][(n & 1) * 2 + 0] = O::Pack(p0, p1);
@@ -546,10 +551,11 @@ __global__ void __launch_bounds__(128, 2) DqKernel(const Args a) {
   const float lse0 = Lse2(a.lse[lrow + row0]), lse1 = Lse2(a.lse[lrow + row0 + 8]);
   const float dl0 = a.delta[lrow + row0], dl1 = a.delta[lrow + row0 + 8];
   const float sl2 = a.scale_log2;
-  // with a soft cap the scores and dP are transformed first: then P = 2^(s - lse2) and
-  // dS = P dP' (the factors sm, de*); without: P = 2^(s sl2 - lse2), dS = P (dP - delta)
+  // with a soft cap the scores and dP are transformed first: s keeps t = tanh(s scale_cap),
+  // P = 2^(t cap_log2 - lse2) (the forward's FFMA) and dS = P dP' (the factors sm, de*);
+  // without: P = 2^(s sl2 - lse2), dS = P (dP - delta)
   const bool capped = a.cap_log2 > 0.f;
-  const float sm = capped ? 1.f : sl2;
+  const float sm = capped ? a.cap_log2 : sl2;
   const float de0 = capped ? 0.f : dl0, de1 = capped ? 0.f : dl1;
 
   float acc[D / 8][4];
@@ -592,13 +598,13 @@ __global__ void __launch_bounds__(128, 2) DqKernel(const Args a) {
     const bool masked = cc.Masked();
     const int k0 = cc.Start(cc.t) + (lane & 3) * 2;
     const bool causal = a.causal && cc.t / cc.kh < cc.npart;
-    if (capped) {  // s: the capped log2-domain scores; dp: (dP - delta) (1 - tanh^2)
+    if (capped) {  // s: t; dp: (dP - delta) (1 - t^2)
 #pragma unroll
       for (int n = 0; n < kKT / 8; ++n) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const float t = Tanh(s[n][e] * a.scale_cap);
-          s[n][e] = a.cap_log2 * t;
+          s[n][e] = t;
           dp[n][e] = (dp[n][e] - ((e >> 1) ? dl1 : dl0)) * (1.f - t * t);
         }
       }
@@ -610,7 +616,7 @@ __global__ void __launch_bounds__(128, 2) DqKernel(const Args a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int hi = e >> 1;
-        float p = Exp2(s[n][e] * sm - (hi ? lse1 : lse0));
+        float p = Exp2(fmaf(s[n][e], sm, -(hi ? lse1 : lse0)));
         if (masked) {
           const int j = k0 + n * 8 + (e & 1);
           const int i = row0 + hi * 8;
@@ -777,7 +783,7 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
   const int key0 = k0 + warp * 16 + (lane >> 2);  // and key0 + 8
   const float sl2 = a.scale_log2;
   const bool capped = a.cap_log2 > 0.f;
-  const float sm = capped ? 1.f : sl2, inv_cap = capped ? 1.f / a.cap_log2 : 0.f;
+  const float sm = capped ? a.cap_log2 : sl2, inv_cap = capped ? 1.f / a.cap_log2 : 0.f;
 
   for (int it = 0; !cc.Done(); ++it) {
     if (!ld.Done()) {
@@ -807,12 +813,12 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
         O::Mma(s[2 * np + 1], ka, bq[2], bq[3]);
       }
     }
-    // P^T (a soft cap: the capped log2-domain scores first, then sm = 1)
+    // P^T (a soft cap: t = tanh(s scale_cap) first, then sm = cap_log2)
     if (capped) {
 #pragma unroll
       for (int n = 0; n < BQ / 8; ++n) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[n][e] = a.cap_log2 * Tanh(s[n][e] * a.scale_cap);
+        for (int e = 0; e < 4; ++e) s[n][e] = Tanh(s[n][e] * a.scale_cap);
       }
     }
     const bool masked = cc.Partial() || k0 + kKT > kvlen;
@@ -823,7 +829,7 @@ __global__ void __launch_bounds__(128, 1) DkvKernel(const Args a) {
       const float2 lq = *reinterpret_cast<const float2*>(sl + n * 8 + (lane & 3) * 2);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float p = Exp2(s[n][e] * sm - ((e & 1) ? lq.y : lq.x));
+        float p = Exp2(fmaf(s[n][e], sm, -((e & 1) ? lq.y : lq.x)));
         if (masked) {
           const int i = i0 + n * 8 + (e & 1);
           const int j = key0 + (e >> 1) * 8;

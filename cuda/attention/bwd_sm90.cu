@@ -79,8 +79,8 @@
 //
 // Soft cap (a.cap_log2 > 0: cap log2(e); a.scale_cap: scale / cap; a runtime branch in both
 // kernels, the uncapped code as before): the log2-domain score is cap_log2 t with
-// t = tanh.approx(s scale_cap), before the masks, the Hopper forward's expression (its
-// product rounded, as there), so P = 2^(cap_log2 t - lse log2 e) is the forward's P; the
+// t = tanh.approx(s scale_cap), before the masks, the Hopper forward's expression (one
+// FFMA with the row's term, as there), so P = 2^(t cap_log2 - lse log2 e) is the forward's P; the
 // score's derivative takes the factor 1 - t^2, dS = P (dP - delta) (1 - t^2) (the final
 // factor `scale` as before). t is kept where the uncapped path keeps P (the same registers):
 // the dQ kernel forms P and dP' = (dP - delta) (1 - t^2) from it once dP is done; the dK/dV
@@ -373,12 +373,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         if constexpr (PIPE) wg::Wait<0>();  // dP done
         FenceAcc(dp);
-        if (capped) {  // P (into s) and dP' (into dp) from t (cap_log2 t rounded, as forward)
+        if (capped) {  // P (into s) and dP' (into dp) from t (one FFMA, as the forward)
 #pragma unroll
           for (int i = 0; i < 32; ++i) {
             const float tt = s[i];
             const bool hi = (i >> 1) & 1;  // element 4 j + e: row i1 for e = 2, 3
-            s[i] = Exp2(__fmul_rn(a.cap_log2, tt) - (hi ? lse1 : lse0));
+            s[i] = Exp2(fmaf(tt, a.cap_log2, -(hi ? lse1 : lse0)));
             dp[i] = (dp[i] - (hi ? dl1 : dl0)) * (1.f - tt * tt);
           }
         }
@@ -646,9 +646,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (!((qg >> j) & 1u)) allow &= ~(0xfu << (4 * j));
       }
       auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
-      // the capped P^T from t and the row's lse (log2 domain): cap_log2 t rounded, as in the
-      // forward
-      auto capped_p = [&](float tt, float l2) { return Exp2(__fmul_rn(a.cap_log2, tt) - l2); };
+      // the capped P^T from t and the row's lse (log2 domain): one FFMA, as in the forward
+      auto capped_p = [&](float tt, float l2) { return Exp2(fmaf(tt, a.cap_log2, -l2)); };
       uint32_t pa[4][4], da[4][4];
       if (!capped) {
 #pragma unroll

@@ -376,13 +376,14 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
     const float sl2 = a.scale_log2;
-    // a logit soft cap (a.cap_log2 > 0): the scores become cap_log2 tanh(s scale_cap)
-    // (log2 domain) before the masks, as in the FA2 kernels; both backwards (FA2, Hopper)
-    // recompute P from this lse with the same expression; the raw maxima are then not used
-    // (factor 1)
+    // a logit soft cap (a.cap_log2 > 0): the scores become t = tanh(s scale_cap) before the
+    // masks, and their log2-domain value cap_log2 t is taken where used (the maxima, and
+    // P = 2^(t cap_log2 - m): one FFMA, as for a positive scale); both backwards (FA2,
+    // Hopper) recompute P from this lse with the same FFMA
     const bool capped = a.cap_log2 > 0.f;
     const bool pos_scale = sl2 > 0.f && !capped;
-    const float sl2_max = pos_scale ? sl2 : 1.f;  // factor of the raw tile maxima
+    // factor of the tile maxima and of the exponent's FFMA (1: scores scaled in place)
+    const float sl2_max = capped ? a.cap_log2 : pos_scale ? sl2 : 1.f;
     int it = 0;  // K/V tiles consumed, all items (the producer's count: ring stage, phase)
     for (int k = 0; has_item(k); ++k) {
       // ---- one work item: its rows, key tiles, Q buffer
@@ -490,10 +491,10 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         // scores in the log2 domain: scaled here unless the scale is positive (then the
         // maxima of the raw scores times the scale, and P = 2^(s * scale - m): one FFMA);
         // masks after scaling (a -inf score stays -inf for any scale). Soft-capped:
-        // cap_log2 tanh(s scale_cap) (tanh.approx; the masks after it)
+        // t = tanh(s scale_cap) (tanh.approx; the masks after it; factor cap_log2 > 0)
         if (capped) {
 #pragma unroll
-          for (int i = 0; i < kBN / 2; ++i) s[i] = a.cap_log2 * Tanh(s[i] * a.scale_cap);
+          for (int i = 0; i < kBN / 2; ++i) s[i] = Tanh(s[i] * a.scale_cap);
         } else if (!pos_scale) {
 #pragma unroll
           for (int i = 0; i < kBN / 2; ++i) s[i] *= sl2;
