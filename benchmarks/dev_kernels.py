@@ -10,8 +10,8 @@ simple kernels are timed unless --no-naive.
 
     python3 benchmarks/dev_kernels.py --small-wgmma [--sizes 16,32] [--ops dds,ddsT,dsd]
 
-times the ops at block sizes 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 (the default:
-mma.sync) and =1 (the opt-in Hopper kernel, cuda/matmul/wgmma_small.cuh), a child
+times the ops at block sizes 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 (mma.sync)
+and =1 (the default on Hopper: cuda/matmul/wgmma_small.cuh), a child
 process each (with JAX_BLOCKSPARSE_DEBUG=1: its distinct launch lines, which name the
 kernels, follow its table). The correctness sweep that lived here is in
 the test suite: tests/test_gpu_kernels.py (run with `pytest -m gpu`).

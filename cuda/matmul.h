@@ -93,8 +93,8 @@ struct TcArgs {
 // are flipped), compiled into the wgmma kernels and runtime flags of the mma.sync kernels.
 enum class MatmulPath {
   kSimple,   // exact float32 (precision=HIGHEST), or JAX_BLOCKSPARSE_SIMPLE_KERNELS=1; any GPU
-  kWgmmaSmall,  // DS mode at bs 16/32, bf16/f16, the kWgmma conditions, and only when
-                // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 (opt-in until measured)
+  kWgmmaSmall,  // DS mode at bs 16/32, bf16/f16, the kWgmma conditions, unless
+                // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
              // unless JAX_BLOCKSPARSE_NO_WGMMA=1
   kMmaSync,  // tensor cores (TF32 for float32), sm_80+: what runs when nothing above does

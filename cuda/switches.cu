@@ -18,7 +18,8 @@ Switches Read() {
   s.debug = debug != nullptr ? std::atoi(debug) : 0;
   s.simple_kernels = Flag("JAX_BLOCKSPARSE_SIMPLE_KERNELS");
   s.no_wgmma = Flag("JAX_BLOCKSPARSE_NO_WGMMA");
-  s.small_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA");
+  const char* small = std::getenv("JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA");  // on unless "0"
+  s.small_wgmma = small == nullptr || std::strcmp(small, "0") != 0;
   const char* variant = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT");
   s.attn_fwd_variant =
       variant != nullptr && variant[0] >= '0' && variant[0] <= '3' ? variant[0] - '0' : -1;

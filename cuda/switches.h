@@ -3,10 +3,11 @@
 //   JAX_BLOCKSPARSE_DEBUG=1 one line per kernel launch on stderr; =2 also times each launch
 //   JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 the simple matmul kernels instead of the tensor-core ones
 //   JAX_BLOCKSPARSE_NO_WGMMA=1 the mma.sync matmul kernels instead of the Hopper wgmma ones
-//   JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 opt-in, until measured: dds/dsd (the DS-mode tile
-//     kernel) at block sizes 16/32 in bf16/f16 on the Hopper wgmma kernel that groups 64/bs
-//     lines per CTA (matmul/wgmma_small.cuh) instead of mma.sync, where usable (sm_90a
-//     built, an sm_90 device, 16-byte aligned operand rows); NO_WGMMA=1 overrides it
+//   JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 opts out of the default (measured 1.9-2.3x faster,
+//     RESULTS 2026-12-03 fourth session): dds/dsd (the DS-mode tile kernel) at block sizes
+//     16/32 in bf16/f16 on the Hopper wgmma kernel that groups 64/bs lines per CTA
+//     (matmul/wgmma_small.cuh) instead of mma.sync, where usable (sm_90a built, an sm_90
+//     device, 16-byte aligned operand rows); NO_WGMMA=1 switches it off too
 //   JAX_BLOCKSPARSE_ATTN_FWD_VARIANT: developer overrides of the attention forward (unset
 //     or "": the default by architecture, attention.cu: the FA3-design forward with ping-pong
 //     on an sm_90 device running sm_90a code, for the shapes it covers; the FA2 forward
@@ -37,7 +38,7 @@ struct Switches {
   int debug;              // the value as an integer (atoi); 0 when unset
   bool simple_kernels;    // set to anything but "" or "0"
   bool no_wgmma;          // set to anything but "" or "0"
-  bool small_wgmma;       // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA: anything but "" or "0"
+  bool small_wgmma;       // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA: anything but "0" (unset: on)
   int attn_fwd_variant;   // 0..3 when the value starts with that digit, else -1 (default)
   bool attn_fwd_persistent;  // JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT: anything but "" or "0",
                              // or JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS set

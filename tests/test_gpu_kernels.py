@@ -200,8 +200,9 @@ def cases_of(configs, transposes, frees):
 
 def test_default_kernels():
     """16-bit operands at block 64/128 with aligned rows run wgmma on an sm_90 device
-    (mma.sync elsewhere), unaligned rows mma.sync; block 16/32 mma.sync; float32 mma.sync
-    (TF32); float32 at precision=HIGHEST the simple kernels."""
+    (mma.sync elsewhere), unaligned rows mma.sync; at block 16/32 so do dds and dsd (the
+    small wgmma kernel: tests/test_gpu_matmul_small_wgmma.py), sdd runs mma.sync; float32
+    mma.sync (TF32); float32 at precision=HIGHEST the simple kernels."""
     hopper = jax.devices("gpu")[0].compute_capability == "9.0"
     cases = (cases_of([("bf16", 64), ("f16", 128)], TRANSPOSES, (ALIGNED, UNALIGNED)) +
              cases_of([("bf16", 16), ("f16", 32), ("f32", 64), ("f32hi", 128)],
@@ -210,8 +211,8 @@ def test_default_kernels():
         case = (op, trans, variant, bs, free)
         if variant == "f32hi":
             assert all(map(is_simple, kernels)), (case, kernels)
-        elif variant in ("bf16", "f16") and hopper and bs >= 64 and rows_aligned(
-                op, trans, free):
+        elif variant in ("bf16", "f16") and hopper and rows_aligned(op, trans, free) and (
+                bs >= 64 or op != "sdd"):  # bs 16/32: dds/dsd on the small wgmma kernel
             assert all(map(is_wgmma, kernels)), (case, kernels)
         else:
             assert all(map(is_mma_sync, kernels)), (case, kernels)

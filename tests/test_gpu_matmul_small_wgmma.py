@@ -1,12 +1,12 @@
-"""The opt-in Hopper kernel of dds/dsd at block sizes 16 and 32
-(cuda/matmul/wgmma_small.cuh, JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1): against the
+"""The Hopper kernel of dds/dsd at block sizes 16 and 32 (cuda/matmul/wgmma_small.cuh, the
+default there; JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off): against the
 float64 reference (values and, on aligned sizes, both gradients; relative error; exact zeros
 where no block contributes; bitwise equal over two runs), bf16 and f16, every transposition,
 odd sizes (a free size that is not a multiple of the 128-row tile, empty block rows and
 columns, a partial last group of lines, a single block, all blocks, no blocks), each case in
 a fresh process whose launch log (JAX_BLOCKSPARSE_DEBUG=1) must name the kernel. On a GPU
 other than sm_90, or with rows that are not 16-byte aligned, the switch falls back to the
-mma.sync kernels, which the same checks then cover.
+mma.sync kernels, which the same checks then cover (and under the switch's "0").
 """
 
 import jax
@@ -21,7 +21,7 @@ from test_matmul import LAYOUT_KINDS, TRANSPOSES
 
 pytestmark = pytest.mark.gpu
 
-SWITCH = {"JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA": "1"}
+SWITCH = {"JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA": "1"}  # the default, also spelled out
 OPS = ("dds", "dsd")  # the DS-mode ops (dsd runs as a transposed dds)
 
 
@@ -96,4 +96,15 @@ def test_layouts_and_gradients(variant, bs):
 def test_no_wgmma_overrides_the_switch():
     cases = [(op, (False, False), "bf16", bs, ALIGNED[op]) for op in OPS for bs in (16, 32)]
     for case, kernels in launched(cases, JAX_BLOCKSPARSE_NO_WGMMA="1", **SWITCH).items():
+        expect(kernels, case, False)
+
+
+def test_default_and_opt_out():
+    """Without the switch the aligned bs 16/32 calls run the small kernel on Hopper; with
+    JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 they run mma.sync (values checked either way)."""
+    cases = [(op, (False, False), variant, bs, ALIGNED[op]) for op in OPS for bs in (16, 32)
+             for variant in ("bf16", "f16")]
+    for case, kernels in launched(cases).items():
+        expect(kernels, case, hopper())
+    for case, kernels in launched(cases, JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA="0").items():
         expect(kernels, case, False)

@@ -3,9 +3,8 @@
 // (simple.cu) for exact float32 (precision=HIGHEST) or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1.
 // On an sm_90 device with sm_90a code built, bf16/f16 at block sizes 64/128 with 16-byte
 // aligned operand rows run the wgmma kernel instead (wgmma_lines.cuh; switched off by
-// JAX_BLOCKSPARSE_NO_WGMMA=1). With JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 (opt-in until
-// measured), dds/dsd at block sizes 16/32 run the grouped-lines wgmma kernel there
-// (wgmma_small.cuh).
+// JAX_BLOCKSPARSE_NO_WGMMA=1), and dds/dsd at block sizes 16/32 the grouped-lines wgmma
+// kernel (wgmma_small.cuh; JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off alone).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -55,7 +54,7 @@ using tc::TcArgs;
 #define JBS_WG_ROWS(DT, T)                                                          \
   JBS_WG_TRANS_ROWS(DT, T, 64, 1, Sdd64), JBS_WG_TRANS_ROWS(DT, T, 128, 1, Sdd128), \
       JBS_WG_TRANS_ROWS(DT, T, 64, 0, Wg64), JBS_WG_TRANS_ROWS(DT, T, 128, 0, Wg128)
-// Opt-in (JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1): DS mode at bs 16/32, every transposition.
+// DS mode at bs 16/32, every transposition (off with JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0).
 #define JBS_WGS_ROW(DT, T, BS, C, TA, TB)                                             \
   {DT, BS, MatmulPath::kWgmmaSmall, 0, TA, TB, "wgmma-small(128x64)",                 \
    wgs::Run<T, wgs::C, TA != 0, TB != 0>, wgs::SmallUsable<T>}
@@ -94,7 +93,7 @@ const MatmulKernel kMatmulKernels[] = {
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
 // (they then win: their rows come first); the wgmma kernels unless switched off, the small
-// one only when switched on; mma.sync always.
+// small one unless switched off alone; mma.sync always.
 bool PathOn(MatmulPath path, const Switches& sw, bool exact) {
   switch (path) {
     case MatmulPath::kSimple: return exact || sw.simple_kernels;

@@ -1,6 +1,7 @@
 // Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose) at block
-// sizes 16 and 32, on warpgroup MMAs; opt-in (JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1, see
-// switches.h) until it is measured. Instantiated per dtype in wgmma_small_{bf16,f16}.cu.
+// sizes 16 and 32, on warpgroup MMAs; the default there (1.9-2.3x the mma.sync kernel, RESULTS
+// 2026-12-03 fourth session; JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off, see
+// switches.h). Instantiated per dtype in wgmma_small_{bf16,f16}.cu.
 //
 // Why a different tiling from the bs 64/128 kernel (wgmma_lines.cuh): there a CTA owns
 // one line (bs output columns), so each element of the dense operand loaded is used bs times;
