@@ -1,9 +1,31 @@
-"""Shared fixtures: the `gpu` marker skips without a GPU and the compiled kernels."""
+"""Shared fixtures: the `gpu` marker skips without a GPU and the compiled kernels; the
+Python subprocesses that tests start (the examples, checks under other kernel switches)
+share a persistent XLA compilation cache for the session, so a program compiled by one of
+them is not compiled again by the next (the same model run again, resumed, on the CPU and
+the GPU)."""
+
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 import jax_blocksparse as jbs
+
+# Read by the jax of each subprocess when it is imported (this process's jax is already
+# imported: its in-memory cache serves it). Every program is cached (no minimum compile time).
+_CACHE_DIR = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE_DIR = tempfile.mkdtemp(prefix="jax-blocksparse-tests-xla-cache-")
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def pytest_unconfigure(config):
+    if _CACHE_DIR is not None:  # made by this process (not inherited from a controller)
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 def _has_gpu():
