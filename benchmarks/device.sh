@@ -8,7 +8,9 @@
 #    attention_persistent: the Hopper forward with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT 0 and 1;
 #    attention_sinks: the cost of sinks and a logit soft cap)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
-# The sanitizer tools can run side by side after one build:
+# The sanitizer tools can run side by side after one build (but then nearly every process
+# ended in the host segfault under the sanitizer, RESULTS 2026-12-03 fourth session; one
+# tool per call covers more: SANITIZE_TOOLS=memcheck bash benchmarks/device.sh sanitize):
 #   bash benchmarks/device.sh && for t in memcheck racecheck synccheck; do
 #     SKIP_BUILD=1 SANITIZE_TOOLS=$t bash benchmarks/device.sh sanitize & done; wait
 # Logs go to $OUT (the device tool's output folder) or /tmp/out. peers.py (the shared peer
