@@ -13,6 +13,10 @@ import pytest
 
 import jax_blocksparse as jbs
 
+# Each pytest-xdist worker (the README runs two) and each subprocess allocates GPU memory as
+# it goes, not 75% of the card up front (read when jax first initializes its backends).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 # Read by the jax of each subprocess when it is imported (this process's jax is already
 # imported: its in-memory cache serves it). Every program is cached (no minimum compile time).
 _CACHE_DIR = None
