@@ -1,7 +1,12 @@
 // The decode attention kernels (attention_decode.h): split-KV partial attention over a CTA's
 // share of the listed key blocks (mma.sync m16n8k16, 16-key tiles, one cp.async ring per
 // warp), then a fixed-order log-sum-exp combine of the splits. Memory bound by design: the
-// rows of a CTA (query heads of one kv head) share every K/V tile it reads. An fp8 cache
+// rows of a CTA (query heads of one kv head) share every K/V tile it reads. Two forms
+// (SHARED): 16 rows per CTA whose four warps take the 16-key tiles in turn and combine
+// their partial results at the end (few rows: one query, a GQA group of up to 16); or, for
+// more rows (speculative queries times the group, opt-in: DecodeSharedTiles), 64 rows per
+// CTA, a warp's 16 each, the four warps sharing every 64-key stage (one 16-key tile from
+// each warp's ring), so that K and V are read once per 64 rows instead of per 16. An fp8 cache
 // (KV an fp8 type) is read as bytes into the rings and each tile converted to T into a
 // per-warp staging tile, which the mma fragments load as before.
 #include "attention_decode.h"
@@ -16,6 +21,7 @@
 
 #include "attention_kernels.cuh"  // Ops, fragment loads, Exp2, quad reductions
 #include "launch_util.h"
+#include "switches.h"
 
 namespace jax_blocksparse {
 namespace attn {
@@ -42,8 +48,10 @@ template <int D> struct DecodeSmem {
                ? kWarps * kStages * 2 * kTile * int(sizeof(T))
                : kWarps * kStagesFp8 * 2 * kTileB + kWarps * 2 * kTile * int(sizeof(T));
   }
-  template <typename T, typename KV> static constexpr int Bytes() {
-    return kRows * kLd * int(sizeof(T)) + RingBytes<T, KV>() +
+  // query rows of a CTA: 16, or 16 per warp when the warps share the stages
+  template <bool SHARED> static constexpr int kCtaRows = SHARED ? kWarps * kRows : kRows;
+  template <typename T, typename KV, bool SHARED> static constexpr int Bytes() {
+    return kCtaRows<SHARED> * kLd * int(sizeof(T)) + RingBytes<T, KV>() +
            (kDecodeSplitCapacity + kWarps) * int(sizeof(int));
   }
   // the warps' partial results, written over the rings after the key loop
@@ -90,11 +98,12 @@ __device__ __forceinline__ void Fp8x16To(T* dst, const unsigned char* src) {
   reinterpret_cast<uint4*>(dst)[1] = hi;
 }
 
-template <typename T, int D, typename KV = T>
+template <typename T, int D, typename KV, bool SHARED>
 __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionDecodeParams p) {
   using O = Ops<T>;
   using S = DecodeSmem<D>;
   constexpr bool kFp8 = !std::is_same<T, KV>::value;
+  constexpr int kCtaRows = S::template kCtaRows<SHARED>;
   constexpr int LD = S::kLd, STAGES = kFp8 ? S::kStagesFp8 : S::kStages, CPR = D / 8;
   constexpr int LDB = S::kLdB, CPRB = D / 16;  // fp8: a row's 16-byte chunks
   constexpr int kRingBytes = S::template RingBytes<T, KV>();
@@ -102,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   static_assert(!kFp8 || (kKeys * CPRB) % 32 == 0, "a warp converts whole tiles");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  unsigned char* sRings = smem_raw + kRows * LD * int(sizeof(T));
+  unsigned char* sRings = smem_raw + kCtaRows * LD * int(sizeof(T));
   T* sKV = reinterpret_cast<T*>(sRings);
   int* sStarts = reinterpret_cast<int*>(sRings + kRingBytes);
   int* sCount = sStarts + kDecodeSplitCapacity;
@@ -115,25 +124,27 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   const int hg = blockIdx.x % head_groups;
   const int hk = (blockIdx.x / head_groups) % p.hkv;
   const int b = blockIdx.x / (head_groups * p.hkv);
-  const int chunks = (per_cta * p.tq + kRows - 1) / kRows;
+  const int chunks = (per_cta * p.tq + kCtaRows - 1) / kCtaRows;
   const int split = blockIdx.y % p.splits;
   const int chunk = (blockIdx.y / p.splits) % chunks;
   const int part = blockIdx.y / (p.splits * chunks);
 
-  // queries [i0, i1) use mask row r; rows of the CTA: (query, head) pairs t0 .. t0 + 15
+  // queries [i0, i1) use mask row r; rows of the CTA: (query, head) pairs t0 .. t0 +
+  // kCtaRows - 1 (SHARED: the warp's, tw .. tw + 15)
   const int row_pos = __ldg(p.q_rows + b);
   const int r = FloorDiv(row_pos, p.block_size) + part;
   const int i0 = max(part == 0 ? 0 : r * p.block_size - row_pos, 0);
   const int i1 = min((r + 1) * p.block_size - row_pos, p.tq);
   const int nrows = max(i1 - i0, 0) * per_cta;
-  const int t0 = chunk * kRows;
+  const int t0 = chunk * kCtaRows;
   if (t0 >= nrows) return;  // uniform: this (part, chunk) has no rows
+  const int tw = t0 + (SHARED ? warp * kRows : 0);  // the warp's first row
   const int h0 = hk * group + hg * per_cta;  // first query head of the CTA
 
   const int pos0 = __ldg(p.q_positions + b);  // causal position of query 0
   const int kvlen = min(max(__ldg(p.kv_lengths + b), 0), p.tk);
   // keys at or past `limit` are masked for every row of the CTA
-  const int last_query = i0 + (min(t0 + kRows, nrows) - 1) / per_cta;
+  const int last_query = i0 + (min(t0 + kCtaRows, nrows) - 1) / per_cta;
   const int limit = max(p.causal ? min(kvlen, pos0 + last_query + 1) : kvlen, 0);
 
   int n = 0;
@@ -174,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
 
   // Q rows of the CTA (zero rows past nrows)
   const T* gq = static_cast<const T*>(p.q);
-  for (int c = tid; c < kRows * CPR; c += kThreads) {
+  for (int c = tid; c < kCtaRows * CPR; c += kThreads) {
     const int lr = c / CPR, t = t0 + lr;
     const bool ok = t < nrows;
     const int qi = i0 + t / per_cta, h = h0 + t % per_cta;
@@ -183,10 +194,12 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   }
   ptx::CpAsyncCommit();
 
-  // The warp's tiles: w, w + 4, ... of the (hi - lo) * bs / 16 tiles of the CTA's blocks.
+  // The warp's tiles: w, w + 4, ... of the (hi - lo) * bs / 16 tiles of the CTA's blocks
+  // (SHARED: the warp loads them, every warp computes on all four of a stage).
   const int tiles_per_block = p.block_size / kKeys;
   const int tiles = (hi - lo) * tiles_per_block;
   const int mine = tiles > warp ? (tiles - warp + kWarps - 1) / kWarps : 0;
+  const int steps = SHARED ? (tiles + kWarps - 1) / kWarps : mine;  // loop iterations
   const int64_t kstride = int64_t(p.hkv) * D;  // elements (bytes, for fp8) per key
   const T* gk = static_cast<const T*>(p.k) + int64_t(hk) * D;
   const T* gv = static_cast<const T*>(p.v) + int64_t(hk) * D;
@@ -194,12 +207,15 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   const unsigned char* gvb = static_cast<const unsigned char*>(p.v) + int64_t(hk) * D;
   T* ring = sKV + warp * STAGES * 2 * S::kTile;
   unsigned char* ringb = sRings + warp * STAGES * 2 * S::kTileB;  // fp8
-  T* stage = reinterpret_cast<T*>(sRings + kWarps * STAGES * 2 * S::kTileB) +
-             warp * 2 * S::kTile;  // fp8: the warp's tiles converted to T
-  auto tile_start = [&](int i) {  // first key of the warp's i-th tile
-    const int t = warp + i * kWarps;
+  // fp8: warp w's tiles converted to T
+  auto staging = [&](int w) {
+    return reinterpret_cast<T*>(sRings + kWarps * STAGES * 2 * S::kTileB) + w * 2 * S::kTile;
+  };
+  T* stage = staging(warp);
+  auto start_of = [&](int t) {  // first key of the CTA's tile t
     return sStarts[t / tiles_per_block] + (t % tiles_per_block) * kKeys;
   };
+  auto tile_start = [&](int i) { return start_of(warp + i * kWarps); };  // the warp's i-th
   auto load_tile = [&](int i) {
     const int s0 = tile_start(i);
     const int rows_ok = limit - s0;  // keys at or past `limit`: zero filled, never read
@@ -243,12 +259,13 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   __syncthreads();
   uint32_t qf[D / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) LoadA<LD>(qf[kk], sQ, 0, kk * 16, lane);
+  for (int kk = 0; kk < D / 16; ++kk) LoadA<LD>(qf[kk], sQ, tw - t0, kk * 16, lane);
+  const bool has_rows = tw < nrows;  // SHARED: a warp past the last row only loads
 
   // causal position of this lane's two rows (lane / 4 and lane / 4 + 8)
   const int gr = lane >> 2, tc = (lane & 3) * 2;
-  const int cpos0 = pos0 + i0 + (t0 + gr) / per_cta;
-  const int cpos1 = pos0 + i0 + (t0 + gr + 8) / per_cta;
+  const int cpos0 = pos0 + i0 + (tw + gr) / per_cta;
+  const int cpos1 = pos0 + i0 + (tw + gr + 8) / per_cta;
   // an fp8 cache's scales: k_scale in the score scale, v_scale on the split's output
   const float k_scale = p.k_scale == nullptr ? 1.f : __ldg(p.k_scale + hk);
   const float v_scale = p.v_scale == nullptr ? 1.f : __ldg(p.v_scale + hk);
@@ -262,25 +279,36 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   for (int d = 0; d < D / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
-  for (int i = 0; i < mine; ++i) {
+  // SHARED: CTA barriers where the other form has warp ones (a stage is read by every warp)
+  auto sync = [&]() {
+    if constexpr (SHARED) __syncthreads(); else __syncwarp();
+  };
+  for (int i = 0; i < steps; ++i) {
+    if constexpr (SHARED) __syncthreads();  // every warp is done with the stage refilled now
     if (i + STAGES - 1 < mine) load_tile(i + STAGES - 1);
     ptx::CpAsyncCommit();
     ptx::CpAsyncWait<STAGES - 1>();
-    __syncwarp();  // the other lanes' copies of tile i are visible
-    const T* sk = ring + (i % STAGES) * 2 * S::kTile;
-    const T* sv = sk + S::kTile;
-    if constexpr (kFp8) {  // tile i's bytes to T in the warp's staging tiles
-      const unsigned char* bk = ringb + (i % STAGES) * 2 * S::kTileB;
+    sync();  // the other lanes' (SHARED: threads') copies of stage i are visible
+    if constexpr (kFp8) {  // the warp's tile i: bytes to T in its staging tiles
+      if (i < mine) {
+        const unsigned char* bk = ringb + (i % STAGES) * 2 * S::kTileB;
 #pragma unroll
-      for (int u = 0; u < kKeys * CPRB / 32; ++u) {
-        const int c = lane + u * 32, kr = c / CPRB, col = (c % CPRB) * 16;
-        Fp8x16To<T, KV>(stage + kr * LD + col, bk + kr * LDB + col);
-        Fp8x16To<T, KV>(stage + S::kTile + kr * LD + col, bk + S::kTileB + kr * LDB + col);
+        for (int u = 0; u < kKeys * CPRB / 32; ++u) {
+          const int c = lane + u * 32, kr = c / CPRB, col = (c % CPRB) * 16;
+          Fp8x16To<T, KV>(stage + kr * LD + col, bk + kr * LDB + col);
+          Fp8x16To<T, KV>(stage + S::kTile + kr * LD + col, bk + S::kTileB + kr * LDB + col);
+        }
       }
-      __syncwarp();  // the staging tiles are complete
-      sk = stage;
-      sv = stage + S::kTile;
+      sync();  // the staging tiles are complete
     }
+    // the tiles this warp computes at step i: its own, or (SHARED) the stage's four
+#pragma unroll 1
+    for (int u = 0; u < (SHARED ? kWarps : 1); ++u) {
+    const int t = SHARED ? u + i * kWarps : warp + i * kWarps;  // the CTA's tile
+    if (SHARED && (t >= tiles || !has_rows)) break;  // (uniform in the warp)
+    const int w = SHARED ? u : warp;  // the warp whose ring (staging) holds it
+    const T* sk = kFp8 ? staging(w) : sKV + (w * STAGES + i % STAGES) * 2 * S::kTile;
+    const T* sv = sk + S::kTile;
 
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
@@ -290,7 +318,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
       O::Mma(s[0], qf[kk], bf[0], bf[1]);
       O::Mma(s[1], qf[kk], bf[2], bf[3]);
     }
-    const int k0 = tile_start(i) + tc;
+    const int k0 = start_of(t) + tc;
 #pragma unroll
     for (int nn = 0; nn < 2; ++nn) {
 #pragma unroll
@@ -322,16 +350,36 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
       O::Mma(acc[2 * dn], pf, bf[0], bf[1]);
       O::Mma(acc[2 * dn + 1], pf, bf[2], bf[3]);
     }
-    __syncwarp();  // every lane is done with this stage before it is refilled
+    }  // the tiles of step i
+    if constexpr (!SHARED) __syncwarp();  // every lane is done with this stage (refilled next)
   }
   ptx::CpAsyncWait<0>();
+  l0 = QuadSum(l0);
+  l1 = QuadSum(l1);
+  if constexpr (SHARED) {  // the warp's rows are complete: this split's output, no combine
+    if (!has_rows) return;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int t = tw + gr + 8 * half;
+      if (t >= nrows) continue;
+      const float l = half ? l1 : l0, mx = half ? m1 : m0;
+      const float inv = l > 0.f ? v_scale / l : 0.f;
+      const int qi = i0 + t / per_cta, h = h0 + t % per_cta;
+      const int64_t prow = ((int64_t(b) * p.hq + h) * p.tq + qi) * p.splits + split;
+      float* out = p.part_o + prow * D + tc;
+#pragma unroll
+      for (int d = 0; d < D / 8; ++d)
+        *reinterpret_cast<float2*>(out + d * 8) =
+            make_float2(acc[d][2 * half] * inv, acc[d][2 * half + 1] * inv);
+      if ((lane & 3) == 0) p.part_lse[prow] = l > 0.f ? mx + __log2f(l) : -INFINITY;
+    }
+    return;
+  }
   __syncthreads();  // all rings idle: the partial results go over them
 
   float* sAcc = reinterpret_cast<float*>(sKV);  // [warps][16][D + 4]
   float* sM = sAcc + kWarps * kRows * S::kAccLd;  // [warps][16]
   float* sL = sM + kWarps * kRows;
-  l0 = QuadSum(l0);
-  l1 = QuadSum(l1);
   float* mine_acc = sAcc + warp * kRows * S::kAccLd;
 #pragma unroll
   for (int d = 0; d < D / 8; ++d) {
@@ -407,23 +455,30 @@ __global__ void __launch_bounds__(kCombineWarps * 32) DecodeCombineKernel(
   if (lane == 0) p.lse[row] = mx == -INFINITY ? -INFINITY : (mu + __log2f(l)) * kLn2;
 }
 
-template <typename T, int D, typename KV = T>
-cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
+template <typename T, int D, typename KV, bool SHARED>
+cudaError_t LaunchPartial(const AttentionDecodeParams& p, cudaStream_t stream) {
   static std::atomic<uint64_t> configured{0}, carveout{0};
-  const int smem = DecodeSmem<D>::template Bytes<T, KV>();
-  const void* kernel = (const void*)DecodePartialKernel<T, D, KV>;
+  const int smem = DecodeSmem<D>::template Bytes<T, KV, SHARED>();
+  const void* kernel = (const void*)DecodePartialKernel<T, D, KV, SHARED>;
   cudaError_t err = AllowDynamicSmem(configured, kernel, smem);
   if (err == cudaSuccess) err = PreferSharedMemory(carveout, kernel);  // 3 CTAs/SM at D 128
   if (err != cudaSuccess) return err;
   const int group = p.hq / p.hkv;
   const int per_cta = p.mask_heads == 1 ? group : 1;
-  const int chunks = (per_cta * p.tq + kRows - 1) / kRows;
+  const int rows = DecodeSmem<D>::template kCtaRows<SHARED>;
+  const int chunks = (per_cta * p.tq + rows - 1) / rows;
   // the mask rows Tq consecutive positions can touch: ceil((Tq - 1) / bs) + 1 at most
   const int parts = p.tq > 1 ? (p.tq - 2) / p.block_size + 2 : 1;
   const dim3 grid(unsigned(int64_t(p.batch) * p.hkv * (group / per_cta)),
                   unsigned(p.splits * chunks * parts));
-  DecodePartialKernel<T, D, KV><<<grid, kThreads, smem, stream>>>(p);
-  err = cudaGetLastError();
+  DecodePartialKernel<T, D, KV, SHARED><<<grid, kThreads, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, int D, typename KV = T>
+cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
+  cudaError_t err = DecodeSharedTiles(p) ? LaunchPartial<T, D, KV, true>(p, stream)
+                                         : LaunchPartial<T, D, KV, false>(p, stream);
   if (err != cudaSuccess) return err;
   const int64_t rows = int64_t(p.batch) * p.hq * p.tq;
   DecodeCombineKernel<T, D><<<unsigned((rows + kCombineWarps - 1) / kCombineWarps),
@@ -454,6 +509,11 @@ const AttentionDecodeKernel kAttentionDecodeKernels[] = {
 #undef JBS_DECODE_DTYPE
 #undef JBS_DECODE_ROWS
 }  // namespace
+
+bool DecodeSharedTiles(const AttentionDecodeParams& p) {
+  const int per_cta = p.mask_heads == 1 && p.hkv > 0 ? p.hq / p.hkv : 1;
+  return GetSwitches().decode_shared_tiles && int64_t(per_cta) * p.tq > attn::kRows;
+}
 
 const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, DecodeKv kv, int head_dim) {
   for (const AttentionDecodeKernel& k : kAttentionDecodeKernels)

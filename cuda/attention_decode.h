@@ -18,7 +18,10 @@
 // row chunk, split). Its rows are the queries of one mask row times the query heads that
 // share the kv head (all of them when the mask is shared by the heads: K and V are read
 // once per group), at most 16; it walks one `splits`-th of the row's listed blocks, four
-// warps taking 16-key tiles in turn, each from its own cp.async ring. A second kernel
+// warps taking 16-key tiles in turn, each from its own cp.async ring. With more rows per kv
+// head and JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 (DecodeSharedTiles), a CTA has 64 rows, 16
+// per warp, and every warp computes on the four tiles of each stage (K and V read once per
+// 64 rows). A second kernel
 // combines the splits' partial results through their log-sum-exp in a fixed order: the
 // output is bitwise deterministic (no atomics).
 #pragma once
@@ -65,6 +68,12 @@ struct AttentionDecodeKernel {
   const char* name;
   cudaError_t (*launch)(const AttentionDecodeParams& p, cudaStream_t stream);
 };
+
+// Whether a call runs the form of 64-row CTAs whose warps share each 64-key stage (opt-in:
+// JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1, for more than 16 rows per kv head; debug name
+// kDecodeSharedTilesName), else 16-row CTAs whose warps take 16-key tiles in turn.
+bool DecodeSharedTiles(const AttentionDecodeParams& p);
+constexpr const char* kDecodeSharedTilesName = "decode(split-kv, 64-row CTAs, shared 64-key stages)";
 
 // The table's row, or nullptr when there is none (the FFI handler reports it).
 const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, DecodeKv kv, int head_dim);

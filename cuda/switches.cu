@@ -31,6 +31,7 @@ Switches Read() {
   s.attn_bwd_variant =
       bwd_variant != nullptr && bwd_variant[0] >= '0' && bwd_variant[0] <= '4' ? bwd_variant[0] - '0'
                                                                                : -1;
+  s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
   return s;
 }
 

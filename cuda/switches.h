@@ -30,6 +30,11 @@
 //     (_cuda.sm90_backward: where those mask sources may run fused), =4 the
 //     one-pass Hopper backward (attention/bwd_sm90_onepass.cu: head dims 64 / 128, block
 //     size 128, no other mask source; dQ summed in a float32 workspace in a fixed order)
+//   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in, until measured: decode calls with more
+//     than 16 (query, head) rows per kv head run the decode kernel with 64-row CTAs whose
+//     four warps share every 64-key stage (attention_decode.cu), instead of 16-row CTAs
+//     whose warps take 16-key tiles in turn (K/V read once per 64 rows, not per 16); the
+//     Python side reads it too (_cuda.decode_rows_per_cta: the split count)
 #pragma once
 
 namespace jax_blocksparse {
@@ -44,6 +49,7 @@ struct Switches {
                              // or JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS set
   int attn_fwd_persistent_ctas;  // the latter's value when >= 1, else 0 (no cap)
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
+  bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

@@ -51,6 +51,7 @@ class Switches(NamedTuple):
     disable_cuda: bool
     attn_fwd_variant: int  # -1: unset (the default by architecture), else 0..3
     attn_bwd_variant: int  # -1: unset (the default), else 0..4 (2, 3, 4: the Hopper backward)
+    decode_shared_tiles: bool  # the decode kernel's 64-row CTAs (opt-in; cuda/switches.h)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -70,7 +71,8 @@ def _read_switches() -> Switches:
         return int(value[0]) if value[:1] in ("0", "1", "2", "3", "4") else -1
     return Switches(disable_cuda=number("JAX_BLOCKSPARSE_DISABLE_CUDA") != 0,
                     attn_fwd_variant=variant("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"),
-                    attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"))
+                    attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"),
+                    decode_shared_tiles=number("JAX_BLOCKSPARSE_DECODE_SHARED_TILES") != 0)
 
 
 SWITCHES = _read_switches()
@@ -490,7 +492,8 @@ DECODE = {
     "fp8_kernel": True,  # whether the built kernel reads them (cuda/attention_decode.cu)
     "head_dims": (64, 96, 128, 256),
     "tile_keys": 16,  # block sizes and page sizes: multiples of this
-    "rows_per_cta": 16,  # (query, head) rows of a CTA (cuda: kRows)
+    "rows_per_cta": 16,  # (query, head) rows of a CTA (cuda: kRows); see decode_rows_per_cta
+    "shared_rows_per_cta": 64,  # those of the 64-row form (JAX_BLOCKSPARSE_DECODE_SHARED_TILES)
     # queries per sequence (cuda: kDecodeMaxQueries); `attention.DECODE_MAX_QUERIES` routes
     # fewer here, the crossover with the forward kernel measured by decode.py --sweep
     "max_queries": 64,
@@ -524,13 +527,23 @@ def decode_unsupported(dtype, head_dim: int, block_size: int,
     return None
 
 
+def decode_rows_per_cta(per_cta: int, tq: int) -> int:
+    """(query, head) rows of one decode CTA for `per_cta` query heads sharing its K/V and
+    `tq` queries: 64 in the shared-stage form (JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 and
+    more than 16 rows), else 16; cuda/attention_decode.cu (DecodeSharedTiles) decides the
+    same way."""
+    if SWITCHES.decode_shared_tiles and per_cta * tq > DECODE["rows_per_cta"]:
+        return DECODE["shared_rows_per_cta"]
+    return DECODE["rows_per_cta"]
+
+
 def decode_splits(batch: int, hq: int, hkv: int, mask_heads: int, tq: int, width: int) -> int:
     """How many CTAs share one row's key blocks (split-KV): about one wave of CTAs, at
     least `min_blocks_per_split` of the row's (at most `width`) blocks per split, and at most
     `split_capacity` blocks per split. Measured on the H100: benchmarks/RESULTS.md."""
     group = hq // hkv
     per_cta = group if mask_heads == 1 else 1  # query heads of a CTA
-    chunks = -(-per_cta * tq // DECODE["rows_per_cta"])
+    chunks = -(-per_cta * tq // decode_rows_per_cta(per_cta, tq))
     ctas = max(batch * hkv * (group // per_cta) * chunks, 1)
     splits = min(DECODE["target_ctas"] // ctas, width // DECODE["min_blocks_per_split"],
                  DECODE["max_splits"])

@@ -85,9 +85,44 @@ def test_decode_matches_the_dense_reference(platform, case, monkeypatch):
     length, one chunk straddling a block row), kv_lengths, Tk not a multiple of bs. On a
     GPU each row's blocks are split over several CTAs (one block per split allowed)."""
     monkeypatch.setitem(jbs._cuda.DECODE, "min_blocks_per_split", 1)
-    dtype, d, bs, tq, hq, hkv, kind, paged = case
     att = sys.modules["jax_blocksparse.attention"]
-    monkeypatch.setattr(att, "DECODE_MAX_QUERIES", max(att.DECODE_MAX_QUERIES, tq))
+    monkeypatch.setattr(att, "DECODE_MAX_QUERIES", max(att.DECODE_MAX_QUERIES, case[3]))
+    check_case(platform, case)
+
+
+# More than 16 (query, head) rows per kv head: the decode kernel's 64-row form under
+# JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 (36 rows: its last warp has none; 256: 4 chunks)
+SHARED_CASES = [CASES[5], CASES[7],
+                (jnp.float16, 256, 32, 9, 8, 2, "dense", True),
+                (jnp.bfloat16, 96, 64, 12, 16, 4, "per_batch", False)]
+
+
+def run_shared_cases():
+    """SHARED_CASES on the GPU, in a process started with the switch (`run_python`)."""
+    from reference import mark_case
+    jbs._cuda.DECODE["min_blocks_per_split"] = 1
+    sys.modules["jax_blocksparse.attention"].DECODE_MAX_QUERIES = 64
+    for i, case in enumerate(SHARED_CASES):
+        mark_case(str(i))
+        check_case("gpu", case)
+
+
+@pytest.mark.gpu
+def test_shared_stage_form():
+    """JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1: every case of more than 16 rows per kv head
+    runs the 64-row form and passes test_decode_matches_the_dense_reference's checks."""
+    from reference import kernels_by_case, run_python
+    stderr = run_python("import test_decode as t; t.run_shared_cases()",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_DECODE_SHARED_TILES="1").stderr
+    logs = kernels_by_case(stderr)
+    for i in range(len(SHARED_CASES)):
+        names = [kernel for op, kernel in logs.get(str(i), []) if op == "attention_decode"]
+        assert names and all("64-row CTAs" in n for n in names), (i, names, stderr[-3000:])
+
+
+def check_case(platform, case):
+    """test_decode_matches_the_dense_reference's checks of one case."""
+    dtype, d, bs, tq, hq, hkv, kind, paged = case
     rng = np.random.default_rng(d + bs + tq)
     b, r = 3, 6
     tk = r * bs - (bs // 2 if not paged else 0)  # paged: whole pages
