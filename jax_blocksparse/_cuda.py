@@ -430,6 +430,40 @@ def _key_tile_operands(ctx, values, avals, rk):
     return list(jint.lower_fun(transpose, multiple_results=True)(sub, *values)), out_avals
 
 
+# Head dims without backward kernels that run zero-padded on a wider one's (issue 19 item 3):
+# zero columns of q and k leave the scores, so P and lse, unchanged; those of v, o and dO
+# add nothing to dP = dO Vᵀ or delta = rowsum(dO ∘ O), and give zero columns of dq, dk,
+# dv, sliced away. `scale` stays the call's (1/sqrt(96) by default). The cost: the products
+# of the wider head dim (4/3 at 96) and the padding copies.
+BACKWARD_PADDED_HEAD_DIMS = {96: 128}
+
+
+def _backward_padded_to(ctx, params) -> int | None:
+    """The head dim this backward call runs zero-padded to (`BACKWARD_PADDED_HEAD_DIMS`),
+    when the fused kernels lack its own and take the wider one; else None."""
+    q_aval, k_aval = ctx.avals_in[:2]
+    d = q_aval.shape[-1]
+    wide = BACKWARD_PADDED_HEAD_DIMS.get(d)
+    floats = att.FLOAT_OPERANDS[att.attention_bwd_p]
+    why = lambda head_dim: fused_attention_unsupported(
+        q_aval.dtype, head_dim, params["block_size"], q_aval.shape[1], k_aval.shape[1],
+        params["segments"], params["positioned"], ctx.avals_in[floats + att.LISTS].shape[0],
+        softcap=params.get("softcap", 0.0))
+    if wide is None or why(d) != f"head dim {d}" or why(wide) is not None:
+        return None
+    return wide
+
+
+def padded_backward(wide, q, k, v, o, lse, d_o, d_lse, sinks, *ctx, **params):
+    """`attention_bwd_p`'s local twin on q, k, v, o, dO zero-padded to head dim `wide`,
+    its dq, dk, dv sliced back (`BACKWARD_PADDED_HEAD_DIMS`)."""
+    d = q.shape[-1]
+    pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, wide - d)])
+    dq, dk, dv = _partitioning.LOCAL[att.attention_bwd_p].bind(
+        pad(q), pad(k), pad(v), pad(o), lse, pad(d_o), d_lse, sinks, *ctx, **params)
+    return [dq[..., :d], dk[..., :d], dv[..., :d]]
+
+
 def _attention_backward_lowering(ctx, *operands, **params):
     """The backward's custom call: `_kernel_operands` with both directions of the lists,
     then the bits of each direction's entries; results dq, dk, dv and a float32 workspace
@@ -440,6 +474,10 @@ def _attention_backward_lowering(ctx, *operands, **params):
     their transpose (`_key_tile_operands`), each with its bits; for other block sizes
     `mask_block == block_size` and both bits are placeholders."""
     floats = att.FLOAT_OPERANDS[att.attention_bwd_p]
+    wide = _backward_padded_to(ctx, params)
+    if wide is not None:  # the wider head dim's kernels (this rule again, at `wide`)
+        return jint.lower_fun(functools.partial(padded_backward, wide),
+                              multiple_results=True)(ctx, *operands, **params)
     if not _fused_attention("attention_bwd", ctx, floats, params):
         return _backward_reference(ctx, *operands, **params)
     mask_block = params["block_size"]

@@ -25,7 +25,7 @@ The cases run in subprocesses (a few per subprocess) with JAX_BLOCKSPARSE_DEBUG=
 test asserts that the
 debug line of every forward launch names the fa3 kernel (a silent fallback to the FA2
 forward fails), and that the backward (still the FA2 kernels) runs after it (head dims 64
-and 128; at 96 and 256 no fused backward launches). Block size 64
+and 128, and 96 zero-padded to 128; at 256 no fused backward launches). Block size 64
 (cases "bs64_*": 64-row CTAs, one kernel for variants 2 and 3) too; variant 0 forces the
 FA2 forward (checked too).
 """
@@ -169,8 +169,10 @@ def head_dim(name):
 
 
 def fused_backward(d):
-    """Whether the backward at head dim d runs the fused kernels (else the pure-JAX path)."""
-    return d in _cuda.attention_families(_cuda.ATTENTION_KERNELS)["backward"].head_dims
+    """Whether the backward at head dim d runs the fused kernels (else the pure-JAX path),
+    on its own head dim or zero-padded to a wider one (`_cuda.BACKWARD_PADDED_HEAD_DIMS`)."""
+    dims = _cuda.attention_families(_cuda.ATTENTION_KERNELS)["backward"].head_dims
+    return d in dims or _cuda.BACKWARD_PADDED_HEAD_DIMS.get(d) in dims
 
 
 def build(name, dtype):

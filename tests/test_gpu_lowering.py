@@ -329,8 +329,9 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
     assert ("tensor<2xi32>, tensor<1xi32>, tensor<1x1x8xi32>, tensor<1x1x8xi32>, "
             "tensor<1x1x8x9xi32>, tensor<1x1x8xi32>, tensor<1x1xi32>, tensor<1x1xi32>, "
             "tensor<1x1x8x18xi32>" in types), types
-    for d in (96, 256):  # the fused forward, the pure-JAX backward; fine masks too (head
-        # dims 96 and 256: no Hopper backward)
+    for d in (96, 256):  # the fused forward; fine masks too. The backward: head dim 256
+        # the pure-JAX one, 96 the head dim 128 kernels on zero-padded operands (the FA2
+        # backward at block 64, the Hopper one at 32)
         q = jnp.zeros((1, 256, 2, d), jnp.float16)
         for layout, mask_block in ((jbs.layouts.local(256, 64, 100), 64),
                                    (jbs.layouts.local(256, 32, 100), 32)):
@@ -338,7 +339,8 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
                 q, q, q, layout, causal=True).astype(jnp.float32).sum()), q)
             assert "@jax_blocksparse_attention_fwd(" in text and f"tensor<1x256x2x{d}xf16>" in text
             assert f"mask_block = {mask_block} : i32" in text
-            assert "@jax_blocksparse_attention_bwd(" not in text
+            bwd = [ln for ln in text.splitlines() if "@jax_blocksparse_attention_bwd(" in ln]
+            assert len(bwd) == (d == 96) and all("tensor<1x256x2x128xf16>" in ln for ln in bwd)
 
 
 @pytest.mark.parametrize("variant", [0, 4])
@@ -385,3 +387,52 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
         want = (f"tensor<2x4x2x{rows}xf32>, tensor<2x4x{t}x{d}xf32>, tensor<2x4x{t // 64}xi32>"
                 if onepass else f"tensor<2x4x2x{rows}xf32>, tensor<0xf32>, tensor<0xi32>")
         assert want in results, (bs, d, t, results)
+
+
+def test_backward_at_head_dim_96_runs_zero_padded(monkeypatch, attention_kernels):
+    """Head dim 96 has no backward kernels: where the head dim 128 ones run (the FA2 and
+    the Hopper backward), its backward lowers to them on q, k, v, o, dO zero-padded to 128
+    and slices dq, dk, dv back (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), with the call's scale;
+    the forward keeps head dim 96. The padded computation equals the plain one (the pure-JAX
+    backward, float64, on the CPU). Lowered for "cuda" on any machine."""
+    import sys
+    from jax_blocksparse import _cuda, _partitioning
+    from jax_blocksparse import _jax_internals as jint
+    att = sys.modules["jax_blocksparse.attention"]
+    if not jbs.cuda_built():
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
+                                    _cuda._attention_forward_lowering, "cuda")
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_bwd_p],
+                                    _cuda._attention_backward_lowering, "cuda")
+    layout = jbs.layouts.causal(512, 128)
+    q = jnp.zeros((2, 512, 4, 96), jnp.bfloat16)
+    k = jnp.zeros((2, 512, 2, 96), jnp.bfloat16)
+    loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True).astype(jnp.float32).sum()
+    for hopper in (False, True):
+        monkeypatch.setattr(_cuda, "sm90_forward", lambda: hopper)
+        monkeypatch.setattr(_cuda, "sm90_backward", lambda: hopper)
+        text = cuda_text(jax.grad(loss, argnums=(0, 1)), q, k)
+        (call,) = [ln for ln in text.splitlines() if "@jax_blocksparse_attention_bwd(" in ln]
+        assert "tensor<2x512x4x128xbf16>" in call and "tensor<2x512x2x128xbf16>" in call
+        assert "x96x" not in call and "scale = 0.102062" in call, call  # 96 ** -0.5
+        fwd = [ln for ln in text.splitlines() if "@jax_blocksparse_attention_fwd(" in ln]
+        assert not fwd or "tensor<2x512x4x96xbf16>" in fwd[0]  # (FA2: no forward at 96)
+    # the padding's identity, on the pure-JAX path in float64
+    from test_matmul import float64_enabled
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        rng = np.random.default_rng(96)
+        arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float64)
+        q, k, v, d_o = arr(1, 256, 2, 96), arr(1, 256, 1, 96), arr(1, 256, 1, 96), arr(1, 256, 2, 96)
+        layout = jbs.layouts.local(256, 64, 128)
+        f = lambda q, k, v: jbs.attention(q, k, v, layout, causal=True)
+        o, vjp = jax.vjp(f, q, k, v)
+        want = vjp(d_o)
+        # the same call with the operands zero-padded to 128 columns and the scale of 96
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, 32)))
+        g = lambda q, k, v: jbs.attention(q, k, v, layout, causal=True, scale=96 ** -0.5)
+        _, vjp_padded = jax.vjp(g, pad(q), pad(k), pad(v))
+        got = vjp_padded(pad(d_o))
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(np.asarray(a[..., :96]), np.asarray(b), rtol=1e-10,
+                                       atol=1e-12)
+            assert not np.any(np.asarray(a[..., 96:]))
