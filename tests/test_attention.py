@@ -331,7 +331,8 @@ HEAD_DIM_CASES = [(16, 16, jnp.float32), (32, 32, jnp.bfloat16), (80, 16, jnp.fl
                          ids=lambda x: jnp.dtype(x).name if not isinstance(x, int) else str(x))
 def test_any_head_dim_and_block_size(platform, head_dim, bs, dtype):
     """Head dims and block sizes without a fused kernel run the pure-JAX path (on a GPU
-    too; head dim 96 at block 64: the fused forward on Hopper, the pure-JAX backward),
+    too; head dim 96 at block 64: the fused forward on Hopper, the backward on the head
+    dim 128 kernels zero-padded),
     values and gradients, GQA and causal."""
     t = 128
     layout = jbs.Layout(np.tril(np.random.default_rng(bs).random((t // bs, t // bs)) < 0.6)

@@ -142,9 +142,10 @@ def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
 
 @pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
 def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
-    """float32, head dim 96 (but the FA3-design forward's, on Hopper) and block size 8 have
+    """float32, head dim 256 (but the FA3-design forward's, on Hopper) and block size 8 have
     no fused kernel: on a GPU they run the pure-JAX implementation, and
-    JAX_BLOCKSPARSE_DEBUG says so when compiling."""
+    JAX_BLOCKSPARSE_DEBUG says so when compiling. Head dim 96's backward runs the head dim
+    128 kernels zero-padded (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), its forward as 256's."""
     import subprocess
     import sys
     import textwrap
@@ -154,7 +155,8 @@ def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
         from test_gpu_lowering import cuda_text
         print(_cuda.sm90_forward())
         for dtype, d, bs in [(jnp.float32, 64, 64), (jnp.bfloat16, 96, 64),
-                             (jnp.bfloat16, 64, 8), (jnp.bfloat16, 64, 64)]:
+                             (jnp.bfloat16, 256, 64), (jnp.bfloat16, 64, 8),
+                             (jnp.bfloat16, 64, 64)]:
             layout = jbs.layouts.local(256, bs, 100)
             q = jnp.ones((1, 256, 2, d), dtype)
             loss = lambda q: jbs.attention(q, q, q, layout, causal=True).astype(
@@ -170,13 +172,15 @@ def test_attention_without_a_fused_kernel_lowers_to_pure_jax_and_says_so():
                             text=True, timeout=300, cwd=os.path.dirname(__file__))
     assert result.returncode == 0, result.stderr[-3000:]
     sm90, *lines = result.stdout.split("\n")
-    assert lines[:4] == ["float32 64 64 False False", f"bfloat16 96 64 {sm90} False",
-                         "bfloat16 64 8 False False", "bfloat16 64 64 True True"], lines
+    assert lines[:5] == ["float32 64 64 False False", f"bfloat16 96 64 {sm90} True",
+                         f"bfloat16 256 64 {sm90} False", "bfloat16 64 8 False False",
+                         "bfloat16 64 64 True True"], lines
     err = result.stderr
     assert "attention_fwd q[1, 256, 2, 64] bs=64: pure-JAX path (no fused kernel for dtype " \
            "float32)" in err
-    assert "attention_bwd q[1, 256, 2, 96] bs=64: pure-JAX path (no fused kernel for head " \
-           "dim 96)" in err
+    assert "attention_bwd q[1, 256, 2, 256] bs=64: pure-JAX path (no fused kernel for head " \
+           "dim 256)" in err
+    assert "attention_bwd q[1, 256, 2, 96]" not in err
     assert ("attention_fwd q[1, 256, 2, 96]" in err) == (sm90 == "False")
     assert "no fused kernel for block size 8" in err
 
