@@ -304,52 +304,52 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
     // the tiles this warp computes at step i: its own, or (SHARED) the stage's four
 #pragma unroll 1
     for (int u = 0; u < (SHARED ? kWarps : 1); ++u) {
-    const int t = SHARED ? u + i * kWarps : warp + i * kWarps;  // the CTA's tile
-    if (SHARED && (t >= tiles || !has_rows)) break;  // (uniform in the warp)
-    const int w = SHARED ? u : warp;  // the warp whose ring (staging) holds it
-    const T* sk = kFp8 ? staging(w) : sKV + (w * STAGES + i % STAGES) * 2 * S::kTile;
-    const T* sv = sk + S::kTile;
+      const int t = SHARED ? u + i * kWarps : warp + i * kWarps;  // the CTA's tile
+      if (SHARED && (t >= tiles || !has_rows)) break;  // (uniform in the warp)
+      const int w = SHARED ? u : warp;  // the warp whose ring (staging) holds it
+      const T* sk = kFp8 ? staging(w) : sKV + (w * STAGES + i % STAGES) * 2 * S::kTile;
+      const T* sv = sk + S::kTile;
 
-    float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t bf[4];
-      LoadBN<LD>(bf, sk, 0, kk * 16, lane);
-      O::Mma(s[0], qf[kk], bf[0], bf[1]);
-      O::Mma(s[1], qf[kk], bf[2], bf[3]);
-    }
-    const int k0 = start_of(t) + tc;
-#pragma unroll
-    for (int nn = 0; nn < 2; ++nn) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = k0 + nn * 8 + (e & 1);
-        const bool masked = j >= limit || (p.causal && j > ((e >> 1) ? cpos1 : cpos0));
-        const float x = capped ? cap_log2 * Tanh(s[nn][e] * scale_cap) : s[nn][e] * sl2;
-        s[nn][e] = masked ? -INFINITY : x;
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t bf[4];
+        LoadBN<LD>(bf, sk, 0, kk * 16, lane);
+        O::Mma(s[0], qf[kk], bf[0], bf[1]);
+        O::Mma(s[1], qf[kk], bf[2], bf[3]);
       }
-    }
-    float mu0, mu1;
-    OnlineSoftmaxStep<D>(fmaxf(m0, fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]))),
-                         fmaxf(m1, fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))),
-                         m0, m1, l0, l1, acc, mu0, mu1);
-    uint32_t pf[4];
+      const int k0 = start_of(t) + tc;
 #pragma unroll
-    for (int nn = 0; nn < 2; ++nn) {
-      const float p0 = Exp2(s[nn][0] - mu0), p1 = Exp2(s[nn][1] - mu0);
-      const float p2 = Exp2(s[nn][2] - mu1), p3 = Exp2(s[nn][3] - mu1);
-      l0 += p0 + p1;
-      l1 += p2 + p3;
-      pf[nn * 2 + 0] = O::Pack(p0, p1);
-      pf[nn * 2 + 1] = O::Pack(p2, p3);
-    }
+      for (int nn = 0; nn < 2; ++nn) {
 #pragma unroll
-    for (int dn = 0; dn < D / 16; ++dn) {
-      uint32_t bf[4];
-      LoadBT<LD>(bf, sv, 0, dn * 16, lane);
-      O::Mma(acc[2 * dn], pf, bf[0], bf[1]);
-      O::Mma(acc[2 * dn + 1], pf, bf[2], bf[3]);
-    }
+        for (int e = 0; e < 4; ++e) {
+          const int j = k0 + nn * 8 + (e & 1);
+          const bool masked = j >= limit || (p.causal && j > ((e >> 1) ? cpos1 : cpos0));
+          const float x = capped ? cap_log2 * Tanh(s[nn][e] * scale_cap) : s[nn][e] * sl2;
+          s[nn][e] = masked ? -INFINITY : x;
+        }
+      }
+      float mu0, mu1;
+      OnlineSoftmaxStep<D>(fmaxf(m0, fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]))),
+                           fmaxf(m1, fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))),
+                           m0, m1, l0, l1, acc, mu0, mu1);
+      uint32_t pf[4];
+#pragma unroll
+      for (int nn = 0; nn < 2; ++nn) {
+        const float p0 = Exp2(s[nn][0] - mu0), p1 = Exp2(s[nn][1] - mu0);
+        const float p2 = Exp2(s[nn][2] - mu1), p3 = Exp2(s[nn][3] - mu1);
+        l0 += p0 + p1;
+        l1 += p2 + p3;
+        pf[nn * 2 + 0] = O::Pack(p0, p1);
+        pf[nn * 2 + 1] = O::Pack(p2, p3);
+      }
+#pragma unroll
+      for (int dn = 0; dn < D / 16; ++dn) {
+        uint32_t bf[4];
+        LoadBT<LD>(bf, sv, 0, dn * 16, lane);
+        O::Mma(acc[2 * dn], pf, bf[0], bf[1]);
+        O::Mma(acc[2 * dn + 1], pf, bf[2], bf[3]);
+      }
     }  // the tiles of step i
     if constexpr (!SHARED) __syncwarp();  // every lane is done with this stage (refilled next)
   }

@@ -93,7 +93,7 @@ const MatmulKernel kMatmulKernels[] = {
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
 // (they then win: their rows come first); the wgmma kernels unless switched off, the small
-// small one unless switched off alone; mma.sync always.
+// one unless switched off alone; mma.sync always.
 bool PathOn(MatmulPath path, const Switches& sw, bool exact) {
   switch (path) {
     case MatmulPath::kSimple: return exact || sw.simple_kernels;
