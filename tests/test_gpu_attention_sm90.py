@@ -168,10 +168,15 @@ def head_dim(name):
     return case[9] if len(case) > 9 else 128
 
 
+def head_dims(family):
+    """The head dims a kernel family ("forward": the FA2 forward; "backward") is built for."""
+    return _cuda.attention_families(_cuda.ATTENTION_KERNELS)[family].head_dims
+
+
 def fused_backward(d):
     """Whether the backward at head dim d runs the fused kernels (else the pure-JAX path),
     on its own head dim or zero-padded to a wider one (`_cuda.BACKWARD_PADDED_HEAD_DIMS`)."""
-    dims = _cuda.attention_families(_cuda.ATTENTION_KERNELS)["backward"].head_dims
+    dims = head_dims("backward")
     return d in dims or _cuda.BACKWARD_PADDED_HEAD_DIMS.get(d) in dims
 
 
@@ -278,8 +283,8 @@ def expected_forward(variant, name):
     """The forward kernel's name JAX_BLOCKSPARSE_DEBUG prints for this case and variant
     (None: no fused forward, the pure-JAX path)."""
     bs64 = block_size(name) == BS64
-    if variant in ("0", "1") and not fused_backward(head_dim(name)):
-        return None  # the FA2 forward has the backward's head dims
+    if variant in ("0", "1") and head_dim(name) not in head_dims("forward"):
+        return None  # a head dim the FA2 forward lacks
     if variant == "0" or (variant == "1" and bs64):
         return "fa2_forward(64-row CTA)"
     if variant == "1":
