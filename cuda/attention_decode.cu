@@ -7,8 +7,8 @@
 // more rows (speculative queries times the group, opt-in: DecodeSharedTiles), 64 rows per
 // CTA, a warp's 16 each, the four warps sharing every 64-key stage (one 16-key tile from
 // each warp's ring), so that K and V are read once per 64 rows instead of per 16. An fp8 cache
-// (KV an fp8 type) is read as bytes into the rings and each tile converted to T into a
-// per-warp staging tile, which the mma fragments load as before.
+// (KV an fp8 type) is read as bytes into the rings, and each lane converts the bytes of its
+// own mma fragments from there (Fp8 below): the products run in float16 whatever q's dtype.
 #include "attention_decode.h"
 
 #include <cuda_bf16.h>
@@ -32,7 +32,7 @@ constexpr int kWarps = 4, kThreads = kWarps * 32, kRows = 16, kKeys = kDecodeTil
 // Ring stages per warp: about 70 KB of K/V tiles per CTA at every head dim but 256.
 template <int D> constexpr int DecodeStages() { return D <= 64 ? 4 : (D <= 128 ? 2 : 2); }
 // An fp8 cache's rings: tiles of half the bytes, so more stages keep at least the bytes in
-// flight per warp of the 2-byte kernel (within two CTAs per SM; untuned: benchmarks/decode.py).
+// flight per warp of the 2-byte kernel (three CTAs per SM at D 128; benchmarks/decode.py).
 template <int D> constexpr int DecodeStagesFp8() { return D <= 64 ? 8 : (D <= 128 ? 3 : 2); }
 
 template <int D> struct DecodeSmem {
@@ -42,11 +42,10 @@ template <int D> struct DecodeSmem {
   static constexpr int kStagesFp8 = DecodeStagesFp8<D>();
   static constexpr int kLdB = D + 16;                // an fp8 ring's tile row, in bytes
   static constexpr int kTileB = kKeys * kLdB;        // bytes of one fp8 K (or V) tile
-  // the rings (and, for an fp8 cache, the warps' staging tiles in T after them)
+  // the rings: tiles of T, or of an fp8 cache's bytes
   template <typename T, typename KV> static constexpr int RingBytes() {
-    return std::is_same<T, KV>::value
-               ? kWarps * kStages * 2 * kTile * int(sizeof(T))
-               : kWarps * kStagesFp8 * 2 * kTileB + kWarps * 2 * kTile * int(sizeof(T));
+    return std::is_same<T, KV>::value ? kWarps * kStages * 2 * kTile * int(sizeof(T))
+                                      : kWarps * kStagesFp8 * 2 * kTileB;
   }
   // query rows of a CTA: 16, or 16 per warp when the warps share the stages
   template <bool SHARED> static constexpr int kCtaRows = SHARED ? kWarps * kRows : kRows;
@@ -57,6 +56,22 @@ template <int D> struct DecodeSmem {
   // the warps' partial results, written over the rings after the key loop
   static constexpr int kAccLd = D + 4;
   static constexpr int kAccBytes = (kWarps * kRows * kAccLd + 2 * kWarps * kRows) * 4;
+};
+
+// The CTA's tile t (its keys: kKeys from sStarts[block] + tile * kKeys) as a position in
+// the split's blocks, stepped forward without dividing by the tiles per block.
+struct TileCursor {
+  int block, tile;
+  __device__ __forceinline__ void Advance(int n, int per_block) {
+    tile += n;
+    while (tile >= per_block) {
+      tile -= per_block;
+      ++block;
+    }
+  }
+  __device__ __forceinline__ int Key(const int* starts) const {
+    return starts[block] + tile * kKeys;
+  }
 };
 
 __device__ __forceinline__ int FloorDiv(int x, int y) {
@@ -71,44 +86,121 @@ template <> struct Fp8Kind<__nv_fp8_e5m2> {
   static constexpr __nv_fp8_interpretation_t kValue = __NV_E5M2;
 };
 
-// Two fp8 values (the low byte first) as a packed pair of T (exact: float16 holds every
-// e4m3 and e5m2 value, and so does bfloat16).
-template <typename T, typename KV>
-__device__ __forceinline__ uint32_t Fp8PairTo(uint32_t two) {
+// Two fp8 values (the low byte first) as a float16 pair (exact: float16 holds every e4m3 and
+// e5m2 value).
+template <typename KV>
+__device__ __forceinline__ uint32_t Fp8PairToHalf2(uint32_t two) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
       static_cast<__nv_fp8x2_storage_t>(two & 0xffffu), Fp8Kind<KV>::kValue);
-  if constexpr (std::is_same<T, __half>::value) {
-    return uint32_t(h.x) | (uint32_t(h.y) << 16);
-  } else {
-    const float2 f = __half22float2(__half2(h));
-    const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
-    return *reinterpret_cast<const uint32_t*>(&b);
-  }
+  return uint32_t(h.x) | (uint32_t(h.y) << 16);
 }
 
-// 16 fp8 values (16 bytes of shared memory) to 16 T at dst (32 bytes of shared memory).
-template <typename T, typename KV>
-__device__ __forceinline__ void Fp8x16To(T* dst, const unsigned char* src) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(src);
-  const uint4 lo = {Fp8PairTo<T, KV>(raw.x), Fp8PairTo<T, KV>(raw.x >> 16),
-                    Fp8PairTo<T, KV>(raw.y), Fp8PairTo<T, KV>(raw.y >> 16)};
-  const uint4 hi = {Fp8PairTo<T, KV>(raw.z), Fp8PairTo<T, KV>(raw.z >> 16),
-                    Fp8PairTo<T, KV>(raw.w), Fp8PairTo<T, KV>(raw.w >> 16)};
-  reinterpret_cast<uint4*>(dst)[0] = lo;
-  reinterpret_cast<uint4*>(dst)[1] = hi;
+// An fp8 cache's mma fragments (m16n8k16, float16), each lane's from the ring's bytes with
+// 32-bit shared loads, no staging copy (rows of D + 16 bytes: both load patterns below are
+// free of bank conflicts at D 64, 96, 128 and 256).
+//  - QK^T: the reduction over d may take any order, so within each 16-column step kk the
+//    lane (g = lane / 4, t = lane % 4) takes the four bytes 16 kk + 4 t .. + 3 of key g as its
+//    B fragment (b0: k 2t, 2t + 1; b1: k 2t + 8, 2t + 9), and Q's A fragment is read from
+//    the same columns (QFragment).
+//  - PV: keys are P's columns, as in the other forms; the lane reads four bytes of each of its
+//    keys 2t, 2t + 1, 2t + 8, 2t + 9 at columns 32 c + 4 g .. + 3 and transposes them (PRMT):
+//    byte e of the four words is its B fragment of the output's n8 tile 4 c + e, whose
+//    column n is output column 32 c + 4 n + e (OutColumn).
+template <typename T, bool FP8> struct DecodeMath {
+  using Mma = Ops<typename std::conditional<FP8, __half, T>::type>;
+  // output column of the accumulator's n8 tile d8, column n (0 .. 7)
+  __device__ __forceinline__ static int OutColumn(int d8, int n) {
+    return FP8 ? 32 * (d8 / 4) + 4 * n + d8 % 4 : d8 * 8 + n;
+  }
+};
+
+template <typename KV>
+__device__ __forceinline__ void Fp8KFragment(uint32_t& b0, uint32_t& b1, const unsigned char* sk,
+                                             int ldb, int n0, int kk, int lane) {
+  const uint32_t w = *reinterpret_cast<const uint32_t*>(
+      sk + (n0 + (lane >> 2)) * ldb + kk * 16 + (lane & 3) * 4);
+  b0 = Fp8PairToHalf2<KV>(w);
+  b1 = Fp8PairToHalf2<KV>(w >> 16);
+}
+
+// b[e][0..1]: the B fragments of the output's n8 tiles 4 c + e (e = 0 .. 3)
+template <typename KV>
+__device__ __forceinline__ void Fp8VFragments(uint32_t (&b)[4][2], const unsigned char* sv,
+                                              int ldb, int c, int lane) {
+  const unsigned char* at = sv + 2 * (lane & 3) * ldb + 32 * c + 4 * (lane >> 2);
+  const uint32_t r0 = *reinterpret_cast<const uint32_t*>(at);             // key 2t
+  const uint32_t r1 = *reinterpret_cast<const uint32_t*>(at + ldb);       // key 2t + 1
+  const uint32_t r2 = *reinterpret_cast<const uint32_t*>(at + 8 * ldb);   // key 2t + 8
+  const uint32_t r3 = *reinterpret_cast<const uint32_t*>(at + 9 * ldb);   // key 2t + 9
+  const uint32_t lo01 = __byte_perm(r0, r1, 0x5140), hi01 = __byte_perm(r0, r1, 0x7362);
+  const uint32_t lo23 = __byte_perm(r2, r3, 0x5140), hi23 = __byte_perm(r2, r3, 0x7362);
+  b[0][0] = Fp8PairToHalf2<KV>(lo01);
+  b[0][1] = Fp8PairToHalf2<KV>(lo23);
+  b[1][0] = Fp8PairToHalf2<KV>(lo01 >> 16);
+  b[1][1] = Fp8PairToHalf2<KV>(lo23 >> 16);
+  b[2][0] = Fp8PairToHalf2<KV>(hi01);
+  b[2][1] = Fp8PairToHalf2<KV>(hi23);
+  b[3][0] = Fp8PairToHalf2<KV>(hi01 >> 16);
+  b[3][1] = Fp8PairToHalf2<KV>(hi23 >> 16);
+}
+
+// A power of two that brings a row of maximum magnitude `amax` below 2^15 (float16 holds
+// it), and its inverse: 2^(141 - E) for amax's biased exponent E, at most 2^126.
+__device__ __forceinline__ void HalfRowScale(float amax, float& scale, float& inv) {
+  const int e = (__float_as_uint(amax) >> 23) & 0xff;
+  const int f = min(268 - e, 253);  // the scale's biased exponent
+  scale = __uint_as_float(uint32_t(f) << 23);
+  inv = __uint_as_float(uint32_t(254 - f) << 23);
+}
+
+// The lane's Q fragments for an fp8 cache (columns as Fp8KFragment reads K), in float16:
+// q's rows r and r + 8 (r = row0 + lane / 4) times powers of two (HalfRowScale; 1 when T is
+// float16), whose inverses come back in inv0, inv1 for the scores.
+template <typename T, int D, int LD>
+__device__ __forceinline__ void Fp8QFragments(uint32_t (&qf)[D / 16][4], const T* sQ, int row0,
+                                              int lane, float& inv0, float& inv1) {
+  const T* q0 = sQ + (row0 + (lane >> 2)) * LD + (lane & 3) * 4;
+  const T* q1 = q0 + 8 * LD;
+  float scale0 = 1.f, scale1 = 1.f;
+  inv0 = inv1 = 1.f;
+  if constexpr (!std::is_same<T, __half>::value) {
+    float a0 = 0.f, a1 = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        a0 = fmaxf(a0, fabsf(float(q0[kk * 16 + e])));
+        a1 = fmaxf(a1, fabsf(float(q1[kk * 16 + e])));
+      }
+    }
+    HalfRowScale(QuadMax(a0), scale0, inv0);
+    HalfRowScale(QuadMax(a1), scale1, inv1);
+  }
+  auto pair = [](const T* x, float scale) {
+    __half2 h = __floats2half2_rn(float(x[0]) * scale, float(x[1]) * scale);
+    return *reinterpret_cast<uint32_t*>(&h);
+  };
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    qf[kk][0] = pair(q0 + kk * 16, scale0);
+    qf[kk][1] = pair(q1 + kk * 16, scale1);
+    qf[kk][2] = pair(q0 + kk * 16 + 2, scale0);
+    qf[kk][3] = pair(q1 + kk * 16 + 2, scale1);
+  }
 }
 
 template <typename T, int D, typename KV, bool SHARED>
 __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionDecodeParams p) {
-  using O = Ops<T>;
   using S = DecodeSmem<D>;
   constexpr bool kFp8 = !std::is_same<T, KV>::value;
+  using M = DecodeMath<T, kFp8>;
+  using O = typename M::Mma;  // the products' type: T, or float16 for an fp8 cache
   constexpr int kCtaRows = S::template kCtaRows<SHARED>;
   constexpr int LD = S::kLd, STAGES = kFp8 ? S::kStagesFp8 : S::kStages, CPR = D / 8;
-  constexpr int LDB = S::kLdB, CPRB = D / 16;  // fp8: a row's 16-byte chunks
+  constexpr int LDB = S::kLdB;  // fp8: a ring row's bytes
   constexpr int kRingBytes = S::template RingBytes<T, KV>();
   static_assert(S::kAccBytes <= kRingBytes, "the partial results must fit over the rings");
-  static_assert(!kFp8 || (kKeys * CPRB) % 32 == 0, "a warp converts whole tiles");
+  static_assert(!kFp8 || D % 32 == 0, "Fp8VFragments: 32 output columns at a time");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   unsigned char* sRings = smem_raw + kCtaRows * LD * int(sizeof(T));
@@ -200,24 +292,21 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   const int tiles = (hi - lo) * tiles_per_block;
   const int mine = tiles > warp ? (tiles - warp + kWarps - 1) / kWarps : 0;
   const int steps = SHARED ? (tiles + kWarps - 1) / kWarps : mine;  // loop iterations
-  const int64_t kstride = int64_t(p.hkv) * D;  // elements (bytes, for fp8) per key
-  const T* gk = static_cast<const T*>(p.k) + int64_t(hk) * D;
-  const T* gv = static_cast<const T*>(p.v) + int64_t(hk) * D;
-  const unsigned char* gkb = static_cast<const unsigned char*>(p.k) + int64_t(hk) * D;
-  const unsigned char* gvb = static_cast<const unsigned char*>(p.v) + int64_t(hk) * D;
-  T* ring = sKV + warp * STAGES * 2 * S::kTile;
-  unsigned char* ringb = sRings + warp * STAGES * 2 * S::kTileB;  // fp8
-  // fp8: warp w's tiles converted to T
-  auto staging = [&](int w) {
-    return reinterpret_cast<T*>(sRings + kWarps * STAGES * 2 * S::kTileB) + w * 2 * S::kTile;
-  };
-  T* stage = staging(warp);
-  auto start_of = [&](int t) {  // first key of the CTA's tile t
-    return sStarts[t / tiles_per_block] + (t % tiles_per_block) * kKeys;
-  };
-  auto tile_start = [&](int i) { return start_of(warp + i * kWarps); };  // the warp's i-th
-  auto load_tile = [&](int i) {
-    const int s0 = tile_start(i);
+  // K and V as bytes: a key's D elements of KV (its row), the kv heads' rows side by side;
+  // the rings' tiles hold kKeys rows of kRingRow bytes (the row and its padding)
+  constexpr int kRowBytes = D * int(sizeof(KV)), kRowChunks = kRowBytes / 16;
+  constexpr int kRingRow = kFp8 ? LDB : LD * int(sizeof(T)), kRingTile = kKeys * kRingRow;
+  static_assert(kKeys * kRowChunks % 32 == 0, "a lane copies whole chunks of every tile");
+  const int key_bytes = p.hkv * kRowBytes;
+  const char* gk = static_cast<const char*>(p.k) + int64_t(hk) * kRowBytes;
+  const char* gv = static_cast<const char*>(p.v) + int64_t(hk) * kRowBytes;
+  unsigned char* ring = sRings + warp * STAGES * 2 * kRingTile;
+  // the warp's next tile to load (its i-th: the CTA's tile warp + i * kWarps)
+  TileCursor next_load{0, 0};
+  next_load.Advance(warp, tiles_per_block);
+  auto load_tile = [&](int i) {  // the warp's i-th tile into ring stage i % STAGES
+    const int s0 = next_load.Key(sStarts);
+    next_load.Advance(kWarps, tiles_per_block);
     const int rows_ok = limit - s0;  // keys at or past `limit`: zero filled, never read
     int64_t row = 0;                 // the cache row of key s0 (a tile stays in one page)
     if (rows_ok > 0) {
@@ -226,28 +315,15 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
                 : int64_t(__ldg(p.page_table + int64_t(b) * p.pages_per_seq +
                                 s0 / p.page_size)) * p.page_size + s0 % p.page_size;
     }
-    if constexpr (kFp8) {
-      unsigned char* sk = ringb + (i % STAGES) * 2 * S::kTileB;
-      unsigned char* sv = sk + S::kTileB;
+    const int64_t base = row * key_bytes;
+    unsigned char* sk = ring + (i % STAGES) * 2 * kRingTile;
 #pragma unroll
-      for (int u = 0; u < kKeys * CPRB / 32; ++u) {
-        const int c = lane + u * 32, kr = c / CPRB, col = (c % CPRB) * 16;
-        const bool ok = kr < rows_ok;
-        const int64_t at = ok ? (row + kr) * kstride + col : 0;
-        ptx::CpAsync16(ptx::SmemAddr(sk + kr * LDB + col), gkb + at, ok ? 16 : 0);
-        ptx::CpAsync16(ptx::SmemAddr(sv + kr * LDB + col), gvb + at, ok ? 16 : 0);
-      }
-    } else {
-      T* sk = ring + (i % STAGES) * 2 * S::kTile;
-      T* sv = sk + S::kTile;
-#pragma unroll
-      for (int u = 0; u < kKeys * CPR / 32; ++u) {
-        const int c = lane + u * 32, kr = c / CPR, col = (c % CPR) * 8;
-        const bool ok = kr < rows_ok;
-        const int64_t at = ok ? (row + kr) * kstride + col : 0;
-        ptx::CpAsync16(ptx::SmemAddr(sk + kr * LD + col), gk + at, ok ? 16 : 0);
-        ptx::CpAsync16(ptx::SmemAddr(sv + kr * LD + col), gv + at, ok ? 16 : 0);
-      }
+    for (int u = 0; u < kKeys * kRowChunks / 32; ++u) {
+      const int c = lane + u * 32, kr = c / kRowChunks, col = (c % kRowChunks) * 16;
+      const bool ok = kr < rows_ok;
+      const int64_t at = base + (ok ? kr * key_bytes + col : 0);
+      ptx::CpAsync16(ptx::SmemAddr(sk + kr * kRingRow + col), gk + at, ok ? 16 : 0);
+      ptx::CpAsync16(ptx::SmemAddr(sk + kRingTile + kr * kRingRow + col), gv + at, ok ? 16 : 0);
     }
   };
 #pragma unroll
@@ -258,8 +334,13 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   ptx::CpAsyncWait<STAGES - 1>();  // the Q group (the oldest)
   __syncthreads();
   uint32_t qf[D / 16][4];
+  float q_inv0 = 1.f, q_inv1 = 1.f;  // fp8: the inverse row scales of Q's float16 fragments
+  if constexpr (kFp8) {
+    Fp8QFragments<T, D, LD>(qf, sQ, tw - t0, lane, q_inv0, q_inv1);
+  } else {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) LoadA<LD>(qf[kk], sQ, tw - t0, kk * 16, lane);
+    for (int kk = 0; kk < D / 16; ++kk) LoadA<LD>(qf[kk], sQ, tw - t0, kk * 16, lane);
+  }
   const bool has_rows = tw < nrows;  // SHARED: a warp past the last row only loads
 
   // causal position of this lane's two rows (lane / 4 and lane / 4 + 8)
@@ -270,10 +351,12 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   const float k_scale = p.k_scale == nullptr ? 1.f : __ldg(p.k_scale + hk);
   const float v_scale = p.v_scale == nullptr ? 1.f : __ldg(p.v_scale + hk);
   const float qk_scale = p.scale * k_scale;
-  const float sl2 = qk_scale * kLog2e;
+  // the score scales of the lane's two rows (fp8: with Q's inverse row scales)
+  const float sl2_0 = qk_scale * kLog2e * q_inv0, sl2_1 = qk_scale * kLog2e * q_inv1;
   // a logit soft cap (p.softcap > 0): log2-domain scores cap * tanh(scale * s / cap) * log2(e)
   const bool capped = p.softcap > 0.f;
   const float cap_log2 = p.softcap * kLog2e, scale_cap = capped ? qk_scale / p.softcap : 0.f;
+  const float scale_cap0 = scale_cap * q_inv0, scale_cap1 = scale_cap * q_inv1;
   float acc[D / 8][4];
 #pragma unroll
   for (int d = 0; d < D / 8; ++d) acc[d][0] = acc[d][1] = acc[d][2] = acc[d][3] = 0.f;
@@ -283,54 +366,63 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   auto sync = [&]() {
     if constexpr (SHARED) __syncthreads(); else __syncwarp();
   };
+  TileCursor step_tile{0, 0};  // the CTA's first tile of step i: warp + i * kWarps (SHARED: i * kWarps)
+  if (!SHARED) step_tile.Advance(warp, tiles_per_block);
   for (int i = 0; i < steps; ++i) {
     if constexpr (SHARED) __syncthreads();  // every warp is done with the stage refilled now
     if (i + STAGES - 1 < mine) load_tile(i + STAGES - 1);
     ptx::CpAsyncCommit();
     ptx::CpAsyncWait<STAGES - 1>();
     sync();  // the other lanes' (SHARED: threads') copies of stage i are visible
-    if constexpr (kFp8) {  // the warp's tile i: bytes to T in its staging tiles
-      if (i < mine) {
-        const unsigned char* bk = ringb + (i % STAGES) * 2 * S::kTileB;
-#pragma unroll
-        for (int u = 0; u < kKeys * CPRB / 32; ++u) {
-          const int c = lane + u * 32, kr = c / CPRB, col = (c % CPRB) * 16;
-          Fp8x16To<T, KV>(stage + kr * LD + col, bk + kr * LDB + col);
-          Fp8x16To<T, KV>(stage + S::kTile + kr * LD + col, bk + S::kTileB + kr * LDB + col);
-        }
-      }
-      sync();  // the staging tiles are complete
-    }
     // the tiles this warp computes at step i: its own, or (SHARED) the stage's four
+    TileCursor here = step_tile;
+    step_tile.Advance(kWarps, tiles_per_block);
 #pragma unroll 1
     for (int u = 0; u < (SHARED ? kWarps : 1); ++u) {
       const int t = SHARED ? u + i * kWarps : warp + i * kWarps;  // the CTA's tile
       if (SHARED && (t >= tiles || !has_rows)) break;  // (uniform in the warp)
-      const int w = SHARED ? u : warp;  // the warp whose ring (staging) holds it
-      const T* sk = kFp8 ? staging(w) : sKV + (w * STAGES + i % STAGES) * 2 * S::kTile;
+      const int w = SHARED ? u : warp;  // the warp whose ring holds it
+      const T* sk = sKV + (w * STAGES + i % STAGES) * 2 * S::kTile;
       const T* sv = sk + S::kTile;
+      const unsigned char* skb = sRings + (w * STAGES + i % STAGES) * 2 * S::kTileB;  // fp8
+      const unsigned char* svb = skb + S::kTileB;
 
       float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t bf[4];
-        LoadBN<LD>(bf, sk, 0, kk * 16, lane);
+        if constexpr (kFp8) {
+          Fp8KFragment<KV>(bf[0], bf[1], skb, LDB, 0, kk, lane);
+          Fp8KFragment<KV>(bf[2], bf[3], skb, LDB, 8, kk, lane);
+        } else {
+          LoadBN<LD>(bf, sk, 0, kk * 16, lane);
+        }
         O::Mma(s[0], qf[kk], bf[0], bf[1]);
         O::Mma(s[1], qf[kk], bf[2], bf[3]);
       }
-      const int k0 = start_of(t) + tc;
+      const int key0 = here.Key(sStarts);  // the tile's first key
+      if (SHARED) here.Advance(1, tiles_per_block);
 #pragma unroll
       for (int nn = 0; nn < 2; ++nn) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int j = k0 + nn * 8 + (e & 1);
-          const bool masked = j >= limit || (p.causal && j > ((e >> 1) ? cpos1 : cpos0));
-          const float x = capped ? cap_log2 * Tanh(s[nn][e] * scale_cap) : s[nn][e] * sl2;
-          s[nn][e] = masked ? -INFINITY : x;
+          s[nn][e] = capped ? cap_log2 * Tanh(s[nn][e] * ((e >> 1) ? scale_cap1 : scale_cap0))
+                            : s[nn][e] * ((e >> 1) ? sl2_1 : sl2_0);
+        }
+      }
+      // the element predicate, only on a tile that reaches `limit` or a row's causal edge
+      if (key0 + kKeys > limit || (p.causal && key0 + kKeys - 1 > min(cpos0, cpos1))) {
+#pragma unroll
+        for (int nn = 0; nn < 2; ++nn) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = key0 + tc + nn * 8 + (e & 1);
+            if (j >= limit || (p.causal && j > ((e >> 1) ? cpos1 : cpos0))) s[nn][e] = -INFINITY;
+          }
         }
       }
       float mu0, mu1;
-      OnlineSoftmaxStep<D>(fmaxf(m0, fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]))),
+      OnlineSoftmaxStep<D, true>(fmaxf(m0, fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]))),
                            fmaxf(m1, fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]))),
                            m0, m1, l0, l1, acc, mu0, mu1);
       uint32_t pf[4];
@@ -343,12 +435,22 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
         pf[nn * 2 + 0] = O::Pack(p0, p1);
         pf[nn * 2 + 1] = O::Pack(p2, p3);
       }
+      if constexpr (kFp8) {
 #pragma unroll
-      for (int dn = 0; dn < D / 16; ++dn) {
-        uint32_t bf[4];
-        LoadBT<LD>(bf, sv, 0, dn * 16, lane);
-        O::Mma(acc[2 * dn], pf, bf[0], bf[1]);
-        O::Mma(acc[2 * dn + 1], pf, bf[2], bf[3]);
+        for (int c = 0; c < D / 32; ++c) {
+          uint32_t bf[4][2];
+          Fp8VFragments<KV>(bf, svb, LDB, c, lane);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) O::Mma(acc[4 * c + e], pf, bf[e][0], bf[e][1]);
+        }
+      } else {
+#pragma unroll
+        for (int dn = 0; dn < D / 16; ++dn) {
+          uint32_t bf[4];
+          LoadBT<LD>(bf, sv, 0, dn * 16, lane);
+          O::Mma(acc[2 * dn], pf, bf[0], bf[1]);
+          O::Mma(acc[2 * dn + 1], pf, bf[2], bf[3]);
+        }
       }
     }  // the tiles of step i
     if constexpr (!SHARED) __syncwarp();  // every lane is done with this stage (refilled next)
@@ -366,11 +468,23 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
       const float inv = l > 0.f ? v_scale / l : 0.f;
       const int qi = i0 + t / per_cta, h = h0 + t % per_cta;
       const int64_t prow = ((int64_t(b) * p.hq + h) * p.tq + qi) * p.splits + split;
-      float* out = p.part_o + prow * D + tc;
+      float* out = p.part_o + prow * D;
+      if constexpr (kFp8) {  // columns 32 c + 4 tc + e and + 4 + e of tiles 4 c + e
 #pragma unroll
-      for (int d = 0; d < D / 8; ++d)
-        *reinterpret_cast<float2*>(out + d * 8) =
-            make_float2(acc[d][2 * half] * inv, acc[d][2 * half + 1] * inv);
+        for (int c = 0; c < D / 32; ++c) {
+          *reinterpret_cast<float4*>(out + 32 * c + 4 * tc) =
+              make_float4(acc[4 * c][2 * half] * inv, acc[4 * c + 1][2 * half] * inv,
+                          acc[4 * c + 2][2 * half] * inv, acc[4 * c + 3][2 * half] * inv);
+          *reinterpret_cast<float4*>(out + 32 * c + 4 * tc + 4) =
+              make_float4(acc[4 * c][2 * half + 1] * inv, acc[4 * c + 1][2 * half + 1] * inv,
+                          acc[4 * c + 2][2 * half + 1] * inv, acc[4 * c + 3][2 * half + 1] * inv);
+        }
+      } else {
+#pragma unroll
+        for (int d = 0; d < D / 8; ++d)
+          *reinterpret_cast<float2*>(out + d * 8 + tc) =
+              make_float2(acc[d][2 * half] * inv, acc[d][2 * half + 1] * inv);
+      }
       if ((lane & 3) == 0) p.part_lse[prow] = l > 0.f ? mx + __log2f(l) : -INFINITY;
     }
     return;
@@ -383,10 +497,11 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   float* mine_acc = sAcc + warp * kRows * S::kAccLd;
 #pragma unroll
   for (int d = 0; d < D / 8; ++d) {
-    mine_acc[gr * S::kAccLd + d * 8 + tc] = acc[d][0];
-    mine_acc[gr * S::kAccLd + d * 8 + tc + 1] = acc[d][1];
-    mine_acc[(gr + 8) * S::kAccLd + d * 8 + tc] = acc[d][2];
-    mine_acc[(gr + 8) * S::kAccLd + d * 8 + tc + 1] = acc[d][3];
+    const int c0 = M::OutColumn(d, tc), c1 = M::OutColumn(d, tc + 1);
+    mine_acc[gr * S::kAccLd + c0] = acc[d][0];
+    mine_acc[gr * S::kAccLd + c1] = acc[d][1];
+    mine_acc[(gr + 8) * S::kAccLd + c0] = acc[d][2];
+    mine_acc[(gr + 8) * S::kAccLd + c1] = acc[d][3];
   }
   if ((lane & 3) == 0) {
     sM[warp * kRows + gr] = m0;

@@ -162,7 +162,10 @@ __device__ __forceinline__ void SinkStart(const float* sinks, int h, bool first,
 // this lane's maxima of the new (log2-domain) scores and the running maxima m0, m1. Folds
 // them into m0, m1 over the quad, rescales the running sums l and the accumulators, and
 // returns in mu0, mu1 the offsets for P = 2^(s - mu) (0 for a row still empty: never NaN).
-template <int D>
+// SKIP_UNCHANGED: the rescale is skipped when no row of the warp has a new maximum (its
+// factors would all be 1, or 0 on a row still empty whose sums are 0: the same bits), one
+// vote against D / 2 multiplies a step; worth it where steps are short (16-key decode tiles).
+template <int D, bool SKIP_UNCHANGED = false>
 __device__ __forceinline__ void OnlineSoftmaxStep(float mx0, float mx1, float& m0, float& m1,
                                                   float& l0, float& l1, float (&acc)[D / 8][4],
                                                   float& mu0, float& mu1) {
@@ -170,6 +173,8 @@ __device__ __forceinline__ void OnlineSoftmaxStep(float mx0, float mx1, float& m
   mx1 = QuadMax(mx1);
   mu0 = mx0 == -INFINITY ? 0.f : mx0;
   mu1 = mx1 == -INFINITY ? 0.f : mx1;
+  const bool changed = !(mx0 == m0 && mx1 == m1);
+  if (SKIP_UNCHANGED && !__any_sync(0xffffffffu, changed)) return;
   const float c0 = Exp2(m0 - mu0), c1 = Exp2(m1 - mu1);
   m0 = mx0;
   m1 = mx1;
