@@ -49,7 +49,8 @@ sanitize() {
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"
-              "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention")
+              "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention"
+              "JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 decode")
   # SANITIZE_RUNS="- decode;JAX_BLOCKSPARSE_NO_WGMMA=1 matmul": other runs, ';' between
   # (a part's cases in slices: "- attention --slice 0/2;- attention --slice 1/2")
   [ -n "$SANITIZE_RUNS" ] && IFS=';' read -ra runs <<< "$SANITIZE_RUNS"

@@ -203,9 +203,10 @@ def attention_workload():
 
 
 def decode_cases(dtype, d, bs, tq, *, hq=4, hkv=2, per_head=False, paged=False, tk=None,
-                 lengths=None, sinks=False, softcap=None):
+                 lengths=None, sinks=False, softcap=None, kv_dtype=None):
     """The decode kernel once at (dtype, head dim, block size, Tq, ...): queries at
-    per-batch positions ending at each length (the last chunk across a block row)."""
+    per-batch positions ending at each length (the last chunk across a block row);
+    `kv_dtype` an fp8 type: that cache, with per-head k scales and a scalar v scale."""
     if not taken():
         return
     tk = tk or 5 * bs
@@ -219,6 +220,9 @@ def decode_cases(dtype, d, bs, tq, *, hq=4, hkv=2, per_head=False, paged=False, 
     k = array((b, tk, hkv, d), dtype)
     v = array((b, tk, hkv, d), dtype)
     extra = {}
+    if kv_dtype is not None:
+        k, v = k.astype(kv_dtype), v.astype(kv_dtype)
+        extra.update(k_scale=jnp.abs(array((hkv,), jnp.float32)) + 0.5, v_scale=0.75)
     if paged:  # 16-key pages, reversed: pages out of order
         pages = tk // 16
         k, v = (x.reshape(b * pages, 16, hkv, d)[::-1] for x in (k, v))
@@ -239,6 +243,11 @@ def decode_workload():
         decode_cases(dtype, d, 16, 3, per_head=True, paged=True)  # rows across a block row
         decode_cases(dtype, d, 64, 2, paged=True, sinks=True, softcap=5.0)  # issue 21
     decode_cases(jnp.bfloat16, 128, 32, 16, hq=8, hkv=2)  # Tq 16: 4 x 16 rows, 4 chunks
+    for kv_dtype, dtype, d in itertools.product((jnp.float8_e4m3fn, jnp.float8_e5m2),
+                                                (jnp.bfloat16, jnp.float16), (64, 96, 128, 256)):
+        decode_cases(dtype, d, 64, 1, hq=8, hkv=1, kv_dtype=kv_dtype)
+        decode_cases(dtype, d, 16, 3, per_head=True, paged=True, kv_dtype=kv_dtype)
+    decode_cases(jnp.bfloat16, 128, 32, 16, hq=8, hkv=2, kv_dtype=jnp.float8_e4m3fn)
     decode_cases(jnp.bfloat16, 64, 16, 1, tk=1100 * 16, lengths=[1100 * 16, 9000])  # 2 splits
     padded_page_tables()
 
