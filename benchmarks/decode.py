@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_blocksparse as jbs
+from jax_blocksparse import _cuda
 from jax_blocksparse.bench.timing import median_ms
 
 FULL = dict(batch=8, q_heads=64, kv_heads=8, head_dim=128, seq_len=32768, block_size=128,
@@ -113,6 +114,13 @@ def main():
     parser.add_argument("--sweep", action="store_true",
                         help="also Tq 1/4/16/64 on the decode and the forward kernels, GQA "
                              "group sizes 1/4/8/16 and cache lengths 4k-128k (issue 22)")
+    parser.add_argument("--only", metavar="TEXT",
+                        help="only our rows whose name holds TEXT, no peers (one kernel for "
+                             "a profiler: --only 'fp8 e4m3 cache')")
+    parser.add_argument("--target-ctas", metavar="N,N,...",
+                        type=lambda text: [int(x) for x in text.split(",")],
+                        help="then the dense bf16 and fp8 rows again with the split count "
+                             "aimed at each N CTAs (_cuda.DECODE['target_ctas'])")
     args = parser.parse_args()
     gpu = jax.default_backend() == "gpu"
     cfg = dict(QUICK if args.quick or not gpu else FULL)
@@ -157,6 +165,8 @@ def main():
     n0 = int(lengths[0])
 
     def ours(name, layout, k, v, k_seq, v_seq, per_token=token_bytes, base_ms=None, **kw):
+        if args.only and args.only not in name:
+            return None
         f = jax.jit(lambda q, k, v, n, kw: jbs.attention(
             q, k, v, layout, causal=True, q_offset=n - 1, kv_lengths=n, **kw))
         n = jnp.asarray(lengths)
@@ -166,7 +176,7 @@ def main():
         dense = b * t * per_token
         note = "" if nbytes == dense else f"{nbytes / dense:.1%} of the dense bytes"
         ms = median_ms(f, q, k, v, n, kw, reps=reps)
-        if base_ms is not None:
+        if base_ms:
             note = f"{base_ms / ms:.2f}x the tokens/s of the bf16 cache {note}".rstrip()
         show(name, ms, nbytes, err, note, tokens=b)
         return ms
@@ -193,7 +203,14 @@ def main():
     ours(f"ours, local window {cfg['window']}", jbs.layouts.local(t, bs, cfg["window"]),
          k, v, k[0], v[0])
 
-    for impl in ("cudnn", "xla"):
+    for target in args.target_ctas or ():
+        _cuda.DECODE["target_ctas"] = target
+        splits = _cuda.decode_splits(b, hq, hkv, 1, 1, -(-t // bs))
+        tag = f"{target} CTAs ({splits} splits)"
+        base = ours(f"ours, dense causal, {tag}", causal, k, v, k[0], v[0])
+        ours(f"ours, fp8 e4m3 cache, {tag}", causal, k8, v8, deq(k8[0], ks), deq(v8[0], vs),
+             per_token=fp8_token, base_ms=base, k_scale=ks, v_scale=vs)
+    for impl in ("cudnn", "xla") if not args.only else ():
         name = f"jax.nn.dot_product_attention {impl}"
         try:
             f = jax.jit(lambda q, k, v, impl=impl: jax.nn.dot_product_attention(
@@ -203,7 +220,7 @@ def main():
         except Exception as e:  # cuDNN absent (CPU) or the shape unsupported
             line = (str(e).strip().splitlines() or [""])[0]
             print(f"{name:34} failed: {type(e).__name__}: {line[:120]}", flush=True)
-    if args.sweep:
+    if args.sweep and not args.only:
         sweep(cfg, copy_tbs, quick=not gpu or args.quick)
 
 

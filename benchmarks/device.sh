@@ -155,6 +155,18 @@ for stage in "$@"; do
              --timeout "${CASES_TIMEOUT:-40}" --dtypes "${CASES_DTYPES:-bf16}" 2>&1 \
              | tee -a "$out/cases.log" ;;
     decode) python3 "$repo/benchmarks/decode.py" ${DECODE_ARGS:-} 2>&1 | tee "$out/decode.log" ;;
+    # Nsight Compute on one decode kernel launch of one decode.py row (PROFILE_CASE, a row
+    # name's text; PROFILE_KERNEL, a regex of the mangled kernel name). The whole decode.py
+    # under ncu ran past 330 s (RESULTS 2026-12-03 fifth session): one row only, 2 reps.
+    decode_profile)
+      ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+      timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --kernel-name-base mangled \
+        --kernel-name "regex:${PROFILE_KERNEL:-DecodePartial.*fp8_e4m3}" --launch-skip 1 \
+        --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section WarpStateStats --section SchedulerStats --section InstructionStats \
+        --section MemoryWorkloadAnalysis \
+        python3 "$repo/benchmarks/decode.py" --only "${PROFILE_CASE:-fp8 e4m3 cache}" --reps 2 \
+        2>&1 | tee "$out/decode_profile.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
     # "--backward --variants 0,2 --metadata"
