@@ -155,6 +155,16 @@ for stage in "$@"; do
              --timeout "${CASES_TIMEOUT:-40}" --dtypes "${CASES_DTYPES:-bf16}" 2>&1 \
              | tee -a "$out/cases.log" ;;
     decode) python3 "$repo/benchmarks/decode.py" ${DECODE_ARGS:-} 2>&1 | tee "$out/decode.log" ;;
+    # the decode rows again from a build whose rings at head dims 96/128 hold
+    # DECODE_STAGES (T caches) and DECODE_STAGES_FP8 (fp8) 16-key stages per warp (defaults
+    # 2 and 3: cuda/attention_decode.cu); rebuilds everything (about 90 s), and the next
+    # stage of the call uses that build: put it last
+    decode_stages)
+      (cd "$repo" && CMAKE_ARGS="-DCMAKE_CUDA_FLAGS='-DJBS_DECODE_STAGES_D128=${DECODE_STAGES:-2} -DJBS_DECODE_STAGES_FP8_D128=${DECODE_STAGES_FP8:-3}'" \
+         python3 -m pip install --no-build-isolation --no-deps -v . > "$out/build_stages.log" 2>&1) ||
+        { tail -20 "$out/build_stages.log"; continue; }
+      echo "decode rings: ${DECODE_STAGES:-2} stages (fp8 ${DECODE_STAGES_FP8:-3})"
+      python3 "$repo/benchmarks/decode.py" ${DECODE_ARGS:-} 2>&1 | tee "$out/decode_stages.log" ;;
     # Nsight Compute on one decode kernel launch of one decode.py row (PROFILE_CASE, a row
     # name's text; PROFILE_KERNEL, a regex of the mangled kernel name). The whole decode.py
     # under ncu ran past 330 s (RESULTS 2026-12-03 fifth session): one row only, 2 reps.

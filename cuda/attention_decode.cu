@@ -29,11 +29,24 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = kWarps * 32, kRows = 16, kKeys = kDecodeTileKeys;
 
-// Ring stages per warp: about 70 KB of K/V tiles per CTA at every head dim but 256.
-template <int D> constexpr int DecodeStages() { return D <= 64 ? 4 : (D <= 128 ? 2 : 2); }
+// Ring stages per warp: about 70 KB of K/V tiles per CTA at every head dim but 256 (three
+// CTAs per SM at D 128). An experiment build may set those of head dims 96 and 128:
+// -DJBS_DECODE_STAGES_D128=N (and _FP8_D128 below) in CMAKE_CUDA_FLAGS, as
+// `decode_stages` in benchmarks/device.sh does.
+#ifndef JBS_DECODE_STAGES_D128
+#define JBS_DECODE_STAGES_D128 2
+#endif
+#ifndef JBS_DECODE_STAGES_FP8_D128
+#define JBS_DECODE_STAGES_FP8_D128 3
+#endif
+template <int D> constexpr int DecodeStages() {
+  return D <= 64 ? 4 : (D <= 128 ? JBS_DECODE_STAGES_D128 : 2);
+}
 // An fp8 cache's rings: tiles of half the bytes, so more stages keep at least the bytes in
 // flight per warp of the 2-byte kernel (three CTAs per SM at D 128; benchmarks/decode.py).
-template <int D> constexpr int DecodeStagesFp8() { return D <= 64 ? 8 : (D <= 128 ? 3 : 2); }
+template <int D> constexpr int DecodeStagesFp8() {
+  return D <= 64 ? 8 : (D <= 128 ? JBS_DECODE_STAGES_FP8_D128 : 2);
+}
 
 template <int D> struct DecodeSmem {
   static constexpr int kLd = D + 8;                  // padded tile row (conflict-free ldmatrix)
