@@ -9,11 +9,13 @@ dense matmul; --compare adds the same with the Hopper wgmma path off (mma.sync),
 simple kernels are timed unless --no-naive.
 
     python3 benchmarks/dev_kernels.py --small-wgmma [--sizes 16,32] [--ops dds,ddsT,dsd]
+    python3 benchmarks/dev_kernels.py --sdd-runs [--sizes 16,32]
 
 times the ops at block sizes 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 (mma.sync)
 and =1 (the default on Hopper: cuda/matmul/wgmma_small.cuh), a child
 process each (with JAX_BLOCKSPARSE_DEBUG=1: its distinct launch lines, which name the
-kernels, follow its table). The correctness sweep that lived here is in
+kernels, follow its table); --sdd-runs likewise sdd and x^T dy (sddT) under
+JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 and =1 (cuda/matmul/mma_sync.cuh SddRuns16/32). The correctness sweep that lived here is in
 the test suite: tests/test_gpu_kernels.py (run with `pytest -m gpu`).
 """
 
@@ -70,6 +72,8 @@ def timing(sizes=(32, 64, 128), n=8192, ops=("dds", "ddsT", "dsd", "sdd"), reps=
                 fn, args = jax.jit(lambda a, w: jbs.dds(a, w, layout, trans_w=True)), (x, w)
             elif op == "dsd":
                 fn, args = jax.jit(lambda s, b: jbs.dsd(s, b, layout)), (w, y)
+            elif op == "sddT":  # the weight gradient of dds: x^T dy
+                fn, args = jax.jit(lambda a, b: jbs.sdd(a, b, layout, trans_a=True)), (x, y)
             else:
                 fn, args = jax.jit(lambda a, b: jbs.sdd(a, b, layout)), (x, y)
             t = bench(fn, args, reps, rounds)
@@ -79,12 +83,13 @@ def timing(sizes=(32, 64, 128), n=8192, ops=("dds", "ddsT", "dsd", "sdd"), reps=
                   f"{td / t:5.2f}x faster than dense)", flush=True)
 
 
-def compare_small_wgmma(sizes, ops):
-    """--small-wgmma: the timing under each value of the switch, in a child process each."""
+def compare_switch(switch, sizes, ops):
+    """--small-wgmma, --sdd-runs: the timing under each value ("0", "1") of the switch
+    JAX_BLOCKSPARSE_<switch>, in a child process each."""
     for value in ("0", "1"):
-        print(f"\n-- JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA={value} --", flush=True)
+        print(f"\n-- JAX_BLOCKSPARSE_{switch}={value} --", flush=True)
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", JAX_BLOCKSPARSE_DEBUG="1",
-                   JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=value)
+                   **{f"JAX_BLOCKSPARSE_{switch}": value})
         child = subprocess.run([sys.executable, __file__, "--time-only", "--sizes", sizes,
                                 "--ops", ops], env=env, stderr=subprocess.PIPE, text=True,
                                check=False)
@@ -100,7 +105,7 @@ def main():
     ap.add_argument("--naive", action="store_true",
                     help="time the simple kernels (run in a subprocess with the env switch)")
     ap.add_argument("--sizes", default="32,64,128")
-    ap.add_argument("--ops", default="dds,ddsT,dsd,sdd")
+    ap.add_argument("--ops", default="dds,ddsT,dsd,sdd", help="of dds, ddsT, dsd, sdd, sddT")
     ap.add_argument("--time-only", action="store_true",
                     help="only the timing table (sizes/ops as given), e.g. in a subprocess")
     ap.add_argument("--compare", action="store_true",
@@ -109,6 +114,9 @@ def main():
     ap.add_argument("--small-wgmma", action="store_true",
                     help="time --ops (default dds,ddsT,dsd) at --sizes (default 16,32) under "
                          "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 and =1, a child process each")
+    ap.add_argument("--sdd-runs", action="store_true",
+                    help="time sdd and sddT (x^T dy) at --sizes (default 16,32) under "
+                         "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 and =1, a child process each")
     ap.add_argument("--no-naive", action="store_true", help="skip the simple-kernel timing")
     ap.add_argument("--profile", action="store_true",
                     help="one call of each op at 8192^3 (bs from --sizes), for ncu")
@@ -122,9 +130,13 @@ def main():
         timing(tuple(int(s) for s in args.sizes.split(",")), ops=tuple(args.ops.split(",")),
                reps=2, rounds=3)
         return
+    sizes = args.sizes if args.sizes != "32,64,128" else "16,32"
     if args.small_wgmma:
-        compare_small_wgmma(args.sizes if args.sizes != "32,64,128" else "16,32",
-                            args.ops if args.ops != "dds,ddsT,dsd,sdd" else "dds,ddsT,dsd")
+        compare_switch("MATMUL_SMALL_WGMMA", sizes,
+                       args.ops if args.ops != "dds,ddsT,dsd,sdd" else "dds,ddsT,dsd")
+        return
+    if args.sdd_runs:
+        compare_switch("MATMUL_SDD_RUNS", sizes, "sdd,sddT")
         return
     if args.time_only:
         timing(tuple(int(s) for s in args.sizes.split(",")), ops=tuple(args.ops.split(",")))

@@ -2,6 +2,7 @@
 # One call on the GPU machine: build for sm_90a, then the stages named as arguments.
 #   bash benchmarks/device.sh test matmul attention peers patterns lm sanitize
 #   (matmul_small: bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA 0 and 1;
+#    matmul_sdd_runs: sdd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SDD_RUNS 0 and 1;
 #    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64;
@@ -46,6 +47,7 @@ sanitize() {
               "- attention --slice 2/3" "JAX_BLOCKSPARSE_NO_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 matmul"
+              "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1 matmul"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"
@@ -118,6 +120,9 @@ for stage in "$@"; do
     # dds, its dx and dsd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 and =1
     matmul_small) python3 "$repo/benchmarks/dev_kernels.py" --small-wgmma 2>&1 \
                     | tee "$out/matmul_small.log" ;;
+    # sdd and x^T dy at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SDD_RUNS 0 and 1 (issue 20)
+    matmul_sdd_runs) python3 "$repo/benchmarks/dev_kernels.py" --sdd-runs 2>&1 \
+                       | tee "$out/matmul_sdd_runs.log" ;;
     matmul_full) python3 "$repo/benchmarks/matmul.py" --full --reps 4 2>&1 \
                    | tee "$out/matmul_full.log" ;;
     attention_full) python3 "$repo/benchmarks/attention.py" --full 2>&1 \

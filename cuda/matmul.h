@@ -97,6 +97,8 @@ enum class MatmulPath {
                 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
              // unless JAX_BLOCKSPARSE_NO_WGMMA=1
+  kMmaSyncRuns,  // SDD at bs 16/32, several blocks of one block row per CTA (mma.sync, sm_80+),
+                 // opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1
   kMmaSync,  // tensor cores (TF32 for float32), sm_80+: what runs when nothing above does
   kNone,     // an empty output on the tensor-core paths: nothing to launch
 };
@@ -107,7 +109,8 @@ struct MatmulKernel {
   int8_t sdd;     // 1: SDD mode, 0: DS mode, -1: either (simple rows: one kernel per op)
   int8_t ta, tb;  // the tile kernel's transposes; -1: either (runtime flags)
   const char* name;
-  // kMmaSync, kWgmma, kWgmmaSmall: the launcher; kSimple: nullptr (the op's simple kernel); kNone: nullptr
+  // kMmaSync(Runs), kWgmma, kWgmmaSmall: the launcher; kSimple: nullptr (the op's simple
+  // kernel); kNone: nullptr
   cudaError_t (*launch)(tc::TcArgs args, cudaStream_t stream);
   // kWgmma, kWgmmaSmall: whether this call can run it (device, build, alignment); else nullptr
   bool (*usable)(const tc::TcArgs& args, int block_size);

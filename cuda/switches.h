@@ -30,11 +30,15 @@
 //     (_cuda.sm90_backward: where those mask sources may run fused), =4 the
 //     one-pass Hopper backward (attention/bwd_sm90_onepass.cu: head dims 64 / 128, block
 //     size 128, no other mask source; dQ summed in a float32 workspace in a fixed order)
-//   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in, until measured: decode calls with more
+//   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in (measured: faster than the default only
+//     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode calls with more
 //     than 16 (query, head) rows per kv head run the decode kernel with 64-row CTAs whose
 //     four warps share every 64-key stage (attention_decode.cu), instead of 16-row CTAs
 //     whose warps take 16-key tiles in turn (K/V read once per 64 rows, not per 16); the
 //     Python side reads it too (_cuda.decode_rows_per_cta: the split count)
+//   JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1 opt-in, until measured: sdd (the SDD-mode tile kernel,
+//     mma.sync) at block sizes 16/32 takes up to 128 / bs blocks of one block row per CTA
+//     (matmul/mma_sync.cuh SddRuns16/32: the A panel read once per run) instead of one
 #pragma once
 
 namespace jax_blocksparse {
@@ -50,6 +54,7 @@ struct Switches {
   int attn_fwd_persistent_ctas;  // the latter's value when >= 1, else 0 (no cap)
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
+  bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "" or "0"
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

@@ -19,6 +19,8 @@ namespace tc {
 JBS_TC_LAUNCHERS(extern template, float)
 JBS_TC_LAUNCHERS(extern template, __half)
 JBS_TC_LAUNCHERS(extern template, __nv_bfloat16)
+JBS_TC_RUNS_LAUNCHERS(extern template, __half)
+JBS_TC_RUNS_LAUNCHERS(extern template, __nv_bfloat16)
 }  // namespace tc
 namespace wg {
 JBS_WGMMA_LAUNCHERS(extern template, __half)
@@ -58,6 +60,10 @@ using tc::TcArgs;
 #define JBS_WGS_ROW(DT, T, BS, C, TA, TB)                                             \
   {DT, BS, MatmulPath::kWgmmaSmall, 0, TA, TB, "wgmma-small(128x64)",                 \
    wgs::Run<T, wgs::C, TA != 0, TB != 0>, wgs::SmallUsable<T>}
+// SDD at bs 16/32 in runs of one block row (opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1).
+#define JBS_SDD_RUNS_ROWS(DT, T, NAME)                                                     \
+  {DT, 16, MatmulPath::kMmaSyncRuns, 1, -1, -1, NAME, tc::Run<T, tc::SddRuns16>, nullptr}, \
+      {DT, 32, MatmulPath::kMmaSyncRuns, 1, -1, -1, NAME, tc::Run<T, tc::SddRuns32>, nullptr}
 #define JBS_WGS_TRANS_ROWS(DT, T, BS, C)                                   \
   JBS_WGS_ROW(DT, T, BS, C, 0, 0), JBS_WGS_ROW(DT, T, BS, C, 0, 1),        \
       JBS_WGS_ROW(DT, T, BS, C, 1, 0), JBS_WGS_ROW(DT, T, BS, C, 1, 1)
@@ -77,6 +83,8 @@ const MatmulKernel kMatmulKernels[] = {
     JBS_WGS_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_WG_ROWS(DType::kF16, __half),
     JBS_WG_ROWS(DType::kBF16, __nv_bfloat16),
+    JBS_SDD_RUNS_ROWS(DType::kF16, __half, "mma.sync(block-row runs)"),
+    JBS_SDD_RUNS_ROWS(DType::kBF16, __nv_bfloat16, "mma.sync(block-row runs)"),
     JBS_MMA_ROWS(DType::kF32, float, "mma.sync(tf32)"),
     JBS_MMA_ROWS(DType::kF16, __half, "mma.sync"),
     JBS_MMA_ROWS(DType::kBF16, __nv_bfloat16, "mma.sync"),
@@ -90,6 +98,7 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WGS_ROW
 #undef JBS_WGS_TRANS_ROWS
 #undef JBS_WGS_ROWS
+#undef JBS_SDD_RUNS_ROWS
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
 // (they then win: their rows come first); the wgmma kernels unless switched off, the small
@@ -99,6 +108,7 @@ bool PathOn(MatmulPath path, const Switches& sw, bool exact) {
     case MatmulPath::kSimple: return exact || sw.simple_kernels;
     case MatmulPath::kWgmmaSmall: return sw.small_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmma: return !sw.no_wgmma;
+    case MatmulPath::kMmaSyncRuns: return sw.sdd_runs;
     case MatmulPath::kMmaSync: return true;
     case MatmulPath::kNone: return false;
   }
@@ -239,6 +249,7 @@ cudaError_t Launch(const MatmulLaunch& run, const Params& p, cudaStream_t stream
     case MatmulPath::kNone: return cudaSuccess;
     case MatmulPath::kSimple: return simple(k.dtype, p, stream);
     case MatmulPath::kMmaSync:
+    case MatmulPath::kMmaSyncRuns:
     case MatmulPath::kWgmma:
     case MatmulPath::kWgmmaSmall: return k.launch(run.args, stream);
   }

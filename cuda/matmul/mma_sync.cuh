@@ -19,12 +19,20 @@ using Ds128 = Config<128, 128, 128, 32, 2, 4, 4>;
 using Sdd16 = Config<16, 16, 16, 64, 1, 1, 3>;
 using Sdd32 = Config<32, 32, 32, 64, 2, 2, 3>;
 using Sdd64 = Config<64, 64, 64, 64, 4, 2, 3>;
+// SDD mode at bs 16/32, runs of one block row (opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1;
+// issue 20): up to 128 / bs blocks per CTA, so the A panel (bs x K) is read once per run
+// instead of once per block. Operand bytes per useful FLOP (16-bit, K long): (1 + NB) /
+// (NB bs) against 2 / bs for one block per CTA: 0.070 at bs 16 (NB 8; was 0.125), 0.039 at
+// bs 32 (NB 4; was 0.0625).
+using SddRuns16 = Config<16, 16, 128, 64, 1, 4, 3>;
+using SddRuns32 = Config<32, 32, 128, 64, 1, 4, 3>;
 
 template <typename T, class C>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
   dim3 grid;
-  if (args.sdd) {
-    grid = dim3(Clamp(args.nnz, 0x7fffffff), 1, Clamp(args.batch, 65535));
+  if (args.sdd) {  // chunks of BN / bs entries (TcKernel: the runs in them)
+    const int64_t chunks = (args.nnz + C::BN / C::BS - 1) / (C::BN / C::BS);
+    grid = dim3(Clamp(chunks, 0x7fffffff), 1, Clamp(args.batch, 65535));
   } else {
     args.m_tiles = (args.M + C::BM - 1) / C::BM;
     grid = dim3(Clamp(args.lines, 0x7fffffff), Clamp(args.m_tiles, 65535),
@@ -44,6 +52,12 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   PREFIX cudaError_t Run<T, Ds32>(TcArgs, cudaStream_t);     \
   PREFIX cudaError_t Run<T, Ds64>(TcArgs, cudaStream_t);     \
   PREFIX cudaError_t Run<T, Ds128>(TcArgs, cudaStream_t);
+
+// The block-row runs, 16-bit types only (float32's 4-byte chunks, twice as many per thread,
+// spilled 360-550 bytes).
+#define JBS_TC_RUNS_LAUNCHERS(PREFIX, T)                       \
+  PREFIX cudaError_t Run<T, SddRuns16>(TcArgs, cudaStream_t); \
+  PREFIX cudaError_t Run<T, SddRuns32>(TcArgs, cudaStream_t);
 
 }  // namespace tc
 }  // namespace jax_blocksparse

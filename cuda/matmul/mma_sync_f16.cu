@@ -4,5 +4,6 @@
 namespace jax_blocksparse {
 namespace tc {
 JBS_TC_LAUNCHERS(template, __half)
+JBS_TC_RUNS_LAUNCHERS(template, __half)
 }  // namespace tc
 }  // namespace jax_blocksparse

@@ -11,8 +11,11 @@
 //    and BK < bs walks one block in several steps (bs = 128).
 //    dsd is run as the transpose: Y^T = op(B)^T @ op(S)^T is a dds whose "A" is op(B)^T
 //    and whose "W" blocks are op(S)^T; only the epilogue stores the tile transposed.
-//  * SDD mode. The CTA owns one bs x bs output block (BM = BN = bs) and walks the dense
-//    K axis in steps of BK, masking the tail.
+//  * SDD mode. The CTA owns BN / bs output blocks of one block row (BM = bs rows): a run of
+//    consecutive entries of the sorted coords that share their block row (Runs below), and
+//    walks the dense K axis in steps of BK, masking the tail. The A panel (bs rows) is then
+//    loaded once for the run's blocks, whose columns of op(B) the B tile gathers (zeros past
+//    the run). BN = bs: one block per CTA.
 //
 // Operand tiles go to shared memory in the orientation they have in global memory (16-byte
 // cp.async chunks along the contiguous axis; rows padded by 16 bytes so ldmatrix is
@@ -162,13 +165,15 @@ struct Config {
 // (element stores at the masked tail or for unaligned rows). sdd: SDD mode (the tile is
 // output block `unit`); else the tile's first row / column are row0 / col0 and rows_valid
 // (1..BM) of its rows lie inside the output.
+// (SDD: the tile's columns are output blocks unit, unit + 1, ... of BM x BM elements, the
+// first sdd_blocks of them present.)
 template <typename T, int BM, int BN, int NT>
 __device__ __forceinline__ void StoreTile(const TcArgs& p, const T* os, int o_pitch, bool sdd,
                                           int64_t g, int64_t unit, int64_t row0, int64_t col0,
-                                          int rows_valid, int tid) {
+                                          int rows_valid, int tid, int sdd_blocks = 1) {
   __syncthreads();  // RAW: the tile was staged by every warp
   T* out = static_cast<T*>(p.out) + g * p.o_bstride;
-  if (sdd) out += unit * int64_t(BM * BN);
+  if (sdd) out += unit * int64_t(BM * BM);
   else out += p.o_trans ? col0 * p.ldo + row0 : row0 * p.ldo + col0;
   constexpr int VEC = 16 / int(sizeof(T)), OCH = BM * BN / VEC;  // output chunks
   for (int id = tid; id < OCH; id += NT) {
@@ -181,10 +186,11 @@ __device__ __forceinline__ void StoreTile(const TcArgs& p, const T* os, int o_pi
     } else {
       i = id / (BN / VEC);
       j = (id % (BN / VEC)) * VEC;
-      n = i < rows_valid ? VEC : 0;
+      n = i < rows_valid && (!sdd || j / BM < sdd_blocks) ? VEC : 0;
     }
     const T* src = os + i * o_pitch + j;
-    T* dst = out + i * p.ldo + j;
+    // SDD: column j is in block j / BM of the run (BM x BM, row-major, ldo = BM)
+    T* dst = sdd ? out + (j / BM) * int64_t(BM * BM) + i * p.ldo + j % BM : out + i * p.ldo + j;
     if (n == VEC && p.o_vec) {
       *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
     } else {
@@ -194,6 +200,8 @@ __device__ __forceinline__ void StoreTile(const TcArgs& p, const T* os, int o_pi
 }
 
 // --------------------------------------------------------------------- the tile
+// DS mode: `unit` is the line's position in `order`, `mt` the row tile. SDD mode: `unit` is
+// the run's first entry of the coords, `mt` its number of entries (1 .. BN / bs).
 template <typename T, class C>
 __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, int64_t mt,
                                      T* smem) {
@@ -217,7 +225,8 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
   int64_t rows_valid;  // rows of the tile inside the output
   if (p.sdd) {
     row0 = int64_t(p.coords[2 * unit]) * BS;
-    col0 = int64_t(p.coords[2 * unit + 1]) * BS;
+    col0 = 0;  // the B tile gathers the run's block columns (b_col below)
+    cnt = int(mt);
     steps = int((p.K + BK - 1) / BK);
     rows_valid = BM;
   } else {
@@ -280,6 +289,16 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
   int a_n[CA];  // valid elements of the chunk (0..VEC)
   const T* b_src[CB];
   int b_n[CB];
+  // SDD: the column of op(B) of each B chunk (its n in the run's block n / BS), -1 past the
+  // run; fixed for the whole K loop
+  int b_col[CB];
+  if (p.sdd) {
+#pragma unroll
+    for (int i = 0; i < CB; ++i) {
+      const int nn = b_n0 + i * b_nstep, e = nn / BS;
+      b_col[i] = e < cnt ? __ldg(p.coords + 2 * (unit + e) + 1) * BS + nn % BS : -1;
+    }
+  }
 
   // k of a chunk -> (global k offset or block id, valid elements along k)
   auto prepare = [&](int s) {
@@ -312,8 +331,9 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
       const T* src;
       if (p.sdd) {
         const int64_t kg = int64_t(s) * BK + k, left = p.K - kg;
-        n = left <= 0 ? 0 : (p.tb && left < VEC ? int(left) : VEC);
-        src = b + (col0 + nn) * b_ns_g + kg * b_ks_g;
+        n = left <= 0 || b_col[i] < 0 ? 0 : (p.tb && left < VEC ? int(left) : VEC);
+        src = b + int64_t(b_col[i]) * b_ns_g + kg * b_ks_g;
+        (void)nn;
       } else {
         const int vk = s * BK + k, ent = vk / BS;
         const bool valid = ent < cnt;
@@ -476,7 +496,23 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
           }
         }
   }
-  StoreTile<T, BM, BN, NT>(p, os, o_pitch, p.sdd, g, unit, row0, col0, int(rows_valid), tid);
+  StoreTile<T, BM, BN, NT>(p, os, o_pitch, p.sdd, g, unit, row0, col0, int(rows_valid), tid,
+                           cnt);
+}
+
+// SDD mode: the entries [u * NB, min((u + 1) * NB, nnz)) of the sorted coords, NB = BN / bs,
+// cut into runs that share a block row (one run unless the chunk crosses a row's end); f(first
+// entry, entries) for each run, in order.
+template <int NB, typename F>
+__device__ __forceinline__ void Runs(const TcArgs& p, int64_t u, F&& f) {
+  const int64_t end = (u + 1) * NB < p.nnz ? (u + 1) * NB : p.nnz;
+  for (int64_t e0 = u * NB; e0 < end;) {
+    const int row = __ldg(p.coords + 2 * e0);
+    int64_t e1 = e0 + 1;
+    while (e1 < end && __ldg(p.coords + 2 * e1) == row) ++e1;
+    f(e0, e1 - e0);
+    e0 = e1;
+  }
 }
 
 template <typename T, class C>
@@ -484,11 +520,14 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) TcKernel(const TcA
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
   if (p.sdd) {
+    constexpr int NB = C::BN / C::BS;  // blocks per CTA (a run of one block row)
+    const int64_t chunks = (p.nnz + NB - 1) / NB;
     for (int64_t g = blockIdx.z; g < p.batch; g += gridDim.z)
-      for (int64_t e = blockIdx.x; e < p.nnz; e += gridDim.x) {
-        Tile<T, C>(p, g, e, 0, smem);
-        __syncthreads();
-      }
+      for (int64_t u = blockIdx.x; u < chunks; u += gridDim.x)
+        Runs<NB>(p, u, [&](int64_t first, int64_t entries) {
+          Tile<T, C>(p, g, first, entries, smem);
+          __syncthreads();
+        });
   } else {
     // x: the line (in `order`, longest first); y: the row tile. Consecutive CTAs share a
     // row tile, so the dense operand's panel is read from DRAM about once (L2 reuse).
