@@ -23,7 +23,8 @@ using Sdd64 = Config<64, 64, 64, 64, 4, 2, 3>;
 // issue 20): up to 128 / bs blocks per CTA, so the A panel (bs x K) is read once per run
 // instead of once per block. Operand bytes per useful FLOP (16-bit, K long): (1 + NB) /
 // (NB bs) against 2 / bs for one block per CTA: 0.070 at bs 16 (NB 8; was 0.125), 0.039 at
-// bs 32 (NB 4; was 0.0625).
+// bs 32 (NB 4; was 0.0625). 238 / 254 registers (90a) leave two CTAs (8 warps) per SM;
+// capping them for 3 or 4 CTAs spilled 200-2400 bytes.
 using SddRuns16 = Config<16, 16, 128, 64, 1, 4, 3>;
 using SddRuns32 = Config<32, 32, 128, 64, 1, 4, 3>;
 
