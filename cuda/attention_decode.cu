@@ -99,13 +99,34 @@ template <> struct Fp8Kind<__nv_fp8_e5m2> {
   static constexpr __nv_fp8_interpretation_t kValue = __NV_E5M2;
 };
 
-// Two fp8 values (the low byte first) as a float16 pair (exact: float16 holds every e4m3 and
-// e5m2 value).
-template <typename KV>
-__device__ __forceinline__ uint32_t Fp8PairToHalf2(uint32_t two) {
+// Two fp8 values, bytes 0 and 1 of `w` (HIGH: bytes 2 and 3), as a float16 pair (exact:
+// float16 holds every e4m3 and e5m2 value). sm_89+: one cvt that reads the half in place
+// (F2FP ... R.H1: no shift for the high half); older GPUs: cuda_fp8.h's conversion.
+template <typename KV, bool HIGH = false>
+__device__ __forceinline__ uint32_t Fp8PairToHalf2(uint32_t w) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint32_t d;
+  if constexpr (std::is_same<KV, __nv_fp8_e4m3>::value) {
+    if constexpr (HIGH)
+      asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e4m3x2 %0, hi; }"
+          : "=r"(d) : "r"(w));
+    else
+      asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e4m3x2 %0, lo; }"
+          : "=r"(d) : "r"(w));
+  } else {
+    if constexpr (HIGH)
+      asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e5m2x2 %0, hi; }"
+          : "=r"(d) : "r"(w));
+    else
+      asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e5m2x2 %0, lo; }"
+          : "=r"(d) : "r"(w));
+  }
+  return d;
+#else
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
-      static_cast<__nv_fp8x2_storage_t>(two & 0xffffu), Fp8Kind<KV>::kValue);
+      static_cast<__nv_fp8x2_storage_t>(HIGH ? w >> 16 : w & 0xffffu), Fp8Kind<KV>::kValue);
   return uint32_t(h.x) | (uint32_t(h.y) << 16);
+#endif
 }
 
 // An fp8 cache's mma fragments (m16n8k16, float16), each lane's from the ring's bytes with
@@ -133,7 +154,7 @@ __device__ __forceinline__ void Fp8KFragment(uint32_t& b0, uint32_t& b1, const u
   const uint32_t w = *reinterpret_cast<const uint32_t*>(
       sk + (n0 + (lane >> 2)) * ldb + kk * 16 + (lane & 3) * 4);
   b0 = Fp8PairToHalf2<KV>(w);
-  b1 = Fp8PairToHalf2<KV>(w >> 16);
+  b1 = Fp8PairToHalf2<KV, true>(w);
 }
 
 // b[e][0..1]: the B fragments of the output's n8 tiles 4 c + e (e = 0 .. 3)
@@ -149,12 +170,12 @@ __device__ __forceinline__ void Fp8VFragments(uint32_t (&b)[4][2], const unsigne
   const uint32_t lo23 = __byte_perm(r2, r3, 0x5140), hi23 = __byte_perm(r2, r3, 0x7362);
   b[0][0] = Fp8PairToHalf2<KV>(lo01);
   b[0][1] = Fp8PairToHalf2<KV>(lo23);
-  b[1][0] = Fp8PairToHalf2<KV>(lo01 >> 16);
-  b[1][1] = Fp8PairToHalf2<KV>(lo23 >> 16);
+  b[1][0] = Fp8PairToHalf2<KV, true>(lo01);
+  b[1][1] = Fp8PairToHalf2<KV, true>(lo23);
   b[2][0] = Fp8PairToHalf2<KV>(hi01);
   b[2][1] = Fp8PairToHalf2<KV>(hi23);
-  b[3][0] = Fp8PairToHalf2<KV>(hi01 >> 16);
-  b[3][1] = Fp8PairToHalf2<KV>(hi23 >> 16);
+  b[3][0] = Fp8PairToHalf2<KV, true>(hi01);
+  b[3][1] = Fp8PairToHalf2<KV, true>(hi23);
 }
 
 // A power of two that brings a row of maximum magnitude `amax` below 2^15 (float16 holds
