@@ -217,11 +217,10 @@ def decode_cases(dtype, d, bs, tq, *, hq=4, hkv=2, per_head=False, paged=False, 
     b = 2
     lengths = jnp.asarray(lengths or [tk, 2 * bs + tq // 2 + 1], jnp.int32)
     q = array((b, tq, hq, d), dtype)
-    k = array((b, tk, hkv, d), dtype)
-    v = array((b, tk, hkv, d), dtype)
+    k = array((b, tk, hkv, d), kv_dtype or dtype)
+    v = array((b, tk, hkv, d), kv_dtype or dtype)
     extra = {}
     if kv_dtype is not None:
-        k, v = k.astype(kv_dtype), v.astype(kv_dtype)
         extra.update(k_scale=jnp.abs(array((hkv,), jnp.float32)) + 0.5, v_scale=0.75)
     if paged:  # 16-key pages, reversed: pages out of order
         pages = tk // 16

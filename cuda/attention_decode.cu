@@ -99,33 +99,29 @@ template <> struct Fp8Kind<__nv_fp8_e5m2> {
   static constexpr __nv_fp8_interpretation_t kValue = __NV_E5M2;
 };
 
-// Two fp8 values, bytes 0 and 1 of `w` (HIGH: bytes 2 and 3), as a float16 pair (exact:
-// float16 holds every e4m3 and e5m2 value). sm_89+: one cvt that reads the half in place
-// (F2FP ... R.H1: no shift for the high half); older GPUs: cuda_fp8.h's conversion.
-template <typename KV, bool HIGH = false>
-__device__ __forceinline__ uint32_t Fp8PairToHalf2(uint32_t w) {
+// Four fp8 values (the bytes of `w`) as two float16 pairs: bytes 0, 1 to `lo`, bytes 2, 3
+// to `hi` (exact: float16 holds every e4m3 and e5m2 value). sm_89+: one cvt per pair, the
+// high one reading the register's upper half in place (F2FP ... R.H1: no shift); older
+// GPUs: cuda_fp8.h's conversion.
+template <typename KV>
+__device__ __forceinline__ void Fp8QuadToHalf2(uint32_t w, uint32_t& lo, uint32_t& hi) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  uint32_t d;
-  if constexpr (std::is_same<KV, __nv_fp8_e4m3>::value) {
-    if constexpr (HIGH)
-      asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e4m3x2 %0, hi; }"
-          : "=r"(d) : "r"(w));
-    else
-      asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e4m3x2 %0, lo; }"
-          : "=r"(d) : "r"(w));
-  } else {
-    if constexpr (HIGH)
-      asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e5m2x2 %0, hi; }"
-          : "=r"(d) : "r"(w));
-    else
-      asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.rn.f16x2.e5m2x2 %0, lo; }"
-          : "=r"(d) : "r"(w));
-  }
-  return d;
+#define JBS_FP8_CVT(KIND)                                                                   \
+  "{ .reg .b16 l, h; mov.b32 {l, h}, %2; cvt.rn.f16x2." KIND "x2 %0, l; cvt.rn.f16x2." KIND \
+  "x2 %1, h; }"
+  if constexpr (Fp8Kind<KV>::kValue == __NV_E4M3)
+    asm(JBS_FP8_CVT("e4m3") : "=r"(lo), "=r"(hi) : "r"(w));
+  else
+    asm(JBS_FP8_CVT("e5m2") : "=r"(lo), "=r"(hi) : "r"(w));
+#undef JBS_FP8_CVT
 #else
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(
-      static_cast<__nv_fp8x2_storage_t>(HIGH ? w >> 16 : w & 0xffffu), Fp8Kind<KV>::kValue);
-  return uint32_t(h.x) | (uint32_t(h.y) << 16);
+  auto pair = [](uint32_t two) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two),
+                                                     Fp8Kind<KV>::kValue);
+    return uint32_t(h.x) | (uint32_t(h.y) << 16);
+  };
+  lo = pair(w & 0xffffu);
+  hi = pair(w >> 16);
 #endif
 }
 
@@ -135,7 +131,7 @@ __device__ __forceinline__ uint32_t Fp8PairToHalf2(uint32_t w) {
 //  - QK^T: the reduction over d may take any order, so within each 16-column step kk the
 //    lane (g = lane / 4, t = lane % 4) takes the four bytes 16 kk + 4 t .. + 3 of key g as its
 //    B fragment (b0: k 2t, 2t + 1; b1: k 2t + 8, 2t + 9), and Q's A fragment is read from
-//    the same columns (QFragment).
+//    the same columns (Fp8QFragments).
 //  - PV: keys are P's columns, as in the other forms; the lane reads four bytes of each of its
 //    keys 2t, 2t + 1, 2t + 8, 2t + 9 at columns 32 c + 4 g .. + 3 and transposes them (PRMT):
 //    byte e of the four words is its B fragment of the output's n8 tile 4 c + e, whose
@@ -153,8 +149,7 @@ __device__ __forceinline__ void Fp8KFragment(uint32_t& b0, uint32_t& b1, const u
                                              int ldb, int n0, int kk, int lane) {
   const uint32_t w = *reinterpret_cast<const uint32_t*>(
       sk + (n0 + (lane >> 2)) * ldb + kk * 16 + (lane & 3) * 4);
-  b0 = Fp8PairToHalf2<KV>(w);
-  b1 = Fp8PairToHalf2<KV, true>(w);
+  Fp8QuadToHalf2<KV>(w, b0, b1);
 }
 
 // b[e][0..1]: the B fragments of the output's n8 tiles 4 c + e (e = 0 .. 3)
@@ -168,14 +163,10 @@ __device__ __forceinline__ void Fp8VFragments(uint32_t (&b)[4][2], const unsigne
   const uint32_t r3 = *reinterpret_cast<const uint32_t*>(at + 9 * ldb);   // key 2t + 9
   const uint32_t lo01 = __byte_perm(r0, r1, 0x5140), hi01 = __byte_perm(r0, r1, 0x7362);
   const uint32_t lo23 = __byte_perm(r2, r3, 0x5140), hi23 = __byte_perm(r2, r3, 0x7362);
-  b[0][0] = Fp8PairToHalf2<KV>(lo01);
-  b[0][1] = Fp8PairToHalf2<KV>(lo23);
-  b[1][0] = Fp8PairToHalf2<KV, true>(lo01);
-  b[1][1] = Fp8PairToHalf2<KV, true>(lo23);
-  b[2][0] = Fp8PairToHalf2<KV>(hi01);
-  b[2][1] = Fp8PairToHalf2<KV>(hi23);
-  b[3][0] = Fp8PairToHalf2<KV, true>(hi01);
-  b[3][1] = Fp8PairToHalf2<KV, true>(hi23);
+  Fp8QuadToHalf2<KV>(lo01, b[0][0], b[1][0]);
+  Fp8QuadToHalf2<KV>(lo23, b[0][1], b[1][1]);
+  Fp8QuadToHalf2<KV>(hi01, b[2][0], b[3][0]);
+  Fp8QuadToHalf2<KV>(hi23, b[2][1], b[3][1]);
 }
 
 // A power of two that brings a row of maximum magnitude `amax` below 2^15 (float16 holds
@@ -238,7 +229,6 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   unsigned char* sRings = smem_raw + kCtaRows * LD * int(sizeof(T));
-  T* sKV = reinterpret_cast<T*>(sRings);
   int* sStarts = reinterpret_cast<int*>(sRings + kRingBytes);
   int* sCount = sStarts + kDecodeSplitCapacity;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -416,10 +406,11 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
       const int t = SHARED ? u + i * kWarps : warp + i * kWarps;  // the CTA's tile
       if (SHARED && (t >= tiles || !has_rows)) break;  // (uniform in the warp)
       const int w = SHARED ? u : warp;  // the warp whose ring holds it
-      const T* sk = sKV + (w * STAGES + i % STAGES) * 2 * S::kTile;
-      const T* sv = sk + S::kTile;
-      const unsigned char* skb = sRings + (w * STAGES + i % STAGES) * 2 * S::kTileB;  // fp8
-      const unsigned char* svb = skb + S::kTileB;
+      // its ring stage: K then V, kRingTile bytes each (tiles of T, or an fp8 cache's bytes)
+      const unsigned char* skb = sRings + (w * STAGES + i % STAGES) * 2 * kRingTile;
+      const unsigned char* svb = skb + kRingTile;
+      const T* sk = reinterpret_cast<const T*>(skb);
+      const T* sv = reinterpret_cast<const T*>(svb);
 
       float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
@@ -525,7 +516,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   }
   __syncthreads();  // all rings idle: the partial results go over them
 
-  float* sAcc = reinterpret_cast<float*>(sKV);  // [warps][16][D + 4]
+  float* sAcc = reinterpret_cast<float*>(sRings);  // [warps][16][D + 4]
   float* sM = sAcc + kWarps * kRows * S::kAccLd;  // [warps][16]
   float* sL = sM + kWarps * kRows;
   float* mine_acc = sAcc + warp * kRows * S::kAccLd;

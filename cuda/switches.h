@@ -31,14 +31,14 @@
 //     one-pass Hopper backward (attention/bwd_sm90_onepass.cu: head dims 64 / 128, block
 //     size 128, no other mask source; dQ summed in a float32 workspace in a fixed order)
 //   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in (measured: faster than the default only
-//     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode calls with more
-//     than 16 (query, head) rows per kv head run the decode kernel with 64-row CTAs whose
-//     four warps share every 64-key stage (attention_decode.cu), instead of 16-row CTAs
-//     whose warps take 16-key tiles in turn (K/V read once per 64 rows, not per 16); the
-//     Python side reads it too (_cuda.decode_rows_per_cta: the split count)
+//     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode
+//     calls with more than 16 (query, head) rows per kv head run the decode kernel with
+//     64-row CTAs whose four warps share every 64-key stage (attention_decode.cu), instead
+//     of 16-row CTAs whose warps take 16-key tiles in turn (K/V read once per 64 rows, not
+//     per 16); the Python side reads it too (_cuda.decode_rows_per_cta: the split count)
 //   JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1 opt-in, until measured: sdd (the SDD-mode tile kernel,
 //     mma.sync) at block sizes 16/32 takes up to 128 / bs blocks of one block row per CTA
-//     (matmul/mma_sync.cuh SddRuns16/32: the A panel read once per run) instead of one
+//     (matmul/mma_sync.cuh SddRuns16/32: the A panel read once per run) instead of one block
 #pragma once
 
 namespace jax_blocksparse {

@@ -333,7 +333,6 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
         const int64_t kg = int64_t(s) * BK + k, left = p.K - kg;
         n = left <= 0 || b_col[i] < 0 ? 0 : (p.tb && left < VEC ? int(left) : VEC);
         src = b + int64_t(b_col[i]) * b_ns_g + kg * b_ks_g;
-        (void)nn;
       } else {
         const int vk = s * BK + k, ent = vk / BS;
         const bool valid = ent < cnt;
