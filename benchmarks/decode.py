@@ -33,7 +33,7 @@ import numpy as np
 
 import jax_blocksparse as jbs
 from jax_blocksparse import _cuda
-from jax_blocksparse.bench.timing import median_ms
+from jax_blocksparse.bench.timing import chain, chained_ms, median_ms
 
 FULL = dict(batch=8, q_heads=64, kv_heads=8, head_dim=128, seq_len=32768, block_size=128,
             window=4096, page_size=64, reps=10)
@@ -121,7 +121,12 @@ def main():
                         type=lambda text: [int(x) for x in text.split(",")],
                         help="then the dense bf16 and fp8 rows again with the split count "
                              "aimed at each N CTAs (_cuda.DECODE['target_ctas'])")
+    parser.add_argument("--chained", action="store_true",
+                        help="time the reps of each of our and cuDNN's rows inside one jitted "
+                             "program (bench.timing.chained_ms: no host dispatch between "
+                             "calls; for the short rows)")
     args = parser.parse_args()
+    timer = chained_ms if args.chained else median_ms
     gpu = jax.default_backend() == "gpu"
     cfg = dict(QUICK if args.quick or not gpu else FULL)
     cfg.update({k: v for k, v in (("reps", args.reps), ("block_size", args.block_size)) if v})
@@ -175,7 +180,7 @@ def main():
         nbytes = keys_read(layout, lengths) * per_token
         dense = b * t * per_token
         note = "" if nbytes == dense else f"{nbytes / dense:.1%} of the dense bytes"
-        ms = median_ms(f, q, k, v, n, kw, reps=reps)
+        ms = timer(f, q, k, v, n, kw, reps=reps)
         if base_ms:
             note = f"{base_ms / ms:.2f}x the tokens/s of the bf16 cache {note}".rstrip()
         show(name, ms, nbytes, err, note, tokens=b)
@@ -203,6 +208,11 @@ def main():
     ours(f"ours, local window {cfg['window']}", jbs.layouts.local(t, bs, cfg["window"]),
          k, v, k[0], v[0])
 
+    for kv_dtype in (dtype, jnp.float8_e4m3fn) if gpu else ():
+        resident = _cuda.decode_resident_ctas(dtype, kv_dtype, d, False)
+        splits = _cuda.decode_splits(b, hq, hkv, 1, 1, -(-t // bs), resident)
+        print(f"  k, v {jnp.dtype(kv_dtype).name}: {resident} CTAs resident at once, "
+              f"{splits} splits")
     for target in args.target_ctas or ():
         _cuda.DECODE["target_ctas"] = target
         splits = _cuda.decode_splits(b, hq, hkv, 1, 1, -(-t // bs))
@@ -216,12 +226,12 @@ def main():
             f = jax.jit(lambda q, k, v, impl=impl: jax.nn.dot_product_attention(
                 q, k, v, is_causal=False, implementation=impl))
             err = rel_err(f(q, k, v), q, k[0], v[0], j < n0)
-            show(name, median_ms(f, q, k, v, reps=reps), dense_bytes, err)
+            show(name, timer(f, q, k, v, reps=reps), dense_bytes, err)
         except Exception as e:  # cuDNN absent (CPU) or the shape unsupported
             line = (str(e).strip().splitlines() or [""])[0]
             print(f"{name:34} failed: {type(e).__name__}: {line[:120]}", flush=True)
     if args.sweep and not args.only:
-        sweep(cfg, copy_tbs, quick=not gpu or args.quick)
+        sweep(cfg, copy_tbs, quick=not gpu or args.quick, chained=args.chained)
 
 
 def with_decode_limit(limit, fn):
@@ -235,7 +245,7 @@ def with_decode_limit(limit, fn):
         att.DECODE_MAX_QUERIES = saved
 
 
-def sweep(cfg, copy_tbs, quick):
+def sweep(cfg, copy_tbs, quick, chained=False):
     """Issue 22's sweeps, bf16, dense causal layout, contiguous cache, each sequence at
     length T with its Tq queries at the last positions (q_offset = T - Tq):
       - Tq 1, 4, 16, 64 through the decode kernel and through the forward kernel (the
@@ -244,6 +254,7 @@ def sweep(cfg, copy_tbs, quick):
       - cache lengths 4k to 128k, Tq 1, beside cuDNN.
     TB/s count the K/V bytes each call must read once (the dense cache up to T); `% copy`
     is against the copy rate measured above."""
+    timer = chained_ms if chained else median_ms
     b, hq, hkv, d, t = (cfg[k] for k in ("batch", "q_heads", "kv_heads", "head_dim", "seq_len"))
     bs, reps = cfg["block_size"], cfg["reps"]
     dtype = jnp.bfloat16
@@ -262,10 +273,12 @@ def sweep(cfg, copy_tbs, quick):
         k, v = (jax.random.normal(x, (b, t, hkv, d), dtype) for x in keys[1:])
         layout = jbs.layouts.causal(t, bs)
         n = jnp.full((b,), t, jnp.int32)
-        f = with_decode_limit(limit, lambda: jax.jit(lambda q, k, v, n: jbs.attention(
-            q, k, v, layout, causal=True, q_offset=n - tq, kv_lengths=n)).lower(
-                q, k, v, n).compile())
-        return median_ms(f, q, k, v, n, reps=reps)
+        g = lambda q, k, v, n: jbs.attention(q, k, v, layout, causal=True, q_offset=n - tq,
+                                             kv_lengths=n)
+        calls = reps if chained else 1  # calls per executable run
+        g = chain(g, calls) if chained else g
+        f = with_decode_limit(limit, lambda: jax.jit(g).lower(q, k, v, n).compile())
+        return median_ms(f, q, k, v, n, reps=reps // calls) / calls
 
     def cudnn_ms(hq, hkv, t):
         keys = jax.random.split(jax.random.key(hq + t), 3)
@@ -274,7 +287,7 @@ def sweep(cfg, copy_tbs, quick):
         try:
             f = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
                 q, k, v, implementation="cudnn"))
-            return median_ms(f, q, k, v, reps=reps)
+            return timer(f, q, k, v, reps=reps)
         except Exception as e:  # cuDNN absent (CPU) or the shape unsupported
             return f"failed: {type(e).__name__}"
 

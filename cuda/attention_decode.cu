@@ -595,13 +595,39 @@ __global__ void __launch_bounds__(kCombineWarps * 32) DecodeCombineKernel(
   if (lane == 0) p.lse[row] = mx == -INFINITY ? -INFINITY : (mu + __log2f(l)) * kLn2;
 }
 
+// The partial kernel's shared-memory bytes, its limit and carveout set once per device.
+template <typename T, int D, typename KV, bool SHARED>
+cudaError_t ConfigurePartial(int* smem) {
+  static std::atomic<uint64_t> configured{0}, carveout{0};
+  *smem = DecodeSmem<D>::template Bytes<T, KV, SHARED>();
+  const void* kernel = (const void*)DecodePartialKernel<T, D, KV, SHARED>;
+  cudaError_t err = AllowDynamicSmem(configured, kernel, *smem);
+  if (err == cudaSuccess) err = PreferSharedMemory(carveout, kernel);  // 3 CTAs/SM at D 128
+  return err;
+}
+
+// The partial kernel's CTAs resident at once on the current device (one wave); 0 when
+// unknown.
+template <typename T, int D, typename KV, bool SHARED>
+int ResidentPartialCtas() {
+  int smem = 0, per_sm = 0;
+  if (ConfigurePartial<T, D, KV, SHARED>(&smem) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &per_sm, DecodePartialKernel<T, D, KV, SHARED>, kThreads, smem) != cudaSuccess)
+    return 0;
+  return per_sm * MultiProcessors();
+}
+
+template <typename T, int D, typename KV = T>
+int ResidentCtas(bool shared_tiles) {
+  return shared_tiles ? ResidentPartialCtas<T, D, KV, true>()
+                      : ResidentPartialCtas<T, D, KV, false>();
+}
+
 template <typename T, int D, typename KV, bool SHARED>
 cudaError_t LaunchPartial(const AttentionDecodeParams& p, cudaStream_t stream) {
-  static std::atomic<uint64_t> configured{0}, carveout{0};
-  const int smem = DecodeSmem<D>::template Bytes<T, KV, SHARED>();
-  const void* kernel = (const void*)DecodePartialKernel<T, D, KV, SHARED>;
-  cudaError_t err = AllowDynamicSmem(configured, kernel, smem);
-  if (err == cudaSuccess) err = PreferSharedMemory(carveout, kernel);  // 3 CTAs/SM at D 128
+  int smem = 0;
+  cudaError_t err = ConfigurePartial<T, D, KV, SHARED>(&smem);
   if (err != cudaSuccess) return err;
   const int group = p.hq / p.hkv;
   const int per_cta = p.mask_heads == 1 ? group : 1;
@@ -630,11 +656,11 @@ cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
 }  // namespace attn
 
 namespace {
+#define JBS_DECODE_ROW(DT, T, KVE, KV, D, NAME)                                             \
+  {DT, KVE, D, NAME, attn::LaunchDecode<T, D, KV>, attn::ResidentCtas<T, D, KV>}
 #define JBS_DECODE_ROWS(DT, T, KVE, KV, NAME)                                               \
-  {DT, KVE, 64, NAME, attn::LaunchDecode<T, 64, KV>},                                       \
-  {DT, KVE, 96, NAME, attn::LaunchDecode<T, 96, KV>},                                       \
-  {DT, KVE, 128, NAME, attn::LaunchDecode<T, 128, KV>},                                     \
-  {DT, KVE, 256, NAME, attn::LaunchDecode<T, 256, KV>}
+  JBS_DECODE_ROW(DT, T, KVE, KV, 64, NAME), JBS_DECODE_ROW(DT, T, KVE, KV, 96, NAME),       \
+  JBS_DECODE_ROW(DT, T, KVE, KV, 128, NAME), JBS_DECODE_ROW(DT, T, KVE, KV, 256, NAME)
 #define JBS_DECODE_DTYPE(DT, T)                                                             \
   JBS_DECODE_ROWS(DT, T, DecodeKv::kSame, T, "decode(split-kv, 16-key warp tiles)"),       \
   JBS_DECODE_ROWS(DT, T, DecodeKv::kE4M3, __nv_fp8_e4m3,                                    \
@@ -648,6 +674,7 @@ const AttentionDecodeKernel kAttentionDecodeKernels[] = {
 };
 #undef JBS_DECODE_DTYPE
 #undef JBS_DECODE_ROWS
+#undef JBS_DECODE_ROW
 }  // namespace
 
 bool DecodeSharedTiles(const AttentionDecodeParams& p) {

@@ -67,6 +67,10 @@ struct AttentionDecodeKernel {
   int32_t head_dim;
   const char* name;
   cudaError_t (*launch)(const AttentionDecodeParams& p, cudaStream_t stream);
+  // CTAs of its partial kernel resident at once on the current device (0: unknown), in
+  // the 64-row form or not (DecodeSharedTiles): jax_blocksparse/_cuda.py sizes the
+  // split count to one wave of them
+  int (*resident_ctas)(bool shared_tiles);
 };
 
 // Whether a call runs the form of 64-row CTAs whose warps share each 64-key stage (opt-in:

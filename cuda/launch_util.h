@@ -24,6 +24,19 @@ inline cudaError_t AllowDynamicSmem(std::atomic<uint64_t>& configured, const voi
   return err;
 }
 
+// The multiprocessors of the current device, asked once per device (0 when unknown).
+inline int MultiProcessors() {
+  static std::atomic<int> count[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  int n = count[dev & 63].load(std::memory_order_acquire);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
+    count[dev & 63].store(n, std::memory_order_release);
+  }
+  return n;
+}
+
 // Ask for the largest shared-memory carveout for `kernel` once per device (the driver's
 // default can leave room for fewer CTAs per SM than the kernel's shared memory allows).
 inline cudaError_t PreferSharedMemory(std::atomic<uint64_t>& configured, const void* kernel) {

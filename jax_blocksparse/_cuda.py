@@ -536,7 +536,10 @@ DECODE = {
     # fewer here, the crossover with the forward kernel measured by decode.py --sweep
     "max_queries": 64,
     "split_capacity": 1024,  # listed blocks one split holds (cuda: kDecodeSplitCapacity)
-    "target_ctas": 4 * 132,  # CTAs to aim for: four per SM of an H100 (best in a sweep)
+    # CTAs to aim for; None: one wave of the kernel's resident CTAs on the device
+    # (decode_resident_ctas: best in the H200 sweep of benchmarks/RESULTS.md, 2026-12-04)
+    "target_ctas": None,
+    "unknown_device_ctas": 4 * 132,  # the aim where that count is unknown
     "min_blocks_per_split": 8,  # splits of fewer blocks cost more than they overlap
     "max_splits": 128,
 }
@@ -575,16 +578,29 @@ def decode_rows_per_cta(per_cta: int, tq: int) -> int:
     return DECODE["rows_per_cta"]
 
 
-def decode_splits(batch: int, hq: int, hkv: int, mask_heads: int, tq: int, width: int) -> int:
-    """How many CTAs share one row's key blocks (split-KV): about one wave of CTAs, at
-    least `min_blocks_per_split` of the row's (at most `width`) blocks per split, and at most
-    `split_capacity` blocks per split. Measured on the H100: benchmarks/RESULTS.md."""
+@functools.lru_cache(maxsize=None)
+def decode_resident_ctas(dtype, kv_dtype, head_dim: int, shared_tiles: bool) -> int:
+    """CTAs of the decode kernel for q's `dtype` and the cache's `kv_dtype` resident at once
+    on the current CUDA device (its occupancy times its SMs); 0 when unknown."""
+    if _ext is None:
+        return 0
+    return _ext.decode_resident_ctas(jnp.dtype(dtype).name, jnp.dtype(kv_dtype).name,
+                                     head_dim, shared_tiles)
+
+
+def decode_splits(batch: int, hq: int, hkv: int, mask_heads: int, tq: int, width: int,
+                  resident: int = 0) -> int:
+    """How many CTAs share one row's key blocks (split-KV): as many as fit the CTAs in one
+    wave (`resident`, from decode_resident_ctas; a partial second wave cost the H200 up to
+    18% of the fp8 cache's rate: benchmarks/RESULTS.md), at least `min_blocks_per_split` of
+    the row's (at most `width`) blocks per split, and at most `split_capacity` blocks per
+    split."""
     group = hq // hkv
     per_cta = group if mask_heads == 1 else 1  # query heads of a CTA
     chunks = -(-per_cta * tq // decode_rows_per_cta(per_cta, tq))
     ctas = max(batch * hkv * (group // per_cta) * chunks, 1)
-    splits = min(DECODE["target_ctas"] // ctas, width // DECODE["min_blocks_per_split"],
-                 DECODE["max_splits"])
+    target = DECODE["target_ctas"] or resident or DECODE["unknown_device_ctas"]
+    splits = min(target // ctas, width // DECODE["min_blocks_per_split"], DECODE["max_splits"])
     return max(splits, -(-width // DECODE["split_capacity"]), 1)
 
 
@@ -604,7 +620,11 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
         return _decode_reference(ctx, *operands, **params)
     b, tq, hq, d = q_aval.shape
     _, mask_heads, _, width = ctx.avals_in[7].shape
-    splits = decode_splits(b, hq, k_aval.shape[2], mask_heads, tq, width)
+    hkv = k_aval.shape[2]
+    per_cta = hq // hkv if mask_heads == 1 else 1
+    shared = decode_rows_per_cta(per_cta, tq) == DECODE["shared_rows_per_cta"]
+    resident = decode_resident_ctas(q_aval.dtype, k_aval.dtype, d, shared)
+    splits = decode_splits(b, hq, hkv, mask_heads, tq, width, resident)
     f32 = np.dtype(np.float32)
     workspace = [q_aval.update(shape=(b, hq, tq, splits, d), dtype=f32, weak_type=False),
                  q_aval.update(shape=(b, hq, tq, splits), dtype=f32, weak_type=False)]

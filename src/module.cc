@@ -1,7 +1,11 @@
 // The nanobind module: hands the FFI handlers to Python as capsules, by target name.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+
+#include <string>
 
 #include "../cuda/attention.h"
+#include "../cuda/attention_decode.h"
 #include "ffi_attention.h"
 #include "ffi_common.h"  // DTypeName
 #include "ffi_lists.h"
@@ -50,6 +54,20 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
       rows.append(row);
     }
     return rows;
+  });
+  // CTAs of the decode kernel resident at once on the current device (0: no such kernel,
+  // or unknown): jax_blocksparse/_cuda.py (decode_splits) sizes the split count by it.
+  m.def("decode_resident_ctas", [](const std::string& dtype, const std::string& kv_dtype,
+                                   int head_dim, bool shared_tiles) {
+    using namespace jax_blocksparse;
+    const DecodeKv kv = kv_dtype == "float8_e4m3fn" ? DecodeKv::kE4M3
+                        : kv_dtype == "float8_e5m2" ? DecodeKv::kE5M2
+                                                    : DecodeKv::kSame;
+    for (DType dt : {DType::kBF16, DType::kF16})
+      if (dtype == DTypeName(dt))
+        if (const AttentionDecodeKernel* k = FindAttentionDecodeKernel(dt, kv, head_dim))
+          return k->resident_ctas(shared_tiles);
+    return 0;
   });
   m.attr("cuda_architectures") = JBS_CUDA_ARCHITECTURES;
 }

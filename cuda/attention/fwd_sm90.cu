@@ -798,19 +798,6 @@ bool DeviceOk() {
 
 bool Sm90ForwardAvailable() { return sm90::DeviceOk<__nv_bfloat16, 128>(); }
 
-// The multiprocessors of the current device, asked once per device.
-static int MultiProcessors() {
-  static std::atomic<int> count[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-  int n = count[dev & 63].load(std::memory_order_acquire);
-  if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
-    count[dev & 63].store(n, std::memory_order_release);
-  }
-  return n;
-}
-
 template <typename T, int D, int BS, bool PINGPONG, bool PERSISTENT>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90;
