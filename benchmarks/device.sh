@@ -47,7 +47,7 @@ sanitize() {
               "- attention --slice 2/3" "JAX_BLOCKSPARSE_NO_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 matmul"
-              "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1 matmul"
+              "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 matmul"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"

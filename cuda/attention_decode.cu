@@ -29,21 +29,24 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = kWarps * 32, kRows = 16, kKeys = kDecodeTileKeys;
 
-// Ring stages per warp: about 70 KB of K/V tiles per CTA at every head dim but 256 (three
-// CTAs per SM at D 128). An experiment build may set those of head dims 96 and 128:
+// Ring stages per warp, chosen on the H200 at D 128 (benchmarks/RESULTS.md, 2026-12-04):
+// 3 for q's dtype (96 KB of K/V tiles, two CTAs per SM: 84.5% of the copy rate, 82.8% at
+// 2 stages), 4 for an fp8 cache (two CTAs per SM: 7% faster than 3 stages at three; 4 and
+// 6, one CTA per SM, lost 27% at fp8). An experiment build may set those of head dims 96
+// and 128:
 // -DJBS_DECODE_STAGES_D128=N (and _FP8_D128 below) in CMAKE_CUDA_FLAGS, as
 // `decode_stages` in benchmarks/device.sh does.
 #ifndef JBS_DECODE_STAGES_D128
-#define JBS_DECODE_STAGES_D128 2
+#define JBS_DECODE_STAGES_D128 3
 #endif
 #ifndef JBS_DECODE_STAGES_FP8_D128
-#define JBS_DECODE_STAGES_FP8_D128 3
+#define JBS_DECODE_STAGES_FP8_D128 4
 #endif
 template <int D> constexpr int DecodeStages() {
   return D <= 64 ? 4 : (D <= 128 ? JBS_DECODE_STAGES_D128 : 2);
 }
-// An fp8 cache's rings: tiles of half the bytes, so more stages keep at least the bytes in
-// flight per warp of the 2-byte kernel (three CTAs per SM at D 128; benchmarks/decode.py).
+// An fp8 cache's rings: tiles of half the bytes, so more stages keep about the bytes in
+// flight per warp of the 2-byte kernel.
 template <int D> constexpr int DecodeStagesFp8() {
   return D <= 64 ? 8 : (D <= 128 ? JBS_DECODE_STAGES_FP8_D128 : 2);
 }

@@ -98,7 +98,7 @@ enum class MatmulPath {
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
              // unless JAX_BLOCKSPARSE_NO_WGMMA=1
   kMmaSyncRuns,  // SDD at bs 16/32, several blocks of one block row per CTA (mma.sync, sm_80+),
-                 // opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1
+                 // unless JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0
   kMmaSync,  // tensor cores (TF32 for float32), sm_80+: what runs when nothing above does
   kNone,     // an empty output on the tensor-core paths: nothing to launch
 };

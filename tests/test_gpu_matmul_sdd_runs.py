@@ -1,11 +1,11 @@
-"""The SDD-mode tile kernel in block-row runs (cuda/matmul/mma_sync.cuh SddRuns16/32, opt-in:
-JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1; issue 20): sdd at block sizes 16 and 32, up to 128 / bs
+"""The SDD-mode tile kernel in block-row runs (cuda/matmul/mma_sync.cuh SddRuns16/32, the default;
+JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 switches it off; issue 20): sdd at block sizes 16 and 32, up to 128 / bs
 output blocks of one block row per CTA. Against the float64 reference (values, relative
 error, bitwise equal over two runs: `check`), bf16 and f16, every transposition, aligned and
 unaligned rows, layouts whose chunks of entries cross block rows (the random sparse one:
 0-4 blocks a row, an empty row and column), a single block, all blocks, no blocks; each
 case in a fresh process whose launch log (JAX_BLOCKSPARSE_DEBUG=1) must name the kernel.
-Without the switch sdd runs the one-block kernel.
+With the switch at 0 sdd runs the one-block kernel.
 """
 
 import pytest
@@ -47,9 +47,11 @@ def test_runs_every_transposition_and_layout(variant, bs):
         assert all(map(is_runs, kernels_of(case, kernels))), (case, kernels)
 
 
-def test_default_runs_one_block_per_cta():
+def test_default_runs_block_rows_and_the_switch_turns_it_off():
     cases = [("sdd", (True, False), "bf16", bs, ALIGNED["sdd"], "sparse", False)
              for bs in (16, 32)]
-    for env in ({}, {"JAX_BLOCKSPARSE_MATMUL_SDD_RUNS": "0"}):
-        for case, kernels in launched(cases, runner=RUNNER, **env).items():
-            assert all(is_mma_sync(k) and not is_runs(k) for k in kernels), (case, kernels)
+    for case, kernels in launched(cases, runner=RUNNER).items():
+        assert all(map(is_runs, kernels)), (case, kernels)
+    for case, kernels in launched(cases, runner=RUNNER,
+                                  JAX_BLOCKSPARSE_MATMUL_SDD_RUNS="0").items():
+        assert all(is_mma_sync(k) and not is_runs(k) for k in kernels), (case, kernels)

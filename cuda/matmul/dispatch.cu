@@ -60,7 +60,7 @@ using tc::TcArgs;
 #define JBS_WGS_ROW(DT, T, BS, C, TA, TB)                                             \
   {DT, BS, MatmulPath::kWgmmaSmall, 0, TA, TB, "wgmma-small(128x64)",                 \
    wgs::Run<T, wgs::C, TA != 0, TB != 0>, wgs::SmallUsable<T>}
-// SDD at bs 16/32 in runs of one block row (opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1).
+// SDD at bs 16/32 in runs of one block row (unless JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0).
 #define JBS_SDD_RUNS_ROWS(DT, T, NAME)                                                     \
   {DT, 16, MatmulPath::kMmaSyncRuns, 1, -1, -1, NAME, tc::Run<T, tc::SddRuns16>, nullptr}, \
       {DT, 32, MatmulPath::kMmaSyncRuns, 1, -1, -1, NAME, tc::Run<T, tc::SddRuns32>, nullptr}

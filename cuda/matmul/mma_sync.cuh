@@ -19,7 +19,7 @@ using Ds128 = Config<128, 128, 128, 32, 2, 4, 4>;
 using Sdd16 = Config<16, 16, 16, 64, 1, 1, 3>;
 using Sdd32 = Config<32, 32, 32, 64, 2, 2, 3>;
 using Sdd64 = Config<64, 64, 64, 64, 4, 2, 3>;
-// SDD mode at bs 16/32, runs of one block row (opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=1;
+// SDD mode at bs 16/32, runs of one block row (default; JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 off;
 // issue 20): up to 128 / bs blocks per CTA, so the A panel (bs x K) is read once per run
 // instead of once per block. Operand bytes per useful FLOP (16-bit, K long): (1 + NB) /
 // (NB bs) against 2 / bs for one block per CTA: 0.070 at bs 16 (NB 8; was 0.125), 0.039 at
