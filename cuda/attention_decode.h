@@ -10,9 +10,10 @@
 // Hm 1 or Hq), j < kv_lengths[b] and, when causal, j <= q_positions[b] + i.
 // k and v are q's dtype, or an fp8 KV cache (float8_e4m3fn or float8_e5m2, both alike): key
 // j of kv head h is k[.., h, :] * k_scale[h], values likewise (float32 [Hkv] scales). The
-// kernel reads the fp8 bytes (16 per cp.async) and converts each 16-key tile to q's dtype
-// in shared memory (exact: every e4m3 and e5m2 value is a float16 and a bfloat16); the
-// scales are folded into the score scale (k) and the split's output (v).
+// kernel reads the fp8 bytes (16 per cp.async) and converts each lane's mma fragments from
+// them in registers to float16 (exact: every e4m3 and e5m2 value is a float16; q enters
+// float16 scaled by a power of two per row); the scales are folded into the score scale
+// (k) and the split's output (v).
 //
 // Work split (FlashDecoding): one CTA per (batch entry, kv head, head group, mask-row part,
 // row chunk, split). Its rows are the queries of one mask row times the query heads that
