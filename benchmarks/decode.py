@@ -209,7 +209,7 @@ def main():
          k, v, k[0], v[0])
 
     for kv_dtype in (dtype, jnp.float8_e4m3fn) if gpu else ():
-        resident = _cuda.decode_resident_ctas(dtype, kv_dtype, d, False)
+        resident = _cuda.decode_resident_ctas(dtype, kv_dtype, d, "warp_tiles")
         splits = _cuda.decode_splits(b, hq, hkv, 1, 1, -(-t // bs), resident)
         print(f"  k, v {jnp.dtype(kv_dtype).name}: {resident} CTAs resident at once, "
               f"{splits} splits")

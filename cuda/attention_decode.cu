@@ -4,11 +4,14 @@
 // rows of a CTA (query heads of one kv head) share every K/V tile it reads. Two forms
 // (SHARED): 16 rows per CTA whose four warps take the 16-key tiles in turn and combine
 // their partial results at the end (few rows: one query, a GQA group of up to 16); or, for
-// more rows (speculative queries times the group, opt-in: DecodeSharedTiles), 64 rows per
+// more rows (speculative queries times the group, opt-in: DecodeFormOf), 64 rows per
 // CTA, a warp's 16 each, the four warps sharing every 64-key stage (one 16-key tile from
 // each warp's ring), so that K and V are read once per 64 rows instead of per 16. An fp8 cache
 // (KV an fp8 type) is read as bytes into the rings, and each lane converts the bytes of its
 // own mma fragments from there (Fp8 below): the products run in float16 whatever q's dtype.
+// A third form, for at least 64 such rows per kv head (opt-in), runs them in GQA-packed
+// 128-row tiles on the Hopper forward's wgmma pipeline (attention/fwd_sm90.cu, PACKED),
+// writing the same split workspaces; the combine below serves every form.
 #include "attention_decode.h"
 
 #include <cuda_bf16.h>
@@ -19,6 +22,7 @@
 #include <climits>
 #include <type_traits>
 
+#include "attention/fwd_sm90.h"
 #include "attention_kernels.cuh"  // Ops, fragment loads, Exp2, quad reductions
 #include "launch_util.h"
 #include "switches.h"
@@ -621,10 +625,21 @@ int ResidentPartialCtas() {
   return per_sm * MultiProcessors();
 }
 
+// Whether the GQA-packed form has a kernel for (T, D, KV): k and v of q's dtype, head dim
+// 64 or 128 (attention/fwd_sm90.cu).
+template <typename T, int D, typename KV>
+constexpr bool kPackable = std::is_same<T, KV>::value && (D == 64 || D == 128);
+
 template <typename T, int D, typename KV = T>
-int ResidentCtas(bool shared_tiles) {
-  return shared_tiles ? ResidentPartialCtas<T, D, KV, true>()
-                      : ResidentPartialCtas<T, D, KV, false>();
+int ResidentCtas(DecodeForm form) {
+  switch (form) {
+    case DecodeForm::kWarpTiles: return ResidentPartialCtas<T, D, KV, false>();
+    case DecodeForm::kSharedTiles: return ResidentPartialCtas<T, D, KV, true>();
+    case DecodeForm::kPacked:
+      if constexpr (kPackable<T, D, KV>) return DecodePackedSm90ResidentCtas<T, D>();
+      return 0;
+  }
+  return 0;
 }
 
 template <typename T, int D, typename KV, bool SHARED>
@@ -646,8 +661,14 @@ cudaError_t LaunchPartial(const AttentionDecodeParams& p, cudaStream_t stream) {
 
 template <typename T, int D, typename KV = T>
 cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
-  cudaError_t err = DecodeSharedTiles(p) ? LaunchPartial<T, D, KV, true>(p, stream)
-                                         : LaunchPartial<T, D, KV, false>(p, stream);
+  cudaError_t err = cudaErrorInvalidValue;
+  switch (DecodeFormOf(p, std::is_same<T, KV>::value)) {
+    case DecodeForm::kWarpTiles: err = LaunchPartial<T, D, KV, false>(p, stream); break;
+    case DecodeForm::kSharedTiles: err = LaunchPartial<T, D, KV, true>(p, stream); break;
+    case DecodeForm::kPacked:  // GQA-packed rows on the Hopper forward's pipeline
+      if constexpr (kPackable<T, D, KV>) err = LaunchDecodePartialSm90<T, D>(p, stream);
+      break;
+  }
   if (err != cudaSuccess) return err;
   const int64_t rows = int64_t(p.batch) * p.hq * p.tq;
   DecodeCombineKernel<T, D><<<unsigned((rows + kCombineWarps - 1) / kCombineWarps),
@@ -680,9 +701,21 @@ const AttentionDecodeKernel kAttentionDecodeKernels[] = {
 #undef JBS_DECODE_ROW
 }  // namespace
 
-bool DecodeSharedTiles(const AttentionDecodeParams& p) {
+DecodeForm DecodeFormOf(const AttentionDecodeParams& p, bool same_kv) {
+  if (same_kv && attn::DecodePackedSm90Ok(p)) return DecodeForm::kPacked;
   const int per_cta = p.mask_heads == 1 && p.hkv > 0 ? p.hq / p.hkv : 1;
-  return GetSwitches().decode_shared_tiles && int64_t(per_cta) * p.tq > attn::kRows;
+  if (GetSwitches().decode_shared_tiles && int64_t(per_cta) * p.tq > attn::kRows)
+    return DecodeForm::kSharedTiles;
+  return DecodeForm::kWarpTiles;
+}
+
+const char* DecodeKernelName(const AttentionDecodeKernel& kernel, DecodeForm form) {
+  switch (form) {
+    case DecodeForm::kWarpTiles: return kernel.name;
+    case DecodeForm::kSharedTiles: return "decode(split-kv, 64-row CTAs, shared 64-key stages)";
+    case DecodeForm::kPacked: return "decode(split-kv, GQA-packed 128-row wgmma tiles)";
+  }
+  return kernel.name;
 }
 
 const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, DecodeKv kv, int head_dim) {

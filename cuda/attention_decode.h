@@ -42,6 +42,15 @@ constexpr int kDecodeSplitCapacity = 1024;  // listed blocks one split can hold
 // The element type of k and v: q's, or an fp8 cache.
 enum class DecodeKv { kSame, kE4M3, kE5M2 };
 
+// The partial kernel a decode call runs (DecodeFormOf): 16-row CTAs whose warps take
+// 16-key tiles in turn (the default); 64-row CTAs sharing each 64-key stage
+// (JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1); GQA-packed 128-row tiles on the Hopper forward's
+// wgmma pipeline (JAX_BLOCKSPARSE_DECODE_PACKED=1; attention/fwd_sm90.cu). Rows per CTA
+// 16, 64, 128; the names JAX_BLOCKSPARSE_DEBUG prints: kDecodeFormNames.
+enum class DecodeForm { kWarpTiles, kSharedTiles, kPacked };
+constexpr int kDecodeForms = 3;
+constexpr const char* kDecodeFormKeys[kDecodeForms] = {"warp_tiles", "shared_tiles", "packed"};
+
 struct AttentionDecodeParams {
   const void *q, *k, *v;
   const float *k_scale, *v_scale;                    // [Hkv]; nullptr: 1
@@ -68,17 +77,17 @@ struct AttentionDecodeKernel {
   int32_t head_dim;
   const char* name;
   cudaError_t (*launch)(const AttentionDecodeParams& p, cudaStream_t stream);
-  // CTAs of its partial kernel resident at once on the current device (0: unknown), in
-  // the 64-row form or not (DecodeSharedTiles): jax_blocksparse/_cuda.py sizes the
-  // split count to one wave of them
-  int (*resident_ctas)(bool shared_tiles);
+  // CTAs of its partial kernel in `form` resident at once on the current device (0:
+  // unknown, or no such form): jax_blocksparse/_cuda.py sizes the split count to one wave
+  int (*resident_ctas)(DecodeForm form);
 };
 
-// Whether a call runs the form of 64-row CTAs whose warps share each 64-key stage (opt-in:
-// JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1, for more than 16 rows per kv head; debug name
-// kDecodeSharedTilesName), else 16-row CTAs whose warps take 16-key tiles in turn.
-bool DecodeSharedTiles(const AttentionDecodeParams& p);
-constexpr const char* kDecodeSharedTilesName = "decode(split-kv, 64-row CTAs, shared 64-key stages)";
+// The form a call runs, k and v in q's dtype (`same_kv`) or not: packed where the switch,
+// the device and the call allow it (DecodePackedSm90Ok), else shared tiles for more than
+// 16 rows per kv head under its switch, else warp tiles.
+DecodeForm DecodeFormOf(const AttentionDecodeParams& p, bool same_kv);
+// The debug name of a call of `kernel` in `form` (the row's name for warp tiles).
+const char* DecodeKernelName(const AttentionDecodeKernel& kernel, DecodeForm form);
 
 // The table's row, or nullptr when there is none (the FFI handler reports it).
 const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, DecodeKv kv, int head_dim);

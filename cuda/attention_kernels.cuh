@@ -73,6 +73,12 @@ struct Args {
   // semaphores (attention/bwd_sm90_onepass.h), else null
   float* dq_accum;
   int32_t* dq_sem;
+  // GQA-packed decode (fwd_sm90.cu, PACKED): mask row base per batch entry ([B]), the
+  // splits' workspaces [B, Hq, Tq, splits, D] / [B, Hq, Tq, splits] (log2 lse), log2 of
+  // the group (rows (t, j): query t, head g * group + j), mask rows R
+  const int32_t* q_rows;
+  float *part_o, *part_lse;
+  int splits, group_lg, mask_rows;
 };
 
 // ---------------------------------------------------------------- PTX helpers

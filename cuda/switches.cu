@@ -32,6 +32,7 @@ Switches Read() {
       bwd_variant != nullptr && bwd_variant[0] >= '0' && bwd_variant[0] <= '4' ? bwd_variant[0] - '0'
                                                                                : -1;
   s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
+  s.decode_packed = Flag("JAX_BLOCKSPARSE_DECODE_PACKED");
   const char* runs = std::getenv("JAX_BLOCKSPARSE_MATMUL_SDD_RUNS");  // on unless "0"
   s.sdd_runs = runs == nullptr || std::strcmp(runs, "0") != 0;
   return s;

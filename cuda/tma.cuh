@@ -145,6 +145,18 @@ __device__ __forceinline__ void Store4d(const CUtensorMap* map, int c0, int c1, 
       : "memory");
 #endif
 }
+// 5-d boxes (the GQA-packed Q tile: dims D, group, Hkv, Tq, B)
+__device__ __forceinline__ void Load5d(uint32_t dst, const CUtensorMap* map, int c0, int c1,
+                                       int c2, int c3, int c4, uint32_t bar) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5, %6}], [%7];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(c4),
+      "r"(bar)
+      : "memory");
+#endif
+}
 __device__ __forceinline__ void StoreCommit() {
 #ifdef JBS_SM90_DEVICE
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");

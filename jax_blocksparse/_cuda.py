@@ -530,8 +530,10 @@ DECODE = {
     "fp8_kernel": True,  # whether the built kernel reads them (cuda/attention_decode.cu)
     "head_dims": (64, 96, 128, 256),
     "tile_keys": 16,  # block sizes and page sizes: multiples of this
-    "rows_per_cta": 16,  # (query, head) rows of a CTA (cuda: kRows); see decode_rows_per_cta
-    "shared_rows_per_cta": 64,  # those of the 64-row form (JAX_BLOCKSPARSE_DECODE_SHARED_TILES)
+    # (query, head) rows of a CTA in each form of the partial kernel (decode_form; cuda:
+    # DecodeForm): 16-row CTAs (kRows), the 64-row form (JAX_BLOCKSPARSE_DECODE_SHARED_TILES),
+    # GQA-packed 128-row wgmma tiles (JAX_BLOCKSPARSE_DECODE_PACKED)
+    "form_rows": {"warp_tiles": 16, "shared_tiles": 64, "packed": 128},
     # queries per sequence (cuda: kDecodeMaxQueries); `attention.DECODE_MAX_QUERIES` routes
     # fewer here, the crossover with the forward kernel measured by decode.py --sweep
     "max_queries": 64,
@@ -568,36 +570,45 @@ def decode_unsupported(dtype, head_dim: int, block_size: int,
     return None
 
 
-def decode_rows_per_cta(per_cta: int, tq: int) -> int:
-    """(query, head) rows of one decode CTA for `per_cta` query heads sharing its K/V and
-    `tq` queries: 64 in the shared-stage form (JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 and
-    more than 16 rows), else 16; cuda/attention_decode.cu (DecodeSharedTiles) decides the
-    same way."""
-    if SWITCHES.decode_shared_tiles and per_cta * tq > DECODE["rows_per_cta"]:
-        return DECODE["shared_rows_per_cta"]
-    return DECODE["rows_per_cta"]
+def decode_form(dtype, kv_dtype, *, batch: int, tq: int, tk: int, hq: int, hkv: int,
+                head_dim: int, block_size: int, mask_heads: int, width: int,
+                paged: bool) -> str:
+    """The form of the decode kernel a call of this shape runs on the current CUDA device
+    (a key of DECODE["form_rows"]), as cuda/attention_decode.cu (DecodeFormOf) decides it:
+    "packed" under JAX_BLOCKSPARSE_DECODE_PACKED=1 where the GQA-packed Hopper kernel
+    takes the call, "shared_tiles" under JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 for more
+    than 16 (query, head) rows per kv head, else "warp_tiles". Without the extension: the
+    latter two by the same rule. `dtype`: q's; `kv_dtype`: k's and v's."""
+    per_cta = hq // hkv if mask_heads == 1 else 1
+    if _ext is None or not any(dtype == d for d in DECODE["dtypes"]):
+        shared = SWITCHES.decode_shared_tiles and per_cta * tq > DECODE["form_rows"]["warp_tiles"]
+        return "shared_tiles" if shared else "warp_tiles"
+    splits = max(-(-width // DECODE["split_capacity"]), 1)  # the least a call has
+    return _ext.decode_form(batch, tq, tk, hq, hkv, head_dim, block_size, mask_heads, width,
+                            paged, jnp.dtype(kv_dtype) == jnp.dtype(dtype), splits)
 
 
 @functools.lru_cache(maxsize=None)
-def decode_resident_ctas(dtype, kv_dtype, head_dim: int, shared_tiles: bool) -> int:
-    """CTAs of the decode kernel for q's `dtype` and the cache's `kv_dtype` resident at once
-    on the current CUDA device (its occupancy times its SMs); 0 when unknown."""
+def decode_resident_ctas(dtype, kv_dtype, head_dim: int, form: str) -> int:
+    """CTAs of the decode kernel in `form` (decode_form) for q's `dtype` and the cache's
+    `kv_dtype` resident at once on the current CUDA device (its occupancy times its SMs);
+    0 when unknown."""
     if _ext is None:
         return 0
     return _ext.decode_resident_ctas(jnp.dtype(dtype).name, jnp.dtype(kv_dtype).name,
-                                     head_dim, shared_tiles)
+                                     head_dim, form)
 
 
 def decode_splits(batch: int, hq: int, hkv: int, mask_heads: int, tq: int, width: int,
-                  resident: int = 0) -> int:
-    """How many CTAs share one row's key blocks (split-KV): as many as fit the CTAs in one
-    wave (`resident`, from decode_resident_ctas; a partial second wave cost the H200 up to
-    18% of the fp8 cache's rate: benchmarks/RESULTS.md), at least `min_blocks_per_split` of
-    the row's (at most `width`) blocks per split, and at most `split_capacity` blocks per
-    split."""
+                  resident: int = 0, form: str = "warp_tiles") -> int:
+    """How many CTAs share one row's key blocks (split-KV) in the kernel's `form`
+    (decode_form): as many as fit the CTAs in one wave (`resident`, from
+    decode_resident_ctas; a partial second wave cost the H200 up to 18% of the fp8 cache's
+    rate: benchmarks/RESULTS.md), at least `min_blocks_per_split` of the row's (at most
+    `width`) blocks per split, and at most `split_capacity` blocks per split."""
     group = hq // hkv
     per_cta = group if mask_heads == 1 else 1  # query heads of a CTA
-    chunks = -(-per_cta * tq // decode_rows_per_cta(per_cta, tq))
+    chunks = -(-per_cta * tq // DECODE["form_rows"][form])
     ctas = max(batch * hkv * (group // per_cta) * chunks, 1)
     target = DECODE["target_ctas"] or resident or DECODE["unknown_device_ctas"]
     splits = min(target // ctas, width // DECODE["min_blocks_per_split"], DECODE["max_splits"])
@@ -621,10 +632,12 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
     b, tq, hq, d = q_aval.shape
     _, mask_heads, _, width = ctx.avals_in[7].shape
     hkv = k_aval.shape[2]
-    per_cta = hq // hkv if mask_heads == 1 else 1
-    shared = decode_rows_per_cta(per_cta, tq) == DECODE["shared_rows_per_cta"]
-    resident = decode_resident_ctas(q_aval.dtype, k_aval.dtype, d, shared)
-    splits = decode_splits(b, hq, hkv, mask_heads, tq, width, resident)
+    tk = k_aval.shape[1] * (ctx.avals_in[8].shape[1] if paged else 1)
+    form = decode_form(q_aval.dtype, k_aval.dtype, batch=b, tq=tq, tk=tk, hq=hq, hkv=hkv,
+                       head_dim=d, block_size=block_size, mask_heads=mask_heads, width=width,
+                       paged=paged)
+    resident = decode_resident_ctas(q_aval.dtype, k_aval.dtype, d, form)
+    splits = decode_splits(b, hq, hkv, mask_heads, tq, width, resident, form)
     f32 = np.dtype(np.float32)
     workspace = [q_aval.update(shape=(b, hq, tq, splits, d), dtype=f32, weak_type=False),
                  q_aval.update(shape=(b, hq, tq, splits), dtype=f32, weak_type=False)]

@@ -401,7 +401,7 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
                                            " splits=" + std::to_string(p.splits)
                                      : "");
   const cudaError_t err = kernel->launch(p, stream);
-  log.Done(DecodeSharedTiles(p) ? kDecodeSharedTilesName : kernel->name);
+  log.Done(DecodeKernelName(*kernel, DecodeFormOf(p, kv == DecodeKv::kSame)));
   return CheckLaunch(err, "attention decode");
 }
 

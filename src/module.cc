@@ -55,10 +55,11 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
     }
     return rows;
   });
-  // CTAs of the decode kernel resident at once on the current device (0: no such kernel,
-  // or unknown): jax_blocksparse/_cuda.py (decode_splits) sizes the split count by it.
+  // CTAs of the decode kernel in a form (kDecodeFormKeys) resident at once on the current
+  // device (0: no such kernel, or unknown): jax_blocksparse/_cuda.py (decode_splits) sizes
+  // the split count by it.
   m.def("decode_resident_ctas", [](const std::string& dtype, const std::string& kv_dtype,
-                                   int head_dim, bool shared_tiles) {
+                                   int head_dim, const std::string& form) {
     using namespace jax_blocksparse;
     const DecodeKv kv = kv_dtype == "float8_e4m3fn" ? DecodeKv::kE4M3
                         : kv_dtype == "float8_e5m2" ? DecodeKv::kE5M2
@@ -66,8 +67,30 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
     for (DType dt : {DType::kBF16, DType::kF16})
       if (dtype == DTypeName(dt))
         if (const AttentionDecodeKernel* k = FindAttentionDecodeKernel(dt, kv, head_dim))
-          return k->resident_ctas(shared_tiles);
+          for (int f = 0; f < kDecodeForms; ++f)
+            if (form == kDecodeFormKeys[f]) return k->resident_ctas(DecodeForm(f));
     return 0;
+  });
+  // The partial kernel's form (kDecodeFormKeys) of a decode call of this shape on the
+  // current device (DecodeFormOf): jax_blocksparse/_cuda.py routes and sizes by it.
+  m.def("decode_form", [](int batch, int tq, int tk, int hq, int hkv, int head_dim,
+                          int block_size, int mask_heads, int width, bool paged, bool same_kv,
+                          int splits) {
+    using namespace jax_blocksparse;
+    AttentionDecodeParams p{};
+    p.batch = batch;
+    p.tq = tq;
+    p.tk = tk;
+    p.hq = hq;
+    p.hkv = hkv;
+    p.head_dim = head_dim;
+    p.block_size = block_size;
+    p.mask_heads = mask_heads;
+    p.width = width;
+    p.splits = splits;
+    static const int32_t kPageTable = 0;  // only its presence matters
+    p.page_table = paged ? &kPageTable : nullptr;
+    return std::string(kDecodeFormKeys[int(DecodeFormOf(p, same_kv))]);
   });
   m.attr("cuda_architectures") = JBS_CUDA_ARCHITECTURES;
 }

@@ -120,6 +120,56 @@ def test_shared_stage_form():
         assert names and all("64-row CTAs" in n for n in names), (i, names, stderr[-3000:])
 
 
+# At least 64 (query, head) rows per kv head, a GQA group of a power of two, block sizes
+# multiples of 128, a mask shared by the heads, a contiguous cache in q's dtype: the
+# GQA-packed form (128-row tiles on the Hopper forward's wgmma pipeline) under
+# JAX_BLOCKSPARSE_DECODE_PACKED=1 (issue 22). 128 rows (group 8 x 16 queries, group 4 x 32),
+# 64 rows (half a tile), 96 rows (12 queries of group 8: a partial last query group), a
+# block of 256 (two key tiles an entry), per-batch masks, a window, head dims 64 and 128,
+# float16; 16 and 32 queries reach the decode primitive through the routing itself
+# (attention._packed_decode_queries), not a raised DECODE_MAX_QUERIES.
+PACKED_CASES = [(jnp.bfloat16, 128, 128, 16, 16, 2, "dense", False),
+                (jnp.float16, 64, 128, 32, 8, 2, "local", False),
+                (jnp.bfloat16, 128, 256, 8, 8, 1, "per_batch", False),
+                (jnp.bfloat16, 64, 128, 12, 16, 2, "dense", False)]
+
+
+def run_packed_cases():
+    """PACKED_CASES on the GPU, in a process started with the switch (`run_python`)."""
+    from reference import mark_case
+    jbs._cuda.DECODE["min_blocks_per_split"] = 1
+    for i, case in enumerate(PACKED_CASES):
+        mark_case(str(i))
+        check_case("gpu", case)
+
+
+@pytest.mark.gpu
+def test_gqa_packed_form():
+    """JAX_BLOCKSPARSE_DECODE_PACKED=1 on an sm_90a build and device: every case runs the
+    packed form (and only it) and passes test_decode_matches_the_dense_reference's
+    checks (values against the float64 reference; gradients through the forward's path)."""
+    from reference import kernels_by_case, run_python
+    if not jbs._cuda._sm90a_device():
+        pytest.skip("the packed form needs an sm_90a build on an sm_90 device")
+    stderr = run_python("import test_decode as t; t.run_packed_cases()",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_DECODE_PACKED="1").stderr
+    logs = kernels_by_case(stderr)
+    for i in range(len(PACKED_CASES)):
+        names = [kernel for op, kernel in logs.get(str(i), []) if op == "attention_decode"]
+        assert names and all("GQA-packed" in n for n in names), (i, names, stderr[-3000:])
+
+
+def test_packed_form_is_opt_in():
+    """Without the switch no call takes the packed form (the routing and the split count
+    stay those of the 16-row form)."""
+    form = jbs._cuda.decode_form(jnp.bfloat16, jnp.bfloat16, batch=2, tq=16, tk=4096, hq=16,
+                                 hkv=2, head_dim=128, block_size=128, mask_heads=1, width=32,
+                                 paged=False)
+    assert form == "warp_tiles"
+    assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 132, "packed") == 2  # 64 CTAs a split
+    assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 264, "warp_tiles") == 1  # 512
+
+
 def check_case(platform, case):
     """test_decode_matches_the_dense_reference's checks of one case."""
     dtype, d, bs, tq, hq, hkv, kind, paged = case

@@ -137,7 +137,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
+#include "../attention_decode.h"
 #include "../attention_kernels.cuh"
 #include "../launch_util.h"
 #include "../switches.h"
@@ -236,6 +238,93 @@ __device__ __forceinline__ WorkItem DecodeItem(const Args& a, int pos, int bh) {
   return w;
 }
 
+// ---- GQA-packed decode (PACKED): CTA x = b * Hkv + g, y = split + splits (chunk + chunks
+// part) (attention_decode.cu's order); tile row r = (t - t0) * G + j: query t, head g G + j
+struct PackedWork {
+  int b, g, split, row, t0, nq, limit;
+};
+__device__ __forceinline__ int FloorDivP(int x, int y) {
+  return x >= 0 ? x / y : -((-x + y - 1) / y);
+}
+template <int BM>
+__device__ __forceinline__ PackedWork DecodePacked(const Args& a) {
+  PackedWork w;
+  w.b = int(blockIdx.x) / a.hkv;
+  w.g = int(blockIdx.x) % a.hkv;
+  const int qpt = BM >> a.group_lg;  // queries per tile
+  const int chunks = (a.tq + qpt - 1) / qpt;
+  w.split = int(blockIdx.y) % a.splits;
+  const int chunk = (int(blockIdx.y) / a.splits) % chunks;
+  const int part = int(blockIdx.y) / (a.splits * chunks);
+  const int row_pos = __ldg(a.q_rows + w.b);
+  w.row = FloorDivP(row_pos, a.bs) + part;
+  const int i0 = max(part == 0 ? 0 : w.row * a.bs - row_pos, 0);
+  const int i1 = min((w.row + 1) * a.bs - row_pos, a.tq);
+  w.t0 = i0 + chunk * qpt;
+  w.nq = min(i1 - w.t0, qpt);
+  const int kvlen = KvLength(a, w.b);
+  w.limit = max(a.causal ? min(kvlen, QueryOffset(a, w.b) + w.t0 + w.nq) : kvlen, 0);
+  return w;
+}
+constexpr int kPackedCap = kDecodeSplitCapacity;  // listed blocks one split holds
+// The split's share of the mask row's blocks that start before w.limit (ranks [lo, hi) in
+// list order), their first keys compacted into starts[]; all NT threads; returns hi - lo.
+template <int NT>
+__device__ int PackedStarts(const Args& a, const PackedWork& w, int* starts, int* wcount) {
+  const Lists& L = a.by_query;  // counts [Bm, 1, R], lists [Bm, 1, R, W]
+  int n = 0;
+  const int32_t* list = L.lists;
+  if (w.row >= 0 && w.row < a.mask_rows) {
+    const int64_t line = int64_t(a.mb == 1 ? 0 : w.b) * a.mask_rows + w.row;
+    n = __ldg(L.counts + line);
+    list += line * L.max_len;
+  }
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  int valid = 0;
+  for (int e0 = 0; e0 < n; e0 += NT) {
+    const int e = e0 + tid;
+    valid += __syncthreads_count(e < n && __ldg(list + e) * a.bs < w.limit);
+  }
+  const int lo = int(int64_t(valid) * w.split / a.splits);
+  const int hi = int(int64_t(valid) * (w.split + 1) / a.splits);
+  for (int e0 = 0, base = 0; e0 < n && base < hi; e0 += NT) {
+    const int e = e0 + tid;
+    const int start = e < n ? __ldg(list + e) * a.bs : INT32_MAX;
+    const bool ok = e < n && start < w.limit;
+    const unsigned ballot = __ballot_sync(0xffffffffu, ok);
+    if (lane == 0) wcount[warp] = __popc(ballot);
+    __syncthreads();
+    int rank = base + __popc(ballot & ((1u << lane) - 1u)), total = 0;
+    for (int x = 0; x < NT / 32; ++x) {
+      rank += x < warp ? wcount[x] : 0;
+      total += wcount[x];
+    }
+    if (ok && rank >= lo && rank < hi) starts[rank - lo] = start;
+    __syncthreads();
+    base += total;
+  }
+  __syncthreads();
+  return hi - lo;
+}
+// KeyTiles' interface over the compacted starts: tile e is sub-tile e % sub of entry e / sub
+template <int kBN>
+struct RangeTiles {
+  const int* starts;
+  const int32_t* list;       // unused (the fine masks' code reads it: compiled, never run)
+  int n, npart, sub, e;
+  __device__ __forceinline__ int Start() const { return starts[e / sub] + (e % sub) * kBN; }
+  __device__ __forceinline__ void Next() { ++e; }
+  __device__ __forceinline__ bool Done() const { return e >= n; }
+  __device__ __forceinline__ void Begin(const int* s, int entries, int bs, const int32_t* l) {
+    starts = s;
+    list = l;
+    sub = bs / kBN;
+    n = entries * sub;
+    npart = 0;
+    e = 0;
+  }
+};
+
 // PERSISTENT = false: one CTA per work item (grid x = bh, y = pos). PERSISTENT = true: a
 // grid of at most (SMs x CTAs per SM) CTAs, CTA c runs items c, c + gridDim.x, ... (static
 // striding: longest first, no workspace, a fixed assignment). The producer runs ahead into
@@ -247,13 +336,15 @@ __device__ __forceinline__ WorkItem DecodeItem(const Args& a, int pos, int bh) {
 // arrival per consumer warpgroup) once the store has read it: at QBUFS = 2 deferred to
 // the next item's first QK^T (the store overlaps the next item's start), at QBUFS = 1 at
 // once.
-template <typename T, int D, int BS, int STAGES, bool PINGPONG, bool PERSISTENT, int QBUFS>
+template <typename T, int D, int BS, int STAGES, bool PINGPONG, bool PERSISTENT, int QBUFS,
+          bool PACKED = false>
 __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks)
     FwdKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
               const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
               const __grid_constant__ CUtensorMap tm_o) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(PERSISTENT || QBUFS == 1, "a second Q buffer serves the next work item");
+  static_assert(!PACKED || (!PERSISTENT && BS == 128), "packed: one item per CTA, 128 rows");
   using S = Smem<D, STAGES, BS, QBUFS>;
   using G = Geom<BS, D>;
   constexpr int kBM = G::kBM, kBN = S::kBN, kConsumers = G::kConsumers;
@@ -285,7 +376,10 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
     return PERSISTENT ? int(blockIdx.x) + k * int(gridDim.x) < a.batch * a.hq * L.lines : k < 1;
   };
   auto item = [&](int k) {
-    if constexpr (PERSISTENT) {
+    if constexpr (PACKED) {
+      const PackedWork pw = DecodePacked<kBM>(a);
+      return WorkItem{pw.b, pw.g, 0, pw.t0};
+    } else if constexpr (PERSISTENT) {
       const int bhs = a.batch * a.hq;
       const int i = int(blockIdx.x) + k * int(gridDim.x), pos = i / bhs;
       return DecodeItem<kBM>(a, pos, i - pos * bhs);
@@ -313,6 +407,15 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
     tma::FenceMbarInit();
   }
   __syncthreads();
+  // PACKED: the split's key blocks into shared memory (after the mbarriers), all threads
+  int* const p_starts = reinterpret_cast<int*>(smem + S::kBars + 8 * S::kNumBars);
+  int packed_n = 0;
+  if constexpr (PACKED) {
+    const PackedWork pw = DecodePacked<kBM>(a);
+    if (pw.nq <= 0) return;  // uniform: this (part, chunk) has no query
+    packed_n = PackedStarts<G::kThreads>(a, pw, p_starts, p_starts + kPackedCap);
+  }
+  using Tiles = typename std::conditional<PACKED, RangeTiles<kBN>, KeyTiles<BS, kBN>>::type;
 
   if (wgi == 0) {
     // ------------------------------------------------------------- producer
@@ -327,10 +430,13 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       int it = 0;  // K/V tiles loaded, all items: ring stage it % STAGES, phase it / STAGES
       for (int k = 0; has_item(k); ++k) {
         const WorkItem w = item(k);
-        const int hk = w.h / a.group;
-        KeyTiles<BS, kBN> tiles;
-        tiles.Begin(L, w.line, KvLength(a, w.b), w.q0 + kBM - 1 + QueryOffset(a, w.b),
-                    a.causal);
+        const int hk = PACKED ? w.h : w.h / a.group;
+        Tiles tiles;
+        if constexpr (PACKED)
+          tiles.Begin(p_starts, packed_n, a.bs, L.lists);
+        else
+          tiles.Begin(L, w.line, KvLength(a, w.b), w.q0 + kBM - 1 + QueryOffset(a, w.b),
+                      a.causal);
         // 4-d maps [B, T, H, D]: rows past T (a partial last tile) are zero filled here and
         // dropped by the output's store; a box's full bytes count, the zero-filled part too
         // (rows past T, columns past D = 96)
@@ -339,9 +445,14 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
           if constexpr (PERSISTENT) tma::MbarWait(empty_q(qb), q_phase(k) ^ 1u);
           tma::MbarArriveExpectTx(full_q(qb), kQTile);
 #pragma unroll
-          for (int sl = 0; sl < kSlabs; ++sl)
-            tma::Load4d(base + uint32_t(qb * kQTile + sl * kQSlab), &tm_q, sl * 64, w.h, w.q0,
-                        w.b, full_q(qb));
+          for (int sl = 0; sl < kSlabs; ++sl) {
+            if constexpr (PACKED)  // rows (t, j): G heads x kBM / G queries
+              tma::Load5d(base + uint32_t(qb * kQTile + sl * kQSlab), &tm_q, sl * 64, 0, w.h,
+                          w.q0, w.b, full_q(qb));
+            else
+              tma::Load4d(base + uint32_t(qb * kQTile + sl * kQSlab), &tm_q, sl * 64, w.h, w.q0,
+                          w.b, full_q(qb));
+          }
         };
         if constexpr (kQLead == 0) load_q();
         int j = 0;  // this item's tiles
@@ -390,17 +501,23 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       const WorkItem w = item(k);
       const int b = w.b, h = w.h, q0 = w.q0;
       const int off = QueryOffset(a, b);  // causal position of query row 0
-      const int kvlen = KvLength(a, b);
+      // PACKED: keys at or past the tile's limit (kv_lengths, the last query's causal
+      // position) are masked for every row, their V rows zeroed
+      const int kvlen = PACKED ? DecodePacked<kBM>(a).limit : KvLength(a, b);
       const int qb = q_buf(k);
       const uint32_t sQ = base + uint32_t(qb * kQTile);
-      KeyTiles<BS, kBN> cur;  // the tile in work
-      cur.Begin(L, w.line, kvlen, q0 + kBM - 1 + off, a.causal);
+      Tiles cur;  // the tile in work
+      if constexpr (PACKED)
+        cur.Begin(p_starts, packed_n, a.bs, L.lists);
+      else
+        cur.Begin(L, w.line, kvlen, q0 + kBM - 1 + off, a.causal);
       // A mask of block size 16 / 32 on these tiles (a.mask_bits): the word of the mask
       // blocks that partial entry visits joins the element predicate; every other entry
       // has ~0 (without one, a.mask_lg = log2(BS): one block per entry). Tile e is of entry
       // e / kSub. Read where used, not kept in registers (168 at 384 threads): bits
       // [32 half, 32 half + 32).
-      constexpr bool kFine = BS == 128;  // the launcher takes mask bits at block 128 only
+      // the launchers take mask bits at block 128 only, and not for packed rows
+      constexpr bool kFine = BS == 128 && !PACKED;
       constexpr int kSub = S::kSub;
       auto mask_half = [&](int e, int half) -> uint32_t {
         return kFine && a.mask_bits != nullptr && e < cur.npart
@@ -509,7 +626,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
                                           : rl);
           // segment ids (none: every id 0), loaded here (L1 hits after the first partial
           // tile) rather than kept in registers across the loop (168 at 384 threads)
-          const bool segs = a.kv_ids != nullptr;
+          const bool segs = !PACKED && a.kv_ids != nullptr;
           int qid0 = 0, qid1 = 0;
           if (segs) {
             // ids padded to whole tiles: rows past Tq are not stored, keys past Tk are past
@@ -540,7 +657,10 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
             }
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              const int kj = j0 + 8 * j + (e & 1), qi = i0 + (e >> 1) * 8;
+              // PACKED: tile row rl (+ 8) is query q0 + (row >> lg) (i0 - q0 = rl)
+              const int kj = j0 + 8 * j + (e & 1);
+              const int qi = PACKED ? q0 + ((i0 - q0 + (e >> 1) * 8) >> a.group_lg)
+                                    : i0 + (e >> 1) * 8;
               if (!Allowed(qi, kj, kvlen, causal_part, off, (e >> 1) ? qid1 : qid0,
                            (e & 1) ? kid1 : kid0))
                 s[4 * j + e] = -INFINITY;
@@ -610,6 +730,12 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         }
       };
 
+      // whether tile `start` needs the element masks: a partial entry, the cut tile, or
+      // (PACKED: no partial flags) a key past the first query's causal position
+      auto diag = [&](int start) {
+        return cur.e < cur.npart || start + kBN > kvlen ||
+               (PACKED && a.causal && start + kBN - 1 > off + q0);
+      };
       tma::MbarWait(full_q(qb), q_phase(k));  // also before the epilogue reuses the Q buffer
       if (cur.Done()) {
         release_prev_q();
@@ -631,8 +757,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
         tma::MbarArrive(empty_k(st0));
         float c0, c1;
-        softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
-                c0, c1);
+        softmax(start, diag(start), a.causal && (PACKED || cur.e < cur.npart), c0, c1);
         // Loop invariant at the top of iteration it: s holds P of tile it - 1 (float, not yet
         // multiplied by V), c0 / c1 its rescale factors; the PV of tile it - 2 may be in
         // flight (reading V stage vst). The wait for that PV comes first in the body: ptxas
@@ -677,8 +802,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
 #pragma unroll
           for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(s[i]);
           tma::MbarArrive(empty_k(st));
-          softmax(start, cur.e < cur.npart || start + kBN > kvlen, a.causal && cur.e < cur.npart,
-                  c0, c1);
+          softmax(start, diag(start), a.causal && (PACKED || cur.e < cur.npart), c0, c1);
           pst = st;
           pph = kFine ? ph | uint32_t(cur.e) << 1 : ph;
           pstart = start;
@@ -704,39 +828,61 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       l0 = QuadSum(l0);
       l1 = QuadSum(l1);
       const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j)
+      if constexpr (PACKED) {
+        // this split's normalized rows (float32) and log2 lse, in the layout of the decode
+        // combine (attention_decode.cu): part_o [B, Hq, Tq, S, D], part_lse [B, Hq, Tq, S]
+        const PackedWork pw = DecodePacked<kBM>(a);
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
-          const int row = erl + 8 * hh;
+          const int row = erl + 8 * hh, tl = row >> a.group_lg;
+          if (tl >= pw.nq) continue;  // past the part's queries (or Tq): not stored
+          const int hd = h * a.group + (row & (a.group - 1));
+          const int64_t prow =
+              ((int64_t(b) * a.hq + hd) * a.tq + q0 + tl) * a.splits + pw.split;
+          float* out = a.part_o + prow * D;
           const float inv = hh ? inv1 : inv0;
-          const int byte = (j / 8) * kQSlab + row * kLine + (((j % 8) ^ (row & 7)) << 4) + 4 * t;
-          *reinterpret_cast<uint32_t*>(smem + qb * kQTile + byte) =
-              Ops<T>::Pack(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
-        }
-      tma::FenceProxyAsync();
-      tma::NamedBarrier(kBarEpilogue + ecw, 128);
-      if ((ctid & 127) == 0) {
 #pragma unroll
-        for (int sl = 0; sl < kSlabs; ++sl)  // rows past Tq (columns past D = 96) are dropped
-          tma::Store4d(&tm_o, sl * 64, h, q0 + ecw * 64, b,
-                       sQ + uint32_t(sl * kQSlab + ecw * 64 * kLine));
-        tma::StoreCommit();
-      }
-      if (t == 0) {
-        float* gl = a.out_lse + (int64_t(b) * a.hq + h) * a.tq;
-        const float lse0 = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
-        const float lse1 = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
-        const int lim = a.tq - ei0;  // rows past Tq (a partial last tile) are not written
-        if (lim > 0) gl[ei0] = lse0;
-        if (lim > 8) gl[ei0 + 8] = lse1;
-      }
-      if ((ctid & 127) == 0) {
-        if constexpr (!PERSISTENT) {
-          tma::StoreWaitRead();  // smem stays until the store has read it
-        } else if constexpr (QBUFS == 1) {
-          tma::StoreWaitRead();  // the next item's Q waits for this
-          tma::MbarArrive(empty_q(qb));
+          for (int j = 0; j < D / 8; ++j)
+            *reinterpret_cast<float2*>(out + 8 * j + 2 * t) =
+                make_float2(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+          const float l = hh ? l1 : l0, m = hh ? m1 : m0;
+          if (t == 0) a.part_lse[prow] = l > 0.f ? m + __log2f(l) : -INFINITY;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int row = erl + 8 * hh;
+            const float inv = hh ? inv1 : inv0;
+            const int byte = (j / 8) * kQSlab + row * kLine + (((j % 8) ^ (row & 7)) << 4) + 4 * t;
+            *reinterpret_cast<uint32_t*>(smem + qb * kQTile + byte) =
+                Ops<T>::Pack(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+          }
+        tma::FenceProxyAsync();
+        tma::NamedBarrier(kBarEpilogue + ecw, 128);
+        if ((ctid & 127) == 0) {
+#pragma unroll
+          for (int sl = 0; sl < kSlabs; ++sl)  // rows past Tq (columns past D = 96) are dropped
+            tma::Store4d(&tm_o, sl * 64, h, q0 + ecw * 64, b,
+                         sQ + uint32_t(sl * kQSlab + ecw * 64 * kLine));
+          tma::StoreCommit();
+        }
+        if (t == 0) {
+          float* gl = a.out_lse + (int64_t(b) * a.hq + h) * a.tq;
+          const float lse0 = l0 > 0.f ? (m0 + __log2f(l0)) * kLn2 : -INFINITY;
+          const float lse1 = l1 > 0.f ? (m1 + __log2f(l1)) * kLn2 : -INFINITY;
+          const int lim = a.tq - ei0;  // rows past Tq (a partial last tile) are not written
+          if (lim > 0) gl[ei0] = lse0;
+          if (lim > 8) gl[ei0 + 8] = lse1;
+        }
+        if ((ctid & 127) == 0) {
+          if constexpr (!PERSISTENT) {
+            tma::StoreWaitRead();  // smem stays until the store has read it
+          } else if constexpr (QBUFS == 1) {
+            tma::StoreWaitRead();  // the next item's Q waits for this
+            tma::MbarArrive(empty_q(qb));
+          }
         }
       }
     }
@@ -883,6 +1029,130 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   kern<<<grid, G::kThreads, smem, stream>>>(a, tq, tk, tv, to);
   return cudaGetLastError();
 }
+
+bool DecodePackedSm90Ok(const AttentionDecodeParams& p) {
+  const int group = p.hkv > 0 ? p.hq / p.hkv : 0;
+  if (!GetSwitches().decode_packed || (p.head_dim != 64 && p.head_dim != 128) ||
+      p.mask_heads != 1 || p.page_table != nullptr || group <= 0 || group > 128 ||
+      (group & (group - 1)) != 0 || p.block_size % 128 != 0 || int64_t(group) * p.tq < 64 ||
+      p.tk <= 0 || p.splits < 1 || int64_t(p.width) > int64_t(p.splits) * sm90::kPackedCap)
+    return false;
+  const int64_t chunks = (int64_t(p.tq) * group + 127) / 128;
+  const int64_t parts = p.tq > 1 ? (p.tq - 2) / p.block_size + 2 : 1;
+  return int64_t(p.splits) * chunks * parts <= 65535 && Sm90ForwardAvailable();
+}
+
+namespace {
+// The packed partial kernel, its dynamic shared memory (the forward's, plus the split's
+// compacted key starts and a count per warp) set once per device.
+template <typename T, int D>
+struct PackedKernel {
+  static constexpr int kBS = 128;
+  using G = sm90::Geom<kBS, D>;
+  static constexpr int kStagesP = sm90::kStages<D, kBS>;
+  static constexpr int kSmem =
+      sm90::Smem<D, kStagesP, kBS, 1>::kBytes + 4 * (sm90::kPackedCap + G::kThreads / 32);
+  static_assert(kSmem <= 227 * 1024, "shared memory of one CTA");
+  static constexpr auto kKernel = sm90::FwdKernel<T, D, kBS, kStagesP, true, false, 1, true>;
+  static cudaError_t Configure() {
+    static std::atomic<uint64_t> configured{0};
+    return AllowDynamicSmem(configured, reinterpret_cast<const void*>(kKernel), kSmem);
+  }
+};
+}  // namespace
+
+template <typename T, int D>
+int DecodePackedSm90ResidentCtas() {
+  using K = PackedKernel<T, D>;
+  int per_sm = 0;
+  if (!Sm90ForwardAvailable() || K::Configure() != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, K::kKernel, K::G::kThreads,
+                                                    K::kSmem) != cudaSuccess)
+    return 0;
+  return per_sm * MultiProcessors();
+}
+
+// The GQA-packed split-KV partial kernel: rows (query t, head j of kv head g) of one mask
+// row, 128 per CTA; part_o / part_lse as the decode combine reads them.
+template <typename T, int D>
+cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t stream) {
+  using namespace sm90;
+  constexpr int BS = 128;
+  using G = Geom<BS, D>;
+  if (!DecodePackedSm90Ok(p) || p.head_dim != D) return cudaErrorInvalidValue;
+  const int group = p.hq / p.hkv;
+  int lg = 0;
+  while ((1 << lg) < group) ++lg;
+  Args a{};
+  a.q = p.q;
+  a.k = p.k;
+  a.v = p.v;
+  a.kv_lengths = p.kv_lengths;
+  a.batch = p.batch;
+  a.tq = p.tq;
+  a.tk = p.tk;
+  a.hq = p.hq;
+  a.hkv = p.hkv;
+  a.group = group;
+  a.bs = p.block_size;
+  a.hm = 1;
+  a.scale = p.scale;
+  a.scale_log2 = p.scale * kLog2e;
+  a.cap_log2 = p.softcap > 0.f ? p.softcap * kLog2e : 0.f;
+  a.scale_cap = p.softcap > 0.f ? p.scale / p.softcap : 0.f;
+  a.causal = p.causal;
+  a.mb = p.mask_batch;
+  a.q_pos = p.q_positions;
+  a.qp_batch = p.batch;
+  a.by_query.counts = p.counts;
+  a.by_query.lists = p.lists;
+  a.by_query.lines = p.rows;
+  a.by_query.max_len = p.width;
+  a.mask_lg = 7;
+  a.q_rows = p.q_rows;
+  a.part_o = p.part_o;
+  a.part_lse = p.part_lse;
+  a.splits = p.splits;
+  a.group_lg = lg;
+  a.mask_rows = p.rows;
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  const uint64_t e = sizeof(T);
+  CUtensorMap tq{}, tk{}, tv{};
+  // q [B, Tq, Hq, D] as [B, Tq, Hkv, G, D]: dims D, G, Hkv, Tq, B; box 64 columns x G heads
+  // x 1 kv head x 128 / G queries x 1 batch entry = 128 rows (t, j), query-major
+  const uint64_t qd5[5] = {uint64_t(D), uint64_t(group), uint64_t(p.hkv), uint64_t(p.tq),
+                           uint64_t(p.batch)};
+  const uint64_t qs5[4] = {D * e, uint64_t(group) * D * e, uint64_t(p.hq) * D * e,
+                           uint64_t(p.tq) * p.hq * D * e};
+  const uint32_t box_q[5] = {64, uint32_t(group), 1, uint32_t(BS / group), 1};
+  const uint64_t kd4[4] = {uint64_t(D), uint64_t(p.hkv), uint64_t(p.tk), uint64_t(p.batch)};
+  const uint64_t ks4[3] = {D * e, uint64_t(p.hkv) * D * e, uint64_t(p.tk) * p.hkv * D * e};
+  using K = PackedKernel<T, D>;
+  constexpr int kBN = Smem<D, K::kStagesP, BS>::kBN;
+  const uint32_t box_kv[4] = {64, 1, uint32_t(kBN), 1};
+  cudaError_t err = tma::EncodeTiled<5>(&tq, kBf16, p.q, qd5, qs5, box_q);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, p.k, kd4, ks4, box_kv);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, p.v, kd4, ks4, box_kv);
+  if (err != cudaSuccess) return err;
+  err = K::Configure();
+  if (err != cudaSuccess) return err;
+  const int chunks = (p.tq + (BS / group) - 1) / (BS / group);
+  const int parts = p.tq > 1 ? (p.tq - 2) / p.block_size + 2 : 1;
+  const int64_t y = int64_t(p.splits) * chunks * parts;
+  if (y > 65535) return cudaErrorInvalidValue;
+  K::kKernel<<<dim3(unsigned(p.batch * p.hkv), unsigned(y)), G::kThreads, K::kSmem, stream>>>(
+      a, tq, tk, tv, tq);
+  return cudaGetLastError();
+}
+#define JBS_DECODE_PACKED(T, D)                                                             \
+  template cudaError_t LaunchDecodePartialSm90<T, D>(const AttentionDecodeParams&,           \
+                                                     cudaStream_t);                          \
+  template int DecodePackedSm90ResidentCtas<T, D>();
+JBS_DECODE_PACKED(__nv_bfloat16, 64)
+JBS_DECODE_PACKED(__nv_bfloat16, 128)
+JBS_DECODE_PACKED(__half, 64)
+JBS_DECODE_PACKED(__half, 128)
+#undef JBS_DECODE_PACKED
 
 JBS_ATTENTION_SM90_LAUNCHERS(template, __nv_bfloat16)
 JBS_ATTENTION_SM90_LAUNCHERS(template, __half)

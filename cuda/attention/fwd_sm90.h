@@ -5,9 +5,19 @@
 #include <cuda_runtime_api.h>
 
 namespace jax_blocksparse {
+struct AttentionDecodeParams;
 namespace attn {
 
 struct Args;
+
+// GQA-packed decode (issue 22): whether the packed split-KV partial kernel takes p, and
+// its launcher (part_o / part_lse; the decode combine follows: attention_decode.cu)
+bool DecodePackedSm90Ok(const AttentionDecodeParams& p);
+template <typename T, int D>
+cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t stream);
+// its CTAs resident at once on the current device (0: unknown or no sm_90a)
+template <typename T, int D>
+int DecodePackedSm90ResidentCtas();
 
 // The forward of attention.h's semantics for block size BS (128: 128-row CTAs, two
 // consumer warpgroups; 64: 64-row CTAs, one consumer warpgroup, two CTAs per SM) and head
