@@ -94,10 +94,6 @@ struct TileCursor {
   }
 };
 
-__device__ __forceinline__ int FloorDiv(int x, int y) {
-  return x >= 0 ? x / y : -((-x + y - 1) / y);
-}
-
 template <typename KV> struct Fp8Kind;
 template <> struct Fp8Kind<__nv_fp8_e4m3> {
   static constexpr __nv_fp8_interpretation_t kValue = __NV_E4M3;

@@ -125,6 +125,11 @@ template <> struct Ops<__half> {
   }
 };
 
+// floor(x / y) for y > 0 (C++ division truncates toward zero)
+__device__ __forceinline__ int FloorDiv(int x, int y) {
+  return x >= 0 ? x / y : -((-x + y - 1) / y);
+}
+
 __device__ __forceinline__ float Exp2(float x) {  // 2^x, -inf -> 0
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));

@@ -229,7 +229,7 @@ inline EncodeTiledFn GetEncodeTiled() {
 }
 
 
-// An N-d tiled map of 16-bit elements (N = 3, 4; dims innermost first, strides in bytes of
+// An N-d tiled map of 16-bit elements (N = 3, 4, 5; dims innermost first, strides in bytes of
 // dims 1..N-1), box `box`, 128-byte swizzle (box[0] * 2 must be 128 bytes), zero fill.
 template <int N>
 inline cudaError_t EncodeTiled(CUtensorMap* map, bool bf16, const void* base,

@@ -243,9 +243,6 @@ __device__ __forceinline__ WorkItem DecodeItem(const Args& a, int pos, int bh) {
 struct PackedWork {
   int b, g, split, row, t0, nq, limit;
 };
-__device__ __forceinline__ int FloorDivP(int x, int y) {
-  return x >= 0 ? x / y : -((-x + y - 1) / y);
-}
 template <int BM>
 __device__ __forceinline__ PackedWork DecodePacked(const Args& a) {
   PackedWork w;
@@ -257,7 +254,7 @@ __device__ __forceinline__ PackedWork DecodePacked(const Args& a) {
   const int chunk = (int(blockIdx.y) / a.splits) % chunks;
   const int part = int(blockIdx.y) / (a.splits * chunks);
   const int row_pos = __ldg(a.q_rows + w.b);
-  w.row = FloorDivP(row_pos, a.bs) + part;
+  w.row = FloorDiv(row_pos, a.bs) + part;
   const int i0 = max(part == 0 ? 0 : w.row * a.bs - row_pos, 0);
   const int i1 = min((w.row + 1) * a.bs - row_pos, a.tq);
   w.t0 = i0 + chunk * qpt;
