@@ -77,6 +77,7 @@ struct Args {
   // splits' workspaces [B, Hq, Tq, splits, D] / [B, Hq, Tq, splits] (log2 lse), log2 of
   // the group (rows (t, j): query t, head g * group + j), mask rows R
   const int32_t* q_rows;
+  const float *k_scale, *v_scale;  // [Hkv] (null: 1): the decode primitive's cache scales
   float *part_o, *part_lse;
   int splits, group_lg, mask_rows;
 };

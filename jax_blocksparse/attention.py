@@ -418,9 +418,10 @@ def _packed_decode_queries(q, k, lists, paged, block_size, tk):
     if not _cuda.cuda_available():
         return 0
     b, tq, hq, d = q.shape
+    block_lists = lists[2]  # [Bm, Hm, R, W] (_context)
     form = _cuda.decode_form(q.dtype, k.dtype, batch=b, tq=tq, tk=tk, hq=hq, hkv=k.shape[2],
                              head_dim=d, block_size=block_size,
-                             mask_heads=lists.lists.shape[1], width=lists.lists.shape[-1],
+                             mask_heads=block_lists.shape[1], width=block_lists.shape[-1],
                              paged=paged)
     return _cuda.DECODE["max_queries"] if form == "packed" else 0
 

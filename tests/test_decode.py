@@ -137,12 +137,15 @@ PACKED_CASES = [(jnp.bfloat16, 128, 128, 16, 16, 2, "dense", False),
 
 
 def run_packed_cases():
-    """PACKED_CASES on the GPU, in a process started with the switch (`run_python`)."""
+    """PACKED_CASES on the GPU, in a process started with the switch (`run_python`): each
+    with a split per listed block (the combine over many splits) and with one split per
+    row (a CTA's loop over all of the row's key tiles)."""
     from reference import mark_case
-    jbs._cuda.DECODE["min_blocks_per_split"] = 1
     for i, case in enumerate(PACKED_CASES):
         mark_case(str(i))
-        check_case("gpu", case)
+        for min_blocks in (1, 1000):
+            jbs._cuda.DECODE["min_blocks_per_split"] = min_blocks
+            check_case("gpu", case)
 
 
 @pytest.mark.gpu
@@ -159,6 +162,34 @@ def test_gqa_packed_form():
     for i in range(len(PACKED_CASES)):
         names = [kernel for op, kernel in logs.get(str(i), []) if op == "attention_decode"]
         assert names and all("GQA-packed" in n for n in names), (i, names, stderr[-3000:])
+
+
+def test_packed_routing(monkeypatch):
+    """Where the packed form applies (`_cuda.decode_form` says "packed"), 13 to 64 queries
+    take the decode primitive, with the form asked about the call's own shape; elsewhere
+    they take the forward's."""
+    asked = []
+
+    def form(dtype, kv_dtype, **shape):
+        asked.append(shape)
+        return "packed"
+    monkeypatch.setattr(jbs._cuda, "cuda_available", lambda: True)
+    monkeypatch.setattr(jbs._cuda, "decode_form", form)
+    rng = np.random.default_rng(31)
+    b, tq, hq, hkv, d, bs, r = 2, 16, 8, 1, 64, 128, 3
+    tk = r * bs
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.bfloat16)
+    q, k, v = arr(b, tq, hq, d), arr(b, tk, hkv, d), arr(b, tk, hkv, d)
+    layout = jbs.Layout(np.tril(np.ones((r, r), bool)), bs)
+    lengths = jnp.asarray([tk, 200], jnp.int32)
+    jaxpr = lambda: str(jax.make_jaxpr(  # a new function: a new trace
+        lambda q: jbs.attention(q, k, v, layout, causal=True, q_offset=lengths - tq,
+                                kv_lengths=lengths))(q))
+    assert "blocksparse_attention_decode" in jaxpr()
+    assert asked[-1] == dict(batch=b, tq=tq, tk=tk, hq=hq, hkv=hkv, head_dim=d, block_size=bs,
+                             mask_heads=1, width=r, paged=False)
+    monkeypatch.setattr(jbs._cuda, "decode_form", lambda *a, **s: "warp_tiles")
+    assert "blocksparse_attention_decode" not in jaxpr()
 
 
 def test_packed_form_is_opt_in():

@@ -303,22 +303,33 @@ __device__ int PackedStarts(const Args& a, const PackedWork& w, int* starts, int
   __syncthreads();
   return hi - lo;
 }
-// KeyTiles' interface over the compacted starts: tile e is sub-tile e % sub of entry e / sub
+// KeyTiles' interface over the compacted starts: tile e is sub-tile e % sub of entry e / sub,
+// those starting at or past `limit` skipped (as KeyTiles skips them: the entry holding the
+// limit, listed first when partial, may have kBN-key tiles wholly past it)
 template <int kBN>
 struct RangeTiles {
   const int* starts;
   const int32_t* list;       // unused (the fine masks' code reads it: compiled, never run)
-  int n, npart, sub, e;
+  int n, npart, sub, e, limit;
   __device__ __forceinline__ int Start() const { return starts[e / sub] + (e % sub) * kBN; }
-  __device__ __forceinline__ void Next() { ++e; }
+  __device__ __forceinline__ void Skip() {
+    while (e < n && Start() >= limit) ++e;
+  }
+  __device__ __forceinline__ void Next() {
+    ++e;
+    Skip();
+  }
   __device__ __forceinline__ bool Done() const { return e >= n; }
-  __device__ __forceinline__ void Begin(const int* s, int entries, int bs, const int32_t* l) {
+  __device__ __forceinline__ void Begin(const int* s, int entries, int bs, int key_limit,
+                                        const int32_t* l) {
     starts = s;
     list = l;
     sub = bs / kBN;
     n = entries * sub;
     npart = 0;
+    limit = key_limit;
     e = 0;
+    Skip();
   }
 };
 
@@ -430,7 +441,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         const int hk = PACKED ? w.h : w.h / a.group;
         Tiles tiles;
         if constexpr (PACKED)
-          tiles.Begin(p_starts, packed_n, a.bs, L.lists);
+          tiles.Begin(p_starts, packed_n, a.bs, DecodePacked<kBM>(a).limit, L.lists);
         else
           tiles.Begin(L, w.line, KvLength(a, w.b), w.q0 + kBM - 1 + QueryOffset(a, w.b),
                       a.causal);
@@ -483,7 +494,11 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
     const int cw = wgi - 1, ctid = tid - 128;
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
     const int rl = cw * 64 + w4 * 16 + g;  // tile row of s/o[4j + 0, 1]; rl + 8: [4j + 2, 3]
-    const float sl2 = a.scale_log2;
+    // PACKED: the kv head's k scale joins the score scale (ones for a cache in q's dtype,
+    // as the decode primitive passes them), its v scale the output (the epilogue)
+    const float kscale =
+        PACKED && a.k_scale != nullptr ? __ldg(a.k_scale + int(blockIdx.x) % a.hkv) : 1.f;
+    const float sl2 = a.scale_log2 * kscale, scale_cap = a.scale_cap * kscale;
     // a logit soft cap (a.cap_log2 > 0): the scores become t = tanh(s scale_cap) before the
     // masks, and their log2-domain value cap_log2 t is taken where used (the maxima, and
     // P = 2^(t cap_log2 - m): one FFMA, as for a positive scale); both backwards (FA2,
@@ -505,7 +520,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       const uint32_t sQ = base + uint32_t(qb * kQTile);
       Tiles cur;  // the tile in work
       if constexpr (PACKED)
-        cur.Begin(p_starts, packed_n, a.bs, L.lists);
+        cur.Begin(p_starts, packed_n, a.bs, kvlen, L.lists);
       else
         cur.Begin(L, w.line, kvlen, q0 + kBM - 1 + off, a.causal);
       // A mask of block size 16 / 32 on these tiles (a.mask_bits): the word of the mask
@@ -608,7 +623,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         // t = tanh(s scale_cap) (tanh.approx; the masks after it; factor cap_log2 > 0)
         if (capped) {
 #pragma unroll
-          for (int i = 0; i < kBN / 2; ++i) s[i] = Tanh(s[i] * a.scale_cap);
+          for (int i = 0; i < kBN / 2; ++i) s[i] = Tanh(s[i] * scale_cap);
         } else if (!pos_scale) {
 #pragma unroll
           for (int i = 0; i < kBN / 2; ++i) s[i] *= sl2;
@@ -788,7 +803,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
           tma::MbarWait(full_k(st), ph);
           const uint32_t pempty = empty_columns(int(pph >> 1));
           tma::MbarWait(full_v(pst), pph & 1u);
-          if (pstart + kBN > kvlen || pempty != 0) zero_v(pst, kvlen - pstart, pempty);
+          if (pstart + kBN > kvlen || pempty != 0) zero_v(pst, max(kvlen - pstart, 0), pempty);
           turn_begin();
           issue_qk(st);
           issue_pv(pst);
@@ -807,7 +822,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         retire_pv();
         const uint32_t pempty = empty_columns(int(pph >> 1));
         tma::MbarWait(full_v(pst), pph & 1u);
-        if (pstart + kBN > kvlen || pempty != 0) zero_v(pst, kvlen - pstart, pempty);
+        if (pstart + kBN > kvlen || pempty != 0) zero_v(pst, max(kvlen - pstart, 0), pempty);
         turn_begin();
         issue_pv(pst);
         turn_end(true);
@@ -829,6 +844,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         // this split's normalized rows (float32) and log2 lse, in the layout of the decode
         // combine (attention_decode.cu): part_o [B, Hq, Tq, S, D], part_lse [B, Hq, Tq, S]
         const PackedWork pw = DecodePacked<kBM>(a);
+        const float vscale = a.v_scale != nullptr ? __ldg(a.v_scale + h) : 1.f;
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
           const int row = erl + 8 * hh, tl = row >> a.group_lg;
@@ -837,7 +853,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
           const int64_t prow =
               ((int64_t(b) * a.hq + hd) * a.tq + q0 + tl) * a.splits + pw.split;
           float* out = a.part_o + prow * D;
-          const float inv = hh ? inv1 : inv0;
+          const float inv = (hh ? inv1 : inv0) * vscale;
 #pragma unroll
           for (int j = 0; j < D / 8; ++j)
             *reinterpret_cast<float2*>(out + 8 * j + 2 * t) =
@@ -1107,6 +1123,8 @@ cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t
   a.by_query.max_len = p.width;
   a.mask_lg = 7;
   a.q_rows = p.q_rows;
+  a.k_scale = p.k_scale;
+  a.v_scale = p.v_scale;
   a.part_o = p.part_o;
   a.part_lse = p.part_lse;
   a.splits = p.splits;
