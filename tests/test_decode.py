@@ -125,15 +125,17 @@ def test_shared_stage_form():
 # GQA-packed form (128-row tiles on the Hopper forward's wgmma pipeline) under
 # JAX_BLOCKSPARSE_DECODE_PACKED=1 (issue 22). 128 rows (group 8 x 16 queries, group 4 x 32),
 # 64 rows (half a tile), 96 rows (12 queries of group 8: a partial last query group), 512
-# rows (64 queries of group 8: four tiles), group 16, a block of 256 (two key tiles an
-# entry), per-batch masks, a window, head dims 64 and 128, float16; 16 to 64 queries reach the decode primitive through the routing itself
+# rows (64 queries of group 8: four tiles), groups 1, 16 and 32, a block of 256 (two key
+# tiles an entry: the second past the causal limit in some rows), per-batch masks, a window, head dims 64 and 128, float16; 16 to 64 queries reach the decode primitive through the routing itself
 # (attention._packed_decode_queries), not a raised DECODE_MAX_QUERIES.
 PACKED_CASES = [(jnp.bfloat16, 128, 128, 16, 16, 2, "dense", False),
                 (jnp.float16, 64, 128, 32, 8, 2, "local", False),
                 (jnp.bfloat16, 128, 256, 8, 8, 1, "per_batch", False),
                 (jnp.bfloat16, 64, 128, 12, 16, 2, "dense", False),
                 (jnp.bfloat16, 128, 128, 64, 8, 1, "local", False),
-                (jnp.float16, 128, 128, 8, 16, 1, "dense", False)]
+                (jnp.float16, 128, 128, 8, 16, 1, "dense", False),
+                (jnp.bfloat16, 64, 128, 4, 32, 1, "dense", False),  # 4 queries a tile
+                (jnp.bfloat16, 128, 128, 64, 2, 2, "local", False)]  # group 1: 64 rows
 
 
 def run_packed_cases():
