@@ -165,10 +165,7 @@ attn::Args Common(const AttentionShape& s) {
   a.group = s.hq / s.hkv;
   a.bs = s.block_size;
   a.hm = s.mask_heads;
-  a.scale = s.scale;
-  a.scale_log2 = s.scale * attn::kLog2e;
-  a.cap_log2 = s.softcap > 0.f ? s.softcap * attn::kLog2e : 0.f;
-  a.scale_cap = s.softcap > 0.f ? s.scale / s.softcap : 0.f;
+  attn::SetScoreScale(a, s.scale, s.softcap);
   a.causal = s.causal;
   a.mb = s.mask_batch;
   return a;

@@ -613,12 +613,9 @@ cudaError_t ConfigurePartial(int* smem) {
 // unknown.
 template <typename T, int D, typename KV, bool SHARED>
 int ResidentPartialCtas() {
-  int smem = 0, per_sm = 0;
-  if (ConfigurePartial<T, D, KV, SHARED>(&smem) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &per_sm, DecodePartialKernel<T, D, KV, SHARED>, kThreads, smem) != cudaSuccess)
-    return 0;
-  return per_sm * MultiProcessors();
+  int smem = 0;
+  if (ConfigurePartial<T, D, KV, SHARED>(&smem) != cudaSuccess) return 0;
+  return CtasPerWave((const void*)DecodePartialKernel<T, D, KV, SHARED>, kThreads, smem);
 }
 
 // Whether the GQA-packed form has a kernel for (T, D, KV): k and v of q's dtype, head dim

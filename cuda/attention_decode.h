@@ -46,7 +46,7 @@ enum class DecodeKv { kSame, kE4M3, kE5M2 };
 // 16-key tiles in turn (the default); 64-row CTAs sharing each 64-key stage
 // (JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1); GQA-packed 128-row tiles on the Hopper forward's
 // wgmma pipeline (JAX_BLOCKSPARSE_DECODE_PACKED=1; attention/fwd_sm90.cu). Rows per CTA
-// 16, 64, 128; the names JAX_BLOCKSPARSE_DEBUG prints: kDecodeFormNames.
+// 16, 64, 128; the names JAX_BLOCKSPARSE_DEBUG prints: DecodeKernelName.
 enum class DecodeForm { kWarpTiles, kSharedTiles, kPacked };
 constexpr int kDecodeForms = 3;
 constexpr const char* kDecodeFormKeys[kDecodeForms] = {"warp_tiles", "shared_tiles", "packed"};

@@ -82,6 +82,14 @@ struct Args {
   int splits, group_lg, mask_rows;
 };
 
+// The score scale and a logit soft cap (0: none) in the kernels' terms (Args above).
+inline void SetScoreScale(Args& a, float scale, float softcap) {
+  a.scale = scale;
+  a.scale_log2 = scale * kLog2e;
+  a.cap_log2 = softcap > 0.f ? softcap * kLog2e : 0.f;
+  a.scale_cap = softcap > 0.f ? scale / softcap : 0.f;
+}
+
 // ---------------------------------------------------------------- PTX helpers
 using ptx::CpAsync16;
 using ptx::CpAsyncCommit;

@@ -37,6 +37,16 @@ inline int MultiProcessors() {
   return n;
 }
 
+// CTAs of `kernel` (`threads` each, `smem` dynamic bytes; its attributes already set)
+// resident at once on the current device: one wave (0 when unknown).
+inline int CtasPerWave(const void* kernel, int threads, int smem) {
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem) !=
+      cudaSuccess)
+    return 0;
+  return per_sm * MultiProcessors();
+}
+
 // Ask for the largest shared-memory carveout for `kernel` once per device (the driver's
 // default can leave room for fewer CTAs per SM than the kernel's shared memory allows).
 inline cudaError_t PreferSharedMemory(std::atomic<uint64_t>& configured, const void* kernel) {

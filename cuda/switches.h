@@ -35,7 +35,7 @@
 //     calls with more than 16 (query, head) rows per kv head run the decode kernel with
 //     64-row CTAs whose four warps share every 64-key stage (attention_decode.cu), instead
 //     of 16-row CTAs whose warps take 16-key tiles in turn (K/V read once per 64 rows, not
-//     per 16); the Python side reads it too (_cuda.decode_rows_per_cta: the split count)
+//     per 16); the Python side asks DecodeFormOf (_cuda.decode_form: the split count)
 //   JAX_BLOCKSPARSE_DECODE_PACKED=1 opt-in, until measured: decode calls whose (query, head)
 //     rows of a kv head fill at least half of a 128-row tile (GQA group a power of two,
 //     q's dtype for k and v, head dim 64 / 128, block size a multiple of 128, a mask shared

@@ -51,7 +51,6 @@ class Switches(NamedTuple):
     disable_cuda: bool
     attn_fwd_variant: int  # -1: unset (the default by architecture), else 0..3
     attn_bwd_variant: int  # -1: unset (the default), else 0..4 (2, 3, 4: the Hopper backward)
-    decode_shared_tiles: bool  # the decode kernel's 64-row CTAs (opt-in; cuda/switches.h)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -71,8 +70,7 @@ def _read_switches() -> Switches:
         return int(value[0]) if value[:1] in ("0", "1", "2", "3", "4") else -1
     return Switches(disable_cuda=number("JAX_BLOCKSPARSE_DISABLE_CUDA") != 0,
                     attn_fwd_variant=variant("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"),
-                    attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"),
-                    decode_shared_tiles=number("JAX_BLOCKSPARSE_DECODE_SHARED_TILES") != 0)
+                    attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"))
 
 
 SWITCHES = _read_switches()
@@ -577,12 +575,11 @@ def decode_form(dtype, kv_dtype, *, batch: int, tq: int, tk: int, hq: int, hkv: 
     (a key of DECODE["form_rows"]), as cuda/attention_decode.cu (DecodeFormOf) decides it:
     "packed" under JAX_BLOCKSPARSE_DECODE_PACKED=1 where the GQA-packed Hopper kernel
     takes the call, "shared_tiles" under JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 for more
-    than 16 (query, head) rows per kv head, else "warp_tiles". Without the extension: the
-    latter two by the same rule. `dtype`: q's; `kv_dtype`: k's and v's."""
-    per_cta = hq // hkv if mask_heads == 1 else 1
+    than 16 (query, head) rows per kv head, else "warp_tiles"; "warp_tiles" without the
+    extension or for a q dtype the kernel does not take (no decode kernel runs there).
+    `dtype`: q's; `kv_dtype`: k's and v's."""
     if _ext is None or not any(dtype == d for d in DECODE["dtypes"]):
-        shared = SWITCHES.decode_shared_tiles and per_cta * tq > DECODE["form_rows"]["warp_tiles"]
-        return "shared_tiles" if shared else "warp_tiles"
+        return "warp_tiles"
     splits = max(-(-width // DECODE["split_capacity"]), 1)  # the least a call has
     return _ext.decode_form(batch, tq, tk, hq, hkv, head_dim, block_size, mask_heads, width,
                             paged, jnp.dtype(kv_dtype) == jnp.dtype(dtype), splits)

@@ -392,9 +392,9 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     static = (("rows", rows), ("tk", tk), ("block_size", bs), ("causal", causal),
               ("scale", scale), ("segments", segments), ("softcap", softcap))
     short = DECODE_MAX_QUERIES if scales is None else DECODE_FP8_MAX_QUERIES
-    if DECODE_MAX_QUERIES < tq <= DECODE_FP8_MAX_QUERIES and not segments:
-        short = max(short, _packed_decode_queries(q, k, lists, paged, bs, tk))
-    if tq <= short and not segments:
+    packed = (not segments and short < tq <= _cuda.DECODE["max_queries"]
+              and _decode_packed(q, k, lists, paged, bs, tk))
+    if (tq <= short or packed) and not segments:
         o, lse = _short_queries(q, k, v, scales, context, static)
     else:
         if scales is not None:
@@ -410,20 +410,19 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     return (o, lse) if return_lse else o
 
 
-def _packed_decode_queries(q, k, lists, paged, block_size, tk):
-    """The queries per sequence up to which this call takes the decode primitive because
-    its GQA-packed form runs it (`_cuda.decode_form`: opt-in, K and V read once per 128
-    (query, head) rows on the Hopper wgmma pipeline): the decode kernel's limit there, else
-    0."""
+def _decode_packed(q, k, lists, paged, block_size, tk):
+    """Whether the decode kernel's GQA-packed form runs this call (`_cuda.decode_form`:
+    opt-in, K and V read once per 128 (query, head) rows on the Hopper wgmma pipeline);
+    such calls take the decode primitive up to the kernel's limit of queries."""
     if not _cuda.cuda_available():
-        return 0
+        return False
     b, tq, hq, d = q.shape
     block_lists = lists[2]  # [Bm, Hm, R, W] (_context)
     form = _cuda.decode_form(q.dtype, k.dtype, batch=b, tq=tq, tk=tk, hq=hq, hkv=k.shape[2],
                              head_dim=d, block_size=block_size,
                              mask_heads=block_lists.shape[1], width=block_lists.shape[-1],
                              paged=paged)
-    return _cuda.DECODE["max_queries"] if form == "packed" else 0
+    return form == "packed"
 
 
 def _kv_scales(q, k, k_scale, v_scale):

@@ -111,13 +111,21 @@ def run_shared_cases():
 def test_shared_stage_form():
     """JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1: every case of more than 16 rows per kv head
     runs the 64-row form and passes test_decode_matches_the_dense_reference's checks."""
+    assert_form_runs("run_shared_cases", len(SHARED_CASES), "64-row CTAs",
+                     JAX_BLOCKSPARSE_DECODE_SHARED_TILES="1")
+
+
+def assert_form_runs(runner, n_cases, kernel_text, **switch):
+    """Runs `runner` of this module (its cases, each after a `mark_case` line) in a fresh
+    process with JAX_BLOCKSPARSE_DEBUG=1 and `switch`; every case launches the decode
+    kernel, and only under a name holding `kernel_text`."""
     from reference import kernels_by_case, run_python
-    stderr = run_python("import test_decode as t; t.run_shared_cases()",
-                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_DECODE_SHARED_TILES="1").stderr
+    stderr = run_python(f"import test_decode as t; t.{runner}()", JAX_BLOCKSPARSE_DEBUG="1",
+                        **switch).stderr
     logs = kernels_by_case(stderr)
-    for i in range(len(SHARED_CASES)):
+    for i in range(n_cases):
         names = [kernel for op, kernel in logs.get(str(i), []) if op == "attention_decode"]
-        assert names and all("64-row CTAs" in n for n in names), (i, names, stderr[-3000:])
+        assert names and all(kernel_text in n for n in names), (i, names, stderr[-3000:])
 
 
 # At least 64 (query, head) rows per kv head, a GQA group of a power of two, block sizes
@@ -127,7 +135,7 @@ def test_shared_stage_form():
 # 64 rows (half a tile), 96 rows (12 queries of group 8: a partial last query group), 512
 # rows (64 queries of group 8: four tiles), groups 1, 16 and 32, a block of 256 (two key
 # tiles an entry: the second past the causal limit in some rows), per-batch masks, a window, head dims 64 and 128, float16; 16 to 64 queries reach the decode primitive through the routing itself
-# (attention._packed_decode_queries), not a raised DECODE_MAX_QUERIES.
+# (attention._decode_packed), not a raised DECODE_MAX_QUERIES.
 PACKED_CASES = [(jnp.bfloat16, 128, 128, 16, 16, 2, "dense", False),
                 (jnp.float16, 64, 128, 32, 8, 2, "local", False),
                 (jnp.bfloat16, 128, 256, 8, 8, 1, "per_batch", False),
@@ -155,15 +163,10 @@ def test_gqa_packed_form():
     """JAX_BLOCKSPARSE_DECODE_PACKED=1 on an sm_90a build and device: every case runs the
     packed form (and only it) and passes test_decode_matches_the_dense_reference's
     checks (values against the float64 reference; gradients through the forward's path)."""
-    from reference import kernels_by_case, run_python
     if not jbs._cuda._sm90a_device():
         pytest.skip("the packed form needs an sm_90a build on an sm_90 device")
-    stderr = run_python("import test_decode as t; t.run_packed_cases()",
-                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_DECODE_PACKED="1").stderr
-    logs = kernels_by_case(stderr)
-    for i in range(len(PACKED_CASES)):
-        names = [kernel for op, kernel in logs.get(str(i), []) if op == "attention_decode"]
-        assert names and all("GQA-packed" in n for n in names), (i, names, stderr[-3000:])
+    assert_form_runs("run_packed_cases", len(PACKED_CASES), "GQA-packed",
+                     JAX_BLOCKSPARSE_DECODE_PACKED="1")
 
 
 def test_packed_routing(monkeypatch):

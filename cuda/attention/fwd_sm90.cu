@@ -383,9 +383,11 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
   auto has_item = [&](int k) {
     return PERSISTENT ? int(blockIdx.x) + k * int(gridDim.x) < a.batch * a.hq * L.lines : k < 1;
   };
+  // PACKED: this CTA's rows and key limit (one item)
+  PackedWork pw{};
+  if constexpr (PACKED) pw = DecodePacked<kBM>(a);
   auto item = [&](int k) {
     if constexpr (PACKED) {
-      const PackedWork pw = DecodePacked<kBM>(a);
       return WorkItem{pw.b, pw.g, 0, pw.t0};
     } else if constexpr (PERSISTENT) {
       const int bhs = a.batch * a.hq;
@@ -419,7 +421,6 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
   int* const p_starts = reinterpret_cast<int*>(smem + S::kBars + 8 * S::kNumBars);
   int packed_n = 0;
   if constexpr (PACKED) {
-    const PackedWork pw = DecodePacked<kBM>(a);
     if (pw.nq <= 0) return;  // uniform: this (part, chunk) has no query
     packed_n = PackedStarts<G::kThreads>(a, pw, p_starts, p_starts + kPackedCap);
   }
@@ -441,7 +442,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         const int hk = PACKED ? w.h : w.h / a.group;
         Tiles tiles;
         if constexpr (PACKED)
-          tiles.Begin(p_starts, packed_n, a.bs, DecodePacked<kBM>(a).limit, L.lists);
+          tiles.Begin(p_starts, packed_n, a.bs, pw.limit, L.lists);
         else
           tiles.Begin(L, w.line, KvLength(a, w.b), w.q0 + kBM - 1 + QueryOffset(a, w.b),
                       a.causal);
@@ -515,7 +516,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       const int off = QueryOffset(a, b);  // causal position of query row 0
       // PACKED: keys at or past the tile's limit (kv_lengths, the last query's causal
       // position) are masked for every row, their V rows zeroed
-      const int kvlen = PACKED ? DecodePacked<kBM>(a).limit : KvLength(a, b);
+      const int kvlen = PACKED ? pw.limit : KvLength(a, b);
       const int qb = q_buf(k);
       const uint32_t sQ = base + uint32_t(qb * kQTile);
       Tiles cur;  // the tile in work
@@ -843,7 +844,6 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       if constexpr (PACKED) {
         // this split's normalized rows (float32) and log2 lse, in the layout of the decode
         // combine (attention_decode.cu): part_o [B, Hq, Tq, S, D], part_lse [B, Hq, Tq, S]
-        const PackedWork pw = DecodePacked<kBM>(a);
         const float vscale = a.v_scale != nullptr ? __ldg(a.v_scale + h) : 1.f;
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
@@ -957,6 +957,23 @@ bool DeviceOk() {
 
 bool Sm90ForwardAvailable() { return sm90::DeviceOk<__nv_bfloat16, 128>(); }
 
+namespace sm90 {
+// The K and V maps of k, v [B, Tk, Hkv, D]: 4-d, dims D, Hkv, Tk, B (innermost first),
+// boxes of 64 columns (one swizzled slab) x 1 head x kBN keys x 1 batch entry; keys past
+// Tk zero filled by the loads.
+template <typename T, int D, int kBN>
+cudaError_t EncodeKvMaps(CUtensorMap* tk, CUtensorMap* tv, const void* k, const void* v,
+                         int hkv, int keys, int batch) {
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  const uint64_t e = sizeof(T);
+  const uint64_t dims[4] = {uint64_t(D), uint64_t(hkv), uint64_t(keys), uint64_t(batch)};
+  const uint64_t strides[3] = {D * e, uint64_t(hkv) * D * e, uint64_t(keys) * hkv * D * e};
+  const uint32_t box[4] = {64, 1, uint32_t(kBN), 1};
+  cudaError_t err = tma::EncodeTiled<4>(tk, kBf16, k, dims, strides, box);
+  return err == cudaSuccess ? tma::EncodeTiled<4>(tv, kBf16, v, dims, strides, box) : err;
+}
+}  // namespace sm90
+
 template <typename T, int D, int BS, bool PINGPONG, bool PERSISTENT>
 cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   using namespace sm90;
@@ -1003,14 +1020,11 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   // slab.
   const uint64_t qd4[4] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.tq), uint64_t(a.batch)};
   const uint64_t qs4[3] = {D * e, uint64_t(a.hq) * D * e, uint64_t(a.tq) * a.hq * D * e};
-  const uint64_t kd4[4] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.tk), uint64_t(a.batch)};
-  const uint64_t ks4[3] = {D * e, uint64_t(a.hkv) * D * e, uint64_t(a.tk) * a.hkv * D * e};
-  constexpr int kBN = Smem<D, kStages<D, BS>, BS>::kBN;
-  const uint32_t box_q[4] = {64, 1, uint32_t(BS), 1}, box_kv[4] = {64, 1, uint32_t(kBN), 1};
-  const uint32_t box_out[4] = {64, 1, 64, 1};
+  const uint32_t box_q[4] = {64, 1, uint32_t(BS), 1}, box_out[4] = {64, 1, 64, 1};
   cudaError_t err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qd4, qs4, box_q);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, a.k, kd4, ks4, box_kv);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, a.v, kd4, ks4, box_kv);
+  if (err == cudaSuccess)
+    err = EncodeKvMaps<T, D, Smem<D, kStages<D, BS>, BS>::kBN>(&tk, &tv, a.k, a.v, a.hkv, a.tk,
+                                                                a.batch);
   if (err == cudaSuccess) err = tma::EncodeTiled<4>(&to, kBf16, a.out_o, qd4, qs4, box_out);
   if (err != cudaSuccess) return err;
 
@@ -1043,6 +1057,16 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+namespace {
+// The packed grid's y extent: splits x row chunks (128 rows: 128 / G queries) x mask-row
+// parts (the rows Tq consecutive positions can touch), as DecodePacked decodes it.
+int64_t PackedGridY(const AttentionDecodeParams& p) {
+  const int64_t chunks = (int64_t(p.tq) * (p.hq / p.hkv) + 127) / 128;
+  const int64_t parts = p.tq > 1 ? (p.tq - 2) / p.block_size + 2 : 1;
+  return int64_t(p.splits) * chunks * parts;
+}
+}  // namespace
+
 bool DecodePackedSm90Ok(const AttentionDecodeParams& p) {
   const int group = p.hkv > 0 ? p.hq / p.hkv : 0;
   if (!GetSwitches().decode_packed || (p.head_dim != 64 && p.head_dim != 128) ||
@@ -1050,9 +1074,7 @@ bool DecodePackedSm90Ok(const AttentionDecodeParams& p) {
       (group & (group - 1)) != 0 || p.block_size % 128 != 0 || int64_t(group) * p.tq < 64 ||
       p.tk <= 0 || p.splits < 1 || int64_t(p.width) > int64_t(p.splits) * sm90::kPackedCap)
     return false;
-  const int64_t chunks = (int64_t(p.tq) * group + 127) / 128;
-  const int64_t parts = p.tq > 1 ? (p.tq - 2) / p.block_size + 2 : 1;
-  return int64_t(p.splits) * chunks * parts <= 65535 && Sm90ForwardAvailable();
+  return PackedGridY(p) <= 65535 && Sm90ForwardAvailable();
 }
 
 namespace {
@@ -1077,12 +1099,8 @@ struct PackedKernel {
 template <typename T, int D>
 int DecodePackedSm90ResidentCtas() {
   using K = PackedKernel<T, D>;
-  int per_sm = 0;
-  if (!Sm90ForwardAvailable() || K::Configure() != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, K::kKernel, K::G::kThreads,
-                                                    K::kSmem) != cudaSuccess)
-    return 0;
-  return per_sm * MultiProcessors();
+  if (!Sm90ForwardAvailable() || K::Configure() != cudaSuccess) return 0;
+  return CtasPerWave(reinterpret_cast<const void*>(K::kKernel), K::G::kThreads, K::kSmem);
 }
 
 // The GQA-packed split-KV partial kernel: rows (query t, head j of kv head g) of one mask
@@ -1093,9 +1111,7 @@ cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t
   constexpr int BS = 128;
   using G = Geom<BS, D>;
   if (!DecodePackedSm90Ok(p) || p.head_dim != D) return cudaErrorInvalidValue;
-  const int group = p.hq / p.hkv;
-  int lg = 0;
-  while ((1 << lg) < group) ++lg;
+  const int group = p.hq / p.hkv;  // a power of two (DecodePackedSm90Ok)
   Args a{};
   a.q = p.q;
   a.k = p.k;
@@ -1109,10 +1125,7 @@ cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t
   a.group = group;
   a.bs = p.block_size;
   a.hm = 1;
-  a.scale = p.scale;
-  a.scale_log2 = p.scale * kLog2e;
-  a.cap_log2 = p.softcap > 0.f ? p.softcap * kLog2e : 0.f;
-  a.scale_cap = p.softcap > 0.f ? p.scale / p.softcap : 0.f;
+  SetScoreScale(a, p.scale, p.softcap);
   a.causal = p.causal;
   a.mb = p.mask_batch;
   a.q_pos = p.q_positions;
@@ -1128,7 +1141,7 @@ cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t
   a.part_o = p.part_o;
   a.part_lse = p.part_lse;
   a.splits = p.splits;
-  a.group_lg = lg;
+  a.group_lg = __builtin_ctz(unsigned(group));
   a.mask_rows = p.rows;
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
@@ -1140,23 +1153,16 @@ cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t
   const uint64_t qs5[4] = {D * e, uint64_t(group) * D * e, uint64_t(p.hq) * D * e,
                            uint64_t(p.tq) * p.hq * D * e};
   const uint32_t box_q[5] = {64, uint32_t(group), 1, uint32_t(BS / group), 1};
-  const uint64_t kd4[4] = {uint64_t(D), uint64_t(p.hkv), uint64_t(p.tk), uint64_t(p.batch)};
-  const uint64_t ks4[3] = {D * e, uint64_t(p.hkv) * D * e, uint64_t(p.tk) * p.hkv * D * e};
   using K = PackedKernel<T, D>;
-  constexpr int kBN = Smem<D, K::kStagesP, BS>::kBN;
-  const uint32_t box_kv[4] = {64, 1, uint32_t(kBN), 1};
   cudaError_t err = tma::EncodeTiled<5>(&tq, kBf16, p.q, qd5, qs5, box_q);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, p.k, kd4, ks4, box_kv);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, p.v, kd4, ks4, box_kv);
+  if (err == cudaSuccess)
+    err = EncodeKvMaps<T, D, Smem<D, K::kStagesP, BS>::kBN>(&tk, &tv, p.k, p.v, p.hkv, p.tk,
+                                                            p.batch);
   if (err != cudaSuccess) return err;
   err = K::Configure();
   if (err != cudaSuccess) return err;
-  const int chunks = (p.tq + (BS / group) - 1) / (BS / group);
-  const int parts = p.tq > 1 ? (p.tq - 2) / p.block_size + 2 : 1;
-  const int64_t y = int64_t(p.splits) * chunks * parts;
-  if (y > 65535) return cudaErrorInvalidValue;
-  K::kKernel<<<dim3(unsigned(p.batch * p.hkv), unsigned(y)), G::kThreads, K::kSmem, stream>>>(
-      a, tq, tk, tv, tq);
+  const dim3 grid(unsigned(p.batch * p.hkv), unsigned(PackedGridY(p)));
+  K::kKernel<<<grid, G::kThreads, K::kSmem, stream>>>(a, tq, tk, tv, tq);
   return cudaGetLastError();
 }
 #define JBS_DECODE_PACKED(T, D)                                                             \
