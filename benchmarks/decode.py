@@ -236,20 +236,25 @@ def main():
 
 def with_decode_limit(limit, fn):
     """`fn()` traced with `attention.DECODE_MAX_QUERIES = limit` (the Tq up to which
-    `jbs.attention` takes the decode primitive; 0: every call the forward's)."""
+    `jbs.attention` takes the decode primitive; 0: every call the forward's, the calls the
+    GQA-packed form would take too)."""
     att = sys.modules["jax_blocksparse.attention"]
-    saved, att.DECODE_MAX_QUERIES = att.DECODE_MAX_QUERIES, limit
+    saved = att.DECODE_MAX_QUERIES, att._decode_packed
+    att.DECODE_MAX_QUERIES = limit
+    if limit == 0:
+        att._decode_packed = lambda *args: False
     try:
         return fn()
     finally:
-        att.DECODE_MAX_QUERIES = saved
+        att.DECODE_MAX_QUERIES, att._decode_packed = saved
 
 
 def sweep(cfg, copy_tbs, quick, chained=False):
     """Issue 22's sweeps, bf16, dense causal layout, contiguous cache, each sequence at
     length T with its Tq queries at the last positions (q_offset = T - Tq):
-      - Tq 1, 4, 16, 64 through the decode kernel and through the forward kernel (the
-        crossover that sets `DECODE_MAX_QUERIES`), at the configuration above;
+      - Tq 1 to 64 through the decode kernel (the form it runs: `_cuda.decode_form`) and
+        through the forward kernel (the crossover that sets `DECODE_MAX_QUERIES`), at the
+        configuration above;
       - GQA group sizes 1, 4, 8, 16 (Hkv fixed, Hq = group * Hkv), Tq 1, beside cuDNN;
       - cache lengths 4k to 128k, Tq 1, beside cuDNN.
     TB/s count the K/V bytes each call must read once (the dense cache up to T); `% copy`
@@ -292,12 +297,15 @@ def sweep(cfg, copy_tbs, quick, chained=False):
             return f"failed: {type(e).__name__}"
 
     kv_bytes = lambda hkv, t: b * t * 2 * hkv * d * jnp.dtype(dtype).itemsize
-    tqs = (1, 4) if quick else (1, 4, 16, 64)
+    tqs = (1, 4) if quick else (1, 2, 3, 4, 8, 16, 32, 64)
     crossover = None
     for tq in tqs:
         decode = ours_ms(tq, hq, hkv, t, limit=max(tqs))
         forward = ours_ms(tq, hq, hkv, t, limit=0)
-        line(f"Tq {tq}: decode primitive", decode, kv_bytes(hkv, t), b * tq)
+        form = jbs._cuda.decode_form(dtype, dtype, batch=b, tq=tq, tk=t, hq=hq, hkv=hkv,
+                                     head_dim=d, block_size=bs, mask_heads=1, width=t // bs,
+                                     paged=False)
+        line(f"Tq {tq}: decode primitive ({form})", decode, kv_bytes(hkv, t), b * tq)
         line(f"Tq {tq}: forward primitive", forward, kv_bytes(hkv, t), b * tq)
         if crossover is None and forward < decode:
             crossover = tq

@@ -9,9 +9,10 @@
 // each warp's ring), so that K and V are read once per 64 rows instead of per 16. An fp8 cache
 // (KV an fp8 type) is read as bytes into the rings, and each lane converts the bytes of its
 // own mma fragments from there (Fp8 below): the products run in float16 whatever q's dtype.
-// A third form, for at least 64 such rows per kv head (opt-in), runs them in GQA-packed
-// 128-row tiles on the Hopper forward's wgmma pipeline (attention/fwd_sm90.cu, PACKED),
-// writing the same split workspaces; the combine below serves every form.
+// A third form, for more than 16 such rows per kv head where the call allows it (the
+// default on sm_90a), runs them in GQA-packed 128-row tiles on the Hopper forward's wgmma
+// pipeline (attention/fwd_sm90.cu, PACKED), writing the same split workspaces; the combine
+// below serves every form.
 #include "attention_decode.h"
 
 #include <cuda_bf16.h>
@@ -31,7 +32,8 @@ namespace jax_blocksparse {
 namespace attn {
 namespace {
 
-constexpr int kWarps = 4, kThreads = kWarps * 32, kRows = 16, kKeys = kDecodeTileKeys;
+constexpr int kWarps = 4, kThreads = kWarps * 32, kRows = kDecodeWarpRows;
+constexpr int kKeys = kDecodeTileKeys;
 
 // Ring stages per warp, chosen on the H200 at D 128 (benchmarks/RESULTS.md, 2026-12-04):
 // 3 for q's dtype (96 KB of K/V tiles, two CTAs per SM: 84.5% of the copy rate, 82.8% at

@@ -38,14 +38,16 @@ namespace jax_blocksparse {
 constexpr int kDecodeMaxQueries = 64;    // Tq bound of the decode kernel (speculative chunks)
 constexpr int kDecodeTileKeys = 16;      // block sizes and page sizes: multiples of this
 constexpr int kDecodeSplitCapacity = 1024;  // listed blocks one split can hold
+constexpr int kDecodeWarpRows = 16;  // (query, head) rows of a CTA of the warp-tiles form
 
 // The element type of k and v: q's, or an fp8 cache.
 enum class DecodeKv { kSame, kE4M3, kE5M2 };
 
 // The partial kernel a decode call runs (DecodeFormOf): 16-row CTAs whose warps take
-// 16-key tiles in turn (the default); 64-row CTAs sharing each 64-key stage
+// 16-key tiles in turn; 64-row CTAs sharing each 64-key stage
 // (JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1); GQA-packed 128-row tiles on the Hopper forward's
-// wgmma pipeline (JAX_BLOCKSPARSE_DECODE_PACKED=1; attention/fwd_sm90.cu). Rows per CTA
+// wgmma pipeline (attention/fwd_sm90.cu; JAX_BLOCKSPARSE_DECODE_PACKED=0 opts out) for
+// more rows per kv head than one 16-row CTA holds, where the call allows it. Rows per CTA
 // 16, 64, 128; the names JAX_BLOCKSPARSE_DEBUG prints: DecodeKernelName.
 enum class DecodeForm { kWarpTiles, kSharedTiles, kPacked };
 constexpr int kDecodeForms = 3;
@@ -83,8 +85,8 @@ struct AttentionDecodeKernel {
 };
 
 // The form a call runs, k and v in q's dtype (`same_kv`) or not: packed where the switch,
-// the device and the call allow it (DecodePackedSm90Ok), else shared tiles for more than
-// 16 rows per kv head under its switch, else warp tiles.
+// the device and the call allow it (DecodePackedSm90Ok: more than 16 rows per kv head),
+// else shared tiles for more than 16 rows per kv head under its switch, else warp tiles.
 DecodeForm DecodeFormOf(const AttentionDecodeParams& p, bool same_kv);
 // The debug name of a call of `kernel` in `form` (the row's name for warp tiles).
 const char* DecodeKernelName(const AttentionDecodeKernel& kernel, DecodeForm form);

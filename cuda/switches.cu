@@ -12,14 +12,18 @@ bool Flag(const char* name) {
   return v != nullptr && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
 }
 
+bool OnUnlessZero(const char* name) {  // a default that "0" switches off
+  const char* v = std::getenv(name);
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
 Switches Read() {
   Switches s{};
   const char* debug = std::getenv("JAX_BLOCKSPARSE_DEBUG");
   s.debug = debug != nullptr ? std::atoi(debug) : 0;
   s.simple_kernels = Flag("JAX_BLOCKSPARSE_SIMPLE_KERNELS");
   s.no_wgmma = Flag("JAX_BLOCKSPARSE_NO_WGMMA");
-  const char* small = std::getenv("JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA");  // on unless "0"
-  s.small_wgmma = small == nullptr || std::strcmp(small, "0") != 0;
+  s.small_wgmma = OnUnlessZero("JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA");
   const char* variant = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT");
   s.attn_fwd_variant =
       variant != nullptr && variant[0] >= '0' && variant[0] <= '3' ? variant[0] - '0' : -1;
@@ -32,9 +36,8 @@ Switches Read() {
       bwd_variant != nullptr && bwd_variant[0] >= '0' && bwd_variant[0] <= '4' ? bwd_variant[0] - '0'
                                                                                : -1;
   s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
-  s.decode_packed = Flag("JAX_BLOCKSPARSE_DECODE_PACKED");
-  const char* runs = std::getenv("JAX_BLOCKSPARSE_MATMUL_SDD_RUNS");  // on unless "0"
-  s.sdd_runs = runs == nullptr || std::strcmp(runs, "0") != 0;
+  s.decode_packed = OnUnlessZero("JAX_BLOCKSPARSE_DECODE_PACKED");
+  s.sdd_runs = OnUnlessZero("JAX_BLOCKSPARSE_MATMUL_SDD_RUNS");
   return s;
 }
 

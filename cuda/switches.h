@@ -36,13 +36,13 @@
 //     64-row CTAs whose four warps share every 64-key stage (attention_decode.cu), instead
 //     of 16-row CTAs whose warps take 16-key tiles in turn (K/V read once per 64 rows, not
 //     per 16); the Python side asks DecodeFormOf (_cuda.decode_form: the split count)
-//   JAX_BLOCKSPARSE_DECODE_PACKED=1 opt-in, until measured: decode calls whose (query, head)
-//     rows of a kv head fill at least half of a 128-row tile (GQA group a power of two,
-//     q's dtype for k and v, head dim 64 / 128, block size a multiple of 128, a mask shared
-//     by the heads, a contiguous cache, an sm_90a build on an sm_90 device) run the Hopper
-//     forward's wgmma pipeline on GQA-packed tiles (attention/fwd_sm90.cu, PACKED): K and V
-//     read once per 128 rows; the Python side routes up to 64 queries there
-//     (_cuda.decode_form)
+//   JAX_BLOCKSPARSE_DECODE_PACKED=0 opts out (default on: on the H200 5x the forward kernel's
+//     speed at 16 queries of group 8, RESULTS 2026-12-04 second session): decode calls with more than 16 (query,
+//     head) rows per kv head (GQA group a power of two, q's dtype for k and v, head dim
+//     64 / 128, block size a multiple of 128, a mask shared by the heads, a contiguous
+//     cache, an sm_90a build on an sm_90 device) run the Hopper forward's wgmma pipeline on
+//     GQA-packed tiles (attention/fwd_sm90.cu, PACKED): K and V read once per 128 rows; the
+//     Python side routes up to 64 queries there (_cuda.decode_form)
 //   JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 opts out (default on: on the H200 1.10-1.23x the one-block
 //     kernel, RESULTS 2026-12-04): sdd (the SDD-mode tile kernel, mma.sync) at block sizes
 //     16/32 takes up to 128 / bs blocks of one block row per CTA (matmul/mma_sync.cuh
@@ -62,7 +62,7 @@ struct Switches {
   int attn_fwd_persistent_ctas;  // the latter's value when >= 1, else 0 (no cap)
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
-  bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "" or "0"
+  bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "0" (unset: on)
   bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "0" (unset: on)
 };
 

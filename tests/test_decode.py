@@ -128,14 +128,16 @@ def assert_form_runs(runner, n_cases, kernel_text, **switch):
         assert names and all(kernel_text in n for n in names), (i, names, stderr[-3000:])
 
 
-# At least 64 (query, head) rows per kv head, a GQA group of a power of two, block sizes
+# More than 16 (query, head) rows per kv head, a GQA group of a power of two, block sizes
 # multiples of 128, a mask shared by the heads, a contiguous cache in q's dtype: the
-# GQA-packed form (128-row tiles on the Hopper forward's wgmma pipeline) under
-# JAX_BLOCKSPARSE_DECODE_PACKED=1 (issue 22). 128 rows (group 8 x 16 queries, group 4 x 32),
-# 64 rows (half a tile), 96 rows (12 queries of group 8: a partial last query group), 512
-# rows (64 queries of group 8: four tiles), groups 1, 16 and 32, a block of 256 (two key
-# tiles an entry: the second past the causal limit in some rows), per-batch masks, a window, head dims 64 and 128, float16; 16 to 64 queries reach the decode primitive through the routing itself
-# (attention._decode_packed), not a raised DECODE_MAX_QUERIES.
+# GQA-packed form (128-row tiles on the Hopper forward's wgmma pipeline; the default on
+# sm_90a, issue 22). 128 rows (group 8 x 16 queries, group 4 x 32), 64 rows (half a tile),
+# 96 rows (12 queries of group 8: a partial last query group), 512 rows (64 queries of
+# group 8: four tiles), 32 and 20 rows (a tile mostly past Tq), groups 1, 16 and 32, a
+# block of 256 (two key tiles an entry: the second past the causal limit in some rows),
+# per-batch masks, a window, head dims 64 and 128, float16; more than 12 queries reach the
+# decode primitive through the routing itself (attention._decode_packed), not a raised
+# DECODE_MAX_QUERIES.
 PACKED_CASES = [(jnp.bfloat16, 128, 128, 16, 16, 2, "dense", False),
                 (jnp.float16, 64, 128, 32, 8, 2, "local", False),
                 (jnp.bfloat16, 128, 256, 8, 8, 1, "per_batch", False),
@@ -143,15 +145,19 @@ PACKED_CASES = [(jnp.bfloat16, 128, 128, 16, 16, 2, "dense", False),
                 (jnp.bfloat16, 128, 128, 64, 8, 1, "local", False),
                 (jnp.float16, 128, 128, 8, 16, 1, "dense", False),
                 (jnp.bfloat16, 64, 128, 4, 32, 1, "dense", False),  # 4 queries a tile
-                (jnp.bfloat16, 128, 128, 64, 2, 2, "local", False)]  # group 1: 64 rows
+                (jnp.bfloat16, 128, 128, 64, 2, 2, "local", False),  # group 1: 64 rows
+                (jnp.bfloat16, 128, 128, 4, 8, 1, "per_batch", False),  # 32 rows
+                (jnp.float16, 64, 128, 20, 2, 2, "local", False)]  # group 1: 20 rows
 
 
-def run_packed_cases():
-    """PACKED_CASES on the GPU, in a process started with the switch (`run_python`): each
-    with a split per listed block (the combine over many splits) and with one split per
-    row (a CTA's loop over all of the row's key tiles)."""
+def run_packed_cases(indices=None):
+    """PACKED_CASES (those at `indices`; None: all) on the GPU, in a fresh process
+    (`run_python`): each with a split per listed block (the combine over many splits) and
+    with one split per row (a CTA's loop over all of the row's key tiles)."""
     from reference import mark_case
     for i, case in enumerate(PACKED_CASES):
+        if indices is not None and i not in indices:
+            continue
         mark_case(str(i))
         for min_blocks in (1, 1000):
             jbs._cuda.DECODE["min_blocks_per_split"] = min_blocks
@@ -160,13 +166,27 @@ def run_packed_cases():
 
 @pytest.mark.gpu
 def test_gqa_packed_form():
-    """JAX_BLOCKSPARSE_DECODE_PACKED=1 on an sm_90a build and device: every case runs the
-    packed form (and only it) and passes test_decode_matches_the_dense_reference's
-    checks (values against the float64 reference; gradients through the forward's path)."""
+    """On an sm_90a build and device, every case runs the packed form (and only it) and
+    passes test_decode_matches_the_dense_reference's checks (values against the float64
+    reference; gradients through the forward's path)."""
     if not jbs._cuda._sm90a_device():
         pytest.skip("the packed form needs an sm_90a build on an sm_90 device")
-    assert_form_runs("run_packed_cases", len(PACKED_CASES), "GQA-packed",
-                     JAX_BLOCKSPARSE_DECODE_PACKED="1")
+    assert_form_runs("run_packed_cases", len(PACKED_CASES), "GQA-packed")
+
+
+@pytest.mark.gpu
+def test_packed_form_opt_out():
+    """JAX_BLOCKSPARSE_DECODE_PACKED=0: the cases of up to 12 queries run the 16-row form
+    (more take the forward primitive) and still pass the checks."""
+    att = sys.modules["jax_blocksparse.attention"]
+    short = [i for i, case in enumerate(PACKED_CASES) if case[3] <= att.DECODE_MAX_QUERIES]
+    from reference import kernels_by_case, run_python
+    stderr = run_python(f"import test_decode as t; t.run_packed_cases({short})",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_DECODE_PACKED="0").stderr
+    logs = kernels_by_case(stderr)
+    for i in short:
+        names = [kernel for op, kernel in logs.get(str(i), []) if op == "attention_decode"]
+        assert names and all("16-key warp tiles" in n for n in names), (i, names, stderr[-3000:])
 
 
 def test_packed_routing(monkeypatch):
@@ -197,13 +217,13 @@ def test_packed_routing(monkeypatch):
     assert "blocksparse_attention_decode" not in jaxpr()
 
 
-def test_packed_form_is_opt_in():
-    """Without the switch no call takes the packed form (the routing and the split count
-    stay those of the 16-row form)."""
+def test_packed_form_needs_sm90_and_split_count():
+    """Without an sm_90a device no call takes the packed form; the split count of each form
+    fills the CTAs of one wave."""
     form = jbs._cuda.decode_form(jnp.bfloat16, jnp.bfloat16, batch=2, tq=16, tk=4096, hq=16,
                                  hkv=2, head_dim=128, block_size=128, mask_heads=1, width=32,
                                  paged=False)
-    assert form == "warp_tiles"
+    assert form == ("packed" if jbs._cuda._sm90a_device() else "warp_tiles")
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 132, "packed") == 2  # 64 CTAs a split
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 264, "warp_tiles") == 1  # 512
 

@@ -1071,7 +1071,8 @@ bool DecodePackedSm90Ok(const AttentionDecodeParams& p) {
   const int group = p.hkv > 0 ? p.hq / p.hkv : 0;
   if (!GetSwitches().decode_packed || (p.head_dim != 64 && p.head_dim != 128) ||
       p.mask_heads != 1 || p.page_table != nullptr || group <= 0 || group > 128 ||
-      (group & (group - 1)) != 0 || p.block_size % 128 != 0 || int64_t(group) * p.tq < 64 ||
+      (group & (group - 1)) != 0 || p.block_size % 128 != 0 ||
+      int64_t(group) * p.tq <= kDecodeWarpRows ||
       p.tk <= 0 || p.splits < 1 || int64_t(p.width) > int64_t(p.splits) * sm90::kPackedCap)
     return false;
   return PackedGridY(p) <= 65535 && Sm90ForwardAvailable();
