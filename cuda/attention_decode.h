@@ -46,7 +46,7 @@ enum class DecodeKv { kSame, kE4M3, kE5M2 };
 // The partial kernel a decode call runs (DecodeFormOf): 16-row CTAs whose warps take
 // 16-key tiles in turn; 64-row CTAs sharing each 64-key stage
 // (JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1); GQA-packed 128-row tiles on the Hopper forward's
-// wgmma pipeline (attention/fwd_sm90.cu; JAX_BLOCKSPARSE_DECODE_PACKED=0 opts out) for
+// wgmma pipeline (attention/fwd_sm90.cu; JAX_BLOCKSPARSE_DECODE_PACKED=1) for
 // more rows per kv head than one 16-row CTA holds, where the call allows it. Rows per CTA
 // 16, 64, 128; the names JAX_BLOCKSPARSE_DEBUG prints: DecodeKernelName.
 enum class DecodeForm { kWarpTiles, kSharedTiles, kPacked };

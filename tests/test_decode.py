@@ -5,6 +5,7 @@ that straddle block rows, lengths that are not multiples of the block size, a ca
 than one split holds; values, gradients, vmap, determinism, and the custom call it lowers to.
 """
 
+import os
 import sys
 
 import jax
@@ -130,8 +131,8 @@ def assert_form_runs(runner, n_cases, kernel_text, **switch):
 
 # More than 16 (query, head) rows per kv head, a GQA group of a power of two, block sizes
 # multiples of 128, a mask shared by the heads, a contiguous cache in q's dtype: the
-# GQA-packed form (128-row tiles on the Hopper forward's wgmma pipeline; the default on
-# sm_90a, issue 22). 128 rows (group 8 x 16 queries, group 4 x 32), 64 rows (half a tile),
+# GQA-packed form (128-row tiles on the Hopper forward's wgmma pipeline) under
+# JAX_BLOCKSPARSE_DECODE_PACKED=1 (issue 22). 128 rows (group 8 x 16 queries, group 4 x 32), 64 rows (half a tile),
 # 96 rows (12 queries of group 8: a partial last query group), 512 rows (64 queries of
 # group 8: four tiles), 32 and 20 rows (a tile mostly past Tq), groups 1, 16 and 32, a
 # block of 256 (two key tiles an entry: the second past the causal limit in some rows),
@@ -166,18 +167,19 @@ def run_packed_cases(indices=None):
 
 @pytest.mark.gpu
 def test_gqa_packed_form():
-    """On an sm_90a build and device, every case runs the packed form (and only it) and
-    passes test_decode_matches_the_dense_reference's checks (values against the float64
-    reference; gradients through the forward's path)."""
+    """JAX_BLOCKSPARSE_DECODE_PACKED=1 on an sm_90a build and device: every case runs the
+    packed form (and only it) and passes test_decode_matches_the_dense_reference's checks
+    (values against the float64 reference; gradients through the forward's path)."""
     if not jbs._cuda._sm90a_device():
         pytest.skip("the packed form needs an sm_90a build on an sm_90 device")
-    assert_form_runs("run_packed_cases", len(PACKED_CASES), "GQA-packed")
+    assert_form_runs("run_packed_cases", len(PACKED_CASES), "GQA-packed",
+                     JAX_BLOCKSPARSE_DECODE_PACKED="1")
 
 
 @pytest.mark.gpu
-def test_packed_form_opt_out():
-    """JAX_BLOCKSPARSE_DECODE_PACKED=0: the cases of up to 12 queries run the 16-row form
-    (more take the forward primitive) and still pass the checks."""
+def test_packed_form_off():
+    """Without the switch (its "0" here) the cases of up to 12 queries run the 16-row form
+    (more take the forward primitive) and pass the same checks."""
     att = sys.modules["jax_blocksparse.attention"]
     short = [i for i, case in enumerate(PACKED_CASES) if case[3] <= att.DECODE_MAX_QUERIES]
     from reference import kernels_by_case, run_python
@@ -217,13 +219,14 @@ def test_packed_routing(monkeypatch):
     assert "blocksparse_attention_decode" not in jaxpr()
 
 
-def test_packed_form_needs_sm90_and_split_count():
-    """Without an sm_90a device no call takes the packed form; the split count of each form
-    fills the CTAs of one wave."""
+def test_packed_form_is_opt_in():
+    """Only with the switch on an sm_90a device does a call take the packed form; the split
+    count of each form fills the CTAs of one wave."""
     form = jbs._cuda.decode_form(jnp.bfloat16, jnp.bfloat16, batch=2, tq=16, tk=4096, hq=16,
                                  hkv=2, head_dim=128, block_size=128, mask_heads=1, width=32,
                                  paged=False)
-    assert form == ("packed" if jbs._cuda._sm90a_device() else "warp_tiles")
+    switched = os.environ.get("JAX_BLOCKSPARSE_DECODE_PACKED", "") not in ("", "0")
+    assert form == ("packed" if switched and jbs._cuda._sm90a_device() else "warp_tiles")
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 132, "packed") == 2  # 64 CTAs a split
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 264, "warp_tiles") == 1  # 512
 
