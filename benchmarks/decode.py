@@ -304,7 +304,7 @@ def sweep(cfg, copy_tbs, quick, chained=False):
         forward = ours_ms(tq, hq, hkv, t, limit=0)
         form = jbs._cuda.decode_form(dtype, dtype, batch=b, tq=tq, tk=t, hq=hq, hkv=hkv,
                                      head_dim=d, block_size=bs, mask_heads=1, width=t // bs,
-                                     paged=False)
+                                     page_size=None)
         line(f"Tq {tq}: decode primitive ({form})", decode, kv_bytes(hkv, t), b * tq)
         line(f"Tq {tq}: forward primitive", forward, kv_bytes(hkv, t), b * tq)
         if crossover is None and forward < decode:

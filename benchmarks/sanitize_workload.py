@@ -250,11 +250,13 @@ def decode_workload():
     decode_cases(jnp.bfloat16, 64, 16, 1, tk=1100 * 16, lengths=[1100 * 16, 9000])  # 2 splits
     # the GQA-packed form under JAX_BLOCKSPARSE_DECODE_PACKED=1 (sm_90a; else the forms
     # above or, at 16 queries, the forward): 128 rows (group 8 x 16 queries), 64 rows in a block
-    # of 256 (two key tiles an entry) with a soft cap and sinks, 24 rows (3 queries)
+    # of 256 (two key tiles an entry) with a soft cap and sinks, 24 rows (3 queries), a
+    # paged cache of 16-key pages in reverse order
     for dtype, d in itertools.product((jnp.bfloat16, jnp.float16), (64, 128)):
         decode_cases(dtype, d, 128, 16, hq=16, hkv=2)
         decode_cases(dtype, d, 256, 8, hq=8, hkv=1, sinks=True, softcap=5.0)
         decode_cases(dtype, d, 128, 3, hq=16, hkv=2)
+        decode_cases(dtype, d, 128, 16, hq=16, hkv=2, paged=True)  # 8 pages a key tile
     padded_page_tables()
 
 

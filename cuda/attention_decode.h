@@ -65,6 +65,7 @@ struct AttentionDecodeParams {
   int32_t batch, tq, tk, hq, hkv, head_dim, block_size;
   int32_t mask_batch, mask_heads, rows, width;  // Bm, Hm, R, W
   int32_t page_size, pages_per_seq;             // contiguous: Tk, 1
+  int32_t pool_pages;                           // P (contiguous: B)
   int32_t splits;
   float scale;
   bool causal;

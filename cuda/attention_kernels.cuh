@@ -80,6 +80,10 @@ struct Args {
   const float *k_scale, *v_scale;  // [Hkv] (null: 1): the decode primitive's cache scales
   float *part_o, *part_lse;
   int splits, group_lg, mask_rows;
+  // a paged cache (k, v page pools [P, page_size, Hkv, D]): page_table [B, pages_per_seq]
+  // (key j of sequence b: row j % page_size of page page_table[b, j / page_size]), or null
+  const int32_t* page_table;
+  int page_size, pages_per_seq;
 };
 
 // The score scale and a logit soft cap (0: none) in the kernels' terms (Args above).

@@ -41,7 +41,8 @@
 //     queries: RESULTS 2026-12-04 second session): decode calls with more than 16 (query,
 //     head) rows per kv head (GQA group a power of two, q's dtype for k and v, head dim
 //     64 / 128, block size a multiple of 128, a mask shared by the heads, a contiguous
-//     cache, an sm_90a build on an sm_90 device) run the Hopper forward's wgmma pipeline on
+//     cache or pages of a size that divides 128 or is a multiple of it, an sm_90a build on
+//     an sm_90 device) run the Hopper forward's wgmma pipeline on
 //     GQA-packed tiles (attention/fwd_sm90.cu, PACKED): K and V read once per 128 rows; the
 //     Python side routes up to 64 queries there (_cuda.decode_form)
 //   JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 opts out (default on: on the H200 1.10-1.23x the one-block

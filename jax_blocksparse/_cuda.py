@@ -570,19 +570,20 @@ def decode_unsupported(dtype, head_dim: int, block_size: int,
 
 def decode_form(dtype, kv_dtype, *, batch: int, tq: int, tk: int, hq: int, hkv: int,
                 head_dim: int, block_size: int, mask_heads: int, width: int,
-                paged: bool) -> str:
+                page_size: int | None) -> str:
     """The form of the decode kernel a call of this shape runs on the current CUDA device
     (a key of DECODE["form_rows"]), as cuda/attention_decode.cu (DecodeFormOf) decides it:
     "packed" under JAX_BLOCKSPARSE_DECODE_PACKED=1 where the GQA-packed Hopper kernel
     takes the call (more than 16 (query, head) rows per kv head), "shared_tiles" under
     JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 for more than 16 such rows, else "warp_tiles"; "warp_tiles" without the
     extension or for a q dtype the kernel does not take (no decode kernel runs there).
-    `dtype`: q's; `kv_dtype`: k's and v's."""
+    `dtype`: q's; `kv_dtype`: k's and v's; `page_size`: a paged cache's (None:
+    contiguous)."""
     if _ext is None or not any(dtype == d for d in DECODE["dtypes"]):
         return "warp_tiles"
     splits = max(-(-width // DECODE["split_capacity"]), 1)  # the least a call has
     return _ext.decode_form(batch, tq, tk, hq, hkv, head_dim, block_size, mask_heads, width,
-                            paged, jnp.dtype(kv_dtype) == jnp.dtype(dtype), splits)
+                            page_size or 0, jnp.dtype(kv_dtype) == jnp.dtype(dtype), splits)
 
 
 @functools.lru_cache(maxsize=None)
@@ -632,7 +633,7 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
     tk = k_aval.shape[1] * (ctx.avals_in[8].shape[1] if paged else 1)
     form = decode_form(q_aval.dtype, k_aval.dtype, batch=b, tq=tq, tk=tk, hq=hq, hkv=hkv,
                        head_dim=d, block_size=block_size, mask_heads=mask_heads, width=width,
-                       paged=paged)
+                       page_size=k_aval.shape[1] if paged else None)
     resident = decode_resident_ctas(q_aval.dtype, k_aval.dtype, d, form)
     splits = decode_splits(b, hq, hkv, mask_heads, tq, width, resident, form)
     f32 = np.dtype(np.float32)

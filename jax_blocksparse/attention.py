@@ -423,7 +423,7 @@ def _decode_packed(q, k, lists, paged, block_size, tk):
     form = _cuda.decode_form(q.dtype, k.dtype, batch=b, tq=tq, tk=tk, hq=hq, hkv=k.shape[2],
                              head_dim=d, block_size=block_size,
                              mask_heads=block_lists.shape[1], width=block_lists.shape[-1],
-                             paged=paged)
+                             page_size=k.shape[1] if paged else None)
     return form == "packed"
 
 

@@ -347,11 +347,13 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
       return Invalid("decode: page_table must be [B, pages_per_seq]");
     p.page_size = int32_t(kd[1]);
     p.pages_per_seq = int32_t(pt[1]);
+    p.pool_pages = int32_t(kd[0]);
     p.tk = p.page_size * p.pages_per_seq;
   } else {
     if (kd[0] != qd[0]) return Invalid("decode: q and k differ in batch");
     p.tk = p.page_size = int32_t(kd[1]);
     p.pages_per_seq = 1;
+    p.pool_pages = int32_t(kd[0]);
   }
   for (const Buffer<S32>* x : {&kv_lengths, &q_rows, &q_positions})
     if (x->dimensions().size() != 1 || x->dimensions()[0] != qd[0])

@@ -74,8 +74,8 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
   // The partial kernel's form (kDecodeFormKeys) of a decode call of this shape on the
   // current device (DecodeFormOf): jax_blocksparse/_cuda.py routes and sizes by it.
   m.def("decode_form", [](int batch, int tq, int tk, int hq, int hkv, int head_dim,
-                          int block_size, int mask_heads, int width, bool paged, bool same_kv,
-                          int splits) {
+                          int block_size, int mask_heads, int width, int page_size,
+                          bool same_kv, int splits) {
     using namespace jax_blocksparse;
     AttentionDecodeParams p{};
     p.batch = batch;
@@ -89,7 +89,8 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
     p.width = width;
     p.splits = splits;
     static const int32_t kPageTable = 0;  // only its presence matters
-    p.page_table = paged ? &kPageTable : nullptr;
+    p.page_table = page_size > 0 ? &kPageTable : nullptr;  // 0: a contiguous cache
+    p.page_size = page_size > 0 ? page_size : tk;
     return std::string(kDecodeFormKeys[int(DecodeFormOf(p, same_kv))]);
   });
   m.attr("cuda_architectures") = JBS_CUDA_ARCHITECTURES;

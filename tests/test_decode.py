@@ -136,7 +136,8 @@ def assert_form_runs(runner, n_cases, kernel_text, **switch):
 # 96 rows (12 queries of group 8: a partial last query group), 512 rows (64 queries of
 # group 8: four tiles), 32 and 20 rows (a tile mostly past Tq), groups 1, 16 and 32, a
 # block of 256 (two key tiles an entry: the second past the causal limit in some rows),
-# per-batch masks, a window, head dims 64 and 128, float16; more than 12 queries reach the
+# per-batch masks, a window, head dims 64 and 128, float16, paged caches (pages of 64 keys:
+# two a key tile; of 128: one a tile); more than 12 queries reach the
 # decode primitive through the routing itself (attention._decode_packed), not a raised
 # DECODE_MAX_QUERIES.
 PACKED_CASES = [(jnp.bfloat16, 128, 128, 16, 16, 2, "dense", False),
@@ -148,7 +149,9 @@ PACKED_CASES = [(jnp.bfloat16, 128, 128, 16, 16, 2, "dense", False),
                 (jnp.bfloat16, 64, 128, 4, 32, 1, "dense", False),  # 4 queries a tile
                 (jnp.bfloat16, 128, 128, 64, 2, 2, "local", False),  # group 1: 64 rows
                 (jnp.bfloat16, 128, 128, 4, 8, 1, "per_batch", False),  # 32 rows
-                (jnp.float16, 64, 128, 20, 2, 2, "local", False)]  # group 1: 20 rows
+                (jnp.float16, 64, 128, 20, 2, 2, "local", False),  # group 1: 20 rows
+                (jnp.bfloat16, 128, 128, 16, 16, 2, "per_batch", True),  # 64-key pages
+                (jnp.float16, 64, 256, 8, 8, 1, "dense", True)]  # 128-key pages
 
 
 def run_packed_cases(indices=None):
@@ -214,7 +217,7 @@ def test_packed_routing(monkeypatch):
                                 kv_lengths=lengths))(q))
     assert "blocksparse_attention_decode" in jaxpr()
     assert asked[-1] == dict(batch=b, tq=tq, tk=tk, hq=hq, hkv=hkv, head_dim=d, block_size=bs,
-                             mask_heads=1, width=r, paged=False)
+                             mask_heads=1, width=r, page_size=None)
     monkeypatch.setattr(jbs._cuda, "decode_form", lambda *a, **s: "warp_tiles")
     assert "blocksparse_attention_decode" not in jaxpr()
 
@@ -224,7 +227,7 @@ def test_packed_form_is_opt_in():
     count of each form fills the CTAs of one wave."""
     form = jbs._cuda.decode_form(jnp.bfloat16, jnp.bfloat16, batch=2, tq=16, tk=4096, hq=16,
                                  hkv=2, head_dim=128, block_size=128, mask_heads=1, width=32,
-                                 paged=False)
+                                 page_size=None)
     switched = os.environ.get("JAX_BLOCKSPARSE_DECODE_PACKED", "") not in ("", "0")
     assert form == ("packed" if switched and jbs._cuda._sm90a_device() else "warp_tiles")
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 132, "packed") == 2  # 64 CTAs a split

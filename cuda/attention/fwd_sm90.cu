@@ -433,6 +433,33 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       tma::PrefetchMap(&tm_q);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
+      // One K or V tile (kBN keys from kstart) into dst. PACKED with a paged cache (maps
+      // over the pools [P, page_size, Hkv, D], boxes of min(page_size, kBN) keys): a piece
+      // per page, each at its rows of the tile (page sizes are multiples of 16: pieces start
+      // on whole 1024-byte swizzle atoms); keys past Tk (the last tile) read page 0, masked
+      // and their V rows zeroed as any key past the limit.
+      auto load_kv = [&](uint32_t dst, const CUtensorMap* map, int hk, int kstart, int b,
+                         uint32_t bar) {
+        if constexpr (PACKED) {
+          if (a.page_table != nullptr) {
+            const int piece = min(a.page_size, kBN);
+            for (int c = 0; c < kBN; c += piece) {
+              const int key = kstart + c;
+              const int page = key < a.tk ? __ldg(a.page_table + int64_t(b) * a.pages_per_seq +
+                                                  key / a.page_size)
+                                          : 0;
+#pragma unroll
+              for (int sl = 0; sl < kSlabs; ++sl)
+                tma::Load4d(dst + uint32_t(sl * kKVSlab + c * kLine), map, sl * 64, hk,
+                            key % a.page_size, page, bar);
+            }
+            return;
+          }
+        }
+#pragma unroll
+        for (int sl = 0; sl < kSlabs; ++sl)
+          tma::Load4d(dst + uint32_t(sl * kKVSlab), map, sl * 64, hk, kstart, b, bar);
+      };
       // With one Q buffer the next item's Q waits for this item's output store: its first
       // kQLead K/V tiles go first (their slots free up as the consumers finish this item)
       constexpr int kQLead = PERSISTENT && QBUFS == 1 ? STAGES : 0;
@@ -475,14 +502,10 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
           const uint32_t sk = base + uint32_t(S::kKV + 2 * st * kKVTile), sv = sk + kKVTile;
           tma::MbarWait(empty_k(st), ph ^ 1);
           tma::MbarArriveExpectTx(full_k(st), kKVTile);
-#pragma unroll
-          for (int sl = 0; sl < kSlabs; ++sl)
-            tma::Load4d(sk + sl * kKVSlab, &tm_k, sl * 64, hk, kstart, w.b, full_k(st));
+          load_kv(sk, &tm_k, hk, kstart, w.b, full_k(st));
           tma::MbarWait(empty_v(st), ph ^ 1);
           tma::MbarArriveExpectTx(full_v(st), kKVTile);
-#pragma unroll
-          for (int sl = 0; sl < kSlabs; ++sl)
-            tma::Load4d(sv + sl * kKVSlab, &tm_v, sl * 64, hk, kstart, w.b, full_v(st));
+          load_kv(sv, &tm_v, hk, kstart, w.b, full_v(st));
         }
         if constexpr (kQLead > 0) {
           if (j <= kQLead) load_q();
@@ -959,16 +982,17 @@ bool Sm90ForwardAvailable() { return sm90::DeviceOk<__nv_bfloat16, 128>(); }
 
 namespace sm90 {
 // The K and V maps of k, v [B, Tk, Hkv, D]: 4-d, dims D, Hkv, Tk, B (innermost first),
-// boxes of 64 columns (one swizzled slab) x 1 head x kBN keys x 1 batch entry; keys past
-// Tk zero filled by the loads.
-template <typename T, int D, int kBN>
+// boxes of 64 columns (one swizzled slab) x 1 head x `box_keys` keys x 1 batch entry; keys
+// past Tk zero filled by the loads. Page pools [P, page_size, Hkv, D] take the same maps
+// (keys = page_size, batch = P).
+template <typename T, int D>
 cudaError_t EncodeKvMaps(CUtensorMap* tk, CUtensorMap* tv, const void* k, const void* v,
-                         int hkv, int keys, int batch) {
+                         int hkv, int keys, int batch, int box_keys) {
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
   const uint64_t dims[4] = {uint64_t(D), uint64_t(hkv), uint64_t(keys), uint64_t(batch)};
   const uint64_t strides[3] = {D * e, uint64_t(hkv) * D * e, uint64_t(keys) * hkv * D * e};
-  const uint32_t box[4] = {64, 1, uint32_t(kBN), 1};
+  const uint32_t box[4] = {64, 1, uint32_t(box_keys), 1};
   cudaError_t err = tma::EncodeTiled<4>(tk, kBf16, k, dims, strides, box);
   return err == cudaSuccess ? tma::EncodeTiled<4>(tv, kBf16, v, dims, strides, box) : err;
 }
@@ -1023,8 +1047,8 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   const uint32_t box_q[4] = {64, 1, uint32_t(BS), 1}, box_out[4] = {64, 1, 64, 1};
   cudaError_t err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qd4, qs4, box_q);
   if (err == cudaSuccess)
-    err = EncodeKvMaps<T, D, Smem<D, kStages<D, BS>, BS>::kBN>(&tk, &tv, a.k, a.v, a.hkv, a.tk,
-                                                                a.batch);
+    err = EncodeKvMaps<T, D>(&tk, &tv, a.k, a.v, a.hkv, a.tk, a.batch,
+                             Smem<D, kStages<D, BS>, BS>::kBN);
   if (err == cudaSuccess) err = tma::EncodeTiled<4>(&to, kBf16, a.out_o, qd4, qs4, box_out);
   if (err != cudaSuccess) return err;
 
@@ -1069,8 +1093,11 @@ int64_t PackedGridY(const AttentionDecodeParams& p) {
 
 bool DecodePackedSm90Ok(const AttentionDecodeParams& p) {
   const int group = p.hkv > 0 ? p.hq / p.hkv : 0;
+  // a paged cache: pages of whole 128-key tiles, or tiles of whole pages (load_kv)
+  const bool pages_ok = p.page_table == nullptr ||
+                        (p.page_size > 0 && (p.page_size % 128 == 0 || 128 % p.page_size == 0));
   if (!GetSwitches().decode_packed || (p.head_dim != 64 && p.head_dim != 128) ||
-      p.mask_heads != 1 || p.page_table != nullptr || group <= 0 || group > 128 ||
+      p.mask_heads != 1 || !pages_ok || group <= 0 || group > 128 ||
       (group & (group - 1)) != 0 || p.block_size % 128 != 0 ||
       int64_t(group) * p.tq <= kDecodeWarpRows ||
       p.tk <= 0 || p.splits < 1 || int64_t(p.width) > int64_t(p.splits) * sm90::kPackedCap)
@@ -1144,6 +1171,9 @@ cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t
   a.splits = p.splits;
   a.group_lg = __builtin_ctz(unsigned(group));
   a.mask_rows = p.rows;
+  a.page_table = p.page_table;
+  a.page_size = p.page_size;
+  a.pages_per_seq = p.pages_per_seq;
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
   CUtensorMap tq{}, tk{}, tv{};
@@ -1156,9 +1186,14 @@ cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t
   const uint32_t box_q[5] = {64, uint32_t(group), 1, uint32_t(BS / group), 1};
   using K = PackedKernel<T, D>;
   cudaError_t err = tma::EncodeTiled<5>(&tq, kBf16, p.q, qd5, qs5, box_q);
+  // K and V: [B, Tk, Hkv, D], or the pools [P, page_size, Hkv, D] in pieces of a page
+  constexpr int kBN = Smem<D, K::kStagesP, BS>::kBN;
+  static_assert(kBN == 128, "pages_ok in DecodePackedSm90Ok assumes 128-key tiles");
   if (err == cudaSuccess)
-    err = EncodeKvMaps<T, D, Smem<D, K::kStagesP, BS>::kBN>(&tk, &tv, p.k, p.v, p.hkv, p.tk,
-                                                            p.batch);
+    err = p.page_table == nullptr
+              ? EncodeKvMaps<T, D>(&tk, &tv, p.k, p.v, p.hkv, p.tk, p.batch, kBN)
+              : EncodeKvMaps<T, D>(&tk, &tv, p.k, p.v, p.hkv, p.page_size, p.pool_pages,
+                                   p.page_size < kBN ? p.page_size : kBN);
   if (err != cudaSuccess) return err;
   err = K::Configure();
   if (err != cudaSuccess) return err;
