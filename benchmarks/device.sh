@@ -49,6 +49,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 matmul"
               "JAX_BLOCKSPARSE_DECODE_PACKED=1 decode"
+              "JAX_BLOCKSPARSE_DECODE_PACKED=64 decode" "JAX_BLOCKSPARSE_DECODE_PACKED=128 decode"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"

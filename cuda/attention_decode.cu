@@ -10,7 +10,7 @@
 // (KV an fp8 type) is read as bytes into the rings, and each lane converts the bytes of its
 // own mma fragments from there (Fp8 below): the products run in float16 whatever q's dtype.
 // A third form, for more than 16 such rows per kv head where the call allows it (opt-in
-// on sm_90a), runs them in GQA-packed 128-row tiles on the Hopper forward's wgmma
+// on sm_90a), runs them in GQA-packed 64- or 128-row tiles on the Hopper forward's wgmma
 // pipeline (attention/fwd_sm90.cu, PACKED), writing the same split workspaces; the combine
 // below serves every form.
 #include "attention_decode.h"
@@ -631,7 +631,10 @@ int ResidentCtas(DecodeForm form) {
     case DecodeForm::kWarpTiles: return ResidentPartialCtas<T, D, KV, false>();
     case DecodeForm::kSharedTiles: return ResidentPartialCtas<T, D, KV, true>();
     case DecodeForm::kPacked:
-      if constexpr (kPackable<T, D, KV>) return DecodePackedSm90ResidentCtas<T, D>();
+      if constexpr (kPackable<T, D, KV>) return DecodePackedSm90ResidentCtas<T, D, 128>();
+      return 0;
+    case DecodeForm::kPacked64:
+      if constexpr (kPackable<T, D, KV>) return DecodePackedSm90ResidentCtas<T, D, 64>();
       return 0;
   }
   return 0;
@@ -661,7 +664,10 @@ cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
     case DecodeForm::kWarpTiles: err = LaunchPartial<T, D, KV, false>(p, stream); break;
     case DecodeForm::kSharedTiles: err = LaunchPartial<T, D, KV, true>(p, stream); break;
     case DecodeForm::kPacked:  // GQA-packed rows on the Hopper forward's pipeline
-      if constexpr (kPackable<T, D, KV>) err = LaunchDecodePartialSm90<T, D>(p, stream);
+      if constexpr (kPackable<T, D, KV>) err = LaunchDecodePartialSm90<T, D, 128>(p, stream);
+      break;
+    case DecodeForm::kPacked64:
+      if constexpr (kPackable<T, D, KV>) err = LaunchDecodePartialSm90<T, D, 64>(p, stream);
       break;
   }
   if (err != cudaSuccess) return err;
@@ -697,7 +703,10 @@ const AttentionDecodeKernel kAttentionDecodeKernels[] = {
 }  // namespace
 
 DecodeForm DecodeFormOf(const AttentionDecodeParams& p, bool same_kv) {
-  if (same_kv && attn::DecodePackedSm90Ok(p)) return DecodeForm::kPacked;
+  if (same_kv) {
+    if (const int rows = attn::DecodePackedSm90Rows(p))
+      return rows == 64 ? DecodeForm::kPacked64 : DecodeForm::kPacked;
+  }
   const int per_cta = p.mask_heads == 1 && p.hkv > 0 ? p.hq / p.hkv : 1;
   if (GetSwitches().decode_shared_tiles && int64_t(per_cta) * p.tq > attn::kRows)
     return DecodeForm::kSharedTiles;
@@ -709,6 +718,7 @@ const char* DecodeKernelName(const AttentionDecodeKernel& kernel, DecodeForm for
     case DecodeForm::kWarpTiles: return kernel.name;
     case DecodeForm::kSharedTiles: return "decode(split-kv, 64-row CTAs, shared 64-key stages)";
     case DecodeForm::kPacked: return "decode(split-kv, GQA-packed 128-row wgmma tiles)";
+    case DecodeForm::kPacked64: return "decode(split-kv, GQA-packed 64-row wgmma tiles)";
   }
   return kernel.name;
 }

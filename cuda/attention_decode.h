@@ -45,13 +45,14 @@ enum class DecodeKv { kSame, kE4M3, kE5M2 };
 
 // The partial kernel a decode call runs (DecodeFormOf): 16-row CTAs whose warps take
 // 16-key tiles in turn; 64-row CTAs sharing each 64-key stage
-// (JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1); GQA-packed 128-row tiles on the Hopper forward's
-// wgmma pipeline (attention/fwd_sm90.cu; JAX_BLOCKSPARSE_DECODE_PACKED=1) for
+// (JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1); GQA-packed 128- or 64-row tiles on the Hopper
+// forward's wgmma pipeline (attention/fwd_sm90.cu; JAX_BLOCKSPARSE_DECODE_PACKED=1) for
 // more rows per kv head than one 16-row CTA holds, where the call allows it. Rows per CTA
-// 16, 64, 128; the names JAX_BLOCKSPARSE_DEBUG prints: DecodeKernelName.
-enum class DecodeForm { kWarpTiles, kSharedTiles, kPacked };
-constexpr int kDecodeForms = 3;
-constexpr const char* kDecodeFormKeys[kDecodeForms] = {"warp_tiles", "shared_tiles", "packed"};
+// 16, 64, 128, 64; the names JAX_BLOCKSPARSE_DEBUG prints: DecodeKernelName.
+enum class DecodeForm { kWarpTiles, kSharedTiles, kPacked, kPacked64 };
+constexpr int kDecodeForms = 4;
+constexpr const char* kDecodeFormKeys[kDecodeForms] = {"warp_tiles", "shared_tiles", "packed",
+                                                       "packed64"};
 
 struct AttentionDecodeParams {
   const void *q, *k, *v;
@@ -86,7 +87,8 @@ struct AttentionDecodeKernel {
 };
 
 // The form a call runs, k and v in q's dtype (`same_kv`) or not: packed where the switch,
-// the device and the call allow it (DecodePackedSm90Ok: more than 16 rows per kv head),
+// the device and the call allow it (DecodePackedSm90Rows: more than 16 rows per kv head;
+// kPacked64 for 64-row tiles),
 // else shared tiles for more than 16 rows per kv head under its switch, else warp tiles.
 DecodeForm DecodeFormOf(const AttentionDecodeParams& p, bool same_kv);
 // The debug name of a call of `kernel` in `form` (the row's name for warp tiles).

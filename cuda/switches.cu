@@ -37,6 +37,9 @@ Switches Read() {
                                                                                : -1;
   s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
   s.decode_packed = Flag("JAX_BLOCKSPARSE_DECODE_PACKED");
+  const char* packed = std::getenv("JAX_BLOCKSPARSE_DECODE_PACKED");
+  const int tile = packed != nullptr ? std::atoi(packed) : 0;
+  s.decode_packed_tile = tile == 64 || tile == 128 ? tile : 0;
   s.sdd_runs = OnUnlessZero("JAX_BLOCKSPARSE_MATMUL_SDD_RUNS");
   return s;
 }

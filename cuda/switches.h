@@ -43,8 +43,11 @@
 //     64 / 128, block size a multiple of 128, a mask shared by the heads, a contiguous
 //     cache or pages of a size that divides 128 or is a multiple of it, an sm_90a build on
 //     an sm_90 device) run the Hopper forward's wgmma pipeline on
-//     GQA-packed tiles (attention/fwd_sm90.cu, PACKED): K and V read once per 128 rows; the
-//     Python side routes up to 64 queries there (_cuda.decode_form)
+//     GQA-packed tiles (attention/fwd_sm90.cu, PACKED): K and V read once per tile, of 64
+//     rows (one consumer warpgroup, two CTAs per SM) for up to 64 rows per kv head, of 128
+//     for more, whichever the call allows (block sizes and pages: multiples or divisors of
+//     the tile); =64 or =128 takes only that tile; the Python side routes up to 64 queries
+//     there (_cuda.decode_form)
 //   JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 opts out (default on: on the H200 1.10-1.23x the one-block
 //     kernel, RESULTS 2026-12-04): sdd (the SDD-mode tile kernel, mma.sync) at block sizes
 //     16/32 takes up to 128 / bs blocks of one block row per CTA (matmul/mma_sync.cuh
@@ -65,6 +68,7 @@ struct Switches {
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
   bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "" or "0"
+  int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)
   bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "0" (unset: on)
 };
 

@@ -424,7 +424,7 @@ def _decode_packed(q, k, lists, paged, block_size, tk):
                              head_dim=d, block_size=block_size,
                              mask_heads=block_lists.shape[1], width=block_lists.shape[-1],
                              page_size=k.shape[1] if paged else None)
-    return form == "packed"
+    return form in ("packed", "packed64")
 
 
 def _kv_scales(q, k, k_scale, v_scale):

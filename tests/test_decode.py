@@ -112,19 +112,19 @@ def run_shared_cases():
 def test_shared_stage_form():
     """JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1: every case of more than 16 rows per kv head
     runs the 64-row form and passes test_decode_matches_the_dense_reference's checks."""
-    assert_form_runs("run_shared_cases", len(SHARED_CASES), "64-row CTAs",
+    assert_form_runs("run_shared_cases()", range(len(SHARED_CASES)), "64-row CTAs",
                      JAX_BLOCKSPARSE_DECODE_SHARED_TILES="1")
 
 
-def assert_form_runs(runner, n_cases, kernel_text, **switch):
-    """Runs `runner` of this module (its cases, each after a `mark_case` line) in a fresh
-    process with JAX_BLOCKSPARSE_DEBUG=1 and `switch`; every case launches the decode
-    kernel, and only under a name holding `kernel_text`."""
+def assert_form_runs(call, cases, kernel_text, **switch):
+    """Runs `call` of this module (cases, each after a `mark_case` line) in a fresh process
+    with JAX_BLOCKSPARSE_DEBUG=1 and `switch`; each of `cases` launches the decode kernel,
+    and only under a name holding `kernel_text`."""
     from reference import kernels_by_case, run_python
-    stderr = run_python(f"import test_decode as t; t.{runner}()", JAX_BLOCKSPARSE_DEBUG="1",
+    stderr = run_python(f"import test_decode as t; t.{call}", JAX_BLOCKSPARSE_DEBUG="1",
                         **switch).stderr
     logs = kernels_by_case(stderr)
-    for i in range(n_cases):
+    for i in cases:
         names = [kernel for op, kernel in logs.get(str(i), []) if op == "attention_decode"]
         assert names and all(kernel_text in n for n in names), (i, names, stderr[-3000:])
 
@@ -168,15 +168,30 @@ def run_packed_cases(indices=None):
             check_case("gpu", case)
 
 
+def packed_rows(case):
+    """(query, head) rows per kv head of a PACKED_CASES case."""
+    _, _, _, tq, hq, hkv, _, _ = case
+    return tq * (hq // hkv)
+
+
 @pytest.mark.gpu
-def test_gqa_packed_form():
-    """JAX_BLOCKSPARSE_DECODE_PACKED=1 on an sm_90a build and device: every case runs the
+@pytest.mark.parametrize("tile", ["1", "128", "64"])
+def test_gqa_packed_form(tile):
+    """JAX_BLOCKSPARSE_DECODE_PACKED on an sm_90a build and device: every case runs the
     packed form (and only it) and passes test_decode_matches_the_dense_reference's checks
-    (values against the float64 reference; gradients through the forward's path)."""
+    (values against the float64 reference; gradients through the forward's path). "1":
+    every case, on the tile the call picks (64 rows up to 64 rows per kv head, else 128);
+    "128": the cases of up to 64 rows (a tile mostly past Tq); "64": those of more rows and
+    a group of at most 64 (several 64-row chunks)."""
     if not jbs._cuda._sm90a_device():
         pytest.skip("the packed form needs an sm_90a build on an sm_90 device")
-    assert_form_runs("run_packed_cases", len(PACKED_CASES), "GQA-packed",
-                     JAX_BLOCKSPARSE_DECODE_PACKED="1")
+    cases, text = {
+        "1": (range(len(PACKED_CASES)), "GQA-packed"),
+        "128": ([i for i, c in enumerate(PACKED_CASES) if packed_rows(c) <= 64], "GQA-packed 128-row"),
+        "64": ([i for i, c in enumerate(PACKED_CASES)
+                if packed_rows(c) > 64 and c[4] // c[5] <= 64], "GQA-packed 64-row")}[tile]
+    assert_form_runs(f"run_packed_cases({list(cases)})", cases, text,
+                     JAX_BLOCKSPARSE_DECODE_PACKED=tile)
 
 
 @pytest.mark.gpu
@@ -218,6 +233,8 @@ def test_packed_routing(monkeypatch):
     assert "blocksparse_attention_decode" in jaxpr()
     assert asked[-1] == dict(batch=b, tq=tq, tk=tk, hq=hq, hkv=hkv, head_dim=d, block_size=bs,
                              mask_heads=1, width=r, page_size=None)
+    monkeypatch.setattr(jbs._cuda, "decode_form", lambda *a, **s: "packed64")
+    assert "blocksparse_attention_decode" in jaxpr()
     monkeypatch.setattr(jbs._cuda, "decode_form", lambda *a, **s: "warp_tiles")
     assert "blocksparse_attention_decode" not in jaxpr()
 
@@ -228,8 +245,10 @@ def test_packed_form_is_opt_in():
     form = jbs._cuda.decode_form(jnp.bfloat16, jnp.bfloat16, batch=2, tq=16, tk=4096, hq=16,
                                  hkv=2, head_dim=128, block_size=128, mask_heads=1, width=32,
                                  page_size=None)
-    switched = os.environ.get("JAX_BLOCKSPARSE_DECODE_PACKED", "") not in ("", "0")
-    assert form == ("packed" if switched and jbs._cuda._sm90a_device() else "warp_tiles")
+    switch = os.environ.get("JAX_BLOCKSPARSE_DECODE_PACKED", "")
+    packed = "packed64" if switch == "64" else "packed"  # 128 rows: 128-row tiles
+    assert form == (packed if switch not in ("", "0") and jbs._cuda._sm90a_device()
+                    else "warp_tiles")
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 132, "packed") == 2  # 64 CTAs a split
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 264, "warp_tiles") == 1  # 512
 

@@ -352,7 +352,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
               const __grid_constant__ CUtensorMap tm_o) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(PERSISTENT || QBUFS == 1, "a second Q buffer serves the next work item");
-  static_assert(!PACKED || (!PERSISTENT && BS == 128), "packed: one item per CTA, 128 rows");
+  static_assert(!PACKED || !PERSISTENT, "packed: one item per CTA");
   using S = Smem<D, STAGES, BS, QBUFS>;
   using G = Geom<BS, D>;
   constexpr int kBM = G::kBM, kBN = S::kBN, kConsumers = G::kConsumers;
@@ -1083,40 +1083,56 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
 
 namespace {
 // The packed grid's y extent: splits x row chunks (128 rows: 128 / G queries) x mask-row
-// parts (the rows Tq consecutive positions can touch), as DecodePacked decodes it.
-int64_t PackedGridY(const AttentionDecodeParams& p) {
-  const int64_t chunks = (int64_t(p.tq) * (p.hq / p.hkv) + 127) / 128;
+// parts (the rows Tq consecutive positions can touch), as DecodePacked decodes it; `rows`
+// per tile (DecodePackedSm90Rows).
+int64_t PackedGridY(const AttentionDecodeParams& p, int rows) {
+  const int64_t chunks = (int64_t(p.tq) * (p.hq / p.hkv) + rows - 1) / rows;
   const int64_t parts = p.tq > 1 ? (p.tq - 2) / p.block_size + 2 : 1;
   return int64_t(p.splits) * chunks * parts;
 }
+
+// Whether a tile of `rows` (64 or 128; its keys as many) takes p: the mask's blocks and a
+// paged cache's pages whole tiles or whole parts of one (load_kv), the group within a tile.
+bool PackedTileOk(const AttentionDecodeParams& p, int rows) {
+  const int group = p.hq / p.hkv;
+  const bool pages_ok =
+      p.page_table == nullptr ||
+      (p.page_size > 0 && (p.page_size % rows == 0 || rows % p.page_size == 0));
+  return group <= rows && p.block_size % rows == 0 && pages_ok &&
+         PackedGridY(p, rows) <= 65535;
+}
 }  // namespace
 
-bool DecodePackedSm90Ok(const AttentionDecodeParams& p) {
+int DecodePackedSm90Rows(const AttentionDecodeParams& p) {
+  const Switches& sw = GetSwitches();
   const int group = p.hkv > 0 ? p.hq / p.hkv : 0;
-  // a paged cache: pages of whole 128-key tiles, or tiles of whole pages (load_kv)
-  const bool pages_ok = p.page_table == nullptr ||
-                        (p.page_size > 0 && (p.page_size % 128 == 0 || 128 % p.page_size == 0));
-  if (!GetSwitches().decode_packed || (p.head_dim != 64 && p.head_dim != 128) ||
-      p.mask_heads != 1 || !pages_ok || group <= 0 || group > 128 ||
-      (group & (group - 1)) != 0 || p.block_size % 128 != 0 ||
-      int64_t(group) * p.tq <= kDecodeWarpRows ||
-      p.tk <= 0 || p.splits < 1 || int64_t(p.width) > int64_t(p.splits) * sm90::kPackedCap)
-    return false;
-  return PackedGridY(p) <= 65535 && Sm90ForwardAvailable();
+  if (!sw.decode_packed || (p.head_dim != 64 && p.head_dim != 128) || p.mask_heads != 1 ||
+      group <= 0 || (group & (group - 1)) != 0 || int64_t(group) * p.tq <= kDecodeWarpRows ||
+      p.tk <= 0 || p.splits < 1 || int64_t(p.width) > int64_t(p.splits) * sm90::kPackedCap ||
+      !Sm90ForwardAvailable())
+    return 0;
+  // the switch's tile, else 64-row tiles for up to 64 rows (half the products of a
+  // 128-row tile), 128-row ones for more, whichever the call allows
+  const int64_t rows = int64_t(group) * p.tq;
+  const int first = sw.decode_packed_tile != 0 ? sw.decode_packed_tile : rows <= 64 ? 64 : 128;
+  const int second = sw.decode_packed_tile != 0 ? first : 192 - first;
+  return PackedTileOk(p, first) ? first : PackedTileOk(p, second) ? second : 0;
 }
 
 namespace {
-// The packed partial kernel, its dynamic shared memory (the forward's, plus the split's
+// The packed partial kernel of BS-row tiles (128: two consumer warpgroups, ping-pong; 64:
+// one, two CTAs per SM), its dynamic shared memory (the forward's, plus the split's
 // compacted key starts and a count per warp) set once per device.
-template <typename T, int D>
+template <typename T, int D, int BS>
 struct PackedKernel {
-  static constexpr int kBS = 128;
+  static constexpr int kBS = BS;
   using G = sm90::Geom<kBS, D>;
   static constexpr int kStagesP = sm90::kStages<D, kBS>;
   static constexpr int kSmem =
       sm90::Smem<D, kStagesP, kBS, 1>::kBytes + 4 * (sm90::kPackedCap + G::kThreads / 32);
   static_assert(kSmem <= 227 * 1024, "shared memory of one CTA");
-  static constexpr auto kKernel = sm90::FwdKernel<T, D, kBS, kStagesP, true, false, 1, true>;
+  static constexpr auto kKernel =
+      sm90::FwdKernel<T, D, kBS, kStagesP, BS == 128, false, 1, true>;
   static cudaError_t Configure() {
     static std::atomic<uint64_t> configured{0};
     return AllowDynamicSmem(configured, reinterpret_cast<const void*>(kKernel), kSmem);
@@ -1124,22 +1140,21 @@ struct PackedKernel {
 };
 }  // namespace
 
-template <typename T, int D>
+template <typename T, int D, int BS>
 int DecodePackedSm90ResidentCtas() {
-  using K = PackedKernel<T, D>;
+  using K = PackedKernel<T, D, BS>;
   if (!Sm90ForwardAvailable() || K::Configure() != cudaSuccess) return 0;
   return CtasPerWave(reinterpret_cast<const void*>(K::kKernel), K::G::kThreads, K::kSmem);
 }
 
 // The GQA-packed split-KV partial kernel: rows (query t, head j of kv head g) of one mask
-// row, 128 per CTA; part_o / part_lse as the decode combine reads them.
-template <typename T, int D>
+// row, BS per CTA (DecodePackedSm90Rows); part_o / part_lse as the decode combine reads them.
+template <typename T, int D, int BS>
 cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t stream) {
   using namespace sm90;
-  constexpr int BS = 128;
   using G = Geom<BS, D>;
-  if (!DecodePackedSm90Ok(p) || p.head_dim != D) return cudaErrorInvalidValue;
-  const int group = p.hq / p.hkv;  // a power of two (DecodePackedSm90Ok)
+  if (DecodePackedSm90Rows(p) != BS || p.head_dim != D) return cudaErrorInvalidValue;
+  const int group = p.hq / p.hkv;  // a power of two (DecodePackedSm90Rows)
   Args a{};
   a.q = p.q;
   a.k = p.k;
@@ -1178,17 +1193,17 @@ cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t
   const uint64_t e = sizeof(T);
   CUtensorMap tq{}, tk{}, tv{};
   // q [B, Tq, Hq, D] as [B, Tq, Hkv, G, D]: dims D, G, Hkv, Tq, B; box 64 columns x G heads
-  // x 1 kv head x 128 / G queries x 1 batch entry = 128 rows (t, j), query-major
+  // x 1 kv head x BS / G queries x 1 batch entry = BS rows (t, j), query-major
   const uint64_t qd5[5] = {uint64_t(D), uint64_t(group), uint64_t(p.hkv), uint64_t(p.tq),
                            uint64_t(p.batch)};
   const uint64_t qs5[4] = {D * e, uint64_t(group) * D * e, uint64_t(p.hq) * D * e,
                            uint64_t(p.tq) * p.hq * D * e};
   const uint32_t box_q[5] = {64, uint32_t(group), 1, uint32_t(BS / group), 1};
-  using K = PackedKernel<T, D>;
+  using K = PackedKernel<T, D, BS>;
   cudaError_t err = tma::EncodeTiled<5>(&tq, kBf16, p.q, qd5, qs5, box_q);
   // K and V: [B, Tk, Hkv, D], or the pools [P, page_size, Hkv, D] in pieces of a page
   constexpr int kBN = Smem<D, K::kStagesP, BS>::kBN;
-  static_assert(kBN == 128, "pages_ok in DecodePackedSm90Ok assumes 128-key tiles");
+  static_assert(kBN == BS, "PackedTileOk takes a tile's keys as its rows");
   if (err == cudaSuccess)
     err = p.page_table == nullptr
               ? EncodeKvMaps<T, D>(&tk, &tv, p.k, p.v, p.hkv, p.tk, p.batch, kBN)
@@ -1197,18 +1212,22 @@ cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t
   if (err != cudaSuccess) return err;
   err = K::Configure();
   if (err != cudaSuccess) return err;
-  const dim3 grid(unsigned(p.batch * p.hkv), unsigned(PackedGridY(p)));
+  const dim3 grid(unsigned(p.batch * p.hkv), unsigned(PackedGridY(p, BS)));
   K::kKernel<<<grid, G::kThreads, K::kSmem, stream>>>(a, tq, tk, tv, tq);
   return cudaGetLastError();
 }
-#define JBS_DECODE_PACKED(T, D)                                                             \
-  template cudaError_t LaunchDecodePartialSm90<T, D>(const AttentionDecodeParams&,           \
-                                                     cudaStream_t);                          \
-  template int DecodePackedSm90ResidentCtas<T, D>();
-JBS_DECODE_PACKED(__nv_bfloat16, 64)
-JBS_DECODE_PACKED(__nv_bfloat16, 128)
-JBS_DECODE_PACKED(__half, 64)
-JBS_DECODE_PACKED(__half, 128)
+#define JBS_DECODE_PACKED(T, D, BS)                                                         \
+  template cudaError_t LaunchDecodePartialSm90<T, D, BS>(const AttentionDecodeParams&,       \
+                                                         cudaStream_t);                      \
+  template int DecodePackedSm90ResidentCtas<T, D, BS>();
+JBS_DECODE_PACKED(__nv_bfloat16, 64, 64)
+JBS_DECODE_PACKED(__nv_bfloat16, 64, 128)
+JBS_DECODE_PACKED(__nv_bfloat16, 128, 64)
+JBS_DECODE_PACKED(__nv_bfloat16, 128, 128)
+JBS_DECODE_PACKED(__half, 64, 64)
+JBS_DECODE_PACKED(__half, 64, 128)
+JBS_DECODE_PACKED(__half, 128, 64)
+JBS_DECODE_PACKED(__half, 128, 128)
 #undef JBS_DECODE_PACKED
 
 JBS_ATTENTION_SM90_LAUNCHERS(template, __nv_bfloat16)

@@ -10,13 +10,14 @@ namespace attn {
 
 struct Args;
 
-// GQA-packed decode (issue 22): whether the packed split-KV partial kernel takes p, and
-// its launcher (part_o / part_lse; the decode combine follows: attention_decode.cu)
-bool DecodePackedSm90Ok(const AttentionDecodeParams& p);
-template <typename T, int D>
+// GQA-packed decode (issue 22): the rows per tile (64 or 128) of the packed split-KV
+// partial kernel that takes p (0: none), its launcher for tiles of BS rows (part_o /
+// part_lse; the decode combine follows: attention_decode.cu), and its CTAs resident at
+// once on the current device (0: unknown or no sm_90a)
+int DecodePackedSm90Rows(const AttentionDecodeParams& p);
+template <typename T, int D, int BS>
 cudaError_t LaunchDecodePartialSm90(const AttentionDecodeParams& p, cudaStream_t stream);
-// its CTAs resident at once on the current device (0: unknown or no sm_90a)
-template <typename T, int D>
+template <typename T, int D, int BS>
 int DecodePackedSm90ResidentCtas();
 
 // The forward of attention.h's semantics for block size BS (128: 128-row CTAs, two
