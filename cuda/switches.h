@@ -40,10 +40,9 @@
 //     5x the forward kernel's speed at 16 queries of group 8, 1.5x the 16-row form at 3-4
 //     queries: RESULTS 2026-12-04 second session): decode calls with more than 16 (query,
 //     head) rows per kv head (GQA group a power of two, q's dtype for k and v, head dim
-//     64 / 128, block size a multiple of 128, a mask shared by the heads, a contiguous
-//     cache or pages of a size that divides 128 or is a multiple of it, an sm_90a build on
-//     an sm_90 device) run the Hopper forward's wgmma pipeline on
-//     GQA-packed tiles (attention/fwd_sm90.cu, PACKED): K and V read once per tile, of 64
+//     64 / 128, a mask shared by the heads, an sm_90a build on an sm_90 device) run the
+//     Hopper forward's wgmma pipeline on GQA-packed tiles (attention/fwd_sm90.cu, PACKED):
+//     K and V read once per tile, of 64
 //     rows (one consumer warpgroup, two CTAs per SM) for up to 64 rows per kv head, of 128
 //     for more, whichever the call allows (block sizes and pages: multiples or divisors of
 //     the tile); =64 or =128 takes only that tile; the Python side routes up to 64 queries

@@ -413,8 +413,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
 
 def _decode_packed(q, k, lists, paged, block_size, tk):
     """Whether the decode kernel's GQA-packed form runs this call (`_cuda.decode_form`:
-    K and V read once per 128 (query, head) rows on the Hopper wgmma pipeline; opt-in:
-    JAX_BLOCKSPARSE_DECODE_PACKED=1);
+    K and V read once per tile of 64 or 128 (query, head) rows on the Hopper wgmma
+    pipeline; opt-in: JAX_BLOCKSPARSE_DECODE_PACKED=1);
     such calls take the decode primitive up to the kernel's limit of queries."""
     if not _cuda.cuda_available():
         return False

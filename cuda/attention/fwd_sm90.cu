@@ -1082,7 +1082,7 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
 }
 
 namespace {
-// The packed grid's y extent: splits x row chunks (128 rows: 128 / G queries) x mask-row
+// The packed grid's y extent: splits x row chunks (`rows` rows: rows / G queries) x mask-row
 // parts (the rows Tq consecutive positions can touch), as DecodePacked decodes it; `rows`
 // per tile (DecodePackedSm90Rows).
 int64_t PackedGridY(const AttentionDecodeParams& p, int rows) {
@@ -1095,9 +1095,9 @@ int64_t PackedGridY(const AttentionDecodeParams& p, int rows) {
 // paged cache's pages whole tiles or whole parts of one (load_kv), the group within a tile.
 bool PackedTileOk(const AttentionDecodeParams& p, int rows) {
   const int group = p.hq / p.hkv;
-  const bool pages_ok =
-      p.page_table == nullptr ||
-      (p.page_size > 0 && (p.page_size % rows == 0 || rows % p.page_size == 0));
+  const bool pages_ok = p.page_table == nullptr ||
+                        (p.page_size > 0 && p.page_size % kDecodeTileKeys == 0 &&
+                         (p.page_size % rows == 0 || rows % p.page_size == 0));
   return group <= rows && p.block_size % rows == 0 && pages_ok &&
          PackedGridY(p, rows) <= 65535;
 }
@@ -1133,9 +1133,11 @@ struct PackedKernel {
   static_assert(kSmem <= 227 * 1024, "shared memory of one CTA");
   static constexpr auto kKernel =
       sm90::FwdKernel<T, D, kBS, kStagesP, BS == 128, false, 1, true>;
-  static cudaError_t Configure() {
-    static std::atomic<uint64_t> configured{0};
-    return AllowDynamicSmem(configured, reinterpret_cast<const void*>(kKernel), kSmem);
+  static cudaError_t Configure() {  // the largest carveout: two 64-row CTAs per SM
+    static std::atomic<uint64_t> configured{0}, carveout{0};
+    const void* kernel = reinterpret_cast<const void*>(kKernel);
+    cudaError_t err = AllowDynamicSmem(configured, kernel, kSmem);
+    return err == cudaSuccess ? PreferSharedMemory(carveout, kernel) : err;
   }
 };
 }  // namespace
