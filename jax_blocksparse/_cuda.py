@@ -576,8 +576,9 @@ def decode_form(dtype, kv_dtype, *, batch: int, tq: int, tk: int, hq: int, hkv: 
     "packed" (128-row tiles) or "packed64" (64-row tiles) under
     JAX_BLOCKSPARSE_DECODE_PACKED=1 where the GQA-packed Hopper kernel takes the call (more
     than 16 (query, head) rows per kv head), "shared_tiles" under
-    JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 for more than 16 such rows, else "warp_tiles"; "warp_tiles" without the
-    extension or for a q dtype the kernel does not take (no decode kernel runs there).
+    JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 for more than 16 such rows, else "warp_tiles";
+    "warp_tiles" without the extension or for a q dtype the kernel does not take (no decode
+    kernel runs there).
     `dtype`: q's; `kv_dtype`: k's and v's; `page_size`: a paged cache's (None:
     contiguous)."""
     if _ext is None or not any(dtype == d for d in DECODE["dtypes"]):
