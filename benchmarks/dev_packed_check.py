@@ -2,7 +2,7 @@
 numpy, for a device call with little time: six calls (contiguous and paged caches, 20 to
 512 rows per kv head, one and many splits), relative error each. On a GPU run it as
 
-    JAX_BLOCKSPARSE_DECODE_PACKED=1 JAX_BLOCKSPARSE_DEBUG=1 python3 benchmarks/dev_packed_check.py
+    JAX_BLOCKSPARSE_DEBUG=1 python3 benchmarks/dev_packed_check.py
 
 (the debug lines name the form each call ran); tests/test_decode.py::test_gqa_packed_form
 is the full check (gradients, more layouts)."""

@@ -48,14 +48,15 @@ sanitize() {
               "JAX_BLOCKSPARSE_SIMPLE_KERNELS=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 matmul"
-              "JAX_BLOCKSPARSE_DECODE_PACKED=1 decode"
+              "JAX_BLOCKSPARSE_DECODE_PACKED=0 decode"
               "JAX_BLOCKSPARSE_DECODE_PACKED=64 decode" "JAX_BLOCKSPARSE_DECODE_PACKED=128 decode"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention"
-              "JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 decode")
+              "JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1,JAX_BLOCKSPARSE_DECODE_PACKED=0 decode")
   # SANITIZE_RUNS="- decode;JAX_BLOCKSPARSE_NO_WGMMA=1 matmul": other runs, ';' between
+  # (several settings of one run: ',' between)
   # (a part's cases in slices: "- attention --slice 0/2;- attention --slice 1/2")
   [ -n "$SANITIZE_RUNS" ] && IFS=';' read -ra runs <<< "$SANITIZE_RUNS"
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
@@ -73,7 +74,7 @@ sanitize() {
       for try in 1 2; do
         echo "### $tool: $envset sanitize_workload.py $* (try $try)" >> "$log"
         env XLA_PYTHON_CLIENT_ALLOCATOR=platform XLA_FLAGS=--xla_gpu_autotune_level=0 \
-            JAX_BLOCKSPARSE_DEBUG=1 "$envset" \
+            JAX_BLOCKSPARSE_DEBUG=1 ${envset//,/ } \
             "$cs" --tool "$tool" --kernel-name kns=jax_blocksparse --error-exitcode 1 \
             python3 "$repo/benchmarks/sanitize_workload.py" "$@" >> "$log" 2>&1
         rc=$?

@@ -248,10 +248,10 @@ def decode_workload():
         decode_cases(dtype, d, 16, 3, per_head=True, paged=True, kv_dtype=kv_dtype)
     decode_cases(jnp.bfloat16, 128, 32, 16, hq=8, hkv=2, kv_dtype=jnp.float8_e4m3fn)
     decode_cases(jnp.bfloat16, 64, 16, 1, tk=1100 * 16, lengths=[1100 * 16, 9000])  # 2 splits
-    # the GQA-packed form under JAX_BLOCKSPARSE_DECODE_PACKED=1 (sm_90a; else the forms
-    # above or, at 16 queries, the forward): 128 rows (group 8 x 16 queries), 64 rows in a block
-    # of 256 (two key tiles an entry) with a soft cap and sinks, 24 rows (3 queries), a
-    # paged cache of 16-key pages in reverse order
+    # the GQA-packed form (the default on sm_90a; with JAX_BLOCKSPARSE_DECODE_PACKED=0 or
+    # elsewhere the forms above or, at 16 queries, the forward): 128 rows (group 8 x 16
+    # queries), 64 rows in a block of 256 (two key tiles an entry) with a soft cap and
+    # sinks, 24 rows (3 queries), a paged cache of 16-key pages in reverse order
     for dtype, d in itertools.product((jnp.bfloat16, jnp.float16), (64, 128)):
         decode_cases(dtype, d, 128, 16, hq=16, hkv=2)
         decode_cases(dtype, d, 256, 8, hq=8, hkv=1, sinks=True, softcap=5.0)

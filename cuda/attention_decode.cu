@@ -9,10 +9,10 @@
 // each warp's ring), so that K and V are read once per 64 rows instead of per 16. An fp8 cache
 // (KV an fp8 type) is read as bytes into the rings, and each lane converts the bytes of its
 // own mma fragments from there (Fp8 below): the products run in float16 whatever q's dtype.
-// A third form, for more than 16 such rows per kv head where the call allows it (opt-in
-// on sm_90a), runs them in GQA-packed 64- or 128-row tiles on the Hopper forward's wgmma
-// pipeline (attention/fwd_sm90.cu, PACKED), writing the same split workspaces; the combine
-// below serves every form.
+// A third form, for more than 16 such rows per kv head where the call allows it (the
+// default on sm_90a, taking such calls before the 64-row form), runs them in GQA-packed
+// 64- or 128-row tiles on the Hopper forward's wgmma pipeline (attention/fwd_sm90.cu,
+// PACKED), writing the same split workspaces; the combine below serves every form.
 #include "attention_decode.h"
 
 #include <cuda_bf16.h>

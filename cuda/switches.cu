@@ -36,7 +36,7 @@ Switches Read() {
       bwd_variant != nullptr && bwd_variant[0] >= '0' && bwd_variant[0] <= '4' ? bwd_variant[0] - '0'
                                                                                : -1;
   s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
-  s.decode_packed = Flag("JAX_BLOCKSPARSE_DECODE_PACKED");
+  s.decode_packed = OnUnlessZero("JAX_BLOCKSPARSE_DECODE_PACKED");
   const char* packed = std::getenv("JAX_BLOCKSPARSE_DECODE_PACKED");
   const int tile = packed != nullptr ? std::atoi(packed) : 0;
   s.decode_packed_tile = tile == 64 || tile == 128 ? tile : 0;

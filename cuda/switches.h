@@ -36,9 +36,9 @@
 //     64-row CTAs whose four warps share every 64-key stage (attention_decode.cu), instead
 //     of 16-row CTAs whose warps take 16-key tiles in turn (K/V read once per 64 rows, not
 //     per 16); the Python side asks DecodeFormOf (_cuda.decode_form: the split count)
-//   JAX_BLOCKSPARSE_DECODE_PACKED=1 opt-in until its values are checked on a GPU (on the H200
-//     5x the forward kernel's speed at 16 queries of group 8, 1.5x the 16-row form at 3-4
-//     queries: RESULTS 2026-12-04 second session): decode calls with more than 16 (query,
+//   JAX_BLOCKSPARSE_DECODE_PACKED=0 opts out (default on: on the H200 5x the forward
+//     kernel's speed at 16 queries of group 8, 1.6x the 16-row form at 3-8 queries,
+//     values checked on the GPU: RESULTS 2026-12-04 third session): decode calls with more than 16 (query,
 //     head) rows per kv head (GQA group a power of two, q's dtype for k and v, head dim
 //     64 / 128, a mask shared by the heads, an sm_90a build on an sm_90 device) run the
 //     Hopper forward's wgmma pipeline on GQA-packed tiles (attention/fwd_sm90.cu, PACKED):
@@ -66,7 +66,7 @@ struct Switches {
   int attn_fwd_persistent_ctas;  // the latter's value when >= 1, else 0 (no cap)
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
-  bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "" or "0"
+  bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "0" (unset: on)
   int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)
   bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "0" (unset: on)
 };

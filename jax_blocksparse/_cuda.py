@@ -530,7 +530,7 @@ DECODE = {
     "tile_keys": 16,  # block sizes and page sizes: multiples of this
     # (query, head) rows of a CTA in each form of the partial kernel (decode_form; cuda:
     # DecodeForm): 16-row CTAs (kRows), the 64-row form (JAX_BLOCKSPARSE_DECODE_SHARED_TILES),
-    # GQA-packed 128- and 64-row wgmma tiles (sm_90a, JAX_BLOCKSPARSE_DECODE_PACKED=1)
+    # GQA-packed 128- and 64-row wgmma tiles (sm_90a; JAX_BLOCKSPARSE_DECODE_PACKED=0: off)
     "form_rows": {"warp_tiles": 16, "shared_tiles": 64, "packed": 128, "packed64": 64},
     # queries per sequence (cuda: kDecodeMaxQueries); `attention.DECODE_MAX_QUERIES` routes
     # fewer here, the crossover with the forward kernel measured by decode.py --sweep
@@ -573,9 +573,9 @@ def decode_form(dtype, kv_dtype, *, batch: int, tq: int, tk: int, hq: int, hkv: 
                 page_size: int | None) -> str:
     """The form of the decode kernel a call of this shape runs on the current CUDA device
     (a key of DECODE["form_rows"]), as cuda/attention_decode.cu (DecodeFormOf) decides it:
-    "packed" (128-row tiles) or "packed64" (64-row tiles) under
-    JAX_BLOCKSPARSE_DECODE_PACKED=1 where the GQA-packed Hopper kernel takes the call (more
-    than 16 (query, head) rows per kv head), "shared_tiles" under
+    "packed" (128-row tiles) or "packed64" (64-row tiles) where the GQA-packed Hopper
+    kernel takes the call (more than 16 (query, head) rows per kv head; not under
+    JAX_BLOCKSPARSE_DECODE_PACKED=0), "shared_tiles" under
     JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 for more than 16 such rows, else "warp_tiles";
     "warp_tiles" without the extension or for a q dtype the kernel does not take (no decode
     kernel runs there).

@@ -309,7 +309,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         k, v that are not fp8, or not a positive Python float or a float array `[Hkv]`
         (non-positive values where they are known at trace time).
     Short queries (`Tq <= DECODE_MAX_QUERIES` = 12, up to 64 with an fp8 cache or where
-    the decode kernel's opt-in GQA-packed Hopper form takes the call (`_decode_packed`); no
+    the decode kernel's GQA-packed Hopper form takes the call (`_decode_packed`); no
     segment ids: decoding with a KV cache, one or a few tokens per sequence) run the
     decode primitive (`attention_decode.py`): on an NVIDIA GPU,
     bfloat16/float16 q (k and v of its dtype, or an fp8 cache: the kernel reads the fp8
@@ -414,7 +414,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
 def _decode_packed(q, k, lists, paged, block_size, tk):
     """Whether the decode kernel's GQA-packed form runs this call (`_cuda.decode_form`:
     K and V read once per tile of 64 or 128 (query, head) rows on the Hopper wgmma
-    pipeline; opt-in: JAX_BLOCKSPARSE_DECODE_PACKED=1);
+    pipeline; JAX_BLOCKSPARSE_DECODE_PACKED=0 turns it off);
     such calls take the decode primitive up to the kernel's limit of queries."""
     if not _cuda.cuda_available():
         return False

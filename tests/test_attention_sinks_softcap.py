@@ -504,8 +504,8 @@ FWD_SINKS = {"fwd_segments_d128_bs128_bf16", "fwd_d96_segments_bs128_bf16",
 
 def gpu_forward_check(name, seed=0):
     """One capped forward through the kernels: o and lse against the float64 reference,
-    and dq, dk, dv (the backward of these: the FA3-design backward at head dims 64 and 128
-    on an sm_90 GPU, else the pure-JAX path)."""
+    and dq, dk, dv (the backward of these: the kernels test_hopper_forward_takes_soft_cap
+    names on an sm_90 GPU)."""
     b, tq, tk, hq, hkv, d, bs, dtype, segments, causal, cap = FWD_CASES[name]
     dtype = {"f16": jnp.float16, "bf16": jnp.bfloat16}[dtype]
     rng = np.random.default_rng([len(name), seed])
@@ -555,7 +555,8 @@ def test_hopper_forward_takes_soft_cap(persistent):
     or 32 or partial last tiles runs the FA3-design forward (plain, then persistent), with
     attention sinks in some (FWD_SINKS): o and lse against the float64 reference (dsinks
     too); its backward (dq, dk, dv against the reference too) the default FA3-design
-    backward at head dims 64 and 128, the pure-JAX path at 96 and 256."""
+    backward at head dims 64 and 128 (FA2's at block size 64), at 96 the same zero-padded
+    to 128 (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), the pure-JAX path at 256."""
     from jax_blocksparse import _cuda
     from reference import kernels_by_case, run_python
     if not _cuda.sm90_forward():
@@ -573,8 +574,10 @@ def test_hopper_forward_takes_soft_cap(persistent):
         assert fwd and all(k.startswith("fa3_forward") for k in fwd), (name, fwd)
         assert all(("persistent" in k) == (persistent == "1") for k in fwd), (name, fwd)
         bwd = [kernel for op, kernel in logs.get(name, []) if op == "attention_bwd"]
-        if FWD_CASES[name][5] in (64, 128):  # the Hopper backward, capped
-            assert bwd and all(k == "fa3_backward(wgmma, tma, ws, overlap)" for k in bwd), (
-                name, bwd)
-        else:  # head dims 96, 256: the pure-JAX backward
+        d, bs = FWD_CASES[name][5:7]
+        if _cuda.BACKWARD_PADDED_HEAD_DIMS.get(d, d) not in (64, 128):  # 256: pure JAX
             assert not bwd, (name, bwd)
+        else:  # capped, head dim 96 zero-padded to 128: the Hopper backward, FA2's at 64
+            want = ("fa2_backward(delta, dq 64-row, dk/dv per kv head)" if bs == 64
+                    else "fa3_backward(wgmma, tma, ws, overlap)")
+            assert bwd and all(k == want for k in bwd), (name, bwd)

@@ -110,10 +110,11 @@ def run_shared_cases():
 
 @pytest.mark.gpu
 def test_shared_stage_form():
-    """JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1: every case of more than 16 rows per kv head
-    runs the 64-row form and passes test_decode_matches_the_dense_reference's checks."""
+    """JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 with the packed form off (which takes the
+    calls it applies to first): every case of more than 16 rows per kv head runs the 64-row
+    form and passes test_decode_matches_the_dense_reference's checks."""
     assert_form_runs("run_shared_cases()", range(len(SHARED_CASES)), "64-row CTAs",
-                     JAX_BLOCKSPARSE_DECODE_SHARED_TILES="1")
+                     JAX_BLOCKSPARSE_DECODE_SHARED_TILES="1", JAX_BLOCKSPARSE_DECODE_PACKED="0")
 
 
 def assert_form_runs(call, cases, kernel_text, **switch):
@@ -131,8 +132,8 @@ def assert_form_runs(call, cases, kernel_text, **switch):
 
 # More than 16 (query, head) rows per kv head, a GQA group of a power of two, block sizes
 # multiples of 128, a mask shared by the heads, a cache in q's dtype: the GQA-packed form
-# (64- or 128-row tiles on the Hopper forward's wgmma pipeline) under
-# JAX_BLOCKSPARSE_DECODE_PACKED (issue 22). 128 rows (group 8 x 16 queries, group 4 x 32),
+# (64- or 128-row tiles on the Hopper forward's wgmma pipeline), the default (issue 22;
+# JAX_BLOCKSPARSE_DECODE_PACKED=0 turns it off). 128 rows (group 8 x 16 queries, group 4 x 32),
 # 64 rows, 96 rows (12 queries of group 8: a partial last query group), 512 rows (64
 # queries of group 8: four 128-row tiles), 32 and 20 rows (a tile mostly past Tq), groups
 # 1, 16 and 32, a block of 256 (two key tiles an entry: the second past the causal limit in
@@ -196,7 +197,7 @@ def test_gqa_packed_form(tile):
 
 @pytest.mark.gpu
 def test_packed_form_off():
-    """Without the switch (its "0" here) the cases of up to 12 queries run the 16-row form
+    """With the switch off (its "0") the cases of up to 12 queries run the 16-row form
     (more take the forward primitive) and pass the same checks."""
     att = sys.modules["jax_blocksparse.attention"]
     short = [i for i, case in enumerate(PACKED_CASES) if case[3] <= att.DECODE_MAX_QUERIES]
@@ -234,16 +235,16 @@ def test_packed_routing(monkeypatch):
     assert "blocksparse_attention_decode" not in jaxpr()
 
 
-def test_packed_form_is_opt_in():
-    """Only with the switch on an sm_90a device does a call take the packed form; the split
-    count of each form fills the CTAs of one wave."""
+def test_packed_form_is_the_default():
+    """On an sm_90a device a call of more than 16 rows per kv head takes the packed form
+    unless JAX_BLOCKSPARSE_DECODE_PACKED=0; the split count of each form fills the CTAs of
+    one wave."""
     form = jbs._cuda.decode_form(jnp.bfloat16, jnp.bfloat16, batch=2, tq=16, tk=4096, hq=16,
                                  hkv=2, head_dim=128, block_size=128, mask_heads=1, width=32,
                                  page_size=None)
     switch = os.environ.get("JAX_BLOCKSPARSE_DECODE_PACKED", "")
     packed = "packed64" if switch == "64" else "packed"  # 128 rows: 128-row tiles
-    assert form == (packed if switch not in ("", "0") and jbs._cuda._sm90a_device()
-                    else "warp_tiles")
+    assert form == (packed if switch != "0" and jbs._cuda._sm90a_device() else "warp_tiles")
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 132, "packed") == 2  # 64 CTAs a split
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 264, "warp_tiles") == 1  # 512
 
