@@ -113,8 +113,11 @@ for stage in "$@"; do
   case $stage in
     # TEST_VERBOSITY=-v: one line per test as it ends (a stage cut by a time limit still
     # names its failures; -q prints them only in the summary at the end)
-    test) (cd "$repo/tests" && XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest \
-             ${TEST_VERBOSITY:--q} -m gpu \
+    # XLA's own autotuning off (its choice of gemm kernels, not ours: each test's processes
+    # compile their programs afresh); the 30 slowest tests listed at the end
+    test) (cd "$repo/tests" && XLA_PYTHON_CLIENT_PREALLOCATE=false \
+             XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" python3 -m pytest \
+             ${TEST_VERBOSITY:--q} -m gpu --durations 30 \
              -n ${TEST_WORKERS:-6} --timeout 300 -rf -p no:cacheprovider ${TEST_FILES:-.}) 2>&1 \
             | tee "$out/gpu_tests.log" | tail -25 ;;
     matmul) python3 "$repo/benchmarks/matmul.py" 2>&1 | tee "$out/matmul.log"

@@ -133,7 +133,8 @@ def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
 
 def _context(mask, causal, tq, tk, offset=None, documents=None):
     """The block lists of `mask` as context operands (leading batch axis 1 or B), the
-    bool `[Bm, Hm, Rq]` of query blocks whose lists overflowed (None for a Layout), and the
+    bool `[Bm, Hm, Rq]` of query blocks whose lists overflowed (None for a Layout, or a
+    `BlockMask` whose `max_blocks` is `Rk`: none can), and the
     int8 block kinds `[Bm, Hm, Rq, Rk]` the lists list (numpy for a Layout without
     documents). With `documents = (q_ids, kv_ids)` the lists are per batch entry and skip
     the block pairs of different documents (`attention_metadata.document_kinds`)."""

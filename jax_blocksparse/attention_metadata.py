@@ -212,9 +212,11 @@ def device_metadata(mask, block_size: int, causal: bool, tq: int, tk: int, capac
                     offset: int | None = None) -> tuple[AttentionMetadata, jnp.ndarray]:
     """Metadata of a block mask `[Bm, Hm, Rq, Rk]` (a jax array, e.g. traced), computed with
     jax.numpy: query lists `capacity` wide, key lists `Rq` wide. Also returns the bool
-    `[Bm, Hm, Rq]` of query blocks that list more than `capacity` key blocks."""
+    `[Bm, Hm, Rq]` of query blocks that list more than `capacity` key blocks, or None
+    when none can (`capacity >= Rk`): the callers then skip the pass that puts NaN in
+    such rows (a read and write of the whole output)."""
     kind = block_kinds(jnp, mask, block_size, causal, tq, tk, offset)
     by_query = block_lists(jnp, kind, capacity)
-    overflow = (kind > 0).sum(-1) > capacity
+    overflow = None if capacity >= kind.shape[-1] else (kind > 0).sum(-1) > capacity
     by_key = block_lists(jnp, jnp.swapaxes(kind, -1, -2), mask.shape[-2])
     return AttentionMetadata(by_query, by_key, kind), overflow

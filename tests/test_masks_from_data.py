@@ -227,6 +227,10 @@ def test_block_mask_capacity_overflow_gives_nan_rows_never_truncation(platform):
     np.testing.assert_array_equal(rows_nan, np.repeat([False, False, True, True], bs))
     full = jbs.attention(q, k, v, jbs.BlockMask.from_mask(mask, bs, max_blocks=4))
     assert np.isfinite(np.asarray(full)).all()
+    # max_blocks = Rk (the default): no row can overflow, and no pass puts NaN in rows
+    program = lambda mb: str(jax.make_jaxpr(lambda m: jbs.attention(
+        q, k, v, jbs.BlockMask.from_mask(m, bs, max_blocks=mb)))(jnp.asarray(mask)))
+    assert "nan" in program(2) and "nan" not in program(4)
 
 
 def test_block_mask_vmap_and_errors(platform):
