@@ -97,6 +97,9 @@ enum class MatmulPath {
                 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
              // unless JAX_BLOCKSPARSE_NO_WGMMA=1
+  kWgmmaTf32,  // float32 at default precision read as tf32, the kWgmma conditions, K-major
+               // operands (the Python lowering passes them so), block sizes 64/128; opt-in:
+               // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1
   kMmaSyncRuns,  // SDD at bs 16/32, several blocks of one block row per CTA (mma.sync, sm_80+),
                  // unless JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0
   kMmaSync,  // tensor cores (TF32 for float32), sm_80+: what runs when nothing above does

@@ -41,6 +41,7 @@ Switches Read() {
   const int tile = packed != nullptr ? std::atoi(packed) : 0;
   s.decode_packed_tile = tile == 64 || tile == 128 ? tile : 0;
   s.sdd_runs = OnUnlessZero("JAX_BLOCKSPARSE_MATMUL_SDD_RUNS");
+  s.tf32_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA");
   return s;
 }
 

@@ -3,7 +3,8 @@
 // pass (__CUDA_ARCH_FEAT_SM90_ALL), so this header can be included by translation units
 // built for several architectures; callers must only run the code on sm_90a.
 //
-// Shared-memory operand layout used with these descriptors (16-bit element types): the
+// Shared-memory operand layout used with these descriptors (16-bit element types; float
+// read as tf32 the same in bytes, 32 elements a line, K-major only): the
 // tile is a sequence of 128-byte *lines* (64 elements); 16-byte chunk c of line L lives at
 // byte L*128 + ((c ^ (L % 8)) * 16) from a 1024-byte aligned base (the 128-byte swizzle;
 // eight lines form one 1024-byte swizzle atom).
@@ -118,6 +119,18 @@ __device__ __forceinline__ void FenceOperand(float& r) { asm volatile("" : "+f"(
                : "l"(da), "l"(db), "r"(scale_d));                                          \
   }
 
+// SS for tf32 (k8): D[64 x n] += A[64 x 8] * B[8 x n], A and B from shared memory, K-major
+// both (tf32 takes no transposes: wgmma reads 32-bit operands K-major only).
+#define JBS_WG_SS_TF32(NAME, N, INSTR) \
+  JBS_WG_EXPAND_(JBS_WG_SS_TF32_, NAME, N, INSTR, JBS_WG_AFTER##N)
+#define JBS_WG_SS_TF32_(NAME, N, INSTR, o0, o1, o2, o3, o4, o5)                             \
+  __device__ __forceinline__ void NAME(float (&d)[N], uint64_t da, uint64_t db) {           \
+    JBS_WG_ASM("{\n .reg .pred p;\n setp.ne.b32 p, " JBS_WG_OP(o2) ", 0;\n"                 \
+               " wgmma.mma_async.sync.aligned." INSTR " {" JBS_WG_D##N##_TEXT "}, "         \
+               JBS_WG_OP(o0) ", " JBS_WG_OP(o1) ", p, 1, 1;\n}\n"                           \
+               : JBS_WG_D##N(d)                                                            \
+               : "l"(da), "l"(db), "r"(1));                                                \
+  }
 // RS: D[64 x n] += A[64 x 16] * B[16 x n], A from registers (the m16n8k16 A-fragment layout
 // per warp: a[0..3] rows g / g+8, k 2t / 2t+8), B from shared memory, TB: B stored N-major
 // (1) or K-major (0).
@@ -137,6 +150,8 @@ JBS_WG_SS_TRANS(Mma64x64Bf16, 32, "m64n64k16.f32.bf16.bf16")
 JBS_WG_SS_TRANS(Mma64x64F16, 32, "m64n64k16.f32.f16.f16")
 JBS_WG_SS_TRANS(Mma64x128Bf16, 64, "m64n128k16.f32.bf16.bf16")
 JBS_WG_SS_TRANS(Mma64x128F16, 64, "m64n128k16.f32.f16.f16")
+JBS_WG_SS_TF32(Mma64x64Tf32, 32, "m64n64k8.f32.tf32.tf32")
+JBS_WG_SS_TF32(Mma64x128Tf32, 64, "m64n128k8.f32.tf32.tf32")
 JBS_WG_SS_SCALE(MmaSS64x64Bf16, 32, "m64n64k16.f32.bf16.bf16")
 JBS_WG_SS_SCALE(MmaSS64x64F16, 32, "m64n64k16.f32.f16.f16")
 JBS_WG_SS_SCALE(MmaSS64x128Bf16, 64, "m64n128k16.f32.bf16.bf16")
@@ -167,17 +182,25 @@ JBS_WG_RS(MmaRS64x256F16, 128, "m64n256k16.f32.f16.f16")
 #undef JBS_WG_SS_TRANS_
 #undef JBS_WG_SS_SCALE
 #undef JBS_WG_SS_SCALE_
+#undef JBS_WG_SS_TF32
+#undef JBS_WG_SS_TF32_
 #undef JBS_WG_RS
 #undef JBS_WG_RS_
 
-// D[64 x N] += A[64 x 16] * B[16 x N] for one warpgroup, float32 accumulators; TA / TB:
+// D[64 x N] += A[64 x K] * B[K x N] for one warpgroup, float32 accumulators, K = 32 bytes of
+// the element type (k16 of 16-bit types; k8 of float, read as tf32: K-major only); TA / TB:
 // A M-major / B N-major (imm-trans). d: this thread's N/2 accumulators.
 template <typename T, int N, int TA, int TB>
 __device__ __forceinline__ void Mma(float (&d)[N / 2], uint64_t da, uint64_t db) {
   static_assert(N == 64 || N == 128, "N");
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
-  static_assert(kBf16 || std::is_same<T, __half>::value, "16-bit types only");
-  if constexpr (N == 64) {
+  constexpr bool kTf32 = std::is_same<T, float>::value;
+  static_assert(kBf16 || kTf32 || std::is_same<T, __half>::value, "16-bit types or float");
+  static_assert(!kTf32 || (TA == 0 && TB == 0), "tf32: K-major operands only");
+  if constexpr (kTf32) {
+    if constexpr (N == 64) Mma64x64Tf32(d, da, db);
+    else Mma64x128Tf32(d, da, db);
+  } else if constexpr (N == 64) {
     if constexpr (kBf16) Mma64x64Bf16<TA, TB>(d, da, db);
     else Mma64x64F16<TA, TB>(d, da, db);
   } else {
@@ -185,7 +208,6 @@ __device__ __forceinline__ void Mma(float (&d)[N / 2], uint64_t da, uint64_t db)
     else Mma64x128F16<TA, TB>(d, da, db);
   }
 }
-
 // The same for m64n128k16 with a run-time scale-d (SS, K-major A and B) and with A from
 // registers (RS), by element type.
 template <typename T>

@@ -16,7 +16,9 @@ overrides, cuda/switches.h) are read here too: the forward and the backward take
 ids, lists per batch entry, partial last tiles and q_offset only where the FA3-design
 kernels run (`sm90_forward`, `sm90_backward`), at the head dims and block sizes of their
 rows; under 4 (`onepass_backward`) the backward's custom call gets the one-pass
-kernel's two workspaces. Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
+kernel's two workspaces. `JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1` (with
+`JAX_BLOCKSPARSE_NO_WGMMA` unset) makes the float32 matmul lowerings pass K-major operands
+on an sm_90a device (`_tf32_wgmma`). Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
 call that a kernel could have taken but that lowers to the pure-JAX implementation says why
 when the program is compiled (the kernels' own launch lines come from C++).
 """
@@ -51,6 +53,8 @@ class Switches(NamedTuple):
     disable_cuda: bool
     attn_fwd_variant: int  # -1: unset (the default by architecture), else 0..3
     attn_bwd_variant: int  # -1: unset (the default), else 0..4 (2, 3, 4: the Hopper backward)
+    matmul_tf32_wgmma: bool  # JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA (opt-in: `_tf32_wgmma`)
+    no_wgmma: bool  # JAX_BLOCKSPARSE_NO_WGMMA (it switches the former off too)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -70,7 +74,9 @@ def _read_switches() -> Switches:
         return int(value[0]) if value[:1] in ("0", "1", "2", "3", "4") else -1
     return Switches(disable_cuda=number("JAX_BLOCKSPARSE_DISABLE_CUDA") != 0,
                     attn_fwd_variant=variant("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"),
-                    attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"))
+                    attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"),
+                    matmul_tf32_wgmma=number("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA") != 0,
+                    no_wgmma=number("JAX_BLOCKSPARSE_NO_WGMMA") != 0)
 
 
 SWITCHES = _read_switches()
@@ -165,7 +171,41 @@ def _ffi(target, ctx, operands, metadata, **attributes):
 
 
 # ------------------------------------------------------------------- matmul family
+def _tf32_wgmma(ctx, block_size: int, precision) -> bool:
+    """Whether this float32 matmul call is for the Hopper wgmma kernel with tf32 products
+    (opt-in: JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1; cuda/matmul/dispatch.cu, kWgmmaTf32):
+    default precision, block size 64 or 128, an sm_90a device. That kernel reads both
+    operands K-major (wgmma takes no transposes of 32-bit operands), so the lowerings below
+    then pass the transposes that make them so; where the C++ dispatch still picks
+    another kernel (rows that are not 16-byte aligned: mma.sync) the call computes the
+    same product from them."""
+    return (SWITCHES.matmul_tf32_wgmma and not SWITCHES.no_wgmma
+            and ctx.avals_in[0].dtype == jnp.float32 and block_size in (64, 128)
+            and precision != jax.lax.Precision.HIGHEST and _sm90a_device())
+
+
+def _swapped(ctx, operands, which):
+    """`operands` (of the call, as `ctx.avals_in`) with the last two axes of those where
+    `which` holds swapped, inside the lowering: (operands, ctx with their avals)."""
+    swap = jint.lower_fun(lambda x: jnp.swapaxes(x, -1, -2), multiple_results=False)
+    values, avals = list(operands), list(ctx.avals_in)
+    for i, flip in enumerate(which):
+        if flip:
+            aval = avals[i]
+            out = aval.update(shape=(*aval.shape[:-2], aval.shape[-1], aval.shape[-2]))
+            values[i] = swap(ctx.replace(avals_in=[aval], avals_out=[out]), values[i])[0]
+            avals[i] = out
+    return values, ctx.replace(avals_in=avals)
+
+
+# Under `_tf32_wgmma` each lowering passes its dense operands K-major (the transpose of one
+# stored the other way, with the flag that reads it back) and a sparse operand's blocks as
+# the tile kernel reads them transposed (each block transposed, the flag flipped, the block
+# lists those of the call's own orientation): the same product, K-major both.
 def _sdd_lowering(ctx, a, b, *, layout, trans_a, trans_b, precision):
+    if _tf32_wgmma(ctx, layout.block_size, precision):
+        (a, b), ctx = _swapped(ctx, (a, b), (trans_a, not trans_b))
+        trans_a, trans_b = False, True
     return _ffi("jax_blocksparse_sdd", ctx, (a, b), [layout.coords],
                 block_size=np.int32(layout.block_size), trans_a=trans_a, trans_b=trans_b,
                 precision=_precision_attr(precision))
@@ -173,6 +213,9 @@ def _sdd_lowering(ctx, a, b, *, layout, trans_a, trans_b, precision):
 
 def _dsd_lowering(ctx, s, b, *, layout, trans_s, trans_b, precision):
     lists = layout.lists("col" if trans_s else "row")  # rows of op(S)
+    if _tf32_wgmma(ctx, layout.block_size, precision):  # runs as op(B)^T op(S)^T
+        (s, b), ctx = _swapped(ctx, (s, b), (trans_s, not trans_b))
+        trans_s, trans_b = False, True
     return _ffi("jax_blocksparse_dsd", ctx, (s, b), lists,
                 block_size=np.int32(layout.block_size), trans_s=trans_s, trans_b=trans_b,
                 precision=_precision_attr(precision))
@@ -180,6 +223,9 @@ def _dsd_lowering(ctx, s, b, *, layout, trans_s, trans_b, precision):
 
 def _dds_lowering(ctx, a, w, *, layout, trans_a, trans_w, precision):
     lists = layout.lists("row" if trans_w else "col")  # columns of op(W)
+    if _tf32_wgmma(ctx, layout.block_size, precision):
+        (a, w), ctx = _swapped(ctx, (a, w), (trans_a, not trans_w))
+        trans_a, trans_w = False, True
     return _ffi("jax_blocksparse_dds", ctx, (a, w), lists,
                 block_size=np.int32(layout.block_size), trans_a=trans_a, trans_w=trans_w,
                 precision=_precision_attr(precision))

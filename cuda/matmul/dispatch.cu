@@ -3,7 +3,8 @@
 // (simple.cu) for exact float32 (precision=HIGHEST) or when JAX_BLOCKSPARSE_SIMPLE_KERNELS=1.
 // On an sm_90 device with sm_90a code built, bf16/f16 at block sizes 64/128 with 16-byte
 // aligned operand rows run the wgmma kernel instead (wgmma_lines.cuh; switched off by
-// JAX_BLOCKSPARSE_NO_WGMMA=1), and dds/dsd at block sizes 16/32 the grouped-lines wgmma
+// JAX_BLOCKSPARSE_NO_WGMMA=1; float32 at default precision too under
+// JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1, opt-in, K-major operands only), and dds/dsd at block sizes 16/32 the grouped-lines wgmma
 // kernel (wgmma_small.cuh; JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off alone).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -23,6 +24,7 @@ JBS_TC_RUNS_LAUNCHERS(extern template, __half)
 JBS_TC_RUNS_LAUNCHERS(extern template, __nv_bfloat16)
 }  // namespace tc
 namespace wg {
+JBS_WGMMA_TF32_LAUNCHERS(extern template)
 JBS_WGMMA_LAUNCHERS(extern template, __half)
 JBS_WGMMA_LAUNCHERS(extern template, __nv_bfloat16)
 }  // namespace wg
@@ -56,6 +58,13 @@ using tc::TcArgs;
 #define JBS_WG_ROWS(DT, T)                                                          \
   JBS_WG_TRANS_ROWS(DT, T, 64, 1, Sdd64), JBS_WG_TRANS_ROWS(DT, T, 128, 1, Sdd128), \
       JBS_WG_TRANS_ROWS(DT, T, 64, 0, Wg64), JBS_WG_TRANS_ROWS(DT, T, 128, 0, Wg128)
+// float32 read as tf32, K-major A and B only (opt-in: JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1).
+#define JBS_WG_TF32_ROW(BS, SDD, C)                                                    \
+  {DType::kF32, BS, MatmulPath::kWgmmaTf32, SDD, 0, 1, "wgmma(tf32)",                  \
+   wg::Run<float, wg::C, false, true>, wg::WgmmaUsable<float>}
+#define JBS_WG_TF32_ROWS                                                              \
+  JBS_WG_TF32_ROW(64, 1, Sdd64), JBS_WG_TF32_ROW(128, 1, Sdd128),                     \
+      JBS_WG_TF32_ROW(64, 0, Wg64), JBS_WG_TF32_ROW(128, 0, Wg128)
 // DS mode at bs 16/32, every transposition (off with JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0).
 #define JBS_WGS_ROW(DT, T, BS, C, TA, TB)                                             \
   {DT, BS, MatmulPath::kWgmmaSmall, 0, TA, TB, "wgmma-small(128x64)",                 \
@@ -85,6 +94,7 @@ const MatmulKernel kMatmulKernels[] = {
     JBS_WG_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_SDD_RUNS_ROWS(DType::kF16, __half, "mma.sync(block-row runs)"),
     JBS_SDD_RUNS_ROWS(DType::kBF16, __nv_bfloat16, "mma.sync(block-row runs)"),
+    JBS_WG_TF32_ROWS,
     JBS_MMA_ROWS(DType::kF32, float, "mma.sync(tf32)"),
     JBS_MMA_ROWS(DType::kF16, __half, "mma.sync"),
     JBS_MMA_ROWS(DType::kBF16, __nv_bfloat16, "mma.sync"),
@@ -95,6 +105,8 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WG_ROW
 #undef JBS_WG_TRANS_ROWS
 #undef JBS_WG_ROWS
+#undef JBS_WG_TF32_ROW
+#undef JBS_WG_TF32_ROWS
 #undef JBS_WGS_ROW
 #undef JBS_WGS_TRANS_ROWS
 #undef JBS_WGS_ROWS
@@ -102,12 +114,13 @@ const MatmulKernel kMatmulKernels[] = {
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
 // (they then win: their rows come first); the wgmma kernels unless switched off, the small
-// one unless switched off alone; mma.sync always.
+// one unless switched off alone, the tf32 one when switched on; mma.sync always.
 bool PathOn(MatmulPath path, const Switches& sw, bool exact) {
   switch (path) {
     case MatmulPath::kSimple: return exact || sw.simple_kernels;
     case MatmulPath::kWgmmaSmall: return sw.small_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmma: return !sw.no_wgmma;
+    case MatmulPath::kWgmmaTf32: return sw.tf32_wgmma && !sw.no_wgmma && !exact;
     case MatmulPath::kMmaSyncRuns: return sw.sdd_runs;
     case MatmulPath::kMmaSync: return true;
     case MatmulPath::kNone: return false;

@@ -1,12 +1,14 @@
 // Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose; see the DS
 // mode in tc_tile.cuh for the mapping) on warpgroup MMAs (wgmma.mma_async), for 16-bit
-// types and block sizes 64 / 128. Instantiated in one translation unit per dtype
-// (wgmma_lines_{bf16,f16}.cu); the dispatch table (dispatch.cu) names the launchers.
+// types and block sizes 64 / 128, and for float read as tf32 (K-major operands only: wgmma
+// takes no transposes of 32-bit operands; the Python lowering passes them so). Instantiated
+// in one translation unit per dtype (wgmma_lines_{bf16,f16,f32}.cu); the dispatch table
+// (dispatch.cu) names the launchers.
 //
 // The CTA owns an output tile of BM = 64*NWG rows of the dense dimension x one line (BN =
 // bs columns); warpgroup w computes rows [64w, 64w+64) with one m64nBSk16 wgmma per 16 of
-// K, accumulators (float32) in registers. The K loop walks the line's blocks in steps of
-// 64 (a block of 128 takes two steps): per step, the A tile (BM x 64 of op(A), at the
+// K (k8 for tf32), accumulators (float32) in registers. The K loop walks the line's blocks in
+// steps of one 128-byte line of K (64 16-bit elements, 32 floats): per step, the A tile (BM x 64 of op(A), at the
 // block's row of A) and the B tile (64 x bs of op(block)) are copied by all threads with
 // 16-byte cp.async into a STAGES-deep shared-memory ring, in the swizzled line layout of
 // wgmma.cuh; each operand keeps the orientation it has in global memory (K-major or
@@ -39,12 +41,11 @@ struct Cfg {
   static constexpr int STAGES = STAGES_, MINB = MINB_;
   static constexpr bool SDD = SDD_;
   static_assert(!SDD || BM == BS, "SDD: the tile is one block");
-  static constexpr int KSUB = BS / kBK;  // K steps per block
   static constexpr int A_BYTES = BM * kLine, B_BYTES = BS * kLine;  // one stage
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   static constexpr int RING = STAGES * STAGE_BYTES;
-  static constexpr int EPI =
-      2 * (BM * (BS + 8) > BS * (BM + 8) ? BM * (BS + 8) : BS * (BM + 8));
+  static constexpr int EPI =  // bytes of the staged tile, elements of up to 4 bytes
+      4 * (BM * (BS + 8) > BS * (BM + 8) ? BM * (BS + 8) : BS * (BM + 8));
   static constexpr int SMEM = (RING > EPI ? RING : EPI) + 1024;  // + 1024-byte alignment
   static_assert(BS == 64 || BS == 128, "block size");
   static_assert(STAGES >= 3, "one wgmma group stays in flight: 3 stages at least");
@@ -53,9 +54,13 @@ struct Cfg {
 template <typename T, class C, bool TA, bool TB>
 __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, int64_t mt,
                                      unsigned char* smem) {
-  constexpr int BS = C::BS, BM = C::BM, NT = C::NT, STAGES = C::STAGES, KSUB = C::KSUB;
+  constexpr int BS = C::BS, BM = C::BM, NT = C::NT, STAGES = C::STAGES;
   constexpr bool kAMn = TA;   // A stored M-major (imm-trans-a = 1)
   constexpr bool kBMn = !TB;  // op(block) stored N-major (imm-trans-b = 1)
+  constexpr int kE = 16 / int(sizeof(T));       // elements per 16-byte chunk
+  constexpr int kStep = kLine / int(sizeof(T));  // K per step: one 128-byte line
+  constexpr int KSUB = BS / kStep;               // K steps per block
+  static_assert(sizeof(T) == 2 || (!kAMn && !kBMn), "tf32: K-major operands only");
   using CA = Copies<BM, NT, kAMn>;
   using CB = Copies<BS, NT, kBMn>;
 
@@ -70,7 +75,7 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
   if constexpr (C::SDD) {
     row0 = int64_t(p.coords[2 * unit]) * BS;
     col0 = int64_t(p.coords[2 * unit + 1]) * BS;
-    steps = int((p.K + kBK - 1) / kBK);
+    steps = int((p.K + kStep - 1) / kStep);
     rows_left = BM;
   } else {
     const int line = p.order[unit];
@@ -87,40 +92,44 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
   const CB cb(tid);
   const int64_t lda = p.lda;
   // A: chunk i at a_base + i*RSTEP*lda + (step offset: k, or k*lda when M-major)
-  const T* a_base = kAMn ? a + ca.r0 * lda + row0 + ca.cc * 8 : a + (row0 + ca.r0) * lda + ca.cc * 8;
+  const T* a_base =
+      kAMn ? a + ca.r0 * lda + row0 + ca.cc * kE : a + (row0 + ca.r0) * lda + ca.cc * kE;
   const int64_t a_istride = int64_t(CA::RSTEP) * lda;
   // valid bytes: M-major, the chunk's 8 rows of M (same for all i); K-major, per i
   int a_bytes_mn = 16;
   int a_rows = 0;  // K-major: chunk i valid iff i*RSTEP < a_rows
   if (kAMn) {
-    const int64_t left = rows_left - ca.cc * 8;
-    a_bytes_mn = left <= 0 ? 0 : (left < 8 ? int(left) * 2 : 16);
+    const int64_t left = rows_left - ca.cc * kE;
+    a_bytes_mn = left <= 0 ? 0 : (left < kE ? int(left * sizeof(T)) : 16);
   } else {
     const int64_t left = rows_left - ca.r0;
     a_rows = left <= 0 ? 0 : (left > BM ? BM : int(left));
   }
-  // B: DS, chunk i at b + blk*BS*BS + r0*BS + cc*8 + i*RSTEP*BS + (kin, or kin*BS when
+  // B: DS, chunk i at b + blk*BS*BS + r0*BS + cc*kE + i*RSTEP*BS + (kin, or kin*BS when
   // N-major); SDD, at b_base + i*RSTEP*ldb + (k, or k*ldb when N-major)
-  const int b_off0 = cb.r0 * BS + cb.cc * 8;
+  const int b_off0 = cb.r0 * BS + cb.cc * kE;
   const int64_t ldb = p.ldb;
-  const T* b_base = kBMn ? b + cb.r0 * ldb + col0 + cb.cc * 8 : b + (col0 + cb.r0) * ldb + cb.cc * 8;
+  const T* b_base =
+      kBMn ? b + cb.r0 * ldb + col0 + cb.cc * kE : b + (col0 + cb.r0) * ldb + cb.cc * kE;
   const int64_t b_istride = int64_t(CB::RSTEP) * ldb;
 
   // SDD: copies of K step s, the tail masked (zero filled): along K-major rows by bytes,
   // MN-major rows (k) whole.
   auto issue_sdd = [&](int s) {
-    const int64_t k0 = int64_t(s) * kBK, kl = p.K - k0;  // kl >= 1
+    const int64_t k0 = int64_t(s) * kStep, kl = p.K - k0;  // kl >= 1
     const uint32_t st = ring + uint32_t((s % STAGES) * C::STAGE_BYTES);
-    auto kbytes = [](int64_t left) { return left <= 0 ? 0 : (left < 8 ? int(left) * 2 : 16); };
+    auto kbytes = [](int64_t left) {
+      return left <= 0 ? 0 : (left < kE ? int(left * sizeof(T)) : 16);
+    };
     const T* as = a_base + (kAMn ? k0 * lda : k0);
-    const int nka = kbytes(kl - ca.cc * 8);
+    const int nka = kbytes(kl - ca.cc * kE);
 #pragma unroll
     for (int i = 0; i < CA::CH; ++i) {
       const int n = kAMn ? (ca.r0 + i * CA::RSTEP < kl ? 16 : 0) : nka;
       tc::CpAsync16(st + ca.dst0 + i * CA::RSTEP * kLine, n > 0 ? as + i * a_istride : a, n);
     }
     const T* bs_ = b_base + (kBMn ? k0 * ldb : k0);
-    const int nkb = kbytes(kl - cb.cc * 8);
+    const int nkb = kbytes(kl - cb.cc * kE);
 #pragma unroll
     for (int i = 0; i < CB::CH; ++i) {
       const int n = kBMn ? (cb.r0 + i * CB::RSTEP < kl ? 16 : 0) : nkb;
@@ -133,7 +142,7 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
     if constexpr (C::SDD) {
       issue_sdd(s);
     } else {
-      const int kin = (s % KSUB) * kBK;
+      const int kin = (s % KSUB) * kStep;
       const int64_t ka = int64_t(idx) * BS + kin;
       const uint32_t st = ring + uint32_t((s % STAGES) * C::STAGE_BYTES);
       const T* as = a_base + (kAMn ? ka * lda : ka);
@@ -157,7 +166,7 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
     }
   };
 
-  // ---- MMA operands: descriptors of stage 0, k16 slice 0 of this warpgroup
+  // ---- MMA operands: descriptors of stage 0, K slice 0 (32 bytes) of this warpgroup
   const int wgi = tid / 128;
   constexpr uint32_t kSbo = 1024;
   constexpr uint32_t kALbo = kAMn ? kBK * kLine : 16, kBLbo = kBMn ? kBK * kLine : 16;
@@ -190,7 +199,7 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
       for (int i = 0; i < BS / 2; ++i) FenceOperand(acc[i]);
       Fence();
 #pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk)
+      for (int kk = 0; kk < kLine / 32; ++kk)
         Mma<T, BS, kAMn ? 1 : 0, kBMn ? 1 : 0>(acc, da0 + so + ((kk * kAkk) >> 4),
                                                 db0 + so + ((kk * kBkk) >> 4));
       Commit();
@@ -268,11 +277,12 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
 
 // Whether the wgmma kernels can run `args` on the current device: block size 64 or 128,
 // and (Sm90Usable) 16-byte aligned operand rows, an sm_90 device and kernels built for
-// sm_90a.
+// sm_90a (asked of one instantiation: of float, the only one, K-major A and B).
 template <typename T>
 bool WgmmaUsable(const TcArgs& args, int block_size) {
+  constexpr bool kTf32 = std::is_same<T, float>::value;
   return (block_size == 64 || block_size == 128) &&
-         Sm90Usable<WgKernel<T, Wg64, false, false>>(args);
+         Sm90Usable<WgKernel<T, Wg64, false, kTf32>>(args);
 }
 
 // The launchers (one per configuration and transposition: `Run<T, C, TA, TB>`) and the
@@ -284,6 +294,13 @@ bool WgmmaUsable(const TcArgs& args, int block_size) {
   JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd64)  \
   JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd128) \
   PREFIX bool WgmmaUsable<T>(const TcArgs&, int);
+// float (tf32): K-major A and B only (TA = false, TB = true).
+#define JBS_WGMMA_TF32_LAUNCHERS(PREFIX)                             \
+  PREFIX cudaError_t Run<float, Wg64, false, true>(TcArgs, cudaStream_t);   \
+  PREFIX cudaError_t Run<float, Wg128, false, true>(TcArgs, cudaStream_t);  \
+  PREFIX cudaError_t Run<float, Sdd64, false, true>(TcArgs, cudaStream_t);  \
+  PREFIX cudaError_t Run<float, Sdd128, false, true>(TcArgs, cudaStream_t); \
+  PREFIX bool WgmmaUsable<float>(const TcArgs&, int);
 
 }  // namespace wg
 }  // namespace jax_blocksparse
