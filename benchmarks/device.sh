@@ -4,6 +4,7 @@
 #   (matmul_small: bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA 0 and 1;
 #    matmul_sdd_runs: sdd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SDD_RUNS 0 and 1;
 #    matmul_tf32: float32 (and bf16) at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA 0 and 1;
+#    matmul_short: bs 64/128 at densities 0.02-0.1 under JAX_BLOCKSPARSE_MATMUL_SHORT_LINES 0, 1;
 #    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64;
@@ -50,6 +51,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 matmul"
               "JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1 matmul"
+              "JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1 matmul"
               "JAX_BLOCKSPARSE_DECODE_PACKED=0 decode"
               "JAX_BLOCKSPARSE_DECODE_PACKED=64 decode" "JAX_BLOCKSPARSE_DECODE_PACKED=128 decode"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
@@ -138,6 +140,12 @@ for stage in "$@"; do
                    JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=$t python3 "$repo/benchmarks/matmul.py" \
                      --dtypes bfloat16,float32 --block-sizes 64,128
                  done 2>&1 | tee "$out/matmul_tf32.log" ;;
+    # bf16 at bs 64/128, densities 0.02-0.1, under JAX_BLOCKSPARSE_MATMUL_SHORT_LINES 0 and 1
+    matmul_short) for t in 0 1; do
+                    echo "JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=$t"
+                    JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=$t python3 "$repo/benchmarks/matmul.py" \
+                      --block-sizes 64,128 --densities 0.02,0.05,0.1
+                  done 2>&1 | tee "$out/matmul_short.log" ;;
     matmul_full) python3 "$repo/benchmarks/matmul.py" --full --reps 4 2>&1 \
                    | tee "$out/matmul_full.log" ;;
     attention_full) python3 "$repo/benchmarks/attention.py" --full 2>&1 \

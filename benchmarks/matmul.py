@@ -15,6 +15,7 @@ parser.add_argument("--layout", default="random",
                     choices=["random", "barabasi_albert", "watts_strogatz"])
 parser.add_argument("--block-sizes", default=None, help="comma list, e.g. 64,128")
 parser.add_argument("--dtypes", default=None, help="comma list, e.g. bfloat16,float32")
+parser.add_argument("--densities", default=None, help="comma list, e.g. 0.02,0.1")
 parser.add_argument("--reps", type=int, default=10, help="back-to-back calls per timing")
 args = parser.parse_args()
 grid = dict(matmul.FULL if args.full else matmul.QUICK)
@@ -22,4 +23,6 @@ if args.block_sizes:
     grid["block_sizes"] = [int(b) for b in args.block_sizes.split(",")]
 if args.dtypes:
     grid["dtypes"] = args.dtypes.split(",")
+if args.densities:
+    grid["densities"] = [float(d) for d in args.densities.split(",")]
 matmul.run(**grid, layout_kind=args.layout, reps=args.reps)

@@ -57,6 +57,11 @@
 //     reads 32-bit operands K-major only, so the Python lowering (_cuda._tf32_wgmma) passes
 //     the transposed operands those calls need (XLA transposes; a block's transpose for
 //     the sparse operand)
+//   JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1 opt-in until measured (issue 20: density 0.02 at
+//     >= 70% of the rate at 0.1): dds and dsd at block sizes 64/128 (bf16/f16, the wgmma
+//     conditions) whose lines hold fewer than 4 blocks on average run the wgmma kernel
+//     with 128-row CTAs and a 3-deep ring, two or three per SM (matmul/wgmma_lines.cuh,
+//     Wg64Short / Wg128Short), instead of 256-row CTAs alone on an SM
 #pragma once
 
 namespace jax_blocksparse {
@@ -76,6 +81,7 @@ struct Switches {
   int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)
   bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "0" (unset: on)
   bool tf32_wgmma;        // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA: anything but "" or "0"
+  bool short_lines;       // JAX_BLOCKSPARSE_MATMUL_SHORT_LINES: anything but "" or "0"
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).
