@@ -98,7 +98,7 @@ enum class MatmulPath {
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
              // unless JAX_BLOCKSPARSE_NO_WGMMA=1
   kWgmmaShortLines,  // kWgmma's calls in DS mode with fewer than 4 blocks per line on
-                     // average (2-3 CTAs per SM); opt-in: JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1
+                     // average (2 CTAs per SM); opt-in: JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1
   kWgmmaTf32,  // float32 at default precision read as tf32, the kWgmma conditions, K-major
                // operands (the Python lowering passes them so), block sizes 64/128; opt-in:
                // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1

@@ -60,7 +60,7 @@
 //   JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1 opt-in until measured (issue 20: density 0.02 at
 //     >= 70% of the rate at 0.1): dds and dsd at block sizes 64/128 (bf16/f16, the wgmma
 //     conditions) whose lines hold fewer than 4 blocks on average run the wgmma kernel
-//     with 128-row CTAs and a 3-deep ring, two or three per SM (matmul/wgmma_lines.cuh,
+//     with 128-row CTAs and a 3-deep ring, two per SM (matmul/wgmma_lines.cuh,
 //     Wg64Short / Wg128Short), instead of 256-row CTAs alone on an SM
 #pragma once
 

@@ -1,6 +1,6 @@
 """dds and dsd at block sizes 64/128 on short lines (issue 20: low densities; opt-in:
 JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1, cuda/matmul/wgmma_lines.cuh Wg64Short / Wg128Short:
-128-row wgmma CTAs, two or three per SM, for calls of fewer than 4 blocks per line on
+128-row wgmma CTAs, two per SM, for calls of fewer than 4 blocks per line on
 average). Against the float64 reference (values and both gradients, relative error, exact
 zeros where no block contributes, bitwise equal over two runs), bf16 and f16, every
 transposition, aligned and odd free sizes (the latter: mma.sync), each case in a fresh

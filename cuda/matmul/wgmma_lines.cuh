@@ -34,7 +34,7 @@ namespace wg {
 
 // BS: block size (= N of the wgmma); NWG: consumer warpgroups (BM = 64 * NWG); STAGES:
 // depth of the ring; MINB: CTAs per SM for the register allocation; SDD: SDD mode (one
-// bs x bs output block per CTA, BM = BS, the dense K in steps of 64, masked tail).
+// bs x bs output block per CTA, BM = BS, the dense K in steps of one 128-byte line, masked tail).
 template <int BS_, int NWG_, int STAGES_, int MINB_, bool SDD_ = false>
 struct Cfg {
   static constexpr int BS = BS_, NWG = NWG_, BM = 64 * NWG_, NT = 128 * NWG_;
@@ -259,14 +259,15 @@ __global__ void __launch_bounds__(C::NT, C::MINB) WgKernel(const TcArgs p) {
 using Wg64 = Cfg<64, 4, 5, 1>;
 using Wg128 = Cfg<128, 4, 4, 1>;
 // Short lines (opt-in: JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1): half the rows per CTA and a
-// 3-deep ring, so that two CTAs (three at bs 64) share an SM and one's prologue and
-// epilogue overlap another's products; the configurations above hold one CTA per SM, whose
+// 3-deep ring, so that two CTAs share an SM (96 registers at bs 64, 128 at 128; capped for a
+// third at bs 64 they spilled 44 bytes) and one's prologue and epilogue overlap the other's
+// products; the configurations above hold one CTA per SM, whose
 // fixed costs dominate lines of a few blocks (low densities: at density 0.02 the bs-64
 // forward ran at 39% of its rate at 0.1, RESULTS 2026-11-23).
 using Wg64Short = Cfg<64, 2, 3, 2>;
 using Wg128Short = Cfg<128, 2, 3, 2>;
 constexpr int kShortLineBlocks = 4;  // calls of fewer blocks per line on average run them
-// SDD mode: one bs x bs output block per CTA (BM = bs), the dense K in steps of 64.
+// SDD mode: one bs x bs output block per CTA (BM = bs), the dense K in steps of one line.
 using Sdd64 = Cfg<64, 1, 4, 3, true>;
 using Sdd128 = Cfg<128, 2, 4, 1, true>;
 
