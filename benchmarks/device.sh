@@ -118,8 +118,13 @@ for stage in "$@"; do
     # TEST_VERBOSITY=-v: one line per test as it ends (a stage cut by a time limit still
     # names its failures; -q prints them only in the summary at the end)
     # XLA's own autotuning off (its choice of gemm kernels, not ours: each test's processes
-    # compile their programs afresh); the 30 slowest tests listed at the end
-    test) (cd "$repo/tests" && XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    # compile their programs afresh); the 30 slowest tests listed at the end.
+    # TEST_CACHE=1: JAX's persistent compilation cache shared by the tests' processes (the
+    # C++ kernel switches act when a call runs; a switch that changes the lowering changes
+    # the program, which the cache keys apart)
+    test) [ -n "$TEST_CACHE" ] && export JAX_COMPILATION_CACHE_DIR=/tmp/jbs_test_cache \
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+          (cd "$repo/tests" && XLA_PYTHON_CLIENT_PREALLOCATE=false \
              XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" python3 -m pytest \
              ${TEST_VERBOSITY:--q} -m gpu --durations 30 \
              -n ${TEST_WORKERS:-6} --timeout 300 -rf -p no:cacheprovider ${TEST_FILES:-.}) 2>&1 \
