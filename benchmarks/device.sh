@@ -112,6 +112,16 @@ PY
   return $status
 }
 
+# benchmarks/matmul.py with the arguments after SWITCH, under SWITCH=0 and then SWITCH=1
+matmul_ab() {
+  local switch=$1 t
+  shift
+  for t in 0 1; do
+    echo "$switch=$t"
+    env "$switch=$t" python3 "$repo/benchmarks/matmul.py" "$@"
+  done
+}
+
 for stage in "$@"; do
   echo "=== $stage ($(date +%T))"
   case $stage in
@@ -140,17 +150,11 @@ for stage in "$@"; do
                        | tee "$out/matmul_sdd_runs.log" ;;
     # float32 at block sizes 64/128 on mma.sync (TF32) and under
     # JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1 (the wgmma kernel), bf16 beside them (issue 20)
-    matmul_tf32) for t in 0 1; do
-                   echo "JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=$t"
-                   JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=$t python3 "$repo/benchmarks/matmul.py" \
-                     --dtypes bfloat16,float32 --block-sizes 64,128
-                 done 2>&1 | tee "$out/matmul_tf32.log" ;;
+    matmul_tf32) matmul_ab JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA --dtypes bfloat16,float32 \
+                   --block-sizes 64,128 2>&1 | tee "$out/matmul_tf32.log" ;;
     # bf16 at bs 64/128, densities 0.02-0.1, under JAX_BLOCKSPARSE_MATMUL_SHORT_LINES 0 and 1
-    matmul_short) for t in 0 1; do
-                    echo "JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=$t"
-                    JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=$t python3 "$repo/benchmarks/matmul.py" \
-                      --block-sizes 64,128 --densities 0.02,0.05,0.1
-                  done 2>&1 | tee "$out/matmul_short.log" ;;
+    matmul_short) matmul_ab JAX_BLOCKSPARSE_MATMUL_SHORT_LINES --block-sizes 64,128 \
+                    --densities 0.02,0.05,0.1 2>&1 | tee "$out/matmul_short.log" ;;
     matmul_full) python3 "$repo/benchmarks/matmul.py" --full --reps 4 2>&1 \
                    | tee "$out/matmul_full.log" ;;
     attention_full) python3 "$repo/benchmarks/attention.py" --full 2>&1 \

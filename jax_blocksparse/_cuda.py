@@ -198,14 +198,22 @@ def _swapped(ctx, operands, which):
     return values, ctx.replace(avals_in=avals)
 
 
-# Under `_tf32_wgmma` each lowering passes its dense operands K-major (the transpose of one
-# stored the other way, with the flag that reads it back) and a sparse operand's blocks as
-# the tile kernel reads them transposed (each block transposed, the flag flipped, the block
-# lists those of the call's own orientation): the same product, K-major both.
+def _k_major(ctx, operands, trans, block_size, precision):
+    """Under `_tf32_wgmma`, the call's two operands K-major for the tf32 kernel: a dense
+    operand stored the other way transposed, with the flag that reads it back; a sparse
+    operand's blocks each transposed, the flag flipped (the tile kernel reads each block
+    through the flag, the block lists stay those of the call's own orientation), so that
+    the flags become (False, True) and the product is the same. Else as given. Returns
+    (ctx, operands, trans)."""
+    if not _tf32_wgmma(ctx, block_size, precision):
+        return ctx, operands, trans
+    operands, ctx = _swapped(ctx, operands, (trans[0], not trans[1]))
+    return ctx, operands, (False, True)
+
+
 def _sdd_lowering(ctx, a, b, *, layout, trans_a, trans_b, precision):
-    if _tf32_wgmma(ctx, layout.block_size, precision):
-        (a, b), ctx = _swapped(ctx, (a, b), (trans_a, not trans_b))
-        trans_a, trans_b = False, True
+    ctx, (a, b), (trans_a, trans_b) = _k_major(ctx, (a, b), (trans_a, trans_b),
+                                               layout.block_size, precision)
     return _ffi("jax_blocksparse_sdd", ctx, (a, b), [layout.coords],
                 block_size=np.int32(layout.block_size), trans_a=trans_a, trans_b=trans_b,
                 precision=_precision_attr(precision))
@@ -213,9 +221,8 @@ def _sdd_lowering(ctx, a, b, *, layout, trans_a, trans_b, precision):
 
 def _dsd_lowering(ctx, s, b, *, layout, trans_s, trans_b, precision):
     lists = layout.lists("col" if trans_s else "row")  # rows of op(S)
-    if _tf32_wgmma(ctx, layout.block_size, precision):  # runs as op(B)^T op(S)^T
-        (s, b), ctx = _swapped(ctx, (s, b), (trans_s, not trans_b))
-        trans_s, trans_b = False, True
+    ctx, (s, b), (trans_s, trans_b) = _k_major(ctx, (s, b), (trans_s, trans_b),
+                                               layout.block_size, precision)
     return _ffi("jax_blocksparse_dsd", ctx, (s, b), lists,
                 block_size=np.int32(layout.block_size), trans_s=trans_s, trans_b=trans_b,
                 precision=_precision_attr(precision))
@@ -223,12 +230,16 @@ def _dsd_lowering(ctx, s, b, *, layout, trans_s, trans_b, precision):
 
 def _dds_lowering(ctx, a, w, *, layout, trans_a, trans_w, precision):
     lists = layout.lists("row" if trans_w else "col")  # columns of op(W)
-    if _tf32_wgmma(ctx, layout.block_size, precision):
-        (a, w), ctx = _swapped(ctx, (a, w), (trans_a, not trans_w))
-        trans_a, trans_w = False, True
+    ctx, (a, w), (trans_a, trans_w) = _k_major(ctx, (a, w), (trans_a, trans_w),
+                                               layout.block_size, precision)
     return _ffi("jax_blocksparse_dds", ctx, (a, w), lists,
                 block_size=np.int32(layout.block_size), trans_a=trans_a, trans_w=trans_w,
                 precision=_precision_attr(precision))
+
+
+# The matmul primitives and their kernel lowerings (registered for "cuda" by `_register`).
+MATMUL_LOWERINGS = ((mp.sdd_p, _sdd_lowering), (mp.dsd_p, _dsd_lowering),
+                    (mp.dds_p, _dds_lowering))
 
 
 # The dtypes the matmul kernels take; any other (float64) lowers to the pure-JAX
@@ -708,8 +719,7 @@ def _register():
     for name, capsule in targets.items():
         jint.register_ffi_target(name, capsule, platform="CUDA")
     local = _partitioning.LOCAL  # the kernels lower each primitive's per-device twin
-    for prim, rule in ((mp.sdd_p, _sdd_lowering), (mp.dsd_p, _dsd_lowering),
-                       (mp.dds_p, _dds_lowering)):
+    for prim, rule in MATMUL_LOWERINGS:
         jint.register_lowering_rule(local[prim], _matmul_lowering(prim, rule), "cuda")
     if "jax_blocksparse_attention_fwd" in targets:
         jint.register_lowering_rule(local[att.attention_p], _attention_forward_lowering, "cuda")

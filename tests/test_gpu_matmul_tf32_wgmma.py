@@ -20,15 +20,13 @@ import pytest
 
 import jax_blocksparse as jbs
 from jax_blocksparse import _cuda, _jax_internals as jint, _partitioning
-from jax_blocksparse import matmul_primitives as mp
 from reference import mark_case
 from test_gpu_kernels import ALIGNED, UNALIGNED, check, is_mma_sync, launched
 from test_matmul import LAYOUT_KINDS, TRANSPOSES
 
 SWITCH = {"JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA": "1"}
 OPS = ("sdd", "dsd", "dds")
-# each op's call, the custom call's flags and, per transposition, which operands the lowering
-# must transpose (dense: stored the other way; sparse: its blocks) and the flags it then passes
+# each op's transpose flags, as the custom call names them (first operand, second)
 FLAGS = {"sdd": ("trans_a", "trans_b"), "dsd": ("trans_s", "trans_b"),
          "dds": ("trans_a", "trans_w")}
 
@@ -54,8 +52,7 @@ def cuda_lowering(monkeypatch):
     """The matmul lowerings registered for "cuda" (on a machine without the extension too),
     the switch on and the device taken for an sm_90a one."""
     if not jbs.cuda_built():
-        for prim, rule in ((mp.sdd_p, _cuda._sdd_lowering), (mp.dsd_p, _cuda._dsd_lowering),
-                           (mp.dds_p, _cuda._dds_lowering)):
+        for prim, rule in _cuda.MATMUL_LOWERINGS:
             jint.register_lowering_rule(_partitioning.LOCAL[prim],
                                         _cuda._matmul_lowering(prim, rule), "cuda")
     monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(matmul_tf32_wgmma=True,

@@ -4,8 +4,9 @@
 // On an sm_90 device with sm_90a code built, bf16/f16 at block sizes 64/128 with 16-byte
 // aligned operand rows run the wgmma kernel instead (wgmma_lines.cuh; switched off by
 // JAX_BLOCKSPARSE_NO_WGMMA=1; float32 at default precision too under
-// JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1, opt-in, K-major operands only), and dds/dsd at block sizes 16/32 the grouped-lines wgmma
-// kernel (wgmma_small.cuh; JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off alone).
+// JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1, opt-in, K-major operands only), and dds/dsd at block
+// sizes 16/32 the grouped-lines wgmma kernel (wgmma_small.cuh;
+// JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off alone).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
