@@ -258,7 +258,7 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   // FA2 one would ignore the bits), at block size 128
   if (p.mask_bits != nullptr && !kernel.documents) return cudaErrorNotSupported;
   if (p.mask_bits != nullptr &&
-      (p.shape.block_size != 128 || (p.mask_block != 16 && p.mask_block != 32)))
+      (p.shape.block_size != 128 || !TiledMaskBlock(p.mask_block, /*backward=*/false)))
     return cudaErrorInvalidValue;
   if (Empty(p.shape) || p.shape.tq == 0) return cudaSuccess;
   attn::Args a = Common(p.shape);
@@ -296,12 +296,12 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   if (kernel.dq_workspace && !Empty(p.shape) &&
       (p.dq_accum == nullptr || p.dq_semaphores == nullptr))
     return cudaErrorInvalidValue;
-  // a fine mask (block size 16 / 32 on 128 x 128 tiles): the FA3-design backward only (the
-  // others would ignore the bits), words for both directions
+  // a fine mask (block size 16 / 32 / 64 on 128 x 128 tiles): the FA3-design backward only
+  // (the others would ignore the bits), words for both directions
   const bool fine = p.q_mask_bits != nullptr || p.k_mask_bits != nullptr;
   if (fine && !kernel.documents) return cudaErrorNotSupported;
   if (fine && (p.q_mask_bits == nullptr || p.k_mask_bits == nullptr ||
-               p.shape.block_size != 128 || (p.mask_block != 16 && p.mask_block != 32)))
+               p.shape.block_size != 128 || !TiledMaskBlock(p.mask_block, /*backward=*/true)))
     return cudaErrorInvalidValue;
   if (Empty(p.shape)) return cudaSuccess;
   attn::Args a = Common(p.shape);

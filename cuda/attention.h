@@ -123,13 +123,22 @@ struct AttentionBackwardParams {
   // null: float32 [B, Hq, Tq, D] and int32 [B, Hq, Tq / 64] (the launcher zeroes the semaphores)
   float* dq_accum;
   int32_t* dq_semaphores;
-  // a mask of block size mask_block (16 or 32) on 128 x 128 tiles (as the forward's
-  // mask_bits): the words of the by_query entries and of the by_key entries ([mask_batch,
+  // a mask of block size mask_block (16, 32 or 64: TiledMaskBlock) on 128 x 128 tiles (as
+  // the forward's mask_bits): the words of the by_query entries and of the by_key entries ([mask_batch,
   // Hm, lines, max_len] each, bits in the same (query row, key column) convention), or
   // both null (the documents rows take them: the FA3-design backward)
   const uint64_t *q_mask_bits, *k_mask_bits;
   int32_t mask_block;
 };
+
+// Mask block sizes that run on 128 x 128 tiles with a 64-bit word per list entry (the
+// FA3-design kernels; attention_metadata.tile_lists): 16 and 32 in both phases, and 64 in
+// the backward, for calls with a mask source that the FA2 backward at block 64 lacks
+// (segment ids, q_offset, lists per batch entry, partial last tiles; the Hopper forward
+// has block-64 rows of its own).
+constexpr bool TiledMaskBlock(int mask_block, bool backward) {
+  return mask_block == 16 || mask_block == 32 || (backward && mask_block == 64);
+}
 
 // Floats of the backward's workspace per (batch entry, query head).
 constexpr int64_t BackwardWorkspaceRows(int64_t tq, int64_t block_size) {

@@ -40,7 +40,8 @@ from . import attention_primitives as att
 from . import attention_decode as dec
 from . import lists_primitive as lp
 from . import matmul_primitives as mp
-from .attention_metadata import FINE_BLOCKS, TILE, AttentionLists, TileLists, key_tiles
+from .attention_metadata import (TILE, AttentionLists, TileLists, key_tiles, mask_sources,
+                                 tiled_blocks)
 
 try:
     from . import _jax_blocksparse_cuda as _ext
@@ -331,16 +332,16 @@ def _families() -> dict:
 
 
 def _no_row(family: KernelFamily, dtype, head_dim, block_size, softcap=0.0, *,
-            tiles=False) -> str | None:
-    """Why `family` has no row for the call (None when it has). `tiles`: a family of
-    `documents` rows, whose rows of block size TILE also take block sizes 16 and 32 (on
-    TILE x TILE tiles, the bits of the mask blocks joining the element predicate)."""
+            tiled=False) -> str | None:
+    """Why `family` has no row for the call (None when it has). `tiled`: the call's mask
+    runs on TILE x TILE tiles (`attention_metadata.tiled_blocks`; the bits of its mask
+    blocks join the element predicate), on the rows of block size TILE."""
     name = jnp.dtype(dtype).name
     if name not in family.dtypes:
         return f"dtype {name}"
     if head_dim not in family.head_dims:
         return f"head dim {head_dim}"
-    if (TILE if tiles and block_size in FINE_BLOCKS else block_size) not in family.block_sizes:
+    if (TILE if tiled else block_size) not in family.block_sizes:
         return f"block size {block_size}"
     if softcap and not family.softcap:
         return "logits_soft_cap"
@@ -362,12 +363,14 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     families = _families()
     phase = "forward" if forward else "backward"
     fa2, sm90 = families[phase], families["sm90_" + phase]
-    hopper = ((sm90_forward() if forward else sm90_backward())
-              and _no_row(sm90, dtype, head_dim, block_size, tiles=True) is None)
-    documents = hopper and (not softcap or sm90.softcap)
     sources = (block_size, tq, tk, segments, positioned, mask_batch)
+    tiled = tiled_blocks(block_size, mask_sources(*sources), backward=not forward)
+    hopper = ((sm90_forward() if forward else sm90_backward())
+              and _no_row(sm90, dtype, head_dim, block_size, tiled=tiled) is None)
+    documents = hopper and (not softcap or sm90.softcap)
     why = (_no_row(sm90 if documents else fa2, dtype, head_dim, block_size, softcap,
-                   tiles=documents) or _unsupported_sources(*sources, documents=documents))
+                   tiled=tiled and documents)
+           or _unsupported_sources(*sources, documents=documents))
     if (why is not None and hopper and not documents  # the cap alone keeps it off
             and _unsupported_sources(*sources, documents=True) is None):
         return f"logits_soft_cap on the Hopper {phase}: next (the FA2 kernels take no {why})"
@@ -451,11 +454,17 @@ def _attention_forward_lowering(ctx, *operands, **params):
     if not _fused_attention("attention_fwd", ctx, floats, params):
         return _forward_reference(ctx, *operands, **params)
     mask_block = params["block_size"]
-    tiled = mask_block in FINE_BLOCKS
+    tiled = tiled_blocks(mask_block, False, backward=False)
     values, avals = _kernel_operands(ctx, floats, operands, 1, params, tiled=tiled)
     bits = floats + att.CONTEXT.index("tile_bits")
-    values.append(operands[bits])
-    avals.append(ctx.avals_in[bits])
+    if tiled:
+        values.append(operands[bits])
+        avals.append(ctx.avals_in[bits])
+    else:  # a placeholder (the tiles of a block-64 call are the backward's: not computed
+        # where the forward runs alone)
+        placeholder = np.zeros((1, 1, 1, 2), np.int32)
+        values.append(jint.ir_constant(placeholder))
+        avals.append(ctx.avals_in[bits].update(shape=placeholder.shape))
     ctx = ctx.replace(avals_in=avals)
     bs = TILE if tiled else mask_block  # the kernel's tile
     return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
@@ -536,7 +545,11 @@ def _attention_backward_lowering(ctx, *operands, **params):
     if not _fused_attention("attention_bwd", ctx, floats, params):
         return _backward_reference(ctx, *operands, **params)
     mask_block = params["block_size"]
-    tiled = mask_block in FINE_BLOCKS
+    q_aval = ctx.avals_in[0]
+    tq, tk = q_aval.shape[1], ctx.avals_in[1].shape[1]
+    sources = mask_sources(mask_block, tq, tk, params["segments"], params["positioned"],
+                           ctx.avals_in[floats + att.LISTS].shape[0])  # lists per batch?
+    tiled = tiled_blocks(mask_block, sources, backward=True)
     bits = floats + att.CONTEXT.index("tile_bits")
     if tiled:
         values, avals = _kernel_operands(ctx, floats, operands, 1, params, tiled=True)
@@ -554,17 +567,14 @@ def _attention_backward_lowering(ctx, *operands, **params):
         avals += [ctx.avals_in[bits]] * 2
     sinks = att.SINKS[att.attention_bwd_p]  # not an operand of the kernel: P reads lse
     del values[sinks], avals[sinks]
-    b, hq, tq = ctx.avals_in[4].shape  # lse
+    b, hq, _ = ctx.avals_in[4].shape  # lse
     bs = TILE if tiled else mask_block  # the kernel's tile
     workspace = ctx.avals_in[4].update(shape=(b, hq, 2, -(-tq // bs) * bs),
                                        dtype=np.dtype(np.float32), weak_type=False)
     # the one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h), else [0]:
     # dq_accum float32 [B, Hq, Tq, D], dq_semaphores int32 [B, Hq, Tq / 64]
-    q_aval = ctx.avals_in[0]
     d = q_aval.shape[-1]
-    tk = ctx.avals_in[1].shape[1]
-    documents = (tiled or params["segments"] or params["positioned"] or tq % bs or tk % bs
-                 or ctx.avals_in[floats + att.LISTS].shape[0] != 1)  # lists per batch entry
+    documents = tiled or sources or tq % bs or tk % bs
     onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), documents)
     dq_accum = q_aval.update(shape=(b, hq, tq, d) if onepass else (0,),
                              dtype=np.dtype(np.float32), weak_type=False)

@@ -20,9 +20,9 @@ from . import _debug
 from ._checks import (check_dtype, check_kv_scale, check_sinks, check_soft_cap, is_fp8,
                       static_bool, static_float)
 from .attention_decode import decode
-from .attention_metadata import (FINE_BLOCKS, TILE, AttentionLists, TileLists,
-                                 attention_metadata, block_lists, device_metadata,
-                                 document_kinds, tile_lists, tile_metadata)
+from .attention_metadata import (TILE, AttentionLists, TileLists, attention_metadata,
+                                 block_lists, device_metadata, document_kinds, mask_sources,
+                                 tile_lists, tile_metadata, tiled_blocks)
 from .attention_primitives import (_at_rows, _bind, _lse_dtype, _nan_rows, attention_p,
                                    no_sinks, paged_keys, with_sinks)
 from .attention_primitives import (  # noqa: F401 (re-exported: the primitives' names)
@@ -156,9 +156,10 @@ def _context(mask, causal, tq, tk, offset=None, documents=None):
 
 def _tile_context(tiles, overflow, block_size, width, all_partial):
     """The tile operands of `attention_p` (`CONTEXT[TILES:]`): the lists of the 128 x 128
-    tiles that the Hopper forward runs a fine mask (block size 16 or 32) on, and their bits
-    (`attention_metadata.tile_lists`). `tiles`: a `TileLists` (a static layout's, from the
-    host), or the fine block kinds `[Bm, Hm, R, Rk]` (tiled here, inside jit; `overflow`:
+    tiles that the Hopper kernels run a fine mask on (block size 16 or 32; 64 in the
+    backward of a call with mask sources: `attention_metadata.tiled_blocks`), and their
+    bits (`attention_metadata.tile_lists`). `tiles`: a `TileLists` (a static layout's,
+    from the host), or the fine block kinds `[Bm, Hm, R, Rk]` (tiled here, inside jit; `overflow`:
     their rows whose lists overflowed, NaN in the output, claim no tile, so that a tile
     row lists at most `128 / bs * width` tiles, `width` the fine lists' width), or None
     (other block sizes: `[1, 1, 1(, 1 or 2)]` placeholders that nothing reads).
@@ -378,8 +379,11 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
                                          documents=(q_ids, kv_ids) if segments else None)
     else:
         lists, overflow, kind = _context(mask, causal, rows * bs, tk, offset=0)
-    tiles = None  # fine masks (block sizes 16, 32): their 128 x 128 tiles (_tile_context)
-    if bs in FINE_BLOCKS:
+    # fine masks (block sizes 16, 32; 64 with mask sources, for the backward): their
+    # 128 x 128 tiles (_tile_context)
+    tiles = None
+    documents = mask_sources(bs, tq, tk, segments, offset is not None, lists[0].shape[0])
+    if tiled_blocks(bs, documents, backward=True):
         if isinstance(mask, Layout) and offset is None and not segments:  # host, cached
             host = tile_metadata(mask, causal, tq, tk)
             tiles = TileLists(AttentionLists(*(jnp.asarray(x[None]) for x in host.lists)),

@@ -104,6 +104,28 @@ def document_kinds(kind, q_ids, kv_ids, block_size: int):
 
 TILE = 128  # the Hopper forward's tile (query rows and keys) for fine masks
 FINE_BLOCKS = (16, 32)  # the block sizes that run on TILE x TILE tiles
+# The block size whose backward also runs on TILE x TILE tiles, for calls with a mask
+# source (`documents`) that the FA2 backward at that block size lacks (cuda/attention.h:
+# TiledMaskBlock; the Hopper forward has rows of that block size).
+TILED_BACKWARD_BLOCK = 64
+
+
+def mask_sources(block_size: int, tq: int, tk: int, segments: bool, positioned: bool,
+                 mask_batch: int) -> bool:
+    """Whether an attention call has a mask source beyond a block mask shared by the batch
+    over whole blocks: segment ids, `q_offset` (`positioned`), lists per batch entry
+    (`mask_batch` > 1) or lengths `tq`, `tk` that are not multiples of `block_size`
+    (the `documents` of the C++ dispatch, src/ffi_attention.cc)."""
+    return bool(segments or positioned or mask_batch != 1 or tq % block_size
+                or tk % block_size)
+
+
+def tiled_blocks(block_size: int, documents: bool, *, backward: bool) -> bool:
+    """Whether the fused kernels run a mask of `block_size` on TILE x TILE tiles with
+    per-tile bits (`tile_lists`): `FINE_BLOCKS` in both phases; `TILED_BACKWARD_BLOCK` in
+    the backward of calls with `documents` (`mask_sources`)."""
+    return block_size in FINE_BLOCKS or (
+        backward and documents and block_size == TILED_BACKWARD_BLOCK)
 # 2**i as int32 (bit 31 is the sign bit): sums of distinct ones are the bit words
 _BIT_WEIGHTS = (np.uint32(1) << np.arange(32, dtype=np.uint32)).view(np.int32)
 
@@ -111,8 +133,9 @@ _BIT_WEIGHTS = (np.uint32(1) << np.arange(32, dtype=np.uint32)).view(np.int32)
 def tile_lists(xp, kind, block_size: int, width: int | None = None) -> TileLists:
     """The lists of the `TILE x TILE` tiles over fine block kinds `kind [..., Rq, Rk]` (0
     not visited, 1 partial, 2 full: after causality, documents, positions), `block_size`
-    in `FINE_BLOCKS`: a tile is listed when one of its blocks is visited, full (2) when
-    all of them are full (blocks past the mask's edges are not), else partial (1). `width`:
+    in `FINE_BLOCKS` or `TILED_BACKWARD_BLOCK` (`tiled_blocks`): a tile is listed when one
+    of its blocks is visited, full (2) when all of them are full (blocks past the mask's
+    edges are not), else partial (1). `width`:
     the lists' width (default, numpy only: the longest line's). Allowed pairs are those of
     the fine kinds exactly: a pair of a listed tile is allowed iff its block's bit is set
     and the element predicate (causal, kv_lengths, documents) holds, which every pair of a
@@ -202,8 +225,8 @@ def attention_metadata(layout: Layout, causal: bool, tq: int, tk: int,
 @functools.lru_cache(maxsize=64)
 def tile_metadata(layout: Layout, causal: bool, tq: int, tk: int,
                   offset: int | None = None) -> TileLists:
-    """Host tile lists (`tile_lists`) of a static `layout` of block size 16 or 32, leading
-    axis `Hm`, from the same kinds as `attention_metadata`'s."""
+    """Host tile lists (`tile_lists`) of a static `layout` of a tiled block size
+    (`tiled_blocks`), leading axis `Hm`, from the same kinds as `attention_metadata`'s."""
     kind = attention_metadata(layout, causal, tq, tk, offset).kind
     return tile_lists(np, kind, layout.block_size)
 

@@ -172,7 +172,7 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   p.documents = *documents;
   const bool tiled = mask_block != block_size;  // a mask of block size 16 / 32 on 128 tiles
   if (tiled) {
-    if (block_size != 128 || (mask_block != 16 && mask_block != 32))
+    if (block_size != 128 || !TiledMaskBlock(mask_block, /*backward=*/false))
       return Invalid("mask_block must be 16 or 32 on tiles of 128 (block_size)");
     // [(Bm,) Hm, lines, 2 * width]: the lists' shape, two int32 per entry
     auto bd = tile_bits.dimensions(), ld = q_lists.dimensions();
@@ -250,10 +250,10 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
                              segments, positioned);
   if (documents.has_error()) return documents.error();
   p.documents = *documents;
-  const bool tiled = mask_block != block_size;  // a mask of block size 16 / 32 on 128 tiles
+  const bool tiled = mask_block != block_size;  // a mask of block 16 / 32 / 64 on 128 tiles
   if (tiled) {
-    if (block_size != 128 || (mask_block != 16 && mask_block != 32))
-      return Invalid("mask_block must be 16 or 32 on tiles of 128 (block_size)");
+    if (block_size != 128 || !TiledMaskBlock(mask_block, /*backward=*/true))
+      return Invalid("mask_block must be 16, 32 or 64 on tiles of 128 (block_size)");
     // [(Bm,) Hm, lines, 2 * width] beside each direction's lists, two int32 per entry
     auto fits = [](const Buffer<S32>& bits, const Buffer<S32>& lists) {
       auto bd = bits.dimensions(), ld = lists.dimensions();
@@ -264,7 +264,8 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
     if (!fits(q_tile_bits, q_lists) || !fits(k_tile_bits, k_lists))
       return Invalid("tile bits must be [Bm, Hm, lines, 2 * width] beside each direction's lists");
     if (!kernel->documents)
-      return Invalid(std::string("block sizes 16 / 32 need the FA3-design backward (sm_90a, "
+      return Invalid(std::string("tiled block sizes 16 / 32 / 64 need the FA3-design backward "
+                                 "(sm_90a, "
                                  "variant 2 or 3); the backward here is ") +
                      kernel->name);
     // int32 pairs, low word first: one little-endian 64-bit word per list entry

@@ -21,10 +21,12 @@ and without segment ids, kv_lengths with NaN planted past them, GQA, head dims 6
 dq, dk, dv against the float64 reference, bitwise equal run to run and with the NaN.
 
 Each case runs in a subprocess with JAX_BLOCKSPARSE_DEBUG=1, and the test asserts that the
-debug line of every backward launch names the variant's fa3 backward kernel (a silent fallback to the
-FA2 backward fails). One test also forces the FA3-design forward (variant 2) with it. Block
-size 64 is not implemented by the variant: it runs the default backward (checked too), and
-the pure-JAX backward for the mask sources the FA2 backward does not take.
+debug line of every backward launch names the variant's fa3 backward kernel (a silent
+fallback to the FA2 backward fails). One test also forces the FA3-design forward (variant
+2) with it. Block size 64 has no rows of the variant: it runs the default backward
+(checked too), and for the mask sources the FA2 backward does not take the Hopper backward
+on 128 x 128 tiles with the blocks' bits. Head dim 256 runs the pure-JAX backward
+(`PURE_BACKWARD_HEAD_DIMS`: no fused backward launch).
 
 Then masks of block size 16 and 32 (the `FINE_CASES` of test_gpu_attention_sm90.py at head
 dims 64 and 128: the Hopper backward on 128 x 128 tiles, the tile lists by query and by key
@@ -272,6 +274,8 @@ def test_fa3_backward_falls_back_elsewhere(variant):
 
 
 # ------------------------------------ mask sources: the Hopper forward's document cases
+# head dims without a Hopper backward kernel: those calls run the pure-JAX backward
+PURE_BACKWARD_HEAD_DIMS = (256,)
 DOC_CASES_BS128 = [name for name, case in DOC_CASES.items() if case[10] == BS]
 DOC_CASES_BS64 = [name for name, case in DOC_CASES.items() if case[10] != BS]
 
@@ -300,18 +304,33 @@ def test_fa3_backward_documents(variant, names):
     if not sm90():
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
     cases, stderr = run_docs(variant, names)
-    assert_backward_is_fa3(stderr, cases, "2" if variant == "4" else variant)
+    assert_documents_backward(stderr, cases, "2" if variant == "4" else variant)
 
 
 @pytest.mark.parametrize("names", chunks(DOC_CASES_BS64, 3), ids=case_id)
-def test_fa3_backward_documents_bs64_pure(names):
-    """Block size 64 with those mask sources under variant 2: the backward runs the
-    pure-JAX path (no fused backward launch: the FA2 one does not take them), correctly."""
+def test_fa3_backward_documents_bs64(names):
+    """Block size 64 with those mask sources under variant 2 (the FA2 backward takes none
+    of them): the Hopper backward on 128 x 128 tiles with the blocks' bits (the debug
+    line names mask_bs=64), but at head dim 256 (the pure-JAX backward), correctly."""
     if not sm90():
         pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
     cases, stderr = run_docs("2", names)
-    for case, launches in kernels_by_case(stderr).items():
+    assert_documents_backward(stderr, cases, "2")
+    fused = [line for line in stderr.splitlines() if "attention_bwd" in line and "kernel=" in line]
+    assert all("mask_bs=64" in line for line in fused), fused[:4]
+
+
+def assert_documents_backward(stderr, cases, variant):
+    """The variant's fa3 backward ran each of `cases` (DOC_CASES names, dtypes) but those at
+    `PURE_BACKWARD_HEAD_DIMS`, which launched no fused backward (the pure-JAX path);
+    returns the launches by case."""
+    pure = [case for case in cases if DOC_CASES[case[0]][9] in PURE_BACKWARD_HEAD_DIMS]
+    logs = assert_backward_is_fa3(stderr, [case for case in cases if case not in pure],
+                                  variant)
+    for case in pure:
+        launches = logs[" ".join(case)]
         assert not any(op == "attention_bwd" for op, _ in launches), (case, launches)
+    return logs
 
 
 # Cases with many key blocks adding into each query tile (the one-pass backward's dQ sums

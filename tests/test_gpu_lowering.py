@@ -195,14 +195,15 @@ def _bwd_operand_types(text):
 def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
     """Where the FA3-design kernels run (`_cuda.sm90_forward()`, `_cuda.sm90_backward()`,
     faked here), calls with segment ids, a mask per batch entry, lengths that are not
-    multiples of the block size or q_offset lower to the fused forward and, at block size
-    128, the fused backward (ids padded to whole tiles, lists with their batch axis in both
-    directions, q_positions, the workspace padded to whole tiles); where the Hopper
-    backward does not run (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT unset or 0, another GPU) or at
-    block size 64, the backward of those calls takes the pure-JAX path. Block sizes 16 and
-    32 run the Hopper forward (tile lists, bits, `mask_block`; head dims 96 and 256 too)
-    and, where the Hopper backward runs, head dims 64 and 128, the Hopper backward (the
-    tile lists by query and their transpose by key, each direction's bits, `mask_block`).
+    multiples of the block size or q_offset lower to the fused forward and the fused
+    backward (ids padded to whole tiles, lists with their batch axis in both directions,
+    q_positions, the workspace padded to whole tiles); where the Hopper backward does not
+    run (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, another GPU) the backward of those calls takes
+    the pure-JAX path. Block sizes 16 and 32 run the Hopper forward (tile lists, bits,
+    `mask_block`; head dims 96 and 256 too) and, where the Hopper backward runs, head dims
+    64 and 128, the Hopper backward (the tile lists by query and their transpose by key,
+    each direction's bits, `mask_block`); so does block size 64 with those mask sources in
+    the backward (its forward: the Hopper forward's own block-64 rows).
     Lowered for "cuda" on any machine (the lowering rules are registered here when the
     extension is not built)."""
     import re
@@ -229,9 +230,11 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
         assert why(forward=True, **kw) is None, kw
         assert why(forward=False, **kw) is not None, kw
     monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
-    for kw in sources:  # the Hopper backward, at block size 128 only
+    for kw in sources:  # the Hopper backward, at block size 128 and on its tiles at 64
         assert why(forward=False, **kw) is None, kw
-        assert why(forward=False, bs=64, **kw) is not None, kw
+        assert why(forward=False, bs=64, **kw) is None, kw
+        assert why(forward=False, bs=64, d=256, **kw) == "head dim 256", kw
+    assert why(forward=False, bs=64) is None  # no mask source: the FA2 backward's rows
     for forward in (True, False):
         assert "multiples" in why(tq=1000, tk=0, forward=forward)  # no key at all
     # block sizes 16 and 32: the Hopper kernels only (their 128 x 128 tiles), the forward
@@ -317,6 +320,23 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
         "tensor<1x1x9x8xi32>, tensor<1x1x9xi32>, tensor<1x1xi32>, tensor<1x1xi32>, "
         "tensor<1x1x8x18xi32>, tensor<1x1x9x16xi32>)"), types
     assert "tensor<2x4x2x1024xf32>" in call
+    # block size 64 with segment ids: the Hopper forward at block 64 (tile bits: a
+    # placeholder, the tiles not computed for it), the Hopper backward on 128 x 128 tiles
+    # (8 query tiles, 9 key tiles, lists per batch entry), mask_block 64
+    layout64 = jbs.Layout(np.ones((16, 18), bool), 64)
+    loss64 = lambda q, k: jbs.attention(q, k, k, layout64, causal=True, q_segment_ids=ids_q,
+                                        kv_segment_ids=ids_k).astype(jnp.float32).sum()
+    text = cuda_text(jax.grad(loss64), q, k)
+    call, types = _bwd_operand_types(text)
+    assert "block_size = 128 : i32" in call and "mask_block = 64 : i32" in call, call
+    assert re.match(r"tensor<2xi32>, tensor<1xi32>, tensor<2x1x8xi32>, tensor<2x1x8xi32>, "
+                    r"tensor<2x1x8x\d+xi32>, tensor<2x1x8xi32>, tensor<2x1x9xi32>, "
+                    r"tensor<2x1x9xi32>, tensor<2x1x9x8xi32>, tensor<2x1x9xi32>, "
+                    r"tensor<2x1024xi32>, tensor<2x1152xi32>, tensor<2x1x8x\d+xi32>, "
+                    r"tensor<2x1x9x16xi32>\)", types), types
+    (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
+    assert "block_size = 64 : i32" in call and "mask_block = 64 : i32" in call, call
+    assert "tensor<1x1x1x2xi32>) -> " in call, call
     for layout in (jbs.layouts.local(1024, 64, 300), jbs.Layout(np.ones((8, 8), bool), 128)):
         text = cuda_text(jax.grad(lambda q, k: jbs.attention(  # bits: placeholders, unread
             q[:, :1024], k[:, :1024], k[:, :1024], layout, causal=True).astype(

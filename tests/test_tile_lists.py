@@ -1,10 +1,11 @@
-"""Masks of block size 16 and 32 on the Hopper forward's 128 x 128 tiles
-(`attention_metadata.tile_lists`): the tile lists and their bit words, expanded to element
-masks the way the kernel reads them (a listed tile: every pair when full; when partial, the
-pairs whose block bit is set and that pass the element predicate: causal, keys before Tk,
-segment ids), must give exactly the pairs the fine mask allows, written out elementwise
-by brute force; a tile is listed only when some pair in it is allowed (keys no query
-attends are never loaded). Random masks at both block sizes, causal or not, documents,
+"""Masks of block size 16 and 32 on the Hopper forward's 128 x 128 tiles, and of block
+size 64 with mask sources on the Hopper backward's (`attention_metadata.tile_lists`): the
+tile lists and their bit words, expanded to element masks the way the kernel reads them (a
+listed tile: every pair when full; when partial, the pairs whose block bit is set and that
+pass the element predicate: causal, keys before Tk, segment ids), must give exactly the
+pairs the fine mask allows, written out elementwise by brute force; a tile is listed only
+when some pair in it is allowed (keys no query attends are never loaded). Random masks at
+the three block sizes, causal or not, documents,
 masks per batch entry and per head, Tq and Tk that are not multiples of 128; the host
 (numpy) and device (jax.numpy) computations agree; through `attention` itself (its
 primitive's operands) for static layouts, traced `BlockMask`s (overflowing rows too),
@@ -151,7 +152,7 @@ SHAPES = {  # (Bm, Hm, B, Tq, Tk)
 
 @pytest.mark.parametrize("documents", [False, True], ids=["", "docs"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("bs", [16, 32])
+@pytest.mark.parametrize("bs", [16, 32, 64])
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_tile_lists_give_exactly_the_fine_mask(shape, bs, causal, documents):
     bm, hm, b, tq, tk = SHAPES[shape]
@@ -182,7 +183,7 @@ def test_tile_lists_give_exactly_the_fine_mask(shape, bs, causal, documents):
         np.testing.assert_array_equal(np.asarray(y), x)
 
 
-@pytest.mark.parametrize("bs", [16, 32])
+@pytest.mark.parametrize("bs", [16, 32, 64])
 def test_tile_kinds_and_bits_by_hand(bs):
     """One tile row: a tile with every block full is full (no bits needed, all set), a
     tile with one visited block is partial with that block's bit, an empty one unlisted;
@@ -234,6 +235,11 @@ CALLS = {  # name: (bs, causal, Bm, Hm, B, Tq, Tk, Hq, traced, documents, q_offs
     "q_offset_causal": (16, True, 1, 1, 2, 200, 1024, 2, False, False, [300, 811]),
     "q_offset_traced_per_head": (32, True, 2, 2, 2, 150, 900, 2, True, False, [5, 700]),
     "q_offset_documents": (16, True, 1, 1, 2, 180, 800, 2, False, True, [100, 600]),
+    # block size 64 with a mask source: tiles for the Hopper backward
+    "bs64_layout_tails_causal": (64, True, 1, 1, 2, 1000, 1100, 2, False, False, None),
+    "bs64_traced_per_batch": (64, False, 2, 2, 2, 640, 768, 2, True, False, None),
+    "bs64_documents_causal": (64, True, 1, 1, 2, 700, 700, 2, False, True, None),
+    "bs64_q_offset_documents": (64, True, 1, 1, 2, 180, 800, 2, False, True, [100, 600]),
 }
 
 
@@ -307,7 +313,10 @@ def test_attention_passes_tile_lists_of_exactly_its_mask(monkeypatch, name):
 
 
 def test_other_block_sizes_pass_placeholders(monkeypatch):
-    layout = jbs.layouts.local(256, 64, 100)
-    q = jnp.zeros((1, 256, 2, 64), jnp.float32)
-    ops, _ = primitive_operands(monkeypatch, lambda: jbs.attention(q, q, q, layout))
-    assert ops["tile_counts"].shape == (1, 1, 1) and ops["tile_bits"].shape == (1, 1, 1, 2)
+    """Block sizes 64 (without a mask source beyond the layout) and 128: placeholders."""
+    for bs in (64, 128):
+        layout = jbs.layouts.local(256, bs, 100)
+        q = jnp.zeros((1, 256, 2, 64), jnp.float32)
+        ops, _ = primitive_operands(monkeypatch, lambda: jbs.attention(q, q, q, layout))
+        assert ops["tile_counts"].shape == (1, 1, 1), bs
+        assert ops["tile_bits"].shape == (1, 1, 1, 2), bs

@@ -52,7 +52,7 @@
 // with NaN). Segment ids come padded to whole tiles (the Python lowering) and are loaded
 // on the partial entries only (L1 hits), as in the forward.
 //
-// Fine masks (block size 2^a.mask_lg = 16 or 32, attention.h): the lists are those of the
+// Fine masks (block size 2^a.mask_lg = 16, 32 or 64, attention.h): the lists are those of the
 // 128 x 128 tiles (attention_metadata.tile_lists by query, key_tiles by key: the same
 // entries, partial flags and 64-bit words, bit s * f + t for mask block (query row s, key
 // column t), f = 128 >> lg), a.mask_bits per by_query entry and a.mask_bits_key per by_key
@@ -306,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool masked = cur.e < cur.npart || cut;
       const bool causal_part = a.causal && cur.e < cur.npart;
       const uint32_t sk = base + kv_off(st), sv = sk + 2 * kT;
-      // a fine mask (a.mask_bits, block size 16 / 32): the word of a partial entry; bit j of
+      // a fine mask (a.mask_bits, block size 16 / 32 / 64): the word of a partial entry; bit j of
       // `groups` whether this thread's rows (one mask block row) visit keys 8j + [0, 8) of
       // the tile; `unvisited` the block columns that no row visits (their K rows are zeroed
       // below, as past kv_lengths: dS is 0 there, but 0 * NaN is NaN)
@@ -633,7 +633,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
       uint32_t allow = masked ? AllowedBits(a, b, s0, key0, kvlen, causal_part, off, segs, t)
                               : ~0u;
-      // a fine mask (a.mask_bits_key, block size 16 / 32): on a partial entry, the 8-query
+      // a fine mask (a.mask_bits_key, block size 16 / 32 / 64): on a partial entry, the 8-query
       // groups of this step whose mask block row visits this thread's key column (its keys
       // key0, key1: one block column) keep their elements
       if (a.mask_bits_key != nullptr && cur.Partial()) {
@@ -794,9 +794,9 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.delta))
     return cudaErrorInvalidValue;
   if (a.by_query.lines > 65535 || a.by_key.lines > 65535) return cudaErrorInvalidValue;
-  // a fine mask: words for both directions, block size 16 or 32 on these 128 x 128 tiles
+  // a fine mask: words for both directions, block size 16, 32 or 64 on these 128 x 128 tiles
   if ((a.mask_bits != nullptr) != (a.mask_bits_key != nullptr) ||
-      (a.mask_bits != nullptr && a.mask_lg != 4 && a.mask_lg != 5))
+      (a.mask_bits != nullptr && (a.mask_lg < 4 || a.mask_lg > 6)))
     return cudaErrorInvalidValue;
 
   const int64_t rows = int64_t(a.batch) * PaddedRows(a.tq) * a.hq;

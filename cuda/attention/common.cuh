@@ -49,13 +49,13 @@ __device__ __forceinline__ bool Allowed(int i, int j, int kvlen, bool causal, in
   return (j < kvlen) & !(causal & (j > i + off)) & (qid == kid);
 }
 
-// Fine masks: a mask of block size 2^lg (16, 32) on 128 x 128 list entries (the forward
-// and the backward at block 128, Args::mask_bits; the backward's by-key entries:
-// Args::mask_bits_key, the same words). Each partial entry has a 64-bit word w of f = 128 >> lg
-// rows of f bits (bit r * f + c: mask block (r, c) of the entry is visited); every other
-// entry visits all its blocks. The columns are those of the 128-key entry, also where the
-// kernel walks it in 64-key sub-tiles (D = 256): key j of the entry is in column
-// (j % 128) >> lg.
+// Fine masks: a mask of block size 2^lg (16, 32; 64 in the backward) on 128 x 128 list
+// entries (the forward and the backward at block 128, Args::mask_bits; the backward's
+// by-key entries: Args::mask_bits_key, the same words). Each partial entry has a 64-bit
+// word w of f = 128 >> lg rows of f bits (bit r * f + c: mask block (r, c) of the entry is
+// visited); every other entry visits all its blocks. The columns are those of the 128-key
+// entry, also where the kernel walks it in 64-key sub-tiles (D = 256): key j of the entry
+// is in column (j % 128) >> lg.
 //
 // The block columns (bit c: keys [c << lg, (c + 1) << lg) of the entry) that no row of w
 // visits (w = ~0: none).
@@ -67,7 +67,8 @@ __device__ __forceinline__ uint32_t EmptyColumns(uint64_t w, int lg) {
 
 // Bits [0, 128 >> lg) of x (one row of w, shifted down), each repeated (1 << lg) / 8
 // times: bit j of the result is bit (8 j) >> lg of x, whether the row visits the entry's
-// keys [8 j, 8 j + 8) (lg 4: 8 bits -> 16, each twice; lg 5: 4 bits -> 16, each 4 times).
+// keys [8 j, 8 j + 8) (lg 4: 8 bits -> 16, each twice; lg 5: 4 bits -> 16, each 4 times;
+// lg 6, the backward only: 2 bits -> 16, each 8 times).
 __device__ __forceinline__ uint32_t SpreadBits(uint32_t x, int lg) {
   if (lg == 4) {
     x &= 0xffu;
@@ -75,6 +76,10 @@ __device__ __forceinline__ uint32_t SpreadBits(uint32_t x, int lg) {
     x = (x | x << 2) & 0x3333u;
     x = (x | x << 1) & 0x5555u;
     return x | x << 1;
+  }
+  if (lg == 6) {
+    x &= 0x3u;
+    return ((x | x << 7) & 0x0101u) * 0xffu;
   }
   x &= 0xfu;
   x = (x | x << 6) & 0x0303u;
