@@ -19,7 +19,8 @@ tensors (it ignores the sparsity and the documents: for the packed rows compare 
 (a fresh process each: the switch is read once); a value ending in `p` (`--variants 2,2p`)
 sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), the others
 =0; `--bwd-variants 2,4` the same for `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`,
-`b4`). Calls without a fused kernel run the pure-JAX path; those longer than
+`b4`; a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 64
+on the Hopper backward's 128 x 128 tiles). `--block-size 64` runs the patterns at block 64. Calls without a fused kernel run the pure-JAX path; those longer than
 `--max-pure-seq` are skipped (said in the table).
 `--metadata` adds a table of the metadata cost: each pattern's forward with the same block
 mask as a traced `BlockMask` (an argument of the jitted call, its lists built on the device,
@@ -227,8 +228,9 @@ def ours_per_variant(args, rows):
     runs = [({"JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": v.removesuffix("p"),
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1" if v.endswith("p") else "0"},
              f"v{v} ") for v in (args.variants or "").split(",") if v]
-    runs += [({"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v}, f"b{v} ")
-             for v in (args.bwd_variants or "").split(",") if v]
+    runs += [({"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v.removesuffix("t"),
+               "JAX_BLOCKSPARSE_ATTN_BWD_TILED64": "1" if v.endswith("t") else "0"},
+              f"b{v} ") for v in (args.bwd_variants or "").split(",") if v]
     if not runs:
         return {"": measure_ours(rows, args.batch, args.heads, args.backward,
                                  args.max_pure_seq)}
@@ -240,6 +242,7 @@ def ours_per_variant(args, rows):
                    *(["--quick"] if args.quick else []),
                    *(["--extended"] if args.extended else []),
                    "--batch", str(args.batch), "--heads", str(args.heads),
+                   "--block-size", str(args.block_size),
                    "--max-pure-seq", str(args.max_pure_seq)]
             subprocess.run(cmd, env=dict(os.environ, **switches), check=True)
             result[label] = json.load(open(fh.name))
@@ -275,6 +278,7 @@ def table(rows, ours, flex, cudnn, batch, heads, backward):
 
 
 def main():
+    global BS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", help="peers.py (FlexAttention on the same masks)")
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
@@ -289,11 +293,15 @@ def main():
                         help="also the traced BlockMask against the Layout, and list building")
     parser.add_argument("--metadata-only", action="store_true",
                         help="only the --metadata table (no peers, no cuDNN)")
+    parser.add_argument("--block-size", type=int, default=BS,
+                        help="the patterns' block size (64: the Hopper forward's block-64 "
+                        "rows; the backward on FA2's, or on 128 x 128 tiles with mask sources)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--max-pure-seq", type=int, default=8192)
     parser.add_argument("--ours-json", help=argparse.SUPPRESS)  # a variant's child process
     args = parser.parse_args()
+    BS = args.block_size
     rows = patterns(args.quick, args.extended)
     if args.ours_json:
         ours = measure_ours(rows, args.batch, args.heads, args.backward, args.max_pure_seq)

@@ -4,7 +4,6 @@
 #   (matmul_small: bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA 0 and 1;
 #    matmul_sdd_runs: sdd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SDD_RUNS 0 and 1;
 #    matmul_tf32: float32 (and bf16) at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA 0 and 1;
-#    matmul_short: bs 64/128 at densities 0.02-0.1 under JAX_BLOCKSPARSE_MATMUL_SHORT_LINES 0, 1;
 #    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64;
@@ -51,7 +50,6 @@ sanitize() {
               "JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 matmul"
               "JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1 matmul"
-              "JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1 matmul"
               "JAX_BLOCKSPARSE_DECODE_PACKED=0 decode"
               "JAX_BLOCKSPARSE_DECODE_PACKED=64 decode" "JAX_BLOCKSPARSE_DECODE_PACKED=128 decode"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
@@ -152,9 +150,6 @@ for stage in "$@"; do
     # JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1 (the wgmma kernel), bf16 beside them (issue 20)
     matmul_tf32) matmul_ab JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA --dtypes bfloat16,float32 \
                    --block-sizes 64,128 2>&1 | tee "$out/matmul_tf32.log" ;;
-    # bf16 at bs 64/128, densities 0.02-0.1, under JAX_BLOCKSPARSE_MATMUL_SHORT_LINES 0 and 1
-    matmul_short) matmul_ab JAX_BLOCKSPARSE_MATMUL_SHORT_LINES --block-sizes 64,128 \
-                    --densities 0.02,0.05,0.1 2>&1 | tee "$out/matmul_short.log" ;;
     matmul_full) python3 "$repo/benchmarks/matmul.py" --full --reps 4 2>&1 \
                    | tee "$out/matmul_full.log" ;;
     attention_full) python3 "$repo/benchmarks/attention.py" --full 2>&1 \

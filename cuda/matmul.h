@@ -81,7 +81,7 @@ struct TcArgs {
   int64_t lines;   // DS: number of lines
   const int32_t *ptr, *idx, *blk, *order;  // DS
   const int32_t* coords;                   // SDD
-  int64_t nnz;                             // SDD; DS: the blocks (ShortLinesUsable)
+  int64_t nnz;                             // SDD
   int64_t batch;
 };
 }  // namespace tc
@@ -97,8 +97,6 @@ enum class MatmulPath {
                 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
              // unless JAX_BLOCKSPARSE_NO_WGMMA=1
-  kWgmmaShortLines,  // kWgmma's calls in DS mode with fewer than 4 blocks per line on
-                     // average (2 CTAs per SM); opt-in: JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1
   kWgmmaTf32,  // float32 at default precision read as tf32, the kWgmma conditions, K-major
                // operands (the Python lowering passes them so), block sizes 64/128; opt-in:
                // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1

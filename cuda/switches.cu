@@ -42,7 +42,6 @@ Switches Read() {
   s.decode_packed_tile = tile == 64 || tile == 128 ? tile : 0;
   s.sdd_runs = OnUnlessZero("JAX_BLOCKSPARSE_MATMUL_SDD_RUNS");
   s.tf32_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA");
-  s.short_lines = Flag("JAX_BLOCKSPARSE_MATMUL_SHORT_LINES");
   return s;
 }
 

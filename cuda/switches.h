@@ -51,17 +51,12 @@
 //     kernel, RESULTS 2026-12-04): sdd (the SDD-mode tile kernel, mma.sync) at block sizes
 //     16/32 takes up to 128 / bs blocks of one block row per CTA (matmul/mma_sync.cuh
 //     SddRuns16/32: the A panel read once per run) instead of one block
-//   JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1 opt-in until its values are checked on a GPU (issue
-//     20 item 3): float32 matmuls at default precision, block sizes 64/128, run the Hopper
+//   JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1 opt-in until the GPU suite has run under it (issue
+//     20 item 3; its own tests pass on the H200, 2026-12-04): float32 matmuls at default precision, block sizes 64/128, run the Hopper
 //     wgmma kernel with tf32 products (matmul/wgmma_lines.cuh) instead of mma.sync's; wgmma
 //     reads 32-bit operands K-major only, so the Python lowering (_cuda._tf32_wgmma) passes
 //     the transposed operands those calls need (XLA transposes; a block's transpose for
 //     the sparse operand)
-//   JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1 opt-in until measured (issue 20: density 0.02 at
-//     >= 70% of the rate at 0.1): dds and dsd at block sizes 64/128 (bf16/f16, the wgmma
-//     conditions) whose lines hold fewer than 4 blocks on average run the wgmma kernel
-//     with 128-row CTAs and a 3-deep ring, two per SM (matmul/wgmma_lines.cuh,
-//     Wg64Short / Wg128Short), instead of 256-row CTAs alone on an SM
 #pragma once
 
 namespace jax_blocksparse {
@@ -81,7 +76,6 @@ struct Switches {
   int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)
   bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "0" (unset: on)
   bool tf32_wgmma;        // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA: anything but "" or "0"
-  bool short_lines;       // JAX_BLOCKSPARSE_MATMUL_SHORT_LINES: anything but "" or "0"
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

@@ -18,7 +18,8 @@ kernels run (`sm90_forward`, `sm90_backward`), at the head dims and block sizes 
 rows; under 4 (`onepass_backward`) the backward's custom call gets the one-pass
 kernel's two workspaces. `JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1` (with
 `JAX_BLOCKSPARSE_NO_WGMMA` unset) makes the float32 matmul lowerings pass K-major operands
-on an sm_90a device (`_tf32_wgmma`). Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
+on an sm_90a device (`_tf32_wgmma`). `JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1` runs every
+block-64 attention backward on the Hopper backward's 128 x 128 tiles (`backward_tiled`). Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
 call that a kernel could have taken but that lowers to the pure-JAX implementation says why
 when the program is compiled (the kernels' own launch lines come from C++).
 """
@@ -56,6 +57,7 @@ class Switches(NamedTuple):
     attn_bwd_variant: int  # -1: unset (the default), else 0..4 (2, 3, 4: the Hopper backward)
     matmul_tf32_wgmma: bool  # JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA (opt-in: `_tf32_wgmma`)
     no_wgmma: bool  # JAX_BLOCKSPARSE_NO_WGMMA (it switches the former off too)
+    attn_bwd_tiled64: bool  # JAX_BLOCKSPARSE_ATTN_BWD_TILED64 (opt-in: `backward_tiled`)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -77,7 +79,8 @@ def _read_switches() -> Switches:
                     attn_fwd_variant=variant("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"),
                     attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"),
                     matmul_tf32_wgmma=number("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA") != 0,
-                    no_wgmma=number("JAX_BLOCKSPARSE_NO_WGMMA") != 0)
+                    no_wgmma=number("JAX_BLOCKSPARSE_NO_WGMMA") != 0,
+                    attn_bwd_tiled64=number("JAX_BLOCKSPARSE_ATTN_BWD_TILED64") != 0)
 
 
 SWITCHES = _read_switches()
@@ -136,6 +139,15 @@ def sm90_backward() -> bool:
     return ((SM90_BACKWARD_DEFAULT if variant < 0 else variant)
             in families["sm90_backward"].variants | families["onepass_backward"].variants
             and _sm90a_device())
+
+
+def backward_tiled(block_size: int, sources: bool) -> bool:
+    """Whether the fused backward runs a mask of `block_size` on TILE x TILE tiles with its
+    blocks' bits (`attention_metadata.tiled_blocks`; `sources`: the call's mask sources,
+    `mask_sources`); under JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 (opt-in, to time against
+    the FA2 backward's block-64 rows) every block-64 call where the Hopper backward runs."""
+    every = SWITCHES.attn_bwd_tiled64 and sm90_backward()
+    return tiled_blocks(block_size, sources or every, backward=True)
 
 
 def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,
@@ -364,7 +376,8 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     phase = "forward" if forward else "backward"
     fa2, sm90 = families[phase], families["sm90_" + phase]
     sources = (block_size, tq, tk, segments, positioned, mask_batch)
-    tiled = tiled_blocks(block_size, mask_sources(*sources), backward=not forward)
+    tiled = (tiled_blocks(block_size, False, backward=False) if forward
+             else backward_tiled(block_size, mask_sources(*sources)))
     hopper = ((sm90_forward() if forward else sm90_backward())
               and _no_row(sm90, dtype, head_dim, block_size, tiled=tiled) is None)
     documents = hopper and (not softcap or sm90.softcap)
@@ -549,7 +562,7 @@ def _attention_backward_lowering(ctx, *operands, **params):
     tq, tk = q_aval.shape[1], ctx.avals_in[1].shape[1]
     sources = mask_sources(mask_block, tq, tk, params["segments"], params["positioned"],
                            ctx.avals_in[floats + att.LISTS].shape[0])  # lists per batch?
-    tiled = tiled_blocks(mask_block, sources, backward=True)
+    tiled = backward_tiled(mask_block, sources)
     bits = floats + att.CONTEXT.index("tile_bits")
     if tiled:
         values, avals = _kernel_operands(ctx, floats, operands, 1, params, tiled=True)

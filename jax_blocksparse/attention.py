@@ -22,7 +22,7 @@ from ._checks import (check_dtype, check_kv_scale, check_sinks, check_soft_cap, 
 from .attention_decode import decode
 from .attention_metadata import (TILE, AttentionLists, TileLists, attention_metadata,
                                  block_lists, device_metadata, document_kinds, mask_sources,
-                                 tile_lists, tile_metadata, tiled_blocks)
+                                 tile_lists, tile_metadata)
 from .attention_primitives import (_at_rows, _bind, _lse_dtype, _nan_rows, attention_p,
                                    no_sinks, paged_keys, with_sinks)
 from .attention_primitives import (  # noqa: F401 (re-exported: the primitives' names)
@@ -327,12 +327,11 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     ids), and block sizes 16 and 32 too, at every head dim above (the block-128 kernel on
     128 x 128 tiles: a tile with some listed block is read whole, its unlisted blocks
     masked element-wise; keys of block columns that no query row of the tile lists are
-    kept out of the output, as above); so does the backward at block size 128 where the
-    Hopper backward runs (`_cuda.sm90_backward`: today when
-    `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2` or `3`), without block sizes 16 and 32 (no fused
-    backward: the pure-JAX one); the other backwards, and elsewhere the forward, with block
-    size 64 or 128, a mask shared by the batch (a `Layout`, or a `BlockMask` with
-    `Bm = 1`), no segment ids, lengths that are multiples of the block size and no
+    kept out of the output, as above); so does the backward where the Hopper backward runs
+    (`_cuda.sm90_backward`: by default on sm_90a), at `D` 64 and 128 (96 zero-padded to
+    128), block size 128, and 16, 32 and (with those mask sources) 64 on its 128 x 128
+    tiles; the other backwards, and elsewhere the forward, with block size 64 or 128, a
+    mask shared by the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids, lengths that are multiples of the block size and no
     `q_offset`. The forward and backward decide separately. Every other call runs the
     pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is
     compiled). Sinks run wherever the call runs: longer queries inside the forward
@@ -382,8 +381,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     # fine masks (block sizes 16, 32; 64 with mask sources, for the backward): their
     # 128 x 128 tiles (_tile_context)
     tiles = None
-    documents = mask_sources(bs, tq, tk, segments, offset is not None, lists[0].shape[0])
-    if tiled_blocks(bs, documents, backward=True):
+    sources = mask_sources(bs, tq, tk, segments, offset is not None, lists[0].shape[0])
+    if _cuda.backward_tiled(bs, sources):
         if isinstance(mask, Layout) and offset is None and not segments:  # host, cached
             host = tile_metadata(mask, causal, tq, tk)
             tiles = TileLists(AttentionLists(*(jnp.asarray(x[None]) for x in host.lists)),

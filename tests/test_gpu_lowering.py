@@ -337,6 +337,17 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
     (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
     assert "block_size = 64 : i32" in call and "mask_block = 64 : i32" in call, call
     assert "tensor<1x1x1x2xi32>) -> " in call, call
+    # without a mask source block 64 runs the FA2 backward's rows; on the Hopper backward's
+    # tiles under JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 (opt-in)
+    plain64 = lambda q, k: jbs.attention(q, k, k, jbs.layouts.local(1024, 64, 300),
+                                         causal=True).astype(jnp.float32).sum()
+    for tiled in (False, True):
+        monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_tiled64=tiled))
+        call, _ = _bwd_operand_types(cuda_text(
+            jax.grad(plain64), jnp.zeros((b, 1024, 4, 128), jnp.bfloat16), k[:, :1024]))
+        assert f"block_size = {128 if tiled else 64} : i32" in call, (tiled, call)
+        assert "mask_block = 64 : i32" in call, call
+    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_tiled64=False))
     for layout in (jbs.layouts.local(1024, 64, 300), jbs.Layout(np.ones((8, 8), bool), 128)):
         text = cuda_text(jax.grad(lambda q, k: jbs.attention(  # bits: placeholders, unread
             q[:, :1024], k[:, :1024], k[:, :1024], layout, causal=True).astype(

@@ -56,15 +56,6 @@ using tc::TcArgs;
 #define JBS_WG_TRANS_ROWS(DT, T, BS, SDD, C)                                   \
   JBS_WG_ROW(DT, T, BS, SDD, C, 0, 0), JBS_WG_ROW(DT, T, BS, SDD, C, 0, 1),    \
       JBS_WG_ROW(DT, T, BS, SDD, C, 1, 0), JBS_WG_ROW(DT, T, BS, SDD, C, 1, 1)
-// DS mode at bs 64/128 on lines of a few blocks (opt-in: JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1).
-#define JBS_WG_SHORT_ROW(DT, T, BS, C, TA, TB)                                       \
-  {DT, BS, MatmulPath::kWgmmaShortLines, 0, TA, TB, "wgmma(short lines)",            \
-   wg::Run<T, wg::C, TA != 0, TB != 0>, wg::ShortLinesUsable<T>}
-#define JBS_WG_SHORT_TRANS_ROWS(DT, T, BS, C)                                 \
-  JBS_WG_SHORT_ROW(DT, T, BS, C, 0, 0), JBS_WG_SHORT_ROW(DT, T, BS, C, 0, 1), \
-      JBS_WG_SHORT_ROW(DT, T, BS, C, 1, 0), JBS_WG_SHORT_ROW(DT, T, BS, C, 1, 1)
-#define JBS_WG_SHORT_ROWS(DT, T) \
-  JBS_WG_SHORT_TRANS_ROWS(DT, T, 64, Wg64Short), JBS_WG_SHORT_TRANS_ROWS(DT, T, 128, Wg128Short)
 #define JBS_WG_ROWS(DT, T)                                                          \
   JBS_WG_TRANS_ROWS(DT, T, 64, 1, Sdd64), JBS_WG_TRANS_ROWS(DT, T, 128, 1, Sdd128), \
       JBS_WG_TRANS_ROWS(DT, T, 64, 0, Wg64), JBS_WG_TRANS_ROWS(DT, T, 128, 0, Wg128)
@@ -100,8 +91,6 @@ const MatmulKernel kMatmulKernels[] = {
     JBS_SIMPLE_ROWS(DType::kBF16),
     JBS_WGS_ROWS(DType::kF16, __half),
     JBS_WGS_ROWS(DType::kBF16, __nv_bfloat16),
-    JBS_WG_SHORT_ROWS(DType::kF16, __half),
-    JBS_WG_SHORT_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_WG_ROWS(DType::kF16, __half),
     JBS_WG_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_SDD_RUNS_ROWS(DType::kF16, __half, "mma.sync(block-row runs)"),
@@ -118,9 +107,6 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WG_TRANS_ROWS
 #undef JBS_WG_ROWS
 #undef JBS_WG_TF32_ROW
-#undef JBS_WG_SHORT_ROW
-#undef JBS_WG_SHORT_TRANS_ROWS
-#undef JBS_WG_SHORT_ROWS
 #undef JBS_WG_TF32_ROWS
 #undef JBS_WGS_ROW
 #undef JBS_WGS_TRANS_ROWS
@@ -129,15 +115,13 @@ const MatmulKernel kMatmulKernels[] = {
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
 // (they then win: their rows come first); the wgmma kernels unless switched off, the small
-// one unless switched off alone, the tf32 and short-line ones when switched on; mma.sync
-// always.
+// one unless switched off alone, the tf32 one when switched on; mma.sync always.
 bool PathOn(MatmulPath path, const Switches& sw, bool exact) {
   switch (path) {
     case MatmulPath::kSimple: return exact || sw.simple_kernels;
     case MatmulPath::kWgmmaSmall: return sw.small_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmma: return !sw.no_wgmma;
     case MatmulPath::kWgmmaTf32: return sw.tf32_wgmma && !sw.no_wgmma && !exact;
-    case MatmulPath::kWgmmaShortLines: return sw.short_lines && !sw.no_wgmma;
     case MatmulPath::kMmaSyncRuns: return sw.sdd_runs;
     case MatmulPath::kMmaSync: return true;
     case MatmulPath::kNone: return false;
@@ -231,7 +215,6 @@ TcArgs DsArgs(const Params& p, const void* a, bool ta, int64_t lda, int64_t a_bs
   t.idx = p.idx;
   t.blk = p.blk;
   t.order = p.order;
-  t.nnz = p.nnz;  // the short-line rows' check (ShortLinesUsable)
   t.batch = p.batch;
   return t;
 }
@@ -282,7 +265,6 @@ cudaError_t Launch(const MatmulLaunch& run, const Params& p, cudaStream_t stream
     case MatmulPath::kMmaSync:
     case MatmulPath::kMmaSyncRuns:
     case MatmulPath::kWgmma:
-    case MatmulPath::kWgmmaShortLines:
     case MatmulPath::kWgmmaTf32:
     case MatmulPath::kWgmmaSmall: return k.launch(run.args, stream);
   }

@@ -258,15 +258,6 @@ __global__ void __launch_bounds__(C::NT, C::MINB) WgKernel(const TcArgs p) {
 // Configurations per block size.
 using Wg64 = Cfg<64, 4, 5, 1>;
 using Wg128 = Cfg<128, 4, 4, 1>;
-// Short lines (opt-in: JAX_BLOCKSPARSE_MATMUL_SHORT_LINES=1): half the rows per CTA and a
-// 3-deep ring, so that two CTAs share an SM (96 registers at bs 64, 128 at 128; capped for a
-// third at bs 64 they spilled 44 bytes) and one's prologue and epilogue overlap the other's
-// products; the configurations above hold one CTA per SM, whose
-// fixed costs dominate lines of a few blocks (low densities: at density 0.02 the bs-64
-// forward ran at 39% of its rate at 0.1, RESULTS 2026-11-23).
-using Wg64Short = Cfg<64, 2, 3, 2>;
-using Wg128Short = Cfg<128, 2, 3, 2>;
-constexpr int kShortLineBlocks = 4;  // calls of fewer blocks per line on average run them
 // SDD mode: one bs x bs output block per CTA (BM = bs), the dense K in steps of one line.
 using Sdd64 = Cfg<64, 1, 4, 3, true>;
 using Sdd128 = Cfg<128, 2, 4, 1, true>;
@@ -294,25 +285,15 @@ bool WgmmaUsable(const TcArgs& args, int block_size) {
          Sm90Usable<WgKernel<T, Wg64, false, kTf32>>(args);
 }
 
-// Whether the short-line configurations take a DS-mode call: the wgmma kernels can run it
-// and its lines hold fewer than kShortLineBlocks blocks on average.
-template <typename T>
-bool ShortLinesUsable(const TcArgs& args, int block_size) {
-  return args.nnz < int64_t(kShortLineBlocks) * args.lines && WgmmaUsable<T>(args, block_size);
-}
-
 // The launchers (one per configuration and transposition: `Run<T, C, TA, TB>`) and the
 // checks the dispatch table (dispatch.cu) names: declared `extern template` there,
 // instantiated in wgmma_lines_<dtype>.cu.
-#define JBS_WGMMA_LAUNCHERS(PREFIX, T)          \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg64)       \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg128)      \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg64Short)  \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg128Short) \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd64)      \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd128)     \
-  PREFIX bool WgmmaUsable<T>(const TcArgs&, int); \
-  PREFIX bool ShortLinesUsable<T>(const TcArgs&, int);
+#define JBS_WGMMA_LAUNCHERS(PREFIX, T)      \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg64)   \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Wg128)  \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd64)  \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Sdd128) \
+  PREFIX bool WgmmaUsable<T>(const TcArgs&, int);
 // float (tf32): K-major A and B only (TA = false, TB = true).
 #define JBS_WGMMA_TF32_LAUNCHERS(PREFIX)                             \
   PREFIX cudaError_t Run<float, Wg64, false, true>(TcArgs, cudaStream_t);   \
