@@ -20,8 +20,9 @@ tensors (it ignores the sparsity and the documents: for the packed rows compare 
 sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), the others
 =0; `--bwd-variants 2,4` the same for `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`,
 `b4`; a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 64
-on the Hopper backward's 128 x 128 tiles). `--block-size 64` runs the patterns at block 64. Calls without a fused kernel run the pure-JAX path; those longer than
-`--max-pure-seq` are skipped (said in the table).
+on the Hopper backward's 128 x 128 tiles). `--block-size 64` runs the patterns at block 64.
+Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
+skipped (said in the table).
 `--metadata` adds a table of the metadata cost: each pattern's forward with the same block
 mask as a traced `BlockMask` (an argument of the jitted call, its lists built on the device,
 `max_blocks` the layout's longest row) beside the static `Layout`, the construction of

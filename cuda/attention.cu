@@ -57,7 +57,7 @@ namespace {
 // as lists of 128 x 128 tiles with bits (AttentionForwardParams::mask_bits): the block-128
 // rows run them (every head dim), and only those (documents) rows; so do the backward's
 // block-128 documents rows (variants 2 and 3, AttentionBackwardParams::q_mask_bits,
-// k_mask_bits).
+// k_mask_bits), which also take block 64 so (TiledMaskBlock).
 // Persistent rows (JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1, opt-in until measured): the same
 // kernels with one CTA per SM (two at block 64, D < 256) looping over the work items
 // (attention/fwd_sm90.cu), for every combination of variants 2 and 3.
@@ -91,7 +91,7 @@ namespace {
 // the products overlapping the elementwise work inside each warpgroup, 3 without (kept to
 // compare and as a fallback). Like the Hopper forward they take every mask source
 // (documents: lists per batch entry, segment ids, partial last tiles, q_offset) and masks
-// of block size 16 / 32 on 128 x 128 tiles (AttentionBackwardParams::q_mask_bits,
+// of block size 16 / 32 / 64 on 128 x 128 tiles (AttentionBackwardParams::q_mask_bits,
 // k_mask_bits). Variant 2 is the default on an sm_90 device (kSm90BackwardDefault). Both
 // take a logit soft cap (the last field; issue 21: P recomputed from the capped scores,
 // dS times 1 - tanh^2, as the FA2 backward does).
@@ -202,8 +202,9 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 // (jax_blocksparse/_cuda.py: SM90_BACKWARD_DEFAULT, the same value): 2, the FA3-design
 // backward (H200, 2026-12-03, benchmarks/RESULTS.md: forward + backward 1.7-1.9x the FA2
 // backward's on the six patterns, the packed documents fused; gradients bitwise equal to
-// the FA2 backward's at S 1024 and 8192). Block size 64 and head dims 96 / 256 fall back to
-// the FA2 backward or the pure-JAX path as before.
+// the FA2 backward's at S 1024 and 8192). Block size 64 runs the FA2 backward's rows, or
+// with mask sources these rows on 128 x 128 tiles (TiledMaskBlock); head dim 96 runs
+// zero-padded to 128 (the Python lowering), 256 the pure-JAX path.
 constexpr int kSm90BackwardDefault = 2;
 
 namespace {

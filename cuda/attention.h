@@ -23,7 +23,8 @@
 // Lines: ceil(Tq / bs) by query, ceil(Tk / bs) by key (partial last tiles:
 // AttentionKernel::documents only; the other kernels take multiples of the block size).
 // Masks of block size 16 or 32 (the forward's AttentionKernel::documents rows, block size
-// 128, every head dim): the lists are those of 128 x 128 tiles
+// 128, every head dim; the backward's also block size 64: TiledMaskBlock): the lists are
+// those of 128 x 128 tiles
 // (jax_blocksparse/attention_metadata.py, tile_lists), shape.block_size is 128, and each
 // list entry has a 64-bit word of the mask blocks (mask_block x mask_block) of its tile
 // that are visited: bit s * f + t for the block in row s, column t of the tile
@@ -124,9 +125,9 @@ struct AttentionBackwardParams {
   float* dq_accum;
   int32_t* dq_semaphores;
   // a mask of block size mask_block (16, 32 or 64: TiledMaskBlock) on 128 x 128 tiles (as
-  // the forward's mask_bits): the words of the by_query entries and of the by_key entries ([mask_batch,
-  // Hm, lines, max_len] each, bits in the same (query row, key column) convention), or
-  // both null (the documents rows take them: the FA3-design backward)
+  // the forward's mask_bits): the words of the by_query entries and of the by_key entries
+  // ([mask_batch, Hm, lines, max_len] each, bits in the same (query row, key column)
+  // convention), or both null (the documents rows take them: the FA3-design backward)
   const uint64_t *q_mask_bits, *k_mask_bits;
   int32_t mask_block;
 };
@@ -162,8 +163,8 @@ struct AttentionKernel {
   // takes lists per batch entry, segment ids, Tq, Tk that are not multiples of the block
   // size (partial last tiles; the lists then have ceil(T / bs) lines) and query positions
   // (q_offset): the FA3-design forward and backward; forward rows of block size 128 also
-  // masks of block size 16 / 32 (AttentionForwardParams::mask_bits; the backward's rows:
-  // AttentionBackwardParams::q_mask_bits, k_mask_bits)
+  // masks of block size 16 / 32 (AttentionForwardParams::mask_bits; the backward's rows,
+  // and block size 64: AttentionBackwardParams::q_mask_bits, k_mask_bits)
   bool documents = false;
   // backward: the launcher needs the dq_accum and dq_semaphores workspaces
   // (AttentionBackwardParams) and takes nothing beyond the scope of the backward's

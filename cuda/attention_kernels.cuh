@@ -62,8 +62,9 @@ struct Args {
   const int32_t *q_ids, *kv_ids;
   const int32_t* q_pos;  // [qp_batch]: causal position of query row 0 (null: Tk - Tq)
   int qp_batch;          // 1 or B
-  // a mask of block size 2^mask_lg (16, 32) on bs = 128 tiles: per by_query list entry the
-  // bits of its mask blocks (AttentionForwardParams::mask_bits), or null
+  // a mask of block size 2^mask_lg (16, 32; 64 in the backward) on bs = 128 tiles: per
+  // by_query list entry the bits of its mask blocks (AttentionForwardParams::mask_bits),
+  // or null
   const uint64_t* mask_bits;
   // the same words per by_key list entry (the Hopper backward's dK/dV kernel; bits in the
   // same (query row, key column) convention as mask_bits), or null

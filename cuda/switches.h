@@ -52,11 +52,11 @@
 //     16/32 takes up to 128 / bs blocks of one block row per CTA (matmul/mma_sync.cuh
 //     SddRuns16/32: the A panel read once per run) instead of one block
 //   JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1 opt-in until the GPU suite has run under it (issue
-//     20 item 3; its own tests pass on the H200, 2026-12-04): float32 matmuls at default precision, block sizes 64/128, run the Hopper
-//     wgmma kernel with tf32 products (matmul/wgmma_lines.cuh) instead of mma.sync's; wgmma
-//     reads 32-bit operands K-major only, so the Python lowering (_cuda._tf32_wgmma) passes
-//     the transposed operands those calls need (XLA transposes; a block's transpose for
-//     the sparse operand)
+//     20 item 3; its own tests pass on the H200, 2026-12-04): float32 matmuls at default
+//     precision, block sizes 64/128, run the Hopper wgmma kernel with tf32 products
+//     (matmul/wgmma_lines.cuh) instead of mma.sync's; wgmma reads 32-bit operands K-major
+//     only, so the Python lowering (_cuda._tf32_wgmma) passes the transposed operands
+//     those calls need (XLA transposes; a block's transpose for the sparse operand)
 #pragma once
 
 namespace jax_blocksparse {

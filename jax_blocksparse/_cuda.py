@@ -19,9 +19,10 @@ rows; under 4 (`onepass_backward`) the backward's custom call gets the one-pass
 kernel's two workspaces. `JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1` (with
 `JAX_BLOCKSPARSE_NO_WGMMA` unset) makes the float32 matmul lowerings pass K-major operands
 on an sm_90a device (`_tf32_wgmma`). `JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1` runs every
-block-64 attention backward on the Hopper backward's 128 x 128 tiles (`backward_tiled`). Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each
-call that a kernel could have taken but that lowers to the pure-JAX implementation says why
-when the program is compiled (the kernels' own launch lines come from C++).
+block-64 attention backward on the Hopper backward's 128 x 128 tiles (`backward_tiled`).
+Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each call that a kernel could have taken but that
+lowers to the pure-JAX implementation says why when the program is compiled (the kernels'
+own launch lines come from C++).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from . import attention_primitives as att
 from . import attention_decode as dec
 from . import lists_primitive as lp
 from . import matmul_primitives as mp
-from .attention_metadata import (TILE, AttentionLists, TileLists, key_tiles, mask_sources,
-                                 tiled_blocks)
+from .attention_metadata import (FINE_BLOCKS, TILE, TILED_BACKWARD_BLOCK, AttentionLists,
+                                 TileLists, key_tiles, mask_sources, tiled_blocks)
 
 try:
     from . import _jax_blocksparse_cuda as _ext
@@ -150,6 +151,17 @@ def backward_tiled(block_size: int, sources: bool) -> bool:
     return tiled_blocks(block_size, sources or every, backward=True)
 
 
+def backward_tile_context(block_size: int) -> bool:
+    """Whether `attention` builds the TILE x TILE tile lists of a call of `block_size` for
+    the kernels (`backward_tiled` decides, in the lowering, whether they are read):
+    `FINE_BLOCKS` always; `TILED_BACKWARD_BLOCK` wherever the Hopper backward runs, for
+    every call, since whether a call has mask sources can change after `attention` (vmap
+    over a `BlockMask` folds its lists per batch entry); XLA drops the lists where no
+    kernel reads them (the lowerings pass constant placeholders instead)."""
+    return block_size in FINE_BLOCKS or (block_size == TILED_BACKWARD_BLOCK
+                                         and sm90_backward())
+
+
 def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,
                      documents: bool = False) -> bool:
     """Whether the attention backward's custom call runs backward variant 4, the one-pass
@@ -160,7 +172,7 @@ def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0
     needs the workspaces `dq_accum` and `dq_semaphores`. Opt-in
     (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4). `documents`: the call needs a mask source beyond
     the variant's scope (segment ids, q_offset, lists per batch entry, partial last tiles,
-    a mask of block size 16 / 32 on 128 x 128 tiles); the dispatch gives those to
+    a mask on 128 x 128 tiles: `backward_tiled`); the dispatch gives those to
     `SM90_BACKWARD_DEFAULT`'s kernels."""
     return (SWITCHES.attn_bwd_variant == 4 and not documents and _no_row(
         _families()["onepass_backward"], dtype, head_dim, block_size, softcap) is None)
@@ -424,7 +436,8 @@ def _kernel_operands(ctx, floats, operands, directions, params, *, tiled=False):
     q_offset), the block lists of `directions` (1: by query, 2: both) with their leading
     batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
     zero-padded to whole tiles (the kernels read them so; placeholders `[1, 1]` without
-    them: attribute `segments`). `tiled` (a mask of block size 16 or 32): the tile lists
+    them: attribute `segments`). `tiled` (a mask on TILE x TILE tiles: `tiled_blocks`): the
+    tile lists
     (`att.TILES`, 128 x 128 tiles; ids padded to whole tiles of 128) in place of the
     by-query lists (the backward inserts their by-key transpose before the ids)."""
     lists = floats + (att.TILES if tiled else att.LISTS)
@@ -470,19 +483,23 @@ def _attention_forward_lowering(ctx, *operands, **params):
     tiled = tiled_blocks(mask_block, False, backward=False)
     values, avals = _kernel_operands(ctx, floats, operands, 1, params, tiled=tiled)
     bits = floats + att.CONTEXT.index("tile_bits")
-    if tiled:
-        values.append(operands[bits])
-        avals.append(ctx.avals_in[bits])
-    else:  # a placeholder (the tiles of a block-64 call are the backward's: not computed
-        # where the forward runs alone)
-        placeholder = np.zeros((1, 1, 1, 2), np.int32)
-        values.append(jint.ir_constant(placeholder))
-        avals.append(ctx.avals_in[bits].update(shape=placeholder.shape))
+    value, aval = ((operands[bits], ctx.avals_in[bits]) if tiled
+                   else _placeholder_bits(ctx.avals_in[bits]))
+    values.append(value)
+    avals.append(aval)
     ctx = ctx.replace(avals_in=avals)
     bs = TILE if tiled else mask_block  # the kernel's tile
     return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
         ctx, *values, **_attention_attrs(dict(params, block_size=bs)),
         mask_block=np.int32(mask_block), **_softcap_attr(params))
+
+
+def _placeholder_bits(aval):
+    """A constant `[1, 1, 1, 2]` int32 in place of the tile bits (`aval`'s) where a kernel
+    does not read them, so that XLA drops the tile lists nothing else reads (a block-64
+    call's are built for the backward on tiles: `backward_tile_context`): (value, aval)."""
+    placeholder = np.zeros((1, 1, 1, 2), np.int32)
+    return jint.ir_constant(placeholder), aval.update(shape=placeholder.shape)
 
 
 def _pad_columns(ctx, value, aval, width):
@@ -545,11 +562,13 @@ def _attention_backward_lowering(ctx, *operands, **params):
     """The backward's custom call: `_kernel_operands` with both directions of the lists,
     then the bits of each direction's entries; results dq, dk, dv and a float32 workspace
     `[B, Hq, 2, ceil(Tq / bs) * bs]` (cuda/attention.h: the FA2 backward's delta, the Hopper
-    backward's lse and delta rows padded to whole tiles). A mask of block size 16 or 32
-    (attribute `mask_block`; the Hopper backward) runs on 128 x 128 tiles (attribute
-    `block_size` 128): the by-query lists are the tile lists (`att.TILES`), the by-key ones
-    their transpose (`_key_tile_operands`), each with its bits; for other block sizes
-    `mask_block == block_size` and both bits are placeholders."""
+    backward's lse and delta rows padded to whole tiles). A mask of block size 16 or 32,
+    or 64 with mask sources (`backward_tiled`; attribute `mask_block`; the Hopper backward)
+    runs on 128 x 128 tiles (attribute `block_size` 128): the by-query lists are the tile
+    lists (`att.TILES`), the by-key ones their transpose (`_key_tile_operands`), each with
+    its bits (and where the context holds no tile lists for it, as can happen under vmap,
+    the pure-JAX backward); otherwise `mask_block == block_size` and both bits are
+    placeholders."""
     floats = att.FLOAT_OPERANDS[att.attention_bwd_p]
     wide = _backward_padded_to(ctx, params)
     if wide is not None:  # the wider head dim's kernels (this rule again, at `wide`)
@@ -564,6 +583,11 @@ def _attention_backward_lowering(ctx, *operands, **params):
                            ctx.avals_in[floats + att.LISTS].shape[0])  # lists per batch?
     tiled = backward_tiled(mask_block, sources)
     bits = floats + att.CONTEXT.index("tile_bits")
+    lists, tile_counts = (ctx.avals_in[floats + i].shape for i in (att.LISTS, att.TILES))
+    if tiled and tile_counts != (*lists[:2], -(-tq // TILE)):  # never placeholders as lists
+        _debug.pure_path(f"attention_bwd q{list(q_aval.shape)} bs={mask_block}",
+                         f"no tile lists {list(tile_counts)} beside the lists {list(lists)}")
+        return _backward_reference(ctx, *operands, **params)
     if tiled:
         values, avals = _kernel_operands(ctx, floats, operands, 1, params, tiled=True)
         tiles = floats + att.TILES
@@ -576,8 +600,9 @@ def _attention_backward_lowering(ctx, *operands, **params):
         avals += [ctx.avals_in[bits], key_avals[-1]]
     else:
         values, avals = _kernel_operands(ctx, floats, operands, 2, params)
-        values += [operands[bits]] * 2  # placeholders
-        avals += [ctx.avals_in[bits]] * 2
+        placeholder = _placeholder_bits(ctx.avals_in[bits])
+        values += [placeholder[0]] * 2
+        avals += [placeholder[1]] * 2
     sinks = att.SINKS[att.attention_bwd_p]  # not an operand of the kernel: P reads lse
     del values[sinks], avals[sinks]
     b, hq, _ = ctx.avals_in[4].shape  # lse

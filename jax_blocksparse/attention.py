@@ -21,8 +21,8 @@ from ._checks import (check_dtype, check_kv_scale, check_sinks, check_soft_cap, 
                       static_bool, static_float)
 from .attention_decode import decode
 from .attention_metadata import (TILE, AttentionLists, TileLists, attention_metadata,
-                                 block_lists, device_metadata, document_kinds, mask_sources,
-                                 tile_lists, tile_metadata)
+                                 block_lists, device_metadata, document_kinds, tile_lists,
+                                 tile_metadata)
 from .attention_primitives import (_at_rows, _bind, _lse_dtype, _nan_rows, attention_p,
                                    no_sinks, paged_keys, with_sinks)
 from .attention_primitives import (  # noqa: F401 (re-exported: the primitives' names)
@@ -330,15 +330,16 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     kept out of the output, as above); so does the backward where the Hopper backward runs
     (`_cuda.sm90_backward`: by default on sm_90a), at `D` 64 and 128 (96 zero-padded to
     128), block size 128, and 16, 32 and (with those mask sources) 64 on its 128 x 128
-    tiles; the other backwards, and elsewhere the forward, with block size 64 or 128, a
-    mask shared by the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids, lengths that are multiples of the block size and no
-    `q_offset`. The forward and backward decide separately. Every other call runs the
-    pure-JAX implementation (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is
-    compiled). Sinks run wherever the call runs: longer queries inside the forward
-    kernels' online softmax (an operand of `attention_p`), short queries after the decode
-    kernel (`with_sinks`). A soft cap runs every kernel above (the Hopper forward and backward
-    too) and the decode kernel; under `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4` (the one-pass
-    backward, which takes no cap) a capped backward runs the default Hopper backward.
+    tiles; the other backwards, and elsewhere the forward, with block size 64 or 128, a mask
+    shared by the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids,
+    lengths that are multiples of the block size and no `q_offset`. The forward and backward
+    decide separately. Every other call runs the pure-JAX implementation
+    (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is compiled). Sinks run wherever the
+    call runs: longer queries inside the forward kernels' online softmax (an operand of
+    `attention_p`), short queries after the decode kernel (`with_sinks`). A soft cap runs
+    every kernel above (the Hopper forward and backward too) and the decode kernel; under
+    `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4` (the one-pass backward, which takes no cap) a
+    capped backward runs the default Hopper backward.
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:
@@ -378,11 +379,10 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
                                          documents=(q_ids, kv_ids) if segments else None)
     else:
         lists, overflow, kind = _context(mask, causal, rows * bs, tk, offset=0)
-    # fine masks (block sizes 16, 32; 64 with mask sources, for the backward): their
-    # 128 x 128 tiles (_tile_context)
+    # fine masks (block sizes 16, 32; 64 where the Hopper backward runs): their 128 x 128
+    # tiles (_tile_context)
     tiles = None
-    sources = mask_sources(bs, tq, tk, segments, offset is not None, lists[0].shape[0])
-    if _cuda.backward_tiled(bs, sources):
+    if _cuda.backward_tile_context(bs):
         if isinstance(mask, Layout) and offset is None and not segments:  # host, cached
             host = tile_metadata(mask, causal, tq, tk)
             tiles = TileLists(AttentionLists(*(jnp.asarray(x[None]) for x in host.lists)),

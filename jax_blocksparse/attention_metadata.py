@@ -17,7 +17,8 @@ numpy (`attention_metadata`, cached; leading axis `Hm`), and a traced `BlockMask
 it inside `jit` with jax.numpy (`device_metadata`; leading axes `Bm, Hm`), the lists
 through one primitive (`lists_primitive`: a CUDA kernel on a GPU).
 
-Masks of block size 16 or 32 run on the Hopper forward's 128 x 128 tiles (`tile_lists`):
+Masks of block size 16 or 32 run on the Hopper forward's 128 x 128 tiles (`tile_lists`;
+the Hopper backward's too, and block 64 with mask sources: `tiled_blocks`):
 a tile covers `(128 / bs)^2` mask blocks; it is listed when one of them is visited, full
 when all of them are full, else partial, and each listed tile carries the bits of its
 visited blocks (`TileLists.bits`), which the kernel joins to the element predicate of its
@@ -45,7 +46,7 @@ class AttentionLists(NamedTuple):
 
 
 class TileLists(NamedTuple):
-    """A fine mask (block size 16 or 32) on `TILE x TILE` tiles: the tiles' lists, and per
+    """A fine mask (`tiled_blocks`) on `TILE x TILE` tiles: the tiles' lists, and per
     list entry the bits of the mask blocks it covers that are visited: bit `s * f + t`
     (`f = TILE / bs`) for mask block `(s, t)` of the tile, in a 64-bit word stored as two
     int32 (low word first). A list entry e of line r sits at `bits[..., r, 2e:2e + 2]`;

@@ -16,9 +16,10 @@ block lists from operands, so a static `Layout` (lists computed on the host) and
   - `attention_bwd_p(q, k, v, o, lse, dO, dlse, sinks, *ctx) -> (dq, dk, dv)`: the
     transpose of the tangent, i.e. the fused backward. `jax.grad` runs only this one.
 The context ends with the tile lists (`tile_*`, `TILES`: `attention_metadata.tile_lists`):
-for a mask of block size 16 or 32, the lists of the 128 x 128 tiles that the Hopper forward
-runs it on, with the bits of the mask blocks each listed tile covers (placeholders for
-other block sizes); only that forward's lowering reads them.
+for a mask of block size 16 or 32, and of 64 where the Hopper backward runs, the lists of
+the 128 x 128 tiles that the Hopper kernels run it on, with the bits of the mask blocks
+each listed tile covers (placeholders for other block sizes); only those kernels'
+lowerings read them (block 64: the backward's, for calls with mask sources).
 Each primitive also takes the static `softcap` (logit soft-capping, 0: none): the scaled
 scores are `soft_cap(S) = cap·tanh(S/cap)` before the mask, so `Ṡ` and `dS` above take the
 factor `1 − tanh²(S/cap)`. Attention sinks are the last float operand, `sinks`: float32
@@ -54,8 +55,8 @@ CONTEXT = ("kv_lengths", "q_positions", "q_segment_ids", "kv_segment_ids") + tup
 ) + tuple(f"tile_{field}" for field in AttentionLists._fields) + ("tile_bits",)
 LISTS = CONTEXT.index("by_query_counts")  # where the block lists start in the context
 # where the tile lists start (`TileLists`, by query tile: the four lists, then the bits):
-# masks of block size 16 or 32 on the Hopper forward's 128-row tiles; placeholders
-# (`_tile_context`) for other block sizes
+# masks of block size 16 or 32 (and 64: the backward's) on the Hopper kernels' 128-row
+# tiles; placeholders (`_tile_context`) for other block sizes
 TILES = CONTEXT.index("tile_counts")
 
 

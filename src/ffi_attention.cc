@@ -265,8 +265,7 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
       return Invalid("tile bits must be [Bm, Hm, lines, 2 * width] beside each direction's lists");
     if (!kernel->documents)
       return Invalid(std::string("tiled block sizes 16 / 32 / 64 need the FA3-design backward "
-                                 "(sm_90a, "
-                                 "variant 2 or 3); the backward here is ") +
+                                 "(sm_90a, variant 2 or 3); the backward here is ") +
                      kernel->name);
     // int32 pairs, low word first: one little-endian 64-bit word per list entry
     p.q_mask_bits = reinterpret_cast<const uint64_t*>(q_tile_bits.typed_data());

@@ -368,8 +368,8 @@ DOC_CASES = {
     "docs_per_batch_mask_d64": (lambda: random_mask(35, (3, 1, 8, 8), 0.7, False), True,
                                 3, 1024, 1024, 4, 4, [1024, 1000, 300], True, 64, 128,
                                 "packed"),
-    # Tq, Tk not multiples of the block size (partial last tiles: the FA3-design forward
-    # only; the backward runs the pure-JAX path)
+    # Tq, Tk not multiples of the block size (partial last tiles: the FA3-design kernels
+    # only)
     "tail_causal_tq_lt_tk": (lambda: np.ones((8, 9), bool), True,
                              2, 1000, 1100, 4, 2, None, False, 128, 128, None),
     "tail_docs_kv_lengths": (lambda: random_mask(41, (8, 8), 0.7, False), False,

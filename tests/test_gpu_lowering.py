@@ -348,6 +348,17 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
         assert f"block_size = {128 if tiled else 64} : i32" in call, (tiled, call)
         assert "mask_block = 64 : i32" in call, call
     monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_tiled64=False))
+    # vmap over a BlockMask of block 64 folds its lists per batch entry (a mask source): the
+    # tile lists, built for every block-64 call where the Hopper backward runs, fold with
+    # them (3 x B = 6 entries, one 128-row tile), never placeholders read as lists
+    masks = jnp.asarray(np.random.default_rng(5).random((3, 1, 1, 2, 2)) < 0.7)
+    mapped = lambda q, k, m: jbs.attention(q, k, k, jbs.BlockMask.from_mask(m, 64),
+                                           causal=True).astype(jnp.float32).sum()
+    grads = jax.vmap(jax.grad(mapped), in_axes=(None, None, 0))
+    call, types = _bwd_operand_types(cuda_text(
+        grads, jnp.zeros((b, 128, 4, 128), jnp.bfloat16), k[:, :128], masks))
+    assert "block_size = 128 : i32" in call and "mask_block = 64 : i32" in call, call
+    assert types.startswith("tensor<6xi32>, tensor<1xi32>, tensor<6x1x1xi32>, "), types
     for layout in (jbs.layouts.local(1024, 64, 300), jbs.Layout(np.ones((8, 8), bool), 128)):
         text = cuda_text(jax.grad(lambda q, k: jbs.attention(  # bits: placeholders, unread
             q[:, :1024], k[:, :1024], k[:, :1024], layout, causal=True).astype(

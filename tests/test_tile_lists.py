@@ -251,6 +251,8 @@ def test_attention_passes_tile_lists_of_exactly_its_mask(monkeypatch, name):
     BlockMask, documents, q_offset: positions and, with segment ids, every entry partial);
     rows of a BlockMask that overflow `max_blocks` (NaN in the output) claim no tile."""
     bs, causal, bm, hm, b, tq, tk, hq, traced, documents, offsets = CALLS[name]
+    from jax_blocksparse import _cuda
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)  # block 64: tiles built there
     rng = np.random.default_rng(list(CALLS).index(name))
     rows = -(-tk // bs) if offsets is not None else -(-tq // bs)
     rk = -(-tk // bs)
@@ -313,7 +315,9 @@ def test_attention_passes_tile_lists_of_exactly_its_mask(monkeypatch, name):
 
 
 def test_other_block_sizes_pass_placeholders(monkeypatch):
-    """Block sizes 64 (without a mask source beyond the layout) and 128: placeholders."""
+    """Block size 128, and 64 where the Hopper backward does not run: placeholders."""
+    from jax_blocksparse import _cuda
+    monkeypatch.setattr(_cuda, "sm90_backward", lambda: False)
     for bs in (64, 128):
         layout = jbs.layouts.local(256, bs, 100)
         q = jnp.zeros((1, 256, 2, 64), jnp.float32)

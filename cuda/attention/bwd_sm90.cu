@@ -10,8 +10,8 @@
 // entry (a.mb == B, both directions: segment ids, a BlockMask with Bm = B), segment ids
 // (compared on the partial entries), query positions per batch entry (q_offset: the causal
 // position of query row 0 is read from a.q_pos instead of Tk - Tq), Tq and Tk that are not
-// multiples of the block size (partial last tiles), masks of block size 16 and 32 on these
-// 128 x 128 tiles (a.mask_bits, a.mask_bits_key: below), and a logit soft cap (issue 21:
+// multiples of the block size (partial last tiles), masks of block size 16, 32 and 64 on
+// these 128 x 128 tiles (a.mask_bits, a.mask_bits_key: below), and a logit soft cap (issue 21:
 // below). Backward variants 2 and 3 of the dispatch table. Head dim 96 is compiled (the
 // D = 128 layout in shared memory, kDS; 96 columns in the tensor maps and the stores) but
 // has no dispatch row yet: not run on a GPU.
