@@ -4,6 +4,7 @@
 #   (matmul_small: bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA 0 and 1;
 #    matmul_sdd_runs: sdd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SDD_RUNS 0 and 1;
 #    matmul_tf32: float32 (and bf16) at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA 0 and 1;
+#    matmul_profile: Nsight Compute on the bs-64 wgmma matmul at density 0.02;
 #    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64;
@@ -110,6 +111,20 @@ PY
   return $status
 }
 
+# Nsight Compute on the second launch of the kernels whose mangled names match KERNEL (a
+# regex) in the command after LOG (its output: $out/LOG). --clock-control none: the card's
+# clocks stay as they are (ncu's default would lock them; the device README's METHOD.md).
+profile() {
+  local kernel=$1 log=$2 ncu
+  shift 2
+  ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+  timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none --kernel-name-base mangled \
+    --kernel-name "regex:$kernel" --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+    --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
+    "$@" 2>&1 | tee "$out/$log"
+}
+
 # benchmarks/matmul.py with the arguments after SWITCH, under SWITCH=0 and then SWITCH=1
 matmul_ab() {
   local switch=$1 t
@@ -200,15 +215,15 @@ for stage in "$@"; do
     # Nsight Compute on one decode kernel launch of one decode.py row (PROFILE_CASE, a row
     # name's text; PROFILE_KERNEL, a regex of the mangled kernel name). The whole decode.py
     # under ncu ran past 330 s (RESULTS 2026-12-03 fifth session): one row only, 2 reps.
-    decode_profile)
-      ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
-      timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --kernel-name-base mangled \
-        --kernel-name "regex:${PROFILE_KERNEL:-DecodePartial.*fp8_e4m3}" --launch-skip 1 \
-        --launch-count 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
-        --section WarpStateStats --section SchedulerStats --section InstructionStats \
-        --section MemoryWorkloadAnalysis \
-        python3 "$repo/benchmarks/decode.py" --only "${PROFILE_CASE:-fp8 e4m3 cache}" --reps 2 \
-        2>&1 | tee "$out/decode_profile.log" ;;
+    decode_profile) profile "${PROFILE_KERNEL:-DecodePartial.*fp8_e4m3}" decode_profile.log \
+                      python3 "$repo/benchmarks/decode.py" \
+                      --only "${PROFILE_CASE:-fp8 e4m3 cache}" --reps 2 ;;
+    # the same on the matmul's wgmma kernel at density 0.02 (issue 20: what bounds the low
+    # densities); PROFILE_KERNEL, PROFILE_ARGS (matmul.py's) to pick others
+    matmul_profile) profile "${PROFILE_KERNEL:-WgKernel}" matmul_profile.log \
+                      python3 "$repo/benchmarks/matmul.py" \
+                      ${PROFILE_ARGS:---block-sizes 64 --densities 0.02 --dtypes bfloat16} \
+                      --reps 2 ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
     # "--backward --variants 0,2 --metadata"
