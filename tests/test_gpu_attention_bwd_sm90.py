@@ -260,6 +260,24 @@ def test_fa3_backward_with_fa3_forward(variant):
         assert forward and all(k.startswith("fa3_forward") for k in forward), (case, forward)
 
 
+def test_tiled64_switch():
+    """JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1: block-64 calls without a mask source (static
+    layouts: causal, per-head, GQA 8, Tq < Tk, kv_lengths) run the Hopper backward on
+    128 x 128 tiles (the debug lines name mask_bs=64), with the values of
+    test_gpu_attention's check (o, lse, dq, dk, dv against float64)."""
+    if not sm90():
+        pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
+    cases = [("local_causal_bs64_d64", "f16"), ("random_empty_rows_bs64_d64", "bf16"),
+             ("per_head_causal_bs64_d128", "bf16"), ("gqa8_per_head_causal_bs64_d128", "f16"),
+             ("tq_lt_tk_causal_bs64_d128", "bf16"), ("kv_lengths_causal_bs64_d64", "f16")]
+    code = f"import test_gpu_attention as t; t.run_cases({cases!r})"
+    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_BWD_TILED64="1").stderr
+    assert_backward_is_fa3(stderr, cases, "2")
+    lines = [line for line in stderr.splitlines() if "attention_bwd" in line and "kernel=" in line]
+    assert lines and all("mask_bs=64" in line for line in lines), lines[:4]
+
+
 @pytest.mark.parametrize("variant", ["2", "4"])
 def test_fa3_backward_falls_back_elsewhere(variant):
     """Variant 2 (or 4) at a block size it does not implement (64) runs the default
