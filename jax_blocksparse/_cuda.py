@@ -437,9 +437,8 @@ def _kernel_operands(ctx, floats, operands, directions, params, *, tiled=False):
     batch axis (1 or B: lists per batch entry), the segment ids `[B, Tq]`, `[B, Tk]`
     zero-padded to whole tiles (the kernels read them so; placeholders `[1, 1]` without
     them: attribute `segments`). `tiled` (a mask on TILE x TILE tiles: `tiled_blocks`): the
-    tile lists
-    (`att.TILES`, 128 x 128 tiles; ids padded to whole tiles of 128) in place of the
-    by-query lists (the backward inserts their by-key transpose before the ids)."""
+    tile lists (`att.TILES`, 128 x 128 tiles; ids padded to whole tiles of 128) in place of
+    the by-query lists (the backward inserts their by-key transpose before the ids)."""
     lists = floats + (att.TILES if tiled else att.LISTS)
     seg = floats + att.CONTEXT.index("q_segment_ids")
     pick = [*range(floats + 2), *range(lists, lists + directions * len(AttentionLists._fields))]

@@ -156,14 +156,14 @@ def _context(mask, causal, tq, tk, offset=None, documents=None):
 
 def _tile_context(tiles, overflow, block_size, width, all_partial):
     """The tile operands of `attention_p` (`CONTEXT[TILES:]`): the lists of the 128 x 128
-    tiles that the Hopper kernels run a fine mask on (block size 16 or 32; 64 in the
-    backward of a call with mask sources: `attention_metadata.tiled_blocks`), and their
-    bits (`attention_metadata.tile_lists`). `tiles`: a `TileLists` (a static layout's,
-    from the host), or the fine block kinds `[Bm, Hm, R, Rk]` (tiled here, inside jit; `overflow`:
-    their rows whose lists overflowed, NaN in the output, claim no tile, so that a tile
-    row lists at most `128 / bs * width` tiles, `width` the fine lists' width), or None
-    (other block sizes: `[1, 1, 1(, 1 or 2)]` placeholders that nothing reads).
-    `all_partial`: every entry partial (q_offset with segment ids, as the fine lists)."""
+    tiles that the Hopper kernels run a fine mask on (block size 16 or 32; 64 where the
+    Hopper backward runs: `_cuda.backward_tile_context`), and their bits
+    (`attention_metadata.tile_lists`). `tiles`: a `TileLists` (a static layout's, from the
+    host), or the fine block kinds `[Bm, Hm, R, Rk]` (tiled here, inside jit; `overflow`:
+    their rows whose lists overflowed, NaN in the output, claim no tile, so that a tile row
+    lists at most `128 / bs * width` tiles, `width` the fine lists' width), or None (other
+    block sizes: `[1, 1, 1(, 1 or 2)]` placeholders that nothing reads). `all_partial`:
+    every entry partial (q_offset with segment ids, as the fine lists)."""
     if tiles is None:
         zero = jnp.zeros((1, 1, 1), jnp.int32)
         return [zero, zero, jnp.full((1, 1, 1, 1), -1, jnp.int32), zero,
