@@ -192,10 +192,13 @@ for stage in "$@"; do
         | tee "$out/attention_persistent.log" ;;
     # the cost of attention sinks and a soft cap (issue 21): the default forward, then the
     # FA2 forward for every row (a soft cap runs the FA2 kernels)
-    attention_sinks) { python3 "$repo/benchmarks/attention_sinks.py"
-                       JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 \
-                         python3 "$repo/benchmarks/attention_sinks.py"; } 2>&1 \
-                       | tee "$out/attention_sinks.log" ;;
+    # (then the Hopper forward with JAX_BLOCKSPARSE_ATTN_SOFTCAP_EXP2_FMA=1: under a cap,
+    # half of P's exponentials on the FMA pipe; then the FA2 forward)
+    attention_sinks)
+      for run in "" JAX_BLOCKSPARSE_ATTN_SOFTCAP_EXP2_FMA=1 JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
+        echo "== ${run:-default}"
+        env $run python3 "$repo/benchmarks/attention_sinks.py"
+      done 2>&1 | tee "$out/attention_sinks.log" ;;
     # each Hopper attention test case in its own process with a time limit (which one
     # hangs): CASES_MATCH="d96,d256" CASES_TIMEOUT=30 CASES_DTYPES=bf16
     cases) python3 "$repo/benchmarks/dev_cases.py" --match "${CASES_MATCH:-}" \

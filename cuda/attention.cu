@@ -263,6 +263,7 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
     return cudaErrorInvalidValue;
   if (Empty(p.shape) || p.shape.tq == 0) return cudaSuccess;
   attn::Args a = Common(p.shape);
+  a.cap_exp2_fma = GetSwitches().softcap_exp2_fma;  // read by the Hopper forward only
   CopyDocuments(p.documents, a);
   a.q = p.q;
   a.k = p.k;
