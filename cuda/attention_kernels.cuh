@@ -170,7 +170,7 @@ __host__ __device__ __forceinline__ float Exp2Fma(float x) {
   const float t = __fadd_rn(x, kShifter);  // no contraction into the next operations
   const float f = __fsub_rn(x, __fsub_rn(t, kShifter));
   const float p = fmaf(fmaf(fmaf(0.055335194f, f, 0.2422975f), f, 0.69322544f), f, 1.f);
-  return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
+  return __uint_as_float(__float_as_uint(p) + (__float_as_uint(t) << 23));
 #else
   const volatile float shifted = x + kShifter;  // not folded with the subtraction below
   const float t = shifted;
