@@ -53,8 +53,8 @@ struct Args {
   // logit soft cap (the FA2 kernels, the Hopper forward and backward): cap * log2(e) and
   // scale / cap, or 0 and 0 (no cap)
   float cap_log2, scale_cap;
-  // the Hopper forward under a soft cap: half of P's exponentials on the FMA pipe
-  // (Exp2Fma), the tanh and the other half on MUFU (JAX_BLOCKSPARSE_ATTN_SOFTCAP_EXP2_FMA=1)
+  // the Hopper forward and backward under a soft cap: half of P's exponentials on the FMA
+  // pipe (Exp2Fma), the tanh and the rest on MUFU (JAX_BLOCKSPARSE_ATTN_SOFTCAP_EXP2_FMA=1)
   bool cap_exp2_fma;
   // attention sinks (the forwards, FA2 and Hopper): float32 [Hq], one logit per query head
   // in the units of the scaled scores, or null (none). See SinkStart below.
