@@ -158,19 +158,20 @@ __device__ __forceinline__ float Exp2(float x) {  // 2^x, -inf -> 0
 // x = j + f with j = round(x) (adding 1.5 * 2^23 leaves j in the low mantissa bits) and f in
 // [-0.5, 0.5]; 2^f by a degree-3 polynomial with p(0) = 1, minimax in relative error
 // (1.23e-4 < 2^-12.9, under the rounding of a bf16 or f16 P), then j added to its exponent
-// bits. x is clamped to -127 first: -inf (a masked score) gives +0 exactly (p(0) = 1 exactly:
-// 1.0's exponent field minus 127), as ex2.approx.ftz does, and x in (-127, -125.5) a
+// bits. x is clamped to -127 first: -inf (a masked score) gives +0 exactly (p(0) = 1
+// exactly: 1.0's exponent field minus 127), as ex2.approx.ftz does, and x in (-127, -125.5) a
 // denormal (p >= 1 where j = -127), never a wrapped exponent. Large x (above 127) is not
 // handled: the callers' x is a score minus the running maximum (at most a few ulps above
-// 0). Host code compiles it too (tests/test_exp2_fma.py checks it against exp2).
-__host__ __device__ __forceinline__ float Exp2Fma(float x) {
+// 0). A NaN stays a NaN (as through ex2: a NaN score is not dropped from the row). Host
+// code compiles it too (tests/test_exp2_fma.py checks it against exp2).
+__host__ __device__ __forceinline__ float Exp2Fma(float x_in) {
   constexpr float kShifter = 12582912.f;  // 1.5 * 2^23
-  x = fmaxf(x, -127.f);
+  const float x = fmaxf(x_in, -127.f);  // (a NaN gives -127 here: kept aside, returned below)
 #ifdef __CUDA_ARCH__
   const float t = __fadd_rn(x, kShifter);  // no contraction into the next operations
   const float f = __fsub_rn(x, __fsub_rn(t, kShifter));
   const float p = fmaf(fmaf(fmaf(0.055335194f, f, 0.2422975f), f, 0.69322544f), f, 1.f);
-  return __uint_as_float(__float_as_uint(p) + (__float_as_uint(t) << 23));
+  const float r = __uint_as_float(__float_as_uint(p) + (__float_as_uint(t) << 23));
 #else
   const volatile float shifted = x + kShifter;  // not folded with the subtraction below
   const float t = shifted;
@@ -182,8 +183,8 @@ __host__ __device__ __forceinline__ float Exp2Fma(float x) {
   const uint32_t rb = pb + (tb << 23);
   float r;
   std::memcpy(&r, &rb, 4);
-  return r;
 #endif
+  return x_in == x_in ? r : x_in;
 }
 __device__ __forceinline__ float Tanh(float x) {  // tanh, |relative error| < 2^-10.9
   float y;

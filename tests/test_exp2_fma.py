@@ -1,8 +1,9 @@
 """The Hopper forward's exponential on the FMA pipe (cuda/attention_kernels.cuh, Exp2Fma:
 JAX_BLOCKSPARSE_ATTN_SOFTCAP_EXP2_FMA=1, issue 21), compiled for the host with nvcc and
 checked against exp2 in double precision: relative error at most 1.3e-4 on [-125, 0.5]
-(2,000,001 points), exactly +0 for -inf and for x <= -127 (masked scores), and a value in
-[0, 2^-125] (never a NaN or a wrapped exponent) just above -127. Skipped without nvcc."""
+(2,000,001 points), exactly +0 for -inf and for x <= -127 (masked scores), a value in
+[0, 2^-125] (never a NaN or a wrapped exponent) just above -127, and NaN for NaN.
+Skipped without nvcc."""
 
 import os
 import shutil
@@ -25,6 +26,7 @@ int main() {
   for (float x : {-INFINITY, -1000.f, -127.f}) bad += Exp2Fma(x) != 0.f || std::signbit(Exp2Fma(x));
   for (float x : {-126.99f, -126.6f, -126.5f, -126.2f, -125.6f})
     bad += !(Exp2Fma(x) >= 0.f && Exp2Fma(x) <= std::exp2(-125.f));
+  bad += !std::isnan(Exp2Fma(NAN));
   std::printf("max_rel_err %.4e bad %d\n", worst, bad);
   return worst <= 1.3e-4 && bad == 0 ? 0 : 1;
 }
