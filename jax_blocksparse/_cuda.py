@@ -611,7 +611,7 @@ def _attention_backward_lowering(ctx, *operands, **params):
     # the one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h), else [0]:
     # dq_accum float32 [B, Hq, Tq, D], dq_semaphores int32 [B, Hq, Tq / 64]
     d = q_aval.shape[-1]
-    documents = tiled or sources or tq % bs or tk % bs
+    documents = tiled or sources  # (untiled, bs is the mask's block: sources has its tails)
     onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), documents)
     dq_accum = q_aval.update(shape=(b, hq, tq, d) if onepass else (0,),
                              dtype=np.dtype(np.float32), weak_type=False)
