@@ -20,7 +20,8 @@ tensors (it ignores the sparsity and the documents: for the packed rows compare 
 sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), the others
 =0; `--bwd-variants 2,4` the same for `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`,
 `b4`; a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 64
-on the Hopper backward's 128 x 128 tiles). `--block-size 64` runs the patterns at block 64.
+on the Hopper backward's 128 x 128 tiles). `--block-size 64` runs the patterns at block 64
+(without FlexAttention: `peers.py masks` reads masks of 128-blocks only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
 skipped (said in the table).
 `--metadata` adds a table of the metadata cost: each pattern's forward with the same block
@@ -50,6 +51,7 @@ from jax_blocksparse.attention import _context
 from jax_blocksparse.bench.timing import median_ms
 
 BS = 128
+FLEX_BLOCK = 128  # the block of the masks `peers.py masks` reads (FlexAttention's default)
 
 
 def documents(seq_len, seed=0):
@@ -315,7 +317,9 @@ def main():
     ours = ours_per_variant(args, rows)
     cudnn = measure_cudnn(rows, args.batch, args.heads, args.backward)
     flex = {}
-    if args.peers:
+    if args.peers and BS != FLEX_BLOCK:
+        print(f"FlexAttention skipped: peers.py masks reads block masks of {FLEX_BLOCK} only")
+    elif args.peers:
         flex = measure_flex(rows, args.peers, args.batch, args.heads,
                             os.environ.get("OUT") or tempfile.mkdtemp())
     table(rows, ours, flex, cudnn, args.batch, args.heads, args.backward)

@@ -271,7 +271,7 @@ def test_tiled64_switch():
              ("per_head_causal_bs64_d128", "bf16"), ("gqa8_per_head_causal_bs64_d128", "f16"),
              ("tq_lt_tk_causal_bs64_d128", "bf16"), ("kv_lengths_causal_bs64_d64", "f16")]
     code = f"import test_gpu_attention as t; t.run_cases({cases!r})"
-    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1",
+    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="",
                         JAX_BLOCKSPARSE_ATTN_BWD_TILED64="1").stderr
     assert_backward_is_fa3(stderr, cases, "2")
     lines = [line for line in stderr.splitlines() if "attention_bwd" in line and "kernel=" in line]
