@@ -191,11 +191,9 @@ for stage in "$@"; do
         python3 "$repo/benchmarks/attention_patterns.py" --variants 2,2p; } 2>&1 \
         | tee "$out/attention_persistent.log" ;;
     # the cost of attention sinks and a soft cap (issue 21): the default forward, then the
-    # FA2 forward for every row (a soft cap runs the FA2 kernels)
-    # (then the Hopper forward with JAX_BLOCKSPARSE_ATTN_SOFTCAP_EXP2_FMA=1: under a cap,
-    # half of P's exponentials on the FMA pipe; then the FA2 forward)
+    # FA2 forward (variant 0) for every row
     attention_sinks)
-      for run in "" JAX_BLOCKSPARSE_ATTN_SOFTCAP_EXP2_FMA=1 JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
+      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
         echo "== ${run:-default}"
         env $run python3 "$repo/benchmarks/attention_sinks.py"
       done 2>&1 | tee "$out/attention_sinks.log" ;;

@@ -263,7 +263,6 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
     return cudaErrorInvalidValue;
   if (Empty(p.shape) || p.shape.tq == 0) return cudaSuccess;
   attn::Args a = Common(p.shape);
-  a.cap_exp2_fma = GetSwitches().softcap_exp2_fma;  // read by the Hopper forward only
   CopyDocuments(p.documents, a);
   a.q = p.q;
   a.k = p.k;
@@ -325,7 +324,6 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   a.dq_accum = p.dq_accum;
   a.dq_sem = p.dq_semaphores;
   const int bs = p.shape.block_size;
-  a.cap_exp2_fma = GetSwitches().softcap_exp2_fma;  // the Hopper backward (variants 2, 3)
   a.mask_bits = p.q_mask_bits;
   a.mask_bits_key = p.k_mask_bits;
   const int mask_block = fine ? p.mask_block : bs;

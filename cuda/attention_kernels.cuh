@@ -23,7 +23,6 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
-#include <cstring>
 
 #include "ptx.cuh"
 
@@ -53,9 +52,6 @@ struct Args {
   // logit soft cap (the FA2 kernels, the Hopper forward and backward): cap * log2(e) and
   // scale / cap, or 0 and 0 (no cap)
   float cap_log2, scale_cap;
-  // the Hopper forward and backward under a soft cap: half of P's exponentials on the FMA
-  // pipe (Exp2Fma), the tanh and the rest on MUFU (JAX_BLOCKSPARSE_ATTN_SOFTCAP_EXP2_FMA=1)
-  bool cap_exp2_fma;
   // attention sinks (the forwards, FA2 and Hopper): float32 [Hq], one logit per query head
   // in the units of the scaled scores, or null (none). See SinkStart below.
   const float* sinks;
@@ -152,39 +148,6 @@ __device__ __forceinline__ float Exp2(float x) {  // 2^x, -inf -> 0
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
-}
-// 2^x on the FMA and integer pipes, no MUFU op (issue 21: a soft cap puts a second MUFU op,
-// the tanh, on every score; FlashAttention-4 emulates part of its exponentials this way).
-// x = j + f with j = round(x) (adding 1.5 * 2^23 leaves j in the low mantissa bits) and f in
-// [-0.5, 0.5]; 2^f by a degree-3 polynomial with p(0) = 1, minimax in relative error
-// (1.23e-4 < 2^-12.9, under the rounding of a bf16 or f16 P), then j added to its exponent
-// bits. x is clamped to -127 first: -inf (a masked score) gives +0 exactly (p(0) = 1
-// exactly: 1.0's exponent field minus 127), as ex2.approx.ftz does, and x in (-127, -125.5) a
-// denormal (p >= 1 where j = -127), never a wrapped exponent. Large x (above 127) is not
-// handled: the callers' x is a score minus the running maximum (at most a few ulps above
-// 0). A NaN stays a NaN (as through ex2: a NaN score is not dropped from the row). Host
-// code compiles it too (tests/test_exp2_fma.py checks it against exp2).
-__host__ __device__ __forceinline__ float Exp2Fma(float x_in) {
-  constexpr float kShifter = 12582912.f;  // 1.5 * 2^23
-  const float x = fmaxf(x_in, -127.f);  // (a NaN gives -127 here: kept aside, returned below)
-#ifdef __CUDA_ARCH__
-  const float t = __fadd_rn(x, kShifter);  // no contraction into the next operations
-  const float f = __fsub_rn(x, __fsub_rn(t, kShifter));
-  const float p = fmaf(fmaf(fmaf(0.055335194f, f, 0.2422975f), f, 0.69322544f), f, 1.f);
-  const float r = __uint_as_float(__float_as_uint(p) + (__float_as_uint(t) << 23));
-#else
-  const volatile float shifted = x + kShifter;  // not folded with the subtraction below
-  const float t = shifted;
-  const float f = x - (t - kShifter);
-  const float p = fmaf(fmaf(fmaf(0.055335194f, f, 0.2422975f), f, 0.69322544f), f, 1.f);
-  uint32_t pb, tb;
-  std::memcpy(&pb, &p, 4);
-  std::memcpy(&tb, &t, 4);
-  const uint32_t rb = pb + (tb << 23);
-  float r;
-  std::memcpy(&r, &rb, 4);
-#endif
-  return x_in == x_in ? r : x_in;
 }
 __device__ __forceinline__ float Tanh(float x) {  // tanh, |relative error| < 2^-10.9
   float y;

@@ -51,11 +51,6 @@
 //     kernel, RESULTS 2026-12-04): sdd (the SDD-mode tile kernel, mma.sync) at block sizes
 //     16/32 takes up to 128 / bs blocks of one block row per CTA (matmul/mma_sync.cuh
 //     SddRuns16/32: the A panel read once per run) instead of one block
-//   JAX_BLOCKSPARSE_ATTN_SOFTCAP_EXP2_FMA=1 opt-in until measured (issue 21: a soft cap
-//     costs the Hopper kernels a second MUFU op per score, the tanh): under a soft cap
-//     half of P's exponentials run on the FMA pipe (attention_kernels.cuh, Exp2Fma) in the
-//     Hopper forward (D 64-128) and backward (the dQ kernel's, and the dK/dV kernel's
-//     where it forms dS^T)
 //   JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1 opt-in until the GPU suite has run under it (issue
 //     20 item 3; its own tests pass on the H200, 2026-12-04): float32 matmuls at default
 //     precision, block sizes 64/128, run the Hopper wgmma kernel with tf32 products
@@ -81,7 +76,6 @@ struct Switches {
   int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)
   bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "0" (unset: on)
   bool tf32_wgmma;        // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA: anything but "" or "0"
-  bool softcap_exp2_fma;  // JAX_BLOCKSPARSE_ATTN_SOFTCAP_EXP2_FMA: anything but "" or "0"
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

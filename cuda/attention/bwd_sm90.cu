@@ -374,14 +374,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         if constexpr (PIPE) wg::Wait<0>();  // dP done
         FenceAcc(dp);
         if (capped) {  // P (into s) and dP' (into dp) from t (one FFMA, as the forward)
-          // (a.cap_exp2_fma: the odd 8-key groups' P on the FMA pipe, as the forward's)
-          const bool fma_pipe = a.cap_exp2_fma;
 #pragma unroll
           for (int i = 0; i < 32; ++i) {
             const float tt = s[i];
             const bool hi = (i >> 1) & 1;  // element 4 j + e: row i1 for e = 2, 3
-            const float x = fmaf(tt, a.cap_log2, -(hi ? lse1 : lse0));
-            s[i] = fma_pipe && ((i >> 2) & 1) ? Exp2Fma(x) : Exp2(x);
+            s[i] = Exp2(fmaf(tt, a.cap_log2, -(hi ? lse1 : lse0)));
             dp[i] = (dp[i] - (hi ? dl1 : dl0)) * (1.f - tt * tt);
           }
         }
@@ -594,8 +591,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // a logit soft cap (a.cap_log2 > 0; a runtime branch, as in the forward): s keeps
     // t = tanh(s scale_cap) where the uncapped path keeps P^T; P^T = 2^(cap_log2 t - lse)
     // is formed from t for the dV product (PIPE: straight into its fragments) and for dS^T,
-    // which takes the factor 1 - t^2 (PIPE recomputes P^T there: bitwise the same, but
-    // for the odd 8-query groups under a.cap_exp2_fma, within Exp2Fma's 1.2e-4).
+    // which takes the factor 1 - t^2 (PIPE recomputes P^T there: bitwise the same).
     const bool capped = a.cap_log2 > 0.f;
 
     float dk[kDS<D> / 2], dv[kDS<D> / 2];
@@ -651,13 +647,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
       // the capped P^T from t and the row's lse (log2 domain): one FFMA, as in the forward
-      // (`fma_pipe`: a.cap_exp2_fma and the odd 8-query groups j, where dS^T is formed:
-      // the exponential on the FMA pipe; the dV product's P^T of PIPE keeps MUFU's, as
-      // taking both there spilled 8 bytes at D 96 / 128)
-      auto capped_p = [&](float tt, float l2, bool fma_pipe = false) {
-        const float x = fmaf(tt, a.cap_log2, -l2);
-        return fma_pipe ? Exp2Fma(x) : Exp2(x);
-      };
+      auto capped_p = [&](float tt, float l2) { return Exp2(fmaf(tt, a.cap_log2, -l2)); };
       uint32_t pa[4][4], da[4][4];
       if (!capped) {
 #pragma unroll
@@ -717,7 +707,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const float tt = s[4 * j + e];
-            const float p = capped_p(tt, l2[e & 1], a.cap_exp2_fma && (j & 1));
+            const float p = capped_p(tt, l2[e & 1]);
             float ds = p * (dp[4 * j + e] - dl[e & 1]) * (1.f - tt * tt);
             if (!keep(j, e)) ds = 0.f;
             dp[4 * j + e] = ds;

@@ -718,27 +718,15 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         m0 = mx0;
         m1 = mx1;
         float r0 = 0.f, r1 = 0.f;
-        // P = 2^(s sl2_max - mu) and the row sums, with the 8-key groups j where
-        // `on_fma(j)` holds taking the FMA pipe's exponential (one loop, compiled once per
-        // choice below: no per-score branch)
-        auto exponentials = [&](auto on_fma) {
 #pragma unroll
-          for (int j = 0; j < kBN / 8; ++j) {
-            auto ex2 = [&](float x) { return on_fma(j) ? Exp2Fma(x) : Exp2(x); };
-            s[4 * j] = ex2(fmaf(s[4 * j], sl2_max, -mu0));
-            s[4 * j + 1] = ex2(fmaf(s[4 * j + 1], sl2_max, -mu0));
-            s[4 * j + 2] = ex2(fmaf(s[4 * j + 2], sl2_max, -mu1));
-            s[4 * j + 3] = ex2(fmaf(s[4 * j + 3], sl2_max, -mu1));
-            r0 += s[4 * j] + s[4 * j + 1];
-            r1 += s[4 * j + 2] + s[4 * j + 3];
-          }
-        };
-        // the odd 8-key groups' exponentials on the FMA pipe under a soft cap (not at
-        // D = 256: its block-64 kernel, 254 registers a thread, spilled 8 bytes with this)
-        if (D < 256 && capped && a.cap_exp2_fma)
-          exponentials([](int j) { return (j & 1) != 0; });
-        else
-          exponentials([](int) { return false; });
+        for (int j = 0; j < kBN / 8; ++j) {
+          s[4 * j] = Exp2(fmaf(s[4 * j], sl2_max, -mu0));
+          s[4 * j + 1] = Exp2(fmaf(s[4 * j + 1], sl2_max, -mu0));
+          s[4 * j + 2] = Exp2(fmaf(s[4 * j + 2], sl2_max, -mu1));
+          s[4 * j + 3] = Exp2(fmaf(s[4 * j + 3], sl2_max, -mu1));
+          r0 += s[4 * j] + s[4 * j + 1];
+          r1 += s[4 * j + 2] + s[4 * j + 3];
+        }
         l0 = l0 * c0 + r0;
         l1 = l1 * c1 + r1;
       };
