@@ -20,7 +20,8 @@ tensors (it ignores the sparsity and the documents: for the packed rows compare 
 sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), the others
 =0; `--bwd-variants 2,4` the same for `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`,
 `b4`; a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 64
-on the Hopper backward's 128 x 128 tiles). `--block-size 64` runs the patterns at block 64
+on the Hopper backward's 128 x 128 tiles; `r`, `2r`, sets it to 0: the FA2 backward's
+block-64 rows; neither: unset, the layout's tile fill decides). `--block-size 64` runs the patterns at block 64
 (without FlexAttention: `peers.py masks` reads masks of 128-blocks only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
 skipped (said in the table).
@@ -231,8 +232,8 @@ def ours_per_variant(args, rows):
     runs = [({"JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": v.removesuffix("p"),
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1" if v.endswith("p") else "0"},
              f"v{v} ") for v in (args.variants or "").split(",") if v]
-    runs += [({"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v.removesuffix("t"),
-               "JAX_BLOCKSPARSE_ATTN_BWD_TILED64": "1" if v.endswith("t") else "0"},
+    runs += [({"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v.rstrip("tr"),
+               "JAX_BLOCKSPARSE_ATTN_BWD_TILED64": {"t": "1", "r": "0"}.get(v[-1], "")},
               f"b{v} ") for v in (args.bwd_variants or "").split(",") if v]
     if not runs:
         return {"": measure_ours(rows, args.batch, args.heads, args.backward,

@@ -18,8 +18,9 @@ kernels run (`sm90_forward`, `sm90_backward`), at the head dims and block sizes 
 rows; under 4 (`onepass_backward`) the backward's custom call gets the one-pass
 kernel's two workspaces. `JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1` (with
 `JAX_BLOCKSPARSE_NO_WGMMA` unset) makes the float32 matmul lowerings pass K-major operands
-on an sm_90a device (`_tf32_wgmma`). `JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1` runs every
-block-64 attention backward on the Hopper backward's 128 x 128 tiles (`backward_tiled`).
+on an sm_90a device (`_tf32_wgmma`). `JAX_BLOCKSPARSE_ATTN_BWD_TILED64` decides where a
+block-64 attention backward without mask sources runs on the Hopper backward's 128 x 128
+tiles (`backward_tile_context`): unset, where its tiles are full enough; 0 never; 1 always.
 Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each call that a kernel could have taken but that
 lowers to the pure-JAX implementation says why when the program is compiled (the kernels'
 own launch lines come from C++).
@@ -58,7 +59,7 @@ class Switches(NamedTuple):
     attn_bwd_variant: int  # -1: unset (the default), else 0..4 (2, 3, 4: the Hopper backward)
     matmul_tf32_wgmma: bool  # JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA (opt-in: `_tf32_wgmma`)
     no_wgmma: bool  # JAX_BLOCKSPARSE_NO_WGMMA (it switches the former off too)
-    attn_bwd_tiled64: bool  # JAX_BLOCKSPARSE_ATTN_BWD_TILED64 (opt-in: `backward_tiled`)
+    attn_bwd_tiled64: int  # JAX_BLOCKSPARSE_ATTN_BWD_TILED64: -1 unset, 0, 1 (`backward_tile_context`)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -73,6 +74,10 @@ def _read_switches() -> Switches:
         value = os.environ.get(name, "0").strip() or "0"
         return int(value) if value.isdigit() else 1
 
+    def choice(name):  # -1 unset (the default's choice), 0 "0", else 1
+        value = os.environ.get(name, "").strip()
+        return -1 if not value else int(value != "0")
+
     def variant(name):  # the leading digit 0..4, else -1 (as cuda/switches.cu reads them)
         value = os.environ.get(name, "")
         return int(value[0]) if value[:1] in ("0", "1", "2", "3", "4") else -1
@@ -81,7 +86,7 @@ def _read_switches() -> Switches:
                     attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"),
                     matmul_tf32_wgmma=number("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA") != 0,
                     no_wgmma=number("JAX_BLOCKSPARSE_NO_WGMMA") != 0,
-                    attn_bwd_tiled64=number("JAX_BLOCKSPARSE_ATTN_BWD_TILED64") != 0)
+                    attn_bwd_tiled64=choice("JAX_BLOCKSPARSE_ATTN_BWD_TILED64"))
 
 
 SWITCHES = _read_switches()
@@ -142,24 +147,42 @@ def sm90_backward() -> bool:
             and _sm90a_device())
 
 
-def backward_tiled(block_size: int, sources: bool) -> bool:
+# A block-64 static layout without mask sources runs its backward on 128 x 128 tiles
+# when its listed blocks fill at least this fraction of its listed tiles
+# (`attention_metadata.tile_fill`), else on the FA2 backward's block-64 rows. Measured
+# (H200, bf16, S 8192, D 128; RESULTS 2026-12-04 fifth session), forward+backward on the
+# tiles against the block-64 rows: fill 0.47 (bigbird) 0.90x, 0.60 (fixed) 1.08x, 0.84
+# (strided) 1.48x, 0.94 (local) 1.61x, 0.99 (causal) 1.81x; the crossover near 0.53.
+TILED64_MIN_FILL = 0.55
+
+
+def backward_tiled(block_size: int, sources: bool, tiles: bool) -> bool:
     """Whether the fused backward runs a mask of `block_size` on TILE x TILE tiles with its
-    blocks' bits (`attention_metadata.tiled_blocks`; `sources`: the call's mask sources,
-    `mask_sources`); under JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 (opt-in, to time against
-    the FA2 backward's block-64 rows) every block-64 call where the Hopper backward runs."""
-    every = SWITCHES.attn_bwd_tiled64 and sm90_backward()
-    return tiled_blocks(block_size, sources or every, backward=True)
+    blocks' bits (`attention_metadata.tiled_blocks`): `FINE_BLOCKS` always;
+    `TILED_BACKWARD_BLOCK` with mask sources (`sources`: `mask_sources`), or where
+    `attention` built the call's tile lists (`tiles`: `backward_tile_context`)."""
+    return tiled_blocks(block_size, sources or tiles, backward=True)
 
 
-def backward_tile_context(block_size: int) -> bool:
+def backward_tile_context(block_size: int, fill: float | None = None) -> bool:
     """Whether `attention` builds the TILE x TILE tile lists of a call of `block_size` for
     the kernels (`backward_tiled` decides, in the lowering, whether they are read):
-    `FINE_BLOCKS` always; `TILED_BACKWARD_BLOCK` wherever the Hopper backward runs, for
-    every call, since whether a call has mask sources can change after `attention` (vmap
-    over a `BlockMask` folds its lists per batch entry); XLA drops the lists where no
-    kernel reads them (the lowerings pass constant placeholders instead)."""
-    return block_size in FINE_BLOCKS or (block_size == TILED_BACKWARD_BLOCK
-                                         and sm90_backward())
+    `FINE_BLOCKS` always; `TILED_BACKWARD_BLOCK` where the Hopper backward runs, for every
+    call but a static layout without mask sources (`fill`: its `tile_fill`; None for the
+    others) whose tiles are emptier than `TILED64_MIN_FILL` (its backward then runs the
+    FA2 block-64 rows); JAX_BLOCKSPARSE_ATTN_BWD_TILED64=0 / 1 makes that layout's choice
+    never / always. The other calls build them since whether a call has mask sources can
+    change after `attention` (vmap over a `BlockMask` folds its lists per batch entry);
+    XLA drops the lists where no kernel reads them (the lowerings pass constant
+    placeholders instead)."""
+    if block_size in FINE_BLOCKS:
+        return True
+    if block_size != TILED_BACKWARD_BLOCK or not sm90_backward():
+        return False
+    if fill is None:
+        return True
+    by_switch = SWITCHES.attn_bwd_tiled64
+    return fill >= TILED64_MIN_FILL if by_switch < 0 else bool(by_switch)
 
 
 def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,
@@ -389,13 +412,15 @@ def fused_attention_unsupported(dtype, head_dim: int, block_size: int, tq: int, 
     fa2, sm90 = families[phase], families["sm90_" + phase]
     sources = (block_size, tq, tk, segments, positioned, mask_batch)
     tiled = (tiled_blocks(block_size, False, backward=False) if forward
-             else backward_tiled(block_size, mask_sources(*sources)))
+             else backward_tiled(block_size, mask_sources(*sources), False))  # (*)
     hopper = ((sm90_forward() if forward else sm90_backward())
               and _no_row(sm90, dtype, head_dim, block_size, tiled=tiled) is None)
     documents = hopper and (not softcap or sm90.softcap)
     why = (_no_row(sm90 if documents else fa2, dtype, head_dim, block_size, softcap,
                    tiled=tiled and documents)
            or _unsupported_sources(*sources, documents=documents))
+    # (*) a block-64 call without mask sources has rows both ways: on its tiles (where
+    # `attention` built them) and the FA2 backward's
     if (why is not None and hopper and not documents  # the cap alone keeps it off
             and _unsupported_sources(*sources, documents=True) is None):
         return f"logits_soft_cap on the Hopper {phase}: next (the FA2 kernels take no {why})"
@@ -580,10 +605,11 @@ def _attention_backward_lowering(ctx, *operands, **params):
     tq, tk = q_aval.shape[1], ctx.avals_in[1].shape[1]
     sources = mask_sources(mask_block, tq, tk, params["segments"], params["positioned"],
                            ctx.avals_in[floats + att.LISTS].shape[0])  # lists per batch?
-    tiled = backward_tiled(mask_block, sources)
     bits = floats + att.CONTEXT.index("tile_bits")
     lists, tile_counts = (ctx.avals_in[floats + i].shape for i in (att.LISTS, att.TILES))
-    if tiled and tile_counts != (*lists[:2], -(-tq // TILE)):  # never placeholders as lists
+    built = tile_counts == (*lists[:2], -(-tq // TILE))  # else placeholders (no tile lines)
+    tiled = backward_tiled(mask_block, sources, built)
+    if tiled and not built:  # never placeholders as lists
         _debug.pure_path(f"attention_bwd q{list(q_aval.shape)} bs={mask_block}",
                          f"no tile lists {list(tile_counts)} beside the lists {list(lists)}")
         return _backward_reference(ctx, *operands, **params)

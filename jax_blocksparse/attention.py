@@ -20,9 +20,9 @@ from . import _debug
 from ._checks import (check_dtype, check_kv_scale, check_sinks, check_soft_cap, is_fp8,
                       static_bool, static_float)
 from .attention_decode import decode
-from .attention_metadata import (TILE, AttentionLists, TileLists, attention_metadata,
-                                 block_lists, device_metadata, document_kinds, tile_lists,
-                                 tile_metadata)
+from .attention_metadata import (TILE, TILED_BACKWARD_BLOCK, AttentionLists, TileLists,
+                                 attention_metadata, block_lists, device_metadata,
+                                 document_kinds, tile_fill, tile_lists, tile_metadata)
 from .attention_primitives import (_at_rows, _bind, _lse_dtype, _nan_rows, attention_p,
                                    no_sinks, paged_keys, with_sinks)
 from .attention_primitives import (  # noqa: F401 (re-exported: the primitives' names)
@@ -162,12 +162,12 @@ def _tile_context(tiles, overflow, block_size, width, all_partial):
     host), or the fine block kinds `[Bm, Hm, R, Rk]` (tiled here, inside jit; `overflow`:
     their rows whose lists overflowed, NaN in the output, claim no tile, so that a tile row
     lists at most `128 / bs * width` tiles, `width` the fine lists' width), or None (other
-    block sizes: `[1, 1, 1(, 1 or 2)]` placeholders that nothing reads). `all_partial`:
+    block sizes: `[1, 1, 0(, 1 or 2)]` placeholders that nothing reads). `all_partial`:
     every entry partial (q_offset with segment ids, as the fine lists)."""
-    if tiles is None:
-        zero = jnp.zeros((1, 1, 1), jnp.int32)
-        return [zero, zero, jnp.full((1, 1, 1, 1), -1, jnp.int32), zero,
-                jnp.zeros((1, 1, 1, 2), jnp.int32)]
+    if tiles is None:  # no tile lines: never taken for a call's tiles (_cuda checks)
+        zero = jnp.zeros((1, 1, 0), jnp.int32)
+        return [zero, zero, jnp.zeros((1, 1, 0, 1), jnp.int32), zero,
+                jnp.zeros((1, 1, 0, 2), jnp.int32)]
     if not isinstance(tiles, TileLists):
         kind = tiles
         if overflow is not None:
@@ -329,8 +329,9 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     masked element-wise; keys of block columns that no query row of the tile lists are
     kept out of the output, as above); so does the backward where the Hopper backward runs
     (`_cuda.sm90_backward`: by default on sm_90a), at `D` 64 and 128 (96 zero-padded to
-    128), block size 128, and 16, 32 and (with those mask sources) 64 on its 128 x 128
-    tiles; the other backwards, and elsewhere the forward, with block size 64 or 128, a mask
+    128), block size 128, and 16, 32 and 64 on its 128 x 128 tiles (64: with those mask
+    sources, a `BlockMask`, or a `Layout` that fills its tiles: `_cuda.backward_tile_context`;
+    other block-64 layouts the FA2 backward's rows); the other backwards, and elsewhere the forward, with block size 64 or 128, a mask
     shared by the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids,
     lengths that are multiples of the block size and no `q_offset`. The forward and backward
     decide separately. Every other call runs the pure-JAX implementation
@@ -382,13 +383,15 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     # fine masks (block sizes 16, 32; 64 where the Hopper backward runs): their 128 x 128
     # tiles (_tile_context)
     tiles = None
-    if _cuda.backward_tile_context(bs):
-        if isinstance(mask, Layout) and offset is None and not segments:  # host, cached
+    if isinstance(mask, Layout) and offset is None and not segments:  # host, cached
+        # block 64 over whole blocks (no mask source): the backward's tiles if full enough
+        whole = bs == TILED_BACKWARD_BLOCK and not tq % bs and not tk % bs
+        if _cuda.backward_tile_context(bs, tile_fill(mask, causal, tq, tk) if whole else None):
             host = tile_metadata(mask, causal, tq, tk)
             tiles = TileLists(AttentionLists(*(jnp.asarray(x[None]) for x in host.lists)),
                               jnp.asarray(host.bits[None]))
-        else:  # the kinds, tiled inside jit (after the rows of q_offset are gathered)
-            tiles = kind
+    elif _cuda.backward_tile_context(bs):  # the kinds, tiled inside jit (after the rows
+        tiles = kind  # of q_offset are gathered)
     bad_pages = None  # [B]: batch entries that need a page outside the pools
     if paged:
         page_table, bad_pages = _checked_pages(page_table, k.shape, lists, offset, tq, bs,

@@ -105,9 +105,10 @@ def document_kinds(kind, q_ids, kv_ids, block_size: int):
 
 TILE = 128  # the Hopper forward's tile (query rows and keys) for fine masks
 FINE_BLOCKS = (16, 32)  # the block sizes that run on TILE x TILE tiles
-# The block size whose backward also runs on TILE x TILE tiles, for calls with a mask
-# source (`documents`) that the FA2 backward at that block size lacks (cuda/attention.h:
-# TiledMaskBlock; the Hopper forward has rows of that block size).
+# The block size whose backward also runs on TILE x TILE tiles: calls with a mask source
+# (`documents`) that the FA2 backward at that block size lacks, and those whose tiles
+# `attention` built (`_cuda.backward_tile_context`: masks that fill their tiles)
+# (cuda/attention.h: TiledMaskBlock; the Hopper forward has rows of that block size).
 TILED_BACKWARD_BLOCK = 64
 
 
@@ -124,7 +125,7 @@ def mask_sources(block_size: int, tq: int, tk: int, segments: bool, positioned: 
 def tiled_blocks(block_size: int, documents: bool, *, backward: bool) -> bool:
     """Whether the fused kernels run a mask of `block_size` on TILE x TILE tiles with
     per-tile bits (`tile_lists`): `FINE_BLOCKS` in both phases; `TILED_BACKWARD_BLOCK` in
-    the backward of calls with `documents` (`mask_sources`)."""
+    the backward of calls with `documents` (`mask_sources`, or tile lists built)."""
     return block_size in FINE_BLOCKS or (
         backward and documents and block_size == TILED_BACKWARD_BLOCK)
 # 2**i as int32 (bit 31 is the sign bit): sums of distinct ones are the bit words
@@ -230,6 +231,16 @@ def tile_metadata(layout: Layout, causal: bool, tq: int, tk: int,
     (`tiled_blocks`), leading axis `Hm`, from the same kinds as `attention_metadata`'s."""
     kind = attention_metadata(layout, causal, tq, tk, offset).kind
     return tile_lists(np, kind, layout.block_size)
+
+
+def tile_fill(layout: Layout, causal: bool, tq: int, tk: int) -> float:
+    """The fraction of the mask blocks in a static `layout`'s listed TILE x TILE tiles
+    (`tile_metadata`) that it visits (after causality): 1 when every listed tile is all
+    visited blocks. The kernels on those tiles compute every block of a listed tile, so
+    this is the share of their products that are not discarded."""
+    visited = int((attention_metadata(layout, causal, tq, tk).kind > 0).sum())
+    f = TILE // layout.block_size
+    return visited / max(f * f * int(tile_metadata(layout, causal, tq, tk).lists.counts.sum()), 1)
 
 
 def device_metadata(mask, block_size: int, causal: bool, tq: int, tk: int, capacity: int,

@@ -19,7 +19,8 @@ The context ends with the tile lists (`tile_*`, `TILES`: `attention_metadata.til
 for a mask of block size 16 or 32, and of 64 where the Hopper backward runs, the lists of
 the 128 x 128 tiles that the Hopper kernels run it on, with the bits of the mask blocks
 each listed tile covers (placeholders for other block sizes); only those kernels'
-lowerings read them (block 64: the backward's, for calls with mask sources).
+lowerings read them (block 64: the backward's, where `attention` built them:
+`_cuda.backward_tile_context`; else placeholders with no tile lines).
 Each primitive also takes the static `softcap` (logit soft-capping, 0: none): the scaled
 scores are `soft_cap(S) = cap·tanh(S/cap)` before the mask, so `Ṡ` and `dS` above take the
 factor `1 − tanh²(S/cap)`. Attention sinks are the last float operand, `sinks`: float32

@@ -260,21 +260,38 @@ def test_fa3_backward_with_fa3_forward(variant):
         assert forward and all(k.startswith("fa3_forward") for k in forward), (case, forward)
 
 
-def test_tiled64_switch():
-    """JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1: block-64 calls without a mask source (static
-    layouts: causal, per-head, GQA 8, Tq < Tk, kv_lengths) run the Hopper backward on
-    128 x 128 tiles (the debug lines name mask_bs=64), with the values of
-    test_gpu_attention's check (o, lse, dq, dk, dv against float64)."""
+@pytest.mark.parametrize("switch", ["", "1"])
+def test_tiled64_switch(switch):
+    """Block-64 static layouts without a mask source (causal, per-head, GQA 8, Tq < Tk,
+    kv_lengths): JAX_BLOCKSPARSE_ATTN_BWD_TILED64 unset, the Hopper backward on 128 x 128
+    tiles (the debug lines name mask_bs=64) where the layout fills its tiles
+    (`tile_fill` >= `_cuda.TILED64_MIN_FILL`), else the FA2 backward's block-64 rows; =1,
+    the tiles always; with the values of test_gpu_attention's check (o, lse, dq, dk, dv
+    against float64). (=0, the FA2 rows always, is every other test's setting.)"""
     if not sm90():
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
+    import test_gpu_attention as g
+    from jax_blocksparse import _cuda
+    from jax_blocksparse.attention_metadata import tile_fill
     cases = [("local_causal_bs64_d64", "f16"), ("random_empty_rows_bs64_d64", "bf16"),
              ("per_head_causal_bs64_d128", "bf16"), ("gqa8_per_head_causal_bs64_d128", "f16"),
              ("tq_lt_tk_causal_bs64_d128", "bf16"), ("kv_lengths_causal_bs64_d64", "f16")]
     code = f"import test_gpu_attention as t; t.run_cases({cases!r})"
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="",
-                        JAX_BLOCKSPARSE_ATTN_BWD_TILED64="1").stderr
-    assert_backward_is_fa3(stderr, cases, "2")
-    lines = [line for line in stderr.splitlines() if "attention_bwd" in line and "kernel=" in line]
+                        JAX_BLOCKSPARSE_ATTN_BWD_TILED64=switch).stderr
+    tiled = set()
+    for name, dtype in cases:
+        layout, causal, _, tq, tk = g.CASES[name][:5]
+        if switch or tile_fill(layout(), causal, tq, tk) >= _cuda.TILED64_MIN_FILL:
+            tiled.add((name, dtype))
+    assert 0 < len(tiled) < len(cases) or switch, tiled  # unset: both kinds of layout
+    assert_backward_is_fa3(stderr, sorted(tiled), "2")
+    logs = kernels_by_case(stderr)
+    for case in set(cases) - tiled:
+        backward = [k for op, k in logs.get(" ".join(case), []) if op == "attention_bwd"]
+        assert backward and all(k.startswith("fa2_backward") for k in backward), (case, backward)
+    lines = [line for line in stderr.splitlines() if "attention_bwd" in line and "kernel=" in line
+             and "fa3_backward" in line]
     assert lines and all("mask_bs=64" in line for line in lines), lines[:4]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import jax_blocksparse as jbs
+from jax_blocksparse.attention_metadata import tile_fill
 from reference import TOLERANCE, dds64, rel_err
 
 
@@ -337,17 +338,24 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
     (call,) = [line for line in text.splitlines() if "@jax_blocksparse_attention_fwd(" in line]
     assert "block_size = 64 : i32" in call and "mask_block = 64 : i32" in call, call
     assert "tensor<1x1x1x2xi32>) -> " in call, call
-    # without a mask source block 64 runs the FA2 backward's rows; on the Hopper backward's
-    # tiles under JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 (opt-in)
-    plain64 = lambda q, k: jbs.attention(q, k, k, jbs.layouts.local(1024, 64, 300),
-                                         causal=True).astype(jnp.float32).sum()
-    for tiled in (False, True):
-        monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_tiled64=tiled))
-        call, _ = _bwd_operand_types(cuda_text(
-            jax.grad(plain64), jnp.zeros((b, 1024, 4, 128), jnp.bfloat16), k[:, :1024]))
-        assert f"block_size = {128 if tiled else 64} : i32" in call, (tiled, call)
+    # without a mask source, a static block-64 layout runs its backward on the Hopper
+    # backward's tiles when its blocks fill them (`tile_fill` >= TILED64_MIN_FILL: a local
+    # layout), else on the FA2 backward's rows (a random one at density 0.2);
+    # JAX_BLOCKSPARSE_ATTN_BWD_TILED64=0 / 1: never / always
+    rng = np.random.default_rng(11)
+    sparse64 = jbs.Layout(rng.random((16, 16)) < 0.2, 64)
+    local64 = jbs.layouts.local(1024, 64, 300)
+    assert tile_fill(local64, True, 1024, 1024) >= _cuda.TILED64_MIN_FILL
+    assert tile_fill(sparse64, True, 1024, 1024) < _cuda.TILED64_MIN_FILL
+    for switch, layout, tiled in ((-1, local64, True), (-1, sparse64, False),
+                                  (0, local64, False), (1, sparse64, True)):
+        monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_tiled64=switch))
+        call, _ = _bwd_operand_types(cuda_text(jax.grad(
+            lambda q, k: jbs.attention(q, k, k, layout, causal=True).astype(jnp.float32).sum()),
+            jnp.zeros((b, 1024, 4, 128), jnp.bfloat16), k[:, :1024]))
+        assert f"block_size = {128 if tiled else 64} : i32" in call, (switch, tiled, call)
         assert "mask_block = 64 : i32" in call, call
-    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_tiled64=False))
+    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_tiled64=0))
     # vmap over a BlockMask of block 64 folds its lists per batch entry (a mask source): the
     # tile lists, built for every block-64 call where the Hopper backward runs, fold with
     # them (3 x B = 6 entries, one 128-row tile), never placeholders read as lists

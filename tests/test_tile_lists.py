@@ -322,5 +322,19 @@ def test_other_block_sizes_pass_placeholders(monkeypatch):
         layout = jbs.layouts.local(256, bs, 100)
         q = jnp.zeros((1, 256, 2, 64), jnp.float32)
         ops, _ = primitive_operands(monkeypatch, lambda: jbs.attention(q, q, q, layout))
-        assert ops["tile_counts"].shape == (1, 1, 1), bs
-        assert ops["tile_bits"].shape == (1, 1, 1, 2), bs
+        assert ops["tile_counts"].shape == (1, 1, 0), bs  # no tile lines: never tile lists
+        assert ops["tile_bits"].shape == (1, 1, 0, 2), bs
+
+
+def test_tile_fill():
+    """`tile_fill`: visited blocks over the blocks of the listed 128 x 128 tiles (the share
+    of the tiled backward's products a block-64 layout keeps, `_cuda.TILED64_MIN_FILL`)."""
+    from jax_blocksparse.attention_metadata import tile_fill
+    assert tile_fill(jbs.Layout(np.ones((8, 8), bool), 64), False, 512, 512) == 1.0
+    # causal: 8 * 9 / 2 tiles hold 16 * 17 / 2 visited blocks (the diagonal tiles 3 of 4)
+    assert tile_fill(jbs.layouts.causal(1024, 64), True, 1024, 1024) == 136 / (4 * 36)
+    one = np.zeros((8, 8), bool)
+    one[::2, ::2] = True  # one block in every tile
+    assert tile_fill(jbs.Layout(one, 64), False, 512, 512) == 0.25
+    heads = np.stack([one, np.ones((8, 8), bool)])  # per head: 16 + 64 blocks in 32 tiles
+    assert tile_fill(jbs.Layout(heads, 64), False, 512, 512) == 80 / (4 * 32)
