@@ -5,6 +5,7 @@
 #    matmul_sdd_runs: sdd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SDD_RUNS 0 and 1;
 #    matmul_tf32: float32 (and bf16) at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA 0 and 1;
 #    matmul_profile: Nsight Compute on the bs-64 wgmma matmul at density 0.02;
+#    attention_bwd_profile: the same on the Hopper backward's kernels, causal layout;
 #    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64;
@@ -111,15 +112,16 @@ PY
   return $status
 }
 
-# Nsight Compute on the second launch of the kernels whose mangled names match KERNEL (a
-# regex) in the command after LOG (its output: $out/LOG). --clock-control none: the card's
+# Nsight Compute on the second launch (and PROFILE_COUNT - 1 more) of the kernels whose
+# mangled names match KERNEL (a regex) in the command after LOG (its output: $out/LOG). --clock-control none: the card's
 # clocks stay as they are (ncu's default would lock them; the device README's METHOD.md).
 profile() {
   local kernel=$1 log=$2 ncu
   shift 2
   ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
   timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none --kernel-name-base mangled \
-    --kernel-name "regex:$kernel" --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+    --kernel-name "regex:$kernel" --launch-skip 1 --launch-count "${PROFILE_COUNT:-1}" \
+    --section SpeedOfLight \
     --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
     "$@" 2>&1 | tee "$out/$log"
@@ -225,6 +227,13 @@ for stage in "$@"; do
                       python3 "$repo/benchmarks/matmul.py" \
                       ${PROFILE_ARGS:---block-sizes 64 --densities 0.02 --dtypes bfloat16} \
                       --reps 2 ;;
+    # the same on the Hopper backward (issue 19: what bounds the causal forward+backward
+    # against cuDNN): a dK/dV and a dQ launch of the default variant on the causal layout;
+    # JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 PROFILE_KERNEL=OnePassKernel PROFILE_COUNT=1 for
+    # the one-pass kernel
+    attention_bwd_profile) PROFILE_COUNT=${PROFILE_COUNT:-2} \
+        profile "${PROFILE_KERNEL:-DqKernel|DkvKernel}" attention_bwd_profile.log \
+        python3 "$repo/benchmarks/dev_attention.py" --bwd-only --layouts causal ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
     # "--backward --variants 0,2 --metadata"
