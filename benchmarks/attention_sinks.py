@@ -27,14 +27,14 @@ OPTIONS = {"plain": {}, "sinks": {"sinks": True}, "softcap": {"logits_soft_cap":
            "both": {"sinks": True, "logits_soft_cap": 30.0}}
 
 
-def prefill_rows(b, h, s, d, bs, window, reps):
-    """Forward and forward+backward on a local causal layout."""
+def prefill_rows(b, h, s, d, bs, window, reps, options=OPTIONS):
+    """Forward and forward+backward on a local causal layout (the rows of `options`)."""
     layout = jbs.layouts.local(s, bs, window)
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.standard_normal((b, s, h, d)), jnp.bfloat16) for _ in range(3))
     sinks = jnp.asarray(rng.standard_normal(h), jnp.float32)
     base = {}
-    for name, opts in OPTIONS.items():
+    for name, opts in options.items():
         kw = dict(opts, sinks=sinks if opts.get("sinks") else None)
         fwd = jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, causal=True, **kw))
         grad = jax.jit(jax.grad(lambda q, k, v: jbs.attention(
@@ -69,12 +69,18 @@ def decode_rows(b, hq, hkv, d, t, bs, reps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (any machine)")
+    parser.add_argument("--profile", choices=sorted(OPTIONS),
+                        help="only the first prefill shape's row of this option, 2 reps (for "
+                        "Nsight Compute: device.sh attention_softcap_profile)")
     args = parser.parse_args()
     quick = args.quick or jax.default_backend() == "cpu"
     variant = os.environ.get("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT", "") or "default"
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, CUDA kernels "
           f"{'on' if jbs.cuda_available() else 'OFF'}, forward variant {variant}", flush=True)
-    if quick:
+    if args.profile:
+        shape = (1, 2, 256, 64, 64, 128) if quick else (2, 16, 8192, 128, 128, 1024)
+        prefill_rows(*shape, 2, {args.profile: OPTIONS[args.profile]})
+    elif quick:
         prefill_rows(1, 2, 256, 64, 64, 128, reps=2)
         decode_rows(2, 4, 2, 64, 512, 64, reps=2)
     else:

@@ -6,6 +6,7 @@
 #    matmul_tf32: float32 (and bf16) at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA 0 and 1;
 #    matmul_profile: Nsight Compute on the bs-64 wgmma matmul at density 0.02;
 #    attention_bwd_profile: the same on the Hopper backward's kernels, causal layout;
+#    attention_softcap_profile: the same on the Hopper forward without and with a soft cap;
 #    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64;
@@ -124,6 +125,7 @@ profile() {
     --section SpeedOfLight \
     --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
+    --section ComputeWorkloadAnalysis \
     "$@" 2>&1 | tee "$out/$log"
 }
 
@@ -234,6 +236,13 @@ for stage in "$@"; do
     attention_bwd_profile) PROFILE_COUNT=${PROFILE_COUNT:-2} \
         profile "${PROFILE_KERNEL:-DqKernel|DkvKernel}" attention_bwd_profile.log \
         python3 "$repo/benchmarks/dev_attention.py" --bwd-only --layouts causal ;;
+    # the same on the Hopper forward with and without a soft cap (issue 21: which pipe
+    # bounds the cap, MUFU or the issue slots): one FwdKernel launch of each row
+    attention_softcap_profile)
+      for option in plain softcap; do
+        profile "${PROFILE_KERNEL:-FwdKernel}" "attention_profile_$option.log" \
+          python3 "$repo/benchmarks/attention_sinks.py" --profile $option
+      done ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
     # "--backward --variants 0,2 --metadata"
