@@ -24,15 +24,16 @@ def median_ms(fn, *args, reps: int = 10, runs: int = 5) -> float:
 def chain(fn, reps: int):
     """`fn` called `reps` times in a row (for one jitted program): each call's first argument
     is perturbed by zero times one element of the previous call's first output, so no call
-    is merged with or hoisted above another (one small elementwise kernel per call). Returns
-    the last call's output."""
+    is merged with or hoisted above another (one small elementwise kernel per call; the
+    product taken in float32, which XLA does not fold to 0 as it would an integer one: the
+    lists of attention metadata are int32). Returns the last call's output."""
 
     def chained(x, *rest):
         out = None
         for _ in range(reps):
             out = fn(x, *rest)
             first = jax.tree.leaves(out)[0]
-            x = x + (first.reshape(-1)[0] * 0).astype(x.dtype)
+            x = x + (first.reshape(-1)[0].astype(np.float32) * 0).astype(x.dtype)
         return out
 
     return chained
