@@ -179,6 +179,27 @@ def measure_metadata(rows, batch, heads):
               f"{t_roomy:17.3f} {t_roomy / t_static:6.3f}", flush=True)
 
 
+def trace_metadata(rows, name, batch, heads, calls=5):
+    """Runs pattern `name`'s forward `calls` times with the static `Layout`, then with the
+    same mask as a traced `BlockMask` (default `max_blocks`): under Nsight Compute's
+    per-kernel summary (device.sh metadata_profile) the kernels the BlockMask adds, and
+    their device time, stand beside the attention kernel both run."""
+    _, s, d, layout, causal, docs = next(r for r in rows if r[0] == name)
+    rng = np.random.default_rng(s + d)
+    q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d)), jnp.bfloat16)
+               for _ in range(3))
+    ids = None if docs is None else jnp.broadcast_to(jnp.asarray(docs), (batch, s))
+    static = jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal,
+                                                   q_segment_ids=ids))
+    traced = jax.jit(lambda q, k, v, m: jbs.attention(
+        q, k, v, jbs.BlockMask.from_mask(m, BS), causal=causal, q_segment_ids=ids))
+    mask = jnp.asarray(layout.mask)
+    for label, fn, args in (("Layout", static, (q, k, v)), ("BlockMask", traced, (q, k, v, mask))):
+        for _ in range(calls):
+            jax.block_until_ready(fn(*args))
+        print(f"{name}: {calls} forward calls with the {label}", flush=True)
+
+
 def measure_cudnn(rows, batch, heads, backward):
     """{(S, D): {"fwd": ms, "fwd+bwd": ms}} of cuDNN's dense causal attention."""
     out = {}
@@ -298,6 +319,9 @@ def main():
                         help="also the traced BlockMask against the Layout, and list building")
     parser.add_argument("--metadata-only", action="store_true",
                         help="only the --metadata table (no peers, no cuDNN)")
+    parser.add_argument("--metadata-trace", metavar="PATTERN",
+                        help="only PATTERN's forward, 5 calls with the Layout, then 5 with a "
+                        "BlockMask (for Nsight Compute: device.sh metadata_profile)")
     parser.add_argument("--block-size", type=int, default=BS,
                         help="the patterns' block size (64: the Hopper forward's block-64 "
                         "rows; the backward on FA2's, or on 128 x 128 tiles with mask sources)")
@@ -315,6 +339,9 @@ def main():
     print(f"devices: {jax.devices()}; B={args.batch} H={args.heads} bf16 block {BS}")
     if args.metadata_only:
         measure_metadata(rows, args.batch, args.heads)
+        return
+    if args.metadata_trace:
+        trace_metadata(rows, args.metadata_trace, args.batch, args.heads)
         return
     ours = ours_per_variant(args, rows)
     cudnn = measure_cudnn(rows, args.batch, args.heads, args.backward)

@@ -7,6 +7,7 @@
 #    matmul_profile: Nsight Compute on the bs-64 wgmma matmul at density 0.02;
 #    attention_bwd_profile: the same on the Hopper backward's kernels, causal layout;
 #    attention_softcap_profile: the same on the Hopper forward without and with a soft cap;
+#    metadata_profile: every kernel's device time in a forward with a Layout / a BlockMask;
 #    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64;
@@ -243,6 +244,15 @@ for stage in "$@"; do
         profile "${PROFILE_KERNEL:-FwdKernel}" "attention_profile_$option.log" \
           python3 "$repo/benchmarks/attention_sinks.py" --profile $option
       done ;;
+    # the device time of every kernel (XLA's too) of one pattern's forward with the Layout
+    # and with a traced BlockMask (issue 18 item 3: what the BlockMask's lists cost),
+    # Nsight Compute's summary per kernel name; METADATA_PATTERN (default local)
+    metadata_profile)
+      ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+      timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none \
+        --metrics gpu__time_duration.sum --print-summary per-kernel \
+        python3 "$repo/benchmarks/attention_patterns.py" \
+        --metadata-trace "${METADATA_PATTERN:-local}" 2>&1 | tee "$out/metadata_profile.log" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
     # "--backward --variants 0,2 --metadata"
