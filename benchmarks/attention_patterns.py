@@ -320,11 +320,13 @@ def main():
     parser.add_argument("--metadata-only", action="store_true",
                         help="only the --metadata table (no peers, no cuDNN)")
     parser.add_argument("--metadata-trace", metavar="PATTERN",
+                        choices=["local", "strided", "fixed", "bigbird", "causal", "packed"],
                         help="only PATTERN's forward, 5 calls with the Layout, then 5 with a "
                         "BlockMask (for Nsight Compute: device.sh metadata_profile)")
     parser.add_argument("--block-size", type=int, default=BS,
                         help="the patterns' block size (64: the Hopper forward's block-64 "
-                        "rows; the backward on FA2's, or on 128 x 128 tiles with mask sources)")
+                        "rows; the backward on FA2's, or on 128 x 128 tiles: mask sources, "
+                        "layouts that fill them, JAX_BLOCKSPARSE_ATTN_BWD_TILED64)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--max-pure-seq", type=int, default=8192)

@@ -20,7 +20,8 @@ kernel's two workspaces. `JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1` (with
 `JAX_BLOCKSPARSE_NO_WGMMA` unset) makes the float32 matmul lowerings pass K-major operands
 on an sm_90a device (`_tf32_wgmma`). `JAX_BLOCKSPARSE_ATTN_BWD_TILED64` decides where a
 block-64 attention backward without mask sources runs on the Hopper backward's 128 x 128
-tiles (`backward_tile_context`): unset, where its tiles are full enough; 0 never; 1 always.
+tiles (`backward_tile_context`): unset, where its tiles are full enough (a traced mask:
+always); 0 never; 1 always.
 Under `JAX_BLOCKSPARSE_DEBUG` (`_debug`), each call that a kernel could have taken but that
 lowers to the pure-JAX implementation says why when the program is compiled (the kernels'
 own launch lines come from C++).
@@ -74,9 +75,8 @@ def _read_switches() -> Switches:
         value = os.environ.get(name, "0").strip() or "0"
         return int(value) if value.isdigit() else 1
 
-    def choice(name):  # -1 unset (the default's choice), 0 "0", else 1
-        value = os.environ.get(name, "").strip()
-        return -1 if not value else int(value != "0")
+    def choice(name):  # -1 unset (the default's choice), else 0 or 1 as `number` reads it
+        return -1 if not os.environ.get(name, "").strip() else int(number(name) != 0)
 
     def variant(name):  # the leading digit 0..4, else -1 (as cuda/switches.cu reads them)
         value = os.environ.get(name, "")
@@ -164,25 +164,27 @@ def backward_tiled(block_size: int, sources: bool, tiles: bool) -> bool:
     return tiled_blocks(block_size, sources or tiles, backward=True)
 
 
-def backward_tile_context(block_size: int, fill: float | None = None) -> bool:
+def backward_tile_context(block_size: int, sources: bool = True, fill=None) -> bool:
     """Whether `attention` builds the TILE x TILE tile lists of a call of `block_size` for
     the kernels (`backward_tiled` decides, in the lowering, whether they are read):
-    `FINE_BLOCKS` always; `TILED_BACKWARD_BLOCK` where the Hopper backward runs, for every
-    call but a static layout without mask sources (`fill`: its `tile_fill`; None for the
-    others) whose tiles are emptier than `TILED64_MIN_FILL` (its backward then runs the
-    FA2 block-64 rows); JAX_BLOCKSPARSE_ATTN_BWD_TILED64=0 / 1 makes that layout's choice
-    never / always. The other calls build them since whether a call has mask sources can
-    change after `attention` (vmap over a `BlockMask` folds its lists per batch entry);
-    XLA drops the lists where no kernel reads them (the lowerings pass constant
-    placeholders instead)."""
+    `FINE_BLOCKS` always; `TILED_BACKWARD_BLOCK` where the Hopper backward runs, for calls
+    with mask sources (`sources`: `mask_sources`, as far as `attention` knows them), and
+    for the others as JAX_BLOCKSPARSE_ATTN_BWD_TILED64 says: 0 never, 1 always, unset
+    where `fill` (a static layout's: a function giving its `tile_fill`, asked only here)
+    reaches `TILED64_MIN_FILL`, and for a traced mask (`fill` None: unknown until run, and
+    vmap over a `BlockMask` can give it lists per batch entry after `attention`). Without
+    them a block-64 backward runs the FA2 backward's rows (or, with mask sources that
+    appear later, the pure-JAX one). XLA drops the lists where no kernel reads them (the
+    lowerings pass constant placeholders instead)."""
     if block_size in FINE_BLOCKS:
         return True
     if block_size != TILED_BACKWARD_BLOCK or not sm90_backward():
         return False
-    if fill is None:
+    if sources:
         return True
-    by_switch = SWITCHES.attn_bwd_tiled64
-    return fill >= TILED64_MIN_FILL if by_switch < 0 else bool(by_switch)
+    if SWITCHES.attn_bwd_tiled64 >= 0:
+        return bool(SWITCHES.attn_bwd_tiled64)
+    return fill is None or fill() >= TILED64_MIN_FILL
 
 
 def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,
@@ -587,7 +589,8 @@ def _attention_backward_lowering(ctx, *operands, **params):
     then the bits of each direction's entries; results dq, dk, dv and a float32 workspace
     `[B, Hq, 2, ceil(Tq / bs) * bs]` (cuda/attention.h: the FA2 backward's delta, the Hopper
     backward's lse and delta rows padded to whole tiles). A mask of block size 16 or 32,
-    or 64 with mask sources (`backward_tiled`; attribute `mask_block`; the Hopper backward)
+    or 64 with mask sources or tile lists built (`backward_tiled`; attribute `mask_block`;
+    the Hopper backward)
     runs on 128 x 128 tiles (attribute `block_size` 128): the by-query lists are the tile
     lists (`att.TILES`), the by-key ones their transpose (`_key_tile_operands`), each with
     its bits (and where the context holds no tile lists for it, as can happen under vmap,
@@ -608,6 +611,10 @@ def _attention_backward_lowering(ctx, *operands, **params):
     bits = floats + att.CONTEXT.index("tile_bits")
     lists, tile_counts = (ctx.avals_in[floats + i].shape for i in (att.LISTS, att.TILES))
     built = tile_counts == (*lists[:2], -(-tq // TILE))  # else placeholders (no tile lines)
+    # (a call without mask sources has rows both ways; the tiles' only where the Hopper
+    # backward has them for its dtype, head dim and cap)
+    built = built and _no_row(_families()["sm90_backward"], q_aval.dtype, q_aval.shape[-1],
+                              mask_block, params.get("softcap", 0.0), tiled=True) is None
     tiled = backward_tiled(mask_block, sources, built)
     if tiled and not built:  # never placeholders as lists
         _debug.pure_path(f"attention_bwd q{list(q_aval.shape)} bs={mask_block}",

@@ -20,9 +20,9 @@ from . import _debug
 from ._checks import (check_dtype, check_kv_scale, check_sinks, check_soft_cap, is_fp8,
                       static_bool, static_float)
 from .attention_decode import decode
-from .attention_metadata import (TILE, TILED_BACKWARD_BLOCK, AttentionLists, TileLists,
-                                 attention_metadata, block_lists, device_metadata,
-                                 document_kinds, tile_fill, tile_lists, tile_metadata)
+from .attention_metadata import (TILE, AttentionLists, TileLists, attention_metadata,
+                                 block_lists, device_metadata, document_kinds, tile_fill,
+                                 tile_lists, tile_metadata)
 from .attention_primitives import (_at_rows, _bind, _lse_dtype, _nan_rows, attention_p,
                                    no_sinks, paged_keys, with_sinks)
 from .attention_primitives import (  # noqa: F401 (re-exported: the primitives' names)
@@ -162,7 +162,8 @@ def _tile_context(tiles, overflow, block_size, width, all_partial):
     host), or the fine block kinds `[Bm, Hm, R, Rk]` (tiled here, inside jit; `overflow`:
     their rows whose lists overflowed, NaN in the output, claim no tile, so that a tile row
     lists at most `128 / bs * width` tiles, `width` the fine lists' width), or None (other
-    block sizes: `[1, 1, 0(, 1 or 2)]` placeholders that nothing reads). `all_partial`:
+    block sizes, and block-64 calls whose backward runs the FA2 rows:
+    `_cuda.backward_tile_context`; `[1, 1, 0(, 1 or 2)]` placeholders that nothing reads). `all_partial`:
     every entry partial (q_offset with segment ids, as the fine lists)."""
     if tiles is None:  # no tile lines: never taken for a call's tiles (_cuda checks)
         zero = jnp.zeros((1, 1, 0), jnp.int32)
@@ -383,15 +384,16 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     # fine masks (block sizes 16, 32; 64 where the Hopper backward runs): their 128 x 128
     # tiles (_tile_context)
     tiles = None
+    sources = bool(segments or offset is not None or tq % bs or tk % bs
+                   or lists[0].shape[0] != 1)  # as far as known here (`mask_sources`)
     if isinstance(mask, Layout) and offset is None and not segments:  # host, cached
-        # block 64 over whole blocks (no mask source): the backward's tiles if full enough
-        whole = bs == TILED_BACKWARD_BLOCK and not tq % bs and not tk % bs
-        if _cuda.backward_tile_context(bs, tile_fill(mask, causal, tq, tk) if whole else None):
+        fill = functools.partial(tile_fill, mask, causal, tq, tk)
+        if _cuda.backward_tile_context(bs, sources, fill):
             host = tile_metadata(mask, causal, tq, tk)
             tiles = TileLists(AttentionLists(*(jnp.asarray(x[None]) for x in host.lists)),
                               jnp.asarray(host.bits[None]))
-    elif _cuda.backward_tile_context(bs):  # the kinds, tiled inside jit (after the rows
-        tiles = kind  # of q_offset are gathered)
+    elif _cuda.backward_tile_context(bs, sources):  # the kinds, tiled inside jit (after
+        tiles = kind  # the rows of q_offset are gathered)
     bad_pages = None  # [B]: batch entries that need a page outside the pools
     if paged:
         page_table, bad_pages = _checked_pages(page_table, k.shape, lists, offset, tq, bs,

@@ -235,7 +235,7 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
         assert why(forward=False, **kw) is None, kw
         assert why(forward=False, bs=64, **kw) is None, kw
         assert why(forward=False, bs=64, d=256, **kw) == "head dim 256", kw
-    assert why(forward=False, bs=64) is None  # no mask source: the FA2 backward's rows
+    assert why(forward=False, bs=64) is None  # no mask source: both rows (FA2's, the tiles)
     for forward in (True, False):
         assert "multiples" in why(tq=1000, tk=0, forward=forward)  # no key at all
     # block sizes 16 and 32: the Hopper kernels only (their 128 x 128 tiles), the forward
@@ -303,7 +303,7 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
             in types), types
     monkeypatch.setattr(_cuda, "sm90_backward", lambda: False)  # e.g. BWD_VARIANT=0
     text = cuda_text(jax.grad(loss), q, k)
-    assert "@jax_blocksparse_attention_bwd(" not in text
+    assert "@jax_blocksparse_attention_bwd(" not in text, [l[:300] for l in text.splitlines() if "attention_bwd(" in l]
     assert "@jax_blocksparse_attention_fwd(" in text
     monkeypatch.setattr(_cuda, "sm90_backward", lambda: True)
     # block size 16: the tile lists of 128 x 128 tiles (8 lines for Tq = 1000) and their
@@ -355,10 +355,11 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
             jnp.zeros((b, 1024, 4, 128), jnp.bfloat16), k[:, :1024]))
         assert f"block_size = {128 if tiled else 64} : i32" in call, (switch, tiled, call)
         assert "mask_block = 64 : i32" in call, call
-    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_tiled64=0))
+    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_tiled64=-1))
     # vmap over a BlockMask of block 64 folds its lists per batch entry (a mask source): the
-    # tile lists, built for every block-64 call where the Hopper backward runs, fold with
-    # them (3 x B = 6 entries, one 128-row tile), never placeholders read as lists
+    # tile lists, built for every traced block-64 mask where the Hopper backward runs (the
+    # switch unset), fold with them (3 x B = 6 entries, one 128-row tile), never
+    # placeholders read as lists
     masks = jnp.asarray(np.random.default_rng(5).random((3, 1, 1, 2, 2)) < 0.7)
     mapped = lambda q, k, m: jbs.attention(q, k, k, jbs.BlockMask.from_mask(m, 64),
                                            causal=True).astype(jnp.float32).sum()
@@ -367,6 +368,15 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
         grads, jnp.zeros((b, 128, 4, 128), jnp.bfloat16), k[:, :128], masks))
     assert "block_size = 128 : i32" in call and "mask_block = 64 : i32" in call, call
     assert types.startswith("tensor<6xi32>, tensor<1xi32>, tensor<6x1x1xi32>, "), types
+    # JAX_BLOCKSPARSE_ATTN_BWD_TILED64=0: a BlockMask's backward on the FA2 rows; under that
+    # vmap (lists per batch entry, no tiles built) the pure-JAX backward
+    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_tiled64=0))
+    q128 = jnp.zeros((b, 128, 4, 128), jnp.bfloat16)
+    call, _ = _bwd_operand_types(cuda_text(jax.grad(mapped), q128, k[:, :128], masks[0]))
+    assert "block_size = 64 : i32" in call, call
+    text = cuda_text(jax.vmap(jax.grad(lambda *a: mapped(*a)), in_axes=(None, None, 0)),
+                     q128, k[:, :128], masks)  # (a new function: not the trace above)
+    assert "@jax_blocksparse_attention_bwd(" not in text
     for layout in (jbs.layouts.local(1024, 64, 300), jbs.Layout(np.ones((8, 8), bool), 128)):
         text = cuda_text(jax.grad(lambda q, k: jbs.attention(  # bits: placeholders, unread
             q[:, :1024], k[:, :1024], k[:, :1024], layout, causal=True).astype(
