@@ -21,7 +21,8 @@ sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), 
 =0; `--bwd-variants 2,4` the same for `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`,
 `b4`; a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 64
 on the Hopper backward's 128 x 128 tiles; `r`, `2r`, sets it to 0: the FA2 backward's
-block-64 rows; neither: unset, the layout's tile fill decides). `--block-size 64` runs the patterns at block 64
+block-64 rows; neither: unset, the layout's tile fill decides; `q`, `4q`, sets
+JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1: variant 4's steps in FlashAttention-3's order). `--block-size 64` runs the patterns at block 64
 (without FlexAttention: `peers.py masks` reads masks of 128-blocks only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
 skipped (said in the table).
@@ -254,9 +255,14 @@ def ours_per_variant(args, rows):
     runs = [({"JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": v.removesuffix("p"),
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1" if v.endswith("p") else "0"},
              f"v{v} ") for v in (args.variants or "").split(",") if v]
-    runs += [({"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v.rstrip("tr"),
-               "JAX_BLOCKSPARSE_ATTN_BWD_TILED64": {"t": "1", "r": "0"}.get(v[-1], "")},
-              f"b{v} ") for v in (args.bwd_variants or "").split(",") if v]
+    def backward_switches(v):  # "2", "2t", "2r", "4q": the variant, then letters
+        letters = v.lstrip("0123456789")
+        return {"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v[:len(v) - len(letters)],
+                "JAX_BLOCKSPARSE_ATTN_BWD_TILED64": ("1" if "t" in letters else
+                                                     "0" if "r" in letters else ""),
+                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "1" if "q" in letters else "0"}
+    runs += [(backward_switches(v), f"b{v} ")
+             for v in (args.bwd_variants or "").split(",") if v]
     if not runs:
         return {"": measure_ours(rows, args.batch, args.heads, args.backward,
                                  args.max_pure_seq)}

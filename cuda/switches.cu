@@ -35,6 +35,7 @@ Switches Read() {
   s.attn_bwd_variant =
       bwd_variant != nullptr && bwd_variant[0] >= '0' && bwd_variant[0] <= '4' ? bwd_variant[0] - '0'
                                                                                : -1;
+  s.attn_bwd_onepass_dq_first = Flag("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST");
   s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
   s.decode_packed = OnUnlessZero("JAX_BLOCKSPARSE_DECODE_PACKED");
   const char* packed = std::getenv("JAX_BLOCKSPARSE_DECODE_PACKED");

@@ -30,6 +30,9 @@
 //     (_cuda.sm90_backward: where those mask sources may run fused), =4 the
 //     one-pass Hopper backward (attention/bwd_sm90_onepass.cu: head dims 64 / 128, block
 //     size 128, no other mask source; dQ summed in a float32 workspace in a fixed order)
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1 opt-in until timed: variant 4's steps end in
+//     FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs:
+//     attention/bwd_sm90_onepass.cu, DQ_FIRST); the same results bit for bit
 //   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in (measured: faster than the default only
 //     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode
 //     calls with more than 16 (query, head) rows per kv head run the decode kernel with
@@ -71,6 +74,8 @@ struct Switches {
                              // or JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS set
   int attn_fwd_persistent_ctas;  // the latter's value when >= 1, else 0 (no cap)
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
+  bool attn_bwd_onepass_dq_first;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST: anything but
+                                   // "" or "0"
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
   bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "0" (unset: on)
   int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)

@@ -414,6 +414,26 @@ def test_onepass_backward_deterministic_over_runs():
         assert backward and all(k == FA3_BWD["4"] for k in backward), (name, backward)
 
 
+def test_onepass_dq_first_switch():
+    """JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1: variant 4's steps end in
+    FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs): dq, dk,
+    dv against float64 (the VARIANT3_CASES: causal, empty rows, GQA, per head, Tq != Tk,
+    kv_lengths, traced, head dim 64), bitwise deterministic over runs."""
+    if not sm90():
+        pytest.skip("the one-pass backward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, ("bf16", "f16")[i % 2]) for i, name in enumerate(VARIANT3_CASES)]
+    names = list(REPEAT_CASES)
+    code = (f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r}); "
+            f"t.run_repeats({names!r}, 3)")
+    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="4",
+                        JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST="1").stderr
+    assert_backward_is_fa3(stderr, cases, "4")
+    logs = kernels_by_case(stderr)
+    for name in names:
+        backward = [kernel for op, kernel in logs.get(name, []) if op == "attention_bwd"]
+        assert backward and all(k == FA3_BWD["4"] for k in backward), (name, backward)
+
+
 # ------------------------------ block sizes 16 and 32: the forward's fine cases, backward too
 FINE_CASES_BWD = [name for name, case in FINE_CASES.items() if case[9] in (64, 128)]
 FINE_CASES_PURE = [name for name, case in FINE_CASES.items() if case[9] not in (64, 128)]

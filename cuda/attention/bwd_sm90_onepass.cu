@@ -102,6 +102,7 @@
 
 #include "../attention_kernels.cuh"
 #include "../launch_util.h"
+#include "../switches.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
 #include "slabs.cuh"
@@ -213,7 +214,11 @@ struct Smem {
 template <int D> constexpr int kStages = D == 128 ? 2 : 3;
 template <int D> constexpr int kDqBuffers = 2;
 
-template <typename T, int D, int STAGES, int DQB>
+// DQ_FIRST (JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1, opt-in until timed): the end of a
+// step in FlashAttention-3's order: dS^T stored and the barrier first, then dQ and dK
+// issued back to back, and the dQ partial copied out while dK runs (else dK is issued
+// before the dS^T store, and the copy waits for both products).
+template <typename T, int D, int STAGES, int DQB, bool DQ_FIRST>
 __global__ void __launch_bounds__(kThreads, 1)
     OnePassKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
                   const __grid_constant__ CUtensorMap tm_do,
@@ -478,11 +483,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
       PackA<T>(da, dp);
-      FenceAcc(dk);
-      wg::Fence();
+      auto issue_dk = [&] {
+        FenceAcc(dk);
+        wg::Fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dk, da[kk], dqn + NSlice(kk));
-      wg::Commit();  // dK += dS^T Q runs while dS^T goes to shared memory
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dk, da[kk], dqn + NSlice(kk));
+        wg::Commit();
+      };
+      if constexpr (!DQ_FIRST) issue_dk();  // dK += dS^T Q runs while dS^T goes to smem
       // dS^T -> buffer it % 2: line = key row (64 cw + r), 64 queries per line, swizzled.
       // da[kk][i]: row 16 w4 + g + 8 (i & 1), columns 16 kk + 8 (i >> 1) + 2t (+1).
       const uint32_t sds = base + S::kDs + (it & 1) * (S::kDsBytes / 2);
@@ -505,7 +513,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool writes = kNW == 2 || cw == (it & 1);
       const int wcol = kNW == 2 ? cw : 0;  // 64-column slab of dQ this consumer computes
       float dq[32];
-      wg::Wait<1>();  // dV += P^T dO done: P^T's fragments are free before dq is live
+      // dV += P^T dO done: P^T's fragments are free before dq is live
+      wg::Wait<DQ_FIRST ? 0 : 1>();
       if (writes) {
 #pragma unroll
         for (int i = 0; i < 32; ++i) dq[i] = 0.f;
@@ -519,10 +528,18 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         wg::Commit();
       }
-      wg::Wait<0>();
-      FenceAcc(dv);
-      FenceAcc(dk);
-      tma::MbarArrive(empty(st));  // Q, dO, lse, delta of this stage are consumed
+      auto consumed = [&] {
+        wg::Wait<0>();
+        FenceAcc(dv);
+        FenceAcc(dk);
+        tma::MbarArrive(empty(st));  // Q, dO, lse, delta of this stage are consumed
+      };
+      if constexpr (DQ_FIRST) {
+        issue_dk();  // dK += dS^T Q runs while the dQ partial goes to shared memory
+        if (writes) wg::Wait<1>();  // the dQ product done
+      } else {
+        consumed();
+      }
       if (writes) {
         FenceAcc(dq);
         const int sb = it % DQB;
@@ -537,6 +554,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma::FenceProxyAsync();  // generic writes before the bulk reduction reads them
         tma::MbarArrive(dq_full(sb));
       }
+      if constexpr (DQ_FIRST) consumed();
     }
     const int64_t kstride = int64_t(a.hkv) * D;
     const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
@@ -586,7 +604,8 @@ bool DeviceOk() {
   return false;
 #else
   static std::atomic<uint8_t> state[64];
-  const void* kernel = reinterpret_cast<const void*>(OnePassKernel<T, D, kStages<D>, kDqBuffers<D>>);
+  const void* kernel =
+      reinterpret_cast<const void*>(OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false>);
   return UsableAsSm90(state, kernel,
                       tma::GetEncodeTiled() != nullptr);
 #endif
@@ -634,9 +653,11 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
 
   {
     constexpr int smem = Smem<D, kStages<D>, kDqBuffers<D>>::kBytes;
-    static std::atomic<uint64_t> configured{0};
-    auto kern = OnePassKernel<T, D, kStages<D>, kDqBuffers<D>>;
-    err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
+    static std::atomic<uint64_t> configured[2];
+    const bool dq_first = GetSwitches().attn_bwd_onepass_dq_first;
+    auto kern = dq_first ? OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, true>
+                         : OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false>;
+    err = AllowDynamicSmem(configured[dq_first], reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
     // x = Rk - 1 - key block (fastest): see the deadlock argument in the header comment
     const dim3 grid(unsigned(a.by_key.lines), unsigned(a.batch * a.hkv));
