@@ -22,16 +22,17 @@ sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), 
 `b4`; a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 64
 on the Hopper backward's 128 x 128 tiles; `r`, `2r`, sets it to 0: the FA2 backward's
 block-64 rows; neither: unset, the layout's tile fill decides; `q`, `4q`, sets
-JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1: variant 4's steps in FlashAttention-3's order). `--block-size 64` runs the patterns at block 64
-(without FlexAttention: `peers.py masks` reads masks of 128-blocks only).
+JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1: variant 4's steps in FlashAttention-3's
+order). `--block-size 64` runs the patterns at block 64 (without FlexAttention:
+`peers.py masks` reads masks of 128-blocks only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
 skipped (said in the table).
 `--metadata` adds a table of the metadata cost: each pattern's forward with the same block
 mask as a traced `BlockMask` (an argument of the jitted call, its lists built on the device,
 `max_blocks` the layout's longest row) beside the static `Layout`, the construction of
 those lists (with the packed row's document refinement) alone (both directions; device
-time: ten constructions chained in one program, `bench.timing.chained_ms`), and the forward with the
-default `max_blocks` (`Rk`: no row can overflow, so no NaN pass over the output).
+time: ten constructions chained in one program, `bench.timing.chained_ms`), and the
+forward with the default `max_blocks` (`Rk`: no row can overflow, so no NaN pass over the output).
 """
 
 from __future__ import annotations
@@ -149,28 +150,37 @@ def measure_ours(rows, batch, heads, backward, max_pure_seq):
     return out
 
 
+def metadata_forwards(row, batch, heads):
+    """A pattern's random q, k, v, its document ids (or None), its block mask as a device
+    array, and its jitted forward with the static `Layout` and with the mask as a traced
+    `BlockMask` of the default `max_blocks` (`Rk`: no row can overflow, so no NaN pass
+    over the output; the second takes the mask as its last argument)."""
+    _, s, d, layout, causal, docs = row
+    rng = np.random.default_rng(s + d)
+    qkv = [jnp.asarray(rng.standard_normal((batch, s, heads, d)), jnp.bfloat16)
+           for _ in range(3)]
+    ids = None if docs is None else jnp.broadcast_to(jnp.asarray(docs), (batch, s))
+    static = jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal,
+                                                   q_segment_ids=ids))
+    roomy = jax.jit(lambda q, k, v, m: jbs.attention(
+        q, k, v, jbs.BlockMask.from_mask(m, BS), causal=causal, q_segment_ids=ids))
+    return qkv, ids, jnp.asarray(layout.mask), static, roomy
+
+
 def measure_metadata(rows, batch, heads):
     """Print, per pattern, the forward with a static `Layout` and with the same mask as a
     traced `BlockMask`, and the traced lists' construction alone (median ms)."""
     print(f"{'pattern':>8} {'S':>6} {'Layout ms':>10} {'BlockMask ms':>13} {'ratio':>6} "
           f"{'lists ms':>9} {'lists share':>11} {'max_blocks=Rk ms':>17} {'ratio':>6}")
-    for name, s, d, layout, causal, docs in rows:
-        rng = np.random.default_rng(s + d)
-        q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d)), jnp.bfloat16)
-                   for _ in range(3))
-        ids = None if docs is None else jnp.broadcast_to(jnp.asarray(docs), (batch, s))
+    for row in rows:
+        name, s, _, layout, causal, _ = row
+        (q, k, v), ids, mask, static, roomy = metadata_forwards(row, batch, heads)
         width = int(layout.mask.sum(-1).max())
         traced = lambda m: jbs.BlockMask.from_mask(m, BS, max_blocks=width)
-        static = jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal,
-                                                       q_segment_ids=ids))
         dynamic = jax.jit(lambda q, k, v, m: jbs.attention(q, k, v, traced(m), causal=causal,
                                                            q_segment_ids=ids))
-        # lists Rk wide: no row can overflow, so no NaN pass over the output
-        roomy = jax.jit(lambda q, k, v, m: jbs.attention(
-            q, k, v, jbs.BlockMask.from_mask(m, BS), causal=causal, q_segment_ids=ids))
         lists = lambda m: _context(traced(m), causal, s, s,
                                    documents=None if ids is None else (ids, ids))[0]
-        mask = jnp.asarray(layout.mask)
         t_static = median_ms(static, q, k, v)
         t_dynamic = median_ms(dynamic, q, k, v, mask)
         t_lists = chained_ms(lists, mask)  # device time: one call is shorter than a dispatch
@@ -185,17 +195,9 @@ def trace_metadata(rows, name, batch, heads, calls=5):
     same mask as a traced `BlockMask` (default `max_blocks`): under Nsight Compute's
     per-kernel summary (device.sh metadata_profile) the kernels the BlockMask adds, and
     their device time, stand beside the attention kernel both run."""
-    _, s, d, layout, causal, docs = next(r for r in rows if r[0] == name)
-    rng = np.random.default_rng(s + d)
-    q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d)), jnp.bfloat16)
-               for _ in range(3))
-    ids = None if docs is None else jnp.broadcast_to(jnp.asarray(docs), (batch, s))
-    static = jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal,
-                                                   q_segment_ids=ids))
-    traced = jax.jit(lambda q, k, v, m: jbs.attention(
-        q, k, v, jbs.BlockMask.from_mask(m, BS), causal=causal, q_segment_ids=ids))
-    mask = jnp.asarray(layout.mask)
-    for label, fn, args in (("Layout", static, (q, k, v)), ("BlockMask", traced, (q, k, v, mask))):
+    qkv, _, mask, static, traced = metadata_forwards(
+        next(r for r in rows if r[0] == name), batch, heads)
+    for label, fn, args in (("Layout", static, qkv), ("BlockMask", traced, (*qkv, mask))):
         for _ in range(calls):
             jax.block_until_ready(fn(*args))
         print(f"{name}: {calls} forward calls with the {label}", flush=True)

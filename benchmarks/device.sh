@@ -41,10 +41,12 @@ cd /tmp  # import the installed package, not the checkout
 # once per kernel-selecting environment. One summary line per tool; full logs in
 # $out/sanitize_<tool>.log. Needs a machine where compute-sanitizer runs (the H100s on
 # Firecracker; gVisor refuses it).
+# A CUDA tool's path: on the PATH, else the newest /usr/local/cuda*/bin (empty: none)
+cuda_tool() { command -v "$1" || ls /usr/local/cuda*/bin/"$1" 2>/dev/null | head -1; }
+
 sanitize() {
   local cs tool run envset log status=0
-  cs=$(command -v compute-sanitizer ||
-       ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  cs=$(cuda_tool compute-sanitizer)
   if [ -z "$cs" ]; then echo "sanitize: compute-sanitizer not found"; return 1; fi
   # the attention workload in three processes (--slice): long runs under the sanitizer
   # have ended in a host segfault in XLA's code at random points
@@ -115,12 +117,12 @@ PY
 }
 
 # Nsight Compute on the second launch (and PROFILE_COUNT - 1 more) of the kernels whose
-# mangled names match KERNEL (a regex) in the command after LOG (its output: $out/LOG). --clock-control none: the card's
-# clocks stay as they are (ncu's default would lock them; the device README's METHOD.md).
+# mangled names match KERNEL (a regex) in the command after LOG (its output: $out/LOG).
+# --clock-control none: the card's clocks stay as they are (ncu's default would lock them; the device README's METHOD.md).
 profile() {
   local kernel=$1 log=$2 ncu
   shift 2
-  ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+  ncu=$(cuda_tool ncu)
   timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none --kernel-name-base mangled \
     --kernel-name "regex:$kernel" --launch-skip 1 --launch-count "${PROFILE_COUNT:-1}" \
     --section SpeedOfLight \
@@ -248,8 +250,7 @@ for stage in "$@"; do
     # and with a traced BlockMask (issue 18 item 3: what the BlockMask's lists cost),
     # Nsight Compute's summary per kernel name; METADATA_PATTERN (default local)
     metadata_profile)
-      ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
-      timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none \
+      timeout "${PROFILE_TIMEOUT:-240}" "$(cuda_tool ncu)" --clock-control none \
         --metrics gpu__time_duration.sum --print-summary per-kernel \
         python3 "$repo/benchmarks/attention_patterns.py" \
         --metadata-trace "${METADATA_PATTERN:-local}" 2>&1 | tee "$out/metadata_profile.log" ;;

@@ -60,7 +60,8 @@ class Switches(NamedTuple):
     attn_bwd_variant: int  # -1: unset (the default), else 0..4 (2, 3, 4: the Hopper backward)
     matmul_tf32_wgmma: bool  # JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA (opt-in: `_tf32_wgmma`)
     no_wgmma: bool  # JAX_BLOCKSPARSE_NO_WGMMA (it switches the former off too)
-    attn_bwd_tiled64: int  # JAX_BLOCKSPARSE_ATTN_BWD_TILED64: -1 unset, 0, 1 (`backward_tile_context`)
+    attn_bwd_tiled64: int  # JAX_BLOCKSPARSE_ATTN_BWD_TILED64: -1 unset, 0, 1
+    # (`backward_tile_context`)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -590,12 +591,11 @@ def _attention_backward_lowering(ctx, *operands, **params):
     `[B, Hq, 2, ceil(Tq / bs) * bs]` (cuda/attention.h: the FA2 backward's delta, the Hopper
     backward's lse and delta rows padded to whole tiles). A mask of block size 16 or 32,
     or 64 with mask sources or tile lists built (`backward_tiled`; attribute `mask_block`;
-    the Hopper backward)
-    runs on 128 x 128 tiles (attribute `block_size` 128): the by-query lists are the tile
-    lists (`att.TILES`), the by-key ones their transpose (`_key_tile_operands`), each with
-    its bits (and where the context holds no tile lists for it, as can happen under vmap,
-    the pure-JAX backward); otherwise `mask_block == block_size` and both bits are
-    placeholders."""
+    the Hopper backward) runs on 128 x 128 tiles (attribute `block_size` 128): the by-query
+    lists are the tile lists (`att.TILES`), the by-key ones their transpose
+    (`_key_tile_operands`), each with its bits (and where the context holds no tile lists
+    for it, as can happen under vmap, the pure-JAX backward); otherwise
+    `mask_block == block_size` and both bits are placeholders."""
     floats = att.FLOAT_OPERANDS[att.attention_bwd_p]
     wide = _backward_padded_to(ctx, params)
     if wide is not None:  # the wider head dim's kernels (this rule again, at `wide`)

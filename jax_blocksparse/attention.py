@@ -21,8 +21,8 @@ from ._checks import (check_dtype, check_kv_scale, check_sinks, check_soft_cap, 
                       static_bool, static_float)
 from .attention_decode import decode
 from .attention_metadata import (TILE, AttentionLists, TileLists, attention_metadata,
-                                 block_lists, device_metadata, document_kinds, tile_fill,
-                                 tile_lists, tile_metadata)
+                                 block_lists, device_metadata, document_kinds, mask_sources,
+                                 tile_fill, tile_lists, tile_metadata)
 from .attention_primitives import (_at_rows, _bind, _lse_dtype, _nan_rows, attention_p,
                                    no_sinks, paged_keys, with_sinks)
 from .attention_primitives import (  # noqa: F401 (re-exported: the primitives' names)
@@ -163,8 +163,8 @@ def _tile_context(tiles, overflow, block_size, width, all_partial):
     their rows whose lists overflowed, NaN in the output, claim no tile, so that a tile row
     lists at most `128 / bs * width` tiles, `width` the fine lists' width), or None (other
     block sizes, and block-64 calls whose backward runs the FA2 rows:
-    `_cuda.backward_tile_context`; `[1, 1, 0(, 1 or 2)]` placeholders that nothing reads). `all_partial`:
-    every entry partial (q_offset with segment ids, as the fine lists)."""
+    `_cuda.backward_tile_context`; `[1, 1, 0(, 1 or 2)]` placeholders that nothing reads).
+    `all_partial`: every entry partial (q_offset with segment ids, as the fine lists)."""
     if tiles is None:  # no tile lines: never taken for a call's tiles (_cuda checks)
         zero = jnp.zeros((1, 1, 0), jnp.int32)
         return [zero, zero, jnp.zeros((1, 1, 0, 1), jnp.int32), zero,
@@ -331,8 +331,9 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     kept out of the output, as above); so does the backward where the Hopper backward runs
     (`_cuda.sm90_backward`: by default on sm_90a), at `D` 64 and 128 (96 zero-padded to
     128), block size 128, and 16, 32 and 64 on its 128 x 128 tiles (64: with those mask
-    sources, a `BlockMask`, or a `Layout` that fills its tiles: `_cuda.backward_tile_context`;
-    other block-64 layouts the FA2 backward's rows); the other backwards, and elsewhere the forward, with block size 64 or 128, a mask
+    sources, a `BlockMask`, or a `Layout` that fills its tiles:
+    `_cuda.backward_tile_context`; other block-64 layouts the FA2 backward's rows); the
+    other backwards, and elsewhere the forward, with block size 64 or 128, a mask
     shared by the batch (a `Layout`, or a `BlockMask` with `Bm = 1`), no segment ids,
     lengths that are multiples of the block size and no `q_offset`. The forward and backward
     decide separately. Every other call runs the pure-JAX implementation
@@ -384,8 +385,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     # fine masks (block sizes 16, 32; 64 where the Hopper backward runs): their 128 x 128
     # tiles (_tile_context)
     tiles = None
-    sources = bool(segments or offset is not None or tq % bs or tk % bs
-                   or lists[0].shape[0] != 1)  # as far as known here (`mask_sources`)
+    sources = mask_sources(bs, tq, tk, segments, offset is not None, lists[0].shape[0])
     if isinstance(mask, Layout) and offset is None and not segments:  # host, cached
         fill = functools.partial(tile_fill, mask, causal, tq, tk)
         if _cuda.backward_tile_context(bs, sources, fill):
