@@ -3,7 +3,7 @@ identical masks and cuDNN's causal attention, in one run.
 
     python benchmarks/attention_patterns.py --peers _device/peers.py [--backward]
         [--variants 0,2] [--bwd-variants 2,4] [--extended] [--quick] [--metadata]
-        [--metadata-only]
+        [--metadata-only] [--only causal@256]
 
 Patterns (B=2, H=16, bf16, block 128, our layout generators): local(1024), strided(1024),
 fixed(512) causal, bigbird, causal, and packed documents (the causal layout plus segment
@@ -67,8 +67,9 @@ def documents(seq_len, seed=0):
     return np.repeat(np.arange(len(lengths)), lengths)[:seq_len].astype(np.int32)
 
 
-def patterns(quick, extended):
-    """(name, S, D, layout, causal, document ids or None) of every row."""
+def patterns(quick, extended, only=None):
+    """(name, S, D, layout, causal, document ids or None) of every row; `only`: the rows
+    named there ("causal" every causal row, "causal@256" its head dim 256 rows)."""
     s0 = 1024 if quick else 8192
     make = {
         "local": lambda s: (jbs.layouts.local(s, BS, 1024), True),
@@ -82,6 +83,8 @@ def patterns(quick, extended):
     if extended and not quick:
         rows += [(name, s, 128) for s in (16384, 32768) for name in ("local", "packed")]
         rows += [("causal", s0, d) for d in (64, 96, 256)]
+    if only:
+        rows = [(name, s, d) for name, s, d in rows if {name, f"{name}@{d}"} & set(only)]
     return [(name, s, d, *make[name](s), documents(s) if name == "packed" else None)
             for name, s, d in rows]
 
@@ -257,12 +260,13 @@ def ours_per_variant(args, rows):
     runs = [({"JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": v.removesuffix("p"),
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1" if v.endswith("p") else "0"},
              f"v{v} ") for v in (args.variants or "").split(",") if v]
-    def backward_switches(v):  # "2", "2t", "2r", "4q": the variant, then letters
+    def backward_switches(v):  # "2", "2t", "2r", "4q", "2w": the variant, then letters
         letters = v.lstrip("0123456789")
         return {"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v[:len(v) - len(letters)],
                 "JAX_BLOCKSPARSE_ATTN_BWD_TILED64": ("1" if "t" in letters else
                                                      "0" if "r" in letters else ""),
-                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "1" if "q" in letters else "0"}
+                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "1" if "q" in letters else "0",
+                "JAX_BLOCKSPARSE_ATTN_BWD_D256": "1" if "w" in letters else "0"}
     runs += [(backward_switches(v), f"b{v} ")
              for v in (args.bwd_variants or "").split(",") if v]
     if not runs:
@@ -275,6 +279,7 @@ def ours_per_variant(args, rows):
                    *(["--backward"] if args.backward else []),
                    *(["--quick"] if args.quick else []),
                    *(["--extended"] if args.extended else []),
+                   *(["--only", args.only] if args.only else []),
                    "--batch", str(args.batch), "--heads", str(args.heads),
                    "--block-size", str(args.block_size),
                    "--max-pure-seq", str(args.max_pure_seq)]
@@ -319,10 +324,14 @@ def main():
     parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values "
                         "(2p: 2 with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1)")
     parser.add_argument("--bwd-variants",
-                        help="e.g. 2,4: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT values")
+                        help="e.g. 2,4: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT values; letters "
+                        "after one: t / r JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 / 0, q "
+                        "..._ONEPASS_DQ_FIRST=1, w ..._D256=1")
     parser.add_argument("--extended", action="store_true",
                         help="also S 16384 and 32768 (local, packed), D 64, 96, 256 (causal)")
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")
+    parser.add_argument("--only", help="rows to run, e.g. causal@128,causal@256 (with "
+                        "--extended for the head dims other than 128) or local,packed")
     parser.add_argument("--metadata", action="store_true",
                         help="also the traced BlockMask against the Layout, and list building")
     parser.add_argument("--metadata-only", action="store_true",
@@ -341,7 +350,7 @@ def main():
     parser.add_argument("--ours-json", help=argparse.SUPPRESS)  # a variant's child process
     args = parser.parse_args()
     BS = args.block_size
-    rows = patterns(args.quick, args.extended)
+    rows = patterns(args.quick, args.extended, args.only.split(",") if args.only else None)
     if args.ours_json:
         ours = measure_ours(rows, args.batch, args.heads, args.backward, args.max_pure_seq)
         json.dump(ours, open(args.ours_json, "w"))

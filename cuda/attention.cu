@@ -100,6 +100,14 @@ namespace {
    attn::RunBackwardSm90<T, D, true>, true, false, false, true},                    \
   {DT, D, 128, true, 3, "fa3_backward(wgmma, tma, ws)",                             \
    attn::RunBackwardSm90<T, D, false>, true, false, false, true}
+// The same at head dim 256 (attention/bwd_sm90_d256.cu: 64-row CTAs, the two consumer
+// warpgroups on halves of the output columns, P and dS exchanged through shared memory);
+// opt-in (JAX_BLOCKSPARSE_ATTN_BWD_D256=1, RowEnabled) until the GPU tests have run it.
+#define JBS_BWD_SM90_D256_ROWS(DT, T)                                                  \
+  {DT, 256, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap, d256 64-row CTAs)",  \
+   attn::RunBackwardSm90D256<T, true>, true, false, false, true},                      \
+  {DT, 256, 128, true, 3, "fa3_backward(wgmma, tma, ws, d256 64-row CTAs)",           \
+   attn::RunBackwardSm90D256<T, false>, true, false, false, true}
 // Backward variant 4: the one-pass Hopper backward (attention/bwd_sm90_onepass.cu: one
 // kernel over by_key computing dK, dV and dS K per block pair, 5 products instead of 7; dQ
 // summed in a float32 workspace in a fixed order under per-tile semaphores: deterministic),
@@ -125,6 +133,7 @@ const AttentionKernel kAttentionKernels[] = {
     JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 64),
     JBS_BWD_SM90_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_SM90_ROWS(DType::kF16, __half, 64), JBS_BWD_SM90_ROWS(DType::kF16, __half, 128),
+    JBS_BWD_SM90_D256_ROWS(DType::kBF16, __nv_bfloat16), JBS_BWD_SM90_D256_ROWS(DType::kF16, __half),
     JBS_BWD_SM90_ONEPASS_ROWS(DType::kBF16, __nv_bfloat16, 64),
     JBS_BWD_SM90_ONEPASS_ROWS(DType::kBF16, __nv_bfloat16, 128),
     JBS_BWD_SM90_ONEPASS_ROWS(DType::kF16, __half, 64),
@@ -134,6 +143,7 @@ const AttentionKernel kAttentionKernels[] = {
 #undef JBS_FWD_SM90_ROWS
 #undef JBS_BWD_ROWS
 #undef JBS_BWD_SM90_ROWS
+#undef JBS_BWD_SM90_D256_ROWS
 #undef JBS_BWD_SM90_ONEPASS_ROWS
 #undef JBS_BWD_NAME
 
@@ -204,10 +214,19 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 // backward's on the six patterns, the packed documents fused; gradients bitwise equal to
 // the FA2 backward's at S 1024 and 8192). Block size 64 runs the FA2 backward's rows, or
 // with mask sources these rows on 128 x 128 tiles (TiledMaskBlock); head dim 96 runs
-// zero-padded to 128 (the Python lowering), 256 the pure-JAX path.
+// zero-padded to 128 (the Python lowering), 256 its own rows (JBS_BWD_SM90_D256_ROWS, under
+// JAX_BLOCKSPARSE_ATTN_BWD_D256=1; else the pure-JAX path).
 constexpr int kSm90BackwardDefault = 2;
 
 namespace {
+// Whether a row serves calls in this process: the head-dim-256 Hopper backward rows only
+// under JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (opt-in until the GPU tests have run them); the
+// nanobind module reports the enabled rows only (AttentionKernelAt), so the Python side
+// routes by the same rows.
+bool RowEnabled(const AttentionKernel& k) {
+  return !(k.backward && k.head_dim == 256) || GetSwitches().attn_bwd_d256;
+}
+
 // The row of `variant` (its persistent one where asked for and present), else (a variant
 // that leaves this combination out) variant 0's.
 const AttentionKernel* FindRow(int variant, DType dtype, int head_dim, int block_size,
@@ -216,7 +235,7 @@ const AttentionKernel* FindRow(int variant, DType dtype, int head_dim, int block
     for (const bool p : {persistent, false})
       for (const AttentionKernel& k : kAttentionKernels)
         if (k.dtype == dtype && k.head_dim == head_dim && k.block_size == block_size &&
-            k.backward == backward && k.fwd_variant == v && k.persistent == p &&
+            k.backward == backward && k.fwd_variant == v && k.persistent == p && RowEnabled(k) &&
             (k.softcap || !softcap))
           return &k;
   return nullptr;
@@ -224,10 +243,16 @@ const AttentionKernel* FindRow(int variant, DType dtype, int head_dim, int block
 }  // namespace
 
 int AttentionKernelCount() {
-  return static_cast<int>(sizeof(kAttentionKernels) / sizeof(kAttentionKernels[0]));
+  int n = 0;
+  for (const AttentionKernel& k : kAttentionKernels) n += RowEnabled(k);
+  return n;
 }
 
-const AttentionKernel& AttentionKernelAt(int i) { return kAttentionKernels[i]; }
+const AttentionKernel& AttentionKernelAt(int i) {
+  for (const AttentionKernel& k : kAttentionKernels)
+    if (RowEnabled(k) && i-- == 0) return k;
+  return kAttentionKernels[0];  // (i out of range: a caller's error)
+}
 
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward, bool softcap, bool documents) {
@@ -245,7 +270,16 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
       FindRow(asked, dtype, head_dim, block_size, backward, false, persistent);
   if (plain != nullptr && plain->dq_workspace && (documents || softcap))
     return FindRow(default_variant, dtype, head_dim, block_size, backward, softcap, false);
-  return FindRow(asked, dtype, head_dim, block_size, backward, softcap, persistent);
+  const AttentionKernel* row =
+      FindRow(asked, dtype, head_dim, block_size, backward, softcap, persistent);
+  // backward variant 4 without a row of its own where the default variant has one (head
+  // dim 256): the default's, as onepass_backward and fused_attention_unsupported route it
+  if (backward && asked == 4 && (row == nullptr || row->fwd_variant != asked)) {
+    const AttentionKernel* fallback =
+        FindRow(default_variant, dtype, head_dim, block_size, backward, softcap, false);
+    if (fallback != nullptr && fallback->fwd_variant == default_variant) return fallback;
+  }
+  return row;
 }
 
 cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const AttentionForwardParams& p,

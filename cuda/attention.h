@@ -186,18 +186,21 @@ struct AttentionKernel {
 // With JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 a forward variant's persistent row where it has
 // one, else its plain row.
 // Head dims: 64 and 128 in every phase and variant; 96 and 256 in forward variants 2 and 3
-// only (the FA3-design forward: nullptr elsewhere).
+// (the FA3-design forward), 256 also in backward variants 2 and 3 under
+// JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (nullptr elsewhere).
 // With `softcap` only rows that take a soft cap (AttentionKernel::softcap): the variant's
 // when it has one, else variant 0's (the FA2 kernels). `documents`: the call needs a mask
 // source beyond the lists shared by the batch (lists per batch entry, segment ids,
 // q_offset, partial last tiles, tile bits). Backward variant 4 (AttentionKernel::
 // dq_workspace) takes neither documents nor a soft cap: such calls get the default
-// variant's row.
+// variant's row, as do combinations it leaves out that the default variant has (head dim
+// 256).
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward, bool softcap = false,
                                            bool documents = false);
 
-// The dispatch table's rows, in order (AttentionKernelAt(i) for i < AttentionKernelCount()):
+// The dispatch table's rows enabled in this process (attention.cu, RowEnabled), in order
+// (AttentionKernelAt(i) for i < AttentionKernelCount()):
 // the nanobind module reports them (attention_kernels()) and jax_blocksparse/_cuda.py
 // derives from them which calls the fused kernels take.
 int AttentionKernelCount();

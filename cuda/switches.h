@@ -33,6 +33,10 @@
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1 opt-in until timed: variant 4's steps end in
 //     FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs:
 //     attention/bwd_sm90_onepass.cu, DQ_FIRST); the same results bit for bit
+//   JAX_BLOCKSPARSE_ATTN_BWD_D256=1 opt-in until the GPU tests have run it: head dim 256 on the
+//     Hopper backward (variants 2 and 3: attention/bwd_sm90_d256.cu) instead of the pure-JAX
+//     path; off, the extension reports no backward row of head dim 256 (attention.cu,
+//     RowEnabled), so the Python side routes those calls to the pure path
 //   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in (measured: faster than the default only
 //     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode
 //     calls with more than 16 (query, head) rows per kv head run the decode kernel with
@@ -76,6 +80,7 @@ struct Switches {
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
   bool attn_bwd_onepass_dq_first;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST: anything but
                                    // "" or "0"
+  bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "" or "0"
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
   bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "0" (unset: on)
   int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)

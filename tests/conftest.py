@@ -48,12 +48,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=why))
 
 
-def attention_kernel_rows():
+def attention_kernel_rows(d256=None):
     """The rows of the C++ attention dispatch table (cuda/attention.cu, kAttentionKernels),
     as the extension reports them (`_cuda.ATTENTION_KERNELS`), for the tests that lower
     for "cuda" or route calls where the extension is not built (`attention_kernels`);
-    tests/test_build.py checks them against the extension's where it is."""
+    tests/test_build.py checks them against the extension's where it is. `d256`: with the
+    head-dim-256 Hopper backward rows, which the extension reports only under
+    JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (None: as this process's environment says)."""
     from jax_blocksparse._cuda import AttentionKernel as Row
+    if d256 is None:
+        d256 = os.environ.get("JAX_BLOCKSPARSE_ATTN_BWD_D256", "").strip() not in ("", "0")
     rows = []
     fa2_fwd = {(64, 0): "fa2_forward(64-row CTA)", (64, 1): "fa2_forward(64-row CTA)",
                (128, 0): "fa2_forward(64-row CTA)", (128, 1): "fa2_forward(128-row CTA)"}
@@ -78,6 +82,9 @@ def attention_kernel_rows():
     for t, d in pairs((64, 128)):  # JBS_BWD_SM90_ROWS
         rows += [Row(t, d, 128, True, v, name, True, False, False, True)
                  for v, name in fa3_bwd.items()]
+    for t in ("bfloat16", "float16") if d256 else ():  # JBS_BWD_SM90_D256_ROWS
+        rows += [Row(t, 256, 128, True, v, name[:-1] + ", d256 64-row CTAs)", True, False,
+                     False, True) for v, name in fa3_bwd.items()]
     for t, d in pairs((64, 128)):  # JBS_BWD_SM90_ONEPASS_ROWS
         rows.append(Row(t, d, 128, True, 4, onepass, False, True, False, False))
     return tuple(rows)

@@ -26,7 +26,9 @@ fallback to the FA2 backward fails). One test also forces the FA3-design forward
 2) with it. Block size 64 has no rows of the variant: it runs the default backward
 (checked too), and for the mask sources the FA2 backward does not take the Hopper backward
 on 128 x 128 tiles with the blocks' bits. Head dim 256 runs the pure-JAX backward
-(`PURE_BACKWARD_HEAD_DIMS`: no fused backward launch).
+(`PURE_BACKWARD_HEAD_DIMS`: no fused backward launch), and under
+JAX_BLOCKSPARSE_ATTN_BWD_D256=1 its own Hopper backward (`D256_CASES` and every mask
+source's head-dim-256 cases: cuda/attention/bwd_sm90_d256.cu).
 
 Then masks of block size 16 and 32 (the `FINE_CASES` of test_gpu_attention_sm90.py at head
 dims 64 and 128: the Hopper backward on 128 x 128 tiles, the tile lists by query and by key
@@ -57,7 +59,9 @@ from test_matmul import poison
 pytestmark = pytest.mark.gpu
 
 FA3_BWD = {"2": "fa3_backward(wgmma, tma, ws, overlap)", "3": "fa3_backward(wgmma, tma, ws)",
-           "4": "fa3_backward(one pass, deterministic dq)"}
+           "4": "fa3_backward(one pass, deterministic dq)",
+           "2 d256": "fa3_backward(wgmma, tma, ws, overlap, d256 64-row CTAs)",
+           "3 d256": "fa3_backward(wgmma, tma, ws, d256 64-row CTAs)"}
 DTYPES = {"bf16": jnp.bfloat16, "f16": jnp.float16}
 BS = 128
 
@@ -132,19 +136,37 @@ CASES = {
     "negative_scale_causal_kv_lengths": (lambda: jbs.layouts.local(1024, BS, 512).mask, True,
                                          2, 1024, 1024, 4, 4, [1024, 600], False),
 }
+# Head dim 256 on its own kernels (cuda/attention/bwd_sm90_d256.cu: 64-row CTAs, P and dS
+# exchanged between the consumer warpgroups), under JAX_BLOCKSPARSE_ATTN_BWD_D256=1 only
+# (`test_fa3_backward_d256`): many key blocks a query block (the dQ kernel's 64-key stages
+# wrapping its ring), GQA, empty rows and columns, per-head masks, kv_lengths (0 too) with
+# NaN past them, Tq != Tk, a traced mask.
+D256_CASES = {
+    "d256_local_causal_gqa4": (lambda: jbs.layouts.local(1024, BS, 384).mask, True,
+                               2, 1024, 1024, 8, 2, None, False, 256),
+    "d256_random_empty_rows_cols": (lambda: random_mask(81, (8, 8), 0.5), False,
+                                    2, 1024, 1024, 4, 4, None, False, 256),
+    "d256_dense_long": (lambda: np.ones((16, 16), bool), False,
+                        1, 2048, 2048, 2, 1, None, False, 256),
+    "d256_per_head_causal_kv_lengths": (lambda: random_mask(82, (4, 8, 8), 0.6, False, False),
+                                        True, 3, 1024, 1024, 4, 2, [1024, 333, 0], False, 256),
+    "d256_tq_lt_tk_traced": (lambda: random_mask(83, (8, 16), 0.6), True,
+                             2, 1024, 2048, 4, 4, [1900, 2048], True, 256),
+}
+CASES_BY_NAME = {**CASES, **D256_CASES}
 SCALES = {"scale_0.3_causal": 0.3, "negative_scale_causal_kv_lengths": -0.06}  # else 1/sqrt(D)
 NAMES = ("o", "lse", "dq", "dk", "dv")
 
 
 def build(name, dtype):
     """(jitted forward + backward, its inputs, kv_lengths, the float64 o, lse, dq, dk, dv)."""
-    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, *d = CASES[name]
+    make_mask, causal, b, tq, tk, hq, hkv, kv, traced, *d = CASES_BY_NAME[name]
     D = d[0] if d else 128
     scale = SCALES.get(name, 1 / np.sqrt(D))
     block_mask = make_mask()
     layout = jbs.Layout(block_mask, BS)
     kv = np.full(b, tk) if kv is None else np.asarray(kv)
-    rng = np.random.default_rng([list(CASES).index(name), 91])
+    rng = np.random.default_rng([list(CASES_BY_NAME).index(name), 91])
     q, do = random(rng, (b, tq, hq, D), dtype), random(rng, (b, tq, hq, D), dtype)
     k, v = random(rng, (b, tk, hkv, D), dtype), random(rng, (b, tk, hkv, D), dtype)
     dlse = random(rng, (b, hq, tq), jnp.float32)  # a cotangent on the returned lse
@@ -498,6 +520,46 @@ def test_fine_backward_other_head_dims_pure(names):
     for case, launches in kernels_by_case(stderr).items():
         padded = FINE_CASES[case.split()[0]][9] == 96
         assert any(op == "attention_bwd" for op, _ in launches) == padded, (case, launches)
+
+
+# ------------------------------------------------ head dim 256 (JAX_BLOCKSPARSE_ATTN_BWD_D256=1)
+@pytest.mark.parametrize("variant,names", [("2", c) for c in chunks(list(D256_CASES), 2)] +
+                         [("3", ("d256_dense_long", "d256_per_head_causal_kv_lengths")),
+                          ("4", ("d256_local_causal_gqa4",))], ids=case_id)
+def test_fa3_backward_d256(variant, names):
+    """Under JAX_BLOCKSPARSE_ATTN_BWD_D256=1, head dim 256 runs its own Hopper backward
+    (variant 2 or 3; under 4, which has no head-dim-256 row, variant 2's): every backward
+    launch is that kernel; o, lse, dq, dk, dv against the float64 reference, deterministic,
+    NaN past kv_lengths unread (`check`)."""
+    if not sm90():
+        pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant,
+                        JAX_BLOCKSPARSE_ATTN_BWD_D256="1").stderr
+    assert_backward_is_fa3(stderr, cases, ("2" if variant == "4" else variant) + " d256")
+
+
+def test_fa3_backward_d256_mask_sources():
+    """Under JAX_BLOCKSPARSE_ATTN_BWD_D256=1 the head-dim-256 cases of every mask source
+    (the Hopper forward's DOC_CASES: segment ids, masks per batch entry, partial last tiles,
+    q_offset, block size 64 on 128 x 128 tiles; the FINE_CASES of block sizes 16 and 32;
+    a logit soft cap with partial tiles) run that backward (the debug lines name it, and
+    mask_bs on the tiles); values against float64 (`check_docs`, `check_fine_backward`,
+    test_attention_sinks_softcap's `gpu_forward_check`), deterministic, NaN unread."""
+    if not sm90():
+        pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
+    docs = [(n, t) for n, c in DOC_CASES.items() if c[9] == 256 for t in ("bf16", "f16")]
+    fine = [(n, t) for n, c in FINE_CASES.items() if c[9] == 256 for t in ("bf16", "f16")]
+    capped = ["fwd_partial_d256_bs128_bf16"]
+    code = ("import test_gpu_attention_sm90 as t, test_gpu_attention_bwd_sm90 as b, "
+            "test_attention_sinks_softcap as s; "
+            f"t.run_doc_cases({docs!r}); b.run_fine({fine!r}); s.run_gpu_forward_cases({capped!r})")
+    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2",
+                        JAX_BLOCKSPARSE_ATTN_BWD_D256="1").stderr
+    assert "pure-JAX path" not in stderr, stderr[-3000:]
+    assert docs and fine
+    assert_backward_is_fa3(stderr, docs + fine + [(name,) for name in capped], "2 d256")
 
 
 # ------------------------------------------------ a logit soft cap (issue 21): both variants

@@ -453,6 +453,49 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
         assert want in results, (bs, d, t, results)
 
 
+@pytest.mark.parametrize("d256", [False, True])
+def test_head_dim_256_backward_under_its_switch(monkeypatch, d256):
+    """Head dim 256's Hopper backward rows (cuda/attention/bwd_sm90_d256.cu), which the
+    extension reports only under JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (faked here by the rows):
+    with them, where the Hopper backward runs, a head-dim-256 backward lowers to the fused
+    custom call on its own operands (no padding), with every mask source and on 128 x 128
+    tiles (block sizes 16 to 64), also under variant 4 (no row of its own: the default
+    variant's, as attention.cu's FindAttentionKernel picks it, so without the one-pass
+    workspaces); without them it says "head dim 256" (the pure-JAX backward). Lowered for
+    "cuda" on any machine."""
+    import sys
+    from conftest import attention_kernel_rows
+    from jax_blocksparse import _cuda, _partitioning
+    from jax_blocksparse import _jax_internals as jint
+    att = sys.modules["jax_blocksparse.attention"]
+    monkeypatch.setattr(_cuda, "ATTENTION_KERNELS", attention_kernel_rows(d256=d256))
+    monkeypatch.setattr(_cuda, "_sm90a_device", lambda: True)
+    for variant in (-1, 4):
+        monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=variant))
+        assert not _cuda.onepass_backward(jnp.bfloat16, 256, 128)
+        for kw in ({}, {"segments": True}, {"mask_batch": 2}, {"tq": 1000, "tk": 1100},
+                   {"positioned": True}, {"block_size": 16}, {"block_size": 64, "segments": True}):
+            args = dict(dtype=jnp.float16, head_dim=256, block_size=128, tq=1024, tk=1024,
+                        segments=False, positioned=False, mask_batch=1)
+            why = _cuda.fused_attention_unsupported(**dict(args, **kw))
+            assert why == (None if d256 else "head dim 256"), (variant, kw, why)
+    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=-1))
+    if not jbs.cuda_built():
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
+                                    _cuda._attention_forward_lowering, "cuda")
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_bwd_p],
+                                    _cuda._attention_backward_lowering, "cuda")
+    layout = jbs.layouts.local(512, 128, 256)
+    q = jnp.zeros((2, 500, 4, 256), jnp.bfloat16)  # a partial last tile
+    k = jnp.zeros((2, 500, 2, 256), jnp.bfloat16)
+    loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True).astype(jnp.float32).sum()
+    text = cuda_text(jax.grad(loss, argnums=(0, 1)), q, k)
+    bwd = [ln for ln in text.splitlines() if "@jax_blocksparse_attention_bwd(" in ln]
+    assert len(bwd) == d256, bwd
+    assert all("tensor<2x500x4x256xbf16>" in ln and "tensor<2x500x2x256xbf16>" in ln
+               for ln in bwd), bwd
+
+
 def test_backward_at_head_dim_96_runs_zero_padded(monkeypatch, attention_kernels):
     """Head dim 96 has no backward kernels: where the head dim 128 ones run (the FA2 and
     the Hopper backward), its backward lowers to them on q, k, v, o, dO zero-padded to 128

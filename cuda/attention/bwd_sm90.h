@@ -1,5 +1,5 @@
 // The Hopper (sm_90a) attention backward in the FlashAttention-3 design (bwd_sm90.cu):
-// launchers named by the dispatch table (attention.cu) as backward variant 2.
+// launchers named by the dispatch table (attention.cu) as backward variants 2 and 3.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -27,6 +27,16 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream);
   PREFIX cudaError_t RunBackwardSm90<T, 128, false>(const Args&, cudaStream_t); \
   PREFIX cudaError_t RunBackwardSm90<T, 96, true>(const Args&, cudaStream_t);   \
   PREFIX cudaError_t RunBackwardSm90<T, 96, false>(const Args&, cudaStream_t);
+
+// The same at head dim 256 (bwd_sm90_d256.cu: 64-row CTAs whose two consumer warpgroups
+// own halves of the output columns and exchange P and dS through shared memory). Tq = 0
+// or Tk = 0 zeroes the gradients nothing reaches (no tensor map).
+template <typename T, bool PIPE>
+cudaError_t RunBackwardSm90D256(const Args& a, cudaStream_t stream);
+
+#define JBS_ATTENTION_BWD_SM90_D256_LAUNCHERS(PREFIX, T)                        \
+  PREFIX cudaError_t RunBackwardSm90D256<T, true>(const Args&, cudaStream_t); \
+  PREFIX cudaError_t RunBackwardSm90D256<T, false>(const Args&, cudaStream_t);
 
 }  // namespace attn
 }  // namespace jax_blocksparse

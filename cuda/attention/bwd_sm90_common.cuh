@@ -1,0 +1,113 @@
+// The pieces of the Hopper backward's two kernels (bwd_sm90.cu: head dims 64 to 128;
+// bwd_sm90_d256.cu: head dim 256) that both layouts share: the CTA shape, the statistics
+// workspace and its kernel, the TMA loads of 64-row tiles, and the element predicate of a
+// dK/dV step. Semantics: attention.h; the design: bwd_sm90.cu's header comment.
+#pragma once
+
+#include <cstdint>
+
+#include "../attention_kernels.cuh"
+#include "../tma.cuh"
+#include "common.cuh"
+#include "slabs.cuh"
+
+namespace jax_blocksparse {
+namespace attn {
+namespace sm90bwd {
+
+using namespace slabs;  // kLine, kSlab, KSlice, NSlice, StoreAcc, PackA, FenceAcc
+
+constexpr int kBS = 128;       // block size: query rows of a dQ CTA, keys of a dK/dV CTA
+constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+[[maybe_unused]] constexpr int kConsumers = 256;
+[[maybe_unused]] constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+[[maybe_unused]] constexpr int kBarZeroK = 1;  // named barrier: both consumers, K tail zeroing
+
+// One 64-row tile of SLABS 64-column slabs (rows row .. row + 63 of head `head`, batch
+// entry b; 4-d maps [B, T, H, D]: rows past T are zero filled) by TMA into `dst`.
+template <int SLABS>
+__device__ __forceinline__ void LoadSlabs(uint32_t dst, const CUtensorMap* map, int head, int row,
+                                          int b, uint32_t bar) {
+#pragma unroll
+  for (int sl = 0; sl < SLABS; ++sl)
+    tma::Load4d(dst + sl * kSlab, map, sl * 64, head, row, b, bar);
+}
+
+// The 64-row halves of a 128-row tile starting at `row` that hold rows before `end` (Tq or
+// Tk): a half wholly past the end is not loaded (its shared memory keeps stale values):
+// its rows are never stored and reach no other row's result (S, dP, dS are row-local,
+// its keys are past kv_lengths: masked by selection, K zeroed in the dQ kernel).
+__device__ __forceinline__ int Halves(int row, int end) { return row + 64 < end ? 2 : 1; }
+
+// Tq rounded up to whole blocks: the rows of the statistics workspace (StatsKernel).
+__host__ __device__ __forceinline__ int PaddedRows(int tq) { return (tq + kBS - 1) / kBS * kBS; }
+
+// The statistics of (batch entry b, query head h) in the workspace a.delta
+// ([B, Hq, 2, PaddedRows(Tq)]): lse in the log2 domain, then (+ PaddedRows(Tq)) delta.
+__device__ __forceinline__ const float* Stats(const Args& a, int b, int h) {
+  return a.delta + (int64_t(b) * a.hq + h) * 2 * PaddedRows(a.tq);
+}
+
+// The per-row statistics of the dQ and dK/dV kernels, one warp per row (b, i, h) of
+// [B, PaddedRows(Tq), Hq]: lse in the log2 domain (Lse2: +inf for a row with no key) and
+// delta = rowsum(dO * O) - d_lse; rows past Tq (a partial last tile) get +inf and 0, so
+// that P = 0 and dS = 0 there (their Q and dO rows are zero filled). Whole padded rows let
+// the dK/dV kernel's bulk copies (64 floats) and the dQ kernel's loads skip bounds checks.
+template <typename T, int D>
+__global__ void StatsKernel(const Args a) {
+  const int tqp = PaddedRows(a.tq);
+  const int64_t rows = int64_t(a.batch) * tqp * a.hq;
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const int h = int(row % a.hq);
+  const int64_t bi = row / a.hq;
+  const int i = int(bi % tqp), b = int(bi / tqp);
+  float lse2 = INFINITY, delta = 0.f;
+  if (i < a.tq) {
+    const int64_t li = (int64_t(b) * a.hq + h) * a.tq + i;
+    delta = RowDot<T, D>(a, (int64_t(b) * a.tq + i) * a.hq + h, lane) - a.d_lse[li];
+    lse2 = Lse2(a.lse[li]);
+  }
+  if (lane == 0) {
+    float* st = a.delta + (int64_t(b) * a.hq + h) * 2 * tqp;
+    st[i] = lse2;
+    st[tqp + i] = delta;
+  }
+}
+
+// The element predicate (common.cuh, Allowed) over a thread's J x 4 elements of a dK/dV
+// step on a partial entry (J = 8: 64 queries; 4: the 32 of a head-dim-256 warpgroup): bit
+// 4j + e for key row key0 + 8 (e >> 1) and query s0 + 8j + 2t + (e & 1). Computed once per step (P^T and dS^T both use it); the ids
+// (padded to whole tiles: no bounds checks) are loaded here, L1 hits after the first step.
+template <int J = 8>
+__device__ __forceinline__ uint32_t AllowedBits(const Args& a, int b, int s0, int key0, int kvlen,
+                                                bool causal, int off, bool segs, int t) {
+  int kid[2] = {0, 0};
+  const int32_t* qids = nullptr;
+  if (segs) {
+    const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, kBS);
+    kid[0] = __ldg(kids + key0);
+    kid[1] = __ldg(kids + key0 + 8);
+    qids = PaddedIds(a.q_ids, b, a.tq, kBS) + s0 + 2 * t;
+  }
+  uint32_t bits = 0;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    int qid[2] = {0, 0};
+    if (segs) {
+      qid[0] = __ldg(qids + 8 * j);
+      qid[1] = __ldg(qids + 8 * j + 1);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (Allowed(s0 + 8 * j + 2 * t + (e & 1), key0 + 8 * (e >> 1), kvlen, causal, off,
+                  qid[e & 1], kid[e >> 1]))
+        bits |= 1u << (4 * j + e);
+  }
+  return bits;
+}
+
+}  // namespace sm90bwd
+}  // namespace attn
+}  // namespace jax_blocksparse
