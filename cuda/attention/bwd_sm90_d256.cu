@@ -15,11 +15,13 @@
 //    product with that tile as the A operand from shared memory (m64n128k16, B N-major):
 //    dV += P^T dO and dK += dS^T Q (dK/dV kernel), dQ += dS K (dQ kernel). No product is
 //    computed twice. The exchange tiles are double-buffered by step parity: a warpgroup
-//    writes buffer x at step n after the other passed the barrier of step n - 1, which it
-//    reached after its products of step n - 2 (the last reading x) completed.
+//    writes buffer x at step n after it passed the barrier of step n - 1, which the other
+//    reached only after its products of step n - 2 (the last reading x) completed.
 //  * The dK/dV kernel (variant 2, PIPE) issues dV once P^T is published, while it forms
-//    dS^T; variant 3 issues dV with dK after dS^T. The dQ kernel (PIPE) forms P while dP
-//    runs. Each step ends with the step's products done (the stage then released).
+//    dS^T; variant 3 issues dV with dK after dS^T; each step ends with its products done
+//    (the stage then released). The dQ kernel (PIPE) forms P while dP runs and leaves its
+//    dQ product running under the next step's S (the stage released once it is done);
+//    variant 3 waits for each product.
 //  * The dQ kernel walks each 128-key list entry as two 64-key stages (a half wholly past
 //    kv_lengths or the causal limit of the CTA's last query is neither loaded nor run).
 //
@@ -182,7 +184,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     KeyTiles<kBS> cur = tiles;
     if (!cur.Done()) tma::MbarWait(bar_q, 0);
-    int n = 0;  // stages consumed
+    int n = 0;      // stages consumed
+    int pend = -1;  // PIPE: the stage whose dQ product may still be in flight (not released)
     for (; !cur.Done(); cur.Next()) {
       const int start = cur.Start();
       const bool partial = cur.e < cur.npart;
@@ -246,11 +249,17 @@ __global__ void __launch_bounds__(kThreads, 1)
             wg::MmaSS<T, 32>(dp, dO + KSlice(kk), dV + KSlice(kk), kk > 0);
           wg::Commit();
           if constexpr (PIPE) {
-            wg::Wait<1>();
+            wg::Wait<1>();  // S done, and the dQ product before it (issued earlier)
+            FenceAcc(s);
+            if (pend >= 0) {  // that product has read its K: release the stage
+              FenceAcc(dq);
+              tma::MbarArrive(empty(pend));
+              pend = -1;
+            }
           } else {
             wg::Wait<0>();
+            FenceAcc(s);
           }
-          FenceAcc(s);
         }
         // P (into s; capped: t into tc, then P from it)
         float tc[16];
@@ -307,10 +316,19 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) wg::Mma<T, 128, 0, 1>(dq, dS + KSlice(kk), dKn + NSlice(kk));
         wg::Commit();
-        wg::Wait<0>();
-        FenceAcc(dq);
-        tma::MbarArrive(empty(st));
+        if constexpr (PIPE) {
+          pend = st;  // released once the product is done (next S wait, or the end)
+        } else {
+          wg::Wait<0>();
+          FenceAcc(dq);
+          tma::MbarArrive(empty(st));
+        }
       }
+    }
+    if constexpr (PIPE) {
+      wg::Wait<0>();
+      FenceAcc(dq);
+      if (pend >= 0) tma::MbarArrive(empty(pend));
     }
     const int64_t qstride = int64_t(a.hq) * kD;
     T* g0 = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + i0) * qstride + int64_t(h) * kD + 128 * cw;
