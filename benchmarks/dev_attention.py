@@ -7,7 +7,7 @@ Run on a GPU machine after `pip install .`:
 B=2, H=16, S=8192, D=128, local causal window 1024, block 128, bf16: useful TFLOP/s of the
 forward and forward+backward, next to cuDNN (dense causal, and its own 1024-token sliding
 window, each credited with its own allowed pairs). JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 times
-the alternative forward tile (cuda/attention_kernels.cuh). The correctness checks that
+the alternative forward tile (cuda/attention/fa2.cuh). The correctness checks that
 lived here are in the test suite: tests/test_gpu_attention.py (run with `pytest -m gpu`).
 
 Forward variants side by side (the switch is read once per process: one subprocess each):

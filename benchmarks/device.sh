@@ -212,7 +212,7 @@ for stage in "$@"; do
     decode) python3 "$repo/benchmarks/decode.py" ${DECODE_ARGS:-} 2>&1 | tee "$out/decode.log" ;;
     # the decode rows again from a build whose rings at head dims 96/128 hold
     # DECODE_STAGES (T caches) and DECODE_STAGES_FP8 (fp8) 16-key stages per warp (defaults
-    # 2 and 3: cuda/attention_decode.cu); rebuilds everything (about 90 s), and the next
+    # 2 and 3: cuda/attention/decode.cu); rebuilds everything (about 90 s), and the next
     # stage of the call uses that build: put it last
     decode_stages)
       (cd "$repo" && CMAKE_ARGS="-DCMAKE_CUDA_FLAGS='-DJBS_DECODE_STAGES_D128=${DECODE_STAGES:-2} -DJBS_DECODE_STAGES_FP8_D128=${DECODE_STAGES_FP8:-3}'" \

@@ -147,10 +147,10 @@ constexpr int64_t BackwardWorkspaceRows(int64_t tq, int64_t block_size) {
 }
 
 namespace attn {
-struct Args;  // the kernels' arguments (attention_kernels.cuh)
+struct Args;  // the kernels' arguments (attention/shared.cuh)
 }
 
-// One row of the attention dispatch table (attention.cu): the kernels of one phase for
+// One row of the attention dispatch table (attention/dispatch.cu): the kernels of one phase for
 // (dtype, head dim, block size) and, forward only, the value of the switch
 // JAX_BLOCKSPARSE_ATTN_FWD_VARIANT; the launcher and the name JAX_BLOCKSPARSE_DEBUG prints.
 struct AttentionKernel {
@@ -199,7 +199,7 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
                                            bool backward, bool softcap = false,
                                            bool documents = false);
 
-// The dispatch table's rows enabled in this process (attention.cu, RowEnabled), in order
+// The dispatch table's rows enabled in this process (attention/dispatch.cu, RowEnabled), in order
 // (AttentionKernelAt(i) for i < AttentionKernelCount()):
 // the nanobind module reports them (attention_kernels()) and jax_blocksparse/_cuda.py
 // derives from them which calls the fused kernels take.

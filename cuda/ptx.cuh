@@ -1,5 +1,5 @@
 // PTX wrappers and dtype conversions shared by the tensor-core kernels (matmul/tc_tile.cuh,
-// attention_kernels.cuh) and the simple kernels.
+// attention/fa2.cuh) and the simple kernels.
 #pragma once
 
 #include <cuda_bf16.h>

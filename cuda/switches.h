@@ -9,9 +9,9 @@
 //     (matmul/wgmma_small.cuh) instead of mma.sync, where usable (sm_90a built, an sm_90
 //     device, 16-byte aligned operand rows); NO_WGMMA=1 switches it off too
 //   JAX_BLOCKSPARSE_ATTN_FWD_VARIANT: developer overrides of the attention forward (unset
-//     or "": the default by architecture, attention.cu: the FA3-design forward with ping-pong
-//     on an sm_90 device running sm_90a code, for the shapes it covers; the FA2 forward
-//     elsewhere). =0 the FA2 forward (64-row CTAs) even on Hopper, for A/B timing; =1 the
+//     or "": the default by architecture, attention/dispatch.cu: the FA3-design forward
+//     with ping-pong on an sm_90 device running sm_90a code, for the shapes it covers; the
+//     FA2 forward elsewhere). =0 the FA2 forward (64-row CTAs) even on Hopper, for A/B timing; =1 the
 //     FA2 forward with 128-row CTAs at block size 128; =2 the FA3-design forward (sm_90a
 //     only: an error elsewhere); =3 the same without the ping-pong (block 128; block 64
 //     has one kernel for 2 and 3). Combinations a variant
@@ -22,7 +22,7 @@
 //     the next item's loads overlapping this one's end); the same outputs bit for bit
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n (n >= 1) the same, with at most n CTAs (tests
 //     and compute-sanitizer: many work items per CTA on small shapes)
-//   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0; attention.cu
+//   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0; attention/dispatch.cu
 //     kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper FA3-design backward (sm_90a; bf16/f16,
 //     head dims 64 / 128, block size 128, every mask source of the Hopper forward; other
 //     combinations run the default), =3 the same without the overlap of products and
@@ -35,12 +35,12 @@
 //     attention/bwd_sm90_onepass.cu, DQ_FIRST); the same results bit for bit
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256=1 opt-in until the GPU tests have run it: head dim 256 on the
 //     Hopper backward (variants 2 and 3: attention/bwd_sm90_d256.cu) instead of the pure-JAX
-//     path; off, the extension reports no backward row of head dim 256 (attention.cu,
+//     path; off, the extension reports no backward row of head dim 256 (attention/dispatch.cu,
 //     RowEnabled), so the Python side routes those calls to the pure path
 //   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in (measured: faster than the default only
 //     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode
 //     calls with more than 16 (query, head) rows per kv head run the decode kernel with
-//     64-row CTAs whose four warps share every 64-key stage (attention_decode.cu), instead
+//     64-row CTAs whose four warps share every 64-key stage (attention/decode.cu), instead
 //     of 16-row CTAs whose warps take 16-key tiles in turn (K/V read once per 64 rows, not
 //     per 16); the Python side asks DecodeFormOf (_cuda.decode_form: the split count)
 //   JAX_BLOCKSPARSE_DECODE_PACKED=0 opts out (default on: on the H200 5x the forward

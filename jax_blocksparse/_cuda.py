@@ -65,7 +65,7 @@ class Switches(NamedTuple):
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
-# is unset: 2 (the FA3-design kernels), as cuda/attention.cu decides (FindAttentionKernel,
+# is unset: 2 (the FA3-design kernels), as cuda/attention/dispatch.cu decides (FindAttentionKernel,
 # kSm90BackwardDefault).
 SM90_FORWARD_DEFAULT = 2
 SM90_BACKWARD_DEFAULT = 2
@@ -124,7 +124,7 @@ def _sm90a_device() -> bool:
 
 def sm90_forward() -> bool:
     """Whether the attention forward runs the FA3-design kernel (cuda/attention/fwd_sm90.cu)
-    here, as the C++ dispatch decides (attention.cu, FindAttentionKernel): an sm_90a
+    here, as the C++ dispatch decides (attention/dispatch.cu, FindAttentionKernel): an sm_90a
     device (`_sm90a_device`) and JAX_BLOCKSPARSE_ATTN_FWD_VARIANT does not force the FA2
     forward (a variant of the "forward" family's rows, 0 or 1, or one without rows). That
     kernel also takes segment ids, lists per batch entry, partial last tiles and q_offset."""
@@ -192,7 +192,7 @@ def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0
                      documents: bool = False) -> bool:
     """Whether the attention backward's custom call runs backward variant 4, the one-pass
     Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
-    (attention.cu, FindAttentionKernel: where the variant has a row for the call, the
+    (attention/dispatch.cu, FindAttentionKernel: where the variant has a row for the call, the
     "onepass_backward" family of `attention_families`; those rows take no soft cap: a
     capped call, like one with `documents`, runs `SM90_BACKWARD_DEFAULT`'s rows): it then
     needs the workspaces `dq_accum` and `dq_semaphores`. Opt-in
@@ -313,7 +313,7 @@ def _matmul_lowering(prim, kernel_rule):
 
 # ------------------------------------------------------------------------ attention
 class AttentionKernel(NamedTuple):
-    """One row of the C++ attention dispatch table (cuda/attention.cu, `kAttentionKernels`;
+    """One row of the C++ attention dispatch table (cuda/attention/dispatch.cu, `kAttentionKernels`;
     the fields of cuda/attention.h's `AttentionKernel` less its launcher), as the
     extension reports it (`attention_kernels()`). `dtype`: the jnp name; `variant`: the
     value of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (forward rows) or ..._BWD_VARIANT (backward
@@ -657,12 +657,12 @@ def _attention_backward_lowering(ctx, *operands, **params):
     return dq, dk, dv
 
 
-# The decode kernel (cuda/attention_decode.cu): short queries against a KV cache.
+# The decode kernel (cuda/attention/decode.cu): short queries against a KV cache.
 DECODE = {
     "dtypes": (jnp.bfloat16, jnp.float16),
     # fp8 KV caches (k, v; q of the dtypes above), with float32 [Hkv] scales
     "kv_fp8_dtypes": (jnp.float8_e4m3fn, jnp.float8_e5m2),
-    "fp8_kernel": True,  # whether the built kernel reads them (cuda/attention_decode.cu)
+    "fp8_kernel": True,  # whether the built kernel reads them (cuda/attention/decode.cu)
     "head_dims": (64, 96, 128, 256),
     "tile_keys": 16,  # block sizes and page sizes: multiples of this
     # (query, head) rows of a CTA in each form of the partial kernel (decode_form; cuda:
@@ -709,7 +709,7 @@ def decode_form(dtype, kv_dtype, *, batch: int, tq: int, tk: int, hq: int, hkv: 
                 head_dim: int, block_size: int, mask_heads: int, width: int,
                 page_size: int | None) -> str:
     """The form of the decode kernel a call of this shape runs on the current CUDA device
-    (a key of DECODE["form_rows"]), as cuda/attention_decode.cu (DecodeFormOf) decides it:
+    (a key of DECODE["form_rows"]), as cuda/attention/decode.cu (DecodeFormOf) decides it:
     "packed" (128-row tiles) or "packed64" (64-row tiles) where the GQA-packed Hopper
     kernel takes the call (more than 16 (query, head) rows per kv head; not under
     JAX_BLOCKSPARSE_DECODE_PACKED=0), "shared_tiles" under
@@ -786,7 +786,7 @@ def _attention_decode_lowering(ctx, *operands, block_size, causal, scale, paged,
 
 
 def _block_lists_lowering(ctx, kind, *, width):
-    """`lp.block_lists_p` on CUDA: the kernel (cuda/attention_lists.cu), but for empty
+    """`lp.block_lists_p` on CUDA: the kernel (cuda/attention/lists.cu), but for empty
     operands and under SPMD partitioning (the custom call has no partitioning rule) the
     jax.numpy code, which XLA partitions."""
     if 0 in ctx.avals_in[0].shape or jint.partitioned_lowering(ctx):

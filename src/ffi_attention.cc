@@ -403,7 +403,7 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
                                            " splits=" + std::to_string(p.splits)
                                      : "");
   const cudaError_t err = kernel->launch(p, stream);
-  // the form again, for the debug line only (the launcher decides it: attention_decode.cu)
+  // the form again, for the debug line only (the launcher decides it: attention/decode.cu)
   log.Done(DebugLevel() ? DecodeKernelName(*kernel, DecodeFormOf(p, kv == DecodeKv::kSame))
                         : kernel->name);
   return CheckLaunch(err, "attention decode");

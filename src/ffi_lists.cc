@@ -1,5 +1,5 @@
 // XLA FFI handler of the block lists (jax_blocksparse/lists_primitive.py): validate the
-// shapes, launch cuda/attention_lists.cu on XLA's stream. No allocation, no host
+// shapes, launch cuda/attention/lists.cu on XLA's stream. No allocation, no host
 // synchronization (the shared-memory limit is asked once per device): safe inside CUDA
 // graphs (declared command-buffer compatible).
 #include <string>

@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def attention_kernel_rows(d256=None):
-    """The rows of the C++ attention dispatch table (cuda/attention.cu, kAttentionKernels),
+    """The rows of the C++ attention dispatch table (cuda/attention/dispatch.cu, kAttentionKernels),
     as the extension reports them (`_cuda.ATTENTION_KERNELS`), for the tests that lower
     for "cuda" or route calls where the extension is not built (`attention_kernels`);
     tests/test_build.py checks them against the extension's where it is. `d256`: with the

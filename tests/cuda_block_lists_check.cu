@@ -1,8 +1,8 @@
-// A standalone check of cuda/attention_lists.cu against a host reference of
+// A standalone check of cuda/attention/lists.cu against a host reference of
 // attention_metadata.block_lists (numpy's semantics), with timings: for a GPU machine
 // without the package built.
 //   nvcc -std=c++17 -O3 -arch=sm_90a -I cuda tests/cuda_block_lists_check.cu \
-//        cuda/attention_lists.cu -o /tmp/block_lists_check && /tmp/block_lists_check
+//        cuda/attention/lists.cu -o /tmp/block_lists_check && /tmp/block_lists_check
 // Prints one line per case (match, bitwise equal on two runs, microseconds per call);
 // exits 1 on a mismatch.
 #include <algorithm>

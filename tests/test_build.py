@@ -60,13 +60,13 @@ def test_empty_cuda_archs_builds_no_cuda_code(tmp_path):
 
 
 def test_every_query_cursor_sets_every_field():
-    """Each kernel that declares a `QueryCursor` (cuda/attention_kernels.cuh) assigns every
+    """Each kernel that declares a `QueryCursor` (cuda/attention/shared.cuh) assigns every
     field of its configuration (those before the walking state `gi, t, n, npart, list`). A
     field left unset is undefined in device code: after `q_end` was added, the one-pass
     backward (bwd_sm90_onepass.cu) never set it, the compiler folded the cursor's
     `s < q_end` to false, and every CTA walked no steps (dq, dk, dv all zero, no error)."""
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cuda")
-    with open(os.path.join(root, "attention_kernels.cuh")) as fh:
+    with open(os.path.join(root, "attention", "shared.cuh")) as fh:
         header = fh.read()
     body = re.search(r"struct QueryCursor \{(.*?)\n  int gi, t, n, npart;", header, re.S)
     assert body, "QueryCursor's layout changed: update this test"

@@ -460,7 +460,7 @@ def test_head_dim_256_backward_under_its_switch(monkeypatch, d256):
     with them, where the Hopper backward runs, a head-dim-256 backward lowers to the fused
     custom call on its own operands (no padding), with every mask source and on 128 x 128
     tiles (block sizes 16 to 64), also under variant 4 (no row of its own: the default
-    variant's, as attention.cu's FindAttentionKernel picks it, so without the one-pass
+    variant's, as attention/dispatch.cu's FindAttentionKernel picks it, so without the one-pass
     workspaces); without them it says "head dim 256" (the pure-JAX backward). Lowered for
     "cuda" on any machine."""
     import sys

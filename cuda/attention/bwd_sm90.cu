@@ -1,7 +1,7 @@
 // Attention backward for Hopper (sm_90a) in the FlashAttention-3 design: TMA loads into an
 // mbarrier ring, a producer warp and two consumer warpgroups (warp specialization with
 // register reallocation), wgmma for every product. Semantics and metadata: attention.h;
-// the FA2 backward (DeltaKernel, DqKernel, DkvKernel, RunBackward in attention_kernels.cuh)
+// the FA2 backward (DeltaKernel, DqKernel, DkvKernel, RunBackward in fa2.cuh)
 // is the functional spec, and the Hopper forward (fwd_sm90.cu) the model of the machinery.
 //
 // Scope (issue 19): block size 128, head dims 64 and 128, bf16 / f16; static or traced
@@ -102,7 +102,7 @@
 #include <atomic>
 #include <cstdint>
 
-#include "../attention_kernels.cuh"
+#include "fa2.cuh"
 #include "../launch_util.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"

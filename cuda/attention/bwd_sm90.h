@@ -1,5 +1,5 @@
 // The Hopper (sm_90a) attention backward in the FlashAttention-3 design (bwd_sm90.cu):
-// launchers named by the dispatch table (attention.cu) as backward variants 2 and 3.
+// launchers named by the dispatch table (dispatch.cu) as backward variants 2 and 3.
 #pragma once
 
 #include <cuda_runtime_api.h>

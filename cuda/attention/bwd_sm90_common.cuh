@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "../attention_kernels.cuh"
+#include "shared.cuh"
 #include "../tma.cuh"
 #include "common.cuh"
 #include "slabs.cuh"

@@ -41,7 +41,6 @@
 #include <atomic>
 #include <cstdint>
 
-#include "../attention_kernels.cuh"
 #include "../launch_util.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"

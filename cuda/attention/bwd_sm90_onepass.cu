@@ -2,12 +2,12 @@
 // made block-sparse and deterministic (issue 19, item 1): backward variant 4 of the
 // dispatch table. Semantics and metadata: attention.h; bwd_sm90.cu (variant 2: a dQ kernel
 // and a dK/dV kernel, 7 products per block pair) is the model of the machinery, and the
-// FA2 backward (attention_kernels.cuh) the functional spec.
+// FA2 backward (fa2.cuh) the functional spec.
 //
 // Scope: block size 128, head dims 64 and 128, bf16 / f16; static or traced block lists
 // shared by the batch, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
 // masks, any scale, a cotangent on lse (in delta). Tq and Tk multiples of 128. Nothing else
-// (lists per batch entry, segment ids, q_offset, partial tiles): attention.cu refuses those
+// (lists per batch entry, segment ids, q_offset, partial tiles): dispatch.cu refuses those
 // for this row (cudaErrorNotSupported) and the Python routing never sends them.
 //
 // Four launches, in stream order:
@@ -100,7 +100,7 @@
 #include <atomic>
 #include <cstdint>
 
-#include "../attention_kernels.cuh"
+#include "fa2.cuh"
 #include "../launch_util.h"
 #include "../switches.h"
 #include "../tma.cuh"

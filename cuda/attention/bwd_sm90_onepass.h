@@ -1,5 +1,5 @@
 // The one-pass Hopper (sm_90a) attention backward with a deterministic dQ accumulation
-// (bwd_sm90_onepass.cu): launchers named by the dispatch table (attention.cu) as backward
+// (bwd_sm90_onepass.cu): launchers named by the dispatch table (dispatch.cu) as backward
 // variant 4.
 #pragma once
 

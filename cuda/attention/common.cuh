@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "../attention_kernels.cuh"
+#include "shared.cuh"
 
 namespace jax_blocksparse {
 namespace attn {

@@ -2,7 +2,7 @@
 // mbarrier ring, a producer warp and two consumer warpgroups (warp specialization with
 // register reallocation), wgmma for both products, the output stored through shared
 // memory by TMA. Semantics and metadata: attention.h; the FA2 forward (FwdKernel in
-// attention_kernels.cuh) is the functional spec this kernel follows.
+// fa2.cuh) is the functional spec this kernel follows.
 //
 // Scope (issue 18): block sizes 128 and 64, head dims 64, 96, 128 and 256, bf16 / f16;
 // static or traced block lists, causal (bottom-right aligned), kv_lengths, GQA, shared or
@@ -15,7 +15,7 @@
 // expression, so the backwards' P = 2^(that - lse log2 e), FA2 and Hopper (bwd_sm90.cu),
 // matches this forward's); attention sinks (issue 21: a.sinks non-null, a runtime branch
 // at each work item's start: the rows' running max and sum start from the sink's term,
-// SinkStart in attention_kernels.cuh; the backwards need nothing more, their
+// SinkStart in shared.cuh; the backwards need nothing more, their
 // P = 2^(s - lse log2 e) with this lse is already the sink-normalised one).
 // Variant 2 of the dispatch table (the default on sm_90) is PINGPONG = true at block 128,
 // variant 3 false; at block 64 both run the one kernel below.
@@ -140,7 +140,7 @@
 #include <type_traits>
 
 #include "../attention_decode.h"
-#include "../attention_kernels.cuh"
+#include "fa2.cuh"
 #include "../launch_util.h"
 #include "../switches.h"
 #include "../tma.cuh"
@@ -239,7 +239,7 @@ __device__ __forceinline__ WorkItem DecodeItem(const Args& a, int pos, int bh) {
 }
 
 // ---- GQA-packed decode (PACKED): CTA x = b * Hkv + g, y = split + splits (chunk + chunks
-// part) (attention_decode.cu's order); tile row r = (t - t0) * G + j: query t, head g G + j
+// part) (decode.cu's order); tile row r = (t - t0) * G + j: query t, head g G + j
 struct PackedWork {
   int b, g, split, row, t0, nq, limit;
 };
@@ -581,7 +581,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       for (int i = 0; i < kDS / 2; ++i) o[i] = 0.f;
       float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
       // attention sinks (a.sinks): the rows start from the sink's term (SinkStart,
-      // attention_kernels.cuh): m = sink log2(e), l = 1 on lane t == 0 of the quad
+      // shared.cuh): m = sink log2(e), l = 1 on lane t == 0 of the quad
       SinkStart(a.sinks, h, t == 0, m0, l0);
       SinkStart(a.sinks, h, t == 0, m1, l1);
 
@@ -866,7 +866,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
       if constexpr (PACKED) {
         // this split's normalized rows (float32) and log2 lse, in the layout of the decode
-        // combine (attention_decode.cu): part_o [B, Hq, Tq, S, D], part_lse [B, Hq, Tq, S]
+        // combine (decode.cu): part_o [B, Hq, Tq, S, D], part_lse [B, Hq, Tq, S]
         const float vscale = a.v_scale != nullptr ? __ldg(a.v_scale + h) : 1.f;
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {

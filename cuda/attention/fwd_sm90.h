@@ -1,5 +1,5 @@
 // The Hopper (sm_90a) attention forward in the FlashAttention-3 design (fwd_sm90.cu):
-// launchers named by the dispatch table (attention.cu) as forward variant 2.
+// launchers named by the dispatch table (dispatch.cu) as forward variant 2.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -12,7 +12,7 @@ struct Args;
 
 // GQA-packed decode (issue 22): the rows per tile (64 or 128) of the packed split-KV
 // partial kernel that takes p (0: none), its launcher for tiles of BS rows (part_o /
-// part_lse; the decode combine follows: attention_decode.cu), and its CTAs resident at
+// part_lse; the decode combine follows: decode.cu), and its CTAs resident at
 // once on the current device (0: unknown or no sm_90a)
 int DecodePackedSm90Rows(const AttentionDecodeParams& p);
 template <typename T, int D, int BS>
@@ -38,7 +38,7 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream);
 
 // Whether the current device runs this forward: an sm_90 device and a build with sm_90a
 // code (and the driver's tensor-map encoder). Queried once per device, then cached: the
-// dispatch (attention.cu) asks on every call.
+// dispatch (dispatch.cu) asks on every call.
 bool Sm90ForwardAvailable();
 
 #define JBS_ATTENTION_SM90_LAUNCHERS(PREFIX, T)                                               \

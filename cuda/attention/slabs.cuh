@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "../attention_kernels.cuh"
+#include "shared.cuh"
 #include "../wgmma.cuh"
 
 namespace jax_blocksparse {

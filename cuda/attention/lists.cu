@@ -14,11 +14,11 @@
 // values (atomic increments: the sums do not depend on their order), its suffix sums (the
 // first position of each value, longest first), then one warp places the lines 32 at a time
 // in line order, equal counts ranked among the 32 by __match_any_sync.
-#include "attention_lists.h"
+#include "../attention_lists.h"
 
 #include <atomic>
 
-#include "launch_util.h"
+#include "../launch_util.h"
 
 namespace jax_blocksparse {
 namespace {

@@ -1,15 +1,15 @@
 // Launchers of the fused block-sparse attention (attention.h): the dispatch table, the shape
 // checks of the kernels, the kernel arguments.
-#include "attention.h"
+#include "../attention.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "attention/bwd_sm90.h"
-#include "attention/bwd_sm90_onepass.h"
-#include "attention/fwd_sm90.h"
-#include "attention_kernels.cuh"
-#include "switches.h"
+#include "../switches.h"
+#include "bwd_sm90.h"
+#include "bwd_sm90_onepass.h"
+#include "fa2.cuh"
+#include "fwd_sm90.h"
 
 namespace jax_blocksparse {
 namespace attn {

@@ -13,7 +13,7 @@
 // default on sm_90a, taking such calls before the 64-row form), runs them in GQA-packed
 // 64- or 128-row tiles on the Hopper forward's wgmma pipeline (attention/fwd_sm90.cu,
 // PACKED), writing the same split workspaces; the combine below serves every form.
-#include "attention_decode.h"
+#include "../attention_decode.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -23,10 +23,10 @@
 #include <climits>
 #include <type_traits>
 
-#include "attention/fwd_sm90.h"
-#include "attention_kernels.cuh"  // Ops, fragment loads, Exp2, quad reductions
-#include "launch_util.h"
-#include "switches.h"
+#include "../launch_util.h"
+#include "../switches.h"
+#include "fwd_sm90.h"
+#include "shared.cuh"  // Ops, fragment loads, Exp2, quad reductions
 
 namespace jax_blocksparse {
 namespace attn {

@@ -1,6 +1,6 @@
 // Fused attention kernels instantiated for __nv_bfloat16 (one file per dtype: parallel
-// builds); the dispatch table (attention.cu) names these launchers.
-#include "attention_kernels.cuh"
+// builds); the dispatch table (dispatch.cu) names these launchers.
+#include "fa2.cuh"
 
 namespace jax_blocksparse {
 namespace attn {
