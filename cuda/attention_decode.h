@@ -97,6 +97,12 @@ const char* DecodeKernelName(const AttentionDecodeKernel& kernel, DecodeForm for
 // The table's row, or nullptr when there is none (the FFI handler reports it).
 const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, DecodeKv kv, int head_dim);
 
+// The table's rows, in order (AttentionDecodeKernelAt(i) for i < AttentionDecodeKernelCount()):
+// the nanobind module reports them (decode_kernels()) and jax_blocksparse/_cuda.py routes
+// decode calls by them.
+int AttentionDecodeKernelCount();
+const AttentionDecodeKernel& AttentionDecodeKernelAt(int i);
+
 // Why the decode kernel cannot take p (nullptr when it can).
 const char* AttentionDecodeUnsupported(const AttentionDecodeParams& p);
 

@@ -4,10 +4,10 @@ primitives to them on the "cuda" platform.
 Each primitive lowers through `jax.ffi.ffi_lowering`: the custom call's operands are the
 primitive's operands followed by the layout's int32 metadata (block lists, coordinates) as
 constants, its results are the primitive's `ctx.avals_out`. The kernels never depend on the
-layout itself. Which calls the kernels take is decided by tables (`MATMUL_DTYPES`,
-`DECODE`; for attention the rows of the C++ dispatch table, which the extension reports:
-`ATTENTION_KERNELS`, `attention_families`); every other call lowers to the pure-JAX
-implementation, on a GPU too (float64, for one).
+layout itself. Which calls the kernels take is decided by tables (`MATMUL_DTYPES`; for
+attention and decode the rows of the C++ dispatch tables, which the extension reports:
+`ATTENTION_KERNELS`, `attention_families`, `DECODE_KERNELS`); every other call lowers to
+the pure-JAX implementation, on a GPU too (float64, for one).
 
 The Python side's environment switches are read once, into `SWITCHES`:
 `JAX_BLOCKSPARSE_DISABLE_CUDA=1` forces the pure-JAX path (A/B checks);
@@ -657,13 +657,28 @@ def _attention_backward_lowering(ctx, *operands, **params):
     return dq, dk, dv
 
 
-# The decode kernel (cuda/attention/decode.cu): short queries against a KV cache.
+class DecodeKernel(NamedTuple):
+    """One row of the C++ decode dispatch table (cuda/attention/decode.cu,
+    `kAttentionDecodeKernels`, less its launcher), as the extension reports it
+    (`decode_kernels()`): q's dtype, k's and v's (q's, or an fp8 cache read with float32
+    [Hkv] scales), the head dim, the name JAX_BLOCKSPARSE_DEBUG prints."""
+    dtype: str
+    kv_dtype: str
+    head_dim: int
+    name: str
+
+
+# The rows of the decode table the extension was built with: they decide which calls the
+# decode kernel takes (`decode_unsupported`). Empty without the extension (the tests that
+# lower for "cuda" there supply them: tests/conftest.py, `decode_kernels`).
+DECODE_KERNELS = (tuple(DecodeKernel(**row) for row in _ext.decode_kernels())
+                  if _ext is not None else ())
+
+# The decode kernel (cuda/attention/decode.cu): short queries against a KV cache. Its limits
+# (cuda/attention_decode.h: kDecodeTileKeys, kDecodeMaxQueries, kDecodeSplitCapacity; the
+# extension's `decode_limits`, which tests/test_build.py checks them against) route on
+# every platform; the rest tunes the split count.
 DECODE = {
-    "dtypes": (jnp.bfloat16, jnp.float16),
-    # fp8 KV caches (k, v; q of the dtypes above), with float32 [Hkv] scales
-    "kv_fp8_dtypes": (jnp.float8_e4m3fn, jnp.float8_e5m2),
-    "fp8_kernel": True,  # whether the built kernel reads them (cuda/attention/decode.cu)
-    "head_dims": (64, 96, 128, 256),
     "tile_keys": 16,  # block sizes and page sizes: multiples of this
     # (query, head) rows of a CTA in each form of the partial kernel (decode_form; cuda:
     # DecodeForm): 16-row CTAs (kRows), the 64-row form (JAX_BLOCKSPARSE_DECODE_SHARED_TILES),
@@ -685,18 +700,20 @@ DECODE = {
 def decode_unsupported(dtype, head_dim: int, block_size: int,
                        page_size: int | None, kv_dtype=None, tq: int = 1) -> str | None:
     """Why the decode kernel cannot run this call (None when it can); `dtype` is q's,
-    `kv_dtype` k's and v's (None: q's), `tq` the queries per sequence. A logit soft cap
-    changes nothing here: the kernel takes one in every case it runs."""
+    `kv_dtype` k's and v's (None: q's), `tq` the queries per sequence; by the rows of the
+    decode table (`DECODE_KERNELS`) and its limits (`DECODE`). A logit soft cap changes
+    nothing here: the kernel takes one in every case it runs."""
     if tq > DECODE["max_queries"]:
         return f"Tq {tq} (more than {DECODE['max_queries']} queries)"
-    if not any(dtype == d for d in DECODE["dtypes"]):
-        return f"dtype {jnp.dtype(dtype).name}"
-    if kv_dtype is not None and kv_dtype != dtype:
-        if not any(kv_dtype == d for d in DECODE["kv_fp8_dtypes"]):
-            return f"k, v dtype {jnp.dtype(kv_dtype).name}"
-        if not DECODE["fp8_kernel"]:
-            return "fp8 KV cache: the decode kernel reads bf16/f16 only (next)"
-    if head_dim not in DECODE["head_dims"]:
+    name = jnp.dtype(dtype).name
+    kv = name if kv_dtype is None else jnp.dtype(kv_dtype).name
+    rows = [r for r in DECODE_KERNELS if r.dtype == name]
+    if not rows:
+        return f"dtype {name}"
+    rows = [r for r in rows if r.kv_dtype == kv]
+    if not rows:
+        return f"k, v dtype {kv}"
+    if not any(r.head_dim == head_dim for r in rows):
         return f"head dim {head_dim}"
     if block_size % DECODE["tile_keys"]:
         return f"block size {block_size} (not a multiple of {DECODE['tile_keys']})"
@@ -718,7 +735,7 @@ def decode_form(dtype, kv_dtype, *, batch: int, tq: int, tk: int, hq: int, hkv: 
     kernel runs there).
     `dtype`: q's; `kv_dtype`: k's and v's; `page_size`: a paged cache's (None:
     contiguous)."""
-    if _ext is None or not any(dtype == d for d in DECODE["dtypes"]):
+    if _ext is None or not any(r.dtype == jnp.dtype(dtype).name for r in DECODE_KERNELS):
         return "warp_tiles"
     splits = max(-(-width // DECODE["split_capacity"]), 1)  # the least a call has
     return _ext.decode_form(batch, tq, tk, hq, hkv, head_dim, block_size, mask_heads, width,

@@ -55,6 +55,32 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
     }
     return rows;
   });
+  // The decode dispatch table's rows (cuda/attention/decode.cu, AttentionDecodeKernel) less
+  // their launchers, k and v's dtype by jax's name (q's for DecodeKv::kSame), and the
+  // kernel's limits: jax_blocksparse/_cuda.py routes decode calls by them.
+  m.def("decode_kernels", []() {
+    using namespace jax_blocksparse;
+    nb::list rows;
+    for (int i = 0; i < AttentionDecodeKernelCount(); ++i) {
+      const AttentionDecodeKernel& k = AttentionDecodeKernelAt(i);
+      nb::dict row;
+      row["dtype"] = DTypeName(k.dtype);
+      row["kv_dtype"] = k.kv == DecodeKv::kE4M3   ? "float8_e4m3fn"
+                        : k.kv == DecodeKv::kE5M2 ? "float8_e5m2"
+                                                  : DTypeName(k.dtype);
+      row["head_dim"] = k.head_dim;
+      row["name"] = k.name;
+      rows.append(row);
+    }
+    return rows;
+  });
+  {
+    nb::dict limits;
+    limits["max_queries"] = jax_blocksparse::kDecodeMaxQueries;
+    limits["tile_keys"] = jax_blocksparse::kDecodeTileKeys;
+    limits["split_capacity"] = jax_blocksparse::kDecodeSplitCapacity;
+    m.attr("decode_limits") = limits;
+  }
   // CTAs of the decode kernel in a form (kDecodeFormKeys) resident at once on the current
   // device (0: no such kernel, or unknown): jax_blocksparse/_cuda.py (decode_splits) sizes
   // the split count by it.

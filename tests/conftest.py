@@ -90,6 +90,32 @@ def attention_kernel_rows(d256=None):
     return tuple(rows)
 
 
+def decode_kernel_rows():
+    """The rows of the C++ decode dispatch table (cuda/attention/decode.cu,
+    kAttentionDecodeKernels), as the extension reports them (`_cuda.DECODE_KERNELS`), for
+    the tests that lower for "cuda" or route decode calls where the extension is not built
+    (`decode_kernels`); tests/test_build.py checks them against the extension's."""
+    from jax_blocksparse._cuda import DecodeKernel as Row
+    caches = ((None, ""), ("float8_e4m3fn", ", fp8 e4m3 cache"),
+              ("float8_e5m2", ", fp8 e5m2 cache"))  # None: k and v in q's dtype
+    rows = []
+    for t in ("bfloat16", "float16"):  # JBS_DECODE_DTYPE
+        for kv, suffix in caches:  # JBS_DECODE_ROWS
+            rows += [Row(t, kv or t, d, f"decode(split-kv, 16-key warp tiles{suffix})")
+                     for d in (64, 96, 128, 256)]
+    return tuple(rows)
+
+
+@pytest.fixture
+def decode_kernels(monkeypatch):
+    """`_cuda.DECODE_KERNELS` as the extension reports them: its own where it is built,
+    else `decode_kernel_rows()`."""
+    from jax_blocksparse import _cuda
+    if _cuda._ext is None:
+        monkeypatch.setattr(_cuda, "DECODE_KERNELS", decode_kernel_rows())
+    return _cuda.DECODE_KERNELS
+
+
 @pytest.fixture
 def attention_kernels(monkeypatch):
     """`_cuda.ATTENTION_KERNELS` as the extension reports them: its own where it is built,

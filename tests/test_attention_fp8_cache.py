@@ -212,7 +212,7 @@ def test_errors():
     jax.jit(lambda s: call(k_scale=s))(jnp.ones(2))
 
 
-def test_decode_lowers_fp8_to_the_kernel():
+def test_decode_lowers_fp8_to_the_kernel(decode_kernels):
     """Lowered for CUDA (no GPU needed): bfloat16/float16 q with an fp8 cache is one decode
     custom call on the fp8 bytes with the two float32 [Hkv] scales (a Python float scale
     filled); float32 q takes the pure-JAX path; the routing table says why not."""
@@ -241,8 +241,7 @@ def test_decode_lowers_fp8_to_the_kernel():
 @pytest.mark.gpu
 def test_gpu_decode_kernel_reads_fp8():
     """On a GPU: the decode kernel runs the fp8 cache (its launch line names it) and
-    matches float64; until it reads fp8 (`_cuda.DECODE["fp8_kernel"]`) the debug line
-    gives the pure-JAX reason."""
+    matches float64."""
     from reference import run_python
 
     code = """
@@ -264,11 +263,6 @@ for fp8 in ("e4m3", "e5m2"):
         assert err < 3e-2 * max(1.0, np.abs(want).max()), (fp8, dt, err)
 """
     result = run_python(code, JAX_BLOCKSPARSE_DEBUG="1")
-    from jax_blocksparse import _cuda
-
-    if _cuda.DECODE["fp8_kernel"]:
-        for fp8 in ("e4m3", "e5m2"):
-            assert f"fp8 {fp8} cache" in result.stderr, result.stderr[-3000:]
-        assert "attention_decode" in result.stderr and "pure-JAX path" not in result.stderr
-    else:
-        assert "fp8 KV cache: the decode kernel reads bf16/f16 only" in result.stderr
+    for fp8 in ("e4m3", "e5m2"):
+        assert f"fp8 {fp8} cache" in result.stderr, result.stderr[-3000:]
+    assert "attention_decode" in result.stderr and "pure-JAX path" not in result.stderr

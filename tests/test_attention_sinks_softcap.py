@@ -262,7 +262,7 @@ def test_sinks_lower_every_row_and_cap_bounds_the_scores():
     assert np.all(np.asarray(lse) <= 3.0 + np.log(32) + 1e-4)
 
 
-def test_cuda_routing_and_attributes(monkeypatch, attention_kernels):
+def test_cuda_routing_and_attributes(monkeypatch, attention_kernels, decode_kernels):
     """Lowered for "cuda" (any machine): a capped forward runs wherever an uncapped one
     does (the FA3-design forward takes the cap: segment ids, partial tiles, head dim 96,
     block size 32 too), and so does a capped backward (the FA3-design backward takes it:

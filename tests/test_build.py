@@ -99,6 +99,36 @@ def test_attention_kernel_rows_of_the_tests_are_the_extensions():
     assert _cuda.ATTENTION_KERNELS == attention_kernel_rows()
 
 
+@pytest.mark.skipif(_cuda._ext is None, reason="the CUDA extension is not built")
+def test_decode_kernel_rows_and_limits_are_the_extensions():
+    """tests/conftest.py's copy of the decode dispatch table is the table the extension
+    reports, and the limits `_cuda.DECODE` routes by (on every platform) are the kernel's
+    (cuda/attention_decode.h)."""
+    from conftest import decode_kernel_rows
+    assert _cuda.DECODE_KERNELS == decode_kernel_rows()
+    for name, value in _cuda._ext.decode_limits.items():
+        assert _cuda.DECODE[name] == value, name
+
+
+def test_decode_routing_follows_the_dispatch_table(decode_kernels):
+    """The rows of the C++ decode table decide `decode_unsupported`: each row's (q dtype,
+    k/v dtype, head dim) runs the kernel (at the block and page sizes and query counts of
+    its limits); other dtypes, caches and head dims say why not."""
+    import jax.numpy as jnp
+    rows = decode_kernels
+    assert rows
+    why = _cuda.decode_unsupported
+    for r in rows:
+        kv = None if r.kv_dtype == r.dtype else jnp.dtype(r.kv_dtype)
+        assert why(jnp.dtype(r.dtype), r.head_dim, 64, None, kv) is None, r
+        assert why(jnp.dtype(r.dtype), r.head_dim, 64, 16, kv, tq=4) is None, r
+    assert why(jnp.float32, 128, 64, None) == "dtype float32"
+    assert why(jnp.bfloat16, 128, 64, None, jnp.float32) == "k, v dtype float32"
+    assert why(jnp.bfloat16, 80, 64, None) == "head dim 80"
+    assert "multiple of 16" in why(jnp.bfloat16, 128, 40, None)
+    assert "more than" in why(jnp.bfloat16, 128, 64, None, tq=_cuda.DECODE["max_queries"] + 1)
+
+
 def test_attention_routing_follows_the_dispatch_table(monkeypatch, attention_kernels):
     """The rows of the C++ attention dispatch table (the extension's where it is built)
     decide the routing: each row's (dtype, head dim, block size) runs fused where its

@@ -729,6 +729,12 @@ const AttentionDecodeKernel* FindAttentionDecodeKernel(DType dtype, DecodeKv kv,
   return nullptr;
 }
 
+int AttentionDecodeKernelCount() {
+  return static_cast<int>(sizeof(kAttentionDecodeKernels) / sizeof(kAttentionDecodeKernels[0]));
+}
+
+const AttentionDecodeKernel& AttentionDecodeKernelAt(int i) { return kAttentionDecodeKernels[i]; }
+
 const char* AttentionDecodeUnsupported(const AttentionDecodeParams& p) {
   if (p.tq < 1 || p.tq > kDecodeMaxQueries) return "Tq must be 1 to 64";
   if (p.block_size <= 0 || p.block_size % kDecodeTileKeys != 0)
