@@ -61,10 +61,11 @@ def test_empty_cuda_archs_builds_no_cuda_code(tmp_path):
 
 def test_every_query_cursor_sets_every_field():
     """Each kernel that declares a `QueryCursor` (cuda/attention/shared.cuh) assigns every
-    field of its configuration (those before the walking state `gi, t, n, npart, list`). A
-    field left unset is undefined in device code: after `q_end` was added, the one-pass
-    backward (bwd_sm90_onepass.cu) never set it, the compiler folded the cursor's
-    `s < q_end` to false, and every CTA walked no steps (dq, dk, dv all zero, no error)."""
+    field of its configuration (those before the walking state `gi, t, n, npart, list`),
+    itself or through `QueryCursor::Init`, which assigns them all. A field left unset is
+    undefined in device code: after `q_end` was added, the one-pass backward
+    (bwd_sm90_onepass.cu) never set it, the compiler folded the cursor's `s < q_end` to
+    false, and every CTA walked no steps (dq, dk, dv all zero, no error)."""
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cuda")
     with open(os.path.join(root, "attention", "shared.cuh")) as fh:
         header = fh.read()
@@ -77,6 +78,10 @@ def test_every_query_cursor_sets_every_field():
             names = decl.rstrip(";").replace("*", " ").split(",")
             fields |= {n.split()[-1] for n in names if n.strip()}
     assert {"counts", "lists", "q_end", "causal", "group"} <= fields, fields
+    init = re.search(r"void Init\((.*?)\n  \}", header, re.S)
+    assert init, "QueryCursor::Init is gone: update this test"
+    unset = sorted(f for f in fields if not re.search(rf"\b{f}\s*=", init.group(1)))
+    assert not unset, f"QueryCursor::Init leaves {unset} unset"
     users = 0
     for folder, _, files in os.walk(root):
         for name in files:
@@ -86,9 +91,11 @@ def test_every_query_cursor_sets_every_field():
                 text = fh.read()
             for var in re.findall(r"QueryCursor<\w+> (\w+);", text):
                 users += 1
+                if re.search(rf"\b{var}\.Init\(", text):
+                    continue
                 unset = sorted(f for f in fields if not re.search(rf"\b{var}\.{f}\s*=", text))
                 assert not unset, f"{name}: QueryCursor {var} leaves {unset} unset"
-    assert users >= 3, users  # the FA2 dK/dV kernel, bwd_sm90.cu, bwd_sm90_onepass.cu
+    assert users >= 4, users  # the FA2 dK/dV kernel, bwd_sm90.cu, _d256.cu, _onepass.cu
 
 
 @pytest.mark.skipif(_cuda._ext is None, reason="the CUDA extension is not built")

@@ -102,11 +102,11 @@
 #include <atomic>
 #include <cstdint>
 
-#include "fa2.cuh"
 #include "../launch_util.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
 #include "bwd_sm90_common.cuh"
+#include "fa2.cuh"
 
 namespace jax_blocksparse {
 namespace attn {
@@ -433,26 +433,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int off = QueryOffset(a, b);  // causal position of query row 0
   const int kvlen = KvLength(a, b);
 
+  // (q_end Tq: the second 64-query tile of a partial last block may hold no query)
   QueryCursor<BQ> qc;
-  qc.counts = L.counts;
-  qc.partial = L.partial;
-  qc.lists = L.lists;
-  qc.lines = L.lines;
-  qc.max_len = L.max_len;
-  qc.rk = rk;
-  qc.hm_base = mh0;
-  qc.hm_step = a.hm == 1 ? 0 : 1;
-  qc.qh = kBS / BQ;
-  qc.bs = kBS;
-  qc.group = k0 < kvlen ? a.group : 0;  // a key block past kv_lengths gets no gradient
-  qc.first_key_minus_off = k0 - off;
-  qc.q_end = a.tq;  // the second 64-query tile of a partial last block may hold no query
-  qc.causal = a.causal;
-  if (qc.group > 0) {
-    qc.Begin();
-  } else {
-    qc.gi = 0;
-  }
+  qc.Init(L, rk, mh0, a.hm == 1 ? 0 : 1, kBS, a.group, k0, off, kvlen, a.tq, a.causal);
 
   if (tid == 0) {
     tma::MbarInit(bar_kv, 1);
@@ -705,60 +688,17 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
       return fa2_ok ? RunBackward<T, D>(a, stream) : cudaErrorInvalidValue;
     }
   }
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.delta))
-    return cudaErrorInvalidValue;
-  if (a.by_query.lines > 65535 || a.by_key.lines > 65535) return cudaErrorInvalidValue;
-  // a fine mask: words for both directions, block size 16, 32 or 64 on these 128 x 128 tiles
-  if ((a.mask_bits != nullptr) != (a.mask_bits_key != nullptr) ||
-      (a.mask_bits != nullptr && (a.mask_lg < 4 || a.mask_lg > 6)))
-    return cudaErrorInvalidValue;
-
-  const int64_t rows = int64_t(a.batch) * PaddedRows(a.tq) * a.hq;
-  StatsKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-
-  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
-  const uint64_t e = sizeof(T);
-  CUtensorMap tq{}, tdo{}, tk{}, tv{};
-  // [B, T, H, D]: dims D, H, T, B (innermost first); boxes of 64 columns (one swizzled
-  // slab), one head, 64 rows, one batch entry. Rows past T (partial last tiles) are zero
-  // filled.
-  const uint64_t qdims[4] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.tq), uint64_t(a.batch)};
-  const uint64_t qstr[3] = {D * e, uint64_t(a.hq) * D * e, uint64_t(a.tq) * a.hq * D * e};
-  const uint64_t kdims[4] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.tk), uint64_t(a.batch)};
-  const uint64_t kstr[3] = {D * e, uint64_t(a.hkv) * D * e, uint64_t(a.tk) * a.hkv * D * e};
-  const uint32_t box[4] = {64, 1, 64, 1};
-  err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qdims, qstr, box);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tdo, kBf16, a.d_o, qdims, qstr, box);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, a.k, kdims, kstr, box);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, a.v, kdims, kstr, box);
-  if (err != cudaSuccess) return err;
-
-  {
-    constexpr int smem = DqSmem<D, kDqStages<D>>::kBytes;
-    static std::atomic<uint64_t> configured{0};
-    auto kern = sm90bwd::DqKernel<T, D, kDqStages<D>, PIPE>;
-    err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
-    if (err != cudaSuccess) return err;
-    const dim3 grid(unsigned(a.batch * a.hq), unsigned(a.by_query.lines));
-    kern<<<grid, kThreads, smem, stream>>>(a, tq, tdo, tk, tv);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  {
-    constexpr int smem = DkvSmem<D, kDkvStages<D>>::kBytes;
-    static std::atomic<uint64_t> configured{0};
-    auto kern = sm90bwd::DkvKernel<T, D, kDkvStages<D>, PIPE>;
-    err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
-    if (err != cudaSuccess) return err;
-    const dim3 grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines));
-    kern<<<grid, kThreads, smem, stream>>>(a, tq, tdo, tk, tv);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+  BackwardMaps maps{};
+  cudaError_t err = PrepareBackward<T, D>(a, stream, maps);
+  const dim3 dq_grid(unsigned(a.batch * a.hq), unsigned(a.by_query.lines));
+  const dim3 dkv_grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines));
+  if (err == cudaSuccess)
+    err = LaunchBackwardKernel<sm90bwd::DqKernel<T, D, kDqStages<D>, PIPE>>(
+        DqSmem<D, kDqStages<D>>::kBytes, dq_grid, a, maps, stream);
+  if (err == cudaSuccess)
+    err = LaunchBackwardKernel<sm90bwd::DkvKernel<T, D, kDkvStages<D>, PIPE>>(
+        DkvSmem<D, kDkvStages<D>>::kBytes, dkv_grid, a, maps, stream);
+  return err;
 }
 
 JBS_ATTENTION_BWD_SM90_LAUNCHERS(template, __nv_bfloat16)

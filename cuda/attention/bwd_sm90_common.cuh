@@ -1,14 +1,18 @@
 // The pieces of the Hopper backward's two kernels (bwd_sm90.cu: head dims 64 to 128;
 // bwd_sm90_d256.cu: head dim 256) that both layouts share: the CTA shape, the statistics
 // workspace and its kernel, the TMA loads of 64-row tiles, and the element predicate of a
-// dK/dV step. Semantics: attention.h; the design: bwd_sm90.cu's header comment.
+// dK/dV step; and the launchers' common part (checks, statistics kernel, tensor maps, the
+// kernels' launch). Semantics: attention.h; the design: bwd_sm90.cu's header comment.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <type_traits>
 
-#include "shared.cuh"
+#include "../launch_util.h"
 #include "../tma.cuh"
 #include "common.cuh"
+#include "shared.cuh"
 #include "slabs.cuh"
 
 namespace jax_blocksparse {
@@ -106,6 +110,59 @@ __device__ __forceinline__ uint32_t AllowedBits(const Args& a, int b, int s0, in
         bits |= 1u << (4 * j + e);
   }
   return bits;
+}
+
+// ---------------------------------------------------------------- host: the launchers' part
+// q, dO [B, Tq, Hq, D] and k, v [B, Tk, Hkv, D] as 4-d tensor maps (dims D, H, T, B,
+// innermost first), boxes of 64 columns (one swizzled slab), one head, 64 rows, one batch
+// entry; rows past T (partial last tiles) are zero filled.
+struct BackwardMaps {
+  CUtensorMap q, d_o, k, v;
+};
+
+// What both layouts' launchers do before their two kernels: the checks of the operands
+// (16-byte aligned for TMA, at most 65535 lines a direction (grid y), a fine mask's words
+// for both directions and block size 16, 32 or 64 on the 128 x 128 tiles:
+// cudaErrorInvalidValue otherwise), the statistics kernel, the four tensor maps.
+template <typename T, int D>
+cudaError_t PrepareBackward(const Args& a, cudaStream_t stream, BackwardMaps& maps) {
+  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.delta))
+    return cudaErrorInvalidValue;
+  if (a.by_query.lines > 65535 || a.by_key.lines > 65535) return cudaErrorInvalidValue;
+  if ((a.mask_bits != nullptr) != (a.mask_bits_key != nullptr) ||
+      (a.mask_bits != nullptr && (a.mask_lg < 4 || a.mask_lg > 6)))
+    return cudaErrorInvalidValue;
+
+  const int64_t rows = int64_t(a.batch) * PaddedRows(a.tq) * a.hq;
+  StatsKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  const uint64_t e = sizeof(T);
+  const uint64_t qdims[4] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.tq), uint64_t(a.batch)};
+  const uint64_t qstr[3] = {D * e, uint64_t(a.hq) * D * e, uint64_t(a.tq) * a.hq * D * e};
+  const uint64_t kdims[4] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.tk), uint64_t(a.batch)};
+  const uint64_t kstr[3] = {D * e, uint64_t(a.hkv) * D * e, uint64_t(a.tk) * a.hkv * D * e};
+  const uint32_t box[4] = {64, 1, 64, 1};
+  err = tma::EncodeTiled<4>(&maps.q, kBf16, a.q, qdims, qstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&maps.d_o, kBf16, a.d_o, qdims, qstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&maps.k, kBf16, a.k, kdims, kstr, box);
+  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&maps.v, kBf16, a.v, kdims, kstr, box);
+  return err;
+}
+
+// One of the backward's kernels on `grid` with kThreads threads and `smem` bytes of dynamic
+// shared memory (allowed once per device).
+template <auto kKernel>
+cudaError_t LaunchBackwardKernel(int smem, dim3 grid, const Args& a, const BackwardMaps& maps,
+                                 cudaStream_t stream) {
+  static std::atomic<uint64_t> configured{0};
+  cudaError_t err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kKernel), smem);
+  if (err != cudaSuccess) return err;
+  kKernel<<<grid, kThreads, smem, stream>>>(a, maps.q, maps.d_o, maps.k, maps.v);
+  return cudaGetLastError();
 }
 
 }  // namespace sm90bwd

@@ -381,25 +381,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int kvlen = KvLength(a, b);
 
   QueryCursor<BQ> qc;
-  qc.counts = L.counts;
-  qc.partial = L.partial;
-  qc.lists = L.lists;
-  qc.lines = L.lines;
-  qc.max_len = L.max_len;
-  qc.rk = rk;
-  qc.hm_base = mh0;
-  qc.hm_step = a.hm == 1 ? 0 : 1;
-  qc.qh = kBS / BQ;
-  qc.bs = kBS;
-  qc.group = k0 < kvlen ? a.group : 0;  // keys past kv_lengths get no gradient
-  qc.first_key_minus_off = k0 - off;
-  qc.q_end = a.tq;
-  qc.causal = a.causal;
-  if (qc.group > 0) {
-    qc.Begin();
-  } else {
-    qc.gi = 0;
-  }
+  qc.Init(L, rk, mh0, a.hm == 1 ? 0 : 1, kBS, a.group, k0, off, kvlen, a.tq, a.causal);
 
   if (tid == 0) {
     tma::MbarInit(bar_kv, 1);
@@ -612,58 +594,16 @@ cudaError_t RunBackwardSm90D256(const Args& a, cudaStream_t stream) {
     if (err == cudaSuccess) err = Zero<T>(a.dv, int64_t(a.batch) * a.tk * a.hkv * kD, stream);
     return err;
   }
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.delta))
-    return cudaErrorInvalidValue;
-  if (a.by_query.lines > 65535 || a.by_key.lines > 65535) return cudaErrorInvalidValue;
-  if ((a.mask_bits != nullptr) != (a.mask_bits_key != nullptr) ||
-      (a.mask_bits != nullptr && (a.mask_lg < 4 || a.mask_lg > 6)))
-    return cudaErrorInvalidValue;
-
-  const int64_t rows = int64_t(a.batch) * PaddedRows(a.tq) * a.hq;
-  StatsKernel<T, kD><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-
-  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
-  const uint64_t e = sizeof(T);
-  CUtensorMap tq{}, tdo{}, tk{}, tv{};
-  // [B, T, H, D] as in bwd_sm90.cu: boxes of one swizzled 64-column slab, one head, 64
-  // rows, one batch entry; rows past T zero filled
-  const uint64_t qdims[4] = {uint64_t(kD), uint64_t(a.hq), uint64_t(a.tq), uint64_t(a.batch)};
-  const uint64_t qstr[3] = {kD * e, uint64_t(a.hq) * kD * e, uint64_t(a.tq) * a.hq * kD * e};
-  const uint64_t kdims[4] = {uint64_t(kD), uint64_t(a.hkv), uint64_t(a.tk), uint64_t(a.batch)};
-  const uint64_t kstr[3] = {kD * e, uint64_t(a.hkv) * kD * e, uint64_t(a.tk) * a.hkv * kD * e};
-  const uint32_t box[4] = {64, 1, 64, 1};
-  err = tma::EncodeTiled<4>(&tq, kBf16, a.q, qdims, qstr, box);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tdo, kBf16, a.d_o, qdims, qstr, box);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tk, kBf16, a.k, kdims, kstr, box);
-  if (err == cudaSuccess) err = tma::EncodeTiled<4>(&tv, kBf16, a.v, kdims, kstr, box);
-  if (err != cudaSuccess) return err;
-
-  {
-    constexpr int smem = DqSmem256::kBytes;
-    static std::atomic<uint64_t> configured{0};
-    auto kern = DqKernel256<T, PIPE>;
-    err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
-    if (err != cudaSuccess) return err;
-    const dim3 grid(unsigned(a.batch * a.hq), unsigned(a.by_query.lines), 2);
-    kern<<<grid, kThreads, smem, stream>>>(a, tq, tdo, tk, tv);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  {
-    constexpr int smem = DkvSmem256::kBytes;
-    static std::atomic<uint64_t> configured{0};
-    auto kern = DkvKernel256<T, PIPE>;
-    err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kern), smem);
-    if (err != cudaSuccess) return err;
-    const dim3 grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines), 2);
-    kern<<<grid, kThreads, smem, stream>>>(a, tq, tdo, tk, tv);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+  BackwardMaps maps{};  // as bwd_sm90.cu's, of 256 columns (four slabs a 64-row tile)
+  cudaError_t err = PrepareBackward<T, kD>(a, stream, maps);
+  // grid z: the 64-row half of each 128-row block
+  const dim3 dq_grid(unsigned(a.batch * a.hq), unsigned(a.by_query.lines), 2);
+  const dim3 dkv_grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines), 2);
+  if (err == cudaSuccess)
+    err = LaunchBackwardKernel<DqKernel256<T, PIPE>>(DqSmem256::kBytes, dq_grid, a, maps, stream);
+  if (err == cudaSuccess)
+    err = LaunchBackwardKernel<DkvKernel256<T, PIPE>>(DkvSmem256::kBytes, dkv_grid, a, maps, stream);
+  return err;
 }
 
 JBS_ATTENTION_BWD_SM90_D256_LAUNCHERS(template, __nv_bfloat16)

@@ -100,11 +100,11 @@
 #include <atomic>
 #include <cstdint>
 
-#include "fa2.cuh"
 #include "../launch_util.h"
 #include "../switches.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
+#include "fa2.cuh"
 #include "slabs.cuh"
 
 namespace jax_blocksparse {
@@ -253,30 +253,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   int kvlen = __ldg(a.kv_lengths + b);
   kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
 
+  // q_end: no 64-query tile is past Tq (a multiple of 128 here): a constant, since a.tq
+  // would cost a register (spills)
   QueryCursor<kBQ> qc;
-  qc.counts = L.counts;
-  qc.partial = L.partial;
-  qc.lists = L.lists;
-  qc.lines = L.lines;
-  qc.max_len = L.max_len;
-  qc.rk = rk;
-  qc.hm_base = hm0;
-  qc.hm_step = a.hm == 1 ? 0 : 1;
-  qc.qh = kBS / kBQ;
-  qc.bs = kBS;
-  qc.group = k0 < kvlen ? a.group : 0;  // a key block past kv_lengths gets no gradient
-  qc.first_key_minus_off = k0 - off;
-  // No 64-query tile is past Tq (a multiple of 128 here): a constant, since a.tq would
-  // cost a register (spills). It must be set: left unset (after QueryCursor gained the
-  // field) it was undefined, the compiler folded Skip's `s < q_end` to false and every CTA
-  // walked no steps (dq, dk, dv all exactly zero).
-  qc.q_end = 0x7fffffff;
-  qc.causal = a.causal;
-  if (qc.group > 0) {
-    qc.Begin();
-  } else {
-    qc.gi = 0;
-  }
+  qc.Init(L, rk, hm0, a.hm == 1 ? 0 : 1, kBS, a.group, k0, off, kvlen, 0x7fffffff, a.causal);
 
   if (tid == 0) {
     tma::MbarInit(bar_kv, 1);

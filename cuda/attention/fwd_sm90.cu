@@ -140,12 +140,12 @@
 #include <type_traits>
 
 #include "../attention_decode.h"
-#include "fa2.cuh"
 #include "../launch_util.h"
 #include "../switches.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
 #include "common.cuh"
+#include "fa2.cuh"
 
 namespace jax_blocksparse {
 namespace attn {

@@ -284,6 +284,34 @@ struct QueryCursor {
   }
   __device__ __forceinline__ bool Done() const { return gi >= group; }
   __device__ __forceinline__ bool Partial() const { return t / qh < npart; }
+  // Every field, then the first step (the Hopper backwards' key-block CTAs): the key block
+  // rk of the lists L (the mask heads hm_base + gi * hm_step), its block size bs_ in tiles
+  // of BQ queries; k0 the CTA's first key, off the causal position of query row 0, kvlen
+  // the valid keys (a CTA whose keys all lie past it walks no query head: no gradient
+  // reaches them), q_end_ as above.
+  __device__ __forceinline__ void Init(const Lists& L, int rk_, int hm_base_, int hm_step_,
+                                       int bs_, int group_, int k0, int off, int kvlen,
+                                       int q_end_, bool causal_) {
+    counts = L.counts;
+    partial = L.partial;
+    lists = L.lists;
+    lines = L.lines;
+    max_len = L.max_len;
+    rk = rk_;
+    hm_base = hm_base_;
+    hm_step = hm_step_;
+    qh = bs_ / BQ;
+    bs = bs_;
+    group = k0 < kvlen ? group_ : 0;
+    first_key_minus_off = k0 - off;
+    q_end = q_end_;
+    causal = causal_;
+    if (group > 0) {
+      Begin();
+    } else {
+      gi = 0;
+    }
+  }
 };
 
 }  // namespace attn

@@ -6,8 +6,8 @@
 
 #include <cstdint>
 
-#include "shared.cuh"
 #include "../wgmma.cuh"
+#include "shared.cuh"
 
 namespace jax_blocksparse {
 namespace attn {
