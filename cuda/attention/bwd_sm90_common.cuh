@@ -37,6 +37,53 @@ __device__ __forceinline__ void LoadSlabs(uint32_t dst, const CUtensorMap* map, 
     tma::Load4d(dst + sl * kSlab, map, sl * 64, head, row, b, bar);
 }
 
+// (bwd_sm90_d256.cu's kernels use Ring and PrefetchMaps; bwd_sm90.cu keeps its own
+// copies of the same code until a timing run: with them ptxas schedules its loops
+// differently, the same instructions in another order.)
+// A kernel's shared memory from its 1024-byte aligned start (the 128-byte swizzle's atoms
+// and TMA's destinations need it; the launch asks for 1024 bytes more): `ptr` and `base`
+// (its shared-memory address), and the mbarriers at `base + bars_offset`: one for the
+// operands loaded once (Q and dO, or K and V: Once), then the ring's STAGES full and
+// STAGES empty barriers. Init (every thread; `leader`: thread 0) sets their counts (one
+// arrival with the loads' bytes; all kConsumers consumer threads free a stage), then the
+// CTA syncs.
+template <int STAGES>
+struct Ring {
+  unsigned char* ptr;
+  uint32_t base, bars;
+  __device__ __forceinline__ static Ring At(unsigned char* raw_ptr, int bars_offset) {
+    const uint32_t raw = ptx::SmemAddr(raw_ptr);
+    const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
+    return Ring{raw_ptr + pad, raw + pad, raw + pad + uint32_t(bars_offset)};
+  }
+  __device__ __forceinline__ uint32_t Once() const { return bars; }
+  __device__ __forceinline__ uint32_t Full(int st) const { return bars + 8u * (1 + st); }
+  __device__ __forceinline__ uint32_t Empty(int st) const {
+    return bars + 8u * (1 + STAGES + st);
+  }
+  __device__ __forceinline__ void Init(bool leader) const {
+    if (leader) {
+      tma::MbarInit(Once(), 1);
+#pragma unroll
+      for (int st = 0; st < STAGES; ++st) {
+        tma::MbarInit(Full(st), 1);
+        tma::MbarInit(Empty(st), kConsumers);
+      }
+      tma::FenceMbarInit();
+    }
+    __syncthreads();
+  }
+};
+
+// The producer's prefetch of the four operand maps' descriptors.
+__device__ __forceinline__ void PrefetchMaps(const CUtensorMap* q, const CUtensorMap* d_o,
+                                             const CUtensorMap* k, const CUtensorMap* v) {
+  tma::PrefetchMap(q);
+  tma::PrefetchMap(d_o);
+  tma::PrefetchMap(k);
+  tma::PrefetchMap(v);
+}
+
 // The 64-row halves of a 128-row tile starting at `row` that hold rows before `end` (Tq or
 // Tk): a half wholly past the end is not loaded (its shared memory keeps stale values):
 // its rows are never stored and reach no other row's result (S, dP, dS are row-local,

@@ -97,14 +97,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = DqSmem256;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const uint32_t raw = ptx::SmemAddr(smem_raw);
-  const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
-  unsigned char* smem = smem_raw + pad;
-  const uint32_t base = raw + pad;
-  const uint32_t bars = base + S::kBars;
-  const uint32_t bar_q = bars;
-  auto full = [&](int st) { return bars + 8u * (1 + st); };
-  auto empty = [&](int st) { return bars + 8u * (1 + kStages256 + st); };
+  const Ring<kStages256> ring = Ring<kStages256>::At(smem_raw, S::kBars);
+  unsigned char* smem = ring.ptr;
+  const uint32_t base = ring.base;
+  const uint32_t bar_q = ring.Once();
+  auto full = [&](int st) { return ring.Full(st); };
+  auto empty = [&](int st) { return ring.Empty(st); };
   auto kv_off = [&](int st) { return S::kKV + st * 2 * kTile; };  // K of stage st (bytes)
 
   const int tid = threadIdx.x, wgi = tid / 128;
@@ -122,25 +120,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   KeyTiles<kBS> tiles;
   tiles.Begin(L, lines0 + r, kvlen, qlast, a.causal);
 
-  if (tid == 0) {
-    tma::MbarInit(bar_q, 1);
-#pragma unroll
-    for (int st = 0; st < kStages256; ++st) {
-      tma::MbarInit(full(st), 1);
-      tma::MbarInit(empty(st), kConsumers);
-    }
-    tma::FenceMbarInit();
-  }
-  __syncthreads();
+  ring.Init(tid == 0);
 
   if (wgi == 0) {
     // ------------------------------------------------------------- producer
     tma::RegDealloc<kProducerRegs>();
     if (tid == 0 && !tiles.Done()) {
-      tma::PrefetchMap(&tm_q);
-      tma::PrefetchMap(&tm_do);
-      tma::PrefetchMap(&tm_k);
-      tma::PrefetchMap(&tm_v);
+      PrefetchMaps(&tm_q, &tm_do, &tm_k, &tm_v);
       tma::MbarArriveExpectTx(bar_q, 2 * kTile);
       LoadSlabs<kSlabs>(base, &tm_q, h, q0, b, bar_q);
       LoadSlabs<kSlabs>(base + kTile, &tm_do, h, q0, b, bar_q);
@@ -359,14 +345,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   using S = DkvSmem256;
   constexpr int BQ = 64;  // queries per step
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const uint32_t raw = ptx::SmemAddr(smem_raw);
-  const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
-  unsigned char* smem = smem_raw + pad;
-  const uint32_t base = raw + pad;
-  const uint32_t bars = base + S::kBars;
-  const uint32_t bar_kv = bars;
-  auto full = [&](int st) { return bars + 8u * (1 + st); };
-  auto empty = [&](int st) { return bars + 8u * (1 + kStages256 + st); };
+  const Ring<kStages256> ring = Ring<kStages256>::At(smem_raw, S::kBars);
+  unsigned char* smem = ring.ptr;
+  const uint32_t base = ring.base;
+  const uint32_t bar_kv = ring.Once();
+  auto full = [&](int st) { return ring.Full(st); };
+  auto empty = [&](int st) { return ring.Empty(st); };
 
   const int tid = threadIdx.x, wgi = tid / 128;
   const int bh = blockIdx.x, b = bh / a.hkv, hk = bh % a.hkv;
@@ -383,25 +367,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   QueryCursor<BQ> qc;
   qc.Init(L, rk, mh0, a.hm == 1 ? 0 : 1, kBS, a.group, k0, off, kvlen, a.tq, a.causal);
 
-  if (tid == 0) {
-    tma::MbarInit(bar_kv, 1);
-#pragma unroll
-    for (int st = 0; st < kStages256; ++st) {
-      tma::MbarInit(full(st), 1);
-      tma::MbarInit(empty(st), kConsumers);
-    }
-    tma::FenceMbarInit();
-  }
-  __syncthreads();
+  ring.Init(tid == 0);
 
   if (wgi == 0) {
     // ------------------------------------------------------------- producer
     tma::RegDealloc<kProducerRegs>();
     if (tid == 0 && !qc.Done()) {
-      tma::PrefetchMap(&tm_q);
-      tma::PrefetchMap(&tm_do);
-      tma::PrefetchMap(&tm_k);
-      tma::PrefetchMap(&tm_v);
+      PrefetchMaps(&tm_q, &tm_do, &tm_k, &tm_v);
       tma::MbarArriveExpectTx(bar_kv, 2 * kTile);  // rows past Tk: zero filled
       LoadSlabs<kSlabs>(base, &tm_k, hk, k0, b, bar_kv);
       LoadSlabs<kSlabs>(base + kTile, &tm_v, hk, k0, b, bar_kv);
