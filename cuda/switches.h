@@ -11,11 +11,11 @@
 //   JAX_BLOCKSPARSE_ATTN_FWD_VARIANT: developer overrides of the attention forward (unset
 //     or "": the default by architecture, attention/dispatch.cu: the FA3-design forward
 //     with ping-pong on an sm_90 device running sm_90a code, for the shapes it covers; the
-//     FA2 forward elsewhere). =0 the FA2 forward (64-row CTAs) even on Hopper, for A/B timing; =1 the
-//     FA2 forward with 128-row CTAs at block size 128; =2 the FA3-design forward (sm_90a
-//     only: an error elsewhere); =3 the same without the ping-pong (block 128; block 64
-//     has one kernel for 2 and 3). Combinations a variant
-//     leaves out run the FA2 forward (variant 0).
+//     FA2 forward elsewhere). =0 the FA2 forward (64-row CTAs) even on Hopper, for A/B
+//     timing; =1 the FA2 forward with 128-row CTAs at block size 128; =2 the FA3-design
+//     forward (sm_90a only: an error elsewhere); =3 the same without the ping-pong (block
+//     128; block 64 has one kernel for 2 and 3). Combinations a variant leaves out run the
+//     FA2 forward (variant 0).
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 opt-in (measured no faster): the FA3-design forward
 //     (variants 2 and 3, sm_90a) as a persistent kernel (attention/fwd_sm90.cu: one CTA per
 //     SM, two at block 64, looping over the (batch, head, query block) items longest first,

@@ -65,8 +65,8 @@ class Switches(NamedTuple):
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
-# is unset: 2 (the FA3-design kernels), as cuda/attention/dispatch.cu decides (FindAttentionKernel,
-# kSm90BackwardDefault).
+# is unset: 2 (the FA3-design kernels), as cuda/attention/dispatch.cu decides
+# (FindAttentionKernel, kSm90BackwardDefault).
 SM90_FORWARD_DEFAULT = 2
 SM90_BACKWARD_DEFAULT = 2
 
@@ -313,11 +313,11 @@ def _matmul_lowering(prim, kernel_rule):
 
 # ------------------------------------------------------------------------ attention
 class AttentionKernel(NamedTuple):
-    """One row of the C++ attention dispatch table (cuda/attention/dispatch.cu, `kAttentionKernels`;
-    the fields of cuda/attention.h's `AttentionKernel` less its launcher), as the
-    extension reports it (`attention_kernels()`). `dtype`: the jnp name; `variant`: the
-    value of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (forward rows) or ..._BWD_VARIANT (backward
-    rows) the row serves."""
+    """One row of the C++ attention dispatch table (cuda/attention/dispatch.cu,
+    `kAttentionKernels`; the fields of cuda/attention.h's `AttentionKernel` less its
+    launcher), as the extension reports it (`attention_kernels()`). `dtype`: the jnp name;
+    `variant`: the value of JAX_BLOCKSPARSE_ATTN_FWD_VARIANT (forward rows) or
+    ..._BWD_VARIANT (backward rows) the row serves."""
     dtype: str
     head_dim: int
     block_size: int

@@ -33,8 +33,8 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
     targets["jax_blocksparse_block_lists"] = Capsule(JaxBlocksparseBlockLists);
     return targets;
   });
-  // The attention dispatch table's rows (cuda/attention/dispatch.cu, AttentionKernel) less their
-  // launchers: jax_blocksparse/_cuda.py routes attention calls by them.
+  // The attention dispatch table's rows (cuda/attention/dispatch.cu, AttentionKernel) less
+  // their launchers: jax_blocksparse/_cuda.py routes attention calls by them.
   m.def("attention_kernels", []() {
     using jax_blocksparse::AttentionKernelAt;
     nb::list rows;

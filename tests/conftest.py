@@ -49,10 +49,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 def attention_kernel_rows(d256=None):
-    """The rows of the C++ attention dispatch table (cuda/attention/dispatch.cu, kAttentionKernels),
-    as the extension reports them (`_cuda.ATTENTION_KERNELS`), for the tests that lower
-    for "cuda" or route calls where the extension is not built (`attention_kernels`);
-    tests/test_build.py checks them against the extension's where it is. `d256`: with the
+    """The rows of the C++ attention dispatch table (cuda/attention/dispatch.cu,
+    kAttentionKernels), as the extension reports them (`_cuda.ATTENTION_KERNELS`), for the
+    tests that lower for "cuda" or route calls where the extension is not built
+    (`attention_kernels`); tests/test_build.py checks them against the extension's where
+    it is. `d256`: with the
     head-dim-256 Hopper backward rows, which the extension reports only under
     JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (None: as this process's environment says)."""
     from jax_blocksparse._cuda import AttentionKernel as Row

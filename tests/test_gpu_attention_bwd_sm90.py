@@ -554,7 +554,8 @@ def test_fa3_backward_d256_mask_sources():
     capped = ["fwd_partial_d256_bs128_bf16"]
     code = ("import test_gpu_attention_sm90 as t, test_gpu_attention_bwd_sm90 as b, "
             "test_attention_sinks_softcap as s; "
-            f"t.run_doc_cases({docs!r}); b.run_fine({fine!r}); s.run_gpu_forward_cases({capped!r})")
+            f"t.run_doc_cases({docs!r}); b.run_fine({fine!r}); "
+            f"s.run_gpu_forward_cases({capped!r})")
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2",
                         JAX_BLOCKSPARSE_ATTN_BWD_D256="1").stderr
     assert "pure-JAX path" not in stderr, stderr[-3000:]

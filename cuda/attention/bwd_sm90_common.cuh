@@ -129,8 +129,9 @@ __global__ void StatsKernel(const Args a) {
 
 // The element predicate (common.cuh, Allowed) over a thread's J x 4 elements of a dK/dV
 // step on a partial entry (J = 8: 64 queries; 4: the 32 of a head-dim-256 warpgroup): bit
-// 4j + e for key row key0 + 8 (e >> 1) and query s0 + 8j + 2t + (e & 1). Computed once per step (P^T and dS^T both use it); the ids
-// (padded to whole tiles: no bounds checks) are loaded here, L1 hits after the first step.
+// 4j + e for key row key0 + 8 (e >> 1) and query s0 + 8j + 2t + (e & 1). Computed once per
+// step (P^T and dS^T both use it); the ids (padded to whole tiles: no bounds checks) are
+// loaded here, L1 hits after the first step.
 template <int J = 8>
 __device__ __forceinline__ uint32_t AllowedBits(const Args& a, int b, int s0, int key0, int kvlen,
                                                 bool causal, int off, bool segs, int t) {

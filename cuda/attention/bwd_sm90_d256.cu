@@ -210,7 +210,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           unsigned char* pk = smem + kv_off(st);
           for (int c = ctid; c < kSlabs * 64 * 8; c += kConsumers) {  // 16-byte chunks
             const int sl = c / 512, row = (c / 8) % 64;
-            if (kh0 + row >= kvlen || (empty_cols != 0u && ((empty_cols >> (row >> a.mask_lg)) & 1u)))
+            if (kh0 + row >= kvlen ||
+                (empty_cols != 0u && ((empty_cols >> (row >> a.mask_lg)) & 1u)))
               *reinterpret_cast<uint4*>(pk + sl * kSlab + row * kLine + (c % 8) * 16) =
                   make_uint4(0, 0, 0, 0);
           }
@@ -339,7 +340,8 @@ struct DkvSmem256 {
 template <typename T, bool PIPE>
 __global__ void __launch_bounds__(kThreads, 1)
     DkvKernel256(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
-                 const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_k,
+                 const __grid_constant__ CUtensorMap tm_do,
+                 const __grid_constant__ CUtensorMap tm_k,
                  const __grid_constant__ CUtensorMap tm_v) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = DkvSmem256;
@@ -449,7 +451,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (a.mask_bits_key != nullptr && cur.Partial()) {
         const uint64_t w = __ldg(a.mask_bits_key + (cur.list - L.lists) + cur.t / cur.qh);
         const int lg = a.mask_lg;
-        const uint32_t qg = SpreadBits(ColumnBits(w, lg, (kcol + r0) >> lg), lg) >> ((c0 & 127) >> 3);
+        const uint32_t qg =
+            SpreadBits(ColumnBits(w, lg, (kcol + r0) >> lg), lg) >> ((c0 & 127) >> 3);
 #pragma unroll
         for (int j = 0; j < 4; ++j)
           if (!((qg >> j) & 1u)) allow &= ~(0xfu << (4 * j));
@@ -574,7 +577,8 @@ cudaError_t RunBackwardSm90D256(const Args& a, cudaStream_t stream) {
   if (err == cudaSuccess)
     err = LaunchBackwardKernel<DqKernel256<T, PIPE>>(DqSmem256::kBytes, dq_grid, a, maps, stream);
   if (err == cudaSuccess)
-    err = LaunchBackwardKernel<DkvKernel256<T, PIPE>>(DkvSmem256::kBytes, dkv_grid, a, maps, stream);
+    err = LaunchBackwardKernel<DkvKernel256<T, PIPE>>(DkvSmem256::kBytes, dkv_grid, a, maps,
+                                                      stream);
   return err;
 }
 
