@@ -55,6 +55,7 @@ from jax_blocksparse.attention import _context
 from jax_blocksparse.bench.timing import chained_ms, median_ms
 
 BS = 128
+KV_HEADS = None  # k and v heads (--kv-heads; None: as many as q heads)
 FLEX_BLOCK = 128  # the block of the masks `peers.py masks` reads (FlexAttention's default)
 
 
@@ -118,6 +119,14 @@ def time_pass(f, q, k, v, backward):
     return median_ms(step, q, k, v)
 
 
+def qkv(batch, s, heads, d):
+    """Random bf16 q [B, S, H, D] and k, v [B, S, KV_HEADS (or H), D]: GQA with --kv-heads."""
+    rng = np.random.default_rng(s + d)
+    hkv = KV_HEADS or heads
+    return [jnp.asarray(rng.standard_normal((batch, s, h, d)), jnp.bfloat16)
+            for h in (heads, hkv, hkv)]
+
+
 def measure_ours(rows, batch, heads, backward, max_pure_seq):
     """{key: {"fwd": ms, "fwd+bwd": ms} or {"skipped": why}} of our attention."""
     out = {}
@@ -132,9 +141,7 @@ def measure_ours(rows, batch, heads, backward, max_pure_seq):
         if why_fwd and s > max_pure_seq:
             out[key(name, s, d)] = {"skipped": f"pure-JAX path ({why}) above {max_pure_seq}"}
             continue
-        rng = np.random.default_rng(s + d)
-        q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d)), jnp.bfloat16)
-                   for _ in range(3))
+        q, k, v = qkv(batch, s, heads, d)
         ids = None if docs is None else jnp.broadcast_to(jnp.asarray(docs), (batch, s))
         f = lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal, q_segment_ids=ids)
         entry = {"path": why_fwd and f"pure-JAX ({why_fwd})" or
@@ -210,9 +217,7 @@ def measure_cudnn(rows, batch, heads, backward):
     """{(S, D): {"fwd": ms, "fwd+bwd": ms}} of cuDNN's dense causal attention."""
     out = {}
     for s, d in sorted({(s, d) for _, s, d, *_ in rows}):
-        rng = np.random.default_rng(s + d)
-        q, k, v = (jnp.asarray(rng.standard_normal((batch, s, heads, d)), jnp.bfloat16)
-                   for _ in range(3))
+        q, k, v = qkv(batch, s, heads, d)
         f = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                                          implementation="cudnn")
         entry = {}
@@ -281,6 +286,7 @@ def ours_per_variant(args, rows):
                    *(["--extended"] if args.extended else []),
                    *(["--only", args.only] if args.only else []),
                    "--batch", str(args.batch), "--heads", str(args.heads),
+                   *(["--kv-heads", str(args.kv_heads)] if args.kv_heads else []),
                    "--block-size", str(args.block_size),
                    "--max-pure-seq", str(args.max_pure_seq)]
             subprocess.run(cmd, env=dict(os.environ, **switches), check=True)
@@ -317,7 +323,7 @@ def table(rows, ours, flex, cudnn, batch, heads, backward):
 
 
 def main():
-    global BS
+    global BS, KV_HEADS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", help="peers.py (FlexAttention on the same masks)")
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
@@ -346,10 +352,13 @@ def main():
                         "layouts that fill them, JAX_BLOCKSPARSE_ATTN_BWD_TILED64)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--kv-heads", type=int,
+                        help="k and v heads (GQA; default: --heads); FlexAttention skipped")
     parser.add_argument("--max-pure-seq", type=int, default=8192)
     parser.add_argument("--ours-json", help=argparse.SUPPRESS)  # a variant's child process
     args = parser.parse_args()
     BS = args.block_size
+    KV_HEADS = args.kv_heads
     rows = patterns(args.quick, args.extended, args.only.split(",") if args.only else None)
     if args.ours_json:
         ours = measure_ours(rows, args.batch, args.heads, args.backward, args.max_pure_seq)
@@ -367,6 +376,8 @@ def main():
     flex = {}
     if args.peers and BS != FLEX_BLOCK:
         print(f"FlexAttention skipped: peers.py masks reads block masks of {FLEX_BLOCK} only")
+    elif args.peers and KV_HEADS and KV_HEADS != args.heads:
+        print("FlexAttention skipped: peers.py masks runs as many k, v heads as q heads")
     elif args.peers:
         flex = measure_flex(rows, args.peers, args.batch, args.heads,
                             os.environ.get("OUT") or tempfile.mkdtemp())
