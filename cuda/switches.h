@@ -18,8 +18,9 @@
 //     FA2 forward (variant 0).
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 opt-in (measured no faster): the FA3-design forward
 //     (variants 2 and 3, sm_90a) as a persistent kernel (attention/fwd_sm90.cu: one CTA per
-//     SM, two at block 64, looping over the (batch, head, query block) items longest first,
-//     the next item's loads overlapping this one's end); the same outputs bit for bit
+//     SM, two at block 64, looping over the (batch, head, query block) items longest first
+//     in a snake over the CTAs, the next item's loads overlapping this one's end); the same
+//     outputs bit for bit
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n (n >= 1) the same, with at most n CTAs (tests
 //     and compute-sanitizer: many work items per CTA on small shapes)
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0; attention/dispatch.cu
