@@ -360,6 +360,9 @@ def main():
     BS = args.block_size
     KV_HEADS = args.kv_heads
     rows = patterns(args.quick, args.extended, args.only.split(",") if args.only else None)
+    if not rows:
+        parser.error(f"--only {args.only}: no such row (head dims other than 128 and S "
+                     "16384 / 32768 are rows of --extended without --quick)")
     if args.ours_json:
         ours = measure_ours(rows, args.batch, args.heads, args.backward, args.max_pure_seq)
         json.dump(ours, open(args.ours_json, "w"))

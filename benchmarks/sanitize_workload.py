@@ -117,7 +117,7 @@ FORWARD_HEAD_DIMS = (96, 256)  # of the FA3-design forward only
 BLOCK_SIZES = (64, 128)
 FINE_BLOCK_SIZES = (16, 32)  # the FA3-design forward on 128-key tiles with mask bits
 # the head-dim-256 Hopper backward (opt-in: cuda/attention/bwd_sm90_d256.cu)
-D256_BACKWARD = os.environ.get("JAX_BLOCKSPARSE_ATTN_BWD_D256", "").strip() not in ("", "0")
+D256_BACKWARD = os.environ.get("JAX_BLOCKSPARSE_ATTN_BWD_D256", "") not in ("", "0")
 
 
 def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_head=False,

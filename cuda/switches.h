@@ -23,11 +23,12 @@
 //     outputs bit for bit
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n (n >= 1) the same, with at most n CTAs (tests
 //     and compute-sanitizer: many work items per CTA on small shapes)
-//   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0; attention/dispatch.cu
-//     kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper FA3-design backward (sm_90a; bf16/f16,
-//     head dims 64 / 128, block size 128, every mask source of the Hopper forward; other
-//     combinations run the default), =3 the same without the overlap of products and
-//     elementwise work inside a warpgroup. The Python side reads it too
+//   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0;
+//     attention/dispatch.cu kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
+//     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 (256 under
+//     JAX_BLOCKSPARSE_ATTN_BWD_D256=1), block size 128, every mask source of the Hopper
+//     forward; other combinations run the default), =3 the same without the overlap of
+//     products and elementwise work inside a warpgroup. The Python side reads it too
 //     (_cuda.sm90_backward: where those mask sources may run fused), =4 the
 //     one-pass Hopper backward (attention/bwd_sm90_onepass.cu: head dims 64 / 128, block
 //     size 128, no other mask source; dQ summed in a float32 workspace in a fixed order)

@@ -58,7 +58,7 @@ def attention_kernel_rows(d256=None):
     JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (None: as this process's environment says)."""
     from jax_blocksparse._cuda import AttentionKernel as Row
     if d256 is None:
-        d256 = os.environ.get("JAX_BLOCKSPARSE_ATTN_BWD_D256", "").strip() not in ("", "0")
+        d256 = os.environ.get("JAX_BLOCKSPARSE_ATTN_BWD_D256", "") not in ("", "0")  # as Flag
     rows = []
     fa2_fwd = {(64, 0): "fa2_forward(64-row CTA)", (64, 1): "fa2_forward(64-row CTA)",
                (128, 0): "fa2_forward(64-row CTA)", (128, 1): "fa2_forward(128-row CTA)"}

@@ -37,7 +37,8 @@ segment ids, partial last tiles, q_offset, traced and per-batch masks): dq, dk, 
 the float64 reference, deterministic, and every result (gradients too) bitwise unchanged
 with NaN planted in k and v at keys that no query attends (unlisted block columns inside
 listed tiles, keys past kv_lengths). Head dim 96 runs the head dim 128 backward on
-zero-padded operands (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), 256 the pure-JAX backward.
+zero-padded operands (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), 256 the pure-JAX backward
+(its own kernels under JAX_BLOCKSPARSE_ATTN_BWD_D256=1: the head-dim-256 tests below).
 
 Then a logit soft cap (issue 21) under variants 2 and 3: capped calls with segment ids,
 block size 16 with partial last tiles, block size 32 with segment ids (the `FWD_CASES` of
@@ -510,8 +511,8 @@ def test_fa3_backward_block_sizes_16_32(variant, names):
 @pytest.mark.parametrize("names", chunks(FINE_CASES_PURE, 2), ids=case_id)
 def test_fine_backward_other_head_dims_pure(names):
     """Block sizes 16 and 32 at head dims 96 and 256 under variant 2: at 96 the Hopper
-    backward of head dim 128 on zero-padded operands, at 256 the pure-JAX backward (no
-    fused backward launch), correctly either way."""
+    backward of head dim 128 on zero-padded operands, at 256 (JAX_BLOCKSPARSE_ATTN_BWD_D256
+    unset) the pure-JAX backward (no fused backward launch), correctly either way."""
     if not sm90():
         pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
     cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
@@ -561,6 +562,10 @@ def test_fa3_backward_d256_mask_sources():
     assert "pure-JAX path" not in stderr, stderr[-3000:]
     assert docs and fine
     assert_backward_is_fa3(stderr, docs + fine + [(name,) for name in capped], "2 d256")
+    lines = [line for line in stderr.splitlines() if "attention_bwd" in line and "kernel=" in line]
+    for name in {n for n, _ in fine} | {n for n, _ in docs if DOC_CASES[n][10] != BS}:
+        bs = FINE_CASES[name][10] if name in FINE_CASES else DOC_CASES[name][10]
+        assert any(f"mask_bs={bs}" in line for line in lines), (name, lines[:4])
 
 
 # ------------------------------------------------ a logit soft cap (issue 21): both variants

@@ -47,7 +47,9 @@ namespace {
 // sm_90a only (its launcher refuses any other device), head dims 64, 96, 128, 256 (96 and
 // 256 have no FA2 forward, so no variant 0 row: FindAttentionKernel finds nothing for them
 // on other devices or with variant 0 / 1 forced, where the Python routing sends them to the
-// pure-JAX path; nor backward rows: their backward runs the pure-JAX path). Block size 128:
+// pure-JAX path; 96 has no backward rows (the Python lowering pads it to 128), 256 its own
+// under JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (JBS_BWD_SM90_D256_ROWS, else the pure-JAX path)).
+// Block size 128:
 // 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare and as a
 // fallback). Block size 64: one kernel for both (64-row CTAs with one consumer warpgroup,
 // two CTAs per SM, one at D = 256: nothing to ping-pong inside a CTA). Variant 2 is the

@@ -338,8 +338,8 @@ struct RangeTiles {
 // grid of at most (SMs x CTAs per SM) CTAs, CTA c runs one item of each round of gridDim.x
 // items in the longest-first order, c in even rounds and gridDim.x - 1 - c in odd ones (a
 // static snake: no workspace, a fixed assignment; plain striding gave the first CTAs the
-// longest item of every round, about 12% more work than the last on causal masks). The producer runs ahead into
-// the next item: its Q (into the other of QBUFS = 2 buffers; with one buffer, D = 256 at
+// longest item of every round, about 12% more work than the last on causal masks). The
+// producer runs ahead into the next item: its Q (into the other of QBUFS = 2 buffers; with one buffer, D = 256 at
 // block 128, after the first STAGES K/V tiles, once the consumers released the buffer) and
 // its first K/V tiles (the ring's stages and phases run on across items: one tile counter
 // `it` for the whole CTA); the consumers' O of item k goes out through Q buffer k % QBUFS
@@ -1077,8 +1077,9 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
     const int sms = MultiProcessors();
     if (sms <= 0) return cudaErrorUnknown;
     int64_t ctas = int64_t(sms) * G::kMinBlocks;
-    // int item indices (the kernel's last one reaches work - 1 + gridDim.x)
-    if (work + ctas > INT32_MAX) return cudaErrorInvalidValue;
+    // int item indices (the last one a CTA tests, item_index past the end of the snake,
+    // reaches work + 2 gridDim.x - 2)
+    if (work + 2 * ctas > INT32_MAX) return cudaErrorInvalidValue;
     const int cap = GetSwitches().attn_fwd_persistent_ctas;
     if (cap > 0 && cap < ctas) ctas = cap;
     grid = dim3(Clamp(work, ctas));

@@ -61,7 +61,7 @@ __device__ __forceinline__ Masks LoadMasks(const int8_t* row, int64_t other, int
         const int8_t x = __ldg(row + j0 + k);
         m.partial |= uint32_t(x == 1) << k;
         m.full |= uint32_t(x == 2) << k;
-          m.high |= uint32_t(x > 2) << k;
+        m.high |= uint32_t(x > 2) << k;
       }
     }
   }
