@@ -468,6 +468,7 @@ def test_head_dim_256_backward_under_its_switch(monkeypatch, d256):
     variant's, as attention/dispatch.cu's FindAttentionKernel picks it, so without the one-pass
     workspaces); without them it says "head dim 256" (the pure-JAX backward). Lowered for
     "cuda" on any machine."""
+    import re
     import sys
     from conftest import attention_kernel_rows
     from jax_blocksparse import _cuda, _partitioning
@@ -484,21 +485,28 @@ def test_head_dim_256_backward_under_its_switch(monkeypatch, d256):
                         segments=False, positioned=False, mask_batch=1)
             why = _cuda.fused_attention_unsupported(**dict(args, **kw))
             assert why == (None if d256 else "head dim 256"), (variant, kw, why)
-    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=-1))
     if not jbs.cuda_built():
         jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
                                     _cuda._attention_forward_lowering, "cuda")
         jint.register_lowering_rule(_partitioning.LOCAL[att.attention_bwd_p],
                                     _cuda._attention_backward_lowering, "cuda")
     layout = jbs.layouts.local(512, 128, 256)
-    q = jnp.zeros((2, 500, 4, 256), jnp.bfloat16)  # a partial last tile
-    k = jnp.zeros((2, 500, 2, 256), jnp.bfloat16)
-    loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True).astype(jnp.float32).sum()
-    text = cuda_text(jax.grad(loss, argnums=(0, 1)), q, k)
-    bwd = [ln for ln in text.splitlines() if "@jax_blocksparse_attention_bwd(" in ln]
-    assert len(bwd) == d256, bwd
-    assert all("tensor<2x500x4x256xbf16>" in ln and "tensor<2x500x2x256xbf16>" in ln
-               for ln in bwd), bwd
+    # the default variant on a partial last tile; variant 4 on whole tiles, where its own
+    # rows would take the call: no one-pass workspaces (empty dq_accum and semaphores)
+    for variant, t in ((-1, 500), (4, 512)):
+        monkeypatch.setattr(_cuda, "SWITCHES",
+                            _cuda.SWITCHES._replace(attn_bwd_variant=variant))
+        q = jnp.zeros((2, t, 4, 256), jnp.bfloat16)
+        k = jnp.zeros((2, t, 2, 256), jnp.bfloat16)
+        loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True).astype(
+            jnp.float32).sum()
+        text = cuda_text(jax.grad(loss, argnums=(0, 1)), q, k)
+        bwd = [ln for ln in text.splitlines() if "@jax_blocksparse_attention_bwd(" in ln]
+        assert len(bwd) == d256, (variant, bwd)
+        for ln in bwd:
+            assert f"tensor<2x{t}x4x256xbf16>" in ln and f"tensor<2x{t}x2x256xbf16>" in ln, ln
+            results = re.sub(r"\s+", " ", ln).split(" -> ")[-1]
+            assert "tensor<0xf32>, tensor<0xi32>" in results, (variant, results)
 
 
 def test_backward_at_head_dim_96_runs_zero_padded(monkeypatch, attention_kernels):
