@@ -26,6 +26,12 @@
 namespace jax_blocksparse {
 namespace wg {
 
+// Byte offset of 16-byte chunk `chunk` (0..7) of line `line` in the swizzled line layout
+// above, from the 1024-byte aligned base: where a thread writes its part of an operand tile.
+__device__ __forceinline__ int ChunkOffset(int line, int chunk) {
+  return line * 128 + ((chunk ^ (line & 7)) << 4);
+}
+
 // Matrix descriptor: start address, leading / stride byte offsets, 128-byte swizzle.
 __device__ __forceinline__ uint64_t Desc(uint32_t smem_addr, uint32_t lbo, uint32_t sbo) {
   return uint64_t((smem_addr & 0x3FFFF) >> 4) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |

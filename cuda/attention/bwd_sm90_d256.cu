@@ -59,16 +59,15 @@ constexpr int kStages256 = 2;
 
 // Element (row r, column q) of a 64 x 64 exchange tile (128-byte swizzle, K-major for the
 // A operand): a thread stores its pairs of columns 8 j + 2 t, + 1 of rows r0 and r0 + 8
-// (r0 % 8 == g) for its 32-column half `half` as 32-bit words.
+// for its 32-column half `half` as 32-bit words.
 template <typename T>
 __device__ __forceinline__ void StoreExchange(unsigned char* tile, const float (&x)[16], int r0,
-                                              int g, int t, int half) {
+                                              int t, int half) {
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const int chunk = ((4 * half + j) ^ g) << 4;
-    *reinterpret_cast<uint32_t*>(tile + r0 * kLine + chunk + 4 * t) =
+    *reinterpret_cast<uint32_t*>(tile + wg::ChunkOffset(r0, 4 * half + j) + 4 * t) =
         Ops<T>::Pack(x[4 * j], x[4 * j + 1]);
-    *reinterpret_cast<uint32_t*>(tile + (r0 + 8) * kLine + chunk + 4 * t) =
+    *reinterpret_cast<uint32_t*>(tile + wg::ChunkOffset(r0 + 8, 4 * half + j) + 4 * t) =
         Ops<T>::Pack(x[4 * j + 2], x[4 * j + 3]);
   }
 }
@@ -291,7 +290,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             dp[i] = ds;
           }
         }
-        StoreExchange<T>(xtile, dp, r0, g, t, cw);
+        StoreExchange<T>(xtile, dp, r0, t, cw);
         tma::FenceProxyAsync();
         tma::NamedBarrier(kBarDS, kConsumers);
         // dQ[:, 128 cw ..] += dS (64 x 64, A from shared memory) K[:, 128 cw ..] (N-major)
@@ -479,7 +478,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           s[i] = keep(i) ? p : 0.f;
         }
       }
-      StoreExchange<T>(smem + xp, s, r0, g, t, cw);
+      StoreExchange<T>(smem + xp, s, r0, t, cw);
       tma::FenceProxyAsync();
       tma::NamedBarrier(kBarP, kConsumers);
       const uint64_t pT = wg::Desc(base + xp, 16, 1024), dsT = wg::Desc(base + xds, 16, 1024);
@@ -509,7 +508,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           dp[i] = keep(i) ? ds : 0.f;
         }
       }
-      StoreExchange<T>(smem + xds, dp, r0, g, t, cw);
+      StoreExchange<T>(smem + xds, dp, r0, t, cw);
       tma::FenceProxyAsync();
       tma::NamedBarrier(kBarDS, kConsumers);
       FenceAcc(dk);

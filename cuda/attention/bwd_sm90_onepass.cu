@@ -482,8 +482,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int i = 0; i < 4; ++i) {
             const int line = cw * 64 + w4 * 16 + g + 8 * (i & 1);
             const int chunk = 2 * kk + (i >> 1);
-            *reinterpret_cast<uint32_t*>(p + line * kLine + ((chunk ^ (line & 7)) << 4) + 4 * t) =
-                da[kk][i];
+            *reinterpret_cast<uint32_t*>(p + wg::ChunkOffset(line, chunk) + 4 * t) = da[kk][i];
           }
       }
       tma::FenceProxyAsync();

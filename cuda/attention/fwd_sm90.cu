@@ -900,7 +900,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
           for (int hh = 0; hh < 2; ++hh) {
             const int row = erl + 8 * hh;
             const float inv = hh ? inv1 : inv0;
-            const int byte = (j / 8) * kQSlab + row * kLine + (((j % 8) ^ (row & 7)) << 4) + 4 * t;
+            const int byte = (j / 8) * kQSlab + wg::ChunkOffset(row, j % 8) + 4 * t;
             *reinterpret_cast<uint32_t*>(smem + qb * kQTile + byte) =
                 Ops<T>::Pack(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
           }
