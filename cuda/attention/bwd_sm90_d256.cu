@@ -72,6 +72,26 @@ __device__ __forceinline__ void StoreExchange(unsigned char* tile, const float (
   }
 }
 
+// The score products of a step for one warpgroup's 32 columns: s = A_s B_s^T and
+// dp = A_p B_p^T over D = 256 (16 k16 slices of m64n32k16, both operands K-major in shared
+// memory; the B descriptors at the warpgroup's 32 rows), issued as two commit groups (S,
+// then dP: S can be waited for alone) when SPLIT, else as one. The caller waits.
+template <typename T, bool SPLIT>
+__device__ __forceinline__ void IssueScores(float (&s)[16], float (&dp)[16], uint64_t a_s,
+                                            uint64_t b_s, uint64_t a_p, uint64_t b_p) {
+  FenceAcc(s);
+  FenceAcc(dp);
+  wg::Fence();
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk)
+    wg::MmaSS<T, 32>(s, a_s + KSlice(kk), b_s + KSlice(kk), kk > 0);
+  if constexpr (SPLIT) wg::Commit();
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk)
+    wg::MmaSS<T, 32>(dp, a_p + KSlice(kk), b_p + KSlice(kk), kk > 0);
+  wg::Commit();
+}
+
 // ============================================================== dQ
 struct DqSmem256 {
   // Q at 0, dO at kTile; stage st: K at kKV + 2 st kTile, V + kTile; dS tiles at kX
@@ -220,19 +240,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         // S and dP for keys kh0 + 32 cw + [0, 32): Q / dO (A) times K / V rows (B), K-major
         float s[16], dp[16];
         {
-          const uint64_t dK = wg::Desc(sk + 32 * cw * kLine, 16, 1024);
-          const uint64_t dV = wg::Desc(sv + 32 * cw * kLine, 16, 1024);
-          FenceAcc(s);
-          FenceAcc(dp);
-          wg::Fence();
-#pragma unroll
-          for (int kk = 0; kk < kD / 16; ++kk)
-            wg::MmaSS<T, 32>(s, dQ + KSlice(kk), dK + KSlice(kk), kk > 0);
-          if constexpr (PIPE) wg::Commit();  // S, then dP: P is formed while dP runs
-#pragma unroll
-          for (int kk = 0; kk < kD / 16; ++kk)
-            wg::MmaSS<T, 32>(dp, dO + KSlice(kk), dV + KSlice(kk), kk > 0);
-          wg::Commit();
+          // PIPE: S, then dP (P is formed while dP runs)
+          IssueScores<T, PIPE>(s, dp, dQ, wg::Desc(sk + 32 * cw * kLine, 16, 1024), dO,
+                               wg::Desc(sv + 32 * cw * kLine, 16, 1024));
           if constexpr (PIPE) {
             wg::Wait<1>();  // S done, and the dQ product before it (issued earlier)
             FenceAcc(s);
@@ -426,19 +436,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       // S^T and dP^T for queries c0 + [0, 32): K / V (A) times Q / dO rows (B), K-major
       float s[16], dp[16];
       {
-        const uint64_t dq_ = wg::Desc(sq + 32 * cw * kLine, 16, 1024);
-        const uint64_t do_ = wg::Desc(sdo + 32 * cw * kLine, 16, 1024);
-        FenceAcc(s);
-        FenceAcc(dp);
-        wg::Fence();
-#pragma unroll
-        for (int kk = 0; kk < kD / 16; ++kk)
-          wg::MmaSS<T, 32>(s, dK + KSlice(kk), dq_ + KSlice(kk), kk > 0);
-        wg::Commit();
-#pragma unroll
-        for (int kk = 0; kk < kD / 16; ++kk)
-          wg::MmaSS<T, 32>(dp, dV + KSlice(kk), do_ + KSlice(kk), kk > 0);
-        wg::Commit();
+        IssueScores<T, true>(s, dp, dK, wg::Desc(sq + 32 * cw * kLine, 16, 1024), dV,
+                             wg::Desc(sdo + 32 * cw * kLine, 16, 1024));
         wg::Wait<1>();  // S^T done; dP^T may still run
         FenceAcc(s);
       }
