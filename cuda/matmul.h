@@ -39,6 +39,8 @@ struct DsdParams {
   const void* b;
   void* out;  // [batch, m, n]
   const int32_t *ptr, *idx, *blk, *order;
+  const int32_t* steps;  // group records (see tc::TcArgs) and their ints
+  int64_t steps_count;
   int64_t batch, s_batch_stride, b_batch_stride;
   int64_t m, n, k;
   int32_t nnz, block_size;
@@ -51,6 +53,8 @@ struct DdsParams {
   const void* w;
   void* out;  // [batch, m, n]
   const int32_t *ptr, *idx, *blk, *order;
+  const int32_t* steps;  // group records (see tc::TcArgs) and their ints
+  int64_t steps_count;
   int64_t batch, a_batch_stride, w_batch_stride;
   int64_t m, n, k;
   int32_t nnz, block_size;
@@ -80,6 +84,10 @@ struct TcArgs {
   int64_t m_tiles; // DS: ceil(M / BM)
   int64_t lines;   // DS: number of lines
   const int32_t *ptr, *idx, *blk, *order;  // DS
+  // DS at bs 16/32: the group records of wgmma_group.cuh (jax_blocksparse/layout.py
+  // group_steps) and their ints; a placeholder of another size where the call has none
+  const int32_t* steps;
+  int64_t steps_count;
   const int32_t* coords;                   // SDD
   int64_t nnz;                             // SDD
   int64_t batch;
@@ -93,6 +101,8 @@ struct TcArgs {
 // are flipped), compiled into the wgmma kernels and runtime flags of the mma.sync kernels.
 enum class MatmulPath {
   kSimple,   // exact float32 (precision=HIGHEST), or JAX_BLOCKSPARSE_SIMPLE_KERNELS=1; any GPU
+  kWgmmaGroup,  // DS mode at bs 16/32, bf16/f16, the kWgmma conditions, the call's group
+                // records present; opt-in: JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1
   kWgmmaSmall,  // DS mode at bs 16/32, bf16/f16, the kWgmma conditions, unless
                 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
@@ -112,10 +122,11 @@ struct MatmulKernel {
   int8_t sdd;     // 1: SDD mode, 0: DS mode, -1: either (simple rows: one kernel per op)
   int8_t ta, tb;  // the tile kernel's transposes; -1: either (runtime flags)
   const char* name;
-  // kMmaSync(Runs), kWgmma, kWgmmaSmall: the launcher; kSimple: nullptr (the op's simple
-  // kernel); kNone: nullptr
+  // kMmaSync(Runs), kWgmma(Small, Group, Tf32): the launcher; kSimple: nullptr (the op's
+  // simple kernel); kNone: nullptr
   cudaError_t (*launch)(tc::TcArgs args, cudaStream_t stream);
-  // kWgmma, kWgmmaSmall: whether this call can run it (device, build, alignment); else nullptr
+  // kWgmma(Small, Group, Tf32): whether this call can run it (device, build, alignment,
+  // group records); else nullptr
   bool (*usable)(const tc::TcArgs& args, int block_size);
 };
 

@@ -44,6 +44,7 @@ Switches Read() {
   s.decode_packed_tile = tile == 64 || tile == 128 ? tile : 0;
   s.sdd_runs = OnUnlessZero("JAX_BLOCKSPARSE_MATMUL_SDD_RUNS");
   s.tf32_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA");
+  s.group_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA");
   return s;
 }
 

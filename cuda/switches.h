@@ -66,6 +66,11 @@
 //     (matmul/wgmma_lines.cuh) instead of mma.sync's; wgmma reads 32-bit operands K-major
 //     only, so the Python lowering (_cuda._tf32_wgmma) passes the transposed operands
 //     those calls need (XLA transposes; a block's transpose for the sparse operand)
+//   JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 opt-in until timed (issue 20 item 1): dds/dsd at
+//     block sizes 16/32 in bf16/f16 on the Hopper kernel with one accumulator tile per line
+//     (matmul/wgmma_group.cuh: 256 output columns per CTA, a product only on listed
+//     blocks) instead of wgmma_small.cuh's; the Python side reads it too and passes the
+//     layout's group records (_cuda._group_wgmma), which that kernel needs
 #pragma once
 
 namespace jax_blocksparse {
@@ -88,6 +93,7 @@ struct Switches {
   int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)
   bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "0" (unset: on)
   bool tf32_wgmma;        // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA: anything but "" or "0"
+  bool group_wgmma;       // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA: anything but "" or "0"
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

@@ -76,8 +76,9 @@ __device__ __forceinline__ void FenceOperand(float& r) { asm volatile("" : "+f"(
 #define JBS_WG_STR_(x) #x
 #define JBS_WG_OP(n) "%" JBS_WG_STR_(n)  // operand n in the instruction text: "%n"
 
-// The accumulators in the instruction text: N = 16, 32, 64 or 128 registers.
-#define JBS_WG_D16_TEXT "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15"
+// The accumulators in the instruction text: N = 8, 16, 32, 64 or 128 registers.
+#define JBS_WG_D8_TEXT "%0,%1,%2,%3,%4,%5,%6,%7"
+#define JBS_WG_D16_TEXT JBS_WG_D8_TEXT ",%8,%9,%10,%11,%12,%13,%14,%15"
 #define JBS_WG_D32_TEXT JBS_WG_D16_TEXT ",%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31"
 #define JBS_WG_D64_TEXT JBS_WG_D32_TEXT ",%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"
 #define JBS_WG_D128_TEXT JBS_WG_D64_TEXT ",%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95," \
@@ -86,12 +87,14 @@ __device__ __forceinline__ void FenceOperand(float& r) { asm volatile("" : "+f"(
 #define JBS_WG_F4(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
 #define JBS_WG_F16(d, i) \
   JBS_WG_F4(d, i), JBS_WG_F4(d, i + 4), JBS_WG_F4(d, i + 8), JBS_WG_F4(d, i + 12)
+#define JBS_WG_D8(d) JBS_WG_F4(d, 0), JBS_WG_F4(d, 4)
 #define JBS_WG_D16(d) JBS_WG_F16(d, 0)
 #define JBS_WG_D32(d) JBS_WG_F16(d, 0), JBS_WG_F16(d, 16)
 #define JBS_WG_D64(d) JBS_WG_D32(d), JBS_WG_F16(d, 32), JBS_WG_F16(d, 48)
 #define JBS_WG_D128(d) JBS_WG_D64(d), JBS_WG_F16(d, 64), JBS_WG_F16(d, 80), \
   JBS_WG_F16(d, 96), JBS_WG_F16(d, 112)
 // The numbers of the six operands that may follow N accumulators: N .. N + 5.
+#define JBS_WG_AFTER8 8, 9, 10, 11, 12, 13
 #define JBS_WG_AFTER16 16, 17, 18, 19, 20, 21
 #define JBS_WG_AFTER32 32, 33, 34, 35, 36, 37
 #define JBS_WG_AFTER64 64, 65, 66, 67, 68, 69
@@ -155,6 +158,8 @@ __device__ __forceinline__ void FenceOperand(float& r) { asm volatile("" : "+f"(
   }
 
 // N: accumulators per thread (n / 2).
+JBS_WG_SS_TRANS(Mma64x16Bf16, 8, "m64n16k16.f32.bf16.bf16")
+JBS_WG_SS_TRANS(Mma64x16F16, 8, "m64n16k16.f32.f16.f16")
 JBS_WG_SS_TRANS(Mma64x32Bf16, 16, "m64n32k16.f32.bf16.bf16")
 JBS_WG_SS_TRANS(Mma64x32F16, 16, "m64n32k16.f32.f16.f16")
 JBS_WG_SS_TRANS(Mma64x64Bf16, 32, "m64n64k16.f32.bf16.bf16")
@@ -179,16 +184,19 @@ JBS_WG_RS(MmaRS64x256F16, 128, "m64n256k16.f32.f16.f16")
 #undef JBS_WG_ASM
 #undef JBS_WG_STR_
 #undef JBS_WG_OP
+#undef JBS_WG_D8_TEXT
 #undef JBS_WG_D16_TEXT
 #undef JBS_WG_D32_TEXT
 #undef JBS_WG_D64_TEXT
 #undef JBS_WG_D128_TEXT
 #undef JBS_WG_F4
 #undef JBS_WG_F16
+#undef JBS_WG_D8
 #undef JBS_WG_D16
 #undef JBS_WG_D32
 #undef JBS_WG_D64
 #undef JBS_WG_D128
+#undef JBS_WG_AFTER8
 #undef JBS_WG_AFTER16
 #undef JBS_WG_AFTER32
 #undef JBS_WG_AFTER64
@@ -208,15 +216,18 @@ JBS_WG_RS(MmaRS64x256F16, 128, "m64n256k16.f32.f16.f16")
 // A M-major / B N-major (imm-trans). d: this thread's N/2 accumulators.
 template <typename T, int N, int TA, int TB>
 __device__ __forceinline__ void Mma(float (&d)[N / 2], uint64_t da, uint64_t db) {
-  static_assert(N == 32 || N == 64 || N == 128, "N");
+  static_assert(N == 16 || N == 32 || N == 64 || N == 128, "N");
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   constexpr bool kTf32 = std::is_same<T, float>::value;
   static_assert(kBf16 || kTf32 || std::is_same<T, __half>::value, "16-bit types or float");
   static_assert(!kTf32 || (TA == 0 && TB == 0), "tf32: K-major operands only");
-  static_assert(!kTf32 || N != 32, "tf32: N 64 or 128");
+  static_assert(!kTf32 || N >= 64, "tf32: N 64 or 128");
   if constexpr (kTf32) {
     if constexpr (N == 64) Mma64x64Tf32(d, da, db);
     else Mma64x128Tf32(d, da, db);
+  } else if constexpr (N == 16) {
+    if constexpr (kBf16) Mma64x16Bf16<TA, TB>(d, da, db);
+    else Mma64x16F16<TA, TB>(d, da, db);
   } else if constexpr (N == 32) {
     if constexpr (kBf16) Mma64x32Bf16<TA, TB>(d, da, db);
     else Mma64x32F16<TA, TB>(d, da, db);

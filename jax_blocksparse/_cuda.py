@@ -18,7 +18,8 @@ kernels run (`sm90_forward`, `sm90_backward`), at the head dims and block sizes 
 rows; under 4 (`onepass_backward`) the backward's custom call gets the one-pass
 kernel's two workspaces. `JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1` (with
 `JAX_BLOCKSPARSE_NO_WGMMA` unset) makes the float32 matmul lowerings pass K-major operands
-on an sm_90a device (`_tf32_wgmma`). `JAX_BLOCKSPARSE_ATTN_BWD_TILED64` decides where a
+on an sm_90a device (`_tf32_wgmma`); `JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1` makes the
+dds/dsd lowerings at block sizes 16/32 pass the layout's group records (`_group_wgmma`). `JAX_BLOCKSPARSE_ATTN_BWD_TILED64` decides where a
 block-64 attention backward without mask sources runs on the Hopper backward's 128 x 128
 tiles (`backward_tile_context`): unset, where its tiles are full enough (a traced mask:
 always); 0 never; 1 always.
@@ -62,6 +63,7 @@ class Switches(NamedTuple):
     no_wgmma: bool  # JAX_BLOCKSPARSE_NO_WGMMA (it switches the former off too)
     attn_bwd_tiled64: int  # JAX_BLOCKSPARSE_ATTN_BWD_TILED64: -1 unset, 0, 1
     # (`backward_tile_context`)
+    matmul_group_wgmma: bool  # JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA (opt-in: `_group_wgmma`)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -87,7 +89,8 @@ def _read_switches() -> Switches:
                     attn_bwd_variant=variant("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT"),
                     matmul_tf32_wgmma=number("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA") != 0,
                     no_wgmma=number("JAX_BLOCKSPARSE_NO_WGMMA") != 0,
-                    attn_bwd_tiled64=choice("JAX_BLOCKSPARSE_ATTN_BWD_TILED64"))
+                    attn_bwd_tiled64=choice("JAX_BLOCKSPARSE_ATTN_BWD_TILED64"),
+                    matmul_group_wgmma=number("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA") != 0)
 
 
 SWITCHES = _read_switches()
@@ -270,8 +273,26 @@ def _sdd_lowering(ctx, a, b, *, layout, trans_a, trans_b, precision):
                 precision=_precision_attr(precision))
 
 
+def _group_wgmma(ctx, block_size: int) -> bool:
+    """Whether this dds/dsd call may run the per-line-accumulator wgmma kernel
+    (cuda/matmul/wgmma_group.cuh; opt-in: JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1), which
+    needs the layout's group records (`Layout.group_steps`): bf16/f16, block size 16 or
+    32, an sm_90a device. The C++ dispatch still decides (alignment); elsewhere the call
+    gets a one-int placeholder, which that kernel refuses."""
+    return (SWITCHES.matmul_group_wgmma and not SWITCHES.no_wgmma and block_size in (16, 32)
+            and ctx.avals_in[0].dtype in (jnp.bfloat16, jnp.float16) and _sm90a_device())
+
+
+def _line_metadata(ctx, layout, by):
+    """dsd/dds metadata: the block lists of the output lines (`layout.lists(by)`) and the
+    group records (`_group_wgmma`) or their placeholder."""
+    steps = (layout.group_steps(by) if _group_wgmma(ctx, layout.block_size)
+             else np.zeros(1, np.int32))
+    return [*layout.lists(by), steps]
+
+
 def _dsd_lowering(ctx, s, b, *, layout, trans_s, trans_b, precision):
-    lists = layout.lists("col" if trans_s else "row")  # rows of op(S)
+    lists = _line_metadata(ctx, layout, "col" if trans_s else "row")  # rows of op(S)
     ctx, (s, b), (trans_s, trans_b) = _k_major(ctx, (s, b), (trans_s, trans_b),
                                                layout.block_size, precision)
     return _ffi("jax_blocksparse_dsd", ctx, (s, b), lists,
@@ -280,7 +301,7 @@ def _dsd_lowering(ctx, s, b, *, layout, trans_s, trans_b, precision):
 
 
 def _dds_lowering(ctx, a, w, *, layout, trans_a, trans_w, precision):
-    lists = layout.lists("row" if trans_w else "col")  # columns of op(W)
+    lists = _line_metadata(ctx, layout, "row" if trans_w else "col")  # columns of op(W)
     ctx, (a, w), (trans_a, trans_w) = _k_major(ctx, (a, w), (trans_a, trans_w),
                                                layout.block_size, precision)
     return _ffi("jax_blocksparse_dds", ctx, (a, w), lists,

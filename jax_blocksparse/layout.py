@@ -150,6 +150,16 @@ class Layout:
         """`self.rows` for `by="row"`, `self.cols` for `by="col"`."""
         return {"row": self.rows, "col": self.cols}[by]
 
+    def group_steps(self, by: str) -> np.ndarray:
+        """The group records of the lines of `self.lists(by)` (`group_steps`), cached."""
+        cache = self.__dict__.setdefault("_group_steps", {})
+        if by not in cache:
+            self._require_2d("Layout.group_steps")
+            mask = self._mask if by == "row" else self._mask.T
+            ids = _ids(self._mask) if by == "row" else _ids(self._mask).T
+            cache[by] = group_steps(mask, ids, self._block_size)
+        return cache[by]
+
     # ---------------------------------------------------------------------- output
     def plot(self, path) -> None:
         """Write a grayscale PNG picture of the mask to `path`: kept blocks black, others
@@ -270,6 +280,62 @@ def _block_lists(mask: np.ndarray, ids: np.ndarray | None = None) -> BlockLists:
         idx = blk = np.zeros(1, np.int32)
     order = np.argsort(-counts, kind="stable").astype(np.int32)
     return BlockLists(ptr, idx, blk, order)
+
+
+# The per-line-accumulator matmul kernel's tile (cuda/matmul/wgmma_group.cuh: kBN, kBK):
+# GROUP_COLUMNS output columns (256 / bs lines) per CTA, STEP_K of the contracted axis
+# (64 / bs block rows) per step.
+GROUP_COLUMNS, STEP_K = 256, 64
+
+
+def group_steps(mask: np.ndarray, ids: np.ndarray, block_size: int) -> np.ndarray:
+    """The records cuda/matmul/wgmma_group.cuh reads for the lines (rows) of a 2-D `mask`
+    `[lines, K]` at block size 16 or 32, with the blocks' ids `ids` (as `mask`; -1 where
+    no block is).
+
+    Lines are grouped G = GROUP_COLUMNS / bs at a time (group g: lines g G .. g G + G - 1).
+    A group's *union rows* are the sorted indices k where any of its lines has a block;
+    they are taken R = STEP_K / bs per step. Returns int32 `[groups + 1 + steps * REC]`:
+    the first step of each group (and the total at the end), then one record of
+    REC = R + MW + R G ints per step: its R union rows (-1 past the group's last), its
+    presence mask in MW = ceil(R G / 32) words (bit r G + j, counted from bit 0 of word 0:
+    line j has a block at union row r), and the block id of each (r, j) place (-1: none).
+
+    Size: about 4 (R + MW + R G) bytes a step, i.e. a few percent of the blocks' own bytes
+    at densities of 0.05 and more (bs 16, density 0.1: 272 bytes a step of ~8 blocks, 4 KB).
+    """
+    if block_size not in (16, 32):
+        raise ValueError(f"group_steps: block size 16 or 32, got {block_size}")
+    g_lines, r_rows = GROUP_COLUMNS // block_size, STEP_K // block_size
+    slots = r_rows * g_lines
+    words = -(-slots // 32)
+    lines, k_blocks = mask.shape
+    groups = -(-lines // g_lines)
+    pad = groups * g_lines - lines
+    m = np.pad(mask.astype(bool), ((0, pad), (0, 0))).reshape(groups, g_lines, k_blocks)
+    i = np.pad(ids.astype(np.int32), ((0, pad), (0, 0)), constant_values=-1)
+    i = i.reshape(groups, g_lines, k_blocks)
+    union = m.any(axis=1)  # [groups, K]
+    counts = union.sum(axis=1)
+    steps = -(-counts // r_rows)
+    first = np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
+    total = int(first[-1])
+    g_of, k_of = np.nonzero(union)  # by group, then k: each group's union rows in order
+    union_first = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    pos = np.arange(len(g_of)) - union_first[g_of]
+    step, r = first[g_of] + pos // r_rows, pos % r_rows
+    rows = np.full((total, r_rows), -1, np.int32)
+    rows[step, r] = k_of
+    blocks = np.full((total, r_rows, g_lines), -1, np.int32)
+    blocks[step, r] = i[g_of, :, k_of]
+    bits = (blocks >= 0).reshape(total, words, slots // words)  # bit (r G + j) % 32
+    weights = np.left_shift(np.uint64(1), np.arange(bits.shape[-1], dtype=np.uint64))
+    mask_words = (bits.astype(np.uint64) * weights).sum(axis=-1).astype(np.uint32)
+    records = np.concatenate([rows, mask_words.view(np.int32),
+                              blocks.reshape(total, slots)], axis=1)
+    if first[-1] >= 2**31:
+        raise ValueError("group_steps: more than 2**31 steps")
+    return np.concatenate([first.astype(np.int32), records.ravel()]).astype(np.int32)
 
 
 # A Layout is a pytree with no leaves: the whole layout is the (hashable) tree metadata, so

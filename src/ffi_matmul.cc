@@ -108,12 +108,15 @@ ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> co
 }
 
 // dsd and dds: operands x and y (one holds the blocks), the block lists
-// (jax_blocksparse.layout.BlockLists) and an output [G?, m, n]; `operands` sets what
+// (jax_blocksparse.layout.BlockLists), the group records of the bs-16/32 kernel
+// (jax_blocksparse.layout.group_steps, or a placeholder) and an output [G?, m, n];
+// `operands` sets what
 // differs between the two (which operand holds the blocks, the sizes read from it).
 template <typename Params, typename Operands>
 ffi::Error LinesImpl(cudaStream_t stream, const char* op, const AnyBuffer& x,
                      const AnyBuffer& y, const Buffer<S32>& ptr, const Buffer<S32>& idx,
-                     const Buffer<S32>& blk, const Buffer<S32>& order, AnyBuffer& out,
+                     const Buffer<S32>& blk, const Buffer<S32>& order,
+                     const Buffer<S32>& steps, AnyBuffer& out,
                      int32_t block_size, bool t1, bool t2, int32_t precision,
                      MatmulLaunch (*select)(DType, const Params&),
                      cudaError_t (*launch)(const MatmulLaunch&, const Params&, cudaStream_t),
@@ -126,16 +129,18 @@ ffi::Error LinesImpl(cudaStream_t stream, const char* op, const AnyBuffer& x,
   p.idx = idx.typed_data();
   p.blk = blk.typed_data();
   p.order = order.typed_data();
+  p.steps = steps.typed_data();
+  p.steps_count = int64_t(steps.element_count());
   operands(p);
   return Run(stream, op, *dtype, p, x, y, out, t1, t2, select, launch);
 }
 
 // dsd: the blocks come first, the dense operand second.
 ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> ptr,
-                   Buffer<S32> idx, Buffer<S32> blk, Buffer<S32> order,
+                   Buffer<S32> idx, Buffer<S32> blk, Buffer<S32> order, Buffer<S32> steps,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_s, bool trans_b,
                    int32_t precision) {
-  return LinesImpl(stream, "dsd", s, b, ptr, idx, blk, order, *out, block_size, trans_s,
+  return LinesImpl(stream, "dsd", s, b, ptr, idx, blk, order, steps, *out, block_size, trans_s,
                    trans_b, precision, SelectDsd, LaunchDsd, [&](DsdParams& p) {
                      p.s = s.untyped_data();
                      p.s_batch_stride = BlocksBatchStride(s);
@@ -151,10 +156,10 @@ ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> pt
 
 // dds: the dense operand comes first, the blocks second.
 ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> ptr,
-                   Buffer<S32> idx, Buffer<S32> blk, Buffer<S32> order,
+                   Buffer<S32> idx, Buffer<S32> blk, Buffer<S32> order, Buffer<S32> steps,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_a, bool trans_w,
                    int32_t precision) {
-  return LinesImpl(stream, "dds", a, w, ptr, idx, blk, order, *out, block_size, trans_a,
+  return LinesImpl(stream, "dds", a, w, ptr, idx, blk, order, steps, *out, block_size, trans_a,
                    trans_w, precision, SelectDds, LaunchDds, [&](DdsParams& p) {
                      p.a = a.untyped_data();
                      p.a_batch_stride = DenseBatchStride(a);
@@ -187,7 +192,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<AnyBuffer>() JBS_COMMON_ATTRS("trans_a", "trans_b"),
     {ffi::Traits::kCmdBufferCompatible});
 
-// dsd and dds: two operands, the four block lists, one result.
+// dsd and dds: two operands, the four block lists, the group records, one result.
 #define JBS_LINES_HANDLER(NAME, IMPL, FIRST, SECOND)                                     \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                        \
       NAME, IMPL,                                                                       \
@@ -195,6 +200,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
           .Ctx<ffi::PlatformStream<cudaStream_t>>()                                     \
           .Arg<AnyBuffer>()                                                             \
           .Arg<AnyBuffer>()                                                             \
+          .Arg<Buffer<S32>>()                                                           \
           .Arg<Buffer<S32>>()                                                           \
           .Arg<Buffer<S32>>()                                                           \
           .Arg<Buffer<S32>>()                                                           \

@@ -203,6 +203,58 @@ def test_metadata_describes_the_mask(r, c, seed, density):
         assert all(a.dtype == np.int32 for a in lists)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**31 - 1), st.floats(0, 1),
+       st.sampled_from([16, 32]), st.sampled_from(["row", "col"]))
+def test_group_steps_list_every_block_once_in_order(r, c, seed, density, bs, by):
+    """The per-line-accumulator kernel's records (cuda/matmul/wgmma_group.cuh), decoded
+    here as the kernel reads them, give back each line's blocks: every block once, at its
+    block row, in the order of the group's sorted union rows, and nothing else."""
+    mask = np.random.default_rng(seed).random((r, c)) < density
+    layout = jbs.Layout(mask, bs)
+    ids = -np.ones((r, c), int)
+    ids[mask] = np.arange(mask.sum())
+    m, ident = (mask, ids) if by == "row" else (mask.T, ids.T)
+    rec = layout.group_steps(by)
+    assert rec.dtype == np.int32 and rec is layout.group_steps(by)  # cached
+    g_lines, r_rows = 256 // bs, 64 // bs
+    words = -(-r_rows * g_lines // 32)
+    size = r_rows + words + r_rows * g_lines
+    groups = -(-m.shape[0] // g_lines)
+    first = rec[:groups + 1]
+    body = rec[groups + 1:].reshape(-1, size)
+    assert first[0] == 0 and first[-1] == len(body) and np.all(np.diff(first) >= 0)
+    seen = np.full(m.shape, -1)
+    for g in range(groups):
+        union = []
+        for step in body[first[g]:first[g + 1]]:
+            rows, bits, blocks = (step[:r_rows], step[r_rows:r_rows + words].view(np.uint32),
+                                  step[r_rows + words:].reshape(r_rows, g_lines))
+            for u in range(r_rows):
+                union.append(rows[u])
+                for j in range(g_lines):
+                    bit = u * g_lines + j
+                    present = bool(bits[bit // 32] >> np.uint32(bit % 32) & 1)
+                    assert present == (blocks[u, j] >= 0)
+                    if present:
+                        line = g * g_lines + j
+                        assert rows[u] >= 0 and line < m.shape[0] and seen[line, rows[u]] < 0
+                        seen[line, rows[u]] = blocks[u, j]
+        live = [u for u in union if u >= 0]
+        tail = union[len(live):]
+        assert live == sorted(set(live)) and all(u == -1 for u in tail) and len(tail) < r_rows
+        lines = m[g * g_lines:(g + 1) * g_lines]
+        np.testing.assert_array_equal(live, np.flatnonzero(lines.any(axis=0)))
+    np.testing.assert_array_equal(seen, np.where(m, ident, -1))
+
+
+def test_group_steps_refuse_other_block_sizes_and_3d_layouts():
+    with pytest.raises(ValueError, match="block size 16 or 32"):
+        jbs.Layout(np.ones((2, 2), bool), 64).group_steps("row")
+    with pytest.raises(ValueError, match="2-D layout"):
+        jbs.Layout(np.ones((2, 2, 2), bool), 16).group_steps("row")
+
+
 def test_conversions_round_trip_and_batch():
     rng = np.random.default_rng(0)
     layout = layouts.random(64, 96, 32, 0.5, seed=3)

@@ -6,13 +6,16 @@
 // JAX_BLOCKSPARSE_NO_WGMMA=1; float32 at default precision too under
 // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1, opt-in, K-major operands only), and dds/dsd at block
 // sizes 16/32 the grouped-lines wgmma kernel (wgmma_small.cuh;
-// JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off alone).
+// JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off alone), or under
+// JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 (opt-in) the per-line-accumulator wgmma kernel
+// (wgmma_group.cuh) where the call carries its group records.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "../switches.h"
 #include "mma_sync.cuh"
 #include "simple.h"
+#include "wgmma_group.cuh"
 #include "wgmma_lines.cuh"
 #include "wgmma_small.cuh"
 
@@ -33,6 +36,10 @@ namespace wgs {
 JBS_WGS_LAUNCHERS(extern template, __half)
 JBS_WGS_LAUNCHERS(extern template, __nv_bfloat16)
 }  // namespace wgs
+namespace wgg {
+JBS_WGG_LAUNCHERS(extern template, __half)
+JBS_WGG_LAUNCHERS(extern template, __nv_bfloat16)
+}  // namespace wgg
 
 namespace {
 
@@ -79,6 +86,15 @@ using tc::TcArgs;
       JBS_WGS_ROW(DT, T, BS, C, 1, 0), JBS_WGS_ROW(DT, T, BS, C, 1, 1)
 #define JBS_WGS_ROWS(DT, T) \
   JBS_WGS_TRANS_ROWS(DT, T, 16, Small16), JBS_WGS_TRANS_ROWS(DT, T, 32, Small32)
+// DS mode at bs 16/32 with the call's group records (opt-in: JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1).
+#define JBS_WGG_ROW(DT, T, BS, C, TA, TB)                                             \
+  {DT, BS, MatmulPath::kWgmmaGroup, 0, TA, TB, "wgmma-group(128x256)",                \
+   wgg::Run<T, wgg::C, TA != 0, TB != 0>, wgg::GroupUsable<T>}
+#define JBS_WGG_TRANS_ROWS(DT, T, BS, C)                                   \
+  JBS_WGG_ROW(DT, T, BS, C, 0, 0), JBS_WGG_ROW(DT, T, BS, C, 0, 1),        \
+      JBS_WGG_ROW(DT, T, BS, C, 1, 0), JBS_WGG_ROW(DT, T, BS, C, 1, 1)
+#define JBS_WGG_ROWS(DT, T) \
+  JBS_WGG_TRANS_ROWS(DT, T, 16, Group16), JBS_WGG_TRANS_ROWS(DT, T, 32, Group32)
 
 // The one table of variants: (dtype, block size, path, mode, transposes) -> launcher, name.
 // Every (dtype, block size) listed has kSimple and kMmaSync rows; kWgmma(Small) rows where
@@ -89,6 +105,8 @@ const MatmulKernel kMatmulKernels[] = {
     JBS_SIMPLE_ROWS(DType::kF32),
     JBS_SIMPLE_ROWS(DType::kF16),
     JBS_SIMPLE_ROWS(DType::kBF16),
+    JBS_WGG_ROWS(DType::kF16, __half),
+    JBS_WGG_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_WGS_ROWS(DType::kF16, __half),
     JBS_WGS_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_WG_ROWS(DType::kF16, __half),
@@ -111,14 +129,19 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WGS_ROW
 #undef JBS_WGS_TRANS_ROWS
 #undef JBS_WGS_ROWS
+#undef JBS_WGG_ROW
+#undef JBS_WGG_TRANS_ROWS
+#undef JBS_WGG_ROWS
 #undef JBS_SDD_RUNS_ROWS
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
 // (they then win: their rows come first); the wgmma kernels unless switched off, the small
-// one unless switched off alone, the tf32 one when switched on; mma.sync always.
+// one unless switched off alone, the grouped one and the tf32 one when switched on;
+// mma.sync always.
 bool PathOn(MatmulPath path, const Switches& sw, bool exact) {
   switch (path) {
     case MatmulPath::kSimple: return exact || sw.simple_kernels;
+    case MatmulPath::kWgmmaGroup: return sw.group_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmmaSmall: return sw.small_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmma: return !sw.no_wgmma;
     case MatmulPath::kWgmmaTf32: return sw.tf32_wgmma && !sw.no_wgmma && !exact;
@@ -215,6 +238,8 @@ TcArgs DsArgs(const Params& p, const void* a, bool ta, int64_t lda, int64_t a_bs
   t.idx = p.idx;
   t.blk = p.blk;
   t.order = p.order;
+  t.steps = p.steps;
+  t.steps_count = p.steps_count;
   t.batch = p.batch;
   return t;
 }
@@ -266,7 +291,8 @@ cudaError_t Launch(const MatmulLaunch& run, const Params& p, cudaStream_t stream
     case MatmulPath::kMmaSyncRuns:
     case MatmulPath::kWgmma:
     case MatmulPath::kWgmmaTf32:
-    case MatmulPath::kWgmmaSmall: return k.launch(run.args, stream);
+    case MatmulPath::kWgmmaSmall:
+    case MatmulPath::kWgmmaGroup: return k.launch(run.args, stream);
   }
   return cudaErrorInvalidValue;  // (-Wswitch names a path missing above)
 }

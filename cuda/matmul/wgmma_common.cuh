@@ -69,6 +69,40 @@ template <typename T> struct alignas(4) Pair { T x, y; };
     }                                                                                        \
   }
 
+// Second half of the grouped-lines kernels' epilogue (wgmma_small.cuh, wgmma_group.cuh):
+// the BM x BN tile staged in `os` (rows of o_pitch elements, in the output's orientation)
+// stored as 16-byte chunks, only its rows_valid rows and cols_valid columns (a last group
+// of lines may be partial; cols_valid a multiple of 16: whole chunks). As tc::StoreTile
+// with a column mask, kept apart: StoreTile with the mask compiles to other code.
+template <typename T, int BM, int BN, int NT>
+__device__ __forceinline__ void StoreColumns(const TcArgs& p, int64_t g, const T* os,
+                                             int o_pitch, int64_t row0, int64_t col0,
+                                             int rows_valid, int cols_valid, int tid) {
+  T* out = static_cast<T*>(p.out) + g * p.o_bstride +
+           (p.o_trans ? col0 * p.ldo + row0 : row0 * p.ldo + col0);
+  constexpr int VEC = 8, OCH = BM * BN / VEC;
+  for (int id = tid; id < OCH; id += NT) {
+    int i, j, n;
+    if (p.o_trans) {  // smem rows are output rows (tile columns), chunks along tile rows
+      i = id / (BM / VEC);
+      j = (id % (BM / VEC)) * VEC;
+      const int left = rows_valid - j;
+      n = i >= cols_valid || left <= 0 ? 0 : (left < VEC ? left : VEC);
+    } else {
+      i = id / (BN / VEC);
+      j = (id % (BN / VEC)) * VEC;
+      n = i < rows_valid && j < cols_valid ? VEC : 0;
+    }
+    const T* src = os + i * o_pitch + j;
+    T* dst = out + i * p.ldo + j;
+    if (n == VEC && p.o_vec) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+      for (int v = 0; v < n; ++v) dst[v] = src[v];
+    }
+  }
+}
+
 // Whether the sm_90a kernel `Kernel` can run `args` here: 16-byte aligned operand rows, an
 // sm_90 device and the kernel built for sm_90a (CMake: the architectures include 90a).
 // Checked once per device (cached); no stream work.

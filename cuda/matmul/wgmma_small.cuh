@@ -245,33 +245,9 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
   T* os = reinterpret_cast<T*>(smem);
   const int o_pitch = p.o_trans ? kBM + 8 : kBN + 8;
   JBS_WG_STAGE_ACCUMULATORS(T, kBN, p, acc, os, o_pitch, wgi, tid)
-  // Second half: as tc::StoreTile, but only the group's valid columns (a last group may be
-  // partial). Kept apart: StoreTile with a column mask compiles to other code here.
   __syncthreads();
-  const int cols_valid = lines_here * BS;  // a multiple of 16: whole 16-byte chunks
-  T* out = static_cast<T*>(p.out) + g * p.o_bstride +
-           (p.o_trans ? col0 * p.ldo + row0 : row0 * p.ldo + col0);
-  constexpr int VEC = 8, OCH = kBM * kBN / VEC;
-  for (int id = tid; id < OCH; id += kNT) {
-    int i, j, n;
-    if (p.o_trans) {  // smem rows are output rows (tile columns), chunks along tile rows
-      i = id / (kBM / VEC);
-      j = (id % (kBM / VEC)) * VEC;
-      const int left = rows_valid - j;
-      n = i >= cols_valid || left <= 0 ? 0 : (left < VEC ? left : VEC);
-    } else {
-      i = id / (kBN / VEC);
-      j = (id % (kBN / VEC)) * VEC;
-      n = i < rows_valid && j < cols_valid ? VEC : 0;
-    }
-    const T* src = os + i * o_pitch + j;
-    T* dst = out + i * p.ldo + j;
-    if (n == VEC && p.o_vec) {
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-      for (int v = 0; v < n; ++v) dst[v] = src[v];
-    }
-  }
+  wg::StoreColumns<T, kBM, kBN, kNT>(p, g, os, o_pitch, row0, col0, rows_valid,
+                                     lines_here * BS, tid);
 }
 
 template <typename T, class C, bool TA, bool TB>
