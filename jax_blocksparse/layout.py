@@ -151,7 +151,13 @@ class Layout:
         return {"row": self.rows, "col": self.cols}[by]
 
     def group_steps(self, by: str) -> np.ndarray:
-        """The group records of the lines of `self.lists(by)` (`group_steps`), cached."""
+        """The records of the per-line-accumulator matmul kernel for the lines of
+        `self.lists(by)` ("row": block rows, "col": block columns), cached: int32
+        `[groups + 1 + steps * REC]` as the module function `group_steps` describes.
+
+        Raises:
+          ValueError: a 3-D layout, or a block size other than 16 or 32.
+        """
         cache = self.__dict__.setdefault("_group_steps", {})
         if by not in cache:
             self._require_2d("Layout.group_steps")
