@@ -35,7 +35,8 @@
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1 opt-in until timed: variant 4's steps end in
 //     FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs:
 //     attention/bwd_sm90_onepass.cu, DQ_FIRST); the same results bit for bit
-//   JAX_BLOCKSPARSE_ATTN_BWD_D256=1 opt-in until the GPU tests have run it: head dim 256 on the
+//   JAX_BLOCKSPARSE_ATTN_BWD_D256=1 opt-in until the whole GPU suite has run with it on (its
+//     own GPU tests pass on the H200, RESULTS 2026-12-05): head dim 256 on the
 //     Hopper backward (variants 2 and 3: attention/bwd_sm90_d256.cu) instead of the pure-JAX
 //     path; off, the extension reports no backward row of head dim 256 (attention/dispatch.cu,
 //     RowEnabled), so the Python side routes those calls to the pure path
@@ -66,7 +67,8 @@
 //     (matmul/wgmma_lines.cuh) instead of mma.sync's; wgmma reads 32-bit operands K-major
 //     only, so the Python lowering (_cuda._tf32_wgmma) passes the transposed operands
 //     those calls need (XLA transposes; a block's transpose for the sparse operand)
-//   JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 opt-in until timed (issue 20 item 1): dds/dsd at
+//   JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 opt-in (measured 0.5x the default on the H200,
+//     RESULTS 2026-12-05; issue 20 item 1, the third design): dds/dsd at
 //     block sizes 16/32 in bf16/f16 on the Hopper kernel with one accumulator tile per line
 //     (matmul/wgmma_group.cuh: 256 output columns per CTA, a product only on listed
 //     blocks) instead of wgmma_small.cuh's; the Python side reads it too and passes the
