@@ -11,6 +11,7 @@ simple kernels are timed unless --no-naive.
     python3 benchmarks/dev_kernels.py --small-wgmma [--sizes 16,32] [--ops dds,ddsT,dsd]
     python3 benchmarks/dev_kernels.py --sdd-runs [--sizes 16,32]
     python3 benchmarks/dev_kernels.py --group-wgmma [--sizes 16,32] [--ops dds,ddsT,dsd]
+    python3 benchmarks/dev_kernels.py --small-records [--sizes 16,32] [--ops dds,ddsT,dsd]
 
 times the ops at block sizes 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 (mma.sync)
 and =1 (the default on Hopper: cuda/matmul/wgmma_small.cuh), a child
@@ -18,7 +19,9 @@ process each (with JAX_BLOCKSPARSE_DEBUG=1: its distinct launch lines, which nam
 kernels, follow its table); --sdd-runs likewise sdd and x^T dy (sddT) under
 JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 and =1 (cuda/matmul/mma_sync.cuh SddRuns16/32);
 --group-wgmma the ops of --small-wgmma under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=0 (the
-default: wgmma_small.cuh) and =1 (cuda/matmul/wgmma_group.cuh). The correctness sweep that lived here is in
+default: wgmma_small.cuh) and =1 (cuda/matmul/wgmma_group.cuh); --small-records likewise
+under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0 and =1 (wgmma_small.cuh merging the lists in
+every thread, or reading the host-merged group records). The correctness sweep that lived here is in
 the test suite: tests/test_gpu_kernels.py (run with `pytest -m gpu`).
 """
 
@@ -87,7 +90,7 @@ def timing(sizes=(32, 64, 128), n=8192, ops=("dds", "ddsT", "dsd", "sdd"), reps=
 
 
 def compare_switch(switch, sizes, ops):
-    """--small-wgmma, --sdd-runs, --group-wgmma: the timing under each value ("0", "1") of the switch
+    """--small-wgmma, --sdd-runs, --group-wgmma, --small-records: the timing under each value ("0", "1") of the switch
     JAX_BLOCKSPARSE_<switch>, in a child process each."""
     for value in ("0", "1"):
         print(f"\n-- JAX_BLOCKSPARSE_{switch}={value} --", flush=True)
@@ -122,6 +125,8 @@ def main():
                          "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 and =1, a child process each")
     ap.add_argument("--group-wgmma", action="store_true",
                     help="as --small-wgmma, under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=0 and =1")
+    ap.add_argument("--small-records", action="store_true",
+                    help="as --small-wgmma, under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0 and =1")
     ap.add_argument("--no-naive", action="store_true", help="skip the simple-kernel timing")
     ap.add_argument("--profile", action="store_true",
                     help="one call of each op at 8192^3 (bs from --sizes), for ncu")
@@ -136,8 +141,10 @@ def main():
                reps=2, rounds=3)
         return
     sizes = args.sizes if args.sizes != "32,64,128" else "16,32"
-    if args.small_wgmma or args.group_wgmma:
-        compare_switch("MATMUL_GROUP_WGMMA" if args.group_wgmma else "MATMUL_SMALL_WGMMA", sizes,
+    if args.small_wgmma or args.group_wgmma or args.small_records:
+        switch = ("MATMUL_GROUP_WGMMA" if args.group_wgmma else
+                  "MATMUL_SMALL_RECORDS" if args.small_records else "MATMUL_SMALL_WGMMA")
+        compare_switch(switch, sizes,
                        args.ops if args.ops != "dds,ddsT,dsd,sdd" else "dds,ddsT,dsd")
         return
     if args.sdd_runs:

@@ -4,6 +4,7 @@
 #   (matmul_small: bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA 0 and 1;
 #    matmul_sdd_runs: sdd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SDD_RUNS 0 and 1;
 #    matmul_group: dds/dsd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA 0 and 1;
+#    matmul_small_records: the same under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS 0 and 1;
 #    matmul_tf32: float32 (and bf16) at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA 0 and 1;
 #    matmul_profile: Nsight Compute on the bs-64 wgmma matmul at density 0.02;
 #    attention_bwd_profile: the same on the Hopper backward's kernels, causal layout;
@@ -58,6 +59,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 matmul"
               "JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 matmul"
+              "JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1 matmul"
               "JAX_BLOCKSPARSE_DECODE_PACKED=0 decode"
               "JAX_BLOCKSPARSE_DECODE_PACKED=64 decode" "JAX_BLOCKSPARSE_DECODE_PACKED=128 decode"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
@@ -168,6 +170,10 @@ for stage in "$@"; do
     # (wgmma_small.cuh, the default, against wgmma_group.cuh; issue 20)
     matmul_group) python3 "$repo/benchmarks/dev_kernels.py" --group-wgmma 2>&1 \
                     | tee "$out/matmul_group.log" ;;
+    # the same under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0 and =1 (wgmma_small.cuh merging
+    # its lines' lists in every thread, or reading the host-merged group records)
+    matmul_small_records) python3 "$repo/benchmarks/dev_kernels.py" --small-records 2>&1 \
+                            | tee "$out/matmul_small_records.log" ;;
     # dds, its dx and dsd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 and =1
     matmul_small) python3 "$repo/benchmarks/dev_kernels.py" --small-wgmma 2>&1 \
                     | tee "$out/matmul_small.log" ;;

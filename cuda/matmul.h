@@ -39,8 +39,9 @@ struct DsdParams {
   const void* b;
   void* out;  // [batch, m, n]
   const int32_t *ptr, *idx, *blk, *order;
-  const int32_t* steps;  // group records (see tc::TcArgs) and their ints
+  const int32_t* steps;  // group records (see tc::TcArgs), their ints and group columns
   int64_t steps_count;
+  int32_t group_columns;
   int64_t batch, s_batch_stride, b_batch_stride;
   int64_t m, n, k;
   int32_t nnz, block_size;
@@ -53,8 +54,9 @@ struct DdsParams {
   const void* w;
   void* out;  // [batch, m, n]
   const int32_t *ptr, *idx, *blk, *order;
-  const int32_t* steps;  // group records (see tc::TcArgs) and their ints
+  const int32_t* steps;  // group records (see tc::TcArgs), their ints and group columns
   int64_t steps_count;
+  int32_t group_columns;
   int64_t batch, a_batch_stride, w_batch_stride;
   int64_t m, n, k;
   int32_t nnz, block_size;
@@ -84,10 +86,12 @@ struct TcArgs {
   int64_t m_tiles; // DS: ceil(M / BM)
   int64_t lines;   // DS: number of lines
   const int32_t *ptr, *idx, *blk, *order;  // DS
-  // DS at bs 16/32: the group records of wgmma_group.cuh (jax_blocksparse/layout.py
-  // group_steps) and their ints; a placeholder of another size where the call has none
+  // DS at bs 16/32: the group records (jax_blocksparse/layout.py group_steps) of groups of
+  // group_columns output columns (256: wgmma_group.cuh's, 64: wgmma_small.cuh's) and their
+  // ints; group_columns 0 and a placeholder where the call has none
   const int32_t* steps;
   int64_t steps_count;
+  int32_t group_columns;
   const int32_t* coords;                   // SDD
   int64_t nnz;                             // SDD
   int64_t batch;

@@ -18,8 +18,9 @@ kernels run (`sm90_forward`, `sm90_backward`), at the head dims and block sizes 
 rows; under 4 (`onepass_backward`) the backward's custom call gets the one-pass
 kernel's two workspaces. `JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1` (with
 `JAX_BLOCKSPARSE_NO_WGMMA` unset) makes the float32 matmul lowerings pass K-major operands
-on an sm_90a device (`_tf32_wgmma`); `JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1` makes the
-dds/dsd lowerings at block sizes 16/32 pass the layout's group records (`_group_wgmma`). `JAX_BLOCKSPARSE_ATTN_BWD_TILED64` decides where a
+on an sm_90a device (`_tf32_wgmma`); `JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1` and
+`JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1` make the dds/dsd lowerings at block sizes 16/32
+pass the layout's group records (`_group_columns`). `JAX_BLOCKSPARSE_ATTN_BWD_TILED64` decides where a
 block-64 attention backward without mask sources runs on the Hopper backward's 128 x 128
 tiles (`backward_tile_context`): unset, where its tiles are full enough (a traced mask:
 always); 0 never; 1 always.
@@ -47,6 +48,7 @@ from . import lists_primitive as lp
 from . import matmul_primitives as mp
 from .attention_metadata import (FINE_BLOCKS, TILE, TILED_BACKWARD_BLOCK, AttentionLists,
                                  TileLists, key_tiles, mask_sources, tiled_blocks)
+from .layout import GROUP_COLUMNS, SMALL_COLUMNS
 
 try:
     from . import _jax_blocksparse_cuda as _ext
@@ -63,7 +65,8 @@ class Switches(NamedTuple):
     no_wgmma: bool  # JAX_BLOCKSPARSE_NO_WGMMA (it switches the former off too)
     attn_bwd_tiled64: int  # JAX_BLOCKSPARSE_ATTN_BWD_TILED64: -1 unset, 0, 1
     # (`backward_tile_context`)
-    matmul_group_wgmma: bool  # JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA (opt-in: `_group_wgmma`)
+    matmul_group_wgmma: bool  # JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA (opt-in: `_group_columns`)
+    matmul_small_records: bool  # JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS (opt-in: the same)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -90,7 +93,8 @@ def _read_switches() -> Switches:
                     matmul_tf32_wgmma=number("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA") != 0,
                     no_wgmma=number("JAX_BLOCKSPARSE_NO_WGMMA") != 0,
                     attn_bwd_tiled64=choice("JAX_BLOCKSPARSE_ATTN_BWD_TILED64"),
-                    matmul_group_wgmma=number("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA") != 0)
+                    matmul_group_wgmma=number("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA") != 0,
+                    matmul_small_records=number("JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS") != 0)
 
 
 SWITCHES = _read_switches()
@@ -273,40 +277,47 @@ def _sdd_lowering(ctx, a, b, *, layout, trans_a, trans_b, precision):
                 precision=_precision_attr(precision))
 
 
-def _group_wgmma(ctx, block_size: int) -> bool:
-    """Whether this dds/dsd call may run the per-line-accumulator wgmma kernel
-    (cuda/matmul/wgmma_group.cuh; opt-in: JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1), which
-    needs the layout's group records (`Layout.group_steps`): bf16/f16, block size 16 or
-    32, an sm_90a device. The C++ dispatch still decides (alignment); elsewhere the call
-    gets a one-int placeholder, which that kernel refuses."""
-    return (SWITCHES.matmul_group_wgmma and not SWITCHES.no_wgmma and block_size in (16, 32)
-            and ctx.avals_in[0].dtype in (jnp.bfloat16, jnp.float16) and _sm90a_device())
+def _group_columns(ctx, block_size: int) -> int:
+    """The width of the group records this dds/dsd call carries (0: none, a one-int
+    placeholder): the bs-16/32 wgmma kernels on an sm_90a device, bf16/f16, read the union
+    of their lines' blocks merged on the host (`Layout.group_steps`) where the call has
+    them: 256 columns for the per-line-accumulator kernel (cuda/matmul/wgmma_group.cuh,
+    opt-in JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1), 64 for the default 64-column kernel
+    (wgmma_small.cuh) under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1 (opt-in: without them
+    each of its threads merges the lists itself). The C++ dispatch still decides which
+    kernel runs (alignment); a kernel given records of another width ignores them."""
+    if (SWITCHES.no_wgmma or block_size not in (16, 32) or not _sm90a_device()
+            or ctx.avals_in[0].dtype not in (jnp.bfloat16, jnp.float16)):
+        return 0
+    if SWITCHES.matmul_group_wgmma:
+        return GROUP_COLUMNS
+    return SMALL_COLUMNS if SWITCHES.matmul_small_records else 0
 
 
 def _line_metadata(ctx, layout, by):
     """dsd/dds metadata: the block lists of the output lines (`layout.lists(by)`) and the
-    group records (`_group_wgmma`) or their placeholder."""
-    steps = (layout.group_steps(by) if _group_wgmma(ctx, layout.block_size)
-             else np.zeros(1, np.int32))
-    return [*layout.lists(by), steps]
+    group records (`_group_columns`) or their placeholder; and the records' width."""
+    columns = _group_columns(ctx, layout.block_size)
+    steps = layout.group_steps(by, columns) if columns else np.zeros(1, np.int32)
+    return [*layout.lists(by), steps], np.int32(columns)
 
 
 def _dsd_lowering(ctx, s, b, *, layout, trans_s, trans_b, precision):
-    lists = _line_metadata(ctx, layout, "col" if trans_s else "row")  # rows of op(S)
+    lists, columns = _line_metadata(ctx, layout, "col" if trans_s else "row")  # op(S) rows
     ctx, (s, b), (trans_s, trans_b) = _k_major(ctx, (s, b), (trans_s, trans_b),
                                                layout.block_size, precision)
     return _ffi("jax_blocksparse_dsd", ctx, (s, b), lists,
                 block_size=np.int32(layout.block_size), trans_s=trans_s, trans_b=trans_b,
-                precision=_precision_attr(precision))
+                precision=_precision_attr(precision), group_columns=columns)
 
 
 def _dds_lowering(ctx, a, w, *, layout, trans_a, trans_w, precision):
-    lists = _line_metadata(ctx, layout, "row" if trans_w else "col")  # columns of op(W)
+    lists, columns = _line_metadata(ctx, layout, "row" if trans_w else "col")  # op(W) cols
     ctx, (a, w), (trans_a, trans_w) = _k_major(ctx, (a, w), (trans_a, trans_w),
                                                layout.block_size, precision)
     return _ffi("jax_blocksparse_dds", ctx, (a, w), lists,
                 block_size=np.int32(layout.block_size), trans_a=trans_a, trans_w=trans_w,
-                precision=_precision_attr(precision))
+                precision=_precision_attr(precision), group_columns=columns)
 
 
 # The matmul primitives and their kernel lowerings (registered for "cuda" by `_register`).

@@ -150,21 +150,24 @@ class Layout:
         """`self.rows` for `by="row"`, `self.cols` for `by="col"`."""
         return {"row": self.rows, "col": self.cols}[by]
 
-    def group_steps(self, by: str) -> np.ndarray:
-        """The records of the per-line-accumulator matmul kernel for the lines of
-        `self.lists(by)` ("row": block rows, "col": block columns), cached: int32
-        `[groups + 1 + steps * REC]` as the module function `group_steps` describes.
+    def group_steps(self, by: str, columns: int = 256) -> np.ndarray:
+        """The records of the bs-16/32 matmul kernels for the lines of `self.lists(by)`
+        ("row": block rows, "col": block columns) in groups of `columns` output columns
+        (`GROUP_COLUMNS`: the per-line-accumulator kernel; `SMALL_COLUMNS`: the 64-column
+        one), cached: int32 `[groups + 1 + steps * REC]` as the module function
+        `group_steps` describes.
 
         Raises:
-          ValueError: a 3-D layout, or a block size other than 16 or 32.
+          ValueError: a 3-D layout, a block size other than 16 or 32, or `columns` other
+            than those two.
         """
         cache = self.__dict__.setdefault("_group_steps", {})
-        if by not in cache:
+        if (by, columns) not in cache:
             self._require_2d("Layout.group_steps")
             mask = self._mask if by == "row" else self._mask.T
             ids = _ids(self._mask) if by == "row" else _ids(self._mask).T
-            cache[by] = group_steps(mask, ids, self._block_size)
-        return cache[by]
+            cache[by, columns] = group_steps(mask, ids, self._block_size, columns)
+        return cache[by, columns]
 
     # ---------------------------------------------------------------------- output
     def plot(self, path) -> None:
@@ -288,18 +291,20 @@ def _block_lists(mask: np.ndarray, ids: np.ndarray | None = None) -> BlockLists:
     return BlockLists(ptr, idx, blk, order)
 
 
-# The per-line-accumulator matmul kernel's tile (cuda/matmul/wgmma_group.cuh: kBN, kBK):
-# GROUP_COLUMNS output columns (256 / bs lines) per CTA, STEP_K of the contracted axis
-# (64 / bs block rows) per step.
-GROUP_COLUMNS, STEP_K = 256, 64
+# The bs-16/32 matmul kernels' tiles (kBN, kBK of cuda/matmul/wgmma_group.cuh and
+# wgmma_small.cuh): GROUP_COLUMNS (the per-line-accumulator kernel) or SMALL_COLUMNS
+# output columns (columns / bs lines) per CTA, STEP_K of the contracted axis (64 / bs
+# block rows) per step.
+GROUP_COLUMNS, SMALL_COLUMNS, STEP_K = 256, 64, 64
 
 
-def group_steps(mask: np.ndarray, ids: np.ndarray, block_size: int) -> np.ndarray:
-    """The records cuda/matmul/wgmma_group.cuh reads for the lines (rows) of a 2-D `mask`
-    `[lines, K]` at block size 16 or 32, with the blocks' ids `ids` (as `mask`; -1 where
-    no block is).
+def group_steps(mask: np.ndarray, ids: np.ndarray, block_size: int,
+                columns: int = GROUP_COLUMNS) -> np.ndarray:
+    """The records cuda/matmul/wgmma_group.cuh (`columns` = GROUP_COLUMNS) or
+    wgmma_small.cuh (SMALL_COLUMNS) reads for the lines (rows) of a 2-D `mask` `[lines, K]`
+    at block size 16 or 32, with the blocks' ids `ids` (as `mask`; -1 where no block is).
 
-    Lines are grouped G = GROUP_COLUMNS / bs at a time (group g: lines g G .. g G + G - 1).
+    Lines are grouped G = columns / bs at a time (group g: lines g G .. g G + G - 1).
     A group's *union rows* are the sorted indices k where any of its lines has a block;
     they are taken R = STEP_K / bs per step. Returns int32 `[groups + 1 + steps * REC]`:
     the first step of each group (and the total at the end), then one record of
@@ -312,7 +317,10 @@ def group_steps(mask: np.ndarray, ids: np.ndarray, block_size: int) -> np.ndarra
     """
     if block_size not in (16, 32):
         raise ValueError(f"group_steps: block size 16 or 32, got {block_size}")
-    g_lines, r_rows = GROUP_COLUMNS // block_size, STEP_K // block_size
+    if columns not in (GROUP_COLUMNS, SMALL_COLUMNS):
+        raise ValueError(f"group_steps: columns {GROUP_COLUMNS} or {SMALL_COLUMNS}, "
+                         f"got {columns}")
+    g_lines, r_rows = columns // block_size, STEP_K // block_size
     slots = r_rows * g_lines
     words = -(-slots // 32)
     lines, k_blocks = mask.shape

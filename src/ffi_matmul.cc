@@ -108,8 +108,9 @@ ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> co
 }
 
 // dsd and dds: operands x and y (one holds the blocks), the block lists
-// (jax_blocksparse.layout.BlockLists), the group records of the bs-16/32 kernel
-// (jax_blocksparse.layout.group_steps, or a placeholder) and an output [G?, m, n];
+// (jax_blocksparse.layout.BlockLists), the group records of the bs-16/32 kernels
+// (jax_blocksparse.layout.group_steps of `group_columns` columns, or a placeholder with
+// group_columns 0) and an output [G?, m, n];
 // `operands` sets what
 // differs between the two (which operand holds the blocks, the sizes read from it).
 template <typename Params, typename Operands>
@@ -118,6 +119,7 @@ ffi::Error LinesImpl(cudaStream_t stream, const char* op, const AnyBuffer& x,
                      const Buffer<S32>& blk, const Buffer<S32>& order,
                      const Buffer<S32>& steps, AnyBuffer& out,
                      int32_t block_size, bool t1, bool t2, int32_t precision,
+                     int32_t group_columns,
                      MatmulLaunch (*select)(DType, const Params&),
                      cudaError_t (*launch)(const MatmulLaunch&, const Params&, cudaStream_t),
                      Operands operands) {
@@ -131,6 +133,7 @@ ffi::Error LinesImpl(cudaStream_t stream, const char* op, const AnyBuffer& x,
   p.order = order.typed_data();
   p.steps = steps.typed_data();
   p.steps_count = int64_t(steps.element_count());
+  p.group_columns = group_columns;
   operands(p);
   return Run(stream, op, *dtype, p, x, y, out, t1, t2, select, launch);
 }
@@ -139,9 +142,10 @@ ffi::Error LinesImpl(cudaStream_t stream, const char* op, const AnyBuffer& x,
 ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> ptr,
                    Buffer<S32> idx, Buffer<S32> blk, Buffer<S32> order, Buffer<S32> steps,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_s, bool trans_b,
-                   int32_t precision) {
+                   int32_t precision, int32_t group_columns) {
   return LinesImpl(stream, "dsd", s, b, ptr, idx, blk, order, steps, *out, block_size, trans_s,
-                   trans_b, precision, SelectDsd, LaunchDsd, [&](DsdParams& p) {
+                   trans_b, precision, group_columns, SelectDsd, LaunchDsd,
+                   [&](DsdParams& p) {
                      p.s = s.untyped_data();
                      p.s_batch_stride = BlocksBatchStride(s);
                      p.trans_s = trans_s;
@@ -158,9 +162,10 @@ ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> pt
 ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> ptr,
                    Buffer<S32> idx, Buffer<S32> blk, Buffer<S32> order, Buffer<S32> steps,
                    Result<AnyBuffer> out, int32_t block_size, bool trans_a, bool trans_w,
-                   int32_t precision) {
+                   int32_t precision, int32_t group_columns) {
   return LinesImpl(stream, "dds", a, w, ptr, idx, blk, order, steps, *out, block_size, trans_a,
-                   trans_w, precision, SelectDds, LaunchDds, [&](DdsParams& p) {
+                   trans_w, precision, group_columns, SelectDds, LaunchDds,
+                   [&](DdsParams& p) {
                      p.a = a.untyped_data();
                      p.a_batch_stride = DenseBatchStride(a);
                      p.trans_a = trans_a;
@@ -192,7 +197,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<AnyBuffer>() JBS_COMMON_ATTRS("trans_a", "trans_b"),
     {ffi::Traits::kCmdBufferCompatible});
 
-// dsd and dds: two operands, the four block lists, the group records, one result.
+// dsd and dds: two operands, the four block lists, the group records, one result; the
+// records' group width as an attribute (0: none).
 #define JBS_LINES_HANDLER(NAME, IMPL, FIRST, SECOND)                                     \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                        \
       NAME, IMPL,                                                                       \
@@ -205,7 +211,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
           .Arg<Buffer<S32>>()                                                           \
           .Arg<Buffer<S32>>()                                                           \
           .Arg<Buffer<S32>>()                                                           \
-          .Ret<AnyBuffer>() JBS_COMMON_ATTRS(FIRST, SECOND),                            \
+          .Ret<AnyBuffer>() JBS_COMMON_ATTRS(FIRST, SECOND)                             \
+          .Attr<int32_t>("group_columns"),                                              \
       {ffi::Traits::kCmdBufferCompatible});
 
 JBS_LINES_HANDLER(JaxBlocksparseDsd, jax_blocksparse::DsdImpl, "trans_s", "trans_b")

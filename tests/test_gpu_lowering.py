@@ -1,6 +1,7 @@
 """On a GPU the primitives lower to this package's CUDA custom calls, never to a dense dot."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +83,10 @@ def test_cuda_lowering_without_a_gpu():
                    ).lower(lowering_platforms=("cuda",)).as_text()
     calls = [line for line in text.splitlines() if "custom_call" in line]
     assert len(calls) == 1 and "@jax_blocksparse_dds(" in calls[0]
-    assert calls[0].split("(", 1)[1].split(")")[0].count("%") == 2 + 4  # a, w, ptr/idx/blk/order
+    # a, w, ptr/idx/blk/order, the group records (a placeholder: block size 32 without an
+    # sm_90a device, `_cuda._group_columns`)
+    assert calls[0].split("(", 1)[1].split(")")[0].count("%") == 2 + 5
+    assert "group_columns = 0 : i32" in calls[0]
     att = jbs.layouts.local(256, 64, 100)
     g = jax.jit(jax.grad(lambda q: jbs.attention(q, q, q, att, causal=True).astype(
         jnp.float32).sum()))
@@ -98,6 +102,41 @@ def test_cuda_lowering_without_a_gpu():
     assert operands == {"jax_blocksparse_attention_fwd": 13, "jax_blocksparse_attention_bwd": 21}
     calls = [line for line in text.splitlines() if "custom_call" in line]
     assert all("tensor<1x1x4x3xi32>" in call for call in calls)  # lists [Bm, Hm, Rq, width]
+
+
+@pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
+@pytest.mark.parametrize("switch,columns", [("", 0), ("matmul_small_records", 64),
+                                            ("matmul_group_wgmma", 256)])
+@pytest.mark.parametrize("bs", (16, 32))
+def test_dds_dsd_carry_the_group_records_their_kernel_reads(monkeypatch, switch, columns, bs):
+    """At block sizes 16/32 on an sm_90a device (faked here), dds (a matmul's forward and
+    its dx) carries the layout's group records of the width their kernel reads
+    (`_cuda._group_columns`): none by default (a one-int placeholder, group_columns 0),
+    64 columns under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1 (wgmma_small.cuh), 256 under
+    JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 (wgmma_group.cuh): exactly
+    `Layout.group_steps(by, columns)`'s ints; float32 calls never do."""
+    from jax_blocksparse import _cuda
+    switches = _cuda.SWITCHES._replace(**({switch: True} if switch else {}))
+    monkeypatch.setattr(_cuda, "SWITCHES", switches)
+    monkeypatch.setattr(_cuda, "_sm90a_device", lambda: True)
+    layout = jbs.layouts.random(96, 160, bs, 0.3, seed=2)
+    for dtype in (jnp.bfloat16, jnp.float32):
+        x = jnp.ones((8, 96), dtype)
+        w = jnp.ones((layout.nnz, bs, bs), dtype)
+        grad = jax.grad(lambda x, w: jbs.matmul(x, w, layout).astype(jnp.float32).sum(),
+                        argnums=(0, 1))
+        text = cuda_text(grad, x, w)
+        calls = [line for line in text.splitlines() if "custom_call" in line
+                 and ("@jax_blocksparse_dds(" in line or "@jax_blocksparse_dsd(" in line)]
+        assert len(calls) == 2, calls  # the forward dds and dx's dds (trans_w)
+        want = columns if dtype == jnp.bfloat16 else 0
+        for call in calls:
+            assert f"group_columns = {want} : i32" in call, call
+        sizes = {int(n) for n in re.findall(r"tensor<(\d+)xi32>", text)}
+        if want:
+            for by in ("row", "col"):
+                assert len(layout.group_steps(by, want)) in sizes, (by, sizes)
+
 
 
 def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():

@@ -93,6 +93,25 @@ def test_layouts_and_gradients(variant, bs):
         expect(kernels, case, hopper())
 
 
+@pytest.mark.parametrize("bs", (16, 32))
+def test_host_merged_records(bs):
+    """Under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1 the calls carry the layout's 64-column
+    group records (test_gpu_lowering checks the lowering) and the kernel takes its union
+    rows and blocks from them instead of merging the lists in every thread: values and
+    both gradients against float64 on every layout kind, bf16 and f16, and values under
+    the mixed transpositions."""
+    cases = [(op, trans, variant, bs, free, kind, True) for op in OPS for kind in LAYOUTS
+             for variant in ("bf16", "f16") for trans in ((False, False), (True, True))
+             for free in ((200,) if kind != "sparse" else (1000,))]
+    cases += [(op, trans, "bf16", bs, 200, "sparse", False) for op in OPS
+              for trans in ((False, True), (True, False))]
+    for case, kernels in launched(cases, runner="test_gpu_matmul_small_wgmma.run_layout_cases",
+                                  JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS="1", **SWITCH).items():
+        if case[5] == "empty":
+            kernels = [k for k in kernels if "none" not in k]
+        expect(kernels, case, hopper())
+
+
 def test_no_wgmma_overrides_the_switch():
     cases = [(op, (False, False), "bf16", bs, ALIGNED[op]) for op in OPS for bs in (16, 32)]
     for case, kernels in launched(cases, JAX_BLOCKSPARSE_NO_WGMMA="1", **SWITCH).items():

@@ -205,19 +205,20 @@ def test_metadata_describes_the_mask(r, c, seed, density):
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**31 - 1), st.floats(0, 1),
-       st.sampled_from([16, 32]), st.sampled_from(["row", "col"]))
-def test_group_steps_list_every_block_once_in_order(r, c, seed, density, bs, by):
-    """The per-line-accumulator kernel's records (cuda/matmul/wgmma_group.cuh), decoded
-    here as the kernel reads them, give back each line's blocks: every block once, at its
-    block row, in the order of the group's sorted union rows, and nothing else."""
+       st.sampled_from([16, 32]), st.sampled_from(["row", "col"]), st.sampled_from([64, 256]))
+def test_group_steps_list_every_block_once_in_order(r, c, seed, density, bs, by, columns):
+    """The bs-16/32 kernels' group records (cuda/matmul/wgmma_group.cuh: 256 columns a
+    group, wgmma_small.cuh: 64), decoded here as the kernels read them, give back each
+    line's blocks: every block once, at its block row, in the order of the group's sorted
+    union rows, and nothing else."""
     mask = np.random.default_rng(seed).random((r, c)) < density
     layout = jbs.Layout(mask, bs)
     ids = -np.ones((r, c), int)
     ids[mask] = np.arange(mask.sum())
     m, ident = (mask, ids) if by == "row" else (mask.T, ids.T)
-    rec = layout.group_steps(by)
-    assert rec.dtype == np.int32 and rec is layout.group_steps(by)  # cached
-    g_lines, r_rows = 256 // bs, 64 // bs
+    rec = layout.group_steps(by, columns)
+    assert rec.dtype == np.int32 and rec is layout.group_steps(by, columns)  # cached
+    g_lines, r_rows = columns // bs, 64 // bs
     words = -(-r_rows * g_lines // 32)
     size = r_rows + words + r_rows * g_lines
     groups = -(-m.shape[0] // g_lines)
@@ -248,9 +249,11 @@ def test_group_steps_list_every_block_once_in_order(r, c, seed, density, bs, by)
     np.testing.assert_array_equal(seen, np.where(m, ident, -1))
 
 
-def test_group_steps_refuse_other_block_sizes_and_3d_layouts():
+def test_group_steps_refuse_other_block_sizes_widths_and_3d_layouts():
     with pytest.raises(ValueError, match="block size 16 or 32"):
         jbs.Layout(np.ones((2, 2), bool), 64).group_steps("row")
+    with pytest.raises(ValueError, match="columns 256 or 64"):
+        jbs.Layout(np.ones((2, 2), bool), 16).group_steps("row", 128)
     with pytest.raises(ValueError, match="2-D layout"):
         jbs.Layout(np.ones((2, 2, 2), bool), 16).group_steps("row")
 

@@ -240,6 +240,7 @@ TcArgs DsArgs(const Params& p, const void* a, bool ta, int64_t lda, int64_t a_bs
   t.order = p.order;
   t.steps = p.steps;
   t.steps_count = p.steps_count;
+  t.group_columns = p.group_columns;
   t.batch = p.batch;
   return t;
 }

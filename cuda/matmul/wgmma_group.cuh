@@ -277,12 +277,13 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
 }
 
 // Whether this kernel can run `args` here: DS mode at block size 16 or 32 with the call's
-// group records (args.steps: (groups + 1) offsets and whole records, as group_steps writes
-// them; a call without them passes a placeholder of another size), and (Sm90Usable) 16-byte
+// group records of 256 columns (args.steps: (groups + 1) offsets and whole records, as
+// group_steps writes them), and (Sm90Usable) 16-byte
 // aligned operand rows, an sm_90 device and the kernels built for sm_90a.
 template <typename T>
 bool GroupUsable(const TcArgs& args, int block_size) {
-  if ((block_size != 16 && block_size != 32) || args.sdd || args.steps == nullptr)
+  if ((block_size != 16 && block_size != 32) || args.sdd || args.steps == nullptr ||
+      args.group_columns != kBN)
     return false;
   const int64_t groups = (args.lines + kBN / block_size - 1) / (kBN / block_size);
   const int64_t records = args.steps_count - groups - 1;

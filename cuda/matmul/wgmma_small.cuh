@@ -16,6 +16,13 @@
 // wgmma.cuh (128-byte swizzled lines). A step past the end of the union is zero filled in
 // both operands (uninitialized shared memory could hold NaN).
 //
+// Where the call carries the layout's 64-column group records (jax_blocksparse/layout.py
+// group_steps; the Python side passes them under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1,
+// opt-in until timed), the kernel reads each step's union rows and blocks from them
+// (RECORDS: a thread loads its chunks' fields of the next step while this one's products
+// run) instead of merging the lists: Nsight Compute on the H200 found the ALU pipe 49.5%
+// busy at bs 16 (RESULTS 2026-12-05), much of it the merge.
+//
 // The pipeline is that of the bs-64 kernel (cp.async ring of STAGES, one wgmma group in
 // flight, one commit group per step); the number of steps is only known when the merge runs
 // out, so the loop runs while steps have been issued. Epilogue: the tile staged in shared
@@ -48,6 +55,10 @@ template <int BS_, int STAGES_, int MINB_>
 struct Cfg {
   static constexpr int BS = BS_, G = kBN / BS_, R = kBK / BS_;
   static constexpr int STAGES = STAGES_, MINB = MINB_;
+  // A step's record where the call carries them (jax_blocksparse/layout.py, group_steps
+  // with kBN columns): R union rows, the presence mask (unused here: absent blocks are
+  // zero filled), the block id of each (union row, line) place
+  static constexpr int MW = (R * G + 31) / 32, REC = R + MW + R * G;
   static constexpr int A_BYTES = kBM * kLine, B_BYTES = kBN * kLine;
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   static constexpr int RING = STAGES * STAGE_BYTES;
@@ -101,7 +112,9 @@ struct Merge {
   }
 };
 
-template <typename T, class C, bool TA, bool TB>
+// RECORDS: the union rows and blocks come from the call's group records (p.steps, merged
+// on the host); else each thread merges the lists itself (Merge above).
+template <typename T, class C, bool TA, bool TB, bool RECORDS>
 __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, int64_t mt,
                                      unsigned char* smem) {
   constexpr int BS = C::BS, G = C::G, R = C::R, STAGES = C::STAGES;
@@ -122,15 +135,24 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
   const int rows_valid = rows_left < kBM ? int(rows_left) : kBM;
 
   Merge<G> mg;
+  int steps = 0;  // RECORDS: this group's steps and their records
+  const int32_t* recs = nullptr;
+  if constexpr (RECORDS) {
+    const int64_t groups = (p.lines + G - 1) / G;
+    const int first = __ldg(p.steps + group);
+    steps = __ldg(p.steps + group + 1) - first;
+    recs = p.steps + groups + 1 + int64_t(first) * C::REC;
+  } else {
 #pragma unroll
-  for (int j = 0; j < G; ++j) {
-    if (j < lines_here) {
-      mg.h[j] = __ldg(p.ptr + line0 + j);
-      mg.end[j] = __ldg(p.ptr + line0 + j + 1);
-    } else {
-      mg.h[j] = mg.end[j] = 0;
+    for (int j = 0; j < G; ++j) {
+      if (j < lines_here) {
+        mg.h[j] = __ldg(p.ptr + line0 + j);
+        mg.end[j] = __ldg(p.ptr + line0 + j + 1);
+      } else {
+        mg.h[j] = mg.end[j] = 0;
+      }
+      mg.hv[j] = mg.h[j] < mg.end[j] ? __ldg(p.idx + mg.h[j]) : INT_MAX;
     }
-    mg.hv[j] = mg.h[j] < mg.end[j] ? __ldg(p.idx + mg.h[j]) : INT_MAX;
   }
 
   const GA ga(tid);
@@ -152,10 +174,25 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
   auto b_k = [&](int i) { return kBMn ? gb.r0 + i * GB::RSTEP : gb.cc * 8; };
   auto b_n = [&](int i) { return kBMn ? gb.cc * 8 : gb.r0 + i * GB::RSTEP; };
 
-  // Copies of one step: the next R union rows (zeros past the end) into slot `slot`. Each
-  // union row is merged in turn and kept only where one of this thread's chunks needs it.
-  auto issue = [&](int slot) {
-    int a_row[GA::CH], b_blk[GB::CH], want[GB::CH];
+  // The union row of each of this thread's A chunks and the block of each B chunk in a
+  // step (-1: zeros). RECORDS: read from step t's record (t past the last: all -1).
+  struct Fields {
+    int a_row[GA::CH], b_blk[GB::CH];
+  };
+  auto fetch = [&](int t, Fields& f) {
+    const int32_t* rec = recs + int64_t(t) * C::REC;
+    const bool live = t < steps;
+#pragma unroll
+    for (int i = 0; i < GA::CH; ++i)  // K-major: one union row for all chunks, loaded once
+      f.a_row[i] = !kAMn && i > 0 ? f.a_row[0] : live ? __ldg(rec + a_k(i) / BS) : -1;
+#pragma unroll
+    for (int i = 0; i < GB::CH; ++i)
+      f.b_blk[i] = live ? __ldg(rec + R + C::MW + (b_k(i) / BS) * G + b_n(i) / BS) : -1;
+  };
+  // Else: the next R union rows merged in turn (-1 past the end), each kept only where
+  // one of this thread's chunks needs it.
+  auto merge = [&](Fields& f) {
+    int want[GB::CH];
 #pragma unroll
     for (int i = 0; i < GB::CH; ++i) want[i] = b_n(i) / BS;
 #pragma unroll
@@ -164,11 +201,17 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
       mg.Next(p, row, want, got);
 #pragma unroll
       for (int i = 0; i < GA::CH; ++i)
-        if (u == 0 || a_k(i) / BS == u) a_row[i] = row;
+        if (u == 0 || a_k(i) / BS == u) f.a_row[i] = row;
 #pragma unroll
       for (int i = 0; i < GB::CH; ++i)
-        if (u == 0 || b_k(i) / BS == u) b_blk[i] = got[i];
+        if (u == 0 || b_k(i) / BS == u) f.b_blk[i] = got[i];
     }
+  };
+
+  // Copies of one step into slot `slot` (zeros for the -1 fields).
+  auto issue = [&](const Fields& f, int slot) {
+    const int(&a_row)[GA::CH] = f.a_row;
+    const int(&b_blk)[GB::CH] = f.b_blk;
     const uint32_t st = ring + uint32_t(slot * C::STAGE_BYTES);
 #pragma unroll
     for (int i = 0; i < GA::CH; ++i) {
@@ -208,8 +251,11 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
 #pragma unroll
   for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.f;
 
-  // ---- the pipeline: `issued` steps copied so far, a step issued while the merge has rows;
+  // ---- the pipeline: `issued` steps copied so far, a step issued while the merge has rows
+  // (RECORDS: while steps are left; the next step's fields loaded after each copy);
   // steps -(STAGES - 2)..-1 only copy (the prologue). One call site of `issue` (inlined).
+  Fields f;
+  if constexpr (RECORDS) fetch(0, f);
   int issued = 0;
   for (int s = -(STAGES - 2); s < issued; ++s) {
     if (s >= 0) {
@@ -227,7 +273,15 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
       wg::Commit();
     }
     // step s + STAGES - 2 (== issued while the merge has rows) into the slot step s - 2 read
-    if (!mg.Done()) issue(issued++ % STAGES);
+    if constexpr (RECORDS) {
+      if (issued < steps) {
+        issue(f, issued % STAGES);
+        fetch(++issued, f);
+      }
+    } else if (!mg.Done()) {
+      merge(f);
+      issue(f, issued++ % STAGES);
+    }
     tc::CpAsyncCommit();
     if (s >= 0) {
       wg::Wait<1>();
@@ -250,7 +304,7 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
                                      lines_here * BS, tid);
 }
 
-template <typename T, class C, bool TA, bool TB>
+template <typename T, class C, bool TA, bool TB, bool RECORDS>
 __global__ void __launch_bounds__(kNT, C::MINB) WgsKernel(const TcArgs p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -261,12 +315,22 @@ __global__ void __launch_bounds__(kNT, C::MINB) WgsKernel(const TcArgs p) {
   for (int64_t g = blockIdx.z; g < p.batch; g += gridDim.z)
     for (int64_t mt = blockIdx.y; mt < p.m_tiles; mt += gridDim.y)
       for (int64_t l = blockIdx.x; l < groups; l += gridDim.x) {
-        Tile<T, C, TA, TB>(p, g, l, mt, smem);
+        Tile<T, C, TA, TB, RECORDS>(p, g, l, mt, smem);
         __syncthreads();
       }
 #else
   __trap();  // built without sm_90a code: SmallUsable() never lets this run
 #endif
+}
+
+// Whether the call carries group records of this kernel's shape (kBN columns, whole
+// records of C::REC ints after the groups + 1 offsets).
+template <class C>
+bool HasRecords(const TcArgs& args) {
+  const int64_t groups = (args.lines + C::G - 1) / C::G;
+  const int64_t body = args.steps_count - groups - 1;
+  return args.group_columns == kBN && args.steps != nullptr && body >= 0 &&
+         body % C::REC == 0;
 }
 
 template <typename T, class C, bool TA, bool TB>
@@ -275,7 +339,9 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   const int64_t groups = (args.lines + C::G - 1) / C::G;
   const dim3 grid(Clamp(groups, 0x7fffffff), Clamp(args.m_tiles, 65535),
                   Clamp(args.batch, 65535));
-  return tc::LaunchTile<WgsKernel<T, C, TA, TB>>(grid, kNT, C::SMEM, args, stream);
+  if (HasRecords<C>(args))
+    return tc::LaunchTile<WgsKernel<T, C, TA, TB, true>>(grid, kNT, C::SMEM, args, stream);
+  return tc::LaunchTile<WgsKernel<T, C, TA, TB, false>>(grid, kNT, C::SMEM, args, stream);
 }
 
 // Whether this kernel can run `args` here: DS mode at block size 16 or 32, and (Sm90Usable)
@@ -283,7 +349,7 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
 template <typename T>
 bool SmallUsable(const TcArgs& args, int block_size) {
   return (block_size == 16 || block_size == 32) && !args.sdd &&
-         wg::Sm90Usable<WgsKernel<T, Small16, false, false>>(args);
+         wg::Sm90Usable<WgsKernel<T, Small16, false, false, false>>(args);
 }
 
 // The launchers and the check the dispatch table names (as JBS_WGMMA_LAUNCHERS).
