@@ -69,6 +69,102 @@ template <typename T> struct alignas(4) Pair { T x, y; };
     }                                                                                        \
   }
 
+// The copies of the grouped-lines kernels (wgmma_small.cuh, wgmma_group.cuh), whose CTA
+// owns BM rows x BN output columns (G = BN / BS lines) and walks the union of its lines'
+// block rows, R = kBK / BS a step: the A tile (BM x kBK of op(A), swizzled lines) gathers
+// the step's union rows' BS-wide slices; the B tile (BN x kBK) takes each (union row, line)
+// place's block. NT threads; each thread's chunks as Copies. TA: A stored M-major; TB: the
+// blocks read transposed (op(block) stored K-major).
+template <typename T, int BM, int BN, int NT, int BS, bool TA, bool TB>
+struct GroupCopies {
+  static constexpr bool kAMn = TA;   // A stored M-major (imm-trans-a = 1)
+  static constexpr bool kBMn = !TB;  // op(block) stored N-major (imm-trans-b = 1)
+  static constexpr int G = BN / BS, R = kBK / BS;
+  // A step's record (jax_blocksparse/layout.py, group_steps with BN columns): R union rows
+  // (-1 past the group's last), MW words of presence mask (bit r G + j), the block id of
+  // each (r, j) place (-1: none)
+  static constexpr int MW = (R * G + 31) / 32, REC = R + MW + R * G;
+  using GA = Copies<BM, NT, kAMn>;
+  using GB = Copies<BN, NT, kBMn>;
+  // The union row of each of a thread's A chunks and the block of each B chunk (-1: none)
+  struct Fields {
+    int a_row[GA::CH], b_blk[GB::CH];
+  };
+
+  const T* a;  // this batch entry's operands
+  const T* b;
+  int64_t lda, row0;
+  GA ga;
+  GB gb;
+  int a_bytes_mn, a_rows;  // M-major: bytes of the chunk's rows below M; K-major: rows
+
+  __device__ __forceinline__ GroupCopies(const TcArgs& p, int64_t g, int64_t row0_, int tid)
+      : a(static_cast<const T*>(p.a) + g * p.a_bstride),
+        b(static_cast<const T*>(p.b) + g * p.b_bstride), lda(p.lda), row0(row0_), ga(tid),
+        gb(tid), a_bytes_mn(16), a_rows(0) {
+    const int64_t rows_left = p.M - row0;
+    // A, K-major: chunk i is row row0 + r0 + i*RSTEP, k = cc*8 (one union row for all i).
+    // A, M-major: chunk i is k = r0 + i*RSTEP, rows row0 + cc*8 .. +8.
+    if (kAMn) {
+      const int64_t left = rows_left - ga.cc * 8;
+      a_bytes_mn = left <= 0 ? 0 : (left < 8 ? int(left) * 2 : 16);
+    } else {
+      const int64_t left = rows_left - ga.r0;
+      a_rows = left <= 0 ? 0 : (left > BM ? BM : int(left));
+    }
+  }
+  // Chunk i's k in the step (union row k / BS) and, for B, its column (line n / BS).
+  __device__ __forceinline__ int AK(int i) const {
+    return kAMn ? ga.r0 + i * GA::RSTEP : ga.cc * 8;
+  }
+  __device__ __forceinline__ int BK(int i) const {
+    return kBMn ? gb.r0 + i * GB::RSTEP : gb.cc * 8;
+  }
+  __device__ __forceinline__ int BN_(int i) const {
+    return kBMn ? gb.cc * 8 : gb.r0 + i * GB::RSTEP;
+  }
+  // This thread's fields of the record `rec` (all -1 unless `live`).
+  __device__ __forceinline__ void Fetch(const int32_t* rec, bool live, Fields& f) const {
+#pragma unroll
+    for (int i = 0; i < GA::CH; ++i)  // K-major: one union row for all chunks, loaded once
+      f.a_row[i] = !kAMn && i > 0 ? f.a_row[0] : live ? __ldg(rec + AK(i) / BS) : -1;
+#pragma unroll
+    for (int i = 0; i < GB::CH; ++i)
+      f.b_blk[i] = live ? __ldg(rec + R + MW + (BK(i) / BS) * G + BN_(i) / BS) : -1;
+  }
+  // The copies of one step into the A tile at shared address `sa` and the B tile at `sb`:
+  // A chunks of union rows -1 and rows past M zero filled; B chunks of absent blocks zero
+  // filled where ZERO_ABSENT (a product reads them), else left as they are.
+  template <bool ZERO_ABSENT>
+  __device__ __forceinline__ void Issue(uint32_t sa, uint32_t sb, const Fields& f) const {
+#pragma unroll
+    for (int i = 0; i < GA::CH; ++i) {
+      const int k = AK(i), ur = f.a_row[i];
+      const int64_t ka = int64_t(ur) * BS + k % BS;
+      int n;
+      const T* src;
+      if (kAMn) {
+        n = ur >= 0 ? a_bytes_mn : 0;
+        src = a + ka * lda + row0 + ga.cc * 8;
+      } else {
+        n = ur >= 0 && i * GA::RSTEP < a_rows ? 16 : 0;
+        src = a + (row0 + ga.r0 + i * GA::RSTEP) * lda + ka;
+      }
+      tc::CpAsync16(sa + ga.dst0 + i * GA::RSTEP * kLine, n > 0 ? src : a, n);
+    }
+#pragma unroll
+    for (int i = 0; i < GB::CH; ++i) {
+      // N-major: stored row = k, chunk column = n/8; K-major: stored row = n, column = k/8
+      const int k = BK(i), nn = BN_(i), bk = f.b_blk[i];
+      if (!ZERO_ABSENT && bk < 0) continue;
+      const T* src = b + int64_t(bk) * (BS * BS) +
+                     (kBMn ? (k % BS) * BS + nn % BS : (nn % BS) * BS + k % BS);
+      tc::CpAsync16(sb + gb.dst0 + i * GB::RSTEP * kLine, bk >= 0 ? src : b,
+                    bk >= 0 ? 16 : 0);
+    }
+  }
+};
+
 // Second half of the grouped-lines kernels' epilogue (wgmma_small.cuh, wgmma_group.cuh):
 // the BM x BN tile staged in `os` (rows of o_pitch elements, in the output's orientation)
 // stored as 16-byte chunks, only its rows_valid rows and cols_valid columns (a last group

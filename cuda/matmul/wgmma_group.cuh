@@ -75,14 +75,12 @@ template <typename T, class C, bool TA, bool TB>
 __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, int64_t mt,
                                      unsigned char* smem) {
   constexpr int BS = C::BS, G = C::G, R = C::R, MW = C::MW, STAGES = C::STAGES;
-  constexpr bool kAMn = TA;   // A stored M-major (imm-trans-a = 1)
-  constexpr bool kBMn = !TB;  // op(block) stored N-major (imm-trans-b = 1)
-  using GA = wg::Copies<kBM, kNT, kAMn>;
-  using GB = wg::Copies<kBN, kNT, kBMn>;
+  using Copies = wg::GroupCopies<T, kBM, kBN, kNT, BS, TA, TB>;
+  static_assert(Copies::REC == C::REC, "record layout");
+  constexpr bool kAMn = Copies::kAMn, kBMn = Copies::kBMn;
+  using Fields = typename Copies::Fields;
 
   const int tid = threadIdx.x;
-  const T* a = static_cast<const T*>(p.a) + g * p.a_bstride;
-  const T* b = static_cast<const T*>(p.b) + g * p.b_bstride;
   const uint32_t ring = tc::SmemAddr(smem);
   int* masks = reinterpret_cast<int*>(smem + C::MASKS);
 
@@ -97,73 +95,22 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
   const int first = __ldg(p.steps + group);
   const int steps = __ldg(p.steps + group + 1) - first;
   const int32_t* recs = p.steps + groups + 1 + int64_t(first) * C::REC;
+  const Copies cp(p, g, row0, tid);
 
-  const GA ga(tid);
-  const GB gb(tid);
-  const int64_t lda = p.lda;
-  // A, K-major: chunk i is row row0 + r0 + i*RSTEP, k = cc*8 (one union row for all i).
-  // A, M-major: chunk i is k = r0 + i*RSTEP, rows row0 + cc*8 .. +8.
-  int a_bytes_mn = 16, a_rows = 0;
-  if (kAMn) {
-    const int64_t left = rows_left - ga.cc * 8;
-    a_bytes_mn = left <= 0 ? 0 : (left < 8 ? int(left) * 2 : 16);
-  } else {
-    const int64_t left = rows_left - ga.r0;
-    a_rows = left <= 0 ? 0 : (left > kBM ? kBM : int(left));
-  }
-  // Per chunk: its k in the step (union row k / BS) and, for B, its column (line n / BS).
-  auto a_k = [&](int i) { return kAMn ? ga.r0 + i * GA::RSTEP : ga.cc * 8; };
-  auto b_k = [&](int i) { return kBMn ? gb.r0 + i * GB::RSTEP : gb.cc * 8; };
-  auto b_n = [&](int i) { return kBMn ? gb.cc * 8 : gb.r0 + i * GB::RSTEP; };
-
-  // The record fields this thread's copies of a step need (-1 past the last step); threads
-  // 0..MW-1 also carry a word of the step's presence mask to its place in `masks`.
-  struct Fields {
-    int a_row[GA::CH], b_blk[GB::CH], mask;
-  };
+  // The record fields this thread's copies of step t need (-1 past the last step);
+  // threads 0..MW-1 also carry a word of the step's presence mask to its place in `masks`.
+  int mask_word = 0;
   auto fetch = [&](int t, Fields& f) {
     const int32_t* rec = recs + int64_t(t) * C::REC;
-    const bool live = t < steps;
-#pragma unroll
-    for (int i = 0; i < GA::CH; ++i)  // K-major: one union row for all chunks, loaded once
-      f.a_row[i] = !kAMn && i > 0 ? f.a_row[0] : live ? __ldg(rec + a_k(i) / BS) : -1;
-#pragma unroll
-    for (int i = 0; i < GB::CH; ++i)
-      f.b_blk[i] = live ? __ldg(rec + R + MW + (b_k(i) / BS) * G + b_n(i) / BS) : -1;
-    f.mask = live && tid < MW ? __ldg(rec + R + tid) : 0;
+    cp.Fetch(rec, t < steps, f);
+    mask_word = t < steps && tid < MW ? __ldg(rec + R + tid) : 0;
   };
-  // The copies of one step into slot `slot`: the A chunks of its union rows (rows past M
-  // zero filled), the B chunks of its listed blocks. Places without a block, and union
-  // rows past the group's last, are left as they are: no product reads them.
+  // The copies of one step into slot `slot`: union rows past the group's last and places
+  // without a block are left as they are (no product reads them).
   auto issue = [&](const Fields& f, int slot) {
     const uint32_t st = ring + uint32_t(slot * C::STAGE_BYTES);
-#pragma unroll
-    for (int i = 0; i < GA::CH; ++i) {
-      const int ur = f.a_row[i];
-      if (ur < 0) continue;
-      const int64_t ka = int64_t(ur) * BS + a_k(i) % BS;
-      int n;
-      const T* src;
-      if (kAMn) {
-        n = a_bytes_mn;
-        src = a + ka * lda + row0 + ga.cc * 8;
-      } else {
-        n = i * GA::RSTEP < a_rows ? 16 : 0;
-        src = a + (row0 + ga.r0 + i * GA::RSTEP) * lda + ka;
-      }
-      tc::CpAsync16(st + ga.dst0 + i * GA::RSTEP * kLine, n > 0 ? src : a, n);
-    }
-#pragma unroll
-    for (int i = 0; i < GB::CH; ++i) {
-      const int bk = f.b_blk[i];
-      if (bk < 0) continue;
-      // N-major: stored row = k, chunk column = n/8; K-major: stored row = n, column = k/8
-      const int k = b_k(i), nn = b_n(i);
-      const T* src = b + int64_t(bk) * (BS * BS) +
-                     (kBMn ? (k % BS) * BS + nn % BS : (nn % BS) * BS + k % BS);
-      tc::CpAsync16(st + C::A_BYTES + gb.dst0 + i * GB::RSTEP * kLine, src, 16);
-    }
-    if (tid < MW) masks[slot * MW + tid] = f.mask;
+    cp.template Issue<false>(st, st + C::A_BYTES, f);
+    if (tid < MW) masks[slot * MW + tid] = mask_word;
   };
 
   // ---- MMA operands: descriptors of stage 0 for this warpgroup; a product's k16 slice q

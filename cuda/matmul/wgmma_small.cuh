@@ -55,10 +55,9 @@ template <int BS_, int STAGES_, int MINB_>
 struct Cfg {
   static constexpr int BS = BS_, G = kBN / BS_, R = kBK / BS_;
   static constexpr int STAGES = STAGES_, MINB = MINB_;
-  // A step's record where the call carries them (jax_blocksparse/layout.py, group_steps
-  // with kBN columns): R union rows, the presence mask (unused here: absent blocks are
-  // zero filled), the block id of each (union row, line) place
-  static constexpr int MW = (R * G + 31) / 32, REC = R + MW + R * G;
+  // Ints of a step's record where the call carries them (wg::GroupCopies; the presence
+  // mask is unused here: absent blocks are zero filled)
+  static constexpr int REC = R + (R * G + 31) / 32 + R * G;
   static constexpr int A_BYTES = kBM * kLine, B_BYTES = kBN * kLine;
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   static constexpr int RING = STAGES * STAGE_BYTES;
@@ -71,10 +70,6 @@ struct Cfg {
 
 using Small16 = Cfg<16, 4, 2>;
 using Small32 = Cfg<32, 4, 2>;
-
-// One thread's chunk geometry of an EXT x kBK tile copied by the kNT threads.
-template <int EXT, bool MN>
-using Geo = wg::Copies<EXT, kNT, MN>;
 
 // The merge of the group's G sorted lists: heads, ends and the idx at each head (INT_MAX
 // past the end). Every thread runs it identically.
@@ -118,16 +113,12 @@ template <typename T, class C, bool TA, bool TB, bool RECORDS>
 __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, int64_t mt,
                                      unsigned char* smem) {
   constexpr int BS = C::BS, G = C::G, R = C::R, STAGES = C::STAGES;
-  constexpr bool kAMn = TA;   // A stored M-major (imm-trans-a = 1)
-  constexpr bool kBMn = !TB;  // op(block) stored N-major (imm-trans-b = 1)
-  using GA = Geo<kBM, kAMn>;
-  using GB = Geo<kBN, kBMn>;
+  using Copies = wg::GroupCopies<T, kBM, kBN, kNT, BS, TA, TB>;
+  constexpr bool kAMn = Copies::kAMn, kBMn = Copies::kBMn;
+  using Fields = typename Copies::Fields;
 
   const int tid = threadIdx.x;
-  const T* a = static_cast<const T*>(p.a) + g * p.a_bstride;
-  const T* b = static_cast<const T*>(p.b) + g * p.b_bstride;
   const uint32_t ring = tc::SmemAddr(smem);
-
   const int64_t line0 = group * G;
   const int lines_here = p.lines - line0 < G ? int(p.lines - line0) : G;  // >= 1
   const int64_t row0 = mt * kBM, col0 = line0 * BS;
@@ -154,89 +145,35 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
       mg.hv[j] = mg.h[j] < mg.end[j] ? __ldg(p.idx + mg.h[j]) : INT_MAX;
     }
   }
+  const Copies cp(p, g, row0, tid);
 
-  const GA ga(tid);
-  const GB gb(tid);
-  const int64_t lda = p.lda;
-  // A, K-major: chunk i is row row0 + r0 + i*RSTEP, k = cc*8 (one union slot for all i).
-  // A, M-major: chunk i is k = r0 + i*RSTEP (slot by i), rows row0 + cc*8 .. +8.
-  int a_bytes_mn = 16, a_rows = 0;
-  if (kAMn) {
-    const int64_t left = rows_left - ga.cc * 8;
-    a_bytes_mn = left <= 0 ? 0 : (left < 8 ? int(left) * 2 : 16);
-  } else {
-    const int64_t left = rows_left - ga.r0;
-    a_rows = left <= 0 ? 0 : (left > kBM ? kBM : int(left));
-  }
-
-  // Per chunk: its k in the step (union slot k / BS) and, for B, its column (line n / BS).
-  auto a_k = [&](int i) { return kAMn ? ga.r0 + i * GA::RSTEP : ga.cc * 8; };
-  auto b_k = [&](int i) { return kBMn ? gb.r0 + i * GB::RSTEP : gb.cc * 8; };
-  auto b_n = [&](int i) { return kBMn ? gb.cc * 8 : gb.r0 + i * GB::RSTEP; };
-
-  // The union row of each of this thread's A chunks and the block of each B chunk in a
-  // step (-1: zeros). RECORDS: read from step t's record (t past the last: all -1).
-  struct Fields {
-    int a_row[GA::CH], b_blk[GB::CH];
-  };
+  // A step's fields: RECORDS, step t's record (t past the last: all -1); else the next R
+  // union rows merged in turn (-1 past the end), each kept only where one of this
+  // thread's chunks needs it.
   auto fetch = [&](int t, Fields& f) {
-    const int32_t* rec = recs + int64_t(t) * C::REC;
-    const bool live = t < steps;
-#pragma unroll
-    for (int i = 0; i < GA::CH; ++i)  // K-major: one union row for all chunks, loaded once
-      f.a_row[i] = !kAMn && i > 0 ? f.a_row[0] : live ? __ldg(rec + a_k(i) / BS) : -1;
-#pragma unroll
-    for (int i = 0; i < GB::CH; ++i)
-      f.b_blk[i] = live ? __ldg(rec + R + C::MW + (b_k(i) / BS) * G + b_n(i) / BS) : -1;
+    cp.Fetch(recs + int64_t(t) * C::REC, t < steps, f);
   };
-  // Else: the next R union rows merged in turn (-1 past the end), each kept only where
-  // one of this thread's chunks needs it.
   auto merge = [&](Fields& f) {
-    int want[GB::CH];
+    int want[Copies::GB::CH];
 #pragma unroll
-    for (int i = 0; i < GB::CH; ++i) want[i] = b_n(i) / BS;
+    for (int i = 0; i < Copies::GB::CH; ++i) want[i] = cp.BN_(i) / BS;
 #pragma unroll
     for (int u = 0; u < R; ++u) {
-      int row, got[GB::CH];
+      int row, got[Copies::GB::CH];
       mg.Next(p, row, want, got);
 #pragma unroll
-      for (int i = 0; i < GA::CH; ++i)
-        if (u == 0 || a_k(i) / BS == u) f.a_row[i] = row;
+      for (int i = 0; i < Copies::GA::CH; ++i)
+        if (u == 0 || cp.AK(i) / BS == u) f.a_row[i] = row;
 #pragma unroll
-      for (int i = 0; i < GB::CH; ++i)
-        if (u == 0 || b_k(i) / BS == u) f.b_blk[i] = got[i];
+      for (int i = 0; i < Copies::GB::CH; ++i)
+        if (u == 0 || cp.BK(i) / BS == u) f.b_blk[i] = got[i];
     }
   };
-
-  // Copies of one step into slot `slot` (zeros for the -1 fields).
+  // Copies of one step into slot `slot` (zeros for the -1 fields: the 64-column products
+  // read every place).
   auto issue = [&](const Fields& f, int slot) {
-    const int(&a_row)[GA::CH] = f.a_row;
-    const int(&b_blk)[GB::CH] = f.b_blk;
     const uint32_t st = ring + uint32_t(slot * C::STAGE_BYTES);
-#pragma unroll
-    for (int i = 0; i < GA::CH; ++i) {
-      const int k = a_k(i), ur = a_row[i];
-      const int64_t ka = int64_t(ur) * BS + k % BS;
-      int n;
-      const T* src;
-      if (kAMn) {
-        n = ur >= 0 ? a_bytes_mn : 0;
-        src = a + ka * lda + row0 + ga.cc * 8;
-      } else {
-        n = ur >= 0 && i * GA::RSTEP < a_rows ? 16 : 0;
-        src = a + (row0 + ga.r0 + i * GA::RSTEP) * lda + ka;
-      }
-      tc::CpAsync16(st + ga.dst0 + i * GA::RSTEP * kLine, n > 0 ? src : a, n);
-    }
-#pragma unroll
-    for (int i = 0; i < GB::CH; ++i) {
-      // N-major: stored row = k, chunk column = n/8; K-major: stored row = n, column = k/8
-      const int k = b_k(i), nn = b_n(i), bk = b_blk[i];
-      const T* src = b + int64_t(bk) * (BS * BS) +
-                     (kBMn ? (k % BS) * BS + nn % BS : (nn % BS) * BS + k % BS);
-      tc::CpAsync16(st + C::A_BYTES + gb.dst0 + i * GB::RSTEP * kLine, bk >= 0 ? src : b,
-                    bk >= 0 ? 16 : 0);
-    }
+    cp.template Issue<true>(st, st + C::A_BYTES, f);
   };
 
   // ---- MMA operands: descriptors of stage 0, k16 slice 0 of this warpgroup
