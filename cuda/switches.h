@@ -72,7 +72,10 @@
 //     block sizes 16/32 in bf16/f16 on the Hopper kernel with one accumulator tile per line
 //     (matmul/wgmma_group.cuh: 256 output columns per CTA, a product only on listed
 //     blocks) instead of wgmma_small.cuh's; the Python side reads it too and passes the
-//     layout's group records (_cuda._group_wgmma), which that kernel needs
+//     layout's group records (_cuda._group_columns), which that kernel needs
+//   (Python side only: JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1, opt-in until timed, passes
+//     the 64-column group records to the default bs-16/32 kernel, wgmma_small.cuh, which
+//     then reads its union rows from them instead of merging the lists in every thread)
 #pragma once
 
 namespace jax_blocksparse {
