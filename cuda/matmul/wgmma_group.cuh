@@ -105,8 +105,8 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
     cp.Fetch(rec, t < steps, f);
     mask_word = t < steps && tid < MW ? __ldg(rec + R + tid) : 0;
   };
-  // The copies of one step into slot `slot`: union rows past the group's last and places
-  // without a block are left as they are (no product reads them).
+  // The copies of one step into slot `slot`: places without a block are left as they are
+  // (no product reads them); A rows of union rows past the group's last are zero filled.
   auto issue = [&](const Fields& f, int slot) {
     const uint32_t st = ring + uint32_t(slot * C::STAGE_BYTES);
     cp.template Issue<false>(st, st + C::A_BYTES, f);
