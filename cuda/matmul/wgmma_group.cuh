@@ -118,7 +118,9 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
   constexpr uint32_t kSbo = 1024;
   constexpr uint32_t kALbo = kAMn ? kBK * kLine : 16, kBLbo = kBMn ? kBK * kLine : 16;
   constexpr uint32_t kAkk = kAMn ? 16 * kLine : 32, kBkk = kBMn ? 16 * kLine : 32;
-  const int wgi = tid / 128;
+  // warp-uniform as the compiler sees it (a shuffle from lane 0), so that the descriptors
+  // live in uniform registers: no vector-to-uniform moves around each product
+  const int wgi = __shfl_sync(0xffffffffu, tid / 128, 0);
   const uint64_t da0 = wg::Desc(ring + uint32_t(wgi * 64 * kLine), kALbo, kSbo);
   const uint64_t db0 = wg::Desc(ring + C::A_BYTES, kBLbo, kSbo);
   // Line j's columns in the B tile: K-major, BS lines per line; N-major, at j*BS elements
