@@ -123,8 +123,8 @@ def test_dds_dsd_carry_the_group_records_their_kernel_reads(monkeypatch, switch,
     for dtype in (jnp.bfloat16, jnp.float32):
         x = jnp.ones((8, 96), dtype)
         w = jnp.ones((layout.nnz, bs, bs), dtype)
-        grad = jax.grad(lambda x, w: jbs.matmul(x, w, layout).astype(jnp.float32).sum(),
-                        argnums=(0, 1))
+        grad = jax.value_and_grad(
+            lambda x, w: jbs.matmul(x, w, layout).astype(jnp.float32).sum(), argnums=(0, 1))
         text = cuda_text(grad, x, w)
         calls = [line for line in text.splitlines() if "custom_call" in line
                  and ("@jax_blocksparse_dds(" in line or "@jax_blocksparse_dsd(" in line)]
