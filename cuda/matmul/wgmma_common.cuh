@@ -165,6 +165,13 @@ struct GroupCopies {
   }
 };
 
+// Whether `count` ints hold whole group records of `rec` ints after the groups + 1 step
+// offsets (GroupCopies's records, as jax_blocksparse/layout.py group_steps writes them).
+inline bool RecordsFit(int64_t count, int64_t groups, int rec) {
+  const int64_t body = count - groups - 1;
+  return body >= 0 && body % rec == 0;
+}
+
 // Second half of the grouped-lines kernels' epilogue (wgmma_small.cuh, wgmma_group.cuh):
 // the BM x BN tile staged in `os` (rows of o_pitch elements, in the output's orientation)
 // stored as 16-byte chunks, only its rows_valid rows and cols_valid columns (a last group

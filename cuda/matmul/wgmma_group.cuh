@@ -66,11 +66,6 @@ struct Cfg {
 using Group16 = Cfg<16>;
 using Group32 = Cfg<32>;
 
-// Ints of one step's record at block size `bs`.
-constexpr int RecordInts(int bs) {
-  return bs == 16 ? Group16::REC : Group32::REC;
-}
-
 template <typename T, class C, bool TA, bool TB>
 __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, int64_t mt,
                                      unsigned char* smem) {
@@ -220,23 +215,20 @@ template <typename T, class C, bool TA, bool TB>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
   args.m_tiles = (args.M + kBM - 1) / kBM;
   const int64_t groups = (args.lines + C::G - 1) / C::G;
+  if (args.steps == nullptr || !wg::RecordsFit(args.steps_count, groups, C::REC))
+    return cudaErrorInvalidValue;  // 256-column records that do not fit: a caller's error
   const dim3 grid(Clamp(groups, 0x7fffffff), Clamp(args.m_tiles, 65535),
                   Clamp(args.batch, 65535));
   return tc::LaunchTile<WggKernel<T, C, TA, TB>>(grid, kNT, C::SMEM, args, stream);
 }
 
-// Whether this kernel can run `args` here: DS mode at block size 16 or 32 with the call's
-// group records of 256 columns (args.steps: (groups + 1) offsets and whole records, as
-// group_steps writes them), and (Sm90Usable) 16-byte
-// aligned operand rows, an sm_90 device and the kernels built for sm_90a.
+// Whether this kernel can run `args` here: DS mode at block size 16 or 32, the call
+// carrying group records of 256 columns (Run checks that they fit), and (Sm90Usable)
+// 16-byte aligned operand rows, an sm_90 device and the kernels built for sm_90a.
 template <typename T>
 bool GroupUsable(const TcArgs& args, int block_size) {
-  if ((block_size != 16 && block_size != 32) || args.sdd || args.steps == nullptr ||
-      args.group_columns != kBN)
+  if ((block_size != 16 && block_size != 32) || args.sdd || args.group_columns != kBN)
     return false;
-  const int64_t groups = (args.lines + kBN / block_size - 1) / (kBN / block_size);
-  const int64_t records = args.steps_count - groups - 1;
-  if (records < 0 || records % RecordInts(block_size) != 0) return false;
   return wg::Sm90Usable<WggKernel<T, Group16, false, false>>(args);
 }
 

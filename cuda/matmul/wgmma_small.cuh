@@ -260,23 +260,19 @@ __global__ void __launch_bounds__(kNT, C::MINB) WgsKernel(const TcArgs p) {
 #endif
 }
 
-// Whether the call carries group records of this kernel's shape (kBN columns, whole
-// records of C::REC ints after the groups + 1 offsets).
-template <class C>
-bool HasRecords(const TcArgs& args) {
-  const int64_t groups = (args.lines + C::G - 1) / C::G;
-  const int64_t body = args.steps_count - groups - 1;
-  return args.group_columns == kBN && args.steps != nullptr && body >= 0 &&
-         body % C::REC == 0;
-}
-
 template <typename T, class C, bool TA, bool TB>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
   args.m_tiles = (args.M + kBM - 1) / kBM;
   const int64_t groups = (args.lines + C::G - 1) / C::G;
   const dim3 grid(Clamp(groups, 0x7fffffff), Clamp(args.m_tiles, 65535),
                   Clamp(args.batch, 65535));
-  if (HasRecords<C>(args))
+  // Records of this kernel's width (kBN columns) are read (a buffer that does not fit them
+  // is the caller's error, not a reason to merge instead); others (another kernel's, or
+  // none) leave the merge to the threads.
+  const bool records = args.group_columns == kBN;
+  if (records && (args.steps == nullptr || !wg::RecordsFit(args.steps_count, groups, C::REC)))
+    return cudaErrorInvalidValue;
+  if (records)
     return tc::LaunchTile<WgsKernel<T, C, TA, TB, true>>(grid, kNT, C::SMEM, args, stream);
   return tc::LaunchTile<WgsKernel<T, C, TA, TB, false>>(grid, kNT, C::SMEM, args, stream);
 }
