@@ -85,7 +85,8 @@ sanitize() {
       local try rc
       for try in 1 2; do
         echo "### $tool: $envset sanitize_workload.py $* (try $try)" >> "$log"
-        env XLA_PYTHON_CLIENT_ALLOCATOR=platform XLA_FLAGS=--xla_gpu_autotune_level=0 \
+        env XLA_PYTHON_CLIENT_ALLOCATOR=platform \
+            XLA_FLAGS="--xla_gpu_autotune_level=0 ${TOOL_XLA_FLAGS:-}" \
             JAX_BLOCKSPARSE_DEBUG=1 ${envset//,/ } \
             "$cs" --tool "$tool" --kernel-name kns=jax_blocksparse --error-exitcode 1 \
             python3 "$repo/benchmarks/sanitize_workload.py" "$@" >> "$log" 2>&1
@@ -120,6 +121,9 @@ PY
   return $status
 }
 
+# TOOL_XLA_FLAGS: more XLA flags for the processes the sanitizer and Nsight Compute run
+# (both have ended in host segfaults in XLA's code, RESULTS 2026-12-05; to try:
+# TOOL_XLA_FLAGS=--xla_gpu_enable_command_buffer= , XLA's command buffers (CUDA graphs) off).
 # Nsight Compute on the second launch (and PROFILE_COUNT - 1 more) of the kernels whose
 # mangled names match KERNEL (a regex) in the command after LOG (its output: $out/LOG).
 # --clock-control none: the card's clocks stay as they are (ncu's default would lock them; the device README's METHOD.md).
@@ -127,6 +131,7 @@ profile() {
   local kernel=$1 log=$2 ncu
   shift 2
   ncu=$(cuda_tool ncu)
+  XLA_FLAGS="${XLA_FLAGS:-} ${TOOL_XLA_FLAGS:-}" \
   timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none --kernel-name-base mangled \
     --kernel-name "regex:$kernel" --launch-skip 1 --launch-count "${PROFILE_COUNT:-1}" \
     --section SpeedOfLight \
