@@ -19,7 +19,7 @@ process each (with JAX_BLOCKSPARSE_DEBUG=1: its distinct launch lines, which nam
 kernels, follow its table); --sdd-runs likewise sdd and x^T dy (sddT) under
 JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 and =1 (cuda/matmul/mma_sync.cuh SddRuns16/32);
 --group-wgmma the ops of --small-wgmma under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=0 (the
-default: wgmma_small.cuh) and =1 (cuda/matmul/wgmma_group.cuh); --small-records likewise
+default: wgmma_small.cuh), =1 and =128 (cuda/matmul/wgmma_group.cuh, 256 and 128 columns); --small-records likewise
 under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0 and =1 (wgmma_small.cuh merging the lists in
 every thread, or reading the host-merged group records). The correctness sweep that lived here is in
 the test suite: tests/test_gpu_kernels.py (run with `pytest -m gpu`).
@@ -89,10 +89,10 @@ def timing(sizes=(32, 64, 128), n=8192, ops=("dds", "ddsT", "dsd", "sdd"), reps=
                   f"{td / t:5.2f}x faster than dense)", flush=True)
 
 
-def compare_switch(switch, sizes, ops):
+def compare_switch(switch, sizes, ops, values=("0", "1")):
     """--small-wgmma, --sdd-runs, --group-wgmma, --small-records: the timing under each value ("0", "1") of the switch
     JAX_BLOCKSPARSE_<switch>, in a child process each."""
-    for value in ("0", "1"):
+    for value in values:
         print(f"\n-- JAX_BLOCKSPARSE_{switch}={value} --", flush=True)
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", JAX_BLOCKSPARSE_DEBUG="1",
                    **{f"JAX_BLOCKSPARSE_{switch}": value})
@@ -124,7 +124,7 @@ def main():
                     help="time sdd and sddT (x^T dy) at --sizes (default 16,32) under "
                          "JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0 and =1, a child process each")
     ap.add_argument("--group-wgmma", action="store_true",
-                    help="as --small-wgmma, under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=0 and =1")
+                    help="as --small-wgmma, under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=0, =1, =128")
     ap.add_argument("--small-records", action="store_true",
                     help="as --small-wgmma, under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0 and =1")
     ap.add_argument("--no-naive", action="store_true", help="skip the simple-kernel timing")
@@ -145,7 +145,8 @@ def main():
         switch = ("MATMUL_GROUP_WGMMA" if args.group_wgmma else
                   "MATMUL_SMALL_RECORDS" if args.small_records else "MATMUL_SMALL_WGMMA")
         compare_switch(switch, sizes,
-                       args.ops if args.ops != "dds,ddsT,dsd,sdd" else "dds,ddsT,dsd")
+                       args.ops if args.ops != "dds,ddsT,dsd,sdd" else "dds,ddsT,dsd",
+                       ("0", "1", "128") if args.group_wgmma else ("0", "1"))
         return
     if args.sdd_runs:
         compare_switch("MATMUL_SDD_RUNS", sizes, "sdd,sddT")

@@ -3,7 +3,7 @@
 #   bash benchmarks/device.sh test matmul attention peers patterns lm sanitize
 #   (matmul_small: bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA 0 and 1;
 #    matmul_sdd_runs: sdd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_SDD_RUNS 0 and 1;
-#    matmul_group: dds/dsd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA 0 and 1;
+#    matmul_group: dds/dsd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA 0, 1 and 128;
 #    matmul_small_records: the same under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS 0 and 1;
 #    matmul_tf32: float32 (and bf16) at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA 0 and 1;
 #    matmul_profile: Nsight Compute on the bs-64 wgmma matmul at density 0.02;
@@ -171,8 +171,8 @@ for stage in "$@"; do
     matmul) python3 "$repo/benchmarks/matmul.py" 2>&1 | tee "$out/matmul.log"
             python3 "$repo/benchmarks/matmul.py" --layout barabasi_albert --block-sizes 64,128 \
               2>&1 | tee -a "$out/matmul.log" ;;
-    # dds, its dx and dsd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=0 and =1
-    # (wgmma_small.cuh, the default, against wgmma_group.cuh; issue 20)
+    # dds, its dx and dsd at bs 16/32 under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=0, =1, =128
+    # (wgmma_small.cuh, the default, against wgmma_group.cuh at 256 / 128 columns; issue 20)
     matmul_group) python3 "$repo/benchmarks/dev_kernels.py" --group-wgmma 2>&1 \
                     | tee "$out/matmul_group.log" ;;
     # the same under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0 and =1 (wgmma_small.cuh merging

@@ -71,7 +71,8 @@
 //     RESULTS 2026-12-05; issue 20 item 1, the third design): dds/dsd at
 //     block sizes 16/32 in bf16/f16 on the Hopper kernel with one accumulator tile per line
 //     (matmul/wgmma_group.cuh: 256 output columns per CTA, a product only on listed
-//     blocks) instead of wgmma_small.cuh's; the Python side reads it too and passes the
+//     blocks; =128: 128 columns, two CTAs per SM) instead of wgmma_small.cuh's; the Python
+//     side reads it too and passes the
 //     layout's group records (_cuda._group_columns), which that kernel needs
 //   (Python side only: JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1, opt-in until timed, passes
 //     the 64-column group records to the default bs-16/32 kernel, wgmma_small.cuh, which

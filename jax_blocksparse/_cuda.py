@@ -65,7 +65,8 @@ class Switches(NamedTuple):
     no_wgmma: bool  # JAX_BLOCKSPARSE_NO_WGMMA (it switches the former off too)
     attn_bwd_tiled64: int  # JAX_BLOCKSPARSE_ATTN_BWD_TILED64: -1 unset, 0, 1
     # (`backward_tile_context`)
-    matmul_group_wgmma: bool  # JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA (opt-in: `_group_columns`)
+    matmul_group_wgmma: int  # JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA: 0 off, else the group
+    # kernel's columns: 128 for "128", 256 for any other value (opt-in: `_group_columns`)
     matmul_small_records: bool  # JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS (opt-in: the same)
 
 
@@ -84,6 +85,10 @@ def _read_switches() -> Switches:
     def choice(name):  # -1 unset (the default's choice), else 0 or 1 as `number` reads it
         return -1 if not os.environ.get(name, "").strip() else int(number(name) != 0)
 
+    def group_width(name):  # 0 unset or "0", 128 for "128", else 256
+        value = number(name)
+        return 0 if value == 0 else 128 if value == 128 else GROUP_COLUMNS
+
     def variant(name):  # the leading digit 0..4, else -1 (as cuda/switches.cu reads them)
         value = os.environ.get(name, "")
         return int(value[0]) if value[:1] in ("0", "1", "2", "3", "4") else -1
@@ -93,7 +98,7 @@ def _read_switches() -> Switches:
                     matmul_tf32_wgmma=number("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA") != 0,
                     no_wgmma=number("JAX_BLOCKSPARSE_NO_WGMMA") != 0,
                     attn_bwd_tiled64=choice("JAX_BLOCKSPARSE_ATTN_BWD_TILED64"),
-                    matmul_group_wgmma=number("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA") != 0,
+                    matmul_group_wgmma=group_width("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA"),
                     matmul_small_records=number("JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS") != 0)
 
 
@@ -281,8 +286,9 @@ def _group_columns(ctx, block_size: int) -> int:
     """The width of the group records this dds/dsd call carries (0: none, a one-int
     placeholder): the bs-16/32 wgmma kernels on an sm_90a device, bf16/f16, read the union
     of their lines' blocks merged on the host (`Layout.group_steps`) where the call has
-    them: 256 columns for the per-line-accumulator kernel (cuda/matmul/wgmma_group.cuh,
-    opt-in JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1), 64 for the default 64-column kernel
+    them: 256 (or 128) columns for the per-line-accumulator kernel
+    (cuda/matmul/wgmma_group.cuh, opt-in JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1, or =128 for
+    its 128-column form), 64 for the default 64-column kernel
     (wgmma_small.cuh) under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1 (opt-in: without them
     each of its threads merges the lists itself). The C++ dispatch still decides which
     kernel runs (alignment); a kernel given records of another width ignores them."""
@@ -290,7 +296,7 @@ def _group_columns(ctx, block_size: int) -> int:
             or ctx.avals_in[0].dtype not in (jnp.bfloat16, jnp.float16)):
         return 0
     if SWITCHES.matmul_group_wgmma:
-        return GROUP_COLUMNS
+        return SWITCHES.matmul_group_wgmma
     return SMALL_COLUMNS if SWITCHES.matmul_small_records else 0
 
 

@@ -153,13 +153,13 @@ class Layout:
     def group_steps(self, by: str, columns: int = 256) -> np.ndarray:
         """The records of the bs-16/32 matmul kernels for the lines of `self.lists(by)`
         ("row": block rows, "col": block columns) in groups of `columns` output columns
-        (`GROUP_COLUMNS`: the per-line-accumulator kernel; `SMALL_COLUMNS`: the 64-column
-        one), cached: int32 `[groups + 1 + steps * REC]` as the module function
+        (`GROUP_COLUMNS` or 128: the per-line-accumulator kernel; `SMALL_COLUMNS`: the
+        64-column one), cached: int32 `[groups + 1 + steps * REC]` as the module function
         `group_steps` describes.
 
         Raises:
           ValueError: a 3-D layout, a block size other than 16 or 32, or `columns` other
-            than those two.
+            than 64, 128 or 256.
         """
         cache = self.__dict__.setdefault("_group_steps", {})
         if (by, columns) not in cache:
@@ -300,8 +300,9 @@ GROUP_COLUMNS, SMALL_COLUMNS, STEP_K = 256, 64, 64
 
 def group_steps(mask: np.ndarray, ids: np.ndarray, block_size: int,
                 columns: int = GROUP_COLUMNS) -> np.ndarray:
-    """The records cuda/matmul/wgmma_group.cuh (`columns` = GROUP_COLUMNS) or
-    wgmma_small.cuh (SMALL_COLUMNS) reads for the lines (rows) of a 2-D `mask` `[lines, K]`
+    """The records cuda/matmul/wgmma_group.cuh (`columns` = GROUP_COLUMNS, or 128 for its
+    128-column form) or wgmma_small.cuh (SMALL_COLUMNS) reads for the lines (rows) of a 2-D
+    `mask` `[lines, K]`
     at block size 16 or 32, with the blocks' ids `ids` (as `mask`; -1 where no block is).
 
     Lines are grouped G = columns / bs at a time (group g: lines g G .. g G + G - 1).
@@ -317,8 +318,8 @@ def group_steps(mask: np.ndarray, ids: np.ndarray, block_size: int,
     """
     if block_size not in (16, 32):
         raise ValueError(f"group_steps: block size 16 or 32, got {block_size}")
-    if columns not in (GROUP_COLUMNS, SMALL_COLUMNS):
-        raise ValueError(f"group_steps: columns {GROUP_COLUMNS} or {SMALL_COLUMNS}, "
+    if columns not in (SMALL_COLUMNS, 128, GROUP_COLUMNS):
+        raise ValueError(f"group_steps: columns {SMALL_COLUMNS}, 128 or {GROUP_COLUMNS}, "
                          f"got {columns}")
     g_lines, r_rows = columns // block_size, STEP_K // block_size
     slots = r_rows * g_lines

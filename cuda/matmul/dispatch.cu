@@ -86,15 +86,18 @@ using tc::TcArgs;
       JBS_WGS_ROW(DT, T, BS, C, 1, 0), JBS_WGS_ROW(DT, T, BS, C, 1, 1)
 #define JBS_WGS_ROWS(DT, T) \
   JBS_WGS_TRANS_ROWS(DT, T, 16, Small16), JBS_WGS_TRANS_ROWS(DT, T, 32, Small32)
-// DS mode at bs 16/32 with the call's group records (opt-in: JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1).
-#define JBS_WGG_ROW(DT, T, BS, C, TA, TB)                                             \
-  {DT, BS, MatmulPath::kWgmmaGroup, 0, TA, TB, "wgmma-group(128x256)",                \
-   wgg::Run<T, wgg::C, TA != 0, TB != 0>, wgg::GroupUsable<T>}
-#define JBS_WGG_TRANS_ROWS(DT, T, BS, C)                                   \
-  JBS_WGG_ROW(DT, T, BS, C, 0, 0), JBS_WGG_ROW(DT, T, BS, C, 0, 1),        \
-      JBS_WGG_ROW(DT, T, BS, C, 1, 0), JBS_WGG_ROW(DT, T, BS, C, 1, 1)
-#define JBS_WGG_ROWS(DT, T) \
-  JBS_WGG_TRANS_ROWS(DT, T, 16, Group16), JBS_WGG_TRANS_ROWS(DT, T, 32, Group32)
+// DS mode at bs 16/32 with the call's group records of 256 or 128 columns (opt-in:
+// JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 or =128; the rows of the records' width are usable).
+#define JBS_WGG_ROW(DT, T, BS, C, BN, TA, TB)                                         \
+  {DT, BS, MatmulPath::kWgmmaGroup, 0, TA, TB, "wgmma-group(128x" #BN ")",            \
+   wgg::Run<T, wgg::C, TA != 0, TB != 0>, wgg::GroupUsable<T, BN>}
+#define JBS_WGG_TRANS_ROWS(DT, T, BS, C, BN)                                       \
+  JBS_WGG_ROW(DT, T, BS, C, BN, 0, 0), JBS_WGG_ROW(DT, T, BS, C, BN, 0, 1),        \
+      JBS_WGG_ROW(DT, T, BS, C, BN, 1, 0), JBS_WGG_ROW(DT, T, BS, C, BN, 1, 1)
+#define JBS_WGG_ROWS(DT, T)                                                          \
+  JBS_WGG_TRANS_ROWS(DT, T, 16, Group16, 256), JBS_WGG_TRANS_ROWS(DT, T, 32, Group32, 256), \
+      JBS_WGG_TRANS_ROWS(DT, T, 16, Group16x128, 128),                               \
+      JBS_WGG_TRANS_ROWS(DT, T, 32, Group32x128, 128)
 
 // The one table of variants: (dtype, block size, path, mode, transposes) -> launcher, name.
 // Every (dtype, block size) listed has kSimple and kMmaSync rows; kWgmma(Small) rows where

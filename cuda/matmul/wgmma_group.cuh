@@ -8,7 +8,8 @@
 // wgmma_group_{bf16,f16}.cu.
 //
 // A CTA owns BM = 128 rows x BN = 256 output columns: a group of G = 256/bs lines (16 at
-// bs 16, 8 at bs 32). Its K loop walks the union of the block rows its lines list, R =
+// bs 16, 8 at bs 32); or, at BN = 128 (JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=128), half as
+// many lines, 64 accumulators a thread, a 3-step ring and two CTAs per SM. Its K loop walks the union of the block rows its lines list, R =
 // 64/bs union rows per step: the A tile (128 x 64 of op(A)) gathers the R rows' bs-wide
 // slices once for every line that lists them (wgmma_small.cuh's A tile), and the B tile
 // (256 x 64) receives each listed (union row, line) block at its place; absent blocks are
@@ -40,37 +41,42 @@ using tc::TcArgs;
 using wg::kBK;
 using wg::kLine;
 
-constexpr int kBM = 128, kBN = 256, kNT = 256;  // two consumer warpgroups of 64 rows
+constexpr int kBM = 128, kNT = 256;  // two consumer warpgroups of 64 rows
 
-template <int BS_>
+// BN output columns per CTA (256: one CTA per SM; 128: two, a 3-step ring)
+template <int BS_, int BN_, int STAGES_, int MINB_>
 struct Cfg {
-  static constexpr int BS = BS_, G = kBN / BS_, R = kBK / BS_;
+  static constexpr int BS = BS_, BN = BN_, G = BN_ / BS_, R = kBK / BS_;
+  static constexpr int STAGES = STAGES_, MINB = MINB_;
   static constexpr int SLOTS = R * G;           // (union row, line) places of a step
   static constexpr int MW = (SLOTS + 31) / 32;  // presence-mask words of a step
   // One step's record (int32): the R union rows (-1 past the group's last), the presence
   // mask (bit r * G + j: line j has a block at union row r), the block id of each place
-  // (-1: none). jax_blocksparse/layout.py writes them (GROUP_COLUMNS = kBN, STEP_K = kBK).
+  // (-1: none). jax_blocksparse/layout.py writes them (group_steps with BN columns).
   static constexpr int REC = R + MW + SLOTS;
-  static constexpr int STAGES = 4;
-  static constexpr int A_BYTES = kBM * kLine, B_BYTES = kBN * kLine;
+  static constexpr int A_BYTES = kBM * kLine, B_BYTES = BN * kLine;
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   static constexpr int RING = STAGES * STAGE_BYTES;
-  static constexpr int EPI = 2 * (kBM * (kBN + 8) > kBN * (kBM + 8) ? kBM * (kBN + 8)
-                                                                    : kBN * (kBM + 8));
+  static constexpr int EPI = 2 * (kBM * (BN + 8) > BN * (kBM + 8) ? kBM * (BN + 8)
+                                                                  : BN * (kBM + 8));
   static constexpr int MASKS = RING > EPI ? RING : EPI;  // offset of the steps' masks
   static constexpr int SMEM = MASKS + STAGES * MW * 4 + 1024;  // + 1024-byte alignment
   static_assert(BS == 16 || BS == 32, "block size");
-  static_assert(SMEM <= 227 * 1024, "shared memory");
+  static_assert(BN == 128 || BN == 256, "columns");
+  static_assert(STAGES >= 3, "one wgmma group stays in flight: 3 stages at least");
+  static_assert(SMEM * MINB <= 227 * 1024, "shared memory");
 };
 
-using Group16 = Cfg<16>;
-using Group32 = Cfg<32>;
+using Group16 = Cfg<16, 256, 4, 1>;
+using Group32 = Cfg<32, 256, 4, 1>;
+using Group16x128 = Cfg<16, 128, 3, 2>;
+using Group32x128 = Cfg<32, 128, 3, 2>;
 
 template <typename T, class C, bool TA, bool TB>
 __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, int64_t mt,
                                      unsigned char* smem) {
-  constexpr int BS = C::BS, G = C::G, R = C::R, MW = C::MW, STAGES = C::STAGES;
-  using Copies = wg::GroupCopies<T, kBM, kBN, kNT, BS, TA, TB>;
+  constexpr int BS = C::BS, BN = C::BN, G = C::G, R = C::R, MW = C::MW, STAGES = C::STAGES;
+  using Copies = wg::GroupCopies<T, kBM, BN, kNT, BS, TA, TB>;
   static_assert(Copies::REC == C::REC, "record layout");
   constexpr bool kAMn = Copies::kAMn, kBMn = Copies::kBMn;
   using Fields = typename Copies::Fields;
@@ -126,9 +132,9 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
                 : uint32_t(j * BS * kLine);
   };
 
-  float acc[kBN / 2];  // line j's m64n{BS} accumulators: acc[j * BS/2 .. + BS/2)
+  float acc[BN / 2];  // line j's m64n{BS} accumulators: acc[j * BS/2 .. + BS/2)
 #pragma unroll
-  for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.f;
+  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
 
   // ---- the pipeline: steps -(STAGES - 2)..-1 only copy (the prologue); each iteration
   // copies step `issued` and then loads the fields of the one after it
@@ -146,7 +152,7 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
 #pragma unroll
       for (int w = 0; w < MW; ++w) m[w] = uint32_t(masks[slot * MW + w]);
 #pragma unroll
-      for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(acc[i]);
+      for (int i = 0; i < BN / 2; ++i) wg::FenceOperand(acc[i]);
 #pragma unroll
       for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -174,26 +180,26 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
     if (s >= 0) {
       wg::Wait<1>();
 #pragma unroll
-      for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(acc[i]);
+      for (int i = 0; i < BN / 2; ++i) wg::FenceOperand(acc[i]);
     }
   }
   wg::Wait<0>();
 #pragma unroll
-  for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(acc[i]);
+  for (int i = 0; i < BN / 2; ++i) wg::FenceOperand(acc[i]);
   tc::CpAsyncWait<0>();
   __syncthreads();  // the ring is reused below
 
   // ---- epilogue: tile -> smem (in the output's orientation) -> the valid columns in global
   T* os = reinterpret_cast<T*>(smem);
-  const int o_pitch = p.o_trans ? kBM + 8 : kBN + 8;
-  JBS_WG_STAGE_ACCUMULATORS(T, kBN, p, acc, os, o_pitch, wgi, tid)
+  const int o_pitch = p.o_trans ? kBM + 8 : BN + 8;
+  JBS_WG_STAGE_ACCUMULATORS(T, BN, p, acc, os, o_pitch, wgi, tid)
   __syncthreads();
-  wg::StoreColumns<T, kBM, kBN, kNT>(p, g, os, o_pitch, row0, col0, rows_valid,
+  wg::StoreColumns<T, kBM, BN, kNT>(p, g, os, o_pitch, row0, col0, rows_valid,
                                      lines_here * BS, tid);
 }
 
 template <typename T, class C, bool TA, bool TB>
-__global__ void __launch_bounds__(kNT, 1) WggKernel(const TcArgs p) {
+__global__ void __launch_bounds__(kNT, C::MINB) WggKernel(const TcArgs p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t base = tc::SmemAddr(smem_raw);
@@ -216,27 +222,31 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   args.m_tiles = (args.M + kBM - 1) / kBM;
   const int64_t groups = (args.lines + C::G - 1) / C::G;
   if (args.steps == nullptr || !wg::RecordsFit(args.steps_count, groups, C::REC))
-    return cudaErrorInvalidValue;  // 256-column records that do not fit: a caller's error
+    return cudaErrorInvalidValue;  // records of this width that do not fit: a caller's error
   const dim3 grid(Clamp(groups, 0x7fffffff), Clamp(args.m_tiles, 65535),
                   Clamp(args.batch, 65535));
   return tc::LaunchTile<WggKernel<T, C, TA, TB>>(grid, kNT, C::SMEM, args, stream);
 }
 
-// Whether this kernel can run `args` here: DS mode at block size 16 or 32, the call
-// carrying group records of 256 columns (Run checks that they fit), and (Sm90Usable)
-// 16-byte aligned operand rows, an sm_90 device and the kernels built for sm_90a.
-template <typename T>
+// Whether this kernel at BN columns can run `args` here: DS mode at block size 16 or 32,
+// the call carrying group records of BN columns (Run checks that they fit), and
+// (Sm90Usable) 16-byte aligned operand rows, an sm_90 device and the kernels built for
+// sm_90a.
+template <typename T, int BN>
 bool GroupUsable(const TcArgs& args, int block_size) {
-  if ((block_size != 16 && block_size != 32) || args.sdd || args.group_columns != kBN)
+  if ((block_size != 16 && block_size != 32) || args.sdd || args.group_columns != BN)
     return false;
   return wg::Sm90Usable<WggKernel<T, Group16, false, false>>(args);
 }
 
-// The launchers and the check the dispatch table names (as JBS_WGMMA_LAUNCHERS).
-#define JBS_WGG_LAUNCHERS(PREFIX, T)         \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Group16) \
-  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Group32) \
-  PREFIX bool GroupUsable<T>(const TcArgs&, int);
+// The launchers and the checks the dispatch table names (as JBS_WGMMA_LAUNCHERS).
+#define JBS_WGG_LAUNCHERS(PREFIX, T)             \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Group16)     \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Group32)     \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Group16x128) \
+  JBS_WG_TRANS_LAUNCHERS(PREFIX, T, Group32x128) \
+  PREFIX bool GroupUsable<T, 256>(const TcArgs&, int); \
+  PREFIX bool GroupUsable<T, 128>(const TcArgs&, int);
 
 }  // namespace wgg
 }  // namespace jax_blocksparse
