@@ -60,6 +60,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1 matmul"
+              "JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=128 matmul"
               "JAX_BLOCKSPARSE_DECODE_PACKED=0 decode"
               "JAX_BLOCKSPARSE_DECODE_PACKED=64 decode" "JAX_BLOCKSPARSE_DECODE_PACKED=128 decode"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
