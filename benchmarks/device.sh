@@ -87,7 +87,7 @@ sanitize() {
       for try in 1 2; do
         echo "### $tool: $envset sanitize_workload.py $* (try $try)" >> "$log"
         env XLA_PYTHON_CLIENT_ALLOCATOR=platform \
-            XLA_FLAGS="--xla_gpu_autotune_level=0 ${TOOL_XLA_FLAGS:-}" \
+            XLA_FLAGS="--xla_gpu_autotune_level=0 ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" \
             JAX_BLOCKSPARSE_DEBUG=1 ${envset//,/ } \
             "$cs" --tool "$tool" --kernel-name kns=jax_blocksparse --error-exitcode 1 \
             python3 "$repo/benchmarks/sanitize_workload.py" "$@" >> "$log" 2>&1
@@ -122,9 +122,11 @@ PY
   return $status
 }
 
-# TOOL_XLA_FLAGS: more XLA flags for the processes the sanitizer and Nsight Compute run
-# (both have ended in host segfaults in XLA's code, RESULTS 2026-12-05; to try:
-# TOOL_XLA_FLAGS=--xla_gpu_enable_command_buffer= , XLA's command buffers (CUDA graphs) off).
+# TOOL_XLA_FLAGS: more XLA flags for the processes the sanitizer and Nsight Compute run.
+# Both have ended in host segfaults in XLA's code (RESULTS 2026-12-05: every sanitizer
+# process, and ncu on the backward, whose custom calls XLA may run inside command buffers,
+# i.e. CUDA graphs: our FFI handlers say kCmdBufferCompatible). Default: command buffers
+# off; TOOL_XLA_FLAGS= (empty) restores XLA's default.
 # Nsight Compute on the second launch (and PROFILE_COUNT - 1 more) of the kernels whose
 # mangled names match KERNEL (a regex) in the command after LOG (its output: $out/LOG).
 # --clock-control none: the card's clocks stay as they are (ncu's default would lock them; the device README's METHOD.md).
@@ -132,7 +134,7 @@ profile() {
   local kernel=$1 log=$2 ncu
   shift 2
   ncu=$(cuda_tool ncu)
-  XLA_FLAGS="${XLA_FLAGS:-} ${TOOL_XLA_FLAGS:-}" \
+  XLA_FLAGS="${XLA_FLAGS:-} ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" \
   timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none --kernel-name-base mangled \
     --kernel-name "regex:$kernel" --launch-skip 1 --launch-count "${PROFILE_COUNT:-1}" \
     --section SpeedOfLight \
@@ -268,6 +270,7 @@ for stage in "$@"; do
     # and with a traced BlockMask (issue 18 item 3: what the BlockMask's lists cost),
     # Nsight Compute's summary per kernel name; METADATA_PATTERN (default local)
     metadata_profile)
+      XLA_FLAGS="${XLA_FLAGS:-} ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" \
       timeout "${PROFILE_TIMEOUT:-240}" "$(cuda_tool ncu)" --clock-control none \
         --metrics gpu__time_duration.sum --print-summary per-kernel \
         python3 "$repo/benchmarks/attention_patterns.py" \
