@@ -87,8 +87,8 @@ struct TcArgs {
   int64_t lines;   // DS: number of lines
   const int32_t *ptr, *idx, *blk, *order;  // DS
   // DS at bs 16/32: the group records (jax_blocksparse/layout.py group_steps) of groups of
-  // group_columns output columns (256: wgmma_group.cuh's, 64: wgmma_small.cuh's) and their
-  // ints; group_columns 0 and a placeholder where the call has none
+  // group_columns output columns (256 or 128: wgmma_group.cuh's, 64: wgmma_small.cuh's)
+  // and their ints; group_columns 0 and a placeholder where the call has none
   const int32_t* steps;
   int64_t steps_count;
   int32_t group_columns;
@@ -106,7 +106,7 @@ struct TcArgs {
 enum class MatmulPath {
   kSimple,   // exact float32 (precision=HIGHEST), or JAX_BLOCKSPARSE_SIMPLE_KERNELS=1; any GPU
   kWgmmaGroup,  // DS mode at bs 16/32, bf16/f16, the kWgmma conditions, the call's group
-                // records present; opt-in: JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1
+                // records present; opt-in: JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 or =128
   kWgmmaSmall,  // DS mode at bs 16/32, bf16/f16, the kWgmma conditions, unless
                 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,

@@ -9,8 +9,9 @@
 //
 // A CTA owns BM = 128 rows x BN = 256 output columns: a group of G = 256/bs lines (16 at
 // bs 16, 8 at bs 32); or, at BN = 128 (JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=128), half as
-// many lines, 64 accumulators a thread, a 3-step ring and two CTAs per SM. Its K loop walks the union of the block rows its lines list, R =
-// 64/bs union rows per step: the A tile (128 x 64 of op(A)) gathers the R rows' bs-wide
+// many lines, 64 accumulators a thread, a 3-step ring and two CTAs per SM. Its K loop
+// walks the union of the block rows its lines list, R = 64/bs union rows per step: the A
+// tile (128 x 64 of op(A)) gathers the R rows' bs-wide
 // slices once for every line that lists them (wgmma_small.cuh's A tile), and the B tile
 // (256 x 64) receives each listed (union row, line) block at its place; absent blocks are
 // neither copied nor read. Each warpgroup then runs, for every listed block, one m64n{bs}k16
