@@ -43,6 +43,14 @@ int64_t OutBatch(const AnyBuffer& out, size_t unbatched_rank) {
   return d.size() > unbatched_rank ? d[0] : 1;
 }
 
+// The launch log's note of the group records a dsd/dds call carries (" records=N": groups
+// of N columns; a bs-16/32 wgmma kernel of that width reads them); sdd has none.
+std::string RecordsText(const SddParams&) { return ""; }
+template <typename Params>
+std::string RecordsText(const Params& p) {
+  return p.group_columns ? " records=" + std::to_string(p.group_columns) : "";
+}
+
 // Selects the op's kernel and builds its arguments once from the dispatch table (an
 // explicit error for a combination it does not list), then runs it under the debug launch
 // log (JAX_BLOCKSPARSE_DEBUG).
@@ -61,7 +69,8 @@ ffi::Error Run(cudaStream_t stream, const char* op, DType dtype, const Params& p
     what = std::string(op) + " " + ShapeText(x.dimensions()) + (t1 ? "^T" : "") + " @ " +
            ShapeText(y.dimensions()) + (t2 ? "^T" : "") + " -> " +
            ShapeText(out.dimensions()) + " " + DTypeName(dtype) +
-           " bs=" + std::to_string(p.block_size) + " nnz=" + std::to_string(p.nnz);
+           " bs=" + std::to_string(p.block_size) + " nnz=" + std::to_string(p.nnz) +
+           RecordsText(p);
   }
   LaunchLog log(stream, what);
   const cudaError_t err = launch(run, p, stream);

@@ -15,7 +15,7 @@ import pytest
 
 import jax_blocksparse as jbs
 import test_gpu_matmul_small_wgmma as small
-from reference import mark_case
+from reference import mark_case, run_python
 from test_gpu_kernels import ALIGNED, UNALIGNED, check, is_mma_sync, launched, rows_aligned
 from test_matmul import TRANSPOSES
 
@@ -50,6 +50,18 @@ def run_layout_cases(cases):
 def expect(kernels, case, group, width):
     want = (lambda k: f"wgmma-group(128x{width})" in k) if group else is_mma_sync
     assert all(map(want, kernels)), (case, kernels)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_launch_log_names_the_records(width):
+    """The calls carry records of the switch's width, and the launch log says so."""
+    cases = [(op, (False, False), "bf16", bs, 200, "many", False) for op in OPS
+             for bs in (16, 32)]
+    stderr = run_python(f"import test_gpu_matmul_group_wgmma as t; t.run_layout_cases("
+                        f"{cases!r})", JAX_BLOCKSPARSE_DEBUG="1", **switch(width)).stderr
+    lines = [ln for ln in stderr.splitlines() if "kernel=wgmma-group" in ln]
+    assert len(lines) >= len(cases) or not small.hopper(), stderr[-2000:]
+    assert all(f" records={width} " in ln for ln in lines), lines
 
 
 @pytest.mark.parametrize("width", WIDTHS)

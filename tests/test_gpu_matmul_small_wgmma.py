@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jax_blocksparse as jbs
-from reference import mark_case
+from reference import mark_case, run_python
 from test_gpu_kernels import (ALIGNED, UNALIGNED, check, is_mma_sync, launched,
                               rows_aligned)
 from test_matmul import LAYOUT_KINDS, TRANSPOSES
@@ -110,6 +110,14 @@ def test_host_merged_records(bs):
         if case[5] == "empty":
             kernels = [k for k in kernels if "none" not in k]
         expect(kernels, case, hopper())
+    # the launch log names the records each call carried: those of the kernel's width (the
+    # kernel reads them; a buffer that does not fit them is an error, not a silent merge)
+    stderr = run_python(f"import test_gpu_matmul_small_wgmma as t; t.run_layout_cases("
+                        f"{cases[:4]!r})", JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS="1", **SWITCH).stderr
+    lines = [ln for ln in stderr.splitlines() if "kernel=wgmma-small" in ln]
+    assert lines or not hopper(), stderr[-2000:]
+    assert all(" records=64 " in ln for ln in lines), lines
 
 
 def test_no_wgmma_overrides_the_switch():
