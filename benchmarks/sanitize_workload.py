@@ -24,7 +24,6 @@ checked here (the tests do that); every result is waited for, so a kernel fault 
 
 import argparse
 import itertools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -116,8 +115,13 @@ HEAD_DIMS = (64, 128)  # of the fused attention kernels (forward and backward)
 FORWARD_HEAD_DIMS = (96, 256)  # of the FA3-design forward only
 BLOCK_SIZES = (64, 128)
 FINE_BLOCK_SIZES = (16, 32)  # the FA3-design forward on 128-key tiles with mask bits
-# the head-dim-256 Hopper backward (opt-in: cuda/attention/bwd_sm90_d256.cu)
-D256_BACKWARD = os.environ.get("JAX_BLOCKSPARSE_ATTN_BWD_D256", "") not in ("", "0")
+
+
+def fused_backward(grad, *args) -> bool:
+    """Whether the gradient function `grad` runs a fused attention backward here (its
+    program calls the backward's custom call), as the routing decides for these operands
+    (head dim, block size, mask sources, switches such as JAX_BLOCKSPARSE_ATTN_BWD_D256)."""
+    return "@jax_blocksparse_attention_bwd(" in jax.jit(grad).lower(*args).as_text()
 
 
 def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_head=False,
@@ -162,12 +166,12 @@ def attention_cases(dtype, d, bs, causal, *, hq=4, hkv=2, tq=256, tk=256, per_he
         return jnp.sum(attend(q, k, v).astype(jnp.float32))
 
     run(attend, q, k, v)
-    # the gradient where a fused backward takes it: under the sanitizer, the pure-JAX
-    # backward (head dims without a fused one) ended the process in a host segfault at the
-    # same place on every try (2026-12-03, all three tools); it runs none of our kernels.
-    # Head dim 256 has its Hopper backward under JAX_BLOCKSPARSE_ATTN_BWD_D256=1.
-    if d not in FORWARD_HEAD_DIMS or (d == 256 and D256_BACKWARD):
-        run(jax.grad(loss, argnums=(0, 1, 2)), q, k, v)
+    # the gradient where a fused backward takes it (the routing's own answer): under the
+    # sanitizer, the pure-JAX backward ended the process in a host segfault at the same
+    # place on every try (2026-12-03, all three tools); it runs none of our kernels.
+    grad = jax.grad(loss, argnums=(0, 1, 2))
+    if fused_backward(grad, q, k, v):
+        run(grad, q, k, v)
 
 
 def attention_workload():
