@@ -206,6 +206,38 @@ __device__ __forceinline__ void StoreColumns(const TcArgs& p, int64_t g, const T
   }
 }
 
+// The grouped-lines kernels' grid (wgmma_small.cuh, wgmma_group.cuh): x the groups of G
+// lines, y the BM-row tiles (consecutive CTAs share the dense panel in L2), z the batch;
+// sets args.m_tiles. (Their kernels' loops over it stay written out in each: the same loop
+// through a shared function compiled to other code.)
+template <int G, int BM>
+dim3 GroupGrid(TcArgs& args) {
+  args.m_tiles = (args.M + BM - 1) / BM;
+  const int64_t groups = (args.lines + G - 1) / G;
+  return dim3(Clamp(groups, 0x7fffffff), Clamp(args.m_tiles, 65535), Clamp(args.batch, 65535));
+}
+
+// The end of a grouped-lines tile (wgmma_small.cuh, wgmma_group.cuh): the last wgmma group
+// and cp.async copies drained, the BM x BN accumulators of this thread (warpgroup wgi: rows
+// [64 wgi, 64 wgi + 64)) staged in shared memory over the ring, then the tile's rows_valid
+// rows and cols_valid columns stored (StoreColumns).
+template <typename T, int BM, int BN, int NT>
+__device__ __forceinline__ void FinishGroupTile(const TcArgs& p, int64_t g, float (&acc)[BN / 2],
+                                                unsigned char* smem, int64_t row0, int64_t col0,
+                                                int rows_valid, int cols_valid, int wgi,
+                                                int tid) {
+  Wait<0>();
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) FenceOperand(acc[i]);
+  tc::CpAsyncWait<0>();
+  __syncthreads();  // the ring is reused below
+  T* os = reinterpret_cast<T*>(smem);
+  const int o_pitch = p.o_trans ? BM + 8 : BN + 8;
+  JBS_WG_STAGE_ACCUMULATORS(T, BN, p, acc, os, o_pitch, wgi, tid)
+  __syncthreads();
+  StoreColumns<T, BM, BN, NT>(p, g, os, o_pitch, row0, col0, rows_valid, cols_valid, tid);
+}
+
 // Whether the sm_90a kernel `Kernel` can run `args` here: 16-byte aligned operand rows, an
 // sm_90 device and the kernel built for sm_90a (CMake: the architectures include 90a).
 // Checked once per device (cached); no stream work.

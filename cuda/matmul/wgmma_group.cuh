@@ -184,19 +184,9 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
       for (int i = 0; i < BN / 2; ++i) wg::FenceOperand(acc[i]);
     }
   }
-  wg::Wait<0>();
-#pragma unroll
-  for (int i = 0; i < BN / 2; ++i) wg::FenceOperand(acc[i]);
-  tc::CpAsyncWait<0>();
-  __syncthreads();  // the ring is reused below
-
   // ---- epilogue: tile -> smem (in the output's orientation) -> the valid columns in global
-  T* os = reinterpret_cast<T*>(smem);
-  const int o_pitch = p.o_trans ? kBM + 8 : BN + 8;
-  JBS_WG_STAGE_ACCUMULATORS(T, BN, p, acc, os, o_pitch, wgi, tid)
-  __syncthreads();
-  wg::StoreColumns<T, kBM, BN, kNT>(p, g, os, o_pitch, row0, col0, rows_valid,
-                                     lines_here * BS, tid);
+  wg::FinishGroupTile<T, kBM, BN, kNT>(p, g, acc, smem, row0, col0, rows_valid,
+                                        lines_here * BS, wgi, tid);
 }
 
 template <typename T, class C, bool TA, bool TB>
@@ -220,12 +210,10 @@ __global__ void __launch_bounds__(kNT, C::MINB) WggKernel(const TcArgs p) {
 
 template <typename T, class C, bool TA, bool TB>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
-  args.m_tiles = (args.M + kBM - 1) / kBM;
+  const dim3 grid = wg::GroupGrid<C::G, kBM>(args);
   const int64_t groups = (args.lines + C::G - 1) / C::G;
   if (args.steps == nullptr || !wg::RecordsFit(args.steps_count, groups, C::REC))
     return cudaErrorInvalidValue;  // records of this width that do not fit: a caller's error
-  const dim3 grid(Clamp(groups, 0x7fffffff), Clamp(args.m_tiles, 65535),
-                  Clamp(args.batch, 65535));
   return tc::LaunchTile<WggKernel<T, C, TA, TB>>(grid, kNT, C::SMEM, args, stream);
 }
 

@@ -226,19 +226,9 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t group, 
       for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(acc[i]);
     }
   }
-  wg::Wait<0>();
-#pragma unroll
-  for (int i = 0; i < kBN / 2; ++i) wg::FenceOperand(acc[i]);
-  tc::CpAsyncWait<0>();
-  __syncthreads();  // the ring is reused below
-
   // ---- epilogue: tile -> smem (in the output's orientation) -> the valid columns in global
-  T* os = reinterpret_cast<T*>(smem);
-  const int o_pitch = p.o_trans ? kBM + 8 : kBN + 8;
-  JBS_WG_STAGE_ACCUMULATORS(T, kBN, p, acc, os, o_pitch, wgi, tid)
-  __syncthreads();
-  wg::StoreColumns<T, kBM, kBN, kNT>(p, g, os, o_pitch, row0, col0, rows_valid,
-                                     lines_here * BS, tid);
+  wg::FinishGroupTile<T, kBM, kBN, kNT>(p, g, acc, smem, row0, col0, rows_valid,
+                                        lines_here * BS, wgi, tid);
 }
 
 template <typename T, class C, bool TA, bool TB, bool RECORDS>
@@ -262,10 +252,8 @@ __global__ void __launch_bounds__(kNT, C::MINB) WgsKernel(const TcArgs p) {
 
 template <typename T, class C, bool TA, bool TB>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
-  args.m_tiles = (args.M + kBM - 1) / kBM;
+  const dim3 grid = wg::GroupGrid<C::G, kBM>(args);
   const int64_t groups = (args.lines + C::G - 1) / C::G;
-  const dim3 grid(Clamp(groups, 0x7fffffff), Clamp(args.m_tiles, 65535),
-                  Clamp(args.batch, 65535));
   // Records of this kernel's width (kBN columns) are read (a buffer that does not fit them
   // is the caller's error, not a reason to merge instead); others (another kernel's, or
   // none) leave the merge to the threads.
