@@ -40,11 +40,8 @@ LAYOUTS = dict(small.LAYOUTS, many=many_steps_layout)
 
 
 def run_layout_cases(cases):
-    """As small.run_layout_cases, with LAYOUTS above."""
-    for i, (op, trans, variant, bs, free, kind, grads) in enumerate(cases):
-        mark_case(repr((op, trans, variant, bs, free, kind, grads)))
-        check(op, trans, variant, LAYOUTS[kind](bs), np.random.default_rng(i), free,
-              grads=grads, platform=jax.devices()[0].platform)
+    """small.run_layout_cases with LAYOUTS above."""
+    small.run_layout_cases(cases, LAYOUTS)
 
 
 def expect(kernels, case, group, width):

@@ -47,12 +47,12 @@ def is_small(kernel):
     return "wgmma-small" in kernel
 
 
-def run_layout_cases(cases):
+def run_layout_cases(cases, layouts=LAYOUTS):
     """Runs each case (op, trans, variant, bs, free, layout kind, grads) after a `mark_case`
-    line on stderr; checks values (and gradients with `grads`)."""
+    line on stderr; checks values (and gradients with `grads`). `layouts`: the kinds."""
     for i, (op, trans, variant, bs, free, kind, grads) in enumerate(cases):
         mark_case(repr((op, trans, variant, bs, free, kind, grads)))
-        layout = LAYOUTS[kind](bs)
+        layout = layouts[kind](bs)
         check(op, trans, variant, layout, np.random.default_rng(i), free, grads=grads,
               platform=jax.devices()[0].platform)
 
