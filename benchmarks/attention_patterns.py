@@ -262,13 +262,13 @@ def ours_per_variant(args, rows):
     runs = [({"JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": v.removesuffix("p"),
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1" if v.endswith("p") else "0"},
              f"v{v} ") for v in (args.variants or "").split(",") if v]
-    def backward_switches(v):  # "2", "2t", "2r", "4q", "2w": the variant, then letters
+    def backward_switches(v):  # "2", "2t", "2r", "4q", "2n": the variant, then letters
         letters = v.lstrip("0123456789")
         return {"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v[:len(v) - len(letters)],
                 "JAX_BLOCKSPARSE_ATTN_BWD_TILED64": ("1" if "t" in letters else
                                                      "0" if "r" in letters else ""),
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "1" if "q" in letters else "0",
-                "JAX_BLOCKSPARSE_ATTN_BWD_D256": "1" if "w" in letters else "0"}
+                "JAX_BLOCKSPARSE_ATTN_BWD_D256": "0" if "n" in letters else ""}
     runs += [(backward_switches(v), f"b{v} ")
              for v in (args.bwd_variants or "").split(",") if v]
     if not runs:
@@ -329,7 +329,7 @@ def main():
     parser.add_argument("--bwd-variants",
                         help="e.g. 2,4: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT values; letters "
                         "after one: t / r JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 / 0, q "
-                        "..._ONEPASS_DQ_FIRST=1, w ..._D256=1")
+                        "..._ONEPASS_DQ_FIRST=1, n ..._D256=0")
     parser.add_argument("--extended", action="store_true",
                         help="also S 16384 and 32768 (local, packed), D 64, 96, 256 (causal)")
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")

@@ -25,8 +25,8 @@
 //     and compute-sanitizer: many work items per CTA on small shapes)
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0;
 //     attention/dispatch.cu kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
-//     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 (256 under
-//     JAX_BLOCKSPARSE_ATTN_BWD_D256=1), block size 128, every mask source of the Hopper
+//     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 / 256 (256 unless
+//     JAX_BLOCKSPARSE_ATTN_BWD_D256=0), block size 128, every mask source of the Hopper
 //     forward; other combinations run the default), =3 the same without the overlap of
 //     products and elementwise work inside a warpgroup. The Python side reads it too
 //     (_cuda.sm90_backward: where those mask sources may run fused), =4 the
@@ -35,11 +35,11 @@
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1 opt-in until timed: variant 4's steps end in
 //     FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs:
 //     attention/bwd_sm90_onepass.cu, DQ_FIRST); the same results bit for bit
-//   JAX_BLOCKSPARSE_ATTN_BWD_D256=1 opt-in until the whole GPU suite has run with it on (its
-//     own GPU tests pass on the H200, RESULTS 2026-12-05): head dim 256 on the
-//     Hopper backward (variants 2 and 3: attention/bwd_sm90_d256.cu) instead of the pure-JAX
-//     path; off, the extension reports no backward row of head dim 256 (attention/dispatch.cu,
-//     RowEnabled), so the Python side routes those calls to the pure path
+//   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward
+//     (variants 2 and 3: attention/bwd_sm90_d256.cu; on the H200, RESULTS 2026-12-05, 14x
+//     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
+//     head dim 256 (attention/dispatch.cu, RowEnabled), so the Python side routes those calls
+//     to the pure path
 //   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in (measured: faster than the default only
 //     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode
 //     calls with more than 16 (query, head) rows per kv head run the decode kernel with
@@ -93,7 +93,7 @@ struct Switches {
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
   bool attn_bwd_onepass_dq_first;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST: anything but
                                    // "" or "0"
-  bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "" or "0"
+  bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "0" (default on)
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
   bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "0" (unset: on)
   int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)

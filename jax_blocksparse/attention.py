@@ -329,8 +329,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     128 x 128 tiles: a tile with some listed block is read whole, its unlisted blocks
     masked element-wise; keys of block columns that no query row of the tile lists are
     kept out of the output, as above); so does the backward where the Hopper backward runs
-    (`_cuda.sm90_backward`: by default on sm_90a), at `D` 64 and 128 (96 zero-padded to
-    128; 256 under JAX_BLOCKSPARSE_ATTN_BWD_D256=1), block size 128, and 16, 32 and 64 on
+    (`_cuda.sm90_backward`: by default on sm_90a), at `D` 64, 128 and 256 (96 zero-padded to
+    128; 256 on its own kernels unless JAX_BLOCKSPARSE_ATTN_BWD_D256=0), block size 128, and 16, 32 and 64 on
     its 128 x 128 tiles (64: with those mask sources, a `BlockMask`, or a `Layout` that fills its tiles:
     `_cuda.backward_tile_context`; other block-64 layouts the FA2 backward's rows); the
     other backwards, and elsewhere the forward, with block size 64 or 128, a mask

@@ -54,11 +54,11 @@ def attention_kernel_rows(d256=None):
     tests that lower for "cuda" or route calls where the extension is not built
     (`attention_kernels`); tests/test_build.py checks them against the extension's where
     it is. `d256`: with the
-    head-dim-256 Hopper backward rows, which the extension reports only under
-    JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (None: as this process's environment says)."""
+    head-dim-256 Hopper backward rows, which the extension reports unless
+    JAX_BLOCKSPARSE_ATTN_BWD_D256=0 (None: as this process's environment says)."""
     from jax_blocksparse._cuda import AttentionKernel as Row
     if d256 is None:
-        d256 = os.environ.get("JAX_BLOCKSPARSE_ATTN_BWD_D256", "") not in ("", "0")  # as Flag
+        d256 = os.environ.get("JAX_BLOCKSPARSE_ATTN_BWD_D256") != "0"  # as OnUnlessZero
     rows = []
     fa2_fwd = {(64, 0): "fa2_forward(64-row CTA)", (64, 1): "fa2_forward(64-row CTA)",
                (128, 0): "fa2_forward(64-row CTA)", (128, 1): "fa2_forward(128-row CTA)"}

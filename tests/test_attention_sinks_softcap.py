@@ -484,8 +484,8 @@ def test_kernels_take_sinks_and_soft_cap(bwd_variant, fwd_variant):
 
 # Capped forwards with what only the FA3-design forward takes (issue 21): segment ids, head
 # dims 96 and 256, block sizes 16 and 32 (on 128 x 128 tiles), partial last tiles. Their
-# backward runs the FA3-design backward at head dims 64 and 128 (which takes the cap and
-# all of these), the pure-JAX path at 96 and 256 (no fused backward there).
+# backward runs the FA3-design backward (which takes the cap and all of these): at head
+# dim 96 zero-padded to 128, at 256 its own kernels.
 FWD_CASES = {
     # name: B, Tq, Tk, Hq, Hkv, D, bs, dtype, segments, causal, cap
     "fwd_segments_d128_bs128_bf16": (2, 512, 512, 4, 2, 128, 128, "bf16", True, True, 5.0),
@@ -556,7 +556,7 @@ def test_hopper_forward_takes_soft_cap(persistent):
     attention sinks in some (FWD_SINKS): o and lse against the float64 reference (dsinks
     too); its backward (dq, dk, dv against the reference too) the default FA3-design
     backward at head dims 64 and 128 (FA2's at block size 64), at 96 the same zero-padded
-    to 128 (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), the pure-JAX path at 256."""
+    to 128 (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), at 256 its own Hopper backward."""
     from jax_blocksparse import _cuda
     from reference import kernels_by_case, run_python
     if not _cuda.sm90_forward():
@@ -575,9 +575,9 @@ def test_hopper_forward_takes_soft_cap(persistent):
         assert all(("persistent" in k) == (persistent == "1") for k in fwd), (name, fwd)
         bwd = [kernel for op, kernel in logs.get(name, []) if op == "attention_bwd"]
         d, bs = FWD_CASES[name][5:7]
-        if _cuda.BACKWARD_PADDED_HEAD_DIMS.get(d, d) not in (64, 128):  # 256: pure JAX
-            assert not bwd, (name, bwd)
-        else:  # capped, head dim 96 zero-padded to 128: the Hopper backward, FA2's at 64
-            want = ("fa2_backward(delta, dq 64-row, dk/dv per kv head)" if bs == 64
-                    else "fa3_backward(wgmma, tma, ws, overlap)")
-            assert bwd and all(k == want for k in bwd), (name, bwd)
+        # capped, head dim 96 zero-padded to 128: the Hopper backward, FA2's at block 64;
+        # 256: its own Hopper backward (on 128 x 128 tiles at block 64)
+        want = ("fa3_backward(wgmma, tma, ws, overlap, d256 64-row CTAs)" if d == 256
+                else "fa2_backward(delta, dq 64-row, dk/dv per kv head)" if bs == 64
+                else "fa3_backward(wgmma, tma, ws, overlap)")
+        assert bwd and all(k == want for k in bwd), (name, bwd)

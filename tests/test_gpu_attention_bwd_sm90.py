@@ -25,10 +25,10 @@ debug line of every backward launch names the variant's fa3 backward kernel (a s
 fallback to the FA2 backward fails). One test also forces the FA3-design forward (variant
 2) with it. Block size 64 has no rows of the variant: it runs the default backward
 (checked too), and for the mask sources the FA2 backward does not take the Hopper backward
-on 128 x 128 tiles with the blocks' bits. Head dim 256 runs the pure-JAX backward
-(`PURE_BACKWARD_HEAD_DIMS`: no fused backward launch), and under
-JAX_BLOCKSPARSE_ATTN_BWD_D256=1 its own Hopper backward (`D256_CASES` and every mask
-source's head-dim-256 cases: cuda/attention/bwd_sm90_d256.cu).
+on 128 x 128 tiles with the blocks' bits. Head dim 256 runs its own Hopper
+backward (`D256_CASES` and every mask source's head-dim-256 cases:
+cuda/attention/bwd_sm90_d256.cu), and the pure-JAX backward under
+JAX_BLOCKSPARSE_ATTN_BWD_D256=0 (no fused backward launch).
 
 Then masks of block size 16 and 32 (the `FINE_CASES` of test_gpu_attention_sm90.py at head
 dims 64 and 128: the Hopper backward on 128 x 128 tiles, the tile lists by query and by key
@@ -37,8 +37,8 @@ segment ids, partial last tiles, q_offset, traced and per-batch masks): dq, dk, 
 the float64 reference, deterministic, and every result (gradients too) bitwise unchanged
 with NaN planted in k and v at keys that no query attends (unlisted block columns inside
 listed tiles, keys past kv_lengths). Head dim 96 runs the head dim 128 backward on
-zero-padded operands (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), 256 the pure-JAX backward
-(its own kernels under JAX_BLOCKSPARSE_ATTN_BWD_D256=1: the head-dim-256 tests below).
+zero-padded operands (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), 256 its own kernels (the
+head-dim-256 tests below; the pure-JAX backward under JAX_BLOCKSPARSE_ATTN_BWD_D256=0).
 
 Then a logit soft cap (issue 21) under variants 2 and 3: capped calls with segment ids,
 block size 16 with partial last tiles, block size 32 with segment ids (the `FWD_CASES` of
@@ -138,7 +138,7 @@ CASES = {
                                          2, 1024, 1024, 4, 4, [1024, 600], False),
 }
 # Head dim 256 on its own kernels (cuda/attention/bwd_sm90_d256.cu: 64-row CTAs, P and dS
-# exchanged between the consumer warpgroups), under JAX_BLOCKSPARSE_ATTN_BWD_D256=1 only
+# exchanged between the consumer warpgroups; JAX_BLOCKSPARSE_ATTN_BWD_D256=0: none)
 # (`test_fa3_backward_d256`): many key blocks a query block (the dQ kernel's 64-key stages
 # wrapping its ring), GQA, empty rows and columns, per-head masks, kv_lengths (0 too) with
 # NaN past them, Tq != Tk, a traced mask.
@@ -332,8 +332,6 @@ def test_fa3_backward_falls_back_elsewhere(variant):
 
 
 # ------------------------------------ mask sources: the Hopper forward's document cases
-# head dims without a Hopper backward kernel: those calls run the pure-JAX backward
-PURE_BACKWARD_HEAD_DIMS = (256,)
 DOC_CASES_BS128 = [name for name, case in DOC_CASES.items() if case[10] == BS]
 DOC_CASES_BS64 = [name for name, case in DOC_CASES.items() if case[10] != BS]
 
@@ -369,7 +367,7 @@ def test_fa3_backward_documents(variant, names):
 def test_fa3_backward_documents_bs64(names):
     """Block size 64 with those mask sources under variant 2 (the FA2 backward takes none
     of them): the Hopper backward on 128 x 128 tiles with the blocks' bits (the debug
-    line names mask_bs=64), but at head dim 256 (the pure-JAX backward), correctly."""
+    line names mask_bs=64; head dim 256 on its own kernels), correctly."""
     if not sm90():
         pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
     cases, stderr = run_docs("2", names)
@@ -379,16 +377,11 @@ def test_fa3_backward_documents_bs64(names):
 
 
 def assert_documents_backward(stderr, cases, variant):
-    """The variant's fa3 backward ran each of `cases` (DOC_CASES names, dtypes) but those at
-    `PURE_BACKWARD_HEAD_DIMS`, which launched no fused backward (the pure-JAX path);
-    returns the launches by case."""
-    pure = [case for case in cases if DOC_CASES[case[0]][9] in PURE_BACKWARD_HEAD_DIMS]
-    logs = assert_backward_is_fa3(stderr, [case for case in cases if case not in pure],
-                                  variant)
-    for case in pure:
-        launches = logs[" ".join(case)]
-        assert not any(op == "attention_bwd" for op, _ in launches), (case, launches)
-    return logs
+    """The variant's fa3 backward ran each of `cases` (DOC_CASES names, dtypes), those at
+    head dim 256 its head-dim-256 kernel; returns the launches by case."""
+    d256 = [case for case in cases if DOC_CASES[case[0]][9] == 256]
+    assert_backward_is_fa3(stderr, d256, variant + " d256")
+    return assert_backward_is_fa3(stderr, [case for case in cases if case not in d256], variant)
 
 
 # Cases with many key blocks adding into each query tile (the one-pass backward's dQ sums
@@ -510,25 +503,27 @@ def test_fa3_backward_block_sizes_16_32(variant, names):
 
 @pytest.mark.parametrize("names", chunks(FINE_CASES_PURE, 2), ids=case_id)
 def test_fine_backward_other_head_dims_pure(names):
-    """Block sizes 16 and 32 at head dims 96 and 256 under variant 2: at 96 the Hopper
-    backward of head dim 128 on zero-padded operands, at 256 (JAX_BLOCKSPARSE_ATTN_BWD_D256
-    unset) the pure-JAX backward (no fused backward launch), correctly either way."""
+    """Block sizes 16 and 32 at head dims 96 and 256 under variant 2 and
+    JAX_BLOCKSPARSE_ATTN_BWD_D256=0: at 96 the Hopper backward of head dim 128 on
+    zero-padded operands, at 256 the pure-JAX backward (no fused backward launch),
+    correctly either way."""
     if not sm90():
         pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
     cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
     stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_fine({cases!r})",
-                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2").stderr
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2",
+                        JAX_BLOCKSPARSE_ATTN_BWD_D256="0").stderr
     for case, launches in kernels_by_case(stderr).items():
         padded = FINE_CASES[case.split()[0]][9] == 96
         assert any(op == "attention_bwd" for op, _ in launches) == padded, (case, launches)
 
 
-# ------------------------------------------------ head dim 256 (JAX_BLOCKSPARSE_ATTN_BWD_D256=1)
+# ------------------------------------------------------------------------------ head dim 256
 @pytest.mark.parametrize("variant,names", [("2", c) for c in chunks(list(D256_CASES), 2)] +
                          [("3", ("d256_dense_long", "d256_per_head_causal_kv_lengths")),
                           ("4", ("d256_local_causal_gqa4",))], ids=case_id)
 def test_fa3_backward_d256(variant, names):
-    """Under JAX_BLOCKSPARSE_ATTN_BWD_D256=1, head dim 256 runs its own Hopper backward
+    """Head dim 256 runs its own Hopper backward
     (variant 2 or 3; under 4, which has no head-dim-256 row, variant 2's): every backward
     launch is that kernel; o, lse, dq, dk, dv against the float64 reference, deterministic,
     NaN past kv_lengths unread (`check`)."""
@@ -536,13 +531,12 @@ def test_fa3_backward_d256(variant, names):
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
     cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
     stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r})",
-                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant,
-                        JAX_BLOCKSPARSE_ATTN_BWD_D256="1").stderr
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
     assert_backward_is_fa3(stderr, cases, ("2" if variant == "4" else variant) + " d256")
 
 
 def test_fa3_backward_d256_mask_sources():
-    """Under JAX_BLOCKSPARSE_ATTN_BWD_D256=1 the head-dim-256 cases of every mask source
+    """The head-dim-256 cases of every mask source
     (the Hopper forward's DOC_CASES: segment ids, masks per batch entry, partial last tiles,
     q_offset, block size 64 on 128 x 128 tiles; the FINE_CASES of block sizes 16 and 32;
     a logit soft cap with partial tiles) run that backward (the debug lines name it, and
@@ -557,8 +551,7 @@ def test_fa3_backward_d256_mask_sources():
             "test_attention_sinks_softcap as s; "
             f"t.run_doc_cases({docs!r}); b.run_fine({fine!r}); "
             f"s.run_gpu_forward_cases({capped!r})")
-    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2",
-                        JAX_BLOCKSPARSE_ATTN_BWD_D256="1").stderr
+    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2").stderr
     assert "pure-JAX path" not in stderr, stderr[-3000:]
     assert docs and fine
     assert_backward_is_fa3(stderr, docs + fine + [(name,) for name in capped], "2 d256")

@@ -48,7 +48,7 @@ namespace {
 // 256 have no FA2 forward, so no variant 0 row: FindAttentionKernel finds nothing for them
 // on other devices or with variant 0 / 1 forced, where the Python routing sends them to the
 // pure-JAX path; 96 has no backward rows (the Python lowering pads it to 128), 256 its own
-// under JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (JBS_BWD_SM90_D256_ROWS, else the pure-JAX path)).
+// (JBS_BWD_SM90_D256_ROWS; the pure-JAX path under JAX_BLOCKSPARSE_ATTN_BWD_D256=0)).
 // Block size 128:
 // 2 with the two consumer warpgroups ping-ponged, 3 without (kept to compare and as a
 // fallback). Block size 64: one kernel for both (64-row CTAs with one consumer warpgroup,
@@ -104,7 +104,7 @@ namespace {
    attn::RunBackwardSm90<T, D, false>, true, false, false, true}
 // The same at head dim 256 (attention/bwd_sm90_d256.cu: 64-row CTAs, the two consumer
 // warpgroups on halves of the output columns, P and dS exchanged through shared memory);
-// opt-in (JAX_BLOCKSPARSE_ATTN_BWD_D256=1, RowEnabled) until the GPU tests have run it.
+// on unless JAX_BLOCKSPARSE_ATTN_BWD_D256=0 (RowEnabled).
 #define JBS_BWD_SM90_D256_ROWS(DT, T)                                                  \
   {DT, 256, 128, true, 2, "fa3_backward(wgmma, tma, ws, overlap, d256 64-row CTAs)",  \
    attn::RunBackwardSm90D256<T, true>, true, false, false, true},                      \
@@ -217,13 +217,13 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 // backward's on the six patterns, the packed documents fused; gradients bitwise equal to
 // the FA2 backward's at S 1024 and 8192). Block size 64 runs the FA2 backward's rows, or
 // with mask sources these rows on 128 x 128 tiles (TiledMaskBlock); head dim 96 runs
-// zero-padded to 128 (the Python lowering), 256 its own rows (JBS_BWD_SM90_D256_ROWS, under
-// JAX_BLOCKSPARSE_ATTN_BWD_D256=1; else the pure-JAX path).
+// zero-padded to 128 (the Python lowering), 256 its own rows (JBS_BWD_SM90_D256_ROWS; the
+// pure-JAX path under JAX_BLOCKSPARSE_ATTN_BWD_D256=0).
 constexpr int kSm90BackwardDefault = 2;
 
 namespace {
-// Whether a row serves calls in this process: the head-dim-256 Hopper backward rows only
-// under JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (opt-in until the GPU tests have run them); the
+// Whether a row serves calls in this process: the head-dim-256 Hopper backward rows unless
+// JAX_BLOCKSPARSE_ATTN_BWD_D256=0; the
 // nanobind module reports the enabled rows only (AttentionKernelAt), so the Python side
 // routes by the same rows.
 bool RowEnabled(const AttentionKernel& k) {
