@@ -10,8 +10,8 @@
 
 namespace jax_blocksparse {
 
-// The dynamic shared memory of one CTA (one n): the lines' counts and a histogram of the
-// count values 0..min(other, width).
+// The dynamic shared memory of a CTA (the sorting CTA of an n needs it): the lines' counts
+// and a histogram of the count values 0..min(other, width).
 size_t BlockListsSharedBytes(int64_t lines, int64_t other, int64_t width);
 
 // The largest dynamic shared memory a CTA of the kernel may take on the current device
@@ -24,7 +24,8 @@ size_t BlockListsSharedLimit();
 //   lists   int32 [n, lines, width]  partial entries ascending, then full ones ascending,
 //                                    truncated to width, padded with -1
 //   order   int32 [n, lines]         lines by count descending, ties by line ascending
-// One CTA per n, a warp per line. Launches nothing when n or lines is 0. The caller checks
+// Per n one CTA sorts the lines (a first pass over all of them) while the others build
+// the lists, a warp per line. Launches nothing when n or lines is 0. The caller checks
 // BlockListsSharedBytes against BlockListsSharedLimit first (cudaErrorInvalidValue
 // otherwise). Deterministic: no atomics whose order shows in the outputs.
 cudaError_t LaunchBlockLists(const int8_t* kind, int32_t* counts, int32_t* partial,

@@ -105,19 +105,23 @@ def test_cuda_lowering_without_a_gpu():
 
 
 @pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
-@pytest.mark.parametrize("switch,columns", [("", 0), ("matmul_small_records", 64),
+@pytest.mark.parametrize("switch,columns", [("", 64), ("matmul_small_records", 0),
                                             ("matmul_group_wgmma", 256),
                                             ("matmul_group_wgmma", 128)])
 @pytest.mark.parametrize("bs", (16, 32))
 def test_dds_dsd_carry_the_group_records_their_kernel_reads(monkeypatch, switch, columns, bs):
     """At block sizes 16/32 on an sm_90a device (faked here), dds (a matmul's forward and
     its dx) carries the layout's group records of the width their kernel reads
-    (`_cuda._group_columns`): none by default (a one-int placeholder, group_columns 0),
-    64 columns under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1 (wgmma_small.cuh), 256 under
-    JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 and 128 under =128 (wgmma_group.cuh): exactly
-    `Layout.group_steps(by, columns)`'s ints; float32 calls never do."""
+    (`_cuda._group_columns`): 64 columns by default (wgmma_small.cuh), none under
+    JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0 (a one-int placeholder, group_columns 0), 256
+    under JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 and 128 under =128 (wgmma_group.cuh):
+    exactly `Layout.group_steps(by, columns)`'s ints; float32 calls never do."""
     from jax_blocksparse import _cuda
-    switches = _cuda.SWITCHES._replace(**({switch: columns} if switch else {}))
+    for name in ("JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS", "JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = _cuda._read_switches()  # as the environment without those switches says
+    assert defaults.matmul_small_records and not defaults.matmul_group_wgmma
+    switches = defaults._replace(**({switch: columns} if switch else {}))
     monkeypatch.setattr(_cuda, "SWITCHES", switches)
     monkeypatch.setattr(_cuda, "_sm90a_device", lambda: True)
     layout = jbs.layouts.random(96, 160, bs, 0.3, seed=2)

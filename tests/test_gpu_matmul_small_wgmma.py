@@ -93,31 +93,33 @@ def test_layouts_and_gradients(variant, bs):
         expect(kernels, case, hopper())
 
 
+@pytest.mark.parametrize("records", ("", "0"))
 @pytest.mark.parametrize("bs", (16, 32))
-def test_host_merged_records(bs):
-    """Under JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=1 the calls carry the layout's 64-column
-    group records (test_gpu_lowering checks the lowering) and the kernel takes its union
-    rows and blocks from them instead of merging the lists in every thread: values and
-    both gradients against float64 on every layout kind, bf16 and f16, and values under
-    the mixed transpositions."""
+def test_host_merged_records(bs, records):
+    """By default the calls carry the layout's 64-column group records (test_gpu_lowering
+    checks the lowering) and the kernel takes its union rows and blocks from them; under
+    JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0 they carry none and every thread merges the
+    lists itself: values and both gradients against float64 on every layout kind, bf16 and
+    f16, and values under the mixed transpositions, either way."""
     cases = [(op, trans, variant, bs, free, kind, True) for op in OPS for kind in LAYOUTS
              for variant in ("bf16", "f16") for trans in ((False, False), (True, True))
              for free in ((200,) if kind != "sparse" else (1000,))]
     cases += [(op, trans, "bf16", bs, 200, "sparse", False) for op in OPS
               for trans in ((False, True), (True, False))]
     for case, kernels in launched(cases, runner="test_gpu_matmul_small_wgmma.run_layout_cases",
-                                  JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS="1", **SWITCH).items():
+                                  JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=records, **SWITCH).items():
         if case[5] == "empty":
             kernels = [k for k in kernels if "none" not in k]
         expect(kernels, case, hopper())
     # the launch log names the records each call carried: those of the kernel's width (the
-    # kernel reads them; a buffer that does not fit them is an error, not a silent merge)
+    # kernel reads them; a buffer that does not fit them is an error, not a silent merge),
+    # or none
     stderr = run_python(f"import test_gpu_matmul_small_wgmma as t; t.run_layout_cases("
                         f"{cases[:4]!r})", JAX_BLOCKSPARSE_DEBUG="1",
-                        JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS="1", **SWITCH).stderr
+                        JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=records, **SWITCH).stderr
     lines = [ln for ln in stderr.splitlines() if "kernel=wgmma-small" in ln]
     assert lines or not hopper(), stderr[-2000:]
-    assert all(" records=64 " in ln for ln in lines), lines
+    assert all((" records=64 " in ln) == (records != "0") for ln in lines), lines
 
 
 def test_no_wgmma_overrides_the_switch():

@@ -1,32 +1,38 @@
-// Block lists of block-sparse attention (attention_lists.h): one CTA per n, a warp per line.
+// Block lists of block-sparse attention (attention_lists.h). Grid (n, 1 + parts): CTA 0 of
+// each n sorts its lines into `order`, the others build the lists, a warp per line.
 //
-// A line's entries are read in chunks of 512 (16 per lane: one 16-byte load where `other`
-// allows it), each lane turning its 16 kinds into bit masks of partial (1), full (2) and
-// "other" entries. A first pass counts them (warp sums), which fixes the line's count and
-// where its full entries start; a second pass (the first's masks again when the line is one
-// chunk: a warp then loads the kinds of 4 lines together, to keep loads in flight) scans the lanes' mask populations across the warp and writes each entry at its
-// position: partial ones from 0, full ones after all partial ones, ascending within each
-// group, truncated at the count; the rest of the row is -1. numpy's argsort key sorts
-// kinds other than 0, 1, 2 with the absent ones but counts the positive ones as listed:
-// the third group reproduces that, so the outputs equal block_lists' for any int8 input.
+// A line's entries are read in chunks of 32 x P (P entries per lane: 2, 4, 8 or 16, the
+// fewest that cover a line in one chunk, else 16; one vector load where `other` allows it),
+// each lane turning its P kinds into bit masks of partial (1), full (2) and "other"
+// entries. A first pass counts them (warp sums), which fixes the line's count and where its
+// full entries start; a second pass (the first's masks again when the line is one chunk)
+// scans the lanes' mask populations across the warp and writes each entry at its position:
+// partial ones from 0, full ones after all partial ones, ascending within each group,
+// truncated at the count; the rest of the row is -1. numpy's argsort key sorts kinds other
+// than 0, 1, 2 with the absent ones but counts the positive ones as listed: the third group
+// reproduces that, so the outputs equal block_lists' for any int8 input.
 //
-// `order` is a stable counting sort of the counts in shared memory: a histogram of the count
-// values (atomic increments: the sums do not depend on their order), its suffix sums (the
-// first position of each value, longest first), then one warp places the lines 32 at a time
-// in line order, equal counts ranked among the 32 by __match_any_sync.
+// `order` (CTA 0, which runs the first pass of every line) is a stable counting sort of the
+// counts in shared memory: a histogram of the count values (atomic increments: the sums do
+// not depend on their order), its suffix sums (the first position of each value, longest
+// first), then one warp places the lines 32 at a time in line order, equal counts ranked
+// among the 32 by __match_any_sync.
+//
+// Until 2026-12-05 one CTA per n did all of this: Nsight Compute on the H200 found 17.7 us
+// for one n of 64 lines of 64 entries (79k instructions issued on one SM, 12 cycles per
+// instruction per warp; RESULTS 2026-12-05), with 4 of 32 lanes holding a line's entries.
 #include "../attention_lists.h"
 
 #include <atomic>
+#include <climits>
 
 #include "../launch_util.h"
 
 namespace jax_blocksparse {
 namespace {
 
-constexpr int kPer = 16;           // entries per lane per chunk
-constexpr int kChunk = 32 * kPer;  // entries per chunk
 constexpr unsigned kFull = 0xffffffffu;
-constexpr int kGroup = 4;           // lines a warp loads together (lines of one chunk)
+constexpr int kThreads = 512;  // at most: a warp per line, up to 16 lines per CTA
 
 struct Masks {
   uint32_t partial, full;  // bit k: entry j0 + k
@@ -34,29 +40,41 @@ struct Masks {
 };
 
 // The lane's entries of kinds other than 1 and 2 (absent, sorted after the full ones).
-__device__ __forceinline__ uint32_t Rest(const Masks& m, int64_t other, int64_t j0) {
-  const int64_t valid = other - j0;  // entries j0 + k < other
-  const uint32_t in = valid >= kPer ? 0xffffu : valid <= 0 ? 0u : (1u << valid) - 1u;
+template <int P>
+__device__ __forceinline__ uint32_t Rest(const Masks& m, int other, int j0) {
+  const int valid = other - j0;  // entries j0 + k < other
+  const uint32_t in = valid >= P ? (1u << P) - 1u : valid <= 0 ? 0u : (1u << valid) - 1u;
   return in & ~(m.partial | m.full);
 }
 
-// The kinds of the lane's 16 entries from j0 (those at or past `other` are none).
-__device__ __forceinline__ Masks LoadMasks(const int8_t* row, int64_t other, int64_t j0,
-                                           bool vec) {
+// The kinds of the lane's P entries from j0 (those at or past `other` are none).
+template <int P>
+__device__ __forceinline__ Masks LoadMasks(const int8_t* row, int other, int j0, bool vec) {
   Masks m{0u, 0u, 0u};
-  if (vec && j0 + kPer <= other) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(row + j0));
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  if (vec && j0 + P <= other) {
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);  // the P bytes, little-endian from v.x
+    if constexpr (P == 16) {
+      v = __ldg(reinterpret_cast<const uint4*>(row + j0));
+    } else if constexpr (P == 8) {
+      const uint2 h = __ldg(reinterpret_cast<const uint2*>(row + j0));
+      v.x = h.x, v.y = h.y;
+    } else if constexpr (P == 4) {
+      v.x = __ldg(reinterpret_cast<const unsigned int*>(row + j0));
+    } else {
+      static_assert(P == 2, "P: 2, 4, 8 or 16");
+      v.x = __ldg(reinterpret_cast<const unsigned short*>(row + j0));
+    }
 #pragma unroll
-    for (int k = 0; k < kPer; ++k) {
-      const int8_t x = int8_t((w[k >> 2] >> (8 * (k & 3))) & 0xffu);
+    for (int k = 0; k < P; ++k) {
+      const uint32_t word = k < 4 ? v.x : k < 8 ? v.y : k < 12 ? v.z : v.w;
+      const int8_t x = int8_t((word >> (8 * (k & 3))) & 0xffu);
       m.partial |= uint32_t(x == 1) << k;
       m.full |= uint32_t(x == 2) << k;
       m.high |= uint32_t(x > 2) << k;
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < kPer; ++k) {
+    for (int k = 0; k < P; ++k) {
       if (j0 + k < other) {
         const int8_t x = __ldg(row + j0 + k);
         m.partial |= uint32_t(x == 1) << k;
@@ -69,26 +87,24 @@ __device__ __forceinline__ Masks LoadMasks(const int8_t* row, int64_t other, int
 }
 
 // Writes the entries of `mask` (lane's entries from j0) at base, base + 1, ... below `limit`.
-__device__ __forceinline__ void Place(int32_t* out, uint32_t mask, int64_t base, int64_t limit,
-                                      int64_t j0) {
+__device__ __forceinline__ void Place(int32_t* out, uint32_t mask, int base, int limit, int j0) {
   while (mask != 0u) {
     const int k = __ffs(mask) - 1;
     mask &= mask - 1u;
-    if (base < limit) out[base] = int32_t(j0 + k);
+    if (base < limit) out[base] = j0 + k;
     ++base;
   }
 }
 
-// One line: its list in out[0, width), its count returned and its partial count stored
-// (lane 0). `first`: the masks of the line's first chunk, already loaded when it has one.
-__device__ __forceinline__ int32_t BuildLine(const int8_t* row, int32_t* out, int64_t other,
-                                             int64_t width, int64_t chunks, bool vec,
-                                             int lane, const Masks& first,
-                                             int32_t* partial_out) {
-  // Pass 1: the line's partial, full and (kinds > 2) counts.
-  int np = 0, nf = 0, npos = 0;
-  for (int64_t c = 0; c < chunks; ++c) {
-    const Masks m = chunks == 1 ? first : LoadMasks(row, other, c * kChunk + lane * kPer, vec);
+// A line's partial, full and (kinds > 2) entries, warp sums. `first`: its first chunk's
+// masks, used when it has one chunk.
+template <int P>
+__device__ __forceinline__ void CountLine(const int8_t* row, int other, int chunks, bool vec,
+                                          int lane, const Masks& first, int& np, int& nf,
+                                          int& npos) {
+  np = nf = npos = 0;
+  for (int c = 0; c < chunks; ++c) {
+    const Masks m = chunks == 1 ? first : LoadMasks<P>(row, other, c * 32 * P + lane * P, vec);
     np += __popc(m.partial);
     nf += __popc(m.full);
     npos += __popc(m.high);
@@ -96,17 +112,32 @@ __device__ __forceinline__ int32_t BuildLine(const int8_t* row, int32_t* out, in
   np = __reduce_add_sync(kFull, np);
   nf = __reduce_add_sync(kFull, nf);
   npos = __reduce_add_sync(kFull, npos);
+}
+
+// min(#listed, width): a line's count.
+__device__ __forceinline__ int LineCount(int np, int nf, int npos, int width) {
   const int64_t listed = int64_t(np) + nf + npos;
-  const int64_t count = listed < width ? listed : width;
+  return listed < width ? int(listed) : width;
+}
+
+// One line: its list in out[0, width), its count and partial count stored (lane 0).
+template <int P>
+__device__ __forceinline__ void BuildLine(const int8_t* row, int32_t* out, int other, int width,
+                                          int chunks, bool vec, int lane, int32_t* count_out,
+                                          int32_t* partial_out) {
+  const Masks first = chunks == 1 ? LoadMasks<P>(row, other, lane * P, vec) : Masks{0u, 0u, 0u};
+  int np, nf, npos;
+  CountLine<P>(row, other, chunks, vec, lane, first, np, nf, npos);
+  const int count = LineCount(np, nf, npos, width);
   // Pass 2: place the entries.
-  int64_t pb = 0, fb = np, rb = int64_t(np) + nf;  // next position of each group
-  const int64_t p_end = np < count ? np : count;
-  const int64_t f_end = int64_t(np) + nf < count ? int64_t(np) + nf : count;
+  int pb = 0, fb = np, rb = np + nf;  // next position of each group
+  const int p_end = np < count ? np : count;
+  const int f_end = np + nf < count ? np + nf : count;
   // (uniform across the warp) until every group's next entry would be past the count
-  for (int64_t c = 0; c < chunks && (pb < p_end || fb < f_end || rb < count); ++c) {
-    const int64_t j0 = c * kChunk + lane * kPer;
-    const Masks m = chunks == 1 ? first : LoadMasks(row, other, j0, vec);
-    const uint32_t rest = Rest(m, other, j0);
+  for (int c = 0; c < chunks && (pb < p_end || fb < f_end || rb < count); ++c) {
+    const int j0 = c * 32 * P + lane * P;
+    const Masks m = chunks == 1 ? first : LoadMasks<P>(row, other, j0, vec);
+    const uint32_t rest = Rest<P>(m, other, j0);
     // Inclusive scan of the lanes' populations, packed 10 bits each (at most 512).
     const uint32_t own = uint32_t(__popc(m.partial)) | uint32_t(__popc(m.full)) << 10 |
                          uint32_t(__popc(rest)) << 20;
@@ -117,58 +148,38 @@ __device__ __forceinline__ int32_t BuildLine(const int8_t* row, int32_t* out, in
       if (lane >= d) incl += v;
     }
     const uint32_t excl = incl - own, total = __shfl_sync(kFull, incl, 31);
-    Place(out, m.partial, pb + (excl & 1023u), count, j0);
-    Place(out, m.full, fb + ((excl >> 10) & 1023u), count, j0);
-    Place(out, rest, rb + (excl >> 20), count, j0);
-    pb += total & 1023u;
-    fb += (total >> 10) & 1023u;
-    rb += total >> 20;
+    Place(out, m.partial, pb + int(excl & 1023u), count, j0);
+    Place(out, m.full, fb + int((excl >> 10) & 1023u), count, j0);
+    Place(out, rest, rb + int(excl >> 20), count, j0);
+    pb += int(total & 1023u);
+    fb += int((total >> 10) & 1023u);
+    rb += int(total >> 20);
   }
-  for (int64_t e = count + lane; e < width; e += 32) out[e] = -1;
-  if (lane == 0) *partial_out = int32_t(p_end);
-  return int32_t(count);
+  for (int e = count + lane; e < width; e += 32) out[e] = -1;
+  if (lane == 0) {
+    *count_out = count;
+    *partial_out = p_end;
+  }
 }
 
-__global__ void __launch_bounds__(1024) BlockListsKernel(
-    const int8_t* __restrict__ kind, int32_t* __restrict__ counts,
-    int32_t* __restrict__ partial, int32_t* __restrict__ lists, int32_t* __restrict__ order,
-    int64_t lines, int64_t other, int64_t width, int cmax, bool vec) {
+// `order` of one n: every line's count (the first pass), then the counting sort.
+template <int P>
+__device__ void SortLines(const int8_t* kind, int32_t* order_row, int lines, int other,
+                          int width, int cmax, int chunks, bool vec) {
   extern __shared__ int32_t smem[];
   int32_t* s_counts = smem;          // [lines]
   int32_t* s_hist = smem + lines;    // [cmax + 1]
-  const int64_t n = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   for (int c = threadIdx.x; c <= cmax; c += blockDim.x) s_hist[c] = 0;
-
-  const int64_t chunks = (other + kChunk - 1) / kChunk;
-  // A warp takes kGroup lines at a time (warp, warp + warps, ...); lines of one chunk load
-  // their kinds first, together, so that the loads of the group are in flight at once.
-  for (int64_t l0 = warp; l0 < lines; l0 += int64_t(warps) * kGroup) {
-    Masks pre[kGroup];
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-      const int64_t l = l0 + int64_t(g) * warps;
-      pre[g] = Masks{0u, 0u, 0u};
-      if (chunks == 1 && l < lines)
-        pre[g] = LoadMasks(kind + (n * lines + l) * other, other, lane * kPer, vec);
-    }
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-      const int64_t l = l0 + int64_t(g) * warps;
-      if (l >= lines) break;  // uniform across the warp
-      const int32_t count = BuildLine(kind + (n * lines + l) * other,
-                                      lists + (n * lines + l) * width, other, width, chunks,
-                                      vec, lane, pre[g], partial + n * lines + l);
-      if (lane == 0) {
-        counts[n * lines + l] = count;
-        s_counts[l] = count;
-      }
-    }
+  for (int l = warp; l < lines; l += warps) {
+    const int8_t* row = kind + int64_t(l) * other;
+    const Masks first = chunks == 1 ? LoadMasks<P>(row, other, lane * P, vec) : Masks{0u, 0u, 0u};
+    int np, nf, npos;
+    CountLine<P>(row, other, chunks, vec, lane, first, np, nf, npos);
+    if (lane == 0) s_counts[l] = LineCount(np, nf, npos, width);
   }
   __syncthreads();
-
-  // order: a stable counting sort of the counts, longest first.
-  for (int64_t l = threadIdx.x; l < lines; l += blockDim.x) atomicAdd(&s_hist[s_counts[l]], 1);
+  for (int l = threadIdx.x; l < lines; l += blockDim.x) atomicAdd(&s_hist[s_counts[l]], 1);
   __syncthreads();
   if (warp != 0) return;
   int running = 0;  // lines whose count exceeds the values done
@@ -185,10 +196,9 @@ __global__ void __launch_bounds__(1024) BlockListsKernel(
     running += __shfl_sync(kFull, incl, 31);
   }
   __syncwarp();
-  int32_t* order_row = order + n * lines;
   const unsigned below = (1u << lane) - 1u;
-  for (int64_t base = 0; base < lines; base += 32) {
-    const int64_t l = base + lane;
+  for (int base = 0; base < lines; base += 32) {
+    const int l = base + lane;
     const bool active = l < lines;
     const unsigned mask = __ballot_sync(kFull, active);
     int c = 0;
@@ -196,7 +206,7 @@ __global__ void __launch_bounds__(1024) BlockListsKernel(
     if (active) {
       c = s_counts[l];
       peers = __match_any_sync(mask, c);
-      order_row[s_hist[c] + __popc(peers & below)] = int32_t(l);
+      order_row[s_hist[c] + __popc(peers & below)] = l;
     }
     __syncwarp();
     if (active && lane == 31 - __clz(peers)) s_hist[c] += __popc(peers);
@@ -204,7 +214,43 @@ __global__ void __launch_bounds__(1024) BlockListsKernel(
   }
 }
 
-std::atomic<uint64_t> g_smem_configured{0};
+// blockIdx.x: n; blockIdx.y 0: SortLines, y >= 1: lines (y - 1) * warps + warp.
+template <int P>
+__global__ void __launch_bounds__(kThreads, 1) BlockListsKernel(
+    const int8_t* __restrict__ kind, int32_t* __restrict__ counts,
+    int32_t* __restrict__ partial, int32_t* __restrict__ lists, int32_t* __restrict__ order,
+    int lines, int other, int width, int cmax, bool vec) {
+  const int64_t n = blockIdx.x;
+  const int chunks = (other + 32 * P - 1) / (32 * P);
+  const int8_t* kind_n = kind + n * lines * other;
+  if (blockIdx.y == 0) {
+    SortLines<P>(kind_n, order + n * lines, lines, other, width, cmax, chunks, vec);
+    return;
+  }
+  const int warps = blockDim.x >> 5;
+  const int l = int(blockIdx.y - 1) * warps + (threadIdx.x >> 5);
+  if (l >= lines) return;  // (whole warps)
+  const int64_t line = n * lines + l;
+  BuildLine<P>(kind_n + int64_t(l) * other, lists + line * width, other, width, chunks, vec,
+               threadIdx.x & 31, counts + line, partial + line);
+}
+
+// Launches BlockListsKernel<P> (its dynamic shared-memory limit raised once per device).
+template <int P>
+cudaError_t LaunchWith(dim3 grid, unsigned threads, size_t bytes, size_t limit,
+                       cudaStream_t stream, const int8_t* kind, int32_t* counts,
+                       int32_t* partial, int32_t* lists, int32_t* order, int lines, int other,
+                       int width, int cmax, bool vec) {
+  static std::atomic<uint64_t> configured{0};
+  if (bytes > 48 * 1024) {
+    const cudaError_t err = AllowDynamicSmem(
+        configured, reinterpret_cast<const void*>(BlockListsKernel<P>), int(limit));
+    if (err != cudaSuccess) return err;
+  }
+  BlockListsKernel<P><<<grid, threads, bytes, stream>>>(kind, counts, partial, lists, order,
+                                                        lines, other, width, cmax, vec);
+  return cudaGetLastError();
+}
 
 }  // namespace
 
@@ -235,23 +281,24 @@ cudaError_t LaunchBlockLists(const int8_t* kind, int32_t* counts, int32_t* parti
                              int32_t* lists, int32_t* order, int64_t n, int64_t lines,
                              int64_t other, int64_t width, cudaStream_t stream) {
   if (n <= 0 || lines <= 0) return cudaSuccess;  // nothing to write
-  if (n > 0x7fffffff || other < 0 || width < 0) return cudaErrorInvalidValue;
+  if (n > 0x7fffffff || other < 0 || width < 0 || lines > INT_MAX || other > INT_MAX ||
+      width > INT_MAX)
+    return cudaErrorInvalidValue;
   const size_t bytes = BlockListsSharedBytes(lines, other, width);
   const size_t limit = BlockListsSharedLimit();
   if (bytes > limit) return cudaErrorInvalidValue;
-  if (bytes > 48 * 1024) {
-    cudaError_t err = AllowDynamicSmem(g_smem_configured,
-                                       reinterpret_cast<const void*>(BlockListsKernel),
-                                       int(limit));
-    if (err != cudaSuccess) return err;
-  }
   const int64_t cmax = other < width ? other : width;
-  const bool vec = other % kPer == 0 && reinterpret_cast<uintptr_t>(kind) % 16 == 0;
-  const unsigned threads = 32u * Clamp(lines, 32);
-  BlockListsKernel<<<unsigned(n), threads, bytes, stream>>>(kind, counts, partial, lists,
-                                                            order, lines, other, width,
-                                                            int(cmax), vec);
-  return cudaGetLastError();
+  const unsigned threads = 32u * Clamp(lines, kThreads / 32);
+  const int64_t parts = (lines + threads / 32 - 1) / (threads / 32);  // lines per CTA: warps
+  if (parts + 1 > 65535) return cudaErrorInvalidValue;
+  const dim3 grid(unsigned(n), unsigned(parts + 1));
+  // entries per lane: the fewest that cover a line in one chunk of 32 lanes, else 16
+  const int per = other <= 64 ? 2 : other <= 128 ? 4 : other <= 256 ? 8 : 16;
+  const bool vec = other % per == 0 && reinterpret_cast<uintptr_t>(kind) % 16 == 0;
+  const auto launch = per == 2 ? LaunchWith<2> : per == 4 ? LaunchWith<4>
+                      : per == 8 ? LaunchWith<8> : LaunchWith<16>;
+  return launch(grid, threads, bytes, limit, stream, kind, counts, partial, lists, order,
+                int(lines), int(other), int(width), int(cmax), vec);
 }
 
 }  // namespace jax_blocksparse
