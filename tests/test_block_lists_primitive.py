@@ -33,6 +33,7 @@ def _cases():
     yield _kinds(rng, (2, 3, 6, 10)), 6        # leading axes of rank 2
     yield _kinds(rng, (3, 17, 16), (0.1, 0.1, 0.8)), 16
     yield _kinds(rng, (2, 40, 35)), 0          # width 0
+    yield rng.integers(-128, 128, (2, 9, 70)).astype(np.int8), 40  # any int8 kind
     yield np.zeros((0, 4, 5), np.int8), 3      # empty operands
     yield np.zeros((2, 0, 5), np.int8), 3
     yield np.zeros((2, 4, 0), np.int8), 3
@@ -110,6 +111,12 @@ GPU_CASES = CASES + [
     (_kinds(np.random.default_rng(12), (1, 4096, 512), (0.9, 0.05, 0.05)), 512),
     (_kinds(np.random.default_rng(13), (1, 8192, 8192), (0.98, 0.01, 0.01)), 8192),
     (_kinds(np.random.default_rng(14), (3, 100, 1000)), 1000),     # other not a multiple of 16
+    # entries per lane (cuda/attention/lists.cu: 2 up to 64 entries a line, 4 to 128, 8 to
+    # 256, else 16), vector loads or not, 16 lines a CTA or fewer
+    (_kinds(np.random.default_rng(15), (1, 64, 64)), 64),
+    (_kinds(np.random.default_rng(16), (2, 37, 128)), 128),
+    (_kinds(np.random.default_rng(17), (2, 21, 250)), 9),
+    (np.random.default_rng(18).integers(-3, 6, (2, 5, 700)).astype(np.int8), 650),
 ]
 
 
