@@ -2,9 +2,10 @@
 // each n sorts its lines into `order`, the others build the lists, a warp per line.
 //
 // A line's entries are read in chunks of 32 x P (P entries per lane: 2, 4, 8 or 16, the
-// fewest that cover a line in one chunk, else 16; one vector load where `other` allows it),
-// each lane turning its P kinds into bit masks of partial (1), full (2) and "other"
-// entries. A first pass counts them (warp sums), which fixes the line's count and where its
+// fewest that cover a line in one chunk, else 16; one vector load where `other` allows it:
+// VEC), each lane turning its P kinds into bit masks of partial (1), full (2) and "other"
+// entries. The loads of several chunks (or of several one-chunk lines) are issued before
+// any of them is turned into masks, so that they are in flight together. A first pass counts them (warp sums), which fixes the line's count and where its
 // full entries start; a second pass (the first's masks again when the line is one chunk)
 // scans the lanes' mask populations across the warp and writes each entry at its position:
 // partial ones from 0, full ones after all partial ones, ascending within each group,
@@ -33,6 +34,10 @@ namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kThreads = 512;  // at most: a warp per line, up to 16 lines per CTA
+// Chunks (or one-chunk lines) whose loads a warp issues together: 4, or 2 for 16 byte loads
+// a lane (more spill registers)
+template <int P, bool VEC>
+constexpr int kBatch = VEC || P < 16 ? 4 : 2;
 
 struct Masks {
   uint32_t partial, full;  // bit k: entry j0 + k
@@ -47,43 +52,54 @@ __device__ __forceinline__ uint32_t Rest(const Masks& m, int other, int j0) {
   return in & ~(m.partial | m.full);
 }
 
-// The kinds of the lane's P entries from j0 (those at or past `other` are none).
-template <int P>
-__device__ __forceinline__ Masks LoadMasks(const int8_t* row, int other, int j0, bool vec) {
-  Masks m{0u, 0u, 0u};
-  if (vec && j0 + P <= other) {
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);  // the P bytes, little-endian from v.x
-    if constexpr (P == 16) {
-      v = __ldg(reinterpret_cast<const uint4*>(row + j0));
-    } else if constexpr (P == 8) {
-      const uint2 h = __ldg(reinterpret_cast<const uint2*>(row + j0));
-      v.x = h.x, v.y = h.y;
-    } else if constexpr (P == 4) {
-      v.x = __ldg(reinterpret_cast<const unsigned int*>(row + j0));
-    } else {
-      static_assert(P == 2, "P: 2, 4, 8 or 16");
-      v.x = __ldg(reinterpret_cast<const unsigned short*>(row + j0));
-    }
-#pragma unroll
-    for (int k = 0; k < P; ++k) {
-      const uint32_t word = k < 4 ? v.x : k < 8 ? v.y : k < 12 ? v.z : v.w;
-      const int8_t x = int8_t((word >> (8 * (k & 3))) & 0xffu);
-      m.partial |= uint32_t(x == 1) << k;
-      m.full |= uint32_t(x == 2) << k;
-      m.high |= uint32_t(x > 2) << k;
+// The bytes of the lane's P entries from j0, little-endian from .x; 0 (absent) at or past
+// `other`. VEC: one P-byte load (other % P == 0 and the operand 16-byte aligned, so a lane's
+// entries are all in range or all past it); else P byte loads.
+template <int P, bool VEC>
+__device__ __forceinline__ uint4 LoadKinds(const int8_t* row, int other, int j0) {
+  static_assert(P == 2 || P == 4 || P == 8 || P == 16, "P: 2, 4, 8 or 16");
+  uint4 v = make_uint4(0u, 0u, 0u, 0u);
+  if constexpr (VEC) {
+    if (j0 < other) {
+      if constexpr (P == 16) {
+        v = __ldg(reinterpret_cast<const uint4*>(row + j0));
+      } else if constexpr (P == 8) {
+        const uint2 h = __ldg(reinterpret_cast<const uint2*>(row + j0));
+        v.x = h.x, v.y = h.y;
+      } else if constexpr (P == 4) {
+        v.x = __ldg(reinterpret_cast<const unsigned int*>(row + j0));
+      } else {
+        v.x = __ldg(reinterpret_cast<const unsigned short*>(row + j0));
+      }
     }
   } else {
 #pragma unroll
     for (int k = 0; k < P; ++k) {
-      if (j0 + k < other) {
-        const int8_t x = __ldg(row + j0 + k);
-        m.partial |= uint32_t(x == 1) << k;
-        m.full |= uint32_t(x == 2) << k;
-        m.high |= uint32_t(x > 2) << k;
-      }
+      const uint32_t x = j0 + k < other ? uint32_t(uint8_t(__ldg(row + j0 + k))) : 0u;
+      (k < 4 ? v.x : k < 8 ? v.y : k < 12 ? v.z : v.w) |= x << (8 * (k & 3));
     }
   }
+  return v;
+}
+
+// The masks of P kinds (bytes from LoadKinds).
+template <int P>
+__device__ __forceinline__ Masks ToMasks(const uint4& v) {
+  Masks m{0u, 0u, 0u};
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    const uint32_t word = k < 4 ? v.x : k < 8 ? v.y : k < 12 ? v.z : v.w;
+    const int8_t x = int8_t((word >> (8 * (k & 3))) & 0xffu);
+    m.partial |= uint32_t(x == 1) << k;
+    m.full |= uint32_t(x == 2) << k;
+    m.high |= uint32_t(x > 2) << k;
+  }
   return m;
+}
+
+template <int P, bool VEC>
+__device__ __forceinline__ Masks LoadMasks(const int8_t* row, int other, int j0) {
+  return ToMasks<P>(LoadKinds<P, VEC>(row, other, j0));
 }
 
 // Writes the entries of `mask` (lane's entries from j0) at base, base + 1, ... below `limit`.
@@ -96,18 +112,29 @@ __device__ __forceinline__ void Place(int32_t* out, uint32_t mask, int base, int
   }
 }
 
-// A line's partial, full and (kinds > 2) entries, warp sums. `first`: its first chunk's
-// masks, used when it has one chunk.
-template <int P>
-__device__ __forceinline__ void CountLine(const int8_t* row, int other, int chunks, bool vec,
-                                          int lane, const Masks& first, int& np, int& nf,
-                                          int& npos) {
+// A line's partial, full and (kinds > 2) entries, warp sums. `first`: the bytes of its
+// first chunk, used when it has one chunk; longer lines load kBatch chunks at a time.
+template <int P, bool VEC>
+__device__ __forceinline__ void CountLine(const int8_t* row, int other, int chunks, int lane,
+                                          const uint4& first, int& np, int& nf, int& npos) {
   np = nf = npos = 0;
-  for (int c = 0; c < chunks; ++c) {
-    const Masks m = chunks == 1 ? first : LoadMasks<P>(row, other, c * 32 * P + lane * P, vec);
-    np += __popc(m.partial);
-    nf += __popc(m.full);
-    npos += __popc(m.high);
+  if (chunks == 1) {
+    const Masks m = ToMasks<P>(first);
+    np = __popc(m.partial), nf = __popc(m.full), npos = __popc(m.high);
+  } else {
+    for (int c0 = 0; c0 < chunks; c0 += kBatch<P, VEC>) {
+      uint4 v[kBatch<P, VEC>];
+#pragma unroll
+      for (int j = 0; j < kBatch<P, VEC>; ++j)  // (a chunk past the line: zeros)
+        v[j] = LoadKinds<P, VEC>(row, other, (c0 + j) * 32 * P + lane * P);
+#pragma unroll
+      for (int j = 0; j < kBatch<P, VEC>; ++j) {
+        const Masks m = ToMasks<P>(v[j]);
+        np += __popc(m.partial);
+        nf += __popc(m.full);
+        npos += __popc(m.high);
+      }
+    }
   }
   np = __reduce_add_sync(kFull, np);
   nf = __reduce_add_sync(kFull, nf);
@@ -121,13 +148,13 @@ __device__ __forceinline__ int LineCount(int np, int nf, int npos, int width) {
 }
 
 // One line: its list in out[0, width), its count and partial count stored (lane 0).
-template <int P>
+template <int P, bool VEC>
 __device__ __forceinline__ void BuildLine(const int8_t* row, int32_t* out, int other, int width,
-                                          int chunks, bool vec, int lane, int32_t* count_out,
+                                          int chunks, int lane, int32_t* count_out,
                                           int32_t* partial_out) {
-  const Masks first = chunks == 1 ? LoadMasks<P>(row, other, lane * P, vec) : Masks{0u, 0u, 0u};
+  const uint4 first = LoadKinds<P, VEC>(row, other, lane * P);
   int np, nf, npos;
-  CountLine<P>(row, other, chunks, vec, lane, first, np, nf, npos);
+  CountLine<P, VEC>(row, other, chunks, lane, first, np, nf, npos);
   const int count = LineCount(np, nf, npos, width);
   // Pass 2: place the entries.
   int pb = 0, fb = np, rb = np + nf;  // next position of each group
@@ -136,7 +163,7 @@ __device__ __forceinline__ void BuildLine(const int8_t* row, int32_t* out, int o
   // (uniform across the warp) until every group's next entry would be past the count
   for (int c = 0; c < chunks && (pb < p_end || fb < f_end || rb < count); ++c) {
     const int j0 = c * 32 * P + lane * P;
-    const Masks m = chunks == 1 ? first : LoadMasks<P>(row, other, j0, vec);
+    const Masks m = ToMasks<P>(c == 0 ? first : LoadKinds<P, VEC>(row, other, j0));
     const uint32_t rest = Rest<P>(m, other, j0);
     // Inclusive scan of the lanes' populations, packed 10 bits each (at most 512).
     const uint32_t own = uint32_t(__popc(m.partial)) | uint32_t(__popc(m.full)) << 10 |
@@ -163,20 +190,32 @@ __device__ __forceinline__ void BuildLine(const int8_t* row, int32_t* out, int o
 }
 
 // `order` of one n: every line's count (the first pass), then the counting sort.
-template <int P>
+template <int P, bool VEC>
 __device__ void SortLines(const int8_t* kind, int32_t* order_row, int lines, int other,
-                          int width, int cmax, int chunks, bool vec) {
+                          int width, int cmax, int chunks) {
   extern __shared__ int32_t smem[];
   int32_t* s_counts = smem;          // [lines]
   int32_t* s_hist = smem + lines;    // [cmax + 1]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   for (int c = threadIdx.x; c <= cmax; c += blockDim.x) s_hist[c] = 0;
-  for (int l = warp; l < lines; l += warps) {
-    const int8_t* row = kind + int64_t(l) * other;
-    const Masks first = chunks == 1 ? LoadMasks<P>(row, other, lane * P, vec) : Masks{0u, 0u, 0u};
-    int np, nf, npos;
-    CountLine<P>(row, other, chunks, vec, lane, first, np, nf, npos);
-    if (lane == 0) s_counts[l] = LineCount(np, nf, npos, width);
+  // kBatch lines a warp at a time (l0, l0 + warps, ...): their first chunks' loads first
+  constexpr int kLines = kBatch<P, VEC>;
+  for (int l0 = warp; l0 < lines; l0 += kLines * warps) {
+    uint4 first[kLines];
+#pragma unroll
+    for (int g = 0; g < kLines; ++g) {
+      const int l = l0 + g * warps;  // (past the lines: nothing loaded, zeros)
+      first[g] = LoadKinds<P, VEC>(kind + int64_t(l < lines ? l : 0) * other,
+                                   l < lines ? other : 0, lane * P);
+    }
+#pragma unroll
+    for (int g = 0; g < kLines; ++g) {
+      const int l = l0 + g * warps;
+      if (l >= lines) break;  // uniform across the warp
+      int np, nf, npos;
+      CountLine<P, VEC>(kind + int64_t(l) * other, other, chunks, lane, first[g], np, nf, npos);
+      if (lane == 0) s_counts[l] = LineCount(np, nf, npos, width);
+    }
   }
   __syncthreads();
   for (int l = threadIdx.x; l < lines; l += blockDim.x) atomicAdd(&s_hist[s_counts[l]], 1);
@@ -215,41 +254,50 @@ __device__ void SortLines(const int8_t* kind, int32_t* order_row, int lines, int
 }
 
 // blockIdx.x: n; blockIdx.y 0: SortLines, y >= 1: lines (y - 1) * warps + warp.
-template <int P>
+template <int P, bool VEC>
 __global__ void __launch_bounds__(kThreads, 1) BlockListsKernel(
     const int8_t* __restrict__ kind, int32_t* __restrict__ counts,
     int32_t* __restrict__ partial, int32_t* __restrict__ lists, int32_t* __restrict__ order,
-    int lines, int other, int width, int cmax, bool vec) {
+    int lines, int other, int width, int cmax) {
   const int64_t n = blockIdx.x;
   const int chunks = (other + 32 * P - 1) / (32 * P);
   const int8_t* kind_n = kind + n * lines * other;
   if (blockIdx.y == 0) {
-    SortLines<P>(kind_n, order + n * lines, lines, other, width, cmax, chunks, vec);
+    SortLines<P, VEC>(kind_n, order + n * lines, lines, other, width, cmax, chunks);
     return;
   }
   const int warps = blockDim.x >> 5;
   const int l = int(blockIdx.y - 1) * warps + (threadIdx.x >> 5);
   if (l >= lines) return;  // (whole warps)
   const int64_t line = n * lines + l;
-  BuildLine<P>(kind_n + int64_t(l) * other, lists + line * width, other, width, chunks, vec,
-               threadIdx.x & 31, counts + line, partial + line);
+  BuildLine<P, VEC>(kind_n + int64_t(l) * other, lists + line * width, other, width, chunks,
+                    threadIdx.x & 31, counts + line, partial + line);
 }
 
-// Launches BlockListsKernel<P> (its dynamic shared-memory limit raised once per device).
-template <int P>
+// Launches BlockListsKernel<P, VEC> (its dynamic shared-memory limit raised once per device).
+template <int P, bool VEC>
 cudaError_t LaunchWith(dim3 grid, unsigned threads, size_t bytes, size_t limit,
                        cudaStream_t stream, const int8_t* kind, int32_t* counts,
                        int32_t* partial, int32_t* lists, int32_t* order, int lines, int other,
-                       int width, int cmax, bool vec) {
+                       int width, int cmax) {
   static std::atomic<uint64_t> configured{0};
   if (bytes > 48 * 1024) {
     const cudaError_t err = AllowDynamicSmem(
-        configured, reinterpret_cast<const void*>(BlockListsKernel<P>), int(limit));
+        configured, reinterpret_cast<const void*>(BlockListsKernel<P, VEC>), int(limit));
     if (err != cudaSuccess) return err;
   }
-  BlockListsKernel<P><<<grid, threads, bytes, stream>>>(kind, counts, partial, lists, order,
-                                                        lines, other, width, cmax, vec);
+  BlockListsKernel<P, VEC><<<grid, threads, bytes, stream>>>(kind, counts, partial, lists,
+                                                             order, lines, other, width, cmax);
   return cudaGetLastError();
+}
+
+// (entries per lane, vector loads) -> launcher
+using Launcher = cudaError_t (*)(dim3, unsigned, size_t, size_t, cudaStream_t, const int8_t*,
+                                 int32_t*, int32_t*, int32_t*, int32_t*, int, int, int, int);
+template <bool VEC>
+Launcher LauncherFor(int per) {
+  return per == 2 ? LaunchWith<2, VEC> : per == 4 ? LaunchWith<4, VEC>
+         : per == 8 ? LaunchWith<8, VEC> : LaunchWith<16, VEC>;
 }
 
 }  // namespace
@@ -295,10 +343,9 @@ cudaError_t LaunchBlockLists(const int8_t* kind, int32_t* counts, int32_t* parti
   // entries per lane: the fewest that cover a line in one chunk of 32 lanes, else 16
   const int per = other <= 64 ? 2 : other <= 128 ? 4 : other <= 256 ? 8 : 16;
   const bool vec = other % per == 0 && reinterpret_cast<uintptr_t>(kind) % 16 == 0;
-  const auto launch = per == 2 ? LaunchWith<2> : per == 4 ? LaunchWith<4>
-                      : per == 8 ? LaunchWith<8> : LaunchWith<16>;
+  const Launcher launch = vec ? LauncherFor<true>(per) : LauncherFor<false>(per);
   return launch(grid, threads, bytes, limit, stream, kind, counts, partial, lists, order,
-                int(lines), int(other), int(width), int(cmax), vec);
+                int(lines), int(other), int(width), int(cmax));
 }
 
 }  // namespace jax_blocksparse
