@@ -4,12 +4,13 @@
 // A line's entries are read in chunks of 32 x P (P entries per lane: 2, 4, 8 or 16, the
 // fewest that cover a line in one chunk, else 16; one vector load where `other` allows it:
 // VEC), each lane turning its P kinds into bit masks of partial (1), full (2) and "other"
-// entries. The loads of several chunks (or of several one-chunk lines) are issued before
-// any of them is turned into masks, so that they are in flight together. A first pass counts them (warp sums), which fixes the line's count and where its
-// full entries start; a second pass (the first's masks again when the line is one chunk)
-// scans the lanes' mask populations across the warp and writes each entry at its position:
-// partial ones from 0, full ones after all partial ones, ascending within each group,
-// truncated at the count; the rest of the row is -1. numpy's argsort key sorts kinds other
+// entries (the loads of several chunks, or of several one-chunk lines, are issued before
+// any of them is turned into masks, so that they are in flight together). A first pass
+// counts them (warp sums), which fixes the line's count and where its full entries start; a
+// second pass (the first chunk's bytes again) scans the lanes' mask populations across the
+// warp and writes each entry at its position: partial ones from 0, full ones after all
+// partial ones, ascending within each group, truncated at the count; the rest of the row
+// is -1. numpy's argsort key sorts kinds other
 // than 0, 1, 2 with the absent ones but counts the positive ones as listed: the third group
 // reproduces that, so the outputs equal block_lists' for any int8 input.
 //
