@@ -37,6 +37,7 @@ Switches Read() {
                                                                                : -1;
   s.attn_bwd_onepass_dq_first = Flag("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST");
   s.attn_bwd_d256 = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_D256");
+  s.attn_heads_outer = Flag("JAX_BLOCKSPARSE_ATTN_HEADS_OUTER");
   s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
   s.decode_packed = OnUnlessZero("JAX_BLOCKSPARSE_DECODE_PACKED");
   const char* packed = std::getenv("JAX_BLOCKSPARSE_DECODE_PACKED");

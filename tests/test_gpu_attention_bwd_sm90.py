@@ -384,6 +384,29 @@ def assert_documents_backward(stderr, cases, variant):
     return assert_backward_is_fa3(stderr, [case for case in cases if case not in d256], variant)
 
 
+def test_heads_outer_grid():
+    """Under JAX_BLOCKSPARSE_ATTN_HEADS_OUTER=1 the Hopper forward and backward kernels
+    take their grid's cells with the lines fastest (attention/common.cuh, CellOf: one
+    head's blocks back to back): the same kernels run (the debug lines name them), and o,
+    lse, dq, dk, dv match the float64 reference, deterministic, NaN past kv_lengths unread
+    (`check`, `check_docs`), at head dims 128, 64 and 256, with GQA, per-head masks, lists
+    per batch entry and segment ids."""
+    if not sm90():
+        pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
+    cases = [("gqa4_per_head_causal", "bf16"), ("d64_tq_gt_tk_causal", "f16"),
+             ("d256_per_head_causal_kv_lengths", "bf16")]
+    docs = [("per_batch_mask_causal_kv_lengths", "f16"), ("docs_local_causal", "bf16")]
+    code = ("import test_gpu_attention_bwd_sm90 as b, test_gpu_attention_sm90 as t; "
+            f"b.run_cases({cases!r}); t.run_doc_cases({docs!r})")
+    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2",
+                        JAX_BLOCKSPARSE_ATTN_HEADS_OUTER="1").stderr
+    assert_backward_is_fa3(stderr, cases[2:], "2 d256")
+    logs = assert_backward_is_fa3(stderr, cases[:2] + docs, "2")
+    for case in cases + docs:
+        forward = [kernel for op, kernel in logs[" ".join(case)] if op == "attention_fwd"]
+        assert forward and all(k.startswith("fa3_forward") for k in forward), (case, forward)
+
+
 # Cases with many key blocks adding into each query tile (the one-pass backward's dQ sums
 # across CTAs): every run bitwise equal to the first.
 REPEAT_CASES = {

@@ -166,10 +166,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto kv_off = [&](int st) { return S::kKV + st * 4 * kT; };  // K of stage st (bytes)
 
   const int tid = threadIdx.x, wgi = tid / 128;
-  const int bh = blockIdx.x, b = bh / a.hq, h = bh % a.hq;
+  const Cell cell = CellOf(a);
+  const int bh = cell.bh, b = bh / a.hq, h = bh % a.hq;
   const Lists& L = a.by_query;
   const int64_t lines0 = FirstLine(a, L, b, a.hm == 1 ? 0 : h);
-  const int r = __ldg(L.order + lines0 + blockIdx.y);
+  const int r = __ldg(L.order + lines0 + cell.rank);
   const int q0 = r * kBS;
   const int hk = h / a.group;
   const int off = QueryOffset(a, b);  // causal position of query row 0
@@ -424,11 +425,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto empty = [&](int st) { return bars + 8u * (1 + STAGES + st); };
 
   const int tid = threadIdx.x, wgi = tid / 128;
-  const int bh = blockIdx.x, b = bh / a.hkv, hk = bh % a.hkv;
+  const Cell cell = CellOf(a);
+  const int bh = cell.bh, b = bh / a.hkv, hk = bh % a.hkv;
   const Lists& L = a.by_key;
   const int h_first = hk * a.group;
   const int mh0 = MaskHead(a, b, a.hm == 1 ? 0 : h_first);  // lines of the group's first head
-  const int rk = __ldg(L.order + int64_t(mh0) * L.lines + blockIdx.y);
+  const int rk = __ldg(L.order + int64_t(mh0) * L.lines + cell.rank);
   const int k0 = rk * kBS;
   const int off = QueryOffset(a, b);  // causal position of query row 0
   const int kvlen = KvLength(a, b);

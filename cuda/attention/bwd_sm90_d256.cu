@@ -125,10 +125,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto kv_off = [&](int st) { return S::kKV + st * 2 * kTile; };  // K of stage st (bytes)
 
   const int tid = threadIdx.x, wgi = tid / 128;
-  const int bh = blockIdx.x, b = bh / a.hq, h = bh % a.hq;
+  const Cell cell = CellOf(a);
+  const int bh = cell.bh, b = bh / a.hq, h = bh % a.hq;
   const Lists& L = a.by_query;
   const int64_t lines0 = FirstLine(a, L, b, a.hm == 1 ? 0 : h);
-  const int r = __ldg(L.order + lines0 + blockIdx.y);
+  const int r = __ldg(L.order + lines0 + cell.rank);
   const int q0 = r * kBS + 64 * int(blockIdx.z);  // this CTA's 64 queries
   if (q0 >= a.tq) return;  // the second half of a partial last block holds none (uniform)
   const int hk = h / a.group;
@@ -364,11 +365,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto empty = [&](int st) { return ring.Empty(st); };
 
   const int tid = threadIdx.x, wgi = tid / 128;
-  const int bh = blockIdx.x, b = bh / a.hkv, hk = bh % a.hkv;
+  const Cell cell = CellOf(a);
+  const int bh = cell.bh, b = bh / a.hkv, hk = bh % a.hkv;
   const Lists& L = a.by_key;
   const int h_first = hk * a.group;
   const int mh0 = MaskHead(a, b, a.hm == 1 ? 0 : h_first);  // lines of the group's first head
-  const int rk = __ldg(L.order + int64_t(mh0) * L.lines + blockIdx.y);
+  const int rk = __ldg(L.order + int64_t(mh0) * L.lines + cell.rank);
   const int kcol = 64 * int(blockIdx.z);  // this CTA's first key column of the block
   const int k0 = rk * kBS + kcol;
   if (k0 >= a.tk) return;  // the second half of a partial last block holds none (uniform)

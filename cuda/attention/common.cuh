@@ -23,6 +23,23 @@ __device__ __forceinline__ int64_t FirstLine(const Args& a, const Lists& L, int 
   return int64_t(MaskHead(a, b, hm)) * L.lines;
 }
 
+// This CTA's cell of a grid of (B x heads, lines[, z]) CTAs: its (batch x head) index and
+// its rank among the lines (an index into `order`: longest first). The hardware starts CTAs
+// in linear order, x fastest. By default the cell is (x, y): a rank's CTAs of every head
+// run together, longest first across all heads. Under a.heads_outer
+// (JAX_BLOCKSPARSE_ATTN_HEADS_OUTER=1) the linear index of (x, y) is read with the rank
+// fastest: one head's lines run back to back, longest first, while the operands it reads
+// for all of them (K/V in the forward and the dQ kernel, Q/dO in the dK/dV kernel) stay
+// in L2 (FlashAttention-3 orders its tiles so).
+struct Cell {
+  int bh, rank;
+};
+__device__ __forceinline__ Cell CellOf(const Args& a) {
+  if (!a.heads_outer) return Cell{int(blockIdx.x), int(blockIdx.y)};
+  const int64_t id = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
+  return Cell{int(id / gridDim.y), int(id % gridDim.y)};
+}
+
 // Causal position of query row 0 of batch entry b: q_offset's q_positions when given,
 // else Tk - Tq (bottom-right aligned).
 __device__ __forceinline__ int QueryOffset(const Args& a, int b) {

@@ -403,7 +403,8 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       const int i = item_index(k), pos = i / bhs;
       return DecodeItem<kBM>(a, pos, i - pos * bhs);
     } else {
-      return DecodeItem<kBM>(a, int(blockIdx.y), int(blockIdx.x));
+      const Cell cell = CellOf(a);
+      return DecodeItem<kBM>(a, cell.rank, cell.bh);
     }
   };
   // item k's Q buffer and the phase of its barriers

@@ -71,6 +71,8 @@ struct Args {
   // (key j of sequence b: row j % page_size of page page_table[b, j / page_size]), or null
   const int32_t* page_table;
   int page_size, pages_per_seq;
+  // the order of a (B x heads, lines) grid's cells (CellOf): lines fastest, or heads
+  bool heads_outer;
 };
 
 // The score scale and a logit soft cap (0: none) in the kernels' terms (Args above).
