@@ -7,9 +7,10 @@ elementwise ops: tens of small XLA kernels, a visible share of a short attention
 `block_lists_p` computes the same four int32 arrays (`counts`, `partial`, `lists`,
 `order`) in one op:
   - on CUDA, where the extension is built (`_cuda.py` registers the lowering), one custom
-    call, "jax_blocksparse_block_lists" (cuda/attention/lists.cu: one CTA per leading
-    index, a warp per line compacting its entries with ballots and warp scans, `order` by
-    a stable counting sort in shared memory);
+    call, "jax_blocksparse_block_lists" (cuda/attention/lists.cu: per leading index, a
+    warp per line compacting its entries with warp scans, over as many CTAs as the lines
+    need, and one more CTA that counts the lines and puts them in `order` by a stable
+    counting sort in shared memory);
   - elsewhere, and for empty operands or a partitioned (multi-device SPMD) lowering, the
     array-API code below (`block_lists_reference`, which numpy runs on the host too).
 Both give the same arrays bit for bit. The primitive works on `[N, lines, other]`;
