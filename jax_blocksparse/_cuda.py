@@ -561,12 +561,17 @@ def _attention_forward_lowering(ctx, *operands, **params):
         mask_block=np.int32(mask_block), **_softcap_attr(params))
 
 
+# The tile bits' placeholder. Its two ints differ: XLA turns a constant whose elements are
+# all equal into a broadcast, a kernel launched on every call, and keeps any other in memory.
+PLACEHOLDER_BITS = np.arange(2, dtype=np.int32).reshape(1, 1, 1, 2)
+
+
 def _placeholder_bits(aval):
-    """A constant `[1, 1, 1, 2]` int32 in place of the tile bits (`aval`'s) where a kernel
-    does not read them, so that XLA drops the tile lists nothing else reads (a block-64
-    call's are built for the backward on tiles: `backward_tile_context`): (value, aval)."""
-    placeholder = np.zeros((1, 1, 1, 2), np.int32)
-    return jint.ir_constant(placeholder), aval.update(shape=placeholder.shape)
+    """`PLACEHOLDER_BITS` (`[1, 1, 1, 2]` int32) in place of the tile bits (`aval`'s) where
+    a kernel does not read them, so that XLA drops the tile lists nothing else reads (a
+    block-64 call's are built for the backward on tiles: `backward_tile_context`):
+    (value, aval)."""
+    return jint.ir_constant(PLACEHOLDER_BITS), aval.update(shape=PLACEHOLDER_BITS.shape)
 
 
 def _pad_columns(ctx, value, aval, width):

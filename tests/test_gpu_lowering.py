@@ -144,6 +144,20 @@ def test_dds_dsd_carry_the_group_records_their_kernel_reads(monkeypatch, switch,
 
 
 
+def test_placeholder_bits_stay_a_constant():
+    """The tile bits' placeholder is a constant XLA keeps in memory: a constant whose
+    elements are all equal becomes a broadcast, one more kernel launched on every call
+    (checked here on the CPU compiler, beside such a constant)."""
+    from jax_blocksparse import _cuda
+    x = jax.device_put(jnp.ones(3), jax.devices("cpu")[0])
+
+    def compiled(constant):
+        keep = lambda x: jax.lax.optimization_barrier((x, constant))
+        return jax.jit(keep).lower(x).compile().as_text()
+    assert "broadcast" not in compiled(_cuda.PLACEHOLDER_BITS)
+    assert "broadcast" in compiled(np.zeros_like(_cuda.PLACEHOLDER_BITS))
+
+
 def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
     """The matmul kernels take float32, float16 and bfloat16: the "cuda" lowering of the
     family (`_cuda._matmul_lowering`) sends float64 (x64 on) to the pure-JAX
