@@ -10,6 +10,7 @@
 #    attention_bwd_profile: the same on the Hopper backward's kernels, causal layout;
 #    attention_softcap_profile: the same on the Hopper forward without and with a soft cap;
 #    metadata_profile: every kernel's device time in a forward with a Layout / a BlockMask;
+#    lists_profile: Nsight Compute on that forward's block-lists kernel;
 #    attention_variants: the attention forward under JAX_BLOCKSPARSE_ATTN_FWD_VARIANT 0, 2, 3;
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64;
@@ -276,6 +277,11 @@ for stage in "$@"; do
         --metrics gpu__time_duration.sum --print-summary per-kernel \
         python3 "$repo/benchmarks/attention_patterns.py" \
         --metadata-trace "${METADATA_PATTERN:-local}" 2>&1 | tee "$out/metadata_profile.log" ;;
+    # Nsight Compute's sections on one launch of the block-lists kernel of that forward
+    # (a traced BlockMask's lists: issue 18 item 3)
+    lists_profile) profile "${PROFILE_KERNEL:-BlockListsKernel}" lists_profile.log \
+        python3 "$repo/benchmarks/attention_patterns.py" \
+        --metadata-trace "${METADATA_PATTERN:-local}" ;;
     peers) python3 "$repo/_device/peers.py" 2>&1 | tee "$out/peers.log" ;;
     # the six patterns beside FlexAttention (same masks) and cuDNN; PATTERN_ARGS e.g.
     # "--backward --variants 0,2 --metadata"
