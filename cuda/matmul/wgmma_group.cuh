@@ -1,8 +1,9 @@
 // Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose) at block
 // sizes 16 and 32 with one accumulator tile per line: the design the bound favours after
 // wgmma_small.cuh (benchmarks/RESULTS.md 2026-12-02 second session, issue 20). Opt-in
-// (JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1): correct on the H200 but 0.47-0.68x
-// wgmma_small.cuh's speed (RESULTS 2026-12-05: one CTA per SM at 245 registers, about 800
+// (JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1): correct on the H200 but 0.45-0.64x the speed of
+// wgmma_small.cuh reading host records, 0.76-0.96x at BN = 128 (RESULTS 2026-12-05 second
+// session; the first version's profile: one CTA per SM at 245 registers, about 800
 // instructions per warp per step, mostly the 64 (bs 16) presence branches and each listed
 // block's descriptor and wgmma; 4,600 cycles a step). Instantiated per dtype in
 // wgmma_group_{bf16,f16}.cu.
