@@ -259,16 +259,18 @@ def measure_flex(rows, peers, batch, heads, folder):
 def ours_per_variant(args, rows):
     """{label: ours} with each forward variant (`--variants`) and each backward variant
     (`--bwd-variants`) in a fresh process (the switches are read once), or this process."""
-    def forward_switches(v):  # "2", "2p", "2h": the variant, then letters
+    def sections(letters):  # h: heads outer (sections of one column), s: sections of L2
+        return "1" if "h" in letters else "l2" if "s" in letters else "0"
+    def forward_switches(v):  # "2", "2p", "2h", "2s": the variant, then letters
         letters = v.lstrip("0123456789")
         return {"JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": v[:len(v) - len(letters)],
                 "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1" if "p" in letters else "0",
-                "JAX_BLOCKSPARSE_ATTN_HEADS_OUTER": "1" if "h" in letters else "0"}
+                "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS": sections(letters)}
     runs = [(forward_switches(v), f"v{v} ") for v in (args.variants or "").split(",") if v]
-    def backward_switches(v):  # "2", "2t", "2r", "4q", "2n", "2h": the variant, then letters
+    def backward_switches(v):  # "2", "2t", "2r", "4q", "2n", "2h", "2s": the variant, letters
         letters = v.lstrip("0123456789")
         return {"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v[:len(v) - len(letters)],
-                "JAX_BLOCKSPARSE_ATTN_HEADS_OUTER": "1" if "h" in letters else "0",
+                "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS": sections(letters),
                 "JAX_BLOCKSPARSE_ATTN_BWD_TILED64": ("1" if "t" in letters else
                                                      "0" if "r" in letters else ""),
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "1" if "q" in letters else "0",
@@ -329,13 +331,14 @@ def main():
     parser.add_argument("--peers", help="peers.py (FlexAttention on the same masks)")
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
     parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values "
-                        "(letters after one: p JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1, h "
-                        "JAX_BLOCKSPARSE_ATTN_HEADS_OUTER=1, which the backward takes too)")
+                        "(letters after one: p JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1, h / s "
+                        "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2, which the backward "
+                        "takes too)")
     parser.add_argument("--bwd-variants",
                         help="e.g. 2,4: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT values; letters "
                         "after one: t / r JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 / 0, q "
-                        "..._ONEPASS_DQ_FIRST=1, n ..._D256=0, h "
-                        "JAX_BLOCKSPARSE_ATTN_HEADS_OUTER=1 (the forward too)")
+                        "..._ONEPASS_DQ_FIRST=1, n ..._D256=0, h / s "
+                        "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2 (the forward too)")
     parser.add_argument("--extended", action="store_true",
                         help="also S 16384 and 32768 (local, packed), D 64, 96, 256 (causal)")
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")

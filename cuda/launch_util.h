@@ -24,18 +24,25 @@ inline cudaError_t AllowDynamicSmem(std::atomic<uint64_t>& configured, const voi
   return err;
 }
 
-// The multiprocessors of the current device, asked once per device (0 when unknown).
-inline int MultiProcessors() {
-  static std::atomic<int> count[64];
+// A device attribute of the current device, asked once per device (0 when unknown).
+template <cudaDeviceAttr kAttribute>
+inline int CachedDeviceAttribute() {
+  static std::atomic<int> value[64];
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-  int n = count[dev & 63].load(std::memory_order_acquire);
+  int n = value[dev & 63].load(std::memory_order_acquire);
   if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
-    count[dev & 63].store(n, std::memory_order_release);
+    if (cudaDeviceGetAttribute(&n, kAttribute, dev) != cudaSuccess) return 0;
+    value[dev & 63].store(n, std::memory_order_release);
   }
   return n;
 }
+
+// The multiprocessors of the current device (0 when unknown).
+inline int MultiProcessors() { return CachedDeviceAttribute<cudaDevAttrMultiProcessorCount>(); }
+
+// The L2 cache of the current device in bytes (0 when unknown).
+inline int L2CacheBytes() { return CachedDeviceAttribute<cudaDevAttrL2CacheSize>(); }
 
 // CTAs of `kernel` (`threads` each, `smem` dynamic bytes; its attributes already set)
 // resident at once on the current device: one wave (0 when unknown).

@@ -37,7 +37,11 @@ Switches Read() {
                                                                                : -1;
   s.attn_bwd_onepass_dq_first = Flag("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST");
   s.attn_bwd_d256 = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_D256");
-  s.attn_heads_outer = Flag("JAX_BLOCKSPARSE_ATTN_HEADS_OUTER");
+  const char* sections = std::getenv("JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS");
+  s.attn_head_sections = sections == nullptr             ? 0
+                         : std::strcmp(sections, "l2") == 0 ? -1
+                         : std::atoi(sections) > 0      ? std::atoi(sections)
+                                                        : 0;
   s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
   s.decode_packed = OnUnlessZero("JAX_BLOCKSPARSE_DECODE_PACKED");
   const char* packed = std::getenv("JAX_BLOCKSPARSE_DECODE_PACKED");

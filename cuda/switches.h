@@ -40,12 +40,15 @@
 //     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
 //     head dim 256 (attention/dispatch.cu, RowEnabled), so the Python side routes those calls
 //     to the pure path
-//   JAX_BLOCKSPARSE_ATTN_HEADS_OUTER=1 opt-in until timed: the Hopper forward (not its
+//   JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS opt-in until timed: the Hopper forward (not its
 //     persistent form) and backward kernels take their grid's (B x heads, lines) cells in
-//     linear order with the lines fastest (attn::CellOf, Args::heads_outer), so that one
-//     head's blocks run back to back while its K/V (forward, dQ kernel) or Q/dO (dK/dV
-//     kernel) stay in L2, as FlashAttention-3 orders its tiles; by default the heads are
-//     fastest (a rank's CTAs of every head together: longest first across all heads)
+//     sections of N columns (batch x head indices), one section after another, each
+//     longest first across its columns (attn::CellOf, Args::section_columns), so that the
+//     operands a section's CTAs share (K/V in the forward and the dQ kernel, Q/dO in the
+//     dK/dV kernel) stay in L2, as FlashAttention-3 orders its tiles. "l2": N from the
+//     card's L2 (half of it for a section's operands, attn::InSections); "1": one head's
+//     lines back to back (heads outer); unset, "" or "0": one section of every column
+//     (a rank's CTAs of every head together, longest first across all heads)
 //   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in (measured: faster than the default only
 //     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode
 //     calls with more than 16 (query, head) rows per kv head run the decode kernel with
@@ -100,7 +103,8 @@ struct Switches {
   bool attn_bwd_onepass_dq_first;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST: anything but
                                    // "" or "0"
   bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "0" (default on)
-  bool attn_heads_outer;  // JAX_BLOCKSPARSE_ATTN_HEADS_OUTER: anything but "" or "0"
+  int attn_head_sections;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS: N >= 1 its value, -1 "l2",
+                           // 0 otherwise (unset, "", "0", anything else)
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
   bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "0" (unset: on)
   int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)

@@ -575,10 +575,11 @@ cudaError_t RunBackwardSm90D256(const Args& a, cudaStream_t stream) {
   const dim3 dq_grid(unsigned(a.batch * a.hq), unsigned(a.by_query.lines), 2);
   const dim3 dkv_grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines), 2);
   if (err == cudaSuccess)
-    err = LaunchBackwardKernel<DqKernel256<T, PIPE>>(DqSmem256::kBytes, dq_grid, a, maps, stream);
+    err = LaunchBackwardKernel<DqKernel256<T, PIPE>>(DqSmem256::kBytes, dq_grid,
+                                                     DqCells<T, kD>(a), maps, stream);
   if (err == cudaSuccess)
-    err = LaunchBackwardKernel<DkvKernel256<T, PIPE>>(DkvSmem256::kBytes, dkv_grid, a, maps,
-                                                      stream);
+    err = LaunchBackwardKernel<DkvKernel256<T, PIPE>>(DkvSmem256::kBytes, dkv_grid,
+                                                      DkvCells<T, kD>(a), maps, stream);
   return err;
 }
 

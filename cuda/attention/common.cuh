@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "../launch_util.h"
+#include "../switches.h"
 #include "shared.cuh"
 
 namespace jax_blocksparse {
@@ -25,19 +27,43 @@ __device__ __forceinline__ int64_t FirstLine(const Args& a, const Lists& L, int 
 
 // This CTA's cell of a grid of (B x heads, lines[, z]) CTAs: its (batch x head) index and
 // its rank among the lines (an index into `order`: longest first). The hardware starts CTAs
-// in linear order, x fastest. By default the cell is (x, y): a rank's CTAs of every head
-// run together, longest first across all heads. Under a.heads_outer
-// (JAX_BLOCKSPARSE_ATTN_HEADS_OUTER=1) the linear index of (x, y) is read with the rank
-// fastest: one head's lines run back to back, longest first, while the operands it reads
-// for all of them (K/V in the forward and the dQ kernel, Q/dO in the dK/dV kernel) stay
-// in L2 (FlashAttention-3 orders its tiles so).
+// in linear order, x fastest. The columns (x) are taken in sections of
+// a.section_columns (0: one section of all): section after section, and inside one the
+// cells rank by rank (longest first) across its columns. One section of all columns is the
+// cell (x, y): a rank's CTAs of every head together, longest first across all heads (the
+// best load balance). Sections sized to L2 (InSections) keep what a section's CTAs share
+// (K/V in the forward and the dQ kernel, Q/dO in the dK/dV kernel) in L2 while they run;
+// sections of one column run one head's lines back to back (FlashAttention-3 orders its
+// tiles in such L2-sized sections of heads).
 struct Cell {
   int bh, rank;
 };
 __device__ __forceinline__ Cell CellOf(const Args& a) {
-  if (!a.heads_outer) return Cell{int(blockIdx.x), int(blockIdx.y)};
-  const int64_t id = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
-  return Cell{int(id / gridDim.y), int(id % gridDim.y)};
+  const int columns = int(gridDim.x), n = a.section_columns;
+  if (n <= 0 || n >= columns) return Cell{int(blockIdx.x), int(blockIdx.y)};
+  const int64_t id = int64_t(blockIdx.y) * columns + blockIdx.x;  // launch order
+  const int64_t per_section = int64_t(n) * gridDim.y;  // the last one may be narrower
+  const int section = int(id / per_section);
+  const int first = section * n, width = min(n, columns - first);
+  const int64_t i = id - section * per_section;
+  return Cell{first + int(i % width), int(i / width)};
+}
+
+// `a` with its sections of grid columns chosen (CellOf) for a kernel whose CTAs of one
+// column share `bytes_per_column` of operands and whose columns come in groups of `unit`
+// that share them too (the query heads of one key head): JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS
+// N (N columns), "l2" (as many whole units as half the L2 holds, at least one), else one
+// section of all (Switches).
+inline Args InSections(Args a, double bytes_per_column, int unit) {
+  const int setting = GetSwitches().attn_head_sections;
+  a.section_columns = setting;
+  if (setting == -1) {
+    const int l2 = L2CacheBytes();
+    if (l2 <= 0) return a.section_columns = 0, a;
+    const double units = 0.5 * l2 / (bytes_per_column * unit);
+    a.section_columns = units >= 1.0 ? int(units < 65536.0 ? units : 65536.0) * unit : unit;
+  }
+  return a;
 }
 
 // Causal position of query row 0 of batch entry b: q_offset's q_positions when given,

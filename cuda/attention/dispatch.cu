@@ -181,7 +181,6 @@ attn::Args Common(const AttentionShape& s) {
   attn::SetScoreScale(a, s.scale, s.softcap);
   a.causal = s.causal;
   a.mb = s.mask_batch;
-  a.heads_outer = GetSwitches().attn_heads_outer;
   return a;
 }
 

@@ -1088,7 +1088,10 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
     if (a.by_query.lines > 65535) return cudaErrorInvalidValue;
     grid = dim3(unsigned(a.batch * a.hq), unsigned(a.by_query.lines));
   }
-  kern<<<grid, G::kThreads, smem, stream>>>(a, tq, tk, tv, to);
+  // the plain grid's cells in sections whose K/V stay in L2 (CellOf; the persistent CTAs
+  // take their own order)
+  const Args cells = PERSISTENT ? a : InSections(a, 2.0 * a.tk * D * e / a.group, a.group);
+  kern<<<grid, G::kThreads, smem, stream>>>(cells, tq, tk, tv, to);
   return cudaGetLastError();
 }
 

@@ -71,8 +71,9 @@ struct Args {
   // (key j of sequence b: row j % page_size of page page_table[b, j / page_size]), or null
   const int32_t* page_table;
   int page_size, pages_per_seq;
-  // the order of a (B x heads, lines) grid's cells (CellOf): lines fastest, or heads
-  bool heads_outer;
+  // the order of a (B x heads, lines) grid's cells: its columns in sections of this many
+  // (0: one section of all; CellOf, InSections)
+  int section_columns;
 };
 
 // The score scale and a logit soft cap (0: none) in the kernels' terms (Args above).
