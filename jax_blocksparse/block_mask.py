@@ -44,7 +44,10 @@ class BlockMask:
           block_size: edge of the blocks in elements (a positive Python int).
           max_blocks: how many key blocks a query block may list (static; default `Rk`).
             Attention's cost on the pure-JAX path grows with it. A query block whose mask
-            row lists more gets NaN outputs, never a silently truncated row.
+            row lists more gets NaN outputs, never a silently truncated row; below `Rk`
+            that costs one more pass over the output (a read and a write of it: 12-17%
+            of a block-128 forward at S 8192 on an H100, `benchmarks/RESULTS.md`,
+            2026-12-05 third session), which the default `Rk` does without.
         Returns:
           a `BlockMask` whose `mask` is bool `[Bm, Hm, Rq, Rk]`.
         Raises:
