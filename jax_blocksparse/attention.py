@@ -13,6 +13,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _cuda
 from . import _partitioning
@@ -365,12 +366,14 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     q_ids, kv_ids, segments = _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk)
     sinks = check_sinks("attention", sinks, q.shape[2])
     softcap = check_soft_cap("attention", logits_soft_cap)
-    if kv_lengths is None:
-        kv_lengths = jnp.full((b,), tk, jnp.int32)
-    kv_lengths = kv_lengths.astype(jnp.int32)
+    if kv_lengths is None:  # every key: any length >= Tk (the kernels and the pure path
+        # compare or clamp), distinct so that XLA keeps a constant in memory (one whose
+        # entries are all equal becomes a broadcast kernel launched on every call)
+        kv_lengths = np.minimum(tk + np.arange(b, dtype=np.int64), 2**31 - 1).astype(np.int32)
+    kv_lengths = jnp.asarray(kv_lengths).astype(jnp.int32)
     offset = None if q_offset is None else _q_offset(q_offset, b)
-    if causal:  # keys after the last query's position: no query of the call attends them
-        kv_lengths = jnp.minimum(kv_lengths, tk if offset is None else offset + tq)
+    if causal and offset is not None:  # keys after the last query's position: no query of
+        kv_lengths = jnp.minimum(kv_lengths, offset + tq)  # the call attends them
     bs = mask.block_size
     if b == 0:  # an empty batch: the empty result
         o = jnp.zeros(q.shape, q.dtype)

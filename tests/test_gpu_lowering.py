@@ -158,6 +158,23 @@ def test_placeholder_bits_stay_a_constant():
     assert "broadcast" in compiled(np.zeros_like(_cuda.PLACEHOLDER_BITS))
 
 
+@pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")
+@pytest.mark.parametrize("causal", [False, True])
+def test_default_kv_lengths_stay_a_constant(causal):
+    """Without `kv_lengths` the forward kernel gets every key as lengths `Tk + b` (any
+    length >= Tk: the kernels clamp), a constant whose entries differ, which XLA keeps in
+    memory; one whose entries are all equal becomes a broadcast kernel on every call
+    (`test_placeholder_bits_stay_a_constant`)."""
+    att = jbs.layouts.local(256, 64, 100)
+    f = jax.jit(lambda q: jbs.attention(q, q, q, att, causal=causal))
+    text = f.trace(jnp.ones((2, 256, 2, 64), jnp.bfloat16)).lower(
+        lowering_platforms=("cuda",)).as_text().splitlines()
+    call = next(line for line in text if "@jax_blocksparse_attention_fwd(" in line)
+    kv_lengths = call.split("@jax_blocksparse_attention_fwd(")[1].split(", ")[4]
+    definition = next(line for line in text if line.strip().startswith(kv_lengths + " = "))
+    assert "stablehlo.constant dense<[256, 257]> : tensor<2xi32>" in definition, definition
+
+
 def test_float64_matmul_lowers_to_pure_jax_on_a_gpu():
     """The matmul kernels take float32, float16 and bfloat16: the "cuda" lowering of the
     family (`_cuda._matmul_lowering`) sends float64 (x64 on) to the pure-JAX
