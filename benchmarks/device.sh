@@ -96,6 +96,10 @@ sanitize() {
         rc=$?
         [ $rc = 139 ] || break
         echo "### segfault (exit 139)" >> "$log"
+        [ $try = 1 ] && warm_cache env XLA_PYTHON_CLIENT_ALLOCATOR=platform \
+            XLA_FLAGS="--xla_gpu_autotune_level=0 ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" \
+            JAX_BLOCKSPARSE_DEBUG=1 ${envset//,/ } \
+            python3 "$repo/benchmarks/sanitize_workload.py" "$@" >> "$log"
       done
       [ $rc = 0 ] || failed=$((failed + 1))
     done
@@ -133,17 +137,34 @@ PY
 # mangled names match KERNEL (a regex) in the command after LOG (its output: $out/LOG).
 # --clock-control none: the card's clocks stay as they are (ncu's default would lock them; the device README's METHOD.md).
 profile() {
-  local kernel=$1 log=$2 ncu
+  local kernel=$1 log=$2 ncu try
   shift 2
   ncu=$(cuda_tool ncu)
-  XLA_FLAGS="${XLA_FLAGS:-} ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" \
-  timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none --kernel-name-base mangled \
-    --kernel-name "regex:$kernel" --launch-skip 1 --launch-count "${PROFILE_COUNT:-1}" \
-    --section SpeedOfLight \
-    --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
-    --section ComputeWorkloadAnalysis \
-    "$@" 2>&1 | tee "$out/$log"
+  for try in 1 2; do
+    XLA_FLAGS="${XLA_FLAGS:-} ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" \
+    timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none --kernel-name-base mangled \
+      --kernel-name "regex:$kernel" --launch-skip 1 --launch-count "${PROFILE_COUNT:-1}" \
+      --section SpeedOfLight \
+      --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
+      --section ComputeWorkloadAnalysis \
+      "$@" 2>&1 | tee "$out/$log"
+    grep -q "error code (11)\|error code (139)\|Segmentation fault" "$out/$log" || break
+    [ $try = 1 ] && warm_cache env XLA_FLAGS="${XLA_FLAGS:-} ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" "$@"
+  done
+}
+
+# After a host segfault under a tool: the command (with the tool run's environment, so that
+# the cache keys match) once outside it with JAX's persistent compilation cache on, every
+# executable cached, and the cache left on (exported) for the retry, whose process then
+# loads its executables instead of compiling them under the tool (the segfaults were seen
+# at random points of XLA's host code; whether compilation is where is what the retry
+# tells).
+warm_cache() {
+  export JAX_COMPILATION_CACHE_DIR=/tmp/jbs_tool_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+  echo "### segfault under the tool: warming $JAX_COMPILATION_CACHE_DIR, then once more"
+  timeout "${PROFILE_TIMEOUT:-240}" "$@" > "$out/warm_cache.log" 2>&1
 }
 
 # benchmarks/matmul.py with the arguments after SWITCH, under SWITCH=0 and then SWITCH=1
