@@ -127,39 +127,6 @@ __global__ void StatsKernel(const Args a) {
   }
 }
 
-// The element predicate (common.cuh, Allowed) over a thread's J x 4 elements of a dK/dV
-// step on a partial entry (J = 8: 64 queries; 4: the 32 of a head-dim-256 warpgroup): bit
-// 4j + e for key row key0 + 8 (e >> 1) and query s0 + 8j + 2t + (e & 1). Computed once per
-// step (P^T and dS^T both use it); the ids (padded to whole tiles: no bounds checks) are
-// loaded here, L1 hits after the first step.
-template <int J = 8>
-__device__ __forceinline__ uint32_t AllowedBits(const Args& a, int b, int s0, int key0, int kvlen,
-                                                bool causal, int off, bool segs, int t) {
-  int kid[2] = {0, 0};
-  const int32_t* qids = nullptr;
-  if (segs) {
-    const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, kBS);
-    kid[0] = __ldg(kids + key0);
-    kid[1] = __ldg(kids + key0 + 8);
-    qids = PaddedIds(a.q_ids, b, a.tq, kBS) + s0 + 2 * t;
-  }
-  uint32_t bits = 0;
-#pragma unroll
-  for (int j = 0; j < J; ++j) {
-    int qid[2] = {0, 0};
-    if (segs) {
-      qid[0] = __ldg(qids + 8 * j);
-      qid[1] = __ldg(qids + 8 * j + 1);
-    }
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      if (Allowed(s0 + 8 * j + 2 * t + (e & 1), key0 + 8 * (e >> 1), kvlen, causal, off,
-                  qid[e & 1], kid[e >> 1]))
-        bits |= 1u << (4 * j + e);
-  }
-  return bits;
-}
-
 // ---------------------------------------------------------------- host: the launchers' part
 // q, dO [B, Tq, Hq, D] and k, v [B, Tk, Hkv, D] as 4-d tensor maps (dims D, H, T, B,
 // innermost first), boxes of 64 columns (one swizzled slab), one head, 64 rows, one batch

@@ -104,6 +104,7 @@
 #include "../switches.h"
 #include "../tma.cuh"
 #include "../wgmma.cuh"
+#include "common.cuh"
 #include "fa2.cuh"
 #include "slabs.cuh"
 
@@ -372,7 +373,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     tma::RegAlloc<kConsumerRegs>();
     const int cw = wgi - 1, ct = tid - 128 * wgi;  // consumer, thread in its warpgroup
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
-    const int key0 = k0 + cw * 64 + w4 * 16 + g, key1 = key0 + 8;  // this thread's key rows
+    const int key0 = k0 + cw * 64 + w4 * 16 + g;  // this thread's key rows: key0, key0 + 8
     const float sl2 = a.scale_log2;
     const bool cut = k0 + kBS > kvlen;
 
@@ -426,10 +427,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       // P^T (into s), then dS^T (into dp): columns are queries s0 + 8j + 2t (+1)
       const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
-      auto keep = [&](int j, int e) {
-        const int qi = s0 + 8 * j + 2 * t + (e & 1), kj = (e >> 1) ? key1 : key0;
-        return !(kj >= kvlen || (causal_part && kj > qi + off));
-      };
+      // the element predicate of a masked step as bits (no branches in the loops below)
+      const uint32_t allow =
+          masked ? AllowedBits(a, b, s0, key0, kvlen, causal_part, off, false, t) : ~0u;
+      auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
@@ -437,7 +438,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
-          if (masked && !keep(j, e)) p = 0.f;
+          if (!keep(j, e)) p = 0.f;
           s[4 * j + e] = p;
         }
       }
@@ -458,7 +459,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float ds = s[4 * j + e] * (dp[4 * j + e] - dlt[e & 1]);
-          if (masked && !keep(j, e)) ds = 0.f;
+          if (!keep(j, e)) ds = 0.f;
           dp[4 * j + e] = ds;
         }
       }
