@@ -181,11 +181,17 @@ __device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
 }
 
 // ------------------------------------------------------------ the kernel
-// The producer tells the dQ writer each step's (query head, first query) through a ring of
-// kMetaSlots in shared memory (mbarriers meta_full, one arrival), as it issues the step's
-// loads: the writer works out its rank and waits for its turn on the semaphore while the
-// consumers compute the step, and needs no cursor of its own (it runs in the producer
-// warpgroup's 24 registers). After the last step the producer writes (-1, -1). A slot is
+// The producer tells the dQ writer and the consumers each step's (query head, first
+// query) through a ring of kMetaSlots in shared memory (mbarriers meta_full, one arrival),
+// as it issues the step's loads: the writer works out its rank and waits for its turn on
+// the semaphore while the consumers compute the step, and needs no cursor of its own (it
+// runs in the producer warpgroup's 24 registers); the consumers walk no list in global
+// memory between their steps (a dependent load there stalled both warpgroups with the
+// tensor pipe empty) and tell a causally masked step from its first query (in this
+// kernel's scope, lengths multiples of 128 and no documents, the lists' partial entries
+// are exactly those). After the last step the producer writes (-1, -1). The consumers
+// read step i's slot before they finish step i, so the writer's bound below covers them
+// too. A slot is
 // free again: the producer writes step i's once it holds stage i % STAGES, i.e. once the
 // consumers have finished step i - STAGES and so passed the dQ buffer of step
 // i - STAGES - 1, which the writer released after finishing step i - STAGES - 1 - DQB:
@@ -383,8 +389,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint64_t dK = wg::Desc(base + cw * kT, 16, 1024);
     const uint64_t dV = wg::Desc(base + (2 + cw) * kT, 16, 1024);
 
-    QueryCursor<kBQ> cur = qc;
-    if (!cur.Done()) {
+    // step it's (query head, first query), from the producer's ring
+    auto step_meta = [&](int it) {
+      const int ms = it % kMetaSlots;
+      tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
+      const volatile int* m = reinterpret_cast<volatile int*>(meta + ms);
+      return make_int2(m[0], m[1]);
+    };
+    int2 step = qc.Done() ? make_int2(-1, -1) : step_meta(0);
+    if (step.x >= 0) {
       tma::MbarWait(bar_kv, 0);
       if (cut) {  // K rows past kv_lengths -> 0 (the dS K product reads every row)
         const int first = kvlen - k0;  // first row to clear, 0 < first < 128
@@ -400,12 +413,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma::NamedBarrier(kBarZeroK, kConsumers);
       }
     }
-    for (int it = 0; !cur.Done(); ++it, cur.Next()) {
+    for (int it = 0; step.x >= 0; ++it, step = step_meta(it)) {
       const int st = it % STAGES;
       const uint32_t ph = (it / STAGES) & 1;
-      const int s0 = cur.Start(cur.t);
-      const bool masked = cur.Partial() || cut;
-      const bool causal_part = a.causal && cur.Partial();
+      const int s0 = step.y;
+      // a step with keys after some query's causal position (the lists' partial entries)
+      const bool causal_part = a.causal && k0 + kBS - 1 > s0 + off;
+      const bool masked = causal_part || cut;
       const uint32_t sq = base + S::kQ + st * 2 * kT, sdo = sq + kT;
       tma::MbarWait(full(st), ph);
       float s[32], dp[32];
