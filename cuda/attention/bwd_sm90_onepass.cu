@@ -42,8 +42,9 @@
 //     step's semaphore while the consumers compute; then, the partial in, adds it to
 //     dq_accum with one bulk reduction (cp.reduce.async.bulk .add.f32, contiguous bytes:
 //     dq_accum keeps each 64-row tile in the same register order, so no tensor map is
-//     needed; the first adder of a tile, rank 0, stores with a bulk copy instead), waits
-//     for its completion, releases the semaphore (+1) and frees the buffer. Bulk reduction
+//     needed; the first adder of a tile, rank 0, stores with a bulk copy instead), frees
+//     the buffer once the copy has read it, waits for its completion and releases the
+//     semaphore (+1). Bulk reduction
 //     from one thread rather than red.global.add from 256 threads: the consumers never
 //     wait for the semaphore (only for a free buffer), and one completion wait per step.
 //  4. DqConvertKernel: dQ = scale * dq_accum (undoing the register order), q's dtype; 0 for
@@ -58,9 +59,10 @@
 // excludes the key blocks that start at or past kv_lengths[b] and, when causal, those that
 // causality masks for the whole tile (n' 128 > last query + Tk - Tq): exactly the blocks
 // whose CTAs do not skip the step (QueryCursor's rule), so every counted block adds once.
-// The writer spins with ld.acquire.gpu; after the reduction completes (wait_group 0) it
-// orders it before the release with fence.proxy.async.global and increments with
-// red.release.gpu; the next waiter fences the async proxy after its acquire.
+// The writer spins with ld.relaxed.gpu and, having seen its rank, fences (fence.acq_rel.gpu:
+// with that load, an acquire); after the reduction completes (wait_group 0) it orders it
+// before the release with fence.proxy.async.global and increments with red.release.gpu;
+// the next waiter fences the async proxy after its acquire.
 //
 // Deadlock freedom: a CTA only ever waits for CTAs of the same (batch, kv head) with a
 // larger key block. The grid is (Rk, B * Hkv) with blockIdx.x = Rk - 1 - n: those CTAs
@@ -167,12 +169,20 @@ __device__ __forceinline__ void FenceProxyAsyncGlobal() {
   asm volatile("fence.proxy.async.global;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ int LoadAcquireGpu(const int32_t* p) {
+// A relaxed (strong, gpu scope) load to spin on; after the awaited value, FenceAcquireGpu
+// makes the pair an acquire pattern (PTX memory model) with one fence, where an
+// ld.acquire per poll invalidated L1 every time.
+__device__ __forceinline__ int LoadRelaxedGpu(const int32_t* p) {
   int v = 0;
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
 #endif
   return v;
+}
+__device__ __forceinline__ void FenceAcquireGpu() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+#endif
 }
 __device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -355,9 +365,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           // (not transposes of one mask) could make a rank that never comes: trap after
           // ~10 s rather than hang.
           const long long t0 = clock64();
-          while (LoadAcquireGpu(sem) != rank) {
+          while (LoadRelaxedGpu(sem) != rank) {
             if (clock64() - t0 > (20LL << 30)) __trap();
           }
+          FenceAcquireGpu();  // with the load that saw `rank`: the acquire
           tma::MbarWait(dq_full(s), (it / DQB) & 1);  // the consumers' partial is in
           FenceProxyAsyncGlobal();  // the acquire before the async-proxy reduction
           if (rank == 0) {  // the first adder stores: dq_accum needs no zeroing
@@ -366,10 +377,11 @@ __global__ void __launch_bounds__(kThreads, 1)
             BulkReduceAddF32(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
           }
           tma::StoreCommit();
+          tma::StoreWaitRead();  // the buffer is read: the consumers may refill it
+          tma::MbarArrive(dq_empty(s));
           BulkWaitAll();
           FenceProxyAsyncGlobal();  // the reduction's writes before the release
           AddReleaseGpu(sem, 1);
-          tma::MbarArrive(dq_empty(s));
         }
         __syncwarp();
       }
