@@ -251,7 +251,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         `q_segment_ids[b, i] == kv_segment_ids[b, j]`.
       causal: a Python bool (static).
       scale: score scale, a Python number (static), default `1 / sqrt(D)`.
-      kv_lengths: optional int `[B]`, the number of valid keys of each batch entry.
+      kv_lengths: optional int `[B]`, the number of valid keys of each batch entry
+        (clamped into `[0, Tk]`; default: every key).
         Keys that no query of the call attends (at or past `kv_lengths[b]`, in blocks or
         pages the call does not list, after the causal position of the call's last query)
         are never read into arithmetic, on every path: garbage there (a serving cache's
