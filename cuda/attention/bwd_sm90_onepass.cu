@@ -19,9 +19,10 @@
 //     a STAGES-deep ring with full / empty mbarriers), its warp 1 is the dQ writer (below);
 //     warpgroups 1 and 2 the consumers (setmaxnreg 240), owning key rows [64 c, 64 c + 64).
 //     The CTA walks, for each query head of the kv head's group in turn, the key block's
-//     listed query blocks (by_key lists) in 64-query steps, in the lists' order
-//     (QueryCursor, as the dK/dV kernel of variant 2: partial entries first). Per step,
-//     consumer c:
+//     listed query blocks (by_key lists) in 64-query steps, in the lists' order (the
+//     producer's QueryCursor, as the dK/dV kernel of variant 2: partial entries first;
+//     the consumers and the dQ writer learn each step from the producer's meta ring,
+//     below). Per step, consumer c:
 //       S^T = K_c Q^T, dP^T = V_c dO^T      (SS, m64n64k16, K-major operands)
 //       P^T = 2^(S^T scale log2e - lse log2e), masked
 //       dV_c += P^T dO                      (RS, m64nDk16, dO N-major)
@@ -204,7 +205,8 @@ __device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
 // too. A slot is
 // free again: the producer writes step i's once it holds stage i % STAGES, i.e. once the
 // consumers have finished step i - STAGES and so passed the dQ buffer of step
-// i - STAGES - 1, which the writer released after finishing step i - STAGES - 1 - DQB:
+// i - STAGES - 1, which the writer released (once its bulk copy had read it) in step
+// i - STAGES - 1 - DQB, whose slot it had read at that step's start:
 // the slot's previous step, i - kMetaSlots, is older if kMetaSlots > STAGES + DQB + 1
 // (the final (-1, -1), written after the wait for step N - 1, by the same count).
 constexpr int kMetaSlots = 8;
