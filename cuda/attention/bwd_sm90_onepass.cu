@@ -200,7 +200,9 @@ __device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
 // memory between their steps (a dependent load there stalled both warpgroups with the
 // tensor pipe empty) and tell a causally masked step from its first query (in this
 // kernel's scope, lengths multiples of 128 and no documents, the lists' partial entries
-// are exactly those). After the last step the producer writes (-1, -1). The consumers
+// mask elements on those steps only: the second 64-query half of a diagonal block, partial
+// in the lists, keeps every element). After the last step the producer writes (-1, -1).
+// The consumers
 // read step i's slot before they finish step i, so the writer's bound below covers them
 // too. A slot is
 // free again: the producer writes step i's once it holds stage i % STAGES, i.e. once the
@@ -431,7 +433,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int st = it % STAGES;
       const uint32_t ph = (it / STAGES) & 1;
       const int s0 = step.y;
-      // a step with keys after some query's causal position (the lists' partial entries)
+      // a step with keys after some query's causal position (where the lists' partial
+      // entries mask elements)
       const bool causal_part = a.causal && k0 + kBS - 1 > s0 + off;
       const bool masked = causal_part || cut;
       const uint32_t sq = base + S::kQ + st * 2 * kT, sdo = sq + kT;
