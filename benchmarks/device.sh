@@ -87,19 +87,18 @@ sanitize() {
       # A run that dies of a host segfault under the sanitizer (seen at random points of
       # long runs, in XLA's host code, never without the sanitizer) is retried once.
       local try rc
+      # the run's environment, the same for the tool run and warm_cache's (cache keys)
+      local run_env=(env XLA_PYTHON_CLIENT_ALLOCATOR=platform
+                     XLA_FLAGS="--xla_gpu_autotune_level=0 ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}"
+                     JAX_BLOCKSPARSE_DEBUG=1 ${envset//,/ })
       for try in 1 2; do
         echo "### $tool: $envset sanitize_workload.py $* (try $try)" >> "$log"
-        env XLA_PYTHON_CLIENT_ALLOCATOR=platform \
-            XLA_FLAGS="--xla_gpu_autotune_level=0 ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" \
-            JAX_BLOCKSPARSE_DEBUG=1 ${envset//,/ } \
-            "$cs" --tool "$tool" --kernel-name kns=jax_blocksparse --error-exitcode 1 \
-            python3 "$repo/benchmarks/sanitize_workload.py" "$@" >> "$log" 2>&1
+        "${run_env[@]}" "$cs" --tool "$tool" --kernel-name kns=jax_blocksparse \
+            --error-exitcode 1 python3 "$repo/benchmarks/sanitize_workload.py" "$@" >> "$log" 2>&1
         rc=$?
         [ $rc = 139 ] || break
         echo "### segfault (exit 139)" >> "$log"
-        [ $try = 1 ] && warm_cache env XLA_PYTHON_CLIENT_ALLOCATOR=platform \
-            XLA_FLAGS="--xla_gpu_autotune_level=0 ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" \
-            JAX_BLOCKSPARSE_DEBUG=1 ${envset//,/ } \
+        [ $try = 1 ] && warm_cache "${run_env[@]}" \
             python3 "$repo/benchmarks/sanitize_workload.py" "$@" >> "$log"
       done
       [ $rc = 0 ] || failed=$((failed + 1))
@@ -141,8 +140,9 @@ profile() {
   local kernel=$1 log=$2 ncu try
   shift 2
   ncu=$(cuda_tool ncu)
+  local flags="${XLA_FLAGS:-} ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}"
   for try in 1 2; do
-    XLA_FLAGS="${XLA_FLAGS:-} ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" \
+    XLA_FLAGS="$flags" \
     timeout "${PROFILE_TIMEOUT:-240}" "$ncu" --clock-control none --kernel-name-base mangled \
       --kernel-name "regex:$kernel" --launch-skip 1 --launch-count "${PROFILE_COUNT:-1}" \
       --section SpeedOfLight \
@@ -151,7 +151,7 @@ profile() {
       --section ComputeWorkloadAnalysis \
       "$@" 2>&1 | tee "$out/$log"
     grep -q "error code (11)\|error code (139)\|Segmentation fault" "$out/$log" || break
-    [ $try = 1 ] && warm_cache env XLA_FLAGS="${XLA_FLAGS:-} ${TOOL_XLA_FLAGS---xla_gpu_enable_command_buffer=}" "$@"
+    [ $try = 1 ] && warm_cache env XLA_FLAGS="$flags" "$@"
   done
 }
 

@@ -696,10 +696,12 @@ cudaError_t RunBackwardSm90(const Args& a, cudaStream_t stream) {
   const dim3 dkv_grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines));
   if (err == cudaSuccess)
     err = LaunchBackwardKernel<sm90bwd::DqKernel<T, D, kDqStages<D>, PIPE>>(
-        DqSmem<D, kDqStages<D>>::kBytes, dq_grid, DqCells<T, D>(a), maps, stream);
+        DqSmem<D, kDqStages<D>>::kBytes, dq_grid, QueryHeadCells<T, D>(a), maps,
+        stream);
   if (err == cudaSuccess)
     err = LaunchBackwardKernel<sm90bwd::DkvKernel<T, D, kDkvStages<D>, PIPE>>(
-        DkvSmem<D, kDkvStages<D>>::kBytes, dkv_grid, DkvCells<T, D>(a), maps, stream);
+        DkvSmem<D, kDkvStages<D>>::kBytes, dkv_grid, KeyHeadCells<T, D>(a), maps,
+        stream);
   return err;
 }
 

@@ -168,18 +168,6 @@ cudaError_t PrepareBackward(const Args& a, cudaStream_t stream, BackwardMaps& ma
   return err;
 }
 
-// The dQ kernel's and the dK/dV kernel's cells in sections (CellOf, InSections): a dQ
-// column (b, query head) streams its key head's K and V, shared by the group's columns; a
-// dK/dV column (b, key head) streams Q and dO of the group's query heads.
-template <typename T, int D>
-Args DqCells(const Args& a) {
-  return InSections(a, 2.0 * a.tk * D * sizeof(T) / a.group, a.group);
-}
-template <typename T, int D>
-Args DkvCells(const Args& a) {
-  return InSections(a, 2.0 * a.tq * D * sizeof(T) * a.group, 1);
-}
-
 // One of the backward's kernels on `grid` with kThreads threads and `smem` bytes of dynamic
 // shared memory (allowed once per device).
 template <auto kKernel>

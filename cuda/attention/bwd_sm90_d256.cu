@@ -576,10 +576,10 @@ cudaError_t RunBackwardSm90D256(const Args& a, cudaStream_t stream) {
   const dim3 dkv_grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines), 2);
   if (err == cudaSuccess)
     err = LaunchBackwardKernel<DqKernel256<T, PIPE>>(DqSmem256::kBytes, dq_grid,
-                                                     DqCells<T, kD>(a), maps, stream);
+                                                     QueryHeadCells<T, kD>(a), maps, stream);
   if (err == cudaSuccess)
     err = LaunchBackwardKernel<DkvKernel256<T, PIPE>>(DkvSmem256::kBytes, dkv_grid,
-                                                      DkvCells<T, kD>(a), maps, stream);
+                                                      KeyHeadCells<T, kD>(a), maps, stream);
   return err;
 }
 

@@ -56,14 +56,28 @@ __device__ __forceinline__ Cell CellOf(const Args& a) {
 // section of all (Switches).
 inline Args InSections(Args a, double bytes_per_column, int unit) {
   const int setting = GetSwitches().attn_head_sections;
-  a.section_columns = setting;
-  if (setting == -1) {
-    const int l2 = L2CacheBytes();
-    if (l2 <= 0) return a.section_columns = 0, a;
-    const double units = 0.5 * l2 / (bytes_per_column * unit);
-    a.section_columns = units >= 1.0 ? int(units < 65536.0 ? units : 65536.0) * unit : unit;
+  if (setting != -1) {
+    a.section_columns = setting;
+    return a;
   }
+  const int l2 = L2CacheBytes();  // 0: unknown, one section of all
+  const double units = 0.5 * l2 / (bytes_per_column * unit);
+  a.section_columns =
+      l2 <= 0 ? 0 : units >= 1.0 ? int(units < 65536.0 ? units : 65536.0) * unit : unit;
   return a;
+}
+
+// The sections of a grid whose columns are (b, query head) and whose CTAs stream their key
+// head's K and V, shared by the group's columns (the forward, the backward's dQ kernels).
+template <typename T, int D>
+Args QueryHeadCells(const Args& a) {
+  return InSections(a, 2.0 * a.tk * D * sizeof(T) / a.group, a.group);
+}
+// ... whose columns are (b, key head) and whose CTAs stream Q and dO of the group's query
+// heads (the backward's dK/dV kernels).
+template <typename T, int D>
+Args KeyHeadCells(const Args& a) {
+  return InSections(a, 2.0 * a.tq * D * sizeof(T) * a.group, 1);
 }
 
 // Causal position of query row 0 of batch entry b: q_offset's q_positions when given,

@@ -1090,7 +1090,7 @@ cudaError_t LaunchForwardSm90(const Args& a, cudaStream_t stream) {
   }
   // the plain grid's cells in sections whose K/V stay in L2 (CellOf; the persistent CTAs
   // take their own order)
-  const Args cells = PERSISTENT ? a : InSections(a, 2.0 * a.tk * D * e / a.group, a.group);
+  const Args cells = PERSISTENT ? a : QueryHeadCells<T, D>(a);
   kern<<<grid, G::kThreads, smem, stream>>>(cells, tq, tk, tv, to);
   return cudaGetLastError();
 }
