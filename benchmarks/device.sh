@@ -187,13 +187,14 @@ for stage in "$@"; do
     # compile their programs afresh); the 30 slowest tests listed at the end.
     # TEST_CACHE=1: JAX's persistent compilation cache shared by the tests' processes (the
     # C++ kernel switches act when a call runs; a switch that changes the lowering changes
-    # the program, which the cache keys apart)
+    # the program, which the cache keys apart); TEST_K: pytest's -k expression
     test) [ -n "$TEST_CACHE" ] && export JAX_COMPILATION_CACHE_DIR=/tmp/jbs_test_cache \
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
           (cd "$repo/tests" && XLA_PYTHON_CLIENT_PREALLOCATE=false \
              XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" python3 -m pytest \
              ${TEST_VERBOSITY:--q} -m gpu --durations 30 \
-             -n ${TEST_WORKERS:-6} --timeout 300 -rf -p no:cacheprovider ${TEST_FILES:-.}) 2>&1 \
+             -n ${TEST_WORKERS:-6} --timeout 300 -rf -p no:cacheprovider ${TEST_K:+-k "$TEST_K"} \
+             ${TEST_FILES:-.}) 2>&1 \
             | tee "$out/gpu_tests.log" | tail -25 ;;
     matmul) python3 "$repo/benchmarks/matmul.py" 2>&1 | tee "$out/matmul.log"
             python3 "$repo/benchmarks/matmul.py" --layout barabasi_albert --block-sizes 64,128 \

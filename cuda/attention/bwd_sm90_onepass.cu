@@ -66,7 +66,7 @@
 // the next waiter fences the async proxy after its acquire.
 //
 // Deadlock freedom: a CTA only ever waits for CTAs of the same (batch, kv head) with a
-// larger key block. The grid is (Rk, B * Hkv) with blockIdx.x = Rk - 1 - n: those CTAs
+// larger key block. The grid is (B * Hkv, Rk) with blockIdx.y = Rk - 1 - n: those CTAs
 // have smaller linear block indices, and the hardware dispatches CTAs in increasing linear
 // index (the assumption FlashAttention-3's deterministic backward rests on too). Take the
 // unfinished CTA with the smallest linear index: it is resident (every CTA before it has
@@ -264,11 +264,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto meta_full = [&](int s) { return bars + 8u * (1 + 2 * STAGES + 2 * DQB + s); };
 
   const int tid = threadIdx.x, wgi = tid / 128;
-  const int bh = blockIdx.y, b = bh / a.hkv, hk = bh % a.hkv;
+  const int bh = blockIdx.x, b = bh / a.hkv, hk = bh % a.hkv;
   const Lists& L = a.by_key;
   const int h_first = hk * a.group;
   const int hm0 = a.hm == 1 ? 0 : h_first;
-  const int rk = L.lines - 1 - int(blockIdx.x);  // descending key blocks (header comment)
+  const int rk = L.lines - 1 - int(blockIdx.y);  // descending key blocks (header comment)
   const int k0 = rk * kBS;
   const int off = a.tk - a.tq;
   int kvlen = __ldg(a.kv_lengths + b);
@@ -636,7 +636,7 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.lse) ||
       !aligned(a.delta) || !aligned(a.dq_accum))
     return cudaErrorInvalidValue;
-  if (a.batch * a.hkv > 65535) return cudaErrorInvalidValue;
+  if (a.by_key.lines > 65535) return cudaErrorInvalidValue;
 
   const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
   // dq_accum needs no zeroing: each tile's first adder stores (DqConvertKernel reads only
@@ -670,8 +670,12 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
                          : OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false>;
     err = AllowDynamicSmem(configured[dq_first], reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
-    // x = Rk - 1 - key block (fastest): see the deadlock argument in the header comment
-    const dim3 grid(unsigned(a.by_key.lines), unsigned(a.batch * a.hkv));
+    // y = Rk - 1 - key block, (batch, kv head) fastest: see the deadlock argument in the
+    // header comment. Every (batch, kv head) takes its key blocks shortest-first, in step
+    // with the others, so the longest CTAs of all of them run in the last waves together
+    // (a simulation of the causal grid at S 8192, B x Hkv = 32, 132 SMs: a makespan 6.3%
+    // over the ideal, against 7.8% with the key blocks fastest; at S 1024 35% against 60%).
+    const dim3 grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines));
     kern<<<grid, kThreads, smem, stream>>>(a, tq, tdo, tk, tv);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
