@@ -82,7 +82,7 @@ struct TcArgs {
   int64_t ldo, o_bstride;
   bool o_trans, o_vec;
   int64_t M;       // DS: size of the dense output dimension (masked tail)
-  int64_t K;       // SDD: contracted size (masked tail)
+  int64_t K;       // contracted size (SDD: masked tail; DS: the TMA kernel's tensor maps)
   int64_t m_tiles; // DS: ceil(M / BM)
   int64_t lines;   // DS: number of lines
   const int32_t *ptr, *idx, *blk, *order;  // DS
@@ -93,7 +93,7 @@ struct TcArgs {
   int64_t steps_count;
   int32_t group_columns;
   const int32_t* coords;                   // SDD
-  int64_t nnz;                             // SDD
+  int64_t nnz;                             // blocks (DS: the TMA kernel's tensor map)
   int64_t batch;
 };
 }  // namespace tc
@@ -109,6 +109,8 @@ enum class MatmulPath {
                 // records present; opt-in: JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 or =128
   kWgmmaSmall,  // DS mode at bs 16/32, bf16/f16, the kWgmma conditions, unless
                 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0
+  kWgmmaTma,  // DS mode at bs 64/128, bf16/f16, the kWgmma conditions, the tensor-map
+              // encoder found; opt-in: JAX_BLOCKSPARSE_MATMUL_TMA=1
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
              // unless JAX_BLOCKSPARSE_NO_WGMMA=1
   kWgmmaTf32,  // float32 at default precision read as tf32, the kWgmma conditions, K-major

@@ -50,6 +50,7 @@ Switches Read() {
   s.sdd_runs = OnUnlessZero("JAX_BLOCKSPARSE_MATMUL_SDD_RUNS");
   s.tf32_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA");
   s.group_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA");
+  s.tma_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_TMA");
   return s;
 }
 

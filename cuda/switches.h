@@ -83,7 +83,11 @@
 //     blocks; =128: 128 columns, two CTAs per SM) instead of wgmma_small.cuh's; the Python
 //     side reads it too and passes the
 //     layout's group records (_cuda._group_columns), which that kernel needs
-//   (Python side only: the default bs-16/32 kernel, wgmma_small.cuh, gets the 64-column
+//   JAX_BLOCKSPARSE_MATMUL_TMA=1 opt-in until timed (issue 20 item 2): dds/dsd at block
+//     sizes 64/128 in bf16/f16 on the persistent warp-specialized Hopper kernel
+//     (matmul/wgmma_tma.cuh: TMA copies, the blocks multicast to the two CTAs of a cluster,
+//     the epilogue overlapped with the next item's copies) instead of wgmma_lines.cuh's
+////   (Python side only: the default bs-16/32 kernel, wgmma_small.cuh, gets the 64-column
 //     group records and reads its union rows from them; JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0
 //     passes none, and every thread merges the lists itself: 1.1-1.5x slower on the H200)
 #pragma once
@@ -111,6 +115,7 @@ struct Switches {
   bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "0" (unset: on)
   bool tf32_wgmma;        // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA: anything but "" or "0"
   bool group_wgmma;       // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA: anything but "" or "0"
+  bool tma_wgmma;         // JAX_BLOCKSPARSE_MATMUL_TMA: anything but "" or "0"
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

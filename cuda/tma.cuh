@@ -157,6 +157,19 @@ __device__ __forceinline__ void Load5d(uint32_t dst, const CUtensorMap* map, int
       : "memory");
 #endif
 }
+// The same 3-d box written at `dst` (and its mbarrier `bar` signalled) in every CTA of the
+// cluster whose bit is set in `cta_mask` (the same shared-memory offsets in each).
+__device__ __forceinline__ void Load3dMulticast(uint32_t dst, const CUtensorMap* map, int c0,
+                                                int c1, int c2, uint32_t bar,
+                                                uint16_t cta_mask) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      ".multicast::cluster [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "h"(cta_mask)
+      : "memory");
+#endif
+}
 __device__ __forceinline__ void StoreCommit() {
 #ifdef JBS_SM90_DEVICE
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
@@ -191,6 +204,40 @@ __device__ __forceinline__ void NamedBarrier(int id, int threads) {
 // Arrive at named barrier `id` without waiting (the producer side of a sync/arrive pair).
 __device__ __forceinline__ void NamedArrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// ------------------------------------------------------------------ clusters
+// This CTA's rank in its cluster.
+__device__ __forceinline__ uint32_t ClusterCtaRank() {
+  uint32_t r = 0;
+#ifdef JBS_SM90_DEVICE
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+  return r;
+}
+// Every thread of every CTA of the cluster (the arrive releases this thread's earlier
+// accesses, the wait acquires the others'): after the mbarriers' initialisation, before a
+// CTA's first remote access; before exit, while a peer may still access this CTA's shared
+// memory.
+__device__ __forceinline__ void ClusterSync() {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("barrier.cluster.arrive.release.aligned;\n"
+               "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+// Arrive once on the mbarrier at this CTA's offset `bar` in the shared memory of cluster
+// CTA `cta` (the default semantics, release at CTA scope, as CUTLASS's consumer release:
+// what it orders are wgmma reads of a stage, complete before it; the cluster-scope
+// release compiled to a MEMBAR.ALL.GPU before every arrival).
+__device__ __forceinline__ void MbarArriveCluster(uint32_t bar, uint32_t cta) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile(
+      "{\n .reg .b32 remote;\n"
+      " mapa.shared::cluster.u32 remote, %0, %1;\n"
+      " mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+      "r"(cta)
+      : "memory");
+#endif
 }
 
 // Warpgroup register reallocation (sm_90a): every warp of the warpgroup executes the same

@@ -8,7 +8,8 @@
 // sizes 16/32 the grouped-lines wgmma kernel (wgmma_small.cuh;
 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off alone), or under
 // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 (opt-in) the per-line-accumulator wgmma kernel
-// (wgmma_group.cuh) where the call carries its group records.
+// (wgmma_group.cuh) where the call carries its group records; dds/dsd at 64/128 under
+// JAX_BLOCKSPARSE_MATMUL_TMA=1 (opt-in) the persistent TMA kernel (wgmma_tma.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -18,6 +19,7 @@
 #include "wgmma_group.cuh"
 #include "wgmma_lines.cuh"
 #include "wgmma_small.cuh"
+#include "wgmma_tma.cuh"
 
 namespace jax_blocksparse {
 namespace tc {
@@ -40,6 +42,10 @@ namespace wgg {
 JBS_WGG_LAUNCHERS(extern template, __half)
 JBS_WGG_LAUNCHERS(extern template, __nv_bfloat16)
 }  // namespace wgg
+namespace wgt {
+JBS_WGT_LAUNCHERS(extern template, __half)
+JBS_WGT_LAUNCHERS(extern template, __nv_bfloat16)
+}  // namespace wgt
 
 namespace {
 
@@ -77,6 +83,15 @@ using tc::TcArgs;
 #define JBS_WGS_ROW(DT, T, BS, C, TA, TB)                                             \
   {DT, BS, MatmulPath::kWgmmaSmall, 0, TA, TB, "wgmma-small(128x64)",                 \
    wgs::Run<T, wgs::C, TA != 0, TB != 0>, wgs::SmallUsable<T>}
+// DS mode at bs 64/128 on the persistent TMA kernel, clusters of two (opt-in:
+// JAX_BLOCKSPARSE_MATMUL_TMA=1).
+#define JBS_WGT_ROW(DT, T, BS, TA, TB)                                                \
+  {DT, BS, MatmulPath::kWgmmaTma, 0, TA, TB, "wgmma-tma(256x" #BS ", cluster 2)",     \
+   wgt::Run<T, BS, TA != 0, TB != 0>, wgt::TmaUsable<T>}
+#define JBS_WGT_TRANS_ROWS(DT, T, BS)                                   \
+  JBS_WGT_ROW(DT, T, BS, 0, 0), JBS_WGT_ROW(DT, T, BS, 0, 1),           \
+      JBS_WGT_ROW(DT, T, BS, 1, 0), JBS_WGT_ROW(DT, T, BS, 1, 1)
+#define JBS_WGT_ROWS(DT, T) JBS_WGT_TRANS_ROWS(DT, T, 64), JBS_WGT_TRANS_ROWS(DT, T, 128)
 // SDD at bs 16/32 in runs of one block row (unless JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0).
 #define JBS_SDD_RUNS_ROWS(DT, T, NAME)                                                     \
   {DT, 16, MatmulPath::kMmaSyncRuns, 1, -1, -1, NAME, tc::Run<T, tc::SddRuns16>, nullptr}, \
@@ -112,6 +127,8 @@ const MatmulKernel kMatmulKernels[] = {
     JBS_WGG_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_WGS_ROWS(DType::kF16, __half),
     JBS_WGS_ROWS(DType::kBF16, __nv_bfloat16),
+    JBS_WGT_ROWS(DType::kF16, __half),
+    JBS_WGT_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_WG_ROWS(DType::kF16, __half),
     JBS_WG_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_SDD_RUNS_ROWS(DType::kF16, __half, "mma.sync(block-row runs)"),
@@ -136,6 +153,9 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WGG_TRANS_ROWS
 #undef JBS_WGG_ROWS
 #undef JBS_SDD_RUNS_ROWS
+#undef JBS_WGT_ROW
+#undef JBS_WGT_TRANS_ROWS
+#undef JBS_WGT_ROWS
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
 // (they then win: their rows come first); the wgmma kernels unless switched off, the small
@@ -146,6 +166,7 @@ bool PathOn(MatmulPath path, const Switches& sw, bool exact) {
     case MatmulPath::kSimple: return exact || sw.simple_kernels;
     case MatmulPath::kWgmmaGroup: return sw.group_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmmaSmall: return sw.small_wgmma && !sw.no_wgmma;
+    case MatmulPath::kWgmmaTma: return sw.tma_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmma: return !sw.no_wgmma;
     case MatmulPath::kWgmmaTf32: return sw.tf32_wgmma && !sw.no_wgmma && !exact;
     case MatmulPath::kMmaSyncRuns: return sw.sdd_runs;
@@ -244,6 +265,8 @@ TcArgs DsArgs(const Params& p, const void* a, bool ta, int64_t lda, int64_t a_bs
   t.steps = p.steps;
   t.steps_count = p.steps_count;
   t.group_columns = p.group_columns;
+  t.K = p.k;
+  t.nnz = p.nnz;
   t.batch = p.batch;
   return t;
 }
@@ -294,6 +317,7 @@ cudaError_t Launch(const MatmulLaunch& run, const Params& p, cudaStream_t stream
     case MatmulPath::kMmaSync:
     case MatmulPath::kMmaSyncRuns:
     case MatmulPath::kWgmma:
+    case MatmulPath::kWgmmaTma:
     case MatmulPath::kWgmmaTf32:
     case MatmulPath::kWgmmaSmall:
     case MatmulPath::kWgmmaGroup: return k.launch(run.args, stream);

@@ -166,12 +166,14 @@ struct Config {
 // output block `unit`); else the tile's first row / column are row0 / col0 and rows_valid
 // (1..BM) of its rows lie inside the output.
 // (SDD: the tile's columns are output blocks unit, unit + 1, ... of BM x BM elements, the
-// first sdd_blocks of them present.)
-template <typename T, int BM, int BN, int NT>
+// first sdd_blocks of them present.) SYNC: the CTA's barrier first (the tile was staged by
+// every warp); without it, the caller has synchronised its NT threads (warp-specialized
+// kernels, whose producer warps take no part).
+template <typename T, int BM, int BN, int NT, bool SYNC = true>
 __device__ __forceinline__ void StoreTile(const TcArgs& p, const T* os, int o_pitch, bool sdd,
                                           int64_t g, int64_t unit, int64_t row0, int64_t col0,
                                           int rows_valid, int tid, int sdd_blocks = 1) {
-  __syncthreads();  // RAW: the tile was staged by every warp
+  if constexpr (SYNC) __syncthreads();  // RAW: the tile was staged by every warp
   T* out = static_cast<T*>(p.out) + g * p.o_bstride;
   if (sdd) out += unit * int64_t(BM * BM);
   else out += p.o_trans ? col0 * p.ldo + row0 : row0 * p.ldo + col0;

@@ -1,0 +1,348 @@
+// Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose; tc_tile.cuh
+// has the mapping) at block sizes 64 / 128, 16-bit types: persistent, warp-specialized, its
+// operands brought by the bulk tensor copy engine (TMA), the blocks multicast to the two
+// CTAs of a cluster (issue 20, item 2). Opt-in: JAX_BLOCKSPARSE_MATMUL_TMA=1 (until timed
+// against wgmma_lines.cuh, the default at these block sizes).
+//
+// Work: an item is (batch entry g, pair of 256-row tiles, line u in `order`, longest first).
+// The two CTAs of a cluster take the same items (cluster c: items c, c + clusters, ...),
+// CTA rank r the row tile 2 pair + r: both walk the line's blocks in the same steps (64 of
+// K each), so each loads half of a step's B tile (64 x bs of op(block)) and multicasts it
+// to both, and its own A tile (256 x 64 of op(A)). The line varies fastest, so the clusters
+// at work at one time share the A panels of a few row tiles in L2. Operand traffic into
+// the SMs: 1/bs + 1/512 bytes per useful FLOP at 16 bits (wgmma_lines.cuh: 1/bs + 1/256;
+// RESULTS 2026-12-05 third session: the estimate that bounds bs 128 near 486 TFLOP/s at
+// the L2 rate measured, 583 with this multicast).
+//
+// Roles (384 threads): warpgroup 0 the producer (setmaxnreg 40; its thread 0 issues the
+// copies into a STAGES-deep ring: full[s] counts the stage's bytes, both halves of B among
+// them, one from the peer's multicast; empty[s] counts 16 arrivals, one per consumer warp
+// of both CTAs, since the producer's B half lands in both); warpgroups 1 and 2 the
+// consumers (setmaxnreg 232), warpgroup c rows [128 c, 128 c + 128) of the tile as two
+// m64nBSk16 wgmmas per 16 of K, float32 accumulators in registers, one wgmma group in
+// flight (a stage is released, locally and to the peer, once the group after it has been
+// issued and it has completed). Epilogue: the consumers stage the tile in shared memory of
+// its own (the ring keeps filling with the next item's operands meanwhile) and store it
+// with coalesced 16-byte stores (tc::StoreTile), every output element by one thread in a
+// fixed order (deterministic); an empty line stores zeros. A row tile past M (the second
+// of an odd last pair) loads zeros (TMA fills out-of-bounds boxes) and stores nothing.
+//
+// Shared memory (1024-aligned): the ring (STAGES x (A: 256 lines, B: bs lines of the
+// swizzled line layout of ../wgmma.cuh), the epilogue's tile, the mbarriers. bs 128: 3
+// stages, 212 KB; bs 64: 4 stages, 196 KB.
+#pragma once
+
+#include "../launch_util.h"
+#include "../tma.cuh"
+#include "wgmma_common.cuh"
+
+namespace jax_blocksparse {
+namespace wgt {
+
+using tc::TcArgs;
+using wg::kLine;
+
+constexpr int kThreads = 384;          // producer warpgroup + 2 consumer warpgroups
+constexpr int kConsumerThreads = 256;
+constexpr int kBM = 256;               // rows of a tile (128 per consumer warpgroup)
+constexpr int kBK = 64;                // K per step: one 128-byte line of 16-bit elements
+constexpr int kClusterCtas = 2;        // row tiles 2 pair, 2 pair + 1
+constexpr int kEmptyArrivals = 8 * kClusterCtas;  // consumer warps of the cluster
+constexpr int kBarEpilogue = 1;        // named barrier of the consumers
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+
+template <int BS>
+struct Cfg {
+  static_assert(BS == 64 || BS == 128, "block size");
+  static constexpr int STAGES = BS == 128 ? 3 : 4;
+  static constexpr int A_BYTES = kBM * kLine;  // 256 lines
+  static constexpr int B_BYTES = BS * kLine;   // bs lines (K-major) or bs / 64 slabs of 64
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+  static constexpr int RING = STAGES * STAGE_BYTES;
+  // the staged tile: kBM rows of BS (+ 8) elements, or BS rows of kBM (+ 8) when stored
+  // transposed (dsd); 2-byte elements
+  static constexpr int EPI =
+      2 * (kBM * (BS + 8) > BS * (kBM + 8) ? kBM * (BS + 8) : BS * (kBM + 8));
+  static constexpr int BARS = RING + EPI;            // full[STAGES], empty[STAGES]
+  static constexpr int SMEM = BARS + 16 * STAGES + 1024;  // + 1024-byte alignment
+  static_assert(SMEM <= 227 * 1024, "shared memory");
+};
+
+// Item w of the persistent loop: batch entry, row-tile pair, position in `order`.
+struct Item {
+  int64_t g, pair, u;
+};
+__device__ __forceinline__ Item ItemAt(int64_t w, int64_t pairs, int64_t lines) {
+  return Item{w / (pairs * lines), (w / lines) % pairs, w % lines};
+}
+
+template <typename T, int BS, bool TA, bool TB>
+__global__ void __launch_bounds__(kThreads, 1)
+    WgtKernel(const __grid_constant__ TcArgs p, const __grid_constant__ CUtensorMap map_a,
+              const __grid_constant__ CUtensorMap map_b, int64_t pairs) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = Cfg<BS>;
+  constexpr int STAGES = C::STAGES, KSUB = BS / kBK;
+  constexpr bool kAMn = TA;   // A stored M-major (imm-trans-a = 1)
+  constexpr bool kBMn = !TB;  // op(block) stored N-major (imm-trans-b = 1)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t raw = tc::SmemAddr(smem_raw);
+  const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
+  unsigned char* smem = smem_raw + pad;
+  const uint32_t ring = raw + pad;
+  auto full = [&](int s) { return ring + C::BARS + 8u * s; };
+  auto empty = [&](int s) { return ring + C::BARS + 8u * (STAGES + s); };
+
+  const int tid = threadIdx.x;
+  const uint32_t rank = tma::ClusterCtaRank();
+  const int64_t cluster = blockIdx.x / kClusterCtas, clusters = gridDim.x / kClusterCtas;
+  const int64_t items = p.batch * pairs * p.lines;
+
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      tma::MbarInit(full(s), 1);
+      tma::MbarInit(empty(s), kEmptyArrivals);
+    }
+    tma::FenceMbarInit();
+  }
+  tma::ClusterSync();  // both CTAs' barriers initialised before any multicast or remote arrive
+
+  if (tid < 128) {
+    // ------------------------------------------------------------- producer (TMA)
+    tma::RegDealloc<kProducerRegs>();
+    if (tid == 0) {
+      tma::PrefetchMap(&map_a);
+      tma::PrefetchMap(&map_b);
+      int it = 0;
+      for (int64_t w = cluster; w < items; w += clusters) {
+        const Item item = ItemAt(w, pairs, p.lines);
+        const int line = __ldg(p.order + item.u);
+        const int e0 = __ldg(p.ptr + line), steps = (__ldg(p.ptr + line + 1) - e0) * KSUB;
+        const int row0 = int(2 * item.pair + rank) * kBM;
+        const int ga = p.a_bstride != 0 ? int(item.g) : 0;
+        const int gb = p.b_bstride != 0 ? int(item.g) : 0;
+        for (int s = 0; s < steps; ++s, ++it) {
+          const int e = e0 + s / KSUB, kin = (s % KSUB) * kBK;
+          const int k = __ldg(p.idx + e) * BS + kin;  // K of op(A)
+          const int brow = __ldg(p.blk + e) * BS;     // the block's first row in map_b
+          const int st = it % STAGES;
+          tma::MbarWait(empty(st), ((it / STAGES) & 1) ^ 1);
+          tma::MbarArriveExpectTx(full(st), C::STAGE_BYTES);
+          const uint32_t sa = ring + uint32_t(st * C::STAGE_BYTES), sb = sa + C::A_BYTES;
+          if constexpr (kAMn) {  // 4 slabs of 64 rows, 64 lines of k each
+#pragma unroll
+            for (int j = 0; j < kBM / 64; ++j)
+              tma::Load3d(sa + j * 64 * kLine, &map_a, row0 + 64 * j, k, ga, full(st));
+          } else {  // 256 lines (rows) of 64 k
+            tma::Load3d(sa, &map_a, k, row0, ga, full(st));
+          }
+          // this CTA's half of B, into both CTAs (rank r: the second half's bytes)
+          const uint32_t sbh = sb + rank * (C::B_BYTES / 2);
+          if constexpr (kBMn && BS == 128) {  // slab r: columns [64 r, 64 r + 64), 64 k lines
+            tma::Load3dMulticast(sbh, &map_b, 64 * int(rank), brow + kin, gb, full(st), 0x3);
+          } else if constexpr (kBMn) {  // the one slab's k lines [32 r, 32 r + 32)
+            tma::Load3dMulticast(sbh, &map_b, 0, brow + kin + 32 * int(rank), gb, full(st), 0x3);
+          } else {  // K-major: lines (columns n) [bs/2 r, bs/2 r + bs/2) of 64 k
+            tma::Load3dMulticast(sbh, &map_b, kin, brow + (BS / 2) * int(rank), gb, full(st),
+                                 0x3);
+          }
+        }
+      }
+    }
+  } else {
+    // ------------------------------------------------------------- consumers
+    tma::RegAlloc<kConsumerRegs>();
+    const int ct = tid - 128, cw = ct / 128, lane = tid & 31;
+    const uint32_t peer = rank ^ 1u;
+    constexpr uint32_t kSbo = 1024;
+    constexpr uint32_t kALbo = kAMn ? kBK * kLine : 16, kBLbo = kBMn ? kBK * kLine : 16;
+    constexpr uint32_t kAkk = kAMn ? 16 * kLine : 32, kBkk = kBMn ? 16 * kLine : 32;
+    // row group rg (64 rows) of this warpgroup: line 64 (2 cw + rg) (K-major) or slab 2 cw + rg
+    const uint64_t da0 = wg::Desc(ring + uint32_t((2 * cw) * 64 * kLine), kALbo, kSbo);
+    const uint64_t da1 = wg::Desc(ring + uint32_t((2 * cw + 1) * 64 * kLine), kALbo, kSbo);
+    const uint64_t db0 = wg::Desc(ring + C::A_BYTES, kBLbo, kSbo);
+    // a consumed stage back to both producers: one arrival per warp on each CTA's barrier
+    auto release = [&](int st) {
+      __syncwarp();
+      if (lane == 0) tma::MbarArrive(empty(st));
+      else if (lane == 1) tma::MbarArriveCluster(empty(st), peer);
+    };
+    T* os = reinterpret_cast<T*>(smem + C::RING);
+    const int o_pitch = p.o_trans ? kBM + 8 : BS + 8;
+
+    int it = 0;
+    for (int64_t w = cluster; w < items; w += clusters) {
+      const Item item = ItemAt(w, pairs, p.lines);
+      const int line = __ldg(p.order + item.u);
+      const int e0 = __ldg(p.ptr + line), steps = (__ldg(p.ptr + line + 1) - e0) * KSUB;
+      const int64_t row0 = (2 * item.pair + rank) * kBM;
+
+      float acc0[BS / 2], acc1[BS / 2];
+#pragma unroll
+      for (int i = 0; i < BS / 2; ++i) acc0[i] = acc1[i] = 0.f;
+      for (int s = 0; s < steps; ++s, ++it) {
+        const int st = it % STAGES;
+        tma::MbarWait(full(st), (it / STAGES) & 1);
+        const uint64_t so = uint64_t((st * C::STAGE_BYTES) >> 4);
+#pragma unroll
+        for (int i = 0; i < BS / 2; ++i) {
+          wg::FenceOperand(acc0[i]);
+          wg::FenceOperand(acc1[i]);
+        }
+        wg::Fence();
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) {
+          const uint64_t db = db0 + so + ((kk * kBkk) >> 4);
+          wg::Mma<T, BS, kAMn ? 1 : 0, kBMn ? 1 : 0>(acc0, da0 + so + ((kk * kAkk) >> 4), db);
+          wg::Mma<T, BS, kAMn ? 1 : 0, kBMn ? 1 : 0>(acc1, da1 + so + ((kk * kAkk) >> 4), db);
+        }
+        wg::Commit();
+        wg::Wait<1>();  // the previous step's group is done: its stage goes back
+#pragma unroll
+        for (int i = 0; i < BS / 2; ++i) {
+          wg::FenceOperand(acc0[i]);
+          wg::FenceOperand(acc1[i]);
+        }
+        if (s > 0) release((it - 1) % STAGES);
+      }
+      wg::Wait<0>();
+#pragma unroll
+      for (int i = 0; i < BS / 2; ++i) {
+        wg::FenceOperand(acc0[i]);
+        wg::FenceOperand(acc1[i]);
+      }
+      if (steps > 0) release((it - 1) % STAGES);
+
+      // ---- epilogue: the tile -> shared memory (the output's orientation) -> global
+      tma::NamedBarrier(kBarEpilogue, kConsumerThreads);  // the last tile's stores are done
+      JBS_WG_STAGE_ACCUMULATORS(T, BS, p, acc0, os, o_pitch, 2 * cw, ct)
+      JBS_WG_STAGE_ACCUMULATORS(T, BS, p, acc1, os, o_pitch, 2 * cw + 1, ct)
+      tma::NamedBarrier(kBarEpilogue, kConsumerThreads);
+      const int64_t left = p.M - row0;
+      if (left > 0)
+        tc::StoreTile<T, kBM, BS, kConsumerThreads, false>(
+            p, os, o_pitch, false, item.g, item.u, row0, int64_t(line) * BS,
+            left < kBM ? int(left) : kBM, ct);
+    }
+  }
+  tma::ClusterSync();  // no CTA leaves while its peer may still write into its ring
+#else
+  __trap();  // built without sm_90a code: TmaUsable() never lets this run
+#endif
+}
+
+// Clusters of this kernel that fit on the device at once (asked once per device; 0 when
+// the query fails: then one per two SMs).
+template <typename Kernel>
+int MaxClusters(Kernel kernel, cudaLaunchConfig_t cfg) {
+  static std::atomic<int> value[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 1;
+  int n = value[dev & 63].load(std::memory_order_acquire);
+  if (n == 0) {
+    if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess || n <= 0) {
+      (void)cudaGetLastError();
+      n = MultiProcessors() / kClusterCtas;
+    }
+    n = n > 0 ? n : 1;
+    value[dev & 63].store(n, std::memory_order_release);
+  }
+  return n;
+}
+
+// The tensor maps of op(A) (K-major: [M rows, K], M-major: [K rows, M]) and of the blocks
+// as a matrix of nnz * bs rows of bs (op(block)'s k rows when N-major, its n rows when
+// K-major), each with the batch as the third dimension (extent 1 for an operand shared by
+// the batch), and their boxes: A 64 x 256 (K-major) or 64 x 64 (M-major, one slab), B one
+// CTA's half of a step.
+template <typename T, int BS, bool TA, bool TB>
+cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b) {
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  const uint64_t e = 2;
+  const uint64_t a_rows = TA ? uint64_t(a.K) : uint64_t(a.M);
+  const uint64_t a_cols = TA ? uint64_t(a.M) : uint64_t(a.K);
+  const uint64_t a_batch = a.a_bstride != 0 ? uint64_t(a.batch) : 1;
+  const uint64_t a_bstride = a.a_bstride != 0 ? uint64_t(a.a_bstride) * e
+                                               : uint64_t(a.lda) * e * a_rows;
+  const uint64_t adims[3] = {a_cols, a_rows, a_batch};
+  const uint64_t astr[2] = {uint64_t(a.lda) * e, a_bstride};
+  const uint32_t abox[3] = {64, TA ? 64u : uint32_t(kBM), 1};
+  cudaError_t err = tma::EncodeTiled3d(map_a, kBf16, a.a, adims, astr, abox);
+  if (err != cudaSuccess) return err;
+  const uint64_t b_rows = uint64_t(a.nnz) * BS;
+  const uint64_t b_batch = a.b_bstride != 0 ? uint64_t(a.batch) : 1;
+  const uint64_t b_bstride =
+      a.b_bstride != 0 ? uint64_t(a.b_bstride) * e : uint64_t(BS) * e * b_rows;
+  const uint64_t bdims[3] = {uint64_t(BS), b_rows, b_batch};
+  const uint64_t bstr[2] = {uint64_t(BS) * e, b_bstride};
+  // N-major: bs 128 one 64-column slab of the step's 64 k rows, bs 64 half its k rows;
+  // K-major: half the block's n rows, 64 k each
+  const uint32_t bbox[3] = {64, !TB ? (BS == 128 ? 64u : 32u) : uint32_t(BS / 2), 1};
+  return tma::EncodeTiled3d(map_b, kBf16, a.b, bdims, bstr, bbox);
+}
+
+template <typename T, int BS, bool TA, bool TB>
+cudaError_t Run(TcArgs args, cudaStream_t stream) {
+  using C = Cfg<BS>;
+  args.m_tiles = (args.M + kBM - 1) / kBM;
+  const int64_t pairs = (args.m_tiles + 1) / 2;
+  const int64_t items = args.batch * pairs * args.lines;
+  if (items == 0) return cudaSuccess;  // an empty output
+  CUtensorMap map_a{}, map_b{};
+  cudaError_t err = EncodeMaps<T, BS, TA, TB>(args, &map_a, &map_b);
+  if (err != cudaSuccess) return err;
+  const auto kernel = WgtKernel<T, BS, TA, TB>;
+  static std::atomic<uint64_t> configured{0};
+  err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kernel), C::SMEM);
+  if (err != cudaSuccess) return err;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = kClusterCtas;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = C::SMEM;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cfg.gridDim = dim3(kClusterCtas);  // for the occupancy query
+  const int64_t fit = MaxClusters(kernel, cfg);
+  cfg.gridDim = dim3(unsigned(kClusterCtas * (items < fit ? items : fit)));
+  return cudaLaunchKernelEx(&cfg, kernel, args, map_a, map_b, pairs);
+}
+
+// Whether this kernel can run `args` here: block size 64 or 128, 16-byte aligned operand
+// rows, an sm_90 device, sm_90a code built, the tensor-map encoder found, and coordinates
+// that fit the copies' 32-bit ones.
+template <typename T>
+bool TmaUsable(const TcArgs& args, int block_size) {
+#ifndef JBS_WGMMA_BUILT
+  return false;
+#endif
+  const int64_t kLimit = int64_t(1) << 30;
+  if ((block_size != 64 && block_size != 128) || !args.a_vec || !args.b_vec ||
+      args.M + 2 * kBM >= kLimit || args.K >= kLimit ||
+      int64_t(args.nnz) * block_size >= kLimit || args.batch >= kLimit)
+    return false;
+  static std::atomic<uint8_t> state[64];  // per device: 0 unknown, 1 usable, 2 not
+  return UsableAsSm90(state, reinterpret_cast<const void*>(WgtKernel<T, 64, false, false>),
+                      tma::GetEncodeTiled() != nullptr);
+}
+
+// The launchers (one per block size and transposition) and the check the dispatch table
+// (dispatch.cu) names: declared `extern template` there, instantiated in
+// wgmma_tma_<dtype>.cu.
+#define JBS_WGT_BS_LAUNCHERS(PREFIX, T, BS)                            \
+  PREFIX cudaError_t Run<T, BS, false, false>(TcArgs, cudaStream_t);   \
+  PREFIX cudaError_t Run<T, BS, false, true>(TcArgs, cudaStream_t);    \
+  PREFIX cudaError_t Run<T, BS, true, false>(TcArgs, cudaStream_t);    \
+  PREFIX cudaError_t Run<T, BS, true, true>(TcArgs, cudaStream_t);
+#define JBS_WGT_LAUNCHERS(PREFIX, T) \
+  JBS_WGT_BS_LAUNCHERS(PREFIX, T, 64) \
+  JBS_WGT_BS_LAUNCHERS(PREFIX, T, 128) \
+  PREFIX bool TmaUsable<T>(const TcArgs&, int);
+
+}  // namespace wgt
+}  // namespace jax_blocksparse

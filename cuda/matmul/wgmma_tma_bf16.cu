@@ -1,0 +1,8 @@
+// The persistent TMA wgmma kernel of the DS-mode ops for __nv_bfloat16 (see wgmma_tma.cuh).
+#include "wgmma_tma.cuh"
+
+namespace jax_blocksparse {
+namespace wgt {
+JBS_WGT_LAUNCHERS(template, __nv_bfloat16)
+}  // namespace wgt
+}  // namespace jax_blocksparse
