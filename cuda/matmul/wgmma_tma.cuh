@@ -153,7 +153,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     // ------------------------------------------------------------- consumers
     tma::RegAlloc<kConsumerRegs>();
-    const int ct = tid - 128, cw = ct / 128, lane = tid & 31;
+    // the warpgroup index made warp-uniform (the descriptors' math in uniform registers)
+    const int ct = tid - 128, cw = __shfl_sync(0xffffffffu, ct / 128, 0), lane = tid & 31;
     const uint32_t peer = rank ^ 1u;
     constexpr uint32_t kSbo = 1024;
     constexpr uint32_t kALbo = kAMn ? kBK * kLine : 16, kBLbo = kBMn ? kBK * kLine : 16;
@@ -226,17 +227,17 @@ __global__ void __launch_bounds__(kThreads, 1)
             left < kBM ? int(left) : kBM, ct);
     }
   }
+  __syncwarp();        // warp 0 reconverged (its thread 0 was the producer)
   tma::ClusterSync();  // no CTA leaves while its peer may still write into its ring
 #else
   __trap();  // built without sm_90a code: TmaUsable() never lets this run
 #endif
 }
 
-// Clusters of this kernel that fit on the device at once (asked once per device; 0 when
-// the query fails: then one per two SMs).
+// Clusters of `kernel` that fit on the device at once (asked once per device and kernel:
+// `value`, the caller's; one per two SMs when the query fails).
 template <typename Kernel>
-int MaxClusters(Kernel kernel, cudaLaunchConfig_t cfg) {
-  static std::atomic<int> value[64];
+int MaxClusters(Kernel kernel, cudaLaunchConfig_t cfg, std::atomic<int> (&value)[64]) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return 1;
   int n = value[dev & 63].load(std::memory_order_acquire);
@@ -308,14 +309,16 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   cfg.gridDim = dim3(kClusterCtas);  // for the occupancy query
-  const int64_t fit = MaxClusters(kernel, cfg);
+  static std::atomic<int> clusters[64];  // per device
+  const int64_t fit = MaxClusters(kernel, cfg, clusters);
   cfg.gridDim = dim3(unsigned(kClusterCtas * (items < fit ? items : fit)));
   return cudaLaunchKernelEx(&cfg, kernel, args, map_a, map_b, pairs);
 }
 
 // Whether this kernel can run `args` here: block size 64 or 128, 16-byte aligned operand
-// rows, an sm_90 device, sm_90a code built, the tensor-map encoder found, and coordinates
-// that fit the copies' 32-bit ones.
+// rows, an sm_90 device, sm_90a code built, the tensor-map encoder found, coordinates that
+// fit the copies' 32-bit ones, and blocks (a tensor map's extents are non-zero: a layout
+// without blocks runs wgmma_lines.cuh, which stores the zeros).
 template <typename T>
 bool TmaUsable(const TcArgs& args, int block_size) {
 #ifndef JBS_WGMMA_BUILT
@@ -323,6 +326,7 @@ bool TmaUsable(const TcArgs& args, int block_size) {
 #endif
   const int64_t kLimit = int64_t(1) << 30;
   if ((block_size != 64 && block_size != 128) || !args.a_vec || !args.b_vec ||
+      args.nnz <= 0 || args.K <= 0 ||
       args.M + 2 * kBM >= kLimit || args.K >= kLimit ||
       int64_t(args.nnz) * block_size >= kLimit || args.batch >= kLimit)
     return false;
