@@ -14,15 +14,15 @@
 //  1. DeltaKernel (the FA2 one): delta = rowsum(dO * O) - d_lse, float32 [B, Hq, Tq]; and
 //     cudaMemsetAsync of the semaphores (dq_accum is not zeroed: below).
 //  2. OnePassKernel: one CTA per (batch, kv head, 128-key block n). 384 threads: warpgroup
-//     0 the producer (setmaxnreg 24): its thread 0 issues the TMA loads (K_n, V_n once;
+//     0 the producer (setmaxnreg 40): its thread 0 issues the TMA loads (K_n, V_n once;
 //     then per step the 64-query tiles of Q and dO and the tile's lse and delta rows into
 //     a STAGES-deep ring with full / empty mbarriers), its warp 1 is the dQ writer (below);
-//     warpgroups 1 and 2 the consumers (setmaxnreg 240), owning key rows [64 c, 64 c + 64).
+//     warpgroups 1 and 2 the consumers (setmaxnreg 232), owning key rows [64 c, 64 c + 64).
 //     The CTA walks, for each query head of the kv head's group in turn, the key block's
-//     listed query blocks (by_key lists) in 64-query steps, in the lists' order (the
-//     producer's QueryCursor, as the dK/dV kernel of variant 2: partial entries first;
-//     the consumers and the dQ writer learn each step from the producer's meta ring,
-//     below). Per step, consumer c:
+//     listed query blocks (by_key lists) in 64-query steps, from the list's end (the
+//     producer's QueryCursor, reversed: the last query tile first; the consumers and the
+//     dQ writer learn each step from the producer's meta ring, below). Per step,
+//     consumer c:
 //       S^T = K_c Q^T, dP^T = V_c dO^T      (SS, m64n64k16, K-major operands)
 //       P^T = 2^(S^T scale log2e - lse log2e), masked
 //       dV_c += P^T dO                      (RS, m64nDk16, dO N-major)
@@ -53,10 +53,13 @@
 //
 // Determinism (bitwise identical results run to run): every dq_accum element receives, in
 // each step touching it, exactly one float add, and the adds into one 64-query tile
-// (b, h, qt) happen in a fixed order: descending key block n. The semaphore sem[b, h, qt]
-// (zeroed each call) counts the adds done; the CTA of key block n adds when it equals
-// rank(n) = the number of key blocks n' > n that add into this tile: the entries n' of the
-// by_query list of (mask head of h, query block qt / 2) with n < n' < lim, where lim
+// (b, h, qt) happen in a fixed order: the launch order of their CTAs, the by-key `order`
+// of the group's first mask head (longest list first, equal lengths by ascending key
+// block: n' before n iff count(n') > count(n), or equal and n' < n). The semaphore
+// sem[b, h, qt] (zeroed each call) counts the adds done; the CTA of key block n adds when
+// it equals rank(n) = the number of key blocks n' before n that add into this tile: the
+// entries n' of the by_query list of (mask head of h, query block qt / 2) before n with
+// n' < lim, where lim
 // excludes the key blocks that start at or past kv_lengths[b] and, when causal, those that
 // causality masks for the whole tile (n' 128 > last query + Tk - Tq): exactly the blocks
 // whose CTAs do not skip the step (QueryCursor's rule), so every counted block adds once.
@@ -65,8 +68,8 @@
 // before the release with fence.proxy.async.global and increments with red.release.gpu;
 // the next waiter fences the async proxy after its acquire.
 //
-// Deadlock freedom: a CTA only ever waits for CTAs of the same (batch, kv head) with a
-// larger key block. The grid is (B * Hkv, Rk) with blockIdx.y = Rk - 1 - n: those CTAs
+// Deadlock freedom: a CTA only ever waits for CTAs of the same (batch, kv head) before it
+// in `order`. The grid is (B * Hkv, Rk) with key block order[blockIdx.y]: those CTAs
 // have smaller linear block indices, and the hardware dispatches CTAs in increasing linear
 // index (the assumption FlashAttention-3's deterministic backward rests on too). Take the
 // unfinished CTA with the smallest linear index: it is resident (every CTA before it has
@@ -74,12 +77,19 @@
 // made each increment it will ever make: all its waits succeed, it finishes. By induction
 // every CTA finishes. Inside a CTA nothing else waits on other CTAs (the ring and the dQ
 // buffers are local).
-// Why descending n with ascending query steps: for causal masks key block n's first query
-// block is n itself, whose earlier adders (n' > n) do not exist: no CTA waits at its first
-// step, and in steady state block n's turn at query block m comes after block n + 1 (which
-// reached m one block earlier). Ascending n would make block n wait for block n - 1 at
-// every step (a lag growing with n). This is FlashAttention-3's order for causal
-// ("shortest processing time first": short key blocks launch first).
+// Why longest first with the last query tile first: the longest CTAs start in the first
+// waves, not in the tail (descending n, FlashAttention-3's causal order, launched the
+// causal grid's longest key blocks last); with the steps reversed, key block n reaches a
+// query tile after the blocks before it (for causal: blocks n' < n, which started earlier
+// on the same last tiles), so in steady state no CTA waits long for its turn. Simulated
+// (an event model of the grid at S 8192, B x Hkv = 32, 132 SMs: a step 1, a reduction
+// 0.4, 2 dQ buffers; makespan over the ideal), against descending n with ascending steps,
+// key blocks fastest / (batch, kv head) fastest: causal 1.101 / 1.085 -> 1.025, fixed(512)
+// 1.358 / 1.254 -> 1.079, local(1024) 1.117 / 1.124 -> 1.110, strided 1.114 / 1.102 ->
+// 1.091, bigbird 1.861 / 1.314 -> 1.312 (its two global query tiles are listed under every
+// key block: a chain of 64 ordered adds; its global key blocks are the long CTAs that
+// every other adder waits for; measured before: 0.71x variant 2). (batch, kv head) varies
+// fastest, so a head's CTAs start spread over the waves, not all in one.
 //
 // Masks: as variant 2's dK/dV kernel (element masks on partial entries and on the key
 // block cut by kv_lengths; masked elements get P = 0 and dS = 0 by selection). The dS K
@@ -126,7 +136,9 @@ constexpr int kBS = 128;       // keys of a CTA, queries of a block
 constexpr int kBQ = 64;        // queries per step
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumers = 256;
-[[maybe_unused]] constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+// 40 + 2 x 232 = 3 x 168, the launch's registers (the consumers fit 232 without spills;
+// the dQ writer's rank by launch order spilled at 24)
+[[maybe_unused]] constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 [[maybe_unused]] constexpr int kBarStep = 1;   // named barrier: both consumers, dS written
 [[maybe_unused]] constexpr int kBarZeroK = 2;  // named barrier: both consumers, K tail zeroed
 
@@ -196,7 +208,7 @@ __device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
 // query) through a ring of kMetaSlots in shared memory (mbarriers meta_full, one arrival),
 // as it issues the step's loads: the writer works out its rank and waits for its turn on
 // the semaphore while the consumers compute the step, and needs no cursor of its own (it
-// runs in the producer warpgroup's 24 registers); the consumers walk no list in global
+// runs in the producer warpgroup's 40 registers); the consumers walk no list in global
 // memory between their steps (a dependent load there stalled both warpgroups with the
 // tensor pipe empty) and tell a causally masked step from its first query (in this
 // kernel's scope, lengths multiples of 128 and no documents, the lists' partial entries
@@ -268,7 +280,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const Lists& L = a.by_key;
   const int h_first = hk * a.group;
   const int hm0 = a.hm == 1 ? 0 : h_first;
-  const int rk = L.lines - 1 - int(blockIdx.y);  // descending key blocks (header comment)
+  // the key block: launch order (header comment)
+  const int rk = __ldg(L.order + int64_t(hm0) * L.lines + int(blockIdx.y));
   const int k0 = rk * kBS;
   const int off = a.tk - a.tq;
   int kvlen = __ldg(a.kv_lengths + b);
@@ -276,7 +289,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // q_end: no 64-query tile is past Tq (a multiple of 128 here): a constant, since a.tq
   // would cost a register (spills)
-  QueryCursor<kBQ> qc;
+  QueryCursor<kBQ, true> qc;
   qc.Init(L, rk, hm0, a.hm == 1 ? 0 : 1, kBS, a.group, k0, off, kvlen, 0x7fffffff, a.causal);
 
   if (tid == 0) {
@@ -336,20 +349,24 @@ __global__ void __launch_bounds__(kThreads, 1)
       // --------------------------------------------------------- dQ writer
       const int lane = tid & 31;
       const int kv_blocks = (kvlen + kBS - 1) / kBS;  // blocks starting before kv_lengths
+      // the launch order's key (header comment): the by-key counts of the first mask head
+      const unsigned order_line0 = unsigned(hm0) * unsigned(L.lines);
+      const int my_count = __ldg(a.by_key.counts + (order_line0 + unsigned(rk)));
       for (int it = 0;; ++it) {
         const int s = it % DQB, ms = it % kMetaSlots;
         tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
         const int h = reinterpret_cast<volatile int*>(meta + ms)[0];
         const int s0 = reinterpret_cast<volatile int*>(meta + ms)[1];
         if (h < 0) break;
-        // rank: the key blocks n' > rk that add into this 64-query tile (header comment)
+        // rank: the key blocks before rk in the launch order that add into this 64-query
+        // tile (header comment)
         int lim = kv_blocks;
         if (a.causal) {
           const int c = s0 + kBQ - 1 + off;  // keys up to c are causally visible
           const int cl = c < 0 ? 0 : c / kBS + 1;
           lim = cl < lim ? cl : lim;
         }
-        // 32-bit index arithmetic: this warp runs in 24 registers
+        // 32-bit index arithmetic: this warp runs in 40 registers
         const unsigned line = unsigned(a.hm == 1 ? 0 : h) * unsigned(a.by_query.lines) +
                               unsigned(s0 / kBS);
         const int cnt = __ldg(a.by_query.counts + line);
@@ -358,7 +375,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll 1
         for (int e = lane; e < cnt; e += 32) {
           const int n2 = __ldg(lst + e);
-          mine += (n2 > rk && n2 < lim) ? 1 : 0;
+          if (n2 < lim) {
+            const int c2 = __ldg(a.by_key.counts + (order_line0 + unsigned(n2)));
+            mine += (c2 > my_count || (c2 == my_count && n2 < rk)) ? 1 : 0;
+          }
         }
         const int rank = __reduce_add_sync(0xffffffffu, mine);
         if (lane == 0) {
@@ -670,11 +690,8 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
                          : OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false>;
     err = AllowDynamicSmem(configured[dq_first], reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
-    // y = Rk - 1 - key block, (batch, kv head) fastest: see the deadlock argument in the
-    // header comment. Every (batch, kv head) takes its key blocks shortest-first, in step
-    // with the others, so the longest CTAs of all of them run in the last waves together
-    // (a simulation of the causal grid at S 8192, B x Hkv = 32, 132 SMs: a makespan 6.3%
-    // over the ideal, against 7.8% with the key blocks fastest; at S 1024 35% against 60%).
+    // y: the position in the by-key `order`, (batch, kv head) fastest: see the deadlock
+    // argument and the order in the header comment
     const dim3 grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines));
     kern<<<grid, kThreads, smem, stream>>>(a, tq, tdo, tk, tv);
     err = cudaGetLastError();

@@ -240,8 +240,9 @@ __device__ __forceinline__ float Lse2(float lse) {
 }
 
 // The query tiles (BQ rows) of one key tile [k0, k0 + 64), over the query heads of a kv
-// head's group (gi = 0..group-1), each with its own by-key lists when hm = Hq.
-template <int BQ>
+// head's group (gi = 0..group-1), each with its own by-key lists when hm = Hq. REV: each
+// head's list walked from its end (the one-pass backward's order, bwd_sm90_onepass.cu).
+template <int BQ, bool REV = false>
 struct QueryCursor {
   const int32_t *counts, *partial, *lists;
   int lines, max_len, rk, hm_base, hm_step;  // mask head of group member gi: base + gi*step
@@ -260,6 +261,7 @@ struct QueryCursor {
     list = lists + line * max_len;
   }
   __device__ __forceinline__ int Start(int tt) const {
+    if constexpr (REV) tt = n - 1 - tt;
     return __ldg(list + tt / qh) * bs + (tt % qh) * BQ;
   }
   __device__ __forceinline__ void Skip() {
@@ -286,7 +288,7 @@ struct QueryCursor {
     Skip();
   }
   __device__ __forceinline__ bool Done() const { return gi >= group; }
-  __device__ __forceinline__ bool Partial() const { return t / qh < npart; }
+  __device__ __forceinline__ bool Partial() const { return (REV ? n - 1 - t : t) / qh < npart; }
   // Every field, then the first step (the Hopper backwards' key-block CTAs): the key block
   // rk of the lists L (the mask heads hm_base + gi * hm_step), its block size bs_ in tiles
   // of BQ queries; k0 the CTA's first key, off the causal position of query row 0, kvlen
