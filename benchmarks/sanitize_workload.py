@@ -103,6 +103,12 @@ def matmul_workload():
     for dtype_name, bs in itertools.product(("bf16", "f16"), (16, 64, 128)):  # a batch axis
         matmul_cases(dtype_name, bs, False, False, batch=2)
         matmul_cases(dtype_name, bs, True, True, batch=2, unaligned=True)
+    # many lines and a row-tile pair: the persistent kernels loop over several items each
+    # (wgmma_tma.cuh under JAX_BLOCKSPARSE_MATMUL_TMA=1: 300 items, at most 66 clusters)
+    if taken():
+        many = jbs.layouts.random(4 * 64, 150 * 64, 64, 0.2, seed=2)
+        a = array((520, many.shape[0]), jnp.bfloat16)
+        run(lambda a, w: jbs.dds(a, w, many), a, array((many.nnz, 64, 64), jnp.bfloat16))
     # the public layer op and its gradient (dds forward, sdd + dds^T backward)
     lay = jbs.layouts.random(256, 384, 64, 0.3, seed=1)
     x = array((2, 40, 256), jnp.bfloat16)
