@@ -4,6 +4,7 @@
 #include <string>
 
 #include "../cuda/attention.h"
+#include "../cuda/attention/bwd_sm90_onepass.h"
 #include "../cuda/attention_decode.h"
 #include "debug.h"
 #include "ffi_common.h"
@@ -280,15 +281,17 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   p.dv = dv->untyped_data();
   p.delta = delta->typed_data();
   // the one-pass backward's workspaces (jax_blocksparse/_cuda.py declares them [0] for the
-  // other kernels): float32 [B, Hq, Tq, D], int32 [B, Hq, Tq / 64]
+  // other kernels): float32 [2, B, Hq, Tq, D], int32 [2, B, Hq, Tq / 64]
   if (kernel->dq_workspace) {
     const AttentionShape& s = p.shape;
-    if (int64_t(dq_accum->element_count()) != int64_t(s.batch) * s.hq * s.tq * s.head_dim ||
-        int64_t(dq_semaphores->element_count()) != int64_t(s.batch) * s.hq * (s.tq / 64))
+    if (int64_t(dq_accum->element_count()) !=
+            attn::OnePassDqAccumElements(s.batch, s.hq, s.tq, s.head_dim) ||
+        int64_t(dq_semaphores->element_count()) !=
+            attn::OnePassSemaphoreElements(s.batch, s.hq, s.tq))
       return Invalid(std::string("the backward here (") + kernel->name +
-                     ") needs the dq_accum [B, Hq, Tq, D] and dq_semaphores [B, Hq, Tq / 64] "
-                     "workspaces (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT read differently by the "
-                     "Python side?)");
+                     ") needs the dq_accum [2, B, Hq, Tq, D] and dq_semaphores "
+                     "[2, B, Hq, Tq / 64] workspaces (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT read "
+                     "differently by the Python side?)");
     p.dq_accum = dq_accum->typed_data();
     p.dq_semaphores = dq_semaphores->typed_data();
   }

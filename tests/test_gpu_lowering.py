@@ -491,7 +491,8 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
 def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernels, variant):
     """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 (faked here, on a faked sm_90a device) the
     backward's custom call gets the one-pass kernel's workspaces, dq_accum float32
-    [B, Hq, Tq, D] and dq_semaphores int32 [B, Hq, Tq / 64], after delta; otherwise (and at
+    [2, B, Hq, Tq, D] and dq_semaphores int32 [2, B, Hq, Tq / 64] (two dQ slots), after
+    delta; otherwise (and at
     block size 64, and for partial tiles: calls variant 4 leaves to the default Hopper
     backward, which takes them fused) both are [0]. Lowered for "cuda" on any machine."""
     import re
@@ -528,7 +529,8 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
                    if "@jax_blocksparse_attention_bwd(" in line]
         results = re.sub(r"\s+", " ", call).split(" -> ")[-1]
         onepass = variant == 4 and bs == 128 and t % bs == 0
-        want = (f"tensor<2x4x2x{rows}xf32>, tensor<2x4x{t}x{d}xf32>, tensor<2x4x{t // 64}xi32>"
+        want = (f"tensor<2x4x2x{rows}xf32>, tensor<2x2x4x{t}x{d}xf32>, "
+                f"tensor<2x2x4x{t // 64}xi32>"
                 if onepass else f"tensor<2x4x2x{rows}xf32>, tensor<0xf32>, tensor<0xi32>")
         assert want in results, (bs, d, t, results)
 

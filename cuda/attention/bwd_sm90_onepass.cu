@@ -48,18 +48,23 @@
 //     semaphore (+1). Bulk reduction
 //     from one thread rather than red.global.add from 256 threads: the consumers never
 //     wait for the semaphore (only for a free buffer), and one completion wait per step.
-//  4. DqConvertKernel: dQ = scale * dq_accum (undoing the register order), q's dtype; 0 for
-//     a tile whose semaphore is still 0 (no key block added into it: never written).
+//  4. DqConvertKernel: dQ = scale * (slot 0 + slot 1) of dq_accum (undoing the register
+//     order), q's dtype; a slot's tile whose semaphore is still 0 (no key block added into
+//     it: never written) counts 0.
 //
+// Two dQ slots (kOnePassDqSlots): a key block whose list holds at least half the query
+// tiles (by its count in the launch order's mask head: bigbird's global key blocks, which
+// every other adder of a tile would wait for) adds into slot 1 of dq_accum and the
+// semaphores, the others into slot 0; DqConvertKernel sums slot 0 + slot 1.
 // Determinism (bitwise identical results run to run): every dq_accum element receives, in
 // each step touching it, exactly one float add, and the adds into one 64-query tile
-// (b, h, qt) happen in a fixed order: the launch order of their CTAs, the by-key `order`
+// (b, h, qt) of one slot happen in a fixed order: the launch order of their CTAs, the by-key `order`
 // of the group's first mask head (longest list first, equal lengths by ascending key
 // block: n' before n iff count(n') > count(n), or equal and n' < n). The semaphore
 // sem[b, h, qt] (zeroed each call) counts the adds done; the CTA of key block n adds when
-// it equals rank(n) = the number of key blocks n' before n that add into this tile: the
-// entries n' of the by_query list of (mask head of h, query block qt / 2) before n with
-// n' < lim, where lim
+// it equals rank(n) = the number of key blocks n' before n of its slot that add into this
+// tile: the entries n' of the by_query list of (mask head of h, query block qt / 2) before
+// n, in n's slot, with n' < lim, where lim
 // excludes the key blocks that start at or past kv_lengths[b] and, when causal, those that
 // causality masks for the whole tile (n' 128 > last query + Tk - Tq): exactly the blocks
 // whose CTAs do not skip the step (QueryCursor's rule), so every counted block adds once.
@@ -87,9 +92,11 @@
 // key blocks fastest / (batch, kv head) fastest: causal 1.101 / 1.085 -> 1.025, fixed(512)
 // 1.358 / 1.254 -> 1.079, local(1024) 1.117 / 1.124 -> 1.110, strided 1.114 / 1.102 ->
 // 1.091, bigbird 1.861 / 1.314 -> 1.312 (its two global query tiles are listed under every
-// key block: a chain of 64 ordered adds; its global key blocks are the long CTAs that
-// every other adder waits for; measured before: 0.71x variant 2). (batch, kv head) varies
-// fastest, so a head's CTAs start spread over the waves, not all in one.
+// key block: a chain of 64 ordered adds; its global key blocks are the long CTAs, first
+// in every tile's order, that every other adder waits for; measured before: 0.71x
+// variant 2), 1.123 with the global key blocks in a slot of their own (the slots above;
+// no change on the other four). (batch, kv head) varies fastest, so a head's CTAs start
+// spread over the waves, not all in one.
 //
 // Masks: as variant 2's dK/dV kernel (element masks on partial entries and on the key
 // block cut by kv_lengths; masked elements get P = 0 and dS = 0 by selection). The dS K
@@ -352,6 +359,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       // the launch order's key (header comment): the by-key counts of the first mask head
       const unsigned order_line0 = unsigned(hm0) * unsigned(L.lines);
       const int my_count = __ldg(a.by_key.counts + (order_line0 + unsigned(rk)));
+      // this key block's dQ slot (header comment): 1 for a list of at least half the tiles
+      const bool my_long = 2 * my_count >= a.by_query.lines;
+      // the slot's offsets in the two workspaces (kOnePassDqSlots x [B, Hq, Tq, D] / Tq / 64)
+      const size_t slot_tiles = my_long ? size_t(a.batch) * unsigned(a.hq) * unsigned(a.tq / kBQ) : 0;
       for (int it = 0;; ++it) {
         const int s = it % DQB, ms = it % kMetaSlots;
         tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
@@ -377,14 +388,16 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int n2 = __ldg(lst + e);
           if (n2 < lim) {
             const int c2 = __ldg(a.by_key.counts + (order_line0 + unsigned(n2)));
-            mine += (c2 > my_count || (c2 == my_count && n2 < rk)) ? 1 : 0;
+            const bool before = c2 > my_count || (c2 == my_count && n2 < rk);
+            mine += (before && (2 * c2 >= a.by_query.lines) == my_long) ? 1 : 0;
           }
         }
         const int rank = __reduce_add_sync(0xffffffffu, mine);
         if (lane == 0) {
           const unsigned bh_q = unsigned(b) * unsigned(a.hq) + unsigned(h);
-          int32_t* sem = a.dq_sem + (bh_q * unsigned(a.tq / kBQ) + unsigned(s0 / kBQ));
-          float* dst = a.dq_accum + size_t(bh_q * unsigned(a.tq) + unsigned(s0)) * D;
+          const size_t tile = slot_tiles + bh_q * unsigned(a.tq / kBQ) + unsigned(s0 / kBQ);
+          int32_t* sem = a.dq_sem + tile;
+          float* dst = a.dq_accum + tile * (kBQ * D);
           // our turn (while the consumers compute). By-query and by-key lists that disagree
           // (not transposes of one mask) could make a rank that never comes: trap after
           // ~10 s rather than hang.
@@ -599,15 +612,17 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// dQ = scale * dq_accum in q's dtype: one thread per float4 of dq_accum. A 64-row tile
-// (b, h, qt) holds 16 D float4s; float4 f of the tile is accumulators 4 i4 .. 4 i4 + 3 of
-// thread ct of the consumer computing column slab w, f = (i4 kNW + w) 128 + ct: rows
-// 16 w4 + g (+ 8), columns 64 w + 8 i4 + 2t (+ 1) (the wgmma accumulator layout).
+// dQ = scale * (slot 0 + slot 1) of dq_accum in q's dtype: one thread per float4 of a slot.
+// A 64-row tile (b, h, qt) holds 16 D float4s; float4 f of the tile is accumulators
+// 4 i4 .. 4 i4 + 3 of thread ct of the consumer computing column slab w,
+// f = (i4 kNW + w) 128 + ct: rows 16 w4 + g (+ 8), columns 64 w + 8 i4 + 2t (+ 1) (the
+// wgmma accumulator layout).
 template <typename T, int D>
 __global__ void DqConvertKernel(const Args a) {
   constexpr int kNW = D / 64;
-  const int64_t total = int64_t(a.batch) * a.hq * a.tq * (D / 4);
+  const int64_t total = int64_t(a.batch) * a.hq * a.tq * (D / 4);  // float4s of a slot
   const int qtiles = a.tq / kBQ;
+  const int64_t tiles = int64_t(a.batch) * a.hq * qtiles;  // 64-row tiles of a slot
   const float4* src = reinterpret_cast<const float4*>(a.dq_accum);
   for (int64_t f = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; f < total;
        f += int64_t(gridDim.x) * blockDim.x) {
@@ -619,8 +634,15 @@ __global__ void DqConvertKernel(const Args a) {
     const int64_t bhq = tile / qtiles;
     const int h = int(bhq % a.hq), b = int(bhq / a.hq);
     const int row = qt * kBQ + 16 * w4 + g, col = 64 * w + 8 * i4 + 2 * t;
-    // a tile no key block added into (semaphore still 0) was never written: dQ = 0 there
-    const float4 x = __ldg(a.dq_sem + tile) != 0 ? src[f] : make_float4(0.f, 0.f, 0.f, 0.f);
+    // a slot's tile no key block added into (semaphore still 0) was never written: 0 there
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int slot = 0; slot < kOnePassDqSlots; ++slot) {
+      if (__ldg(a.dq_sem + slot * tiles + tile) != 0) {
+        const float4 y = src[slot * total + f];
+        x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+      }
+    }
     const int64_t qstride = int64_t(a.hq) * D;
     T* out = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + row) * qstride + int64_t(h) * D + col;
     *reinterpret_cast<uint32_t*>(out) = Ops<T>::Pack(x.x * a.scale, x.y * a.scale);

@@ -14,23 +14,28 @@ struct Args;
 
 // The backward of attention.h's semantics (delta, dQ, dK, dV) for block size 128 and head
 // dim D (64, 128), T __nv_bfloat16 or __half, in one pass over the by-key lists: dQ is
-// summed in the float32 workspace a.dq_accum ([B, Hq, Tq, D] elements, layout private to
-// the kernel) in a fixed order guarded by the int32 semaphores a.dq_sem ([B, Hq, Tq / 64]);
-// the semaphores are zeroed here (cudaMemsetAsync), dq_accum needs no zeroing (each tile's
-// first adder stores). cudaErrorNotSupported on a device that is not sm_90 (or a build
+// summed in the float32 workspace a.dq_accum ([kOnePassDqSlots, B, Hq, Tq, D] elements,
+// layout private to the kernel) in a fixed order guarded by the int32 semaphores a.dq_sem
+// ([kOnePassDqSlots, B, Hq, Tq / 64]); the semaphores are zeroed here (cudaMemsetAsync),
+// dq_accum needs no zeroing (each tile's first adder stores). cudaErrorNotSupported on a device that is not sm_90 (or a build
 // without sm_90a code) and for calls beyond the scope (lists per batch entry, Tq or Tk not
 // multiples of 128), cudaErrorInvalidValue for operands TMA cannot address (not 16-byte
 // aligned) or missing workspaces. Tq = 0 or Tk = 0 runs the FA2 backward (no tensor map).
 template <typename T, int D>
 cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream);
 
+// dQ sums of a query tile: the key blocks of long lists (at least half the query tiles)
+// add into slot 1, the others into slot 0, each slot in its own fixed order; dQ is slot 0
+// + slot 1 (bwd_sm90_onepass.cu).
+constexpr int kOnePassDqSlots = 2;
+
 // Elements of the two workspaces for (B, Hq, Tq, D): dq_accum (float32) and the
-// semaphores (int32).
+// semaphores (int32); jax_blocksparse/_cuda.py declares the same shapes.
 inline int64_t OnePassDqAccumElements(int64_t batch, int64_t hq, int64_t tq, int64_t d) {
-  return batch * hq * tq * d;
+  return kOnePassDqSlots * batch * hq * tq * d;
 }
 inline int64_t OnePassSemaphoreElements(int64_t batch, int64_t hq, int64_t tq) {
-  return batch * hq * (tq / 64);
+  return kOnePassDqSlots * batch * hq * (tq / 64);
 }
 
 #define JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(PREFIX, T)                   \
