@@ -12,7 +12,8 @@
 //  - by query block: counts [Hm, Rq], partial [Hm, Rq], lists [Hm, Rq, max_k], order [Hm, Rq].
 //    lists[hm, r, 0:counts] are the key blocks of query block r; the first `partial` of
 //    them need element masking (causal diagonal), the rest are full. Blocks fully masked by
-//    causality are not listed. `order[hm]` lists query blocks longest first. The
+//    causality are not listed. `order[hm]` lists query blocks longest first, equal counts
+//    by ascending block (the one-pass backward's dQ order relies on exactly this). The
 //    FA3-design kernels (forward and backward: AttentionKernel::documents) also take lists
 //    per batch entry ([Bm, Hm, ...] with Bm = 1 or B, the same Bm for both directions).
 //    kv_lengths is dynamic: a kernel skips blocks starting at or past kv_lengths[b] and
@@ -121,7 +122,8 @@ struct AttentionBackwardParams {
   // and delta rows padded to whole tiles [B, Hq, 2, ceil(Tq / bs) * bs]
   float* delta;
   // workspaces of the rows with AttentionKernel::dq_workspace (backward variant 4), else
-  // null: float32 [B, Hq, Tq, D] and int32 [B, Hq, Tq / 64] (the launcher zeroes the semaphores)
+  // null: float32 [2, B, Hq, Tq, D] and int32 [2, B, Hq, Tq / 64] (two dQ slots,
+  // attention/bwd_sm90_onepass.h; the launcher zeroes the semaphores)
   float* dq_accum;
   int32_t* dq_semaphores;
   // a mask of block size mask_block (16, 32 or 64: TiledMaskBlock) on 128 x 128 tiles (as
