@@ -86,16 +86,15 @@
 // waves, not in the tail (descending n, FlashAttention-3's causal order, launched the
 // causal grid's longest key blocks last); with the steps reversed, key block n reaches a
 // query tile after the blocks before it (for causal: blocks n' < n, which started earlier
-// on the same last tiles), so in steady state no CTA waits long for its turn. Simulated
-// (an event model of the grid at S 8192, B x Hkv = 32, 132 SMs: a step 1, a reduction
-// 0.4, 2 dQ buffers; makespan over the ideal), against descending n with ascending steps,
-// key blocks fastest / (batch, kv head) fastest: causal 1.101 / 1.085 -> 1.025, fixed(512)
-// 1.358 / 1.254 -> 1.079, local(1024) 1.117 / 1.124 -> 1.110, strided 1.114 / 1.102 ->
-// 1.091, bigbird 1.861 / 1.314 -> 1.312 (its two global query tiles are listed under every
-// key block: a chain of 64 ordered adds; its global key blocks are the long CTAs, first
-// in every tile's order, that every other adder waits for; measured before: 0.71x
-// variant 2), 1.123 with the global key blocks in a slot of their own (the slots above;
-// no change on the other four). (batch, kv head) varies fastest, so a head's CTAs start
+// on the same last tiles), so in steady state no CTA waits long for its turn. Modelled
+// (benchmarks/onepass_schedule_model.py: S 8192, B x Hkv = 32, 132 SMs; makespan over the
+// ideal), against descending n with ascending steps: causal 1.085 -> 1.025, fixed(512)
+// 1.254 -> 1.079, local(1024) 1.124 -> 1.095, strided 1.102 -> 1.073, bigbird 1.314 ->
+// 1.295 (its two global query tiles are listed under every key block: a chain of 64
+// ordered adds; its global key blocks are the long CTAs, first in every tile's order,
+// that every other adder waits for; measured with the key blocks fastest: 0.71x variant
+// 2), 1.101 with the global key blocks in a slot of their own (the slots above; no change
+// on the other four). (batch, kv head) varies fastest, so a head's CTAs start
 // spread over the waves, not all in one.
 //
 // Masks: as variant 2's dK/dV kernel (element masks on partial entries and on the key

@@ -1,0 +1,100 @@
+"""An event model of the one-pass attention backward's grid (cuda/attention/bwd_sm90_onepass.cu,
+backward variant 4): how long its CTAs take, in units of one 64-query step, under a launch
+order, an order of each CTA's steps and the dQ adds' fixed order, on the six-pattern
+benchmark's layouts. No GPU: a CPU estimate of the schedule's cost (waits in the ordered
+dQ chains, the tail), printed as the makespan over the ideal (every SM busy).
+
+    python benchmarks/onepass_schedule_model.py [--seq-len 8192] [--columns 32]
+        [--sms 132] [--add 0.4]
+
+Model: per (batch x kv head) column and key block n, one CTA of count(n) listed query
+blocks x 2 steps of length 1 (plus a fixed cost of 1); CTAs start in linear launch order
+on the first free SM; the CTA's dQ writer adds each step's partial after the previous adder
+of that (query tile, step) in the tile's order (an add takes `--add`; at most two
+partials wait: the kernel's two dQ buffers); with slots, the key blocks whose list holds at
+least half the query tiles form a second order of their own (kOnePassDqSlots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+
+import numpy as np
+
+import jax_blocksparse as jbs
+
+
+def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixed=1.0):
+    """Time until the last CTA ends: `launch` the key blocks in launch order (every column
+    the same, columns fastest), `steps_of(n)` a CTA's query tiles in walk order, `slot(n)`
+    its dQ slot; the adds into a (slot, tile) follow the launch order."""
+    rows = mask.shape[0]
+    position = {n: i for i, n in enumerate(launch)}
+    adders = {m: sorted(np.flatnonzero(mask[m]), key=position.__getitem__) for m in range(rows)}
+    done = {}  # (column, tile, step, key block) -> when its add completed
+    free = [0.0] * sms
+    heapq.heapify(free)
+    end = 0.0
+    for n in launch:
+        for c in range(columns):
+            t = heapq.heappop(free) + fixed
+            writer, pending = t, []
+            for m in steps_of(n):
+                for step in range(2):
+                    if len(pending) >= dq_buffers:  # both dQ buffers wait for the writer
+                        t = max(t, pending[-dq_buffers])
+                    t += 1.0
+                    same = [x for x in adders[m] if slot(x) == slot(n)]
+                    i = same.index(n)
+                    previous = done[(c, m, step, same[i - 1])] if i > 0 else 0.0
+                    writer = max(t, writer, previous) + add
+                    done[(c, m, step, n)] = writer
+                    pending.append(writer)
+            finish = max(t, writer)
+            end = max(end, finish)
+            heapq.heappush(free, finish)
+    return end
+
+
+def layouts(seq_len, bs=128):
+    return {"causal": jbs.layouts.causal(seq_len, bs),
+            "local": jbs.layouts.local(seq_len, bs, 1024),
+            "strided": jbs.layouts.strided(seq_len, bs, 1024),
+            "fixed": jbs.layouts.fixed(seq_len, bs, 512),
+            "bigbird": jbs.layouts.bigbird(seq_len, bs, seed=1)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-len", type=int, default=8192)
+    parser.add_argument("--columns", type=int, default=32, help="batch x kv heads")
+    parser.add_argument("--sms", type=int, default=132)
+    parser.add_argument("--add", type=float, default=0.4, help="an add, in steps")
+    args = parser.parse_args()
+    print("| order (launch / steps / dQ) | " + " | ".join(layouts(args.seq_len)) + " |")
+    rows = {}
+    for name, layout in layouts(args.seq_len).items():
+        mask = np.asarray(layout.mask, bool).reshape(layout.mask.shape[-2:])
+        blocks = mask.shape[1]
+        count = mask.sum(0)
+        descending = list(reversed(range(blocks)))
+        longest = sorted(range(blocks), key=lambda n: (-count[n], n))  # the by-key `order`
+        forward = lambda n: list(np.flatnonzero(mask[:, n]))
+        backward = lambda n: forward(n)[::-1]
+        one = lambda n: 0
+        long_lists = lambda n: int(2 * count[n] >= mask.shape[0])
+        ideal = mask.sum() * 2 * args.columns / args.sms
+        for label, launch, steps, slot in (
+                ("descending n, ascending steps", descending, forward, one),
+                ("longest first, ascending steps", longest, forward, one),
+                ("longest first, steps from the end", longest, backward, one),
+                ("the same, long lists in a dQ slot of their own", longest, backward, long_lists)):
+            time = makespan(mask, args.columns, launch, steps, slot, args.sms, args.add)
+            rows.setdefault(label, []).append(f"{time / ideal:.3f}")
+    for label, values in rows.items():
+        print(f"| {label} | " + " | ".join(values) + " |")
+
+
+if __name__ == "__main__":
+    main()
