@@ -169,8 +169,8 @@ struct AttentionKernel {
   // and block size 64: AttentionBackwardParams::q_mask_bits, k_mask_bits)
   bool documents = false;
   // backward: the launcher needs the dq_accum and dq_semaphores workspaces
-  // (AttentionBackwardParams) and takes nothing beyond the scope of the backward's
-  // FA3-design kernels (no lists per batch entry, segment ids, q_offset, partial tiles)
+  // (AttentionBackwardParams): the one-pass backward (variant 4), `documents` but for
+  // partial last tiles and tile bits
   bool dq_workspace = false;
   // forward: the persistent form of its kernel (JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1:
   // FindAttentionKernel prefers these rows, else the plain ones of the variant)
@@ -191,15 +191,13 @@ struct AttentionKernel {
 // (the FA3-design forward), 256 also in backward variants 2 and 3 under
 // JAX_BLOCKSPARSE_ATTN_BWD_D256=1 (nullptr elsewhere).
 // With `softcap` only rows that take a soft cap (AttentionKernel::softcap): the variant's
-// when it has one, else variant 0's (the FA2 kernels). `documents`: the call needs a mask
-// source beyond the lists shared by the batch (lists per batch entry, segment ids,
-// q_offset, partial last tiles, tile bits). Backward variant 4 (AttentionKernel::
-// dq_workspace) takes neither documents nor a soft cap: such calls get the default
-// variant's row, as do combinations it leaves out that the default variant has (head dim
-// 256).
+// when it has one, else variant 0's (the FA2 kernels). `beyond_onepass`: the call has
+// partial last tiles or tile bits, which backward variant 4 (AttentionKernel::
+// dq_workspace) does not take, nor a soft cap: such calls get the default variant's row,
+// as do combinations it leaves out that the default variant has (head dim 256).
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
                                            bool backward, bool softcap = false,
-                                           bool documents = false);
+                                           bool beyond_onepass = false);
 
 // The dispatch table's rows enabled in this process (attention/dispatch.cu, RowEnabled), in order
 // (AttentionKernelAt(i) for i < AttentionKernelCount()):

@@ -31,7 +31,8 @@
 //     products and elementwise work inside a warpgroup. The Python side reads it too
 //     (_cuda.sm90_backward: where those mask sources may run fused), =4 the
 //     one-pass Hopper backward (attention/bwd_sm90_onepass.cu: head dims 64 / 128, block
-//     size 128, no other mask source; dQ summed in a float32 workspace in a fixed order)
+//     size 128, segment ids, lists per batch entry and q_offset, no partial last tiles or
+//     tile bits; dQ summed in a float32 workspace in a fixed order)
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1 opt-in until timed: variant 4's steps end in
 //     FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs:
 //     attention/bwd_sm90_onepass.cu, DQ_FIRST); the same results bit for bit

@@ -153,7 +153,8 @@ def sm90_backward() -> bool:
     dispatch decides: an sm_90a device and a backward variant of their rows, 2, 3 or 4
     (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT, else `SM90_BACKWARD_DEFAULT`). Those kernels also
     take segment ids, lists per batch entry, partial last tiles and q_offset (variant 4
-    leaves them to the default variant: `onepass_backward`), at the head dims and block
+    leaves partial last tiles and tile bits to the default variant: `onepass_backward`),
+    at the head dims and block
     sizes of their rows (`fused_attention_unsupported`; the others run the FA2 backward)."""
     variant = SWITCHES.attn_bwd_variant
     families = _families()
@@ -203,18 +204,18 @@ def backward_tile_context(block_size: int, sources: bool = True, fill=None) -> b
 
 
 def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,
-                     documents: bool = False) -> bool:
+                     beyond: bool = False) -> bool:
     """Whether the attention backward's custom call runs backward variant 4, the one-pass
     Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
     (attention/dispatch.cu, FindAttentionKernel: where the variant has a row for the call, the
     "onepass_backward" family of `attention_families`; those rows take no soft cap: a
-    capped call, like one with `documents`, runs `SM90_BACKWARD_DEFAULT`'s rows): it then
+    capped call, like one `beyond` them, runs `SM90_BACKWARD_DEFAULT`'s rows): it then
     needs the workspaces `dq_accum` and `dq_semaphores`. Opt-in
-    (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4). `documents`: the call needs a mask source beyond
-    the variant's scope (segment ids, q_offset, lists per batch entry, partial last tiles,
-    a mask on 128 x 128 tiles: `backward_tiled`); the dispatch gives those to
+    (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4). The kernel takes segment ids, q_offset and lists
+    per batch entry; `beyond`: the call has what it does not take (partial last tiles, a
+    mask on 128 x 128 tiles: `backward_tiled`), which the dispatch gives to
     `SM90_BACKWARD_DEFAULT`'s kernels."""
-    return (SWITCHES.attn_bwd_variant == 4 and not documents and _no_row(
+    return (SWITCHES.attn_bwd_variant == 4 and not beyond and _no_row(
         _families()["onepass_backward"], dtype, head_dim, block_size, softcap) is None)
 
 
@@ -690,8 +691,8 @@ def _attention_backward_lowering(ctx, *operands, **params):
     # dq_accum float32 [2, B, Hq, Tq, D], dq_semaphores int32 [2, B, Hq, Tq / 64] (two
     # slots: kOnePassDqSlots)
     d = q_aval.shape[-1]
-    documents = tiled or sources  # (untiled, bs is the mask's block: sources has its tails)
-    onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), documents)
+    beyond = tiled or tq % bs != 0 or tk % bs != 0  # what the one-pass kernel does not take
+    onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), beyond)
     dq_accum = q_aval.update(shape=(2, b, hq, tq, d) if onepass else (0,),
                              dtype=np.dtype(np.float32), weak_type=False)
     dq_sem = q_aval.update(shape=(2, b, hq, tq // 64) if onepass else (0,),

@@ -75,12 +75,12 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   if (s.mask_batch != 1 && s.mask_batch != s.batch)
     return ffi::Unexpected(Invalid("the lists' batch axis must be 1 or B"));
   // a soft cap: the rows that take one (the FA2 kernels, the FA3-design forward and
-  // backward; not the one-pass backward, variant 4); documents: segment ids, q_offset,
-  // tile bits (a mask block other than the tile), lists per batch entry, partial last tiles
-  const bool documents = segments || positioned || mask_block != block_size ||
-                         s.mask_batch != 1 || s.tq % block_size != 0 || s.tk % block_size != 0;
+  // backward; not the one-pass backward, variant 4); beyond the one-pass backward: tile
+  // bits (a mask block other than the tile) and partial last tiles
+  const bool beyond_onepass =
+      mask_block != block_size || s.tq % block_size != 0 || s.tk % block_size != 0;
   *kernel = FindAttentionKernel(dtype, s.head_dim, block_size, backward, softcap > 0.f,
-                                documents);
+                                beyond_onepass);
   if (*kernel == nullptr)
     return ffi::Unexpected(Invalid(std::string("no ") + (backward ? "backward" : "forward") +
                                    " kernel for " + DTypeName(dtype) + " head_dim=" +

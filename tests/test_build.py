@@ -89,7 +89,7 @@ def test_every_query_cursor_sets_every_field():
                 continue
             with open(os.path.join(folder, name)) as fh:
                 text = fh.read()
-            for var in re.findall(r"QueryCursor<\w+> (\w+);", text):
+            for var in re.findall(r"QueryCursor<\w+(?:, \w+)?> (\w+);", text):
                 users += 1
                 if re.search(rf"\b{var}\.Init\(", text):
                     continue

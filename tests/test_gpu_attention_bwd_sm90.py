@@ -350,17 +350,25 @@ def run_docs(variant, names):
                          [("3", ("docs_local_causal", "tail_docs_kv_lengths")),
                           ("3", ("qoff_docs_gqa4_d64", "per_batch_mask_causal_kv_lengths")),
                           ("4", ("docs_local_causal", "tail_docs_kv_lengths")),
-                          ("4", ("qoff_docs_gqa4_d64", "per_batch_mask_causal_kv_lengths"))],
+                          ("4", ("qoff_docs_gqa4_d64", "per_batch_mask_causal_kv_lengths")),
+                          ("4", ("docs_dense_kv_lengths", "docs_traced_per_head_causal"))],
                          ids=case_id)
 def test_fa3_backward_documents(variant, names):
     """Segment ids, masks per batch entry, partial last tiles, q_offset (with and without
     ids): the Hopper backward takes them (every backward launch is the fa3 one; under
-    variant 4, which takes none of them, the default variant 2's); dq, dk, dv against the
-    float64 reference, deterministic, NaN past kv_lengths unread."""
+    variant 4, the one-pass kernel where the lengths are whole tiles, else the default
+    variant 2's); dq, dk, dv against the float64 reference, deterministic, NaN past
+    kv_lengths unread."""
     if not sm90():
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
     cases, stderr = run_docs(variant, names)
-    assert_documents_backward(stderr, cases, "2" if variant == "4" else variant)
+    if variant != "4":
+        assert_documents_backward(stderr, cases, variant)
+        return
+    whole = [case for case in cases if DOC_CASES[case[0]][3] % 128 == 0
+             and DOC_CASES[case[0]][4] % 128 == 0]
+    assert_documents_backward(stderr, whole, "4")
+    assert_documents_backward(stderr, [case for case in cases if case not in whole], "2")
 
 
 @pytest.mark.parametrize("names", chunks(DOC_CASES_BS64, 3), ids=case_id)

@@ -502,9 +502,9 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
     att = sys.modules["jax_blocksparse.attention"]
     monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=variant))
     monkeypatch.setattr(_cuda, "_sm90a_device", lambda: True)
-    for documents in (False, True):
-        assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, 0.0, documents) == (
-            variant == 4 and not documents)
+    for beyond in (False, True):  # (partial last tiles, tile bits)
+        assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, 0.0, beyond) == (
+            variant == 4 and not beyond)
     for kw in ({"segments": True}, {"positioned": True}, {"mask_batch": 2},
                {"tq": 1000, "tk": 1100}):  # fused under 4 (variant 2 runs them), not 0 (FA2)
         args = dict(dtype=jnp.bfloat16, head_dim=128, block_size=128, tq=1024, tk=1024,
@@ -516,14 +516,18 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
                                     _cuda._attention_forward_lowering, "cuda")
         jint.register_lowering_rule(_partitioning.LOCAL[att.attention_bwd_p],
                                     _cuda._attention_backward_lowering, "cuda")
-    partial = [(128, 64, 500)] if variant == 4 else []  # (FA2, variant 0: the pure path)
-    for bs, d, t in [(128, 128, 512), (128, 64, 512), (64, 64, 512), *partial]:
+    # (FA2, variant 0: the pure path): a partial last tile; segment ids (variant 4 takes
+    # them on whole tiles)
+    extra = [(128, 64, 500, False), (128, 128, 512, True)] if variant == 4 else []
+    for bs, d, t, docs in [(128, 128, 512, False), (128, 64, 512, False),
+                           (64, 64, 512, False), *extra]:
         q = jnp.zeros((2, t, 4, d), jnp.bfloat16)
         k = jnp.zeros((2, t, 2, d), jnp.bfloat16)
         rows = -(-t // bs) * bs
         layout = jbs.layouts.local(rows, bs, 200)  # t < rows: a partial last tile
-        loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True).astype(
-            jnp.float32).sum()
+        ids = jnp.arange(2 * t).reshape(2, t) // 300 if docs else None
+        loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True, q_segment_ids=ids,
+                                          kv_segment_ids=ids).astype(jnp.float32).sum()
         text = cuda_text(jax.grad(loss), q, k)
         (call,) = [line for line in text.splitlines()
                    if "@jax_blocksparse_attention_bwd(" in line]

@@ -4,11 +4,13 @@
 // and a dK/dV kernel, 7 products per block pair) is the model of the machinery, and the
 // FA2 backward (fa2.cuh) the functional spec.
 //
-// Scope: block size 128, head dims 64 and 128, bf16 / f16; static or traced block lists
-// shared by the batch, causal (bottom-right aligned), kv_lengths, GQA, shared or per-head
-// masks, any scale, a cotangent on lse (in delta). Tq and Tk multiples of 128. Nothing else
-// (lists per batch entry, segment ids, q_offset, partial tiles): dispatch.cu refuses those
-// for this row (cudaErrorNotSupported) and the Python routing never sends them.
+// Scope: block size 128, head dims 64 and 128, bf16 / f16; static or traced block lists,
+// shared by the batch or per batch entry (MaskHead), causal (bottom-right aligned, or at
+// q_offset's positions: QueryOffset), kv_lengths, segment ids (compared on the lists'
+// partial entries), GQA, shared or per-head masks, any scale, a cotangent on lse (in
+// delta). Tq and Tk multiples of 128. Nothing else (partial last tiles, tile bits):
+// dispatch.cu refuses those for this row (cudaErrorNotSupported) and the Python routing
+// never sends them.
 //
 // Four launches, in stream order:
 //  1. DeltaKernel (the FA2 one): delta = rowsum(dO * O) - d_lse, float32 [B, Hq, Tq]; and
@@ -211,15 +213,13 @@ __device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
 
 // ------------------------------------------------------------ the kernel
 // The producer tells the dQ writer and the consumers each step's (query head, first
-// query) through a ring of kMetaSlots in shared memory (mbarriers meta_full, one arrival),
+// query, whether the lists' entry is partial) through a ring of kMetaSlots in shared memory
+// (mbarriers meta_full, one arrival; MetaOf / the second int is 2 first query + partial),
 // as it issues the step's loads: the writer works out its rank and waits for its turn on
 // the semaphore while the consumers compute the step, and needs no cursor of its own (it
 // runs in the producer warpgroup's 40 registers); the consumers walk no list in global
 // memory between their steps (a dependent load there stalled both warpgroups with the
-// tensor pipe empty) and tell a causally masked step from its first query (in this
-// kernel's scope, lengths multiples of 128 and no documents, the lists' partial entries
-// mask elements on those steps only: the second 64-query half of a diagonal block, partial
-// in the lists, keeps every element). After the last step the producer writes (-1, -1).
+// tensor pipe empty). After the last step the producer writes (-1, -1).
 // The consumers
 // read step i's slot before they finish step i, so the writer's bound below covers them
 // too. A slot is
@@ -230,6 +230,9 @@ __device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
 // the slot's previous step, i - kMetaSlots, is older if kMetaSlots > STAGES + DQB + 1
 // (the final (-1, -1), written after the wait for step N - 1, by the same count).
 constexpr int kMetaSlots = 8;
+__device__ __forceinline__ int2 MetaOf(int h, int s0, bool partial) {
+  return make_int2(h, 2 * s0 + (partial ? 1 : 0));
+}
 
 template <int D, int STAGES, int DQB>
 struct Smem {
@@ -285,13 +288,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int bh = blockIdx.x, b = bh / a.hkv, hk = bh % a.hkv;
   const Lists& L = a.by_key;
   const int h_first = hk * a.group;
-  const int hm0 = a.hm == 1 ? 0 : h_first;
+  // the group's first mask head (with lists per batch entry: of batch entry b)
+  const int hm0 = MaskHead(a, b, a.hm == 1 ? 0 : h_first);
   // the key block: launch order (header comment)
   const int rk = __ldg(L.order + int64_t(hm0) * L.lines + int(blockIdx.y));
   const int k0 = rk * kBS;
-  const int off = a.tk - a.tq;
-  int kvlen = __ldg(a.kv_lengths + b);
-  kvlen = kvlen < 0 ? 0 : (kvlen > a.tk ? a.tk : kvlen);
+  const int off = QueryOffset(a, b);  // causal position of query row 0
+  const int kvlen = KvLength(a, b);
 
   // q_end: no 64-query tile is past Tq (a multiple of 128 here): a constant, since a.tq
   // would cost a register (spills)
@@ -341,7 +344,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint32_t sq = base + S::kQ + st * 2 * kT;
         const int64_t li = (int64_t(b) * a.hq + h) * a.tq + s0;
         tma::MbarWait(empty(st), ph ^ 1);
-        meta[it % kMetaSlots] = make_int2(h, s0);
+        meta[it % kMetaSlots] = MetaOf(h, s0, qc.Partial());
         tma::MbarArrive(meta_full(it % kMetaSlots));
         tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
         LoadTile64<D>(sq, &tm_q, h, b * a.tq + s0, full(st));
@@ -366,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int s = it % DQB, ms = it % kMetaSlots;
         tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
         const int h = reinterpret_cast<volatile int*>(meta + ms)[0];
-        const int s0 = reinterpret_cast<volatile int*>(meta + ms)[1];
+        const int s0 = reinterpret_cast<volatile int*>(meta + ms)[1] >> 1;
         if (h < 0) break;
         // rank: the key blocks before rk in the launch order that add into this 64-query
         // tile (header comment)
@@ -377,8 +380,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           lim = cl < lim ? cl : lim;
         }
         // 32-bit index arithmetic: this warp runs in 40 registers
-        const unsigned line = unsigned(a.hm == 1 ? 0 : h) * unsigned(a.by_query.lines) +
-                              unsigned(s0 / kBS);
+        const unsigned line = unsigned(MaskHead(a, b, a.hm == 1 ? 0 : h)) *
+                                  unsigned(a.by_query.lines) + unsigned(s0 / kBS);
         const int cnt = __ldg(a.by_query.counts + line);
         const int32_t* lst = a.by_query.lists + size_t(line) * unsigned(a.by_query.max_len);
         int mine = 0;
@@ -430,6 +433,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int key0 = k0 + cw * 64 + w4 * 16 + g;  // this thread's key rows: key0, key0 + 8
     const float sl2 = a.scale_log2;
     const bool cut = k0 + kBS > kvlen;
+    // segment ids (compared on partial entries): this thread's two key rows' ids, once
+    const bool segs = a.kv_ids != nullptr;
+    const int kid0 = segs ? __ldg(PaddedIds(a.kv_ids, b, a.tk, kBS) + key0) : 0;
+    const int kid1 = segs ? __ldg(PaddedIds(a.kv_ids, b, a.tk, kBS) + key0 + 8) : 0;
 
     float dk[D / 2], dv[D / 2];
 #pragma unroll
@@ -464,11 +471,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int it = 0; step.x >= 0; ++it, step = step_meta(it)) {
       const int st = it % STAGES;
       const uint32_t ph = (it / STAGES) & 1;
-      const int s0 = step.y;
-      // a step with keys after some query's causal position (where the lists' partial
-      // entries mask elements)
-      const bool causal_part = a.causal && k0 + kBS - 1 > s0 + off;
-      const bool masked = causal_part || cut;
+      const int s0 = step.y >> 1;
+      // a partial entry of the lists: the element predicate (causality, segment ids)
+      const bool partial = (step.y & 1) != 0;
+      const bool causal_part = a.causal && partial;
+      const bool masked = partial || cut;
       const uint32_t sq = base + S::kQ + st * 2 * kT, sdo = sq + kT;
       tma::MbarWait(full(st), ph);
       float s[32], dp[32];
@@ -492,7 +499,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
       // the element predicate of a masked step as bits (no branches in the loops below)
       const uint32_t allow =
-          masked ? AllowedBits(a, b, s0, key0, kvlen, causal_part, off, false, t) : ~0u;
+          masked ? AllowedBitsOf(s0, key0, kvlen, causal_part, off,
+                                 segs ? PaddedIds(a.q_ids, b, a.tq, kBS) + s0 + 2 * t : nullptr,
+                                 kid0, kid1, t)
+                 : ~0u;
       auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
 #pragma unroll
       for (int j = 0; j < 8; ++j) {

@@ -110,24 +110,18 @@ __device__ __forceinline__ bool Allowed(int i, int j, int kvlen, bool causal, in
 // Hopper backwards (bwd_sm90.cu, bwd_sm90_d256.cu, bwd_sm90_onepass.cu) on a partial entry
 // (J = 8: 64 queries; 4: the 32 of a head-dim-256 warpgroup): bit 4j + e for key row
 // key0 + 8 (e >> 1) and query s0 + 8j + 2t + (e & 1). Computed once per step (P^T and dS^T
-// both use it: selections, no branches); the ids (padded to whole tiles of BS: no bounds
-// checks) are loaded here, L1 hits after the first step.
-template <int J = 8, int BS = 128>
-__device__ __forceinline__ uint32_t AllowedBits(const Args& a, int b, int s0, int key0, int kvlen,
-                                                bool causal, int off, bool segs, int t) {
-  int kid[2] = {0, 0};
-  const int32_t* qids = nullptr;
-  if (segs) {
-    const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, BS);
-    kid[0] = __ldg(kids + key0);
-    kid[1] = __ldg(kids + key0 + 8);
-    qids = PaddedIds(a.q_ids, b, a.tq, BS) + s0 + 2 * t;
-  }
+// both use it: selections, no branches). With segment ids, `qids` points at the ids of
+// query s0 + 2t and kid0 / kid1 are those of the two key rows; without, qids is null.
+template <int J = 8>
+__device__ __forceinline__ uint32_t AllowedBitsOf(int s0, int key0, int kvlen, bool causal,
+                                                  int off, const int32_t* qids, int kid0,
+                                                  int kid1, int t) {
+  const int kid[2] = {kid0, kid1};
   uint32_t bits = 0;
 #pragma unroll
   for (int j = 0; j < J; ++j) {
     int qid[2] = {0, 0};
-    if (segs) {
+    if (qids != nullptr) {
       qid[0] = __ldg(qids + 8 * j);
       qid[1] = __ldg(qids + 8 * j + 1);
     }
@@ -138,6 +132,21 @@ __device__ __forceinline__ uint32_t AllowedBits(const Args& a, int b, int s0, in
         bits |= 1u << (4 * j + e);
   }
   return bits;
+}
+// The same loading the ids here (padded to whole tiles of BS: no bounds checks; L1 hits
+// after the first step).
+template <int J = 8, int BS = 128>
+__device__ __forceinline__ uint32_t AllowedBits(const Args& a, int b, int s0, int key0, int kvlen,
+                                                bool causal, int off, bool segs, int t) {
+  int kid0 = 0, kid1 = 0;
+  const int32_t* qids = nullptr;
+  if (segs) {
+    const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, BS);
+    kid0 = __ldg(kids + key0);
+    kid1 = __ldg(kids + key0 + 8);
+    qids = PaddedIds(a.q_ids, b, a.tq, BS) + s0 + 2 * t;
+  }
+  return AllowedBitsOf<J>(s0, key0, kvlen, causal, off, qids, kid0, kid1, t);
 }
 
 // Fine masks: a mask of block size 2^lg (16, 32; 64 in the backward) on 128 x 128 list

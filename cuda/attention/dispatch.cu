@@ -113,13 +113,14 @@ namespace {
 // Backward variant 4: the one-pass Hopper backward (attention/bwd_sm90_onepass.cu: one
 // kernel over by_key computing dK, dV and dS K per block pair, 5 products instead of 7; dQ
 // summed in a float32 workspace in a fixed order under per-tile semaphores: deterministic),
-// sm_90a only, head dims 64 / 128, block size 128. Needs the dq_accum / dq_semaphores
-// workspaces (dq_workspace). Opt-in until measured; the calls it leaves out (documents,
-// tile bits) run the default variant's rows (FindAttentionKernel). No soft cap (the last
-// field): a capped backward under variant 4 runs the default variant's row too.
+// sm_90a only, head dims 64 / 128, block size 128, with segment ids, lists per batch entry
+// and q_offset (documents). Needs the dq_accum / dq_semaphores workspaces (dq_workspace).
+// Opt-in until measured; the calls it leaves out (partial last tiles, tile bits) run the
+// default variant's rows (FindAttentionKernel). No soft cap (the last field): a capped
+// backward under variant 4 runs the default variant's row too.
 #define JBS_BWD_SM90_ONEPASS_ROWS(DT, T, D)                                             \
   {DT, D, 128, true, 4, "fa3_backward(one pass, deterministic dq)",                    \
-   attn::RunBackwardSm90OnePass<T, D>, false, true}
+   attn::RunBackwardSm90OnePass<T, D>, true, true}
 
 // (dtype, head dim, block size, phase, forward variant) -> launcher, name.
 const AttentionKernel kAttentionKernels[] = {
@@ -258,7 +259,7 @@ const AttentionKernel& AttentionKernelAt(int i) {
 }
 
 const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_size,
-                                           bool backward, bool softcap, bool documents) {
+                                           bool backward, bool softcap, bool beyond_onepass) {
   // the default (switch unset), by the device's architecture (cached per device): forward
   // variant 2, backward kSm90BackwardDefault on an sm_90 device running sm_90a code, else 0
   const int default_variant =
@@ -266,12 +267,12 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
   const int variant = backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
   const bool persistent = !backward && GetSwitches().attn_fwd_persistent;
   const int asked = variant < 0 ? default_variant : variant;
-  // backward variant 4 (AttentionKernel::dq_workspace) takes neither documents nor a soft
-  // cap: the default Hopper backward runs those calls (jax_blocksparse/_cuda.py,
-  // onepass_backward, then declares no workspaces)
+  // backward variant 4 (AttentionKernel::dq_workspace) takes neither tile bits, partial
+  // last tiles nor a soft cap: the default Hopper backward runs those calls
+  // (jax_blocksparse/_cuda.py, onepass_backward, then declares no workspaces)
   const AttentionKernel* plain =
       FindRow(asked, dtype, head_dim, block_size, backward, false, persistent);
-  if (plain != nullptr && plain->dq_workspace && (documents || softcap))
+  if (plain != nullptr && plain->dq_workspace && (beyond_onepass || softcap))
     return FindRow(default_variant, dtype, head_dim, block_size, backward, softcap, false);
   const AttentionKernel* row =
       FindRow(asked, dtype, head_dim, block_size, backward, softcap, persistent);
@@ -325,11 +326,11 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   if (p.shape.softcap > 0.f && !kernel.softcap) return cudaErrorNotSupported;
   const cudaError_t err = CheckDocuments(kernel, p.shape, p.documents);
   if (err != cudaSuccess) return err;
-  // the one-pass backward (variant 4) takes no partial tiles either (its rows are not
-  // `documents`: no lists per batch entry, segment ids or q_offset): refused, never ignored;
-  // the Python routing sends them elsewhere
+  // the one-pass backward (variant 4) takes no partial tiles and no tile bits: refused,
+  // never ignored; the Python routing sends them elsewhere
   if (kernel.dq_workspace &&
-      (p.shape.tq % p.shape.block_size != 0 || p.shape.tk % p.shape.block_size != 0))
+      (p.shape.tq % p.shape.block_size != 0 || p.shape.tk % p.shape.block_size != 0 ||
+       p.q_mask_bits != nullptr || p.k_mask_bits != nullptr))
     return cudaErrorNotSupported;
   if (kernel.dq_workspace && !Empty(p.shape) &&
       (p.dq_accum == nullptr || p.dq_semaphores == nullptr))
