@@ -678,7 +678,7 @@ bool DeviceOk() {
 template <typename T, int D>
 cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   using namespace sm90onepass;
-  if (a.bs != kBS || a.mb != 1 || a.tq % kBS != 0 || a.tk % kBS != 0)
+  if (a.bs != kBS || a.tq % kBS != 0 || a.tk % kBS != 0)
     return cudaErrorNotSupported;
   if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
   if (a.tq == 0 || a.tk == 0) return RunBackward<T, D>(a, stream);  // no tensor map
