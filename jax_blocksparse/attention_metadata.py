@@ -251,7 +251,11 @@ def device_metadata(mask, block_size: int, causal: bool, tq: int, tk: int, capac
     when none can (`capacity >= Rk`): the callers then skip the pass that puts NaN in
     such rows (a read and write of the whole output)."""
     kind = block_kinds(jnp, mask, block_size, causal, tq, tk, offset)
-    by_query = block_lists(jnp, kind, capacity)
     overflow = None if capacity >= kind.shape[-1] else (kind > 0).sum(-1) > capacity
+    if overflow is not None:  # such rows list nothing (NaN in the output; no gradient
+        # reaches them), so that the key lists stay the query lists' transpose (the one-pass
+        # backward's dQ order counts the adders of a query block by its list)
+        kind = jnp.where(overflow[..., None], jnp.int8(0), kind)
+    by_query = block_lists(jnp, kind, capacity)
     by_key = block_lists(jnp, jnp.swapaxes(kind, -1, -2), mask.shape[-2])
     return AttentionMetadata(by_query, by_key, kind), overflow

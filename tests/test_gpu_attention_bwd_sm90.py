@@ -365,7 +365,10 @@ def test_fa3_backward_documents(variant, names):
     if variant != "4":
         assert_documents_backward(stderr, cases, variant)
         return
-    whole = [case for case in cases if DOC_CASES[case[0]][3] % 128 == 0
+    # whole tiles: with q_offset (a 13th field) the queries reach the kernels in a buffer
+    # of whole blocks (attention._positioned), so Tk decides alone
+    whole = [case for case in cases
+             if (DOC_CASES[case[0]][3] % 128 == 0 or len(DOC_CASES[case[0]]) > 12)
              and DOC_CASES[case[0]][4] % 128 == 0]
     assert_documents_backward(stderr, whole, "4")
     assert_documents_backward(stderr, [case for case in cases if case not in whole], "2")

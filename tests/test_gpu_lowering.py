@@ -506,7 +506,7 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
         assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, 0.0, beyond) == (
             variant == 4 and not beyond)
     for kw in ({"segments": True}, {"positioned": True}, {"mask_batch": 2},
-               {"tq": 1000, "tk": 1100}):  # fused under 4 (variant 2 runs them), not 0 (FA2)
+               {"tq": 1000, "tk": 1100}):  # fused under 4 (variant 4 or 2 runs them), not 0
         args = dict(dtype=jnp.bfloat16, head_dim=128, block_size=128, tq=1024, tk=1024,
                     segments=False, positioned=False, mask_batch=1)
         why = _cuda.fused_attention_unsupported(**dict(args, **kw))
