@@ -73,9 +73,8 @@ def test_layouts_and_gradients(variant, bs):
               for trans in ((False, True), (True, False)) for kind in ("sparse", "many")]
     for case, kernels in launched(cases, runner="test_gpu_matmul_tma.run_layout_cases",
                                   **SWITCH).items():
-        if case[5] == "empty":  # no blocks: zeros, from the kernel or with nothing launched
-            kernels = [k for k in kernels if "none" not in k]
-        expect(kernels, case, small.hopper())
+        # no blocks: no tensor map of the blocks (an extent 0), the default kernel's zeros
+        expect(kernels, case, small.hopper() and case[5] != "empty")
 
 
 def test_batched_operands():
