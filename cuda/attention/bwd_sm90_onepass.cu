@@ -233,6 +233,9 @@ constexpr int kMetaSlots = 8;
 __device__ __forceinline__ int2 MetaOf(int h, int s0, bool partial) {
   return make_int2(h, 2 * s0 + (partial ? 1 : 0));
 }
+// A slot's first query and partial flag, from its second int.
+__device__ __forceinline__ int MetaStart(int y) { return y >> 1; }
+__device__ __forceinline__ bool MetaPartial(int y) { return (y & 1) != 0; }
 
 template <int D, int STAGES, int DQB>
 struct Smem {
@@ -361,15 +364,16 @@ __global__ void __launch_bounds__(kThreads, 1)
       // the launch order's key (header comment): the by-key counts of the first mask head
       const unsigned order_line0 = unsigned(hm0) * unsigned(L.lines);
       const int my_count = __ldg(a.by_key.counts + (order_line0 + unsigned(rk)));
-      // this key block's dQ slot (header comment): 1 for a list of at least half the tiles
-      const bool my_long = 2 * my_count >= a.by_query.lines;
+      // a key block's dQ slot (header comment): 1 for a list of at least half the tiles
+      auto long_list = [&](int count) { return 2 * count >= a.by_query.lines; };
+      const bool my_long = long_list(my_count);
       // the slot's offsets in the two workspaces (kOnePassDqSlots x [B, Hq, Tq, D] / Tq / 64)
       const size_t slot_tiles = my_long ? size_t(a.batch) * unsigned(a.hq) * unsigned(a.tq / kBQ) : 0;
       for (int it = 0;; ++it) {
         const int s = it % DQB, ms = it % kMetaSlots;
         tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
         const int h = reinterpret_cast<volatile int*>(meta + ms)[0];
-        const int s0 = reinterpret_cast<volatile int*>(meta + ms)[1] >> 1;
+        const int s0 = MetaStart(reinterpret_cast<volatile int*>(meta + ms)[1]);
         if (h < 0) break;
         // rank: the key blocks before rk in the launch order that add into this 64-query
         // tile (header comment)
@@ -391,7 +395,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (n2 < lim) {
             const int c2 = __ldg(a.by_key.counts + (order_line0 + unsigned(n2)));
             const bool before = c2 > my_count || (c2 == my_count && n2 < rk);
-            mine += (before && (2 * c2 >= a.by_query.lines) == my_long) ? 1 : 0;
+            mine += (before && long_list(c2) == my_long) ? 1 : 0;
           }
         }
         const int rank = __reduce_add_sync(0xffffffffu, mine);
@@ -435,8 +439,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool cut = k0 + kBS > kvlen;
     // segment ids (compared on partial entries): this thread's two key rows' ids, once
     const bool segs = a.kv_ids != nullptr;
-    const int kid0 = segs ? __ldg(PaddedIds(a.kv_ids, b, a.tk, kBS) + key0) : 0;
-    const int kid1 = segs ? __ldg(PaddedIds(a.kv_ids, b, a.tk, kBS) + key0 + 8) : 0;
+    const int2 kid = KeyRowIds<kBS>(a, b, key0, segs);
 
     float dk[D / 2], dv[D / 2];
 #pragma unroll
@@ -471,9 +474,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int it = 0; step.x >= 0; ++it, step = step_meta(it)) {
       const int st = it % STAGES;
       const uint32_t ph = (it / STAGES) & 1;
-      const int s0 = step.y >> 1;
+      const int s0 = MetaStart(step.y);
       // a partial entry of the lists: the element predicate (causality, segment ids)
-      const bool partial = (step.y & 1) != 0;
+      const bool partial = MetaPartial(step.y);
       const bool causal_part = a.causal && partial;
       const bool masked = partial || cut;
       const uint32_t sq = base + S::kQ + st * 2 * kT, sdo = sq + kT;
@@ -500,8 +503,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // the element predicate of a masked step as bits (no branches in the loops below)
       const uint32_t allow =
           masked ? AllowedBitsOf(s0, key0, kvlen, causal_part, off,
-                                 segs ? PaddedIds(a.q_ids, b, a.tq, kBS) + s0 + 2 * t : nullptr,
-                                 kid0, kid1, t)
+                                 StepQueryIds<kBS>(a, b, s0, t, segs), kid.x, kid.y, t)
                  : ~0u;
       auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
 #pragma unroll

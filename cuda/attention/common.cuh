@@ -133,20 +133,27 @@ __device__ __forceinline__ uint32_t AllowedBitsOf(int s0, int key0, int kvlen, b
   }
   return bits;
 }
-// The same loading the ids here (padded to whole tiles of BS: no bounds checks; L1 hits
-// after the first step).
+// AllowedBitsOf's ids of batch entry b (padded to whole tiles of BS: no bounds checks; L1
+// hits after the first step): those of key rows key0 and key0 + 8 (0 without segment ids)
+// and where the step's query ids start (null without).
+template <int BS = 128>
+__device__ __forceinline__ int2 KeyRowIds(const Args& a, int b, int key0, bool segs) {
+  if (!segs) return make_int2(0, 0);
+  const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, BS);
+  return make_int2(__ldg(kids + key0), __ldg(kids + key0 + 8));
+}
+template <int BS = 128>
+__device__ __forceinline__ const int32_t* StepQueryIds(const Args& a, int b, int s0, int t,
+                                                       bool segs) {
+  return segs ? PaddedIds(a.q_ids, b, a.tq, BS) + s0 + 2 * t : nullptr;
+}
+// AllowedBitsOf with the ids loaded here.
 template <int J = 8, int BS = 128>
 __device__ __forceinline__ uint32_t AllowedBits(const Args& a, int b, int s0, int key0, int kvlen,
                                                 bool causal, int off, bool segs, int t) {
-  int kid0 = 0, kid1 = 0;
-  const int32_t* qids = nullptr;
-  if (segs) {
-    const int32_t* kids = PaddedIds(a.kv_ids, b, a.tk, BS);
-    kid0 = __ldg(kids + key0);
-    kid1 = __ldg(kids + key0 + 8);
-    qids = PaddedIds(a.q_ids, b, a.tq, BS) + s0 + 2 * t;
-  }
-  return AllowedBitsOf<J>(s0, key0, kvlen, causal, off, qids, kid0, kid1, t);
+  const int2 kid = KeyRowIds<BS>(a, b, key0, segs);
+  return AllowedBitsOf<J>(s0, key0, kvlen, causal, off, StepQueryIds<BS>(a, b, s0, t, segs),
+                          kid.x, kid.y, t);
 }
 
 // Fine masks: a mask of block size 2^lg (16, 32; 64 in the backward) on 128 x 128 list

@@ -68,12 +68,23 @@ struct Cfg {
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 
-// Item w of the persistent loop: batch entry, row-tile pair, position in `order`.
+// Item w of the persistent loop, as CTA `rank` of its cluster takes it: batch entry, line
+// position in `order`, the line, its first list entry and K steps (ksub per block), the
+// row tile's first row.
 struct Item {
-  int64_t g, pair, u;
+  int64_t g, u;
+  int line, e0, steps, row0;
 };
-__device__ __forceinline__ Item ItemAt(int64_t w, int64_t pairs, int64_t lines) {
-  return Item{w / (pairs * lines), (w / lines) % pairs, w % lines};
+__device__ __forceinline__ Item ItemAt(const TcArgs& p, int64_t w, int64_t pairs, uint32_t rank,
+                                       int ksub) {
+  Item it;
+  it.g = w / (pairs * p.lines);
+  it.u = w % p.lines;
+  it.line = __ldg(p.order + it.u);
+  it.e0 = __ldg(p.ptr + it.line);
+  it.steps = (__ldg(p.ptr + it.line + 1) - it.e0) * ksub;
+  it.row0 = int(2 * ((w / p.lines) % pairs) + rank) * kBM;  // TmaUsable: M < 2^30
+  return it;
 }
 
 template <typename T, int BS, bool TA, bool TB>
@@ -116,10 +127,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::PrefetchMap(&map_b);
       int it = 0;
       for (int64_t w = cluster; w < items; w += clusters) {
-        const Item item = ItemAt(w, pairs, p.lines);
-        const int line = __ldg(p.order + item.u);
-        const int e0 = __ldg(p.ptr + line), steps = (__ldg(p.ptr + line + 1) - e0) * KSUB;
-        const int row0 = int(2 * item.pair + rank) * kBM;
+        const Item item = ItemAt(p, w, pairs, rank, KSUB);
+        const int e0 = item.e0, steps = item.steps, row0 = item.row0;
         const int ga = p.a_bstride != 0 ? int(item.g) : 0;
         const int gb = p.b_bstride != 0 ? int(item.g) : 0;
         for (int s = 0; s < steps; ++s, ++it) {
@@ -174,10 +183,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     int it = 0;
     for (int64_t w = cluster; w < items; w += clusters) {
-      const Item item = ItemAt(w, pairs, p.lines);
-      const int line = __ldg(p.order + item.u);
-      const int e0 = __ldg(p.ptr + line), steps = (__ldg(p.ptr + line + 1) - e0) * KSUB;
-      const int64_t row0 = (2 * item.pair + rank) * kBM;
+      const Item item = ItemAt(p, w, pairs, rank, KSUB);
+      const int steps = item.steps;
+      const int64_t row0 = item.row0;
 
       float acc0[BS / 2], acc1[BS / 2];
 #pragma unroll
@@ -223,7 +231,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int64_t left = p.M - row0;
       if (left > 0)
         tc::StoreTile<T, kBM, BS, kConsumerThreads, false>(
-            p, os, o_pitch, false, item.g, item.u, row0, int64_t(line) * BS,
+            p, os, o_pitch, false, item.g, item.u, row0, int64_t(item.line) * BS,
             left < kBM ? int(left) : kBM, ct);
     }
   }
