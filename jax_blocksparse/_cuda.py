@@ -76,6 +76,10 @@ class Switches(NamedTuple):
 # (FindAttentionKernel, kSm90BackwardDefault).
 SM90_FORWARD_DEFAULT = 2
 SM90_BACKWARD_DEFAULT = 2
+# The Hopper backward variant that runs what the one-pass kernel (variant 4) leaves out:
+# partial last tiles, tile bits, a soft cap, head dims without a variant-4 row
+# (dispatch.cu: kSm90BackwardBeyondOnepass).
+SM90_BACKWARD_BEYOND_ONEPASS = 2
 
 
 def _read_switches() -> Switches:
@@ -156,11 +160,18 @@ def sm90_backward() -> bool:
     leaves partial last tiles and tile bits to the default variant: `onepass_backward`),
     at the head dims and block
     sizes of their rows (`fused_attention_unsupported`; the others run the FA2 backward)."""
-    variant = SWITCHES.attn_bwd_variant
     families = _families()
-    return ((SM90_BACKWARD_DEFAULT if variant < 0 else variant)
+    return (_backward_variant()
             in families["sm90_backward"].variants | families["onepass_backward"].variants
             and _sm90a_device())
+
+
+def _backward_variant() -> int:
+    """The backward variant the C++ dispatch asks for (FindAttentionKernel):
+    JAX_BLOCKSPARSE_ATTN_BWD_VARIANT where set, else `SM90_BACKWARD_DEFAULT` on an sm_90a
+    device (`_sm90a_device`) and 0 elsewhere."""
+    variant = SWITCHES.attn_bwd_variant
+    return variant if variant >= 0 else SM90_BACKWARD_DEFAULT if _sm90a_device() else 0
 
 
 # A block-64 static layout without mask sources runs its backward on 128 x 128 tiles
@@ -209,13 +220,13 @@ def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0
     Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
     (attention/dispatch.cu, FindAttentionKernel: where the variant has a row for the call, the
     "onepass_backward" family of `attention_families`; those rows take no soft cap: a
-    capped call, like one `beyond` them, runs `SM90_BACKWARD_DEFAULT`'s rows): it then
-    needs the workspaces `dq_accum` and `dq_semaphores`. Opt-in
-    (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4). The kernel takes segment ids, q_offset and lists
-    per batch entry; `beyond`: the call has what it does not take (partial last tiles, a
-    mask on 128 x 128 tiles: `backward_tiled`), which the dispatch gives to
-    `SM90_BACKWARD_DEFAULT`'s kernels."""
-    return (SWITCHES.attn_bwd_variant == 4 and not beyond and _no_row(
+    capped call, like one `beyond` them, runs `SM90_BACKWARD_BEYOND_ONEPASS`'s rows): it
+    then needs the workspaces `dq_accum` and `dq_semaphores`. Where variant 4 is asked for
+    (`_backward_variant`: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4, or the default). The kernel
+    takes segment ids, q_offset and lists per batch entry; `beyond`: the call has what it
+    does not take (partial last tiles, a mask on 128 x 128 tiles: `backward_tiled`), which
+    the dispatch gives to `SM90_BACKWARD_BEYOND_ONEPASS`'s kernels."""
+    return (_backward_variant() == 4 and not beyond and _no_row(
         _families()["onepass_backward"], dtype, head_dim, block_size, softcap) is None)
 
 

@@ -98,6 +98,21 @@ def test_every_query_cursor_sets_every_field():
     assert users >= 4, users  # the FA2 dK/dV kernel, bwd_sm90.cu, _d256.cu, _onepass.cu
 
 
+def test_default_variants_are_the_dispatchs():
+    """The backward variants Python routes by (`_cuda.SM90_BACKWARD_DEFAULT` and
+    `SM90_BACKWARD_BEYOND_ONEPASS`: which calls declare variant 4's workspaces) are the
+    constants of the C++ dispatch (cuda/attention/dispatch.cu), which picks the kernels."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cuda", "attention",
+                        "dispatch.cu")
+    with open(path) as fh:
+        text = fh.read()
+    for cxx, py in (("kSm90BackwardDefault", "SM90_BACKWARD_DEFAULT"),
+                    ("kSm90BackwardBeyondOnepass", "SM90_BACKWARD_BEYOND_ONEPASS")):
+        found = re.search(rf"constexpr int {cxx} = (\d+);", text)
+        assert found, f"{cxx} is gone from dispatch.cu: update this test"
+        assert int(found.group(1)) == getattr(_cuda, py), (cxx, py)
+
+
 @pytest.mark.skipif(_cuda._ext is None, reason="the CUDA extension is not built")
 def test_attention_kernel_rows_of_the_tests_are_the_extensions():
     """tests/conftest.py's copy of the attention dispatch table (what the tests route by

@@ -221,6 +221,10 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 // zero-padded to 128 (the Python lowering), 256 its own rows (JBS_BWD_SM90_D256_ROWS; the
 // pure-JAX path under JAX_BLOCKSPARSE_ATTN_BWD_D256=0).
 constexpr int kSm90BackwardDefault = 2;
+// The Hopper backward variant that runs what the one-pass kernel (variant 4) leaves out:
+// partial last tiles, tile bits, a soft cap, head dims without a variant-4 row
+// (jax_blocksparse/_cuda.py: SM90_BACKWARD_BEYOND_ONEPASS, the same value).
+constexpr int kSm90BackwardBeyondOnepass = 2;
 
 namespace {
 // Whether a row serves calls in this process: the head-dim-256 Hopper backward rows unless
@@ -273,15 +277,17 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
   const AttentionKernel* plain =
       FindRow(asked, dtype, head_dim, block_size, backward, false, persistent);
   if (plain != nullptr && plain->dq_workspace && (beyond_onepass || softcap))
-    return FindRow(default_variant, dtype, head_dim, block_size, backward, softcap, false);
+    return FindRow(kSm90BackwardBeyondOnepass, dtype, head_dim, block_size, backward, softcap,
+                   false);
   const AttentionKernel* row =
       FindRow(asked, dtype, head_dim, block_size, backward, softcap, persistent);
-  // backward variant 4 without a row of its own where the default variant has one (head
-  // dim 256): the default's, as onepass_backward and fused_attention_unsupported route it
+  // backward variant 4 without a row of its own where kSm90BackwardBeyondOnepass has one
+  // (head dim 256): that one's, as onepass_backward and fused_attention_unsupported route it
   if (backward && asked == 4 && (row == nullptr || row->fwd_variant != asked)) {
-    const AttentionKernel* fallback =
-        FindRow(default_variant, dtype, head_dim, block_size, backward, softcap, false);
-    if (fallback != nullptr && fallback->fwd_variant == default_variant) return fallback;
+    const AttentionKernel* fallback = FindRow(kSm90BackwardBeyondOnepass, dtype, head_dim,
+                                              block_size, backward, softcap, false);
+    if (fallback != nullptr && fallback->fwd_variant == kSm90BackwardBeyondOnepass)
+      return fallback;
   }
   return row;
 }
