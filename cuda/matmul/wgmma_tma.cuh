@@ -22,14 +22,17 @@
 // m64nBSk16 wgmmas per 16 of K, float32 accumulators in registers, one wgmma group in
 // flight (a stage is released, locally and to the peer, once the group after it has been
 // issued and it has completed). Epilogue: the consumers stage the tile in shared memory of
-// its own (the ring keeps filling with the next item's operands meanwhile) and store it
-// with coalesced 16-byte stores (tc::StoreTile), every output element by one thread in a
-// fixed order (deterministic); an empty line stores zeros. A row tile past M (the second
-// of an odd last pair) loads zeros (TMA fills out-of-bounds boxes) and stores nothing.
+// its own, in the swizzled line layout (slabs of 64 output columns), and one thread hands
+// it to a TMA store, which runs on while the consumers start the next item's MMAs (the
+// ring kept filling with its operands meanwhile); before staging the next tile that thread
+// waits until the store has read the buffer. Every output element is written once
+// (deterministic); an empty line stores zeros. A row tile past M (the second of an odd
+// last pair) loads zeros (TMA fills out-of-bounds boxes) and stores nothing, as the store
+// drops rows past M.
 //
 // Shared memory (1024-aligned): the ring (STAGES x (A: 256 lines, B: bs lines of the
 // swizzled line layout of ../wgmma.cuh), the epilogue's tile, the mbarriers. bs 128: 3
-// stages, 212 KB; bs 64: 4 stages, 196 KB.
+// stages, 208 KB; bs 64: 4 stages, 193 KB.
 #pragma once
 
 #include "../launch_util.h"
@@ -59,14 +62,54 @@ struct Cfg {
   static constexpr int B_BYTES = BS * kLine;   // bs lines (K-major) or bs / 64 slabs of 64
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   static constexpr int RING = STAGES * STAGE_BYTES;
-  // the staged tile: kBM rows of BS (+ 8) elements, or BS rows of kBM (+ 8) when stored
-  // transposed (dsd); 2-byte elements
-  static constexpr int EPI =
-      2 * (kBM * (BS + 8) > BS * (kBM + 8) ? kBM * (BS + 8) : BS * (kBM + 8));
+  // the staged tile, 2-byte elements in swizzled lines: BS / 64 slabs of kBM lines (output
+  // rows) of 64 columns, or, stored transposed (dsd), kBM / 64 slabs of BS lines of 64 rows
+  static constexpr int EPI = 2 * kBM * BS;
+  static constexpr int O_SLABS = BS / 64, OT_SLABS = kBM / 64;
   static constexpr int BARS = RING + EPI;            // full[STAGES], empty[STAGES]
   static constexpr int SMEM = BARS + 16 * STAGES + 1024;  // + 1024-byte alignment
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
+
+// Consumer thread `ct`'s accumulators of row group `rg` (64 rows: tile rows [64 rg, 64 rg +
+// 64)) into the staged tile at `os` (Cfg::EPI above), converted to T. Each warp's stores
+// fall on 32 distinct banks (the swizzle spreads its 8 rows, or its 4 column pairs, over
+// the chunks of a line). The byte offsets are a per-thread part and a per-step constant
+// in disjoint bits (line, 16-byte chunk, byte in the chunk), so each store's address is
+// one XOR or add of an immediate.
+template <typename T, int BS>
+__device__ __forceinline__ void StageTile(const float* acc, unsigned char* os, bool o_trans,
+                                          int rg, int ct) {
+  const int lane = ct & 31, w4 = (ct >> 5) & 3, q = lane >> 2, cb2 = 2 * (lane & 3);
+  if (o_trans) {
+    // element (r, c) -> slab rg, line c = 8 j + cb2 + e, chunk (2 w4 + h) ^ (c & 7), byte
+    // 2 q: the offset of step (j, h, e) is 1024 j + that of (0, h, e)
+    unsigned char* slab = os + rg * (BS * kLine);
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int line = cb2 + e;
+        unsigned char* base = slab + line * kLine + (((2 * w4 + h) ^ line) << 4) + 2 * q;
+#pragma unroll
+        for (int j = 0; j < BS / 8; ++j)
+          *reinterpret_cast<T*>(base + 1024 * j) = tc::FromF<T>(acc[4 * j + 2 * h + e]);
+      }
+  } else {
+    // element pair (r, c..c+1), r = 64 rg + 16 w4 + q + 8 h, c = 8 j + cb2 -> slab j / 8,
+    // line r, chunk (j % 8) ^ (r & 7) = (j % 8) ^ q, byte 2 cb2
+    const int r0 = 64 * rg + 16 * w4 + q;
+    const int t0 = r0 * kLine + (q << 4) + 2 * cb2;
+#pragma unroll
+    for (int j = 0; j < BS / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int off = ((t0 + 1024 * h) ^ ((j % 8) << 4)) + (j / 8) * (kBM * kLine);
+        *reinterpret_cast<wg::Pair<T>*>(os + off) =
+            wg::Pair<T>{tc::FromF<T>(acc[4 * j + 2 * h]), tc::FromF<T>(acc[4 * j + 2 * h + 1])};
+      }
+  }
+}
 
 // Item w of the persistent loop, as CTA `rank` of its cluster takes it: batch entry, line
 // position in `order`, the line, its first list entry and K steps (ksub per block), the
@@ -90,7 +133,8 @@ __device__ __forceinline__ Item ItemAt(const TcArgs& p, int64_t w, int64_t pairs
 template <typename T, int BS, bool TA, bool TB>
 __global__ void __launch_bounds__(kThreads, 1)
     WgtKernel(const __grid_constant__ TcArgs p, const __grid_constant__ CUtensorMap map_a,
-              const __grid_constant__ CUtensorMap map_b, int64_t pairs) {
+              const __grid_constant__ CUtensorMap map_b,
+              const __grid_constant__ CUtensorMap map_o, int64_t pairs) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = Cfg<BS>;
   constexpr int STAGES = C::STAGES, KSUB = BS / kBK;
@@ -178,8 +222,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (lane == 0) tma::MbarArrive(empty(st));
       else if (lane == 1) tma::MbarArriveCluster(empty(st), peer);
     };
-    T* os = reinterpret_cast<T*>(smem + C::RING);
-    const int o_pitch = p.o_trans ? kBM + 8 : BS + 8;
+    unsigned char* os = smem + C::RING;
+    const uint32_t os_addr = ring + uint32_t(C::RING);
+    if (ct == 0) tma::PrefetchMap(&map_o);
 
     int it = 0;
     for (int64_t w = cluster; w < items; w += clusters) {
@@ -223,17 +268,28 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       if (steps > 0) release((it - 1) % STAGES);
 
-      // ---- epilogue: the tile -> shared memory (the output's orientation) -> global
-      tma::NamedBarrier(kBarEpilogue, kConsumerThreads);  // the last tile's stores are done
-      JBS_WG_STAGE_ACCUMULATORS(T, BS, p, acc0, os, o_pitch, 2 * cw, ct)
-      JBS_WG_STAGE_ACCUMULATORS(T, BS, p, acc1, os, o_pitch, 2 * cw + 1, ct)
+      // ---- epilogue: the tile -> shared memory (the output's orientation) -> TMA store
+      if (ct == 0) tma::StoreWaitRead();  // the last item's store has read the buffer
       tma::NamedBarrier(kBarEpilogue, kConsumerThreads);
-      const int64_t left = p.M - row0;
-      if (left > 0)
-        tc::StoreTile<T, kBM, BS, kConsumerThreads, false>(
-            p, os, o_pitch, false, item.g, item.u, row0, int64_t(item.line) * BS,
-            left < kBM ? int(left) : kBM, ct);
+      StageTile<T, BS>(acc0, os, p.o_trans, 2 * cw, ct);
+      StageTile<T, BS>(acc1, os, p.o_trans, 2 * cw + 1, ct);
+      tma::FenceProxyAsync();  // the staged tile before the async proxy reads it
+      tma::NamedBarrier(kBarEpilogue, kConsumerThreads);
+      if (ct == 0 && row0 < p.M) {
+        const int col0 = item.line * BS, g = int(item.g);
+        if (p.o_trans) {  // map_o: [N lines of M] per batch entry; slab j: rows 64 j..
+#pragma unroll
+          for (int j = 0; j < C::OT_SLABS; ++j)
+            tma::Store3d(&map_o, int(row0) + 64 * j, col0, g, os_addr + j * (BS * kLine));
+        } else {  // map_o: [M lines of N]; slab j: columns 64 j..
+#pragma unroll
+          for (int j = 0; j < C::O_SLABS; ++j)
+            tma::Store3d(&map_o, col0 + 64 * j, int(row0), g, os_addr + j * (kBM * kLine));
+        }
+        tma::StoreCommit();
+      }
     }
+    if (ct == 0) tma::StoreWaitRead();  // the shared memory stays until the last store read it
   }
   __syncwarp();        // warp 0 reconverged (its thread 0 was the producer)
   tma::ClusterSync();  // no CTA leaves while its peer may still write into its ring
@@ -264,9 +320,12 @@ int MaxClusters(Kernel kernel, cudaLaunchConfig_t cfg, std::atomic<int> (&value)
 // as a matrix of nnz * bs rows of bs (op(block)'s k rows when N-major, its n rows when
 // K-major), each with the batch as the third dimension (extent 1 for an operand shared by
 // the batch), and their boxes: A 64 x 256 (K-major) or 64 x 64 (M-major, one slab), B one
-// CTA's half of a step.
+// CTA's half of a step; and the output's (M rows of N = lines x bs, or N rows of M when
+// stored transposed) with the batch third, its box one slab of the staged tile (64
+// columns x 256 rows, or 64 rows x bs of N).
 template <typename T, int BS, bool TA, bool TB>
-cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b) {
+cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b,
+                       CUtensorMap* map_o) {
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = 2;
   const uint64_t a_rows = TA ? uint64_t(a.K) : uint64_t(a.M);
@@ -288,7 +347,16 @@ cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b) 
   // N-major: bs 128 one 64-column slab of the step's 64 k rows, bs 64 half its k rows;
   // K-major: half the block's n rows, 64 k each
   const uint32_t bbox[3] = {64, !TB ? (BS == 128 ? 64u : 32u) : uint32_t(BS / 2), 1};
-  return tma::EncodeTiled3d(map_b, kBf16, a.b, bdims, bstr, bbox);
+  err = tma::EncodeTiled3d(map_b, kBf16, a.b, bdims, bstr, bbox);
+  if (err != cudaSuccess) return err;
+  const uint64_t n = uint64_t(a.lines) * BS, m = uint64_t(a.M);
+  const uint64_t o_rows = a.o_trans ? n : m;
+  const uint64_t o_bstride =
+      a.batch > 1 ? uint64_t(a.o_bstride) * e : uint64_t(a.ldo) * e * o_rows;
+  const uint64_t odims[3] = {a.o_trans ? m : n, o_rows, uint64_t(a.batch)};
+  const uint64_t ostr[2] = {uint64_t(a.ldo) * e, o_bstride};
+  const uint32_t obox[3] = {64, a.o_trans ? uint32_t(BS) : uint32_t(kBM), 1};
+  return tma::EncodeTiled3d(map_o, kBf16, a.out, odims, ostr, obox);
 }
 
 template <typename T, int BS, bool TA, bool TB>
@@ -298,8 +366,8 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   const int64_t pairs = (args.m_tiles + 1) / 2;
   const int64_t items = args.batch * pairs * args.lines;
   if (items == 0) return cudaSuccess;  // an empty output
-  CUtensorMap map_a{}, map_b{};
-  cudaError_t err = EncodeMaps<T, BS, TA, TB>(args, &map_a, &map_b);
+  CUtensorMap map_a{}, map_b{}, map_o{};
+  cudaError_t err = EncodeMaps<T, BS, TA, TB>(args, &map_a, &map_b, &map_o);
   if (err != cudaSuccess) return err;
   const auto kernel = WgtKernel<T, BS, TA, TB>;
   static std::atomic<uint64_t> configured{0};
@@ -320,21 +388,22 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   static std::atomic<int> clusters[64];  // per device
   const int64_t fit = MaxClusters(kernel, cfg, clusters);
   cfg.gridDim = dim3(unsigned(kClusterCtas * (items < fit ? items : fit)));
-  return cudaLaunchKernelEx(&cfg, kernel, args, map_a, map_b, pairs);
+  return cudaLaunchKernelEx(&cfg, kernel, args, map_a, map_b, map_o, pairs);
 }
 
 // Whether this kernel can run `args` here: block size 64 or 128, 16-byte aligned operand
-// rows, an sm_90 device, sm_90a code built, the tensor-map encoder found, coordinates that
-// fit the copies' 32-bit ones, and blocks (a tensor map's extents are non-zero: a layout
-// without blocks runs wgmma_lines.cuh, which stores the zeros).
+// and output rows (the output's too: the TMA store), an sm_90 device, sm_90a code built,
+// the tensor-map encoder found, coordinates that fit the copies' 32-bit ones, and blocks (a
+// tensor map's extents are non-zero: a layout without blocks runs wgmma_lines.cuh, which
+// stores the zeros).
 template <typename T>
 bool TmaUsable(const TcArgs& args, int block_size) {
 #ifndef JBS_WGMMA_BUILT
   return false;
 #endif
   const int64_t kLimit = int64_t(1) << 30;
-  if ((block_size != 64 && block_size != 128) || !args.a_vec || !args.b_vec ||
-      args.nnz <= 0 || args.K <= 0 ||
+  if ((block_size != 64 && block_size != 128) || !args.a_vec || !args.b_vec || !args.o_vec ||
+      args.nnz <= 0 || args.K <= 0 || args.lines * block_size >= kLimit ||
       args.M + 2 * kBM >= kLimit || args.K >= kLimit ||
       int64_t(args.nnz) * block_size >= kLimit || args.batch >= kLimit)
     return false;
