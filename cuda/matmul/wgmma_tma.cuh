@@ -280,7 +280,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (p.o_trans) {  // map_o: [N lines of M] per batch entry; slab j: rows 64 j..
 #pragma unroll
           for (int j = 0; j < C::OT_SLABS; ++j)
-            tma::Store3d(&map_o, int(row0) + 64 * j, col0, g, os_addr + j * (BS * kLine));
+            if (row0 + 64 * j < p.M)  // (a slab wholly past M: nothing to write)
+              tma::Store3d(&map_o, int(row0) + 64 * j, col0, g, os_addr + j * (BS * kLine));
         } else {  // map_o: [M lines of N]; slab j: columns 64 j..
 #pragma unroll
           for (int j = 0; j < C::O_SLABS; ++j)
