@@ -3,12 +3,21 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
 
 #include <cuda_runtime_api.h>
 
 namespace jax_blocksparse {
 
 inline unsigned Clamp(int64_t x, int64_t hi) { return unsigned(x < hi ? x : hi); }
+
+// What a launcher chose at launch time beyond its dispatch-table row (e.g. " sdd-split=4"),
+// for the JAX_BLOCKSPARSE_DEBUG launch line: set by the launcher (only when debugging),
+// taken and cleared by the FFI handler that logs the launch (this thread's).
+inline std::string& LaunchDetail() {
+  static thread_local std::string detail;
+  return detail;
+}
 
 // Raise `kernel`'s dynamic shared-memory limit to `bytes` once per device; `configured` is
 // the caller's static bitmask of devices done (one per kernel). No per-call device query.

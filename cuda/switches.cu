@@ -51,6 +51,7 @@ Switches Read() {
   s.tf32_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA");
   s.group_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA");
   s.tma_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_TMA");
+  s.sdd_split = Flag("JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT");
   return s;
 }
 

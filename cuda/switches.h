@@ -87,8 +87,14 @@
 //   JAX_BLOCKSPARSE_MATMUL_TMA=1 opt-in until timed (issue 20 item 2): dds/dsd at block
 //     sizes 64/128 in bf16/f16 on the persistent warp-specialized Hopper kernel
 //     (matmul/wgmma_tma.cuh: TMA copies, the blocks multicast to the two CTAs of a cluster,
-//     the epilogue overlapped with the next item's copies) instead of wgmma_lines.cuh's
-////   (Python side only: the default bs-16/32 kernel, wgmma_small.cuh, gets the 64-column
+//     the epilogue through TMA stores under the next item's MMAs) instead of
+//     wgmma_lines.cuh's
+//   JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1 opt-in until timed (issue 20 item 2, the weight
+//     gradient): sdd at block sizes 64/128 on wgmma_lines.cuh's kernel in clusters of 2 or
+//     4 CTAs per output block, each over a share of K, their partials summed in rank
+//     order through distributed shared memory, where that is modelled to end sooner
+//     (wg::SddSplits: fewer rounds of resident CTAs)
+//   (Python side only: the default bs-16/32 kernel, wgmma_small.cuh, gets the 64-column
 //     group records and reads its union rows from them; JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0
 //     passes none, and every thread merges the lists itself: 1.1-1.5x slower on the H200)
 #pragma once
@@ -117,6 +123,7 @@ struct Switches {
   bool tf32_wgmma;        // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA: anything but "" or "0"
   bool group_wgmma;       // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA: anything but "" or "0"
   bool tma_wgmma;         // JAX_BLOCKSPARSE_MATMUL_TMA: anything but "" or "0"
+  bool sdd_split;         // JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT: anything but "" or "0"
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

@@ -215,6 +215,34 @@ __device__ __forceinline__ uint32_t ClusterCtaRank() {
 #endif
   return r;
 }
+// The number of CTAs in this CTA's cluster (1 in a launch without clusters).
+__device__ __forceinline__ uint32_t ClusterCtas() {
+  uint32_t n = 1;
+#ifdef JBS_SM90_DEVICE
+  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+#endif
+  return n;
+}
+// The shared::cluster address of shared-memory offset `addr` (a shared::cta address) in
+// cluster CTA `cta` (this CTA's own when `cta` is its rank).
+__device__ __forceinline__ uint32_t ClusterAddr(uint32_t addr, uint32_t cta) {
+  uint32_t remote = addr;
+#ifdef JBS_SM90_DEVICE
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(cta));
+#endif
+  return remote;
+}
+// 16 bytes at shared::cluster address `addr` (ClusterAddr), as four floats.
+__device__ __forceinline__ float4 LoadCluster4(uint32_t addr) {
+  float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#ifdef JBS_SM90_DEVICE
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(addr)
+               : "memory");
+#endif
+  return v;
+}
 // Every thread of every CTA of the cluster (the arrive releases this thread's earlier
 // accesses, the wait acquires the others'): after the mbarriers' initialisation, before a
 // CTA's first remote access; before exit, while a peer may still access this CTA's shared

@@ -3,6 +3,7 @@
 // queries: safe inside CUDA graphs (declared command-buffer compatible).
 #include <string>
 
+#include "../cuda/launch_util.h"  // LaunchDetail
 #include "../cuda/matmul.h"
 #include "debug.h"
 #include "ffi_common.h"
@@ -74,7 +75,10 @@ ffi::Error Run(cudaStream_t stream, const char* op, DType dtype, const Params& p
   }
   LaunchLog log(stream, what);
   const cudaError_t err = launch(run, p, stream);
-  log.Done(run.kernel->name);
+  std::string name = run.kernel->name;
+  name += LaunchDetail();  // what the launcher chose beyond the row (cleared for the next)
+  LaunchDetail().clear();
+  log.Done(name.c_str());
   return CheckLaunch(err, op);
 }
 

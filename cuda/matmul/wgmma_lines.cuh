@@ -25,8 +25,22 @@
 // The epilogue stages the tile in shared memory in the output's orientation and writes
 // every element with coalesced 16-byte stores (zeros for empty lines); no atomics, each
 // output element is summed by one thread in a fixed order (deterministic).
+//
+// SDD mode split over K (JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1, opt-in; issue 20 item 2, the
+// weight gradient at >= 90% of the forward): one output block has K = 8192 of work, the
+// same for every block, so nnz blocks on the resident CTAs run in ceil(nnz / resident)
+// rounds; at bs 128, density 0.1 (410 blocks, 132 resident) the fourth round keeps 14 SMs
+// busy: 3.1 / 4 = 78% of the rounds' time, the measured 79% of the forward's rate. The
+// launcher (SddSplits) may then launch clusters of S = 2 or 4 CTAs per block, CTA r
+// taking K steps [r T / S, (r + 1) T / S); each stores its float32 partial tile in its
+// shared memory, and after a cluster barrier CTA r sums rows [r bs / S, (r + 1) bs / S)
+// of the S partials in rank order 0..S-1 through distributed shared memory (the same
+// additions whichever CTA runs them: deterministic; S depends only on nnz x batch and
+// the device) and stores them; a second cluster barrier keeps each partial until read.
 #pragma once
 
+#include "../switches.h"
+#include "../tma.cuh"
 #include "wgmma_common.cuh"
 
 namespace jax_blocksparse {
@@ -51,6 +65,55 @@ struct Cfg {
   static_assert(STAGES >= 3, "one wgmma group stays in flight: 3 stages at least");
 };
 
+// SDD split over K: this CTA's accumulators (the tile's float32 partial over its K steps)
+// into its shared memory, rows of BS + 8 floats; after a cluster barrier, rows [split
+// BS / splits, (split + 1) BS / splits) of the cluster's `splits` partials summed in rank
+// order, converted and stored into output block `unit` (row stride ldo); a second
+// barrier keeps the partials until every CTA has read them.
+template <typename T, class C>
+__device__ __forceinline__ void SplitEpilogue(const TcArgs& p, int64_t g, int64_t unit,
+                                              const float* acc, unsigned char* smem, int wgi,
+                                              int tid, int split, int splits) {
+  constexpr int BS = C::BS, NT = C::NT, kPitch = BS + 8, kF4 = BS / 4;  // float4s a row
+  static_assert(BS * kPitch * 4 <= C::RING, "the partial tile fits the ring");
+  float* part = reinterpret_cast<float*>(smem);
+  const int lane = tid & 31, w4 = (tid >> 5) & 3;
+  const int rb = wgi * 64 + w4 * 16 + (lane >> 2), cb2 = 2 * (lane & 3);
+#pragma unroll
+  for (int j = 0; j < BS / 8; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)  // 8-byte stores, each half warp on 32 banks
+      *reinterpret_cast<float2*>(part + (rb + 8 * h) * kPitch + 8 * j + cb2) =
+          make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+  tma::ClusterSync();  // every partial written (release / acquire at cluster scope)
+  const uint32_t base = tc::SmemAddr(smem);
+  const int rows = BS / splits;
+  T* out = static_cast<T*>(p.out) + g * p.o_bstride + unit * int64_t(BS * BS);
+  for (int id = tid; id < rows * kF4; id += NT) {
+    const int r = split * rows + id / kF4, c = (id % kF4) * 4;
+    const uint32_t off = base + uint32_t((r * kPitch + c) * 4);
+    float4 v = tma::LoadCluster4(tma::ClusterAddr(off, 0));
+    for (int q = 1; q < splits; ++q) {
+      const float4 w = tma::LoadCluster4(tma::ClusterAddr(off, uint32_t(q)));
+      v.x += w.x;
+      v.y += w.y;
+      v.z += w.z;
+      v.w += w.w;
+    }
+    T* dst = out + r * p.ldo + c;
+    const T o[4] = {tc::FromF<T>(v.x), tc::FromF<T>(v.y), tc::FromF<T>(v.z), tc::FromF<T>(v.w)};
+    if (p.o_vec && sizeof(T) == 2) {
+      *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(o);
+    } else if (p.o_vec) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(o);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) dst[i] = o[i];
+    }
+  }
+  tma::ClusterSync();  // the peers have read this CTA's partial
+}
+
 template <typename T, class C, bool TA, bool TB>
 __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, int64_t mt,
                                      unsigned char* smem) {
@@ -71,11 +134,16 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
 
   int64_t row0, col0;  // first row of the tile in op(A); first column in the output
   int steps, e0 = 0;
+  int s_begin = 0, split = 0, splits = 1;  // SDD: this CTA's K steps, its share of the cluster's
   int64_t rows_left;  // rows of the tile inside the output (DS: masked tail)
   if constexpr (C::SDD) {
     row0 = int64_t(p.coords[2 * unit]) * BS;
     col0 = int64_t(p.coords[2 * unit + 1]) * BS;
-    steps = int((p.K + kStep - 1) / kStep);
+    split = int(tma::ClusterCtaRank());
+    splits = int(tma::ClusterCtas());  // 1 unless SddSplits launched clusters
+    const int64_t total = (p.K + kStep - 1) / kStep;
+    s_begin = int(split * total / splits);
+    steps = int((split + 1) * total / splits) - s_begin;
     rows_left = BM;
   } else {
     const int line = p.order[unit];
@@ -116,7 +184,7 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
   // SDD: copies of K step s, the tail masked (zero filled): along K-major rows by bytes,
   // MN-major rows (k) whole.
   auto issue_sdd = [&](int s) {
-    const int64_t k0 = int64_t(s) * kStep, kl = p.K - k0;  // kl >= 1
+    const int64_t k0 = int64_t(s_begin + s) * kStep, kl = p.K - k0;  // kl >= 1
     const uint32_t st = ring + uint32_t((s % STAGES) * C::STAGE_BYTES);
     auto kbytes = [](int64_t left) {
       return left <= 0 ? 0 : (left < kE ? int(left * sizeof(T)) : 16);
@@ -220,6 +288,12 @@ __device__ __forceinline__ void Tile(const TcArgs& p, int64_t g, int64_t unit, i
   tc::CpAsyncWait<0>();
   __syncthreads();  // the ring is reused below
 
+  if constexpr (C::SDD) {
+    if (splits > 1) {
+      SplitEpilogue<T, C>(p, g, unit, acc, smem, wgi, tid, split, splits);
+      return;
+    }
+  }
   // ---- epilogue: tile -> smem (in the output's orientation) -> global
   T* os = reinterpret_cast<T*>(smem);
   const int o_pitch = p.o_trans ? BM + 8 : BS + 8;
@@ -237,8 +311,10 @@ __global__ void __launch_bounds__(C::NT, C::MINB) WgKernel(const TcArgs p) {
   // x: the line (in `order`, longest first); y: the row tile (consecutive CTAs share it,
   // so the dense operand's panel is read from DRAM about once).
   if constexpr (C::SDD) {
+    // one block per cluster (one CTA unless SddSplits launched clusters along x)
+    const uint32_t splits = tma::ClusterCtas();
     for (int64_t g = blockIdx.z; g < p.batch; g += gridDim.z)
-      for (int64_t e = blockIdx.x; e < p.nnz; e += gridDim.x) {
+      for (int64_t e = blockIdx.x / splits; e < p.nnz; e += gridDim.x / splits) {
         Tile<T, C, TA, TB>(p, g, e, 0, smem);
         __syncthreads();
       }
@@ -262,10 +338,81 @@ using Wg128 = Cfg<128, 4, 4, 1>;
 using Sdd64 = Cfg<64, 1, 4, 3, true>;
 using Sdd128 = Cfg<128, 2, 4, 1, true>;
 
+// SDD split over K (the header's last paragraph): the CTAs per output block, 1, 2 or 4,
+// whose launch is modelled to end first: rounds(S) = ceil(blocks / resident clusters of S
+// CTAs) times a CTA's time, T / S steps of K plus 2 steps' worth for the partials'
+// exchange when S > 1 (64 KB written and read at bs 128, about 2 of T = 128 steps of 64
+// at K 8192: an estimate until measured). The resident clusters are asked once per device.
+template <void (*Kernel)(TcArgs)>
+int SddSplits(int64_t blocks, int64_t k, int threads, int smem) {
+  static std::atomic<int> resident[3][64];  // clusters of 1, 2, 4 CTAs, per device
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 1;
+  const int64_t steps = (k + kLine / 2 - 1) / (kLine / 2);  // 16-bit steps of 64 (tf32: 32)
+  int best = 1;
+  double best_time = 0;
+  for (int i = 0; i < 3; ++i) {
+    const int S = 1 << i;
+    int n = resident[i][dev & 63].load(std::memory_order_acquire);
+    if (n == 0) {
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = unsigned(S);
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = 1;
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3(unsigned(S));
+      cfg.blockDim = dim3(unsigned(threads));
+      cfg.dynamicSmemBytes = size_t(smem);
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      if (cudaOccupancyMaxActiveClusters(&n, Kernel, &cfg) != cudaSuccess || n <= 0) {
+        (void)cudaGetLastError();
+        n = -1;  // not launchable so: never chosen
+      }
+      resident[i][dev & 63].store(n, std::memory_order_release);
+    }
+    if (n < 0) continue;
+    const double rounds = double((blocks + n - 1) / n);
+    const double time = rounds * (double(steps) / S + (S > 1 ? 2.0 : 0.0));
+    if (i == 0 || time < best_time) {
+      best = S;
+      best_time = time;
+    }
+  }
+  return best;
+}
+
 template <typename T, class C, bool TA, bool TB>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
   dim3 grid;
   if constexpr (C::SDD) {
+    if (GetSwitches().sdd_split && args.nnz > 0) {
+      const auto kernel = WgKernel<T, C, TA, TB>;
+      static std::atomic<uint64_t> configured{0};
+      cudaError_t err =
+          AllowDynamicSmem(configured, reinterpret_cast<const void*>(kernel), C::SMEM);
+      if (err != cudaSuccess) return err;
+      const int64_t blocks = args.nnz * (args.batch < 65535 ? args.batch : 65535);
+      const int S = SddSplits<WgKernel<T, C, TA, TB>>(blocks, args.K, C::NT, C::SMEM);
+      if (GetSwitches().debug) LaunchDetail() = " sdd-split=" + std::to_string(S);
+      if (S > 1) {
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = unsigned(S);
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg{};
+        cfg.gridDim = dim3(unsigned(S) * Clamp(args.nnz, 0x7fffffff / S), 1,
+                           Clamp(args.batch, 65535));
+        cfg.blockDim = dim3(unsigned(C::NT));
+        cfg.dynamicSmemBytes = size_t(C::SMEM);
+        cfg.stream = stream;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        return cudaLaunchKernelEx(&cfg, kernel, args);
+      }
+    }
     grid = dim3(Clamp(args.nnz, 0x7fffffff), 1, Clamp(args.batch, 65535));
   } else {
     args.m_tiles = (args.M + C::BM - 1) / C::BM;
