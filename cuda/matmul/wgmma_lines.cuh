@@ -354,7 +354,11 @@ int SddSplits(int64_t blocks, int64_t k, int threads, int smem) {
   for (int i = 0; i < 3; ++i) {
     const int S = 1 << i;
     int n = resident[i][dev & 63].load(std::memory_order_acquire);
-    if (n == 0) {
+    if (n == 0 && S == 1) {  // no cluster: the resident CTAs
+      n = CtasPerWave(reinterpret_cast<const void*>(Kernel), threads, smem);
+      if (n <= 0) return 1;
+      resident[i][dev & 63].store(n, std::memory_order_release);
+    } else if (n == 0) {
       cudaLaunchAttribute attr[1];
       attr[0].id = cudaLaunchAttributeClusterDimension;
       attr[0].val.clusterDim.x = unsigned(S);
