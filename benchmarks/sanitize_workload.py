@@ -100,8 +100,9 @@ def matmul_workload():
         matmul_cases("f32", bs, False, True, precision=jax.lax.Precision.HIGHEST)
         matmul_cases("f32", bs, True, False, precision=jax.lax.Precision.HIGHEST,
                      unaligned=True)
-    for bs in (64, 128):  # K 1000: sdd in clusters over K under JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1
-        matmul_cases("bf16", bs, True, False, m=1000)
+    for bs, m in itertools.product((64, 128), (1000, 160)):  # sdd in clusters over K under
+        matmul_cases("bf16", bs, True, False, m=m)  # JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1 (160:
+        # 3 steps of K, clusters of 4 whose first CTA has none)
     for dtype_name, bs in itertools.product(("bf16", "f16"), (16, 64, 128)):  # a batch axis
         matmul_cases(dtype_name, bs, False, False, batch=2)
         matmul_cases(dtype_name, bs, True, True, batch=2, unaligned=True)

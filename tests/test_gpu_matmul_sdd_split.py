@@ -4,7 +4,8 @@ each output block's K in 2 or 4 shares whose float32 partials are summed in rank
 through distributed shared memory, where `wg::SddSplits` models it to end sooner (few
 blocks against the resident CTAs). Against the float64 reference (values, relative error,
 bitwise equal over two runs: `check`), bf16 and f16, every transposition, a K with a tail
-(1000 = 15 x 64 + 40) and one of 2 steps (77: no split pays), layouts of 1 to about 50
+(1000 = 15 x 64 + 40), one of 3 steps (160: clusters of 4 whose rank 0 has no step) and
+one of 2 (77: no split pays), layouts of 1 to about 50
 blocks (a cluster of 4 or 2 per block), no blocks, batched operands; each case in a fresh
 process whose launch log (JAX_BLOCKSPARSE_DEBUG=1) names the kernel and the split chosen
 (" sdd-split=S"). The weight gradient of dds (sdd of x^T and dy) under the switch too.
@@ -45,7 +46,7 @@ def test_split_every_transposition_and_layout(variant, bs):
     cases = [("sdd", trans, variant, bs, 1000, kind, False) for trans in TRANSPOSES
              for kind in ("sparse", "odd")]
     cases += [("sdd", (True, False), variant, bs, free, kind, False)
-              for kind in LAYOUTS if kind not in ("sparse", "odd") for free in (1000, 77)]
+              for kind in LAYOUTS if kind not in ("sparse", "odd") for free in (1000, 160, 77)]
     for case, kernels in launched(cases, runner=RUNNER, none_ok=lambda c: c[5] == "empty",
                                   **SWITCH).items():
         _, trans, _, _, free, kind, _ = case

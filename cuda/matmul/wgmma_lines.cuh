@@ -39,6 +39,8 @@
 // the device) and stores them; a second cluster barrier keeps each partial until read.
 #pragma once
 
+#include <cstring>  // memcpy
+
 #include "../switches.h"
 #include "../tma.cuh"
 #include "wgmma_common.cuh"
@@ -64,6 +66,24 @@ struct Cfg {
   static_assert(BS == 64 || BS == 128, "block size");
   static_assert(STAGES >= 3, "one wgmma group stays in flight: 3 stages at least");
 };
+
+// Four floats converted to T at `dst` in one vector store (8 bytes for a 16-bit T, 16 for
+// float; `dst` aligned so). Inline PTX: the compiler split a store of a T[4] array.
+template <typename T>
+__device__ __forceinline__ void StoreFour(T* dst, float4 v) {
+  if constexpr (sizeof(T) == 2) {
+    const wg::Pair<T> lo{tc::FromF<T>(v.x), tc::FromF<T>(v.y)};
+    const wg::Pair<T> hi{tc::FromF<T>(v.z), tc::FromF<T>(v.w)};
+    uint32_t a, b;
+    memcpy(&a, &lo, 4);
+    memcpy(&b, &hi, 4);
+    asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(dst), "r"(a), "r"(b) : "memory");
+  } else {
+    asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v.x), "f"(v.y),
+                 "f"(v.z), "f"(v.w)
+                 : "memory");
+  }
+}
 
 // SDD split over K: this CTA's accumulators (the tile's float32 partial over its K steps)
 // into its shared memory, rows of BS + 8 floats; after a cluster barrier, rows [split
@@ -101,14 +121,13 @@ __device__ __forceinline__ void SplitEpilogue(const TcArgs& p, int64_t g, int64_
       v.w += w.w;
     }
     T* dst = out + r * p.ldo + c;
-    const T o[4] = {tc::FromF<T>(v.x), tc::FromF<T>(v.y), tc::FromF<T>(v.z), tc::FromF<T>(v.w)};
-    if (p.o_vec && sizeof(T) == 2) {
-      *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(o);
-    } else if (p.o_vec) {
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(o);
+    if (p.o_vec) {  // one 8-byte (16-bit T) or 16-byte (float) store
+      StoreFour(dst, v);
     } else {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) dst[i] = o[i];
+      dst[0] = tc::FromF<T>(v.x);
+      dst[1] = tc::FromF<T>(v.y);
+      dst[2] = tc::FromF<T>(v.z);
+      dst[3] = tc::FromF<T>(v.w);
     }
   }
   tma::ClusterSync();  // the peers have read this CTA's partial
@@ -344,11 +363,11 @@ using Sdd128 = Cfg<128, 2, 4, 1, true>;
 // exchange when S > 1 (64 KB written and read at bs 128, about 2 of T = 128 steps of 64
 // at K 8192: an estimate until measured). The resident clusters are asked once per device.
 template <void (*Kernel)(TcArgs)>
-int SddSplits(int64_t blocks, int64_t k, int threads, int smem) {
+int SddSplits(int64_t blocks, int64_t k, int k_step, int threads, int smem) {
   static std::atomic<int> resident[3][64];  // clusters of 1, 2, 4 CTAs, per device
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return 1;
-  const int64_t steps = (k + kLine / 2 - 1) / (kLine / 2);  // 16-bit steps of 64 (tf32: 32)
+  const int64_t steps = (k + k_step - 1) / k_step;  // the kernel's K steps (one 128-byte line)
   int best = 1;
   double best_time = 0;
   for (int i = 0; i < 3; ++i) {
@@ -372,11 +391,10 @@ int SddSplits(int64_t blocks, int64_t k, int threads, int smem) {
       cfg.numAttrs = 1;
       if (cudaOccupancyMaxActiveClusters(&n, Kernel, &cfg) != cudaSuccess || n <= 0) {
         (void)cudaGetLastError();
-        n = -1;  // not launchable so: never chosen
+        continue;  // not chosen this call (asked again next call: the error may be another's)
       }
       resident[i][dev & 63].store(n, std::memory_order_release);
     }
-    if (n < 0) continue;
     const double rounds = double((blocks + n - 1) / n);
     const double time = rounds * (double(steps) / S + (S > 1 ? 2.0 : 0.0));
     if (i == 0 || time < best_time) {
@@ -398,7 +416,8 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
           AllowDynamicSmem(configured, reinterpret_cast<const void*>(kernel), C::SMEM);
       if (err != cudaSuccess) return err;
       const int64_t blocks = args.nnz * (args.batch < 65535 ? args.batch : 65535);
-      const int S = SddSplits<WgKernel<T, C, TA, TB>>(blocks, args.K, C::NT, C::SMEM);
+      const int S = SddSplits<WgKernel<T, C, TA, TB>>(blocks, args.K, kLine / int(sizeof(T)),
+                                                      C::NT, C::SMEM);
       if (GetSwitches().debug) LaunchDetail() = " sdd-split=" + std::to_string(S);
       if (S > 1) {
         cudaLaunchAttribute attr[1];
@@ -414,7 +433,9 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
         cfg.stream = stream;
         cfg.attrs = attr;
         cfg.numAttrs = 1;
-        return cudaLaunchKernelEx(&cfg, kernel, args);
+        const cudaError_t launched = cudaLaunchKernelEx(&cfg, kernel, args);
+        const cudaError_t last = cudaGetLastError();  // as LaunchTile: nothing left pending
+        return launched != cudaSuccess ? launched : last;
       }
     }
     grid = dim3(Clamp(args.nnz, 0x7fffffff), 1, Clamp(args.batch, 65535));
