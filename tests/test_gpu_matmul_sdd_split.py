@@ -88,3 +88,18 @@ def test_split_weight_gradient_and_batch(bs):
             assert all(split_of(k) in (1, 2, 4) for k in sdd), (case, sdd)
         if hopper() and case[5] == "odd":  # at most 20 blocks (x 3): clusters of 2 or 4
             assert all(split_of(k) in (2, 4) for k in sdd), (case, sdd)
+
+
+@pytest.mark.parametrize("bs", (64, 128))
+def test_split_tf32(bs):
+    """float32 at default precision on TF32 wgmma (JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1; its
+    steps are 32 of K) split the same way: values against float64 at TF32's tolerance."""
+    cases = [("sdd", trans, "f32", bs, free, kind, False) for trans in ((True, False),
+                                                                        (False, True))
+             for kind in ("odd", "sparse") for free in (1000, 160)]
+    for case, kernels in launched(cases, runner=RUNNER, JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA="1",
+                                  **SWITCH).items():
+        if hopper():
+            assert all("tf32" in k and split_of(k) in (1, 2, 4) for k in kernels), (case, kernels)
+            if case[5] == "odd":
+                assert all(split_of(k) in (2, 4) for k in kernels), (case, kernels)
