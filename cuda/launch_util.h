@@ -33,6 +33,28 @@ inline cudaError_t AllowDynamicSmem(std::atomic<uint64_t>& configured, const voi
   return err;
 }
 
+// A launch of `grid` CTAs of `threads`, `smem` dynamic bytes, on `stream`, in clusters of
+// `cluster` CTAs along x (cudaLaunchKernelEx(&launch.cfg, ...); also the configuration of
+// cudaOccupancyMaxActiveClusters). Not copyable: cfg points at attr.
+struct ClusterLaunch {
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg{};
+  ClusterLaunch(dim3 grid, int threads, int smem, unsigned cluster, cudaStream_t stream) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(unsigned(threads));
+    cfg.dynamicSmemBytes = size_t(smem);
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
+
 // A device attribute of the current device, asked once per device (0 when unknown).
 template <cudaDeviceAttr kAttribute>
 inline int CachedDeviceAttribute() {

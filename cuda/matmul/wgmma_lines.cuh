@@ -378,18 +378,8 @@ int SddSplits(int64_t blocks, int64_t k, int k_step, int threads, int smem) {
       if (n <= 0) return 1;
       resident[i][dev & 63].store(n, std::memory_order_release);
     } else if (n == 0) {
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeClusterDimension;
-      attr[0].val.clusterDim.x = unsigned(S);
-      attr[0].val.clusterDim.y = 1;
-      attr[0].val.clusterDim.z = 1;
-      cudaLaunchConfig_t cfg{};
-      cfg.gridDim = dim3(unsigned(S));
-      cfg.blockDim = dim3(unsigned(threads));
-      cfg.dynamicSmemBytes = size_t(smem);
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
-      if (cudaOccupancyMaxActiveClusters(&n, Kernel, &cfg) != cudaSuccess || n <= 0) {
+      const ClusterLaunch one(dim3(unsigned(S)), threads, smem, unsigned(S), nullptr);
+      if (cudaOccupancyMaxActiveClusters(&n, Kernel, &one.cfg) != cudaSuccess || n <= 0) {
         (void)cudaGetLastError();
         continue;  // not chosen this call (asked again next call: the error may be another's)
       }
@@ -420,20 +410,10 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
                                                       C::NT, C::SMEM);
       if (GetSwitches().debug) LaunchDetail() = " sdd-split=" + std::to_string(S);
       if (S > 1) {
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeClusterDimension;
-        attr[0].val.clusterDim.x = unsigned(S);
-        attr[0].val.clusterDim.y = 1;
-        attr[0].val.clusterDim.z = 1;
-        cudaLaunchConfig_t cfg{};
-        cfg.gridDim = dim3(unsigned(S) * Clamp(args.nnz, 0x7fffffff / S), 1,
-                           Clamp(args.batch, 65535));
-        cfg.blockDim = dim3(unsigned(C::NT));
-        cfg.dynamicSmemBytes = size_t(C::SMEM);
-        cfg.stream = stream;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        const cudaError_t launched = cudaLaunchKernelEx(&cfg, kernel, args);
+        const ClusterLaunch launch(
+            dim3(unsigned(S) * Clamp(args.nnz, 0x7fffffff / S), 1, Clamp(args.batch, 65535)),
+            C::NT, C::SMEM, unsigned(S), stream);
+        const cudaError_t launched = cudaLaunchKernelEx(&launch.cfg, kernel, args);
         const cudaError_t last = cudaGetLastError();  // as LaunchTile: nothing left pending
         return launched != cudaSuccess ? launched : last;
       }

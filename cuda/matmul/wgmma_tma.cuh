@@ -374,22 +374,12 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   static std::atomic<uint64_t> configured{0};
   err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kernel), C::SMEM);
   if (err != cudaSuccess) return err;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kClusterCtas;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = C::SMEM;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  cfg.gridDim = dim3(kClusterCtas);  // for the occupancy query
+  // one cluster for the occupancy query, then as many as fit (at most one per item)
+  ClusterLaunch launch(dim3(kClusterCtas), kThreads, C::SMEM, kClusterCtas, stream);
   static std::atomic<int> clusters[64];  // per device
-  const int64_t fit = MaxClusters(kernel, cfg, clusters);
-  cfg.gridDim = dim3(unsigned(kClusterCtas * (items < fit ? items : fit)));
-  return cudaLaunchKernelEx(&cfg, kernel, args, map_a, map_b, map_o, pairs);
+  const int64_t fit = MaxClusters(kernel, launch.cfg, clusters);
+  launch.cfg.gridDim = dim3(unsigned(kClusterCtas * (items < fit ? items : fit)));
+  return cudaLaunchKernelEx(&launch.cfg, kernel, args, map_a, map_b, map_o, pairs);
 }
 
 // Whether this kernel can run `args` here: block size 64 or 128, 16-byte aligned operand
