@@ -84,12 +84,14 @@
 //     blocks; =128: 128 columns, two CTAs per SM) instead of wgmma_small.cuh's; the Python
 //     side reads it too and passes the
 //     layout's group records (_cuda._group_columns), which that kernel needs
-//   JAX_BLOCKSPARSE_MATMUL_TMA=1 opt-in until timed (issue 20 item 2): dds/dsd at block
+//   JAX_BLOCKSPARSE_MATMUL_TMA=1 opt-in (issue 20 item 2; H100: 1.20x the default at bs 64,
+//     0.78x at bs 128, RESULTS 2026-12-06; the sanitizer not yet run): dds/dsd at block
 //     sizes 64/128 in bf16/f16 on the persistent warp-specialized Hopper kernel
 //     (matmul/wgmma_tma.cuh: TMA copies, the blocks multicast to the two CTAs of a cluster,
 //     the epilogue through TMA stores under the next item's MMAs) instead of
 //     wgmma_lines.cuh's
-//   JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1 opt-in until timed (issue 20 item 2, the weight
+//   JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1 opt-in (H100: dW within noise at bs 128, 0.94x at
+//     bs 64, RESULTS 2026-12-06; issue 20 item 2, the weight
 //     gradient): sdd at block sizes 64/128 on wgmma_lines.cuh's kernel in clusters of 2 or
 //     4 CTAs per output block, each over a share of K, their partials summed in rank
 //     order through distributed shared memory, where that is modelled to end sooner
