@@ -157,7 +157,8 @@ def sm90_backward() -> bool:
     dispatch decides: an sm_90a device and a backward variant of their rows, 2, 3 or 4
     (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT, else `SM90_BACKWARD_DEFAULT`). Those kernels also
     take segment ids, lists per batch entry, partial last tiles and q_offset (variant 4
-    leaves partial last tiles and tile bits to the default variant: `onepass_backward`),
+    leaves partial last tiles and tile bits to `SM90_BACKWARD_BEYOND_ONEPASS`:
+    `onepass_backward`),
     at the head dims and block
     sizes of their rows (`fused_attention_unsupported`; the others run the FA2 backward)."""
     families = _families()
