@@ -75,10 +75,11 @@ ffi::Error Run(cudaStream_t stream, const char* op, DType dtype, const Params& p
   }
   LaunchLog log(stream, what);
   const cudaError_t err = launch(run, p, stream);
-  std::string name = run.kernel->name;
-  name += LaunchDetail();  // what the launcher chose beyond the row (cleared for the next)
-  LaunchDetail().clear();
-  log.Done(name.c_str());
+  if (DebugLevel()) {  // (the launchers set LaunchDetail only then: no string per launch)
+    const std::string name = run.kernel->name + LaunchDetail();  // what the launcher chose
+    LaunchDetail().clear();
+    log.Done(name.c_str());
+  }
   return CheckLaunch(err, op);
 }
 
