@@ -50,7 +50,10 @@ Switches Read() {
   s.sdd_runs = OnUnlessZero("JAX_BLOCKSPARSE_MATMUL_SDD_RUNS");
   s.tf32_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA");
   s.group_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA");
-  s.tma_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_TMA");
+  const char* tma = std::getenv("JAX_BLOCKSPARSE_MATMUL_TMA");
+  s.tma_wgmma_max_bs = tma == nullptr || *tma == '\0'    ? 64
+                       : std::strcmp(tma, "0") == 0 ? 0
+                                                    : 128;
   s.sdd_split = Flag("JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT");
   return s;
 }

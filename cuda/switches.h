@@ -84,12 +84,13 @@
 //     blocks; =128: 128 columns, two CTAs per SM) instead of wgmma_small.cuh's; the Python
 //     side reads it too and passes the
 //     layout's group records (_cuda._group_columns), which that kernel needs
-//   JAX_BLOCKSPARSE_MATMUL_TMA=1 opt-in (issue 20 item 2; H100: 1.20x the default at bs 64,
-//     0.78x at bs 128, RESULTS 2026-12-06; the sanitizer not yet run): dds/dsd at block
-//     sizes 64/128 in bf16/f16 on the persistent warp-specialized Hopper kernel
-//     (matmul/wgmma_tma.cuh: TMA copies, the blocks multicast to the two CTAs of a cluster,
-//     the epilogue through TMA stores under the next item's MMAs) instead of
-//     wgmma_lines.cuh's
+//   JAX_BLOCKSPARSE_MATMUL_TMA (issue 20 item 2; H100: 1.20-1.26x wgmma_lines.cuh at bs 64,
+//     0.78-0.83x at bs 128, RESULTS 2026-12-06; memcheck, racecheck and synccheck clean):
+//     dds/dsd in bf16/f16 with 16-byte aligned output rows on the persistent
+//     warp-specialized Hopper kernel (matmul/wgmma_tma.cuh: TMA copies, the blocks
+//     multicast to the two CTAs of a cluster, the epilogue through TMA stores under the next
+//     item's MMAs) instead of wgmma_lines.cuh's: at block size 64 by default, at 64 and 128
+//     under =1, at neither under =0
 //   JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1 opt-in (H100: dW within noise at bs 128, 0.94x at
 //     bs 64, RESULTS 2026-12-06; issue 20 item 2, the weight
 //     gradient): sdd at block sizes 64/128 on wgmma_lines.cuh's kernel in clusters of 2 or
@@ -124,7 +125,8 @@ struct Switches {
   bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "0" (unset: on)
   bool tf32_wgmma;        // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA: anything but "" or "0"
   bool group_wgmma;       // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA: anything but "" or "0"
-  bool tma_wgmma;         // JAX_BLOCKSPARSE_MATMUL_TMA: anything but "" or "0"
+  int tma_wgmma_max_bs;   // JAX_BLOCKSPARSE_MATMUL_TMA: the largest block size the TMA
+                          // kernel runs: 64 when unset or "", 0 for "0", 128 otherwise
   bool sdd_split;         // JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT: anything but "" or "0"
 };
 

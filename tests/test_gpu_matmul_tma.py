@@ -1,5 +1,5 @@
 """The persistent TMA kernel of dds/dsd at block sizes 64 and 128 (cuda/matmul/wgmma_tma.cuh,
-opt-in: JAX_BLOCKSPARSE_MATMUL_TMA=1; clusters of two CTAs multicasting the blocks, the
+the default at 64, at 128 too under JAX_BLOCKSPARSE_MATMUL_TMA=1, at neither under =0; clusters of two CTAs multicasting the blocks, the
 output stored by TMA from a swizzled staging tile), through
 the checks of tests/test_gpu_matmul_small_wgmma.py: the float64 reference by relative error
 (values and, on aligned sizes, both gradients), bf16 and f16, every transposition, free sizes
@@ -99,6 +99,15 @@ def run_batched(cases):
         mark_case(repr(cases[i]))
         check(op, trans, variant, many_lines_layout(bs), np.random.default_rng(i), free,
               lead=(3,), shared=shared, platform=jax.devices()[0].platform)
+
+
+@pytest.mark.parametrize("setting, tma_sizes", ((None, (64,)), ("0", ()), ("1", (64, 128))))
+def test_switch_picks_the_block_sizes(setting, tma_sizes):
+    """Unset: block size 64 alone; "0": neither; "1": both."""
+    env = {} if setting is None else {"JAX_BLOCKSPARSE_MATMUL_TMA": setting}
+    cases = [(op, (False, False), "bf16", bs, ALIGNED[op]) for op in OPS for bs in (64, 128)]
+    for case, kernels in launched(cases, **env).items():
+        expect(kernels, case, small.hopper() and case[3] in tma_sizes)
 
 
 def test_no_wgmma_overrides_the_switch():

@@ -8,8 +8,9 @@
 // sizes 16/32 the grouped-lines wgmma kernel (wgmma_small.cuh;
 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off alone), or under
 // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 (opt-in) the per-line-accumulator wgmma kernel
-// (wgmma_group.cuh) where the call carries its group records; dds/dsd at 64/128 under
-// JAX_BLOCKSPARSE_MATMUL_TMA=1 (opt-in) the persistent TMA kernel (wgmma_tma.cuh).
+// (wgmma_group.cuh) where the call carries its group records; dds/dsd with 16-byte aligned
+// output rows at block size 64 (both under JAX_BLOCKSPARSE_MATMUL_TMA=1, neither under =0) the persistent
+// TMA kernel (wgmma_tma.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -83,8 +84,8 @@ using tc::TcArgs;
 #define JBS_WGS_ROW(DT, T, BS, C, TA, TB)                                             \
   {DT, BS, MatmulPath::kWgmmaSmall, 0, TA, TB, "wgmma-small(128x64)",                 \
    wgs::Run<T, wgs::C, TA != 0, TB != 0>, wgs::SmallUsable<T>}
-// DS mode at bs 64/128 on the persistent TMA kernel, clusters of two (opt-in:
-// JAX_BLOCKSPARSE_MATMUL_TMA=1).
+// DS mode at bs 64/128 on the persistent TMA kernel, clusters of two (bs 64 by default,
+// 128 too under JAX_BLOCKSPARSE_MATMUL_TMA=1; see PathOn).
 #define JBS_WGT_ROW(DT, T, BS, TA, TB)                                                \
   {DT, BS, MatmulPath::kWgmmaTma, 0, TA, TB, "wgmma-tma(256x" #BS ", cluster 2)",     \
    wgt::Run<T, BS, TA != 0, TB != 0>, wgt::TmaUsable<T>}
@@ -159,14 +160,14 @@ const MatmulKernel kMatmulKernels[] = {
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
 // (they then win: their rows come first); the wgmma kernels unless switched off, the small
-// one unless switched off alone, the grouped one and the tf32 one when switched on;
-// mma.sync always.
-bool PathOn(MatmulPath path, const Switches& sw, bool exact) {
+// one unless switched off alone, the TMA one up to its block size, the grouped one and the
+// tf32 one when switched on; mma.sync always.
+bool PathOn(MatmulPath path, int block_size, const Switches& sw, bool exact) {
   switch (path) {
     case MatmulPath::kSimple: return exact || sw.simple_kernels;
     case MatmulPath::kWgmmaGroup: return sw.group_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmmaSmall: return sw.small_wgmma && !sw.no_wgmma;
-    case MatmulPath::kWgmmaTma: return sw.tma_wgmma && !sw.no_wgmma;
+    case MatmulPath::kWgmmaTma: return block_size <= sw.tma_wgmma_max_bs && !sw.no_wgmma;
     case MatmulPath::kWgmma: return !sw.no_wgmma;
     case MatmulPath::kWgmmaTf32: return sw.tf32_wgmma && !sw.no_wgmma && !exact;
     case MatmulPath::kMmaSyncRuns: return sw.sdd_runs;
@@ -293,14 +294,14 @@ MatmulLaunch Select(DType dtype, const Params& p) {
   if (!Listed(dtype, bs)) return run;
   const Switches& sw = GetSwitches();
   const bool exact = dtype == DType::kF32 && p.full_fp32;
-  if (!PathOn(MatmulPath::kSimple, sw, exact) && Empty(p)) {
+  if (!PathOn(MatmulPath::kSimple, bs, sw, exact) && Empty(p)) {
     run.kernel = &kNothing;
     return run;
   }
   run.args = Aligned(dtype, Args(p));
   for (const MatmulKernel& k : kMatmulKernels)
     if (k.dtype == dtype && k.block_size == bs && Serves(k, run.args) &&
-        PathOn(k.path, sw, exact) && (k.usable == nullptr || k.usable(run.args, bs))) {
+        PathOn(k.path, bs, sw, exact) && (k.usable == nullptr || k.usable(run.args, bs))) {
       run.kernel = &k;
       return run;
     }

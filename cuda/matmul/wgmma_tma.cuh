@@ -1,9 +1,9 @@
 // Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose; tc_tile.cuh
 // has the mapping) at block sizes 64 / 128, 16-bit types: persistent, warp-specialized, its
 // operands brought by the bulk tensor copy engine (TMA), the blocks multicast to the two
-// CTAs of a cluster (issue 20, item 2). Opt-in: JAX_BLOCKSPARSE_MATMUL_TMA=1 (on an H100,
-// RESULTS 2026-12-06: 1.20x wgmma_lines.cuh, the default, at bs 64, 0.78x at bs 128; the
-// sanitizer has not run on it yet).
+// CTAs of a cluster (issue 20, item 2). The default at bs 64; at bs 128 opt-in:
+// JAX_BLOCKSPARSE_MATMUL_TMA=1 (=0: neither). On an H100 (RESULTS 2026-12-06) 1.20-1.26x
+// wgmma_lines.cuh at bs 64, 0.78-0.83x at bs 128; memcheck, racecheck, synccheck clean.
 //
 // Work: an item is (batch entry g, pair of 256-row tiles, line u in `order`, longest first).
 // The two CTAs of a cluster take the same items (cluster c: items c, c + clusters, ...),
