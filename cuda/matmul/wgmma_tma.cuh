@@ -22,18 +22,21 @@
 // consumers (setmaxnreg 232), warpgroup c rows [128 c, 128 c + 128) of the tile as two
 // m64nBSk16 wgmmas per 16 of K, float32 accumulators in registers, one wgmma group in
 // flight (a stage is released, locally and to the peer, once the group after it has been
-// issued and it has completed). Epilogue: the consumers stage the tile in shared memory of
-// its own, in the swizzled line layout (slabs of 64 output columns), and one thread hands
-// it to a TMA store, which runs on while the consumers start the next item's MMAs (the
-// ring kept filling with its operands meanwhile); before staging the next tile that thread
-// waits until the store has read the buffer. Every output element is written once
-// (deterministic); an empty line stores zeros. A row tile past M (the second of an odd
-// last pair) loads zeros (TMA fills out-of-bounds boxes) and stores nothing, as the store
-// drops rows past M.
+// issued and it has completed). Epilogue: the two consumer warpgroups take turns with one
+// buffer of shared memory that holds one warpgroup's 128 rows (so the ring keeps a fourth
+// stage at bs 128): warpgroup c stages its rows in the swizzled line layout (slabs of 64
+// output columns), its first thread hands them to a TMA store and waits until the store
+// has read them, and the warpgroup then signals the other (named barrier kBarFree + the
+// other's index, arrive / sync), which stages next; warpgroup 0 waits for warpgroup 1's
+// signal before staging the next item's rows. Meanwhile the stores run on under the next
+// item's MMAs, and the ring keeps filling with its operands. Every output element is
+// written once (deterministic); an empty line stores zeros. A row tile past M (the second
+// of an odd last pair) loads zeros (TMA fills out-of-bounds boxes) and stores nothing, as
+// the store drops rows past M.
 //
 // Shared memory (1024-aligned): the ring (STAGES x (A: 256 lines, B: bs lines of the
-// swizzled line layout of ../wgmma.cuh), the epilogue's tile, the mbarriers. bs 128: 3
-// stages, 208 KB; bs 64: 4 stages, 193 KB.
+// swizzled line layout of ../wgmma.cuh), the epilogue's buffer, the mbarriers. bs 128: 4
+// stages, 225 KB; bs 64: 4 stages, 177 KB.
 #pragma once
 
 #include "../launch_util.h"
@@ -52,28 +55,32 @@ constexpr int kBM = 256;               // rows of a tile (128 per consumer warpg
 constexpr int kBK = 64;                // K per step: one 128-byte line of 16-bit elements
 constexpr int kClusterCtas = 2;        // row tiles 2 pair, 2 pair + 1
 constexpr int kEmptyArrivals = 8 * kClusterCtas;  // consumer warps of the cluster
-constexpr int kBarEpilogue = 1;        // named barrier of the consumers
+constexpr int kBarFree = 1;            // named barriers 1, 2: the buffer free for warpgroup 0, 1
+constexpr int kBarStaged = 3;          // named barriers 3, 4: warpgroup 0's, 1's rows staged
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 
 template <int BS>
 struct Cfg {
   static_assert(BS == 64 || BS == 128, "block size");
-  static constexpr int STAGES = BS == 128 ? 3 : 4;
+  static constexpr int STAGES = 4;
   static constexpr int A_BYTES = kBM * kLine;  // 256 lines
   static constexpr int B_BYTES = BS * kLine;   // bs lines (K-major) or bs / 64 slabs of 64
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   static constexpr int RING = STAGES * STAGE_BYTES;
-  // the staged tile, 2-byte elements in swizzled lines: BS / 64 slabs of kBM lines (output
-  // rows) of 64 columns, or, stored transposed (dsd), kBM / 64 slabs of BS lines of 64 rows
-  static constexpr int EPI = 2 * kBM * BS;
-  static constexpr int O_SLABS = BS / 64, OT_SLABS = kBM / 64;
+  // one warpgroup's staged rows, 2-byte elements in swizzled lines: BS / 64 slabs of
+  // EPI_ROWS lines (output rows) of 64 columns, or, stored transposed (dsd), EPI_ROWS / 64
+  // slabs of BS lines of 64 rows
+  static constexpr int EPI_ROWS = kBM / 2;
+  static constexpr int EPI = 2 * EPI_ROWS * BS;
+  static constexpr int O_SLABS = BS / 64, OT_SLABS = EPI_ROWS / 64;
   static constexpr int BARS = RING + EPI;            // full[STAGES], empty[STAGES]
   static constexpr int SMEM = BARS + 16 * STAGES + 1024;  // + 1024-byte alignment
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 
-// Consumer thread `ct`'s accumulators of row group `rg` (64 rows: tile rows [64 rg, 64 rg +
-// 64)) into the staged tile at `os` (Cfg::EPI above), converted to T. Each warp's stores
+// Consumer thread `ct`'s accumulators of row group `rg` of its warpgroup (64 rows: the
+// warpgroup's rows [64 rg, 64 rg + 64)) into the staged rows at `os` (Cfg::EPI above),
+// converted to T. Each warp's stores
 // fall on 32 distinct banks (the swizzle spreads its 8 rows, or its 4 column pairs, over
 // the chunks of a line). The byte offsets are a per-thread part and a per-step constant
 // in disjoint bits (line, 16-byte chunk, byte in the chunk), so each store's address is
@@ -105,7 +112,7 @@ __device__ __forceinline__ void StageTile(const float* acc, unsigned char* os, b
     for (int j = 0; j < BS / 8; ++j)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int off = ((t0 + 1024 * h) ^ ((j % 8) << 4)) + (j / 8) * (kBM * kLine);
+        const int off = ((t0 + 1024 * h) ^ ((j % 8) << 4)) + (j / 8) * (Cfg<BS>::EPI_ROWS * kLine);
         *reinterpret_cast<wg::Pair<T>*>(os + off) =
             wg::Pair<T>{tc::FromF<T>(acc[4 * j + 2 * h]), tc::FromF<T>(acc[4 * j + 2 * h + 1])};
       }
@@ -269,29 +276,34 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       if (steps > 0) release((it - 1) % STAGES);
 
-      // ---- epilogue: the tile -> shared memory (the output's orientation) -> TMA store
-      if (ct == 0) tma::StoreWaitRead();  // the last item's store has read the buffer
-      tma::NamedBarrier(kBarEpilogue, kConsumerThreads);
-      StageTile<T, BS>(acc0, os, p.o_trans, 2 * cw, ct);
-      StageTile<T, BS>(acc1, os, p.o_trans, 2 * cw + 1, ct);
-      tma::FenceProxyAsync();  // the staged tile before the async proxy reads it
-      tma::NamedBarrier(kBarEpilogue, kConsumerThreads);
-      if (ct == 0 && row0 < p.M) {
+      // ---- epilogue: this warpgroup's rows -> shared memory (the output's orientation) ->
+      // TMA store, the warpgroups in turn (warpgroup 0 first; see the top of the file)
+      const bool first = w == cluster, last = w + clusters >= items;
+      if (cw == 1 || !first) tma::NamedBarrier(kBarFree + cw, kConsumerThreads);
+      StageTile<T, BS>(acc0, os, p.o_trans, 0, ct);
+      StageTile<T, BS>(acc1, os, p.o_trans, 1, ct);
+      tma::FenceProxyAsync();  // the staged rows before the async proxy reads them
+      tma::NamedBarrier(kBarStaged + cw, 128);
+      const int64_t rows0 = row0 + C::EPI_ROWS * cw;  // this warpgroup's first row
+      if (ct % 128 == 0) {
         const int col0 = item.line * BS, g = int(item.g);
         if (p.o_trans) {  // map_o: [N lines of M] per batch entry; slab j: rows 64 j..
 #pragma unroll
           for (int j = 0; j < C::OT_SLABS; ++j)
-            if (row0 + 64 * j < p.M)  // (a slab wholly past M: nothing to write)
-              tma::Store3d(&map_o, int(row0) + 64 * j, col0, g, os_addr + j * (BS * kLine));
-        } else {  // map_o: [M lines of N]; slab j: columns 64 j..
+            if (rows0 + 64 * j < p.M)  // (a slab wholly past M: nothing to write)
+              tma::Store3d(&map_o, int(rows0) + 64 * j, col0, g, os_addr + j * (BS * kLine));
+        } else if (rows0 < p.M) {  // map_o: [M lines of N]; slab j: columns 64 j..
 #pragma unroll
           for (int j = 0; j < C::O_SLABS; ++j)
-            tma::Store3d(&map_o, col0 + 64 * j, int(row0), g, os_addr + j * (kBM * kLine));
+            tma::Store3d(&map_o, col0 + 64 * j, int(rows0), g,
+                         os_addr + j * (C::EPI_ROWS * kLine));
         }
         tma::StoreCommit();
+        tma::StoreWaitRead();  // the buffer read: the other warpgroup may stage
       }
+      __syncwarp();
+      if (cw == 0 || !last) tma::NamedArrive(kBarFree + (cw ^ 1), kConsumerThreads);
     }
-    if (ct == 0) tma::StoreWaitRead();  // the shared memory stays until the last store read it
   }
   __syncwarp();        // warp 0 reconverged (its thread 0 was the producer)
   tma::ClusterSync();  // no CTA leaves while its peer may still write into its ring
@@ -323,8 +335,8 @@ int MaxClusters(Kernel kernel, cudaLaunchConfig_t cfg, std::atomic<int> (&value)
 // K-major), each with the batch as the third dimension (extent 1 for an operand shared by
 // the batch), and their boxes: A 64 x 256 (K-major) or 64 x 64 (M-major, one slab), B one
 // CTA's half of a step; and the output's (M rows of N = lines x bs, or N rows of M when
-// stored transposed) with the batch third, its box one slab of the staged tile (64
-// columns x 256 rows, or 64 rows x bs of N).
+// stored transposed) with the batch third, its box one slab of a warpgroup's staged rows
+// (64 columns x 128 rows, or 64 rows x bs of N).
 template <typename T, int BS, bool TA, bool TB>
 cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b,
                        CUtensorMap* map_o) {
@@ -357,7 +369,7 @@ cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b,
       a.batch > 1 ? uint64_t(a.o_bstride) * e : uint64_t(a.ldo) * e * o_rows;
   const uint64_t odims[3] = {a.o_trans ? m : n, o_rows, uint64_t(a.batch)};
   const uint64_t ostr[2] = {uint64_t(a.ldo) * e, o_bstride};
-  const uint32_t obox[3] = {64, a.o_trans ? uint32_t(BS) : uint32_t(kBM), 1};
+  const uint32_t obox[3] = {64, a.o_trans ? uint32_t(BS) : uint32_t(Cfg<BS>::EPI_ROWS), 1};
   return tma::EncodeTiled3d(map_o, kBf16, a.out, odims, ostr, obox);
 }
 
