@@ -8,6 +8,7 @@
 #    matmul_tf32: float32 (and bf16) at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA 0 and 1;
 #    matmul_tma: bf16 at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TMA 0 and 1 (MATMUL_ARGS: more);
 #    matmul_sdd_split: the same under JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT 0 and 1 (dW: the sdd);
+#    matmul_sdd_tma: bf16 at bs 64 under JAX_BLOCKSPARSE_MATMUL_SDD_TMA 0 and 1 (dW: the sdd);
 #    matmul_profile: Nsight Compute on the bs-64 wgmma matmul at density 0.02;
 #    attention_bwd_profile: the same on the Hopper backward's kernels, causal layout;
 #    attention_softcap_profile: the same on the Hopper forward without and with a soft cap;
@@ -66,6 +67,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=128 matmul"
               "JAX_BLOCKSPARSE_MATMUL_TMA=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1 matmul"
+              "JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 matmul"
               "JAX_BLOCKSPARSE_DECODE_PACKED=0 decode"
               "JAX_BLOCKSPARSE_DECODE_PACKED=64 decode" "JAX_BLOCKSPARSE_DECODE_PACKED=128 decode"
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=1 attention"
@@ -227,6 +229,9 @@ for stage in "$@"; do
     matmul_sdd_split) matmul_ab JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT --dtypes bfloat16 \
                         --block-sizes 64,128 ${MATMUL_ARGS:-} 2>&1 \
                         | tee "$out/matmul_sdd_split.log" ;;
+    matmul_sdd_tma) matmul_ab JAX_BLOCKSPARSE_MATMUL_SDD_TMA --dtypes bfloat16 \
+                        --block-sizes 64,128 ${MATMUL_ARGS:-} 2>&1 \
+                        | tee "$out/matmul_sdd_tma.log" ;;
     matmul_full) python3 "$repo/benchmarks/matmul.py" --full --reps 4 2>&1 \
                    | tee "$out/matmul_full.log" ;;
     attention_full) python3 "$repo/benchmarks/attention.py" --full 2>&1 \

@@ -81,7 +81,8 @@ struct TcArgs {
   void* out;
   int64_t ldo, o_bstride;
   bool o_trans, o_vec;
-  int64_t M;       // DS: size of the dense output dimension (masked tail)
+  int64_t M;       // DS: size of the dense output dimension (masked tail); SDD: op(A)'s m
+  int64_t N;       // SDD: op(B)'s n (the TMA kernel's tensor maps); DS: unused
   int64_t K;       // contracted size (SDD: masked tail; DS: the TMA kernel's tensor maps)
   int64_t m_tiles; // DS: ceil(M / BM)
   int64_t lines;   // DS: number of lines
@@ -117,6 +118,9 @@ enum class MatmulPath {
   kWgmmaTf32,  // float32 at default precision read as tf32, the kWgmma conditions, K-major
                // operands (the Python lowering passes them so), block sizes 64/128; opt-in:
                // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1
+  kWgmmaSddTma,  // SDD at bs 64, bf16/f16, the kWgmmaTma conditions (the output's rows too),
+                 // block-row runs of up to 4 blocks per pass; opt-in:
+                 // JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1
   kMmaSyncRuns,  // SDD at bs 16/32, several blocks of one block row per CTA (mma.sync, sm_80+),
                  // unless JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0
   kMmaSync,  // tensor cores (TF32 for float32), sm_80+: what runs when nothing above does

@@ -55,6 +55,7 @@ Switches Read() {
                        : std::strcmp(tma, "0") == 0 ? 0
                                                     : 128;
   s.sdd_split = Flag("JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT");
+  s.sdd_tma = Flag("JAX_BLOCKSPARSE_MATMUL_SDD_TMA");
   return s;
 }
 

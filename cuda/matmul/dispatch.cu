@@ -9,8 +9,9 @@
 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off alone), or under
 // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 (opt-in) the per-line-accumulator wgmma kernel
 // (wgmma_group.cuh) where the call carries its group records; dds/dsd with 16-byte aligned
-// output rows at block size 64 (both under JAX_BLOCKSPARSE_MATMUL_TMA=1, neither under =0) the persistent
-// TMA kernel (wgmma_tma.cuh).
+// output rows at block size 64 (both under JAX_BLOCKSPARSE_MATMUL_TMA=1, neither under =0)
+// the persistent TMA kernel (wgmma_tma.cuh), and sdd at 64 under
+// JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 (opt-in) its block-row-runs kernel (wgmma_sdd_tma.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -20,6 +21,7 @@
 #include "wgmma_group.cuh"
 #include "wgmma_lines.cuh"
 #include "wgmma_small.cuh"
+#include "wgmma_sdd_tma.cuh"
 #include "wgmma_tma.cuh"
 
 namespace jax_blocksparse {
@@ -47,6 +49,10 @@ namespace wgt {
 JBS_WGT_LAUNCHERS(extern template, __half)
 JBS_WGT_LAUNCHERS(extern template, __nv_bfloat16)
 }  // namespace wgt
+namespace wgr {
+JBS_WGR_LAUNCHERS(extern template, __half)
+JBS_WGR_LAUNCHERS(extern template, __nv_bfloat16)
+}  // namespace wgr
 
 namespace {
 
@@ -93,6 +99,14 @@ using tc::TcArgs;
   JBS_WGT_ROW(DT, T, BS, 0, 0), JBS_WGT_ROW(DT, T, BS, 0, 1),           \
       JBS_WGT_ROW(DT, T, BS, 1, 0), JBS_WGT_ROW(DT, T, BS, 1, 1)
 #define JBS_WGT_ROWS(DT, T) JBS_WGT_TRANS_ROWS(DT, T, 64), JBS_WGT_TRANS_ROWS(DT, T, 128)
+// SDD mode at bs 64 on the persistent TMA kernel, runs of a block row (opt-in:
+// JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1).
+#define JBS_WGR_ROW(DT, T, TA, TB)                                                    \
+  {DT, 64, MatmulPath::kWgmmaSddTma, 1, TA, TB, "wgmma-tma sdd(runs of 4)",            \
+   wgr::Run<T, TA != 0, TB != 0>, wgr::SddTmaUsable<T>}
+#define JBS_WGR_ROWS(DT, T)                                        \
+  JBS_WGR_ROW(DT, T, 0, 0), JBS_WGR_ROW(DT, T, 0, 1), JBS_WGR_ROW(DT, T, 1, 0), \
+      JBS_WGR_ROW(DT, T, 1, 1)
 // SDD at bs 16/32 in runs of one block row (unless JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0).
 #define JBS_SDD_RUNS_ROWS(DT, T, NAME)                                                     \
   {DT, 16, MatmulPath::kMmaSyncRuns, 1, -1, -1, NAME, tc::Run<T, tc::SddRuns16>, nullptr}, \
@@ -130,6 +144,8 @@ const MatmulKernel kMatmulKernels[] = {
     JBS_WGS_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_WGT_ROWS(DType::kF16, __half),
     JBS_WGT_ROWS(DType::kBF16, __nv_bfloat16),
+    JBS_WGR_ROWS(DType::kF16, __half),
+    JBS_WGR_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_WG_ROWS(DType::kF16, __half),
     JBS_WG_ROWS(DType::kBF16, __nv_bfloat16),
     JBS_SDD_RUNS_ROWS(DType::kF16, __half, "mma.sync(block-row runs)"),
@@ -157,17 +173,20 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WGT_ROW
 #undef JBS_WGT_TRANS_ROWS
 #undef JBS_WGT_ROWS
+#undef JBS_WGR_ROW
+#undef JBS_WGR_ROWS
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
 // (they then win: their rows come first); the wgmma kernels unless switched off, the small
-// one unless switched off alone, the TMA one up to its block size, the grouped one and the
-// tf32 one when switched on; mma.sync always.
+// one unless switched off alone, the TMA one up to its block size, the grouped one, the
+// SDD TMA one and the tf32 one when switched on; mma.sync always.
 bool PathOn(MatmulPath path, int block_size, const Switches& sw, bool exact) {
   switch (path) {
     case MatmulPath::kSimple: return exact || sw.simple_kernels;
     case MatmulPath::kWgmmaGroup: return sw.group_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmmaSmall: return sw.small_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmmaTma: return block_size <= sw.tma_wgmma_max_bs && !sw.no_wgmma;
+    case MatmulPath::kWgmmaSddTma: return sw.sdd_tma && !sw.no_wgmma;
     case MatmulPath::kWgmma: return !sw.no_wgmma;
     case MatmulPath::kWgmmaTf32: return sw.tf32_wgmma && !sw.no_wgmma && !exact;
     case MatmulPath::kMmaSyncRuns: return sw.sdd_runs;
@@ -230,6 +249,8 @@ TcArgs Args(const SddParams& p) {
   t.o_bstride = int64_t(p.nnz) * bs * bs;
   t.o_trans = false;
   t.K = p.k;
+  t.M = p.m;
+  t.N = p.n;
   t.coords = p.coords;
   t.nnz = p.nnz;
   t.batch = p.batch;
@@ -319,6 +340,7 @@ cudaError_t Launch(const MatmulLaunch& run, const Params& p, cudaStream_t stream
     case MatmulPath::kMmaSyncRuns:
     case MatmulPath::kWgmma:
     case MatmulPath::kWgmmaTma:
+    case MatmulPath::kWgmmaSddTma:
     case MatmulPath::kWgmmaTf32:
     case MatmulPath::kWgmmaSmall:
     case MatmulPath::kWgmmaGroup: return k.launch(run.args, stream);

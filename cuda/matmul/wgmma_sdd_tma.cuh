@@ -1,0 +1,290 @@
+// Hopper (sm_90a) kernel of the SDD-mode op (sdd: the weight gradient's product) at block
+// size 64, 16-bit types: persistent, warp-specialized, TMA copies, runs of blocks that share
+// a block row (issue 20, item 2: dW at >= 90% of the forward's rate). Opt-in:
+// JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 (written 2026-12-06, not yet run on a GPU).
+//
+// Why: one 64 x 64 output block per CTA (wgmma_lines.cuh's Sdd64, the default) reads a
+// 64-row panel of op(A) and a 64-column panel of op(B) per block: 2 / bs = 1/32 byte per
+// useful FLOP, 7.75 TB/s into the SMs at the 248 TFLOP/s it ran on an H100 (RESULTS
+// 2026-12-06, second session; the forward, 1/64 + 1/512, ran 361). Here a CTA takes up to
+// kRun = 4 consecutive blocks of the sorted layout and reads the A panel once per run of
+// them in one block row: (1 + L) / (L bs) bytes per FLOP for a run of L (0.0195 at L 4).
+//
+// Work: an item is (batch entry g, chunk u of kRun sorted entries); a chunk that crosses a
+// block row's end runs as one pass per row (tc::Runs). The producer (warpgroup 0's thread
+// 0; setmaxnreg 40) walks each pass's K steps (64 of K each; TMA zero-fills the tail) into a
+// kStages-deep ring: per step the A tile (64 rows x 64 k) and one B tile (64 k x 64 n) per
+// block of the pass; full[s] counts the bytes, empty[s] the 8 consumer warps. Consumer
+// warpgroup c (setmaxnreg 232) computes the pass's blocks 2c and 2c + 1 (those that exist)
+// with one m64n64k16 wgmma each per 16 of K, one wgmma group in flight (a stage is released
+// once the group after it has been issued and it has completed). Epilogue: each warpgroup
+// stages its blocks in its own 16 KB of shared memory (swizzled lines, wgt::StageTile) and
+// its first thread stores them by TMA through the output's tensor map ([nnz * 64 rows of
+// 64] per batch entry), which runs on under the next pass's MMAs; before staging again that
+// thread waits until the stores have read the buffer. Each output element is written once
+// (deterministic).
+//
+// Shared memory (1024-aligned): the ring (kStages x 5 tiles of 8 KB), the two warpgroups'
+// staging buffers, the mbarriers: 193 KB, one CTA per SM.
+#pragma once
+
+#include "wgmma_tma.cuh"  // wgt::StageTile, the TMA and mbarrier helpers
+
+namespace jax_blocksparse {
+namespace wgr {
+
+using tc::TcArgs;
+using wg::kLine;
+
+constexpr int kBS = 64;                        // block size
+constexpr int kBK = 64;                        // K per step: one 128-byte line
+constexpr int kRun = 4;                        // sorted entries per chunk (item)
+constexpr int kThreads = 384;                  // producer warpgroup + 2 consumer warpgroups
+constexpr int kStages = 4;
+constexpr int kTile = kBS * kLine;             // a 64 x 64 tile of 16-bit elements: 8 KB
+constexpr int kStageBytes = (1 + kRun) * kTile;  // the A tile and kRun B tiles
+constexpr int kRing = kStages * kStageBytes;
+constexpr int kStaging = 2 * kTile;            // per consumer warpgroup: its two blocks
+constexpr int kBars = kRing + 2 * kStaging;    // full[kStages], empty[kStages]
+constexpr int kSmem = kBars + 16 * kStages + 1024;  // + 1024-byte alignment
+constexpr int kEmptyArrivals = 8;              // consumer warps
+constexpr int kBarStaged = 1;                  // named barriers 1, 2: warpgroup 0's, 1's
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+static_assert(kSmem <= 227 * 1024, "shared memory");
+
+template <typename T, bool TA, bool TB>
+__global__ void __launch_bounds__(kThreads, 1)
+    SddTmaKernel(const __grid_constant__ TcArgs p, const __grid_constant__ CUtensorMap map_a,
+                 const __grid_constant__ CUtensorMap map_b,
+                 const __grid_constant__ CUtensorMap map_o, int64_t chunks) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr bool kAMn = TA;   // op(A) stored [K, m]: M-major (imm-trans-a = 1)
+  constexpr bool kBMn = !TB;  // op(B) stored [K, n]: N-major (imm-trans-b = 1)
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const uint32_t raw = tc::SmemAddr(smem_raw);
+  const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
+  unsigned char* smem = smem_raw + pad;
+  const uint32_t ring = raw + pad;
+  auto full = [&](int s) { return ring + kBars + 8u * s; };
+  auto empty = [&](int s) { return ring + kBars + 8u * (kStages + s); };
+
+  const int tid = threadIdx.x;
+  const int64_t items = p.batch * chunks;
+  const int steps = int((p.K + kBK - 1) / kBK);
+
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) {
+      tma::MbarInit(full(s), 1);
+      tma::MbarInit(empty(s), kEmptyArrivals);
+    }
+    tma::FenceMbarInit();
+  }
+  __syncthreads();
+
+  if (tid < 128) {
+    // ------------------------------------------------------------- producer (TMA)
+    tma::RegDealloc<kProducerRegs>();
+    if (tid == 0) {
+      tma::PrefetchMap(&map_a);
+      tma::PrefetchMap(&map_b);
+      int it = 0;
+      for (int64_t w = blockIdx.x; w < items; w += gridDim.x) {
+        const int64_t g = w / chunks;
+        const int ga = p.a_bstride != 0 ? int(g) : 0, gb = p.b_bstride != 0 ? int(g) : 0;
+        tc::Runs<kRun>(p, w % chunks, [&](int64_t e0, int64_t n) {
+          const int row = __ldg(p.coords + 2 * e0) * kBS;  // the pass's rows of op(A)
+          int col[kRun];                                    // its blocks' columns of op(B)
+#pragma unroll
+          for (int i = 0; i < kRun; ++i)
+            col[i] = i < n ? __ldg(p.coords + 2 * (e0 + i) + 1) * kBS : 0;
+          for (int s = 0; s < steps; ++s, ++it) {
+            const int st = it % kStages, k = s * kBK;
+            tma::MbarWait(empty(st), ((it / kStages) & 1) ^ 1);
+            tma::MbarArriveExpectTx(full(st), uint32_t((1 + n) * kTile));
+            const uint32_t sa = ring + uint32_t(st * kStageBytes);
+            if constexpr (kAMn) tma::Load3d(sa, &map_a, row, k, ga, full(st));  // 64 k lines
+            else tma::Load3d(sa, &map_a, k, row, ga, full(st));                 // 64 rows
+#pragma unroll
+            for (int i = 0; i < kRun; ++i) {
+              if (i >= n) break;
+              const uint32_t sb = sa + uint32_t((1 + i) * kTile);
+              if constexpr (kBMn) tma::Load3d(sb, &map_b, col[i], k, gb, full(st));  // k lines
+              else tma::Load3d(sb, &map_b, k, col[i], gb, full(st));                 // n lines
+            }
+          }
+        });
+      }
+    }
+  } else {
+    // ------------------------------------------------------------- consumers
+    tma::RegAlloc<kConsumerRegs>();
+    // the warpgroup index made warp-uniform (the descriptors' math in uniform registers)
+    const int ct = tid - 128, cw = __shfl_sync(0xffffffffu, ct / 128, 0), lane = tid & 31;
+    constexpr uint32_t kSbo = 1024;
+    constexpr uint32_t kALbo = kAMn ? kBK * kLine : 16, kBLbo = kBMn ? kBK * kLine : 16;
+    constexpr uint32_t kAkk = kAMn ? 16 * kLine : 32, kBkk = kBMn ? 16 * kLine : 32;
+    const uint64_t da = wg::Desc(ring, kALbo, kSbo);
+    const uint64_t db0 = wg::Desc(ring + uint32_t((1 + 2 * cw) * kTile), kBLbo, kSbo);
+    const uint64_t db1 = db0 + uint64_t(kTile >> 4);
+    auto release = [&](int st) {
+      __syncwarp();
+      if (lane == 0) tma::MbarArrive(empty(st));
+    };
+    unsigned char* os = smem + kRing + cw * kStaging;
+    const uint32_t os_addr = ring + uint32_t(kRing + cw * kStaging);
+    const bool issuer = ct % 128 == 0;
+    if (issuer) tma::PrefetchMap(&map_o);
+
+    int it = 0;
+    for (int64_t w = blockIdx.x; w < items; w += gridDim.x) {
+      const int g = int(w / chunks);
+      tc::Runs<kRun>(p, w % chunks, [&](int64_t e0, int64_t n) {
+        const int mine = int(n) - 2 * cw;  // this warpgroup's blocks: <= 0, 1, or >= 2
+        float acc0[kBS / 2], acc1[kBS / 2];
+#pragma unroll
+        for (int i = 0; i < kBS / 2; ++i) acc0[i] = acc1[i] = 0.f;
+        for (int s = 0; s < steps; ++s, ++it) {
+          const int st = it % kStages;
+          tma::MbarWait(full(st), (it / kStages) & 1);
+          const uint64_t so = uint64_t((st * kStageBytes) >> 4);
+#pragma unroll
+          for (int i = 0; i < kBS / 2; ++i) {
+            wg::FenceOperand(acc0[i]);
+            wg::FenceOperand(acc1[i]);
+          }
+          wg::Fence();
+          if (mine > 1) {  // (one straight sequence per branch: no fences between wgmmas)
+#pragma unroll
+            for (int kk = 0; kk < kBK / 16; ++kk) {
+              const uint64_t a = da + so + ((kk * kAkk) >> 4), b = so + ((kk * kBkk) >> 4);
+              wg::Mma<T, kBS, kAMn ? 1 : 0, kBMn ? 1 : 0>(acc0, a, db0 + b);
+              wg::Mma<T, kBS, kAMn ? 1 : 0, kBMn ? 1 : 0>(acc1, a, db1 + b);
+            }
+          } else if (mine == 1) {
+#pragma unroll
+            for (int kk = 0; kk < kBK / 16; ++kk)
+              wg::Mma<T, kBS, kAMn ? 1 : 0, kBMn ? 1 : 0>(
+                  acc0, da + so + ((kk * kAkk) >> 4), db0 + so + ((kk * kBkk) >> 4));
+          }
+          wg::Commit();
+          wg::Wait<1>();  // the previous step's group is done: its stage goes back
+#pragma unroll
+          for (int i = 0; i < kBS / 2; ++i) {
+            wg::FenceOperand(acc0[i]);
+            wg::FenceOperand(acc1[i]);
+          }
+          if (s > 0) release((it - 1) % kStages);
+        }
+        wg::Wait<0>();
+#pragma unroll
+        for (int i = 0; i < kBS / 2; ++i) {
+          wg::FenceOperand(acc0[i]);
+          wg::FenceOperand(acc1[i]);
+        }
+        if (steps > 0) release((it - 1) % kStages);
+
+        // ---- epilogue: this warpgroup's blocks -> its staging buffer -> TMA stores
+        if (mine > 0) {
+          if (issuer) tma::StoreWaitRead();  // its last stores have read the buffer
+          tma::NamedBarrier(kBarStaged + cw, 128);
+          wgt::StageTile<T, kBS>(acc0, os, false, 0, ct);
+          if (mine > 1) wgt::StageTile<T, kBS>(acc1, os, false, 1, ct);
+          tma::FenceProxyAsync();  // the staged blocks before the async proxy reads them
+          tma::NamedBarrier(kBarStaged + cw, 128);
+          if (issuer) {
+            const int64_t first = e0 + 2 * cw;  // this warpgroup's first entry
+            tma::Store3d(&map_o, 0, int(first * kBS), g, os_addr);
+            if (mine > 1) tma::Store3d(&map_o, 0, int((first + 1) * kBS), g, os_addr + kTile);
+            tma::StoreCommit();
+          }
+        }
+      });
+    }
+    if (issuer) tma::StoreWaitRead();  // the shared memory stays until the last store read it
+  }
+#else
+  __trap();  // built without sm_90a code: SddTmaUsable() never lets this run
+#endif
+}
+
+// The tensor maps of op(A) (stored [m, K] or, TA, [K, m]), op(B) (stored [K, n] or, TB,
+// [n, K]) and the output ([nnz * 64 rows of 64] per batch entry), each with the batch as the
+// third dimension (extent 1 for an operand shared by the batch); every box 64 x 64.
+template <typename T, bool TA, bool TB>
+cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b,
+                       CUtensorMap* map_o) {
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  const uint64_t e = 2;
+  const uint32_t box[3] = {64, 64, 1};
+  const uint64_t a_rows = TA ? uint64_t(a.K) : uint64_t(a.M);
+  const uint64_t a_cols = TA ? uint64_t(a.M) : uint64_t(a.K);
+  const uint64_t a_batch = a.a_bstride != 0 ? uint64_t(a.batch) : 1;
+  const uint64_t a_bstride = a.a_bstride != 0 ? uint64_t(a.a_bstride) * e
+                                               : uint64_t(a.lda) * e * a_rows;
+  const uint64_t adims[3] = {a_cols, a_rows, a_batch};
+  const uint64_t astr[2] = {uint64_t(a.lda) * e, a_bstride};
+  cudaError_t err = tma::EncodeTiled3d(map_a, kBf16, a.a, adims, astr, box);
+  if (err != cudaSuccess) return err;
+  const uint64_t b_rows = TB ? uint64_t(a.N) : uint64_t(a.K);
+  const uint64_t b_cols = TB ? uint64_t(a.K) : uint64_t(a.N);
+  const uint64_t b_batch = a.b_bstride != 0 ? uint64_t(a.batch) : 1;
+  const uint64_t b_bstride = a.b_bstride != 0 ? uint64_t(a.b_bstride) * e
+                                               : uint64_t(a.ldb) * e * b_rows;
+  const uint64_t bdims[3] = {b_cols, b_rows, b_batch};
+  const uint64_t bstr[2] = {uint64_t(a.ldb) * e, b_bstride};
+  err = tma::EncodeTiled3d(map_b, kBf16, a.b, bdims, bstr, box);
+  if (err != cudaSuccess) return err;
+  const uint64_t odims[3] = {uint64_t(kBS), uint64_t(a.nnz) * kBS, uint64_t(a.batch)};
+  const uint64_t ostr[2] = {uint64_t(a.ldo) * e, uint64_t(a.o_bstride) * e};
+  return tma::EncodeTiled3d(map_o, kBf16, a.out, odims, ostr, box);
+}
+
+template <typename T, bool TA, bool TB>
+cudaError_t Run(TcArgs args, cudaStream_t stream) {
+  const int64_t chunks = (args.nnz + kRun - 1) / kRun;
+  const int64_t items = args.batch * chunks;
+  if (items == 0) return cudaSuccess;  // an empty output
+  CUtensorMap map_a{}, map_b{}, map_o{};
+  cudaError_t err = EncodeMaps<T, TA, TB>(args, &map_a, &map_b, &map_o);
+  if (err != cudaSuccess) return err;
+  const auto kernel = SddTmaKernel<T, TA, TB>;
+  static std::atomic<uint64_t> configured{0};
+  err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kernel), kSmem);
+  if (err != cudaSuccess) return err;
+  const int64_t sms = MultiProcessors() > 0 ? MultiProcessors() : 1;  // one CTA per SM
+  kernel<<<unsigned(items < sms ? items : sms), kThreads, kSmem, stream>>>(args, map_a, map_b,
+                                                                          map_o, chunks);
+  return cudaGetLastError();
+}
+
+// Whether this kernel can run `args` here: block size 64, 16-byte aligned operand and output
+// rows, an sm_90 device, sm_90a code built, the tensor-map encoder found, blocks and a
+// contracted size (a tensor map's extents are non-zero), and coordinates that fit the
+// copies' 32-bit ones.
+template <typename T>
+bool SddTmaUsable(const TcArgs& args, int block_size) {
+#ifndef JBS_WGMMA_BUILT
+  return false;
+#endif
+  const int64_t kLimit = int64_t(1) << 30;
+  if (block_size != kBS || !args.a_vec || !args.b_vec || !args.o_vec || args.nnz <= 0 ||
+      args.K <= 0 || args.M <= 0 || args.N <= 0 || args.K >= kLimit || args.M >= kLimit ||
+      args.N >= kLimit || int64_t(args.nnz) * kBS >= kLimit || args.batch >= kLimit)
+    return false;
+  static std::atomic<uint8_t> state[64];  // per device: 0 unknown, 1 usable, 2 not
+  return UsableAsSm90(state, reinterpret_cast<const void*>(SddTmaKernel<T, false, false>),
+                      tma::GetEncodeTiled() != nullptr);
+}
+
+// The launchers (one per transposition) and the check the dispatch table (dispatch.cu)
+// names: declared `extern template` there, instantiated in wgmma_sdd_tma_<dtype>.cu.
+#define JBS_WGR_LAUNCHERS(PREFIX, T)                                \
+  PREFIX cudaError_t Run<T, false, false>(TcArgs, cudaStream_t);    \
+  PREFIX cudaError_t Run<T, false, true>(TcArgs, cudaStream_t);     \
+  PREFIX cudaError_t Run<T, true, false>(TcArgs, cudaStream_t);     \
+  PREFIX cudaError_t Run<T, true, true>(TcArgs, cudaStream_t);      \
+  PREFIX bool SddTmaUsable<T>(const TcArgs&, int);
+
+}  // namespace wgr
+}  // namespace jax_blocksparse
