@@ -334,6 +334,20 @@ inline cudaError_t EncodeTiled3d(CUtensorMap* map, bool bf16, const void* base,
   return EncodeTiled<3>(map, bf16, base, dims, strides, box);
 }
 
+// The 3-d map (EncodeTiled) of a batch of row-major matrices of 16-bit elements, each
+// `rows` x `cols` with leading dimension `ld` and batch stride `bstride` (in elements; 0: one
+// matrix shared by the batch, the third extent 1), box `box_cols` x `box_rows`.
+inline cudaError_t EncodeMatrices(CUtensorMap* map, bool bf16, const void* base, int64_t rows,
+                                  int64_t cols, int64_t ld, int64_t bstride, int64_t batch,
+                                  uint32_t box_cols, uint32_t box_rows) {
+  const uint64_t e = 2;
+  const uint64_t dims[3] = {uint64_t(cols), uint64_t(rows), bstride != 0 ? uint64_t(batch) : 1};
+  const uint64_t strides[2] = {uint64_t(ld) * e, bstride != 0 ? uint64_t(bstride) * e
+                                                              : uint64_t(ld) * e * uint64_t(rows)};
+  const uint32_t box[3] = {box_cols, box_rows, 1};
+  return EncodeTiled3d(map, bf16, base, dims, strides, box);
+}
+
 // 1-d bulk copy global -> shared (16-byte multiple, 16-byte aligned), completing on `bar`.
 __device__ __forceinline__ void LoadBulk(uint32_t dst, const void* src, uint32_t bytes,
                                          uint32_t bar) {

@@ -63,6 +63,12 @@ __device__ __forceinline__ void FenceProxyAsync() {
 // Keeps the compiler from moving accesses of an accumulator register across wgmma
 // fences/waits (the asm statements above do not name the registers).
 __device__ __forceinline__ void FenceOperand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+// The same on every register of an accumulator.
+template <int N>
+__device__ __forceinline__ void FenceAcc(float (&x)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) FenceOperand(x[i]);
+}
 
 // ---- The wgmma atoms. Each (kind, shape, dtype) is one line at the end of this section; the
 // macros below write its asm statement: the accumulator registers ("%0".."%N-1" in the

@@ -49,12 +49,7 @@ __device__ __forceinline__ void PackA(uint32_t (&f)[4][4], const float (&x)[32])
     for (int i = 0; i < 4; ++i) f[kk][i] = Ops<T>::Pack(x[8 * kk + 2 * i], x[8 * kk + 2 * i + 1]);
 }
 
-// wgmma operand fences on every register of an accumulator
-template <int N>
-__device__ __forceinline__ void FenceAcc(float (&x)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) wg::FenceOperand(x[i]);
-}
+using wg::FenceAcc;  // wgmma operand fences on every register of an accumulator
 
 }  // namespace slabs
 }  // namespace attn

@@ -148,11 +148,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int st = it % kStages;
           tma::MbarWait(full(st), (it / kStages) & 1);
           const uint64_t so = uint64_t((st * kStageBytes) >> 4);
-#pragma unroll
-          for (int i = 0; i < kBS / 2; ++i) {
-            wg::FenceOperand(acc0[i]);
-            wg::FenceOperand(acc1[i]);
-          }
+          wg::FenceAcc(acc0);
+          wg::FenceAcc(acc1);
           wg::Fence();
           if (mine > 1) {  // (one straight sequence per branch: no fences between wgmmas)
 #pragma unroll
@@ -169,19 +166,13 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
           wg::Commit();
           wg::Wait<1>();  // the previous step's group is done: its stage goes back
-#pragma unroll
-          for (int i = 0; i < kBS / 2; ++i) {
-            wg::FenceOperand(acc0[i]);
-            wg::FenceOperand(acc1[i]);
-          }
+          wg::FenceAcc(acc0);
+          wg::FenceAcc(acc1);
           if (s > 0) release((it - 1) % kStages);
         }
         wg::Wait<0>();
-#pragma unroll
-        for (int i = 0; i < kBS / 2; ++i) {
-          wg::FenceOperand(acc0[i]);
-          wg::FenceOperand(acc1[i]);
-        }
+        wg::FenceAcc(acc0);
+        wg::FenceAcc(acc1);
         if (steps > 0) release((it - 1) % kStages);
 
         // ---- epilogue: this warpgroup's blocks -> its staging buffer -> TMA stores
@@ -215,29 +206,14 @@ template <typename T, bool TA, bool TB>
 cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b,
                        CUtensorMap* map_o) {
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
-  const uint64_t e = 2;
-  const uint32_t box[3] = {64, 64, 1};
-  const uint64_t a_rows = TA ? uint64_t(a.K) : uint64_t(a.M);
-  const uint64_t a_cols = TA ? uint64_t(a.M) : uint64_t(a.K);
-  const uint64_t a_batch = a.a_bstride != 0 ? uint64_t(a.batch) : 1;
-  const uint64_t a_bstride = a.a_bstride != 0 ? uint64_t(a.a_bstride) * e
-                                               : uint64_t(a.lda) * e * a_rows;
-  const uint64_t adims[3] = {a_cols, a_rows, a_batch};
-  const uint64_t astr[2] = {uint64_t(a.lda) * e, a_bstride};
-  cudaError_t err = tma::EncodeTiled3d(map_a, kBf16, a.a, adims, astr, box);
+  cudaError_t err = tma::EncodeMatrices(map_a, kBf16, a.a, TA ? a.K : a.M, TA ? a.M : a.K, a.lda,
+                                        a.a_bstride, a.batch, 64, 64);
   if (err != cudaSuccess) return err;
-  const uint64_t b_rows = TB ? uint64_t(a.N) : uint64_t(a.K);
-  const uint64_t b_cols = TB ? uint64_t(a.K) : uint64_t(a.N);
-  const uint64_t b_batch = a.b_bstride != 0 ? uint64_t(a.batch) : 1;
-  const uint64_t b_bstride = a.b_bstride != 0 ? uint64_t(a.b_bstride) * e
-                                               : uint64_t(a.ldb) * e * b_rows;
-  const uint64_t bdims[3] = {b_cols, b_rows, b_batch};
-  const uint64_t bstr[2] = {uint64_t(a.ldb) * e, b_bstride};
-  err = tma::EncodeTiled3d(map_b, kBf16, a.b, bdims, bstr, box);
+  err = tma::EncodeMatrices(map_b, kBf16, a.b, TB ? a.N : a.K, TB ? a.K : a.N, a.ldb,
+                            a.b_bstride, a.batch, 64, 64);
   if (err != cudaSuccess) return err;
-  const uint64_t odims[3] = {uint64_t(kBS), uint64_t(a.nnz) * kBS, uint64_t(a.batch)};
-  const uint64_t ostr[2] = {uint64_t(a.ldo) * e, uint64_t(a.o_bstride) * e};
-  return tma::EncodeTiled3d(map_o, kBf16, a.out, odims, ostr, box);
+  return tma::EncodeMatrices(map_o, kBf16, a.out, a.nnz * kBS, kBS, a.ldo, a.o_bstride, a.batch,
+                             64, 64);
 }
 
 template <typename T, bool TA, bool TB>

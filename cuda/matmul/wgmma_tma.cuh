@@ -247,11 +247,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int st = it % STAGES;
         tma::MbarWait(full(st), (it / STAGES) & 1);
         const uint64_t so = uint64_t((st * C::STAGE_BYTES) >> 4);
-#pragma unroll
-        for (int i = 0; i < BS / 2; ++i) {
-          wg::FenceOperand(acc0[i]);
-          wg::FenceOperand(acc1[i]);
-        }
+        wg::FenceAcc(acc0);
+        wg::FenceAcc(acc1);
         wg::Fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
@@ -261,19 +258,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         wg::Commit();
         wg::Wait<1>();  // the previous step's group is done: its stage goes back
-#pragma unroll
-        for (int i = 0; i < BS / 2; ++i) {
-          wg::FenceOperand(acc0[i]);
-          wg::FenceOperand(acc1[i]);
-        }
+        wg::FenceAcc(acc0);
+        wg::FenceAcc(acc1);
         if (s > 0) release((it - 1) % STAGES);
       }
       wg::Wait<0>();
-#pragma unroll
-      for (int i = 0; i < BS / 2; ++i) {
-        wg::FenceOperand(acc0[i]);
-        wg::FenceOperand(acc1[i]);
-      }
+      wg::FenceAcc(acc0);
+      wg::FenceAcc(acc1);
       if (steps > 0) release((it - 1) % STAGES);
 
       // ---- epilogue: this warpgroup's rows -> shared memory (the output's orientation) ->
@@ -341,36 +332,18 @@ template <typename T, int BS, bool TA, bool TB>
 cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b,
                        CUtensorMap* map_o) {
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
-  const uint64_t e = 2;
-  const uint64_t a_rows = TA ? uint64_t(a.K) : uint64_t(a.M);
-  const uint64_t a_cols = TA ? uint64_t(a.M) : uint64_t(a.K);
-  const uint64_t a_batch = a.a_bstride != 0 ? uint64_t(a.batch) : 1;
-  const uint64_t a_bstride = a.a_bstride != 0 ? uint64_t(a.a_bstride) * e
-                                               : uint64_t(a.lda) * e * a_rows;
-  const uint64_t adims[3] = {a_cols, a_rows, a_batch};
-  const uint64_t astr[2] = {uint64_t(a.lda) * e, a_bstride};
-  const uint32_t abox[3] = {64, TA ? 64u : uint32_t(kBM), 1};
-  cudaError_t err = tma::EncodeTiled3d(map_a, kBf16, a.a, adims, astr, abox);
+  cudaError_t err = tma::EncodeMatrices(map_a, kBf16, a.a, TA ? a.K : a.M, TA ? a.M : a.K, a.lda,
+                                        a.a_bstride, a.batch, 64, TA ? 64u : uint32_t(kBM));
   if (err != cudaSuccess) return err;
-  const uint64_t b_rows = uint64_t(a.nnz) * BS;
-  const uint64_t b_batch = a.b_bstride != 0 ? uint64_t(a.batch) : 1;
-  const uint64_t b_bstride =
-      a.b_bstride != 0 ? uint64_t(a.b_bstride) * e : uint64_t(BS) * e * b_rows;
-  const uint64_t bdims[3] = {uint64_t(BS), b_rows, b_batch};
-  const uint64_t bstr[2] = {uint64_t(BS) * e, b_bstride};
   // N-major: bs 128 one 64-column slab of the step's 64 k rows, bs 64 half its k rows;
   // K-major: half the block's n rows, 64 k each
-  const uint32_t bbox[3] = {64, !TB ? (BS == 128 ? 64u : 32u) : uint32_t(BS / 2), 1};
-  err = tma::EncodeTiled3d(map_b, kBf16, a.b, bdims, bstr, bbox);
+  err = tma::EncodeMatrices(map_b, kBf16, a.b, a.nnz * BS, BS, BS, a.b_bstride, a.batch, 64,
+                            !TB ? (BS == 128 ? 64u : 32u) : uint32_t(BS / 2));
   if (err != cudaSuccess) return err;
-  const uint64_t n = uint64_t(a.lines) * BS, m = uint64_t(a.M);
-  const uint64_t o_rows = a.o_trans ? n : m;
-  const uint64_t o_bstride =
-      a.batch > 1 ? uint64_t(a.o_bstride) * e : uint64_t(a.ldo) * e * o_rows;
-  const uint64_t odims[3] = {a.o_trans ? m : n, o_rows, uint64_t(a.batch)};
-  const uint64_t ostr[2] = {uint64_t(a.ldo) * e, o_bstride};
-  const uint32_t obox[3] = {64, a.o_trans ? uint32_t(BS) : uint32_t(Cfg<BS>::EPI_ROWS), 1};
-  return tma::EncodeTiled3d(map_o, kBf16, a.out, odims, ostr, obox);
+  const int64_t n = a.lines * BS;
+  return tma::EncodeMatrices(map_o, kBf16, a.out, a.o_trans ? n : a.M, a.o_trans ? a.M : n,
+                             a.ldo, a.o_bstride, a.batch, 64,
+                             a.o_trans ? uint32_t(BS) : uint32_t(Cfg<BS>::EPI_ROWS));
 }
 
 template <typename T, int BS, bool TA, bool TB>
