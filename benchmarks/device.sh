@@ -296,6 +296,34 @@ for stage in "$@"; do
     # against cuDNN): a dK/dV and a dQ launch of the default variant on the causal layout;
     # JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 PROFILE_KERNEL=OnePassKernel PROFILE_COUNT=1 for
     # the one-pass kernel
+    # the attention kernels outside JAX (benchmarks/attention_harness.cu, linked against
+    # this build's static kernel library; ncu on JAX processes ended in host segfaults):
+    # timing (HARNESS_ARGS: its arguments, e.g. "--mask causal --phase bwd"), then Nsight
+    # Compute on PROFILE_KERNEL's launches (PROFILE_COUNT, default 2) when it is set;
+    # HARNESS_MASKS=FILE.npz (attention_patterns.py's) also times each pattern of it
+    attention_harness)
+      nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I "$repo/cuda" \
+        "$repo/benchmarks/attention_harness.cu" "$repo"/build/*/libjax_blocksparse_kernels.a \
+        -o /tmp/attention_harness || exit 1
+      /tmp/attention_harness ${HARNESS_ARGS:-} 2>&1 | tee "$out/attention_harness.log"
+      if [ -n "${HARNESS_MASKS:-}" ]; then
+        python3 -c "
+import numpy as np, sys
+z = np.load(sys.argv[1])
+for name, m in z.items():
+    if m.dtype != bool or m.ndim != 2 or name + '_docs' in z.files: continue  # (no ids here)
+    with open(f'/tmp/harness_mask_{name}.txt', 'w') as f:
+        f.write(f'{m.shape[0]} {m.shape[1]}' + (' causal' if name.endswith('_causal') else '') + '\\n')
+        f.writelines(''.join('1' if x else '0' for x in row) + '\\n' for row in m)
+" "$HARNESS_MASKS"
+        for mask in /tmp/harness_mask_*.txt; do
+          /tmp/attention_harness --mask "$mask" ${HARNESS_ARGS:-} 2>&1 \
+            | tee -a "$out/attention_harness.log"
+        done
+      fi
+      [ -n "${PROFILE_KERNEL:-}" ] && PROFILE_COUNT=${PROFILE_COUNT:-2} \
+        profile "$PROFILE_KERNEL" attention_harness_ncu.log /tmp/attention_harness \
+        ${HARNESS_ARGS:-} --reps 2 ;;
     attention_bwd_profile) PROFILE_COUNT=${PROFILE_COUNT:-2} \
         profile "${PROFILE_KERNEL:-DqKernel|DkvKernel}" attention_bwd_profile.log \
         python3 "$repo/benchmarks/dev_attention.py" --bwd-only --layouts causal ;;

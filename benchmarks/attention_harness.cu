@@ -1,0 +1,273 @@
+// The attention kernels run and timed outside JAX, for Nsight Compute: under ncu (and the
+// sanitizer) JAX processes have ended in host segfaults in XLA's code (RESULTS 2026-12-05,
+// 2026-12-06), which left issue 19's backward profile unmeasured. This program calls the
+// launchers of cuda/attention.h directly on random bf16 inputs and a block mask (the causal
+// layout, all blocks, or a text file), with the metadata built here the way
+// jax_blocksparse/attention_metadata.py builds it (partial blocks first, then full ones,
+// each ascending, padded with -1; lines longest first, ties ascending). The kernel
+// switches (JAX_BLOCKSPARSE_ATTN_FWD_VARIANT, ..._BWD_VARIANT, ...) are read from the
+// environment as in the package.
+//
+// Build (benchmarks/device.sh attention_harness, after the package's build, whose static
+// kernel library it links):
+//   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I cuda \
+//     benchmarks/attention_harness.cu build/*/libjax_blocksparse_kernels.a -o harness
+// Run: harness [--mask causal|dense|FILE] [--seq 8192] [--batch 2] [--heads 16] [--dim 128]
+//              [--block 128] [--reps 10] [--phase fwd|bwd|both]
+// FILE: a first line "Rq Rk", then Rq lines of Rk characters '0' / '1' (a block mask of
+// block size --block; causal masking applies when the name is "causal" or the file's
+// first line ends in " causal"). Prints the kernels' names, median milliseconds and useful
+// TFLOP/s (4 B H D per allowed pair; the backward 2.5x that, as benchmarks/attention.py).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "attention.h"
+#include "attention/bwd_sm90_onepass.h"  // the one-pass backward's workspace sizes
+
+using namespace jax_blocksparse;
+
+namespace {
+
+#define CHECK(x)                                                                       \
+  do {                                                                                 \
+    cudaError_t e_ = (x);                                                              \
+    if (e_ != cudaSuccess) {                                                           \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                    \
+    }                                                                                  \
+  } while (0)
+
+__global__ void FillKernel(__nv_bfloat16* x, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    x[i] = __float2bfloat16((float(h & 0xffffu) / 65535.f - 0.5f) * 2.f);
+  }
+}
+
+template <typename T>
+T* DeviceAlloc(int64_t n) {
+  void* p = nullptr;
+  CHECK(cudaMalloc(&p, size_t(std::max<int64_t>(n, 1)) * sizeof(T)));
+  return static_cast<T*>(p);
+}
+
+__nv_bfloat16* RandomBf16(int64_t n, uint32_t seed) {
+  __nv_bfloat16* p = DeviceAlloc<__nv_bfloat16>(n);
+  FillKernel<<<1024, 256>>>(p, n, seed);
+  CHECK(cudaGetLastError());
+  return p;
+}
+
+int32_t* Upload(const std::vector<int32_t>& v) {
+  int32_t* p = DeviceAlloc<int32_t>(int64_t(v.size()));
+  CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  return p;
+}
+
+// One direction's lists from kinds[line][other] (0 not listed, 1 partial, 2 full).
+BlockListsView Lists(const std::vector<std::vector<int>>& kind) {
+  const int lines = int(kind.size());
+  std::vector<int32_t> counts(lines), partial(lines), order(lines);
+  int width = 1;
+  for (int r = 0; r < lines; ++r) {
+    for (int k : kind[r]) counts[r] += k > 0, partial[r] += k == 1;
+    width = std::max(width, counts[r]);
+  }
+  std::vector<int32_t> lists(size_t(lines) * width, -1);
+  for (int r = 0; r < lines; ++r) {
+    int e = 0;
+    for (int want : {1, 2})
+      for (int c = 0; c < int(kind[r].size()); ++c)
+        if (kind[r][c] == want) lists[size_t(r) * width + e++] = c;
+    order[r] = r;
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return counts[a] > counts[b]; });
+  BlockListsView v{};
+  v.counts = Upload(counts);
+  v.partial = Upload(partial);
+  v.lists = Upload(lists);
+  v.order = Upload(order);
+  v.lines = lines;
+  v.max_len = width;
+  return v;
+}
+
+float MedianMs(const std::vector<float>& t) {
+  std::vector<float> s = t;
+  std::sort(s.begin(), s.end());
+  return s[s.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string mask = "causal", phase = "both";
+  int seq = 8192, batch = 2, heads = 16, dim = 128, bs = 128, reps = 10;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i], v = argv[i + 1];
+    if (a == "--mask") mask = v;
+    else if (a == "--seq") seq = std::atoi(v.c_str());
+    else if (a == "--batch") batch = std::atoi(v.c_str());
+    else if (a == "--heads") heads = std::atoi(v.c_str());
+    else if (a == "--dim") dim = std::atoi(v.c_str());
+    else if (a == "--block") bs = std::atoi(v.c_str());
+    else if (a == "--reps") reps = std::atoi(v.c_str());
+    else if (a == "--phase") phase = v;
+    else {
+      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
+      return 2;
+    }
+  }
+  // the block mask and whether causal
+  const int rq = (seq + bs - 1) / bs;
+  std::vector<std::vector<char>> listed(rq, std::vector<char>(rq, 1));
+  bool causal = mask == "causal";
+  if (mask != "causal" && mask != "dense") {
+    std::ifstream in(mask);
+    int r = 0, c = 0;
+    std::string tail;
+    if (!(in >> r >> c) || r != rq || c != rq) {
+      std::fprintf(stderr, "%s: want a first line \"%d %d\"\n", mask.c_str(), rq, rq);
+      return 2;
+    }
+    std::getline(in, tail);
+    causal = tail.find("causal") != std::string::npos;
+    for (int i = 0; i < rq; ++i) {
+      std::string line;
+      in >> line;
+      if (int(line.size()) != rq) {
+        std::fprintf(stderr, "%s: row %d is not %d characters\n", mask.c_str(), i, rq);
+        return 2;
+      }
+      for (int j = 0; j < rq; ++j) listed[i][j] = line[j] == '1';
+    }
+  }
+  // kinds (Tq = Tk, multiples of bs: the causal diagonal is the only partial block)
+  std::vector<std::vector<int>> kind(rq, std::vector<int>(rq, 0)), kind_t = kind;
+  double pairs = 0;
+  for (int i = 0; i < rq; ++i)
+    for (int j = 0; j < rq; ++j) {
+      int k = !listed[i][j] ? 0 : !causal || j < i ? 2 : j == i ? 1 : 0;
+      kind[i][j] = kind_t[j][i] = k;
+      pairs += k == 2 ? double(bs) * bs : k == 1 ? double(bs) * (bs + 1) / 2 : 0;
+    }
+
+  AttentionShape s{};
+  s.batch = batch;
+  s.tq = s.tk = seq;
+  s.hq = s.hkv = heads;
+  s.head_dim = dim;
+  s.block_size = bs;
+  s.mask_heads = 1;
+  s.mask_batch = 1;
+  s.scale = 1.f / std::sqrt(float(dim));
+  s.causal = causal;
+  const int64_t elems = int64_t(batch) * seq * heads * dim;
+  __nv_bfloat16 *q = RandomBf16(elems, 1), *k = RandomBf16(elems, 2), *v = RandomBf16(elems, 3);
+  __nv_bfloat16 *o = DeviceAlloc<__nv_bfloat16>(elems), *d_o = RandomBf16(elems, 4);
+  __nv_bfloat16 *dq = DeviceAlloc<__nv_bfloat16>(elems), *dk = DeviceAlloc<__nv_bfloat16>(elems),
+                *dv = DeviceAlloc<__nv_bfloat16>(elems);
+  float* lse = DeviceAlloc<float>(int64_t(batch) * heads * seq);
+  float* d_lse = DeviceAlloc<float>(int64_t(batch) * heads * seq);
+  CHECK(cudaMemset(d_lse, 0, size_t(batch) * heads * seq * sizeof(float)));
+  int32_t* kv_lengths = Upload(std::vector<int32_t>(batch, seq));
+  const BlockListsView by_query = Lists(kind), by_key = Lists(kind_t);
+
+  AttentionForwardParams f{};
+  f.shape = s;
+  f.q = q;
+  f.k = k;
+  f.v = v;
+  f.kv_lengths = kv_lengths;
+  f.by_query = by_query;
+  f.mask_block = bs;
+  f.o = o;
+  f.lse = lse;
+  const AttentionKernel* fwd = FindAttentionKernel(DType::kBF16, dim, bs, false);
+  const AttentionKernel* bwd = FindAttentionKernel(DType::kBF16, dim, bs, true);
+  if (fwd == nullptr || bwd == nullptr) {
+    std::fprintf(stderr, "no kernel for head dim %d, block size %d\n", dim, bs);
+    return 1;
+  }
+  AttentionBackwardParams b{};
+  b.shape = s;
+  b.q = q;
+  b.k = k;
+  b.v = v;
+  b.o = o;
+  b.d_o = d_o;
+  b.lse = lse;
+  b.d_lse = d_lse;
+  b.kv_lengths = kv_lengths;
+  b.by_query = by_query;
+  b.by_key = by_key;
+  b.dq = dq;
+  b.dk = dk;
+  b.dv = dv;
+  b.delta = DeviceAlloc<float>(int64_t(batch) * heads * BackwardWorkspaceRows(seq, bs));
+  b.mask_block = bs;
+  if (bwd->dq_workspace) {
+    b.dq_accum = DeviceAlloc<float>(attn::OnePassDqAccumElements(batch, heads, seq, dim));
+    b.dq_semaphores = DeviceAlloc<int32_t>(attn::OnePassSemaphoreElements(batch, heads, seq));
+  }
+
+  cudaStream_t stream;
+  CHECK(cudaStreamCreate(&stream));
+  cudaEvent_t start, stop;
+  CHECK(cudaEventCreate(&start));
+  CHECK(cudaEventCreate(&stop));
+  CHECK(LaunchAttentionForward(*fwd, f, stream));  // o and lse for the backward
+  CHECK(cudaStreamSynchronize(stream));
+  const double fwd_flops = 4.0 * batch * heads * dim * pairs;
+  auto time = [&](const char* name, const char* kernel, double flops, auto launch) {
+    std::vector<float> ms;
+    for (int r = 0; r < reps + 1; ++r) {
+      CHECK(cudaEventRecord(start, stream));
+      CHECK(launch());
+      CHECK(cudaEventRecord(stop, stream));
+      CHECK(cudaEventSynchronize(stop));
+      float t = 0;
+      CHECK(cudaEventElapsedTime(&t, start, stop));
+      if (r > 0) ms.push_back(t);  // the first: warm-up
+    }
+    const float med = MedianMs(ms);
+    std::printf("harness %-4s %-9s S=%d B=%d H=%d D=%d bs=%d pairs=%.4f  %-60s %9.4f ms %8.1f "
+                "TFLOP/s\n", name, mask.size() > 24 ? mask.substr(mask.size() - 24).c_str()
+                                                     : mask.c_str(),
+                seq, batch, heads, dim, bs, pairs / (double(seq) * seq), kernel, med,
+                flops / (med * 1e-3) / 1e12);
+  };
+  if (phase == "fwd" || phase == "both")
+    time("fwd", fwd->name, fwd_flops, [&] { return LaunchAttentionForward(*fwd, f, stream); });
+  if (phase == "bwd" || phase == "both")
+    time("bwd", bwd->name, 2.5 * fwd_flops,
+         [&] { return LaunchAttentionBackward(*bwd, b, stream); });
+  // a finite check of the outputs (the package's tests check values)
+  std::vector<__nv_bfloat16> host(size_t(std::min<int64_t>(elems, 1 << 20)));
+  const bool grads = phase != "fwd";
+  for (__nv_bfloat16* g : {o, dq, dk, dv}) {
+    if (g != o && !grads) break;
+    CHECK(cudaMemcpy(host.data(), g, host.size() * sizeof(__nv_bfloat16),
+                     cudaMemcpyDeviceToHost));
+    for (const __nv_bfloat16& x : host)
+      if (!std::isfinite(__bfloat162float(x))) {
+        std::fprintf(stderr, "harness: a non-finite output or gradient\n");
+        return 1;
+      }
+  }
+  return 0;
+}
