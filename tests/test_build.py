@@ -194,3 +194,15 @@ def test_attention_routing_follows_the_dispatch_table(monkeypatch, attention_ker
         assert _cuda.fused_attention_unsupported(
             dtype, 80, r.block_size, 1024, 1024, False, False, 1,
             forward=not r.backward) == "head dim 80"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc")
+def test_attention_harness_compiles(tmp_path):
+    """benchmarks/attention_harness.cu (the attention launchers called outside JAX, for
+    Nsight Compute on the GPU machine) compiles against cuda/attention.h as it stands."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    result = subprocess.run(
+        ["nvcc", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-I",
+         os.path.join(root, "cuda"), "-c", os.path.join(root, "benchmarks", "attention_harness.cu"),
+         "-o", str(tmp_path / "harness.o")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
