@@ -15,9 +15,12 @@
 // 0; setmaxnreg 40) walks each pass's K steps (64 of K each; TMA zero-fills the tail) into a
 // kStages-deep ring: per step the A tile (64 rows x 64 k) and one B tile (64 k x 64 n) per
 // block of the pass; full[s] counts the bytes, empty[s] the 8 consumer warps. Consumer
-// warpgroup c (setmaxnreg 232) computes the pass's blocks 2c and 2c + 1 (those that exist)
-// with one m64n64k16 wgmma each per 16 of K, one wgmma group in flight (a stage is released
-// once the group after it has been issued and it has completed). Epilogue: each warpgroup
+// warpgroup c (setmaxnreg 232) computes the pass's blocks c and c + 2 (those that exist:
+// passes of 1 to 4 blocks keep both warpgroups busy from 2 on) with one m64n64k16 wgmma
+// each per 16 of K, one wgmma group in flight (a stage is released once the group after it
+// has been issued and it has completed); the block count is a template argument of the
+// pass (a straight wgmma sequence per step: branches between the wgmmas made ptxas close
+// each group early). Epilogue: each warpgroup
 // stages its blocks in its own 16 KB of shared memory (swizzled lines, wgt::StageTile) and
 // its first thread stores them by TMA through the output's tensor map ([nnz * 64 rows of
 // 64] per batch entry), which runs on under the next pass's MMAs; before staging again that
@@ -27,6 +30,8 @@
 // Shared memory (1024-aligned): the ring (kStages x 5 tiles of 8 KB), the two warpgroups'
 // staging buffers, the mbarriers: 193 KB, one CTA per SM.
 #pragma once
+
+#include <type_traits>
 
 #include "wgmma_tma.cuh"  // wgt::StageTile, the TMA and mbarrier helpers
 
@@ -125,8 +130,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     constexpr uint32_t kALbo = kAMn ? kBK * kLine : 16, kBLbo = kBMn ? kBK * kLine : 16;
     constexpr uint32_t kAkk = kAMn ? 16 * kLine : 32, kBkk = kBMn ? 16 * kLine : 32;
     const uint64_t da = wg::Desc(ring, kALbo, kSbo);
-    const uint64_t db0 = wg::Desc(ring + uint32_t((1 + 2 * cw) * kTile), kBLbo, kSbo);
-    const uint64_t db1 = db0 + uint64_t(kTile >> 4);
+    // this warpgroup's blocks of a pass: c and c + 2 (B tiles 1 + c and 3 + c of a stage)
+    const uint64_t db0 = wg::Desc(ring + uint32_t((1 + cw) * kTile), kBLbo, kSbo);
+    const uint64_t db1 = db0 + uint64_t((2 * kTile) >> 4);
     auto release = [&](int st) {
       __syncwarp();
       if (lane == 0) tma::MbarArrive(empty(st));
@@ -137,59 +143,64 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (issuer) tma::PrefetchMap(&map_o);
 
     int it = 0;
+    // A pass of this warpgroup with NB (0, 1 or 2) blocks, entry e0 of the pass its block
+    // 0: the K steps (one straight wgmma sequence per step: one group in flight), then
+    // the epilogue.
+    auto pass = [&](auto nb, int64_t e0, int g) {
+      constexpr int NB = decltype(nb)::value;
+      float acc[2][kBS / 2];
+#pragma unroll
+      for (int b = 0; b < 2; ++b)
+#pragma unroll
+        for (int i = 0; i < kBS / 2; ++i) acc[b][i] = 0.f;
+      for (int s = 0; s < steps; ++s, ++it) {
+        const int st = it % kStages;
+        tma::MbarWait(full(st), (it / kStages) & 1);
+        const uint64_t so = uint64_t((st * kStageBytes) >> 4);
+#pragma unroll
+        for (int b = 0; b < NB; ++b) wg::FenceAcc(acc[b]);
+        wg::Fence();
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk)
+#pragma unroll
+          for (int b = 0; b < NB; ++b)
+            wg::Mma<T, kBS, kAMn ? 1 : 0, kBMn ? 1 : 0>(
+                acc[b], da + so + ((kk * kAkk) >> 4),
+                (b == 0 ? db0 : db1) + so + ((kk * kBkk) >> 4));
+        wg::Commit();
+        wg::Wait<1>();  // the previous step's group is done: its stage goes back
+#pragma unroll
+        for (int b = 0; b < NB; ++b) wg::FenceAcc(acc[b]);
+        if (s > 0) release((it - 1) % kStages);
+      }
+      wg::Wait<0>();
+#pragma unroll
+      for (int b = 0; b < NB; ++b) wg::FenceAcc(acc[b]);
+      if (steps > 0) release((it - 1) % kStages);
+      if constexpr (NB > 0) {
+        // ---- epilogue: the blocks -> this warpgroup's staging buffer -> TMA stores
+        if (issuer) tma::StoreWaitRead();  // its last stores have read the buffer
+        __syncwarp();
+        tma::NamedBarrier(kBarStaged + cw, 128);
+#pragma unroll
+        for (int b = 0; b < NB; ++b) wgt::StageTile<T, kBS>(acc[b], os, false, b, ct);
+        tma::FenceProxyAsync();  // the staged blocks before the async proxy reads them
+        tma::NamedBarrier(kBarStaged + cw, 128);
+        if (issuer) {
+#pragma unroll
+          for (int b = 0; b < NB; ++b)
+            tma::Store3d(&map_o, 0, int((e0 + 2 * b) * kBS), g, os_addr + b * kTile);
+          tma::StoreCommit();
+        }
+      }
+    };
     for (int64_t w = blockIdx.x; w < items; w += gridDim.x) {
       const int g = int(w / chunks);
       tc::Runs<kRun>(p, w % chunks, [&](int64_t e0, int64_t n) {
-        const int mine = int(n) - 2 * cw;  // this warpgroup's blocks: <= 0, 1, or >= 2
-        float acc0[kBS / 2], acc1[kBS / 2];
-#pragma unroll
-        for (int i = 0; i < kBS / 2; ++i) acc0[i] = acc1[i] = 0.f;
-        for (int s = 0; s < steps; ++s, ++it) {
-          const int st = it % kStages;
-          tma::MbarWait(full(st), (it / kStages) & 1);
-          const uint64_t so = uint64_t((st * kStageBytes) >> 4);
-          wg::FenceAcc(acc0);
-          wg::FenceAcc(acc1);
-          wg::Fence();
-          if (mine > 1) {  // (one straight sequence per branch: no fences between wgmmas)
-#pragma unroll
-            for (int kk = 0; kk < kBK / 16; ++kk) {
-              const uint64_t a = da + so + ((kk * kAkk) >> 4), b = so + ((kk * kBkk) >> 4);
-              wg::Mma<T, kBS, kAMn ? 1 : 0, kBMn ? 1 : 0>(acc0, a, db0 + b);
-              wg::Mma<T, kBS, kAMn ? 1 : 0, kBMn ? 1 : 0>(acc1, a, db1 + b);
-            }
-          } else if (mine == 1) {
-#pragma unroll
-            for (int kk = 0; kk < kBK / 16; ++kk)
-              wg::Mma<T, kBS, kAMn ? 1 : 0, kBMn ? 1 : 0>(
-                  acc0, da + so + ((kk * kAkk) >> 4), db0 + so + ((kk * kBkk) >> 4));
-          }
-          wg::Commit();
-          wg::Wait<1>();  // the previous step's group is done: its stage goes back
-          wg::FenceAcc(acc0);
-          wg::FenceAcc(acc1);
-          if (s > 0) release((it - 1) % kStages);
-        }
-        wg::Wait<0>();
-        wg::FenceAcc(acc0);
-        wg::FenceAcc(acc1);
-        if (steps > 0) release((it - 1) % kStages);
-
-        // ---- epilogue: this warpgroup's blocks -> its staging buffer -> TMA stores
-        if (mine > 0) {
-          if (issuer) tma::StoreWaitRead();  // its last stores have read the buffer
-          tma::NamedBarrier(kBarStaged + cw, 128);
-          wgt::StageTile<T, kBS>(acc0, os, false, 0, ct);
-          if (mine > 1) wgt::StageTile<T, kBS>(acc1, os, false, 1, ct);
-          tma::FenceProxyAsync();  // the staged blocks before the async proxy reads them
-          tma::NamedBarrier(kBarStaged + cw, 128);
-          if (issuer) {
-            const int64_t first = e0 + 2 * cw;  // this warpgroup's first entry
-            tma::Store3d(&map_o, 0, int(first * kBS), g, os_addr);
-            if (mine > 1) tma::Store3d(&map_o, 0, int((first + 1) * kBS), g, os_addr + kTile);
-            tma::StoreCommit();
-          }
-        }
+        const int mine = int(n - cw + 1) / 2;  // blocks cw, cw + 2 of the pass that exist
+        if (mine > 1) pass(std::integral_constant<int, 2>(), e0 + cw, g);
+        else if (mine == 1) pass(std::integral_constant<int, 1>(), e0 + cw, g);
+        else pass(std::integral_constant<int, 0>(), e0 + cw, g);
       });
     }
     if (issuer) tma::StoreWaitRead();  // the shared memory stays until the last store read it

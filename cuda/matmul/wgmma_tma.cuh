@@ -28,8 +28,9 @@
 // output columns), its first thread hands them to a TMA store and waits until the store
 // has read them, and the warpgroup then signals the other (named barrier kBarFree + the
 // other's index, arrive / sync), which stages next; warpgroup 0 waits for warpgroup 1's
-// signal before staging the next item's rows. Meanwhile the stores run on under the next
-// item's MMAs, and the ring keeps filling with its operands. Every output element is
+// signal before staging the next item's rows. So each item's path holds the store's read
+// of the buffer and the other warpgroup's turn; the stores' global writes run on under the
+// next item's MMAs, and the ring keeps filling with its operands meanwhile. Every output element is
 // written once (deterministic); an empty line stores zeros. A row tile past M (the second
 // of an odd last pair) loads zeros (TMA fills out-of-bounds boxes) and stores nothing, as
 // the store drops rows past M.
