@@ -18,64 +18,19 @@
 // block size --block; causal masking applies when the name is "causal" or the file's
 // first line ends in " causal"). Prints the kernels' names, median milliseconds and useful
 // TFLOP/s (4 B H D per allowed pair; the backward 2.5x that, as benchmarks/attention.py).
-#include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
-#include <vector>
-
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
 
 #include "attention.h"
+#include "harness_util.cuh"
 #include "attention/bwd_sm90_onepass.h"  // the one-pass backward's workspace sizes
 
 using namespace jax_blocksparse;
+using namespace harness;
 
 namespace {
-
-#define CHECK(x)                                                                       \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
-
-__global__ void FillKernel(__nv_bfloat16* x, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    x[i] = __float2bfloat16((float(h & 0xffffu) / 65535.f - 0.5f) * 2.f);
-  }
-}
-
-template <typename T>
-T* DeviceAlloc(int64_t n) {
-  void* p = nullptr;
-  CHECK(cudaMalloc(&p, size_t(std::max<int64_t>(n, 1)) * sizeof(T)));
-  return static_cast<T*>(p);
-}
-
-__nv_bfloat16* RandomBf16(int64_t n, uint32_t seed) {
-  __nv_bfloat16* p = DeviceAlloc<__nv_bfloat16>(n);
-  FillKernel<<<1024, 256>>>(p, n, seed);
-  CHECK(cudaGetLastError());
-  return p;
-}
-
-int32_t* Upload(const std::vector<int32_t>& v) {
-  int32_t* p = DeviceAlloc<int32_t>(int64_t(v.size()));
-  CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
-  return p;
-}
 
 // One direction's lists from kinds[line][other] (0 not listed, 1 partial, 2 full).
 BlockListsView Lists(const std::vector<std::vector<int>>& kind) {
@@ -106,11 +61,6 @@ BlockListsView Lists(const std::vector<std::vector<int>>& kind) {
   return v;
 }
 
-float MedianMs(const std::vector<float>& t) {
-  std::vector<float> s = t;
-  std::sort(s.begin(), s.end());
-  return s[s.size() / 2];
-}
 
 }  // namespace
 
@@ -227,29 +177,16 @@ int main(int argc, char** argv) {
 
   cudaStream_t stream;
   CHECK(cudaStreamCreate(&stream));
-  cudaEvent_t start, stop;
-  CHECK(cudaEventCreate(&start));
-  CHECK(cudaEventCreate(&stop));
   CHECK(LaunchAttentionForward(*fwd, f, stream));  // o and lse for the backward
   CHECK(cudaStreamSynchronize(stream));
   const double fwd_flops = 4.0 * batch * heads * dim * pairs;
   auto time = [&](const char* name, const char* kernel, double flops, auto launch) {
-    std::vector<float> ms;
-    for (int r = 0; r < reps + 1; ++r) {
-      CHECK(cudaEventRecord(start, stream));
-      CHECK(launch());
-      CHECK(cudaEventRecord(stop, stream));
-      CHECK(cudaEventSynchronize(stop));
-      float t = 0;
-      CHECK(cudaEventElapsedTime(&t, start, stop));
-      if (r > 0) ms.push_back(t);  // the first: warm-up
-    }
-    const float med = MedianMs(ms);
+    const float ms = MedianLaunchMs(stream, reps, launch);
     std::printf("harness %-4s %-9s S=%d B=%d H=%d D=%d bs=%d pairs=%.4f  %-60s %9.4f ms %8.1f "
                 "TFLOP/s\n", name, mask.size() > 24 ? mask.substr(mask.size() - 24).c_str()
                                                      : mask.c_str(),
-                seq, batch, heads, dim, bs, pairs / (double(seq) * seq), kernel, med,
-                flops / (med * 1e-3) / 1e12);
+                seq, batch, heads, dim, bs, pairs / (double(seq) * seq), kernel, ms,
+                flops / (ms * 1e-3) / 1e12);
   };
   if (phase == "fwd" || phase == "both")
     time("fwd", fwd->name, fwd_flops, [&] { return LaunchAttentionForward(*fwd, f, stream); });
@@ -257,17 +194,11 @@ int main(int argc, char** argv) {
     time("bwd", bwd->name, 2.5 * fwd_flops,
          [&] { return LaunchAttentionBackward(*bwd, b, stream); });
   // a finite check of the outputs (the package's tests check values)
-  std::vector<__nv_bfloat16> host(size_t(std::min<int64_t>(elems, 1 << 20)));
   const bool grads = phase != "fwd";
-  for (__nv_bfloat16* g : {o, dq, dk, dv}) {
-    if (g != o && !grads) break;
-    CHECK(cudaMemcpy(host.data(), g, host.size() * sizeof(__nv_bfloat16),
-                     cudaMemcpyDeviceToHost));
-    for (const __nv_bfloat16& x : host)
-      if (!std::isfinite(__bfloat162float(x))) {
-        std::fprintf(stderr, "harness: a non-finite output or gradient\n");
-        return 1;
-      }
-  }
+  for (__nv_bfloat16* x : {o, dq, dk, dv})
+    if ((x == o || grads) && !AllFinite(x, elems)) {
+      std::fprintf(stderr, "harness: a non-finite output or gradient\n");
+      return 1;
+    }
   return 0;
 }

@@ -11,6 +11,8 @@
 #    matmul_sdd_tma: bf16 at bs 64 under JAX_BLOCKSPARSE_MATMUL_SDD_TMA 0 and 1 (dW: the sdd);
 #    matmul_profile: Nsight Compute on the bs-64 wgmma matmul at density 0.02;
 #    attention_bwd_profile: the same on the Hopper backward's kernels, causal layout;
+#    attention_harness, matmul_harness: the kernels called from C++ outside JAX (timing,
+#      and ncu on PROFILE_KERNEL: ncu on JAX processes ended in host segfaults);
 #    attention_softcap_profile: the same on the Hopper forward without and with a soft cap;
 #    metadata_profile: every kernel's device time in a forward with a Layout / a BlockMask;
 #    lists_profile: Nsight Compute on that forward's block-lists kernel;
@@ -174,6 +176,13 @@ warm_cache() {
   timeout "${PROFILE_TIMEOUT:-240}" "$@" > "$out/warm_cache.log" 2>&1
 }
 
+# A kernel harness (benchmarks/NAME.cu: the launchers called from C++ outside JAX) built
+# as /tmp/NAME against this build's static kernel library
+harness_build() {
+  nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I "$repo/cuda" \
+    "$repo/benchmarks/$1.cu" "$repo"/build/*/libjax_blocksparse_kernels.a -o "/tmp/$1"
+}
+
 # benchmarks/matmul.py with the arguments after SWITCH, under SWITCH=0 and then SWITCH=1
 matmul_ab() {
   local switch=$1 t
@@ -302,9 +311,7 @@ for stage in "$@"; do
     # Compute on PROFILE_KERNEL's launches (PROFILE_COUNT, default 2) when it is set;
     # HARNESS_MASKS=FILE.npz (attention_patterns.py's) also times each pattern of it
     attention_harness)
-      nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I "$repo/cuda" \
-        "$repo/benchmarks/attention_harness.cu" "$repo"/build/*/libjax_blocksparse_kernels.a \
-        -o /tmp/attention_harness || exit 1
+      harness_build attention_harness || exit 1
       /tmp/attention_harness ${HARNESS_ARGS:-} 2>&1 | tee "$out/attention_harness.log"
       if [ -n "${HARNESS_MASKS:-}" ]; then
         python3 -c "
@@ -323,6 +330,14 @@ for name, m in z.items():
       fi
       [ -n "${PROFILE_KERNEL:-}" ] && PROFILE_COUNT=${PROFILE_COUNT:-2} \
         profile "$PROFILE_KERNEL" attention_harness_ncu.log /tmp/attention_harness \
+        ${HARNESS_ARGS:-} --reps 2 ;;
+    # the matmul kernels outside JAX (benchmarks/matmul_harness.cu): timing (HARNESS_ARGS,
+    # e.g. "--block 128 --op fwd"), then Nsight Compute on PROFILE_KERNEL when it is set
+    matmul_harness)
+      harness_build matmul_harness || exit 1
+      /tmp/matmul_harness ${HARNESS_ARGS:-} 2>&1 | tee "$out/matmul_harness.log"
+      [ -n "${PROFILE_KERNEL:-}" ] && PROFILE_COUNT=${PROFILE_COUNT:-1} \
+        profile "$PROFILE_KERNEL" matmul_harness_ncu.log /tmp/matmul_harness \
         ${HARNESS_ARGS:-} --reps 2 ;;
     attention_bwd_profile) PROFILE_COUNT=${PROFILE_COUNT:-2} \
         profile "${PROFILE_KERNEL:-DqKernel|DkvKernel}" attention_bwd_profile.log \

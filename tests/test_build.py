@@ -197,12 +197,13 @@ def test_attention_routing_follows_the_dispatch_table(monkeypatch, attention_ker
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc")
-def test_attention_harness_compiles(tmp_path):
-    """benchmarks/attention_harness.cu (the attention launchers called outside JAX, for
-    Nsight Compute on the GPU machine) compiles against cuda/attention.h as it stands."""
+@pytest.mark.parametrize("name", ("attention_harness", "matmul_harness"))
+def test_kernel_harness_compiles(tmp_path, name):
+    """benchmarks/NAME.cu (the launchers called from C++ outside JAX, for Nsight Compute on
+    the GPU machine) compiles against cuda/attention.h and cuda/matmul.h as they stand."""
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     result = subprocess.run(
         ["nvcc", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-I",
-         os.path.join(root, "cuda"), "-c", os.path.join(root, "benchmarks", "attention_harness.cu"),
+         os.path.join(root, "cuda"), "-c", os.path.join(root, "benchmarks", name + ".cu"),
          "-o", str(tmp_path / "harness.o")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
