@@ -22,22 +22,25 @@
 // consumers (setmaxnreg 232), warpgroup c rows [128 c, 128 c + 128) of the tile as two
 // m64nBSk16 wgmmas per 16 of K, float32 accumulators in registers, one wgmma group in
 // flight (a stage is released, locally and to the peer, once the group after it has been
-// issued and it has completed). Epilogue: the two consumer warpgroups take turns with one
-// buffer of shared memory that holds one warpgroup's 128 rows (so the ring keeps a fourth
-// stage at bs 128): warpgroup c stages its rows in the swizzled line layout (slabs of 64
-// output columns), its first thread hands them to a TMA store and waits until the store
-// has read them, and the warpgroup then signals the other (named barrier kBarFree + the
-// other's index, arrive / sync), which stages next; warpgroup 0 waits for warpgroup 1's
-// signal before staging the next item's rows. So each item's path holds the store's read
-// of the buffer and the other warpgroup's turn; the stores' global writes run on under the
-// next item's MMAs, and the ring keeps filling with its operands meanwhile. Every output element is
+// issued and it has completed). Epilogue, bs 64: the consumers stage the tile in shared
+// memory of its own, in the swizzled line layout (slabs of 64 output columns), and one
+// thread hands it to a TMA store, which runs on while the consumers start the next item's
+// MMAs; before staging the next tile that thread waits until the store has read the
+// buffer. bs 128: the two consumer warpgroups take turns with one buffer that holds one
+// warpgroup's 128 rows (so the ring keeps a fourth stage): warpgroup c stages its rows,
+// its first thread hands them to a TMA store and waits until the store has read them, and
+// the warpgroup then signals the other (named barrier kBarFree + the other's index, arrive
+// / sync), which stages next; warpgroup 0 waits for warpgroup 1's signal before staging
+// the next item's rows. So at bs 128 each item's path holds the store's read of the buffer
+// and the other warpgroup's turn; the stores' global writes run on under the next item's
+// MMAs, and the ring keeps filling with its operands meanwhile. Every output element is
 // written once (deterministic); an empty line stores zeros. A row tile past M (the second
 // of an odd last pair) loads zeros (TMA fills out-of-bounds boxes) and stores nothing, as
 // the store drops rows past M.
 //
 // Shared memory (1024-aligned): the ring (STAGES x (A: 256 lines, B: bs lines of the
 // swizzled line layout of ../wgmma.cuh), the epilogue's buffer, the mbarriers. bs 128: 4
-// stages, 225 KB; bs 64: 4 stages, 177 KB.
+// stages, 225 KB; bs 64: 4 stages, 193 KB.
 #pragma once
 
 #include "../launch_util.h"
@@ -56,8 +59,9 @@ constexpr int kBM = 256;               // rows of a tile (128 per consumer warpg
 constexpr int kBK = 64;                // K per step: one 128-byte line of 16-bit elements
 constexpr int kClusterCtas = 2;        // row tiles 2 pair, 2 pair + 1
 constexpr int kEmptyArrivals = 8 * kClusterCtas;  // consumer warps of the cluster
-constexpr int kBarFree = 1;            // named barriers 1, 2: the buffer free for warpgroup 0, 1
-constexpr int kBarStaged = 3;          // named barriers 3, 4: warpgroup 0's, 1's rows staged
+// named barriers of the epilogue: at bs 64 one over both consumer warpgroups; at bs 128
+// (in turn) 1, 2: the buffer free for warpgroup 0, 1, and 3, 4: its rows staged
+constexpr int kBarEpilogue = 1, kBarFree = 1, kBarStaged = 3;
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 
 template <int BS>
@@ -68,10 +72,11 @@ struct Cfg {
   static constexpr int B_BYTES = BS * kLine;   // bs lines (K-major) or bs / 64 slabs of 64
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   static constexpr int RING = STAGES * STAGE_BYTES;
-  // one warpgroup's staged rows, 2-byte elements in swizzled lines: BS / 64 slabs of
-  // EPI_ROWS lines (output rows) of 64 columns, or, stored transposed (dsd), EPI_ROWS / 64
-  // slabs of BS lines of 64 rows
-  static constexpr int EPI_ROWS = kBM / 2;
+  // the staged rows (bs 128: one warpgroup's at a time, IN_TURN; bs 64: the tile's), 2-byte
+  // elements in swizzled lines: BS / 64 slabs of EPI_ROWS lines (output rows) of 64
+  // columns, or, stored transposed (dsd), EPI_ROWS / 64 slabs of BS lines of 64 rows
+  static constexpr bool IN_TURN = BS == 128;
+  static constexpr int EPI_ROWS = IN_TURN ? kBM / 2 : kBM;
   static constexpr int EPI = 2 * EPI_ROWS * BS;
   static constexpr int O_SLABS = BS / 64, OT_SLABS = EPI_ROWS / 64;
   static constexpr int BARS = RING + EPI;            // full[STAGES], empty[STAGES]
@@ -79,8 +84,8 @@ struct Cfg {
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 
-// Consumer thread `ct`'s accumulators of row group `rg` of its warpgroup (64 rows: the
-// warpgroup's rows [64 rg, 64 rg + 64)) into the staged rows at `os` (Cfg::EPI above),
+// Consumer thread `ct`'s accumulators of row group `rg` of the staged rows (64 rows:
+// [64 rg, 64 rg + 64) of Cfg::EPI_ROWS) into the buffer at `os` (Cfg::EPI above),
 // converted to T. Each warp's stores
 // fall on 32 distinct banks (the swizzle spreads its 8 rows, or its 4 column pairs, over
 // the chunks of a line). The byte offsets are a per-thread part and a per-step constant
@@ -268,34 +273,46 @@ __global__ void __launch_bounds__(kThreads, 1)
       wg::FenceAcc(acc1);
       if (steps > 0) release((it - 1) % STAGES);
 
-      // ---- epilogue: this warpgroup's rows -> shared memory (the output's orientation) ->
-      // TMA store, the warpgroups in turn (warpgroup 0 first; see the top of the file)
-      const bool first = w == cluster, last = w + clusters >= items;
-      if (cw == 1 || !first) tma::NamedBarrier(kBarFree + cw, kConsumerThreads);
-      StageTile<T, BS>(acc0, os, p.o_trans, 0, ct);
-      StageTile<T, BS>(acc1, os, p.o_trans, 1, ct);
-      tma::FenceProxyAsync();  // the staged rows before the async proxy reads them
-      tma::NamedBarrier(kBarStaged + cw, 128);
-      const int64_t rows0 = row0 + C::EPI_ROWS * cw;  // this warpgroup's first row
-      if (ct % 128 == 0) {
+      // ---- epilogue: the rows -> shared memory (the output's orientation) -> TMA store
+      // of the staged rows [r0, r0 + EPI_ROWS) of the tile, by the calling thread
+      auto store = [&](int64_t r0) {
         const int col0 = item.line * BS, g = int(item.g);
         if (p.o_trans) {  // map_o: [N lines of M] per batch entry; slab j: rows 64 j..
 #pragma unroll
           for (int j = 0; j < C::OT_SLABS; ++j)
-            if (rows0 + 64 * j < p.M)  // (a slab wholly past M: nothing to write)
-              tma::Store3d(&map_o, int(rows0) + 64 * j, col0, g, os_addr + j * (BS * kLine));
-        } else if (rows0 < p.M) {  // map_o: [M lines of N]; slab j: columns 64 j..
+            if (r0 + 64 * j < p.M)  // (a slab wholly past M: nothing to write)
+              tma::Store3d(&map_o, int(r0) + 64 * j, col0, g, os_addr + j * (BS * kLine));
+        } else if (r0 < p.M) {  // map_o: [M lines of N]; slab j: columns 64 j..
 #pragma unroll
           for (int j = 0; j < C::O_SLABS; ++j)
-            tma::Store3d(&map_o, col0 + 64 * j, int(rows0), g,
-                         os_addr + j * (C::EPI_ROWS * kLine));
+            tma::Store3d(&map_o, col0 + 64 * j, int(r0), g, os_addr + j * (C::EPI_ROWS * kLine));
         }
         tma::StoreCommit();
-        tma::StoreWaitRead();  // the buffer read: the other warpgroup may stage
+      };
+      if constexpr (C::IN_TURN) {  // the warpgroups in turn, 0 first (top of the file)
+        const bool first = w == cluster, last = w + clusters >= items;
+        if (cw == 1 || !first) tma::NamedBarrier(kBarFree + cw, kConsumerThreads);
+        StageTile<T, BS>(acc0, os, p.o_trans, 0, ct);
+        StageTile<T, BS>(acc1, os, p.o_trans, 1, ct);
+        tma::FenceProxyAsync();  // the staged rows before the async proxy reads them
+        tma::NamedBarrier(kBarStaged + cw, 128);
+        if (ct % 128 == 0) {
+          store(row0 + C::EPI_ROWS * cw);  // this warpgroup's rows
+          tma::StoreWaitRead();            // the buffer read: the other warpgroup may stage
+        }
+        __syncwarp();
+        if (cw == 0 || !last) tma::NamedArrive(kBarFree + (cw ^ 1), kConsumerThreads);
+      } else {  // the whole tile at once; its store read under the next item's MMAs
+        if (ct == 0) tma::StoreWaitRead();  // the last item's store has read the buffer
+        tma::NamedBarrier(kBarEpilogue, kConsumerThreads);
+        StageTile<T, BS>(acc0, os, p.o_trans, 2 * cw, ct);
+        StageTile<T, BS>(acc1, os, p.o_trans, 2 * cw + 1, ct);
+        tma::FenceProxyAsync();  // the staged tile before the async proxy reads it
+        tma::NamedBarrier(kBarEpilogue, kConsumerThreads);
+        if (ct == 0) store(row0);
       }
-      __syncwarp();
-      if (cw == 0 || !last) tma::NamedArrive(kBarFree + (cw ^ 1), kConsumerThreads);
     }
+    if (!C::IN_TURN && ct == 0) tma::StoreWaitRead();  // the buffer stays until read
   }
   __syncwarp();        // warp 0 reconverged (its thread 0 was the producer)
   tma::ClusterSync();  // no CTA leaves while its peer may still write into its ring
