@@ -118,8 +118,8 @@ enum class MatmulPath {
   kWgmmaTf32,  // float32 at default precision read as tf32, the kWgmma conditions, K-major
                // operands (the Python lowering passes them so), block sizes 64/128; opt-in:
                // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1
-  kWgmmaSddTma,  // SDD at bs 64, bf16/f16, the kWgmmaTma conditions (the output's rows too),
-                 // block-row runs of up to 4 blocks per pass; opt-in:
+  kWgmmaSddTma,  // SDD at bs 64/128, bf16/f16, the kWgmmaTma conditions, block-row runs
+                 // of up to 4 / 2 blocks per pass; opt-in:
                  // JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1
   kMmaSyncRuns,  // SDD at bs 16/32, several blocks of one block row per CTA (mma.sync, sm_80+),
                  // unless JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0

@@ -98,10 +98,10 @@
 //     order through distributed shared memory, where that is modelled to end sooner
 //     (wg::SddSplits: fewer rounds of resident CTAs)
 //   JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 opt-in (issue 20 item 2, the weight gradient; written
-//     2026-12-06, not yet run on a GPU): sdd at block size 64 in bf16/f16 with 16-byte
+//     2026-12-06, not yet run on a GPU): sdd at block sizes 64/128 in bf16/f16 with 16-byte
 //     aligned rows on a persistent warp-specialized Hopper kernel (matmul/wgmma_sdd_tma.cuh:
-//     TMA copies, up to 4 blocks of one block row per pass sharing the A panel's loads,
-//     TMA stores) instead of wgmma_lines.cuh's one block per CTA
+//     TMA copies, up to 4 / 2 blocks of one block row per pass sharing the A panel's
+//     loads, TMA stores) instead of wgmma_lines.cuh's one block per CTA
 //   (Python side only: the default bs-16/32 kernel, wgmma_small.cuh, gets the 64-column
 //     group records and reads its union rows from them; JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0
 //     passes none, and every thread merges the lists itself: 1.1-1.5x slower on the H200)

@@ -1,13 +1,14 @@
-"""sdd (the weight gradient's op) at block size 64 on the persistent TMA kernel with block-row
-runs (cuda/matmul/wgmma_sdd_tma.cuh; opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1): chunks of 4
-sorted blocks, one pass per block row they touch, the A panel loaded once per pass. Against
+"""sdd (the weight gradient's op) at block sizes 64 and 128 on the persistent TMA kernel with
+block-row runs (cuda/matmul/wgmma_sdd_tma.cuh; opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1):
+chunks of 4 (2) sorted blocks, one pass per block row they touch, the A panel loaded once
+per pass. Against
 the float64 reference (values, relative error, bitwise equal over two runs: `check`), bf16
 and f16, every transposition, K with a tail (1000 = 15 x 64 + 40; 77: one full step and a
 tail; 40: the tail alone) and of whole steps (128), layouts of one block, all blocks, no
 blocks, empty rows and columns, rows of about 30 blocks (chunks that cross row ends, passes
 of 1 to 4 blocks), batched and shared operands; each case in a fresh process whose launch
 log (JAX_BLOCKSPARSE_DEBUG=1) names the kernel. The weight gradient of dds under the switch
-too. Unaligned rows, other block sizes and GPUs other than sm_90 run the other kernels.
+too. Unaligned rows, block sizes 16/32 and GPUs other than sm_90 run the other kernels.
 """
 
 import jax
@@ -56,23 +57,24 @@ def is_sdd_tma(kernel):
 def expect(case, kernels):
     """The TMA kernel where it applies: Hopper, block size 64, aligned rows, blocks."""
     _, trans, _, bs, free, kind, _ = case
-    want = hopper() and bs == 64 and rows_aligned("sdd", trans, free) and kind != "empty"
+    want = hopper() and bs in (64, 128) and rows_aligned("sdd", trans, free) and kind != "empty"
     assert all(is_sdd_tma(k) == want for k in kernels if "none" not in k), (case, kernels)
 
 
+@pytest.mark.parametrize("bs", (64, 128))
 @pytest.mark.parametrize("variant", ("bf16", "f16"))
-def test_every_transposition_and_layout(variant):
-    cases = [("sdd", trans, variant, 64, free, kind, False) for trans in TRANSPOSES
+def test_every_transposition_and_layout(variant, bs):
+    cases = [("sdd", trans, variant, bs, free, kind, False) for trans in TRANSPOSES
              for kind in ("long", "odd") for free in (1000, 77)]
-    cases += [("sdd", (True, False), variant, 64, free, kind, False)
+    cases += [("sdd", (True, False), variant, bs, free, kind, False)
               for kind in KINDS if kind not in ("long", "odd") for free in (1000, 128, 40)]
     for case, kernels in launched(cases, runner=RUNNER, none_ok=lambda c: c[5] == "empty",
                                   **SWITCH).items():
         expect(case, kernels)
 
 
-def test_other_block_sizes_keep_their_kernels():
-    cases = [("sdd", (False, False), "bf16", bs, 1000, "long", False) for bs in (32, 128)]
+def test_small_block_sizes_keep_their_kernels():
+    cases = [("sdd", (False, False), "bf16", bs, 1000, "long", False) for bs in (16, 32)]
     for case, kernels in launched(cases, runner=RUNNER, **SWITCH).items():
         expect(case, kernels)
 
@@ -88,12 +90,13 @@ def run_gradient_cases(cases):
               lead=lead, shared=shared, grads=not lead, platform=platform)
 
 
-def test_weight_gradient_and_batch():
+@pytest.mark.parametrize("bs", (64, 128))
+def test_weight_gradient_and_batch(bs):
     """dds's weight gradient (its sdd launches) and batched sdd (both operands batched, or
     one shared by the batch: a tensor map's third extent 1) under the switch."""
-    cases = [("dds", (False, False), "bf16", 64, 1000, kind, (), None)
+    cases = [("dds", (False, False), "bf16", bs, 1000, kind, (), None)
              for kind in ("long", "sparse")]
-    cases += [("sdd", (False, False), "bf16", 64, 600, "long", (3,), shared)
+    cases += [("sdd", (False, False), "bf16", bs, 600, "long", (3,), shared)
               for shared in (None, 0, 1)]
     stderr = run_python(f"import test_gpu_matmul_sdd_tma as t; t.run_gradient_cases({cases!r})",
                         JAX_BLOCKSPARSE_DEBUG="1", **SWITCH).stderr
@@ -105,7 +108,7 @@ def test_weight_gradient_and_batch():
 
 
 def test_no_wgmma_overrides_the_switch():
-    cases = [("sdd", (False, False), "bf16", 64, 1000, "long", False)]
+    cases = [("sdd", (False, False), "bf16", bs, 1000, "long", False) for bs in (64, 128)]
     for case, kernels in launched(cases, runner=RUNNER, JAX_BLOCKSPARSE_NO_WGMMA="1",
                                   **SWITCH).items():
         assert not any(map(is_sdd_tma, kernels)), (case, kernels)

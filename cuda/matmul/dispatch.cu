@@ -10,7 +10,7 @@
 // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 (opt-in) the per-line-accumulator wgmma kernel
 // (wgmma_group.cuh) where the call carries its group records; dds/dsd with 16-byte aligned
 // output rows at block size 64 (both under JAX_BLOCKSPARSE_MATMUL_TMA=1, neither under =0)
-// the persistent TMA kernel (wgmma_tma.cuh), and sdd at 64 under
+// the persistent TMA kernel (wgmma_tma.cuh), and sdd at 64/128 under
 // JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 (opt-in) its block-row-runs kernel (wgmma_sdd_tma.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -99,14 +99,15 @@ using tc::TcArgs;
   JBS_WGT_ROW(DT, T, BS, 0, 0), JBS_WGT_ROW(DT, T, BS, 0, 1),           \
       JBS_WGT_ROW(DT, T, BS, 1, 0), JBS_WGT_ROW(DT, T, BS, 1, 1)
 #define JBS_WGT_ROWS(DT, T) JBS_WGT_TRANS_ROWS(DT, T, 64), JBS_WGT_TRANS_ROWS(DT, T, 128)
-// SDD mode at bs 64 on the persistent TMA kernel, runs of a block row (opt-in:
-// JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1).
-#define JBS_WGR_ROW(DT, T, TA, TB)                                                    \
-  {DT, 64, MatmulPath::kWgmmaSddTma, 1, TA, TB, "wgmma-tma sdd(runs of 4)",            \
-   wgr::Run<T, TA != 0, TB != 0>, wgr::SddTmaUsable<T>}
-#define JBS_WGR_ROWS(DT, T)                                        \
-  JBS_WGR_ROW(DT, T, 0, 0), JBS_WGR_ROW(DT, T, 0, 1), JBS_WGR_ROW(DT, T, 1, 0), \
-      JBS_WGR_ROW(DT, T, 1, 1)
+// SDD mode at bs 64 / 128 on the persistent TMA kernel, runs of 4 / 2 blocks of a block row
+// (opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1).
+#define JBS_WGR_ROW(DT, T, BS, RUN, TA, TB)                                             \
+  {DT, BS, MatmulPath::kWgmmaSddTma, 1, TA, TB, "wgmma-tma sdd(runs of " #RUN ")",       \
+   wgr::Run<T, BS, TA != 0, TB != 0>, wgr::SddTmaUsable<T>}
+#define JBS_WGR_TRANS_ROWS(DT, T, BS, RUN)                                         \
+  JBS_WGR_ROW(DT, T, BS, RUN, 0, 0), JBS_WGR_ROW(DT, T, BS, RUN, 0, 1),            \
+      JBS_WGR_ROW(DT, T, BS, RUN, 1, 0), JBS_WGR_ROW(DT, T, BS, RUN, 1, 1)
+#define JBS_WGR_ROWS(DT, T) JBS_WGR_TRANS_ROWS(DT, T, 64, 4), JBS_WGR_TRANS_ROWS(DT, T, 128, 2)
 // SDD at bs 16/32 in runs of one block row (unless JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0).
 #define JBS_SDD_RUNS_ROWS(DT, T, NAME)                                                     \
   {DT, 16, MatmulPath::kMmaSyncRuns, 1, -1, -1, NAME, tc::Run<T, tc::SddRuns16>, nullptr}, \
@@ -174,6 +175,7 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WGT_TRANS_ROWS
 #undef JBS_WGT_ROWS
 #undef JBS_WGR_ROW
+#undef JBS_WGR_TRANS_ROWS
 #undef JBS_WGR_ROWS
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on

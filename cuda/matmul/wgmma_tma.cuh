@@ -85,13 +85,12 @@ struct Cfg {
 };
 
 // Consumer thread `ct`'s accumulators of row group `rg` of the staged rows (64 rows:
-// [64 rg, 64 rg + 64) of Cfg::EPI_ROWS) into the buffer at `os` (Cfg::EPI above),
-// converted to T. Each warp's stores
-// fall on 32 distinct banks (the swizzle spreads its 8 rows, or its 4 column pairs, over
-// the chunks of a line). The byte offsets are a per-thread part and a per-step constant
-// in disjoint bits (line, 16-byte chunk, byte in the chunk), so each store's address is
-// one XOR or add of an immediate.
-template <typename T, int BS>
+// [64 rg, 64 rg + 64)) into the buffer at `os` (Cfg::EPI above; SLAB_LINES lines per
+// 64-column slab), converted to T. Each warp's stores fall on 32 distinct banks (the
+// swizzle spreads its 8 rows, or its 4 column pairs, over the chunks of a line). The byte
+// offsets are a per-thread part and a per-step constant in disjoint bits (line, 16-byte
+// chunk, byte in the chunk), so each store's address is one XOR or add of an immediate.
+template <typename T, int BS, int SLAB_LINES = Cfg<BS>::EPI_ROWS>
 __device__ __forceinline__ void StageTile(const float* acc, unsigned char* os, bool o_trans,
                                           int rg, int ct) {
   const int lane = ct & 31, w4 = (ct >> 5) & 3, q = lane >> 2, cb2 = 2 * (lane & 3);
@@ -118,7 +117,7 @@ __device__ __forceinline__ void StageTile(const float* acc, unsigned char* os, b
     for (int j = 0; j < BS / 8; ++j)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int off = ((t0 + 1024 * h) ^ ((j % 8) << 4)) + (j / 8) * (Cfg<BS>::EPI_ROWS * kLine);
+        const int off = ((t0 + 1024 * h) ^ ((j % 8) << 4)) + (j / 8) * (SLAB_LINES * kLine);
         *reinterpret_cast<wg::Pair<T>*>(os + off) =
             wg::Pair<T>{tc::FromF<T>(acc[4 * j + 2 * h]), tc::FromF<T>(acc[4 * j + 2 * h + 1])};
       }
