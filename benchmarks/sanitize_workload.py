@@ -112,6 +112,14 @@ def matmul_workload():
         many = jbs.layouts.random(4 * 64, 150 * 64, 64, 0.2, seed=2)
         a = array((520, many.shape[0]), jnp.bfloat16)
         run(lambda a, w: jbs.dds(a, w, many), a, array((many.nnz, 64, 64), jnp.bfloat16))
+    # sdd over rows of many blocks: passes that cross row ends, many items per CTA
+    # (wgmma_sdd_tma.cuh under JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1)
+    for bs, rows, cols in ((64, 4, 150), (128, 3, 60)):
+        if taken():
+            many = jbs.layouts.random(rows * bs, cols * bs, bs, 0.2, seed=bs)
+            a = array((520, many.shape[0]), jnp.bfloat16)
+            b = array((520, many.shape[1]), jnp.bfloat16)
+            run(lambda a, b: jbs.sdd(a, b, many, trans_a=True), a, b)
     # the public layer op and its gradient (dds forward, sdd + dds^T backward)
     lay = jbs.layouts.random(256, 384, 64, 0.3, seed=1)
     x = array((2, 40, 256), jnp.bfloat16)
