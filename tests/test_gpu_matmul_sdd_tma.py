@@ -55,7 +55,7 @@ def is_sdd_tma(kernel):
 
 
 def expect(case, kernels):
-    """The TMA kernel where it applies: Hopper, block size 64, aligned rows, blocks."""
+    """The TMA kernel where it applies: Hopper, block size 64 or 128, aligned rows, blocks."""
     _, trans, _, bs, free, kind, _ = case
     want = hopper() and bs in (64, 128) and rows_aligned("sdd", trans, free) and kind != "empty"
     assert all(is_sdd_tma(k) == want for k in kernels if "none" not in k), (case, kernels)

@@ -243,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // The tensor maps of op(A) (stored [m, K] or, TA, [K, m]), op(B) (stored [K, n] or, TB,
-// [n, K]) and the output ([nnz * 64 rows of 64] per batch entry), each with the batch as the
+// [n, K]) and the output ([nnz * bs rows of bs] per batch entry), each with the batch as the
 // third dimension (extent 1 for an operand shared by the batch); every box 64 x 64.
 template <typename T, int BS, bool TA, bool TB>
 cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b,
@@ -298,8 +298,9 @@ bool SddTmaUsable(const TcArgs& args, int block_size) {
                       tma::GetEncodeTiled() != nullptr);
 }
 
-// The launchers (one per transposition) and the check the dispatch table (dispatch.cu)
-// names: declared `extern template` there, instantiated in wgmma_sdd_tma_<dtype>.cu.
+// The launchers (one per block size and transposition) and the check the dispatch table
+// (dispatch.cu) names: declared `extern template` there, instantiated in
+// wgmma_sdd_tma_<dtype>.cu.
 #define JBS_WGR_BS_LAUNCHERS(PREFIX, T, BS)                          \
   PREFIX cudaError_t Run<T, BS, false, false>(TcArgs, cudaStream_t);   \
   PREFIX cudaError_t Run<T, BS, false, true>(TcArgs, cudaStream_t);    \
