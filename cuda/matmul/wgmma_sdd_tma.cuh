@@ -278,37 +278,22 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// Whether this kernel can run `args` here: block size 64 or 128, 16-byte aligned operand and output
-// rows, an sm_90 device, sm_90a code built, the tensor-map encoder found, blocks and a
-// contracted size (a tensor map's extents are non-zero), and coordinates that fit the
-// copies' 32-bit ones.
+// Whether this kernel can run `args` here (wgt::TmaCallFits; its coordinates: op(A)'s m and
+// op(B)'s n).
 template <typename T>
 bool SddTmaUsable(const TcArgs& args, int block_size) {
-#ifndef JBS_WGMMA_BUILT
-  return false;
-#endif
-  const int64_t kLimit = int64_t(1) << 30;
-  if ((block_size != 64 && block_size != 128) || !args.a_vec || !args.b_vec || !args.o_vec ||
-      args.nnz <= 0 ||
-      args.K <= 0 || args.M <= 0 || args.N <= 0 || args.K >= kLimit || args.M >= kLimit ||
-      args.N >= kLimit || int64_t(args.nnz) * block_size >= kLimit || args.batch >= kLimit)
-    return false;
   static std::atomic<uint8_t> state[64];  // per device: 0 unknown, 1 usable, 2 not
-  return UsableAsSm90(state, reinterpret_cast<const void*>(SddTmaKernel<T, 64, false, false>),
-                      tma::GetEncodeTiled() != nullptr);
+  return args.M > 0 && args.N > 0 &&
+         wgt::TmaCallFits(args, block_size, args.M > args.N ? args.M : args.N, state,
+                          reinterpret_cast<const void*>(SddTmaKernel<T, 64, false, false>));
 }
 
 // The launchers (one per block size and transposition) and the check the dispatch table
 // (dispatch.cu) names: declared `extern template` there, instantiated in
 // wgmma_sdd_tma_<dtype>.cu.
-#define JBS_WGR_BS_LAUNCHERS(PREFIX, T, BS)                          \
-  PREFIX cudaError_t Run<T, BS, false, false>(TcArgs, cudaStream_t);   \
-  PREFIX cudaError_t Run<T, BS, false, true>(TcArgs, cudaStream_t);    \
-  PREFIX cudaError_t Run<T, BS, true, false>(TcArgs, cudaStream_t);    \
-  PREFIX cudaError_t Run<T, BS, true, true>(TcArgs, cudaStream_t);
-#define JBS_WGR_LAUNCHERS(PREFIX, T)  \
-  JBS_WGR_BS_LAUNCHERS(PREFIX, T, 64) \
-  JBS_WGR_BS_LAUNCHERS(PREFIX, T, 128) \
+#define JBS_WGR_LAUNCHERS(PREFIX, T) \
+  JBS_TMA_TRANS_RUNS(PREFIX, T, 64)  \
+  JBS_TMA_TRANS_RUNS(PREFIX, T, 128) \
   PREFIX bool SddTmaUsable<T>(const TcArgs&, int);
 
 }  // namespace wgr

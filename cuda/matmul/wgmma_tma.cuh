@@ -385,38 +385,47 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   return cudaLaunchKernelEx(&launch.cfg, kernel, args, map_a, map_b, map_o, pairs);
 }
 
-// Whether this kernel can run `args` here: block size 64 or 128, 16-byte aligned operand
-// and output rows (the output's too: the TMA store), an sm_90 device, sm_90a code built,
-// the tensor-map encoder found, coordinates that fit the copies' 32-bit ones, and blocks (a
-// tensor map's extents are non-zero: a layout without blocks runs wgmma_lines.cuh, which
-// stores the zeros).
-template <typename T>
-bool TmaUsable(const TcArgs& args, int block_size) {
+// What the TMA matmul kernels (this one, wgmma_sdd_tma.cuh) need of any call: block size 64
+// or 128, 16-byte aligned operand and output rows (the output's too: the TMA store),
+// blocks and a contracted size (a tensor map's extents are non-zero: a layout without
+// blocks runs wgmma_lines.cuh, which stores the zeros), coordinates that fit the copies'
+// 32-bit ones (`extent`: each kernel's largest other coordinate), an sm_90 device, sm_90a
+// code built (`kernel`, probed once per device into `state`) and the tensor-map encoder.
+inline bool TmaCallFits(const TcArgs& args, int block_size, int64_t extent,
+                        std::atomic<uint8_t> (&state)[64], const void* kernel) {
 #ifndef JBS_WGMMA_BUILT
   return false;
 #endif
   const int64_t kLimit = int64_t(1) << 30;
   if ((block_size != 64 && block_size != 128) || !args.a_vec || !args.b_vec || !args.o_vec ||
-      args.nnz <= 0 || args.K <= 0 || args.lines * block_size >= kLimit ||
-      args.M + 2 * kBM >= kLimit || args.K >= kLimit ||
+      args.nnz <= 0 || args.K <= 0 || args.K >= kLimit || extent >= kLimit ||
       int64_t(args.nnz) * block_size >= kLimit || args.batch >= kLimit)
     return false;
-  static std::atomic<uint8_t> state[64];  // per device: 0 unknown, 1 usable, 2 not
-  return UsableAsSm90(state, reinterpret_cast<const void*>(WgtKernel<T, 64, false, false>),
-                      tma::GetEncodeTiled() != nullptr);
+  return UsableAsSm90(state, kernel, tma::GetEncodeTiled() != nullptr);
 }
 
-// The launchers (one per block size and transposition) and the check the dispatch table
-// (dispatch.cu) names: declared `extern template` there, instantiated in
-// wgmma_tma_<dtype>.cu.
-#define JBS_WGT_BS_LAUNCHERS(PREFIX, T, BS)                            \
+// Whether this kernel can run `args` here (TmaCallFits; its coordinates: the output's
+// columns, lines x bs, and the row tiles' rows, up to M + 2 x 256).
+template <typename T>
+bool TmaUsable(const TcArgs& args, int block_size) {
+  static std::atomic<uint8_t> state[64];  // per device: 0 unknown, 1 usable, 2 not
+  const int64_t lines = args.lines * block_size, rows = args.M + 2 * kBM;
+  return TmaCallFits(args, block_size, lines > rows ? lines : rows, state,
+                     reinterpret_cast<const void*>(WgtKernel<T, 64, false, false>));
+}
+
+// Run<T, BS, TA, TB> for every transposition (the TMA kernels' launchers).
+#define JBS_TMA_TRANS_RUNS(PREFIX, T, BS)                              \
   PREFIX cudaError_t Run<T, BS, false, false>(TcArgs, cudaStream_t);   \
   PREFIX cudaError_t Run<T, BS, false, true>(TcArgs, cudaStream_t);    \
   PREFIX cudaError_t Run<T, BS, true, false>(TcArgs, cudaStream_t);    \
   PREFIX cudaError_t Run<T, BS, true, true>(TcArgs, cudaStream_t);
+// The launchers (one per block size and transposition) and the check the dispatch table
+// (dispatch.cu) names: declared `extern template` there, instantiated in
+// wgmma_tma_<dtype>.cu.
 #define JBS_WGT_LAUNCHERS(PREFIX, T) \
-  JBS_WGT_BS_LAUNCHERS(PREFIX, T, 64) \
-  JBS_WGT_BS_LAUNCHERS(PREFIX, T, 128) \
+  JBS_TMA_TRANS_RUNS(PREFIX, T, 64)  \
+  JBS_TMA_TRANS_RUNS(PREFIX, T, 128) \
   PREFIX bool TmaUsable<T>(const TcArgs&, int);
 
 }  // namespace wgt
