@@ -56,6 +56,7 @@ Switches Read() {
                                                     : 128;
   s.sdd_split = Flag("JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT");
   s.sdd_tma = Flag("JAX_BLOCKSPARSE_MATMUL_SDD_TMA");
+  s.attn_fwd_lazy_rescale = Flag("JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE");
   return s;
 }
 

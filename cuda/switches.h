@@ -23,6 +23,12 @@
 //     outputs bit for bit
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n (n >= 1) the same, with at most n CTAs (tests
 //     and compute-sanitizer: many work items per CTA on small shapes)
+//   JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=1 opt-in (issue 18; written 2026-12-06, not yet
+//     run on a GPU): the FA3-design forward moves a row's running maximum only when a tile's
+//     exceeds it by more than 2^8 (attn::kLazyRescaleSlack), and multiplies O by the old
+//     maximum's factor only in warps where some row moved: most tiles skip the 64 (D 128)
+//     multiplies per thread between a PV product and the next issue; values within the
+//     online softmax's rounding of the exact ones, the launch line says " lazy-rescale"
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0;
 //     attention/dispatch.cu kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
 //     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 / 256 (256 unless
@@ -121,6 +127,7 @@ struct Switches {
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
   bool attn_bwd_onepass_dq_first;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST: anything but
                                    // "" or "0"
+  bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "" or "0"
   bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "0" (default on)
   int attn_head_sections;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS: N >= 1 its value, -1 "l2",
                            // 0 otherwise (unset, "", "0", anything else)

@@ -731,6 +731,33 @@ def test_fa3_forward_persistent(variant, ctas, names):
                            lambda name: expected_persistent(variant, case_kind(name)[1]))
 
 
+# ------------------------------------------- the lazy rescale (opt-in switch)
+# JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=1: a row's running maximum moves only when a tile's
+# exceeds it by more than 2^8, and O is rescaled only in warps where one moved; plain and
+# persistent (each case's checker as above: values and lse against the float64
+# reference, bitwise equal over two runs).
+LAZY_RUNS = ([("0", c) for c in chunks(PERSISTENT_CASES, 3)] +
+             [("1", ("local_causal", "docs_dense_kv_lengths", "fine16_docs_causal"))])
+
+
+@pytest.mark.parametrize("persistent,names", LAZY_RUNS, ids=case_id)
+def test_fa3_forward_lazy_rescale(persistent, names):
+    if not sm90():
+        pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    runners = {}
+    for case in cases:
+        runners.setdefault(case_kind(case[0])[0], []).append(case)
+    code = "import test_gpu_attention_sm90 as t; " + "; ".join(
+        f"t.{runner}({group!r})" for runner, group in runners.items())
+    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE="1",
+                        JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=persistent).stderr
+    plain = lambda name: FA3_BS64 if case_kind(name)[1] == BS64 else FA3[""]
+    kernel = lambda name: (expected_persistent("", case_kind(name)[1]) if persistent == "1"
+                           else plain(name))
+    assert_forward_kernels(stderr, cases, lambda name: kernel(name) + " lazy-rescale")
+
+
 def save_forward(cases, path):
     """o and lse of each (case name, dtype) into the npz `path` (float64)."""
     platform = jax.devices()[0].platform

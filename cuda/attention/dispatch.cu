@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "../launch_util.h"  // LaunchDetail
 #include "../switches.h"
 #include "bwd_sm90.h"
 #include "bwd_sm90_onepass.h"
@@ -316,6 +317,10 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   a.out_o = p.o;
   a.out_lse = p.lse;
   a.sinks = p.sinks;
+  // (read by the FA3-design forward, `documents` rows: JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE)
+  const bool lazy = kernel.documents && GetSwitches().attn_fwd_lazy_rescale;
+  a.rescale_slack = lazy ? attn::kLazyRescaleSlack : 0.f;
+  if (lazy && GetSwitches().debug) LaunchDetail() = " lazy-rescale";
   const int bs = p.shape.block_size;
   a.mask_bits = p.mask_bits;
   const int mask_block = p.mask_bits != nullptr ? p.mask_block : bs;

@@ -722,6 +722,10 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         }
         mx0 = fmaxf(m0, QuadMax(mx0) * sl2_max);
         mx1 = fmaxf(m1, QuadMax(mx1) * sl2_max);
+        // lazy rescale: the running maximum stays while the tile's is within the slack
+        // (slack 0: moves with every new maximum; -inf - -inf is NaN: stays -inf)
+        if (mx0 - m0 <= a.rescale_slack) mx0 = m0;
+        if (mx1 - m1 <= a.rescale_slack) mx1 = m1;
         const float mu0 = mx0 == -INFINITY ? 0.f : mx0, mu1 = mx1 == -INFINITY ? 0.f : mx1;
         c0 = Exp2(m0 - mu0);
         c1 = Exp2(m1 - mu1);
@@ -820,10 +824,13 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
 #pragma unroll
           for (int i = 0; i < kDS / 2; ++i) wg::FenceOperand(o[i]);
           if (v_busy) tma::MbarArrive(empty_v(vst));
-          // all of them: skipping D = 96's zero columns made ptxas serialize the wgmmas
+          // all of them: skipping D = 96's zero columns made ptxas serialize the wgmmas;
+          // none in a warp whose rows all kept their maximum (c = 1: the same values)
+          if (__any_sync(0xffffffffu, c0 != 1.f || c1 != 1.f)) {
 #pragma unroll
-          for (int j = 0; j < kDS / 8; ++j) {
-            o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
+            for (int j = 0; j < kDS / 8; ++j) {
+              o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;
+            }
           }
           pack_p();
         };
