@@ -24,11 +24,12 @@
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n (n >= 1) the same, with at most n CTAs (tests
 //     and compute-sanitizer: many work items per CTA on small shapes)
 //   JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=1 opt-in (issue 18; written 2026-12-06, not yet
-//     run on a GPU): the FA3-design forward moves a row's running maximum only when a tile's
-//     exceeds it by more than 2^8 (attn::kLazyRescaleSlack), and multiplies O by the old
-//     maximum's factor only in warps where some row moved: most tiles skip the 64 (D 128)
-//     multiplies per thread between a PV product and the next issue; values within the
-//     online softmax's rounding of the exact ones, the launch line says " lazy-rescale"
+//     run on a GPU): the FA3-design forward moves a row's running maximum only when a
+//     tile's exceeds it by more than 8 (log2 units: attn::kLazyRescaleSlack), and
+//     multiplies O by the old maximum's factor only in warps where some row moved: most
+//     tiles skip the 64 (D 128) multiplies per thread between a PV product and the next
+//     issue; values within the online softmax's rounding of the exact ones, the launch
+//     line says " lazy-rescale"
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0;
 //     attention/dispatch.cu kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
 //     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 / 256 (256 unless
