@@ -758,6 +758,56 @@ def test_fa3_forward_lazy_rescale(persistent, names):
     assert_forward_kernels(stderr, cases, lambda name: kernel(name) + " lazy-rescale")
 
 
+def check_growing_scores(dtype, causal):
+    """Scores that grow along the keys, in steps per 128-key tile of 4 (5.8 in log2 units:
+    the lazy rescale holds the maximum) and then 9 (13: it moves), so that both of its paths
+    run on every row: o and lse against the float64 reference."""
+    b, t, h, d = 1, 1024, 2, 128
+    rng = np.random.default_rng(91)
+    w = rng.standard_normal(d)
+    w *= np.sqrt(d) / np.linalg.norm(w)  # |w|^2 = D: q = w, k = beta / sqrt(D) w give beta
+    beta = np.repeat(np.array([0, 4, 8, 12, 21, 30, 39, 48], float), t // 8)
+    q = w + 0.1 * rng.standard_normal((b, t, h, d))
+    k = (beta[:, None, None] / np.sqrt(d) * w) + 0.1 * rng.standard_normal((b, t, h, d))
+    v = rng.standard_normal((b, t, h, d))
+    q, k, v = (jnp.asarray(x, dtype) for x in (q, k, v))
+    layout = jbs.Layout(np.ones((t // BS, t // BS), bool), BS)
+    scale = 1 / np.sqrt(d)
+    f = jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal, scale=scale,
+                                              return_lse=True))
+    o, lse = f(q, k, v)
+    allowed = attention_mask64(layout, causal, t, t, [t])
+    zeros = np.zeros((b, t, h, d)), np.zeros((b, h, t))
+    want_o, want_lse = attention64(q, k, v, allowed, scale, *zeros)[:2]
+    assert rel_err(o, want_o) < ATTENTION_TOLERANCE[dtype], ("o", rel_err(o, want_o))
+    assert lse_err(lse, want_lse) < LSE_TOLERANCE, ("lse", lse_err(lse, want_lse))
+
+
+def run_growing(cases):
+    """check_growing_scores on each (dtype name, causal) after a `mark_case` line."""
+    for dtype, causal in cases:
+        mark_case(f"growing {dtype} {causal}")
+        check_growing_scores(DTYPES[dtype], causal)
+
+
+@pytest.mark.parametrize("lazy", ("0", "1"))
+def test_fa3_forward_growing_scores(lazy):
+    """The forward (with and without the lazy rescale) on scores that grow along the keys
+    by less and by more than the lazy rescale's slack."""
+    if not sm90():
+        pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
+    cases = [(dtype, causal) for dtype in ("bf16", "f16") for causal in (False, True)]
+    stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_growing({cases!r})",
+                        JAX_BLOCKSPARSE_DEBUG="1",
+                        JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=lazy).stderr
+    logs = kernels_by_case(stderr)
+    for dtype, causal in cases:
+        forward = [k for op, k in logs.get(f"growing {dtype} {causal}", [])
+                   if op == "attention_fwd"]
+        want = FA3[""] + (" lazy-rescale" if lazy == "1" else "")
+        assert forward and all(k == want for k in forward), (dtype, causal, forward)
+
+
 def save_forward(cases, path):
     """o and lse of each (case name, dtype) into the npz `path` (float64)."""
     platform = jax.devices()[0].platform
