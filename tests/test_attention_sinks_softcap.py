@@ -555,9 +555,10 @@ def test_hopper_forward_takes_soft_cap(persistent, lazy):
     or 32 or partial last tiles runs the FA3-design forward (plain, then persistent), with
     attention sinks in some (FWD_SINKS): o and lse against the float64 reference (dsinks
     too), also under JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=1 (the running maximum moved
-    only past 2^8); its backward (dq, dk, dv against the reference too) the default FA3-design
-    backward at head dims 64 and 128 (FA2's at block size 64), at 96 the same zero-padded
-    to 128 (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), at 256 its own Hopper backward."""
+    only by a tile maximum more than 8 above it, log2 units); its backward (dq, dk, dv
+    against the reference too) the default FA3-design backward at head dims 64 and 128
+    (FA2's at block size 64), at 96 the same zero-padded to 128
+    (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), at 256 its own Hopper backward."""
     from jax_blocksparse import _cuda
     from reference import kernels_by_case, run_python
     if not _cuda.sm90_forward():

@@ -702,6 +702,18 @@ def persistent_env(variant, ctas):
     return env
 
 
+def run_forward_cases(names, **env):
+    """Each of `names` in bf16 and f16 through its checker (case_kind), in one process with
+    JAX_BLOCKSPARSE_DEBUG=1 and `env`: (the (name, dtype) cases, that process's stderr)."""
+    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
+    runners = {}
+    for case in cases:
+        runners.setdefault(case_kind(case[0])[0], []).append(case)
+    code = "import test_gpu_attention_sm90 as t; " + "; ".join(
+        f"t.{runner}({group!r})" for runner, group in runners.items())
+    return cases, run_python(code, JAX_BLOCKSPARSE_DEBUG="1", **env).stderr
+
+
 def assert_forward_kernels(stderr, cases, want_of):
     """Every forward launch of each case names want_of(case name)."""
     logs = kernels_by_case(stderr)
@@ -720,21 +732,15 @@ def test_fa3_forward_persistent(variant, ctas, names):
     or in unread keys changing nothing), with the default grid and with a few CTAs."""
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
-    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
-    runners = {}
-    for case in cases:
-        runners.setdefault(case_kind(case[0])[0], []).append(case)
-    code = "import test_gpu_attention_sm90 as t; " + "; ".join(
-        f"t.{runner}({group!r})" for runner, group in runners.items())
-    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", **persistent_env(variant, ctas)).stderr
+    cases, stderr = run_forward_cases(names, **persistent_env(variant, ctas))
     assert_forward_kernels(stderr, cases,
                            lambda name: expected_persistent(variant, case_kind(name)[1]))
 
 
 # ------------------------------------------- the lazy rescale (opt-in switch)
 # JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=1: a row's running maximum moves only when a tile's
-# exceeds it by more than 2^8, and O is rescaled only in warps where one moved; plain and
-# persistent (each case's checker as above: values and lse against the float64
+# exceeds it by more than 8 (log2 units), and O is rescaled only in warps where one moved;
+# plain and persistent (each case's checker as above: values and lse against the float64
 # reference, bitwise equal over two runs).
 LAZY_RUNS = ([("0", c) for c in chunks(PERSISTENT_CASES, 3)] +
              [("1", ("local_causal", "docs_dense_kv_lengths", "fine16_docs_causal"))])
@@ -744,14 +750,8 @@ LAZY_RUNS = ([("0", c) for c in chunks(PERSISTENT_CASES, 3)] +
 def test_fa3_forward_lazy_rescale(persistent, names):
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
-    cases = [(name, dtype) for name in names for dtype in ("bf16", "f16")]
-    runners = {}
-    for case in cases:
-        runners.setdefault(case_kind(case[0])[0], []).append(case)
-    code = "import test_gpu_attention_sm90 as t; " + "; ".join(
-        f"t.{runner}({group!r})" for runner, group in runners.items())
-    stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE="1",
-                        JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=persistent).stderr
+    cases, stderr = run_forward_cases(names, JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE="1",
+                                      JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=persistent)
     plain = lambda name: FA3_BS64 if case_kind(name)[1] == BS64 else FA3[""]
     kernel = lambda name: (expected_persistent("", case_kind(name)[1]) if persistent == "1"
                            else plain(name))
