@@ -13,7 +13,7 @@ inline unsigned Clamp(int64_t x, int64_t hi) { return unsigned(x < hi ? x : hi);
 
 // What a launcher chose at launch time beyond its dispatch-table row (e.g. " sdd-split=4"),
 // for the JAX_BLOCKSPARSE_DEBUG launch line: set by the launcher (only when debugging),
-// taken and cleared by the FFI handler that logs the launch (this thread's).
+// taken and cleared by the launch line (LaunchLog::Done, src/debug.h; this thread's).
 inline std::string& LaunchDetail() {
   static thread_local std::string detail;
   return detail;

@@ -9,13 +9,16 @@
 
 #include <cuda_runtime_api.h>
 
+#include "../cuda/launch_util.h"  // LaunchDetail
 #include "../cuda/switches.h"
 
 namespace jax_blocksparse {
 
 inline int DebugLevel() { return GetSwitches().debug; }
 
-// Wraps one launch: construct before it, call Done() after it with the variant launched.
+// Wraps one launch: construct before it, call Done() after it with the variant launched
+// (the line adds what the launcher chose beyond it, LaunchDetail, which the launchers set
+// only when debugging; Done clears it for the next launch).
 class LaunchLog {
  public:
   LaunchLog(cudaStream_t stream, std::string what) : stream_(stream), what_(std::move(what)) {
@@ -28,6 +31,8 @@ class LaunchLog {
 
   void Done(const char* variant) {
     if (DebugLevel() < 1) return;
+    const std::string detail = LaunchDetail();
+    LaunchDetail().clear();
     std::string timing;
     if (start_ != nullptr) {
       cudaEventRecord(stop_, stream_);
@@ -40,8 +45,8 @@ class LaunchLog {
     } else if (DebugLevel() >= 2) {
       timing = "  (captured in a CUDA graph: not timed)";
     }
-    std::fprintf(stderr, "[jax_blocksparse] %s  kernel=%s%s\n", what_.c_str(), variant,
-                 timing.c_str());
+    std::fprintf(stderr, "[jax_blocksparse] %s  kernel=%s%s%s\n", what_.c_str(), variant,
+                 detail.c_str(), timing.c_str());
   }
 
  private:

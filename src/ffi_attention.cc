@@ -6,7 +6,6 @@
 #include "../cuda/attention.h"
 #include "../cuda/attention/bwd_sm90_onepass.h"
 #include "../cuda/attention_decode.h"
-#include "../cuda/launch_util.h"  // LaunchDetail
 #include "debug.h"
 #include "ffi_common.h"
 #include "ffi_attention.h"
@@ -206,11 +205,7 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
                                                   : "")
                                      : "");
   const cudaError_t err = LaunchAttentionForward(*kernel, p, stream);
-  if (DebugLevel()) {  // (the launcher sets LaunchDetail only then: no string per launch)
-    const std::string name = kernel->name + LaunchDetail();  // what the launcher chose
-    LaunchDetail().clear();
-    log.Done(name.c_str());
-  }
+  log.Done(kernel->name);
   return CheckLaunch(err, "attention forward");
 }
 

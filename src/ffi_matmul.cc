@@ -3,7 +3,6 @@
 // queries: safe inside CUDA graphs (declared command-buffer compatible).
 #include <string>
 
-#include "../cuda/launch_util.h"  // LaunchDetail
 #include "../cuda/matmul.h"
 #include "debug.h"
 #include "ffi_common.h"
@@ -75,11 +74,7 @@ ffi::Error Run(cudaStream_t stream, const char* op, DType dtype, const Params& p
   }
   LaunchLog log(stream, what);
   const cudaError_t err = launch(run, p, stream);
-  if (DebugLevel()) {  // (the launchers set LaunchDetail only then: no string per launch)
-    const std::string name = run.kernel->name + LaunchDetail();  // what the launcher chose
-    LaunchDetail().clear();
-    log.Done(name.c_str());
-  }
+  log.Done(run.kernel->name);
   return CheckLaunch(err, op);
 }
 
