@@ -42,13 +42,15 @@ namespace jax_blocksparse {
 namespace wgr {
 
 using tc::TcArgs;
+using wg::kBK;  // K per step: one 128-byte line
 using wg::kLine;
+// the roles of wgmma_tma.cuh: a producer warpgroup and 2 consumer warpgroups, their registers
+using wgt::kConsumerRegs;
+using wgt::kProducerRegs;
+using wgt::kThreads;
 
-constexpr int kBK = 64;                        // K per step: one 128-byte line
-constexpr int kThreads = 384;                  // producer warpgroup + 2 consumer warpgroups
 constexpr int kEmptyArrivals = 8;              // consumer warps
 constexpr int kBarStaged = 1;                  // named barriers 1, 2: warpgroup 0's, 1's
-constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 constexpr int kBox = 64 * kLine;               // a 64 x 64 box of 16-bit elements: 8 KB
 
 template <int BS>

@@ -51,12 +51,12 @@ namespace jax_blocksparse {
 namespace wgt {
 
 using tc::TcArgs;
+using wg::kBK;  // K per step: one 128-byte line of 16-bit elements
 using wg::kLine;
 
 constexpr int kThreads = 384;          // producer warpgroup + 2 consumer warpgroups
 constexpr int kConsumerThreads = 256;
 constexpr int kBM = 256;               // rows of a tile (128 per consumer warpgroup)
-constexpr int kBK = 64;                // K per step: one 128-byte line of 16-bit elements
 constexpr int kClusterCtas = 2;        // row tiles 2 pair, 2 pair + 1
 constexpr int kEmptyArrivals = 8 * kClusterCtas;  // consumer warps of the cluster
 // named barriers of the epilogue: at bs 64 one over both consumer warpgroups; at bs 128
@@ -343,8 +343,8 @@ int MaxClusters(Kernel kernel, cudaLaunchConfig_t cfg, std::atomic<int> (&value)
 // K-major), each with the batch as the third dimension (extent 1 for an operand shared by
 // the batch), and their boxes: A 64 x 256 (K-major) or 64 x 64 (M-major, one slab), B one
 // CTA's half of a step; and the output's (M rows of N = lines x bs, or N rows of M when
-// stored transposed) with the batch third, its box one slab of a warpgroup's staged rows
-// (64 columns x 128 rows, or 64 rows x bs of N).
+// stored transposed) with the batch third, its box one slab of the staged rows (64
+// columns x Cfg::EPI_ROWS rows, 256 at bs 64 and 128 at bs 128, or 64 rows x bs of N).
 template <typename T, int BS, bool TA, bool TB>
 cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b,
                        CUtensorMap* map_o) {
