@@ -18,8 +18,9 @@ tensors (it ignores the sparsity and the documents: for the packed rows compare 
 `--variants 0,2` times our forward once per value of `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT`
 (a fresh process each: the switch is read once); a value ending in `p` (`--variants 2,2p`)
 sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), the others
-=0, and one with `l` (`2l`) JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=1 (the lazy rescale); `--bwd-variants 2,4` the same for `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`,
-`b4`; a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 64
+=0, and one with `l` (`2l`) JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=1 (the lazy rescale);
+`--bwd-variants 2,4` the same for `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`, `b4`;
+a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 64
 on the Hopper backward's 128 x 128 tiles; `r`, `2r`, sets it to 0: the FA2 backward's
 block-64 rows; neither: unset, the layout's tile fill decides; `q`, `4q`, sets
 JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1: variant 4's steps in FlashAttention-3's

@@ -8,7 +8,7 @@
 #    matmul_tf32: float32 (and bf16) at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA 0 and 1;
 #    matmul_tma: bf16 at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_TMA 0 and 1 (MATMUL_ARGS: more);
 #    matmul_sdd_split: the same under JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT 0 and 1 (dW: the sdd);
-#    matmul_sdd_tma: bf16 at bs 64 under JAX_BLOCKSPARSE_MATMUL_SDD_TMA 0 and 1 (dW: the sdd);
+#    matmul_sdd_tma: bf16 at bs 64/128 under JAX_BLOCKSPARSE_MATMUL_SDD_TMA 0 and 1 (dW: the sdd);
 #    matmul_profile: Nsight Compute on the bs-64 wgmma matmul at density 0.02;
 #    attention_bwd_profile: the same on the Hopper backward's kernels, causal layout;
 #    attention_harness, matmul_harness: the kernels called from C++ outside JAX (timing,
@@ -302,10 +302,6 @@ for stage in "$@"; do
                       python3 "$repo/benchmarks/matmul.py" \
                       ${PROFILE_ARGS:---block-sizes 64 --densities 0.02 --dtypes bfloat16} \
                       --reps 2 ;;
-    # the same on the Hopper backward (issue 19: what bounds the causal forward+backward
-    # against cuDNN): a dK/dV and a dQ launch of the default variant on the causal layout;
-    # JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 PROFILE_KERNEL=OnePassKernel PROFILE_COUNT=1 for
-    # the one-pass kernel
     # the attention kernels outside JAX (benchmarks/attention_harness.cu, linked against
     # this build's static kernel library; ncu on JAX processes ended in host segfaults):
     # timing (HARNESS_ARGS: its arguments, e.g. "--mask causal --phase bwd"), then Nsight
@@ -340,6 +336,10 @@ for name, m in z.items():
       [ -n "${PROFILE_KERNEL:-}" ] && PROFILE_COUNT=${PROFILE_COUNT:-1} \
         profile "$PROFILE_KERNEL" matmul_harness_ncu.log /tmp/matmul_harness \
         ${HARNESS_ARGS:-} --reps 2 ;;
+    # Nsight Compute on the Hopper backward (issue 19: what bounds the causal forward+backward
+    # against cuDNN): a dK/dV and a dQ launch of the default variant on the causal layout;
+    # JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 PROFILE_KERNEL=OnePassKernel PROFILE_COUNT=1 for
+    # the one-pass kernel
     attention_bwd_profile) PROFILE_COUNT=${PROFILE_COUNT:-2} \
         profile "${PROFILE_KERNEL:-DqKernel|DkvKernel}" attention_bwd_profile.log \
         python3 "$repo/benchmarks/dev_attention.py" --bwd-only --layouts causal ;;

@@ -1,6 +1,7 @@
 """The persistent TMA kernel of dds/dsd at block sizes 64 and 128 (cuda/matmul/wgmma_tma.cuh,
-the default at 64, at 128 too under JAX_BLOCKSPARSE_MATMUL_TMA=1, at neither under =0; clusters of two CTAs multicasting the blocks, the
-output stored by TMA from a swizzled staging tile), through
+the default at 64, at 128 too under JAX_BLOCKSPARSE_MATMUL_TMA=1, at neither under =0;
+clusters of two CTAs multicasting the blocks, the output stored by TMA from a swizzled
+staging tile), through
 the checks of tests/test_gpu_matmul_small_wgmma.py: the float64 reference by relative error
 (values and, on aligned sizes, both gradients), bf16 and f16, every transposition, free sizes
 below one 256-row tile, of an odd number of tiles (the second tile of the last cluster's pair
