@@ -119,8 +119,8 @@ enum class MatmulPath {
                // operands (the Python lowering passes them so), block sizes 64/128; opt-in:
                // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA=1
   kWgmmaSddTma,  // SDD at bs 64/128, bf16/f16, the kWgmmaTma conditions, block-row runs
-                 // of up to 4 / 2 blocks per pass; opt-in:
-                 // JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1
+                 // of up to 4 / 2 blocks per pass; at bs 128 where the call fills the card
+                 // (dispatch.cu SddTmaByDefault), JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 / =0
   kMmaSyncRuns,  // SDD at bs 16/32, several blocks of one block row per CTA (mma.sync, sm_80+),
                  // unless JAX_BLOCKSPARSE_MATMUL_SDD_RUNS=0
   kMmaSync,  // tensor cores (TF32 for float32), sm_80+: what runs when nothing above does

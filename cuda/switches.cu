@@ -55,8 +55,11 @@ Switches Read() {
                        : std::strcmp(tma, "0") == 0 ? 0
                                                     : 128;
   s.sdd_split = Flag("JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT");
-  s.sdd_tma = Flag("JAX_BLOCKSPARSE_MATMUL_SDD_TMA");
-  s.attn_fwd_lazy_rescale = Flag("JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE");
+  const char* sdd_tma = std::getenv("JAX_BLOCKSPARSE_MATMUL_SDD_TMA");
+  s.sdd_tma = sdd_tma == nullptr || *sdd_tma == '\0'  ? -1
+              : std::strcmp(sdd_tma, "0") == 0 ? 0
+                                               : 1;
+  s.attn_fwd_lazy_rescale = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE");
   return s;
 }
 

@@ -23,13 +23,14 @@
 //     outputs bit for bit
 //   JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=n (n >= 1) the same, with at most n CTAs (tests
 //     and compute-sanitizer: many work items per CTA on small shapes)
-//   JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=1 opt-in (issue 18; written 2026-12-06, not yet
-//     run on a GPU): the FA3-design forward moves a row's running maximum only when a
-//     tile's exceeds it by more than 8 (log2 units: attn::kLazyRescaleSlack), and
-//     multiplies O by the old maximum's factor only in warps where some row moved: most
-//     tiles skip the 64 (D 128) multiplies per thread between a PV product and the next
-//     issue; values within the online softmax's rounding of the exact ones, the launch
-//     line says " lazy-rescale"
+//   JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0 opts out (issue 18; default on: on an H100
+//     1.00-1.03x the forward without it over the six patterns, RESULTS 2026-12-06 third
+//     session; its tests and compute-sanitizer pass): the FA3-design forward moves a
+//     row's running maximum only when a tile's exceeds it by more than 8 (log2 units:
+//     attn::kLazyRescaleSlack), and multiplies O by the old maximum's factor only in warps
+//     where some row moved: most tiles skip the 64 (D 128) multiplies per thread between a
+//     PV product and the next issue; values within the online softmax's rounding of the
+//     exact ones. Under =0 the launch line says " eager-rescale" (every new maximum)
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0;
 //     attention/dispatch.cu kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
 //     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 / 256 (256 unless
@@ -104,11 +105,14 @@
 //     4 CTAs per output block, each over a share of K, their partials summed in rank
 //     order through distributed shared memory, where that is modelled to end sooner
 //     (wg::SddSplits: fewer rounds of resident CTAs)
-//   JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 opt-in (issue 20 item 2, the weight gradient; written
-//     2026-12-06, not yet run on a GPU): sdd at block sizes 64/128 in bf16/f16 with 16-byte
-//     aligned rows on a persistent warp-specialized Hopper kernel (matmul/wgmma_sdd_tma.cuh:
-//     TMA copies, up to 4 / 2 blocks of one block row per pass sharing the A panel's
-//     loads, TMA stores) instead of wgmma_lines.cuh's one block per CTA
+//   JAX_BLOCKSPARSE_MATMUL_SDD_TMA (issue 20 item 2, the weight gradient; H100, RESULTS
+//     2026-12-06 third session: 1.09x wgmma_lines.cuh at bs 128 density 0.1, 0.74x at
+//     0.02, 0.89x at bs 64; memcheck, racecheck, synccheck clean): sdd at block sizes
+//     64/128 in bf16/f16 with 16-byte aligned rows on a persistent warp-specialized Hopper
+//     kernel (matmul/wgmma_sdd_tma.cuh: TMA copies, up to 4 / 2 blocks of one block row
+//     per pass sharing the A panel's loads, TMA stores) instead of wgmma_lines.cuh's one
+//     block per CTA: unset, at block size 128 where the call's items fill the card
+//     (matmul/dispatch.cu SddTmaByDefault); =1 at 64 and 128 always; =0 never
 //   (Python side only: the default bs-16/32 kernel, wgmma_small.cuh, gets the 64-column
 //     group records and reads its union rows from them; JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0
 //     passes none, and every thread merges the lists itself: 1.1-1.5x slower on the H200)
@@ -128,7 +132,8 @@ struct Switches {
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
   bool attn_bwd_onepass_dq_first;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST: anything but
                                    // "" or "0"
-  bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "" or "0"
+  bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
+                               // (unset: on)
   bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "0" (default on)
   int attn_head_sections;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS: N >= 1 its value, -1 "l2",
                            // 0 otherwise (unset, "", "0", anything else)
@@ -141,7 +146,8 @@ struct Switches {
   int tma_wgmma_max_bs;   // JAX_BLOCKSPARSE_MATMUL_TMA: the largest block size the TMA
                           // kernel runs: 64 when unset or "", 0 for "0", 128 otherwise
   bool sdd_split;         // JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT: anything but "" or "0"
-  bool sdd_tma;           // JAX_BLOCKSPARSE_MATMUL_SDD_TMA: anything but "" or "0"
+  int sdd_tma;            // JAX_BLOCKSPARSE_MATMUL_SDD_TMA: -1 unset or "" (the automatic
+                          // choice, matmul/dispatch.cu SddTmaByDefault), 0 for "0", else 1
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

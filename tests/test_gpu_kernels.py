@@ -51,28 +51,42 @@ def value_and_grads(fn):
 
 
 def build(op, trans, variant, layout, rng, free, lead=(), shared=None, grads=True):
-    """(jitted program, its arguments, the float64 results it must give) for one call of
-    `op` on fresh random inputs: its value and, with `grads` and unbatched operands, the
-    gradients of `vdot(op(x, y), cot)`. `lead`: batch dimensions of both operands, or of
+    """(jitted program, its arguments, per result its float64 value and reach: `verify`) for
+    one call of `op` on fresh random inputs: its value and, with `grads` and unbatched
+    operands, the gradients of `vdot(op(x, y), cot)`. `lead`: batch dimensions of both operands, or of
     all but operand `shared` (0 or 1), which the batch then shares."""
     dtype, precision, _ = VARIANTS[variant]
     fn, args, _ = make_case(op, trans, dtype, layout, rng, lead=lead, free=free)
     fn = functools.partial(fn, precision=precision)
     if shared is not None:
         args = tuple(a[0] if i == shared else a for i, a in enumerate(args))
-    want = [REFERENCES[op](*args, layout, *trans)]
-    cot = random(rng, want[0].shape, dtype)
-    if lead or not grads:
+    value = REFERENCES[op](*args, layout, *trans)
+    cot = random(rng, value.shape, dtype)
+    with_grads = grads and not lead
+    reach = float64_results(op, [jnp.abs(a) for a in args], layout, trans, jnp.abs(cot),
+                            with_grads)
+    want = list(zip(float64_results(op, args, layout, trans, cot, with_grads), reach))
+    if not with_grads:
         return jax.jit(lambda x, y, cot: (fn(x, y),)), (*args, cot), want
-    return value_and_grads(fn), (*args, cot), want + grads64(op, args, layout, trans, cot)
+    return value_and_grads(fn), (*args, cot), want
+
+
+def float64_results(op, args, layout, trans, cot, grads):
+    """`op`'s float64 value and, with `grads`, the gradients of `vdot(op(x, y), cot)`."""
+    value = [REFERENCES[op](*args, layout, *trans)]
+    return value + grads64(op, args, layout, trans, cot) if grads else value
 
 
 def verify(got, want, variant, again=None):
+    """`want`: per result, its float64 value and the same result on the inputs' absolute
+    values, which is 0 exactly where no block contributes (a sum of non-negative terms; the
+    value itself can be 0 by cancellation)."""
     tol = VARIANTS[variant][2]
-    for name, g, w, a in zip(("value", "grad x", "grad y"), got, want, again or got):
+    for name, g, (w, reach), a in zip(("value", "grad x", "grad y"), got, want,
+                                      again or got):
         assert rel_err(g, w) < tol, name
         g = f64(g)
-        assert np.all(g[w == 0] == 0), f"{name}: not exactly zero where no block contributes"
+        assert np.all(g[reach == 0] == 0), f"{name}: not exactly zero where no block contributes"
         np.testing.assert_array_equal(g, f64(a), err_msg=f"{name}: not deterministic")
 
 

@@ -1,8 +1,8 @@
 """sdd (the weight gradient's op) at block sizes 64 and 128 on the persistent TMA kernel with
-block-row runs (cuda/matmul/wgmma_sdd_tma.cuh; opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1):
-chunks of 4 (2) sorted blocks, one pass per block row they touch, the A panel loaded once
-per pass. Against
-the float64 reference (values, relative error, bitwise equal over two runs: `check`), bf16
+block-row runs (cuda/matmul/wgmma_sdd_tma.cuh; JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 here; the
+default takes only bs-128 calls that fill the card): chunks of 4 (2) sorted blocks, one
+pass per block row they touch, the A panel loaded once per pass. Against the float64
+reference (values, relative error, bitwise equal over two runs: `check`), bf16
 and f16, every transposition, K with a tail (1000 = 15 x 64 + 40; 77: one full step and a
 tail; 40: the tail alone) and of whole steps (128), layouts of one block, all blocks, no
 blocks, empty rows and columns, rows of about 30 blocks (chunks that cross row ends, passes
@@ -71,6 +71,19 @@ def test_every_transposition_and_layout(variant, bs):
     for case, kernels in launched(cases, runner=RUNNER, none_ok=lambda c: c[5] == "empty",
                                   **SWITCH).items():
         expect(case, kernels)
+
+
+def test_default_takes_calls_that_fill_the_card():
+    """Unset, the switch picks the TMA kernel at block size 128 for a call with an item (2
+    blocks) for every SM: the `long` layout's 299 blocks give 150, more than any sm_90
+    part has SMs (132 at most); the `odd` layout's few blocks and block size 64 keep
+    the other kernels."""
+    cases = [("sdd", (False, False), "bf16", bs, 1000, kind, False) for bs in (64, 128)
+             for kind in ("long", "odd")]
+    for case, kernels in launched(cases, runner=RUNNER).items():
+        _, _, _, bs, _, kind, _ = case
+        want = hopper() and bs == 128 and kind == "long"
+        assert all(is_sdd_tma(k) == want for k in kernels), (case, kernels)
 
 
 def test_small_block_sizes_keep_their_kernels():

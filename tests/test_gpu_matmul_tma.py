@@ -119,7 +119,8 @@ def test_no_wgmma_overrides_the_switch():
 
 @pytest.mark.parametrize("free", FREES)
 def test_sdd_keeps_its_kernel(free):
-    """sdd (the weight gradient's op) has no TMA row: the switch leaves it alone."""
+    """sdd (the weight gradient's op) is not this switch's: with its few blocks (the odd
+    layout) it keeps its kernel (its own TMA kernel: test_gpu_matmul_sdd_tma.py)."""
     cases = [("sdd", (False, False), "bf16", bs, free) for bs in (64, 128)]
     for case, kernels in launched(cases, **SWITCH).items():
         expect(kernels, case, False)

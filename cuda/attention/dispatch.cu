@@ -317,10 +317,11 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   a.out_o = p.o;
   a.out_lse = p.lse;
   a.sinks = p.sinks;
-  // (read by the FA3-design forward, `documents` rows: JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE)
-  const bool lazy = kernel.documents && GetSwitches().attn_fwd_lazy_rescale;
-  a.rescale_slack = lazy ? attn::kLazyRescaleSlack : 0.f;
-  if (lazy && GetSwitches().debug) LaunchDetail() = " lazy-rescale";
+  // (read by the FA3-design forward, `documents` rows: the lazy rescale unless
+  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0, which the launch line names)
+  const bool lazy = GetSwitches().attn_fwd_lazy_rescale;
+  a.rescale_slack = kernel.documents && lazy ? attn::kLazyRescaleSlack : 0.f;
+  if (kernel.documents && !lazy && GetSwitches().debug) LaunchDetail() = " eager-rescale";
   const int bs = p.shape.block_size;
   a.mask_bits = p.mask_bits;
   const int mask_block = p.mask_bits != nullptr ? p.mask_block : bs;

@@ -18,7 +18,7 @@ namespace attn {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-// Args::rescale_slack under JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=1: P up to 2^8 = 256
+// Args::rescale_slack (unless JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0): P up to 2^8 = 256
 // (bf16 / f16 keep their relative precision there; l and O stay far inside float32)
 constexpr float kLazyRescaleSlack = 8.f;
 
@@ -44,10 +44,10 @@ struct Args {
   // attention sinks (the forwards, FA2 and Hopper): float32 [Hq], one logit per query head
   // in the units of the scaled scores, or null (none). See SinkStart below.
   const float* sinks;
-  // the Hopper forward's lazy rescale (JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=1:
-  // kLazyRescaleSlack, else 0): a row's running maximum moves only when a tile's maximum
-  // exceeds it by more than this (log2 units), so P = 2^(s - m) <= 2^slack and O and l
-  // are rescaled only then (0: every new maximum, the exact online softmax)
+  // the Hopper forward's lazy rescale (kLazyRescaleSlack; 0 under
+  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0): a row's running maximum moves only when a
+  // tile's maximum exceeds it by more than this (log2 units), so P = 2^(s - m) <= 2^slack
+  // and O and l are rescaled only then (0: every new maximum, the exact online softmax)
   float rescale_slack;
   bool causal;
   // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when

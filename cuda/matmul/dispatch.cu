@@ -10,8 +10,9 @@
 // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 (opt-in) the per-line-accumulator wgmma kernel
 // (wgmma_group.cuh) where the call carries its group records; dds/dsd with 16-byte aligned
 // output rows at block size 64 (both under JAX_BLOCKSPARSE_MATMUL_TMA=1, neither under =0)
-// the persistent TMA kernel (wgmma_tma.cuh), and sdd at 64/128 under
-// JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 (opt-in) its block-row-runs kernel (wgmma_sdd_tma.cuh).
+// the persistent TMA kernel (wgmma_tma.cuh), and sdd at 128 where the call fills the card
+// (at 64 and 128 under JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1, neither under =0) its
+// block-row-runs kernel (wgmma_sdd_tma.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -100,7 +101,7 @@ using tc::TcArgs;
       JBS_WGT_ROW(DT, T, BS, 1, 0), JBS_WGT_ROW(DT, T, BS, 1, 1)
 #define JBS_WGT_ROWS(DT, T) JBS_WGT_TRANS_ROWS(DT, T, 64), JBS_WGT_TRANS_ROWS(DT, T, 128)
 // SDD mode at bs 64 / 128 on the persistent TMA kernel, runs of 4 / 2 blocks of a block row
-// (opt-in: JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1).
+// (PathOn: SddTmaByDefault, or JAX_BLOCKSPARSE_MATMUL_SDD_TMA).
 #define JBS_WGR_ROW(DT, T, BS, RUN, TA, TB)                                             \
   {DT, BS, MatmulPath::kWgmmaSddTma, 1, TA, TB, "wgmma-tma sdd(runs of " #RUN ")",       \
    wgr::Run<T, BS, TA != 0, TB != 0>, wgr::SddTmaUsable<T>}
@@ -178,17 +179,29 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WGR_TRANS_ROWS
 #undef JBS_WGR_ROWS
 
+// The SDD TMA kernel's automatic choice (JAX_BLOCKSPARSE_MATMUL_SDD_TMA unset): block size
+// 128, where its items (chunks of 2 blocks, per batch entry) give every SM one at least.
+// H100, RESULTS 2026-12-06 (third session), 8192^2 bf16: 1.09x wgmma_lines.cuh's sdd at
+// density 0.1 (about 200 items), 0.74x at 0.02 (about 41), 0.89x at bs 64 (d 0.1).
+bool SddTmaByDefault(const TcArgs& a, int block_size) {
+  return block_size == 128 && int64_t(a.batch) * ((a.nnz + 1) / 2) >= MultiProcessors();
+}
+
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
 // (they then win: their rows come first); the wgmma kernels unless switched off, the small
-// one unless switched off alone, the TMA one up to its block size, the grouped one, the
-// SDD TMA one and the tf32 one when switched on; mma.sync always.
-bool PathOn(MatmulPath path, int block_size, const Switches& sw, bool exact) {
+// one unless switched off alone, the TMA one up to its block size, the SDD TMA one by its
+// rule above or when switched on, the grouped one and the tf32 one when switched on;
+// mma.sync always.
+bool PathOn(MatmulPath path, int block_size, const TcArgs& args, const Switches& sw,
+            bool exact) {
   switch (path) {
     case MatmulPath::kSimple: return exact || sw.simple_kernels;
     case MatmulPath::kWgmmaGroup: return sw.group_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmmaSmall: return sw.small_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmmaTma: return block_size <= sw.tma_wgmma_max_bs && !sw.no_wgmma;
-    case MatmulPath::kWgmmaSddTma: return sw.sdd_tma && !sw.no_wgmma;
+    case MatmulPath::kWgmmaSddTma:
+      return !sw.no_wgmma &&
+             (sw.sdd_tma > 0 || (sw.sdd_tma < 0 && SddTmaByDefault(args, block_size)));
     case MatmulPath::kWgmma: return !sw.no_wgmma;
     case MatmulPath::kWgmmaTf32: return sw.tf32_wgmma && !sw.no_wgmma && !exact;
     case MatmulPath::kMmaSyncRuns: return sw.sdd_runs;
@@ -317,14 +330,15 @@ MatmulLaunch Select(DType dtype, const Params& p) {
   if (!Listed(dtype, bs)) return run;
   const Switches& sw = GetSwitches();
   const bool exact = dtype == DType::kF32 && p.full_fp32;
-  if (!PathOn(MatmulPath::kSimple, bs, sw, exact) && Empty(p)) {
+  run.args = Aligned(dtype, Args(p));
+  if (!PathOn(MatmulPath::kSimple, bs, run.args, sw, exact) && Empty(p)) {
     run.kernel = &kNothing;
     return run;
   }
-  run.args = Aligned(dtype, Args(p));
   for (const MatmulKernel& k : kMatmulKernels)
     if (k.dtype == dtype && k.block_size == bs && Serves(k, run.args) &&
-        PathOn(k.path, bs, sw, exact) && (k.usable == nullptr || k.usable(run.args, bs))) {
+        PathOn(k.path, bs, run.args, sw, exact) &&
+        (k.usable == nullptr || k.usable(run.args, bs))) {
       run.kernel = &k;
       return run;
     }
