@@ -67,7 +67,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0 matmul"
               "JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=128 matmul"
-              "JAX_BLOCKSPARSE_MATMUL_TMA=1 matmul"
+              "JAX_BLOCKSPARSE_MATMUL_TMA=0 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1 matmul"
               "JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 matmul"
               "JAX_BLOCKSPARSE_DECODE_PACKED=0 decode"

@@ -107,7 +107,7 @@ def matmul_workload():
         matmul_cases(dtype_name, bs, False, False, batch=2)
         matmul_cases(dtype_name, bs, True, True, batch=2, unaligned=True)
     # many lines and a row-tile pair: the persistent kernels loop over several items each
-    # (wgmma_tma.cuh under JAX_BLOCKSPARSE_MATMUL_TMA=1: 300 items, at most 66 clusters)
+    # (wgmma_tma.cuh: 300 items, at most 66 clusters)
     if taken():
         many = jbs.layouts.random(4 * 64, 150 * 64, 64, 0.2, seed=2)
         a = array((520, many.shape[0]), jnp.bfloat16)

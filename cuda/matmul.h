@@ -111,8 +111,8 @@ enum class MatmulPath {
   kWgmmaSmall,  // DS mode at bs 16/32, bf16/f16, the kWgmma conditions, unless
                 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0
   kWgmmaTma,  // DS mode at bs 64/128, bf16/f16, the kWgmma conditions, 16-byte aligned
-              // output rows, the tensor-map encoder found; bs 64 by default, 128 too under
-              // JAX_BLOCKSPARSE_MATMUL_TMA=1, neither under =0
+              // output rows, the tensor-map encoder found; unless JAX_BLOCKSPARSE_MATMUL_TMA
+              // =0 (neither block size) or =64 (that one alone)
   kWgmma,    // bf16/f16, sm_90a built and an sm_90 device, 16-byte aligned operand rows,
              // unless JAX_BLOCKSPARSE_NO_WGMMA=1
   kWgmmaTf32,  // float32 at default precision read as tf32, the kWgmma conditions, K-major

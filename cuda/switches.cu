@@ -51,9 +51,10 @@ Switches Read() {
   s.tf32_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA");
   s.group_wgmma = Flag("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA");
   const char* tma = std::getenv("JAX_BLOCKSPARSE_MATMUL_TMA");
-  s.tma_wgmma_max_bs = tma == nullptr || *tma == '\0'    ? 64
-                       : std::strcmp(tma, "0") == 0 ? 0
-                                                    : 128;
+  s.tma_wgmma_max_bs = tma == nullptr || *tma == '\0'     ? 128
+                       : std::strcmp(tma, "0") == 0  ? 0
+                       : std::strcmp(tma, "64") == 0 ? 64
+                                                     : 128;
   s.sdd_split = Flag("JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT");
   const char* sdd_tma = std::getenv("JAX_BLOCKSPARSE_MATMUL_SDD_TMA");
   s.sdd_tma = sdd_tma == nullptr || *sdd_tma == '\0'  ? -1

@@ -93,12 +93,13 @@
 //     side reads it too and passes the
 //     layout's group records (_cuda._group_columns), which that kernel needs
 //   JAX_BLOCKSPARSE_MATMUL_TMA (issue 20 item 2; H100: 1.20-1.26x wgmma_lines.cuh at bs 64,
-//     0.78-0.83x at bs 128, RESULTS 2026-12-06; memcheck, racecheck and synccheck clean):
-//     dds/dsd in bf16/f16 with 16-byte aligned output rows on the persistent
-//     warp-specialized Hopper kernel (matmul/wgmma_tma.cuh: TMA copies, the blocks
-//     multicast to the two CTAs of a cluster, the epilogue through TMA stores under the next
-//     item's MMAs) instead of wgmma_lines.cuh's: at block size 64 by default, at 64 and 128
-//     under =1, at neither under =0
+//     RESULTS 2026-12-06; bs 128 with its items in a snake from the third session of that
+//     day; memcheck, racecheck and synccheck clean): dds/dsd in bf16/f16 with 16-byte
+//     aligned output rows on the persistent warp-specialized Hopper kernel
+//     (matmul/wgmma_tma.cuh: TMA copies, the blocks multicast to the two CTAs of a cluster,
+//     the epilogue through TMA stores under the next item's MMAs) instead of
+//     wgmma_lines.cuh's: at block sizes 64 and 128 by default (=1 too), at 64 alone under
+//     =64, at neither under =0
 //   JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1 opt-in (H100: dW within noise at bs 128, 0.94x at
 //     bs 64, RESULTS 2026-12-06; issue 20 item 2, the weight
 //     gradient): sdd at block sizes 64/128 on wgmma_lines.cuh's kernel in clusters of 2 or
@@ -144,7 +145,7 @@ struct Switches {
   bool tf32_wgmma;        // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA: anything but "" or "0"
   bool group_wgmma;       // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA: anything but "" or "0"
   int tma_wgmma_max_bs;   // JAX_BLOCKSPARSE_MATMUL_TMA: the largest block size the TMA
-                          // kernel runs: 64 when unset or "", 0 for "0", 128 otherwise
+                          // kernel runs: 0 for "0", 64 for "64", 128 otherwise (unset too)
   bool sdd_split;         // JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT: anything but "" or "0"
   int sdd_tma;            // JAX_BLOCKSPARSE_MATMUL_SDD_TMA: -1 unset or "" (the automatic
                           // choice, matmul/dispatch.cu SddTmaByDefault), 0 for "0", else 1

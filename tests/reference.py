@@ -217,7 +217,7 @@ SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_SDD_RUNS"] = ""  # its default: on
 SWITCHES_OFF["JAX_BLOCKSPARSE_DECODE_PACKED"] = ""  # its default: on
 SWITCHES_OFF["JAX_BLOCKSPARSE_ATTN_BWD_D256"] = ""  # its default: on
 SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS"] = ""  # its default: on
-SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_TMA"] = ""  # its default: block size 64
+SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_TMA"] = ""  # its default: block sizes 64 and 128
 SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_SDD_TMA"] = ""  # its default: by the call (bs 128)
 SWITCHES_OFF["JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE"] = ""  # its default: on
 

@@ -1,5 +1,5 @@
 """The persistent TMA kernel of dds/dsd at block sizes 64 and 128 (cuda/matmul/wgmma_tma.cuh,
-the default at 64, at 128 too under JAX_BLOCKSPARSE_MATMUL_TMA=1, at neither under =0;
+the default at both, at 64 alone under JAX_BLOCKSPARSE_MATMUL_TMA=64, at neither under =0;
 clusters of two CTAs multicasting the blocks, the output stored by TMA from a swizzled
 staging tile), through
 the checks of tests/test_gpu_matmul_small_wgmma.py: the float64 reference by relative error
@@ -102,9 +102,10 @@ def run_batched(cases):
               lead=(3,), shared=shared, platform=jax.devices()[0].platform)
 
 
-@pytest.mark.parametrize("setting, tma_sizes", ((None, (64,)), ("0", ()), ("1", (64, 128))))
+@pytest.mark.parametrize("setting, tma_sizes",
+                         ((None, (64, 128)), ("0", ()), ("64", (64,)), ("1", (64, 128))))
 def test_switch_picks_the_block_sizes(setting, tma_sizes):
-    """Unset: block size 64 alone; "0": neither; "1": both."""
+    """Unset and "1": both block sizes; "64": that one alone; "0": neither."""
     env = {} if setting is None else {"JAX_BLOCKSPARSE_MATMUL_TMA": setting}
     cases = [(op, (False, False), "bf16", bs, ALIGNED[op]) for op in OPS for bs in (64, 128)]
     for case, kernels in launched(cases, **env).items():

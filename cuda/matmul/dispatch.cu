@@ -9,8 +9,8 @@
 // JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA=0 switches it off alone), or under
 // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 (opt-in) the per-line-accumulator wgmma kernel
 // (wgmma_group.cuh) where the call carries its group records; dds/dsd with 16-byte aligned
-// output rows at block size 64 (both under JAX_BLOCKSPARSE_MATMUL_TMA=1, neither under =0)
-// the persistent TMA kernel (wgmma_tma.cuh), and sdd at 128 where the call fills the card
+// output rows at block sizes 64 and 128 (JAX_BLOCKSPARSE_MATMUL_TMA=64: 64 alone, =0:
+// neither) the persistent TMA kernel (wgmma_tma.cuh), and sdd at 128 where the call fills the card
 // (at 64 and 128 under JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1, neither under =0) its
 // block-row-runs kernel (wgmma_sdd_tma.cuh).
 #include <cuda_bf16.h>
@@ -91,8 +91,8 @@ using tc::TcArgs;
 #define JBS_WGS_ROW(DT, T, BS, C, TA, TB)                                             \
   {DT, BS, MatmulPath::kWgmmaSmall, 0, TA, TB, "wgmma-small(128x64)",                 \
    wgs::Run<T, wgs::C, TA != 0, TB != 0>, wgs::SmallUsable<T>}
-// DS mode at bs 64/128 on the persistent TMA kernel, clusters of two (bs 64 by default,
-// 128 too under JAX_BLOCKSPARSE_MATMUL_TMA=1; see PathOn).
+// DS mode at bs 64/128 on the persistent TMA kernel, clusters of two (unless
+// JAX_BLOCKSPARSE_MATMUL_TMA=0, or =64 for that block size alone; see PathOn).
 #define JBS_WGT_ROW(DT, T, BS, TA, TB)                                                \
   {DT, BS, MatmulPath::kWgmmaTma, 0, TA, TB, "wgmma-tma(256x" #BS ", cluster 2)",     \
    wgt::Run<T, BS, TA != 0, TB != 0>, wgt::TmaUsable<T>}

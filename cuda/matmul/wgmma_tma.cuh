@@ -1,19 +1,27 @@
 // Hopper (sm_90a) kernel of the DS-mode ops (dds, and dsd run as its transpose; tc_tile.cuh
 // has the mapping) at block sizes 64 / 128, 16-bit types: persistent, warp-specialized, its
 // operands brought by the bulk tensor copy engine (TMA), the blocks multicast to the two
-// CTAs of a cluster (issue 20, item 2). The default at bs 64; at bs 128 opt-in:
-// JAX_BLOCKSPARSE_MATMUL_TMA=1 (=0: neither). On an H100 (RESULTS 2026-12-06) 1.20-1.26x
-// wgmma_lines.cuh at bs 64, 0.78-0.83x at bs 128; memcheck, racecheck, synccheck clean.
+// CTAs of a cluster (issue 20, item 2). The default at bs 64 and 128
+// (JAX_BLOCKSPARSE_MATMUL_TMA=64: 64 alone, =0: neither). On an H100 (RESULTS 2026-12-06)
+// 1.20-1.26x wgmma_lines.cuh at bs 64; at bs 128 0.78-0.86x before its items ran in a
+// snake (below); memcheck, racecheck, synccheck clean.
 //
-// Work: an item is (batch entry g, pair of 256-row tiles, line u in `order`, longest first).
-// The two CTAs of a cluster take the same items (cluster c: items c, c + clusters, ...),
-// CTA rank r the row tile 2 pair + r: both walk the line's blocks in the same steps (64 of
-// K each), so each loads half of a step's B tile (64 x bs of op(block)) and multicasts it
-// to both, and its own A tile (256 x 64 of op(A)). The line varies fastest, so the clusters
-// at work at one time share the A panels of a few row tiles in L2. Operand traffic into
-// the SMs: 1/bs + 1/512 bytes per useful FLOP at 16 bits (wgmma_lines.cuh: 1/bs + 1/256;
-// RESULTS 2026-12-05 third session: the estimate that bounds bs 128 near 486 TFLOP/s at
-// the L2 rate measured, 583 with this multicast).
+// Work: an item is (batch entry g, pair of 256-row tiles, line u in `order`, longest first),
+// the pairs in order and the lines of each in a snake: longest first in even pairs,
+// shortest first in odd ones. The two CTAs of a cluster take the same items (cluster c:
+// items c, c + clusters, ...), so a cluster's line moves by `clusters` mod `lines` per
+// round: by 2 with 66 clusters and 64 lines (bs 128, N 8192), where without the snake the
+// first clusters take the longest lines of every pair (simulated at density 0.1: the last
+// cluster ends at 1.32x the mean work, 1.06x with the snake, the last round's tail
+// included) and the clusters drift apart over the pairs. CTA rank r of a cluster takes
+// the row tile 2 pair + r: both walk the line's blocks in the same steps (64 of K each),
+// so each loads half of a step's B tile (64 x bs of op(block)) and multicasts it to both,
+// and its own A tile (256 x 64 of op(A)). The line varies fastest, so the clusters at work
+// at one time share the A panels of a few row tiles in L2 (an H100's profile of bs 128
+// without the snake: 726 MB from DRAM, 2.6x the operands and output; L2 86% busy, tensor
+// pipes 39%). Operand traffic into the SMs: 1/bs + 1/512 bytes per useful FLOP at 16 bits
+// (wgmma_lines.cuh: 1/bs + 1/256; RESULTS 2026-12-05 third session: the estimate that
+// bounds bs 128 near 486 TFLOP/s at the L2 rate measured, 583 with this multicast).
 //
 // Roles (384 threads): warpgroup 0 the producer (setmaxnreg 40; its thread 0 issues the
 // copies into a STAGES-deep ring: full[s] counts the stage's bytes, both halves of B among
@@ -135,11 +143,12 @@ __device__ __forceinline__ Item ItemAt(const TcArgs& p, int64_t w, int64_t pairs
                                        int ksub) {
   Item it;
   it.g = w / (pairs * p.lines);
-  it.u = w % p.lines;
+  const int64_t pass = w / p.lines, pos = w % p.lines;  // (g, pair) in order; line position
+  it.u = pass & 1 ? p.lines - 1 - pos : pos;             // the snake (see the top)
   it.line = __ldg(p.order + it.u);
   it.e0 = __ldg(p.ptr + it.line);
   it.steps = (__ldg(p.ptr + it.line + 1) - it.e0) * ksub;
-  it.row0 = int(2 * ((w / p.lines) % pairs) + rank) * kBM;  // TmaUsable: M < 2^30
+  it.row0 = int(2 * (pass % pairs) + rank) * kBM;  // TmaUsable: M < 2^30
   return it;
 }
 
