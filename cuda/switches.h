@@ -92,9 +92,9 @@
 //     blocks; =128: 128 columns, two CTAs per SM) instead of wgmma_small.cuh's; the Python
 //     side reads it too and passes the
 //     layout's group records (_cuda._group_columns), which that kernel needs
-//   JAX_BLOCKSPARSE_MATMUL_TMA (issue 20 item 2; H100: 1.20-1.26x wgmma_lines.cuh at bs 64,
-//     RESULTS 2026-12-06; bs 128 with its items in a snake from the third session of that
-//     day; memcheck, racecheck and synccheck clean): dds/dsd in bf16/f16 with 16-byte
+//   JAX_BLOCKSPARSE_MATMUL_TMA (issue 20 item 2; H100, density 0.1: 1.20-1.38x
+//     wgmma_lines.cuh at bs 64, 1.22-1.27x at bs 128 with its items in a snake, RESULTS
+//     2026-12-06 third session; memcheck, racecheck and synccheck clean): dds/dsd in bf16/f16 with 16-byte
 //     aligned output rows on the persistent warp-specialized Hopper kernel
 //     (matmul/wgmma_tma.cuh: TMA copies, the blocks multicast to the two CTAs of a cluster,
 //     the epilogue through TMA stores under the next item's MMAs) instead of

@@ -2,9 +2,10 @@
 // has the mapping) at block sizes 64 / 128, 16-bit types: persistent, warp-specialized, its
 // operands brought by the bulk tensor copy engine (TMA), the blocks multicast to the two
 // CTAs of a cluster (issue 20, item 2). The default at bs 64 and 128
-// (JAX_BLOCKSPARSE_MATMUL_TMA=64: 64 alone, =0: neither). On an H100 (RESULTS 2026-12-06)
-// 1.20-1.26x wgmma_lines.cuh at bs 64; at bs 128 0.78-0.86x before its items ran in a
-// snake (below); memcheck, racecheck, synccheck clean.
+// (JAX_BLOCKSPARSE_MATMUL_TMA=64: 64 alone, =0: neither). On an H100 (RESULTS 2026-12-06,
+// third session; 8192^3, density 0.1) 1.20-1.38x wgmma_lines.cuh at bs 64, 1.22-1.27x at
+// bs 128 (fwd 522 TFLOP/s; 0.78-0.86x before its items ran in a snake, below); memcheck,
+// racecheck, synccheck clean.
 //
 // Work: an item is (batch entry g, pair of 256-row tiles, line u in `order`, longest first),
 // the pairs in order and the lines of each in a snake: longest first in even pairs,
@@ -17,9 +18,9 @@
 // the row tile 2 pair + r: both walk the line's blocks in the same steps (64 of K each),
 // so each loads half of a step's B tile (64 x bs of op(block)) and multicasts it to both,
 // and its own A tile (256 x 64 of op(A)). The line varies fastest, so the clusters at work
-// at one time share the A panels of a few row tiles in L2 (an H100's profile of bs 128
-// without the snake: 726 MB from DRAM, 2.6x the operands and output; L2 86% busy, tensor
-// pipes 39%). Operand traffic into the SMs: 1/bs + 1/512 bytes per useful FLOP at 16 bits
+// at one time share the A panels of a few row tiles in L2 (an H100's profiles of bs 128,
+// density 0.1: without the snake 726 MB from DRAM, 2.6x the operands and output, L2 86%
+// busy, tensor pipes 39%, 287 us; with it 461 MB, tensor pipes 58%, 207 us). Operand traffic into the SMs: 1/bs + 1/512 bytes per useful FLOP at 16 bits
 // (wgmma_lines.cuh: 1/bs + 1/256; RESULTS 2026-12-05 third session: the estimate that
 // bounds bs 128 near 486 TFLOP/s at the L2 rate measured, 583 with this multicast).
 //
