@@ -76,6 +76,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0 attention --slice 0/3"
+              "JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=1 attention --slice 1/3"
               "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=3 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 attention --slice 2/3"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention"
@@ -267,10 +268,10 @@ for stage in "$@"; do
         python3 "$repo/benchmarks/dev_attention.py" --persistent-ab --block-size 64
         python3 "$repo/benchmarks/attention_patterns.py" --variants 2,2p; } 2>&1 \
         | tee "$out/attention_persistent.log" ;;
-    # the cost of attention sinks and a soft cap (issue 21): the default forward, then the
-    # FA2 forward (variant 0) for every row
+    # the cost of attention sinks and a soft cap (issue 21): the default forward, the same
+    # with a quarter of its exponentials on the FMA pipe, then the FA2 forward (variant 0)
     attention_sinks)
-      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
+      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=1 JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
         echo "== ${run:-default}"
         env $run python3 "$repo/benchmarks/attention_sinks.py"
       done 2>&1 | tee "$out/attention_sinks.log" ;;

@@ -61,6 +61,7 @@ Switches Read() {
               : std::strcmp(sdd_tma, "0") == 0 ? 0
                                                : 1;
   s.attn_fwd_lazy_rescale = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE");
+  s.attn_fwd_exp2_fma = Flag("JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA");
   return s;
 }
 

@@ -737,26 +737,30 @@ def test_fa3_forward_persistent(variant, ctas, names):
                            lambda name: expected_persistent(variant, case_kind(name)[1]))
 
 
-# ------------------------------------------- the eager rescale (the lazy one's opt-out)
+# ------------------------------------------- the forward's softmax switches
 # By default a row's running maximum moves only when a tile's exceeds it by more than 8
 # (log2 units), and O is rescaled only in warps where one moved (every test above runs
-# so). JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0: every new maximum moves it, plain and
-# persistent (each case's checker as above: values and lse against the float64 reference,
-# bitwise equal over two runs).
-EAGER_RUNS = ([("0", c) for c in chunks(PERSISTENT_CASES, 3)] +
-              [("1", ("local_causal", "docs_dense_kv_lengths", "fine16_docs_causal"))])
+# so). JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0: every new maximum moves it (" eager-rescale");
+# JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=1: a quarter of the exponentials on the FMA pipe
+# (" exp2-fma"). Plain and persistent (each case's checker as above: values and lse against
+# the float64 reference, bitwise equal over two runs).
+SOFTMAX_SWITCHES = {"eager-rescale": {"JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE": "0"},
+                    "exp2-fma": {"JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA": "1"}}
+SOFTMAX_RUNS = ([("0", c) for c in chunks(PERSISTENT_CASES, 3)] +
+                [("1", ("local_causal", "docs_dense_kv_lengths", "fine16_docs_causal"))])
 
 
-@pytest.mark.parametrize("persistent,names", EAGER_RUNS, ids=case_id)
-def test_fa3_forward_eager_rescale(persistent, names):
+@pytest.mark.parametrize("switch", SOFTMAX_SWITCHES)
+@pytest.mark.parametrize("persistent,names", SOFTMAX_RUNS, ids=case_id)
+def test_fa3_forward_softmax_switches(persistent, names, switch):
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
-    cases, stderr = run_forward_cases(names, JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE="0",
-                                      JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=persistent)
+    cases, stderr = run_forward_cases(names, JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=persistent,
+                                      **SOFTMAX_SWITCHES[switch])
     plain = lambda name: FA3_BS64 if case_kind(name)[1] == BS64 else FA3[""]
     kernel = lambda name: (expected_persistent("", case_kind(name)[1]) if persistent == "1"
                            else plain(name))
-    assert_forward_kernels(stderr, cases, lambda name: kernel(name) + " eager-rescale")
+    assert_forward_kernels(stderr, cases, lambda name: f"{kernel(name)} {switch}")
 
 
 def check_growing_scores(dtype, causal):
@@ -791,21 +795,20 @@ def run_growing(cases):
         check_growing_scores(DTYPES[dtype], causal)
 
 
-@pytest.mark.parametrize("lazy", ("0", ""), ids=("eager", "lazy"))
-def test_fa3_forward_growing_scores(lazy):
-    """The forward (without and with the lazy rescale, the default) on scores that grow
-    along the keys by less and by more than the lazy rescale's slack."""
+@pytest.mark.parametrize("switch", ("", *SOFTMAX_SWITCHES))
+def test_fa3_forward_growing_scores(switch):
+    """The forward (the default, the eager rescale, the FMA-pipe exponentials) on scores
+    that grow along the keys by less and by more than the lazy rescale's slack."""
     if not sm90():
         pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
     cases = [(dtype, causal) for dtype in ("bf16", "f16") for causal in (False, True)]
     stderr = run_python(f"import test_gpu_attention_sm90 as t; t.run_growing({cases!r})",
-                        JAX_BLOCKSPARSE_DEBUG="1",
-                        JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=lazy).stderr
+                        JAX_BLOCKSPARSE_DEBUG="1", **SOFTMAX_SWITCHES.get(switch, {})).stderr
     logs = kernels_by_case(stderr)
     for dtype, causal in cases:
         forward = [k for op, k in logs.get(f"growing {dtype} {causal}", [])
                    if op == "attention_fwd"]
-        want = FA3[""] + (" eager-rescale" if lazy == "0" else "")
+        want = FA3[""] + (f" {switch}" if switch else "")
         assert forward and all(k == want for k in forward), (dtype, causal, forward)
 
 

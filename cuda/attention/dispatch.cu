@@ -321,7 +321,11 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0, which the launch line names)
   const bool lazy = GetSwitches().attn_fwd_lazy_rescale;
   a.rescale_slack = kernel.documents && lazy ? attn::kLazyRescaleSlack : 0.f;
-  if (kernel.documents && !lazy && GetSwitches().debug) LaunchDetail() = " eager-rescale";
+  a.exp2_fma = kernel.documents && GetSwitches().attn_fwd_exp2_fma;
+  if (kernel.documents && GetSwitches().debug) {
+    LaunchDetail() = lazy ? "" : " eager-rescale";
+    if (a.exp2_fma) LaunchDetail() += " exp2-fma";
+  }
   const int bs = p.shape.block_size;
   a.mask_bits = p.mask_bits;
   const int mask_block = p.mask_bits != nullptr ? p.mask_block : bs;
