@@ -13,11 +13,14 @@
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I cuda \
 //     benchmarks/attention_harness.cu build/*/libjax_blocksparse_kernels.a -o harness
 // Run: harness [--mask causal|dense|FILE] [--seq 8192] [--batch 2] [--heads 16] [--dim 128]
-//              [--block 128] [--reps 10] [--phase fwd|bwd|both]
+//              [--block 128] [--reps 10] [--phase fwd|bwd|both] [--softcap 0]
+//              [--dump FILE]
 // FILE: a first line "Rq Rk", then Rq lines of Rk characters '0' / '1' (a block mask of
 // block size --block; causal masking applies when the name is "causal" or the file's
 // first line ends in " causal"). Prints the kernels' names, median milliseconds and useful
 // TFLOP/s (4 B H D per allowed pair; the backward 2.5x that, as benchmarks/attention.py).
+// --dump FILE writes the forward's output (bf16 [B, S, H, D], raw) there: two runs under
+// different switches compare bit for bit or by value (the inputs are seeded).
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -65,8 +68,9 @@ BlockListsView Lists(const std::vector<std::vector<int>>& kind) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string mask = "causal", phase = "both";
+  std::string mask = "causal", phase = "both", dump;
   int seq = 8192, batch = 2, heads = 16, dim = 128, bs = 128, reps = 10;
+  float softcap = 0.f;  // a logit soft cap (AttentionShape::softcap; 0: none)
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--mask") mask = v;
@@ -77,6 +81,8 @@ int main(int argc, char** argv) {
     else if (a == "--block") bs = std::atoi(v.c_str());
     else if (a == "--reps") reps = std::atoi(v.c_str());
     else if (a == "--phase") phase = v;
+    else if (a == "--softcap") softcap = float(std::atof(v.c_str()));
+    else if (a == "--dump") dump = v;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -126,6 +132,7 @@ int main(int argc, char** argv) {
   s.mask_batch = 1;
   s.scale = 1.f / std::sqrt(float(dim));
   s.causal = causal;
+  s.softcap = softcap;
   const int64_t elems = int64_t(batch) * seq * heads * dim;
   __nv_bfloat16 *q = RandomBf16(elems, 1), *k = RandomBf16(elems, 2), *v = RandomBf16(elems, 3);
   __nv_bfloat16 *o = DeviceAlloc<__nv_bfloat16>(elems), *d_o = RandomBf16(elems, 4);
@@ -147,8 +154,9 @@ int main(int argc, char** argv) {
   f.mask_block = bs;
   f.o = o;
   f.lse = lse;
-  const AttentionKernel* fwd = FindAttentionKernel(DType::kBF16, dim, bs, false);
-  const AttentionKernel* bwd = FindAttentionKernel(DType::kBF16, dim, bs, true);
+  const bool capped = softcap > 0.f;
+  const AttentionKernel* fwd = FindAttentionKernel(DType::kBF16, dim, bs, false, capped);
+  const AttentionKernel* bwd = FindAttentionKernel(DType::kBF16, dim, bs, true, capped);
   if (fwd == nullptr || bwd == nullptr) {
     std::fprintf(stderr, "no kernel for head dim %d, block size %d\n", dim, bs);
     return 1;
@@ -182,10 +190,10 @@ int main(int argc, char** argv) {
   const double fwd_flops = 4.0 * batch * heads * dim * pairs;
   auto time = [&](const char* name, const char* kernel, double flops, auto launch) {
     const float ms = MedianLaunchMs(stream, reps, launch);
-    std::printf("harness %-4s %-9s S=%d B=%d H=%d D=%d bs=%d pairs=%.4f  %-60s %9.4f ms %8.1f "
-                "TFLOP/s\n", name, mask.size() > 24 ? mask.substr(mask.size() - 24).c_str()
-                                                     : mask.c_str(),
-                seq, batch, heads, dim, bs, pairs / (double(seq) * seq), kernel, ms,
+    std::printf("harness %-4s %-9s S=%d B=%d H=%d D=%d bs=%d cap=%g pairs=%.4f  %-60s %9.4f ms "
+                "%8.1f TFLOP/s\n", name, mask.size() > 24 ? mask.substr(mask.size() - 24).c_str()
+                                                         : mask.c_str(),
+                seq, batch, heads, dim, bs, softcap, pairs / (double(seq) * seq), kernel, ms,
                 flops / (ms * 1e-3) / 1e12);
   };
   if (phase == "fwd" || phase == "both")
@@ -193,6 +201,14 @@ int main(int argc, char** argv) {
   if (phase == "bwd" || phase == "both")
     time("bwd", bwd->name, 2.5 * fwd_flops,
          [&] { return LaunchAttentionBackward(*bwd, b, stream); });
+  if (!dump.empty()) {  // the forward's output, after the last forward launch
+    std::vector<__nv_bfloat16> host(static_cast<size_t>(elems));
+    CHECK(cudaMemcpy(host.data(), o, host.size() * sizeof(__nv_bfloat16),
+                     cudaMemcpyDeviceToHost));
+    std::ofstream(dump, std::ios::binary)
+        .write(reinterpret_cast<const char*>(host.data()),
+               std::streamsize(host.size() * sizeof(__nv_bfloat16)));
+  }
   // a finite check of the outputs (the package's tests check values)
   const bool grads = phase != "fwd";
   for (__nv_bfloat16* x : {o, dq, dk, dv})
