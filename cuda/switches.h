@@ -100,10 +100,10 @@
 //     layout's group records (_cuda._group_columns), which that kernel needs
 //   JAX_BLOCKSPARSE_MATMUL_TMA (issue 20 item 2; H100, density 0.1: 1.20-1.38x
 //     wgmma_lines.cuh at bs 64, 1.22-1.27x at bs 128 with its items in a snake, RESULTS
-//     2026-12-06 third session; memcheck, racecheck and synccheck clean): dds/dsd in bf16/f16 with 16-byte
-//     aligned output rows on the persistent warp-specialized Hopper kernel
-//     (matmul/wgmma_tma.cuh: TMA copies, the blocks multicast to the two CTAs of a cluster,
-//     the epilogue through TMA stores under the next item's MMAs) instead of
+//     2026-12-06 third session; memcheck, racecheck and synccheck clean): dds/dsd in
+//     bf16/f16 with 16-byte aligned output rows on the persistent warp-specialized Hopper
+//     kernel (matmul/wgmma_tma.cuh: TMA copies, the blocks multicast to the two CTAs of a
+//     cluster, the epilogue through TMA stores under the next item's MMAs) instead of
 //     wgmma_lines.cuh's: at block sizes 64 and 128 by default (=1 too), at 64 alone under
 //     =64, at neither under =0
 //   JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1 opt-in (H100: dW within noise at bs 128, 0.94x at
@@ -119,7 +119,8 @@
 //     kernel (matmul/wgmma_sdd_tma.cuh: TMA copies, up to 4 / 2 blocks of one block row
 //     per pass sharing the A panel's loads, TMA stores) instead of wgmma_lines.cuh's one
 //     block per CTA: unset, at block size 128 where the call's items fill the card
-//     (matmul/dispatch.cu SddTmaByDefault); =1 at 64 and 128 always; =0 never
+//     (matmul/dispatch.cu SddTmaByDefault; not under JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1);
+//     =1 at 64 and 128 always; =0 never
 //   (Python side only: the default bs-16/32 kernel, wgmma_small.cuh, gets the 64-column
 //     group records and reads its union rows from them; JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0
 //     passes none, and every thread merges the lists itself: 1.1-1.5x slower on the H200)

@@ -53,8 +53,8 @@ def value_and_grads(fn):
 def build(op, trans, variant, layout, rng, free, lead=(), shared=None, grads=True):
     """(jitted program, its arguments, per result its float64 value and reach: `verify`) for
     one call of `op` on fresh random inputs: its value and, with `grads` and unbatched
-    operands, the gradients of `vdot(op(x, y), cot)`. `lead`: batch dimensions of both operands, or of
-    all but operand `shared` (0 or 1), which the batch then shares."""
+    operands, the gradients of `vdot(op(x, y), cot)`. `lead`: batch dimensions of both
+    operands, or of all but operand `shared` (0 or 1), which the batch then shares."""
     dtype, precision, _ = VARIANTS[variant]
     fn, args, _ = make_case(op, trans, dtype, layout, rng, lead=lead, free=free)
     fn = functools.partial(fn, precision=precision)
@@ -63,16 +63,18 @@ def build(op, trans, variant, layout, rng, free, lead=(), shared=None, grads=Tru
     value = REFERENCES[op](*args, layout, *trans)
     cot = random(rng, value.shape, dtype)
     with_grads = grads and not lead
+    values = [value] + (grads64(op, args, layout, trans, cot) if with_grads else [])
     reach = float64_results(op, [jnp.abs(a) for a in args], layout, trans, jnp.abs(cot),
                             with_grads)
-    want = list(zip(float64_results(op, args, layout, trans, cot, with_grads), reach))
+    want = list(zip(values, reach))
     if not with_grads:
         return jax.jit(lambda x, y, cot: (fn(x, y),)), (*args, cot), want
     return value_and_grads(fn), (*args, cot), want
 
 
 def float64_results(op, args, layout, trans, cot, grads):
-    """`op`'s float64 value and, with `grads`, the gradients of `vdot(op(x, y), cot)`."""
+    """`op`'s float64 value and, with `grads`, the gradients of `vdot(op(x, y), cot)`
+    (`build` takes them on the inputs' absolute values)."""
     value = [REFERENCES[op](*args, layout, *trans)]
     return value + grads64(op, args, layout, trans, cot) if grads else value
 

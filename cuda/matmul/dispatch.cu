@@ -179,12 +179,14 @@ const MatmulKernel kMatmulKernels[] = {
 #undef JBS_WGR_TRANS_ROWS
 #undef JBS_WGR_ROWS
 
-// The SDD TMA kernel's automatic choice (JAX_BLOCKSPARSE_MATMUL_SDD_TMA unset): block size
+// The SDD TMA kernel's automatic choice (JAX_BLOCKSPARSE_MATMUL_SDD_TMA unset, and not
+// JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1, which asks for wgmma_lines.cuh's split): block size
 // 128, where its items (chunks of 2 blocks, per batch entry) give every SM one at least.
 // H100, RESULTS 2026-12-06 (third session), 8192^2 bf16: 1.09x wgmma_lines.cuh's sdd at
 // density 0.1 (about 200 items), 0.74x at 0.02 (about 41), 0.89x at bs 64 (d 0.1).
 bool SddTmaByDefault(const TcArgs& a, int block_size) {
-  return block_size == 128 && int64_t(a.batch) * ((a.nnz + 1) / 2) >= MultiProcessors();
+  const int sms = MultiProcessors();
+  return block_size == 128 && sms > 0 && a.batch * ((a.nnz + 1) / 2) >= sms;
 }
 
 // Whether a path may run a call: the simple kernels for exact float32 or when switched on
@@ -200,8 +202,8 @@ bool PathOn(MatmulPath path, int block_size, const TcArgs& args, const Switches&
     case MatmulPath::kWgmmaSmall: return sw.small_wgmma && !sw.no_wgmma;
     case MatmulPath::kWgmmaTma: return block_size <= sw.tma_wgmma_max_bs && !sw.no_wgmma;
     case MatmulPath::kWgmmaSddTma:
-      return !sw.no_wgmma &&
-             (sw.sdd_tma > 0 || (sw.sdd_tma < 0 && SddTmaByDefault(args, block_size)));
+      return !sw.no_wgmma && (sw.sdd_tma > 0 || (sw.sdd_tma < 0 && !sw.sdd_split &&
+                                                 SddTmaByDefault(args, block_size)));
     case MatmulPath::kWgmma: return !sw.no_wgmma;
     case MatmulPath::kWgmmaTf32: return sw.tf32_wgmma && !sw.no_wgmma && !exact;
     case MatmulPath::kMmaSyncRuns: return sw.sdd_runs;
