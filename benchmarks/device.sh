@@ -20,7 +20,8 @@
 #    attention_bwd_variants: forward+backward under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT 0, 2, 4;
 #    attention_variants64: 0 and 2 at block size 64;
 #    attention_persistent: the Hopper forward with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT 0 and 1;
-#    attention_sinks: the cost of sinks and a logit soft cap)
+#    attention_sinks: the cost of sinks and a logit soft cap;
+#    attention_exp2: the soft cap's cost with and without the FMA-pipe exponentials)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build (but then nearly every process
 # ended in the host segfault under the sanitizer, RESULTS 2026-12-03 fourth session; one
@@ -329,6 +330,28 @@ for name, m in z.items():
       [ -n "${PROFILE_KERNEL:-}" ] && PROFILE_COUNT=${PROFILE_COUNT:-2} \
         profile "$PROFILE_KERNEL" attention_harness_ncu.log /tmp/attention_harness \
         ${HARNESS_ARGS:-} --reps 2 ;;
+    # issue 21 on the attention harness: the forward (causal, then all blocks; S 8192, D 128,
+    # bf16) with and without a soft cap (30), each with and without
+    # JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=1, the causal outputs of the two compared by value
+    attention_exp2)
+      harness_build attention_harness || exit 1
+      for mask in causal dense; do
+        for cap in 0 30; do
+          for x in 0 1; do
+            echo "== $mask cap=$cap JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=$x"
+            JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=$x /tmp/attention_harness --mask $mask \
+              --phase fwd --softcap $cap --reps 30 --dump "/tmp/exp2_${mask}_${cap}_$x.bin"
+          done
+        done
+      done 2>&1 | tee "$out/attention_exp2.log"
+      python3 -c "
+import numpy as np
+load = lambda p: (np.fromfile(p, np.uint16).astype(np.uint32) << 16).view(np.float32).astype(float)
+for cap in (0, 30):
+    a, b = load(f'/tmp/exp2_causal_{cap}_0.bin'), load(f'/tmp/exp2_causal_{cap}_1.bin')
+    print(f'causal cap {cap}: exp2-fma finite {np.isfinite(b).all()}, max |diff| '
+          f'{np.abs(a - b).max():.3g}, relative {np.linalg.norm(a - b) / np.linalg.norm(a):.3g}')
+" 2>&1 | tee -a "$out/attention_exp2.log" ;;
     # the matmul kernels outside JAX (benchmarks/matmul_harness.cu): timing (HARNESS_ARGS,
     # e.g. "--block 128 --op fwd"), then Nsight Compute on PROFILE_KERNEL when it is set
     matmul_harness)
