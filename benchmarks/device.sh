@@ -77,7 +77,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0 attention --slice 0/3"
-              "JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=1 attention --slice 1/3"
+              "JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=2 attention --slice 1/3"
               "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=3 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 attention --slice 2/3"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention"
@@ -272,7 +272,7 @@ for stage in "$@"; do
     # the cost of attention sinks and a soft cap (issue 21): the default forward, the same
     # with a quarter of its exponentials on the FMA pipe, then the FA2 forward (variant 0)
     attention_sinks)
-      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=1 JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
+      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=4 JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
         echo "== ${run:-default}"
         env $run python3 "$repo/benchmarks/attention_sinks.py"
       done 2>&1 | tee "$out/attention_sinks.log" ;;
@@ -331,13 +331,14 @@ for name, m in z.items():
         profile "$PROFILE_KERNEL" attention_harness_ncu.log /tmp/attention_harness \
         ${HARNESS_ARGS:-} --reps 2 ;;
     # issue 21 on the attention harness: the forward (causal, then all blocks; S 8192, D 128,
-    # bf16) with and without a soft cap (30), each with and without
-    # JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=1, the causal outputs of the two compared by value
+    # bf16) with and without a soft cap (30), each under JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA 0
+    # (off), 8, 4 and 2 (one group of 8 keys in N on the FMA pipe), the causal outputs of
+    # each against the one without
     attention_exp2)
       harness_build attention_harness || exit 1
       for mask in causal dense; do
         for cap in 0 30; do
-          for x in 0 1; do
+          for x in 0 8 4 2; do
             echo "== $mask cap=$cap JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=$x"
             JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=$x /tmp/attention_harness --mask $mask \
               --phase fwd --softcap $cap --reps 30 --dump "/tmp/exp2_${mask}_${cap}_$x.bin"
@@ -348,8 +349,9 @@ for name, m in z.items():
 import numpy as np
 load = lambda p: (np.fromfile(p, np.uint16).astype(np.uint32) << 16).view(np.float32).astype(float)
 for cap in (0, 30):
-    a, b = load(f'/tmp/exp2_causal_{cap}_0.bin'), load(f'/tmp/exp2_causal_{cap}_1.bin')
-    print(f'causal cap {cap}: exp2-fma finite {np.isfinite(b).all()}, max |diff| '
+  for x in (8, 4, 2):
+    a, b = load(f'/tmp/exp2_causal_{cap}_0.bin'), load(f'/tmp/exp2_causal_{cap}_{x}.bin')
+    print(f'causal cap {cap}: exp2-fma/{x} finite {np.isfinite(b).all()}, max |diff| '
           f'{np.abs(a - b).max():.3g}, relative {np.linalg.norm(a - b) / np.linalg.norm(a):.3g}')
 " 2>&1 | tee -a "$out/attention_exp2.log" ;;
     # the matmul kernels outside JAX (benchmarks/matmul_harness.cu): timing (HARNESS_ARGS,

@@ -31,12 +31,13 @@
 //     where some row moved: most tiles skip the 64 (D 128) multiplies per thread between a
 //     PV product and the next issue; values within the online softmax's rounding of the
 //     exact ones. Under =0 the launch line says " eager-rescale" (every new maximum)
-//   JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=1 opt-in (issue 21; written 2026-12-06, not yet run
-//     on a GPU): the FA3-design forward computes the exponentials of every fourth group of
-//     8 keys on the FMA pipe (attention/shared.cuh Exp2Fma: a degree-4 polynomial and the
-//     exponent's bits) instead of the MUFU unit, which the soft cap's tanh doubles the load
-//     of (an H100's forward profile: MUFU the most used pipe by instructions, 33.7%,
-//     without the cap); the launch line adds " exp2-fma"
+//   JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=N opt-in (issue 21; written 2026-12-06, not yet run
+//     on a GPU): the FA3-design forward computes the exponentials of one group of 8 keys
+//     in N (2, 4 or 8; 1 or any other value: 4) on the FMA pipe (attention/shared.cuh
+//     Exp2Fma: a degree-4 polynomial and the exponent's bits) instead of the MUFU unit,
+//     which the soft cap's tanh doubles the load of (an H100's forward profile: MUFU the
+//     most used pipe by instructions, 33.7%, without the cap); the launch line adds
+//     " exp2-fma/N"
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0;
 //     attention/dispatch.cu kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
 //     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 / 256 (256 unless
@@ -142,7 +143,8 @@ struct Switches {
                                    // "" or "0"
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
-  bool attn_fwd_exp2_fma;  // JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA: anything but "" or "0"
+  int attn_fwd_exp2_fma;  // JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA: 0 unset, "" or "0"; 2, 4 or
+                          // 8 that value; 4 for any other (one group of 8 keys in N)
   bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "0" (default on)
   int attn_head_sections;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS: N >= 1 its value, -1 "l2",
                            // 0 otherwise (unset, "", "0", anything else)

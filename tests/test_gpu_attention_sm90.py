@@ -741,16 +741,21 @@ def test_fa3_forward_persistent(variant, ctas, names):
 # By default a row's running maximum moves only when a tile's exceeds it by more than 8
 # (log2 units), and O is rescaled only in warps where one moved (every test above runs
 # so). JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0: every new maximum moves it (" eager-rescale");
-# JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=1: a quarter of the exponentials on the FMA pipe
-# (" exp2-fma"). Plain and persistent (each case's checker as above: values and lse against
-# the float64 reference, bitwise equal over two runs).
+# JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=N: the exponentials of one group of 8 keys in N on the
+# FMA pipe (" exp2-fma/N"; N = 4 for "1"). Plain and persistent (each case's checker as
+# above: values and lse against the float64 reference, bitwise equal over two runs).
 SOFTMAX_SWITCHES = {"eager-rescale": {"JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE": "0"},
-                    "exp2-fma": {"JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA": "1"}}
+                    "exp2-fma/4": {"JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA": "1"},
+                    "exp2-fma/2": {"JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA": "2"}}
 SOFTMAX_RUNS = ([("0", c) for c in chunks(PERSISTENT_CASES, 3)] +
                 [("1", ("local_causal", "docs_dense_kv_lengths", "fine16_docs_causal"))])
 
 
-@pytest.mark.parametrize("switch", SOFTMAX_SWITCHES)
+def switch_id(switch):
+    return switch.replace("/", "") or "default"
+
+
+@pytest.mark.parametrize("switch", SOFTMAX_SWITCHES, ids=switch_id)
 @pytest.mark.parametrize("persistent,names", SOFTMAX_RUNS, ids=case_id)
 def test_fa3_forward_softmax_switches(persistent, names, switch):
     if not sm90():
@@ -795,7 +800,7 @@ def run_growing(cases):
         check_growing_scores(DTYPES[dtype], causal)
 
 
-@pytest.mark.parametrize("switch", ("", *SOFTMAX_SWITCHES))
+@pytest.mark.parametrize("switch", ("", *SOFTMAX_SWITCHES), ids=switch_id)
 def test_fa3_forward_growing_scores(switch):
     """The forward (the default, the eager rescale, the FMA-pipe exponentials) on scores
     that grow along the keys by less and by more than the lazy rescale's slack."""

@@ -734,7 +734,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         float r0 = 0.f, r1 = 0.f;
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
-          if (j % 4 == 3 && a.exp2_fma) {  // a quarter of them on the FMA pipe (Exp2Fma)
+          if ((a.exp2_fma_groups >> (j % 8)) & 1u) {  // on the FMA pipe (Exp2Fma)
             s[4 * j] = Exp2Fma(fmaf(s[4 * j], sl2_max, -mu0));
             s[4 * j + 1] = Exp2Fma(fmaf(s[4 * j + 1], sl2_max, -mu0));
             s[4 * j + 2] = Exp2Fma(fmaf(s[4 * j + 2], sl2_max, -mu1));

@@ -49,10 +49,10 @@ struct Args {
   // tile's maximum exceeds it by more than this (log2 units), so P = 2^(s - m) <= 2^slack
   // and O and l are rescaled only then (0: every new maximum, the exact online softmax)
   float rescale_slack;
-  // the Hopper forward's exponentials of every fourth group of 8 keys on the FMA pipe
-  // (Exp2Fma) instead of the MUFU unit, which the soft cap's tanh shares
-  // (JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=1, opt-in)
-  bool exp2_fma;
+  // the Hopper forward's groups of 8 keys whose exponentials run on the FMA pipe (Exp2Fma)
+  // instead of the MUFU unit, which the soft cap's tanh shares: bit j % 8 for group j (0:
+  // none; JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=N, opt-in: one group in N)
+  uint32_t exp2_fma_groups;
   bool causal;
   // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when
   // mb == B (else mb = 1), segment ids [B, Tq] / [B, Tk] (padded to whole tiles) or null
@@ -150,7 +150,7 @@ __device__ __forceinline__ float Exp2(float x) {  // 2^x, -inf -> 0
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
-// 2^x on the FMA and integer pipes instead of the MUFU unit (Args::exp2_fma): x = n + f
+// 2^x on the FMA and integer pipes instead of the MUFU unit (Args::exp2_fma_groups): x = n + f
 // with n = round(x) (the 1.5 * 2^23 rounding trick: n lands in the low mantissa bits of
 // r = x + 1.5 * 2^23) and f in [-0.5, 0.5]; 2^f by a degree-4 polynomial (a relative
 // least-squares fit with reweighting, |relative error| < 6.7e-6 in float32, below half
