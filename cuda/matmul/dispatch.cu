@@ -10,8 +10,8 @@
 // JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA=1 (opt-in) the per-line-accumulator wgmma kernel
 // (wgmma_group.cuh) where the call carries its group records; dds/dsd with 16-byte aligned
 // output rows at block sizes 64 and 128 (JAX_BLOCKSPARSE_MATMUL_TMA=64: 64 alone, =0:
-// neither) the persistent TMA kernel (wgmma_tma.cuh), and sdd at 128 where the call fills the card
-// (at 64 and 128 under JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1, neither under =0) its
+// neither) the persistent TMA kernel (wgmma_tma.cuh), and sdd at 128 where the call fills
+// the card (at 64 and 128 under JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1, neither under =0) its
 // block-row-runs kernel (wgmma_sdd_tma.cuh).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -20,9 +20,10 @@
 // and its own A tile (256 x 64 of op(A)). The line varies fastest, so the clusters at work
 // at one time share the A panels of a few row tiles in L2 (an H100's profiles of bs 128,
 // density 0.1: without the snake 726 MB from DRAM, 2.6x the operands and output, L2 86%
-// busy, tensor pipes 39%, 287 us; with it 461 MB, tensor pipes 58%, 207 us). Operand traffic into the SMs: 1/bs + 1/512 bytes per useful FLOP at 16 bits
-// (wgmma_lines.cuh: 1/bs + 1/256; RESULTS 2026-12-05 third session: the estimate that
-// bounds bs 128 near 486 TFLOP/s at the L2 rate measured, 583 with this multicast).
+// busy, tensor pipes 39%, 287 us; with it 461 MB, tensor pipes 58%, 207 us). Operand
+// traffic into the SMs: 1/bs + 1/512 bytes per useful FLOP at 16 bits (wgmma_lines.cuh:
+// 1/bs + 1/256; RESULTS 2026-12-05 third session: the estimate that bounds bs 128 near
+// 486 TFLOP/s at the L2 rate measured, 583 with this multicast).
 //
 // Roles (384 threads): warpgroup 0 the producer (setmaxnreg 40; its thread 0 issues the
 // copies into a STAGES-deep ring: full[s] counts the stage's bytes, both halves of B among
