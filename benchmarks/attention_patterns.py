@@ -18,8 +18,7 @@ tensors (it ignores the sparsity and the documents: for the packed rows compare 
 `--variants 0,2` times our forward once per value of `JAX_BLOCKSPARSE_ATTN_FWD_VARIANT`
 (a fresh process each: the switch is read once); a value ending in `p` (`--variants 2,2p`)
 sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), the others
-=0, one with `e` (`2e`) JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0 (the eager rescale), one
-with `x` JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=4 (a quarter of the exponentials on the FMA pipe);
+=0, and one with `e` (`2e`) JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0 (the eager rescale);
 `--bwd-variants 2,4` the same for `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`, `b4`;
 a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 64
 on the Hopper backward's 128 x 128 tiles; `r`, `2r`, sets it to 0: the FA2 backward's
@@ -263,12 +262,11 @@ def ours_per_variant(args, rows):
     (`--bwd-variants`) in a fresh process (the switches are read once), or this process."""
     def sections(letters):  # h: heads outer (sections of one column), s: sections of L2
         return "1" if "h" in letters else "l2" if "s" in letters else "0"
-    def forward_switches(v):  # "2", "2p", "2h", "2s", "2e", "2x": the variant, then letters
+    def forward_switches(v):  # "2", "2p", "2h", "2s", "2e": the variant, then letters
         letters = v.lstrip("0123456789")
         return {"JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": v[:len(v) - len(letters)],
                 "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1" if "p" in letters else "0",
                 "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE": "0" if "e" in letters else "",
-                "JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA": "4" if "x" in letters else "0",
                 "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS": sections(letters)}
     runs = [(forward_switches(v), f"v{v} ") for v in (args.variants or "").split(",") if v]
     def backward_switches(v):  # "2", "2t", "2r", "4q", "2n", "2h", "2s": the variant, letters
@@ -336,8 +334,7 @@ def main():
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
     parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values "
                         "(letters after one: p JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1, e "
-                        "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0, x "
-                        "JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=4, h / s "
+                        "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0, h / s "
                         "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2, which the backward "
                         "takes too)")
     parser.add_argument("--bwd-variants",

@@ -21,7 +21,7 @@
 #    attention_variants64: 0 and 2 at block size 64;
 #    attention_persistent: the Hopper forward with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT 0 and 1;
 #    attention_sinks: the cost of sinks and a logit soft cap;
-#    attention_exp2: the soft cap's cost with and without the FMA-pipe exponentials)
+#    matmul_k_slices: dW on the SDD TMA kernel data-parallel and in K slices, on the harness)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build (but then nearly every process
 # ended in the host segfault under the sanitizer, RESULTS 2026-12-03 fourth session; one
@@ -77,7 +77,6 @@ sanitize() {
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0 attention --slice 0/3"
-              "JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=2 attention --slice 1/3"
               "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=3 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 attention --slice 2/3"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention"
@@ -269,10 +268,10 @@ for stage in "$@"; do
         python3 "$repo/benchmarks/dev_attention.py" --persistent-ab --block-size 64
         python3 "$repo/benchmarks/attention_patterns.py" --variants 2,2p; } 2>&1 \
         | tee "$out/attention_persistent.log" ;;
-    # the cost of attention sinks and a soft cap (issue 21): the default forward, the same
-    # with a quarter of its exponentials on the FMA pipe, then the FA2 forward (variant 0)
+    # the cost of attention sinks and a soft cap (issue 21): the default forward, then the
+    # FA2 forward (variant 0) for every row
     attention_sinks)
-      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=4 JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
+      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
         echo "== ${run:-default}"
         env $run python3 "$repo/benchmarks/attention_sinks.py"
       done 2>&1 | tee "$out/attention_sinks.log" ;;
@@ -330,30 +329,22 @@ for name, m in z.items():
       [ -n "${PROFILE_KERNEL:-}" ] && PROFILE_COUNT=${PROFILE_COUNT:-2} \
         profile "$PROFILE_KERNEL" attention_harness_ncu.log /tmp/attention_harness \
         ${HARNESS_ARGS:-} --reps 2 ;;
-    # issue 21 on the attention harness: the forward (causal, then all blocks; S 8192, D 128,
-    # bf16) with and without a soft cap (30), each under JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA 0
-    # (off), 8, 4 and 2 (one group of 8 keys in N on the FMA pipe), the causal outputs of
-    # each against the one without
-    attention_exp2)
-      harness_build attention_harness || exit 1
-      for mask in causal dense; do
-        for cap in 0 30; do
-          for x in 0 8 4 2; do
-            echo "== $mask cap=$cap JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=$x"
-            JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=$x /tmp/attention_harness --mask $mask \
-              --phase fwd --softcap $cap --reps 30 --dump "/tmp/exp2_${mask}_${cap}_$x.bin"
+    # issue 20's dW on the harness: the SDD TMA kernel data-parallel and in K slices
+    # (JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES 0 / 1) at block sizes 128 and 64, densities 0.1
+    # and 0.02, then the default kernel choice (the SDD TMA switch unset) for reference
+    matmul_k_slices)
+      harness_build matmul_harness || exit 1
+      for bs in 128 64; do
+        for d in 0.1 0.02; do
+          for sk in 0 1; do
+            echo "== bs $bs density $d JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES=$sk"
+            JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES=$sk \
+              /tmp/matmul_harness --block $bs --density $d --op dw --reps 20
           done
+          echo "== bs $bs density $d default"
+          /tmp/matmul_harness --block $bs --density $d --op dw --reps 20
         done
-      done 2>&1 | tee "$out/attention_exp2.log"
-      python3 -c "
-import numpy as np
-load = lambda p: (np.fromfile(p, np.uint16).astype(np.uint32) << 16).view(np.float32).astype(float)
-for cap in (0, 30):
-  for x in (8, 4, 2):
-    a, b = load(f'/tmp/exp2_causal_{cap}_0.bin'), load(f'/tmp/exp2_causal_{cap}_{x}.bin')
-    print(f'causal cap {cap}: exp2-fma/{x} finite {np.isfinite(b).all()}, max |diff| '
-          f'{np.abs(a - b).max():.3g}, relative {np.linalg.norm(a - b) / np.linalg.norm(a):.3g}')
-" 2>&1 | tee -a "$out/attention_exp2.log" ;;
+      done 2>&1 | tee "$out/matmul_k_slices.log" ;;
     # the matmul kernels outside JAX (benchmarks/matmul_harness.cu): timing (HARNESS_ARGS,
     # e.g. "--block 128 --op fwd"), then Nsight Compute on PROFILE_KERNEL when it is set
     matmul_harness)

@@ -60,12 +60,8 @@ Switches Read() {
   s.sdd_tma = sdd_tma == nullptr || *sdd_tma == '\0'  ? -1
               : std::strcmp(sdd_tma, "0") == 0 ? 0
                                                : 1;
+  s.sdd_k_slices = OnUnlessZero("JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES");
   s.attn_fwd_lazy_rescale = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE");
-  const char* exp2_fma = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA");
-  const int groups = exp2_fma != nullptr ? std::atoi(exp2_fma) : 0;
-  s.attn_fwd_exp2_fma = !Flag("JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA")             ? 0
-                        : groups == 2 || groups == 4 || groups == 8 ? groups
-                                                                    : 4;
   return s;
 }
 

@@ -31,13 +31,6 @@
 //     where some row moved: most tiles skip the 64 (D 128) multiplies per thread between a
 //     PV product and the next issue; values within the online softmax's rounding of the
 //     exact ones. Under =0 the launch line says " eager-rescale" (every new maximum)
-//   JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=N opt-in (issue 21; written 2026-12-06, not yet run
-//     on a GPU): the FA3-design forward computes the exponentials of one group of 8 keys
-//     in N (2, 4 or 8; 1 or any other value: 4) on the FMA pipe (attention/shared.cuh
-//     Exp2Fma: a degree-4 polynomial and the exponent's bits) instead of the MUFU unit,
-//     which the soft cap's tanh doubles the load of (an H100's forward profile: MUFU the
-//     most used pipe by instructions, 33.7%, without the cap); the launch line adds
-//     " exp2-fma/N"
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0;
 //     attention/dispatch.cu kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
 //     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 / 256 (256 unless
@@ -122,6 +115,10 @@
 //     block per CTA: unset, at block size 128 where the call's items fill the card
 //     (matmul/dispatch.cu SddTmaByDefault; not under JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1);
 //     =1 at 64 and 128 always; =0 never
+//   JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES=0 (issue 20 item 2; written 2026-12-06, fourth
+//     session): that kernel runs whole items instead of cutting them into K slices where
+//     the call has more items than SMs (matmul/wgmma_sdd_tma.cuh, SddSlices: the last
+//     round's idle SMs; a float32 workspace of about twice the output's bytes)
 //   (Python side only: the default bs-16/32 kernel, wgmma_small.cuh, gets the 64-column
 //     group records and reads its union rows from them; JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0
 //     passes none, and every thread merges the lists itself: 1.1-1.5x slower on the H200)
@@ -143,8 +140,6 @@ struct Switches {
                                    // "" or "0"
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
-  int attn_fwd_exp2_fma;  // JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA: 0 unset, "" or "0"; 2, 4 or
-                          // 8 that value; 4 for any other (one group of 8 keys in N)
   bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "0" (default on)
   int attn_head_sections;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS: N >= 1 its value, -1 "l2",
                            // 0 otherwise (unset, "", "0", anything else)
@@ -159,6 +154,7 @@ struct Switches {
   bool sdd_split;         // JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT: anything but "" or "0"
   int sdd_tma;            // JAX_BLOCKSPARSE_MATMUL_SDD_TMA: -1 unset or "" (the automatic
                           // choice, matmul/dispatch.cu SddTmaByDefault), 0 for "0", else 1
+  bool sdd_k_slices;      // JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES: anything but "0" (unset: on)
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

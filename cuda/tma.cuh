@@ -206,6 +206,29 @@ __device__ __forceinline__ void NamedArrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// ------------------------------------------------------------------ flags across CTAs
+// A relaxed (strong, gpu scope) load to spin on; after the awaited value, FenceAcquireGpu
+// makes the pair an acquire pattern (PTX memory model) with one fence, where an
+// ld.acquire per poll invalidated L1 every time. AddReleaseGpu: the release that pairs with
+// it (this thread's earlier accesses, and those a barrier ordered before them, first).
+__device__ __forceinline__ int LoadRelaxedGpu(const int32_t* p) {
+  int v = 0;
+#ifdef JBS_SM90_DEVICE
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+#endif
+  return v;
+}
+__device__ __forceinline__ void FenceAcquireGpu() {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
+#ifdef JBS_SM90_DEVICE
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+#endif
+}
+
 // ------------------------------------------------------------------ clusters
 // This CTA's rank in its cluster.
 __device__ __forceinline__ uint32_t ClusterCtaRank() {

@@ -549,15 +549,13 @@ def run_gpu_forward_cases(names):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("persistent,lazy,exp2_fma",
-                         [("0", "", ""), ("1", "", ""), ("0", "0", ""), ("0", "", "4")])
-def test_hopper_forward_takes_soft_cap(persistent, lazy, exp2_fma):
+@pytest.mark.parametrize("persistent,lazy", [("0", ""), ("1", ""), ("0", "0")])
+def test_hopper_forward_takes_soft_cap(persistent, lazy):
     """On an sm_90 GPU a capped forward with segment ids, head dim 96 or 256, block size 16
     or 32 or partial last tiles runs the FA3-design forward (plain, then persistent), with
     attention sinks in some (FWD_SINKS): o and lse against the float64 reference (dsinks
     too), with the lazy rescale (the default: the running maximum moved only by a tile
-    maximum more than 8 above it, log2 units) and without (=0), and with a quarter of the
-    exponentials on the FMA pipe (JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=4); its backward (dq, dk, dv
+    maximum more than 8 above it, log2 units) and without (=0); its backward (dq, dk, dv
     against the reference too) the default FA3-design backward at head dims 64 and 128
     (FA2's at block size 64), at 96 the same zero-padded to 128
     (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), at 256 its own Hopper backward."""
@@ -569,8 +567,7 @@ def test_hopper_forward_takes_soft_cap(persistent, lazy, exp2_fma):
     result = run_python(
         f"import test_attention_sinks_softcap as t; t.run_gpu_forward_cases({names!r})",
         JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="",  # the default
-        JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=persistent, JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=lazy,
-        JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=exp2_fma)
+        JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=persistent, JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=lazy)
     assert "attention_fwd" not in "".join(
         ln for ln in result.stderr.splitlines() if "pure-JAX path" in ln), result.stderr[-3000:]
     logs = kernels_by_case(result.stderr)
@@ -579,7 +576,6 @@ def test_hopper_forward_takes_soft_cap(persistent, lazy, exp2_fma):
         assert fwd and all(k.startswith("fa3_forward") for k in fwd), (name, fwd)
         assert all(("persistent" in k) == (persistent == "1") for k in fwd), (name, fwd)
         assert all((" eager-rescale" in k) == (lazy == "0") for k in fwd), (name, fwd)
-        assert all(k.endswith(" exp2-fma/4") == (exp2_fma == "4") for k in fwd), (name, fwd)
         bwd = [kernel for op, kernel in logs.get(name, []) if op == "attention_bwd"]
         d, bs = FWD_CASES[name][5:7]
         # capped, head dim 96 zero-padded to 128: the Hopper backward, FA2's at block 64;

@@ -190,27 +190,6 @@ __device__ __forceinline__ void FenceProxyAsyncGlobal() {
   asm volatile("fence.proxy.async.global;\n" ::: "memory");
 #endif
 }
-// A relaxed (strong, gpu scope) load to spin on; after the awaited value, FenceAcquireGpu
-// makes the pair an acquire pattern (PTX memory model) with one fence, where an
-// ld.acquire per poll invalidated L1 every time.
-__device__ __forceinline__ int LoadRelaxedGpu(const int32_t* p) {
-  int v = 0;
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-#endif
-  return v;
-}
-__device__ __forceinline__ void FenceAcquireGpu() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void AddReleaseGpu(int32_t* p, int v) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-#endif
-}
-
 // ------------------------------------------------------------ the kernel
 // The producer tells the dQ writer and the consumers each step's (query head, first
 // query, whether the lists' entry is partial) through a ring of kMetaSlots in shared memory
@@ -408,10 +387,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           // (not transposes of one mask) could make a rank that never comes: trap after
           // ~10 s rather than hang.
           const long long t0 = clock64();
-          while (LoadRelaxedGpu(sem) != rank) {
+          while (tma::LoadRelaxedGpu(sem) != rank) {
             if (clock64() - t0 > (20LL << 30)) __trap();
           }
-          FenceAcquireGpu();  // with the load that saw `rank`: the acquire
+          tma::FenceAcquireGpu();  // with the load that saw `rank`: the acquire
           tma::MbarWait(dq_full(s), (it / DQB) & 1);  // the consumers' partial is in
           FenceProxyAsyncGlobal();  // the acquire before the async-proxy reduction
           if (rank == 0) {  // the first adder stores: dq_accum needs no zeroing
@@ -424,7 +403,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           tma::MbarArrive(dq_empty(s));
           BulkWaitAll();
           FenceProxyAsyncGlobal();  // the reduction's writes before the release
-          AddReleaseGpu(sem, 1);
+          tma::AddReleaseGpu(sem, 1);
         }
         __syncwarp();
       }

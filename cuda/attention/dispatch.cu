@@ -5,8 +5,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <string>
-
 #include "../launch_util.h"  // LaunchDetail
 #include "../switches.h"
 #include "bwd_sm90.h"
@@ -323,13 +321,7 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0, which the launch line names)
   const bool lazy = GetSwitches().attn_fwd_lazy_rescale;
   a.rescale_slack = kernel.documents && lazy ? attn::kLazyRescaleSlack : 0.f;
-  // one group of 8 keys in N (2, 4, 8) on the FMA pipe: the last of every N
-  const int exp2_in = kernel.documents ? GetSwitches().attn_fwd_exp2_fma : 0;
-  a.exp2_fma_groups = exp2_in == 2 ? 0xAAu : exp2_in == 4 ? 0x88u : exp2_in == 8 ? 0x80u : 0u;
-  if (kernel.documents && GetSwitches().debug) {
-    LaunchDetail() = lazy ? "" : " eager-rescale";
-    if (exp2_in != 0) LaunchDetail() += " exp2-fma/" + std::to_string(exp2_in);
-  }
+  if (kernel.documents && !lazy && GetSwitches().debug) LaunchDetail() = " eager-rescale";
   const int bs = p.shape.block_size;
   a.mask_bits = p.mask_bits;
   const int mask_block = p.mask_bits != nullptr ? p.mask_block : bs;

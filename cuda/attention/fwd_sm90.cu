@@ -734,16 +734,10 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
         float r0 = 0.f, r1 = 0.f;
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
-          // group j's four scores through `exp2`: the MUFU unit's, or Exp2Fma for the groups
-          // of a.exp2_fma_groups (a branch per group, uniform: only one of them runs)
-          auto group = [&](auto exp2) {
-            s[4 * j] = exp2(fmaf(s[4 * j], sl2_max, -mu0));
-            s[4 * j + 1] = exp2(fmaf(s[4 * j + 1], sl2_max, -mu0));
-            s[4 * j + 2] = exp2(fmaf(s[4 * j + 2], sl2_max, -mu1));
-            s[4 * j + 3] = exp2(fmaf(s[4 * j + 3], sl2_max, -mu1));
-          };
-          if ((a.exp2_fma_groups >> (j % 8)) & 1u) group([](float x) { return Exp2Fma(x); });
-          else group([](float x) { return Exp2(x); });
+          s[4 * j] = Exp2(fmaf(s[4 * j], sl2_max, -mu0));
+          s[4 * j + 1] = Exp2(fmaf(s[4 * j + 1], sl2_max, -mu0));
+          s[4 * j + 2] = Exp2(fmaf(s[4 * j + 2], sl2_max, -mu1));
+          s[4 * j + 3] = Exp2(fmaf(s[4 * j + 3], sl2_max, -mu1));
           r0 += s[4 * j] + s[4 * j + 1];
           r1 += s[4 * j + 2] + s[4 * j + 3];
         }

@@ -49,10 +49,6 @@ struct Args {
   // tile's maximum exceeds it by more than this (log2 units), so P = 2^(s - m) <= 2^slack
   // and O and l are rescaled only then (0: every new maximum, the exact online softmax)
   float rescale_slack;
-  // the Hopper forward's groups of 8 keys whose exponentials run on the FMA pipe (Exp2Fma)
-  // instead of the MUFU unit, which the soft cap's tanh shares: bit j % 8 for group j (0:
-  // none; JAX_BLOCKSPARSE_ATTN_FWD_EXP2_FMA=N, opt-in: one group in N)
-  uint32_t exp2_fma_groups;
   bool causal;
   // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when
   // mb == B (else mb = 1), segment ids [B, Tq] / [B, Tk] (padded to whole tiles) or null
@@ -149,25 +145,6 @@ __device__ __forceinline__ float Exp2(float x) {  // 2^x, -inf -> 0
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
-}
-// 2^x on the FMA and integer pipes instead of the MUFU unit (Args::exp2_fma_groups): x = n + f
-// with n = round(x) (the 1.5 * 2^23 rounding trick: n lands in the low mantissa bits of
-// r = x + 1.5 * 2^23) and f in [-0.5, 0.5]; 2^f by a degree-4 polynomial (a relative
-// least-squares fit with reweighting, |relative error| < 6.7e-6 in float32, below half
-// an f16 ulp), 2^n added to its exponent field. 0 below -125 (so -inf -> 0 exactly, as
-// ex2.approx.ftz; 2^-125 would be a normal float, which a masked score must not give).
-// The idea of spending FMA slots on some exponentials: FlashAttention-4's softmax.
-__device__ __forceinline__ float Exp2Fma(float x) {
-  constexpr float kRound = 12582912.f;  // 1.5 * 2^23
-  const float r = x + kRound;
-  const float f = x - (r - kRound);
-  float p = 0.00998388510f;
-  p = fmaf(p, f, 0.0559485253f);
-  p = fmaf(p, f, 0.240132257f);
-  p = fmaf(p, f, 0.693115830f);
-  p = fmaf(p, f, 1.00000429f);
-  const float y = __uint_as_float(__float_as_uint(p) + (__float_as_uint(r) << 23));
-  return x < -125.f ? 0.f : y;
 }
 __device__ __forceinline__ float Tanh(float x) {  // tanh, |relative error| < 2^-10.9
   float y;
