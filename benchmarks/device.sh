@@ -21,7 +21,7 @@
 #    attention_variants64: 0 and 2 at block size 64;
 #    attention_persistent: the Hopper forward with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT 0 and 1;
 #    attention_sinks: the cost of sinks and a logit soft cap;
-#    matmul_k_slices: dW on the SDD TMA kernel data-parallel and in K slices, on the harness)
+#    matmul_dw: dW on the harness, the SDD TMA kernel and the default choice)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build (but then nearly every process
 # ended in the host segfault under the sanitizer, RESULTS 2026-12-03 fourth session; one
@@ -329,22 +329,19 @@ for name, m in z.items():
       [ -n "${PROFILE_KERNEL:-}" ] && PROFILE_COUNT=${PROFILE_COUNT:-2} \
         profile "$PROFILE_KERNEL" attention_harness_ncu.log /tmp/attention_harness \
         ${HARNESS_ARGS:-} --reps 2 ;;
-    # issue 20's dW on the harness: the SDD TMA kernel data-parallel and in K slices
-    # (JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES 0 / 1) at block sizes 128 and 64, densities 0.1
-    # and 0.02, then the default kernel choice (the SDD TMA switch unset) for reference
-    matmul_k_slices)
+    # issue 20's dW on the harness: the SDD TMA kernel (JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1)
+    # and the default choice, at block sizes 128 and 64, densities 0.1 and 0.02
+    matmul_dw)
       harness_build matmul_harness || exit 1
       for bs in 128 64; do
         for d in 0.1 0.02; do
-          for sk in 0 1; do
-            echo "== bs $bs density $d JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES=$sk"
-            JAX_BLOCKSPARSE_MATMUL_SDD_TMA=1 JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES=$sk \
-              /tmp/matmul_harness --block $bs --density $d --op dw --reps 20
+          for tma in 1 ""; do
+            echo "== bs $bs density $d JAX_BLOCKSPARSE_MATMUL_SDD_TMA=$tma"
+            JAX_BLOCKSPARSE_MATMUL_SDD_TMA=$tma /tmp/matmul_harness --block $bs --density $d \
+              --op dw --reps 20
           done
-          echo "== bs $bs density $d default"
-          /tmp/matmul_harness --block $bs --density $d --op dw --reps 20
         done
-      done 2>&1 | tee "$out/matmul_k_slices.log" ;;
+      done 2>&1 | tee "$out/matmul_dw.log" ;;
     # the matmul kernels outside JAX (benchmarks/matmul_harness.cu): timing (HARNESS_ARGS,
     # e.g. "--block 128 --op fwd"), then Nsight Compute on PROFILE_KERNEL when it is set
     matmul_harness)

@@ -111,8 +111,6 @@ int main(int argc, char** argv) {
     p.nnz = nnz;
     p.block_size = bs;
     p.trans_a = true;  // op(A) = x^T: x stored [K, m]
-    p.workspace_floats = SddWorkspaceFloats(DType::kBF16, p);  // the K slices', as the lowering
-    if (p.workspace_floats > 0) p.workspace = DeviceAlloc<float>(p.workspace_floats);
     const MatmulLaunch run = SelectSdd(DType::kBF16, p);
     if (run.kernel == nullptr) {
       std::fprintf(stderr, "no sdd kernel for block size %d\n", bs);

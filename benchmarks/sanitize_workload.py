@@ -120,14 +120,6 @@ def matmul_workload():
             a = array((520, many.shape[0]), jnp.bfloat16)
             b = array((520, many.shape[1]), jnp.bfloat16)
             run(lambda a, b: jbs.sdd(a, b, many, trans_a=True), a, b)
-    # sdd in K slices (wgmma_sdd_tma.cuh: more items than SMs; K 2000 = 32 steps: 3 slices
-    # of 144 items at bs 64, 2 of 288 at bs 128 on 132 SMs)
-    for bs in (64, 128):
-        if taken():
-            many = jbs.layouts.random(16 * bs, 60 * bs, bs, 0.6, seed=bs)
-            a = array((2000, many.shape[0]), jnp.bfloat16)
-            b = array((2000, many.shape[1]), jnp.bfloat16)
-            run(lambda a, b: jbs.sdd(a, b, many, trans_a=True), a, b)
     # the public layer op and its gradient (dds forward, sdd + dds^T backward)
     lay = jbs.layouts.random(256, 384, 64, 0.3, seed=1)
     x = array((2, 40, 256), jnp.bfloat16)

@@ -27,8 +27,6 @@ struct SddParams {
   const void* b;
   void* out;               // [batch, nnz, bs, bs]
   const int32_t* coords;   // [nnz, 2]: (block row, block column)
-  float* workspace;        // the K slices' flags and partials (SddWorkspaceFloats), or null
-  int64_t workspace_floats;
   int64_t batch, a_batch_stride, b_batch_stride;
   int64_t m, n, k;
   int32_t nnz, block_size;
@@ -96,8 +94,6 @@ struct TcArgs {
   int64_t steps_count;
   int32_t group_columns;
   const int32_t* coords;                   // SDD
-  float* workspace;                        // SDD: the K slices' (SddWorkspaceFloats), or null
-  int64_t workspace_floats;
   int64_t nnz;                             // blocks (DS: the TMA kernel's tensor map)
   int64_t batch;
 };
@@ -152,13 +148,6 @@ struct MatmulLaunch {
   const MatmulKernel* kernel;
   tc::TcArgs args;
 };
-
-// The float32 elements of the workspace an sdd call with these parameters (pointers
-// unused) takes on the current device: the K slices' flags and partials where the SDD TMA
-// kernel runs it in slices (matmul/wgmma_sdd_tma.cuh, SddSlices: 256 bs floats per item of
-// 256 / bs blocks, about 2x the output's bytes), else 0. The lowering declares it as the
-// custom call's second result (jax_blocksparse/_cuda.py, through src/ffi_matmul.h).
-int64_t SddWorkspaceFloats(DType dtype, const SddParams& p);
 
 // The row that runs this call (the path chosen from the precision, the switches read once
 // per process, the device and the operands' alignment) and its arguments.

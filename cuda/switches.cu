@@ -60,7 +60,6 @@ Switches Read() {
   s.sdd_tma = sdd_tma == nullptr || *sdd_tma == '\0'  ? -1
               : std::strcmp(sdd_tma, "0") == 0 ? 0
                                                : 1;
-  s.sdd_k_slices = OnUnlessZero("JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES");
   s.attn_fwd_lazy_rescale = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE");
   return s;
 }

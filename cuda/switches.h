@@ -115,10 +115,6 @@
 //     block per CTA: unset, at block size 128 where the call's items fill the card
 //     (matmul/dispatch.cu SddTmaByDefault; not under JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT=1);
 //     =1 at 64 and 128 always; =0 never
-//   JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES=0 (issue 20 item 2; written 2026-12-06, fourth
-//     session): that kernel runs whole items instead of cutting them into K slices where
-//     the call has more items than SMs (matmul/wgmma_sdd_tma.cuh, SddSlices: the last
-//     round's idle SMs; a float32 workspace of about twice the output's bytes)
 //   (Python side only: the default bs-16/32 kernel, wgmma_small.cuh, gets the 64-column
 //     group records and reads its union rows from them; JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS=0
 //     passes none, and every thread merges the lists itself: 1.1-1.5x slower on the H200)
@@ -154,7 +150,6 @@ struct Switches {
   bool sdd_split;         // JAX_BLOCKSPARSE_MATMUL_SDD_SPLIT: anything but "" or "0"
   int sdd_tma;            // JAX_BLOCKSPARSE_MATMUL_SDD_TMA: -1 unset or "" (the automatic
                           // choice, matmul/dispatch.cu SddTmaByDefault), 0 for "0", else 1
-  bool sdd_k_slices;      // JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES: anything but "0" (unset: on)
 };
 
 // The switches, read from the environment on the first call (thread-safe, then constant).

@@ -236,22 +236,16 @@ def _precision_attr(precision) -> np.int32:
     return np.int32(precision == jax.lax.Precision.HIGHEST)
 
 
-def _ffi(target, ctx, operands, metadata, workspaces=(), **attributes):
+def _ffi(target, ctx, operands, metadata, **attributes):
     """The custom call `target` on `operands` (the primitive's, as in `ctx.avals_in`) and
-    the int32 numpy arrays `metadata` as constants; results typed as `ctx.avals_out`, then
-    one float32 result of each size in `workspaces` (the kernel's scratch, dropped)."""
+    the int32 numpy arrays `metadata` as constants; results typed as `ctx.avals_out`."""
     template = ctx.avals_in[0]
     metadata = [np.ascontiguousarray(m, np.int32) for m in metadata]
     meta_avals = [template.update(shape=m.shape, dtype=np.dtype(np.int32), weak_type=False)
                   for m in metadata]
-    work_avals = [template.update(shape=(int(n),), dtype=np.dtype(np.float32), weak_type=False)
-                  for n in workspaces]
-    outputs = len(ctx.avals_out)
-    ctx = ctx.replace(avals_in=[*ctx.avals_in, *meta_avals],
-                      avals_out=[*ctx.avals_out, *work_avals])
+    ctx = ctx.replace(avals_in=[*ctx.avals_in, *meta_avals])
     constants = [jint.ir_constant(m) for m in metadata]
-    results = jax.ffi.ffi_lowering(target)(ctx, *operands, *constants, **attributes)
-    return results[:outputs] if workspaces else results
+    return jax.ffi.ffi_lowering(target)(ctx, *operands, *constants, **attributes)
 
 
 # ------------------------------------------------------------------- matmul family
@@ -295,29 +289,10 @@ def _k_major(ctx, operands, trans, block_size, precision):
     return ctx, operands, (False, True)
 
 
-@functools.lru_cache(maxsize=None)
-def sdd_workspace_floats(dtype, a_shape, b_shape, out_shape, block_size: int, trans_a: bool,
-                         trans_b: bool, precision: int) -> int:
-    """The float32 elements of the workspace an sdd call of these operand and output shapes
-    takes on the current device (cuda/matmul.h SddWorkspaceFloats: the Hopper kernel's K
-    slices, about 2x the output's bytes, where the C++ dispatch runs the call in slices), 0
-    where it takes none (then the call declares a [0] workspace)."""
-    if _ext is None or not cuda_available():
-        return 0
-    batch = out_shape[0] if len(out_shape) == 4 else 1
-    return int(_ext.sdd_workspace_floats(jnp.dtype(dtype).name, list(a_shape), list(b_shape),
-                                         out_shape[-3], batch, int(block_size), bool(trans_a),
-                                         bool(trans_b), int(precision)))
-
-
 def _sdd_lowering(ctx, a, b, *, layout, trans_a, trans_b, precision):
     ctx, (a, b), (trans_a, trans_b) = _k_major(ctx, (a, b), (trans_a, trans_b),
                                                layout.block_size, precision)
-    a_aval, b_aval = ctx.avals_in[:2]
-    workspace = sdd_workspace_floats(a_aval.dtype, a_aval.shape, b_aval.shape,
-                                     ctx.avals_out[0].shape, layout.block_size, trans_a, trans_b,
-                                     int(_precision_attr(precision)))
-    return _ffi("jax_blocksparse_sdd", ctx, (a, b), [layout.coords], workspaces=(workspace,),
+    return _ffi("jax_blocksparse_sdd", ctx, (a, b), [layout.coords],
                 block_size=np.int32(layout.block_size), trans_a=trans_a, trans_b=trans_b,
                 precision=_precision_attr(precision))
 

@@ -18,13 +18,11 @@ using ffi::S32;
 namespace jax_blocksparse {
 namespace {
 
-// A dense operand [G?, rows, cols] (its dimensions): its batch stride (0 when it has no
-// batch axis).
-template <typename Dims>
-int64_t DenseBatchStride(const Dims& d) {
+// A dense operand [G?, rows, cols]: its batch stride (0 when it has no batch axis).
+int64_t DenseBatchStride(const AnyBuffer& x) {
+  auto d = x.dimensions();
   return d.size() == 3 ? d[1] * d[2] : 0;
 }
-int64_t DenseBatchStride(const AnyBuffer& x) { return DenseBatchStride(x.dimensions()); }
 
 // A block operand [G?, nnz, bs, bs].
 int64_t BlocksBatchStride(const AnyBuffer& x) {
@@ -32,9 +30,9 @@ int64_t BlocksBatchStride(const AnyBuffer& x) {
   return d.size() == 4 ? d[1] * d[2] * d[3] : 0;
 }
 
-// Rows and columns of op(X) for a dense operand (its dimensions).
-template <typename Dims>
-void OpDims(const Dims& d, bool trans, int64_t* rows, int64_t* cols) {
+// Rows and columns of op(X) for a dense operand.
+void OpDims(const AnyBuffer& x, bool trans, int64_t* rows, int64_t* cols) {
+  auto d = x.dimensions();
   const int64_t r = d[d.size() - 2], c = d[d.size() - 1];
   *rows = trans ? c : r;
   *cols = trans ? r : c;
@@ -97,40 +95,24 @@ void SetOutput(Params& p, AnyBuffer& out, size_t unbatched_rank, int32_t block_s
   p.full_fp32 = precision == 1;
 }
 
-// sdd: two dense operands, the blocks' coordinates, the blocks and a float32 workspace
-// (stream-K's, SddWorkspaceFloats elements, or [0]: jax_blocksparse/_cuda.py sizes it).
-// sdd's parameters from the operands' dimensions (no pointers).
-template <typename Dims>
-SddParams SddShapes(const Dims& a, const Dims& b, int64_t nnz, int64_t batch,
-                    int32_t block_size, bool trans_a, bool trans_b, int32_t precision) {
+ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> coords,
+                   Result<AnyBuffer> out, int32_t block_size, bool trans_a, bool trans_b,
+                   int32_t precision) {
+  auto dtype = ToDType(a.element_type());
+  if (dtype.has_error()) return dtype.error();
   SddParams p{};
-  p.batch = batch;
-  p.block_size = block_size;
-  p.full_fp32 = precision == 1;
+  SetOutput(p, *out, 3, block_size, precision);
+  p.a = a.untyped_data();
+  p.b = b.untyped_data();
+  p.coords = coords.typed_data();
   p.a_batch_stride = DenseBatchStride(a);
   p.b_batch_stride = DenseBatchStride(b);
   int64_t k_b;
   OpDims(a, trans_a, &p.m, &p.k);
   OpDims(b, trans_b, &k_b, &p.n);
-  p.nnz = int32_t(nnz);
+  p.nnz = int32_t(DimFromEnd(*out, 3));
   p.trans_a = trans_a;
   p.trans_b = trans_b;
-  return p;
-}
-
-ffi::Error SddImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer b, Buffer<S32> coords,
-                   Result<AnyBuffer> out, Result<Buffer<ffi::F32>> workspace, int32_t block_size,
-                   bool trans_a, bool trans_b, int32_t precision) {
-  auto dtype = ToDType(a.element_type());
-  if (dtype.has_error()) return dtype.error();
-  SddParams p = SddShapes(a.dimensions(), b.dimensions(), DimFromEnd(*out, 3),
-                          OutBatch(*out, 3), block_size, trans_a, trans_b, precision);
-  p.out = out->untyped_data();
-  p.a = a.untyped_data();
-  p.b = b.untyped_data();
-  p.coords = coords.typed_data();
-  p.workspace = workspace->typed_data();
-  p.workspace_floats = int64_t(workspace->element_count());
   return Run(stream, "sdd", *dtype, p, a, b, *out, trans_a, trans_b, SelectSdd, LaunchSdd);
 }
 
@@ -180,7 +162,7 @@ ffi::Error DsdImpl(cudaStream_t stream, AnyBuffer s, AnyBuffer b, Buffer<S32> pt
                      p.b = b.untyped_data();
                      p.b_batch_stride = DenseBatchStride(b);
                      p.trans_b = trans_b;
-                     OpDims(b.dimensions(), trans_b, &p.k, &p.n);
+                     OpDims(b, trans_b, &p.k, &p.n);
                      p.m = DimFromEnd(*out, 2);
                    });
 }
@@ -196,7 +178,7 @@ ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> pt
                      p.a = a.untyped_data();
                      p.a_batch_stride = DenseBatchStride(a);
                      p.trans_a = trans_a;
-                     OpDims(a.dimensions(), trans_a, &p.m, &p.k);
+                     OpDims(a, trans_a, &p.m, &p.k);
                      p.w = w.untyped_data();
                      p.w_batch_stride = BlocksBatchStride(w);
                      p.trans_w = trans_w;
@@ -206,17 +188,6 @@ ffi::Error DdsImpl(cudaStream_t stream, AnyBuffer a, AnyBuffer w, Buffer<S32> pt
 }
 
 }  // namespace
-
-int64_t SddWorkspaceFor(const std::string& dtype, const std::vector<int64_t>& a_dims,
-                        const std::vector<int64_t>& b_dims, int64_t nnz, int64_t batch,
-                        int32_t block_size, bool trans_a, bool trans_b, int32_t precision) {
-  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
-    if (dtype == DTypeName(dt))
-      return SddWorkspaceFloats(dt, SddShapes(a_dims, b_dims, nnz, batch, block_size, trans_a,
-                                              trans_b, precision));
-  return 0;
-}
-
 }  // namespace jax_blocksparse
 
 #define JBS_COMMON_ATTRS(first, second)          \
@@ -232,8 +203,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<AnyBuffer>()
         .Arg<AnyBuffer>()
         .Arg<Buffer<S32>>()
-        .Ret<AnyBuffer>()
-        .Ret<Buffer<ffi::F32>>() JBS_COMMON_ATTRS("trans_a", "trans_b"),
+        .Ret<AnyBuffer>() JBS_COMMON_ATTRS("trans_a", "trans_b"),
     {ffi::Traits::kCmdBufferCompatible});
 
 // dsd and dds: two operands, the four block lists, the group records, one result; the

@@ -1,7 +1,6 @@
 // The nanobind module: hands the FFI handlers to Python as capsules, by target name.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
-#include <nanobind/stl/vector.h>
 
 #include <string>
 
@@ -120,8 +119,5 @@ NB_MODULE(_jax_blocksparse_cuda, m) {
     p.page_size = page_size > 0 ? page_size : tk;
     return std::string(kDecodeFormKeys[int(DecodeFormOf(p, same_kv))]);
   });
-  // The workspace of an sdd call (float32 elements; 0: none) on the current device
-  // (SddWorkspaceFor): jax_blocksparse/_cuda.py declares it as the call's second result.
-  m.def("sdd_workspace_floats", &jax_blocksparse::SddWorkspaceFor);
   m.attr("cuda_architectures") = JBS_CUDA_ARCHITECTURES;
 }

@@ -37,13 +37,7 @@ def long_rows_layout(bs, seed=3):
     return jbs.Layout(mask, bs)
 
 
-def many_blocks_layout(bs, seed=5):
-    """16 x 60 blocks at density 0.6 (about 580): more items than an H100 or H200 has SMs at
-    block sizes 64 and 128."""
-    return jbs.Layout(np.random.default_rng(seed).random((16, 60)) < 0.6, bs)
-
-
-KINDS = dict(LAYOUTS, long=long_rows_layout, many=many_blocks_layout)
+KINDS = dict(LAYOUTS, long=long_rows_layout)
 
 
 def run_layout_cases(cases):
@@ -73,7 +67,7 @@ def test_every_transposition_and_layout(variant, bs):
     cases = [("sdd", trans, variant, bs, free, kind, False) for trans in TRANSPOSES
              for kind in ("long", "odd") for free in (1000, 77)]
     cases += [("sdd", (True, False), variant, bs, free, kind, False)
-              for kind in KINDS if kind not in ("long", "odd", "many") for free in (1000, 128, 40)]
+              for kind in KINDS if kind not in ("long", "odd") for free in (1000, 128, 40)]
     for case, kernels in launched(cases, runner=RUNNER, none_ok=lambda c: c[5] == "empty",
                                   **SWITCH).items():
         expect(case, kernels)
@@ -131,37 +125,3 @@ def test_no_wgmma_overrides_the_switch():
     for case, kernels in launched(cases, runner=RUNNER, JAX_BLOCKSPARSE_NO_WGMMA="1",
                                   **SWITCH).items():
         assert not any(map(is_sdd_tma, kernels)), (case, kernels)
-
-
-
-def is_k_sliced(kernel):
-    return "k-slices=" in kernel
-
-
-@pytest.mark.parametrize("bs", (64, 128))
-def test_k_slices(bs):
-    """The items cut into K slices (slice-major units; each slice adds the partial before
-    it in slice order): a 16 x 60 layout of about 580 blocks (about 145 items of 4 at bs 64,
-    290 of 2 at bs 128: more than one per SM) at K 4000 (63 steps: 2 to 4 slices on 132
-    SMs, middle slices included) and 1000 (2 slices), every transposition, f16, batched
-    (both operands, or one shared); values against the float64 reference and bitwise
-    equal over two runs (`check`). Under JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES=0 the same
-    calls run whole items."""
-    cases = [("sdd", trans, "bf16", bs, 4000, "many", False) for trans in TRANSPOSES]
-    cases += [("sdd", (True, False), variant, bs, 1000, "many", False)
-              for variant in ("bf16", "f16")]
-    for case, kernels in launched(cases, runner=RUNNER, **SWITCH).items():
-        expect(case, kernels)
-        assert all(is_k_sliced(k) == hopper() for k in kernels), (case, kernels)
-    batched = [("sdd", (False, False), "bf16", bs, 4000, "many", (3,), shared)
-               for shared in (None, 1)]
-    stderr = run_python(f"import test_gpu_matmul_sdd_tma as t; t.run_gradient_cases({batched!r})",
-                        JAX_BLOCKSPARSE_DEBUG="1", **SWITCH).stderr
-    logs = kernels_by_case(stderr)
-    for case in batched:
-        sdd = [kernel for op, kernel in logs.get(repr(case), []) if op == "sdd"]
-        assert sdd and all(is_k_sliced(k) == hopper() for k in sdd), (case, stderr[-3000:])
-    for case, kernels in launched(cases[:2], runner=RUNNER,
-                                  JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES="0", **SWITCH).items():
-        expect(case, kernels)
-        assert not any(map(is_k_sliced, kernels)), (case, kernels)

@@ -269,8 +269,6 @@ TcArgs Args(const SddParams& p) {
   t.M = p.m;
   t.N = p.n;
   t.coords = p.coords;
-  t.workspace = p.workspace;
-  t.workspace_floats = p.workspace_floats;
   t.nnz = p.nnz;
   t.batch = p.batch;
   return t;
@@ -371,14 +369,6 @@ cudaError_t Launch(const MatmulLaunch& run, const Params& p, cudaStream_t stream
 }  // namespace
 
 MatmulLaunch SelectSdd(DType dtype, const SddParams& p) { return Select(dtype, p); }
-
-int64_t SddWorkspaceFloats(DType dtype, const SddParams& p) {
-  const MatmulLaunch run = Select(dtype, p);
-  if (run.kernel == nullptr || run.kernel->path != MatmulPath::kWgmmaSddTma) return 0;
-  return p.block_size == 64 ? wgr::SddWorkspaceFloats<64>(run.args)
-                            : wgr::SddWorkspaceFloats<128>(run.args);
-}
-
 MatmulLaunch SelectDsd(DType dtype, const DsdParams& p) { return Select(dtype, p); }
 MatmulLaunch SelectDds(DType dtype, const DdsParams& p) { return Select(dtype, p); }
 

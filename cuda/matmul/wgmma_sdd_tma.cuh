@@ -32,23 +32,6 @@
 // pass's MMAs; before staging again that thread waits until the stores have read the
 // buffer. Each output element is written once (deterministic).
 //
-// K slices (issue 20 item 2; on unless JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES=0, and only with
-// the workspace the lowering declares, SddWorkspaceFloats): every item costs the same K
-// steps, so items on G resident CTAs run in ceil(items / G) rounds (205 items on 132 SMs:
-// 2 rounds for 1.55 of work, RESULTS 2026-12-06 third session). With S slices, unit v of
-// the items x S units is slice v / items of item v % items (K steps [s T / S, (s + 1) T /
-// S)), CTA c taking units c, c + G, ...: slice-major, so the CTAs of a round stream the
-// same K range (a K slab of x and dy serves them all from L2, as in the data-parallel
-// rounds; stream-K's contiguous shares, measured first, lost that: 0.82x at bs 128, 0.58x at
-// bs 64, RESULTS 2026-12-06 fourth session). Slice 0 stores its float32 partial in item
-// w's workspace slot (the accumulators' register order) and releases w's flag (one per
-// consumer warpgroup) to 1; slice s waits (acquire) for the flag to reach s, adds the
-// slot, and stores the sum there (flag s + 1), or, the last slice, the blocks. The sums
-// run in slice order (deterministic). Slice s - 1 of an item is `items` >= G units earlier
-// (SddSlices keeps S = 1 below one item per SM): a round earlier, so waits are rare; a
-// unit waits only on lower units, which every resident CTA runs in increasing order:
-// no deadlock. S is chosen by a model (SddSlices: rounds x (T / S + kSliceFixupSteps)).
-//
 // Shared memory (1024-aligned): the ring, the two warpgroups' staging buffers, the
 // mbarriers: bs 64 4 stages of 40 KB + 2 x 16 KB (193 KB), bs 128 3 stages of 48 KB +
 // 2 x 32 KB (209 KB); one CTA per SM.
@@ -56,7 +39,6 @@
 
 #include <type_traits>
 
-#include "../switches.h"
 #include "wgmma_tma.cuh"  // wgt::StageTile, the TMA and mbarrier helpers
 
 namespace jax_blocksparse {
@@ -91,63 +73,11 @@ struct SddCfg {
   static_assert(SMEM <= 227 * 1024, "shared memory");
 };
 
-// What a piece (one item's K steps [sb, se)) does with its accumulators: stores the blocks
-// (a whole item); or, a K slice, stores them as the item's partial (the first), adds the
-// partial to them and stores that (a middle one), or adds it and stores the blocks (the last).
-enum PieceKind { kStore, kFirstSlice, kMiddleSlice, kLastSlice };
-
-// CTA blockIdx.x's pieces in the order it runs them: f(item, first K step, end K step,
-// kind, slice), units blockIdx.x, + gridDim.x, ... of items x `slices` (the header).
-template <typename F>
-__device__ __forceinline__ void ForEachPiece(int slices, int64_t items, int steps, F&& f) {
-  const int64_t units = items * slices;
-  for (int64_t v = blockIdx.x; v < units; v += gridDim.x) {
-    const int slice = int(v / items);
-    const int64_t w = v - slice * items;
-    const int kind = slices == 1                ? kStore
-                     : slice == 0               ? kFirstSlice
-                     : slice == slices - 1      ? kLastSlice
-                                                : kMiddleSlice;
-    f(w, int(int64_t(slice) * steps / slices), int(int64_t(slice + 1) * steps / slices), kind,
-      slice);
-  }
-}
-
-// The workspace (TcArgs::workspace) for `items` items: 2 int32 flags per item (one per
-// consumer warpgroup; zeroed by the launcher), padded to 16 bytes, then a partial of RUN
-// blocks (RUN bs^2 = 256 bs floats) per item.
-constexpr int kMaxSlices = 8;
-constexpr double kSliceFixupSteps = 2.0;  // the model's cost of a partial's read + write, in K
-                                          // steps (128 KB each way at bs 128)
-__host__ __device__ inline int64_t SliceFlagFloats(int64_t items) { return (2 * items + 3) / 4 * 4; }
-inline int64_t SddSliceWorkspaceFloats(int block_size, int64_t items) {
-  return SliceFlagFloats(items) + items * 256 * block_size;
-}
-
-// The K slices for a call of `items` items of `steps` K steps on `sms` SMs by the model
-// rounds x (steps / S + kSliceFixupSteps) (S = 1: no fixup), a larger S taken only when
-// it models 3% faster; 1 below one item per SM (slices of an item would share a round and
-// wait on each other), at K below 2 steps per slice, or under
-// JAX_BLOCKSPARSE_MATMUL_SDD_K_SLICES=0.
-inline int SddSlices(int64_t items, int steps, int64_t sms) {
-  if (!GetSwitches().sdd_k_slices || sms <= 0 || items < sms) return 1;
-  int best = 1;
-  double best_time = double((items + sms - 1) / sms) * steps;
-  for (int S = 2; S <= kMaxSlices && 2 * S <= steps; ++S) {
-    const double time = double((items * S + sms - 1) / sms) * (double(steps) / S + kSliceFixupSteps);
-    if (time < 0.97 * best_time) {
-      best = S;
-      best_time = time;
-    }
-  }
-  return best;
-}
-
 template <typename T, int BS, bool TA, bool TB>
 __global__ void __launch_bounds__(kThreads, 1)
     SddTmaKernel(const __grid_constant__ TcArgs p, const __grid_constant__ CUtensorMap map_a,
                  const __grid_constant__ CUtensorMap map_b,
-                 const __grid_constant__ CUtensorMap map_o, int64_t chunks, int slices) {
+                 const __grid_constant__ CUtensorMap map_o, int64_t chunks) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = SddCfg<BS>;
   constexpr int STAGES = C::STAGES, RUN = C::RUN, BOXES = BS / 64;
@@ -182,7 +112,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::PrefetchMap(&map_a);
       tma::PrefetchMap(&map_b);
       int it = 0;
-      ForEachPiece(slices, items, steps, [&](int64_t w, int sb, int se, int, int) {
+      for (int64_t w = blockIdx.x; w < items; w += gridDim.x) {
         const int64_t g = w / chunks;
         const int ga = p.a_bstride != 0 ? int(g) : 0, gb = p.b_bstride != 0 ? int(g) : 0;
         tc::Runs<RUN>(p, w % chunks, [&](int64_t e0, int64_t n) {
@@ -191,7 +121,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int i = 0; i < RUN; ++i)
             col[i] = i < n ? __ldg(p.coords + 2 * (e0 + i) + 1) * BS : 0;
-          for (int s = sb; s < se; ++s, ++it) {
+          for (int s = 0; s < steps; ++s, ++it) {
             const int st = it % STAGES, k = s * kBK;
             tma::MbarWait(empty(st), ((it / STAGES) & 1) ^ 1);
             tma::MbarArriveExpectTx(full(st), uint32_t((1 + n) * C::PANEL));
@@ -216,7 +146,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             }
           }
         });
-      });
+      }
     }
   } else {
     // ------------------------------------------------------------- consumers
@@ -243,23 +173,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (issuer) tma::PrefetchMap(&map_o);
 
     int it = 0;
-    // K slices: this warpgroup's flag of item w, and the float4 i4 of block pos of item w's
-    // partial that this thread holds (its accumulators' order: conflict free, coalesced;
-    // at bs 128 warpgroup cw holds rows [64 cw, 64 cw + 64) of every block)
-    int32_t* const flags = reinterpret_cast<int32_t*>(p.workspace);
-    auto flag = [&](int64_t w) { return flags + 2 * w + cw; };
-    float4* const partials = reinterpret_cast<float4*>(p.workspace + SliceFlagFloats(items));
-    auto partial = [&](int64_t w, int64_t pos, int i4) {
-      return partials + ((w * RUN + pos) * (BS * BS / 4) + (BS == 128 ? cw * (BS * BS / 8) : 0) +
-                         i4 * 128 + ct % 128);
-    };
-    // A pass with NB (0, 1 or 2) slots of this warpgroup over K steps [sb, se) of item w, e0
-    // the entry of slot 0 (slot b: e0 + 2 b at bs 64, e0 + b at bs 128), pos0 its position
-    // in the item: the K steps (one straight wgmma sequence per step: one group in flight),
-    // then by `kind` (K slice `slice`) the item's partial added and / or stored, or the
-    // epilogue.
-    auto pass = [&](auto nb, int64_t e0, int g, int sb, int se, int kind, int slice,
-                    int64_t pos0, int64_t w) {
+    // A pass with NB (0, 1 or 2) slots of this warpgroup, e0 the entry of slot 0 (slot b:
+    // e0 + 2 b at bs 64, e0 + b at bs 128): the K steps (one straight wgmma sequence per
+    // step: one group in flight), then the epilogue.
+    auto pass = [&](auto nb, int64_t e0, int g) {
       constexpr int NB = decltype(nb)::value;
       constexpr int kEntryStep = BS == 64 ? 2 : 1;
       float acc[2][BS / 2];
@@ -267,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int b = 0; b < 2; ++b)
 #pragma unroll
         for (int i = 0; i < BS / 2; ++i) acc[b][i] = 0.f;
-      for (int s = sb; s < se; ++s, ++it) {
+      for (int s = 0; s < steps; ++s, ++it) {
         const int st = it % STAGES;
         tma::MbarWait(full(st), (it / STAGES) & 1);
         const uint64_t so = uint64_t((st * C::STAGE_BYTES) >> 4);
@@ -285,41 +202,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         wg::Wait<1>();  // the previous step's group is done: its stage goes back
 #pragma unroll
         for (int b = 0; b < NB; ++b) wg::FenceAcc(acc[b]);
-        if (s > sb) release((it - 1) % STAGES);
+        if (s > 0) release((it - 1) % STAGES);
       }
       wg::Wait<0>();
 #pragma unroll
       for (int b = 0; b < NB; ++b) wg::FenceAcc(acc[b]);
-      if (se > sb) release((it - 1) % STAGES);
+      if (steps > 0) release((it - 1) % STAGES);
       if constexpr (NB > 0) {
-        if (kind == kMiddleSlice || kind == kLastSlice) {  // + the slices before, in order
-          if (issuer) {
-            while (tma::LoadRelaxedGpu(flag(w)) != slice) {
-            }
-            tma::FenceAcquireGpu();  // with the load that saw `slice`: the acquire
-          }
-          tma::NamedBarrier(kBarStaged + cw, 128);
-#pragma unroll
-          for (int b = 0; b < NB; ++b)
-#pragma unroll
-            for (int i4 = 0; i4 < BS / 8; ++i4) {
-              const float4 v = __ldcg(partial(w, pos0 + kEntryStep * b, i4));
-              acc[b][4 * i4] += v.x;
-              acc[b][4 * i4 + 1] += v.y;
-              acc[b][4 * i4 + 2] += v.z;
-              acc[b][4 * i4 + 3] += v.w;
-            }
-        }
-        if (kind == kFirstSlice || kind == kMiddleSlice) {  // -> the partial (flag: after the piece)
-#pragma unroll
-          for (int b = 0; b < NB; ++b)
-#pragma unroll
-            for (int i4 = 0; i4 < BS / 8; ++i4)
-              __stcg(partial(w, pos0 + kEntryStep * b, i4),
-                     make_float4(acc[b][4 * i4], acc[b][4 * i4 + 1], acc[b][4 * i4 + 2],
-                                 acc[b][4 * i4 + 3]));
-          return;
-        }
         // ---- epilogue: the slots -> this warpgroup's staging buffer -> TMA stores
         if (issuer) tma::StoreWaitRead();  // its last stores have read the buffer
         __syncwarp();
@@ -340,25 +229,17 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     };
-    ForEachPiece(slices, items, steps, [&](int64_t w, int sb, int se, int kind, int slice) {
+    for (int64_t w = blockIdx.x; w < items; w += gridDim.x) {
       const int g = int(w / chunks);
-      const int64_t chunk = w % chunks;
-      tc::Runs<RUN>(p, chunk, [&](int64_t e0, int64_t n) {
+      tc::Runs<RUN>(p, w % chunks, [&](int64_t e0, int64_t n) {
         // bs 64: blocks cw, cw + 2 of the pass that exist; bs 128: all (n) of them
         const int slots = BS == 64 ? int(n - cw + 1) / 2 : int(n);
-        const int64_t first = BS == 64 ? e0 + cw : e0, pos0 = first - chunk * RUN;
-        if (slots > 1)
-          pass(std::integral_constant<int, 2>(), first, g, sb, se, kind, slice, pos0, w);
-        else if (slots == 1)
-          pass(std::integral_constant<int, 1>(), first, g, sb, se, kind, slice, pos0, w);
-        else
-          pass(std::integral_constant<int, 0>(), first, g, sb, se, kind, slice, pos0, w);
+        const int64_t first = BS == 64 ? e0 + cw : e0;
+        if (slots > 1) pass(std::integral_constant<int, 2>(), first, g);
+        else if (slots == 1) pass(std::integral_constant<int, 1>(), first, g);
+        else pass(std::integral_constant<int, 0>(), first, g);
       });
-      if (kind == kFirstSlice || kind == kMiddleSlice) {  // the partial stored: the flag
-        tma::NamedBarrier(kBarStaged + cw, 128);
-        if (issuer) tma::AddReleaseGpu(flag(w), 1);  // (release)
-      }
-    });
+    }
     if (issuer) tma::StoreWaitRead();  // the shared memory stays until the last store read it
   }
 #else
@@ -383,14 +264,6 @@ cudaError_t EncodeMaps(const TcArgs& a, CUtensorMap* map_a, CUtensorMap* map_b,
                              64, 64);
 }
 
-// The workspace floats a call takes (its K slices' flags and partials; 0 for one slice).
-template <int BS>
-int64_t SddWorkspaceFloats(const TcArgs& args) {
-  const int64_t items = args.batch * ((args.nnz + SddCfg<BS>::RUN - 1) / SddCfg<BS>::RUN);
-  const int steps = int((args.K + kBK - 1) / kBK);
-  return SddSlices(items, steps, MultiProcessors()) > 1 ? SddSliceWorkspaceFloats(BS, items) : 0;
-}
-
 template <typename T, int BS, bool TA, bool TB>
 cudaError_t Run(TcArgs args, cudaStream_t stream) {
   using C = SddCfg<BS>;
@@ -405,18 +278,8 @@ cudaError_t Run(TcArgs args, cudaStream_t stream) {
   err = AllowDynamicSmem(configured, reinterpret_cast<const void*>(kernel), C::SMEM);
   if (err != cudaSuccess) return err;
   const int64_t sms = MultiProcessors() > 0 ? MultiProcessors() : 1;  // one CTA per SM
-  const int steps = int((args.K + kBK - 1) / kBK);
-  int slices = SddSlices(items, steps, sms);
-  if (args.workspace == nullptr || args.workspace_floats < SddSliceWorkspaceFloats(BS, items))
-    slices = 1;  // (the lowering sized it by the same model: SddWorkspaceFloats)
-  if (slices > 1) {
-    if (GetSwitches().debug) LaunchDetail() = " k-slices=" + std::to_string(slices);
-    err = cudaMemsetAsync(args.workspace, 0, 2 * items * sizeof(int32_t), stream);
-    if (err != cudaSuccess) return err;
-  }
-  const int64_t units = items * slices;
-  kernel<<<unsigned(units < sms ? units : sms), kThreads, C::SMEM, stream>>>(
-      args, map_a, map_b, map_o, chunks, slices);
+  kernel<<<unsigned(items < sms ? items : sms), kThreads, C::SMEM, stream>>>(
+      args, map_a, map_b, map_o, chunks);
   return cudaGetLastError();
 }
 
