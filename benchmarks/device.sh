@@ -21,7 +21,8 @@
 #    attention_variants64: 0 and 2 at block size 64;
 #    attention_persistent: the Hopper forward with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT 0 and 1;
 #    attention_sinks: the cost of sinks and a logit soft cap;
-#    matmul_dw: dW on the harness, the SDD TMA kernel and the default choice)
+#    matmul_dw: dW on the harness, the SDD TMA kernel and the default choice;
+#    attention_cap_max: the soft cap's cost with and without the cap's bound as the maximum)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build (but then nearly every process
 # ended in the host segfault under the sanitizer, RESULTS 2026-12-03 fourth session; one
@@ -77,6 +78,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0 attention --slice 0/3"
+              "JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=1 attention"
               "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=3 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 attention --slice 2/3"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention"
@@ -271,7 +273,7 @@ for stage in "$@"; do
     # the cost of attention sinks and a soft cap (issue 21): the default forward, then the
     # FA2 forward (variant 0) for every row
     attention_sinks)
-      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
+      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=1 JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
         echo "== ${run:-default}"
         env $run python3 "$repo/benchmarks/attention_sinks.py"
       done 2>&1 | tee "$out/attention_sinks.log" ;;
@@ -342,6 +344,28 @@ for name, m in z.items():
           done
         done
       done 2>&1 | tee "$out/matmul_dw.log" ;;
+    # issue 21 on the attention harness: the Hopper forward (causal, then all blocks; S
+    # 8192, D 128, bf16) without a cap, then with a cap of 30 under
+    # JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX 0 and 1 (the cap's bound as the rows' maximum), the
+    # capped outputs of the two compared
+    attention_cap_max)
+      harness_build attention_harness || exit 1
+      for mask in causal dense; do
+        for run in "0 0" "30 0" "30 1"; do
+          set -- $run
+          echo "== $mask cap=$1 JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=$2"
+          JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=$2 /tmp/attention_harness --mask $mask --phase fwd \
+            --softcap $1 --reps 30 --dump "/tmp/cap_${mask}_$1_$2.bin"
+        done
+      done 2>&1 | tee "$out/attention_cap_max.log"
+      python3 -c "
+import numpy as np
+load = lambda p: (np.fromfile(p, np.uint16).astype(np.uint32) << 16).view(np.float32).astype(float)
+for mask in ('causal', 'dense'):
+    a, b = load(f'/tmp/cap_{mask}_30_0.bin'), load(f'/tmp/cap_{mask}_30_1.bin')
+    print(f'{mask} cap 30: cap-max finite {np.isfinite(b).all()}, max |diff| '
+          f'{np.abs(a - b).max():.3g}, relative {np.linalg.norm(a - b) / np.linalg.norm(a):.3g}')
+" 2>&1 | tee -a "$out/attention_cap_max.log" ;;
     # the matmul kernels outside JAX (benchmarks/matmul_harness.cu): timing (HARNESS_ARGS,
     # e.g. "--block 128 --op fwd"), then Nsight Compute on PROFILE_KERNEL when it is set
     matmul_harness)

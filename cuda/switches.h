@@ -31,6 +31,11 @@
 //     where some row moved: most tiles skip the 64 (D 128) multiplies per thread between a
 //     PV product and the next issue; values within the online softmax's rounding of the
 //     exact ones. Under =0 the launch line says " eager-rescale" (every new maximum)
+//   JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=1 opt-in (issue 21; written 2026-12-06, fourth
+//     session, not yet run on a GPU): under a logit soft cap the FA3-design forward takes
+//     the cap's bound as every row's maximum (attention/shared.cuh CapServesAsMax: bf16
+//     with cap <= 41, f16 with cap <= 4.1, no sinks): no tile maxima (an FMNMX per score,
+//     the quad shuffles) and no rescale; the launch line adds " cap-max"
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0;
 //     attention/dispatch.cu kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
 //     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 / 256 (256 unless
@@ -136,6 +141,7 @@ struct Switches {
                                    // "" or "0"
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
+  bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "" or "0"
   bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "0" (default on)
   int attn_head_sections;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS: N >= 1 its value, -1 "l2",
                            // 0 otherwise (unset, "", "0", anything else)

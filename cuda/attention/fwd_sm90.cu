@@ -594,6 +594,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
       // shared.cuh): m = sink log2(e), l = 1 on lane t == 0 of the quad
       SinkStart(a.sinks, h, t == 0, m0, l0);
       SinkStart(a.sinks, h, t == 0, m1, l1);
+      if (a.cap_is_max) m0 = m1 = a.cap_log2;  // (never with sinks: dispatch.cu)
 
       // descriptors: Q rows of this warpgroup, K and V of stage 0 (a stage adds 2 kKVTile)
       const uint64_t dq = wg::Desc(sQ + uint32_t(cw * 64 * kLine), 16, 1024);
@@ -714,23 +715,30 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
           }
           Unvisited<kBN / 8>(s, cols);  // the fine masks' term, next to Allowed
         }
-        float mx0 = -INFINITY, mx1 = -INFINITY;
+        // a.cap_is_max: every row's maximum is the cap's bound (m = cap_log2, set at the
+        // item's start), no tile maxima, nothing rescaled
+        float mu0 = m0, mu1 = m1;
+        c0 = c1 = 1.f;
+        if (!a.cap_is_max) {
+          float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-        for (int j = 0; j < kBN / 8; ++j) {
-          mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
-          mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+          for (int j = 0; j < kBN / 8; ++j) {
+            mx0 = fmaxf(mx0, fmaxf(s[4 * j], s[4 * j + 1]));
+            mx1 = fmaxf(mx1, fmaxf(s[4 * j + 2], s[4 * j + 3]));
+          }
+          mx0 = fmaxf(m0, QuadMax(mx0) * sl2_max);
+          mx1 = fmaxf(m1, QuadMax(mx1) * sl2_max);
+          // lazy rescale: the running maximum stays while the tile's is within the slack
+          // (slack 0: moves with every new maximum; -inf - -inf is NaN: stays -inf)
+          if (mx0 - m0 <= a.rescale_slack) mx0 = m0;
+          if (mx1 - m1 <= a.rescale_slack) mx1 = m1;
+          mu0 = mx0 == -INFINITY ? 0.f : mx0;
+          mu1 = mx1 == -INFINITY ? 0.f : mx1;
+          c0 = Exp2(m0 - mu0);
+          c1 = Exp2(m1 - mu1);
+          m0 = mx0;
+          m1 = mx1;
         }
-        mx0 = fmaxf(m0, QuadMax(mx0) * sl2_max);
-        mx1 = fmaxf(m1, QuadMax(mx1) * sl2_max);
-        // lazy rescale: the running maximum stays while the tile's is within the slack
-        // (slack 0: moves with every new maximum; -inf - -inf is NaN: stays -inf)
-        if (mx0 - m0 <= a.rescale_slack) mx0 = m0;
-        if (mx1 - m1 <= a.rescale_slack) mx1 = m1;
-        const float mu0 = mx0 == -INFINITY ? 0.f : mx0, mu1 = mx1 == -INFINITY ? 0.f : mx1;
-        c0 = Exp2(m0 - mu0);
-        c1 = Exp2(m1 - mu1);
-        m0 = mx0;
-        m1 = mx1;
         float r0 = 0.f, r1 = 0.f;
 #pragma unroll
         for (int j = 0; j < kBN / 8; ++j) {
@@ -827,7 +835,8 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
           // all of them: skipping D = 96's zero columns made ptxas serialize the wgmmas;
           // under the lazy rescale none in a warp whose rows all kept their maximum (c = 1:
           // the same values); without it always, as measured
-          if (a.rescale_slack == 0.f || __any_sync(0xffffffffu, c0 != 1.f || c1 != 1.f)) {
+          if ((a.rescale_slack == 0.f && !a.cap_is_max) ||
+              __any_sync(0xffffffffu, c0 != 1.f || c1 != 1.f)) {
 #pragma unroll
             for (int j = 0; j < kDS / 8; ++j) {
               o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;

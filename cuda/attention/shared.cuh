@@ -49,6 +49,10 @@ struct Args {
   // tile's maximum exceeds it by more than this (log2 units), so P = 2^(s - m) <= 2^slack
   // and O and l are rescaled only then (0: every new maximum, the exact online softmax)
   float rescale_slack;
+  // the Hopper forward under a soft cap, opt-in (JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=1, where
+  // CapServesAsMax allows it): the capped scores are below cap_log2 (log2 units), so every
+  // row's running maximum is cap_log2 from the start: no tile maxima, no rescale
+  bool cap_is_max;
   bool causal;
   // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when
   // mb == B (else mb = 1), segment ids [B, Tq] / [B, Tk] (padded to whole tiles) or null
@@ -85,6 +89,14 @@ struct Args {
 };
 
 // The score scale and a logit soft cap (0: none) in the kernels' terms (Args above).
+// Whether the cap's bound can serve as every row's maximum (Args::cap_is_max) without
+// losing precision: P = 2^(cap_log2 (t - 1)) >= 2^(-2 cap_log2) must stay a normal number
+// of P's type (bf16: 2^-126, with margin 2^-120; f16: 2^-14, with margin 2^-12), and no
+// sink may exceed it (sinks: never).
+inline bool CapServesAsMax(float cap_log2, bool bf16, bool sinks) {
+  return cap_log2 > 0.f && !sinks && 2.f * cap_log2 <= (bf16 ? 120.f : 12.f);
+}
+
 inline void SetScoreScale(Args& a, float scale, float softcap) {
   a.scale = scale;
   a.scale_log2 = scale * kLog2e;
