@@ -22,7 +22,8 @@
 #    attention_persistent: the Hopper forward with JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT 0 and 1;
 #    attention_sinks: the cost of sinks and a logit soft cap;
 #    matmul_dw: dW on the harness, the SDD TMA kernel and the default choice;
-#    attention_cap_max: the soft cap's cost with and without the cap's bound as the maximum)
+#    attention_cap_max: the soft cap's cost with and without the cap's bound as the maximum;
+#    decode_harness: the decode kernel outside JAX, dense and a local window (ncu: PROFILE_KERNEL))
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build (but then nearly every process
 # ended in the host segfault under the sanitizer, RESULTS 2026-12-03 fourth session; one
@@ -366,6 +367,17 @@ for mask in ('causal', 'dense'):
     print(f'{mask} cap 30: cap-max finite {np.isfinite(b).all()}, max |diff| '
           f'{np.abs(a - b).max():.3g}, relative {np.linalg.norm(a - b) / np.linalg.norm(a):.3g}')
 " 2>&1 | tee -a "$out/attention_cap_max.log" ;;
+    # issue 22's decode kernel outside JAX (benchmarks/decode_harness.cu): the dense causal
+    # cache and the local window of 4096 (B 8, Hq 64, Hkv 8, D 128, 32k, bf16; % of a copy
+    # of the dense cache's size), then Nsight Compute on PROFILE_KERNEL's launches (e.g.
+    # DecodePartialKernel, DecodeCombineKernel) of the local window
+    decode_harness)
+      harness_build decode_harness || exit 1
+      for w in 0 4096; do /tmp/decode_harness --window $w ${HARNESS_ARGS:-}; done 2>&1 \
+        | tee "$out/decode_harness.log"
+      [ -n "${PROFILE_KERNEL:-}" ] && PROFILE_COUNT=${PROFILE_COUNT:-2} \
+        profile "$PROFILE_KERNEL" decode_harness_ncu.log /tmp/decode_harness --window 4096 \
+        ${HARNESS_ARGS:-} --reps 2 ;;
     # the matmul kernels outside JAX (benchmarks/matmul_harness.cu): timing (HARNESS_ARGS,
     # e.g. "--block 128 --op fwd"), then Nsight Compute on PROFILE_KERNEL when it is set
     matmul_harness)

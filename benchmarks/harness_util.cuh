@@ -1,5 +1,5 @@
-// What the kernel harnesses (attention_harness.cu, matmul_harness.cu) share: error checks,
-// device buffers of random bf16 values and int32 metadata, and a median timer.
+// What the kernel harnesses (attention_harness.cu, matmul_harness.cu, decode_harness.cu) share:
+// error checks, device buffers of random bf16 values and int32 metadata, and a median timer.
 #pragma once
 
 #include <algorithm>

@@ -197,10 +197,11 @@ def test_attention_routing_follows_the_dispatch_table(monkeypatch, attention_ker
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc")
-@pytest.mark.parametrize("name", ("attention_harness", "matmul_harness"))
+@pytest.mark.parametrize("name", ("attention_harness", "matmul_harness", "decode_harness"))
 def test_kernel_harness_compiles(tmp_path, name):
     """benchmarks/NAME.cu (the launchers called from C++ outside JAX, for Nsight Compute on
-    the GPU machine) compiles against cuda/attention.h and cuda/matmul.h as they stand."""
+    the GPU machine) compiles against cuda/attention.h, cuda/attention_decode.h and
+    cuda/matmul.h as they stand."""
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     result = subprocess.run(
         ["nvcc", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-I",
