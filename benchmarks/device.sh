@@ -183,7 +183,17 @@ warm_cache() {
 
 # A kernel harness (benchmarks/NAME.cu: the launchers called from C++ outside JAX) built
 # as /tmp/NAME against this build's static kernel library
+# A harness (benchmarks/NAME.cu) built against this call's package build; or, under
+# HARNESS_PREBUILT=1 (with SKIP_BUILD=1: no package build on the device, about 90 s saved),
+# the binary _device/NAME carried with the call, built beforehand on a machine without a GPU
+# from the same commit's CI build (its static library holds the sm_90a code):
+#   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I cuda benchmarks/NAME.cu \
+#     CLONE/build/cp311-cp311-linux_x86_64/libjax_blocksparse_kernels.a -o _device/NAME
 harness_build() {
+  if [ -n "${HARNESS_PREBUILT:-}" ]; then
+    cp "$repo/_device/$1" "/tmp/$1" || { echo "no prebuilt _device/$1"; return 1; }
+    return 0
+  fi
   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I "$repo/cuda" \
     "$repo/benchmarks/$1.cu" "$repo"/build/*/libjax_blocksparse_kernels.a -o "/tmp/$1"
 }
