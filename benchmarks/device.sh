@@ -186,9 +186,10 @@ warm_cache() {
 # A harness (benchmarks/NAME.cu) built against this call's package build; or, under
 # HARNESS_PREBUILT=1 (with SKIP_BUILD=1: no package build on the device, about 90 s saved),
 # the binary _device/NAME carried with the call, built beforehand on a machine without a GPU
-# from the same commit's CI build (its static library holds the sm_90a code):
+# from the same commit's CI build (its static library holds the sm_90a code), then stripped:
 #   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I cuda benchmarks/NAME.cu \
 #     CLONE/build/cp311-cp311-linux_x86_64/libjax_blocksparse_kernels.a -o _device/NAME
+# (15-29 MB each: carry only those the call runs, the tree and carry share 64 MiB)
 harness_build() {
   if [ -n "${HARNESS_PREBUILT:-}" ]; then
     cp "$repo/_device/$1" "/tmp/$1" || { echo "no prebuilt _device/$1"; return 1; }
