@@ -88,7 +88,6 @@ struct Args {
   int section_columns;
 };
 
-// The score scale and a logit soft cap (0: none) in the kernels' terms (Args above).
 // Whether the cap's bound can serve as every row's maximum (Args::cap_is_max) without
 // losing precision: P = 2^(cap_log2 (t - 1)) >= 2^(-2 cap_log2) must stay a normal number
 // of P's type (bf16: 2^-126, with margin 2^-120; f16: 2^-14, with margin 2^-12), and no
@@ -97,6 +96,7 @@ inline bool CapServesAsMax(float cap_log2, bool bf16, bool sinks) {
   return cap_log2 > 0.f && !sinks && 2.f * cap_log2 <= (bf16 ? 120.f : 12.f);
 }
 
+// The score scale and a logit soft cap (0: none) in the kernels' terms (Args above).
 inline void SetScoreScale(Args& a, float scale, float softcap) {
   a.scale = scale;
   a.scale_log2 = scale * kLog2e;
