@@ -363,11 +363,11 @@ for name, m in z.items():
     attention_cap_max)
       harness_build attention_harness || exit 1
       for mask in causal dense; do
-        for run in "0 0" "30 0" "30 1"; do
-          set -- $run
-          echo "== $mask cap=$1 JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=$2"
-          JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=$2 /tmp/attention_harness --mask $mask --phase fwd \
-            --softcap $1 --reps 30 --dump "/tmp/cap_${mask}_$1_$2.bin"
+        for run in 0:0 30:0 30:1; do
+          cap=${run%:*} on=${run#*:}
+          echo "== $mask cap=$cap JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=$on"
+          JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=$on /tmp/attention_harness --mask $mask --phase fwd \
+            --softcap $cap --reps 30 --dump "/tmp/cap_${mask}_${cap}_$on.bin"
         done
       done 2>&1 | tee "$out/attention_cap_max.log"
       python3 -c "
