@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>  // INFINITY
+
 #include "../launch_util.h"  // LaunchDetail
 #include "../switches.h"
 #include "bwd_sm90.h"
@@ -325,7 +327,10 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   // (the same rows: the cap's bound as the rows' maximum, opt-in, where it keeps P normal)
   a.cap_is_max = kernel.documents && GetSwitches().attn_fwd_cap_max &&
                  attn::CapServesAsMax(a.cap_log2, kernel.dtype == DType::kBF16, a.sinks != nullptr);
-  if (a.cap_is_max && GetSwitches().debug) LaunchDetail() += " cap-max";
+  if (a.cap_is_max) {
+    a.rescale_slack = INFINITY;  // the maximum never moves: the O rescale vote never fires
+    if (GetSwitches().debug) LaunchDetail() += " cap-max";
+  }
   const int bs = p.shape.block_size;
   a.mask_bits = p.mask_bits;
   const int mask_block = p.mask_bits != nullptr ? p.mask_block : bs;

@@ -835,8 +835,7 @@ __global__ void __launch_bounds__(Geom<BS, D>::kThreads, Geom<BS, D>::kMinBlocks
           // all of them: skipping D = 96's zero columns made ptxas serialize the wgmmas;
           // under the lazy rescale none in a warp whose rows all kept their maximum (c = 1:
           // the same values); without it always, as measured
-          if ((a.rescale_slack == 0.f && !a.cap_is_max) ||
-              __any_sync(0xffffffffu, c0 != 1.f || c1 != 1.f)) {
+          if (a.rescale_slack == 0.f || __any_sync(0xffffffffu, c0 != 1.f || c1 != 1.f)) {
 #pragma unroll
             for (int j = 0; j < kDS / 8; ++j) {
               o[4 * j] *= c0; o[4 * j + 1] *= c0; o[4 * j + 2] *= c1; o[4 * j + 3] *= c1;

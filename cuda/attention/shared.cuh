@@ -51,7 +51,8 @@ struct Args {
   float rescale_slack;
   // the Hopper forward under a soft cap, opt-in (JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=1, where
   // CapServesAsMax allows it): the capped scores are below cap_log2 (log2 units), so every
-  // row's running maximum is cap_log2 from the start: no tile maxima, no rescale
+  // row's running maximum is cap_log2 from the start: no tile maxima, no rescale (the
+  // launcher sets rescale_slack to +inf with it)
   bool cap_is_max;
   bool causal;
   // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when
