@@ -181,9 +181,8 @@ warm_cache() {
   timeout "${PROFILE_TIMEOUT:-240}" "$@" > "$out/warm_cache.log" 2>&1
 }
 
-# A kernel harness (benchmarks/NAME.cu: the launchers called from C++ outside JAX) built
-# as /tmp/NAME against this build's static kernel library
-# A harness (benchmarks/NAME.cu) built against this call's package build; or, under
+# A kernel harness (benchmarks/NAME.cu: the launchers called from C++ outside JAX) as
+# /tmp/NAME, built against this call's package build (its static kernel library); or, under
 # HARNESS_PREBUILT=1 (with SKIP_BUILD=1: no package build on the device, about 90 s saved),
 # the binary _device/NAME carried with the call, built beforehand on a machine without a GPU
 # from the same commit's CI build (its static library holds the sm_90a code), then stripped:
