@@ -79,7 +79,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 attention"
               "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0 attention --slice 0/3"
-              "JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=1 attention"
+              "JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=0 attention"
               "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=3 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 attention --slice 2/3"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention"
@@ -284,7 +284,7 @@ for stage in "$@"; do
     # the cost of attention sinks and a soft cap (issue 21): the default forward, then the
     # FA2 forward (variant 0) for every row
     attention_sinks)
-      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=1 JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
+      for run in "" JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=0 JAX_BLOCKSPARSE_ATTN_FWD_VARIANT=0; do
         echo "== ${run:-default}"
         env $run python3 "$repo/benchmarks/attention_sinks.py"
       done 2>&1 | tee "$out/attention_sinks.log" ;;

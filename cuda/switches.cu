@@ -61,7 +61,7 @@ Switches Read() {
               : std::strcmp(sdd_tma, "0") == 0 ? 0
                                                : 1;
   s.attn_fwd_lazy_rescale = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE");
-  s.attn_fwd_cap_max = Flag("JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX");
+  s.attn_fwd_cap_max = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX");
   return s;
 }
 

@@ -31,8 +31,10 @@
 //     where some row moved: most tiles skip the 64 (D 128) multiplies per thread between a
 //     PV product and the next issue; values within the online softmax's rounding of the
 //     exact ones. Under =0 the launch line says " eager-rescale" (every new maximum)
-//   JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=1 opt-in (issue 21; written 2026-12-06, fourth
-//     session, not yet run on a GPU): under a logit soft cap the FA3-design forward takes
+//   JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=0 opts out (issue 21; default on: on an H100 the
+//     capped forward at 1.025x (causal) and 1.025x (dense) its speed without it, the
+//     outputs within bf16 rounding, RESULTS 2026-12-06 fifth session): under a logit soft
+//     cap the FA3-design forward takes
 //     the cap's bound as every row's maximum (attention/shared.cuh CapServesAsMax: bf16
 //     with cap <= 41, f16 with cap <= 4.1, no sinks): no tile maxima (an FMNMX per score,
 //     the quad shuffles) and no rescale; the launch line adds " cap-max"
@@ -141,7 +143,7 @@ struct Switches {
                                    // "" or "0"
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
-  bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "" or "0"
+  bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "0"
   bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "0" (default on)
   int attn_head_sections;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS: N >= 1 its value, -1 "l2",
                            // 0 otherwise (unset, "", "0", anything else)

@@ -549,24 +549,24 @@ def run_gpu_forward_cases(names):
 
 
 def cap_serves_as_max(name):
-    """Whether JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=1 makes case `name` take the cap's bound as
-    its rows' maximum (cuda/attention/shared.cuh CapServesAsMax: 2 cap log2(e) at most 120
-    for bf16, 12 for f16; no sinks)."""
+    """Whether the Hopper forward takes the cap's bound as case `name`'s rows' maximum
+    (the default; JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=0 opts out; cuda/attention/shared.cuh
+    CapServesAsMax: 2 cap log2(e) at most 120 for bf16, 12 for f16; no sinks)."""
     dtype, cap = FWD_CASES[name][7], FWD_CASES[name][10]
     return name not in FWD_SINKS and 2 * cap * np.log2(np.e) <= (120 if dtype == "bf16" else 12)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("persistent,lazy,cap_max", [("0", "", ""), ("1", "", ""), ("0", "0", ""),
-                                                     ("0", "", "1"), ("1", "", "1")])
+                                                     ("0", "", "0"), ("1", "", "0")])
 def test_hopper_forward_takes_soft_cap(persistent, lazy, cap_max):
     """On an sm_90 GPU a capped forward with segment ids, head dim 96 or 256, block size 16
     or 32 or partial last tiles runs the FA3-design forward (plain, then persistent), with
     attention sinks in some (FWD_SINKS): o and lse against the float64 reference (dsinks
     too), with the lazy rescale (the default: the running maximum moved only by a tile
     maximum more than 8 above it, log2 units) and without (=0), and with the cap's bound as
-    the rows' maximum (JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=1: the bf16 and f16 cases without
-    sinks whose caps allow it, `cap_serves_as_max`; the others as before); its backward (dq, dk, dv
+    the rows' maximum (the default: the bf16 and f16 cases without sinks whose caps allow
+    it, `cap_serves_as_max`; the others as before) and without (=0); its backward (dq, dk, dv
     against the reference too) the default FA3-design backward at head dims 64 and 128
     (FA2's at block size 64), at 96 the same zero-padded to 128
     (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), at 256 its own Hopper backward."""
@@ -588,7 +588,7 @@ def test_hopper_forward_takes_soft_cap(persistent, lazy, cap_max):
         assert fwd and all(k.startswith("fa3_forward") for k in fwd), (name, fwd)
         assert all(("persistent" in k) == (persistent == "1") for k in fwd), (name, fwd)
         assert all((" eager-rescale" in k) == (lazy == "0") for k in fwd), (name, fwd)
-        cap_max_on = cap_max == "1" and cap_serves_as_max(name)
+        cap_max_on = cap_max != "0" and cap_serves_as_max(name)
         assert all((" cap-max" in k) == cap_max_on for k in fwd), (name, fwd)
         bwd = [kernel for op, kernel in logs.get(name, []) if op == "attention_bwd"]
         d, bs = FWD_CASES[name][5:7]

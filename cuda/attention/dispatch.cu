@@ -324,7 +324,7 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   const bool lazy = GetSwitches().attn_fwd_lazy_rescale;
   a.rescale_slack = kernel.documents && lazy ? attn::kLazyRescaleSlack : 0.f;
   if (kernel.documents && !lazy && GetSwitches().debug) LaunchDetail() = " eager-rescale";
-  // (the same rows: the cap's bound as the rows' maximum, opt-in, where it keeps P normal)
+  // (the same rows: the cap's bound as the rows' maximum where it keeps P normal, unless =0)
   a.cap_is_max = kernel.documents && GetSwitches().attn_fwd_cap_max &&
                  attn::CapServesAsMax(a.cap_log2, kernel.dtype == DType::kBF16, a.sinks != nullptr);
   if (a.cap_is_max) {
