@@ -5,7 +5,7 @@
 // [B, Tk, Hkv, D] (contiguous), or page pools [P, page_size, Hkv, D] with page_table
 // [B, pages_per_seq] (key j of sequence b is row j % page_size of page page_table[b, j /
 // page_size]; Tk = pages_per_seq * page_size). Query i of batch entry b uses the mask row
-// floor((q_rows[b] + i) / bs) (none outside [0, R): o = 0, lse = -inf) and attends key j iff
+// floor((q_rows[b] + i) / bs) (outside [0, R): o and lse NaN) and attends key j iff
 // j's block is listed in that row (lists [Bm, Hm, R, W], counts [Bm, Hm, R], Bm 1 or B,
 // Hm 1 or Hq), j < kv_lengths[b] and, when causal, j <= q_positions[b] + i.
 // k and v are q's dtype, or an fp8 KV cache (float8_e4m3fn or float8_e5m2, both alike): key

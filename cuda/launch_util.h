@@ -55,6 +55,27 @@ struct ClusterLaunch {
   ClusterLaunch& operator=(const ClusterLaunch&) = delete;
 };
 
+// A launch of `grid` CTAs of `threads` (no dynamic shared memory) on `stream` that may
+// begin before the grid launched before it on the stream ends (programmatic dependent
+// launch: its CTAs get resident once every CTA of that grid ran ptx::LaunchDependents or
+// exited, and must run ptx::WaitPriorGrids before reading that grid's writes); a plain
+// stream-ordered launch below sm_90 (`sm90`: the device's major version is 9 or more).
+struct DependentLaunch {
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t cfg{};
+  DependentLaunch(dim3 grid, int threads, bool sm90, cudaStream_t stream) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(unsigned(threads));
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = sm90 ? 1 : 0;
+  }
+  DependentLaunch(const DependentLaunch&) = delete;
+  DependentLaunch& operator=(const DependentLaunch&) = delete;
+};
+
 // A device attribute of the current device, asked once per device (0 when unknown).
 template <cudaDeviceAttr kAttribute>
 inline int CachedDeviceAttribute() {

@@ -46,5 +46,21 @@ __device__ __forceinline__ void Ldsm4T(uint32_t (&r)[4], uint32_t addr) {
                : "r"(addr));
 }
 
+
+// Programmatic dependent launch (sm_90 and later; no-ops below): let the grid launched after
+// this one on the stream (with DependentLaunch, launch_util.h) start while this one runs,
+// and, in that grid, wait until the grids before it have completed and their writes are
+// visible (before reading them). A grid not launched that way waits for nothing.
+__device__ __forceinline__ void LaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void WaitPriorGrids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 }  // namespace ptx
 }  // namespace jax_blocksparse

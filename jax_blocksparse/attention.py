@@ -471,12 +471,12 @@ def _short_queries(q, k, v, scales, context, static):
     them."""
     lists, overflow, kv_lengths, offset, page_table, _, _, _ = context
     static = dict(static)
-    del static["segments"]
-    if scales is None:
-        ones = jnp.ones((k.shape[2],), jnp.float32)
+    del static["segments"], static["rows"]
+    if scales is None:  # literal constants: no broadcast kernel per call
+        ones = np.ones((k.shape[2],), np.float32)
         scales = (ones, ones)
-    return _decode(q, k, v, lists, overflow, static.pop("rows"), kv_lengths, offset,
-                   page_table, *scales, **static)
+    return _decode(q, k, v, lists, overflow, kv_lengths, offset, page_table, *scales,
+                   **static)
 
 
 @_short_queries.defjvp
@@ -603,11 +603,12 @@ def _mask_rows(mask) -> int:
     return mask.shape[-2] if isinstance(mask, BlockMask) else mask.mask.shape[-2]
 
 
-def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, k_scale,
-            v_scale, *, tk, block_size, causal, scale, softcap):
+def _decode(q, k, v, lists, overflow, kv_lengths, offset, page_table, k_scale, v_scale, *,
+            tk, block_size, causal, scale, softcap):
     """Short queries through the decode primitive (keys `Tk = tk`; `lists` the mask's
     query lists): the mask rows of the queries, their causal positions, and NaN for rows
-    outside the mask or whose `BlockMask` row overflowed. Returns (o, lse)."""
+    whose `BlockMask` row overflowed (the primitive puts NaN in rows outside the mask).
+    Returns (o, lse)."""
     b, tq = q.shape[:2]
     bs = block_size
     if offset is None:  # query i on mask row i // bs, causal bottom-right aligned
@@ -621,8 +622,7 @@ def _decode(q, k, v, lists, overflow, rows, kv_lengths, offset, page_table, k_sc
     o, lse = decode(q, k, v, kv_lengths, q_rows, q_positions, counts, block_lists, table,
                     k_scale, v_scale, block_size=bs, causal=causal, scale=scale, paged=paged,
                     softcap=softcap)
+    if overflow is None:
+        return o, lse
     row = (q_rows[:, None] + jnp.arange(tq)) // bs  # [B, Tq]
-    bad = ((row < 0) | (row >= rows))[:, None, :]  # [B, 1, Tq]
-    if overflow is not None:  # [Bm, Hm, R] -> [B, Hm, Tq]
-        bad = bad | _at_rows(overflow, row)
-    return _nan_rows(o, lse, bad)
+    return _nan_rows(o, lse, _at_rows(overflow, row))  # [Bm, Hm, R] -> [B, Hm, Tq]

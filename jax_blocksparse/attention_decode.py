@@ -8,15 +8,17 @@ lists, page_table, k_scale, v_scale) -> (o, lse)`:
     entry b is row `j % page_size` of page `page_table[b, j // page_size]`;
     `Tk = pages_per_seq * page_size`); without pages `page_table` is a `[1, 1]` placeholder.
   - query i of batch entry b uses mask row `(q_rows[b] + i) // bs` of the block lists
-    (`counts [Bm, Hm, R]`, `lists [Bm, Hm, R, W]`, Bm 1 or B, Hm 1 or Hq; a row outside
-    `[0, R)` attends nothing) and attends key j iff j's block is listed there,
+    (`counts [Bm, Hm, R]`, `lists [Bm, Hm, R, W]`, Bm 1 or B, Hm 1 or Hq) and attends
+    key j iff j's block is listed there,
     `j < kv_lengths[b]` and, when `causal`, `j <= q_positions[b] + i`.
   - k_scale, v_scale float32 `[Hkv]`: key j of kv head h is `k[..., h, :] * k_scale[h]`
     (computed in float32), values likewise; k and v may be float8 (`float8_e4m3fn`,
     `float8_e5m2`: an fp8 KV cache) with q bfloat16, float16 or float32; otherwise k, v
     share q's dtype and the scales are ones.
   - o `[B, Tq, Hq, D]` in q's dtype, lse `[B, Hq, Tq]` float32 (float64 for float64); a row
-    with no key: o = 0, lse = -inf.
+    with no key: o = 0, lse = -inf; a query whose mask row lies outside `[0, R)`: NaN in o
+    and lse (never a silently wrong row; the kernel's combine writes them, so no select
+    follows the call).
   - the static `softcap` (0: none): the scaled scores become `cap * tanh(s / cap)` before
     the mask (`attention_primitives.soft_cap`).
 The pure-JAX lowering gathers each query's listed key blocks (cost grows with the listed
@@ -34,14 +36,16 @@ import jax.numpy as jnp
 from . import _jax_internals as jint
 from . import _partitioning
 from .attention_primitives import (KV_DIMS, LSE_DIMS, Q_DIMS, _at_rows, _bind, _lse_dtype,
-                                   _reference_jvp, context_dims, paged_keys, soft_cap)
+                                   _nan_rows, _reference_jvp, context_dims, paged_keys,
+                                   soft_cap)
 
 def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, page_table,
                      k_scale, v_scale, *, block_size, causal, scale, paged, softcap=0.0):
     """The decode primitive in pure JAX: each query gathers the key blocks its mask row
     lists (`[B, Hm, Tq, W * bs]` keys, dequantized: times `k_scale[h]`, `v_scale[h]` in
     float32, float64 for float64), then a masked softmax (of the soft-capped scores when
-    `softcap`: `attention_primitives.soft_cap`)."""
+    `softcap`: `attention_primitives.soft_cap`); NaN rows for queries outside the mask's
+    rows."""
     if paged:
         k, v = paged_keys(k, page_table), paged_keys(v, page_table)
     b, tq, hq, d = q.shape
@@ -91,7 +95,7 @@ def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, pa
     o = jnp.einsum(spec, p / l_safe, vg, precision="highest")  # [B, Hkv, G, Tq, D]
     lse = jnp.where(nonempty, m + jnp.log(l_safe), -jnp.inf)[..., 0]  # [B, Hkv, G, Tq]
     o = o.reshape(b, hq, tq, d).transpose(0, 2, 1, 3).astype(q.dtype)
-    return o, lse.reshape(b, hq, tq)
+    return _nan_rows(o, lse.reshape(b, hq, tq), ~inside[:, None, :])
 
 
 attention_decode_p = jint.define_primitive("blocksparse_attention_decode",

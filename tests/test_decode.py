@@ -378,6 +378,48 @@ def test_decode_token_by_token_equals_full_attention_paged(platform):
                                    atol=2e-5)
 
 
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_queries_outside_the_mask_rows_are_nan(platform, paged):
+    """Decode-sized chunks (Tq 5) placed partly before position 0 and partly past the
+    mask's last row: exactly those queries are NaN in o and lse (the decode kernel's
+    combine writes them on a GPU, the pure path selects them), every other row equals
+    the dense float64 reference, with GQA and kv_lengths."""
+    rng = np.random.default_rng(29)
+    b, tq, hq, hkv, d, bs, tk = 3, 5, 4, 2, 64, 16, 80  # 5 mask rows: positions 0..79
+    layout = jbs.layouts.local(tk, bs, 40)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(jnp.bfloat16)
+    q, k, v = arr(b, tq, hq, d), arr(b, tk, hkv, d), arr(b, tk, hkv, d)
+    offsets = np.array([-2, 77, 30])  # rows -1, -1, 0.. / 4, 4, 4, 5, 5 / inside
+    lengths = np.array([tk, tk, 70])
+    kw = {}
+    if paged:
+        k, table = to_pages(rng, k, 16)
+        v = jnp.zeros_like(k).at[table.reshape(-1)].set(arr(b * tk // 16, 16, hkv, d))
+        kw = dict(page_table=table)
+    f = jax.jit(lambda q, k, v: jbs.attention(q, k, v, layout, causal=True,
+                                              q_offset=jnp.asarray(offsets),
+                                              kv_lengths=jnp.asarray(lengths),
+                                              return_lse=True, **kw))
+    poison(platform)
+    o, lse = f(q, k, v)
+    positions = offsets[:, None] + np.arange(tq)  # [B, Tq]
+    outside = (positions < 0) | (positions >= tk)
+    o32 = np.asarray(o, np.float32)
+    np.testing.assert_array_equal(np.isnan(o32).all(axis=(2, 3)), outside)
+    np.testing.assert_array_equal(np.isnan(o32).any(axis=(2, 3)), outside)
+    np.testing.assert_array_equal(np.isnan(np.asarray(lse)).all(axis=1), outside)
+    np.testing.assert_array_equal(np.isnan(np.asarray(lse)).any(axis=1), outside)
+    kd = k if not paged else jnp.stack([k[table[i]].reshape(tk, hkv, d) for i in range(b)])
+    vd = v if not paged else jnp.stack([v[table[i]].reshape(tk, hkv, d) for i in range(b)])
+    allowed = allowed_at(layout.mask[None, None], bs, np.clip(positions, 0, tk - 1), tk,
+                         lengths)
+    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+        up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
+        want = np.asarray(dense_attention(up(q), up(kd), up(vd), allowed, d ** -0.5))
+    inside = ~outside
+    assert rel_err(o32[inside], want[inside]) < TOL[jnp.bfloat16]
+
+
 def test_vmap_over_queries_and_page_pools(platform):
     """vmap of paged decoding over the queries and over one page pool per mapped index
     equals the loop."""

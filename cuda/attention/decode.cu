@@ -232,6 +232,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   static_assert(S::kAccBytes <= kRingBytes, "the partial results must fit over the rings");
   static_assert(!kFp8 || D % 32 == 0, "Fp8VFragments: 32 output columns at a time");
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  ptx::LaunchDependents();  // the combine's CTAs may get resident now (they wait for this grid)
   T* sQ = reinterpret_cast<T*>(smem_raw);
   unsigned char* sRings = smem_raw + kCtaRows * LD * int(sizeof(T));
   int* sStarts = reinterpret_cast<int*>(sRings + kRingBytes);
@@ -565,7 +566,8 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
 
 // One warp per query row (b, h, i): o = sum_s w_s o_s / sum_s w_s, w_s = 2^(lse_s - max),
 // summed in split order by every lane (lane: D / 32 dims); lse in natural log ([B, Hq, Tq]);
-// o in q's dtype ([B, Tq, Hq, D]).
+// o in q's dtype ([B, Tq, Hq, D]). A query whose mask row (q_rows[b] + i) / bs lies outside
+// [0, rows) gets NaN in o and lse: never a silently wrong row (no select kernel after it).
 constexpr int kCombineWarps = 4;
 template <typename T, int D>
 __global__ void __launch_bounds__(kCombineWarps * 32) DecodeCombineKernel(
@@ -573,7 +575,18 @@ __global__ void __launch_bounds__(kCombineWarps * 32) DecodeCombineKernel(
   static_assert(D % 32 == 0, "a lane combines D / 32 dims");
   const int lane = threadIdx.x & 31;
   const int64_t row = int64_t(blockIdx.x) * kCombineWarps + (threadIdx.x >> 5);
+  ptx::WaitPriorGrids();  // the partial kernel's part_o and part_lse (DependentLaunch)
   if (row >= int64_t(p.batch) * p.hq * p.tq) return;
+  const int qi = int(row % p.tq), h = int((row / p.tq) % p.hq);
+  const int b = int(row / (int64_t(p.tq) * p.hq));
+  T* out = static_cast<T*>(p.o) + ((int64_t(b) * p.tq + qi) * p.hq + h) * D + lane;
+  const int mask_row = FloorDiv(__ldg(p.q_rows + b) + qi, p.block_size);
+  if (mask_row < 0 || mask_row >= p.rows) {
+#pragma unroll
+    for (int j = 0; j < D / 32; ++j) out[32 * j] = ptx::FromF<T>(NAN);
+    if (lane == 0) p.lse[row] = NAN;
+    return;
+  }
   const float* lse = p.part_lse + row * p.splits;
   const float* part = p.part_o + row * p.splits * D + lane;
   float mx = -INFINITY;
@@ -591,9 +604,6 @@ __global__ void __launch_bounds__(kCombineWarps * 32) DecodeCombineKernel(
 #pragma unroll
     for (int j = 0; j < D / 32; ++j) o[j] += w * part[s * D + 32 * j];
   }
-  const int qi = int(row % p.tq), h = int((row / p.tq) % p.hq);
-  const int b = int(row / (int64_t(p.tq) * p.hq));
-  T* out = static_cast<T*>(p.o) + ((int64_t(b) * p.tq + qi) * p.hq + h) * D + lane;
   const float inv = mx == -INFINITY ? 0.f : 1.f / l;
 #pragma unroll
   for (int j = 0; j < D / 32; ++j) out[32 * j] = ptx::FromF<T>(o[j] * inv);
@@ -671,10 +681,13 @@ cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
       break;
   }
   if (err != cudaSuccess) return err;
+  // the combine's CTAs resident while the partial kernel ends (programmatic dependent
+  // launch on sm_90: one launch gap less; they wait for its writes)
   const int64_t rows = int64_t(p.batch) * p.hq * p.tq;
-  DecodeCombineKernel<T, D><<<unsigned((rows + kCombineWarps - 1) / kCombineWarps),
-                              kCombineWarps * 32, 0, stream>>>(p);
-  return cudaGetLastError();
+  DependentLaunch launch(dim3(unsigned((rows + kCombineWarps - 1) / kCombineWarps)),
+                         kCombineWarps * 32,
+                         CachedDeviceAttribute<cudaDevAttrComputeCapabilityMajor>() >= 9, stream);
+  return cudaLaunchKernelEx(&launch.cfg, DecodeCombineKernel<T, D>, p);
 }
 
 }  // namespace
