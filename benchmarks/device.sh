@@ -296,13 +296,14 @@ for stage in "$@"; do
     decode) python3 "$repo/benchmarks/decode.py" ${DECODE_ARGS:-} 2>&1 | tee "$out/decode.log" ;;
     # the decode rows again from a build whose rings at head dims 96/128 hold
     # DECODE_STAGES (T caches) and DECODE_STAGES_FP8 (fp8) 16-key stages per warp (defaults
-    # 2 and 3: cuda/attention/decode.cu); rebuilds everything (about 90 s), and the next
-    # stage of the call uses that build: put it last
+    # 3 and 4, as cuda/attention/decode.cu; e.g. DECODE_STAGES=2: 3 CTAs per SM at D 128);
+    # rebuilds everything (about 90 s), and the next stage of the call uses that build: put
+    # it last
     decode_stages)
-      (cd "$repo" && CMAKE_ARGS="-DCMAKE_CUDA_FLAGS='-DJBS_DECODE_STAGES_D128=${DECODE_STAGES:-2} -DJBS_DECODE_STAGES_FP8_D128=${DECODE_STAGES_FP8:-3}'" \
+      (cd "$repo" && CMAKE_ARGS="-DCMAKE_CUDA_FLAGS='-DJBS_DECODE_STAGES_D128=${DECODE_STAGES:-3} -DJBS_DECODE_STAGES_FP8_D128=${DECODE_STAGES_FP8:-4}'" \
          python3 -m pip install --no-build-isolation --no-deps -v . > "$out/build_stages.log" 2>&1) ||
         { tail -20 "$out/build_stages.log"; continue; }
-      echo "decode rings: ${DECODE_STAGES:-2} stages (fp8 ${DECODE_STAGES_FP8:-3})"
+      echo "decode rings: ${DECODE_STAGES:-3} stages (fp8 ${DECODE_STAGES_FP8:-4})"
       python3 "$repo/benchmarks/decode.py" ${DECODE_ARGS:-} 2>&1 | tee "$out/decode_stages.log" ;;
     # Nsight Compute on one decode kernel launch of one decode.py row (PROFILE_CASE, a row
     # name's text; PROFILE_KERNEL, a regex of the mangled kernel name). The whole decode.py

@@ -18,7 +18,8 @@
 // Work split (FlashDecoding): one CTA per (batch entry, kv head, head group, mask-row part,
 // row chunk, split). Its rows are the queries of one mask row times the query heads that
 // share the kv head (all of them when the mask is shared by the heads: K and V are read
-// once per group), at most 16; it walks one `splits`-th of the row's listed blocks, four
+// once per group), at most 16; it walks one `splits`-th of the row's listed blocks (in
+// 16-key tiles: a share may begin and end inside a block), four
 // warps taking 16-key tiles in turn, each from its own cp.async ring. With more rows per kv
 // head and JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 (DecodeSharedTiles), a CTA has 64 rows, 16
 // per warp, and every warp computes on the four tiles of each stage (K and V read once per

@@ -57,6 +57,11 @@ template <int D> constexpr int DecodeStagesFp8() {
   return D <= 64 ? 8 : (D <= 128 ? JBS_DECODE_STAGES_FP8_D128 : 2);
 }
 
+// Block starts a split's tiles can touch: the listed blocks it holds (kDecodeSplitCapacity,
+// the host's bound on its share of whole blocks) and one more, since its share of the row's
+// 16-key tiles may begin and end inside blocks.
+constexpr int kStartsSlots = kDecodeSplitCapacity + 1;
+
 template <int D> struct DecodeSmem {
   static constexpr int kLd = D + 8;                  // padded tile row (conflict-free ldmatrix)
   static constexpr int kTile = kKeys * kLd;          // elements of one K (or V) tile
@@ -73,7 +78,7 @@ template <int D> struct DecodeSmem {
   template <bool SHARED> static constexpr int kCtaRows = SHARED ? kWarps * kRows : kRows;
   template <typename T, typename KV, bool SHARED> static constexpr int Bytes() {
     return kCtaRows<SHARED> * kLd * int(sizeof(T)) + RingBytes<T, KV>() +
-           (kDecodeSplitCapacity + kWarps) * int(sizeof(int));
+           (kStartsSlots + kWarps) * int(sizeof(int));
   }
   // the warps' partial results, written over the rings after the key loop
   static constexpr int kAccLd = D + 4;
@@ -236,7 +241,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   T* sQ = reinterpret_cast<T*>(smem_raw);
   unsigned char* sRings = smem_raw + kCtaRows * LD * int(sizeof(T));
   int* sStarts = reinterpret_cast<int*>(sRings + kRingBytes);
-  int* sCount = sStarts + kDecodeSplitCapacity;
+  int* sCount = sStarts + kStartsSlots;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   // blockIdx.x: (batch entry, kv head, head group); blockIdx.y: (split, row chunk, part)
@@ -278,15 +283,21 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
     list += line * p.width;
   }
 
-  // This split's share of the row's valid blocks (those starting before `limit`): ranks
-  // [lo, hi) of them in list order, their key positions compacted into sStarts.
+  // This split's share of the row's valid blocks (those starting before `limit`), in
+  // 16-key tiles: tiles [lo_t, hi_t) of them in list order (equal shares to one tile, so
+  // no split outlasts the others by a block), in the blocks of ranks [lo, hi), whose key
+  // positions are compacted into sStarts; the first tile is tile `first` of block lo.
   int valid = 0;
   for (int e0 = 0; e0 < n; e0 += kThreads) {
     const int e = e0 + tid;
     valid += __syncthreads_count(e < n && __ldg(list + e) * p.block_size < limit);
   }
-  const int lo = int(int64_t(valid) * split / p.splits);
-  const int hi = int(int64_t(valid) * (split + 1) / p.splits);
+  const int tiles_per_block = p.block_size / kKeys;
+  const int64_t row_tiles = int64_t(valid) * tiles_per_block;
+  const int lo_t = int(row_tiles * split / p.splits);
+  const int hi_t = int(row_tiles * (split + 1) / p.splits);
+  const int lo = lo_t / tiles_per_block, hi = (hi_t + tiles_per_block - 1) / tiles_per_block;
+  const int first = lo_t - lo * tiles_per_block;
   for (int e0 = 0, base = 0; e0 < n && base < hi; e0 += kThreads) {
     const int e = e0 + tid;
     const int start = e < n ? __ldg(list + e) * p.block_size : INT_MAX;
@@ -316,10 +327,9 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   }
   ptx::CpAsyncCommit();
 
-  // The warp's tiles: w, w + 4, ... of the (hi - lo) * bs / 16 tiles of the CTA's blocks
-  // (SHARED: the warp loads them, every warp computes on all four of a stage).
-  const int tiles_per_block = p.block_size / kKeys;
-  const int tiles = (hi - lo) * tiles_per_block;
+  // The warp's tiles: w, w + 4, ... of the CTA's hi_t - lo_t tiles (SHARED: the warp loads
+  // them, every warp computes on all four of a stage).
+  const int tiles = hi_t - lo_t;
   const int mine = tiles > warp ? (tiles - warp + kWarps - 1) / kWarps : 0;
   const int steps = SHARED ? (tiles + kWarps - 1) / kWarps : mine;  // loop iterations
   // K and V as bytes: a key's D elements of KV (its row), the kv heads' rows side by side;
@@ -332,7 +342,7 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   const char* gv = static_cast<const char*>(p.v) + int64_t(hk) * kRowBytes;
   unsigned char* ring = sRings + warp * STAGES * 2 * kRingTile;
   // the warp's next tile to load (its i-th: the CTA's tile warp + i * kWarps)
-  TileCursor next_load{0, 0};
+  TileCursor next_load{0, first};
   next_load.Advance(warp, tiles_per_block);
   auto load_tile = [&](int i) {  // the warp's i-th tile into ring stage i % STAGES
     const int s0 = next_load.Key(sStarts);
@@ -396,7 +406,8 @@ __global__ void __launch_bounds__(kThreads) DecodePartialKernel(const AttentionD
   auto sync = [&]() {
     if constexpr (SHARED) __syncthreads(); else __syncwarp();
   };
-  TileCursor step_tile{0, 0};  // the CTA's first tile of step i: warp + i * kWarps (SHARED: i * kWarps)
+  // the CTA's tile of step i: warp + i * kWarps (SHARED: i * kWarps), after `first`
+  TileCursor step_tile{0, first};
   if (!SHARED) step_tile.Advance(warp, tiles_per_block);
   for (int i = 0; i < steps; ++i) {
     if constexpr (SHARED) __syncthreads();  // every warp is done with the stage refilled now
