@@ -12,7 +12,8 @@
 #    matmul_profile: Nsight Compute on the bs-64 wgmma matmul at density 0.02;
 #    attention_bwd_profile: the same on the Hopper backward's kernels, causal layout;
 #    attention_harness, matmul_harness: the kernels called from C++ outside JAX (timing,
-#      and ncu on PROFILE_KERNEL: ncu on JAX processes ended in host segfaults);
+#      and ncu on PROFILE_KERNEL: ncu on JAX processes ended in host segfaults; with
+#      PROFILE_SOURCE=1 any ncu stage adds the stall samples per SASS instruction);
 #    attention_softcap_profile: the same on the Hopper forward without and with a soft cap;
 #    metadata_profile: every kernel's device time in a forward with a Layout / a BlockMask;
 #    lists_profile: Nsight Compute on that forward's block-lists kernel;
@@ -162,10 +163,34 @@ profile() {
       --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
       --section ComputeWorkloadAnalysis \
+      ${PROFILE_SOURCE:+--section SourceCounters --export "/tmp/$log.ncu-rep" --force-overwrite} \
       "$@" 2>&1 | tee "$out/$log"
     grep -q "error code (11)\|error code (139)\|Segmentation fault" "$out/$log" || break
     [ $try = 1 ] && warm_cache env XLA_FLAGS="$flags" "$@"
   done
+  [ -n "${PROFILE_SOURCE:-}" ] && source_stalls "/tmp/$log.ncu-rep" "$out/${log%.log}_sass.csv"
+}
+
+# PROFILE_SOURCE=1: the profiled launch's warp-stall samples per SASS instruction (ncu's
+# source page), as CSV, and its 40 most sampled instructions printed (addresses match
+# `cuobjdump -sass` of the same binary, e.g. a HARNESS_PREBUILT harness)
+source_stalls() {
+  "$(cuda_tool ncu)" --import "$1" --page source --print-source sass --csv > "$2" 2>&1
+  python3 - "$2" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+head = next((i for i, r in enumerate(rows) if any("Sampling" in c for c in r)), None)
+if head is None:
+    sys.exit(print("source_stalls: no sampling columns in", sys.argv[1]))
+names = rows[head]
+col = next(i for i, c in enumerate(names) if "Sampling" in c and "All" in c)
+num = lambda r: float(r[col].replace(",", "") or 0) if len(r) > col else 0.0
+body = [r for r in rows[head + 1:] if len(r) > col]
+total = sum(map(num, body)) or 1.0
+print(f"{names[col]}: {total:.0f} samples; the 40 most sampled instructions")
+for r in sorted(body, key=num, reverse=True)[:40]:
+    print(f"{100 * num(r) / total:5.1f}%  " + "  ".join(c for c in r[:3]))
+PY
 }
 
 # After a host segfault under a tool: the command (with the tool run's environment, so that
