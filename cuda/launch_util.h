@@ -59,7 +59,7 @@ struct ClusterLaunch {
 // begin before the grid launched before it on the stream ends (programmatic dependent
 // launch: its CTAs get resident once every CTA of that grid ran ptx::LaunchDependents or
 // exited, and must run ptx::WaitPriorGrids before reading that grid's writes); a plain
-// stream-ordered launch below sm_90 (`sm90`: the device's major version is 9 or more).
+// stream-ordered launch unless `sm90` (CompiledForSm90 of the kernel: the wait is in it).
 struct DependentLaunch {
   cudaLaunchAttribute attr[1];
   cudaLaunchConfig_t cfg{};
@@ -75,6 +75,22 @@ struct DependentLaunch {
   DependentLaunch(const DependentLaunch&) = delete;
   DependentLaunch& operator=(const DependentLaunch&) = delete;
 };
+
+// Whether `kernel`, as loaded on the current device, was compiled from PTX for sm_90 or later
+// (its ptxVersion), so that it holds what `__CUDA_ARCH__ >= 900` guards (e.g.
+// ptx::WaitPriorGrids; a compute_80 build JIT-compiled on a newer GPU does not). `known`:
+// the caller's static per-device answers (0: not asked yet, 1: no, 2: yes).
+inline bool CompiledForSm90(const void* kernel, std::atomic<int> (&known)[64]) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  int answer = known[dev & 63].load(std::memory_order_acquire);
+  if (answer == 0) {
+    cudaFuncAttributes attr{};
+    answer = cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.ptxVersion >= 90 ? 2 : 1;
+    known[dev & 63].store(answer, std::memory_order_release);
+  }
+  return answer == 2;
+}
 
 // A device attribute of the current device, asked once per device (0 when unknown).
 template <cudaDeviceAttr kAttribute>

@@ -472,9 +472,9 @@ def _short_queries(q, k, v, scales, context, static):
     lists, overflow, kv_lengths, offset, page_table, _, _, _ = context
     static = dict(static)
     del static["segments"], static["rows"]
-    if scales is None:  # literal constants: no broadcast kernel per call
-        ones = np.ones((k.shape[2],), np.float32)
-        scales = (ones, ones)
+    if scales is None:  # none: [0] (XLA makes an all-ones [Hkv] constant a broadcast kernel)
+        none = np.zeros((0,), np.float32)
+        scales = (none, none)
     return _decode(q, k, v, lists, overflow, kv_lengths, offset, page_table, *scales,
                    **static)
 

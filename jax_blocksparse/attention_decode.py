@@ -14,7 +14,8 @@ lists, page_table, k_scale, v_scale) -> (o, lse)`:
   - k_scale, v_scale float32 `[Hkv]`: key j of kv head h is `k[..., h, :] * k_scale[h]`
     (computed in float32), values likewise; k and v may be float8 (`float8_e4m3fn`,
     `float8_e5m2`: an fp8 KV cache) with q bfloat16, float16 or float32; otherwise k, v
-    share q's dtype and the scales are ones.
+    share q's dtype and the scales are ones, or empty (`[0]`: no scale, read as 1; the
+    kernel reads none, and no all-ones constant becomes a broadcast kernel per call).
   - o `[B, Tq, Hq, D]` in q's dtype, lse `[B, Hq, Tq]` float32 (float64 for float64); a row
     with no key: o = 0, lse = -inf; a query whose mask row lies outside `[0, R)`: NaN in o
     and lse (never a silently wrong row; the kernel's combine writes them, so no select
@@ -69,8 +70,9 @@ def decode_reference(q, k, v, kv_lengths, q_rows, q_positions, counts, lists, pa
     batch = jnp.arange(b)[:, None, None, None]
     # keys the query may not attend are zero-filled on load: garbage there (a serving
     # cache's NaN past kv_lengths) never reaches arithmetic
+    per_head = lambda sc: jnp.ones((hkv,), f) if sc.shape[0] == 0 else f32(jnp.asarray(sc))
     load = lambda x, sc, heads: jnp.where(
-        allowed[..., None], f32(x)[batch, keys, heads] * f32(sc)[heads][..., None], 0)
+        allowed[..., None], f32(x)[batch, keys, heads] * per_head(sc)[heads][..., None], 0)
     if hm == 1:  # keys shared by the query heads: gather per kv head
         heads = jnp.arange(hkv)[None, :, None, None]
         kg, vg = (load(x, sc, heads) for x, sc in ((k, k_scale), (v, v_scale)))
@@ -122,7 +124,8 @@ def _factors(avals_in, avals_out, *, paged, **params):
                                enumerate(zip(DECODE_OPERANDS[3:8], avals_in[3:8]))]
     per_batch_table = paged and avals_in[8].shape[0] == b  # else a [1, 1] placeholder
     dims.append(("b", "tables") if per_batch_table else ("x_table", "y_table"))
-    dims += [("h",), ("h",)]  # the scales: one per kv head
+    # the scales: one per kv head, or none ([0]: a cache in q's dtype)
+    dims += [("h",) if aval.shape[0] else ("no_scale",) for aval in avals_in[9:11]]
     return _partitioning.factors_of(dims, [Q_DIMS, LSE_DIMS], {"b", "h"}, avals_in,
                                     avals_out)
 

@@ -310,7 +310,7 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
 // q_positions, kv_lengths [B]; counts [Bm, Hm, R], lists [Bm, Hm, R, W]. Results o, lse
 // and the split workspace part_o [B, Hq, Tq, S, D], part_lse [B, Hq, Tq, S] (S: splits).
 // k and v are q's dtype, or an fp8 cache (F8E4M3FN or F8E5M2, both alike) dequantized by
-// k_scale, v_scale float32 [Hkv] (ones for a cache in q's dtype).
+// k_scale, v_scale float32 [Hkv] (for a cache in q's dtype: ones, or [0]: none, read as 1).
 ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
                       Buffer<S32> kv_lengths, Buffer<S32> q_rows, Buffer<S32> q_positions,
                       Buffer<S32> counts, Buffer<S32> lists, Buffer<S32> page_table,
@@ -342,8 +342,8 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
   p.hkv = int32_t(kd[2]);
   if (kd[3] != qd[3]) return Invalid("decode: q and k differ in head dimension");
   for (const Buffer<F32>* x : {&k_scale, &v_scale})
-    if (x->dimensions().size() != 1 || x->dimensions()[0] != kd[2])
-      return Invalid("decode: k_scale and v_scale must be [Hkv]");
+    if (x->dimensions().size() != 1 || (x->dimensions()[0] != kd[2] && x->dimensions()[0] != 0))
+      return Invalid("decode: k_scale and v_scale must be [Hkv] (or [0]: none, scale 1)");
   auto pt = page_table.dimensions();
   if (paged) {
     if (pt.size() != 2 || pt[0] != qd[0])
@@ -386,8 +386,8 @@ ffi::Error DecodeImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v
   p.q = q.untyped_data();
   p.k = k.untyped_data();
   p.v = v.untyped_data();
-  p.k_scale = k_scale.typed_data();
-  p.v_scale = v_scale.typed_data();
+  p.k_scale = k_scale.element_count() == 0 ? nullptr : k_scale.typed_data();  // none: 1
+  p.v_scale = v_scale.element_count() == 0 ? nullptr : v_scale.typed_data();
   p.kv_lengths = kv_lengths.typed_data();
   p.q_rows = q_rows.typed_data();
   p.q_positions = q_positions.typed_data();

@@ -379,18 +379,23 @@ def test_decode_token_by_token_equals_full_attention_paged(platform):
 
 
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
-def test_queries_outside_the_mask_rows_are_nan(platform, paged):
+@pytest.mark.parametrize("hq", [4, 16], ids=["g2", "g8"])
+def test_queries_outside_the_mask_rows_are_nan(platform, hq, paged, monkeypatch):
     """Decode-sized chunks (Tq 5) placed partly before position 0 and partly past the
     mask's last row: exactly those queries are NaN in o and lse (the decode kernel's
     combine writes them on a GPU, the pure path selects them), every other row equals
-    the dense float64 reference, with GQA and kv_lengths."""
+    the dense float64 reference (o and lse), with GQA groups 2 and 8 (on sm_90 the
+    GQA-packed partial kernel takes the 40 rows of group 8), several splits a row, and
+    kv_lengths. On a GPU freed memory is filled with a finite value first, so a NaN row
+    is one the kernel wrote."""
+    monkeypatch.setitem(jbs._cuda.DECODE, "min_blocks_per_split", 1)
     rng = np.random.default_rng(29)
-    b, tq, hq, hkv, d, bs, tk = 3, 5, 4, 2, 64, 16, 80  # 5 mask rows: positions 0..79
-    layout = jbs.layouts.local(tk, bs, 40)
+    b, tq, hkv, d, bs, tk = 3, 5, 2, 64, 64, 320  # 5 mask rows: positions 0..319
+    layout = jbs.layouts.local(tk, bs, 160)
     arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(jnp.bfloat16)
     q, k, v = arr(b, tq, hq, d), arr(b, tk, hkv, d), arr(b, tk, hkv, d)
-    offsets = np.array([-2, 77, 30])  # rows -1, -1, 0.. / 4, 4, 4, 5, 5 / inside
-    lengths = np.array([tk, tk, 70])
+    offsets = np.array([-2, 317, 130])  # rows -1, -1, 0.. / 4, 4, 4, 5, 5 / inside
+    lengths = np.array([tk, tk, 300])
     kw = {}
     if paged:
         k, table = to_pages(rng, k, 16)
@@ -400,24 +405,30 @@ def test_queries_outside_the_mask_rows_are_nan(platform, paged):
                                               q_offset=jnp.asarray(offsets),
                                               kv_lengths=jnp.asarray(lengths),
                                               return_lse=True, **kw))
-    poison(platform)
+    if platform == "gpu":  # a finite value where the outputs are likely allocated
+        jnp.full((64 << 20,), 7.0, jnp.float32).block_until_ready().delete()
     o, lse = f(q, k, v)
     positions = offsets[:, None] + np.arange(tq)  # [B, Tq]
     outside = (positions < 0) | (positions >= tk)
-    o32 = np.asarray(o, np.float32)
+    o32, lse = np.asarray(o, np.float32), np.asarray(lse)
     np.testing.assert_array_equal(np.isnan(o32).all(axis=(2, 3)), outside)
     np.testing.assert_array_equal(np.isnan(o32).any(axis=(2, 3)), outside)
-    np.testing.assert_array_equal(np.isnan(np.asarray(lse)).all(axis=1), outside)
-    np.testing.assert_array_equal(np.isnan(np.asarray(lse)).any(axis=1), outside)
+    np.testing.assert_array_equal(np.isnan(lse).all(axis=1), outside)
+    np.testing.assert_array_equal(np.isnan(lse).any(axis=1), outside)
     kd = k if not paged else jnp.stack([k[table[i]].reshape(tk, hkv, d) for i in range(b)])
     vd = v if not paged else jnp.stack([v[table[i]].reshape(tk, hkv, d) for i in range(b)])
     allowed = allowed_at(layout.mask[None, None], bs, np.clip(positions, 0, tk - 1), tk,
                          lengths)
     with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
         up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
-        want = np.asarray(dense_attention(up(q), up(kd), up(vd), allowed, d ** -0.5))
+        q64, k64, v64 = up(q), up(kd), up(vd)
+        want = np.asarray(dense_attention(q64, k64, v64, allowed, d ** -0.5))
+        s = jnp.einsum("bihd,bjhd->bhij", q64, jnp.repeat(k64, hq // hkv, axis=2)) * d ** -0.5
+        want_lse = np.asarray(jax.nn.logsumexp(jnp.where(allowed, s, -jnp.inf), axis=-1))
     inside = ~outside
     assert rel_err(o32[inside], want[inside]) < TOL[jnp.bfloat16]
+    inside_lse = np.broadcast_to(inside[:, None, :], lse.shape)
+    np.testing.assert_allclose(lse[inside_lse], want_lse[inside_lse], rtol=1e-2, atol=1e-2)
 
 
 def test_vmap_over_queries_and_page_pools(platform):
@@ -461,6 +472,28 @@ def test_paged_long_queries_and_errors():
         jbs.attention(q[:, :1], kp, vp, layout, q_offset=3, page_table=table.astype(float))
     with pytest.raises(ValueError, match="k must be a page pool"):
         jbs.attention(q[:, :1], kp[..., :8], vp, layout, q_offset=3, page_table=table)
+
+
+def test_decode_call_has_no_scale_and_no_select(decode_kernels):
+    """Lowered for CUDA (no GPU needed), a bf16 cache's decode call with a static Layout is
+    the custom call alone: its scales are the empty `[0]` placeholders (no all-ones
+    constant, which XLA would make a broadcast kernel per call) and no select follows it
+    (the combine kernel writes the NaN rows of queries outside the mask)."""
+    from jax_blocksparse import _cuda, _jax_internals as jint, _partitioning
+    from jax_blocksparse import attention_decode as dec
+    if not jbs.cuda_built():
+        jint.register_lowering_rule(_partitioning.LOCAL[dec.attention_decode_p],
+                                    _cuda._attention_decode_lowering, "cuda")
+    b, tk, hq, hkv, d = 2, 256, 4, 2, 64
+    q = jnp.ones((b, 1, hq, d), jnp.bfloat16)
+    k = jnp.ones((b, tk, hkv, d), jnp.bfloat16)
+    n = jnp.full((b,), tk, jnp.int32)
+    f = lambda q, k, n: jbs.attention(q, k, k, jbs.layouts.local(tk, 64, 128), causal=True,
+                                      q_offset=n - 1, kv_lengths=n)
+    text = jax.jit(f).trace(q, k, n).lower(lowering_platforms=("cuda",)).as_text()
+    (call,) = [ln for ln in text.splitlines() if "@jax_blocksparse_attention_decode(" in ln]
+    assert call.count("tensor<0xf32>") == 2, call
+    assert "stablehlo.select" not in text, text
 
 
 @pytest.mark.skipif(not jbs.cuda_built(), reason="the CUDA extension is not built")

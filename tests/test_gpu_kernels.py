@@ -259,7 +259,8 @@ CAPTURED = "captured in a CUDA graph"  # JAX_BLOCKSPARSE_DEBUG=2, src/debug.h
 def run_programs_on_new_inputs():
     """Each op's value and gradients, and attention's output and gradients (bf16 and f16,
     wgmma and mma.sync sizes), each one program run on three sets of fresh inputs (new
-    buffers: the recorded graph is updated or recorded again), checked every time."""
+    buffers: the recorded graph is updated or recorded again), checked every time; then
+    decode calls (contiguous, paged, the first again) against float64."""
     import test_gpu_attention as att
 
     mark_case("command buffers")
@@ -281,6 +282,9 @@ def run_programs_on_new_inputs():
         for seed in (1, 2, 3):
             _, args, want = att.build(name, dtype, seed)
             att.verify(f(*args), want, dtype)
+    import test_decode as dec  # the decode kernel (its combine a dependent launch), twice
+    for case in (dec.CASES[0], dec.CASES[1], dec.CASES[0]):  # contiguous, paged
+        dec.check_case("gpu", case)
 
 
 def test_custom_calls_in_a_cuda_graph():
@@ -289,6 +293,6 @@ def test_custom_calls_in_a_cuda_graph():
     result = run_python("import test_gpu_kernels as t; t.run_programs_on_new_inputs()",
                         JAX_BLOCKSPARSE_DEBUG="2", XLA_FLAGS=COMMAND_BUFFER_FLAGS)
     launches = kernels_by_case(result.stderr)["command buffers"]
-    for op in OPS + ("attention_fwd", "attention_bwd"):
+    for op in OPS + ("attention_fwd", "attention_bwd", "attention_decode"):
         logged = [kernel for name, kernel in launches if name == op]
         assert any(CAPTURED in kernel for kernel in logged), (op, logged, result.stdout)

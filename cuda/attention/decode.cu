@@ -693,11 +693,14 @@ cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
   }
   if (err != cudaSuccess) return err;
   // the combine's CTAs resident while the partial kernel ends (programmatic dependent
-  // launch on sm_90: one launch gap less; they wait for its writes)
+  // launch where the combine was compiled for sm_90+: one launch gap less; they wait for
+  // its writes)
+  static std::atomic<int> combine_waits[64];
   const int64_t rows = int64_t(p.batch) * p.hq * p.tq;
   DependentLaunch launch(dim3(unsigned((rows + kCombineWarps - 1) / kCombineWarps)),
                          kCombineWarps * 32,
-                         CachedDeviceAttribute<cudaDevAttrComputeCapabilityMajor>() >= 9, stream);
+                         CompiledForSm90((const void*)DecodeCombineKernel<T, D>, combine_waits),
+                         stream);
   return cudaLaunchKernelEx(&launch.cfg, DecodeCombineKernel<T, D>, p);
 }
 
