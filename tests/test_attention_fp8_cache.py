@@ -216,25 +216,21 @@ def test_decode_lowers_fp8_to_the_kernel(decode_kernels):
     """Lowered for CUDA (no GPU needed): bfloat16/float16 q with an fp8 cache is one decode
     custom call on the fp8 bytes with the two float32 [Hkv] scales (a Python float scale
     filled); float32 q takes the pure-JAX path; the routing table says why not."""
-    from jax_blocksparse import _cuda, _jax_internals as jint, _partitioning
-    from jax_blocksparse import attention_decode as dec
+    from jax_blocksparse import _cuda
+    from test_decode import lowered_decode_call
 
     why = _cuda.decode_unsupported
     assert why(jnp.bfloat16, 128, 64, None, jnp.float8_e4m3fn) is None
     assert why(jnp.float16, 64, 64, 16, jnp.float8_e5m2) is None
     assert why(jnp.float32, 64, 64, None, jnp.float8_e5m2) == "dtype float32"
     assert why(jnp.bfloat16, 64, 64, None, jnp.float32) == "k, v dtype float32"
-    if not jbs.cuda_built():
-        jint.register_lowering_rule(_partitioning.LOCAL[dec.attention_decode_p],
-                                    _cuda._attention_decode_lowering, "cuda")
     b, tk, hq, hkv, d = 2, 256, 4, 2, 64
     q = jnp.ones((b, 1, hq, d), jnp.bfloat16)
     k = jnp.ones((b, tk, hkv, d), jnp.float8_e4m3fn)
     n = jnp.full((b,), tk, jnp.int32)
     f = lambda q, k, s: jbs.attention(q, k, k, jbs.layouts.causal(tk, 64), causal=True,
                                       q_offset=n - 1, kv_lengths=n, k_scale=s, v_scale=0.5)
-    text = jax.jit(f).trace(q, k, jnp.ones(hkv)).lower(lowering_platforms=("cuda",)).as_text()
-    (call,) = [ln for ln in text.splitlines() if "@jax_blocksparse_attention_decode(" in ln]
+    _, call = lowered_decode_call(f, q, k, jnp.ones(hkv))
     assert "f8E4M3FN" in call and call.count("tensor<2xf32>") == 2, call
 
 

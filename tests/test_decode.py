@@ -474,24 +474,32 @@ def test_paged_long_queries_and_errors():
         jbs.attention(q[:, :1], kp[..., :8], vp, layout, q_offset=3, page_table=table)
 
 
-def test_decode_call_has_no_scale_and_no_select(decode_kernels):
-    """Lowered for CUDA (no GPU needed), a bf16 cache's decode call with a static Layout is
-    the custom call alone: its scales are the empty `[0]` placeholders (no all-ones
-    constant, which XLA would make a broadcast kernel per call) and no select follows it
-    (the combine kernel writes the NaN rows of queries outside the mask)."""
+def lowered_decode_call(f, *args):
+    """`f(*args)` lowered for CUDA (any machine: the decode lowering registered where the
+    extension is not built; with the `decode_kernels` fixture): the module's text and its
+    one decode custom call's line."""
     from jax_blocksparse import _cuda, _jax_internals as jint, _partitioning
     from jax_blocksparse import attention_decode as dec
     if not jbs.cuda_built():
         jint.register_lowering_rule(_partitioning.LOCAL[dec.attention_decode_p],
                                     _cuda._attention_decode_lowering, "cuda")
+    text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    (call,) = [ln for ln in text.splitlines() if "@jax_blocksparse_attention_decode(" in ln]
+    return text, call
+
+
+def test_decode_call_has_no_scale_and_no_select(decode_kernels):
+    """Lowered for CUDA (no GPU needed), a bf16 cache's decode call with a static Layout is
+    the custom call alone: its scales are the empty `[0]` placeholders (no all-ones
+    constant, which XLA would make a broadcast kernel per call) and no select follows it
+    (the combine kernel writes the NaN rows of queries outside the mask)."""
     b, tk, hq, hkv, d = 2, 256, 4, 2, 64
     q = jnp.ones((b, 1, hq, d), jnp.bfloat16)
     k = jnp.ones((b, tk, hkv, d), jnp.bfloat16)
     n = jnp.full((b,), tk, jnp.int32)
     f = lambda q, k, n: jbs.attention(q, k, k, jbs.layouts.local(tk, 64, 128), causal=True,
                                       q_offset=n - 1, kv_lengths=n)
-    text = jax.jit(f).trace(q, k, n).lower(lowering_platforms=("cuda",)).as_text()
-    (call,) = [ln for ln in text.splitlines() if "@jax_blocksparse_attention_decode(" in ln]
+    text, call = lowered_decode_call(f, q, k, n)
     assert call.count("tensor<0xf32>") == 2, call
     assert "stablehlo.select" not in text, text
 
