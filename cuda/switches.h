@@ -34,10 +34,10 @@
 //   JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=0 opts out (issue 21; default on: on an H100 the
 //     capped forward at 1.025x (causal) and 1.025x (dense) its speed without it, the
 //     outputs within bf16 rounding, RESULTS 2026-12-06 fifth session): under a logit soft
-//     cap the FA3-design forward takes
-//     the cap's bound as every row's maximum (attention/shared.cuh CapServesAsMax: bf16
-//     with cap <= 41, f16 with cap <= 4.1, no sinks): no tile maxima (an FMNMX per score,
-//     the quad shuffles) and no rescale; the launch line adds " cap-max"
+//     cap the FA3-design forward takes the cap's bound as every row's maximum
+//     (attention/shared.cuh CapServesAsMax: bf16 with cap <= 41, f16 with cap <= 4.1, no
+//     sinks): no tile maxima (an FMNMX per score, the quad shuffles) and no rescale; the
+//     launch line adds " cap-max"
 //   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0;
 //     attention/dispatch.cu kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
 //     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 / 256 (256 unless

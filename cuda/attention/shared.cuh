@@ -50,9 +50,9 @@ struct Args {
   // and O and l are rescaled only then (0: every new maximum, the exact online softmax)
   float rescale_slack;
   // the Hopper forward under a soft cap, where CapServesAsMax allows it (unless
-  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=0): the capped scores are below cap_log2 (log2 units), so every
-  // row's running maximum is cap_log2 from the start: no tile maxima, no rescale (the
-  // launcher sets rescale_slack to +inf with it)
+  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=0): the capped scores are below cap_log2 (log2
+  // units), so every row's running maximum is cap_log2 from the start: no tile maxima, no
+  // rescale (the launcher sets rescale_slack to +inf with it)
   bool cap_is_max;
   bool causal;
   // the FA3-design kernels only (AttentionKernel::documents): lists per batch entry when
