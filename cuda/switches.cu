@@ -44,6 +44,7 @@ Switches Read() {
                                                         : 0;
   s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
   s.decode_packed = OnUnlessZero("JAX_BLOCKSPARSE_DECODE_PACKED");
+  s.decode_pdl = OnUnlessZero("JAX_BLOCKSPARSE_DECODE_PDL");
   const char* packed = std::getenv("JAX_BLOCKSPARSE_DECODE_PACKED");
   const int tile = packed != nullptr ? std::atoi(packed) : 0;
   s.decode_packed_tile = tile == 64 || tile == 128 ? tile : 0;

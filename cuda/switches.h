@@ -71,6 +71,10 @@
 //     64-row CTAs whose four warps share every 64-key stage (attention/decode.cu), instead
 //     of 16-row CTAs whose warps take 16-key tiles in turn (K/V read once per 64 rows, not
 //     per 16); the Python side asks DecodeFormOf (_cuda.decode_form: the split count)
+//   JAX_BLOCKSPARSE_DECODE_PDL=0 opts out (default on; issue 22): the decode's combine
+//     kernel launched as a plain stream-ordered launch instead of with programmatic
+//     dependent launch (attention/decode.cu: its CTAs wait for the partial kernel's
+//     writes inside the kernel), to time the two on one machine
 //   JAX_BLOCKSPARSE_DECODE_PACKED=0 opts out (default on: on the H200 5x the forward
 //     kernel's speed at 16 queries of group 8, 1.6x the 16-row form at 3-8 queries,
 //     values checked on the GPU: RESULTS 2026-12-04 third session): decode calls with more than 16 (query,
@@ -149,6 +153,7 @@ struct Switches {
                            // 0 otherwise (unset, "", "0", anything else)
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
   bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "0" (unset: on)
+  bool decode_pdl;        // JAX_BLOCKSPARSE_DECODE_PDL: anything but "0" (unset: on)
   int decode_packed_tile;  // its value when 64 or 128 (rows per tile), else 0 (by the call)
   bool sdd_runs;          // JAX_BLOCKSPARSE_MATMUL_SDD_RUNS: anything but "0" (unset: on)
   bool tf32_wgmma;        // JAX_BLOCKSPARSE_MATMUL_TF32_WGMMA: anything but "" or "0"

@@ -249,8 +249,10 @@ def test_packed_form_is_the_default():
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 264, "warp_tiles") == 1  # 512
 
 
-def check_case(platform, case):
-    """test_decode_matches_the_dense_reference's checks of one case."""
+def check_case(platform, case, repeats=1):
+    """test_decode_matches_the_dense_reference's checks of one case; `repeats` > 1 runs the
+    same jitted call (one executable: XLA records it into a command buffer from its second
+    run on) on that many sets of fresh values, each checked."""
     dtype, d, bs, tq, hq, hkv, kind, paged = case
     rng = np.random.default_rng(d + bs + tq)
     b, r = 3, 6
@@ -261,34 +263,40 @@ def check_case(platform, case):
     lengths = np.array([tk, tq + 2, 2 * bs + tq // 2 + 1])  # the last: a chunk across rows
     positions = (lengths - tq)[:, None] + np.arange(tq)
     arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32).astype(dtype)
-    q, k, v = arr(b, tq, hq, d), arr(b, tk, hkv, d), arr(b, tk, hkv, d)
     allowed = allowed_at(m, bs, positions, tk, lengths)
-    if paged:
-        kp, table = to_pages(rng, k, page)
-        vp = jnp.zeros_like(kp).at[table.reshape(-1)].set(v.reshape((-1, page, hkv, d)))
-        f = lambda q, kp, vp: jbs.attention(q, kp, vp, mask, causal=True, page_table=table,
-                                            q_offset=lengths - tq, kv_lengths=lengths)
-        args = (q, kp, vp)
-        contiguous = lambda q, kp, vp: (q, kp[table].reshape(k.shape),
-                                        vp[table].reshape(v.shape))
-    else:
-        f = lambda q, k, v: jbs.attention(q, k, v, mask, causal=True, q_offset=lengths - tq,
-                                          kv_lengths=lengths)
-        args = (q, k, v)
-        contiguous = lambda *a: a
-    cot = arr(b, tq, hq, d)
-    poison(platform)
-    out, vjp = jax.vjp(jax.jit(f), *args)
-    grads = jax.jit(vjp)(cot)
-    with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
-        up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
-        ref = lambda *a: dense_attention(*contiguous(*a), allowed, d ** -0.5)
-        want, ref_vjp = jax.vjp(ref, *map(up, args))
-        want_grads = ref_vjp(up(cot))
-    assert out.dtype == dtype and out.shape == q.shape
-    assert rel_err(out, np.asarray(want)) < TOL[dtype], "output"
-    for g, w, name in zip(grads, want_grads, "qkv"):
-        assert rel_err(g, np.asarray(w)) < GRAD_TOL[dtype], f"d{name}"
+    call, table = None, None
+    for _ in range(repeats):
+        q, k, v = arr(b, tq, hq, d), arr(b, tk, hkv, d), arr(b, tk, hkv, d)
+        if paged:
+            if table is None:
+                kp, table = to_pages(rng, k, page)
+            else:
+                kp = jnp.zeros_like(kp).at[table.reshape(-1)].set(k.reshape((-1, page, hkv, d)))
+            vp = jnp.zeros_like(kp).at[table.reshape(-1)].set(v.reshape((-1, page, hkv, d)))
+            args = (q, kp, vp)
+            contiguous = lambda q, kp, vp: (q, kp[table].reshape(k.shape),
+                                            vp[table].reshape(v.shape))
+        else:
+            args = (q, k, v)
+            contiguous = lambda *a: a
+        if call is None:
+            call = jax.jit(lambda q, k, v: jbs.attention(
+                q, k, v, mask, causal=True, page_table=table if paged else None,
+                q_offset=lengths - tq, kv_lengths=lengths))
+        cot = arr(b, tq, hq, d)
+        poison(platform)
+        out = call(*args)
+        _, vjp = jax.vjp(call, *args)
+        grads = jax.jit(vjp)(cot)
+        with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
+            up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
+            ref = lambda *a: dense_attention(*contiguous(*a), allowed, d ** -0.5)
+            want, ref_vjp = jax.vjp(ref, *map(up, args))
+            want_grads = ref_vjp(up(cot))
+        assert out.dtype == dtype and out.shape == q.shape
+        assert rel_err(out, np.asarray(want)) < TOL[dtype], "output"
+        for g, w, name in zip(grads, want_grads, "qkv"):
+            assert rel_err(g, np.asarray(w)) < GRAD_TOL[dtype], f"d{name}"
 
 
 def test_long_cache_several_splits_and_determinism(platform):

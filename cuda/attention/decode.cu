@@ -699,7 +699,8 @@ cudaError_t LaunchDecode(const AttentionDecodeParams& p, cudaStream_t stream) {
   const int64_t rows = int64_t(p.batch) * p.hq * p.tq;
   DependentLaunch launch(dim3(unsigned((rows + kCombineWarps - 1) / kCombineWarps)),
                          kCombineWarps * 32,
-                         CompiledForSm90((const void*)DecodeCombineKernel<T, D>, combine_waits),
+                         GetSwitches().decode_pdl &&
+                             CompiledForSm90((const void*)DecodeCombineKernel<T, D>, combine_waits),
                          stream);
   return cudaLaunchKernelEx(&launch.cfg, DecodeCombineKernel<T, D>, p);
 }
