@@ -249,10 +249,12 @@ def test_packed_form_is_the_default():
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 264, "warp_tiles") == 1  # 512
 
 
-def check_case(platform, case, repeats=1):
+def check_case(platform, case, repeats=1, traced_lengths=False):
     """test_decode_matches_the_dense_reference's checks of one case; `repeats` > 1 runs the
     same jitted call (one executable: XLA records it into a command buffer from its second
-    run on) on that many sets of fresh values, each checked."""
+    run on) on that many sets of fresh values, each checked; `traced_lengths`: kv_lengths
+    and q_offset are computed in the program from an argument (then the program holds
+    more than the custom call: a lone one with constant operands was not recorded)."""
     dtype, d, bs, tq, hq, hkv, kind, paged = case
     rng = np.random.default_rng(d + bs + tq)
     b, r = 3, 6
@@ -280,9 +282,14 @@ def check_case(platform, case, repeats=1):
             args = (q, k, v)
             contiguous = lambda *a: a
         if call is None:
-            call = jax.jit(lambda q, k, v: jbs.attention(
+            attend = lambda q, k, v, n: jbs.attention(
                 q, k, v, mask, causal=True, page_table=table if paged else None,
-                q_offset=lengths - tq, kv_lengths=lengths))
+                q_offset=n - tq, kv_lengths=n)
+            if traced_lengths:
+                jitted, n = jax.jit(attend), jnp.asarray(lengths, jnp.int32)
+                call = lambda q, k, v: jitted(q, k, v, n)
+            else:  # numpy: static
+                call = jax.jit(lambda q, k, v: attend(q, k, v, lengths))
         cot = arr(b, tq, hq, d)
         poison(platform)
         out = call(*args)

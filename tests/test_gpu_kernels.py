@@ -285,7 +285,7 @@ def run_programs_on_new_inputs():
             att.verify(f(*args), want, dtype)
     import test_decode as dec  # the decode kernel (its combine a dependent launch)
     for case in (dec.CASES[0], dec.CASES[1]):  # contiguous, paged
-        dec.check_case("gpu", case, repeats=3)
+        dec.check_case("gpu", case, repeats=3, traced_lengths=True)
 
 
 def test_custom_calls_in_a_cuda_graph():

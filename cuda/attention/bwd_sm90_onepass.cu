@@ -18,7 +18,8 @@
 //  2. OnePassKernel: one CTA per (batch, kv head, 128-key block n). 384 threads: warpgroup
 //     0 the producer (setmaxnreg 40): its thread 0 issues the TMA loads (K_n, V_n once;
 //     then per step the 64-query tiles of Q and dO and the tile's lse and delta rows into
-//     a STAGES-deep ring with full / empty mbarriers), its warp 1 is the dQ writer (below);
+//     a STAGES-deep ring with full / empty mbarriers), its warps 1 and 2 the dQ writers
+//     (below);
 //     warpgroups 1 and 2 the consumers (setmaxnreg 232), owning key rows [64 c, 64 c + 64).
 //     The CTA walks, for each query head of the kv head's group in turn, the key block's
 //     listed query blocks (by_key lists) in 64-query steps, from the list's end (the
@@ -37,9 +38,14 @@
 //     over the whole group (no atomics across heads). The dQ product is split over the
 //     consumers by columns at D = 128 (consumer c: columns [64 c, 64 c + 64)); at D = 64
 //     consumer (step % 2) computes all 64 columns (the other one goes on).
-//  3. The dQ writer: per step, the consumers store the float32 dQ partial (64 x D) into a
+//  3. The dQ writers: per step, the consumers store the float32 dQ partial (64 x D) into a
 //     shared-memory buffer (DQB of them, mbarriers dq_full / dq_empty) in the order of
-//     their accumulator registers (float4 per thread, conflict free). The writer warp
+//     their accumulator registers (float4 per thread, conflict free). kDqWriters warps take
+//     the steps in turn (writer w: steps w, w + kDqWriters, ..., so buffer s always has
+//     writer s % kDqWriters): one writer's chain per step (rank loads, semaphore, the
+//     reduction's completion) stalled the consumers on a free buffer for 28% of the
+//     kernel's stall samples (ncu, RESULTS 2026-12-06 sixth session); with two, a step's
+//     chain overlaps the next one's. A writer warp
 //     learns the step's (query head, query tile) from the producer as the step's loads are
 //     issued (a ring of kMetaSlots), counts its rank and, lane 0, waits for its turn on the
 //     step's semaphore while the consumers compute; then, the partial in, adds it to
@@ -198,17 +204,21 @@ __device__ __forceinline__ void FenceProxyAsyncGlobal() {
 // the semaphore while the consumers compute the step, and needs no cursor of its own (it
 // runs in the producer warpgroup's 40 registers); the consumers walk no list in global
 // memory between their steps (a dependent load there stalled both warpgroups with the
-// tensor pipe empty). After the last step the producer writes (-1, -1).
+// tensor pipe empty). After the last step the producer writes (-1, -1) into kDqWriters
+// slots (one seen by each writer).
 // The consumers
 // read step i's slot before they finish step i, so the writer's bound below covers them
 // too. A slot is
 // free again: the producer writes step i's once it holds stage i % STAGES, i.e. once the
 // consumers have finished step i - STAGES and so passed the dQ buffer of step
-// i - STAGES - 1, which the writer released (once its bulk copy had read it) in step
-// i - STAGES - 1 - DQB, whose slot it had read at that step's start:
-// the slot's previous step, i - kMetaSlots, is older if kMetaSlots > STAGES + DQB + 1
-// (the final (-1, -1), written after the wait for step N - 1, by the same count).
+// i - STAGES - 1, which its writer released (once its bulk copy had read it) in step
+// i - STAGES - 1 - DQB, whose slot it had read at that step's start; each of the
+// kDqWriters writers takes its steps in order, so both have read every slot up to
+// i - STAGES - DQB - kDqWriters:
+// the slot's previous step, i - kMetaSlots, is older if kMetaSlots > STAGES + DQB +
+// kDqWriters (the final (-1, -1)s, written after the wait for step N - 1, by the same count).
 constexpr int kMetaSlots = 8;
+constexpr int kDqWriters = 2;  // warps 1 and 2 of the producer warpgroup
 __device__ __forceinline__ int2 MetaOf(int h, int s0, bool partial) {
   return make_int2(h, 2 * s0 + (partial ? 1 : 0));
 }
@@ -230,7 +240,8 @@ struct Smem {
   static constexpr int kBars = kMeta + 8 * kMetaSlots;
   // kv, full[STAGES], empty[STAGES], dq_full[DQB], dq_empty[DQB], meta_full[kMetaSlots]
   static constexpr int kNumBars = 1 + 2 * STAGES + 2 * DQB + kMetaSlots;
-  static_assert(kMetaSlots > STAGES + DQB + 1, "the meta ring");
+  static_assert(kMetaSlots > STAGES + DQB + kDqWriters, "the meta ring");
+  static_assert(DQB % kDqWriters == 0, "one writer per dQ buffer");
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
   static_assert(kBytes <= 227 * 1024, "shared memory");
 };
@@ -334,10 +345,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma::LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
         tma::LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
       }
-      meta[it % kMetaSlots] = make_int2(-1, -1);  // no more steps
-      tma::MbarArrive(meta_full(it % kMetaSlots));
-    } else if (warp == 1 && !qc.Done()) {
-      // --------------------------------------------------------- dQ writer
+#pragma unroll
+      for (int w = 0; w < kDqWriters; ++w, ++it) {  // no more steps (one for each writer)
+        meta[it % kMetaSlots] = make_int2(-1, -1);
+        tma::MbarArrive(meta_full(it % kMetaSlots));
+      }
+    } else if (warp >= 1 && warp <= kDqWriters && !qc.Done()) {
+      // --------------------------------------------------------- dQ writers
       const int lane = tid & 31;
       const int kv_blocks = (kvlen + kBS - 1) / kBS;  // blocks starting before kv_lengths
       // the launch order's key (header comment): the by-key counts of the first mask head
@@ -348,7 +362,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool my_long = long_list(my_count);
       // the slot's offsets in the two workspaces (kOnePassDqSlots x [B, Hq, Tq, D] / Tq / 64)
       const size_t slot_tiles = my_long ? size_t(a.batch) * unsigned(a.hq) * unsigned(a.tq / kBQ) : 0;
-      for (int it = 0;; ++it) {
+      for (int it = warp - 1;; it += kDqWriters) {  // this writer's steps
         const int s = it % DQB, ms = it % kMetaSlots;
         tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
         const int h = reinterpret_cast<volatile int*>(meta + ms)[0];
