@@ -19,8 +19,9 @@
 // block size --block; causal masking applies when the name is "causal" or the file's
 // first line ends in " causal"). Prints the kernels' names, median milliseconds and useful
 // TFLOP/s (4 B H D per allowed pair; the backward 2.5x that, as benchmarks/attention.py).
-// --dump FILE writes the forward's output (bf16 [B, S, H, D], raw) there: two runs under
-// different switches compare bit for bit or by value (the inputs are seeded).
+// --dump FILE writes the forward's output (bf16 [B, S, H, D], raw) there, and with the
+// backward phases dq to FILE.dq: two runs under different switches compare bit for bit or
+// by value (the inputs are seeded).
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -201,14 +202,18 @@ int main(int argc, char** argv) {
   if (phase == "bwd" || phase == "both")
     time("bwd", bwd->name, 2.5 * fwd_flops,
          [&] { return LaunchAttentionBackward(*bwd, b, stream); });
-  if (!dump.empty()) {  // the forward's output, after the last forward launch
+  // --dump FILE: the forward's output (after the last forward launch) into FILE and, for
+  // the backward phases, dq into FILE.dq (bf16 [B, S, H, D] each: variants compared)
+  auto dump_to = [&](const std::string& path, const __nv_bfloat16* x) {
     std::vector<__nv_bfloat16> host(static_cast<size_t>(elems));
-    CHECK(cudaMemcpy(host.data(), o, host.size() * sizeof(__nv_bfloat16),
+    CHECK(cudaMemcpy(host.data(), x, host.size() * sizeof(__nv_bfloat16),
                      cudaMemcpyDeviceToHost));
-    std::ofstream(dump, std::ios::binary)
+    std::ofstream(path, std::ios::binary)
         .write(reinterpret_cast<const char*>(host.data()),
                std::streamsize(host.size() * sizeof(__nv_bfloat16)));
-  }
+    return 0;
+  };
+  if (!dump.empty() && dump_to(dump, o) == 0 && phase != "fwd") dump_to(dump + ".dq", dq);
   // a finite check of the outputs (the package's tests check values)
   const bool grads = phase != "fwd";
   for (__nv_bfloat16* x : {o, dq, dk, dv})

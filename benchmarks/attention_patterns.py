@@ -22,9 +22,9 @@ sets JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1 too (the persistent Hopper forward), 
 `--bwd-variants 2,4` the same for `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT` (columns `b2`, `b4`;
 a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 64
 on the Hopper backward's 128 x 128 tiles; `r`, `2r`, sets it to 0: the FA2 backward's
-block-64 rows; neither: unset, the layout's tile fill decides; `q`, `4q`, sets
-JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1: variant 4's steps in FlashAttention-3's
-order). `--block-size 64` runs the patterns at block 64 (without FlexAttention:
+block-64 rows; neither: unset, the layout's tile fill decides; `k`, `4k`, sets
+JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0: variant 4's steps with dK issued first, not
+in FlashAttention-3's order, the default). `--block-size 64` runs the patterns at block 64 (without FlexAttention:
 `peers.py masks` reads masks of 128-blocks only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
 skipped (said in the table).
@@ -269,13 +269,13 @@ def ours_per_variant(args, rows):
                 "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE": "0" if "e" in letters else "",
                 "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS": sections(letters)}
     runs = [(forward_switches(v), f"v{v} ") for v in (args.variants or "").split(",") if v]
-    def backward_switches(v):  # "2", "2t", "2r", "4q", "2n", "2h", "2s": the variant, letters
+    def backward_switches(v):  # "2", "2t", "2r", "4k", "2n", "2h", "2s": the variant, letters
         letters = v.lstrip("0123456789")
         return {"JAX_BLOCKSPARSE_ATTN_BWD_VARIANT": v[:len(v) - len(letters)],
                 "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS": sections(letters),
                 "JAX_BLOCKSPARSE_ATTN_BWD_TILED64": ("1" if "t" in letters else
                                                      "0" if "r" in letters else ""),
-                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "1" if "q" in letters else "0",
+                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "0" if "k" in letters else "",
                 "JAX_BLOCKSPARSE_ATTN_BWD_D256": "0" if "n" in letters else ""}
     runs += [(backward_switches(v), f"b{v} ")
              for v in (args.bwd_variants or "").split(",") if v]

@@ -35,7 +35,7 @@ Switches Read() {
   s.attn_bwd_variant =
       bwd_variant != nullptr && bwd_variant[0] >= '0' && bwd_variant[0] <= '4' ? bwd_variant[0] - '0'
                                                                                : -1;
-  s.attn_bwd_onepass_dq_first = Flag("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST");
+  s.attn_bwd_onepass_dq_first = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST");
   s.attn_bwd_d256 = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_D256");
   const char* sections = std::getenv("JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS");
   s.attn_head_sections = sections == nullptr             ? 0

@@ -48,9 +48,11 @@
 //     one-pass Hopper backward (attention/bwd_sm90_onepass.cu: head dims 64 / 128, block
 //     size 128, segment ids, lists per batch entry and q_offset, no partial last tiles or
 //     tile bits; dQ summed in a float32 workspace in a fixed order)
-//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1 opt-in until timed: variant 4's steps end in
-//     FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs:
-//     attention/bwd_sm90_onepass.cu, DQ_FIRST); the same results bit for bit
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0 opts out (default on: on the H100 1.003-1.035x
+//     the other order on seven masks, RESULTS 2026-12-06 sixth session): variant 4's steps
+//     end in FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs:
+//     attention/bwd_sm90_onepass.cu, DQ_FIRST); off, dK is issued before the dS^T store;
+//     the same results bit for bit
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward
 //     (variants 2 and 3: attention/bwd_sm90_d256.cu; on the H200, RESULTS 2026-12-05, 14x
 //     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
@@ -144,7 +146,7 @@ struct Switches {
   int attn_fwd_persistent_ctas;  // the latter's value when >= 1, else 0 (no cap)
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
   bool attn_bwd_onepass_dq_first;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST: anything but
-                                   // "" or "0"
+                                   // "0" (unset: on)
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
   bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "0"

@@ -204,18 +204,19 @@ def lse_err(got, want):
 # The kernel switches (JAX_BLOCKSPARSE_*) are read when the package loads: a check under
 # one runs in a fresh Python process.
 # ATTN_FWD_VARIANT "" is its default (by architecture); "0" would force the FA2 forward.
-# MATMUL_SMALL_WGMMA, MATMUL_SMALL_RECORDS, MATMUL_SDD_RUNS, DECODE_PACKED and ATTN_BWD_D256
-# "" are their defaults (on); "0" switches them off.
+# MATMUL_SMALL_WGMMA, MATMUL_SMALL_RECORDS, MATMUL_SDD_RUNS, DECODE_PACKED, ATTN_BWD_D256 and
+# ATTN_BWD_ONEPASS_DQ_FIRST "" are their defaults (on); "0" switches them off.
 SWITCHES_OFF = {f"JAX_BLOCKSPARSE_{name}": "0" for name in (
     "DISABLE_CUDA", "SIMPLE_KERNELS", "NO_WGMMA", "ATTN_BWD_VARIANT",
     "ATTN_FWD_PERSISTENT", "ATTN_FWD_PERSISTENT_CTAS", "DECODE_SHARED_TILES",
-    "MATMUL_TF32_WGMMA", "ATTN_BWD_TILED64", "ATTN_BWD_ONEPASS_DQ_FIRST", "ATTN_HEAD_SECTIONS",
+    "MATMUL_TF32_WGMMA", "ATTN_BWD_TILED64", "ATTN_HEAD_SECTIONS",
     "MATMUL_GROUP_WGMMA", "MATMUL_SDD_SPLIT", "ATTN_FWD_CAP_MAX")}
 SWITCHES_OFF["JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"] = ""
 SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_SMALL_WGMMA"] = ""
 SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_SDD_RUNS"] = ""  # its default: on
 SWITCHES_OFF["JAX_BLOCKSPARSE_DECODE_PACKED"] = ""  # its default: on
 SWITCHES_OFF["JAX_BLOCKSPARSE_ATTN_BWD_D256"] = ""  # its default: on
+SWITCHES_OFF["JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST"] = ""  # its default: on
 SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS"] = ""  # its default: on
 SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_TMA"] = ""  # its default: block sizes 64 and 128
 SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_SDD_TMA"] = ""  # its default: by the call (bs 128)

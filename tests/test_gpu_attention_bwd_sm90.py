@@ -467,9 +467,9 @@ def test_onepass_backward_deterministic_over_runs():
 
 
 def test_onepass_dq_first_switch():
-    """JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1: variant 4's steps end in
-    FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs): dq, dk,
-    dv against float64 (the VARIANT3_CASES: causal, empty rows, GQA, per head, Tq != Tk,
+    """JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0: variant 4's steps end in the other
+    order than the default's (dK issued before the dS^T store, the dQ partial copied out
+    after both products): dq, dk, dv against float64 (the VARIANT3_CASES: causal, empty rows, GQA, per head, Tq != Tk,
     kv_lengths, traced, head dim 64), bitwise deterministic over runs."""
     if not sm90():
         pytest.skip("the one-pass backward needs an sm_90 GPU (H100 / H200)")
@@ -478,7 +478,7 @@ def test_onepass_dq_first_switch():
     code = (f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r}); "
             f"t.run_repeats({names!r}, 3)")
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="4",
-                        JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST="1").stderr
+                        JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST="0").stderr
     assert_backward_is_fa3(stderr, cases, "4")
     logs = kernels_by_case(stderr)
     for name in names:

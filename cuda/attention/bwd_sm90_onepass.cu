@@ -249,7 +249,7 @@ struct Smem {
 template <int D> constexpr int kStages = D == 128 ? 2 : 3;
 template <int D> constexpr int kDqBuffers = 2;
 
-// DQ_FIRST (JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=1, opt-in until timed): the end of a
+// DQ_FIRST (the default; JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0 opts out): the end of a
 // step in FlashAttention-3's order: dS^T stored and the barrier first, then dQ and dK
 // issued back to back, and the dQ partial copied out while dK runs (else dK is issued
 // before the dS^T store, and the copy waits for both products).
