@@ -5,14 +5,18 @@ benchmark's layouts. No GPU: a CPU estimate of the schedule's cost (waits in the
 dQ chains, the tail), printed as the makespan over the ideal (every SM busy).
 
     python benchmarks/onepass_schedule_model.py [--seq-len 8192] [--columns 32]
-        [--sms 132] [--add 0.4]
+        [--sms 132] [--add 0.4] [--writers 2]
 
 Model: per (batch x kv head) column and key block n, one CTA of count(n) listed query
 blocks x 2 steps of length 1 (plus a fixed cost of 1); CTAs start in linear launch order
-on the first free SM; the CTA's dQ writer adds each step's partial after the previous adder
-of that (query tile, step) in the tile's order (an add takes `--add`; at most two
-partials wait: the kernel's two dQ buffers); with slots, the key blocks whose list holds at
-least half the query tiles form a second order of their own (kOnePassDqSlots).
+on the first free SM; a dQ writer (one of `--writers`, taking the steps in turn) adds each
+step's partial after the previous adder of that (query tile, step) in the tile's order (an
+add takes `--add`; at most two partials wait: the kernel's two dQ buffers); with slots,
+the key blocks whose list holds at least half the query tiles form a second order of their
+own (kOnePassDqSlots). The model puts the writers' gain only where a writer's work per
+step passes about one step (--add above 1); on the H100 the second writer made the causal
+kernel 1.44x faster (RESULTS 2026-12-06 sixth session): the real chain per step (the
+reduction's round trip to L2 and the semaphore's release included) is that long.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import numpy as np
 import jax_blocksparse as jbs
 
 
-def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixed=1.0):
+def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixed=1.0,
+             writers=2):
     """Time until the last CTA ends: `launch` the key blocks in launch order (every column
     the same, columns fastest), `steps_of(n)` a CTA's query tiles in walk order, `slot(n)`
-    its dQ slot; the adds into a (slot, tile) follow the launch order."""
+    its dQ slot; the adds into a (slot, tile) follow the launch order; a CTA's `writers`
+    dQ writer warps take its steps in turn (kDqWriters)."""
     rows = mask.shape[0]
     position = {n: i for i, n in enumerate(launch)}
     adders = {m: sorted(np.flatnonzero(mask[m]), key=position.__getitem__) for m in range(rows)}
@@ -39,19 +45,20 @@ def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixe
     for n in launch:
         for c in range(columns):
             t = heapq.heappop(free) + fixed
-            writer, pending = t, []
+            writer, pending = [t] * writers, []
             for m in steps_of(n):
                 for step in range(2):
+                    w = len(pending) % writers
                     if len(pending) >= dq_buffers:  # both dQ buffers wait for the writer
                         t = max(t, pending[-dq_buffers])
                     t += 1.0
                     same = [x for x in adders[m] if slot(x) == slot(n)]
                     i = same.index(n)
                     previous = done[(c, m, step, same[i - 1])] if i > 0 else 0.0
-                    writer = max(t, writer, previous) + add
-                    done[(c, m, step, n)] = writer
-                    pending.append(writer)
-            finish = max(t, writer)
+                    writer[w] = max(t, writer[w], previous) + add
+                    done[(c, m, step, n)] = writer[w]
+                    pending.append(writer[w])
+            finish = max([t] + writer)
             end = max(end, finish)
             heapq.heappush(free, finish)
     return end
@@ -70,7 +77,9 @@ def main():
     parser.add_argument("--seq-len", type=int, default=8192)
     parser.add_argument("--columns", type=int, default=32, help="batch x kv heads")
     parser.add_argument("--sms", type=int, default=132)
-    parser.add_argument("--add", type=float, default=0.4, help="an add, in steps")
+    parser.add_argument("--add", type=float, default=0.4,
+                        help="a writer's work per step (rank, turn, reduction), in steps")
+    parser.add_argument("--writers", type=int, default=2, help="dQ writer warps per CTA")
     args = parser.parse_args()
     print("| order (launch / steps / dQ) | " + " | ".join(layouts(args.seq_len)) + " |")
     rows = {}
@@ -90,7 +99,8 @@ def main():
                 ("longest first, ascending steps", longest, forward, one),
                 ("longest first, steps from the end", longest, backward, one),
                 ("the same, long lists in a dQ slot of their own", longest, backward, long_lists)):
-            time = makespan(mask, args.columns, launch, steps, slot, args.sms, args.add)
+            time = makespan(mask, args.columns, launch, steps, slot, args.sms, args.add,
+                            writers=args.writers)
             rows.setdefault(label, []).append(f"{time / ideal:.3f}")
     for label, values in rows.items():
         print(f"| {label} | " + " | ".join(values) + " |")
