@@ -24,8 +24,8 @@ a value ending in `t`, `2t`, sets JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 too: block 
 on the Hopper backward's 128 x 128 tiles; `r`, `2r`, sets it to 0: the FA2 backward's
 block-64 rows; neither: unset, the layout's tile fill decides; `k`, `4k`, sets
 JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0: variant 4's steps with dK issued first, not
-in FlashAttention-3's order, the default). `--block-size 64` runs the patterns at block 64 (without FlexAttention:
-`peers.py masks` reads masks of 128-blocks only).
+in FlashAttention-3's order, the default). `--block-size 64` runs the patterns at block
+64 (without FlexAttention: `peers.py masks` reads masks of 128-blocks only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
 skipped (said in the table).
 `--metadata` adds a table of the metadata cost: each pattern's forward with the same block

@@ -249,6 +249,13 @@ def test_packed_form_is_the_default():
     assert jbs._cuda.decode_splits(8, 64, 8, 1, 16, 256, 264, "warp_tiles") == 1  # 512
 
 
+def dense_lse(q, k, allowed, scale):
+    """The log-sum-exp `[B, Hq, Tq]` of dense masked attention's scores (call in float64;
+    q, k and `allowed` as `dense_attention`'s); -inf on a row without keys."""
+    s = jnp.einsum("bihd,bjhd->bhij", q, jnp.repeat(k, q.shape[2] // k.shape[2], axis=2))
+    return jax.nn.logsumexp(jnp.where(allowed, s * scale, -jnp.inf), axis=-1)
+
+
 def check_case(platform, case, repeats=1, traced_lengths=False):
     """test_decode_matches_the_dense_reference's checks of one case; `repeats` > 1 runs the
     same jitted call (one executable: XLA records it into a command buffer from its second
@@ -272,9 +279,12 @@ def check_case(platform, case, repeats=1, traced_lengths=False):
         if paged:
             if table is None:
                 kp, table = to_pages(rng, k, page)
+                empty = jnp.zeros_like(kp)
+                pages = lambda x: empty.at[table.reshape(-1)].set(
+                    x.reshape((-1, page, hkv, d)))  # the cache x in the pool's pages
             else:
-                kp = jnp.zeros_like(kp).at[table.reshape(-1)].set(k.reshape((-1, page, hkv, d)))
-            vp = jnp.zeros_like(kp).at[table.reshape(-1)].set(v.reshape((-1, page, hkv, d)))
+                kp = pages(k)
+            vp = pages(v)
             args = (q, kp, vp)
             contiguous = lambda q, kp, vp: (q, kp[table].reshape(k.shape),
                                             vp[table].reshape(v.shape))
@@ -358,9 +368,7 @@ def test_paged_splits_lse_and_determinism(platform, max_splits, monkeypatch):
     with float64_enabled(), jax.default_device(jax.devices("cpu")[0]):
         up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
         want = dense_attention(up(q), up(k), up(v), allowed, d ** -0.5)
-        kk = jnp.repeat(up(k), hq // hkv, axis=2)
-        s = jnp.einsum("bihd,bjhd->bhij", up(q), kk) * d ** -0.5
-        want_lse = jax.scipy.special.logsumexp(jnp.where(allowed, s, -jnp.inf), axis=-1)
+        want_lse = dense_lse(up(q), up(k), allowed, d ** -0.5)
     assert out.shape == q.shape and lse.shape == (b, hq, tq)
     assert rel_err(out, np.asarray(want)) < TOL[jnp.bfloat16], "output"
     np.testing.assert_allclose(np.asarray(lse), np.asarray(want_lse), rtol=0, atol=1e-3)
@@ -420,8 +428,7 @@ def test_queries_outside_the_mask_rows_are_nan(platform, hq, paged, monkeypatch)
                                               q_offset=jnp.asarray(offsets),
                                               kv_lengths=jnp.asarray(lengths),
                                               return_lse=True, **kw))
-    if platform == "gpu":  # a finite value where the outputs are likely allocated
-        jnp.full((64 << 20,), 7.0, jnp.float32).block_until_ready().delete()
+    poison(platform, 7.0)  # a finite value where the outputs are likely allocated
     o, lse = f(q, k, v)
     positions = offsets[:, None] + np.arange(tq)  # [B, Tq]
     outside = (positions < 0) | (positions >= tk)
@@ -438,8 +445,7 @@ def test_queries_outside_the_mask_rows_are_nan(platform, hq, paged, monkeypatch)
         up = lambda x: jnp.asarray(np.asarray(x.astype(jnp.float32)), jnp.float64)
         q64, k64, v64 = up(q), up(kd), up(vd)
         want = np.asarray(dense_attention(q64, k64, v64, allowed, d ** -0.5))
-        s = jnp.einsum("bihd,bjhd->bhij", q64, jnp.repeat(k64, hq // hkv, axis=2)) * d ** -0.5
-        want_lse = np.asarray(jax.nn.logsumexp(jnp.where(allowed, s, -jnp.inf), axis=-1))
+        want_lse = np.asarray(dense_lse(q64, k64, allowed, d ** -0.5))
     inside = ~outside
     assert rel_err(o32[inside], want[inside]) < TOL[jnp.bfloat16]
     inside_lse = np.broadcast_to(inside[:, None, :], lse.shape)

@@ -28,10 +28,11 @@ def platform(request):
         yield request.param
 
 
-def poison(platform):
-    """Leave NaN in freed device memory, where the next outputs are likely allocated."""
+def poison(platform, value=jnp.nan):
+    """Leave `value` (NaN unless given) in freed device memory, where the next outputs are
+    likely allocated."""
     if platform == "gpu":
-        jnp.full((64 << 20,), jnp.nan, jnp.float32).block_until_ready().delete()
+        jnp.full((64 << 20,), value, jnp.float32).block_until_ready().delete()
 
 
 def odd_layout(bs, seed=0):
