@@ -215,19 +215,40 @@ def backward_tile_context(block_size: int, sources: bool = True, fill=None) -> b
     return fill is None or fill() >= TILED64_MIN_FILL
 
 
+# Where backward variant 4 (the one-pass kernel) is the default, static layouts sparser
+# than this (their visited share of the block grid, `attention_metadata.LineStats`) with a
+# line of at least half the other axis (a global row or column) run the default's other
+# Hopper backward, `SM90_BACKWARD_BEYOND_ONEPASS`: the one-pass kernel adds a query block's
+# dQ in its key blocks' order, so a global line chains those adds. Measured (H100, bf16,
+# S 8192, D 128, bs 128; RESULTS 2026-12-06 sixth session), backward variant 4 against 2:
+# causal 1.30x, dense 1.31x, local 1.10x, strided 1.02x; fixed 0.97x, bigbird 0.91x
+# (densities 0.16 and 0.15 with global columns / rows; local, strided 0.13, 0.17 without).
+ONEPASS_SPARSE_DENSITY = 0.25
+
+
+def onepass_suits(stats) -> bool:
+    """Whether a static layout runs the one-pass backward where it is the default: `stats`
+    (`attention_metadata.LineStats`) not both under `ONEPASS_SPARSE_DENSITY` dense and
+    holding a line of at least half the other axis. A mask known only when the call runs
+    (a `BlockMask`) is taken as suiting it."""
+    return not (stats.density < ONEPASS_SPARSE_DENSITY and stats.longest >= 0.5)
+
+
 def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,
-                     beyond: bool = False) -> bool:
+                     beyond: bool = False, suits: bool = True) -> bool:
     """Whether the attention backward's custom call runs backward variant 4, the one-pass
-    Hopper kernel (cuda/attention/bwd_sm90_onepass.cu), as the C++ dispatch decides
-    (attention/dispatch.cu, FindAttentionKernel: where the variant has a row for the call, the
-    "onepass_backward" family of `attention_families`; those rows take no soft cap: a
-    capped call, like one `beyond` them, runs `SM90_BACKWARD_BEYOND_ONEPASS`'s rows): it
-    then needs the workspaces `dq_accum` and `dq_semaphores`. Where variant 4 is asked for
-    (`_backward_variant`: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4, or the default). The kernel
-    takes segment ids, q_offset and lists per batch entry; `beyond`: the call has what it
-    does not take (partial last tiles, a mask on 128 x 128 tiles: `backward_tiled`), which
-    the dispatch gives to `SM90_BACKWARD_BEYOND_ONEPASS`'s kernels."""
-    return (_backward_variant() == 4 and not beyond and _no_row(
+    Hopper kernel (cuda/attention/bwd_sm90_onepass.cu): it then gets the workspaces
+    `dq_accum` and `dq_semaphores`, and a call declared without them runs
+    `SM90_BACKWARD_BEYOND_ONEPASS`'s rows (attention/dispatch.cu, FindAttentionKernel), as
+    do calls where variant 4 has no row (the "onepass_backward" family of
+    `attention_families`; its rows take no soft cap). Where variant 4 is asked for
+    (`_backward_variant`: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4, or the default) and the
+    call has nothing the kernel leaves out (`beyond`: partial last tiles, a mask on
+    128 x 128 tiles, `backward_tiled`); by default also only where the mask `suits` it
+    (`onepass_suits`; the switch set to 4 runs it regardless). The kernel takes segment
+    ids, q_offset and lists per batch entry."""
+    asked = _backward_variant() == 4 and (suits or SWITCHES.attn_bwd_variant == 4)
+    return (asked and not beyond and _no_row(
         _families()["onepass_backward"], dtype, head_dim, block_size, softcap) is None)
 
 
@@ -704,7 +725,8 @@ def _attention_backward_lowering(ctx, *operands, **params):
     # slots: kOnePassDqSlots)
     d = q_aval.shape[-1]
     beyond = tiled or tq % bs != 0 or tk % bs != 0  # what the one-pass kernel does not take
-    onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), beyond)
+    onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), beyond,
+                               params.get("onepass_suits", True))
     dq_accum = q_aval.update(shape=(2, b, hq, tq, d) if onepass else (0,),
                              dtype=np.dtype(np.float32), weak_type=False)
     dq_sem = q_aval.update(shape=(2, b, hq, tq // 64) if onepass else (0,),

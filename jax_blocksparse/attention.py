@@ -22,8 +22,8 @@ from ._checks import (check_dtype, check_kv_scale, check_sinks, check_soft_cap, 
                       static_bool, static_float)
 from .attention_decode import decode
 from .attention_metadata import (TILE, AttentionLists, TileLists, attention_metadata,
-                                 block_lists, device_metadata, document_kinds, mask_sources,
-                                 tile_fill, tile_lists, tile_metadata)
+                                 block_lists, device_metadata, document_kinds, line_stats,
+                                 mask_sources, tile_fill, tile_lists, tile_metadata)
 from .attention_primitives import (_at_rows, _bind, _lse_dtype, _nan_rows, attention_p,
                                    no_sinks, paged_keys, with_sinks)
 from .attention_primitives import (  # noqa: F401 (re-exported: the primitives' names)
@@ -398,6 +398,10 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
                               jnp.asarray(host.bits[None]))
     elif _cuda.backward_tile_context(bs, sources):  # the kinds, tiled inside jit (after
         tiles = kind  # the rows of q_offset are gathered)
+    # whether the mask suits the one-pass Hopper backward (_cuda.onepass_suits; a static
+    # layout's lines, known here; a traced mask's are not)
+    suits = (not isinstance(mask, Layout) or offset is not None
+             or _cuda.onepass_suits(line_stats(mask, causal, tq, tk)))
     bad_pages = None  # [B]: batch entries that need a page outside the pools
     if paged:
         page_table, bad_pages = _checked_pages(page_table, k.shape, lists, offset, tq, bs,
@@ -415,7 +419,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
             _debug.pure_path(f"attention q{list(q.shape)} k {k.dtype}",
                              f"fp8 KV cache: k and v dequantized to {q.dtype} before the "
                              "attention (the prefill kernels read bf16/f16 only)")
-        o, lse = _prefill(q, k, v, *context, scales=scales, sinks=sinks, **dict(static))
+        o, lse = _prefill(q, k, v, *context, scales=scales, sinks=sinks, onepass_suits=suits,
+                          **dict(static))
         sinks = None  # inside the forward kernels' online softmax (attention_p's operand)
     if sinks is not None:  # short queries: the sink joins each row after the decode kernel
         o, lse = _partitioning.auto_mode(with_sinks, (o, lse))(o, lse, sinks)
@@ -492,14 +497,15 @@ def _short_queries_jvp(static, primals, tangents):
 
 def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, tiles,
              *, rows, tk, block_size, causal, scale, segments, softcap, scales=None,
-             sinks=None):
+             sinks=None, onepass_suits=True):
     """Queries through `attention_p`; NaN for rows outside the mask or whose `BlockMask` row
     overflowed. `tiles`: None, or the tile lists of a fine mask (`TileLists`), or its block
     kinds `[Bm, Hm, R, Rk]` to tile here (`_tile_context`). `scales`: None, or the
     `(k_scale, v_scale)` of an fp8 cache, which is dequantized to q's dtype here (after a
     paged cache's gather: only the pages of the call). `sinks`: None or `[Hq]`, the
     attention sinks, an operand of `attention_p` (the fused forwards start each row's
-    softmax from the sink). Returns (o, lse)."""
+    softmax from the sink). `onepass_suits`: the primitives' static
+    parameter of that name (`_cuda.onepass_suits`). Returns (o, lse)."""
     b, tq = q.shape[:2]
     bs = block_size
     positioned = offset is not None
@@ -527,7 +533,8 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
     sinks = no_sinks(q) if sinks is None else sinks.astype(_lse_dtype(q.dtype))
     o, lse = _bind(attention_p, q_in, k, v, sinks, kv_lengths, q_positions,
                    ids_in, kv_ids, *lists, *tile_ops, block_size=bs, causal=causal,
-                   scale=scale, segments=segments, positioned=positioned, softcap=softcap)
+                   scale=scale, segments=segments, positioned=positioned, softcap=softcap,
+                   onepass_suits=onepass_suits)
     bad = None  # [B or 1, H or 1, Tq]: rows that are NaN, never silently wrong
     if overflow is not None:
         bad = jnp.repeat(overflow, bs, axis=-1)  # [Bm, Hm, rows of the operands]

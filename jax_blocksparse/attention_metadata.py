@@ -243,6 +243,25 @@ def tile_fill(layout: Layout, causal: bool, tq: int, tk: int) -> float:
     return visited / max(f * f * int(tile_metadata(layout, causal, tq, tk).lists.counts.sum()), 1)
 
 
+class LineStats(NamedTuple):
+    """What a static layout's visited blocks (after causality) look like along its lines:
+    `density`, the visited share of the `[Hm, Rq, Rk]` block grid; `longest`, the longest
+    line as a share of the other axis (a query block's key blocks over Rk, a key block's
+    query blocks over Rq: 1 for a global row or column)."""
+    density: float
+    longest: float
+
+
+def line_stats(layout: Layout, causal: bool, tq: int, tk: int) -> LineStats:
+    """`LineStats` of a static `layout` for a call of Tq `tq` and Tk `tk`, from
+    `attention_metadata`'s block kinds (cached there)."""
+    visited = attention_metadata(layout, causal, tq, tk).kind > 0
+    rq, rk = visited.shape[-2:]
+    longest = max(visited.sum(-1).max(initial=0) / max(rk, 1),
+                  visited.sum(-2).max(initial=0) / max(rq, 1))
+    return LineStats(float(visited.mean()) if visited.size else 0.0, float(longest))
+
+
 def device_metadata(mask, block_size: int, causal: bool, tq: int, tk: int, capacity: int,
                     offset: int | None = None) -> tuple[AttentionMetadata, jnp.ndarray]:
     """Metadata of a block mask `[Bm, Hm, Rq, Rk]` (a jax array, e.g. traced), computed with

@@ -42,7 +42,8 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
                                    const Buffer<S32>& kv_lengths, const Buffer<S32>& q_counts,
                                    int32_t block_size, bool causal, float scale,
                                    float softcap, bool segments, bool positioned,
-                                   int32_t mask_block, const AttentionKernel** kernel) {
+                                   int32_t mask_block, bool onepass_workspaces,
+                                   const AttentionKernel** kernel) {
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4)
     return ffi::Unexpected(Invalid("q, k, v must be [B, T, H, D]"));
@@ -75,10 +76,11 @@ ffi::ErrorOr<AttentionShape> Shape(DType dtype, bool backward, const AnyBuffer& 
   if (s.mask_batch != 1 && s.mask_batch != s.batch)
     return ffi::Unexpected(Invalid("the lists' batch axis must be 1 or B"));
   // a soft cap: the rows that take one (the FA2 kernels, the FA3-design forward and
-  // backward; not the one-pass backward, variant 4); beyond the one-pass backward: tile
-  // bits (a mask block other than the tile) and partial last tiles
-  const bool beyond_onepass =
-      mask_block != block_size || s.tq % block_size != 0 || s.tk % block_size != 0;
+  // backward; not the one-pass backward, variant 4); beyond the one-pass backward: a call
+  // declared without its workspaces (jax_blocksparse/_cuda.py, onepass_backward, decides),
+  // tile bits (a mask block other than the tile) and partial last tiles
+  const bool beyond_onepass = !onepass_workspaces || mask_block != block_size ||
+                              s.tq % block_size != 0 || s.tk % block_size != 0;
   *kernel = FindAttentionKernel(dtype, s.head_dim, block_size, backward, softcap > 0.f,
                                 beyond_onepass);
   if (*kernel == nullptr)
@@ -156,7 +158,8 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
   auto shape = Shape(*dtype, /*backward=*/false, q, k, v, kv_lengths, q_counts, block_size,
-                     causal, scale, softcap, segments, positioned, mask_block, &kernel);
+                     causal, scale, softcap, segments, positioned, mask_block,
+                     /*onepass_workspaces=*/false, &kernel);
   if (shape.has_error()) return shape.error();
   AttentionForwardParams p{};
   p.shape = *shape;
@@ -224,7 +227,8 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
   auto shape = Shape(*dtype, /*backward=*/true, q, k, v, kv_lengths, q_counts, block_size,
-                     causal, scale, softcap, segments, positioned, mask_block, &kernel);
+                     causal, scale, softcap, segments, positioned, mask_block,
+                     dq_accum->element_count() != 0, &kernel);
   if (shape.has_error()) return shape.error();
   if (o.element_type() != q.element_type() || d_o.element_type() != q.element_type())
     return Invalid("o and d_o must have q's dtype");

@@ -487,30 +487,34 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
             assert len(bwd) == (d == 96) and all("tensor<1x256x2x128xf16>" in ln for ln in bwd)
 
 
-@pytest.mark.parametrize("variant", [0, 4])
+@pytest.mark.parametrize("variant", [0, 4, -1])
 def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernels, variant):
-    """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 (faked here, on a faked sm_90a device) the
-    backward's custom call gets the one-pass kernel's workspaces, dq_accum float32
-    [2, B, Hq, Tq, D] and dq_semaphores int32 [2, B, Hq, Tq / 64] (two dQ slots), after
-    delta; otherwise (and at
-    block size 64, and for partial tiles: calls variant 4 leaves to the default Hopper
-    backward, which takes them fused) both are [0]. Lowered for "cuda" on any machine."""
+    """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 and unset (the default; faked here, on a
+    faked sm_90a device) the backward's custom call gets the one-pass kernel's workspaces,
+    dq_accum float32 [2, B, Hq, Tq, D] and dq_semaphores int32 [2, B, Hq, Tq / 64] (two dQ
+    slots), after delta; otherwise (and at block size 64, and for partial tiles: calls
+    variant 4 leaves to variant 2, which takes them fused; unset, also for a sparse layout
+    with a global line, `_cuda.onepass_suits`) both are [0]. Lowered for "cuda" on any
+    machine."""
     import re
     import sys
     from jax_blocksparse import _cuda, _partitioning
     from jax_blocksparse import _jax_internals as jint
+    from jax_blocksparse.attention_metadata import line_stats
     att = sys.modules["jax_blocksparse.attention"]
     monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=variant))
     monkeypatch.setattr(_cuda, "_sm90a_device", lambda: True)
+    onepass_variant = variant == 4 or variant == -1 and _cuda.SM90_BACKWARD_DEFAULT == 4
     for beyond in (False, True):  # (partial last tiles, tile bits)
-        assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, 0.0, beyond) == (
-            variant == 4 and not beyond)
+        for suits in (False, True):
+            assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, 0.0, beyond, suits) == (
+                onepass_variant and not beyond and (suits or variant == 4))
     for kw in ({"segments": True}, {"positioned": True}, {"mask_batch": 2},
-               {"tq": 1000, "tk": 1100}):  # fused under 4 (variant 4 or 2 runs them), not 0
+               {"tq": 1000, "tk": 1100}):  # fused under 4 and 2 (variant 4 or 2 runs them)
         args = dict(dtype=jnp.bfloat16, head_dim=128, block_size=128, tq=1024, tk=1024,
                     segments=False, positioned=False, mask_batch=1)
         why = _cuda.fused_attention_unsupported(**dict(args, **kw))
-        assert (why is None) == (variant == 4), (kw, why)
+        assert (why is None) == (variant != 0), (kw, why)  # the Hopper backward: fused
     if not jbs.cuda_built():
         jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
                                     _cuda._attention_forward_lowering, "cuda")
@@ -518,13 +522,18 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
                                     _cuda._attention_backward_lowering, "cuda")
     # (FA2, variant 0: the pure path): a partial last tile; segment ids (variant 4 takes
     # them on whole tiles)
-    extra = [(128, 64, 500, False), (128, 128, 512, True)] if variant == 4 else []
+    extra = [(128, 64, 500, False), (128, 128, 512, True)] if onepass_variant else []
+    # a sparse layout with a global line: key block 0 in every query block's list, the
+    # diagonal (density 15/64)
+    glob = jbs.Layout(np.eye(8, dtype=bool) | (np.arange(8) == 0)[None, :], 128)
     for bs, d, t, docs in [(128, 128, 512, False), (128, 64, 512, False),
-                           (64, 64, 512, False), *extra]:
+                           (64, 64, 512, False), *extra, (128, 128, 1024, glob)]:
         q = jnp.zeros((2, t, 4, d), jnp.bfloat16)
         k = jnp.zeros((2, t, 2, d), jnp.bfloat16)
         rows = -(-t // bs) * bs
         layout = jbs.layouts.local(rows, bs, 200)  # t < rows: a partial last tile
+        if isinstance(docs, jbs.Layout):
+            layout, docs = docs, False
         ids = jnp.arange(2 * t).reshape(2, t) // 300 if docs else None
         loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True, q_segment_ids=ids,
                                           kv_segment_ids=ids).astype(jnp.float32).sum()
@@ -532,7 +541,10 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
         (call,) = [line for line in text.splitlines()
                    if "@jax_blocksparse_attention_bwd(" in line]
         results = re.sub(r"\s+", " ", call).split(" -> ")[-1]
-        onepass = variant == 4 and bs == 128 and t % bs == 0
+        suits = _cuda.onepass_suits(line_stats(layout, True, t, t))
+        assert suits == (layout is not glob)
+        onepass = (onepass_variant and bs == 128 and t % bs == 0
+                   and (suits or variant == 4))
         want = (f"tensor<2x4x2x{rows}xf32>, tensor<2x2x4x{t}x{d}xf32>, "
                 f"tensor<2x2x4x{t // 64}xi32>"
                 if onepass else f"tensor<2x4x2x{rows}xf32>, tensor<0xf32>, tensor<0xi32>")

@@ -118,9 +118,10 @@ namespace {
 // summed in a float32 workspace in a fixed order under per-tile semaphores: deterministic),
 // sm_90a only, head dims 64 / 128, block size 128, with segment ids, lists per batch entry
 // and q_offset (documents). Needs the dq_accum / dq_semaphores workspaces (dq_workspace).
-// Opt-in until measured; the calls it leaves out (partial last tiles, tile bits) run the
-// default variant's rows (FindAttentionKernel). No soft cap (the last field): a capped
-// backward under variant 4 runs the default variant's row too.
+// Opt-in until measured; the calls it leaves out (partial last tiles, tile bits, a call
+// declared without the workspaces: jax_blocksparse/_cuda.py onepass_backward decides) run
+// variant 2's rows (kSm90BackwardBeyondOnepass, FindAttentionKernel). No soft cap (the
+// last field): a capped backward under variant 4 runs variant 2's row too.
 #define JBS_BWD_SM90_ONEPASS_ROWS(DT, T, D)                                             \
   {DT, D, 128, true, 4, "fa3_backward(one pass, deterministic dq)",                    \
    attn::RunBackwardSm90OnePass<T, D>, true, true}
