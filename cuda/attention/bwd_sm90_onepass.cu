@@ -206,19 +206,17 @@ __device__ __forceinline__ void FenceProxyAsyncGlobal() {
 // memory between their steps (a dependent load there stalled both warpgroups with the
 // tensor pipe empty). After the last step the producer writes (-1, -1) into kDqWriters
 // slots (one seen by each writer).
-// The consumers
-// read step i's slot before they finish step i, so the writer's bound below covers them
-// too. A slot is
-// free again: the producer writes step i's once it holds stage i % STAGES, i.e. once the
-// consumers have finished step i - STAGES and so passed the dQ buffer of step
-// i - STAGES - 1, which its writer released (once its bulk copy had read it) in step
-// i - STAGES - 1 - DQB, whose slot it had read at that step's start; each of the
-// kDqWriters writers takes its steps in order, so both have read every slot up to
-// i - STAGES - DQB - kDqWriters:
-// the slot's previous step, i - kMetaSlots, is older if kMetaSlots > STAGES + DQB +
-// kDqWriters (the final (-1, -1)s, written after the wait for step N - 1, by the same count).
+// A slot is free again once its readers are done with it: its dQ writer (each slot holds
+// the steps of one writer: kMetaSlots a multiple of kDqWriters) arrives on the slot's
+// meta_empty from all 32 lanes after reading it, and the producer waits for that before
+// writing the slot again (racecheck, RESULTS 2026-12-06 seventh session, reported the
+// writers' reads against the next write while the reuse rested on a count of steps
+// through the other barriers); the consumers read step i's slot before they release
+// stage i % STAGES, which the producer holds before writing step i + STAGES, so their
+// reads are done if kMetaSlots > STAGES.
 constexpr int kMetaSlots = 8;
 constexpr int kDqWriters = 2;  // warps 1 and 2 of the producer warpgroup
+static_assert(kMetaSlots % kDqWriters == 0, "each meta slot read by one dQ writer");
 __device__ __forceinline__ int2 MetaOf(int h, int s0, bool partial) {
   return make_int2(h, 2 * s0 + (partial ? 1 : 0));
 }
@@ -238,9 +236,10 @@ struct Smem {
   static constexpr int kLD = kDq + DQB * kDqBytes;   // lse, delta rows of stage st: + 512 st
   static constexpr int kMeta = kLD + 512 * STAGES;   // kMetaSlots x (query head, first query)
   static constexpr int kBars = kMeta + 8 * kMetaSlots;
-  // kv, full[STAGES], empty[STAGES], dq_full[DQB], dq_empty[DQB], meta_full[kMetaSlots]
-  static constexpr int kNumBars = 1 + 2 * STAGES + 2 * DQB + kMetaSlots;
-  static_assert(kMetaSlots > STAGES + DQB + kDqWriters, "the meta ring");
+  // kv, full[STAGES], empty[STAGES], dq_full[DQB], dq_empty[DQB], meta_full[kMetaSlots],
+  // meta_empty[kMetaSlots]
+  static constexpr int kNumBars = 1 + 2 * STAGES + 2 * DQB + 2 * kMetaSlots;
+  static_assert(kMetaSlots > STAGES, "the meta ring: the consumers' reads");
   static_assert(DQB % kDqWriters == 0, "one writer per dQ buffer");
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
   static_assert(kBytes <= 227 * 1024, "shared memory");
@@ -276,6 +275,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto dq_full = [&](int s) { return bars + 8u * (1 + 2 * STAGES + s); };
   auto dq_empty = [&](int s) { return bars + 8u * (1 + 2 * STAGES + DQB + s); };
   auto meta_full = [&](int s) { return bars + 8u * (1 + 2 * STAGES + 2 * DQB + s); };
+  auto meta_empty = [&](int s) {
+    return bars + 8u * (1 + 2 * STAGES + 2 * DQB + kMetaSlots + s);
+  };
 
   const int tid = threadIdx.x, wgi = tid / 128;
   const int bh = blockIdx.x, b = bh / a.hkv, hk = bh % a.hkv;
@@ -307,7 +309,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::MbarInit(dq_empty(s), 1);
     }
 #pragma unroll
-    for (int s = 0; s < kMetaSlots; ++s) tma::MbarInit(meta_full(s), 1);
+    for (int s = 0; s < kMetaSlots; ++s) {
+      tma::MbarInit(meta_full(s), 1);
+      tma::MbarInit(meta_empty(s), 32);  // the lanes of the slot's dQ writer
+    }
     tma::FenceMbarInit();
   }
   __syncthreads();
@@ -337,6 +342,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint32_t sq = base + S::kQ + st * 2 * kT;
         const int64_t li = (int64_t(b) * a.hq + h) * a.tq + s0;
         tma::MbarWait(empty(st), ph ^ 1);
+        tma::MbarWait(meta_empty(it % kMetaSlots), ((it / kMetaSlots) & 1) ^ 1);
         meta[it % kMetaSlots] = MetaOf(h, s0, qc.Partial());
         tma::MbarArrive(meta_full(it % kMetaSlots));
         tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
@@ -347,6 +353,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
 #pragma unroll
       for (int w = 0; w < kDqWriters; ++w, ++it) {  // no more steps (one for each writer)
+        tma::MbarWait(meta_empty(it % kMetaSlots), ((it / kMetaSlots) & 1) ^ 1);
         meta[it % kMetaSlots] = make_int2(-1, -1);
         tma::MbarArrive(meta_full(it % kMetaSlots));
       }
@@ -367,6 +374,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
         const int h = reinterpret_cast<volatile int*>(meta + ms)[0];
         const int s0 = MetaStart(reinterpret_cast<volatile int*>(meta + ms)[1]);
+        tma::MbarArrive(meta_empty(ms));  // read (each lane): the producer may reuse it
         if (h < 0) break;
         // rank: the key blocks before rk in the launch order that add into this 64-query
         // tile (header comment)
