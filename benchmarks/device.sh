@@ -24,7 +24,8 @@
 #    attention_sinks: the cost of sinks and a logit soft cap;
 #    matmul_dw: dW on the harness, the SDD TMA kernel and the default choice;
 #    attention_cap_max: the soft cap's cost with and without the cap's bound as the maximum;
-#    decode_harness: the decode kernel outside JAX, dense and a local window (ncu: PROFILE_KERNEL))
+#    decode_harness: the decode kernel outside JAX, dense and a local window (ncu: PROFILE_KERNEL);
+#    harness_sanitize: compute-sanitizer on the attention harness (small shapes; the backward))
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build (but then nearly every process
 # ended in the host segfault under the sanitizer, RESULTS 2026-12-03 fourth session; one
@@ -414,6 +415,30 @@ for mask in ('causal', 'dense'):
       [ -n "${PROFILE_KERNEL:-}" ] && PROFILE_COUNT=${PROFILE_COUNT:-2} \
         profile "$PROFILE_KERNEL" decode_harness_ncu.log /tmp/decode_harness --window 4096 \
         ${HARNESS_ARGS:-} --reps 2 ;;
+    # compute-sanitizer (SANITIZE_TOOLS, default all three) on the attention kernels outside
+    # JAX (the harness: JAX processes have ended in host segfaults under the tools), small
+    # shapes (S 1024, B 2, H 2), the backward phase under the environment's switches (e.g.
+    # JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4): the causal layout and an 8 x 8 mask of the
+    # diagonal, a global key column and a global query row (the one-pass kernel's second
+    # dQ slot), at head dims 128 and 64; HARNESS_PHASE=fwd / both for the others
+    harness_sanitize)
+      harness_build attention_harness || exit 1
+      cs=$(cuda_tool compute-sanitizer)
+      python3 -c "print('8 8'); [print(''.join('1' if r == c or 0 in (r, c) else '0'
+                                      for c in range(8))) for r in range(8)]" \
+        > /tmp/mask_global8.txt
+      for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck}; do
+        for mask in causal /tmp/mask_global8.txt; do
+          for d in 128 64; do
+            echo "### $tool --mask $mask --dim $d"
+            timeout "${PROFILE_TIMEOUT:-60}" "$cs" --tool "$tool" --kernel-name kns=jax_blocksparse \
+              --error-exitcode 1 /tmp/attention_harness --mask "$mask" --dim $d --seq 1024 \
+              --batch 2 --heads 2 --reps 1 --phase "${HARNESS_PHASE:-bwd}" 2>&1 \
+              | grep -E "SUMMARY|harness|Error|Read|Write" | head -12
+            echo "exit ${PIPESTATUS[0]}"
+          done
+        done
+      done 2>&1 | tee "$out/harness_sanitize.log" ;;
     # the matmul kernels outside JAX (benchmarks/matmul_harness.cu): timing (HARNESS_ARGS,
     # e.g. "--block 128 --op fwd"), then Nsight Compute on PROFILE_KERNEL when it is set
     matmul_harness)
