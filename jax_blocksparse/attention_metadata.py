@@ -252,9 +252,10 @@ class LineStats(NamedTuple):
     longest: float
 
 
+@functools.lru_cache(maxsize=64)
 def line_stats(layout: Layout, causal: bool, tq: int, tk: int) -> LineStats:
     """`LineStats` of a static `layout` for a call of Tq `tq` and Tk `tk`, from
-    `attention_metadata`'s block kinds (cached there)."""
+    `attention_metadata`'s block kinds (both cached: `attention` asks on every call)."""
     visited = attention_metadata(layout, causal, tq, tk).kind > 0
     rq, rk = visited.shape[-2:]
     longest = max(visited.sum(-1).max(initial=0) / max(rk, 1),
