@@ -624,41 +624,63 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// dQ = scale * (slot 0 + slot 1) of dq_accum in q's dtype: one thread per float4 of a slot.
-// A 64-row tile (b, h, qt) holds 16 D float4s; float4 f of the tile is accumulators
+// dQ = scale * (slot 0 + slot 1) of dq_accum in q's dtype: one CTA of kConvertThreads per
+// 64-row tile (b, h, qt). A tile's slot holds 16 D float4s; float4 f is accumulators
 // 4 i4 .. 4 i4 + 3 of thread ct of the consumer computing column slab w,
 // f = (i4 kNW + w) 128 + ct: rows 16 w4 + g (+ 8), columns 64 w + 8 i4 + 2t (+ 1) (the
-// wgmma accumulator layout).
+// wgmma accumulator layout). The CTA reads its float4s in that order (each warp 512
+// contiguous bytes), writes q's dtype into a row-major copy of the tile in shared memory
+// (rows padded by 16 bytes: the 4-byte writes of a warp's 8 rows x 4 columns fall in 32
+// distinct banks), then stores whole rows, 16 bytes a thread. A slot's tile no key block
+// added into (semaphore still 0) was never written: it counts 0 and is not read. (One
+// thread per float4 with the tile found by 64-bit divisions each, the former form, issued
+// about 200 instructions per float4 and wrote 16-byte pieces of rows.)
+constexpr int kConvertThreads = 256;
 template <typename T, int D>
-__global__ void DqConvertKernel(const Args a) {
+__global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a) {
   constexpr int kNW = D / 64;
-  const int64_t total = int64_t(a.batch) * a.hq * a.tq * (D / 4);  // float4s of a slot
+  constexpr int kTileF4 = 16 * D;        // float4s of a tile's slot
+  constexpr int kRowBytes = 2 * D + 16;  // a staged row of q's dtype, padded
+  __shared__ __align__(16) unsigned char staged[kBQ * kRowBytes];
   const int qtiles = a.tq / kBQ;
   const int64_t tiles = int64_t(a.batch) * a.hq * qtiles;  // 64-row tiles of a slot
-  const float4* src = reinterpret_cast<const float4*>(a.dq_accum);
-  for (int64_t f = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; f < total;
-       f += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t tile = f / (16 * D);
-    const int r = int(f % (16 * D));
-    const int ct = r % 128, w = (r / 128) % kNW, i4 = r / (128 * kNW);
+  const int64_t tile = blockIdx.x;
+  const int qt = int(tile % qtiles);
+  const int bh = int(tile / qtiles), h = bh % a.hq, b = bh / a.hq;
+  const float4* src = reinterpret_cast<const float4*>(a.dq_accum) + tile * kTileF4;
+  bool written[kOnePassDqSlots];
+#pragma unroll
+  for (int slot = 0; slot < kOnePassDqSlots; ++slot)
+    written[slot] = __ldg(a.dq_sem + slot * tiles + tile) != 0;
+  static_assert(kTileF4 % kConvertThreads == 0 && kBQ * (D / 8) % kConvertThreads == 0);
+#pragma unroll
+  for (int k = 0; k < kTileF4 / kConvertThreads; ++k) {  // every load in flight at once
+    const int f = k * kConvertThreads + int(threadIdx.x);
+    const int ct = f % 128, w = (f / 128) % kNW, i4 = f / (128 * kNW);
     const int lane = ct & 31, w4 = ct >> 5, g = lane >> 2, t = lane & 3;
-    const int qt = int(tile % qtiles);
-    const int64_t bhq = tile / qtiles;
-    const int h = int(bhq % a.hq), b = int(bhq / a.hq);
-    const int row = qt * kBQ + 16 * w4 + g, col = 64 * w + 8 * i4 + 2 * t;
-    // a slot's tile no key block added into (semaphore still 0) was never written: 0 there
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
     for (int slot = 0; slot < kOnePassDqSlots; ++slot) {
-      if (__ldg(a.dq_sem + slot * tiles + tile) != 0) {
-        const float4 y = src[slot * total + f];
+      if (written[slot]) {
+        const float4 y = src[slot * tiles * kTileF4 + f];
         x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
       }
     }
-    const int64_t qstride = int64_t(a.hq) * D;
-    T* out = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + row) * qstride + int64_t(h) * D + col;
-    *reinterpret_cast<uint32_t*>(out) = Ops<T>::Pack(x.x * a.scale, x.y * a.scale);
-    *reinterpret_cast<uint32_t*>(out + 8 * qstride) = Ops<T>::Pack(x.z * a.scale, x.w * a.scale);
+    unsigned char* p = staged + (16 * w4 + g) * kRowBytes + 2 * (64 * w + 8 * i4 + 2 * t);
+    *reinterpret_cast<uint32_t*>(p) = Ops<T>::Pack(x.x * a.scale, x.y * a.scale);
+    *reinterpret_cast<uint32_t*>(p + 8 * kRowBytes) = Ops<T>::Pack(x.z * a.scale, x.w * a.scale);
+  }
+  __syncthreads();
+  const int64_t qstride = int64_t(a.hq) * D;
+  T* out = static_cast<T*>(a.dq) + (int64_t(b) * a.tq + int64_t(qt) * kBQ) * qstride +
+           int64_t(h) * D;
+  constexpr int kChunks = D / 8;  // 16-byte pieces of a row
+#pragma unroll
+  for (int k = 0; k < kBQ * kChunks / kConvertThreads; ++k) {
+    const int c = k * kConvertThreads + int(threadIdx.x);
+    const int row = c / kChunks, piece = c % kChunks;
+    *reinterpret_cast<uint4*>(out + row * qstride + piece * 8) =
+        *reinterpret_cast<const uint4*>(staged + row * kRowBytes + piece * 16);
   }
 }
 
@@ -691,6 +713,7 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
       !aligned(a.delta) || !aligned(a.dq_accum))
     return cudaErrorInvalidValue;
   if (a.by_key.lines > 65535) return cudaErrorInvalidValue;
+  if (int64_t(a.batch) * a.hq * (a.tq / kBQ) > 0x7fffffff) return cudaErrorInvalidValue;
 
   const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
   // dq_accum needs no zeroing: each tile's first adder stores (DqConvertKernel reads only
@@ -731,10 +754,8 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  if (rows > 0) {
-    const int64_t f4 = rows * (D / 4);
-    const unsigned blocks = Clamp((f4 + 255) / 256, 65535LL * 16);
-    DqConvertKernel<T, D><<<blocks, 256, 0, stream>>>(a);
+  if (rows > 0) {  // one CTA per 64-row tile
+    DqConvertKernel<T, D><<<unsigned(rows / kBQ), kConvertThreads, 0, stream>>>(a);
     err = cudaGetLastError();
   }
   return err;
