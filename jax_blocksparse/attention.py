@@ -398,10 +398,6 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
                               jnp.asarray(host.bits[None]))
     elif _cuda.backward_tile_context(bs, sources):  # the kinds, tiled inside jit (after
         tiles = kind  # the rows of q_offset are gathered)
-    # whether the mask suits the one-pass Hopper backward (_cuda.onepass_suits; a static
-    # layout's lines, known here; a traced mask's are not)
-    suits = (not isinstance(mask, Layout) or offset is not None
-             or _cuda.onepass_suits(line_stats(mask, causal, tq, tk)))
     bad_pages = None  # [B]: batch entries that need a page outside the pools
     if paged:
         page_table, bad_pages = _checked_pages(page_table, k.shape, lists, offset, tq, bs,
@@ -419,6 +415,10 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
             _debug.pure_path(f"attention q{list(q.shape)} k {k.dtype}",
                              f"fp8 KV cache: k and v dequantized to {q.dtype} before the "
                              "attention (the prefill kernels read bf16/f16 only)")
+        # whether the mask suits the one-pass Hopper backward (_cuda.onepass_suits; a
+        # static layout's lines, known here; a traced mask's are not)
+        suits = (not isinstance(mask, Layout) or offset is not None
+                 or _cuda.onepass_suits(line_stats(mask, causal, tq, tk)))
         o, lse = _prefill(q, k, v, *context, scales=scales, sinks=sinks, onepass_suits=suits,
                           **dict(static))
         sinks = None  # inside the forward kernels' online softmax (attention_p's operand)

@@ -524,16 +524,16 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
     # them on whole tiles)
     extra = [(128, 64, 500, False), (128, 128, 512, True)] if onepass_variant else []
     # a sparse layout with a global line: key block 0 in every query block's list, the
-    # diagonal (density 15/64)
+    # diagonal (density 15/64); the others local(rows, bs, 200) (t < rows: a partial
+    # last tile)
     glob = jbs.Layout(np.eye(8, dtype=bool) | (np.arange(8) == 0)[None, :], 128)
-    for bs, d, t, docs in [(128, 128, 512, False), (128, 64, 512, False),
-                           (64, 64, 512, False), *extra, (128, 128, 1024, glob)]:
+    cases = [(bs, d, t, docs, None) for bs, d, t, docs in
+             [(128, 128, 512, False), (128, 64, 512, False), (64, 64, 512, False), *extra]]
+    for bs, d, t, docs, layout in [*cases, (128, 128, 1024, False, glob)]:
         q = jnp.zeros((2, t, 4, d), jnp.bfloat16)
         k = jnp.zeros((2, t, 2, d), jnp.bfloat16)
         rows = -(-t // bs) * bs
-        layout = jbs.layouts.local(rows, bs, 200)  # t < rows: a partial last tile
-        if isinstance(docs, jbs.Layout):
-            layout, docs = docs, False
+        layout = jbs.layouts.local(rows, bs, 200) if layout is None else layout
         ids = jnp.arange(2 * t).reshape(2, t) // 300 if docs else None
         loss = lambda q, k: jbs.attention(q, k, k, layout, causal=True, q_segment_ids=ids,
                                           kv_segment_ids=ids).astype(jnp.float32).sum()

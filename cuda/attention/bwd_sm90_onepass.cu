@@ -713,7 +713,8 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
       !aligned(a.delta) || !aligned(a.dq_accum))
     return cudaErrorInvalidValue;
   if (a.by_key.lines > 65535) return cudaErrorInvalidValue;
-  if (int64_t(a.batch) * a.hq * (a.tq / kBQ) > 0x7fffffff) return cudaErrorInvalidValue;
+  const int64_t tiles = int64_t(a.batch) * a.hq * (a.tq / kBQ);  // 64-row tiles of dQ
+  if (tiles > 0x7fffffff) return cudaErrorInvalidValue;  // DqConvertKernel's grid
 
   const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
   // dq_accum needs no zeroing: each tile's first adder stores (DqConvertKernel reads only
@@ -754,8 +755,8 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  if (rows > 0) {  // one CTA per 64-row tile
-    DqConvertKernel<T, D><<<unsigned(rows / kBQ), kConvertThreads, 0, stream>>>(a);
+  if (tiles > 0) {  // one CTA per 64-row tile
+    DqConvertKernel<T, D><<<unsigned(tiles), kConvertThreads, 0, stream>>>(a);
     err = cudaGetLastError();
   }
   return err;
