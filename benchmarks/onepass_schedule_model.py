@@ -22,6 +22,7 @@ reduction's round trip to L2 and the semaphore's release included) is that long.
 from __future__ import annotations
 
 import argparse
+import collections
 import heapq
 
 import numpy as np
@@ -30,11 +31,15 @@ import jax_blocksparse as jbs
 
 
 def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixed=1.0,
-             writers=2):
-    """Time until the last CTA ends: `launch` the key blocks in launch order (every column
-    the same, columns fastest), `steps_of(n)` a CTA's query tiles in walk order, `slot(n)`
-    its dQ slot; the adds into a (slot, tile) follow the launch order; a CTA's `writers`
-    dQ writer warps take its steps in turn (kDqWriters)."""
+             writers=2, group=None, l2_tiles=400):
+    """(time until the last CTA ends, the most query blocks live at once): `launch` the key
+    blocks in launch order (every column the same; columns fastest, or with `group` the
+    columns in groups of that many, each group's CTAs launched before the next group's),
+    `steps_of(n)` a CTA's query tiles in walk order, `slot(n)` its
+    dQ slot; the adds into a (slot, tile) follow the launch order; a CTA's `writers` dQ
+    writer warps take its steps in turn (kDqWriters). And the fraction of the steps' tile
+    touches (its Q and dO loads at the step's start, its dq_accum add at the end: 64 KB at
+    D 128 per 64-query tile) that miss an LRU cache of `l2_tiles` tiles."""
     rows = mask.shape[0]
     position = {n: i for i, n in enumerate(launch)}
     adders = {m: sorted(np.flatnonzero(mask[m]), key=position.__getitem__) for m in range(rows)}
@@ -42,26 +47,46 @@ def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixe
     free = [0.0] * sms
     heapq.heapify(free)
     end = 0.0
-    for n in launch:
-        for c in range(columns):
-            t = heapq.heappop(free) + fixed
-            writer, pending = [t] * writers, []
-            for m in steps_of(n):
-                for step in range(2):
-                    w = len(pending) % writers
-                    if len(pending) >= dq_buffers:  # both dQ buffers wait for the writer
-                        t = max(t, pending[-dq_buffers])
-                    t += 1.0
-                    same = [x for x in adders[m] if slot(x) == slot(n)]
-                    i = same.index(n)
-                    previous = done[(c, m, step, same[i - 1])] if i > 0 else 0.0
-                    writer[w] = max(t, writer[w], previous) + add
-                    done[(c, m, step, n)] = writer[w]
-                    pending.append(writer[w])
-            finish = max([t] + writer)
-            end = max(end, finish)
-            heapq.heappush(free, finish)
-    return end
+    touches = []  # (time, (column, query block, step)): a step's loads and its add
+    group = group or columns
+    order = [(c, n) for c0 in range(0, columns, group) for n in launch
+             for c in range(c0, min(c0 + group, columns))]
+    for c, n in order:
+        t = heapq.heappop(free) + fixed
+        writer, pending = [t] * writers, []
+        for m in steps_of(n):
+            for step in range(2):
+                w = len(pending) % writers
+                if len(pending) >= dq_buffers:  # both dQ buffers wait for the writer
+                    t = max(t, pending[-dq_buffers])
+                touches.append((t, (c, m, step)))
+                t += 1.0
+                same = [x for x in adders[m] if slot(x) == slot(n)]
+                i = same.index(n)
+                previous = done[(c, m, step, same[i - 1])] if i > 0 else 0.0
+                writer[w] = max(t, writer[w], previous) + add
+                done[(c, m, step, n)] = writer[w]
+                pending.append(writer[w])
+                touches.append((writer[w], (c, m, step)))
+        finish = max([t] + writer)
+        end = max(end, finish)
+        heapq.heappush(free, finish)
+    return end, l2_misses(touches, l2_tiles)
+
+
+def l2_misses(touches, capacity):
+    """The fraction of `touches` (time, tile) that miss a least-recently-used cache of
+    `capacity` tiles, in time order."""
+    cache, misses = collections.OrderedDict(), 0
+    for _, tile in sorted(touches):
+        if tile in cache:
+            cache.move_to_end(tile)
+        else:
+            misses += 1
+            cache[tile] = None
+            if len(cache) > capacity:
+                cache.popitem(last=False)
+    return misses / max(len(touches), 1)
 
 
 def layouts(seq_len, bs=128):
@@ -80,7 +105,13 @@ def main():
     parser.add_argument("--add", type=float, default=0.4,
                         help="a writer's work per step (rank, turn, reduction), in steps")
     parser.add_argument("--writers", type=int, default=2, help="dQ writer warps per CTA")
+    parser.add_argument("--groups", type=lambda v: [int(g) for g in v.split(",")],
+                        default=[], help="column group sizes to model, e.g. 1,4,8")
+    parser.add_argument("--l2-mb", type=int, default=25,
+                        help="the L2 a tile can stay in (the H100's 50 MB is two halves)")
     args = parser.parse_args()
+    print(f"makespan over the ideal / L2 misses of the tile touches (LRU of {args.l2_mb} MB "
+          "in 64 KB tiles)")
     print("| order (launch / steps / dQ) | " + " | ".join(layouts(args.seq_len)) + " |")
     rows = {}
     for name, layout in layouts(args.seq_len).items():
@@ -94,14 +125,18 @@ def main():
         one = lambda n: 0
         long_lists = lambda n: int(2 * count[n] >= mask.shape[0])
         ideal = mask.sum() * 2 * args.columns / args.sms
-        for label, launch, steps, slot in (
-                ("descending n, ascending steps", descending, forward, one),
-                ("longest first, ascending steps", longest, forward, one),
-                ("longest first, steps from the end", longest, backward, one),
-                ("the same, long lists in a dQ slot of their own", longest, backward, long_lists)):
-            time = makespan(mask, args.columns, launch, steps, slot, args.sms, args.add,
-                            writers=args.writers)
-            rows.setdefault(label, []).append(f"{time / ideal:.3f}")
+        for label, launch, steps, slot, group in (
+                ("descending n, ascending steps", descending, forward, one, None),
+                ("longest first, ascending steps", longest, forward, one, None),
+                ("longest first, steps from the end", longest, backward, one, None),
+                ("the same, long lists in a dQ slot of their own", longest, backward,
+                 long_lists, None),
+                *((f"the same, columns in groups of {g}", longest, backward, long_lists, g)
+                  for g in args.groups)):
+            time, misses = makespan(mask, args.columns, launch, steps, slot, args.sms, args.add,
+                                  writers=args.writers, group=group,
+                                  l2_tiles=args.l2_mb * 16)
+            rows.setdefault(label, []).append(f"{time / ideal:.3f} / {misses:.2f}")
     for label, values in rows.items():
         print(f"| {label} | " + " | ".join(values) + " |")
 

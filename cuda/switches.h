@@ -53,6 +53,10 @@
 //     end in FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs:
 //     attention/bwd_sm90_onepass.cu, DQ_FIRST); off, dK is issued before the dS^T store;
 //     the same results bit for bit
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP=N (unset: every (batch, kv head) in one group):
+//     variant 4's launch order takes the (batch, kv head) pairs N at a time, each group's
+//     key blocks launched before the next group's (fewer query tiles in flight, for L2:
+//     benchmarks/onepass_schedule_model.py --groups); the same results bit for bit
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward
 //     (variants 2 and 3: attention/bwd_sm90_d256.cu; on the H200, RESULTS 2026-12-05, 14x
 //     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
@@ -147,6 +151,8 @@ struct Switches {
   int attn_bwd_variant;   // 0..4 when the value starts with that digit, else -1 (default)
   bool attn_bwd_onepass_dq_first;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST: anything but
                                    // "0" (unset: on)
+  int attn_bwd_onepass_group;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP: N >= 1 its value,
+                               // else 0 (every (batch, kv head) in one group)
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
   bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "0"

@@ -496,11 +496,16 @@ def test_onepass_backward_deterministic_over_runs():
         assert backward and all(k == FA3_BWD["4"] for k in backward), (name, backward)
 
 
-def test_onepass_dq_first_switch():
-    """JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0: variant 4's steps end in the other
-    order than the default's (dK issued before the dS^T store, the dQ partial copied out
-    after both products): dq, dk, dv against float64 (the VARIANT3_CASES: causal, empty rows, GQA, per head, Tq != Tk,
-    kv_lengths, traced, head dim 64), bitwise deterministic over runs."""
+@pytest.mark.parametrize("switch", [("ONEPASS_DQ_FIRST", "0"), ("ONEPASS_GROUP", "1"),
+                                    ("ONEPASS_GROUP", "3")], ids="=".join)
+def test_onepass_switches(switch):
+    """Variant 4 under its switches: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0 (the steps
+    end in the other order than the default's: dK issued before the dS^T store, the dQ
+    partial copied out after both products) and JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP=1 / 3
+    (the launch order takes the (batch, kv head) pairs 1 / 3 at a time: 3 leaves a shorter
+    last group): dq, dk, dv against float64 (the VARIANT3_CASES: causal, empty rows, GQA,
+    per head, Tq != Tk, kv_lengths, traced, head dim 64), bitwise deterministic over
+    runs."""
     if not sm90():
         pytest.skip("the one-pass backward needs an sm_90 GPU (H100 / H200)")
     cases = [(name, ("bf16", "f16")[i % 2]) for i, name in enumerate(VARIANT3_CASES)]
@@ -508,7 +513,7 @@ def test_onepass_dq_first_switch():
     code = (f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r}); "
             f"t.run_repeats({names!r}, 3)")
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="4",
-                        JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST="0").stderr
+                        **{f"JAX_BLOCKSPARSE_ATTN_BWD_{switch[0]}": switch[1]}).stderr
     assert_backward_is_fa3(stderr, cases, "4")
     logs = kernels_by_case(stderr)
     for name in names:

@@ -82,9 +82,11 @@
 // the next waiter fences the async proxy after its acquire.
 //
 // Deadlock freedom: a CTA only ever waits for CTAs of the same (batch, kv head) before it
-// in `order`. The grid is (B * Hkv, Rk) with key block order[blockIdx.y]: those CTAs
-// have smaller linear block indices, and the hardware dispatches CTAs in increasing linear
-// index (the assumption FlashAttention-3's deterministic backward rests on too). Take the
+// in `order`. The grid is one-dimensional: the (batch, kv head) pairs in groups of
+// `group` (all of them unless JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP says fewer), a group's
+// CTAs before the next group's, inside a group the position in `order` slowest: the CTAs
+// a CTA can wait for have smaller block indices, and the hardware dispatches CTAs in
+// increasing index (the assumption FlashAttention-3's deterministic backward rests on too). Take the
 // unfinished CTA with the smallest linear index: it is resident (every CTA before it has
 // finished, so a slot was free for it), every CTA it can wait for has finished and so has
 // made each increment it will ever make: all its waits succeed, it finishes. By induction
@@ -103,7 +105,11 @@
 // that every other adder waits for; measured with the key blocks fastest: 0.71x variant
 // 2), 1.101 with the global key blocks in a slot of their own (the slots above; no change
 // on the other four). (batch, kv head) varies fastest, so a head's CTAs start
-// spread over the waves, not all in one.
+// spread over the waves, not all in one. The cost of that (the same model, an LRU of 25 MB
+// over the steps' 64 KB tiles of Q, dO and dq_accum): the waves touch query tiles of every
+// head, and on the sparse layouts 37-56% of the touches miss (causal: 13%); groups of 4
+// pairs cut the misses to 2-16% for a longer makespan (--groups: 1.06-1.17 on four
+// layouts, 1.5-1.9 on fixed and bigbird): the switch above, to be measured.
 //
 // Masks: as variant 2's dK/dV kernel (element masks on partial entries and on the key
 // block cut by kv_lengths; masked elements get P = 0 and dS = 0 by selection). The dS K
@@ -257,7 +263,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     OnePassKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
                   const __grid_constant__ CUtensorMap tm_do,
                   const __grid_constant__ CUtensorMap tm_k,
-                  const __grid_constant__ CUtensorMap tm_v) {
+                  const __grid_constant__ CUtensorMap tm_v, const int group) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Smem<D, STAGES, DQB>;
   constexpr int kT = S::kT;
@@ -280,13 +286,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 
   const int tid = threadIdx.x, wgi = tid / 128;
-  const int bh = blockIdx.x, b = bh / a.hkv, hk = bh % a.hkv;
+  // the launch order (header comment): the (batch, kv head) pairs in groups of `group`,
+  // each group's CTAs before the next group's, the pairs of a group fastest
+  const int pairs = a.batch * a.hkv, c0 = int(blockIdx.x) / (group * a.by_key.lines) * group;
+  const int in_group = min(group, pairs - c0), rel = int(blockIdx.x) - c0 * a.by_key.lines;
+  const int bh = c0 + rel % in_group, b = bh / a.hkv, hk = bh % a.hkv;
   const Lists& L = a.by_key;
   const int h_first = hk * a.group;
   // the group's first mask head (with lists per batch entry: of batch entry b)
   const int hm0 = MaskHead(a, b, a.hm == 1 ? 0 : h_first);
   // the key block: launch order (header comment)
-  const int rk = __ldg(L.order + int64_t(hm0) * L.lines + int(blockIdx.y));
+  const int rk = __ldg(L.order + int64_t(hm0) * L.lines + rel / in_group);
   const int k0 = rk * kBS;
   const int off = QueryOffset(a, b);  // causal position of query row 0
   const int kvlen = KvLength(a, b);
@@ -712,7 +722,8 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.lse) ||
       !aligned(a.delta) || !aligned(a.dq_accum))
     return cudaErrorInvalidValue;
-  if (a.by_key.lines > 65535) return cudaErrorInvalidValue;
+  const int64_t ctas = int64_t(a.batch) * a.hkv * a.by_key.lines;  // the one-pass grid
+  if (ctas > 0x7fffffff) return cudaErrorInvalidValue;
   const int64_t tiles = int64_t(a.batch) * a.hq * (a.tq / kBQ);  // 64-row tiles of dQ
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;  // DqConvertKernel's grid
 
@@ -748,10 +759,10 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
                          : OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false>;
     err = AllowDynamicSmem(configured[dq_first], reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
-    // y: the position in the by-key `order`, (batch, kv head) fastest: see the deadlock
-    // argument and the order in the header comment
-    const dim3 grid(unsigned(a.batch * a.hkv), unsigned(a.by_key.lines));
-    kern<<<grid, kThreads, smem, stream>>>(a, tq, tdo, tk, tv);
+    // one CTA per (batch, kv head, key block), in the launch order of the header comment
+    const int pairs = a.batch * a.hkv, switched = GetSwitches().attn_bwd_onepass_group;
+    const int group = switched > 0 && switched < pairs ? switched : pairs;
+    kern<<<unsigned(ctas), kThreads, smem, stream>>>(a, tq, tdo, tk, tv, group);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
