@@ -2,10 +2,11 @@
 backward variant 4): how long its CTAs take, in units of one 64-query step, under a launch
 order, an order of each CTA's steps and the dQ adds' fixed order, on the six-pattern
 benchmark's layouts. No GPU: a CPU estimate of the schedule's cost (waits in the ordered
-dQ chains, the tail), printed as the makespan over the ideal (every SM busy).
+dQ chains, the tail), printed as the makespan over the ideal (every SM busy), and of its
+locality: the fraction of the steps' tile touches that miss an LRU cache of `--l2-mb`.
 
     python benchmarks/onepass_schedule_model.py [--seq-len 8192] [--columns 32]
-        [--sms 132] [--add 0.4] [--writers 2]
+        [--sms 132] [--add 0.4] [--writers 2] [--groups 2,4,8] [--l2-mb 25]
 
 Model: per (batch x kv head) column and key block n, one CTA of count(n) listed query
 blocks x 2 steps of length 1 (plus a fixed cost of 1); CTAs start in linear launch order
@@ -17,6 +18,10 @@ own (kOnePassDqSlots). The model puts the writers' gain only where a writer's wo
 step passes about one step (--add above 1); on the H100 the second writer made the causal
 kernel 1.44x faster (RESULTS 2026-12-06 sixth session): the real chain per step (the
 reduction's round trip to L2 and the semaphore's release included) is that long.
+Locality: each step touches its 64-query tile twice (the Q and dO loads at its start, the
+dq_accum add at its end; 64 KB at D 128), replayed in time order through the LRU.
+`--groups` adds launch orders that take the columns that many at a time
+(JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP).
 """
 
 from __future__ import annotations
