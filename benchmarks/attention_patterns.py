@@ -278,8 +278,8 @@ def ours_per_variant(args, rows):
                 "JAX_BLOCKSPARSE_ATTN_BWD_TILED64": ("1" if "t" in letters else
                                                      "0" if "r" in letters else ""),
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "0" if "k" in letters else "",
-                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": "".join(
-                    re.findall(r"g(\d+)", letters)),
+                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": (
+                    group.group(1) if (group := re.search(r"g(\d+)", letters)) else ""),
                 "JAX_BLOCKSPARSE_ATTN_BWD_D256": "0" if "n" in letters else ""}
     runs += [(backward_switches(v), f"b{v} ")
              for v in (args.bwd_variants or "").split(",") if v]

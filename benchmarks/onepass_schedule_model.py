@@ -37,14 +37,14 @@ import jax_blocksparse as jbs
 
 def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixed=1.0,
              writers=2, group=None, l2_tiles=400):
-    """(time until the last CTA ends, the most query blocks live at once): `launch` the key
-    blocks in launch order (every column the same; columns fastest, or with `group` the
-    columns in groups of that many, each group's CTAs launched before the next group's),
-    `steps_of(n)` a CTA's query tiles in walk order, `slot(n)` its
-    dQ slot; the adds into a (slot, tile) follow the launch order; a CTA's `writers` dQ
-    writer warps take its steps in turn (kDqWriters). And the fraction of the steps' tile
-    touches (its Q and dO loads at the step's start, its dq_accum add at the end: 64 KB at
-    D 128 per 64-query tile) that miss an LRU cache of `l2_tiles` tiles."""
+    """(time until the last CTA ends, the fraction of the steps' tile touches that miss an
+    LRU cache of `l2_tiles` tiles): `launch` the key blocks in launch order (every column
+    the same; columns fastest, or with `group` the columns in groups of that many, each
+    group's CTAs launched before the next group's), `steps_of(n)` a CTA's query tiles in
+    walk order, `slot(n)` its dQ slot; the adds into a (slot, tile) follow the launch
+    order; a CTA's `writers` dQ writer warps take its steps in turn (kDqWriters). A step
+    touches its tile with its Q and dO loads at its start and its dq_accum add at its end
+    (64 KB at D 128 per 64-query tile)."""
     rows = mask.shape[0]
     position = {n: i for i, n in enumerate(launch)}
     adders = {m: sorted(np.flatnonzero(mask[m]), key=position.__getitem__) for m in range(rows)}
@@ -138,9 +138,9 @@ def main():
                  long_lists, None),
                 *((f"the same, columns in groups of {g}", longest, backward, long_lists, g)
                   for g in args.groups)):
-            time, misses = makespan(mask, args.columns, launch, steps, slot, args.sms, args.add,
-                                  writers=args.writers, group=group,
-                                  l2_tiles=args.l2_mb * 16)
+            time, misses = makespan(mask, args.columns, launch, steps, slot, args.sms,
+                                    args.add, writers=args.writers, group=group,
+                                    l2_tiles=args.l2_mb * 16)
             rows.setdefault(label, []).append(f"{time / ideal:.3f} / {misses:.2f}")
     for label, values in rows.items():
         print(f"| {label} | " + " | ".join(values) + " |")

@@ -86,8 +86,8 @@
 // `group` (all of them unless JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP says fewer), a group's
 // CTAs before the next group's, inside a group the position in `order` slowest: the CTAs
 // a CTA can wait for have smaller block indices, and the hardware dispatches CTAs in
-// increasing index (the assumption FlashAttention-3's deterministic backward rests on too). Take the
-// unfinished CTA with the smallest linear index: it is resident (every CTA before it has
+// increasing index (the assumption FlashAttention-3's deterministic backward rests on
+// too). Take the unfinished CTA with the smallest linear index: it is resident (every CTA before it has
 // finished, so a slot was free for it), every CTA it can wait for has finished and so has
 // made each increment it will ever make: all its waits succeed, it finishes. By induction
 // every CTA finishes. Inside a CTA nothing else waits on other CTAs (the ring and the dQ
@@ -722,7 +722,8 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.lse) ||
       !aligned(a.delta) || !aligned(a.dq_accum))
     return cudaErrorInvalidValue;
-  const int64_t ctas = int64_t(a.batch) * a.hkv * a.by_key.lines;  // the one-pass grid
+  const int pairs = a.batch * a.hkv;  // (batch, kv head)
+  const int64_t ctas = int64_t(pairs) * a.by_key.lines;  // the one-pass grid
   if (ctas > 0x7fffffff) return cudaErrorInvalidValue;
   const int64_t tiles = int64_t(a.batch) * a.hq * (a.tq / kBQ);  // 64-row tiles of dQ
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;  // DqConvertKernel's grid
@@ -760,7 +761,7 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
     err = AllowDynamicSmem(configured[dq_first], reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
     // one CTA per (batch, kv head, key block), in the launch order of the header comment
-    const int pairs = a.batch * a.hkv, switched = GetSwitches().attn_bwd_onepass_group;
+    const int switched = GetSwitches().attn_bwd_onepass_group;
     const int group = switched > 0 && switched < pairs ? switched : pairs;
     kern<<<unsigned(ctas), kThreads, smem, stream>>>(a, tq, tdo, tk, tv, group);
     err = cudaGetLastError();
