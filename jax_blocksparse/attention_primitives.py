@@ -128,11 +128,24 @@ def with_sinks(o, lse, sinks):
     as an operand instead and start each row's online softmax from the sink (the same
     result, no pass over o)."""
     f = _lse_dtype(o.dtype)
-    sink = sinks.astype(lse.dtype)[None, :, None]  # [1, Hq, 1]
-    lse_all = jnp.logaddexp(lse, sink)
-    keep = jnp.exp(lse - lse_all)  # the keys' share of the row: 0 for a row with no key
+    keep, lse_all = keys_share(lse, sinks.astype(lse.dtype)[None, :, None])  # [1, Hq, 1]
     o = (o.astype(f) * jnp.swapaxes(keep, 1, 2)[..., None].astype(f)).astype(o.dtype)
     return o, lse_all
+
+
+def keys_share(lse_keys, sink):
+    """`(exp(lse_keys - lse'), lse')` with `lse' = logaddexp(lse_keys, sink)`: the keys'
+    share of a row whose sink logit is `sink` (broadcast against `lse_keys`), 0 for a row
+    with no key. A sink of `-inf` (a head without one) leaves the row as it is; such a row
+    with no key has `lse' = -inf`, and the share and its derivatives stay finite there
+    (`exp(-inf - -inf)` is never formed, nor `logaddexp`'s derivative at (-inf, -inf):
+    NaN; that row's `lse'` has derivative 0)."""
+    empty = lse_keys == -jnp.inf
+    void = empty & (sink == -jnp.inf)  # no key and no sink
+    lse_all = jnp.where(void, -jnp.inf, jnp.logaddexp(jnp.where(void, 0.0, lse_keys),
+                                                      jnp.where(void, 0.0, sink)))
+    share = jnp.exp(jnp.where(empty, 0.0, lse_keys - jnp.where(empty, 0.0, lse_all)))
+    return jnp.where(empty, 0.0, share), lse_all
 
 
 # --------------------------------------------------------------- reference (pure JAX)
@@ -281,9 +294,7 @@ def backward_reference(q, k, v, o, lse, d_o, d_lse, sinks, *ctx, **params):
         segments=params["segments"], softcap=cap)
     p, lse_keys = _softmax(s, allowed)
     if _has_sinks(sinks):  # the keys' share of each row (0 for a row with no key)
-        sink = sinks.astype(lse_keys.dtype)[None, :, None, None]
-        keep = jnp.where(jnp.isfinite(lse_keys),
-                         jnp.exp(lse_keys - jnp.logaddexp(lse_keys, sink)), 0.0)
+        keep, _ = keys_share(lse_keys, sinks.astype(lse_keys.dtype)[None, :, None, None])
         p = p * keep[..., None, None]
     b, tq, hq, d = q.shape
     tk, hkv = k.shape[1], k.shape[2]
@@ -419,7 +430,10 @@ def _sink_tangent(o, lse, sinks, d_sinks, d_o, d_lse):
     `with_sinks`'s). Computed in float32 (float64 for float64)."""
     def add(o, lse, d_o, d_lse, sinks, d_sinks):
         f = lse.dtype
-        w = jnp.exp(sinks.astype(f)[None, :, None] - lse) * d_sinks.astype(f)[None, :, None]
+        # P_sink; 0 where lse is -inf (a sink of -inf on a row with no key: never NaN)
+        p_sink = jnp.exp(jnp.where(lse == -jnp.inf, -jnp.inf,
+                                   sinks.astype(f)[None, :, None] - lse))
+        w = p_sink * d_sinks.astype(f)[None, :, None]
         d_o = (d_o.astype(f) - o.astype(f) * jnp.swapaxes(w, 1, 2)[..., None]).astype(d_o.dtype)
         return d_o, d_lse + w
     return _partitioning.auto_mode(add, (d_o, d_lse))(o, lse, d_o, d_lse, sinks, d_sinks)

@@ -146,6 +146,48 @@ def test_sinks_of_any_float_dtype():
     assert g.dtype == jnp.bfloat16 and np.all(np.asarray(g, np.float32) != 0)
 
 
+@pytest.mark.parametrize("rows", ["prefill", "decode"])
+def test_sink_of_minus_infinity_is_no_sink(platform, rows):
+    """A sink of `-inf` switches its head's sink off: the same values, lse and gradients as
+    a sink far below every score (-1e4), a sink gradient of 0 for that head, and on a row
+    with no key an output of 0 with lse `-inf`; nothing NaN (`exp(-inf - -inf)` was formed
+    in `with_sinks` and the sinks' tangent)."""
+    rng = np.random.default_rng(11)
+    b, t, hq, hkv, d, bs = 2, 64, 4, 2, 16, 16
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+    q, k, v = arr(b, t, hq, d), arr(b, t, hkv, d), arr(b, t, hkv, d)
+    layout = jbs.Layout(_random_mask(rng, (hq, t // bs, t // bs)), bs)  # block row 1 empty
+    off = {"prefill": 0, "decode": 20}[rows]  # decode: 3 rows at 20-22, of block row 1
+    q = q[:, off:off + 3] if rows == "decode" else q
+    f = lambda q, k, v, s: jbs.attention(q, k, v, layout, sinks=s, q_offset=off or None,
+                                         return_lse=True)
+    sinks = jnp.asarray([-jnp.inf, 0.5, -jnp.inf, -1.0], jnp.float32)
+    far = jnp.where(jnp.isinf(sinks), -1e4, sinks)
+    poison(platform)
+    (o, lse), vjp = jax.vjp(jax.jit(f), q, k, v, sinks)
+    (o_far, lse_far), vjp_far = jax.vjp(jax.jit(f), q, k, v, far)
+    cots = (arr(*o.shape), arr(*lse.shape))
+    grads, grads_far = jax.jit(vjp)(cots), jax.jit(vjp_far)(cots)
+    empty = np.asarray(lse) == -np.inf  # rows with no key of a sink-less head
+    no_key = ~np.asarray(layout.mask).any(-1)[:, (off + np.arange(o.shape[1])) // bs]
+    want_empty = no_key & np.isinf(np.asarray(sinks))[:, None]  # [Hq, Tq]
+    np.testing.assert_array_equal(empty, np.broadcast_to(want_empty, empty.shape))
+    assert empty.any() and not np.isinf(np.asarray(lse_far)).any()
+    np.testing.assert_allclose(np.asarray(lse)[~empty], np.asarray(lse_far)[~empty],
+                               rtol=1e-6)
+    np.testing.assert_allclose(o, o_far, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(o).transpose(0, 2, 1, 3)[empty], 0)
+    for g, w in zip(grads[:3], grads_far[:3]):
+        assert np.isfinite(np.asarray(g)).all()
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+    # the sinks' gradient: 0 for the -inf heads (the far sink's is not: it is the lse of
+    # the rows with no key), the other heads' as with the far sinks
+    np.testing.assert_array_equal(np.asarray(grads[3])[[0, 2]], 0)
+    np.testing.assert_allclose(np.asarray(grads[3])[[1, 3]], np.asarray(grads_far[3])[[1, 3]],
+                               rtol=1e-4)
+    assert np.all(np.asarray(grads[3])[[1, 3]] != 0)
+
+
 def _decode_case(dtype, seed=0):
     rng = np.random.default_rng(seed)
     b, t, hq, hkv, d, bs, n = 2, 64, 4, 2, 16, 16, 3
