@@ -108,6 +108,20 @@ def _check(q, k, v, mask, kv_lengths, positioned):
                              f"{kv_lengths.dtype}{list(kv_lengths.shape)}")
 
 
+def _fits_int32(dtype):
+    """Whether every value of integer `dtype` is an int32 value."""
+    return jnp.iinfo(dtype).min >= -2**31 and jnp.iinfo(dtype).max <= 2**31 - 1
+
+
+def _saturated_int32(x, lo=-2**31, hi=2**31 - 1):
+    """Integer array `x` as int32, its values clamped into `[lo, hi]` in its own dtype
+    first: an int64 `2**32 + 5` stays large (not 5), a uint32 `2**31 + 5` positive."""
+    info = jnp.iinfo(x.dtype)
+    if info.min < lo or info.max > hi:
+        x = jnp.clip(x, max(lo, info.min), min(hi, info.max))
+    return x.astype(jnp.int32)
+
+
 def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
     """The int32 `(q ids [B, Tq], kv ids [B, Tk])`, or shared placeholders `[1, 1]` when
     there are none; and whether there are."""
@@ -128,8 +142,16 @@ def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
         if x.shape != (b, t) or not jnp.issubdtype(x.dtype, jnp.integer):
             raise ValueError(f"attention: {name} must be an integer array [B={b}, {t}]; got "
                              f"{x.dtype}{list(x.shape)}")
-        ids.append(x.astype(jnp.int32))
-    return ids[0], ids[1], True
+        ids.append(x)
+    if all(_fits_int32(x.dtype) for x in ids):
+        return ids[0].astype(jnp.int32), ids[1].astype(jnp.int32), True
+    # ids wider than int32: each replaced by its rank among the batch entry's q and kv ids
+    # (the index of its first occurrence in their sorted concatenation), which keeps the
+    # equalities and the order that the masks and the tile skipping read
+    joint = jnp.concatenate(ids, axis=1)
+    rank = jax.vmap(lambda row: jnp.searchsorted(jnp.sort(row), row, side="left"))(joint)
+    rank = rank.astype(jnp.int32)
+    return rank[:, :tq], rank[:, tq:], True
 
 
 def _context(mask, causal, tq, tk, offset=None, documents=None):
@@ -276,14 +298,18 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         key) are never read, whatever they hold (`-1` padding is fine); an entry outside
         `[0, P)` that the call needs makes the rows of that batch entry NaN, never a read
         outside the pools.
+        Integer arguments of any width are taken by value: kv_lengths, q_offset and
+        page_table entries outside int32 saturate (keeping their meaning above), and
+        segment ids wider than int32 are compared exactly.
       return_lse: also return the log-sum-exp `[B, Hq, Tq]` (float32; float64 for float64).
       sinks: optional float array `[Hq]` (any float dtype; computed in float32, float64
         for float64 inputs): attention sinks (StreamingLLM, Xiao et al. 2023; gpt-oss),
         one logit per query head in the units of the scaled scores. Row i of head h is
         then `o_i = sum_j exp(s_ij) v_j / (exp(sinks[h]) + sum_j exp(s_ij))` over its
         allowed keys and its log-sum-exp `log(exp(sinks[h]) + sum_j exp(s_ij))`; a row
-        with no allowed key outputs 0 with lse `sinks[h]`. Differentiable (gradients
-        flow to `sinks`).
+        with no allowed key outputs 0 with lse `sinks[h]`. A sink of `-inf` is no sink
+        for its head (such a row: 0, lse `-inf`, as without sinks). Differentiable
+        (gradients flow to `sinks`).
       logits_soft_cap: optional Python float `> 0` (static): logit soft-capping (Gemma 2,
         Team Gemma 2024): the scaled scores become `cap * tanh(s / cap)` before the mask
         and the softmax; gradients include the factor `1 - tanh²(s / cap)`.
@@ -371,7 +397,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         # compare or clamp), distinct so that XLA keeps a constant in memory (one whose
         # entries are all equal becomes a broadcast kernel launched on every call)
         kv_lengths = np.minimum(tk + np.arange(b, dtype=np.int64), 2**31 - 1).astype(np.int32)
-    kv_lengths = jnp.asarray(kv_lengths).astype(jnp.int32)
+    kv_lengths = _saturated_int32(jnp.asarray(kv_lengths))
     offset = None if q_offset is None else _q_offset(q_offset, b)
     if causal and offset is not None:  # keys after the last query's position: no query of
         kv_lengths = jnp.minimum(kv_lengths, offset + tq)  # the call attends them
@@ -583,11 +609,14 @@ def _checked_pages(page_table, pool_shape, lists, offset, tq, bs, kv_lengths):
 
 def _q_offset(q_offset, b):
     """`q_offset` as int32 `[B]` (an int or a scalar serves every batch entry)."""
+    if isinstance(q_offset, int) and not isinstance(q_offset, bool):
+        q_offset = min(max(q_offset, -2**30), 2**30)  # a Python int of any size
     q_offset = jnp.asarray(q_offset)
     if not jnp.issubdtype(q_offset.dtype, jnp.integer) or q_offset.shape not in ((), (b,)):
         raise ValueError(f"attention: q_offset must be an int or an integer array [B={b}]; "
                          f"got {q_offset.dtype}{list(q_offset.shape)}")
-    return jnp.broadcast_to(q_offset.astype(jnp.int32), (b,))
+    # +-2**30: outside any mask's rows either way, and `offset + Tq` stays in int32
+    return jnp.broadcast_to(_saturated_int32(q_offset, -2**30, 2**30), (b,))
 
 
 def _check_pages(q, k, v, page_table):
@@ -602,7 +631,7 @@ def _check_pages(q, k, v, page_table):
         if x.ndim != 4 or x.shape[3] != d or 0 in x.shape:
             raise ValueError(f"attention: with page_table, {name} must be a page pool "
                              f"[P, page_size, Hkv, D={d}]; got shape {x.shape}")
-    return page_table.astype(jnp.int32)
+    return _saturated_int32(page_table)
 
 
 def _mask_rows(mask) -> int:

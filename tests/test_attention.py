@@ -313,6 +313,35 @@ def test_bad_input():
             jax.jit(call)()
 
 
+def test_integers_wider_than_int32_keep_their_meaning():
+    """int64 / uint32 kv_lengths, q_offset, page_table and segment ids (numpy's default
+    int64 under x64) are not wrapped into int32: a length past Tk means every key, a
+    position or page far out of range stays out of range (NaN rows), and ids 0 and 2**32
+    are two documents (also traced)."""
+    rng = np.random.default_rng(21)
+    with float64_enabled():
+        arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+        q, k, v = arr(1, 32, 1, 8), arr(1, 32, 1, 8), arr(1, 32, 1, 8)
+        layout = jbs.Layout(np.ones((2, 2), bool), 16)
+        every = jbs.attention(q, k, v, layout)
+        for n in (jnp.asarray([2**32 + 5], jnp.int64), jnp.asarray([2**31 + 5], jnp.uint32)):
+            np.testing.assert_array_equal(jbs.attention(q, k, v, layout, kv_lengths=n), every)
+        ids = np.zeros((1, 32), np.int64)
+        ids[0, 16:] = 2**32
+        want = jbs.attention(q, k, v, layout, q_segment_ids=(ids > 0).astype(np.int32))
+        for call in (lambda s: jbs.attention(q, k, v, layout, q_segment_ids=s),
+                     jax.jit(lambda s: jbs.attention(q, k, v, layout, q_segment_ids=s))):
+            np.testing.assert_array_equal(call(ids), want)
+        assert not np.array_equal(want, every)  # the two documents differ from one
+        for offset in (jnp.asarray([2**32 + 3], jnp.int64), 2**40, -2**40):
+            assert np.isnan(np.asarray(jbs.attention(q[:, :2], k, v, layout,
+                                                     q_offset=offset))).all()
+        pool = arr(3, 16, 1, 8)
+        table = jnp.asarray([[0, 2**32 + 1]], jnp.int64)  # page 1 + 2**32: out of range
+        assert np.isnan(np.asarray(jbs.attention(q[:, :2], pool, pool, layout, q_offset=30,
+                                                 page_table=table))).all()
+
+
 def test_traced_causal_and_scale_are_refused_by_name():
     layout = jbs.layouts.causal(128, 64)
     q = jnp.ones((1, 128, 1, 64))
