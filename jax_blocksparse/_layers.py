@@ -164,6 +164,35 @@ def check_attention_features(num_heads, num_kv_heads, qkv_features):
                          f"({num_kv_heads})")
 
 
+def projection_features(where, features, kv_features, num_heads, num_kv_heads, qkv_features,
+                        out_features, q_layout, kv_layout, out_layout):
+    """The attention modules' `(qkv_features, out_features)`: as given, else the block-sparse
+    projection's width (`q_layout`'s columns, `out_layout`'s), else `features`; each given
+    projection layout checked against the matrix it stands for.
+
+    Raises:
+      ValueError: naming the argument, when a layout's shape (in elements) is not
+        `(features, qkv_features)` (q_layout), `(kv features, num_kv_heads * head_dim)`
+        (kv_layout) or `(qkv_features, out_features)` (out_layout), or the head counts do
+        not divide (`check_attention_features`).
+    """
+    qkv = qkv_features or (q_layout.shape[1] if q_layout is not None else features)
+    check_attention_features(num_heads, num_kv_heads, qkv)
+    head_dim = qkv // num_heads
+    out = out_features or (out_layout.shape[1] if out_layout is not None else features)
+    wanted = (("q_layout", q_layout, (features, qkv), "features x qkv_features"),
+              ("kv_layout", kv_layout, (kv_features, num_kv_heads * head_dim),
+               "key/value features x num_kv_heads * head_dim"),
+              ("out_layout", out_layout, (qkv, out), "qkv_features x out_features"))
+    for name, layout, shape, meaning in wanted:
+        if layout is not None and tuple(layout.shape) != shape:
+            raise ValueError(f"{where}: {name} covers a {layout.shape[0]} x {layout.shape[1]} "
+                             f"matrix; its projection is {shape[0]} x {shape[1]} ({meaning}, "
+                             f"qkv_features={qkv}, out_features={out}, "
+                             f"head_dim={head_dim})")
+    return qkv, out
+
+
 def attend(q, k, v, layout, block_mask, causal, dtype, **masking):
     """q `[B, T, H, D]`, k/v `[B, S, Hkv, D]` -> `[B, T, H, D]` through `attention`, over
     the call's `block_mask` if given, else the module's `layout`. `masking`: attention's

@@ -116,7 +116,9 @@ class BlockSparseMultiHeadAttention(nn.Module):
     (`DenseGeneral` kernels `[features, heads, head_dim]`) and `out` (`[heads, head_dim,
     out_features]`). Give `q_layout` / `kv_layout` (over `(features, heads * head_dim)`)
     or `out_layout` (over `(qkv_features, out_features)`) to make those projections
-    block-sparse too (`BlockSparseDense` submodules under the same names).
+    block-sparse too (`BlockSparseDense` submodules under the same names); without
+    `qkv_features` / `out_features` their widths set them, and a layout that contradicts
+    the features raises ValueError naming it.
     `layout`: the attention layout, mask `[1 or num_heads, T/bs, S/bs]` (None: every call
     gives a `block_mask`).
     `__call__(inputs_q [B, T, F], inputs_k=None, inputs_v=None, *, kv_lengths=None,
@@ -160,9 +162,11 @@ class BlockSparseMultiHeadAttention(nn.Module):
         inputs_k = inputs_q if inputs_k is None else inputs_k
         inputs_v = inputs_k if inputs_v is None else inputs_v
         features = inputs_q.shape[-1]
-        qkv_features = self.qkv_features or features
         kv_heads = self.num_kv_heads or self.num_heads
-        _layers.check_attention_features(self.num_heads, kv_heads, qkv_features)
+        qkv_features, out_features = _layers.projection_features(
+            "BlockSparseMultiHeadAttention", features, inputs_k.shape[-1], self.num_heads,
+            kv_heads, self.qkv_features, self.out_features, self.q_layout, self.kv_layout,
+            self.out_layout)
         head_dim = qkv_features // self.num_heads
         q = self._project(inputs_q, self.num_heads, head_dim, self.q_layout, "query")
         k = self._project(inputs_k, kv_heads, head_dim, self.kv_layout, "key")
@@ -174,7 +178,6 @@ class BlockSparseMultiHeadAttention(nn.Module):
                            kv_lengths=kv_lengths, q_segment_ids=segment_ids,
                            kv_segment_ids=kv_segment_ids, sinks=sinks,
                            logits_soft_cap=self.logits_soft_cap)
-        out_features = self.out_features or features
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                       precision=self.precision, bias_init=self.bias_init, name="out")
         if self.out_layout is not None:

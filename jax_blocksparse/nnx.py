@@ -97,7 +97,9 @@ class BlockSparseConv(nnx.Module):
 class BlockSparseMultiHeadAttention(nnx.Module):
     """Multi-head (grouped-query) attention over a block-sparse `layout`, following
     `nnx.MultiHeadAttention` (projections `query`, `key`, `value`, `out`); `q_layout`,
-    `kv_layout`, `out_layout` make those projections block-sparse. `layout` may be None
+    `kv_layout`, `out_layout` make those projections block-sparse (without `qkv_features` /
+    `out_features` their widths set them; a contradiction raises ValueError naming the
+    layout). `layout` may be None
     when every call gives a `block_mask`. `__call__` takes `kv_lengths`, `segment_ids`
     (`[B, T]`, packed documents), `kv_segment_ids` and `block_mask` (a `BlockMask` that
     replaces `layout` for that call), as the linen module does. `use_sinks`: a learned
@@ -113,10 +115,10 @@ class BlockSparseMultiHeadAttention(nnx.Module):
                  bias_init: Initializer = nnx.initializers.zeros, use_bias: bool = True,
                  use_sinks: bool = False, logits_soft_cap: float | None = None,
                  rngs: nnx.Rngs):
-        qkv_features = qkv_features or in_features
-        out_features = out_features or in_features
         kv_heads = num_kv_heads or num_heads
-        _layers.check_attention_features(num_heads, kv_heads, qkv_features)
+        qkv_features, out_features = _layers.projection_features(
+            "BlockSparseMultiHeadAttention", in_features, in_features, num_heads, kv_heads,
+            qkv_features, out_features, q_layout, kv_layout, out_layout)
         head_dim = qkv_features // num_heads
         self.num_heads, self.kv_heads = num_heads, kv_heads
         self.layout, self.causal = layout, causal

@@ -194,6 +194,34 @@ def test_attention_gqa_sparse_projections_linen_and_nnx(platform):
     assert rel_err(m(x), np.asarray(out, np.float64)) < 1e-5
 
 
+def test_attention_projection_layouts_agree_with_the_features():
+    """A projection layout decides the width it stands for when the features are not
+    given (out_layout: out_features, q_layout: qkv_features); one that contradicts the
+    given features or the inputs raises ValueError naming it (linen and NNX), instead of
+    out_features or qkv_features being ignored."""
+    t, features = 32, 32
+    layout = jbs.layouts.causal(t, 16)
+    x = normal(6, (2, t, features))
+    square = jbs.Layout(np.ones((2, 2), bool), 16)  # 32 x 32
+    wide = jbs.Layout(np.ones((2, 3), bool), 16)    # 32 x 48
+    make = {"linen": lambda **kw: (lambda m: m.apply(m.init(jax.random.key(0), x), x))(
+                bnn.BlockSparseMultiHeadAttention(num_heads=4, layout=layout, **kw)),
+            "nnx": lambda **kw: bnnx.BlockSparseMultiHeadAttention(
+                4, features, layout, rngs=nnx.Rngs(0), **kw)(x)}
+    for kind, run in make.items():
+        assert run(out_layout=wide).shape == (2, t, 48), kind  # the layout's width
+        assert run(out_layout=wide, out_features=48).shape == (2, t, 48), kind
+        assert run(q_layout=wide, kv_layout=wide, out_layout=jbs.Layout(
+            np.ones((3, 2), bool), 16)).shape == (2, t, 32), kind  # qkv_features 48
+        bad = [(dict(out_layout=wide, out_features=16), "out_layout covers a 32 x 48"),
+               (dict(q_layout=square, kv_layout=square, qkv_features=64), "q_layout covers"),
+               (dict(q_layout=wide, kv_layout=square), "kv_layout covers a 32 x 32"),
+               (dict(out_layout=wide, qkv_features=64), "out_layout covers")]
+        for kw, message in bad:
+            with pytest.raises(ValueError, match=f"BlockSparseMultiHeadAttention: {message}"):
+                run(**kw)
+
+
 def test_orbax_save_and_restore(tmp_path):
     import orbax.checkpoint as ocp
 
