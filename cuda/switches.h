@@ -38,8 +38,9 @@
 //     (attention/shared.cuh CapServesAsMax: bf16 with cap <= 41, f16 with cap <= 4.1, no
 //     sinks): no tile maxima (an FMNMX per score, the quad shuffles) and no rescale; the
 //     launch line adds " cap-max"
-//   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 2 on an sm_90 device, else 0;
-//     attention/dispatch.cu kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
+//   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT (unset: 4 on an sm_90 device where the Python side
+//     declares its workspaces, else 2 there, else 0; attention/dispatch.cu
+//     kSm90BackwardDefault): =0 the FA2 backward, =2 the Hopper
 //     FA3-design backward (sm_90a; bf16/f16, head dims 64 / 128 / 256 (256 unless
 //     JAX_BLOCKSPARSE_ATTN_BWD_D256=0), block size 128, every mask source of the Hopper
 //     forward; other combinations run the default), =3 the same without the overlap of

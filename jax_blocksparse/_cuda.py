@@ -75,7 +75,7 @@ class Switches(NamedTuple):
 # is unset: 2 (the FA3-design kernels), as cuda/attention/dispatch.cu decides
 # (FindAttentionKernel, kSm90BackwardDefault).
 SM90_FORWARD_DEFAULT = 2
-SM90_BACKWARD_DEFAULT = 2
+SM90_BACKWARD_DEFAULT = 4
 # The Hopper backward variant that runs what the one-pass kernel (variant 4) leaves out:
 # partial last tiles, tile bits, a soft cap, head dims without a variant-4 row
 # (dispatch.cu: kSm90BackwardBeyondOnepass).

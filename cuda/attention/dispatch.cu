@@ -97,7 +97,8 @@ namespace {
 // compare and as a fallback). Like the Hopper forward they take every mask source
 // (documents: lists per batch entry, segment ids, partial last tiles, q_offset) and masks
 // of block size 16 / 32 / 64 on 128 x 128 tiles (AttentionBackwardParams::q_mask_bits,
-// k_mask_bits). Variant 2 is the default on an sm_90 device (kSm90BackwardDefault). Both
+// k_mask_bits). Variant 2 runs the calls the default, variant 4, leaves out
+// (kSm90BackwardBeyondOnepass). Both
 // take a logit soft cap (the last field; issue 21: P recomputed from the capped scores,
 // dS times 1 - tanh^2, as the FA2 backward does).
 #define JBS_BWD_SM90_ROWS(DT, T, D)                                                 \
@@ -118,10 +119,10 @@ namespace {
 // summed in a float32 workspace in a fixed order under per-tile semaphores: deterministic),
 // sm_90a only, head dims 64 / 128, block size 128, with segment ids, lists per batch entry
 // and q_offset (documents). Needs the dq_accum / dq_semaphores workspaces (dq_workspace).
-// Opt-in until measured; the calls it leaves out (partial last tiles, tile bits, a call
-// declared without the workspaces: jax_blocksparse/_cuda.py onepass_backward decides) run
-// variant 2's rows (kSm90BackwardBeyondOnepass, FindAttentionKernel). No soft cap (the
-// last field): a capped backward under variant 4 runs variant 2's row too.
+// The default on an sm_90 device (kSm90BackwardDefault); the calls it leaves out (partial
+// last tiles, tile bits, a call declared without the workspaces) run variant 2's rows
+// (kSm90BackwardBeyondOnepass, FindAttentionKernel). No soft cap (the last field): a capped
+// backward runs variant 2's row too.
 #define JBS_BWD_SM90_ONEPASS_ROWS(DT, T, D)                                             \
   {DT, D, 128, true, 4, "fa3_backward(one pass, deterministic dq)",                    \
    attn::RunBackwardSm90OnePass<T, D>, true, true}
@@ -217,14 +218,16 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 }  // namespace
 
 // The backward variant on an sm_90 device when JAX_BLOCKSPARSE_ATTN_BWD_VARIANT is unset
-// (jax_blocksparse/_cuda.py: SM90_BACKWARD_DEFAULT, the same value): 2, the FA3-design
-// backward (H200, 2026-12-03, benchmarks/RESULTS.md: forward + backward 1.7-1.9x the FA2
-// backward's on the six patterns, the packed documents fused; gradients bitwise equal to
-// the FA2 backward's at S 1024 and 8192). Block size 64 runs the FA2 backward's rows, or
-// with mask sources these rows on 128 x 128 tiles (TiledMaskBlock); head dim 96 runs
-// zero-padded to 128 (the Python lowering), 256 its own rows (JBS_BWD_SM90_D256_ROWS; the
-// pure-JAX path under JAX_BLOCKSPARSE_ATTN_BWD_D256=0).
-constexpr int kSm90BackwardDefault = 2;
+// (jax_blocksparse/_cuda.py: SM90_BACKWARD_DEFAULT, the same value): 4, the one-pass
+// Hopper backward (H100, 2026-12-06, benchmarks/RESULTS.md: the backward 1.30x variant 2's
+// on causal and dense, 1.02-1.10x on local and strided layouts), where the Python side
+// declares its workspaces (_cuda.py onepass_backward: not for static layouts with global
+// lines, onepass_suits), else variant 2, the FA3-design backward (H200, 2026-12-03:
+// forward + backward 1.7-1.9x the FA2 backward's). Block size 64 runs the FA2 backward's
+// rows, or with mask sources variant 2's rows on 128 x 128 tiles (TiledMaskBlock); head
+// dim 96 runs zero-padded to 128 (the Python lowering), 256 variant 2's rows
+// (JBS_BWD_SM90_D256_ROWS; the pure-JAX path under JAX_BLOCKSPARSE_ATTN_BWD_D256=0).
+constexpr int kSm90BackwardDefault = 4;
 // The Hopper backward variant that runs what the one-pass kernel (variant 4) leaves out:
 // partial last tiles, tile bits, a soft cap, head dims without a variant-4 row
 // (jax_blocksparse/_cuda.py: SM90_BACKWARD_BEYOND_ONEPASS, the same value).
