@@ -54,10 +54,11 @@
 //     end in FlashAttention-3's order (dQ, then dK, the dQ partial copied out while dK runs:
 //     attention/bwd_sm90_onepass.cu, DQ_FIRST); off, dK is issued before the dS^T store;
 //     the same results bit for bit
-//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP=N (unset: every (batch, kv head) in one group):
-//     variant 4's launch order takes the (batch, kv head) pairs N at a time, each group's
-//     key blocks launched before the next group's (fewer query tiles in flight, for L2:
-//     benchmarks/onepass_schedule_model.py --groups); the same results bit for bit
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP=N (unset: kOnePassGroupDefault = 4; =0 every
+//     (batch, kv head) in one group): variant 4's launch order takes the (batch, kv head)
+//     pairs N at a time, each group's key blocks launched before the next group's (fewer
+//     query tiles in flight, for L2: benchmarks/onepass_schedule_model.py --groups; 4 is
+//     1.00-1.18x one group on the H100, RESULTS 2026-12-07); the same results bit for bit
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward
 //     (variants 2 and 3: attention/bwd_sm90_d256.cu; on the H200, RESULTS 2026-12-05, 14x
 //     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
@@ -140,6 +141,10 @@
 
 namespace jax_blocksparse {
 
+// variant 4's launch order: the (batch, kv head) pairs in groups of this many (RESULTS
+// 2026-12-07: the sparse layouts' L2 misses)
+constexpr int kOnePassGroupDefault = 4;
+
 struct Switches {
   int debug;              // the value as an integer (atoi); 0 when unset
   bool simple_kernels;    // set to anything but "" or "0"
@@ -153,7 +158,8 @@ struct Switches {
   bool attn_bwd_onepass_dq_first;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST: anything but
                                    // "0" (unset: on)
   int attn_bwd_onepass_group;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP: N >= 1 its value,
-                               // else 0 (every (batch, kv head) in one group)
+                               // "0": 0 (every (batch, kv head) in one group), else
+                               // kOnePassGroupDefault
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
   bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "0"
