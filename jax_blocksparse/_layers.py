@@ -20,6 +20,25 @@ from .matmul import matmul
 _TRUNCATED_STD = 0.87962566103423978
 
 
+def check_layer(where, layout, dtype, param_dtype):
+    """The block-sparse layers' arguments.
+
+    Raises:
+      ValueError: naming the argument: `layout` not a 2-D `Layout` (one mask `(C, K)`; a
+        per-head mask has no meaning for a weight), `dtype` (when given) or `param_dtype`
+        not a floating dtype (an integer kernel would initialise to zeros).
+    """
+    if not isinstance(layout, Layout) or layout.mask.ndim != 2:
+        what = (f"a Layout with a {layout.mask.ndim}-D mask" if isinstance(layout, Layout)
+                else type(layout).__name__)
+        raise ValueError(f"{where}: layout must be a jax_blocksparse.Layout with a 2-D mask "
+                         f"(C/bs, K/bs); got {what}")
+    for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        if value is not None and not jnp.issubdtype(jnp.dtype(value), jnp.floating):
+            raise ValueError(f"{where}: {name} must be a floating dtype; got "
+                             f"{jnp.dtype(value)}")
+
+
 def fan_in_init(layout: Layout, scale: float = 1.0, taps: int = 1):
     """Initializer for blocks `[..., nnz, bs, bs]`: truncated normal with variance
     `scale / fan_in`, where fan_in is the true fan-in of the block's column (times the

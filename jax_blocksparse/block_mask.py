@@ -56,6 +56,11 @@ class BlockMask:
             with a value other than 0 and 1, or traced and not bool.
         """
         block_size = check_int("BlockMask.from_mask", "block_size", block_size)
+        dtype = mask.dtype if hasattr(mask, "dtype") else np.asarray(mask).dtype
+        if not (dtype == np.bool_ or np.issubdtype(dtype, np.number) or
+                jnp.issubdtype(dtype, jnp.floating)):  # strings, objects: before asarray
+            raise ValueError(f"BlockMask.from_mask: mask must be boolean or 0/1 numbers; got "
+                             f"dtype {dtype}")
         mask = jnp.asarray(mask)
         if mask.ndim not in (2, 3, 4):
             raise ValueError(f"BlockMask.from_mask: mask must be [Rq, Rk], [H, Rq, Rk] or "

@@ -1,6 +1,8 @@
 """Layout generators. Each returns a `Layout`; the random ones are deterministic per seed.
 
 Sizes are given in elements (features or tokens) and must be multiples of `block_size`.
+Every generator also raises `ValueError` naming the argument for a `causal` that is not a
+Python bool or a `seed` that is not an int >= 0.
 
 Weight patterns (OpenAI blocksparse): `dense`, `random`, `barabasi_albert`, `watts_strogatz`.
 Attention patterns: `causal`, `local`, `strided` and `fixed` (Sparse Transformer, Child et
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_int
+from ._checks import check_int, static_bool
 from .layout import Layout
 
 
@@ -19,6 +21,11 @@ def _int(where: str, name: str, value, minimum: int) -> int:
     """`value` as an int, or `ValueError` naming `layouts.<where>` and `name` unless it is
     an integer (not a bool) `>= minimum`."""
     return check_int(f"layouts.{where}", name, value, minimum)
+
+
+def _seed(where: str, seed) -> int:
+    """`seed` checked: an int >= 0 (the layout is a function of it)."""
+    return check_int(f"layouts.{where}", "seed", seed, 0)
 
 
 def _fraction(where: str, name: str, value, allow_zero: bool) -> float:
@@ -75,7 +82,8 @@ def random(rows: int, cols: int, block_size: int, density: float, seed: int = 0)
     r, c = _blocks("random", "rows", rows, block_size), _blocks("random", "cols", cols, block_size)
     density = _fraction("random", "density", density, allow_zero=False)
     count = max(1, int(round(density * r * c)))
-    chosen = np.random.default_rng(seed).choice(r * c, size=count, replace=False)
+    rng = np.random.default_rng(_seed("random", seed))
+    chosen = rng.choice(r * c, size=count, replace=False)
     mask = np.zeros(r * c, bool)
     mask[chosen] = True
     return Layout(mask.reshape(r, c), block_size)
@@ -102,7 +110,7 @@ def barabasi_albert(rows: int, cols: int, block_size: int, density: float = 0.1,
     """
     r, c, n, density = _square_graph("barabasi_albert", rows, cols, block_size, density)
     m = int(np.clip(round(density * n / 2), 1, max(n - 1, 1)))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_seed("barabasi_albert", seed))
     adj = np.eye(n, dtype=bool)
     targets = list(range(m))  # the first new node links to nodes 0..m-1
     repeated: list[int] = []  # each node once per edge end: degree-proportional sampling
@@ -129,7 +137,7 @@ def watts_strogatz(rows: int, cols: int, block_size: int, density: float = 0.1,
     r, c, n, density = _square_graph("watts_strogatz", rows, cols, block_size, density)
     rewire = _fraction("watts_strogatz", "rewire", rewire, allow_zero=True)
     half = max(1, int(round(density * n / 2)))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_seed("watts_strogatz", seed))
     adj = np.eye(n, dtype=bool)
     for offset in range(1, half + 1):
         for node in range(n):
@@ -171,6 +179,7 @@ def _local(where, seq_len, block_size, window, causal) -> np.ndarray:
     """The boolean mask of `local` (arguments checked for the generator `where`)."""
     r, c = _grid(where, seq_len, block_size)
     window = _int(where, "window", window, 1)
+    causal = static_bool(f"layouts.{where}", "causal", causal)
     lo = (r - c - 1) * block_size + 1  # smallest i - j over the block's pairs
     hi = (r - c + 1) * block_size - 1  # largest
     if causal:
@@ -220,10 +229,12 @@ def fixed(seq_len: int, block_size: int, stride: int, summary: int | None = None
     """
     r, c = _grid("fixed", seq_len, block_size)
     stride = _int("fixed", "stride", stride, 1)
+    causal = static_bool("layouts.fixed", "causal", causal)
+    default = " (the default: one block)" if summary is None else ""
     summary = _int("fixed", "summary", block_size if summary is None else summary, 1)
     if summary > stride:
         raise ValueError(f"layouts.fixed: summary must be in (0, stride={stride}]; "
-                         f"got {summary}")
+                         f"got {summary}{default}")
     first_i, last_i = r * block_size, (r + 1) * block_size - 1
     first_j, last_j = c * block_size, (c + 1) * block_size - 1
     # same chunk: chunk ranges of the two blocks overlap
@@ -239,15 +250,17 @@ def fixed(seq_len: int, block_size: int, stride: int, summary: int | None = None
 
 def bigbird(seq_len: int, block_size: int, num_random: int = 3, window: int = 3,
             num_global: int = 2, seed: int = 0) -> Layout:
-    """BigBird: `num_global` global block rows/columns, a band of `window` blocks around
-    the diagonal, and `num_random` random key blocks per query block (non-causal).
-    Counts in blocks: `num_random`, `num_global` ints >= 0, `window` a positive int.
-    Mask `[seq_len/bs, seq_len/bs]`.
+    """BigBird: `num_global` global block rows/columns, a band around the diagonal (block
+    (r, c) with `|r - c| <= window // 2`: `window` blocks for an odd `window`, one more
+    for an even one), and `num_random` key blocks per query block drawn at random among
+    all of them (one may fall in the band or a global column: a row gains at most
+    `num_random`) (non-causal). Counts in blocks: `num_random`, `num_global` ints >= 0,
+    `window` a positive int; `seed` an int >= 0. Mask `[seq_len/bs, seq_len/bs]`.
 
     Raises:
       ValueError: naming the argument, for `seq_len` not a positive multiple of a
-        positive int `block_size`, `window` not a positive int, `num_random` or
-        `num_global` not an int >= 0.
+        positive int `block_size`, `window` not a positive int, `num_random`,
+        `num_global` or `seed` not an int >= 0.
     """
     r, c = _grid("bigbird", seq_len, block_size)
     num_random = _int("bigbird", "num_random", num_random, 0)
@@ -256,15 +269,16 @@ def bigbird(seq_len: int, block_size: int, num_random: int = 3, window: int = 3,
     n = r.shape[0]
     keep = np.abs(r - c) <= window // 2
     keep[:num_global, :] = keep[:, :num_global] = True
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_seed("bigbird", seed))
     for row in range(n):
         keep[row, rng.choice(n, size=min(num_random, n), replace=False)] = True
     return Layout(keep, block_size)
 
 
 def longformer(seq_len: int, block_size: int, window: int, num_global: int = 1) -> Layout:
-    """Longformer: a non-causal sliding window of `window` tokens each side plus
-    `num_global` global block rows and columns (an int >= 0). Mask
+    """Longformer: a non-causal sliding window, keys j with `|i - j| < window` (tokens: the
+    query itself and `window - 1` on each side; a block is kept when any of its pairs
+    is), plus `num_global` global block rows and columns (an int >= 0). Mask
     `[seq_len/bs, seq_len/bs]`.
 
     Raises:

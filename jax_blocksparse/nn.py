@@ -27,6 +27,7 @@ def _block_params(module, taps_shape=()):
     """`kernel [*taps_shape, nnz, bs, bs]` and `bias [K]` (or None) of a block-sparse layer,
     the default init scaled by the true fan-in."""
     layout = module.layout
+    _layers.check_layer(type(module).__name__, layout, module.dtype, module.param_dtype)
     bs, taps = layout.block_size, int(np.prod(taps_shape))
     init = module.kernel_init or _layers.fan_in_init(layout, taps=taps)
     kernel = module.param("kernel", init, (*taps_shape, layout.nnz, bs, bs), module.param_dtype)

@@ -36,6 +36,7 @@ class BlockSparseLinear(nnx.Module):
                  param_dtype=jnp.float32, precision=None, kernel_init: Initializer | None = None,
                  bias_init: Initializer = nnx.initializers.zeros, parallel: str | None = None,
                  mesh=None, axis: str = "model", rngs: nnx.Rngs):
+        _layers.check_layer("BlockSparseLinear", layout, dtype, param_dtype)
         bs, nnz = layout.block_size, layout.nnz
         self.layout, self.dtype = layout, dtype
         self.param_dtype, self.precision = param_dtype, precision
@@ -80,6 +81,7 @@ class BlockSparseConv(nnx.Module):
                  kernel_init: Initializer | None = None,
                  bias_init: Initializer = nnx.initializers.zeros, rngs: nnx.Rngs):
         (kh, kw), strides, padding = _layers.conv_window(kernel_size, strides, padding)
+        _layers.check_layer("BlockSparseConv", layout, dtype, param_dtype)
         bs, nnz = layout.block_size, layout.nnz
         init = kernel_init or _layers.fan_in_init(layout, taps=kh * kw)
         self.layout, self.strides, self.padding = layout, strides, padding

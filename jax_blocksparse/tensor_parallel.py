@@ -76,14 +76,31 @@ def split_layout(layout: Layout, n: int, by: str = "columns") -> SplitLayout:
 
 def split_blocks(blocks, split: SplitLayout):
     """The whole layout's blocks `[nnz, bs, bs]` as the devices' slabs
-    `[n, max_nnz, bs, bs]` (zero padded): shard the leading axis over the mesh axis."""
+    `[n, max_nnz, bs, bs]` (zero padded): shard the leading axis over the mesh axis.
+
+    Raises:
+      ValueError: `blocks` not `[nnz, bs, bs]` of the split's layout.
+    """
+    bs, nnz = split.layout.block_size, split.layout.nnz
+    if tuple(jnp.shape(blocks)) != (nnz, bs, bs):
+        raise ValueError(f"split_blocks: blocks must be [nnz={nnz}, {bs}, {bs}] (the split "
+                         f"layout's blocks); got shape {tuple(jnp.shape(blocks))}")
     index = jnp.asarray(split.block_index)
     slabs = jnp.take(blocks, jnp.maximum(index, 0), axis=0)
     return jnp.where((index >= 0)[..., None, None], slabs, 0).astype(blocks.dtype)
 
 
 def merge_blocks(slabs, split: SplitLayout):
-    """The inverse of `split_blocks`: `[n, max_nnz, bs, bs]` -> `[nnz, bs, bs]`."""
+    """The inverse of `split_blocks`: `[n, max_nnz, bs, bs]` -> `[nnz, bs, bs]`.
+
+    Raises:
+      ValueError: `slabs` not `[n, max_nnz, bs, bs]` of this split.
+    """
+    bs = split.layout.block_size
+    want = split.block_index.shape + (bs, bs)
+    if tuple(jnp.shape(slabs)) != want:
+        raise ValueError(f"merge_blocks: slabs must be [n, max_nnz, bs, bs] = {list(want)} "
+                         f"(this split's); got shape {tuple(jnp.shape(slabs))}")
     index = split.block_index.reshape(-1)
     keep = np.flatnonzero(index >= 0)
     order = np.argsort(index[keep])

@@ -138,6 +138,15 @@ def test_boolean_like_masks_are_accepted():
     (lambda: layouts.bigbird(128, 16, window=0), "bigbird: window must be a positive int"),
     (lambda: layouts.bigbird(128, 16, num_global=-1), "bigbird: num_global"),
     (lambda: layouts.bigbird(128, 0), "bigbird: block_size"),
+    (lambda: layouts.local(64, 16, 16, causal="no"), "local: causal must be a Python bool"),
+    (lambda: layouts.strided(64, 16, 16, causal=1), "strided: causal must be a Python bool"),
+    (lambda: layouts.fixed(64, 16, 32, causal=None), "fixed: causal must be a Python bool"),
+    (lambda: layouts.fixed(64, 16, 8), r"got 16 \(the default: one block\)"),
+    (lambda: layouts.random(64, 64, 16, 0.5, seed=-1), "random: seed must be an int >= 0"),
+    (lambda: layouts.random(64, 64, 16, 0.5, seed=None), "random: seed"),
+    (lambda: layouts.bigbird(64, 16, seed=1.5), "bigbird: seed"),
+    (lambda: layouts.watts_strogatz(64, 64, 16, seed="a"), "watts_strogatz: seed"),
+    (lambda: layouts.barabasi_albert(64, 64, 16, seed=-2), "barabasi_albert: seed"),
     (lambda: layouts.longformer(128, 16, 32, num_global=-1), "longformer: num_global"),
     (lambda: layouts.longformer(128, 16, 0), "longformer: window"),
 ])
@@ -386,3 +395,18 @@ def test_plot_of_thin_and_big_masks_is_readable_and_keeps_every_block(tmp_path, 
     assert 64 <= width <= 1024 and 64 <= height <= 1024
     assert pixels[-1, -1] == 0 and pixels[0].min() == 0
     assert (pixels == 0).mean() < 0.1  # mostly white: a kept block stays small
+
+
+def test_tensor_parallel_split_and_merge_check_shapes():
+    """split_blocks / merge_blocks refuse blocks or slabs of another shape (a missing block
+    became NaN, a wrong block size passed) and round-trip the right ones."""
+    from jax_blocksparse import tensor_parallel as tp
+    split = tp.split_layout(jbs.Layout(np.eye(4, dtype=bool), 16), 2)
+    blocks = jnp.asarray(np.random.default_rng(4).standard_normal((4, 16, 16)), jnp.float32)
+    np.testing.assert_array_equal(tp.merge_blocks(tp.split_blocks(blocks, split), split),
+                                  blocks)
+    for bad in (blocks[:3], blocks[:, :8, :8]):
+        with pytest.raises(ValueError, match=r"split_blocks: blocks must be \[nnz=4, 16, 16\]"):
+            tp.split_blocks(bad, split)
+    with pytest.raises(ValueError, match=r"merge_blocks: slabs must be .* \[2, 2, 16, 16\]"):
+        tp.merge_blocks(jnp.ones((1, 2, 16, 16)), split)

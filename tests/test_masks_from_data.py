@@ -244,6 +244,8 @@ def test_block_mask_vmap_and_errors(platform):
         np.testing.assert_allclose(got[i], f(masks[i]), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="block_size must be a positive int"):
         jbs.BlockMask.from_mask(masks[0], 0)
+    with pytest.raises(ValueError, match="mask must be boolean or 0/1 numbers; got dtype <U1"):
+        jbs.BlockMask.from_mask(np.array([["a", "b"], ["c", "d"]]), bs)
     with pytest.raises(ValueError, match="max_blocks must be a positive int"):
         jbs.BlockMask.from_mask(masks[0], bs, max_blocks=0)
     with pytest.raises(ValueError, match=r"BlockMask has \(2, 2\) blocks of 32"):

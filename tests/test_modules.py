@@ -309,6 +309,19 @@ def test_modules_name_their_bad_arguments():
     with pytest.raises(ValueError, match="parallel must be None, 'columns' or 'rows'"):
         bnn.BlockSparseDense(layout, parallel="diagonal").init(jax.random.key(0),
                                                               normal(0, (2, 32)))
+    heads = jbs.Layout(np.ones((2, 2, 2), bool), 16)  # a per-head mask: no weight layout
+    bad = [(lambda: bnn.BlockSparseDense(heads).init(jax.random.key(0), normal(0, (2, 32))),
+            "BlockSparseDense: layout must be a jax_blocksparse.Layout with a 2-D mask"),
+           (lambda: bnnx.BlockSparseConv(heads, 3, rngs=nnx.Rngs(0)), "BlockSparseConv: layout"),
+           (lambda: bnnx.BlockSparseLinear(np.ones((2, 2), bool), rngs=nnx.Rngs(0)),
+            "BlockSparseLinear: layout must be .* got ndarray"),
+           (lambda: bnnx.BlockSparseLinear(layout, param_dtype=jnp.int32, rngs=nnx.Rngs(0)),
+            "BlockSparseLinear: param_dtype must be a floating dtype; got int32"),
+           (lambda: bnn.BlockSparseConv(layout, dtype=jnp.int8).init(
+               jax.random.key(0), normal(0, (1, 7, 7, 32))), "BlockSparseConv: dtype")]
+    for make, message in bad:
+        with pytest.raises(ValueError, match=message):
+            make()
 
 
 def test_modules_run_float64_with_x64():
