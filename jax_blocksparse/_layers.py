@@ -135,13 +135,29 @@ def conv_window(kernel_size, strides, padding):
     """The conv arguments in the form `conv` takes, as `(kernel_size, strides, padding)`.
 
     `kernel_size` and `strides`: an int `n` (meaning `(n, n)`) or two ints. `padding`:
-    a string (`"SAME"`, `"VALID"`, ...), an int `p` (meaning `((p, p), (p, p))`), or two
-    `(low, high)` pairs.
+    `"SAME"`, `"SAME_LOWER"` or `"VALID"`, an int `p` (meaning `((p, p), (p, p))`), or two
+    `(low, high)` int pairs.
+
+    Raises:
+      ValueError: naming the argument, for any other form.
     """
-    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+    bad = ValueError(f"BlockSparseConv: padding must be 'SAME', 'SAME_LOWER', 'VALID', an "
+                     f"int or two (low, high) pairs of ints; got {padding!r}")
+    is_int = lambda p: isinstance(p, (int, np.integer)) and not isinstance(p, bool)
+    if is_int(padding):
         padding = ((int(padding),) * 2,) * 2
-    elif not isinstance(padding, str):
-        padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+    elif isinstance(padding, str):
+        if padding.upper() not in ("SAME", "SAME_LOWER", "VALID"):
+            raise bad
+    else:
+        try:
+            pairs = tuple(tuple(pair) for pair in padding)
+        except TypeError:
+            raise bad from None
+        if len(pairs) != 2 or not all(len(pair) == 2 and all(map(is_int, pair))
+                                      for pair in pairs):
+            raise bad
+        padding = tuple(tuple(int(p) for p in pair) for pair in pairs)
     return _pair("kernel_size", kernel_size), _pair("strides", strides), padding
 
 

@@ -318,7 +318,13 @@ def test_modules_name_their_bad_arguments():
            (lambda: bnnx.BlockSparseLinear(layout, param_dtype=jnp.int32, rngs=nnx.Rngs(0)),
             "BlockSparseLinear: param_dtype must be a floating dtype; got int32"),
            (lambda: bnn.BlockSparseConv(layout, dtype=jnp.int8).init(
-               jax.random.key(0), normal(0, (1, 7, 7, 32))), "BlockSparseConv: dtype")]
+               jax.random.key(0), normal(0, (1, 7, 7, 32))), "BlockSparseConv: dtype"),
+           (lambda: bnnx.BlockSparseConv(layout, 3, padding="FOO", rngs=nnx.Rngs(0)),
+            "BlockSparseConv: padding must be 'SAME', 'SAME_LOWER', 'VALID'"),
+           (lambda: bnnx.BlockSparseConv(layout, 3, padding=((1, 1),), rngs=nnx.Rngs(0)),
+            "BlockSparseConv: padding"),
+           (lambda: bnnx.BlockSparseConv(layout, 3, padding=((1, 1.5), (0, 0)),
+                                         rngs=nnx.Rngs(0)), "BlockSparseConv: padding")]
     for make, message in bad:
         with pytest.raises(ValueError, match=message):
             make()
