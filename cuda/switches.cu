@@ -37,9 +37,10 @@ Switches Read() {
                                                                                : -1;
   s.attn_bwd_onepass_dq_first = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST");
   const char* group = std::getenv("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP");
-  s.attn_bwd_onepass_group = group == nullptr || std::atoi(group) < 0 ? kOnePassGroupDefault
-                             : group[0] == '0' ? 0
-                             : std::atoi(group) > 0 ? std::atoi(group) : kOnePassGroupDefault;
+  s.attn_bwd_onepass_group = group == nullptr        ? kOnePassGroupDefault
+                             : group[0] == '0'        ? 0
+                             : std::atoi(group) > 0   ? std::atoi(group)
+                                                      : kOnePassGroupDefault;
   s.attn_bwd_d256 = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_D256");
   const char* sections = std::getenv("JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS");
   s.attn_head_sections = sections == nullptr             ? 0

@@ -119,13 +119,17 @@ def conv_layout(layout: Layout, taps: int) -> Layout:
     return Layout(np.tile(layout.mask, (taps, 1)), layout.block_size)
 
 
+def _is_int(value):
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _pair(name, value):
     """An int `n` as `(n, n)`; a sequence of two positive ints as a tuple; else ValueError."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if _is_int(value):
         value = (value, value)
     value = tuple(value)
-    if len(value) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                  and v > 0 for v in value):
+    if len(value) != 2 or not all(_is_int(v) and v > 0 for v in value):
         raise ValueError(f"BlockSparseConv: {name} must be a positive int or two of them "
                          f"(a 2-D convolution); got {value!r}")
     return tuple(int(v) for v in value)
@@ -143,8 +147,7 @@ def conv_window(kernel_size, strides, padding):
     """
     bad = ValueError(f"BlockSparseConv: padding must be 'SAME', 'SAME_LOWER', 'VALID', an "
                      f"int or two (low, high) pairs of ints; got {padding!r}")
-    is_int = lambda p: isinstance(p, (int, np.integer)) and not isinstance(p, bool)
-    if is_int(padding):
+    if _is_int(padding):
         padding = ((int(padding),) * 2,) * 2
     elif isinstance(padding, str):
         if padding.upper() not in ("SAME", "SAME_LOWER", "VALID"):
@@ -154,7 +157,7 @@ def conv_window(kernel_size, strides, padding):
             pairs = tuple(tuple(pair) for pair in padding)
         except TypeError:
             raise bad from None
-        if len(pairs) != 2 or not all(len(pair) == 2 and all(map(is_int, pair))
+        if len(pairs) != 2 or not all(len(pair) == 2 and all(map(_is_int, pair))
                                       for pair in pairs):
             raise bad
         padding = tuple(tuple(int(p) for p in pair) for pair in pairs)

@@ -57,18 +57,14 @@ class BlockMask:
         """
         block_size = check_int("BlockMask.from_mask", "block_size", block_size)
         dtype = mask.dtype if hasattr(mask, "dtype") else np.asarray(mask).dtype
-        if not (dtype == np.bool_ or np.issubdtype(dtype, np.number) or
-                jnp.issubdtype(dtype, jnp.floating)):  # strings, objects: before asarray
+        if not (dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.integer)
+                or jnp.issubdtype(dtype, jnp.floating)):  # before asarray: strings, objects
             raise ValueError(f"BlockMask.from_mask: mask must be boolean or 0/1 numbers; got "
                              f"dtype {dtype}")
         mask = jnp.asarray(mask)
         if mask.ndim not in (2, 3, 4):
             raise ValueError(f"BlockMask.from_mask: mask must be [Rq, Rk], [H, Rq, Rk] or "
                              f"[B, H, Rq, Rk]; got shape {mask.shape}")
-        if not (mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.integer)
-                or jnp.issubdtype(mask.dtype, jnp.floating)):
-            raise ValueError(f"BlockMask.from_mask: mask must be boolean or 0/1 numbers; got "
-                             f"dtype {mask.dtype}")
         if 0 in mask.shape:
             raise ValueError(f"BlockMask.from_mask: mask has an empty axis: {mask.shape}")
         if mask.dtype != jnp.bool_:
