@@ -230,6 +230,39 @@ __device__ __forceinline__ int2 MetaOf(int h, int s0, bool partial) {
 __device__ __forceinline__ int MetaStart(int y) { return y >> 1; }
 __device__ __forceinline__ bool MetaPartial(int y) { return (y & 1) != 0; }
 
+// The key blocks that add into the 64-query tile s0 of query head h of batch entry b (header
+// comment, Determinism): the entries n' of the by-query list of (mask head of h, query block
+// s0 / 128) with n' < lim (lim: the blocks starting before kv_lengths and, when causal,
+// those causality leaves visible to some query of the tile). Returns this lane's count of
+// the entries lane, lane + 32, ... for which pick(n', count(n')) holds, count(n') the
+// by-key count of n' in the launch order's mask head (order_line0: its first line). 32-bit
+// index arithmetic: the dQ writers run in 40 registers.
+template <class Pick>
+__device__ __forceinline__ int LaneAdders(const Args& a, int b, int h, int s0, int kv_blocks,
+                                          int off, unsigned order_line0, int lane, Pick pick) {
+  int lim = kv_blocks;
+  if (a.causal) {
+    const int c = s0 + kBQ - 1 + off;  // keys up to c are causally visible
+    const int cl = c < 0 ? 0 : c / kBS + 1;
+    lim = cl < lim ? cl : lim;
+  }
+  const unsigned line = unsigned(MaskHead(a, b, a.hm == 1 ? 0 : h)) *
+                            unsigned(a.by_query.lines) + unsigned(s0 / kBS);
+  const int cnt = __ldg(a.by_query.counts + line);
+  const int32_t* lst = a.by_query.lists + size_t(line) * unsigned(a.by_query.max_len);
+  int mine = 0;
+#pragma unroll 1
+  for (int e = lane; e < cnt; e += 32) {
+    const int n2 = __ldg(lst + e);
+    if (n2 < lim && pick(n2, __ldg(a.by_key.counts + (order_line0 + unsigned(n2))))) ++mine;
+  }
+  return mine;
+}
+// A key block's dQ slot (header comment): 1 for a list of at least half the query tiles.
+__device__ __forceinline__ bool LongList(const Args& a, int count) {
+  return 2 * count >= a.by_query.lines;
+}
+
 template <int D, int STAGES, int DQB>
 struct Smem {
   static constexpr int kT = 64 * D * 2;  // a 64-row tile: D / 64 slabs
@@ -326,6 +359,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     tma::FenceMbarInit();
   }
   __syncthreads();
+  // an early DqConvertKernel (EARLY) may become resident once every CTA of this grid is
+  // (it waits on the semaphores, not for this grid's end); without one, a no-op
+  ptx::LaunchDependents();
 
   if (wgi == 0) {
     tma::RegDealloc<kProducerRegs>();
@@ -374,9 +410,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // the launch order's key (header comment): the by-key counts of the first mask head
       const unsigned order_line0 = unsigned(hm0) * unsigned(L.lines);
       const int my_count = __ldg(a.by_key.counts + (order_line0 + unsigned(rk)));
-      // a key block's dQ slot (header comment): 1 for a list of at least half the tiles
-      auto long_list = [&](int count) { return 2 * count >= a.by_query.lines; };
-      const bool my_long = long_list(my_count);
+      const bool my_long = LongList(a, my_count);
       // the slot's offsets in the two workspaces (kOnePassDqSlots x [B, Hq, Tq, D] / Tq / 64)
       const size_t slot_tiles = my_long ? size_t(a.batch) * unsigned(a.hq) * unsigned(a.tq / kBQ) : 0;
       for (int it = warp - 1;; it += kDqWriters) {  // this writer's steps
@@ -386,29 +420,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int s0 = MetaStart(reinterpret_cast<volatile int*>(meta + ms)[1]);
         tma::MbarArrive(meta_empty(ms));  // read (each lane): the producer may reuse it
         if (h < 0) break;
-        // rank: the key blocks before rk in the launch order that add into this 64-query
-        // tile (header comment)
-        int lim = kv_blocks;
-        if (a.causal) {
-          const int c = s0 + kBQ - 1 + off;  // keys up to c are causally visible
-          const int cl = c < 0 ? 0 : c / kBS + 1;
-          lim = cl < lim ? cl : lim;
-        }
-        // 32-bit index arithmetic: this warp runs in 40 registers
-        const unsigned line = unsigned(MaskHead(a, b, a.hm == 1 ? 0 : h)) *
-                                  unsigned(a.by_query.lines) + unsigned(s0 / kBS);
-        const int cnt = __ldg(a.by_query.counts + line);
-        const int32_t* lst = a.by_query.lists + size_t(line) * unsigned(a.by_query.max_len);
-        int mine = 0;
-#pragma unroll 1
-        for (int e = lane; e < cnt; e += 32) {
-          const int n2 = __ldg(lst + e);
-          if (n2 < lim) {
-            const int c2 = __ldg(a.by_key.counts + (order_line0 + unsigned(n2)));
-            const bool before = c2 > my_count || (c2 == my_count && n2 < rk);
-            mine += (before && long_list(c2) == my_long) ? 1 : 0;
-          }
-        }
+        // rank: the key blocks of this slot before rk in the launch order that add into
+        // this 64-query tile (header comment)
+        const int mine = LaneAdders(a, b, h, s0, kv_blocks, off, order_line0, lane,
+                                    [&](int n2, int c2) {
+                                      const bool before =
+                                          c2 > my_count || (c2 == my_count && n2 < rk);
+                                      return before && LongList(a, c2) == my_long;
+                                    });
         const int rank = __reduce_add_sync(0xffffffffu, mine);
         if (lane == 0) {
           const unsigned bh_q = unsigned(b) * unsigned(a.hq) + unsigned(h);
@@ -645,8 +664,17 @@ __global__ void __launch_bounds__(kThreads, 1)
 // added into (semaphore still 0) was never written: it counts 0 and is not read. (The
 // former form, one thread per float4 finding its tile by two divisions, ran about 148
 // SASS instructions a float4 and stored 4 bytes at a time; this one about 60.)
+// EARLY (JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT): launched as a programmatic
+// dependent of OnePassKernel, whose CTAs all run ptx::LaunchDependents first, so these CTAs
+// get resident on the SMs its last wave leaves free, while that wave runs (they wait for no
+// CTA that is not resident: no deadlock). Warp 0 counts each slot's adders of the tile
+// (LaneAdders, all of them: the writers' rank rule), thread 0 spins until each slot's
+// semaphore holds its count (an acquire, pairing with the writers' release after their
+// reduction completed), and the tile's float32 sums are read through L2 (ld.cg: no stale
+// L1 line). Without the early launch the counts are already there: the same sums, the same
+// adds, bit for bit.
 constexpr int kConvertThreads = 256;
-template <typename T, int D>
+template <typename T, int D, bool EARLY>
 __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a) {
   constexpr int kNW = D / 64;
   constexpr int kTileF4 = 16 * D;        // float4s of a tile's slot
@@ -659,9 +687,41 @@ __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a)
   const int bh = int(tile / qtiles), h = bh % a.hq, b = bh / a.hq;
   const float4* src = reinterpret_cast<const float4*>(a.dq_accum) + tile * kTileF4;
   bool written[kOnePassDqSlots];
+  if constexpr (EARLY) {
+    __shared__ int adders[kOnePassDqSlots];
+    if (threadIdx.x < 32) {
+      const int lane = int(threadIdx.x);
+      const int kvlen = KvLength(a, b);
+      // the launch order's mask head: that of the first query head of h's group
+      const int hm0 = MaskHead(a, b, a.hm == 1 ? 0 : h / a.group * a.group);
+      const unsigned order_line0 = unsigned(hm0) * unsigned(a.by_key.lines);
+      static_assert(kOnePassDqSlots == 2, "a slot is LongList's answer");
 #pragma unroll
-  for (int slot = 0; slot < kOnePassDqSlots; ++slot)
-    written[slot] = __ldg(a.dq_sem + slot * tiles + tile) != 0;
+      for (int slot = 0; slot < kOnePassDqSlots; ++slot) {
+        const int mine = LaneAdders(a, b, h, qt * kBQ, (kvlen + kBS - 1) / kBS,
+                                    QueryOffset(a, b), order_line0, lane,
+                                    [&](int, int c2) { return int(LongList(a, c2)) == slot; });
+        const int count = __reduce_add_sync(0xffffffffu, mine);
+        if (lane == 0) {
+          const int32_t* sem = a.dq_sem + slot * tiles + tile;
+          const long long t0 = clock64();
+          while (tma::LoadRelaxedGpu(sem) != count) {  // as the writers: trap, not hang
+            if (clock64() - t0 > (20LL << 30)) __trap();
+            __nanosleep(256);
+          }
+          tma::FenceAcquireGpu();  // with the load that saw `count`: the acquire
+          adders[slot] = count;
+        }
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int slot = 0; slot < kOnePassDqSlots; ++slot) written[slot] = adders[slot] != 0;
+  } else {
+#pragma unroll
+    for (int slot = 0; slot < kOnePassDqSlots; ++slot)
+      written[slot] = __ldg(a.dq_sem + slot * tiles + tile) != 0;
+  }
   static_assert(kTileF4 % kConvertThreads == 0 && kBQ * (D / 8) % kConvertThreads == 0);
 #pragma unroll
   for (int k = 0; k < kTileF4 / kConvertThreads; ++k) {  // every load in flight at once
@@ -672,7 +732,7 @@ __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a)
 #pragma unroll
     for (int slot = 0; slot < kOnePassDqSlots; ++slot) {
       if (written[slot]) {
-        const float4 y = src[slot * tiles * kTileF4 + f];
+        const float4 y = __ldcg(src + slot * tiles * kTileF4 + f);
         x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
       }
     }
@@ -768,8 +828,13 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
   }
   if (tiles > 0) {  // one CTA per 64-row tile
-    DqConvertKernel<T, D><<<unsigned(tiles), kConvertThreads, 0, stream>>>(a);
-    err = cudaGetLastError();
+    if (GetSwitches().attn_bwd_onepass_early_convert) {
+      DependentLaunch launch(dim3(unsigned(tiles)), kConvertThreads, true, stream);
+      err = cudaLaunchKernelEx(&launch.cfg, DqConvertKernel<T, D, true>, a);
+    } else {
+      DqConvertKernel<T, D, false><<<unsigned(tiles), kConvertThreads, 0, stream>>>(a);
+      err = cudaGetLastError();
+    }
   }
   return err;
 }
