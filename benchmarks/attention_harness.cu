@@ -14,7 +14,7 @@
 //     benchmarks/attention_harness.cu build/*/libjax_blocksparse_kernels.a -o harness
 // Run: harness [--mask causal|dense|FILE] [--seq 8192] [--batch 2] [--heads 16] [--dim 128]
 //              [--block 128] [--reps 10] [--phase fwd|bwd|both] [--softcap 0]
-//              [--dump FILE]
+//              [--dump FILE] [--timeline 1]
 // FILE: a first line "Rq Rk", then Rq lines of Rk characters '0' / '1' (a block mask of
 // block size --block; causal masking applies when the name is "causal" or the file's
 // first line ends in " causal"). Prints the kernels' names, median milliseconds and useful
@@ -22,9 +22,15 @@
 // --dump FILE writes the forward's output (bf16 [B, S, H, D], raw) there, and with the
 // backward phases dq to FILE.dq: two runs under different switches compare bit for bit or
 // by value (the inputs are seeded).
+// --timeline 1 (with a backward phase, on the one-pass backward): one more backward launch
+// with the kernel's per-CTA timeline (attn::SetOnePassTimeline), summarized: where a CTA's
+// time goes beside its steps (prologue, pipeline fill, epilogue, the dQ writers' tail, the
+// waits), the line of CTA time against steps (its intercept: the per-CTA cost), and how
+// busy the SMs are between the first CTA's start and the last one's end.
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <string>
 
 #include "attention.h"
@@ -66,10 +72,77 @@ BlockListsView Lists(const std::vector<std::vector<int>>& kind) {
 }
 
 
+// The one-pass kernel's timeline (kOnePassTimelineSlots int64 per CTA, the slots of
+// bwd_sm90_onepass.cu's TimelineSlot), summarized on stdout.
+void PrintTimeline(const std::vector<long long>& t, int64_t ctas) {
+  enum { kSm, kStartNs, kStart, kKv, kFirst, kStepsEnd, kStored, kEndNs, kWriterEnd,
+         kWriterEndNs, kRankWait, kPartialWait, kSteps, kStageWait, kBufferWait };
+  auto at = [&](int64_t c, int slot) { return t[size_t(c) * attn::kOnePassTimelineSlots + slot]; };
+  // cycles per ns from the CTAs' own two clocks (consumer 0's start to its end)
+  std::vector<double> ratio;
+  for (int64_t c = 0; c < ctas; ++c)
+    if (at(c, kSteps) > 0 && at(c, kEndNs) > at(c, kStartNs) + 1000)
+      ratio.push_back(double(at(c, kStored) - at(c, kStart)) /
+                      double(at(c, kEndNs) - at(c, kStartNs)));
+  if (ratio.empty()) {
+    std::printf("timeline: no CTA with steps recorded (not the one-pass kernel?)\n");
+    return;
+  }
+  std::sort(ratio.begin(), ratio.end());
+  const double ghz = ratio[ratio.size() / 2];
+  auto us = [&](double cycles) { return cycles / ghz / 1e3; };
+  double sum[16] = {}, n = 0, sx = 0, sy = 0, sxx = 0, sxy = 0, busy = 0;
+  long long first = at(0, kStartNs), last = 0;
+  std::map<long long, std::vector<std::pair<long long, long long>>> by_sm;
+  for (int64_t c = 0; c < ctas; ++c) {
+    const long long end_ns = std::max(at(c, kEndNs), at(c, kWriterEndNs));
+    first = std::min(first, at(c, kStartNs));
+    last = std::max(last, end_ns);
+    by_sm[at(c, kSm)].push_back({at(c, kStartNs), end_ns});
+    busy += double(end_ns - at(c, kStartNs));
+    if (at(c, kSteps) == 0) continue;
+    const double steps = double(at(c, kSteps)), dur = double(end_ns - at(c, kStartNs)) / 1e3;
+    sum[0] += us(at(c, kKv) - at(c, kStart));
+    sum[1] += us(at(c, kFirst) - at(c, kKv));
+    sum[2] += us(at(c, kStepsEnd) - at(c, kFirst));
+    sum[3] += us(at(c, kStored) - at(c, kStepsEnd));
+    sum[4] += us(std::max(at(c, kWriterEnd) - at(c, kStepsEnd), 0LL));
+    sum[5] += us(at(c, kStageWait));
+    sum[6] += us(at(c, kBufferWait));
+    sum[7] += us(at(c, kRankWait));
+    sum[8] += us(at(c, kPartialWait));
+    sum[9] += steps;
+    sum[10] += dur;
+    n += 1, sx += steps, sy += dur, sxx += steps * steps, sxy += steps * dur;
+  }
+  double gaps = 0, ngaps = 0;
+  for (auto& [sm, spans] : by_sm) {
+    std::sort(spans.begin(), spans.end());
+    for (size_t i = 1; i < spans.size(); ++i)
+      gaps += double(spans[i].first - spans[i - 1].second) / 1e3, ngaps += 1;
+  }
+  const double slope = (n * sxy - sx * sy) / std::max(n * sxx - sx * sx, 1e-9);
+  const double intercept = (sy - slope * sx) / n;
+  const double span = double(last - first) / 1e3;
+  std::printf("timeline: %lld CTAs (%.0f with steps) on %zu SMs, span %.1f us, %.3f cycles/ns; "
+              "SMs busy %.1f%%, mean gap between CTAs on an SM %.2f us\n",
+              (long long)ctas, n, by_sm.size(), span, ghz,
+              100.0 * busy / 1e3 / (double(by_sm.size()) * span), ngaps ? gaps / ngaps : 0.0);
+  std::printf("timeline per CTA (us, means): duration %.2f = %.2f + %.3f x steps (fit), steps "
+              "%.1f; start->K/V %.2f, K/V->first stage %.2f, steps %.2f (%.3f a step), "
+              "steps->dK/dV stored %.2f, steps->writers done %.2f\n",
+              sum[10] / n, intercept, slope, sum[9] / n, sum[0] / n, sum[1] / n, sum[2] / n,
+              sum[2] / sum[9], sum[3] / n, sum[4] / n);
+  std::printf("timeline waits per CTA (us, sums over its steps, means): consumer for a stage "
+              "%.2f, for a dQ buffer %.2f; writers for their rank %.2f, for the partial %.2f\n",
+              sum[5] / n, sum[6] / n, sum[7] / n, sum[8] / n);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string mask = "causal", phase = "both", dump;
+  bool timeline = false;
   int seq = 8192, batch = 2, heads = 16, dim = 128, bs = 128, reps = 10;
   float softcap = 0.f;  // a logit soft cap (AttentionShape::softcap; 0: none)
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -84,6 +157,7 @@ int main(int argc, char** argv) {
     else if (a == "--phase") phase = v;
     else if (a == "--softcap") softcap = float(std::atof(v.c_str()));
     else if (a == "--dump") dump = v;
+    else if (a == "--timeline") timeline = v != "0";
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -202,6 +276,18 @@ int main(int argc, char** argv) {
   if (phase == "bwd" || phase == "both")
     time("bwd", bwd->name, 2.5 * fwd_flops,
          [&] { return LaunchAttentionBackward(*bwd, b, stream); });
+  if (timeline && phase != "fwd") {
+    const int64_t ctas = int64_t(batch) * heads * by_key.lines;  // the one-pass grid
+    std::vector<long long> host(size_t(ctas) * attn::kOnePassTimelineSlots);
+    long long* buffer = DeviceAlloc<long long>(int64_t(host.size()));
+    CHECK(cudaMemset(buffer, 0, host.size() * sizeof(long long)));
+    CHECK(attn::SetOnePassTimeline(buffer));
+    CHECK(LaunchAttentionBackward(*bwd, b, stream));
+    CHECK(cudaStreamSynchronize(stream));
+    CHECK(attn::SetOnePassTimeline(nullptr));
+    CHECK(cudaMemcpy(host.data(), buffer, host.size() * sizeof(long long), cudaMemcpyDeviceToHost));
+    PrintTimeline(host, ctas);
+  }
   // --dump FILE: the forward's output (after the last forward launch) into FILE and, for
   // the backward phases, dq into FILE.dq (bf16 [B, S, H, D] each: variants compared)
   auto dump_to = [&](const std::string& path, const __nv_bfloat16* x) {

@@ -205,6 +205,52 @@ __device__ __forceinline__ void FenceProxyAsyncGlobal() {
   asm volatile("fence.proxy.async.global;\n" ::: "memory");
 #endif
 }
+// ------------------------------------------------------------ the timeline
+// Instrumentation for benchmarks/attention_harness.cu --timeline (SetOnePassTimeline): the
+// launcher then runs OnePassKernel with TIMELINE, and each CTA writes kTimelineSlots int64
+// at timeline[blockIdx.x * kTimelineSlots]: its SM, %globaltimer (ns) at its start and
+// end, clock64 (the SM's cycles) at its milestones, and cycles summed over its steps spent
+// waiting (consumer 0's thread 0: for a full stage, for a free dQ buffer; the dQ writers'
+// lane 0: for their rank, for the consumers' partial). Without TIMELINE (the package) none
+// of it is compiled. What it is for: where the per-CTA cost beyond the steps goes (about
+// 23 us a CTA on the sparse layouts, RESULTS 2026-12-07).
+enum TimelineSlot {
+  kTlSm, kTlStartNs, kTlStart, kTlKv, kTlFirst, kTlStepsEnd, kTlStored, kTlEndNs,
+  kTlWriterEnd, kTlWriterEndNs, kTlRankWait, kTlPartialWait, kTlSteps, kTlStageWait,
+  kTlBufferWait, kTimelineSlots = kOnePassTimelineSlots
+};
+template <bool ON>
+struct Timeline {
+  long long* base;  // the kernel's parameter: read from the constant bank at each use
+  __device__ __forceinline__ unsigned long long* At(int slot) const {
+    return reinterpret_cast<unsigned long long*>(base + size_t(blockIdx.x) * kTimelineSlots +
+                                                 slot);
+  }
+  __device__ __forceinline__ void Record(int slot, long long v) const {
+    if constexpr (ON) *At(slot) = static_cast<unsigned long long>(v);
+  }
+  __device__ __forceinline__ void RecordMax(int slot, long long v) const {  // the writers
+    if constexpr (ON) atomicMax(At(slot), static_cast<unsigned long long>(v));
+  }
+  __device__ __forceinline__ void Accumulate(int slot, long long v) const {
+    if constexpr (ON) atomicAdd(At(slot), static_cast<unsigned long long>(v));
+  }
+  __device__ __forceinline__ long long Clock() const {  // 0 without ON: no clock read
+    if constexpr (ON) return clock64();
+    return 0;
+  }
+  __device__ __forceinline__ long long Ns() const {
+    uint64_t t = 0;
+    if constexpr (ON) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return static_cast<long long>(t);
+  }
+  __device__ __forceinline__ long long Sm() const {
+    uint32_t sm = 0;
+    if constexpr (ON) asm("mov.u32 %0, %%smid;" : "=r"(sm));
+    return sm;
+  }
+};
+
 // ------------------------------------------------------------ the kernel
 // The producer tells the dQ writer and the consumers each step's (query head, first
 // query, whether the lists' entry is partial) through a ring of kMetaSlots in shared memory
@@ -294,16 +340,18 @@ template <int D> constexpr int kDqBuffers = 2;
 // step in FlashAttention-3's order: dS^T stored and the barrier first, then dQ and dK
 // issued back to back, and the dQ partial copied out while dK runs (else dK is issued
 // before the dS^T store, and the copy waits for both products).
-template <typename T, int D, int STAGES, int DQB, bool DQ_FIRST>
+template <typename T, int D, int STAGES, int DQB, bool DQ_FIRST, bool TIMELINE>
 __global__ void __launch_bounds__(kThreads, 1)
     OnePassKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
                   const __grid_constant__ CUtensorMap tm_do,
                   const __grid_constant__ CUtensorMap tm_k,
-                  const __grid_constant__ CUtensorMap tm_v, const int group) {
+                  const __grid_constant__ CUtensorMap tm_v, const int group,
+                  long long* const timeline) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Smem<D, STAGES, DQB>;
   constexpr int kT = S::kT;
   constexpr int kNW = D / 64;  // consumers that write a step's dQ partial
+  const Timeline<TIMELINE> tl{timeline};
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t raw = ptx::SmemAddr(smem_raw);
   const uint32_t pad = (1024u - (raw & 1023u)) & 1023u;
@@ -343,6 +391,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   qc.Init(L, rk, hm0, a.hm == 1 ? 0 : 1, kBS, a.group, k0, off, kvlen, 0x7fffffff, a.causal);
 
   if (tid == 0) {
+    tl.Record(kTlStartNs, tl.Ns());
+    tl.Record(kTlStart, tl.Clock());
+    tl.Record(kTlSm, tl.Sm());
     tma::MbarInit(bar_kv, 1);
 #pragma unroll
     for (int st = 0; st < STAGES; ++st) {
@@ -422,7 +473,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int h = reinterpret_cast<volatile int*>(meta + ms)[0];
         const int s0 = MetaStart(reinterpret_cast<volatile int*>(meta + ms)[1]);
         tma::MbarArrive(meta_empty(ms));  // read (each lane): the producer may reuse it
-        if (h < 0) break;
+        if (h < 0) {
+          if (lane == 0) {
+            tl.RecordMax(kTlWriterEnd, tl.Clock());
+            tl.RecordMax(kTlWriterEndNs, tl.Ns());
+          }
+          break;
+        }
         // rank: the key blocks of this slot before rk in the launch order that add into
         // this 64-query tile (header comment)
         const int mine = LaneAdders(a, b, h, s0, kv_blocks, off, order_line0, lane,
@@ -445,7 +502,10 @@ __global__ void __launch_bounds__(kThreads, 1)
             if (clock64() - t0 > (20LL << 30)) __trap();
           }
           tma::FenceAcquireGpu();  // with the load that saw `rank`: the acquire
+          const long long t1 = tl.Clock();
+          tl.Accumulate(kTlRankWait, t1 - t0);
           tma::MbarWait(dq_full(s), (it / DQB) & 1);  // the consumers' partial is in
+          tl.Accumulate(kTlPartialWait, tl.Clock() - t1);
           FenceProxyAsyncGlobal();  // the acquire before the async-proxy reduction
           if (rank == 0) {  // the first adder stores: dq_accum needs no zeroing
             BulkStore(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
@@ -490,6 +550,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     int2 step = qc.Done() ? make_int2(-1, -1) : step_meta(0);
     if (step.x >= 0) {
       tma::MbarWait(bar_kv, 0);
+      if (TIMELINE && tid == 128) tl.Record(kTlKv, tl.Clock());
       if (cut) {  // K rows past kv_lengths -> 0 (the dS K product reads every row)
         const int first = kvlen - k0;  // first row to clear, 0 < first < 128
         for (int i = ct; i < 64 * (D / 8); i += 128) {  // 16-byte chunks of this half
@@ -513,7 +574,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool causal_part = a.causal && partial;
       const bool masked = partial || cut;
       const uint32_t sq = base + S::kQ + st * 2 * kT, sdo = sq + kT;
+      const long long w0 = tl.Clock();
       tma::MbarWait(full(st), ph);
+      if (TIMELINE && tid == 128) {
+        if (it == 0) tl.Record(kTlFirst, tl.Clock());
+        tl.Accumulate(kTlStageWait, tl.Clock() - w0);
+        tl.Accumulate(kTlSteps, 1);
+      }
       float s[32], dp[32];
       {
         const uint64_t dq_ = wg::Desc(sq, 16, 1024), do_ = wg::Desc(sdo, 16, 1024);
@@ -631,7 +698,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (writes) {
         FenceAcc(dq);
         const int sb = it % DQB;
+        const long long w1 = tl.Clock();
         tma::MbarWait(dq_empty(sb), ((it / DQB) & 1) ^ 1);
+        if (TIMELINE && tid == 128) tl.Accumulate(kTlBufferWait, tl.Clock() - w1);
         // float4 i4 of this thread (accumulators 4 i4 .. 4 i4 + 3) at
         // ((i4 kNW + wcol) 128 + ct) float4s: the order DqConvertKernel undoes
         float4* buf = reinterpret_cast<float4*>(smem + S::kDq + sb * S::kDqBytes);
@@ -644,12 +713,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       if constexpr (DQ_FIRST) consumed();
     }
+    if (TIMELINE && tid == 128) tl.Record(kTlStepsEnd, tl.Clock());
     const int64_t kstride = int64_t(a.hkv) * D;
     const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
     T* gk = static_cast<T*>(a.dk) + ko;
     T* gv = static_cast<T*>(a.dv) + ko;
     StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t);
     StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t);
+    if (TIMELINE && tid == 128) {
+      tl.Record(kTlStored, tl.Clock());
+      tl.Record(kTlEndNs, tl.Ns());
+    }
   }
 #else
   __trap();  // built without sm_90a code: DeviceOk never lets this run
@@ -765,13 +839,22 @@ bool DeviceOk() {
 #else
   static std::atomic<uint8_t> state[64];
   const void* kernel =
-      reinterpret_cast<const void*>(OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false>);
+      reinterpret_cast<const void*>(OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false, false>);
   return UsableAsSm90(state, kernel,
                       tma::GetEncodeTiled() != nullptr);
 #endif
 }
 
 }  // namespace sm90onepass
+
+namespace sm90onepass {
+std::atomic<long long*> timeline_buffer{nullptr};  // SetOnePassTimeline's
+}  // namespace sm90onepass
+
+cudaError_t SetOnePassTimeline(long long* buffer) {
+  sm90onepass::timeline_buffer.store(buffer);
+  return cudaSuccess;
+}
 
 template <typename T, int D>
 cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
@@ -817,16 +900,21 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
 
   {
     constexpr int smem = Smem<D, kStages<D>, kDqBuffers<D>>::kBytes;
-    static std::atomic<uint64_t> configured[2];
+    static std::atomic<uint64_t> configured[4];
     const bool dq_first = GetSwitches().attn_bwd_onepass_dq_first;
-    auto kern = dq_first ? OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, true>
-                         : OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false>;
-    err = AllowDynamicSmem(configured[dq_first], reinterpret_cast<const void*>(kern), smem);
+    long long* const timeline = timeline_buffer.load();  // the harness's instrumentation
+    constexpr int S = kStages<D>, B = kDqBuffers<D>;
+    auto kern = timeline != nullptr ? (dq_first ? OnePassKernel<T, D, S, B, true, true>
+                                                : OnePassKernel<T, D, S, B, false, true>)
+                                    : (dq_first ? OnePassKernel<T, D, S, B, true, false>
+                                                : OnePassKernel<T, D, S, B, false, false>);
+    err = AllowDynamicSmem(configured[int(dq_first) + 2 * int(timeline != nullptr)],
+                           reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
     // one CTA per (batch, kv head, key block), in the launch order of the header comment
     const int switched = GetSwitches().attn_bwd_onepass_group;
     const int group = switched > 0 && switched < pairs ? switched : pairs;
-    kern<<<unsigned(ctas), kThreads, smem, stream>>>(a, tq, tdo, tk, tv, group);
+    kern<<<unsigned(ctas), kThreads, smem, stream>>>(a, tq, tdo, tk, tv, group, timeline);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }

@@ -24,6 +24,12 @@ struct Args;
 template <typename T, int D>
 cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream);
 
+// Instrumentation (benchmarks/attention_harness.cu --timeline): `buffer` (device memory,
+// zeroed, kOnePassTimelineSlots int64 per CTA of the one-pass kernel, or null to stop)
+// receives each CTA's timeline (bwd_sm90_onepass.cu, TimelineSlot) on later launches.
+constexpr int kOnePassTimelineSlots = 16;
+cudaError_t SetOnePassTimeline(long long* buffer);
+
 // dQ sums of a query tile: the key blocks of long lists (at least half the query tiles)
 // add into slot 1, the others into slot 0, each slot in its own fixed order; dQ is slot 0
 // + slot 1 (bwd_sm90_onepass.cu).
