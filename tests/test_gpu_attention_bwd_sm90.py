@@ -461,27 +461,74 @@ REPEAT_CASES = {
 }
 
 
+def repeat_case(name):
+    """A REPEAT_CASES case: its jitted backward (dq, dk, dv of one forward) and its
+    arguments (q, k, v, do: fresh bf16 values from a fixed seed)."""
+    mask, causal, b, tq, tk, hq, hkv, d = REPEAT_CASES[name]
+    layout = jbs.Layout(mask, BS)
+    rng = np.random.default_rng([sorted(REPEAT_CASES).index(name), 92])
+    q, do = (random(rng, (b, tq, hq, d), jnp.bfloat16) for _ in range(2))
+    k, v = (random(rng, (b, tk, hkv, d), jnp.bfloat16) for _ in range(2))
+
+    @jax.jit
+    def grads(q, k, v, do):
+        _, vjp = jax.vjp(lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal),
+                         q, k, v)
+        return vjp(do)
+    return grads, (q, k, v, do)
+
+
 def run_repeats(names, runs):
     """Runs each case's forward + backward `runs` times; asserts every run's dq, dk, dv
     bitwise equal to the first (called in a subprocess with the variant forced)."""
     for name in names:
         mark_case(name)
-        mask, causal, b, tq, tk, hq, hkv, d = REPEAT_CASES[name]
-        layout = jbs.Layout(mask, BS)
-        rng = np.random.default_rng([sorted(REPEAT_CASES).index(name), 92])
-        q, do = (random(rng, (b, tq, hq, d), jnp.bfloat16) for _ in range(2))
-        k, v = (random(rng, (b, tk, hkv, d), jnp.bfloat16) for _ in range(2))
-
-        @jax.jit
-        def grads(q, k, v, do):
-            _, vjp = jax.vjp(lambda q, k, v: jbs.attention(q, k, v, layout, causal=causal),
-                             q, k, v)
-            return vjp(do)
-        first = [f64(x) for x in grads(q, k, v, do)]
+        grads, args = repeat_case(name)
+        first = [f64(x) for x in grads(*args)]
         for _ in range(runs - 1):
-            for what, g, f in zip(("dq", "dk", "dv"), grads(q, k, v, do), first):
+            for what, g, f in zip(("dq", "dk", "dv"), grads(*args), first):
                 np.testing.assert_array_equal(f64(g), f,
                                               err_msg=f"{name} {what}: not deterministic")
+
+
+def save_grads(names, path):
+    """Each case's dq, dk, dv (float64 copies of the bf16 results) into the npz `path`, as
+    "name/dq" etc. (called in a subprocess under the switches compared)."""
+    saved = {}
+    for name in names:
+        mark_case(name)
+        grads, args = repeat_case(name)
+        saved.update({f"{name}/{what}": f64(g) for what, g in zip(("dq", "dk", "dv"),
+                                                                  grads(*args))})
+    np.savez(path, **saved)
+
+
+ONEPASS_SAME_BITS = {"DQ_FIRST=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "0"},
+                     "GROUP=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": "1"},
+                     "GROUP=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": "0"},
+                     "EARLY_CONVERT=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "1"},
+                     "EARLY_CONVERT=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "0"}}
+
+
+def test_onepass_switches_same_bits(tmp_path):
+    """The switches README.md calls "the same results bit for bit" (variant 4's DQ_FIRST,
+    GROUP, EARLY_CONVERT) are: each case's dq, dk, dv under each of them bitwise equal to
+    those of variant 4 under its defaults (the REPEAT_CASES: GQA, causal, per-head masks,
+    head dims 128 and 64; every setting in its own process, the same inputs)."""
+    if not sm90():
+        pytest.skip("the one-pass backward needs an sm_90 GPU (H100 / H200)")
+    names = list(REPEAT_CASES)
+    got = {}
+    for label, env in {"defaults": {}, **ONEPASS_SAME_BITS}.items():
+        path = str(tmp_path / f"{label}.npz")
+        run_python(f"import test_gpu_attention_bwd_sm90 as t; t.save_grads({names!r}, {path!r})",
+                   JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="4", **env)
+        got[label] = np.load(path)
+    want = got.pop("defaults")
+    for label, saved in got.items():
+        assert sorted(saved.files) == sorted(want.files), label
+        for key in want.files:
+            np.testing.assert_array_equal(saved[key], want[key], err_msg=f"{label}: {key}")
 
 
 def test_onepass_backward_deterministic_over_runs():
