@@ -27,8 +27,9 @@ JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0: variant 4's steps with dK issued fi
 in FlashAttention-3's order, the default; `g` and a number, `4g4`, sets
 JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP to it: variant 4's launch order in groups of that
 many (batch, kv head) pairs; `c`, `4c`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT=1:
-dQ's conversion launched early, waiting on the tiles' semaphores). `--block-size 64` runs the patterns at block
-64 (without FlexAttention: `peers.py masks` reads masks of 128-blocks only).
+dQ's conversion launched early, waiting on the tiles' semaphores). `--block-size 64` runs
+the patterns at block 64 (without FlexAttention: `peers.py masks` reads masks of 128-blocks
+only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
 skipped (said in the table).
 `--metadata` adds a table of the metadata cost: each pattern's forward with the same block

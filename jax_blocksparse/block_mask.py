@@ -56,11 +56,12 @@ class BlockMask:
             with a value other than 0 and 1, or traced and not bool.
         """
         block_size = check_int("BlockMask.from_mask", "block_size", block_size)
-        dtype = mask.dtype if hasattr(mask, "dtype") else np.asarray(mask).dtype
-        if not (dtype == jnp.bool_ or jnp.issubdtype(dtype, jnp.integer)
-                or jnp.issubdtype(dtype, jnp.floating)):  # before asarray: strings, objects
+        if not hasattr(mask, "dtype"):  # a list: converted once, by numpy
+            mask = np.asarray(mask)
+        if not (mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.integer)
+                or jnp.issubdtype(mask.dtype, jnp.floating)):  # before jnp: strings, objects
             raise ValueError(f"BlockMask.from_mask: mask must be boolean or 0/1 numbers; got "
-                             f"dtype {dtype}")
+                             f"dtype {mask.dtype}")
         mask = jnp.asarray(mask)
         if mask.ndim not in (2, 3, 4):
             raise ValueError(f"BlockMask.from_mask: mask must be [Rq, Rk], [H, Rq, Rk] or "
