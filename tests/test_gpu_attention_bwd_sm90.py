@@ -506,8 +506,7 @@ def save_grads(names, path):
 ONEPASS_SAME_BITS = {"DQ_FIRST=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "0"},
                      "GROUP=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": "1"},
                      "GROUP=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": "0"},
-                     "EARLY_CONVERT=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "1"},
-                     "EARLY_CONVERT=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "0"}}
+                     "EARLY_CONVERT=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "1"}}
 
 
 def test_onepass_switches_same_bits(tmp_path):
