@@ -845,10 +845,8 @@ bool DeviceOk() {
 #endif
 }
 
-}  // namespace sm90onepass
-
-namespace sm90onepass {
 std::atomic<long long*> timeline_buffer{nullptr};  // SetOnePassTimeline's
+
 }  // namespace sm90onepass
 
 cudaError_t SetOnePassTimeline(long long* buffer) {
