@@ -41,7 +41,7 @@ Switches Read() {
                              : group[0] == '0'        ? 0
                              : std::atoi(group) > 0   ? std::atoi(group)
                                                       : kOnePassGroupDefault;
-  s.attn_bwd_onepass_early_convert = Flag("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT");
+  s.attn_bwd_onepass_early_convert = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT");
   s.attn_bwd_d256 = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_D256");
   const char* sections = std::getenv("JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS");
   s.attn_head_sections = sections == nullptr             ? 0

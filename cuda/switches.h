@@ -59,10 +59,10 @@
 //     pairs N at a time, each group's key blocks launched before the next group's (fewer
 //     query tiles in flight, for L2: benchmarks/onepass_schedule_model.py --groups; 4 is
 //     1.00-1.18x one group on the H100, RESULTS 2026-12-07); the same results bit for bit
-//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT=1 opts in (off until racecheck and
-//     synccheck have run on it; on the H100 the backward alone 1.000-1.021x faster on four
-//     masks, fwd+bwd causal 1.04x, strided 1.03x, RESULTS 2026-12-07 second session):
-//     variant 4's DqConvertKernel is a programmatic dependent launch whose CTAs become
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT=0 opts out (the default since its
+//     racecheck and synccheck, RESULTS 2026-12-07 third session; on the H100 the backward
+//     alone 1.1-1.6% faster on four masks, fwd+bwd causal 1.04x, strided 1.03x, RESULTS
+//     2026-12-07 second session): variant 4's DqConvertKernel is a programmatic dependent launch whose CTAs become
 //     resident while the one-pass kernel's last wave runs; each converts its 64-row tile
 //     once the tile's semaphores count every key block that adds into it
 //     (attention/bwd_sm90_onepass.cu, EARLY); the same results bit for bit
@@ -168,7 +168,7 @@ struct Switches {
                                // "0": 0 (every (batch, kv head) in one group), else
                                // kOnePassGroupDefault
   bool attn_bwd_onepass_early_convert;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT:
-                                        // anything but "" or "0"
+                                        // anything but "0" (unset: on)
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
   bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "0"

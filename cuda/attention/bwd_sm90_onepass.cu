@@ -58,7 +58,7 @@
 //     wait for the semaphore (only for a free buffer), and one completion wait per step.
 //  4. DqConvertKernel: dQ = scale * (slot 0 + slot 1) of dq_accum (undoing the register
 //     order), q's dtype; a slot's tile whose semaphore is still 0 (no key block added into
-//     it: never written) counts 0. Opt-in (EARLY) a programmatic dependent launch: its
+//     it: never written) counts 0. By default (EARLY) a programmatic dependent launch: its
 //     CTAs take the SMs the one-pass kernel's last wave leaves free and convert each tile
 //     once its semaphores count all of the tile's adders (the convert's 134 MB read and 67
 //     MB write at S 8192, B 2, H 16, D 128 overlap that wave instead of following it).
