@@ -42,6 +42,11 @@ Switches Read() {
                              : std::atoi(group) > 0   ? std::atoi(group)
                                                       : kOnePassGroupDefault;
   s.attn_bwd_onepass_early_convert = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT");
+  const char* onepass_ctas = std::getenv("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS");
+  s.attn_bwd_onepass_persistent_ctas =
+      onepass_ctas != nullptr && std::atoi(onepass_ctas) > 0 ? std::atoi(onepass_ctas) : 0;
+  s.attn_bwd_onepass_persistent = Flag("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT") ||
+                                  s.attn_bwd_onepass_persistent_ctas > 0;
   s.attn_bwd_d256 = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_D256");
   const char* sections = std::getenv("JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS");
   s.attn_head_sections = sections == nullptr             ? 0

@@ -66,6 +66,12 @@
 //     resident while the one-pass kernel's last wave runs; each converts its 64-row tile
 //     once the tile's semaphores count every key block that adds into it
 //     (attention/bwd_sm90_onepass.cu, EARLY); the same results bit for bit
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1 opts in (not yet run on a GPU): variant 4
+//     in a persistent grid, one CTA per SM taking every grid-th work item (batch, kv head,
+//     key block) of the launch order; the producer loads an item's K, V and first stages
+//     while the consumers store the previous item's dK, dV (attention/bwd_sm90_onepass.cu,
+//     PERSISTENT); the same results bit for bit. ..._PERSISTENT_CTAS=N (implies it): at
+//     most N CTAs (tests: several items per CTA at small shapes)
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward
 //     (variants 2 and 3: attention/bwd_sm90_d256.cu; on the H200, RESULTS 2026-12-05, 14x
 //     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
@@ -169,6 +175,10 @@ struct Switches {
                                // kOnePassGroupDefault
   bool attn_bwd_onepass_early_convert;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT:
                                         // anything but "0" (unset: on)
+  bool attn_bwd_onepass_persistent;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT: anything
+                                     // but "" or "0"; or the next one set
+  int attn_bwd_onepass_persistent_ctas;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS:
+                                         // N > 0 its value, else 0
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
   bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "0"

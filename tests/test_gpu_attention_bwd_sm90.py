@@ -506,12 +506,15 @@ def save_grads(names, path):
 ONEPASS_SAME_BITS = {"DQ_FIRST=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "0"},
                      "GROUP=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": "1"},
                      "GROUP=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": "0"},
-                     "EARLY_CONVERT=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "0"}}
+                     "EARLY_CONVERT=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "0"},
+                     "PERSISTENT=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT": "1"},
+                     "PERSISTENT_CTAS=3": {
+                         "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS": "3"}}
 
 
 def test_onepass_switches_same_bits(tmp_path):
     """The switches README.md calls "the same results bit for bit" (variant 4's DQ_FIRST,
-    GROUP, EARLY_CONVERT) are: each case's dq, dk, dv under each of them bitwise equal to
+    GROUP, EARLY_CONVERT, PERSISTENT) are: each case's dq, dk, dv under each of them bitwise equal to
     those of variant 4 under its defaults (the REPEAT_CASES: GQA, causal, per-head masks,
     head dims 128 and 64; every setting in its own process, the same inputs)."""
     if not sm90():
@@ -544,16 +547,21 @@ def test_onepass_backward_deterministic_over_runs():
 
 @pytest.mark.parametrize("switch", [("ONEPASS_DQ_FIRST", "0"), ("ONEPASS_GROUP", "1"),
                                     ("ONEPASS_GROUP", "3"), ("ONEPASS_GROUP", "0"),
-                                    ("ONEPASS_EARLY_CONVERT", "0")],
+                                    ("ONEPASS_EARLY_CONVERT", "0"), ("ONEPASS_PERSISTENT", "1"),
+                                    ("ONEPASS_PERSISTENT_CTAS", "3")],
                          ids="=".join)
 def test_onepass_switches(switch):
     """Variant 4 under its switches: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0 (the steps
     end in the other order than the default's: dK issued before the dS^T store, the dQ
     partial copied out after both products), JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP=1 / 3
     / 0 (the launch order takes the (batch, kv head) pairs 1 / 3 at a time: 3 leaves a
-    shorter last group; 0: all in one group, the default 4's alternative) and
+    shorter last group; 0: all in one group, the default 4's alternative),
     JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT=0 (dQ's conversion after the kernel
-    ends, not the default's dependent launch that waits on the tiles' semaphores): dq, dk, dv against float64 (the VARIANT3_CASES:
+    ends, not the default's dependent launch that waits on the tiles' semaphores) and
+    JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1 / ..._PERSISTENT_CTAS=3 (a persistent
+    grid of one CTA per SM / of 3 CTAs: each takes many work items, at these shapes of a
+    few steps each, so the meta ring laps across items' ends and K, V are reloaded while
+    dK, dV are stored): dq, dk, dv against float64 (the VARIANT3_CASES:
     causal, empty rows, GQA, per head, Tq != Tk, kv_lengths, traced, head dim 64), bitwise
     deterministic over runs."""
     if not sm90():

@@ -95,6 +95,22 @@
 // made each increment it will ever make: all its waits succeed, it finishes. By induction
 // every CTA finishes. Inside a CTA nothing else waits on other CTAs (the ring and the dQ
 // buffers are local).
+// Persistent (opt-in, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1; PERSISTENT): the work
+// items (batch, kv head, key block) keep that launch order, but a grid of one CTA per SM
+// takes items blockIdx.x, + gridDim.x, ... in turn. Every role walks the same items (an
+// item without steps is skipped by all). The producer loads an item's K and V once the
+// consumers have arrived on kv_empty after the previous item's last products (before they
+// store its dK, dV), and goes on filling the stages: the next item's loads overlap this
+// one's epilogue, the ~7.5 us of K/V wait, fill and dK/dV store a CTA spends beside its
+// steps (the timeline, RESULTS 2026-12-07 third session). Stages, dS and dQ buffers count
+// steps across items; meta slots count steps plus each item's kDqWriters ends; a writer's
+// step is its slot less kDqWriters per ended item. The consumers read every meta slot
+// (the ends included) and arrive on its meta_empty beside the writer's lanes, so no slot
+// is rewritten before both have read it (items of one step would otherwise let the
+// producer lap a slot the consumers have yet to read). Deadlock freedom as above, over
+// items: the unfinished item with the smallest index is its CTA's current one (the CTA's
+// earlier items are smaller, so finished), every grid CTA is resident (one per SM), and it
+// waits only for smaller items: it finishes.
 // Why longest first with the last query tile first: the longest CTAs start in the first
 // waves, not in the tail (descending n, FlashAttention-3's causal order, launched the
 // causal grid's longest key blocks last); with the steps reversed, key block n reaches a
@@ -133,6 +149,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 
@@ -160,7 +177,9 @@ constexpr int kBQ = 64;        // queries per step
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumers = 256;
 // 40 + 2 x 232 = 3 x 168, the launch's registers (the consumers fit 232 without spills;
-// the dQ writer's rank by launch order spilled at 24)
+// the dQ writer's rank by launch order spilled at 24; the producer warpgroup spills 2-4
+// loop-invariant words of the items' loop, loaded once per item outside the step loops;
+// 48 + 2 x 224 spilled more, in the consumers)
 [[maybe_unused]] constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 [[maybe_unused]] constexpr int kBarStep = 1;   // named barrier: both consumers, dS written
 [[maybe_unused]] constexpr int kBarZeroK = 2;  // named barrier: both consumers, K tail zeroed
@@ -325,8 +344,8 @@ struct Smem {
   static constexpr int kMeta = kLD + 512 * STAGES;   // kMetaSlots x (query head, first query)
   static constexpr int kBars = kMeta + 8 * kMetaSlots;
   // kv, full[STAGES], empty[STAGES], dq_full[DQB], dq_empty[DQB], meta_full[kMetaSlots],
-  // meta_empty[kMetaSlots]
-  static constexpr int kNumBars = 1 + 2 * STAGES + 2 * DQB + 2 * kMetaSlots;
+  // meta_empty[kMetaSlots], kv_empty
+  static constexpr int kNumBars = 2 + 2 * STAGES + 2 * DQB + 2 * kMetaSlots;
   static_assert(kMetaSlots > STAGES, "the meta ring: the consumers' reads");
   static_assert(DQB % kDqWriters == 0, "one writer per dQ buffer");
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
@@ -340,7 +359,10 @@ template <int D> constexpr int kDqBuffers = 2;
 // step in FlashAttention-3's order: dS^T stored and the barrier first, then dQ and dK
 // issued back to back, and the dQ partial copied out while dK runs (else dK is issued
 // before the dS^T store, and the copy waits for both products).
-template <typename T, int D, int STAGES, int DQB, bool DQ_FIRST, bool TIMELINE>
+// PERSISTENT (JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1): a grid of one CTA per SM that
+// takes the work items (header comment, Persistent) w = blockIdx.x, + gridDim.x, ...; else
+// one CTA per item (the loops over items below run once).
+template <typename T, int D, int STAGES, int DQB, bool DQ_FIRST, bool TIMELINE, bool PERSISTENT>
 __global__ void __launch_bounds__(kThreads, 1)
     OnePassKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
                   const __grid_constant__ CUtensorMap tm_do,
@@ -351,6 +373,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   using S = Smem<D, STAGES, DQB>;
   constexpr int kT = S::kT;
   constexpr int kNW = D / 64;  // consumers that write a step's dQ partial
+  static_assert(!(TIMELINE && PERSISTENT), "the timeline records one item per CTA");
+  static_assert(!PERSISTENT || DQB == kDqWriters, "a step's dQ buffer: its slot's writer");
   const Timeline<TIMELINE> tl{timeline};
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const uint32_t raw = ptx::SmemAddr(smem_raw);
@@ -368,27 +392,36 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto meta_empty = [&](int s) {
     return bars + 8u * (1 + 2 * STAGES + 2 * DQB + kMetaSlots + s);
   };
+  const uint32_t kv_empty = bars + 8u * (1 + 2 * STAGES + 2 * DQB + 2 * kMetaSlots);
 
   const int tid = threadIdx.x, wgi = tid / 128;
-  // the launch order (header comment): the (batch, kv head) pairs in groups of `group`,
-  // each group's CTAs before the next group's, the pairs of a group fastest
-  const int pairs = a.batch * a.hkv, c0 = int(blockIdx.x) / (group * a.by_key.lines) * group;
-  const int in_group = min(group, pairs - c0), rel = int(blockIdx.x) - c0 * a.by_key.lines;
-  const int bh = c0 + rel % in_group, b = bh / a.hkv, hk = bh % a.hkv;
   const Lists& L = a.by_key;
-  const int h_first = hk * a.group;
-  // the group's first mask head (with lists per batch entry: of batch entry b)
-  const int hm0 = MaskHead(a, b, a.hm == 1 ? 0 : h_first);
-  // the key block: launch order (header comment)
-  const int rk = __ldg(L.order + int64_t(hm0) * L.lines + rel / in_group);
-  const int k0 = rk * kBS;
-  const int off = QueryOffset(a, b);  // causal position of query row 0
-  const int kvlen = KvLength(a, b);
-
+  // the work items: one per (batch, kv head, key block), in the launch order of the header
+  // comment; this CTA's: blockIdx.x, + stride, ...
+  const int items = a.batch * a.hkv * L.lines;
+  const int stride = PERSISTENT ? int(gridDim.x) : items;
+  int b = 0, hk = 0, h_first = 0, hm0 = 0, rk = 0, k0 = 0, off = 0, kvlen = 0;
   // q_end: no 64-query tile is past Tq (a multiple of 128 here): a constant, since a.tq
   // would cost a register (spills)
   QueryCursor<kBQ, true> qc;
-  qc.Init(L, rk, hm0, a.hm == 1 ? 0 : 1, kBS, a.group, k0, off, kvlen, 0x7fffffff, a.causal);
+  // item w's (batch, kv head, key block) and its query cursor: the (batch, kv head) pairs
+  // in groups of `group`, each group's items before the next group's, the pairs of a group
+  // fastest; the key block by the group's first mask head's launch order (with lists per
+  // batch entry: of batch entry b)
+  auto enter = [&](int w) {
+    const int pairs = a.batch * a.hkv, c0 = w / (group * L.lines) * group;
+    const int in_group = min(group, pairs - c0), rel = w - c0 * L.lines;
+    const int bh = c0 + rel % in_group;
+    b = bh / a.hkv;
+    hk = bh % a.hkv;
+    h_first = hk * a.group;
+    hm0 = MaskHead(a, b, a.hm == 1 ? 0 : h_first);
+    rk = __ldg(L.order + int64_t(hm0) * L.lines + rel / in_group);
+    k0 = rk * kBS;
+    off = QueryOffset(a, b);  // causal position of query row 0
+    kvlen = KvLength(a, b);
+    qc.Init(L, rk, hm0, a.hm == 1 ? 0 : 1, kBS, a.group, k0, off, kvlen, 0x7fffffff, a.causal);
+  };
 
   if (tid == 0) {
     tl.Record(kTlStartNs, tl.Ns());
@@ -408,8 +441,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int s = 0; s < kMetaSlots; ++s) {
       tma::MbarInit(meta_full(s), 1);
-      tma::MbarInit(meta_empty(s), 32);  // the lanes of the slot's dQ writer
+      // the lanes of the slot's dQ writer (PERSISTENT: and the consumers, header comment)
+      tma::MbarInit(meta_empty(s), PERSISTENT ? 32 + kConsumers : 32);
     }
+    tma::MbarInit(kv_empty, kConsumers);
     tma::FenceMbarInit();
   }
   __syncthreads();
@@ -420,106 +455,126 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (wgi == 0) {
     tma::RegDealloc<kProducerRegs>();
     const int warp = tid / 32;
-    if (tid == 0 && !qc.Done()) {
+    if (tid == 0) {
       // --------------------------------------------------------- producer (TMA)
       tma::PrefetchMap(&tm_q);
       tma::PrefetchMap(&tm_do);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
-      const int krow = b * a.tk + k0;
-      tma::MbarArriveExpectTx(bar_kv, 4 * kT);
+      // steps issued (the stage ring), meta slots written (steps and each item's
+      // kDqWriters ends), items whose K, V were loaded
+      int it = 0, slot = 0, kvn = 0;
+      for (int w = blockIdx.x; w < items; w += stride) {
+          enter(w);
+          if (qc.Done()) continue;  // no step: no load, no meta (every role skips it)
+          // the consumers are done with the previous item's K, V (its last products)
+          if constexpr (PERSISTENT) tma::MbarWait(kv_empty, (kvn & 1) ^ 1);
+          ++kvn;
+          const int krow = b * a.tk + k0;
+          tma::MbarArriveExpectTx(bar_kv, 4 * kT);
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        LoadTile64<D>(base + hh * kT, &tm_k, hk, krow + 64 * hh, bar_kv);
-        LoadTile64<D>(base + (2 + hh) * kT, &tm_v, hk, krow + 64 * hh, bar_kv);
-      }
-      int it = 0;
-      for (; !qc.Done(); ++it, qc.Next()) {
-        const int st = it % STAGES;
-        const uint32_t ph = (it / STAGES) & 1;
-        const int h = h_first + qc.gi;
-        const int s0 = qc.Start(qc.t);
-        const uint32_t sq = base + S::kQ + st * 2 * kT;
-        const int64_t li = (int64_t(b) * a.hq + h) * a.tq + s0;
-        tma::MbarWait(empty(st), ph ^ 1);
-        tma::MbarWait(meta_empty(it % kMetaSlots), ((it / kMetaSlots) & 1) ^ 1);
-        meta[it % kMetaSlots] = MetaOf(h, s0, qc.Partial());
-        tma::MbarArrive(meta_full(it % kMetaSlots));
-        tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
-        LoadTile64<D>(sq, &tm_q, h, b * a.tq + s0, full(st));
-        LoadTile64<D>(sq + kT, &tm_do, h, b * a.tq + s0, full(st));
-        tma::LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
-        tma::LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
-      }
+          for (int hh = 0; hh < 2; ++hh) {
+            LoadTile64<D>(base + hh * kT, &tm_k, hk, krow + 64 * hh, bar_kv);
+            LoadTile64<D>(base + (2 + hh) * kT, &tm_v, hk, krow + 64 * hh, bar_kv);
+          }
+          for (; !qc.Done(); ++it, ++slot, qc.Next()) {
+            const int st = it % STAGES, ms = slot % kMetaSlots;
+            const uint32_t ph = (it / STAGES) & 1;
+            const int h = h_first + qc.gi;
+            const int s0 = qc.Start(qc.t);
+            const uint32_t sq = base + S::kQ + st * 2 * kT;
+            const int64_t li = (int64_t(b) * a.hq + h) * a.tq + s0;
+            tma::MbarWait(empty(st), ph ^ 1);
+            tma::MbarWait(meta_empty(ms), ((slot / kMetaSlots) & 1) ^ 1);
+            meta[ms] = MetaOf(h, s0, qc.Partial());
+            tma::MbarArrive(meta_full(ms));
+            tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
+            LoadTile64<D>(sq, &tm_q, h, b * a.tq + s0, full(st));
+            LoadTile64<D>(sq + kT, &tm_do, h, b * a.tq + s0, full(st));
+            tma::LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
+            tma::LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
+          }
 #pragma unroll
-      for (int w = 0; w < kDqWriters; ++w, ++it) {  // no more steps (one for each writer)
-        tma::MbarWait(meta_empty(it % kMetaSlots), ((it / kMetaSlots) & 1) ^ 1);
-        meta[it % kMetaSlots] = make_int2(-1, -1);
-        tma::MbarArrive(meta_full(it % kMetaSlots));
-      }
-    } else if (warp >= 1 && warp <= kDqWriters && !qc.Done()) {
-      // --------------------------------------------------------- dQ writers
-      const int lane = tid & 31;
-      const int kv_blocks = (kvlen + kBS - 1) / kBS;  // blocks starting before kv_lengths
-      // the launch order's key (header comment): the by-key counts of the first mask head
-      const unsigned order_line0 = unsigned(hm0) * unsigned(L.lines);
-      const int my_count = __ldg(a.by_key.counts + (order_line0 + unsigned(rk)));
-      const bool my_long = LongList(a, my_count);
-      // the slot's offsets in the two workspaces (kOnePassDqSlots x [B, Hq, Tq, D] / Tq / 64)
-      const size_t slot_tiles = my_long ? size_t(a.batch) * unsigned(a.hq) * unsigned(a.tq / kBQ) : 0;
-      for (int it = warp - 1;; it += kDqWriters) {  // this writer's steps
-        const int s = it % DQB, ms = it % kMetaSlots;
-        tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
-        const int h = reinterpret_cast<volatile int*>(meta + ms)[0];
-        const int s0 = MetaStart(reinterpret_cast<volatile int*>(meta + ms)[1]);
-        tma::MbarArrive(meta_empty(ms));  // read (each lane): the producer may reuse it
-        if (h < 0) {
+          for (int wr = 0; wr < kDqWriters; ++wr, ++slot) {  // the item's end (one per writer)
+            tma::MbarWait(meta_empty(slot % kMetaSlots), ((slot / kMetaSlots) & 1) ^ 1);
+            meta[slot % kMetaSlots] = make_int2(-1, -1);
+            tma::MbarArrive(meta_full(slot % kMetaSlots));
+          }
+        }
+      } else if (warp >= 1 && warp <= kDqWriters) {
+        // --------------------------------------------------------- dQ writers
+        const int lane = tid & 31;
+        // this writer's meta slots (warp - 1, + kDqWriters, ...) and the items it ended: a
+        // slot's step is slot - kDqWriters x ended (each item ends in kDqWriters slots)
+        int slot = warp - 1, ended = 0;
+        for (int w = blockIdx.x; w < items; w += stride) {
+        enter(w);
+        if (qc.Done()) continue;
+        const int kv_blocks = (kvlen + kBS - 1) / kBS;  // blocks starting before kv_lengths
+        // the launch order's key (header comment): the by-key counts of the first mask head
+        const unsigned order_line0 = unsigned(hm0) * unsigned(L.lines);
+        const int my_count = __ldg(a.by_key.counts + (order_line0 + unsigned(rk)));
+        const bool my_long = LongList(a, my_count);
+        // the slot's offsets in the two workspaces (kOnePassDqSlots x [B, Hq, Tq, D] / Tq / 64)
+        const size_t slot_tiles =
+            my_long ? size_t(a.batch) * unsigned(a.hq) * unsigned(a.tq / kBQ) : 0;
+        for (;; slot += kDqWriters) {  // this writer's steps of item w
+          const int it = slot - kDqWriters * ended;  // the step: its dQ buffer and phase
+          const int s = it % DQB, ms = slot % kMetaSlots;
+          tma::MbarWait(meta_full(ms), (slot / kMetaSlots) & 1);
+          const int h = reinterpret_cast<volatile int*>(meta + ms)[0];
+          const int s0 = MetaStart(reinterpret_cast<volatile int*>(meta + ms)[1]);
+          tma::MbarArrive(meta_empty(ms));  // read (each lane): the producer may reuse it
+          if (h < 0) {  // the item's end
+            if (lane == 0) {
+              tl.RecordMax(kTlWriterEnd, tl.Clock());
+              tl.RecordMax(kTlWriterEndNs, tl.Ns());
+            }
+            slot += kDqWriters;
+            ++ended;
+            break;
+          }
+          // rank: the key blocks of this slot before rk in the launch order that add into
+          // this 64-query tile (header comment)
+          const int mine = LaneAdders(a, b, h, s0, kv_blocks, off, order_line0, lane,
+                                      [&](int n2, int c2) {
+                                        const bool before =
+                                            c2 > my_count || (c2 == my_count && n2 < rk);
+                                        return before && LongList(a, c2) == my_long;
+                                      });
+          const int rank = __reduce_add_sync(0xffffffffu, mine);
           if (lane == 0) {
-            tl.RecordMax(kTlWriterEnd, tl.Clock());
-            tl.RecordMax(kTlWriterEndNs, tl.Ns());
+            const unsigned bh_q = unsigned(b) * unsigned(a.hq) + unsigned(h);
+            const size_t tile = slot_tiles + bh_q * unsigned(a.tq / kBQ) + unsigned(s0 / kBQ);
+            int32_t* sem = a.dq_sem + tile;
+            float* dst = a.dq_accum + tile * (kBQ * D);
+            // our turn (while the consumers compute). By-query and by-key lists that disagree
+            // (not transposes of one mask) could make a rank that never comes: trap after
+            // ~10 s rather than hang.
+            const long long t0 = clock64();
+            while (tma::LoadRelaxedGpu(sem) != rank) {
+              if (clock64() - t0 > (20LL << 30)) __trap();
+            }
+            tma::FenceAcquireGpu();  // with the load that saw `rank`: the acquire
+            const long long t1 = tl.Clock();
+            tl.Accumulate(kTlRankWait, t1 - t0);
+            tma::MbarWait(dq_full(s), (it / DQB) & 1);  // the consumers' partial is in
+            tl.Accumulate(kTlPartialWait, tl.Clock() - t1);
+            FenceProxyAsyncGlobal();  // the acquire before the async-proxy reduction
+            if (rank == 0) {  // the first adder stores: dq_accum needs no zeroing
+              BulkStore(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
+            } else {
+              BulkReduceAddF32(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
+            }
+            tma::StoreCommit();
+            tma::StoreWaitRead();  // the buffer is read: the consumers may refill it
+            tma::MbarArrive(dq_empty(s));
+            BulkWaitAll();
+            FenceProxyAsyncGlobal();  // the reduction's writes before the release
+            tma::AddReleaseGpu(sem, 1);
           }
-          break;
+          __syncwarp();
         }
-        // rank: the key blocks of this slot before rk in the launch order that add into
-        // this 64-query tile (header comment)
-        const int mine = LaneAdders(a, b, h, s0, kv_blocks, off, order_line0, lane,
-                                    [&](int n2, int c2) {
-                                      const bool before =
-                                          c2 > my_count || (c2 == my_count && n2 < rk);
-                                      return before && LongList(a, c2) == my_long;
-                                    });
-        const int rank = __reduce_add_sync(0xffffffffu, mine);
-        if (lane == 0) {
-          const unsigned bh_q = unsigned(b) * unsigned(a.hq) + unsigned(h);
-          const size_t tile = slot_tiles + bh_q * unsigned(a.tq / kBQ) + unsigned(s0 / kBQ);
-          int32_t* sem = a.dq_sem + tile;
-          float* dst = a.dq_accum + tile * (kBQ * D);
-          // our turn (while the consumers compute). By-query and by-key lists that disagree
-          // (not transposes of one mask) could make a rank that never comes: trap after
-          // ~10 s rather than hang.
-          const long long t0 = clock64();
-          while (tma::LoadRelaxedGpu(sem) != rank) {
-            if (clock64() - t0 > (20LL << 30)) __trap();
-          }
-          tma::FenceAcquireGpu();  // with the load that saw `rank`: the acquire
-          const long long t1 = tl.Clock();
-          tl.Accumulate(kTlRankWait, t1 - t0);
-          tma::MbarWait(dq_full(s), (it / DQB) & 1);  // the consumers' partial is in
-          tl.Accumulate(kTlPartialWait, tl.Clock() - t1);
-          FenceProxyAsyncGlobal();  // the acquire before the async-proxy reduction
-          if (rank == 0) {  // the first adder stores: dq_accum needs no zeroing
-            BulkStore(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
-          } else {
-            BulkReduceAddF32(dst, base + S::kDq + s * S::kDqBytes, S::kDqBytes);
-          }
-          tma::StoreCommit();
-          tma::StoreWaitRead();  // the buffer is read: the consumers may refill it
-          tma::MbarArrive(dq_empty(s));
-          BulkWaitAll();
-          FenceProxyAsyncGlobal();  // the reduction's writes before the release
-          tma::AddReleaseGpu(sem, 1);
-        }
-        __syncwarp();
       }
     }
   } else {
@@ -527,202 +582,223 @@ __global__ void __launch_bounds__(kThreads, 1)
     tma::RegAlloc<kConsumerRegs>();
     const int cw = wgi - 1, ct = tid - 128 * wgi;  // consumer, thread in its warpgroup
     const int lane = tid & 31, w4 = (tid >> 5) & 3, g = lane >> 2, t = lane & 3;
-    const int key0 = k0 + cw * 64 + w4 * 16 + g;  // this thread's key rows: key0, key0 + 8
     const float sl2 = a.scale_log2;
-    const bool cut = k0 + kBS > kvlen;
-    // segment ids (compared on partial entries): this thread's two key rows' ids, once
     const bool segs = a.kv_ids != nullptr;
-    const int2 kid = KeyRowIds<kBS>(a, b, key0, segs);
-
-    float dk[D / 2], dv[D / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
     const uint64_t dK = wg::Desc(base + cw * kT, 16, 1024);
     const uint64_t dV = wg::Desc(base + (2 + cw) * kT, 16, 1024);
 
-    // step it's (query head, first query), from the producer's ring
-    auto step_meta = [&](int it) {
-      const int ms = it % kMetaSlots;
-      tma::MbarWait(meta_full(ms), (it / kMetaSlots) & 1);
+    // meta slot `slot`'s (query head, first query), from the producer's ring (PERSISTENT:
+    // then each thread arrives on the slot's meta_empty, header comment)
+    auto step_meta = [&](int slot) {
+      const int ms = slot % kMetaSlots;
+      tma::MbarWait(meta_full(ms), (slot / kMetaSlots) & 1);
       const volatile int* m = reinterpret_cast<volatile int*>(meta + ms);
-      return make_int2(m[0], m[1]);
+      const int2 v = make_int2(m[0], m[1]);
+      if constexpr (PERSISTENT) tma::MbarArrive(meta_empty(ms));
+      return v;
     };
-    int2 step = qc.Done() ? make_int2(-1, -1) : step_meta(0);
-    if (step.x >= 0) {
-      tma::MbarWait(bar_kv, 0);
-      if (TIMELINE && tid == 128) tl.Record(kTlKv, tl.Clock());
-      if (cut) {  // K rows past kv_lengths -> 0 (the dS K product reads every row)
-        const int first = kvlen - k0;  // first row to clear, 0 < first < 128
-        for (int i = ct; i < 64 * (D / 8); i += 128) {  // 16-byte chunks of this half
-          const int r = cw * 64 + i / (D / 8), c = i % (D / 8);
-          if (r >= first) {
-            unsigned char* p =
-                smem + (r / 64) * kT + (c / 8) * kSlab + (r % 64) * kLine + (c % 8) * 16;
-            *reinterpret_cast<uint4*>(p) = make_uint4(0u, 0u, 0u, 0u);
+    int it = 0, slot = 0, kvn = 0;  // steps done, meta slots read, items with K, V
+    for (int w = blockIdx.x; w < items; w += stride) {
+      enter(w);
+      const int key0 = k0 + cw * 64 + w4 * 16 + g;  // this thread's key rows: key0, key0 + 8
+      const bool cut = k0 + kBS > kvlen;
+      // segment ids (compared on partial entries): this thread's two key rows' ids, once
+      const int2 kid = KeyRowIds<kBS>(a, b, key0, segs);
+      float dk[D / 2], dv[D / 2];
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+
+      int2 step = qc.Done() ? make_int2(-1, -1) : step_meta(slot);
+      if (step.x >= 0) {
+        tma::MbarWait(bar_kv, kvn & 1);
+        ++kvn;
+        if (TIMELINE && tid == 128) tl.Record(kTlKv, tl.Clock());
+        if (cut) {  // K rows past kv_lengths -> 0 (the dS K product reads every row)
+          const int first = kvlen - k0;  // first row to clear, 0 < first < 128
+          for (int i = ct; i < 64 * (D / 8); i += 128) {  // 16-byte chunks of this half
+            const int r = cw * 64 + i / (D / 8), c = i % (D / 8);
+            if (r >= first) {
+              unsigned char* p =
+                  smem + (r / 64) * kT + (c / 8) * kSlab + (r % 64) * kLine + (c % 8) * 16;
+              *reinterpret_cast<uint4*>(p) = make_uint4(0u, 0u, 0u, 0u);
+            }
           }
+          tma::FenceProxyAsync();
+          tma::NamedBarrier(kBarZeroK, kConsumers);
+        }
+      }
+      for (; step.x >= 0; ++it, ++slot, step = step_meta(slot)) {
+        const int st = it % STAGES;
+        const uint32_t ph = (it / STAGES) & 1;
+        const int s0 = MetaStart(step.y);
+        // a partial entry of the lists: the element predicate (causality, segment ids)
+        const bool partial = MetaPartial(step.y);
+        const bool causal_part = a.causal && partial;
+        const bool masked = partial || cut;
+        const uint32_t sq = base + S::kQ + st * 2 * kT, sdo = sq + kT;
+        const long long w0 = tl.Clock();
+        tma::MbarWait(full(st), ph);
+        if (TIMELINE && tid == 128) {
+          if (it == 0) tl.Record(kTlFirst, tl.Clock());
+          tl.Accumulate(kTlStageWait, tl.Clock() - w0);
+          tl.Accumulate(kTlSteps, 1);
+        }
+        float s[32], dp[32];
+        {
+          const uint64_t dq_ = wg::Desc(sq, 16, 1024), do_ = wg::Desc(sdo, 16, 1024);
+          FenceAcc(s);
+          FenceAcc(dp);
+          wg::Fence();
+#pragma unroll
+          for (int kk = 0; kk < D / 16; ++kk)
+            wg::MmaSS<T, 64>(s, dK + KSlice(kk), dq_ + KSlice(kk), kk > 0);
+          wg::Commit();  // S^T, then dP^T: P^T is computed while dP^T runs
+#pragma unroll
+          for (int kk = 0; kk < D / 16; ++kk)
+            wg::MmaSS<T, 64>(dp, dV + KSlice(kk), do_ + KSlice(kk), kk > 0);
+          wg::Commit();
+          wg::Wait<1>();
+          FenceAcc(s);
+        }
+        // P^T (into s), then dS^T (into dp): columns are queries s0 + 8j + 2t (+1)
+        const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
+        // the element predicate of a masked step as bits (no branches in the loops below)
+        const uint32_t allow =
+            masked ? AllowedBitsOf(s0, key0, kvlen, causal_part, off,
+                                   StepQueryIds<kBS>(a, b, s0, t, segs), kid.x, kid.y, t)
+                   : ~0u;
+        auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
+          const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
+            if (!keep(j, e)) p = 0.f;
+            s[4 * j + e] = p;
+          }
+        }
+        uint32_t pa[4][4], da[4][4];
+        PackA<T>(pa, s);
+        const uint64_t don = wg::Desc(sdo, kSlab, 1024), dqn = wg::Desc(sq, kSlab, 1024);
+        FenceAcc(dv);
+        wg::Fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
+        wg::Commit();  // dV += P^T dO runs while dS^T is computed
+        wg::Wait<1>();  // dP^T done
+        FenceAcc(dp);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const float2 dl = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
+          const float dlt[2] = {dl.x, dl.y};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float ds = s[4 * j + e] * (dp[4 * j + e] - dlt[e & 1]);
+            if (!keep(j, e)) ds = 0.f;
+            dp[4 * j + e] = ds;
+          }
+        }
+        PackA<T>(da, dp);
+        auto issue_dk = [&] {
+          FenceAcc(dk);
+          wg::Fence();
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dk, da[kk], dqn + NSlice(kk));
+          wg::Commit();
+        };
+        if constexpr (!DQ_FIRST) issue_dk();  // dK += dS^T Q runs while dS^T goes to smem
+        // dS^T -> buffer it % 2: line = key row (64 cw + r), 64 queries per line, swizzled.
+        // da[kk][i]: row 16 w4 + g + 8 (i & 1), columns 16 kk + 8 (i >> 1) + 2t (+1).
+        const uint32_t sds = base + S::kDs + (it & 1) * (S::kDsBytes / 2);
+        {
+          unsigned char* p = smem + S::kDs + (it & 1) * (S::kDsBytes / 2);
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int line = cw * 64 + w4 * 16 + g + 8 * (i & 1);
+              const int chunk = 2 * kk + (i >> 1);
+              *reinterpret_cast<uint32_t*>(p + wg::ChunkOffset(line, chunk) + 4 * t) = da[kk][i];
+            }
         }
         tma::FenceProxyAsync();
-        tma::NamedBarrier(kBarZeroK, kConsumers);
-      }
-    }
-    for (int it = 0; step.x >= 0; ++it, step = step_meta(it)) {
-      const int st = it % STAGES;
-      const uint32_t ph = (it / STAGES) & 1;
-      const int s0 = MetaStart(step.y);
-      // a partial entry of the lists: the element predicate (causality, segment ids)
-      const bool partial = MetaPartial(step.y);
-      const bool causal_part = a.causal && partial;
-      const bool masked = partial || cut;
-      const uint32_t sq = base + S::kQ + st * 2 * kT, sdo = sq + kT;
-      const long long w0 = tl.Clock();
-      tma::MbarWait(full(st), ph);
-      if (TIMELINE && tid == 128) {
-        if (it == 0) tl.Record(kTlFirst, tl.Clock());
-        tl.Accumulate(kTlStageWait, tl.Clock() - w0);
-        tl.Accumulate(kTlSteps, 1);
-      }
-      float s[32], dp[32];
-      {
-        const uint64_t dq_ = wg::Desc(sq, 16, 1024), do_ = wg::Desc(sdo, 16, 1024);
-        FenceAcc(s);
-        FenceAcc(dp);
-        wg::Fence();
+        tma::NamedBarrier(kBarStep, kConsumers);  // both halves of dS^T written
+        // dQ partial = dS K_n over the 128 keys: A = dS^T (M-major: 64 queries per line), B =
+        // K (N-major), k16 slice kk = keys 16 kk .. 16 kk + 15 (K tile kk / 4).
+        const bool writes = kNW == 2 || cw == (it & 1);
+        const int wcol = kNW == 2 ? cw : 0;  // 64-column slab of dQ this consumer computes
+        float dq[32];
+        // dV += P^T dO done: P^T's fragments are free before dq is live
+        wg::Wait<DQ_FIRST ? 0 : 1>();
+        if (writes) {
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-          wg::MmaSS<T, 64>(s, dK + KSlice(kk), dq_ + KSlice(kk), kk > 0);
-        wg::Commit();  // S^T, then dP^T: P^T is computed while dP^T runs
+          for (int i = 0; i < 32; ++i) dq[i] = 0.f;
+          FenceAcc(dq);
+          wg::Fence();
+          const uint64_t dsa = wg::Desc(sds, kSlab, 1024);
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk)
-          wg::MmaSS<T, 64>(dp, dV + KSlice(kk), do_ + KSlice(kk), kk > 0);
-        wg::Commit();
-        wg::Wait<1>();
-        FenceAcc(s);
-      }
-      // P^T (into s), then dS^T (into dp): columns are queries s0 + 8j + 2t (+1)
-      const float* sl = reinterpret_cast<const float*>(smem + S::kLD + 512 * st);
-      // the element predicate of a masked step as bits (no branches in the loops below)
-      const uint32_t allow =
-          masked ? AllowedBitsOf(s0, key0, kvlen, causal_part, off,
-                                 StepQueryIds<kBS>(a, b, s0, t, segs), kid.x, kid.y, t)
-                 : ~0u;
-      auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
-        const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
-          if (!keep(j, e)) p = 0.f;
-          s[4 * j + e] = p;
-        }
-      }
-      uint32_t pa[4][4], da[4][4];
-      PackA<T>(pa, s);
-      const uint64_t don = wg::Desc(sdo, kSlab, 1024), dqn = wg::Desc(sq, kSlab, 1024);
-      FenceAcc(dv);
-      wg::Fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dv, pa[kk], don + NSlice(kk));
-      wg::Commit();  // dV += P^T dO runs while dS^T is computed
-      wg::Wait<1>();  // dP^T done
-      FenceAcc(dp);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const float2 dl = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
-        const float dlt[2] = {dl.x, dl.y};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float ds = s[4 * j + e] * (dp[4 * j + e] - dlt[e & 1]);
-          if (!keep(j, e)) ds = 0.f;
-          dp[4 * j + e] = ds;
-        }
-      }
-      PackA<T>(da, dp);
-      auto issue_dk = [&] {
-        FenceAcc(dk);
-        wg::Fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) wg::MmaRS<T, D, 1>(dk, da[kk], dqn + NSlice(kk));
-        wg::Commit();
-      };
-      if constexpr (!DQ_FIRST) issue_dk();  // dK += dS^T Q runs while dS^T goes to smem
-      // dS^T -> buffer it % 2: line = key row (64 cw + r), 64 queries per line, swizzled.
-      // da[kk][i]: row 16 w4 + g + 8 (i & 1), columns 16 kk + 8 (i >> 1) + 2t (+1).
-      const uint32_t sds = base + S::kDs + (it & 1) * (S::kDsBytes / 2);
-      {
-        unsigned char* p = smem + S::kDs + (it & 1) * (S::kDsBytes / 2);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int line = cw * 64 + w4 * 16 + g + 8 * (i & 1);
-            const int chunk = 2 * kk + (i >> 1);
-            *reinterpret_cast<uint32_t*>(p + wg::ChunkOffset(line, chunk) + 4 * t) = da[kk][i];
+          for (int kk = 0; kk < 8; ++kk) {
+            const uint64_t kb = wg::Desc(base + (kk / 4) * kT + wcol * kSlab, kSlab, 1024);
+            wg::Mma<T, 64, 1, 1>(dq, dsa + NSlice(kk), kb + NSlice(kk % 4));
           }
-      }
-      tma::FenceProxyAsync();
-      tma::NamedBarrier(kBarStep, kConsumers);  // both halves of dS^T written
-      // dQ partial = dS K_n over the 128 keys: A = dS^T (M-major: 64 queries per line), B =
-      // K (N-major), k16 slice kk = keys 16 kk .. 16 kk + 15 (K tile kk / 4).
-      const bool writes = kNW == 2 || cw == (it & 1);
-      const int wcol = kNW == 2 ? cw : 0;  // 64-column slab of dQ this consumer computes
-      float dq[32];
-      // dV += P^T dO done: P^T's fragments are free before dq is live
-      wg::Wait<DQ_FIRST ? 0 : 1>();
-      if (writes) {
-#pragma unroll
-        for (int i = 0; i < 32; ++i) dq[i] = 0.f;
-        FenceAcc(dq);
-        wg::Fence();
-        const uint64_t dsa = wg::Desc(sds, kSlab, 1024);
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk) {
-          const uint64_t kb = wg::Desc(base + (kk / 4) * kT + wcol * kSlab, kSlab, 1024);
-          wg::Mma<T, 64, 1, 1>(dq, dsa + NSlice(kk), kb + NSlice(kk % 4));
+          wg::Commit();
         }
-        wg::Commit();
-      }
-      auto consumed = [&] {
-        wg::Wait<0>();
-        FenceAcc(dv);
-        FenceAcc(dk);
-        tma::MbarArrive(empty(st));  // Q, dO, lse, delta of this stage are consumed
-      };
-      if constexpr (DQ_FIRST) {
-        issue_dk();  // dK += dS^T Q runs while the dQ partial goes to shared memory
-        if (writes) wg::Wait<1>();  // the dQ product done
-      } else {
-        consumed();
-      }
-      if (writes) {
-        FenceAcc(dq);
-        const int sb = it % DQB;
-        const long long w1 = tl.Clock();
-        tma::MbarWait(dq_empty(sb), ((it / DQB) & 1) ^ 1);
-        if (TIMELINE && tid == 128) tl.Accumulate(kTlBufferWait, tl.Clock() - w1);
-        // float4 i4 of this thread (accumulators 4 i4 .. 4 i4 + 3) at
-        // ((i4 kNW + wcol) 128 + ct) float4s: the order DqConvertKernel undoes
-        float4* buf = reinterpret_cast<float4*>(smem + S::kDq + sb * S::kDqBytes);
+        auto consumed = [&] {
+          wg::Wait<0>();
+          FenceAcc(dv);
+          FenceAcc(dk);
+          tma::MbarArrive(empty(st));  // Q, dO, lse, delta of this stage are consumed
+        };
+        if constexpr (DQ_FIRST) {
+          issue_dk();  // dK += dS^T Q runs while the dQ partial goes to shared memory
+          if (writes) wg::Wait<1>();  // the dQ product done
+        } else {
+          consumed();
+        }
+        if (writes) {
+          FenceAcc(dq);
+          const int sb = it % DQB;
+          const long long w1 = tl.Clock();
+          tma::MbarWait(dq_empty(sb), ((it / DQB) & 1) ^ 1);
+          if (TIMELINE && tid == 128) tl.Accumulate(kTlBufferWait, tl.Clock() - w1);
+          // float4 i4 of this thread (accumulators 4 i4 .. 4 i4 + 3) at
+          // ((i4 kNW + wcol) 128 + ct) float4s: the order DqConvertKernel undoes
+          float4* buf = reinterpret_cast<float4*>(smem + S::kDq + sb * S::kDqBytes);
 #pragma unroll
-        for (int i4 = 0; i4 < 8; ++i4)
-          buf[(i4 * kNW + wcol) * 128 + ct] =
-              make_float4(dq[4 * i4], dq[4 * i4 + 1], dq[4 * i4 + 2], dq[4 * i4 + 3]);
-        tma::FenceProxyAsync();  // generic writes before the bulk reduction reads them
-        tma::MbarArrive(dq_full(sb));
+          for (int i4 = 0; i4 < 8; ++i4)
+            buf[(i4 * kNW + wcol) * 128 + ct] =
+                make_float4(dq[4 * i4], dq[4 * i4 + 1], dq[4 * i4 + 2], dq[4 * i4 + 3]);
+          tma::FenceProxyAsync();  // generic writes before the bulk reduction reads them
+          tma::MbarArrive(dq_full(sb));
+        }
+        if constexpr (DQ_FIRST) consumed();
       }
-      if constexpr (DQ_FIRST) consumed();
-    }
-    if (TIMELINE && tid == 128) tl.Record(kTlStepsEnd, tl.Clock());
-    const int64_t kstride = int64_t(a.hkv) * D;
-    const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
-    T* gk = static_cast<T*>(a.dk) + ko;
-    T* gv = static_cast<T*>(a.dv) + ko;
-    StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t);
-    StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t);
-    if (TIMELINE && tid == 128) {
-      tl.Record(kTlStored, tl.Clock());
-      tl.Record(kTlEndNs, tl.Ns());
+      if (TIMELINE && tid == 128) tl.Record(kTlStepsEnd, tl.Clock());
+      if (!qc.Done()) {  // the item's end: `slot` is its first end slot, read above
+        if constexpr (PERSISTENT) {
+#pragma unroll
+          for (int e = 1; e < kDqWriters; ++e) {  // every slot gets its consumers' arrivals
+            tma::MbarWait(meta_full((slot + e) % kMetaSlots), ((slot + e) / kMetaSlots) & 1);
+            tma::MbarArrive(meta_empty((slot + e) % kMetaSlots));
+          }
+          // the last step's products are done (consumed(): wgmma wait 0): K, V are free for
+          // the producer's next item while this one's dK, dV are stored
+          tma::MbarArrive(kv_empty);
+        }
+        slot += kDqWriters;
+      }
+      const int64_t kstride = int64_t(a.hkv) * D;
+      const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
+      T* gk = static_cast<T*>(a.dk) + ko;
+      T* gv = static_cast<T*>(a.dv) + ko;
+      StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t);
+      StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t);
+      if (TIMELINE && tid == 128) {
+        tl.Record(kTlStored, tl.Clock());
+        tl.Record(kTlEndNs, tl.Ns());
+      }
     }
   }
 #else
@@ -839,7 +915,7 @@ bool DeviceOk() {
 #else
   static std::atomic<uint8_t> state[64];
   const void* kernel =
-      reinterpret_cast<const void*>(OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false, false>);
+      reinterpret_cast<const void*>(OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false, false, false>);
   return UsableAsSm90(state, kernel,
                       tma::GetEncodeTiled() != nullptr);
 #endif
@@ -898,21 +974,33 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
 
   {
     constexpr int smem = Smem<D, kStages<D>, kDqBuffers<D>>::kBytes;
-    static std::atomic<uint64_t> configured[4];
+    static std::atomic<uint64_t> configured[6];
     const bool dq_first = GetSwitches().attn_bwd_onepass_dq_first;
     long long* const timeline = timeline_buffer.load();  // the harness's instrumentation
+    // the timeline records one item per CTA: the one-CTA-per-item grid
+    const bool persistent = GetSwitches().attn_bwd_onepass_persistent && timeline == nullptr;
     constexpr int S = kStages<D>, B = kDqBuffers<D>;
-    auto kern = timeline != nullptr ? (dq_first ? OnePassKernel<T, D, S, B, true, true>
-                                                : OnePassKernel<T, D, S, B, false, true>)
-                                    : (dq_first ? OnePassKernel<T, D, S, B, true, false>
-                                                : OnePassKernel<T, D, S, B, false, false>);
-    err = AllowDynamicSmem(configured[int(dq_first) + 2 * int(timeline != nullptr)],
-                           reinterpret_cast<const void*>(kern), smem);
+    auto kern = timeline != nullptr ? (dq_first ? OnePassKernel<T, D, S, B, true, true, false>
+                                                : OnePassKernel<T, D, S, B, false, true, false>)
+                : persistent        ? (dq_first ? OnePassKernel<T, D, S, B, true, false, true>
+                                                : OnePassKernel<T, D, S, B, false, false, true>)
+                                    : (dq_first ? OnePassKernel<T, D, S, B, true, false, false>
+                                                : OnePassKernel<T, D, S, B, false, false, false>);
+    err = AllowDynamicSmem(
+        configured[int(dq_first) + 2 * (timeline != nullptr ? 1 : persistent ? 2 : 0)],
+        reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
-    // one CTA per (batch, kv head, key block), in the launch order of the header comment
+    // one CTA per work item (batch, kv head, key block), in the launch order of the header
+    // comment; persistent: one CTA per SM (one fits: its shared memory; at most
+    // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS), each taking every grid-th item
     const int switched = GetSwitches().attn_bwd_onepass_group;
     const int group = switched > 0 && switched < pairs ? switched : pairs;
-    kern<<<unsigned(ctas), kThreads, smem, stream>>>(a, tq, tdo, tk, tv, group, timeline);
+    const int cap = GetSwitches().attn_bwd_onepass_persistent_ctas;  // tests: a smaller grid
+    const int64_t grid =
+        persistent ? std::min<int64_t>(ctas, cap > 0 ? std::min(cap, MultiProcessors())
+                                                     : MultiProcessors())
+                   : ctas;
+    kern<<<unsigned(grid), kThreads, smem, stream>>>(a, tq, tdo, tk, tv, group, timeline);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
