@@ -62,14 +62,14 @@
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT=0 opts out (the default since its
 //     racecheck and synccheck, RESULTS 2026-12-07 third session; on the H100 the backward
 //     alone 1.1-1.6% faster on four masks, fwd+bwd causal 1.04x, strided 1.03x, RESULTS
-//     2026-12-07 second session): variant 4's DqConvertKernel is a programmatic dependent launch whose CTAs become
-//     resident while the one-pass kernel's last wave runs; each converts its 64-row tile
-//     once the tile's semaphores count every key block that adds into it
-//     (attention/bwd_sm90_onepass.cu, EARLY); the same results bit for bit
+//     2026-12-07 second session): variant 4's DqConvertKernel is a programmatic dependent
+//     launch whose CTAs become resident while the one-pass kernel's last wave runs; each
+//     converts its 64-row tile once the tile's semaphores count every key block that adds
+//     into it (attention/bwd_sm90_onepass.cu, EARLY); the same results bit for bit
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1 opts in (not yet run on a GPU): variant 4
-//     in a persistent grid, one CTA per SM taking every grid-th work item (batch, kv head,
-//     key block) of the launch order; the producer loads an item's K, V and first stages
-//     while the consumers store the previous item's dK, dV (attention/bwd_sm90_onepass.cu,
+//     in a persistent grid, one CTA per SM taking the work items (batch, kv head, key
+//     block) in launch order from a counter; the producer loads an item's K, V and first
+//     stages while the consumers store the previous item's dK, dV (bwd_sm90_onepass.cu,
 //     PERSISTENT); the same results bit for bit. ..._PERSISTENT_CTAS=N (implies it): at
 //     most N CTAs (tests: several items per CTA at small shapes)
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward

@@ -721,15 +721,15 @@ def _attention_backward_lowering(ctx, *operands, **params):
     workspace = ctx.avals_in[4].update(shape=(b, hq, 2, -(-tq // bs) * bs),
                                        dtype=np.dtype(np.float32), weak_type=False)
     # the one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h), else [0]:
-    # dq_accum float32 [2, B, Hq, Tq, D], dq_semaphores int32 [2, B, Hq, Tq / 64] (two
-    # slots: kOnePassDqSlots)
+    # dq_accum float32 [2, B, Hq, Tq, D], dq_semaphores int32 [2 B Hq Tq / 64 + 1] (two
+    # slots: kOnePassDqSlots; the last int: the persistent grid's item counter)
     d = q_aval.shape[-1]
     beyond = tiled or tq % bs != 0 or tk % bs != 0  # what the one-pass kernel does not take
     onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), beyond,
                                params.get("onepass_suits", True))
     dq_accum = q_aval.update(shape=(2, b, hq, tq, d) if onepass else (0,),
                              dtype=np.dtype(np.float32), weak_type=False)
-    dq_sem = q_aval.update(shape=(2, b, hq, tq // 64) if onepass else (0,),
+    dq_sem = q_aval.update(shape=(2 * b * hq * (tq // 64) + 1,) if onepass else (0,),
                            dtype=np.dtype(np.int32), weak_type=False)
     ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, workspace, dq_accum, dq_sem])
     dq, dk, dv, *_ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(

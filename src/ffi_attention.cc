@@ -285,7 +285,7 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   p.dv = dv->untyped_data();
   p.delta = delta->typed_data();
   // the one-pass backward's workspaces (jax_blocksparse/_cuda.py declares them [0] for the
-  // other kernels): float32 [2, B, Hq, Tq, D], int32 [2, B, Hq, Tq / 64]
+  // other kernels): float32 [2, B, Hq, Tq, D], int32 [2 B Hq Tq / 64 + 1]
   if (kernel->dq_workspace) {
     const AttentionShape& s = p.shape;
     if (int64_t(dq_accum->element_count()) !=
@@ -294,7 +294,7 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
             attn::OnePassSemaphoreElements(s.batch, s.hq, s.tq))
       return Invalid(std::string("the backward here (") + kernel->name +
                      ") needs the dq_accum [2, B, Hq, Tq, D] and dq_semaphores "
-                     "[2, B, Hq, Tq / 64] workspaces (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT read "
+                     "[2 B Hq Tq / 64 + 1] workspaces (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT read "
                      "differently by the Python side?)");
     p.dq_accum = dq_accum->typed_data();
     p.dq_semaphores = dq_semaphores->typed_data();

@@ -491,8 +491,8 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
 def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernels, variant):
     """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 and unset (the default; faked here, on a
     faked sm_90a device) the backward's custom call gets the one-pass kernel's workspaces,
-    dq_accum float32 [2, B, Hq, Tq, D] and dq_semaphores int32 [2, B, Hq, Tq / 64] (two dQ
-    slots), after delta; otherwise (and at block size 64, and for partial tiles: calls
+    dq_accum float32 [2, B, Hq, Tq, D] and dq_semaphores int32 [2 B Hq Tq / 64 + 1] (two dQ
+    slots, then the persistent grid's item counter), after delta; otherwise (and at block size 64, and for partial tiles: calls
     variant 4 leaves to variant 2, which takes them fused; unset, also for a sparse layout
     with a global line, `_cuda.onepass_suits`) both are [0]. Lowered for "cuda" on any
     machine."""
@@ -546,7 +546,7 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
         onepass = (onepass_variant and bs == 128 and t % bs == 0
                    and (suits or variant == 4))
         want = (f"tensor<2x4x2x{rows}xf32>, tensor<2x2x4x{t}x{d}xf32>, "
-                f"tensor<2x2x4x{t // 64}xi32>"
+                f"tensor<{2 * 2 * 4 * (t // 64) + 1}xi32>"
                 if onepass else f"tensor<2x4x2x{rows}xf32>, tensor<0xf32>, tensor<0xi32>")
         assert want in results, (bs, d, t, results)
 

@@ -97,8 +97,11 @@
 // buffers are local).
 // Persistent (opt-in, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1; PERSISTENT): the work
 // items (batch, kv head, key block) keep that launch order, but a grid of one CTA per SM
-// takes items blockIdx.x, + gridDim.x, ... in turn. Every role walks the same items (an
-// item without steps is skipped by all). The producer loads an item's K and V once the
+// takes them one at a time: the producer thread takes the next item from a global
+// counter (atomicAdd; the int after the semaphores, zeroed with them) and hands it to the
+// dQ writers and the consumers through a ring of kItemSlots (item_full / item_empty,
+// every reading thread arrives); every role walks the same items (an item without steps
+// is skipped by all; a value >= items ends the walk). The producer loads an item's K and V once the
 // consumers have arrived on kv_empty after the previous item's last products (before they
 // store its dK, dV), and goes on filling the stages: the next item's loads overlap this
 // one's epilogue, the ~7.5 us of K/V wait, fill and dK/dV store a CTA spends beside its
@@ -108,9 +111,12 @@
 // (the ends included) and arrive on its meta_empty beside the writer's lanes, so no slot
 // is rewritten before both have read it (items of one step would otherwise let the
 // producer lap a slot the consumers have yet to read). Deadlock freedom as above, over
-// items: the unfinished item with the smallest index is its CTA's current one (the CTA's
-// earlier items are smaller, so finished), every grid CTA is resident (one per SM), and it
-// waits only for smaller items: it finishes.
+// items: only a running CTA takes an item, and each CTA's items increase; the unfinished
+// item with the smallest index was taken by a running CTA whose earlier items are smaller,
+// so finished: its roles are on this item, which waits only for smaller items: it
+// finishes. (Items striped over the grid by blockIdx.x would need every CTA resident at
+// once: another kernel holding SMs could leave an item's CTA unstarted while resident
+// ones wait on it.)
 // Why longest first with the last query tile first: the longest CTAs start in the first
 // waves, not in the tail (descending n, FlashAttention-3's causal order, launched the
 // causal grid's longest key blocks last); with the steps reversed, key block n reaches a
@@ -177,9 +183,9 @@ constexpr int kBQ = 64;        // queries per step
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kConsumers = 256;
 // 40 + 2 x 232 = 3 x 168, the launch's registers (the consumers fit 232 without spills;
-// the dQ writer's rank by launch order spilled at 24; the producer warpgroup spills 2-4
-// loop-invariant words of the items' loop, loaded once per item outside the step loops;
-// 48 + 2 x 224 spilled more, in the consumers)
+// the dQ writer's rank by launch order spilled at 24; PERSISTENT: the producer warpgroup
+// spills 8-10 words, its counters across items, in its own loops; the consumers none;
+// 48 + 2 x 224 spilled in the consumers)
 [[maybe_unused]] constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 [[maybe_unused]] constexpr int kBarStep = 1;   // named barrier: both consumers, dS written
 [[maybe_unused]] constexpr int kBarZeroK = 2;  // named barrier: both consumers, K tail zeroed
@@ -290,6 +296,7 @@ struct Timeline {
 // reads are done if kMetaSlots > STAGES.
 constexpr int kMetaSlots = 8;
 constexpr int kDqWriters = 2;  // warps 1 and 2 of the producer warpgroup
+constexpr int kItemSlots = 4;  // the item ring (PERSISTENT): items the producer runs ahead
 static_assert(kMetaSlots % kDqWriters == 0, "each meta slot read by one dQ writer");
 __device__ __forceinline__ int2 MetaOf(int h, int s0, bool partial) {
   return make_int2(h, 2 * s0 + (partial ? 1 : 0));
@@ -342,10 +349,11 @@ struct Smem {
   static constexpr int kDq = kDs + kDsBytes;         // dQ buffer s at kDq + s kDqBytes
   static constexpr int kLD = kDq + DQB * kDqBytes;   // lse, delta rows of stage st: + 512 st
   static constexpr int kMeta = kLD + 512 * STAGES;   // kMetaSlots x (query head, first query)
-  static constexpr int kBars = kMeta + 8 * kMetaSlots;
+  static constexpr int kItems = kMeta + 8 * kMetaSlots;  // kItemSlots x the item (PERSISTENT)
+  static constexpr int kBars = kItems + 16 * ((4 * kItemSlots + 15) / 16);
   // kv, full[STAGES], empty[STAGES], dq_full[DQB], dq_empty[DQB], meta_full[kMetaSlots],
-  // meta_empty[kMetaSlots], kv_empty
-  static constexpr int kNumBars = 2 + 2 * STAGES + 2 * DQB + 2 * kMetaSlots;
+  // meta_empty[kMetaSlots], kv_empty, item_full[kItemSlots], item_empty[kItemSlots]
+  static constexpr int kNumBars = 2 + 2 * STAGES + 2 * DQB + 2 * kMetaSlots + 2 * kItemSlots;
   static_assert(kMetaSlots > STAGES, "the meta ring: the consumers' reads");
   static_assert(DQB % kDqWriters == 0, "one writer per dQ buffer");
   static constexpr int kBytes = kBars + 8 * kNumBars + 1024;
@@ -360,8 +368,8 @@ template <int D> constexpr int kDqBuffers = 2;
 // issued back to back, and the dQ partial copied out while dK runs (else dK is issued
 // before the dS^T store, and the copy waits for both products).
 // PERSISTENT (JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1): a grid of one CTA per SM that
-// takes the work items (header comment, Persistent) w = blockIdx.x, + gridDim.x, ...; else
-// one CTA per item (the loops over items below run once).
+// takes the work items from a counter (header comment, Persistent); else one CTA per item
+// (the loops over items below run once).
 template <typename T, int D, int STAGES, int DQB, bool DQ_FIRST, bool TIMELINE, bool PERSISTENT>
 __global__ void __launch_bounds__(kThreads, 1)
     OnePassKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
@@ -393,13 +401,35 @@ __global__ void __launch_bounds__(kThreads, 1)
     return bars + 8u * (1 + 2 * STAGES + 2 * DQB + kMetaSlots + s);
   };
   const uint32_t kv_empty = bars + 8u * (1 + 2 * STAGES + 2 * DQB + 2 * kMetaSlots);
+  auto item_full = [&](int j) { return kv_empty + 8u * (1 + j); };
+  auto item_empty = [&](int j) { return kv_empty + 8u * (1 + kItemSlots + j); };
+  volatile int* item_ring = reinterpret_cast<volatile int*>(smem + S::kItems);
 
   const int tid = threadIdx.x, wgi = tid / 128;
   const Lists& L = a.by_key;
   // the work items: one per (batch, kv head, key block), in the launch order of the header
-  // comment; this CTA's: blockIdx.x, + stride, ...
+  // comment. This CTA's: without PERSISTENT blockIdx.x alone; with it, the producer takes
+  // each from the item counter (the int after the semaphores, zeroed with them) and hands
+  // it to the other roles through the item ring (header comment, Persistent)
   const int items = a.batch * a.hkv * L.lines;
-  const int stride = PERSISTENT ? int(gridDim.x) : items;
+  int* const item_counter = a.dq_sem + size_t(kOnePassDqSlots) * unsigned(a.batch) *
+                                           unsigned(a.hq) * unsigned(a.tq / kBQ);
+  auto take_item = [&](int n) {  // the producer's
+    if constexpr (!PERSISTENT) return int(blockIdx.x);
+    const int w = atomicAdd(item_counter, 1), j = n % kItemSlots;
+    tma::MbarWait(item_empty(j), ((n / kItemSlots) & 1) ^ 1);
+    item_ring[j] = w;
+    tma::MbarArrive(item_full(j));
+    return w;
+  };
+  auto read_item = [&](int n) {  // the dQ writers' and the consumers' (each thread arrives)
+    if constexpr (!PERSISTENT) return int(blockIdx.x);
+    const int j = n % kItemSlots;
+    tma::MbarWait(item_full(j), (n / kItemSlots) & 1);
+    const int w = item_ring[j];
+    tma::MbarArrive(item_empty(j));
+    return w;
+  };
   int b = 0, hk = 0, h_first = 0, hm0 = 0, rk = 0, k0 = 0, off = 0, kvlen = 0;
   // q_end: no 64-query tile is past Tq (a multiple of 128 here): a constant, since a.tq
   // would cost a register (spills)
@@ -422,6 +452,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     kvlen = KvLength(a, b);
     qc.Init(L, rk, hm0, a.hm == 1 ? 0 : 1, kBS, a.group, k0, off, kvlen, 0x7fffffff, a.causal);
   };
+  // without PERSISTENT the one item, entered by every thread before the roles split (as
+  // the kernel did before it had a persistent form: the consumers then fit 232 registers
+  // without spills; entered inside their branch they spilled 5 words in the step loop)
+  if constexpr (!PERSISTENT) enter(int(blockIdx.x));
 
   if (tid == 0) {
     tl.Record(kTlStartNs, tl.Ns());
@@ -445,6 +479,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::MbarInit(meta_empty(s), PERSISTENT ? 32 + kConsumers : 32);
     }
     tma::MbarInit(kv_empty, kConsumers);
+#pragma unroll
+    for (int j = 0; j < kItemSlots; ++j) {
+      tma::MbarInit(item_full(j), 1);
+      tma::MbarInit(item_empty(j), 32 * kDqWriters + kConsumers);
+    }
     tma::FenceMbarInit();
   }
   __syncthreads();
@@ -464,51 +503,55 @@ __global__ void __launch_bounds__(kThreads, 1)
       // steps issued (the stage ring), meta slots written (steps and each item's
       // kDqWriters ends), items whose K, V were loaded
       int it = 0, slot = 0, kvn = 0;
-      for (int w = blockIdx.x; w < items; w += stride) {
-          enter(w);
-          if (qc.Done()) continue;  // no step: no load, no meta (every role skips it)
-          // the consumers are done with the previous item's K, V (its last products)
-          if constexpr (PERSISTENT) tma::MbarWait(kv_empty, (kvn & 1) ^ 1);
-          ++kvn;
-          const int krow = b * a.tk + k0;
-          tma::MbarArriveExpectTx(bar_kv, 4 * kT);
+      for (int n = 0; PERSISTENT || n == 0; ++n) {  // without PERSISTENT: once
+        const int w = take_item(n);
+        if (w >= items) break;
+        if constexpr (PERSISTENT) enter(w);
+        if (qc.Done()) continue;  // no step: no load, no meta (every role skips it)
+        // the consumers are done with the previous item's K, V (its last products)
+        if constexpr (PERSISTENT) tma::MbarWait(kv_empty, (kvn & 1) ^ 1);
+        ++kvn;
+        const int krow = b * a.tk + k0;
+        tma::MbarArriveExpectTx(bar_kv, 4 * kT);
 #pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            LoadTile64<D>(base + hh * kT, &tm_k, hk, krow + 64 * hh, bar_kv);
-            LoadTile64<D>(base + (2 + hh) * kT, &tm_v, hk, krow + 64 * hh, bar_kv);
-          }
-          for (; !qc.Done(); ++it, ++slot, qc.Next()) {
-            const int st = it % STAGES, ms = slot % kMetaSlots;
-            const uint32_t ph = (it / STAGES) & 1;
-            const int h = h_first + qc.gi;
-            const int s0 = qc.Start(qc.t);
-            const uint32_t sq = base + S::kQ + st * 2 * kT;
-            const int64_t li = (int64_t(b) * a.hq + h) * a.tq + s0;
-            tma::MbarWait(empty(st), ph ^ 1);
-            tma::MbarWait(meta_empty(ms), ((slot / kMetaSlots) & 1) ^ 1);
-            meta[ms] = MetaOf(h, s0, qc.Partial());
-            tma::MbarArrive(meta_full(ms));
-            tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
-            LoadTile64<D>(sq, &tm_q, h, b * a.tq + s0, full(st));
-            LoadTile64<D>(sq + kT, &tm_do, h, b * a.tq + s0, full(st));
-            tma::LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
-            tma::LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
-          }
-#pragma unroll
-          for (int wr = 0; wr < kDqWriters; ++wr, ++slot) {  // the item's end (one per writer)
-            tma::MbarWait(meta_empty(slot % kMetaSlots), ((slot / kMetaSlots) & 1) ^ 1);
-            meta[slot % kMetaSlots] = make_int2(-1, -1);
-            tma::MbarArrive(meta_full(slot % kMetaSlots));
-          }
+        for (int hh = 0; hh < 2; ++hh) {
+          LoadTile64<D>(base + hh * kT, &tm_k, hk, krow + 64 * hh, bar_kv);
+          LoadTile64<D>(base + (2 + hh) * kT, &tm_v, hk, krow + 64 * hh, bar_kv);
         }
-      } else if (warp >= 1 && warp <= kDqWriters) {
-        // --------------------------------------------------------- dQ writers
-        const int lane = tid & 31;
-        // this writer's meta slots (warp - 1, + kDqWriters, ...) and the items it ended: a
-        // slot's step is slot - kDqWriters x ended (each item ends in kDqWriters slots)
-        int slot = warp - 1, ended = 0;
-        for (int w = blockIdx.x; w < items; w += stride) {
-        enter(w);
+        for (; !qc.Done(); ++it, ++slot, qc.Next()) {
+          const int st = it % STAGES, ms = slot % kMetaSlots;
+          const uint32_t ph = (it / STAGES) & 1;
+          const int h = h_first + qc.gi;
+          const int s0 = qc.Start(qc.t);
+          const uint32_t sq = base + S::kQ + st * 2 * kT;
+          const int64_t li = (int64_t(b) * a.hq + h) * a.tq + s0;
+          tma::MbarWait(empty(st), ph ^ 1);
+          tma::MbarWait(meta_empty(ms), ((slot / kMetaSlots) & 1) ^ 1);
+          meta[ms] = MetaOf(h, s0, qc.Partial());
+          tma::MbarArrive(meta_full(ms));
+          tma::MbarArriveExpectTx(full(st), 2 * kT + 512);
+          LoadTile64<D>(sq, &tm_q, h, b * a.tq + s0, full(st));
+          LoadTile64<D>(sq + kT, &tm_do, h, b * a.tq + s0, full(st));
+          tma::LoadBulk(base + S::kLD + 512 * st, a.lse + li, 256, full(st));
+          tma::LoadBulk(base + S::kLD + 512 * st + 256, a.delta + li, 256, full(st));
+        }
+#pragma unroll
+        for (int wr = 0; wr < kDqWriters; ++wr, ++slot) {  // the item's end (one per writer)
+          tma::MbarWait(meta_empty(slot % kMetaSlots), ((slot / kMetaSlots) & 1) ^ 1);
+          meta[slot % kMetaSlots] = make_int2(-1, -1);
+          tma::MbarArrive(meta_full(slot % kMetaSlots));
+        }
+      }
+    } else if (warp >= 1 && warp <= kDqWriters) {
+      // --------------------------------------------------------- dQ writers
+      const int lane = tid & 31;
+      // this writer's meta slots (warp - 1, + kDqWriters, ...) and the items it ended: a
+      // slot's step is slot - kDqWriters x ended (each item ends in kDqWriters slots)
+      int slot = warp - 1, ended = 0;
+      for (int n = 0; PERSISTENT || n == 0; ++n) {  // without PERSISTENT: once
+        const int w = read_item(n);
+        if (w >= items) break;
+        if constexpr (PERSISTENT) enter(w);
         if (qc.Done()) continue;
         const int kv_blocks = (kvlen + kBS - 1) / kBS;  // blocks starting before kv_lengths
         // the launch order's key (header comment): the by-key counts of the first mask head
@@ -597,9 +640,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       if constexpr (PERSISTENT) tma::MbarArrive(meta_empty(ms));
       return v;
     };
-    int it = 0, slot = 0, kvn = 0;  // steps done, meta slots read, items with K, V
-    for (int w = blockIdx.x; w < items; w += stride) {
-      enter(w);
+    // steps before this item, items ended (a meta slot: step + kDqWriters ends), items
+    // with K, V (all 0 without PERSISTENT: no register in the step loop)
+    int steps = 0, ends = 0, kvn = 0;
+    for (int n = 0; PERSISTENT || n == 0; ++n) {  // without PERSISTENT: once
+      const int w = read_item(n);
+      if (PERSISTENT && w >= items) break;
+      if constexpr (PERSISTENT) enter(w);
       const int key0 = k0 + cw * 64 + w4 * 16 + g;  // this thread's key rows: key0, key0 + 8
       const bool cut = k0 + kBS > kvlen;
       // segment ids (compared on partial entries): this thread's two key rows' ids, once
@@ -608,10 +655,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
-      int2 step = qc.Done() ? make_int2(-1, -1) : step_meta(slot);
+      const bool has_steps = !qc.Done();
+      int2 step = has_steps ? step_meta(steps + kDqWriters * ends) : make_int2(-1, -1);
       if (step.x >= 0) {
         tma::MbarWait(bar_kv, kvn & 1);
-        ++kvn;
+        if constexpr (PERSISTENT) ++kvn;
         if (TIMELINE && tid == 128) tl.Record(kTlKv, tl.Clock());
         if (cut) {  // K rows past kv_lengths -> 0 (the dS K product reads every row)
           const int first = kvlen - k0;  // first row to clear, 0 < first < 128
@@ -627,7 +675,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           tma::NamedBarrier(kBarZeroK, kConsumers);
         }
       }
-      for (; step.x >= 0; ++it, ++slot, step = step_meta(slot)) {
+      int it = steps;
+      for (; step.x >= 0; ++it, step = step_meta(it + kDqWriters * ends)) {
         const int st = it % STAGES;
         const uint32_t ph = (it / STAGES) & 1;
         const int s0 = MetaStart(step.y);
@@ -776,18 +825,20 @@ __global__ void __launch_bounds__(kThreads, 1)
         if constexpr (DQ_FIRST) consumed();
       }
       if (TIMELINE && tid == 128) tl.Record(kTlStepsEnd, tl.Clock());
-      if (!qc.Done()) {  // the item's end: `slot` is its first end slot, read above
-        if constexpr (PERSISTENT) {
+      if constexpr (PERSISTENT) {
+        steps = it;
+        if (has_steps) {  // the item's end: its first end slot was read above
+          const int slot = it + kDqWriters * ends;
 #pragma unroll
           for (int e = 1; e < kDqWriters; ++e) {  // every slot gets its consumers' arrivals
             tma::MbarWait(meta_full((slot + e) % kMetaSlots), ((slot + e) / kMetaSlots) & 1);
             tma::MbarArrive(meta_empty((slot + e) % kMetaSlots));
           }
+          ++ends;
           // the last step's products are done (consumed(): wgmma wait 0): K, V are free for
           // the producer's next item while this one's dK, dV are stored
           tma::MbarArrive(kv_empty);
         }
-        slot += kDqWriters;
       }
       const int64_t kstride = int64_t(a.hkv) * D;
       const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
@@ -915,7 +966,8 @@ bool DeviceOk() {
 #else
   static std::atomic<uint8_t> state[64];
   const void* kernel =
-      reinterpret_cast<const void*>(OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false, false, false>);
+      reinterpret_cast<const void*>(OnePassKernel<T, D, kStages<D>, kDqBuffers<D>, false, false,
+                                                  false>);
   return UsableAsSm90(state, kernel,
                       tma::GetEncodeTiled() != nullptr);
 #endif
@@ -992,14 +1044,13 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
     // one CTA per work item (batch, kv head, key block), in the launch order of the header
     // comment; persistent: one CTA per SM (one fits: its shared memory; at most
-    // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS), each taking every grid-th item
+    // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS), each taking items from the counter
     const int switched = GetSwitches().attn_bwd_onepass_group;
     const int group = switched > 0 && switched < pairs ? switched : pairs;
     const int cap = GetSwitches().attn_bwd_onepass_persistent_ctas;  // tests: a smaller grid
+    const int sms = MultiProcessors() > 0 ? MultiProcessors() : 1;
     const int64_t grid =
-        persistent ? std::min<int64_t>(ctas, cap > 0 ? std::min(cap, MultiProcessors())
-                                                     : MultiProcessors())
-                   : ctas;
+        persistent ? std::min<int64_t>(ctas, cap > 0 ? std::min(cap, sms) : sms) : ctas;
     kern<<<unsigned(grid), kThreads, smem, stream>>>(a, tq, tdo, tk, tv, group, timeline);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;

@@ -16,7 +16,8 @@ struct Args;
 // dim D (64, 128), T __nv_bfloat16 or __half, in one pass over the by-key lists: dQ is
 // summed in the float32 workspace a.dq_accum ([kOnePassDqSlots, B, Hq, Tq, D] elements,
 // layout private to the kernel) in a fixed order guarded by the int32 semaphores a.dq_sem
-// ([kOnePassDqSlots, B, Hq, Tq / 64]); the semaphores are zeroed here (cudaMemsetAsync),
+// ([kOnePassDqSlots, B, Hq, Tq / 64], then the persistent grid's item counter); the
+// semaphores and the counter are zeroed here (cudaMemsetAsync),
 // dq_accum needs no zeroing (each tile's first adder stores). cudaErrorNotSupported on a device that is not sm_90 (or a build
 // without sm_90a code) and for calls beyond the scope (lists per batch entry, Tq or Tk not
 // multiples of 128), cudaErrorInvalidValue for operands TMA cannot address (not 16-byte
@@ -36,12 +37,14 @@ cudaError_t SetOnePassTimeline(long long* buffer);
 constexpr int kOnePassDqSlots = 2;
 
 // Elements of the two workspaces for (B, Hq, Tq, D): dq_accum (float32) and the
-// semaphores (int32); jax_blocksparse/_cuda.py declares the same shapes.
+// semaphores (int32: one per slot and 64-row tile, and the item counter of
+// JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT); jax_blocksparse/_cuda.py declares the
+// same sizes.
 inline int64_t OnePassDqAccumElements(int64_t batch, int64_t hq, int64_t tq, int64_t d) {
   return kOnePassDqSlots * batch * hq * tq * d;
 }
 inline int64_t OnePassSemaphoreElements(int64_t batch, int64_t hq, int64_t tq) {
-  return kOnePassDqSlots * batch * hq * (tq / 64);
+  return kOnePassDqSlots * batch * hq * (tq / 64) + 1;
 }
 
 #define JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(PREFIX, T)                   \
