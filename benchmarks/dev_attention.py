@@ -98,7 +98,8 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
          jax.ShapeDtypeStruct(k_shape, dtype),
          jax.ShapeDtypeStruct((b, hq, 2, tq_pad), jnp.float32),
          jax.ShapeDtypeStruct((2, b, hq, tq, d) if onepass else (0,), jnp.float32),
-         jax.ShapeDtypeStruct((2, b, hq, tq // 64) if onepass else (0,), jnp.int32)))
+         jax.ShapeDtypeStruct((2 * b * hq * (tq // 64) + 1,) if onepass else (0,),
+                              jnp.int32)))
 
     # both also take q_positions [1] and segment ids (placeholders: attributes off)
     qpos, ids = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1), jnp.int32)

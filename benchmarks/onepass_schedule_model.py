@@ -36,7 +36,7 @@ import jax_blocksparse as jbs
 
 
 def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixed=1.0,
-             writers=2, group=None, l2_tiles=400):
+             writers=2, group=None, l2_tiles=400, first=()):
     """(time until the last CTA ends, the fraction of the steps' tile touches that miss an
     LRU cache of `l2_tiles` tiles): `launch` the key blocks in launch order (every column
     the same; columns fastest, or with `group` the columns in groups of that many, each
@@ -54,8 +54,11 @@ def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixe
     end = 0.0
     touches = []  # (time, (column, query block, step)): a step's loads and its add
     group = group or columns
-    order = [(c, n) for c0 in range(0, columns, group) for n in launch
-             for c in range(c0, min(c0 + group, columns))]
+    # `first`: key blocks launched for every column before the groups (their positions in
+    # `launch` kept: each column's adds keep their order)
+    order = [(c, n) for n in launch if n in first for c in range(columns)]
+    order += [(c, n) for c0 in range(0, columns, group) for n in launch if n not in first
+              for c in range(c0, min(c0 + group, columns))]
     for c, n in order:
         t = heapq.heappop(free) + fixed
         writer, pending = [t] * writers, []
@@ -112,6 +115,9 @@ def main():
     parser.add_argument("--writers", type=int, default=2, help="dQ writer warps per CTA")
     parser.add_argument("--groups", type=lambda v: [int(g) for g in v.split(",")],
                         default=[], help="column group sizes to model, e.g. 1,4,8")
+    parser.add_argument("--fixed", type=float, default=1.0,
+                        help="a CTA's cost beside its steps, in steps (measured: 3-7, "
+                        "RESULTS 2026-12-07 third session)")
     parser.add_argument("--l2-mb", type=int, default=25,
                         help="the L2 a tile can stay in (the H100's 50 MB is two halves)")
     args = parser.parse_args()
@@ -137,10 +143,14 @@ def main():
                 ("the same, long lists in a dQ slot of their own", longest, backward,
                  long_lists, None),
                 *((f"the same, columns in groups of {g}", longest, backward, long_lists, g)
-                  for g in args.groups)):
+                  for g in args.groups),
+                *((f"groups of {g}, the long lists of every column first", longest,
+                   backward, long_lists, g) for g in args.groups)):
+            first = ({n for n in range(blocks) if long_lists(n)}
+                     if label.endswith("every column first") else ())
             time, misses = makespan(mask, args.columns, launch, steps, slot, args.sms,
                                     args.add, writers=args.writers, group=group,
-                                    l2_tiles=args.l2_mb * 16)
+                                    l2_tiles=args.l2_mb * 16, fixed=args.fixed, first=first)
             rows.setdefault(label, []).append(f"{time / ideal:.3f} / {misses:.2f}")
     for label, values in rows.items():
         print(f"| {label} | " + " | ".join(values) + " |")

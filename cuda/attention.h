@@ -122,8 +122,9 @@ struct AttentionBackwardParams {
   // and delta rows padded to whole tiles [B, Hq, 2, ceil(Tq / bs) * bs]
   float* delta;
   // workspaces of the rows with AttentionKernel::dq_workspace (backward variant 4), else
-  // null: float32 [2, B, Hq, Tq, D] and int32 [2, B, Hq, Tq / 64] (two dQ slots,
-  // attention/bwd_sm90_onepass.h; the launcher zeroes the semaphores)
+  // null: float32 [2, B, Hq, Tq, D] and int32 [2 B Hq Tq / 64 + 1] (two dQ slots, then the
+  // persistent grid's item counter: attention/bwd_sm90_onepass.h, OnePassSemaphoreElements;
+  // the launcher zeroes them)
   float* dq_accum;
   int32_t* dq_semaphores;
   // a mask of block size mask_block (16, 32 or 64: TiledMaskBlock) on 128 x 128 tiles (as

@@ -72,6 +72,12 @@
 //     stages while the consumers store the previous item's dK, dV (bwd_sm90_onepass.cu,
 //     PERSISTENT); the same results bit for bit. ..._PERSISTENT_CTAS=N (implies it): at
 //     most N CTAs (tests: several items per CTA at small shapes)
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=1 opts in (not yet run on a GPU): variant 4
+//     (one CTA per item; the persistent form keeps its register stores) stores dK, dV
+//     through shared memory (each consumer's half into its K and V tiles, once both are
+//     done with K) by TMA, instead of 4-byte stores from the registers (the timeline's
+//     4.7-5.2 us a CTA from the last step to dK, dV stored, RESULTS 2026-12-07 third
+//     session); the same results bit for bit
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward
 //     (variants 2 and 3: attention/bwd_sm90_d256.cu; on the H200, RESULTS 2026-12-05, 14x
 //     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
@@ -179,6 +185,8 @@ struct Switches {
                                      // but "" or "0"; or the next one set
   int attn_bwd_onepass_persistent_ctas;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS:
                                          // N > 0 its value, else 0
+  bool attn_bwd_onepass_store_tma;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA: anything but
+                                    // "" or "0"
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
   bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "0"

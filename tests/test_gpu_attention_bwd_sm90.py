@@ -509,13 +509,14 @@ ONEPASS_SAME_BITS = {"DQ_FIRST=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST":
                      "EARLY_CONVERT=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "0"},
                      "PERSISTENT=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT": "1"},
                      "PERSISTENT_CTAS=3": {
-                         "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS": "3"}}
+                         "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS": "3"},
+                     "STORE_TMA=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA": "1"}}
 
 
 def test_onepass_switches_same_bits(tmp_path):
     """The switches README.md calls "the same results bit for bit" (variant 4's DQ_FIRST,
-    GROUP, EARLY_CONVERT, PERSISTENT) are: each case's dq, dk, dv under each of them bitwise equal to
-    those of variant 4 under its defaults (the REPEAT_CASES: GQA, causal, per-head masks,
+    GROUP, EARLY_CONVERT, PERSISTENT, STORE_TMA) are: each case's dq, dk, dv under each of
+    them bitwise equal to those of variant 4 under its defaults (the REPEAT_CASES: GQA, causal, per-head masks,
     head dims 128 and 64; every setting in its own process, the same inputs)."""
     if not sm90():
         pytest.skip("the one-pass backward needs an sm_90 GPU (H100 / H200)")
@@ -548,7 +549,8 @@ def test_onepass_backward_deterministic_over_runs():
 @pytest.mark.parametrize("switch", [("ONEPASS_DQ_FIRST", "0"), ("ONEPASS_GROUP", "1"),
                                     ("ONEPASS_GROUP", "3"), ("ONEPASS_GROUP", "0"),
                                     ("ONEPASS_EARLY_CONVERT", "0"), ("ONEPASS_PERSISTENT", "1"),
-                                    ("ONEPASS_PERSISTENT_CTAS", "3")],
+                                    ("ONEPASS_PERSISTENT_CTAS", "3"),
+                                    ("ONEPASS_STORE_TMA", "1")],
                          ids="=".join)
 def test_onepass_switches(switch):
     """Variant 4 under its switches: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0 (the steps
@@ -561,7 +563,8 @@ def test_onepass_switches(switch):
     JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1 / ..._PERSISTENT_CTAS=3 (a persistent
     grid of one CTA per SM / of 3 CTAs: each takes many work items, at these shapes of a
     few steps each, so the meta ring laps across items' ends and K, V are reloaded while
-    dK, dV are stored): dq, dk, dv against float64 (the VARIANT3_CASES:
+    dK, dV are stored) and JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=1 (dK, dV through
+    shared memory and TMA stores): dq, dk, dv against float64 (the VARIANT3_CASES:
     causal, empty rows, GQA, per head, Tq != Tk, kv_lengths, traced, head dim 64), bitwise
     deterministic over runs."""
     if not sm90():

@@ -189,6 +189,9 @@ constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 [[maybe_unused]] constexpr int kBarStep = 1;   // named barrier: both consumers, dS written
 [[maybe_unused]] constexpr int kBarZeroK = 2;  // named barrier: both consumers, K tail zeroed
+// named barriers of the dK/dV store through shared memory (STORE_TMA): both consumers done
+// with K (the other's dQ product reads it), then each consumer's half written (3 + cw)
+[[maybe_unused]] constexpr int kBarKvRead = 3, kBarHalfWritten = 4;
 
 // One 64-row tile (rows row .. row + 63 of head `head`; 3-d maps over [B * T, H, D]: whole
 // tiles only) by TMA into `dst`.
@@ -375,8 +378,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     OnePassKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
                   const __grid_constant__ CUtensorMap tm_do,
                   const __grid_constant__ CUtensorMap tm_k,
-                  const __grid_constant__ CUtensorMap tm_v, const int group,
-                  long long* const timeline) {
+                  const __grid_constant__ CUtensorMap tm_v,
+                  const __grid_constant__ CUtensorMap tm_dk,
+                  const __grid_constant__ CUtensorMap tm_dv, const int group,
+                  const bool store_tma, long long* const timeline) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using S = Smem<D, STAGES, DQB>;
   constexpr int kT = S::kT;
@@ -416,8 +421,9 @@ __global__ void __launch_bounds__(kThreads, 1)
                                            unsigned(a.hq) * unsigned(a.tq / kBQ);
   auto take_item = [&](int n) {  // the producer's
     if constexpr (!PERSISTENT) return int(blockIdx.x);
-    const int w = atomicAdd(item_counter, 1), j = n % kItemSlots;
-    tma::MbarWait(item_empty(j), ((n / kItemSlots) & 1) ^ 1);
+    const int j = n % kItemSlots;
+    tma::MbarWait(item_empty(j), ((n / kItemSlots) & 1) ^ 1);  // before taking one
+    const int w = atomicAdd(item_counter, 1);
     item_ring[j] = w;
     tma::MbarArrive(item_full(j));
     return w;
@@ -840,12 +846,45 @@ __global__ void __launch_bounds__(kThreads, 1)
           tma::MbarArrive(kv_empty);
         }
       }
-      const int64_t kstride = int64_t(a.hkv) * D;
-      const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
-      T* gk = static_cast<T*>(a.dk) + ko;
-      T* gv = static_cast<T*>(a.dv) + ko;
-      StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t);
-      StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t);
+      if (!PERSISTENT && store_tma && has_steps) {
+        // dK, dV through shared memory: each half into its own K and V tiles (free once
+        // both consumers' last products are done: the other half's dQ product reads this
+        // K tile), the slabs' swizzled layout, then TMA stores of this half's two tiles.
+        // (In the persistent kernel the same code made the consumers spill 80-240 bytes,
+        // in the step loop: there dK, dV go from the registers, after kv_empty.)
+        tma::NamedBarrier(kBarKvRead, kConsumers);
+        unsigned char* tk_ = smem + cw * kT;
+        unsigned char* tv_ = smem + (2 + cw) * kT;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int byte = (j / 8) * kSlab + wg::ChunkOffset(w4 * 16 + g + 8 * hh, j % 8) + 4 * t;
+            *reinterpret_cast<uint32_t*>(tk_ + byte) =
+                Ops<T>::Pack(dk[4 * j + 2 * hh] * a.scale, dk[4 * j + 2 * hh + 1] * a.scale);
+            *reinterpret_cast<uint32_t*>(tv_ + byte) =
+                Ops<T>::Pack(dv[4 * j + 2 * hh], dv[4 * j + 2 * hh + 1]);
+          }
+        tma::FenceProxyAsync();  // generic writes before the TMA store reads them
+        tma::NamedBarrier(kBarHalfWritten + cw, 128);
+        if (ct == 0) {
+          const int row = b * a.tk + k0 + cw * 64;
+#pragma unroll
+          for (int sl = 0; sl < D / 64; ++sl) {
+            tma::Store3d(&tm_dk, sl * 64, hk, row, base + cw * kT + sl * kSlab);
+            tma::Store3d(&tm_dv, sl * 64, hk, row, base + (2 + cw) * kT + sl * kSlab);
+          }
+          tma::StoreCommit();
+          tma::StoreWaitRead();  // K, V's shared memory is read: the next item may load
+        }
+      } else {  // registers to global memory
+        const int64_t kstride = int64_t(a.hkv) * D;
+        const int64_t ko = (int64_t(b) * a.tk + key0) * kstride + int64_t(hk) * D;
+        T* gk = static_cast<T*>(a.dk) + ko;
+        T* gv = static_cast<T*>(a.dv) + ko;
+        StoreAcc<T, D>(dk, a.scale, gk, gk + 8 * kstride, t);
+        StoreAcc<T, D>(dv, 1.f, gv, gv + 8 * kstride, t);
+      }
       if (TIMELINE && tid == 128) {
         tl.Record(kTlStored, tl.Clock());
         tl.Record(kTlEndNs, tl.Ns());
@@ -1012,7 +1051,7 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
 
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   const uint64_t e = sizeof(T);
-  CUtensorMap tq{}, tdo{}, tk{}, tv{};
+  CUtensorMap tq{}, tdo{}, tk{}, tv{}, tdk{}, tdv{};
   const uint64_t qdims[3] = {uint64_t(D), uint64_t(a.hq), uint64_t(a.batch) * a.tq};
   const uint64_t qstr[2] = {D * e, uint64_t(a.hq) * D * e};
   const uint64_t kdims[3] = {uint64_t(D), uint64_t(a.hkv), uint64_t(a.batch) * a.tk};
@@ -1023,6 +1062,11 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   if (err == cudaSuccess) err = tma::EncodeTiled3d(&tk, kBf16, a.k, kdims, kstr, box);
   if (err == cudaSuccess) err = tma::EncodeTiled3d(&tv, kBf16, a.v, kdims, kstr, box);
   if (err != cudaSuccess) return err;
+  // dK, dV stored through shared memory by TMA (opt-in; their maps: K's geometry)
+  const bool store_tma = GetSwitches().attn_bwd_onepass_store_tma && aligned(a.dk) &&
+                         aligned(a.dv) &&
+                         tma::EncodeTiled3d(&tdk, kBf16, a.dk, kdims, kstr, box) == cudaSuccess &&
+                         tma::EncodeTiled3d(&tdv, kBf16, a.dv, kdims, kstr, box) == cudaSuccess;
 
   {
     constexpr int smem = Smem<D, kStages<D>, kDqBuffers<D>>::kBytes;
@@ -1051,7 +1095,8 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
     const int sms = MultiProcessors() > 0 ? MultiProcessors() : 1;
     const int64_t grid =
         persistent ? std::min<int64_t>(ctas, cap > 0 ? std::min(cap, sms) : sms) : ctas;
-    kern<<<unsigned(grid), kThreads, smem, stream>>>(a, tq, tdo, tk, tv, group, timeline);
+    kern<<<unsigned(grid), kThreads, smem, stream>>>(a, tq, tdo, tk, tv, tdk, tdv, group,
+                                                     store_tma, timeline);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
