@@ -190,7 +190,8 @@ constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 [[maybe_unused]] constexpr int kBarStep = 1;   // named barrier: both consumers, dS written
 [[maybe_unused]] constexpr int kBarZeroK = 2;  // named barrier: both consumers, K tail zeroed
 // named barriers of the dK/dV store through shared memory (STORE_TMA): both consumers done
-// with K (the other's dQ product reads it), then each consumer's half written (3 + cw)
+// with K (the other's dQ product reads it), then each consumer's half written (4 + cw; an
+// id in a register: ptxas reserves all 16 barriers, as in the forward's epilogue)
 [[maybe_unused]] constexpr int kBarKvRead = 3, kBarHalfWritten = 4;
 
 // One 64-row tile (rows row .. row + 63 of head `head`; 3-d maps over [B * T, H, D]: whole
@@ -506,6 +507,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::PrefetchMap(&tm_do);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
+      if (store_tma) {
+        tma::PrefetchMap(&tm_dk);
+        tma::PrefetchMap(&tm_dv);
+      }
       // steps issued (the stage ring), meta slots written (steps and each item's
       // kDqWriters ends), items whose K, V were loaded
       int it = 0, slot = 0, kvn = 0;
