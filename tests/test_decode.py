@@ -175,18 +175,21 @@ def packed_rows(case):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tile", ["1", "128", "64"])
-def test_gqa_packed_form(tile):
+@pytest.mark.parametrize("tile,part", [("1", 0), ("1", 1), ("1", 2), ("128", None),
+                                       ("64", None)], ids=["1-0", "1-1", "1-2", "128", "64"])
+def test_gqa_packed_form(tile, part):
     """JAX_BLOCKSPARSE_DECODE_PACKED on an sm_90a build and device: every case runs the
     packed form (and only it) and passes test_decode_matches_the_dense_reference's checks
     (values against the float64 reference; gradients through the forward's path). "1":
-    every case, on the tile the call picks (64 rows up to 64 rows per kv head, else 128);
-    "128": the cases of up to 64 rows (a tile mostly past Tq); "64": those of more rows and
-    a group of at most 64 (several 64-row chunks)."""
+    every case, on the tile the call picks (64 rows up to 64 rows per kv head, else 128),
+    in three parts (every third case: the parts run side by side under xdist, where the
+    whole took 225 s on the H100, the GPU suite's longest test); "128": the cases of up to
+    64 rows (a tile mostly past Tq); "64": those of more rows and a group of at most 64
+    (several 64-row chunks)."""
     if not jbs._cuda._sm90a_device():
         pytest.skip("the packed form needs an sm_90a build on an sm_90 device")
     cases, text = {
-        "1": (range(len(PACKED_CASES)), "GQA-packed"),
+        "1": (list(range(len(PACKED_CASES)))[part::3], "GQA-packed"),
         "128": ([i for i, c in enumerate(PACKED_CASES) if packed_rows(c) <= 64],
                 "GQA-packed 128-row"),
         "64": ([i for i, c in enumerate(PACKED_CASES)
