@@ -6,7 +6,7 @@ dQ chains, the tail), printed as the makespan over the ideal (every SM busy), an
 locality: the fraction of the steps' tile touches that miss an LRU cache of `--l2-mb`.
 
     python benchmarks/onepass_schedule_model.py [--seq-len 8192] [--columns 32]
-        [--sms 132] [--add 0.4] [--writers 2] [--groups 2,4,8] [--l2-mb 25]
+        [--sms 132] [--add 0.4] [--writers 2] [--groups 2,4,8] [--fixed 1] [--l2-mb 25]
 
 Model: per (batch x kv head) column and key block n, one CTA of count(n) listed query
 blocks x 2 steps of length 1 (plus a fixed cost of 1); CTAs start in linear launch order
@@ -21,7 +21,8 @@ reduction's round trip to L2 and the semaphore's release included) is that long.
 Locality: each step touches its 64-query tile twice (the Q and dO loads at its start, the
 dq_accum add at its end; 64 KB at D 128), replayed in time order through the LRU.
 `--groups` adds launch orders that take the columns that many at a time
-(JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP).
+(JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP), and the same with every column's long lists
+launched before the groups; `--fixed` sets a CTA's cost beside its steps.
 """
 
 from __future__ import annotations
