@@ -68,12 +68,13 @@
 //     into it (attention/bwd_sm90_onepass.cu, EARLY); the same results bit for bit
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1 opts in (not yet run on a GPU): variant 4
 //     in a persistent grid, one CTA per SM taking the work items (batch, kv head, key
-//     block) in launch order from a counter; the producer loads an item's K, V and first
-//     stages while the consumers store the previous item's dK, dV (bwd_sm90_onepass.cu,
-//     PERSISTENT); the same results bit for bit. ..._PERSISTENT_CTAS=N (implies it): at
-//     most N CTAs (tests: several items per CTA at small shapes)
+//     block) in launch order from a counter, dK, dV stored by TMA through the K, V tiles
+//     (as ..._STORE_TMA), the next item's first stages loading meanwhile
+//     (bwd_sm90_onepass.cu, PERSISTENT); the same results bit for bit.
+//     ..._PERSISTENT_CTAS=N (implies it): at most N CTAs (tests: several items per CTA at
+//     small shapes)
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=1 opts in (not yet run on a GPU): variant 4
-//     (one CTA per item; the persistent form keeps its register stores) stores dK, dV
+//     (one CTA per item; the persistent form always does) stores dK, dV
 //     through shared memory (each consumer's half into its K and V tiles, once both are
 //     done with K) by TMA, instead of 4-byte stores from the registers (the timeline's
 //     4.7-5.2 us a CTA from the last step to dK, dV stored, RESULTS 2026-12-07 third

@@ -101,11 +101,13 @@
 // counter (atomicAdd; the int after the semaphores, zeroed with them) and hands it to the
 // dQ writers and the consumers through a ring of kItemSlots (item_full / item_empty,
 // every reading thread arrives); every role walks the same items (an item without steps
-// is skipped by all; a value >= items ends the walk). The producer loads an item's K and V once the
-// consumers have arrived on kv_empty after the previous item's last products (before they
-// store its dK, dV), and goes on filling the stages: the next item's loads overlap this
-// one's epilogue, the ~7.5 us of K/V wait, fill and dK/dV store a CTA spends beside its
-// steps (the timeline, RESULTS 2026-12-07 third session). Stages, dS and dQ buffers count
+// is skipped by all; a value >= items ends the walk). The consumers store an item's dK,
+// dV through the K and V tiles' shared memory by TMA (the epilogue below); each half's
+// storing thread arrives on kv_empty once its stores have read the tiles, and the
+// producer then loads the next item's K and V (its first stages are already loading):
+// of the ~7.5 us of K/V wait, fill and dK/dV store a CTA spent beside its steps (the
+// timeline, RESULTS 2026-12-07 third session) the consumers keep the shared-memory writes
+// and the K/V load. Stages, dS and dQ buffers count
 // steps across items; meta slots count steps plus each item's kDqWriters ends; a writer's
 // step is its slot less kDqWriters per ended item. The consumers read every meta slot
 // (the ends included) and arrive on its meta_empty beside the writer's lanes, so no slot
@@ -485,7 +487,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // the lanes of the slot's dQ writer (PERSISTENT: and the consumers, header comment)
       tma::MbarInit(meta_empty(s), PERSISTENT ? 32 + kConsumers : 32);
     }
-    tma::MbarInit(kv_empty, kConsumers);
+    tma::MbarInit(kv_empty, PERSISTENT ? 2 : kConsumers);
 #pragma unroll
     for (int j = 0; j < kItemSlots; ++j) {
       tma::MbarInit(item_full(j), 1);
@@ -507,7 +509,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::PrefetchMap(&tm_do);
       tma::PrefetchMap(&tm_k);
       tma::PrefetchMap(&tm_v);
-      if (store_tma) {
+      if (PERSISTENT || store_tma) {
         tma::PrefetchMap(&tm_dk);
         tma::PrefetchMap(&tm_dv);
       }
@@ -674,7 +676,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (TIMELINE && tid == 128) tl.Record(kTlKv, tl.Clock());
         if (cut) {  // K rows past kv_lengths -> 0 (the dS K product reads every row)
           const int first = kvlen - k0;  // first row to clear, 0 < first < 128
-          for (int i = ct; i < 64 * (D / 8); i += 128) {  // 16-byte chunks of this half
+          // PERSISTENT: this thread's first chunk from an opaque %tid.x (else the loop's trip
+          // count, kept live across the item loop, spilled)
+          int zt = ct;
+          if constexpr (PERSISTENT) asm volatile("mov.u32 %0, %%tid.x;" : "=r"(zt));
+          // 16-byte chunks of this half
+          for (int i = PERSISTENT ? zt & 127 : ct; i < 64 * (D / 8); i += 128) {
             const int r = cw * 64 + i / (D / 8), c = i % (D / 8);
             if (r >= first) {
               unsigned char* p =
@@ -846,25 +853,28 @@ __global__ void __launch_bounds__(kThreads, 1)
             tma::MbarArrive(meta_empty((slot + e) % kMetaSlots));
           }
           ++ends;
-          // the last step's products are done (consumed(): wgmma wait 0): K, V are free for
-          // the producer's next item while this one's dK, dV are stored
-          tma::MbarArrive(kv_empty);
         }
       }
-      if (!PERSISTENT && store_tma && has_steps) {
+      if ((PERSISTENT || store_tma) && has_steps) {
         // dK, dV through shared memory: each half into its own K and V tiles (free once
         // both consumers' last products are done: the other half's dQ product reads this
-        // K tile), the slabs' swizzled layout, then TMA stores of this half's two tiles.
-        // (In the persistent kernel the same code made the consumers spill 80-240 bytes,
-        // in the step loop: there dK, dV go from the registers, after kv_empty.)
+        // K tile), the slabs' swizzled layout, then TMA stores of this half's two tiles
+        // (always in the persistent kernel: its producer reloads K, V once both halves'
+        // stores have read them, kv_empty)
         tma::NamedBarrier(kBarKvRead, kConsumers);
         unsigned char* tk_ = smem + cw * kT;
         unsigned char* tv_ = smem + (2 + cw) * kT;
+        // this thread's rows and columns from an opaque %tid.x: else the swizzled offsets are
+        // shared with the dS^T store's and hoisted out of the item loop (spilled, PERSISTENT)
+        int et = tid;
+        if constexpr (PERSISTENT) asm volatile("mov.u32 %0, %%tid.x;" : "=r"(et));
+        const int ew4 = (et >> 5) & 3, eg = (et & 31) >> 2, ett = et & 3;
 #pragma unroll
         for (int j = 0; j < D / 8; ++j)
 #pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
-            const int byte = (j / 8) * kSlab + wg::ChunkOffset(w4 * 16 + g + 8 * hh, j % 8) + 4 * t;
+            const int byte =
+                (j / 8) * kSlab + wg::ChunkOffset(ew4 * 16 + eg + 8 * hh, j % 8) + 4 * ett;
             *reinterpret_cast<uint32_t*>(tk_ + byte) =
                 Ops<T>::Pack(dk[4 * j + 2 * hh] * a.scale, dk[4 * j + 2 * hh + 1] * a.scale);
             *reinterpret_cast<uint32_t*>(tv_ + byte) =
@@ -881,6 +891,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
           tma::StoreCommit();
           tma::StoreWaitRead();  // K, V's shared memory is read: the next item may load
+          if constexpr (PERSISTENT) tma::MbarArrive(kv_empty);
         }
       } else {  // registers to global memory
         const int64_t kstride = int64_t(a.hkv) * D;
@@ -1067,11 +1078,14 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   if (err == cudaSuccess) err = tma::EncodeTiled3d(&tk, kBf16, a.k, kdims, kstr, box);
   if (err == cudaSuccess) err = tma::EncodeTiled3d(&tv, kBf16, a.v, kdims, kstr, box);
   if (err != cudaSuccess) return err;
-  // dK, dV stored through shared memory by TMA (opt-in; their maps: K's geometry)
-  const bool store_tma = GetSwitches().attn_bwd_onepass_store_tma && aligned(a.dk) &&
-                         aligned(a.dv) &&
-                         tma::EncodeTiled3d(&tdk, kBf16, a.dk, kdims, kstr, box) == cudaSuccess &&
-                         tma::EncodeTiled3d(&tdv, kBf16, a.dv, kdims, kstr, box) == cudaSuccess;
+  // dK, dV stored through shared memory by TMA (opt-in; always in the persistent kernel:
+  // without the maps it is not launched), their maps with K's geometry
+  const bool persistent_asked = GetSwitches().attn_bwd_onepass_persistent;
+  const bool dkdv_maps =
+      (GetSwitches().attn_bwd_onepass_store_tma || persistent_asked) && aligned(a.dk) &&
+      aligned(a.dv) && tma::EncodeTiled3d(&tdk, kBf16, a.dk, kdims, kstr, box) == cudaSuccess &&
+      tma::EncodeTiled3d(&tdv, kBf16, a.dv, kdims, kstr, box) == cudaSuccess;
+  const bool store_tma = dkdv_maps && GetSwitches().attn_bwd_onepass_store_tma;
 
   {
     constexpr int smem = Smem<D, kStages<D>, kDqBuffers<D>>::kBytes;
@@ -1079,7 +1093,7 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
     const bool dq_first = GetSwitches().attn_bwd_onepass_dq_first;
     long long* const timeline = timeline_buffer.load();  // the harness's instrumentation
     // the timeline records one item per CTA: the one-CTA-per-item grid
-    const bool persistent = GetSwitches().attn_bwd_onepass_persistent && timeline == nullptr;
+    const bool persistent = persistent_asked && dkdv_maps && timeline == nullptr;
     constexpr int S = kStages<D>, B = kDqBuffers<D>;
     auto kern = timeline != nullptr ? (dq_first ? OnePassKernel<T, D, S, B, true, true, false>
                                                 : OnePassKernel<T, D, S, B, false, true, false>)
