@@ -204,8 +204,9 @@ def lse_err(got, want):
 # The kernel switches (JAX_BLOCKSPARSE_*) are read when the package loads: a check under
 # one runs in a fresh Python process.
 # ATTN_FWD_VARIANT "" is its default (by architecture); "0" would force the FA2 forward.
-# MATMUL_SMALL_WGMMA, MATMUL_SMALL_RECORDS, MATMUL_SDD_RUNS, DECODE_PACKED, ATTN_BWD_D256 and
-# ATTN_BWD_ONEPASS_DQ_FIRST, ATTN_BWD_ONEPASS_EARLY_CONVERT "" are their defaults (on); "0" switches them off.
+# MATMUL_SMALL_WGMMA, MATMUL_SMALL_RECORDS, MATMUL_SDD_RUNS, DECODE_PACKED, ATTN_BWD_D256,
+# ATTN_BWD_ONEPASS_DQ_FIRST and ATTN_BWD_ONEPASS_EARLY_CONVERT "" are their defaults (on);
+# "0" switches them off.
 SWITCHES_OFF = {f"JAX_BLOCKSPARSE_{name}": "0" for name in (
     "DISABLE_CUDA", "SIMPLE_KERNELS", "NO_WGMMA", "ATTN_BWD_VARIANT",
     "ATTN_FWD_PERSISTENT", "ATTN_FWD_PERSISTENT_CTAS", "DECODE_SHARED_TILES",

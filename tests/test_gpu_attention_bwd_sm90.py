@@ -516,8 +516,9 @@ ONEPASS_SAME_BITS = {"DQ_FIRST=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST":
 def test_onepass_switches_same_bits(tmp_path):
     """The switches README.md calls "the same results bit for bit" (variant 4's DQ_FIRST,
     GROUP, EARLY_CONVERT, PERSISTENT, STORE_TMA) are: each case's dq, dk, dv under each of
-    them bitwise equal to those of variant 4 under its defaults (the REPEAT_CASES: GQA, causal, per-head masks,
-    head dims 128 and 64; every setting in its own process, the same inputs)."""
+    them bitwise equal to those of variant 4 under its defaults (the REPEAT_CASES: GQA,
+    causal, per-head masks, head dims 128 and 64; every setting in its own process, the
+    same inputs)."""
     if not sm90():
         pytest.skip("the one-pass backward needs an sm_90 GPU (H100 / H200)")
     names = list(REPEAT_CASES)

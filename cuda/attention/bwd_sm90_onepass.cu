@@ -236,6 +236,14 @@ __device__ __forceinline__ void FenceProxyAsyncGlobal() {
   asm volatile("fence.proxy.async.global;\n" ::: "memory");
 #endif
 }
+// threadIdx.x through an opaque move: what is derived from it is computed where it is used,
+// not hoisted out of the persistent kernel's items loop (live across the step loop, such
+// values made the consumers spill)
+__device__ __forceinline__ int OpaqueTid() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+  return t;
+}
 // ------------------------------------------------------------ the timeline
 // Instrumentation for benchmarks/attention_harness.cu --timeline (SetOnePassTimeline): the
 // launcher then runs OnePassKernel with TIMELINE, and each CTA writes kTimelineSlots int64
@@ -676,12 +684,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (TIMELINE && tid == 128) tl.Record(kTlKv, tl.Clock());
         if (cut) {  // K rows past kv_lengths -> 0 (the dS K product reads every row)
           const int first = kvlen - k0;  // first row to clear, 0 < first < 128
-          // PERSISTENT: this thread's first chunk from an opaque %tid.x (else the loop's trip
-          // count, kept live across the item loop, spilled)
-          int zt = ct;
-          if constexpr (PERSISTENT) asm volatile("mov.u32 %0, %%tid.x;" : "=r"(zt));
-          // 16-byte chunks of this half
-          for (int i = PERSISTENT ? zt & 127 : ct; i < 64 * (D / 8); i += 128) {
+          // 16-byte chunks of this half (PERSISTENT: the first from OpaqueTid, else the
+          // loop's trip count, kept live across the items loop, spilled)
+          for (int i = PERSISTENT ? OpaqueTid() & 127 : ct; i < 64 * (D / 8); i += 128) {
             const int r = cw * 64 + i / (D / 8), c = i % (D / 8);
             if (r >= first) {
               unsigned char* p =
@@ -864,10 +869,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         tma::NamedBarrier(kBarKvRead, kConsumers);
         unsigned char* tk_ = smem + cw * kT;
         unsigned char* tv_ = smem + (2 + cw) * kT;
-        // this thread's rows and columns from an opaque %tid.x: else the swizzled offsets are
-        // shared with the dS^T store's and hoisted out of the item loop (spilled, PERSISTENT)
-        int et = tid;
-        if constexpr (PERSISTENT) asm volatile("mov.u32 %0, %%tid.x;" : "=r"(et));
+        // this thread's rows and columns (PERSISTENT: from OpaqueTid, else the swizzled
+        // offsets are shared with the dS^T store's and hoisted out of the items loop)
+        const int et = PERSISTENT ? OpaqueTid() : tid;
         const int ew4 = (et >> 5) & 3, eg = (et & 31) >> 2, ett = et & 3;
 #pragma unroll
         for (int j = 0; j < D / 8; ++j)
