@@ -47,7 +47,7 @@ Switches Read() {
       onepass_ctas != nullptr && std::atoi(onepass_ctas) > 0 ? std::atoi(onepass_ctas) : 0;
   s.attn_bwd_onepass_persistent = Flag("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT") ||
                                   s.attn_bwd_onepass_persistent_ctas > 0;
-  s.attn_bwd_onepass_store_tma = Flag("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA");
+  s.attn_bwd_onepass_store_tma = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA");
   s.attn_bwd_d256 = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_D256");
   const char* sections = std::getenv("JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS");
   s.attn_head_sections = sections == nullptr             ? 0

@@ -66,15 +66,19 @@
 //     launch whose CTAs become resident while the one-pass kernel's last wave runs; each
 //     converts its 64-row tile once the tile's semaphores count every key block that adds
 //     into it (attention/bwd_sm90_onepass.cu, EARLY); the same results bit for bit
-//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1 opts in (not yet run on a GPU): variant 4
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1 opts in (memcheck, racecheck, synccheck
+//     clean, RESULTS 2026-12-07 fourth session; on the H100 the backward alone 1.00-1.05x
+//     the TMA-store default on five masks, 0.90x on bigbird, so not the default): variant 4
 //     in a persistent grid, one CTA per SM taking the work items (batch, kv head, key
 //     block) in launch order from a counter, dK, dV stored by TMA through the K, V tiles
 //     (as ..._STORE_TMA), the next item's first stages loading meanwhile
 //     (bwd_sm90_onepass.cu, PERSISTENT); the same results bit for bit.
 //     ..._PERSISTENT_CTAS=N (implies it): at most N CTAs (tests: several items per CTA at
 //     small shapes)
-//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=1 opts in (not yet run on a GPU): variant 4
-//     (one CTA per item; the persistent form always does) stores dK, dV
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 opts out (the default since the H100 ran
+//     it: memcheck, racecheck, synccheck clean, the backward alone 1.008-1.07x faster on
+//     six masks, RESULTS 2026-12-07 fourth session): variant 4 (one CTA per item; the
+//     persistent form always does) stores dK, dV
 //     through shared memory (each consumer's half into its K and V tiles, once both are
 //     done with K) by TMA, instead of 4-byte stores from the registers (the timeline's
 //     4.7-5.2 us a CTA from the last step to dK, dV stored, RESULTS 2026-12-07 third
@@ -187,7 +191,7 @@ struct Switches {
   int attn_bwd_onepass_persistent_ctas;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS:
                                          // N > 0 its value, else 0
   bool attn_bwd_onepass_store_tma;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA: anything but
-                                    // "" or "0"
+                                    // "0" (unset: on)
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
   bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "0"

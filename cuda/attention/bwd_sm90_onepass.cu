@@ -1082,7 +1082,7 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   if (err == cudaSuccess) err = tma::EncodeTiled3d(&tk, kBf16, a.k, kdims, kstr, box);
   if (err == cudaSuccess) err = tma::EncodeTiled3d(&tv, kBf16, a.v, kdims, kstr, box);
   if (err != cudaSuccess) return err;
-  // dK, dV stored through shared memory by TMA (opt-in; always in the persistent kernel:
+  // dK, dV stored through shared memory by TMA (the default; always in the persistent kernel:
   // without the maps it is not launched), their maps with K's geometry
   const bool persistent_asked = GetSwitches().attn_bwd_onepass_persistent;
   const bool dkdv_maps =
