@@ -7,6 +7,7 @@ locality: the fraction of the steps' tile touches that miss an LRU cache of `--l
 
     python benchmarks/onepass_schedule_model.py [--seq-len 8192] [--columns 32]
         [--sms 132] [--add 0.4] [--writers 2] [--groups 2,4,8] [--fixed 1] [--l2-mb 25]
+        [--claims issue,release,writers] [--persistent-group 4] [--hidden 0.7]
 
 Model: per (batch x kv head) column and key block n, one CTA of count(n) listed query
 blocks x 2 steps of length 1 (plus a fixed cost of 1); CTAs start in linear launch order
@@ -22,7 +23,9 @@ Locality: each step touches its 64-query tile twice (the Q and dO loads at its s
 dq_accum add at its end; 64 KB at D 128), replayed in time order through the LRU.
 `--groups` adds launch orders that take the columns that many at a time
 (JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP), and the same with every column's long lists
-launched before the groups; `--fixed` sets a CTA's cost beside its steps.
+launched before the groups; `--fixed` sets a CTA's cost beside its steps. `--claims` adds
+the persistent grid (one CTA per SM taking the items in launch order, in groups of
+`--persistent-group`), by where a CTA takes its next item.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import jax_blocksparse as jbs
 
 
 def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixed=1.0,
-             writers=2, group=None, l2_tiles=400, first=()):
+             writers=2, group=None, l2_tiles=400, first=(), claim=None, stages=2,
+             hidden=0.7):
     """(time until the last CTA ends, the fraction of the steps' tile touches that miss an
     LRU cache of `l2_tiles` tiles): `launch` the key blocks in launch order (every column
     the same; columns fastest, or with `group` the columns in groups of that many, each
@@ -45,7 +49,13 @@ def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixe
     walk order, `slot(n)` its dQ slot; the adds into a (slot, tile) follow the launch
     order; a CTA's `writers` dQ writer warps take its steps in turn (kDqWriters). A step
     touches its tile with its Q and dO loads at its start and its dq_accum add at its end
-    (64 KB at D 128 per 64-query tile)."""
+    (64 KB at D 128 per 64-query tile). `claim`: None, one CTA per item (an SM frees when
+    its writers are done); else the persistent grid (JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT):
+    one CTA per SM, each taking the next item when its producer reaches the claim point
+    ("issue": the last step's loads issued, `stages` steps before the consumers end; "release":
+    the consumers done with the last step; "writers": its dQ writers done too), running it
+    once its consumers are done with the current one (the dQ buffers and writers carry
+    over), `hidden` of the fixed cost overlapped."""
     rows = mask.shape[0]
     position = {n: i for i, n in enumerate(launch)}
     adders = {m: sorted(np.flatnonzero(mask[m]), key=position.__getitem__) for m in range(rows)}
@@ -60,9 +70,17 @@ def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixe
     order = [(c, n) for n in launch if n in first for c in range(columns)]
     order += [(c, n) for c0 in range(0, columns, group) for n in launch if n not in first
               for c in range(c0, min(c0 + group, columns))]
+    state = [(0.0, [0.0] * writers, []) for _ in range(sms)]  # persistent: per SM
+    claims = [(0.0, k) for k in range(sms)]
     for c, n in order:
-        t = heapq.heappop(free) + fixed
-        writer, pending = [t] * writers, []
+        if claim is None:
+            t = heapq.heappop(free) + fixed
+            writer, pending = [t] * writers, []
+        else:
+            _, k = heapq.heappop(claims)
+            t, writer, pending = state[k]
+            t += fixed * (1.0 - hidden)
+        step_ends = []
         for m in steps_of(n):
             for step in range(2):
                 w = len(pending) % writers
@@ -77,9 +95,16 @@ def makespan(mask, columns, launch, steps_of, slot, sms, add, dq_buffers=2, fixe
                 done[(c, m, step, n)] = writer[w]
                 pending.append(writer[w])
                 touches.append((writer[w], (c, m, step)))
+                step_ends.append(t)
         finish = max([t] + writer)
         end = max(end, finish)
-        heapq.heappush(free, finish)
+        if claim is None:
+            heapq.heappush(free, finish)
+        else:
+            issued = step_ends[-1 - stages] if len(step_ends) > stages else t - len(step_ends)
+            point = {"issue": issued, "release": t, "writers": finish}[claim]
+            state[k] = (t, writer, pending[-dq_buffers:])
+            heapq.heappush(claims, (point, k))
     return end, l2_misses(touches, l2_tiles)
 
 
@@ -119,6 +144,13 @@ def main():
     parser.add_argument("--fixed", type=float, default=1.0,
                         help="a CTA's cost beside its steps, in steps (measured: 3-7, "
                         "RESULTS 2026-12-07 third session)")
+    parser.add_argument("--claims", type=lambda v: [c for c in v.split(",") if c],
+                        default=[], help="persistent grids to model by where an item is "
+                        "claimed: issue (the kernel's), release, writers")
+    parser.add_argument("--persistent-group", type=int, default=4,
+                        help="the persistent rows' column groups (the kernel's default 4)")
+    parser.add_argument("--hidden", type=float, default=0.7,
+                        help="the share of the fixed cost a persistent CTA overlaps")
     parser.add_argument("--l2-mb", type=int, default=25,
                         help="the L2 a tile can stay in (the H100's 50 MB is two halves)")
     args = parser.parse_args()
@@ -146,12 +178,18 @@ def main():
                 *((f"the same, columns in groups of {g}", longest, backward, long_lists, g)
                   for g in args.groups),
                 *((f"groups of {g}, the long lists of every column first", longest,
-                   backward, long_lists, g) for g in args.groups)):
+                   backward, long_lists, g) for g in args.groups),
+                *((f"persistent in groups of {args.persistent_group}, claimed at {c}",
+                   longest, backward, long_lists, args.persistent_group)
+                  for c in args.claims)):
             first = ({n for n in range(blocks) if long_lists(n)}
                      if label.endswith("every column first") else ())
             time, misses = makespan(mask, args.columns, launch, steps, slot, args.sms,
                                     args.add, writers=args.writers, group=group,
-                                    l2_tiles=args.l2_mb * 16, fixed=args.fixed, first=first)
+                                    l2_tiles=args.l2_mb * 16, fixed=args.fixed, first=first,
+                                    claim=(label.rsplit(" ", 1)[1]
+                                           if label.startswith("persistent") else None),
+                                    hidden=args.hidden)
             rows.setdefault(label, []).append(f"{time / ideal:.3f} / {misses:.2f}")
     for label, values in rows.items():
         print(f"| {label} | " + " | ".join(values) + " |")

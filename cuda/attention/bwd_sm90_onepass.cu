@@ -118,7 +118,13 @@
 // so finished: its roles are on this item, which waits only for smaller items: it
 // finishes. (Items striped over the grid by blockIdx.x would need every CTA resident at
 // once: another kernel holding SMs could leave an item's CTA unstarted while resident
-// ones wait on it.)
+// ones wait on it.) The producer takes the next item once the consumers have released
+// this item's last stage (done with its products; the claim then overlaps the dK/dV
+// store), not when it has issued that stage's loads: claimed that early,
+// an item waited behind its CTA's last steps, which on bigbird wait in the ordered dQ chain
+// of the global query tiles, while other CTAs went free (H100, RESULTS 2026-12-07 fourth
+// session: 0.90x the one-CTA-per-item kernel on bigbird; modelled, groups of 4, --fixed 5:
+// bigbird 1.839 -> 1.614, fixed 1.477 -> 1.440, causal, local, strided unchanged).
 // Why longest first with the last query tile first: the longest CTAs start in the first
 // waves, not in the tail (descending n, FlashAttention-3's causal order, launched the
 // causal grid's longest key blocks last); with the steps reversed, key block n reaches a
@@ -562,6 +568,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           meta[slot % kMetaSlots] = make_int2(-1, -1);
           tma::MbarArrive(meta_full(slot % kMetaSlots));
         }
+        // the next item is taken once the consumers are done with this one's last step (its
+        // stage released), not as its loads are issued: a CTA whose last steps wait in a dQ
+        // chain takes no item another CTA could start first (header comment, Persistent)
+        if constexpr (PERSISTENT) tma::MbarWait(empty((it - 1) % STAGES), ((it - 1) / STAGES) & 1);
       }
     } else if (warp >= 1 && warp <= kDqWriters) {
       // --------------------------------------------------------- dQ writers
