@@ -104,10 +104,10 @@
 // is skipped by all; a value >= items ends the walk). The consumers store an item's dK,
 // dV through the K and V tiles' shared memory by TMA (the epilogue below); each half's
 // storing thread arrives on kv_empty once its stores have read the tiles, and the
-// producer then loads the next item's K and V (its first stages are already loading):
-// of the ~7.5 us of K/V wait, fill and dK/dV store a CTA spent beside its steps (the
-// timeline, RESULTS 2026-12-07 third session) the consumers keep the shared-memory writes
-// and the K/V load. Stages, dS and dQ buffers count
+// producer then loads the next item's K and V, then its stages (while the stores' global
+// writes complete): of the ~7.5 us of K/V wait, fill and dK/dV store a CTA spent beside its
+// steps (the timeline, RESULTS 2026-12-07 third session) the consumers keep the
+// shared-memory writes and the K/V load. Stages, dS and dQ buffers count
 // steps across items; meta slots count steps plus each item's kDqWriters ends; a writer's
 // step is its slot less kDqWriters per ended item. The consumers read every meta slot
 // (the ends included) and arrive on its meta_empty beside the writer's lanes, so no slot
@@ -569,8 +569,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           tma::MbarArrive(meta_full(slot % kMetaSlots));
         }
         // the next item is taken once the consumers are done with this one's last step (its
-        // stage released), not as its loads are issued: a CTA whose last steps wait in a dQ
-        // chain takes no item another CTA could start first (header comment, Persistent)
+        // stage released), not as its loads are issued: a CTA whose last steps (all but the
+        // last kDqBuffers dQ adds) wait in a dQ chain takes no item another CTA could start
+        // first (header comment, Persistent)
         if constexpr (PERSISTENT) tma::MbarWait(empty((it - 1) % STAGES), ((it - 1) / STAGES) & 1);
       }
     } else if (warp >= 1 && warp <= kDqWriters) {
