@@ -836,7 +836,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         };
         if constexpr (DQ_FIRST) {
           issue_dk();  // dK += dS^T Q runs while the dQ partial goes to shared memory
-          if (writes) wg::Wait<1>();  // the dQ product done
+          wg::Wait<1>();  // the dQ product done (where it ran: unconditional, so ptxas sees
+                          // the wait on every path to the dQ reads below)
         } else {
           consumed();
         }
