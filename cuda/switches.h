@@ -71,7 +71,7 @@
 //     the TMA-store default on five masks, 0.90x on bigbird, so not the default): variant 4
 //     in a persistent grid, one CTA per SM taking the work items (batch, kv head, key
 //     block) in launch order from a counter, dK, dV stored by TMA through the K, V tiles
-//     (as ..._STORE_TMA), the next item's first stages loading meanwhile
+//     (as ..._STORE_TMA), the next item's K and V loading once the stores have read them
 //     (bwd_sm90_onepass.cu, PERSISTENT); the same results bit for bit.
 //     ..._PERSISTENT_CTAS=N (implies it): at most N CTAs (tests: several items per CTA at
 //     small shapes)

@@ -565,9 +565,9 @@ def test_onepass_switches(switch):
     grid of one CTA per SM / of 3 CTAs: each takes many work items, at these shapes of a
     few steps each, so the meta ring laps across items' ends and K, V are reloaded while
     dK, dV are stored) and JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 (dK, dV stored
-    from the registers, not the default's shared memory and TMA stores): dq, dk, dv against float64 (the VARIANT3_CASES:
-    causal, empty rows, GQA, per head, Tq != Tk, kv_lengths, traced, head dim 64), bitwise
-    deterministic over runs."""
+    from the registers, not the default's shared memory and TMA stores): dq, dk, dv
+    against float64 (the VARIANT3_CASES: causal, empty rows, GQA, per head, Tq != Tk,
+    kv_lengths, traced, head dim 64), bitwise deterministic over runs."""
     if not sm90():
         pytest.skip("the one-pass backward needs an sm_90 GPU (H100 / H200)")
     cases = [(name, ("bf16", "f16")[i % 2]) for i, name in enumerate(VARIANT3_CASES)]
