@@ -92,14 +92,15 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32)))
     tq_pad = -(-tq // fwd_block) * fwd_block
     onepass = _cuda.onepass_backward(dtype, d, layout.block_size)  # backward variant 4
+    accum_shape, sem_shape = (_cuda.onepass_workspace_shapes(b, hq, tq, d) if onepass
+                              else ((0,), (0,)))
     bwd_call = jax.ffi.ffi_call(  # results dq, dk, dv and the workspaces (cuda/attention.h)
         "jax_blocksparse_attention_bwd",
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct(k_shape, dtype),
          jax.ShapeDtypeStruct(k_shape, dtype),
          jax.ShapeDtypeStruct((b, hq, 2, tq_pad), jnp.float32),
-         jax.ShapeDtypeStruct((2, b, hq, tq, d) if onepass else (0,), jnp.float32),
-         jax.ShapeDtypeStruct((2 * b * hq * (tq // 64) + 1,) if onepass else (0,),
-                              jnp.int32)))
+         jax.ShapeDtypeStruct(accum_shape, jnp.float32),
+         jax.ShapeDtypeStruct(sem_shape, jnp.int32)))
 
     # both also take q_positions [1] and segment ids (placeholders: attributes off)
     qpos, ids = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1), jnp.int32)

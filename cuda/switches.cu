@@ -17,6 +17,11 @@ bool OnUnlessZero(const char* name) {  // a default that "0" switches off
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
+int PositiveOrZero(const char* name) {  // a count: its value when >= 1, else 0 (unset)
+  const char* v = std::getenv(name);
+  return v != nullptr && std::atoi(v) > 0 ? std::atoi(v) : 0;
+}
+
 Switches Read() {
   Switches s{};
   const char* debug = std::getenv("JAX_BLOCKSPARSE_DEBUG");
@@ -27,8 +32,7 @@ Switches Read() {
   const char* variant = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_VARIANT");
   s.attn_fwd_variant =
       variant != nullptr && variant[0] >= '0' && variant[0] <= '3' ? variant[0] - '0' : -1;
-  const char* ctas = std::getenv("JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS");
-  s.attn_fwd_persistent_ctas = ctas != nullptr && std::atoi(ctas) > 0 ? std::atoi(ctas) : 0;
+  s.attn_fwd_persistent_ctas = PositiveOrZero("JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS");
   s.attn_fwd_persistent =
       Flag("JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT") || s.attn_fwd_persistent_ctas > 0;
   const char* bwd_variant = std::getenv("JAX_BLOCKSPARSE_ATTN_BWD_VARIANT");
@@ -41,10 +45,10 @@ Switches Read() {
                              : group[0] == '0'        ? 0
                              : std::atoi(group) > 0   ? std::atoi(group)
                                                       : kOnePassGroupDefault;
-  s.attn_bwd_onepass_early_convert = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT");
-  const char* onepass_ctas = std::getenv("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS");
+  s.attn_bwd_onepass_early_convert =
+      OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT");
   s.attn_bwd_onepass_persistent_ctas =
-      onepass_ctas != nullptr && std::atoi(onepass_ctas) > 0 ? std::atoi(onepass_ctas) : 0;
+      PositiveOrZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS");
   s.attn_bwd_onepass_persistent = Flag("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT") ||
                                   s.attn_bwd_onepass_persistent_ctas > 0;
   s.attn_bwd_onepass_store_tma = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA");

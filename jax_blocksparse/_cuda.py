@@ -252,6 +252,14 @@ def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0
         _families()["onepass_backward"], dtype, head_dim, block_size, softcap) is None)
 
 
+def onepass_workspace_shapes(b: int, hq: int, tq: int, d: int):
+    """The one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h,
+    OnePassDqAccumElements and OnePassSemaphoreElements): dq_accum float32 [2, B, Hq, Tq, D]
+    and dq_semaphores int32 [2 B Hq Tq / 64 + 1] (two dQ slots, kOnePassDqSlots; the last
+    int: the persistent grid's item counter)."""
+    return (2, b, hq, tq, d), (2 * b * hq * (tq // 64) + 1,)
+
+
 def _precision_attr(precision) -> np.int32:
     """0: default (TF32 tensor cores for float32 inputs), 1: full float32 (`HIGHEST`)."""
     return np.int32(precision == jax.lax.Precision.HIGHEST)
@@ -720,17 +728,14 @@ def _attention_backward_lowering(ctx, *operands, **params):
     bs = TILE if tiled else mask_block  # the kernel's tile
     workspace = ctx.avals_in[4].update(shape=(b, hq, 2, -(-tq // bs) * bs),
                                        dtype=np.dtype(np.float32), weak_type=False)
-    # the one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h), else [0]:
-    # dq_accum float32 [2, B, Hq, Tq, D], dq_semaphores int32 [2 B Hq Tq / 64 + 1] (two
-    # slots: kOnePassDqSlots; the last int: the persistent grid's item counter)
+    # the one-pass backward's workspaces (onepass_workspace_shapes), else [0]
     d = q_aval.shape[-1]
     beyond = tiled or tq % bs != 0 or tk % bs != 0  # what the one-pass kernel does not take
     onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), beyond,
                                params.get("onepass_suits", True))
-    dq_accum = q_aval.update(shape=(2, b, hq, tq, d) if onepass else (0,),
-                             dtype=np.dtype(np.float32), weak_type=False)
-    dq_sem = q_aval.update(shape=(2 * b * hq * (tq // 64) + 1,) if onepass else (0,),
-                           dtype=np.dtype(np.int32), weak_type=False)
+    accum_shape, sem_shape = onepass_workspace_shapes(b, hq, tq, d) if onepass else ((0,), (0,))
+    dq_accum = q_aval.update(shape=accum_shape, dtype=np.dtype(np.float32), weak_type=False)
+    dq_sem = q_aval.update(shape=sem_shape, dtype=np.dtype(np.int32), weak_type=False)
     ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, workspace, dq_accum, dq_sem])
     dq, dk, dv, *_ = jax.ffi.ffi_lowering("jax_blocksparse_attention_bwd")(
         ctx, *values, **_attention_attrs(dict(params, block_size=bs)),

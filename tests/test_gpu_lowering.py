@@ -492,10 +492,10 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
     """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 and unset (the default; faked here, on a
     faked sm_90a device) the backward's custom call gets the one-pass kernel's workspaces,
     dq_accum float32 [2, B, Hq, Tq, D] and dq_semaphores int32 [2 B Hq Tq / 64 + 1] (two dQ
-    slots, then the persistent grid's item counter), after delta; otherwise (and at block size 64, and for partial tiles: calls
-    variant 4 leaves to variant 2, which takes them fused; unset, also for a sparse layout
-    with a global line, `_cuda.onepass_suits`) both are [0]. Lowered for "cuda" on any
-    machine."""
+    slots, then the persistent grid's item counter), after delta; otherwise (and at block
+    size 64, and for partial tiles: calls variant 4 leaves to variant 2, which takes them
+    fused; unset, also for a sparse layout with a global line, `_cuda.onepass_suits`) both
+    are [0]. Lowered for "cuda" on any machine."""
     import re
     import sys
     from jax_blocksparse import _cuda, _partitioning
