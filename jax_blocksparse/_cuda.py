@@ -217,21 +217,24 @@ def backward_tile_context(block_size: int, sources: bool = True, fill=None) -> b
 
 # Where backward variant 4 (the one-pass kernel) is the default, static layouts sparser
 # than this (their visited share of the block grid, `attention_metadata.LineStats`) with a
-# line of at least half the other axis (a global row or column) run the default's other
+# query block listing at least half the key blocks (a global row) run the default's other
 # Hopper backward, `SM90_BACKWARD_BEYOND_ONEPASS`: the one-pass kernel adds a query block's
-# dQ in its key blocks' order, so a global line chains those adds. Measured (H100, bf16,
-# S 8192, D 128, bs 128; RESULTS 2026-12-06 sixth session), backward variant 4 against 2:
-# causal 1.30x, dense 1.31x, local 1.10x, strided 1.02x; fixed 0.97x, bigbird 0.91x
-# (densities 0.16 and 0.15 with global columns / rows; local, strided 0.13, 0.17 without).
+# dQ in its key blocks' order, so a long query line chains those adds. A long key line (a
+# global column) does not: those key blocks add into a dQ slot of their own
+# (bwd_sm90_onepass.cu, kOnePassDqSlots). Measured (H100, bf16, S 8192, D 128, bs 128),
+# backward variant 4 against 2: causal 1.30x, dense 1.31x, local 1.10x, strided 1.02x
+# (RESULTS 2026-12-06 sixth session); fixed (global columns, density 0.15) 1.11x, bigbird
+# (global rows and columns, 0.15) 0.91x (TMA dK/dV store, RESULTS 2026-12-07 fourth session;
+# variant 2's times from 2026-12-06).
 ONEPASS_SPARSE_DENSITY = 0.25
 
 
 def onepass_suits(stats) -> bool:
     """Whether a static layout runs the one-pass backward where it is the default: `stats`
     (`attention_metadata.LineStats`) not both under `ONEPASS_SPARSE_DENSITY` dense and
-    holding a line of at least half the other axis. A mask known only when the call runs
-    (a `BlockMask`) is taken as suiting it."""
-    return not (stats.density < ONEPASS_SPARSE_DENSITY and stats.longest >= 0.5)
+    holding a query block that lists at least half the key blocks. A mask known only when
+    the call runs (a `BlockMask`) is taken as suiting it."""
+    return not (stats.density < ONEPASS_SPARSE_DENSITY and stats.query_line >= 0.5)
 
 
 def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,

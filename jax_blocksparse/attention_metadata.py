@@ -245,11 +245,12 @@ def tile_fill(layout: Layout, causal: bool, tq: int, tk: int) -> float:
 
 class LineStats(NamedTuple):
     """What a static layout's visited blocks (after causality) look like along its lines:
-    `density`, the visited share of the `[Hm, Rq, Rk]` block grid; `longest`, the longest
-    line as a share of the other axis (a query block's key blocks over Rk, a key block's
-    query blocks over Rq: 1 for a global row or column)."""
+    `density`, the visited share of the `[Hm, Rq, Rk]` block grid; `query_line`, the
+    longest query block's key blocks over Rk (1 for a global row); `key_line`, the longest
+    key block's query blocks over Rq (1 for a global column)."""
     density: float
-    longest: float
+    query_line: float
+    key_line: float
 
 
 @functools.lru_cache(maxsize=64)
@@ -258,9 +259,9 @@ def line_stats(layout: Layout, causal: bool, tq: int, tk: int) -> LineStats:
     `attention_metadata`'s block kinds (both cached: `attention` asks on every call)."""
     visited = attention_metadata(layout, causal, tq, tk).kind > 0
     rq, rk = visited.shape[-2:]
-    longest = max(visited.sum(-1).max(initial=0) / max(rk, 1),
-                  visited.sum(-2).max(initial=0) / max(rq, 1))
-    return LineStats(float(visited.mean()) if visited.size else 0.0, float(longest))
+    return LineStats(float(visited.mean()) if visited.size else 0.0,
+                     float(visited.sum(-1).max(initial=0) / max(rk, 1)),
+                     float(visited.sum(-2).max(initial=0) / max(rq, 1)))
 
 
 def device_metadata(mask, block_size: int, causal: bool, tq: int, tk: int, capacity: int,

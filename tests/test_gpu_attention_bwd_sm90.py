@@ -99,10 +99,13 @@ CASES = {
     "random_empty_rows_cols_causal": (lambda: random_mask(22, (8, 8), 0.6), True,
                                       2, 1024, 1024, 4, 4, None, False),
     "single_block": (lambda: one_block(8, 8, 5, 2), False, 2, 1024, 1024, 2, 2, None, False),
-    # a sparse layout with a global line (density 0.23, key block 0 in every query block's
-    # list): the default backward runs variant 2 on it (_cuda.onepass_suits)
+    # sparse layouts with a global line (density 0.23): key block 0 in every query block's
+    # list (the default backward runs variant 4, its dQ slot 1), query block 0 listing
+    # every key block (variant 2: _cuda.onepass_suits)
     "diagonal_global_column": (lambda: np.eye(8, dtype=bool) | (np.arange(8) == 0)[None, :],
                                False, 2, 1024, 1024, 4, 2, None, False),
+    "diagonal_global_row": (lambda: np.eye(8, dtype=bool) | (np.arange(8) == 0)[:, None],
+                            False, 2, 1024, 1024, 4, 2, None, False),
     "single_block_diagonal": (lambda: one_block(8, 8, 3, 3), True,
                               2, 1024, 1024, 2, 1, None, False),
     "one_block_sequence": (lambda: np.ones((1, 1), bool), True, 2, 128, 128, 2, 1, None, False),
@@ -275,25 +278,25 @@ def test_fa3_backward(variant, name):
 def test_default_backward_by_layout(variant):
     """Unset (the default), where `_cuda.SM90_BACKWARD_DEFAULT` is 4 the backward runs
     variant 4, the one-pass kernel, where the mask suits it (`_cuda.onepass_suits`: a local
-    causal layout, a traced mask) and variant 2 on a sparse static layout with a global
-    line (diagonal_global_column); =4 runs the one-pass kernel on all three. Values as
-    test_fa3_backward checks them."""
+    causal layout, a global key column, a traced mask) and variant 2 on a sparse static
+    layout with a global query row (diagonal_global_row); =4 runs the one-pass kernel on
+    all four. Values as test_fa3_backward checks them."""
     if not sm90():
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
     from jax_blocksparse import _cuda
     from jax_blocksparse.attention_metadata import line_stats
     cases = [("local_causal", "bf16"), ("diagonal_global_column", "f16"),
-             ("traced_causal_per_head", "bf16")]
-    for name, _ in cases[:2]:
+             ("diagonal_global_row", "bf16"), ("traced_causal_per_head", "bf16")]
+    for name, _ in cases[:3]:
         make_mask, causal, _, tq, tk = CASES[name][:5]
         stats = line_stats(jbs.Layout(make_mask(), BS), causal, tq, tk)
-        assert _cuda.onepass_suits(stats) == (name == "local_causal"), (name, stats)
+        assert _cuda.onepass_suits(stats) == (name != "diagonal_global_row"), (name, stats)
     stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r})",
                         JAX_BLOCKSPARSE_DEBUG="1",
                         JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
     for case in cases:
         onepass = variant == "4" or (_cuda.SM90_BACKWARD_DEFAULT == 4
-                                     and case[0] != "diagonal_global_column")
+                                     and case[0] != "diagonal_global_row")
         assert_backward_is_fa3(stderr, [case], "4" if onepass else "2")
 
 

@@ -494,8 +494,8 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
     dq_accum float32 [2, B, Hq, Tq, D] and dq_semaphores int32 [2 B Hq Tq / 64 + 1] (two dQ
     slots, then the persistent grid's item counter), after delta; otherwise (and at block
     size 64, and for partial tiles: calls variant 4 leaves to variant 2, which takes them
-    fused; unset, also for a sparse layout with a global line, `_cuda.onepass_suits`) both
-    are [0]. Lowered for "cuda" on any machine."""
+    fused; unset, also for a sparse layout with a global query row, `_cuda.onepass_suits`)
+    both are [0]. Lowered for "cuda" on any machine."""
     import re
     import sys
     from jax_blocksparse import _cuda, _partitioning
@@ -523,10 +523,10 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
     # (FA2, variant 0: the pure path): a partial last tile; segment ids (variant 4 takes
     # them on whole tiles)
     extra = [(128, 64, 500, False), (128, 128, 512, True)] if onepass_variant else []
-    # a sparse layout with a global line: key block 0 in every query block's list, the
-    # diagonal (density 15/64); the others local(rows, bs, 200) (t < rows: a partial
-    # last tile)
-    glob = jbs.Layout(np.eye(8, dtype=bool) | (np.arange(8) == 0)[None, :], 128)
+    # a sparse layout with a global query row: the last query block lists every key block
+    # (causality keeps it), the diagonal (density 15/64); the others local(rows, bs, 200)
+    # (t < rows: a partial last tile)
+    glob = jbs.Layout(np.eye(8, dtype=bool) | (np.arange(8) == 7)[:, None], 128)
     cases = [(bs, d, t, docs, None) for bs, d, t, docs in
              [(128, 128, 512, False), (128, 64, 512, False), (64, 64, 512, False), *extra]]
     for bs, d, t, docs, layout in [*cases, (128, 128, 1024, False, glob)]:

@@ -342,22 +342,25 @@ def test_tile_fill():
 
 def test_line_stats():
     """`line_stats`: a static layout's visited share of the block grid (after causality) and
-    its longest line, a query block's key blocks or a key block's query blocks, as a share
-    of the other axis (what `_cuda.onepass_suits` routes the Hopper backward by)."""
+    its longest lines, a query block's key blocks and a key block's query blocks, as shares
+    of the other axis (what `_cuda.onepass_suits` routes the Hopper backward by: a long
+    query line)."""
     from jax_blocksparse import _cuda
     from jax_blocksparse.attention_metadata import line_stats
     glob = np.eye(8, dtype=bool) | (np.arange(8) == 0)[None, :]  # a global key column
     stats = line_stats(jbs.Layout(glob, 128), False, 1024, 1024)
-    assert stats == (15 / 64, 1.0) and not _cuda.onepass_suits(stats)
+    assert stats == (15 / 64, 2 / 8, 1.0) and _cuda.onepass_suits(stats)
+    stats = line_stats(jbs.Layout(glob.T, 128), False, 1024, 1024)  # a global query row
+    assert stats == (15 / 64, 1.0, 2 / 8) and not _cuda.onepass_suits(stats)
     # a global query row cut by causality to key blocks 0..8: 9 of 16, still a long line
     row = np.eye(16, dtype=bool)
     row[8] = True
     stats = line_stats(jbs.Layout(row, 64), True, 1024, 1024)
-    assert stats == (24 / 256, 9 / 16) and not _cuda.onepass_suits(stats)
+    assert stats == (24 / 256, 9 / 16, 2 / 16) and not _cuda.onepass_suits(stats)
     stats = line_stats(jbs.layouts.local(1024, 128, 256), True, 1024, 1024)
-    assert stats.longest == 3 / 8 and _cuda.onepass_suits(stats)
+    assert stats[1:] == (3 / 8, 3 / 8) and _cuda.onepass_suits(stats)
     # per head: the mean over heads; Tq < Tk (bottom-right aligned causality)
     heads = np.stack([np.ones((4, 8), bool), np.zeros((4, 8), bool)])
-    assert line_stats(jbs.Layout(heads, 128), True, 512, 1024) == ((26 / 32) / 2, 1.0)
+    assert line_stats(jbs.Layout(heads, 128), True, 512, 1024) == ((26 / 32) / 2, 1.0, 1.0)
     assert _cuda.onepass_suits(line_stats(jbs.Layout(np.ones((8, 8), bool), 128), True,
                                           1024, 1024))  # causal: dense enough
