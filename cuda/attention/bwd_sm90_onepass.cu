@@ -64,11 +64,12 @@
 //     MB write at S 8192, B 2, H 16, D 128 overlap that wave instead of following it).
 //
 // A logit soft cap (a.cap_log2 > 0: the kernel's CAP instances, so the uncapped ones keep
-// their registers; one CTA per item; issue 21): the consumers keep
-// t = tanh(s scale_cap) where the uncapped step keeps P^T, pack P^T = 2^(cap_log2 t - lse2)
-// (the forward's capped log2-domain score, so the forward's lse normalises it) straight into
-// the dV product's fragments, and compute dS^T = P^T (dP^T - delta) (1 - t^2) with P^T again
-// from t (one FFMA and one exp2 more an element, no register more), as variant 2 does.
+// their registers; one CTA per item; issue 21): the consumers compute t = tanh(s scale_cap)
+// and P^T = 2^(cap_log2 t - lse2) (the forward's capped log2-domain score, so the forward's
+// lse normalises it), pack P^T into the dV product's fragments as they come and keep
+// P^T (1 - t^2) where the uncapped step keeps P^T: dS^T = P^T (dP^T - delta) (1 - t^2), the
+// cap's derivative folded in, by the uncapped step's loop (a tanh and an FFMA more an
+// element, no register more).
 //
 // Two dQ slots (kOnePassDqSlots): a key block whose list holds at least half the query
 // tiles (by its count in the launch order's mask head: bigbird's global key blocks, which
@@ -760,21 +761,39 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    StepQueryIds<kBS>(a, b, s0, t, segs), kid.x, kid.y, t)
                    : ~0u;
         auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
-          const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            // capped: the log2-domain score cap_log2 t, t = tanh(s scale_cap)
-            float p = CAP ? Exp2(fmaf(Tanh(s[4 * j + e] * a.scale_cap), a.cap_log2, -l2[e & 1]))
-                          : Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
-            if (!keep(j, e)) p = 0.f;
-            s[4 * j + e] = p;
-          }
-        }
         uint32_t pa[4][4], da[4][4];
-        PackA<T>(pa, s);
+        if constexpr (CAP) {
+          // t = tanh(s scale_cap), P^T = 2^(cap_log2 t - lse2) packed for dV as it comes; s
+          // keeps P^T (1 - t^2), so dS^T below is s (dP^T - delta) as without a cap
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
+            const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
+            float p[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float tt = Tanh(s[4 * j + e] * a.scale_cap);
+              p[e] = keep(j, e) ? Exp2(fmaf(tt, a.cap_log2, -l2[e & 1])) : 0.f;
+              s[4 * j + e] = p[e] * fmaf(-tt, tt, 1.f);
+            }
+            // PackA's order: element 4 j + e is pair (4 j + e) / 2 of fragment j / 2
+            pa[j / 2][2 * (j % 2)] = Ops<T>::Pack(p[0], p[1]);
+            pa[j / 2][2 * (j % 2) + 1] = Ops<T>::Pack(p[2], p[3]);
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
+            const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
+              if (!keep(j, e)) p = 0.f;
+              s[4 * j + e] = p;
+            }
+          }
+          PackA<T>(pa, s);
+        }
         const uint64_t don = wg::Desc(sdo, kSlab, 1024), dqn = wg::Desc(sq, kSlab, 1024);
         FenceAcc(dv);
         wg::Fence();
@@ -787,24 +806,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int j = 0; j < 8; ++j) {
           const float2 dl = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
           const float dlt[2] = {dl.x, dl.y};
-          if constexpr (CAP) {  // dS^T = P^T (dP^T - delta) (1 - t^2), t again from P^T
-            const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
-            const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float p = s[4 * j + e];
-              const float tt = (Log2(p) + l2[e & 1]) * a.inv_cap_log2;
-              float ds = p * (dp[4 * j + e] - dlt[e & 1]) * fmaf(-tt, tt, 1.f);
-              if (!keep(j, e) || p == 0.f) ds = 0.f;  // (P 0: t -inf)
-              dp[4 * j + e] = ds;
-            }
-          } else {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              float ds = s[4 * j + e] * (dp[4 * j + e] - dlt[e & 1]);
-              if (!keep(j, e)) ds = 0.f;
-              dp[4 * j + e] = ds;
-            }
+          for (int e = 0; e < 4; ++e) {
+            float ds = s[4 * j + e] * (dp[4 * j + e] - dlt[e & 1]);
+            if (!keep(j, e)) ds = 0.f;
+            dp[4 * j + e] = ds;
           }
         }
         PackA<T>(da, dp);

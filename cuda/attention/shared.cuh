@@ -38,9 +38,9 @@ struct Args {
   float *out_lse, *delta;
   int batch, tq, tk, hq, hkv, group, bs, hm;
   float scale, scale_log2;
-  // logit soft cap (the FA2 kernels, the Hopper forward and backward): cap * log2(e),
-  // scale / cap and 1 / (cap * log2(e)), or 0, 0 and 0 (no cap)
-  float cap_log2, scale_cap, inv_cap_log2;
+  // logit soft cap (the FA2 kernels, the Hopper forward and backward): cap * log2(e) and
+  // scale / cap, or 0 and 0 (no cap)
+  float cap_log2, scale_cap;
   // attention sinks (the forwards, FA2 and Hopper): float32 [Hq], one logit per query head
   // in the units of the scaled scores, or null (none). See SinkStart below.
   const float* sinks;
@@ -103,7 +103,6 @@ inline void SetScoreScale(Args& a, float scale, float softcap) {
   a.scale_log2 = scale * kLog2e;
   a.cap_log2 = softcap > 0.f ? softcap * kLog2e : 0.f;
   a.scale_cap = softcap > 0.f ? scale / softcap : 0.f;
-  a.inv_cap_log2 = softcap > 0.f ? 1.f / a.cap_log2 : 0.f;
 }
 
 // ---------------------------------------------------------------- PTX helpers
@@ -158,11 +157,6 @@ __device__ __forceinline__ int FloorDiv(int x, int y) {
 __device__ __forceinline__ float Exp2(float x) {  // 2^x, -inf -> 0
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ float Log2(float x) {  // log2 x, 0 -> -inf
-  float y;
-  asm("lg2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
 }
 __device__ __forceinline__ float Tanh(float x) {  // tanh, |relative error| < 2^-10.9
