@@ -64,12 +64,17 @@
 //     MB write at S 8192, B 2, H 16, D 128 overlap that wave instead of following it).
 //
 // A logit soft cap (a.cap_log2 > 0: the kernel's CAP instances, so the uncapped ones keep
-// their registers; one CTA per item; issue 21): the consumers compute t = tanh(s scale_cap)
-// and P^T = 2^(cap_log2 t - lse2) (the forward's capped log2-domain score, so the forward's
-// lse normalises it), pack P^T into the dV product's fragments as they come and keep
-// P^T (1 - t^2) where the uncapped step keeps P^T: dS^T = P^T (dP^T - delta) (1 - t^2), the
-// cap's derivative folded in, by the uncapped step's loop (a tanh and an FFMA more an
-// element, no register more).
+// their registers; one CTA per item; issue 21): while dP^T runs, the consumers compute
+// t = tanh(s scale_cap) in place in s; once dP^T is done, P^T = 2^(cap_log2 t - lse2) (the
+// forward's capped log2-domain score, so the forward's lse normalises it; masked -> 0)
+// replaces t in s and dp becomes (dP^T - delta) (1 - t^2) (the cap's derivative), then P^T
+// is packed for dV as without a cap and the dS loop takes dS^T = s dp =
+// P^T (dP^T - delta) (1 - t^2), all float32 before packing: no register more than the
+// uncapped step (t, then P^T, in s; the factor in dp). Forms that kept P^T or t beside the
+// fragments while dP^T ran (P^T packed as it came with P^T (1 - t^2) in s; t in s with
+// P^T recomputed in the dS loop; P^T in s with t recovered from it) spilled 16-104 bytes at
+// D 128 and ptxas serialized every wgmma (C7512); this one gives up only the exp2's overlap
+// with dP^T (the tanh still overlaps it).
 //
 // Two dQ slots (kOnePassDqSlots): a key block whose list holds at least half the query
 // tiles (by its count in the launch order's mask head: bigbird's global key blocks, which
@@ -763,23 +768,29 @@ __global__ void __launch_bounds__(kThreads, 1)
         auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
         uint32_t pa[4][4], da[4][4];
         if constexpr (CAP) {
-          // t = tanh(s scale_cap), P^T = 2^(cap_log2 t - lse2) packed for dV as it comes; s
-          // keeps P^T (1 - t^2), so dS^T below is s (dP^T - delta) as without a cap
+          // t = tanh(s scale_cap) in place while dP^T runs; then (dP^T done) P^T = 2^(cap_log2
+          // t - lse2) replaces t in s and dp becomes (dP^T - delta) (1 - t^2), so dS^T below is
+          // s dp: no register more than the uncapped step (header comment)
+#pragma unroll
+          for (int i = 0; i < 32; ++i) s[i] = Tanh(s[i] * a.scale_cap);
+          wg::Wait<0>();  // dP^T done (the Wait<1> after the dV product below then is a no-op)
+          FenceAcc(dp);
 #pragma unroll
           for (int j = 0; j < 8; ++j) {
             const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
             const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
-            float p[4];
+            const float2 dl = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
+            const float dlt[2] = {dl.x, dl.y};
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              const float tt = Tanh(s[4 * j + e] * a.scale_cap);
-              p[e] = keep(j, e) ? Exp2(fmaf(tt, a.cap_log2, -l2[e & 1])) : 0.f;
-              s[4 * j + e] = p[e] * fmaf(-tt, tt, 1.f);
+              const float tt = s[4 * j + e];
+              float p = Exp2(fmaf(tt, a.cap_log2, -l2[e & 1]));
+              if (!keep(j, e)) p = 0.f;
+              s[4 * j + e] = p;
+              dp[4 * j + e] = (dp[4 * j + e] - dlt[e & 1]) * fmaf(-tt, tt, 1.f);
             }
-            // PackA's order: element 4 j + e is pair (4 j + e) / 2 of fragment j / 2
-            pa[j / 2][2 * (j % 2)] = Ops<T>::Pack(p[0], p[1]);
-            pa[j / 2][2 * (j % 2) + 1] = Ops<T>::Pack(p[2], p[3]);
           }
+          PackA<T>(pa, s);
         } else {
 #pragma unroll
           for (int j = 0; j < 8; ++j) {
@@ -808,7 +819,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           const float dlt[2] = {dl.x, dl.y};
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            float ds = s[4 * j + e] * (dp[4 * j + e] - dlt[e & 1]);
+            // CAP: dp holds (dP^T - delta) (1 - t^2) already (above)
+            float ds = s[4 * j + e] * (CAP ? dp[4 * j + e] : dp[4 * j + e] - dlt[e & 1]);
             if (!keep(j, e)) ds = 0.f;
             dp[4 * j + e] = ds;
           }
