@@ -423,7 +423,8 @@ for mask in ('causal', 'dense'):
     # shapes (S 1024, B 2, H 2), the backward phase under the environment's switches (e.g.
     # JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4): the causal layout and an 8 x 8 mask of the
     # diagonal, a global key column and a global query row (the one-pass kernel's second
-    # dQ slot), at head dims 128 and 64; HARNESS_PHASE=fwd / both for the others
+    # dQ slot), at head dims 128 and 64; HARNESS_PHASE=fwd / both for the others;
+    # SANITIZE_HARNESS_ARGS more harness arguments (e.g. "--softcap 5")
     harness_sanitize)
       harness_build attention_harness || exit 1
       cs=$(cuda_tool compute-sanitizer)
@@ -436,7 +437,8 @@ for mask in ('causal', 'dense'):
             echo "### $tool --mask $mask --dim $d"
             timeout "${PROFILE_TIMEOUT:-60}" "$cs" --tool "$tool" --kernel-name kns=jax_blocksparse \
               --error-exitcode 1 /tmp/attention_harness --mask "$mask" --dim $d --seq 1024 \
-              --batch 2 --heads 2 --reps 1 --phase "${HARNESS_PHASE:-bwd}" 2>&1 \
+              --batch 2 --heads 2 --reps 1 --phase "${HARNESS_PHASE:-bwd}" \
+              ${SANITIZE_HARNESS_ARGS:-} 2>&1 \
               | grep -E "SUMMARY|harness|Error|Read|Write" | head -12
             echo "exit ${PIPESTATUS[0]}"
           done

@@ -177,7 +177,7 @@ struct AttentionKernel {
   // FindAttentionKernel prefers these rows, else the plain ones of the variant)
   bool persistent = false;
   // takes a logit soft cap (AttentionShape::softcap): the FA2 forward and backward, the
-  // FA3-design forward and backward (variants 2 and 3; not the one-pass variant 4)
+  // FA3-design forward and backward (variants 2, 3 and the one-pass variant 4)
   bool softcap = false;
 };
 

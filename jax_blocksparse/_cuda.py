@@ -77,7 +77,7 @@ class Switches(NamedTuple):
 SM90_FORWARD_DEFAULT = 2
 SM90_BACKWARD_DEFAULT = 4
 # The Hopper backward variant that runs what the one-pass kernel (variant 4) leaves out:
-# partial last tiles, tile bits, a soft cap, head dims without a variant-4 row
+# partial last tiles, tile bits, head dims without a variant-4 row
 # (dispatch.cu: kSm90BackwardBeyondOnepass).
 SM90_BACKWARD_BEYOND_ONEPASS = 2
 
@@ -244,7 +244,7 @@ def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0
     `dq_accum` and `dq_semaphores`, and a call declared without them runs
     `SM90_BACKWARD_BEYOND_ONEPASS`'s rows (attention/dispatch.cu, FindAttentionKernel), as
     do calls where variant 4 has no row (the "onepass_backward" family of
-    `attention_families`; its rows take no soft cap). Where variant 4 is asked for
+    `attention_families`; its rows take a soft cap). Where variant 4 is asked for
     (`_backward_variant`: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4, or the default) and the
     call has nothing the kernel leaves out (`beyond`: partial last tiles, a mask on
     128 x 128 tiles, `backward_tiled`); by default also only where the mask `suits` it

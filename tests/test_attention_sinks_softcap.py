@@ -544,6 +544,14 @@ FWD_SINKS = {"fwd_segments_d128_bs128_bf16", "fwd_d96_segments_bs128_bf16",
              "fwd_bs32_d128_causal_f16", "fwd_partial_d256_bs128_bf16"}
 
 
+def case_mask(name, seed=0):
+    """Case `name`'s block mask [Hq, Rq, Rk] (its own random stream: the tests that route by
+    it rebuild it)."""
+    _, tq, tk, hq, _, _, bs = FWD_CASES[name][:7]
+    return _random_mask(np.random.default_rng([len(name), seed, 1]),
+                        (hq, -(-tq // bs), -(-tk // bs)))
+
+
 def gpu_forward_check(name, seed=0):
     """One capped forward through the kernels: o and lse against the float64 reference,
     and dq, dk, dv (the backward of these: the kernels test_hopper_forward_takes_soft_cap
@@ -556,7 +564,7 @@ def gpu_forward_check(name, seed=0):
     dlse = jnp.asarray(rng.standard_normal((b, hq, tq)), jnp.float32)
     sinks = (jnp.asarray(rng.standard_normal(hq) + 1, jnp.float32) if name in FWD_SINKS
              else None)
-    mask = _random_mask(rng, (hq, -(-tq // bs), -(-tk // bs)))
+    mask = case_mask(name, seed)
     layout = jbs.Layout(mask, bs)
     allowed = np.kron(mask, np.ones((bs, bs), bool))[None, :, :tq, :tk]
     i, j = np.arange(tq)[:, None], np.arange(tk)[None, :]
@@ -613,6 +621,7 @@ def test_hopper_forward_takes_soft_cap(persistent, lazy, cap_max):
     (FA2's at block size 64), at 96 the same zero-padded to 128
     (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), at 256 its own Hopper backward."""
     from jax_blocksparse import _cuda
+    from jax_blocksparse.attention_metadata import line_stats
     from reference import kernels_by_case, run_python
     if not _cuda.sm90_forward():
         pytest.skip("the FA3-design forward runs on an sm_90 GPU only")
@@ -633,10 +642,16 @@ def test_hopper_forward_takes_soft_cap(persistent, lazy, cap_max):
         cap_max_on = cap_max != "0" and cap_serves_as_max(name)
         assert all((" cap-max" in k) == cap_max_on for k in fwd), (name, fwd)
         bwd = [kernel for op, kernel in logs.get(name, []) if op == "attention_bwd"]
-        d, bs = FWD_CASES[name][5:7]
+        _, tq, tk, _, _, d, bs, _, _, causal = FWD_CASES[name][:10]
         # capped, head dim 96 zero-padded to 128: the Hopper backward, FA2's at block 64;
-        # 256: its own Hopper backward (on 128 x 128 tiles at block 64)
+        # 256: its own Hopper backward (on 128 x 128 tiles at block 64); the one-pass
+        # backward (the default, variant 4) at block size 128 on whole tiles where the
+        # mask suits it (_cuda.onepass_suits), else variant 2
+        onepass = (bs == 128 and d != 256 and tq % bs == 0 and tk % bs == 0
+                   and _cuda.SM90_BACKWARD_DEFAULT == 4 and _cuda.onepass_suits(
+                       line_stats(jbs.Layout(case_mask(name), bs), causal, tq, tk)))
         want = ("fa3_backward(wgmma, tma, ws, overlap, d256 64-row CTAs)" if d == 256
                 else "fa2_backward(delta, dq 64-row, dk/dv per kv head)" if bs == 64
+                else "fa3_backward(one pass, deterministic dq)" if onepass
                 else "fa3_backward(wgmma, tma, ws, overlap)")
         assert bwd and all(k == want for k in bwd), (name, bwd)

@@ -63,6 +63,19 @@
 //     once its semaphores count all of the tile's adders (the convert's 134 MB read and 67
 //     MB write at S 8192, B 2, H 16, D 128 overlap that wave instead of following it).
 //
+// A logit soft cap (a.cap_log2 > 0: the kernel's CAP instances, so the uncapped ones keep
+// their registers; one CTA per item; issue 21): while dP^T runs, the consumers compute
+// t = tanh(s scale_cap) in place in s; once dP^T is done, P^T = 2^(cap_log2 t - lse2) (the
+// forward's capped log2-domain score, so the forward's lse normalises it; masked -> 0)
+// replaces t in s and dp becomes (dP^T - delta) (1 - t^2) (the cap's derivative), then P^T
+// is packed for dV as without a cap and the dS loop takes dS^T = s dp =
+// P^T (dP^T - delta) (1 - t^2), all float32 before packing: no register more than the
+// uncapped step (t, then P^T, in s; the factor in dp). Forms that kept P^T or t beside the
+// fragments while dP^T ran (P^T packed as it came with P^T (1 - t^2) in s; t in s with
+// P^T recomputed in the dS loop; P^T in s with t recovered from it) spilled 16-104 bytes at
+// D 128 and ptxas serialized every wgmma (C7512); this one gives up only the exp2's overlap
+// with dP^T (the tanh still overlaps it).
+//
 // Two dQ slots (kOnePassDqSlots): a key block whose list holds at least half the query
 // tiles (by its count in the launch order's mask head: bigbird's global key blocks, which
 // every other adder of a tile would wait for) adds into slot 1 of dq_accum and the
@@ -390,7 +403,9 @@ template <int D> constexpr int kDqBuffers = 2;
 // PERSISTENT (JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1): a grid of one CTA per SM that
 // takes the work items from a counter (header comment, Persistent); else one CTA per item
 // (the loops over items below run once).
-template <typename T, int D, int STAGES, int DQB, bool DQ_FIRST, bool TIMELINE, bool PERSISTENT>
+// CAP: a logit soft cap (header comment; a.cap_log2 > 0): one CTA per item, no timeline.
+template <typename T, int D, int STAGES, int DQB, bool DQ_FIRST, bool TIMELINE, bool PERSISTENT,
+          bool CAP = false>
 __global__ void __launch_bounds__(kThreads, 1)
     OnePassKernel(const __grid_constant__ Args a, const __grid_constant__ CUtensorMap tm_q,
                   const __grid_constant__ CUtensorMap tm_do,
@@ -751,19 +766,45 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    StepQueryIds<kBS>(a, b, s0, t, segs), kid.x, kid.y, t)
                    : ~0u;
         auto keep = [&](int j, int e) { return ((allow >> (4 * j + e)) & 1u) != 0; };
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
-          const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
-            if (!keep(j, e)) p = 0.f;
-            s[4 * j + e] = p;
-          }
-        }
         uint32_t pa[4][4], da[4][4];
-        PackA<T>(pa, s);
+        if constexpr (CAP) {
+          // t = tanh(s scale_cap) in place while dP^T runs; then (dP^T done) P^T = 2^(cap_log2
+          // t - lse2) replaces t in s and dp becomes (dP^T - delta) (1 - t^2), so dS^T below is
+          // s dp: no register more than the uncapped step (header comment)
+#pragma unroll
+          for (int i = 0; i < 32; ++i) s[i] = Tanh(s[i] * a.scale_cap);
+          wg::Wait<0>();  // dP^T done (the Wait<1> after the dV product below then is a no-op)
+          FenceAcc(dp);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
+            const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
+            const float2 dl = *reinterpret_cast<const float2*>(sl + 64 + 8 * j + 2 * t);
+            const float dlt[2] = {dl.x, dl.y};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float tt = s[4 * j + e];
+              float p = Exp2(fmaf(tt, a.cap_log2, -l2[e & 1]));
+              if (!keep(j, e)) p = 0.f;
+              s[4 * j + e] = p;
+              dp[4 * j + e] = (dp[4 * j + e] - dlt[e & 1]) * fmaf(-tt, tt, 1.f);
+            }
+          }
+          PackA<T>(pa, s);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const float2 lq = *reinterpret_cast<const float2*>(sl + 8 * j + 2 * t);
+            const float l2[2] = {Lse2(lq.x), Lse2(lq.y)};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              float p = Exp2(fmaf(s[4 * j + e], sl2, -l2[e & 1]));
+              if (!keep(j, e)) p = 0.f;
+              s[4 * j + e] = p;
+            }
+          }
+          PackA<T>(pa, s);
+        }
         const uint64_t don = wg::Desc(sdo, kSlab, 1024), dqn = wg::Desc(sq, kSlab, 1024);
         FenceAcc(dv);
         wg::Fence();
@@ -778,7 +819,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           const float dlt[2] = {dl.x, dl.y};
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            float ds = s[4 * j + e] * (dp[4 * j + e] - dlt[e & 1]);
+            // CAP: dp holds (dP^T - delta) (1 - t^2) already (above)
+            float ds = s[4 * j + e] * (CAP ? dp[4 * j + e] : dp[4 * j + e] - dlt[e & 1]);
             if (!keep(j, e)) ds = 0.f;
             dp[4 * j + e] = ds;
           }
@@ -1105,21 +1147,26 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
 
   {
     constexpr int smem = Smem<D, kStages<D>, kDqBuffers<D>>::kBytes;
-    static std::atomic<uint64_t> configured[6];
+    static std::atomic<uint64_t> configured[8];
     const bool dq_first = GetSwitches().attn_bwd_onepass_dq_first;
     long long* const timeline = timeline_buffer.load();  // the harness's instrumentation
+    // a soft cap: the CAP instances, one CTA per item, without the timeline
+    const bool capped = a.cap_log2 > 0.f;
+    if (capped && timeline != nullptr) return cudaErrorNotSupported;
     // the timeline records one item per CTA: the one-CTA-per-item grid
-    const bool persistent = persistent_asked && dkdv_maps && timeline == nullptr;
+    const bool persistent = persistent_asked && dkdv_maps && timeline == nullptr && !capped;
     constexpr int S = kStages<D>, B = kDqBuffers<D>;
     auto kern = timeline != nullptr ? (dq_first ? OnePassKernel<T, D, S, B, true, true, false>
                                                 : OnePassKernel<T, D, S, B, false, true, false>)
+                : capped ? (dq_first ? OnePassKernel<T, D, S, B, true, false, false, true>
+                                     : OnePassKernel<T, D, S, B, false, false, false, true>)
                 : persistent        ? (dq_first ? OnePassKernel<T, D, S, B, true, false, true>
                                                 : OnePassKernel<T, D, S, B, false, false, true>)
                                     : (dq_first ? OnePassKernel<T, D, S, B, true, false, false>
                                                 : OnePassKernel<T, D, S, B, false, false, false>);
-    err = AllowDynamicSmem(
-        configured[int(dq_first) + 2 * (timeline != nullptr ? 1 : persistent ? 2 : 0)],
-        reinterpret_cast<const void*>(kern), smem);
+    const int form = timeline != nullptr ? 1 : persistent ? 2 : capped ? 3 : 0;
+    err = AllowDynamicSmem(configured[int(dq_first) + 2 * form],
+                           reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
     // one CTA per work item (batch, kv head, key block), in the launch order of the header
     // comment; persistent: one CTA per SM (one fits: its shared memory; at most

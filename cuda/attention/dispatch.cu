@@ -121,11 +121,11 @@ namespace {
 // and q_offset (documents). Needs the dq_accum / dq_semaphores workspaces (dq_workspace).
 // The default on an sm_90 device (kSm90BackwardDefault); the calls it leaves out (partial
 // last tiles, tile bits, a call declared without the workspaces) run variant 2's rows
-// (kSm90BackwardBeyondOnepass, FindAttentionKernel). No soft cap (the last field): a capped
-// backward runs variant 2's row too.
+// (kSm90BackwardBeyondOnepass, FindAttentionKernel). A logit soft cap (the last field; P
+// recomputed from the capped scores, dS times 1 - tanh^2, as variant 2 does).
 #define JBS_BWD_SM90_ONEPASS_ROWS(DT, T, D)                                             \
   {DT, D, 128, true, 4, "fa3_backward(one pass, deterministic dq)",                    \
-   attn::RunBackwardSm90OnePass<T, D>, true, true}
+   attn::RunBackwardSm90OnePass<T, D>, true, true, false, true}
 
 // (dtype, head dim, block size, phase, forward variant) -> launcher, name.
 const AttentionKernel kAttentionKernels[] = {
@@ -229,7 +229,7 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 // (JBS_BWD_SM90_D256_ROWS; the pure-JAX path under JAX_BLOCKSPARSE_ATTN_BWD_D256=0).
 constexpr int kSm90BackwardDefault = 4;
 // The Hopper backward variant that runs what the one-pass kernel (variant 4) leaves out:
-// partial last tiles, tile bits, a soft cap, head dims without a variant-4 row
+// partial last tiles, tile bits, head dims without a variant-4 row
 // (jax_blocksparse/_cuda.py: SM90_BACKWARD_BEYOND_ONEPASS, the same value).
 constexpr int kSm90BackwardBeyondOnepass = 2;
 
@@ -278,12 +278,12 @@ const AttentionKernel* FindAttentionKernel(DType dtype, int head_dim, int block_
   const int variant = backward ? GetSwitches().attn_bwd_variant : GetSwitches().attn_fwd_variant;
   const bool persistent = !backward && GetSwitches().attn_fwd_persistent;
   const int asked = variant < 0 ? default_variant : variant;
-  // backward variant 4 (AttentionKernel::dq_workspace) takes neither tile bits, partial
-  // last tiles nor a soft cap: the default Hopper backward runs those calls
-  // (jax_blocksparse/_cuda.py, onepass_backward, then declares no workspaces)
+  // backward variant 4 (AttentionKernel::dq_workspace) takes neither tile bits nor partial
+  // last tiles: the default Hopper backward runs those calls (jax_blocksparse/_cuda.py,
+  // onepass_backward, then declares no workspaces)
   const AttentionKernel* plain =
       FindRow(asked, dtype, head_dim, block_size, backward, false, persistent);
-  if (plain != nullptr && plain->dq_workspace && (beyond_onepass || softcap))
+  if (plain != nullptr && plain->dq_workspace && beyond_onepass)
     return FindRow(kSm90BackwardBeyondOnepass, dtype, head_dim, block_size, backward, softcap,
                    false);
   const AttentionKernel* row =
