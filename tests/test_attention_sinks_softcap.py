@@ -438,6 +438,15 @@ GPU_CASES = {
 }
 
 
+def gpu_case_mask(name, seed=0):
+    """GPU case `name`'s block mask [Hq, T/bs, T/bs]: 70% of the blocks, block row 1 empty
+    (rows with no key); its own random stream, so the routing test can rebuild it."""
+    _, t, hq, _, _, bs = GPU_CASES[name][:6]
+    mask = np.random.default_rng([len(name), seed, 1]).random((hq, t // bs, t // bs)) < 0.7
+    mask[:, 1] = False
+    return mask
+
+
 def gpu_check(name, seed=0):
     """One GPU case through the kernels: o, lse, dq, dk, dv, dsinks against the float64
     reference, and decode rows (contiguous and paged) against the full rows."""
@@ -448,9 +457,7 @@ def gpu_check(name, seed=0):
     q, k, v, do = arr(b, t, hq, d) * 2, arr(b, t, hkv, d), arr(b, t, hkv, d), arr(b, t, hq, d)
     dlse = jnp.asarray(rng.standard_normal((b, hq, t)), jnp.float32)
     sinks = jnp.asarray(rng.standard_normal(hq) + 1, jnp.float32) if use_sinks else None
-    mask = rng.random((hq, t // bs, t // bs)) < 0.7
-    mask[:, 1] = False  # rows with no key
-    layout = jbs.Layout(mask, bs)
+    layout = jbs.Layout(gpu_case_mask(name, seed), bs)
     lengths = jnp.full((b,), t, jnp.int32) if kv is None else jnp.asarray(kv, jnp.int32)
     opts = dict(causal=True, kv_lengths=lengths, logits_soft_cap=cap, return_lse=True)
 
@@ -492,12 +499,14 @@ def run_gpu_cases(names):
 def test_kernels_take_sinks_and_soft_cap(bwd_variant, fwd_variant):
     """On a GPU every case runs the kernels, never the pure-JAX path: a soft cap the
     default forward (the FA3-design forward on an sm_90 GPU, else the FA2 one), the
-    variant's backward (on an sm_90 GPU at block size 128 the FA3-design backward, variant
-    2, by default or forced, and under 4, whose one-pass kernel takes no cap; at block size
-    64 the FA2 backward) and the decode kernel; sinks alone the default kernels (the
+    variant's backward (on an sm_90 GPU at block size 128: forced variant 4, or the default
+    where the mask suits it (`_cuda.onepass_suits`), the one-pass kernel; variant 2 and
+    the rest the FA3-design backward; at block size 64 the FA2 backward) and the decode
+    kernel; sinks alone the default kernels (the
     FA3-design forward on an sm_90 GPU). Forward variant 0: the FA2 forward on every GPU
     (its sinks and cap on an sm_90 one too)."""
     from jax_blocksparse import _cuda
+    from jax_blocksparse.attention_metadata import line_stats
     from reference import kernels_by_case, run_python
     names = list(GPU_CASES)
     result = run_python(f"import test_attention_sinks_softcap as t; t.run_gpu_cases({names!r})",
@@ -512,8 +521,13 @@ def test_kernels_take_sinks_and_soft_cap(bwd_variant, fwd_variant):
         ops = {op for op, _ in launches}
         assert {"attention_fwd", "attention_bwd", "attention_decode"} <= ops, (name, launches)
         if GPU_CASES[name][-1] is not None:  # a cap: the default forward, the backward above
-            backward = ("fa3_backward(wgmma, tma, ws, overlap)"
-                        if hopper_bwd and GPU_CASES[name][5] == 128 else "fa2_backward")
+            _, t, _, _, d, bs = GPU_CASES[name][:6]
+            stats = line_stats(jbs.Layout(gpu_case_mask(name), bs), True, t, t)
+            onepass = bwd_variant == "4" or (bwd_variant == "" and _cuda.onepass_suits(stats)
+                                            and _cuda.SM90_BACKWARD_DEFAULT == 4)
+            backward = ("fa2_backward" if not (hopper_bwd and bs == 128)
+                        else "fa3_backward(one pass, deterministic dq)" if onepass
+                        else "fa3_backward(wgmma, tma, ws, overlap)")
             for op, kernel in launches:
                 if op == "attention_fwd":
                     assert kernel.startswith(forward), (name, kernel)
