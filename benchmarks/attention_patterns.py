@@ -28,9 +28,10 @@ in FlashAttention-3's order, the default; `g` and a number, `4g4`, sets
 JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP to it: variant 4's launch order in groups of that
 many (batch, kv head) pairs; `c`, `4c`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT=0:
 dQ's conversion after the kernel, not the default's early launch on the tiles' semaphores;
-`p`, `4p`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1: variant 4 in a persistent grid;
-`o`, `4o`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0: dK, dV stored from the
-registers, not the default's TMA stores).
+`p`, `4p`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0: variant 4 one CTA per work
+item, not the default's persistent grid; `o` with it, `4po`,
+JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0: dK, dV stored from the registers, not
+through TMA stores).
 `--block-size 64` runs the patterns at block 64 (without FlexAttention: `peers.py masks`
 reads masks of 128-blocks only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
@@ -286,7 +287,7 @@ def ours_per_variant(args, rows):
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": (
                     group.group(1) if (group := re.search(r"g(\d+)", letters)) else ""),
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "0" if "c" in letters else "",
-                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT": "1" if "p" in letters else "",
+                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT": "0" if "p" in letters else "",
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA": "0" if "o" in letters else "",
                 "JAX_BLOCKSPARSE_ATTN_BWD_D256": "0" if "n" in letters else ""}
     runs += [(backward_switches(v), f"b{v} ")
@@ -353,7 +354,7 @@ def main():
                         help="e.g. 2,4: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT values; letters "
                         "after one: t / r JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 / 0, k "
                         "..._ONEPASS_DQ_FIRST=0, n ..._D256=0, gN ..._ONEPASS_GROUP=N, c "
-                        "..._ONEPASS_EARLY_CONVERT=0, p ..._ONEPASS_PERSISTENT=1, o "
+                        "..._ONEPASS_EARLY_CONVERT=0, p ..._ONEPASS_PERSISTENT=0, o (with p) "
                         "..._ONEPASS_STORE_TMA=0, h / s "
                         "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2 (the forward too)")
     parser.add_argument("--extended", action="store_true",

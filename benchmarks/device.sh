@@ -86,7 +86,8 @@ sanitize() {
               "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 attention"
               "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT=0 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS=3 attention --slice 0/3"
-              "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 attention --slice 0/3"
+              "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0 attention --slice 0/3"
+              "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0,JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention"
               "JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1,JAX_BLOCKSPARSE_DECODE_PACKED=0 decode")
   # SANITIZE_RUNS="- decode;JAX_BLOCKSPARSE_NO_WGMMA=1 matmul": other runs, ';' between

@@ -49,7 +49,7 @@ Switches Read() {
       OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT");
   s.attn_bwd_onepass_persistent_ctas =
       PositiveOrZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS");
-  s.attn_bwd_onepass_persistent = Flag("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT") ||
+  s.attn_bwd_onepass_persistent = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT") ||
                                   s.attn_bwd_onepass_persistent_ctas > 0;
   s.attn_bwd_onepass_store_tma = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA");
   s.attn_bwd_d256 = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_D256");

@@ -66,19 +66,21 @@
 //     launch whose CTAs become resident while the one-pass kernel's last wave runs; each
 //     converts its 64-row tile once the tile's semaphores count every key block that adds
 //     into it (attention/bwd_sm90_onepass.cu, EARLY); the same results bit for bit
-//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1 opts in (memcheck, racecheck, synccheck
-//     clean, RESULTS 2026-12-07 fourth session; on the H100 the backward alone 1.00-1.05x
-//     the TMA-store default on five masks, 0.90x on bigbird, so not the default): variant 4
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0 opts out (the default since RESULTS
+//     2026-12-07 fifth session: memcheck, racecheck, synccheck clean with 3 CTAs; on the
+//     H100 the backward alone 1.038-1.055x one CTA per item on the five masks the default
+//     routes to variant 4 (bigbird, routed to variant 2, 0.98x), fwd+bwd 1.00-1.07x;
+//     a soft cap runs one CTA per item): variant 4
 //     in a persistent grid, one CTA per SM taking the work items (batch, kv head, key
 //     block) in launch order from a counter, dK, dV stored by TMA through the K, V tiles
 //     (as ..._STORE_TMA), the next item's K and V loading once the stores have read them
 //     (bwd_sm90_onepass.cu, PERSISTENT); the same results bit for bit.
-//     ..._PERSISTENT_CTAS=N (implies it): at most N CTAs (tests: several items per CTA at
-//     small shapes)
-//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 opts out (the default since the H100 ran
-//     it: memcheck, racecheck, synccheck clean, the backward alone 1.008-1.07x faster on
-//     six masks, RESULTS 2026-12-07 fourth session): variant 4 (one CTA per item; the
-//     persistent form always does) stores dK, dV
+//     ..._PERSISTENT_CTAS=N (overrides =0): at most N CTAs (tests: several items per CTA
+//     at small shapes)
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 opts out where variant 4 runs one CTA per
+//     item (..._PERSISTENT=0 or a soft cap; the persistent form always stores by TMA; on
+//     since the H100 ran it: memcheck, racecheck, synccheck clean, the backward alone
+//     1.008-1.07x faster on six masks, RESULTS 2026-12-07 fourth session): dK, dV stored
 //     through shared memory (each consumer's half into its K and V tiles, once both are
 //     done with K) by TMA, instead of 4-byte stores from the registers (the timeline's
 //     4.7-5.2 us a CTA from the last step to dK, dV stored, RESULTS 2026-12-07 third
@@ -187,7 +189,7 @@ struct Switches {
   bool attn_bwd_onepass_early_convert;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT:
                                         // anything but "0" (unset: on)
   bool attn_bwd_onepass_persistent;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT: anything
-                                     // but "" or "0"; or the next one set
+                                     // but "0" (unset: on); or the next one set
   int attn_bwd_onepass_persistent_ctas;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS:
                                          // N > 0 its value, else 0
   bool attn_bwd_onepass_store_tma;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA: anything but

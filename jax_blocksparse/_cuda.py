@@ -223,9 +223,9 @@ def backward_tile_context(block_size: int, sources: bool = True, fill=None) -> b
 # global column) does not: those key blocks add into a dQ slot of their own
 # (bwd_sm90_onepass.cu, kOnePassDqSlots). Measured (H100, bf16, S 8192, D 128, bs 128),
 # backward variant 4 against 2: causal 1.30x, dense 1.31x, local 1.10x, strided 1.02x
-# (RESULTS 2026-12-06 sixth session); fixed (global columns, density 0.15) 1.11x, bigbird
-# (global rows and columns, 0.15) 0.91x (TMA dK/dV store, RESULTS 2026-12-07 fourth session;
-# variant 2's times from 2026-12-06).
+# (RESULTS 2026-12-06 sixth session); fixed (global columns, density 0.15) 1.10x, bigbird
+# (global rows and columns, 0.15) 0.91x (TMA dK/dV store, both variants in one call:
+# RESULTS 2026-12-07 fifth session).
 ONEPASS_SPARSE_DENSITY = 0.25
 
 

@@ -506,14 +506,17 @@ def save_grads(names, path):
     np.savez(path, **saved)
 
 
-ONEPASS_SAME_BITS = {"DQ_FIRST=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST": "0"},
-                     "GROUP=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": "1"},
-                     "GROUP=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_GROUP": "0"},
-                     "EARLY_CONVERT=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "0"},
-                     "PERSISTENT=1": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT": "1"},
-                     "PERSISTENT_CTAS=3": {
-                         "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS": "3"},
-                     "STORE_TMA=0": {"JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA": "0"}}
+ONEPASS = "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_"
+# Variant 4's switches (README.md: "the same results bit for bit"), label -> environment.
+ONEPASS_SWITCHES = {"DQ_FIRST=0": {ONEPASS + "DQ_FIRST": "0"},
+                    "GROUP=1": {ONEPASS + "GROUP": "1"},
+                    "GROUP=3": {ONEPASS + "GROUP": "3"},
+                    "GROUP=0": {ONEPASS + "GROUP": "0"},
+                    "EARLY_CONVERT=0": {ONEPASS + "EARLY_CONVERT": "0"},
+                    "PERSISTENT=0": {ONEPASS + "PERSISTENT": "0"},
+                    "PERSISTENT_CTAS=3": {ONEPASS + "PERSISTENT_CTAS": "3"},
+                    "PERSISTENT=0,STORE_TMA=0": {ONEPASS + "PERSISTENT": "0",
+                                                 ONEPASS + "STORE_TMA": "0"}}
 
 
 def test_onepass_switches_same_bits(tmp_path):
@@ -526,7 +529,7 @@ def test_onepass_switches_same_bits(tmp_path):
         pytest.skip("the one-pass backward needs an sm_90 GPU (H100 / H200)")
     names = list(REPEAT_CASES)
     got = {}
-    for label, env in {"defaults": {}, **ONEPASS_SAME_BITS}.items():
+    for label, env in {"defaults": {}, **ONEPASS_SWITCHES}.items():
         path = str(tmp_path / f"{label}.npz")
         run_python(f"import test_gpu_attention_bwd_sm90 as t; t.save_grads({names!r}, {path!r})",
                    JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="4", **env)
@@ -550,12 +553,7 @@ def test_onepass_backward_deterministic_over_runs():
         assert backward and all(k == FA3_BWD["4"] for k in backward), (name, backward)
 
 
-@pytest.mark.parametrize("switch", [("ONEPASS_DQ_FIRST", "0"), ("ONEPASS_GROUP", "1"),
-                                    ("ONEPASS_GROUP", "3"), ("ONEPASS_GROUP", "0"),
-                                    ("ONEPASS_EARLY_CONVERT", "0"), ("ONEPASS_PERSISTENT", "1"),
-                                    ("ONEPASS_PERSISTENT_CTAS", "3"),
-                                    ("ONEPASS_STORE_TMA", "0")],
-                         ids="=".join)
+@pytest.mark.parametrize("switch", list(ONEPASS_SWITCHES))
 def test_onepass_switches(switch):
     """Variant 4 under its switches: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0 (the steps
     end in the other order than the default's: dK issued before the dS^T store, the dQ
@@ -563,12 +561,13 @@ def test_onepass_switches(switch):
     / 0 (the launch order takes the (batch, kv head) pairs 1 / 3 at a time: 3 leaves a
     shorter last group; 0: all in one group, the default 4's alternative),
     JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT=0 (dQ's conversion after the kernel
-    ends, not the default's dependent launch that waits on the tiles' semaphores) and
-    JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1 / ..._PERSISTENT_CTAS=3 (a persistent
-    grid of one CTA per SM / of 3 CTAs: each takes many work items, at these shapes of a
-    few steps each, so the meta ring laps across items' ends and K, V are reloaded while
-    dK, dV are stored) and JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 (dK, dV stored
-    from the registers, not the default's shared memory and TMA stores): dq, dk, dv
+    ends, not the default's dependent launch that waits on the tiles' semaphores),
+    JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0 (one CTA per work item, not the
+    default's persistent grid of one CTA per SM), ..._PERSISTENT_CTAS=3 (a persistent grid
+    of 3 CTAs: each takes many work items, at these shapes of a few steps each, so the
+    meta ring laps across items' ends and K, V are reloaded while dK, dV are stored) and
+    PERSISTENT=0 with JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 (dK, dV stored from
+    the registers, not through shared memory and TMA stores): dq, dk, dv
     against float64 (the VARIANT3_CASES: causal, empty rows, GQA, per head, Tq != Tk,
     kv_lengths, traced, head dim 64), bitwise deterministic over runs."""
     if not sm90():
@@ -578,7 +577,7 @@ def test_onepass_switches(switch):
     code = (f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r}); "
             f"t.run_repeats({names!r}, 3)")
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="4",
-                        **{f"JAX_BLOCKSPARSE_ATTN_BWD_{switch[0]}": switch[1]}).stderr
+                        **ONEPASS_SWITCHES[switch]).stderr
     assert_backward_is_fa3(stderr, cases, "4")
     logs = kernels_by_case(stderr)
     for name in names:

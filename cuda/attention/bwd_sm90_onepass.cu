@@ -108,7 +108,8 @@
 // made each increment it will ever make: all its waits succeed, it finishes. By induction
 // every CTA finishes. Inside a CTA nothing else waits on other CTAs (the ring and the dQ
 // buffers are local).
-// Persistent (opt-in, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1; PERSISTENT): the work
+// Persistent (the default, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0 opts out; PERSISTENT;
+// measured in RESULTS 2026-12-07 fifth session, cuda/switches.h): the work
 // items (batch, kv head, key block) keep that launch order, but a grid of one CTA per SM
 // takes them one at a time: the producer thread takes the next item from a global
 // counter (atomicAdd; the int after the semaphores, zeroed with them) and hands it to the
@@ -400,9 +401,9 @@ template <int D> constexpr int kDqBuffers = 2;
 // step in FlashAttention-3's order: dS^T stored and the barrier first, then dQ and dK
 // issued back to back, and the dQ partial copied out while dK runs (else dK is issued
 // before the dS^T store, and the copy waits for both products).
-// PERSISTENT (JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=1): a grid of one CTA per SM that
-// takes the work items from a counter (header comment, Persistent); else one CTA per item
-// (the loops over items below run once).
+// PERSISTENT (the default; JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0 opts out): a grid of
+// one CTA per SM that takes the work items from a counter (header comment, Persistent);
+// else one CTA per item (the loops over items below run once).
 // CAP: a logit soft cap (header comment; a.cap_log2 > 0): one CTA per item, no timeline.
 template <typename T, int D, int STAGES, int DQB, bool DQ_FIRST, bool TIMELINE, bool PERSISTENT,
           bool CAP = false>
