@@ -69,8 +69,8 @@
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0 opts out (the default since RESULTS
 //     2026-12-07 fifth session: memcheck, racecheck, synccheck clean with 3 CTAs; on the
 //     H100 the backward alone 1.038-1.055x one CTA per item on the five masks the default
-//     routes to variant 4 (bigbird, routed to variant 2, 0.98x), fwd+bwd 1.00-1.07x;
-//     a soft cap runs one CTA per item): variant 4
+//     routes to variant 4 (bigbird, routed to variant 2, 0.98x), fwd+bwd 1.00-1.07x; a
+//     soft cap too): variant 4
 //     in a persistent grid, one CTA per SM taking the work items (batch, kv head, key
 //     block) in launch order from a counter, dK, dV stored by TMA through the K, V tiles
 //     (as ..._STORE_TMA), the next item's K and V loading once the stores have read them
@@ -78,7 +78,7 @@
 //     ..._PERSISTENT_CTAS=N (overrides =0): at most N CTAs (tests: several items per CTA
 //     at small shapes)
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 opts out where variant 4 runs one CTA per
-//     item (..._PERSISTENT=0 or a soft cap; the persistent form always stores by TMA; on
+//     item (..._PERSISTENT=0; the persistent form always stores by TMA; on
 //     since the H100 ran it: memcheck, racecheck, synccheck clean, the backward alone
 //     1.008-1.07x faster on six masks, RESULTS 2026-12-07 fourth session): dK, dV stored
 //     through shared memory (each consumer's half into its K and V tiles, once both are

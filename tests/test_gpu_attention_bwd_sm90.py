@@ -701,20 +701,23 @@ CAP_CASES = ("fwd_segments_d128_bs128_bf16", "fwd_bs16_partial_d128_f16",
              "fwd_bs32_segments_d64_bf16")
 
 
-@pytest.mark.parametrize("variant", ["2", "3", "4"])
+@pytest.mark.parametrize("variant", ["2", "3", "4", "4p0"])
 def test_fa3_backward_soft_cap(variant):
     """A capped backward runs the variant's fa3 backward wherever an uncapped one would
     (segment ids and causality at block size 128 and head dim 128, block size 16 with
     partial last tiles and GQA, block size 32 with segment ids at head dim 64; under 4 the
-    one-pass kernel the first, variant 2 the others, which it leaves out): P from the
-    capped scores, dS with the factor 1 - tanh^2; dq, dk, dv against the float64 reference
-    (test_attention_sinks_softcap.gpu_forward_check)."""
+    one-pass kernel the first, in its default persistent grid, "4p0" one CTA per item
+    (JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0), variant 2 the others, which it leaves
+    out): P from the capped scores, dS with the factor 1 - tanh^2; dq, dk, dv against the
+    float64 reference (test_attention_sinks_softcap.gpu_forward_check)."""
     if not sm90():
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
     names = list(CAP_CASES)
+    variant, persistent = variant[0], "0" if variant.endswith("p0") else ""
     stderr = run_python(
         f"import test_attention_sinks_softcap as t; t.run_gpu_forward_cases({names!r})",
-        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
+        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant,
+        JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=persistent).stderr
     assert "pure-JAX path" not in stderr, stderr[-3000:]
     assert_backward_is_fa3(stderr, [(names[0],)], variant)
     from jax_blocksparse import _cuda

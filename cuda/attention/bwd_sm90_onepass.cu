@@ -64,7 +64,7 @@
 //     MB write at S 8192, B 2, H 16, D 128 overlap that wave instead of following it).
 //
 // A logit soft cap (a.cap_log2 > 0: the kernel's CAP instances, so the uncapped ones keep
-// their registers; one CTA per item; issue 21): while dP^T runs, the consumers compute
+// their registers; persistent or not, as the uncapped kernel; issue 21): while dP^T runs, the consumers compute
 // t = tanh(s scale_cap) in place in s; once dP^T is done, P^T = 2^(cap_log2 t - lse2) (the
 // forward's capped log2-domain score, so the forward's lse normalises it; masked -> 0)
 // replaces t in s and dp becomes (dP^T - delta) (1 - t^2) (the cap's derivative), then P^T
@@ -404,7 +404,7 @@ template <int D> constexpr int kDqBuffers = 2;
 // PERSISTENT (the default; JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0 opts out): a grid of
 // one CTA per SM that takes the work items from a counter (header comment, Persistent);
 // else one CTA per item (the loops over items below run once).
-// CAP: a logit soft cap (header comment; a.cap_log2 > 0): one CTA per item, no timeline.
+// CAP: a logit soft cap (header comment; a.cap_log2 > 0): no timeline.
 template <typename T, int D, int STAGES, int DQB, bool DQ_FIRST, bool TIMELINE, bool PERSISTENT,
           bool CAP = false>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -1148,24 +1148,27 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
 
   {
     constexpr int smem = Smem<D, kStages<D>, kDqBuffers<D>>::kBytes;
-    static std::atomic<uint64_t> configured[8];
+    static std::atomic<uint64_t> configured[10];
     const bool dq_first = GetSwitches().attn_bwd_onepass_dq_first;
     long long* const timeline = timeline_buffer.load();  // the harness's instrumentation
-    // a soft cap: the CAP instances, one CTA per item, without the timeline
+    // a soft cap: the CAP instances (persistent or not), without the timeline
     const bool capped = a.cap_log2 > 0.f;
     if (capped && timeline != nullptr) return cudaErrorNotSupported;
     // the timeline records one item per CTA: the one-CTA-per-item grid
-    const bool persistent = persistent_asked && dkdv_maps && timeline == nullptr && !capped;
+    const bool persistent = persistent_asked && dkdv_maps && timeline == nullptr;
     constexpr int S = kStages<D>, B = kDqBuffers<D>;
     auto kern = timeline != nullptr ? (dq_first ? OnePassKernel<T, D, S, B, true, true, false>
                                                 : OnePassKernel<T, D, S, B, false, true, false>)
+                : capped && persistent
+                    ? (dq_first ? OnePassKernel<T, D, S, B, true, false, true, true>
+                                : OnePassKernel<T, D, S, B, false, false, true, true>)
                 : capped ? (dq_first ? OnePassKernel<T, D, S, B, true, false, false, true>
                                      : OnePassKernel<T, D, S, B, false, false, false, true>)
                 : persistent        ? (dq_first ? OnePassKernel<T, D, S, B, true, false, true>
                                                 : OnePassKernel<T, D, S, B, false, false, true>)
                                     : (dq_first ? OnePassKernel<T, D, S, B, true, false, false>
                                                 : OnePassKernel<T, D, S, B, false, false, false>);
-    const int form = timeline != nullptr ? 1 : persistent ? 2 : capped ? 3 : 0;
+    const int form = timeline != nullptr ? 1 : persistent ? (capped ? 4 : 2) : capped ? 3 : 0;
     err = AllowDynamicSmem(configured[int(dq_first) + 2 * form],
                            reinterpret_cast<const void*>(kern), smem);
     if (err != cudaSuccess) return err;
