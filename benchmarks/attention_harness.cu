@@ -36,6 +36,7 @@
 #include "attention.h"
 #include "harness_util.cuh"
 #include "attention/bwd_sm90_onepass.h"  // the one-pass backward's workspace sizes
+#include "switches.h"  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS: the workspaces' slots
 
 using namespace jax_blocksparse;
 using namespace harness;
@@ -254,8 +255,11 @@ int main(int argc, char** argv) {
   b.delta = DeviceAlloc<float>(int64_t(batch) * heads * BackwardWorkspaceRows(seq, bs));
   b.mask_block = bs;
   if (bwd->dq_workspace) {
-    b.dq_accum = DeviceAlloc<float>(attn::OnePassDqAccumElements(batch, heads, seq, dim));
-    b.dq_semaphores = DeviceAlloc<int32_t>(attn::OnePassSemaphoreElements(batch, heads, seq));
+    b.dq_slots = GetSwitches().attn_bwd_onepass_dq_slots;
+    b.dq_accum =
+        DeviceAlloc<float>(attn::OnePassDqAccumElements(batch, heads, seq, dim, b.dq_slots));
+    b.dq_semaphores =
+        DeviceAlloc<int32_t>(attn::OnePassSemaphoreElements(batch, heads, seq, b.dq_slots));
   }
 
   cudaStream_t stream;

@@ -127,6 +127,10 @@ struct AttentionBackwardParams {
   // the launcher zeroes them)
   float* dq_accum;
   int32_t* dq_semaphores;
+  // dQ slots of those workspaces (attention/bwd_sm90_onepass.h, OnePassDqSlots: 2, or 4
+  // under JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4); the FFI handler reads it from
+  // dq_accum's size
+  int32_t dq_slots = 2;
   // a mask of block size mask_block (16, 32 or 64: TiledMaskBlock) on 128 x 128 tiles (as
   // the forward's mask_bits): the words of the by_query entries and of the by_key entries
   // ([mask_batch, Hm, lines, max_len] each, bits in the same (query row, key column)

@@ -85,6 +85,12 @@
 //     done with K) by TMA, instead of 4-byte stores from the registers (the timeline's
 //     4.7-5.2 us a CTA from the last step to dK, dV stored, RESULTS 2026-12-07 third
 //     session); the same results bit for bit
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (unset: 2): variant 4's dQ workspaces with 4
+//     slots (jax_blocksparse/_cuda.py onepass_workspace_shapes; the FFI handler reads the
+//     count from their size): the adds into a tile of a long query line (at least half the
+//     key blocks: bigbird's global rows, causal's lower half) run as 4 ordered chains, not
+//     one (attention/bwd_sm90_onepass.cu, dQ slots); deterministic, but the sums' order
+//     differs from 2 slots' (results not bit for bit those of the default)
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward
 //     (variants 2 and 3: attention/bwd_sm90_d256.cu; on the H200, RESULTS 2026-12-05, 14x
 //     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
@@ -192,6 +198,8 @@ struct Switches {
                                      // but "0" (unset: on); or the next one set
   int attn_bwd_onepass_persistent_ctas;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS:
                                          // N > 0 its value, else 0
+  int attn_bwd_onepass_dq_slots;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS: 4 for "4",
+                                  // else 2 (the harness's workspaces)
   bool attn_bwd_onepass_store_tma;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA: anything but
                                     // "0" (unset: on)
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"

@@ -69,6 +69,8 @@ class Switches(NamedTuple):
     matmul_group_wgmma: int  # JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA: 0 off, else the group
     # kernel's columns: 128 for "128", 256 for any other value (opt-in: `_group_columns`)
     matmul_small_records: bool  # JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS: on unless "0"
+    attn_bwd_onepass_dq_slots: int  # JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS: 4 for "4",
+    # else 2 (`onepass_workspace_shapes`)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -105,7 +107,9 @@ def _read_switches() -> Switches:
                     attn_bwd_tiled64=choice("JAX_BLOCKSPARSE_ATTN_BWD_TILED64"),
                     matmul_group_wgmma=group_width("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA"),
                     matmul_small_records=os.environ.get(
-                        "JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS", "").strip() != "0")
+                        "JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS", "").strip() != "0",
+                    attn_bwd_onepass_dq_slots=4 if os.environ.get(
+                        "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS", "").strip() == "4" else 2)
 
 
 SWITCHES = _read_switches()
@@ -257,10 +261,13 @@ def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0
 
 def onepass_workspace_shapes(b: int, hq: int, tq: int, d: int):
     """The one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h,
-    OnePassDqAccumElements and OnePassSemaphoreElements): dq_accum float32 [2, B, Hq, Tq, D]
-    and dq_semaphores int32 [2 B Hq Tq / 64 + 1] (two dQ slots, kOnePassDqSlots; the last
-    int: the persistent grid's item counter)."""
-    return (2, b, hq, tq, d), (2 * b * hq * (tq // 64) + 1,)
+    OnePassDqAccumElements and OnePassSemaphoreElements): dq_accum float32 [S, B, Hq, Tq, D]
+    and dq_semaphores int32 [S B Hq Tq / 64 + 1], S dQ slots: 2 (kOnePassDqSlots), or 4
+    under JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (a long query line's adds in 4
+    ordered chains, not one; the kernel reads S from the size); the last int: the persistent grid's
+    item counter."""
+    s = SWITCHES.attn_bwd_onepass_dq_slots
+    return (s, b, hq, tq, d), (s * b * hq * (tq // 64) + 1,)
 
 
 def _precision_attr(precision) -> np.int32:

@@ -285,19 +285,26 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   p.dv = dv->untyped_data();
   p.delta = delta->typed_data();
   // the one-pass backward's workspaces (jax_blocksparse/_cuda.py declares them [0] for the
-  // other kernels): float32 [2, B, Hq, Tq, D], int32 [2 B Hq Tq / 64 + 1]
+  // other kernels): float32 [S, B, Hq, Tq, D], int32 [S B Hq Tq / 64 + 1], S dQ slots (2,
+  // or 4 under JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4)
   if (kernel->dq_workspace) {
     const AttentionShape& s = p.shape;
-    if (int64_t(dq_accum->element_count()) !=
-            attn::OnePassDqAccumElements(s.batch, s.hq, s.tq, s.head_dim) ||
+    const int64_t slot = attn::OnePassDqAccumElements(s.batch, s.hq, s.tq, s.head_dim, 1);
+    const int64_t slots =  // (no element: Tq = 0, the FA2 backward runs)
+        slot > 0 ? int64_t(dq_accum->element_count()) / slot : attn::kOnePassDqSlots;
+    if ((slots != attn::kOnePassDqSlots && slots != attn::kOnePassDqSlotsMax) ||
+        int64_t(dq_accum->element_count()) !=
+            attn::OnePassDqAccumElements(s.batch, s.hq, s.tq, s.head_dim, slots) ||
         int64_t(dq_semaphores->element_count()) !=
-            attn::OnePassSemaphoreElements(s.batch, s.hq, s.tq))
+            attn::OnePassSemaphoreElements(s.batch, s.hq, s.tq, slots))
       return Invalid(std::string("the backward here (") + kernel->name +
-                     ") needs the dq_accum [2, B, Hq, Tq, D] and dq_semaphores "
-                     "[2 B Hq Tq / 64 + 1] workspaces (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT read "
-                     "differently by the Python side?)");
+                     ") needs the dq_accum [S, B, Hq, Tq, D] and dq_semaphores "
+                     "[S B Hq Tq / 64 + 1] workspaces, S = 2 or 4 "
+                     "(JAX_BLOCKSPARSE_ATTN_BWD_VARIANT read differently by the Python "
+                     "side?)");
     p.dq_accum = dq_accum->typed_data();
     p.dq_semaphores = dq_semaphores->typed_data();
+    p.dq_slots = int32_t(slots);
   }
   LaunchLog log(stream, DebugLevel() ? Describe("attention_bwd", *dtype, p.shape, q, k) +
                                            (segments ? " segments" : "") +

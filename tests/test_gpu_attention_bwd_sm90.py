@@ -517,6 +517,10 @@ ONEPASS_SWITCHES = {"DQ_FIRST=0": {ONEPASS + "DQ_FIRST": "0"},
                     "PERSISTENT_CTAS=3": {ONEPASS + "PERSISTENT_CTAS": "3"},
                     "PERSISTENT=0,STORE_TMA=0": {ONEPASS + "PERSISTENT": "0",
                                                  ONEPASS + "STORE_TMA": "0"}}
+# ... and those that change the sums' order (deterministic, not the defaults' bits)
+ONEPASS_ORDER_SWITCHES = {"DQ_SLOTS=4": {ONEPASS + "DQ_SLOTS": "4"},
+                          "DQ_SLOTS=4,PERSISTENT=0": {ONEPASS + "DQ_SLOTS": "4",
+                                                      ONEPASS + "PERSISTENT": "0"}}
 
 
 def test_onepass_switches_same_bits(tmp_path):
@@ -553,7 +557,7 @@ def test_onepass_backward_deterministic_over_runs():
         assert backward and all(k == FA3_BWD["4"] for k in backward), (name, backward)
 
 
-@pytest.mark.parametrize("switch", list(ONEPASS_SWITCHES))
+@pytest.mark.parametrize("switch", list(ONEPASS_SWITCHES) + list(ONEPASS_ORDER_SWITCHES))
 def test_onepass_switches(switch):
     """Variant 4 under its switches: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_FIRST=0 (the steps
     end in the other order than the default's: dK issued before the dS^T store, the dQ
@@ -567,7 +571,9 @@ def test_onepass_switches(switch):
     of 3 CTAs: each takes many work items, at these shapes of a few steps each, so the
     meta ring laps across items' ends and K, V are reloaded while dK, dV are stored) and
     PERSISTENT=0 with JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 (dK, dV stored from
-    the registers, not through shared memory and TMA stores): dq, dk, dv
+    the registers, not through shared memory and TMA stores), and
+    JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (4 dQ slots: a long query line's adds,
+    the causal cases' lower rows, in 4 ordered chains; persistent or not): dq, dk, dv
     against float64 (the VARIANT3_CASES: causal, empty rows, GQA, per head, Tq != Tk,
     kv_lengths, traced, head dim 64), bitwise deterministic over runs."""
     if not sm90():
@@ -577,7 +583,7 @@ def test_onepass_switches(switch):
     code = (f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r}); "
             f"t.run_repeats({names!r}, 3)")
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="4",
-                        **ONEPASS_SWITCHES[switch]).stderr
+                        **{**ONEPASS_SWITCHES, **ONEPASS_ORDER_SWITCHES}[switch]).stderr
     assert_backward_is_fa3(stderr, cases, "4")
     logs = kernels_by_case(stderr)
     for name in names:

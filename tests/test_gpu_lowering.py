@@ -487,12 +487,14 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
             assert len(bwd) == (d == 96) and all("tensor<1x256x2x128xf16>" in ln for ln in bwd)
 
 
-@pytest.mark.parametrize("variant", [0, 4, -1])
-def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernels, variant):
+@pytest.mark.parametrize("variant,slots", [(0, 2), (4, 2), (-1, 2), (4, 4)])
+def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernels, variant,
+                                                   slots):
     """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 and unset (the default; faked here, on a
     faked sm_90a device) the backward's custom call gets the one-pass kernel's workspaces,
-    dq_accum float32 [2, B, Hq, Tq, D] and dq_semaphores int32 [2 B Hq Tq / 64 + 1] (two dQ
-    slots, then the persistent grid's item counter), after delta; otherwise (and at block
+    dq_accum float32 [S, B, Hq, Tq, D] and dq_semaphores int32 [S B Hq Tq / 64 + 1] (S dQ
+    slots: 2, 4 under JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4; then the persistent
+    grid's item counter), after delta; otherwise (and at block
     size 64, and for partial tiles: calls variant 4 leaves to variant 2, which takes them
     fused; unset, also for a sparse layout with a global query row, `_cuda.onepass_suits`)
     both are [0]. Lowered for "cuda" on any machine."""
@@ -502,7 +504,8 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
     from jax_blocksparse import _jax_internals as jint
     from jax_blocksparse.attention_metadata import line_stats
     att = sys.modules["jax_blocksparse.attention"]
-    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_variant=variant))
+    monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(
+        attn_bwd_variant=variant, attn_bwd_onepass_dq_slots=slots))
     monkeypatch.setattr(_cuda, "_sm90a_device", lambda: True)
     onepass_variant = variant == 4 or variant == -1 and _cuda.SM90_BACKWARD_DEFAULT == 4
     for beyond in (False, True):  # (partial last tiles, tile bits)
@@ -545,8 +548,8 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
         assert suits == (layout is not glob)
         onepass = (onepass_variant and bs == 128 and t % bs == 0
                    and (suits or variant == 4))
-        want = (f"tensor<2x4x2x{rows}xf32>, tensor<2x2x4x{t}x{d}xf32>, "
-                f"tensor<{2 * 2 * 4 * (t // 64) + 1}xi32>"
+        want = (f"tensor<2x4x2x{rows}xf32>, tensor<{slots}x2x4x{t}x{d}xf32>, "
+                f"tensor<{slots * 2 * 4 * (t // 64) + 1}xi32>"
                 if onepass else f"tensor<2x4x2x{rows}xf32>, tensor<0xf32>, tensor<0xi32>")
         assert want in results, (bs, d, t, results)
 

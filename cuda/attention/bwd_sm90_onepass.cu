@@ -76,13 +76,22 @@
 // D 128 and ptxas serialized every wgmma (C7512); this one gives up only the exp2's overlap
 // with dP^T (the tanh still overlaps it).
 //
-// Two dQ slots (kOnePassDqSlots): a key block whose list holds at least half the query
-// tiles (by its count in the launch order's mask head: bigbird's global key blocks, which
-// every other adder of a tile would wait for) adds into slot 1 of dq_accum and the
-// semaphores, the others into slot 0; DqConvertKernel sums slot 0 + slot 1.
+// dQ slots (a.dq_slots: kOnePassDqSlots = 2, or 4 under
+// JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4, read from the workspace's size): a key block
+// whose list holds at least half the query tiles (by its count in the launch order's mask
+// head: bigbird's global key blocks, which every other adder of a tile would wait for) adds
+// into slot 1 of dq_accum and the semaphores, the others into slot 0. With 4 slots, a tile
+// of a long query line (its by-query list holds at least half the key blocks: bigbird's
+// global query rows, whose tiles every key block adds into, an ordered chain as long as the
+// key axis that stalled the consumers on a free dQ buffer, 22 of a CTA's 81 us, RESULTS
+// 2026-12-07 third session; causal's lower half too) spreads its adders over the slots: the i-th adder in the
+// order below (i from 0) slot i mod dq_slots with rank i / dq_slots, so dq_slots chains of
+// about 1 / dq_slots the length run side by side. DqConvertKernel sums the slots in slot
+// order.
 // Determinism (bitwise identical results run to run): every dq_accum element receives, in
 // each step touching it, exactly one float add, and the adds into one 64-query tile
-// (b, h, qt) of one slot happen in a fixed order: the launch order of their CTAs, the by-key `order`
+// (b, h, qt) of one slot happen in a fixed order (on a long query line: every dq_slots-th
+// adder of it, as above): the launch order of their CTAs, the by-key `order`
 // of the group's first mask head (longest list first, equal lengths by ascending key
 // block: n' before n iff count(n') > count(n), or equal and n' < n). The semaphore
 // sem[b, h, qt] (zeroed each call) counts the adds done; the CTA of key block n adds when
@@ -371,6 +380,14 @@ __device__ __forceinline__ int LaneAdders(const Args& a, int b, int h, int s0, i
 __device__ __forceinline__ bool LongList(const Args& a, int count) {
   return 2 * count >= a.by_query.lines;
 }
+// Whether the 64-query tile s0 of query head h of batch entry b lies on a long query line
+// (its by-query list holds at least half the key blocks): its adders spread over the dQ
+// slots in turn (header comment, dQ slots).
+__device__ __forceinline__ bool LongQueryLine(const Args& a, int b, int h, int s0) {
+  const unsigned line = unsigned(MaskHead(a, b, a.hm == 1 ? 0 : h)) *
+                            unsigned(a.by_query.lines) + unsigned(s0 / kBS);
+  return 2 * __ldg(a.by_query.counts + line) >= a.by_key.lines;
+}
 
 template <int D, int STAGES, int DQB>
 struct Smem {
@@ -450,7 +467,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // each from the item counter (the int after the semaphores, zeroed with them) and hands
   // it to the other roles through the item ring (header comment, Persistent)
   const int items = a.batch * a.hkv * L.lines;
-  int* const item_counter = a.dq_sem + size_t(kOnePassDqSlots) * unsigned(a.batch) *
+  int* const item_counter = a.dq_sem + size_t(a.dq_slots) * unsigned(a.batch) *
                                            unsigned(a.hq) * unsigned(a.tq / kBQ);
   auto take_item = [&](int n) {  // the producer's
     if constexpr (!PERSISTENT) return int(blockIdx.x);
@@ -606,9 +623,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         const unsigned order_line0 = unsigned(hm0) * unsigned(L.lines);
         const int my_count = __ldg(a.by_key.counts + (order_line0 + unsigned(rk)));
         const bool my_long = LongList(a, my_count);
-        // the slot's offsets in the two workspaces (kOnePassDqSlots x [B, Hq, Tq, D] / Tq / 64)
-        const size_t slot_tiles =
-            my_long ? size_t(a.batch) * unsigned(a.hq) * unsigned(a.tq / kBQ) : 0;
+        // 64-row tiles of a dQ slot (the workspaces: dq_slots x [B, Hq, Tq, D] / Tq / 64)
+        const unsigned slot_tiles = unsigned(a.batch) * unsigned(a.hq) * unsigned(a.tq / kBQ);
         for (;; slot += kDqWriters) {  // this writer's steps of item w
           const int it = slot - kDqWriters * ended;  // the step: its dQ buffer and phase
           const int s = it % DQB, ms = slot % kMetaSlots;
@@ -625,18 +641,24 @@ __global__ void __launch_bounds__(kThreads, 1)
             ++ended;
             break;
           }
-          // rank: the key blocks of this slot before rk in the launch order that add into
-          // this 64-query tile (header comment)
+          // the key blocks before rk in the launch order that add into this 64-query tile
+          // (header comment): on a long query line all of them (the dQ slot: their number
+          // modulo the slots, the rank: its quotient), elsewhere those of rk's slot (1 for
+          // a long list, else 0; the rank: their number)
+          const bool spread = a.dq_slots > kOnePassDqSlots && LongQueryLine(a, b, h, s0);
           const int mine = LaneAdders(a, b, h, s0, kv_blocks, off, order_line0, lane,
                                       [&](int n2, int c2) {
                                         const bool before =
                                             c2 > my_count || (c2 == my_count && n2 < rk);
-                                        return before && LongList(a, c2) == my_long;
+                                        return before && (spread || LongList(a, c2) == my_long);
                                       });
-          const int rank = __reduce_add_sync(0xffffffffu, mine);
+          const int earlier = __reduce_add_sync(0xffffffffu, mine);
+          const int rank = spread ? earlier / a.dq_slots : earlier;
           if (lane == 0) {
+            const unsigned dq_slot = spread ? unsigned(earlier % a.dq_slots) : unsigned(my_long);
             const unsigned bh_q = unsigned(b) * unsigned(a.hq) + unsigned(h);
-            const size_t tile = slot_tiles + bh_q * unsigned(a.tq / kBQ) + unsigned(s0 / kBQ);
+            const size_t tile = size_t(dq_slot) * slot_tiles + bh_q * unsigned(a.tq / kBQ) +
+                                unsigned(s0 / kBQ);
             int32_t* sem = a.dq_sem + tile;
             float* dst = a.dq_accum + tile * (kBQ * D);
             // our turn (while the consumers compute). By-query and by-key lists that disagree
@@ -1004,22 +1026,34 @@ __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a)
   const int qt = int(tile % qtiles);
   const int bh = int(tile / qtiles), h = bh % a.hq, b = bh / a.hq;
   const float4* src = reinterpret_cast<const float4*>(a.dq_accum) + tile * kTileF4;
-  bool written[kOnePassDqSlots];
+  bool written[kOnePassDqSlotsMax];
+  const int slots = a.dq_slots;
   if constexpr (EARLY) {
-    __shared__ int adders[kOnePassDqSlots];
+    __shared__ int adders[kOnePassDqSlotsMax];
     if (threadIdx.x < 32) {
       const int lane = int(threadIdx.x);
       const int kvlen = KvLength(a, b);
       // the launch order's mask head: that of the first query head of h's group
       const int hm0 = MaskHead(a, b, a.hm == 1 ? 0 : h / a.group * a.group);
       const unsigned order_line0 = unsigned(hm0) * unsigned(a.by_key.lines);
+      auto adders_where = [&](auto pick) {
+        return __reduce_add_sync(
+            0xffffffffu, LaneAdders(a, b, h, qt * kBQ, (kvlen + kBS - 1) / kBS,
+                                    QueryOffset(a, b), order_line0, lane, pick));
+      };
+      // a long query line's adders take the slots in turn (the writers' rule); elsewhere a
+      // slot is LongList's answer
       static_assert(kOnePassDqSlots == 2, "a slot is LongList's answer");
-#pragma unroll
-      for (int slot = 0; slot < kOnePassDqSlots; ++slot) {
-        const int mine = LaneAdders(a, b, h, qt * kBQ, (kvlen + kBS - 1) / kBS,
-                                    QueryOffset(a, b), order_line0, lane,
-                                    [&](int, int c2) { return int(LongList(a, c2)) == slot; });
-        const int count = __reduce_add_sync(0xffffffffu, mine);
+      const bool spread = slots > kOnePassDqSlots && LongQueryLine(a, b, h, qt * kBQ);
+      const int all = spread ? adders_where([](int, int) { return true; }) : 0;
+#pragma unroll 1
+      for (int slot = 0; slot < slots; ++slot) {
+        const int count =
+            spread              ? (all + slots - 1 - slot) / slots
+            : slot < kOnePassDqSlots ? adders_where([&](int, int c2) {
+                                         return int(LongList(a, c2)) == slot;
+                                       })
+                                     : 0;
         if (lane == 0) {
           const int32_t* sem = a.dq_sem + slot * tiles + tile;
           const long long t0 = clock64();
@@ -1034,11 +1068,12 @@ __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a)
     }
     __syncthreads();
 #pragma unroll
-    for (int slot = 0; slot < kOnePassDqSlots; ++slot) written[slot] = adders[slot] != 0;
+    for (int slot = 0; slot < kOnePassDqSlotsMax; ++slot)
+      written[slot] = slot < slots && adders[slot] != 0;
   } else {
 #pragma unroll
-    for (int slot = 0; slot < kOnePassDqSlots; ++slot)
-      written[slot] = __ldg(a.dq_sem + slot * tiles + tile) != 0;
+    for (int slot = 0; slot < kOnePassDqSlotsMax; ++slot)
+      written[slot] = slot < slots && __ldg(a.dq_sem + slot * tiles + tile) != 0;
   }
   static_assert(kTileF4 % kConvertThreads == 0 && kBQ * (D / 8) % kConvertThreads == 0);
 #pragma unroll
@@ -1048,7 +1083,7 @@ __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a)
     const int lane = ct & 31, w4 = ct >> 5, g = lane >> 2, t = lane & 3;
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-    for (int slot = 0; slot < kOnePassDqSlots; ++slot) {
+    for (int slot = 0; slot < kOnePassDqSlotsMax; ++slot) {  // in slot order
       if (written[slot]) {
         const float4 y = __ldcg(src + slot * tiles * kTileF4 + f);
         x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
@@ -1104,7 +1139,9 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   if (!DeviceOk<T, D>()) return cudaErrorNotSupported;
   if (a.tq == 0 || a.tk == 0) return RunBackward<T, D>(a, stream);  // no tensor map
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (a.dq_accum == nullptr || a.dq_sem == nullptr) return cudaErrorInvalidValue;
+  if (a.dq_accum == nullptr || a.dq_sem == nullptr ||
+      (a.dq_slots != kOnePassDqSlots && a.dq_slots != kOnePassDqSlotsMax))
+    return cudaErrorInvalidValue;
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.lse) ||
       !aligned(a.delta) || !aligned(a.dq_accum))
     return cudaErrorInvalidValue;
@@ -1118,7 +1155,9 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   // dq_accum needs no zeroing: each tile's first adder stores (DqConvertKernel reads only
   // the tiles whose semaphore moved)
   cudaError_t err = cudaMemsetAsync(
-      a.dq_sem, 0, size_t(OnePassSemaphoreElements(a.batch, a.hq, a.tq)) * sizeof(int32_t), stream);
+      a.dq_sem, 0,
+      size_t(OnePassSemaphoreElements(a.batch, a.hq, a.tq, a.dq_slots)) * sizeof(int32_t),
+      stream);
   if (err != cudaSuccess) return err;
   DeltaKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
   err = cudaGetLastError();

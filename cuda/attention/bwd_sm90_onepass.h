@@ -31,20 +31,26 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream);
 constexpr int kOnePassTimelineSlots = 16;
 cudaError_t SetOnePassTimeline(long long* buffer);
 
-// dQ sums of a query tile: the key blocks of long lists (at least half the query tiles)
-// add into slot 1, the others into slot 0, each slot in its own fixed order; dQ is slot 0
-// + slot 1 (bwd_sm90_onepass.cu).
+// dQ sums of a query tile in dQ slots (bwd_sm90_onepass.cu, header comment): the key
+// blocks of long lists (at least half the query tiles) add into slot 1, the others into
+// slot 0; with 4 slots a tile of a long query line (listing at least half the key blocks)
+// spreads its adders over all 4 in turn, one ordered chain a slot. dQ is the slots' sum
+// in slot order. kOnePassDqSlots by default, kOnePassDqSlotsMax under
+// JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (Args::dq_slots, from the workspace's size).
 constexpr int kOnePassDqSlots = 2;
+constexpr int kOnePassDqSlotsMax = 4;
 
-// Elements of the two workspaces for (B, Hq, Tq, D): dq_accum (float32) and the
-// semaphores (int32: one per slot and 64-row tile, and the item counter of
-// JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT); jax_blocksparse/_cuda.py declares the
+// Elements of the two workspaces for (B, Hq, Tq, D) and `slots` dQ slots: dq_accum
+// (float32) and the semaphores (int32: one per slot and 64-row tile, and the item counter
+// of JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT); jax_blocksparse/_cuda.py declares the
 // same sizes.
-inline int64_t OnePassDqAccumElements(int64_t batch, int64_t hq, int64_t tq, int64_t d) {
-  return kOnePassDqSlots * batch * hq * tq * d;
+inline int64_t OnePassDqAccumElements(int64_t batch, int64_t hq, int64_t tq, int64_t d,
+                                      int64_t slots = kOnePassDqSlots) {
+  return slots * batch * hq * tq * d;
 }
-inline int64_t OnePassSemaphoreElements(int64_t batch, int64_t hq, int64_t tq) {
-  return kOnePassDqSlots * batch * hq * (tq / 64) + 1;
+inline int64_t OnePassSemaphoreElements(int64_t batch, int64_t hq, int64_t tq,
+                                        int64_t slots = kOnePassDqSlots) {
+  return slots * batch * hq * (tq / 64) + 1;
 }
 
 #define JBS_ATTENTION_BWD_SM90_ONEPASS_LAUNCHERS(PREFIX, T)                   \

@@ -386,6 +386,7 @@ cudaError_t LaunchAttentionBackward(const AttentionKernel& kernel,
   a.delta = p.delta;
   a.dq_accum = p.dq_accum;
   a.dq_sem = p.dq_semaphores;
+  a.dq_slots = p.dq_slots;
   const int bs = p.shape.block_size;
   a.mask_bits = p.q_mask_bits;
   a.mask_bits_key = p.k_mask_bits;
