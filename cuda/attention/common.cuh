@@ -35,7 +35,8 @@ __device__ __forceinline__ int64_t FirstLine(const Args& a, const Lists& L, int 
 // (K/V in the forward and the dQ kernel, Q/dO in the dK/dV kernel) in L2 while they run;
 // sections of one column run one head's lines back to back (FlashAttention-3 orders its
 // tiles in such L2-sized sections of heads). a.section_split > 0 (InSections): the first
-// that many columns in sections of a.section_columns, the rest one column narrower.
+// that many columns in sections of a.section_columns, the rest in sections of
+// a.section_narrow (one unit narrower).
 struct Cell {
   int bh, rank;
 };
@@ -50,7 +51,7 @@ __device__ __forceinline__ Cell CellOf(const Args& a) {
   if (a.section_split > 0 && id >= split_ids) {
     id -= split_ids;
     base = a.section_split;
-    --n;
+    n = a.section_narrow;
   }
   const int64_t per_section = int64_t(n) * gridDim.y;  // the last one may be narrower
   const int section = int(id / per_section);
@@ -85,6 +86,7 @@ inline Args InSections(Args a, double bytes_per_column, int unit, int columns) {
   const int q = all / count, r = all % count;  // r sections of q + 1 units, then q
   a.section_columns = (r > 0 ? q + 1 : q) * u;
   a.section_split = r * (q + 1) * u;
+  a.section_narrow = q * u;
   return a;
 }
 
