@@ -270,13 +270,17 @@ def ours_per_variant(args, rows):
     """{label: ours} with each forward variant (`--variants`) and each backward variant
     (`--bwd-variants`) in a fresh process (the switches are read once), or this process."""
     def sections(letters):  # h: heads outer (sections of one column), s: sections of L2
-        return "1" if "h" in letters else "l2" if "s" in letters else "0"
-    def forward_switches(v):  # "2", "2p", "2h", "2s", "2e": the variant, then letters
+        return "1" if "h" in letters else "l2" if "s" in letters or "q" in letters else "0"
+    # q: sections of L2 of near-equal widths (JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN)
+    def even(letters):
+        return "1" if "q" in letters else "0"
+    def forward_switches(v):  # "2", "2p", "2h", "2s", "2q", "2e": the variant, letters
         letters = v.lstrip("0123456789")
         return {"JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": v[:len(v) - len(letters)],
                 "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1" if "p" in letters else "0",
                 "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE": "0" if "e" in letters else "",
-                "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS": sections(letters)}
+                "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS": sections(letters),
+                "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN": even(letters)}
     runs = [(forward_switches(v), f"v{v} ") for v in (args.variants or "").split(",") if v]
     def backward_switches(v):  # "2", "2t", "2r", "4k", "2n", "2h", "2s": the variant, letters
         letters = v.lstrip("0123456789")

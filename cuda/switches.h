@@ -105,6 +105,11 @@
 //     card's L2 (half of it for a section's operands, attn::InSections); "1": one head's
 //     lines back to back (heads outer); unset, "" or "0": one section of every column
 //     (a rank's CTAs of every head together, longest first across all heads)
+//   JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN=1 opt-in until timed (with HEAD_SECTIONS): the
+//     same number of sections, of widths that differ by at most one (attn::CellOf), not
+//     full ones and a narrower last one, whose long lines start late (a tail: at S 8192,
+//     32 columns, "l2" gives 6 x 5 + 2; even: 6, 6, 5, 5, 5, 5). Issue 18's strided
+//     forward: its K/V re-read from DRAM without sections (benchmarks/head_sections_model.py)
 //   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in (measured: faster than the default only
 //     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode
 //     calls with more than 16 (query, head) rows per kv head run the decode kernel with
@@ -208,6 +213,8 @@ struct Switches {
   bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "0" (default on)
   int attn_head_sections;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS: N >= 1 its value, -1 "l2",
                            // 0 otherwise (unset, "", "0", anything else)
+  bool attn_head_sections_even;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN: anything but "" or
+                                 // "0"
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"
   bool decode_packed;     // JAX_BLOCKSPARSE_DECODE_PACKED: anything but "0" (unset: on)
   bool decode_pdl;        // JAX_BLOCKSPARSE_DECODE_PDL: anything but "0" (unset: on)

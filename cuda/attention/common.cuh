@@ -34,36 +34,59 @@ __device__ __forceinline__ int64_t FirstLine(const Args& a, const Lists& L, int 
 // best load balance). Sections sized to L2 (InSections) keep what a section's CTAs share
 // (K/V in the forward and the dQ kernel, Q/dO in the dK/dV kernel) in L2 while they run;
 // sections of one column run one head's lines back to back (FlashAttention-3 orders its
-// tiles in such L2-sized sections of heads).
+// tiles in such L2-sized sections of heads). a.section_split > 0 (InSections): the first
+// that many columns in sections of a.section_columns, the rest in sections of
+// a.section_narrow (one unit narrower).
 struct Cell {
   int bh, rank;
 };
 __device__ __forceinline__ Cell CellOf(const Args& a) {
-  const int columns = int(gridDim.x), n = a.section_columns;
+  const int columns = int(gridDim.x);
+  int n = a.section_columns;
   if (n <= 0 || n >= columns) return Cell{int(blockIdx.x), int(blockIdx.y)};
-  const int64_t id = int64_t(blockIdx.y) * columns + blockIdx.x;  // launch order
+  int64_t id = int64_t(blockIdx.y) * columns + blockIdx.x;  // launch order
+  // near-equal sections (InSections): past the first section_split columns, one narrower
+  const int64_t split_ids = int64_t(a.section_split) * gridDim.y;
+  int base = 0;
+  if (a.section_split > 0 && id >= split_ids) {
+    id -= split_ids;
+    base = a.section_split;
+    n = a.section_narrow;
+  }
   const int64_t per_section = int64_t(n) * gridDim.y;  // the last one may be narrower
   const int section = int(id / per_section);
-  const int first = section * n, width = min(n, columns - first);
+  const int first = base + section * n, width = min(n, columns - first);
   const int64_t i = id - section * per_section;
   return Cell{first + int(i % width), int(i / width)};
 }
 
 // `a` with its sections of grid columns chosen (CellOf) for a kernel whose CTAs of one
-// column share `bytes_per_column` of operands and whose columns come in groups of `unit`
+// column share `bytes_per_column` of operands and whose `columns` come in groups of `unit`
 // that share them too (the query heads of one key head): JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS
 // N (N columns), "l2" (as many whole units as half the L2 holds, at least one), else one
-// section of all (Switches).
-inline Args InSections(Args a, double bytes_per_column, int unit) {
+// section of all (Switches). With JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN as many sections
+// (ceil(columns / N)) of widths that differ by one unit at most, the wider first (32
+// columns in sections of 6: 6, 6, 5, 5, 5, 5, not 6 x 5 + 2, whose narrow last section
+// starts its long lines late and ends in a tail: benchmarks/head_sections_model.py).
+inline Args InSections(Args a, double bytes_per_column, int unit, int columns) {
   const int setting = GetSwitches().attn_head_sections;
+  a.section_split = 0;
   if (setting != -1) {
     a.section_columns = setting;
-    return a;
+  } else {
+    const int l2 = L2CacheBytes();  // 0: unknown, one section of all
+    const double units = 0.5 * l2 / (bytes_per_column * unit);
+    a.section_columns =
+        l2 <= 0 ? 0 : units >= 1.0 ? int(units < 65536.0 ? units : 65536.0) * unit : unit;
   }
-  const int l2 = L2CacheBytes();  // 0: unknown, one section of all
-  const double units = 0.5 * l2 / (bytes_per_column * unit);
-  a.section_columns =
-      l2 <= 0 ? 0 : units >= 1.0 ? int(units < 65536.0 ? units : 65536.0) * unit : unit;
+  const int n = a.section_columns;
+  if (!GetSwitches().attn_head_sections_even || n <= 0 || n >= columns) return a;
+  const int u = n % unit == 0 && columns % unit == 0 ? unit : 1;  // balance whole units
+  const int all = columns / u, count = (all + n / u - 1) / (n / u);
+  const int q = all / count, r = all % count;  // r sections of q + 1 units, then q
+  a.section_columns = (r > 0 ? q + 1 : q) * u;
+  a.section_split = r * (q + 1) * u;
+  a.section_narrow = q * u;
   return a;
 }
 
@@ -71,13 +94,13 @@ inline Args InSections(Args a, double bytes_per_column, int unit) {
 // head's K and V, shared by the group's columns (the forward, the backward's dQ kernels).
 template <typename T, int D>
 Args QueryHeadCells(const Args& a) {
-  return InSections(a, 2.0 * a.tk * D * sizeof(T) / a.group, a.group);
+  return InSections(a, 2.0 * a.tk * D * sizeof(T) / a.group, a.group, a.batch * a.hq);
 }
 // ... whose columns are (b, key head) and whose CTAs stream Q and dO of the group's query
 // heads (the backward's dK/dV kernels).
 template <typename T, int D>
 Args KeyHeadCells(const Args& a) {
-  return InSections(a, 2.0 * a.tq * D * sizeof(T) * a.group, 1);
+  return InSections(a, 2.0 * a.tq * D * sizeof(T) * a.group, 1, a.batch * a.hkv);
 }
 
 // Causal position of query row 0 of batch entry b: q_offset's q_positions when given,

@@ -88,6 +88,11 @@ struct Args {
   // the order of a (B x heads, lines) grid's cells: its columns in sections of this many
   // (0: one section of all; CellOf, InSections)
   int section_columns;
+  // near-equal sections (JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN): the first section_split
+  // columns in sections of section_columns, the rest in sections of section_narrow (one
+  // unit narrower; section_split 0: every section section_columns wide, the last one
+  // narrower where they do not divide)
+  int section_split, section_narrow;
 };
 
 // Whether the cap's bound can serve as every row's maximum (Args::cap_is_max) without
