@@ -31,7 +31,7 @@ dQ's conversion after the kernel, not the default's early launch on the tiles' s
 `p`, `4p`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0: variant 4 one CTA per work
 item, not the default's persistent grid; `o` with it, `4po`,
 JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0: dK, dV stored from the registers, not
-through TMA stores; `q`, `4q`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4: 4 dQ slots, a
+through TMA stores; `w`, `4w`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4: 4 dQ slots, a
 long query line's adds in 4 chains).
 `--block-size 64` runs the patterns at block 64 (without FlexAttention: `peers.py masks`
 reads masks of 128-blocks only).
@@ -294,7 +294,7 @@ def ours_per_variant(args, rows):
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT": "0" if "c" in letters else "",
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT": "0" if "p" in letters else "",
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA": "0" if "o" in letters else "",
-                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS": "4" if "q" in letters else "",
+                "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS": "4" if "w" in letters else "",
                 "JAX_BLOCKSPARSE_ATTN_BWD_D256": "0" if "n" in letters else ""}
     runs += [(backward_switches(v), f"b{v} ")
              for v in (args.bwd_variants or "").split(",") if v]
@@ -361,7 +361,7 @@ def main():
                         "after one: t / r JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 / 0, k "
                         "..._ONEPASS_DQ_FIRST=0, n ..._D256=0, gN ..._ONEPASS_GROUP=N, c "
                         "..._ONEPASS_EARLY_CONVERT=0, p ..._ONEPASS_PERSISTENT=0, o (with p) "
-                        "..._ONEPASS_STORE_TMA=0, q ..._ONEPASS_DQ_SLOTS=4, h / s "
+                        "..._ONEPASS_STORE_TMA=0, w ..._ONEPASS_DQ_SLOTS=4, h / s "
                         "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2 (the forward too)")
     parser.add_argument("--extended", action="store_true",
                         help="also S 16384 and 32768 (local, packed), D 64, 96, 256 (causal)")
