@@ -428,12 +428,13 @@ def assert_documents_backward(stderr, cases, variant):
     return assert_backward_is_fa3(stderr, [case for case in cases if case not in d256], variant)
 
 
-@pytest.mark.parametrize("sections", ["1", "3"])
+@pytest.mark.parametrize("sections", ["1", "3", "3e", "8e"])
 def test_head_sections_grid(sections):
     """Under JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=N the Hopper forward and backward kernels
     take their grid's cells in sections of N (batch x head) columns (attention/common.cuh,
     CellOf; 1: one head's blocks back to back; 3: sections that do not divide the columns,
-    the last one narrower): the same kernels run (the debug lines name them), and o, lse,
+    the last one narrower; "e": with JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN=1, sections of
+    near-equal widths, one unit apart, the wider first): the same kernels run (the debug lines name them), and o, lse,
     dq, dk, dv match the float64 reference, deterministic, NaN past kv_lengths unread
     (`check`, `check_docs`), at head dims 128, 64 and 256, with GQA, per-head masks, lists
     per batch entry and segment ids."""
@@ -445,7 +446,8 @@ def test_head_sections_grid(sections):
     code = ("import test_gpu_attention_bwd_sm90 as b, test_gpu_attention_sm90 as t; "
             f"b.run_cases({cases!r}); t.run_doc_cases({docs!r})")
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2",
-                        JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=sections).stderr
+                        JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=sections.rstrip("e"),
+                        JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN="1" if "e" in sections else "").stderr
     assert_backward_is_fa3(stderr, cases[2:], "2 d256")
     logs = assert_backward_is_fa3(stderr, cases[:2] + docs, "2")
     for case in cases + docs:
