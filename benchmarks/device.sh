@@ -83,6 +83,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX=0 attention"
               "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=3 attention --slice 0/3"
+              "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=3,JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN=1 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=2 attention"
               "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_EARLY_CONVERT=0 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS=3 attention --slice 0/3"
