@@ -368,9 +368,8 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     (`JAX_BLOCKSPARSE_DEBUG=1` says so when the program is compiled). Sinks run wherever the
     call runs: longer queries inside the forward kernels' online softmax (an operand of
     `attention_p`), short queries after the decode kernel (`with_sinks`). A soft cap runs
-    every kernel above (the Hopper forward and backward too) and the decode kernel; under
-    `JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4` (the one-pass backward, which takes no cap) a
-    capped backward runs the default Hopper backward.
+    every kernel above (the Hopper forward and backwards, the one-pass backward too) and the
+    decode kernel.
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:

@@ -87,7 +87,7 @@ def attention_kernel_rows(d256=None):
         rows += [Row(t, 256, 128, True, v, name[:-1] + ", d256 64-row CTAs)", True, False,
                      False, True) for v, name in fa3_bwd.items()]
     for t, d in pairs((64, 128)):  # JBS_BWD_SM90_ONEPASS_ROWS
-        rows.append(Row(t, d, 128, True, 4, onepass, True, True, False, False))
+        rows.append(Row(t, d, 128, True, 4, onepass, True, True, False, True))
     return tuple(rows)
 
 

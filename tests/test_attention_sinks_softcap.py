@@ -308,8 +308,8 @@ def test_cuda_routing_and_attributes(monkeypatch, attention_kernels, decode_kern
     """Lowered for "cuda" (any machine): a capped forward runs wherever an uncapped one
     does (the FA3-design forward takes the cap: segment ids, partial tiles, head dim 96,
     block size 32 too), and so does a capped backward (the FA3-design backward takes it:
-    segment ids, partial tiles, block sizes 16 and 32; under backward variant 4, whose
-    one-pass kernel takes no cap, variant 2 runs capped calls); the decode kernel takes the cap, with the attribute
+    segment ids, partial tiles, block sizes 16 and 32; under backward variant 4 the
+    one-pass kernel takes capped calls too); the decode kernel takes the cap, with the attribute
     `softcap`; sinks are an operand of the forward's custom call
     (`test_cuda_forward_takes_sinks_operand`), the decode kernel's join after it."""
     import sys
@@ -340,8 +340,8 @@ def test_cuda_routing_and_attributes(monkeypatch, attention_kernels, decode_kern
         assert why(forward=False, softcap=cap) is None
         assert why(forward=False, d=80, softcap=cap) == "head dim 80"
         assert why(forward=False, d=96, softcap=cap) == "head dim 96"  # no fused backward at 96
-    # backward variant 4 (the one-pass kernel, no cap): the default Hopper backward runs
-    # capped calls, as it runs those with documents
+    # backward variant 4 (the one-pass kernel, which takes the cap): capped calls run it
+    # where uncapped ones do, and variant 2 the rest, as for documents
     switches = _cuda.SWITCHES
     monkeypatch.setattr(_cuda, "SWITCHES", switches._replace(attn_bwd_variant=4))
     for cap in (0.0, 2.0):
@@ -349,7 +349,7 @@ def test_cuda_routing_and_attributes(monkeypatch, attention_kernels, decode_kern
         assert why(forward=False, tq=1000, softcap=cap) is None
         assert why(forward=False, bs=16, softcap=cap) is None
         assert why(forward=False, softcap=cap) is None
-        assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, cap) == (cap == 0.0)
+        assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, cap)
     monkeypatch.setattr(_cuda, "SWITCHES", switches)
     # without a Hopper forward (another GPU, or the FA2 forward forced): the FA2 forward's
     # scope, capped or not
