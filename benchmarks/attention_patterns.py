@@ -32,7 +32,7 @@ dQ's conversion after the kernel, not the default's early launch on the tiles' s
 item, not the default's persistent grid; `o` with it, `4po`,
 JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0: dK, dV stored from the registers, not
 through TMA stores; `w`, `4w`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4: 4 dQ slots, a
-long query line's adds in 4 chains).
+long query line's adds in 3 chains).
 `--block-size 64` runs the patterns at block 64 (without FlexAttention: `peers.py masks`
 reads masks of 128-blocks only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are

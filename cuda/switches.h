@@ -88,8 +88,9 @@
 //   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (unset: 2): variant 4's dQ workspaces with 4
 //     slots (jax_blocksparse/_cuda.py onepass_workspace_shapes; the FFI handler reads the
 //     count from their size): the adds into a tile of a long query line (at least half the
-//     key blocks: bigbird's global rows, causal's lower half) run as 4 ordered chains, not
-//     one (attention/bwd_sm90_onepass.cu, dQ slots); deterministic, but the sums' order
+//     key blocks: bigbird's global rows, causal's lower half) from the short key lists run
+//     as 3 ordered chains, not one (the long lists keep their slot; attention/
+//     bwd_sm90_onepass.cu, dQ slots); deterministic, but the sums' order
 //     differs from 2 slots' (results not bit for bit those of the default)
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward
 //     (variants 2 and 3: attention/bwd_sm90_d256.cu; on the H200, RESULTS 2026-12-05, 14x

@@ -263,9 +263,9 @@ def onepass_workspace_shapes(b: int, hq: int, tq: int, d: int):
     """The one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h,
     OnePassDqAccumElements and OnePassSemaphoreElements): dq_accum float32 [S, B, Hq, Tq, D]
     and dq_semaphores int32 [S B Hq Tq / 64 + 1], S dQ slots: 2 (kOnePassDqSlots), or 4
-    under JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (a long query line's adds in 4
-    ordered chains, not one; the kernel reads S from the size); the last int: the persistent grid's
-    item counter."""
+    under JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (a long query line's adds in 3
+    ordered chains, not one; the kernel reads S from the size); the last int: the
+    persistent grid's item counter."""
     s = SWITCHES.attn_bwd_onepass_dq_slots
     return (s, b, hq, tq, d), (s * b * hq * (tq // 64) + 1,)
 

@@ -575,7 +575,7 @@ def test_onepass_switches(switch):
     PERSISTENT=0 with JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 (dK, dV stored from
     the registers, not through shared memory and TMA stores), and
     JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (4 dQ slots: a long query line's adds,
-    the causal cases' lower rows, in 4 ordered chains; persistent or not): dq, dk, dv
+    the causal cases' lower rows, in 3 ordered chains; persistent or not): dq, dk, dv
     against float64 (the VARIANT3_CASES: causal, empty rows, GQA, per head, Tq != Tk,
     kv_lengths, traced, head dim 64), bitwise deterministic over runs."""
     if not sm90():

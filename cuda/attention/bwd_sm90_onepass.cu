@@ -84,14 +84,17 @@
 // of a long query line (its by-query list holds at least half the key blocks: bigbird's
 // global query rows, whose tiles every key block adds into, an ordered chain as long as the
 // key axis that stalled the consumers on a free dQ buffer, 22 of a CTA's 81 us, RESULTS
-// 2026-12-07 third session; causal's lower half too) spreads its adders over the slots: the i-th adder in the
-// order below (i from 0) slot i mod dq_slots with rank i / dq_slots, so dq_slots chains of
-// about 1 / dq_slots the length run side by side. DqConvertKernel sums the slots in slot
-// order.
+// 2026-12-07 third session; causal's lower half too) spreads slot 0's adders over slots 0,
+// 2 and 3: its i-th adder of slot 0 in the order below (i from 0) adds into slot 0, 2, 3
+// for i mod 3 = 0, 1, 2, with rank i / 3, so three chains of a third the length run side
+// by side. The long lists keep slot 1: in one chain with the others they would make every
+// other adder wait for their CTAs' last steps (the schedule model, --spread: bigbird 1.65
+// -> 4.08 over the ideal; spread over slots 0, 2, 3: 1.55). DqConvertKernel sums the
+// slots in slot order.
 // Determinism (bitwise identical results run to run): every dq_accum element receives, in
 // each step touching it, exactly one float add, and the adds into one 64-query tile
-// (b, h, qt) of one slot happen in a fixed order (on a long query line: every dq_slots-th
-// adder of it, as above): the launch order of their CTAs, the by-key `order`
+// (b, h, qt) of one slot happen in a fixed order (on a long query line, slots 0, 2, 3: every
+// third adder of slot 0's order, as above): the launch order of their CTAs, the by-key `order`
 // of the group's first mask head (longest list first, equal lengths by ascending key
 // block: n' before n iff count(n') > count(n), or equal and n' < n). The semaphore
 // sem[b, h, qt] (zeroed each call) counts the adds done; the CTA of key block n adds when
@@ -641,21 +644,24 @@ __global__ void __launch_bounds__(kThreads, 1)
             ++ended;
             break;
           }
-          // the key blocks before rk in the launch order that add into this 64-query tile
-          // (header comment): on a long query line all of them (the dQ slot: their number
-          // modulo the slots, the rank: its quotient), elsewhere those of rk's slot (1 for
-          // a long list, else 0; the rank: their number)
-          const bool spread = a.dq_slots > kOnePassDqSlots && LongQueryLine(a, b, h, s0);
+          // the key blocks of rk's slot (1 for a long list, else 0) before rk in the launch
+          // order that add into this 64-query tile (header comment): the rank; with 4 slots,
+          // slot 0's adders on a long query line spread over slots 0, 2, 3 (the number
+          // modulo 3 picks the slot, the quotient is the rank)
+          const bool spread =
+              a.dq_slots > kOnePassDqSlots && !my_long && LongQueryLine(a, b, h, s0);
           const int mine = LaneAdders(a, b, h, s0, kv_blocks, off, order_line0, lane,
                                       [&](int n2, int c2) {
                                         const bool before =
                                             c2 > my_count || (c2 == my_count && n2 < rk);
-                                        return before && (spread || LongList(a, c2) == my_long);
+                                        return before && LongList(a, c2) == my_long;
                                       });
           const int earlier = __reduce_add_sync(0xffffffffu, mine);
-          const int rank = spread ? earlier / a.dq_slots : earlier;
+          const int chains = a.dq_slots - 1;  // slot 0's on a spread tile: 0, 2, ...
+          const int rank = spread ? earlier / chains : earlier;
           if (lane == 0) {
-            const unsigned dq_slot = spread ? unsigned(earlier % a.dq_slots) : unsigned(my_long);
+            const int k = spread ? earlier % chains : 0;
+            const unsigned dq_slot = k > 0 ? unsigned(k + 1) : unsigned(my_long);
             const unsigned bh_q = unsigned(b) * unsigned(a.hq) + unsigned(h);
             const size_t tile = size_t(dq_slot) * slot_tiles + bh_q * unsigned(a.tq / kBQ) +
                                 unsigned(s0 / kBQ);
@@ -1041,19 +1047,20 @@ __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a)
             0xffffffffu, LaneAdders(a, b, h, qt * kBQ, (kvlen + kBS - 1) / kBS,
                                     QueryOffset(a, b), order_line0, lane, pick));
       };
-      // a long query line's adders take the slots in turn (the writers' rule); elsewhere a
-      // slot is LongList's answer
-      static_assert(kOnePassDqSlots == 2, "a slot is LongList's answer");
+      // slot 1: the long lists' adders; slot 0: the others, on a long query line with 4
+      // slots spread over slots 0, 2, 3 in turn (the writers' rule)
+      static_assert(kOnePassDqSlots == 2, "slots 0 and 1 are LongList's answer");
+      const int chains = slots - 1;
       const bool spread = slots > kOnePassDqSlots && LongQueryLine(a, b, h, qt * kBQ);
-      const int all = spread ? adders_where([](int, int) { return true; }) : 0;
+      const int shorts = adders_where([&](int, int c2) { return !LongList(a, c2); });
 #pragma unroll 1
       for (int slot = 0; slot < slots; ++slot) {
+        const int k = slot == 0 ? 0 : slot - 1;  // a spread tile's chain of slot 0's adders
         const int count =
-            spread              ? (all + slots - 1 - slot) / slots
-            : slot < kOnePassDqSlots ? adders_where([&](int, int c2) {
-                                         return int(LongList(a, c2)) == slot;
-                                       })
-                                     : 0;
+            slot == 1 ? adders_where([&](int, int c2) { return LongList(a, c2); })
+            : spread  ? (shorts + chains - 1 - k) / chains
+            : slot == 0 ? shorts
+                        : 0;
         if (lane == 0) {
           const int32_t* sem = a.dq_sem + slot * tiles + tile;
           const long long t0 = clock64();
