@@ -819,7 +819,6 @@ __global__ void __launch_bounds__(kThreads, 1)
               dp[4 * j + e] = (dp[4 * j + e] - dlt[e & 1]) * fmaf(-tt, tt, 1.f);
             }
           }
-          PackA<T>(pa, s);
         } else {
 #pragma unroll
           for (int j = 0; j < 8; ++j) {
@@ -832,8 +831,8 @@ __global__ void __launch_bounds__(kThreads, 1)
               s[4 * j + e] = p;
             }
           }
-          PackA<T>(pa, s);
         }
+        PackA<T>(pa, s);
         const uint64_t don = wg::Desc(sdo, kSlab, 1024), dqn = wg::Desc(sq, kSlab, 1024);
         FenceAcc(dv);
         wg::Fence();
