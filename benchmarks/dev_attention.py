@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import jax_blocksparse  # noqa: F401  (registers the FFI targets)
 from jax_blocksparse import _cuda, layouts
 from jax_blocksparse.attention_metadata import (FINE_BLOCKS, TILE, attention_metadata,
-                                                key_tiles, tile_metadata)
+                                                key_tiles, line_stats, tile_metadata)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -92,7 +92,8 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
         (jax.ShapeDtypeStruct(q_shape, dtype), jax.ShapeDtypeStruct((b, hq, tq), jnp.float32)))
     tq_pad = -(-tq // fwd_block) * fwd_block
     onepass = _cuda.onepass_backward(dtype, d, layout.block_size)  # backward variant 4
-    accum_shape, sem_shape = (_cuda.onepass_workspace_shapes(b, hq, tq, d) if onepass
+    slots = _cuda.onepass_dq_slots(line_stats(layout, causal, tq, tk))
+    accum_shape, sem_shape = (_cuda.onepass_workspace_shapes(b, hq, tq, d, slots) if onepass
                               else ((0,), (0,)))
     bwd_call = jax.ffi.ffi_call(  # results dq, dk, dv and the workspaces (cuda/attention.h)
         "jax_blocksparse_attention_bwd",

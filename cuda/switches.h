@@ -85,7 +85,8 @@
 //     done with K) by TMA, instead of 4-byte stores from the registers (the timeline's
 //     4.7-5.2 us a CTA from the last step to dK, dV stored, RESULTS 2026-12-07 third
 //     session); the same results bit for bit
-//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (unset: 2): variant 4's dQ workspaces with 4
+//   JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (unset: the harness 2, the Python side by
+//     layout, _cuda.py onepass_dq_slots): variant 4's dQ workspaces with 4
 //     slots (jax_blocksparse/_cuda.py onepass_workspace_shapes; the FFI handler reads the
 //     count from their size): the adds into a tile of a long query line (at least half the
 //     key blocks: bigbird's global rows, causal's lower half) from the short key lists run

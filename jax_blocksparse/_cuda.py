@@ -69,8 +69,8 @@ class Switches(NamedTuple):
     matmul_group_wgmma: int  # JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA: 0 off, else the group
     # kernel's columns: 128 for "128", 256 for any other value (opt-in: `_group_columns`)
     matmul_small_records: bool  # JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS: on unless "0"
-    attn_bwd_onepass_dq_slots: int  # JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS: 4 for "4",
-    # else 2 (`onepass_workspace_shapes`)
+    attn_bwd_onepass_dq_slots: int  # JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS: 2 for "2",
+    # 4 for "4", else 0 (the layout's choice: `onepass_dq_slots`)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -108,8 +108,8 @@ def _read_switches() -> Switches:
                     matmul_group_wgmma=group_width("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA"),
                     matmul_small_records=os.environ.get(
                         "JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS", "").strip() != "0",
-                    attn_bwd_onepass_dq_slots=4 if os.environ.get(
-                        "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS", "").strip() == "4" else 2)
+                    attn_bwd_onepass_dq_slots={"2": 2, "4": 4}.get(os.environ.get(
+                        "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS", "").strip(), 0))
 
 
 SWITCHES = _read_switches()
@@ -219,30 +219,34 @@ def backward_tile_context(block_size: int, sources: bool = True, fill=None) -> b
     return fill is None or fill() >= TILED64_MIN_FILL
 
 
-# Where backward variant 4 (the one-pass kernel) is the default, static layouts sparser
-# than this (their visited share of the block grid, `attention_metadata.LineStats`) with a
-# query block listing at least half the key blocks (a global row) run the default's other
-# Hopper backward, `SM90_BACKWARD_BEYOND_ONEPASS`: the one-pass kernel adds a query block's
-# dQ in its key blocks' order, so a long query line chains those adds. A long key line (a
-# global column) does not: those key blocks add into a dQ slot of their own
-# (bwd_sm90_onepass.cu, kOnePassDqSlots). Measured (H100, bf16, S 8192, D 128, bs 128),
-# backward variant 4 against 2: causal 1.30x, dense 1.31x, local 1.10x, strided 1.02x
-# (RESULTS 2026-12-06 sixth session); fixed (global columns, density 0.15) 1.10x, bigbird
-# (global rows and columns, 0.15) 0.91x (TMA dK/dV store, both variants in one call:
-# RESULTS 2026-12-07 fifth session).
+# The one-pass backward (variant 4) adds a query block's dQ in its key blocks' order, so a
+# long query line (a global row) chains those adds; a long key line (a global column) does
+# not: those key blocks add into a dQ slot of their own (bwd_sm90_onepass.cu,
+# kOnePassDqSlots). Static layouts sparser than this (their visited share of the block grid,
+# `attention_metadata.LineStats`) with a query block listing at least half the key blocks
+# run it with 4 dQ slots, that query block's adds in 3 chains side by side: bigbird's
+# backward alone 1.07x variant 2's and 1.18x variant 4's with 2 slots, where those layouts
+# ran variant 2 before (H100, bf16, S 8192, D 128, bs 128, one call: RESULTS 2026-12-07
+# sixth session). The others keep 2 slots: 4 cost the local layouts 1-2% (the slots'
+# zeroing and sum) and gain causal 1.6%, for twice the workspace ([S, B, Hq, Tq, D]
+# float32). Variant 4 against 2 on the others: causal 1.30x, dense 1.31x, local 1.10x,
+# strided 1.02x (RESULTS 2026-12-06 sixth session), fixed (global key columns) 1.10x.
 ONEPASS_SPARSE_DENSITY = 0.25
 
 
-def onepass_suits(stats) -> bool:
-    """Whether a static layout runs the one-pass backward where it is the default: `stats`
-    (`attention_metadata.LineStats`) not both under `ONEPASS_SPARSE_DENSITY` dense and
-    holding a query block that lists at least half the key blocks. A mask known only when
-    the call runs (a `BlockMask`) is taken as suiting it."""
-    return not (stats.density < ONEPASS_SPARSE_DENSITY and stats.query_line >= 0.5)
+def onepass_dq_slots(stats) -> int:
+    """The one-pass backward's dQ slots for a call: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS
+    where set (2 or 4), else 4 for a static layout whose `stats`
+    (`attention_metadata.LineStats`) are both under `ONEPASS_SPARSE_DENSITY` dense and hold
+    a query block listing at least half the key blocks, 2 otherwise and for a mask known
+    only when the call runs (`stats` None: a `BlockMask`, a `q_offset`)."""
+    long_rows = (stats is not None and stats.density < ONEPASS_SPARSE_DENSITY
+                 and stats.query_line >= 0.5)
+    return SWITCHES.attn_bwd_onepass_dq_slots or (4 if long_rows else 2)
 
 
 def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,
-                     beyond: bool = False, suits: bool = True) -> bool:
+                     beyond: bool = False) -> bool:
     """Whether the attention backward's custom call runs backward variant 4, the one-pass
     Hopper kernel (cuda/attention/bwd_sm90_onepass.cu): it then gets the workspaces
     `dq_accum` and `dq_semaphores`, and a call declared without them runs
@@ -251,22 +255,18 @@ def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0
     `attention_families`; its rows take a soft cap). Where variant 4 is asked for
     (`_backward_variant`: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4, or the default) and the
     call has nothing the kernel leaves out (`beyond`: partial last tiles, a mask on
-    128 x 128 tiles, `backward_tiled`); by default also only where the mask `suits` it
-    (`onepass_suits`; the switch set to 4 runs it regardless). The kernel takes segment
-    ids, q_offset and lists per batch entry."""
-    asked = _backward_variant() == 4 and (suits or SWITCHES.attn_bwd_variant == 4)
-    return (asked and not beyond and _no_row(
+    128 x 128 tiles, `backward_tiled`). The kernel takes segment ids, q_offset and lists
+    per batch entry."""
+    return (_backward_variant() == 4 and not beyond and _no_row(
         _families()["onepass_backward"], dtype, head_dim, block_size, softcap) is None)
 
 
-def onepass_workspace_shapes(b: int, hq: int, tq: int, d: int):
+def onepass_workspace_shapes(b: int, hq: int, tq: int, d: int, s: int):
     """The one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h,
     OnePassDqAccumElements and OnePassSemaphoreElements): dq_accum float32 [S, B, Hq, Tq, D]
-    and dq_semaphores int32 [S B Hq Tq / 64 + 1], S dQ slots: 2 (kOnePassDqSlots), or 4
-    under JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (a long query line's adds in 3
-    ordered chains, not one; the kernel reads S from the size); the last int: the
-    persistent grid's item counter."""
-    s = SWITCHES.attn_bwd_onepass_dq_slots
+    and dq_semaphores int32 [S B Hq Tq / 64 + 1], `s` = S dQ slots (`onepass_dq_slots`): 2
+    (kOnePassDqSlots), or 4 (a long query line's adds in 3 ordered chains, not one; the
+    kernel reads S from the size); the last int: the persistent grid's item counter."""
     return (s, b, hq, tq, d), (s * b * hq * (tq // 64) + 1,)
 
 
@@ -741,9 +741,9 @@ def _attention_backward_lowering(ctx, *operands, **params):
     # the one-pass backward's workspaces (onepass_workspace_shapes), else [0]
     d = q_aval.shape[-1]
     beyond = tiled or tq % bs != 0 or tk % bs != 0  # what the one-pass kernel does not take
-    onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), beyond,
-                               params.get("onepass_suits", True))
-    accum_shape, sem_shape = onepass_workspace_shapes(b, hq, tq, d) if onepass else ((0,), (0,))
+    onepass = onepass_backward(q_aval.dtype, d, bs, params.get("softcap", 0.0), beyond)
+    accum_shape, sem_shape = (onepass_workspace_shapes(b, hq, tq, d, params.get(
+        "onepass_dq_slots", 2)) if onepass else ((0,), (0,)))
     dq_accum = q_aval.update(shape=accum_shape, dtype=np.dtype(np.float32), weak_type=False)
     dq_sem = q_aval.update(shape=sem_shape, dtype=np.dtype(np.int32), weak_type=False)
     ctx = ctx.replace(avals_in=avals, avals_out=[*ctx.avals_out, workspace, dq_accum, dq_sem])

@@ -285,8 +285,8 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   p.dv = dv->untyped_data();
   p.delta = delta->typed_data();
   // the one-pass backward's workspaces (jax_blocksparse/_cuda.py declares them [0] for the
-  // other kernels): float32 [S, B, Hq, Tq, D], int32 [S B Hq Tq / 64 + 1], S dQ slots (2,
-  // or 4 under JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4)
+  // other kernels): float32 [S, B, Hq, Tq, D], int32 [S B Hq Tq / 64 + 1], S dQ slots (2
+  // or 4: _cuda.py onepass_dq_slots)
   if (kernel->dq_workspace) {
     const AttentionShape& s = p.shape;
     const int64_t slot = attn::OnePassDqAccumElements(s.batch, s.hq, s.tq, s.head_dim, 1);

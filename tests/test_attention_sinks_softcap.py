@@ -499,14 +499,12 @@ def run_gpu_cases(names):
 def test_kernels_take_sinks_and_soft_cap(bwd_variant, fwd_variant):
     """On a GPU every case runs the kernels, never the pure-JAX path: a soft cap the
     default forward (the FA3-design forward on an sm_90 GPU, else the FA2 one), the
-    variant's backward (on an sm_90 GPU at block size 128: forced variant 4, or the default
-    where the mask suits it (`_cuda.onepass_suits`), the one-pass kernel; variant 2 and
-    the rest the FA3-design backward; at block size 64 the FA2 backward) and the decode
+    variant's backward (on an sm_90 GPU at block size 128: variant 4, forced or the
+    default, the one-pass kernel; variant 2 and the rest the FA3-design backward; at block size 64 the FA2 backward) and the decode
     kernel; sinks alone the default kernels (the
     FA3-design forward on an sm_90 GPU). Forward variant 0: the FA2 forward on every GPU
     (its sinks and cap on an sm_90 one too)."""
     from jax_blocksparse import _cuda
-    from jax_blocksparse.attention_metadata import line_stats
     from reference import kernels_by_case, run_python
     names = list(GPU_CASES)
     result = run_python(f"import test_attention_sinks_softcap as t; t.run_gpu_cases({names!r})",
@@ -521,9 +519,8 @@ def test_kernels_take_sinks_and_soft_cap(bwd_variant, fwd_variant):
         ops = {op for op, _ in launches}
         assert {"attention_fwd", "attention_bwd", "attention_decode"} <= ops, (name, launches)
         if GPU_CASES[name][-1] is not None:  # a cap: the default forward, the backward above
-            _, t, _, _, d, bs = GPU_CASES[name][:6]
-            stats = line_stats(jbs.Layout(gpu_case_mask(name), bs), True, t, t)
-            onepass = bwd_variant == "4" or (bwd_variant == "" and _cuda.onepass_suits(stats)
+            bs = GPU_CASES[name][5]
+            onepass = bwd_variant == "4" or (bwd_variant == ""
                                             and _cuda.SM90_BACKWARD_DEFAULT == 4)
             backward = ("fa2_backward" if not (hopper_bwd and bs == 128)
                         else "fa3_backward(one pass, deterministic dq)" if onepass
@@ -635,7 +632,6 @@ def test_hopper_forward_takes_soft_cap(persistent, lazy, cap_max):
     (FA2's at block size 64), at 96 the same zero-padded to 128
     (`_cuda.BACKWARD_PADDED_HEAD_DIMS`), at 256 its own Hopper backward."""
     from jax_blocksparse import _cuda
-    from jax_blocksparse.attention_metadata import line_stats
     from reference import kernels_by_case, run_python
     if not _cuda.sm90_forward():
         pytest.skip("the FA3-design forward runs on an sm_90 GPU only")
@@ -656,14 +652,12 @@ def test_hopper_forward_takes_soft_cap(persistent, lazy, cap_max):
         cap_max_on = cap_max != "0" and cap_serves_as_max(name)
         assert all((" cap-max" in k) == cap_max_on for k in fwd), (name, fwd)
         bwd = [kernel for op, kernel in logs.get(name, []) if op == "attention_bwd"]
-        _, tq, tk, _, _, d, bs, _, _, causal = FWD_CASES[name][:10]
+        _, tq, tk, _, _, d, bs = FWD_CASES[name][:7]
         # capped, head dim 96 zero-padded to 128: the Hopper backward, FA2's at block 64;
         # 256: its own Hopper backward (on 128 x 128 tiles at block 64); the one-pass
-        # backward (the default, variant 4) at block size 128 on whole tiles where the
-        # mask suits it (_cuda.onepass_suits), else variant 2
+        # backward (the default, variant 4) at block size 128 on whole tiles, else variant 2
         onepass = (bs == 128 and d != 256 and tq % bs == 0 and tk % bs == 0
-                   and _cuda.SM90_BACKWARD_DEFAULT == 4 and _cuda.onepass_suits(
-                       line_stats(jbs.Layout(case_mask(name), bs), causal, tq, tk)))
+                   and _cuda.SM90_BACKWARD_DEFAULT == 4)
         want = ("fa3_backward(wgmma, tma, ws, overlap, d256 64-row CTAs)" if d == 256
                 else "fa2_backward(delta, dq 64-row, dk/dv per kv head)" if bs == 64
                 else "fa3_backward(one pass, deterministic dq)" if onepass

@@ -101,7 +101,7 @@ CASES = {
     "single_block": (lambda: one_block(8, 8, 5, 2), False, 2, 1024, 1024, 2, 2, None, False),
     # sparse layouts with a global line (density 0.23): key block 0 in every query block's
     # list (the default backward runs variant 4, its dQ slot 1), query block 0 listing
-    # every key block (variant 2: _cuda.onepass_suits)
+    # every key block (variant 4 with 4 dQ slots: _cuda.onepass_dq_slots)
     "diagonal_global_column": (lambda: np.eye(8, dtype=bool) | (np.arange(8) == 0)[None, :],
                                False, 2, 1024, 1024, 4, 2, None, False),
     "diagonal_global_row": (lambda: np.eye(8, dtype=bool) | (np.arange(8) == 0)[:, None],
@@ -276,11 +276,11 @@ def test_fa3_backward(variant, name):
 
 @pytest.mark.parametrize("variant", ["", "4"])
 def test_default_backward_by_layout(variant):
-    """Unset (the default), where `_cuda.SM90_BACKWARD_DEFAULT` is 4 the backward runs
-    variant 4, the one-pass kernel, where the mask suits it (`_cuda.onepass_suits`: a local
-    causal layout, a global key column, a traced mask) and variant 2 on a sparse static
-    layout with a global query row (diagonal_global_row); =4 runs the one-pass kernel on
-    all four. Values as test_fa3_backward checks them."""
+    """Unset (the default), where `_cuda.SM90_BACKWARD_DEFAULT` is 4, and =4 the backward
+    runs variant 4, the one-pass kernel, on every mask: with 4 dQ slots on a sparse static
+    layout with a global query row (diagonal_global_row, `_cuda.onepass_dq_slots`), 2 on
+    the others (a local causal layout, a global key column, a traced mask). Values as
+    test_fa3_backward checks them."""
     if not sm90():
         pytest.skip("the FA3-design backward needs an sm_90 GPU (H100 / H200)")
     from jax_blocksparse import _cuda
@@ -290,13 +290,13 @@ def test_default_backward_by_layout(variant):
     for name, _ in cases[:3]:
         make_mask, causal, _, tq, tk = CASES[name][:5]
         stats = line_stats(jbs.Layout(make_mask(), BS), causal, tq, tk)
-        assert _cuda.onepass_suits(stats) == (name != "diagonal_global_row"), (name, stats)
+        slots = 4 if name == "diagonal_global_row" else 2
+        assert _cuda.onepass_dq_slots(stats) == slots, (name, stats)
     stderr = run_python(f"import test_gpu_attention_bwd_sm90 as t; t.run_cases({cases!r})",
                         JAX_BLOCKSPARSE_DEBUG="1",
                         JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=variant).stderr
+    onepass = variant == "4" or _cuda.SM90_BACKWARD_DEFAULT == 4
     for case in cases:
-        onepass = variant == "4" or (_cuda.SM90_BACKWARD_DEFAULT == 4
-                                     and case[0] != "diagonal_global_row")
         assert_backward_is_fa3(stderr, [case], "4" if onepass else "2")
 
 

@@ -487,17 +487,17 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
             assert len(bwd) == (d == 96) and all("tensor<1x256x2x128xf16>" in ln for ln in bwd)
 
 
-@pytest.mark.parametrize("variant,slots", [(0, 2), (4, 2), (-1, 2), (4, 4)])
+@pytest.mark.parametrize("variant,switch", [(0, 0), (4, 0), (-1, 0), (4, 4), (-1, 2)])
 def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernels, variant,
-                                                   slots):
+                                                   switch):
     """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 and unset (the default; faked here, on a
     faked sm_90a device) the backward's custom call gets the one-pass kernel's workspaces,
     dq_accum float32 [S, B, Hq, Tq, D] and dq_semaphores int32 [S B Hq Tq / 64 + 1] (S dQ
-    slots: 2, 4 under JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4; then the persistent
-    grid's item counter), after delta; otherwise (and at block
-    size 64, and for partial tiles: calls variant 4 leaves to variant 2, which takes them
-    fused; unset, also for a sparse layout with a global query row, `_cuda.onepass_suits`)
-    both are [0]. Lowered for "cuda" on any machine."""
+    slots, `_cuda.onepass_dq_slots`: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=2 / 4 where
+    set, else 4 for a sparse layout with a global query row and 2 for the others; then
+    the persistent grid's item counter), after delta; otherwise (and at block size 64, and
+    for partial tiles: calls variant 4 leaves to variant 2, which takes them fused) both
+    are [0]. Lowered for "cuda" on any machine."""
     import re
     import sys
     from jax_blocksparse import _cuda, _partitioning
@@ -505,13 +505,12 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
     from jax_blocksparse.attention_metadata import line_stats
     att = sys.modules["jax_blocksparse.attention"]
     monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(
-        attn_bwd_variant=variant, attn_bwd_onepass_dq_slots=slots))
+        attn_bwd_variant=variant, attn_bwd_onepass_dq_slots=switch))
     monkeypatch.setattr(_cuda, "_sm90a_device", lambda: True)
     onepass_variant = variant == 4 or variant == -1 and _cuda.SM90_BACKWARD_DEFAULT == 4
     for beyond in (False, True):  # (partial last tiles, tile bits)
-        for suits in (False, True):
-            assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, 0.0, beyond, suits) == (
-                onepass_variant and not beyond and (suits or variant == 4))
+        assert _cuda.onepass_backward(jnp.bfloat16, 128, 128, 0.0, beyond) == (
+            onepass_variant and not beyond)
     for kw in ({"segments": True}, {"positioned": True}, {"mask_batch": 2},
                {"tq": 1000, "tk": 1100}):  # fused under 4 and 2 (variant 4 or 2 runs them)
         args = dict(dtype=jnp.bfloat16, head_dim=128, block_size=128, tq=1024, tk=1024,
@@ -544,10 +543,9 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
         (call,) = [line for line in text.splitlines()
                    if "@jax_blocksparse_attention_bwd(" in line]
         results = re.sub(r"\s+", " ", call).split(" -> ")[-1]
-        suits = _cuda.onepass_suits(line_stats(layout, True, t, t))
-        assert suits == (layout is not glob)
-        onepass = (onepass_variant and bs == 128 and t % bs == 0
-                   and (suits or variant == 4))
+        slots = _cuda.onepass_dq_slots(line_stats(layout, True, t, t))
+        assert slots == (switch or (4 if layout is glob else 2)), (switch, slots)
+        onepass = onepass_variant and bs == 128 and t % bs == 0
         want = (f"tensor<2x4x2x{rows}xf32>, tensor<{slots}x2x4x{t}x{d}xf32>, "
                 f"tensor<{slots * 2 * 4 * (t // 64) + 1}xi32>"
                 if onepass else f"tensor<2x4x2x{rows}xf32>, tensor<0xf32>, tensor<0xi32>")

@@ -76,8 +76,8 @@
 // D 128 and ptxas serialized every wgmma (C7512); this one gives up only the exp2's overlap
 // with dP^T (the tanh still overlaps it).
 //
-// dQ slots (a.dq_slots: kOnePassDqSlots = 2, or 4 under
-// JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4, read from the workspace's size): a key block
+// dQ slots (a.dq_slots: kOnePassDqSlots = 2, or 4 as jax_blocksparse/_cuda.py
+// onepass_dq_slots chooses, read from the workspace's size): a key block
 // whose list holds at least half the query tiles (by its count in the launch order's mask
 // head: bigbird's global key blocks, which every other adder of a tile would wait for) adds
 // into slot 1 of dq_accum and the semaphores, the others into slot 0. With 4 slots, a tile

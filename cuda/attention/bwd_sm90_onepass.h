@@ -35,8 +35,8 @@ cudaError_t SetOnePassTimeline(long long* buffer);
 // blocks of long lists (at least half the query tiles) add into slot 1, the others into
 // slot 0; with 4 slots a tile of a long query line (listing at least half the key blocks)
 // spreads slot 0's adders over slots 0, 2 and 3 in turn, one ordered chain a slot. dQ is
-// the slots' sum in slot order. kOnePassDqSlots by default, kOnePassDqSlotsMax under
-// JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (Args::dq_slots, from the workspace's size).
+// the slots' sum in slot order. kOnePassDqSlots or kOnePassDqSlotsMax (Args::dq_slots,
+// from the workspace's size: jax_blocksparse/_cuda.py onepass_dq_slots chooses it).
 constexpr int kOnePassDqSlots = 2;
 constexpr int kOnePassDqSlotsMax = 4;
 

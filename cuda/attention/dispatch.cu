@@ -221,8 +221,8 @@ void CopyDocuments(const AttentionDocuments& d, attn::Args& a) {
 // (jax_blocksparse/_cuda.py: SM90_BACKWARD_DEFAULT, the same value): 4, the one-pass
 // Hopper backward (H100, 2026-12-07, benchmarks/RESULTS.md: in groups of 4 pairs the
 // backward 1.22-1.29x variant 2's on causal, local and strided layouts), where the Python side
-// declares its workspaces (_cuda.py onepass_backward: not for static layouts with global
-// lines, onepass_suits), else variant 2, the FA3-design backward (H200, 2026-12-03:
+// declares its workspaces (_cuda.py onepass_backward; their dQ slots: onepass_dq_slots),
+// else variant 2, the FA3-design backward (H200, 2026-12-03:
 // forward + backward 1.7-1.9x the FA2 backward's). Block size 64 runs the FA2 backward's
 // rows, or with mask sources variant 2's rows on 128 x 128 tiles (TiledMaskBlock); head
 // dim 96 runs zero-padded to 128 (the Python lowering), 256 variant 2's rows
