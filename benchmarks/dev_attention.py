@@ -105,6 +105,7 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
 
     # both also take q_positions [1] and segment ids (placeholders: attributes off)
     qpos, ids = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1), jnp.int32)
+    no_sinks = jnp.zeros((0,), jnp.float32)  # the forward's sinks operand: [0], none
     bwd_attrs = dict(attrs, segments=False, positioned=False, block_size=np.int32(fwd_block),
                      mask_block=np.int32(layout.block_size))
     fwd_attrs = bwd_attrs
@@ -113,7 +114,7 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
 
     @jax.jit
     def fwd(q, k, v, kvl):
-        return fwd_call(q, k, v, kvl, qpos, *fwd_qops, ids, ids, bits, **fwd_attrs)
+        return fwd_call(q, k, v, no_sinks, kvl, qpos, *fwd_qops, ids, ids, bits, **fwd_attrs)
 
     @jax.jit
     def bwd(q, k, v, o, lse, do, dlse, kvl):
@@ -123,7 +124,7 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
 
     @jax.jit
     def fwd_bwd(q, k, v, do, dlse, kvl):
-        o, lse = fwd_call(q, k, v, kvl, qpos, *fwd_qops, ids, ids, bits, **fwd_attrs)
+        o, lse = fwd_call(q, k, v, no_sinks, kvl, qpos, *fwd_qops, ids, ids, bits, **fwd_attrs)
         dq, dk, dv, *_ = bwd_call(q, k, v, o, lse, do, dlse, kvl, qpos, *qops, *kops, ids, ids,
                                  bits, key_bits, **bwd_attrs)
         return o, lse, dq, dk, dv

@@ -500,8 +500,8 @@ def test_kernels_take_sinks_and_soft_cap(bwd_variant, fwd_variant):
     """On a GPU every case runs the kernels, never the pure-JAX path: a soft cap the
     default forward (the FA3-design forward on an sm_90 GPU, else the FA2 one), the
     variant's backward (on an sm_90 GPU at block size 128: variant 4, forced or the
-    default, the one-pass kernel; variant 2 and the rest the FA3-design backward; at block size 64 the FA2 backward) and the decode
-    kernel; sinks alone the default kernels (the
+    default, the one-pass kernel; variant 2 and the rest the FA3-design backward; at block
+    size 64 the FA2 backward) and the decode kernel; sinks alone the default kernels (the
     FA3-design forward on an sm_90 GPU). Forward variant 0: the FA2 forward on every GPU
     (its sinks and cap on an sm_90 one too)."""
     from jax_blocksparse import _cuda
