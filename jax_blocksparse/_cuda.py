@@ -229,8 +229,9 @@ def backward_tile_context(block_size: int, sources: bool = True, fill=None) -> b
 # ran variant 2 before (H100, bf16, S 8192, D 128, bs 128, one call: RESULTS 2026-12-07
 # sixth session). The others keep 2 slots: with 4 the local layouts ran 1-2% slower (no
 # long query line there: slots 2 and 3 unused, their semaphores cleared; one call) and
-# causal 1.6% faster, for twice the workspace ([S, B, Hq, Tq, D] float32). Variant 4 against 2 on the others: causal 1.30x, dense 1.31x, local 1.10x,
-# strided 1.02x (RESULTS 2026-12-06 sixth session), fixed (global key columns) 1.10x.
+# causal 1.6% faster, for twice the workspace ([S, B, Hq, Tq, D] float32). Variant 4
+# against 2 on the others: causal 1.30x, dense 1.31x, local 1.10x, strided 1.02x (RESULTS
+# 2026-12-06 sixth session), fixed (global key columns) 1.10x.
 ONEPASS_SPARSE_DENSITY = 0.25
 
 

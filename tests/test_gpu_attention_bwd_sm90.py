@@ -434,10 +434,10 @@ def test_head_sections_grid(sections):
     take their grid's cells in sections of N (batch x head) columns (attention/common.cuh,
     CellOf; 1: one head's blocks back to back; 3: sections that do not divide the columns,
     the last one narrower; "e": with JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN=1, sections of
-    near-equal widths, one unit apart, the wider first): the same kernels run (the debug lines name them), and o, lse,
-    dq, dk, dv match the float64 reference, deterministic, NaN past kv_lengths unread
-    (`check`, `check_docs`), at head dims 128, 64 and 256, with GQA, per-head masks, lists
-    per batch entry and segment ids."""
+    near-equal widths, one unit apart, the wider first): the same kernels run (the debug
+    lines name them), and o, lse, dq, dk, dv match the float64 reference, deterministic,
+    NaN past kv_lengths unread (`check`, `check_docs`), at head dims 128, 64 and 256, with
+    GQA, per-head masks, lists per batch entry and segment ids."""
     if not sm90():
         pytest.skip("the FA3-design kernels need an sm_90 GPU (H100 / H200)")
     cases = [("gqa4_per_head_causal", "bf16"), ("d64_tq_gt_tk_causal", "f16"),
@@ -445,9 +445,10 @@ def test_head_sections_grid(sections):
     docs = [("per_batch_mask_causal_kv_lengths", "f16"), ("docs_local_causal", "bf16")]
     code = ("import test_gpu_attention_bwd_sm90 as b, test_gpu_attention_sm90 as t; "
             f"b.run_cases({cases!r}); t.run_doc_cases({docs!r})")
+    even = "1" if "e" in sections else ""
     stderr = run_python(code, JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_BWD_VARIANT="2",
                         JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=sections.rstrip("e"),
-                        JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN="1" if "e" in sections else "").stderr
+                        JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN=even).stderr
     assert_backward_is_fa3(stderr, cases[2:], "2 d256")
     logs = assert_backward_is_fa3(stderr, cases[:2] + docs, "2")
     for case in cases + docs:

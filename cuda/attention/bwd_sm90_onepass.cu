@@ -64,9 +64,10 @@
 //     MB write at S 8192, B 2, H 16, D 128 overlap that wave instead of following it).
 //
 // A logit soft cap (a.cap_log2 > 0: the kernel's CAP instances, so the uncapped ones keep
-// their registers; persistent or not, as the uncapped kernel; issue 21): while dP^T runs, the consumers compute
-// t = tanh(s scale_cap) in place in s; once dP^T is done, P^T = 2^(cap_log2 t - lse2) (the
-// forward's capped log2-domain score, so the forward's lse normalises it; masked -> 0)
+// their registers; persistent or not, as the uncapped kernel; issue 21): while dP^T runs,
+// the consumers compute t = tanh(s scale_cap) in place in s; once dP^T is done,
+// P^T = 2^(cap_log2 t - lse2) (the forward's capped log2-domain score, so the forward's
+// lse normalises it; masked -> 0)
 // replaces t in s and dp becomes (dP^T - delta) (1 - t^2) (the cap's derivative), then P^T
 // is packed for dV as without a cap and the dS loop takes dS^T = s dp =
 // P^T (dP^T - delta) (1 - t^2), all float32 before packing: no register more than the
