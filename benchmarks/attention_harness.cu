@@ -14,7 +14,7 @@
 //     benchmarks/attention_harness.cu build/*/libjax_blocksparse_kernels.a -o harness
 // Run: harness [--mask causal|dense|FILE] [--seq 8192] [--batch 2] [--heads 16] [--dim 128]
 //              [--block 128] [--reps 10] [--phase fwd|bwd|both] [--softcap 0]
-//              [--dump FILE] [--timeline 1]
+//              [--dump FILE] [--timeline 1] [--l2-sections 0]
 // FILE: a first line "Rq Rk", then Rq lines of Rk characters '0' / '1' (a block mask of
 // block size --block; causal masking applies when the name is "causal" or the file's
 // first line ends in " causal"). Prints the kernels' names, median milliseconds and useful
@@ -22,6 +22,9 @@
 // --dump FILE writes the forward's output (bf16 [B, S, H, D], raw) there, and with the
 // backward phases dq to FILE.dq: two runs under different switches compare bit for bit or
 // by value (the inputs are seeded).
+// --l2-sections 1: the forward's grid cells in L2-sized sections of heads, as a call
+// through the package asks for on static layouts without a global query row
+// (AttentionForwardParams::l2_sections; JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS, set, decides).
 // --timeline 1 (with a backward phase, on the one-pass backward): one more backward launch
 // with the kernel's per-CTA timeline (attn::SetOnePassTimeline), summarized: where a CTA's
 // time goes beside its steps (prologue, pipeline fill, epilogue, the dQ writers' tail, the
@@ -143,7 +146,7 @@ void PrintTimeline(const std::vector<long long>& t, int64_t ctas) {
 
 int main(int argc, char** argv) {
   std::string mask = "causal", phase = "both", dump;
-  bool timeline = false;
+  bool timeline = false, l2_sections = false;
   int seq = 8192, batch = 2, heads = 16, dim = 128, bs = 128, reps = 10;
   float softcap = 0.f;  // a logit soft cap (AttentionShape::softcap; 0: none)
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -159,6 +162,7 @@ int main(int argc, char** argv) {
     else if (a == "--softcap") softcap = float(std::atof(v.c_str()));
     else if (a == "--dump") dump = v;
     else if (a == "--timeline") timeline = v != "0";
+    else if (a == "--l2-sections") l2_sections = v != "0";
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -228,6 +232,7 @@ int main(int argc, char** argv) {
   f.kv_lengths = kv_lengths;
   f.by_query = by_query;
   f.mask_block = bs;
+  f.l2_sections = l2_sections;
   f.o = o;
   f.lse = lse;
   const bool capped = softcap > 0.f;

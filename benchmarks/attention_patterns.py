@@ -270,12 +270,15 @@ def measure_flex(rows, peers, batch, heads, folder):
 def ours_per_variant(args, rows):
     """{label: ours} with each forward variant (`--variants`) and each backward variant
     (`--bwd-variants`) in a fresh process (the switches are read once), or this process."""
-    def sections(letters):  # h: heads outer (sections of one column), s: sections of L2
-        return "1" if "h" in letters else "l2" if "s" in letters or "q" in letters else "0"
+    def sections(letters):  # h: heads outer (sections of one column), s: sections of L2,
+        # a: one section of all; none: unset (None), each forward call's choice
+        # (_cuda.forward_head_sections; the backward: one section)
+        return ("1" if "h" in letters else "l2" if "s" in letters or "q" in letters else
+                "0" if "a" in letters else None)
     # q: sections of L2 of near-equal widths (JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN)
     def even(letters):
         return "1" if "q" in letters else "0"
-    def forward_switches(v):  # "2", "2p", "2h", "2s", "2q", "2e": the variant, letters
+    def forward_switches(v):  # "2", "2p", "2h", "2s", "2q", "2a", "2e": the variant, letters
         letters = v.lstrip("0123456789")
         return {"JAX_BLOCKSPARSE_ATTN_FWD_VARIANT": v[:len(v) - len(letters)],
                 "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT": "1" if "p" in letters else "0",
@@ -315,7 +318,9 @@ def ours_per_variant(args, rows):
                    *(["--kv-heads", str(args.kv_heads)] if args.kv_heads else []),
                    "--block-size", str(args.block_size),
                    "--max-pure-seq", str(args.max_pure_seq)]
-            subprocess.run(cmd, env=dict(os.environ, **switches), check=True)
+            env = {name: value for name, value in dict(os.environ, **switches).items()
+                   if value is not None}
+            subprocess.run(cmd, env=env, check=True)
             result[label] = json.load(open(fh.name))
     return result
 
@@ -355,16 +360,16 @@ def main():
     parser.add_argument("--backward", action="store_true", help="also forward + backward")
     parser.add_argument("--variants", help="e.g. 0,2: JAX_BLOCKSPARSE_ATTN_FWD_VARIANT values "
                         "(letters after one: p JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT=1, e "
-                        "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0, h / s "
-                        "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2, which the backward "
-                        "takes too)")
+                        "JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0, h / s / a "
+                        "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2 / 0, which the backward "
+                        "takes too; none: unset, each forward call's choice)")
     parser.add_argument("--bwd-variants",
                         help="e.g. 2,4: JAX_BLOCKSPARSE_ATTN_BWD_VARIANT values; letters "
                         "after one: t / r JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 / 0, k "
                         "..._ONEPASS_DQ_FIRST=0, n ..._D256=0, gN ..._ONEPASS_GROUP=N, c "
                         "..._ONEPASS_EARLY_CONVERT=0, p ..._ONEPASS_PERSISTENT=0, o (with p) "
-                        "..._ONEPASS_STORE_TMA=0, w / y ..._ONEPASS_DQ_SLOTS=4 / 2, h / s "
-                        "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2 (the forward too)")
+                        "..._ONEPASS_STORE_TMA=0, w / y ..._ONEPASS_DQ_SLOTS=4 / 2, h / s / a "
+                        "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2 / 0 (the forward too)")
     parser.add_argument("--extended", action="store_true",
                         help="also S 16384 and 32768 (local, packed), D 64, 96, 256 (causal)")
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")

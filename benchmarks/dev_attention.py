@@ -111,6 +111,8 @@ def make_fns(layout, causal, scale, q_shape, k_shape, dtype):
     fwd_attrs = bwd_attrs
     no_cap = dict(softcap=np.float32(0.0))  # no logit soft cap
     bwd_attrs, fwd_attrs = dict(bwd_attrs, **no_cap), dict(fwd_attrs, **no_cap)
+    # the forward's head sections as `attention` asks for them (_cuda.forward_head_sections)
+    fwd_attrs["head_sections"] = _cuda.forward_head_sections(line_stats(layout, causal, tq, tk))
 
     @jax.jit
     def fwd(q, k, v, kvl):

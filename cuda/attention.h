@@ -104,6 +104,10 @@ struct AttentionForwardParams {
   // of that denominator; a row with no allowed key has o = 0 and lse = sinks[h]. Every
   // forward row takes them (the FA2 and the FA3-design forward).
   const float* sinks;
+  // the FA3-design forward's grid cells in sections of heads sized to L2 (attn::InSections,
+  // "l2"): the call's choice (jax_blocksparse/_cuda.py forward_head_sections), unless
+  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS is set, which decides instead
+  bool l2_sections;
   void* o;     // [B, Tq, Hq, D], q's dtype
   float* lse;  // [B, Hq, Tq]
 };

@@ -60,6 +60,7 @@ Switches Read() {
                          : std::strcmp(sections, "l2") == 0 ? -1
                          : std::atoi(sections) > 0      ? std::atoi(sections)
                                                         : 0;
+  s.attn_head_sections_set = sections != nullptr;
   s.attn_head_sections_even = Flag("JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN");
   s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
   s.decode_packed = OnUnlessZero("JAX_BLOCKSPARSE_DECODE_PACKED");

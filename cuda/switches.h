@@ -98,14 +98,16 @@
 //     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
 //     head dim 256 (attention/dispatch.cu, RowEnabled), so the Python side routes those calls
 //     to the pure path
-//   JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS opt-in until timed: the Hopper forward (not its
+//   JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS (unset: "l2" in the forward calls that ask for it,
+//     AttentionForwardParams::l2_sections, one section elsewhere; set, it decides for every
+//     call): the Hopper forward (not its
 //     persistent form) and backward kernels take their grid's (B x heads, lines) cells in
 //     sections of N columns (batch x head indices), one section after another, each
 //     longest first across its columns (attn::CellOf, Args::section_columns), so that the
 //     operands a section's CTAs share (K/V in the forward and the dQ kernel, Q/dO in the
 //     dK/dV kernel) stay in L2, as FlashAttention-3 orders its tiles. "l2": N from the
 //     card's L2 (half of it for a section's operands, attn::InSections); "1": one head's
-//     lines back to back (heads outer); unset, "" or "0": one section of every column
+//     lines back to back (heads outer); "" or "0": one section of every column
 //     (a rank's CTAs of every head together, longest first across all heads)
 //   JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN=1 opt-in until timed (with HEAD_SECTIONS): the
 //     same number of sections, of widths that differ by at most one (attn::CellOf), not
@@ -215,6 +217,7 @@ struct Switches {
   bool attn_bwd_d256;     // JAX_BLOCKSPARSE_ATTN_BWD_D256: anything but "0" (default on)
   int attn_head_sections;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS: N >= 1 its value, -1 "l2",
                            // 0 otherwise (unset, "", "0", anything else)
+  bool attn_head_sections_set;  // whether it is set (unset: the call's choice, InSections)
   bool attn_head_sections_even;  // JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN: anything but "" or
                                  // "0"
   bool decode_shared_tiles;  // JAX_BLOCKSPARSE_DECODE_SHARED_TILES: anything but "" or "0"

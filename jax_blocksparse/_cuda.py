@@ -235,15 +235,37 @@ def backward_tile_context(block_size: int, sources: bool = True, fill=None) -> b
 ONEPASS_SPARSE_DENSITY = 0.25
 
 
+def _global_query_rows(stats) -> bool:
+    """Whether a static layout's `stats` (`attention_metadata.LineStats`) are both under
+    `ONEPASS_SPARSE_DENSITY` dense and hold a query block listing at least half the key
+    blocks (bigbird's global rows); False for `stats` None (a mask known only when the
+    call runs: a `BlockMask`, a `q_offset`)."""
+    return (stats is not None and stats.density < ONEPASS_SPARSE_DENSITY
+            and stats.query_line >= 0.5)
+
+
 def onepass_dq_slots(stats) -> int:
     """The one-pass backward's dQ slots for a call: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS
-    where set (2 or 4), else 4 for a static layout whose `stats`
-    (`attention_metadata.LineStats`) are both under `ONEPASS_SPARSE_DENSITY` dense and hold
-    a query block listing at least half the key blocks, 2 otherwise and for a mask known
-    only when the call runs (`stats` None: a `BlockMask`, a `q_offset`)."""
-    long_rows = (stats is not None and stats.density < ONEPASS_SPARSE_DENSITY
-                 and stats.query_line >= 0.5)
-    return SWITCHES.attn_bwd_onepass_dq_slots or (4 if long_rows else 2)
+    where set (2 or 4), else 4 for a static layout with global query rows
+    (`_global_query_rows` of its `stats`), 2 otherwise and for a mask known only when the
+    call runs (`stats` None)."""
+    return SWITCHES.attn_bwd_onepass_dq_slots or (4 if _global_query_rows(stats) else 2)
+
+
+# The FA3-design forward takes its grid's (batch x head, query block) cells in sections of
+# heads whose K and V fit half the L2 (cuda/attention/common.cuh, InSections "l2"), each
+# section's cells longest first, for static layouts without global query rows: the
+# strided forward 1.13x one section of every head (its K/V re-read from DRAM otherwise:
+# benchmarks/head_sections_model.py), fixed 1.02x, local 1.00x; bigbird (global rows, the
+# long lines of every head best started together) 0.90x, so it keeps one section, as do
+# traced masks (unknown lines); H100, bf16, S 8192, D 128, bs 128, the harness, one call
+# (RESULTS 2026-12-07 sixth session). JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS, where set,
+# decides for every call instead.
+def forward_head_sections(stats) -> bool:
+    """Whether a forward call asks for sections of heads sized to L2 (the custom call's
+    attribute `head_sections`): a static layout's `stats` (`attention_metadata.LineStats`)
+    without global query rows (`_global_query_rows`); False for `stats` None."""
+    return stats is not None and not _global_query_rows(stats)
 
 
 def onepass_backward(dtype, head_dim: int, block_size: int, softcap: float = 0.0,
@@ -611,7 +633,8 @@ def _attention_forward_lowering(ctx, *operands, **params):
     bs = TILE if tiled else mask_block  # the kernel's tile
     return jax.ffi.ffi_lowering("jax_blocksparse_attention_fwd")(
         ctx, *values, **_attention_attrs(dict(params, block_size=bs)),
-        mask_block=np.int32(mask_block), **_softcap_attr(params))
+        mask_block=np.int32(mask_block), **_softcap_attr(params),
+        head_sections=bool(params.get("head_sections", False)))
 
 
 # The tile bits' placeholder. Its two ints differ: XLA turns a constant whose elements are

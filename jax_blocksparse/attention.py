@@ -440,13 +440,14 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
             _debug.pure_path(f"attention q{list(q.shape)} k {k.dtype}",
                              f"fp8 KV cache: k and v dequantized to {q.dtype} before the "
                              "attention (the prefill kernels read bf16/f16 only)")
-        # the one-pass Hopper backward's dQ slots (_cuda.onepass_dq_slots: a static
-        # layout's lines, known here; a traced mask's are not)
+        # the one-pass Hopper backward's dQ slots and the forward's head sections
+        # (_cuda.onepass_dq_slots, forward_head_sections: a static layout's lines, known
+        # here; a traced mask's are not)
         static_lines = isinstance(mask, Layout) and offset is None
-        slots = _cuda.onepass_dq_slots(line_stats(mask, causal, tq, tk) if static_lines
-                                       else None)
+        stats = line_stats(mask, causal, tq, tk) if static_lines else None
         o, lse = _prefill(q, k, v, *context, scales=scales, sinks=sinks,
-                          onepass_dq_slots=slots, **dict(static))
+                          onepass_dq_slots=_cuda.onepass_dq_slots(stats),
+                          head_sections=_cuda.forward_head_sections(stats), **dict(static))
         sinks = None  # inside the forward kernels' online softmax (attention_p's operand)
     if sinks is not None:  # short queries: the sink joins each row after the decode kernel
         o, lse = _partitioning.auto_mode(with_sinks, (o, lse))(o, lse, sinks)
@@ -523,15 +524,16 @@ def _short_queries_jvp(static, primals, tangents):
 
 def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv_ids, tiles,
              *, rows, tk, block_size, causal, scale, segments, softcap, scales=None,
-             sinks=None, onepass_dq_slots=2):
+             sinks=None, onepass_dq_slots=2, head_sections=False):
     """Queries through `attention_p`; NaN for rows outside the mask or whose `BlockMask` row
     overflowed. `tiles`: None, or the tile lists of a fine mask (`TileLists`), or its block
     kinds `[Bm, Hm, R, Rk]` to tile here (`_tile_context`). `scales`: None, or the
     `(k_scale, v_scale)` of an fp8 cache, which is dequantized to q's dtype here (after a
     paged cache's gather: only the pages of the call). `sinks`: None or `[Hq]`, the
     attention sinks, an operand of `attention_p` (the fused forwards start each row's
-    softmax from the sink). `onepass_dq_slots`: the primitives' static
-    parameter of that name (`_cuda.onepass_dq_slots`). Returns (o, lse)."""
+    softmax from the sink). `onepass_dq_slots`, `head_sections`: the primitives' static
+    parameters of those names (`_cuda.onepass_dq_slots`, `_cuda.forward_head_sections`).
+    Returns (o, lse)."""
     b, tq = q.shape[:2]
     bs = block_size
     positioned = offset is not None
@@ -560,7 +562,7 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
     o, lse = _bind(attention_p, q_in, k, v, sinks, kv_lengths, q_positions,
                    ids_in, kv_ids, *lists, *tile_ops, block_size=bs, causal=causal,
                    scale=scale, segments=segments, positioned=positioned, softcap=softcap,
-                   onepass_dq_slots=onepass_dq_slots)
+                   onepass_dq_slots=onepass_dq_slots, head_sections=head_sections)
     bad = None  # [B or 1, H or 1, Tq]: rows that are NaN, never silently wrong
     if overflow is not None:
         bad = jnp.repeat(overflow, bs, axis=-1)  # [Bm, Hm, rows of the operands]

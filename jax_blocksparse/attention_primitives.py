@@ -33,7 +33,10 @@ references recompute the same P from `sinks`); the sinks' own tangent and gradie
 computed in JAX beside them (`_sink_tangent`). The decode primitive keeps `with_sinks` as
 a pass after it. The static `onepass_dq_slots` (2 or 4) is the one-pass Hopper backward's
 dQ slot count (`_cuda.onepass_dq_slots`: a static layout's lines; 2 for a traced mask);
-only the CUDA backward's lowering reads it.
+only the CUDA backward's lowering reads it. The static `head_sections` (bool) asks the
+Hopper forward for its grid in L2-sized sections of heads (`_cuda.forward_head_sections`:
+a static layout's lines; False for a traced mask); only the CUDA forward's lowering reads
+it. Neither changes the function computed.
 The tangent and backward primitives have JVP rules of their own (the JVP of the pure-JAX
 implementation), so attention is differentiable to any order.
 The pure-JAX lowering (a block-gathered implementation: each query block attends to its
@@ -230,14 +233,14 @@ def no_sinks(q):
 
 
 def attention_reference(q, k, v, sinks, *ctx, block_size, causal, scale, segments,
-                        positioned, softcap=0.0, onepass_dq_slots=2):
+                        positioned, softcap=0.0, onepass_dq_slots=2, head_sections=False):
     """Block-gathered attention. Returns `(o [B, Tq, Hq, D] in q's dtype, lse [B, Hq, Tq]
     float32)`. Rows with no allowed key give `o = 0`, `lse = -inf`, zero gradients.
     Query i attends key j only if `j <= q_positions[b] + i` when `causal`. `softcap`
     (0: none): the scaled scores are `soft_cap(s, softcap)` before the mask. `sinks [Hq]`
     (or `[0]`: none) join each row by `with_sinks` after the softmax (the fused forwards
     start each row's online softmax from the sink instead: the same result)."""
-    del positioned, onepass_dq_slots  # the kernels' business: the positions are operands
+    del positioned, onepass_dq_slots, head_sections  # the kernels' business
     _, _, vg, s, allowed = _gathered_scores(q, k, v, ctx, block_size=block_size,
                                             causal=causal, scale=scale, segments=segments,
                                             softcap=softcap)

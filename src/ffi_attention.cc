@@ -153,7 +153,8 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
                    Buffer<S32> q_lists, Buffer<S32> q_order, Buffer<S32> q_segment_ids,
                    Buffer<S32> kv_segment_ids, Buffer<S32> tile_bits, Result<AnyBuffer> o,
                    Result<Buffer<F32>> lse, int32_t block_size, bool causal, float scale,
-                   bool segments, bool positioned, int32_t mask_block, float softcap) {
+                   bool segments, bool positioned, int32_t mask_block, float softcap,
+                   bool head_sections) {
   auto dtype = ToDType(q.element_type(), /*allow_f32=*/false);
   if (dtype.has_error()) return dtype.error();
   const AttentionKernel* kernel = nullptr;
@@ -199,11 +200,13 @@ ffi::Error FwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v,
     return Invalid("sinks must be float32 [Hq=" + std::to_string(p.shape.hq) +
                    "] (one logit per query head) or [0] (no sinks)");
   p.sinks = sd[0] != 0 ? static_cast<const float*>(sinks.untyped_data()) : nullptr;
+  p.l2_sections = head_sections;  // (JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS, where set, decides)
   p.o = o->untyped_data();
   p.lse = lse->typed_data();
   LaunchLog log(stream, DebugLevel() ? Describe("attention_fwd", *dtype, p.shape, q, k) +
                                            (segments ? " segments" : "") +
                                            (p.sinks != nullptr ? " sinks" : "") +
+                                           (head_sections ? " head-sections" : "") +
                                            (tiled ? " mask_bs=" + std::to_string(mask_block)
                                                   : "")
                                      : "");
@@ -450,7 +453,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<AnyBuffer>()     // o
         .Ret<Buffer<F32>>()   // lse
             JBS_ATTENTION_ATTRS.Attr<bool>("segments").Attr<bool>("positioned")
-                .Attr<int32_t>("mask_block").Attr<float>("softcap"),
+                .Attr<int32_t>("mask_block").Attr<float>("softcap")
+                .Attr<bool>("head_sections"),  // grid cells in L2-sized sections of heads
     {ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(

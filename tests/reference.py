@@ -211,7 +211,7 @@ def lse_err(got, want):
 SWITCHES_OFF = {f"JAX_BLOCKSPARSE_{name}": "0" for name in (
     "DISABLE_CUDA", "SIMPLE_KERNELS", "NO_WGMMA", "ATTN_BWD_VARIANT",
     "ATTN_FWD_PERSISTENT", "ATTN_FWD_PERSISTENT_CTAS", "DECODE_SHARED_TILES",
-    "MATMUL_TF32_WGMMA", "ATTN_BWD_TILED64", "ATTN_HEAD_SECTIONS", "ATTN_HEAD_SECTIONS_EVEN",
+    "MATMUL_TF32_WGMMA", "ATTN_BWD_TILED64", "ATTN_HEAD_SECTIONS_EVEN",
     "MATMUL_GROUP_WGMMA", "MATMUL_SDD_SPLIT", "ATTN_FWD_CAP_MAX",
     "ATTN_BWD_ONEPASS_PERSISTENT_CTAS")}
 SWITCHES_OFF["JAX_BLOCKSPARSE_ATTN_FWD_VARIANT"] = ""
@@ -229,13 +229,16 @@ SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS"] = ""  # its default: on
 SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_TMA"] = ""  # its default: block sizes 64 and 128
 SWITCHES_OFF["JAX_BLOCKSPARSE_MATMUL_SDD_TMA"] = ""  # its default: by the call (bs 128)
 SWITCHES_OFF["JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE"] = ""  # its default: on
+# unset (None: removed from the environment): each forward call's choice
+# (_cuda.forward_head_sections); set, even to "" or "0", it decides for every call
+SWITCHES_OFF["JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS"] = None
 
 
 def run_python(code, **env):
     """Runs `code` in a fresh Python that imports the test modules (this folder on its
     path) and allocates GPU memory on demand (this process may hold most of it), with the
-    kernel switches off but those in `env`. Fails the calling test unless it exits 0;
-    returns the CompletedProcess."""
+    kernel switches off but those in `env` (a value None: the variable unset). Fails the
+    calling test unless it exits 0; returns the CompletedProcess."""
     import jax_blocksparse
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -243,6 +246,7 @@ def run_python(code, **env):
     path = os.pathsep.join(p for p in (package_root, here, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONPATH=path, XLA_PYTHON_CLIENT_PREALLOCATE="false",
                **dict(SWITCHES_OFF, **env))
+    env = {name: value for name, value in env.items() if value is not None}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, timeout=600, cwd=here)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]

@@ -552,6 +552,50 @@ def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernel
         assert want in results, (bs, d, t, results)
 
 
+def test_forward_head_sections_attribute(monkeypatch, attention_kernels):
+    """The forward's custom call carries `head_sections`, `_cuda.forward_head_sections`
+    of the call: true for static layouts without a global query row (local, causal), false
+    for one with (a sparse layout whose last query block lists every key block), for a
+    traced `BlockMask` and under `q_offset` (lines unknown when lowering). The backward's
+    custom call has no such attribute. Lowered for "cuda" on any machine (a faked sm_90a
+    device)."""
+    import sys
+    from jax_blocksparse import _cuda, _partitioning
+    from jax_blocksparse import _jax_internals as jint
+    att = sys.modules["jax_blocksparse.attention"]
+    monkeypatch.setattr(_cuda, "_sm90a_device", lambda: True)
+    if not jbs.cuda_built():
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_p],
+                                    _cuda._attention_forward_lowering, "cuda")
+        jint.register_lowering_rule(_partitioning.LOCAL[att.attention_bwd_p],
+                                    _cuda._attention_backward_lowering, "cuda")
+    t = 1024
+    q = jnp.zeros((2, t, 4, 128), jnp.bfloat16)
+    k = jnp.zeros((2, t, 2, 128), jnp.bfloat16)
+    glob = jbs.Layout(np.eye(8, dtype=bool) | (np.arange(8) == 7)[:, None], 128)
+    mask = jnp.asarray(jbs.layouts.local(t, 128, 256).mask)
+    calls = {
+        "local": (lambda q, k: jbs.attention(q, k, k, jbs.layouts.local(t, 128, 256),
+                                             causal=True), True),
+        "causal": (lambda q, k: jbs.attention(q, k, k, jbs.layouts.causal(t, 128),
+                                              causal=True), True),
+        "global row": (lambda q, k: jbs.attention(q, k, k, glob, causal=True), False),
+        "BlockMask": (lambda q, k: jbs.attention(
+            q, k, k, jbs.BlockMask.from_mask(mask, 128), causal=True), False),
+        "q_offset": (lambda q, k: jbs.attention(q, k, k, jbs.layouts.local(t, 128, 256),
+                                                causal=True, q_offset=0), False),
+    }
+    for name, (fn, want) in calls.items():
+        loss = lambda q, k: fn(q, k).astype(jnp.float32).sum()
+        text = cuda_text(jax.grad(loss), q, k)
+        (fwd,) = [line for line in text.splitlines()
+                  if "@jax_blocksparse_attention_fwd(" in line]
+        assert f"head_sections = {str(want).lower()}" in fwd, (name, fwd)
+        (bwd,) = [line for line in text.splitlines()
+                  if "@jax_blocksparse_attention_bwd(" in line]
+        assert "head_sections" not in bwd, (name, bwd)
+
+
 @pytest.mark.parametrize("d256", [False, True])
 def test_head_dim_256_backward_under_its_switch(monkeypatch, d256):
     """Head dim 256's Hopper backward rows (cuda/attention/bwd_sm90_d256.cu), which the

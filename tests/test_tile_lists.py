@@ -344,15 +344,18 @@ def test_line_stats(monkeypatch):
     """`line_stats`: a static layout's visited share of the block grid (after causality) and
     its longest lines, a query block's key blocks and a key block's query blocks, as shares
     of the other axis (what `_cuda.onepass_dq_slots` chooses the one-pass backward's dQ
-    slots by: a long query line in a sparse layout)."""
+    slots by, and `_cuda.forward_head_sections` the forward's sections of heads: a long
+    query line in a sparse layout)."""
     from jax_blocksparse import _cuda
     from jax_blocksparse.attention_metadata import line_stats
     monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(attn_bwd_onepass_dq_slots=0))
     glob = np.eye(8, dtype=bool) | (np.arange(8) == 0)[None, :]  # a global key column
     stats = line_stats(jbs.Layout(glob, 128), False, 1024, 1024)
     assert stats == (15 / 64, 2 / 8, 1.0) and _cuda.onepass_dq_slots(stats) == 2
+    assert _cuda.forward_head_sections(stats)
     stats = line_stats(jbs.Layout(glob.T, 128), False, 1024, 1024)  # a global query row
     assert stats == (15 / 64, 1.0, 2 / 8) and _cuda.onepass_dq_slots(stats) == 4
+    assert not _cuda.forward_head_sections(stats)
     # a global query row cut by causality to key blocks 0..8: 9 of 16, still a long line
     row = np.eye(16, dtype=bool)
     row[8] = True
@@ -360,12 +363,14 @@ def test_line_stats(monkeypatch):
     assert stats == (24 / 256, 9 / 16, 2 / 16) and _cuda.onepass_dq_slots(stats) == 4
     stats = line_stats(jbs.layouts.local(1024, 128, 256), True, 1024, 1024)
     assert stats[1:] == (3 / 8, 3 / 8) and _cuda.onepass_dq_slots(stats) == 2
+    assert _cuda.forward_head_sections(stats)
     # per head: the mean over heads; Tq < Tk (bottom-right aligned causality)
     heads = np.stack([np.ones((4, 8), bool), np.zeros((4, 8), bool)])
     assert line_stats(jbs.Layout(heads, 128), True, 512, 1024) == ((26 / 32) / 2, 1.0, 1.0)
-    assert _cuda.onepass_dq_slots(line_stats(jbs.Layout(np.ones((8, 8), bool), 128), True,
-                                             1024, 1024)) == 2  # causal: dense enough
+    causal = line_stats(jbs.Layout(np.ones((8, 8), bool), 128), True, 1024, 1024)
+    assert _cuda.onepass_dq_slots(causal) == 2 and _cuda.forward_head_sections(causal)  # dense
     assert _cuda.onepass_dq_slots(None) == 2  # a traced mask's lines are not known
+    assert not _cuda.forward_head_sections(None)
     for switch in (2, 4):  # JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS set: its value
         monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(
             attn_bwd_onepass_dq_slots=switch))

@@ -63,13 +63,17 @@ __device__ __forceinline__ Cell CellOf(const Args& a) {
 // `a` with its sections of grid columns chosen (CellOf) for a kernel whose CTAs of one
 // column share `bytes_per_column` of operands and whose `columns` come in groups of `unit`
 // that share them too (the query heads of one key head): JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS
-// N (N columns), "l2" (as many whole units as half the L2 holds, at least one), else one
-// section of all (Switches). With JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN as many sections
+// N (N columns), "l2" (as many whole units as half the L2 holds, at least one), "" or "0"
+// one section of all (Switches); unset, "l2" where the call asks (Args::l2_sections), else
+// one section. With JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN as many sections
 // (ceil(columns / N)) of widths that differ by one unit at most, the wider first (32
 // columns in sections of 6: 6, 6, 5, 5, 5, 5, not 6 x 5 + 2, whose narrow last section
 // starts its long lines late and ends in a tail: benchmarks/head_sections_model.py).
 inline Args InSections(Args a, double bytes_per_column, int unit, int columns) {
-  const int setting = GetSwitches().attn_head_sections;
+  const Switches& switches = GetSwitches();
+  const int setting = switches.attn_head_sections_set ? switches.attn_head_sections
+                      : a.l2_sections                 ? -1
+                                                      : 0;
   a.section_split = 0;
   if (setting != -1) {
     a.section_columns = setting;
@@ -80,7 +84,7 @@ inline Args InSections(Args a, double bytes_per_column, int unit, int columns) {
         l2 <= 0 ? 0 : units >= 1.0 ? int(units < 65536.0 ? units : 65536.0) * unit : unit;
   }
   const int n = a.section_columns;
-  if (!GetSwitches().attn_head_sections_even || n <= 0 || n >= columns) return a;
+  if (!switches.attn_head_sections_even || n <= 0 || n >= columns) return a;
   const int u = n % unit == 0 && columns % unit == 0 ? unit : 1;  // balance whole units
   const int all = columns / u, count = (all + n / u - 1) / (n / u);
   const int q = all / count, r = all % count;  // r sections of q + 1 units, then q

@@ -323,6 +323,7 @@ cudaError_t LaunchAttentionForward(const AttentionKernel& kernel, const Attentio
   a.out_o = p.o;
   a.out_lse = p.lse;
   a.sinks = p.sinks;
+  a.l2_sections = p.l2_sections;
   // (read by the FA3-design forward, `documents` rows: the lazy rescale unless
   // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE=0, which the launch line names)
   const bool lazy = GetSwitches().attn_fwd_lazy_rescale;

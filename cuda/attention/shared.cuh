@@ -93,6 +93,9 @@ struct Args {
   // unit narrower; section_split 0: every section section_columns wide, the last one
   // narrower where they do not divide)
   int section_split, section_narrow;
+  // sections sized to L2 where JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS is unset (the forward's
+  // AttentionForwardParams::l2_sections; false elsewhere: one section of all)
+  bool l2_sections;
 };
 
 // Whether the cap's bound can serve as every row's maximum (Args::cap_is_max) without
