@@ -261,15 +261,21 @@ def mark_case(label):
     print(CASE_MARK + label, file=sys.stderr, flush=True)
 
 
-def kernels_by_case(stderr):
-    """{case label: [(op, kernel)]} from a run with JAX_BLOCKSPARSE_DEBUG set: the launch
-    lines `[jax_blocksparse] <op> <shapes ...>  kernel=<name>[  <timing>]` that follow
-    each `mark_case` line."""
+def launch_lines_by_case(stderr):
+    """{case label: [line]} from a run with JAX_BLOCKSPARSE_DEBUG set: the launch lines
+    `[jax_blocksparse] <op> <shapes ...>  kernel=<name>[  <timing>]` that follow each
+    `mark_case` line."""
     cases, current = {}, None
     for line in stderr.splitlines():
         if line.startswith(CASE_MARK):
             current = cases.setdefault(line[len(CASE_MARK):], [])
         elif line.startswith("[jax_blocksparse] ") and "kernel=" in line:
             assert current is not None, f"a launch before the first case: {line}"
-            current.append((line.split()[1], line.split("kernel=", 1)[1].strip()))
+            current.append(line)
     return cases
+
+
+def kernels_by_case(stderr):
+    """{case label: [(op, kernel)]} of `launch_lines_by_case`'s lines."""
+    return {case: [(line.split()[1], line.split("kernel=", 1)[1].strip()) for line in lines]
+            for case, lines in launch_lines_by_case(stderr).items()}

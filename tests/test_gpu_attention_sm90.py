@@ -38,7 +38,8 @@ import pytest
 import jax_blocksparse as jbs
 from jax_blocksparse import _cuda
 from reference import (ATTENTION_TOLERANCE, LSE_TOLERANCE, attention64, attention_mask64, f64,
-                       kernels_by_case, lse_err, mark_case, random, rel_err, run_python)
+                       kernels_by_case, launch_lines_by_case, lse_err, mark_case, random,
+                       rel_err, run_python)
 from test_gpu_attention import random_mask
 from test_matmul import poison
 
@@ -856,4 +857,54 @@ def test_fa3_forward_persistent_bitwise(tmp_path, names):
         results[label] = dict(np.load(path))
     for label in ("persistent", "one_cta"):
         for key, value in results["plain"].items():
+            np.testing.assert_array_equal(results[label][key], value, err_msg=f"{label}: {key}")
+
+
+def sections_forward(path):
+    """`test_fa3_forward_head_sections_by_layout`'s forwards (B 1, S 8192, 8 heads, D 128,
+    bf16: 4 MB of K/V per head, more than half the L2 of an H100 / H200 holds for all 8,
+    so "l2" sections split them): a strided layout (no global query row: sections asked
+    for), a layout with global query rows (none asked for) and the strided one as a traced
+    `BlockMask` (none); o and lse of each saved to `path`, each case's launches marked."""
+    rng = np.random.default_rng(61)
+    q, k, v = (random(rng, (1, 8192, 8, 128), jnp.bfloat16) for _ in range(3))
+    strided = jbs.layouts.strided(8192, BS, 1024)
+    rows = np.eye(64, dtype=bool)
+    rows[::8] = True  # a global query row every 8 blocks: under a quarter visited
+    calls = {"strided": (strided, True), "global_rows": (jbs.Layout(rows, BS), False),
+             "block_mask": (jbs.BlockMask.from_mask(jnp.asarray(strided.mask), BS), True)}
+    out = {}
+    for name, (mask, causal) in calls.items():
+        mark_case(name)
+        o, lse = jax.jit(lambda q, k, v: jbs.attention(q, k, v, mask, causal=causal,
+                                                       return_lse=True))(q, k, v)
+        out[name + "_o"], out[name + "_lse"] = np.asarray(o.astype(jnp.float32)), np.asarray(lse)
+    np.savez(path, **out)
+
+
+def test_fa3_forward_head_sections_by_layout(tmp_path):
+    """With JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS unset, the forward of a static layout without
+    global query rows asks for L2-sized sections of heads (`_cuda.forward_head_sections`;
+    its launch line names `head-sections`), one with global query rows and a traced
+    `BlockMask` do not; the outputs are bitwise those of one section
+    (JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=0, which decides for every call) and of "l2"
+    sections for every call, and finite."""
+    if not sm90():
+        pytest.skip("the FA3-design forward needs an sm_90 GPU (H100 / H200)")
+    results = {}
+    for label, setting in (("unset", None), ("one", "0"), ("l2", "l2")):
+        path = str(tmp_path / f"{label}.npz")
+        stderr = run_python(f"import test_gpu_attention_sm90 as t; t.sections_forward({path!r})",
+                            JAX_BLOCKSPARSE_DEBUG="1",
+                            JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=setting).stderr
+        for name, lines in launch_lines_by_case(stderr).items():
+            forward = [line for line in lines if " attention_fwd " in line]
+            assert forward and all("kernel=fa3_forward" in line for line in forward), lines
+            asked = all(" head-sections" in line for line in forward)
+            assert asked == (name == "strided") and (asked or not any(
+                " head-sections" in line for line in forward)), (label, name, forward)
+        results[label] = dict(np.load(path))
+    for key, value in results["unset"].items():
+        assert np.isfinite(value).all(), key
+        for label in ("one", "l2"):
             np.testing.assert_array_equal(results[label][key], value, err_msg=f"{label}: {key}")
