@@ -255,12 +255,13 @@ def onepass_dq_slots(stats) -> int:
 # The FA3-design forward takes its grid's (batch x head, query block) cells in sections of
 # heads whose K and V fit half the L2 (cuda/attention/common.cuh, InSections "l2"), each
 # section's cells longest first, for static layouts without global query rows: the
-# strided forward 1.13x one section of every head (its K/V re-read from DRAM otherwise:
-# benchmarks/head_sections_model.py), fixed 1.02x, local 1.00x; bigbird (global rows, the
-# long lines of every head best started together) 0.90x, so it keeps one section, as do
-# traced masks (unknown lines); H100, bf16, S 8192, D 128, bs 128, the harness, one call
-# (RESULTS 2026-12-07 sixth session). JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS, where set,
-# decides for every call instead.
+# strided forward 1.155x one section of every head (its K/V re-read from DRAM otherwise:
+# benchmarks/head_sections_model.py), fixed 1.04x, causal 1.01x, local 0.99x; bigbird
+# (global rows, the long lines of every head best started together) 0.88x, so it keeps
+# one section, as do traced masks (unknown lines); H100, bf16, S 8192, D 128, bs 128, the
+# harness, one call (RESULTS 2026-12-07 seventh session; the patterns table: strided
+# 1.46x FlexAttention, 1.26x in one section). JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS, where
+# set, decides for every call instead.
 def forward_head_sections(stats) -> bool:
     """Whether a forward call asks for sections of heads sized to L2 (the custom call's
     attribute `head_sections`): a static layout's `stats` (`attention_metadata.LineStats`)
