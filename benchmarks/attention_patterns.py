@@ -44,6 +44,10 @@ mask as a traced `BlockMask` (an argument of the jitted call, its lists built on
 those lists (with the packed row's document refinement) alone (both directions; device
 time: ten constructions chained in one program, `bench.timing.chained_ms`), and the
 forward with the default `max_blocks` (`Rk`: no row can overflow, so no NaN pass over the output).
+Where `nvidia-smi` runs, each timed pass of ours and of cuDNN also records the card's SM
+clock (mean and least, MHz) and power draw (mean, W), sampled every 50 ms while it runs
+(`card_samples`; printed in the `ours ...` and `cuDNN ...` lines): the same kernels ran
+8-10% slower inside this table's run than alone (RESULTS 2026-12-07 seventh session).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ import argparse
 import json
 import os
 import re
+import contextlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,13 +127,47 @@ def key(name, s, d):
     return f"{name}_S{s}_D{d}"
 
 
-def time_pass(f, q, k, v, backward):
-    """Median ms of the forward, or of forward + backward (a vjp with a fixed cotangent)."""
+@contextlib.contextmanager
+def card_samples(into, label):
+    """While the block runs, `nvidia-smi` samples the SM clock and power draw every 50 ms;
+    after it, `into[label + " MHz"]` holds (mean, least) SM clock and `into[label + " W"]`
+    the mean power. Nothing where `nvidia-smi` is missing or gives no sample."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        yield
+        return
+    proc = subprocess.Popen([smi, "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,"
+                             "nounits", "-i", "0", "-lms", "50"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        samples = []
+        for line in proc.communicate()[0].splitlines():
+            try:
+                samples.append([float(x) for x in line.split(",")])
+            except ValueError:  # "[N/A]", a cut line
+                continue
+        if samples:
+            clocks, watts = np.array(samples).T
+            into[label + " MHz"] = (round(float(clocks.mean())), int(clocks.min()))
+            into[label + " W"] = round(float(watts.mean()))
+
+
+def time_pass(f, q, k, v, backward, samples=None):
+    """Median ms of the forward, or of forward + backward (a vjp with a fixed cotangent);
+    `samples`: a dict that gets the card's clock and power while the timed calls run
+    (`card_samples`, after the compilation)."""
+    label = "fwd+bwd" if backward else "fwd"
     if not backward:
-        return median_ms(jax.jit(f), q, k, v)
-    cot = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), q.dtype)
-    step = jax.jit(lambda q, k, v: jax.vjp(f, q, k, v)[1](cot))
-    return median_ms(step, q, k, v)
+        step = jax.jit(f)
+    else:
+        cot = jnp.asarray(np.random.default_rng(1).standard_normal(q.shape), q.dtype)
+        step = jax.jit(lambda q, k, v: jax.vjp(f, q, k, v)[1](cot))
+    jax.block_until_ready(step(q, k, v))  # compiled outside the samples
+    with card_samples({} if samples is None else samples, label):
+        return median_ms(step, q, k, v)
 
 
 def qkv(batch, s, heads, d):
@@ -162,7 +202,7 @@ def measure_ours(rows, batch, heads, backward, max_pure_seq):
                 entry["fwd+bwd"] = None
                 continue
             try:
-                entry["fwd+bwd" if passes else "fwd"] = time_pass(f, q, k, v, passes)
+                entry["fwd+bwd" if passes else "fwd"] = time_pass(f, q, k, v, passes, entry)
             except Exception as e:  # out of memory on the pure-JAX path
                 entry["fwd+bwd" if passes else "fwd"] = None
                 entry["error"] = f"{type(e).__name__}: {str(e)[:60]}"
@@ -231,10 +271,11 @@ def measure_cudnn(rows, batch, heads, backward):
         entry = {}
         for passes in ((False, True) if backward else (False,)):
             try:
-                entry["fwd+bwd" if passes else "fwd"] = time_pass(f, q, k, v, passes)
+                entry["fwd+bwd" if passes else "fwd"] = time_pass(f, q, k, v, passes, entry)
             except Exception as e:  # no cuDNN here (a CPU)
                 entry["error"] = f"{type(e).__name__}"
         out[(s, d)] = entry
+        print(f"  cuDNN S{s}_D{d}: {entry}", file=sys.stderr, flush=True)
     return out
 
 
