@@ -32,8 +32,9 @@ dQ's conversion after the kernel, not the default's early launch on the tiles' s
 item, not the default's persistent grid; `o` with it, `4po`,
 JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0: dK, dV stored from the registers, not
 through TMA stores; `w`, `4w`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4: 4 dQ slots, a
-long query line's adds in 3 chains; `y`, `4y`, ..._DQ_SLOTS=2: 2 dQ slots, the default's
-choice for every mask but sparse ones with global query rows).
+long query line's adds in 3 chains; `x`, `4x`, ..._DQ_SLOTS=8: 8 slots, 7 chains; `y`,
+`4y`, ..._DQ_SLOTS=2: 2 dQ slots, the default's choice for every mask but sparse ones
+with global query rows).
 `--block-size 64` runs the patterns at block 64 (without FlexAttention: `peers.py masks`
 reads masks of 128-blocks only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
@@ -340,7 +341,8 @@ def ours_per_variant(args, rows):
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT": "0" if "p" in letters else "",
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA": "0" if "o" in letters else "",
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS": ("4" if "w" in letters else
-                                                             "2" if "y" in letters else ""),
+                                                             "2" if "y" in letters else
+                                                             "8" if "x" in letters else ""),
                 "JAX_BLOCKSPARSE_ATTN_BWD_D256": "0" if "n" in letters else ""}
     runs += [(backward_switches(v), f"b{v} ")
              for v in (args.bwd_variants or "").split(",") if v]
@@ -409,8 +411,9 @@ def main():
                         "after one: t / r JAX_BLOCKSPARSE_ATTN_BWD_TILED64=1 / 0, k "
                         "..._ONEPASS_DQ_FIRST=0, n ..._D256=0, gN ..._ONEPASS_GROUP=N, c "
                         "..._ONEPASS_EARLY_CONVERT=0, p ..._ONEPASS_PERSISTENT=0, o (with p) "
-                        "..._ONEPASS_STORE_TMA=0, w / y ..._ONEPASS_DQ_SLOTS=4 / 2, h / s / a "
-                        "JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2 / 0 (the forward too)")
+                        "..._ONEPASS_STORE_TMA=0, w / x / y ..._ONEPASS_DQ_SLOTS=4 / 8 / 2, "
+                        "h / s / a JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS=1 / l2 / 0 (the forward "
+                        "too)")
     parser.add_argument("--extended", action="store_true",
                         help="also S 16384 and 32768 (local, packed), D 64, 96, 256 (causal)")
     parser.add_argument("--quick", action="store_true", help="S 1024 only (a CPU check)")

@@ -131,8 +131,8 @@ struct AttentionBackwardParams {
   // the launcher zeroes them)
   float* dq_accum;
   int32_t* dq_semaphores;
-  // dQ slots of those workspaces (attention/bwd_sm90_onepass.h, OnePassDqSlots: 2, or 4 as
-  // jax_blocksparse/_cuda.py onepass_dq_slots chooses); the FFI handler reads it from
+  // dQ slots of those workspaces (attention/bwd_sm90_onepass.h, OnePassDqSlotsValid: 2, or
+  // 4 as jax_blocksparse/_cuda.py onepass_dq_slots chooses, or 8); the FFI handler reads it from
   // dq_accum's size
   int32_t dq_slots = 2;
   // a mask of block size mask_block (16, 32 or 64: TiledMaskBlock) on 128 x 128 tiles (as

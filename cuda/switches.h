@@ -92,7 +92,8 @@
 //     key blocks: bigbird's global rows, causal's lower half) from the short key lists run
 //     as 3 ordered chains, not one (the long lists keep their slot; attention/
 //     bwd_sm90_onepass.cu, dQ slots); deterministic, but the sums' order
-//     differs from 2 slots' (results not bit for bit those of the default)
+//     differs from 2 slots' (results not bit for bit those of the default). "8" (opt-in,
+//     not yet timed): 8 slots, 7 chains (the workspace 4x 2 slots')
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward
 //     (variants 2 and 3: attention/bwd_sm90_d256.cu; on the H200, RESULTS 2026-12-05, 14x
 //     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
@@ -207,7 +208,7 @@ struct Switches {
                                      // but "0" (unset: on); or the next one set
   int attn_bwd_onepass_persistent_ctas;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT_CTAS:
                                          // N > 0 its value, else 0
-  int attn_bwd_onepass_dq_slots;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS: 4 for "4",
+  int attn_bwd_onepass_dq_slots;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS: 4 / 8 for "4" / "8",
                                   // else 2 (the harness's workspaces)
   bool attn_bwd_onepass_store_tma;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA: anything but
                                     // "0" (unset: on)

@@ -69,8 +69,8 @@ class Switches(NamedTuple):
     matmul_group_wgmma: int  # JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA: 0 off, else the group
     # kernel's columns: 128 for "128", 256 for any other value (opt-in: `_group_columns`)
     matmul_small_records: bool  # JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS: on unless "0"
-    attn_bwd_onepass_dq_slots: int  # JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS: 2 for "2",
-    # 4 for "4", else 0 (the layout's choice: `onepass_dq_slots`)
+    attn_bwd_onepass_dq_slots: int  # JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS: 2, 4, 8 for
+    # "2", "4", "8", else 0 (the layout's choice: `onepass_dq_slots`)
 
 
 # The variants on an sm_90 device when JAX_BLOCKSPARSE_ATTN_FWD_VARIANT / ..._BWD_VARIANT
@@ -108,7 +108,7 @@ def _read_switches() -> Switches:
                     matmul_group_wgmma=group_width("JAX_BLOCKSPARSE_MATMUL_GROUP_WGMMA"),
                     matmul_small_records=os.environ.get(
                         "JAX_BLOCKSPARSE_MATMUL_SMALL_RECORDS", "").strip() != "0",
-                    attn_bwd_onepass_dq_slots={"2": 2, "4": 4}.get(os.environ.get(
+                    attn_bwd_onepass_dq_slots={"2": 2, "4": 4, "8": 8}.get(os.environ.get(
                         "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS", "").strip(), 0))
 
 
@@ -246,7 +246,7 @@ def _global_query_rows(stats) -> bool:
 
 def onepass_dq_slots(stats) -> int:
     """The one-pass backward's dQ slots for a call: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS
-    where set (2 or 4), else 4 for a static layout with global query rows
+    where set (2, 4 or 8), else 4 for a static layout with global query rows
     (`_global_query_rows` of its `stats`), 2 otherwise and for a mask known only when the
     call runs (`stats` None)."""
     return SWITCHES.attn_bwd_onepass_dq_slots or (4 if _global_query_rows(stats) else 2)
@@ -289,8 +289,9 @@ def onepass_workspace_shapes(b: int, hq: int, tq: int, d: int, s: int):
     """The one-pass backward's workspaces (cuda/attention/bwd_sm90_onepass.h,
     OnePassDqAccumElements and OnePassSemaphoreElements): dq_accum float32 [S, B, Hq, Tq, D]
     and dq_semaphores int32 [S B Hq Tq / 64 + 1], `s` = S dQ slots (`onepass_dq_slots`): 2
-    (kOnePassDqSlots), or 4 (a long query line's adds in 3 ordered chains, not one; the
-    kernel reads S from the size); the last int: the persistent grid's item counter."""
+    (kOnePassDqSlots), or 4 or 8 (a long query line's adds in 3 or 7 ordered chains, not
+    one; the kernel reads S from the size); the last int: the persistent grid's item
+    counter."""
     return (s, b, hq, tq, d), (s * b * hq * (tq // 64) + 1,)
 
 

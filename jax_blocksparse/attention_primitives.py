@@ -31,7 +31,7 @@ apply `with_sinks` to the keys' result. `lse` then includes the sink, so `P = ex
 above is the sink-normalised one and the tangent and backward need no more (their
 references recompute the same P from `sinks`); the sinks' own tangent and gradient are
 computed in JAX beside them (`_sink_tangent`). The decode primitive keeps `with_sinks` as
-a pass after it. The static `onepass_dq_slots` (2 or 4) is the one-pass Hopper backward's
+a pass after it. The static `onepass_dq_slots` (2, 4 or 8) is the one-pass Hopper backward's
 dQ slot count (`_cuda.onepass_dq_slots`: a static layout's lines; 2 for a traced mask);
 only the CUDA backward's lowering reads it. The static `head_sections` (bool) asks the
 Hopper forward for its grid in L2-sized sections of heads (`_cuda.forward_head_sections`:

@@ -288,21 +288,21 @@ ffi::Error BwdImpl(cudaStream_t stream, AnyBuffer q, AnyBuffer k, AnyBuffer v, A
   p.dv = dv->untyped_data();
   p.delta = delta->typed_data();
   // the one-pass backward's workspaces (jax_blocksparse/_cuda.py declares them [0] for the
-  // other kernels): float32 [S, B, Hq, Tq, D], int32 [S B Hq Tq / 64 + 1], S dQ slots (2
-  // or 4: _cuda.py onepass_dq_slots)
+  // other kernels): float32 [S, B, Hq, Tq, D], int32 [S B Hq Tq / 64 + 1], S dQ slots (2,
+  // 4 or 8: _cuda.py onepass_dq_slots)
   if (kernel->dq_workspace) {
     const AttentionShape& s = p.shape;
     const int64_t slot = attn::OnePassDqAccumElements(s.batch, s.hq, s.tq, s.head_dim, 1);
     const int64_t slots =  // (no element: Tq = 0, the FA2 backward runs)
         slot > 0 ? int64_t(dq_accum->element_count()) / slot : attn::kOnePassDqSlots;
-    if ((slots != attn::kOnePassDqSlots && slots != attn::kOnePassDqSlotsMax) ||
+    if (!attn::OnePassDqSlotsValid(slots) ||
         int64_t(dq_accum->element_count()) !=
             attn::OnePassDqAccumElements(s.batch, s.hq, s.tq, s.head_dim, slots) ||
         int64_t(dq_semaphores->element_count()) !=
             attn::OnePassSemaphoreElements(s.batch, s.hq, s.tq, slots))
       return Invalid(std::string("the backward here (") + kernel->name +
                      ") needs the dq_accum [S, B, Hq, Tq, D] and dq_semaphores "
-                     "[S B Hq Tq / 64 + 1] workspaces, S = 2 or 4 "
+                     "[S B Hq Tq / 64 + 1] workspaces, S = 2, 4 or 8 "
                      "(JAX_BLOCKSPARSE_ATTN_BWD_VARIANT read differently by the Python "
                      "side?)");
     p.dq_accum = dq_accum->typed_data();

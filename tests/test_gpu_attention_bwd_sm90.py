@@ -523,7 +523,10 @@ ONEPASS_SWITCHES = {"DQ_FIRST=0": {ONEPASS + "DQ_FIRST": "0"},
 # ... and those that change the sums' order (deterministic, not the defaults' bits)
 ONEPASS_ORDER_SWITCHES = {"DQ_SLOTS=4": {ONEPASS + "DQ_SLOTS": "4"},
                           "DQ_SLOTS=4,PERSISTENT=0": {ONEPASS + "DQ_SLOTS": "4",
-                                                      ONEPASS + "PERSISTENT": "0"}}
+                                                      ONEPASS + "PERSISTENT": "0"},
+                          "DQ_SLOTS=8": {ONEPASS + "DQ_SLOTS": "8"},
+                          "DQ_SLOTS=8,EARLY_CONVERT=0": {ONEPASS + "DQ_SLOTS": "8",
+                                                         ONEPASS + "EARLY_CONVERT": "0"}}
 
 
 def test_onepass_switches_same_bits(tmp_path):
@@ -576,7 +579,8 @@ def test_onepass_switches(switch):
     PERSISTENT=0 with JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 (dK, dV stored from
     the registers, not through shared memory and TMA stores), and
     JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 (4 dQ slots: a long query line's adds,
-    the causal cases' lower rows, in 3 ordered chains; persistent or not): dq, dk, dv
+    the causal cases' lower rows, in 3 ordered chains; persistent or not) and =8 (7
+    chains; the convert early or after the kernel): dq, dk, dv
     against float64 (the VARIANT3_CASES: causal, empty rows, GQA, per head, Tq != Tk,
     kv_lengths, traced, head dim 64), bitwise deterministic over runs."""
     if not sm90():

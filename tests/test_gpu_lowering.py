@@ -487,13 +487,13 @@ def test_hopper_routing_and_operands(monkeypatch, attention_kernels):
             assert len(bwd) == (d == 96) and all("tensor<1x256x2x128xf16>" in ln for ln in bwd)
 
 
-@pytest.mark.parametrize("variant,switch", [(0, 0), (4, 0), (-1, 0), (4, 4), (-1, 2)])
+@pytest.mark.parametrize("variant,switch", [(0, 0), (4, 0), (-1, 0), (4, 4), (-1, 2), (4, 8)])
 def test_backward_workspaces_of_the_onepass_kernel(monkeypatch, attention_kernels, variant,
                                                    switch):
     """Under JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=4 and unset (the default; faked here, on a
     faked sm_90a device) the backward's custom call gets the one-pass kernel's workspaces,
     dq_accum float32 [S, B, Hq, Tq, D] and dq_semaphores int32 [S B Hq Tq / 64 + 1] (S dQ
-    slots, `_cuda.onepass_dq_slots`: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=2 / 4 where
+    slots, `_cuda.onepass_dq_slots`: JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=2 / 4 / 8 where
     set, else 4 for a sparse layout with a global query row and 2 for the others; then
     the persistent grid's item counter), after delta; otherwise (and at block size 64, and
     for partial tiles: calls variant 4 leaves to variant 2, which takes them fused) both

@@ -371,7 +371,7 @@ def test_line_stats(monkeypatch):
     assert _cuda.onepass_dq_slots(causal) == 2 and _cuda.forward_head_sections(causal)  # dense
     assert _cuda.onepass_dq_slots(None) == 2  # a traced mask's lines are not known
     assert not _cuda.forward_head_sections(None)
-    for switch in (2, 4):  # JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS set: its value
+    for switch in (2, 4, 8):  # JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS set: its value
         monkeypatch.setattr(_cuda, "SWITCHES", _cuda.SWITCHES._replace(
             attn_bwd_onepass_dq_slots=switch))
         assert _cuda.onepass_dq_slots(stats) == _cuda.onepass_dq_slots(None) == switch

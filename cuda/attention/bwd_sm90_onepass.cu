@@ -78,7 +78,8 @@
 // with dP^T (the tanh still overlaps it).
 //
 // dQ slots (a.dq_slots: kOnePassDqSlots = 2, or 4 as jax_blocksparse/_cuda.py
-// onepass_dq_slots chooses, read from the workspace's size): a key block
+// onepass_dq_slots chooses, or 8 under JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=8, read
+// from the workspace's size): a key block
 // whose list holds at least half the query tiles (by its count in the launch order's mask
 // head: bigbird's global key blocks, which every other adder of a tile would wait for) adds
 // into slot 1 of dq_accum and the semaphores, the others into slot 0. With 4 slots, a tile
@@ -90,8 +91,9 @@
 // for i mod 3 = 0, 1, 2, with rank i / 3, so three chains of a third the length run side
 // by side. The long lists keep slot 1: in one chain with the others they would make every
 // other adder wait for their CTAs' last steps (the schedule model, --spread: bigbird 1.65
-// -> 4.08 over the ideal; spread over slots 0, 2, 3: 1.55). DqConvertKernel sums the
-// slots in slot order.
+// -> 4.08 over the ideal; spread over slots 0, 2, 3: 1.55). With 8 slots the same over
+// slots 0, 2, ..., 7: 7 chains, adder i in chain i mod 7 (the model: 1.51). DqConvertKernel
+// sums the slots in slot order.
 // Determinism (bitwise identical results run to run): every dq_accum element receives, in
 // each step touching it, exactly one float add, and the adds into one 64-query tile
 // (b, h, qt) of one slot happen in a fixed order (on a long query line, slots 0, 2, 3: every
@@ -1018,9 +1020,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 // semaphore holds its count (an acquire, pairing with the writers' release after their
 // reduction completed), and the tile's float32 sums are read through L2 (ld.cg: no stale
 // L1 line). Without the early launch the counts are already there: the same sums, the same
-// adds, bit for bit.
+// adds, bit for bit. SLOTS: the most dQ slots the instance sums (4 for calls of 2 or 4, 8
+// for 8: the instances of 2 and 4 slots keep their code).
 constexpr int kConvertThreads = 256;
-template <typename T, int D, bool EARLY>
+template <typename T, int D, bool EARLY, int SLOTS>
 __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a) {
   constexpr int kNW = D / 64;
   constexpr int kTileF4 = 16 * D;        // float4s of a tile's slot
@@ -1032,10 +1035,10 @@ __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a)
   const int qt = int(tile % qtiles);
   const int bh = int(tile / qtiles), h = bh % a.hq, b = bh / a.hq;
   const float4* src = reinterpret_cast<const float4*>(a.dq_accum) + tile * kTileF4;
-  bool written[kOnePassDqSlotsMax];
+  bool written[SLOTS];
   const int slots = a.dq_slots;
   if constexpr (EARLY) {
-    __shared__ int adders[kOnePassDqSlotsMax];
+    __shared__ int adders[SLOTS];
     if (threadIdx.x < 32) {
       const int lane = int(threadIdx.x);
       const int kvlen = KvLength(a, b);
@@ -1075,11 +1078,11 @@ __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a)
     }
     __syncthreads();
 #pragma unroll
-    for (int slot = 0; slot < kOnePassDqSlotsMax; ++slot)
+    for (int slot = 0; slot < SLOTS; ++slot)
       written[slot] = slot < slots && adders[slot] != 0;
   } else {
 #pragma unroll
-    for (int slot = 0; slot < kOnePassDqSlotsMax; ++slot)
+    for (int slot = 0; slot < SLOTS; ++slot)
       written[slot] = slot < slots && __ldg(a.dq_sem + slot * tiles + tile) != 0;
   }
   static_assert(kTileF4 % kConvertThreads == 0 && kBQ * (D / 8) % kConvertThreads == 0);
@@ -1090,7 +1093,7 @@ __global__ void __launch_bounds__(kConvertThreads) DqConvertKernel(const Args a)
     const int lane = ct & 31, w4 = ct >> 5, g = lane >> 2, t = lane & 3;
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-    for (int slot = 0; slot < kOnePassDqSlotsMax; ++slot) {  // in slot order
+    for (int slot = 0; slot < SLOTS; ++slot) {  // in slot order
       if (written[slot]) {
         const float4 y = __ldcg(src + slot * tiles * kTileF4 + f);
         x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
@@ -1147,7 +1150,7 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   if (a.tq == 0 || a.tk == 0) return RunBackward<T, D>(a, stream);  // no tensor map
   auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   if (a.dq_accum == nullptr || a.dq_sem == nullptr ||
-      (a.dq_slots != kOnePassDqSlots && a.dq_slots != kOnePassDqSlotsMax))
+      !OnePassDqSlotsValid(a.dq_slots))
     return cudaErrorInvalidValue;
   if (!aligned(a.q) || !aligned(a.k) || !aligned(a.v) || !aligned(a.d_o) || !aligned(a.lse) ||
       !aligned(a.delta) || !aligned(a.dq_accum))
@@ -1233,11 +1236,14 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
     if (err != cudaSuccess) return err;
   }
   if (tiles > 0) {  // one CTA per 64-row tile
+    const bool eight = a.dq_slots > 4;
     if (GetSwitches().attn_bwd_onepass_early_convert) {
       DependentLaunch launch(dim3(unsigned(tiles)), kConvertThreads, true, stream);
-      err = cudaLaunchKernelEx(&launch.cfg, DqConvertKernel<T, D, true>, a);
+      err = cudaLaunchKernelEx(&launch.cfg, eight ? DqConvertKernel<T, D, true, 8>
+                                                  : DqConvertKernel<T, D, true, 4>, a);
     } else {
-      DqConvertKernel<T, D, false><<<unsigned(tiles), kConvertThreads, 0, stream>>>(a);
+      (eight ? DqConvertKernel<T, D, false, 8> : DqConvertKernel<T, D, false, 4>)
+          <<<unsigned(tiles), kConvertThreads, 0, stream>>>(a);
       err = cudaGetLastError();
     }
   }

@@ -33,12 +33,16 @@ cudaError_t SetOnePassTimeline(long long* buffer);
 
 // dQ sums of a query tile in dQ slots (bwd_sm90_onepass.cu, header comment): the key
 // blocks of long lists (at least half the query tiles) add into slot 1, the others into
-// slot 0; with 4 slots a tile of a long query line (listing at least half the key blocks)
-// spreads slot 0's adders over slots 0, 2 and 3 in turn, one ordered chain a slot. dQ is
-// the slots' sum in slot order. kOnePassDqSlots or kOnePassDqSlotsMax (Args::dq_slots,
-// from the workspace's size: jax_blocksparse/_cuda.py onepass_dq_slots chooses it).
+// slot 0; with S = 4 or 8 slots a tile of a long query line (listing at least half the key
+// blocks) spreads slot 0's adders over slots 0, 2, ..., S - 1 in turn, one ordered chain a
+// slot. dQ is the slots' sum in slot order. 2, 4 or 8 (OnePassDqSlotsValid; Args::dq_slots,
+// from the workspace's size: jax_blocksparse/_cuda.py onepass_dq_slots chooses 2 or 4,
+// JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=8 asks for 8).
 constexpr int kOnePassDqSlots = 2;
-constexpr int kOnePassDqSlotsMax = 4;
+constexpr int kOnePassDqSlotsMax = 8;
+inline bool OnePassDqSlotsValid(int64_t slots) {
+  return slots == kOnePassDqSlots || slots == 4 || slots == kOnePassDqSlotsMax;
+}
 
 // Elements of the two workspaces for (B, Hq, Tq, D) and `slots` dQ slots: dq_accum
 // (float32) and the semaphores (int32: one per slot and 64-row tile, and the item counter

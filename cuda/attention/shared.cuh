@@ -73,7 +73,7 @@ struct Args {
   // semaphores (attention/bwd_sm90_onepass.h), else null
   float* dq_accum;
   int32_t* dq_sem;
-  int dq_slots;  // 2 or 4 (attention/bwd_sm90_onepass.h)
+  int dq_slots;  // 2, 4 or 8 (attention/bwd_sm90_onepass.h)
   // GQA-packed decode (fwd_sm90.cu, PACKED): mask row base per batch entry ([B]), the
   // splits' workspaces [B, Hq, Tq, splits, D] / [B, Hq, Tq, splits] (log2 lse), log2 of
   // the group (rows (t, j): query t, head g * group + j), mask rows R
