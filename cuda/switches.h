@@ -115,6 +115,10 @@
 //     full ones and a narrower last one, whose long lines start late (a tail: at S 8192,
 //     32 columns, "l2" gives 6 x 5 + 2; even: 6, 6, 5, 5, 5, 5). Issue 18's strided
 //     forward: its K/V re-read from DRAM without sections (benchmarks/head_sections_model.py)
+//   JAX_BLOCKSPARSE_ATTN_DELTA_TILES=1 opt-in until timed: the backwards' delta (rowsum(dO
+//     * O) - d_lse) by attention/fa2.cuh's DeltaTileKernel (32 rows of one head a CTA,
+//     16-byte loads, coalesced stores) instead of DeltaKernel (a warp a row); the sums in
+//     another order (deterministic, not the default's bits)
 //   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in (measured: faster than the default only
 //     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode
 //     calls with more than 16 (query, head) rows per kv head run the decode kernel with
@@ -212,6 +216,7 @@ struct Switches {
                                   // else 2 (the harness's workspaces)
   bool attn_bwd_onepass_store_tma;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA: anything but
                                     // "0" (unset: on)
+  bool attn_delta_tiles;  // JAX_BLOCKSPARSE_ATTN_DELTA_TILES: anything but "" or "0"
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
   bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "0"

@@ -13,7 +13,7 @@
 // never sends them.
 //
 // Four launches, in stream order:
-//  1. DeltaKernel (the FA2 one): delta = rowsum(dO * O) - d_lse, float32 [B, Hq, Tq]; and
+//  1. LaunchDelta (the FA2 one's): delta = rowsum(dO * O) - d_lse, float32 [B, Hq, Tq]; and
 //     cudaMemsetAsync of the semaphores (dq_accum is not zeroed: below).
 //  2. OnePassKernel: one CTA per (batch, kv head, 128-key block n). 384 threads: warpgroup
 //     0 the producer (setmaxnreg 40): its thread 0 issues the TMA loads (K_n, V_n once;
@@ -1161,7 +1161,6 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
   const int64_t tiles = int64_t(a.batch) * a.hq * (a.tq / kBQ);  // 64-row tiles of dQ
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;  // DqConvertKernel's grid
 
-  const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
   // dq_accum needs no zeroing: each tile's first adder stores (DqConvertKernel reads only
   // the tiles whose semaphore moved)
   cudaError_t err = cudaMemsetAsync(
@@ -1169,8 +1168,7 @@ cudaError_t RunBackwardSm90OnePass(const Args& a, cudaStream_t stream) {
       size_t(OnePassSemaphoreElements(a.batch, a.hq, a.tq, a.dq_slots)) * sizeof(int32_t),
       stream);
   if (err != cudaSuccess) return err;
-  DeltaKernel<T, D><<<unsigned((rows + 7) / 8), 256, 0, stream>>>(a);
-  err = cudaGetLastError();
+  err = LaunchDelta<T, D>(a, stream);
   if (err != cudaSuccess) return err;
 
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
