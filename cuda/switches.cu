@@ -53,8 +53,9 @@ Switches Read() {
                                   s.attn_bwd_onepass_persistent_ctas > 0;
   s.attn_bwd_onepass_store_tma = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA");
   const char* dq_slots = std::getenv("JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS");
-  const int slots_asked = dq_slots != nullptr ? std::atoi(dq_slots) : 0;
-  s.attn_bwd_onepass_dq_slots = slots_asked == 4 || slots_asked == 8 ? slots_asked : 2;
+  const bool four = dq_slots != nullptr && std::strcmp(dq_slots, "4") == 0;
+  const bool eight = dq_slots != nullptr && std::strcmp(dq_slots, "8") == 0;
+  s.attn_bwd_onepass_dq_slots = four ? 4 : eight ? 8 : 2;  // exactly as _cuda.py reads it
   s.attn_bwd_d256 = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_BWD_D256");
   const char* sections = std::getenv("JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS");
   s.attn_head_sections = sections == nullptr             ? 0

@@ -96,8 +96,9 @@
 // sums the slots in slot order.
 // Determinism (bitwise identical results run to run): every dq_accum element receives, in
 // each step touching it, exactly one float add, and the adds into one 64-query tile
-// (b, h, qt) of one slot happen in a fixed order (on a long query line, slots 0, 2, 3: every
-// third adder of slot 0's order, as above): the launch order of their CTAs, the by-key `order`
+// (b, h, qt) of one slot happen in a fixed order (on a long query line with S slots, slots
+// 0, 2, ..., S - 1: every (S - 1)-th adder of slot 0's order, as above): the launch order
+// of their CTAs, the by-key `order`
 // of the group's first mask head (longest list first, equal lengths by ascending key
 // block: n' before n iff count(n') > count(n), or equal and n' < n). The semaphore
 // sem[b, h, qt] (zeroed each call) counts the adds done; the CTA of key block n adds when
@@ -648,9 +649,9 @@ __global__ void __launch_bounds__(kThreads, 1)
             break;
           }
           // the key blocks of rk's slot (1 for a long list, else 0) before rk in the launch
-          // order that add into this 64-query tile (header comment): the rank; with 4 slots,
-          // slot 0's adders on a long query line spread over slots 0, 2, 3 (the number
-          // modulo 3 picks the slot, the quotient is the rank)
+          // order that add into this 64-query tile (header comment): the rank; with S = 4 or
+          // 8 slots, slot 0's adders on a long query line spread over slots 0, 2, ..., S - 1
+          // (the number modulo S - 1 picks the slot, the quotient is the rank)
           const bool spread =
               a.dq_slots > kOnePassDqSlots && !my_long && LongQueryLine(a, b, h, s0);
           const int mine = LaneAdders(a, b, h, s0, kv_blocks, off, order_line0, lane,
