@@ -25,7 +25,8 @@
 #    matmul_dw: dW on the harness, the SDD TMA kernel and the default choice;
 #    attention_cap_max: the soft cap's cost with and without the cap's bound as the maximum;
 #    decode_harness: the decode kernel outside JAX, dense and a local window (ncu: PROFILE_KERNEL);
-#    harness_sanitize: compute-sanitizer on the attention harness (small shapes; the backward))
+#    harness_sanitize: compute-sanitizer on the attention harness (small shapes; the backward);
+#    harness_switches: the attention harness on the patterns' masks under kernel switches)
 # On 2 GPUs: TEST_FILES=test_gpu_multi.py bash benchmarks/device.sh test multi_gpu
 # The sanitizer tools can run side by side after one build (but then nearly every process
 # ended in the host segfault under the sanitizer, RESULTS 2026-12-03 fourth session; one
@@ -430,6 +431,43 @@ for mask in ('causal', 'dense'):
     # diagonal, a global key column and a global query row (the one-pass kernel's second
     # dQ slot), at head dims 128 and 64; HARNESS_PHASE=fwd / both for the others;
     # SANITIZE_HARNESS_ARGS more harness arguments (e.g. "--softcap 5")
+    # the attention harness (S 8192, B 2, H 16, D 128, bf16, block 128) on the patterns'
+    # masks, written here from the layout generators (local 1024 and 4096, strided, fixed
+    # causal; bigbird; HARNESS_PATTERNS to pick), and causal, once per setting of
+    # HARNESS_SWITCHES (';' between settings, ',' between one setting's variables, "-" for
+    # none), HARNESS_ARGS after (default "--phase bwd --reps 20"): e.g.
+    #   HARNESS_SWITCHES="-;JAX_BLOCKSPARSE_ATTN_DELTA_TILES=1" bash benchmarks/device.sh \
+    #     harness_switches
+    harness_switches)
+      harness_build attention_harness || exit 1
+      rm -f /tmp/harness_pattern_*.txt
+      python3 - ${HARNESS_PATTERNS:-local local4096 strided fixed bigbird} <<'PY'
+import sys
+import numpy as np
+import jax_blocksparse as jbs
+L = jbs.layouts
+make = {"local": lambda: (L.local(8192, 128, 1024), True),
+        "local4096": lambda: (L.local(8192, 128, 4096), True),
+        "strided": lambda: (L.strided(8192, 128, 1024), True),
+        "fixed": lambda: (L.fixed(8192, 128, 512), True),
+        "bigbird": lambda: (L.bigbird(8192, 128, seed=1), False)}
+for name in sys.argv[1:]:
+    layout, causal = make[name]()
+    mask = np.asarray(layout.mask).reshape(-1, *layout.mask.shape[-2:])[0]
+    with open(f"/tmp/harness_pattern_{name}.txt", "w") as f:
+        f.write(f"{mask.shape[0]} {mask.shape[1]}" + (" causal" if causal else "") + "\n")
+        f.writelines("".join("1" if x else "0" for x in row) + "\n" for row in mask)
+PY
+      IFS=';' read -ra settings <<< "${HARNESS_SWITCHES:--}"
+      for mask in /tmp/harness_pattern_*.txt causal; do
+        for setting in "${settings[@]}"; do
+          envset=${setting//,/ }
+          [ "$envset" = - ] && envset=
+          echo "== $(basename "$mask" .txt) ${envset:-defaults}"
+          env $envset timeout 60 /tmp/attention_harness --mask "$mask" \
+            ${HARNESS_ARGS:---phase bwd --reps 20} | tail -1
+        done
+      done 2>&1 | tee "$out/harness_switches.log" ;;
     harness_sanitize)
       harness_build attention_harness || exit 1
       cs=$(cuda_tool compute-sanitizer)
