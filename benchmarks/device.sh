@@ -361,15 +361,8 @@ for stage in "$@"; do
       harness_build attention_harness || exit 1
       /tmp/attention_harness ${HARNESS_ARGS:-} 2>&1 | tee "$out/attention_harness.log"
       if [ -n "${HARNESS_MASKS:-}" ]; then
-        python3 -c "
-import numpy as np, sys
-z = np.load(sys.argv[1])
-for name, m in z.items():
-    if m.dtype != bool or m.ndim != 2 or name + '_docs' in z.files: continue  # (no ids here)
-    with open(f'/tmp/harness_mask_{name}.txt', 'w') as f:
-        f.write(f'{m.shape[0]} {m.shape[1]}' + (' causal' if name.endswith('_causal') else '') + '\\n')
-        f.writelines(''.join('1' if x else '0' for x in row) + '\\n' for row in m)
-" "$HARNESS_MASKS"
+        rm -f /tmp/harness_mask_*.txt
+        python3 "$repo/benchmarks/harness_masks.py" --npz "$HARNESS_MASKS" || exit 1
         for mask in /tmp/harness_mask_*.txt; do
           /tmp/attention_harness --mask "$mask" ${HARNESS_ARGS:-} 2>&1 \
             | tee -a "$out/attention_harness.log"
@@ -432,34 +425,19 @@ for mask in ('causal', 'dense'):
     # dQ slot), at head dims 128 and 64; HARNESS_PHASE=fwd / both for the others;
     # SANITIZE_HARNESS_ARGS more harness arguments (e.g. "--softcap 5")
     # the attention harness (S 8192, B 2, H 16, D 128, bf16, block 128) on the patterns'
-    # masks, written here from the layout generators (local 1024 and 4096, strided, fixed
-    # causal; bigbird; HARNESS_PATTERNS to pick), and causal, once per setting of
-    # HARNESS_SWITCHES (';' between settings, ',' between one setting's variables, "-" for
-    # none), HARNESS_ARGS after (default "--phase bwd --reps 20"): e.g.
+    # masks, written here from the layout generators (benchmarks/harness_masks.py: local
+    # 1024 and 4096, strided, fixed causal; bigbird; HARNESS_PATTERNS to pick), and causal,
+    # once per setting of HARNESS_SWITCHES (';' between settings, ',' between one setting's
+    # variables, "-" for none), HARNESS_ARGS after (default "--phase bwd --reps 20"): e.g.
     #   HARNESS_SWITCHES="-;JAX_BLOCKSPARSE_ATTN_DELTA_TILES=1" bash benchmarks/device.sh \
     #     harness_switches
     harness_switches)
       harness_build attention_harness || exit 1
-      rm -f /tmp/harness_pattern_*.txt
-      python3 - ${HARNESS_PATTERNS:-local local4096 strided fixed bigbird} <<'PY'
-import sys
-import numpy as np
-import jax_blocksparse as jbs
-L = jbs.layouts
-make = {"local": lambda: (L.local(8192, 128, 1024), True),
-        "local4096": lambda: (L.local(8192, 128, 4096), True),
-        "strided": lambda: (L.strided(8192, 128, 1024), True),
-        "fixed": lambda: (L.fixed(8192, 128, 512), True),
-        "bigbird": lambda: (L.bigbird(8192, 128, seed=1), False)}
-for name in sys.argv[1:]:
-    layout, causal = make[name]()
-    mask = np.asarray(layout.mask).reshape(-1, *layout.mask.shape[-2:])[0]
-    with open(f"/tmp/harness_pattern_{name}.txt", "w") as f:
-        f.write(f"{mask.shape[0]} {mask.shape[1]}" + (" causal" if causal else "") + "\n")
-        f.writelines("".join("1" if x else "0" for x in row) + "\n" for row in mask)
-PY
+      rm -f /tmp/harness_mask_*.txt
+      python3 "$repo/benchmarks/harness_masks.py" \
+        ${HARNESS_PATTERNS:-local local4096 strided fixed bigbird} || exit 1
       IFS=';' read -ra settings <<< "${HARNESS_SWITCHES:--}"
-      for mask in /tmp/harness_pattern_*.txt causal; do
+      for mask in /tmp/harness_mask_*.txt causal; do
         for setting in "${settings[@]}"; do
           envset=${setting//,/ }
           [ "$envset" = - ] && envset=

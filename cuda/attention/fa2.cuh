@@ -300,10 +300,10 @@ __global__ void DeltaKernel(const Args a) {
 // The same delta, a CTA per kDeltaRows consecutive query rows of one (b, h) (blocks in
 // (b, h, row tile) order): 8 threads a row, each summing D / 64 16-byte pieces of O and of
 // dO (all its loads in flight at once), the 8 partial sums joined by shuffles, the CTA's 32
-// results written into one 128-byte line (4 floats a warp). DeltaKernel (a warp per row in memory order, 4-byte
-// loads, one float written per row) read its 128 MB at 2.1 TB/s, 61 us at S 8192, B 2, H 16,
-// D 128 on the H100 (RESULTS 2026-12-07 seventh session): 5-7% of the sparse layouts'
-// one-pass backward. Needs o and d_o 16-byte aligned (LaunchDelta).
+// results written into one 128-byte line (4 floats a warp). DeltaKernel (a warp per row in
+// memory order, 4-byte loads, one float written per row) read its 128 MB at 2.1 TB/s, 61 us
+// at S 8192, B 2, H 16, D 128 on the H100 (RESULTS 2026-12-07 seventh session): 5-7% of
+// the sparse layouts' one-pass backward. Needs o and d_o 16-byte aligned (LaunchDelta).
 constexpr int kDeltaRows = 32;
 template <typename T, int D>
 __global__ void __launch_bounds__(8 * kDeltaRows) DeltaTileKernel(const Args a) {
