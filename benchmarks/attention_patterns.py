@@ -34,8 +34,9 @@ JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0: dK, dV stored from the registers, 
 through TMA stores; `w`, `4w`, JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4: 4 dQ slots, a
 long query line's adds in 3 chains; `x`, `4x`, ..._DQ_SLOTS=8: 8 slots, 7 chains; `y`,
 `4y`, ..._DQ_SLOTS=2: 2 dQ slots, the default's choice for every mask but sparse ones
-with global query rows; `u`, `du`, JAX_BLOCKSPARSE_ATTN_DELTA_TILES=1: the backward's
-delta = rowsum(dO * O) over 128-row tiles; `d` alone: every switch unset, the defaults).
+with global query rows; `u`, `du`, JAX_BLOCKSPARSE_ATTN_DELTA_TILES=0: the backward's
+delta = rowsum(dO * O) a warp a row, not the default's 32-row tiles; `d` alone: every
+switch unset, the defaults).
 `--block-size 64` runs the patterns at block 64 (without FlexAttention: `peers.py masks`
 reads masks of 128-blocks only).
 Calls without a fused kernel run the pure-JAX path; those longer than `--max-pure-seq` are
@@ -344,7 +345,7 @@ def ours_per_variant(args, rows):
                 "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS": ("4" if "w" in letters else
                                                              "2" if "y" in letters else
                                                              "8" if "x" in letters else ""),
-                "JAX_BLOCKSPARSE_ATTN_DELTA_TILES": "1" if "u" in letters else "",
+                "JAX_BLOCKSPARSE_ATTN_DELTA_TILES": "0" if "u" in letters else "",
                 "JAX_BLOCKSPARSE_ATTN_BWD_D256": "0" if "n" in letters else ""}
     runs += [(backward_switches(v), f"b{v} ")
              for v in (args.bwd_variants or "").split(",") if v]

@@ -91,7 +91,7 @@ sanitize() {
               "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=4 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_DQ_SLOTS=8 attention --slice 0/3"
-              "JAX_BLOCKSPARSE_ATTN_DELTA_TILES=1 attention --slice 0/3"
+              "JAX_BLOCKSPARSE_ATTN_DELTA_TILES=0 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_PERSISTENT=0,JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA=0 attention --slice 0/3"
               "JAX_BLOCKSPARSE_ATTN_FWD_PERSISTENT_CTAS=3 attention"
               "JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1,JAX_BLOCKSPARSE_DECODE_PACKED=0 decode")
@@ -429,7 +429,7 @@ for mask in ('causal', 'dense'):
     # 1024 and 4096, strided, fixed causal; bigbird; HARNESS_PATTERNS to pick), and causal,
     # once per setting of HARNESS_SWITCHES (';' between settings, ',' between one setting's
     # variables, "-" for none), HARNESS_ARGS after (default "--phase bwd --reps 20"): e.g.
-    #   HARNESS_SWITCHES="-;JAX_BLOCKSPARSE_ATTN_DELTA_TILES=1" bash benchmarks/device.sh \
+    #   HARNESS_SWITCHES="-;JAX_BLOCKSPARSE_ATTN_DELTA_TILES=0" bash benchmarks/device.sh \
     #     harness_switches
     harness_switches)
       harness_build attention_harness || exit 1

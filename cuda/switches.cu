@@ -63,7 +63,7 @@ Switches Read() {
                          : std::atoi(sections) > 0      ? std::atoi(sections)
                                                         : 0;
   s.attn_head_sections_set = sections != nullptr;
-  s.attn_delta_tiles = Flag("JAX_BLOCKSPARSE_ATTN_DELTA_TILES");
+  s.attn_delta_tiles = OnUnlessZero("JAX_BLOCKSPARSE_ATTN_DELTA_TILES");
   s.attn_head_sections_even = Flag("JAX_BLOCKSPARSE_ATTN_HEAD_SECTIONS_EVEN");
   s.decode_shared_tiles = Flag("JAX_BLOCKSPARSE_DECODE_SHARED_TILES");
   s.decode_packed = OnUnlessZero("JAX_BLOCKSPARSE_DECODE_PACKED");

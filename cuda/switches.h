@@ -92,8 +92,9 @@
 //     key blocks: bigbird's global rows, causal's lower half) from the short key lists run
 //     as 3 ordered chains, not one (the long lists keep their slot; attention/
 //     bwd_sm90_onepass.cu, dQ slots); deterministic, but the sums' order
-//     differs from 2 slots' (results not bit for bit those of the default). "8" (opt-in,
-//     not yet timed): 8 slots, 7 chains (the workspace 4x 2 slots')
+//     differs from 2 slots' (results not bit for bit those of the default). "8" (opt-in:
+//     bigbird's backward 0.9% faster than with 4, local, strided, causal 3-8% slower than
+//     with 2, RESULTS 2026-12-07 eighth session): 8 slots, 7 chains (4x 2 slots' workspace)
 //   JAX_BLOCKSPARSE_ATTN_BWD_D256 (default on; "0" off): head dim 256 on the Hopper backward
 //     (variants 2 and 3: attention/bwd_sm90_d256.cu; on the H200, RESULTS 2026-12-05, 14x
 //     the pure-JAX backward at S 8192 causal); off, the extension reports no backward row of
@@ -115,10 +116,11 @@
 //     full ones and a narrower last one, whose long lines start late (a tail: at S 8192,
 //     32 columns, "l2" gives 6 x 5 + 2; even: 6, 6, 5, 5, 5, 5). Issue 18's strided
 //     forward: its K/V re-read from DRAM without sections (benchmarks/head_sections_model.py)
-//   JAX_BLOCKSPARSE_ATTN_DELTA_TILES=1 opt-in until timed: the backwards' delta (rowsum(dO
-//     * O) - d_lse) by attention/fa2.cuh's DeltaTileKernel (32 rows of one head a CTA,
-//     16-byte loads, coalesced stores) instead of DeltaKernel (a warp a row); the sums in
-//     another order (deterministic, not the default's bits)
+//   JAX_BLOCKSPARSE_ATTN_DELTA_TILES=0 opts out (default on since RESULTS 2026-12-07 eighth
+//     session: the backward 0.6-1.7% faster on five masks, equal on causal): the backwards'
+//     delta (rowsum(dO * O) - d_lse) by attention/fa2.cuh's DeltaTileKernel (32 rows of one
+//     head a CTA, 16-byte loads, coalesced stores); =0: DeltaKernel (a warp a row), its
+//     sums in another order (deterministic both)
 //   JAX_BLOCKSPARSE_DECODE_SHARED_TILES=1 opt-in (measured: faster than the default only
 //     where the forward kernel is faster still, RESULTS 2026-12-03 fifth session): decode
 //     calls with more than 16 (query, head) rows per kv head run the decode kernel with
@@ -216,7 +218,7 @@ struct Switches {
                                   // else 2 (the harness's workspaces)
   bool attn_bwd_onepass_store_tma;  // JAX_BLOCKSPARSE_ATTN_BWD_ONEPASS_STORE_TMA: anything but
                                     // "0" (unset: on)
-  bool attn_delta_tiles;  // JAX_BLOCKSPARSE_ATTN_DELTA_TILES: anything but "" or "0"
+  bool attn_delta_tiles;  // JAX_BLOCKSPARSE_ATTN_DELTA_TILES: on unless "0"
   bool attn_fwd_lazy_rescale;  // JAX_BLOCKSPARSE_ATTN_FWD_LAZY_RESCALE: anything but "0"
                                // (unset: on)
   bool attn_fwd_cap_max;  // JAX_BLOCKSPARSE_ATTN_FWD_CAP_MAX: anything but "0"

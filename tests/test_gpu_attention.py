@@ -150,8 +150,9 @@ def test_forward_variant_switch(variant):
 
 @pytest.mark.parametrize("backward", ["0", ""])
 def test_delta_tiles_switch(backward):
-    """Under JAX_BLOCKSPARSE_ATTN_DELTA_TILES=1 the backwards' delta comes from
-    DeltaTileKernel (32 rows of one head a CTA; attention/fa2.cuh): o, lse, dq, dk, dv
+    """Under JAX_BLOCKSPARSE_ATTN_DELTA_TILES=0 the backwards' delta comes from DeltaKernel
+    (a warp a row; attention/fa2.cuh), not the default DeltaTileKernel (32 rows of one head
+    a CTA, which every other backward test runs): o, lse, dq, dk, dv
     against float64 and bitwise deterministic, with the FA2 backward
     (JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=0, the only one on GPUs before sm_90) and the default
     one (the one-pass Hopper backward on an sm_90 GPU), head dims 128 and 64, GQA, Tq < Tk
@@ -159,7 +160,7 @@ def test_delta_tiles_switch(backward):
     cases = [("local_causal_bs128_d128", "bf16"), ("gqa2_local_causal_bs128_d64", "f16"),
              ("tq_lt_tk_causal_kv_lengths_per_head_bs128_d128", "bf16")]
     stderr = run_python(f"import test_gpu_attention as t; t.run_cases({cases!r})",
-                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_DELTA_TILES="1",
+                        JAX_BLOCKSPARSE_DEBUG="1", JAX_BLOCKSPARSE_ATTN_DELTA_TILES="0",
                         JAX_BLOCKSPARSE_ATTN_BWD_VARIANT=backward).stderr
     logs = kernels_by_case(stderr)
     for name, dtype in cases:

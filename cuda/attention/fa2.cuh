@@ -345,8 +345,8 @@ __global__ void __launch_bounds__(8 * kDeltaRows) DeltaTileKernel(const Args a) 
 }
 
 // delta = rowsum(dO * O) - d_lse for the backwards (the FA2 one, the one-pass Hopper one):
-// DeltaTileKernel under JAX_BLOCKSPARSE_ATTN_DELTA_TILES=1 (opt-in until timed) where o
-// and d_o are 16-byte aligned, else DeltaKernel.
+// DeltaTileKernel (the default; JAX_BLOCKSPARSE_ATTN_DELTA_TILES=0 opts out) where o and
+// d_o are 16-byte aligned, else DeltaKernel.
 template <typename T, int D>
 cudaError_t LaunchDelta(const Args& a, cudaStream_t stream) {
   const int64_t rows = int64_t(a.batch) * a.tq * a.hq;
