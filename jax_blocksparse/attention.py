@@ -122,6 +122,29 @@ def _saturated_int32(x, lo=-2**31, hi=2**31 - 1):
     return x.astype(jnp.int32)
 
 
+def _host_int(name, x, lo=-2**31, hi=2**31 - 1):
+    """Integer argument `name` as a JAX array. A host value (Python ints, a sequence, a
+    numpy array) wider than int32 is saturated into `[lo, hi]` here, on the host:
+    `jnp.asarray` would wrap it to int32 where `jax_enable_x64` is off (2**32 + 5 -> 5).
+    JAX arrays pass unchanged (`_saturated_int32` clamps them).
+
+    Raises:
+      ValueError: `x` holds something other than numbers.
+    """
+    if isinstance(x, jax.Array):
+        return x
+    try:
+        host = np.asarray(x)
+        if host.dtype == object:  # Python ints beyond int64
+            host = np.vectorize(lambda n: min(max(int(n), lo), hi), otypes=[np.int64])(host)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"attention: {name} must be an integer array; {e}") from None
+    if host.dtype.kind in "iu" and not _fits_int32(host.dtype):
+        info = np.iinfo(host.dtype)
+        host = np.clip(host, max(lo, info.min), min(hi, info.max)).astype(np.int32)
+    return jnp.asarray(host)
+
+
 def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
     """The int32 `(q ids [B, Tq], kv ids [B, Tk])`, or shared placeholders `[1, 1]` when
     there are none; and whether there are."""
@@ -138,17 +161,33 @@ def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
     ids = []
     for name, x, t in (("q_segment_ids", q_segment_ids, tq),
                        ("kv_segment_ids", kv_segment_ids, tk)):
-        x = jnp.asarray(x)
+        if not isinstance(x, jax.Array):  # host ids stay on the host (jnp.asarray would
+            try:  # wrap ids wider than int32 where jax_enable_x64 is off)
+                x = np.asarray(x)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ValueError(f"attention: {name} must be an integer array; {e}") from None
         if x.shape != (b, t) or not jnp.issubdtype(x.dtype, jnp.integer):
             raise ValueError(f"attention: {name} must be an integer array [B={b}, {t}]; got "
                              f"{x.dtype}{list(x.shape)}")
+        if isinstance(x, np.ndarray) and not _fits_int32(x.dtype) and \
+                (x.size == 0 or (x.min() >= -2**31 and x.max() < 2**31)):
+            x = x.astype(np.int32)  # wide host ids whose values fit: exact
         ids.append(x)
     if all(_fits_int32(x.dtype) for x in ids):
-        return ids[0].astype(jnp.int32), ids[1].astype(jnp.int32), True
+        return jnp.asarray(ids[0], jnp.int32), jnp.asarray(ids[1], jnp.int32), True
     # ids wider than int32: each replaced by its rank among the batch entry's q and kv ids
     # (the index of its first occurrence in their sorted concatenation), which keeps the
-    # equalities and the order that the masks and the tile skipping read
-    joint = jnp.concatenate(ids, axis=1)
+    # equalities and the order that the masks and the tile skipping read; on the host for
+    # host ids (exact with or without jax_enable_x64)
+    if all(isinstance(x, np.ndarray) for x in ids):
+        joint = np.concatenate(ids, axis=1)
+        rank = np.stack([np.searchsorted(np.sort(row), row, side="left") for row in joint])
+        rank = jnp.asarray(rank.reshape(b, tq + tk).astype(np.int32))
+        return rank[:, :tq], rank[:, tq:], True
+    if jax.dtypes.canonicalize_dtype(np.int64) != np.int64:
+        raise ValueError("attention: segment ids beyond int32 in a host array beside a JAX "
+                         "array need jax_enable_x64 (or both as host arrays)")
+    joint = jnp.concatenate([jnp.asarray(x) for x in ids], axis=1)
     rank = jax.vmap(lambda row: jnp.searchsorted(jnp.sort(row), row, side="left"))(joint)
     rank = rank.astype(jnp.int32)
     return rank[:, :tq], rank[:, tq:], True
@@ -300,7 +339,10 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         outside the pools.
         Integer arguments of any width are taken by value: kv_lengths, q_offset and
         page_table entries outside int32 saturate (keeping their meaning above), and
-        segment ids wider than int32 are compared exactly.
+        segment ids wider than int32 are compared exactly; host values (numpy arrays,
+        Python ints) so with `jax_enable_x64` off too. (JAX itself narrows an int64
+        argument of a jitted function to int32 when x64 is off, before this call sees
+        it.)
       return_lse: also return the log-sum-exp `[B, Hq, Tq]` (float32; float64 for float64).
       sinks: optional float array `[Hq]` (any float dtype; computed in float32, float64
         for float64 inputs): attention sinks (StreamingLLM, Xiao et al. 2023; gpt-oss),
@@ -332,7 +374,10 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
         one dtype of those above, or of shapes that do not fit together (k and v, `B`,
         `D`, `Hq` not a multiple of `Hkv`); a mask that is not a `Layout` or `BlockMask`,
         or whose heads, batch or blocks do not fit q and k; `kv_lengths`, segment ids,
-        `q_offset` or `page_table` that are not integer arrays of the shapes above; a
+        `q_offset` or `page_table` that are not integer arrays of the shapes above (or,
+        with `jax_enable_x64` off, host segment ids beyond int32 beside segment ids that
+        are a JAX array: they cannot be compared exactly); page pools `k`, `v` of
+        different shapes; a
         `causal` that is not a Python bool, a `scale` that is not a finite Python number;
         `sinks` that is not a float array `[Hq]`; a `logits_soft_cap` that is not a
         positive finite Python number (a traced one included); fp8 q, k and v of
@@ -373,7 +418,7 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     if kv_lengths is not None:
-        kv_lengths = jnp.asarray(kv_lengths)
+        kv_lengths = _host_int("kv_lengths", kv_lengths)
     positioned = q_offset is not None
     paged = page_table is not None
     if paged:
@@ -613,7 +658,7 @@ def _q_offset(q_offset, b):
     """`q_offset` as int32 `[B]` (an int or a scalar serves every batch entry)."""
     if isinstance(q_offset, int) and not isinstance(q_offset, bool):
         q_offset = min(max(q_offset, -2**30), 2**30)  # a Python int of any size
-    q_offset = jnp.asarray(q_offset)
+    q_offset = _host_int("q_offset", q_offset, -2**30, 2**30)
     if not jnp.issubdtype(q_offset.dtype, jnp.integer) or q_offset.shape not in ((), (b,)):
         raise ValueError(f"attention: q_offset must be an int or an integer array [B={b}]; "
                          f"got {q_offset.dtype}{list(q_offset.shape)}")
@@ -624,7 +669,7 @@ def _q_offset(q_offset, b):
 def _check_pages(q, k, v, page_table):
     """Validate a paged cache (pools `[P, page_size, Hkv, D]`); the table as int32."""
     b, d = q.shape[0], q.shape[3]
-    page_table = jnp.asarray(page_table)
+    page_table = _host_int("page_table", page_table)
     if page_table.ndim != 2 or page_table.shape[0] != b or page_table.shape[1] == 0 or \
             not jnp.issubdtype(page_table.dtype, jnp.integer):
         raise ValueError(f"attention: page_table must be an integer array [B={b}, "
@@ -633,6 +678,9 @@ def _check_pages(q, k, v, page_table):
         if x.ndim != 4 or x.shape[3] != d or 0 in x.shape:
             raise ValueError(f"attention: with page_table, {name} must be a page pool "
                              f"[P, page_size, Hkv, D={d}]; got shape {x.shape}")
+    if k.shape != v.shape:
+        raise ValueError(f"attention: with page_table, k {k.shape} and v {v.shape} must be "
+                         f"page pools of the same shape")
     return _saturated_int32(page_table)
 
 

@@ -342,6 +342,44 @@ def test_integers_wider_than_int32_keep_their_meaning():
                                                  page_table=table))).all()
 
 
+def test_host_integers_wider_than_int32_without_x64():
+    """Host (numpy, Python) int64 kv_lengths, q_offset, page_table and segment ids keep
+    their meaning where jax_enable_x64 is off, which would wrap them into int32 on the way
+    into JAX (2**32 + 5 -> 5): they saturate on the host, ids compare exactly; values
+    that fit int32 are taken as they are."""
+    assert jnp.asarray(np.int64(2**32 + 5)).dtype == jnp.int32  # x64 off here
+    rng = np.random.default_rng(23)
+    arr = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+    q, k, v = arr(1, 32, 1, 8), arr(1, 32, 1, 8), arr(1, 32, 1, 8)
+    layout = jbs.Layout(np.ones((2, 2), bool), 16)
+    every = jbs.attention(q, k, v, layout)
+    five = jbs.attention(q, k, v, layout, kv_lengths=jnp.asarray([5], jnp.int32))
+    for n in (np.array([2**32 + 5]), [2**32 + 5], [2**70], np.array([2**63 + 5], np.uint64)):
+        np.testing.assert_array_equal(jbs.attention(q, k, v, layout, kv_lengths=n), every)
+    np.testing.assert_array_equal(jbs.attention(q, k, v, layout, kv_lengths=np.array([5])),
+                                  five)
+    for offset in (np.array([2**32 + 3]), np.array([-2**32 + 3]), [2**40]):
+        assert np.isnan(np.asarray(jbs.attention(q[:, :2], k, v, layout,
+                                                 q_offset=offset))).all()
+    ids = np.zeros((1, 32), np.int64)
+    ids[0, 16:] = 2**32
+    want = jbs.attention(q, k, v, layout, q_segment_ids=(ids > 0).astype(np.int32))
+    assert not np.array_equal(want, every)  # the two documents differ from one
+    for q_ids, kv_ids in ((ids, None), (ids, ids.tolist()), (ids - 2**40, ids - 2**40)):
+        np.testing.assert_array_equal(
+            jax.jit(lambda: jbs.attention(q, k, v, layout, q_segment_ids=q_ids,
+                                          kv_segment_ids=kv_ids))(), want)
+    with pytest.raises(ValueError, match="segment ids beyond int32 in a host array"):
+        jbs.attention(q, k, v, layout, q_segment_ids=ids,
+                      kv_segment_ids=jnp.asarray(ids > 0, jnp.int32))
+    pool = arr(3, 16, 1, 8)
+    for table in (np.array([[0, 2**32 + 1]]), [[0, 2**32 + 1]]):  # page 1 + 2**32: outside
+        assert np.isnan(np.asarray(jbs.attention(q[:, :2], pool, pool, layout, q_offset=30,
+                                                 page_table=table))).all()
+    with pytest.raises(ValueError, match="kv_lengths must be an integer array"):
+        jbs.attention(q, k, v, layout, kv_lengths=[[1], [2, 3]])
+
+
 def test_traced_causal_and_scale_are_refused_by_name():
     layout = jbs.layouts.causal(128, 64)
     q = jnp.ones((1, 128, 1, 64))

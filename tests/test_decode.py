@@ -501,6 +501,9 @@ def test_paged_long_queries_and_errors():
         jbs.attention(q[:, :1], kp, vp, layout, q_offset=3, page_table=table.astype(float))
     with pytest.raises(ValueError, match="k must be a page pool"):
         jbs.attention(q[:, :1], kp[..., :8], vp, layout, q_offset=3, page_table=table)
+    for pool in (vp[:-1], vp[:, :8], vp[:, :, :1]):  # fewer pages, smaller pages, one head
+        with pytest.raises(ValueError, match="k .* and v .* must be page pools of the same"):
+            jax.jit(lambda p: jbs.attention(q, kp, p, layout, page_table=table))(pool)
 
 
 def lowered_decode_call(f, *args):
