@@ -361,7 +361,6 @@ for stage in "$@"; do
       harness_build attention_harness || exit 1
       /tmp/attention_harness ${HARNESS_ARGS:-} 2>&1 | tee "$out/attention_harness.log"
       if [ -n "${HARNESS_MASKS:-}" ]; then
-        rm -f /tmp/harness_mask_*.txt
         python3 "$repo/benchmarks/harness_masks.py" --npz "$HARNESS_MASKS" || exit 1
         for mask in /tmp/harness_mask_*.txt; do
           /tmp/attention_harness --mask "$mask" ${HARNESS_ARGS:-} 2>&1 \
@@ -433,7 +432,6 @@ for mask in ('causal', 'dense'):
     #     harness_switches
     harness_switches)
       harness_build attention_harness || exit 1
-      rm -f /tmp/harness_mask_*.txt
       python3 "$repo/benchmarks/harness_masks.py" \
         ${HARNESS_PATTERNS:-local local4096 strided fixed bigbird} || exit 1
       IFS=';' read -ra settings <<< "${HARNESS_SWITCHES:--}"

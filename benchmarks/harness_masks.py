@@ -1,13 +1,16 @@
 """Block masks as benchmarks/attention_harness.cu reads them (`--mask FILE`: a first line
 "Rq Rk", with " causal" for a causal pattern, then Rq lines of Rk characters 0 / 1),
-written to /tmp/harness_mask_NAME.txt, from the block masks of an npz that
-`attention_patterns.py` saved (those without document ids; causal where the name ends in
-"_causal") or from the patterns' layout generators at S 8192, block 128 (below).
+written to /tmp/harness_mask_NAME.txt (the files of an earlier run removed first), from
+the block masks of an npz that `attention_patterns.py` saved (those without document ids;
+causal where the name ends in "_causal") or from the patterns' layout generators at S
+8192, block 128 (below).
 
     python3 benchmarks/harness_masks.py --npz FILE.npz
     python3 benchmarks/harness_masks.py local local4096 strided fixed bigbird
 """
 import argparse
+import glob
+import os
 
 import numpy as np
 
@@ -35,6 +38,8 @@ def main():
     for name in args.patterns:
         if name not in PATTERNS:
             parser.error(f"no pattern {name!r}: {', '.join(PATTERNS)}")
+    for stale in glob.glob("/tmp/harness_mask_*.txt"):
+        os.remove(stale)
     if args.npz:
         z = np.load(args.npz)
         for name, m in z.items():

@@ -122,23 +122,38 @@ def _saturated_int32(x, lo=-2**31, hi=2**31 - 1):
     return x.astype(jnp.int32)
 
 
-def _host_int(name, x, lo=-2**31, hi=2**31 - 1):
-    """Integer argument `name` as a JAX array. A host value (Python ints, a sequence, a
-    numpy array) wider than int32 is saturated into `[lo, hi]` here, on the host:
-    `jnp.asarray` would wrap it to int32 where `jax_enable_x64` is off (2**32 + 5 -> 5).
-    JAX arrays pass unchanged (`_saturated_int32` clamps them).
+def _host_array(name, x):
+    """Argument `name` as a numpy array, a JAX array unchanged: host integers stay on the
+    host, where `jnp.asarray` would wrap those wider than int32 into int32 when
+    `jax_enable_x64` is off (2**32 + 5 -> 5).
 
     Raises:
-      ValueError: `x` holds something other than numbers.
+      ValueError: `x` is not an array of numbers (e.g. a ragged list).
     """
     if isinstance(x, jax.Array):
         return x
     try:
-        host = np.asarray(x)
-        if host.dtype == object:  # Python ints beyond int64
-            host = np.vectorize(lambda n: min(max(int(n), lo), hi), otypes=[np.int64])(host)
+        return np.asarray(x)
     except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"attention: {name} must be an integer array; {e}") from None
+
+
+def _host_int(name, x, lo=-2**31, hi=2**31 - 1):
+    """Integer argument `name` as a JAX array; a host value (Python ints of any size, a
+    sequence, a numpy array) wider than int32 saturated into `[lo, hi]` on the host
+    (`_host_array`). JAX arrays pass unchanged (`_saturated_int32` clamps them).
+
+    Raises:
+      ValueError: `x` holds something other than numbers.
+    """
+    host = _host_array(name, x)
+    if isinstance(host, jax.Array):
+        return host
+    if host.dtype == object:  # Python ints beyond int64
+        try:
+            host = np.vectorize(lambda n: min(max(int(n), lo), hi), otypes=[np.int64])(host)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"attention: {name} must be an integer array; {e}") from None
     if host.dtype.kind in "iu" and not _fits_int32(host.dtype):
         info = np.iinfo(host.dtype)
         host = np.clip(host, max(lo, info.min), min(hi, info.max)).astype(np.int32)
@@ -161,11 +176,7 @@ def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
     ids = []
     for name, x, t in (("q_segment_ids", q_segment_ids, tq),
                        ("kv_segment_ids", kv_segment_ids, tk)):
-        if not isinstance(x, jax.Array):  # host ids stay on the host (jnp.asarray would
-            try:  # wrap ids wider than int32 where jax_enable_x64 is off)
-                x = np.asarray(x)
-            except (TypeError, ValueError, OverflowError) as e:
-                raise ValueError(f"attention: {name} must be an integer array; {e}") from None
+        x = _host_array(name, x)
         if x.shape != (b, t) or not jnp.issubdtype(x.dtype, jnp.integer):
             raise ValueError(f"attention: {name} must be an integer array [B={b}, {t}]; got "
                              f"{x.dtype}{list(x.shape)}")
@@ -179,17 +190,15 @@ def _segment_ids(q_segment_ids, kv_segment_ids, b, tq, tk):
     # (the index of its first occurrence in their sorted concatenation), which keeps the
     # equalities and the order that the masks and the tile skipping read; on the host for
     # host ids (exact with or without jax_enable_x64)
-    if all(isinstance(x, np.ndarray) for x in ids):
-        joint = np.concatenate(ids, axis=1)
-        rank = np.stack([np.searchsorted(np.sort(row), row, side="left") for row in joint])
-        rank = jnp.asarray(rank.reshape(b, tq + tk).astype(np.int32))
-        return rank[:, :tq], rank[:, tq:], True
-    if jax.dtypes.canonicalize_dtype(np.int64) != np.int64:
+    on_host = all(isinstance(x, np.ndarray) for x in ids)
+    if not on_host and jax.dtypes.canonicalize_dtype(np.int64) != np.int64:
         raise ValueError("attention: segment ids beyond int32 in a host array beside a JAX "
                          "array need jax_enable_x64 (or both as host arrays)")
-    joint = jnp.concatenate([jnp.asarray(x) for x in ids], axis=1)
-    rank = jax.vmap(lambda row: jnp.searchsorted(jnp.sort(row), row, side="left"))(joint)
-    rank = rank.astype(jnp.int32)
+    xp = np if on_host else jnp
+    rank_of = lambda row: xp.searchsorted(xp.sort(row), row, side="left")
+    joint = xp.concatenate(ids, axis=1)
+    rank = np.stack([rank_of(row) for row in joint]) if on_host else jax.vmap(rank_of)(joint)
+    rank = jnp.asarray(rank, jnp.int32).reshape(b, tq + tk)
     return rank[:, :tq], rank[:, tq:], True
 
 
@@ -656,8 +665,6 @@ def _checked_pages(page_table, pool_shape, lists, offset, tq, bs, kv_lengths):
 
 def _q_offset(q_offset, b):
     """`q_offset` as int32 `[B]` (an int or a scalar serves every batch entry)."""
-    if isinstance(q_offset, int) and not isinstance(q_offset, bool):
-        q_offset = min(max(q_offset, -2**30), 2**30)  # a Python int of any size
     q_offset = _host_int("q_offset", q_offset, -2**30, 2**30)
     if not jnp.issubdtype(q_offset.dtype, jnp.integer) or q_offset.shape not in ((), (b,)):
         raise ValueError(f"attention: q_offset must be an int or an integer array [B={b}]; "
