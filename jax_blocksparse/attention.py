@@ -252,7 +252,7 @@ def _tile_context(tiles, overflow, block_size, width, all_partial):
     return [*lists, tiles.bits]
 
 
-def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows, kind=None):
+def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows, kind=None, segments=False):
     """Queries placed at positions `q_offset[b] + i` of a mask with `rows` block rows.
 
     The queries of batch entry b move into a zero-padded buffer at slot `q_offset[b] % bs`,
@@ -262,7 +262,9 @@ def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows, kind=None):
     of the queries `[B, Tq]`, whether each query lies inside the mask `[B, Tq]`, and the
     block kinds `kind [Bm, Hm, rows, Rk]` (fine masks: None otherwise) at those rows (`[B,
     Hm, span, Rk]`, none for rows outside the mask): a 128-row tile of the buffer then
-    covers `128 / bs` of its blocks, and q_positions stays the position of slot 0."""
+    covers `128 / bs` of its blocks, and q_positions stays the position of slot 0.
+    `segments`: whether `q_ids` are segment ids `[B, Tq]` (placed like q; Tq may be 1)
+    rather than the `[1, 1]` placeholder of a call without them."""
     b, tq = q.shape[:2]
     span = -(-(bs - 1 + tq) // bs)  # block rows that Tq queries can touch
     first_row, shift = q_offset // bs, q_offset % bs
@@ -277,7 +279,7 @@ def _positioned(q, q_ids, lists, overflow, q_offset, bs, rows, kind=None):
             jnp.zeros((span * bs,) + x.shape[1:], x.dtype), x, s, axis=0)
         return _partitioning.auto_mode(jax.vmap(pad), _partitioning.unsharded(x, 1))(x, shift)
     q_pad = place(q)
-    ids_pad = q_ids if q_ids.shape[1] == 1 else place(q_ids)
+    ids_pad = place(q_ids) if segments else q_ids
     if overflow is not None:
         overflow = _at_rows(overflow, row)
     slots = shift[:, None] + jnp.arange(tq)
@@ -604,7 +606,7 @@ def _prefill(q, k, v, lists, overflow, kv_lengths, offset, page_table, q_ids, kv
     else:
         key_width = min(-(-(bs - 1 + tq) // bs), lists[4 + 2].shape[-1])
         q_in, ids_in, by_query, overflow, q_positions, slots, inside, tiles = _positioned(
-            q, q_ids, lists, overflow, offset, bs, rows, tiles)
+            q, q_ids, lists, overflow, offset, bs, rows, tiles, segments)
         if segments:  # lists not refined by documents: every entry compares ids
             by_query = [by_query[0], by_query[0], *by_query[2:]]  # partial = counts
         # the by-key lists of the positioned query blocks, per batch entry (the fused

@@ -333,6 +333,42 @@ def test_decoding_with_q_offset_equals_the_rows_of_full_attention(platform, mask
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("tq", [1, 3])
+def test_decoding_packed_documents_with_q_offset_equals_full_attention(platform, tq):
+    """Segment ids with q_offset (decoding packed documents), one token and a chunk of 3
+    per sequence at positions that are not multiples of the block size: equal to the rows
+    of full attention with the same ids, values and the gradients of q, k, v. A query's id
+    travels with it to its slot (a [B, 1] id array once stayed at slot 0 and was compared
+    as document 0)."""
+    rng = np.random.default_rng(353 + tq)
+    b, t, h, d, bs = 2, 96, 2, 16, 32
+    mask = jbs.Layout(np.tril(np.ones((t // bs, t // bs), bool)), bs)
+    q, k, v = inputs(rng, b, t, t, h, h, d, jnp.float32)
+    ids = jnp.asarray(np.stack([np.repeat([0, 1, 2], [20, 45, 31]),
+                                np.repeat([0, 1], [70, 26])]), jnp.int32)
+    full = lambda q, k, v: jbs.attention(q, k, v, mask, causal=True, q_segment_ids=ids,
+                                         kv_segment_ids=ids)
+    ends = np.array([52, 81])  # last query position + 1 per sequence: inside documents
+    at = (ends - tq)[:, None] + np.arange(tq)  # [B, tq]
+    take = lambda x: jnp.take_along_axis(x, jnp.asarray(at)[:, :, None, None], axis=1)
+
+    def chunk(q_new, k, v):
+        return jbs.attention(q_new, k, v, mask, causal=True, q_offset=jnp.asarray(ends - tq),
+                             q_segment_ids=jnp.take_along_axis(ids, jnp.asarray(at), axis=1),
+                             kv_segment_ids=ids)
+
+    poison(platform)
+    np.testing.assert_allclose(np.asarray(jax.jit(chunk)(take(q), k, v)),
+                               np.asarray(take(jax.jit(full)(q, k, v))), rtol=2e-5, atol=2e-5)
+    cot = jnp.asarray(rng.standard_normal((b, tq, h, d)), jnp.float32)
+    got = jax.jit(jax.grad(lambda q, k, v: (chunk(take(q), k, v) * cot).sum(),
+                           argnums=(0, 1, 2)))(q, k, v)
+    want = jax.jit(jax.grad(lambda q, k, v: (take(full(q, k, v)) * cot).sum(),
+                            argnums=(0, 1, 2)))(q, k, v)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+
+
 def test_q_offset_values_gradients_and_out_of_range(platform):
     """A chunk of queries placed mid-sequence (bfloat16) against the dense reference,
     values and gradients; positions outside the mask's rows are NaN."""
