@@ -57,7 +57,11 @@ class BlockMask:
         """
         block_size = check_int("BlockMask.from_mask", "block_size", block_size)
         if not hasattr(mask, "dtype"):  # a list: converted once, by numpy
-            mask = np.asarray(mask)
+            try:
+                mask = np.asarray(mask)
+            except (TypeError, ValueError) as e:  # ragged nested lists
+                raise ValueError(f"BlockMask.from_mask: mask must be an array of 0/1 or "
+                                 f"bool; got {e}") from None
         if not (mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.integer)
                 or jnp.issubdtype(mask.dtype, jnp.floating)):  # before jnp: strings, objects
             raise ValueError(f"BlockMask.from_mask: mask must be boolean or 0/1 numbers; got "

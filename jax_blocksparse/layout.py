@@ -242,7 +242,8 @@ def _boolean_mask(mask) -> np.ndarray:
                          f"(no empty layouts); got shape {mask.shape}")
     if mask.dtype == np.bool_:
         return mask
-    if mask.dtype.kind not in "iuf":
+    if not (np.issubdtype(mask.dtype, np.integer)
+            or jax.numpy.issubdtype(mask.dtype, np.floating)):  # bfloat16 too
         raise ValueError(f"Layout: mask must be bool, or integers / real floats that are all 0 "
                          f"or 1; got dtype {mask.dtype}")
     return zero_one_mask("Layout", mask)

@@ -129,6 +129,9 @@ class BlockSparseMultiHeadAttention(nn.Module):
     `use_sinks`: a learned attention sink per head (param `sinks [num_heads]`, zeros at
     init; `jax_blocksparse.attention`'s `sinks`); `logits_soft_cap`: a Python float > 0,
     the scores become `cap * tanh(s / cap)` (attention's `logits_soft_cap`).
+    `kernel_init`: every projection's kernel initializer, called with its shape (dense:
+    `DenseGeneral`'s; block-sparse: the blocks `[nnz, bs, bs]`); None: lecun normal for the
+    dense projections, `BlockSparseDense`'s fan-in init for the block-sparse ones.
     """
 
     num_heads: int
@@ -143,7 +146,7 @@ class BlockSparseMultiHeadAttention(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: Any = None
-    kernel_init: Initializer = nn.initializers.lecun_normal()
+    kernel_init: Initializer | None = None
     bias_init: Initializer = nn.initializers.zeros
     use_bias: bool = True
     use_sinks: bool = False
@@ -153,9 +156,13 @@ class BlockSparseMultiHeadAttention(nn.Module):
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                       precision=self.precision, bias_init=self.bias_init, name=name)
         if block_layout is not None:
-            return _layers.split_heads(BlockSparseDense(block_layout, **common)(x), heads)
-        return nn.DenseGeneral((heads, head_dim), axis=-1, kernel_init=self.kernel_init,
+            return _layers.split_heads(
+                BlockSparseDense(block_layout, kernel_init=self.kernel_init, **common)(x), heads)
+        return nn.DenseGeneral((heads, head_dim), axis=-1, kernel_init=self._dense_init(),
                                **common)(x)
+
+    def _dense_init(self):
+        return self.kernel_init or nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, inputs_q, inputs_k=None, inputs_v=None, *, kv_lengths=None,
@@ -182,6 +189,7 @@ class BlockSparseMultiHeadAttention(nn.Module):
         common = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                       precision=self.precision, bias_init=self.bias_init, name="out")
         if self.out_layout is not None:
-            return BlockSparseDense(self.out_layout, **common)(x.reshape(x.shape[:-2] + (-1,)))
-        return nn.DenseGeneral(out_features, axis=(-2, -1), kernel_init=self.kernel_init,
+            return BlockSparseDense(self.out_layout, kernel_init=self.kernel_init,
+                                    **common)(x.reshape(x.shape[:-2] + (-1,)))
+        return nn.DenseGeneral(out_features, axis=(-2, -1), kernel_init=self._dense_init(),
                                **common)(x)

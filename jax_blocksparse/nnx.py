@@ -106,14 +106,17 @@ class BlockSparseMultiHeadAttention(nnx.Module):
     (`[B, T]`, packed documents), `kv_segment_ids` and `block_mask` (a `BlockMask` that
     replaces `layout` for that call), as the linen module does. `use_sinks`: a learned
     attention sink per head (`self.sinks`, an `nnx.Param [num_heads]`, zeros at init);
-    `logits_soft_cap`: a Python float > 0 (attention's `sinks` and `logits_soft_cap`)."""
+    `logits_soft_cap`: a Python float > 0 (attention's `sinks` and `logits_soft_cap`).
+    `kernel_init`: every projection's kernel initializer, called with its shape (dense:
+    `LinearGeneral`'s; block-sparse: the blocks `[nnz, bs, bs]`); None: lecun normal for the
+    dense projections, `BlockSparseLinear`'s fan-in init for the block-sparse ones."""
 
     def __init__(self, num_heads: int, in_features: int, layout: Layout, *,
                  causal: bool = False, num_kv_heads: int | None = None,
                  qkv_features: int | None = None, out_features: int | None = None,
                  q_layout: Layout | None = None, kv_layout: Layout | None = None,
                  out_layout: Layout | None = None, dtype=None, param_dtype=jnp.float32,
-                 precision=None, kernel_init: Initializer = nnx.initializers.lecun_normal(),
+                 precision=None, kernel_init: Initializer | None = None,
                  bias_init: Initializer = nnx.initializers.zeros, use_bias: bool = True,
                  use_sinks: bool = False, logits_soft_cap: float | None = None,
                  rngs: nnx.Rngs):
@@ -127,19 +130,21 @@ class BlockSparseMultiHeadAttention(nnx.Module):
         self.dtype, self.param_dtype = dtype, param_dtype
         common = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
                       precision=precision, bias_init=bias_init, rngs=rngs)
+        dense_init = kernel_init or nnx.initializers.lecun_normal()
 
         def projection(heads, block_layout):
             if block_layout is not None:
-                return BlockSparseLinear(block_layout, **common)
+                return BlockSparseLinear(block_layout, kernel_init=kernel_init, **common)
             return nnx.LinearGeneral(in_features, (heads, head_dim), axis=-1,
-                                     kernel_init=kernel_init, **common)
+                                     kernel_init=dense_init, **common)
 
         self.query = projection(num_heads, q_layout)
         self.key = projection(kv_heads, kv_layout)
         self.value = projection(kv_heads, kv_layout)
-        self.out = (BlockSparseLinear(out_layout, **common) if out_layout is not None else
+        self.out = (BlockSparseLinear(out_layout, kernel_init=kernel_init, **common)
+                    if out_layout is not None else
                     nnx.LinearGeneral((num_heads, head_dim), out_features, axis=(-2, -1),
-                                      kernel_init=kernel_init, **common))
+                                      kernel_init=dense_init, **common))
         self.flat_out = out_layout is not None
         self.sinks = nnx.Param(jnp.zeros((num_heads,), param_dtype)) if use_sinks else None
         self.logits_soft_cap = logits_soft_cap

@@ -100,10 +100,17 @@ def test_boolean_like_masks_are_accepted():
     expected = np.array([[True, False], [False, True]])
     for mask in (expected, np.eye(2), np.eye(2, dtype=np.int8), np.eye(2, dtype=np.uint32),
                  np.eye(2, dtype=np.float16), [[1, 0], [0, 1]], [[True, False], [False, True]],
-                 jnp.eye(2)):
+                 jnp.eye(2), jnp.eye(2, dtype=jnp.bfloat16)):
         layout = jbs.Layout(mask, 16)
         assert layout.mask.dtype == np.bool_
         np.testing.assert_array_equal(layout.mask, expected)
+        block_mask = jbs.BlockMask.from_mask(mask, 16)  # the same masks, the same verdict
+        np.testing.assert_array_equal(np.asarray(block_mask.mask)[0, 0], expected)
+
+
+def test_block_mask_names_a_ragged_mask():
+    with pytest.raises(ValueError, match="BlockMask.from_mask: mask must be an array"):
+        jbs.BlockMask.from_mask([[1, 0], [1]], 16)
 
 
 @pytest.mark.parametrize("make, match", [

@@ -194,6 +194,26 @@ def test_attention_gqa_sparse_projections_linen_and_nnx(platform):
     assert rel_err(m(x), np.asarray(out, np.float64)) < 1e-5
 
 
+def test_attention_modules_give_kernel_init_to_every_projection():
+    """`kernel_init` reaches the block-sparse projections too (their blocks), linen and
+    nnx; without it the dense ones take lecun normal and the block-sparse ones the fan-in
+    init (not all equal)."""
+    bs, f = 16, 32
+    layout = jbs.Layout(np.array([[1, 0], [1, 1]], bool), bs)
+    full = jbs.Layout(np.ones((2, 2), bool), bs)
+    x = jnp.ones((1, 32, f))
+    sparse = dict(q_layout=full, out_layout=full)
+    for init, want in ((jax.nn.initializers.ones, True), (None, False)):
+        extra = {} if init is None else dict(kernel_init=init)
+        linen_params = bnn.BlockSparseMultiHeadAttention(
+            num_heads=2, layout=layout, **sparse, **extra).init(jax.random.key(0), x)["params"]
+        module = bnnx.BlockSparseMultiHeadAttention(2, f, layout, **sparse, **extra,
+                                                    rngs=nnx.Rngs(0))
+        kernels = [linen_params[n]["kernel"] for n in ("query", "key", "value", "out")]
+        kernels += [getattr(module, n).kernel[...] for n in ("query", "key", "value", "out")]
+        assert [bool((k == 1).all()) for k in kernels] == [want] * 8
+
+
 def test_attention_projection_layouts_agree_with_the_features():
     """A projection layout decides the width it stands for when the features are not
     given (out_layout: out_features, q_layout: qkv_features); one that contradicts the
