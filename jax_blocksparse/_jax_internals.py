@@ -86,6 +86,21 @@ def match_varying_axes(*args):
     return args
 
 
+def varying_over(x, axis_name):
+    """`x` typed as varying over the manual mesh axis `axis_name` inside `shard_map`
+    (`jax.lax.pcast`, `pvary` before it); as is where it varies already, and where the jax
+    tracks no varying axes (outside `shard_map` too: no axis there, no type to change)."""
+    aval = jax.typeof(x) if hasattr(jax, "typeof") else None
+    varying = getattr(aval, "vma", None)  # jax < 0.10
+    if varying is None:
+        varying = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+    if varying is None or axis_name in varying:
+        return x
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, (axis_name,), to="varying")
+    return jax.lax.pvary(x, (axis_name,)) if hasattr(jax.lax, "pvary") else x
+
+
 def register_ffi_target(name: str, capsule, platform: str = "CUDA") -> None:
     jax.ffi.register_ffi_target(name, capsule, platform=platform)
 

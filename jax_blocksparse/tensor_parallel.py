@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _jax_internals as jint
+from ._checks import check_int
 from .layout import Layout, _ids
 from .matmul import matmul
 
@@ -50,8 +52,10 @@ def split_layout(layout: Layout, n: int, by: str = "columns") -> SplitLayout:
     block rows (`by="rows"`); `n` must divide their number."""
     if by not in ("columns", "rows"):
         raise ValueError(f"split_layout: by must be 'columns' or 'rows'; got {by!r}")
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"split_layout: n must be a positive int; got {n!r}")
+    n = check_int("split_layout", "n", n)
+    if not isinstance(layout, Layout):
+        raise ValueError(f"split_layout: layout must be a jax_blocksparse.Layout; got "
+                         f"{type(layout).__name__}")
     mask = layout.mask
     if mask.ndim != 2:
         raise ValueError(f"split_layout: needs a 2-D layout; got mask {mask.shape}")
@@ -127,5 +131,9 @@ def parallel_matmul(x, slab, split: SplitLayout, axis_name: str, precision=None)
         return matmul(x, slab[:part.nnz], part, precision=precision)
 
     branches = [functools.partial(part_matmul, part) for part in split.parts]
+    if split.by == "columns":  # x, the same on every device, made varying before the switch:
+        x = jint.varying_over(x, axis_name)  # (its gradient's psum then lies outside the switch; inside,
+        # jax 0.10 gave garbage gradients where a device's band of columns is empty)
     y = jax.lax.switch(jax.lax.axis_index(axis_name), branches, x, slab)
     return jax.lax.psum(y, axis_name) if split.by == "rows" else y
+

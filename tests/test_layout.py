@@ -417,3 +417,11 @@ def test_tensor_parallel_split_and_merge_check_shapes():
             tp.split_blocks(bad, split)
     with pytest.raises(ValueError, match=r"merge_blocks: slabs must be .* \[2, 2, 16, 16\]"):
         tp.merge_blocks(jnp.ones((1, 2, 16, 16)), split)
+    layout = jbs.Layout(np.eye(4, dtype=bool), 16)
+    for args, match in (((layout, True), "split_layout: n must be a positive int"),
+                        ((layout, 0), "split_layout: n must be a positive int"),
+                        ((np.eye(4, dtype=bool), 2), "split_layout: layout must be a"),
+                        ((layout, 3), "do not split into 3"),
+                        ((layout, 2, "diagonal"), "split_layout: by must be")):
+        with pytest.raises(ValueError, match=match):
+            tp.split_layout(*args)
