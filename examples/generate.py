@@ -323,9 +323,14 @@ def generate(model, params, prompt: bytes, tokens: int, kv_dtype: str = "model")
 
 
 def main(argv=None):
-    c = build_parser().parse_args(argv)
+    p = build_parser()
+    c = p.parse_args(argv)
+    lm.check_model_flags(p, c)
     if c.tokens < 0:
-        raise SystemExit("--tokens must be >= 0")
+        p.error(f"--tokens must be >= 0; got {c.tokens}")
+    if c.kv_dtype == "fp8" and c.attention == "moba" and not c.dense:
+        p.error("--kv-dtype fp8 needs a KV cache; --attention moba keeps none (it reruns "
+                "the window each step)")
     model = lm.build_model(c, c.dense)
     kind = ("dense attention" if c.dense else
             "MoBA attention (no KV cache: each step reruns the window)" if model.moba_top_k
@@ -334,7 +339,7 @@ def main(argv=None):
           f"{c.heads} heads, {c.dtype}; backend {jax.default_backend()}")
     params, _ = load_params(model, c, c.ckpt_dir)
     prompt = c.prompt.encode()
-    if c.kv_dtype == "fp8" and not model.moba_top_k:
+    if c.kv_dtype == "fp8":
         print("KV cache: float8_e4m3fn, a scale per kv head (from the prompt's max abs)")
     text, stats = generate(model, params, prompt, c.tokens, c.kv_dtype)
     used = prompt[-stats["prompt"]:] if prompt else b"\n"

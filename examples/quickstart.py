@@ -26,6 +26,11 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=0.5)
     args = parser.parse_args()
+    for flag in ("features", "block_size", "batch", "steps"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(args, flag)}")
+    if not args.lr > 0:
+        parser.error(f"--lr must be > 0; got {args.lr}")
 
     layout = jbs.layouts.random(args.features, args.features, args.block_size,
                                 args.density, seed=0)

@@ -202,7 +202,7 @@ def build_model(c, dense: bool, mesh=None):
     over the mesh's "model" axis (Megatron's column-then-row split)."""
     if dense:
         return LanguageModel(c, None, None)
-    mlp_bs = min(c.block_size, c.d_model // 4, 64)
+    mlp_bs = mlp_block_size(c)
     up = jbs.layouts.random(c.d_model, 4 * c.d_model, mlp_bs, c.mlp_density, seed=1)
     down = jbs.layouts.random(4 * c.d_model, c.d_model, mlp_bs, c.mlp_density, seed=2)
     if c.attention == "moba":
@@ -211,15 +211,51 @@ def build_model(c, dense: bool, mesh=None):
     return LanguageModel(c, attention, (up, down), mesh=mesh)
 
 
+def mlp_block_size(c) -> int:
+    """The MLP layouts' block size: the largest of 64, 32, 16 that is at most `--block-size`
+    and `--d-model` / 4 and divides `--d-model` (so also 4 `--d-model`); 0 if none does."""
+    cap = min(c.block_size, c.d_model // 4)
+    return next((bs for bs in (64, 32, 16) if bs <= cap and c.d_model % bs == 0), 0)
+
+
+def check_model_flags(p: argparse.ArgumentParser, c) -> None:
+    """`p.error` (a usage message, exit 2) for model flags the model cannot take (also
+    generate.py's)."""
+    for flag in ("seq_len", "d_model", "heads", "layers", "moba_top_k", "stride"):
+        if getattr(c, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(c, flag)}")
+    if c.block_size not in (16, 32, 64, 128):
+        p.error(f"--block-size must be 16, 32, 64 or 128; got {c.block_size}")
+    if c.seq_len % c.block_size:
+        p.error(f"--seq-len {c.seq_len} must be a multiple of --block-size {c.block_size}")
+    if not mlp_block_size(c):
+        p.error(f"--d-model must be a multiple of 16 and at least 64 (the MLP layouts' "
+                f"blocks, 16 or more, at most a quarter of it); got {c.d_model}")
+    if c.d_model % c.heads:
+        p.error(f"--d-model {c.d_model} must be a multiple of --heads {c.heads}")
+    if not 0 < c.mlp_density <= 1:
+        p.error(f"--mlp-density must be in (0, 1]; got {c.mlp_density}")
+    if c.softcap is not None and not c.softcap > 0:
+        p.error(f"--softcap must be > 0; got {c.softcap}")
+
+
 def make_mesh(spec: str | None) -> Mesh | None:
     """`--mesh DxT`: D-way data parallel ("data") times T-way tensor parallel ("model")."""
     if spec is None:
         return None
-    data, model = (int(n) for n in spec.lower().split("x"))
+    data, model = mesh_shape(spec)
     devices = jax.devices()
     if data * model > len(devices):
         raise SystemExit(f"--mesh {spec} needs {data * model} devices; jax sees {len(devices)}")
     return Mesh(np.array(devices[:data * model]).reshape(data, model), ("data", "model"))
+
+
+def mesh_shape(spec: str) -> tuple[int, int] | None:
+    """`(D, T)` of a `--mesh DxT` value (positive ints), else None."""
+    parts = spec.lower().split("x")
+    if len(parts) != 2 or not all(x.isdigit() and int(x) > 0 for x in parts):
+        return None
+    return int(parts[0]), int(parts[1])
 
 
 def place(tree, mesh):
@@ -351,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Sparse Transformer layout, or MoBA: blocks chosen from the data")
     p.add_argument("--moba-top-k", type=int, default=2,
                    help="--attention moba: earlier key blocks each query block keeps")
-    p.add_argument("--stride", type=int, default=128, help="layout stride, in tokens")
+    p.add_argument("--stride", type=int, default=128,
+                   help="the fixed/strided layout's stride, in tokens (not used by moba)")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--layers", type=int, default=2)
@@ -387,10 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main():
     p = build_parser()
     c = p.parse_args()
+    check_model_flags(p, c)
     if c.resume and c.no_checkpoint:
         p.error("--resume needs the checkpoints: drop --no-checkpoint")
-    if c.softcap is not None and not c.softcap > 0:
-        p.error(f"--softcap must be > 0; got {c.softcap}")
+    for flag in ("data_limit", "batch", "steps", "eval_every", "eval_batches"):
+        if getattr(c, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(c, flag)}")
+    if not c.lr > 0:
+        p.error(f"--lr must be > 0; got {c.lr}")
+    if c.mesh is not None:
+        shape = mesh_shape(c.mesh)
+        if shape is None:
+            p.error(f"--mesh must be DxT with positive ints, e.g. 4x2; got {c.mesh!r}")
+        if c.compare:
+            p.error("--compare times one device: drop --mesh")
+        if c.dense and shape[1] > 1:
+            p.error("--dense has no block-sparse MLPs to split over T: use --mesh Dx1")
 
     data, doc_starts = load_corpus(c.data, c.data_limit)
     split = int(0.9 * len(data))

@@ -95,6 +95,20 @@ def test_language_model_resume_needs_checkpoints(tmp_path):
     assert result.returncode == 2 and "--resume needs the checkpoints" in result.stderr
 
 
+def test_examples_refuse_bad_flags_by_name(tmp_path):
+    """Flag values the examples cannot run end in a usage error naming the flag (exit 2),
+    not a traceback, a NaN loss or a silently dropped flag."""
+    for script, args, message in (
+            ("sparse_transformer_lm.py", ["--d-model", "32"], "--d-model must be a multiple"),
+            ("sparse_transformer_lm.py", ["--mesh", "0x1"], "--mesh must be DxT"),
+            ("sparse_transformer_lm.py", ["--compare", "--mesh", "1x1"], "drop --mesh"),
+            ("sparse_transformer_lm.py", ["--steps", "0"], "--steps must be >= 1"),
+            ("generate.py", ["--attention", "moba", "--kv-dtype", "fp8"], "needs a KV cache"),
+            ("quickstart.py", ["--batch", "0"], "--batch must be >= 1")):
+        result = launch(script, *args, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
 def test_packed_batches_number_the_documents_of_each_window():
     sys.path.insert(0, EXAMPLES)
     try:
