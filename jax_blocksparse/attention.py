@@ -18,8 +18,8 @@ import numpy as np
 from . import _cuda
 from . import _partitioning
 from . import _debug
-from ._checks import (check_dtype, check_kv_scale, check_sinks, check_soft_cap, is_fp8,
-                      static_bool, static_float)
+from ._checks import (check_dtype, check_int, check_kv_scale, check_sinks, check_soft_cap,
+                      is_fp8, static_bool, static_float)
 from .attention_decode import decode
 from .attention_metadata import (TILE, AttentionLists, TileLists, attention_metadata,
                                  block_lists, device_metadata, document_kinds, line_stats,
@@ -84,6 +84,12 @@ def _check(q, k, v, mask, kv_lengths, positioned):
         heads = mask.mask.shape[0] if mask.mask.ndim == 3 else 1
         batches, blocks, what = 1, mask.mask.shape[-2:], "layout"
     elif isinstance(mask, BlockMask):
+        check_int("attention", "mask.block_size", mask.block_size)
+        check_int("attention", "mask.max_blocks", mask.max_blocks)
+        if jnp.ndim(mask.mask) != 4 or jnp.result_type(mask.mask) != jnp.bool_:
+            raise ValueError(f"attention: the BlockMask's mask must be bool [B or 1, H or 1, "
+                             f"Rq, Rk] (BlockMask.from_mask makes one); got "
+                             f"{jnp.result_type(mask.mask)} {jnp.shape(mask.mask)}")
         batches, heads, *blocks = mask.shape
         what = "BlockMask"
     else:
@@ -451,7 +457,9 @@ def attention(q, k, v, mask, *, causal: bool = False, scale: float | None = None
     if kv_lengths is None:  # every key: any length >= Tk (the kernels and the pure path
         # compare or clamp), distinct so that XLA keeps a constant in memory (one whose
         # entries are all equal becomes a broadcast kernel launched on every call)
-        kv_lengths = np.minimum(tk + np.arange(b, dtype=np.int64), 2**31 - 1).astype(np.int32)
+        kv_lengths = (np.minimum(tk + np.arange(b, dtype=np.int64), 2**31 - 1).astype(np.int32)
+                      if isinstance(b, int) else  # a symbolic batch (jax.export)
+                      jnp.full((b,), min(tk, 2**31 - 1), jnp.int32))
     kv_lengths = _saturated_int32(jnp.asarray(kv_lengths))
     offset = None if q_offset is None else _q_offset(q_offset, b)
     if causal and offset is not None:  # keys after the last query's position: no query of

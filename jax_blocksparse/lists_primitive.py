@@ -108,6 +108,7 @@ def block_lists(kind, width: int) -> tuple:
     if kind.dtype != np.int8:
         return _block_lists_jnp(kind, width=width)
     *lead, lines, other = kind.shape
-    n = int(np.prod(lead, dtype=np.int64))
+    n = (int(np.prod(lead, dtype=np.int64)) if all(isinstance(d, int) for d in lead)
+         else -1)  # a symbolic dimension (jax.export)
     outs = block_lists_p.bind(kind.reshape(n, lines, other), width=width)
     return tuple(o.reshape(tuple(lead) + o.shape[1:]) for o in outs)

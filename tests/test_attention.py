@@ -437,3 +437,32 @@ def test_empty_batch_gives_the_empty_result(tq):
     assert lse.shape == (0, 4, tq) and lse.dtype == jnp.float32
     dq, dk = jax.grad(lambda q, k: f(q, k)[0].astype(jnp.float32).sum(), argnums=(0, 1))(q, k)
     assert dq.shape == q.shape and dk.shape == k.shape
+
+
+def test_export_with_a_symbolic_batch_and_hand_built_block_masks():
+    """`jax.export` with a symbolic batch: the default kv_lengths, segment ids and a
+    per-batch BlockMask trace (they once needed a concrete B), equal to jit at B 2.
+    A BlockMask built by its constructor is checked: non-bool, not 4-D, bad sizes."""
+    from jax import export
+    rng = np.random.default_rng(359)
+    q = jnp.asarray(rng.standard_normal((2, 64, 2, 8)), jnp.float32)
+    ids = jnp.asarray(np.repeat([[0, 1]], 32, axis=1).reshape(1, 64).repeat(2, 0), jnp.int32)
+    blocks = jbs.BlockMask.from_mask(np.tril(np.ones((2, 1, 4, 4), bool)), 16)
+    layout = jbs.Layout(np.tril(np.ones((4, 4), bool)), 16)
+    calls = {"default kv_lengths": lambda q: jbs.attention(q, q, q, layout, causal=True),
+             "segment ids": lambda q: jbs.attention(q, q, q, layout, q_segment_ids=ids[:1]
+                                                    .repeat(q.shape[0], 0)),
+             "per-batch BlockMask": lambda q: jbs.attention(q, q, q, jbs.BlockMask(
+                 jnp.broadcast_to(blocks.mask[:1], (q.shape[0], 1, 4, 4)), 16, 4))}
+    spec = jax.ShapeDtypeStruct(export.symbolic_shape("b, 64, 2, 8"), jnp.float32)
+    for name, f in calls.items():
+        exported = export.export(jax.jit(f))(spec)
+        np.testing.assert_allclose(np.asarray(exported.call(q)), np.asarray(jax.jit(f)(q)),
+                                   rtol=1e-6, atol=1e-6, err_msg=name)
+    for bad, match in ((jbs.BlockMask(blocks.mask, 16, 0), "mask.max_blocks"),
+                       (jbs.BlockMask(blocks.mask, 0, 4), "mask.block_size"),
+                       (jbs.BlockMask(blocks.mask[0, 0], 16, 4), "must be bool"),
+                       (jbs.BlockMask(blocks.mask.astype(jnp.float32) * 0.3, 16, 4),
+                        "must be bool")):
+        with pytest.raises(ValueError, match=match):
+            jbs.attention(q, q, q, bad)
