@@ -132,8 +132,9 @@ def parallel_matmul(x, slab, split: SplitLayout, axis_name: str, precision=None)
 
     branches = [functools.partial(part_matmul, part) for part in split.parts]
     if split.by == "columns":  # x, the same on every device, made varying before the switch:
-        x = jint.varying_over(x, axis_name)  # (its gradient's psum then lies outside the switch; inside,
-        # jax 0.10 gave garbage gradients where a device's band of columns is empty)
+        # its gradient's psum then lies outside the switch (inside, jax 0.10 gave garbage
+        # gradients where a device's band of columns is empty)
+        x = jint.varying_over(x, axis_name)
     y = jax.lax.switch(jax.lax.axis_index(axis_name), branches, x, slab)
     return jax.lax.psum(y, axis_name) if split.by == "rows" else y
 
