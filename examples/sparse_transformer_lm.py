@@ -218,12 +218,17 @@ def mlp_block_size(c) -> int:
     return next((bs for bs in (64, 32, 16) if bs <= cap and c.d_model % bs == 0), 0)
 
 
+def require_positive(p: argparse.ArgumentParser, c, flags) -> None:
+    """`p.error` naming the first of the int `flags` (argparse dests) below 1."""
+    for flag in flags:
+        if getattr(c, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(c, flag)}")
+
+
 def check_model_flags(p: argparse.ArgumentParser, c) -> None:
     """`p.error` (a usage message, exit 2) for model flags the model cannot take (also
     generate.py's)."""
-    for flag in ("seq_len", "d_model", "heads", "layers", "moba_top_k", "stride"):
-        if getattr(c, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(c, flag)}")
+    require_positive(p, c, ("seq_len", "d_model", "heads", "layers", "moba_top_k", "stride"))
     if c.block_size not in (16, 32, 64, 128):
         p.error(f"--block-size must be 16, 32, 64 or 128; got {c.block_size}")
     if c.seq_len % c.block_size:
@@ -427,9 +432,7 @@ def main():
     check_model_flags(p, c)
     if c.resume and c.no_checkpoint:
         p.error("--resume needs the checkpoints: drop --no-checkpoint")
-    for flag in ("data_limit", "batch", "steps", "eval_every", "eval_batches"):
-        if getattr(c, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be >= 1; got {getattr(c, flag)}")
+    require_positive(p, c, ("data_limit", "batch", "steps", "eval_every", "eval_batches"))
     if not c.lr > 0:
         p.error(f"--lr must be > 0; got {c.lr}")
     if c.mesh is not None:

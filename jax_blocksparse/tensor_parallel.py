@@ -137,4 +137,3 @@ def parallel_matmul(x, slab, split: SplitLayout, axis_name: str, precision=None)
         x = jint.varying_over(x, axis_name)
     y = jax.lax.switch(jax.lax.axis_index(axis_name), branches, x, slab)
     return jax.lax.psum(y, axis_name) if split.by == "rows" else y
-
